@@ -1,0 +1,203 @@
+//! Binding (pass 3): where each model's files are on this machine, and whether each backend
+//! exists here. What cannot run here becomes an ignored trial with a reason, never a pass.
+//!
+//! Binding reads the file system (a few `stat`s per model) and never loads a model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::matrix::{Backend, Format, Modality};
+use crate::playbook::Model;
+
+/// Where models are searched, from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRoots {
+    /// `QUALIFY_MODEL_DIR`: holds `<org>/<name>/` or `<name>/` model directories.
+    pub model_dir: Option<PathBuf>,
+    /// The Hugging Face hub cache (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
+    pub hf_cache: Option<PathBuf>,
+}
+
+impl SearchRoots {
+    /// Reads `QUALIFY_MODEL_DIR`, `HF_HUB_CACHE`, `HF_HOME` and `HOME`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let hf_cache = var("HF_HUB_CACHE")
+            .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
+            .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")));
+        Self { model_dir: var("QUALIFY_MODEL_DIR"), hf_cache }
+    }
+}
+
+/// The result of looking for a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A model directory with a config.json.
+    Found(PathBuf),
+    /// Not found; every place looked at, in order.
+    Missing(Vec<PathBuf>),
+}
+
+/// The Hugging Face cache directory of a repository: `models--{org}--{name}`.
+pub fn hf_repo_dir(cache: &Path, id: &str) -> PathBuf {
+    cache.join(format!("models--{}", id.replace('/', "--")))
+}
+
+/// The snapshot directory of `revision` in a repository's cache directory: a branch or tag is
+/// resolved through `refs/<revision>`, anything else is taken as a commit.
+pub fn hf_snapshot_dir(repo_dir: &Path, revision: &str) -> PathBuf {
+    let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| revision.to_string());
+    repo_dir.join("snapshots").join(commit)
+}
+
+fn is_model_dir(dir: &Path) -> bool {
+    dir.join("config.json").is_file()
+}
+
+/// Looks for a model: its explicit path, then under `QUALIFY_MODEL_DIR`, then the HF cache.
+pub fn locate(model: &Model, roots: &SearchRoots) -> Location {
+    let mut looked = Vec::new();
+    let mut candidates = Vec::new();
+    if let Some(path) = &model.path {
+        // A path to a weights file stands for its directory.
+        if path.is_file() {
+            candidates.push(path.parent().unwrap_or(Path::new(".")).to_path_buf());
+        } else {
+            candidates.push(path.clone());
+        }
+    }
+    if let Some(root) = &roots.model_dir {
+        candidates.push(root.join(&model.id));
+        if let Some((_, name)) = model.id.split_once('/') {
+            candidates.push(root.join(name));
+        }
+        candidates.push(root.join(&model.slug));
+    }
+    if let Some(cache) = &roots.hf_cache {
+        candidates.push(hf_snapshot_dir(&hf_repo_dir(cache, &model.id), &model.revision));
+    }
+    for c in candidates {
+        if is_model_dir(&c) {
+            return Location::Found(c);
+        }
+        if !looked.contains(&c) {
+            looked.push(c);
+        }
+    }
+    Location::Missing(looked)
+}
+
+/// Why trials on `backend` cannot run in this process, if they cannot.
+pub fn backend_unavailable(backend: Backend) -> Option<String> {
+    match backend {
+        Backend::Cpu => None,
+        Backend::Gpu if !cfg!(feature = "cuda") => Some("built without cuda (enable the `cuda` feature)".into()),
+        Backend::Gpu if !candle_core::utils::cuda_is_available() => Some("no CUDA device".into()),
+        Backend::Gpu => None,
+    }
+}
+
+/// Memoised binding for one harness run.
+#[derive(Debug, Default)]
+pub struct Binder {
+    roots: SearchRoots,
+    locations: HashMap<(String, Option<PathBuf>, String), Location>,
+    backends: HashMap<Backend, Option<String>>,
+}
+
+impl Binder {
+    pub fn new(roots: SearchRoots) -> Self {
+        Self { roots, ..Default::default() }
+    }
+
+    pub fn locate(&mut self, model: &Model) -> &Location {
+        let key = (model.id.clone(), model.path.clone(), model.revision.clone());
+        let roots = &self.roots;
+        self.locations.entry(key).or_insert_with(|| locate(model, roots))
+    }
+
+    /// Why a trial cannot run here, or `None` when it can.
+    pub fn ignore_reason(&mut self, model: &Model, format: Format, backend: Backend, modality: Modality) -> Option<String> {
+        let backend_reason = self.backends.entry(backend).or_insert_with(|| backend_unavailable(backend)).clone();
+        if let Some(why) = backend_reason {
+            return Some(why);
+        }
+        if let Some(why) = format.unsupported_reason() {
+            return Some(why.to_string());
+        }
+        if let Some(why) = modality.unsupported_reason() {
+            return Some(why.to_string());
+        }
+        match self.locate(model) {
+            Location::Found(_) => None,
+            Location::Missing(looked) => Some(missing_reason(&model.id, looked)),
+        }
+    }
+}
+
+/// The ignore reason of a model that is not on this machine.
+pub fn missing_reason(id: &str, looked: &[PathBuf]) -> String {
+    let places: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "model {id} not found (looked in {}); set QUALIFY_MODEL_DIR, or run `cargo xtask fetch {id}` where a network is available",
+        if places.is_empty() { "nowhere: no path, QUALIFY_MODEL_DIR or HOME is set".to_string() } else { places.join(", ") }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::playbook::spec::ExpectedShape;
+
+    fn model(path: Option<PathBuf>) -> Model {
+        Model {
+            id: "Org/Tiny-Model".into(),
+            slug: "tiny-model".into(),
+            revision: "main".into(),
+            path,
+            architecture: None,
+            size: None,
+            expect: ExpectedShape::default(),
+        }
+    }
+
+    #[test]
+    fn finds_models_in_each_place_and_says_where_it_looked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = SearchRoots { model_dir: Some(tmp.path().join("models")), hf_cache: Some(tmp.path().join("hub")) };
+        let Location::Missing(looked) = locate(&model(None), &roots) else { panic!("found nothing yet") };
+        assert!(looked.contains(&tmp.path().join("models/Org/Tiny-Model")));
+        assert!(looked.contains(&tmp.path().join("hub/models--Org--Tiny-Model/snapshots/main")));
+
+        // The Hugging Face cache layout, through refs/main.
+        let repo = tmp.path().join("hub/models--Org--Tiny-Model");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
+        let snap = repo.join("snapshots/abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        assert_eq!(locate(&model(None), &roots), Location::Found(snap));
+
+        // QUALIFY_MODEL_DIR wins over the cache.
+        let local = tmp.path().join("models/Tiny-Model");
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join("config.json"), "{}").unwrap();
+        assert_eq!(locate(&model(None), &roots), Location::Found(local.clone()));
+
+        // An explicit path wins over both.
+        let explicit = tmp.path().join("explicit");
+        std::fs::create_dir_all(&explicit).unwrap();
+        std::fs::write(explicit.join("config.json"), "{}").unwrap();
+        assert_eq!(locate(&model(Some(explicit.clone())), &roots), Location::Found(explicit));
+    }
+
+    #[test]
+    fn gpu_without_cuda_is_ignored_with_a_reason() {
+        if !cfg!(feature = "cuda") {
+            assert_eq!(backend_unavailable(Backend::Gpu).as_deref(), Some("built without cuda (enable the `cuda` feature)"));
+        }
+        assert_eq!(backend_unavailable(Backend::Cpu), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! The qualify harness's `main`: libtest's command line in, trials out.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Completion, Trial};
+
+use crate::bind::{Binder, Location};
+use crate::config::Config;
+use crate::engine::{CandleEngine, SessionKey};
+use crate::expand::{Filter, Plan, TrialRef};
+use crate::journal::Journal;
+use crate::name::TrialName;
+use crate::reporter::{self, exit};
+use crate::run::RunContext;
+
+/// Runs the qualify harness with the process's arguments and environment.
+pub fn qualify_main() -> ExitCode {
+    let args = Arguments::from_args();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            reporter::config_error(&e);
+            return ExitCode::from(exit::ENVIRONMENT_ERROR);
+        }
+    };
+    let (playbooks, notices) = match crate::playbook::load_all(&config.playbooks) {
+        Ok(p) => p,
+        Err(e) => {
+            reporter::playbook_error(&e);
+            return ExitCode::from(exit::PLAYBOOK_ERROR);
+        }
+    };
+    reporter::notices(&notices);
+    let plan = Plan::new(playbooks);
+    let filter = Filter { filter: args.filter.clone(), exact: args.exact, skip: args.skip.clone() };
+
+    // nextest runs each trial as `--exact NAME`: build that one trial, not all of them.
+    let selected: Vec<TrialRef> = match (&args.filter, args.exact, args.skip.is_empty(), args.list) {
+        (Some(name), true, true, false) => match TrialName::parse(name) {
+            Err(e) => {
+                reporter::invalid_exact_name(name, &e);
+                return ExitCode::from(exit::PLAYBOOK_ERROR);
+            }
+            Ok(parsed) => match plan.find(&parsed) {
+                Some(r) => vec![r],
+                None => {
+                    reporter::unknown_exact_name(name, &config.playbooks);
+                    return ExitCode::from(exit::PLAYBOOK_ERROR);
+                }
+            },
+        },
+        _ => plan.select(&filter),
+    };
+
+    let mut binder = Binder::new(config.roots.clone());
+    if args.list {
+        return list(&plan, &selected, &mut binder, args.ignored);
+    }
+
+    let journal = match Journal::open(&config.journal_dir, &config.run_id) {
+        Ok(j) => j,
+        Err(e) => {
+            reporter::journal_error(&config.journal_dir, &e);
+            return ExitCode::from(exit::ENVIRONMENT_ERROR);
+        }
+    };
+    reporter::run_header(selected.len(), plan.total(), plan.playbooks().len(), journal.path());
+    let ctx = Arc::new(RunContext::new(config, journal, Box::new(CandleEngine)));
+    let (trials, ignored) = build_trials(&plan, &selected, &mut binder, &ctx, &args);
+    reporter::ignored_summary(&ignored);
+    let conclusion = libtest_mimic::run(&args, trials);
+    conclusion.exit_code()
+}
+
+/// Prints the selected trials as libtest does (`name: test`), quickly, and without panicking
+/// when the reader goes away (`| head`).
+fn list(plan: &Plan, selected: &[TrialRef], binder: &mut Binder, only_ignored: bool) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    for r in selected {
+        let spec = plan.spec(*r);
+        if only_ignored
+            && binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality).is_none()
+        {
+            continue;
+        }
+        if writeln!(out, "{}: test", spec.full_name).is_err() {
+            return ExitCode::from(exit::OK);
+        }
+    }
+    let _ = out.flush();
+    ExitCode::from(exit::OK)
+}
+
+fn build_trials(
+    plan: &Plan,
+    selected: &[TrialRef],
+    binder: &mut Binder,
+    ctx: &Arc<RunContext>,
+    args: &Arguments,
+) -> (Vec<Trial>, BTreeMap<String, usize>) {
+    let mut trials = Vec::with_capacity(selected.len());
+    let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
+    let runs_ignored = args.ignored || args.include_ignored;
+    for r in selected {
+        let spec = plan.spec(*r);
+        let reason = binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality);
+        let model_dir: Option<PathBuf> = match binder.locate(&spec.model) {
+            Location::Found(dir) => Some(dir.clone()),
+            Location::Missing(_) => None,
+        };
+        let name = spec.full_name.clone();
+        let policy = plan.playbooks()[spec.playbook].failure_policy;
+        if let Some(why) = &reason {
+            if !runs_ignored {
+                *ignored.entry(why.clone()).or_default() += 1;
+            }
+        } else {
+            let key = SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
+            ctx.sessions.expect_uses(&key, 1);
+        }
+        let ctx = Arc::clone(ctx);
+        let is_ignored = reason.is_some();
+        let trial = Trial::ignorable_test(name, move || match (reason, model_dir) {
+            (Some(why), _) => Ok(Completion::ignored_with(why)),
+            (None, None) => Ok(Completion::ignored_with("model not found")),
+            (None, Some(dir)) => ctx.run(&spec, dir, policy).map(|()| Completion::Completed).map_err(Into::into),
+        });
+        trials.push(trial.with_ignored_flag(is_ignored));
+    }
+    (trials, ignored)
+}

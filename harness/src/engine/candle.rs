@@ -1,0 +1,308 @@
+//! The embedded engine: candle, in process, on Hugging Face model directories (config.json,
+//! safetensors single or sharded, tokenizer.json). Architectures are chosen by `model_type`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
+use candle_transformers::models::{llama, qwen2};
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use super::{Engine, EngineError, Finish, GenerateRequest, Generation, ModelFile, Sampling, Session, SessionInfo};
+use crate::matrix::Backend;
+
+/// The candle engine (stateless; sessions hold the models).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CandleEngine;
+
+impl Engine for CandleEngine {
+    fn load(&self, model_dir: &Path, backend: Backend) -> Result<Box<dyn Session>, EngineError> {
+        load_candle(model_dir, backend).map(|s| Box::new(s) as Box<dyn Session>)
+    }
+}
+
+/// The architectures the embedded engine runs, by config.json `model_type`.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+enum Model {
+    Llama { model: llama::Llama, config: llama::Config },
+    Qwen2(qwen2::ModelForCausalLM),
+}
+
+/// A model loaded by candle.
+pub struct CandleSession {
+    model: Model,
+    tokenizer: Tokenizer,
+    device: Device,
+    eos: Vec<u32>,
+    bos: Option<u32>,
+    context: usize,
+    info: SessionInfo,
+}
+
+fn load_err(path: &Path, cause: impl std::fmt::Display) -> EngineError {
+    EngineError::Load { path: path.to_path_buf(), cause: cause.to_string() }
+}
+
+/// The device for a backend, or why there is none.
+pub fn device_for(backend: Backend) -> Result<Device, EngineError> {
+    match backend {
+        Backend::Cpu => Ok(Device::Cpu),
+        Backend::Gpu => {
+            if !cfg!(feature = "cuda") {
+                return Err(EngineError::Backend { backend, why: "built without cuda (enable the `cuda` feature)".into() });
+            }
+            Device::new_cuda(0).map_err(|e| EngineError::Backend { backend, why: format!("no CUDA device: {e}") })
+        }
+    }
+}
+
+/// The safetensors files of a model directory: `model.safetensors`, or the shards an
+/// `model.safetensors.index.json` names.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| load_err(&index, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| load_err(&index, format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| load_err(&index, "no `weight_map` object"))?;
+        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+        files.sort();
+        files.dedup();
+        if files.is_empty() {
+            return Err(load_err(&index, "`weight_map` names no file"));
+        }
+        for f in &files {
+            if !f.is_file() {
+                return Err(load_err(f, "a shard named by the index is missing"));
+            }
+        }
+        return Ok(files);
+    }
+    Err(load_err(dir, "no model.safetensors or model.safetensors.index.json"))
+}
+
+/// Size and SHA-256 of a file, read in chunks.
+pub fn hash_file(path: &Path) -> std::io::Result<ModelFile> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok(ModelFile { path: path.to_path_buf(), bytes, sha256: hex::encode(hasher.finalize()) })
+}
+
+fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Loads a Hugging Face model directory with candle.
+pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, EngineError> {
+    let started = Instant::now();
+    let device = device_for(backend)?;
+    let config_path = dir.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path).map_err(|e| load_err(&config_path, e))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&config_text).map_err(|e| load_err(&config_path, format!("invalid JSON: {e}")))?;
+    let architecture = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| load_err(&config_path, "no `model_type`"))?
+        .to_string();
+    let files = safetensors_files(dir)?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    if !tokenizer_path.is_file() {
+        return Err(load_err(&tokenizer_path, "the tokenizer is missing"));
+    }
+    let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
+
+    let dtype = DType::F32;
+    // SAFETY: the files are memory-mapped read-only; the harness never writes a model file it
+    // is reading, and safetensors validates the header against the file length.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }.map_err(|e| load_err(&files[0], e))?;
+    let parse = |what: &str, e: serde_json::Error| load_err(&config_path, format!("not a valid {what} config: {e}"));
+    let (model, context) = match architecture.as_str() {
+        "llama" => {
+            let cfg: llama::LlamaConfig = serde_json::from_value(config.clone()).map_err(|e| parse("llama", e))?;
+            let context = cfg.max_position_embeddings;
+            let cfg = cfg.into_config(false);
+            let model = llama::Llama::load(vb, &cfg).map_err(|e| load_err(dir, e))?;
+            (Model::Llama { model, config: cfg }, context)
+        }
+        "qwen2" => {
+            let cfg: qwen2::Config = serde_json::from_value(config.clone()).map_err(|e| parse("qwen2", e))?;
+            let context = cfg.max_position_embeddings;
+            (Model::Qwen2(qwen2::ModelForCausalLM::new(&cfg, vb).map_err(|e| load_err(dir, e))?), context)
+        }
+        other => {
+            return Err(load_err(
+                &config_path,
+                format!("model_type `{other}` is not supported (supported: {})", SUPPORTED_ARCHITECTURES.join(", ")),
+            ));
+        }
+    };
+
+    let mut eos = token_ids(config.get("eos_token_id"));
+    let generation_config = dir.join("generation_config.json");
+    if let Ok(text) = std::fs::read_to_string(&generation_config)
+        && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        eos.extend(token_ids(json.get("eos_token_id")));
+    }
+    for special in ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|end_of_text|>"] {
+        if let Some(id) = tokenizer.token_to_id(special) {
+            eos.push(id);
+        }
+    }
+    eos.sort_unstable();
+    eos.dedup();
+    let bos = token_ids(config.get("bos_token_id")).first().copied();
+
+    let mut hashed = Vec::with_capacity(files.len() + 2);
+    for f in files.iter().chain([&config_path, &tokenizer_path]) {
+        hashed.push(hash_file(f).map_err(|e| load_err(f, e))?);
+    }
+    let device_name = match backend {
+        Backend::Cpu => "cpu".to_string(),
+        Backend::Gpu => "cuda:0".to_string(),
+    };
+    Ok(CandleSession {
+        model,
+        tokenizer,
+        device,
+        eos,
+        bos,
+        context,
+        info: SessionInfo {
+            engine: format!("candle {}", CANDLE_VERSION),
+            device: device_name,
+            architecture,
+            files: hashed,
+            load_time: started.elapsed(),
+        },
+    })
+}
+
+/// The candle version the harness is built against (kept in step with Cargo.toml).
+const CANDLE_VERSION: &str = "0.11.1";
+
+impl CandleSession {
+    fn forward(&mut self, ids: &[u32], pos: usize, cache: &mut Option<llama::Cache>) -> candle_core::Result<Tensor> {
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let logits = match &mut self.model {
+            Model::Llama { model, .. } => {
+                let cache = cache.as_mut().ok_or_else(|| candle_core::Error::Msg("llama cache missing".into()))?;
+                model.forward(&input, pos, cache)?
+            }
+            Model::Qwen2(model) => model.forward(&input, pos)?,
+        };
+        logits.flatten_all()?.to_dtype(DType::F32)
+    }
+}
+
+fn processor(sampling: &Sampling) -> LogitsProcessor {
+    match *sampling {
+        Sampling::Greedy => LogitsProcessor::from_sampling(0, CandleSampling::ArgMax),
+        Sampling::Seeded { temperature, top_p, top_k, seed } => {
+            let s = if temperature <= 0.0 {
+                CandleSampling::ArgMax
+            } else {
+                match (top_k, top_p) {
+                    (None, None) => CandleSampling::All { temperature },
+                    (Some(k), None) => CandleSampling::TopK { k, temperature },
+                    (None, Some(p)) => CandleSampling::TopP { p, temperature },
+                    (Some(k), Some(p)) => CandleSampling::TopKThenTopP { k, p, temperature },
+                }
+            };
+            LogitsProcessor::from_sampling(seed, s)
+        }
+    }
+}
+
+impl Session for CandleSession {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn generate(&mut self, request: &GenerateRequest<'_>) -> Result<Generation, EngineError> {
+        let inference = |e: candle_core::Error| EngineError::Inference(e.to_string());
+        let started = Instant::now();
+        let encoding = self
+            .tokenizer
+            .encode(request.prompt, true)
+            .map_err(|e| EngineError::Inference(format!("failed to tokenize the prompt: {e}")))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if ids.is_empty() {
+            ids.push(self.bos.ok_or(EngineError::EmptyPrompt)?);
+        }
+        if ids.len() >= self.context {
+            return Err(EngineError::Inference(format!(
+                "the prompt is {} tokens, the model's context is {}",
+                ids.len(),
+                self.context
+            )));
+        }
+        let mut cache = match &self.model {
+            Model::Llama { config, .. } => Some(llama::Cache::new(true, DType::F32, config, &self.device).map_err(inference)?),
+            Model::Qwen2(_) => None,
+        };
+        if let Model::Qwen2(m) = &mut self.model {
+            m.clear_kv_cache();
+        }
+        let mut sampler = processor(&request.sampling);
+        let prompt_tokens = ids.len();
+        let mut logits = self.forward(&ids, 0, &mut cache).map_err(inference)?;
+        let mut tokens = Vec::new();
+        let mut time_to_first_token = None;
+        let finish = loop {
+            let next = sampler.sample(&logits).map_err(inference)?;
+            time_to_first_token.get_or_insert_with(|| started.elapsed());
+            if self.eos.contains(&next) {
+                break Finish::Eos;
+            }
+            tokens.push(next);
+            let pos = prompt_tokens + tokens.len() - 1;
+            if tokens.len() >= request.max_tokens as usize || pos + 1 >= self.context {
+                break Finish::Length;
+            }
+            if Instant::now() >= request.deadline {
+                let partial = self.tokenizer.decode(&tokens, true).unwrap_or_default();
+                return Err(EngineError::Timeout { tokens: tokens.len(), partial });
+            }
+            logits = self.forward(&[next], pos, &mut cache).map_err(inference)?;
+        };
+        let text = self
+            .tokenizer
+            .decode(&tokens, true)
+            .map_err(|e| EngineError::Inference(format!("failed to decode the output tokens: {e}")))?;
+        Ok(Generation {
+            text,
+            tokens,
+            prompt_tokens,
+            finish,
+            time_to_first_token: time_to_first_token.unwrap_or_default(),
+            duration: started.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,111 @@
+//! Engines run models: an [`Engine`] loads a [`Session`] for `(model, format, backend)`, and a
+//! session generates. The embedded engine is candle, in process.
+//!
+//! Nothing here knows about playbooks, trials or oracles.
+
+mod cache;
+mod candle;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::cache::{SessionCache, SessionKey, SharedSession};
+pub use self::candle::{CandleEngine, load_candle};
+
+use crate::matrix::Backend;
+
+/// How the next token is chosen. Every run can be replayed: sampling always carries its seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Sampling {
+    Greedy,
+    Seeded { temperature: f64, top_p: Option<f64>, top_k: Option<usize>, seed: u64 },
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest<'a> {
+    pub prompt: &'a str,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    /// Generation stops with [`EngineError::Timeout`] once this passes.
+    pub deadline: Instant,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// `max_tokens` were generated.
+    Length,
+}
+
+/// What a generation produced, with its timings.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish: Finish,
+    pub time_to_first_token: Duration,
+    pub duration: Duration,
+}
+
+impl Generation {
+    /// Decode speed: tokens after the first, over the time after the first.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        let decode = self.duration.checked_sub(self.time_to_first_token)?;
+        let n = self.tokens.len().checked_sub(1)?;
+        (n > 0 && !decode.is_zero()).then(|| n as f64 / decode.as_secs_f64())
+    }
+}
+
+/// A model file a session was loaded from, with its content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What a loaded session is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Engine and version, as `candle 0.11.1`.
+    pub engine: String,
+    /// `cpu` or `cuda:0`.
+    pub device: String,
+    pub architecture: String,
+    pub files: Vec<ModelFile>,
+    pub load_time: Duration,
+}
+
+/// A loaded model, ready to generate. One generation at a time (`&mut self`).
+pub trait Session: Send {
+    fn generate(&mut self, request: &GenerateRequest<'_>) -> Result<Generation, EngineError>;
+    fn info(&self) -> &SessionInfo;
+}
+
+/// Loads sessions.
+pub trait Engine: Send + Sync {
+    fn load(&self, model_dir: &std::path::Path, backend: Backend) -> Result<Box<dyn Session>, EngineError>;
+}
+
+/// Why an engine failed; every variant says what to look at.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("failed to load the model from {path}: {cause}")]
+    Load { path: PathBuf, cause: String },
+    #[error("the {backend} backend is not available: {why}")]
+    Backend { backend: Backend, why: String },
+    #[error("failed to run inference: {0}")]
+    Inference(String),
+    #[error("the prompt encodes to no tokens and the model declares no start token")]
+    EmptyPrompt,
+    #[error("generation passed its deadline after {tokens} tokens")]
+    Timeout { tokens: usize, partial: String },
+}

@@ -1,0 +1,24 @@
+//! modelqa: a qualification harness for large language models, as a custom cargo test harness.
+//!
+//! The pipeline runs in passes (see `ARCHITECTURE.md`): playbooks are parsed ([`playbook`]),
+//! expanded into named trials ([`expand`]), bound to model files and devices ([`bind`]), run
+//! against an engine ([`engine`]) and judged by oracles ([`oracle`]), and every result is
+//! appended to the evidence journal ([`journal`]).
+//!
+//! A test target needs one item: `fn main() -> ExitCode { modelqa::qualify_main() }`.
+
+pub mod matrix;
+pub mod name;
+pub mod oracle;
+pub mod playbook;
+pub mod engine;
+pub mod testmodel;
+pub mod bind;
+pub mod expand;
+pub mod journal;
+pub mod config;
+pub mod run;
+pub mod cli;
+pub mod reporter;
+
+pub use cli::qualify_main;

@@ -1,0 +1,172 @@
+//! Oracles: each decides, from the question and the model's real output, whether the output is
+//! right. An oracle never sees anything but text; it never runs a model.
+
+mod arithmetic;
+mod garbage;
+
+pub use arithmetic::{Expression, answer_number};
+pub use garbage::{GarbageConfig, garbage_reason};
+
+use crate::playbook::spec::OracleSpec;
+
+/// What an oracle concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The output passed, and why.
+    Corroborated(String),
+    /// The output failed, and why.
+    Falsified(String),
+}
+
+impl Verdict {
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Verdict::Corroborated(_))
+    }
+}
+
+/// A compiled oracle.
+#[derive(Debug, Clone)]
+pub enum Oracle {
+    Arithmetic { tolerance: Option<f64> },
+    Contains(String),
+    Exact(String),
+    Regex(regex::Regex),
+    Garbage(GarbageConfig),
+}
+
+impl PartialEq for Oracle {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Oracle::Regex(a), Oracle::Regex(b)) => a.as_str() == b.as_str(),
+            (Oracle::Arithmetic { tolerance: a }, Oracle::Arithmetic { tolerance: b }) => a == b,
+            (Oracle::Contains(a), Oracle::Contains(b)) | (Oracle::Exact(a), Oracle::Exact(b)) => a == b,
+            (Oracle::Garbage(a), Oracle::Garbage(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Oracle {
+    /// Compiles a playbook oracle; the message says what is wrong with its parameters.
+    pub fn from_spec(spec: &OracleSpec) -> Result<Self, String> {
+        Ok(match spec {
+            OracleSpec::Arithmetic(a) => {
+                if let Some(t) = a.tolerance
+                    && !(t >= 0.0 && t.is_finite())
+                {
+                    return Err(format!("arithmetic tolerance must be a finite number ≥ 0, not {t}"));
+                }
+                Oracle::Arithmetic { tolerance: a.tolerance }
+            }
+            OracleSpec::Contains(s) if s.is_empty() => return Err("`contains` needs a non-empty text".into()),
+            OracleSpec::Contains(s) => Oracle::Contains(s.clone()),
+            OracleSpec::Exact(s) if s.trim().is_empty() => return Err("`exact` needs a non-empty text".into()),
+            OracleSpec::Exact(s) => Oracle::Exact(s.clone()),
+            OracleSpec::Regex(r) => Oracle::Regex(
+                regex::Regex::new(r).map_err(|e| format!("invalid regular expression `{r}`: {e}"))?,
+            ),
+            OracleSpec::Garbage(g) => Oracle::Garbage(GarbageConfig::from_spec(g)?),
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Oracle::Arithmetic { .. } => "arithmetic",
+            Oracle::Contains(_) => "contains",
+            Oracle::Exact(_) => "exact",
+            Oracle::Regex(_) => "regex",
+            Oracle::Garbage(_) => "garbage",
+        }
+    }
+
+    /// Whether this oracle can judge answers to `question` at all (checked when playbooks load,
+    /// so an arithmetic oracle on a prompt without arithmetic is a playbook error, not a pass).
+    pub fn check_applicable(&self, question: &str) -> Result<(), String> {
+        match self {
+            Oracle::Arithmetic { .. } => Expression::find(question).map(|_| ()).ok_or_else(|| {
+                format!("the arithmetic oracle needs a prompt with an arithmetic expression, and `{question}` has none")
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Judges `output`, the model's answer to `question`. Empty output never passes.
+    pub fn judge(&self, question: &str, output: &str) -> Verdict {
+        if output.trim().is_empty() {
+            return Verdict::Falsified("the output is empty".into());
+        }
+        match self {
+            Oracle::Arithmetic { tolerance } => arithmetic::judge(question, output, *tolerance),
+            Oracle::Contains(needle) => {
+                if output.contains(needle.as_str()) {
+                    Verdict::Corroborated(format!("the output contains {needle:?}"))
+                } else {
+                    Verdict::Falsified(format!("the output does not contain {needle:?}"))
+                }
+            }
+            Oracle::Exact(expected) => {
+                if output.trim() == expected.trim() {
+                    Verdict::Corroborated(format!("the output is exactly {expected:?}"))
+                } else {
+                    Verdict::Falsified(format!("expected exactly {:?}, got {:?}", expected.trim(), output.trim()))
+                }
+            }
+            Oracle::Regex(re) => {
+                if re.is_match(output) {
+                    Verdict::Corroborated(format!("the output matches /{}/", re.as_str()))
+                } else {
+                    Verdict::Falsified(format!("the output does not match /{}/", re.as_str()))
+                }
+            }
+            Oracle::Garbage(cfg) => match garbage_reason(output, cfg) {
+                Some(why) => Verdict::Falsified(format!("garbage output: {why}")),
+                None => Verdict::Corroborated("the output is not garbage".into()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(oracle: &Oracle, question: &str, output: &str, pass: bool) {
+        let v = oracle.judge(question, output);
+        assert_eq!(v.is_pass(), pass, "{} on {question:?} → {output:?}: {v:?}", oracle.kind());
+    }
+
+    #[test]
+    fn empty_output_never_passes() {
+        for o in [
+            Oracle::Arithmetic { tolerance: None },
+            Oracle::Contains("x".into()),
+            Oracle::Exact("x".into()),
+            Oracle::Regex(regex::Regex::new(".*").unwrap()),
+            Oracle::Garbage(GarbageConfig::default()),
+        ] {
+            check(&o, "What is 2+2?", "", false);
+            check(&o, "What is 2+2?", "  \n ", false);
+        }
+    }
+
+    #[test]
+    fn text_oracles() {
+        check(&Oracle::Contains("Paris".into()), "q", "It is Paris.", true);
+        check(&Oracle::Contains("Paris".into()), "q", "It is paris.", false);
+        check(&Oracle::Exact("4".into()), "q", " 4\n", true);
+        check(&Oracle::Exact("4".into()), "q", "44", false);
+        let re = Oracle::Regex(regex::Regex::new(r"^\s*-?\d+\s*$").unwrap());
+        check(&re, "q", "42", true);
+        check(&re, "q", "forty-two", false);
+    }
+
+    #[test]
+    fn bad_parameters_are_errors() {
+        assert!(Oracle::from_spec(&OracleSpec::Regex("(".into())).unwrap_err().contains("invalid regular expression"));
+        assert!(Oracle::from_spec(&OracleSpec::Contains(String::new())).is_err());
+        let a = Oracle::Arithmetic { tolerance: None };
+        assert!(a.check_applicable("Hello there").is_err());
+        assert!(a.check_applicable("What is 2+2?").is_ok());
+    }
+}

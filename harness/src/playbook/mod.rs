@@ -1,0 +1,151 @@
+//! Playbooks: parse (pass 1 of the pipeline). YAML files in our language or the original
+//! project's become resolved [`Playbook`]s; nothing here loads a model or looks at hardware.
+
+mod error;
+mod generate;
+mod load;
+mod resolve;
+mod seed;
+pub mod spec;
+mod tiers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::PlaybookError;
+pub use generate::{GeneratedCase, cases as generated_cases, seeded_runner, strategy as generator_strategy};
+pub use load::discover;
+pub use seed::DEFAULT_PROMPTS as SEED_DEFAULT_PROMPTS;
+pub use spec::{FailurePolicy, GeneratorSpec, MessageSpec, SamplingSpec, SizeCategory};
+pub use tiers::builtin as builtin_tier;
+
+use crate::matrix::{Backend, Format, Modality};
+use crate::oracle::Oracle;
+
+/// One resolved playbook: a family's models, tiers and scenarios, ready to expand.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    pub source: PathBuf,
+    pub family: String,
+    pub failure_policy: Option<FailurePolicy>,
+    pub models: Vec<Model>,
+    /// Sorted by name.
+    pub tiers: Vec<TierPlan>,
+    /// In declared order, generated cases expanded.
+    pub scenarios: Vec<Arc<Scenario>>,
+}
+
+/// A model to qualify, and where to find it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// `org/name`.
+    pub id: String,
+    /// Its segment in trial names.
+    pub slug: String,
+    pub revision: String,
+    /// An explicit local path, already made absolute against the playbook's folder.
+    pub path: Option<PathBuf>,
+    pub architecture: Option<String>,
+    pub size: Option<SizeCategory>,
+    pub expect: spec::ExpectedShape,
+}
+
+/// A tier's matrix, every default applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierPlan {
+    pub name: String,
+    /// Sorted by name, no duplicates.
+    pub formats: Vec<Format>,
+    pub backends: Vec<Backend>,
+    pub modalities: Vec<Modality>,
+    /// How many of the playbook's scenarios (from the first) each cell runs.
+    pub scenario_count: usize,
+    pub seed: u64,
+    pub timeout: Duration,
+}
+
+/// What a scenario sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Prompt(String),
+    Messages(Vec<MessageSpec>),
+}
+
+impl Input {
+    /// The text oracles read as the question: the prompt, or the last user turn.
+    pub fn question(&self) -> &str {
+        match self {
+            Input::Prompt(p) => p,
+            Input::Messages(m) => m
+                .iter()
+                .rev()
+                .find(|m| m.role == spec::Role::User)
+                .map_or("", |m| m.content.as_str()),
+        }
+    }
+}
+
+/// A scenario ready to run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub input: Input,
+    /// Set for a `property` scenario: the cases are generated inside the trial.
+    pub property: Option<Property>,
+    pub oracles: Vec<Oracle>,
+    pub max_tokens: u32,
+    pub sampling: SamplingSpec,
+}
+
+/// A property scenario's generator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Property {
+    pub generator: GeneratorSpec,
+    pub cases: u32,
+    pub seed: u64,
+}
+
+/// Something a playbook asks for that this build does not do yet, said on stderr by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// Every playbook under `root`, and the notices they raised. Stops at the first error.
+pub fn load_all(root: &Path) -> Result<(Vec<Playbook>, Vec<Notice>), PlaybookError> {
+    let mut notices = Vec::new();
+    let mut playbooks = Vec::new();
+    for file in discover(root)? {
+        playbooks.extend(load::load_file(&file, &mut notices)?);
+    }
+    check_unique_groups(&playbooks)?;
+    Ok((playbooks, notices))
+}
+
+/// Parses playbook text as if it were the file `file` (for tests and tools).
+pub fn load_text(file: &Path, text: &str) -> Result<(Vec<Playbook>, Vec<Notice>), PlaybookError> {
+    let mut notices = Vec::new();
+    let playbooks = load::load_text(file, text, &mut notices)?;
+    Ok((playbooks, notices))
+}
+
+/// Two playbooks may share a family, but never a `(family, tier, model)`.
+fn check_unique_groups(playbooks: &[Playbook]) -> Result<(), PlaybookError> {
+    let mut seen = std::collections::HashMap::new();
+    for pb in playbooks {
+        for tier in &pb.tiers {
+            for model in &pb.models {
+                let key = format!("{}::{}::{}", pb.family, tier.name, model.slug);
+                if let Some(first) = seen.insert(key.clone(), pb.source.clone()) {
+                    return Err(PlaybookError::new(
+                        &pb.source,
+                        format!("trials `{key}::…` are also defined by {}; a family, tier and model may be defined once", first.display()),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! From a composed document to a [`Playbook`]: tiers get their defaults, generators their cases,
+//! oracles are compiled, and everything a trial name is made of is validated.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::PlaybookError;
+use super::generate;
+use super::spec::{FormatSpec, MatrixSpec, ModelSpec, PlaybookDoc, ScenarioSpec};
+use super::{Input, Model, Playbook, Property, Scenario, TierPlan, tiers};
+use crate::matrix::{Format, Quantization};
+use crate::name::check_segment;
+use crate::oracle::Oracle;
+
+pub const DEFAULT_SEED: u64 = 42;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_MAX_TOKENS: u32 = 32;
+/// Cases a `generate` or `property` scenario makes when `count` is absent.
+pub const DEFAULT_CASES: u32 = 10;
+
+pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError> {
+    let err = |msg: String| PlaybookError::new(file, msg);
+    let family = doc.family.clone().unwrap_or_default();
+    check_segment(&family).map_err(|why| err(format!("`{family}` is not a valid family name: {why}")).at("family"))?;
+
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let specs = doc.models.clone().unwrap_or_default();
+    if specs.is_empty() {
+        return Err(err("a playbook needs at least one model".into()).at("models"));
+    }
+    let mut models = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let model = resolve_model(spec, base_dir).map_err(|m| err(m).at(format!("models[{i}]")))?;
+        if models.iter().any(|m: &Model| m.slug == model.slug) {
+            return Err(err(format!("model slug `{}` appears twice; give one of them another `slug`", model.slug))
+                .at(format!("models[{i}]")));
+        }
+        models.push(model);
+    }
+
+    let family_matrix = doc.matrix.clone().unwrap_or_default();
+    let generator_seed = family_matrix.seed.unwrap_or(DEFAULT_SEED);
+    let scenarios = resolve_scenarios(file, doc.scenarios.as_deref().unwrap_or_default(), generator_seed)?;
+
+    let tier_specs = doc.tiers.clone().unwrap_or_default();
+    if tier_specs.is_empty() {
+        return Err(err(format!(
+            "a playbook needs at least one tier, such as `tiers: {{ smoke: {{}}, mvp: {{}} }}` (standard tiers: {})",
+            tiers::STANDARD_TIERS.join(", ")
+        ))
+        .at("tiers"));
+    }
+    let mut tier_plans = Vec::new();
+    for (name, spec) in &tier_specs {
+        let at = format!("tiers.{name}");
+        check_segment(name).map_err(|why| err(format!("`{name}` is not a valid tier name: {why}")).at(at.clone()))?;
+        let base = tiers::builtin(name).unwrap_or_default();
+        let matrix = base.overlaid(&family_matrix).overlaid(spec);
+        tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|m| err(m).at(at))?);
+    }
+    tier_plans.sort_by(|a, b| format!("{}::", a.name).cmp(&format!("{}::", b.name)));
+
+    Ok(Playbook {
+        source: file.to_path_buf(),
+        family,
+        failure_policy: doc.failure_policy,
+        models,
+        tiers: tier_plans,
+        scenarios,
+    })
+}
+
+fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {
+    let Some((org, name)) = spec.id.split_once('/') else {
+        return Err(format!("model id `{}` must be `org/name`", spec.id));
+    };
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok(org) || !ok(name) {
+        return Err(format!(
+            "model id `{}` must be `org/name` with letters, digits, `-`, `_` and `.` in each part",
+            spec.id
+        ));
+    }
+    let slug = spec.slug.clone().unwrap_or_else(|| name.to_ascii_lowercase());
+    check_segment(&slug).map_err(|why| format!("`{slug}` is not a valid model slug: {why}"))?;
+    Ok(Model {
+        id: spec.id.clone(),
+        slug,
+        revision: spec.revision.clone().unwrap_or_else(|| "main".into()),
+        path: spec.path.as_ref().map(|p| base_dir.join(p)),
+        architecture: spec.architecture.clone(),
+        size: spec.size,
+        expect: spec.expect.clone().unwrap_or_default(),
+    })
+}
+
+/// A tier's effective matrix; `scenarios` is how many the playbook has.
+pub(super) fn resolve_tier(name: &str, m: &MatrixSpec, scenarios: usize) -> Result<TierPlan, String> {
+    let missing = |field: &str| {
+        format!("tier `{name}` has no `{field}`; a tier that is not a standard one ({}) must set it", tiers::STANDARD_TIERS.join(", "))
+    };
+    let format_specs = m.formats.clone().ok_or_else(|| missing("formats"))?;
+    let quantizations = m.quantizations.clone().unwrap_or_else(|| vec![Quantization::Q4KM]);
+    let mut formats = Vec::new();
+    for f in format_specs {
+        match f {
+            FormatSpec::Safetensors => formats.push(Format::Safetensors),
+            FormatSpec::Apr => formats.push(Format::Apr),
+            FormatSpec::GgufAt(q) => formats.push(Format::Gguf(q)),
+            FormatSpec::Gguf => formats.extend(quantizations.iter().map(|q| Format::Gguf(*q))),
+        }
+    }
+    sort_dedup_by_name(&mut formats, |f| f.name());
+    let mut backends = m.backends.clone().ok_or_else(|| missing("backends"))?;
+    sort_dedup_by_name(&mut backends, |b| b.as_str().to_string());
+    let mut modalities = m.modalities.clone().ok_or_else(|| missing("modalities"))?;
+    sort_dedup_by_name(&mut modalities, |m| m.as_str().to_string());
+    for (field, empty) in [("formats", formats.is_empty()), ("backends", backends.is_empty()), ("modalities", modalities.is_empty())] {
+        if empty {
+            return Err(format!("tier `{name}` has an empty `{field}` list"));
+        }
+    }
+    let timeout_ms = m.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if timeout_ms == 0 {
+        return Err(format!("tier `{name}`: `timeout_ms` must be above 0"));
+    }
+    let scenario_count = match m.scenario_count {
+        Some(0) => return Err(format!("tier `{name}`: `scenario_count` must be at least 1")),
+        Some(n) => (n as usize).min(scenarios),
+        None => scenarios,
+    };
+    Ok(TierPlan {
+        name: name.to_string(),
+        formats,
+        backends,
+        modalities,
+        scenario_count,
+        seed: m.seed.unwrap_or(DEFAULT_SEED),
+        timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+/// Sorts by the segment followed by `::`, which is the order of the full trial names.
+fn sort_dedup_by_name<T: Clone>(items: &mut Vec<T>, name: impl Fn(&T) -> String) {
+    let mut keyed: Vec<(String, T)> = items.drain(..).map(|t| (format!("{}::", name(&t)), t)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.dedup_by(|a, b| a.0 == b.0);
+    items.extend(keyed.into_iter().map(|(_, t)| t));
+}
+
+fn resolve_scenarios(file: &Path, specs: &[ScenarioSpec], seed: u64) -> Result<Vec<Arc<Scenario>>, PlaybookError> {
+    if specs.is_empty() {
+        return Err(PlaybookError::new(file, "a playbook needs at least one scenario").at("scenarios"));
+    }
+    let mut out: Vec<Arc<Scenario>> = Vec::new();
+    let mut names = HashSet::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let at = format!("scenarios[{i}]");
+        let err = |m: String| PlaybookError::new(file, m).at(at.clone());
+        check_segment(&spec.name).map_err(|why| err(format!("`{}` is not a valid scenario name: {why}", spec.name)))?;
+        if spec.oracles.is_empty() {
+            return Err(err(format!(
+                "scenario `{}` has no oracle; every trial needs at least one (for example `oracles: [garbage]`)",
+                spec.name
+            )));
+        }
+        let oracles = spec
+            .oracles
+            .iter()
+            .enumerate()
+            .map(|(j, o)| Oracle::from_spec(o).map_err(|m| PlaybookError::new(file, m).at(format!("{at}.oracles[{j}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let given = [spec.prompt.is_some(), spec.messages.is_some(), spec.generate.is_some(), spec.property.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(err(format!(
+                "scenario `{}` needs exactly one of `prompt`, `messages`, `generate` and `property`",
+                spec.name
+            )));
+        }
+        if spec.count.is_some() && spec.generate.is_none() && spec.property.is_none() {
+            return Err(err(format!("scenario `{}`: `count` applies only to `generate` and `property`", spec.name)));
+        }
+        if let Some(s) = &spec.sampling
+            && let Some(t) = s.temperature
+            && !(0.0..=5.0).contains(&t)
+        {
+            return Err(err(format!("scenario `{}`: temperature {t} is outside 0..=5", spec.name)));
+        }
+        let make = |name: String, input: Input, property: Option<Property>| Scenario {
+            name,
+            input,
+            property,
+            oracles: oracles.clone(),
+            max_tokens: spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            sampling: spec.sampling.clone().unwrap_or_default(),
+        };
+        let count = spec.count.unwrap_or(DEFAULT_CASES);
+        let mut made = Vec::new();
+        if let Some(prompt) = &spec.prompt {
+            made.push(make(spec.name.clone(), Input::Prompt(prompt.clone()), None));
+        } else if let Some(messages) = &spec.messages {
+            if messages.last().map(|m| m.role) != Some(super::spec::Role::User) {
+                return Err(err(format!("scenario `{}`: the last message must be the user's", spec.name)).at(format!("{at}.messages")));
+            }
+            made.push(make(spec.name.clone(), Input::Messages(messages.clone()), None));
+        } else if let Some(g) = &spec.generate {
+            let cases = generate::cases(g, count, seed, &spec.name);
+            let width = cases.len().saturating_sub(1).to_string().len().max(3);
+            for (k, case) in cases.into_iter().enumerate() {
+                made.push(make(format!("{}-{k:0width$}", spec.name), Input::Prompt(case.prompt), None));
+            }
+        } else if let Some(g) = &spec.property {
+            let property = Property { generator: g.clone(), cases: count, seed };
+            made.push(make(spec.name.clone(), Input::Prompt(String::new()), Some(property)));
+        }
+        for scenario in made {
+            if scenario.property.is_none() {
+                for oracle in &scenario.oracles {
+                    oracle.check_applicable(scenario.input.question()).map_err(|m| err(format!("scenario `{}`: {m}", scenario.name)))?;
+                }
+            }
+            if !names.insert(scenario.name.clone()) {
+                return Err(err(format!("scenario name `{}` appears twice", scenario.name)));
+            }
+            out.push(Arc::new(scenario));
+        }
+    }
+    Ok(out)
+}

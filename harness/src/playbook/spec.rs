@@ -1,0 +1,458 @@
+//! The playbook language v1, as written in YAML: the serde types, and the JSON Schema generated
+//! from them (`playbooks/playbook.schema.json`).
+//!
+//! Every struct denies unknown keys. A document here is one file; `extends` and tier composition
+//! happen in `compose`, and nothing in this module touches the file system.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::matrix::{Backend, Modality, Quantization};
+
+/// One playbook file: a model family, its models, its tiers and its scenarios. A file without
+/// `family` is a template that other playbooks name in `extends`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookDoc {
+    /// Language version; `1`.
+    pub playbook: Option<u32>,
+    /// The family's name, the first segment of every trial name (`qwen-coder`).
+    pub family: Option<String>,
+    pub description: Option<String>,
+    /// Templates merged under this file, in order, paths relative to this file.
+    #[serde(default)]
+    pub extends: Vec<String>,
+    /// What happens to the rest of the run once a trial fails.
+    pub failure_policy: Option<FailurePolicy>,
+    /// Defaults for every tier of the family (a tier's own settings win).
+    pub matrix: Option<MatrixSpec>,
+    /// The tiers this family is qualified at. A standard tier (smoke, mvp, quick, standard, deep)
+    /// starts from its built-in definition; other names must give the whole matrix.
+    pub tiers: Option<BTreeMap<String, MatrixSpec>>,
+    pub models: Option<Vec<ModelSpec>>,
+    pub scenarios: Option<Vec<ScenarioSpec>>,
+}
+
+/// Run-level behaviour after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Run every trial whatever fails.
+    CollectAll,
+    /// Once a gateway fails for a `(model, format, backend)`, the rest of that group is not run.
+    StopOnP0,
+    /// Once any trial fails, no further trial is run.
+    StopOnFirst,
+}
+
+impl FailurePolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.replace('_', "-").as_str() {
+            "collect-all" => Some(Self::CollectAll),
+            "stop-on-p0" => Some(Self::StopOnP0),
+            "stop-on-first" => Some(Self::StopOnFirst),
+            _ => None,
+        }
+    }
+}
+
+/// The shape of a tier: which cells of the matrix it covers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixSpec {
+    /// `safetensors`, `apr`, `gguf` (one trial format per entry of `quantizations`) or `gguf-<quantization>`.
+    pub formats: Option<Vec<FormatSpec>>,
+    /// The quantizations a bare `gguf` format stands for (default `[q4_k_m]`).
+    pub quantizations: Option<Vec<Quantization>>,
+    pub backends: Option<Vec<Backend>>,
+    pub modalities: Option<Vec<Modality>>,
+    /// How many scenarios (in declared order, generated cases counted one by one) each cell runs;
+    /// absent means all of them.
+    pub scenario_count: Option<u32>,
+    /// Seed of sampled generation and of scenario generators.
+    pub seed: Option<u64>,
+    /// Wall-clock limit of one trial, model load included.
+    pub timeout_ms: Option<u64>,
+}
+
+impl MatrixSpec {
+    /// `self` with every field `over` sets replaced.
+    pub fn overlaid(&self, over: &MatrixSpec) -> MatrixSpec {
+        MatrixSpec {
+            formats: over.formats.clone().or_else(|| self.formats.clone()),
+            quantizations: over.quantizations.clone().or_else(|| self.quantizations.clone()),
+            backends: over.backends.clone().or_else(|| self.backends.clone()),
+            modalities: over.modalities.clone().or_else(|| self.modalities.clone()),
+            scenario_count: over.scenario_count.or(self.scenario_count),
+            seed: over.seed.or(self.seed),
+            timeout_ms: over.timeout_ms.or(self.timeout_ms),
+        }
+    }
+}
+
+/// A format entry of a matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+#[schemars(
+    description = "`safetensors`, `apr`, `gguf`, or `gguf-<quantization>` such as `gguf-q8_0`"
+)]
+pub enum FormatSpec {
+    Safetensors,
+    Apr,
+    /// Every quantization of the matrix.
+    Gguf,
+    GgufAt(Quantization),
+}
+
+impl<'de> Deserialize<'de> for FormatSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "safetensors" => Ok(Self::Safetensors),
+            "apr" => Ok(Self::Apr),
+            "gguf" => Ok(Self::Gguf),
+            other => other
+                .strip_prefix("gguf-")
+                .and_then(Quantization::parse)
+                .map(Self::GgufAt)
+                .ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "unknown format `{other}`, expected `safetensors`, `apr`, `gguf` or `gguf-<quantization>` with one of {}",
+                        Quantization::ALL.map(|q| q.as_str()).join(", ")
+                    ))
+                }),
+        }
+    }
+}
+
+/// A model of the family.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Hugging Face id, `org/name`.
+    pub id: String,
+    /// The model's segment in trial names; default: the lower-cased `name` part of `id`.
+    pub slug: Option<String>,
+    /// Hub revision (branch, tag or commit) to look for in the Hugging Face cache; default `main`.
+    pub revision: Option<String>,
+    /// A local directory (or `.safetensors` file) holding the model; relative to the playbook.
+    pub path: Option<PathBuf>,
+    /// The `model_type` config.json must declare (`llama`, `qwen2`, ...).
+    pub architecture: Option<String>,
+    pub size: Option<SizeCategory>,
+    /// Architecture numbers config.json and the tensors must agree with.
+    pub expect: Option<ExpectedShape>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SizeCategory {
+    Tiny,
+    Small,
+    Medium,
+    Large,
+    Xlarge,
+    Huge,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedShape {
+    pub hidden_size: Option<u64>,
+    pub num_layers: Option<u64>,
+    pub num_heads: Option<u64>,
+    pub num_kv_heads: Option<u64>,
+    pub vocab_size: Option<u64>,
+    pub intermediate_size: Option<u64>,
+}
+
+/// One scenario: what is asked, and how the answer is judged. Exactly one of `prompt`,
+/// `messages`, `generate` and `property` is given.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpec {
+    /// The scenario's segment in trial names.
+    pub name: String,
+    /// A plain prompt (sent as is by `run`, as one user turn by `chat`).
+    pub prompt: Option<String>,
+    /// A conversation (`chat`, `serve`); the last turn is the user's.
+    pub messages: Option<Vec<MessageSpec>>,
+    /// Generated cases, each its own trial named `<name>-<index>`.
+    #[serde(default, deserialize_with = "serde_yaml_ng::with::singleton_map::deserialize")]
+    #[schemars(with = "Option<GeneratorSpec>")]
+    pub generate: Option<GeneratorSpec>,
+    /// Generated cases run inside one trial; a failure is shrunk to a minimal case.
+    #[serde(default, deserialize_with = "serde_yaml_ng::with::singleton_map::deserialize")]
+    #[schemars(with = "Option<GeneratorSpec>")]
+    pub property: Option<GeneratorSpec>,
+    /// How many cases `generate` or `property` makes.
+    pub count: Option<u32>,
+    /// Every oracle must accept the output. At least one.
+    #[serde(default)]
+    pub oracles: Vec<OracleSpec>,
+    /// Most tokens to generate; default 32.
+    pub max_tokens: Option<u32>,
+    /// Default greedy.
+    pub sampling: Option<SamplingSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSpec {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// A scenario generator, built on proptest strategies with the matrix seed.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum GeneratorSpec {
+    /// Integer arithmetic prompts such as "What is 7 + 5?".
+    Arithmetic(ArithmeticGen),
+    /// Prompts that start a function in a programming language.
+    Code(CodeGen),
+    /// Awkward inputs: empty, whitespace, other scripts, very long, markup.
+    EdgeCases(EdgeCaseGen),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArithmeticGen {
+    /// Operators to draw from; default `["+", "-", "*"]`.
+    #[serde(default = "ArithmeticGen::default_ops")]
+    pub ops: Vec<ArithOp>,
+    /// Inclusive operand range; default `[0, 99]`.
+    #[serde(default = "ArithmeticGen::default_operands")]
+    pub operands: [i64; 2],
+    /// Phrasings to draw from; default all.
+    #[serde(default = "ArithmeticGen::default_phrasings")]
+    pub phrasings: Vec<Phrasing>,
+}
+
+impl ArithmeticGen {
+    fn default_ops() -> Vec<ArithOp> {
+        vec![ArithOp::Add, ArithOp::Sub, ArithOp::Mul]
+    }
+    fn default_operands() -> [i64; 2] {
+        [0, 99]
+    }
+    fn default_phrasings() -> Vec<Phrasing> {
+        vec![Phrasing::WhatIs, Phrasing::Calculate, Phrasing::Equation]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ArithOp {
+    #[serde(rename = "+")]
+    Add,
+    #[serde(rename = "-")]
+    Sub,
+    #[serde(rename = "*")]
+    Mul,
+    #[serde(rename = "/")]
+    Div,
+}
+
+impl ArithOp {
+    pub fn symbol(self) -> char {
+        match self {
+            Self::Add => '+',
+            Self::Sub => '-',
+            Self::Mul => '*',
+            Self::Div => '/',
+        }
+    }
+}
+
+/// How an arithmetic question is worded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phrasing {
+    /// "What is 7 + 5?"
+    WhatIs,
+    /// "Calculate 7*5"
+    Calculate,
+    /// "7 + 5 ="
+    Equation,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeGen {
+    /// Languages to draw from; default `[python, rust]`.
+    #[serde(default = "CodeGen::default_languages")]
+    pub languages: Vec<Language>,
+}
+
+impl CodeGen {
+    fn default_languages() -> Vec<Language> {
+        vec![Language::Python, Language::Rust]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Python,
+    Rust,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeCaseGen {}
+
+/// Sampling settings; greedy unless a temperature above zero is given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingSpec {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    /// Overrides the matrix seed.
+    pub seed: Option<u64>,
+}
+
+/// An oracle: either its bare name (`garbage`) or a one-key map with its parameters
+/// (`regex: '^\d+$'`, `garbage: {max_repetition_ratio: 0.3}`).
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(with = "OracleSchema")]
+pub enum OracleSpec {
+    /// The number the answer gives equals the value of the prompt's arithmetic expression.
+    Arithmetic(ArithmeticOracleSpec),
+    /// The output contains this text.
+    Contains(String),
+    /// The output, trimmed, is exactly this text.
+    Exact(String),
+    /// The output matches this regular expression.
+    Regex(String),
+    /// The output is not garbage (gateway G4's detector).
+    Garbage(GarbageSpec),
+}
+
+impl OracleSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Arithmetic(_) => "arithmetic",
+            Self::Contains(_) => "contains",
+            Self::Exact(_) => "exact",
+            Self::Regex(_) => "regex",
+            Self::Garbage(_) => "garbage",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArithmeticOracleSpec {
+    /// Largest accepted absolute difference; default 0 (1e-6 for non-integer results).
+    pub tolerance: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GarbageSpec {
+    /// Largest share of repeated word 3-grams; default 0.5.
+    pub max_repetition_ratio: Option<f64>,
+    /// Fewest distinct characters an output of four times that length may have; default 4.
+    pub min_unique_chars: Option<usize>,
+}
+
+/// The schema shape of [`OracleSpec`] (its `Deserialize` is hand-written for the bare-name form).
+#[derive(JsonSchema)]
+#[expect(dead_code, reason = "only its JSON Schema is used")]
+#[serde(untagged)]
+enum OracleSchema {
+    Bare(BareOracle),
+    Arithmetic {
+        arithmetic: ArithmeticOracleSpec,
+    },
+    Contains {
+        contains: String,
+    },
+    Exact {
+        exact: String,
+    },
+    Regex {
+        regex: String,
+    },
+    Garbage {
+        garbage: GarbageSpec,
+    },
+}
+
+#[derive(JsonSchema)]
+#[expect(dead_code, reason = "only its JSON Schema is used")]
+#[serde(rename_all = "lowercase")]
+enum BareOracle {
+    Arithmetic,
+    Garbage,
+}
+
+const ORACLE_KINDS: &[&str] = &["arithmetic", "contains", "exact", "regex", "garbage"];
+
+impl<'de> Deserialize<'de> for OracleSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OracleVisitor;
+        impl<'de> Visitor<'de> for OracleVisitor {
+            type Value = OracleSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an oracle name (`arithmetic`, `garbage`) or a one-key map such as `contains: \"4\"`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OracleSpec, E> {
+                match v {
+                    "arithmetic" => Ok(OracleSpec::Arithmetic(Default::default())),
+                    "garbage" => Ok(OracleSpec::Garbage(Default::default())),
+                    "contains" | "exact" | "regex" => Err(E::custom(format!(
+                        "oracle `{v}` needs its text: write `{v}: \"...\"`"
+                    ))),
+                    other => Err(E::unknown_variant(other, ORACLE_KINDS)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OracleSpec, A::Error> {
+                let Some(kind) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom("an oracle map needs one key, the oracle's name"));
+                };
+                let oracle = match kind.as_str() {
+                    "arithmetic" => OracleSpec::Arithmetic(
+                        map.next_value::<Option<ArithmeticOracleSpec>>()?.unwrap_or_default(),
+                    ),
+                    "garbage" => {
+                        OracleSpec::Garbage(map.next_value::<Option<GarbageSpec>>()?.unwrap_or_default())
+                    }
+                    "contains" => OracleSpec::Contains(map.next_value()?),
+                    "exact" => OracleSpec::Exact(map.next_value()?),
+                    "regex" => OracleSpec::Regex(map.next_value()?),
+                    other => return Err(de::Error::unknown_variant(other, ORACLE_KINDS)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "an oracle map has exactly one key; `{extra}` is a second one (write each oracle as its own list item)"
+                    )));
+                }
+                Ok(oracle)
+            }
+        }
+        d.deserialize_any(OracleVisitor)
+    }
+}
+
+/// The JSON Schema of the playbook language, pretty-printed with a trailing newline.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(PlaybookDoc);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
+    text.push('\n');
+    text
+}

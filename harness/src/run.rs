@@ -1,0 +1,380 @@
+//! The trial body (pass 4): get the session, run the modality, apply the oracles, enforce the
+//! timeout and the failure policy, and record the evidence (pass 5).
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, GenerateRequest, Generation, Sampling, SessionCache, SessionKey, SharedSession};
+use crate::expand::TrialSpec;
+use crate::journal::{EvidenceRecord, Host, Journal, Metrics, Outcome, SCHEMA_VERSION};
+use crate::matrix::Modality;
+use crate::oracle::Verdict;
+use crate::playbook::{FailurePolicy, Input, MessageSpec, generator_strategy};
+
+/// What every trial of one harness process shares.
+pub struct RunContext {
+    pub config: Config,
+    pub journal: Journal,
+    pub sessions: SessionCache,
+    pub engine: Box<dyn Engine>,
+    pub host: Host,
+    policy: PolicyState,
+}
+
+#[derive(Default)]
+struct PolicyState {
+    first_failure: Mutex<Option<String>>,
+    failed_gates: Mutex<HashMap<SessionKey, String>>,
+}
+
+/// How one trial ended, before it is recorded.
+struct Finding {
+    outcome: Outcome,
+    gate: String,
+    reason: String,
+    prompt: Option<String>,
+    output: Option<String>,
+    metrics: Metrics,
+    info: Option<crate::engine::SessionInfo>,
+}
+
+impl Finding {
+    fn new(outcome: Outcome, gate: &str, reason: impl Into<String>) -> Self {
+        Self { outcome, gate: gate.into(), reason: reason.into(), prompt: None, output: None, metrics: Metrics::default(), info: None }
+    }
+}
+
+impl RunContext {
+    pub fn new(config: Config, journal: Journal, engine: Box<dyn Engine>) -> Self {
+        Self { config, journal, sessions: SessionCache::default(), engine, host: Host::current(), policy: PolicyState::default() }
+    }
+
+    fn policy_for(&self, playbook_policy: Option<FailurePolicy>) -> FailurePolicy {
+        self.config.failure_policy.or(playbook_policy).unwrap_or(FailurePolicy::CollectAll)
+    }
+
+    /// Why the policy stops this trial from running, if it does. Under nextest, other processes'
+    /// failures are read back from the shared journal.
+    fn blocked(&self, policy: FailurePolicy, key: &SessionKey, spec: &TrialSpec) -> Option<String> {
+        match policy {
+            FailurePolicy::CollectAll => None,
+            FailurePolicy::StopOnFirst => {
+                let local = self.policy.first_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                local.or_else(|| self.journal_failures(|r| !r.outcome.is_pass() && r.outcome != Outcome::Skipped)).map(|first| {
+                    format!("not run: the failure policy is stop-on-first and {first} failed")
+                })
+            }
+            FailurePolicy::StopOnP0 => {
+                let local = self.policy.failed_gates.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+                local
+                    .or_else(|| {
+                        self.journal_failures(|r| {
+                            r.gate == "G1"
+                                && r.outcome == Outcome::Falsified
+                                && r.model == spec.name.model
+                                && r.format == spec.name.format.name()
+                                && r.backend == spec.name.backend.as_str()
+                        })
+                        .map(|t| format!("gateway G1 failed in {t}"))
+                    })
+                    .map(|why| format!("not run: {why} (failure policy stop-on-p0, {key})"))
+            }
+        }
+    }
+
+    fn journal_failures(&self, pred: impl Fn(&EvidenceRecord) -> bool) -> Option<String> {
+        if !self.config.under_nextest {
+            return None;
+        }
+        let (records, _) = crate::journal::read(self.journal.path()).ok()?;
+        records.into_iter().find(|r| pred(r)).map(|r| r.trial)
+    }
+
+    /// Runs one scenario trial to its end and records it. `Ok` only when it was corroborated.
+    pub fn run(&self, spec: &TrialSpec, model_dir: PathBuf, playbook_policy: Option<FailurePolicy>) -> Result<(), String> {
+        let started = Instant::now();
+        let key = SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
+        let policy = self.policy_for(playbook_policy);
+        let finding = match self.blocked(policy, &key, spec) {
+            Some(reason) => Finding::new(Outcome::Skipped, "policy", reason),
+            None => {
+                let work = catch_unwind(AssertUnwindSafe(|| self.execute(spec, &key, model_dir, policy, started)));
+                work.unwrap_or_else(|panic| {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "a panic without a message".into());
+                    Finding::new(Outcome::Crashed, "G3", format!("the trial crashed: {msg}"))
+                })
+            }
+        };
+        self.sessions.release(&key);
+        if !finding.outcome.is_pass() && finding.outcome != Outcome::Skipped {
+            self.policy.first_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| spec.full_name.clone());
+            if finding.gate == "G1" {
+                self.policy.failed_gates.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_insert_with(|| {
+                    format!("gateway G1 failed in {}", spec.full_name)
+                });
+            }
+        }
+        let message = failure_message(&finding);
+        let record = self.record(spec, finding, started.elapsed());
+        if let Err(e) = self.journal.append(&record) {
+            return Err(format!("failed to append evidence to {}: {e}", self.journal.path().display()));
+        }
+        match message {
+            None => Ok(()),
+            Some(m) => Err(m),
+        }
+    }
+
+    fn execute(&self, spec: &TrialSpec, key: &SessionKey, model_dir: PathBuf, policy: FailurePolicy, started: Instant) -> Finding {
+        let deadline = started + spec.tier.timeout;
+        let (session, loaded_now) = self.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
+            self.engine.load(&model_dir, spec.name.backend)
+        });
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => return Finding::new(Outcome::Falsified, "G1", format!("gateway G1 (load) failed: {e}")),
+        };
+        let info = session.lock().unwrap_or_else(|p| p.into_inner()).info().clone();
+        let mut finding = if Instant::now() >= deadline {
+            Finding::new(Outcome::Timeout, "timeout", format!("the model took longer than the {}s timeout to load", spec.tier.timeout.as_secs_f64()))
+        } else if let Some(property) = &spec.scenario.property {
+            self.run_property(spec, &session, property, deadline)
+        } else {
+            let prompt = render(spec.modality, &spec.scenario.input);
+            let mut f = self.generate_and_judge(spec, &session, &prompt, deadline);
+            f.prompt = Some(prompt);
+            f
+        };
+        if loaded_now {
+            finding.metrics.load_ms = Some(info.load_time.as_secs_f64() * 1e3);
+        }
+        finding.info = Some(info);
+        finding
+    }
+
+    fn sampling(&self, spec: &TrialSpec) -> Sampling {
+        let s = &spec.scenario.sampling;
+        match s.temperature {
+            Some(t) if t > 0.0 => Sampling::Seeded { temperature: t, top_p: s.top_p, top_k: s.top_k, seed: s.seed.unwrap_or(spec.tier.seed) },
+            _ => Sampling::Greedy,
+        }
+    }
+
+    fn generate(&self, spec: &TrialSpec, session: &SharedSession, prompt: &str, deadline: Instant) -> Result<Generation, EngineError> {
+        let request = GenerateRequest { prompt, max_tokens: spec.scenario.max_tokens, sampling: self.sampling(spec), deadline };
+        session.lock().unwrap_or_else(|p| p.into_inner()).generate(&request)
+    }
+
+    fn generate_and_judge(&self, spec: &TrialSpec, session: &SharedSession, prompt: &str, deadline: Instant) -> Finding {
+        match self.generate(spec, session, prompt, deadline) {
+            Ok(generation) => {
+                let question = spec.scenario.input.question();
+                let mut finding = judge(spec, question, &generation.text);
+                finding.metrics = metrics_of(&generation);
+                finding.output = Some(generation.text);
+                finding
+            }
+            Err(EngineError::Timeout { tokens, partial }) => {
+                let mut f = Finding::new(
+                    Outcome::Timeout,
+                    "timeout",
+                    format!("generation passed the {}s timeout after {tokens} tokens", spec.tier.timeout.as_secs_f64()),
+                );
+                f.output = Some(partial);
+                f
+            }
+            Err(e) => Finding::new(Outcome::Falsified, "G2", format!("gateway G2 (inference) failed: {e}")),
+        }
+    }
+
+    /// Runs generated cases in this one trial; a failing case is shrunk to a minimal one.
+    fn run_property(&self, spec: &TrialSpec, session: &SharedSession, property: &crate::playbook::Property, deadline: Instant) -> Finding {
+        let strategy = generator_strategy(&property.generator);
+        let config = ProptestConfig { cases: property.cases, failure_persistence: None, max_shrink_iters: 256, ..ProptestConfig::default() };
+        let mut runner = crate::playbook::seeded_runner(property.seed, &spec.scenario.name, config);
+        let last: Mutex<Option<Finding>> = Mutex::new(None);
+        let cases = Mutex::new(0u32);
+        let result = runner.run(&strategy, |question| {
+            *cases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            let prompt = render(spec.modality, &Input::Prompt(question.clone()));
+            let mut f = match self.generate(spec, session, &prompt, deadline) {
+                Ok(g) => {
+                    let mut f = judge(spec, &question, &g.text);
+                    f.metrics = metrics_of(&g);
+                    f.output = Some(g.text);
+                    f
+                }
+                Err(EngineError::Timeout { .. }) => Finding::new(Outcome::Timeout, "timeout", "the property passed its timeout"),
+                Err(e) => Finding::new(Outcome::Falsified, "G2", format!("gateway G2 (inference) failed: {e}")),
+            };
+            f.prompt = Some(prompt);
+            let outcome = f.outcome;
+            let reason = f.reason.clone();
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+            match outcome {
+                Outcome::Corroborated => Ok(()),
+                // A timeout ends the property at once: shrinking would only time out again.
+                Outcome::Timeout => Err(TestCaseError::reject(reason)),
+                _ => Err(TestCaseError::fail(reason)),
+            }
+        });
+        let ran = *cases.lock().unwrap_or_else(|p| p.into_inner());
+        let last = last.into_inner().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                let mut f = last.unwrap_or_else(|| Finding::new(Outcome::Corroborated, "property", ""));
+                f.outcome = Outcome::Corroborated;
+                f.gate = "property".into();
+                f.reason = format!("{} generated cases corroborated", property.cases);
+                f
+            }
+            Err(TestError::Fail(reason, minimal)) => {
+                // Shrinking ends on the minimal case, but `last` may be a later, passing attempt:
+                // run the minimal case once more so the record shows its real output.
+                let prompt = render(spec.modality, &Input::Prompt(minimal.clone()));
+                let mut f = self.generate_and_judge(spec, session, &prompt, deadline);
+                f.prompt = Some(prompt);
+                f.outcome = Outcome::Falsified;
+                f.reason = format!("property falsified after {ran} case runs; minimal failing case {minimal:?}: {reason}");
+                f
+            }
+            Err(TestError::Abort(reason)) => {
+                let mut f = last.unwrap_or_else(|| Finding::new(Outcome::Timeout, "timeout", ""));
+                if f.outcome != Outcome::Timeout {
+                    f.outcome = Outcome::Falsified;
+                }
+                f.reason = format!("property aborted: {reason}");
+                f
+            }
+        }
+    }
+
+    fn record(&self, spec: &TrialSpec, finding: Finding, elapsed: Duration) -> EvidenceRecord {
+        let mut metrics = finding.metrics;
+        metrics.duration_ms = elapsed.as_secs_f64() * 1e3;
+        let (scenario, modality) = match &spec.name.tail {
+            crate::name::Tail::Scenario { modality, scenario } => (scenario.clone(), modality.as_str().to_string()),
+            other => (other.to_string(), String::new()),
+        };
+        EvidenceRecord {
+            schema: SCHEMA_VERSION,
+            run_id: self.config.run_id.clone(),
+            trial: spec.full_name.clone(),
+            family: spec.name.family.clone(),
+            tier: spec.name.tier.clone(),
+            model: spec.name.model.clone(),
+            model_id: spec.model.id.clone(),
+            format: spec.name.format.name(),
+            backend: spec.name.backend.as_str().into(),
+            modality,
+            scenario,
+            outcome: finding.outcome,
+            gate: finding.gate,
+            reason: finding.reason,
+            prompt: finding.prompt,
+            output: finding.output,
+            max_tokens: spec.scenario.max_tokens,
+            sampling: self.sampling(spec),
+            metrics,
+            model_files: finding.info.as_ref().map(|i| i.files.clone()).unwrap_or_default(),
+            engine: finding.info.as_ref().map(|i| i.engine.clone()),
+            device: finding.info.as_ref().map(|i| i.device.clone()),
+            playbook: spec.source.display().to_string(),
+            harness_version: env!("CARGO_PKG_VERSION").into(),
+            host: self.host.clone(),
+            timestamp: crate::journal::timestamp(),
+        }
+    }
+}
+
+/// The text sent to the engine. `run` sends a prompt as is; a conversation is laid out as a
+/// plain transcript ending with the assistant's turn.
+pub fn render(modality: Modality, input: &Input) -> String {
+    match (modality, input) {
+        (_, Input::Prompt(p)) => p.clone(),
+        (_, Input::Messages(messages)) => transcript(messages),
+    }
+}
+
+fn transcript(messages: &[MessageSpec]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        let role = match m.role {
+            crate::playbook::spec::Role::System => "System",
+            crate::playbook::spec::Role::User => "User",
+            crate::playbook::spec::Role::Assistant => "Assistant",
+        };
+        out.push_str(&format!("{role}: {}\n", m.content));
+    }
+    out.push_str("Assistant:");
+    out
+}
+
+fn metrics_of(g: &Generation) -> Metrics {
+    Metrics {
+        load_ms: None,
+        time_to_first_token_ms: Some(g.time_to_first_token.as_secs_f64() * 1e3),
+        prompt_tokens: Some(g.prompt_tokens),
+        tokens: Some(g.tokens.len()),
+        tokens_per_second: g.tokens_per_second(),
+        duration_ms: 0.0,
+    }
+}
+
+/// Every oracle judges; the first that falsifies decides.
+fn judge(spec: &TrialSpec, question: &str, output: &str) -> Finding {
+    let mut passed = Vec::new();
+    for oracle in &spec.scenario.oracles {
+        match oracle.judge(question, output) {
+            Verdict::Corroborated(why) => passed.push(format!("{}: {why}", oracle.kind())),
+            Verdict::Falsified(why) => return Finding::new(Outcome::Falsified, oracle.kind(), why),
+        }
+    }
+    Finding::new(Outcome::Corroborated, "oracles", passed.join("; "))
+}
+
+/// The libtest failure message of a finding, or `None` when it passed.
+fn failure_message(f: &Finding) -> Option<String> {
+    if f.outcome.is_pass() {
+        return None;
+    }
+    let mut m = format!("{} [{}]: {}", outcome_word(f.outcome), f.gate, f.reason);
+    if let Some(p) = &f.prompt {
+        m.push_str(&format!("\n  prompt: {}", excerpt(p)));
+    }
+    if let Some(o) = &f.output {
+        m.push_str(&format!("\n  output: {}", excerpt(o)));
+    }
+    Some(m)
+}
+
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Corroborated => "corroborated",
+        Outcome::Falsified => "falsified",
+        Outcome::Timeout => "timeout",
+        Outcome::Crashed => "crashed",
+        Outcome::Skipped => "skipped",
+    }
+}
+
+fn excerpt(s: &str) -> String {
+    let mut e: String = s.chars().take(300).collect();
+    if e.len() < s.len() {
+        e.push('…');
+    }
+    format!("{e:?}")
+}
+
+/// Shared handle for trial closures.
+pub type SharedContext = Arc<RunContext>;

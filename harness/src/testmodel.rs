@@ -1,0 +1,254 @@
+//! The test model generator: a small, deterministic, random-weight model in Hugging Face layout
+//! (config.json, model.safetensors, tokenizer.json trained offline, tokenizer_config.json with a
+//! chat template) that the project's own tests run real inference on.
+//!
+//! Random weights produce noise, so oracles that judge meaning fail on it; it exists to exercise
+//! loading, generation, metrics and the journal, not to pass scenarios.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, TokenizerBuilder};
+
+/// The architectures the generator can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestArchitecture {
+    Llama,
+    Qwen2,
+}
+
+/// The shape of a generated model.
+#[derive(Debug, Clone, Copy)]
+pub struct TestModelShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub context: usize,
+}
+
+impl Default for TestModelShape {
+    fn default() -> Self {
+        Self { hidden: 64, intermediate: 128, layers: 2, heads: 4, kv_heads: 2, vocab: 384, context: 256 }
+    }
+}
+
+/// Special tokens, in id order from 0.
+pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// A ChatML template, as Qwen-style models carry it in tokenizer_config.json.
+pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Text the tokenizer is trained on: the kinds of prompts the playbooks send.
+fn corpus() -> Vec<String> {
+    let mut lines = Vec::new();
+    for a in 0..30 {
+        for b in [1, 3, 7, 12, 25, 48, 99] {
+            lines.push(format!("What is {a} + {b}?\n{}", a + b));
+            lines.push(format!("Calculate {a}*{b}\n{}", a * b));
+            lines.push(format!("{a} - {b} =\n{}", a - b));
+        }
+    }
+    for s in [
+        "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)",
+        "fn main() {\n    println!(\"Hello, world!\");\n}",
+        "Repeat: red green blue\nred green blue",
+        "Hello! How are you today? I am fine, thank you.",
+        "List three colors.\nRed, green and blue.",
+        "The quick brown fox jumps over the lazy dog.",
+    ] {
+        for _ in 0..20 {
+            lines.push(s.to_string());
+        }
+    }
+    lines
+}
+
+/// Trains the byte-level BPE tokenizer and writes `tokenizer.json` into `dir`.
+pub fn write_tokenizer(dir: &Path, vocab: usize) -> anyhow::Result<()> {
+    let mut trainer = BpeTrainerBuilder::new()
+        .show_progress(false)
+        .vocab_size(vocab)
+        .min_frequency(0)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect())
+        .build();
+    let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+        .with_model(BPE::default())
+        .with_normalizer(None)
+        .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+        .with_post_processor(Some(ByteLevel::default()))
+        .with_decoder(Some(ByteLevel::default()))
+        .build()
+        .map_err(|e| anyhow::anyhow!("failed to build the tokenizer: {e}"))?;
+    tokenizer
+        .train(&mut trainer, corpus().iter())
+        .map_err(|e| anyhow::anyhow!("failed to train the tokenizer: {e}"))?;
+    tokenizer
+        .save(dir.join("tokenizer.json"), true)
+        .map_err(|e| anyhow::anyhow!("failed to save the tokenizer: {e}"))?;
+    Ok(())
+}
+
+/// A deterministic stream of normal-ish numbers (splitmix64 and Box–Muller), so weights do not
+/// depend on any RNG crate's version.
+struct Normal(u64);
+
+impl Normal {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn sample(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+}
+
+/// Writes a complete model directory; the same arguments always give the same bytes.
+pub fn write_test_model(dir: &Path, arch: TestArchitecture, shape: TestModelShape, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_tokenizer(dir, shape.vocab)?;
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("failed to reload the tokenizer: {e}"))?;
+    let vocab = tokenizer.get_vocab_size(true);
+    anyhow::ensure!(vocab <= shape.vocab, "the tokenizer has {vocab} tokens, more than the model's {}", shape.vocab);
+
+    let head_dim = shape.hidden / shape.heads;
+    let kv = shape.kv_heads * head_dim;
+    let mut rng = Normal(seed);
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut matrix = |name: String, rows: usize, cols: usize, scale: f32| -> anyhow::Result<(String, Tensor)> {
+        let data: Vec<f32> = (0..rows * cols).map(|_| rng.sample() * scale).collect();
+        Ok((name, Tensor::from_vec(data, (rows, cols), &Device::Cpu)?))
+    };
+    let ones = |name: String, n: usize| -> anyhow::Result<(String, Tensor)> {
+        Ok((name, Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?))
+    };
+    let h = shape.hidden;
+    let std = 0.3 / (h as f32).sqrt();
+    tensors.push(matrix("model.embed_tokens.weight".into(), shape.vocab, h, 1.0)?);
+    for l in 0..shape.layers {
+        let p = format!("model.layers.{l}");
+        tensors.push(matrix(format!("{p}.self_attn.q_proj.weight"), h, h, std)?);
+        tensors.push(matrix(format!("{p}.self_attn.k_proj.weight"), kv, h, std)?);
+        tensors.push(matrix(format!("{p}.self_attn.v_proj.weight"), kv, h, std)?);
+        tensors.push(matrix(format!("{p}.self_attn.o_proj.weight"), h, h, std)?);
+        tensors.push(matrix(format!("{p}.mlp.gate_proj.weight"), shape.intermediate, h, std)?);
+        tensors.push(matrix(format!("{p}.mlp.up_proj.weight"), shape.intermediate, h, std)?);
+        tensors.push(matrix(format!("{p}.mlp.down_proj.weight"), h, shape.intermediate, std)?);
+        tensors.push(ones(format!("{p}.input_layernorm.weight"), h)?);
+        tensors.push(ones(format!("{p}.post_attention_layernorm.weight"), h)?);
+        if arch == TestArchitecture::Qwen2 {
+            for (proj, n) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv)] {
+                tensors.push((format!("{p}.self_attn.{proj}.bias"), Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu)?));
+            }
+        }
+    }
+    tensors.push(ones("model.norm.weight".into(), h)?);
+    tensors.push(matrix("lm_head.weight".into(), shape.vocab, h, std * 4.0)?);
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+
+    let eos = 0u32;
+    let config = match arch {
+        TestArchitecture::Llama => serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": h,
+            "intermediate_size": shape.intermediate,
+            "num_hidden_layers": shape.layers,
+            "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads,
+            "vocab_size": shape.vocab,
+            "max_position_embeddings": shape.context,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": false,
+            "bos_token_id": eos,
+            "eos_token_id": eos,
+            "torch_dtype": "float32",
+        }),
+        TestArchitecture::Qwen2 => serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "hidden_size": h,
+            "intermediate_size": shape.intermediate,
+            "num_hidden_layers": shape.layers,
+            "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads,
+            "vocab_size": shape.vocab,
+            "max_position_embeddings": shape.context,
+            "sliding_window": shape.context,
+            "max_window_layers": shape.layers,
+            "use_sliding_window": false,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": false,
+            "bos_token_id": eos,
+            "eos_token_id": eos,
+            "torch_dtype": "float32",
+        }),
+    };
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
+    let tokenizer_config = serde_json::json!({
+        "eos_token": SPECIAL_TOKENS[0],
+        "pad_token": SPECIAL_TOKENS[0],
+        "model_max_length": shape.context,
+        "chat_template": CHAT_TEMPLATE,
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config)? + "\n")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::engine::{GenerateRequest, Sampling, Session, load_candle};
+    use crate::matrix::Backend;
+
+    fn generate(dir: &Path, prompt: &str) -> crate::engine::Generation {
+        let mut s = load_candle(dir, Backend::Cpu).expect("loads");
+        s.generate(&GenerateRequest {
+            prompt,
+            max_tokens: 12,
+            sampling: Sampling::Greedy,
+            deadline: Instant::now() + Duration::from_secs(60),
+        })
+        .expect("generates")
+    }
+
+    #[test]
+    fn generated_models_are_deterministic_and_run() {
+        for arch in [TestArchitecture::Llama, TestArchitecture::Qwen2] {
+            let a = tempfile::tempdir().unwrap();
+            let b = tempfile::tempdir().unwrap();
+            write_test_model(a.path(), arch, TestModelShape::default(), 7).unwrap();
+            write_test_model(b.path(), arch, TestModelShape::default(), 7).unwrap();
+            for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+                assert_eq!(std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap(), "{f} differs");
+            }
+            let g1 = generate(a.path(), "What is 2 + 2?");
+            let g2 = generate(b.path(), "What is 2 + 2?");
+            assert_eq!(g1.tokens, g2.tokens);
+            assert!(g1.prompt_tokens > 3);
+            assert!(!g1.tokens.is_empty() || g1.finish == crate::engine::Finish::Eos);
+        }
+    }
+}

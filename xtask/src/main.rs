@@ -1,0 +1,57 @@
+//! `cargo xtask <task>`: the project's own tooling. One module per task.
+
+mod bench;
+mod fixtures;
+mod schema;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  fixtures [--out DIR]     write the test models (default target/fixtures)
+  schema [--check]         write playbooks/playbook.schema.json, or fail when it is stale
+  bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
+";
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "fixtures" => fixtures::run(&rest),
+        "schema" => schema::run(&rest),
+        "bench" => bench::run(&rest),
+        "" | "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// The value after `--flag` in `args`.
+pub fn flag_value(args: &[String], flag: &str) -> anyhow::Result<Option<String>> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(i) => args.get(i + 1).cloned().map(Some).with_context(|| format!("`{flag}` needs a value")),
+    }
+}
