@@ -36,7 +36,7 @@ impl PlaybookError {
             file: file.to_path_buf(),
             location,
             yaml_path: (path != "." && !path.is_empty()).then_some(path),
-            message: bare_message(&inner),
+            message: bare_message(&inner, &path),
         }
     }
 
@@ -51,7 +51,7 @@ impl PlaybookError {
 
 /// serde_yaml_ng's message without the path prefix and the " at line L column C" suffix it
 /// adds, since this type reports both as fields.
-fn bare_message(err: &serde_yaml_ng::Error) -> String {
+fn bare_message(err: &serde_yaml_ng::Error, path: &str) -> String {
     let mut text = err.to_string();
     if let Some(loc) = err.location() {
         let suffix = format!(" at line {} column {}", loc.line(), loc.column());
@@ -59,10 +59,11 @@ fn bare_message(err: &serde_yaml_ng::Error) -> String {
             text = stripped.to_string();
         }
     }
-    // A path prefix looks like `models[0].expect: `; messages themselves never start that way.
+    // serde_yaml_ng prefixes the path it knows, which may be a part of the full one.
     if let Some((head, rest)) = text.split_once(": ")
+        && !head.is_empty()
         && !head.contains(' ')
-        && (head.contains('.') || head.contains('['))
+        && path.contains(head)
     {
         text = rest.to_string();
     }
