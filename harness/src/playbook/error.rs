@@ -32,11 +32,12 @@ impl PlaybookError {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let location = inner.location().map(|l| (l.line(), l.column()));
+        let message = bare_message(&inner, &path);
         Self {
             file: file.to_path_buf(),
             location,
             yaml_path: (path != "." && !path.is_empty()).then_some(path),
-            message: bare_message(&inner, &path),
+            message,
         }
     }
 
