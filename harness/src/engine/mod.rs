@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use self::cache::{SessionCache, SessionKey, SharedSession};
-pub use self::candle::{CandleEngine, load_candle};
+pub use self::candle::{CandleEngine, SUPPORTED_ARCHITECTURES, hash_file as hash_model_file, load_candle};
 
 use crate::matrix::Backend;
 

@@ -1,0 +1,274 @@
+//! End-to-end: the real qualify binary on a generated model, checked through its exit code,
+//! its stderr and the evidence journal it writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use modelqa::journal::{EvidenceRecord, Outcome};
+use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
+
+/// The qualify test binary that cargo built beside this one (`cargo test` builds every test
+/// target before running any).
+fn qualify_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .expect("deps dir lists")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("qualify-") && p.extension().is_none()
+        })
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, p)| p).expect("the qualify test binary is built (run `cargo test --workspace`)")
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(playbook: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_test_model(&dir.path().join("model"), TestArchitecture::Llama, TestModelShape::default(), 11).expect("model");
+        std::fs::write(dir.path().join("playbook.yaml"), playbook).expect("playbook");
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn qualify(&self, run_id: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(qualify_binary());
+        cmd.args(args)
+            .env("QUALIFY_PLAYBOOKS", self.path().join("playbook.yaml"))
+            .env("QUALIFY_JOURNAL_DIR", self.path().join("journal"))
+            .env("QUALIFY_RUN_ID", run_id)
+            .env("HOME", self.path())
+            .env_remove("QUALIFY_MODEL_DIR")
+            .env_remove("QUALIFY_FAILURE_POLICY")
+            .env_remove("NEXTEST")
+            .env_remove("HF_HOME")
+            .env_remove("HF_HUB_CACHE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("qualify runs")
+    }
+
+    fn journal(&self, run_id: &str) -> Vec<EvidenceRecord> {
+        let path = self.path().join("journal").join(format!("{run_id}.jsonl"));
+        let (records, torn) = modelqa::journal::read(&path).expect("journal reads");
+        assert_eq!(torn, 0);
+        records
+    }
+}
+
+const PLAYBOOK: &str = r#"
+playbook: 1
+family: e2e
+failure_policy: collect-all
+tiers:
+  smoke:
+    backends: [cpu, gpu]
+    scenario_count: 3
+models:
+  - id: test/tiny
+    path: model
+scenarios:
+  - name: any_text
+    prompt: "Hello! How are you today?"
+    max_tokens: 8
+    oracles: [{regex: '\S'}]
+  - name: arithmetic
+    prompt: "What is 2+2?"
+    max_tokens: 8
+    oracles: [arithmetic]
+  - name: sampled
+    prompt: "List three colors."
+    max_tokens: 8
+    sampling: {temperature: 0.9, seed: 5}
+    oracles: [{regex: '\S'}]
+"#;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn runs_real_inference_and_records_every_trial() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify("run1", &["--test-threads", "2"], &[]);
+    // The random model cannot do arithmetic: one falsified trial, so libtest's failure code.
+    assert_eq!(out.status.code(), Some(101), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("2 passed; 1 failed; 3 ignored"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("ignored 3 trials: built without cuda"), "{}", stderr(&out));
+
+    let records = fx.journal("run1");
+    assert_eq!(records.len(), 3, "one record per trial that ran");
+    let model_file = fx.path().join("model/model.safetensors");
+    let sha = modelqa::engine::hash_model_file(&model_file).expect("hash").sha256;
+    for r in &records {
+        assert_eq!(r.run_id, "run1");
+        assert_eq!((r.family.as_str(), r.tier.as_str(), r.model.as_str()), ("e2e", "smoke", "tiny"));
+        assert_eq!((r.format.as_str(), r.backend.as_str(), r.modality.as_str()), ("safetensors", "cpu", "run"));
+        assert!(r.output.as_deref().is_some_and(|o| !o.is_empty()), "{r:?}");
+        assert!(r.metrics.tokens.is_some_and(|t| t > 0));
+        assert!(r.metrics.time_to_first_token_ms.is_some());
+        assert!(r.model_files.iter().any(|f| f.sha256 == sha), "model file hashes recorded");
+        assert_eq!(r.engine.as_deref(), Some("candle 0.11.1"));
+        assert_eq!(r.device.as_deref(), Some("cpu"));
+        assert!(r.timestamp.ends_with('Z'));
+    }
+    let by = |s: &str| records.iter().find(|r| r.scenario == s).expect(s);
+    assert_eq!(by("any_text").outcome, Outcome::Corroborated);
+    assert_eq!(by("arithmetic").outcome, Outcome::Falsified);
+    assert_eq!(by("arithmetic").gate, "arithmetic");
+    assert!(by("arithmetic").reason.contains("expected 2+2 = 4"), "{}", by("arithmetic").reason);
+    assert_eq!(by("arithmetic").prompt.as_deref(), Some("What is 2+2?"));
+    assert!(matches!(by("sampled").sampling, modelqa::engine::Sampling::Seeded { seed: 5, .. }));
+    // Exactly one trial loaded the session; the others shared it.
+    assert_eq!(records.iter().filter(|r| r.metrics.load_ms.is_some()).count(), 1);
+
+    // Greedy generation is deterministic across runs.
+    fx.qualify("run2", &["any_text"], &[]);
+    assert_eq!(fx.journal("run2")[0].output, by("any_text").output);
+}
+
+#[test]
+fn exact_builds_one_trial_and_rejects_bad_names() {
+    let fx = Fixture::new(PLAYBOOK);
+    let name = "e2e::smoke::tiny::safetensors::cpu::run::any_text";
+    let out = fx.qualify("exact", &["--exact", name], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 passed"), "{}", stdout(&out));
+    assert_eq!(fx.journal("exact").len(), 1);
+
+    let out = fx.qualify("exact", &["--exact", "e2e::smoke::tiny"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("is not a trial name: expected 7 segments"), "{}", stderr(&out));
+
+    let out = fx.qualify("exact", &["--exact", "e2e::smoke::tiny::safetensors::cpu::run::nope"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("no trial is named"), "{}", stderr(&out));
+    assert_eq!(fx.journal("exact").len(), 1, "nothing more ran");
+}
+
+#[test]
+fn list_matches_libtest_and_nextest_expectations() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify("list", &["--list", "--format", "terse"], &[]);
+    assert!(out.status.success());
+    let lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines.iter().all(|l| l.ends_with(": test")));
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+    let ignored = fx.qualify("list", &["--list", "--format", "terse", "--ignored"], &[]);
+    assert_eq!(stdout(&ignored).lines().count(), 3, "the gpu trials");
+    assert!(stdout(&ignored).lines().all(|l| l.contains("::gpu::")));
+    let filtered = fx.qualify("list", &["--list", "::run::a"], &[]);
+    assert_eq!(stdout(&filtered).lines().count(), 4);
+    let skipped = fx.qualify("list", &["--list", "--skip", "gpu"], &[]);
+    assert_eq!(stdout(&skipped).lines().count(), 3);
+    assert!(!fx.path().join("journal/list.jsonl").exists(), "listing runs nothing");
+}
+
+#[test]
+fn stop_on_p0_does_not_retry_a_failed_load() {
+    let fx = Fixture::new(PLAYBOOK);
+    // A truncated weights file: the load gateway fails once, the rest of the group is not run.
+    let weights = fx.path().join("model/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let out = fx.qualify("p0", &["--test-threads", "1"], &[("QUALIFY_FAILURE_POLICY", "stop-on-p0")]);
+    assert_eq!(out.status.code(), Some(101));
+    let records = fx.journal("p0");
+    assert_eq!(records.len(), 3);
+    let g1: Vec<_> = records.iter().filter(|r| r.gate == "G1").collect();
+    assert_eq!(g1.len(), 1, "{records:#?}");
+    assert!(g1[0].reason.contains("model.safetensors"), "the cause names the file: {}", g1[0].reason);
+    for r in records.iter().filter(|r| r.gate != "G1") {
+        assert_eq!(r.outcome, Outcome::Skipped);
+        assert!(r.reason.starts_with("not run: gateway G1 failed"), "{}", r.reason);
+    }
+
+    // collect-all tries every trial again, each failing on its own.
+    let out = fx.qualify("all", &["--test-threads", "1"], &[("QUALIFY_FAILURE_POLICY", "collect-all")]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(fx.journal("all").iter().all(|r| r.gate == "G1" && r.outcome == Outcome::Falsified));
+}
+
+#[test]
+fn stop_on_first_stops_the_run() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify("first", &["--test-threads", "1"], &[("QUALIFY_FAILURE_POLICY", "stop-on-first")]);
+    assert_eq!(out.status.code(), Some(101));
+    let records = fx.journal("first");
+    // Trials run in name order: any_text passes, arithmetic fails, sampled is not run.
+    let outcomes: Vec<_> = records.iter().map(|r| (r.scenario.as_str(), r.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [("any_text", Outcome::Corroborated), ("arithmetic", Outcome::Falsified), ("sampled", Outcome::Skipped)]
+    );
+    assert!(records[2].reason.contains("stop-on-first"), "{}", records[2].reason);
+}
+
+#[test]
+fn missing_model_is_ignored_with_where_it_looked() {
+    let fx = Fixture::new(&PLAYBOOK.replace("path: model", "path: elsewhere"));
+    let out = fx.qualify("missing", &[], &[]);
+    assert!(out.status.success(), "ignored is not failed: {}", stderr(&out));
+    assert!(stdout(&out).contains("0 passed; 0 failed; 6 ignored"), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("model test/tiny not found (looked in"), "{err}");
+    assert!(err.contains("elsewhere"), "{err}");
+    // Asked to run them anyway, they stay ignored with the reason rather than passing.
+    let out = fx.qualify("missing", &["--include-ignored"], &[]);
+    assert!(stdout(&out).contains("0 passed; 0 failed; 6 ignored"), "{}", stdout(&out));
+}
+
+#[test]
+fn malformed_playbook_stops_before_any_trial() {
+    let fx = Fixture::new("playbook: 1\nfamily: e2e\ntiers: {smoke: {}}\nmodels: [{id: test/tiny, paht: model}]\n");
+    let out = fx.qualify("bad", &[], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(err.contains("playbook.yaml:4:"), "{err}");
+    assert!(err.contains("at `models[0].paht`: unknown field `paht`"), "{err}");
+    assert!(!fx.path().join("journal").exists());
+
+    let out = fx.qualify("bad", &[], &[("QUALIFY_FAILURE_POLICY", "sometimes")]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("invalid QUALIFY_FAILURE_POLICY"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_corrupt_model_fails_only_its_own_trials() {
+    let two_models = PLAYBOOK.replace(
+        "models:\n  - id: test/tiny\n    path: model\n",
+        "models:\n  - id: test/tiny\n    path: model\n  - id: test/broken\n    path: broken\n",
+    );
+    assert_ne!(two_models, PLAYBOOK);
+    let fx = Fixture::new(&two_models);
+    let broken = fx.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("config.json"), "{\"model_type\": \"llama\"").unwrap();
+    let out = fx.qualify("corrupt", &["any_text"], &[]);
+    assert_eq!(out.status.code(), Some(101));
+    let records = fx.journal("corrupt");
+    let tiny = records.iter().find(|r| r.model == "tiny").expect("tiny ran");
+    let bad = records.iter().find(|r| r.model == "broken").expect("broken ran");
+    assert_eq!(tiny.outcome, Outcome::Corroborated);
+    assert_eq!(bad.outcome, Outcome::Falsified);
+    assert!(bad.reason.contains("config.json") && bad.reason.contains("invalid JSON"), "{}", bad.reason);
+}
