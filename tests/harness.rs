@@ -33,7 +33,8 @@ struct Fixture {
 impl Fixture {
     fn new(playbook: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        write_test_model(&dir.path().join("model"), TestArchitecture::Llama, TestModelShape::default(), 11).expect("model");
+        write_test_model(&dir.path().join("model"), TestArchitecture::Llama, TestModelShape::default(), 11)
+            .expect("model");
         std::fs::write(dir.path().join("playbook.yaml"), playbook).expect("playbook");
         Self { dir }
     }
@@ -119,7 +120,10 @@ fn runs_real_inference_and_records_every_trial() {
     for r in &records {
         assert_eq!(r.run_id, "run1");
         assert_eq!((r.family.as_str(), r.tier.as_str(), r.model.as_str()), ("e2e", "smoke", "tiny"));
-        assert_eq!((r.format.as_str(), r.backend.as_str(), r.modality.as_str()), ("safetensors", "cpu", "run"));
+        assert_eq!(
+            (r.format.as_str(), r.backend.as_str(), r.modality.as_str()),
+            ("safetensors", "cpu", "run")
+        );
         assert!(r.output.as_deref().is_some_and(|o| !o.is_empty()), "{r:?}");
         assert!(r.metrics.tokens.is_some_and(|t| t > 0));
         assert!(r.metrics.time_to_first_token_ms.is_some());
@@ -218,7 +222,11 @@ fn stop_on_first_stops_the_run() {
     let outcomes: Vec<_> = records.iter().map(|r| (r.scenario.as_str(), r.outcome)).collect();
     assert_eq!(
         outcomes,
-        [("any_text", Outcome::Corroborated), ("arithmetic", Outcome::Falsified), ("sampled", Outcome::Skipped)]
+        [
+            ("any_text", Outcome::Corroborated),
+            ("arithmetic", Outcome::Falsified),
+            ("sampled", Outcome::Skipped)
+        ]
     );
     assert!(records[2].reason.contains("stop-on-first"), "{}", records[2].reason);
 }
@@ -239,7 +247,9 @@ fn missing_model_is_ignored_with_where_it_looked() {
 
 #[test]
 fn malformed_playbook_stops_before_any_trial() {
-    let fx = Fixture::new("playbook: 1\nfamily: e2e\ntiers: {smoke: {}}\nmodels: [{id: test/tiny, paht: model}]\n");
+    let fx = Fixture::new(
+        "playbook: 1\nfamily: e2e\ntiers: {smoke: {}}\nmodels: [{id: test/tiny, paht: model}]\n",
+    );
     let out = fx.qualify("bad", &[], &[]);
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);

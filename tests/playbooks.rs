@@ -26,13 +26,18 @@ fn stem(path: &Utf8Path) -> String {
 fn shipped(path: &Utf8Path, text: String) -> Result {
     if path.components().any(|c| c.as_str() == "templates") {
         // A template is loaded through a playbook that extends it.
-        let probe = format!("playbook: 1\nfamily: probe\nextends: [{}]\ntiers: {{smoke: {{}}}}\nmodels: [{{id: org/probe}}]\n", path.file_name().unwrap_or_default());
+        let probe = format!(
+            "playbook: 1\nfamily: probe\nextends: [{}]\ntiers: {{smoke: {{}}}}\nmodels: [{{id: org/probe}}]\n",
+            path.file_name().unwrap_or_default()
+        );
         playbook::load_text(&path.as_std_path().with_file_name("probe.yaml"), &probe)?;
         return Ok(());
     }
     let (pbs, notices) = playbook::load_text(path.as_std_path(), &text)?;
     if pbs.is_empty() || !notices.is_empty() {
-        return Err(format!("{path}: expected playbooks without notices, got {} and {notices:?}", pbs.len()).into());
+        return Err(
+            format!("{path}: expected playbooks without notices, got {} and {notices:?}", pbs.len()).into()
+        );
     }
     Ok(())
 }
@@ -71,11 +76,19 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     let per_scenario = tier.formats.len() * tier.backends.len() * tier.modalities.len();
     let plan = Plan::new(pbs.clone());
     if plan.total() != per_scenario * tier.scenario_count {
-        return Err(format!("{path}: {} trials, expected {per_scenario} × {}", plan.total(), tier.scenario_count).into());
+        return Err(format!(
+            "{path}: {} trials, expected {per_scenario} × {}",
+            plan.total(),
+            tier.scenario_count
+        )
+        .into());
     }
     let name = path.file_name().unwrap_or_default();
     if name.ends_with("-mvp.playbook.yaml") && per_scenario != 18 && tier.formats.len() == 3 {
-        return Err(format!("{path}: an mvp playbook with 3 formats expands to {per_scenario} per scenario, not 18").into());
+        return Err(format!(
+            "{path}: an mvp playbook with 3 formats expands to {per_scenario} per scenario, not 18"
+        )
+        .into());
     }
     // Every block the harness does not run yet is named on stderr, never dropped silently.
     for block in ["differential_tests", "profile_ci", "contract_tests", "property_tests", "trace_payload"] {

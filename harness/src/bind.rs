@@ -93,7 +93,9 @@ pub fn locate(model: &Model, roots: &SearchRoots) -> Location {
 pub fn backend_unavailable(backend: Backend) -> Option<String> {
     match backend {
         Backend::Cpu => None,
-        Backend::Gpu if !cfg!(feature = "cuda") => Some("built without cuda (enable the `cuda` feature)".into()),
+        Backend::Gpu if !cfg!(feature = "cuda") => {
+            Some("built without cuda (enable the `cuda` feature)".into())
+        }
         Backend::Gpu if !candle_core::utils::cuda_is_available() => Some("no CUDA device".into()),
         Backend::Gpu => None,
     }
@@ -119,8 +121,15 @@ impl Binder {
     }
 
     /// Why a trial cannot run here, or `None` when it can.
-    pub fn ignore_reason(&mut self, model: &Model, format: Format, backend: Backend, modality: Modality) -> Option<String> {
-        let backend_reason = self.backends.entry(backend).or_insert_with(|| backend_unavailable(backend)).clone();
+    pub fn ignore_reason(
+        &mut self,
+        model: &Model,
+        format: Format,
+        backend: Backend,
+        modality: Modality,
+    ) -> Option<String> {
+        let backend_reason =
+            self.backends.entry(backend).or_insert_with(|| backend_unavailable(backend)).clone();
         if let Some(why) = backend_reason {
             return Some(why);
         }
@@ -142,7 +151,11 @@ pub fn missing_reason(id: &str, looked: &[PathBuf]) -> String {
     let places: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
     format!(
         "model {id} not found (looked in {}); set QUALIFY_MODEL_DIR, or run `cargo xtask fetch {id}` where a network is available",
-        if places.is_empty() { "nowhere: no path, QUALIFY_MODEL_DIR or HOME is set".to_string() } else { places.join(", ") }
+        if places.is_empty() {
+            "nowhere: no path, QUALIFY_MODEL_DIR or HOME is set".to_string()
+        } else {
+            places.join(", ")
+        }
     )
 }
 
@@ -166,7 +179,10 @@ mod tests {
     #[test]
     fn finds_models_in_each_place_and_says_where_it_looked() {
         let tmp = tempfile::tempdir().unwrap();
-        let roots = SearchRoots { model_dir: Some(tmp.path().join("models")), hf_cache: Some(tmp.path().join("hub")) };
+        let roots = SearchRoots {
+            model_dir: Some(tmp.path().join("models")),
+            hf_cache: Some(tmp.path().join("hub")),
+        };
         let Location::Missing(looked) = locate(&model(None), &roots) else { panic!("found nothing yet") };
         assert!(looked.contains(&tmp.path().join("models/Org/Tiny-Model")));
         assert!(looked.contains(&tmp.path().join("hub/models--Org--Tiny-Model/snapshots/main")));
@@ -196,7 +212,10 @@ mod tests {
     #[test]
     fn gpu_without_cuda_is_ignored_with_a_reason() {
         if !cfg!(feature = "cuda") {
-            assert_eq!(backend_unavailable(Backend::Gpu).as_deref(), Some("built without cuda (enable the `cuda` feature)"));
+            assert_eq!(
+                backend_unavailable(Backend::Gpu).as_deref(),
+                Some("built without cuda (enable the `cuda` feature)")
+            );
         }
         assert_eq!(backend_unavailable(Backend::Cpu), None);
     }

@@ -120,7 +120,11 @@ fn build_trials(
                 *ignored.entry(why.clone()).or_default() += 1;
             }
         } else {
-            let key = SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
+            let key = SessionKey {
+                model: spec.model.id.clone(),
+                format: spec.name.format,
+                backend: spec.name.backend,
+            };
             ctx.sessions.expect_uses(&key, 1);
         }
         let ctx = Arc::clone(ctx);
@@ -128,7 +132,9 @@ fn build_trials(
         let trial = Trial::ignorable_test(name, move || match (reason, model_dir) {
             (Some(why), _) => Ok(Completion::ignored_with(why)),
             (None, None) => Ok(Completion::ignored_with("model not found")),
-            (None, Some(dir)) => ctx.run(&spec, dir, policy).map(|()| Completion::Completed).map_err(Into::into),
+            (None, Some(dir)) => {
+                ctx.run(&spec, dir, policy).map(|()| Completion::Completed).map_err(Into::into)
+            }
         });
         trials.push(trial.with_ignored_flag(is_ignored));
     }

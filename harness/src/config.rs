@@ -44,7 +44,9 @@ impl Config {
                 expected: "expected collect-all, stop-on-p0 or stop-on-first".into(),
             })?),
         };
-        let run_id = var("QUALIFY_RUN_ID").or_else(|| var("NEXTEST_RUN_ID")).unwrap_or_else(crate::journal::new_run_id);
+        let run_id = var("QUALIFY_RUN_ID")
+            .or_else(|| var("NEXTEST_RUN_ID"))
+            .unwrap_or_else(crate::journal::new_run_id);
         if run_id.contains(['/', '\\']) || run_id.starts_with('.') {
             return Err(ConfigError {
                 var: "QUALIFY_RUN_ID",
@@ -58,7 +60,8 @@ impl Config {
             roots: SearchRoots::from_env(),
             failure_policy,
             run_id,
-            journal_dir: var("QUALIFY_JOURNAL_DIR").map_or_else(|| target.join("qualify").join("journal"), PathBuf::from),
+            journal_dir: var("QUALIFY_JOURNAL_DIR")
+                .map_or_else(|| target.join("qualify").join("journal"), PathBuf::from),
             under_nextest: var("NEXTEST").as_deref() == Some("1"),
         })
     }

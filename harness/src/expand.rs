@@ -60,8 +60,7 @@ impl Filter {
             Some(f) if self.exact => name == f,
             Some(f) => name.contains(f.as_str()),
         };
-        selected
-            && !self.skip.iter().any(|s| if self.exact { name == s } else { name.contains(s.as_str()) })
+        selected && !self.skip.iter().any(|s| if self.exact { name == s } else { name.contains(s.as_str()) })
     }
 }
 
@@ -139,7 +138,10 @@ impl Plan {
                         None => filter.filter.as_ref().is_none_or(|f| !filter.exact || *f == name),
                     };
                     if selected
-                        && !filter.skip.iter().any(|s| if filter.exact { name == *s } else { name.contains(s.as_str()) })
+                        && !filter
+                            .skip
+                            .iter()
+                            .any(|s| if filter.exact { name == *s } else { name.contains(s.as_str()) })
                     {
                         f(TrialRef { group: g as u32, cell: c as u32, tail: t as u32 }, &name);
                     }

@@ -7,18 +7,18 @@
 //!
 //! A test target needs one item: `fn main() -> ExitCode { modelqa::qualify_main() }`.
 
+pub mod bind;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod expand;
+pub mod journal;
 pub mod matrix;
 pub mod name;
 pub mod oracle;
 pub mod playbook;
-pub mod engine;
-pub mod testmodel;
-pub mod bind;
-pub mod expand;
-pub mod journal;
-pub mod config;
-pub mod run;
-pub mod cli;
 pub mod reporter;
+pub mod run;
+pub mod testmodel;
 
 pub use cli::qualify_main;

@@ -165,7 +165,9 @@ impl Modality {
         match self {
             Self::Run => None,
             Self::Chat => Some("modality chat is not implemented yet (chat templates are planned)"),
-            Self::Serve => Some("modality serve is not implemented yet (the OpenAI-compatible server is planned)"),
+            Self::Serve => {
+                Some("modality serve is not implemented yet (the OpenAI-compatible server is planned)")
+            }
         }
     }
 }

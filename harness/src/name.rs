@@ -45,17 +45,10 @@ pub struct TrialName {
 /// Why a string is not a trial name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error(
-        "expected 7 segments `family::tier::model::format::backend::modality::scenario`, found {0}"
-    )]
+    #[error("expected 7 segments `family::tier::model::format::backend::modality::scenario`, found {0}")]
     SegmentCount(usize),
     #[error("segment {index} (`{segment}`) is not a valid {what}: {why}")]
-    Segment {
-        index: usize,
-        segment: String,
-        what: &'static str,
-        why: String,
-    },
+    Segment { index: usize, segment: String, what: &'static str, why: String },
 }
 
 /// Checks one segment: lower-case ASCII letters, digits, `.`, `_` and `-`, starting with a letter or digit.
@@ -66,13 +59,10 @@ pub fn check_segment(s: &str) -> Result<(), String> {
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
         return Err(format!("it must start with a lower-case letter or digit, not `{first}`"));
     }
-    if let Some(bad) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    if let Some(bad) =
+        s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "`{bad}` is not allowed (use lower-case letters, digits, `.`, `_` and `-`)"
-        ));
+        return Err(format!("`{bad}` is not allowed (use lower-case letters, digits, `.`, `_` and `-`)"));
     }
     Ok(())
 }
@@ -104,8 +94,8 @@ impl TrialName {
         let format = Format::parse(parts[3]).ok_or_else(|| {
             bad(3, "format", "expected `safetensors`, `apr` or `gguf-<quantization>`".into())
         })?;
-        let backend = Backend::parse(parts[4])
-            .ok_or_else(|| bad(4, "backend", "expected `cpu` or `gpu`".into()))?;
+        let backend =
+            Backend::parse(parts[4]).ok_or_else(|| bad(4, "backend", "expected `cpu` or `gpu`".into()))?;
         let last = seg(6, "scenario")?;
         let tail = match parts[5] {
             "gate" => Tail::Gate(last),

@@ -49,7 +49,8 @@ pub fn notices(notices: &[Notice]) {
     let mut err = std::io::stderr().lock();
     for (message, list) in by_message {
         let first = list[0].file.display();
-        let more = if list.len() > 1 { format!(" (and {} more playbooks)", list.len() - 1) } else { String::new() };
+        let more =
+            if list.len() > 1 { format!(" (and {} more playbooks)", list.len() - 1) } else { String::new() };
         let _ = writeln!(err, "note: {first}{more}: {message}");
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, GenerateRequest, Generation, Sampling, SessionCache, SessionKey, SharedSession};
+use crate::engine::{
+    Engine, EngineError, GenerateRequest, Generation, Sampling, SessionCache, SessionKey, SharedSession,
+};
 use crate::expand::TrialSpec;
 use crate::journal::{EvidenceRecord, Host, Journal, Metrics, Outcome, SCHEMA_VERSION};
 use crate::matrix::Modality;
@@ -46,13 +48,28 @@ struct Finding {
 
 impl Finding {
     fn new(outcome: Outcome, gate: &str, reason: impl Into<String>) -> Self {
-        Self { outcome, gate: gate.into(), reason: reason.into(), prompt: None, output: None, metrics: Metrics::default(), info: None }
+        Self {
+            outcome,
+            gate: gate.into(),
+            reason: reason.into(),
+            prompt: None,
+            output: None,
+            metrics: Metrics::default(),
+            info: None,
+        }
     }
 }
 
 impl RunContext {
     pub fn new(config: Config, journal: Journal, engine: Box<dyn Engine>) -> Self {
-        Self { config, journal, sessions: SessionCache::default(), engine, host: Host::current(), policy: PolicyState::default() }
+        Self {
+            config,
+            journal,
+            sessions: SessionCache::default(),
+            engine,
+            host: Host::current(),
+            policy: PolicyState::default(),
+        }
     }
 
     fn policy_for(&self, playbook_policy: Option<FailurePolicy>) -> FailurePolicy {
@@ -66,12 +83,15 @@ impl RunContext {
             FailurePolicy::CollectAll => None,
             FailurePolicy::StopOnFirst => {
                 let local = self.policy.first_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                local.or_else(|| self.journal_failures(|r| !r.outcome.is_pass() && r.outcome != Outcome::Skipped)).map(|first| {
-                    format!("not run: the failure policy is stop-on-first and {first} failed")
-                })
+                local
+                    .or_else(|| {
+                        self.journal_failures(|r| !r.outcome.is_pass() && r.outcome != Outcome::Skipped)
+                    })
+                    .map(|first| format!("not run: the failure policy is stop-on-first and {first} failed"))
             }
             FailurePolicy::StopOnP0 => {
-                let local = self.policy.failed_gates.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+                let local =
+                    self.policy.failed_gates.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
                 local
                     .or_else(|| {
                         self.journal_failures(|r| {
@@ -97,14 +117,21 @@ impl RunContext {
     }
 
     /// Runs one scenario trial to its end and records it. `Ok` only when it was corroborated.
-    pub fn run(&self, spec: &TrialSpec, model_dir: PathBuf, playbook_policy: Option<FailurePolicy>) -> Result<(), String> {
+    pub fn run(
+        &self,
+        spec: &TrialSpec,
+        model_dir: PathBuf,
+        playbook_policy: Option<FailurePolicy>,
+    ) -> Result<(), String> {
         let started = Instant::now();
-        let key = SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
+        let key =
+            SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
         let policy = self.policy_for(playbook_policy);
         let finding = match self.blocked(policy, &key, spec) {
             Some(reason) => Finding::new(Outcome::Skipped, "policy", reason),
             None => {
-                let work = catch_unwind(AssertUnwindSafe(|| self.execute(spec, &key, model_dir, policy, started)));
+                let work =
+                    catch_unwind(AssertUnwindSafe(|| self.execute(spec, &key, model_dir, policy, started)));
                 work.unwrap_or_else(|panic| {
                     let msg = panic
                         .downcast_ref::<String>()
@@ -117,11 +144,18 @@ impl RunContext {
         };
         self.sessions.release(&key);
         if !finding.outcome.is_pass() && finding.outcome != Outcome::Skipped {
-            self.policy.first_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| spec.full_name.clone());
+            self.policy
+                .first_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| spec.full_name.clone());
             if finding.gate == "G1" {
-                self.policy.failed_gates.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_insert_with(|| {
-                    format!("gateway G1 failed in {}", spec.full_name)
-                });
+                self.policy
+                    .failed_gates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.clone())
+                    .or_insert_with(|| format!("gateway G1 failed in {}", spec.full_name));
             }
         }
         let message = failure_message(&finding);
@@ -135,18 +169,35 @@ impl RunContext {
         }
     }
 
-    fn execute(&self, spec: &TrialSpec, key: &SessionKey, model_dir: PathBuf, policy: FailurePolicy, started: Instant) -> Finding {
+    fn execute(
+        &self,
+        spec: &TrialSpec,
+        key: &SessionKey,
+        model_dir: PathBuf,
+        policy: FailurePolicy,
+        started: Instant,
+    ) -> Finding {
         let deadline = started + spec.tier.timeout;
-        let (session, loaded_now) = self.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
-            self.engine.load(&model_dir, spec.name.backend)
-        });
+        let (session, loaded_now) =
+            self.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
+                self.engine.load(&model_dir, spec.name.backend)
+            });
         let session = match session {
             Ok(s) => s,
-            Err(e) => return Finding::new(Outcome::Falsified, "G1", format!("gateway G1 (load) failed: {e}")),
+            Err(e) => {
+                return Finding::new(Outcome::Falsified, "G1", format!("gateway G1 (load) failed: {e}"));
+            }
         };
         let info = session.lock().unwrap_or_else(|p| p.into_inner()).info().clone();
         let mut finding = if Instant::now() >= deadline {
-            Finding::new(Outcome::Timeout, "timeout", format!("the model took longer than the {}s timeout to load", spec.tier.timeout.as_secs_f64()))
+            Finding::new(
+                Outcome::Timeout,
+                "timeout",
+                format!(
+                    "the model took longer than the {}s timeout to load",
+                    spec.tier.timeout.as_secs_f64()
+                ),
+            )
         } else if let Some(property) = &spec.scenario.property {
             self.run_property(spec, &session, property, deadline)
         } else {
@@ -165,17 +216,39 @@ impl RunContext {
     fn sampling(&self, spec: &TrialSpec) -> Sampling {
         let s = &spec.scenario.sampling;
         match s.temperature {
-            Some(t) if t > 0.0 => Sampling::Seeded { temperature: t, top_p: s.top_p, top_k: s.top_k, seed: s.seed.unwrap_or(spec.tier.seed) },
+            Some(t) if t > 0.0 => Sampling::Seeded {
+                temperature: t,
+                top_p: s.top_p,
+                top_k: s.top_k,
+                seed: s.seed.unwrap_or(spec.tier.seed),
+            },
             _ => Sampling::Greedy,
         }
     }
 
-    fn generate(&self, spec: &TrialSpec, session: &SharedSession, prompt: &str, deadline: Instant) -> Result<Generation, EngineError> {
-        let request = GenerateRequest { prompt, max_tokens: spec.scenario.max_tokens, sampling: self.sampling(spec), deadline };
+    fn generate(
+        &self,
+        spec: &TrialSpec,
+        session: &SharedSession,
+        prompt: &str,
+        deadline: Instant,
+    ) -> Result<Generation, EngineError> {
+        let request = GenerateRequest {
+            prompt,
+            max_tokens: spec.scenario.max_tokens,
+            sampling: self.sampling(spec),
+            deadline,
+        };
         session.lock().unwrap_or_else(|p| p.into_inner()).generate(&request)
     }
 
-    fn generate_and_judge(&self, spec: &TrialSpec, session: &SharedSession, prompt: &str, deadline: Instant) -> Finding {
+    fn generate_and_judge(
+        &self,
+        spec: &TrialSpec,
+        session: &SharedSession,
+        prompt: &str,
+        deadline: Instant,
+    ) -> Finding {
         match self.generate(spec, session, prompt, deadline) {
             Ok(generation) => {
                 let question = spec.scenario.input.question();
@@ -188,7 +261,10 @@ impl RunContext {
                 let mut f = Finding::new(
                     Outcome::Timeout,
                     "timeout",
-                    format!("generation passed the {}s timeout after {tokens} tokens", spec.tier.timeout.as_secs_f64()),
+                    format!(
+                        "generation passed the {}s timeout after {tokens} tokens",
+                        spec.tier.timeout.as_secs_f64()
+                    ),
                 );
                 f.output = Some(partial);
                 f
@@ -198,9 +274,20 @@ impl RunContext {
     }
 
     /// Runs generated cases in this one trial; a failing case is shrunk to a minimal one.
-    fn run_property(&self, spec: &TrialSpec, session: &SharedSession, property: &crate::playbook::Property, deadline: Instant) -> Finding {
+    fn run_property(
+        &self,
+        spec: &TrialSpec,
+        session: &SharedSession,
+        property: &crate::playbook::Property,
+        deadline: Instant,
+    ) -> Finding {
         let strategy = generator_strategy(&property.generator);
-        let config = ProptestConfig { cases: property.cases, failure_persistence: None, max_shrink_iters: 256, ..ProptestConfig::default() };
+        let config = ProptestConfig {
+            cases: property.cases,
+            failure_persistence: None,
+            max_shrink_iters: 256,
+            ..ProptestConfig::default()
+        };
         let mut runner = crate::playbook::seeded_runner(property.seed, &spec.scenario.name, config);
         let last: Mutex<Option<Finding>> = Mutex::new(None);
         let cases = Mutex::new(0u32);
@@ -214,8 +301,12 @@ impl RunContext {
                     f.output = Some(g.text);
                     f
                 }
-                Err(EngineError::Timeout { .. }) => Finding::new(Outcome::Timeout, "timeout", "the property passed its timeout"),
-                Err(e) => Finding::new(Outcome::Falsified, "G2", format!("gateway G2 (inference) failed: {e}")),
+                Err(EngineError::Timeout { .. }) => {
+                    Finding::new(Outcome::Timeout, "timeout", "the property passed its timeout")
+                }
+                Err(e) => {
+                    Finding::new(Outcome::Falsified, "G2", format!("gateway G2 (inference) failed: {e}"))
+                }
             };
             f.prompt = Some(prompt);
             let outcome = f.outcome;
@@ -245,7 +336,9 @@ impl RunContext {
                 let mut f = self.generate_and_judge(spec, session, &prompt, deadline);
                 f.prompt = Some(prompt);
                 f.outcome = Outcome::Falsified;
-                f.reason = format!("property falsified after {ran} case runs; minimal failing case {minimal:?}: {reason}");
+                f.reason = format!(
+                    "property falsified after {ran} case runs; minimal failing case {minimal:?}: {reason}"
+                );
                 f
             }
             Err(TestError::Abort(reason)) => {
@@ -263,7 +356,9 @@ impl RunContext {
         let mut metrics = finding.metrics;
         metrics.duration_ms = elapsed.as_secs_f64() * 1e3;
         let (scenario, modality) = match &spec.name.tail {
-            crate::name::Tail::Scenario { modality, scenario } => (scenario.clone(), modality.as_str().to_string()),
+            crate::name::Tail::Scenario { modality, scenario } => {
+                (scenario.clone(), modality.as_str().to_string())
+            }
             other => (other.to_string(), String::new()),
         };
         EvidenceRecord {

@@ -118,22 +118,32 @@ impl Normal {
 }
 
 /// Writes a complete model directory; the same arguments always give the same bytes.
-pub fn write_test_model(dir: &Path, arch: TestArchitecture, shape: TestModelShape, seed: u64) -> anyhow::Result<()> {
+pub fn write_test_model(
+    dir: &Path,
+    arch: TestArchitecture,
+    shape: TestModelShape,
+    seed: u64,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     write_tokenizer(dir, shape.vocab)?;
     let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("failed to reload the tokenizer: {e}"))?;
     let vocab = tokenizer.get_vocab_size(true);
-    anyhow::ensure!(vocab <= shape.vocab, "the tokenizer has {vocab} tokens, more than the model's {}", shape.vocab);
+    anyhow::ensure!(
+        vocab <= shape.vocab,
+        "the tokenizer has {vocab} tokens, more than the model's {}",
+        shape.vocab
+    );
 
     let head_dim = shape.hidden / shape.heads;
     let kv = shape.kv_heads * head_dim;
     let mut rng = Normal(seed);
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    let mut matrix = |name: String, rows: usize, cols: usize, scale: f32| -> anyhow::Result<(String, Tensor)> {
-        let data: Vec<f32> = (0..rows * cols).map(|_| rng.sample() * scale).collect();
-        Ok((name, Tensor::from_vec(data, (rows, cols), &Device::Cpu)?))
-    };
+    let mut matrix =
+        |name: String, rows: usize, cols: usize, scale: f32| -> anyhow::Result<(String, Tensor)> {
+            let data: Vec<f32> = (0..rows * cols).map(|_| rng.sample() * scale).collect();
+            Ok((name, Tensor::from_vec(data, (rows, cols), &Device::Cpu)?))
+        };
     let ones = |name: String, n: usize| -> anyhow::Result<(String, Tensor)> {
         Ok((name, Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?))
     };
@@ -153,7 +163,10 @@ pub fn write_test_model(dir: &Path, arch: TestArchitecture, shape: TestModelShap
         tensors.push(ones(format!("{p}.post_attention_layernorm.weight"), h)?);
         if arch == TestArchitecture::Qwen2 {
             for (proj, n) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv)] {
-                tensors.push((format!("{p}.self_attn.{proj}.bias"), Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu)?));
+                tensors.push((
+                    format!("{p}.self_attn.{proj}.bias"),
+                    Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu)?,
+                ));
             }
         }
     }
@@ -211,7 +224,10 @@ pub fn write_test_model(dir: &Path, arch: TestArchitecture, shape: TestModelShap
         "model_max_length": shape.context,
         "chat_template": CHAT_TEMPLATE,
     });
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config)? + "\n")?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tokenizer_config)? + "\n",
+    )?;
     Ok(())
 }
 
@@ -242,7 +258,11 @@ mod tests {
             write_test_model(a.path(), arch, TestModelShape::default(), 7).unwrap();
             write_test_model(b.path(), arch, TestModelShape::default(), 7).unwrap();
             for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
-                assert_eq!(std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap(), "{f} differs");
+                assert_eq!(
+                    std::fs::read(a.path().join(f)).unwrap(),
+                    std::fs::read(b.path().join(f)).unwrap(),
+                    "{f} differs"
+                );
             }
             let g1 = generate(a.path(), "What is 2 + 2?");
             let g2 = generate(b.path(), "What is 2 + 2?");

@@ -8,7 +8,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some(dir) => std::path::PathBuf::from(dir),
         None => crate::root().join("target").join("fixtures"),
     };
-    for (name, arch, seed) in [("tiny-random-llama", TestArchitecture::Llama, 1), ("tiny-random-qwen2", TestArchitecture::Qwen2, 2)] {
+    for (name, arch, seed) in
+        [("tiny-random-llama", TestArchitecture::Llama, 1), ("tiny-random-qwen2", TestArchitecture::Qwen2, 2)]
+    {
         let dir = out.join(name);
         eprintln!("writing {}", dir.display());
         write_test_model(&dir, arch, TestModelShape::default(), seed)?;

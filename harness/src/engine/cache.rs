@@ -42,9 +42,9 @@ impl SessionCache {
     /// Declares that `trials` trials will use `key`, so it is released after the last of them.
     pub fn expect_uses(&self, key: &SessionKey, trials: usize) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = slots.entry(key.clone()).or_insert_with(|| {
-            Arc::new(Slot { state: Mutex::new(None), remaining: AtomicUsize::new(0) })
-        });
+        let slot = slots
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Slot { state: Mutex::new(None), remaining: AtomicUsize::new(0) }));
         slot.remaining.fetch_add(trials, Ordering::SeqCst);
     }
 

@@ -12,7 +12,9 @@ use candle_transformers::models::{llama, qwen2};
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
-use super::{Engine, EngineError, Finish, GenerateRequest, Generation, ModelFile, Sampling, Session, SessionInfo};
+use super::{
+    Engine, EngineError, Finish, GenerateRequest, Generation, ModelFile, Sampling, Session, SessionInfo,
+};
 use crate::matrix::Backend;
 
 /// The candle engine (stateless; sessions hold the models).
@@ -54,9 +56,13 @@ pub fn device_for(backend: Backend) -> Result<Device, EngineError> {
         Backend::Cpu => Ok(Device::Cpu),
         Backend::Gpu => {
             if !cfg!(feature = "cuda") {
-                return Err(EngineError::Backend { backend, why: "built without cuda (enable the `cuda` feature)".into() });
+                return Err(EngineError::Backend {
+                    backend,
+                    why: "built without cuda (enable the `cuda` feature)".into(),
+                });
             }
-            Device::new_cuda(0).map_err(|e| EngineError::Backend { backend, why: format!("no CUDA device: {e}") })
+            Device::new_cuda(0)
+                .map_err(|e| EngineError::Backend { backend, why: format!("no CUDA device: {e}") })
         }
     }
 }
@@ -71,7 +77,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| load_err(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| load_err(&index, format!("invalid JSON: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| load_err(&index, format!("invalid JSON: {e}")))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -123,8 +130,8 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
     let device = device_for(backend)?;
     let config_path = dir.join("config.json");
     let config_text = std::fs::read_to_string(&config_path).map_err(|e| load_err(&config_path, e))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&config_text).map_err(|e| load_err(&config_path, format!("invalid JSON: {e}")))?;
+    let config: serde_json::Value = serde_json::from_str(&config_text)
+        .map_err(|e| load_err(&config_path, format!("invalid JSON: {e}")))?;
     let architecture = config
         .get("model_type")
         .and_then(|v| v.as_str())
@@ -140,11 +147,14 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
     let dtype = DType::F32;
     // SAFETY: the files are memory-mapped read-only; the harness never writes a model file it
     // is reading, and safetensors validates the header against the file length.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }.map_err(|e| load_err(&files[0], e))?;
-    let parse = |what: &str, e: serde_json::Error| load_err(&config_path, format!("not a valid {what} config: {e}"));
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
+        .map_err(|e| load_err(&files[0], e))?;
+    let parse =
+        |what: &str, e: serde_json::Error| load_err(&config_path, format!("not a valid {what} config: {e}"));
     let (model, context) = match architecture.as_str() {
         "llama" => {
-            let cfg: llama::LlamaConfig = serde_json::from_value(config.clone()).map_err(|e| parse("llama", e))?;
+            let cfg: llama::LlamaConfig =
+                serde_json::from_value(config.clone()).map_err(|e| parse("llama", e))?;
             let context = cfg.max_position_embeddings;
             let cfg = cfg.into_config(false);
             let model = llama::Llama::load(vb, &cfg).map_err(|e| load_err(dir, e))?;
@@ -158,7 +168,10 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
         other => {
             return Err(load_err(
                 &config_path,
-                format!("model_type `{other}` is not supported (supported: {})", SUPPORTED_ARCHITECTURES.join(", ")),
+                format!(
+                    "model_type `{other}` is not supported (supported: {})",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
             ));
         }
     };
@@ -208,11 +221,17 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
 const CANDLE_VERSION: &str = "0.11.1";
 
 impl CandleSession {
-    fn forward(&mut self, ids: &[u32], pos: usize, cache: &mut Option<llama::Cache>) -> candle_core::Result<Tensor> {
+    fn forward(
+        &mut self,
+        ids: &[u32],
+        pos: usize,
+        cache: &mut Option<llama::Cache>,
+    ) -> candle_core::Result<Tensor> {
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let logits = match &mut self.model {
             Model::Llama { model, .. } => {
-                let cache = cache.as_mut().ok_or_else(|| candle_core::Error::Msg("llama cache missing".into()))?;
+                let cache =
+                    cache.as_mut().ok_or_else(|| candle_core::Error::Msg("llama cache missing".into()))?;
                 model.forward(&input, pos, cache)?
             }
             Model::Qwen2(model) => model.forward(&input, pos)?,
@@ -264,7 +283,9 @@ impl Session for CandleSession {
             )));
         }
         let mut cache = match &self.model {
-            Model::Llama { config, .. } => Some(llama::Cache::new(true, DType::F32, config, &self.device).map_err(inference)?),
+            Model::Llama { config, .. } => {
+                Some(llama::Cache::new(true, DType::F32, config, &self.device).map_err(inference)?)
+            }
             Model::Qwen2(_) => None,
         };
         if let Model::Qwen2(m) = &mut self.model {

@@ -29,7 +29,8 @@ impl Expression {
             // A sentence's full stop or a dangling sign is not part of the expression.
             let raw = raw.trim_end_matches(|c: char| !(c.is_ascii_digit() || c == ')'));
             let raw = raw.trim_start_matches(|c: char| !(c.is_ascii_digit() || c == '(' || c == '-'));
-            let mut parser = Parser { chars: raw.chars().filter(|c| !c.is_whitespace()).collect(), pos: 0, binary_ops: 0 };
+            let mut parser =
+                Parser { chars: raw.chars().filter(|c| !c.is_whitespace()).collect(), pos: 0, binary_ops: 0 };
             let value = parser.expr()?;
             (parser.pos == parser.chars.len() && parser.binary_ops > 0 && value.is_finite())
                 .then(|| Expression { source: raw.to_string(), value })
@@ -101,8 +102,27 @@ impl Parser {
 }
 
 const NUMBER_WORDS: [&str; 21] = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
 ];
 
 /// The number the output gives as its answer: the first number after the output restates the
@@ -145,17 +165,28 @@ fn after_restatement<'a>(output: &'a str, source: &str) -> Option<&'a str> {
 
 pub(super) fn judge(question: &str, output: &str, tolerance: Option<f64>) -> Verdict {
     let Some(expr) = Expression::find(question) else {
-        return Verdict::Falsified(format!("the question {question:?} holds no arithmetic expression to check against"));
+        return Verdict::Falsified(format!(
+            "the question {question:?} holds no arithmetic expression to check against"
+        ));
     };
     let expected = expr.value;
     let Some(got) = answer_number(output, &expr) else {
-        return Verdict::Falsified(format!("expected {} = {}, the output gives no number", expr.source, fmt(expected)));
+        return Verdict::Falsified(format!(
+            "expected {} = {}, the output gives no number",
+            expr.source,
+            fmt(expected)
+        ));
     };
     let tol = tolerance.unwrap_or(if expected.fract() == 0.0 { 0.0 } else { 1e-6 * expected.abs().max(1.0) });
     if (got - expected).abs() <= tol + f64::EPSILON * expected.abs().max(1.0) {
         Verdict::Corroborated(format!("{} = {}", expr.source, fmt(expected)))
     } else {
-        Verdict::Falsified(format!("expected {} = {}, the output answers {}", expr.source, fmt(expected), fmt(got)))
+        Verdict::Falsified(format!(
+            "expected {} = {}, the output answers {}",
+            expr.source,
+            fmt(expected),
+            fmt(got)
+        ))
     }
 }
 

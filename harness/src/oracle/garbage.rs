@@ -30,20 +30,26 @@ impl GarbageConfig {
         if !(0.0..=1.0).contains(&ratio) {
             return Err(format!("`max_repetition_ratio` must lie in 0..=1, not {ratio}"));
         }
-        Ok(Self { max_repetition_ratio: ratio, min_unique_chars: spec.min_unique_chars.unwrap_or(d.min_unique_chars) })
+        Ok(Self {
+            max_repetition_ratio: ratio,
+            min_unique_chars: spec.min_unique_chars.unwrap_or(d.min_unique_chars),
+        })
     }
 }
 
 static SPECIAL_TOKEN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"<\|[A-Za-z0-9_]+\|>|</?s>|<unk>|<pad>|<mask>|\[(?:PAD|UNK|CLS|SEP|MASK)\]|<0x[0-9A-Fa-f]{2}>")
-        .expect("a valid pattern")
+    Regex::new(
+        r"<\|[A-Za-z0-9_]+\|>|</?s>|<unk>|<pad>|<mask>|\[(?:PAD|UNK|CLS|SEP|MASK)\]|<0x[0-9A-Fa-f]{2}>",
+    )
+    .expect("a valid pattern")
 });
 static BPE_ARTEFACT: LazyLock<Regex> =
     // Byte-level BPE writes a space as Ġ and a newline as Ċ; glued between ASCII words they are
     // undecoded tokens, while a Maltese word may start with either letter.
     LazyLock::new(|| Regex::new(r"[A-Za-z0-9.,;:!?][ĠĊ][A-Za-z0-9]|[ĠĊ]{2}").expect("a valid pattern"));
-static ID_LIST: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[\[\(]?\s*\d+(?:\s*[,\s]\s*\d+){3,}\s*[\]\)]?$").expect("a valid pattern"));
+static ID_LIST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[\[\(]?\s*\d+(?:\s*[,\s]\s*\d+){3,}\s*[\]\)]?$").expect("a valid pattern")
+});
 
 /// Why `output` is garbage, or `None` when it is not.
 pub fn garbage_reason(output: &str, cfg: &GarbageConfig) -> Option<String> {
@@ -61,13 +67,14 @@ pub fn garbage_reason(output: &str, cfg: &GarbageConfig) -> Option<String> {
         return Some(format!("it contains the special token `{}`", m.as_str()));
     }
     if let Some(m) = BPE_ARTEFACT.find(text) {
-        return Some(format!("it contains the byte-level BPE artefact `{}` (tokens were not decoded)", m.as_str()));
+        return Some(format!(
+            "it contains the byte-level BPE artefact `{}` (tokens were not decoded)",
+            m.as_str()
+        ));
     }
     if ID_LIST.is_match(text) {
-        let numbers: Vec<u64> = text
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse().ok())
-            .collect();
+        let numbers: Vec<u64> =
+            text.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
         let repeated = numbers.windows(3).any(|w| w[0] == w[1] && w[1] == w[2]);
         if numbers.iter().any(|n| *n >= 1000) || repeated {
             return Some("it is a list of raw token ids".into());
@@ -99,7 +106,10 @@ fn repetition(text: &str, cfg: &GarbageConfig) -> Option<String> {
         }
     }
     if words.len() >= 5 && words.windows(5).any(|w| w.iter().all(|x| *x == w[0])) {
-        return Some(format!("degenerate repetition: `{}` five times in a row", words.iter().find(|_| true)?));
+        return Some(format!(
+            "degenerate repetition: `{}` five times in a row",
+            words.iter().find(|_| true)?
+        ));
     }
     // A short unit repeated over most of the text: "abababab…", "!!!!!!!!…", "4444…".
     let chars: Vec<char> = text.chars().collect();
@@ -111,7 +121,10 @@ fn repetition(text: &str, cfg: &GarbageConfig) -> Option<String> {
                 run += 1;
                 if run + period >= threshold {
                     let unit: String = chars[i + 1 - period..=i].iter().collect();
-                    return Some(format!("degenerate repetition: {unit:?} repeated over {} characters", run + period));
+                    return Some(format!(
+                        "degenerate repetition: {unit:?} repeated over {} characters",
+                        run + period
+                    ));
                 }
             } else {
                 run = 0;
@@ -127,7 +140,8 @@ mod tests {
 
     #[track_caller]
     fn garbage(text: &str, expected: &str) {
-        let why = garbage_reason(text, &GarbageConfig::default()).unwrap_or_else(|| panic!("{text:?} passed"));
+        let why =
+            garbage_reason(text, &GarbageConfig::default()).unwrap_or_else(|| panic!("{text:?} passed"));
         assert!(why.contains(expected), "{text:?}: `{why}` lacks `{expected}`");
     }
 
@@ -144,7 +158,9 @@ mod tests {
         clean("-7");
         clean("The answer is 56.");
         clean("1, 2, 3, 4, 5");
-        clean("def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n");
+        clean(
+            "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+        );
         clean("fn main() {\n    println!(\"hello\");\n}");
         clean("你好！我是一个助手。");
         clean("Ġrammatika tal-Malti");

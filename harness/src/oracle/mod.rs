@@ -60,7 +60,9 @@ impl Oracle {
             }
             OracleSpec::Contains(s) if s.is_empty() => return Err("`contains` needs a non-empty text".into()),
             OracleSpec::Contains(s) => Oracle::Contains(s.clone()),
-            OracleSpec::Exact(s) if s.trim().is_empty() => return Err("`exact` needs a non-empty text".into()),
+            OracleSpec::Exact(s) if s.trim().is_empty() => {
+                return Err("`exact` needs a non-empty text".into());
+            }
             OracleSpec::Exact(s) => Oracle::Exact(s.clone()),
             OracleSpec::Regex(r) => Oracle::Regex(
                 regex::Regex::new(r).map_err(|e| format!("invalid regular expression `{r}`: {e}"))?,
@@ -108,7 +110,11 @@ impl Oracle {
                 if output.trim() == expected.trim() {
                     Verdict::Corroborated(format!("the output is exactly {expected:?}"))
                 } else {
-                    Verdict::Falsified(format!("expected exactly {:?}, got {:?}", expected.trim(), output.trim()))
+                    Verdict::Falsified(format!(
+                        "expected exactly {:?}, got {:?}",
+                        expected.trim(),
+                        output.trim()
+                    ))
                 }
             }
             Oracle::Regex(re) => {
@@ -163,7 +169,11 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_errors() {
-        assert!(Oracle::from_spec(&OracleSpec::Regex("(".into())).unwrap_err().contains("invalid regular expression"));
+        assert!(
+            Oracle::from_spec(&OracleSpec::Regex("(".into()))
+                .unwrap_err()
+                .contains("invalid regular expression")
+        );
         assert!(Oracle::from_spec(&OracleSpec::Contains(String::new())).is_err());
         let a = Oracle::Arithmetic { tolerance: None };
         assert!(a.check_applicable("Hello there").is_err());

@@ -25,10 +25,7 @@ impl PlaybookError {
     }
 
     /// From a YAML or schema error, keeping its location and path.
-    pub(crate) fn from_yaml(
-        file: &Path,
-        err: serde_path_to_error::Error<serde_yaml_ng::Error>,
-    ) -> Self {
+    pub(crate) fn from_yaml(file: &Path, err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> Self {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let location = inner.location().map(|l| (l.line(), l.column()));

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::PlaybookError;
 use super::spec::PlaybookDoc;
-use super::{Playbook, Notice, resolve, seed};
+use super::{Notice, Playbook, resolve, seed};
 
 /// Folders whose files are templates, loaded only when a playbook names them in `extends`.
 const TEMPLATE_DIR: &str = "templates";
@@ -18,9 +18,8 @@ const TEMPLATE_DIR: &str = "templates";
 /// The playbook files under `root` (a file or a directory), sorted. Finding none is an error
 /// that names what was scanned.
 pub fn discover(root: &Path) -> Result<Vec<PathBuf>, PlaybookError> {
-    let meta = std::fs::metadata(root).map_err(|e| {
-        PlaybookError::new(root, format!("failed to read the playbook path: {e}"))
-    })?;
+    let meta = std::fs::metadata(root)
+        .map_err(|e| PlaybookError::new(root, format!("failed to read the playbook path: {e}")))?;
     if meta.is_file() {
         return Ok(vec![root.to_path_buf()]);
     }
@@ -30,12 +29,12 @@ pub fn discover(root: &Path) -> Result<Vec<PathBuf>, PlaybookError> {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| PlaybookError::new(&dir, format!("failed to list the directory: {e}")))?;
         for entry in entries {
-            let entry = entry
-                .map_err(|e| PlaybookError::new(&dir, format!("failed to list the directory: {e}")))?;
+            let entry =
+                entry.map_err(|e| PlaybookError::new(&dir, format!("failed to list the directory: {e}")))?;
             let path = entry.path();
-            let file_type = entry.file_type().map_err(|e| {
-                PlaybookError::new(&path, format!("failed to read the file type: {e}"))
-            })?;
+            let file_type = entry
+                .file_type()
+                .map_err(|e| PlaybookError::new(&path, format!("failed to read the file type: {e}")))?;
             if file_type.is_dir() {
                 if path.file_name().is_some_and(|n| n != TEMPLATE_DIR) {
                     stack.push(path);
@@ -72,11 +71,7 @@ pub fn load_file(file: &Path, notices: &mut Vec<Notice>) -> Result<Vec<Playbook>
 }
 
 /// Loads playbook text as the file `file` (templates it extends are read relative to `file`).
-pub fn load_text(
-    file: &Path,
-    text: &str,
-    notices: &mut Vec<Notice>,
-) -> Result<Vec<Playbook>, PlaybookError> {
+pub fn load_text(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Vec<Playbook>, PlaybookError> {
     let text = text.to_string();
     if seed::is_seed_document(&text) {
         return seed::load(file, &text, notices).map(|p| vec![p]);
@@ -102,7 +97,11 @@ fn load_doc(file: &Path, text: &str, chain: &mut Vec<PathBuf>) -> Result<Playboo
     if let Some(v) = doc.playbook
         && v != 1
     {
-        return Err(PlaybookError::new(file, format!("unsupported playbook language version {v}; this harness reads version 1")).at("playbook"));
+        return Err(PlaybookError::new(
+            file,
+            format!("unsupported playbook language version {v}; this harness reads version 1"),
+        )
+        .at("playbook"));
     }
     chain.push(file.to_path_buf());
     let mut merged = PlaybookDoc::default();
@@ -110,8 +109,11 @@ fn load_doc(file: &Path, text: &str, chain: &mut Vec<PathBuf>) -> Result<Playboo
         let parent = file.parent().unwrap_or(Path::new(".")).join(rel);
         let key = std::fs::canonicalize(&parent).unwrap_or(parent.clone());
         if chain.iter().any(|c| std::fs::canonicalize(c).unwrap_or(c.clone()) == key) {
-            return Err(PlaybookError::new(file, format!("`extends` forms a cycle through {}", parent.display()))
-                .at(format!("extends[{i}]")));
+            return Err(PlaybookError::new(
+                file,
+                format!("`extends` forms a cycle through {}", parent.display()),
+            )
+            .at(format!("extends[{i}]")));
         }
         let parent_text = std::fs::read_to_string(&parent).map_err(|e| {
             PlaybookError::new(file, format!("failed to read template {}: {e}", parent.display()))
@@ -119,7 +121,11 @@ fn load_doc(file: &Path, text: &str, chain: &mut Vec<PathBuf>) -> Result<Playboo
         })?;
         let template = load_doc(&parent, &parent_text, chain)?;
         if template.family.is_some() {
-            return Err(PlaybookError::new(&parent, "a template cannot set `family`; only the playbook that extends it does").at("family"));
+            return Err(PlaybookError::new(
+                &parent,
+                "a template cannot set `family`; only the playbook that extends it does",
+            )
+            .at("family"));
         }
         merged = merge(merged, template);
     }

@@ -77,11 +77,9 @@ impl Input {
     pub fn question(&self) -> &str {
         match self {
             Input::Prompt(p) => p,
-            Input::Messages(m) => m
-                .iter()
-                .rev()
-                .find(|m| m.role == spec::Role::User)
-                .map_or("", |m| m.content.as_str()),
+            Input::Messages(m) => {
+                m.iter().rev().find(|m| m.role == spec::Role::User).map_or("", |m| m.content.as_str())
+            }
         }
     }
 }
@@ -141,7 +139,10 @@ fn check_unique_groups(playbooks: &[Playbook]) -> Result<(), PlaybookError> {
                 if let Some(first) = seen.insert(key.clone(), pb.source.clone()) {
                     return Err(PlaybookError::new(
                         &pb.source,
-                        format!("trials `{key}::…` are also defined by {}; a family, tier and model may be defined once", first.display()),
+                        format!(
+                            "trials `{key}::…` are also defined by {}; a family, tier and model may be defined once",
+                            first.display()
+                        ),
                     ));
                 }
             }

@@ -23,7 +23,8 @@ pub const DEFAULT_CASES: u32 = 10;
 pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError> {
     let err = |msg: String| PlaybookError::new(file, msg);
     let family = doc.family.clone().unwrap_or_default();
-    check_segment(&family).map_err(|why| err(format!("`{family}` is not a valid family name: {why}")).at("family"))?;
+    check_segment(&family)
+        .map_err(|why| err(format!("`{family}` is not a valid family name: {why}")).at("family"))?;
 
     let base_dir = file.parent().unwrap_or(Path::new("."));
     let specs = doc.models.clone().unwrap_or_default();
@@ -34,8 +35,11 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
     for (i, spec) in specs.iter().enumerate() {
         let model = resolve_model(spec, base_dir).map_err(|m| err(m).at(format!("models[{i}]")))?;
         if models.iter().any(|m: &Model| m.slug == model.slug) {
-            return Err(err(format!("model slug `{}` appears twice; give one of them another `slug`", model.slug))
-                .at(format!("models[{i}]")));
+            return Err(err(format!(
+                "model slug `{}` appears twice; give one of them another `slug`",
+                model.slug
+            ))
+            .at(format!("models[{i}]")));
         }
         models.push(model);
     }
@@ -55,7 +59,8 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
     let mut tier_plans = Vec::new();
     for (name, spec) in &tier_specs {
         let at = format!("tiers.{name}");
-        check_segment(name).map_err(|why| err(format!("`{name}` is not a valid tier name: {why}")).at(at.clone()))?;
+        check_segment(name)
+            .map_err(|why| err(format!("`{name}` is not a valid tier name: {why}")).at(at.clone()))?;
         let base = tiers::builtin(name).unwrap_or_default();
         let matrix = base.overlaid(&family_matrix).overlaid(spec);
         tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|m| err(m).at(at))?);
@@ -76,7 +81,9 @@ fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {
     let Some((org, name)) = spec.id.split_once('/') else {
         return Err(format!("model id `{}` must be `org/name`", spec.id));
     };
-    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
     if !ok(org) || !ok(name) {
         return Err(format!(
             "model id `{}` must be `org/name` with letters, digits, `-`, `_` and `.` in each part",
@@ -99,7 +106,10 @@ fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {
 /// A tier's effective matrix; `scenarios` is how many the playbook has.
 pub(super) fn resolve_tier(name: &str, m: &MatrixSpec, scenarios: usize) -> Result<TierPlan, String> {
     let missing = |field: &str| {
-        format!("tier `{name}` has no `{field}`; a tier that is not a standard one ({}) must set it", tiers::STANDARD_TIERS.join(", "))
+        format!(
+            "tier `{name}` has no `{field}`; a tier that is not a standard one ({}) must set it",
+            tiers::STANDARD_TIERS.join(", ")
+        )
     };
     let format_specs = m.formats.clone().ok_or_else(|| missing("formats"))?;
     let quantizations = m.quantizations.clone().unwrap_or_else(|| vec![Quantization::Q4KM]);
@@ -117,7 +127,11 @@ pub(super) fn resolve_tier(name: &str, m: &MatrixSpec, scenarios: usize) -> Resu
     sort_dedup_by_name(&mut backends, |b| b.as_str().to_string());
     let mut modalities = m.modalities.clone().ok_or_else(|| missing("modalities"))?;
     sort_dedup_by_name(&mut modalities, |m| m.as_str().to_string());
-    for (field, empty) in [("formats", formats.is_empty()), ("backends", backends.is_empty()), ("modalities", modalities.is_empty())] {
+    for (field, empty) in [
+        ("formats", formats.is_empty()),
+        ("backends", backends.is_empty()),
+        ("modalities", modalities.is_empty()),
+    ] {
         if empty {
             return Err(format!("tier `{name}` has an empty `{field}` list"));
         }
@@ -150,7 +164,11 @@ fn sort_dedup_by_name<T: Clone>(items: &mut Vec<T>, name: impl Fn(&T) -> String)
     items.extend(keyed.into_iter().map(|(_, t)| t));
 }
 
-fn resolve_scenarios(file: &Path, specs: &[ScenarioSpec], seed: u64) -> Result<Vec<Arc<Scenario>>, PlaybookError> {
+fn resolve_scenarios(
+    file: &Path,
+    specs: &[ScenarioSpec],
+    seed: u64,
+) -> Result<Vec<Arc<Scenario>>, PlaybookError> {
     if specs.is_empty() {
         return Err(PlaybookError::new(file, "a playbook needs at least one scenario").at("scenarios"));
     }
@@ -159,7 +177,8 @@ fn resolve_scenarios(file: &Path, specs: &[ScenarioSpec], seed: u64) -> Result<V
     for (i, spec) in specs.iter().enumerate() {
         let at = format!("scenarios[{i}]");
         let err = |m: String| PlaybookError::new(file, m).at(at.clone());
-        check_segment(&spec.name).map_err(|why| err(format!("`{}` is not a valid scenario name: {why}", spec.name)))?;
+        check_segment(&spec.name)
+            .map_err(|why| err(format!("`{}` is not a valid scenario name: {why}", spec.name)))?;
         if spec.oracles.is_empty() {
             return Err(err(format!(
                 "scenario `{}` has no oracle; every trial needs at least one (for example `oracles: [garbage]`)",
@@ -170,9 +189,16 @@ fn resolve_scenarios(file: &Path, specs: &[ScenarioSpec], seed: u64) -> Result<V
             .oracles
             .iter()
             .enumerate()
-            .map(|(j, o)| Oracle::from_spec(o).map_err(|m| PlaybookError::new(file, m).at(format!("{at}.oracles[{j}]"))))
+            .map(|(j, o)| {
+                Oracle::from_spec(o).map_err(|m| PlaybookError::new(file, m).at(format!("{at}.oracles[{j}]")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let given = [spec.prompt.is_some(), spec.messages.is_some(), spec.generate.is_some(), spec.property.is_some()];
+        let given = [
+            spec.prompt.is_some(),
+            spec.messages.is_some(),
+            spec.generate.is_some(),
+            spec.property.is_some(),
+        ];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err(err(format!(
                 "scenario `{}` needs exactly one of `prompt`, `messages`, `generate` and `property`",
@@ -180,7 +206,10 @@ fn resolve_scenarios(file: &Path, specs: &[ScenarioSpec], seed: u64) -> Result<V
             )));
         }
         if spec.count.is_some() && spec.generate.is_none() && spec.property.is_none() {
-            return Err(err(format!("scenario `{}`: `count` applies only to `generate` and `property`", spec.name)));
+            return Err(err(format!(
+                "scenario `{}`: `count` applies only to `generate` and `property`",
+                spec.name
+            )));
         }
         if let Some(s) = &spec.sampling
             && let Some(t) = s.temperature
@@ -202,7 +231,8 @@ fn resolve_scenarios(file: &Path, specs: &[ScenarioSpec], seed: u64) -> Result<V
             made.push(make(spec.name.clone(), Input::Prompt(prompt.clone()), None));
         } else if let Some(messages) = &spec.messages {
             if messages.last().map(|m| m.role) != Some(super::spec::Role::User) {
-                return Err(err(format!("scenario `{}`: the last message must be the user's", spec.name)).at(format!("{at}.messages")));
+                return Err(err(format!("scenario `{}`: the last message must be the user's", spec.name))
+                    .at(format!("{at}.messages")));
             }
             made.push(make(spec.name.clone(), Input::Messages(messages.clone()), None));
         } else if let Some(g) = &spec.generate {
@@ -218,7 +248,9 @@ fn resolve_scenarios(file: &Path, specs: &[ScenarioSpec], seed: u64) -> Result<V
         for scenario in made {
             if scenario.property.is_none() {
                 for oracle in &scenario.oracles {
-                    oracle.check_applicable(scenario.input.question()).map_err(|m| err(format!("scenario `{}`: {m}", scenario.name)))?;
+                    oracle
+                        .check_applicable(scenario.input.question())
+                        .map_err(|m| err(format!("scenario `{}`: {m}", scenario.name)))?;
                 }
             }
             if !names.insert(scenario.name.clone()) {

@@ -17,7 +17,10 @@ use serde_yaml_ng::Value;
 use super::error::PlaybookError;
 use super::load::parse_yaml;
 use super::resolve::{DEFAULT_MAX_TOKENS, resolve_tier};
-use super::spec::{ArithmeticOracleSpec, FailurePolicy, FormatSpec, GarbageSpec, MatrixSpec, OracleSpec, SamplingSpec, SizeCategory};
+use super::spec::{
+    ArithmeticOracleSpec, FailurePolicy, FormatSpec, GarbageSpec, MatrixSpec, OracleSpec, SamplingSpec,
+    SizeCategory,
+};
 use super::{Input, Model, Notice, Playbook, Scenario, spec};
 use crate::matrix::{Backend, Modality, Quantization};
 use crate::name::check_segment;
@@ -251,13 +254,16 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
     }
 
     let (family, tier) = family_and_tier(&pb.name);
-    check_segment(&family).map_err(|why| err(format!("family `{family}` (from `name`) is not valid: {why}")).at("name"))?;
+    check_segment(&family)
+        .map_err(|why| err(format!("family `{family}` (from `name`) is not valid: {why}")).at("name"))?;
 
     let Some((_, repo_name)) = pb.model.hf_repo.split_once('/') else {
         return Err(err(format!("`{}` is not `org/name`", pb.model.hf_repo)).at("model.hf_repo"));
     };
     let slug = repo_name.to_ascii_lowercase();
-    check_segment(&slug).map_err(|why| err(format!("model `{slug}` (from `hf_repo`) is not valid: {why}")).at("model.hf_repo"))?;
+    check_segment(&slug).map_err(|why| {
+        err(format!("model `{slug}` (from `hf_repo`) is not valid: {why}")).at("model.hf_repo")
+    })?;
     let m = &pb.model;
     let model = Model {
         id: m.hf_repo.clone(),
@@ -285,7 +291,8 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
     };
 
     // The original tested GGUF at its first quantization; the rest of the list did nothing.
-    let quantization = m.quantizations.as_ref().and_then(|q| q.first().copied()).unwrap_or(Quantization::Q4KM);
+    let quantization =
+        m.quantizations.as_ref().and_then(|q| q.first().copied()).unwrap_or(Quantization::Q4KM);
     let formats = m
         .formats
         .clone()
@@ -317,15 +324,25 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
         };
         notice(format!("oracle `{name}` is not implemented yet: it will not judge any trial"));
     }
-    let arithmetic = declared.iter().find(|o| o.kind == SeedOracleKind::Arithmetic).map(|o| ArithmeticOracleSpec {
-        tolerance: o.config.as_ref().and_then(|c| c.get("tolerance")).and_then(Value::as_f64),
-    });
+    let arithmetic =
+        declared.iter().find(|o| o.kind == SeedOracleKind::Arithmetic).map(|o| ArithmeticOracleSpec {
+            tolerance: o.config.as_ref().and_then(|c| c.get("tolerance")).and_then(Value::as_f64),
+        });
     let garbage = declared
         .iter()
         .find(|o| o.kind == SeedOracleKind::Garbage)
         .map(|o| GarbageSpec {
-            max_repetition_ratio: o.config.as_ref().and_then(|c| c.get("max_repetition_ratio")).and_then(Value::as_f64),
-            min_unique_chars: o.config.as_ref().and_then(|c| c.get("min_unique_chars")).and_then(Value::as_u64).map(|n| n as usize),
+            max_repetition_ratio: o
+                .config
+                .as_ref()
+                .and_then(|c| c.get("max_repetition_ratio"))
+                .and_then(Value::as_f64),
+            min_unique_chars: o
+                .config
+                .as_ref()
+                .and_then(|c| c.get("min_unique_chars"))
+                .and_then(Value::as_u64)
+                .map(|n| n as usize),
         })
         .unwrap_or_default();
 
@@ -335,13 +352,16 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
         let prompt = prompts[i % prompts.len()].clone();
         let mut oracles = Vec::new();
         if let Some(a) = &arithmetic {
-            let oracle = Oracle::from_spec(&OracleSpec::Arithmetic(a.clone())).map_err(|m| err(m).at("oracles"))?;
+            let oracle =
+                Oracle::from_spec(&OracleSpec::Arithmetic(a.clone())).map_err(|m| err(m).at("oracles"))?;
             if oracle.check_applicable(&prompt).is_ok() {
                 oracles.push(oracle);
             }
         }
         // The original judged every other prompt with its garbage oracle; so do we.
-        oracles.push(Oracle::from_spec(&OracleSpec::Garbage(garbage.clone())).map_err(|m| err(m).at("oracles"))?);
+        oracles.push(
+            Oracle::from_spec(&OracleSpec::Garbage(garbage.clone())).map_err(|m| err(m).at("oracles"))?,
+        );
         scenarios.push(Arc::new(Scenario {
             name: format!("p{i:0width$}"),
             input: Input::Prompt(prompt),

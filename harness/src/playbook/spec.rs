@@ -98,9 +98,7 @@ impl MatrixSpec {
 /// A format entry of a matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 #[schemars(with = "String")]
-#[schemars(
-    description = "`safetensors`, `apr`, `gguf`, or `gguf-<quantization>` such as `gguf-q8_0`"
-)]
+#[schemars(description = "`safetensors`, `apr`, `gguf`, or `gguf-<quantization>` such as `gguf-q8_0`")]
 pub enum FormatSpec {
     Safetensors,
     Apr,
@@ -376,21 +374,11 @@ pub struct GarbageSpec {
 #[serde(untagged)]
 enum OracleSchema {
     Bare(BareOracle),
-    Arithmetic {
-        arithmetic: ArithmeticOracleSpec,
-    },
-    Contains {
-        contains: String,
-    },
-    Exact {
-        exact: String,
-    },
-    Regex {
-        regex: String,
-    },
-    Garbage {
-        garbage: GarbageSpec,
-    },
+    Arithmetic { arithmetic: ArithmeticOracleSpec },
+    Contains { contains: String },
+    Exact { exact: String },
+    Regex { regex: String },
+    Garbage { garbage: GarbageSpec },
 }
 
 #[derive(JsonSchema)]
@@ -409,15 +397,17 @@ impl<'de> Deserialize<'de> for OracleSpec {
         impl<'de> Visitor<'de> for OracleVisitor {
             type Value = OracleSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an oracle name (`arithmetic`, `garbage`) or a one-key map such as `contains: \"4\"`")
+                f.write_str(
+                    "an oracle name (`arithmetic`, `garbage`) or a one-key map such as `contains: \"4\"`",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<OracleSpec, E> {
                 match v {
                     "arithmetic" => Ok(OracleSpec::Arithmetic(Default::default())),
                     "garbage" => Ok(OracleSpec::Garbage(Default::default())),
-                    "contains" | "exact" | "regex" => Err(E::custom(format!(
-                        "oracle `{v}` needs its text: write `{v}: \"...\"`"
-                    ))),
+                    "contains" | "exact" | "regex" => {
+                        Err(E::custom(format!("oracle `{v}` needs its text: write `{v}: \"...\"`")))
+                    }
                     other => Err(E::unknown_variant(other, ORACLE_KINDS)),
                 }
             }
