@@ -39,13 +39,16 @@ pub fn qualify_main() -> ExitCode {
     let filter = Filter { filter: args.filter.clone(), exact: args.exact, skip: args.skip.clone() };
 
     // nextest runs each trial as `--exact NAME`: build that one trial, not all of them.
-    let selected: Vec<TrialRef> = match (&args.filter, args.exact, args.skip.is_empty(), args.list) {
-        (Some(name), true, true, false) => match TrialName::parse(name) {
-            Err(e) => {
+    let selected: Vec<TrialRef> = match (&args.filter, args.exact, args.skip.is_empty()) {
+        (Some(name), true, true) => match (TrialName::parse(name), args.list) {
+            // Listing follows libtest: a name that matches nothing lists nothing.
+            (Err(_), true) => Vec::new(),
+            (Ok(parsed), true) => plan.find(&parsed).into_iter().collect(),
+            (Err(e), false) => {
                 reporter::invalid_exact_name(name, &e);
                 return ExitCode::from(exit::PLAYBOOK_ERROR);
             }
-            Ok(parsed) => match plan.find(&parsed) {
+            (Ok(parsed), false) => match plan.find(&parsed) {
                 Some(r) => vec![r],
                 None => {
                     reporter::unknown_exact_name(name, &config.playbooks);

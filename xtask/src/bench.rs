@@ -1,3 +1,193 @@
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+//! `cargo xtask bench`: the harness's own speed on a synthetic playbook set, release build.
+//!
+//! The set has `--families` families (default 100) of `--models` models each (default 10), every
+//! model with 3 formats, 2 backends, 3 modalities and 100 scenarios: 1,800,000 trials at the
+//! defaults, so one `family::tier` filter selects 1%. Each figure is
+//! the median of `--runs` runs (default 3), with the peak RSS of the slowest one, measured with
+//! wait4(2) on the child process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let families: usize =
+        crate::flag_value(args, "--families")?.map_or(Ok(100), |v| v.parse()).context("--families")?;
+    let per_family: usize =
+        crate::flag_value(args, "--models")?.map_or(Ok(10), |v| v.parse()).context("--models")?;
+    anyhow::ensure!(families > 0 && per_family > 0, "--families and --models must be at least 1");
+    let models = families * per_family;
+    let runs: usize = crate::flag_value(args, "--runs")?.map_or(Ok(3), |v| v.parse()).context("--runs")?;
+    let root = crate::root();
+    let dir = root.join("target").join("bench").join("playbooks");
+    write_synthetic_set(&dir, families, per_family)?;
+    eprintln!("building the qualify harness (release)…");
+    let binary = build_release_qualify(&root)?;
+    let env = [("QUALIFY_PLAYBOOKS", dir.clone())];
+
+    let fam = format!("fam{:03}::", families / 2);
+    let exact = format!(
+        "fam{:03}::full::model-{:04}::gguf-q4_k_m::cpu::chat::s-042",
+        families / 2,
+        families / 2 * per_family
+    );
+    let mut rows = Vec::new();
+    rows.push(measure("--list (all trials)", &binary, &["--list"], &env, runs)?);
+    rows.push(measure(
+        &format!("filter `{fam}full` (1 family of {families})"),
+        &binary,
+        &["--list", &format!("{fam}full")],
+        &env,
+        runs,
+    )?);
+    rows.push(measure(
+        "--exact one trial (listing it)",
+        &binary,
+        &["--list", "--exact", &exact],
+        &env,
+        runs,
+    )?);
+    rows.push(measure(
+        "--exact one trial (run; model absent → ignored)",
+        &binary,
+        &["--exact", &exact],
+        &env,
+        runs,
+    )?);
+
+    // Per-trial overhead under nextest's process-per-test: process start, playbook loading and
+    // expansion, model load from the page cache and the journal, i.e. everything but inference.
+    let fixtures = root.join("target").join("fixtures");
+    if !fixtures.join("tiny-random-llama").is_dir() {
+        modelqa::testmodel::write_test_model(
+            &fixtures.join("tiny-random-llama"),
+            modelqa::testmodel::TestArchitecture::Llama,
+            Default::default(),
+            1,
+        )?;
+    }
+    let trial = "tiny-random::smoke::tiny-random-llama::safetensors::cpu::run::produces_text";
+    let journal_dir = root.join("target").join("bench").join("journal");
+    let _ = std::fs::remove_dir_all(&journal_dir);
+    let overhead_env = [
+        ("QUALIFY_PLAYBOOKS", root.join("playbooks")),
+        ("QUALIFY_JOURNAL_DIR", journal_dir.clone()),
+        ("QUALIFY_RUN_ID", PathBuf::from("bench")),
+    ];
+    let mut overheads = Vec::new();
+    let mut walls = Vec::new();
+    for i in 0..runs.max(5) {
+        let (wall, _) = spawn(&binary, &["--exact", trial, "--nocapture"], &overhead_env)?;
+        let (records, _) = modelqa::journal::read(&journal_dir.join("bench.jsonl"))?;
+        let r = records.get(i).context("the trial recorded no evidence")?;
+        let inference_ms = r.metrics.duration_ms - r.metrics.load_ms.unwrap_or(0.0);
+        overheads.push(wall.as_secs_f64() * 1e3 - inference_ms);
+        walls.push(wall.as_secs_f64() * 1e3);
+    }
+    overheads.sort_by(f64::total_cmp);
+    walls.sort_by(f64::total_cmp);
+
+    let total = models * 3 * 2 * 3 * 100;
+    println!();
+    println!(
+        "harness benchmark: {total} trials ({models} models × 3 formats × 2 backends × 3 modalities × 100 scenarios)"
+    );
+    println!(
+        "machine: {} cpus, {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        std::env::consts::ARCH
+    );
+    println!();
+    println!("| case | median wall | peak RSS |");
+    println!("|---|---:|---:|");
+    for (case, wall, rss) in &rows {
+        println!("| {case} | {:.1} ms | {:.1} MiB |", wall.as_secs_f64() * 1e3, *rss as f64 / 1024.0);
+    }
+    println!(
+        "| nextest-style trial, everything but inference (median of {}) | {:.1} ms | – |",
+        overheads.len(),
+        overheads[overheads.len() / 2]
+    );
+    println!("| nextest-style trial, whole process | {:.1} ms | – |", walls[walls.len() / 2]);
+    Ok(())
+}
+
+/// Median wall time and the largest peak RSS (KiB) over `runs` runs.
+fn measure(
+    case: &str,
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, PathBuf)],
+    runs: usize,
+) -> anyhow::Result<(String, Duration, i64)> {
+    let mut walls = Vec::new();
+    let mut rss = 0;
+    for _ in 0..runs.max(1) {
+        let (wall, peak) = spawn(binary, args, env)?;
+        walls.push(wall);
+        rss = rss.max(peak);
+    }
+    walls.sort();
+    eprintln!("measured: {case}");
+    Ok((case.to_string(), walls[walls.len() / 2], rss))
+}
+
+/// Runs the binary with stdout discarded; its wall time and peak RSS in KiB.
+fn spawn(binary: &Path, args: &[&str], env: &[(&str, PathBuf)]) -> anyhow::Result<(Duration, i64)> {
+    let mut cmd = Command::new(binary);
+    cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("failed to start {}", binary.display()))?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value, and wait4 writes a complete one for our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child we spawned; the pointers are to live locals.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    if pid < 0 {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    if code != Some(0) {
+        bail!("{} {args:?} exited with {code:?}", binary.display());
+    }
+    Ok((wall, usage.ru_maxrss))
+}
+
+fn build_release_qualify(root: &Path) -> anyhow::Result<PathBuf> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["test", "--release", "--test", "qualify", "--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("cargo test --release --no-run failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == "qualify")
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .next_back()
+        .context("cargo did not report the qualify executable")
+}
+
+fn write_synthetic_set(dir: &Path, families: usize, per_family: usize) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    for i in 0..families {
+        let models: String = (0..per_family)
+            .map(|m| format!("  - {{id: synthetic/model-{0:04}, slug: model-{0:04}}}\n", i * per_family + m))
+            .collect();
+        let text = format!(
+            "playbook: 1\nfamily: fam{i:03}\ntiers:\n  full:\n    formats: [safetensors, apr, gguf]\n    backends: [cpu, gpu]\n    modalities: [run, chat, serve]\nmodels:\n{models}scenarios:\n  - name: s\n    generate:\n      arithmetic: {{operands: [0, 999]}}\n    count: 100\n    oracles: [arithmetic, garbage]\n"
+        );
+        std::fs::write(dir.join(format!("fam{i:03}.yaml")), text)?;
+    }
+    Ok(())
 }
