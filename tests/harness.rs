@@ -282,3 +282,44 @@ fn a_corrupt_model_fails_only_its_own_trials() {
     assert_eq!(bad.outcome, Outcome::Falsified);
     assert!(bad.reason.contains("config.json") && bad.reason.contains("invalid JSON"), "{}", bad.reason);
 }
+
+#[test]
+fn a_property_reports_its_shrunk_minimal_case() {
+    let fx = Fixture::new(
+        r#"
+playbook: 1
+family: e2e
+tiers: {smoke: {}}
+models: [{id: test/tiny, path: model}]
+scenarios:
+  - name: sums
+    property: {arithmetic: {ops: ["+"], operands: [0, 50], phrasings: [what_is]}}
+    count: 8
+    max_tokens: 6
+    oracles: [arithmetic]
+"#,
+    );
+    let out = fx.qualify("prop", &[], &[]);
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let records = fx.journal("prop");
+    assert_eq!(records.len(), 1, "a property is one trial");
+    let r = &records[0];
+    assert_eq!(r.outcome, Outcome::Falsified);
+    // Shrinking moves both operands to the bottom of their range.
+    assert!(r.reason.contains("minimal failing case \"What is 0 + 0?\""), "{}", r.reason);
+    assert_eq!(r.prompt.as_deref(), Some("What is 0 + 0?"));
+    assert!(r.output.is_some());
+}
+
+#[test]
+fn a_trial_past_its_timeout_is_a_timeout() {
+    let fx = Fixture::new(
+        &PLAYBOOK.replace("    scenario_count: 3\n", "    scenario_count: 3\n    timeout_ms: 1\n"),
+    );
+    let out = fx.qualify("slow", &["any_text"], &[]);
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let records = fx.journal("slow");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Timeout, "{:?}", records[0]);
+    assert!(stdout(&out).contains("timeout [timeout]"), "{}", stdout(&out));
+}

@@ -101,9 +101,23 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     Ok(())
 }
 
+/// The original project's templates parse once their `${...}` placeholders are filled in.
+fn seed_template(path: &Utf8Path, text: String) -> Result {
+    let filled = text
+        .replace("${MODEL_ID}", "org/model-1b")
+        .replace("${HF_REPO}", "org/model-1b")
+        .replace("${MODEL_NAME}", "model-1b");
+    let (pbs, _) = playbook::load_text(path.as_std_path(), &filled)?;
+    if Plan::new(pbs).total() == 0 {
+        return Err(format!("{path} expands to no trial").into());
+    }
+    Ok(())
+}
+
 datatest_stable::harness! {
     { test = shipped, root = "playbooks", pattern = r"\.ya?ml$" },
     { test = malformed, root = "tests/malformed", pattern = r"\.yaml$" },
     { test = expansion, root = "tests/expansion", pattern = r"\.yaml$" },
     { test = seed_model, root = "../shared/reference/seed-playbooks/models", pattern = r"\.yaml$" },
+    { test = seed_template, root = "../shared/reference/seed-playbooks/templates", pattern = r"\.yaml$" },
 }

@@ -271,4 +271,68 @@ mod tests {
             assert!(!g1.tokens.is_empty() || g1.finish == crate::engine::Finish::Eos);
         }
     }
+
+    #[test]
+    fn sharded_safetensors_load_like_a_single_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_test_model(dir.path(), TestArchitecture::Qwen2, TestModelShape::default(), 3).unwrap();
+        let single = generate(dir.path(), "Hello there");
+
+        let tensors =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &candle_core::Device::Cpu)
+                .unwrap();
+        let mut names: Vec<_> = tensors.keys().cloned().collect();
+        names.sort();
+        let (a, b) = names.split_at(names.len() / 2);
+        let mut weight_map = serde_json::Map::new();
+        for (shard, part) in
+            [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)]
+        {
+            let subset: HashMap<String, Tensor> =
+                part.iter().map(|n| (n.clone(), tensors[n].clone())).collect();
+            candle_core::safetensors::save(&subset, dir.path().join(shard)).unwrap();
+            for n in part {
+                weight_map.insert(n.clone(), shard.into());
+            }
+        }
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+        let sharded = generate(dir.path(), "Hello there");
+        assert_eq!(single.tokens, sharded.tokens);
+        let info = load_candle(dir.path(), Backend::Cpu).unwrap().info().clone();
+        assert_eq!(info.files.iter().filter(|f| f.path.to_string_lossy().contains("-of-00002")).count(), 2);
+    }
+
+    #[test]
+    fn corrupt_files_are_errors_that_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_test_model(dir.path(), TestArchitecture::Llama, TestModelShape::default(), 3).unwrap();
+        let weights = dir.path().join("model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        let check = |expected: &str| {
+            let err = load_candle(dir.path(), Backend::Cpu).err().expect("load fails").to_string();
+            assert!(err.contains(expected), "`{err}` lacks `{expected}`");
+        };
+        std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+        check("model.safetensors");
+        std::fs::write(&weights, b"not a safetensors file").unwrap();
+        check("model.safetensors");
+        std::fs::write(&weights, &bytes).unwrap();
+        std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+        check("tokenizer is missing");
+        std::fs::write(dir.path().join("tokenizer.json"), "{").unwrap();
+        check("tokenizer.json");
+        write_test_model(dir.path(), TestArchitecture::Llama, TestModelShape::default(), 3).unwrap();
+        let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        std::fs::write(dir.path().join("config.json"), config.replace("\"llama\"", "\"gpt-j\"")).unwrap();
+        check("model_type `gpt-j` is not supported");
+        std::fs::write(
+            dir.path().join("config.json"),
+            config.replace("\"hidden_size\": 64", "\"hidden_size\": 128"),
+        )
+        .unwrap();
+        check("shape");
+    }
 }
