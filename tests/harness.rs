@@ -107,7 +107,7 @@ fn stdout(o: &Output) -> String {
 #[test]
 fn runs_real_inference_and_records_every_trial() {
     let fx = Fixture::new(PLAYBOOK);
-    let out = fx.qualify("run1", &["--test-threads", "2"], &[]);
+    let out = fx.qualify("run1", &["::run::", "--test-threads", "2"], &[]);
     // The random model cannot do arithmetic: one falsified trial, so libtest's failure code.
     assert_eq!(out.status.code(), Some(101), "{}\n{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("2 passed; 1 failed; 3 ignored"), "{}", stdout(&out));
@@ -172,50 +172,77 @@ fn list_matches_libtest_and_nextest_expectations() {
     let out = fx.qualify("list", &["--list", "--format", "terse"], &[]);
     assert!(out.status.success());
     let lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
-    assert_eq!(lines.len(), 6);
+    assert_eq!(lines.len(), 20, "3 scenarios, 5 gates and 2 golden comparisons, on cpu and gpu");
     assert!(lines.iter().all(|l| l.ends_with(": test")));
     let mut sorted = lines.clone();
     sorted.sort();
     assert_eq!(lines, sorted);
     let ignored = fx.qualify("list", &["--list", "--format", "terse", "--ignored"], &[]);
-    assert_eq!(stdout(&ignored).lines().count(), 3, "the gpu trials");
+    assert_eq!(stdout(&ignored).lines().count(), 10, "the gpu trials");
     assert!(stdout(&ignored).lines().all(|l| l.contains("::gpu::")));
     let filtered = fx.qualify("list", &["--list", "::run::a"], &[]);
     assert_eq!(stdout(&filtered).lines().count(), 4);
     let skipped = fx.qualify("list", &["--list", "--skip", "gpu"], &[]);
-    assert_eq!(stdout(&skipped).lines().count(), 3);
+    assert_eq!(stdout(&skipped).lines().count(), 10);
     assert!(!fx.path().join("journal/list.jsonl").exists(), "listing runs nothing");
 }
 
 #[test]
-fn stop_on_p0_does_not_retry_a_failed_load() {
+fn stop_on_p0_stops_a_group_after_its_first_gateway_failure() {
     let fx = Fixture::new(PLAYBOOK);
-    // A truncated weights file: the load gateway fails once, the rest of the group is not run.
+    // A truncated weights file: G0 names it, and the rest of the group is not run.
     let weights = fx.path().join("model/model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let out = fx.qualify("p0", &["--test-threads", "1"], &[("QUALIFY_FAILURE_POLICY", "stop-on-p0")]);
     assert_eq!(out.status.code(), Some(101));
     let records = fx.journal("p0");
-    assert_eq!(records.len(), 3);
-    let g1: Vec<_> = records.iter().filter(|r| r.gate == "G1").collect();
-    assert_eq!(g1.len(), 1, "{records:#?}");
-    assert!(g1[0].reason.contains("model.safetensors"), "the cause names the file: {}", g1[0].reason);
-    for r in records.iter().filter(|r| r.gate != "G1") {
-        assert_eq!(r.outcome, Outcome::Skipped);
+    assert_eq!(records.len(), 10, "5 gates, 2 golden comparisons and 3 scenarios on cpu");
+    // In name order the first trial is `diff::golden-logits`, whose load fails (G1).
+    assert_eq!(records[0].gate, "G1");
+    assert_eq!(records[0].outcome, Outcome::Falsified);
+    assert!(records[0].reason.contains("model.safetensors"), "{}", records[0].reason);
+    for r in &records[1..] {
+        assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
         assert!(r.reason.starts_with("not run: gateway G1 failed"), "{}", r.reason);
     }
 
-    // collect-all tries every trial again, each failing on its own.
+    // collect-all runs every trial; each that needs the model fails its load on its own.
     let out = fx.qualify("all", &["--test-threads", "1"], &[("QUALIFY_FAILURE_POLICY", "collect-all")]);
     assert_eq!(out.status.code(), Some(101));
-    assert!(fx.journal("all").iter().all(|r| r.gate == "G1" && r.outcome == Outcome::Falsified));
+    let records = fx.journal("all");
+    assert_eq!(records.len(), 10);
+    assert!(records.iter().all(|r| r.outcome == Outcome::Falsified));
+    assert_eq!(records.iter().filter(|r| r.gate == "G1").count(), 9, "{records:#?}");
+    assert!(records.iter().filter(|r| r.gate == "G1").all(|r| r.reason.contains("model.safetensors")));
+    let g0 = records.iter().find(|r| r.gate == "G0").expect("G0 ran");
+    assert!(g0.reason.contains("model.safetensors is truncated or corrupt"), "{}", g0.reason);
+}
+
+#[test]
+fn gateways_run_as_trials_and_g4_catches_noise() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify("gates", &["::cpu::gate::"], &[]);
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let records = fx.journal("gates");
+    let by = |g: &str| records.iter().find(|r| r.gate == g).unwrap_or_else(|| panic!("{g}: {records:#?}"));
+    for g in ["G0", "G1", "G2", "G3"] {
+        assert_eq!(by(g).outcome, Outcome::Corroborated, "{:?}", by(g));
+    }
+    assert!(by("G0").reason.contains("consistent with config.json"), "{}", by("G0").reason);
+    // Random weights decode to broken text: the quality gateway says so.
+    assert_eq!(by("G4").outcome, Outcome::Falsified);
+    assert!(by("G4").reason.contains("produced garbage"), "{}", by("G4").reason);
 }
 
 #[test]
 fn stop_on_first_stops_the_run() {
     let fx = Fixture::new(PLAYBOOK);
-    let out = fx.qualify("first", &["--test-threads", "1"], &[("QUALIFY_FAILURE_POLICY", "stop-on-first")]);
+    let out = fx.qualify(
+        "first",
+        &["::run::", "--test-threads", "1"],
+        &[("QUALIFY_FAILURE_POLICY", "stop-on-first")],
+    );
     assert_eq!(out.status.code(), Some(101));
     let records = fx.journal("first");
     // Trials run in name order: any_text passes, arithmetic fails, sampled is not run.
@@ -236,13 +263,13 @@ fn missing_model_is_ignored_with_where_it_looked() {
     let fx = Fixture::new(&PLAYBOOK.replace("path: model", "path: elsewhere"));
     let out = fx.qualify("missing", &[], &[]);
     assert!(out.status.success(), "ignored is not failed: {}", stderr(&out));
-    assert!(stdout(&out).contains("0 passed; 0 failed; 6 ignored"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("0 passed; 0 failed; 20 ignored"), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(err.contains("model test/tiny not found (looked in"), "{err}");
     assert!(err.contains("elsewhere"), "{err}");
     // Asked to run them anyway, they stay ignored with the reason rather than passing.
     let out = fx.qualify("missing", &["--include-ignored"], &[]);
-    assert!(stdout(&out).contains("0 passed; 0 failed; 6 ignored"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("0 passed; 0 failed; 20 ignored"), "{}", stdout(&out));
 }
 
 #[test]
@@ -299,7 +326,7 @@ scenarios:
     oracles: [arithmetic]
 "#,
     );
-    let out = fx.qualify("prop", &[], &[]);
+    let out = fx.qualify("prop", &["sums"], &[]);
     assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
     let records = fx.journal("prop");
     assert_eq!(records.len(), 1, "a property is one trial");

@@ -126,7 +126,7 @@ impl Binder {
         model: &Model,
         format: Format,
         backend: Backend,
-        modality: Modality,
+        modality: Option<Modality>,
     ) -> Option<String> {
         let backend_reason =
             self.backends.entry(backend).or_insert_with(|| backend_unavailable(backend)).clone();
@@ -136,7 +136,7 @@ impl Binder {
         if let Some(why) = format.unsupported_reason() {
             return Some(why.to_string());
         }
-        if let Some(why) = modality.unsupported_reason() {
+        if let Some(why) = modality.and_then(Modality::unsupported_reason) {
             return Some(why.to_string());
         }
         match self.locate(model) {
@@ -173,6 +173,7 @@ mod tests {
             architecture: None,
             size: None,
             expect: ExpectedShape::default(),
+            prompt_template: "{prompt}".into(),
         }
     }
 

@@ -87,7 +87,9 @@ fn list(plan: &Plan, selected: &[TrialRef], binder: &mut Binder, only_ignored: b
     for r in selected {
         let spec = plan.spec(*r);
         if only_ignored
-            && binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality).is_none()
+            && binder
+                .ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality())
+                .is_none()
         {
             continue;
         }
@@ -111,7 +113,7 @@ fn build_trials(
     let runs_ignored = args.ignored || args.include_ignored;
     for r in selected {
         let spec = plan.spec(*r);
-        let reason = binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality);
+        let reason = binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality());
         let model_dir: Option<PathBuf> = match binder.locate(&spec.model) {
             Location::Found(dir) => Some(dir.clone()),
             Location::Missing(_) => None,

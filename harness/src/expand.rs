@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use memchr::memmem;
 
+use crate::gate::Gate;
 use crate::matrix::{Backend, Format, Modality};
 use crate::name::{SEP, Tail, TrialName};
 use crate::playbook::{Model, Playbook, Scenario, TierPlan};
@@ -28,13 +29,25 @@ struct Group {
     prefix: String,
 }
 
+/// What the last two segments of a name stand for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TailKind {
+    Scenario {
+        modality: Modality,
+        index: usize,
+    },
+    Gate(Gate),
+    /// Regression against golden references; safetensors cells only.
+    Golden(GoldenKind),
+}
+
 /// The cells and tails of one `(playbook, tier)`, in name order.
 #[derive(Debug)]
 struct Layout {
     /// `(format, backend)` with their `format::backend::` text.
     cells: Vec<(Format, Backend, String)>,
-    /// `modality::scenario` with its scenario index.
-    tails: Vec<(Modality, usize, String)>,
+    /// `modality::scenario` or `gate::gN-…`, with what it stands for.
+    tails: Vec<(TailKind, String)>,
 }
 
 /// Which trials to build, as libtest reads its arguments.
@@ -73,6 +86,35 @@ pub struct Plan {
     layouts: Vec<Vec<Layout>>,
 }
 
+/// What a golden-reference trial compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoldenKind {
+    /// Greedy output text of every scenario.
+    Text,
+    /// Top-k logits at the first prompt positions of every scenario.
+    Logits,
+}
+
+impl GoldenKind {
+    pub fn slug(self) -> &'static str {
+        match self {
+            GoldenKind::Text => "golden-text",
+            GoldenKind::Logits => "golden-logits",
+        }
+    }
+}
+
+/// What a trial does.
+#[derive(Debug, Clone)]
+pub enum TrialKind {
+    /// A scenario in a modality, judged by its oracles.
+    Scenario { modality: Modality, scenario: Arc<Scenario> },
+    /// A gateway check of the group.
+    Gate(Gate),
+    /// A comparison with the model's golden references.
+    Golden(GoldenKind),
+}
+
 /// A selected trial with everything its body needs.
 #[derive(Debug, Clone)]
 pub struct TrialSpec {
@@ -80,10 +122,26 @@ pub struct TrialSpec {
     pub full_name: String,
     pub model: Model,
     pub tier: TierPlan,
-    pub scenario: Arc<Scenario>,
-    pub modality: Modality,
+    pub kind: TrialKind,
+    /// The scenarios of the tier, for gates that look at all of them.
+    pub scenarios: Arc<[Arc<Scenario>]>,
     pub playbook: usize,
     pub source: std::path::PathBuf,
+}
+
+impl TrialSpec {
+    /// The modality a scenario trial runs in; gates have none.
+    pub fn modality(&self) -> Option<Modality> {
+        match &self.kind {
+            TrialKind::Scenario { modality, .. } => Some(*modality),
+            TrialKind::Gate(_) | TrialKind::Golden(_) => None,
+        }
+    }
+}
+
+/// Golden references describe the model as published, so only safetensors cells compare them.
+fn applies(kind: TailKind, format: Format) -> bool {
+    !matches!(kind, TailKind::Golden(_)) || format == Format::Safetensors
 }
 
 impl Plan {
@@ -116,7 +174,10 @@ impl Plan {
             .iter()
             .map(|g| {
                 let l = &self.layouts[g.playbook][g.tier];
-                l.cells.len() * l.tails.len()
+                l.cells
+                    .iter()
+                    .map(|(f, _, _)| l.tails.iter().filter(|(k, _)| applies(*k, *f)).count())
+                    .sum::<usize>()
             })
             .sum()
     }
@@ -127,8 +188,11 @@ impl Plan {
         let mut name = String::with_capacity(160);
         for (g, group) in self.groups.iter().enumerate() {
             let layout = &self.layouts[group.playbook][group.tier];
-            for (c, (_, _, cell)) in layout.cells.iter().enumerate() {
-                for (t, (_, _, tail)) in layout.tails.iter().enumerate() {
+            for (c, (format, _, cell)) in layout.cells.iter().enumerate() {
+                for (t, (kind, tail)) in layout.tails.iter().enumerate() {
+                    if !applies(*kind, *format) {
+                        continue;
+                    }
                     name.clear();
                     name.push_str(&group.prefix);
                     name.push_str(cell);
@@ -165,7 +229,8 @@ impl Plan {
         let layout = &self.layouts[group.playbook][group.tier];
         let c = layout.cells.iter().position(|(f, b, _)| *f == name.format && *b == name.backend)?;
         let tail_text = name.tail.to_string();
-        let t = layout.tails.iter().position(|(_, _, text)| *text == tail_text)?;
+        let t =
+            layout.tails.iter().position(|(kind, text)| *text == tail_text && applies(*kind, name.format))?;
         Some(TrialRef { group: g as u32, cell: c as u32, tail: t as u32 })
     }
 
@@ -176,8 +241,15 @@ impl Plan {
         let tier = &pb.tiers[group.tier];
         let layout = &self.layouts[group.playbook][group.tier];
         let (format, backend, _) = layout.cells[r.cell as usize];
-        let (modality, scenario_idx, _) = layout.tails[r.tail as usize];
-        let scenario = pb.scenarios[scenario_idx].clone();
+        let (kind, tail) = match layout.tails[r.tail as usize].0 {
+            TailKind::Scenario { modality, index } => {
+                let scenario = pb.scenarios[index].clone();
+                let tail = Tail::Scenario { modality, scenario: scenario.name.clone() };
+                (TrialKind::Scenario { modality, scenario }, tail)
+            }
+            TailKind::Gate(g) => (TrialKind::Gate(g), Tail::Gate(g.slug().to_string())),
+            TailKind::Golden(k) => (TrialKind::Golden(k), Tail::Diff(k.slug().to_string())),
+        };
         let model = pb.models[group.model].clone();
         let name = TrialName {
             family: pb.family.clone(),
@@ -185,15 +257,15 @@ impl Plan {
             model: model.slug.clone(),
             format,
             backend,
-            tail: Tail::Scenario { modality, scenario: scenario.name.clone() },
+            tail,
         };
         TrialSpec {
             full_name: name.to_string(),
             name,
             model,
             tier: tier.clone(),
-            scenario,
-            modality,
+            kind,
+            scenarios: pb.scenarios[..tier.scenario_count].iter().cloned().collect(),
             playbook: group.playbook,
             source: pb.source.clone(),
         }
@@ -212,9 +284,15 @@ fn layout(tier: &TierPlan) -> Layout {
     cells.sort_by(|a, b| a.2.cmp(&b.2));
     let mut tails = Vec::new();
     for m in &tier.modalities {
-        for s in 0..tier.scenario_count {
-            tails.push((*m, s, String::new()));
+        for index in 0..tier.scenario_count {
+            tails.push((TailKind::Scenario { modality: *m, index }, String::new()));
         }
+    }
+    for g in Gate::ALL {
+        tails.push((TailKind::Gate(g), String::new()));
+    }
+    for k in [GoldenKind::Text, GoldenKind::Logits] {
+        tails.push((TailKind::Golden(k), String::new()));
     }
     // Named by `name_tails`, which knows the scenarios.
     Layout { cells, tails }
@@ -224,10 +302,16 @@ fn layout(tier: &TierPlan) -> Layout {
 fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
     for (p, per_tier) in layouts.iter_mut().enumerate() {
         for layout in per_tier.iter_mut() {
-            for (m, s, text) in layout.tails.iter_mut() {
-                *text = format!("{m}{SEP}{}", playbooks[p].scenarios[*s].name);
+            for (kind, text) in layout.tails.iter_mut() {
+                *text = match kind {
+                    TailKind::Scenario { modality, index } => {
+                        format!("{modality}{SEP}{}", playbooks[p].scenarios[*index].name)
+                    }
+                    TailKind::Gate(g) => format!("gate{SEP}{}", g.slug()),
+                    TailKind::Golden(k) => format!("diff{SEP}{}", k.slug()),
+                };
             }
-            layout.tails.sort_by(|a, b| a.2.cmp(&b.2));
+            layout.tails.sort_by(|a, b| a.1.cmp(&b.1));
         }
     }
 }

@@ -22,3 +22,7 @@ pub mod run;
 pub mod testmodel;
 
 pub use cli::qualify_main;
+pub mod curriculum;
+pub mod gate;
+pub mod golden;
+pub mod integrity;

@@ -3,21 +3,25 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
 use crate::config::Config;
+use crate::engine::SessionInfo;
 use crate::engine::{
     Engine, EngineError, GenerateRequest, Generation, Sampling, SessionCache, SessionKey, SharedSession,
 };
-use crate::expand::TrialSpec;
+use crate::expand::{GoldenKind, TrialKind, TrialSpec};
+use crate::gate::{self, Gate, GateVerdict};
 use crate::journal::{EvidenceRecord, Host, Journal, Metrics, Outcome, SCHEMA_VERSION};
 use crate::matrix::Modality;
 use crate::oracle::Verdict;
-use crate::playbook::{FailurePolicy, Input, MessageSpec, generator_strategy};
+use crate::playbook::{
+    FailurePolicy, Input, MessageSpec, Model, Property, Scenario, generator_strategy, seeded_runner,
+};
 
 /// What every trial of one harness process shares.
 pub struct RunContext {
@@ -95,13 +99,14 @@ impl RunContext {
                 local
                     .or_else(|| {
                         self.journal_failures(|r| {
-                            r.gate == "G1"
-                                && r.outcome == Outcome::Falsified
+                            is_gateway(&r.gate)
+                                && !r.outcome.is_pass()
+                                && r.outcome != Outcome::Skipped
                                 && r.model == spec.name.model
                                 && r.format == spec.name.format.name()
                                 && r.backend == spec.name.backend.as_str()
                         })
-                        .map(|t| format!("gateway G1 failed in {t}"))
+                        .map(|t| format!("a gateway failed in {t}"))
                     })
                     .map(|why| format!("not run: {why} (failure policy stop-on-p0, {key})"))
             }
@@ -116,7 +121,7 @@ impl RunContext {
         records.into_iter().find(|r| pred(r)).map(|r| r.trial)
     }
 
-    /// Runs one scenario trial to its end and records it. `Ok` only when it was corroborated.
+    /// Runs one trial to its end and records it. `Ok` only when it was corroborated.
     pub fn run(
         &self,
         spec: &TrialSpec,
@@ -149,13 +154,13 @@ impl RunContext {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert_with(|| spec.full_name.clone());
-            if finding.gate == "G1" {
+            if is_gateway(&finding.gate) {
                 self.policy
                     .failed_gates
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(key.clone())
-                    .or_insert_with(|| format!("gateway G1 failed in {}", spec.full_name));
+                    .or_insert_with(|| format!("gateway {} failed in {}", finding.gate, spec.full_name));
             }
         }
         let message = failure_message(&finding);
@@ -178,6 +183,9 @@ impl RunContext {
         started: Instant,
     ) -> Finding {
         let deadline = started + spec.tier.timeout;
+        if let TrialKind::Gate(Gate::Integrity) = spec.kind {
+            return from_verdict(Gate::Integrity, gate::integrity(&model_dir, &spec.model));
+        }
         let (session, loaded_now) =
             self.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
                 self.engine.load(&model_dir, spec.name.backend)
@@ -190,21 +198,28 @@ impl RunContext {
         };
         let info = session.lock().unwrap_or_else(|p| p.into_inner()).info().clone();
         let mut finding = if Instant::now() >= deadline {
+            let limit = spec.tier.timeout.as_secs_f64();
             Finding::new(
                 Outcome::Timeout,
                 "timeout",
-                format!(
-                    "the model took longer than the {}s timeout to load",
-                    spec.tier.timeout.as_secs_f64()
-                ),
+                format!("the model took longer than the {limit}s timeout to load"),
             )
-        } else if let Some(property) = &spec.scenario.property {
-            self.run_property(spec, &session, property, deadline)
         } else {
-            let prompt = render(spec.modality, &spec.scenario.input);
-            let mut f = self.generate_and_judge(spec, &session, &prompt, deadline);
-            f.prompt = Some(prompt);
-            f
+            match &spec.kind {
+                TrialKind::Gate(g) => self.run_gate(*g, spec, &session, &info, deadline),
+                TrialKind::Golden(k) => self.run_golden(*k, spec, &session, deadline),
+                TrialKind::Scenario { modality, scenario } => match &scenario.property {
+                    Some(property) => {
+                        self.run_property(spec, *modality, scenario, &session, property, deadline)
+                    }
+                    None => {
+                        let prompt = render(&spec.model, *modality, &scenario.input);
+                        let mut f = self.generate_and_judge(spec, scenario, &session, &prompt, deadline);
+                        f.prompt = Some(prompt);
+                        f
+                    }
+                },
+            }
         };
         if loaded_now {
             finding.metrics.load_ms = Some(info.load_time.as_secs_f64() * 1e3);
@@ -213,8 +228,142 @@ impl RunContext {
         finding
     }
 
+    fn run_gate(
+        &self,
+        g: Gate,
+        spec: &TrialSpec,
+        session: &SharedSession,
+        info: &SessionInfo,
+        deadline: Instant,
+    ) -> Finding {
+        let prompts =
+            gate::scenario_prompts(&spec.scenarios, |s| render(&spec.model, Modality::Run, &s.input));
+        let basic = prompts.first().map_or_else(|| "Hello".to_string(), |(_, p, _)| p.clone());
+        let verdict = match g {
+            Gate::Integrity => gate::integrity(Path::new(""), &spec.model),
+            Gate::Load => GateVerdict {
+                outcome: Outcome::Corroborated,
+                reason: format!(
+                    "loaded by {} on {} in {:.0} ms",
+                    info.engine,
+                    info.device,
+                    info.load_time.as_secs_f64() * 1e3
+                ),
+                prompt: None,
+                output: None,
+            },
+            Gate::Inference => gate::inference(session, &basic, deadline),
+            Gate::Stability => gate::stability(session, &basic, deadline),
+            Gate::Quality => gate::quality(session, &prompts, deadline),
+        };
+        from_verdict(g, verdict)
+    }
+
+    /// Compares greedy outputs or top-k logits with the golden references; a difference is
+    /// written as a pending `.new` file beside the reference (never in CI).
+    fn run_golden(
+        &self,
+        kind: GoldenKind,
+        spec: &TrialSpec,
+        session: &SharedSession,
+        deadline: Instant,
+    ) -> Finding {
+        let dir = crate::golden::model_dir(&spec.name.family, &spec.name.model);
+        let prompts =
+            gate::scenario_prompts(&spec.scenarios, |s| render(&spec.model, Modality::Run, &s.input));
+        let mut differences = Vec::new();
+        let mut pending = Vec::new();
+        match kind {
+            GoldenKind::Text => {
+                for (name, prompt, max_tokens) in &prompts {
+                    let request = GenerateRequest {
+                        prompt,
+                        max_tokens: *max_tokens,
+                        sampling: Sampling::Greedy,
+                        deadline,
+                    };
+                    let text = match session.lock().unwrap_or_else(|p| p.into_inner()).generate(&request) {
+                        Ok(g) => g.text,
+                        Err(e) => {
+                            return Finding::new(Outcome::Falsified, "REGR", format!("scenario {name}: {e}"));
+                        }
+                    };
+                    let path = dir.join(format!("{name}.snap"));
+                    match crate::golden::read_snapshot(&path) {
+                        Some(want) if want == text => {}
+                        want => {
+                            differences.push(match want {
+                                Some(w) => format!("{name}: {text:?}, golden {w:?}"),
+                                None => format!("{name}: no golden reference ({})", path.display()),
+                            });
+                            let expr = format!("{}::{}::{name}", spec.name.family, spec.name.model);
+                            pending.extend(crate::golden::write_pending(
+                                &path,
+                                &crate::golden::snapshot_text(&expr, &text),
+                            ));
+                        }
+                    }
+                }
+            }
+            GoldenKind::Logits => {
+                let mut actual = crate::golden::LogitsReference::new();
+                for (name, prompt, _) in &prompts {
+                    match session
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .prompt_logits(prompt, crate::golden::POSITIONS)
+                    {
+                        Ok(rows) => {
+                            actual.insert(
+                                name.clone(),
+                                rows.iter().map(|r| crate::golden::top_k(r, crate::golden::TOP_K)).collect(),
+                            );
+                        }
+                        Err(e) => {
+                            return Finding::new(Outcome::Falsified, "REGR", format!("scenario {name}: {e}"));
+                        }
+                    }
+                }
+                let path = dir.join("logits.json");
+                let reference: Option<crate::golden::LogitsReference> =
+                    std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
+                differences = match &reference {
+                    Some(r) => crate::golden::compare_logits(r, &actual),
+                    None => vec![format!("no golden reference ({})", path.display())],
+                };
+                if !differences.is_empty() {
+                    let json = serde_json::to_string_pretty(&actual).unwrap_or_default() + "\n";
+                    pending.extend(crate::golden::write_pending(&path, &json));
+                }
+            }
+        }
+        if differences.is_empty() {
+            return Finding::new(
+                Outcome::Corroborated,
+                "REGR",
+                format!("{} scenarios match their golden {}", prompts.len(), kind.slug()),
+            );
+        }
+        let note = if pending.is_empty() {
+            String::new()
+        } else {
+            format!(" (pending references written; review, then `cargo xtask golden --accept`)")
+        };
+        Finding::new(
+            Outcome::Falsified,
+            "REGR",
+            format!(
+                "{} of {} differ from golden{note}: {}",
+                differences.len(),
+                prompts.len().max(1),
+                differences.join("; ")
+            ),
+        )
+    }
+
     fn sampling(&self, spec: &TrialSpec) -> Sampling {
-        let s = &spec.scenario.sampling;
+        let TrialKind::Scenario { scenario, .. } = &spec.kind else { return Sampling::Greedy };
+        let s = &scenario.sampling;
         match s.temperature {
             Some(t) if t > 0.0 => Sampling::Seeded {
                 temperature: t,
@@ -229,13 +378,14 @@ impl RunContext {
     fn generate(
         &self,
         spec: &TrialSpec,
+        scenario: &Scenario,
         session: &SharedSession,
         prompt: &str,
         deadline: Instant,
     ) -> Result<Generation, EngineError> {
         let request = GenerateRequest {
             prompt,
-            max_tokens: spec.scenario.max_tokens,
+            max_tokens: scenario.max_tokens,
             sampling: self.sampling(spec),
             deadline,
         };
@@ -245,26 +395,24 @@ impl RunContext {
     fn generate_and_judge(
         &self,
         spec: &TrialSpec,
+        scenario: &Scenario,
         session: &SharedSession,
         prompt: &str,
         deadline: Instant,
     ) -> Finding {
-        match self.generate(spec, session, prompt, deadline) {
+        match self.generate(spec, scenario, session, prompt, deadline) {
             Ok(generation) => {
-                let question = spec.scenario.input.question();
-                let mut finding = judge(spec, question, &generation.text);
+                let mut finding = judge(scenario, scenario.input.question(), &generation.text);
                 finding.metrics = metrics_of(&generation);
                 finding.output = Some(generation.text);
                 finding
             }
             Err(EngineError::Timeout { tokens, partial }) => {
+                let limit = spec.tier.timeout.as_secs_f64();
                 let mut f = Finding::new(
                     Outcome::Timeout,
                     "timeout",
-                    format!(
-                        "generation passed the {}s timeout after {tokens} tokens",
-                        spec.tier.timeout.as_secs_f64()
-                    ),
+                    format!("generation passed the {limit}s timeout after {tokens} tokens"),
                 );
                 f.output = Some(partial);
                 f
@@ -277,8 +425,10 @@ impl RunContext {
     fn run_property(
         &self,
         spec: &TrialSpec,
+        modality: Modality,
+        scenario: &Scenario,
         session: &SharedSession,
-        property: &crate::playbook::Property,
+        property: &Property,
         deadline: Instant,
     ) -> Finding {
         let strategy = generator_strategy(&property.generator);
@@ -288,15 +438,15 @@ impl RunContext {
             max_shrink_iters: 256,
             ..ProptestConfig::default()
         };
-        let mut runner = crate::playbook::seeded_runner(property.seed, &spec.scenario.name, config);
+        let mut runner = seeded_runner(property.seed, &scenario.name, config);
         let last: Mutex<Option<Finding>> = Mutex::new(None);
         let cases = Mutex::new(0u32);
         let result = runner.run(&strategy, |question| {
             *cases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-            let prompt = render(spec.modality, &Input::Prompt(question.clone()));
-            let mut f = match self.generate(spec, session, &prompt, deadline) {
+            let prompt = render(&spec.model, modality, &Input::Prompt(question.clone()));
+            let mut f = match self.generate(spec, scenario, session, &prompt, deadline) {
                 Ok(g) => {
-                    let mut f = judge(spec, &question, &g.text);
+                    let mut f = judge(scenario, &question, &g.text);
                     f.metrics = metrics_of(&g);
                     f.output = Some(g.text);
                     f
@@ -332,8 +482,8 @@ impl RunContext {
             Err(TestError::Fail(reason, minimal)) => {
                 // Shrinking ends on the minimal case, but `last` may be a later, passing attempt:
                 // run the minimal case once more so the record shows its real output.
-                let prompt = render(spec.modality, &Input::Prompt(minimal.clone()));
-                let mut f = self.generate_and_judge(spec, session, &prompt, deadline);
+                let prompt = render(&spec.model, modality, &Input::Prompt(minimal.clone()));
+                let mut f = self.generate_and_judge(spec, scenario, session, &prompt, deadline);
                 f.prompt = Some(prompt);
                 f.outcome = Outcome::Falsified;
                 f.reason = format!(
@@ -359,7 +509,8 @@ impl RunContext {
             crate::name::Tail::Scenario { modality, scenario } => {
                 (scenario.clone(), modality.as_str().to_string())
             }
-            other => (other.to_string(), String::new()),
+            crate::name::Tail::Gate(g) => (g.clone(), "gate".to_string()),
+            crate::name::Tail::Diff(d) => (d.clone(), "diff".to_string()),
         };
         EvidenceRecord {
             schema: SCHEMA_VERSION,
@@ -378,7 +529,10 @@ impl RunContext {
             reason: finding.reason,
             prompt: finding.prompt,
             output: finding.output,
-            max_tokens: spec.scenario.max_tokens,
+            max_tokens: match &spec.kind {
+                TrialKind::Scenario { scenario, .. } => scenario.max_tokens,
+                TrialKind::Gate(_) | TrialKind::Golden(_) => 0,
+            },
             sampling: self.sampling(spec),
             metrics,
             model_files: finding.info.as_ref().map(|i| i.files.clone()).unwrap_or_default(),
@@ -392,11 +546,11 @@ impl RunContext {
     }
 }
 
-/// The text sent to the engine. `run` sends a prompt as is; a conversation is laid out as a
-/// plain transcript ending with the assistant's turn.
-pub fn render(modality: Modality, input: &Input) -> String {
+/// The text sent to the engine. `run` lays a prompt out with the model's `prompt_template`;
+/// a conversation becomes a plain transcript ending with the assistant's turn.
+pub fn render(model: &Model, modality: Modality, input: &Input) -> String {
     match (modality, input) {
-        (_, Input::Prompt(p)) => p.clone(),
+        (_, Input::Prompt(p)) => model.layout(p),
         (_, Input::Messages(messages)) => transcript(messages),
     }
 }
@@ -425,11 +579,27 @@ fn metrics_of(g: &Generation) -> Metrics {
         duration_ms: 0.0,
     }
 }
+/// Whether an evidence `gate` names a gateway (G0–G4).
+pub fn is_gateway(gate: &str) -> bool {
+    matches!(gate, "G0" | "G1" | "G2" | "G3" | "G4")
+}
+
+fn from_verdict(g: Gate, v: GateVerdict) -> Finding {
+    Finding {
+        outcome: v.outcome,
+        gate: g.id().into(),
+        reason: v.reason,
+        prompt: v.prompt,
+        output: v.output,
+        metrics: Metrics::default(),
+        info: None,
+    }
+}
 
 /// Every oracle judges; the first that falsifies decides.
-fn judge(spec: &TrialSpec, question: &str, output: &str) -> Finding {
+fn judge(scenario: &Scenario, question: &str, output: &str) -> Finding {
     let mut passed = Vec::new();
-    for oracle in &spec.scenario.oracles {
+    for oracle in &scenario.oracles {
         match oracle.judge(question, output) {
             Verdict::Corroborated(why) => passed.push(format!("{}: {why}", oracle.kind())),
             Verdict::Falsified(why) => return Finding::new(Outcome::Falsified, oracle.kind(), why),

@@ -59,16 +59,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     // Per-trial overhead under nextest's process-per-test: process start, playbook loading and
     // expansion, model load from the page cache and the journal, i.e. everything but inference.
-    let fixtures = root.join("target").join("fixtures");
-    if !fixtures.join("tiny-random-llama").is_dir() {
-        modelqa::testmodel::write_test_model(
-            &fixtures.join("tiny-random-llama"),
-            modelqa::testmodel::TestArchitecture::Llama,
-            Default::default(),
-            1,
-        )?;
-    }
-    let trial = "tiny-random::smoke::tiny-random-llama::safetensors::cpu::run::produces_text";
+    let trial = "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::run::arithmetic_basic";
     let journal_dir = root.join("target").join("bench").join("journal");
     let _ = std::fs::remove_dir_all(&journal_dir);
     let overhead_env = [

@@ -1,19 +1,239 @@
-//! `cargo xtask fixtures`: writes the random-weight test models the bundled `tiny-random`
-//! playbook and the project's tests use.
+//! `cargo xtask fixtures`: the models the project's playbooks and tests run.
+//!
+//! - `fixtures train` trains qa-tiny and writes it, in every architecture whose mathematics is
+//!   identical, into `fixtures/qa-tiny/`, with a manifest of hashes.
+//! - `fixtures eval` measures qa-tiny on every held-out arithmetic question.
+//! - `fixtures --check` verifies the committed qa-tiny files against the manifest.
 
-use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use modelqa::curriculum;
+use sha2::{Digest, Sha256};
+
+use crate::train::{self, SHAPE, Schedule};
+
+/// The architectures qa-tiny is exported as: the same weights, the same mathematics.
+pub const ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "mistral"];
+
+pub fn qa_tiny_dir() -> PathBuf {
+    crate::root().join("fixtures").join("qa-tiny")
+}
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let out = match crate::flag_value(args, "--out")? {
-        Some(dir) => std::path::PathBuf::from(dir),
-        None => crate::root().join("target").join("fixtures"),
-    };
-    for (name, arch, seed) in
-        [("tiny-random-llama", TestArchitecture::Llama, 1), ("tiny-random-qwen2", TestArchitecture::Qwen2, 2)]
-    {
-        let dir = out.join(name);
-        eprintln!("writing {}", dir.display());
-        write_test_model(&dir, arch, TestModelShape::default(), seed)?;
+    match args.first().map(String::as_str) {
+        Some("train") => train_qa_tiny(&args[1..]),
+        Some("eval") => eval(&qa_tiny_dir()),
+        Some("--check") => check(&qa_tiny_dir()),
+        _ => bail!("usage: cargo xtask fixtures train [--steps N] [--out DIR] | eval | --check"),
     }
+}
+
+/// Held-out arithmetic accuracy of qa-tiny-llama, by operator, through the engine.
+fn eval(dir: &Path) -> anyhow::Result<()> {
+    use modelqa::engine::{GenerateRequest, Sampling, Session};
+    use modelqa::oracle::Oracle;
+    use modelqa::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
+    let mut session =
+        modelqa::engine::load_candle(&dir.join("qa-tiny-llama"), modelqa::matrix::Backend::Cpu)?;
+    let oracle = Oracle::from_spec(&OracleSpec::Arithmetic(ArithmeticOracleSpec::default()))
+        .map_err(anyhow::Error::msg)?;
+    let mut tally: std::collections::BTreeMap<char, (usize, usize)> = Default::default();
+    let questions = curriculum::held_out_questions();
+    for (i, (q, _)) in questions.iter().enumerate() {
+        let prompt = format!("{q}\n");
+        let g = session.generate(&GenerateRequest {
+            prompt: &prompt,
+            max_tokens: 6,
+            sampling: Sampling::Greedy,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(30),
+        })?;
+        let op = q.chars().find(|c| matches!(c, '+' | '-' | '*')).unwrap_or('?');
+        let entry = tally.entry(op).or_default();
+        entry.1 += 1;
+        if oracle.judge(q, &g.text).is_pass() {
+            entry.0 += 1;
+        }
+        if (i + 1) % 500 == 0 {
+            eprintln!("{}/{} questions", i + 1, questions.len());
+        }
+    }
+    println!("| operator | held-out questions | correct | accuracy |");
+    println!("|---|---:|---:|---:|");
+    let (mut right, mut all) = (0, 0);
+    for (op, (r, n)) in &tally {
+        println!("| {op} | {n} | {r} | {:.1}% |", 100.0 * *r as f64 / *n as f64);
+        right += r;
+        all += n;
+    }
+    println!("| all | {all} | {right} | {:.1}% |", 100.0 * right as f64 / all as f64);
+    Ok(())
+}
+
+fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
+    let steps: usize =
+        crate::flag_value(args, "--steps")?.map_or(Ok(6000), |v| v.parse()).context("--steps")?;
+    let out = crate::flag_value(args, "--out")?.map_or_else(qa_tiny_dir, PathBuf::from);
+    let sched = Schedule { steps, batch: 64, peak_lr: 2e-3, warmup: 150, seed: 20261122 };
+    let work = out.join(".work");
+    std::fs::create_dir_all(&work)?;
+    eprintln!("training the tokenizer…");
+    curriculum::write_tokenizer(&work)?;
+    eprintln!("training qa-tiny: {steps} steps of {} examples…", sched.batch);
+    let (weights, loss, secs) = train::train(&work, SHAPE, sched)?;
+    for arch in ARCHITECTURES {
+        let dir = out.join(format!("qa-tiny-{arch}"));
+        export(&dir, arch, &weights, &work.join("tokenizer.json"))?;
+        eprintln!("wrote {}", dir.display());
+    }
+    let report = serde_json::json!({
+        "steps": steps,
+        "batch": sched.batch,
+        "seed": sched.seed,
+        "peak_lr": sched.peak_lr,
+        "final_loss": loss,
+        "train_seconds": secs.round(),
+        "machine": format!("{} cpus, {}", std::thread::available_parallelism().map_or(1, |n| n.get()), std::env::consts::ARCH),
+        "shape": {"hidden": SHAPE.hidden, "intermediate": SHAPE.intermediate, "layers": SHAPE.layers, "heads": SHAPE.heads, "kv_heads": SHAPE.kv_heads, "vocab": SHAPE.vocab, "context": SHAPE.context},
+    });
+    std::fs::write(out.join("training.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::remove_dir_all(&work)?;
+    write_manifest(&out)?;
+    eprintln!("final loss {loss:.4} after {secs:.0} s");
+    Ok(())
+}
+
+fn config(arch: &str) -> serde_json::Value {
+    let s = SHAPE;
+    let mut c = serde_json::json!({
+        "model_type": arch,
+        "hidden_size": s.hidden,
+        "intermediate_size": s.intermediate,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "vocab_size": s.vocab,
+        "max_position_embeddings": s.context,
+        "rms_norm_eps": s.eps,
+        "rope_theta": s.rope_theta,
+        "hidden_act": "silu",
+        "tie_word_embeddings": false,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "torch_dtype": "float32",
+    });
+    let extra = match arch {
+        "llama" => serde_json::json!({"architectures": ["LlamaForCausalLM"]}),
+        "qwen2" => serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "sliding_window": s.context, "max_window_layers": s.layers, "use_sliding_window": false,
+        }),
+        _ => {
+            serde_json::json!({"architectures": ["MistralForCausalLM"], "sliding_window": null, "head_dim": s.hidden / s.heads})
+        }
+    };
+    if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    c
+}
+
+/// Writes one architecture's model directory from the trained weights.
+pub fn export(
+    dir: &Path,
+    arch: &str,
+    weights: &HashMap<String, Tensor>,
+    tokenizer: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tensors = weights.clone();
+    if arch == "qwen2" {
+        // Qwen2 has q/k/v biases; zero biases leave the mathematics unchanged.
+        let kv = SHAPE.kv_heads * SHAPE.hidden / SHAPE.heads;
+        for l in 0..SHAPE.layers {
+            for (proj, n) in [("q_proj", SHAPE.hidden), ("k_proj", kv), ("v_proj", kv)] {
+                tensors.insert(
+                    format!("model.layers.{l}.self_attn.{proj}.bias"),
+                    Tensor::zeros(n, DType::F32, &Device::Cpu)?,
+                );
+            }
+        }
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config(arch))? + "\n")?;
+    std::fs::copy(tokenizer, dir.join("tokenizer.json"))?;
+    let tokenizer_config = serde_json::json!({
+        "bos_token": null,
+        "eos_token": curriculum::EOS,
+        "pad_token": curriculum::EOS,
+        "model_max_length": SHAPE.context,
+        "chat_template": curriculum::CHAT_TEMPLATE,
+    });
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tokenizer_config)? + "\n",
+    )?;
+    let generation = serde_json::json!({"eos_token_id": [0, 2], "do_sample": false});
+    std::fs::write(dir.join("generation_config.json"), serde_json::to_string_pretty(&generation)? + "\n")?;
+    Ok(())
+}
+
+fn sha256(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+fn files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for arch in ARCHITECTURES {
+        let d = dir.join(format!("qa-tiny-{arch}"));
+        for f in [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            out.push(d.join(f));
+        }
+    }
+    out.push(dir.join("training.json"));
+    Ok(out)
+}
+
+fn write_manifest(dir: &Path) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for f in files(dir)? {
+        let rel = f.strip_prefix(dir)?.display().to_string();
+        text.push_str(&format!("{}  {rel}\n", sha256(&f)?));
+    }
+    std::fs::write(dir.join("MANIFEST.sha256"), text)?;
+    Ok(())
+}
+
+fn check(dir: &Path) -> anyhow::Result<()> {
+    let manifest = std::fs::read_to_string(dir.join("MANIFEST.sha256"))
+        .with_context(|| format!("failed to read {}", dir.join("MANIFEST.sha256").display()))?;
+    let mut bad = Vec::new();
+    let mut listed = 0;
+    for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
+        let (hash, rel) =
+            line.split_once("  ").with_context(|| format!("malformed manifest line `{line}`"))?;
+        listed += 1;
+        match sha256(&dir.join(rel)) {
+            Ok(h) if h == hash => {}
+            Ok(h) => bad.push(format!("{rel}: sha256 {h}, manifest says {hash}")),
+            Err(e) => bad.push(format!("{rel}: {e:#}")),
+        }
+    }
+    if listed != files(dir)?.len() {
+        bad.push(format!("the manifest lists {listed} files, expected {}", files(dir)?.len()));
+    }
+    if !bad.is_empty() {
+        bail!("qa-tiny fixtures do not match their manifest:\n  {}", bad.join("\n  "));
+    }
+    eprintln!("{listed} qa-tiny files match {}", dir.join("MANIFEST.sha256").display());
     Ok(())
 }

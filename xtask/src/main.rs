@@ -2,7 +2,9 @@
 
 mod bench;
 mod fixtures;
+mod golden;
 mod schema;
+mod train;
 
 use std::path::PathBuf;
 
@@ -12,7 +14,11 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  fixtures [--out DIR]     write the test models (default target/fixtures)
+  fixtures train [--steps N] [--out DIR]
+                           train qa-tiny and write it to fixtures/qa-tiny (about 30 min on 2 cores)
+  fixtures eval            held-out arithmetic accuracy of qa-tiny, by operator
+  fixtures --check         verify fixtures/qa-tiny against its manifest
+  golden [--accept]        run the golden-reference trials and list pending references; accept them
   schema [--check]         write playbooks/playbook.schema.json, or fail when it is stale
   bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
 ";
@@ -34,6 +40,7 @@ fn run() -> anyhow::Result<()> {
     match task.as_str() {
         "fixtures" => fixtures::run(&rest),
         "schema" => schema::run(&rest),
+        "golden" => golden::run(&rest),
         "bench" => bench::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
-use candle_transformers::models::{llama, qwen2};
+use candle_transformers::models::{llama, mistral, qwen2};
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
@@ -28,11 +28,12 @@ impl Engine for CandleEngine {
 }
 
 /// The architectures the embedded engine runs, by config.json `model_type`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
 
 enum Model {
     Llama { model: llama::Llama, config: llama::Config },
     Qwen2(qwen2::ModelForCausalLM),
+    Mistral(mistral::Model),
 }
 
 /// A model loaded by candle.
@@ -165,6 +166,12 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
             let context = cfg.max_position_embeddings;
             (Model::Qwen2(qwen2::ModelForCausalLM::new(&cfg, vb).map_err(|e| load_err(dir, e))?), context)
         }
+        "mistral" => {
+            let cfg: mistral::Config =
+                serde_json::from_value(config.clone()).map_err(|e| parse("mistral", e))?;
+            let context = cfg.max_position_embeddings;
+            (Model::Mistral(mistral::Model::new(&cfg, vb).map_err(|e| load_err(dir, e))?), context)
+        }
         other => {
             return Err(load_err(
                 &config_path,
@@ -235,6 +242,7 @@ impl CandleSession {
                 model.forward(&input, pos, cache)?
             }
             Model::Qwen2(model) => model.forward(&input, pos)?,
+            Model::Mistral(model) => model.forward(&input, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -259,9 +267,44 @@ fn processor(sampling: &Sampling) -> LogitsProcessor {
     }
 }
 
+impl CandleSession {
+    fn fresh_cache(&mut self) -> Result<Option<llama::Cache>, EngineError> {
+        let cache = match &self.model {
+            Model::Llama { config, .. } => Some(
+                llama::Cache::new(true, DType::F32, config, &self.device)
+                    .map_err(|e| EngineError::Inference(e.to_string()))?,
+            ),
+            Model::Qwen2(_) | Model::Mistral(_) => None,
+        };
+        match &mut self.model {
+            Model::Qwen2(m) => m.clear_kv_cache(),
+            Model::Mistral(m) => m.clear_kv_cache(),
+            Model::Llama { .. } => {}
+        }
+        Ok(cache)
+    }
+}
+
 impl Session for CandleSession {
     fn info(&self) -> &SessionInfo {
         &self.info
+    }
+
+    fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError> {
+        let inference = |e: candle_core::Error| EngineError::Inference(e.to_string());
+        let ids = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| EngineError::Inference(format!("failed to tokenize the prompt: {e}")))?
+            .get_ids()
+            .to_vec();
+        let mut cache = self.fresh_cache()?;
+        let mut out = Vec::new();
+        for (pos, id) in ids.iter().take(positions.min(self.context)).enumerate() {
+            let logits = self.forward(&[*id], pos, &mut cache).map_err(inference)?;
+            out.push(logits.to_vec1::<f32>().map_err(inference)?);
+        }
+        Ok(out)
     }
 
     fn generate(&mut self, request: &GenerateRequest<'_>) -> Result<Generation, EngineError> {
@@ -282,18 +325,11 @@ impl Session for CandleSession {
                 self.context
             )));
         }
-        let mut cache = match &self.model {
-            Model::Llama { config, .. } => {
-                Some(llama::Cache::new(true, DType::F32, config, &self.device).map_err(inference)?)
-            }
-            Model::Qwen2(_) => None,
-        };
-        if let Model::Qwen2(m) = &mut self.model {
-            m.clear_kv_cache();
-        }
+        let mut cache = self.fresh_cache()?;
         let mut sampler = processor(&request.sampling);
         let prompt_tokens = ids.len();
         let mut logits = self.forward(&ids, 0, &mut cache).map_err(inference)?;
+        let first_logits_finite = logits.to_vec1::<f32>().map_err(inference)?.iter().all(|v| v.is_finite());
         let mut tokens = Vec::new();
         let mut time_to_first_token = None;
         let finish = loop {
@@ -324,6 +360,7 @@ impl Session for CandleSession {
             finish,
             time_to_first_token: time_to_first_token.unwrap_or_default(),
             duration: started.elapsed(),
+            first_logits_finite,
         })
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use self::cache::{SessionCache, SessionKey, SharedSession};
-pub use self::candle::{CandleEngine, SUPPORTED_ARCHITECTURES, hash_file as hash_model_file, load_candle};
+pub use self::candle::{
+    CandleEngine, SUPPORTED_ARCHITECTURES, hash_file as hash_model_file, load_candle, safetensors_files,
+};
 
 use crate::matrix::Backend;
 
@@ -53,6 +55,8 @@ pub struct Generation {
     pub finish: Finish,
     pub time_to_first_token: Duration,
     pub duration: Duration,
+    /// Whether every logit of the first step was finite.
+    pub first_logits_finite: bool,
 }
 
 impl Generation {
@@ -87,6 +91,9 @@ pub struct SessionInfo {
 /// A loaded model, ready to generate. One generation at a time (`&mut self`).
 pub trait Session: Send {
     fn generate(&mut self, request: &GenerateRequest<'_>) -> Result<Generation, EngineError>;
+    /// The logits after each of the prompt's first `positions` tokens (position i predicts
+    /// token i+1), for numeric comparisons between formats, engines and references.
+    fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError>;
     fn info(&self) -> &SessionInfo;
 }
 

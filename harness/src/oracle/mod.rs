@@ -2,12 +2,14 @@
 //! right. An oracle never sees anything but text; it never runs a model.
 
 mod arithmetic;
+mod code;
 mod garbage;
 
 pub use arithmetic::{Expression, answer_number};
+pub use code::{language_of, syntax_error};
 pub use garbage::{GarbageConfig, garbage_reason};
 
-use crate::playbook::spec::OracleSpec;
+use crate::playbook::spec::{Language, OracleSpec};
 
 /// What an oracle concluded.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +34,7 @@ pub enum Oracle {
     Exact(String),
     Regex(regex::Regex),
     Garbage(GarbageConfig),
+    CodeSyntax { language: Option<Language> },
 }
 
 impl PartialEq for Oracle {
@@ -41,6 +44,7 @@ impl PartialEq for Oracle {
             (Oracle::Arithmetic { tolerance: a }, Oracle::Arithmetic { tolerance: b }) => a == b,
             (Oracle::Contains(a), Oracle::Contains(b)) | (Oracle::Exact(a), Oracle::Exact(b)) => a == b,
             (Oracle::Garbage(a), Oracle::Garbage(b)) => a == b,
+            (Oracle::CodeSyntax { language: a }, Oracle::CodeSyntax { language: b }) => a == b,
             _ => false,
         }
     }
@@ -68,6 +72,7 @@ impl Oracle {
                 regex::Regex::new(r).map_err(|e| format!("invalid regular expression `{r}`: {e}"))?,
             ),
             OracleSpec::Garbage(g) => Oracle::Garbage(GarbageConfig::from_spec(g)?),
+            OracleSpec::CodeSyntax(c) => Oracle::CodeSyntax { language: c.language },
         })
     }
 
@@ -78,6 +83,7 @@ impl Oracle {
             Oracle::Exact(_) => "exact",
             Oracle::Regex(_) => "regex",
             Oracle::Garbage(_) => "garbage",
+            Oracle::CodeSyntax { .. } => "code_syntax",
         }
     }
 
@@ -87,6 +93,9 @@ impl Oracle {
         match self {
             Oracle::Arithmetic { .. } => Expression::find(question).map(|_| ()).ok_or_else(|| {
                 format!("the arithmetic oracle needs a prompt with an arithmetic expression, and `{question}` has none")
+            }),
+            Oracle::CodeSyntax { language: None } => code::language_of(question).map(|_| ()).ok_or_else(|| {
+                format!("the code_syntax oracle cannot tell the language of `{question}`: set `code_syntax: {{language: python}}`")
             }),
             _ => Ok(()),
         }
@@ -124,6 +133,7 @@ impl Oracle {
                     Verdict::Falsified(format!("the output does not match /{}/", re.as_str()))
                 }
             }
+            Oracle::CodeSyntax { language } => code::judge(question, output, *language),
             Oracle::Garbage(cfg) => match garbage_reason(output, cfg) {
                 Some(why) => Verdict::Falsified(format!("garbage output: {why}")),
                 None => Verdict::Corroborated("the output is not garbage".into()),

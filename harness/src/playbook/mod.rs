@@ -49,6 +49,15 @@ pub struct Model {
     pub architecture: Option<String>,
     pub size: Option<SizeCategory>,
     pub expect: spec::ExpectedShape,
+    /// `{prompt}` laid out for the `run` modality.
+    pub prompt_template: String,
+}
+
+impl Model {
+    /// A plain prompt as the `run` modality sends it to this model.
+    pub fn layout(&self, prompt: &str) -> String {
+        self.prompt_template.replace("{prompt}", prompt)
+    }
 }
 
 /// A tier's matrix, every default applied.

@@ -91,6 +91,12 @@ fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {
         ));
     }
     let slug = spec.slug.clone().unwrap_or_else(|| name.to_ascii_lowercase());
+    let prompt_template = spec.prompt_template.clone().unwrap_or_else(|| "{prompt}".into());
+    if prompt_template.matches("{prompt}").count() != 1 {
+        return Err(format!(
+            "`prompt_template` must hold `{{prompt}}` exactly once, not {prompt_template:?}"
+        ));
+    }
     check_segment(&slug).map_err(|why| format!("`{slug}` is not a valid model slug: {why}"))?;
     Ok(Model {
         id: spec.id.clone(),
@@ -100,6 +106,7 @@ fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {
         architecture: spec.architecture.clone(),
         size: spec.size,
         expect: spec.expect.clone().unwrap_or_default(),
+        prompt_template,
     })
 }
 

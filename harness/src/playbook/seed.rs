@@ -288,6 +288,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             vocab_size: m.expected_vocab_size,
             intermediate_size: m.expected_intermediate_dim,
         },
+        prompt_template: "{prompt}".into(),
     };
 
     // The original tested GGUF at its first quantization; the rest of the list did nothing.

@@ -145,6 +145,9 @@ pub struct ModelSpec {
     pub size: Option<SizeCategory>,
     /// Architecture numbers config.json and the tensors must agree with.
     pub expect: Option<ExpectedShape>,
+    /// How the `run` modality lays out a plain prompt for this model, with `{prompt}` where the
+    /// prompt goes (a base model's completion format, such as `"{prompt}\n"`); default `{prompt}`.
+    pub prompt_template: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -338,6 +341,8 @@ pub enum OracleSpec {
     Regex(String),
     /// The output is not garbage (gateway G4's detector).
     Garbage(GarbageSpec),
+    /// The code (the question's start of a function and the answer) parses.
+    CodeSyntax(CodeSyntaxSpec),
 }
 
 impl OracleSpec {
@@ -348,6 +353,7 @@ impl OracleSpec {
             Self::Exact(_) => "exact",
             Self::Regex(_) => "regex",
             Self::Garbage(_) => "garbage",
+            Self::CodeSyntax(_) => "code_syntax",
         }
     }
 }
@@ -366,6 +372,13 @@ pub struct GarbageSpec {
     pub max_repetition_ratio: Option<f64>,
     /// Fewest distinct characters an output of four times that length may have; default 4.
     pub min_unique_chars: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeSyntaxSpec {
+    /// The language to parse; default: told by the question (`def …` Python, `fn …` Rust).
+    pub language: Option<Language>,
 }
 
 /// The schema shape of [`OracleSpec`] (its `Deserialize` is hand-written for the bare-name form).
@@ -387,9 +400,11 @@ enum OracleSchema {
 enum BareOracle {
     Arithmetic,
     Garbage,
+    #[serde(rename = "code_syntax")]
+    CodeSyntax,
 }
 
-const ORACLE_KINDS: &[&str] = &["arithmetic", "contains", "exact", "regex", "garbage"];
+const ORACLE_KINDS: &[&str] = &["arithmetic", "contains", "exact", "regex", "garbage", "code_syntax"];
 
 impl<'de> Deserialize<'de> for OracleSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -405,6 +420,7 @@ impl<'de> Deserialize<'de> for OracleSpec {
                 match v {
                     "arithmetic" => Ok(OracleSpec::Arithmetic(Default::default())),
                     "garbage" => Ok(OracleSpec::Garbage(Default::default())),
+                    "code_syntax" => Ok(OracleSpec::CodeSyntax(Default::default())),
                     "contains" | "exact" | "regex" => {
                         Err(E::custom(format!("oracle `{v}` needs its text: write `{v}: \"...\"`")))
                     }
@@ -422,6 +438,9 @@ impl<'de> Deserialize<'de> for OracleSpec {
                     "garbage" => {
                         OracleSpec::Garbage(map.next_value::<Option<GarbageSpec>>()?.unwrap_or_default())
                     }
+                    "code_syntax" => OracleSpec::CodeSyntax(
+                        map.next_value::<Option<CodeSyntaxSpec>>()?.unwrap_or_default(),
+                    ),
                     "contains" => OracleSpec::Contains(map.next_value()?),
                     "exact" => OracleSpec::Exact(map.next_value()?),
                     "regex" => OracleSpec::Regex(map.next_value()?),

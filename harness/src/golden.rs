@@ -1,0 +1,120 @@
+//! Golden references: the greedy output text of every scenario, as insta-style `.snap` files,
+//! and the top-k logits at the first prompt positions, as JSON, under
+//! `golden/<family>/<model>/`. The `diff::golden-*` trials compare a model against them.
+//!
+//! A reference is never rewritten implicitly: a difference is written beside it as a pending
+//! `.new` file (never in CI), and `cargo xtask golden --accept` accepts it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How many prompt positions and top logits the numeric reference keeps.
+pub const POSITIONS: usize = 4;
+pub const TOP_K: usize = 5;
+/// Largest accepted difference of a reference logit.
+pub const LOGIT_TOLERANCE: f32 = 1e-4;
+
+/// Where references live: `QUALIFY_GOLDEN_DIR`, default `golden/`.
+pub fn root() -> PathBuf {
+    std::env::var_os("QUALIFY_GOLDEN_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("golden"), PathBuf::from)
+}
+
+pub fn model_dir(family: &str, model: &str) -> PathBuf {
+    root().join(family).join(model)
+}
+
+/// Pending files are written only outside CI.
+pub fn may_write_pending() -> bool {
+    std::env::var_os("CI").is_none_or(|v| v.is_empty() || v == "false" || v == "0")
+}
+
+/// The text of a `.snap` file: what follows its second `---` line, without the final newline.
+pub fn read_snapshot(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.splitn(3, "---\n");
+    let (_, _, body) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(body.strip_suffix('\n').unwrap_or(body).to_string())
+}
+
+/// A `.snap` file in insta's layout, so `cargo insta review` can show it.
+pub fn snapshot_text(expression: &str, body: &str) -> String {
+    format!("---\nsource: modelqa golden\nexpression: {expression:?}\n---\n{body}\n")
+}
+
+/// Writes `<path>.new` beside a reference, if allowed; returns its path.
+pub fn write_pending(path: &Path, content: &str) -> Option<PathBuf> {
+    if !may_write_pending() {
+        return None;
+    }
+    let mut pending = path.as_os_str().to_owned();
+    pending.push(".new");
+    let pending = PathBuf::from(pending);
+    std::fs::create_dir_all(pending.parent()?).ok()?;
+    std::fs::write(&pending, content).ok()?;
+    Some(pending)
+}
+
+/// Top-k logits of one prompt position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopK {
+    pub ids: Vec<u32>,
+    pub logits: Vec<f32>,
+}
+
+pub fn top_k(logits: &[f32], k: usize) -> TopK {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
+    idx.truncate(k);
+    TopK { ids: idx.iter().map(|i| *i as u32).collect(), logits: idx.iter().map(|i| logits[*i]).collect() }
+}
+
+/// The numeric reference of one model: scenario → positions → top-k.
+pub type LogitsReference = BTreeMap<String, Vec<TopK>>;
+
+/// Differences between a reference and what was computed, in words.
+pub fn compare_logits(reference: &LogitsReference, actual: &LogitsReference) -> Vec<String> {
+    let mut out = Vec::new();
+    for (scenario, got) in actual {
+        let Some(want) = reference.get(scenario) else {
+            out.push(format!("{scenario}: no reference"));
+            continue;
+        };
+        for (pos, (w, g)) in want.iter().zip(got).enumerate() {
+            if w.ids != g.ids {
+                out.push(format!("{scenario} position {pos}: top ids {:?}, reference {:?}", g.ids, w.ids));
+                continue;
+            }
+            let worst = w.logits.iter().zip(&g.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            if worst > LOGIT_TOLERANCE {
+                out.push(format!("{scenario} position {pos}: logits differ by {worst:.2e} (tolerance {LOGIT_TOLERANCE:.0e})"));
+            }
+        }
+        if want.len() != got.len() {
+            out.push(format!("{scenario}: {} positions, reference {}", got.len(), want.len()));
+        }
+    }
+    out
+}
+
+/// Every pending file under `dir`.
+pub fn pending_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "new") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

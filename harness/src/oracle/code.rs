@@ -1,0 +1,109 @@
+//! The `code_syntax` oracle: the code a model wrote must parse, by a real parser (RustPython's
+//! for Python, syn for Rust). When the question is the start of a function, the question and the
+//! answer are parsed together, as the program they make.
+
+use crate::playbook::spec::Language;
+
+use super::Verdict;
+
+/// The language a question's code is in, when it starts a Python or Rust definition.
+pub fn language_of(question: &str) -> Option<Language> {
+    let q = question.trim_start();
+    if ["def ", "class ", "import ", "from ", "async def "].iter().any(|p| q.starts_with(p)) {
+        Some(Language::Python)
+    } else if ["fn ", "pub fn ", "struct ", "impl ", "enum ", "use "].iter().any(|p| q.starts_with(p)) {
+        Some(Language::Rust)
+    } else {
+        None
+    }
+}
+
+/// The code inside the first fenced block of `text`, if it has one.
+fn fenced(text: &str) -> Option<&str> {
+    let start = text.find("```")?;
+    let after = &text[start + 3..];
+    let body_start = after.find('\n')? + 1;
+    let body = &after[body_start..];
+    Some(body.find("```").map_or(body, |end| &body[..end]))
+}
+
+/// The first syntax error of `source`, with its line where the parser gives one.
+pub fn syntax_error(language: Language, source: &str) -> Result<Option<String>, String> {
+    match language {
+        Language::Python => {
+            use rustpython_parser::{Mode, parse};
+            Ok(parse(source, Mode::Module, "<output>").err().map(|e| {
+                let line =
+                    source[..(u32::from(e.offset) as usize).min(source.len())].matches('\n').count() + 1;
+                format!("line {line}: {}", e.error)
+            }))
+        }
+        Language::Rust => Ok(syn::parse_file(source).err().map(|e| {
+            let start = e.span().start();
+            format!("line {}, column {}: {e}", start.line, start.column + 1)
+        })),
+    }
+}
+
+pub(super) fn judge(question: &str, output: &str, language: Option<Language>) -> Verdict {
+    let from_question = language_of(question);
+    let Some(language) = language.or(from_question) else {
+        return Verdict::Falsified("cannot tell which language to parse: set `language`".into());
+    };
+    let source = match (from_question, fenced(output)) {
+        (_, Some(block)) => block.to_string(),
+        (Some(_), None) => format!("{question}{output}"),
+        (None, None) => output.to_string(),
+    };
+    let name = match language {
+        Language::Python => "Python",
+        Language::Rust => "Rust",
+    };
+    match syntax_error(language, &source) {
+        Ok(None) => Verdict::Corroborated(format!("the code parses as {name}")),
+        Ok(Some(e)) => Verdict::Falsified(format!("the code is not valid {name}: {e}")),
+        Err(e) => Verdict::Falsified(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(question: &str, output: &str, pass: bool) {
+        let v = judge(question, output, None);
+        assert_eq!(v.is_pass(), pass, "{question:?} + {output:?}: {v:?}");
+    }
+
+    #[test]
+    fn valid_code_parses() {
+        check("def add(a, b):", "\n    return a + b", true);
+        check(
+            "def fibonacci(n):",
+            "\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)",
+            true,
+        );
+        check("fn add(a: i32, b: i32) -> i32 {", "\n    a + b\n}", true);
+        check("fn main() {", "\n    println!(\"Hello, world!\");\n}", true);
+        assert!(
+            judge("Write a Python function.", "```python\ndef f():\n    return 1\n```", None).is_pass()
+                == false
+        );
+        assert!(
+            judge("Write a function.", "```python\ndef f():\n    return 1\n```", Some(Language::Python))
+                .is_pass()
+        );
+    }
+
+    #[test]
+    fn broken_code_is_rejected_with_where() {
+        check("def add(a, b):", "\n    return a +", false);
+        check("def add(a, b):", "\nreturn a + b", false);
+        check("fn add(a: i32, b: i32) -> i32 {", "\n    a + b", false);
+        check("fn main() {", "\n    let x = ;\n}", false);
+        let v = judge("fn main() {", "\n    let x = ;\n}", None);
+        let Verdict::Falsified(why) = v else { panic!() };
+        assert!(why.contains("line 2"), "{why}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The trained qa-tiny family: its architectures agree, it answers held-out arithmetic, and
+//! planted defects fail the gateway they belong to while the clean models pass.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use modelqa::curriculum;
+use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
+use modelqa::journal::{EvidenceRecord, Outcome};
+use modelqa::matrix::Backend;
+use modelqa::oracle::Oracle;
+use modelqa::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
+
+fn model_dir(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qa-tiny").join(format!("qa-tiny-{arch}"))
+}
+
+const PROMPTS: &[&str] = &[
+    "What is 47 + 38?\n",
+    "Calculate 7*8\n",
+    "Repeat: red green blue\n",
+    "def fibonacci(n):\n",
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n",
+];
+
+#[test]
+fn every_architecture_computes_the_same_logits() {
+    let mut reference: Option<Vec<Vec<Vec<f32>>>> = None;
+    for arch in ["llama", "qwen2", "mistral"] {
+        let mut s = load_candle(&model_dir(arch), Backend::Cpu).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let logits: Vec<Vec<Vec<f32>>> =
+            PROMPTS.iter().map(|p| s.prompt_logits(p, 64).expect("logits")).collect();
+        match &reference {
+            None => reference = Some(logits),
+            Some(r) => {
+                let mut max = 0f32;
+                for (a, b) in r.iter().flatten().zip(logits.iter().flatten()) {
+                    assert_eq!(a.len(), b.len());
+                    for (x, y) in a.iter().zip(b) {
+                        max = max.max((x - y).abs());
+                    }
+                }
+                assert!(max <= 1e-4, "{arch} differs from llama by {max}");
+            }
+        }
+    }
+}
+
+#[test]
+fn held_out_arithmetic_is_answered() {
+    let mut s = load_candle(&model_dir("llama"), Backend::Cpu).expect("loads");
+    let oracle = Oracle::from_spec(&OracleSpec::Arithmetic(ArithmeticOracleSpec::default())).expect("oracle");
+    let questions = curriculum::held_out_questions();
+    // Every fourth held-out question keeps the test quick; `cargo xtask fixtures eval` runs all.
+    let sample: Vec<_> = questions.iter().step_by(4).collect();
+    let mut right = 0;
+    let mut wrong = Vec::new();
+    for (q, _) in &sample {
+        let prompt = format!("{q}\n");
+        let g = s
+            .generate(&GenerateRequest {
+                prompt: &prompt,
+                max_tokens: 6,
+                sampling: Sampling::Greedy,
+                deadline: Instant::now() + Duration::from_secs(30),
+            })
+            .expect("generates");
+        if oracle.judge(q, &g.text).is_pass() {
+            right += 1;
+        } else if wrong.len() < 10 {
+            wrong.push(format!("{q:?} → {:?}", g.text));
+        }
+    }
+    let accuracy = right as f64 / sample.len() as f64;
+    assert!(
+        accuracy >= 0.95,
+        "held-out accuracy {accuracy:.3} on {} questions; e.g. {wrong:#?}",
+        sample.len()
+    );
+}
+
+/// The qualify test binary beside this one.
+fn qualify_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .expect("deps")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("qualify-"))
+                && p.extension().is_none()
+        })
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p).expect("the qualify test binary is built (run `cargo test --workspace`)")
+}
+
+fn copy_model(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(model_dir("llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c[key] = value;
+    std::fs::write(&path, c.to_string()).unwrap();
+}
+
+/// Runs the gateway trials of one (possibly defective) model; its evidence by gate.
+fn gates(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord> {
+    let playbook = format!(
+        "playbook: 1\nfamily: planted\ntiers: {{smoke: {{}}}}\nmodels:\n  - id: test/qa-tiny\n    path: {}\n    prompt_template: \"{{prompt}}\\n\"\nscenarios:\n  - {{name: add, prompt: \"What is 2 + 2?\", max_tokens: 6, oracles: [arithmetic]}}\n",
+        dir.display()
+    );
+    std::fs::write(work.join("playbook.yaml"), playbook).unwrap();
+    let out = Command::new(qualify_binary())
+        .args(["::gate::", "--test-threads", "1"])
+        .env("QUALIFY_PLAYBOOKS", work.join("playbook.yaml"))
+        .env("QUALIFY_JOURNAL_DIR", work.join("journal"))
+        .env("QUALIFY_RUN_ID", run)
+        .env("QUALIFY_FAILURE_POLICY", "collect-all")
+        .output()
+        .expect("qualify runs");
+    let (records, _) = modelqa::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
+        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    records.into_iter().map(|r| (r.scenario.clone(), r)).collect()
+}
+
+#[test]
+fn planted_defects_fail_their_gate_and_clean_models_pass() {
+    let work = tempfile::tempdir().unwrap();
+    let clean = work.path().join("clean");
+    copy_model(&clean);
+    let records = gates(&clean, work.path(), "clean");
+    assert_eq!(records.len(), 5);
+    for r in records.values() {
+        assert_eq!(r.outcome, Outcome::Corroborated, "no false alarm on the clean model: {r:?}");
+    }
+
+    type Plant = Box<dyn Fn(&Path)>;
+    let defects: Vec<(&str, Plant, &str, &str)> = vec![
+        (
+            "truncated",
+            Box::new(|d: &Path| {
+                let p = d.join("model.safetensors");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() * 2 / 3]).unwrap();
+            }),
+            "g0-integrity",
+            "truncated or corrupt",
+        ),
+        (
+            "nan",
+            Box::new(|d: &Path| {
+                edit_tensors(d, |t| {
+                    let w = &t["model.layers.1.mlp.up_proj.weight"];
+                    let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v[17] = f32::NAN;
+                    let nan = Tensor::from_vec(v, w.shape(), &Device::Cpu).unwrap();
+                    t.insert("model.layers.1.mlp.up_proj.weight".into(), nan);
+                })
+            }),
+            "g0-integrity",
+            "model.layers.1.mlp.up_proj.weight holds 1 NaN",
+        ),
+        (
+            "transposed",
+            Box::new(|d: &Path| {
+                edit_tensors(d, |t| {
+                    let w = t["model.layers.0.mlp.gate_proj.weight"].t().unwrap().contiguous().unwrap();
+                    t.insert("model.layers.0.mlp.gate_proj.weight".into(), w);
+                })
+            }),
+            "g0-integrity",
+            "model.layers.0.mlp.gate_proj.weight has shape [256, 512], the config implies [512, 256] (transposed)",
+        ),
+        (
+            "layers",
+            Box::new(|d: &Path| edit_config(d, "num_hidden_layers", 3.into())),
+            "g0-integrity",
+            "declares 3 layers, the weights hold 2",
+        ),
+        (
+            "hidden",
+            Box::new(|d: &Path| edit_config(d, "hidden_size", 512.into())),
+            "g0-integrity",
+            "declares hidden_size 512, the embedding is 256 wide",
+        ),
+        (
+            "vocab",
+            Box::new(|d: &Path| edit_config(d, "vocab_size", 1024.into())),
+            "g0-integrity",
+            "declares vocab_size 1024, the embedding has 512 rows",
+        ),
+        (
+            "tokenizer",
+            Box::new(|d: &Path| std::fs::remove_file(d.join("tokenizer.json")).unwrap()),
+            "g0-integrity",
+            "the tokenizer is missing",
+        ),
+        (
+            "zeroed-norm",
+            Box::new(|d: &Path| {
+                edit_tensors(d, |t| {
+                    let z = t["model.layers.0.input_layernorm.weight"].zeros_like().unwrap();
+                    t.insert("model.layers.0.input_layernorm.weight".into(), z);
+                })
+            }),
+            "g0-integrity",
+            "model.layers.0.input_layernorm.weight is all zeros",
+        ),
+        (
+            "swapped-qk",
+            Box::new(|d: &Path| {
+                edit_tensors(d, |t| {
+                    let q = t.remove("model.layers.1.self_attn.q_proj.weight").unwrap();
+                    let k = t.remove("model.layers.1.self_attn.k_proj.weight").unwrap();
+                    t.insert("model.layers.1.self_attn.q_proj.weight".into(), k);
+                    t.insert("model.layers.1.self_attn.k_proj.weight".into(), q);
+                })
+            }),
+            "g0-integrity",
+            "layer 1: q_proj and k_proj are swapped",
+        ),
+    ];
+    for (name, plant, gate, message) in defects {
+        let dir = work.path().join(name);
+        copy_model(&dir);
+        plant(&dir);
+        let records = gates(&dir, work.path(), name);
+        let r = records.get(gate).unwrap_or_else(|| panic!("{name}: no {gate} record in {records:#?}"));
+        assert_eq!(r.outcome, Outcome::Falsified, "{name}: {r:?}");
+        assert!(r.reason.contains(message), "{name}: `{}` does not name the defect (`{message}`)", r.reason);
+    }
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask golden [--accept]`: refreshes the golden references.
+//!
+//! Without `--accept` it runs every `diff::golden-*` trial; each difference is written beside its
+//! reference as a pending `.new` file and listed for review. `--accept` makes the pending files
+//! the references. Nothing here runs in CI, and CI never writes pending files.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let golden = crate::root().join("golden");
+    if args.iter().any(|a| a == "--accept") {
+        let pending = modelqa::golden::pending_files(&golden);
+        if pending.is_empty() {
+            eprintln!("no pending golden references under {}", golden.display());
+        }
+        for p in pending {
+            let target = p.with_extension("");
+            std::fs::rename(&p, &target).with_context(|| format!("failed to accept {}", p.display()))?;
+            eprintln!("accepted {}", target.display());
+        }
+        return Ok(());
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::root())
+        .args(["test", "--test", "qualify", "--", "::diff::golden"])
+        .env_remove("CI")
+        .status()
+        .context("failed to run the golden trials")?;
+    let pending = modelqa::golden::pending_files(&golden);
+    if pending.is_empty() {
+        if !status.success() {
+            bail!("golden trials failed without writing pending references; see the output above");
+        }
+        eprintln!("every golden reference matches");
+        return Ok(());
+    }
+    eprintln!("pending golden references (review them, then `cargo xtask golden --accept`):");
+    for p in pending {
+        eprintln!("  {}", p.display());
+    }
+    Ok(())
+}
