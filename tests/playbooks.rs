@@ -74,14 +74,14 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     let [pb] = pbs.as_slice() else { return Err("one playbook per seed file".into()) };
     let tier = &pb.tiers[0];
     let per_scenario = tier.formats.len() * tier.backends.len() * tier.modalities.len();
+    let cells = tier.formats.len() * tier.backends.len();
+    let safetensors = usize::from(tier.formats.contains(&modelqa::matrix::Format::Safetensors));
+    // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
+    // safetensors cell.
+    let expected = per_scenario * tier.scenario_count + 5 * cells + 2 * safetensors * tier.backends.len();
     let plan = Plan::new(pbs.clone());
-    if plan.total() != per_scenario * tier.scenario_count {
-        return Err(format!(
-            "{path}: {} trials, expected {per_scenario} × {}",
-            plan.total(),
-            tier.scenario_count
-        )
-        .into());
+    if plan.total() != expected {
+        return Err(format!("{path}: {} trials, expected {expected}", plan.total()).into());
     }
     let name = path.file_name().unwrap_or_default();
     if name.ends_with("-mvp.playbook.yaml") && per_scenario != 18 && tier.formats.len() == 3 {
