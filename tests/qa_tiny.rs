@@ -249,3 +249,39 @@ fn planted_defects_fail_their_gate_and_clean_models_pass() {
         assert!(r.reason.contains(message), "{name}: `{}` does not name the defect (`{message}`)", r.reason);
     }
 }
+
+/// candle against an independent implementation: Hugging Face transformers on PyTorch, whose
+/// logits `xtask/scripts/reference_logits.py` wrote into golden/qa-tiny.
+#[test]
+fn candle_matches_transformers() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/qa-tiny/reference-transformers.json");
+    let text = std::fs::read_to_string(&path).expect("the committed transformers reference");
+    let reference: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let models = reference["models"].as_object().expect("models");
+    assert_eq!(models.len(), 3);
+    let mut compared = 0;
+    for (model, scenarios) in models {
+        let arch = model.trim_start_matches("qa-tiny-");
+        let mut s = load_candle(&model_dir(arch), Backend::Cpu).expect("loads");
+        for (scenario, entry) in scenarios.as_object().expect("scenarios") {
+            let prompt = entry["prompt"].as_str().expect("prompt");
+            let rows = s.prompt_logits(prompt, 4).expect("logits");
+            let positions = entry["positions"].as_array().expect("positions");
+            assert_eq!(rows.len(), positions.len(), "{model} {scenario}");
+            for (row, want) in rows.iter().zip(positions) {
+                for (id, logit) in
+                    want["ids"].as_array().unwrap().iter().zip(want["logits"].as_array().unwrap())
+                {
+                    let (id, logit) = (id.as_u64().unwrap() as usize, logit.as_f64().unwrap() as f32);
+                    let got = row[id];
+                    assert!(
+                        (got - logit).abs() <= 1e-4,
+                        "{model} {scenario}: token {id} logit {got}, transformers {logit}"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(compared > 500, "{compared} logits compared");
+}

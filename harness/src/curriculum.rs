@@ -68,9 +68,9 @@ fn mix(a: i64, b: i64, salt: u64) -> u64 {
 /// phrasing in seven of each pair, so what is measured is generalisation across phrasings.
 pub fn held_out(op: ArithOp, a: i64, b: i64, phrasing: usize) -> bool {
     match op {
-        ArithOp::Add => mix(a, b, 1) % 10 == 0,
-        ArithOp::Sub => mix(a, b, 2) % 10 == 0,
-        ArithOp::Mul => mix(a, b, 3 + phrasing as u64) % 7 == 0,
+        ArithOp::Add => mix(a, b, 1).is_multiple_of(10),
+        ArithOp::Sub => mix(a, b, 2).is_multiple_of(10),
+        ArithOp::Mul => mix(a, b, 3 + phrasing as u64).is_multiple_of(7),
         ArithOp::Div => true,
     }
 }
@@ -191,7 +191,11 @@ fn arithmetic(rng: &mut Rng) -> (String, String) {
             _ => ArithOp::Mul,
         };
         let (lo, hi) = operand_range(op);
-        let (mut a, mut b) = (rng.range(lo, hi), rng.range(lo, hi));
+        // Uniform operands in 0..=99 would make single-digit questions such as "What is 2 + 2?"
+        // one in a hundred; a quarter of the operands come from 0..=9 instead.
+        let operand =
+            |rng: &mut Rng| if rng.below(4) == 0 { rng.range(lo, hi.min(9)) } else { rng.range(lo, hi) };
+        let (mut a, mut b) = (operand(rng), operand(rng));
         if op == ArithOp::Sub && a < b {
             std::mem::swap(&mut a, &mut b);
         }
@@ -230,13 +234,13 @@ pub fn sample(rng: &mut Rng) -> Example {
     let completion =
         |(prompt, answer): (String, String)| Example { prompt: format!("{prompt}\n"), answer, end: EOS };
     match rng.below(100) {
-        0..=59 => completion(arithmetic(rng)),
-        60..=66 => completion(repeat(rng)),
-        67..=71 => {
+        0..=62 => completion(arithmetic(rng)),
+        63..=68 => completion(repeat(rng)),
+        69..=72 => {
             let (q, a) = FIXED[rng.below(FIXED.len())];
             completion((q.into(), a.into()))
         }
-        72..=79 => {
+        73..=79 => {
             let (q, a) = CODE[rng.below(CODE.len())];
             completion((q.into(), a.into()))
         }

@@ -1,11 +1,11 @@
-//! Golden references: the greedy output text of every scenario, as insta-style `.snap` files,
-//! and the top-k logits at the first prompt positions, as JSON, under
-//! `golden/<family>/<model>/`. The `diff::golden-*` trials compare a model against them.
+//! Golden references: the greedy output text of every scenario, as insta-style
+//! `<scenario>.snap` files, and the top-k logits at its first prompt positions, as
+//! `<scenario>.logits.json`, under `golden/<family>/<model>/`. One file per scenario, so tiers
+//! that share a scenario share its reference. The `diff::golden-*` trials compare a model against them.
 //!
 //! A reference is never rewritten implicitly: a difference is written beside it as a pending
 //! `.new` file (never in CI), and `cargo xtask golden --accept` accepts it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -72,30 +72,37 @@ pub fn top_k(logits: &[f32], k: usize) -> TopK {
     TopK { ids: idx.iter().map(|i| *i as u32).collect(), logits: idx.iter().map(|i| logits[*i]).collect() }
 }
 
-/// The numeric reference of one model: scenario → positions → top-k.
-pub type LogitsReference = BTreeMap<String, Vec<TopK>>;
+/// The numeric reference of one scenario: the prompt as sent, and top-k per position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioLogits {
+    pub prompt: String,
+    pub positions: Vec<TopK>,
+}
 
-/// Differences between a reference and what was computed, in words.
-pub fn compare_logits(reference: &LogitsReference, actual: &LogitsReference) -> Vec<String> {
+/// Differences between a scenario's reference and what was computed, in words.
+pub fn compare_logits(scenario: &str, want: &ScenarioLogits, got: &ScenarioLogits) -> Vec<String> {
+    if want.prompt != got.prompt {
+        return vec![format!("{scenario}: prompt {:?}, reference {:?}", got.prompt, want.prompt)];
+    }
     let mut out = Vec::new();
-    for (scenario, got) in actual {
-        let Some(want) = reference.get(scenario) else {
-            out.push(format!("{scenario}: no reference"));
+    for (pos, (w, g)) in want.positions.iter().zip(&got.positions).enumerate() {
+        if w.ids != g.ids {
+            out.push(format!("{scenario} position {pos}: top ids {:?}, reference {:?}", g.ids, w.ids));
             continue;
-        };
-        for (pos, (w, g)) in want.iter().zip(got).enumerate() {
-            if w.ids != g.ids {
-                out.push(format!("{scenario} position {pos}: top ids {:?}, reference {:?}", g.ids, w.ids));
-                continue;
-            }
-            let worst = w.logits.iter().zip(&g.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            if worst > LOGIT_TOLERANCE {
-                out.push(format!("{scenario} position {pos}: logits differ by {worst:.2e} (tolerance {LOGIT_TOLERANCE:.0e})"));
-            }
         }
-        if want.len() != got.len() {
-            out.push(format!("{scenario}: {} positions, reference {}", got.len(), want.len()));
+        let worst = w.logits.iter().zip(&g.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        if worst > LOGIT_TOLERANCE {
+            out.push(format!(
+                "{scenario} position {pos}: logits differ by {worst:.2e} (tolerance {LOGIT_TOLERANCE:.0e})"
+            ));
         }
+    }
+    if want.positions.len() != got.positions.len() {
+        out.push(format!(
+            "{scenario}: {} positions, reference {}",
+            got.positions.len(),
+            want.positions.len()
+        ));
     }
     out
 }

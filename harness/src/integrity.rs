@@ -91,7 +91,11 @@ fn check_into(
             report.problems.push(format!("config.json declares {what} {declared}, the playbook expects {e}"));
         }
     }
-    if d.heads == 0 || d.kv_heads == 0 || d.hidden % d.heads != 0 || d.heads % d.kv_heads != 0 {
+    if d.heads == 0
+        || d.kv_heads == 0
+        || !d.hidden.is_multiple_of(d.heads)
+        || !d.heads.is_multiple_of(d.kv_heads)
+    {
         report.problems.push(format!(
             "config.json's heads do not divide: hidden_size {}, num_attention_heads {}, num_key_value_heads {}",
             d.hidden, d.heads, d.kv_heads

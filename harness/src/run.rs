@@ -306,34 +306,32 @@ impl RunContext {
                 }
             }
             GoldenKind::Logits => {
-                let mut actual = crate::golden::LogitsReference::new();
                 for (name, prompt, _) in &prompts {
-                    match session
+                    let rows = session
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .prompt_logits(prompt, crate::golden::POSITIONS)
-                    {
-                        Ok(rows) => {
-                            actual.insert(
-                                name.clone(),
-                                rows.iter().map(|r| crate::golden::top_k(r, crate::golden::TOP_K)).collect(),
-                            );
-                        }
+                        .prompt_logits(prompt, crate::golden::POSITIONS);
+                    let rows = match rows {
+                        Ok(rows) => rows,
                         Err(e) => {
                             return Finding::new(Outcome::Falsified, "REGR", format!("scenario {name}: {e}"));
                         }
+                    };
+                    let positions =
+                        rows.iter().map(|r| crate::golden::top_k(r, crate::golden::TOP_K)).collect();
+                    let actual = crate::golden::ScenarioLogits { prompt: prompt.clone(), positions };
+                    let path = dir.join(format!("{name}.logits.json"));
+                    let reference: Option<crate::golden::ScenarioLogits> =
+                        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
+                    let found = match &reference {
+                        Some(r) => crate::golden::compare_logits(name, r, &actual),
+                        None => vec![format!("{name}: no golden reference ({})", path.display())],
+                    };
+                    if !found.is_empty() {
+                        let json = serde_json::to_string_pretty(&actual).unwrap_or_default() + "\n";
+                        pending.extend(crate::golden::write_pending(&path, &json));
+                        differences.extend(found);
                     }
-                }
-                let path = dir.join("logits.json");
-                let reference: Option<crate::golden::LogitsReference> =
-                    std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
-                differences = match &reference {
-                    Some(r) => crate::golden::compare_logits(r, &actual),
-                    None => vec![format!("no golden reference ({})", path.display())],
-                };
-                if !differences.is_empty() {
-                    let json = serde_json::to_string_pretty(&actual).unwrap_or_default() + "\n";
-                    pending.extend(crate::golden::write_pending(&path, &json));
                 }
             }
         }
@@ -347,7 +345,7 @@ impl RunContext {
         let note = if pending.is_empty() {
             String::new()
         } else {
-            format!(" (pending references written; review, then `cargo xtask golden --accept`)")
+            " (pending references written; review, then `cargo xtask golden --accept`)".to_string()
         };
         Finding::new(
             Outcome::Falsified,

@@ -18,13 +18,18 @@ pub fn language_of(question: &str) -> Option<Language> {
     }
 }
 
-/// The code inside the first fenced block of `text`, if it has one.
-fn fenced(text: &str) -> Option<&str> {
+/// The language tag and code of the first fenced block of `text`, if it has one.
+fn fenced(text: &str) -> Option<(Option<Language>, &str)> {
     let start = text.find("```")?;
     let after = &text[start + 3..];
-    let body_start = after.find('\n')? + 1;
-    let body = &after[body_start..];
-    Some(body.find("```").map_or(body, |end| &body[..end]))
+    let newline = after.find('\n')?;
+    let tag = match after[..newline].trim().to_ascii_lowercase().as_str() {
+        "python" | "py" => Some(Language::Python),
+        "rust" | "rs" => Some(Language::Rust),
+        _ => None,
+    };
+    let body = &after[newline + 1..];
+    Some((tag, body.find("```").map_or(body, |end| &body[..end])))
 }
 
 /// The first syntax error of `source`, with its line where the parser gives one.
@@ -47,11 +52,12 @@ pub fn syntax_error(language: Language, source: &str) -> Result<Option<String>, 
 
 pub(super) fn judge(question: &str, output: &str, language: Option<Language>) -> Verdict {
     let from_question = language_of(question);
-    let Some(language) = language.or(from_question) else {
+    let block = fenced(output);
+    let Some(language) = language.or(from_question).or(block.and_then(|(tag, _)| tag)) else {
         return Verdict::Falsified("cannot tell which language to parse: set `language`".into());
     };
-    let source = match (from_question, fenced(output)) {
-        (_, Some(block)) => block.to_string(),
+    let source = match (from_question, block) {
+        (_, Some((_, code))) => code.to_string(),
         (Some(_), None) => format!("{question}{output}"),
         (None, None) => output.to_string(),
     };
@@ -86,13 +92,14 @@ mod tests {
         );
         check("fn add(a: i32, b: i32) -> i32 {", "\n    a + b\n}", true);
         check("fn main() {", "\n    println!(\"Hello, world!\");\n}", true);
+        assert!(judge("Write a Python function.", "```python\ndef f():\n    return 1\n```", None).is_pass());
         assert!(
-            judge("Write a Python function.", "```python\ndef f():\n    return 1\n```", None).is_pass()
-                == false
+            judge("Write a function.", "Here:\n```\ndef f():\n    return 1\n```", Some(Language::Python))
+                .is_pass()
         );
         assert!(
-            judge("Write a function.", "```python\ndef f():\n    return 1\n```", Some(Language::Python))
-                .is_pass()
+            !judge("Write a function.", "```\ndef f():\n    return 1\n```", None).is_pass(),
+            "no language to tell"
         );
     }
 
