@@ -1,30 +1,13 @@
 //! End-to-end: the real qualify binary on a generated model, checked through its exit code,
 //! its stderr and the evidence journal it writes.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use modelqa::journal::{EvidenceRecord, Outcome};
 use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
-
-/// The qualify test binary that cargo built beside this one (`cargo test` builds every test
-/// target before running any).
-fn qualify_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().expect("deps dir");
-    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .expect("deps dir lists")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with("qualify-") && p.extension().is_none()
-        })
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    candidates.sort();
-    candidates.pop().map(|(_, p)| p).expect("the qualify test binary is built (run `cargo test --workspace`)")
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -44,7 +27,7 @@ impl Fixture {
     }
 
     fn qualify(&self, run_id: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(qualify_binary());
+        let mut cmd = Command::new(common::qualify_binary());
         cmd.args(args)
             .env("QUALIFY_PLAYBOOKS", self.path().join("playbook.yaml"))
             .env("QUALIFY_JOURNAL_DIR", self.path().join("journal"))

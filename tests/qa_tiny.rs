@@ -1,6 +1,8 @@
 //! The trained qa-tiny family: its architectures agree, it answers held-out arithmetic, and
 //! planted defects fail the gateway they belong to while the clean models pass.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,24 +84,6 @@ fn held_out_arithmetic_is_answered() {
     );
 }
 
-/// The qualify test binary beside this one.
-fn qualify_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().expect("deps dir");
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .expect("deps")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("qualify-"))
-                && p.extension().is_none()
-        })
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p).expect("the qualify test binary is built (run `cargo test --workspace`)")
-}
-
 fn copy_model(to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(model_dir("llama")).unwrap() {
@@ -129,7 +113,7 @@ fn gates(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord> 
         dir.display()
     );
     std::fs::write(work.join("playbook.yaml"), playbook).unwrap();
-    let out = Command::new(qualify_binary())
+    let out = Command::new(common::qualify_binary())
         .args(["::gate::", "--test-threads", "1"])
         .env("QUALIFY_PLAYBOOKS", work.join("playbook.yaml"))
         .env("QUALIFY_JOURNAL_DIR", work.join("journal"))

@@ -96,23 +96,13 @@ pub fn write_tokenizer(dir: &Path, vocab: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A deterministic stream of normal-ish numbers (splitmix64 and Box–Muller), so weights do not
+/// Normal numbers from the curriculum's splitmix64 stream (Box–Muller), so weights do not
 /// depend on any RNG crate's version.
-struct Normal(u64);
+struct Normal(crate::curriculum::Rng);
 
 impl Normal {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
     fn sample(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform(), self.uniform());
+        let (u1, u2) = (self.0.unit().max(1e-12), self.0.unit());
         ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
     }
 }
@@ -137,7 +127,7 @@ pub fn write_test_model(
 
     let head_dim = shape.hidden / shape.heads;
     let kv = shape.kv_heads * head_dim;
-    let mut rng = Normal(seed);
+    let mut rng = Normal(crate::curriculum::Rng::new(seed));
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut matrix =
         |name: String, rows: usize, cols: usize, scale: f32| -> anyhow::Result<(String, Tensor)> {
