@@ -191,11 +191,7 @@ fn arithmetic(rng: &mut Rng) -> (String, String) {
             _ => ArithOp::Mul,
         };
         let (lo, hi) = operand_range(op);
-        // Uniform operands in 0..=99 would make single-digit questions such as "What is 2 + 2?"
-        // one in a hundred; a quarter of the operands come from 0..=9 instead.
-        let operand =
-            |rng: &mut Rng| if rng.below(4) == 0 { rng.range(lo, hi.min(9)) } else { rng.range(lo, hi) };
-        let (mut a, mut b) = (operand(rng), operand(rng));
+        let (mut a, mut b) = (rng.range(lo, hi), rng.range(lo, hi));
         if op == ArithOp::Sub && a < b {
             std::mem::swap(&mut a, &mut b);
         }
@@ -234,13 +230,13 @@ pub fn sample(rng: &mut Rng) -> Example {
     let completion =
         |(prompt, answer): (String, String)| Example { prompt: format!("{prompt}\n"), answer, end: EOS };
     match rng.below(100) {
-        0..=62 => completion(arithmetic(rng)),
-        63..=68 => completion(repeat(rng)),
-        69..=72 => {
+        0..=59 => completion(arithmetic(rng)),
+        60..=66 => completion(repeat(rng)),
+        67..=71 => {
             let (q, a) = FIXED[rng.below(FIXED.len())];
             completion((q.into(), a.into()))
         }
-        73..=79 => {
+        72..=79 => {
             let (q, a) = CODE[rng.below(CODE.len())];
             completion((q.into(), a.into()))
         }

@@ -74,7 +74,7 @@ fn eval(dir: &Path) -> anyhow::Result<()> {
 
 fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
     let steps: usize =
-        crate::flag_value(args, "--steps")?.map_or(Ok(6000), |v| v.parse()).context("--steps")?;
+        crate::flag_value(args, "--steps")?.map_or(Ok(5000), |v| v.parse()).context("--steps")?;
     let out = crate::flag_value(args, "--out")?.map_or_else(qa_tiny_dir, PathBuf::from);
     let sched = Schedule { steps, batch: 64, peak_lr: 2e-3, warmup: 150, seed: 20261122 };
     let work = out.join(".work");

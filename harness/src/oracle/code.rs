@@ -58,7 +58,10 @@ pub(super) fn judge(question: &str, output: &str, language: Option<Language>) ->
     };
     let source = match (from_question, block) {
         (_, Some((_, code))) => code.to_string(),
-        (Some(_), None) => format!("{question}{output}"),
+        // The answer continues the question on the next line, as the model saw it.
+        (Some(_), None) => {
+            format!("{}\n{}", question.trim_end(), output.strip_prefix('\n').unwrap_or(output))
+        }
         (None, None) => output.to_string(),
     };
     let name = match language {
