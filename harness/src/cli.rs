@@ -38,6 +38,12 @@ pub fn qualify_main() -> ExitCode {
     let plan = Plan::new(playbooks);
     let filter = Filter { filter: args.filter.clone(), exact: args.exact, skip: args.skip.clone() };
 
+    let mut binder = Binder::new(config.roots.clone());
+    let fast_exact = args.exact && args.skip.is_empty() && args.filter.is_some();
+    if args.list && !fast_exact {
+        return list(&plan, &filter, None, &mut binder, args.ignored);
+    }
+
     // nextest runs each trial as `--exact NAME`: build that one trial, not all of them.
     let selected: Vec<TrialRef> = match (&args.filter, args.exact, args.skip.is_empty()) {
         (Some(name), true, true) => match (TrialName::parse(name), args.list) {
@@ -59,9 +65,8 @@ pub fn qualify_main() -> ExitCode {
         _ => plan.select(&filter),
     };
 
-    let mut binder = Binder::new(config.roots.clone());
     if args.list {
-        return list(&plan, &selected, &mut binder, args.ignored);
+        return list(&plan, &filter, Some(&selected), &mut binder, args.ignored);
     }
 
     let journal = match Journal::open(&config.journal_dir, &config.run_id) {
@@ -81,20 +86,39 @@ pub fn qualify_main() -> ExitCode {
 
 /// Prints the selected trials as libtest does (`name: test`), quickly, and without panicking
 /// when the reader goes away (`| head`).
-fn list(plan: &Plan, selected: &[TrialRef], binder: &mut Binder, only_ignored: bool) -> ExitCode {
+fn list(
+    plan: &Plan,
+    filter: &Filter,
+    exact: Option<&[TrialRef]>,
+    binder: &mut Binder,
+    only_ignored: bool,
+) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    for r in selected {
-        let spec = plan.spec(*r);
-        if only_ignored
-            && binder
-                .ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality())
-                .is_none()
-        {
-            continue;
+    let mut write = |r: TrialRef, name: &str| -> bool {
+        if only_ignored {
+            let (model, format, backend, modality) = plan.bind_key(r);
+            if binder.ignore_reason(model, format, backend, modality).is_none() {
+                return true;
+            }
         }
-        if writeln!(out, "{}: test", spec.full_name).is_err() {
-            return ExitCode::from(exit::OK);
+        writeln!(out, "{name}: test").is_ok()
+    };
+    match exact {
+        Some(refs) => {
+            for r in refs {
+                if !write(*r, &plan.spec(*r).full_name) {
+                    return ExitCode::from(exit::OK);
+                }
+            }
+        }
+        None => {
+            let mut open = true;
+            plan.for_each_selected(filter, |r, name| {
+                if open {
+                    open = write(r, name);
+                }
+            });
         }
     }
     let _ = out.flush();

@@ -44,6 +44,8 @@ enum TailKind {
 /// The cells and tails of one `(playbook, tier)`, in name order.
 #[derive(Debug)]
 struct Layout {
+    /// The tier's scenarios, shared by every trial spec of the layout.
+    scenarios: Arc<[Arc<Scenario>]>,
     /// `(format, backend)` with their `format::backend::` text.
     cells: Vec<(Format, Backend, String)>,
     /// `modality::scenario` or `gate::gN-…`, with what it stands for.
@@ -234,6 +236,19 @@ impl Plan {
         Some(TrialRef { group: g as u32, cell: c as u32, tail: t as u32 })
     }
 
+    /// What binding needs of a trial, without building its spec: `(model, format, backend,
+    /// modality)`.
+    pub fn bind_key(&self, r: TrialRef) -> (&Model, Format, Backend, Option<Modality>) {
+        let group = &self.groups[r.group as usize];
+        let layout = &self.layouts[group.playbook][group.tier];
+        let (format, backend, _) = layout.cells[r.cell as usize];
+        let modality = match layout.tails[r.tail as usize].0 {
+            TailKind::Scenario { modality, .. } => Some(modality),
+            TailKind::Gate(_) | TailKind::Golden(_) => None,
+        };
+        (&self.playbooks[group.playbook].models[group.model], format, backend, modality)
+    }
+
     /// Everything about one trial.
     pub fn spec(&self, r: TrialRef) -> TrialSpec {
         let group = &self.groups[r.group as usize];
@@ -265,7 +280,7 @@ impl Plan {
             model,
             tier: tier.clone(),
             kind,
-            scenarios: pb.scenarios[..tier.scenario_count].iter().cloned().collect(),
+            scenarios: Arc::clone(&layout.scenarios),
             playbook: group.playbook,
             source: pb.source.clone(),
         }
@@ -295,13 +310,15 @@ fn layout(tier: &TierPlan) -> Layout {
         tails.push((TailKind::Golden(k), String::new()));
     }
     // Named by `name_tails`, which knows the scenarios.
-    Layout { cells, tails }
+    Layout { scenarios: Arc::from(Vec::new()), cells, tails }
 }
 
 /// Fills the tail texts of each layout from its playbook's scenario names.
 fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
     for (p, per_tier) in layouts.iter_mut().enumerate() {
-        for layout in per_tier.iter_mut() {
+        for (t, layout) in per_tier.iter_mut().enumerate() {
+            let count = playbooks[p].tiers[t].scenario_count;
+            layout.scenarios = playbooks[p].scenarios[..count].iter().cloned().collect();
             for (kind, text) in layout.tails.iter_mut() {
                 *text = match kind {
                     TailKind::Scenario { modality, index } => {

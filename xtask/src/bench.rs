@@ -59,7 +59,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     // Per-trial overhead under nextest's process-per-test: process start, playbook loading and
     // expansion, model load from the page cache and the journal, i.e. everything but inference.
-    let trial = "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::run::arithmetic_basic";
+    let trial = "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::run::arithmetic_add";
     let journal_dir = root.join("target").join("bench").join("journal");
     let _ = std::fs::remove_dir_all(&journal_dir);
     let overhead_env = [

@@ -100,8 +100,31 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
     Err(load_err(dir, "no model.safetensors or model.safetensors.index.json"))
 }
 
-/// Size and SHA-256 of a file, read in chunks.
+/// Where file hashes are remembered: `$QUALIFY_CACHE_DIR/hashes`, default
+/// `$CARGO_TARGET_DIR/qualify/cache/hashes` (`target/…`).
+fn hash_cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("QUALIFY_CACHE_DIR")
+        .unwrap_or_else(|| {
+            var("CARGO_TARGET_DIR").unwrap_or_else(|| PathBuf::from("target")).join("qualify").join("cache")
+        })
+        .join("hashes")
+}
+
+/// Size and SHA-256 of a file. Hashes are remembered by path, size and modification time, so
+/// the one-process-per-trial runs of nextest hash a multi-gigabyte model once, not per trial.
 pub fn hash_file(path: &Path) -> std::io::Result<ModelFile> {
+    let meta = std::fs::metadata(path)?;
+    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let key = hex::encode(Sha256::digest(format!("{}\0{}\0{modified}", canonical.display(), meta.len())));
+    let entry = hash_cache_dir().join(key);
+    if let Ok(known) = std::fs::read_to_string(&entry)
+        && known.len() == 64
+        && known.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Ok(ModelFile { path: path.to_path_buf(), bytes: meta.len(), sha256: known });
+    }
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -114,7 +137,15 @@ pub fn hash_file(path: &Path) -> std::io::Result<ModelFile> {
         bytes += n as u64;
         hasher.update(&buf[..n]);
     }
-    Ok(ModelFile { path: path.to_path_buf(), bytes, sha256: hex::encode(hasher.finalize()) })
+    let sha256 = hex::encode(hasher.finalize());
+    // Best effort, written whole and renamed into place: a missing entry only costs a re-hash.
+    if std::fs::create_dir_all(entry.parent().unwrap_or(Path::new("."))).is_ok() {
+        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &sha256).is_ok() {
+            let _ = std::fs::rename(&tmp, &entry);
+        }
+    }
+    Ok(ModelFile { path: path.to_path_buf(), bytes, sha256 })
 }
 
 fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
