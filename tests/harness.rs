@@ -333,3 +333,41 @@ fn a_trial_past_its_timeout_is_a_timeout() {
     assert_eq!(records[0].outcome, Outcome::Timeout, "{:?}", records[0]);
     assert!(stdout(&out).contains("timeout [timeout]"), "{}", stdout(&out));
 }
+
+#[test]
+fn golden_differences_become_pending_files_outside_ci_only() {
+    let fx = Fixture::new(PLAYBOOK);
+    let golden = fx.path().join("golden");
+    let cache = fx.path().join("cache");
+    let env = |ci: &'static str| {
+        [
+            ("QUALIFY_GOLDEN_DIR", golden.to_str().unwrap().to_string()),
+            ("QUALIFY_CACHE_DIR", cache.to_str().unwrap().to_string()),
+            ("CI", ci.to_string()),
+        ]
+    };
+    let run = |id: &str, ci: &'static str| {
+        let vars = env(ci);
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        fx.qualify(id, &["::cpu::diff::golden-text"], &pairs)
+    };
+    // In CI a missing reference fails and nothing is written.
+    let out = run("ci", "true");
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    assert!(fx.journal("ci")[0].reason.contains("no golden reference"), "{:?}", fx.journal("ci")[0]);
+    assert!(!golden.exists(), "CI never writes golden files");
+    // Outside CI the output is written beside the reference as a pending file, never as the reference.
+    let out = run("local", "");
+    assert_eq!(out.status.code(), Some(101));
+    let pending = golden.join("e2e/tiny/any_text.snap.new");
+    assert!(pending.is_file(), "{}", stderr(&out));
+    assert!(!golden.join("e2e/tiny/any_text.snap").exists());
+    // Accepted, the references make the trial pass.
+    for p in modelqa::golden::pending_files(&golden) {
+        std::fs::rename(&p, p.with_extension("")).unwrap();
+    }
+    let out = run("accepted", "true");
+    assert!(out.status.success(), "{}", stdout(&out));
+    // The model's file hashes were remembered where QUALIFY_CACHE_DIR says.
+    assert!(std::fs::read_dir(cache.join("hashes")).is_ok_and(|d| d.count() >= 3));
+}
