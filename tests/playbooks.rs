@@ -90,6 +90,21 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
         )
         .into());
     }
+    // Code prompts are parsed where the playbook declares `code_syntax`, as the original chose.
+    if text.contains("type: code_syntax") {
+        for sc in &pb.scenarios {
+            let code = modelqa::oracle::language_of(sc.input.question()).is_some();
+            let parsed = sc.oracles.iter().any(|o| o.kind() == "code_syntax");
+            if code != parsed {
+                return Err(format!(
+                    "{path}: scenario {} ({:?}) has code_syntax: {parsed}",
+                    sc.name,
+                    sc.input.question()
+                )
+                .into());
+            }
+        }
+    }
     // Every block the harness does not run yet is named on stderr, never dropped silently.
     for block in ["differential_tests", "profile_ci", "contract_tests", "property_tests", "trace_payload"] {
         if text.lines().any(|l| l.starts_with(&format!("{block}:")))

@@ -318,7 +318,19 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
     let declared = pb.oracles.unwrap_or_default();
     for o in &declared {
         let name = match o.kind {
-            SeedOracleKind::CodeSyntax => "code_syntax",
+            SeedOracleKind::CodeSyntax => {
+                // Python and Rust are parsed; any other language the config lists is not.
+                let languages =
+                    o.config.as_ref().and_then(|c| c.get("languages")).and_then(Value::as_sequence);
+                for lang in languages.into_iter().flatten().filter_map(Value::as_str) {
+                    if !matches!(lang, "python" | "rust") {
+                        notice(format!(
+                            "oracle `code_syntax` for `{lang}` is not implemented yet: only Python and Rust are parsed"
+                        ));
+                    }
+                }
+                continue;
+            }
             SeedOracleKind::Response => "response",
             SeedOracleKind::Composite => "composite",
             _ => continue,
@@ -358,6 +370,11 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             if oracle.check_applicable(&prompt).is_ok() {
                 oracles.push(oracle);
             }
+        }
+        if declared.iter().any(|o| o.kind == SeedOracleKind::CodeSyntax)
+            && crate::oracle::language_of(&prompt).is_some()
+        {
+            oracles.push(Oracle::CodeSyntax { language: None });
         }
         // The original judged every other prompt with its garbage oracle; so do we.
         oracles.push(
