@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::certify::Category;
 use crate::engine::{ModelFile, Sampling};
 
 /// How a trial ended.
@@ -87,6 +88,10 @@ pub struct EvidenceRecord {
     pub outcome: Outcome,
     /// What decided the outcome: an oracle (`arithmetic`), a gateway (`G1`), `timeout`, `policy`.
     pub gate: String,
+    /// The MQS category the trial scores in (`docs/mqs.md`); absent in older records, where
+    /// certify derives it from `gate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
     pub reason: String,
     /// The prompt exactly as sent to the engine.
     pub prompt: Option<String>,

@@ -8,6 +8,7 @@
 //! A test target needs one item: `fn main() -> ExitCode { modelqa::qualify_main() }`.
 
 pub mod bind;
+pub mod certify;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
+use crate::certify::Category;
 use crate::config::Config;
 use crate::engine::SessionInfo;
 use crate::engine::{
@@ -523,6 +524,7 @@ impl RunContext {
             modality,
             scenario,
             outcome: finding.outcome,
+            category: Some(category_of(&spec.kind)),
             gate: finding.gate,
             reason: finding.reason,
             prompt: finding.prompt,
@@ -577,6 +579,18 @@ fn metrics_of(g: &Generation) -> Metrics {
         duration_ms: 0.0,
     }
 }
+/// The MQS category a trial scores in: gateways G2 and G4 judge answers (QUAL), the other
+/// gateways the files, loading and stability (STAB); golden references are REGR.
+fn category_of(kind: &TrialKind) -> Category {
+    match kind {
+        TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
+        TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
+        TrialKind::Golden(_) => Category::Regr,
+        TrialKind::Scenario { scenario, .. } if scenario.edge_case => Category::Edge,
+        TrialKind::Scenario { .. } => Category::Qual,
+    }
+}
+
 /// Whether an evidence `gate` names a gateway (G0–G4).
 pub fn is_gateway(gate: &str) -> bool {
     matches!(gate, "G0" | "G1" | "G2" | "G3" | "G4")

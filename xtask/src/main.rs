@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's own tooling. One module per task.
 
 mod bench;
+mod certify;
 mod fixtures;
 mod golden;
 mod schema;
@@ -20,6 +21,15 @@ tasks:
   fixtures --check         verify fixtures/qa-tiny against its manifest
   golden [--accept]        run the golden-reference trials and list pending references; accept them
   schema [--check]         write playbooks/playbook.schema.json, or fail when it is stale
+  certify [--family F --tier T [--rerun]] [--journal PATH]... [RUN_ID]...
+                           score journals (default: the last run) into certifications/, the registry
+                           and the README table; with --family/--tier, run that selection first
+  certify --check          fail when certifications/, the registry or the README table is stale
+  report [--model M] [--out DIR]
+                           junit.xml, report.html and summary.md (default target/qualify/report)
+  tickets [--model M] [--out DIR]
+                           one Markdown ticket per falsified gate and root cause
+  lock                     write playbooks/playbook.lock (certify refuses unlocked playbooks)
   bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
 ";
 
@@ -42,6 +52,10 @@ fn run() -> anyhow::Result<()> {
         "schema" => schema::run(&rest),
         "golden" => golden::run(&rest),
         "bench" => bench::run(&rest),
+        "certify" => certify::certify(&rest),
+        "report" => certify::report(&rest),
+        "tickets" => certify::tickets(&rest),
+        "lock" => certify::lock(&rest),
         "" | "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

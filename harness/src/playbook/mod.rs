@@ -103,6 +103,8 @@ pub struct Scenario {
     pub oracles: Vec<Oracle>,
     pub max_tokens: u32,
     pub sampling: SamplingSpec,
+    /// Made by the `edge_cases` generator: its trials score in the EDGE category.
+    pub edge_case: bool,
 }
 
 /// A property scenario's generator.

@@ -231,6 +231,10 @@ fn resolve_scenarios(
             oracles: oracles.clone(),
             max_tokens: spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             sampling: spec.sampling.clone().unwrap_or_default(),
+            edge_case: matches!(
+                spec.generate.as_ref().or(spec.property.as_ref()),
+                Some(super::spec::GeneratorSpec::EdgeCases(_))
+            ),
         };
         let count = spec.count.unwrap_or(DEFAULT_CASES);
         let mut made = Vec::new();

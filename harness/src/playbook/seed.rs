@@ -387,6 +387,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             oracles,
             max_tokens: DEFAULT_MAX_TOKENS,
             sampling: SamplingSpec::default(),
+            edge_case: false,
         }));
     }
 

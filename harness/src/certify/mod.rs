@@ -1,0 +1,14 @@
+//! Certification: what the xtask needs from the library to turn journals into scores, the
+//! registry, reports, tickets and the playbook lock. Everything here is pure or reads only the
+//! files it is given; `xtask/src/certify.rs` decides which files.
+
+pub mod evidence;
+pub mod lock;
+pub mod mqs;
+pub mod registry;
+pub mod report;
+pub mod tickets;
+pub mod workspace;
+
+pub use evidence::ModelEvidence;
+pub use mqs::{Category, Score, Status, score};

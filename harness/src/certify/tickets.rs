@@ -1,0 +1,123 @@
+//! Failure tickets: falsifications grouped by gate and root cause, one Markdown ticket each,
+//! with the evidence and the exact command that reproduces the first of them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::evidence::ModelEvidence;
+use crate::journal::EvidenceRecord;
+
+/// One ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticket {
+    /// `NNN-<gate>-<model>.md`
+    pub file_name: String,
+    pub title: String,
+    pub body: String,
+}
+
+/// The root cause of a failure reason: numbers, quoted text and hex digests replaced, so that
+/// "expected 4, got 5" and "expected 9, got 7" are one cause.
+pub fn root_cause(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut chars = reason.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '`' => {
+                for d in chars.by_ref() {
+                    if d == c {
+                        break;
+                    }
+                }
+                out.push('…');
+            }
+            c if c.is_ascii_digit() || (c == '-' && chars.peek().is_some_and(char::is_ascii_digit)) => {
+                while chars.peek().is_some_and(|d| d.is_ascii_hexdigit() || *d == '.' || *d == 'e') {
+                    chars.next();
+                }
+                out.push('N');
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn slug(s: &str) -> String {
+    let s: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
+}
+
+/// Tickets for every falsification (any outcome but a pass or a policy skip), in a stable order.
+pub fn tickets(evidence: &[ModelEvidence]) -> Vec<Ticket> {
+    let mut groups: BTreeMap<(String, String, String), Vec<&EvidenceRecord>> = BTreeMap::new();
+    for e in evidence {
+        for r in e.records.iter().filter(|r| !r.outcome.is_pass() && r.gate != "policy") {
+            groups.entry((r.model_id.clone(), r.gate.clone(), root_cause(&r.reason))).or_default().push(r);
+        }
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, ((model_id, gate, cause), records))| {
+            let first = records[0];
+            let title = format!(
+                "{model_id}: {gate} falsified ({} trial{}): {cause}",
+                records.len(),
+                plural(records.len())
+            );
+            let mut body = format!("# {title}\n\n");
+            let _ = writeln!(
+                body,
+                "**What failed.** The `{gate}` check of `{model_id}` rejected {} trial{}:\n",
+                records.len(),
+                plural(records.len())
+            );
+            for r in records.iter().take(25) {
+                let _ = writeln!(body, "- `{}` ({:?}): {}", r.trial, r.outcome, r.reason);
+            }
+            if records.len() > 25 {
+                let _ = writeln!(body, "- … and {} more", records.len() - 25);
+            }
+            let _ = writeln!(
+                body,
+                "\n**Evidence** (the first trial, run `{}` at {}):\n",
+                first.run_id, first.timestamp
+            );
+            if let Some(p) = &first.prompt {
+                let _ = writeln!(body, "Prompt:\n\n```text\n{p}\n```\n");
+            }
+            if let Some(o) = &first.output {
+                let _ = writeln!(body, "Output:\n\n```text\n{o}\n```\n");
+            }
+            let _ = writeln!(
+                body,
+                "Engine `{}` on `{}`, {} on {} ({} CPUs); playbook `{}`.\n",
+                first.engine.as_deref().unwrap_or("-"),
+                first.device.as_deref().unwrap_or("-"),
+                first.host.os,
+                first.host.arch,
+                first.host.cpus,
+                first.playbook
+            );
+            for f in &first.model_files {
+                let _ = writeln!(body, "- `{}`: {} bytes, sha256 `{}`", f.path.display(), f.bytes, f.sha256);
+            }
+            let _ = writeln!(
+                body,
+                "\n**Reproduce.**\n\n```sh\ncargo test --test qualify -- --exact '{}'\n```",
+                first.trial
+            );
+            Ticket {
+                file_name: format!("{:03}-{}-{}.md", i + 1, slug(&gate), slug(&first.model)),
+                title,
+                body,
+            }
+        })
+        .collect()
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

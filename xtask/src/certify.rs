@@ -1,0 +1,259 @@
+//! `cargo xtask certify | report | tickets | lock`: journals → evidence → MQS → registry, README
+//! table, reports and tickets. The rules live in `modelqa::certify`; this module picks the files
+//! and runs the harness.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use modelqa::certify::workspace::{self, Layout};
+use modelqa::certify::{ModelEvidence, evidence, lock, report, tickets};
+
+use crate::flag_value;
+
+fn layout() -> Layout {
+    Layout::new(crate::root())
+}
+
+fn journal_dir(root: &Path) -> PathBuf {
+    std::env::var_os("QUALIFY_JOURNAL_DIR").map_or_else(|| root.join("target/qualify/journal"), PathBuf::from)
+}
+
+/// `certify [--family F --tier T [--rerun]] [--journal PATH]... [RUN_ID]... | --check`
+pub fn certify(args: &[String]) -> anyhow::Result<()> {
+    let layout = layout();
+    if args.iter().any(|a| a == "--check") {
+        return check(&layout);
+    }
+    workspace::check_lock(&layout)?;
+    let family = flag_value(args, "--family")?;
+    let tier = flag_value(args, "--tier")?;
+    if family.is_some() != tier.is_some() {
+        bail!("`--family` and `--tier` go together: `cargo xtask certify --family qa-tiny --tier mvp`");
+    }
+    let rerun = args.iter().any(|a| a == "--rerun");
+    let dir = journal_dir(&layout.root);
+
+    let mut journals: Vec<PathBuf> = Vec::new();
+    let mut iter = args.iter();
+    while let Some(a) = iter.next() {
+        match a.as_str() {
+            "--family" | "--tier" => {
+                iter.next();
+            }
+            "--rerun" => {}
+            "--journal" => journals.push(PathBuf::from(iter.next().context("`--journal` needs a path")?)),
+            flag if flag.starts_with('-') => bail!("unknown option `{flag}`"),
+            run_id => journals.push(dir.join(format!("{run_id}.jsonl"))),
+        }
+    }
+
+    let (playbooks, notices) = modelqa::playbook::load_all(&layout.playbooks())
+        .map_err(|e| anyhow::anyhow!("failed to load playbooks: {e}"))?;
+    drop(notices);
+    let plan = modelqa::expand::Plan::new(playbooks);
+
+    if let (Some(family), Some(tier)) = (&family, &tier) {
+        if !journals.is_empty() {
+            bail!("`--family`/`--tier` run the harness; name journals only without them");
+        }
+        let current = up_to_date(&layout, &plan, family, tier)?;
+        match current {
+            Some(recorded) if !rerun => {
+                eprintln!(
+                    "evidence for {family}::{tier} is up to date (recorded {recorded}, same playbook, model files and harness); \
+                     `--rerun` measures again"
+                );
+            }
+            _ => journals.push(run_harness(&layout, &dir, family, tier)?),
+        }
+    } else if journals.is_empty() {
+        journals.push(evidence::last_journal(&dir)?);
+    }
+
+    if !journals.is_empty() {
+        let (records, torn) = evidence::read_journals(&journals)?;
+        for j in &journals {
+            eprintln!("reading {}", j.display());
+        }
+        if torn > 0 {
+            eprintln!("warning: skipped {torn} torn journal line(s) (a process killed mid-write)");
+        }
+        let found =
+            workspace::evidence_from_records(&layout, records, &plan, family.as_deref(), tier.as_deref());
+        if found.is_empty() {
+            bail!("the journals hold no record{}", selection(&family, &tier));
+        }
+        for e in &found {
+            let changed = workspace::write_evidence(&layout, e)?;
+            eprintln!(
+                "{} {}: {} records of {} planned trials",
+                if changed { "wrote" } else { "unchanged" },
+                layout
+                    .model_dir(&e.model)
+                    .join("evidence.json")
+                    .strip_prefix(&layout.root)
+                    .unwrap_or(Path::new(""))
+                    .display(),
+                e.records.len(),
+                e.planned
+            );
+        }
+    }
+
+    let workspace::Derived { scored, files } = workspace::derived(&layout)?;
+    for (path, text) in &files {
+        if workspace::write_if_changed(path, text)? {
+            eprintln!("wrote {}", path.strip_prefix(&layout.root).unwrap_or(path).display());
+        }
+    }
+    for (e, s) in &scored {
+        if family.as_ref().is_none_or(|f| *f == e.family) {
+            println!(
+                "{:<28} {:<8} {:<11} MQS {:>4} {:<2}  {}",
+                e.model_id, e.tier, s.status, s.mqs, s.grade, s.verdict
+            );
+        }
+    }
+    Ok(())
+}
+
+fn selection(family: &Option<String>, tier: &Option<String>) -> String {
+    match (family, tier) {
+        (Some(f), Some(t)) => format!(" of {f}::{t}"),
+        _ => String::new(),
+    }
+}
+
+/// The recording date when every model of `family` has current evidence for `tier`.
+fn up_to_date(
+    layout: &Layout,
+    plan: &modelqa::expand::Plan,
+    family: &str,
+    tier: &str,
+) -> anyhow::Result<Option<String>> {
+    let models: Vec<String> = plan
+        .playbooks()
+        .iter()
+        .filter(|p| p.family == family)
+        .flat_map(|p| p.models.iter().map(|m| m.slug.clone()))
+        .collect();
+    if models.is_empty() {
+        bail!("no playbook under {} defines family `{family}`", layout.playbooks().display());
+    }
+    let evidence = workspace::load_evidence(layout)?;
+    let mut newest = String::new();
+    for m in &models {
+        let Some(e) = evidence.iter().find(|e| &e.model == m && e.family == family && e.tier == tier) else {
+            return Ok(None);
+        };
+        if !workspace::is_current(layout, e) {
+            return Ok(None);
+        }
+        newest = newest.max(e.recorded.clone());
+    }
+    Ok(Some(newest))
+}
+
+/// Runs `cargo test --test qualify -- family::tier::` with its own run id; its libtest lines are
+/// the progress. Failing trials are evidence; a harness that could not start is an error.
+fn run_harness(layout: &Layout, dir: &Path, family: &str, tier: &str) -> anyhow::Result<PathBuf> {
+    let run_id = format!("certify-{}", modelqa::journal::new_run_id());
+    eprintln!("running {family}::{tier} (run {run_id})");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&layout.root)
+        .args(["test", "--test", "qualify", "--", &format!("{family}::{tier}::")])
+        .env("QUALIFY_RUN_ID", &run_id)
+        .env("QUALIFY_JOURNAL_DIR", dir)
+        .status()
+        .context("failed to start cargo test")?;
+    match status.code() {
+        Some(0 | 101) => Ok(dir.join(format!("{run_id}.jsonl"))),
+        Some(code) => bail!("the qualify harness stopped with exit code {code} before recording evidence"),
+        None => bail!("the qualify harness was killed by a signal"),
+    }
+}
+
+fn check(layout: &Layout) -> anyhow::Result<()> {
+    workspace::check_lock(layout)?;
+    let stale = workspace::stale(layout)?;
+    if stale.is_empty() {
+        eprintln!("certifications, registry and README table agree with the evidence");
+        return Ok(());
+    }
+    let list: Vec<String> =
+        stale.iter().map(|p| p.strip_prefix(&layout.root).unwrap_or(p).display().to_string()).collect();
+    bail!(
+        "out of date with the evidence: {}; run `cargo xtask certify` and commit the result",
+        list.join(", ")
+    )
+}
+
+/// The scored evidence of the checkout, optionally one model.
+fn scored(args: &[String]) -> anyhow::Result<Vec<(ModelEvidence, modelqa::certify::Score)>> {
+    let model = flag_value(args, "--model")?;
+    let scored = workspace::derived(&layout())?.scored;
+    let scored: Vec<_> = scored
+        .into_iter()
+        .filter(|(e, _)| model.as_ref().is_none_or(|m| *m == e.model || *m == e.model_id))
+        .collect();
+    if scored.is_empty() {
+        bail!(
+            "no evidence under certifications/{}; run `cargo xtask certify` first",
+            model.map(|m| format!(" for {m}")).unwrap_or_default()
+        );
+    }
+    Ok(scored)
+}
+
+fn out_dir(args: &[String], default: &str) -> anyhow::Result<PathBuf> {
+    Ok(flag_value(args, "--out")?.map_or_else(|| crate::root().join(default), PathBuf::from))
+}
+
+/// `report [--model M] [--out DIR]`: junit.xml, report.html and summary.md.
+pub fn report(args: &[String]) -> anyhow::Result<()> {
+    let scored = scored(args)?;
+    let out = out_dir(args, "target/qualify/report")?;
+    let files = [
+        ("junit.xml", report::junit(&scored).context("failed to write JUnit XML")?),
+        ("report.html", report::html(&scored)),
+        ("summary.md", report::markdown(&scored)),
+    ];
+    for (name, text) in files {
+        workspace::write_if_changed(&out.join(name), &text)?;
+        println!("{}", out.join(name).display());
+    }
+    Ok(())
+}
+
+/// `tickets [--model M] [--out DIR]`: one Markdown ticket per gate and root cause.
+pub fn tickets(args: &[String]) -> anyhow::Result<()> {
+    let evidence: Vec<ModelEvidence> = scored(args)?.into_iter().map(|(e, _)| e).collect();
+    let out = out_dir(args, "target/qualify/tickets")?;
+    let tickets = tickets::tickets(&evidence);
+    if tickets.is_empty() {
+        eprintln!("no falsification in the evidence: no ticket");
+    }
+    for t in tickets {
+        workspace::write_if_changed(&out.join(&t.file_name), &t.body)?;
+        println!("{}  {}", out.join(&t.file_name).display(), t.title);
+    }
+    Ok(())
+}
+
+/// `lock`: writes `playbooks/playbook.lock`.
+pub fn lock(_args: &[String]) -> anyhow::Result<()> {
+    let root = layout().playbooks();
+    let before = lock::read(&root)?;
+    let now = lock::hashes(&root)?;
+    for d in lock::drift(&before, &now) {
+        eprintln!("{d}");
+    }
+    let path = root.join(lock::LOCK_FILE);
+    if workspace::write_if_changed(&path, &lock::render(&now))? {
+        eprintln!("wrote {}", path.display());
+    } else {
+        eprintln!("{} is up to date", path.display());
+    }
+    Ok(())
+}
