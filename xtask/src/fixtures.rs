@@ -25,9 +25,9 @@ pub fn qa_tiny_dir() -> PathBuf {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("train") => train_qa_tiny(&args[1..]),
-        Some("eval") => eval(&qa_tiny_dir()),
+        Some("eval") => eval(&crate::flag_value(args, "--dir")?.map_or_else(qa_tiny_dir, PathBuf::from)),
         Some("--check") => check(&qa_tiny_dir()),
-        _ => bail!("usage: cargo xtask fixtures train [--steps N] [--out DIR] | eval | --check"),
+        _ => bail!("usage: cargo xtask fixtures train [--steps N] [--out DIR] | eval [--dir DIR] | --check"),
     }
 }
 
