@@ -280,7 +280,7 @@ fn tickets_group_falsifications_by_gate_and_root_cause() {
     }
     let e = evidence::group(records)
         .into_values()
-        .filter_map(|r| ModelEvidence::new(r, 0, String::new(), None))
+        .filter_map(|r| ModelEvidence::new(r, 0, String::new(), None, String::new()))
         .collect::<Vec<_>>();
     let tickets = tickets::tickets(&e);
     assert_eq!(tickets.len(), 1, "{:?}", tickets.iter().map(|t| &t.title).collect::<Vec<_>>());
@@ -288,4 +288,44 @@ fn tickets_group_falsifications_by_gate_and_root_cause() {
     assert!(t.title.contains("2 trials"), "{}", t.title);
     assert!(t.body.contains("cargo test --test qualify -- --exact 'qa-tiny::"), "{}", t.body);
     assert_eq!(tickets::root_cause("expected 14, got 15"), tickets::root_cause("expected 9, got -7"));
+}
+
+#[test]
+fn evidence_is_current_until_its_playbook_model_files_or_harness_change() {
+    let (dir, layout) = scratch();
+    std::fs::write(dir.path().join("p.yaml"), "family: x\n").expect("playbook");
+    std::fs::write(dir.path().join("model.safetensors"), b"weights").expect("model");
+    let mut records = committed_records();
+    records.retain(|r| r.model == "qa-tiny-llama");
+    for r in &mut records {
+        r.playbook = "p.yaml".into();
+        for f in &mut r.model_files {
+            f.path = "model.safetensors".into();
+            f.sha256 = "a0fdd0a2f4c2e7fb0fcfbd4c8ba8ecf8dd2da5b5a5b4e1b0e8cf1e1e06a3d1b5".into();
+        }
+    }
+    let journal = write_journal(dir.path(), "j", &records);
+    let (records, _) = evidence::read_journals(&[journal]).expect("read");
+    let e = workspace::evidence_from_records(&layout, records, &plan(), None, None).remove(0);
+    assert!(!workspace::is_current(&layout, &e), "the recorded model hash differs from the file");
+
+    let real = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"weights"))
+    };
+    let mut e = e;
+    for f in e.records.iter_mut().flat_map(|r| &mut r.model_files) {
+        f.sha256 = real.clone();
+    }
+    assert!(workspace::is_current(&layout, &e));
+    std::fs::write(dir.path().join("p.yaml"), "family: y\n").expect("playbook");
+    assert!(!workspace::is_current(&layout, &e), "a changed playbook makes the evidence stale");
+    let mut e2 = e.clone();
+    e2.playbook_sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"family: y\n"))
+    };
+    assert!(workspace::is_current(&layout, &e2));
+    e2.harness_fingerprint = "another harness".into();
+    assert!(!workspace::is_current(&layout, &e2), "a changed harness makes the evidence stale");
 }

@@ -26,6 +26,10 @@ pub struct ModelEvidence {
     pub planned: usize,
     /// Weights in the model's ground-truth files, when they could be read.
     pub parameters: Option<u64>,
+    /// SHA-256 over the harness's sources and `Cargo.lock` when the evidence was certified: a
+    /// changed harness makes `certify --family … --tier …` measure again.
+    #[serde(default)]
+    pub harness_fingerprint: String,
     /// The runs the records come from, sorted.
     pub runs: Vec<String>,
     /// The newest record's timestamp: the certification date.
@@ -109,6 +113,7 @@ impl ModelEvidence {
         planned: usize,
         playbook_sha256: String,
         parameters: Option<u64>,
+        harness_fingerprint: String,
     ) -> Option<Self> {
         let first = records.first()?.clone();
         let mut runs: Vec<String> = records.iter().map(|r| r.run_id.clone()).collect();
@@ -125,6 +130,7 @@ impl ModelEvidence {
             playbook_sha256,
             planned,
             parameters,
+            harness_fingerprint,
             runs,
             recorded,
             records,

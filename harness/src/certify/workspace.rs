@@ -109,6 +109,33 @@ fn sha256_file(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|b| hex::encode(Sha256::digest(&b)))
 }
 
+/// SHA-256 over the harness's sources (`harness/src`, its manifest) and `Cargo.lock`, by sorted
+/// path: what decides how trials run and are judged.
+pub fn harness_fingerprint(layout: &Layout) -> String {
+    let mut files = vec![layout.root.join("Cargo.lock"), layout.root.join("harness/Cargo.toml")];
+    let mut stack = vec![layout.root.join("harness/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for f in files {
+        let rel = f.strip_prefix(&layout.root).unwrap_or(&f);
+        hasher.update(rel.to_string_lossy().replace('\\', "/").as_bytes());
+        hasher.update([0]);
+        hasher.update(std::fs::read(&f).unwrap_or_default());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
 /// Weights in the safetensors files the records name (0 or missing files: `None`).
 fn parameters(records: &[EvidenceRecord], base: &Path) -> Option<u64> {
     let mut files: Vec<&Path> = records
@@ -159,6 +186,7 @@ pub fn evidence_from_records(
     family: Option<&str>,
     tier: Option<&str>,
 ) -> Vec<ModelEvidence> {
+    let fingerprint = harness_fingerprint(layout);
     let mut best: BTreeMap<String, ModelEvidence> = BTreeMap::new();
     for ((fam, t, model), records) in evidence::group(records) {
         if family.is_some_and(|f| f != fam) || tier.is_some_and(|x| x != t) {
@@ -168,7 +196,10 @@ pub fn evidence_from_records(
         let playbook_sha256 =
             records.first().and_then(|r| sha256_file(&layout.root.join(&r.playbook))).unwrap_or_default();
         let params = parameters(&records, &layout.root);
-        let Some(e) = ModelEvidence::new(records, planned, playbook_sha256, params) else { continue };
+        let Some(e) = ModelEvidence::new(records, planned, playbook_sha256, params, fingerprint.clone())
+        else {
+            continue;
+        };
         match best.get(&e.model) {
             Some(old) if old.recorded >= e.recorded => {}
             _ => {
@@ -179,11 +210,11 @@ pub fn evidence_from_records(
     best.into_values().collect()
 }
 
-/// Whether `e` was measured on the playbook and model files as they are now.
+/// Whether `e` was measured by this harness on the playbook and model files as they are now.
 pub fn is_current(layout: &Layout, e: &ModelEvidence) -> bool {
     let playbook_now = sha256_file(&layout.root.join(&e.playbook)).unwrap_or_default();
     playbook_now == e.playbook_sha256
-        && e.records.iter().all(|r| r.harness_version == env!("CARGO_PKG_VERSION"))
+        && e.harness_fingerprint == harness_fingerprint(layout)
         && e.records
             .iter()
             .flat_map(|r| &r.model_files)
