@@ -32,6 +32,8 @@ impl Fixture {
             .env("QUALIFY_PLAYBOOKS", self.path().join("playbook.yaml"))
             .env("QUALIFY_JOURNAL_DIR", self.path().join("journal"))
             .env("QUALIFY_RUN_ID", run_id)
+            // Golden trials of these playbooks must never write into the repository's golden/.
+            .env("QUALIFY_GOLDEN_DIR", self.path().join("golden"))
             .env("HOME", self.path())
             .env_remove("QUALIFY_MODEL_DIR")
             .env_remove("QUALIFY_FAILURE_POLICY")

@@ -9,6 +9,7 @@
 
 pub mod bind;
 pub mod certify;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod engine;

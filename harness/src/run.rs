@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
 use crate::certify::Category;
+use crate::chat::{ChatError, ChatTemplate};
 use crate::config::Config;
 use crate::engine::SessionInfo;
 use crate::engine::{
@@ -208,16 +209,21 @@ impl RunContext {
         } else {
             match &spec.kind {
                 TrialKind::Gate(g) => self.run_gate(*g, spec, &session, &info, deadline),
-                TrialKind::Golden(k) => self.run_golden(*k, spec, &session, deadline),
+                TrialKind::Golden(k) => self.run_golden(*k, spec, &session, &info, deadline),
                 TrialKind::Scenario { modality, scenario } => match &scenario.property {
                     Some(property) => {
                         self.run_property(spec, *modality, scenario, &session, property, deadline)
                     }
                     None => {
-                        let prompt = render(&spec.model, *modality, &scenario.input);
-                        let mut f = self.generate_and_judge(spec, scenario, &session, &prompt, deadline);
-                        f.prompt = Some(prompt);
-                        f
+                        match render(&spec.model, *modality, &scenario.input, info.chat_template.as_ref()) {
+                            Ok(prompt) => {
+                                let mut f =
+                                    self.generate_and_judge(spec, scenario, &session, &prompt, deadline);
+                                f.prompt = Some(prompt);
+                                f
+                            }
+                            Err(e) => Finding::new(Outcome::Falsified, "chat_template", e.to_string()),
+                        }
                     }
                 },
             }
@@ -237,8 +243,9 @@ impl RunContext {
         info: &SessionInfo,
         deadline: Instant,
     ) -> Finding {
+        let template = info.chat_template.as_ref();
         let prompts =
-            gate::scenario_prompts(&spec.scenarios, |s| render(&spec.model, Modality::Run, &s.input));
+            gate::scenario_prompts(&spec.scenarios, |s| render_run(&spec.model, &s.input, template));
         let basic = prompts.first().map_or_else(|| "Hello".to_string(), |(_, p, _)| p.clone());
         let verdict = match g {
             Gate::Integrity => gate::integrity(Path::new(""), &spec.model),
@@ -267,11 +274,13 @@ impl RunContext {
         kind: GoldenKind,
         spec: &TrialSpec,
         session: &SharedSession,
+        info: &SessionInfo,
         deadline: Instant,
     ) -> Finding {
         let dir = crate::golden::model_dir(&spec.name.family, &spec.name.model);
+        let template = info.chat_template.as_ref();
         let prompts =
-            gate::scenario_prompts(&spec.scenarios, |s| render(&spec.model, Modality::Run, &s.input));
+            gate::scenario_prompts(&spec.scenarios, |s| render_run(&spec.model, &s.input, template));
         let mut differences = Vec::new();
         let mut pending = Vec::new();
         match kind {
@@ -401,7 +410,8 @@ impl RunContext {
     ) -> Finding {
         match self.generate(spec, scenario, session, prompt, deadline) {
             Ok(generation) => {
-                let mut finding = judge(scenario, scenario.input.question(), &generation.text);
+                let mut finding =
+                    judge_generation(scenario, scenario.input.question(), &generation, templated(spec));
                 finding.metrics = metrics_of(&generation);
                 finding.output = Some(generation.text);
                 finding
@@ -430,6 +440,8 @@ impl RunContext {
         property: &Property,
         deadline: Instant,
     ) -> Finding {
+        let template = session.lock().unwrap_or_else(|p| p.into_inner()).info().chat_template.clone();
+        let template = template.as_ref();
         let strategy = generator_strategy(&property.generator);
         let config = ProptestConfig {
             cases: property.cases,
@@ -442,10 +454,18 @@ impl RunContext {
         let cases = Mutex::new(0u32);
         let result = runner.run(&strategy, |question| {
             *cases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-            let prompt = render(&spec.model, modality, &Input::Prompt(question.clone()));
+            let prompt = match render(&spec.model, modality, &Input::Prompt(question.clone()), template) {
+                Ok(p) => p,
+                Err(e) => {
+                    let f = Finding::new(Outcome::Falsified, "chat_template", e.to_string());
+                    let reason = f.reason.clone();
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                    return Err(TestCaseError::fail(reason));
+                }
+            };
             let mut f = match self.generate(spec, scenario, session, &prompt, deadline) {
                 Ok(g) => {
-                    let mut f = judge(scenario, &question, &g.text);
+                    let mut f = judge_generation(scenario, &question, &g, templated(spec));
                     f.metrics = metrics_of(&g);
                     f.output = Some(g.text);
                     f
@@ -481,9 +501,14 @@ impl RunContext {
             Err(TestError::Fail(reason, minimal)) => {
                 // Shrinking ends on the minimal case, but `last` may be a later, passing attempt:
                 // run the minimal case once more so the record shows its real output.
-                let prompt = render(&spec.model, modality, &Input::Prompt(minimal.clone()));
-                let mut f = self.generate_and_judge(spec, scenario, session, &prompt, deadline);
-                f.prompt = Some(prompt);
+                let mut f = match render(&spec.model, modality, &Input::Prompt(minimal.clone()), template) {
+                    Ok(prompt) => {
+                        let mut f = self.generate_and_judge(spec, scenario, session, &prompt, deadline);
+                        f.prompt = Some(prompt);
+                        f
+                    }
+                    Err(e) => Finding::new(Outcome::Falsified, "chat_template", e.to_string()),
+                };
                 f.outcome = Outcome::Falsified;
                 f.reason = format!(
                     "property falsified after {ran} case runs; minimal failing case {minimal:?}: {reason}"
@@ -546,12 +571,36 @@ impl RunContext {
     }
 }
 
-/// The text sent to the engine. `run` lays a prompt out with the model's `prompt_template`;
-/// a conversation becomes a plain transcript ending with the assistant's turn.
-pub fn render(model: &Model, modality: Modality, input: &Input) -> String {
-    match (modality, input) {
-        (_, Input::Prompt(p)) => model.layout(p),
-        (_, Input::Messages(messages)) => transcript(messages),
+/// The text `run` sends: a prompt laid out with the model's `prompt_template`; a conversation
+/// through the model's chat template, or as a plain transcript ending with the assistant's turn
+/// when the model ships none.
+pub fn render_run(model: &Model, input: &Input, template: Option<&ChatTemplate>) -> String {
+    match input {
+        Input::Prompt(p) => model.layout(p),
+        Input::Messages(messages) => {
+            template.and_then(|t| t.render(messages).ok()).unwrap_or_else(|| transcript(messages))
+        }
+    }
+}
+
+/// The text sent to the engine in a modality. `chat` always goes through the model's own chat
+/// template (a plain prompt is one user message); a model without one cannot chat.
+pub fn render(
+    model: &Model,
+    modality: Modality,
+    input: &Input,
+    template: Option<&ChatTemplate>,
+) -> Result<String, ChatError> {
+    match modality {
+        Modality::Chat => {
+            let template = template.ok_or(ChatError::Missing)?;
+            match input {
+                Input::Prompt(p) => template
+                    .render(&[MessageSpec { role: crate::playbook::spec::Role::User, content: p.clone() }]),
+                Input::Messages(messages) => template.render(messages),
+            }
+        }
+        Modality::Run | Modality::Serve => Ok(render_run(model, input, template)),
     }
 }
 
@@ -608,6 +657,25 @@ fn from_verdict(g: Gate, v: GateVerdict) -> Finding {
     }
 }
 
+/// Whether a trial's prompt comes from the chat template.
+fn templated(spec: &TrialSpec) -> bool {
+    matches!(spec.modality(), Some(Modality::Chat | Modality::Serve))
+}
+
+/// A generation judged. In `chat` and `serve` the template defines the turns, so a control token
+/// inside an answer (a turn the model opened or a marker it emitted) falsifies it before any
+/// oracle looks; `run` decodes past special tokens as transformers does.
+fn judge_generation(scenario: &Scenario, question: &str, g: &Generation, templated: bool) -> Finding {
+    if let Some(token) = g.leaked_special_tokens.first().filter(|_| templated) {
+        return Finding::new(
+            Outcome::Falsified,
+            "control_tokens",
+            format!("control token `{token}` leaked into the answer (special tokens are never output)"),
+        );
+    }
+    judge(scenario, question, &g.text)
+}
+
 /// Every oracle judges; the first that falsifies decides.
 fn judge(scenario: &Scenario, question: &str, output: &str) -> Finding {
     let mut passed = Vec::new();
@@ -655,3 +723,46 @@ fn excerpt(s: &str) -> String {
 
 /// Shared handle for trial closures.
 pub type SharedContext = Arc<RunContext>;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::Finish;
+    use crate::oracle::Oracle;
+
+    fn generation(text: &str, leaked: &[&str]) -> Generation {
+        Generation {
+            text: text.into(),
+            tokens: vec![1, 2],
+            prompt_tokens: 3,
+            finish: Finish::Eos,
+            time_to_first_token: Duration::from_millis(1),
+            duration: Duration::from_millis(2),
+            first_logits_finite: true,
+            leaked_special_tokens: leaked.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_leaked_control_token_falsifies_before_any_oracle() {
+        let scenario = Scenario {
+            name: "s".into(),
+            input: Input::Prompt("What is 2 + 2?".into()),
+            property: None,
+            oracles: vec![Oracle::Arithmetic { tolerance: None }],
+            max_tokens: 8,
+            sampling: crate::playbook::SamplingSpec::default(),
+            edge_case: false,
+        };
+        let leaked = generation("4", &["<|im_start|>"]);
+        let f = judge_generation(&scenario, "What is 2 + 2?", &leaked, true);
+        assert_eq!((f.outcome, f.gate.as_str()), (Outcome::Falsified, "control_tokens"));
+        assert!(f.reason.contains("`<|im_start|>` leaked"), "{}", f.reason);
+        let f = judge_generation(&scenario, "What is 2 + 2?", &generation("4", &[]), true);
+        assert_eq!(f.outcome, Outcome::Corroborated, "{}", f.reason);
+        let f = judge_generation(&scenario, "What is 2 + 2?", &leaked, false);
+        assert_eq!(f.outcome, Outcome::Corroborated, "run decodes past special tokens: {}", f.reason);
+    }
+}

@@ -15,6 +15,7 @@ use tokenizers::Tokenizer;
 use super::{
     Engine, EngineError, Finish, GenerateRequest, Generation, ModelFile, Sampling, Session, SessionInfo,
 };
+use crate::chat::ChatTemplate;
 use crate::matrix::Backend;
 
 /// The candle engine (stateless; sessions hold the models).
@@ -43,6 +44,8 @@ pub struct CandleSession {
     device: Device,
     eos: Vec<u32>,
     bos: Option<u32>,
+    /// Special tokens that are not end-of-sequence: generating one is a leak.
+    special: std::collections::HashMap<u32, String>,
     context: usize,
     info: SessionInfo,
 }
@@ -221,7 +224,10 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
     {
         eos.extend(token_ids(json.get("eos_token_id")));
     }
-    for special in ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|end_of_text|>"] {
+    // End-of-turn tokens of the common chat templates end generation too.
+    for special in
+        ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>"]
+    {
         if let Some(id) = tokenizer.token_to_id(special) {
             eos.push(id);
         }
@@ -229,6 +235,13 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
     eos.sort_unstable();
     eos.dedup();
     let bos = token_ids(config.get("bos_token_id")).first().copied();
+    let special = tokenizer
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(id, t)| t.special && !eos.contains(id))
+        .map(|(id, t)| (id, t.content))
+        .collect();
+    let chat_template = ChatTemplate::from_model_dir(dir).map_err(|e| load_err(dir, e))?;
 
     let mut hashed = Vec::with_capacity(files.len() + 2);
     for f in files.iter().chain([&config_path, &tokenizer_path]) {
@@ -244,6 +257,7 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
         device,
         eos,
         bos,
+        special,
         context,
         info: SessionInfo {
             engine: format!("candle {}", CANDLE_VERSION),
@@ -251,6 +265,7 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
             architecture,
             files: hashed,
             load_time: started.elapsed(),
+            chat_template,
         },
     })
 }
@@ -384,6 +399,7 @@ impl Session for CandleSession {
             .tokenizer
             .decode(&tokens, true)
             .map_err(|e| EngineError::Inference(format!("failed to decode the output tokens: {e}")))?;
+        let leaked_special_tokens = tokens.iter().filter_map(|t| self.special.get(t).cloned()).collect();
         Ok(Generation {
             text,
             tokens,
@@ -392,6 +408,7 @@ impl Session for CandleSession {
             time_to_first_token: time_to_first_token.unwrap_or_default(),
             duration: started.elapsed(),
             first_logits_finite,
+            leaked_special_tokens,
         })
     }
 }

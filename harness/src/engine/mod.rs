@@ -57,6 +57,8 @@ pub struct Generation {
     pub duration: Duration,
     /// Whether every logit of the first step was finite.
     pub first_logits_finite: bool,
+    /// Special (control) tokens the model generated before it stopped; `text` never shows them.
+    pub leaked_special_tokens: Vec<String>,
 }
 
 impl Generation {
@@ -86,6 +88,9 @@ pub struct SessionInfo {
     pub architecture: String,
     pub files: Vec<ModelFile>,
     pub load_time: Duration,
+    /// The chat template the model ships, if any.
+    #[serde(skip)]
+    pub chat_template: Option<crate::chat::ChatTemplate>,
 }
 
 /// A loaded model, ready to generate. One generation at a time (`&mut self`).

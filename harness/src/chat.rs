@@ -1,0 +1,183 @@
+//! Chat templates: the Jinja template a model ships (`tokenizer_config.json`'s `chat_template`,
+//! or GGUF's `tokenizer.chat_template`), rendered with minijinja as transformers renders it.
+//! Owns nothing but the template text; the engine decides where it comes from.
+
+use std::path::Path;
+
+use minijinja::{Environment, ErrorKind, Value, context};
+
+use crate::playbook::MessageSpec;
+use crate::playbook::spec::Role;
+
+/// A model's chat template and the special tokens it may refer to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+/// A template that could not be read or rendered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    #[error(
+        "the model ships no chat template (tokenizer_config.json has no `chat_template`), so it cannot chat"
+    )]
+    Missing,
+    #[error("failed to read {path}: {cause}")]
+    Read { path: String, cause: String },
+    #[error("the chat template does not parse: {0}")]
+    Syntax(String),
+    #[error("the chat template failed to render: {0}")]
+    Render(String),
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+/// A special token as `tokenizer_config.json` writes it: a string or `{"content": …}`.
+fn token_text(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Object(o)) => {
+            o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+impl ChatTemplate {
+    /// The template in `<dir>/tokenizer_config.json`, or `None` when the model ships none. A list
+    /// of named templates (as some models ship) yields the one named `default`.
+    pub fn from_model_dir(dir: &Path) -> Result<Option<ChatTemplate>, ChatError> {
+        let path = dir.join("tokenizer_config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ChatError::Read { path: path.display().to_string(), cause: e.to_string() }),
+        };
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ChatError::Read { path: path.display().to_string(), cause: e.to_string() })?;
+        let source = match json.get("chat_template") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Array(list)) => match list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+            {
+                Some(s) => s.to_string(),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        Ok(Some(ChatTemplate {
+            source,
+            bos_token: token_text(json.get("bos_token")),
+            eos_token: token_text(json.get("eos_token")),
+        }))
+    }
+
+    /// The conversation as the model reads it, ending with the assistant's turn opened.
+    pub fn render(&self, messages: &[MessageSpec]) -> Result<String, ChatError> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Templates call raise_exception("…") to reject a conversation they cannot lay out.
+        env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        });
+        env.add_template("chat", &self.source).map_err(|e| ChatError::Syntax(detail(&e)))?;
+        let template = env.get_template("chat").map_err(|e| ChatError::Syntax(detail(&e)))?;
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                Value::from_pairs([
+                    ("role", Value::from(role(m.role))),
+                    ("content", Value::from(m.content.as_str())),
+                ])
+            })
+            .collect();
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            })
+            .map_err(|e| ChatError::Render(detail(&e)))
+    }
+}
+
+/// An error with its cause chain on one line.
+fn detail(e: &minijinja::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(list: &[(Role, &str)]) -> Vec<MessageSpec> {
+        list.iter().map(|(r, c)| MessageSpec { role: *r, content: c.to_string() }).collect()
+    }
+
+    fn template(source: &str) -> ChatTemplate {
+        ChatTemplate { source: source.into(), bos_token: "<s>".into(), eos_token: "</s>".into() }
+    }
+
+    const CHATML: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+    #[test]
+    fn chatml_renders_system_and_turns() {
+        let out = template(CHATML)
+            .render(&msgs(&[(Role::System, "Be brief."), (Role::User, "What is 2 + 2?")]))
+            .expect("renders");
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn python_string_methods_and_raise_exception_work() {
+        let t = template(
+            "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}[{{ m['content'].strip().upper() }}]{% endfor %}",
+        );
+        assert_eq!(t.render(&msgs(&[(Role::User, "  hi  ")])).expect("renders"), "<s>[HI]");
+        let err = t.render(&msgs(&[(Role::System, "x")])).expect_err("raises");
+        assert!(err.to_string().contains("System role not supported"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_template_is_a_syntax_error() {
+        let err = template("{% for m in messages %}").render(&msgs(&[(Role::User, "x")])).expect_err("fails");
+        assert!(matches!(err, ChatError::Syntax(_)), "{err:?}");
+    }
+
+    #[test]
+    fn named_template_lists_and_token_objects_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+                "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ bos_token }}ok"}]}"#,
+        )
+        .expect("write");
+        let t = ChatTemplate::from_model_dir(dir.path()).expect("reads").expect("has a template");
+        assert_eq!(t.render(&[]).expect("renders"), "<s>ok");
+        let none = tempfile::tempdir().expect("tempdir");
+        assert_eq!(ChatTemplate::from_model_dir(none.path()).expect("no file is fine"), None);
+    }
+}
