@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod expand;
+pub mod format;
 pub mod journal;
 pub mod matrix;
 pub mod name;

@@ -1,0 +1,3 @@
+//! Model file formats beyond safetensors: containers read and written by this project.
+
+pub mod apr;
