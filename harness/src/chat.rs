@@ -63,24 +63,26 @@ impl ChatTemplate {
         };
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ChatError::Read { path: path.display().to_string(), cause: e.to_string() })?;
-        let source = match json.get("chat_template") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Array(list)) => match list
+        Ok(Self::from_tokenizer_config(&json))
+    }
+
+    /// The template in a parsed `tokenizer_config.json` (as APR files embed it).
+    pub fn from_tokenizer_config(json: &serde_json::Value) -> Option<ChatTemplate> {
+        let source = match json.get("chat_template")? {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(list) => list
                 .iter()
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template"))
-                .and_then(|t| t.as_str())
-            {
-                Some(s) => s.to_string(),
-                None => return Ok(None),
-            },
-            _ => return Ok(None),
+                .and_then(|t| t.as_str())?
+                .to_string(),
+            _ => return None,
         };
-        Ok(Some(ChatTemplate {
+        Some(ChatTemplate {
             source,
             bos_token: token_text(json.get("bos_token")),
             eos_token: token_text(json.get("eos_token")),
-        }))
+        })
     }
 
     /// The conversation as the model reads it, ending with the assistant's turn opened.

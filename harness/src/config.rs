@@ -66,3 +66,12 @@ impl Config {
         })
     }
 }
+
+/// Where the harness keeps what it can remake: `QUALIFY_CACHE_DIR`, default
+/// `$CARGO_TARGET_DIR/qualify/cache` (`target/…`). File hashes and converted artifacts live here.
+pub fn cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("QUALIFY_CACHE_DIR").unwrap_or_else(|| {
+        var("CARGO_TARGET_DIR").unwrap_or_else(|| PathBuf::from("target")).join("qualify").join("cache")
+    })
+}

@@ -86,6 +86,39 @@ pub fn integrity(dir: &Path, model: &Model) -> GateVerdict {
     }
 }
 
+/// G0 for a derived artifact (after the source passed): the container reads back with its
+/// checksums, and every tensor dequantizes to finite values.
+pub fn artifact_integrity(artifact: &Path, source: GateVerdict) -> GateVerdict {
+    let bytes = match std::fs::read(artifact) {
+        Ok(b) => b,
+        Err(e) => return GateVerdict::fail(format!("integrity: failed to read {}: {e}", artifact.display())),
+    };
+    if artifact.extension().is_some_and(|e| e == "apr") {
+        let file = match crate::format::apr::read(&bytes) {
+            Ok(f) => f,
+            Err(e) => return GateVerdict::fail(format!("integrity: {}: {e}", artifact.display())),
+        };
+        for t in &file.tensors {
+            match crate::format::apr::dequantize(t) {
+                Ok(v) if v.iter().all(|x| x.is_finite()) => {}
+                Ok(_) => {
+                    return GateVerdict::fail(format!(
+                        "integrity: tensor `{}` of the APR file holds NaN or Inf",
+                        t.name
+                    ));
+                }
+                Err(e) => return GateVerdict::fail(format!("integrity: {e}")),
+            }
+        }
+        return GateVerdict::pass(format!(
+            "{}; the APR file ({} tensors) reads back with valid checksums",
+            source.reason,
+            file.tensors.len()
+        ));
+    }
+    source
+}
+
 fn greedy<'a>(prompt: &'a str, max_tokens: u32, deadline: Instant) -> GenerateRequest<'a> {
     GenerateRequest { prompt, max_tokens, sampling: Sampling::Greedy, deadline }
 }

@@ -96,8 +96,7 @@ impl Format {
     /// Why trials in this format cannot run with this build, if they cannot.
     pub fn unsupported_reason(self) -> Option<&'static str> {
         match self {
-            Self::Safetensors => None,
-            Self::Apr => Some("format apr is not implemented yet (the APR v2 reader is planned)"),
+            Self::Safetensors | Self::Apr => None,
             Self::Gguf(_) => Some("format gguf is not implemented yet (GGUF conversion is planned)"),
         }
     }

@@ -17,9 +17,10 @@ use crate::engine::{
     Engine, EngineError, GenerateRequest, Generation, Sampling, SessionCache, SessionKey, SharedSession,
 };
 use crate::expand::{GoldenKind, TrialKind, TrialSpec};
+use crate::format::convert;
 use crate::gate::{self, Gate, GateVerdict};
 use crate::journal::{EvidenceRecord, Host, Journal, Metrics, Outcome, SCHEMA_VERSION};
-use crate::matrix::Modality;
+use crate::matrix::{Format, Modality};
 use crate::oracle::Verdict;
 use crate::playbook::{
     FailurePolicy, Input, MessageSpec, Model, Property, Scenario, generator_strategy, seeded_runner,
@@ -185,12 +186,29 @@ impl RunContext {
         started: Instant,
     ) -> Finding {
         let deadline = started + spec.tier.timeout;
+        // A derived format is converted from the ground truth once, then found in the cache.
+        let format = spec.name.format;
+        let artifact = match convert::artifact(&model_dir, format, &crate::config::cache_dir()) {
+            Ok(path) => path,
+            Err(e) => {
+                let g = if matches!(spec.kind, TrialKind::Gate(Gate::Integrity)) { "G0" } else { "G1" };
+                return Finding::new(
+                    Outcome::Falsified,
+                    g,
+                    format!("failed to make the {format} artifact: {e}"),
+                );
+            }
+        };
         if let TrialKind::Gate(Gate::Integrity) = spec.kind {
-            return from_verdict(Gate::Integrity, gate::integrity(&model_dir, &spec.model));
+            let mut verdict = gate::integrity(&model_dir, &spec.model);
+            if verdict.outcome == Outcome::Corroborated && format != Format::Safetensors {
+                verdict = gate::artifact_integrity(&artifact, verdict);
+            }
+            return from_verdict(Gate::Integrity, verdict);
         }
         let (session, loaded_now) =
             self.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
-                self.engine.load(&model_dir, spec.name.backend)
+                self.engine.load(&artifact, spec.name.backend)
             });
         let session = match session {
             Ok(s) => s,

@@ -106,12 +106,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
 /// Where file hashes are remembered: `$QUALIFY_CACHE_DIR/hashes`, default
 /// `$CARGO_TARGET_DIR/qualify/cache/hashes` (`target/…`).
 fn hash_cache_dir() -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("QUALIFY_CACHE_DIR")
-        .unwrap_or_else(|| {
-            var("CARGO_TARGET_DIR").unwrap_or_else(|| PathBuf::from("target")).join("qualify").join("cache")
-        })
-        .join("hashes")
+    crate::config::cache_dir().join("hashes")
 }
 
 /// Size and SHA-256 of a file. Hashes are remembered by path, size and modification time, so
@@ -159,33 +154,126 @@ fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     }
 }
 
-/// Loads a Hugging Face model directory with candle.
-pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, EngineError> {
+/// What a session is assembled from, whatever the format.
+struct Parts {
+    /// For messages: the directory or file the model came from.
+    source: PathBuf,
+    config: serde_json::Value,
+    vb: VarBuilder<'static>,
+    tokenizer: Tokenizer,
+    generation_config: Option<serde_json::Value>,
+    chat_template: Option<ChatTemplate>,
+    files: Vec<ModelFile>,
+}
+
+/// Loads a Hugging Face model directory, or an APR v2 file, with candle.
+pub fn load_candle(path: &Path, backend: Backend) -> Result<CandleSession, EngineError> {
     let started = Instant::now();
     let device = device_for(backend)?;
+    let parts = if path.is_file() && path.extension().is_some_and(|e| e == "apr") {
+        apr_parts(path, &device)?
+    } else {
+        hf_parts(path, &device)?
+    };
+    assemble(parts, device, backend, started)
+}
+
+fn hf_parts(dir: &Path, device: &Device) -> Result<Parts, EngineError> {
     let config_path = dir.join("config.json");
     let config_text = std::fs::read_to_string(&config_path).map_err(|e| load_err(&config_path, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| load_err(&config_path, format!("invalid JSON: {e}")))?;
-    let architecture = config
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| load_err(&config_path, "no `model_type`"))?
-        .to_string();
     let files = safetensors_files(dir)?;
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.is_file() {
         return Err(load_err(&tokenizer_path, "the tokenizer is missing"));
     }
     let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
-
-    let dtype = DType::F32;
     // SAFETY: the files are memory-mapped read-only; the harness never writes a model file it
     // is reading, and safetensors validates the header against the file length.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
         .map_err(|e| load_err(&files[0], e))?;
-    let parse =
-        |what: &str, e: serde_json::Error| load_err(&config_path, format!("not a valid {what} config: {e}"));
+    let generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let chat_template = ChatTemplate::from_model_dir(dir).map_err(|e| load_err(dir, e))?;
+    let mut hashed = Vec::with_capacity(files.len() + 2);
+    for f in files.iter().chain([&config_path, &tokenizer_path]) {
+        hashed.push(hash_file(f).map_err(|e| load_err(f, e))?);
+    }
+    Ok(Parts {
+        source: dir.to_path_buf(),
+        config,
+        vb,
+        tokenizer,
+        generation_config,
+        chat_template,
+        files: hashed,
+    })
+}
+
+/// An APR file written by this project carries the Hugging Face config, tokenizer and
+/// tokenizer_config in its metadata; tensors of any dtype are dequantized to f32.
+fn apr_parts(path: &Path, device: &Device) -> Result<Parts, EngineError> {
+    let bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
+    let file = crate::format::apr::read(&bytes).map_err(|e| load_err(path, e))?;
+    let custom = |key: &str| file.metadata.get(key).filter(|v| v.is_object()).cloned();
+    let config = custom(crate::format::convert::HF_CONFIG).ok_or_else(|| {
+        load_err(
+            path,
+            format!(
+                "the APR metadata has no `{}` object (the model's config.json)",
+                crate::format::convert::HF_CONFIG
+            ),
+        )
+    })?;
+    let tokenizer_json = custom(crate::format::convert::HF_TOKENIZER).ok_or_else(|| {
+        load_err(
+            path,
+            format!(
+                "the APR metadata has no embedded tokenizer (`{}`)",
+                crate::format::convert::HF_TOKENIZER
+            ),
+        )
+    })?;
+    let tokenizer_bytes = serde_json::to_vec(&tokenizer_json).map_err(|e| load_err(path, e))?;
+    let tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
+        .map_err(|e| load_err(path, format!("the embedded tokenizer: {e}")))?;
+    let mut tensors = std::collections::HashMap::with_capacity(file.tensors.len());
+    for t in &file.tensors {
+        let values = crate::format::apr::dequantize(t).map_err(|e| load_err(path, e))?;
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let tensor = Tensor::from_vec(values, dims, device)
+            .map_err(|e| load_err(path, format!("tensor `{}`: {e}", t.name)))?;
+        tensors.insert(t.name.clone(), tensor);
+    }
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Ok(Parts {
+        source: path.to_path_buf(),
+        chat_template: custom(crate::format::convert::HF_TOKENIZER_CONFIG)
+            .and_then(|c| ChatTemplate::from_tokenizer_config(&c)),
+        generation_config: custom(crate::format::convert::HF_GENERATION_CONFIG),
+        config,
+        vb,
+        tokenizer,
+        files: vec![hash_file(path).map_err(|e| load_err(path, e))?],
+    })
+}
+
+fn assemble(
+    parts: Parts,
+    device: Device,
+    backend: Backend,
+    started: Instant,
+) -> Result<CandleSession, EngineError> {
+    let Parts { source, config, vb, tokenizer, generation_config, chat_template, files } = parts;
+    let dir = source.as_path();
+    let architecture = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| load_err(dir, "the config has no `model_type`"))?
+        .to_string();
+    let parse = |what: &str, e: serde_json::Error| load_err(dir, format!("not a valid {what} config: {e}"));
     let (model, context) = match architecture.as_str() {
         "llama" => {
             let cfg: llama::LlamaConfig =
@@ -208,7 +296,7 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
         }
         other => {
             return Err(load_err(
-                &config_path,
+                dir,
                 format!(
                     "model_type `{other}` is not supported (supported: {})",
                     SUPPORTED_ARCHITECTURES.join(", ")
@@ -218,10 +306,7 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
     };
 
     let mut eos = token_ids(config.get("eos_token_id"));
-    let generation_config = dir.join("generation_config.json");
-    if let Ok(text) = std::fs::read_to_string(&generation_config)
-        && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
-    {
+    if let Some(json) = &generation_config {
         eos.extend(token_ids(json.get("eos_token_id")));
     }
     // End-of-turn tokens of the common chat templates end generation too.
@@ -241,12 +326,6 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
         .filter(|(id, t)| t.special && !eos.contains(id))
         .map(|(id, t)| (id, t.content))
         .collect();
-    let chat_template = ChatTemplate::from_model_dir(dir).map_err(|e| load_err(dir, e))?;
-
-    let mut hashed = Vec::with_capacity(files.len() + 2);
-    for f in files.iter().chain([&config_path, &tokenizer_path]) {
-        hashed.push(hash_file(f).map_err(|e| load_err(f, e))?);
-    }
     let device_name = match backend {
         Backend::Cpu => "cpu".to_string(),
         Backend::Gpu => "cuda:0".to_string(),
@@ -263,7 +342,7 @@ pub fn load_candle(dir: &Path, backend: Backend) -> Result<CandleSession, Engine
             engine: format!("candle {}", CANDLE_VERSION),
             device: device_name,
             architecture,
-            files: hashed,
+            files,
             load_time: started.elapsed(),
             chat_template,
         },

@@ -1,0 +1,184 @@
+//! Conversion from the ground truth (a Hugging Face safetensors directory) to derived formats,
+//! and the artifact cache: each artifact is made once per content hash of its sources and
+//! settings, under `QUALIFY_CACHE_DIR/converted/`, safely when several processes ask at once.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::apr::{self, AprDType, AprFile, AprTensor};
+use crate::matrix::Format;
+
+/// Metadata keys under which an APR file written here carries the Hugging Face files it needs
+/// to run without its source directory.
+pub const HF_CONFIG: &str = "hf.config";
+pub const HF_TOKENIZER: &str = "hf.tokenizer";
+pub const HF_TOKENIZER_CONFIG: &str = "hf.tokenizer_config";
+pub const HF_GENERATION_CONFIG: &str = "hf.generation_config";
+
+/// Makes an artifact's bytes from a source directory.
+type Converter = fn(&Path) -> Result<Vec<u8>, ConvertError>;
+
+/// Bumped whenever a converter's output changes, so cached artifacts are remade.
+const CONVERTER_VERSION: &str = "1";
+
+/// A conversion that could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("failed to read {path}: {cause}")]
+    Read { path: PathBuf, cause: String },
+    #[error("failed to write {path}: {cause}")]
+    Write { path: PathBuf, cause: String },
+    #[error("tensor `{name}` has dtype {dtype}, which {format} cannot hold; nothing is converted silently")]
+    Dtype { name: String, dtype: String, format: &'static str },
+    #[error("{0} cannot be made by conversion yet")]
+    Unsupported(String),
+    #[error(transparent)]
+    Apr(#[from] apr::AprError),
+}
+
+fn read_err(path: &Path) -> impl Fn(String) -> ConvertError + '_ {
+    move |cause| ConvertError::Read { path: path.to_path_buf(), cause }
+}
+
+fn json_file(path: &Path) -> Result<Option<serde_json::Value>, ConvertError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| read_err(path)(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(read_err(path)(e.to_string())),
+    }
+}
+
+/// A safetensors model directory as one APR v2 file: every tensor in its own dtype (F32, F16 or
+/// BF16 pass through byte for byte), the typed config fields of the format, and the config,
+/// tokenizer, tokenizer config and generation config embedded so the file runs on its own.
+pub fn safetensors_to_apr(dir: &Path) -> Result<AprFile, ConvertError> {
+    let config_path = dir.join("config.json");
+    let config = json_file(&config_path)?.ok_or_else(|| read_err(&config_path)("missing".into()))?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = json_file(&tokenizer_path)?.ok_or_else(|| read_err(&tokenizer_path)("missing".into()))?;
+    let tokenizer_config = json_file(&dir.join("tokenizer_config.json"))?;
+    let generation_config = json_file(&dir.join("generation_config.json"))?;
+
+    let files = crate::engine::safetensors_files(dir).map_err(|e| read_err(dir)(e.to_string()))?;
+    let mut tensors = Vec::new();
+    for file in &files {
+        let bytes = std::fs::read(file).map_err(|e| read_err(file)(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(file)(e.to_string()))?;
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => AprDType::F32,
+                safetensors::Dtype::F16 => AprDType::F16,
+                safetensors::Dtype::BF16 => AprDType::Bf16,
+                other => {
+                    return Err(ConvertError::Dtype { name, dtype: format!("{other:?}"), format: "APR" });
+                }
+            };
+            tensors.push(AprTensor {
+                name,
+                dtype,
+                shape: view.shape().iter().map(|&d| d as u64).collect(),
+                data: view.data().to_vec(),
+            });
+        }
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let param_count: u64 = tensors.iter().map(|t| t.shape.iter().product::<u64>()).sum();
+    let total_size: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
+
+    let get = |k: &str| config.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let mut metadata = serde_json::Map::new();
+    let model_type = get("model_type");
+    metadata.insert("model_type".into(), model_type.clone());
+    metadata.insert("total_size".into(), total_size.into());
+    metadata.insert("param_count".into(), param_count.into());
+    for k in ["license", "data_source", "data_license"] {
+        metadata.insert(k.into(), serde_json::Value::Null);
+    }
+    metadata.insert("original_format".into(), "safetensors".into());
+    metadata.insert("architecture".into(), model_type);
+    for (apr_key, hf_key) in [
+        ("hidden_size", "hidden_size"),
+        ("num_layers", "num_hidden_layers"),
+        ("num_heads", "num_attention_heads"),
+        ("num_kv_heads", "num_key_value_heads"),
+        ("vocab_size", "vocab_size"),
+        ("intermediate_size", "intermediate_size"),
+        ("max_position_embeddings", "max_position_embeddings"),
+        ("rope_theta", "rope_theta"),
+        ("rms_norm_eps", "rms_norm_eps"),
+    ] {
+        if let Some(v) = config.get(hf_key) {
+            metadata.insert(apr_key.into(), v.clone());
+        }
+    }
+    if let Some(t) = tokenizer_config.as_ref().and_then(|c| c.get("chat_template")).filter(|t| t.is_string())
+    {
+        metadata.insert("chat_template".into(), t.clone());
+    }
+    metadata.insert(HF_CONFIG.into(), config);
+    metadata.insert(HF_TOKENIZER.into(), tokenizer);
+    if let Some(c) = tokenizer_config {
+        metadata.insert(HF_TOKENIZER_CONFIG.into(), c);
+    }
+    if let Some(c) = generation_config {
+        metadata.insert(HF_GENERATION_CONFIG.into(), c);
+    }
+    Ok(AprFile { flags: apr::flags::LAYOUT_ROW_MAJOR | apr::flags::HAS_VOCAB, metadata, tensors })
+}
+
+/// The derived artifact of `format` for the safetensors model in `source`: made on first use,
+/// then found by the content hash of the source files and the converter settings. Several
+/// processes asking at once wait on one lock; the artifact appears by rename, whole.
+pub fn artifact(source: &Path, format: Format, cache: &Path) -> Result<PathBuf, ConvertError> {
+    let (ext, convert): (&str, Converter) = match format {
+        Format::Safetensors => return Ok(source.to_path_buf()),
+        Format::Apr => ("apr", |dir| Ok(apr::write(&safetensors_to_apr(dir)?)?)),
+        Format::Gguf(_) => return Err(ConvertError::Unsupported(format!("format {format}"))),
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(format!("modelqa-convert {CONVERTER_VERSION} {format}\n"));
+    let mut inputs = crate::engine::safetensors_files(source).map_err(|e| read_err(source)(e.to_string()))?;
+    for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        let p = source.join(name);
+        if p.is_file() {
+            inputs.push(p);
+        }
+    }
+    for input in &inputs {
+        let hashed = crate::engine::hash_model_file(input).map_err(|e| read_err(input)(e.to_string()))?;
+        hasher.update(format!(
+            "{} {}\n",
+            input.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            hashed.sha256
+        ));
+    }
+    let key = hex::encode(hasher.finalize());
+    let dir = cache.join("converted");
+    let target = dir.join(format!("{key}.{ext}"));
+    if target.is_file() {
+        return Ok(target);
+    }
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| ConvertError::Write { path: path.clone(), cause: e.to_string() }
+    };
+    std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+    let lock_path = dir.join(format!("{key}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(write_err(&lock_path))?;
+    lock.lock().map_err(write_err(&lock_path))?;
+    // Another process may have made it while this one waited.
+    if !target.is_file() {
+        let bytes = convert(source)?;
+        let tmp = dir.join(format!("{key}.{ext}.tmp{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(write_err(&tmp))?;
+        std::fs::rename(&tmp, &target).map_err(write_err(&target))?;
+    }
+    drop(lock);
+    Ok(target)
+}

@@ -1,0 +1,101 @@
+//! Derived formats: conversion from the ground truth, the artifact cache, and sessions on the
+//! converted files against sessions on the safetensors they came from.
+
+use std::path::{Path, PathBuf};
+
+use modelqa::engine::{Session, load_candle};
+use modelqa::format::apr;
+use modelqa::format::convert::{self, ConvertError};
+use modelqa::matrix::{Backend, Format};
+
+fn qa_tiny(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/qa-tiny").join(format!("qa-tiny-{arch}"))
+}
+
+const PROMPTS: [&str; 3] = [
+    "What is 47 + 38?\n",
+    "Repeat: red blue\n",
+    "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n",
+];
+
+#[test]
+fn apr_sessions_give_the_safetensors_logits_bit_for_bit() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    for arch in ["llama", "qwen2"] {
+        let source = qa_tiny(arch);
+        let artifact = convert::artifact(&source, Format::Apr, cache.path()).expect("converts");
+        let mut st = load_candle(&source, Backend::Cpu).expect("safetensors loads");
+        let mut ap = load_candle(&artifact, Backend::Cpu).expect("apr loads");
+        for p in PROMPTS {
+            assert_eq!(
+                st.prompt_logits(p, 8).expect("st"),
+                ap.prompt_logits(p, 8).expect("apr"),
+                "{arch}: {p:?}"
+            );
+        }
+        assert_eq!(
+            ap.info().chat_template.as_ref().map(|t| t.source.clone()),
+            st.info().chat_template.as_ref().map(|t| t.source.clone()),
+            "the chat template travels inside the APR file"
+        );
+        assert_eq!(ap.info().files.len(), 1, "an APR session is one file");
+    }
+}
+
+#[test]
+fn an_artifact_is_made_once_even_when_processes_race() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let source = qa_tiny("mistral");
+    let paths: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| convert::artifact(&source, Format::Apr, cache.path()).expect("converts")))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(paths.windows(2).all(|w| w[0] == w[1]), "{paths:?}");
+    let made = std::fs::metadata(&paths[0]).expect("exists").modified().expect("mtime");
+    let again = convert::artifact(&source, Format::Apr, cache.path()).expect("cached");
+    assert_eq!(again, paths[0]);
+    assert_eq!(std::fs::metadata(&again).expect("exists").modified().expect("mtime"), made, "never rebuilt");
+    let leftovers: Vec<_> = std::fs::read_dir(cache.path().join("converted"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "no half-written files");
+    let file = apr::read(&std::fs::read(&paths[0]).expect("read")).expect("a valid APR file");
+    assert_eq!(file.metadata.get("original_format").and_then(|v| v.as_str()), Some("safetensors"));
+    assert_eq!(file.metadata.get("model_type").and_then(|v| v.as_str()), Some("mistral"));
+}
+
+fn copy_model(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn a_dtype_apr_cannot_hold_is_an_error_not_a_silent_cast() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_model(&qa_tiny("llama"), dir.path());
+    let data: Vec<u8> = [1i64, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![3], &data).expect("view");
+    let bytes = safetensors::serialize([("positions", view)], None).expect("serialize");
+    std::fs::write(dir.path().join("model.safetensors"), bytes).expect("write");
+    let err = convert::safetensors_to_apr(dir.path()).expect_err("I64 has no APR dtype");
+    assert!(matches!(&err, ConvertError::Dtype { name, .. } if name == "positions"), "{err}");
+    assert!(err.to_string().contains("nothing is converted silently"), "{err}");
+}
+
+#[test]
+fn an_apr_file_without_its_tokenizer_fails_to_load_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut file = convert::safetensors_to_apr(&qa_tiny("llama")).expect("converts");
+    file.metadata.remove(convert::HF_TOKENIZER);
+    let path = dir.path().join("model.apr");
+    std::fs::write(&path, apr::write(&file).expect("writes")).expect("write");
+    let err = load_candle(&path, Backend::Cpu).err().expect("must not load");
+    assert!(err.to_string().contains("no embedded tokenizer"), "{err}");
+}
