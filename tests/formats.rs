@@ -99,3 +99,53 @@ fn an_apr_file_without_its_tokenizer_fails_to_load_and_says_so() {
     let err = load_candle(&path, Backend::Cpu).err().expect("must not load");
     assert!(err.to_string().contains("no embedded tokenizer"), "{err}");
 }
+
+/// Every tensor of a safetensors directory: name, dtype, shape and bytes.
+fn tensors(dir: &Path) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn safetensors_to_apr_to_safetensors_is_bit_exact_and_conversion_is_idempotent() {
+    for arch in ["llama", "qwen2", "mistral"] {
+        let source = qa_tiny(arch);
+        let first = apr::write(&convert::safetensors_to_apr(&source).expect("converts")).expect("writes");
+        let second = apr::write(&convert::safetensors_to_apr(&source).expect("converts")).expect("writes");
+        assert!(first == second, "{arch}: converting twice gives identical bytes");
+
+        let out = tempfile::tempdir().expect("tempdir");
+        convert::apr_to_safetensors(&apr::read(&first).expect("reads"), out.path()).expect("back");
+        assert!(tensors(&source) == tensors(out.path()), "{arch}: every tensor comes back bit for bit");
+        for name in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            let a: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(source.join(name)).expect("a")).expect("json");
+            let b: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.path().join(name)).expect("b"))
+                    .expect("json");
+            assert_eq!(a, b, "{arch}: {name} comes back");
+        }
+        // And the round-tripped directory converts to the same APR bytes again.
+        let third = apr::write(&convert::safetensors_to_apr(out.path()).expect("converts")).expect("writes");
+        assert!(first == third, "{arch}: APR → safetensors → APR is stable");
+    }
+}
+
+#[test]
+fn quantized_apr_tensors_do_not_become_safetensors_silently() {
+    let mut file = convert::safetensors_to_apr(&qa_tiny("llama")).expect("converts");
+    let t = &mut file.tensors[0];
+    let values = apr::dequantize(t).expect("f32");
+    t.dtype = apr::AprDType::AprQ8;
+    t.data = apr::quantize_q8(&values);
+    let out = tempfile::tempdir().expect("tempdir");
+    let err = convert::apr_to_safetensors(&file, out.path()).expect_err("Q8 has no safetensors dtype");
+    assert!(err.to_string().contains("safetensors cannot hold"), "{err}");
+}

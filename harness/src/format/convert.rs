@@ -182,3 +182,48 @@ pub fn artifact(source: &Path, format: Format, cache: &Path) -> Result<PathBuf, 
     drop(lock);
     Ok(target)
 }
+
+/// An APR file back to a Hugging Face directory: `model.safetensors` with every tensor in its
+/// own dtype (F32, F16 and BF16 byte for byte; quantized dtypes have no safetensors equivalent
+/// and are an error, never a silent cast) and the embedded config, tokenizer, tokenizer config
+/// and generation config as files.
+pub fn apr_to_safetensors(file: &AprFile, out: &Path) -> Result<(), ConvertError> {
+    let write_err = |path: &Path, e: String| ConvertError::Write { path: path.to_path_buf(), cause: e };
+    let mut views = Vec::with_capacity(file.tensors.len());
+    for t in &file.tensors {
+        let dtype = match t.dtype {
+            AprDType::F32 => safetensors::Dtype::F32,
+            AprDType::F16 => safetensors::Dtype::F16,
+            AprDType::Bf16 => safetensors::Dtype::BF16,
+            other => {
+                return Err(ConvertError::Dtype {
+                    name: t.name.clone(),
+                    dtype: other.name().into(),
+                    format: "safetensors",
+                });
+            }
+        };
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let view = safetensors::tensor::TensorView::new(dtype, shape, &t.data).map_err(|e| {
+            ConvertError::Apr(apr::AprError::Tensor { name: t.name.clone(), why: e.to_string() })
+        })?;
+        views.push((t.name.clone(), view));
+    }
+    std::fs::create_dir_all(out).map_err(|e| write_err(out, e.to_string()))?;
+    let model = out.join("model.safetensors");
+    let bytes = safetensors::serialize(views, None).map_err(|e| write_err(&model, e.to_string()))?;
+    std::fs::write(&model, bytes).map_err(|e| write_err(&model, e.to_string()))?;
+    for (key, name) in [
+        (HF_CONFIG, "config.json"),
+        (HF_TOKENIZER, "tokenizer.json"),
+        (HF_TOKENIZER_CONFIG, "tokenizer_config.json"),
+        (HF_GENERATION_CONFIG, "generation_config.json"),
+    ] {
+        if let Some(v) = file.metadata.get(key) {
+            let path = out.join(name);
+            let text = serde_json::to_string_pretty(v).map_err(|e| write_err(&path, e.to_string()))? + "\n";
+            std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
