@@ -149,3 +149,84 @@ fn quantized_apr_tensors_do_not_become_safetensors_silently() {
     let err = convert::apr_to_safetensors(&file, out.path()).expect_err("Q8 has no safetensors dtype");
     assert!(err.to_string().contains("safetensors cannot hold"), "{err}");
 }
+
+/// The qa-tiny llama converted to APR with `edit` applied, written to a file.
+fn edited_artifact(dir: &Path, edit: impl FnOnce(&mut apr::AprFile)) -> PathBuf {
+    let mut file = convert::safetensors_to_apr(&qa_tiny("llama")).expect("converts");
+    edit(&mut file);
+    let path = dir.join("model.apr");
+    std::fs::write(&path, apr::write(&file).expect("writes")).expect("write");
+    path
+}
+
+fn tensor<'a>(file: &'a mut apr::AprFile, name: &str) -> &'a mut apr::AprTensor {
+    file.tensors.iter_mut().find(|t| t.name == name).unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn the_tensor_differential_names_a_transposed_or_changed_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clean = edited_artifact(dir.path(), |_| {});
+    let v = modelqa::diff::tensors(&qa_tiny("llama"), &clean);
+    assert_eq!(v.outcome, modelqa::journal::Outcome::Corroborated, "{}", v.reason);
+
+    let transposed = edited_artifact(dir.path(), |f| {
+        let t = tensor(f, "model.layers.0.self_attn.k_proj.weight");
+        let (rows, cols) = (t.shape[0] as usize, t.shape[1] as usize);
+        let values = apr::dequantize(t).expect("f32");
+        let mut out = vec![0f32; values.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                out[c * rows + r] = values[r * cols + c];
+            }
+        }
+        t.shape = vec![cols as u64, rows as u64];
+        t.data = out.iter().flat_map(|x| x.to_le_bytes()).collect();
+    });
+    let v = modelqa::diff::tensors(&qa_tiny("llama"), &transposed);
+    assert!(v.reason.contains("`model.layers.0.self_attn.k_proj.weight` is transposed"), "{}", v.reason);
+
+    let scaled = edited_artifact(dir.path(), |f| {
+        let t = tensor(f, "model.norm.weight");
+        let values: Vec<f32> = apr::dequantize(t).expect("f32").iter().map(|x| x * 1.5).collect();
+        t.data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    });
+    let v = modelqa::diff::tensors(&qa_tiny("llama"), &scaled);
+    assert!(v.reason.contains("`model.norm.weight` (F32 → F32): largest error"), "{}", v.reason);
+}
+
+#[test]
+fn the_logit_differential_catches_a_changed_model_and_passes_quantization_within_bounds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = |p: &Path| -> Vec<Vec<Vec<f32>>> {
+        let mut s = load_candle(p, Backend::Cpu).expect("loads");
+        PROMPTS.iter().map(|q| s.prompt_logits(q, 16).expect("logits")).collect()
+    };
+    let want = reference(&qa_tiny("llama"));
+    let tol = modelqa::diff::LogitTolerance::for_format(Format::Apr);
+
+    let broken = edited_artifact(dir.path(), |f| {
+        let t = tensor(f, "model.layers.1.mlp.down_proj.weight");
+        let values: Vec<f32> = apr::dequantize(t).expect("f32").iter().map(|x| -x).collect();
+        t.data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    });
+    let v = modelqa::diff::logits(&want, &reference(&broken), tol);
+    assert_eq!(v.outcome, modelqa::journal::Outcome::Falsified, "{}", v.reason);
+
+    // APR's 8-bit quantization of every matrix stays within the Q8_0 gate.
+    let q8 = edited_artifact(dir.path(), |f| {
+        for t in f.tensors.iter_mut().filter(|t| t.shape.len() == 2) {
+            let values = apr::dequantize(t).expect("f32");
+            t.dtype = apr::AprDType::AprQ8;
+            t.data = apr::quantize_q8(&values);
+        }
+    });
+    let v = modelqa::diff::logits(
+        &want,
+        &reference(&q8),
+        modelqa::diff::LogitTolerance::for_format(Format::Gguf(modelqa::matrix::Quantization::Q8_0)),
+    );
+    assert_eq!(v.outcome, modelqa::journal::Outcome::Corroborated, "{}", v.reason);
+    let v = modelqa::diff::tensors(&qa_tiny("llama"), &q8);
+    assert_eq!(v.outcome, modelqa::journal::Outcome::Corroborated, "{}", v.reason);
+}

@@ -77,8 +77,12 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::matrix::Format::Safetensors));
     // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
-    // safetensors cell.
-    let expected = per_scenario * tier.scenario_count + 5 * cells + 2 * safetensors * tier.backends.len();
+    // safetensors cell, two differential trials (tensors, logits) per derived-format cell.
+    let safetensors_cells = safetensors * tier.backends.len();
+    let expected = per_scenario * tier.scenario_count
+        + 5 * cells
+        + 2 * safetensors_cells
+        + 2 * (cells - safetensors_cells);
     let plan = Plan::new(pbs.clone());
     if plan.total() != expected {
         return Err(format!("{path}: {} trials, expected {expected}", plan.total()).into());

@@ -155,6 +155,9 @@ fn build_trials(
                 backend: spec.name.backend,
             };
             ctx.sessions.expect_uses(&key, 1);
+            if let Some(reference) = crate::run::reference_key(&spec) {
+                ctx.sessions.expect_uses(&reference, 1);
+            }
         }
         let ctx = Arc::clone(ctx);
         let is_ignored = reason.is_some();

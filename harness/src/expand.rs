@@ -39,6 +39,8 @@ enum TailKind {
     Gate(Gate),
     /// Regression against golden references; safetensors cells only.
     Golden(GoldenKind),
+    /// A derived format against the safetensors ground truth; derived cells only.
+    Differential(DiffKind),
 }
 
 /// The cells and tails of one `(playbook, tier)`, in name order.
@@ -106,6 +108,24 @@ impl GoldenKind {
     }
 }
 
+/// What a differential trial compares with the safetensors ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffKind {
+    /// Name bijection, shapes, dtypes, values within the dtype's bound, transposition.
+    Tensors,
+    /// Next-token distributions on the scenario prompts: mean KL divergence and top-1 agreement.
+    Logits,
+}
+
+impl DiffKind {
+    pub fn slug(self) -> &'static str {
+        match self {
+            DiffKind::Tensors => "tensors-vs-safetensors",
+            DiffKind::Logits => "logits-vs-safetensors",
+        }
+    }
+}
+
 /// What a trial does.
 #[derive(Debug, Clone)]
 pub enum TrialKind {
@@ -115,6 +135,8 @@ pub enum TrialKind {
     Gate(Gate),
     /// A comparison with the model's golden references.
     Golden(GoldenKind),
+    /// A comparison of a derived format with the safetensors ground truth.
+    Differential(DiffKind),
 }
 
 /// A selected trial with everything its body needs.
@@ -136,14 +158,19 @@ impl TrialSpec {
     pub fn modality(&self) -> Option<Modality> {
         match &self.kind {
             TrialKind::Scenario { modality, .. } => Some(*modality),
-            TrialKind::Gate(_) | TrialKind::Golden(_) => None,
+            TrialKind::Gate(_) | TrialKind::Golden(_) | TrialKind::Differential(_) => None,
         }
     }
 }
 
-/// Golden references describe the model as published, so only safetensors cells compare them.
+/// Golden references describe the model as published, so only safetensors cells compare them;
+/// differential trials compare a derived format with it, so only derived cells have them.
 fn applies(kind: TailKind, format: Format) -> bool {
-    !matches!(kind, TailKind::Golden(_)) || format == Format::Safetensors
+    match kind {
+        TailKind::Golden(_) => format == Format::Safetensors,
+        TailKind::Differential(_) => format != Format::Safetensors,
+        TailKind::Scenario { .. } | TailKind::Gate(_) => true,
+    }
 }
 
 impl Plan {
@@ -244,7 +271,7 @@ impl Plan {
         let (format, backend, _) = layout.cells[r.cell as usize];
         let modality = match layout.tails[r.tail as usize].0 {
             TailKind::Scenario { modality, .. } => Some(modality),
-            TailKind::Gate(_) | TailKind::Golden(_) => None,
+            TailKind::Gate(_) | TailKind::Golden(_) | TailKind::Differential(_) => None,
         };
         (&self.playbooks[group.playbook].models[group.model], format, backend, modality)
     }
@@ -264,6 +291,7 @@ impl Plan {
             }
             TailKind::Gate(g) => (TrialKind::Gate(g), Tail::Gate(g.slug().to_string())),
             TailKind::Golden(k) => (TrialKind::Golden(k), Tail::Diff(k.slug().to_string())),
+            TailKind::Differential(k) => (TrialKind::Differential(k), Tail::Diff(k.slug().to_string())),
         };
         let model = pb.models[group.model].clone();
         let name = TrialName {
@@ -309,6 +337,9 @@ fn layout(tier: &TierPlan) -> Layout {
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
+    for k in [DiffKind::Tensors, DiffKind::Logits] {
+        tails.push((TailKind::Differential(k), String::new()));
+    }
     // Named by `name_tails`, which knows the scenarios.
     Layout { scenarios: Arc::from(Vec::new()), cells, tails }
 }
@@ -326,6 +357,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     }
                     TailKind::Gate(g) => format!("gate{SEP}{}", g.slug()),
                     TailKind::Golden(k) => format!("diff{SEP}{}", k.slug()),
+                    TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
                 };
             }
             layout.tails.sort_by(|a, b| a.1.cmp(&b.1));

@@ -26,6 +26,7 @@ pub mod testmodel;
 
 pub use cli::qualify_main;
 pub mod curriculum;
+pub mod diff;
 pub mod gate;
 pub mod golden;
 pub mod integrity;

@@ -16,7 +16,7 @@ use crate::engine::SessionInfo;
 use crate::engine::{
     Engine, EngineError, GenerateRequest, Generation, Sampling, SessionCache, SessionKey, SharedSession,
 };
-use crate::expand::{GoldenKind, TrialKind, TrialSpec};
+use crate::expand::{DiffKind, GoldenKind, TrialKind, TrialSpec};
 use crate::format::convert;
 use crate::gate::{self, Gate, GateVerdict};
 use crate::journal::{EvidenceRecord, Host, Journal, Metrics, Outcome, SCHEMA_VERSION};
@@ -151,6 +151,9 @@ impl RunContext {
             }
         };
         self.sessions.release(&key);
+        if let Some(reference) = reference_key(spec) {
+            self.sessions.release(&reference);
+        }
         if !finding.outcome.is_pass() && finding.outcome != Outcome::Skipped {
             self.policy
                 .first_failure
@@ -228,6 +231,9 @@ impl RunContext {
             match &spec.kind {
                 TrialKind::Gate(g) => self.run_gate(*g, spec, &session, &info, deadline),
                 TrialKind::Golden(k) => self.run_golden(*k, spec, &session, &info, deadline),
+                TrialKind::Differential(k) => {
+                    self.run_differential(*k, spec, &model_dir, &artifact, &session, &info, deadline)
+                }
                 TrialKind::Scenario { modality, scenario } => match &scenario.property {
                     Some(property) => {
                         self.run_property(spec, *modality, scenario, &session, property, deadline)
@@ -283,6 +289,75 @@ impl RunContext {
             Gate::Quality => gate::quality(session, &prompts, deadline),
         };
         from_verdict(g, verdict)
+    }
+
+    /// Compares a derived format with the safetensors ground truth: its tensors, or its
+    /// next-token distributions at the first positions of every scenario prompt.
+    #[expect(clippy::too_many_arguments, reason = "one trial body; every argument is a different input")]
+    fn run_differential(
+        &self,
+        kind: DiffKind,
+        spec: &TrialSpec,
+        model_dir: &Path,
+        artifact: &Path,
+        session: &SharedSession,
+        info: &SessionInfo,
+        deadline: Instant,
+    ) -> Finding {
+        let verdict = match kind {
+            DiffKind::Tensors => crate::diff::tensors(model_dir, artifact),
+            DiffKind::Logits => {
+                let Some(reference_key) = reference_key(spec) else {
+                    return Finding::new(Outcome::Falsified, "COMP", "a safetensors cell has no reference");
+                };
+                let (reference, _) = self
+                    .sessions
+                    .get_or_load(&reference_key, false, || self.engine.load(model_dir, spec.name.backend));
+                let reference = match reference {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Finding::new(
+                            Outcome::Falsified,
+                            "COMP",
+                            format!("the safetensors reference failed to load: {e}"),
+                        );
+                    }
+                };
+                let template = info.chat_template.as_ref();
+                let prompts =
+                    gate::scenario_prompts(&spec.scenarios, |s| render_run(&spec.model, &s.input, template));
+                let mut want = Vec::new();
+                let mut got = Vec::new();
+                for (name, prompt, _) in &prompts {
+                    if Instant::now() >= deadline {
+                        return Finding::new(
+                            Outcome::Timeout,
+                            "timeout",
+                            "the logit comparison passed its timeout",
+                        );
+                    }
+                    let r = reference
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .prompt_logits(prompt, DIFF_POSITIONS);
+                    let c = session
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .prompt_logits(prompt, DIFF_POSITIONS);
+                    match (r, c) {
+                        (Ok(r), Ok(c)) => {
+                            want.push(r);
+                            got.push(c);
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            return Finding::new(Outcome::Falsified, "COMP", format!("scenario {name}: {e}"));
+                        }
+                    }
+                }
+                crate::diff::logits(&want, &got, crate::diff::LogitTolerance::for_format(spec.name.format))
+            }
+        };
+        Finding::new(verdict.outcome, "COMP", verdict.reason)
     }
 
     /// Compares greedy outputs or top-k logits with the golden references; a difference is
@@ -574,7 +649,7 @@ impl RunContext {
             output: finding.output,
             max_tokens: match &spec.kind {
                 TrialKind::Scenario { scenario, .. } => scenario.max_tokens,
-                TrialKind::Gate(_) | TrialKind::Golden(_) => 0,
+                TrialKind::Gate(_) | TrialKind::Golden(_) | TrialKind::Differential(_) => 0,
             },
             sampling: self.sampling(spec),
             metrics,
@@ -647,12 +722,14 @@ fn metrics_of(g: &Generation) -> Metrics {
     }
 }
 /// The MQS category a trial scores in: gateways G2 and G4 judge answers (QUAL), the other
-/// gateways the files, loading and stability (STAB); golden references are REGR.
+/// gateways the files, loading and stability (STAB); golden references are REGR; a derived
+/// format against the ground truth is COMP.
 fn category_of(kind: &TrialKind) -> Category {
     match kind {
         TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
         TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
         TrialKind::Golden(_) => Category::Regr,
+        TrialKind::Differential(_) => Category::Comp,
         TrialKind::Scenario { scenario, .. } if scenario.edge_case => Category::Edge,
         TrialKind::Scenario { .. } => Category::Qual,
     }
@@ -673,6 +750,18 @@ fn from_verdict(g: Gate, v: GateVerdict) -> Finding {
         metrics: Metrics::default(),
         info: None,
     }
+}
+
+/// Prompt positions whose next-token distributions a logit differential compares.
+const DIFF_POSITIONS: usize = 16;
+
+/// The safetensors session a logit differential compares against, if the trial is one.
+pub fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
+    matches!(spec.kind, TrialKind::Differential(DiffKind::Logits)).then(|| SessionKey {
+        model: spec.model.id.clone(),
+        format: Format::Safetensors,
+        backend: spec.name.backend,
+    })
 }
 
 /// Whether a trial's prompt comes from the chat template.

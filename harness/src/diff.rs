@@ -1,0 +1,281 @@
+//! Differential checks of a derived format against the safetensors ground truth: the tensors
+//! themselves, and the next-token distributions they produce. Pure comparisons plus the reading
+//! of the two files; the trial bodies in `run.rs` supply sessions and prompts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::format::apr::{self, AprDType};
+use crate::journal::Outcome;
+use crate::matrix::{Format, Quantization};
+
+/// A differential verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffVerdict {
+    pub outcome: Outcome,
+    pub reason: String,
+}
+
+impl DiffVerdict {
+    fn pass(reason: String) -> Self {
+        Self { outcome: Outcome::Corroborated, reason }
+    }
+    fn fail(reason: String) -> Self {
+        Self { outcome: Outcome::Falsified, reason }
+    }
+}
+
+/// Default gates of a derived format against safetensors (`shared/reference/
+/// peers-and-accuracy-anchors.md` §4.4, loosened twofold for models of 3B and below).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitTolerance {
+    pub max_mean_kl: f64,
+    pub min_top1: f64,
+}
+
+impl LogitTolerance {
+    pub fn for_format(format: Format) -> LogitTolerance {
+        let (kl, top1) = match format {
+            Format::Safetensors | Format::Apr => (0.0005, 0.995),
+            Format::Gguf(q) => match q {
+                Quantization::F32 | Quantization::F16 => (0.0005, 0.995),
+                Quantization::Q8_0 => (0.003, 0.97),
+                Quantization::Q6K => (0.008, 0.955),
+                Quantization::Q5KM | Quantization::Q5_0 => (0.015, 0.94),
+                _ => (0.04, 0.91),
+            },
+        };
+        LogitTolerance { max_mean_kl: kl * 2.0, min_top1: 1.0 - (1.0 - top1) * 2.0 }
+    }
+}
+
+/// One tensor's values as f32 with its shape and stored dtype.
+struct Values {
+    dtype: String,
+    shape: Vec<u64>,
+    values: Vec<f32>,
+}
+
+fn safetensors_values(dir: &Path) -> Result<BTreeMap<String, Values>, String> {
+    let files = crate::engine::safetensors_files(dir).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(|e| format!("failed to read {}: {e}", file.display()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => {
+                    data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                }
+                safetensors::Dtype::F16 => {
+                    data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                }
+                safetensors::Dtype::BF16 => {
+                    data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                }
+                other => return Err(format!("tensor `{name}`: dtype {other:?} is not compared")),
+            };
+            let dtype = format!("{:?}", view.dtype()).to_uppercase();
+            out.insert(
+                name,
+                Values { dtype, shape: view.shape().iter().map(|&d| d as u64).collect(), values },
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn artifact_values(artifact: &Path) -> Result<BTreeMap<String, Values>, String> {
+    let bytes = std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
+    let file = apr::read(&bytes).map_err(|e| format!("{}: {e}", artifact.display()))?;
+    let mut out = BTreeMap::new();
+    for t in &file.tensors {
+        let values = apr::dequantize(t).map_err(|e| e.to_string())?;
+        out.insert(
+            t.name.clone(),
+            Values { dtype: t.dtype.name().to_string(), shape: t.shape.clone(), values },
+        );
+    }
+    Ok(out)
+}
+
+/// The largest error a dtype may add, as a share of the tensor's largest magnitude.
+fn relative_bound(dtype: &str, source_dtype: &str) -> f32 {
+    if dtype == source_dtype {
+        return 0.0;
+    }
+    match dtype {
+        d if d == AprDType::F16.name() || d == "F16" => 1e-3,
+        d if d == AprDType::Bf16.name() => 8e-3,
+        d if d == AprDType::AprQ8.name() => 0.5 / 127.0 * 1.01,
+        d if d == AprDType::Q6K.name() => 0.02,
+        d if d == AprDType::AprQ4.name() || d == AprDType::Q4K.name() => 0.08,
+        d if d == AprDType::F32.name() => 0.0,
+        _ => 0.0,
+    }
+}
+
+/// Tensors of the derived artifact against the safetensors directory: every name on both sides
+/// (a tied `lm_head.weight` equal to the embedding may be added), equal shapes (a reversed 2-D
+/// shape holding the transposed matrix is named as a transposition), an identical or a lossless
+/// dtype unless the format quantizes, and values within the dtype's bound.
+pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
+    let (src, dst) = match (safetensors_values(source), artifact_values(artifact)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return DiffVerdict::fail(e),
+    };
+    let missing: Vec<&String> = src.keys().filter(|k| !dst.contains_key(*k)).collect();
+    let extra: Vec<&String> = dst
+        .keys()
+        .filter(|k| !src.contains_key(*k))
+        .filter(|k| !(k.as_str() == "lm_head.weight" && src.contains_key("model.embed_tokens.weight")))
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        return DiffVerdict::fail(format!(
+            "tensor names differ: missing from the artifact {missing:?}, not in the source {extra:?}"
+        ));
+    }
+    let mut worst = (0f32, String::new());
+    let mut exact = 0;
+    for (name, a) in &src {
+        let b = &dst[name];
+        if a.shape != b.shape {
+            let reversed: Vec<u64> = a.shape.iter().rev().copied().collect();
+            if a.shape.len() == 2
+                && b.shape == reversed
+                && is_transpose(&a.values, &b.values, a.shape[0], a.shape[1])
+            {
+                return DiffVerdict::fail(format!(
+                    "tensor `{name}` is transposed: {:?} became {:?}",
+                    a.shape, b.shape
+                ));
+            }
+            return DiffVerdict::fail(format!("tensor `{name}`: shape {:?} became {:?}", a.shape, b.shape));
+        }
+        let max = a.values.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+        let err = a.values.iter().zip(&b.values).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let bound = relative_bound(&b.dtype, &a.dtype) * max;
+        if err.is_nan() || err > bound {
+            return DiffVerdict::fail(format!(
+                "tensor `{name}` ({} → {}): largest error {err:.3e} exceeds the bound {bound:.3e}",
+                a.dtype, b.dtype
+            ));
+        }
+        if err == 0.0 {
+            exact += 1;
+        }
+        if err / max >= worst.0 {
+            worst = (err / max, name.clone());
+        }
+    }
+    DiffVerdict::pass(format!(
+        "{} tensors correspond by name, shape and dtype; {exact} identical; largest relative error {:.2e} (`{}`)",
+        src.len(),
+        worst.0,
+        worst.1
+    ))
+}
+
+fn is_transpose(a: &[f32], b: &[f32], rows: u64, cols: u64) -> bool {
+    let (rows, cols) = (rows as usize, cols as usize);
+    a.len() == rows * cols
+        && b.len() == a.len()
+        && (0..rows).all(|r| (0..cols).all(|c| a[r * cols + c] == b[c * rows + r]))
+}
+
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .0
+}
+
+/// Mean KL(reference ‖ candidate) and top-1 agreement over every position of every prompt.
+pub fn logits(
+    reference: &[Vec<Vec<f32>>],
+    candidate: &[Vec<Vec<f32>>],
+    tolerance: LogitTolerance,
+) -> DiffVerdict {
+    let mut kl_sum = 0.0;
+    let mut agree = 0usize;
+    let mut n = 0usize;
+    for (r, c) in reference.iter().zip(candidate) {
+        if r.len() != c.len() {
+            return DiffVerdict::fail(format!(
+                "{} reference positions, {} from the artifact",
+                r.len(),
+                c.len()
+            ));
+        }
+        for (rl, cl) in r.iter().zip(c) {
+            if rl.len() != cl.len() {
+                return DiffVerdict::fail(format!(
+                    "vocabulary {} in the reference, {} in the artifact",
+                    rl.len(),
+                    cl.len()
+                ));
+            }
+            if cl.iter().any(|v| !v.is_finite()) {
+                return DiffVerdict::fail("the artifact produced a non-finite logit".into());
+            }
+            let (p, q) = (softmax(rl), softmax(cl));
+            kl_sum += p
+                .iter()
+                .zip(&q)
+                .filter(|(p, _)| **p > 0.0)
+                .map(|(p, q)| p * (p / q.max(1e-300)).ln())
+                .sum::<f64>();
+            agree += usize::from(argmax(rl) == argmax(cl));
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return DiffVerdict::fail("no position to compare: the scenarios give no prompt".into());
+    }
+    let mean_kl = kl_sum / n as f64;
+    let top1 = agree as f64 / n as f64;
+    let summary = format!(
+        "mean KL divergence {mean_kl:.2e} (≤ {:.1e}), top-1 agreement {:.1}% (≥ {:.1}%) over {n} positions",
+        tolerance.max_mean_kl,
+        top1 * 100.0,
+        tolerance.min_top1 * 100.0
+    );
+    if mean_kl <= tolerance.max_mean_kl && top1 >= tolerance.min_top1 {
+        DiffVerdict::pass(summary)
+    } else {
+        DiffVerdict::fail(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_logits_pass_and_a_flipped_argmax_is_counted() {
+        let tol = LogitTolerance::for_format(Format::Apr);
+        let r = vec![vec![vec![1.0, 2.0, 3.0], vec![0.0, 5.0, 1.0]]];
+        let v = logits(&r, &r, tol);
+        assert_eq!(v.outcome, Outcome::Corroborated, "{}", v.reason);
+        assert!(v.reason.contains("top-1 agreement 100.0%"), "{}", v.reason);
+        let c = vec![vec![vec![3.0, 2.0, 1.0], vec![0.0, 5.0, 1.0]]];
+        let v = logits(&r, &c, tol);
+        assert_eq!(v.outcome, Outcome::Falsified);
+        assert!(v.reason.contains("top-1 agreement 50.0%"), "{}", v.reason);
+    }
+
+    #[test]
+    fn transposition_is_recognised() {
+        assert!(is_transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0], 2, 3));
+        assert!(!is_transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3));
+    }
+}
