@@ -2,6 +2,7 @@
 
 mod bench;
 mod certify;
+mod fetch;
 mod fixtures;
 mod golden;
 mod schema;
@@ -31,6 +32,9 @@ tasks:
   tickets [--model M] [--out DIR]
                            one Markdown ticket per falsified gate and root cause
   lock                     write playbooks/playbook.lock (certify refuses unlocked playbooks)
+  fetch ORG/NAME[@REVISION] [--cache DIR]
+                           download a model's safetensors, config and tokenizer into the Hugging Face
+                           cache the harness reads (needs a network)
   bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
 ";
 
@@ -57,6 +61,7 @@ fn run() -> anyhow::Result<()> {
         "report" => certify::report(&rest),
         "tickets" => certify::tickets(&rest),
         "lock" => certify::lock(&rest),
+        "fetch" => fetch::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
