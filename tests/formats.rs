@@ -230,3 +230,14 @@ fn the_logit_differential_catches_a_changed_model_and_passes_quantization_within
     let v = modelqa::diff::tensors(&qa_tiny("llama"), &q8);
     assert_eq!(v.outcome, modelqa::journal::Outcome::Corroborated, "{}", v.reason);
 }
+
+#[test]
+fn the_tensor_differential_checks_the_embedded_tokenizer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let changed = edited_artifact(dir.path(), |f| {
+        let tok = f.metadata.get_mut(convert::HF_TOKENIZER).expect("tokenizer");
+        tok["added_tokens"] = serde_json::json!([]);
+    });
+    let v = modelqa::diff::tensors(&qa_tiny("llama"), &changed);
+    assert!(v.reason.contains("embedded tokenizer differs"), "{}", v.reason);
+}

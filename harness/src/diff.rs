@@ -87,7 +87,8 @@ fn safetensors_values(dir: &Path) -> Result<BTreeMap<String, Values>, String> {
     Ok(out)
 }
 
-fn artifact_values(artifact: &Path) -> Result<BTreeMap<String, Values>, String> {
+/// The artifact's tensors, and the tokenizer it embeds.
+fn artifact_values(artifact: &Path) -> Result<(BTreeMap<String, Values>, Option<serde_json::Value>), String> {
     let bytes = std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
     let file = apr::read(&bytes).map_err(|e| format!("{}: {e}", artifact.display()))?;
     let mut out = BTreeMap::new();
@@ -98,7 +99,7 @@ fn artifact_values(artifact: &Path) -> Result<BTreeMap<String, Values>, String> 
             Values { dtype: t.dtype.name().to_string(), shape: t.shape.clone(), values },
         );
     }
-    Ok(out)
+    Ok((out, file.metadata.get(crate::format::convert::HF_TOKENIZER).cloned()))
 }
 
 /// The largest error a dtype may add, as a share of the tensor's largest magnitude.
@@ -117,15 +118,24 @@ fn relative_bound(dtype: &str, source_dtype: &str) -> f32 {
     }
 }
 
-/// Tensors of the derived artifact against the safetensors directory: every name on both sides
+/// Tensors of the derived artifact against the safetensors directory: the embedded tokenizer
+/// equals `tokenizer.json`; every name on both sides
 /// (a tied `lm_head.weight` equal to the embedding may be added), equal shapes (a reversed 2-D
 /// shape holding the transposed matrix is named as a transposition), an identical or a lossless
 /// dtype unless the format quantizes, and values within the dtype's bound.
 pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
-    let (src, dst) = match (safetensors_values(source), artifact_values(artifact)) {
+    let (src, (dst, tokenizer)) = match (safetensors_values(source), artifact_values(artifact)) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return DiffVerdict::fail(e),
+        (Err(e), _) => return DiffVerdict::fail(e),
+        (_, Err(e)) => return DiffVerdict::fail(e),
     };
+    // The tokenizer travels with the weights and must come back unchanged.
+    let source_tokenizer: Option<serde_json::Value> = std::fs::read_to_string(source.join("tokenizer.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if tokenizer != source_tokenizer {
+        return DiffVerdict::fail("the embedded tokenizer differs from the source's tokenizer.json".into());
+    }
     let missing: Vec<&String> = src.keys().filter(|k| !dst.contains_key(*k)).collect();
     let extra: Vec<&String> = dst
         .keys()
@@ -171,7 +181,7 @@ pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
         }
     }
     DiffVerdict::pass(format!(
-        "{} tensors correspond by name, shape and dtype; {exact} identical; largest relative error {:.2e} (`{}`)",
+        "tokenizer identical; {} tensors correspond by name, shape and dtype; {exact} identical; largest relative error {:.2e} (`{}`)",
         src.len(),
         worst.0,
         worst.1

@@ -225,7 +225,6 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
     for (block, present) in [
         ("property_tests", pb.property_tests.is_some()),
         ("state_machine", pb.state_machine.is_some()),
-        ("differential_tests", pb.differential_tests.is_some()),
         ("profile_ci", pb.profile_ci.is_some()),
         ("trace_payload", pb.trace_payload.is_some()),
         ("contract_tests", pb.contract_tests.is_some()),
@@ -239,6 +238,13 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
         if present {
             notice(format!("block `{block}` is not implemented yet: it was read and will not run"));
         }
+    }
+    if pb.differential_tests.is_some() {
+        notice(
+            "block `differential_tests`: its settings are not read yet; every derived format gets the \
+             default differential trials (tensors and logits against safetensors)"
+                .to_string(),
+        );
     }
     if let Some(g) = &pb.gates {
         for (gate, flag) in [
