@@ -373,3 +373,77 @@ fn golden_differences_become_pending_files_outside_ci_only() {
     // The model's file hashes were remembered where QUALIFY_CACHE_DIR says.
     assert!(std::fs::read_dir(cache.join("hashes")).is_ok_and(|d| d.count() >= 3));
 }
+
+const CHAT_PLAYBOOK: &str = r#"
+playbook: 1
+family: e2e
+failure_policy: collect-all
+tiers:
+  quick:
+    scenario_count: 2
+models:
+  - id: test/tiny
+    path: model
+scenarios:
+  - name: greeting
+    prompt: "Hello! How are you today?"
+    max_tokens: 4
+    oracles: [{regex: '\S'}]
+  - name: conversation
+    messages:
+      - {role: system, content: "Be brief."}
+      - {role: user, content: "Remember the word apple."}
+      - {role: assistant, content: "OK."}
+      - {role: user, content: "Which word?"}
+    max_tokens: 4
+    oracles: [{regex: '\S'}]
+"#;
+
+#[test]
+fn chat_renders_the_models_own_template_and_needs_one() {
+    let fx = Fixture::new(CHAT_PLAYBOOK);
+    fx.qualify("chat", &[], &[]);
+    let records = fx.journal("chat");
+    let prompt = |modality: &str, scenario: &str| {
+        records
+            .iter()
+            .find(|r| r.modality == modality && r.scenario == scenario)
+            .unwrap_or_else(|| panic!("{modality}::{scenario} ran: {records:?}"))
+            .prompt
+            .clone()
+            .expect("prompt recorded")
+    };
+    assert_eq!(
+        prompt("chat", "greeting"),
+        "<|im_start|>user\nHello! How are you today?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let conversation = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nRemember the word apple.<|im_end|>\n\
+                        <|im_start|>assistant\nOK.<|im_end|>\n<|im_start|>user\nWhich word?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(prompt("chat", "conversation"), conversation, "every turn, in order");
+    assert_eq!(
+        prompt("run", "conversation"),
+        conversation,
+        "run lays a conversation out with the template too"
+    );
+    assert_eq!(prompt("run", "greeting"), "Hello! How are you today?");
+
+    // Without a chat template the model cannot chat: chat trials fail and say why; run falls
+    // back to a plain transcript.
+    let config = fx.path().join("model/tokenizer_config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("json");
+    json.as_object_mut().expect("object").remove("chat_template");
+    std::fs::write(&config, json.to_string()).expect("write");
+    fx.qualify("plain", &[], &[]);
+    let records = fx.journal("plain");
+    let chat = records.iter().find(|r| r.modality == "chat" && r.scenario == "greeting").expect("chat ran");
+    assert_eq!((chat.outcome, chat.gate.as_str()), (Outcome::Falsified, "chat_template"));
+    assert!(chat.reason.contains("no chat template"), "{}", chat.reason);
+    let run = records.iter().find(|r| r.modality == "run" && r.scenario == "conversation").expect("run ran");
+    assert_eq!(
+        run.prompt.as_deref(),
+        Some(
+            "System: Be brief.\nUser: Remember the word apple.\nAssistant: OK.\nUser: Which word?\nAssistant:"
+        )
+    );
+}

@@ -360,6 +360,12 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
                 };
             }
+            // A scenario that keeps to some modalities has no trials in the others.
+            let scenarios = &playbooks[p].scenarios;
+            layout.tails.retain(|(kind, _)| match kind {
+                TailKind::Scenario { modality, index } => scenarios[*index].runs_in(*modality),
+                TailKind::Gate(_) | TailKind::Golden(_) | TailKind::Differential(_) => true,
+            });
             layout.tails.sort_by(|a, b| a.1.cmp(&b.1));
         }
     }

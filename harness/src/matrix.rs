@@ -162,8 +162,7 @@ impl Modality {
     /// Why trials of this modality cannot run with this build, if they cannot.
     pub fn unsupported_reason(self) -> Option<&'static str> {
         match self {
-            Self::Run => None,
-            Self::Chat => Some("modality chat is not implemented yet (chat templates are planned)"),
+            Self::Run | Self::Chat => None,
             Self::Serve => {
                 Some("modality serve is not implemented yet (the OpenAI-compatible server is planned)")
             }

@@ -862,6 +862,7 @@ mod tests {
             max_tokens: 8,
             sampling: crate::playbook::SamplingSpec::default(),
             edge_case: false,
+            modalities: None,
         };
         let leaked = generation("4", &["<|im_start|>"]);
         let f = judge_generation(&scenario, "What is 2 + 2?", &leaked, true);

@@ -105,6 +105,15 @@ pub struct Scenario {
     pub sampling: SamplingSpec,
     /// Made by the `edge_cases` generator: its trials score in the EDGE category.
     pub edge_case: bool,
+    /// The modalities it runs in; `None`: every modality of the tier.
+    pub modalities: Option<Vec<Modality>>,
+}
+
+impl Scenario {
+    /// Whether the scenario runs in `modality`.
+    pub fn runs_in(&self, modality: Modality) -> bool {
+        self.modalities.as_ref().is_none_or(|m| m.contains(&modality))
+    }
 }
 
 /// A property scenario's generator.

@@ -212,6 +212,13 @@ fn resolve_scenarios(
                 spec.name
             )));
         }
+        if spec.modalities.as_ref().is_some_and(Vec::is_empty) {
+            return Err(err(format!(
+                "scenario `{}`: `modalities` lists none, so it would never run",
+                spec.name
+            ))
+            .at(format!("{at}.modalities")));
+        }
         if spec.count.is_some() && spec.generate.is_none() && spec.property.is_none() {
             return Err(err(format!(
                 "scenario `{}`: `count` applies only to `generate` and `property`",
@@ -231,6 +238,7 @@ fn resolve_scenarios(
             oracles: oracles.clone(),
             max_tokens: spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             sampling: spec.sampling.clone().unwrap_or_default(),
+            modalities: spec.modalities.clone(),
             edge_case: matches!(
                 spec.generate.as_ref().or(spec.property.as_ref()),
                 Some(super::spec::GeneratorSpec::EdgeCases(_))

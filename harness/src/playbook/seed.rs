@@ -394,6 +394,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             max_tokens: DEFAULT_MAX_TOKENS,
             sampling: SamplingSpec::default(),
             edge_case: false,
+            modalities: None,
         }));
     }
 

@@ -200,6 +200,9 @@ pub struct ScenarioSpec {
     pub max_tokens: Option<u32>,
     /// Default greedy.
     pub sampling: Option<SamplingSpec>,
+    /// The modalities this scenario runs in, of those its tier has; default all of them. A
+    /// completion-style prompt (`def f(x):`) can keep to `run`, a conversation to `chat`.
+    pub modalities: Option<Vec<crate::matrix::Modality>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
