@@ -27,7 +27,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("train") => train_qa_tiny(&args[1..]),
         Some("eval") => eval(&crate::flag_value(args, "--dir")?.map_or_else(qa_tiny_dir, PathBuf::from)),
         Some("--check") => check(&qa_tiny_dir()),
-        _ => bail!("usage: cargo xtask fixtures train [--steps N] [--out DIR] | eval [--dir DIR] | --check"),
+        _ => bail!("usage: cargo xtask fixtures train [--steps N] [--seed N] [--out DIR] | eval [--dir DIR] | --check"),
     }
 }
 
@@ -76,7 +76,8 @@ fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
     let steps: usize =
         crate::flag_value(args, "--steps")?.map_or(Ok(5000), |v| v.parse()).context("--steps")?;
     let out = crate::flag_value(args, "--out")?.map_or_else(qa_tiny_dir, PathBuf::from);
-    let sched = Schedule { steps, batch: 64, peak_lr: 2e-3, warmup: 150, seed: 20261122 };
+    let seed = crate::flag_value(args, "--seed")?.map_or(Ok(20261122), |v| v.parse()).context("--seed")?;
+    let sched = Schedule { steps, batch: 64, peak_lr: 2e-3, warmup: 150, seed };
     let work = out.join(".work");
     std::fs::create_dir_all(&work)?;
     eprintln!("training the tokenizer…");

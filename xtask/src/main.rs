@@ -16,7 +16,7 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  fixtures train [--steps N] [--out DIR]
+  fixtures train [--steps N] [--seed N] [--out DIR]
                            train qa-tiny and write it to fixtures/qa-tiny (about 30 min on 2 cores)
   fixtures eval [--dir DIR]
                            held-out arithmetic accuracy of qa-tiny (or a trained copy), by operator
