@@ -22,6 +22,7 @@ pub mod oracle;
 pub mod playbook;
 pub mod reporter;
 pub mod run;
+pub mod serve;
 pub mod testmodel;
 
 pub use cli::qualify_main;

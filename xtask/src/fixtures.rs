@@ -27,7 +27,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("train") => train_qa_tiny(&args[1..]),
         Some("eval") => eval(&crate::flag_value(args, "--dir")?.map_or_else(qa_tiny_dir, PathBuf::from)),
         Some("--check") => check(&qa_tiny_dir()),
-        _ => bail!("usage: cargo xtask fixtures train [--steps N] [--seed N] [--out DIR] | eval [--dir DIR] | --check"),
+        _ => bail!(
+            "usage: cargo xtask fixtures train [--steps N] [--seed N] [--out DIR] | eval [--dir DIR] | --check"
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ mod fetch;
 mod fixtures;
 mod golden;
 mod schema;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ tasks:
   fetch ORG/NAME[@REVISION] [--cache DIR]
                            download a model's safetensors, config and tokenizer into the Hugging Face
                            cache the harness reads (needs a network)
+  serve PATH [--host ADDR] [--port N] [--model NAME]
+                           the OpenAI-compatible server on a model directory or APR file (default
+                           127.0.0.1:8080)
   bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
 ";
 
@@ -62,6 +66,7 @@ fn run() -> anyhow::Result<()> {
         "tickets" => certify::tickets(&rest),
         "lock" => certify::lock(&rest),
         "fetch" => fetch::run(&rest),
+        "serve" => serve::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

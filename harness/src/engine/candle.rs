@@ -432,7 +432,11 @@ impl Session for CandleSession {
         Ok(out)
     }
 
-    fn generate(&mut self, request: &GenerateRequest<'_>) -> Result<Generation, EngineError> {
+    fn generate_streaming(
+        &mut self,
+        request: &GenerateRequest<'_>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, EngineError> {
         let inference = |e: candle_core::Error| EngineError::Inference(e.to_string());
         let started = Instant::now();
         let encoding = self
@@ -456,6 +460,7 @@ impl Session for CandleSession {
         let mut logits = self.forward(&ids, 0, &mut cache).map_err(inference)?;
         let first_logits_finite = logits.to_vec1::<f32>().map_err(inference)?.iter().all(|v| v.is_finite());
         let mut tokens = Vec::new();
+        let mut sent = String::new();
         let mut time_to_first_token = None;
         let finish = loop {
             let next = sampler.sample(&logits).map_err(inference)?;
@@ -464,6 +469,16 @@ impl Session for CandleSession {
                 break Finish::Eos;
             }
             tokens.push(next);
+            // Decoding the whole output each step keeps multi-token characters intact; a
+            // trailing replacement character means one is still incomplete.
+            if let Ok(text) = self.tokenizer.decode(&tokens, true)
+                && !text.ends_with('\u{FFFD}')
+                && text.len() > sent.len()
+                && text.starts_with(&sent)
+            {
+                on_text(&text[sent.len()..]);
+                sent = text;
+            }
             let pos = prompt_tokens + tokens.len() - 1;
             if tokens.len() >= request.max_tokens as usize || pos + 1 >= self.context {
                 break Finish::Length;
@@ -478,6 +493,9 @@ impl Session for CandleSession {
             .tokenizer
             .decode(&tokens, true)
             .map_err(|e| EngineError::Inference(format!("failed to decode the output tokens: {e}")))?;
+        if let Some(rest) = text.strip_prefix(sent.as_str()).filter(|r| !r.is_empty()) {
+            on_text(rest);
+        }
         let leaked_special_tokens = tokens.iter().filter_map(|t| self.special.get(t).cloned()).collect();
         Ok(Generation {
             text,

@@ -95,7 +95,16 @@ pub struct SessionInfo {
 
 /// A loaded model, ready to generate. One generation at a time (`&mut self`).
 pub trait Session: Send {
-    fn generate(&mut self, request: &GenerateRequest<'_>) -> Result<Generation, EngineError>;
+    fn generate(&mut self, request: &GenerateRequest<'_>) -> Result<Generation, EngineError> {
+        self.generate_streaming(request, &mut |_| {})
+    }
+    /// As `generate`, handing each new piece of decoded text to `on_text` as soon as it is
+    /// whole (never half a UTF-8 character); the pieces add up to `Generation::text`.
+    fn generate_streaming(
+        &mut self,
+        request: &GenerateRequest<'_>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, EngineError>;
     /// The logits after each of the prompt's first `positions` tokens (position i predicts
     /// token i+1), for numeric comparisons between formats, engines and references.
     fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError>;
