@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::matrix::{Backend, Format, Modality};
+use crate::matrix::{Backend, Format};
 use crate::playbook::Model;
 
 /// Where models are searched, from the environment.
@@ -121,22 +121,13 @@ impl Binder {
     }
 
     /// Why a trial cannot run here, or `None` when it can.
-    pub fn ignore_reason(
-        &mut self,
-        model: &Model,
-        format: Format,
-        backend: Backend,
-        modality: Option<Modality>,
-    ) -> Option<String> {
+    pub fn ignore_reason(&mut self, model: &Model, format: Format, backend: Backend) -> Option<String> {
         let backend_reason =
             self.backends.entry(backend).or_insert_with(|| backend_unavailable(backend)).clone();
         if let Some(why) = backend_reason {
             return Some(why);
         }
         if let Some(why) = format.unsupported_reason() {
-            return Some(why.to_string());
-        }
-        if let Some(why) = modality.and_then(Modality::unsupported_reason) {
             return Some(why.to_string());
         }
         match self.locate(model) {

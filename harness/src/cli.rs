@@ -97,8 +97,8 @@ fn list(
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut write = |r: TrialRef, name: &str| -> bool {
         if only_ignored {
-            let (model, format, backend, modality) = plan.bind_key(r);
-            if binder.ignore_reason(model, format, backend, modality).is_none() {
+            let (model, format, backend) = plan.bind_key(r);
+            if binder.ignore_reason(model, format, backend).is_none() {
                 return true;
             }
         }
@@ -137,7 +137,7 @@ fn build_trials(
     let runs_ignored = args.ignored || args.include_ignored;
     for r in selected {
         let spec = plan.spec(*r);
-        let reason = binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend, spec.modality());
+        let reason = binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend);
         let model_dir: Option<PathBuf> = match binder.locate(&spec.model) {
             Location::Found(dir) => Some(dir.clone()),
             Location::Missing(_) => None,

@@ -263,17 +263,12 @@ impl Plan {
         Some(TrialRef { group: g as u32, cell: c as u32, tail: t as u32 })
     }
 
-    /// What binding needs of a trial, without building its spec: `(model, format, backend,
-    /// modality)`.
-    pub fn bind_key(&self, r: TrialRef) -> (&Model, Format, Backend, Option<Modality>) {
+    /// What binding needs of a trial, without building its spec: `(model, format, backend)`.
+    pub fn bind_key(&self, r: TrialRef) -> (&Model, Format, Backend) {
         let group = &self.groups[r.group as usize];
         let layout = &self.layouts[group.playbook][group.tier];
         let (format, backend, _) = layout.cells[r.cell as usize];
-        let modality = match layout.tails[r.tail as usize].0 {
-            TailKind::Scenario { modality, .. } => Some(modality),
-            TailKind::Gate(_) | TailKind::Golden(_) | TailKind::Differential(_) => None,
-        };
-        (&self.playbooks[group.playbook].models[group.model], format, backend, modality)
+        (&self.playbooks[group.playbook].models[group.model], format, backend)
     }
 
     /// Everything about one trial.

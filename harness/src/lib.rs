@@ -23,6 +23,7 @@ pub mod playbook;
 pub mod reporter;
 pub mod run;
 pub mod serve;
+pub mod serve_client;
 pub mod testmodel;
 
 pub use cli::qualify_main;

@@ -158,16 +158,6 @@ impl Modality {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
-
-    /// Why trials of this modality cannot run with this build, if they cannot.
-    pub fn unsupported_reason(self) -> Option<&'static str> {
-        match self {
-            Self::Run | Self::Chat => None,
-            Self::Serve => {
-                Some("modality serve is not implemented yet (the OpenAI-compatible server is planned)")
-            }
-        }
-    }
 }
 
 /// A qualification tier: how much of the matrix a run covers.

@@ -25,6 +25,8 @@ use crate::oracle::Verdict;
 use crate::playbook::{
     FailurePolicy, Input, MessageSpec, Model, Property, Scenario, generator_strategy, seeded_runner,
 };
+use crate::serve::{Server, ServerConfig};
+use crate::serve_client::{self, Endpoint};
 
 /// What every trial of one harness process shares.
 pub struct RunContext {
@@ -34,6 +36,8 @@ pub struct RunContext {
     pub engine: Box<dyn Engine>,
     pub host: Host,
     policy: PolicyState,
+    /// One server per session that `serve` trials use, stopped with the session.
+    servers: Mutex<HashMap<SessionKey, Arc<Server>>>,
 }
 
 #[derive(Default)]
@@ -76,6 +80,7 @@ impl RunContext {
             engine,
             host: Host::current(),
             policy: PolicyState::default(),
+            servers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -150,7 +155,10 @@ impl RunContext {
                 })
             }
         };
-        self.sessions.release(&key);
+        if self.sessions.release(&key) {
+            // The session's last trial: its server (if any) stops as the Arc drops.
+            self.servers.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        }
         if let Some(reference) = reference_key(spec) {
             self.sessions.release(&reference);
         }
@@ -237,6 +245,9 @@ impl RunContext {
                 TrialKind::Scenario { modality, scenario } => match &scenario.property {
                     Some(property) => {
                         self.run_property(spec, *modality, scenario, &session, property, deadline)
+                    }
+                    None if *modality == Modality::Serve => {
+                        self.run_serve(spec, key, scenario, &session, &info, deadline)
                     }
                     None => {
                         match render(&spec.model, *modality, &scenario.input, info.chat_template.as_ref()) {
@@ -493,6 +504,159 @@ impl RunContext {
         session.lock().unwrap_or_else(|p| p.into_inner()).generate(&request)
     }
 
+    /// The server of a session, started on an ephemeral loopback port on first use.
+    fn server_for(
+        &self,
+        key: &SessionKey,
+        spec: &TrialSpec,
+        session: &SharedSession,
+    ) -> Result<Arc<Server>, String> {
+        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = servers.get(key) {
+            return Ok(Arc::clone(s));
+        }
+        let config =
+            ServerConfig { request_timeout: spec.tier.timeout, ..ServerConfig::new(spec.model.id.clone()) };
+        let server = Arc::new(
+            Server::start(Arc::clone(session), config)
+                .map_err(|e| format!("failed to start the server: {e}"))?,
+        );
+        servers.insert(key.clone(), Arc::clone(&server));
+        Ok(server)
+    }
+
+    /// A property case in `serve`: one non-streamed completion over HTTP.
+    fn generate_over_http(
+        &self,
+        spec: &TrialSpec,
+        scenario: &Scenario,
+        session: &SharedSession,
+        prompt: &str,
+        deadline: Instant,
+    ) -> Result<Generation, EngineError> {
+        let key =
+            SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
+        let server = self.server_for(&key, spec, session).map_err(EngineError::Inference)?;
+        let body = serve_client::request_body(
+            Endpoint::Completions,
+            prompt,
+            &[],
+            scenario.max_tokens,
+            &self.sampling(spec),
+            false,
+        );
+        let reply =
+            serve_client::send(&server.base_url(), Endpoint::Completions, &body, deadline).map_err(|e| {
+                if Instant::now() >= deadline {
+                    EngineError::Timeout { tokens: 0, partial: String::new() }
+                } else {
+                    EngineError::Inference(e)
+                }
+            })?;
+        Ok(Generation {
+            text: reply.text,
+            tokens: Vec::new(),
+            prompt_tokens: reply.prompt_tokens.unwrap_or(0) as usize,
+            finish: crate::engine::Finish::Eos,
+            time_to_first_token: reply.latency,
+            duration: reply.latency,
+            first_logits_finite: true,
+            leaked_special_tokens: Vec::new(),
+        })
+    }
+
+    /// A scenario over real HTTP: the completions endpoint with the prompt as `run` lays it out
+    /// and, where the model has a chat template, the chat endpoint with the conversation; each
+    /// whole and streamed, each answer judged by the scenario's oracles.
+    fn run_serve(
+        &self,
+        spec: &TrialSpec,
+        key: &SessionKey,
+        scenario: &Scenario,
+        session: &SharedSession,
+        info: &SessionInfo,
+        deadline: Instant,
+    ) -> Finding {
+        let server = match self.server_for(key, spec, session) {
+            Ok(s) => s,
+            Err(e) => return Finding::new(Outcome::Falsified, "serve", e),
+        };
+        let template = info.chat_template.as_ref();
+        let prompt = render_run(&spec.model, &scenario.input, template);
+        let messages = match &scenario.input {
+            Input::Prompt(p) => {
+                vec![MessageSpec { role: crate::playbook::spec::Role::User, content: p.clone() }]
+            }
+            Input::Messages(m) => m.clone(),
+        };
+        let mut endpoints = vec![Endpoint::Completions];
+        if template.is_some() {
+            endpoints.push(Endpoint::ChatCompletions);
+        }
+        let sampling = self.sampling(spec);
+        let mut metrics = Metrics::default();
+        let mut first_output = None;
+        for endpoint in endpoints {
+            for stream in [false, true] {
+                let label = format!("POST {}{}", endpoint.path(), if stream { " (stream)" } else { "" });
+                let body = serve_client::request_body(
+                    endpoint,
+                    &prompt,
+                    &messages,
+                    scenario.max_tokens,
+                    &sampling,
+                    stream,
+                );
+                let reply = match serve_client::send(&server.base_url(), endpoint, &body, deadline) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let (outcome, gate) = if Instant::now() >= deadline {
+                            (Outcome::Timeout, "timeout")
+                        } else {
+                            (Outcome::Falsified, "serve")
+                        };
+                        let mut f = Finding::new(outcome, gate, format!("{label}: {e}"));
+                        f.prompt = Some(prompt);
+                        return f;
+                    }
+                };
+                if endpoint == Endpoint::Completions {
+                    if stream {
+                        metrics.time_to_first_token_ms = reply.first_text.map(|d| d.as_secs_f64() * 1e3);
+                        if let (Some(n), Some(first)) = (reply.completion_tokens, reply.first_text)
+                            && n > 1
+                            && reply.latency > first
+                        {
+                            metrics.tokens_per_second =
+                                Some((n - 1) as f64 / (reply.latency - first).as_secs_f64());
+                        }
+                    } else {
+                        metrics.prompt_tokens = reply.prompt_tokens.map(|n| n as usize);
+                        metrics.tokens = reply.completion_tokens.map(|n| n as usize);
+                    }
+                }
+                let mut f = judge(scenario, scenario.input.question(), &reply.text);
+                if !f.outcome.is_pass() {
+                    f.reason = format!("{label}: {}", f.reason);
+                    f.output = Some(reply.text);
+                    f.prompt = Some(prompt);
+                    f.metrics = metrics;
+                    return f;
+                }
+                first_output.get_or_insert(reply.text);
+            }
+        }
+        let mut f = Finding::new(
+            Outcome::Corroborated,
+            "oracles",
+            "both endpoints, whole and streamed, answered and the oracles accepted every answer",
+        );
+        f.output = first_output;
+        f.prompt = Some(prompt);
+        f.metrics = metrics;
+        f
+    }
+
     fn generate_and_judge(
         &self,
         spec: &TrialSpec,
@@ -556,7 +720,12 @@ impl RunContext {
                     return Err(TestCaseError::fail(reason));
                 }
             };
-            let mut f = match self.generate(spec, scenario, session, &prompt, deadline) {
+            let generated = if modality == Modality::Serve {
+                self.generate_over_http(spec, scenario, session, &prompt, deadline)
+            } else {
+                self.generate(spec, scenario, session, &prompt, deadline)
+            };
+            let mut f = match generated {
                 Ok(g) => {
                     let mut f = judge_generation(scenario, &question, &g, templated(spec));
                     f.metrics = metrics_of(&g);

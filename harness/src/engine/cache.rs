@@ -75,15 +75,17 @@ impl SessionCache {
         (loaded, true)
     }
 
-    /// One trial using `key` has ended; the last one drops the session.
-    pub fn release(&self, key: &SessionKey) {
+    /// One trial using `key` has ended; the last one drops the session (and gets `true`).
+    pub fn release(&self, key: &SessionKey) -> bool {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = slots.get(key) {
             let before = slot.remaining.fetch_sub(1, Ordering::SeqCst);
             if before <= 1 {
                 slots.remove(key);
+                return true;
             }
         }
+        false
     }
 
     /// How many sessions are held now.

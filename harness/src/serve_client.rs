@@ -1,0 +1,169 @@
+//! The client side of `serve` trials: OpenAI-style requests over real HTTP, whole or streamed,
+//! with the response's framing checked (valid JSON, SSE events ending in `data: [DONE]`, pieces
+//! that add up) and its timings measured. Talks to any OpenAI-compatible base URL.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::engine::Sampling;
+use crate::playbook::MessageSpec;
+use crate::playbook::spec::Role;
+
+/// What one request produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub text: String,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Request sent to response complete.
+    pub latency: Duration,
+    /// Request sent to the first piece of text (streamed requests).
+    pub first_text: Option<Duration>,
+}
+
+/// Which endpoint a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    ChatCompletions,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+        }
+    }
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+/// The request body for a prompt (completions) or a conversation (chat completions).
+pub fn request_body(
+    endpoint: Endpoint,
+    prompt: &str,
+    messages: &[MessageSpec],
+    max_tokens: u32,
+    sampling: &Sampling,
+    stream: bool,
+) -> Value {
+    let mut body = match endpoint {
+        Endpoint::Completions => json!({"prompt": prompt}),
+        Endpoint::ChatCompletions => json!({
+            "messages": messages.iter().map(|m| json!({"role": role(m.role), "content": m.content})).collect::<Vec<_>>()
+        }),
+    };
+    body["max_tokens"] = json!(max_tokens);
+    body["stream"] = json!(stream);
+    match sampling {
+        Sampling::Greedy => body["temperature"] = json!(0),
+        Sampling::Seeded { temperature, top_p, seed, .. } => {
+            body["temperature"] = json!(temperature);
+            body["seed"] = json!(seed);
+            if let Some(p) = top_p {
+                body["top_p"] = json!(p);
+            }
+        }
+    }
+    body
+}
+
+fn text_of(endpoint: Endpoint, choice: &Value, chunk: bool) -> Option<String> {
+    let v = match (endpoint, chunk) {
+        (Endpoint::Completions, _) => &choice["text"],
+        (Endpoint::ChatCompletions, false) => &choice["message"]["content"],
+        (Endpoint::ChatCompletions, true) => &choice["delta"]["content"],
+    };
+    v.as_str().map(str::to_string)
+}
+
+/// Sends one request and reads the whole answer, checking its framing.
+pub fn send(base_url: &str, endpoint: Endpoint, body: &Value, deadline: Instant) -> Result<Reply, String> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if timeout.is_zero() {
+        return Err("the trial's timeout passed before the request".into());
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let url = format!("{}{}", base_url.trim_end_matches('/'), endpoint.path());
+    let started = Instant::now();
+    let response = ureq::post(&url)
+        .timeout(timeout)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .map_err(|e| match e {
+            ureq::Error::Status(code, r) => {
+                format!("{url} answered {code}: {}", r.into_string().unwrap_or_default())
+            }
+            other => format!("request to {url} failed: {other}"),
+        })?;
+    if !stream {
+        let text = response.into_string().map_err(|e| format!("failed to read the response: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("the response is not JSON ({e}): {text}"))?;
+        let answer = text_of(endpoint, &v["choices"][0], false)
+            .ok_or_else(|| format!("the response has no answer text: {text}"))?;
+        return Ok(Reply {
+            text: answer,
+            prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
+            completion_tokens: v["usage"]["completion_tokens"].as_u64(),
+            latency: started.elapsed(),
+            first_text: None,
+        });
+    }
+    let mut reader = BufReader::new(response.into_reader());
+    let mut text = String::new();
+    let mut first_text = None;
+    let mut usage = Value::Null;
+    let mut done = false;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(|e| format!("failed to read the event stream: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            continue;
+        }
+        if done {
+            return Err(format!("an event after `data: [DONE]`: {l:?}"));
+        }
+        let data = l.strip_prefix("data: ").ok_or_else(|| format!("not an SSE data line: {l:?}"))?;
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(data).map_err(|e| format!("an event is not JSON ({e}): {data}"))?;
+        if let Some(err) = v.get("error") {
+            return Err(format!("the stream reported an error: {err}"));
+        }
+        if let Some(piece) = text_of(endpoint, &v["choices"][0], true).filter(|p| !p.is_empty()) {
+            first_text.get_or_insert_with(|| started.elapsed());
+            text.push_str(&piece);
+        }
+        if v.get("usage").is_some_and(|u| !u.is_null()) {
+            usage = v["usage"].clone();
+        }
+    }
+    if !done {
+        return Err("the event stream ended without `data: [DONE]`".into());
+    }
+    Ok(Reply {
+        text,
+        prompt_tokens: usage["prompt_tokens"].as_u64(),
+        completion_tokens: usage["completion_tokens"].as_u64(),
+        latency: started.elapsed(),
+        first_text,
+    })
+}
