@@ -278,16 +278,21 @@ pub fn readme_table(rows: &[Row]) -> String {
         };
         let tps = |i: usize| r.tps[i].map_or("-".to_string(), |t| format!("{t:.1}"));
         let short = r.model_id.rsplit('/').next().unwrap_or(&r.model_id);
+        // This project's own models are not on the hub; they live under fixtures/.
+        let link = if r.model_id.starts_with("modelqa/") {
+            format!("`{short}`")
+        } else {
+            format!("[{short}](https://huggingface.co/{})", r.model_id)
+        };
         let _ = writeln!(
             out,
-            "| [{short}](https://huggingface.co/{id}) | {family} | {size} | {badge} | {mqs} | {grade} | {coverage} | {gates} | {} | {} | {} | {} | {} | {} |",
+            "| {link} | {family} | {size} | {badge} | {mqs} | {grade} | {coverage} | {gates} | {} | {} | {} | {} | {} | {} |",
             tps(4),
             tps(5),
             tps(0),
             tps(1),
             tps(2),
             tps(3),
-            id = r.model_id,
             family = r.family,
             size = r.parameters,
             badge = badge(r.status),
