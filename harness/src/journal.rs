@@ -35,6 +35,17 @@ impl Outcome {
     pub fn is_pass(self) -> bool {
         self == Outcome::Corroborated
     }
+
+    /// The word the journal writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Corroborated => "corroborated",
+            Outcome::Falsified => "falsified",
+            Outcome::Timeout => "timeout",
+            Outcome::Crashed => "crashed",
+            Outcome::Skipped => "skipped",
+        }
+    }
 }
 
 /// Timings and counts of one generation.

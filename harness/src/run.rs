@@ -969,7 +969,7 @@ fn failure_message(f: &Finding) -> Option<String> {
     if f.outcome.is_pass() {
         return None;
     }
-    let mut m = format!("{} [{}]: {}", outcome_word(f.outcome), f.gate, f.reason);
+    let mut m = format!("{} [{}]: {}", f.outcome.as_str(), f.gate, f.reason);
     if let Some(p) = &f.prompt {
         m.push_str(&format!("\n  prompt: {}", excerpt(p)));
     }
@@ -977,16 +977,6 @@ fn failure_message(f: &Finding) -> Option<String> {
         m.push_str(&format!("\n  output: {}", excerpt(o)));
     }
     Some(m)
-}
-
-fn outcome_word(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Corroborated => "corroborated",
-        Outcome::Falsified => "falsified",
-        Outcome::Timeout => "timeout",
-        Outcome::Crashed => "crashed",
-        Outcome::Skipped => "skipped",
-    }
 }
 
 fn excerpt(s: &str) -> String {

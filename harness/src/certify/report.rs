@@ -40,7 +40,7 @@ pub fn junit(scored: &[(ModelEvidence, Score)]) -> Result<String, quick_junit::S
                         NonSuccessKind::Error
                     };
                     let mut st = TestCaseStatus::non_success(kind);
-                    st.set_message(r.reason.clone()).set_type(outcome_name(r.outcome));
+                    st.set_message(r.reason.clone()).set_type(r.outcome.as_str());
                     if let Some(out) = &r.output {
                         st.set_description(format!("gate: {}\noutput: {out}", r.gate));
                     }
@@ -55,16 +55,6 @@ pub fn junit(scored: &[(ModelEvidence, Score)]) -> Result<String, quick_junit::S
         report.add_test_suite(suite);
     }
     report.to_string()
-}
-
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Corroborated => "corroborated",
-        Outcome::Falsified => "falsified",
-        Outcome::Timeout => "timeout",
-        Outcome::Crashed => "crashed",
-        Outcome::Skipped => "skipped",
-    }
 }
 
 fn gate_mark(s: GatewayState) -> &'static str {
@@ -107,7 +97,7 @@ pub fn markdown(scored: &[(ModelEvidence, Score)]) -> String {
     } else {
         let _ = writeln!(out, "\n### Falsifications ({})\n", failures.len());
         for r in failures.iter().take(20) {
-            let _ = writeln!(out, "- `{}` ({}, {}): {}", r.trial, outcome_name(r.outcome), r.gate, r.reason);
+            let _ = writeln!(out, "- `{}` ({}, {}): {}", r.trial, r.outcome.as_str(), r.gate, r.reason);
         }
         if failures.len() > 20 {
             let _ = writeln!(out, "- … and {} more (see the HTML report)", failures.len() - 20);
@@ -248,7 +238,7 @@ pub fn html(scored: &[(ModelEvidence, Score)]) -> String {
                     out,
                     "<tr class=\"fail\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td></tr>",
                     esc(&r.trial),
-                    outcome_name(r.outcome),
+                    r.outcome.as_str(),
                     esc(&r.gate),
                     esc(&r.reason),
                     esc(r.prompt.as_deref().unwrap_or("")),
