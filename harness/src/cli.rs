@@ -10,7 +10,7 @@ use libtest_mimic::{Arguments, Completion, Trial};
 
 use crate::bind::{Binder, Location};
 use crate::config::Config;
-use crate::engine::{CandleEngine, SessionKey};
+use crate::engine::CandleEngine;
 use crate::expand::{Filter, Plan, TrialRef};
 use crate::journal::Journal;
 use crate::name::TrialName;
@@ -149,11 +149,7 @@ fn build_trials(
                 *ignored.entry(why.clone()).or_default() += 1;
             }
         } else {
-            let key = SessionKey {
-                model: spec.model.id.clone(),
-                format: spec.name.format,
-                backend: spec.name.backend,
-            };
+            let key = crate::run::session_key(&spec);
             ctx.sessions.expect_uses(&key, 1);
             if let Some(reference) = crate::run::reference_key(&spec) {
                 ctx.sessions.expect_uses(&reference, 1);

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::format::apr::{self, AprDType};
+use crate::format::apr;
 use crate::journal::Outcome;
 use crate::matrix::{Format, Quantization};
 
@@ -107,17 +107,16 @@ fn relative_bound(dtype: &str, source_dtype: &str) -> f32 {
     if dtype == source_dtype {
         return 0.0;
     }
+    // Names as `AprDType::name` spells them; widening to F32 must be exact.
     match dtype {
-        d if d == AprDType::F16.name() || d == "F16" => 1e-3,
-        d if d == AprDType::Bf16.name() => 8e-3,
-        d if d == AprDType::AprQ8.name() => 0.5 / 127.0 * 1.01,
-        d if d == AprDType::Q6K.name() => 0.02,
-        d if d == AprDType::AprQ4.name() || d == AprDType::Q4K.name() => 0.08,
-        d if d == AprDType::F32.name() => 0.0,
+        "F16" => 1e-3,
+        "BF16" => 8e-3,
+        "APR Q8" => 0.5 / 127.0 * 1.01,
+        "Q6_K" => 0.02,
+        "APR Q4" | "Q4_K" => 0.08,
         _ => 0.0,
     }
 }
-
 /// Tensors of the derived artifact against the safetensors directory: the embedded tokenizer
 /// equals `tokenizer.json`; every name on both sides
 /// (a tied `lm_head.weight` equal to the embedding may be added), equal shapes (a reversed 2-D

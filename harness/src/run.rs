@@ -137,8 +137,7 @@ impl RunContext {
         playbook_policy: Option<FailurePolicy>,
     ) -> Result<(), String> {
         let started = Instant::now();
-        let key =
-            SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
+        let key = session_key(spec);
         let policy = self.policy_for(playbook_policy);
         let finding = match self.blocked(policy, &key, spec) {
             Some(reason) => Finding::new(Outcome::Skipped, "policy", reason),
@@ -525,7 +524,8 @@ impl RunContext {
         Ok(server)
     }
 
-    /// A property case in `serve`: one non-streamed completion over HTTP.
+    /// A property case in `serve`: one non-streamed completion over HTTP. The reply carries
+    /// text and usage counts, not token ids or a first-token time, so its metrics say only that.
     fn generate_over_http(
         &self,
         spec: &TrialSpec,
@@ -533,10 +533,8 @@ impl RunContext {
         session: &SharedSession,
         prompt: &str,
         deadline: Instant,
-    ) -> Result<Generation, EngineError> {
-        let key =
-            SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend };
-        let server = self.server_for(&key, spec, session).map_err(EngineError::Inference)?;
+    ) -> Result<(Generation, Metrics), EngineError> {
+        let server = self.server_for(&session_key(spec), spec, session).map_err(EngineError::Inference)?;
         let body = serve_client::request_body(
             Endpoint::Completions,
             prompt,
@@ -553,16 +551,22 @@ impl RunContext {
                     EngineError::Inference(e)
                 }
             })?;
-        Ok(Generation {
+        let metrics = Metrics {
+            prompt_tokens: reply.prompt_tokens.map(|n| n as usize),
+            tokens: reply.completion_tokens.map(|n| n as usize),
+            ..Metrics::default()
+        };
+        let generation = Generation {
             text: reply.text,
             tokens: Vec::new(),
-            prompt_tokens: reply.prompt_tokens.unwrap_or(0) as usize,
+            prompt_tokens: metrics.prompt_tokens.unwrap_or(0),
             finish: crate::engine::Finish::Eos,
-            time_to_first_token: reply.latency,
+            time_to_first_token: Duration::ZERO,
             duration: reply.latency,
             first_logits_finite: true,
             leaked_special_tokens: Vec::new(),
-        })
+        };
+        Ok((generation, metrics))
     }
 
     /// A scenario over real HTTP: the completions endpoint with the prompt as `run` lays it out
@@ -720,15 +724,18 @@ impl RunContext {
                     return Err(TestCaseError::fail(reason));
                 }
             };
-            let generated = if modality == Modality::Serve {
-                self.generate_over_http(spec, scenario, session, &prompt, deadline)
+            let (generated, http_metrics) = if modality == Modality::Serve {
+                match self.generate_over_http(spec, scenario, session, &prompt, deadline) {
+                    Ok((g, m)) => (Ok(g), Some(m)),
+                    Err(e) => (Err(e), None),
+                }
             } else {
-                self.generate(spec, scenario, session, &prompt, deadline)
+                (self.generate(spec, scenario, session, &prompt, deadline), None)
             };
             let mut f = match generated {
                 Ok(g) => {
                     let mut f = judge_generation(scenario, &question, &g, templated(spec));
-                    f.metrics = metrics_of(&g);
+                    f.metrics = http_metrics.unwrap_or_else(|| metrics_of(&g));
                     f.output = Some(g.text);
                     f
                 }
@@ -926,11 +933,13 @@ const DIFF_POSITIONS: usize = 16;
 
 /// The safetensors session a logit differential compares against, if the trial is one.
 pub fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
-    matches!(spec.kind, TrialKind::Differential(DiffKind::Logits)).then(|| SessionKey {
-        model: spec.model.id.clone(),
-        format: Format::Safetensors,
-        backend: spec.name.backend,
-    })
+    matches!(spec.kind, TrialKind::Differential(DiffKind::Logits))
+        .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
+}
+
+/// The session a trial runs on: one per `(model, format, backend)`.
+pub fn session_key(spec: &TrialSpec) -> SessionKey {
+    SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend }
 }
 
 /// Whether a trial's prompt comes from the chat template.
