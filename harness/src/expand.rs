@@ -10,6 +10,7 @@ use crate::gate::Gate;
 use crate::matrix::{Backend, Format, Modality};
 use crate::name::{SEP, Tail, TrialName};
 use crate::playbook::{Model, Playbook, Scenario, TierPlan};
+use crate::server_gate::ServerCheck;
 
 /// One trial's coordinates in a [`Plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ enum TailKind {
         index: usize,
     },
     Gate(Gate),
+    /// A server-level check; tiers with the `serve` modality only.
+    ServerGate(ServerCheck),
     /// Regression against golden references; safetensors cells only.
     Golden(GoldenKind),
     /// A derived format against the safetensors ground truth; derived cells only.
@@ -115,6 +118,8 @@ pub enum DiffKind {
     Tensors,
     /// Next-token distributions on the scenario prompts: mean KL divergence and top-1 agreement.
     Logits,
+    /// The chat template renders every conversation to the same text as the ground truth's.
+    ChatPrompt,
 }
 
 impl DiffKind {
@@ -122,6 +127,7 @@ impl DiffKind {
         match self {
             DiffKind::Tensors => "tensors-vs-safetensors",
             DiffKind::Logits => "logits-vs-safetensors",
+            DiffKind::ChatPrompt => "chat-prompt-vs-safetensors",
         }
     }
 }
@@ -133,6 +139,8 @@ pub enum TrialKind {
     Scenario { modality: Modality, scenario: Arc<Scenario> },
     /// A gateway check of the group.
     Gate(Gate),
+    /// A check of the group's server.
+    ServerGate(ServerCheck),
     /// A comparison with the model's golden references.
     Golden(GoldenKind),
     /// A comparison of a derived format with the safetensors ground truth.
@@ -158,7 +166,10 @@ impl TrialSpec {
     pub fn modality(&self) -> Option<Modality> {
         match &self.kind {
             TrialKind::Scenario { modality, .. } => Some(*modality),
-            TrialKind::Gate(_) | TrialKind::Golden(_) | TrialKind::Differential(_) => None,
+            TrialKind::Gate(_)
+            | TrialKind::ServerGate(_)
+            | TrialKind::Golden(_)
+            | TrialKind::Differential(_) => None,
         }
     }
 }
@@ -169,7 +180,7 @@ fn applies(kind: TailKind, format: Format) -> bool {
     match kind {
         TailKind::Golden(_) => format == Format::Safetensors,
         TailKind::Differential(_) => format != Format::Safetensors,
-        TailKind::Scenario { .. } | TailKind::Gate(_) => true,
+        TailKind::Scenario { .. } | TailKind::Gate(_) | TailKind::ServerGate(_) => true,
     }
 }
 
@@ -285,6 +296,7 @@ impl Plan {
                 (TrialKind::Scenario { modality, scenario }, tail)
             }
             TailKind::Gate(g) => (TrialKind::Gate(g), Tail::Gate(g.slug().to_string())),
+            TailKind::ServerGate(c) => (TrialKind::ServerGate(c), Tail::Gate(c.slug().to_string())),
             TailKind::Golden(k) => (TrialKind::Golden(k), Tail::Diff(k.slug().to_string())),
             TailKind::Differential(k) => (TrialKind::Differential(k), Tail::Diff(k.slug().to_string())),
         };
@@ -335,6 +347,14 @@ fn layout(tier: &TierPlan) -> Layout {
     for k in [DiffKind::Tensors, DiffKind::Logits] {
         tails.push((TailKind::Differential(k), String::new()));
     }
+    if tier.modalities.contains(&Modality::Serve) {
+        for c in ServerCheck::ALL {
+            tails.push((TailKind::ServerGate(c), String::new()));
+        }
+    }
+    if tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve)) {
+        tails.push((TailKind::Differential(DiffKind::ChatPrompt), String::new()));
+    }
     // Named by `name_tails`, which knows the scenarios.
     Layout { scenarios: Arc::from(Vec::new()), cells, tails }
 }
@@ -351,6 +371,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                         format!("{modality}{SEP}{}", playbooks[p].scenarios[*index].name)
                     }
                     TailKind::Gate(g) => format!("gate{SEP}{}", g.slug()),
+                    TailKind::ServerGate(c) => format!("gate{SEP}{}", c.slug()),
                     TailKind::Golden(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
                 };
@@ -359,7 +380,10 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
             let scenarios = &playbooks[p].scenarios;
             layout.tails.retain(|(kind, _)| match kind {
                 TailKind::Scenario { modality, index } => scenarios[*index].runs_in(*modality),
-                TailKind::Gate(_) | TailKind::Golden(_) | TailKind::Differential(_) => true,
+                TailKind::Gate(_)
+                | TailKind::ServerGate(_)
+                | TailKind::Golden(_)
+                | TailKind::Differential(_) => true,
             });
             layout.tails.sort_by(|a, b| a.1.cmp(&b.1));
         }

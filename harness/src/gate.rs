@@ -65,10 +65,10 @@ pub struct GateVerdict {
 }
 
 impl GateVerdict {
-    fn pass(reason: impl Into<String>) -> Self {
+    pub fn pass(reason: impl Into<String>) -> Self {
         Self { outcome: Outcome::Corroborated, reason: reason.into(), prompt: None, output: None }
     }
-    fn fail(reason: impl Into<String>) -> Self {
+    pub fn fail(reason: impl Into<String>) -> Self {
         Self { outcome: Outcome::Falsified, reason: reason.into(), prompt: None, output: None }
     }
 }

@@ -24,6 +24,7 @@ pub mod reporter;
 pub mod run;
 pub mod serve;
 pub mod serve_client;
+pub mod server_gate;
 pub mod testmodel;
 
 pub use cli::qualify_main;

@@ -26,7 +26,8 @@ use crate::playbook::{
     FailurePolicy, Input, MessageSpec, Model, Property, Scenario, generator_strategy, seeded_runner,
 };
 use crate::serve::{Server, ServerConfig};
-use crate::serve_client::{self, Endpoint};
+use crate::serve_client::{self, Client, Endpoint};
+use crate::server_gate::{self, Probe, ServerCheck};
 
 /// What every trial of one harness process shares.
 pub struct RunContext {
@@ -237,6 +238,7 @@ impl RunContext {
         } else {
             match &spec.kind {
                 TrialKind::Gate(g) => self.run_gate(*g, spec, &session, &info, deadline),
+                TrialKind::ServerGate(c) => self.run_server_gate(*c, spec, key, &session, &info, deadline),
                 TrialKind::Golden(k) => self.run_golden(*k, spec, &session, &info, deadline),
                 TrialKind::Differential(k) => {
                     self.run_differential(*k, spec, &model_dir, &artifact, &session, &info, deadline)
@@ -316,6 +318,21 @@ impl RunContext {
     ) -> Finding {
         let verdict = match kind {
             DiffKind::Tensors => crate::diff::tensors(model_dir, artifact),
+            DiffKind::ChatPrompt => match ChatTemplate::from_model_dir(model_dir) {
+                Ok(reference) => {
+                    let conversations: Vec<(String, Vec<MessageSpec>)> = spec
+                        .scenarios
+                        .iter()
+                        .filter(|s| s.property.is_none())
+                        .map(|s| (s.name.clone(), messages_of(&s.input)))
+                        .collect();
+                    crate::diff::chat_prompts(reference.as_ref(), info.chat_template.as_ref(), &conversations)
+                }
+                Err(e) => crate::diff::DiffVerdict {
+                    outcome: Outcome::Falsified,
+                    reason: format!("the safetensors chat template: {e}"),
+                },
+            },
             DiffKind::Logits => {
                 let Some(reference_key) = reference_key(spec) else {
                     return Finding::new(Outcome::Falsified, "COMP", "a safetensors cell has no reference");
@@ -544,7 +561,7 @@ impl RunContext {
             false,
         );
         let reply =
-            serve_client::send(&server.base_url(), Endpoint::Completions, &body, deadline).map_err(|e| {
+            Client::new(server.base_url()).send(Endpoint::Completions, &body, deadline).map_err(|e| {
                 if Instant::now() >= deadline {
                     EngineError::Timeout { tokens: 0, partial: String::new() }
                 } else {
@@ -585,14 +602,10 @@ impl RunContext {
             Ok(s) => s,
             Err(e) => return Finding::new(Outcome::Falsified, "serve", e),
         };
+        let client = Client::new(server.base_url());
         let template = info.chat_template.as_ref();
         let prompt = render_run(&spec.model, &scenario.input, template);
-        let messages = match &scenario.input {
-            Input::Prompt(p) => {
-                vec![MessageSpec { role: crate::playbook::spec::Role::User, content: p.clone() }]
-            }
-            Input::Messages(m) => m.clone(),
-        };
+        let messages = messages_of(&scenario.input);
         let mut endpoints = vec![Endpoint::Completions];
         if template.is_some() {
             endpoints.push(Endpoint::ChatCompletions);
@@ -611,7 +624,7 @@ impl RunContext {
                     &sampling,
                     stream,
                 );
-                let reply = match serve_client::send(&server.base_url(), endpoint, &body, deadline) {
+                let reply = match client.send(endpoint, &body, deadline) {
                     Ok(r) => r,
                     Err(e) => {
                         let (outcome, gate) = if Instant::now() >= deadline {
@@ -658,6 +671,42 @@ impl RunContext {
         f.output = first_output;
         f.prompt = Some(prompt);
         f.metrics = metrics;
+        f
+    }
+
+    /// A server-level check of the session's server.
+    fn run_server_gate(
+        &self,
+        check: ServerCheck,
+        spec: &TrialSpec,
+        key: &SessionKey,
+        session: &SharedSession,
+        info: &SessionInfo,
+        deadline: Instant,
+    ) -> Finding {
+        let server = match self.server_for(key, spec, session) {
+            Ok(s) => s,
+            Err(e) => return Finding::new(Outcome::Falsified, "serve", e),
+        };
+        let client = Client::new(server.base_url());
+        let template = info.chat_template.as_ref();
+        let probe = match spec.scenarios.iter().find(|s| s.property.is_none()) {
+            Some(s) => Probe {
+                prompt: render_run(&spec.model, &s.input, template),
+                messages: messages_of(&s.input),
+                max_tokens: s.max_tokens,
+                chat: template.is_some(),
+            },
+            None => Probe {
+                prompt: spec.model.layout("Hello"),
+                messages: messages_of(&Input::Prompt("Hello".into())),
+                max_tokens: 8,
+                chat: template.is_some(),
+            },
+        };
+        let v = server_gate::check(check, &client, &spec.model.id, &probe, deadline);
+        let mut f = Finding::new(v.outcome, "serve", v.reason);
+        f.prompt = v.prompt;
         f
     }
 
@@ -825,7 +874,10 @@ impl RunContext {
             output: finding.output,
             max_tokens: match &spec.kind {
                 TrialKind::Scenario { scenario, .. } => scenario.max_tokens,
-                TrialKind::Gate(_) | TrialKind::Golden(_) | TrialKind::Differential(_) => 0,
+                TrialKind::Gate(_)
+                | TrialKind::ServerGate(_)
+                | TrialKind::Golden(_)
+                | TrialKind::Differential(_) => 0,
             },
             sampling: self.sampling(spec),
             metrics,
@@ -873,6 +925,14 @@ pub fn render(
     }
 }
 
+/// A scenario's input as a conversation: a bare prompt is one user turn.
+fn messages_of(input: &Input) -> Vec<MessageSpec> {
+    match input {
+        Input::Prompt(p) => vec![MessageSpec { role: crate::playbook::spec::Role::User, content: p.clone() }],
+        Input::Messages(m) => m.clone(),
+    }
+}
+
 fn transcript(messages: &[MessageSpec]) -> String {
     let mut out = String::new();
     for m in messages {
@@ -904,6 +964,7 @@ fn category_of(kind: &TrialKind) -> Category {
     match kind {
         TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
         TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
+        TrialKind::ServerGate(_) => Category::Stab,
         TrialKind::Golden(_) => Category::Regr,
         TrialKind::Differential(_) => Category::Comp,
         TrialKind::Scenario { scenario, .. } if scenario.edge_case => Category::Edge,
@@ -1042,3 +1103,4 @@ mod tests {
         assert_eq!(f.outcome, Outcome::Corroborated, "run decodes past special tokens: {}", f.reason);
     }
 }
+

@@ -77,6 +77,19 @@ pub fn request_body(
     body
 }
 
+/// Whether a transport error is the peer closing the connection under us.
+fn closed(t: &ureq::Transport) -> bool {
+    use std::error::Error as _;
+    t.source().and_then(|e| e.downcast_ref::<std::io::Error>()).is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    })
+}
+
 fn text_of(endpoint: Endpoint, choice: &Value, chunk: bool) -> Option<String> {
     let v = match (endpoint, chunk) {
         (Endpoint::Completions, _) => &choice["text"],
@@ -86,84 +99,188 @@ fn text_of(endpoint: Endpoint, choice: &Value, chunk: bool) -> Option<String> {
     v.as_str().map(str::to_string)
 }
 
-/// Sends one request and reads the whole answer, checking its framing.
-pub fn send(base_url: &str, endpoint: Endpoint, body: &Value, deadline: Instant) -> Result<Reply, String> {
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    if timeout.is_zero() {
-        return Err("the trial's timeout passed before the request".into());
+/// A response read whole, whatever its status.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+    pub latency: Duration,
+}
+
+/// An OpenAI-compatible endpoint: its base URL, the bearer key it wants (if any) and the model
+/// name requests carry (servers such as vLLM require one).
+#[derive(Debug, Clone)]
+pub struct Client {
+    base_url: String,
+    api_key: Option<String>,
+    model: Option<String>,
+}
+
+impl Client {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self { base_url: base_url.into().trim_end_matches('/').to_string(), api_key: None, model: None }
     }
-    let stream = body["stream"].as_bool().unwrap_or(false);
-    let url = format!("{}{}", base_url.trim_end_matches('/'), endpoint.path());
-    let started = Instant::now();
-    let response = ureq::post(&url)
-        .timeout(timeout)
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string())
-        .map_err(|e| match e {
-            ureq::Error::Status(code, r) => {
-                format!("{url} answered {code}: {}", r.into_string().unwrap_or_default())
+
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    pub fn with_model(mut self, model: Option<String>) -> Self {
+        self.model = model;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn request(&self, method: &str, path: &str, timeout: Duration) -> ureq::Request {
+        let mut r = ureq::request(method, &format!("{}{path}", self.base_url)).timeout(timeout);
+        if let Some(key) = &self.api_key {
+            r = r.set("Authorization", &format!("Bearer {key}"));
+        }
+        r
+    }
+
+    /// Sends `body` (GET when `None`) and reads the whole response, a 4xx or 5xx included;
+    /// `Err` only when no response came (refused, reset, timed out).
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<RawResponse, String> {
+        self.raw_or_closed(method, path, content_type, body, timeout)?
+            .ok_or_else(|| format!("{method} {}{path}: the server closed the connection", self.base_url))
+    }
+
+    /// As [`Client::raw`], with `Ok(None)` when the server closed the connection before the
+    /// request was sent in full (how servers refuse an oversized body without reading it).
+    pub fn raw_or_closed(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Option<RawResponse>, String> {
+        let started = Instant::now();
+        let request = self.request(method, path, timeout);
+        let result = match body {
+            Some(b) => request.set("Content-Type", content_type).send_bytes(b),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) if closed(&t) => return Ok(None),
+            Err(e) => return Err(format!("{method} {}{path} failed: {e}", self.base_url)),
+        };
+        let status = response.status();
+        let content_type = response.header("Content-Type").unwrap_or_default().to_string();
+        let body = response.into_string().map_err(|e| format!("failed to read the response: {e}"))?;
+        Ok(Some(RawResponse { status, content_type, body, latency: started.elapsed() }))
+    }
+
+    /// Sends one request and reads the whole answer, checking its framing: a JSON object
+    /// (`application/json`), or server-sent events (`text/event-stream`) of JSON chunks ending
+    /// in `data: [DONE]`.
+    pub fn send(&self, endpoint: Endpoint, body: &Value, deadline: Instant) -> Result<Reply, String> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err("the trial's timeout passed before the request".into());
+        }
+        let mut body = body.clone();
+        if let Some(model) = &self.model
+            && body.get("model").is_none()
+        {
+            body["model"] = json!(model);
+        }
+        let stream = body["stream"].as_bool().unwrap_or(false);
+        let url = format!("{}{}", self.base_url, endpoint.path());
+        let started = Instant::now();
+        let response = self
+            .request("POST", endpoint.path(), timeout)
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string())
+            .map_err(|e| match e {
+                ureq::Error::Status(code, r) => {
+                    format!("{url} answered {code}: {}", r.into_string().unwrap_or_default())
+                }
+                other => format!("request to {url} failed: {other}"),
+            })?;
+        let content_type = response.header("Content-Type").unwrap_or_default().to_string();
+        let expected = if stream { "text/event-stream" } else { "application/json" };
+        if !content_type.starts_with(expected) {
+            return Err(format!("the response's Content-Type is {content_type:?}, not {expected}"));
+        }
+        if !stream {
+            let text = response.into_string().map_err(|e| format!("failed to read the response: {e}"))?;
+            let v: Value =
+                serde_json::from_str(&text).map_err(|e| format!("the response is not JSON ({e}): {text}"))?;
+            let answer = text_of(endpoint, &v["choices"][0], false)
+                .ok_or_else(|| format!("the response has no answer text: {text}"))?;
+            return Ok(Reply {
+                text: answer,
+                prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
+                completion_tokens: v["usage"]["completion_tokens"].as_u64(),
+                latency: started.elapsed(),
+                first_text: None,
+            });
+        }
+        let mut reader = BufReader::new(response.into_reader());
+        let mut text = String::new();
+        let mut first_text = None;
+        let mut usage = Value::Null;
+        let mut done = false;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(|e| format!("failed to read the event stream: {e}"))?;
+            if n == 0 {
+                break;
             }
-            other => format!("request to {url} failed: {other}"),
-        })?;
-    if !stream {
-        let text = response.into_string().map_err(|e| format!("failed to read the response: {e}"))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("the response is not JSON ({e}): {text}"))?;
-        let answer = text_of(endpoint, &v["choices"][0], false)
-            .ok_or_else(|| format!("the response has no answer text: {text}"))?;
-        return Ok(Reply {
-            text: answer,
-            prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
-            completion_tokens: v["usage"]["completion_tokens"].as_u64(),
+            let l = line.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                continue;
+            }
+            if done {
+                return Err(format!("an event after `data: [DONE]`: {l:?}"));
+            }
+            let data = l.strip_prefix("data: ").ok_or_else(|| format!("not an SSE data line: {l:?}"))?;
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let v: Value =
+                serde_json::from_str(data).map_err(|e| format!("an event is not JSON ({e}): {data}"))?;
+            if let Some(err) = v.get("error") {
+                return Err(format!("the stream reported an error: {err}"));
+            }
+            if let Some(piece) = text_of(endpoint, &v["choices"][0], true).filter(|p| !p.is_empty()) {
+                first_text.get_or_insert_with(|| started.elapsed());
+                text.push_str(&piece);
+            }
+            if v.get("usage").is_some_and(|u| !u.is_null()) {
+                usage = v["usage"].clone();
+            }
+        }
+        if !done {
+            return Err("the event stream ended without `data: [DONE]`".into());
+        }
+        Ok(Reply {
+            text,
+            prompt_tokens: usage["prompt_tokens"].as_u64(),
+            completion_tokens: usage["completion_tokens"].as_u64(),
             latency: started.elapsed(),
-            first_text: None,
-        });
+            first_text,
+        })
     }
-    let mut reader = BufReader::new(response.into_reader());
-    let mut text = String::new();
-    let mut first_text = None;
-    let mut usage = Value::Null;
-    let mut done = false;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(|e| format!("failed to read the event stream: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            continue;
-        }
-        if done {
-            return Err(format!("an event after `data: [DONE]`: {l:?}"));
-        }
-        let data = l.strip_prefix("data: ").ok_or_else(|| format!("not an SSE data line: {l:?}"))?;
-        if data == "[DONE]" {
-            done = true;
-            continue;
-        }
-        let v: Value =
-            serde_json::from_str(data).map_err(|e| format!("an event is not JSON ({e}): {data}"))?;
-        if let Some(err) = v.get("error") {
-            return Err(format!("the stream reported an error: {err}"));
-        }
-        if let Some(piece) = text_of(endpoint, &v["choices"][0], true).filter(|p| !p.is_empty()) {
-            first_text.get_or_insert_with(|| started.elapsed());
-            text.push_str(&piece);
-        }
-        if v.get("usage").is_some_and(|u| !u.is_null()) {
-            usage = v["usage"].clone();
-        }
-    }
-    if !done {
-        return Err("the event stream ended without `data: [DONE]`".into());
-    }
-    Ok(Reply {
-        text,
-        prompt_tokens: usage["prompt_tokens"].as_u64(),
-        completion_tokens: usage["completion_tokens"].as_u64(),
-        latency: started.elapsed(),
-        first_text,
-    })
 }

@@ -1,0 +1,522 @@
+//! Server-level gates: checks of an OpenAI-compatible server as a server, one trial each per
+//! `(model, format, backend)` whose tier has the `serve` modality. They talk to any base URL, so
+//! the same checks qualify this project's server and an external one (`engine: openai`).
+//!
+//! They score in STAB; they are not gateways (a slow health check does not zero the MQS).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::engine::Sampling;
+use crate::gate::GateVerdict;
+use crate::journal::Outcome;
+use crate::playbook::MessageSpec;
+use crate::serve_client::{Client, Endpoint, RawResponse, request_body};
+
+/// `GET /health` must answer within this.
+pub const HEALTH_LIMIT: Duration = Duration::from_millis(1000);
+/// How many requests `serve-concurrent` sends at once.
+pub const CONCURRENT_CLIENTS: usize = 8;
+/// The body `serve-bad-requests` sends as oversized: larger than any sane prompt limit.
+const OVERSIZED_BYTES: usize = 8 << 20;
+
+/// One server-level check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerCheck {
+    /// `GET /health` answers 200 within [`HEALTH_LIMIT`]; `GET /v1/models` lists the model.
+    Health,
+    /// Whole responses of both endpoints are JSON objects of the OpenAI shape, usage adding up.
+    Json,
+    /// Streamed responses are well-framed server-sent events ending in `data: [DONE]`, and
+    /// their pieces add up to the whole response.
+    Sse,
+    /// The same request at temperature 0 gives the same answer every time.
+    Deterministic,
+    /// [`CONCURRENT_CLIENTS`] requests at once all succeed with the sequential answer.
+    Concurrent,
+    /// Malformed requests get a 400 (an oversized body 400 or 413) with an error object, and
+    /// the server stays up.
+    BadRequests,
+}
+
+impl ServerCheck {
+    pub const ALL: [ServerCheck; 6] = [
+        ServerCheck::Health,
+        ServerCheck::Json,
+        ServerCheck::Sse,
+        ServerCheck::Deterministic,
+        ServerCheck::Concurrent,
+        ServerCheck::BadRequests,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            ServerCheck::Health => "serve-health",
+            ServerCheck::Json => "serve-json",
+            ServerCheck::Sse => "serve-sse",
+            ServerCheck::Deterministic => "serve-deterministic",
+            ServerCheck::Concurrent => "serve-concurrent",
+            ServerCheck::BadRequests => "serve-bad-requests",
+        }
+    }
+}
+
+/// What the checks send: the first scenario as a prompt and as a conversation.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub prompt: String,
+    pub messages: Vec<MessageSpec>,
+    pub max_tokens: u32,
+    /// Whether the chat endpoint is exercised too (the model has a chat template, or the
+    /// server applies its own).
+    pub chat: bool,
+}
+
+impl Probe {
+    fn endpoints(&self) -> Vec<Endpoint> {
+        let mut e = vec![Endpoint::Completions];
+        if self.chat {
+            e.push(Endpoint::ChatCompletions);
+        }
+        e
+    }
+
+    fn body(&self, endpoint: Endpoint, stream: bool) -> Value {
+        request_body(endpoint, &self.prompt, &self.messages, self.max_tokens, &Sampling::Greedy, stream)
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Runs one check against the server at `client`.
+pub fn check(check: ServerCheck, client: &Client, model: &str, probe: &Probe, deadline: Instant) -> GateVerdict {
+    let result = match check {
+        ServerCheck::Health => health(client, model, deadline),
+        ServerCheck::Json => json_shape(client, probe, deadline),
+        ServerCheck::Sse => sse(client, probe, deadline),
+        ServerCheck::Deterministic => deterministic(client, probe, deadline),
+        ServerCheck::Concurrent => concurrent(client, probe, deadline),
+        ServerCheck::BadRequests => bad_requests(client, deadline),
+    };
+    match result {
+        Ok(reason) => GateVerdict::pass(reason),
+        Err(reason) if Instant::now() >= deadline => GateVerdict {
+            outcome: Outcome::Timeout,
+            reason: format!("{}: the trial's timeout passed: {reason}", check.slug()),
+            prompt: None,
+            output: None,
+        },
+        Err(reason) => {
+            let mut v = GateVerdict::fail(format!("{}: {reason}", check.slug()));
+            v.prompt = Some(probe.prompt.clone());
+            v
+        }
+    }
+}
+
+fn health(client: &Client, model: &str, deadline: Instant) -> Result<String, String> {
+    let r = client.raw("GET", "/health", "", None, remaining(deadline).min(HEALTH_LIMIT * 5))?;
+    if r.status != 200 {
+        return Err(format!("GET /health answered {}: {}", r.status, excerpt(&r.body)));
+    }
+    if r.latency > HEALTH_LIMIT {
+        return Err(format!(
+            "GET /health took {:.0} ms (limit {} ms)",
+            r.latency.as_secs_f64() * 1e3,
+            HEALTH_LIMIT.as_millis()
+        ));
+    }
+    let m = client.raw("GET", "/v1/models", "", None, remaining(deadline))?;
+    let v = json_object(&m, "GET /v1/models")?;
+    let ids: Vec<&str> =
+        v["data"].as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect()).unwrap_or_default();
+    if !ids.contains(&model) {
+        return Err(format!("GET /v1/models lists {ids:?}, not {model:?}"));
+    }
+    Ok(format!(
+        "GET /health answered 200 in {:.1} ms; GET /v1/models lists {model}",
+        r.latency.as_secs_f64() * 1e3
+    ))
+}
+
+fn json_object(r: &RawResponse, what: &str) -> Result<Value, String> {
+    if r.status != 200 {
+        return Err(format!("{what} answered {}: {}", r.status, excerpt(&r.body)));
+    }
+    if !r.content_type.starts_with("application/json") {
+        return Err(format!("{what}: Content-Type is {:?}, not application/json", r.content_type));
+    }
+    let v: Value =
+        serde_json::from_str(&r.body).map_err(|e| format!("{what}: not JSON ({e}): {}", excerpt(&r.body)))?;
+    if !v.is_object() {
+        return Err(format!("{what}: not a JSON object: {}", excerpt(&r.body)));
+    }
+    Ok(v)
+}
+
+fn post(client: &Client, endpoint: Endpoint, body: &Value, deadline: Instant) -> Result<RawResponse, String> {
+    let mut body = body.clone();
+    if let Some(m) = client.model() {
+        body["model"] = json!(m);
+    }
+    client.raw("POST", endpoint.path(), "application/json", Some(body.to_string().as_bytes()), remaining(deadline))
+}
+
+fn json_shape(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+    let mut seen = Vec::new();
+    for endpoint in probe.endpoints() {
+        let what = format!("POST {}", endpoint.path());
+        let v = json_object(&post(client, endpoint, &probe.body(endpoint, false), deadline)?, &what)?;
+        let (object, text) = match endpoint {
+            Endpoint::Completions => ("text_completion", &v["choices"][0]["text"]),
+            Endpoint::ChatCompletions => ("chat.completion", &v["choices"][0]["message"]["content"]),
+        };
+        let mut problems = Vec::new();
+        if v["object"] != object {
+            problems.push(format!("`object` is {}, not {object:?}", v["object"]));
+        }
+        if !v["id"].is_string() {
+            problems.push("no string `id`".to_string());
+        }
+        if !text.is_string() {
+            problems.push("no answer text in choices[0]".to_string());
+        }
+        if !v["choices"][0]["finish_reason"].is_string() {
+            problems.push("no `finish_reason` in choices[0]".to_string());
+        }
+        let u = &v["usage"];
+        match (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64(), u["total_tokens"].as_u64()) {
+            (Some(p), Some(c), Some(t)) => {
+                if p + c != t {
+                    problems.push(format!("usage does not add up: {p} + {c} != {t}"));
+                }
+                if c > u64::from(probe.max_tokens) {
+                    problems.push(format!("{c} completion tokens for max_tokens {}", probe.max_tokens));
+                }
+            }
+            _ => problems.push(format!("usage lacks token counts: {u}")),
+        }
+        if !problems.is_empty() {
+            return Err(format!("{what}: {}", problems.join("; ")));
+        }
+        seen.push(what);
+    }
+    Ok(format!("{}: JSON objects of the OpenAI shape, usage adding up", seen.join(" and ")))
+}
+
+fn sse(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+    let mut events = Vec::new();
+    for endpoint in probe.endpoints() {
+        let whole = client.send(endpoint, &probe.body(endpoint, false), deadline)?;
+        let streamed = client
+            .send(endpoint, &probe.body(endpoint, true), deadline)
+            .map_err(|e| format!("POST {} (stream): {e}", endpoint.path()))?;
+        if streamed.text != whole.text {
+            return Err(format!(
+                "POST {}: the streamed pieces add up to {:?}, the whole response says {:?}",
+                endpoint.path(),
+                streamed.text,
+                whole.text
+            ));
+        }
+        events.push(endpoint.path());
+    }
+    Ok(format!(
+        "{}: event streams well framed, ending in [DONE], adding up to the whole response",
+        events.join(" and ")
+    ))
+}
+
+fn deterministic(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+    const REPEATS: usize = 3;
+    for endpoint in probe.endpoints() {
+        let body = probe.body(endpoint, false);
+        let first = client.send(endpoint, &body, deadline)?.text;
+        for i in 1..REPEATS {
+            let again = client.send(endpoint, &body, deadline)?.text;
+            if again != first {
+                return Err(format!(
+                    "POST {} at temperature 0: request {} answered {again:?}, request 1 {first:?}",
+                    endpoint.path(),
+                    i + 1
+                ));
+            }
+        }
+    }
+    Ok(format!("{REPEATS} identical answers at temperature 0 on each endpoint"))
+}
+
+fn concurrent(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+    let body = probe.body(Endpoint::Completions, false);
+    let expected = client.send(Endpoint::Completions, &body, deadline)?.text;
+    let started = Instant::now();
+    let replies: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CONCURRENT_CLIENTS)
+            .map(|_| s.spawn(|| client.send(Endpoint::Completions, &body, deadline).map(|r| r.text)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("the client thread panicked".into())))
+            .collect()
+    });
+    let wall = started.elapsed();
+    for (i, r) in replies.iter().enumerate() {
+        match r {
+            Err(e) => return Err(format!("request {} of {CONCURRENT_CLIENTS} at once failed: {e}", i + 1)),
+            Ok(text) if *text != expected => {
+                return Err(format!(
+                    "request {} of {CONCURRENT_CLIENTS} at once answered {text:?}, alone {expected:?}",
+                    i + 1
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(format!(
+        "{CONCURRENT_CLIENTS} requests at once all answered as one alone, in {:.0} ms",
+        wall.as_secs_f64() * 1e3
+    ))
+}
+
+/// `(what, endpoint, body, statuses accepted)`.
+fn malformed() -> Vec<(&'static str, Endpoint, Vec<u8>, &'static [u16])> {
+    let c = Endpoint::Completions;
+    let chat = Endpoint::ChatCompletions;
+    let mut oversized = br#"{"prompt": ""#.to_vec();
+    oversized.resize(OVERSIZED_BYTES, b'a');
+    oversized.extend_from_slice(br#"", "max_tokens": 1}"#);
+    vec![
+        ("malformed JSON", c, br#"{"prompt": "2 + 2 =", "max_tokens": "#.to_vec(), &[400]),
+        ("a JSON array", c, b"[1, 2, 3]".to_vec(), &[400]),
+        ("no prompt", c, br#"{"max_tokens": 4}"#.to_vec(), &[400]),
+        ("a prompt that is a number", c, br#"{"prompt": 42, "max_tokens": 4}"#.to_vec(), &[400]),
+        ("max_tokens of a billion", c, br#"{"prompt": "hi", "max_tokens": 1000000000}"#.to_vec(), &[400]),
+        ("negative max_tokens", c, br#"{"prompt": "hi", "max_tokens": -5}"#.to_vec(), &[400]),
+        ("temperature 1e9", c, br#"{"prompt": "hi", "max_tokens": 2, "temperature": 1e9}"#.to_vec(), &[400]),
+        ("no messages", chat, br#"{"max_tokens": 4}"#.to_vec(), &[400]),
+        ("an empty message list", chat, br#"{"messages": [], "max_tokens": 4}"#.to_vec(), &[400]),
+        ("a message without a role", chat, br#"{"messages": [{"content": "hi"}]}"#.to_vec(), &[400]),
+        ("an 8 MiB body", c, oversized, &[400, 413]),
+    ]
+}
+
+fn bad_requests(client: &Client, deadline: Instant) -> Result<String, String> {
+    let cases = malformed();
+    let mut closed = Vec::new();
+    for (what, endpoint, body, accepted) in &cases {
+        let label = format!("{what} to {}", endpoint.path());
+        let sent = client.raw_or_closed("POST", endpoint.path(), "application/json", Some(body), remaining(deadline))?;
+        let r = match sent {
+            Some(r) => r,
+            // Refusing an oversized body by closing the connection before reading it is fair;
+            // the server must still be up afterwards (checked below).
+            None if body.len() >= OVERSIZED_BYTES => {
+                closed.push(label);
+                continue;
+            }
+            None => return Err(format!("{label}: the server closed the connection without answering")),
+        };
+        if !accepted.contains(&r.status) {
+            return Err(format!("{label} answered {}, not {accepted:?}: {}", r.status, excerpt(&r.body)));
+        }
+        let v: Value = serde_json::from_str(&r.body)
+            .map_err(|e| format!("{label}: the {} body is not JSON ({e}): {}", r.status, excerpt(&r.body)))?;
+        if !v["error"]["message"].is_string() {
+            return Err(format!("{label}: no OpenAI error object (`error.message`): {}", excerpt(&r.body)));
+        }
+    }
+    let r = client.raw("GET", "/health", "", None, remaining(deadline))?;
+    if r.status != 200 {
+        return Err(format!("after the malformed requests GET /health answered {}", r.status));
+    }
+    let mut reason =
+        format!("{} malformed requests were refused with a 4xx and an error object", cases.len() - closed.len());
+    if !closed.is_empty() {
+        reason.push_str(&format!(", {} by closing the connection ({})", closed.len(), closed.join(", ")));
+    }
+    reason.push_str("; the server stayed up");
+    Ok(reason)
+}
+
+fn excerpt(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each check against a server with one planted fault: the check names it, and a server
+    //! without faults passes every check (no false alarm). The real server's checks run in
+    //! `tests/serve.rs` and in every qa-tiny `serve` cell.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{StatusCode, Uri, header};
+    use axum::response::{IntoResponse, Response};
+
+    use super::*;
+    use crate::playbook::spec::Role;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        None,
+        SlowHealth,
+        OtherModel,
+        NoUsage,
+        NoDone,
+        StreamDiffers,
+        Nondeterministic,
+        BusyWhenConcurrent,
+        AcceptsAnything,
+    }
+
+    struct Fake {
+        fault: Fault,
+        calls: AtomicUsize,
+        in_flight: AtomicUsize,
+    }
+
+    fn json_response(status: StatusCode, v: Value) -> Response {
+        (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    }
+
+    async fn handle(State(fake): State<Arc<Fake>>, uri: Uri, body: Bytes) -> Response {
+        let call = fake.calls.fetch_add(1, Ordering::SeqCst);
+        let chat = uri.path() == "/v1/chat/completions";
+        match uri.path() {
+            "/health" => {
+                if fake.fault == Fault::SlowHealth {
+                    tokio::time::sleep(HEALTH_LIMIT + Duration::from_millis(300)).await;
+                }
+                return json_response(StatusCode::OK, json!({"status": "ok"}));
+            }
+            "/v1/models" => {
+                let id = if fake.fault == Fault::OtherModel { "someone-else" } else { "m" };
+                return json_response(StatusCode::OK, json!({"object": "list", "data": [{"id": id}]}));
+            }
+            _ => {}
+        }
+        let request: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) if fake.fault != Fault::AcceptsAnything => {
+                return json_response(StatusCode::BAD_REQUEST, json!({"error": {"message": "bad JSON"}}));
+            }
+            Err(_) => json!({}),
+        };
+        let well_formed = if chat {
+            request["messages"].as_array().is_some_and(|m| !m.is_empty() && m.iter().all(|m| m["role"].is_string()))
+        } else {
+            request["prompt"].is_string()
+        } && request["max_tokens"].as_u64().is_some_and(|n| n <= 4096)
+            && request["temperature"].as_f64().is_none_or(|t| t <= 2.0);
+        if !well_formed && fake.fault != Fault::AcceptsAnything {
+            return json_response(StatusCode::BAD_REQUEST, json!({"error": {"message": "bad request"}}));
+        }
+        if fake.fault == Fault::BusyWhenConcurrent {
+            let before = fake.in_flight.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            fake.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if before > 0 {
+                return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": {"message": "busy"}}));
+            }
+        }
+        let text = if fake.fault == Fault::Nondeterministic { format!("4 ({call})") } else { "4".to_string() };
+        if request["stream"] == json!(true) {
+            let piece = |t: &str| {
+                if chat {
+                    json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]})
+                } else {
+                    json!({"object": "text_completion", "choices": [{"index": 0, "text": t}]})
+                }
+            };
+            let streamed = if fake.fault == Fault::StreamDiffers { "5" } else { text.as_str() };
+            let mut events = format!("data: {}\n\n", piece(streamed));
+            if fake.fault != Fault::NoDone {
+                events.push_str("data: [DONE]\n\n");
+            }
+            return (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], events).into_response();
+        }
+        let (object, choice) = if chat {
+            ("chat.completion", json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}))
+        } else {
+            ("text_completion", json!({"index": 0, "text": text, "finish_reason": "stop"}))
+        };
+        let mut v = json!({"id": "x", "object": object, "choices": [choice],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}});
+        if fake.fault == Fault::NoUsage {
+            v.as_object_mut().map(|o| o.remove("usage"));
+        }
+        json_response(StatusCode::OK, v)
+    }
+
+    /// Serves the fake on an ephemeral port for as long as the returned runtime lives.
+    fn start(fault: Fault) -> (tokio::runtime::Runtime, Client) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let fake = Arc::new(Fake { fault, calls: AtomicUsize::new(0), in_flight: AtomicUsize::new(0) });
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(fake);
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        (runtime, Client::new(format!("http://{addr}")))
+    }
+
+    fn probe() -> Probe {
+        Probe {
+            prompt: "What is 2 + 2?".into(),
+            messages: vec![MessageSpec { role: Role::User, content: "What is 2 + 2?".into() }],
+            max_tokens: 4,
+            chat: true,
+        }
+    }
+
+    fn verdict(fault: Fault, c: ServerCheck) -> GateVerdict {
+        let (_runtime, client) = start(fault);
+        check(c, &client, "m", &probe(), Instant::now() + Duration::from_secs(30))
+    }
+
+    #[test]
+    fn a_server_without_faults_passes_every_check() {
+        for c in ServerCheck::ALL {
+            let v = verdict(Fault::None, c);
+            assert_eq!(v.outcome, Outcome::Corroborated, "{}: {}", c.slug(), v.reason);
+        }
+    }
+
+    #[test]
+    fn each_planted_fault_fails_its_check_and_says_what() {
+        let cases = [
+            (Fault::SlowHealth, ServerCheck::Health, "GET /health took"),
+            (Fault::OtherModel, ServerCheck::Health, "not \"m\""),
+            (Fault::NoUsage, ServerCheck::Json, "usage lacks token counts"),
+            (Fault::NoDone, ServerCheck::Sse, "without `data: [DONE]`"),
+            (Fault::StreamDiffers, ServerCheck::Sse, "the streamed pieces add up to \"5\""),
+            (Fault::Nondeterministic, ServerCheck::Deterministic, "at temperature 0"),
+            (Fault::BusyWhenConcurrent, ServerCheck::Concurrent, "503"),
+            (Fault::AcceptsAnything, ServerCheck::BadRequests, "malformed JSON to /v1/completions answered 200"),
+        ];
+        for (fault, c, says) in cases {
+            let v = verdict(fault, c);
+            assert_eq!(v.outcome, Outcome::Falsified, "{fault:?} passed {}: {}", c.slug(), v.reason);
+            assert!(v.reason.starts_with(c.slug()) && v.reason.contains(says), "{fault:?}: {}", v.reason);
+        }
+    }
+
+    #[test]
+    fn a_server_that_is_not_there_fails_without_hanging() {
+        let client = Client::new("http://127.0.0.1:9");
+        let started = Instant::now();
+        let v = check(ServerCheck::Health, &client, "m", &probe(), Instant::now() + Duration::from_secs(5));
+        assert_eq!(v.outcome, Outcome::Falsified, "{}", v.reason);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
