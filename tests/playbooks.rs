@@ -6,6 +6,7 @@ use std::path::Path;
 
 use datatest_stable::Utf8Path;
 use modelqa::expand::{Filter, Plan};
+use modelqa::matrix::Modality;
 use modelqa::playbook;
 
 type Result = datatest_stable::Result<()>;
@@ -77,12 +78,17 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::matrix::Format::Safetensors));
     // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
-    // safetensors cell, two differential trials (tensors, logits) per derived-format cell.
+    // safetensors cell, two differential trials (tensors, logits) per derived-format cell, plus
+    // the rendered chat prompt where the tier chats or serves, and six server-level gates per
+    // cell where it serves.
     let safetensors_cells = safetensors * tier.backends.len();
+    let chats = tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve));
+    let serves = tier.modalities.contains(&Modality::Serve);
     let expected = per_scenario * tier.scenario_count
         + 5 * cells
         + 2 * safetensors_cells
-        + 2 * (cells - safetensors_cells);
+        + (2 + usize::from(chats)) * (cells - safetensors_cells)
+        + if serves { 6 * cells } else { 0 };
     let plan = Plan::new(pbs.clone());
     if plan.total() != expected {
         return Err(format!("{path}: {} trials, expected {expected}", plan.total()).into());

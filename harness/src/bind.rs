@@ -127,6 +127,12 @@ impl Binder {
         if let Some(why) = backend_reason {
             return Some(why);
         }
+        self.files_reason(model, format)
+    }
+
+    /// Why the model's files in `format` are not available here (an external engine that runs
+    /// on the files but brings its own backend asks only this).
+    pub fn files_reason(&mut self, model: &Model, format: Format) -> Option<String> {
         if let Some(why) = format.unsupported_reason() {
             return Some(why.to_string());
         }

@@ -11,9 +11,11 @@ use libtest_mimic::{Arguments, Completion, Trial};
 use crate::bind::{Binder, Location};
 use crate::config::Config;
 use crate::engine::CandleEngine;
-use crate::expand::{Filter, Plan, TrialRef};
+use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
+use crate::gate::Gate;
 use crate::journal::Journal;
 use crate::name::TrialName;
+use crate::playbook::spec::EngineSpec;
 use crate::reporter::{self, exit};
 use crate::run::RunContext;
 
@@ -96,11 +98,8 @@ fn list(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut write = |r: TrialRef, name: &str| -> bool {
-        if only_ignored {
-            let (model, format, backend) = plan.bind_key(r);
-            if binder.ignore_reason(model, format, backend).is_none() {
-                return true;
-            }
+        if only_ignored && ignore_reason(binder, &plan.spec(r)).is_none() {
+            return true;
         }
         writeln!(out, "{name}: test").is_ok()
     };
@@ -125,6 +124,42 @@ fn list(
     ExitCode::from(exit::OK)
 }
 
+/// Why a trial cannot run here on its engine, or `None` when it can. External engines show no
+/// logits; an OpenAI-compatible server shows no files either; both bring their own backends.
+fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+    let (model, format) = (&spec.model, spec.name.format);
+    let kind = &spec.kind;
+    let no_logits =
+        matches!(kind, TrialKind::Golden(GoldenKind::Logits) | TrialKind::Differential(DiffKind::Logits));
+    let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
+    match &spec.engine {
+        EngineSpec::Embedded => binder.ignore_reason(model, format, spec.name.backend),
+        EngineSpec::Openai { .. } => {
+            if no_logits {
+                Some("the openai engine returns no logits".into())
+            } else if own_prompts {
+                Some("the openai engine lays conversations out itself; its prompts are not shown".into())
+            } else if matches!(
+                kind,
+                TrialKind::Gate(Gate::Integrity) | TrialKind::Differential(DiffKind::Tensors)
+            ) {
+                Some("the openai engine's model files are on its server".into())
+            } else {
+                None
+            }
+        }
+        EngineSpec::Command { .. } => {
+            if no_logits {
+                Some("the command engine returns no logits".into())
+            } else if own_prompts {
+                Some("the command engine is handed prompts the harness lays out".into())
+            } else {
+                binder.files_reason(model, format)
+            }
+        }
+    }
+}
+
 fn build_trials(
     plan: &Plan,
     selected: &[TrialRef],
@@ -137,10 +172,12 @@ fn build_trials(
     let runs_ignored = args.ignored || args.include_ignored;
     for r in selected {
         let spec = plan.spec(*r);
-        let reason = binder.ignore_reason(&spec.model, spec.name.format, spec.name.backend);
-        let model_dir: Option<PathBuf> = match binder.locate(&spec.model) {
-            Location::Found(dir) => Some(dir.clone()),
-            Location::Missing(_) => None,
+        let reason = ignore_reason(binder, &spec);
+        let model_dir: Option<PathBuf> = match (&spec.engine, binder.locate(&spec.model)) {
+            // An OpenAI-compatible server holds the model; nothing is read here.
+            (EngineSpec::Openai { .. }, _) => Some(PathBuf::new()),
+            (_, Location::Found(dir)) => Some(dir.clone()),
+            (_, Location::Missing(_)) => None,
         };
         let name = spec.full_name.clone();
         let policy = plan.playbooks()[spec.playbook].failure_policy;

@@ -312,8 +312,10 @@ mod tests {
     use super::*;
 
     fn template(source: &str) -> ChatTemplate {
-        ChatTemplate::from_tokenizer_config(&serde_json::json!({"chat_template": source, "eos_token": "</s>"}))
-            .expect("a template")
+        ChatTemplate::from_tokenizer_config(
+            &serde_json::json!({"chat_template": source, "eos_token": "</s>"}),
+        )
+        .expect("a template")
     }
 
     #[test]

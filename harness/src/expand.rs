@@ -159,6 +159,8 @@ pub struct TrialSpec {
     pub scenarios: Arc<[Arc<Scenario>]>,
     pub playbook: usize,
     pub source: std::path::PathBuf,
+    /// The engine under test.
+    pub engine: crate::playbook::spec::EngineSpec,
 }
 
 impl TrialSpec {
@@ -318,6 +320,7 @@ impl Plan {
             scenarios: Arc::clone(&layout.scenarios),
             playbook: group.playbook,
             source: pb.source.clone(),
+            engine: pb.engine.clone(),
         }
     }
 }

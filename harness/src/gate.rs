@@ -5,10 +5,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::Instant;
 
-use crate::engine::{EngineError, GenerateRequest, Sampling, SharedSession};
+use crate::engine::{EngineError, GenerateRequest, Generation, Sampling, SharedSession};
 use crate::journal::Outcome;
 use crate::oracle::{GarbageConfig, garbage_reason};
-use crate::playbook::{Model, Scenario};
+use crate::playbook::{MessageSpec, Model, Scenario};
 
 /// A gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,14 +134,22 @@ pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
             output: None,
         },
         Err(e) => GateVerdict::fail(format!("basic inference failed: {e}")),
-        Ok(g) if !g.first_logits_finite => {
+        Ok(g) if g.first_logits_finite == Some(false) => {
             GateVerdict::fail("the first step's logits hold NaN or infinite values")
         }
-        Ok(g) if g.tokens.is_empty() => {
+        Ok(g) if g.token_count == Some(0) || (g.token_count.is_none() && g.text.is_empty()) => {
             GateVerdict::fail("the model ended the sequence before producing any token")
         }
         Ok(g) => {
-            let mut v = GateVerdict::pass(format!("{} tokens with finite logits", g.tokens.len()));
+            let produced = match g.token_count {
+                Some(n) => format!("{n} tokens"),
+                None => format!("{} characters", g.text.chars().count()),
+            };
+            let logits = match g.first_logits_finite {
+                Some(_) => "with finite logits",
+                None => "(the engine shows no logits)",
+            };
+            let mut v = GateVerdict::pass(format!("{produced} {logits}"));
             v.output = Some(g.text);
             v
         }
@@ -160,7 +168,7 @@ pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
     let first = run(prompt, 16);
     let second = run(prompt, 16);
     match (&first, &second) {
-        (Ok(Ok(a)), Ok(Ok(b))) if a.tokens != b.tokens => {
+        (Ok(Ok(a)), Ok(Ok(b))) if a.tokens != b.tokens || a.text != b.text => {
             return GateVerdict::fail(format!(
                 "greedy output changed between two runs: {:?} then {:?}",
                 a.text, b.text
@@ -205,19 +213,11 @@ pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
 }
 
 /// G4: no scenario's output is garbage.
-pub fn quality(
-    session: &SharedSession,
-    scenarios: &[(String, String, u32)],
-    deadline: Instant,
-) -> GateVerdict {
+pub fn quality(session: &SharedSession, scenarios: &[Ask], deadline: Instant) -> GateVerdict {
     let cfg = GarbageConfig::default();
-    for (name, prompt, max_tokens) in scenarios {
-        let result = session.lock().unwrap_or_else(|p| p.into_inner()).generate(&greedy(
-            prompt,
-            *max_tokens,
-            deadline,
-        ));
-        match result {
+    for ask in scenarios {
+        let (name, prompt) = (&ask.name, &ask.prompt);
+        match ask.generate(session, deadline) {
             Err(EngineError::Timeout { .. }) => {
                 return GateVerdict {
                     outcome: Outcome::Timeout,
@@ -242,15 +242,41 @@ pub fn quality(
     GateVerdict::pass(format!("{} scenario outputs are not garbage", scenarios.len()))
 }
 
-/// The `(name, prompt, max_tokens)` a gate sends for each scenario: generated properties
-/// contribute their first case.
+/// What a gate sends for one scenario.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub name: String,
+    /// The text sent; for a conversation sent as such, its readable transcript.
+    pub prompt: String,
+    /// The conversation, where the engine lays conversations out itself.
+    pub conversation: Option<Vec<MessageSpec>>,
+    pub max_tokens: u32,
+}
+
+impl Ask {
+    /// Greedy generation for this scenario on `session`.
+    pub fn generate(&self, session: &SharedSession, deadline: Instant) -> Result<Generation, EngineError> {
+        let request = greedy(&self.prompt, self.max_tokens, deadline);
+        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+        match &self.conversation {
+            Some(messages) => session.chat(messages, &request),
+            None => session.generate(&request),
+        }
+    }
+}
+
+/// What a gate sends for each scenario (`render` gives the prompt and, for an engine that lays
+/// conversations out itself, the conversation); generated properties are left out.
 pub fn scenario_prompts(
     scenarios: &[std::sync::Arc<Scenario>],
-    render: impl Fn(&Scenario) -> String,
-) -> Vec<(String, String, u32)> {
+    render: impl Fn(&Scenario) -> (String, Option<Vec<MessageSpec>>),
+) -> Vec<Ask> {
     scenarios
         .iter()
         .filter(|s| s.property.is_none())
-        .map(|s| (s.name.clone(), render(s), s.max_tokens))
+        .map(|s| {
+            let (prompt, conversation) = render(s);
+            Ask { name: s.name.clone(), prompt, conversation, max_tokens: s.max_tokens }
+        })
         .collect()
 }

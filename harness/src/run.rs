@@ -14,7 +14,8 @@ use crate::chat::{ChatError, ChatTemplate};
 use crate::config::Config;
 use crate::engine::SessionInfo;
 use crate::engine::{
-    Engine, EngineError, GenerateRequest, Generation, Sampling, SessionCache, SessionKey, SharedSession,
+    CommandSession, Engine, EngineError, GenerateRequest, Generation, OpenAiSession, Sampling, Session,
+    SessionCache, SessionKey, SharedSession,
 };
 use crate::expand::{DiffKind, GoldenKind, TrialKind, TrialSpec};
 use crate::format::convert;
@@ -22,6 +23,7 @@ use crate::gate::{self, Gate, GateVerdict};
 use crate::journal::{EvidenceRecord, Host, Journal, Metrics, Outcome, SCHEMA_VERSION};
 use crate::matrix::{Format, Modality};
 use crate::oracle::Verdict;
+use crate::playbook::spec::EngineSpec;
 use crate::playbook::{
     FailurePolicy, Input, MessageSpec, Model, Property, Scenario, generator_strategy, seeded_runner,
 };
@@ -199,7 +201,14 @@ impl RunContext {
         let deadline = started + spec.tier.timeout;
         // A derived format is converted from the ground truth once, then found in the cache.
         let format = spec.name.format;
-        let artifact = match convert::artifact(&model_dir, format, &crate::config::cache_dir()) {
+        // An OpenAI-compatible server holds its own files; nothing is converted for it.
+        let remote = matches!(spec.engine, EngineSpec::Openai { .. });
+        let made = if remote {
+            Ok(PathBuf::new())
+        } else {
+            convert::artifact(&model_dir, format, &crate::config::cache_dir())
+        };
+        let artifact = match made {
             Ok(path) => path,
             Err(e) => {
                 let g = if matches!(spec.kind, TrialKind::Gate(Gate::Integrity)) { "G0" } else { "G1" };
@@ -219,7 +228,7 @@ impl RunContext {
         }
         let (session, loaded_now) =
             self.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
-                self.engine.load(&artifact, spec.name.backend)
+                self.load(spec, &artifact, &model_dir, deadline)
             });
         let session = match session {
             Ok(s) => s,
@@ -251,10 +260,23 @@ impl RunContext {
                         self.run_serve(spec, key, scenario, &session, &info, deadline)
                     }
                     None => {
-                        match render(&spec.model, *modality, &scenario.input, info.chat_template.as_ref()) {
-                            Ok(prompt) => {
-                                let mut f =
-                                    self.generate_and_judge(spec, scenario, &session, &prompt, deadline);
+                        let template = info.chat_template.as_ref();
+                        match prepare(
+                            &spec.model,
+                            *modality,
+                            &scenario.input,
+                            template,
+                            info.applies_chat_template,
+                        ) {
+                            Ok((prompt, conversation)) => {
+                                let mut f = self.generate_and_judge(
+                                    spec,
+                                    scenario,
+                                    &session,
+                                    &prompt,
+                                    conversation.as_deref(),
+                                    deadline,
+                                );
                                 f.prompt = Some(prompt);
                                 f
                             }
@@ -279,10 +301,11 @@ impl RunContext {
         info: &SessionInfo,
         deadline: Instant,
     ) -> Finding {
-        let template = info.chat_template.as_ref();
-        let prompts =
-            gate::scenario_prompts(&spec.scenarios, |s| render_run(&spec.model, &s.input, template));
-        let basic = prompts.first().map_or_else(|| "Hello".to_string(), |(_, p, _)| p.clone());
+        let prompts = asks(spec, info);
+        let basic = prompts
+            .iter()
+            .find(|a| a.conversation.is_none())
+            .map_or_else(|| spec.model.layout("Hello"), |a| a.prompt.clone());
         let verdict = match g {
             Gate::Integrity => gate::integrity(Path::new(""), &spec.model),
             Gate::Load => GateVerdict {
@@ -350,12 +373,10 @@ impl RunContext {
                         );
                     }
                 };
-                let template = info.chat_template.as_ref();
-                let prompts =
-                    gate::scenario_prompts(&spec.scenarios, |s| render_run(&spec.model, &s.input, template));
+                let prompts = asks(spec, info);
                 let mut want = Vec::new();
                 let mut got = Vec::new();
-                for (name, prompt, _) in &prompts {
+                for gate::Ask { name, prompt, .. } in &prompts {
                     if Instant::now() >= deadline {
                         return Finding::new(
                             Outcome::Timeout,
@@ -398,21 +419,14 @@ impl RunContext {
         deadline: Instant,
     ) -> Finding {
         let dir = crate::golden::model_dir(&spec.name.family, &spec.name.model);
-        let template = info.chat_template.as_ref();
-        let prompts =
-            gate::scenario_prompts(&spec.scenarios, |s| render_run(&spec.model, &s.input, template));
+        let prompts = asks(spec, info);
         let mut differences = Vec::new();
         let mut pending = Vec::new();
         match kind {
             GoldenKind::Text => {
-                for (name, prompt, max_tokens) in &prompts {
-                    let request = GenerateRequest {
-                        prompt,
-                        max_tokens: *max_tokens,
-                        sampling: Sampling::Greedy,
-                        deadline,
-                    };
-                    let text = match session.lock().unwrap_or_else(|p| p.into_inner()).generate(&request) {
+                for ask in &prompts {
+                    let name = &ask.name;
+                    let text = match ask.generate(session, deadline) {
                         Ok(g) => g.text,
                         Err(e) => {
                             return Finding::new(Outcome::Falsified, "REGR", format!("scenario {name}: {e}"));
@@ -436,7 +450,7 @@ impl RunContext {
                 }
             }
             GoldenKind::Logits => {
-                for (name, prompt, _) in &prompts {
+                for gate::Ask { name, prompt, .. } in &prompts {
                     let rows = session
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -503,12 +517,15 @@ impl RunContext {
         }
     }
 
+    /// Generates for `prompt`, or answers `conversation` where the engine lays conversations
+    /// out itself (then `prompt` is the readable transcript kept as evidence).
     fn generate(
         &self,
         spec: &TrialSpec,
         scenario: &Scenario,
         session: &SharedSession,
         prompt: &str,
+        conversation: Option<&[MessageSpec]>,
         deadline: Instant,
     ) -> Result<Generation, EngineError> {
         let request = GenerateRequest {
@@ -517,7 +534,62 @@ impl RunContext {
             sampling: self.sampling(spec),
             deadline,
         };
-        session.lock().unwrap_or_else(|p| p.into_inner()).generate(&request)
+        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+        match conversation {
+            Some(messages) => session.chat(messages, &request),
+            None => session.generate(&request),
+        }
+    }
+
+    /// Loads the session of a trial on its engine.
+    fn load(
+        &self,
+        spec: &TrialSpec,
+        artifact: &Path,
+        model_dir: &Path,
+        deadline: Instant,
+    ) -> Result<Box<dyn Session>, EngineError> {
+        match &spec.engine {
+            EngineSpec::Embedded => self.engine.load(artifact, spec.name.backend),
+            EngineSpec::Openai { base_url, api_key_env, model } => {
+                let api_key = match api_key_env {
+                    Some(var) => Some(std::env::var(var).map_err(|_| EngineError::Load {
+                        path: PathBuf::from(base_url),
+                        cause: format!("the API key variable {var} is not set"),
+                    })?),
+                    None => None,
+                };
+                let served = model.as_deref().unwrap_or(&spec.model.id);
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                Ok(Box::new(OpenAiSession::connect(base_url, api_key, served, timeout)?))
+            }
+            EngineSpec::Command { args, output, json_pointer } => Ok(Box::new(CommandSession::new(
+                args,
+                *output,
+                json_pointer.as_deref(),
+                artifact,
+                model_dir,
+                spec.name.backend,
+            )?)),
+        }
+    }
+
+    /// The OpenAI-compatible endpoint of a session: the external server itself for an `openai`
+    /// engine, otherwise this project's server over the session, started on first use.
+    fn client_for(
+        &self,
+        key: &SessionKey,
+        spec: &TrialSpec,
+        session: &SharedSession,
+    ) -> Result<Client, String> {
+        match &spec.engine {
+            EngineSpec::Openai { base_url, api_key_env, model } => Ok(Client::new(base_url.as_str())
+                .with_api_key(api_key_env.as_ref().and_then(|v| std::env::var(v).ok()))
+                .with_model(Some(model.clone().unwrap_or_else(|| spec.model.id.clone())))),
+            EngineSpec::Embedded | EngineSpec::Command { .. } => {
+                Ok(Client::new(self.server_for(key, spec, session)?.base_url()))
+            }
+        }
     }
 
     /// The server of a session, started on an ephemeral loopback port on first use.
@@ -551,7 +623,7 @@ impl RunContext {
         prompt: &str,
         deadline: Instant,
     ) -> Result<(Generation, Metrics), EngineError> {
-        let server = self.server_for(&session_key(spec), spec, session).map_err(EngineError::Inference)?;
+        let client = self.client_for(&session_key(spec), spec, session).map_err(EngineError::Inference)?;
         let body = serve_client::request_body(
             Endpoint::Completions,
             prompt,
@@ -560,14 +632,13 @@ impl RunContext {
             &self.sampling(spec),
             false,
         );
-        let reply =
-            Client::new(server.base_url()).send(Endpoint::Completions, &body, deadline).map_err(|e| {
-                if Instant::now() >= deadline {
-                    EngineError::Timeout { tokens: 0, partial: String::new() }
-                } else {
-                    EngineError::Inference(e)
-                }
-            })?;
+        let reply = client.send(Endpoint::Completions, &body, deadline).map_err(|e| {
+            if Instant::now() >= deadline {
+                EngineError::Timeout { tokens: 0, partial: String::new() }
+            } else {
+                EngineError::Inference(e)
+            }
+        })?;
         let metrics = Metrics {
             prompt_tokens: reply.prompt_tokens.map(|n| n as usize),
             tokens: reply.completion_tokens.map(|n| n as usize),
@@ -576,11 +647,12 @@ impl RunContext {
         let generation = Generation {
             text: reply.text,
             tokens: Vec::new(),
+            token_count: metrics.tokens,
             prompt_tokens: metrics.prompt_tokens.unwrap_or(0),
             finish: crate::engine::Finish::Eos,
             time_to_first_token: Duration::ZERO,
             duration: reply.latency,
-            first_logits_finite: true,
+            first_logits_finite: None,
             leaked_special_tokens: Vec::new(),
         };
         Ok((generation, metrics))
@@ -598,16 +670,17 @@ impl RunContext {
         info: &SessionInfo,
         deadline: Instant,
     ) -> Finding {
-        let server = match self.server_for(key, spec, session) {
-            Ok(s) => s,
+        let client = match self.client_for(key, spec, session) {
+            Ok(c) => c,
             Err(e) => return Finding::new(Outcome::Falsified, "serve", e),
         };
-        let client = Client::new(server.base_url());
         let template = info.chat_template.as_ref();
         let prompt = render_run(&spec.model, &scenario.input, template);
         let messages = messages_of(&scenario.input);
-        let mut endpoints = vec![Endpoint::Completions];
-        if template.is_some() {
+        // A server that lays conversations out itself gets a conversation only as one.
+        let conversation_only = info.applies_chat_template && matches!(scenario.input, Input::Messages(_));
+        let mut endpoints = if conversation_only { Vec::new() } else { vec![Endpoint::Completions] };
+        if template.is_some() || info.applies_chat_template {
             endpoints.push(Endpoint::ChatCompletions);
         }
         let sampling = self.sampling(spec);
@@ -684,27 +757,28 @@ impl RunContext {
         info: &SessionInfo,
         deadline: Instant,
     ) -> Finding {
-        let server = match self.server_for(key, spec, session) {
-            Ok(s) => s,
+        let client = match self.client_for(key, spec, session) {
+            Ok(c) => c,
             Err(e) => return Finding::new(Outcome::Falsified, "serve", e),
         };
-        let client = Client::new(server.base_url());
         let template = info.chat_template.as_ref();
+        let chat = template.is_some() || info.applies_chat_template;
         let probe = match spec.scenarios.iter().find(|s| s.property.is_none()) {
             Some(s) => Probe {
                 prompt: render_run(&spec.model, &s.input, template),
                 messages: messages_of(&s.input),
                 max_tokens: s.max_tokens,
-                chat: template.is_some(),
+                chat,
             },
             None => Probe {
                 prompt: spec.model.layout("Hello"),
                 messages: messages_of(&Input::Prompt("Hello".into())),
                 max_tokens: 8,
-                chat: template.is_some(),
+                chat,
             },
         };
-        let v = server_gate::check(check, &client, &spec.model.id, &probe, deadline);
+        let served = client.model().unwrap_or(&spec.model.id).to_string();
+        let v = server_gate::check(check, &client, &served, &probe, deadline);
         let mut f = Finding::new(v.outcome, "serve", v.reason);
         f.prompt = v.prompt;
         f
@@ -716,9 +790,10 @@ impl RunContext {
         scenario: &Scenario,
         session: &SharedSession,
         prompt: &str,
+        conversation: Option<&[MessageSpec]>,
         deadline: Instant,
     ) -> Finding {
-        match self.generate(spec, scenario, session, prompt, deadline) {
+        match self.generate(spec, scenario, session, prompt, conversation, deadline) {
             Ok(generation) => {
                 let mut finding =
                     judge_generation(scenario, scenario.input.question(), &generation, templated(spec));
@@ -736,6 +811,7 @@ impl RunContext {
                 f.output = Some(partial);
                 f
             }
+            Err(e @ EngineError::Crashed(_)) => Finding::new(Outcome::Crashed, "G3", e.to_string()),
             Err(e) => Finding::new(Outcome::Falsified, "G2", format!("gateway G2 (inference) failed: {e}")),
         }
     }
@@ -750,7 +826,10 @@ impl RunContext {
         property: &Property,
         deadline: Instant,
     ) -> Finding {
-        let template = session.lock().unwrap_or_else(|p| p.into_inner()).info().chat_template.clone();
+        let (template, applies_template) = {
+            let s = session.lock().unwrap_or_else(|p| p.into_inner());
+            (s.info().chat_template.clone(), s.info().applies_chat_template)
+        };
         let template = template.as_ref();
         let strategy = generator_strategy(&property.generator);
         let config = ProptestConfig {
@@ -764,22 +843,24 @@ impl RunContext {
         let cases = Mutex::new(0u32);
         let result = runner.run(&strategy, |question| {
             *cases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-            let prompt = match render(&spec.model, modality, &Input::Prompt(question.clone()), template) {
-                Ok(p) => p,
-                Err(e) => {
-                    let f = Finding::new(Outcome::Falsified, "chat_template", e.to_string());
-                    let reason = f.reason.clone();
-                    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
-                    return Err(TestCaseError::fail(reason));
-                }
-            };
+            let input = Input::Prompt(question.clone());
+            let (prompt, conversation) =
+                match prepare(&spec.model, modality, &input, template, applies_template) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let f = Finding::new(Outcome::Falsified, "chat_template", e.to_string());
+                        let reason = f.reason.clone();
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                        return Err(TestCaseError::fail(reason));
+                    }
+                };
             let (generated, http_metrics) = if modality == Modality::Serve {
                 match self.generate_over_http(spec, scenario, session, &prompt, deadline) {
                     Ok((g, m)) => (Ok(g), Some(m)),
                     Err(e) => (Err(e), None),
                 }
             } else {
-                (self.generate(spec, scenario, session, &prompt, deadline), None)
+                (self.generate(spec, scenario, session, &prompt, conversation.as_deref(), deadline), None)
             };
             let mut f = match generated {
                 Ok(g) => {
@@ -791,6 +872,7 @@ impl RunContext {
                 Err(EngineError::Timeout { .. }) => {
                     Finding::new(Outcome::Timeout, "timeout", "the property passed its timeout")
                 }
+                Err(e @ EngineError::Crashed(_)) => Finding::new(Outcome::Crashed, "G3", e.to_string()),
                 Err(e) => {
                     Finding::new(Outcome::Falsified, "G2", format!("gateway G2 (inference) failed: {e}"))
                 }
@@ -819,9 +901,17 @@ impl RunContext {
             Err(TestError::Fail(reason, minimal)) => {
                 // Shrinking ends on the minimal case, but `last` may be a later, passing attempt:
                 // run the minimal case once more so the record shows its real output.
-                let mut f = match render(&spec.model, modality, &Input::Prompt(minimal.clone()), template) {
-                    Ok(prompt) => {
-                        let mut f = self.generate_and_judge(spec, scenario, session, &prompt, deadline);
+                let input = Input::Prompt(minimal.clone());
+                let mut f = match prepare(&spec.model, modality, &input, template, applies_template) {
+                    Ok((prompt, conversation)) => {
+                        let mut f = self.generate_and_judge(
+                            spec,
+                            scenario,
+                            session,
+                            &prompt,
+                            conversation.as_deref(),
+                            deadline,
+                        );
                         f.prompt = Some(prompt);
                         f
                     }
@@ -925,6 +1015,34 @@ pub fn render(
     }
 }
 
+/// What a trial sends: the prompt text and, where the engine lays conversations out itself
+/// (an OpenAI-compatible server: every `chat` input and every conversation), the conversation,
+/// with its readable transcript as the prompt kept in evidence.
+fn prepare(
+    model: &Model,
+    modality: Modality,
+    input: &Input,
+    template: Option<&ChatTemplate>,
+    applies_template: bool,
+) -> Result<(String, Option<Vec<MessageSpec>>), ChatError> {
+    if applies_template && (modality == Modality::Chat || matches!(input, Input::Messages(_))) {
+        let messages = messages_of(input);
+        return Ok((transcript(&messages), Some(messages)));
+    }
+    render(model, modality, input, template).map(|p| (p, None))
+}
+
+/// What gates, golden and differential trials send for each scenario of the tier: its prompt
+/// as `run` lays it out or, on an engine that lays conversations out itself, a conversation
+/// as such.
+fn asks(spec: &TrialSpec, info: &SessionInfo) -> Vec<gate::Ask> {
+    let template = info.chat_template.as_ref();
+    gate::scenario_prompts(&spec.scenarios, |s| match &s.input {
+        Input::Messages(m) if info.applies_chat_template => (transcript(m), Some(m.clone())),
+        input => (render_run(&spec.model, input, template), None),
+    })
+}
+
 /// A scenario's input as a conversation: a bare prompt is one user turn.
 fn messages_of(input: &Input) -> Vec<MessageSpec> {
     match input {
@@ -1000,7 +1118,12 @@ pub fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
 
 /// The session a trial runs on: one per `(model, format, backend)`.
 pub fn session_key(spec: &TrialSpec) -> SessionKey {
-    SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend }
+    let engine = match &spec.engine {
+        EngineSpec::Embedded => String::new(),
+        EngineSpec::Openai { base_url, .. } => base_url.clone(),
+        EngineSpec::Command { args, .. } => args.join(" "),
+    };
+    SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend, engine }
 }
 
 /// Whether a trial's prompt comes from the chat template.
@@ -1072,11 +1195,12 @@ mod tests {
         Generation {
             text: text.into(),
             tokens: vec![1, 2],
+            token_count: Some(2),
             prompt_tokens: 3,
             finish: Finish::Eos,
             time_to_first_token: Duration::from_millis(1),
             duration: Duration::from_millis(2),
-            first_logits_finite: true,
+            first_logits_finite: Some(true),
             leaked_special_tokens: leaked.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -1103,4 +1227,3 @@ mod tests {
         assert_eq!(f.outcome, Outcome::Corroborated, "run decodes past special tokens: {}", f.reason);
     }
 }
-

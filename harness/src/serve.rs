@@ -261,7 +261,8 @@ fn finish_reason(f: Finish) -> &'static str {
 }
 
 fn usage(g: &Generation) -> Value {
-    json!({"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len(), "total_tokens": g.prompt_tokens + g.tokens.len()})
+    let completion = g.token_count.unwrap_or(0);
+    json!({"prompt_tokens": g.prompt_tokens, "completion_tokens": completion, "total_tokens": g.prompt_tokens + completion})
 }
 
 fn engine_error(e: &EngineError) -> Response {

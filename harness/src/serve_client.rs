@@ -21,6 +21,8 @@ pub struct Reply {
     pub latency: Duration,
     /// Request sent to the first piece of text (streamed requests).
     pub first_text: Option<Duration>,
+    /// `stop`, `length`, … as the server said.
+    pub finish_reason: Option<String>,
 }
 
 /// Which endpoint a request goes to.
@@ -64,6 +66,10 @@ pub fn request_body(
     };
     body["max_tokens"] = json!(max_tokens);
     body["stream"] = json!(stream);
+    if stream {
+        // Usage in the last chunk; OpenAI and vLLM send none without it.
+        body["stream_options"] = json!({"include_usage": true});
+    }
     match sampling {
         Sampling::Greedy => body["temperature"] = json!(0),
         Sampling::Seeded { temperature, top_p, seed, .. } => {
@@ -233,17 +239,20 @@ impl Client {
                 completion_tokens: v["usage"]["completion_tokens"].as_u64(),
                 latency: started.elapsed(),
                 first_text: None,
+                finish_reason: v["choices"][0]["finish_reason"].as_str().map(str::to_string),
             });
         }
         let mut reader = BufReader::new(response.into_reader());
         let mut text = String::new();
         let mut first_text = None;
         let mut usage = Value::Null;
+        let mut finish_reason = None;
         let mut done = false;
         let mut line = String::new();
         loop {
             line.clear();
-            let n = reader.read_line(&mut line).map_err(|e| format!("failed to read the event stream: {e}"))?;
+            let n =
+                reader.read_line(&mut line).map_err(|e| format!("failed to read the event stream: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -268,6 +277,9 @@ impl Client {
                 first_text.get_or_insert_with(|| started.elapsed());
                 text.push_str(&piece);
             }
+            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+                finish_reason = Some(f.to_string());
+            }
             if v.get("usage").is_some_and(|u| !u.is_null()) {
                 usage = v["usage"].clone();
             }
@@ -281,6 +293,7 @@ impl Client {
             completion_tokens: usage["completion_tokens"].as_u64(),
             latency: started.elapsed(),
             first_text,
+            finish_reason,
         })
     }
 }

@@ -92,7 +92,13 @@ fn remaining(deadline: Instant) -> Duration {
 }
 
 /// Runs one check against the server at `client`.
-pub fn check(check: ServerCheck, client: &Client, model: &str, probe: &Probe, deadline: Instant) -> GateVerdict {
+pub fn check(
+    check: ServerCheck,
+    client: &Client,
+    model: &str,
+    probe: &Probe,
+    deadline: Instant,
+) -> GateVerdict {
     let result = match check {
         ServerCheck::Health => health(client, model, deadline),
         ServerCheck::Json => json_shape(client, probe, deadline),
@@ -162,7 +168,13 @@ fn post(client: &Client, endpoint: Endpoint, body: &Value, deadline: Instant) ->
     if let Some(m) = client.model() {
         body["model"] = json!(m);
     }
-    client.raw("POST", endpoint.path(), "application/json", Some(body.to_string().as_bytes()), remaining(deadline))
+    client.raw(
+        "POST",
+        endpoint.path(),
+        "application/json",
+        Some(body.to_string().as_bytes()),
+        remaining(deadline),
+    )
 }
 
 fn json_shape(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
@@ -308,7 +320,13 @@ fn bad_requests(client: &Client, deadline: Instant) -> Result<String, String> {
     let mut closed = Vec::new();
     for (what, endpoint, body, accepted) in &cases {
         let label = format!("{what} to {}", endpoint.path());
-        let sent = client.raw_or_closed("POST", endpoint.path(), "application/json", Some(body), remaining(deadline))?;
+        let sent = client.raw_or_closed(
+            "POST",
+            endpoint.path(),
+            "application/json",
+            Some(body),
+            remaining(deadline),
+        )?;
         let r = match sent {
             Some(r) => r,
             // Refusing an oversized body by closing the connection before reading it is fair;
@@ -332,8 +350,10 @@ fn bad_requests(client: &Client, deadline: Instant) -> Result<String, String> {
     if r.status != 200 {
         return Err(format!("after the malformed requests GET /health answered {}", r.status));
     }
-    let mut reason =
-        format!("{} malformed requests were refused with a 4xx and an error object", cases.len() - closed.len());
+    let mut reason = format!(
+        "{} malformed requests were refused with a 4xx and an error object",
+        cases.len() - closed.len()
+    );
     if !closed.is_empty() {
         reason.push_str(&format!(", {} by closing the connection ({})", closed.len(), closed.join(", ")));
     }
@@ -414,7 +434,9 @@ mod tests {
             Err(_) => json!({}),
         };
         let well_formed = if chat {
-            request["messages"].as_array().is_some_and(|m| !m.is_empty() && m.iter().all(|m| m["role"].is_string()))
+            request["messages"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty() && m.iter().all(|m| m["role"].is_string()))
         } else {
             request["prompt"].is_string()
         } && request["max_tokens"].as_u64().is_some_and(|n| n <= 4096)
@@ -430,7 +452,8 @@ mod tests {
                 return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": {"message": "busy"}}));
             }
         }
-        let text = if fake.fault == Fault::Nondeterministic { format!("4 ({call})") } else { "4".to_string() };
+        let text =
+            if fake.fault == Fault::Nondeterministic { format!("4 ({call})") } else { "4".to_string() };
         if request["stream"] == json!(true) {
             let piece = |t: &str| {
                 if chat {
@@ -447,7 +470,10 @@ mod tests {
             return (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], events).into_response();
         }
         let (object, choice) = if chat {
-            ("chat.completion", json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}))
+            (
+                "chat.completion",
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}),
+            )
         } else {
             ("text_completion", json!({"index": 0, "text": text, "finish_reason": "stop"}))
         };
@@ -461,7 +487,8 @@ mod tests {
 
     /// Serves the fake on an ephemeral port for as long as the returned runtime lives.
     fn start(fault: Fault) -> (tokio::runtime::Runtime, Client) {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let fake = Arc::new(Fake { fault, calls: AtomicUsize::new(0), in_flight: AtomicUsize::new(0) });
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -502,7 +529,11 @@ mod tests {
             (Fault::StreamDiffers, ServerCheck::Sse, "the streamed pieces add up to \"5\""),
             (Fault::Nondeterministic, ServerCheck::Deterministic, "at temperature 0"),
             (Fault::BusyWhenConcurrent, ServerCheck::Concurrent, "503"),
-            (Fault::AcceptsAnything, ServerCheck::BadRequests, "malformed JSON to /v1/completions answered 200"),
+            (
+                Fault::AcceptsAnything,
+                ServerCheck::BadRequests,
+                "malformed JSON to /v1/completions answered 200",
+            ),
         ];
         for (fault, c, says) in cases {
             let v = verdict(fault, c);

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's own tooling. One module per task.
 
 mod bench;
+mod bench_serve;
 mod certify;
 mod fetch;
 mod fixtures;
@@ -40,6 +41,7 @@ tasks:
                            the OpenAI-compatible server on a model directory or APR file (default
                            127.0.0.1:8080)
   bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
+  bench serve [--requests N]  the server's latency, TTFT and throughput on qa-tiny per format, against run
 ";
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +62,7 @@ fn run() -> anyhow::Result<()> {
         "fixtures" => fixtures::run(&rest),
         "schema" => schema::run(&rest),
         "golden" => golden::run(&rest),
+        "bench" if rest.first().map(String::as_str) == Some("serve") => bench_serve::run(&rest[1..]),
         "bench" => bench::run(&rest),
         "certify" => certify::certify(&rest),
         "report" => certify::report(&rest),

@@ -14,6 +14,9 @@ pub struct SessionKey {
     pub model: String,
     pub format: Format,
     pub backend: Backend,
+    /// Which engine runs it: empty for the embedded one, else the external engine's address or
+    /// command, so two playbooks on one model with different engines never share a session.
+    pub engine: String,
 }
 
 impl std::fmt::Display for SessionKey {

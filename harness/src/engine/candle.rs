@@ -345,6 +345,7 @@ fn assemble(
             files,
             load_time: started.elapsed(),
             chat_template,
+            applies_chat_template: false,
         },
     })
 }
@@ -499,12 +500,13 @@ impl Session for CandleSession {
         let leaked_special_tokens = tokens.iter().filter_map(|t| self.special.get(t).cloned()).collect();
         Ok(Generation {
             text,
+            token_count: Some(tokens.len()),
             tokens,
             prompt_tokens,
             finish,
             time_to_first_token: time_to_first_token.unwrap_or_default(),
             duration: started.elapsed(),
-            first_logits_finite,
+            first_logits_finite: Some(first_logits_finite),
             leaked_special_tokens,
         })
     }

@@ -1,10 +1,12 @@
 //! Engines run models: an [`Engine`] loads a [`Session`] for `(model, format, backend)`, and a
-//! session generates. The embedded engine is candle, in process.
+//! session generates. The embedded engine is candle, in process; `external.rs` drives engines
+//! we do not embed (an OpenAI-compatible server, a command line) through the same trait.
 //!
 //! Nothing here knows about playbooks, trials or oracles.
 
 mod cache;
 mod candle;
+mod external;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ pub use self::cache::{SessionCache, SessionKey, SharedSession};
 pub use self::candle::{
     CandleEngine, SUPPORTED_ARCHITECTURES, hash_file as hash_model_file, load_candle, safetensors_files,
 };
+pub use self::external::{CommandSession, OpenAiSession};
 
 use crate::matrix::Backend;
 
@@ -50,13 +53,16 @@ pub enum Finish {
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub text: String,
+    /// Token ids, where the engine shows them (an external engine shows none).
     pub tokens: Vec<u32>,
+    /// How many tokens were generated, where known.
+    pub token_count: Option<usize>,
     pub prompt_tokens: usize,
     pub finish: Finish,
     pub time_to_first_token: Duration,
     pub duration: Duration,
-    /// Whether every logit of the first step was finite.
-    pub first_logits_finite: bool,
+    /// Whether every logit of the first step was finite; `None` where the engine shows no logits.
+    pub first_logits_finite: Option<bool>,
     /// Special (control) tokens the model generated before it stopped; `text` never shows them.
     pub leaked_special_tokens: Vec<String>,
 }
@@ -65,7 +71,7 @@ impl Generation {
     /// Decode speed: tokens after the first, over the time after the first.
     pub fn tokens_per_second(&self) -> Option<f64> {
         let decode = self.duration.checked_sub(self.time_to_first_token)?;
-        let n = self.tokens.len().checked_sub(1)?;
+        let n = self.token_count?.checked_sub(1)?;
         (n > 0 && !decode.is_zero()).then(|| n as f64 / decode.as_secs_f64())
     }
 }
@@ -91,6 +97,10 @@ pub struct SessionInfo {
     /// The chat template the model ships, if any.
     #[serde(skip)]
     pub chat_template: Option<crate::chat::ChatTemplate>,
+    /// Whether the engine lays conversations out itself ([`Session::chat`]); otherwise the
+    /// harness renders `chat_template` and calls `generate`.
+    #[serde(skip)]
+    pub applies_chat_template: bool,
 }
 
 /// A loaded model, ready to generate. One generation at a time (`&mut self`).
@@ -108,6 +118,18 @@ pub trait Session: Send {
     /// The logits after each of the prompt's first `positions` tokens (position i predicts
     /// token i+1), for numeric comparisons between formats, engines and references.
     fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError>;
+    /// Answers a conversation, for engines that apply their own chat template
+    /// ([`SessionInfo::applies_chat_template`]); `request.prompt` is the harness's readable
+    /// transcript, for the record only.
+    fn chat(
+        &mut self,
+        _messages: &[crate::playbook::MessageSpec],
+        _request: &GenerateRequest<'_>,
+    ) -> Result<Generation, EngineError> {
+        Err(EngineError::Unsupported(
+            "this engine takes prompts; the harness applies the chat template".into(),
+        ))
+    }
     fn info(&self) -> &SessionInfo;
 }
 
@@ -129,4 +151,9 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("generation passed its deadline after {tokens} tokens")]
     Timeout { tokens: usize, partial: String },
+    /// The engine process died (a signal): a crash, not a wrong answer.
+    #[error("the engine crashed: {0}")]
+    Crashed(String),
+    #[error("the engine cannot do this: {0}")]
+    Unsupported(String),
 }

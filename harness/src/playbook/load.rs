@@ -156,6 +156,7 @@ fn merge(base: PlaybookDoc, over: PlaybookDoc) -> PlaybookDoc {
         description: over.description.or(base.description),
         extends: Vec::new(),
         failure_policy: over.failure_policy.or(base.failure_policy),
+        engine: over.engine.or(base.engine),
         matrix,
         tiers: tiers.map(|t: BTreeMap<_, _>| t),
         models: concat(base.models, over.models),

@@ -29,6 +29,7 @@ pub struct Playbook {
     pub source: PathBuf,
     pub family: String,
     pub failure_policy: Option<FailurePolicy>,
+    pub engine: spec::EngineSpec,
     pub models: Vec<Model>,
     /// Sorted by name.
     pub tiers: Vec<TierPlan>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::error::PlaybookError;
 use super::generate;
-use super::spec::{FormatSpec, MatrixSpec, ModelSpec, PlaybookDoc, ScenarioSpec};
+use super::spec::{CommandOutput, EngineSpec, FormatSpec, MatrixSpec, ModelSpec, PlaybookDoc, ScenarioSpec};
 use super::{Input, Model, Playbook, Property, Scenario, TierPlan, tiers};
 use crate::matrix::{Format, Quantization};
 use crate::name::check_segment;
@@ -66,15 +66,68 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
         tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|m| err(m).at(at))?);
     }
     tier_plans.sort_by(|a, b| format!("{}::", a.name).cmp(&format!("{}::", b.name)));
+    let engine = doc.engine.clone().unwrap_or_default();
+    check_engine(&engine).map_err(|m| err(m).at("engine".to_string()))?;
 
     Ok(Playbook {
         source: file.to_path_buf(),
         family,
         failure_policy: doc.failure_policy,
+        engine,
         models,
         tiers: tier_plans,
         scenarios,
     })
+}
+
+/// The placeholders a `command` engine's arguments may hold.
+pub const COMMAND_PLACEHOLDERS: [&str; 5] = ["{model}", "{prompt}", "{max_tokens}", "{seed}", "{backend}"];
+
+fn check_engine(engine: &EngineSpec) -> Result<(), String> {
+    match engine {
+        EngineSpec::Embedded => Ok(()),
+        EngineSpec::Openai { base_url, api_key_env, .. } => {
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(format!("`base_url` must start with http:// or https://, got {base_url:?}"));
+            }
+            if base_url.trim_end_matches('/').ends_with("/v1") {
+                return Err(format!("`base_url` is the server's root, without `/v1`: {base_url:?}"));
+            }
+            if api_key_env.as_deref().is_some_and(str::is_empty) {
+                return Err("`api_key_env` names an environment variable; it is empty".into());
+            }
+            Ok(())
+        }
+        EngineSpec::Command { args, output, json_pointer } => {
+            if args.first().is_none_or(|a| a.trim().is_empty()) {
+                return Err("`args` needs at least the program to run".into());
+            }
+            if !args.iter().any(|a| a.contains("{prompt}")) {
+                return Err("no argument holds `{prompt}`: the command would never see a prompt".into());
+            }
+            for a in args {
+                let mut rest = a.as_str();
+                while let Some(open) = rest.find('{') {
+                    let close = rest[open..].find('}').map(|c| open + c + 1).unwrap_or(rest.len());
+                    let placeholder = &rest[open..close];
+                    if !COMMAND_PLACEHOLDERS.contains(&placeholder) {
+                        return Err(format!(
+                            "argument {a:?} holds `{placeholder}`; the placeholders are {}",
+                            COMMAND_PLACEHOLDERS.join(", ")
+                        ));
+                    }
+                    rest = &rest[close..];
+                }
+            }
+            match (output, json_pointer) {
+                (CommandOutput::Text, Some(_)) => Err("`json_pointer` needs `output: json`".into()),
+                (_, Some(p)) if !p.is_empty() && !p.starts_with('/') => {
+                    Err(format!("`json_pointer` is a JSON pointer such as `/text`, got {p:?}"))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
 }
 
 fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {

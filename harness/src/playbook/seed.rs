@@ -417,6 +417,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             SeedPolicy::StopOnP0 => FailurePolicy::StopOnP0,
             SeedPolicy::CollectAll => FailurePolicy::CollectAll,
         }),
+        engine: super::spec::EngineSpec::Embedded,
         models: vec![model],
         tiers: vec![tier_plan],
         scenarios,

@@ -29,6 +29,8 @@ pub struct PlaybookDoc {
     pub extends: Vec<String>,
     /// What happens to the rest of the run once a trial fails.
     pub failure_policy: Option<FailurePolicy>,
+    /// The engine under test; the embedded candle engine when absent.
+    pub engine: Option<EngineSpec>,
     /// Defaults for every tier of the family (a tier's own settings win).
     pub matrix: Option<MatrixSpec>,
     /// The tiers this family is qualified at. A standard tier (smoke, mvp, quick, standard, deep)
@@ -36,6 +38,53 @@ pub struct PlaybookDoc {
     pub tiers: Option<BTreeMap<String, MatrixSpec>>,
     pub models: Option<Vec<ModelSpec>>,
     pub scenarios: Option<Vec<ScenarioSpec>>,
+}
+
+/// The engine a family is qualified on. Formats and backends in trial names keep their meaning:
+/// an external engine is asked for the cell's format (the `command` engine gets the converted
+/// file as `{model}`) and reports what it ran.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EngineSpec {
+    /// candle, in process.
+    #[default]
+    Embedded,
+    /// An OpenAI-compatible server that is already running (vLLM, llama.cpp's server, this
+    /// project's `cargo xtask serve`): `run` goes to `/v1/completions`, `chat` to
+    /// `/v1/chat/completions`, `serve` to both and to the server-level gates.
+    Openai {
+        /// `http://host:port`, without `/v1`.
+        base_url: String,
+        /// The environment variable holding the API key sent as a bearer token, if any.
+        #[serde(default)]
+        api_key_env: Option<String>,
+        /// The model name the server knows; the model's `id` when absent.
+        #[serde(default)]
+        model: Option<String>,
+    },
+    /// A command line run once per generation. Each argument may hold `{model}` (the model file
+    /// or directory in the cell's format), `{prompt}`, `{max_tokens}`, `{seed}` and `{backend}`.
+    /// It runs in a process group of its own, killed whole at the trial's timeout.
+    Command {
+        args: Vec<String>,
+        /// How its standard output is read.
+        #[serde(default)]
+        output: CommandOutput,
+        /// With `output: json`, the JSON pointer of the answer text (default `/text`).
+        #[serde(default)]
+        json_pointer: Option<String>,
+    },
+}
+
+/// How a `command` engine's standard output carries the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOutput {
+    /// The whole output is the answer (trailing whitespace removed).
+    #[default]
+    Text,
+    /// One JSON document; the answer is at `json_pointer`.
+    Json,
 }
 
 /// Run-level behaviour after a failure.

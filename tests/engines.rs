@@ -1,0 +1,246 @@
+//! Engines we do not embed, end to end: the qualify binary qualifies qa-tiny through
+//! `modelqa-engine` driven as a command line (`engine: command`) and as an OpenAI-compatible
+//! server started as a separate process (`engine: openai`), with the same oracles, gates and
+//! golden references as the embedded engine. A hung command becomes a timeout.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use modelqa::journal::{EvidenceRecord, Outcome};
+
+const ENGINE: &str = env!("CARGO_BIN_EXE_modelqa-engine");
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qa-tiny/qa-tiny-llama")
+}
+
+/// Two qa-tiny scenarios, named as in the bundled playbook so the golden references apply.
+const SCENARIOS: &str = r#"
+models:
+  - id: modelqa/qa-tiny-llama
+    path: MODEL
+    prompt_template: "{prompt}\n"
+scenarios:
+  - name: arithmetic_multiply
+    prompt: "Calculate 7*8"
+    max_tokens: 8
+    oracles: [arithmetic, garbage]
+  - name: remember_word
+    messages:
+      - {role: user, content: "Remember the word apple."}
+      - {role: assistant, content: "OK."}
+      - {role: user, content: "What word did I ask you to remember?"}
+    max_tokens: 8
+    oracles: [{contains: "apple"}, garbage]
+"#;
+
+fn playbook(engine: &str, formats: &str, timeout_ms: u64) -> String {
+    format!(
+        "playbook: 1\nfamily: qa-tiny\nfailure_policy: collect-all\nengine:\n{engine}\ntiers:\n  smoke:\n    formats: {formats}\n    backends: [cpu]\n    modalities: [run, chat, serve]\n    scenario_count: 2\n    timeout_ms: {timeout_ms}\n{}",
+        SCENARIOS.replace("MODEL", &model_dir().display().to_string())
+    )
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new(playbook: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("playbook.yaml"), playbook).expect("playbook");
+        Self { dir }
+    }
+
+    fn qualify(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(common::qualify_binary());
+        cmd.args(args)
+            .env("QUALIFY_PLAYBOOKS", self.dir.path().join("playbook.yaml"))
+            .env("QUALIFY_JOURNAL_DIR", self.dir.path().join("journal"))
+            .env("QUALIFY_RUN_ID", "run")
+            .env("QUALIFY_CACHE_DIR", self.dir.path().join("cache"))
+            // Compared with the committed references; a difference is written nowhere.
+            .env("QUALIFY_GOLDEN_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("golden"))
+            .env("CI", "true")
+            .env_remove("QUALIFY_FAILURE_POLICY")
+            .env_remove("QUALIFY_MODEL_DIR")
+            .env_remove("NEXTEST");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("qualify runs")
+    }
+
+    fn journal(&self) -> Vec<EvidenceRecord> {
+        let (records, torn) =
+            modelqa::journal::read(&self.dir.path().join("journal/run.jsonl")).expect("journal reads");
+        assert_eq!(torn, 0);
+        records
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Every record corroborated, and each of `expected` among the trials.
+fn assert_all_pass(records: &[EvidenceRecord], expected: &[&str], engine: &str) {
+    for r in records {
+        assert_eq!(r.outcome, Outcome::Corroborated, "{}: {}", r.trial, r.reason);
+        // G0 reads files and loads no engine; every other trial names the engine it ran on.
+        let loads =
+            !r.trial.ends_with("gate::g0-integrity") && !r.trial.ends_with("diff::tensors-vs-safetensors");
+        assert!(
+            !loads || r.engine.as_deref().is_some_and(|e| e.starts_with(engine)),
+            "{}: {:?}",
+            r.trial,
+            r.engine
+        );
+    }
+    for tail in expected {
+        assert!(records.iter().any(|r| r.trial.ends_with(tail)), "no trial ends with {tail}");
+    }
+}
+
+#[test]
+fn a_command_line_engine_is_qualified_like_the_embedded_one() {
+    let engine = format!(
+        "  kind: command\n  args: [{ENGINE}, generate, '{{model}}', --prompt, '{{prompt}}', --max-tokens, '{{max_tokens}}', --seed, '{{seed}}', --json]\n  output: json\n  json_pointer: /text"
+    );
+    let run = Run::new(&playbook(&engine, "[safetensors, apr]", 60000));
+    let out = run.qualify(&["--test-threads", "2"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let records = run.journal();
+    assert_all_pass(
+        &records,
+        &[
+            "safetensors::cpu::run::arithmetic_multiply",
+            "apr::cpu::chat::remember_word",
+            "apr::cpu::serve::remember_word",
+            "apr::cpu::gate::g0-integrity",
+            "apr::cpu::gate::serve-concurrent",
+            "apr::cpu::diff::tensors-vs-safetensors",
+            "safetensors::cpu::diff::golden-text",
+        ],
+        "command modelqa-engine",
+    );
+    // The command sees the APR file itself, and the harness hashed it as the model file.
+    let apr = records.iter().find(|r| r.trial.ends_with("apr::cpu::run::arithmetic_multiply")).unwrap();
+    assert!(
+        apr.model_files.iter().all(|f| f.path.extension().is_some_and(|e| e == "apr")),
+        "{:?}",
+        apr.model_files
+    );
+    // Logits are not shown by a command: those trials are ignored, with the reason.
+    let reasons = text(&out);
+    assert!(reasons.contains("the command engine returns no logits"), "{reasons}");
+}
+
+#[test]
+fn a_hung_command_is_a_timeout_and_its_whole_process_group_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    // The engine starts a grandchild and hangs; both must be gone once the timeout passes.
+    let engine = format!(
+        "  kind: command\n  args: [sh, -c, 'sleep 60 & echo $! > {}; wait', sh, '{{prompt}}']",
+        pid_file.display()
+    );
+    let run = Run::new(&playbook(&engine, "[safetensors]", 700));
+    let started = Instant::now();
+    let out = run.qualify(
+        &["--exact", "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::run::arithmetic_multiply"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    let records = run.journal();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Timeout, "{}", records[0].reason);
+    let pid = std::fs::read_to_string(&pid_file).expect("the command started its grandchild");
+    let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !proc.exists()
+    });
+    assert!(gone, "the grandchild {} outlived the timeout", pid.trim());
+}
+
+/// `modelqa-engine serve` on an ephemeral port, killed when dropped.
+struct ServerProcess {
+    child: Child,
+    base_url: String,
+}
+
+impl ServerProcess {
+    fn start() -> Self {
+        let mut child = Command::new(ENGINE)
+            .args([
+                "serve",
+                &model_dir().display().to_string(),
+                "--port",
+                "0",
+                "--model",
+                "modelqa/qa-tiny-llama",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("modelqa-engine starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("it prints its address");
+        assert!(line.starts_with("http://127.0.0.1:"), "{line:?}");
+        Self { child, base_url: line.trim().to_string() }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_openai_compatible_server_in_another_process_is_qualified_over_http() {
+    let server = ServerProcess::start();
+    let engine = format!(
+        "  kind: openai\n  base_url: {}\n  api_key_env: MODELQA_TEST_API_KEY\n  model: modelqa/qa-tiny-llama",
+        server.base_url
+    );
+    let run = Run::new(&playbook(&engine, "[safetensors]", 60000));
+    let out = run.qualify(&["--test-threads", "2"], &[("MODELQA_TEST_API_KEY", "sk-test")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let records = run.journal();
+    assert_all_pass(
+        &records,
+        &[
+            "run::arithmetic_multiply",
+            "chat::remember_word",
+            "serve::remember_word",
+            "gate::g1-load",
+            "gate::g2-inference",
+            "gate::serve-bad-requests",
+            "gate::serve-sse",
+            "diff::golden-text",
+        ],
+        "openai http://127.0.0.1:",
+    );
+    // What the server does not show is ignored, with the reason; nothing is read from disk.
+    let said = text(&out);
+    assert!(said.contains("the openai engine's model files are on its server"), "{said}");
+    assert!(said.contains("the openai engine returns no logits"), "{said}");
+    assert!(records.iter().all(|r| r.model_files.is_empty()));
+
+    // Without the API key the engine does not load, and says which variable is missing.
+    let run = Run::new(&playbook(&engine, "[safetensors]", 60000));
+    let out =
+        run.qualify(&["--exact", "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::gate::g1-load"], &[]);
+    assert!(!out.status.success());
+    let records = run.journal();
+    assert_eq!(records[0].outcome, Outcome::Falsified);
+    assert!(records[0].reason.contains("MODELQA_TEST_API_KEY is not set"), "{}", records[0].reason);
+}

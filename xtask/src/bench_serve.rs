@@ -1,0 +1,123 @@
+//! `cargo xtask bench serve [--requests N] [--model DIR]`: the OpenAI-compatible server's
+//! latency and throughput on qa-tiny, per format, against the same generations run in process.
+//!
+//! For each format: `N` greedy generations in process (`run`), then through the server `N`
+//! whole requests (latency p50/p99) and `N` streamed ones (time to first text p50/p99), then 8
+//! clients sending `N` requests each at once (requests/s). The overhead of `serve` over `run` is
+//! the difference of the p50 latencies. Everything runs in this one process, one after the
+//! other, so the figures compare as ratios.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
+use modelqa::matrix::{Backend, Format};
+use modelqa::serve::{Server, ServerConfig};
+use modelqa::serve_client::{Client, Endpoint, request_body};
+
+const PROMPT: &str = "What is 47 + 38?\n";
+const MAX_TOKENS: u32 = 8;
+const CLIENTS: usize = 8;
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
+    v.sort();
+    v
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let n: usize =
+        crate::flag_value(args, "--requests")?.map_or(Ok(50), |v| v.parse()).context("--requests")?;
+    anyhow::ensure!(n >= 2, "--requests must be at least 2");
+    let model = crate::flag_value(args, "--model")?
+        .map_or_else(|| crate::fixtures::qa_tiny_dir().join("qa-tiny-llama"), PathBuf::from);
+    let cache = crate::root().join("target").join("qualify").join("cache");
+    let deadline = || Instant::now() + Duration::from_secs(120);
+    let mut rows = Vec::new();
+    for format in [Format::Safetensors, Format::Apr] {
+        let artifact = modelqa::format::convert::artifact(&model, format, &cache)?;
+        eprintln!("{format}: {n} generations in process…");
+        let mut session = load_candle(&artifact, Backend::Cpu)?;
+        let mut run = Vec::new();
+        for _ in 0..n {
+            let request = GenerateRequest {
+                prompt: PROMPT,
+                max_tokens: MAX_TOKENS,
+                sampling: Sampling::Greedy,
+                deadline: deadline(),
+            };
+            let started = Instant::now();
+            session.generate(&request)?;
+            run.push(started.elapsed());
+        }
+        let session: Box<dyn Session> = Box::new(session);
+        let server = Server::start(Arc::new(Mutex::new(session)), ServerConfig::new("bench"))?;
+        let client = Client::new(server.base_url());
+        eprintln!("{format}: {n} whole and {n} streamed requests, then {CLIENTS} clients × {n}…");
+        let whole = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, false);
+        let streamed = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, true);
+        let mut latency = Vec::new();
+        for _ in 0..n {
+            latency.push(
+                client.send(Endpoint::Completions, &whole, deadline()).map_err(anyhow::Error::msg)?.latency,
+            );
+        }
+        let mut ttft = Vec::new();
+        for _ in 0..n {
+            let reply =
+                client.send(Endpoint::Completions, &streamed, deadline()).map_err(anyhow::Error::msg)?;
+            ttft.push(reply.first_text.context("a streamed reply without text")?);
+        }
+        let started = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..CLIENTS)
+                .map(|_| {
+                    s.spawn(|| -> Result<(), String> {
+                        for _ in 0..n {
+                            client.send(Endpoint::Completions, &whole, deadline())?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("a client panicked"))?.map_err(anyhow::Error::msg)?;
+            }
+            Ok(())
+        })?;
+        let rps = (CLIENTS * n) as f64 / started.elapsed().as_secs_f64();
+        server.stop();
+        rows.push((format, sorted(run), sorted(latency), sorted(ttft), rps));
+    }
+    println!();
+    println!(
+        "serve benchmark: {} ({PROMPT:?}, {MAX_TOKENS} tokens max, greedy), {n} requests per figure; {} cpus, {}, {} build",
+        model.display(),
+        std::thread::available_parallelism().map_or(1, |c| c.get()),
+        std::env::consts::ARCH,
+        if cfg!(debug_assertions) { "debug (dependencies optimised)" } else { "release" }
+    );
+    println!();
+    println!(
+        "| format | run p50 | serve p50 | serve p99 | TTFT p50 | TTFT p99 | req/s, {CLIENTS} clients | serve − run (p50) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (format, run, latency, ttft, rps) in &rows {
+        let (r, l) = (percentile(run, 0.5), percentile(latency, 0.5));
+        println!(
+            "| {format} | {r:.2} ms | {l:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {rps:.1} | {:+.2} ms ({:.2}×) |",
+            percentile(latency, 0.99),
+            percentile(ttft, 0.5),
+            percentile(ttft, 0.99),
+            l - r,
+            l / r
+        );
+    }
+    Ok(())
+}
