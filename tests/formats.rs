@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use modelqa::engine::{Session, load_candle};
-use modelqa::format::apr;
 use modelqa::format::convert::{self, ConvertError};
+use modelqa::format::{apr, gguf};
 use modelqa::matrix::{Backend, Format};
 
 fn qa_tiny(arch: &str) -> PathBuf {
@@ -240,4 +240,181 @@ fn the_tensor_differential_checks_the_embedded_tokenizer() {
     });
     let v = modelqa::diff::tensors(&qa_tiny("llama"), &changed);
     assert!(v.reason.contains("embedded tokenizer differs"), "{}", v.reason);
+}
+
+fn quantization(q: &str) -> modelqa::matrix::Quantization {
+    match Format::parse(&format!("gguf-{q}")) {
+        Some(Format::Gguf(q)) => q,
+        _ => panic!("{q} is a quantization"),
+    }
+}
+
+fn largest_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn safetensors_to_gguf_f32_to_safetensors_is_bit_exact_and_conversion_is_idempotent() {
+    for arch in ["llama", "qwen2", "mistral"] {
+        let source = qa_tiny(arch);
+        let first = gguf::from_safetensors(&source, quantization("f32")).expect("converts");
+        let second = gguf::from_safetensors(&source, quantization("f32")).expect("converts");
+        assert!(first == second, "{arch}: converting twice gives identical bytes");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("model.gguf");
+        std::fs::write(&file, &first).expect("write");
+        let out = dir.path().join("back");
+        gguf::to_safetensors(&file, &out).expect("back");
+        assert!(
+            tensors(&source) == tensors(&out),
+            "{arch}: every tensor comes back bit for bit (q/k un-permuted)"
+        );
+        for name in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            let read = |d: &Path| -> serde_json::Value {
+                serde_json::from_str(&std::fs::read_to_string(d.join(name)).expect("read")).expect("json")
+            };
+            assert_eq!(read(&source), read(&out), "{arch}: {name} comes back");
+        }
+    }
+    let q4 = |s: &Path| gguf::from_safetensors(s, quantization("q4_k_m")).expect("converts");
+    assert!(q4(&qa_tiny("llama")) == q4(&qa_tiny("llama")), "quantizing twice gives identical bytes");
+}
+
+#[test]
+fn gguf_sessions_match_safetensors_through_the_quantized_kernels() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    for arch in ["llama", "qwen2", "mistral"] {
+        let source = qa_tiny(arch);
+        let mut st = load_candle(&source, Backend::Cpu).expect("safetensors loads");
+        let f32_file =
+            convert::artifact(&source, Format::Gguf(quantization("f32")), cache.path()).expect("f32");
+        let mut f32_session = load_candle(&f32_file, Backend::Cpu).expect("gguf f32 loads");
+        for p in PROMPTS {
+            let want = st.prompt_logits(p, 8).expect("st");
+            let got = f32_session.prompt_logits(p, 8).expect("gguf");
+            // Same weights, another kernel: the permuted q/k and the metadata must be right.
+            assert!(
+                largest_difference(&want, &got) < 1e-4,
+                "{arch} {p:?}: {}",
+                largest_difference(&want, &got)
+            );
+        }
+        assert_eq!(
+            f32_session.info().chat_template.as_ref().map(|t| t.source.clone()),
+            st.info().chat_template.as_ref().map(|t| t.source.clone()),
+            "{arch}: the chat template travels in tokenizer.chat_template"
+        );
+        let q8 = convert::artifact(&source, Format::Gguf(quantization("q8_0")), cache.path()).expect("q8_0");
+        let mut q8 = load_candle(&q8, Backend::Cpu).expect("gguf q8_0 loads");
+        let request = |p| modelqa::engine::GenerateRequest {
+            prompt: p,
+            max_tokens: 8,
+            sampling: modelqa::engine::Sampling::Greedy,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+        };
+        assert_eq!(
+            q8.generate(&request("What is 47 + 38?\n")).expect("q8").text,
+            st.generate(&request("What is 47 + 38?\n")).expect("st").text,
+            "{arch}: Q8_0 answers as the ground truth does"
+        );
+    }
+}
+
+/// A GGUF file as llama.cpp's converter writes one: no embedded tokenizer.json, no Hugging Face
+/// files; the tokenizer comes from `tokenizer.ggml.*`.
+fn without_hf_files(bytes: &[u8]) -> Vec<u8> {
+    use candle_core::quantized::gguf_file;
+    let mut reader = std::io::Cursor::new(bytes);
+    let content = gguf_file::Content::read(&mut reader).expect("reads");
+    let metadata: Vec<(String, gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("modelqa.") && k.as_str() != gguf::HF_TOKENIZER_JSON)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| (n.clone(), content.tensor(&mut reader, n, &candle_core::Device::Cpu).expect("tensor")))
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &md, &ts).expect("writes");
+    out.into_inner()
+}
+
+#[test]
+fn a_gguf_made_elsewhere_loads_from_its_metadata_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for arch in ["llama", "qwen2"] {
+        let source = qa_tiny(arch);
+        let foreign = dir.path().join(format!("{arch}.gguf"));
+        std::fs::write(
+            &foreign,
+            without_hf_files(&gguf::from_safetensors(&source, quantization("f32")).unwrap()),
+        )
+        .expect("write");
+        let mut st = load_candle(&source, Backend::Cpu).expect("safetensors");
+        let mut g = load_candle(&foreign, Backend::Cpu).expect("a GGUF with ggml tokens and merges loads");
+        for p in PROMPTS {
+            let (want, got) = (st.prompt_logits(p, 8).unwrap(), g.prompt_logits(p, 8).unwrap());
+            assert!(
+                largest_difference(&want, &got) < 1e-4,
+                "{arch} {p:?}: the rebuilt tokenizer gives the same ids"
+            );
+        }
+        assert!(g.info().chat_template.is_some(), "{arch}: the chat template comes from the metadata");
+        // And it converts back: config.json rebuilt from the hyper-parameters, tensors exact.
+        let out = dir.path().join(format!("{arch}-back"));
+        gguf::to_safetensors(&foreign, &out).expect("back");
+        assert!(tensors(&source) == tensors(&out), "{arch}: tensors come back bit for bit");
+        let back = load_candle(&out, Backend::Cpu).expect("the rebuilt directory loads");
+        drop(back);
+    }
+}
+
+#[test]
+fn gguf_to_apr_keeps_k_quants_and_refuses_what_apr_cannot_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = qa_tiny("llama");
+    let q4 = dir.path().join("q4.gguf");
+    std::fs::write(&q4, gguf::from_safetensors(&source, quantization("q4_k_m")).unwrap()).unwrap();
+    let file = gguf::to_apr(&q4).expect("Q4_K_M is F32, Q4_K and Q6_K, which APR holds");
+    assert!(file.tensors.iter().any(|t| t.dtype == apr::AprDType::Q4K));
+    assert!(file.tensors.iter().any(|t| t.dtype == apr::AprDType::Q6K));
+    let apr_path = dir.path().join("q4.apr");
+    std::fs::write(&apr_path, apr::write(&file).unwrap()).unwrap();
+    let mut from_apr = load_candle(&apr_path, Backend::Cpu).expect("the APR file runs");
+    let mut st = load_candle(&source, Backend::Cpu).expect("safetensors");
+    let (want, got) =
+        (st.prompt_logits(PROMPTS[0], 8).unwrap(), from_apr.prompt_logits(PROMPTS[0], 8).unwrap());
+    let kl = modelqa::diff::logits(
+        &[want],
+        &[got],
+        modelqa::diff::LogitTolerance { max_mean_kl: 0.12, min_top1: 0.9 },
+    );
+    assert_eq!(kl.outcome, modelqa::journal::Outcome::Corroborated, "{}", kl.reason);
+
+    let q8 = dir.path().join("q8.gguf");
+    std::fs::write(&q8, gguf::from_safetensors(&source, quantization("q8_0")).unwrap()).unwrap();
+    let e = gguf::to_apr(&q8).expect_err("APR has no Q8_0");
+    assert!(matches!(e, ConvertError::Dtype { .. }) && e.to_string().contains("Q8_0"), "{e}");
+    let e = gguf::to_safetensors(&q4, &dir.path().join("x")).expect_err("safetensors has no Q4_K");
+    assert!(e.to_string().contains("safetensors cannot hold"), "{e}");
+}
+
+#[test]
+fn a_truncated_or_foreign_gguf_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = gguf::from_safetensors(&qa_tiny("qwen2"), quantization("q8_0")).unwrap();
+    for (name, data) in
+        [("truncated", &bytes[..bytes.len() / 2]), ("header", &bytes[..40]), ("not", &b"GGUF"[..])]
+    {
+        let p = dir.path().join(format!("{name}.gguf"));
+        std::fs::write(&p, data).unwrap();
+        let e = load_candle(&p, Backend::Cpu).err().unwrap_or_else(|| panic!("{name} loaded"));
+        assert!(e.to_string().contains(&p.display().to_string()), "{name}: {e}");
+    }
 }

@@ -129,8 +129,11 @@ fn list(
 fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     let (model, format) = (&spec.model, spec.name.format);
     let kind = &spec.kind;
-    let no_logits =
-        matches!(kind, TrialKind::Golden(GoldenKind::Logits) | TrialKind::Differential(DiffKind::Logits));
+    let no_logits = matches!(
+        kind,
+        TrialKind::Golden(GoldenKind::Logits)
+            | TrialKind::Differential(DiffKind::Logits | DiffKind::Generation)
+    );
     let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
     match &spec.engine {
         EngineSpec::Embedded => binder.ignore_reason(model, format, spec.name.backend),

@@ -131,6 +131,9 @@ fn safetensors_values(dir: &Path) -> Result<BTreeMap<String, Values>, String> {
 
 /// The artifact's tensors, and the tokenizer it embeds.
 fn artifact_values(artifact: &Path) -> Result<(BTreeMap<String, Values>, Option<serde_json::Value>), String> {
+    if artifact.extension().is_some_and(|e| e == "gguf") {
+        return gguf_values(artifact);
+    }
     let bytes = std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
     let file = apr::read(&bytes).map_err(|e| format!("{}: {e}", artifact.display()))?;
     let mut out = BTreeMap::new();
@@ -144,6 +147,45 @@ fn artifact_values(artifact: &Path) -> Result<(BTreeMap<String, Values>, Option<
     Ok((out, file.metadata.get(crate::format::convert::HF_TOKENIZER).cloned()))
 }
 
+/// A GGUF file's tensors under their Hugging Face names, dequantized and un-permuted.
+fn gguf_values(artifact: &Path) -> Result<(BTreeMap<String, Values>, Option<serde_json::Value>), String> {
+    let file = crate::format::gguf::dequantize(artifact).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for (name, (t, dtype)) in file.tensors {
+        let shape = t.dims().iter().map(|&d| d as u64).collect();
+        let values =
+            t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        out.insert(name, Values { dtype: ggml_name(dtype).to_string(), shape, values });
+    }
+    let tokenizer = file
+        .metadata
+        .get(crate::format::gguf::HF_TOKENIZER_JSON)
+        .and_then(|v| v.to_string().ok())
+        .and_then(|t| serde_json::from_str(t).ok());
+    Ok((out, tokenizer))
+}
+
+fn ggml_name(t: candle_core::quantized::GgmlDType) -> &'static str {
+    use candle_core::quantized::GgmlDType as G;
+    match t {
+        G::F32 => "F32",
+        G::F16 => "F16",
+        G::BF16 => "BF16",
+        G::Q4_0 => "Q4_0",
+        G::Q4_1 => "Q4_1",
+        G::Q5_0 => "Q5_0",
+        G::Q5_1 => "Q5_1",
+        G::Q8_0 => "Q8_0",
+        G::Q8_1 => "Q8_1",
+        G::Q2K => "Q2_K",
+        G::Q3K => "Q3_K",
+        G::Q4K => "Q4_K",
+        G::Q5K => "Q5_K",
+        G::Q6K => "Q6_K",
+        G::Q8K => "Q8_K",
+    }
+}
+
 /// The largest error a dtype may add, as a share of the tensor's largest magnitude.
 fn relative_bound(dtype: &str, source_dtype: &str) -> f32 {
     if dtype == source_dtype {
@@ -154,8 +196,12 @@ fn relative_bound(dtype: &str, source_dtype: &str) -> f32 {
         "F16" => 1e-3,
         "BF16" => 8e-3,
         "APR Q8" => 0.5 / 127.0 * 1.01,
+        // Block scales are f16, hence the margin over half a step.
+        "Q8_0" => 0.5 / 127.0 * 1.05,
         "Q6_K" => 0.02,
+        "Q5_0" | "Q5_1" | "Q5_K" => 0.04,
         "APR Q4" | "Q4_K" => 0.08,
+        "Q4_0" | "Q4_1" => 0.08,
         _ => 0.0,
     }
 }

@@ -120,6 +120,8 @@ pub enum DiffKind {
     Logits,
     /// The chat template renders every conversation to the same text as the ground truth's.
     ChatPrompt,
+    /// Greedy outputs: where they part, each format's token is in the other's top k.
+    Generation,
 }
 
 impl DiffKind {
@@ -128,6 +130,7 @@ impl DiffKind {
             DiffKind::Tensors => "tensors-vs-safetensors",
             DiffKind::Logits => "logits-vs-safetensors",
             DiffKind::ChatPrompt => "chat-prompt-vs-safetensors",
+            DiffKind::Generation => "generation-vs-safetensors",
         }
     }
 }
@@ -161,6 +164,8 @@ pub struct TrialSpec {
     pub source: std::path::PathBuf,
     /// The engine under test.
     pub engine: crate::playbook::spec::EngineSpec,
+    /// The playbook's differential settings.
+    pub differential: crate::playbook::spec::DifferentialSpec,
 }
 
 impl TrialSpec {
@@ -321,6 +326,7 @@ impl Plan {
             playbook: group.playbook,
             source: pb.source.clone(),
             engine: pb.engine.clone(),
+            differential: pb.differential.clone(),
         }
     }
 }
@@ -347,7 +353,7 @@ fn layout(tier: &TierPlan) -> Layout {
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
-    for k in [DiffKind::Tensors, DiffKind::Logits] {
+    for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation] {
         tails.push((TailKind::Differential(k), String::new()));
     }
     if tier.modalities.contains(&Modality::Serve) {

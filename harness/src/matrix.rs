@@ -97,7 +97,10 @@ impl Format {
     pub fn unsupported_reason(self) -> Option<&'static str> {
         match self {
             Self::Safetensors | Self::Apr => None,
-            Self::Gguf(_) => Some("format gguf is not implemented yet (GGUF conversion is planned)"),
+            Self::Gguf(Quantization::Q3KM | Quantization::Q2K) => {
+                Some("the gguf q3_k_m and q2_k mixes are not implemented yet")
+            }
+            Self::Gguf(_) => None,
         }
     }
 }

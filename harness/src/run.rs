@@ -356,7 +356,7 @@ impl RunContext {
                     reason: format!("the safetensors chat template: {e}"),
                 },
             },
-            DiffKind::Logits => {
+            DiffKind::Logits | DiffKind::Generation => {
                 let Some(reference_key) = reference_key(spec) else {
                     return Finding::new(Outcome::Falsified, "COMP", "a safetensors cell has no reference");
                 };
@@ -374,6 +374,15 @@ impl RunContext {
                     }
                 };
                 let prompts = asks(spec, info);
+                if kind == DiffKind::Generation {
+                    let k = spec.differential.top_k.unwrap_or(5);
+                    let v = first_divergence(&reference, session, &prompts, k, deadline);
+                    return Finding::new(
+                        v.outcome,
+                        if v.outcome == Outcome::Timeout { "timeout" } else { "COMP" },
+                        v.reason,
+                    );
+                }
                 let mut want = Vec::new();
                 let mut got = Vec::new();
                 for gate::Ask { name, prompt, .. } in &prompts {
@@ -402,7 +411,14 @@ impl RunContext {
                         }
                     }
                 }
-                crate::diff::logits(&want, &got, crate::diff::LogitTolerance::for_format(spec.name.format))
+                let format = spec.name.format;
+                let tolerance = match spec.differential.logits.get(&format.name()) {
+                    Some(g) => {
+                        crate::diff::LogitTolerance { max_mean_kl: g.max_mean_kl, min_top1: g.min_top1 }
+                    }
+                    None => crate::diff::LogitTolerance::for_format(format),
+                };
+                crate::diff::logits(&want, &got, tolerance)
             }
         };
         Finding::new(verdict.outcome, "COMP", verdict.reason)
@@ -1107,12 +1123,82 @@ fn from_verdict(g: Gate, v: GateVerdict) -> Finding {
     }
 }
 
+/// The generated-sequence rule (vLLM's): greedy outputs of the ground truth and the format are
+/// compared token by token; at the first divergence each side's token must be in the other's
+/// top `k` after the common prefix, and comparison of that scenario stops there.
+fn first_divergence(
+    reference: &SharedSession,
+    candidate: &SharedSession,
+    asks: &[gate::Ask],
+    k: usize,
+    deadline: Instant,
+) -> crate::diff::DiffVerdict {
+    use crate::diff::DiffVerdict;
+    let fail = |reason: String| DiffVerdict { outcome: Outcome::Falsified, reason };
+    let top_k = |logits: &[f32], token: u32| {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        order.iter().take(k).any(|&i| i == token as usize)
+    };
+    let (mut identical, mut parted) = (0, Vec::new());
+    for ask in asks {
+        let (r, c) = match (ask.generate(reference, deadline), ask.generate(candidate, deadline)) {
+            (Ok(r), Ok(c)) => (r, c),
+            (Err(EngineError::Timeout { .. }), _) | (_, Err(EngineError::Timeout { .. })) => {
+                return DiffVerdict {
+                    outcome: Outcome::Timeout,
+                    reason: "the greedy comparison passed its timeout".into(),
+                };
+            }
+            (Err(e), _) | (_, Err(e)) => return fail(format!("scenario {}: {e}", ask.name)),
+        };
+        let Some(d) = (0..r.tokens.len().max(c.tokens.len())).find(|&i| r.tokens.get(i) != c.tokens.get(i))
+        else {
+            identical += 1;
+            continue;
+        };
+        let prefix = &r.tokens[..d];
+        let logits =
+            |s: &SharedSession| s.lock().unwrap_or_else(|p| p.into_inner()).logits_after(&ask.prompt, prefix);
+        let (rl, cl) = match (logits(reference), logits(candidate)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return fail(format!("scenario {}: {e}", ask.name)),
+        };
+        // A side that ended there chose end-of-sequence; the other side's token is still checked.
+        if let Some(&t) = c.tokens.get(d)
+            && !top_k(&rl, t)
+        {
+            return fail(format!(
+                "scenario {}: the outputs part at token {d} ({:?} vs {:?}) and this format's token {t} is not in the ground truth's top {k}",
+                ask.name, r.text, c.text
+            ));
+        }
+        if let Some(&t) = r.tokens.get(d)
+            && !top_k(&cl, t)
+        {
+            return fail(format!(
+                "scenario {}: the outputs part at token {d} ({:?} vs {:?}) and the ground truth's token {t} is not in this format's top {k}",
+                ask.name, r.text, c.text
+            ));
+        }
+        parted.push(format!("{} at token {d}", ask.name));
+    }
+    let mut reason = format!("{identical} of {} greedy outputs identical", asks.len());
+    if !parted.is_empty() {
+        reason.push_str(&format!(
+            "; where they part each token is in the other's top {k} ({})",
+            parted.join(", ")
+        ));
+    }
+    DiffVerdict { outcome: Outcome::Corroborated, reason }
+}
+
 /// Prompt positions whose next-token distributions a logit differential compares.
 const DIFF_POSITIONS: usize = 16;
 
 /// The safetensors session a logit differential compares against, if the trial is one.
 pub fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
-    matches!(spec.kind, TrialKind::Differential(DiffKind::Logits))
+    matches!(spec.kind, TrialKind::Differential(DiffKind::Logits | DiffKind::Generation))
         .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
 }
 

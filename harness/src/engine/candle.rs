@@ -5,10 +5,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
-use candle_transformers::models::{llama, mistral, qwen2};
+use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwen2, qwen2};
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
@@ -32,9 +33,15 @@ impl Engine for CandleEngine {
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
 
 enum Model {
-    Llama { model: llama::Llama, config: llama::Config },
+    Llama {
+        model: llama::Llama,
+        config: llama::Config,
+    },
     Qwen2(qwen2::ModelForCausalLM),
     Mistral(mistral::Model),
+    /// A GGUF file of the llama convention (llama and mistral), quantized kernels.
+    QuantizedLlama(quantized_llama::ModelWeights),
+    QuantizedQwen2(quantized_qwen2::ModelWeights),
 }
 
 /// A model loaded by candle.
@@ -166,10 +173,13 @@ struct Parts {
     files: Vec<ModelFile>,
 }
 
-/// Loads a Hugging Face model directory, or an APR v2 file, with candle.
+/// Loads a Hugging Face model directory, an APR v2 file or a GGUF file, with candle.
 pub fn load_candle(path: &Path, backend: Backend) -> Result<CandleSession, EngineError> {
     let started = Instant::now();
     let device = device_for(backend)?;
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return gguf_session(path, device, backend, started);
+    }
     let parts = if path.is_file() && path.extension().is_some_and(|e| e == "apr") {
         apr_parts(path, &device)?
     } else {
@@ -309,6 +319,25 @@ fn assemble(
     if let Some(json) = &generation_config {
         eos.extend(token_ids(json.get("eos_token_id")));
     }
+    let bos = token_ids(config.get("bos_token_id")).first().copied();
+    let loaded = Loaded { model, context, tokenizer, eos, bos, architecture, files, chat_template };
+    Ok(finish(loaded, device, backend, started))
+}
+
+/// A loaded model and what its session needs besides, whatever the format.
+struct Loaded {
+    model: Model,
+    context: usize,
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+    bos: Option<u32>,
+    architecture: String,
+    files: Vec<ModelFile>,
+    chat_template: Option<ChatTemplate>,
+}
+
+fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) -> CandleSession {
+    let Loaded { model, context, tokenizer, mut eos, bos, architecture, files, chat_template } = loaded;
     // End-of-turn tokens of the common chat templates end generation too.
     for special in
         ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>"]
@@ -319,7 +348,6 @@ fn assemble(
     }
     eos.sort_unstable();
     eos.dedup();
-    let bos = token_ids(config.get("bos_token_id")).first().copied();
     let special = tokenizer
         .get_added_tokens_decoder()
         .into_iter()
@@ -330,7 +358,7 @@ fn assemble(
         Backend::Cpu => "cpu".to_string(),
         Backend::Gpu => "cuda:0".to_string(),
     };
-    Ok(CandleSession {
+    CandleSession {
         model,
         tokenizer,
         device,
@@ -347,7 +375,61 @@ fn assemble(
             chat_template,
             applies_chat_template: false,
         },
-    })
+    }
+}
+
+/// A GGUF file (this project's or llama.cpp's): architecture, hyper-parameters, tokenizer and
+/// chat template from its metadata; the weights stay quantized and run on candle's kernels.
+fn gguf_session(
+    path: &Path,
+    device: Device,
+    backend: Backend,
+    started: Instant,
+) -> Result<CandleSession, EngineError> {
+    let mut file = std::fs::File::open(path).map_err(|e| load_err(path, e))?;
+    let content =
+        gguf_file::Content::read(&mut file).map_err(|e| load_err(path, format!("not a GGUF file: {e}")))?;
+    let md = &content.metadata;
+    let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
+    let number = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+    let arch = text("general.architecture").ok_or_else(|| load_err(path, "no general.architecture"))?;
+    let tokenizer = gguf_tokenizer(path, md)?;
+    let context = number(&format!("{arch}.context_length")).unwrap_or(2048) as usize;
+    let eos: Vec<u32> = number("tokenizer.ggml.eos_token_id").into_iter().collect();
+    let bos = number("tokenizer.ggml.bos_token_id");
+    let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+    let chat_template = text("tokenizer.chat_template").map(|source| ChatTemplate {
+        source,
+        bos_token: token_text(bos),
+        eos_token: token_text(eos.first().copied()),
+    });
+    let model = match arch.as_str() {
+        "llama" => Model::QuantizedLlama(
+            quantized_llama::ModelWeights::from_gguf(content, &mut file, &device)
+                .map_err(|e| load_err(path, e))?,
+        ),
+        "qwen2" => Model::QuantizedQwen2(
+            quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &device)
+                .map_err(|e| load_err(path, e))?,
+        ),
+        other => {
+            return Err(load_err(
+                path,
+                format!("GGUF architecture `{other}` is not supported (llama, qwen2 are)"),
+            ));
+        }
+    };
+    let files = vec![hash_file(path).map_err(|e| load_err(path, e))?];
+    let loaded = Loaded { model, context, tokenizer, eos, bos, architecture: arch, files, chat_template };
+    Ok(finish(loaded, device, backend, started))
+}
+
+/// The tokenizer a GGUF file carries (`format::gguf::tokenizer`).
+fn gguf_tokenizer(
+    path: &Path,
+    md: &std::collections::HashMap<String, gguf_file::Value>,
+) -> Result<Tokenizer, EngineError> {
+    crate::format::gguf::tokenizer(md).map_err(|e| load_err(path, e))
 }
 
 /// The candle version the harness is built against (kept in step with Cargo.toml).
@@ -369,6 +451,8 @@ impl CandleSession {
             }
             Model::Qwen2(model) => model.forward(&input, pos)?,
             Model::Mistral(model) => model.forward(&input, pos)?,
+            Model::QuantizedLlama(model) => model.forward(&input, pos)?,
+            Model::QuantizedQwen2(model) => model.forward(&input, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -400,11 +484,13 @@ impl CandleSession {
                 llama::Cache::new(true, DType::F32, config, &self.device)
                     .map_err(|e| EngineError::Inference(e.to_string()))?,
             ),
-            Model::Qwen2(_) | Model::Mistral(_) => None,
+            Model::Qwen2(_) | Model::Mistral(_) | Model::QuantizedLlama(_) | Model::QuantizedQwen2(_) => None,
         };
         match &mut self.model {
             Model::Qwen2(m) => m.clear_kv_cache(),
             Model::Mistral(m) => m.clear_kv_cache(),
+            Model::QuantizedLlama(m) => m.clear_kv_cache(),
+            Model::QuantizedQwen2(m) => m.clear_kv_cache(),
             Model::Llama { .. } => {}
         }
         Ok(cache)
@@ -414,6 +500,27 @@ impl CandleSession {
 impl Session for CandleSession {
     fn info(&self) -> &SessionInfo {
         &self.info
+    }
+
+    fn logits_after(&mut self, prompt: &str, continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let inference = |e: candle_core::Error| EngineError::Inference(e.to_string());
+        let mut ids = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| EngineError::Inference(format!("failed to tokenize the prompt: {e}")))?
+            .get_ids()
+            .to_vec();
+        ids.extend_from_slice(continuation);
+        if ids.is_empty() || ids.len() > self.context {
+            return Err(EngineError::Inference(format!(
+                "{} tokens do not fit the context of {}",
+                ids.len(),
+                self.context
+            )));
+        }
+        let mut cache = self.fresh_cache()?;
+        let logits = self.forward(&ids, 0, &mut cache).map_err(inference)?;
+        logits.to_vec1::<f32>().map_err(inference)
     }
 
     fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError> {

@@ -118,6 +118,11 @@ pub trait Session: Send {
     /// The logits after each of the prompt's first `positions` tokens (position i predicts
     /// token i+1), for numeric comparisons between formats, engines and references.
     fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError>;
+    /// The next-token logits after `prompt` (encoded as `generate` encodes it) followed by the
+    /// token ids `continuation`: where two formats' greedy outputs part, what each would say.
+    fn logits_after(&mut self, _prompt: &str, _continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Err(EngineError::Unsupported("this engine shows no logits".into()))
+    }
     /// Answers a conversation, for engines that apply their own chat template
     /// ([`SessionInfo::applies_chat_template`]); `request.prompt` is the harness's readable
     /// transcript, for the record only.

@@ -16,11 +16,8 @@ pub const HF_TOKENIZER: &str = "hf.tokenizer";
 pub const HF_TOKENIZER_CONFIG: &str = "hf.tokenizer_config";
 pub const HF_GENERATION_CONFIG: &str = "hf.generation_config";
 
-/// Makes an artifact's bytes from a source directory.
-type Converter = fn(&Path) -> Result<Vec<u8>, ConvertError>;
-
 /// Bumped whenever a converter's output changes, so cached artifacts are remade.
-const CONVERTER_VERSION: &str = "1";
+const CONVERTER_VERSION: &str = "2";
 
 /// A conversion that could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +79,21 @@ pub fn safetensors_to_apr(dir: &Path) -> Result<AprFile, ConvertError> {
             });
         }
     }
+    Ok(apr_file(HfFiles { config, tokenizer, tokenizer_config, generation_config }, tensors, "safetensors"))
+}
+
+/// The Hugging Face files a model carries besides its tensors.
+pub struct HfFiles {
+    pub config: serde_json::Value,
+    pub tokenizer: serde_json::Value,
+    pub tokenizer_config: Option<serde_json::Value>,
+    pub generation_config: Option<serde_json::Value>,
+}
+
+/// An APR file of `tensors` with the format's typed config fields and the Hugging Face files
+/// embedded so it runs on its own.
+pub fn apr_file(hf: HfFiles, mut tensors: Vec<AprTensor>, original_format: &str) -> AprFile {
+    let HfFiles { config, tokenizer, tokenizer_config, generation_config } = hf;
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     let param_count: u64 = tensors.iter().map(|t| t.shape.iter().product::<u64>()).sum();
     let total_size: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
@@ -95,7 +107,7 @@ pub fn safetensors_to_apr(dir: &Path) -> Result<AprFile, ConvertError> {
     for k in ["license", "data_source", "data_license"] {
         metadata.insert(k.into(), serde_json::Value::Null);
     }
-    metadata.insert("original_format".into(), "safetensors".into());
+    metadata.insert("original_format".into(), original_format.into());
     metadata.insert("architecture".into(), model_type);
     for (apr_key, hf_key) in [
         ("hidden_size", "hidden_size"),
@@ -124,17 +136,23 @@ pub fn safetensors_to_apr(dir: &Path) -> Result<AprFile, ConvertError> {
     if let Some(c) = generation_config {
         metadata.insert(HF_GENERATION_CONFIG.into(), c);
     }
-    Ok(AprFile { flags: apr::flags::LAYOUT_ROW_MAJOR | apr::flags::HAS_VOCAB, metadata, tensors })
+    AprFile { flags: apr::flags::LAYOUT_ROW_MAJOR | apr::flags::HAS_VOCAB, metadata, tensors }
 }
 
 /// The derived artifact of `format` for the safetensors model in `source`: made on first use,
 /// then found by the content hash of the source files and the converter settings. Several
 /// processes asking at once wait on one lock; the artifact appears by rename, whole.
 pub fn artifact(source: &Path, format: Format, cache: &Path) -> Result<PathBuf, ConvertError> {
-    let (ext, convert): (&str, Converter) = match format {
+    let ext = match format {
         Format::Safetensors => return Ok(source.to_path_buf()),
-        Format::Apr => ("apr", |dir| Ok(apr::write(&safetensors_to_apr(dir)?)?)),
-        Format::Gguf(_) => return Err(ConvertError::Unsupported(format!("format {format}"))),
+        Format::Apr => "apr",
+        Format::Gguf(_) => "gguf",
+    };
+    let convert = |dir: &Path| -> Result<Vec<u8>, ConvertError> {
+        match format {
+            Format::Gguf(q) => super::gguf::from_safetensors(dir, q),
+            _ => Ok(apr::write(&safetensors_to_apr(dir)?)?),
+        }
     };
     let mut hasher = Sha256::new();
     hasher.update(format!("modelqa-convert {CONVERTER_VERSION} {format}\n"));

@@ -2,3 +2,4 @@
 
 pub mod apr;
 pub mod convert;
+pub mod gguf;

@@ -161,6 +161,7 @@ fn merge(base: PlaybookDoc, over: PlaybookDoc) -> PlaybookDoc {
         tiers: tiers.map(|t: BTreeMap<_, _>| t),
         models: concat(base.models, over.models),
         scenarios: concat(base.scenarios, over.scenarios),
+        differential_tests: over.differential_tests.or(base.differential_tests),
     }
 }
 

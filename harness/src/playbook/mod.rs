@@ -30,6 +30,7 @@ pub struct Playbook {
     pub family: String,
     pub failure_policy: Option<FailurePolicy>,
     pub engine: spec::EngineSpec,
+    pub differential: spec::DifferentialSpec,
     pub models: Vec<Model>,
     /// Sorted by name.
     pub tiers: Vec<TierPlan>,

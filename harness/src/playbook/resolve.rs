@@ -68,12 +68,28 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
     tier_plans.sort_by(|a, b| format!("{}::", a.name).cmp(&format!("{}::", b.name)));
     let engine = doc.engine.clone().unwrap_or_default();
     check_engine(&engine).map_err(|m| err(m).at("engine".to_string()))?;
+    let differential = doc.differential_tests.clone().unwrap_or_default();
+    for (format, gate) in &differential.logits {
+        let at = format!("differential_tests.logits.{format}");
+        if Format::parse(format).is_none() {
+            return Err(
+                err(format!("`{format}` is not a format name (safetensors, apr, gguf-q4_k_m, …)")).at(at)
+            );
+        }
+        if !(gate.max_mean_kl >= 0.0 && (0.0..=1.0).contains(&gate.min_top1)) {
+            return Err(err("`max_mean_kl` must be ≥ 0 and `min_top1` between 0 and 1".to_string()).at(at));
+        }
+    }
+    if differential.top_k == Some(0) {
+        return Err(err("`top_k` must be at least 1".to_string()).at("differential_tests.top_k".to_string()));
+    }
 
     Ok(Playbook {
         source: file.to_path_buf(),
         family,
         failure_policy: doc.failure_policy,
         engine,
+        differential,
         models,
         tiers: tier_plans,
         scenarios,

@@ -418,6 +418,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             SeedPolicy::CollectAll => FailurePolicy::CollectAll,
         }),
         engine: super::spec::EngineSpec::Embedded,
+        differential: super::spec::DifferentialSpec::default(),
         models: vec![model],
         tiers: vec![tier_plan],
         scenarios,

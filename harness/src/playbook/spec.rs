@@ -38,6 +38,31 @@ pub struct PlaybookDoc {
     pub tiers: Option<BTreeMap<String, MatrixSpec>>,
     pub models: Option<Vec<ModelSpec>>,
     pub scenarios: Option<Vec<ScenarioSpec>>,
+    /// Settings of the differential trials of derived formats against safetensors.
+    pub differential_tests: Option<DifferentialSpec>,
+}
+
+/// The differential trials' settings. Field names follow the original project where it had one.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DifferentialSpec {
+    /// Gates of `diff::logits-vs-safetensors` per format name (`gguf-q4_k_m`, `apr`, …),
+    /// replacing the defaults (docs/playbooks.md lists them).
+    #[serde(default)]
+    pub logits: BTreeMap<String, LogitGate>,
+    /// `k` of the generated-sequence rule: at the first divergence of the greedy outputs, each
+    /// format's token must be in the other's top k (default 5).
+    pub top_k: Option<usize>,
+}
+
+/// A gate on next-token distributions against the ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogitGate {
+    /// Largest mean KL divergence (ground truth ‖ format), in nats.
+    pub max_mean_kl: f64,
+    /// Smallest share of positions whose most likely next token agrees, 0–1.
+    pub min_top1: f64,
 }
 
 /// The engine a family is qualified on. Formats and backends in trial names keep their meaning:
