@@ -418,3 +418,67 @@ fn a_truncated_or_foreign_gguf_is_a_clear_error() {
         assert!(e.to_string().contains(&p.display().to_string()), "{name}: {e}");
     }
 }
+
+#[test]
+fn each_invariant_fails_on_the_defect_it_names_and_passes_clean_files() {
+    use modelqa::diff::{Invariant, invariant};
+    use modelqa::journal::Outcome;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = qa_tiny("llama");
+    let texts = vec!["What is 47 + 38?\n".to_string()];
+    let clean = edited_artifact(dir.path(), |_| {});
+    for inv in Invariant::ALL {
+        let v = invariant(inv, &source, &clean, Format::Apr, &texts);
+        assert_eq!(v.outcome, Outcome::Corroborated, "{}: {}", inv.slug(), v.reason);
+    }
+    let check = |inv: Invariant, path: &Path, format: Format, says: &str| {
+        let v = invariant(inv, &source, path, format, &texts);
+        assert_eq!(v.outcome, Outcome::Falsified, "{} passed: {}", inv.slug(), v.reason);
+        assert!(v.reason.starts_with(inv.slug()) && v.reason.contains(says), "{}", v.reason);
+    };
+    // I-1, I-3, I-4: one value nudged in a tensor that keeps its dtype.
+    let nudged = dir.path().join("nudged");
+    std::fs::create_dir(&nudged).unwrap();
+    let nudged = edited_artifact(&nudged, |f| tensor(f, "model.norm.weight").data[0] ^= 1);
+    check(Invariant::RoundTrip, &nudged, Format::Apr, "model.norm.weight");
+    check(Invariant::StatisticsPreserved, &nudged, Format::Apr, "checksum changed");
+    // I-2: a tensor renamed.
+    let renamed = dir.path().join("renamed");
+    std::fs::create_dir(&renamed).unwrap();
+    let renamed =
+        edited_artifact(&renamed, |f| tensor(f, "model.norm.weight").name = "model.final_norm.weight".into());
+    check(Invariant::NameBijection, &renamed, Format::Apr, "model.final_norm.weight");
+    // I-3: a tensor stored as f16 where the source is f32.
+    let narrowed = dir.path().join("narrowed");
+    std::fs::create_dir(&narrowed).unwrap();
+    let narrowed = edited_artifact(&narrowed, |f| {
+        let t = tensor(f, "model.norm.weight");
+        let values: Vec<f32> =
+            t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        t.data = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        t.dtype = apr::AprDType::F16;
+    });
+    check(Invariant::NoSilentDtypeFallback, &narrowed, Format::Apr, "was F32 and is stored as F16");
+    // I-5: a merge dropped from the embedded tokenizer.
+    let retokenized = dir.path().join("retokenized");
+    std::fs::create_dir(&retokenized).unwrap();
+    let retokenized = edited_artifact(&retokenized, |f| {
+        let tok = f.metadata.get_mut(convert::HF_TOKENIZER).expect("tokenizer");
+        let merges = tok["model"]["merges"].as_array_mut().expect("merges");
+        merges.truncate(merges.len() / 2);
+    });
+    check(Invariant::TokenizerRoundTrip, &retokenized, Format::Apr, "encodes to");
+    // A GGUF file whose tensor is re-typed without the fallback being listed.
+    let q4 = dir.path().join("q4.gguf");
+    std::fs::write(&q4, gguf::from_safetensors(&source, quantization("q4_k_m")).unwrap()).unwrap();
+    for inv in Invariant::ALL {
+        let v = invariant(inv, &source, &q4, Format::Gguf(quantization("q4_k_m")), &texts);
+        assert_eq!(v.outcome, Outcome::Corroborated, "gguf {}: {}", inv.slug(), v.reason);
+    }
+    check(
+        Invariant::NoSilentDtypeFallback,
+        &q4,
+        Format::Gguf(quantization("q8_0")),
+        "the file lists no fallback",
+    );
+}

@@ -78,7 +78,8 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::matrix::Format::Safetensors));
     // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
-    // safetensors cell, three differential trials (tensors, logits, generation) per derived-format cell, plus
+    // safetensors cell, eight differential trials (tensors, logits, generation, invariants I-1 to I-5)
+    // per derived-format cell, plus
     // the rendered chat prompt where the tier chats or serves, and six server-level gates per
     // cell where it serves.
     let safetensors_cells = safetensors * tier.backends.len();
@@ -87,7 +88,7 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     let expected = per_scenario * tier.scenario_count
         + 5 * cells
         + 2 * safetensors_cells
-        + (3 + usize::from(chats)) * (cells - safetensors_cells)
+        + (8 + usize::from(chats)) * (cells - safetensors_cells)
         + if serves { 6 * cells } else { 0 };
     let plan = Plan::new(pbs.clone());
     if plan.total() != expected {

@@ -144,7 +144,8 @@ fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the openai engine lays conversations out itself; its prompts are not shown".into())
             } else if matches!(
                 kind,
-                TrialKind::Gate(Gate::Integrity) | TrialKind::Differential(DiffKind::Tensors)
+                TrialKind::Gate(Gate::Integrity)
+                    | TrialKind::Differential(DiffKind::Tensors | DiffKind::Invariant(_))
             ) {
                 Some("the openai engine's model files are on its server".into())
             } else {

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use crate::chat::ChatTemplate;
 use crate::format::apr;
 use crate::journal::Outcome;
@@ -351,6 +353,280 @@ pub fn logits(
     } else {
         DiffVerdict::fail(summary)
     }
+}
+
+/// The contract invariants of the original project, each a trial of every derived format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invariant {
+    /// I-1: a lossless format converts back to the ground truth bit for bit; a quantizing one
+    /// refuses to convert back silently, and converting again gives the same bytes.
+    RoundTrip,
+    /// I-2: every tensor name maps to the format's name and back, one to one.
+    NameBijection,
+    /// I-3: every tensor is stored in the type its conversion asks for, or a fallback the file
+    /// lists.
+    NoSilentDtypeFallback,
+    /// I-4: per-tensor mean, standard deviation, minimum and maximum within the type's bound
+    /// (and an identical checksum where the type is the source's).
+    StatisticsPreserved,
+    /// I-5: the format's tokenizer encodes and decodes as the ground truth's.
+    TokenizerRoundTrip,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 5] = [
+        Invariant::RoundTrip,
+        Invariant::NameBijection,
+        Invariant::NoSilentDtypeFallback,
+        Invariant::StatisticsPreserved,
+        Invariant::TokenizerRoundTrip,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Invariant::RoundTrip => "i1-round-trip",
+            Invariant::NameBijection => "i2-name-bijection",
+            Invariant::NoSilentDtypeFallback => "i3-no-silent-dtype-fallback",
+            Invariant::StatisticsPreserved => "i4-statistics-preserved",
+            Invariant::TokenizerRoundTrip => "i5-tokenizer-round-trip",
+        }
+    }
+}
+
+/// Checks one invariant of `artifact` (the `format` made from the safetensors directory
+/// `source`); `texts` are what the tokenizer round trip encodes besides its own cases.
+pub fn invariant(
+    inv: Invariant,
+    source: &Path,
+    artifact: &Path,
+    format: Format,
+    texts: &[String],
+) -> DiffVerdict {
+    let result = match inv {
+        Invariant::RoundTrip => round_trip(source, artifact, format),
+        Invariant::NameBijection => name_bijection(source, artifact, format),
+        Invariant::NoSilentDtypeFallback => no_silent_fallback(source, artifact, format),
+        Invariant::StatisticsPreserved => statistics(source, artifact),
+        Invariant::TokenizerRoundTrip => tokenizer_round_trip(source, artifact, texts),
+    };
+    match result {
+        Ok(reason) => DiffVerdict::pass(reason),
+        Err(reason) => DiffVerdict::fail(format!("{}: {reason}", inv.slug())),
+    }
+}
+
+/// A tensor as a safetensors file stores it: dtype, shape, bytes.
+type Stored = (String, Vec<usize>, Vec<u8>);
+
+/// Every tensor of a safetensors directory as stored.
+fn safetensors_raw(dir: &Path) -> Result<BTreeMap<String, Stored>, String> {
+    let mut out = BTreeMap::new();
+    for file in crate::engine::safetensors_files(dir).map_err(|e| e.to_string())? {
+        let bytes = std::fs::read(&file).map_err(|e| format!("failed to read {}: {e}", file.display()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        for (name, view) in st.tensors() {
+            out.insert(name, (format!("{:?}", view.dtype()), view.shape().to_vec(), view.data().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+fn round_trip(source: &Path, artifact: &Path, format: Format) -> Result<String, String> {
+    let back = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+    let converted = match format {
+        Format::Apr => {
+            let bytes =
+                std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
+            let file = apr::read(&bytes).map_err(|e| e.to_string())?;
+            crate::format::convert::apr_to_safetensors(&file, back.path())
+        }
+        Format::Gguf(_) => crate::format::gguf::to_safetensors(artifact, back.path()),
+        Format::Safetensors => return Err("safetensors is the ground truth, not a derived format".into()),
+    };
+    match converted {
+        Ok(()) => {
+            let (want, got) = (safetensors_raw(source)?, safetensors_raw(back.path())?);
+            if want != got {
+                let differ: Vec<&String> =
+                    want.keys().chain(got.keys()).filter(|k| want.get(*k) != got.get(*k)).take(5).collect();
+                return Err(format!("converted back, these tensors differ from the source: {differ:?}"));
+            }
+            Ok(format!("{format} → safetensors gives all {} tensors back bit for bit", want.len()))
+        }
+        Err(crate::format::convert::ConvertError::Dtype { name, dtype, .. }) => {
+            // A quantizing format: no silent way back; the conversion itself must be a function.
+            let Format::Gguf(q) = format else { return Err(format!("tensor `{name}` is {dtype}")) };
+            let again = crate::format::gguf::from_safetensors(source, q).map_err(|e| e.to_string())?;
+            let made =
+                std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
+            if again != made {
+                return Err("converting the source again gives different bytes".into());
+            }
+            Ok(format!(
+                "{format} quantizes (`{name}` is {dtype}), so converting back is refused rather than done silently; converting again gives identical bytes"
+            ))
+        }
+        Err(e) => Err(format!("converting back failed: {e}")),
+    }
+}
+
+fn name_bijection(source: &Path, artifact: &Path, format: Format) -> Result<String, String> {
+    let src = safetensors_raw(source)?;
+    if let Format::Gguf(_) = format {
+        for name in src.keys() {
+            let g =
+                crate::format::gguf::gguf_name(name).ok_or_else(|| format!("`{name}` has no GGUF name"))?;
+            if crate::format::gguf::hf_name(&g).as_deref() != Some(name) {
+                return Err(format!("`{name}` → `{g}` does not map back"));
+            }
+        }
+    }
+    let (dst, _) = artifact_values(artifact)?;
+    let tied = |k: &String| k == "lm_head.weight" && src.contains_key("model.embed_tokens.weight");
+    let missing: Vec<&String> = src.keys().filter(|k| !dst.contains_key(*k)).collect();
+    let extra: Vec<&String> = dst.keys().filter(|k| !src.contains_key(*k) && !tied(k)).collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        return Err(format!("missing from the artifact {missing:?}, not in the source {extra:?}"));
+    }
+    Ok(format!("{} tensor names correspond one to one", src.len()))
+}
+
+fn no_silent_fallback(source: &Path, artifact: &Path, format: Format) -> Result<String, String> {
+    let src = safetensors_values(source)?;
+    let (dst, _) = artifact_values(artifact)?;
+    match format {
+        Format::Gguf(q) => {
+            let file = crate::format::gguf::dequantize(artifact).map_err(|e| e.to_string())?;
+            let listed: Vec<String> = file
+                .metadata
+                .get(crate::format::gguf::FALLBACKS)
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.iter().filter_map(|s| s.to_string().ok().cloned()).collect())
+                .unwrap_or_default();
+            let layers = dst.keys().filter(|k| k.ends_with("input_layernorm.weight")).count();
+            let mut fallbacks = 0;
+            for (name, v) in &dst {
+                let g = crate::format::gguf::gguf_name(name).unwrap_or_default();
+                let dims: Vec<usize> = v.shape.iter().map(|&d| d as usize).collect();
+                let wanted = crate::format::gguf::wanted_type(q, &g, &dims, layers)?;
+                if ggml_name(wanted) != v.dtype {
+                    if !listed.iter().any(|l| l.starts_with(&format!("{g}:"))) {
+                        return Err(format!(
+                            "`{name}` is stored as {} where {q:?} asks for {}, and the file lists no fallback",
+                            v.dtype,
+                            ggml_name(wanted)
+                        ));
+                    }
+                    fallbacks += 1;
+                }
+            }
+            Ok(format!(
+                "{} tensors in the types {} asks for; {fallbacks} listed fallbacks",
+                dst.len(),
+                format
+            ))
+        }
+        _ => {
+            for (name, v) in &dst {
+                if let Some(s) = src.get(name)
+                    && s.dtype != v.dtype
+                {
+                    return Err(format!("`{name}` was {} and is stored as {}", s.dtype, v.dtype));
+                }
+            }
+            Ok(format!("{} tensors keep their source dtypes", dst.len()))
+        }
+    }
+}
+
+/// Mean, standard deviation, minimum and maximum.
+fn stats(v: &[f32]) -> [f64; 4] {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    let min = v.iter().fold(f32::INFINITY, |m, &x| m.min(x)) as f64;
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    [mean, var.sqrt(), min, max]
+}
+
+fn statistics(source: &Path, artifact: &Path) -> Result<String, String> {
+    let src = safetensors_values(source)?;
+    let (dst, _) = artifact_values(artifact)?;
+    let mut checksums = 0;
+    for (name, a) in &src {
+        let Some(b) = dst.get(name) else { return Err(format!("`{name}` is missing")) };
+        if a.dtype == b.dtype {
+            let sum = |v: &[f32]| Sha256::digest(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+            if sum(&a.values) != sum(&b.values) {
+                return Err(format!("`{name}` keeps its dtype {} but its checksum changed", a.dtype));
+            }
+            checksums += 1;
+            continue;
+        }
+        let scale = a.values.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE) as f64;
+        let bound = relative_bound(&b.dtype, &a.dtype) as f64 * scale;
+        let (sa, sb) = (stats(&a.values), stats(&b.values));
+        for (what, x, y) in
+            [("mean", sa[0], sb[0]), ("std", sa[1], sb[1]), ("min", sa[2], sb[2]), ("max", sa[3], sb[3])]
+        {
+            if (x - y).abs() > bound || y.is_nan() {
+                return Err(format!(
+                    "`{name}` ({} → {}): {what} {x:.6} became {y:.6}, beyond {bound:.3e}",
+                    a.dtype, b.dtype
+                ));
+            }
+        }
+    }
+    Ok(format!(
+        "{} tensors: {checksums} identical checksums; the others' mean, std, min and max within their dtype's bound",
+        src.len()
+    ))
+}
+
+fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Result<String, String> {
+    let path = source.join("tokenizer.json");
+    let want = tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let got = if artifact.extension().is_some_and(|e| e == "gguf") {
+        let mut file = std::fs::File::open(artifact).map_err(|e| e.to_string())?;
+        let content =
+            candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
+        crate::format::gguf::tokenizer(&content.metadata)?
+    } else {
+        let (_, json) = artifact_values(artifact)?;
+        let json = json.ok_or("the artifact carries no tokenizer")?;
+        tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(|e| e.to_string())?
+    };
+    let mut cases: Vec<String> = [
+        "",
+        " ",
+        "Hello, world!",
+        "What is 47 + 38?\n",
+        "naïve café — 你好 😀",
+        "<|im_start|>user\nhi<|im_end|>\n",
+        "def add(a, b):\n    return a + b",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cases.extend(texts.iter().cloned());
+    for text in &cases {
+        let ids = |t: &tokenizers::Tokenizer| {
+            t.encode(text.as_str(), true).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
+        };
+        let (a, b) = (ids(&want)?, ids(&got)?);
+        if a != b {
+            return Err(format!("{text:?} encodes to {b:?}, the ground truth's tokenizer gives {a:?}"));
+        }
+        let (da, db) = (
+            want.decode(&a, false).map_err(|e| e.to_string())?,
+            got.decode(&b, false).map_err(|e| e.to_string())?,
+        );
+        if da != db {
+            return Err(format!("{a:?} decodes to {db:?}, the ground truth's tokenizer gives {da:?}"));
+        }
+    }
+    Ok(format!("{} texts encode to the same ids and decode to the same text", cases.len()))
 }
 
 #[cfg(test)]

@@ -122,6 +122,8 @@ pub enum DiffKind {
     ChatPrompt,
     /// Greedy outputs: where they part, each format's token is in the other's top k.
     Generation,
+    /// One of the contract invariants I-1 to I-5.
+    Invariant(crate::diff::Invariant),
 }
 
 impl DiffKind {
@@ -131,6 +133,7 @@ impl DiffKind {
             DiffKind::Logits => "logits-vs-safetensors",
             DiffKind::ChatPrompt => "chat-prompt-vs-safetensors",
             DiffKind::Generation => "generation-vs-safetensors",
+            DiffKind::Invariant(i) => i.slug(),
         }
     }
 }
@@ -355,6 +358,9 @@ fn layout(tier: &TierPlan) -> Layout {
     }
     for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation] {
         tails.push((TailKind::Differential(k), String::new()));
+    }
+    for i in crate::diff::Invariant::ALL {
+        tails.push((TailKind::Differential(DiffKind::Invariant(i)), String::new()));
     }
     if tier.modalities.contains(&Modality::Serve) {
         for c in ServerCheck::ALL {

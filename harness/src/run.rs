@@ -219,6 +219,12 @@ impl RunContext {
                 );
             }
         };
+        // The invariants read files only; no session is loaded for them.
+        if let TrialKind::Differential(DiffKind::Invariant(inv)) = spec.kind {
+            let texts: Vec<String> = asks_without_session(spec);
+            let v = crate::diff::invariant(inv, &model_dir, &artifact, format, &texts);
+            return Finding::new(v.outcome, "COMP", v.reason);
+        }
         if let TrialKind::Gate(Gate::Integrity) = spec.kind {
             let mut verdict = gate::integrity(&model_dir, &spec.model);
             if verdict.outcome == Outcome::Corroborated && format != Format::Safetensors {
@@ -341,6 +347,13 @@ impl RunContext {
     ) -> Finding {
         let verdict = match kind {
             DiffKind::Tensors => crate::diff::tensors(model_dir, artifact),
+            DiffKind::Invariant(inv) => crate::diff::invariant(
+                inv,
+                model_dir,
+                artifact,
+                spec.name.format,
+                &asks_without_session(spec),
+            ),
             DiffKind::ChatPrompt => match ChatTemplate::from_model_dir(model_dir) {
                 Ok(reference) => {
                     let conversations: Vec<(String, Vec<MessageSpec>)> = spec
@@ -1057,6 +1070,16 @@ fn asks(spec: &TrialSpec, info: &SessionInfo) -> Vec<gate::Ask> {
         Input::Messages(m) if info.applies_chat_template => (transcript(m), Some(m.clone())),
         input => (render_run(&spec.model, input, template), None),
     })
+}
+
+/// The scenario prompts as `run` lays them out without a template (what a file-only check can
+/// know of them).
+fn asks_without_session(spec: &TrialSpec) -> Vec<String> {
+    spec.scenarios
+        .iter()
+        .filter(|s| s.property.is_none())
+        .map(|s| render_run(&spec.model, &s.input, None))
+        .collect()
 }
 
 /// A scenario's input as a conversation: a bare prompt is one user turn.

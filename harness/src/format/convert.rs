@@ -17,7 +17,7 @@ pub const HF_TOKENIZER_CONFIG: &str = "hf.tokenizer_config";
 pub const HF_GENERATION_CONFIG: &str = "hf.generation_config";
 
 /// Bumped whenever a converter's output changes, so cached artifacts are remade.
-const CONVERTER_VERSION: &str = "2";
+const CONVERTER_VERSION: &str = "3";
 
 /// A conversion that could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,7 +192,18 @@ pub fn artifact(source: &Path, format: Format, cache: &Path) -> Result<PathBuf, 
     lock.lock().map_err(write_err(&lock_path))?;
     // Another process may have made it while this one waited.
     if !target.is_file() {
+        let started = std::time::Instant::now();
+        eprintln!(
+            "modelqa: converting {} to {format} (once; cached as {})",
+            source.display(),
+            target.display()
+        );
         let bytes = convert(source)?;
+        eprintln!(
+            "modelqa: {format} made: {:.1} MiB in {:.1} s",
+            bytes.len() as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        );
         let tmp = dir.join(format!("{key}.{ext}.tmp{}", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(write_err(&tmp))?;
         std::fs::rename(&tmp, &target).map_err(write_err(&target))?;

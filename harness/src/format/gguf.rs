@@ -26,6 +26,9 @@ use super::apr::{AprDType, AprFile, AprTensor};
 use super::convert::{ConvertError, HfFiles};
 use crate::matrix::Quantization;
 
+/// Conversions of models with at least this many parameters report their progress.
+const PROGRESS_ABOVE: usize = 50_000_000;
+
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.
 pub const HF_TOKENIZER_JSON: &str = "tokenizer.huggingface.json";
 /// Metadata keys under which a GGUF file written here keeps the Hugging Face files verbatim, so
@@ -118,8 +121,9 @@ fn use_more_bits(i: usize, n: usize) -> bool {
     i < first || i >= 7 * n / 8 || (i - first) % 3 == 2
 }
 
-/// The type a tensor is written in at `q`, before any block fallback.
-fn wanted_type(q: Quantization, name: &str, dims: &[usize], layers: usize) -> Result<GgmlDType, String> {
+/// The type a tensor is written in at `q`, before any block fallback; invariant I-3 checks every
+/// tensor of a GGUF file against it.
+pub fn wanted_type(q: Quantization, name: &str, dims: &[usize], layers: usize) -> Result<GgmlDType, String> {
     if dims.len() < 2 {
         return Ok(GgmlDType::F32);
     }
@@ -219,9 +223,18 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     named.sort_by(|a, b| a.1.cmp(&b.1));
     /// A tensor written: its GGUF name, its data, and the fallback it took, if any.
     type Written = (String, QTensor, Option<String>);
+    // Large models show progress: a line at every tenth of the parameters quantized.
+    let total: usize = named.iter().map(|(_, _, t)| t.elem_count()).sum();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let report = total >= PROGRESS_ABOVE;
     let quantized: Vec<Result<Written, ConvertError>> = named
         .par_iter()
         .map(|(hf, name, t)| {
+            let before = done.fetch_add(t.elem_count(), std::sync::atomic::Ordering::Relaxed);
+            let after = before + t.elem_count();
+            if report && after * 10 / total > before * 10 / total {
+                eprintln!("modelqa: quantizing to {}: {}%", q.as_str(), after * 100 / total);
+            }
             let wanted =
                 wanted_type(q, name, t.dims(), layers as usize).map_err(ConvertError::Unsupported)?;
             let row = *t.dims().last().unwrap_or(&1);
