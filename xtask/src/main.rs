@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's own tooling. One module per task.
 
 mod bench;
+mod bench_formats;
 mod bench_serve;
 mod certify;
 mod fetch;
@@ -42,6 +43,8 @@ tasks:
                            127.0.0.1:8080)
   bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
   bench serve [--requests N]  the server's latency, TTFT and throughput on qa-tiny per format, against run
+  bench formats [--layers N] [--tokens N] [--keep]
+                           conversion, size, load and decode speed per format on a Qwen2.5-0.5B-shaped model
 ";
 
 fn main() -> std::process::ExitCode {
@@ -62,7 +65,12 @@ fn run() -> anyhow::Result<()> {
         "fixtures" => fixtures::run(&rest),
         "schema" => schema::run(&rest),
         "golden" => golden::run(&rest),
-        "bench" if rest.first().map(String::as_str) == Some("serve") => bench_serve::run(&rest[1..]),
+        "bench" if rest.first().map(String::as_str) == Some("serve") => {
+            in_release(&task, &rest).unwrap_or_else(|| bench_serve::run(&rest[1..]))
+        }
+        "bench" if rest.first().map(String::as_str) == Some("formats") => {
+            in_release(&task, &rest).unwrap_or_else(|| bench_formats::run(&rest[1..]))
+        }
         "bench" => bench::run(&rest),
         "certify" => certify::certify(&rest),
         "report" => certify::report(&rest),
@@ -76,6 +84,26 @@ fn run() -> anyhow::Result<()> {
         }
         other => bail!("unknown task `{other}`\n\n{USAGE}"),
     }
+}
+
+/// Benchmarks of the harness's own code must not measure a debug build: from a debug xtask,
+/// runs the same task in a release build of xtask instead (`None` when already in release).
+fn in_release(task: &str, rest: &[String]) -> Option<anyhow::Result<()>> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    eprintln!("building xtask in release for the benchmark (the first time takes a few minutes)…");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(root())
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--", task])
+        .args(rest)
+        .status();
+    Some(match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(anyhow::anyhow!("the release benchmark ended with {s}")),
+        Err(e) => Err(anyhow::anyhow!("failed to run cargo: {e}")),
+    })
 }
 
 /// The workspace root (xtask lives one level below it).
