@@ -15,8 +15,10 @@ use modelqa::matrix::{Backend, Format, Quantization};
 use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let layers: usize = crate::flag_value(args, "--layers")?.map_or(Ok(24), |v| v.parse()).context("--layers")?;
-    let tokens: u32 = crate::flag_value(args, "--tokens")?.map_or(Ok(32), |v| v.parse()).context("--tokens")?;
+    let layers: usize =
+        crate::flag_value(args, "--layers")?.map_or(Ok(24), |v| v.parse()).context("--layers")?;
+    let tokens: u32 =
+        crate::flag_value(args, "--tokens")?.map_or(Ok(32), |v| v.parse()).context("--tokens")?;
     let keep = args.iter().any(|a| a == "--keep");
     let shape = TestModelShape {
         hidden: 896,
@@ -30,7 +32,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let root = crate::root().join("target").join("bench");
     let model = root.join(format!("qwen2.5-0.5b-shape-{layers}"));
     if !model.join("model.safetensors").is_file() {
-        eprintln!("writing a random qwen2 model shaped like Qwen2.5-0.5B ({layers} layers) to {}…", model.display());
+        eprintln!(
+            "writing a random qwen2 model shaped like Qwen2.5-0.5B ({layers} layers) to {}…",
+            model.display()
+        );
         let started = Instant::now();
         write_test_model(&model, TestArchitecture::Qwen2, shape, 7)?;
         eprintln!("  written in {:.1} s", started.elapsed().as_secs_f64());
@@ -52,7 +57,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let artifact = modelqa::format::convert::artifact(&model, format, &cache)?;
         let convert = (format != Format::Safetensors).then(|| started.elapsed());
         let bytes: u64 = if artifact.is_dir() {
-            modelqa::engine::safetensors_files(&artifact)?.iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum()
+            modelqa::engine::safetensors_files(&artifact)?
+                .iter()
+                .map(|f| f.metadata().map_or(0, |m| m.len()))
+                .sum()
         } else {
             artifact.metadata()?.len()
         };
@@ -69,7 +77,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         };
         let g = session.generate(&request)?;
         drop(session);
-        rows.push((format, convert, bytes, load, g.token_count.unwrap_or(0), g.tokens_per_second(), g.time_to_first_token));
+        rows.push((
+            format,
+            convert,
+            bytes,
+            load,
+            g.token_count.unwrap_or(0),
+            g.tokens_per_second(),
+            g.time_to_first_token,
+        ));
     }
     if !keep {
         let _ = std::fs::remove_dir_all(&cache);
