@@ -91,9 +91,11 @@ fn text(o: &Output) -> String {
 fn assert_all_pass(records: &[EvidenceRecord], expected: &[&str], engine: &str) {
     for r in records {
         assert_eq!(r.outcome, Outcome::Corroborated, "{}: {}", r.trial, r.reason);
-        // G0 reads files and loads no engine; every other trial names the engine it ran on.
-        let loads =
-            !r.trial.ends_with("gate::g0-integrity") && !r.trial.ends_with("diff::tensors-vs-safetensors");
+        // G0 and the invariants read files and load no engine; every other trial names the
+        // engine it ran on.
+        let file_only =
+            r.trial.ends_with("gate::g0-integrity") || (r.modality == "diff" && r.scenario.starts_with('i'));
+        let loads = !file_only;
         assert!(
             !loads || r.engine.as_deref().is_some_and(|e| e.starts_with(engine)),
             "{}: {:?}",
