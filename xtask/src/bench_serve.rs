@@ -4,8 +4,8 @@
 //! For each format: `N` greedy generations in process (`run`), then through the server `N`
 //! whole requests (latency p50/p99) and `N` streamed ones (time to first text p50/p99), then 8
 //! clients sending `N` requests each at once (requests/s). The overhead of `serve` over `run` is
-//! the difference of the p50 latencies. Everything runs in this one process, one after the
-//! other, so the figures compare as ratios.
+//! the difference of the p50 latencies. Each series follows 5 untimed warm-up requests.
+//! Everything runs in this one process, one after the other, so the figures compare as ratios.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
-use modelqa::matrix::{Backend, Format};
+use modelqa::matrix::{Backend, Format, Quantization};
 use modelqa::serve::{Server, ServerConfig};
 use modelqa::serve_client::{Client, Endpoint, request_body};
 
 const PROMPT: &str = "What is 47 + 38?\n";
 const MAX_TOKENS: u32 = 8;
 const CLIENTS: usize = 8;
+/// Untimed generations before each series.
+const WARMUP: usize = 5;
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -40,12 +42,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let cache = crate::root().join("target").join("qualify").join("cache");
     let deadline = || Instant::now() + Duration::from_secs(120);
     let mut rows = Vec::new();
-    for format in [Format::Safetensors, Format::Apr] {
+    for format in
+        [Format::Safetensors, Format::Apr, Format::Gguf(Quantization::Q8_0), Format::Gguf(Quantization::Q4KM)]
+    {
         let artifact = modelqa::format::convert::artifact(&model, format, &cache)?;
         eprintln!("{format}: {n} generations in process…");
         let mut session = load_candle(&artifact, Backend::Cpu)?;
         let mut run = Vec::new();
-        for _ in 0..n {
+        // Warm-up: caches, allocator and branch predictors settle before anything is timed.
+        for i in 0..WARMUP + n {
             let request = GenerateRequest {
                 prompt: PROMPT,
                 max_tokens: MAX_TOKENS,
@@ -54,7 +59,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             };
             let started = Instant::now();
             session.generate(&request)?;
-            run.push(started.elapsed());
+            if i >= WARMUP {
+                run.push(started.elapsed());
+            }
         }
         let session: Box<dyn Session> = Box::new(session);
         let server = Server::start(Arc::new(Mutex::new(session)), ServerConfig::new("bench"))?;
@@ -62,6 +69,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         eprintln!("{format}: {n} whole and {n} streamed requests, then {CLIENTS} clients × {n}…");
         let whole = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, false);
         let streamed = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, true);
+        for _ in 0..WARMUP {
+            client.send(Endpoint::Completions, &whole, deadline()).map_err(anyhow::Error::msg)?;
+        }
         let mut latency = Vec::new();
         for _ in 0..n {
             latency.push(
