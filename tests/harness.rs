@@ -447,3 +447,33 @@ fn chat_renders_the_models_own_template_and_needs_one() {
         )
     );
 }
+
+#[test]
+fn performance_assertions_are_perf_trials_that_fail_on_a_missed_floor() {
+    let with = |floor: &str| {
+        PLAYBOOK.replace(
+            "models:\n",
+            &format!(
+                "performance:\n  prompt: \"Hello! How are you today?\"\n  max_tokens: 8\n  runs: 3\n  min_tokens_per_second: {{cpu: {floor}}}\nmodels:\n"
+            ),
+        )
+    };
+    // The gpu cell asserts nothing (no gpu figure), so only the cpu cell gets the trial.
+    let fx = Fixture::new(&with("0.001"));
+    let listed = fx.qualify("list", &["--list", "perf::"], &[]);
+    assert_eq!(stdout(&listed).lines().count(), 1, "{}", stdout(&listed));
+    let out = fx.qualify("pass", &["perf::"], &[]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let r = &fx.journal("pass")[0];
+    assert_eq!(r.trial, "e2e::smoke::tiny::safetensors::cpu::perf::decode");
+    assert_eq!(r.category, Some(modelqa::certify::Category::Perf));
+    assert!(r.metrics.tokens_per_second.is_some_and(|t| t > 0.001), "{:?}", r.metrics);
+    assert!(r.reason.contains("3 timed generations after 2 untimed"), "{}", r.reason);
+
+    let fx = Fixture::new(&with("1000000000"));
+    let out = fx.qualify("fail", &["perf::"], &[]);
+    assert_eq!(out.status.code(), Some(101));
+    let r = &fx.journal("fail")[0];
+    assert_eq!(r.outcome, Outcome::Falsified);
+    assert!(r.reason.contains("is below 1000000000"), "{}", r.reason);
+}

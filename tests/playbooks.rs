@@ -78,10 +78,10 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::matrix::Format::Safetensors));
     // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
-    // safetensors cell, eight differential trials (tensors, logits, generation, invariants I-1 to I-5)
-    // per derived-format cell, plus
-    // the rendered chat prompt where the tier chats or serves, and six server-level gates per
-    // cell where it serves.
+    // safetensors cell, eight differential trials (tensors, logits, generation, invariants I-1
+    // to I-5) per derived-format cell, plus the rendered chat prompt where the tier chats or
+    // serves, six server-level gates per cell where it serves, and a performance trial per cell
+    // whose backend `profile_ci` asserts on.
     let safetensors_cells = safetensors * tier.backends.len();
     let chats = tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve));
     let serves = tier.modalities.contains(&Modality::Serve);
@@ -89,7 +89,10 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
         + 5 * cells
         + 2 * safetensors_cells
         + (8 + usize::from(chats)) * (cells - safetensors_cells)
-        + if serves { 6 * cells } else { 0 };
+        + if serves { 6 * cells } else { 0 }
+        + pb.performance
+            .as_ref()
+            .map_or(0, |p| tier.formats.len() * tier.backends.iter().filter(|b| p.asserts_on(**b)).count());
     let plan = Plan::new(pbs.clone());
     if plan.total() != expected {
         return Err(format!("{path}: {} trials, expected {expected}", plan.total()).into());

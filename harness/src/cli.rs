@@ -153,7 +153,9 @@ fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
             }
         }
         EngineSpec::Command { .. } => {
-            if no_logits {
+            if matches!(kind, TrialKind::Perf) {
+                Some("the command engine reports no per-token timing".into())
+            } else if no_logits {
                 Some("the command engine returns no logits".into())
             } else if own_prompts {
                 Some("the command engine is handed prompts the harness lays out".into())

@@ -44,6 +44,8 @@ enum TailKind {
     Golden(GoldenKind),
     /// A derived format against the safetensors ground truth; derived cells only.
     Differential(DiffKind),
+    /// The playbook's performance assertions; cells whose backend has one.
+    Perf,
 }
 
 /// The cells and tails of one `(playbook, tier)`, in name order.
@@ -55,6 +57,18 @@ struct Layout {
     cells: Vec<(Format, Backend, String)>,
     /// `modality::scenario` or `gate::gN-…`, with what it stands for.
     tails: Vec<(TailKind, String)>,
+    /// The backends the playbook asserts performance on.
+    perf_backends: Vec<Backend>,
+}
+
+impl Layout {
+    /// Whether a tail has a trial in the cell `(format, backend)`.
+    fn applies(&self, kind: TailKind, format: Format, backend: Backend) -> bool {
+        match kind {
+            TailKind::Perf => self.perf_backends.contains(&backend),
+            _ => applies(kind, format),
+        }
+    }
 }
 
 /// Which trials to build, as libtest reads its arguments.
@@ -151,6 +165,8 @@ pub enum TrialKind {
     Golden(GoldenKind),
     /// A comparison of a derived format with the safetensors ground truth.
     Differential(DiffKind),
+    /// The playbook's performance assertions on the cell.
+    Perf,
 }
 
 /// A selected trial with everything its body needs.
@@ -169,6 +185,8 @@ pub struct TrialSpec {
     pub engine: crate::playbook::spec::EngineSpec,
     /// The playbook's differential settings.
     pub differential: crate::playbook::spec::DifferentialSpec,
+    /// The playbook's performance assertions.
+    pub performance: Option<crate::playbook::spec::PerformanceSpec>,
 }
 
 impl TrialSpec {
@@ -179,7 +197,8 @@ impl TrialSpec {
             TrialKind::Gate(_)
             | TrialKind::ServerGate(_)
             | TrialKind::Golden(_)
-            | TrialKind::Differential(_) => None,
+            | TrialKind::Differential(_)
+            | TrialKind::Perf => None,
         }
     }
 }
@@ -190,7 +209,7 @@ fn applies(kind: TailKind, format: Format) -> bool {
     match kind {
         TailKind::Golden(_) => format == Format::Safetensors,
         TailKind::Differential(_) => format != Format::Safetensors,
-        TailKind::Scenario { .. } | TailKind::Gate(_) | TailKind::ServerGate(_) => true,
+        TailKind::Scenario { .. } | TailKind::Gate(_) | TailKind::ServerGate(_) | TailKind::Perf => true,
     }
 }
 
@@ -201,7 +220,7 @@ impl Plan {
         for (p, pb) in playbooks.iter().enumerate() {
             let mut per_tier = Vec::new();
             for (t, tier) in pb.tiers.iter().enumerate() {
-                per_tier.push(layout(tier));
+                per_tier.push(layout(tier, pb.performance.as_ref()));
                 for (m, model) in pb.models.iter().enumerate() {
                     let prefix = format!("{}{SEP}{}{SEP}{}{SEP}", pb.family, tier.name, model.slug);
                     groups.push(Group { playbook: p, tier: t, model: m, prefix });
@@ -226,7 +245,7 @@ impl Plan {
                 let l = &self.layouts[g.playbook][g.tier];
                 l.cells
                     .iter()
-                    .map(|(f, _, _)| l.tails.iter().filter(|(k, _)| applies(*k, *f)).count())
+                    .map(|(f, b, _)| l.tails.iter().filter(|(k, _)| l.applies(*k, *f, *b)).count())
                     .sum::<usize>()
             })
             .sum()
@@ -238,9 +257,9 @@ impl Plan {
         let mut name = String::with_capacity(160);
         for (g, group) in self.groups.iter().enumerate() {
             let layout = &self.layouts[group.playbook][group.tier];
-            for (c, (format, _, cell)) in layout.cells.iter().enumerate() {
+            for (c, (format, backend, cell)) in layout.cells.iter().enumerate() {
                 for (t, (kind, tail)) in layout.tails.iter().enumerate() {
-                    if !applies(*kind, *format) {
+                    if !layout.applies(*kind, *format, *backend) {
                         continue;
                     }
                     name.clear();
@@ -279,8 +298,9 @@ impl Plan {
         let layout = &self.layouts[group.playbook][group.tier];
         let c = layout.cells.iter().position(|(f, b, _)| *f == name.format && *b == name.backend)?;
         let tail_text = name.tail.to_string();
-        let t =
-            layout.tails.iter().position(|(kind, text)| *text == tail_text && applies(*kind, name.format))?;
+        let t = layout.tails.iter().position(|(kind, text)| {
+            *text == tail_text && layout.applies(*kind, name.format, name.backend)
+        })?;
         Some(TrialRef { group: g as u32, cell: c as u32, tail: t as u32 })
     }
 
@@ -309,6 +329,7 @@ impl Plan {
             TailKind::ServerGate(c) => (TrialKind::ServerGate(c), Tail::Gate(c.slug().to_string())),
             TailKind::Golden(k) => (TrialKind::Golden(k), Tail::Diff(k.slug().to_string())),
             TailKind::Differential(k) => (TrialKind::Differential(k), Tail::Diff(k.slug().to_string())),
+            TailKind::Perf => (TrialKind::Perf, Tail::Perf(PERF_SLUG.to_string())),
         };
         let model = pb.models[group.model].clone();
         let name = TrialName {
@@ -330,11 +351,15 @@ impl Plan {
             source: pb.source.clone(),
             engine: pb.engine.clone(),
             differential: pb.differential.clone(),
+            performance: pb.performance.clone(),
         }
     }
 }
 
-fn layout(tier: &TierPlan) -> Layout {
+/// The last segment of the performance trial.
+pub const PERF_SLUG: &str = "decode";
+
+fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::PerformanceSpec>) -> Layout {
     let mut cells = Vec::new();
     for f in &tier.formats {
         for b in &tier.backends {
@@ -370,8 +395,13 @@ fn layout(tier: &TierPlan) -> Layout {
     if tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve)) {
         tails.push((TailKind::Differential(DiffKind::ChatPrompt), String::new()));
     }
+    let perf_backends: Vec<Backend> =
+        tier.backends.iter().copied().filter(|b| performance.is_some_and(|p| p.asserts_on(*b))).collect();
+    if !perf_backends.is_empty() {
+        tails.push((TailKind::Perf, String::new()));
+    }
     // Named by `name_tails`, which knows the scenarios.
-    Layout { scenarios: Arc::from(Vec::new()), cells, tails }
+    Layout { scenarios: Arc::from(Vec::new()), cells, tails, perf_backends }
 }
 
 /// Fills the tail texts of each layout from its playbook's scenario names.
@@ -389,6 +419,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     TailKind::ServerGate(c) => format!("gate{SEP}{}", c.slug()),
                     TailKind::Golden(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
+                    TailKind::Perf => format!("perf{SEP}{PERF_SLUG}"),
                 };
             }
             // A scenario that keeps to some modalities has no trials in the others.
@@ -398,7 +429,8 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                 TailKind::Gate(_)
                 | TailKind::ServerGate(_)
                 | TailKind::Golden(_)
-                | TailKind::Differential(_) => true,
+                | TailKind::Differential(_)
+                | TailKind::Perf => true,
             });
             layout.tails.sort_by(|a, b| a.1.cmp(&b.1));
         }

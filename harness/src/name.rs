@@ -19,6 +19,8 @@ pub enum Tail {
     Gate(String),
     /// A differential check against the ground truth: `diff::logits-vs-safetensors`.
     Diff(String),
+    /// A performance assertion: `perf::decode`.
+    Perf(String),
 }
 
 impl fmt::Display for Tail {
@@ -27,6 +29,7 @@ impl fmt::Display for Tail {
             Tail::Scenario { modality, scenario } => write!(f, "{modality}{SEP}{scenario}"),
             Tail::Gate(g) => write!(f, "gate{SEP}{g}"),
             Tail::Diff(d) => write!(f, "diff{SEP}{d}"),
+            Tail::Perf(p) => write!(f, "perf{SEP}{p}"),
         }
     }
 }
@@ -100,13 +103,14 @@ impl TrialName {
         let tail = match parts[5] {
             "gate" => Tail::Gate(last),
             "diff" => Tail::Diff(last),
+            "perf" => Tail::Perf(last),
             m => match Modality::parse(m) {
                 Some(modality) => Tail::Scenario { modality, scenario: last },
                 None => {
                     return Err(bad(
                         5,
                         "modality",
-                        "expected `run`, `chat`, `serve`, `gate` or `diff`".into(),
+                        "expected `run`, `chat`, `serve`, `gate`, `diff` or `perf`".into(),
                     ));
                 }
             },

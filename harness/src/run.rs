@@ -254,6 +254,7 @@ impl RunContext {
             match &spec.kind {
                 TrialKind::Gate(g) => self.run_gate(*g, spec, &session, &info, deadline),
                 TrialKind::ServerGate(c) => self.run_server_gate(*c, spec, key, &session, &info, deadline),
+                TrialKind::Perf => self.run_perf(spec, &session, &info, deadline),
                 TrialKind::Golden(k) => self.run_golden(*k, spec, &session, &info, deadline),
                 TrialKind::Differential(k) => {
                     self.run_differential(*k, spec, &model_dir, &artifact, &session, &info, deadline)
@@ -776,6 +777,91 @@ impl RunContext {
         f
     }
 
+    /// The playbook's performance assertions on this cell: `warmup` untimed greedy generations,
+    /// then `runs` timed ones; the medians of decode speed and time to first token decide.
+    fn run_perf(
+        &self,
+        spec: &TrialSpec,
+        session: &SharedSession,
+        info: &SessionInfo,
+        deadline: Instant,
+    ) -> Finding {
+        let Some(p) = &spec.performance else {
+            return Finding::new(Outcome::Falsified, "PERF", "the playbook has no performance assertions");
+        };
+        let backend = spec.name.backend;
+        let prompt = p.prompt.clone().unwrap_or_else(|| {
+            asks(spec, info)
+                .into_iter()
+                .find(|a| a.conversation.is_none())
+                .map_or_else(|| spec.model.layout("Hello"), |a| a.prompt)
+        });
+        let (warmup, runs) = (p.warmup.unwrap_or(2), p.runs.unwrap_or(5));
+        let mut speeds = Vec::new();
+        let mut firsts = Vec::new();
+        for i in 0..warmup + runs {
+            let request = GenerateRequest {
+                prompt: &prompt,
+                max_tokens: perf_max_tokens(p),
+                sampling: Sampling::Greedy,
+                deadline,
+            };
+            let generated = session.lock().unwrap_or_else(|e| e.into_inner()).generate(&request);
+            match generated {
+                Ok(g) if i >= warmup => {
+                    speeds.extend(g.tokens_per_second());
+                    firsts.push(g.time_to_first_token.as_secs_f64() * 1e3);
+                }
+                Ok(_) => {}
+                Err(EngineError::Timeout { .. }) => {
+                    let mut f = Finding::new(
+                        Outcome::Timeout,
+                        "timeout",
+                        format!("the measurement passed the timeout after {i} generations"),
+                    );
+                    f.prompt = Some(prompt);
+                    return f;
+                }
+                Err(e) => return Finding::new(Outcome::Falsified, "PERF", format!("generation failed: {e}")),
+            }
+        }
+        let mut said = vec![format!("{runs} timed generations after {warmup} untimed")];
+        let mut problems = Vec::new();
+        let mut metrics = Metrics::default();
+        if let Some(min) = p.min_tokens_per_second.get(backend) {
+            match median_and_spread(&mut speeds) {
+                None => problems.push(
+                    "no decode speed: every generation ended before its second token (give a prompt answered at length)"
+                        .to_string(),
+                ),
+                Some((m, cv)) => {
+                    metrics.tokens_per_second = Some(m);
+                    said.push(format!("median decode {m:.1} tokens/s (at least {min}; spread {:.0}%)", cv * 100.0));
+                    if m < min {
+                        problems.push(format!("median decode speed {m:.1} tokens/s is below {min}"));
+                    }
+                }
+            }
+        }
+        if let Some(max) = p.max_time_to_first_token_ms.get(backend)
+            && let Some((m, cv)) = median_and_spread(&mut firsts)
+        {
+            metrics.time_to_first_token_ms = Some(m);
+            said.push(format!("median first token {m:.1} ms (at most {max}; spread {:.0}%)", cv * 100.0));
+            if m > max {
+                problems.push(format!("median time to first token {m:.1} ms is above {max}"));
+            }
+        }
+        let mut f = if problems.is_empty() {
+            Finding::new(Outcome::Corroborated, "PERF", said.join("; "))
+        } else {
+            Finding::new(Outcome::Falsified, "PERF", format!("{} ({})", problems.join("; "), said.join("; ")))
+        };
+        f.metrics = metrics;
+        f.prompt = Some(prompt);
+        f
+    }
+
     /// A server-level check of the session's server.
     fn run_server_gate(
         &self,
@@ -972,6 +1058,7 @@ impl RunContext {
             }
             crate::name::Tail::Gate(g) => (g.clone(), "gate".to_string()),
             crate::name::Tail::Diff(d) => (d.clone(), "diff".to_string()),
+            crate::name::Tail::Perf(p) => (p.clone(), "perf".to_string()),
         };
         EvidenceRecord {
             schema: SCHEMA_VERSION,
@@ -993,6 +1080,7 @@ impl RunContext {
             output: finding.output,
             max_tokens: match &spec.kind {
                 TrialKind::Scenario { scenario, .. } => scenario.max_tokens,
+                TrialKind::Perf => spec.performance.as_ref().map_or(0, perf_max_tokens),
                 TrialKind::Gate(_)
                 | TrialKind::ServerGate(_)
                 | TrialKind::Golden(_)
@@ -1122,6 +1210,7 @@ fn category_of(kind: &TrialKind) -> Category {
         TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
         TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
         TrialKind::ServerGate(_) => Category::Stab,
+        TrialKind::Perf => Category::Perf,
         TrialKind::Golden(_) => Category::Regr,
         TrialKind::Differential(_) => Category::Comp,
         TrialKind::Scenario { scenario, .. } if scenario.edge_case => Category::Edge,
@@ -1214,6 +1303,22 @@ fn first_divergence(
         ));
     }
     DiffVerdict { outcome: Outcome::Corroborated, reason }
+}
+
+/// Tokens per performance generation.
+fn perf_max_tokens(p: &crate::playbook::spec::PerformanceSpec) -> u32 {
+    p.max_tokens.unwrap_or(32)
+}
+
+/// The median of `v` and its coefficient of variation, or `None` when `v` is empty.
+fn median_and_spread(v: &mut [f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+    Some((v[v.len() / 2], if mean > 0.0 { sd / mean } else { 0.0 }))
 }
 
 /// Prompt positions whose next-token distributions a logit differential compares.

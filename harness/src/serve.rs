@@ -83,6 +83,7 @@ impl Server {
             .route("/v1/chat/completions", post(chat_completions))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), refuse_declared_oversize))
             .with_state(state);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -163,6 +164,29 @@ impl IntoResponse for Refusal {
 
 fn ok_json(v: Value) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// A body whose declared length is over the limit is refused before a byte of it is read, so
+/// the client gets its 413 even while it is still sending.
+async fn refuse_declared_oversize(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.config.max_body_bytes;
+    match declared {
+        Some(n) if n > limit as u64 => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is too large: {n} bytes declared, at most {limit}"),
+        ),
+        _ => next.run(request).await,
+    }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

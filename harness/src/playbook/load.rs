@@ -162,6 +162,7 @@ fn merge(base: PlaybookDoc, over: PlaybookDoc) -> PlaybookDoc {
         models: concat(base.models, over.models),
         scenarios: concat(base.scenarios, over.scenarios),
         differential_tests: over.differential_tests.or(base.differential_tests),
+        performance: over.performance.or(base.performance),
     }
 }
 

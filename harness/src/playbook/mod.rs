@@ -31,6 +31,7 @@ pub struct Playbook {
     pub failure_policy: Option<FailurePolicy>,
     pub engine: spec::EngineSpec,
     pub differential: spec::DifferentialSpec,
+    pub performance: Option<spec::PerformanceSpec>,
     pub models: Vec<Model>,
     /// Sorted by name.
     pub tiers: Vec<TierPlan>,

@@ -80,6 +80,10 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
             return Err(err("`max_mean_kl` must be ≥ 0 and `min_top1` between 0 and 1".to_string()).at(at));
         }
     }
+    let performance = doc.performance.clone();
+    if let Some(p) = &performance {
+        check_performance(p).map_err(|m| err(m).at("performance".to_string()))?;
+    }
     if differential.top_k == Some(0) {
         return Err(err("`top_k` must be at least 1".to_string()).at("differential_tests.top_k".to_string()));
     }
@@ -90,6 +94,7 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
         failure_policy: doc.failure_policy,
         engine,
         differential,
+        performance,
         models,
         tiers: tier_plans,
         scenarios,
@@ -98,6 +103,30 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
 
 /// The placeholders a `command` engine's arguments may hold.
 pub const COMMAND_PLACEHOLDERS: [&str; 5] = ["{model}", "{prompt}", "{max_tokens}", "{seed}", "{backend}"];
+
+fn check_performance(p: &super::spec::PerformanceSpec) -> Result<(), String> {
+    if !p.asserts_on(crate::matrix::Backend::Cpu) && !p.asserts_on(crate::matrix::Backend::Gpu) {
+        return Err(
+            "asserts nothing: give `min_tokens_per_second` or `max_time_to_first_token_ms` for a backend"
+                .into(),
+        );
+    }
+    if p.runs == Some(0) || p.max_tokens.is_some_and(|n| n < 2) {
+        return Err(
+            "`runs` must be at least 1 and `max_tokens` at least 2 (decode speed needs two tokens)".into()
+        );
+    }
+    let figures = [
+        p.min_tokens_per_second.cpu,
+        p.min_tokens_per_second.gpu,
+        p.max_time_to_first_token_ms.cpu,
+        p.max_time_to_first_token_ms.gpu,
+    ];
+    if figures.iter().flatten().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err("every figure must be a positive number".into());
+    }
+    Ok(())
+}
 
 fn check_engine(engine: &EngineSpec) -> Result<(), String> {
     match engine {

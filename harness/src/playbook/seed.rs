@@ -217,6 +217,30 @@ fn family_and_tier(name: &str) -> (String, String) {
     (family.to_string(), tier)
 }
 
+/// The original's `profile_ci` block as performance assertions, when it is enabled and asserts.
+fn seed_performance(v: &Value) -> Option<super::spec::PerformanceSpec> {
+    let enabled = match &v["enabled"] {
+        Value::Bool(b) => *b,
+        Value::String(s) => s != "false",
+        _ => true,
+    };
+    let number = |x: &Value| x.as_f64().or_else(|| x.as_str().and_then(|s| s.parse().ok()));
+    let count = |x: &Value| number(x).map(|n| n as u32);
+    let a = &v["assertions"];
+    let spec = super::spec::PerformanceSpec {
+        warmup: count(&v["warmup"]),
+        runs: count(&v["measure"]).filter(|n| *n > 0),
+        min_tokens_per_second: super::spec::PerBackend {
+            cpu: number(&a["min_throughput_cpu"]),
+            gpu: number(&a["min_throughput_gpu"]),
+        },
+        ..Default::default()
+    };
+    (enabled
+        && (spec.asserts_on(crate::matrix::Backend::Cpu) || spec.asserts_on(crate::matrix::Backend::Gpu)))
+    .then_some(spec)
+}
+
 pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbook, PlaybookError> {
     let pb: SeedPlaybook = parse_yaml(file, text)?;
     let err = |m: String| PlaybookError::new(file, m);
@@ -225,9 +249,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
     for (block, present) in [
         ("property_tests", pb.property_tests.is_some()),
         ("state_machine", pb.state_machine.is_some()),
-        ("profile_ci", pb.profile_ci.is_some()),
         ("trace_payload", pb.trace_payload.is_some()),
-        ("contract_tests", pb.contract_tests.is_some()),
         ("ollama_parity", pb.ollama_parity.is_some()),
         ("falsification_gates", pb.falsification_gates.is_some()),
         ("verification_gates", pb.verification_gates.is_some()),
@@ -242,9 +264,25 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
     if pb.differential_tests.is_some() {
         notice(
             "block `differential_tests`: its settings are not read yet; every derived format gets the \
-             default differential trials (tensors and logits against safetensors)"
+             default differential trials (tensors, logits and greedy generation against safetensors)"
                 .to_string(),
         );
+    }
+    if pb.contract_tests.is_some() {
+        notice(
+            "block `contract_tests`: its invariant list is not read; every derived format gets all \
+             five invariant trials (I-1 to I-5)"
+                .to_string(),
+        );
+    }
+    let performance = pb.profile_ci.as_ref().and_then(seed_performance);
+    if pb.profile_ci.is_some() {
+        notice(match &performance {
+            Some(_) => "block `profile_ci`: read as performance assertions (`min_throughput_cpu`/`_gpu` as \
+                        tokens/s, `warmup`, `measure` as runs); its formats and backends follow the matrix"
+                .to_string(),
+            None => "block `profile_ci` is disabled or asserts nothing: no performance trials".to_string(),
+        });
     }
     if let Some(g) = &pb.gates {
         for (gate, flag) in [
@@ -418,6 +456,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             SeedPolicy::CollectAll => FailurePolicy::CollectAll,
         }),
         engine: super::spec::EngineSpec::Embedded,
+        performance,
         differential: super::spec::DifferentialSpec::default(),
         models: vec![model],
         tiers: vec![tier_plan],

@@ -40,6 +40,54 @@ pub struct PlaybookDoc {
     pub scenarios: Option<Vec<ScenarioSpec>>,
     /// Settings of the differential trials of derived formats against safetensors.
     pub differential_tests: Option<DifferentialSpec>,
+    /// Performance assertions: a `perf::decode` trial in every cell whose backend has one.
+    pub performance: Option<PerformanceSpec>,
+}
+
+/// Performance assertions on the model under test, per backend. Each cell measures `runs`
+/// greedy generations after `warmup` untimed ones; the medians decide.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceSpec {
+    /// Untimed generations first (default 2).
+    pub warmup: Option<u32>,
+    /// Timed generations (default 5).
+    pub runs: Option<u32>,
+    /// What is generated from, as sent (default: the first scenario's prompt as `run` lays it out).
+    pub prompt: Option<String>,
+    /// Tokens per generation (default 32).
+    pub max_tokens: Option<u32>,
+    /// Smallest median decode speed, tokens per second.
+    #[serde(default)]
+    pub min_tokens_per_second: PerBackend,
+    /// Largest median time to first token, milliseconds.
+    #[serde(default)]
+    pub max_time_to_first_token_ms: PerBackend,
+}
+
+/// A figure per backend; a backend without one asserts nothing there.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerBackend {
+    pub cpu: Option<f64>,
+    pub gpu: Option<f64>,
+}
+
+impl PerBackend {
+    pub fn get(&self, backend: Backend) -> Option<f64> {
+        match backend {
+            Backend::Cpu => self.cpu,
+            Backend::Gpu => self.gpu,
+        }
+    }
+}
+
+impl PerformanceSpec {
+    /// Whether anything is asserted on `backend`.
+    pub fn asserts_on(&self, backend: Backend) -> bool {
+        self.min_tokens_per_second.get(backend).is_some()
+            || self.max_time_to_first_token_ms.get(backend).is_some()
+    }
 }
 
 /// The differential trials' settings. Field names follow the original project where it had one.
