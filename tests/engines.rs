@@ -246,3 +246,27 @@ fn an_openai_compatible_server_in_another_process_is_qualified_over_http() {
     assert_eq!(records[0].outcome, Outcome::Falsified);
     assert!(records[0].reason.contains("MODELQA_TEST_API_KEY is not set"), "{}", records[0].reason);
 }
+
+#[test]
+fn a_server_that_never_answers_is_a_timeout_and_the_run_moves_on() {
+    // Accepts connections and holds them without a byte of reply.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let engine = format!("  kind: openai\n  base_url: http://{addr}\n  model: modelqa/qa-tiny-llama");
+    let run = Run::new(&playbook(&engine, "[safetensors]", 700));
+    let started = Instant::now();
+    let out = run.qualify(&["--test-threads", "2", "run::"], &[]);
+    assert!(!out.status.success());
+    let records = run.journal();
+    assert_eq!(records.len(), 2, "both run trials were recorded");
+    for r in &records {
+        assert_eq!(r.outcome, Outcome::Timeout, "{}: {}", r.trial, r.reason);
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+}

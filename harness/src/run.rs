@@ -238,6 +238,16 @@ impl RunContext {
             });
         let session = match session {
             Ok(s) => s,
+            // An engine that hangs while loading (a server that accepts and never answers) is a
+            // timeout, not a wrong answer.
+            Err(e) if Instant::now() >= deadline => {
+                let limit = spec.tier.timeout.as_secs_f64();
+                return Finding::new(
+                    Outcome::Timeout,
+                    "timeout",
+                    format!("the engine did not load within the {limit}s timeout: {e}"),
+                );
+            }
             Err(e) => {
                 return Finding::new(Outcome::Falsified, "G1", format!("gateway G1 (load) failed: {e}"));
             }
