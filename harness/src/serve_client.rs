@@ -257,13 +257,21 @@ impl Client {
                 break;
             }
             let l = line.trim_end_matches(['\r', '\n']);
-            if l.is_empty() {
+            // Blank lines end events; comment lines (`: keep-alive`) and the `event`, `id` and
+            // `retry` fields are valid SSE that carry no answer text.
+            if l.is_empty()
+                || l.starts_with(':')
+                || ["event:", "id:", "retry:"].iter().any(|f| l.starts_with(f))
+            {
                 continue;
             }
             if done {
                 return Err(format!("an event after `data: [DONE]`: {l:?}"));
             }
-            let data = l.strip_prefix("data: ").ok_or_else(|| format!("not an SSE data line: {l:?}"))?;
+            let data = l
+                .strip_prefix("data:")
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .ok_or_else(|| format!("not an SSE line (data, event, id, retry or a comment): {l:?}"))?;
             if data == "[DONE]" {
                 done = true;
                 continue;

@@ -398,6 +398,10 @@ mod tests {
         Nondeterministic,
         BusyWhenConcurrent,
         AcceptsAnything,
+        /// Not a fault: SSE comments and `event:` fields, which the framing allows.
+        SseComments,
+        /// Lines that are not SSE at all inside the stream.
+        SseGarbage,
     }
 
     struct Fake {
@@ -463,7 +467,13 @@ mod tests {
                 }
             };
             let streamed = if fake.fault == Fault::StreamDiffers { "5" } else { text.as_str() };
-            let mut events = format!("data: {}\n\n", piece(streamed));
+            let mut events = match fake.fault {
+                Fault::SseComments => {
+                    format!(": keep-alive\n\nevent: message\nid: 1\ndata:{}\n\n", piece(streamed))
+                }
+                Fault::SseGarbage => format!("hello\ndata: {}\n\n", piece(streamed)),
+                _ => format!("data: {}\n\n", piece(streamed)),
+            };
             if fake.fault != Fault::NoDone {
                 events.push_str("data: [DONE]\n\n");
             }
@@ -520,12 +530,19 @@ mod tests {
     }
 
     #[test]
+    fn sse_comments_and_event_fields_are_valid_framing() {
+        let v = verdict(Fault::SseComments, ServerCheck::Sse);
+        assert_eq!(v.outcome, Outcome::Corroborated, "{}", v.reason);
+    }
+
+    #[test]
     fn each_planted_fault_fails_its_check_and_says_what() {
         let cases = [
             (Fault::SlowHealth, ServerCheck::Health, "GET /health took"),
             (Fault::OtherModel, ServerCheck::Health, "not \"m\""),
             (Fault::NoUsage, ServerCheck::Json, "usage lacks token counts"),
             (Fault::NoDone, ServerCheck::Sse, "without `data: [DONE]`"),
+            (Fault::SseGarbage, ServerCheck::Sse, "not an SSE line"),
             (Fault::StreamDiffers, ServerCheck::Sse, "the streamed pieces add up to \"5\""),
             (Fault::Nondeterministic, ServerCheck::Deterministic, "at temperature 0"),
             (Fault::BusyWhenConcurrent, ServerCheck::Concurrent, "503"),
