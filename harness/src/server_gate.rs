@@ -402,6 +402,8 @@ mod tests {
         SseComments,
         /// Lines that are not SSE at all inside the stream.
         SseGarbage,
+        /// Every endpoint wants `Authorization: Bearer sk-test`, as a hosted API does.
+        RequiresKey,
     }
 
     struct Fake {
@@ -414,8 +416,18 @@ mod tests {
         (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
     }
 
-    async fn handle(State(fake): State<Arc<Fake>>, uri: Uri, body: Bytes) -> Response {
+    async fn handle(
+        State(fake): State<Arc<Fake>>,
+        uri: Uri,
+        headers: axum::http::HeaderMap,
+        body: Bytes,
+    ) -> Response {
         let call = fake.calls.fetch_add(1, Ordering::SeqCst);
+        if fake.fault == Fault::RequiresKey
+            && headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some("Bearer sk-test")
+        {
+            return json_response(StatusCode::UNAUTHORIZED, json!({"error": {"message": "no API key"}}));
+        }
         let chat = uri.path() == "/v1/chat/completions";
         match uri.path() {
             "/health" => {
@@ -525,6 +537,19 @@ mod tests {
     fn a_server_without_faults_passes_every_check() {
         for c in ServerCheck::ALL {
             let v = verdict(Fault::None, c);
+            assert_eq!(v.outcome, Outcome::Corroborated, "{}: {}", c.slug(), v.reason);
+        }
+    }
+
+    #[test]
+    fn the_api_key_goes_as_a_bearer_token() {
+        let (_runtime, client) = start(Fault::RequiresKey);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let without = check(ServerCheck::Json, &client, "m", &probe(), deadline);
+        assert!(without.reason.contains("401"), "{}", without.reason);
+        let client = client.with_api_key(Some("sk-test".into()));
+        for c in [ServerCheck::Health, ServerCheck::Json, ServerCheck::Sse] {
+            let v = check(c, &client, "m", &probe(), deadline);
             assert_eq!(v.outcome, Outcome::Corroborated, "{}: {}", c.slug(), v.reason);
         }
     }
