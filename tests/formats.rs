@@ -482,3 +482,44 @@ fn each_invariant_fails_on_the_defect_it_names_and_passes_clean_files() {
         "the file lists no fallback",
     );
 }
+
+#[test]
+fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
+    use modelqa::engine::SharedSession;
+    use modelqa::gate::Ask;
+    use modelqa::journal::Outcome;
+    let shared = |p: &Path| -> SharedSession {
+        let s: Box<dyn Session> = Box::new(load_candle(p, Backend::Cpu).expect("loads"));
+        std::sync::Arc::new(std::sync::Mutex::new(s))
+    };
+    let asks = vec![Ask {
+        name: "add".into(),
+        prompt: "What is 47 + 38?\n".into(),
+        conversation: None,
+        max_tokens: 8,
+    }];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let reference = shared(&qa_tiny("llama"));
+    let same = modelqa::run::first_divergence(&reference, &shared(&qa_tiny("llama")), &asks, 5, deadline);
+    assert_eq!(same.outcome, Outcome::Corroborated, "{}", same.reason);
+    assert!(same.reason.starts_with("1 of 1 greedy outputs identical"), "{}", same.reason);
+    // The final norm negated: every logit flips sign, so the format's first token is the ground
+    // truth's least likely one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flipped = edited_artifact(dir.path(), |f| {
+        let t = tensor(f, "model.norm.weight");
+        t.data = t
+            .data
+            .chunks_exact(4)
+            .flat_map(|c| (-f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+            .collect();
+    });
+    let candidate = shared(&flipped);
+    let v = modelqa::run::first_divergence(&reference, &candidate, &asks, 5, deadline);
+    assert_eq!(v.outcome, Outcome::Falsified, "{}", v.reason);
+    assert!(v.reason.contains("part at token 0") && v.reason.contains("top 5"), "{}", v.reason);
+    // With k as large as the vocabulary every token is in the other's top k: `top_k` is read.
+    let v = modelqa::run::first_divergence(&reference, &candidate, &asks, 512, deadline);
+    assert_eq!(v.outcome, Outcome::Corroborated, "{}", v.reason);
+    assert!(v.reason.contains("top 512 (add at token 0)"), "{}", v.reason);
+}

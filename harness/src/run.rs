@@ -1248,7 +1248,7 @@ fn from_verdict(g: Gate, v: GateVerdict) -> Finding {
 /// The generated-sequence rule (vLLM's): greedy outputs of the ground truth and the format are
 /// compared token by token; at the first divergence each side's token must be in the other's
 /// top `k` after the common prefix, and comparison of that scenario stops there.
-fn first_divergence(
+pub fn first_divergence(
     reference: &SharedSession,
     candidate: &SharedSession,
     asks: &[gate::Ask],
@@ -1257,11 +1257,7 @@ fn first_divergence(
 ) -> crate::diff::DiffVerdict {
     use crate::diff::DiffVerdict;
     let fail = |reason: String| DiffVerdict { outcome: Outcome::Falsified, reason };
-    let top_k = |logits: &[f32], token: u32| {
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        order.iter().take(k).any(|&i| i == token as usize)
-    };
+    let top_k = |logits: &[f32], token: u32| crate::golden::top_k(logits, k).ids.contains(&token);
     let (mut identical, mut parted) = (0, Vec::new());
     for ask in asks {
         let (r, c) = match (ask.generate(reference, deadline), ask.generate(candidate, deadline)) {
