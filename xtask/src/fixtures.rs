@@ -25,16 +25,20 @@ pub fn qa_tiny_dir() -> PathBuf {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("train") => train_qa_tiny(&args[1..]),
-        Some("eval") => eval(&crate::flag_value(args, "--dir")?.map_or_else(qa_tiny_dir, PathBuf::from)),
+        Some("eval") => eval(
+            &crate::flag_value(args, "--dir")?.map_or_else(qa_tiny_dir, PathBuf::from),
+            args.iter().any(|a| a == "--failures"),
+        ),
         Some("--check") => check(&qa_tiny_dir()),
         _ => bail!(
-            "usage: cargo xtask fixtures train [--steps N] [--seed N] [--out DIR] | eval [--dir DIR] | --check"
+            "usage: cargo xtask fixtures train [--steps N] [--seed N] [--out DIR] | eval [--dir DIR] [--failures] | --check"
         ),
     }
 }
 
-/// Held-out arithmetic accuracy of qa-tiny-llama, by operator, through the engine.
-fn eval(dir: &Path) -> anyhow::Result<()> {
+/// Held-out arithmetic accuracy of qa-tiny-llama, by operator, through the engine; with
+/// `failures`, every wrong answer is listed too (question, expected, given).
+fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
     use modelqa::engine::{GenerateRequest, Sampling, Session};
     use modelqa::oracle::Oracle;
     use modelqa::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
@@ -44,7 +48,7 @@ fn eval(dir: &Path) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let mut tally: std::collections::BTreeMap<char, (usize, usize)> = Default::default();
     let questions = curriculum::held_out_questions();
-    for (i, (q, _)) in questions.iter().enumerate() {
+    for (i, (q, expected)) in questions.iter().enumerate() {
         let prompt = format!("{q}\n");
         let g = session.generate(&GenerateRequest {
             prompt: &prompt,
@@ -57,6 +61,8 @@ fn eval(dir: &Path) -> anyhow::Result<()> {
         entry.1 += 1;
         if oracle.judge(q, &g.text).is_pass() {
             entry.0 += 1;
+        } else if failures {
+            println!("wrong: {q:?} expected {expected}, answered {:?}", g.text);
         }
         if (i + 1) % 500 == 0 {
             eprintln!("{}/{} questions", i + 1, questions.len());
