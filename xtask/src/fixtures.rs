@@ -31,7 +31,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ),
         Some("--check") => check(&qa_tiny_dir()),
         _ => bail!(
-            "usage: cargo xtask fixtures train [--steps N] [--seed N] [--out DIR] | eval [--dir DIR] [--failures] | --check"
+            "usage: cargo xtask fixtures train [--steps N] [--seed N] [--weight-decay X] [--out DIR] | eval [--dir DIR] [--failures] | --check"
         ),
     }
 }
@@ -85,7 +85,10 @@ fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
         crate::flag_value(args, "--steps")?.map_or(Ok(5000), |v| v.parse()).context("--steps")?;
     let out = crate::flag_value(args, "--out")?.map_or_else(qa_tiny_dir, PathBuf::from);
     let seed = crate::flag_value(args, "--seed")?.map_or(Ok(20261122), |v| v.parse()).context("--seed")?;
-    let sched = Schedule { steps, batch: 64, peak_lr: 2e-3, warmup: 150, seed };
+    let weight_decay = crate::flag_value(args, "--weight-decay")?
+        .map_or(Ok(0.01), |v| v.parse())
+        .context("--weight-decay")?;
+    let sched = Schedule { steps, batch: 64, peak_lr: 2e-3, warmup: 150, seed, weight_decay };
     let work = out.join(".work");
     std::fs::create_dir_all(&work)?;
     eprintln!("training the tokenizer…");
@@ -102,6 +105,7 @@ fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
         "batch": sched.batch,
         "seed": sched.seed,
         "peak_lr": sched.peak_lr,
+        "weight_decay": sched.weight_decay,
         "final_loss": loss,
         "train_seconds": secs.round(),
         "machine": format!("{} cpus, {}", std::thread::available_parallelism().map_or(1, |n| n.get()), std::env::consts::ARCH),

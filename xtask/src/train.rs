@@ -47,6 +47,8 @@ pub struct Schedule {
     pub steps: usize,
     pub batch: usize,
     pub peak_lr: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
     pub warmup: usize,
     pub seed: u64,
 }
@@ -249,7 +251,13 @@ pub fn train(
     let dev = Device::Cpu;
     let tok = Tokenizer::from_file(tokenizer_dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?;
     let (model, vars) = init(&shape, sched.seed, &dev)?;
-    let params = ParamsAdamW { lr: sched.peak_lr, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01 };
+    let params = ParamsAdamW {
+        lr: sched.peak_lr,
+        beta1: 0.9,
+        beta2: 0.98,
+        eps: 1e-8,
+        weight_decay: sched.weight_decay,
+    };
     let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
     let mut rng = Rng::new(sched.seed);
     let started = Instant::now();
