@@ -31,7 +31,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ),
         Some("--check") => check(&qa_tiny_dir()),
         _ => bail!(
-            "usage: cargo xtask fixtures train [--steps N] [--seed N] [--weight-decay X] [--out DIR] | eval [--dir DIR] [--failures] | --check"
+            "usage: cargo xtask fixtures train [--steps N] [--batch N] [--seed N] [--weight-decay X] [--out DIR] | eval [--dir DIR] [--failures] | --check"
         ),
     }
 }
@@ -88,7 +88,9 @@ fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
     let weight_decay = crate::flag_value(args, "--weight-decay")?
         .map_or(Ok(0.01), |v| v.parse())
         .context("--weight-decay")?;
-    let sched = Schedule { steps, batch: 64, peak_lr: 2e-3, warmup: 150, seed, weight_decay };
+    let batch: usize =
+        crate::flag_value(args, "--batch")?.map_or(Ok(64), |v| v.parse()).context("--batch")?;
+    let sched = Schedule { steps, batch, peak_lr: 2e-3, warmup: 150, seed, weight_decay };
     let work = out.join(".work");
     std::fs::create_dir_all(&work)?;
     eprintln!("training the tokenizer…");

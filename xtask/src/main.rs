@@ -19,10 +19,11 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  fixtures train [--steps N] [--seed N] [--out DIR]
+  fixtures train [--steps N] [--batch N] [--seed N] [--weight-decay X] [--out DIR]
                            train qa-tiny and write it to fixtures/qa-tiny (about 30 min on 2 cores)
-  fixtures eval [--dir DIR]
-                           held-out arithmetic accuracy of qa-tiny (or a trained copy), by operator
+  fixtures eval [--dir DIR] [--failures]
+                           held-out arithmetic accuracy of qa-tiny (or a trained copy), by operator;
+                           --failures lists every wrong answer
   fixtures --check         verify fixtures/qa-tiny against its manifest
   golden [--accept]        run the golden-reference trials and list pending references; accept them
   schema [--check]         write playbooks/playbook.schema.json, or fail when it is stale

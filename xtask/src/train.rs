@@ -182,8 +182,8 @@ impl Model {
     }
 }
 
-/// Which length class a sequence falls in; a batch holds one class, so short arithmetic is not
-/// padded to the length of a function body.
+/// Which length class a sequence falls in. A step's examples are split by class and each class
+/// is padded on its own, so short arithmetic is not padded to the length of a function body.
 fn bucket(len: usize) -> usize {
     match len {
         0..=16 => 0,
@@ -193,19 +193,24 @@ fn bucket(len: usize) -> usize {
     }
 }
 
-/// A batch: ids `(B, T)`, next-token targets and a loss mask on answer tokens. The first example
-/// picks the length class and the rest are drawn from it, so each class still appears in
-/// proportion to the curriculum.
+/// One length class of a step: ids `(B, T)`, next-token targets and a loss mask on answer tokens.
+struct Part {
+    ids: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+}
+
+/// A step's examples, drawn from the curriculum in its proportions (every step sees every kind
+/// of task, as one padded batch would) and split into length classes.
 fn batch(
     tok: &Tokenizer,
     rng: &mut Rng,
     size: usize,
     context: usize,
     dev: &Device,
-) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
-    let mut rows: Vec<(Vec<u32>, usize)> = Vec::with_capacity(size);
-    let mut class = None;
-    while rows.len() < size {
+) -> anyhow::Result<Vec<Part>> {
+    let mut classes: [Vec<(Vec<u32>, usize)>; 4] = Default::default();
+    for _ in 0..size {
         let e = curriculum::sample(rng);
         let p = tok.encode(e.prompt.as_str(), false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
         let a = tok.encode(e.answer.as_str(), false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
@@ -214,26 +219,27 @@ fn batch(
         ids.extend(&a);
         ids.push(end);
         anyhow::ensure!(ids.len() <= context, "an example of {} tokens exceeds the context", ids.len());
-        let b = bucket(ids.len());
-        if *class.get_or_insert(b) == b {
-            rows.push((ids, p.len()));
-        }
+        classes[bucket(ids.len())].push((ids, p.len()));
     }
-    let t = rows.iter().map(|(ids, _)| ids.len() - 1).max().unwrap_or(1);
-    let (mut inp, mut tgt, mut msk) = (Vec::new(), Vec::new(), Vec::new());
-    for (ids, plen) in &rows {
-        for i in 0..t {
-            inp.push(*ids.get(i).unwrap_or(&0));
-            tgt.push(*ids.get(i + 1).unwrap_or(&0));
-            // Position i predicts token i+1; learn the answer and the end token only.
-            msk.push(if i + 1 >= *plen && i + 1 < ids.len() { 1f32 } else { 0f32 });
+    let mut parts = Vec::new();
+    for rows in classes.iter().filter(|rows| !rows.is_empty()) {
+        let t = rows.iter().map(|(ids, _)| ids.len() - 1).max().unwrap_or(1);
+        let (mut inp, mut tgt, mut msk) = (Vec::new(), Vec::new(), Vec::new());
+        for (ids, plen) in rows {
+            for i in 0..t {
+                inp.push(*ids.get(i).unwrap_or(&0));
+                tgt.push(*ids.get(i + 1).unwrap_or(&0));
+                // Position i predicts token i+1; learn the answer and the end token only.
+                msk.push(if i + 1 >= *plen && i + 1 < ids.len() { 1f32 } else { 0f32 });
+            }
         }
+        parts.push(Part {
+            ids: Tensor::from_vec(inp, (rows.len(), t), dev)?,
+            targets: Tensor::from_vec(tgt, (rows.len(), t), dev)?,
+            mask: Tensor::from_vec(msk, (rows.len(), t), dev)?,
+        });
     }
-    Ok((
-        Tensor::from_vec(inp, (size, t), dev)?,
-        Tensor::from_vec(tgt, (size, t), dev)?,
-        Tensor::from_vec(msk, (size, t), dev)?,
-    ))
+    Ok(parts)
 }
 
 fn causal_mask(t: usize, dev: &Device) -> candle_core::Result<Tensor> {
@@ -271,13 +277,23 @@ pub fn train(
             sched.peak_lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
         };
         opt.set_learning_rate(lr);
-        let (ids, tgt, msk) = batch(&tok, &mut rng, sched.batch, shape.context, &dev)?;
-        let t = ids.dim(1)?;
-        let logits = model.forward(&ids, &shape, &causal_mask(t, &dev)?)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = logp.gather(&tgt.unsqueeze(2)?, 2)?.squeeze(2)?;
-        let count = msk.sum_all()?.to_scalar::<f32>()?.max(1.0);
-        let loss = ((picked * &msk)?.sum_all()? / (-(count as f64)))?;
+        // The mean loss over every answer token of the step, whatever class it is in.
+        let mut total = None::<Tensor>;
+        let mut count = 0f32;
+        for part in batch(&tok, &mut rng, sched.batch, shape.context, &dev)? {
+            let t = part.ids.dim(1)?;
+            let logits = model.forward(&part.ids, &shape, &causal_mask(t, &dev)?)?;
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let picked = logp.gather(&part.targets.unsqueeze(2)?, 2)?.squeeze(2)?;
+            count += part.mask.sum_all()?.to_scalar::<f32>()?;
+            let sum = (picked * &part.mask)?.sum_all()?;
+            total = Some(match total {
+                Some(s) => (s + sum)?,
+                None => sum,
+            });
+        }
+        let total = total.context("a step drew no examples")?;
+        let loss = (total / (-(count.max(1.0) as f64)))?;
         let mut grads = loss.backward()?;
         // Clip to a global norm of 1.
         let mut norm2 = 0f32;
