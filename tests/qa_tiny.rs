@@ -77,10 +77,10 @@ fn held_out_arithmetic_is_answered() {
         }
     }
     let accuracy = right as f64 / sample.len() as f64;
-    // The committed model measures 94.5% on the whole held-out set (`cargo xtask fixtures eval`),
-    // short of the 95% the family is meant to reach; this floor catches any regression from it.
+    // The family must answer at least 95% of held-out questions; the committed model measures
+    // 99.1% on the whole set (`cargo xtask fixtures eval`).
     assert!(
-        accuracy >= 0.94,
+        accuracy >= 0.95,
         "held-out accuracy {accuracy:.3} on {} questions; e.g. {wrong:#?}",
         sample.len()
     );

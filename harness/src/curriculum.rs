@@ -182,25 +182,6 @@ impl Rng {
     }
 }
 
-/// Two operands for `op`. Uniform pairs make a two-digit operand with a one-digit one only 18% of
-/// + and − questions and two one-digit operands 1%, and those are where a model trained on them
-/// misses (`97-7=` → 92); so a fifth of the pairs are drawn mixed-length and 3% one-digit, while
-/// two-digit pairs stay the majority.
-fn operands(rng: &mut Rng, op: ArithOp) -> (i64, i64) {
-    let (lo, hi) = operand_range(op);
-    if op == ArithOp::Mul {
-        return (rng.range(lo, hi), rng.range(lo, hi));
-    }
-    match rng.below(100) {
-        0..=7 => {
-            let (long, short) = (rng.range(10, hi), rng.range(lo, 9));
-            if rng.below(2) == 0 { (long, short) } else { (short, long) }
-        }
-        8 => (rng.range(lo, 9), rng.range(lo, 9)),
-        _ => (rng.range(lo, hi), rng.range(lo, hi)),
-    }
-}
-
 /// A training arithmetic question (never a held-out one) and its answer.
 fn arithmetic(rng: &mut Rng) -> (String, String) {
     loop {
@@ -209,7 +190,8 @@ fn arithmetic(rng: &mut Rng) -> (String, String) {
             42..=79 => ArithOp::Sub,
             _ => ArithOp::Mul,
         };
-        let (mut a, mut b) = operands(rng, op);
+        let (lo, hi) = operand_range(op);
+        let (mut a, mut b) = (rng.range(lo, hi), rng.range(lo, hi));
         if op == ArithOp::Sub && a < b {
             std::mem::swap(&mut a, &mut b);
         }

@@ -82,14 +82,14 @@ fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
 
 fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
     let steps: usize =
-        crate::flag_value(args, "--steps")?.map_or(Ok(5000), |v| v.parse()).context("--steps")?;
+        crate::flag_value(args, "--steps")?.map_or(Ok(3200), |v| v.parse()).context("--steps")?;
     let out = crate::flag_value(args, "--out")?.map_or_else(qa_tiny_dir, PathBuf::from);
     let seed = crate::flag_value(args, "--seed")?.map_or(Ok(20261122), |v| v.parse()).context("--seed")?;
     let weight_decay = crate::flag_value(args, "--weight-decay")?
         .map_or(Ok(0.01), |v| v.parse())
         .context("--weight-decay")?;
     let batch: usize =
-        crate::flag_value(args, "--batch")?.map_or(Ok(64), |v| v.parse()).context("--batch")?;
+        crate::flag_value(args, "--batch")?.map_or(Ok(128), |v| v.parse()).context("--batch")?;
     let sched = Schedule { steps, batch, peak_lr: 2e-3, warmup: 150, seed, weight_decay };
     let work = out.join(".work");
     std::fs::create_dir_all(&work)?;
