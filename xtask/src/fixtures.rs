@@ -81,16 +81,17 @@ fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
 }
 
 fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
+    let d = train::SCHEDULE;
     let steps: usize =
-        crate::flag_value(args, "--steps")?.map_or(Ok(3200), |v| v.parse()).context("--steps")?;
+        crate::flag_value(args, "--steps")?.map_or(Ok(d.steps), |v| v.parse()).context("--steps")?;
     let out = crate::flag_value(args, "--out")?.map_or_else(qa_tiny_dir, PathBuf::from);
-    let seed = crate::flag_value(args, "--seed")?.map_or(Ok(20261122), |v| v.parse()).context("--seed")?;
+    let seed = crate::flag_value(args, "--seed")?.map_or(Ok(d.seed), |v| v.parse()).context("--seed")?;
     let weight_decay = crate::flag_value(args, "--weight-decay")?
-        .map_or(Ok(0.01), |v| v.parse())
+        .map_or(Ok(d.weight_decay), |v| v.parse())
         .context("--weight-decay")?;
     let batch: usize =
-        crate::flag_value(args, "--batch")?.map_or(Ok(128), |v| v.parse()).context("--batch")?;
-    let sched = Schedule { steps, batch, peak_lr: 2e-3, warmup: 150, seed, weight_decay };
+        crate::flag_value(args, "--batch")?.map_or(Ok(d.batch), |v| v.parse()).context("--batch")?;
+    let sched = Schedule { steps, batch, seed, weight_decay, ..d };
     let work = out.join(".work");
     std::fs::create_dir_all(&work)?;
     eprintln!("training the tokenizer…");
@@ -251,4 +252,35 @@ fn check(dir: &Path) -> anyhow::Result<()> {
     }
     eprintln!("{listed} qa-tiny files match {}", dir.join("MANIFEST.sha256").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fixtures train` with no flags must retrain the committed weights: its schedule and shape
+    /// are the ones `training.json` records.
+    #[test]
+    fn default_schedule_is_the_committed_one() {
+        let text = std::fs::read_to_string(qa_tiny_dir().join("training.json")).expect("training.json");
+        let record: serde_json::Value = serde_json::from_str(&text).expect("training.json is JSON");
+        let (d, s) = (train::SCHEDULE, SHAPE);
+        assert_eq!(record["steps"], d.steps);
+        assert_eq!(record["batch"], d.batch);
+        assert_eq!(record["seed"], d.seed);
+        assert_eq!(record["peak_lr"], d.peak_lr);
+        assert_eq!(record["weight_decay"], d.weight_decay);
+        let shape = &record["shape"];
+        for (key, value) in [
+            ("hidden", s.hidden),
+            ("intermediate", s.intermediate),
+            ("layers", s.layers),
+            ("heads", s.heads),
+            ("kv_heads", s.kv_heads),
+            ("vocab", s.vocab),
+            ("context", s.context),
+        ] {
+            assert_eq!(shape[key], value, "shape.{key}");
+        }
+    }
 }
