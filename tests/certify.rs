@@ -1,11 +1,14 @@
 //! Certification from evidence: the committed qa-tiny evidence, replayed as journals, through
-//! the registry, the README table, reports, tickets and the playbook lock.
+//! the registry, the README table, reports, tickets and the playbook lock; where the xtask finds
+//! what the harness wrote, how evidence names files, and why it goes stale.
 
 use std::path::{Path, PathBuf};
 
-use modelqa::certify::workspace::{self, Layout};
+use modelqa::certify::workspace::{self, Freshness, Layout, Stale};
 use modelqa::certify::{ModelEvidence, Status, evidence, lock, registry, report, tickets};
+use modelqa::config::Places;
 use modelqa::journal::{EvidenceRecord, Outcome};
+use modelqa::matrix::Format;
 
 const MODELS: [&str; 3] = ["qa-tiny-llama", "qa-tiny-mistral", "qa-tiny-qwen2"];
 
@@ -280,7 +283,7 @@ fn tickets_group_falsifications_by_gate_and_root_cause() {
     }
     let e = evidence::group(records)
         .into_values()
-        .filter_map(|r| ModelEvidence::new(r, 0, String::new(), None, String::new()))
+        .filter_map(|r| ModelEvidence::new(r, Default::default(), String::new(), None, String::new()))
         .collect::<Vec<_>>();
     let tickets = tickets::tickets(&e);
     assert_eq!(tickets.len(), 1, "{:?}", tickets.iter().map(|t| &t.title).collect::<Vec<_>>());
@@ -306,8 +309,9 @@ fn evidence_is_current_until_its_playbook_model_files_or_harness_change() {
     }
     let journal = write_journal(dir.path(), "j", &records);
     let (records, _) = evidence::read_journals(&[journal]).expect("read");
-    let e = workspace::evidence_from_records(&layout, records, &plan(), None, None).remove(0);
-    assert!(!workspace::is_current(&layout, &e), "the recorded model hash differs from the file");
+    let plan = plan();
+    let e = workspace::evidence_from_records(&layout, records, &plan, None, None).remove(0);
+    assert!(!workspace::is_current(&layout, &plan, &e), "the recorded model hash differs from the file");
 
     let real = {
         use sha2::Digest;
@@ -317,15 +321,310 @@ fn evidence_is_current_until_its_playbook_model_files_or_harness_change() {
     for f in e.records.iter_mut().flat_map(|r| &mut r.model_files) {
         f.sha256 = real.clone();
     }
-    assert!(workspace::is_current(&layout, &e));
+    assert!(workspace::is_current(&layout, &plan, &e));
     std::fs::write(dir.path().join("p.yaml"), "family: y\n").expect("playbook");
-    assert!(!workspace::is_current(&layout, &e), "a changed playbook makes the evidence stale");
+    let why = reasons(&layout, &plan, &e);
+    assert!(matches!(why.as_slice(), [r] if r.starts_with("p.yaml changed (sha256 ")), "{why:?}");
     let mut e2 = e.clone();
     e2.playbook_sha256 = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(b"family: y\n"))
     };
-    assert!(workspace::is_current(&layout, &e2));
+    assert!(workspace::is_current(&layout, &plan, &e2));
     e2.harness_fingerprint = "another harness".into();
-    assert!(!workspace::is_current(&layout, &e2), "a changed harness makes the evidence stale");
+    let why = reasons(&layout, &plan, &e2);
+    assert!(
+        matches!(why.as_slice(), [r] if r.starts_with("harness fingerprint changed: another harness")),
+        "{why:?}"
+    );
+}
+
+fn reasons(layout: &Layout, plan: &modelqa::expand::Plan, e: &ModelEvidence) -> Vec<String> {
+    workspace::why_stale(layout, plan, e).iter().map(ToString::to_string).collect()
+}
+
+/// Places from a list of variables, as `Places::from_env` reads them from the environment.
+fn places(vars: &[(&str, &Path)]) -> Places {
+    Places::from_vars(|k| vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.as_os_str().to_owned()))
+}
+
+#[test]
+fn the_xtask_reads_the_journals_playbooks_and_goldens_where_the_harness_put_them() {
+    let repo = tempfile::tempdir().expect("repo");
+    let outside = tempfile::tempdir().expect("outside");
+    let root = repo.path();
+
+    // The harness's defaults, relative to its working directory: the root.
+    let l = Layout::new(root);
+    assert_eq!(l.places.journal_dir, root.join("target/qualify/journal"));
+    assert_eq!(l.places.cache_dir, root.join("target/qualify/cache"));
+    assert_eq!((l.playbooks(), l.places.golden_dir.clone()), (root.join("playbooks"), root.join("golden")));
+    // CARGO_TARGET_DIR moves the journal and the cache; QUALIFY_JOURNAL_DIR wins over it.
+    let l = Layout::with_places(root, places(&[("CARGO_TARGET_DIR", Path::new("build"))]));
+    assert_eq!(l.places.journal_dir, root.join("build/qualify/journal"));
+    assert_eq!(l.places.cache_dir, root.join("build/qualify/cache"));
+    let l = Layout::with_places(
+        root,
+        places(&[("CARGO_TARGET_DIR", Path::new("build")), ("QUALIFY_JOURNAL_DIR", Path::new("j"))]),
+    );
+    assert_eq!(l.places.journal_dir, root.join("j"));
+    assert_eq!(l.places.cache_dir, root.join("build/qualify/cache"));
+
+    // A journal, a playbook and goldens outside the repository.
+    let journal_dir = outside.path().join("journal");
+    let playbook_dir = outside.path().join("my-playbooks");
+    let golden_dir = outside.path().join("my-golden");
+    std::fs::create_dir_all(&journal_dir).expect("mkdir");
+    std::fs::create_dir_all(&playbook_dir).expect("mkdir");
+    let journal = write_journal(&journal_dir, "mine", &committed_records()[..3]);
+    std::fs::write(
+        playbook_dir.join("mine.yaml"),
+        "playbook: 1\nfamily: mine\ntiers: {smoke: {}}\nmodels: [{id: me/my-model, path: model}]\n\
+         scenarios: [{name: hi, prompt: hi, oracles: [{regex: '\\S'}]}]\n",
+    )
+    .expect("playbook");
+    let l = Layout::with_places(
+        root,
+        places(&[
+            ("QUALIFY_JOURNAL_DIR", journal_dir.as_path()),
+            ("QUALIFY_PLAYBOOKS", playbook_dir.as_path()),
+            ("QUALIFY_GOLDEN_DIR", golden_dir.as_path()),
+        ]),
+    );
+    assert_eq!(evidence::last_journal(&l.places.journal_dir).expect("the journal is found"), journal);
+    let (playbooks, _) = modelqa::playbook::load_all(&l.playbooks()).expect("the outside playbook loads");
+    assert_eq!(playbooks.iter().map(|p| p.family.as_str()).collect::<Vec<_>>(), ["mine"]);
+    assert_eq!(l.places.golden_dir, golden_dir);
+    // A single playbook file: its folder holds the lock.
+    let l =
+        Layout::with_places(root, places(&[("QUALIFY_PLAYBOOKS", playbook_dir.join("mine.yaml").as_path())]));
+    assert_eq!(l.playbook_dir(), playbook_dir);
+
+    // The variables the xtask gives the harness it starts make it use exactly these places.
+    let l = Layout::with_places(
+        root,
+        places(&[("QUALIFY_JOURNAL_DIR", journal_dir.as_path()), ("QUALIFY_MODEL_DIR", Path::new("models"))]),
+    );
+    let passed = l.places.vars();
+    let harness = places(&passed);
+    assert_eq!(
+        (
+            harness.journal_dir,
+            harness.playbooks,
+            harness.cache_dir,
+            harness.golden_dir,
+            harness.roots.model_dir
+        ),
+        (
+            l.places.journal_dir.clone(),
+            l.places.playbooks.clone(),
+            l.places.cache_dir.clone(),
+            l.places.golden_dir.clone(),
+            Some(root.join("models"))
+        )
+    );
+    assert!(
+        passed.iter().all(|(_, p)| p.is_absolute()),
+        "the harness needs no working directory: {passed:?}"
+    );
+}
+
+/// A checkout whose playbook names a copy of the qa-tiny-llama weights, and the evidence a
+/// harness run records for its safetensors and APR trials, the APR made in a cache outside it.
+struct Measured {
+    /// The checkout; the weights are under `fixtures/m` unless `elsewhere`.
+    root: tempfile::TempDir,
+    /// The cache, and the weights when they are not in the checkout.
+    elsewhere: tempfile::TempDir,
+    layout: Layout,
+    plan: modelqa::expand::Plan,
+    model_dir: PathBuf,
+    artifact: PathBuf,
+    evidence: ModelEvidence,
+}
+
+fn measured(weights_in_repository: bool) -> Measured {
+    let (root, layout) = scratch();
+    let elsewhere = tempfile::tempdir().expect("elsewhere");
+    let cache = elsewhere.path().join("cache");
+    let layout = Layout::with_places(&layout.root, places(&[("QUALIFY_CACHE_DIR", cache.as_path())]));
+    let model_dir =
+        if weights_in_repository { root.path().join("fixtures/m") } else { elsewhere.path().join("m") };
+    std::fs::create_dir_all(&model_dir).expect("mkdir");
+    let fixture = self::root().join("fixtures/qa-tiny/qa-tiny-llama");
+    for f in std::fs::read_dir(&fixture).expect("fixture") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, model_dir.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let playbook = root.path().join("playbooks/p.yaml");
+    std::fs::create_dir_all(playbook.parent().expect("dir")).expect("mkdir");
+    std::fs::write(
+        &playbook,
+        format!(
+            "playbook: 1\nfamily: qa-tiny\ntiers: {{mvp: {{}}, smoke: {{}}}}\n\
+             models: [{{id: modelqa/qa-tiny-llama, path: {:?}}}]\n\
+             scenarios: [{{name: sum, prompt: 'What is 2+2?', oracles: [{{regex: '\\S'}}]}}]\n",
+            model_dir.display().to_string()
+        ),
+    )
+    .expect("playbook");
+    let (playbooks, _) =
+        modelqa::playbook::load_all(&layout.playbooks()).expect("the scratch playbook loads");
+    let plan = modelqa::expand::Plan::new(playbooks);
+
+    // What the harness records, started by the xtask with absolute places.
+    let artifact = modelqa::format::convert::artifact(&model_dir, Format::Apr, &cache).expect("converts");
+    let hashes = elsewhere.path().join("hashes");
+    let file = |p: &Path| modelqa::engine::hash_model_file_in(p, &hashes).expect("hash");
+    let sources: Vec<_> =
+        ["model.safetensors", "config.json", "tokenizer.json"].map(|n| file(&model_dir.join(n))).into();
+    let mut records = committed_records();
+    records.retain(|r| r.model == "qa-tiny-llama" && matches!(r.format.as_str(), "safetensors" | "apr"));
+    for r in &mut records {
+        r.playbook = playbook.display().to_string();
+        r.model_files = if r.format == "apr" { vec![file(&artifact)] } else { sources.clone() };
+    }
+    records[0].reason = format!("failed to read {}: planted", artifact.display());
+    let journal = write_journal(elsewhere.path(), "j", &records);
+    let (records, _) = evidence::read_journals(&[journal]).expect("read");
+    let evidence = workspace::evidence_from_records(&layout, records, &plan, None, None).remove(0);
+    Measured { root, elsewhere, layout, plan, model_dir, artifact, evidence }
+}
+
+#[test]
+fn evidence_names_no_path_of_the_machine_that_measured() {
+    for in_repository in [true, false] {
+        let m = measured(in_repository);
+        let json = serde_json::to_string_pretty(&m.evidence).expect("json");
+        for local in [m.root.path(), m.elsewhere.path()] {
+            assert!(!json.contains(&*local.to_string_lossy()), "{} in the evidence", local.display());
+        }
+        assert!(!json.contains("target/"), "a target/ path in the evidence");
+        let key = m.artifact.file_name().expect("name").to_string_lossy().into_owned();
+        let mut names: Vec<String> = m
+            .evidence
+            .records
+            .iter()
+            .flat_map(|r| &r.model_files)
+            .map(|f| f.path.display().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        let sources: Vec<String> = ["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .map(|n| if in_repository { format!("fixtures/m/{n}") } else { format!("model:{n}") })
+            .collect();
+        let mut want = vec![format!("cache:converted/{key}")];
+        want.extend(sources);
+        assert_eq!(names, want);
+        assert_eq!(m.evidence.playbook, "playbooks/p.yaml");
+        assert!(m.evidence.records.iter().all(|r| r.playbook == "playbooks/p.yaml"));
+        assert!(
+            json.contains(&format!("failed to read cache:converted/{key}: planted")),
+            "the reason is scrubbed"
+        );
+        assert!(m.evidence.provenance_verified());
+    }
+
+    // The committed evidence, written before files were named, names none of them either once
+    // certified again.
+    let layout = Layout::new(root());
+    let text = serde_json::to_string(&workspace::evidence_from_records(
+        &layout,
+        committed_records(),
+        &plan(),
+        None,
+        None,
+    ))
+    .expect("json");
+    assert!(!text.contains("target/") && !text.contains("/../"), "{}", &text[..2000.min(text.len())]);
+}
+
+#[test]
+fn evidence_is_current_until_a_source_changes_and_needs_no_cache() {
+    for in_repository in [true, false] {
+        let m = measured(in_repository);
+        let (layout, plan, e) = (&m.layout, &m.plan, &m.evidence);
+        // A fresh clone: no artifact, no hash remembered.
+        std::fs::remove_dir_all(&layout.places.cache_dir).expect("rm cache");
+        assert_eq!(reasons(layout, plan, e), Vec::<String>::new());
+        assert!(!m.artifact.exists());
+
+        // A recorded source file changes: named, and the artifact made from it no longer matches.
+        let config = m.model_dir.join("config.json");
+        let original = std::fs::read(&config).expect("config");
+        std::fs::write(&config, [original.as_slice(), b"\n"].concat()).expect("edit");
+        let why = reasons(layout, plan, e);
+        let name = if in_repository { "fixtures/m/config.json" } else { "model:config.json" };
+        assert!(why.iter().any(|r| r.starts_with(&format!("{name} changed (sha256 "))), "{why:?}");
+        assert!(why.iter().any(|r| r.contains("a source file or the converter changed")), "{why:?}");
+        std::fs::write(&config, &original).expect("restore");
+        assert!(workspace::is_current(layout, plan, e));
+
+        // A source only the converter reads: the artifact's recipe changed.
+        std::fs::write(m.model_dir.join("generation_config.json"), "{}").expect("edit");
+        let why = workspace::why_stale(layout, plan, e);
+        assert!(matches!(why.as_slice(), [Stale::Artifact { .. }]), "{why:?}");
+        let source = if in_repository { "fixtures/m".to_string() } else { m.model_dir.display().to_string() };
+        assert!(
+            why[0].to_string().contains(&format!(" is not what {source} converts to now ")),
+            "{}",
+            why[0]
+        );
+
+        // A model that is not on this machine cannot be checked.
+        std::fs::remove_dir_all(&m.model_dir).expect("rm model");
+        let why = reasons(layout, plan, e);
+        assert!(why.iter().any(|r| r.contains("not found")), "{why:?}");
+    }
+}
+
+#[test]
+fn certify_says_why_a_tier_is_measured_again() {
+    let m = measured(true);
+    let (layout, plan) = (&m.layout, &m.plan);
+    workspace::write_evidence(layout, &m.evidence).expect("written");
+    std::fs::remove_dir_all(&layout.places.cache_dir).expect("rm cache");
+    let recorded = m.evidence.recorded.clone();
+    assert_eq!(
+        workspace::freshness(layout, plan, "qa-tiny", "mvp").expect("fresh"),
+        Freshness::Current { recorded }
+    );
+    let Freshness::Stale(why) = workspace::freshness(layout, plan, "qa-tiny", "smoke").expect("fresh") else {
+        panic!("smoke has no evidence")
+    };
+    let why: Vec<String> = why.iter().map(|(m, s)| format!("{m}: {s}")).collect();
+    assert_eq!(why, ["qa-tiny-llama: no evidence for qa-tiny-llama in tier smoke (only in mvp)"]);
+    std::fs::write(m.model_dir.join("model.safetensors"), b"other weights").expect("edit");
+    let Freshness::Stale(why) = workspace::freshness(layout, plan, "qa-tiny", "mvp").expect("fresh") else {
+        panic!("the weights changed")
+    };
+    assert!(
+        why.iter().any(|(_, s)| s.to_string().starts_with("fixtures/m/model.safetensors changed")),
+        "{why:?}"
+    );
+    let err = workspace::freshness(layout, plan, "nope", "mvp").expect_err("unknown family");
+    assert!(err.to_string().contains("defines family `nope`"), "{err}");
+}
+
+#[test]
+fn the_committed_evidence_reads_in_its_old_form() {
+    // Written with paths from the harness's working directory (`playbooks/families/../../fixtures`,
+    // `target/qualify/cache/converted`): its fixtures and artifacts still check out, without a
+    // cache. Only the harness (and a playbook under review) may have moved on since.
+    let scratch = tempfile::tempdir().expect("scratch");
+    let absent = scratch.path().join("cache");
+    let layout = Layout::with_places(root(), places(&[("QUALIFY_CACHE_DIR", absent.as_path())]));
+    let plan = plan();
+    for m in MODELS {
+        let text = std::fs::read_to_string(root().join("certifications").join(m).join("evidence.json"))
+            .expect("evidence");
+        let e: ModelEvidence = serde_json::from_str(&text).expect("parses");
+        let files: Vec<Stale> = workspace::why_stale(&layout, &plan, &e)
+            .into_iter()
+            .filter(|s| !matches!(s, Stale::Harness { .. }))
+            .filter(|s| !matches!(s, Stale::File { name, .. } if name.starts_with("playbooks/")))
+            .collect();
+        assert!(files.is_empty(), "{m}: {files:?}");
+    }
 }

@@ -1,6 +1,8 @@
 //! Data-driven playbook tests: every shipped playbook loads, every malformed playbook fails with
-//! its snapshotted message, expansion is snapshotted, and the original project's playbooks read
-//! as they are.
+//! its snapshotted message, expansion is snapshotted, and playbooks in the original project's
+//! format read as they are: the project's own corpus under `tests/seed-playbooks/` always, and the
+//! original project's files in `../shared/reference/seed-playbooks` as well where a checkout has
+//! that directory beside it (CI does; a user's clone does not).
 
 use std::path::Path;
 
@@ -68,11 +70,125 @@ fn expansion(path: &Utf8Path, text: String) -> Result {
     Ok(())
 }
 
-/// The original project's model playbooks parse as they are and expand to the sizes their
-/// own documentation gives: formats × backends × modalities per scenario.
+/// Where the original project's playbooks sit beside this repository, when they do.
+macro_rules! original_corpus {
+    ($sub:literal) => {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/seed-playbooks", $sub)
+    };
+}
+
+/// A seed-format model playbook of the project's own corpus: the checks of [`check_seed`], and
+/// a summary of what it maps to, snapshotted.
 fn seed_model(path: &Utf8Path, text: String) -> Result {
     let (pbs, notices) = playbook::load_text(path.as_std_path(), &text)?;
-    let [pb] = pbs.as_slice() else { return Err("one playbook per seed file".into()) };
+    check_seed(path, &text, &pbs, &notices)?;
+    snapshot_settings("seed-corpus/models")
+        .bind(|| insta::assert_snapshot!(seed_stem(path), seed_summary(&pbs, &notices)));
+    Ok(())
+}
+
+/// A seed-format template of the project's own corpus: it loads once its `${...}` placeholders
+/// are filled in, passes [`check_seed`], and its summary is snapshotted.
+fn seed_template(path: &Utf8Path, text: String) -> Result {
+    let filled = fill_placeholders(path, &text)?;
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), &filled)?;
+    check_seed(path, &filled, &pbs, &notices)?;
+    snapshot_settings("seed-corpus/templates")
+        .bind(|| insta::assert_snapshot!(seed_stem(path), seed_summary(&pbs, &notices)));
+    Ok(())
+}
+
+/// The original project's model playbooks parse as they are and pass [`check_seed`].
+fn original_seed_model(path: &Utf8Path, text: String) -> Result {
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), &text)?;
+    check_seed(path, &text, &pbs, &notices)
+}
+
+/// The original project's templates parse once their placeholders are filled in, and pass
+/// [`check_seed`].
+fn original_seed_template(path: &Utf8Path, text: String) -> Result {
+    let filled = fill_placeholders(path, &text)?;
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), &filled)?;
+    check_seed(path, &filled, &pbs, &notices)
+}
+
+/// A template with its placeholders filled in; one this test does not know is an error.
+fn fill_placeholders(path: &Utf8Path, text: &str) -> datatest_stable::Result<String> {
+    let filled = text
+        .replace("${MODEL_ID}", "org/model-1b")
+        .replace("${HF_REPO}", "org/model-1b")
+        .replace("${MODEL_NAME}", "model-1b");
+    if let Some(at) = filled.find("${") {
+        let placeholder = filled[at..].split_inclusive('}').next().unwrap_or(&filled[at..]);
+        return Err(format!("{path}: placeholder `{placeholder}` is not one this test fills in").into());
+    }
+    Ok(filled)
+}
+
+/// `quill-coder-0.6b-mvp.playbook.yaml` → `quill-coder-0.6b-mvp`.
+fn seed_stem(path: &Utf8Path) -> String {
+    let name = path.file_name().unwrap_or("playbook");
+    name.strip_suffix(".playbook.yaml").or_else(|| name.strip_suffix(".yaml")).unwrap_or(name).to_string()
+}
+
+/// What a seed-format file maps to: family, tier, model, matrix, the oracles of each distinct
+/// prompt, the trial count and the notices.
+fn seed_summary(pbs: &[playbook::Playbook], notices: &[playbook::Notice]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for pb in pbs {
+        let join = |items: Vec<String>| if items.is_empty() { "none".to_string() } else { items.join(", ") };
+        for tier in &pb.tiers {
+            let _ = writeln!(out, "family: {}\ntier: {}", pb.family, tier.name);
+            for m in &pb.models {
+                let _ = writeln!(out, "model: {} ({})", m.slug, m.id);
+            }
+            let _ = writeln!(out, "formats: {}", join(tier.formats.iter().map(|f| f.name()).collect()));
+            let _ = writeln!(
+                out,
+                "backends: {}",
+                join(tier.backends.iter().map(|b| b.as_str().to_string()).collect())
+            );
+            let _ = writeln!(
+                out,
+                "modalities: {}",
+                join(tier.modalities.iter().map(|m| m.as_str().to_string()).collect())
+            );
+            let _ = writeln!(out, "scenarios per cell: {}", tier.scenario_count);
+            let performance = pb.performance.as_ref().map_or_else(Vec::new, |p| {
+                tier.backends.iter().filter(|b| p.asserts_on(**b)).map(|b| b.as_str().to_string()).collect()
+            });
+            let _ = writeln!(out, "performance asserted on: {}", join(performance));
+        }
+        let _ = writeln!(out, "trials: {}", Plan::new(vec![pb.clone()]).total());
+        let _ = writeln!(out, "prompts:");
+        let mut seen = std::collections::BTreeSet::new();
+        for sc in &pb.scenarios {
+            if seen.insert(sc.input.question()) {
+                let oracles: Vec<&str> = sc.oracles.iter().map(|o| o.kind()).collect();
+                let _ = writeln!(out, "  {:?}: {}", sc.input.question(), oracles.join(", "));
+            }
+        }
+    }
+    let _ = writeln!(out, "notices:{}", if notices.is_empty() { " none" } else { "" });
+    for n in notices {
+        let _ = writeln!(out, "  {}", n.message);
+    }
+    out
+}
+
+/// The checks every seed-format file passes. It expands to the size the original's own
+/// documentation gives (formats × backends × modalities per scenario, plus the trials this
+/// harness adds per cell); an mvp file over three formats is the 18-cell matrix; code prompts are
+/// parsed exactly where `code_syntax` is declared; and every block, oracle or gate setting the
+/// harness does not honour is named in a notice, never dropped silently.
+fn check_seed(
+    path: &Utf8Path,
+    text: &str,
+    pbs: &[playbook::Playbook],
+    notices: &[playbook::Notice],
+) -> Result {
+    let [pb] = pbs else { return Err("one playbook per seed file".into()) };
     let tier = &pb.tiers[0];
     let per_scenario = tier.formats.len() * tier.backends.len() * tier.modalities.len();
     let cells = tier.formats.len() * tier.backends.len();
@@ -93,7 +209,10 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
         + pb.performance
             .as_ref()
             .map_or(0, |p| tier.formats.len() * tier.backends.iter().filter(|b| p.asserts_on(**b)).count());
-    let plan = Plan::new(pbs.clone());
+    let plan = Plan::new(pbs.to_vec());
+    if plan.total() == 0 {
+        return Err(format!("{path} expands to no trial").into());
+    }
     if plan.total() != expected {
         return Err(format!("{path}: {} trials, expected {expected}", plan.total()).into());
     }
@@ -119,34 +238,88 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
             }
         }
     }
-    // Every block the harness does not run yet is named on stderr, never dropped silently.
-    for block in ["differential_tests", "profile_ci", "contract_tests", "property_tests", "trace_payload"] {
-        if text.lines().any(|l| l.starts_with(&format!("{block}:")))
-            && !notices.iter().any(|n| n.message.contains(&format!("`{block}`")))
-        {
+    // Every block, oracle and gate setting the harness does not honour is named on stderr.
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
+    let announced = |needle: &str| notices.iter().any(|n| n.message.contains(needle));
+    for block in [
+        "property_tests",
+        "state_machine",
+        "differential_tests",
+        "profile_ci",
+        "trace_payload",
+        "contract_tests",
+        "ollama_parity",
+        "falsification_gates",
+        "verification_gates",
+        "verification_tests",
+        "mvp_matrix",
+        "acceptance",
+    ] {
+        if doc.get(block).is_some() && !announced(&format!("`{block}`")) {
             return Err(format!("{path}: block `{block}` was not announced").into());
+        }
+    }
+    for oracle in doc["oracles"].as_sequence().into_iter().flatten() {
+        let kind = oracle["type"].as_str().unwrap_or_default();
+        if matches!(kind, "response" | "composite") && !announced(&format!("oracle `{kind}`")) {
+            return Err(format!("{path}: oracle `{kind}` was not announced").into());
+        }
+        let languages = oracle["config"]["languages"].as_sequence().into_iter().flatten();
+        for lang in languages.filter_map(serde_yaml_ng::Value::as_str) {
+            if kind == "code_syntax"
+                && !matches!(lang, "python" | "rust")
+                && !announced(&format!("`code_syntax` for `{lang}`"))
+            {
+                return Err(format!("{path}: `code_syntax` for `{lang}` was not announced").into());
+            }
+        }
+    }
+    for (gate, flag) in doc["gates"].as_mapping().into_iter().flatten() {
+        let off = match flag {
+            serde_yaml_ng::Value::Bool(b) => !b,
+            serde_yaml_ng::Value::String(s) => {
+                matches!(s.to_ascii_lowercase().as_str(), "false" | "no" | "off" | "0")
+            }
+            _ => false,
+        };
+        let gate = gate.as_str().unwrap_or_default();
+        if off && !announced(&format!("`gates.{gate}: false`")) {
+            return Err(format!("{path}: `gates.{gate}: false` was not announced").into());
         }
     }
     Ok(())
 }
 
-/// The original project's templates parse once their `${...}` placeholders are filled in.
-fn seed_template(path: &Utf8Path, text: String) -> Result {
-    let filled = text
-        .replace("${MODEL_ID}", "org/model-1b")
-        .replace("${HF_REPO}", "org/model-1b")
-        .replace("${MODEL_NAME}", "model-1b");
-    let (pbs, _) = playbook::load_text(path.as_std_path(), &filled)?;
-    if Plan::new(pbs).total() == 0 {
-        return Err(format!("{path} expands to no trial").into());
-    }
-    Ok(())
+/// The data-driven trials, with `$extra` requirements after the ones that always run.
+macro_rules! playbook_harness {
+    ($($extra:tt)*) => {
+        datatest_stable::harness! {
+            { test = shipped, root = "playbooks", pattern = r"\.ya?ml$" },
+            { test = malformed, root = "tests/malformed", pattern = r"\.yaml$" },
+            { test = expansion, root = "tests/expansion", pattern = r"\.yaml$" },
+            { test = seed_model, root = "tests/seed-playbooks/models", pattern = r"\.yaml$" },
+            { test = seed_template, root = "tests/seed-playbooks/templates", pattern = r"\.yaml$" },
+            $($extra)*
+        }
+    };
 }
 
-datatest_stable::harness! {
-    { test = shipped, root = "playbooks", pattern = r"\.ya?ml$" },
-    { test = malformed, root = "tests/malformed", pattern = r"\.yaml$" },
-    { test = expansion, root = "tests/expansion", pattern = r"\.yaml$" },
-    { test = seed_model, root = "../shared/reference/seed-playbooks/models", pattern = r"\.yaml$" },
-    { test = seed_template, root = "../shared/reference/seed-playbooks/templates", pattern = r"\.yaml$" },
+// datatest-stable panics on a root that is missing or holds no file, so the original project's
+// corpus is added only where it exists. `harness!` expands to a `fn main`; each branch declares
+// one in its own block, which shadows this one there, and calls it.
+fn main() -> std::process::ExitCode {
+    if Path::new(original_corpus!("")).is_dir() {
+        playbook_harness! {
+            { test = original_seed_model, root = original_corpus!("/models"), pattern = r"\.yaml$" },
+            { test = original_seed_template, root = original_corpus!("/templates"), pattern = r"\.yaml$" },
+        }
+        main()
+    } else {
+        eprintln!(
+            "note: ../shared/reference/seed-playbooks not found beside the repository: the original \
+             project's own playbooks were not read (the project's corpus under tests/seed-playbooks was)"
+        );
+        playbook_harness! {}
+        main()
+    }
 }

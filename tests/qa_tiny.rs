@@ -128,6 +128,49 @@ fn gates(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord> 
     records.into_iter().map(|r| (r.scenario.clone(), r)).collect()
 }
 
+/// The `perf::decode` trials of qa-tiny's own playbook that match `filter`, run with `env`.
+fn perf_trials(filter: &str, work: &Path, run: &str, env: &[(&str, &str)]) -> Vec<EvidenceRecord> {
+    let playbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/families/qa-tiny.yaml");
+    let out = Command::new(common::qualify_binary())
+        .arg(filter)
+        .env("QUALIFY_PLAYBOOKS", playbook)
+        .env("QUALIFY_JOURNAL_DIR", work)
+        .env("QUALIFY_RUN_ID", run)
+        .envs(env.iter().copied())
+        .output()
+        .expect("qualify runs");
+    let (records, _) = modelqa::journal::read(&work.join(format!("{run}.jsonl")))
+        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(!records.is_empty(), "{run}: no perf trial ran: {}", String::from_utf8_lossy(&out.stderr));
+    records
+}
+
+/// The playbook's performance floors catch a model that got ten times slower, in every format,
+/// on any machine speed; the same trials without the fault never fail (they may be `unstable` on
+/// a machine whose load swings, which is not a failure).
+#[test]
+fn a_tenfold_slowdown_fails_perf_and_the_clean_model_does_not() {
+    let work = tempfile::tempdir().unwrap();
+    for filter in
+        ["qa-tiny-llama::safetensors::cpu::perf::decode", "qa-tiny-qwen2::gguf-q4_k_m::cpu::perf::decode"]
+    {
+        let clean = perf_trials(filter, work.path(), "clean", &[]);
+        for r in &clean {
+            assert_ne!(r.outcome, Outcome::Falsified, "{}: {}", r.trial, r.reason);
+            assert!(!r.reason.contains("planted"), "{}", r.reason);
+        }
+        let slowed = perf_trials(filter, work.path(), "slowed", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
+        assert_eq!(slowed.len(), clean.len());
+        for r in &slowed {
+            assert_eq!(r.outcome, Outcome::Falsified, "{}: {}", r.trial, r.reason);
+            assert!(r.reason.contains("a 10× slowdown was planted"), "{}", r.reason);
+            assert!(r.reason.contains("at reference speed is below"), "{}", r.reason);
+        }
+        std::fs::remove_file(work.path().join("clean.jsonl")).unwrap();
+        std::fs::remove_file(work.path().join("slowed.jsonl")).unwrap();
+    }
+}
+
 #[test]
 fn planted_defects_fail_their_gate_and_clean_models_pass() {
     let work = tempfile::tempdir().unwrap();

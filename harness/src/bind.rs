@@ -10,7 +10,7 @@ use crate::matrix::{Backend, Format};
 use crate::playbook::Model;
 
 /// Where models are searched, from the environment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchRoots {
     /// `QUALIFY_MODEL_DIR`: holds `<org>/<name>/` or `<name>/` model directories.
     pub model_dir: Option<PathBuf>,
@@ -21,7 +21,11 @@ pub struct SearchRoots {
 impl SearchRoots {
     /// Reads `QUALIFY_MODEL_DIR`, `HF_HUB_CACHE`, `HF_HOME` and `HOME`.
     pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        Self::from_vars(|k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+
+    /// As [`SearchRoots::from_env`], from a lookup that gives only set, non-empty variables.
+    pub fn from_vars(var: impl Fn(&str) -> Option<PathBuf>) -> Self {
         let hf_cache = var("HF_HUB_CACHE")
             .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
             .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Completion, Trial};
 
 use crate::bind::{Binder, Location};
-use crate::config::Config;
+use crate::config::{Config, NoTrials};
 use crate::engine::CandleEngine;
 use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
 use crate::gate::Gate;
@@ -20,9 +20,15 @@ use crate::reporter::{self, exit};
 use crate::run::RunContext;
 
 /// Runs the qualify harness with the process's arguments and environment.
+///
+/// Call it from `main` before starting any thread: it sizes candle's thread pools through the
+/// environment ([`crate::engine::size_thread_pools`]).
 pub fn qualify_main() -> ExitCode {
+    // SAFETY: the harness's main calls this first, before libtest or anything else starts a thread.
+    unsafe { crate::engine::size_thread_pools() };
     let args = Arguments::from_args();
-    let config = match Config::from_env() {
+    reporter::unknown_variables(&crate::config::unknown_variables());
+    let (config, no_trials) = match Config::from_env().and_then(|c| Ok((c, NoTrials::from_env()?))) {
         Ok(c) => c,
         Err(e) => {
             reporter::config_error(&e);
@@ -69,6 +75,12 @@ pub fn qualify_main() -> ExitCode {
 
     if args.list {
         return list(&plan, &filter, Some(&selected), &mut binder, args.ignored);
+    }
+    if selected.is_empty() && no_trials != NoTrials::Pass {
+        reporter::no_trials(&filter, &plan, &config.playbooks, no_trials == NoTrials::Fail);
+        if no_trials == NoTrials::Fail {
+            return ExitCode::from(exit::NO_TRIALS);
+        }
     }
 
     let journal = match Journal::open(&config.journal_dir, &config.run_id) {
@@ -203,9 +215,10 @@ fn build_trials(
         let trial = Trial::ignorable_test(name, move || match (reason, model_dir) {
             (Some(why), _) => Ok(Completion::ignored_with(why)),
             (None, None) => Ok(Completion::ignored_with("model not found")),
-            (None, Some(dir)) => {
-                ctx.run(&spec, dir, policy).map(|()| Completion::Completed).map_err(Into::into)
-            }
+            (None, Some(dir)) => ctx
+                .run(&spec, dir, policy)
+                .map(|unstable| unstable.map_or(Completion::Completed, Completion::ignored_with))
+                .map_err(Into::into),
         });
         trials.push(trial.with_ignored_flag(is_ignored));
     }

@@ -1,6 +1,7 @@
 //! Harness settings from `QUALIFY_*` environment variables (nextest forwards no custom flags).
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use crate::bind::SearchRoots;
 use crate::playbook::FailurePolicy;
@@ -54,14 +55,13 @@ impl Config {
                 expected: "a run id is a file name: no `/`, `\\` or leading `.`".into(),
             });
         }
-        let target = var("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+        let places = Places::from_env();
         Ok(Self {
-            playbooks: var("QUALIFY_PLAYBOOKS").map_or_else(|| PathBuf::from("playbooks"), PathBuf::from),
-            roots: SearchRoots::from_env(),
+            playbooks: places.playbooks,
+            roots: places.roots,
             failure_policy,
             run_id,
-            journal_dir: var("QUALIFY_JOURNAL_DIR")
-                .map_or_else(|| target.join("qualify").join("journal"), PathBuf::from),
+            journal_dir: places.journal_dir,
             under_nextest: var("NEXTEST").as_deref() == Some("1"),
         })
     }
@@ -70,8 +70,148 @@ impl Config {
 /// Where the harness keeps what it can remake: `QUALIFY_CACHE_DIR`, default
 /// `$CARGO_TARGET_DIR/qualify/cache` (`target/…`). File hashes and converted artifacts live here.
 pub fn cache_dir() -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("QUALIFY_CACHE_DIR").unwrap_or_else(|| {
-        var("CARGO_TARGET_DIR").unwrap_or_else(|| PathBuf::from("target")).join("qualify").join("cache")
+    Places::from_env().cache_dir
+}
+
+/// Where the harness reads and writes, as the environment sets it. The one rule for these
+/// defaults: the xtask reads the same places, so a journal, playbook or golden reference outside
+/// the repository is found where the harness put it.
+///
+/// The harness takes a relative path as given, relative to its working directory: the repository
+/// root under `cargo test`. [`Places::resolved_against`] makes them absolute the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Places {
+    /// `CARGO_TARGET_DIR`, default `target`.
+    pub target_dir: PathBuf,
+    /// `QUALIFY_PLAYBOOKS`: a playbook file or a directory of them; default `playbooks`.
+    pub playbooks: PathBuf,
+    /// `QUALIFY_JOURNAL_DIR`, default `<target_dir>/qualify/journal`.
+    pub journal_dir: PathBuf,
+    /// `QUALIFY_CACHE_DIR`, default `<target_dir>/qualify/cache`.
+    pub cache_dir: PathBuf,
+    /// `QUALIFY_GOLDEN_DIR`, default `golden`.
+    pub golden_dir: PathBuf,
+    /// `QUALIFY_MODEL_DIR` and the Hugging Face cache.
+    pub roots: SearchRoots,
+}
+
+impl Places {
+    pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var_os(k))
+    }
+
+    /// The places a lookup of variables gives; an empty or blank value counts as unset. Tools
+    /// and tests pass their own lookup rather than change the process environment.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<OsString>) -> Self {
+        let var = |k: &str| lookup(k).filter(|v| !v.to_string_lossy().trim().is_empty()).map(PathBuf::from);
+        let target_dir = var("CARGO_TARGET_DIR").unwrap_or_else(|| PathBuf::from("target"));
+        Self {
+            playbooks: var("QUALIFY_PLAYBOOKS").unwrap_or_else(|| PathBuf::from("playbooks")),
+            journal_dir: var("QUALIFY_JOURNAL_DIR")
+                .unwrap_or_else(|| target_dir.join("qualify").join("journal")),
+            cache_dir: var("QUALIFY_CACHE_DIR").unwrap_or_else(|| target_dir.join("qualify").join("cache")),
+            golden_dir: var("QUALIFY_GOLDEN_DIR").unwrap_or_else(|| PathBuf::from("golden")),
+            roots: SearchRoots::from_vars(var),
+            target_dir,
+        }
+    }
+
+    /// Every relative place joined to `root`: where a harness started in `root` finds it.
+    pub fn resolved_against(self, root: &Path) -> Self {
+        let at = |p: PathBuf| root.join(p);
+        Self {
+            target_dir: at(self.target_dir),
+            playbooks: at(self.playbooks),
+            journal_dir: at(self.journal_dir),
+            cache_dir: at(self.cache_dir),
+            golden_dir: at(self.golden_dir),
+            roots: SearchRoots {
+                model_dir: self.roots.model_dir.map(at),
+                hf_cache: self.roots.hf_cache.map(at),
+            },
+        }
+    }
+
+    /// The variables that make a harness process use these places. `CARGO_TARGET_DIR` is left to
+    /// cargo, which builds there, and the Hugging Face variables to hf-hub, which shares them.
+    pub fn vars(&self) -> Vec<(&'static str, &Path)> {
+        let mut out = vec![
+            ("QUALIFY_PLAYBOOKS", self.playbooks.as_path()),
+            ("QUALIFY_JOURNAL_DIR", self.journal_dir.as_path()),
+            ("QUALIFY_CACHE_DIR", self.cache_dir.as_path()),
+            ("QUALIFY_GOLDEN_DIR", self.golden_dir.as_path()),
+        ];
+        if let Some(dir) = &self.roots.model_dir {
+            out.push(("QUALIFY_MODEL_DIR", dir.as_path()));
+        }
+        out
+    }
+}
+
+/// Every `QUALIFY_*` variable modelqa reads (the harness, the xtask and the benches); any other
+/// is named on stderr as a likely typo, with the nearest of these.
+pub const VARIABLES: &[&str] = &[
+    "QUALIFY_PLAYBOOKS",
+    "QUALIFY_MODEL_DIR",
+    "QUALIFY_FAILURE_POLICY",
+    "QUALIFY_RUN_ID",
+    "QUALIFY_JOURNAL_DIR",
+    "QUALIFY_CACHE_DIR",
+    "QUALIFY_GOLDEN_DIR",
+    "QUALIFY_NO_TRIALS",
+    "QUALIFY_FAULT_SLOWDOWN",
+];
+
+/// `QUALIFY_*` variables set in the environment that modelqa does not read, each with the
+/// nearest name it does read (when one is close).
+pub fn unknown_variables() -> Vec<(String, Option<&'static str>)> {
+    let mut unknown: Vec<(String, Option<&'static str>)> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("QUALIFY_") && !VARIABLES.contains(&k.as_str()))
+        .map(|k| {
+            let nearest = VARIABLES
+                .iter()
+                .map(|v| (strsim::levenshtein(&k, v), *v))
+                .min()
+                .filter(|(d, _)| *d <= 3)
+                .map(|(_, v)| v);
+            (k, nearest)
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// What a run whose filter selects no trial does (`QUALIFY_NO_TRIALS`), as nextest's
+/// `--no-tests`: by default it fails, since a typo in a filter must not read as a green run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoTrials {
+    Fail,
+    Warn,
+    Pass,
+}
+
+impl NoTrials {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match var("QUALIFY_NO_TRIALS").as_deref() {
+            None | Some("fail") => Ok(Self::Fail),
+            Some("warn") => Ok(Self::Warn),
+            Some("pass") => Ok(Self::Pass),
+            Some(other) => Err(ConfigError {
+                var: "QUALIFY_NO_TRIALS",
+                value: other.to_string(),
+                expected: "expected fail, warn or pass".into(),
+            }),
+        }
+    }
+}
+
+/// `QUALIFY_FAULT_SLOWDOWN`: a fault the harness's own tests plant to prove the performance
+/// verdict catches a slower model. Every forward pass of the embedded engine then takes this many
+/// times as long. Read once; absent, malformed or ≤ 1 means no fault.
+pub fn planted_slowdown() -> Option<f64> {
+    static FACTOR: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *FACTOR.get_or_init(|| {
+        var("QUALIFY_FAULT_SLOWDOWN")?.parse::<f64>().ok().filter(|f| *f > 1.0 && f.is_finite())
     })
 }

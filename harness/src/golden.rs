@@ -18,9 +18,7 @@ pub const LOGIT_TOLERANCE: f32 = 1e-4;
 
 /// Where references live: `QUALIFY_GOLDEN_DIR`, default `golden/`.
 pub fn root() -> PathBuf {
-    std::env::var_os("QUALIFY_GOLDEN_DIR")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("golden"), PathBuf::from)
+    crate::config::Places::from_env().golden_dir
 }
 
 pub fn model_dir(family: &str, model: &str) -> PathBuf {

@@ -91,6 +91,17 @@ fn check_into(
             report.problems.push(format!("config.json declares {what} {declared}, the playbook expects {e}"));
         }
     }
+    if let Some(e) = expect.context_length {
+        match config.get("max_position_embeddings").and_then(serde_json::Value::as_u64) {
+            Some(declared) if declared != e => report.problems.push(format!(
+                "config.json declares max_position_embeddings {declared}, the playbook expects a context of {e}"
+            )),
+            Some(_) => {}
+            None => report.problems.push(format!(
+                "config.json declares no max_position_embeddings, the playbook expects a context of {e}"
+            )),
+        }
+    }
     if d.heads == 0
         || d.kv_heads == 0
         || !d.hidden.is_multiple_of(d.heads)

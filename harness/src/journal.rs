@@ -29,11 +29,20 @@ pub enum Outcome {
     Crashed,
     /// Not run (a failure policy stopped it); never a pass.
     Skipped,
+    /// Measured, but too noisy to judge (a performance trial on a machine whose load changed
+    /// under it): recorded and shown, never a pass and never a falsification.
+    Unstable,
 }
 
 impl Outcome {
     pub fn is_pass(self) -> bool {
         self == Outcome::Corroborated
+    }
+
+    /// Whether the trial said something about the model: a pass or a failure, not a trial that
+    /// was stopped before it ran or whose measurement was too noisy to judge.
+    pub fn is_verdict(self) -> bool {
+        !matches!(self, Outcome::Skipped | Outcome::Unstable)
     }
 
     /// The word the journal writes.
@@ -44,6 +53,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Crashed => "crashed",
             Outcome::Skipped => "skipped",
+            Outcome::Unstable => "unstable",
         }
     }
 }

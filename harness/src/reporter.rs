@@ -17,6 +17,65 @@ pub mod exit {
     pub const PLAYBOOK_ERROR: u8 = 3;
     /// A `QUALIFY_*` setting is invalid, or the journal cannot be opened: nothing ran.
     pub const ENVIRONMENT_ERROR: u8 = 4;
+    /// The filter selected no trial (nextest's convention; `QUALIFY_NO_TRIALS=warn|pass` to allow).
+    pub const NO_TRIALS: u8 = 5;
+}
+
+/// Names each `QUALIFY_*` variable the harness does not read, with the one it may have meant.
+pub fn unknown_variables(unknown: &[(String, Option<&'static str>)]) {
+    let mut err = std::io::stderr().lock();
+    for (name, nearest) in unknown {
+        let hint = nearest.map_or_else(String::new, |n| format!("; did you mean {n}?"));
+        let _ = writeln!(err, "warning: {name} is set but modelqa reads no such variable{hint}");
+    }
+}
+
+/// Says what a filter that selected nothing searched: the playbooks, their families and tiers,
+/// and the nearest `family::tier` when the filter looks like one.
+pub fn no_trials(
+    filter: &crate::expand::Filter,
+    plan: &crate::expand::Plan,
+    scanned: &std::path::Path,
+    fatal: bool,
+) {
+    let mut err = std::io::stderr().lock();
+    let what = match (&filter.filter, filter.skip.is_empty()) {
+        (Some(f), true) => format!("the filter `{f}`"),
+        (Some(f), false) => format!("the filter `{f}` with --skip {}", filter.skip.join(", ")),
+        (None, false) => format!("--skip {}", filter.skip.join(", ")),
+        (None, true) => "no filter".to_string(),
+    };
+    let level = if fatal { "error" } else { "warning" };
+    let playbooks = plan.playbooks();
+    let _ = writeln!(
+        err,
+        "{level}: {what} selects none of the {} trials of {} playbook{} under {}",
+        plan.total(),
+        playbooks.len(),
+        if playbooks.len() == 1 { "" } else { "s" },
+        scanned.display()
+    );
+    let mut pairs = Vec::new();
+    for pb in playbooks {
+        let tiers: Vec<&str> = pb.tiers.iter().map(|t| t.name.as_str()).collect();
+        let _ =
+            writeln!(err, "  family {} (tiers {}) from {}", pb.family, tiers.join(", "), pb.source.display());
+        pairs.extend(tiers.iter().map(|t| format!("{}::{t}", pb.family)));
+    }
+    if let Some(f) = &filter.filter {
+        let nearest =
+            pairs.iter().map(|p| (strsim::levenshtein(f, p), p)).min().filter(|(d, _)| *d > 0 && *d <= 3);
+        if let Some((_, p)) = nearest {
+            let _ = writeln!(err, "  did you mean `{p}`?");
+        }
+    }
+    if fatal {
+        let _ = writeln!(
+            err,
+            "note: a run that selects nothing fails (exit {}); set QUALIFY_NO_TRIALS=warn or pass to allow it",
+            exit::NO_TRIALS
+        );
+    }
 }
 
 pub fn playbook_error(err: &PlaybookError) {

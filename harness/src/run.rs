@@ -99,9 +99,7 @@ impl RunContext {
             FailurePolicy::StopOnFirst => {
                 let local = self.policy.first_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 local
-                    .or_else(|| {
-                        self.journal_failures(|r| !r.outcome.is_pass() && r.outcome != Outcome::Skipped)
-                    })
+                    .or_else(|| self.journal_failures(|r| !r.outcome.is_pass() && r.outcome.is_verdict()))
                     .map(|first| format!("not run: the failure policy is stop-on-first and {first} failed"))
             }
             FailurePolicy::StopOnP0 => {
@@ -112,7 +110,7 @@ impl RunContext {
                         self.journal_failures(|r| {
                             is_gateway(&r.gate)
                                 && !r.outcome.is_pass()
-                                && r.outcome != Outcome::Skipped
+                                && r.outcome.is_verdict()
                                 && r.model == spec.name.model
                                 && r.format == spec.name.format.name()
                                 && r.backend == spec.name.backend.as_str()
@@ -132,13 +130,15 @@ impl RunContext {
         records.into_iter().find(|r| pred(r)).map(|r| r.trial)
     }
 
-    /// Runs one trial to its end and records it. `Ok` only when it was corroborated.
+    /// Runs one trial to its end and records it. `Ok(None)` when it was corroborated,
+    /// `Ok(Some(reason))` when it gave no verdict either way (unstable: libtest shows it as
+    /// ignored at run time), `Err` with the failure message otherwise.
     pub fn run(
         &self,
         spec: &TrialSpec,
         model_dir: PathBuf,
         playbook_policy: Option<FailurePolicy>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         let started = Instant::now();
         let key = session_key(spec);
         let policy = self.policy_for(playbook_policy);
@@ -164,7 +164,7 @@ impl RunContext {
         if let Some(reference) = reference_key(spec) {
             self.sessions.release(&reference);
         }
-        if !finding.outcome.is_pass() && finding.outcome != Outcome::Skipped {
+        if !finding.outcome.is_pass() && finding.outcome.is_verdict() {
             self.policy
                 .first_failure
                 .lock()
@@ -180,13 +180,15 @@ impl RunContext {
             }
         }
         let message = failure_message(&finding);
+        let unstable = (finding.outcome == Outcome::Unstable).then(|| finding.reason.clone());
         let record = self.record(spec, finding, started.elapsed());
         if let Err(e) = self.journal.append(&record) {
             return Err(format!("failed to append evidence to {}: {e}", self.journal.path().display()));
         }
-        match message {
-            None => Ok(()),
-            Some(m) => Err(m),
+        match (unstable, message) {
+            (Some(reason), _) => Ok(Some(reason)),
+            (None, None) => Ok(None),
+            (None, Some(m)) => Err(m),
         }
     }
 
@@ -788,7 +790,9 @@ impl RunContext {
     }
 
     /// The playbook's performance assertions on this cell: `warmup` untimed greedy generations,
-    /// then `runs` timed ones; the medians of decode speed and time to first token decide.
+    /// then `runs` timed ones, each between two calibrations of the machine (`perf.rs`); the
+    /// medians of the normalised decode speed and time to first token decide, and a measurement
+    /// too noisy to judge is `unstable`.
     fn run_perf(
         &self,
         spec: &TrialSpec,
@@ -799,7 +803,11 @@ impl RunContext {
         let Some(p) = &spec.performance else {
             return Finding::new(Outcome::Falsified, "PERF", "the playbook has no performance assertions");
         };
-        let backend = spec.name.backend;
+        let (format, backend) = (spec.name.format.name(), spec.name.backend);
+        let floors = crate::perf::Floors {
+            min_tokens_per_second: p.min_tokens_per_second(&format, backend),
+            max_time_to_first_token_ms: p.max_time_to_first_token_ms(&format, backend),
+        };
         let prompt = p.prompt.clone().unwrap_or_else(|| {
             asks(spec, info)
                 .into_iter()
@@ -807,8 +815,12 @@ impl RunContext {
                 .map_or_else(|| spec.model.layout("Hello"), |a| a.prompt)
         });
         let (warmup, runs) = (p.warmup.unwrap_or(2), p.runs.unwrap_or(5));
-        let mut speeds = Vec::new();
-        let mut firsts = Vec::new();
+        let load_before = crate::perf::load_average();
+        // The session is held for the whole measurement, so no other trial's generation lands
+        // between a calibration and the generation it brackets.
+        let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut samples = Vec::new();
+        let mut calibration_before = crate::perf::calibrate();
         for i in 0..warmup + runs {
             let request = GenerateRequest {
                 prompt: &prompt,
@@ -816,13 +828,17 @@ impl RunContext {
                 sampling: Sampling::Greedy,
                 deadline,
             };
-            let generated = session.lock().unwrap_or_else(|e| e.into_inner()).generate(&request);
-            match generated {
+            match guard.generate(&request) {
                 Ok(g) if i >= warmup => {
-                    speeds.extend(g.tokens_per_second());
-                    firsts.push(g.time_to_first_token.as_secs_f64() * 1e3);
+                    let calibration_after = crate::perf::calibrate();
+                    samples.push(crate::perf::Sample {
+                        tokens_per_second: g.tokens_per_second(),
+                        time_to_first_token_ms: g.time_to_first_token.as_secs_f64() * 1e3,
+                        calibration: (calibration_before + calibration_after) / 2,
+                    });
+                    calibration_before = calibration_after;
                 }
-                Ok(_) => {}
+                Ok(_) => calibration_before = crate::perf::calibrate(),
                 Err(EngineError::Timeout { .. }) => {
                     let mut f = Finding::new(
                         Outcome::Timeout,
@@ -835,39 +851,27 @@ impl RunContext {
                 Err(e) => return Finding::new(Outcome::Falsified, "PERF", format!("generation failed: {e}")),
             }
         }
-        let mut said = vec![format!("{runs} timed generations after {warmup} untimed")];
-        let mut problems = Vec::new();
-        let mut metrics = Metrics::default();
-        if let Some(min) = p.min_tokens_per_second.get(backend) {
-            match median_and_spread(&mut speeds) {
-                None => problems.push(
-                    "no decode speed: every generation ended before its second token (give a prompt answered at length)"
-                        .to_string(),
-                ),
-                Some((m, cv)) => {
-                    metrics.tokens_per_second = Some(m);
-                    said.push(format!("median decode {m:.1} tokens/s (at least {min}; spread {:.0}%)", cv * 100.0));
-                    if m < min {
-                        problems.push(format!("median decode speed {m:.1} tokens/s is below {min}"));
-                    }
-                }
+        drop(guard);
+        let judgement = crate::perf::judge(&samples, floors);
+        let mut reason = judgement.reason;
+        match (load_before, crate::perf::load_average()) {
+            (Some(a), Some(b)) => {
+                reason.push_str(&format!("; load average {a:.2} → {b:.2} on {} CPUs", self.host.cpus))
             }
+            _ => reason.push_str("; load average unknown"),
         }
-        if let Some(max) = p.max_time_to_first_token_ms.get(backend)
-            && let Some((m, cv)) = median_and_spread(&mut firsts)
-        {
-            metrics.time_to_first_token_ms = Some(m);
-            said.push(format!("median first token {m:.1} ms (at most {max}; spread {:.0}%)", cv * 100.0));
-            if m > max {
-                problems.push(format!("median time to first token {m:.1} ms is above {max}"));
-            }
+        if let Some(factor) = crate::config::planted_slowdown() {
+            reason.push_str(&format!("; a {factor}× slowdown was planted (QUALIFY_FAULT_SLOWDOWN)"));
         }
-        let mut f = if problems.is_empty() {
-            Finding::new(Outcome::Corroborated, "PERF", said.join("; "))
-        } else {
-            Finding::new(Outcome::Falsified, "PERF", format!("{} ({})", problems.join("; "), said.join("; ")))
+        let outcome = match judgement.decision {
+            crate::perf::Decision::Pass => Outcome::Corroborated,
+            crate::perf::Decision::Fail => Outcome::Falsified,
+            crate::perf::Decision::Unstable => Outcome::Unstable,
         };
-        f.metrics = metrics;
+        let mut f = Finding::new(outcome, "PERF", reason);
+        // The journal keeps the normalised figures, the ones the verdict was drawn from.
+        f.metrics.tokens_per_second = judgement.decode.map(|d| d.normalised);
+        f.metrics.time_to_first_token_ms = judgement.first_token.map(|d| d.normalised);
         f.prompt = Some(prompt);
         f
     }
@@ -1215,7 +1219,7 @@ fn metrics_of(g: &Generation) -> Metrics {
 /// The MQS category a trial scores in: gateways G2 and G4 judge answers (QUAL), the other
 /// gateways the files, loading and stability (STAB); golden references are REGR; a derived
 /// format against the ground truth is COMP.
-fn category_of(kind: &TrialKind) -> Category {
+pub(crate) fn category_of(kind: &TrialKind) -> Category {
     match kind {
         TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
         TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
@@ -1314,17 +1318,6 @@ pub fn first_divergence(
 /// Tokens per performance generation.
 fn perf_max_tokens(p: &crate::playbook::spec::PerformanceSpec) -> u32 {
     p.max_tokens.unwrap_or(32)
-}
-
-/// The median of `v` and its coefficient of variation, or `None` when `v` is empty.
-fn median_and_spread(v: &mut [f64]) -> Option<(f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-    Some((v[v.len() / 2], if mean > 0.0 { sd / mean } else { 0.0 }))
 }
 
 /// Prompt positions whose next-token distributions a logit differential compares.

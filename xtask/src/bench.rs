@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use modelqa::progress::{self, ProgressBar};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let families: usize =
@@ -33,9 +34,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         families / 2,
         families / 2 * per_family
     );
+    // Four `measure` rows, then the nextest-style trial.
+    let bar = progress::bar(5, "bench rows");
     let mut rows = Vec::new();
-    rows.push(measure("--list (all trials)", &binary, &["--list"], &env, runs)?);
+    rows.push(measure(&bar, "--list (all trials)", &binary, &["--list"], &env, runs)?);
     rows.push(measure(
+        &bar,
         &format!("filter `{fam}full` (1 family of {families})"),
         &binary,
         &["--list", &format!("{fam}full")],
@@ -43,6 +47,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         runs,
     )?);
     rows.push(measure(
+        &bar,
         "--exact one trial (listing it)",
         &binary,
         &["--list", "--exact", &exact],
@@ -50,6 +55,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         runs,
     )?);
     rows.push(measure(
+        &bar,
         "--exact one trial (run; model absent → ignored)",
         &binary,
         &["--exact", &exact],
@@ -69,6 +75,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     ];
     let mut overheads = Vec::new();
     let mut walls = Vec::new();
+    bar.set_message("a nextest-style trial");
     for i in 0..runs.max(5) {
         let (wall, _) = spawn(&binary, &["--exact", trial, "--nocapture"], &overhead_env)?;
         let (records, _) = modelqa::journal::read(&journal_dir.join("bench.jsonl"))?;
@@ -77,6 +84,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         overheads.push(wall.as_secs_f64() * 1e3 - inference_ms);
         walls.push(wall.as_secs_f64() * 1e3);
     }
+    bar.finish_and_clear();
     overheads.sort_by(f64::total_cmp);
     walls.sort_by(f64::total_cmp);
 
@@ -107,12 +115,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// Median wall time and the largest peak RSS (KiB) over `runs` runs.
 fn measure(
+    bar: &ProgressBar,
     case: &str,
     binary: &Path,
     args: &[&str],
     env: &[(&str, PathBuf)],
     runs: usize,
 ) -> anyhow::Result<(String, Duration, i64)> {
+    bar.set_message(case.to_string());
     let mut walls = Vec::new();
     let mut rss = 0;
     for _ in 0..runs.max(1) {
@@ -121,7 +131,10 @@ fn measure(
         rss = rss.max(peak);
     }
     walls.sort();
-    eprintln!("measured: {case}");
+    bar.inc(1);
+    if bar.is_hidden() {
+        eprintln!("measured: {case}");
+    }
     Ok((case.to_string(), walls[walls.len() / 2], rss))
 }
 

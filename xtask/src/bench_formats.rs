@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
 use modelqa::matrix::{Backend, Format, Quantization};
+use modelqa::progress;
 use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -52,9 +53,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Format::Gguf(Quantization::Q4KM),
     ];
     let mut rows = Vec::new();
+    let bar = progress::bar(formats.len() as u64, "bench formats");
     for format in formats {
+        // The conversion says what it makes on stderr and draws a bar of its own: this one only
+        // names the row, and steps aside meanwhile.
+        bar.set_message(format!("{format}: converting…"));
         let started = Instant::now();
-        let artifact = modelqa::format::convert::artifact(&model, format, &cache)?;
+        let artifact = bar.suspend(|| modelqa::format::convert::artifact(&model, format, &cache))?;
         let convert = (format != Format::Safetensors).then(|| started.elapsed());
         let bytes: u64 = if artifact.is_dir() {
             modelqa::engine::safetensors_files(&artifact)?
@@ -64,11 +69,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         } else {
             artifact.metadata()?.len()
         };
-        eprintln!("{format}: loading…");
+        progress::step(&bar, format!("{format}: loading…"));
         let started = Instant::now();
         let mut session = load_candle(&artifact, Backend::Cpu)?;
         let load = started.elapsed();
-        eprintln!("{format}: decoding {tokens} tokens…");
+        progress::step(&bar, format!("{format}: decoding {tokens} tokens…"));
         let request = GenerateRequest {
             prompt: "The quick brown fox",
             max_tokens: tokens,
@@ -86,7 +91,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             g.tokens_per_second(),
             g.time_to_first_token,
         ));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if !keep {
         let _ = std::fs::remove_dir_all(&cache);
     }

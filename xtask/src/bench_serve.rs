@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
 use modelqa::matrix::{Backend, Format, Quantization};
+use modelqa::progress;
 use modelqa::serve::{Server, ServerConfig};
 use modelqa::serve_client::{Client, Endpoint, request_body};
 
@@ -42,11 +43,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let cache = crate::root().join("target").join("qualify").join("cache");
     let deadline = || Instant::now() + Duration::from_secs(120);
     let mut rows = Vec::new();
-    for format in
-        [Format::Safetensors, Format::Apr, Format::Gguf(Quantization::Q8_0), Format::Gguf(Quantization::Q4KM)]
-    {
-        let artifact = modelqa::format::convert::artifact(&model, format, &cache)?;
-        eprintln!("{format}: {n} generations in process…");
+    let formats = [
+        Format::Safetensors,
+        Format::Apr,
+        Format::Gguf(Quantization::Q8_0),
+        Format::Gguf(Quantization::Q4KM),
+    ];
+    let bar = progress::bar(formats.len() as u64, "bench serve");
+    for format in formats {
+        bar.set_message(format!("{format}: converting…"));
+        // A first conversion says so on stderr: above the bar, not through it.
+        let artifact = bar.suspend(|| modelqa::format::convert::artifact(&model, format, &cache))?;
+        progress::step(&bar, format!("{format}: {n} generations in process…"));
         let mut session = load_candle(&artifact, Backend::Cpu)?;
         let mut run = Vec::new();
         // Warm-up: caches, allocator and branch predictors settle before anything is timed.
@@ -66,7 +74,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let session: Box<dyn Session> = Box::new(session);
         let server = Server::start(Arc::new(Mutex::new(session)), ServerConfig::new("bench"))?;
         let client = Client::new(server.base_url());
-        eprintln!("{format}: {n} whole and {n} streamed requests, then {CLIENTS} clients × {n}…");
+        progress::step(
+            &bar,
+            format!("{format}: {n} whole and {n} streamed requests, then {CLIENTS} clients × {n}…"),
+        );
         let whole = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, false);
         let streamed = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, true);
         for _ in 0..WARMUP {
@@ -104,7 +115,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let rps = (CLIENTS * n) as f64 / started.elapsed().as_secs_f64();
         server.stop();
         rows.push((format, sorted(run), sorted(latency), sorted(ttft), rps));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     println!();
     println!(
         "serve benchmark: {} ({PROMPT:?}, {MAX_TOKENS} tokens max, greedy), {n} requests per figure; {} cpus, {}, {} build",

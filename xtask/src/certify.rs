@@ -3,20 +3,16 @@
 //! and runs the harness.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail};
-use modelqa::certify::workspace::{self, Layout};
+use modelqa::certify::workspace::{self, Freshness, Layout};
 use modelqa::certify::{ModelEvidence, evidence, lock, report, tickets};
 
 use crate::flag_value;
 
+/// The checkout, with the places the harness reads and writes under this environment.
 fn layout() -> Layout {
-    Layout::new(crate::root())
-}
-
-fn journal_dir(root: &Path) -> PathBuf {
-    std::env::var_os("QUALIFY_JOURNAL_DIR").map_or_else(|| root.join("target/qualify/journal"), PathBuf::from)
+    Layout::from_env(crate::root())
 }
 
 /// `certify [--family F --tier T [--rerun]] [--journal PATH]... [RUN_ID]... | --check`
@@ -32,7 +28,7 @@ pub fn certify(args: &[String]) -> anyhow::Result<()> {
         bail!("`--family` and `--tier` go together: `cargo xtask certify --family qa-tiny --tier mvp`");
     }
     let rerun = args.iter().any(|a| a == "--rerun");
-    let dir = journal_dir(&layout.root);
+    let dir = layout.places.journal_dir.clone();
 
     let mut journals: Vec<PathBuf> = Vec::new();
     let mut iter = args.iter();
@@ -57,15 +53,17 @@ pub fn certify(args: &[String]) -> anyhow::Result<()> {
         if !journals.is_empty() {
             bail!("`--family`/`--tier` run the harness; name journals only without them");
         }
-        let current = up_to_date(&layout, &plan, family, tier)?;
-        match current {
-            Some(recorded) if !rerun => {
+        match workspace::freshness(&layout, &plan, family, tier)? {
+            Freshness::Current { recorded } if !rerun => {
                 eprintln!(
                     "evidence for {family}::{tier} is up to date (recorded {recorded}, same playbook, model files and harness); \
                      `--rerun` measures again"
                 );
             }
-            _ => journals.push(run_harness(&layout, &dir, family, tier)?),
+            freshness => {
+                say_why(family, tier, &freshness);
+                journals.push(run_harness(&layout, family, tier)?);
+            }
         }
     } else if journals.is_empty() {
         journals.push(evidence::last_journal(&dir)?);
@@ -125,50 +123,44 @@ fn selection(family: &Option<String>, tier: &Option<String>) -> String {
     }
 }
 
-/// The recording date when every model of `family` has current evidence for `tier`.
-fn up_to_date(
-    layout: &Layout,
-    plan: &modelqa::expand::Plan,
-    family: &str,
-    tier: &str,
-) -> anyhow::Result<Option<String>> {
-    let models: Vec<String> = plan
-        .playbooks()
-        .iter()
-        .filter(|p| p.family == family)
-        .flat_map(|p| p.models.iter().map(|m| m.slug.clone()))
-        .collect();
-    if models.is_empty() {
-        bail!("no playbook under {} defines family `{family}`", layout.playbooks().display());
-    }
-    let evidence = workspace::load_evidence(layout)?;
-    let mut newest = String::new();
-    for m in &models {
-        let Some(e) = evidence.iter().find(|e| &e.model == m && e.family == family && e.tier == tier) else {
-            return Ok(None);
-        };
-        if !workspace::is_current(layout, e) {
-            return Ok(None);
+/// Says why a selection is measured (again): each reason once, with the models it concerns.
+fn say_why(family: &str, tier: &str, freshness: &Freshness) {
+    let Freshness::Stale(stale) = freshness else {
+        eprintln!("measuring {family}::{tier} again: `--rerun`");
+        return;
+    };
+    let mut reasons: Vec<(String, Vec<&str>)> = Vec::new();
+    for (model, why) in stale {
+        let why = why.to_string();
+        match reasons.iter_mut().find(|(r, _)| *r == why) {
+            Some((_, models)) => models.push(model),
+            None => reasons.push((why, vec![model])),
         }
-        newest = newest.max(e.recorded.clone());
     }
-    Ok(Some(newest))
+    eprintln!("measuring {family}::{tier}:");
+    for (why, models) in reasons {
+        eprintln!("  {why} [{}]", models.join(", "));
+    }
 }
 
-/// Runs `cargo test --test qualify -- family::tier::` with its own run id; its libtest lines are
-/// the progress. Failing trials are evidence; a harness that could not start is an error.
-fn run_harness(layout: &Layout, dir: &Path, family: &str, tier: &str) -> anyhow::Result<PathBuf> {
+/// Runs `cargo test --test qualify -- family::tier::` with its own run id, in the places this
+/// process reads; on a terminal a bar shows trials done, failures and an ETA (see
+/// [`crate::libtest`]). Failing trials are evidence; a harness that could not start is an error.
+fn run_harness(layout: &Layout, family: &str, tier: &str) -> anyhow::Result<PathBuf> {
     let run_id = format!("certify-{}", modelqa::journal::new_run_id());
     eprintln!("running {family}::{tier} (run {run_id})");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&layout.root)
-        .args(["test", "--test", "qualify", "--", &format!("{family}::{tier}::")])
+    let mut child = crate::qualify_command(&layout.places)
+        .args(["--", &format!("{family}::{tier}::")])
         .env("QUALIFY_RUN_ID", &run_id)
-        .env("QUALIFY_JOURNAL_DIR", dir)
-        .status()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .context("failed to start cargo test")?;
+    let followed = crate::libtest::follow(&mut child, format!("{family}::{tier}"));
+    let status = child.wait().context("failed to wait for cargo test")?;
+    followed?;
     match status.code() {
-        Some(0 | 101) => Ok(dir.join(format!("{run_id}.jsonl"))),
+        Some(0 | 101) => Ok(layout.places.journal_dir.join(format!("{run_id}.jsonl"))),
         Some(code) => bail!("the qualify harness stopped with exit code {code} before recording evidence"),
         None => bail!("the qualify harness was killed by a signal"),
     }
@@ -206,14 +198,16 @@ fn scored(args: &[String]) -> anyhow::Result<Vec<(ModelEvidence, modelqa::certif
     Ok(scored)
 }
 
+/// `--out`, else `<target dir>/qualify/<default>`.
 fn out_dir(args: &[String], default: &str) -> anyhow::Result<PathBuf> {
-    Ok(flag_value(args, "--out")?.map_or_else(|| crate::root().join(default), PathBuf::from))
+    let target = layout().places.target_dir;
+    Ok(flag_value(args, "--out")?.map_or_else(|| target.join("qualify").join(default), PathBuf::from))
 }
 
 /// `report [--model M] [--out DIR]`: junit.xml, report.html and summary.md.
 pub fn report(args: &[String]) -> anyhow::Result<()> {
     let scored = scored(args)?;
-    let out = out_dir(args, "target/qualify/report")?;
+    let out = out_dir(args, "report")?;
     let files = [
         ("junit.xml", report::junit(&scored).context("failed to write JUnit XML")?),
         ("report.html", report::html(&scored)),
@@ -229,7 +223,7 @@ pub fn report(args: &[String]) -> anyhow::Result<()> {
 /// `tickets [--model M] [--out DIR]`: one Markdown ticket per gate and root cause.
 pub fn tickets(args: &[String]) -> anyhow::Result<()> {
     let evidence: Vec<ModelEvidence> = scored(args)?.into_iter().map(|(e, _)| e).collect();
-    let out = out_dir(args, "target/qualify/tickets")?;
+    let out = out_dir(args, "tickets")?;
     let tickets = tickets::tickets(&evidence);
     if tickets.is_empty() {
         eprintln!("no falsification in the evidence: no ticket");
@@ -241,9 +235,9 @@ pub fn tickets(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `lock`: writes `playbooks/playbook.lock`.
+/// `lock`: writes `playbook.lock` beside the playbooks (`QUALIFY_PLAYBOOKS`, default `playbooks/`).
 pub fn lock(_args: &[String]) -> anyhow::Result<()> {
-    let root = layout().playbooks();
+    let root = layout().playbook_dir();
     let before = lock::read(&root)?;
     let now = lock::hashes(&root)?;
     for d in lock::drift(&before, &now) {

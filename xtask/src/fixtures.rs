@@ -48,6 +48,8 @@ fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let mut tally: std::collections::BTreeMap<char, (usize, usize)> = Default::default();
     let questions = curriculum::held_out_questions();
+    let bar = modelqa::progress::bar(questions.len() as u64, "evaluating qa-tiny");
+    bar.set_message("questions");
     for (i, (q, expected)) in questions.iter().enumerate() {
         let prompt = format!("{q}\n");
         let g = session.generate(&GenerateRequest {
@@ -62,12 +64,14 @@ fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
         if oracle.judge(q, &g.text).is_pass() {
             entry.0 += 1;
         } else if failures {
-            println!("wrong: {q:?} expected {expected}, answered {:?}", g.text);
+            bar.suspend(|| println!("wrong: {q:?} expected {expected}, answered {:?}", g.text));
         }
-        if (i + 1) % 500 == 0 {
+        bar.inc(1);
+        if bar.is_hidden() && (i + 1) % 500 == 0 {
             eprintln!("{}/{} questions", i + 1, questions.len());
         }
     }
+    bar.finish_and_clear();
     println!("| operator | held-out questions | correct | accuracy |");
     println!("|---|---:|---:|---:|");
     let (mut right, mut all) = (0, 0);

@@ -4,12 +4,12 @@
 //! reference as a pending `.new` file and listed for review. `--accept` makes the pending files
 //! the references. Nothing here runs in CI, and CI never writes pending files.
 
-use std::process::Command;
-
 use anyhow::{Context, bail};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let golden = crate::root().join("golden");
+    // `QUALIFY_GOLDEN_DIR`, as the harness that writes the pending files reads it.
+    let places = crate::places();
+    let golden = places.golden_dir.clone();
     if args.iter().any(|a| a == "--accept") {
         let pending = modelqa::golden::pending_files(&golden);
         if pending.is_empty() {
@@ -22,9 +22,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::root())
-        .args(["test", "--test", "qualify", "--", "::diff::golden"])
+    let status = crate::qualify_command(&places)
+        .args(["--", "::diff::golden"])
         .env_remove("CI")
         .status()
         .context("failed to run the golden trials")?;

@@ -7,6 +7,7 @@ mod certify;
 mod fetch;
 mod fixtures;
 mod golden;
+mod libtest;
 mod schema;
 mod serve;
 mod train;
@@ -93,23 +94,53 @@ fn in_release(task: &str, rest: &[String]) -> Option<anyhow::Result<()>> {
     if !cfg!(debug_assertions) {
         return None;
     }
-    eprintln!("building xtask in release for the benchmark (the first time takes a few minutes)…");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .current_dir(root())
-        .args(["run", "--quiet", "--release", "--package", "xtask", "--", task])
-        .args(rest)
-        .status();
-    Some(match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(anyhow::anyhow!("the release benchmark ended with {s}")),
-        Err(e) => Err(anyhow::anyhow!("failed to run cargo: {e}")),
-    })
+    let run = || -> anyhow::Result<()> {
+        build_release("xtask for the benchmark", "a few minutes", &["--package", "xtask"])?;
+        let status = cargo()
+            .args(["run", "--quiet", "--release", "--package", "xtask", "--", task])
+            .args(rest)
+            .status()
+            .context("failed to run cargo")?;
+        anyhow::ensure!(status.success(), "the release benchmark ended with {status}");
+        Ok(())
+    };
+    Some(run())
+}
+
+/// cargo, in the root.
+fn cargo() -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// `cargo build --release ARGS`, not quiet: a first release build is long (`first_build`), and
+/// cargo's own progress on stderr shows it working. The `cargo run --quiet` after it then only
+/// starts the binary.
+pub fn build_release(what: &str, first_build: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("building {what} in release (the first build takes {first_build}; later ones reuse it)…");
+    let status = cargo().args(["build", "--release"]).args(args).status().context("failed to run cargo")?;
+    anyhow::ensure!(status.success(), "the release build of {what} failed ({status})");
+    Ok(())
 }
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// Where the harness reads and writes under this environment, as it resolves them: relative to
+/// the root, its working directory under cargo.
+pub fn places() -> modelqa::config::Places {
+    modelqa::config::Places::from_env().resolved_against(&root())
+}
+
+/// `cargo test --test qualify` in the root, told these places explicitly, so the harness reads
+/// and writes exactly where this process looks whatever its working directory.
+pub fn qualify_command(places: &modelqa::config::Places) -> std::process::Command {
+    let mut command = cargo();
+    command.args(["test", "--test", "qualify"]).envs(places.vars());
+    command
 }
 
 /// The value after `--flag` in `args`.

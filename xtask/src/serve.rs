@@ -10,6 +10,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if args.is_empty() {
         bail!("usage: cargo xtask serve PATH [--host ADDR] [--port N] [--model NAME] [--backend cpu|gpu]");
     }
+    crate::build_release("modelqa-engine", "20 minutes or more on 2 cores", &["--bin", "modelqa-engine"])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())

@@ -13,6 +13,7 @@ use anyhow::Context;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use modelqa::curriculum::{self, Rng};
+use modelqa::progress;
 use tokenizers::Tokenizer;
 
 /// The model's shape. Hidden and intermediate sizes are multiples of 256, so every matrix can
@@ -274,6 +275,7 @@ pub fn train(
     let started = Instant::now();
     let mut ema = None::<f32>;
     let mut last = 0f32;
+    let bar = progress::bar(sched.steps as u64, "training qa-tiny");
     for step in 1..=sched.steps {
         let lr = if step <= sched.warmup {
             sched.peak_lr * step as f64 / sched.warmup as f64
@@ -318,7 +320,11 @@ pub fn train(
         opt.step(&grads)?;
         last = loss.to_scalar::<f32>()?;
         ema = Some(ema.map_or(last, |e| 0.98 * e + 0.02 * last));
-        if step % 50 == 0 || step == 1 || step == sched.steps {
+        bar.inc(1);
+        if !bar.is_hidden() {
+            bar.set_message(format!("loss {last:.4} (ema {:.4})", ema.unwrap_or(last)));
+        } else if step % 50 == 0 || step == 1 || step == sched.steps {
+            // No bar (a log, CI): a line every 50 steps says how training goes.
             let secs = started.elapsed().as_secs_f64();
             let rate = step as f64 / secs;
             let eta = (sched.steps - step) as f64 / rate;
@@ -330,6 +336,7 @@ pub fn train(
             );
         }
     }
+    bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let weights = vars.into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
     Ok((weights, last, secs))

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, EvidenceRecord, Outcome};
+use crate::journal::{self, EvidenceRecord};
 
 /// `evidence.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,11 @@ pub struct ModelEvidence {
     pub playbook_sha256: String,
     /// Trials the tier's plan has for this model: the denominator of coverage.
     pub planned: usize,
+    /// The plan per backend and per category: what the score's scope and lacks are drawn from.
+    #[serde(default)]
+    pub planned_by_backend: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub planned_by_category: BTreeMap<super::Category, usize>,
     /// Weights in the model's ground-truth files, when they could be read.
     pub parameters: Option<u64>,
     /// SHA-256 over the harness's sources and `Cargo.lock` when the evidence was certified: a
@@ -99,7 +104,7 @@ pub fn group(records: Vec<EvidenceRecord>) -> BTreeMap<(String, String, String),
 
 /// Whether `old` stays in place of `new`.
 fn replaces(old: &EvidenceRecord, new: &EvidenceRecord) -> bool {
-    let (old_real, new_real) = (old.outcome != Outcome::Skipped, new.outcome != Outcome::Skipped);
+    let (old_real, new_real) = (old.outcome.is_verdict(), new.outcome.is_verdict());
     if old_real != new_real {
         return old_real;
     }
@@ -110,7 +115,7 @@ impl ModelEvidence {
     /// A model's evidence from its grouped records (sorted by trial, one per trial).
     pub fn new(
         records: Vec<EvidenceRecord>,
-        planned: usize,
+        planned: super::mqs::Planned,
         playbook_sha256: String,
         parameters: Option<u64>,
         harness_fingerprint: String,
@@ -128,7 +133,9 @@ impl ModelEvidence {
             tier: first.tier,
             playbook: first.playbook,
             playbook_sha256,
-            planned,
+            planned: planned.total,
+            planned_by_backend: planned.by_backend,
+            planned_by_category: planned.by_category,
             parameters,
             harness_fingerprint,
             runs,
@@ -139,7 +146,12 @@ impl ModelEvidence {
 
     /// The model's score for its tier.
     pub fn score(&self) -> super::Score {
-        super::mqs::score(&self.tier, &self.records, self.planned)
+        let planned = super::mqs::Planned {
+            total: self.planned,
+            by_backend: self.planned_by_backend.clone(),
+            by_category: self.planned_by_category.clone(),
+        };
+        super::mqs::score_in_scope(&self.tier, &self.records, &planned)
     }
 
     /// The median decode speed of the passing scenario trials of a format family (`safetensors`,

@@ -5,6 +5,7 @@
 pub mod evidence;
 pub mod lock;
 pub mod mqs;
+pub mod provenance;
 pub mod registry;
 pub mod report;
 pub mod tickets;

@@ -183,6 +183,111 @@ pub struct Score {
     pub covered: usize,
     pub coverage: f64,
     pub min_coverage: f64,
+    /// The backends the score speaks for: those with evidence. Empty in scores made before
+    /// scopes were recorded, and when nothing ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
+    /// Planned backends without evidence, each with why: the score says nothing about them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_covered: BTreeMap<String, String>,
+    /// What the tier scores that the playbook plans no trial for, with what would add it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lacks: Vec<String>,
+}
+
+/// What a tier's plan holds for one model: the denominators of coverage and scope.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Planned {
+    pub total: usize,
+    /// Planned trials per backend (`cpu`, `gpu`).
+    #[serde(default)]
+    pub by_backend: BTreeMap<String, usize>,
+    /// Planned trials per category.
+    #[serde(default)]
+    pub by_category: BTreeMap<Category, usize>,
+}
+
+/// What a playbook adds to plan trials of a category.
+fn plans_category(c: Category) -> &'static str {
+    match c {
+        Category::Qual => "scenarios with oracles",
+        Category::Perf => "a `performance` block",
+        Category::Stab => "any cell (gateways G0, G1, G3)",
+        Category::Comp => "a derived format (apr, gguf-*) beside safetensors",
+        Category::Edge => "a scenario made by the `edge_cases` generator",
+        Category::Regr => "a safetensors cell (golden references)",
+    }
+}
+
+/// Scores one model's evidence within the backends it has evidence for. A planned backend with
+/// none (the gpu cells of a tier run on a machine without a device: ignored, never run) is left
+/// out of the scope and named as not covered — its trials are neither passes nor failures, and
+/// coverage is counted within the scope. Categories the plan holds no trial for are named too:
+/// they earn nothing, and the verdict says what would add them.
+pub fn score_in_scope(tier: &str, records: &[EvidenceRecord], planned: &Planned) -> Score {
+    let with_verdict: std::collections::BTreeSet<&str> =
+        records.iter().filter(|r| r.outcome.is_verdict()).map(|r| r.backend.as_str()).collect();
+    let mut scope: Vec<String> = Vec::new();
+    let mut not_covered = BTreeMap::new();
+    let mut in_scope = 0;
+    for (backend, n) in &planned.by_backend {
+        if with_verdict.contains(backend.as_str()) {
+            scope.push(backend.clone());
+            in_scope += n;
+        } else if *n > 0 {
+            not_covered.insert(
+                backend.clone(),
+                format!(
+                    "no evidence: its {n} planned trials did not run here (a gpu cell needs the `cuda` feature and a CUDA device)"
+                ),
+            );
+        }
+    }
+    // Nothing ran at all, or a score recorded before scopes: the whole plan is the denominator.
+    let denominator = if scope.is_empty() { planned.total } else { in_scope };
+    let scoped: Vec<EvidenceRecord> = if scope.is_empty() {
+        records.to_vec()
+    } else {
+        records.iter().filter(|r| scope.contains(&r.backend)).cloned().collect()
+    };
+    let mut s = score(tier, &scoped, denominator);
+    if !planned.by_category.is_empty() {
+        s.lacks = Category::ALL
+            .iter()
+            .filter(|c| planned.by_category.get(c).copied().unwrap_or(0) == 0)
+            .map(|c| {
+                format!(
+                    "{c} ({} points): the playbook plans no trial; add {}",
+                    c.weight(),
+                    plans_category(*c)
+                )
+            })
+            .collect();
+    }
+    if !not_covered.is_empty() && !scope.is_empty() {
+        let others: Vec<&str> = not_covered.keys().map(String::as_str).collect();
+        s.verdict.push_str(&format!("; scope {} only: {} not covered", scope.join(", "), others.join(", ")));
+    }
+    if !s.lacks.is_empty() {
+        let names: Vec<String> =
+            s.lacks.iter().filter_map(|l| l.split(' ').next().map(str::to_string)).collect();
+        s.verdict.push_str(&format!("; the playbook plans nothing for {}", names.join(", ")));
+    }
+    s.scope = scope;
+    s.not_covered = not_covered;
+    s
+}
+
+impl Score {
+    /// The status with its scope where the score speaks for fewer backends than were planned:
+    /// `PROVISIONAL (cpu)`.
+    pub fn scoped_status(&self) -> String {
+        if self.not_covered.is_empty() || self.scope.is_empty() {
+            self.status.to_string()
+        } else {
+            format!("{} ({})", self.status, self.scope.join(", "))
+        }
+    }
 }
 
 /// Penalty points per crashed trial.
@@ -230,7 +335,7 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
         let state = gateways.get_mut(&r.gate).expect("every gateway is in the map");
         match r.outcome {
             Outcome::Corroborated if *state == GatewayState::Unmeasured => *state = GatewayState::Passed,
-            Outcome::Corroborated | Outcome::Skipped => {}
+            Outcome::Corroborated | Outcome::Skipped | Outcome::Unstable => {}
             Outcome::Falsified | Outcome::Timeout | Outcome::Crashed => *state = GatewayState::Failed,
         }
     }
@@ -240,7 +345,8 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
     }
 
     let mut tally: BTreeMap<Category, (usize, usize)> = BTreeMap::new();
-    for r in records {
+    // A trial that gave no verdict (skipped, unstable) earns nothing and costs nothing.
+    for r in records.iter().filter(|r| r.outcome.is_verdict()) {
         let t = tally.entry(Category::of(r)).or_default();
         t.1 += 1;
         if r.outcome.is_pass() {
@@ -262,7 +368,7 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
     let earned: f64 = categories.iter().filter_map(|c| c.points).sum();
     let raw = (earned - penalty).clamp(0.0, 1000.0);
 
-    let covered = records.iter().filter(|r| r.outcome != Outcome::Skipped).count().min(planned);
+    let covered = records.iter().filter(|r| r.outcome.is_verdict()).count().min(planned);
     let coverage = if planned == 0 { 0.0 } else { covered as f64 / planned as f64 };
 
     let failed: Vec<&str> =
@@ -310,6 +416,9 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
         covered,
         coverage,
         min_coverage: rules.min_coverage,
+        scope: Vec::new(),
+        not_covered: BTreeMap::new(),
+        lacks: Vec::new(),
     }
 }
 

@@ -11,8 +11,9 @@ use super::evidence::ModelEvidence;
 use super::mqs::{GATEWAYS, GatewayState, Score, Status};
 
 /// The original registry's 20 columns, with `g0` added before `g1` (the original dropped G0 and
-/// wrote every other gateway one column off) and `coverage` at the end.
-pub const COLUMNS: [&str; 22] = [
+/// wrote every other gateway one column off), and `coverage` and `scope` (the backends the status
+/// speaks for, `cpu` or `cpu gpu`; the others had no evidence) at the end.
+pub const COLUMNS: [&str; 23] = [
     "model_id",
     "family",
     "parameters",
@@ -35,6 +36,7 @@ pub const COLUMNS: [&str; 22] = [
     "tps_st_gpu",
     "provenance_verified",
     "coverage",
+    "scope",
 ];
 
 /// The format families and backends of the throughput columns, in column order.
@@ -91,6 +93,10 @@ pub struct Row {
     pub tps: [Option<f64>; 6],
     pub provenance_verified: Option<bool>,
     pub coverage: Option<f64>,
+    /// The backends the status speaks for; empty when it speaks for the whole plan.
+    pub scope: Vec<String>,
+    /// Planned backends without evidence.
+    pub not_covered: Vec<String>,
 }
 
 impl Row {
@@ -109,6 +115,8 @@ impl Row {
             tps: [None; 6],
             provenance_verified: None,
             coverage: None,
+            scope: Vec::new(),
+            not_covered: Vec::new(),
         }
     }
 
@@ -143,6 +151,8 @@ impl Row {
             tps: TPS_COLUMNS.map(|(f, b)| e.tokens_per_second(f, b)),
             provenance_verified: Some(e.provenance_verified()),
             coverage: Some(score.coverage),
+            scope: score.scope.clone(),
+            not_covered: score.not_covered.keys().cloned().collect(),
         }
     }
 
@@ -163,6 +173,7 @@ impl Row {
         f.extend(self.tps.iter().map(|t| t.map_or(String::new(), |t| format!("{t:.1}"))));
         f.push(opt_bool(self.provenance_verified));
         f.push(self.coverage.map_or(String::new(), |c| format!("{c:.3}")));
+        f.push(self.scope.join(" "));
         f
     }
 }
@@ -260,9 +271,9 @@ pub fn readme_table(rows: &[Row]) -> String {
         let _ = writeln!(out, "| {status} | {n}/{} |", rows.len());
     }
     out.push_str(
-        "\n| Model | Family | Size | Status | MQS | Grade | Coverage | G0–G4 | ST CPU | ST GPU | GGUF CPU | GGUF GPU | APR CPU | APR GPU |\n",
+        "\n| Model | Family | Size | Status | Scope | MQS | Grade | Coverage | G0–G4 | ST CPU | ST GPU | GGUF CPU | GGUF GPU | APR CPU | APR GPU |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let gates: String = if r.gateways.iter().all(Option::is_none) {
             "-".into()
@@ -286,7 +297,7 @@ pub fn readme_table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {link} | {family} | {size} | {badge} | {mqs} | {grade} | {coverage} | {gates} | {} | {} | {} | {} | {} | {} |",
+            "| {link} | {family} | {size} | {badge} | {scope} | {mqs} | {grade} | {coverage} | {gates} | {} | {} | {} | {} | {} | {} |",
             tps(4),
             tps(5),
             tps(0),
@@ -296,6 +307,12 @@ pub fn readme_table(rows: &[Row]) -> String {
             family = r.family,
             size = r.parameters,
             badge = badge(r.status),
+            scope = match (r.scope.is_empty(), r.not_covered.is_empty()) {
+                (true, _) => "-".to_string(),
+                (false, true) => r.scope.join(", "),
+                (false, false) =>
+                    format!("{} ({} not covered)", r.scope.join(", "), r.not_covered.join(", ")),
+            },
             mqs = r.mqs_score.map_or("-".into(), |s| s.to_string()),
             grade = r.grade,
             coverage = r.coverage.map_or("-".into(), |c| format!("{:.0}%", c * 100.0)),

@@ -28,7 +28,7 @@ pub fn junit(scored: &[(ModelEvidence, Score)]) -> Result<String, quick_junit::S
         for r in &e.records {
             let status = match r.outcome {
                 Outcome::Corroborated => TestCaseStatus::success(),
-                Outcome::Skipped => {
+                Outcome::Skipped | Outcome::Unstable => {
                     let mut st = TestCaseStatus::skipped();
                     st.set_message(r.reason.clone());
                     st

@@ -1,6 +1,7 @@
 //! The certification files of a checkout: `certifications/<model>/{evidence,mqs}.json`, the
 //! registry `certifications/models.csv` and the README table. Everything derived is a function of
 //! the committed evidence and the seed model list, so `--check` can regenerate and compare.
+//! Whether evidence still describes what the harness would measure now, and why not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,19 +11,36 @@ use sha2::{Digest, Sha256};
 use super::evidence::{self, ModelEvidence};
 use super::lock::{self, LockError};
 use super::mqs::Score;
+use super::provenance::{CACHE, Named, Namer};
 use super::registry::{self, RegistryError};
+use crate::config::Places;
 use crate::expand::{Filter, Plan};
 use crate::journal::EvidenceRecord;
+use crate::matrix::Format;
 
-/// Where the certification files of a checkout live.
+/// Where the certification files of a checkout live, and where its harness reads and writes.
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub root: PathBuf,
+    /// The harness's places, relative ones joined to `root`: the harness runs there under cargo.
+    pub places: Places,
 }
 
 impl Layout {
+    /// A checkout with the harness's default places; the environment is not read.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self::with_places(root, Places::from_vars(|_| None))
+    }
+
+    /// A checkout with the places the environment gives the harness.
+    pub fn from_env(root: impl Into<PathBuf>) -> Self {
+        Self::with_places(root, Places::from_env())
+    }
+
+    pub fn with_places(root: impl Into<PathBuf>, places: Places) -> Self {
+        let root = root.into();
+        let places = places.resolved_against(&root);
+        Self { root, places }
     }
     pub fn certifications(&self) -> PathBuf {
         self.root.join("certifications")
@@ -37,8 +55,18 @@ impl Layout {
     pub fn readme(&self) -> PathBuf {
         self.root.join("README.md")
     }
+    /// `QUALIFY_PLAYBOOKS`: a playbook file or a directory of them.
     pub fn playbooks(&self) -> PathBuf {
-        self.root.join("playbooks")
+        self.places.playbooks.clone()
+    }
+    /// The folder of the playbooks, which holds their lock: `QUALIFY_PLAYBOOKS` itself, or the
+    /// folder of a single playbook file.
+    pub fn playbook_dir(&self) -> PathBuf {
+        let p = &self.places.playbooks;
+        match p.parent() {
+            Some(parent) if p.is_file() => parent.to_path_buf(),
+            _ => p.clone(),
+        }
     }
     pub fn model_dir(&self, model: &str) -> PathBuf {
         self.certifications().join(model)
@@ -64,6 +92,8 @@ pub enum CertifyError {
         "playbooks changed since they were locked; review the change, then run `cargo xtask lock`:\n  {0}"
     )]
     Unlocked(String),
+    #[error("no playbook under {playbooks} defines family `{family}`")]
+    UnknownFamily { family: String, playbooks: PathBuf },
 }
 
 fn read(path: &Path) -> Result<String, CertifyError> {
@@ -88,7 +118,7 @@ pub fn write_if_changed(path: &Path, text: &str) -> Result<bool, CertifyError> {
 
 /// Fails when a playbook or template differs from `playbooks/playbook.lock`, naming each.
 pub fn check_lock(layout: &Layout) -> Result<(), CertifyError> {
-    let root = layout.playbooks();
+    let root = layout.playbook_dir();
     let drift = lock::drift(&lock::read(&root)?, &lock::hashes(&root)?);
     if drift.is_empty() {
         return Ok(());
@@ -98,15 +128,35 @@ pub fn check_lock(layout: &Layout) -> Result<(), CertifyError> {
 
 /// How many trials the plan has under `family::tier::model::`.
 pub fn planned(plan: &Plan, family: &str, tier: &str, model: &str) -> usize {
+    planned_in_detail(plan, family, tier, model).total
+}
+
+/// The trials the plan has for a model in a tier, in all, per backend and per category.
+pub fn planned_in_detail(plan: &Plan, family: &str, tier: &str, model: &str) -> super::mqs::Planned {
     let prefix = format!("{family}::{tier}::{model}::");
     let filter = Filter { filter: Some(prefix.clone()), exact: false, skip: Vec::new() };
-    let mut n = 0;
-    plan.for_each_selected(&filter, |_, name| n += usize::from(name.starts_with(&prefix)));
-    n
+    let mut refs = Vec::new();
+    plan.for_each_selected(&filter, |r, name| {
+        if name.starts_with(&prefix) {
+            refs.push(r);
+        }
+    });
+    let mut planned = super::mqs::Planned { total: refs.len(), ..Default::default() };
+    for r in refs {
+        let spec = plan.spec(r);
+        *planned.by_backend.entry(spec.name.backend.as_str().to_string()).or_default() += 1;
+        *planned.by_category.entry(crate::run::category_of(&spec.kind)).or_default() += 1;
+    }
+    planned
 }
 
 fn sha256_file(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|b| hex::encode(Sha256::digest(&b)))
+}
+
+/// A model file's SHA-256, remembered in the harness's cache as the harness remembers it.
+fn sha256_model_file(layout: &Layout, path: &Path) -> std::io::Result<String> {
+    crate::engine::hash_model_file_in(path, &layout.places.cache_dir.join("hashes")).map(|f| f.sha256)
 }
 
 /// SHA-256 over the harness's sources (`harness/src`, its manifest) and `Cargo.lock`, by sorted
@@ -178,7 +228,8 @@ fn safetensors_parameters(path: &Path) -> Option<u64> {
 }
 
 /// Evidence per model from journal records. Where a model has records of several tiers, the
-/// most recently recorded tier is certified; `tier` restricts the choice.
+/// most recently recorded tier is certified; `tier` restricts the choice. Files are named as
+/// [`super::provenance`] says: no path of this machine reaches the evidence.
 pub fn evidence_from_records(
     layout: &Layout,
     records: Vec<EvidenceRecord>,
@@ -187,15 +238,23 @@ pub fn evidence_from_records(
     tier: Option<&str>,
 ) -> Vec<ModelEvidence> {
     let fingerprint = harness_fingerprint(layout);
+    let namer = Namer::new(layout);
     let mut best: BTreeMap<String, ModelEvidence> = BTreeMap::new();
     for ((fam, t, model), records) in evidence::group(records) {
         if family.is_some_and(|f| f != fam) || tier.is_some_and(|x| x != t) {
             continue;
         }
-        let planned = planned(plan, &fam, &t, &model);
+        let planned = planned_in_detail(plan, &fam, &t, &model);
         let playbook_sha256 =
-            records.first().and_then(|r| sha256_file(&layout.root.join(&r.playbook))).unwrap_or_default();
+            records.first().and_then(|r| sha256_file(&namer.playbook_path(&r.playbook))).unwrap_or_default();
         let params = parameters(&records, &layout.root);
+        let records = records
+            .into_iter()
+            .map(|mut r| {
+                namer.name_record(&mut r);
+                r
+            })
+            .collect();
         let Some(e) = ModelEvidence::new(records, planned, playbook_sha256, params, fingerprint.clone())
         else {
             continue;
@@ -210,15 +269,188 @@ pub fn evidence_from_records(
     best.into_values().collect()
 }
 
-/// Whether `e` was measured by this harness on the playbook and model files as they are now.
-pub fn is_current(layout: &Layout, e: &ModelEvidence) -> bool {
-    let playbook_now = sha256_file(&layout.root.join(&e.playbook)).unwrap_or_default();
-    playbook_now == e.playbook_sha256
-        && e.harness_fingerprint == harness_fingerprint(layout)
-        && e.records
-            .iter()
-            .flat_map(|r| &r.model_files)
-            .all(|f| sha256_file(&layout.root.join(&f.path)).as_deref() == Some(f.sha256.as_str()))
+/// Why evidence no longer describes what the harness would measure now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The model has no evidence for the tier (`others`: the tiers it has evidence for).
+    NoEvidence { model: String, tier: String, others: Vec<String> },
+    /// The harness's sources, its manifest or `Cargo.lock` changed.
+    Harness { recorded: String, now: String },
+    /// A file hashes differently now (`now`), or cannot be read (the error).
+    File { name: String, recorded: String, now: Result<String, String> },
+    /// A converted artifact is not what its model's sources (`source`) convert to now.
+    Artifact { name: String, now: String, source: String },
+    /// What the evidence names cannot be checked here.
+    Unverifiable { name: String, why: String },
+}
+
+/// A SHA-256 (or a name holding one) shortened for a message.
+fn short(text: &str) -> String {
+    let mut out = String::new();
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c.is_ascii_hexdigit() { run + 1 } else { 0 };
+        match run {
+            0..=12 => out.push(c),
+            13 => out.push('…'),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stale::NoEvidence { model, tier, others } if others.is_empty() => {
+                write!(f, "no evidence for {model} in tier {tier}")
+            }
+            Stale::NoEvidence { model, tier, others } => {
+                write!(f, "no evidence for {model} in tier {tier} (only in {})", others.join(", "))
+            }
+            Stale::Harness { recorded, now } => write!(
+                f,
+                "harness fingerprint changed: {} when measured, {} now (harness/src, harness/Cargo.toml or Cargo.lock)",
+                if recorded.is_empty() { "none".to_string() } else { short(recorded) },
+                short(now)
+            ),
+            Stale::File { name, recorded, now: Ok(now) } => {
+                write!(f, "{name} changed (sha256 {} when measured, {} now)", short(recorded), short(now))
+            }
+            Stale::File { name, recorded, now: Err(why) } => {
+                write!(f, "{name} cannot be read ({why}); it had sha256 {}", short(recorded))
+            }
+            Stale::Artifact { name, now, source } => write!(
+                f,
+                "{} is not what {} converts to now ({}): a source file or the converter changed",
+                short(name),
+                source,
+                short(now)
+            ),
+            Stale::Unverifiable { name, why } => write!(f, "cannot check {}: {why}", short(name)),
+        }
+    }
+}
+
+/// Why `e` is not what this harness would measure on the playbook and model files as they are
+/// now; empty when it is. A converted artifact is checked by recomputing its name from its
+/// model's sources, so this needs no cache: a fresh clone agrees with the machine that measured.
+pub fn why_stale(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> Vec<Stale> {
+    let namer = Namer::new(layout);
+    let mut out = Vec::new();
+    let check = |name: &str, path: &Path, recorded: &str, out: &mut Vec<Stale>| {
+        let now = sha256_model_file(layout, path).map_err(|e| e.to_string());
+        if now.as_deref() != Ok(recorded) {
+            out.push(Stale::File { name: name.to_string(), recorded: recorded.to_string(), now });
+        }
+    };
+    let playbook = namer.playbook(&e.playbook);
+    check(&playbook, &namer.playbook_path(&playbook), &e.playbook_sha256, &mut out);
+    let fingerprint = harness_fingerprint(layout);
+    if e.harness_fingerprint != fingerprint {
+        out.push(Stale::Harness { recorded: e.harness_fingerprint.clone(), now: fingerprint });
+    }
+
+    // Each file once, with the format of a record that names it.
+    let mut files: BTreeMap<(String, &str), &str> = BTreeMap::new();
+    for r in &e.records {
+        for f in &r.model_files {
+            files.entry((namer.model_file(&f.path), f.sha256.as_str())).or_insert(r.format.as_str());
+        }
+    }
+    let source = files
+        .keys()
+        .any(|(name, _)| !matches!(Named::parse(name), Named::Repository(_)))
+        .then(|| model_source(layout, plan, e));
+    for ((name, recorded), format) in files {
+        let source = source.as_ref().map(|s| s.as_ref().map_err(Clone::clone));
+        match (Named::parse(&name), source) {
+            (Named::Repository(rel), _) => check(&name, &layout.root.join(rel), recorded, &mut out),
+            (_, Some(Err(why))) => out.push(Stale::Unverifiable { name, why }),
+            (Named::Model(file), Some(Ok(dir))) => check(&name, &dir.join(file), recorded, &mut out),
+            (Named::Cache(rel), Some(Ok(dir))) => {
+                let Some(format) = Format::parse(format) else {
+                    out.push(Stale::Unverifiable { name, why: format!("unknown format `{format}`") });
+                    continue;
+                };
+                match crate::format::convert::artifact_name(dir, format, &layout.places.cache_dir) {
+                    Ok(Some(now)) if now == rel => {}
+                    Ok(now) => out.push(Stale::Artifact {
+                        name,
+                        now: now.map_or_else(|| "no artifact".into(), |n| format!("{CACHE}{}", n.display())),
+                        source: namer.local(dir),
+                    }),
+                    Err(err) => out.push(Stale::Unverifiable { name, why: err.to_string() }),
+                }
+            }
+            (Named::Playbooks(_), _) | (_, None) => {
+                out.push(Stale::Unverifiable { name, why: "not a model file's name".into() })
+            }
+        }
+    }
+    out
+}
+
+/// Whether `e` is what this harness would measure now (see [`why_stale`]).
+pub fn is_current(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> bool {
+    why_stale(layout, plan, e).is_empty()
+}
+
+/// The model directory of `e`'s model on this machine, found as the harness finds it.
+fn model_source(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> Result<PathBuf, String> {
+    let model = plan
+        .playbooks()
+        .iter()
+        .filter(|p| p.family == e.family)
+        .flat_map(|p| &p.models)
+        .find(|m| m.slug == e.model)
+        .ok_or_else(|| {
+            format!("no playbook under {} defines {}::{}", layout.playbooks().display(), e.family, e.model)
+        })?;
+    match crate::bind::locate(model, &layout.places.roots) {
+        crate::bind::Location::Found(dir) => Ok(dir),
+        crate::bind::Location::Missing(looked) => Err(crate::bind::missing_reason(&model.id, &looked)),
+    }
+}
+
+/// Whether a family's evidence for a tier is what the harness would measure now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Every model of the family has current evidence; the newest recording date.
+    Current { recorded: String },
+    /// Why not, by model.
+    Stale(Vec<(String, Stale)>),
+}
+
+/// Whether `certify --family … --tier …` has anything to measure: every model the playbooks
+/// give the family needs current evidence for the tier.
+pub fn freshness(layout: &Layout, plan: &Plan, family: &str, tier: &str) -> Result<Freshness, CertifyError> {
+    let models: Vec<&str> = plan
+        .playbooks()
+        .iter()
+        .filter(|p| p.family == family)
+        .flat_map(|p| p.models.iter().map(|m| m.slug.as_str()))
+        .collect();
+    if models.is_empty() {
+        return Err(CertifyError::UnknownFamily { family: family.into(), playbooks: layout.playbooks() });
+    }
+    let evidence = load_evidence(layout)?;
+    let mut newest = String::new();
+    let mut stale = Vec::new();
+    for model in models {
+        let mine = evidence.iter().filter(|e| e.model == model && e.family == family);
+        let Some(e) = mine.clone().find(|e| e.tier == tier) else {
+            let others = mine.map(|e| e.tier.clone()).collect();
+            stale.push((
+                model.to_string(),
+                Stale::NoEvidence { model: model.into(), tier: tier.into(), others },
+            ));
+            continue;
+        };
+        stale.extend(why_stale(layout, plan, e).into_iter().map(|s| (model.to_string(), s)));
+        newest = newest.max(e.recorded.clone());
+    }
+    Ok(if stale.is_empty() { Freshness::Current { recorded: newest } } else { Freshness::Stale(stale) })
 }
 
 /// Every `certifications/*/evidence.json`, sorted by model.

@@ -119,11 +119,17 @@ fn hash_cache_dir() -> PathBuf {
 /// Size and SHA-256 of a file. Hashes are remembered by path, size and modification time, so
 /// the one-process-per-trial runs of nextest hash a multi-gigabyte model once, not per trial.
 pub fn hash_file(path: &Path) -> std::io::Result<ModelFile> {
+    hash_file_in(path, &hash_cache_dir())
+}
+
+/// As [`hash_file`], remembering hashes in `hashes` (a tool that resolved `QUALIFY_CACHE_DIR`
+/// against another directory than its own working directory passes `<cache>/hashes`).
+pub fn hash_file_in(path: &Path, hashes: &Path) -> std::io::Result<ModelFile> {
     let meta = std::fs::metadata(path)?;
     let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let key = hex::encode(Sha256::digest(format!("{}\0{}\0{modified}", canonical.display(), meta.len())));
-    let entry = hash_cache_dir().join(key);
+    let entry = hashes.join(key);
     if let Ok(known) = std::fs::read_to_string(&entry)
         && known.len() == 64
         && known.bytes().all(|b| b.is_ascii_hexdigit())
@@ -437,6 +443,22 @@ const CANDLE_VERSION: &str = "0.11.1";
 
 impl CandleSession {
     fn forward(
+        &mut self,
+        ids: &[u32],
+        pos: usize,
+        cache: &mut Option<llama::Cache>,
+    ) -> candle_core::Result<Tensor> {
+        let started = Instant::now();
+        let logits = self.forward_once(ids, pos, cache)?;
+        if let Some(factor) = crate::config::planted_slowdown() {
+            // A fault the harness's own tests plant (QUALIFY_FAULT_SLOWDOWN): every forward
+            // pass takes `factor` times as long, as a model that really got slower would.
+            std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
+        }
+        Ok(logits)
+    }
+
+    fn forward_once(
         &mut self,
         ids: &[u32],
         pos: usize,

@@ -15,11 +15,42 @@ use serde::{Deserialize, Serialize};
 
 pub use self::cache::{SessionCache, SessionKey, SharedSession};
 pub use self::candle::{
-    CandleEngine, SUPPORTED_ARCHITECTURES, hash_file as hash_model_file, load_candle, safetensors_files,
+    CandleEngine, SUPPORTED_ARCHITECTURES, hash_file as hash_model_file, hash_file_in as hash_model_file_in,
+    load_candle, safetensors_files,
 };
 pub use self::external::{CommandSession, OpenAiSession};
 
 use crate::matrix::Backend;
+
+/// Sizes candle's CPU thread pools for a process that runs several trials at once, where the user
+/// has not sized them: `CANDLE_NUM_THREADS=1` and `RAYON_NUM_THREADS` = the available cores.
+///
+/// candle's quantized matmuls hand each product to a barrier pool whose threads spin, without
+/// yielding, until every worker has finished its share. When the cores are shared (the harness's
+/// own parallel trials, or any neighbour on a CI runner) a descheduled worker leaves the others
+/// spinning through whole time slices: GGUF cells of a 1.4 M-parameter model decoded 50–300×
+/// slower with two busy neighbours, f32 cells only 2–3×. With one thread per product the pool
+/// runs inline and trials are the unit of parallelism. candle reads both variables once, at first
+/// use, and has no other setting. Setting `RAYON_NUM_THREADS` also spares candle a parse of
+/// `/proc/cpuinfo` on every f32 matmul.
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread is started (the first
+/// statement of `main`).
+pub unsafe fn size_thread_pools() {
+    let unset = |k: &str| std::env::var_os(k).is_none_or(|v| v.is_empty());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: the caller guarantees no other thread runs yet, so nothing reads the environment
+    // concurrently.
+    unsafe {
+        if unset("CANDLE_NUM_THREADS") {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+        if unset("RAYON_NUM_THREADS") {
+            std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
+        }
+    }
+}
 
 /// How the next token is chosen. Every run can be replayed: sampling always carries its seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

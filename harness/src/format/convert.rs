@@ -139,21 +139,34 @@ pub fn apr_file(hf: HfFiles, mut tensors: Vec<AprTensor>, original_format: &str)
     AprFile { flags: apr::flags::LAYOUT_ROW_MAJOR | apr::flags::HAS_VOCAB, metadata, tensors }
 }
 
-/// The derived artifact of `format` for the safetensors model in `source`: made on first use,
-/// then found by the content hash of the source files and the converter settings. Several
-/// processes asking at once wait on one lock; the artifact appears by rename, whole.
-pub fn artifact(source: &Path, format: Format, cache: &Path) -> Result<PathBuf, ConvertError> {
-    let ext = match format {
-        Format::Safetensors => return Ok(source.to_path_buf()),
-        Format::Apr => "apr",
-        Format::Gguf(_) => "gguf",
-    };
-    let convert = |dir: &Path| -> Result<Vec<u8>, ConvertError> {
-        match format {
-            Format::Gguf(q) => super::gguf::from_safetensors(dir, q),
-            _ => Ok(apr::write(&safetensors_to_apr(dir)?)?),
-        }
-    };
+/// The folder of the cache that holds converted artifacts.
+pub const CONVERTED: &str = "converted";
+
+fn extension(format: Format) -> Option<&'static str> {
+    match format {
+        Format::Safetensors => None,
+        Format::Apr => Some("apr"),
+        Format::Gguf(_) => Some("gguf"),
+    }
+}
+
+/// The name of the artifact of `format` made from the safetensors model in `source`, relative to
+/// the cache: `converted/<key>.<ext>`, the key a SHA-256 over the converter version, the format
+/// and the name and SHA-256 of each source file. It depends on content only, so it names the
+/// artifact on every machine, whether or not it was ever made there. `None` for safetensors,
+/// which is the source itself. Source hashes are remembered under `<cache>/hashes`.
+pub fn artifact_name(source: &Path, format: Format, cache: &Path) -> Result<Option<PathBuf>, ConvertError> {
+    let key = artifact_key(source, format, cache)?;
+    Ok(key.map(|(key, ext)| Path::new(CONVERTED).join(format!("{key}.{ext}"))))
+}
+
+/// An artifact's key and extension (see [`artifact_name`]).
+fn artifact_key(
+    source: &Path,
+    format: Format,
+    cache: &Path,
+) -> Result<Option<(String, &'static str)>, ConvertError> {
+    let Some(ext) = extension(format) else { return Ok(None) };
     let mut hasher = Sha256::new();
     hasher.update(format!("modelqa-convert {CONVERTER_VERSION} {format}\n"));
     let mut inputs = crate::engine::safetensors_files(source).map_err(|e| read_err(source)(e.to_string()))?;
@@ -163,16 +176,43 @@ pub fn artifact(source: &Path, format: Format, cache: &Path) -> Result<PathBuf, 
             inputs.push(p);
         }
     }
+    let hashes = cache.join("hashes");
     for input in &inputs {
-        let hashed = crate::engine::hash_model_file(input).map_err(|e| read_err(input)(e.to_string()))?;
+        let hashed =
+            crate::engine::hash_model_file_in(input, &hashes).map_err(|e| read_err(input)(e.to_string()))?;
         hasher.update(format!(
             "{} {}\n",
             input.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             hashed.sha256
         ));
     }
-    let key = hex::encode(hasher.finalize());
-    let dir = cache.join("converted");
+    Ok(Some((hex::encode(hasher.finalize()), ext)))
+}
+
+/// Whether `path` has the shape of a converted artifact, wherever it lies: a file of
+/// [`CONVERTED`] named `<64 hex digits>.apr` or `.gguf`. Its name relative to the cache, if so.
+pub fn artifact_name_of(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let (key, ext) = name.split_once('.')?;
+    let shaped = path.parent()?.file_name()? == CONVERTED
+        && matches!(ext, "apr" | "gguf")
+        && key.len() == 64
+        && key.bytes().all(|b| b.is_ascii_hexdigit());
+    shaped.then(|| Path::new(CONVERTED).join(name))
+}
+
+/// The derived artifact of `format` for the safetensors model in `source`: made on first use,
+/// then found by its [`artifact_name`]. Several processes asking at once wait on one lock; the
+/// artifact appears by rename, whole.
+pub fn artifact(source: &Path, format: Format, cache: &Path) -> Result<PathBuf, ConvertError> {
+    let Some((key, ext)) = artifact_key(source, format, cache)? else { return Ok(source.to_path_buf()) };
+    let convert = |dir: &Path| -> Result<Vec<u8>, ConvertError> {
+        match format {
+            Format::Gguf(q) => super::gguf::from_safetensors(dir, q),
+            _ => Ok(apr::write(&safetensors_to_apr(dir)?)?),
+        }
+    };
+    let dir = cache.join(CONVERTED);
     let target = dir.join(format!("{key}.{ext}"));
     if target.is_file() {
         return Ok(target);

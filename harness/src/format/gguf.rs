@@ -26,7 +26,9 @@ use super::apr::{AprDType, AprFile, AprTensor};
 use super::convert::{ConvertError, HfFiles};
 use crate::matrix::Quantization;
 
-/// Conversions of models with at least this many parameters report their progress.
+/// Conversions of models with at least this many parameters show a progress bar. Smaller ones
+/// take seconds, and they are what qualify trials convert, where a bar would cut into libtest's
+/// lines on a terminal.
 const PROGRESS_ABOVE: usize = 50_000_000;
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.
@@ -178,6 +180,30 @@ fn u32_of(config: &serde_json::Value, key: &str) -> Option<u32> {
     config.get(key).and_then(|v| v.as_u64()).map(|v| v as u32)
 }
 
+/// A tensor written: its GGUF name, its data, and the fallback it took, if any.
+type Written = (String, QTensor, Option<String>);
+
+/// One tensor (`hf` its Hugging Face name, `name` its GGUF one) at the type mix `q` gives it, or
+/// at the type llama.cpp falls back to when a block cannot tile its rows.
+fn quantize_tensor(
+    q: Quantization,
+    hf: &str,
+    name: &str,
+    t: &Tensor,
+    layers: usize,
+) -> Result<Written, ConvertError> {
+    let wanted = wanted_type(q, name, t.dims(), layers).map_err(ConvertError::Unsupported)?;
+    let row = *t.dims().last().unwrap_or(&1);
+    let mut written = wanted;
+    while !row.is_multiple_of(written.block_size()) {
+        written = fallback(written);
+    }
+    let qt = QTensor::quantize(t, written)
+        .map_err(|e| ConvertError::Unsupported(format!("quantizing `{hf}` to {written:?}: {e}")))?;
+    let note = (written != wanted).then(|| format!("{name}: {wanted:?} → {written:?} (rows of {row})"));
+    Ok((name.to_string(), qt, note))
+}
+
 /// A safetensors model directory as GGUF bytes at quantization `q`; tensors are quantized in
 /// parallel.
 pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertError> {
@@ -221,34 +247,26 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         }
     }
     named.sort_by(|a, b| a.1.cmp(&b.1));
-    /// A tensor written: its GGUF name, its data, and the fallback it took, if any.
-    type Written = (String, QTensor, Option<String>);
-    // Large models show progress: a line at every tenth of the parameters quantized.
+    // Large models show a bar on a terminal: tensors done, and parameters, which tensors of very
+    // different sizes make the better measure of the work left.
     let total: usize = named.iter().map(|(_, _, t)| t.elem_count()).sum();
+    let bar = if total >= PROGRESS_ABOVE {
+        crate::progress::bar(named.len() as u64, format!("quantizing to {}", q.as_str()))
+    } else {
+        crate::progress::ProgressBar::hidden()
+    };
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let report = total >= PROGRESS_ABOVE;
     let quantized: Vec<Result<Written, ConvertError>> = named
         .par_iter()
         .map(|(hf, name, t)| {
-            let before = done.fetch_add(t.elem_count(), std::sync::atomic::Ordering::Relaxed);
-            let after = before + t.elem_count();
-            if report && after * 10 / total > before * 10 / total {
-                eprintln!("modelqa: quantizing to {}: {}%", q.as_str(), after * 100 / total);
-            }
-            let wanted =
-                wanted_type(q, name, t.dims(), layers as usize).map_err(ConvertError::Unsupported)?;
-            let row = *t.dims().last().unwrap_or(&1);
-            let mut written = wanted;
-            while row % written.block_size() != 0 {
-                written = fallback(written);
-            }
-            let qt = QTensor::quantize(t, written)
-                .map_err(|e| ConvertError::Unsupported(format!("quantizing `{hf}` to {written:?}: {e}")))?;
-            let note =
-                (written != wanted).then(|| format!("{name}: {wanted:?} → {written:?} (rows of {row})"));
-            Ok((name.clone(), qt, note))
+            let written = quantize_tensor(q, hf, name, t, layers as usize);
+            let after = done.fetch_add(t.elem_count(), std::sync::atomic::Ordering::Relaxed) + t.elem_count();
+            bar.set_message(format!("tensors, {}/{} M parameters", after / 1_000_000, total / 1_000_000));
+            bar.inc(1);
+            written
         })
         .collect();
+    bar.finish_and_clear();
     let quantized: Vec<Written> = quantized.into_iter().collect::<Result<_, _>>()?;
 
     let mut md: Vec<(String, Value)> = vec![

@@ -19,7 +19,7 @@ pub fn strategy(spec: &GeneratorSpec) -> BoxedStrategy<String> {
     match spec {
         GeneratorSpec::Arithmetic(g) => arithmetic(g),
         GeneratorSpec::Code(g) => code(g),
-        GeneratorSpec::EdgeCases(_) => edge_cases(),
+        GeneratorSpec::EdgeCases(g) => edge_cases(g.max_input_chars.unwrap_or(1024) as usize),
     }
 }
 
@@ -86,12 +86,16 @@ const EDGE_CASES: &[&str] = &[
     "\t tabs \t and   spaces \t",
 ];
 
-fn edge_cases() -> BoxedStrategy<String> {
-    prop_oneof![
-        4 => prop::sample::select(EDGE_CASES).prop_map(str::to_string),
-        1 => (1usize..=64).prop_map(|n| "a".repeat(n * 16)),
-    ]
-    .boxed()
+/// The awkward inputs, none longer than `max_chars` bytes (the resolver sizes it to the smallest
+/// model context of the playbook): long inputs are runs of 16 characters, up to 64 of them.
+fn edge_cases(max_chars: usize) -> BoxedStrategy<String> {
+    let fixed: Vec<&'static str> = EDGE_CASES.iter().copied().filter(|c| c.len() <= max_chars).collect();
+    let longest = (max_chars / 16).clamp(1, 64);
+    let long = (1usize..=longest).prop_map(move |n| "a".repeat((n * 16).min(max_chars)));
+    if fixed.is_empty() {
+        return long.boxed();
+    }
+    prop_oneof![4 => prop::sample::select(fixed).prop_map(str::to_string), 1 => long].boxed()
 }
 
 /// A runner whose random stream depends only on `seed` and `salt`.
@@ -148,6 +152,21 @@ mod tests {
         });
         let got = cases(&spec, 10, 1, "x");
         assert_eq!(got.len(), 4, "{got:?}");
+    }
+
+    #[test]
+    fn edge_cases_fit_the_length_they_are_given() {
+        for max in [4usize, 40, 200, 5000] {
+            let spec = GeneratorSpec::EdgeCases(super::super::spec::EdgeCaseGen {
+                max_input_chars: Some(max as u32),
+            });
+            let got = cases(&spec, 40, 3, "edge");
+            assert!(!got.is_empty());
+            assert!(got.iter().all(|c| c.prompt.len() <= max), "{max}: {got:?}");
+            if max >= 200 {
+                assert!(got.iter().any(|c| c.prompt.len() > 100), "{max}: no long input in {got:?}");
+            }
+        }
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
 
     let family_matrix = doc.matrix.clone().unwrap_or_default();
     let generator_seed = family_matrix.seed.unwrap_or(DEFAULT_SEED);
-    let scenarios = resolve_scenarios(file, doc.scenarios.as_deref().unwrap_or_default(), generator_seed)?;
+    // Generated long inputs must fit every model of the playbook.
+    let context = models.iter().filter_map(|m| m.expect.context_length).min();
+    let scenarios =
+        resolve_scenarios(file, doc.scenarios.as_deref().unwrap_or_default(), generator_seed, context)?;
 
     let tier_specs = doc.tiers.clone().unwrap_or_default();
     if tier_specs.is_empty() {
@@ -101,6 +104,39 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
     })
 }
 
+/// Tokens a prompt template and special tokens may add around an input.
+const TEMPLATE_ALLOWANCE: u64 = 8;
+
+/// The longest edge-case input when nothing says how long a model's context is.
+const DEFAULT_MAX_INPUT_CHARS: u32 = 1024;
+
+/// An `edge_cases` generator with its longest input set: as given, else what fits `context`
+/// tokens with `max_tokens` left for the answer (a character is at least a token's worth of
+/// text for the ASCII long inputs), else [`DEFAULT_MAX_INPUT_CHARS`]. Other generators as given.
+fn fit_to_context(
+    g: &super::spec::GeneratorSpec,
+    context: Option<u64>,
+    max_tokens: u32,
+) -> Result<super::spec::GeneratorSpec, String> {
+    let super::spec::GeneratorSpec::EdgeCases(e) = g else { return Ok(g.clone()) };
+    let room = context.map(|c| c.saturating_sub(u64::from(max_tokens) + TEMPLATE_ALLOWANCE));
+    if room == Some(0) {
+        return Err(format!(
+            "the smallest model context ({} tokens) leaves no room for an input and {max_tokens} answer tokens",
+            context.unwrap_or_default()
+        ));
+    }
+    let room = room.map(|r| u32::try_from(r).unwrap_or(u32::MAX));
+    let max_input_chars = match e.max_input_chars {
+        Some(0) => return Err("`max_input_chars` must be at least 1".into()),
+        Some(given) => room.map_or(given, |r| given.min(r)),
+        None => room.unwrap_or(DEFAULT_MAX_INPUT_CHARS),
+    };
+    Ok(super::spec::GeneratorSpec::EdgeCases(super::spec::EdgeCaseGen {
+        max_input_chars: Some(max_input_chars),
+    }))
+}
+
 /// The placeholders a `command` engine's arguments may hold.
 pub const COMMAND_PLACEHOLDERS: [&str; 5] = ["{model}", "{prompt}", "{max_tokens}", "{seed}", "{backend}"];
 
@@ -116,14 +152,16 @@ fn check_performance(p: &super::spec::PerformanceSpec) -> Result<(), String> {
             "`runs` must be at least 1 and `max_tokens` at least 2 (decode speed needs two tokens)".into()
         );
     }
-    let figures = [
-        p.min_tokens_per_second.cpu,
-        p.min_tokens_per_second.gpu,
-        p.max_time_to_first_token_ms.cpu,
-        p.max_time_to_first_token_ms.gpu,
-    ];
-    if figures.iter().flatten().any(|v| !(v.is_finite() && *v > 0.0)) {
+    let floors = std::iter::once((&p.min_tokens_per_second, &p.max_time_to_first_token_ms))
+        .chain(p.formats.values().map(|f| (&f.min_tokens_per_second, &f.max_time_to_first_token_ms)));
+    let figures = floors.flat_map(|(speed, first)| [speed.cpu, speed.gpu, first.cpu, first.gpu]);
+    if figures.flatten().any(|v| !(v.is_finite() && v > 0.0)) {
         return Err("every figure must be a positive number".into());
+    }
+    if let Some(bad) = p.formats.keys().find(|f| crate::matrix::Format::parse(f).is_none()) {
+        return Err(format!(
+            "`formats` names `{bad}`, which is not a format (safetensors, apr, gguf-f32, gguf-q4_k_m, …)"
+        ));
     }
     Ok(())
 }
@@ -273,6 +311,7 @@ fn resolve_scenarios(
     file: &Path,
     specs: &[ScenarioSpec],
     seed: u64,
+    context: Option<u64>,
 ) -> Result<Vec<Arc<Scenario>>, PlaybookError> {
     if specs.is_empty() {
         return Err(PlaybookError::new(file, "a playbook needs at least one scenario").at("scenarios"));
@@ -337,12 +376,17 @@ fn resolve_scenarios(
             max_tokens: spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             sampling: spec.sampling.clone().unwrap_or_default(),
             modalities: spec.modalities.clone(),
-            edge_case: matches!(
-                spec.generate.as_ref().or(spec.property.as_ref()),
-                Some(super::spec::GeneratorSpec::EdgeCases(_))
-            ),
+            edge_case: spec.edge == Some(true)
+                || matches!(
+                    spec.generate.as_ref().or(spec.property.as_ref()),
+                    Some(super::spec::GeneratorSpec::EdgeCases(_))
+                ),
         };
         let count = spec.count.unwrap_or(DEFAULT_CASES);
+        let max_tokens = spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        let sized = |g: &super::spec::GeneratorSpec| fit_to_context(g, context, max_tokens);
+        let generate = spec.generate.as_ref().map(sized).transpose().map_err(&err)?;
+        let property_gen = spec.property.as_ref().map(sized).transpose().map_err(&err)?;
         let mut made = Vec::new();
         if let Some(prompt) = &spec.prompt {
             made.push(make(spec.name.clone(), Input::Prompt(prompt.clone()), None));
@@ -352,13 +396,13 @@ fn resolve_scenarios(
                     .at(format!("{at}.messages")));
             }
             made.push(make(spec.name.clone(), Input::Messages(messages.clone()), None));
-        } else if let Some(g) = &spec.generate {
+        } else if let Some(g) = &generate {
             let cases = generate::cases(g, count, seed, &spec.name);
             let width = cases.len().saturating_sub(1).to_string().len().max(3);
             for (k, case) in cases.into_iter().enumerate() {
                 made.push(make(format!("{}-{k:0width$}", spec.name), Input::Prompt(case.prompt), None));
             }
-        } else if let Some(g) = &spec.property {
+        } else if let Some(g) = &property_gen {
             let property = Property { generator: g.clone(), cases: count, seed };
             made.push(make(spec.name.clone(), Input::Prompt(String::new()), Some(property)));
         }

@@ -331,6 +331,7 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
             num_kv_heads: m.expected_num_kv_heads,
             vocab_size: m.expected_vocab_size,
             intermediate_size: m.expected_intermediate_dim,
+            context_length: None,
         },
         prompt_template: "{prompt}".into(),
     };

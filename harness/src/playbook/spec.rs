@@ -63,6 +63,21 @@ pub struct PerformanceSpec {
     /// Largest median time to first token, milliseconds.
     #[serde(default)]
     pub max_time_to_first_token_ms: PerBackend,
+    /// Floors of particular formats (`gguf-q4_k_m`, `apr`, …), replacing the ones above where
+    /// given: a quantized format is expected to decode faster than the ground truth, and a floor
+    /// that fits the slowest format lets a tenfold slowdown of a fast one pass.
+    #[serde(default)]
+    pub formats: BTreeMap<String, FormatFloors>,
+}
+
+/// The floors of one format; a backend without a figure keeps the playbook-wide one.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FormatFloors {
+    #[serde(default)]
+    pub min_tokens_per_second: PerBackend,
+    #[serde(default)]
+    pub max_time_to_first_token_ms: PerBackend,
 }
 
 /// A figure per backend; a backend without one asserts nothing there.
@@ -87,6 +102,22 @@ impl PerformanceSpec {
     pub fn asserts_on(&self, backend: Backend) -> bool {
         self.min_tokens_per_second.get(backend).is_some()
             || self.max_time_to_first_token_ms.get(backend).is_some()
+    }
+
+    /// The smallest decode speed a cell of `format` on `backend` must reach, if any.
+    pub fn min_tokens_per_second(&self, format: &str, backend: Backend) -> Option<f64> {
+        self.formats
+            .get(format)
+            .and_then(|f| f.min_tokens_per_second.get(backend))
+            .or_else(|| self.min_tokens_per_second.get(backend))
+    }
+
+    /// The largest time to first token a cell of `format` on `backend` may take, if any.
+    pub fn max_time_to_first_token_ms(&self, format: &str, backend: Backend) -> Option<f64> {
+        self.formats
+            .get(format)
+            .and_then(|f| f.max_time_to_first_token_ms.get(backend))
+            .or_else(|| self.max_time_to_first_token_ms.get(backend))
     }
 }
 
@@ -292,6 +323,9 @@ pub struct ExpectedShape {
     pub num_kv_heads: Option<u64>,
     pub vocab_size: Option<u64>,
     pub intermediate_size: Option<u64>,
+    /// The longest sequence the model takes, in tokens (`max_position_embeddings`). Edge-case
+    /// generators size their long inputs to fit it.
+    pub context_length: Option<u64>,
 }
 
 /// One scenario: what is asked, and how the answer is judged. Exactly one of `prompt`,
@@ -325,6 +359,9 @@ pub struct ScenarioSpec {
     /// The modalities this scenario runs in, of those its tier has; default all of them. A
     /// completion-style prompt (`def f(x):`) can keep to `run`, a conversation to `chat`.
     pub modalities: Option<Vec<crate::matrix::Modality>>,
+    /// Scores in the EDGE category: an awkward input with a right answer (odd case, spacing,
+    /// another script, the ends of a range). Scenarios of the `edge_cases` generator always do.
+    pub edge: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -438,7 +475,11 @@ pub enum Language {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EdgeCaseGen {}
+pub struct EdgeCaseGen {
+    /// The longest input a case may be, in characters. Default: what fits the smallest
+    /// `expect.context_length` of the playbook's models with room for the answer, else 1024.
+    pub max_input_chars: Option<u32>,
+}
 
 /// Sampling settings; greedy unless a temperature above zero is given.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
