@@ -152,6 +152,60 @@ fn exact_builds_one_trial_and_rejects_bad_names() {
 }
 
 #[test]
+fn a_filter_that_selects_nothing_fails_and_names_what_exists() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify("none", &["e2f::smoke"], &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: the filter `e2f::smoke` selects none of the 20 trials of 1 playbook under"),
+        "{err}"
+    );
+    assert!(err.contains("family e2e (tiers smoke) from"), "{err}");
+    assert!(err.contains("did you mean `e2e::smoke`?"), "{err}");
+    assert!(err.contains("QUALIFY_NO_TRIALS"), "{err}");
+    assert!(!fx.path().join("journal/none.jsonl").exists(), "nothing ran");
+
+    // Asked for, an empty selection passes (nextest's `--no-tests=pass`) or warns.
+    let out = fx.qualify("none", &["e2f::smoke"], &[("QUALIFY_NO_TRIALS", "pass")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = fx.qualify("none", &["e2f::smoke"], &[("QUALIFY_NO_TRIALS", "warn")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: the filter `e2f::smoke` selects none"), "{}", stderr(&out));
+    let out = fx.qualify("none", &["e2f::smoke"], &[("QUALIFY_NO_TRIALS", "maybe")]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+
+    // Listing keeps libtest's behaviour: an empty list is not an error.
+    let out = fx.qualify("none", &["--list", "e2f::smoke"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A filter that matches runs as before.
+    let out = fx.qualify("some", &["e2e::smoke::tiny::safetensors::cpu::run::any"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_mistyped_variable_is_named_with_what_it_likely_meant() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify(
+        "typo",
+        &["e2e::smoke::tiny::safetensors::cpu::run::any"],
+        &[("QUALIFY_PLAYBOOK", "elsewhere"), ("QUALIFY_ZZZ_UNRELATED", "1")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: QUALIFY_PLAYBOOK is set but modelqa reads no such variable; did you mean QUALIFY_PLAYBOOKS?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: QUALIFY_ZZZ_UNRELATED is set but modelqa reads no such variable\n"),
+        "{err}"
+    );
+    let out = fx.qualify("typo", &["e2e::smoke::tiny::safetensors::cpu::run::any"], &[]);
+    assert!(!stderr(&out).contains("reads no such variable"), "{}", stderr(&out));
+}
+
+#[test]
 fn list_matches_libtest_and_nextest_expectations() {
     let fx = Fixture::new(PLAYBOOK);
     let out = fx.qualify("list", &["--list", "--format", "terse"], &[]);

@@ -108,9 +108,17 @@ pub fn certify(args: &[String]) -> anyhow::Result<()> {
     for (e, s) in &scored {
         if family.as_ref().is_none_or(|f| *f == e.family) {
             println!(
-                "{:<28} {:<8} {:<11} MQS {:>4} {:<2}  {}",
-                e.model_id, e.tier, s.status, s.mqs, s.grade, s.verdict
+                "{:<28} {:<8} {:<17} MQS {:>4} {:<2}  {}",
+                e.model_id,
+                e.tier,
+                s.scoped_status(),
+                s.mqs,
+                s.grade,
+                s.verdict
             );
+            for lack in &s.lacks {
+                println!("{:<28} lacks {lack}", "");
+            }
         }
     }
     Ok(())

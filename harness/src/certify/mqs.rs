@@ -345,8 +345,9 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
     }
 
     let mut tally: BTreeMap<Category, (usize, usize)> = BTreeMap::new();
-    // A trial that gave no verdict (skipped, unstable) earns nothing and costs nothing.
-    for r in records.iter().filter(|r| r.outcome.is_verdict()) {
+    // A skipped trial counts against its category; an unstable measurement said nothing either
+    // way, so it earns nothing and costs nothing.
+    for r in records.iter().filter(|r| r.outcome != Outcome::Unstable) {
         let t = tally.entry(Category::of(r)).or_default();
         t.1 += 1;
         if r.outcome.is_pass() {
@@ -618,5 +619,67 @@ mod tests {
         {
             assert_eq!(grade(mqs), g);
         }
+    }
+
+    fn planned(cpu: usize, gpu: usize, categories: &[Category]) -> Planned {
+        Planned {
+            total: cpu + gpu,
+            by_backend: [("cpu".to_string(), cpu), ("gpu".to_string(), gpu)].into_iter().collect(),
+            by_category: categories.iter().map(|c| (*c, 1)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_backend_without_evidence_is_out_of_scope_not_a_pass_or_a_failure() {
+        let records = clean(4);
+        let n = records.len();
+        let s = score_in_scope("mvp", &records, &planned(n, n, &Category::ALL));
+        assert_eq!(s.scope, ["cpu"]);
+        assert!(
+            s.not_covered["gpu"].starts_with(&format!("no evidence: its {n} planned trials")),
+            "{:?}",
+            s.not_covered
+        );
+        // Coverage is counted within the scope: all of the cpu plan.
+        assert_eq!((s.planned, s.covered), (n, n));
+        assert_eq!((s.mqs, s.status), (800, Status::Provisional));
+        assert!(s.verdict.ends_with("; scope cpu only: gpu not covered"), "{}", s.verdict);
+        assert_eq!(s.scoped_status(), "PROVISIONAL (cpu)");
+        // The plain score of the same evidence over the whole plan stays pending.
+        assert_eq!(score("mvp", &records, 2 * n).status, Status::Pending);
+    }
+
+    #[test]
+    fn a_backend_with_any_evidence_is_in_scope_and_counts_whole() {
+        let mut records = clean(4);
+        let n = records.len();
+        let mut gpu = record(999, "G1", Category::Stab, Outcome::Falsified);
+        gpu.backend = "gpu".into();
+        records.push(gpu);
+        let s = score_in_scope("mvp", &records, &planned(n, n, &Category::ALL));
+        assert_eq!(s.scope, ["cpu", "gpu"]);
+        assert!(s.not_covered.is_empty());
+        assert_eq!(s.planned, 2 * n);
+        assert_eq!(s.status, Status::Blocked, "{}", s.verdict);
+        assert_eq!(s.scoped_status(), "BLOCKED");
+    }
+
+    #[test]
+    fn nothing_run_scores_the_whole_plan_and_a_missing_category_is_named() {
+        let s = score_in_scope("mvp", &[], &planned(10, 10, &[Category::Qual, Category::Stab]));
+        assert!(s.scope.is_empty());
+        assert_eq!((s.planned, s.status), (20, Status::Pending));
+        let lacking: Vec<&str> = s.lacks.iter().map(|l| l.split(' ').next().unwrap_or("")).collect();
+        assert_eq!(lacking, ["PERF", "COMP", "EDGE", "REGR"]);
+        assert!(s.lacks[2].contains("add a scenario made by the `edge_cases` generator"), "{:?}", s.lacks);
+        assert!(
+            s.verdict.ends_with("; the playbook plans nothing for PERF, COMP, EDGE, REGR"),
+            "{}",
+            s.verdict
+        );
+        // Evidence recorded before plans were itemised names nothing it cannot know.
+        let old = Planned { total: 20, ..Default::default() };
+        let s = score_in_scope("mvp", &[], &old);
+        assert!(s.lacks.is_empty() && s.not_covered.is_empty());
     }
 }

@@ -219,9 +219,11 @@ fn family_and_tier(name: &str) -> (String, String) {
 
 /// The original's `profile_ci` block as performance assertions, when it is enabled and asserts.
 fn seed_performance(v: &Value) -> Option<super::spec::PerformanceSpec> {
+    // Read as the gate flags are: `no`, `off` and `0` disable it too.
     let enabled = match &v["enabled"] {
         Value::Bool(b) => *b,
-        Value::String(s) => s != "false",
+        Value::String(s) => !matches!(s.to_ascii_lowercase().as_str(), "false" | "no" | "off" | "0"),
+        Value::Number(n) => n.as_f64() != Some(0.0),
         _ => true,
     };
     let number = |x: &Value| x.as_f64().or_else(|| x.as_str().and_then(|s| s.parse().ok()));
@@ -230,9 +232,10 @@ fn seed_performance(v: &Value) -> Option<super::spec::PerformanceSpec> {
     let spec = super::spec::PerformanceSpec {
         warmup: count(&v["warmup"]),
         runs: count(&v["measure"]).filter(|n| *n > 0),
+        // The original's `min_throughput` is the floor of a backend that names none of its own.
         min_tokens_per_second: super::spec::PerBackend {
-            cpu: number(&a["min_throughput_cpu"]),
-            gpu: number(&a["min_throughput_gpu"]),
+            cpu: number(&a["min_throughput_cpu"]).or_else(|| number(&a["min_throughput"])),
+            gpu: number(&a["min_throughput_gpu"]).or_else(|| number(&a["min_throughput"])),
         },
         ..Default::default()
     };
@@ -278,11 +281,23 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
     let performance = pb.profile_ci.as_ref().and_then(seed_performance);
     if pb.profile_ci.is_some() {
         notice(match &performance {
-            Some(_) => "block `profile_ci`: read as performance assertions (`min_throughput_cpu`/`_gpu` as \
-                        tokens/s, `warmup`, `measure` as runs); its formats and backends follow the matrix"
+            Some(_) => "block `profile_ci`: read as performance assertions (`min_throughput_cpu`/`_gpu`, \
+                        else `min_throughput`, as tokens/s, `warmup`, `measure` as runs); its formats and \
+                        backends follow the matrix"
                 .to_string(),
             None => "block `profile_ci` is disabled or asserts nothing: no performance trials".to_string(),
         });
+        let assertions = pb.profile_ci.as_ref().map(|v| &v["assertions"]);
+        let latencies: Vec<&str> = ["max_p50_ms", "max_p99_ms"]
+            .into_iter()
+            .filter(|k| assertions.is_some_and(|a| !a[*k].is_null()))
+            .collect();
+        if performance.is_some() && !latencies.is_empty() {
+            notice(format!(
+                "block `profile_ci`: {} not asserted (request latency percentiles are not measured by perf::decode)",
+                latencies.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
+            ));
+        }
     }
     if let Some(g) = &pb.gates {
         for (gate, flag) in [
