@@ -869,9 +869,10 @@ impl RunContext {
             crate::perf::Decision::Unstable => Outcome::Unstable,
         };
         let mut f = Finding::new(outcome, "PERF", reason);
-        // The journal keeps the normalised figures, the ones the verdict was drawn from.
-        f.metrics.tokens_per_second = judgement.decode.map(|d| d.normalised);
-        f.metrics.time_to_first_token_ms = judgement.first_token.map(|d| d.normalised);
+        // Metrics are what was measured, as in every other record; the reason gives the
+        // normalised figures the verdict was drawn from.
+        f.metrics.tokens_per_second = judgement.decode.map(|d| d.measured);
+        f.metrics.time_to_first_token_ms = judgement.first_token.map(|d| d.measured);
         f.prompt = Some(prompt);
         f
     }
