@@ -104,10 +104,15 @@ pub struct Figure {
 
 impl Figure {
     /// Whether `floor` lies within [`CONFIDENCE`] standard errors of the median, where the
-    /// measurement cannot say on which side of it the model is.
+    /// measurement cannot say on which side of it the model is. Speeds and times vary by
+    /// factors, so the band is a factor either way (a linear band would reach below zero).
     fn undecided(&self, floor: f64) -> bool {
-        let band = CONFIDENCE * self.uncertainty;
-        floor > self.normalised * (1.0 - band) && floor < self.normalised * (1.0 + band)
+        (self.normalised / floor).ln().abs() < CONFIDENCE * self.uncertainty
+    }
+
+    /// The band's factor either way of the median: `×2.3` means from median / 2.3 to × 2.3.
+    fn band(&self) -> f64 {
+        (CONFIDENCE * self.uncertainty).exp()
     }
 }
 
@@ -203,9 +208,9 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
                 ));
                 if f.undecided(min) {
                     noisy.push(format!(
-                        "decode speed {:.1} ± {:.0}% is too close to its floor {min}",
+                        "decode speed {:.1} (×{:.1} either way) is too close to its floor {min}",
                         f.normalised,
-                        CONFIDENCE * f.uncertainty * 100.0
+                        f.band()
                     ));
                 } else if f.normalised < min {
                     problems.push(format!(
@@ -225,9 +230,9 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
         ));
         if f.undecided(max) {
             noisy.push(format!(
-                "time to first token {:.2} ms ± {:.0}% is too close to its ceiling {max}",
+                "time to first token {:.2} ms (×{:.1} either way) is too close to its ceiling {max}",
                 f.normalised,
-                CONFIDENCE * f.uncertainty * 100.0
+                f.band()
             ));
         } else if f.normalised > max {
             problems.push(format!(
@@ -304,7 +309,7 @@ mod tests {
             .collect();
         let j = judge(&samples, FLOORS);
         assert_eq!(j.decision, Decision::Unstable, "{}", j.reason);
-        assert!(j.reason.starts_with("unstable: decode speed 120.0 ± "), "{}", j.reason);
+        assert!(j.reason.starts_with("unstable: decode speed 120.0 (×1.6 either way)"), "{}", j.reason);
         assert!(j.reason.contains("too close to its floor 100"), "{}", j.reason);
     }
 
@@ -336,6 +341,18 @@ mod tests {
         let j = judge(&samples, FLOORS);
         assert_eq!(j.decision, Decision::Fail);
         assert!(j.reason.contains("no decode speed"), "{}", j.reason);
+    }
+
+    #[test]
+    fn a_wide_spread_far_above_the_floor_still_passes() {
+        // Measured beside two busy neighbours: spread near 50%, the median four times the floor.
+        let samples: Vec<Sample> = [1.0, 0.5, 1.5, 0.7, 1.2, 0.6, 1.4, 0.9, 1.1]
+            .iter()
+            .map(|&v| Sample { tokens_per_second: Some(400.0 * v), ..sample(400.0, 2.0, 1.0) })
+            .collect();
+        let j = judge(&samples, Floors { max_time_to_first_token_ms: None, ..FLOORS });
+        assert!(j.decode.unwrap().spread > 0.25, "{:?}", j.decode);
+        assert_eq!(j.decision, Decision::Pass, "{}", j.reason);
     }
 
     #[test]
