@@ -175,6 +175,14 @@ fn a_filter_that_selects_nothing_fails_and_names_what_exists() {
     let out = fx.qualify("none", &["e2f::smoke"], &[("QUALIFY_NO_TRIALS", "maybe")]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
 
+    // A filter meant for other tests (`cargo test --workspace -- perf::tests` hands it to every
+    // test binary) only warns, unless failing is asked for.
+    let out = fx.qualify("none", &["perf::tests"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: the filter `perf::tests` selects none"), "{}", stderr(&out));
+    let out = fx.qualify("none", &["perf::tests"], &[("QUALIFY_NO_TRIALS", "fail")]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+
     // Listing keeps libtest's behaviour: an empty list is not an error.
     let out = fx.qualify("none", &["--list", "e2f::smoke"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -191,17 +199,20 @@ fn a_mistyped_variable_is_named_with_what_it_likely_meant() {
         &["e2e::smoke::tiny::safetensors::cpu::run::any"],
         &[("QUALIFY_PLAYBOOK", "elsewhere"), ("QUALIFY_ZZZ_UNRELATED", "1")],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("warning: QUALIFY_PLAYBOOK is set but modelqa reads no such variable; did you mean QUALIFY_PLAYBOOKS?"),
+        err.contains("error: QUALIFY_PLAYBOOK is set but modelqa reads no such variable; did you mean QUALIFY_PLAYBOOKS?"),
         "{err}"
     );
     assert!(
-        err.contains("warning: QUALIFY_ZZZ_UNRELATED is set but modelqa reads no such variable\n"),
+        err.contains("error: QUALIFY_ZZZ_UNRELATED is set but modelqa reads no such variable\n"),
         "{err}"
     );
+    assert!(err.contains("note: modelqa reads QUALIFY_PLAYBOOKS, QUALIFY_MODEL_DIR"), "{err}");
+    assert!(!fx.path().join("journal/typo.jsonl").exists(), "nothing ran");
     let out = fx.qualify("typo", &["e2e::smoke::tiny::safetensors::cpu::run::any"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("reads no such variable"), "{}", stderr(&out));
 }
 

@@ -156,18 +156,28 @@ fn a_tenfold_slowdown_fails_perf_and_the_clean_model_does_not() {
     {
         let clean = perf_trials(filter, work.path(), "clean", &[]);
         for r in &clean {
-            assert_ne!(r.outcome, Outcome::Falsified, "{}: {}", r.trial, r.reason);
+            assert!(
+                matches!(r.outcome, Outcome::Corroborated | Outcome::Unstable),
+                "{}: {}",
+                r.trial,
+                r.reason
+            );
             assert!(!r.reason.contains("planted"), "{}", r.reason);
         }
-        let slowed = perf_trials(filter, work.path(), "slowed", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
+        // A measurement that load made too noisy to place is measured once more.
+        let mut slowed = perf_trials(filter, work.path(), "slowed", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
+        if slowed.iter().any(|r| r.outcome == Outcome::Unstable) {
+            slowed = perf_trials(filter, work.path(), "slowed-again", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
+        }
         assert_eq!(slowed.len(), clean.len());
         for r in &slowed {
             assert_eq!(r.outcome, Outcome::Falsified, "{}: {}", r.trial, r.reason);
             assert!(r.reason.contains("a 10× slowdown was planted"), "{}", r.reason);
             assert!(r.reason.contains("at reference speed is below"), "{}", r.reason);
         }
-        std::fs::remove_file(work.path().join("clean.jsonl")).unwrap();
-        std::fs::remove_file(work.path().join("slowed.jsonl")).unwrap();
+        for run in ["clean", "slowed", "slowed-again"] {
+            let _ = std::fs::remove_file(work.path().join(format!("{run}.jsonl")));
+        }
     }
 }
 

@@ -21,13 +21,17 @@ use crate::run::RunContext;
 
 /// Runs the qualify harness with the process's arguments and environment.
 ///
-/// Call it from `main` before starting any thread: it sizes candle's thread pools through the
-/// environment ([`crate::engine::size_thread_pools`]).
+/// Call it first in `main`, before starting any thread: it sizes candle's thread pools through
+/// the environment ([`crate::engine::size_thread_pools`]), which it can only do while the
+/// process has one thread.
 pub fn qualify_main() -> ExitCode {
-    // SAFETY: the harness's main calls this first, before libtest or anything else starts a thread.
-    unsafe { crate::engine::size_thread_pools() };
+    crate::engine::size_thread_pools();
     let args = Arguments::from_args();
-    reporter::unknown_variables(&crate::config::unknown_variables());
+    let unknown = crate::config::unknown_variables();
+    if !unknown.is_empty() {
+        reporter::unknown_variables(&unknown);
+        return ExitCode::from(exit::ENVIRONMENT_ERROR);
+    }
     let (config, no_trials) = match Config::from_env().and_then(|c| Ok((c, NoTrials::from_env()?))) {
         Ok(c) => c,
         Err(e) => {
@@ -77,8 +81,13 @@ pub fn qualify_main() -> ExitCode {
         return list(&plan, &filter, Some(&selected), &mut binder, args.ignored);
     }
     if selected.is_empty() && no_trials != NoTrials::Pass {
-        reporter::no_trials(&filter, &plan, &config.playbooks, no_trials == NoTrials::Fail);
-        if no_trials == NoTrials::Fail {
+        let fatal = match no_trials {
+            NoTrials::Fail => true,
+            NoTrials::Auto => aimed_at_trials(&filter, &plan),
+            NoTrials::Warn | NoTrials::Pass => false,
+        };
+        reporter::no_trials(&filter, &plan, &config.playbooks, fatal);
+        if fatal {
             return ExitCode::from(exit::NO_TRIALS);
         }
     }
@@ -96,6 +105,19 @@ pub fn qualify_main() -> ExitCode {
     reporter::ignored_summary(&ignored);
     let conclusion = libtest_mimic::run(&args, trials);
     conclusion.exit_code()
+}
+
+/// Whether a filter means trials of these playbooks: it has no filter (everything, yet nothing),
+/// or its first segment is a family's name or within a typo of one (`qa-tine::mvp`). A filter
+/// meant for other tests (`perf::tests`, handed to every binary by `cargo test --workspace --`)
+/// is not.
+fn aimed_at_trials(filter: &Filter, plan: &Plan) -> bool {
+    let Some(f) = filter.filter.as_deref() else { return true };
+    let first = f.split("::").next().unwrap_or(f);
+    plan.playbooks().iter().any(|pb| {
+        let family = pb.family.as_str();
+        f.starts_with(family) || strsim::levenshtein(first, family) <= 1 + family.len() / 6
+    })
 }
 
 /// Prints the selected trials as libtest does (`name: test`), quickly, and without panicking
@@ -217,7 +239,15 @@ fn build_trials(
             (None, None) => Ok(Completion::ignored_with("model not found")),
             (None, Some(dir)) => ctx
                 .run(&spec, dir, policy)
-                .map(|unstable| unstable.map_or(Completion::Completed, Completion::ignored_with))
+                .map(|unstable| match unstable {
+                    None => Completion::Completed,
+                    // nextest shows a trial ignored at run time as passed; this line says it
+                    // was not.
+                    Some(reason) => {
+                        reporter::unstable(&spec.full_name, &reason);
+                        Completion::ignored_with(reason)
+                    }
+                })
                 .map_err(Into::into),
         });
         trials.push(trial.with_ignored_flag(is_ignored));

@@ -183,9 +183,13 @@ pub fn unknown_variables() -> Vec<(String, Option<&'static str>)> {
 }
 
 /// What a run whose filter selects no trial does (`QUALIFY_NO_TRIALS`), as nextest's
-/// `--no-tests`: by default it fails, since a typo in a filter must not read as a green run.
+/// `--no-tests`: a typo in a filter must not read as a green run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoTrials {
+    /// The default: fail when the filter is aimed at trials (it names, or nearly names, a family
+    /// of the playbooks), warn otherwise — `cargo test --workspace -- FILTER` hands a filter meant
+    /// for other tests to this harness too, and libtest passes a binary that selects nothing.
+    Auto,
     Fail,
     Warn,
     Pass,
@@ -194,13 +198,14 @@ pub enum NoTrials {
 impl NoTrials {
     pub fn from_env() -> Result<Self, ConfigError> {
         match var("QUALIFY_NO_TRIALS").as_deref() {
-            None | Some("fail") => Ok(Self::Fail),
+            None | Some("auto") => Ok(Self::Auto),
+            Some("fail") => Ok(Self::Fail),
             Some("warn") => Ok(Self::Warn),
             Some("pass") => Ok(Self::Pass),
             Some(other) => Err(ConfigError {
                 var: "QUALIFY_NO_TRIALS",
                 value: other.to_string(),
-                expected: "expected fail, warn or pass".into(),
+                expected: "expected auto, fail, warn or pass".into(),
             }),
         }
     }

@@ -70,12 +70,18 @@ pub struct Sample {
     pub time_to_first_token_ms: f64,
     /// The mean of the calibrations just before and just after the generation.
     pub calibration: Duration,
+    /// Whether the calibration says anything about this generation: it measures this CPU, so a
+    /// gpu cell or an engine in another process is judged as measured.
+    pub calibrated: bool,
 }
 
 impl Sample {
     /// How fast the machine ran at the time, against the reference machine (1.0 = as fast;
     /// 0.3 = a third as fast, e.g. shared with two busy neighbours).
     pub fn machine_speed(&self) -> f64 {
+        if !self.calibrated {
+            return 1.0;
+        }
         CALIBRATION_REFERENCE.as_secs_f64() / self.calibration.as_secs_f64().max(1e-9)
     }
 
@@ -186,11 +192,16 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
     let decode = figure(&decode_normalised, &decode_measured);
     let first_token = figure(&first_normalised, &first_measured);
 
-    let mut said = vec![format!(
-        "{} timed generations, machine at {:.2}× the reference speed",
-        samples.len(),
-        machine_speed
-    )];
+    let calibrated = !samples.is_empty() && samples.iter().all(|s| s.calibrated);
+    let at = if calibrated { " at reference speed" } else { "" };
+    let mut said = vec![if calibrated {
+        format!("{} timed generations, machine at {machine_speed:.2}× the reference speed", samples.len())
+    } else {
+        format!(
+            "{} timed generations, judged as measured (the calibration measures this CPU, not a gpu or another process's engine)",
+            samples.len()
+        )
+    }];
     let mut problems = Vec::new();
     let mut noisy = Vec::new();
     if let Some(min) = floors.min_tokens_per_second {
@@ -201,7 +212,7 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
             ),
             Some(f) => {
                 said.push(format!(
-                    "decode {:.1} tokens/s at reference speed (at least {min}; measured {:.1}, spread {:.0}%)",
+                    "decode {:.1} tokens/s{at} (at least {min}; measured {:.1}, spread {:.0}%)",
                     f.normalised,
                     f.measured,
                     f.spread * 100.0
@@ -214,7 +225,7 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
                     ));
                 } else if f.normalised < min {
                     problems.push(format!(
-                        "decode speed {:.1} tokens/s at reference speed is below {min}",
+                        "decode speed {:.1} tokens/s{at} is below {min}",
                         f.normalised
                     ));
                 }
@@ -223,7 +234,7 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
     }
     if let (Some(max), Some(f)) = (floors.max_time_to_first_token_ms, first_token) {
         said.push(format!(
-            "first token {:.2} ms at reference speed (at most {max}; measured {:.2}, spread {:.0}%)",
+            "first token {:.2} ms{at} (at most {max}; measured {:.2}, spread {:.0}%)",
             f.normalised,
             f.measured,
             f.spread * 100.0
@@ -235,10 +246,7 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
                 f.band()
             ));
         } else if f.normalised > max {
-            problems.push(format!(
-                "time to first token {:.2} ms at reference speed is above {max}",
-                f.normalised
-            ));
+            problems.push(format!("time to first token {:.2} ms{at} is above {max}", f.normalised));
         }
     }
     let said = said.join("; ");
@@ -269,6 +277,7 @@ mod tests {
             tokens_per_second: Some(tps * speed),
             time_to_first_token_ms: ttft / speed,
             calibration: CALIBRATION_REFERENCE.div_f64(speed),
+            calibrated: true,
         }
     }
 
@@ -353,6 +362,17 @@ mod tests {
         let j = judge(&samples, Floors { max_time_to_first_token_ms: None, ..FLOORS });
         assert!(j.decode.unwrap().spread > 0.25, "{:?}", j.decode);
         assert_eq!(j.decision, Decision::Pass, "{}", j.reason);
+    }
+
+    #[test]
+    fn an_uncalibrated_cell_is_judged_as_measured() {
+        // A gpu cell on a host whose CPU is busy: the CPU calibration must not flatter it.
+        let samples: Vec<Sample> =
+            (0..5).map(|_| Sample { calibrated: false, ..sample(40.0, 2.0, 0.3) }).collect();
+        let j = judge(&samples, Floors { max_time_to_first_token_ms: None, ..FLOORS });
+        assert_eq!(j.decision, Decision::Fail, "{}", j.reason);
+        assert!(j.reason.contains("decode speed 12.0 tokens/s is below 100"), "{}", j.reason);
+        assert!(j.reason.contains("judged as measured"), "{}", j.reason);
     }
 
     #[test]

@@ -21,13 +21,25 @@ pub mod exit {
     pub const NO_TRIALS: u8 = 5;
 }
 
-/// Names each `QUALIFY_*` variable the harness does not read, with the one it may have meant.
+/// Names each `QUALIFY_*` variable the harness does not read, with the one it may have meant,
+/// and every variable it does read: a mistyped setting must not run with the default silently.
 pub fn unknown_variables(unknown: &[(String, Option<&'static str>)]) {
     let mut err = std::io::stderr().lock();
     for (name, nearest) in unknown {
         let hint = nearest.map_or_else(String::new, |n| format!("; did you mean {n}?"));
-        let _ = writeln!(err, "warning: {name} is set but modelqa reads no such variable{hint}");
+        let _ = writeln!(err, "error: {name} is set but modelqa reads no such variable{hint}");
     }
+    let _ = writeln!(
+        err,
+        "note: modelqa reads {}; nothing was run (unset the variable, or fix its name)",
+        crate::config::VARIABLES.join(", ")
+    );
+}
+
+/// A trial whose measurement was too noisy to judge: shown by libtest as ignored, by nextest as
+/// passed, so it is said on stderr as well.
+pub fn unstable(trial: &str, reason: &str) {
+    eprintln!("UNSTABLE {trial}: {reason}");
 }
 
 /// Says what a filter that selected nothing searched: the playbooks, their families and tiers,

@@ -816,11 +816,17 @@ impl RunContext {
         });
         let (warmup, runs) = (p.warmup.unwrap_or(2), p.runs.unwrap_or(5));
         let load_before = crate::perf::load_average();
+        // The calibration measures this CPU: it speaks for a cpu cell of the embedded engine,
+        // not for a GPU or an engine in another process.
+        let calibrated =
+            backend == crate::matrix::Backend::Cpu && matches!(spec.engine, EngineSpec::Embedded);
+        let calibrate =
+            || if calibrated { crate::perf::calibrate() } else { crate::perf::CALIBRATION_REFERENCE };
         // The session is held for the whole measurement, so no other trial's generation lands
         // between a calibration and the generation it brackets.
         let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
         let mut samples = Vec::new();
-        let mut calibration_before = crate::perf::calibrate();
+        let mut calibration_before = calibrate();
         for i in 0..warmup + runs {
             let request = GenerateRequest {
                 prompt: &prompt,
@@ -830,15 +836,16 @@ impl RunContext {
             };
             match guard.generate(&request) {
                 Ok(g) if i >= warmup => {
-                    let calibration_after = crate::perf::calibrate();
+                    let calibration_after = calibrate();
                     samples.push(crate::perf::Sample {
                         tokens_per_second: g.tokens_per_second(),
                         time_to_first_token_ms: g.time_to_first_token.as_secs_f64() * 1e3,
                         calibration: (calibration_before + calibration_after) / 2,
+                        calibrated,
                     });
                     calibration_before = calibration_after;
                 }
-                Ok(_) => calibration_before = crate::perf::calibrate(),
+                Ok(_) => calibration_before = calibrate(),
                 Err(EngineError::Timeout { .. }) => {
                     let mut f = Finding::new(
                         Outcome::Timeout,

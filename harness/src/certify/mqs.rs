@@ -214,7 +214,7 @@ fn plans_category(c: Category) -> &'static str {
         Category::Perf => "a `performance` block",
         Category::Stab => "any cell (gateways G0, G1, G3)",
         Category::Comp => "a derived format (apr, gguf-*) beside safetensors",
-        Category::Edge => "a scenario made by the `edge_cases` generator",
+        Category::Edge => "a scenario marked `edge: true` or made by the `edge_cases` generator",
         Category::Regr => "a safetensors cell (golden references)",
     }
 }
@@ -237,9 +237,13 @@ pub fn score_in_scope(tier: &str, records: &[EvidenceRecord], planned: &Planned)
         } else if *n > 0 {
             not_covered.insert(
                 backend.clone(),
-                format!(
-                    "no evidence: its {n} planned trials did not run here (a gpu cell needs the `cuda` feature and a CUDA device)"
-                ),
+                if backend == "gpu" {
+                    format!(
+                        "no evidence: its {n} planned trials did not run here (a gpu cell needs the `cuda` feature and a CUDA device)"
+                    )
+                } else {
+                    format!("no evidence: its {n} planned trials did not run here")
+                },
             );
         }
     }
@@ -369,6 +373,20 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
     let earned: f64 = categories.iter().filter_map(|c| c.points).sum();
     let raw = (earned - penalty).clamp(0.0, 1000.0);
 
+    // A category whose every record is unstable was measured but not judged: it must neither
+    // earn its points nor, by earning none, block the model. The status waits for a quieter run.
+    let unjudged: Vec<String> = categories
+        .iter()
+        .filter(|c| c.total == 0)
+        .filter_map(|c| {
+            let n = records
+                .iter()
+                .filter(|r| r.outcome == Outcome::Unstable && Category::of(r) == c.category)
+                .count();
+            (n > 0).then(|| format!("{n} {} trial{}", c.category, if n == 1 { "" } else { "s" }))
+        })
+        .collect();
+
     let covered = records.iter().filter(|r| r.outcome.is_verdict()).count().min(planned);
     let coverage = if planned == 0 { 0.0 } else { covered as f64 / planned as f64 };
 
@@ -393,6 +411,15 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
             )
         } else if !unmeasured.is_empty() {
             (mqs, Status::Pending, format!("gateway {} has no evidence", unmeasured.join(", ")))
+        } else if !unjudged.is_empty() {
+            (
+                mqs,
+                Status::Pending,
+                format!(
+                    "{} measured but too noisy to judge (unstable): measure again on a quieter machine",
+                    unjudged.join(", ")
+                ),
+            )
         } else if reached == Status::Blocked {
             (mqs, Status::Blocked, format!("weighted pass rate {:.1}% is below the tier's 90%", raw / 10.0))
         } else {
@@ -671,7 +698,11 @@ mod tests {
         assert_eq!((s.planned, s.status), (20, Status::Pending));
         let lacking: Vec<&str> = s.lacks.iter().map(|l| l.split(' ').next().unwrap_or("")).collect();
         assert_eq!(lacking, ["PERF", "COMP", "EDGE", "REGR"]);
-        assert!(s.lacks[2].contains("add a scenario made by the `edge_cases` generator"), "{:?}", s.lacks);
+        assert!(
+            s.lacks[2].contains("add a scenario marked `edge: true` or made by the `edge_cases` generator"),
+            "{:?}",
+            s.lacks
+        );
         assert!(
             s.verdict.ends_with("; the playbook plans nothing for PERF, COMP, EDGE, REGR"),
             "{}",
@@ -681,5 +712,26 @@ mod tests {
         let old = Planned { total: 20, ..Default::default() };
         let s = score_in_scope("mvp", &[], &old);
         assert!(s.lacks.is_empty() && s.not_covered.is_empty());
+    }
+
+    #[test]
+    fn a_category_judged_only_unstable_waits_instead_of_blocking() {
+        let mut records = clean(3);
+        let perf: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.category == Some(Category::Perf))
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &perf {
+            records[i].outcome = Outcome::Unstable;
+        }
+        let s = score("mvp", &records, records.len() - perf.len());
+        assert_eq!(s.status, Status::Pending, "{}", s.verdict);
+        assert!(s.verdict.starts_with("3 PERF trials measured but too noisy to judge"), "{}", s.verdict);
+        // One judged PERF trial is enough to score the category on what was judged.
+        records[perf[0]].outcome = Outcome::Corroborated;
+        let s = score("mvp", &records, records.len() - perf.len() + 1);
+        assert_eq!(s.status, Status::Provisional, "{}", s.verdict);
     }
 }

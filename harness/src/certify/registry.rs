@@ -12,7 +12,8 @@ use super::mqs::{GATEWAYS, GatewayState, Score, Status};
 
 /// The original registry's 20 columns, with `g0` added before `g1` (the original dropped G0 and
 /// wrote every other gateway one column off), and `coverage` and `scope` (the backends the status
-/// speaks for, `cpu` or `cpu gpu`; the others had no evidence) at the end.
+/// speaks for, `cpu` or `cpu gpu`, then `; gpu not covered` for planned backends without
+/// evidence) at the end.
 pub const COLUMNS: [&str; 23] = [
     "model_id",
     "family",
@@ -93,7 +94,7 @@ pub struct Row {
     pub tps: [Option<f64>; 6],
     pub provenance_verified: Option<bool>,
     pub coverage: Option<f64>,
-    /// The backends the status speaks for; empty when it speaks for the whole plan.
+    /// The backends the status speaks for (those with evidence); empty for a model without any.
     pub scope: Vec<String>,
     /// Planned backends without evidence.
     pub not_covered: Vec<String>,
@@ -173,7 +174,11 @@ impl Row {
         f.extend(self.tps.iter().map(|t| t.map_or(String::new(), |t| format!("{t:.1}"))));
         f.push(opt_bool(self.provenance_verified));
         f.push(self.coverage.map_or(String::new(), |c| format!("{c:.3}")));
-        f.push(self.scope.join(" "));
+        // `cpu`, or `cpu; gpu not covered` where a planned backend has no evidence.
+        f.push(match self.not_covered.is_empty() {
+            true => self.scope.join(" "),
+            false => format!("{}; {} not covered", self.scope.join(" "), self.not_covered.join(" ")),
+        });
         f
     }
 }

@@ -34,14 +34,25 @@ use crate::matrix::Backend;
 /// use, and has no other setting. Setting `RAYON_NUM_THREADS` also spares candle a parse of
 /// `/proc/cpuinfo` on every f32 matmul.
 ///
-/// # Safety
-/// Changes the process environment: call it before any other thread is started (the first
-/// statement of `main`).
-pub unsafe fn size_thread_pools() {
+/// Changing the environment is sound only while no other thread can read it, so this acts only
+/// when the process has exactly one thread (Linux's `/proc/self/status`); otherwise, or where that
+/// cannot be known, it changes nothing and says so. Returns whether it sized the pools.
+pub fn size_thread_pools() -> bool {
     let unset = |k: &str| std::env::var_os(k).is_none_or(|v| v.is_empty());
+    if !unset("CANDLE_NUM_THREADS") && !unset("RAYON_NUM_THREADS") {
+        return true;
+    }
+    if process_threads() != Some(1) {
+        eprintln!(
+            "note: candle's thread pools were not sized (other threads already run); set CANDLE_NUM_THREADS=1 \
+             and RAYON_NUM_THREADS to the core count before starting, or call qualify_main first in main"
+        );
+        return false;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: the caller guarantees no other thread runs yet, so nothing reads the environment
-    // concurrently.
+    // SAFETY: this process has one thread, this one (checked just above, and no other thread
+    // can have started since: only this thread could start one), so nothing reads or writes the
+    // environment concurrently.
     unsafe {
         if unset("CANDLE_NUM_THREADS") {
             std::env::set_var("CANDLE_NUM_THREADS", "1");
@@ -50,6 +61,13 @@ pub unsafe fn size_thread_pools() {
             std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
         }
     }
+    true
+}
+
+/// How many threads this process has, where the system says (Linux).
+fn process_threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
 }
 
 /// How the next token is chosen. Every run can be replayed: sampling always carries its seed.

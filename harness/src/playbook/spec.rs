@@ -100,8 +100,9 @@ impl PerBackend {
 impl PerformanceSpec {
     /// Whether anything is asserted on `backend`.
     pub fn asserts_on(&self, backend: Backend) -> bool {
-        self.min_tokens_per_second.get(backend).is_some()
-            || self.max_time_to_first_token_ms.get(backend).is_some()
+        let floors = std::iter::once((&self.min_tokens_per_second, &self.max_time_to_first_token_ms))
+            .chain(self.formats.values().map(|f| (&f.min_tokens_per_second, &f.max_time_to_first_token_ms)));
+        floors.into_iter().any(|(speed, first)| speed.get(backend).is_some() || first.get(backend).is_some())
     }
 
     /// The smallest decode speed a cell of `format` on `backend` must reach, if any.
