@@ -4,7 +4,7 @@
 //! that share a scenario share its reference. The `diff::golden-*` trials compare a model against them.
 //!
 //! A reference is never rewritten implicitly: a difference is written beside it as a pending
-//! `.new` file (never in CI), and `cargo xtask golden --accept` accepts it.
+//! `.new` file (never in CI), and `cargo xtask golden --accept --yes` accepts it.
 
 use std::path::{Path, PathBuf};
 

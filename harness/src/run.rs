@@ -531,7 +531,7 @@ impl RunContext {
         let note = if pending.is_empty() {
             String::new()
         } else {
-            " (pending references written; review, then `cargo xtask golden --accept`)".to_string()
+            " (pending references written; review, then `cargo xtask golden --accept --yes`)".to_string()
         };
         Finding::new(
             Outcome::Falsified,

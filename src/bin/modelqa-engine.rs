@@ -18,104 +18,112 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use modelqa::engine::{Finish, GenerateRequest, Sampling, Session, load_candle};
 use modelqa::matrix::Backend;
 use modelqa::serve::{Server, ServerConfig};
 
-const USAGE: &str = "usage:
-  modelqa-engine generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--seed N] [--backend cpu|gpu] [--json]
-  modelqa-engine serve MODEL [--host ADDR] [--port N] [--model NAME] [--backend cpu|gpu]";
-
-/// Parsed `--flag value` pairs, `--switch`es and the one positional argument.
-struct Args {
-    model: PathBuf,
-    flags: Vec<(String, String)>,
-    switches: Vec<String>,
+/// The embedded candle engine on its own: one generation, or an OpenAI-compatible server.
+// A repeated flag keeps its last value, as the playbook `args` that drive this have always relied on.
+#[derive(Debug, Parser)]
+#[command(name = "modelqa-engine", args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl Args {
-    fn parse(args: &[String], switches: &[&str]) -> Result<Args, String> {
-        let mut model = None;
-        let mut flags = Vec::new();
-        let mut on = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if switches.contains(&a.as_str()) {
-                on.push(a.clone());
-            } else if let Some(name) = a.strip_prefix("--") {
-                let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                flags.push((name.to_string(), value.clone()));
-            } else if model.replace(PathBuf::from(a)).is_some() {
-                return Err(format!("one MODEL only; `{a}` is a second"));
-            }
-        }
-        Ok(Args {
-            model: model.ok_or("MODEL (a model directory or an APR file) is missing")?,
-            flags,
-            switches: on,
-        })
-    }
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate once and print the answer (or, with --json, the answer and its counts)
+    Generate(GenerateArgs),
+    /// Serve the model over HTTP; prints the base URL on the first line, then serves until killed
+    Serve(ServeArgs),
+}
 
-    fn get(&self, name: &str) -> Option<&str> {
-        self.flags.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// A model directory or an APR file
+    model: PathBuf,
+    /// The prompt text, as the model is to continue it
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    prompt: String,
+    /// The most tokens to generate
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_tokens: u32,
+    /// Sampling temperature; 0 is greedy
+    #[arg(long, value_name = "T", default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f64,
+    /// The sampling seed (with a temperature above 0)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// The backend the model runs on
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// Print {"text", "completion_tokens", "prompt_tokens", "finish_reason"} as one JSON line
+    #[arg(long)]
+    json: bool,
+}
 
-    fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("--{name}: `{v}` is not valid")),
-        }
-    }
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A model directory or an APR file
+    model: PathBuf,
+    /// The address to bind
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// The port to bind; 0 picks a free one
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    port: u16,
+    /// The model name the server reports [default: the file stem of MODEL]
+    #[arg(long = "model", value_name = "NAME")]
+    name: Option<String>,
+    /// The backend the model runs on
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+}
 
-    fn check_known(&self, known: &[&str]) -> Result<(), String> {
-        match self.flags.iter().find(|(n, _)| !known.contains(&n.as_str())) {
-            Some((n, _)) => Err(format!("unknown flag --{n}")),
-            None => Ok(()),
-        }
-    }
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Gpu,
+}
 
-    fn backend(&self) -> Result<Backend, String> {
-        match self.get("backend").unwrap_or("cpu") {
-            "cpu" => Ok(Backend::Cpu),
-            "gpu" => Ok(Backend::Gpu),
-            other => Err(format!("--backend: `{other}` is not cpu or gpu")),
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Cpu => Backend::Cpu,
+            BackendArg::Gpu => Backend::Gpu,
         }
     }
 }
 
 enum Failure {
-    Usage(String),
+    Usage(clap::Error),
     Model(String),
 }
 
-fn load(args: &Args) -> Result<Box<dyn Session>, Failure> {
-    let backend = args.backend().map_err(Failure::Usage)?;
-    load_candle(&args.model, backend)
+fn load(model: &std::path::Path, backend: BackendArg) -> Result<Box<dyn Session>, Failure> {
+    load_candle(model, backend.into())
         .map(|s| Box::new(s) as Box<dyn Session>)
         .map_err(|e| Failure::Model(e.to_string()))
 }
 
-fn generate(raw: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(raw, &["--json"]).map_err(Failure::Usage)?;
-    args.check_known(&["prompt", "max-tokens", "temperature", "seed", "backend"]).map_err(Failure::Usage)?;
-    let prompt = args.get("prompt").ok_or_else(|| Failure::Usage("--prompt is missing".into()))?;
-    let max_tokens: u32 = args.parsed("max-tokens", 64).map_err(Failure::Usage)?;
-    let temperature: f64 = args.parsed("temperature", 0.0).map_err(Failure::Usage)?;
-    let seed: u64 = args.parsed("seed", 0).map_err(Failure::Usage)?;
+fn generate(args: &GenerateArgs) -> Result<(), Failure> {
+    let GenerateArgs { max_tokens, temperature, seed, .. } = *args;
     let sampling = if temperature > 0.0 {
         Sampling::Seeded { temperature, top_p: None, top_k: None, seed }
     } else {
         Sampling::Greedy
     };
-    let mut session = load(&args)?;
+    let mut session = load(&args.model, args.backend)?;
     let request = GenerateRequest {
-        prompt,
+        prompt: &args.prompt,
         max_tokens,
         sampling,
         deadline: Instant::now() + Duration::from_secs(24 * 3600),
     };
     let g = session.generate(&request).map_err(|e| Failure::Model(e.to_string()))?;
-    if args.switches.iter().any(|s| s == "--json") {
+    if args.json {
         let finish = match g.finish {
             Finish::Eos => "stop",
             Finish::Length => "length",
@@ -133,19 +141,22 @@ fn generate(raw: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn serve(raw: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(raw, &[]).map_err(Failure::Usage)?;
-    args.check_known(&["host", "port", "model", "backend"]).map_err(Failure::Usage)?;
-    let host = args.get("host").unwrap_or("127.0.0.1");
-    let port: u16 = args.parsed("port", 8080).map_err(Failure::Usage)?;
-    let bind: SocketAddr = format!("{host}:{port}")
-        .parse()
-        .map_err(|_| Failure::Usage(format!("`{host}:{port}` is not an address")))?;
-    let name = args.get("model").map(str::to_string).unwrap_or_else(|| {
+fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    let (host, port) = (&args.host, args.port);
+    let bind: SocketAddr = format!("{host}:{port}").parse().map_err(|_| {
+        let mut command = Cli::command();
+        command.build();
+        let serve = command.find_subcommand_mut("serve").expect("the serve subcommand");
+        Failure::Usage(
+            serve
+                .error(clap::error::ErrorKind::ValueValidation, format!("`{host}:{port}` is not an address")),
+        )
+    })?;
+    let name = args.name.clone().unwrap_or_else(|| {
         args.model.file_stem().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
     });
     eprintln!("loading {}", args.model.display());
-    let session = load(&args)?;
+    let session = load(&args.model, args.backend)?;
     let config = ServerConfig { bind, ..ServerConfig::new(name.clone()) };
     let server = Server::start(Arc::new(Mutex::new(session)), config)
         .map_err(|e| Failure::Model(format!("failed to listen on {bind}: {e}")))?;
@@ -161,25 +172,55 @@ fn serve(raw: &[String]) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("generate") => generate(&args[1..]),
-        Some("serve") => serve(&args[1..]),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => Err(Failure::Usage("the first argument is `generate` or `serve`".into())),
+    // clap's own errors exit 2 (bad usage) and `--help` exits 0.
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(m)) => {
-            eprintln!("modelqa-engine: {m}\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Err(Failure::Usage(e)) => e.exit(),
         Err(Failure::Model(m)) => {
             eprintln!("modelqa-engine: {m}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_documented_invocations_parse_and_typos_are_refused() {
+        for line in [
+            "modelqa-engine generate m --prompt x --max-tokens 8 --seed 3 --json",
+            "modelqa-engine generate m --prompt -5+3 --temperature 0.7 --backend gpu",
+            "modelqa-engine generate --prompt x m --max-tokens 8 --max-tokens 9",
+            "modelqa-engine serve m --port 0 --model modelqa/qa-tiny-llama",
+            "modelqa-engine serve m --host 0.0.0.0 --port 8080 --backend cpu",
+        ] {
+            if let Err(e) = Cli::try_parse_from(line.split_whitespace()) {
+                panic!("`{line}` does not parse:\n{e}");
+            }
+        }
+        for line in [
+            "modelqa-engine generate m --prompt x --max-token 8",
+            "modelqa-engine generate m",
+            "modelqa-engine generate m n --prompt x",
+            "modelqa-engine serve m --prot 8080",
+            "modelqa-engine serve m --backend tpu",
+            "modelqa-engine serve",
+            "modelqa-engine",
+        ] {
+            let e = Cli::try_parse_from(line.split_whitespace()).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(2), "`{line}`");
         }
     }
 }

@@ -13,14 +13,42 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use modelqa::progress::{self, ProgressBar};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let families: usize =
-        crate::flag_value(args, "--families")?.map_or(Ok(100), |v| v.parse()).context("--families")?;
-    let per_family: usize =
-        crate::flag_value(args, "--models")?.map_or(Ok(10), |v| v.parse()).context("--models")?;
+/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats …`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Option<Which>,
+    #[command(flatten)]
+    pub harness: HarnessArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Which {
+    /// The server's latency, TTFT and throughput on qa-tiny per format, against in-process generation (release build)
+    Serve(crate::bench_serve::ServeBenchArgs),
+    /// Conversion, size, load and decode speed per format on a Qwen2.5-0.5B-shaped model (release build)
+    Formats(crate::bench_formats::FormatsArgs),
+}
+
+/// `bench` without a subcommand: the harness's expansion on a synthetic playbook set.
+#[derive(Debug, clap::Args)]
+pub struct HarnessArgs {
+    /// Families in the synthetic playbook set
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub families: usize,
+    /// Models per family
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub models: usize,
+    /// Runs per figure (each figure is their median)
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub runs: usize,
+}
+
+pub fn run(args: &HarnessArgs) -> anyhow::Result<()> {
+    let HarnessArgs { families, models: per_family, runs } = *args;
     anyhow::ensure!(families > 0 && per_family > 0, "--families and --models must be at least 1");
     let models = families * per_family;
-    let runs: usize = crate::flag_value(args, "--runs")?.map_or(Ok(3), |v| v.parse()).context("--runs")?;
     let root = crate::root();
     let dir = root.join("target").join("bench").join("playbooks");
     write_synthetic_set(&dir, families, per_family)?;

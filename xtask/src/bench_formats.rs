@@ -9,18 +9,27 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
 use modelqa::matrix::{Backend, Format, Quantization};
 use modelqa::progress;
 use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let layers: usize =
-        crate::flag_value(args, "--layers")?.map_or(Ok(24), |v| v.parse()).context("--layers")?;
-    let tokens: u32 =
-        crate::flag_value(args, "--tokens")?.map_or(Ok(32), |v| v.parse()).context("--tokens")?;
-    let keep = args.iter().any(|a| a == "--keep");
+/// `bench formats [--layers N] [--tokens N] [--keep]`.
+#[derive(Debug, clap::Args)]
+pub struct FormatsArgs {
+    /// Decoder layers of the generated model (Qwen2.5-0.5B has 24)
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    pub layers: usize,
+    /// Tokens decoded per format
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub tokens: u32,
+    /// Keep the converted files (target/bench/formats-cache) after the run
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub fn run(args: &FormatsArgs) -> anyhow::Result<()> {
+    let FormatsArgs { layers, tokens, keep } = *args;
     let shape = TestModelShape {
         hidden: 896,
         intermediate: 4864,

@@ -34,12 +34,21 @@ fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
     v
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let n: usize =
-        crate::flag_value(args, "--requests")?.map_or(Ok(50), |v| v.parse()).context("--requests")?;
+/// `bench serve [--requests N] [--model DIR]`.
+#[derive(Debug, clap::Args)]
+pub struct ServeBenchArgs {
+    /// Requests per series (whole, streamed, and per client in the concurrent one); at least 2
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub requests: usize,
+    /// The model directory to serve [default: fixtures/qa-tiny/qa-tiny-llama]
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+}
+
+pub fn run(args: &ServeBenchArgs) -> anyhow::Result<()> {
+    let n = args.requests;
     anyhow::ensure!(n >= 2, "--requests must be at least 2");
-    let model = crate::flag_value(args, "--model")?
-        .map_or_else(|| crate::fixtures::qa_tiny_dir().join("qa-tiny-llama"), PathBuf::from);
+    let model = args.model.clone().unwrap_or_else(|| crate::fixtures::qa_tiny_dir().join("qa-tiny-llama"));
     let cache = crate::root().join("target").join("qualify").join("cache");
     let deadline = || Instant::now() + Duration::from_secs(120);
     let mut rows = Vec::new();

@@ -8,41 +8,72 @@ use anyhow::{Context, bail};
 use modelqa::certify::workspace::{self, Freshness, Layout};
 use modelqa::certify::{ModelEvidence, evidence, lock, report, tickets};
 
-use crate::flag_value;
-
 /// The checkout, with the places the harness reads and writes under this environment.
 fn layout() -> Layout {
     Layout::from_env(crate::root())
 }
 
-/// `certify [--family F --tier T [--rerun]] [--journal PATH]... [RUN_ID]... | --check`
-pub fn certify(args: &[String]) -> anyhow::Result<()> {
+/// `certify [--family F --tier T [--rerun]] [--journal PATH]... [RUN_ID]... | --check`.
+#[derive(Debug, clap::Args)]
+pub struct CertifyArgs {
+    /// Score the journals of these runs (RUN_ID.jsonl in the journal directory) [default: the last run]
+    #[arg(value_name = "RUN_ID")]
+    pub run_ids: Vec<String>,
+    /// Score this journal file (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub journal: Vec<PathBuf>,
+    /// Run this family's tier first (with --tier), then score its evidence
+    #[arg(long, value_name = "F", requires = "tier", conflicts_with_all = ["run_ids", "journal"])]
+    pub family: Option<String>,
+    /// The tier to run (with --family)
+    #[arg(long, value_name = "T", requires = "family")]
+    pub tier: Option<String>,
+    /// With --family/--tier: measure again even when the evidence is up to date
+    #[arg(long, requires = "family")]
+    pub rerun: bool,
+    /// Write nothing; fail when certifications/, the registry or the README table is stale
+    #[arg(long, conflicts_with_all = ["run_ids", "journal", "family", "tier", "rerun"])]
+    pub check: bool,
+}
+
+/// `report [--model M] [--out DIR]`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Only this model (its directory under certifications/, or its model id)
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// Where to write the files [default: <target dir>/qualify/report]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `tickets [--model M] [--out DIR]`.
+#[derive(Debug, clap::Args)]
+pub struct TicketsArgs {
+    /// Only this model (its directory under certifications/, or its model id)
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// Where to write the tickets [default: <target dir>/qualify/tickets]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `lock`: no flags; the playbooks are `QUALIFY_PLAYBOOKS` (default `playbooks/`).
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {}
+
+/// `certify`: `--family`/`--tier` go together and exclude named journals (clap holds both).
+pub fn certify(args: &CertifyArgs) -> anyhow::Result<()> {
     let layout = layout();
-    if args.iter().any(|a| a == "--check") {
+    if args.check {
         return check(&layout);
     }
     workspace::check_lock(&layout)?;
-    let family = flag_value(args, "--family")?;
-    let tier = flag_value(args, "--tier")?;
-    if family.is_some() != tier.is_some() {
-        bail!("`--family` and `--tier` go together: `cargo xtask certify --family qa-tiny --tier mvp`");
-    }
-    let rerun = args.iter().any(|a| a == "--rerun");
+    let (family, tier, rerun) = (args.family.clone(), args.tier.clone(), args.rerun);
     let dir = layout.places.journal_dir.clone();
 
-    let mut journals: Vec<PathBuf> = Vec::new();
-    let mut iter = args.iter();
-    while let Some(a) = iter.next() {
-        match a.as_str() {
-            "--family" | "--tier" => {
-                iter.next();
-            }
-            "--rerun" => {}
-            "--journal" => journals.push(PathBuf::from(iter.next().context("`--journal` needs a path")?)),
-            flag if flag.starts_with('-') => bail!("unknown option `{flag}`"),
-            run_id => journals.push(dir.join(format!("{run_id}.jsonl"))),
-        }
-    }
+    let mut journals: Vec<PathBuf> = args.journal.clone();
+    journals.extend(args.run_ids.iter().map(|run_id| dir.join(format!("{run_id}.jsonl"))));
 
     let (playbooks, notices) = modelqa::playbook::load_all(&layout.playbooks())
         .map_err(|e| anyhow::anyhow!("failed to load playbooks: {e}"))?;
@@ -50,9 +81,6 @@ pub fn certify(args: &[String]) -> anyhow::Result<()> {
     let plan = modelqa::expand::Plan::new(playbooks);
 
     if let (Some(family), Some(tier)) = (&family, &tier) {
-        if !journals.is_empty() {
-            bail!("`--family`/`--tier` run the harness; name journals only without them");
-        }
         match workspace::freshness(&layout, &plan, family, tier)? {
             Freshness::Current { recorded } if !rerun => {
                 eprintln!(
@@ -190,13 +218,10 @@ fn check(layout: &Layout) -> anyhow::Result<()> {
 }
 
 /// The scored evidence of the checkout, optionally one model.
-fn scored(args: &[String]) -> anyhow::Result<Vec<(ModelEvidence, modelqa::certify::Score)>> {
-    let model = flag_value(args, "--model")?;
+fn scored(model: Option<&str>) -> anyhow::Result<Vec<(ModelEvidence, modelqa::certify::Score)>> {
     let scored = workspace::derived(&layout())?.scored;
-    let scored: Vec<_> = scored
-        .into_iter()
-        .filter(|(e, _)| model.as_ref().is_none_or(|m| *m == e.model || *m == e.model_id))
-        .collect();
+    let scored: Vec<_> =
+        scored.into_iter().filter(|(e, _)| model.is_none_or(|m| m == e.model || m == e.model_id)).collect();
     if scored.is_empty() {
         bail!(
             "no evidence under certifications/{}; run `cargo xtask certify` first",
@@ -207,15 +232,14 @@ fn scored(args: &[String]) -> anyhow::Result<Vec<(ModelEvidence, modelqa::certif
 }
 
 /// `--out`, else `<target dir>/qualify/<default>`.
-fn out_dir(args: &[String], default: &str) -> anyhow::Result<PathBuf> {
-    let target = layout().places.target_dir;
-    Ok(flag_value(args, "--out")?.map_or_else(|| target.join("qualify").join(default), PathBuf::from))
+fn out_dir(out: Option<&Path>, default: &str) -> PathBuf {
+    out.map_or_else(|| layout().places.target_dir.join("qualify").join(default), Path::to_path_buf)
 }
 
 /// `report [--model M] [--out DIR]`: junit.xml, report.html and summary.md.
-pub fn report(args: &[String]) -> anyhow::Result<()> {
-    let scored = scored(args)?;
-    let out = out_dir(args, "report")?;
+pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
+    let scored = scored(args.model.as_deref())?;
+    let out = out_dir(args.out.as_deref(), "report");
     let files = [
         ("junit.xml", report::junit(&scored).context("failed to write JUnit XML")?),
         ("report.html", report::html(&scored)),
@@ -229,9 +253,9 @@ pub fn report(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// `tickets [--model M] [--out DIR]`: one Markdown ticket per gate and root cause.
-pub fn tickets(args: &[String]) -> anyhow::Result<()> {
-    let evidence: Vec<ModelEvidence> = scored(args)?.into_iter().map(|(e, _)| e).collect();
-    let out = out_dir(args, "tickets")?;
+pub fn tickets(args: &TicketsArgs) -> anyhow::Result<()> {
+    let evidence: Vec<ModelEvidence> = scored(args.model.as_deref())?.into_iter().map(|(e, _)| e).collect();
+    let out = out_dir(args.out.as_deref(), "tickets");
     let tickets = tickets::tickets(&evidence);
     if tickets.is_empty() {
         eprintln!("no falsification in the evidence: no ticket");
@@ -244,7 +268,7 @@ pub fn tickets(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// `lock`: writes `playbook.lock` beside the playbooks (`QUALIFY_PLAYBOOKS`, default `playbooks/`).
-pub fn lock(_args: &[String]) -> anyhow::Result<()> {
+pub fn lock(_args: &LockArgs) -> anyhow::Result<()> {
     let root = layout().playbook_dir();
     let before = lock::read(&root)?;
     let now = lock::hashes(&root)?;

@@ -1,4 +1,4 @@
-//! `cargo xtask fetch ORG/NAME[@REVISION]`: downloads a model's safetensors, config and tokenizer
+//! `cargo xtask fetch ORG/NAME[@REVISION] [--cache DIR]`: downloads a model's safetensors, config and tokenizer
 //! files into the Hugging Face hub cache, in the layout the harness binds from
 //! (`models--org--name/{blobs,refs,snapshots}`). Where no network exists it fails at once.
 
@@ -20,17 +20,25 @@ fn wanted(file: &str) -> bool {
     ) || (file.ends_with(".safetensors") && !file.contains('/'))
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let spec = args
-        .iter()
-        .find(|a| !a.starts_with('-'))
-        .context("usage: cargo xtask fetch ORG/NAME[@REVISION] [--cache DIR]")?;
+/// `fetch ORG/NAME[@REVISION] [--cache DIR]`.
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// The model id on the Hugging Face Hub, as `Qwen/Qwen2.5-Coder-0.5B-Instruct` [revision: main]
+    #[arg(value_name = "ORG/NAME[@REVISION]")]
+    pub id: String,
+    /// The Hugging Face cache to download into [default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
+    let spec = &args.id;
     let (id, revision) = spec.split_once('@').unwrap_or((spec.as_str(), "main"));
     if id.split('/').count() != 2 || id.split('/').any(str::is_empty) {
         bail!("`{id}` is not a model id: expected ORG/NAME, as `Qwen/Qwen2.5-Coder-0.5B-Instruct`");
     }
-    let cache: PathBuf = match crate::flag_value(args, "--cache")? {
-        Some(dir) => dir.into(),
+    let cache: PathBuf = match args.cache.clone() {
+        Some(dir) => dir,
         None => modelqa::bind::SearchRoots::from_env()
             .hf_cache
             .context("no Hugging Face cache directory: set HF_HUB_CACHE or HF_HOME, or pass --cache DIR")?,

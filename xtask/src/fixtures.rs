@@ -1,7 +1,8 @@
 //! `cargo xtask fixtures`: the models the project's playbooks and tests run.
 //!
 //! - `fixtures train` trains qa-tiny and writes it, in every architecture whose mathematics is
-//!   identical, into `fixtures/qa-tiny/`, with a manifest of hashes.
+//!   identical, into `fixtures/qa-tiny/`, with a manifest of hashes; over the committed weights
+//!   only with `--yes`, elsewhere with `--out DIR`.
 //! - `fixtures eval` measures qa-tiny on every held-out arithmetic question.
 //! - `fixtures --check` verifies the committed qa-tiny files against the manifest.
 
@@ -22,17 +23,94 @@ pub fn qa_tiny_dir() -> PathBuf {
     crate::root().join("fixtures").join("qa-tiny")
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    match args.first().map(String::as_str) {
-        Some("train") => train_qa_tiny(&args[1..]),
-        Some("eval") => eval(
-            &crate::flag_value(args, "--dir")?.map_or_else(qa_tiny_dir, PathBuf::from),
-            args.iter().any(|a| a == "--failures"),
-        ),
-        Some("--check") => check(&qa_tiny_dir()),
-        _ => bail!(
-            "usage: cargo xtask fixtures train [--steps N] [--batch N] [--seed N] [--weight-decay X] [--out DIR] | eval [--dir DIR] [--failures] | --check"
-        ),
+/// `fixtures train … | eval … | --check`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+pub struct FixturesArgs {
+    /// Verify fixtures/qa-tiny against its manifest (MANIFEST.sha256)
+    #[arg(long)]
+    pub check: bool,
+    #[command(subcommand)]
+    pub command: Option<FixturesCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FixturesCommand {
+    /// Train qa-tiny and write it in every architecture, with a manifest (about 30 min on 2 cores)
+    Train(TrainArgs),
+    /// Held-out arithmetic accuracy of qa-tiny (or a trained copy), by operator
+    Eval(EvalArgs),
+}
+
+/// `fixtures train`: the schedule's defaults are the committed weights' (`train::SCHEDULE`).
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Optimiser steps
+    #[arg(long, value_name = "N", default_value_t = train::SCHEDULE.steps)]
+    pub steps: usize,
+    /// Examples per step
+    #[arg(long, value_name = "N", default_value_t = train::SCHEDULE.batch)]
+    pub batch: usize,
+    /// Seed of the initial weights and of the examples drawn
+    #[arg(long, value_name = "N", default_value_t = train::SCHEDULE.seed)]
+    pub seed: u64,
+    /// AdamW's decoupled weight decay
+    #[arg(long, value_name = "X", default_value_t = train::SCHEDULE.weight_decay)]
+    pub weight_decay: f64,
+    /// Where to write the model directories, training.json and the manifest [default: fixtures/qa-tiny, with --yes]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Overwrite the committed weights under fixtures/qa-tiny
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `fixtures eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The directory holding qa-tiny-llama [default: fixtures/qa-tiny]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// List every wrong answer (question, expected, given)
+    #[arg(long)]
+    pub failures: bool,
+}
+
+impl FixturesArgs {
+    /// `fixtures train` writes over the committed weights only when told to.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        let Some(FixturesCommand::Train(train)) = &self.command else { return Ok(()) };
+        let committed = qa_tiny_dir();
+        let overwrites = train.out.as_deref().is_none_or(|out| same_dir(out, &committed));
+        if overwrites && !train.yes {
+            return Err(crate::refuse(
+                &["fixtures", "train"],
+                format!(
+                    "`fixtures train` would overwrite the committed weights under {}; \
+                     pass `--out DIR` to write another directory, or `--yes` to retrain them in place",
+                    committed.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether two paths name one directory (either may not exist yet).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
+    };
+    resolve(a) == resolve(b)
+}
+
+pub fn run(args: &FixturesArgs) -> anyhow::Result<()> {
+    match &args.command {
+        Some(FixturesCommand::Train(train)) => train_qa_tiny(train),
+        Some(FixturesCommand::Eval(e)) => eval(&e.dir.clone().unwrap_or_else(qa_tiny_dir), e.failures),
+        // clap shows the help when `fixtures` has neither.
+        None if args.check => check(&qa_tiny_dir()),
+        None => bail!("usage: cargo xtask fixtures train … | eval … | --check (see --help)"),
     }
 }
 
@@ -84,17 +162,10 @@ fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train_qa_tiny(args: &[String]) -> anyhow::Result<()> {
+fn train_qa_tiny(args: &TrainArgs) -> anyhow::Result<()> {
     let d = train::SCHEDULE;
-    let steps: usize =
-        crate::flag_value(args, "--steps")?.map_or(Ok(d.steps), |v| v.parse()).context("--steps")?;
-    let out = crate::flag_value(args, "--out")?.map_or_else(qa_tiny_dir, PathBuf::from);
-    let seed = crate::flag_value(args, "--seed")?.map_or(Ok(d.seed), |v| v.parse()).context("--seed")?;
-    let weight_decay = crate::flag_value(args, "--weight-decay")?
-        .map_or(Ok(d.weight_decay), |v| v.parse())
-        .context("--weight-decay")?;
-    let batch: usize =
-        crate::flag_value(args, "--batch")?.map_or(Ok(d.batch), |v| v.parse()).context("--batch")?;
+    let TrainArgs { steps, batch, seed, weight_decay, .. } = *args;
+    let out = args.out.clone().unwrap_or_else(qa_tiny_dir);
     let sched = Schedule { steps, batch, seed, weight_decay, ..d };
     let work = out.join(".work");
     std::fs::create_dir_all(&work)?;
@@ -262,7 +333,7 @@ fn check(dir: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// `fixtures train` with no flags must retrain the committed weights: its schedule and shape
+    /// `fixtures train --yes` with no other flag must retrain the committed weights: its schedule and shape
     /// are the ones `training.json` records.
     #[test]
     fn default_schedule_is_the_committed_one() {

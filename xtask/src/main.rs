@@ -1,4 +1,5 @@
-//! `cargo xtask <task>`: the project's own tooling. One module per task.
+//! `cargo xtask <task>`: the project's own tooling. One module per task, each owning the clap
+//! flags struct of its task; the doc comments on those structs are the `--help`.
 
 mod bench;
 mod bench_formats;
@@ -14,43 +15,76 @@ mod train;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: cargo xtask <task> [options]
+/// The project's own tooling: one module per task.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
 
-tasks:
-  fixtures train [--steps N] [--batch N] [--seed N] [--weight-decay X] [--out DIR]
-                           train qa-tiny and write it to fixtures/qa-tiny (about 30 min on 2 cores)
-  fixtures eval [--dir DIR] [--failures]
-                           held-out arithmetic accuracy of qa-tiny (or a trained copy), by operator;
-                           --failures lists every wrong answer
-  fixtures --check         verify fixtures/qa-tiny against its manifest
-  golden [--accept]        run the golden-reference trials and list pending references; accept them
-  schema [--check]         write playbooks/playbook.schema.json, or fail when it is stale
-  certify [--family F --tier T [--rerun]] [--journal PATH]... [RUN_ID]...
-                           score journals (default: the last run) into certifications/, the registry
-                           and the README table; with --family/--tier, run that selection first
-  certify --check          fail when certifications/, the registry or the README table is stale
-  report [--model M] [--out DIR]
-                           junit.xml, report.html and summary.md (default target/qualify/report)
-  tickets [--model M] [--out DIR]
-                           one Markdown ticket per falsified gate and root cause
-  lock                     write playbooks/playbook.lock (certify refuses unlocked playbooks)
-  fetch ORG/NAME[@REVISION] [--cache DIR]
-                           download a model's safetensors, config and tokenizer into the Hugging Face
-                           cache the harness reads (needs a network)
-  serve PATH [--host ADDR] [--port N] [--model NAME]
-                           the OpenAI-compatible server on a model directory or APR file (default
-                           127.0.0.1:8080)
-  bench [--models N]       harness expansion benchmarks on a synthetic playbook set (release build)
-  bench serve [--requests N]  the server's latency, TTFT and throughput on qa-tiny per format, against run
-  bench formats [--layers N] [--tokens N] [--keep]
-                           conversion, size, load and decode speed per format on a Qwen2.5-0.5B-shaped model
-";
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Train, evaluate or verify qa-tiny, the model the playbooks and tests run
+    Fixtures(fixtures::FixturesArgs),
+    /// Run the golden-reference trials and list pending references, or accept them
+    Golden(golden::GoldenArgs),
+    /// Write playbooks/playbook.schema.json, or fail when it is stale
+    Schema(schema::SchemaArgs),
+    /// Score journals (default: the last run) into certifications/, the registry and the README table
+    Certify(certify::CertifyArgs),
+    /// Write junit.xml, report.html and summary.md from the certified evidence
+    Report(certify::ReportArgs),
+    /// Write one Markdown ticket per falsified gate and root cause
+    Tickets(certify::TicketsArgs),
+    /// Write playbooks/playbook.lock (certify refuses unlocked playbooks)
+    Lock(certify::LockArgs),
+    /// Download a model's safetensors, config and tokenizer into the Hugging Face cache (needs a network)
+    Fetch(fetch::FetchArgs),
+    /// Serve a model directory or APR file with the OpenAI-compatible server (modelqa-engine, release)
+    Serve(serve::ServeArgs),
+    /// Benchmarks: harness expansion, or `serve` / `formats` (release builds)
+    Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// The refusals clap cannot express, as usage errors (exit 2) before any work starts.
+    fn check(&self) -> Result<(), clap::Error> {
+        match &self.task {
+            Some(Task::Fixtures(args)) => args.check(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Parses a command line (the program name first): clap's own errors, then [`Cli::check`].
+fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    cli.check()?;
+    Ok(cli)
+}
+
+/// A usage error (exit 2) with the usage line of the subcommand at `path`.
+pub fn refuse(path: &[&str], message: impl std::fmt::Display) -> clap::Error {
+    let mut command = Cli::command();
+    command.build();
+    let mut at = &mut command;
+    for name in path {
+        at = at.find_subcommand_mut(name).expect("a subcommand of the xtask");
+    }
+    at.error(clap::error::ErrorKind::MissingRequiredArgument, message)
+}
 
 fn main() -> std::process::ExitCode {
-    match run() {
+    let cli = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -59,46 +93,40 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let task = args.next().unwrap_or_default();
-    let rest: Vec<String> = args.collect();
-    match task.as_str() {
-        "fixtures" => fixtures::run(&rest),
-        "schema" => schema::run(&rest),
-        "golden" => golden::run(&rest),
-        "bench" if rest.first().map(String::as_str) == Some("serve") => {
-            in_release(&task, &rest).unwrap_or_else(|| bench_serve::run(&rest[1..]))
-        }
-        "bench" if rest.first().map(String::as_str) == Some("formats") => {
-            in_release(&task, &rest).unwrap_or_else(|| bench_formats::run(&rest[1..]))
-        }
-        "bench" => bench::run(&rest),
-        "certify" => certify::certify(&rest),
-        "report" => certify::report(&rest),
-        "tickets" => certify::tickets(&rest),
-        "lock" => certify::lock(&rest),
-        "fetch" => fetch::run(&rest),
-        "serve" => serve::run(&rest),
-        "" | "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown task `{other}`\n\n{USAGE}"),
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let Some(task) = cli.task else {
+        Cli::command().print_help()?;
+        return Ok(());
+    };
+    match task {
+        Task::Fixtures(args) => fixtures::run(&args),
+        Task::Schema(args) => schema::run(&args),
+        Task::Golden(args) => golden::run(&args),
+        Task::Bench(args) => match args.which {
+            Some(bench::Which::Serve(args)) => in_release().unwrap_or_else(|| bench_serve::run(&args)),
+            Some(bench::Which::Formats(args)) => in_release().unwrap_or_else(|| bench_formats::run(&args)),
+            None => bench::run(&args.harness),
+        },
+        Task::Certify(args) => certify::certify(&args),
+        Task::Report(args) => certify::report(&args),
+        Task::Tickets(args) => certify::tickets(&args),
+        Task::Lock(args) => certify::lock(&args),
+        Task::Fetch(args) => fetch::run(&args),
+        Task::Serve(args) => serve::run(&args),
     }
 }
 
 /// Benchmarks of the harness's own code must not measure a debug build: from a debug xtask,
-/// runs the same task in a release build of xtask instead (`None` when already in release).
-fn in_release(task: &str, rest: &[String]) -> Option<anyhow::Result<()>> {
+/// runs the same command line in a release build of xtask instead (`None` when already in release).
+fn in_release() -> Option<anyhow::Result<()>> {
     if !cfg!(debug_assertions) {
         return None;
     }
     let run = || -> anyhow::Result<()> {
         build_release("xtask for the benchmark", "a few minutes", &["--package", "xtask"])?;
         let status = cargo()
-            .args(["run", "--quiet", "--release", "--package", "xtask", "--", task])
-            .args(rest)
+            .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+            .args(std::env::args_os().skip(1))
             .status()
             .context("failed to run cargo")?;
         anyhow::ensure!(status.success(), "the release benchmark ended with {status}");
@@ -143,10 +171,143 @@ pub fn qualify_command(places: &modelqa::config::Places) -> std::process::Comman
     command
 }
 
-/// The value after `--flag` in `args`.
-pub fn flag_value(args: &[String], flag: &str) -> anyhow::Result<Option<String>> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(None),
-        Some(i) => args.get(i + 1).cloned().map(Some).with_context(|| format!("`{flag}` needs a value")),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parses(line: &str) -> Result<Cli, clap::Error> {
+        parse(line.split_whitespace())
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every invocation README.md, ARCHITECTURE.md, docs/ and .ci/run show still parses.
+    #[test]
+    fn the_documented_invocations_parse() {
+        for line in [
+            "xtask",
+            "xtask fixtures --check",
+            "xtask fixtures train --yes",
+            "xtask fixtures train --steps 3200 --batch 128 --seed 7 --weight-decay 0.1 --out target/qa-tiny-7",
+            "xtask fixtures eval",
+            "xtask fixtures eval --failures",
+            "xtask fixtures eval --dir target/qa-tiny-7 --failures",
+            "xtask golden",
+            "xtask golden --accept",
+            "xtask golden --accept --yes",
+            "xtask schema",
+            "xtask schema --check",
+            "xtask certify",
+            "xtask certify --check",
+            "xtask certify --family qa-tiny --tier mvp",
+            "xtask certify --family qa-tiny --tier mvp --rerun",
+            "xtask certify run-1 run-2 --journal a.jsonl --journal b.jsonl",
+            "xtask report",
+            "xtask report --model qa-tiny-llama --out target/report",
+            "xtask tickets",
+            "xtask tickets --model modelqa/qa-tiny-llama --out target/tickets",
+            "xtask lock",
+            "xtask fetch Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            "xtask fetch Qwen/Qwen2.5-Coder-0.5B-Instruct@main --cache target/hub",
+            "xtask serve fixtures/qa-tiny/qa-tiny-qwen2 --port 8080",
+            "xtask serve model.apr --host 0.0.0.0 --port 0 --model qa --backend cpu",
+            "xtask bench",
+            "xtask bench --families 10 --models 5 --runs 1",
+            "xtask bench serve",
+            "xtask bench serve --requests 10 --model fixtures/qa-tiny/qa-tiny-llama",
+            "xtask bench formats",
+            "xtask bench formats --layers 2 --tokens 8 --keep",
+        ] {
+            if let Err(e) = parses(line) {
+                panic!("`{line}` does not parse:\n{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn flags_reach_their_task_with_their_defaults() {
+        let Ok(Cli { task: Some(Task::Fixtures(args)) }) = parses("xtask fixtures train --yes") else {
+            panic!("fixtures train --yes")
+        };
+        let Some(fixtures::FixturesCommand::Train(t)) = args.command else { panic!("train") };
+        let d = train::SCHEDULE;
+        assert_eq!((t.steps, t.batch, t.seed, t.weight_decay), (d.steps, d.batch, d.seed, d.weight_decay));
+        assert_eq!(t.out, None);
+
+        let Ok(Cli { task: Some(Task::Certify(c)) }) =
+            parses("xtask certify r1 --journal a.jsonl r2 --journal b.jsonl")
+        else {
+            panic!("certify")
+        };
+        assert_eq!(c.run_ids, ["r1", "r2"]);
+        assert_eq!(c.journal, [PathBuf::from("a.jsonl"), PathBuf::from("b.jsonl")]);
+
+        let Ok(Cli { task: Some(Task::Bench(b)) }) = parses("xtask bench") else { panic!("bench") };
+        assert!(b.which.is_none());
+        assert_eq!((b.harness.families, b.harness.models, b.harness.runs), (100, 10, 3));
+    }
+
+    /// The issue's example: `--step` for `--steps` used to retrain silently for 30 minutes.
+    #[test]
+    fn a_mistyped_flag_is_refused() {
+        for line in [
+            "xtask fixtures train --step 100 --yes",
+            "xtask fixtures --chek",
+            "xtask golden --acept",
+            "xtask certify --familly qa-tiny --tier mvp",
+            "xtask lock --force",
+            "xtask bench --model 3",
+            "xtask bench serve --request 3",
+            "xtask serve m --prot 8080",
+            "xtask fetch a/b --cahce dir",
+            "xtask fixtures train eval",
+            "xtask nonsense",
+        ] {
+            let e = parses(line).err().unwrap_or_else(|| panic!("`{line}` parsed"));
+            assert_eq!(e.exit_code(), 2, "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_that_go_together_are_held_together() {
+        for line in [
+            "xtask certify --family qa-tiny",
+            "xtask certify --tier mvp",
+            "xtask certify --rerun",
+            "xtask certify --family qa-tiny --tier mvp r1",
+            "xtask certify --check --journal a.jsonl",
+            "xtask golden --yes",
+            "xtask fixtures --check train --yes",
+            "xtask serve",
+            "xtask serve m --backend tpu",
+            "xtask fetch",
+        ] {
+            assert!(parses(line).is_err(), "`{line}` parsed");
+        }
+    }
+
+    #[test]
+    fn fixtures_train_refuses_to_overwrite_the_committed_weights_unless_told() {
+        let committed = fixtures::qa_tiny_dir();
+        for line in [
+            "xtask fixtures train".to_string(),
+            "xtask fixtures train --steps 100".to_string(),
+            format!("xtask fixtures train --out {}", committed.display()),
+        ] {
+            let e = parses(&line).err().unwrap_or_else(|| panic!("`{line}` parsed"));
+            assert_eq!(e.exit_code(), 2, "{line}: {e}");
+            let message = e.to_string();
+            assert!(message.contains("committed weights") && message.contains("--yes"), "{message}");
+        }
+        for line in [
+            "xtask fixtures train --yes".to_string(),
+            "xtask fixtures train --out target/qa-tiny-retrained".to_string(),
+            format!("xtask fixtures train --out {} --yes", committed.display()),
+        ] {
+            assert!(parses(&line).is_ok(), "`{line}` refused");
+        }
     }
 }

@@ -2,10 +2,18 @@
 
 use anyhow::bail;
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+/// `schema [--check]`.
+#[derive(Debug, clap::Args)]
+pub struct SchemaArgs {
+    /// Write nothing; fail when playbooks/playbook.schema.json differs from the Rust types
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub fn run(args: &SchemaArgs) -> anyhow::Result<()> {
     let path = crate::root().join("playbooks").join("playbook.schema.json");
     let fresh = modelqa::playbook::spec::json_schema();
-    if args.iter().any(|a| a == "--check") {
+    if args.check {
         let current = std::fs::read_to_string(&path).unwrap_or_default();
         if current != fresh {
             bail!("{} is stale: run `cargo xtask schema` and commit the result", path.display());

@@ -2,22 +2,51 @@
 //! OpenAI-compatible server on any model directory or APR file the harness can load, until
 //! interrupted. It is `modelqa-engine serve`, built in release.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    if args.is_empty() {
-        bail!("usage: cargo xtask serve PATH [--host ADDR] [--port N] [--model NAME] [--backend cpu|gpu]");
-    }
+/// `serve PATH …`: the flags of `modelqa-engine serve`, passed on as given (its defaults apply).
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A model directory or an APR file
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// The address to bind [default: 127.0.0.1]
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// The port to bind; 0 picks a free one [default: 8080]
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// The model name the server reports [default: the file stem of PATH]
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// The backend the model runs on [default: cpu]
+    #[arg(long, value_parser = ["cpu", "gpu"])]
+    pub backend: Option<String>,
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     crate::build_release("modelqa-engine", "20 minutes or more on 2 cores", &["--bin", "modelqa-engine"])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .current_dir(crate::root())
         .args(["run", "--quiet", "--release", "--bin", "modelqa-engine", "--", "serve"])
-        .args(args)
-        .status()
-        .context("failed to run cargo")?;
+        .arg(&args.path);
+    let port = args.port.map(|p| p.to_string());
+    for (flag, value) in [
+        ("--host", args.host.as_deref()),
+        ("--port", port.as_deref()),
+        ("--model", args.model.as_deref()),
+        ("--backend", args.backend.as_deref()),
+    ] {
+        if let Some(value) = value {
+            command.args([flag, value]);
+        }
+    }
+    let status = command.status().context("failed to run cargo")?;
     if !status.success() {
         bail!("modelqa-engine serve ended with {status}");
     }
