@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use modelqa::certify::workspace::{self, Freshness, Layout, Stale};
 use modelqa::certify::{ModelEvidence, Status, evidence, lock, registry, report, tickets};
 use modelqa::config::Places;
-use modelqa::journal::{EvidenceRecord, Outcome};
+use modelqa::journal::EvidenceRecord;
 use modelqa::matrix::Format;
+use modelqa::vocab::Outcome;
 
 const MODELS: [&str; 3] = ["qa-tiny-llama", "qa-tiny-mistral", "qa-tiny-qwen2"];
 

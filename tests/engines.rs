@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use modelqa::journal::{EvidenceRecord, Outcome};
+use modelqa::journal::EvidenceRecord;
+use modelqa::vocab::Outcome;
 
 const ENGINE: &str = env!("CARGO_BIN_EXE_modelqa-engine");
 

@@ -167,8 +167,8 @@ fn tensor<'a>(file: &'a mut apr::AprFile, name: &str) -> &'a mut apr::AprTensor 
 fn the_tensor_differential_names_a_transposed_or_changed_tensor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clean = edited_artifact(dir.path(), |_| {});
-    let v = modelqa::diff::tensors(&qa_tiny("llama"), &clean);
-    assert_eq!(v.outcome, modelqa::journal::Outcome::Corroborated, "{}", v.reason);
+    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &clean);
+    assert_eq!(v.outcome, modelqa::vocab::Outcome::Corroborated, "{}", v.reason);
 
     let transposed = edited_artifact(dir.path(), |f| {
         let t = tensor(f, "model.layers.0.self_attn.k_proj.weight");
@@ -183,7 +183,7 @@ fn the_tensor_differential_names_a_transposed_or_changed_tensor() {
         t.shape = vec![cols as u64, rows as u64];
         t.data = out.iter().flat_map(|x| x.to_le_bytes()).collect();
     });
-    let v = modelqa::diff::tensors(&qa_tiny("llama"), &transposed);
+    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &transposed);
     assert!(v.reason.contains("`model.layers.0.self_attn.k_proj.weight` is transposed"), "{}", v.reason);
 
     let scaled = edited_artifact(dir.path(), |f| {
@@ -191,7 +191,7 @@ fn the_tensor_differential_names_a_transposed_or_changed_tensor() {
         let values: Vec<f32> = apr::dequantize(t).expect("f32").iter().map(|x| x * 1.5).collect();
         t.data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
     });
-    let v = modelqa::diff::tensors(&qa_tiny("llama"), &scaled);
+    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &scaled);
     assert!(v.reason.contains("`model.norm.weight` (F32 → F32): largest error"), "{}", v.reason);
 }
 
@@ -203,15 +203,15 @@ fn the_logit_differential_catches_a_changed_model_and_passes_quantization_within
         PROMPTS.iter().map(|q| s.prompt_logits(q, 16).expect("logits")).collect()
     };
     let want = reference(&qa_tiny("llama"));
-    let tol = modelqa::diff::LogitTolerance::for_format(Format::Apr);
+    let tol = modelqa::checks::diff::LogitTolerance::for_format(Format::Apr);
 
     let broken = edited_artifact(dir.path(), |f| {
         let t = tensor(f, "model.layers.1.mlp.down_proj.weight");
         let values: Vec<f32> = apr::dequantize(t).expect("f32").iter().map(|x| -x).collect();
         t.data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
     });
-    let v = modelqa::diff::logits(&want, &reference(&broken), tol);
-    assert_eq!(v.outcome, modelqa::journal::Outcome::Falsified, "{}", v.reason);
+    let v = modelqa::checks::diff::logits(&want, &reference(&broken), tol);
+    assert_eq!(v.outcome, modelqa::vocab::Outcome::Falsified, "{}", v.reason);
 
     // APR's 8-bit quantization of every matrix stays within the Q8_0 gate.
     let q8 = edited_artifact(dir.path(), |f| {
@@ -221,14 +221,14 @@ fn the_logit_differential_catches_a_changed_model_and_passes_quantization_within
             t.data = apr::quantize_q8(&values);
         }
     });
-    let v = modelqa::diff::logits(
+    let v = modelqa::checks::diff::logits(
         &want,
         &reference(&q8),
-        modelqa::diff::LogitTolerance::for_format(Format::Gguf(modelqa::matrix::Quantization::Q8_0)),
+        modelqa::checks::diff::LogitTolerance::for_format(Format::Gguf(modelqa::matrix::Quantization::Q8_0)),
     );
-    assert_eq!(v.outcome, modelqa::journal::Outcome::Corroborated, "{}", v.reason);
-    let v = modelqa::diff::tensors(&qa_tiny("llama"), &q8);
-    assert_eq!(v.outcome, modelqa::journal::Outcome::Corroborated, "{}", v.reason);
+    assert_eq!(v.outcome, modelqa::vocab::Outcome::Corroborated, "{}", v.reason);
+    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &q8);
+    assert_eq!(v.outcome, modelqa::vocab::Outcome::Corroborated, "{}", v.reason);
 }
 
 #[test]
@@ -238,7 +238,7 @@ fn the_tensor_differential_checks_the_embedded_tokenizer() {
         let tok = f.metadata.get_mut(convert::HF_TOKENIZER).expect("tokenizer");
         tok["added_tokens"] = serde_json::json!([]);
     });
-    let v = modelqa::diff::tensors(&qa_tiny("llama"), &changed);
+    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &changed);
     assert!(v.reason.contains("embedded tokenizer differs"), "{}", v.reason);
 }
 
@@ -390,12 +390,12 @@ fn gguf_to_apr_keeps_k_quants_and_refuses_what_apr_cannot_hold() {
     let mut st = load_candle(&source, Backend::Cpu).expect("safetensors");
     let (want, got) =
         (st.prompt_logits(PROMPTS[0], 8).unwrap(), from_apr.prompt_logits(PROMPTS[0], 8).unwrap());
-    let kl = modelqa::diff::logits(
+    let kl = modelqa::checks::diff::logits(
         &[want],
         &[got],
-        modelqa::diff::LogitTolerance { max_mean_kl: 0.12, min_top1: 0.9 },
+        modelqa::checks::diff::LogitTolerance { max_mean_kl: 0.12, min_top1: 0.9 },
     );
-    assert_eq!(kl.outcome, modelqa::journal::Outcome::Corroborated, "{}", kl.reason);
+    assert_eq!(kl.outcome, modelqa::vocab::Outcome::Corroborated, "{}", kl.reason);
 
     let q8 = dir.path().join("q8.gguf");
     std::fs::write(&q8, gguf::from_safetensors(&source, quantization("q8_0")).unwrap()).unwrap();
@@ -421,8 +421,9 @@ fn a_truncated_or_foreign_gguf_is_a_clear_error() {
 
 #[test]
 fn each_invariant_fails_on_the_defect_it_names_and_passes_clean_files() {
-    use modelqa::diff::{Invariant, invariant};
-    use modelqa::journal::Outcome;
+    use modelqa::checks::diff::invariant;
+    use modelqa::vocab::Invariant;
+    use modelqa::vocab::Outcome;
     let dir = tempfile::tempdir().expect("tempdir");
     let source = qa_tiny("llama");
     let texts = vec!["What is 47 + 38?\n".to_string()];
@@ -486,8 +487,8 @@ fn each_invariant_fails_on_the_defect_it_names_and_passes_clean_files() {
 #[test]
 fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
     use modelqa::engine::SharedSession;
-    use modelqa::gate::Ask;
-    use modelqa::journal::Outcome;
+    use modelqa::trial::Ask;
+    use modelqa::vocab::Outcome;
     let shared = |p: &Path| -> SharedSession {
         let s: Box<dyn Session> = Box::new(load_candle(p, Backend::Cpu).expect("loads"));
         std::sync::Arc::new(std::sync::Mutex::new(s))
@@ -500,7 +501,13 @@ fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
     }];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let reference = shared(&qa_tiny("llama"));
-    let same = modelqa::run::first_divergence(&reference, &shared(&qa_tiny("llama")), &asks, 5, deadline);
+    let same = modelqa::checks::differential::first_divergence(
+        &reference,
+        &shared(&qa_tiny("llama")),
+        &asks,
+        5,
+        deadline,
+    );
     assert_eq!(same.outcome, Outcome::Corroborated, "{}", same.reason);
     assert!(same.reason.starts_with("1 of 1 greedy outputs identical"), "{}", same.reason);
     // The final norm negated: every logit flips sign, so the format's first token is the ground
@@ -515,11 +522,11 @@ fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
             .collect();
     });
     let candidate = shared(&flipped);
-    let v = modelqa::run::first_divergence(&reference, &candidate, &asks, 5, deadline);
+    let v = modelqa::checks::differential::first_divergence(&reference, &candidate, &asks, 5, deadline);
     assert_eq!(v.outcome, Outcome::Falsified, "{}", v.reason);
     assert!(v.reason.contains("part at token 0") && v.reason.contains("top 5"), "{}", v.reason);
     // With k as large as the vocabulary every token is in the other's top k: `top_k` is read.
-    let v = modelqa::run::first_divergence(&reference, &candidate, &asks, 512, deadline);
+    let v = modelqa::checks::differential::first_divergence(&reference, &candidate, &asks, 512, deadline);
     assert_eq!(v.outcome, Outcome::Corroborated, "{}", v.reason);
     assert!(v.reason.contains("top 512 (add at token 0)"), "{}", v.reason);
 }

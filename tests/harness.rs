@@ -6,8 +6,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use modelqa::journal::{EvidenceRecord, Outcome};
+use modelqa::journal::EvidenceRecord;
 use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
+use modelqa::vocab::Outcome;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -430,7 +431,7 @@ fn golden_differences_become_pending_files_outside_ci_only() {
     assert!(pending.is_file(), "{}", stderr(&out));
     assert!(!golden.join("e2e/tiny/any_text.snap").exists());
     // Accepted, the references make the trial pass.
-    for p in modelqa::golden::pending_files(&golden) {
+    for p in modelqa::checks::golden::pending_files(&golden) {
         std::fs::rename(&p, p.with_extension("")).unwrap();
     }
     let out = run("accepted", "true");
@@ -531,7 +532,7 @@ fn performance_assertions_are_perf_trials_that_fail_on_a_missed_floor() {
     assert!(out.status.success(), "{}", stdout(&out));
     let r = &fx.journal("pass")[0];
     assert_eq!(r.trial, "e2e::smoke::tiny::safetensors::cpu::perf::decode");
-    assert_eq!(r.category, Some(modelqa::certify::Category::Perf));
+    assert_eq!(r.category, Some(modelqa::vocab::Category::Perf));
     assert!(r.metrics.tokens_per_second.is_some_and(|t| t > 0.001), "{:?}", r.metrics);
     assert!(r.reason.contains("3 timed generations, machine at "), "{}", r.reason);
     assert!(r.reason.contains("tokens/s at reference speed"), "{}", r.reason);

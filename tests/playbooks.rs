@@ -165,7 +165,7 @@ fn seed_summary(pbs: &[playbook::Playbook], notices: &[playbook::Notice]) -> Str
         let mut seen = std::collections::BTreeSet::new();
         for sc in &pb.scenarios {
             if seen.insert(sc.input.question()) {
-                let oracles: Vec<&str> = sc.oracles.iter().map(|o| o.kind()).collect();
+                let oracles: Vec<&str> = sc.oracles.iter().map(|o| o.kind().as_str()).collect();
                 let _ = writeln!(out, "  {:?}: {}", sc.input.question(), oracles.join(", "));
             }
         }
@@ -227,7 +227,7 @@ fn check_seed(
     if text.contains("type: code_syntax") {
         for sc in &pb.scenarios {
             let code = modelqa::oracle::language_of(sc.input.question()).is_some();
-            let parsed = sc.oracles.iter().any(|o| o.kind() == "code_syntax");
+            let parsed = sc.oracles.iter().any(|o| o.kind().as_str() == "code_syntax");
             if code != parsed {
                 return Err(format!(
                     "{path}: scenario {} ({:?}) has code_syntax: {parsed}",

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use modelqa::curriculum;
 use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
-use modelqa::journal::{EvidenceRecord, Outcome};
+use modelqa::journal::EvidenceRecord;
 use modelqa::matrix::Backend;
 use modelqa::oracle::Oracle;
 use modelqa::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
+use modelqa::vocab::Outcome;
 
 fn model_dir(arch: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qa-tiny").join(format!("qa-tiny-{arch}"))

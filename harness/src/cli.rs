@@ -12,12 +12,13 @@ use crate::bind::{Binder, Location};
 use crate::config::{Config, NoTrials};
 use crate::engine::CandleEngine;
 use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
-use crate::gate::Gate;
 use crate::journal::Journal;
 use crate::name::TrialName;
 use crate::playbook::spec::EngineSpec;
 use crate::reporter::{self, exit};
-use crate::run::RunContext;
+use crate::run::TrialEnd;
+use crate::trial::RunContext;
+use crate::vocab::Gate;
 
 /// Runs the qualify harness with the process's arguments and environment.
 ///
@@ -226,9 +227,9 @@ fn build_trials(
                 *ignored.entry(why.clone()).or_default() += 1;
             }
         } else {
-            let key = crate::run::session_key(&spec);
+            let key = crate::trial::session_key(&spec);
             ctx.sessions.expect_uses(&key, 1);
-            if let Some(reference) = crate::run::reference_key(&spec) {
+            if let Some(reference) = crate::trial::reference_key(&spec) {
                 ctx.sessions.expect_uses(&reference, 1);
             }
         }
@@ -237,18 +238,16 @@ fn build_trials(
         let trial = Trial::ignorable_test(name, move || match (reason, model_dir) {
             (Some(why), _) => Ok(Completion::ignored_with(why)),
             (None, None) => Ok(Completion::ignored_with("model not found")),
-            (None, Some(dir)) => ctx
-                .run(&spec, dir, policy)
-                .map(|unstable| match unstable {
-                    None => Completion::Completed,
-                    // nextest shows a trial ignored at run time as passed; this line says it
-                    // was not.
-                    Some(reason) => {
-                        reporter::unstable(&spec.full_name, &reason);
-                        Completion::ignored_with(reason)
-                    }
-                })
-                .map_err(Into::into),
+            (None, Some(dir)) => match ctx.run(&spec, dir, policy) {
+                Ok(TrialEnd::Passed) => Ok(Completion::Completed),
+                // nextest shows a trial ignored at run time as passed; this line says it was not.
+                Ok(TrialEnd::Unstable(reason)) => {
+                    reporter::unstable(&spec.full_name, &reason);
+                    Ok(Completion::ignored_with(reason))
+                }
+                Ok(TrialEnd::Failed(message)) => Err(message.into()),
+                Err(e) => Err(e.to_string().into()),
+            },
         });
         trials.push(trial.with_ignored_flag(is_ignored));
     }

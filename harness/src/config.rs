@@ -45,9 +45,7 @@ impl Config {
                 expected: "expected collect-all, stop-on-p0 or stop-on-first".into(),
             })?),
         };
-        let run_id = var("QUALIFY_RUN_ID")
-            .or_else(|| var("NEXTEST_RUN_ID"))
-            .unwrap_or_else(crate::journal::new_run_id);
+        let run_id = var("QUALIFY_RUN_ID").or_else(|| var("NEXTEST_RUN_ID")).unwrap_or_else(new_run_id);
         if run_id.contains(['/', '\\']) || run_id.starts_with('.') {
             return Err(ConfigError {
                 var: "QUALIFY_RUN_ID",
@@ -219,4 +217,10 @@ pub fn planted_slowdown() -> Option<f64> {
     *FACTOR.get_or_init(|| {
         var("QUALIFY_FAULT_SLOWDOWN")?.parse::<f64>().ok().filter(|f| *f > 1.0 && f.is_finite())
     })
+}
+
+/// A fresh run id: UTC time and process id, sortable.
+pub fn new_run_id() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), std::process::id())
 }

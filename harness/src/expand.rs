@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use memchr::memmem;
 
-use crate::gate::Gate;
 use crate::matrix::{Backend, Format, Modality};
 use crate::name::{SEP, Tail, TrialName};
 use crate::playbook::{Model, Playbook, Scenario, TierPlan};
-use crate::server_gate::ServerCheck;
+use crate::vocab::{Category, Gate, Invariant, ServerCheck};
 
 /// One trial's coordinates in a [`Plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +136,7 @@ pub enum DiffKind {
     /// Greedy outputs: where they part, each format's token is in the other's top k.
     Generation,
     /// One of the contract invariants I-1 to I-5.
-    Invariant(crate::diff::Invariant),
+    Invariant(Invariant),
 }
 
 impl DiffKind {
@@ -167,6 +166,24 @@ pub enum TrialKind {
     Differential(DiffKind),
     /// The playbook's performance assertions on the cell.
     Perf,
+}
+
+impl TrialKind {
+    /// The MQS category a trial scores in: gateways G2 and G4 judge answers (QUAL), the other
+    /// gateways the files, loading and stability (STAB); golden references are REGR; a derived
+    /// format against the ground truth is COMP.
+    pub fn category(&self) -> Category {
+        match self {
+            TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
+            TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
+            TrialKind::ServerGate(_) => Category::Stab,
+            TrialKind::Perf => Category::Perf,
+            TrialKind::Golden(_) => Category::Regr,
+            TrialKind::Differential(_) => Category::Comp,
+            TrialKind::Scenario { scenario, .. } if scenario.edge_case => Category::Edge,
+            TrialKind::Scenario { .. } => Category::Qual,
+        }
+    }
 }
 
 /// A selected trial with everything its body needs.
@@ -384,7 +401,7 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation] {
         tails.push((TailKind::Differential(k), String::new()));
     }
-    for i in crate::diff::Invariant::ALL {
+    for i in Invariant::ALL {
         tails.push((TailKind::Differential(DiffKind::Invariant(i)), String::new()));
     }
     if tier.modalities.contains(&Modality::Serve) {

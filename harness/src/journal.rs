@@ -12,51 +12,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::certify::Category;
 use crate::engine::{ModelFile, Sampling};
-
-/// How a trial ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Every oracle accepted the output.
-    Corroborated,
-    /// An oracle or a gate rejected it.
-    Falsified,
-    /// The trial passed its timeout.
-    Timeout,
-    /// The engine or the trial body crashed (panic, signal).
-    Crashed,
-    /// Not run (a failure policy stopped it); never a pass.
-    Skipped,
-    /// Measured, but too noisy to judge (a performance trial on a machine whose load changed
-    /// under it): recorded and shown, never a pass and never a falsification.
-    Unstable,
-}
-
-impl Outcome {
-    pub fn is_pass(self) -> bool {
-        self == Outcome::Corroborated
-    }
-
-    /// Whether the trial said something about the model: a pass or a failure, not a trial that
-    /// was stopped before it ran or whose measurement was too noisy to judge.
-    pub fn is_verdict(self) -> bool {
-        !matches!(self, Outcome::Skipped | Outcome::Unstable)
-    }
-
-    /// The word the journal writes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Corroborated => "corroborated",
-            Outcome::Falsified => "falsified",
-            Outcome::Timeout => "timeout",
-            Outcome::Crashed => "crashed",
-            Outcome::Skipped => "skipped",
-            Outcome::Unstable => "unstable",
-        }
-    }
-}
+use crate::vocab::{Category, Decider, Gate, Outcome};
 
 /// Timings and counts of one generation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -108,7 +65,7 @@ pub struct EvidenceRecord {
     pub scenario: String,
     pub outcome: Outcome,
     /// What decided the outcome: an oracle (`arithmetic`), a gateway (`G1`), `timeout`, `policy`.
-    pub gate: String,
+    pub gate: Decider,
     /// The MQS category the trial scores in (`docs/mqs.md`); absent in older records, where
     /// certify derives it from `gate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +85,22 @@ pub struct EvidenceRecord {
     pub host: Host,
     /// RFC 3339, UTC.
     pub timestamp: String,
+}
+
+impl EvidenceRecord {
+    /// The category the record scores in: the one the harness stamped, else the one its
+    /// decider implies (records written before categories were).
+    pub fn category(&self) -> Category {
+        if let Some(c) = self.category {
+            return c;
+        }
+        match self.gate {
+            Decider::Gateway(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
+            Decider::Regr => Category::Regr,
+            _ if self.modality == "diff" => Category::Comp,
+            _ => Category::Qual,
+        }
+    }
 }
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -180,12 +153,6 @@ pub fn read(path: &Path) -> std::io::Result<(Vec<EvidenceRecord>, usize)> {
         }
     }
     Ok((records, torn))
-}
-
-/// A fresh run id: UTC time and process id, sortable.
-pub fn new_run_id() -> String {
-    let now = jiff::Timestamp::now();
-    format!("{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), std::process::id())
 }
 
 /// The current time, RFC 3339 in UTC.

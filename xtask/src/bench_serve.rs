@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use modelqa::engine::client::{Client, Endpoint, request_body};
 use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
 use modelqa::matrix::{Backend, Format, Quantization};
 use modelqa::progress;
 use modelqa::serve::{Server, ServerConfig};
-use modelqa::serve_client::{Client, Endpoint, request_body};
 
 const PROMPT: &str = "What is 47 + 38?\n";
 const MAX_TOKENS: u32 = 8;

@@ -183,7 +183,7 @@ fn say_why(family: &str, tier: &str, freshness: &Freshness) {
 /// process reads; on a terminal a bar shows trials done, failures and an ETA (see
 /// [`crate::libtest`]). Failing trials are evidence; a harness that could not start is an error.
 fn run_harness(layout: &Layout, family: &str, tier: &str) -> anyhow::Result<PathBuf> {
-    let run_id = format!("certify-{}", modelqa::journal::new_run_id());
+    let run_id = format!("certify-{}", modelqa::config::new_run_id());
     eprintln!("running {family}::{tier} (run {run_id})");
     let mut child = crate::qualify_command(&layout.places)
         .args(["--", &format!("{family}::{tier}::")])

@@ -28,7 +28,7 @@ pub struct ModelEvidence {
     #[serde(default)]
     pub planned_by_backend: BTreeMap<String, usize>,
     #[serde(default)]
-    pub planned_by_category: BTreeMap<super::Category, usize>,
+    pub planned_by_category: BTreeMap<crate::vocab::Category, usize>,
     /// Weights in the model's ground-truth files, when they could be read.
     pub parameters: Option<u64>,
     /// SHA-256 over the harness's sources and `Cargo.lock` when the evidence was certified: a

@@ -12,4 +12,4 @@ pub mod tickets;
 pub mod workspace;
 
 pub use evidence::ModelEvidence;
-pub use mqs::{Category, Score, Status, score};
+pub use mqs::{Score, Status, score};

@@ -7,70 +7,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{EvidenceRecord, Outcome};
+use crate::journal::EvidenceRecord;
+use crate::vocab::{Category, Gate, Outcome};
 
-/// A scoring category and its weight out of 1000.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Category {
-    /// Answers judged by oracles; gateways G2 and G4.
-    Qual,
-    /// Performance assertions.
-    Perf,
-    /// Gateways G0, G1 and G3: the model's files, loading, stability.
-    Stab,
-    /// Derived formats against the ground truth (differential trials).
-    Comp,
-    /// Edge-case scenarios (the `edge_cases` generator).
-    Edge,
-    /// Golden references.
-    Regr,
-}
-
-impl Category {
-    pub const ALL: [Category; 6] =
-        [Category::Qual, Category::Perf, Category::Stab, Category::Comp, Category::Edge, Category::Regr];
-
-    /// Points a category is worth when every trial in it passes; they add up to 1000.
-    pub fn weight(self) -> u32 {
-        match self {
-            Category::Qual | Category::Stab => 200,
-            Category::Perf | Category::Comp | Category::Edge | Category::Regr => 150,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Qual => "QUAL",
-            Category::Perf => "PERF",
-            Category::Stab => "STAB",
-            Category::Comp => "COMP",
-            Category::Edge => "EDGE",
-            Category::Regr => "REGR",
-        }
-    }
-
-    /// The category of a record: the one the harness stamped, else the one its gate implies.
-    pub fn of(record: &EvidenceRecord) -> Category {
-        if let Some(c) = record.category {
-            return c;
-        }
-        match record.gate.as_str() {
-            "G0" | "G1" | "G3" => Category::Stab,
-            "REGR" => Category::Regr,
-            _ if record.modality == "diff" => Category::Comp,
-            _ => Category::Qual,
-        }
-    }
-}
-
-impl fmt::Display for Category {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The five gateways, in order.
+/// The five gateways, in order, as the score names them.
 pub const GATEWAYS: [&str; 5] = ["G0", "G1", "G2", "G3", "G4"];
 
 /// What the evidence says of one gateway.
@@ -335,8 +275,8 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
 
     let mut gateways: BTreeMap<String, GatewayState> =
         GATEWAYS.iter().map(|g| (g.to_string(), GatewayState::Unmeasured)).collect();
-    for r in records.iter().filter(|r| GATEWAYS.contains(&r.gate.as_str())) {
-        let state = gateways.get_mut(&r.gate).expect("every gateway is in the map");
+    for (r, gate) in records.iter().filter_map(|r| Some((r, r.gate.gateway()?))) {
+        let state = gateways.get_mut(gate.id()).expect("every gateway is in the map");
         match r.outcome {
             Outcome::Corroborated if *state == GatewayState::Unmeasured => *state = GatewayState::Passed,
             Outcome::Corroborated | Outcome::Skipped | Outcome::Unstable => {}
@@ -345,14 +285,14 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
     }
     // G3 is also "no crash in any trial of the group".
     if records.iter().any(|r| r.outcome == Outcome::Crashed) {
-        gateways.insert("G3".into(), GatewayState::Failed);
+        gateways.insert(Gate::Stability.id().into(), GatewayState::Failed);
     }
 
     let mut tally: BTreeMap<Category, (usize, usize)> = BTreeMap::new();
     // A skipped trial counts against its category; an unstable measurement said nothing either
     // way, so it earns nothing and costs nothing.
     for r in records.iter().filter(|r| r.outcome != Outcome::Unstable) {
-        let t = tally.entry(Category::of(r)).or_default();
+        let t = tally.entry(r.category()).or_default();
         t.1 += 1;
         if r.outcome.is_pass() {
             t.0 += 1;
@@ -381,7 +321,7 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
         .filter_map(|c| {
             let n = records
                 .iter()
-                .filter(|r| r.outcome == Outcome::Unstable && Category::of(r) == c.category)
+                .filter(|r| r.outcome == Outcome::Unstable && r.category() == c.category)
                 .count();
             (n > 0).then(|| format!("{n} {} trial{}", c.category, if n == 1 { "" } else { "s" }))
         })
@@ -473,7 +413,7 @@ mod tests {
             scenario: format!("s{i}"),
             outcome,
             category: Some(category),
-            gate: gate.into(),
+            gate: gate.parse().expect("a decider"),
             reason: String::new(),
             prompt: None,
             output: None,
@@ -499,7 +439,7 @@ mod tests {
             .collect();
         for (k, c) in Category::ALL.iter().enumerate() {
             for j in 0..n {
-                out.push(record(100 + k * n + j, "oracle", *c, Outcome::Corroborated));
+                out.push(record(100 + k * n + j, "oracles", *c, Outcome::Corroborated));
             }
         }
         out
@@ -517,7 +457,7 @@ mod tests {
 
     fn evidence() -> impl Strategy<Value = (Vec<EvidenceRecord>, usize, String)> {
         let gate = prop_oneof![
-            Just("oracle"),
+            Just("oracles"),
             Just("G0"),
             Just("G1"),
             Just("G2"),
@@ -597,7 +537,7 @@ mod tests {
 
     #[test]
     fn an_unmeasured_category_earns_nothing_and_is_shown() {
-        let records: Vec<_> = clean(10).into_iter().filter(|r| Category::of(r) != Category::Perf).collect();
+        let records: Vec<_> = clean(10).into_iter().filter(|r| r.category() != Category::Perf).collect();
         let s = score("deep", &records, records.len());
         let perf = s.categories.iter().find(|c| c.category == Category::Perf).expect("perf row");
         assert_eq!(perf.points, None);

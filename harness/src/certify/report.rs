@@ -9,7 +9,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use super::evidence::ModelEvidence;
 use super::mqs::{GATEWAYS, GatewayState, Score};
 use super::registry::TPS_COLUMNS;
-use crate::journal::Outcome;
+use crate::vocab::Outcome;
 
 /// JUnit XML: one suite per model, one case per trial. A falsified oracle or gate is a failure;
 /// a timeout or a crash is an error; a trial a policy stopped is skipped. The MQS, grade, status
@@ -239,7 +239,7 @@ pub fn html(scored: &[(ModelEvidence, Score)]) -> String {
                     "<tr class=\"fail\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td></tr>",
                     esc(&r.trial),
                     r.outcome.as_str(),
-                    esc(&r.gate),
+                    esc(r.gate.as_str()),
                     esc(&r.reason),
                     esc(r.prompt.as_deref().unwrap_or("")),
                     esc(r.output.as_deref().unwrap_or(""))

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::evidence::ModelEvidence;
 use crate::journal::EvidenceRecord;
+use crate::vocab::Decider;
 
 /// One ticket.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,10 +52,10 @@ fn slug(s: &str) -> String {
 
 /// Tickets for every falsification (any outcome but a pass or a policy skip), in a stable order.
 pub fn tickets(evidence: &[ModelEvidence]) -> Vec<Ticket> {
-    let mut groups: BTreeMap<(String, String, String), Vec<&EvidenceRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, &str, String), Vec<&EvidenceRecord>> = BTreeMap::new();
     for e in evidence {
-        for r in e.records.iter().filter(|r| !r.outcome.is_pass() && r.gate != "policy") {
-            groups.entry((r.model_id.clone(), r.gate.clone(), root_cause(&r.reason))).or_default().push(r);
+        for r in e.records.iter().filter(|r| !r.outcome.is_pass() && r.gate != Decider::Policy) {
+            groups.entry((r.model_id.clone(), r.gate.as_str(), root_cause(&r.reason))).or_default().push(r);
         }
     }
     groups
@@ -110,7 +111,7 @@ pub fn tickets(evidence: &[ModelEvidence]) -> Vec<Ticket> {
                 first.trial
             );
             Ticket {
-                file_name: format!("{:03}-{}-{}.md", i + 1, slug(&gate), slug(&first.model)),
+                file_name: format!("{:03}-{}-{}.md", i + 1, slug(gate), slug(&first.model)),
                 title,
                 body,
             }

@@ -145,7 +145,7 @@ pub fn planned_in_detail(plan: &Plan, family: &str, tier: &str, model: &str) -> 
     for r in refs {
         let spec = plan.spec(r);
         *planned.by_backend.entry(spec.name.backend.as_str().to_string()).or_default() += 1;
-        *planned.by_category.entry(crate::run::category_of(&spec.kind)).or_default() += 1;
+        *planned.by_category.entry(spec.kind.category()).or_default() += 1;
     }
     planned
 }

@@ -12,10 +12,10 @@ use serde_json::Value;
 
 use super::{EngineError, Finish, GenerateRequest, Generation, ModelFile, Sampling, Session, SessionInfo};
 use crate::chat::ChatTemplate;
+use crate::engine::client::{Client, Endpoint, Reply, request_body};
 use crate::matrix::Backend;
 use crate::playbook::MessageSpec;
 use crate::playbook::spec::CommandOutput;
-use crate::serve_client::{Client, Endpoint, Reply, request_body};
 
 /// How often a running command is looked at for exit or deadline.
 const POLL: Duration = Duration::from_millis(5);

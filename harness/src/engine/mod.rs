@@ -6,6 +6,7 @@
 
 mod cache;
 mod candle;
+pub mod client;
 mod external;
 
 use std::path::PathBuf;
@@ -86,6 +87,13 @@ pub struct GenerateRequest<'a> {
     pub sampling: Sampling,
     /// Generation stops with [`EngineError::Timeout`] once this passes.
     pub deadline: Instant,
+}
+
+impl<'a> GenerateRequest<'a> {
+    /// Greedy decoding of at most `max_tokens` tokens, as every check but a sampled scenario asks.
+    pub fn greedy(prompt: &'a str, max_tokens: u32, deadline: Instant) -> Self {
+        GenerateRequest { prompt, max_tokens, sampling: Sampling::Greedy, deadline }
+    }
 }
 
 /// Why generation ended.

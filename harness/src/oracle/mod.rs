@@ -10,6 +10,7 @@ pub use code::{language_of, syntax_error};
 pub use garbage::{GarbageConfig, garbage_reason};
 
 use crate::playbook::spec::{Language, OracleSpec};
+use crate::vocab::OracleKind;
 
 /// What an oracle concluded.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,14 +77,14 @@ impl Oracle {
         })
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> OracleKind {
         match self {
-            Oracle::Arithmetic { .. } => "arithmetic",
-            Oracle::Contains(_) => "contains",
-            Oracle::Exact(_) => "exact",
-            Oracle::Regex(_) => "regex",
-            Oracle::Garbage(_) => "garbage",
-            Oracle::CodeSyntax { .. } => "code_syntax",
+            Oracle::Arithmetic { .. } => OracleKind::Arithmetic,
+            Oracle::Contains(_) => OracleKind::Contains,
+            Oracle::Exact(_) => OracleKind::Exact,
+            Oracle::Regex(_) => OracleKind::Regex,
+            Oracle::Garbage(_) => OracleKind::Garbage,
+            Oracle::CodeSyntax { .. } => OracleKind::CodeSyntax,
         }
     }
 

@@ -120,6 +120,11 @@ impl PerformanceSpec {
             .and_then(|f| f.max_time_to_first_token_ms.get(backend))
             .or_else(|| self.max_time_to_first_token_ms.get(backend))
     }
+
+    /// Tokens each measured generation asks for (`max_tokens`, default 32).
+    pub fn tokens_per_run(&self) -> u32 {
+        self.max_tokens.unwrap_or(32)
+    }
 }
 
 /// The differential trials' settings. Field names follow the original project where it had one.

@@ -1,59 +1,18 @@
 //! Gateways G0–G4 as trials: one of each per `(model, format, backend)`. Any gateway failure
-//! zeroes a model's score; under `stop-on-p0` it also stops the rest of its group.
+//! zeroes a model's score; under `stop-on-p0` it also stops the rest of its group. G0 reads
+//! files only ([`run_integrity`]); the others run on the cell's loaded session ([`run`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::Instant;
 
-use crate::engine::{EngineError, GenerateRequest, Generation, Sampling, SharedSession};
-use crate::journal::Outcome;
+use crate::engine::{EngineError, GenerateRequest, SharedSession};
+use crate::expand::TrialSpec;
+use crate::matrix::Format;
 use crate::oracle::{GarbageConfig, garbage_reason};
-use crate::playbook::{MessageSpec, Model, Scenario};
-
-/// A gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Gate {
-    Integrity,
-    Load,
-    Inference,
-    Stability,
-    Quality,
-}
-
-impl Gate {
-    pub const ALL: [Gate; 5] = [Gate::Integrity, Gate::Load, Gate::Inference, Gate::Stability, Gate::Quality];
-
-    /// The trial-name segment: `g0-integrity`.
-    pub fn slug(self) -> &'static str {
-        match self {
-            Gate::Integrity => "g0-integrity",
-            Gate::Load => "g1-load",
-            Gate::Inference => "g2-inference",
-            Gate::Stability => "g3-stability",
-            Gate::Quality => "g4-quality",
-        }
-    }
-
-    /// The short id used in evidence: `G0`.
-    pub fn id(self) -> &'static str {
-        match self {
-            Gate::Integrity => "G0",
-            Gate::Load => "G1",
-            Gate::Inference => "G2",
-            Gate::Stability => "G3",
-            Gate::Quality => "G4",
-        }
-    }
-
-    pub fn parse(slug: &str) -> Option<Gate> {
-        Gate::ALL.into_iter().find(|g| g.slug() == slug)
-    }
-
-    /// Whether the gate needs a loaded session (G0 reads files only).
-    pub fn needs_session(self) -> bool {
-        self != Gate::Integrity
-    }
-}
+use crate::playbook::Model;
+use crate::trial::{Ask, Finding, TrialEnv};
+use crate::vocab::{Decider, Gate, Outcome};
 
 /// A gate's verdict.
 #[derive(Debug, Clone)]
@@ -119,13 +78,12 @@ pub fn artifact_integrity(artifact: &Path, source: GateVerdict) -> GateVerdict {
     source
 }
 
-fn greedy<'a>(prompt: &'a str, max_tokens: u32, deadline: Instant) -> GenerateRequest<'a> {
-    GenerateRequest { prompt, max_tokens, sampling: Sampling::Greedy, deadline }
-}
-
 /// G2: a basic prompt yields at least one token, with finite logits.
 pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> GateVerdict {
-    let result = session.lock().unwrap_or_else(|p| p.into_inner()).generate(&greedy(prompt, 8, deadline));
+    let result = session
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .generate(&GenerateRequest::greedy(prompt, 8, deadline));
     let mut v = match result {
         Err(EngineError::Timeout { tokens, .. }) => GateVerdict {
             outcome: Outcome::Timeout,
@@ -162,7 +120,10 @@ pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
 pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> GateVerdict {
     let run = |p: &str, max: u32| {
         catch_unwind(AssertUnwindSafe(|| {
-            session.lock().unwrap_or_else(|e| e.into_inner()).generate(&greedy(p, max, deadline))
+            session
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .generate(&GenerateRequest::greedy(p, max, deadline))
         }))
     };
     let first = run(prompt, 16);
@@ -213,7 +174,7 @@ pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
 }
 
 /// G4: no scenario's output is garbage.
-pub fn quality(session: &SharedSession, scenarios: &[Ask], deadline: Instant) -> GateVerdict {
+pub(crate) fn quality(session: &SharedSession, scenarios: &[Ask], deadline: Instant) -> GateVerdict {
     let cfg = GarbageConfig::default();
     for ask in scenarios {
         let (name, prompt) = (&ask.name, &ask.prompt);
@@ -242,41 +203,35 @@ pub fn quality(session: &SharedSession, scenarios: &[Ask], deadline: Instant) ->
     GateVerdict::pass(format!("{} scenario outputs are not garbage", scenarios.len()))
 }
 
-/// What a gate sends for one scenario.
-#[derive(Debug, Clone)]
-pub struct Ask {
-    pub name: String,
-    /// The text sent; for a conversation sent as such, its readable transcript.
-    pub prompt: String,
-    /// The conversation, where the engine lays conversations out itself.
-    pub conversation: Option<Vec<MessageSpec>>,
-    pub max_tokens: u32,
+/// A gateway trial on the cell's loaded session.
+pub(crate) fn run(env: &TrialEnv<'_>, g: Gate) -> Finding {
+    let verdict = match g {
+        Gate::Integrity => return run_integrity(env.spec, env.model_dir, env.artifact),
+        Gate::Load => GateVerdict::pass(format!(
+            "loaded by {} on {} in {:.0} ms",
+            env.info.engine,
+            env.info.device,
+            env.info.load_time.as_secs_f64() * 1e3
+        )),
+        Gate::Inference => inference(env.session, &env.basic_prompt(), env.deadline),
+        Gate::Stability => stability(env.session, &env.basic_prompt(), env.deadline),
+        Gate::Quality => quality(env.session, &env.asks(), env.deadline),
+    };
+    finding(g, verdict)
 }
 
-impl Ask {
-    /// Greedy generation for this scenario on `session`.
-    pub fn generate(&self, session: &SharedSession, deadline: Instant) -> Result<Generation, EngineError> {
-        let request = greedy(&self.prompt, self.max_tokens, deadline);
-        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
-        match &self.conversation {
-            Some(messages) => session.chat(messages, &request),
-            None => session.generate(&request),
-        }
+/// G0 of a cell: the ground truth's files and, for a derived format, its artifact.
+pub(crate) fn run_integrity(spec: &TrialSpec, model_dir: &Path, artifact: &Path) -> Finding {
+    let mut verdict = integrity(model_dir, &spec.model);
+    if verdict.outcome == Outcome::Corroborated && spec.name.format != Format::Safetensors {
+        verdict = artifact_integrity(artifact, verdict);
     }
+    finding(Gate::Integrity, verdict)
 }
 
-/// What a gate sends for each scenario (`render` gives the prompt and, for an engine that lays
-/// conversations out itself, the conversation); generated properties are left out.
-pub fn scenario_prompts(
-    scenarios: &[std::sync::Arc<Scenario>],
-    render: impl Fn(&Scenario) -> (String, Option<Vec<MessageSpec>>),
-) -> Vec<Ask> {
-    scenarios
-        .iter()
-        .filter(|s| s.property.is_none())
-        .map(|s| {
-            let (prompt, conversation) = render(s);
-            Ask { name: s.name.clone(), prompt, conversation, max_tokens: s.max_tokens }
-        })
-        .collect()
+fn finding(g: Gate, v: GateVerdict) -> Finding {
+    let mut f = Finding::new(v.outcome, Decider::Gateway(g), v.reason);
+    f.prompt = v.prompt;
+    f.output = v.output;
+    f
 }

@@ -21,6 +21,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
+use crate::engine::GenerateRequest;
+use crate::matrix::Backend;
+use crate::playbook::spec::EngineSpec;
+use crate::trial::{Finding, TrialEnv};
+use crate::vocab::{Decider, Outcome};
+
 /// The calibration's duration on the reference machine (the project's 2-core x86_64 runner,
 /// AVX2, idle, one trial at a time): 15 ms, measured by the `perf::decode` trials of qa-tiny.
 pub const CALIBRATION_REFERENCE: Duration = Duration::from_micros(15_000);
@@ -261,6 +267,77 @@ pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
         (Decision::Pass, said)
     };
     Judgement { decision, reason, decode, first_token, machine_speed }
+}
+
+/// The playbook's performance assertions on a cell: `warmup` untimed greedy generations, then
+/// `runs` timed ones, each between two calibrations of the machine; the medians of the
+/// normalised decode speed and time to first token decide, and a measurement too noisy to judge
+/// is `unstable`.
+pub(crate) fn run(env: &TrialEnv<'_>) -> Finding {
+    let spec = env.spec;
+    let Some(p) = &spec.performance else {
+        return Finding::new(Outcome::Falsified, Decider::Perf, "the playbook has no performance assertions");
+    };
+    let (format, backend) = (spec.name.format.name(), spec.name.backend);
+    let floors = Floors {
+        min_tokens_per_second: p.min_tokens_per_second(&format, backend),
+        max_time_to_first_token_ms: p.max_time_to_first_token_ms(&format, backend),
+    };
+    let prompt = p.prompt.clone().unwrap_or_else(|| env.basic_prompt());
+    let (warmup, runs) = (p.warmup.unwrap_or(2), p.runs.unwrap_or(5));
+    let load_before = load_average();
+    // The calibration measures this CPU: it speaks for a cpu cell of the embedded engine, not for
+    // a GPU or an engine in another process.
+    let calibrated = backend == Backend::Cpu && matches!(spec.engine, EngineSpec::Embedded);
+    let calibrate = || if calibrated { calibrate() } else { CALIBRATION_REFERENCE };
+    // The session is held for the whole measurement, so no other trial's generation lands
+    // between a calibration and the generation it brackets.
+    let mut guard = env.session.lock().unwrap_or_else(|e| e.into_inner());
+    let mut samples = Vec::new();
+    let mut calibration_before = calibrate();
+    for i in 0..warmup + runs {
+        match guard.generate(&GenerateRequest::greedy(&prompt, p.tokens_per_run(), env.deadline)) {
+            Ok(g) if i >= warmup => {
+                let calibration_after = calibrate();
+                samples.push(Sample {
+                    tokens_per_second: g.tokens_per_second(),
+                    time_to_first_token_ms: g.time_to_first_token.as_secs_f64() * 1e3,
+                    calibration: (calibration_before + calibration_after) / 2,
+                    calibrated,
+                });
+                calibration_before = calibration_after;
+            }
+            Ok(_) => calibration_before = calibrate(),
+            Err(e) => {
+                let what = format!("the measurement (generation {} of {})", i + 1, warmup + runs);
+                return Finding::from_engine_error(e, Decider::Perf, &what, env.timeout())
+                    .with_prompt(prompt);
+            }
+        }
+    }
+    drop(guard);
+    let judgement = judge(&samples, floors);
+    let mut reason = judgement.reason;
+    match (load_before, load_average()) {
+        (Some(a), Some(b)) => {
+            reason.push_str(&format!("; load average {a:.2} → {b:.2} on {} CPUs", env.ctx.host.cpus))
+        }
+        _ => reason.push_str("; load average unknown"),
+    }
+    if let Some(factor) = crate::config::planted_slowdown() {
+        reason.push_str(&format!("; a {factor}× slowdown was planted (QUALIFY_FAULT_SLOWDOWN)"));
+    }
+    let outcome = match judgement.decision {
+        Decision::Pass => Outcome::Corroborated,
+        Decision::Fail => Outcome::Falsified,
+        Decision::Unstable => Outcome::Unstable,
+    };
+    let mut f = Finding::new(outcome, Decider::Perf, reason);
+    // Metrics are what was measured, as in every other record; the reason gives the normalised
+    // figures the verdict was drawn from.
+    f.metrics.tokens_per_second = judgement.decode.map(|d| d.measured);
+    f.metrics.time_to_first_token_ms = judgement.first_token.map(|d| d.measured);
+    f.with_prompt(prompt)
 }
 
 #[cfg(test)]

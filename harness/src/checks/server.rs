@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::checks::gate::GateVerdict;
 use crate::engine::Sampling;
-use crate::gate::GateVerdict;
-use crate::journal::Outcome;
+use crate::engine::client::{Client, Endpoint, RawResponse, request_body};
+use crate::playbook::Input;
 use crate::playbook::MessageSpec;
-use crate::serve_client::{Client, Endpoint, RawResponse, request_body};
+use crate::trial::{Finding, TrialEnv, messages_of, render_run};
+use crate::vocab::Decider;
+use crate::vocab::{Outcome, ServerCheck};
 
 /// `GET /health` must answer within this.
 pub const HEALTH_LIMIT: Duration = Duration::from_millis(1000);
@@ -20,47 +23,6 @@ pub const HEALTH_LIMIT: Duration = Duration::from_millis(1000);
 pub const CONCURRENT_CLIENTS: usize = 8;
 /// The body `serve-bad-requests` sends as oversized: larger than any sane prompt limit.
 const OVERSIZED_BYTES: usize = 8 << 20;
-
-/// One server-level check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServerCheck {
-    /// `GET /health` answers 200 within [`HEALTH_LIMIT`]; `GET /v1/models` lists the model.
-    Health,
-    /// Whole responses of both endpoints are JSON objects of the OpenAI shape, usage adding up.
-    Json,
-    /// Streamed responses are well-framed server-sent events ending in `data: [DONE]`, and
-    /// their pieces add up to the whole response.
-    Sse,
-    /// The same request at temperature 0 gives the same answer every time.
-    Deterministic,
-    /// [`CONCURRENT_CLIENTS`] requests at once all succeed with the sequential answer.
-    Concurrent,
-    /// Malformed requests get a 400 (an oversized body 400 or 413) with an error object, and
-    /// the server stays up.
-    BadRequests,
-}
-
-impl ServerCheck {
-    pub const ALL: [ServerCheck; 6] = [
-        ServerCheck::Health,
-        ServerCheck::Json,
-        ServerCheck::Sse,
-        ServerCheck::Deterministic,
-        ServerCheck::Concurrent,
-        ServerCheck::BadRequests,
-    ];
-
-    pub fn slug(self) -> &'static str {
-        match self {
-            ServerCheck::Health => "serve-health",
-            ServerCheck::Json => "serve-json",
-            ServerCheck::Sse => "serve-sse",
-            ServerCheck::Deterministic => "serve-deterministic",
-            ServerCheck::Concurrent => "serve-concurrent",
-            ServerCheck::BadRequests => "serve-bad-requests",
-        }
-    }
-}
 
 /// What the checks send: the first scenario as a prompt and as a conversation.
 #[derive(Debug, Clone)]
@@ -367,6 +329,42 @@ fn excerpt(s: &str) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
+}
+
+/// A server check of the cell's session: this project's server over it, or the external one.
+pub(crate) fn run(env: &TrialEnv<'_>, check: ServerCheck) -> Finding {
+    let client = match env.ctx.servers.client_for(env) {
+        Ok(c) => c,
+        Err(e) => {
+            return Finding::new(
+                Outcome::Falsified,
+                Decider::Serve,
+                format!("failed to start the server: {e}"),
+            );
+        }
+    };
+    let template = env.info.chat_template.as_ref();
+    let chat = template.is_some() || env.info.applies_chat_template;
+    let spec = env.spec;
+    let probe = match spec.scenarios.iter().find(|s| s.property.is_none()) {
+        Some(s) => Probe {
+            prompt: render_run(&spec.model, &s.input, template),
+            messages: messages_of(&s.input),
+            max_tokens: s.max_tokens,
+            chat,
+        },
+        None => Probe {
+            prompt: spec.model.layout("Hello"),
+            messages: messages_of(&Input::Prompt("Hello".into())),
+            max_tokens: 8,
+            chat,
+        },
+    };
+    let served = client.model().unwrap_or(&spec.model.id).to_string();
+    let v = self::check(check, &client, &served, &probe, env.deadline);
+    let mut f = Finding::new(v.outcome, Decider::Serve, v.reason);
+    f.prompt = v.prompt;
+    f
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Golden references: the greedy output text of every scenario, as insta-style
 //! `<scenario>.snap` files, and the top-k logits at its first prompt positions, as
 //! `<scenario>.logits.json`, under `golden/<family>/<model>/`. One file per scenario, so tiers
-//! that share a scenario share its reference. The `diff::golden-*` trials compare a model against them.
+//! that share a scenario share its reference. The `diff::golden-*` trials ([`run`]) compare a model
+//! against them.
 //!
 //! A reference is never rewritten implicitly: a difference is written beside it as a pending
 //! `.new` file (never in CI), and `cargo xtask golden --accept --yes` accepts it.
@@ -9,6 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::expand::GoldenKind;
+use crate::trial::{Finding, TrialEnv};
+use crate::vocab::{Decider, Outcome};
 
 /// How many prompt positions and top logits the numeric reference keeps.
 pub const POSITIONS: usize = 4;
@@ -122,4 +127,90 @@ pub fn pending_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A golden trial: greedy outputs or top-k logits of every scenario against the references; a
+/// difference is written as a pending `.new` file beside the reference (never in CI).
+pub(crate) fn run(env: &TrialEnv<'_>, kind: GoldenKind) -> Finding {
+    let spec = env.spec;
+    let dir = model_dir(&spec.name.family, &spec.name.model);
+    let asks = env.asks();
+    let mut differences = Vec::new();
+    let mut pending = Vec::new();
+    for ask in &asks {
+        let name = &ask.name;
+        match kind {
+            GoldenKind::Text => {
+                let text = match ask.generate(env.session, env.deadline) {
+                    Ok(g) => g.text,
+                    Err(e) => {
+                        let what = format!("scenario {name}");
+                        return Finding::from_engine_error(e, Decider::Regr, &what, env.timeout());
+                    }
+                };
+                let path = dir.join(format!("{name}.snap"));
+                match read_snapshot(&path) {
+                    Some(want) if want == text => {}
+                    want => {
+                        differences.push(match want {
+                            Some(w) => format!("{name}: {text:?}, golden {w:?}"),
+                            None => format!("{name}: no golden reference ({})", path.display()),
+                        });
+                        let expr = format!("{}::{}::{name}", spec.name.family, spec.name.model);
+                        pending.extend(write_pending(&path, &snapshot_text(&expr, &text)));
+                    }
+                }
+            }
+            GoldenKind::Logits => {
+                let rows = env
+                    .session
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .prompt_logits(&ask.prompt, POSITIONS);
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let what = format!("scenario {name}");
+                        return Finding::from_engine_error(e, Decider::Regr, &what, env.timeout());
+                    }
+                };
+                let positions = rows.iter().map(|r| top_k(r, TOP_K)).collect();
+                let actual = ScenarioLogits { prompt: ask.prompt.clone(), positions };
+                let path = dir.join(format!("{name}.logits.json"));
+                let reference: Option<ScenarioLogits> =
+                    std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
+                let found = match &reference {
+                    Some(r) => compare_logits(name, r, &actual),
+                    None => vec![format!("{name}: no golden reference ({})", path.display())],
+                };
+                if !found.is_empty() {
+                    let json = serde_json::to_string_pretty(&actual).unwrap_or_default() + "\n";
+                    pending.extend(write_pending(&path, &json));
+                    differences.extend(found);
+                }
+            }
+        }
+    }
+    if differences.is_empty() {
+        return Finding::new(
+            Outcome::Corroborated,
+            Decider::Regr,
+            format!("{} scenarios match their golden {}", asks.len(), kind.slug()),
+        );
+    }
+    let note = if pending.is_empty() {
+        String::new()
+    } else {
+        " (pending references written; review, then `cargo xtask golden --accept --yes`)".to_string()
+    };
+    Finding::new(
+        Outcome::Falsified,
+        Decider::Regr,
+        format!(
+            "{} of {} differ from golden{note}: {}",
+            differences.len(),
+            asks.len().max(1),
+            differences.join("; ")
+        ),
+    )
 }

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 
 use crate::chat::ChatTemplate;
 use crate::format::apr;
-use crate::journal::Outcome;
 use crate::matrix::{Format, Quantization};
 use crate::playbook::MessageSpec;
+use crate::vocab::{Invariant, Outcome};
 
 /// A differential verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -352,44 +352,6 @@ pub fn logits(
         DiffVerdict::pass(summary)
     } else {
         DiffVerdict::fail(summary)
-    }
-}
-
-/// The contract invariants of the original project, each a trial of every derived format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Invariant {
-    /// I-1: a lossless format converts back to the ground truth bit for bit; a quantizing one
-    /// refuses to convert back silently, and converting again gives the same bytes.
-    RoundTrip,
-    /// I-2: every tensor name maps to the format's name and back, one to one.
-    NameBijection,
-    /// I-3: every tensor is stored in the type its conversion asks for, or a fallback the file
-    /// lists.
-    NoSilentDtypeFallback,
-    /// I-4: per-tensor mean, standard deviation, minimum and maximum within the type's bound
-    /// (and an identical checksum where the type is the source's).
-    StatisticsPreserved,
-    /// I-5: the format's tokenizer encodes and decodes as the ground truth's.
-    TokenizerRoundTrip,
-}
-
-impl Invariant {
-    pub const ALL: [Invariant; 5] = [
-        Invariant::RoundTrip,
-        Invariant::NameBijection,
-        Invariant::NoSilentDtypeFallback,
-        Invariant::StatisticsPreserved,
-        Invariant::TokenizerRoundTrip,
-    ];
-
-    pub fn slug(self) -> &'static str {
-        match self {
-            Invariant::RoundTrip => "i1-round-trip",
-            Invariant::NameBijection => "i2-name-bijection",
-            Invariant::NoSilentDtypeFallback => "i3-no-silent-dtype-fallback",
-            Invariant::StatisticsPreserved => "i4-statistics-preserved",
-            Invariant::TokenizerRoundTrip => "i5-tokenizer-round-trip",
-        }
     }
 }
 

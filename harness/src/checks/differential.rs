@@ -1,0 +1,181 @@
+//! Differential trials: a derived format against the safetensors ground truth — its tensors,
+//! its next-token distributions, its greedy generations, its chat prompts, and the contract
+//! invariants of the conversion. The comparisons themselves are in [`super::diff`].
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::chat::ChatTemplate;
+use crate::engine::{EngineError, SharedSession};
+use crate::expand::{DiffKind, TrialSpec};
+use crate::playbook::MessageSpec;
+use crate::trial::{Ask, Finding, TrialEnv, asks_without_session, messages_of, reference_key};
+use crate::vocab::{Decider, Invariant, Outcome};
+
+use super::diff::{self, DiffVerdict, LogitTolerance};
+use super::golden;
+
+/// Prompt positions whose next-token distributions a logit differential compares.
+const DIFF_POSITIONS: usize = 16;
+
+/// An invariant reads files only; no session is loaded for it.
+pub(crate) fn run_invariant(spec: &TrialSpec, model_dir: &Path, artifact: &Path, inv: Invariant) -> Finding {
+    let texts = asks_without_session(spec);
+    let v = diff::invariant(inv, model_dir, artifact, spec.name.format, &texts);
+    Finding::new(v.outcome, Decider::Comp, v.reason)
+}
+
+/// A differential trial on the cell's loaded session.
+pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
+    let spec = env.spec;
+    let verdict = match kind {
+        DiffKind::Tensors => diff::tensors(env.model_dir, env.artifact),
+        DiffKind::Invariant(inv) => return run_invariant(spec, env.model_dir, env.artifact, inv),
+        DiffKind::ChatPrompt => match ChatTemplate::from_model_dir(env.model_dir) {
+            Ok(reference) => {
+                let conversations: Vec<(String, Vec<MessageSpec>)> = spec
+                    .scenarios
+                    .iter()
+                    .filter(|s| s.property.is_none())
+                    .map(|s| (s.name.clone(), messages_of(&s.input)))
+                    .collect();
+                diff::chat_prompts(reference.as_ref(), env.info.chat_template.as_ref(), &conversations)
+            }
+            Err(e) => DiffVerdict {
+                outcome: Outcome::Falsified,
+                reason: format!("the safetensors chat template: {e}"),
+            },
+        },
+        DiffKind::Logits | DiffKind::Generation => {
+            let Some(reference_key) = reference_key(spec) else {
+                return Finding::new(
+                    Outcome::Falsified,
+                    Decider::Comp,
+                    "a safetensors cell has no reference",
+                );
+            };
+            let (reference, _) = env
+                .ctx
+                .sessions
+                .get_or_load(&reference_key, false, || env.ctx.engine.load(env.model_dir, spec.name.backend));
+            let reference = match reference {
+                Ok(r) => r,
+                Err(e) => {
+                    return Finding::new(
+                        Outcome::Falsified,
+                        Decider::Comp,
+                        format!("the safetensors reference failed to load: {e}"),
+                    );
+                }
+            };
+            if kind == DiffKind::Generation {
+                let k = spec.differential.top_k.unwrap_or(5);
+                first_divergence(&reference, env.session, &env.asks(), k, env.deadline)
+            } else {
+                return logits(env, &reference);
+            }
+        }
+    };
+    let decider = if verdict.outcome == Outcome::Timeout { Decider::Timeout } else { Decider::Comp };
+    Finding::new(verdict.outcome, decider, verdict.reason)
+}
+
+/// Next-token distributions at the first prompt positions of every scenario, reference and
+/// candidate, judged by the format's tolerance.
+fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
+    let mut want = Vec::new();
+    let mut got = Vec::new();
+    for Ask { name, prompt, .. } in &env.asks() {
+        if Instant::now() >= env.deadline {
+            return Finding::new(
+                Outcome::Timeout,
+                Decider::Timeout,
+                "the logit comparison passed its timeout",
+            );
+        }
+        let r = reference.lock().unwrap_or_else(|p| p.into_inner()).prompt_logits(prompt, DIFF_POSITIONS);
+        let c = env.session.lock().unwrap_or_else(|p| p.into_inner()).prompt_logits(prompt, DIFF_POSITIONS);
+        match (r, c) {
+            (Ok(r), Ok(c)) => {
+                want.push(r);
+                got.push(c);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                let what = format!("scenario {name}");
+                return Finding::from_engine_error(e, Decider::Comp, &what, env.timeout());
+            }
+        }
+    }
+    let format = env.spec.name.format;
+    let tolerance = match env.spec.differential.logits.get(&format.name()) {
+        Some(g) => LogitTolerance { max_mean_kl: g.max_mean_kl, min_top1: g.min_top1 },
+        None => LogitTolerance::for_format(format),
+    };
+    let v = diff::logits(&want, &got, tolerance);
+    Finding::new(v.outcome, Decider::Comp, v.reason)
+}
+
+/// The generated-sequence rule (vLLM's): greedy outputs of the ground truth and the format are
+/// compared token by token; at the first divergence each side's token must be in the other's
+/// top `k` after the common prefix, and comparison of that scenario stops there.
+pub fn first_divergence(
+    reference: &SharedSession,
+    candidate: &SharedSession,
+    asks: &[Ask],
+    k: usize,
+    deadline: Instant,
+) -> DiffVerdict {
+    let fail = |reason: String| DiffVerdict { outcome: Outcome::Falsified, reason };
+    let top_k = |logits: &[f32], token: u32| golden::top_k(logits, k).ids.contains(&token);
+    let (mut identical, mut parted) = (0, Vec::new());
+    for ask in asks {
+        let (r, c) = match (ask.generate(reference, deadline), ask.generate(candidate, deadline)) {
+            (Ok(r), Ok(c)) => (r, c),
+            (Err(EngineError::Timeout { .. }), _) | (_, Err(EngineError::Timeout { .. })) => {
+                return DiffVerdict {
+                    outcome: Outcome::Timeout,
+                    reason: "the greedy comparison passed its timeout".into(),
+                };
+            }
+            (Err(e), _) | (_, Err(e)) => return fail(format!("scenario {}: {e}", ask.name)),
+        };
+        let Some(d) = (0..r.tokens.len().max(c.tokens.len())).find(|&i| r.tokens.get(i) != c.tokens.get(i))
+        else {
+            identical += 1;
+            continue;
+        };
+        let prefix = &r.tokens[..d];
+        let logits =
+            |s: &SharedSession| s.lock().unwrap_or_else(|p| p.into_inner()).logits_after(&ask.prompt, prefix);
+        let (rl, cl) = match (logits(reference), logits(candidate)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return fail(format!("scenario {}: {e}", ask.name)),
+        };
+        // A side that ended there chose end-of-sequence; the other side's token is still checked.
+        if let Some(&t) = c.tokens.get(d)
+            && !top_k(&rl, t)
+        {
+            return fail(format!(
+                "scenario {}: the outputs part at token {d} ({:?} vs {:?}) and this format's token {t} is not in the ground truth's top {k}",
+                ask.name, r.text, c.text
+            ));
+        }
+        if let Some(&t) = r.tokens.get(d)
+            && !top_k(&cl, t)
+        {
+            return fail(format!(
+                "scenario {}: the outputs part at token {d} ({:?} vs {:?}) and the ground truth's token {t} is not in this format's top {k}",
+                ask.name, r.text, c.text
+            ));
+        }
+        parted.push(format!("{} at token {d}", ask.name));
+    }
+    let mut reason = format!("{identical} of {} greedy outputs identical", asks.len());
+    if !parted.is_empty() {
+        reason.push_str(&format!(
+            "; where they part each token is in the other's top {k} ({})",
+            parted.join(", ")
+        ));
+    }
+    DiffVerdict { outcome: Outcome::Corroborated, reason }
+}

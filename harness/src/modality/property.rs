@@ -1,0 +1,109 @@
+//! A property scenario: generated cases in one trial, in any modality; a failing case is shrunk
+//! to a minimal one, which is run once more so the record shows its real output.
+
+use std::sync::Mutex;
+
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
+
+use crate::matrix::Modality;
+use crate::playbook::{Input, Property, Scenario, generator_strategy, seeded_runner};
+use crate::trial::{Finding, TrialEnv, judge_generation, metrics_of, prepare};
+use crate::vocab::{Decider, Gate, Outcome};
+
+use super::serve::generate_over_http;
+use super::text::{generate_and_judge, templated};
+
+/// Runs the generated cases of `property` in `modality`.
+pub(crate) fn run(
+    env: &TrialEnv<'_>,
+    modality: Modality,
+    scenario: &Scenario,
+    property: &Property,
+) -> Finding {
+    let (template, applies_template) = (env.info.chat_template.as_ref(), env.info.applies_chat_template);
+    let model = &env.spec.model;
+    let strategy = generator_strategy(&property.generator);
+    let config = ProptestConfig {
+        cases: property.cases,
+        failure_persistence: None,
+        max_shrink_iters: 256,
+        ..ProptestConfig::default()
+    };
+    let mut runner = seeded_runner(property.seed, &scenario.name, config);
+    let last: Mutex<Option<Finding>> = Mutex::new(None);
+    let cases = Mutex::new(0u32);
+    let result = runner.run(&strategy, |question| {
+        *cases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let input = Input::Prompt(question.clone());
+        let (prompt, conversation) = match prepare(model, modality, &input, template, applies_template) {
+            Ok(p) => p,
+            Err(e) => {
+                let f = Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string());
+                let reason = f.reason.clone();
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                return Err(TestCaseError::fail(reason));
+            }
+        };
+        let generated = if modality == Modality::Serve {
+            generate_over_http(env, scenario, &prompt).map(|(g, m)| (g, Some(m)))
+        } else {
+            env.generate(scenario, &prompt, conversation.as_deref()).map(|g| (g, None))
+        };
+        let f = match generated {
+            Ok((g, http_metrics)) => {
+                let mut f = judge_generation(scenario, &question, &g, templated(env));
+                f.metrics = http_metrics.unwrap_or_else(|| metrics_of(&g));
+                f.output = Some(g.text);
+                f
+            }
+            Err(e) => {
+                Finding::from_engine_error(e, Decider::Gateway(Gate::Inference), "generation", env.timeout())
+            }
+        }
+        .with_prompt(prompt);
+        let outcome = f.outcome;
+        let reason = f.reason.clone();
+        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+        match outcome {
+            Outcome::Corroborated => Ok(()),
+            // A timeout ends the property at once: shrinking would only time out again.
+            Outcome::Timeout => Err(TestCaseError::reject(reason)),
+            _ => Err(TestCaseError::fail(reason)),
+        }
+    });
+    let ran = *cases.lock().unwrap_or_else(|p| p.into_inner());
+    let last = last.into_inner().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(()) => {
+            let mut f = last.unwrap_or_else(|| Finding::new(Outcome::Corroborated, Decider::Property, ""));
+            f.outcome = Outcome::Corroborated;
+            f.decider = Decider::Property;
+            f.reason = format!("{} generated cases corroborated", property.cases);
+            f
+        }
+        Err(TestError::Fail(reason, minimal)) => {
+            // Shrinking ends on the minimal case, but `last` may be a later, passing attempt:
+            // run the minimal case once more so the record shows its real output.
+            let input = Input::Prompt(minimal.clone());
+            let mut f = match prepare(model, modality, &input, template, applies_template) {
+                Ok((prompt, conversation)) => {
+                    generate_and_judge(env, scenario, &prompt, conversation.as_deref()).with_prompt(prompt)
+                }
+                Err(e) => Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string()),
+            };
+            f.outcome = Outcome::Falsified;
+            f.reason = format!(
+                "property falsified after {ran} case runs; minimal failing case {minimal:?}: {reason}"
+            );
+            f
+        }
+        Err(TestError::Abort(reason)) => {
+            let mut f = last.unwrap_or_else(|| Finding::new(Outcome::Timeout, Decider::Timeout, ""));
+            if f.outcome != Outcome::Timeout {
+                f.outcome = Outcome::Falsified;
+            }
+            f.reason = format!("property aborted: {reason}");
+            f
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! A scenario in `run` or `chat`: lay the input out, generate in process, judge the answer.
+
+use crate::matrix::Modality;
+use crate::playbook::{MessageSpec, Scenario};
+use crate::trial::{Finding, TrialEnv, judge_generation, metrics_of, prepare};
+use crate::vocab::{Decider, Gate, Outcome};
+
+/// One scenario in `modality`.
+pub(crate) fn run(env: &TrialEnv<'_>, modality: Modality, scenario: &Scenario) -> Finding {
+    let template = env.info.chat_template.as_ref();
+    match prepare(&env.spec.model, modality, &scenario.input, template, env.info.applies_chat_template) {
+        Ok((prompt, conversation)) => {
+            generate_and_judge(env, scenario, &prompt, conversation.as_deref()).with_prompt(prompt)
+        }
+        Err(e) => Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string()),
+    }
+}
+
+/// Generates the answer to `prompt` (or `conversation`) and judges it.
+pub(crate) fn generate_and_judge(
+    env: &TrialEnv<'_>,
+    scenario: &Scenario,
+    prompt: &str,
+    conversation: Option<&[MessageSpec]>,
+) -> Finding {
+    match env.generate(scenario, prompt, conversation) {
+        Ok(generation) => {
+            let mut finding =
+                judge_generation(scenario, scenario.input.question(), &generation, templated(env));
+            finding.metrics = metrics_of(&generation);
+            finding.output = Some(generation.text);
+            finding
+        }
+        Err(e) => {
+            Finding::from_engine_error(e, Decider::Gateway(Gate::Inference), "generation", env.timeout())
+        }
+    }
+}
+
+/// Whether a trial's prompt comes from the chat template.
+pub(crate) fn templated(env: &TrialEnv<'_>) -> bool {
+    matches!(env.spec.modality(), Some(Modality::Chat | Modality::Serve))
+}

@@ -1,0 +1,137 @@
+//! The environment of one trial: what its body reads instead of a long argument list, and the
+//! session it runs on.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::engine::{
+    CommandSession, EngineError, GenerateRequest, Generation, OpenAiSession, Sampling, Session, SessionInfo,
+    SessionKey, SharedSession,
+};
+use crate::expand::{DiffKind, TrialKind, TrialSpec};
+use crate::matrix::Format;
+use crate::playbook::spec::EngineSpec;
+use crate::playbook::{MessageSpec, Scenario};
+
+use super::{Ask, RunContext};
+
+/// Everything a trial body works with once its session is loaded.
+pub(crate) struct TrialEnv<'a> {
+    pub ctx: &'a RunContext,
+    pub spec: &'a TrialSpec,
+    /// The session the trial runs on (`session_key`).
+    pub key: &'a SessionKey,
+    /// The model's ground-truth directory (empty for an `openai` engine).
+    pub model_dir: &'a Path,
+    /// The file of the trial's format: the ground truth itself, or the converted artifact.
+    pub artifact: &'a Path,
+    pub session: &'a SharedSession,
+    pub info: &'a SessionInfo,
+    pub deadline: Instant,
+}
+
+impl TrialEnv<'_> {
+    /// The tier's timeout, for messages.
+    pub fn timeout(&self) -> Duration {
+        self.spec.tier.timeout
+    }
+
+    /// What checks send for each scenario of the tier (`prompt::asks`).
+    pub fn asks(&self) -> Vec<Ask> {
+        super::prompt::asks(self.spec, self.info)
+    }
+
+    /// The prompt of the first scenario sent as text, or a greeting where there is none.
+    pub fn basic_prompt(&self) -> String {
+        self.asks()
+            .into_iter()
+            .find(|a| a.conversation.is_none())
+            .map_or_else(|| self.spec.model.layout("Hello"), |a| a.prompt)
+    }
+
+    /// Generates for `prompt`, or answers `conversation` where the engine lays conversations
+    /// out itself (then `prompt` is the readable transcript kept as evidence).
+    pub fn generate(
+        &self,
+        scenario: &Scenario,
+        prompt: &str,
+        conversation: Option<&[MessageSpec]>,
+    ) -> Result<Generation, EngineError> {
+        let request = GenerateRequest {
+            prompt,
+            max_tokens: scenario.max_tokens,
+            sampling: sampling(self.spec),
+            deadline: self.deadline,
+        };
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        match conversation {
+            Some(messages) => session.chat(messages, &request),
+            None => session.generate(&request),
+        }
+    }
+}
+
+/// How a trial's scenario samples: greedy unless it sets a temperature above zero.
+pub(crate) fn sampling(spec: &TrialSpec) -> Sampling {
+    let TrialKind::Scenario { scenario, .. } = &spec.kind else { return Sampling::Greedy };
+    let s = &scenario.sampling;
+    match s.temperature {
+        Some(t) if t > 0.0 => Sampling::Seeded {
+            temperature: t,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            seed: s.seed.unwrap_or(spec.tier.seed),
+        },
+        _ => Sampling::Greedy,
+    }
+}
+
+/// The session a trial runs on: one per `(model, format, backend)`.
+pub(crate) fn session_key(spec: &TrialSpec) -> SessionKey {
+    let engine = match &spec.engine {
+        EngineSpec::Embedded => String::new(),
+        EngineSpec::Openai { base_url, .. } => base_url.clone(),
+        EngineSpec::Command { args, .. } => args.join(" "),
+    };
+    SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend, engine }
+}
+
+/// The safetensors session a logit or generation differential compares against, if the trial
+/// is one.
+pub(crate) fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
+    matches!(spec.kind, TrialKind::Differential(DiffKind::Logits | DiffKind::Generation))
+        .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
+}
+
+/// Loads the session of a trial on its engine.
+pub(crate) fn load(
+    ctx: &RunContext,
+    spec: &TrialSpec,
+    artifact: &Path,
+    model_dir: &Path,
+    deadline: Instant,
+) -> Result<Box<dyn Session>, EngineError> {
+    match &spec.engine {
+        EngineSpec::Embedded => ctx.engine.load(artifact, spec.name.backend),
+        EngineSpec::Openai { base_url, api_key_env, model } => {
+            let api_key = match api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| EngineError::Load {
+                    path: PathBuf::from(base_url),
+                    cause: format!("the API key variable {var} is not set"),
+                })?),
+                None => None,
+            };
+            let served = model.as_deref().unwrap_or(&spec.model.id);
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            Ok(Box::new(OpenAiSession::connect(base_url, api_key, served, timeout)?))
+        }
+        EngineSpec::Command { args, output, json_pointer } => Ok(Box::new(CommandSession::new(
+            args,
+            *output,
+            json_pointer.as_deref(),
+            artifact,
+            model_dir,
+            spec.name.backend,
+        )?)),
+    }
+}
