@@ -26,10 +26,12 @@ pub mod progress;
 pub mod reporter;
 pub mod run;
 pub mod serve;
+#[cfg(feature = "test-support")]
 pub mod testmodel;
 pub mod trial;
 pub mod vocab;
 
 pub use cli::qualify_main;
+#[cfg(feature = "test-support")]
 pub mod curriculum;
 pub mod integrity;
