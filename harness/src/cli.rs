@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,16 +10,103 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Completion, Trial};
 
 use crate::bind::{Binder, Location};
-use crate::config::{Config, NoTrials};
+use crate::config::{Config, ConfigError, NoTrials};
 use crate::engine::CandleEngine;
 use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
 use crate::journal::Journal;
-use crate::name::TrialName;
+use crate::name::{NameError, TrialName};
+use crate::playbook::PlaybookError;
 use crate::playbook::spec::EngineSpec;
-use crate::reporter::{self, exit};
+use crate::reporter::{self, NoTrialsFound, exit};
 use crate::run::TrialEnd;
 use crate::trial::RunContext;
 use crate::vocab::Gate;
+
+/// Why the harness stopped before running a trial, by something the user can fix. Each has the
+/// exit code the README documents ([`UserError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// `QUALIFY_*` variables the harness does not read, each with the one it may have meant.
+    #[error(
+        "{} set but modelqa reads no such variable",
+        .0.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownVariables(Vec<(String, Option<&'static str>)>),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("failed to open the evidence journal {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to load playbooks: {0}")]
+    Playbook(#[source] PlaybookError),
+    #[error("`{name}` is not a trial name: {source}")]
+    InvalidExactName {
+        name: String,
+        #[source]
+        source: NameError,
+    },
+    #[error("no trial is named `{name}` in the playbooks under {scanned}")]
+    UnknownExactName { name: String, scanned: PathBuf },
+    /// The filter is aimed at the playbooks' trials and selected none.
+    #[error("{0}")]
+    NoTrials(NoTrialsFound),
+}
+
+impl UserError {
+    /// The exit code the README documents for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            UserError::UnknownVariables(_) | UserError::Config(_) | UserError::Journal { .. } => {
+                exit::ENVIRONMENT_ERROR
+            }
+            UserError::Playbook(_)
+            | UserError::InvalidExactName { .. }
+            | UserError::UnknownExactName { .. } => exit::PLAYBOOK_ERROR,
+            UserError::NoTrials(_) => exit::NO_TRIALS,
+        }
+    }
+}
+
+/// A failure outside any trial that no setting or playbook causes: a bug in modelqa. (A trial's
+/// own panic is caught in the trial and recorded as a crash; one that gets here is the harness's.)
+#[derive(Debug, thiserror::Error)]
+#[error("modelqa panicked outside any trial: {message}")]
+pub struct Bug {
+    pub message: String,
+}
+
+impl Bug {
+    fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into());
+        Self { message }
+    }
+}
+
+/// How the harness failed instead of running its trials to a conclusion.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(transparent)]
+    Bug(#[from] Bug),
+}
+
+impl Failure {
+    /// The process's exit code: the user error's documented one, or [`exit::INTERNAL_ERROR`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::User(e) => e.exit_code(),
+            Failure::Bug(_) => exit::INTERNAL_ERROR,
+        }
+    }
+}
 
 /// Runs the qualify harness with the process's arguments and environment.
 ///
@@ -27,26 +115,33 @@ use crate::vocab::Gate;
 /// process has one thread.
 pub fn qualify_main() -> ExitCode {
     crate::engine::size_thread_pools();
-    let args = Arguments::from_args();
+    match guarded(|| qualify(Arguments::from_args())) {
+        Ok(code) => code,
+        Err(failure) => {
+            reporter::failure(&failure);
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// Runs `body`; a panic that escapes it is a [`Bug`].
+fn guarded(body: impl FnOnce() -> Result<ExitCode, UserError>) -> Result<ExitCode, Failure> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => Ok(result?),
+        Err(payload) => Err(Bug::from_panic(payload.as_ref()).into()),
+    }
+}
+
+/// The harness: settings, playbooks, selection, then the trials through libtest-mimic, whose
+/// exit code (0, or 101 when a trial failed) it returns.
+fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
     let unknown = crate::config::unknown_variables();
     if !unknown.is_empty() {
-        reporter::unknown_variables(&unknown);
-        return ExitCode::from(exit::ENVIRONMENT_ERROR);
+        return Err(UserError::UnknownVariables(unknown));
     }
-    let (config, no_trials) = match Config::from_env().and_then(|c| Ok((c, NoTrials::from_env()?))) {
-        Ok(c) => c,
-        Err(e) => {
-            reporter::config_error(&e);
-            return ExitCode::from(exit::ENVIRONMENT_ERROR);
-        }
-    };
-    let (playbooks, notices) = match crate::playbook::load_all(&config.playbooks) {
-        Ok(p) => p,
-        Err(e) => {
-            reporter::playbook_error(&e);
-            return ExitCode::from(exit::PLAYBOOK_ERROR);
-        }
-    };
+    let config = Config::from_env()?;
+    let no_trials = NoTrials::from_env()?;
+    let (playbooks, notices) = crate::playbook::load_all(&config.playbooks).map_err(UserError::Playbook)?;
     reporter::notices(&notices);
     let plan = Plan::new(playbooks);
     let filter = Filter { filter: args.filter.clone(), exact: args.exact, skip: args.skip.clone() };
@@ -54,7 +149,7 @@ pub fn qualify_main() -> ExitCode {
     let mut binder = Binder::new(config.roots.clone());
     let fast_exact = args.exact && args.skip.is_empty() && args.filter.is_some();
     if args.list && !fast_exact {
-        return list(&plan, &filter, None, &mut binder, args.ignored);
+        return Ok(list(&plan, &filter, None, &mut binder, args.ignored));
     }
 
     // nextest runs each trial as `--exact NAME`: build that one trial, not all of them.
@@ -63,15 +158,14 @@ pub fn qualify_main() -> ExitCode {
             // Listing follows libtest: a name that matches nothing lists nothing.
             (Err(_), true) => Vec::new(),
             (Ok(parsed), true) => plan.find(&parsed).into_iter().collect(),
-            (Err(e), false) => {
-                reporter::invalid_exact_name(name, &e);
-                return ExitCode::from(exit::PLAYBOOK_ERROR);
-            }
+            (Err(source), false) => return Err(UserError::InvalidExactName { name: name.clone(), source }),
             (Ok(parsed), false) => match plan.find(&parsed) {
                 Some(r) => vec![r],
                 None => {
-                    reporter::unknown_exact_name(name, &config.playbooks);
-                    return ExitCode::from(exit::PLAYBOOK_ERROR);
+                    return Err(UserError::UnknownExactName {
+                        name: name.clone(),
+                        scanned: config.playbooks.clone(),
+                    });
                 }
             },
         },
@@ -79,7 +173,7 @@ pub fn qualify_main() -> ExitCode {
     };
 
     if args.list {
-        return list(&plan, &filter, Some(&selected), &mut binder, args.ignored);
+        return Ok(list(&plan, &filter, Some(&selected), &mut binder, args.ignored));
     }
     if selected.is_empty() && no_trials != NoTrials::Pass {
         let fatal = match no_trials {
@@ -87,25 +181,21 @@ pub fn qualify_main() -> ExitCode {
             NoTrials::Auto => aimed_at_trials(&filter, &plan),
             NoTrials::Warn | NoTrials::Pass => false,
         };
-        reporter::no_trials(&filter, &plan, &config.playbooks, fatal);
+        let found = NoTrialsFound::new(&filter, &plan, &config.playbooks);
         if fatal {
-            return ExitCode::from(exit::NO_TRIALS);
+            return Err(UserError::NoTrials(found));
         }
+        reporter::no_trials(&found, false);
     }
 
-    let journal = match Journal::open(&config.journal_dir, &config.run_id) {
-        Ok(j) => j,
-        Err(e) => {
-            reporter::journal_error(&config.journal_dir, &e);
-            return ExitCode::from(exit::ENVIRONMENT_ERROR);
-        }
-    };
+    let journal = Journal::open(&config.journal_dir, &config.run_id)
+        .map_err(|source| UserError::Journal { path: config.journal_dir.clone(), source })?;
     reporter::run_header(selected.len(), plan.total(), plan.playbooks().len(), journal.path());
     let ctx = Arc::new(RunContext::new(config, journal, Box::new(CandleEngine)));
     let (trials, ignored) = build_trials(&plan, &selected, &mut binder, &ctx, &args);
     reporter::ignored_summary(&ignored);
     let conclusion = libtest_mimic::run(&args, trials);
-    conclusion.exit_code()
+    Ok(conclusion.exit_code())
 }
 
 /// Whether a filter means trials of these playbooks: it has no filter (everything, yet nothing),
@@ -252,4 +342,91 @@ fn build_trials(
         trials.push(trial.with_ignored_flag(is_ignored));
     }
     (trials, ignored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_errors() -> Vec<(UserError, u8)> {
+        let io = || std::io::Error::other("denied");
+        let config =
+            || ConfigError { var: "QUALIFY_NO_TRIALS", value: "never".into(), expected: "auto".into() };
+        let plan = Plan::new(Vec::new());
+        let filter = Filter { filter: Some("qa-tine::mvp".into()), exact: false, skip: Vec::new() };
+        vec![
+            (UserError::UnknownVariables(vec![("QUALIFY_PLAYBOOK".into(), Some("QUALIFY_PLAYBOOKS"))]), 4),
+            (UserError::Config(config()), 4),
+            (UserError::Journal { path: "/j".into(), source: io() }, 4),
+            (UserError::Playbook(PlaybookError::new("p.yaml".as_ref(), "bad")), 3),
+            (UserError::InvalidExactName { name: "x".into(), source: TrialName::parse("x").unwrap_err() }, 3),
+            (UserError::UnknownExactName { name: "a::b".into(), scanned: "playbooks".into() }, 3),
+            (UserError::NoTrials(NoTrialsFound::new(&filter, &plan, "playbooks".as_ref())), 5),
+        ]
+    }
+
+    #[test]
+    fn each_user_error_has_its_documented_exit_code() {
+        for (e, code) in user_errors() {
+            assert_eq!(e.exit_code(), code, "{e}");
+            assert_eq!(Failure::from(e).exit_code(), code);
+        }
+    }
+
+    #[test]
+    fn a_bug_has_its_own_exit_code_apart_from_every_other() {
+        let bug = Failure::Bug(Bug { message: "oops".into() });
+        assert_eq!(bug.exit_code(), exit::INTERNAL_ERROR);
+        let taken =
+            [exit::OK, exit::TRIAL_FAILED, 2, exit::PLAYBOOK_ERROR, exit::ENVIRONMENT_ERROR, exit::NO_TRIALS];
+        assert!(!taken.contains(&exit::INTERNAL_ERROR));
+        assert!(user_errors().iter().all(|(e, _)| e.exit_code() != exit::INTERNAL_ERROR));
+    }
+
+    #[test]
+    fn a_panic_outside_a_trial_is_a_bug_and_a_user_error_stays_one() {
+        let panicked = guarded(|| panic!("the plan is empty"));
+        match panicked {
+            Err(Failure::Bug(bug)) => assert_eq!(bug.message, "the plan is empty"),
+            other => panic!("{other:?}"),
+        }
+        let formatted = guarded(|| panic!("trial {} of {}", 3, 7));
+        assert!(matches!(&formatted, Err(Failure::Bug(b)) if b.message == "trial 3 of 7"), "{formatted:?}");
+        let user = guarded(|| Err(UserError::UnknownExactName { name: "a".into(), scanned: "p".into() }));
+        assert_eq!(user.map(|_| ()).unwrap_err().exit_code(), exit::PLAYBOOK_ERROR);
+        assert!(guarded(|| Ok(ExitCode::SUCCESS)).is_ok());
+    }
+
+    #[test]
+    fn the_readme_documents_every_exit_code() {
+        let readme = include_str!("../../README.md");
+        let table = &readme[readme.find("## Exit codes").expect("an Exit codes section")..];
+        for code in [
+            exit::OK,
+            exit::TRIAL_FAILED,
+            exit::PLAYBOOK_ERROR,
+            exit::ENVIRONMENT_ERROR,
+            exit::NO_TRIALS,
+            exit::INTERNAL_ERROR,
+        ] {
+            assert!(
+                table.contains(&format!("\n| {code} | ")),
+                "exit code {code} is not in the README's table"
+            );
+        }
+    }
+
+    #[test]
+    fn user_errors_say_what_the_harness_always_said() {
+        let said: Vec<String> = user_errors().into_iter().map(|(e, _)| e.to_string()).collect();
+        assert_eq!(said[1], "invalid QUALIFY_NO_TRIALS=\"never\": auto");
+        assert_eq!(said[2], "failed to open the evidence journal /j: denied");
+        assert_eq!(said[3], "failed to load playbooks: p.yaml: bad");
+        assert!(said[4].starts_with("`x` is not a trial name: expected 7 segments"), "{}", said[4]);
+        assert_eq!(said[5], "no trial is named `a::b` in the playbooks under playbooks");
+        assert_eq!(
+            said[6],
+            "the filter `qa-tine::mvp` selects none of the 0 trials of 0 playbooks under playbooks"
+        );
+    }
 }

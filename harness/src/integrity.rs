@@ -6,7 +6,7 @@
 //! It reads files and never runs a model.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
@@ -32,18 +32,42 @@ struct Declared {
     tied: bool,
 }
 
-fn number(config: &serde_json::Value, key: &str) -> Result<u64, String> {
-    config
-        .get(key)
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| format!("config.json has no integer `{key}`"))
+/// Why G0 could not look at a model at all: its report then holds this one problem.
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrityError {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config.json has no integer `{0}`")]
+    MissingNumber(&'static str),
+    #[error(transparent)]
+    Files(#[from] crate::engine::EngineError),
+    #[error("{path} is truncated or corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+}
+
+fn number(config: &serde_json::Value, key: &'static str) -> Result<u64, IntegrityError> {
+    config.get(key).and_then(serde_json::Value::as_u64).ok_or(IntegrityError::MissingNumber(key))
 }
 
 /// Runs every check; an unreadable model is a report with that one problem.
 pub fn check(dir: &Path, expect: &ExpectedShape, architecture: Option<&str>) -> IntegrityReport {
     let mut report = IntegrityReport { tensors: 0, parameters: 0, problems: Vec::new() };
-    if let Err(p) = check_into(dir, expect, architecture, &mut report) {
-        report.problems.push(p);
+    if let Err(e) = check_into(dir, expect, architecture, &mut report) {
+        report.problems.push(e.to_string());
     }
     report
 }
@@ -53,12 +77,12 @@ fn check_into(
     expect: &ExpectedShape,
     architecture: Option<&str>,
     report: &mut IntegrityReport,
-) -> Result<(), String> {
+) -> Result<(), IntegrityError> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| format!("failed to read {}: {e}", config_path.display()))?;
+        .map_err(|source| IntegrityError::Read { path: config_path.clone(), source })?;
     let config: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not valid JSON: {e}", config_path.display()))?;
+        .map_err(|source| IntegrityError::Json { path: config_path.clone(), source })?;
     let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
     if let Some(want) = architecture
         && want != model_type
@@ -114,12 +138,13 @@ fn check_into(
         return Ok(());
     }
 
-    let files = crate::engine::safetensors_files(dir).map_err(|e| e.to_string())?;
+    let files = crate::engine::safetensors_files(dir)?;
     let mut shapes: BTreeMap<String, (Vec<usize>, Dtype)> = BTreeMap::new();
     for file in &files {
-        let bytes = std::fs::read(file).map_err(|e| format!("failed to read {}: {e}", file.display()))?;
+        let bytes =
+            std::fs::read(file).map_err(|source| IntegrityError::Read { path: file.clone(), source })?;
         let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| format!("{} is truncated or corrupt: {e}", file.display()))?;
+            .map_err(|source| IntegrityError::Corrupt { path: file.clone(), source })?;
         for (name, view) in st.tensors() {
             report.tensors += 1;
             report.parameters += view.shape().iter().product::<usize>() as u64;

@@ -50,22 +50,43 @@ pub struct TrialName {
 pub enum NameError {
     #[error("expected 7 segments `family::tier::model::format::backend::modality::scenario`, found {0}")]
     SegmentCount(usize),
-    #[error("segment {index} (`{segment}`) is not a valid {what}: {why}")]
-    Segment { index: usize, segment: String, what: &'static str, why: String },
+    /// A segment breaks the segment grammar ([`check_segment`]).
+    #[error("segment {index} (`{segment}`) is not a valid {what}: {source}")]
+    Segment {
+        index: usize,
+        segment: String,
+        what: &'static str,
+        #[source]
+        source: SegmentError,
+    },
+    /// A format, backend or modality segment names none there is.
+    #[error("segment {index} (`{segment}`) is not a valid {what}: expected {expected}")]
+    Unknown { index: usize, segment: String, what: &'static str, expected: &'static str },
+}
+
+/// Why a string is not a name segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("it is empty")]
+    Empty,
+    #[error("it must start with a lower-case letter or digit, not `{0}`")]
+    Start(char),
+    #[error("`{0}` is not allowed (use lower-case letters, digits, `.`, `_` and `-`)")]
+    Character(char),
 }
 
 /// Checks one segment: lower-case ASCII letters, digits, `.`, `_` and `-`, starting with a letter or digit.
-pub fn check_segment(s: &str) -> Result<(), String> {
+pub fn check_segment(s: &str) -> Result<(), SegmentError> {
     let Some(first) = s.chars().next() else {
-        return Err("it is empty".into());
+        return Err(SegmentError::Empty);
     };
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-        return Err(format!("it must start with a lower-case letter or digit, not `{first}`"));
+        return Err(SegmentError::Start(first));
     }
     if let Some(bad) =
         s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("`{bad}` is not allowed (use lower-case letters, digits, `.`, `_` and `-`)"));
+        return Err(SegmentError::Character(bad));
     }
     Ok(())
 }
@@ -77,28 +98,26 @@ impl TrialName {
             return Err(NameError::SegmentCount(parts.len()));
         }
         let seg = |index: usize, what: &'static str| -> Result<String, NameError> {
-            check_segment(parts[index]).map_err(|why| NameError::Segment {
+            check_segment(parts[index]).map_err(|source| NameError::Segment {
                 index: index + 1,
                 segment: parts[index].to_string(),
                 what,
-                why,
+                source,
             })?;
             Ok(parts[index].to_string())
         };
-        let bad = |index: usize, what: &'static str, why: String| NameError::Segment {
+        let bad = |index: usize, what: &'static str, expected: &'static str| NameError::Unknown {
             index: index + 1,
             segment: parts[index].to_string(),
             what,
-            why,
+            expected,
         };
         let family = seg(0, "family")?;
         let tier = seg(1, "tier")?;
         let model = seg(2, "model")?;
-        let format = Format::parse(parts[3]).ok_or_else(|| {
-            bad(3, "format", "expected `safetensors`, `apr` or `gguf-<quantization>`".into())
-        })?;
-        let backend =
-            Backend::parse(parts[4]).ok_or_else(|| bad(4, "backend", "expected `cpu` or `gpu`".into()))?;
+        let format = Format::parse(parts[3])
+            .ok_or_else(|| bad(3, "format", "`safetensors`, `apr` or `gguf-<quantization>`"))?;
+        let backend = Backend::parse(parts[4]).ok_or_else(|| bad(4, "backend", "`cpu` or `gpu`"))?;
         let last = seg(6, "scenario")?;
         let tail = match parts[5] {
             "gate" => Tail::Gate(last),
@@ -107,11 +126,7 @@ impl TrialName {
             m => match Modality::parse(m) {
                 Some(modality) => Tail::Scenario { modality, scenario: last },
                 None => {
-                    return Err(bad(
-                        5,
-                        "modality",
-                        "expected `run`, `chat`, `serve`, `gate`, `diff` or `perf`".into(),
-                    ));
+                    return Err(bad(5, "modality", "`run`, `chat`, `serve`, `gate`, `diff` or `perf`"));
                 }
             },
         };

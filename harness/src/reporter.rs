@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 
-use crate::config::ConfigError;
-use crate::name::NameError;
-use crate::playbook::{Notice, PlaybookError};
+use crate::cli::{Bug, Failure, UserError};
+use crate::playbook::Notice;
 
 /// Exit codes of the qualify harness (also in the README).
 pub mod exit {
@@ -19,11 +19,42 @@ pub mod exit {
     pub const ENVIRONMENT_ERROR: u8 = 4;
     /// The filter selected no trial (nextest's convention; `QUALIFY_NO_TRIALS=warn|pass` to allow).
     pub const NO_TRIALS: u8 = 5;
+    /// The harness failed outside any trial on a bug of its own (a panic): nothing the user
+    /// can fix. `EX_SOFTWARE` of `sysexits.h`; not 101, which says a trial failed.
+    pub const INTERNAL_ERROR: u8 = 70;
+}
+
+/// Says why the harness stopped before running (or instead of finishing) its trials.
+pub fn failure(failure: &Failure) {
+    match failure {
+        Failure::User(e) => user_error(e),
+        Failure::Bug(bug) => self::bug(bug),
+    }
+}
+
+fn user_error(err: &UserError) {
+    match err {
+        UserError::UnknownVariables(unknown) => unknown_variables(unknown),
+        UserError::Playbook(_) => {
+            eprintln!("error: {err}");
+            eprintln!("note: no trial was run; fix the playbook and run again");
+        }
+        UserError::NoTrials(found) => no_trials(found, true),
+        UserError::Config(_)
+        | UserError::Journal { .. }
+        | UserError::InvalidExactName { .. }
+        | UserError::UnknownExactName { .. } => eprintln!("error: {err}"),
+    }
+}
+
+fn bug(bug: &Bug) {
+    eprintln!("error: {bug}");
+    eprintln!("note: this is a bug in modelqa, please report it (exit {})", exit::INTERNAL_ERROR);
 }
 
 /// Names each `QUALIFY_*` variable the harness does not read, with the one it may have meant,
 /// and every variable it does read: a mistyped setting must not run with the default silently.
-pub fn unknown_variables(unknown: &[(String, Option<&'static str>)]) {
+fn unknown_variables(unknown: &[(String, Option<&'static str>)]) {
     let mut err = std::io::stderr().lock();
     for (name, nearest) in unknown {
         let hint = nearest.map_or_else(String::new, |n| format!("; did you mean {n}?"));
@@ -42,44 +73,76 @@ pub fn unstable(trial: &str, reason: &str) {
     eprintln!("UNSTABLE {trial}: {reason}");
 }
 
-/// Says what a filter that selected nothing searched: the playbooks, their families and tiers,
-/// and the nearest `family::tier` when the filter looks like one.
-pub fn no_trials(
-    filter: &crate::expand::Filter,
-    plan: &crate::expand::Plan,
-    scanned: &std::path::Path,
-    fatal: bool,
-) {
-    let mut err = std::io::stderr().lock();
-    let what = match (&filter.filter, filter.skip.is_empty()) {
-        (Some(f), true) => format!("the filter `{f}`"),
-        (Some(f), false) => format!("the filter `{f}` with --skip {}", filter.skip.join(", ")),
-        (None, false) => format!("--skip {}", filter.skip.join(", ")),
-        (None, true) => "no filter".to_string(),
-    };
-    let level = if fatal { "error" } else { "warning" };
-    let playbooks = plan.playbooks();
-    let _ = writeln!(
-        err,
-        "{level}: {what} selects none of the {} trials of {} playbook{} under {}",
-        plan.total(),
-        playbooks.len(),
-        if playbooks.len() == 1 { "" } else { "s" },
-        scanned.display()
-    );
-    let mut pairs = Vec::new();
-    for pb in playbooks {
-        let tiers: Vec<&str> = pb.tiers.iter().map(|t| t.name.as_str()).collect();
-        let _ =
-            writeln!(err, "  family {} (tiers {}) from {}", pb.family, tiers.join(", "), pb.source.display());
-        pairs.extend(tiers.iter().map(|t| format!("{}::{t}", pb.family)));
+/// What a filter that selected nothing searched: the playbooks, their families and tiers, and
+/// the nearest `family::tier` when the filter looks like one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoTrialsFound {
+    /// The selection, as `the filter `x`` or `--skip a, b`.
+    what: String,
+    total: usize,
+    /// `(family, tiers, source)` of each playbook.
+    playbooks: Vec<(String, Vec<String>, PathBuf)>,
+    scanned: PathBuf,
+    nearest: Option<String>,
+}
+
+impl NoTrialsFound {
+    pub fn new(
+        filter: &crate::expand::Filter,
+        plan: &crate::expand::Plan,
+        scanned: &std::path::Path,
+    ) -> Self {
+        let what = match (&filter.filter, filter.skip.is_empty()) {
+            (Some(f), true) => format!("the filter `{f}`"),
+            (Some(f), false) => format!("the filter `{f}` with --skip {}", filter.skip.join(", ")),
+            (None, false) => format!("--skip {}", filter.skip.join(", ")),
+            (None, true) => "no filter".to_string(),
+        };
+        let playbooks: Vec<(String, Vec<String>, PathBuf)> = plan
+            .playbooks()
+            .iter()
+            .map(|pb| {
+                (pb.family.clone(), pb.tiers.iter().map(|t| t.name.clone()).collect(), pb.source.clone())
+            })
+            .collect();
+        let pairs = playbooks
+            .iter()
+            .flat_map(|(family, tiers, _)| tiers.iter().map(move |t| format!("{family}::{t}")));
+        let nearest = filter.filter.as_ref().and_then(|f| {
+            pairs
+                .map(|p| (strsim::levenshtein(f, &p), p))
+                .min()
+                .filter(|(d, _)| *d > 0 && *d <= 3)
+                .map(|(_, p)| p)
+        });
+        Self { what, total: plan.total(), playbooks, scanned: scanned.to_path_buf(), nearest }
     }
-    if let Some(f) = &filter.filter {
-        let nearest =
-            pairs.iter().map(|p| (strsim::levenshtein(f, p), p)).min().filter(|(d, _)| *d > 0 && *d <= 3);
-        if let Some((_, p)) = nearest {
-            let _ = writeln!(err, "  did you mean `{p}`?");
-        }
+}
+
+impl std::fmt::Display for NoTrialsFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} selects none of the {} trials of {} playbook{} under {}",
+            self.what,
+            self.total,
+            self.playbooks.len(),
+            if self.playbooks.len() == 1 { "" } else { "s" },
+            self.scanned.display()
+        )
+    }
+}
+
+/// Says what a filter that selected nothing searched; `fatal` when the run stops on it.
+pub fn no_trials(found: &NoTrialsFound, fatal: bool) {
+    let mut err = std::io::stderr().lock();
+    let level = if fatal { "error" } else { "warning" };
+    let _ = writeln!(err, "{level}: {found}");
+    for (family, tiers, source) in &found.playbooks {
+        let _ = writeln!(err, "  family {family} (tiers {}) from {}", tiers.join(", "), source.display());
+    }
+    if let Some(p) = &found.nearest {
+        let _ = writeln!(err, "  did you mean `{p}`?");
     }
     if fatal {
         let _ = writeln!(
@@ -88,27 +151,6 @@ pub fn no_trials(
             exit::NO_TRIALS
         );
     }
-}
-
-pub fn playbook_error(err: &PlaybookError) {
-    eprintln!("error: failed to load playbooks: {err}");
-    eprintln!("note: no trial was run; fix the playbook and run again");
-}
-
-pub fn config_error(err: &ConfigError) {
-    eprintln!("error: {err}");
-}
-
-pub fn journal_error(path: &std::path::Path, err: &std::io::Error) {
-    eprintln!("error: failed to open the evidence journal {}: {err}", path.display());
-}
-
-pub fn invalid_exact_name(name: &str, err: &NameError) {
-    eprintln!("error: `{name}` is not a trial name: {err}");
-}
-
-pub fn unknown_exact_name(name: &str, scanned: &std::path::Path) {
-    eprintln!("error: no trial is named `{name}` in the playbooks under {}", scanned.display());
 }
 
 /// Says once, by name, what playbooks ask for that this build does not do yet.

@@ -292,6 +292,7 @@ fn usage(g: &Generation) -> Value {
 fn engine_error(e: &EngineError) -> Response {
     match e {
         EngineError::Timeout { .. } => error(StatusCode::GATEWAY_TIMEOUT, "timeout_error", e.to_string()),
+        EngineError::PromptTooLong { .. } | EngineError::OutsideContext { .. } => bad_request(e.to_string()),
         EngineError::Inference(m) if m.contains("context") => bad_request(e.to_string()),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use modelqa::engine::client::{Client, Endpoint, request_body};
+use modelqa::engine::client::{Client, ClientError, Endpoint, request_body};
 use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
 use modelqa::matrix::{Backend, Format, Quantization};
 use modelqa::progress;
@@ -90,34 +90,31 @@ pub fn run(args: &ServeBenchArgs) -> anyhow::Result<()> {
         let whole = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, false);
         let streamed = request_body(Endpoint::Completions, PROMPT, &[], MAX_TOKENS, &Sampling::Greedy, true);
         for _ in 0..WARMUP {
-            client.send(Endpoint::Completions, &whole, deadline()).map_err(anyhow::Error::msg)?;
+            client.request(Endpoint::Completions, &whole, deadline())?;
         }
         let mut latency = Vec::new();
         for _ in 0..n {
-            latency.push(
-                client.send(Endpoint::Completions, &whole, deadline()).map_err(anyhow::Error::msg)?.latency,
-            );
+            latency.push(client.request(Endpoint::Completions, &whole, deadline())?.latency);
         }
         let mut ttft = Vec::new();
         for _ in 0..n {
-            let reply =
-                client.send(Endpoint::Completions, &streamed, deadline()).map_err(anyhow::Error::msg)?;
+            let reply = client.request(Endpoint::Completions, &streamed, deadline())?;
             ttft.push(reply.first_text.context("a streamed reply without text")?);
         }
         let started = Instant::now();
         std::thread::scope(|s| -> anyhow::Result<()> {
             let handles: Vec<_> = (0..CLIENTS)
                 .map(|_| {
-                    s.spawn(|| -> Result<(), String> {
+                    s.spawn(|| -> Result<(), ClientError> {
                         for _ in 0..n {
-                            client.send(Endpoint::Completions, &whole, deadline())?;
+                            client.request(Endpoint::Completions, &whole, deadline())?;
                         }
                         Ok(())
                     })
                 })
                 .collect();
             for h in handles {
-                h.join().map_err(|_| anyhow::anyhow!("a client panicked"))?.map_err(anyhow::Error::msg)?;
+                h.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
             }
             Ok(())
         })?;

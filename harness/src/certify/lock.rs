@@ -48,8 +48,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LockError + '_ {
     move |source| LockError::Io { path: path.to_path_buf(), source }
 }
 
+/// SHA-256 (hex) by file path.
+pub type Hashes = BTreeMap<String, String>;
+
 /// SHA-256 of every `*.yaml`/`*.yml` under `root`, by path relative to it with `/` separators.
-pub fn hashes(root: &Path) -> Result<BTreeMap<String, String>, LockError> {
+pub fn hashes(root: &Path) -> Result<Hashes, LockError> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -70,7 +73,7 @@ pub fn hashes(root: &Path) -> Result<BTreeMap<String, String>, LockError> {
 }
 
 /// The lock file's text.
-pub fn render(hashes: &BTreeMap<String, String>) -> String {
+pub fn render(hashes: &Hashes) -> String {
     let mut out = String::from(
         "# modelqa playbook lock: the SHA-256 of every playbook and template. Certification refuses a\n\
          # playbook that differs from this file; review the change, then run `cargo xtask lock`.\n",
@@ -81,7 +84,7 @@ pub fn render(hashes: &BTreeMap<String, String>) -> String {
     out
 }
 
-pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, String>, LockError> {
+pub fn parse(path: &Path, text: &str) -> Result<Hashes, LockError> {
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -99,7 +102,7 @@ pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, String>, LockEr
 }
 
 /// Reads `<root>/playbook.lock`; a missing lock is an empty one.
-pub fn read(root: &Path) -> Result<BTreeMap<String, String>, LockError> {
+pub fn read(root: &Path) -> Result<Hashes, LockError> {
     let path = root.join(LOCK_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => parse(&path, &text),
@@ -109,7 +112,7 @@ pub fn read(root: &Path) -> Result<BTreeMap<String, String>, LockError> {
 }
 
 /// Every difference between the lock and the files.
-pub fn drift(locked: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<Drift> {
+pub fn drift(locked: &Hashes, now: &Hashes) -> Vec<Drift> {
     let mut out = Vec::new();
     for (file, hash) in now {
         match locked.get(file) {

@@ -155,9 +155,25 @@ fn sha256_file(path: &Path) -> Option<String> {
 }
 
 /// A model file's SHA-256, remembered in the harness's cache as the harness remembers it.
-fn sha256_model_file(layout: &Layout, path: &Path) -> std::io::Result<String> {
-    crate::engine::hash_model_file_in(path, &layout.places.cache_dir.join("hashes")).map(|f| f.sha256)
+fn sha256_model_file(layout: &Layout, path: &Path) -> Result<String, Unreadable> {
+    crate::engine::hash_model_file_in(path, &layout.places.cache_dir.join("hashes"))
+        .map(|f| f.sha256)
+        .map_err(|e| Unreadable(std::sync::Arc::new(e)))
 }
+
+/// Why a file named by evidence could not be hashed: the I/O error, shared so that [`Stale`]
+/// stays `Clone`; two are equal when they are of one kind and say the same.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct Unreadable(pub std::sync::Arc<std::io::Error>);
+
+impl PartialEq for Unreadable {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for Unreadable {}
 
 /// SHA-256 over the harness's sources (`harness/src`, its manifest) and `Cargo.lock`, by sorted
 /// path: what decides how trials run and are judged.
@@ -277,7 +293,7 @@ pub enum Stale {
     /// The harness's sources, its manifest or `Cargo.lock` changed.
     Harness { recorded: String, now: String },
     /// A file hashes differently now (`now`), or cannot be read (the error).
-    File { name: String, recorded: String, now: Result<String, String> },
+    File { name: String, recorded: String, now: Result<String, Unreadable> },
     /// A converted artifact is not what its model's sources (`source`) convert to now.
     Artifact { name: String, now: String, source: String },
     /// What the evidence names cannot be checked here.
@@ -339,8 +355,8 @@ pub fn why_stale(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> Vec<Stale> 
     let namer = Namer::new(layout);
     let mut out = Vec::new();
     let check = |name: &str, path: &Path, recorded: &str, out: &mut Vec<Stale>| {
-        let now = sha256_model_file(layout, path).map_err(|e| e.to_string());
-        if now.as_deref() != Ok(recorded) {
+        let now = sha256_model_file(layout, path);
+        if now.as_deref().ok() != Some(recorded) {
             out.push(Stale::File { name: name.to_string(), recorded: recorded.to_string(), now });
         }
     };
@@ -363,7 +379,7 @@ pub fn why_stale(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> Vec<Stale> 
         .any(|(name, _)| !matches!(Named::parse(name), Named::Repository(_)))
         .then(|| model_source(layout, plan, e));
     for ((name, recorded), format) in files {
-        let source = source.as_ref().map(|s| s.as_ref().map_err(Clone::clone));
+        let source = source.as_ref().map(|s| s.as_ref().map_err(ToString::to_string));
         match (Named::parse(&name), source) {
             (Named::Repository(rel), _) => check(&name, &layout.root.join(rel), recorded, &mut out),
             (_, Some(Err(why))) => out.push(Stale::Unverifiable { name, why }),
@@ -396,20 +412,31 @@ pub fn is_current(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> bool {
     why_stale(layout, plan, e).is_empty()
 }
 
+/// Why the model directory of evidence is not on this machine.
+#[derive(Debug, thiserror::Error)]
+enum NoSource {
+    #[error("no playbook under {} defines {family}::{model}", .playbooks.display())]
+    NoPlaybook { playbooks: PathBuf, family: String, model: String },
+    #[error("{}", crate::bind::missing_reason(.id, .looked))]
+    NotFound { id: String, looked: Vec<PathBuf> },
+}
+
 /// The model directory of `e`'s model on this machine, found as the harness finds it.
-fn model_source(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> Result<PathBuf, String> {
+fn model_source(layout: &Layout, plan: &Plan, e: &ModelEvidence) -> Result<PathBuf, NoSource> {
     let model = plan
         .playbooks()
         .iter()
         .filter(|p| p.family == e.family)
         .flat_map(|p| &p.models)
         .find(|m| m.slug == e.model)
-        .ok_or_else(|| {
-            format!("no playbook under {} defines {}::{}", layout.playbooks().display(), e.family, e.model)
+        .ok_or_else(|| NoSource::NoPlaybook {
+            playbooks: layout.playbooks(),
+            family: e.family.clone(),
+            model: e.model.clone(),
         })?;
     match crate::bind::locate(model, &layout.places.roots) {
         crate::bind::Location::Found(dir) => Ok(dir),
-        crate::bind::Location::Missing(looked) => Err(crate::bind::missing_reason(&model.id, &looked)),
+        crate::bind::Location::Missing(looked) => Err(NoSource::NotFound { id: model.id.clone(), looked }),
     }
 }
 

@@ -4,15 +4,132 @@
 //! and prompts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::chat::ChatTemplate;
+use crate::engine::EngineError;
 use crate::format::apr;
+use crate::format::convert::ConvertError;
+use crate::format::gguf::{GgufTokenizerError, UnimplementedMix};
 use crate::matrix::{Format, Quantization};
 use crate::playbook::MessageSpec;
 use crate::vocab::{Invariant, Outcome};
+
+/// Why a tensor comparison or an invariant ([`invariant`]) does not pass: the artifact breaks
+/// it (what differs), or what it compares cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InvariantError {
+    // What the artifact breaks.
+    #[error("safetensors is the ground truth, not a derived format")]
+    NotDerived,
+    #[error("converted back, these tensors differ from the source: {0:?}")]
+    TensorsDiffer(Vec<String>),
+    #[error("tensor `{name}` is {dtype}")]
+    Quantized { name: String, dtype: String },
+    #[error("converting the source again gives different bytes")]
+    NotReproducible,
+    #[error("`{name}` has no GGUF name")]
+    NoGgufName { name: String },
+    #[error("`{name}` → `{gguf}` does not map back")]
+    NameNotInverse { name: String, gguf: String },
+    #[error("missing from the artifact {missing:?}, not in the source {extra:?}")]
+    NamesDiffer { missing: Vec<String>, extra: Vec<String> },
+    #[error(
+        "`{name}` is stored as {stored} where {quantization:?} asks for {wanted}, and the file lists no fallback"
+    )]
+    SilentFallback {
+        name: String,
+        stored: String,
+        quantization: crate::matrix::Quantization,
+        wanted: &'static str,
+    },
+    #[error("`{name}` was {was} and is stored as {stored}")]
+    DtypeChanged { name: String, was: String, stored: String },
+    #[error("`{name}` is missing")]
+    Missing { name: String },
+    #[error("`{name}` keeps its dtype {dtype} but its checksum changed")]
+    ChecksumChanged { name: String, dtype: String },
+    #[error("`{name}` ({from} → {to}): {statistic} {was:.6} became {now:.6}, beyond {bound:.3e}")]
+    StatisticMoved {
+        name: String,
+        from: String,
+        to: String,
+        statistic: &'static str,
+        was: f64,
+        now: f64,
+        bound: f64,
+    },
+    #[error("{text:?} encodes to {got:?}, the ground truth's tokenizer gives {want:?}")]
+    EncodesDifferently { text: String, got: Vec<u32>, want: Vec<u32> },
+    #[error("{ids:?} decodes to {got:?}, the ground truth's tokenizer gives {want:?}")]
+    DecodesDifferently { ids: Vec<u32>, got: String, want: String },
+    #[error("the artifact carries no tokenizer")]
+    NoTokenizer,
+    #[error("tensor `{name}`: dtype {dtype} is not compared")]
+    UncomparedDtype { name: String, dtype: String },
+
+    // What cannot be read or made.
+    #[error("no temporary directory: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Open(std::io::Error),
+    #[error("{path}: {source}")]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    #[error("{path}: {source}")]
+    AprFile {
+        path: PathBuf,
+        #[source]
+        source: apr::AprError,
+    },
+    #[error(transparent)]
+    Apr(#[from] apr::AprError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    #[error("converting back failed: {0}")]
+    ConvertBack(#[source] ConvertError),
+    #[error(transparent)]
+    Mix(#[from] UnimplementedMix),
+    #[error(transparent)]
+    Gguf(candle_core::Error),
+    #[error("tensor `{name}`: {source}")]
+    Tensor {
+        name: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error(transparent)]
+    GgufTokenizer(#[from] GgufTokenizerError),
+    #[error("{path}: {source}")]
+    TokenizerFile {
+        path: PathBuf,
+        #[source]
+        source: tokenizers::Error,
+    },
+    #[error("{0}")]
+    Tokenizer(#[source] tokenizers::Error),
+}
+
+fn read(path: &Path) -> impl FnOnce(std::io::Error) -> InvariantError + '_ {
+    move |source| InvariantError::Read { path: path.to_path_buf(), source }
+}
+
+fn deserialize(path: &Path) -> impl FnOnce(safetensors::SafeTensorError) -> InvariantError + '_ {
+    move |source| InvariantError::Safetensors { path: path.to_path_buf(), source }
+}
 
 /// A differential verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,13 +217,12 @@ struct Values {
     values: Vec<f32>,
 }
 
-fn safetensors_values(dir: &Path) -> Result<BTreeMap<String, Values>, String> {
-    let files = crate::engine::safetensors_files(dir).map_err(|e| e.to_string())?;
+fn safetensors_values(dir: &Path) -> Result<BTreeMap<String, Values>, InvariantError> {
+    let files = crate::engine::safetensors_files(dir)?;
     let mut out = BTreeMap::new();
     for file in files {
-        let bytes = std::fs::read(&file).map_err(|e| format!("failed to read {}: {e}", file.display()))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        let bytes = std::fs::read(&file).map_err(read(&file))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(deserialize(&file))?;
         for (name, view) in st.tensors() {
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {
@@ -119,7 +235,9 @@ fn safetensors_values(dir: &Path) -> Result<BTreeMap<String, Values>, String> {
                 safetensors::Dtype::BF16 => {
                     data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
                 }
-                other => return Err(format!("tensor `{name}`: dtype {other:?} is not compared")),
+                other => {
+                    return Err(InvariantError::UncomparedDtype { name, dtype: format!("{other:?}") });
+                }
             };
             let dtype = format!("{:?}", view.dtype()).to_uppercase();
             out.insert(
@@ -132,15 +250,19 @@ fn safetensors_values(dir: &Path) -> Result<BTreeMap<String, Values>, String> {
 }
 
 /// The artifact's tensors, and the tokenizer it embeds.
-fn artifact_values(artifact: &Path) -> Result<(BTreeMap<String, Values>, Option<serde_json::Value>), String> {
+/// An artifact's tensors by name, and the tokenizer it embeds.
+type ArtifactValues = (BTreeMap<String, Values>, Option<serde_json::Value>);
+
+fn artifact_values(artifact: &Path) -> Result<ArtifactValues, InvariantError> {
     if artifact.extension().is_some_and(|e| e == "gguf") {
         return gguf_values(artifact);
     }
-    let bytes = std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
-    let file = apr::read(&bytes).map_err(|e| format!("{}: {e}", artifact.display()))?;
+    let bytes = std::fs::read(artifact).map_err(read(artifact))?;
+    let file = apr::read(&bytes)
+        .map_err(|source| InvariantError::AprFile { path: artifact.to_path_buf(), source })?;
     let mut out = BTreeMap::new();
     for t in &file.tensors {
-        let values = apr::dequantize(t).map_err(|e| e.to_string())?;
+        let values = apr::dequantize(t)?;
         out.insert(
             t.name.clone(),
             Values { dtype: t.dtype.name().to_string(), shape: t.shape.clone(), values },
@@ -150,13 +272,15 @@ fn artifact_values(artifact: &Path) -> Result<(BTreeMap<String, Values>, Option<
 }
 
 /// A GGUF file's tensors under their Hugging Face names, dequantized and un-permuted.
-fn gguf_values(artifact: &Path) -> Result<(BTreeMap<String, Values>, Option<serde_json::Value>), String> {
-    let file = crate::format::gguf::dequantize(artifact).map_err(|e| e.to_string())?;
+fn gguf_values(artifact: &Path) -> Result<ArtifactValues, InvariantError> {
+    let file = crate::format::gguf::dequantize(artifact)?;
     let mut out = BTreeMap::new();
     for (name, (t, dtype)) in file.tensors {
         let shape = t.dims().iter().map(|&d| d as u64).collect();
-        let values =
-            t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let values = match t.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
+            Ok(v) => v,
+            Err(source) => return Err(InvariantError::Tensor { name, source }),
+        };
         out.insert(name, Values { dtype: ggml_name(dtype).to_string(), shape, values });
     }
     let tokenizer = file
@@ -215,8 +339,7 @@ fn relative_bound(dtype: &str, source_dtype: &str) -> f32 {
 pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
     let (src, (dst, tokenizer)) = match (safetensors_values(source), artifact_values(artifact)) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) => return DiffVerdict::fail(e),
-        (_, Err(e)) => return DiffVerdict::fail(e),
+        (Err(e), _) | (_, Err(e)) => return DiffVerdict::fail(e.to_string()),
     };
     // The tokenizer travels with the weights and must come back unchanged.
     let source_tokenizer: Option<serde_json::Value> = std::fs::read_to_string(source.join("tokenizer.json"))
@@ -373,7 +496,7 @@ pub fn invariant(
     };
     match result {
         Ok(reason) => DiffVerdict::pass(reason),
-        Err(reason) => DiffVerdict::fail(format!("{}: {reason}", inv.slug())),
+        Err(why) => DiffVerdict::fail(format!("{}: {why}", inv.slug())),
     }
 }
 
@@ -381,12 +504,11 @@ pub fn invariant(
 type Stored = (String, Vec<usize>, Vec<u8>);
 
 /// Every tensor of a safetensors directory as stored.
-fn safetensors_raw(dir: &Path) -> Result<BTreeMap<String, Stored>, String> {
+fn safetensors_raw(dir: &Path) -> Result<BTreeMap<String, Stored>, InvariantError> {
     let mut out = BTreeMap::new();
-    for file in crate::engine::safetensors_files(dir).map_err(|e| e.to_string())? {
-        let bytes = std::fs::read(&file).map_err(|e| format!("failed to read {}: {e}", file.display()))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    for file in crate::engine::safetensors_files(dir)? {
+        let bytes = std::fs::read(&file).map_err(read(&file))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(deserialize(&file))?;
         for (name, view) in st.tensors() {
             out.insert(name, (format!("{:?}", view.dtype()), view.shape().to_vec(), view.data().to_vec()));
         }
@@ -394,72 +516,75 @@ fn safetensors_raw(dir: &Path) -> Result<BTreeMap<String, Stored>, String> {
     Ok(out)
 }
 
-fn round_trip(source: &Path, artifact: &Path, format: Format) -> Result<String, String> {
-    let back = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+fn round_trip(source: &Path, artifact: &Path, format: Format) -> Result<String, InvariantError> {
+    let back = tempfile::tempdir().map_err(InvariantError::TempDir)?;
     let converted = match format {
         Format::Apr => {
-            let bytes =
-                std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
-            let file = apr::read(&bytes).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(artifact).map_err(read(artifact))?;
+            let file = apr::read(&bytes)?;
             crate::format::convert::apr_to_safetensors(&file, back.path())
         }
         Format::Gguf(_) => crate::format::gguf::to_safetensors(artifact, back.path()),
-        Format::Safetensors => return Err("safetensors is the ground truth, not a derived format".into()),
+        Format::Safetensors => return Err(InvariantError::NotDerived),
     };
     match converted {
         Ok(()) => {
             let (want, got) = (safetensors_raw(source)?, safetensors_raw(back.path())?);
             if want != got {
-                let differ: Vec<&String> =
-                    want.keys().chain(got.keys()).filter(|k| want.get(*k) != got.get(*k)).take(5).collect();
-                return Err(format!("converted back, these tensors differ from the source: {differ:?}"));
+                let differ: Vec<String> = want
+                    .keys()
+                    .chain(got.keys())
+                    .filter(|k| want.get(*k) != got.get(*k))
+                    .take(5)
+                    .cloned()
+                    .collect();
+                return Err(InvariantError::TensorsDiffer(differ));
             }
             Ok(format!("{format} → safetensors gives all {} tensors back bit for bit", want.len()))
         }
-        Err(crate::format::convert::ConvertError::Dtype { name, dtype, .. }) => {
+        Err(ConvertError::Dtype { name, dtype, .. }) => {
             // A quantizing format: no silent way back; the conversion itself must be a function.
-            let Format::Gguf(q) = format else { return Err(format!("tensor `{name}` is {dtype}")) };
-            let again = crate::format::gguf::from_safetensors(source, q).map_err(|e| e.to_string())?;
-            let made =
-                std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
+            let Format::Gguf(q) = format else { return Err(InvariantError::Quantized { name, dtype }) };
+            let again = crate::format::gguf::from_safetensors(source, q)?;
+            let made = std::fs::read(artifact).map_err(read(artifact))?;
             if again != made {
-                return Err("converting the source again gives different bytes".into());
+                return Err(InvariantError::NotReproducible);
             }
             Ok(format!(
                 "{format} quantizes (`{name}` is {dtype}), so converting back is refused rather than done silently; converting again gives identical bytes"
             ))
         }
-        Err(e) => Err(format!("converting back failed: {e}")),
+        Err(e) => Err(InvariantError::ConvertBack(e)),
     }
 }
 
-fn name_bijection(source: &Path, artifact: &Path, format: Format) -> Result<String, String> {
+fn name_bijection(source: &Path, artifact: &Path, format: Format) -> Result<String, InvariantError> {
     let src = safetensors_raw(source)?;
     if let Format::Gguf(_) = format {
         for name in src.keys() {
-            let g =
-                crate::format::gguf::gguf_name(name).ok_or_else(|| format!("`{name}` has no GGUF name"))?;
+            let g = crate::format::gguf::gguf_name(name)
+                .ok_or_else(|| InvariantError::NoGgufName { name: name.clone() })?;
             if crate::format::gguf::hf_name(&g).as_deref() != Some(name) {
-                return Err(format!("`{name}` → `{g}` does not map back"));
+                return Err(InvariantError::NameNotInverse { name: name.clone(), gguf: g });
             }
         }
     }
     let (dst, _) = artifact_values(artifact)?;
     let tied = |k: &String| k == "lm_head.weight" && src.contains_key("model.embed_tokens.weight");
-    let missing: Vec<&String> = src.keys().filter(|k| !dst.contains_key(*k)).collect();
-    let extra: Vec<&String> = dst.keys().filter(|k| !src.contains_key(*k) && !tied(k)).collect();
+    let missing: Vec<String> = src.keys().filter(|k| !dst.contains_key(*k)).cloned().collect();
+    let extra: Vec<String> = dst.keys().filter(|k| !src.contains_key(*k) && !tied(k)).cloned().collect();
     if !missing.is_empty() || !extra.is_empty() {
-        return Err(format!("missing from the artifact {missing:?}, not in the source {extra:?}"));
+        return Err(InvariantError::NamesDiffer { missing, extra });
     }
     Ok(format!("{} tensor names correspond one to one", src.len()))
 }
 
-fn no_silent_fallback(source: &Path, artifact: &Path, format: Format) -> Result<String, String> {
+fn no_silent_fallback(source: &Path, artifact: &Path, format: Format) -> Result<String, InvariantError> {
     let src = safetensors_values(source)?;
     let (dst, _) = artifact_values(artifact)?;
     match format {
         Format::Gguf(q) => {
-            let file = crate::format::gguf::dequantize(artifact).map_err(|e| e.to_string())?;
+            let file = crate::format::gguf::dequantize(artifact)?;
             let listed: Vec<String> = file
                 .metadata
                 .get(crate::format::gguf::FALLBACKS)
@@ -474,11 +599,12 @@ fn no_silent_fallback(source: &Path, artifact: &Path, format: Format) -> Result<
                 let wanted = crate::format::gguf::wanted_type(q, &g, &dims, layers)?;
                 if ggml_name(wanted) != v.dtype {
                     if !listed.iter().any(|l| l.starts_with(&format!("{g}:"))) {
-                        return Err(format!(
-                            "`{name}` is stored as {} where {q:?} asks for {}, and the file lists no fallback",
-                            v.dtype,
-                            ggml_name(wanted)
-                        ));
+                        return Err(InvariantError::SilentFallback {
+                            name: name.clone(),
+                            stored: v.dtype.clone(),
+                            quantization: q,
+                            wanted: ggml_name(wanted),
+                        });
                     }
                     fallbacks += 1;
                 }
@@ -494,7 +620,11 @@ fn no_silent_fallback(source: &Path, artifact: &Path, format: Format) -> Result<
                 if let Some(s) = src.get(name)
                     && s.dtype != v.dtype
                 {
-                    return Err(format!("`{name}` was {} and is stored as {}", s.dtype, v.dtype));
+                    return Err(InvariantError::DtypeChanged {
+                        name: name.clone(),
+                        was: s.dtype.clone(),
+                        stored: v.dtype.clone(),
+                    });
                 }
             }
             Ok(format!("{} tensors keep their source dtypes", dst.len()))
@@ -512,16 +642,16 @@ fn stats(v: &[f32]) -> [f64; 4] {
     [mean, var.sqrt(), min, max]
 }
 
-fn statistics(source: &Path, artifact: &Path) -> Result<String, String> {
+fn statistics(source: &Path, artifact: &Path) -> Result<String, InvariantError> {
     let src = safetensors_values(source)?;
     let (dst, _) = artifact_values(artifact)?;
     let mut checksums = 0;
     for (name, a) in &src {
-        let Some(b) = dst.get(name) else { return Err(format!("`{name}` is missing")) };
+        let Some(b) = dst.get(name) else { return Err(InvariantError::Missing { name: name.clone() }) };
         if a.dtype == b.dtype {
             let sum = |v: &[f32]| Sha256::digest(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
             if sum(&a.values) != sum(&b.values) {
-                return Err(format!("`{name}` keeps its dtype {} but its checksum changed", a.dtype));
+                return Err(InvariantError::ChecksumChanged { name: name.clone(), dtype: a.dtype.clone() });
             }
             checksums += 1;
             continue;
@@ -533,10 +663,15 @@ fn statistics(source: &Path, artifact: &Path) -> Result<String, String> {
             [("mean", sa[0], sb[0]), ("std", sa[1], sb[1]), ("min", sa[2], sb[2]), ("max", sa[3], sb[3])]
         {
             if (x - y).abs() > bound || y.is_nan() {
-                return Err(format!(
-                    "`{name}` ({} → {}): {what} {x:.6} became {y:.6}, beyond {bound:.3e}",
-                    a.dtype, b.dtype
-                ));
+                return Err(InvariantError::StatisticMoved {
+                    name: name.clone(),
+                    from: a.dtype.clone(),
+                    to: b.dtype.clone(),
+                    statistic: what,
+                    was: x,
+                    now: y,
+                    bound,
+                });
             }
         }
     }
@@ -546,18 +681,21 @@ fn statistics(source: &Path, artifact: &Path) -> Result<String, String> {
     ))
 }
 
-fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Result<String, String> {
+fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Result<String, InvariantError> {
     let path = source.join("tokenizer.json");
-    let want = tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let want = match tokenizers::Tokenizer::from_file(&path) {
+        Ok(t) => t,
+        Err(source) => return Err(InvariantError::TokenizerFile { path, source }),
+    };
     let got = if artifact.extension().is_some_and(|e| e == "gguf") {
-        let mut file = std::fs::File::open(artifact).map_err(|e| e.to_string())?;
+        let mut file = std::fs::File::open(artifact).map_err(InvariantError::Open)?;
         let content =
-            candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
+            candle_core::quantized::gguf_file::Content::read(&mut file).map_err(InvariantError::Gguf)?;
         crate::format::gguf::tokenizer(&content.metadata)?
     } else {
         let (_, json) = artifact_values(artifact)?;
-        let json = json.ok_or("the artifact carries no tokenizer")?;
-        tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(|e| e.to_string())?
+        let json = json.ok_or(InvariantError::NoTokenizer)?;
+        tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(InvariantError::Tokenizer)?
     };
     let mut cases: Vec<String> = [
         "",
@@ -574,18 +712,18 @@ fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Res
     cases.extend(texts.iter().cloned());
     for text in &cases {
         let ids = |t: &tokenizers::Tokenizer| {
-            t.encode(text.as_str(), true).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
+            t.encode(text.as_str(), true).map(|e| e.get_ids().to_vec()).map_err(InvariantError::Tokenizer)
         };
         let (a, b) = (ids(&want)?, ids(&got)?);
         if a != b {
-            return Err(format!("{text:?} encodes to {b:?}, the ground truth's tokenizer gives {a:?}"));
+            return Err(InvariantError::EncodesDifferently { text: text.clone(), got: b, want: a });
         }
         let (da, db) = (
-            want.decode(&a, false).map_err(|e| e.to_string())?,
-            got.decode(&b, false).map_err(|e| e.to_string())?,
+            want.decode(&a, false).map_err(InvariantError::Tokenizer)?,
+            got.decode(&b, false).map_err(InvariantError::Tokenizer)?,
         );
         if da != db {
-            return Err(format!("{a:?} decodes to {db:?}, the ground truth's tokenizer gives {da:?}"));
+            return Err(InvariantError::DecodesDifferently { ids: a, got: db, want: da });
         }
     }
     Ok(format!("{} texts encode to the same ids and decode to the same text", cases.len()))

@@ -156,7 +156,17 @@ pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
         match run(input, 4) {
             Err(_) => return GateVerdict::fail(format!("the engine panicked on {label}")),
             // A clean error (say, a prompt longer than the context) is stable behaviour.
-            Ok(Ok(_) | Err(EngineError::Inference(_) | EngineError::EmptyPrompt)) => {}
+            Ok(
+                Ok(_)
+                | Err(
+                    EngineError::Inference(_)
+                    | EngineError::InferenceFailed { .. }
+                    | EngineError::OutputNotJson { .. }
+                    | EngineError::PromptTooLong { .. }
+                    | EngineError::OutsideContext { .. }
+                    | EngineError::EmptyPrompt,
+                ),
+            ) => {}
             Ok(Err(EngineError::Timeout { .. })) => {
                 return GateVerdict {
                     outcome: Outcome::Timeout,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::checks::gate::GateVerdict;
 use crate::engine::Sampling;
-use crate::engine::client::{Client, Endpoint, RawResponse, request_body};
+use crate::engine::client::{Client, ClientError, Endpoint, RawResponse, request_body};
 use crate::playbook::Input;
 use crate::playbook::MessageSpec;
 use crate::trial::{Finding, TrialEnv, messages_of, render_run};
@@ -49,6 +49,66 @@ impl Probe {
     }
 }
 
+/// Why a server failed a check: what it answered that breaks the check, or a request that got
+/// no usable answer. Response bodies are kept as excerpts.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerCheckError {
+    /// A request got no usable reply.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// As [`ServerCheckError::Client`], in a named step of the check.
+    #[error("{step}: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{what} answered {status}: {body}")]
+    Status { what: String, status: u16, body: String },
+    #[error("GET /health took {:.0} ms (limit {} ms)", .took.as_secs_f64() * 1e3, HEALTH_LIMIT.as_millis())]
+    SlowHealth { took: Duration },
+    #[error("GET /v1/models lists {ids:?}, not {model:?}")]
+    ModelNotListed { ids: Vec<String>, model: String },
+    #[error("{what}: Content-Type is {content_type:?}, not application/json")]
+    ContentType { what: String, content_type: String },
+    #[error("{what}: not JSON ({source}): {body}")]
+    NotJson {
+        what: String,
+        body: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what}: not a JSON object: {body}")]
+    NotObject { what: String, body: String },
+    /// A whole response that is not of the OpenAI shape: every problem found.
+    #[error("{what}: {}", .problems.join("; "))]
+    Shape { what: String, problems: Vec<String> },
+    #[error("POST {path}: the streamed pieces add up to {streamed:?}, the whole response says {whole:?}")]
+    StreamDiffers { path: &'static str, streamed: String, whole: String },
+    #[error("POST {path} at temperature 0: request {request} answered {again:?}, request 1 {first:?}")]
+    Nondeterministic { path: &'static str, request: usize, again: String, first: String },
+    #[error("request {request} of {CONCURRENT_CLIENTS} at once failed: the client thread panicked")]
+    ClientPanicked { request: usize },
+    #[error("request {request} of {CONCURRENT_CLIENTS} at once answered {text:?}, alone {expected:?}")]
+    ConcurrentDiffers { request: usize, text: String, expected: String },
+    #[error("{label}: the server closed the connection without answering")]
+    ClosedWithoutAnswer { label: String },
+    #[error("{label} answered {status}, not {accepted:?}: {body}")]
+    Accepted { label: String, status: u16, accepted: &'static [u16], body: String },
+    #[error("{label}: the {status} body is not JSON ({source}): {body}")]
+    ErrorNotJson {
+        label: String,
+        status: u16,
+        body: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{label}: no OpenAI error object (`error.message`): {body}")]
+    NoErrorObject { label: String, body: String },
+    #[error("after the malformed requests GET /health answered {status}")]
+    DownAfterBadRequests { status: u16 },
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -85,24 +145,27 @@ pub fn check(
     }
 }
 
-fn health(client: &Client, model: &str, deadline: Instant) -> Result<String, String> {
+fn health(client: &Client, model: &str, deadline: Instant) -> Result<String, ServerCheckError> {
     let r = client.raw("GET", "/health", "", None, remaining(deadline).min(HEALTH_LIMIT * 5))?;
     if r.status != 200 {
-        return Err(format!("GET /health answered {}: {}", r.status, excerpt(&r.body)));
+        return Err(ServerCheckError::Status {
+            what: "GET /health".into(),
+            status: r.status,
+            body: excerpt(&r.body),
+        });
     }
     if r.latency > HEALTH_LIMIT {
-        return Err(format!(
-            "GET /health took {:.0} ms (limit {} ms)",
-            r.latency.as_secs_f64() * 1e3,
-            HEALTH_LIMIT.as_millis()
-        ));
+        return Err(ServerCheckError::SlowHealth { took: r.latency });
     }
     let m = client.raw("GET", "/v1/models", "", None, remaining(deadline))?;
     let v = json_object(&m, "GET /v1/models")?;
     let ids: Vec<&str> =
         v["data"].as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect()).unwrap_or_default();
     if !ids.contains(&model) {
-        return Err(format!("GET /v1/models lists {ids:?}, not {model:?}"));
+        return Err(ServerCheckError::ModelNotListed {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            model: model.to_string(),
+        });
     }
     Ok(format!(
         "GET /health answered 200 in {:.1} ms; GET /v1/models lists {model}",
@@ -110,22 +173,33 @@ fn health(client: &Client, model: &str, deadline: Instant) -> Result<String, Str
     ))
 }
 
-fn json_object(r: &RawResponse, what: &str) -> Result<Value, String> {
+fn json_object(r: &RawResponse, what: &str) -> Result<Value, ServerCheckError> {
     if r.status != 200 {
-        return Err(format!("{what} answered {}: {}", r.status, excerpt(&r.body)));
+        return Err(ServerCheckError::Status { what: what.into(), status: r.status, body: excerpt(&r.body) });
     }
     if !r.content_type.starts_with("application/json") {
-        return Err(format!("{what}: Content-Type is {:?}, not application/json", r.content_type));
+        return Err(ServerCheckError::ContentType {
+            what: what.into(),
+            content_type: r.content_type.clone(),
+        });
     }
-    let v: Value =
-        serde_json::from_str(&r.body).map_err(|e| format!("{what}: not JSON ({e}): {}", excerpt(&r.body)))?;
+    let v: Value = serde_json::from_str(&r.body).map_err(|source| ServerCheckError::NotJson {
+        what: what.into(),
+        body: excerpt(&r.body),
+        source,
+    })?;
     if !v.is_object() {
-        return Err(format!("{what}: not a JSON object: {}", excerpt(&r.body)));
+        return Err(ServerCheckError::NotObject { what: what.into(), body: excerpt(&r.body) });
     }
     Ok(v)
 }
 
-fn post(client: &Client, endpoint: Endpoint, body: &Value, deadline: Instant) -> Result<RawResponse, String> {
+fn post(
+    client: &Client,
+    endpoint: Endpoint,
+    body: &Value,
+    deadline: Instant,
+) -> Result<RawResponse, ClientError> {
     let mut body = body.clone();
     if let Some(m) = client.model() {
         body["model"] = json!(m);
@@ -139,7 +213,7 @@ fn post(client: &Client, endpoint: Endpoint, body: &Value, deadline: Instant) ->
     )
 }
 
-fn json_shape(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+fn json_shape(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, ServerCheckError> {
     let mut seen = Vec::new();
     for endpoint in probe.endpoints() {
         let what = format!("POST {}", endpoint.path());
@@ -174,27 +248,26 @@ fn json_shape(client: &Client, probe: &Probe, deadline: Instant) -> Result<Strin
             _ => problems.push(format!("usage lacks token counts: {u}")),
         }
         if !problems.is_empty() {
-            return Err(format!("{what}: {}", problems.join("; ")));
+            return Err(ServerCheckError::Shape { what, problems });
         }
         seen.push(what);
     }
     Ok(format!("{}: JSON objects of the OpenAI shape, usage adding up", seen.join(" and ")))
 }
 
-fn sse(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+fn sse(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, ServerCheckError> {
     let mut events = Vec::new();
     for endpoint in probe.endpoints() {
-        let whole = client.send(endpoint, &probe.body(endpoint, false), deadline)?;
-        let streamed = client
-            .send(endpoint, &probe.body(endpoint, true), deadline)
-            .map_err(|e| format!("POST {} (stream): {e}", endpoint.path()))?;
+        let whole = client.request(endpoint, &probe.body(endpoint, false), deadline)?;
+        let streamed = client.request(endpoint, &probe.body(endpoint, true), deadline).map_err(|source| {
+            ServerCheckError::Step { step: format!("POST {} (stream)", endpoint.path()), source }
+        })?;
         if streamed.text != whole.text {
-            return Err(format!(
-                "POST {}: the streamed pieces add up to {:?}, the whole response says {:?}",
-                endpoint.path(),
-                streamed.text,
-                whole.text
-            ));
+            return Err(ServerCheckError::StreamDiffers {
+                path: endpoint.path(),
+                streamed: streamed.text,
+                whole: whole.text,
+            });
         }
         events.push(endpoint.path());
     }
@@ -204,49 +277,52 @@ fn sse(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, Stri
     ))
 }
 
-fn deterministic(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+fn deterministic(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, ServerCheckError> {
     const REPEATS: usize = 3;
     for endpoint in probe.endpoints() {
         let body = probe.body(endpoint, false);
-        let first = client.send(endpoint, &body, deadline)?.text;
+        let first = client.request(endpoint, &body, deadline)?.text;
         for i in 1..REPEATS {
-            let again = client.send(endpoint, &body, deadline)?.text;
+            let again = client.request(endpoint, &body, deadline)?.text;
             if again != first {
-                return Err(format!(
-                    "POST {} at temperature 0: request {} answered {again:?}, request 1 {first:?}",
-                    endpoint.path(),
-                    i + 1
-                ));
+                return Err(ServerCheckError::Nondeterministic {
+                    path: endpoint.path(),
+                    request: i + 1,
+                    again,
+                    first,
+                });
             }
         }
     }
     Ok(format!("{REPEATS} identical answers at temperature 0 on each endpoint"))
 }
 
-fn concurrent(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, String> {
+fn concurrent(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, ServerCheckError> {
     let body = probe.body(Endpoint::Completions, false);
-    let expected = client.send(Endpoint::Completions, &body, deadline)?.text;
+    let expected = client.request(Endpoint::Completions, &body, deadline)?.text;
     let started = Instant::now();
-    let replies: Vec<Result<String, String>> = std::thread::scope(|s| {
+    // `None` where the client thread panicked.
+    let replies: Vec<Option<Result<String, ClientError>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..CONCURRENT_CLIENTS)
-            .map(|_| s.spawn(|| client.send(Endpoint::Completions, &body, deadline).map(|r| r.text)))
+            .map(|_| s.spawn(|| client.request(Endpoint::Completions, &body, deadline).map(|r| r.text)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("the client thread panicked".into())))
-            .collect()
+        handles.into_iter().map(|h| h.join().ok()).collect()
     });
     let wall = started.elapsed();
-    for (i, r) in replies.iter().enumerate() {
+    for (i, r) in replies.into_iter().enumerate() {
+        let request = i + 1;
         match r {
-            Err(e) => return Err(format!("request {} of {CONCURRENT_CLIENTS} at once failed: {e}", i + 1)),
-            Ok(text) if *text != expected => {
-                return Err(format!(
-                    "request {} of {CONCURRENT_CLIENTS} at once answered {text:?}, alone {expected:?}",
-                    i + 1
-                ));
+            None => return Err(ServerCheckError::ClientPanicked { request }),
+            Some(Err(source)) => {
+                return Err(ServerCheckError::Step {
+                    step: format!("request {request} of {CONCURRENT_CLIENTS} at once failed"),
+                    source,
+                });
             }
-            Ok(_) => {}
+            Some(Ok(text)) if text != expected => {
+                return Err(ServerCheckError::ConcurrentDiffers { request, text, expected });
+            }
+            Some(Ok(_)) => {}
         }
     }
     Ok(format!(
@@ -277,7 +353,7 @@ fn malformed() -> Vec<(&'static str, Endpoint, Vec<u8>, &'static [u16])> {
     ]
 }
 
-fn bad_requests(client: &Client, deadline: Instant) -> Result<String, String> {
+fn bad_requests(client: &Client, deadline: Instant) -> Result<String, ServerCheckError> {
     let cases = malformed();
     let mut closed = Vec::new();
     for (what, endpoint, body, accepted) in &cases {
@@ -297,20 +373,34 @@ fn bad_requests(client: &Client, deadline: Instant) -> Result<String, String> {
                 closed.push(label);
                 continue;
             }
-            None => return Err(format!("{label}: the server closed the connection without answering")),
+            None => return Err(ServerCheckError::ClosedWithoutAnswer { label }),
         };
         if !accepted.contains(&r.status) {
-            return Err(format!("{label} answered {}, not {accepted:?}: {}", r.status, excerpt(&r.body)));
+            return Err(ServerCheckError::Accepted {
+                label,
+                status: r.status,
+                accepted,
+                body: excerpt(&r.body),
+            });
         }
-        let v: Value = serde_json::from_str(&r.body)
-            .map_err(|e| format!("{label}: the {} body is not JSON ({e}): {}", r.status, excerpt(&r.body)))?;
+        let v: Value = match serde_json::from_str(&r.body) {
+            Ok(v) => v,
+            Err(source) => {
+                return Err(ServerCheckError::ErrorNotJson {
+                    label,
+                    status: r.status,
+                    body: excerpt(&r.body),
+                    source,
+                });
+            }
+        };
         if !v["error"]["message"].is_string() {
-            return Err(format!("{label}: no OpenAI error object (`error.message`): {}", excerpt(&r.body)));
+            return Err(ServerCheckError::NoErrorObject { label, body: excerpt(&r.body) });
         }
     }
     let r = client.raw("GET", "/health", "", None, remaining(deadline))?;
     if r.status != 200 {
-        return Err(format!("after the malformed requests GET /health answered {}", r.status));
+        return Err(ServerCheckError::DownAfterBadRequests { status: r.status });
     }
     let mut reason = format!(
         "{} malformed requests were refused with a 4xx and an error object",

@@ -57,8 +57,9 @@ pub struct CandleSession {
     info: SessionInfo,
 }
 
-fn load_err(path: &Path, cause: impl std::fmt::Display) -> EngineError {
-    EngineError::Load { path: path.to_path_buf(), cause: cause.to_string() }
+/// A load that failed on what the files say (no underlying error).
+fn load_err(path: &Path, cause: impl Into<String>) -> EngineError {
+    EngineError::Load { path: path.to_path_buf(), cause: cause.into() }
 }
 
 /// The device for a backend, or why there is none.
@@ -72,8 +73,7 @@ pub fn device_for(backend: Backend) -> Result<Device, EngineError> {
                     why: "built without cuda (enable the `cuda` feature)".into(),
                 });
             }
-            Device::new_cuda(0)
-                .map_err(|e| EngineError::Backend { backend, why: format!("no CUDA device: {e}") })
+            Device::new_cuda(0).map_err(|e| EngineError::NoDevice { backend, source: super::cause(e) })
         }
     }
 }
@@ -87,9 +87,9 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| load_err(&index, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| load_err(&index, format!("invalid JSON: {e}")))?;
+        let text = std::fs::read_to_string(&index).map_err(|e| EngineError::load_failed(&index, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| EngineError::load_failed_in(&index, "invalid JSON", e))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -196,26 +196,28 @@ pub fn load_candle(path: &Path, backend: Backend) -> Result<CandleSession, Engin
 
 fn hf_parts(dir: &Path, device: &Device) -> Result<Parts, EngineError> {
     let config_path = dir.join("config.json");
-    let config_text = std::fs::read_to_string(&config_path).map_err(|e| load_err(&config_path, e))?;
+    let config_text =
+        std::fs::read_to_string(&config_path).map_err(|e| EngineError::load_failed(&config_path, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
-        .map_err(|e| load_err(&config_path, format!("invalid JSON: {e}")))?;
+        .map_err(|e| EngineError::load_failed_in(&config_path, "invalid JSON", e))?;
     let files = safetensors_files(dir)?;
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.is_file() {
         return Err(load_err(&tokenizer_path, "the tokenizer is missing"));
     }
-    let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
+    let tokenizer =
+        Tokenizer::from_file(&tokenizer_path).map_err(|e| EngineError::load_failed(&tokenizer_path, e))?;
     // SAFETY: the files are memory-mapped read-only; the harness never writes a model file it
     // is reading, and safetensors validates the header against the file length.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
-        .map_err(|e| load_err(&files[0], e))?;
+        .map_err(|e| EngineError::load_failed(&files[0], e))?;
     let generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok());
-    let chat_template = ChatTemplate::from_model_dir(dir).map_err(|e| load_err(dir, e))?;
+    let chat_template = ChatTemplate::from_model_dir(dir).map_err(|e| EngineError::load_failed(dir, e))?;
     let mut hashed = Vec::with_capacity(files.len() + 2);
     for f in files.iter().chain([&config_path, &tokenizer_path]) {
-        hashed.push(hash_file(f).map_err(|e| load_err(f, e))?);
+        hashed.push(hash_file(f).map_err(|e| EngineError::load_failed(f, e))?);
     }
     Ok(Parts {
         source: dir.to_path_buf(),
@@ -231,8 +233,8 @@ fn hf_parts(dir: &Path, device: &Device) -> Result<Parts, EngineError> {
 /// An APR file written by this project carries the Hugging Face config, tokenizer and
 /// tokenizer_config in its metadata; tensors of any dtype are dequantized to f32.
 fn apr_parts(path: &Path, device: &Device) -> Result<Parts, EngineError> {
-    let bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
-    let file = crate::format::apr::read(&bytes).map_err(|e| load_err(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| EngineError::load_failed(path, e))?;
+    let file = crate::format::apr::read(&bytes).map_err(|e| EngineError::load_failed(path, e))?;
     let custom = |key: &str| file.metadata.get(key).filter(|v| v.is_object()).cloned();
     let config = custom(crate::format::convert::HF_CONFIG).ok_or_else(|| {
         load_err(
@@ -252,15 +254,16 @@ fn apr_parts(path: &Path, device: &Device) -> Result<Parts, EngineError> {
             ),
         )
     })?;
-    let tokenizer_bytes = serde_json::to_vec(&tokenizer_json).map_err(|e| load_err(path, e))?;
+    let tokenizer_bytes =
+        serde_json::to_vec(&tokenizer_json).map_err(|e| EngineError::load_failed(path, e))?;
     let tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
-        .map_err(|e| load_err(path, format!("the embedded tokenizer: {e}")))?;
+        .map_err(|e| EngineError::load_failed_in(path, "the embedded tokenizer", e))?;
     let mut tensors = std::collections::HashMap::with_capacity(file.tensors.len());
     for t in &file.tensors {
-        let values = crate::format::apr::dequantize(t).map_err(|e| load_err(path, e))?;
+        let values = crate::format::apr::dequantize(t).map_err(|e| EngineError::load_failed(path, e))?;
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let tensor = Tensor::from_vec(values, dims, device)
-            .map_err(|e| load_err(path, format!("tensor `{}`: {e}", t.name)))?;
+            .map_err(|e| EngineError::load_failed_in(path, format!("tensor `{}`", t.name), e))?;
         tensors.insert(t.name.clone(), tensor);
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
@@ -272,7 +275,7 @@ fn apr_parts(path: &Path, device: &Device) -> Result<Parts, EngineError> {
         config,
         vb,
         tokenizer,
-        files: vec![hash_file(path).map_err(|e| load_err(path, e))?],
+        files: vec![hash_file(path).map_err(|e| EngineError::load_failed(path, e))?],
     })
 }
 
@@ -289,26 +292,36 @@ fn assemble(
         .and_then(|v| v.as_str())
         .ok_or_else(|| load_err(dir, "the config has no `model_type`"))?
         .to_string();
-    let parse = |what: &str, e: serde_json::Error| load_err(dir, format!("not a valid {what} config: {e}"));
+    let parse = |what: &str, e: serde_json::Error| {
+        EngineError::load_failed_in(dir, format!("not a valid {what} config"), e)
+    };
     let (model, context) = match architecture.as_str() {
         "llama" => {
             let cfg: llama::LlamaConfig =
                 serde_json::from_value(config.clone()).map_err(|e| parse("llama", e))?;
             let context = cfg.max_position_embeddings;
             let cfg = cfg.into_config(false);
-            let model = llama::Llama::load(vb, &cfg).map_err(|e| load_err(dir, e))?;
+            let model = llama::Llama::load(vb, &cfg).map_err(|e| EngineError::load_failed(dir, e))?;
             (Model::Llama { model, config: cfg }, context)
         }
         "qwen2" => {
             let cfg: qwen2::Config = serde_json::from_value(config.clone()).map_err(|e| parse("qwen2", e))?;
             let context = cfg.max_position_embeddings;
-            (Model::Qwen2(qwen2::ModelForCausalLM::new(&cfg, vb).map_err(|e| load_err(dir, e))?), context)
+            (
+                Model::Qwen2(
+                    qwen2::ModelForCausalLM::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?,
+                ),
+                context,
+            )
         }
         "mistral" => {
             let cfg: mistral::Config =
                 serde_json::from_value(config.clone()).map_err(|e| parse("mistral", e))?;
             let context = cfg.max_position_embeddings;
-            (Model::Mistral(mistral::Model::new(&cfg, vb).map_err(|e| load_err(dir, e))?), context)
+            (
+                Model::Mistral(mistral::Model::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?),
+                context,
+            )
         }
         other => {
             return Err(load_err(
@@ -392,9 +405,9 @@ fn gguf_session(
     backend: Backend,
     started: Instant,
 ) -> Result<CandleSession, EngineError> {
-    let mut file = std::fs::File::open(path).map_err(|e| load_err(path, e))?;
-    let content =
-        gguf_file::Content::read(&mut file).map_err(|e| load_err(path, format!("not a GGUF file: {e}")))?;
+    let mut file = std::fs::File::open(path).map_err(|e| EngineError::load_failed(path, e))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| EngineError::load_failed_in(path, "not a GGUF file", e))?;
     let md = &content.metadata;
     let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
     let number = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
@@ -412,11 +425,11 @@ fn gguf_session(
     let model = match arch.as_str() {
         "llama" => Model::QuantizedLlama(
             quantized_llama::ModelWeights::from_gguf(content, &mut file, &device)
-                .map_err(|e| load_err(path, e))?,
+                .map_err(|e| EngineError::load_failed(path, e))?,
         ),
         "qwen2" => Model::QuantizedQwen2(
             quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &device)
-                .map_err(|e| load_err(path, e))?,
+                .map_err(|e| EngineError::load_failed(path, e))?,
         ),
         other => {
             return Err(load_err(
@@ -425,7 +438,7 @@ fn gguf_session(
             ));
         }
     };
-    let files = vec![hash_file(path).map_err(|e| load_err(path, e))?];
+    let files = vec![hash_file(path).map_err(|e| EngineError::load_failed(path, e))?];
     let loaded = Loaded { model, context, tokenizer, eos, bos, architecture: arch, files, chat_template };
     Ok(finish(loaded, device, backend, started))
 }
@@ -435,7 +448,7 @@ fn gguf_tokenizer(
     path: &Path,
     md: &std::collections::HashMap<String, gguf_file::Value>,
 ) -> Result<Tokenizer, EngineError> {
-    crate::format::gguf::tokenizer(md).map_err(|e| load_err(path, e))
+    crate::format::gguf::tokenizer(md).map_err(|e| EngineError::load_failed(path, e))
 }
 
 /// The candle version the harness is built against (kept in step with Cargo.toml).
@@ -503,8 +516,7 @@ impl CandleSession {
     fn fresh_cache(&mut self) -> Result<Option<llama::Cache>, EngineError> {
         let cache = match &self.model {
             Model::Llama { config, .. } => Some(
-                llama::Cache::new(true, DType::F32, config, &self.device)
-                    .map_err(|e| EngineError::Inference(e.to_string()))?,
+                llama::Cache::new(true, DType::F32, config, &self.device).map_err(EngineError::inference)?,
             ),
             Model::Qwen2(_) | Model::Mistral(_) | Model::QuantizedLlama(_) | Model::QuantizedQwen2(_) => None,
         };
@@ -525,20 +537,16 @@ impl Session for CandleSession {
     }
 
     fn logits_after(&mut self, prompt: &str, continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let inference = |e: candle_core::Error| EngineError::Inference(e.to_string());
+        let inference = |e: candle_core::Error| EngineError::inference(e);
         let mut ids = self
             .tokenizer
             .encode(prompt, true)
-            .map_err(|e| EngineError::Inference(format!("failed to tokenize the prompt: {e}")))?
+            .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?
             .get_ids()
             .to_vec();
         ids.extend_from_slice(continuation);
         if ids.is_empty() || ids.len() > self.context {
-            return Err(EngineError::Inference(format!(
-                "{} tokens do not fit the context of {}",
-                ids.len(),
-                self.context
-            )));
+            return Err(EngineError::OutsideContext { tokens: ids.len(), context: self.context });
         }
         let mut cache = self.fresh_cache()?;
         let logits = self.forward(&ids, 0, &mut cache).map_err(inference)?;
@@ -546,11 +554,11 @@ impl Session for CandleSession {
     }
 
     fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError> {
-        let inference = |e: candle_core::Error| EngineError::Inference(e.to_string());
+        let inference = |e: candle_core::Error| EngineError::inference(e);
         let ids = self
             .tokenizer
             .encode(prompt, true)
-            .map_err(|e| EngineError::Inference(format!("failed to tokenize the prompt: {e}")))?
+            .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?
             .get_ids()
             .to_vec();
         let mut cache = self.fresh_cache()?;
@@ -567,22 +575,18 @@ impl Session for CandleSession {
         request: &GenerateRequest<'_>,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, EngineError> {
-        let inference = |e: candle_core::Error| EngineError::Inference(e.to_string());
+        let inference = |e: candle_core::Error| EngineError::inference(e);
         let started = Instant::now();
         let encoding = self
             .tokenizer
             .encode(request.prompt, true)
-            .map_err(|e| EngineError::Inference(format!("failed to tokenize the prompt: {e}")))?;
+            .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?;
         let mut ids = encoding.get_ids().to_vec();
         if ids.is_empty() {
             ids.push(self.bos.ok_or(EngineError::EmptyPrompt)?);
         }
         if ids.len() >= self.context {
-            return Err(EngineError::Inference(format!(
-                "the prompt is {} tokens, the model's context is {}",
-                ids.len(),
-                self.context
-            )));
+            return Err(EngineError::PromptTooLong { tokens: ids.len(), context: self.context });
         }
         let mut cache = self.fresh_cache()?;
         let mut sampler = processor(&request.sampling);
@@ -622,7 +626,7 @@ impl Session for CandleSession {
         let text = self
             .tokenizer
             .decode(&tokens, true)
-            .map_err(|e| EngineError::Inference(format!("failed to decode the output tokens: {e}")))?;
+            .map_err(|e| EngineError::inference_in("failed to decode the output tokens", e))?;
         if let Some(rest) = text.strip_prefix(sent.as_str()).filter(|r| !r.is_empty()) {
             on_text(rest);
         }

@@ -105,6 +105,63 @@ fn text_of(endpoint: Endpoint, choice: &Value, chunk: bool) -> Option<String> {
     v.as_str().map(str::to_string)
 }
 
+/// Why a request got no usable reply: no response came, or the response breaks the framing.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the trial's timeout passed before the request")]
+    NoTimeLeft,
+    /// The server closed the connection without answering.
+    #[error("{method} {url}: the server closed the connection")]
+    Closed { method: String, url: String },
+    /// No response came: refused, reset, timed out.
+    #[error("{method} {url} failed: {source}")]
+    Transport {
+        method: String,
+        url: String,
+        #[source]
+        source: Box<ureq::Transport>,
+    },
+    /// As [`ClientError::Transport`], for an answer request ([`Client::request`]).
+    #[error("request to {url} failed: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: Box<ureq::Transport>,
+    },
+    /// An answer request got a 4xx or 5xx.
+    #[error("{url} answered {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    #[error("failed to read the response: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the response's Content-Type is {content_type:?}, not {expected}")]
+    ContentType { content_type: String, expected: &'static str },
+    #[error("the response is not JSON ({source}): {body}")]
+    NotJson {
+        body: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the response has no answer text: {body}")]
+    NoAnswer { body: String },
+    #[error("failed to read the event stream: {0}")]
+    ReadStream(#[source] std::io::Error),
+    #[error("an event after `data: [DONE]`: {line:?}")]
+    EventAfterDone { line: String },
+    #[error("not an SSE line (data, event, id, retry or a comment): {line:?}")]
+    NotSse { line: String },
+    #[error("an event is not JSON ({source}): {data}")]
+    EventNotJson {
+        data: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The stream carried an OpenAI error object.
+    #[error("the stream reported an error: {error}")]
+    StreamError { error: Value },
+    #[error("the event stream ended without `data: [DONE]`")]
+    NoDone,
+}
+
 /// A response read whole, whatever its status.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
@@ -146,7 +203,7 @@ impl Client {
         self.model.as_deref()
     }
 
-    fn request(&self, method: &str, path: &str, timeout: Duration) -> ureq::Request {
+    fn http(&self, method: &str, path: &str, timeout: Duration) -> ureq::Request {
         let mut r = ureq::request(method, &format!("{}{path}", self.base_url)).timeout(timeout);
         if let Some(key) = &self.api_key {
             r = r.set("Authorization", &format!("Bearer {key}"));
@@ -163,9 +220,11 @@ impl Client {
         content_type: &str,
         body: Option<&[u8]>,
         timeout: Duration,
-    ) -> Result<RawResponse, String> {
-        self.raw_or_closed(method, path, content_type, body, timeout)?
-            .ok_or_else(|| format!("{method} {}{path}: the server closed the connection", self.base_url))
+    ) -> Result<RawResponse, ClientError> {
+        self.raw_or_closed(method, path, content_type, body, timeout)?.ok_or_else(|| ClientError::Closed {
+            method: method.to_string(),
+            url: format!("{}{path}", self.base_url),
+        })
     }
 
     /// As [`Client::raw`], with `Ok(None)` when the server closed the connection before the
@@ -177,9 +236,9 @@ impl Client {
         content_type: &str,
         body: Option<&[u8]>,
         timeout: Duration,
-    ) -> Result<Option<RawResponse>, String> {
+    ) -> Result<Option<RawResponse>, ClientError> {
         let started = Instant::now();
-        let request = self.request(method, path, timeout);
+        let request = self.http(method, path, timeout);
         let result = match body {
             Some(b) => request.set("Content-Type", content_type).send_bytes(b),
             None => request.call(),
@@ -187,21 +246,27 @@ impl Client {
         let response = match result {
             Ok(r) | Err(ureq::Error::Status(_, r)) => r,
             Err(ureq::Error::Transport(t)) if closed(&t) => return Ok(None),
-            Err(e) => return Err(format!("{method} {}{path} failed: {e}", self.base_url)),
+            Err(ureq::Error::Transport(t)) => {
+                return Err(ClientError::Transport {
+                    method: method.to_string(),
+                    url: format!("{}{path}", self.base_url),
+                    source: Box::new(t),
+                });
+            }
         };
         let status = response.status();
         let content_type = response.header("Content-Type").unwrap_or_default().to_string();
-        let body = response.into_string().map_err(|e| format!("failed to read the response: {e}"))?;
+        let body = response.into_string().map_err(ClientError::Read)?;
         Ok(Some(RawResponse { status, content_type, body, latency: started.elapsed() }))
     }
 
     /// Sends one request and reads the whole answer, checking its framing: a JSON object
     /// (`application/json`), or server-sent events (`text/event-stream`) of JSON chunks ending
     /// in `data: [DONE]`.
-    pub fn send(&self, endpoint: Endpoint, body: &Value, deadline: Instant) -> Result<Reply, String> {
+    pub fn request(&self, endpoint: Endpoint, body: &Value, deadline: Instant) -> Result<Reply, ClientError> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         if timeout.is_zero() {
-            return Err("the trial's timeout passed before the request".into());
+            return Err(ClientError::NoTimeLeft);
         }
         let mut body = body.clone();
         if let Some(model) = &self.model
@@ -213,26 +278,29 @@ impl Client {
         let url = format!("{}{}", self.base_url, endpoint.path());
         let started = Instant::now();
         let response = self
-            .request("POST", endpoint.path(), timeout)
+            .http("POST", endpoint.path(), timeout)
             .set("Content-Type", "application/json")
             .send_string(&body.to_string())
             .map_err(|e| match e {
-                ureq::Error::Status(code, r) => {
-                    format!("{url} answered {code}: {}", r.into_string().unwrap_or_default())
+                ureq::Error::Status(status, r) => {
+                    ClientError::Status { url, status, body: r.into_string().unwrap_or_default() }
                 }
-                other => format!("request to {url} failed: {other}"),
+                ureq::Error::Transport(t) => ClientError::Request { url, source: Box::new(t) },
             })?;
         let content_type = response.header("Content-Type").unwrap_or_default().to_string();
         let expected = if stream { "text/event-stream" } else { "application/json" };
         if !content_type.starts_with(expected) {
-            return Err(format!("the response's Content-Type is {content_type:?}, not {expected}"));
+            return Err(ClientError::ContentType { content_type, expected });
         }
         if !stream {
-            let text = response.into_string().map_err(|e| format!("failed to read the response: {e}"))?;
-            let v: Value =
-                serde_json::from_str(&text).map_err(|e| format!("the response is not JSON ({e}): {text}"))?;
-            let answer = text_of(endpoint, &v["choices"][0], false)
-                .ok_or_else(|| format!("the response has no answer text: {text}"))?;
+            let text = response.into_string().map_err(ClientError::Read)?;
+            let v: Value = match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(source) => return Err(ClientError::NotJson { body: text, source }),
+            };
+            let Some(answer) = text_of(endpoint, &v["choices"][0], false) else {
+                return Err(ClientError::NoAnswer { body: text });
+            };
             return Ok(Reply {
                 text: answer,
                 prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
@@ -251,8 +319,7 @@ impl Client {
         let mut line = String::new();
         loop {
             line.clear();
-            let n =
-                reader.read_line(&mut line).map_err(|e| format!("failed to read the event stream: {e}"))?;
+            let n = reader.read_line(&mut line).map_err(ClientError::ReadStream)?;
             if n == 0 {
                 break;
             }
@@ -266,20 +333,20 @@ impl Client {
                 continue;
             }
             if done {
-                return Err(format!("an event after `data: [DONE]`: {l:?}"));
+                return Err(ClientError::EventAfterDone { line: l.to_string() });
             }
             let data = l
                 .strip_prefix("data:")
                 .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .ok_or_else(|| format!("not an SSE line (data, event, id, retry or a comment): {l:?}"))?;
+                .ok_or_else(|| ClientError::NotSse { line: l.to_string() })?;
             if data == "[DONE]" {
                 done = true;
                 continue;
             }
-            let v: Value =
-                serde_json::from_str(data).map_err(|e| format!("an event is not JSON ({e}): {data}"))?;
-            if let Some(err) = v.get("error") {
-                return Err(format!("the stream reported an error: {err}"));
+            let v: Value = serde_json::from_str(data)
+                .map_err(|source| ClientError::EventNotJson { data: data.to_string(), source })?;
+            if let Some(error) = v.get("error") {
+                return Err(ClientError::StreamError { error: error.clone() });
             }
             if let Some(piece) = text_of(endpoint, &v["choices"][0], true).filter(|p| !p.is_empty()) {
                 first_text.get_or_insert_with(|| started.elapsed());
@@ -293,7 +360,7 @@ impl Client {
             }
         }
         if !done {
-            return Err("the event stream ended without `data: [DONE]`".into());
+            return Err(ClientError::NoDone);
         }
         Ok(Reply {
             text,

@@ -22,6 +22,7 @@ const POLL: Duration = Duration::from_millis(5);
 /// How much of a failed command's standard error a message quotes.
 const STDERR_TAIL: usize = 400;
 
+/// A load that failed on what the engine answered (no underlying error).
 fn load_error(place: &str, cause: impl Into<String>) -> EngineError {
     EngineError::Load { path: PathBuf::from(place), cause: cause.into() }
 }
@@ -43,7 +44,9 @@ impl OpenAiSession {
     ) -> Result<Self, EngineError> {
         let started = Instant::now();
         let client = Client::new(base_url).with_api_key(api_key).with_model(Some(model.to_string()));
-        let r = client.raw("GET", "/v1/models", "", None, timeout).map_err(|e| load_error(base_url, e))?;
+        let r = client
+            .raw("GET", "/v1/models", "", None, timeout)
+            .map_err(|e| EngineError::load_failed(Path::new(base_url), e))?;
         if r.status != 200 {
             return Err(load_error(base_url, format!("GET /v1/models answered {}: {}", r.status, r.body)));
         }
@@ -81,11 +84,11 @@ impl OpenAiSession {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, EngineError> {
         let body = request_body(endpoint, prompt, messages, request.max_tokens, &request.sampling, true);
-        let reply = self.client.send(endpoint, &body, request.deadline).map_err(|e| {
+        let reply = self.client.request(endpoint, &body, request.deadline).map_err(|e| {
             if Instant::now() >= request.deadline {
                 EngineError::Timeout { tokens: 0, partial: String::new() }
             } else {
-                EngineError::Inference(e)
+                EngineError::inference(e)
             }
         })?;
         on_text(&reply.text);
@@ -165,15 +168,14 @@ impl CommandSession {
         let tokenizer = if tokenizer_path.is_file() {
             Some(
                 tokenizers::Tokenizer::from_file(&tokenizer_path)
-                    .map_err(|e| load_error(&tokenizer_path.display().to_string(), e.to_string()))?,
+                    .map_err(|e| EngineError::load_failed(&tokenizer_path, e))?,
             )
         } else {
             None
         };
-        let chat_template = ChatTemplate::from_model_dir(model_dir)
-            .map_err(|e| load_error(&model_dir.display().to_string(), e.to_string()))?;
-        let files =
-            model_files(model).map_err(|e| load_error(&model.display().to_string(), e.to_string()))?;
+        let chat_template =
+            ChatTemplate::from_model_dir(model_dir).map_err(|e| EngineError::load_failed(model_dir, e))?;
+        let files = model_files(model).map_err(|e| EngineError::load_failed(model, e))?;
         let info = SessionInfo {
             engine: format!(
                 "command {}",
@@ -223,11 +225,9 @@ impl CommandSession {
         match self.output {
             CommandOutput::Text => Ok(stdout.trim_end().to_string()),
             CommandOutput::Json => {
-                let v: Value = serde_json::from_str(stdout).map_err(|e| {
-                    EngineError::Inference(format!(
-                        "the output is not JSON ({e}): {}",
-                        tail(stdout, STDERR_TAIL)
-                    ))
+                let v: Value = serde_json::from_str(stdout).map_err(|e| EngineError::OutputNotJson {
+                    output: tail(stdout, STDERR_TAIL),
+                    source: super::cause(e),
                 })?;
                 v.pointer(&self.pointer).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
                     EngineError::Inference(format!(
@@ -266,7 +266,7 @@ impl Session for CommandSession {
             )));
         }
         let stdout = String::from_utf8(done.stdout)
-            .map_err(|e| EngineError::Inference(format!("{program} wrote output that is not UTF-8: {e}")))?;
+            .map_err(|e| EngineError::inference_in(format!("{program} wrote output that is not UTF-8"), e))?;
         let text = self.answer(&stdout)?;
         on_text(&text);
         let duration = started.elapsed();
@@ -295,10 +295,7 @@ impl Session for CommandSession {
 /// The files behind `{model}`: the file itself, or a directory's safetensors weights.
 fn model_files(model: &Path) -> Result<Vec<ModelFile>, EngineError> {
     let paths = if model.is_dir() { super::safetensors_files(model)? } else { vec![model.to_path_buf()] };
-    paths
-        .iter()
-        .map(|p| super::hash_model_file(p).map_err(|e| load_error(&p.display().to_string(), e.to_string())))
-        .collect()
+    paths.iter().map(|p| super::hash_model_file(p).map_err(|e| EngineError::load_failed(p, e))).collect()
 }
 
 fn find_program(program: &str) -> Option<PathBuf> {
@@ -324,7 +321,7 @@ fn run_until(argv: &[String], deadline: Instant) -> Result<Finished, EngineError
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child =
-        command.spawn().map_err(|e| EngineError::Inference(format!("failed to start {}: {e}", argv[0])))?;
+        command.spawn().map_err(|e| EngineError::inference_in(format!("failed to start {}", argv[0]), e))?;
     let reader = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -341,7 +338,7 @@ fn run_until(argv: &[String], deadline: Instant) -> Result<Finished, EngineError
             Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() >= deadline => break None,
             Ok(None) => std::thread::sleep(POLL),
-            Err(e) => return Err(EngineError::Inference(format!("failed to wait for {}: {e}", argv[0]))),
+            Err(e) => return Err(EngineError::inference_in(format!("failed to wait for {}", argv[0]), e)),
         }
     };
     // The group goes in either case: past the deadline everything it started, after a normal

@@ -200,15 +200,81 @@ pub trait Engine: Send + Sync {
     fn load(&self, model_dir: &std::path::Path, backend: Backend) -> Result<Box<dyn Session>, EngineError>;
 }
 
+/// An underlying error an [`EngineError`] keeps as its source: shared, so the error stays
+/// `Clone` (one failed load is handed to every trial of its session). It dereferences to the
+/// error itself, which is what [`std::error::Error::source`] returns (so it downcasts).
+#[derive(Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::ops::Deref for Cause {
+    type Target = dyn std::error::Error + Send + Sync;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+/// Keeps `e` (an error, or a library's boxed one) as a [`Cause`].
+pub(crate) fn cause(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+    Cause(e.into().into())
+}
+
+/// `what: source`, or the source alone.
+fn caused<'a>(what: &'a Option<String>, source: &'a Cause) -> impl std::fmt::Display + 'a {
+    struct Caused<'a>(&'a Option<String>, &'a Cause);
+    impl std::fmt::Display for Caused<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if let Some(what) = self.0 {
+                write!(f, "{what}: ")?;
+            }
+            write!(f, "{}", self.1)
+        }
+    }
+    Caused(what, source)
+}
+
 /// Why an engine failed; every variant says what to look at.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
+    /// The model's files are not what the engine needs, said in words (a file or a field is
+    /// missing, an architecture is not supported).
     #[error("failed to load the model from {path}: {cause}")]
     Load { path: PathBuf, cause: String },
+    /// Reading or building the model failed on an underlying error; `what` names the part
+    /// ("invalid JSON", "tensor `x`") where the error alone would not.
+    #[error("failed to load the model from {path}: {}", caused(.what, .source))]
+    LoadFailed { path: PathBuf, what: Option<String>, source: Cause },
     #[error("the {backend} backend is not available: {why}")]
     Backend { backend: Backend, why: String },
+    #[error("the {backend} backend is not available: no CUDA device: {source}")]
+    NoDevice { backend: Backend, source: Cause },
+    /// Inference failed, said in words (an engine's exit code, an answer without text).
     #[error("failed to run inference: {0}")]
     Inference(String),
+    /// Inference failed on an underlying error (candle, the tokenizer, the process, the
+    /// server); `what` names the step where the error alone would not.
+    #[error("failed to run inference: {}", caused(.what, .source))]
+    InferenceFailed { what: Option<String>, source: Cause },
+    /// A command engine's JSON output does not parse; `output` is its end.
+    #[error("failed to run inference: the output is not JSON ({source}): {output}")]
+    OutputNotJson { output: String, source: Cause },
+    /// The prompt fills the model's context, leaving no room to generate.
+    #[error("failed to run inference: the prompt is {tokens} tokens, the model's context is {context}")]
+    PromptTooLong { tokens: usize, context: usize },
+    /// A prompt and continuation that are empty, or longer than the context.
+    #[error("failed to run inference: {tokens} tokens do not fit the context of {context}")]
+    OutsideContext { tokens: usize, context: usize },
     #[error("the prompt encodes to no tokens and the model declares no start token")]
     EmptyPrompt,
     #[error("generation passed its deadline after {tokens} tokens")]
@@ -218,4 +284,67 @@ pub enum EngineError {
     Crashed(String),
     #[error("the engine cannot do this: {0}")]
     Unsupported(String),
+}
+
+impl EngineError {
+    /// A failed load of `path` on `source`.
+    pub fn load_failed(
+        path: &std::path::Path,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        EngineError::LoadFailed { path: path.to_path_buf(), what: None, source: cause(source) }
+    }
+
+    /// A failed load of `path`'s `what` on `source`.
+    pub fn load_failed_in(
+        path: &std::path::Path,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        EngineError::LoadFailed { path: path.to_path_buf(), what: Some(what.into()), source: cause(source) }
+    }
+
+    /// Inference failed on `source`.
+    pub fn inference(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        EngineError::InferenceFailed { what: None, source: cause(source) }
+    }
+
+    /// Inference failed in step `what` on `source`.
+    pub fn inference_in(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        EngineError::InferenceFailed { what: Some(what.into()), source: cause(source) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn an_underlying_error_is_the_source_and_the_message_is_as_before() {
+        let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e =
+            EngineError::load_failed_in(std::path::Path::new("/m/config.json"), "invalid JSON", missing());
+        assert_eq!(e.to_string(), "failed to load the model from /m/config.json: invalid JSON: no such file");
+        let source = e.source().expect("a source");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        // A failed load is shared by every trial of its session.
+        assert_eq!(e.clone().to_string(), e.to_string());
+
+        let e = EngineError::inference(missing());
+        assert_eq!(e.to_string(), "failed to run inference: no such file");
+        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+        let e = EngineError::inference_in("failed to start engine", missing());
+        assert_eq!(e.to_string(), "failed to run inference: failed to start engine: no such file");
+
+        let said = EngineError::Load { path: "/m".into(), cause: "the tokenizer is missing".into() };
+        assert!(said.source().is_none(), "words alone have no source");
+    }
 }

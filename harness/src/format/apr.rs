@@ -481,15 +481,24 @@ pub fn dequantize(t: &AprTensor) -> Result<Vec<f32>, AprError> {
     })
 }
 
+/// Why [`quantize_k`] made no K-quant.
+#[derive(Debug, thiserror::Error)]
+pub enum KQuantError {
+    #[error("{0} is not a K-quant")]
+    NotAKQuant(&'static str),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
 /// An f32 tensor quantized to a K-quant through candle's GGML kernels (rows of 256).
-pub fn quantize_k(values: &[f32], shape: &[u64], dtype: AprDType) -> Result<Vec<u8>, String> {
+pub fn quantize_k(values: &[f32], shape: &[u64], dtype: AprDType) -> Result<Vec<u8>, KQuantError> {
     let ggml = match dtype {
         AprDType::Q4K => GgmlDType::Q4K,
         AprDType::Q6K => GgmlDType::Q6K,
-        other => return Err(format!("{} is not a K-quant", other.name())),
+        other => return Err(KQuantError::NotAKQuant(other.name())),
     };
     let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let t = Tensor::from_slice(values, dims, &Device::Cpu).map_err(|e| e.to_string())?;
-    let q = candle_core::quantized::QTensor::quantize(&t, ggml).map_err(|e| e.to_string())?;
-    Ok(q.data().map_err(|e| e.to_string())?.into_owned())
+    let t = Tensor::from_slice(values, dims, &Device::Cpu)?;
+    let q = candle_core::quantized::QTensor::quantize(&t, ggml)?;
+    Ok(q.data()?.into_owned())
 }

@@ -32,6 +32,8 @@ pub enum ConvertError {
     Unsupported(String),
     #[error(transparent)]
     Apr(#[from] apr::AprError),
+    #[error("{0} cannot be made by conversion yet")]
+    Mix(#[from] super::gguf::UnimplementedMix),
 }
 
 fn read_err(path: &Path) -> impl Fn(String) -> ConvertError + '_ {

@@ -41,6 +41,41 @@ pub const HF_GENERATION_CONFIG: &str = "modelqa.hf.generation_config";
 /// Metadata key listing the tensors that fell back to another type, `name: wanted → written`.
 pub const FALLBACKS: &str = "modelqa.fallbacks";
 
+/// A quantization whose llama.cpp mix this project does not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {} mix is not implemented", .0.as_str())]
+pub struct UnimplementedMix(pub Quantization);
+
+/// Why the tokenizer (or the Hugging Face files) of a GGUF file cannot be built from its metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufTokenizerError {
+    #[error("the embedded {HF_TOKENIZER_JSON}: {0}")]
+    Embedded(#[source] tokenizers::Error),
+    #[error(
+        "tokenizer model `{0}` in the GGUF metadata is not supported (gpt2 BPE, or an embedded {HF_TOKENIZER_JSON})"
+    )]
+    UnsupportedModel(String),
+    #[error("no {0}")]
+    MissingKey(String),
+    /// A value of a string list is not a string.
+    #[error("{key}: {source}")]
+    NotAString {
+        key: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("the GGUF BPE vocabulary: {0}")]
+    Vocabulary(#[source] tokenizers::Error),
+    #[error("the GGUF control tokens: {0}")]
+    ControlTokens(#[source] tokenizers::Error),
+    /// The tokenizer does not serialise as `tokenizer.json`.
+    #[error("the tokenizer: {0}")]
+    Serialize(#[source] tokenizers::Error),
+    /// The serialised tokenizer does not parse back as JSON.
+    #[error("the tokenizer: {0}")]
+    Json(#[source] serde_json::Error),
+}
+
 fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
     ConvertError::Read { path: path.to_path_buf(), cause: cause.to_string() }
 }
@@ -125,7 +160,12 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 
 /// The type a tensor is written in at `q`, before any block fallback; invariant I-3 checks every
 /// tensor of a GGUF file against it.
-pub fn wanted_type(q: Quantization, name: &str, dims: &[usize], layers: usize) -> Result<GgmlDType, String> {
+pub fn wanted_type(
+    q: Quantization,
+    name: &str,
+    dims: &[usize],
+    layers: usize,
+) -> Result<GgmlDType, UnimplementedMix> {
     if dims.len() < 2 {
         return Ok(GgmlDType::F32);
     }
@@ -144,9 +184,7 @@ pub fn wanted_type(q: Quantization, name: &str, dims: &[usize], layers: usize) -
         Quantization::Q4_0 => GgmlDType::Q4_0,
         Quantization::Q5KM => more_bits(GgmlDType::Q5K),
         Quantization::Q4KM => more_bits(GgmlDType::Q4K),
-        Quantization::Q3KM | Quantization::Q2K => {
-            return Err(format!("the {} mix is not implemented", q.as_str()));
-        }
+        Quantization::Q3KM | Quantization::Q2K => return Err(UnimplementedMix(q)),
     })
 }
 
@@ -192,7 +230,7 @@ fn quantize_tensor(
     t: &Tensor,
     layers: usize,
 ) -> Result<Written, ConvertError> {
-    let wanted = wanted_type(q, name, t.dims(), layers).map_err(ConvertError::Unsupported)?;
+    let wanted = wanted_type(q, name, t.dims(), layers)?;
     let row = *t.dims().last().unwrap_or(&1);
     let mut written = wanted;
     while !row.is_multiple_of(written.block_size()) {
@@ -388,22 +426,29 @@ fn tokenizer_metadata(dir: &Path, config: &serde_json::Value) -> Result<Vec<(Str
 /// The tokenizer a GGUF file carries: the whole `tokenizer.json` where it is embedded, else a
 /// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model)
 /// with its control tokens as special tokens.
-pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, String> {
+pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     if let Some(json) = md.get(HF_TOKENIZER_JSON).and_then(|v| v.to_string().ok()) {
-        return tokenizers::Tokenizer::from_bytes(json.as_bytes())
-            .map_err(|e| format!("the embedded tokenizer.huggingface.json: {e}"));
+        return tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(GgufTokenizerError::Embedded);
     }
     let kind = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if kind != "gpt2" {
-        return Err(format!(
-            "tokenizer model `{kind}` in the GGUF metadata is not supported (gpt2 BPE, or an embedded {HF_TOKENIZER_JSON})"
-        ));
+        return Err(GgufTokenizerError::UnsupportedModel(kind));
     }
-    let strings = |key: &str| -> Result<Vec<String>, String> {
-        let values = md.get(key).and_then(|v| v.to_vec().ok()).ok_or_else(|| format!("no {key}"))?;
-        values.iter().map(|v| v.to_string().cloned().map_err(|e| format!("{key}: {e}"))).collect()
+    let strings = |key: &str| -> Result<Vec<_>, GgufTokenizerError> {
+        let values = md
+            .get(key)
+            .and_then(|v| v.to_vec().ok())
+            .ok_or_else(|| GgufTokenizerError::MissingKey(key.to_string()))?;
+        values
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|source| GgufTokenizerError::NotAString { key: key.to_string(), source })
+            })
+            .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
@@ -412,10 +457,8 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, S
         .collect();
     let vocab: tokenizers::models::bpe::Vocab =
         tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| format!("the GGUF BPE vocabulary: {e}"))?;
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab, merges).build().map_err(GgufTokenizerError::Vocabulary)?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
@@ -428,13 +471,13 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, S
         .filter_map(|(i, _)| tokens.get(i))
         .map(|t| tokenizers::AddedToken::from(t.clone(), true))
         .collect();
-    tokenizer.add_special_tokens(control).map_err(|e| format!("the GGUF control tokens: {e}"))?;
+    tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
     Ok(tokenizer)
 }
 
 /// The Hugging Face files of a GGUF file: the ones this project embedded, verbatim, or else
 /// rebuilt from the GGUF hyper-parameters and tokenizer.
-pub fn hf_files(md: &HashMap<String, Value>, has_output: bool) -> Result<HfFiles, String> {
+pub fn hf_files(md: &HashMap<String, Value>, has_output: bool) -> Result<HfFiles, GgufTokenizerError> {
     let embedded = |key: &str| -> Option<serde_json::Value> {
         md.get(key).and_then(|v| v.to_string().ok()).and_then(|t| serde_json::from_str(t).ok())
     };
@@ -468,7 +511,7 @@ pub fn hf_files(md: &HashMap<String, Value>, has_output: bool) -> Result<HfFiles
     };
     let tokenizer_json = match md.get(HF_TOKENIZER_JSON).and_then(|v| v.to_string().ok()) {
         Some(json) => json.clone(),
-        None => tokenizer.to_string(false).map_err(|e| format!("the tokenizer: {e}"))?,
+        None => tokenizer.to_string(false).map_err(GgufTokenizerError::Serialize)?,
     };
     let tokenizer_config = embedded(HF_TOKENIZER_CONFIG).or_else(|| {
         md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).map(|t| {
@@ -478,7 +521,7 @@ pub fn hf_files(md: &HashMap<String, Value>, has_output: bool) -> Result<HfFiles
     });
     Ok(HfFiles {
         config,
-        tokenizer: serde_json::from_str(&tokenizer_json).map_err(|e| format!("the tokenizer: {e}"))?,
+        tokenizer: serde_json::from_str(&tokenizer_json).map_err(GgufTokenizerError::Json)?,
         tokenizer_config,
         generation_config: embedded(HF_GENERATION_CONFIG),
     })

@@ -40,7 +40,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, scenario: &Scenario) -> Finding {
             let label = format!("POST {}{}", endpoint.path(), if stream { " (stream)" } else { "" });
             let body =
                 client::request_body(endpoint, &prompt, &messages, scenario.max_tokens, &sampling, stream);
-            let reply = match client.send(endpoint, &body, env.deadline) {
+            let reply = match client.request(endpoint, &body, env.deadline) {
                 Ok(r) => r,
                 Err(e) => {
                     let (outcome, decider) = if Instant::now() >= env.deadline {
@@ -93,11 +93,8 @@ pub(crate) fn generate_over_http(
     scenario: &Scenario,
     prompt: &str,
 ) -> Result<(Generation, Metrics), EngineError> {
-    let client = env
-        .ctx
-        .servers
-        .client_for(env)
-        .map_err(|e| EngineError::Inference(format!("failed to start the server: {e}")))?;
+    let client =
+        env.ctx.servers.client_for(env).map_err(|e| EngineError::inference_in("starting the server", e))?;
     let body = client::request_body(
         Endpoint::Completions,
         prompt,
@@ -106,11 +103,11 @@ pub(crate) fn generate_over_http(
         &sampling(env.spec),
         false,
     );
-    let reply = client.send(Endpoint::Completions, &body, env.deadline).map_err(|e| {
+    let reply = client.request(Endpoint::Completions, &body, env.deadline).map_err(|e| {
         if Instant::now() >= env.deadline {
             EngineError::Timeout { tokens: 0, partial: String::new() }
         } else {
-            EngineError::Inference(e.to_string())
+            EngineError::inference(e)
         }
     })?;
     let metrics = Metrics {

@@ -32,21 +32,22 @@ fn fenced(text: &str) -> Option<(Option<Language>, &str)> {
     Some((tag, body.find("```").map_or(body, |end| &body[..end])))
 }
 
-/// The first syntax error of `source`, with its line where the parser gives one.
-pub fn syntax_error(language: Language, source: &str) -> Result<Option<String>, String> {
+/// The first syntax error of `source`, with its line where the parser gives one; `None` when
+/// it parses. (A parse either succeeds or names its error: there is no third way.)
+pub fn syntax_error(language: Language, source: &str) -> Option<String> {
     match language {
         Language::Python => {
             use rustpython_parser::{Mode, parse};
-            Ok(parse(source, Mode::Module, "<output>").err().map(|e| {
+            parse(source, Mode::Module, "<output>").err().map(|e| {
                 let line =
                     source[..(u32::from(e.offset) as usize).min(source.len())].matches('\n').count() + 1;
                 format!("line {line}: {}", e.error)
-            }))
+            })
         }
-        Language::Rust => Ok(syn::parse_file(source).err().map(|e| {
+        Language::Rust => syn::parse_file(source).err().map(|e| {
             let start = e.span().start();
             format!("line {}, column {}: {e}", start.line, start.column + 1)
-        })),
+        }),
     }
 }
 
@@ -69,9 +70,8 @@ pub(super) fn judge(question: &str, output: &str, language: Option<Language>) ->
         Language::Rust => "Rust",
     };
     match syntax_error(language, &source) {
-        Ok(None) => Verdict::Corroborated(format!("the code parses as {name}")),
-        Ok(Some(e)) => Verdict::Falsified(format!("the code is not valid {name}: {e}")),
-        Err(e) => Verdict::Falsified(e),
+        None => Verdict::Corroborated(format!("the code parses as {name}")),
+        Some(e) => Verdict::Falsified(format!("the code is not valid {name}: {e}")),
     }
 }
 

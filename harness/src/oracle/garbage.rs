@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::OracleError;
 use crate::playbook::spec::GarbageSpec;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,11 +25,11 @@ impl Default for GarbageConfig {
 }
 
 impl GarbageConfig {
-    pub fn from_spec(spec: &GarbageSpec) -> Result<Self, String> {
+    pub fn from_spec(spec: &GarbageSpec) -> Result<Self, OracleError> {
         let d = Self::default();
         let ratio = spec.max_repetition_ratio.unwrap_or(d.max_repetition_ratio);
         if !(0.0..=1.0).contains(&ratio) {
-            return Err(format!("`max_repetition_ratio` must lie in 0..=1, not {ratio}"));
+            return Err(OracleError::RepetitionRatio(ratio));
         }
         Ok(Self {
             max_repetition_ratio: ratio,

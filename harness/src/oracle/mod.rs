@@ -27,6 +27,31 @@ impl Verdict {
     }
 }
 
+/// Why a playbook's oracle cannot be compiled, or cannot judge the answers to its prompt.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OracleError {
+    #[error("arithmetic tolerance must be a finite number ≥ 0, not {0}")]
+    Tolerance(f64),
+    #[error("`contains` needs a non-empty text")]
+    EmptyContains,
+    #[error("`exact` needs a non-empty text")]
+    EmptyExact,
+    #[error("invalid regular expression `{pattern}`: {source}")]
+    Regex {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("`max_repetition_ratio` must lie in 0..=1, not {0}")]
+    RepetitionRatio(f64),
+    #[error("the arithmetic oracle needs a prompt with an arithmetic expression, and `{question}` has none")]
+    NoArithmetic { question: String },
+    #[error(
+        "the code_syntax oracle cannot tell the language of `{question}`: set `code_syntax: {{language: python}}`"
+    )]
+    UnknownLanguage { question: String },
+}
+
 /// A compiled oracle.
 #[derive(Debug, Clone)]
 pub enum Oracle {
@@ -52,25 +77,23 @@ impl PartialEq for Oracle {
 }
 
 impl Oracle {
-    /// Compiles a playbook oracle; the message says what is wrong with its parameters.
-    pub fn from_spec(spec: &OracleSpec) -> Result<Self, String> {
+    /// Compiles a playbook oracle; the error says what is wrong with its parameters.
+    pub fn from_spec(spec: &OracleSpec) -> Result<Self, OracleError> {
         Ok(match spec {
             OracleSpec::Arithmetic(a) => {
                 if let Some(t) = a.tolerance
                     && !(t >= 0.0 && t.is_finite())
                 {
-                    return Err(format!("arithmetic tolerance must be a finite number ≥ 0, not {t}"));
+                    return Err(OracleError::Tolerance(t));
                 }
                 Oracle::Arithmetic { tolerance: a.tolerance }
             }
-            OracleSpec::Contains(s) if s.is_empty() => return Err("`contains` needs a non-empty text".into()),
+            OracleSpec::Contains(s) if s.is_empty() => return Err(OracleError::EmptyContains),
             OracleSpec::Contains(s) => Oracle::Contains(s.clone()),
-            OracleSpec::Exact(s) if s.trim().is_empty() => {
-                return Err("`exact` needs a non-empty text".into());
-            }
+            OracleSpec::Exact(s) if s.trim().is_empty() => return Err(OracleError::EmptyExact),
             OracleSpec::Exact(s) => Oracle::Exact(s.clone()),
             OracleSpec::Regex(r) => Oracle::Regex(
-                regex::Regex::new(r).map_err(|e| format!("invalid regular expression `{r}`: {e}"))?,
+                regex::Regex::new(r).map_err(|source| OracleError::Regex { pattern: r.clone(), source })?,
             ),
             OracleSpec::Garbage(g) => Oracle::Garbage(GarbageConfig::from_spec(g)?),
             OracleSpec::CodeSyntax(c) => Oracle::CodeSyntax { language: c.language },
@@ -90,14 +113,14 @@ impl Oracle {
 
     /// Whether this oracle can judge answers to `question` at all (checked when playbooks load,
     /// so an arithmetic oracle on a prompt without arithmetic is a playbook error, not a pass).
-    pub fn check_applicable(&self, question: &str) -> Result<(), String> {
+    pub fn check_applicable(&self, question: &str) -> Result<(), OracleError> {
         match self {
-            Oracle::Arithmetic { .. } => Expression::find(question).map(|_| ()).ok_or_else(|| {
-                format!("the arithmetic oracle needs a prompt with an arithmetic expression, and `{question}` has none")
-            }),
-            Oracle::CodeSyntax { language: None } => code::language_of(question).map(|_| ()).ok_or_else(|| {
-                format!("the code_syntax oracle cannot tell the language of `{question}`: set `code_syntax: {{language: python}}`")
-            }),
+            Oracle::Arithmetic { .. } => Expression::find(question)
+                .map(|_| ())
+                .ok_or_else(|| OracleError::NoArithmetic { question: question.to_string() }),
+            Oracle::CodeSyntax { language: None } => code::language_of(question)
+                .map(|_| ())
+                .ok_or_else(|| OracleError::UnknownLanguage { question: question.to_string() }),
             _ => Ok(()),
         }
     }
@@ -183,11 +206,15 @@ mod tests {
         assert!(
             Oracle::from_spec(&OracleSpec::Regex("(".into()))
                 .unwrap_err()
-                .contains("invalid regular expression")
+                .to_string()
+                .starts_with("invalid regular expression `(`: ")
         );
         assert!(Oracle::from_spec(&OracleSpec::Contains(String::new())).is_err());
         let a = Oracle::Arithmetic { tolerance: None };
-        assert!(a.check_applicable("Hello there").is_err());
+        assert_eq!(
+            a.check_applicable("Hello there").unwrap_err().to_string(),
+            "the arithmetic oracle needs a prompt with an arithmetic expression, and `Hello there` has none"
+        );
         assert!(a.check_applicable("What is 2+2?").is_ok());
     }
 }

@@ -2,9 +2,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A user error in a playbook. Loading stops at the first one, before any trial runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PlaybookError {
     pub file: PathBuf,
     /// 1-based line and column, where the YAML parser knows them.
@@ -12,11 +13,40 @@ pub struct PlaybookError {
     /// Where in the document, as `scenarios[2].oracles[0]`.
     pub yaml_path: Option<String>,
     pub message: String,
+    /// The typed error `message` was made from (a [`super::resolve::ResolveError`], an
+    /// [`crate::oracle::OracleError`], …), where there is one.
+    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Two errors are equal when they say the same thing at the same place; the cause's type
+/// is not compared.
+impl PartialEq for PlaybookError {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.file, self.location, &self.yaml_path, &self.message)
+            == (&other.file, other.location, &other.yaml_path, &other.message)
+    }
 }
 
 impl PlaybookError {
     pub fn new(file: &Path, message: impl Into<String>) -> Self {
-        Self { file: file.to_path_buf(), location: None, yaml_path: None, message: message.into() }
+        Self {
+            file: file.to_path_buf(),
+            location: None,
+            yaml_path: None,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// An error whose message is what `cause` says, keeping it as the source.
+    pub fn from_error(file: &Path, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::new(file, cause.to_string()).with_source(cause)
+    }
+
+    /// Keeps `cause` as the source of this error (its message is unchanged).
+    pub fn with_source(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
     }
 
     pub fn at(mut self, yaml_path: impl Into<String>) -> Self {
@@ -35,6 +65,7 @@ impl PlaybookError {
             location,
             yaml_path: (path != "." && !path.is_empty()).then_some(path),
             message,
+            cause: Some(Arc::new(inner)),
         }
     }
 
@@ -81,4 +112,8 @@ impl fmt::Display for PlaybookError {
     }
 }
 
-impl std::error::Error for PlaybookError {}
+impl std::error::Error for PlaybookError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}

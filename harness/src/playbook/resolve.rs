@@ -11,7 +11,7 @@ use super::generate;
 use super::spec::{CommandOutput, EngineSpec, FormatSpec, MatrixSpec, ModelSpec, PlaybookDoc, ScenarioSpec};
 use super::{Input, Model, Playbook, Property, Scenario, TierPlan, tiers};
 use crate::matrix::{Format, Quantization};
-use crate::name::check_segment;
+use crate::name::{SegmentError, check_segment};
 use crate::oracle::Oracle;
 
 pub const DEFAULT_SEED: u64 = 42;
@@ -20,8 +20,68 @@ pub const DEFAULT_MAX_TOKENS: u32 = 32;
 /// Cases a `generate` or `property` scenario makes when `count` is absent.
 pub const DEFAULT_CASES: u32 = 10;
 
+/// What is wrong with a part of a playbook (a model, a tier, the engine, the performance
+/// assertions, a generator); [`resolve`] wraps it into a [`PlaybookError`] with where it is.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    #[error("model id `{id}` must be `org/name`")]
+    ModelId { id: String },
+    #[error("model id `{id}` must be `org/name` with letters, digits, `-`, `_` and `.` in each part")]
+    ModelIdCharacters { id: String },
+    #[error("`prompt_template` must hold `{{prompt}}` exactly once, not {template:?}")]
+    PromptTemplate { template: String },
+    #[error("`{slug}` is not a valid model slug: {source}")]
+    Slug {
+        slug: String,
+        #[source]
+        source: SegmentError,
+    },
+    #[error(
+        "tier `{tier}` has no `{field}`; a tier that is not a standard one ({}) must set it",
+        tiers::STANDARD_TIERS.join(", ")
+    )]
+    MissingTierField { tier: String, field: &'static str },
+    #[error("tier `{tier}` has an empty `{field}` list")]
+    EmptyTierList { tier: String, field: &'static str },
+    #[error("tier `{tier}`: `timeout_ms` must be above 0")]
+    ZeroTimeout { tier: String },
+    #[error("tier `{tier}`: `scenario_count` must be at least 1")]
+    ZeroScenarioCount { tier: String },
+    #[error("`base_url` must start with http:// or https://, got {base_url:?}")]
+    BaseUrlScheme { base_url: String },
+    #[error("`base_url` is the server's root, without `/v1`: {base_url:?}")]
+    BaseUrlWithV1 { base_url: String },
+    #[error("`api_key_env` names an environment variable; it is empty")]
+    EmptyApiKeyEnv,
+    #[error("`args` needs at least the program to run")]
+    NoProgram,
+    #[error("no argument holds `{{prompt}}`: the command would never see a prompt")]
+    NoPromptArgument,
+    #[error("argument {argument:?} holds `{placeholder}`; the placeholders are {}", COMMAND_PLACEHOLDERS.join(", "))]
+    UnknownPlaceholder { argument: String, placeholder: String },
+    #[error("`json_pointer` needs `output: json`")]
+    PointerWithoutJson,
+    #[error("`json_pointer` is a JSON pointer such as `/text`, got {pointer:?}")]
+    NotAPointer { pointer: String },
+    #[error("asserts nothing: give `min_tokens_per_second` or `max_time_to_first_token_ms` for a backend")]
+    AssertsNothing,
+    #[error("`runs` must be at least 1 and `max_tokens` at least 2 (decode speed needs two tokens)")]
+    TooFewRuns,
+    #[error("every figure must be a positive number")]
+    NonPositiveFigure,
+    #[error("`formats` names `{name}`, which is not a format (safetensors, apr, gguf-f32, gguf-q4_k_m, …)")]
+    UnknownPerformanceFormat { name: String },
+    #[error(
+        "the smallest model context ({context} tokens) leaves no room for an input and {max_tokens} answer tokens"
+    )]
+    NoRoomForInput { context: u64, max_tokens: u32 },
+    #[error("`max_input_chars` must be at least 1")]
+    ZeroMaxInputChars,
+}
+
 pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError> {
     let err = |msg: String| PlaybookError::new(file, msg);
+    let caused = |e: ResolveError| PlaybookError::from_error(file, e);
     let family = doc.family.clone().unwrap_or_default();
     check_segment(&family)
         .map_err(|why| err(format!("`{family}` is not a valid family name: {why}")).at("family"))?;
@@ -33,7 +93,7 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
     }
     let mut models = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        let model = resolve_model(spec, base_dir).map_err(|m| err(m).at(format!("models[{i}]")))?;
+        let model = resolve_model(spec, base_dir).map_err(|e| caused(e).at(format!("models[{i}]")))?;
         if models.iter().any(|m: &Model| m.slug == model.slug) {
             return Err(err(format!(
                 "model slug `{}` appears twice; give one of them another `slug`",
@@ -66,11 +126,11 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
             .map_err(|why| err(format!("`{name}` is not a valid tier name: {why}")).at(at.clone()))?;
         let base = tiers::builtin(name).unwrap_or_default();
         let matrix = base.overlaid(&family_matrix).overlaid(spec);
-        tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|m| err(m).at(at))?);
+        tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|e| caused(e).at(at))?);
     }
     tier_plans.sort_by(|a, b| format!("{}::", a.name).cmp(&format!("{}::", b.name)));
     let engine = doc.engine.clone().unwrap_or_default();
-    check_engine(&engine).map_err(|m| err(m).at("engine".to_string()))?;
+    check_engine(&engine).map_err(|e| caused(e).at("engine"))?;
     let differential = doc.differential_tests.clone().unwrap_or_default();
     for (format, gate) in &differential.logits {
         let at = format!("differential_tests.logits.{format}");
@@ -85,7 +145,7 @@ pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError>
     }
     let performance = doc.performance.clone();
     if let Some(p) = &performance {
-        check_performance(p).map_err(|m| err(m).at("performance".to_string()))?;
+        check_performance(p).map_err(|e| caused(e).at("performance"))?;
     }
     if differential.top_k == Some(0) {
         return Err(err("`top_k` must be at least 1".to_string()).at("differential_tests.top_k".to_string()));
@@ -117,18 +177,15 @@ fn fit_to_context(
     g: &super::spec::GeneratorSpec,
     context: Option<u64>,
     max_tokens: u32,
-) -> Result<super::spec::GeneratorSpec, String> {
+) -> Result<super::spec::GeneratorSpec, ResolveError> {
     let super::spec::GeneratorSpec::EdgeCases(e) = g else { return Ok(g.clone()) };
     let room = context.map(|c| c.saturating_sub(u64::from(max_tokens) + TEMPLATE_ALLOWANCE));
     if room == Some(0) {
-        return Err(format!(
-            "the smallest model context ({} tokens) leaves no room for an input and {max_tokens} answer tokens",
-            context.unwrap_or_default()
-        ));
+        return Err(ResolveError::NoRoomForInput { context: context.unwrap_or_default(), max_tokens });
     }
     let room = room.map(|r| u32::try_from(r).unwrap_or(u32::MAX));
     let max_input_chars = match e.max_input_chars {
-        Some(0) => return Err("`max_input_chars` must be at least 1".into()),
+        Some(0) => return Err(ResolveError::ZeroMaxInputChars),
         Some(given) => room.map_or(given, |r| given.min(r)),
         None => room.unwrap_or(DEFAULT_MAX_INPUT_CHARS),
     };
@@ -140,53 +197,46 @@ fn fit_to_context(
 /// The placeholders a `command` engine's arguments may hold.
 pub const COMMAND_PLACEHOLDERS: [&str; 5] = ["{model}", "{prompt}", "{max_tokens}", "{seed}", "{backend}"];
 
-fn check_performance(p: &super::spec::PerformanceSpec) -> Result<(), String> {
+fn check_performance(p: &super::spec::PerformanceSpec) -> Result<(), ResolveError> {
     if !p.asserts_on(crate::matrix::Backend::Cpu) && !p.asserts_on(crate::matrix::Backend::Gpu) {
-        return Err(
-            "asserts nothing: give `min_tokens_per_second` or `max_time_to_first_token_ms` for a backend"
-                .into(),
-        );
+        return Err(ResolveError::AssertsNothing);
     }
     if p.runs == Some(0) || p.max_tokens.is_some_and(|n| n < 2) {
-        return Err(
-            "`runs` must be at least 1 and `max_tokens` at least 2 (decode speed needs two tokens)".into()
-        );
+        return Err(ResolveError::TooFewRuns);
     }
     let floors = std::iter::once((&p.min_tokens_per_second, &p.max_time_to_first_token_ms))
         .chain(p.formats.values().map(|f| (&f.min_tokens_per_second, &f.max_time_to_first_token_ms)));
     let figures = floors.flat_map(|(speed, first)| [speed.cpu, speed.gpu, first.cpu, first.gpu]);
     if figures.flatten().any(|v| !(v.is_finite() && v > 0.0)) {
-        return Err("every figure must be a positive number".into());
+        return Err(ResolveError::NonPositiveFigure);
     }
     if let Some(bad) = p.formats.keys().find(|f| crate::matrix::Format::parse(f).is_none()) {
-        return Err(format!(
-            "`formats` names `{bad}`, which is not a format (safetensors, apr, gguf-f32, gguf-q4_k_m, …)"
-        ));
+        return Err(ResolveError::UnknownPerformanceFormat { name: bad.clone() });
     }
     Ok(())
 }
 
-fn check_engine(engine: &EngineSpec) -> Result<(), String> {
+fn check_engine(engine: &EngineSpec) -> Result<(), ResolveError> {
     match engine {
         EngineSpec::Embedded => Ok(()),
         EngineSpec::Openai { base_url, api_key_env, .. } => {
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                return Err(format!("`base_url` must start with http:// or https://, got {base_url:?}"));
+                return Err(ResolveError::BaseUrlScheme { base_url: base_url.clone() });
             }
             if base_url.trim_end_matches('/').ends_with("/v1") {
-                return Err(format!("`base_url` is the server's root, without `/v1`: {base_url:?}"));
+                return Err(ResolveError::BaseUrlWithV1 { base_url: base_url.clone() });
             }
             if api_key_env.as_deref().is_some_and(str::is_empty) {
-                return Err("`api_key_env` names an environment variable; it is empty".into());
+                return Err(ResolveError::EmptyApiKeyEnv);
             }
             Ok(())
         }
         EngineSpec::Command { args, output, json_pointer } => {
             if args.first().is_none_or(|a| a.trim().is_empty()) {
-                return Err("`args` needs at least the program to run".into());
+                return Err(ResolveError::NoProgram);
             }
             if !args.iter().any(|a| a.contains("{prompt}")) {
-                return Err("no argument holds `{prompt}`: the command would never see a prompt".into());
+                return Err(ResolveError::NoPromptArgument);
             }
             for a in args {
                 let mut rest = a.as_str();
@@ -194,18 +244,18 @@ fn check_engine(engine: &EngineSpec) -> Result<(), String> {
                     let close = rest[open..].find('}').map(|c| open + c + 1).unwrap_or(rest.len());
                     let placeholder = &rest[open..close];
                     if !COMMAND_PLACEHOLDERS.contains(&placeholder) {
-                        return Err(format!(
-                            "argument {a:?} holds `{placeholder}`; the placeholders are {}",
-                            COMMAND_PLACEHOLDERS.join(", ")
-                        ));
+                        return Err(ResolveError::UnknownPlaceholder {
+                            argument: a.clone(),
+                            placeholder: placeholder.to_string(),
+                        });
                     }
                     rest = &rest[close..];
                 }
             }
             match (output, json_pointer) {
-                (CommandOutput::Text, Some(_)) => Err("`json_pointer` needs `output: json`".into()),
+                (CommandOutput::Text, Some(_)) => Err(ResolveError::PointerWithoutJson),
                 (_, Some(p)) if !p.is_empty() && !p.starts_with('/') => {
-                    Err(format!("`json_pointer` is a JSON pointer such as `/text`, got {p:?}"))
+                    Err(ResolveError::NotAPointer { pointer: p.clone() })
                 }
                 _ => Ok(()),
             }
@@ -213,27 +263,22 @@ fn check_engine(engine: &EngineSpec) -> Result<(), String> {
     }
 }
 
-fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {
+fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, ResolveError> {
     let Some((org, name)) = spec.id.split_once('/') else {
-        return Err(format!("model id `{}` must be `org/name`", spec.id));
+        return Err(ResolveError::ModelId { id: spec.id.clone() });
     };
     let ok = |s: &str| {
         !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     if !ok(org) || !ok(name) {
-        return Err(format!(
-            "model id `{}` must be `org/name` with letters, digits, `-`, `_` and `.` in each part",
-            spec.id
-        ));
+        return Err(ResolveError::ModelIdCharacters { id: spec.id.clone() });
     }
     let slug = spec.slug.clone().unwrap_or_else(|| name.to_ascii_lowercase());
     let prompt_template = spec.prompt_template.clone().unwrap_or_else(|| "{prompt}".into());
     if prompt_template.matches("{prompt}").count() != 1 {
-        return Err(format!(
-            "`prompt_template` must hold `{{prompt}}` exactly once, not {prompt_template:?}"
-        ));
+        return Err(ResolveError::PromptTemplate { template: prompt_template });
     }
-    check_segment(&slug).map_err(|why| format!("`{slug}` is not a valid model slug: {why}"))?;
+    check_segment(&slug).map_err(|source| ResolveError::Slug { slug: slug.clone(), source })?;
     Ok(Model {
         id: spec.id.clone(),
         slug,
@@ -247,13 +292,8 @@ fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, String> {
 }
 
 /// A tier's effective matrix; `scenarios` is how many the playbook has.
-pub(super) fn resolve_tier(name: &str, m: &MatrixSpec, scenarios: usize) -> Result<TierPlan, String> {
-    let missing = |field: &str| {
-        format!(
-            "tier `{name}` has no `{field}`; a tier that is not a standard one ({}) must set it",
-            tiers::STANDARD_TIERS.join(", ")
-        )
-    };
+pub(super) fn resolve_tier(name: &str, m: &MatrixSpec, scenarios: usize) -> Result<TierPlan, ResolveError> {
+    let missing = |field: &'static str| ResolveError::MissingTierField { tier: name.to_string(), field };
     let format_specs = m.formats.clone().ok_or_else(|| missing("formats"))?;
     let quantizations = m.quantizations.clone().unwrap_or_else(|| vec![Quantization::Q4KM]);
     let mut formats = Vec::new();
@@ -276,15 +316,15 @@ pub(super) fn resolve_tier(name: &str, m: &MatrixSpec, scenarios: usize) -> Resu
         ("modalities", modalities.is_empty()),
     ] {
         if empty {
-            return Err(format!("tier `{name}` has an empty `{field}` list"));
+            return Err(ResolveError::EmptyTierList { tier: name.to_string(), field });
         }
     }
     let timeout_ms = m.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms == 0 {
-        return Err(format!("tier `{name}`: `timeout_ms` must be above 0"));
+        return Err(ResolveError::ZeroTimeout { tier: name.to_string() });
     }
     let scenario_count = match m.scenario_count {
-        Some(0) => return Err(format!("tier `{name}`: `scenario_count` must be at least 1")),
+        Some(0) => return Err(ResolveError::ZeroScenarioCount { tier: name.to_string() }),
         Some(n) => (n as usize).min(scenarios),
         None => scenarios,
     };
@@ -334,7 +374,8 @@ fn resolve_scenarios(
             .iter()
             .enumerate()
             .map(|(j, o)| {
-                Oracle::from_spec(o).map_err(|m| PlaybookError::new(file, m).at(format!("{at}.oracles[{j}]")))
+                Oracle::from_spec(o)
+                    .map_err(|e| PlaybookError::from_error(file, e).at(format!("{at}.oracles[{j}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let given = [
@@ -385,8 +426,9 @@ fn resolve_scenarios(
         let count = spec.count.unwrap_or(DEFAULT_CASES);
         let max_tokens = spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         let sized = |g: &super::spec::GeneratorSpec| fit_to_context(g, context, max_tokens);
-        let generate = spec.generate.as_ref().map(sized).transpose().map_err(&err)?;
-        let property_gen = spec.property.as_ref().map(sized).transpose().map_err(&err)?;
+        let caused = |e: ResolveError| PlaybookError::from_error(file, e).at(at.clone());
+        let generate = spec.generate.as_ref().map(sized).transpose().map_err(caused)?;
+        let property_gen = spec.property.as_ref().map(sized).transpose().map_err(caused)?;
         let mut made = Vec::new();
         if let Some(prompt) = &spec.prompt {
             made.push(make(spec.name.clone(), Input::Prompt(prompt.clone()), None));
@@ -411,7 +453,7 @@ fn resolve_scenarios(
                 for oracle in &scenario.oracles {
                     oracle
                         .check_applicable(scenario.input.question())
-                        .map_err(|m| err(format!("scenario `{}`: {m}", scenario.name)))?;
+                        .map_err(|e| err(format!("scenario `{}`: {e}", scenario.name)).with_source(e))?;
                 }
             }
             if !names.insert(scenario.name.clone()) {

@@ -425,8 +425,8 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
         let prompt = prompts[i % prompts.len()].clone();
         let mut oracles = Vec::new();
         if let Some(a) = &arithmetic {
-            let oracle =
-                Oracle::from_spec(&OracleSpec::Arithmetic(a.clone())).map_err(|m| err(m).at("oracles"))?;
+            let oracle = Oracle::from_spec(&OracleSpec::Arithmetic(a.clone()))
+                .map_err(|e| PlaybookError::from_error(file, e).at("oracles"))?;
             if oracle.check_applicable(&prompt).is_ok() {
                 oracles.push(oracle);
             }
@@ -438,7 +438,8 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
         }
         // The original judged every other prompt with its garbage oracle; so do we.
         oracles.push(
-            Oracle::from_spec(&OracleSpec::Garbage(garbage.clone())).map_err(|m| err(m).at("oracles"))?,
+            Oracle::from_spec(&OracleSpec::Garbage(garbage.clone()))
+                .map_err(|e| PlaybookError::from_error(file, e).at("oracles"))?,
         );
         scenarios.push(Arc::new(Scenario {
             name: format!("p{i:0width$}"),
@@ -461,7 +462,8 @@ pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbo
         seed: pb.test_matrix.seed,
         timeout_ms: pb.test_matrix.timeout_ms,
     };
-    let tier_plan = resolve_tier(&tier, &matrix, scenarios.len()).map_err(|m| err(m).at("test_matrix"))?;
+    let tier_plan = resolve_tier(&tier, &matrix, scenarios.len())
+        .map_err(|e| PlaybookError::from_error(file, e).at("test_matrix"))?;
 
     Ok(Playbook {
         source: file.to_path_buf(),
