@@ -476,7 +476,7 @@ fn measured(weights_in_repository: bool) -> Measured {
     // What the harness records, started by the xtask with absolute places.
     let artifact = modelqa::format::convert::artifact(&model_dir, Format::Apr, &cache).expect("converts");
     let hashes = elsewhere.path().join("hashes");
-    let file = |p: &Path| modelqa::engine::hash_model_file_in(p, &hashes).expect("hash");
+    let file = |p: &Path| modelqa::format::files::hash_file_in(p, &hashes).expect("hash");
     let sources: Vec<_> =
         ["model.safetensors", "config.json", "tokenizer.json"].map(|n| file(&model_dir.join(n))).into();
     let mut records = committed_records();

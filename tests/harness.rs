@@ -102,7 +102,7 @@ fn runs_real_inference_and_records_every_trial() {
     let records = fx.journal("run1");
     assert_eq!(records.len(), 3, "one record per trial that ran");
     let model_file = fx.path().join("model/model.safetensors");
-    let sha = modelqa::engine::hash_model_file(&model_file).expect("hash").sha256;
+    let sha = modelqa::format::files::hash_file(&model_file).expect("hash").sha256;
     for r in &records {
         assert_eq!(r.run_id, "run1");
         assert_eq!((r.family.as_str(), r.tier.as_str(), r.model.as_str()), ("e2e", "smoke", "tiny"));

@@ -10,103 +10,17 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Completion, Trial};
 
 use crate::bind::{Binder, Location};
-use crate::config::{Config, ConfigError, NoTrials};
+use crate::config::{Config, NoTrials};
 use crate::engine::CandleEngine;
 use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
+use crate::failure::{Bug, Failure, NoTrialsFound, UserError, exit};
 use crate::journal::Journal;
-use crate::name::{NameError, TrialName};
-use crate::playbook::PlaybookError;
+use crate::name::TrialName;
 use crate::playbook::spec::EngineSpec;
-use crate::reporter::{self, NoTrialsFound, exit};
+use crate::reporter;
 use crate::run::TrialEnd;
 use crate::trial::RunContext;
 use crate::vocab::Gate;
-
-/// Why the harness stopped before running a trial, by something the user can fix. Each has the
-/// exit code the README documents ([`UserError::exit_code`]).
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    /// `QUALIFY_*` variables the harness does not read, each with the one it may have meant.
-    #[error(
-        "{} set but modelqa reads no such variable",
-        .0.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
-    )]
-    UnknownVariables(Vec<(String, Option<&'static str>)>),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("failed to open the evidence journal {path}: {source}")]
-    Journal {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("failed to load playbooks: {0}")]
-    Playbook(#[source] PlaybookError),
-    #[error("`{name}` is not a trial name: {source}")]
-    InvalidExactName {
-        name: String,
-        #[source]
-        source: NameError,
-    },
-    #[error("no trial is named `{name}` in the playbooks under {scanned}")]
-    UnknownExactName { name: String, scanned: PathBuf },
-    /// The filter is aimed at the playbooks' trials and selected none.
-    #[error("{0}")]
-    NoTrials(NoTrialsFound),
-}
-
-impl UserError {
-    /// The exit code the README documents for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            UserError::UnknownVariables(_) | UserError::Config(_) | UserError::Journal { .. } => {
-                exit::ENVIRONMENT_ERROR
-            }
-            UserError::Playbook(_)
-            | UserError::InvalidExactName { .. }
-            | UserError::UnknownExactName { .. } => exit::PLAYBOOK_ERROR,
-            UserError::NoTrials(_) => exit::NO_TRIALS,
-        }
-    }
-}
-
-/// A failure outside any trial that no setting or playbook causes: a bug in modelqa. (A trial's
-/// own panic is caught in the trial and recorded as a crash; one that gets here is the harness's.)
-#[derive(Debug, thiserror::Error)]
-#[error("modelqa panicked outside any trial: {message}")]
-pub struct Bug {
-    pub message: String,
-}
-
-impl Bug {
-    fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic without a message".into());
-        Self { message }
-    }
-}
-
-/// How the harness failed instead of running its trials to a conclusion.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error(transparent)]
-    User(#[from] UserError),
-    #[error(transparent)]
-    Bug(#[from] Bug),
-}
-
-impl Failure {
-    /// The process's exit code: the user error's documented one, or [`exit::INTERNAL_ERROR`].
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Failure::User(e) => e.exit_code(),
-            Failure::Bug(_) => exit::INTERNAL_ERROR,
-        }
-    }
-}
 
 /// Runs the qualify harness with the process's arguments and environment.
 ///
@@ -347,6 +261,8 @@ fn build_trials(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigError;
+    use crate::playbook::PlaybookError;
 
     fn user_errors() -> Vec<(UserError, u8)> {
         let io = || std::io::Error::other("denied");

@@ -12,7 +12,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ModelFile, Sampling};
+use crate::engine::Sampling;
+use crate::format::files::ModelFile;
 use crate::vocab::{Category, Decider, Gate, Outcome};
 
 /// Timings and counts of one generation.

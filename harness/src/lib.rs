@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod expand;
+pub mod failure;
 pub mod format;
 pub mod journal;
 pub mod matrix;

@@ -2,27 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 
-use crate::cli::{Bug, Failure, UserError};
+use crate::failure::{Bug, Failure, NoTrialsFound, UserError, exit};
 use crate::playbook::Notice;
-
-/// Exit codes of the qualify harness (also in the README).
-pub mod exit {
-    /// Every selected trial passed (or none was selected).
-    pub const OK: u8 = 0;
-    /// A trial failed (libtest's code).
-    pub const TRIAL_FAILED: u8 = 101;
-    /// A playbook is malformed, or `--exact` named no trial: nothing ran.
-    pub const PLAYBOOK_ERROR: u8 = 3;
-    /// A `QUALIFY_*` setting is invalid, or the journal cannot be opened: nothing ran.
-    pub const ENVIRONMENT_ERROR: u8 = 4;
-    /// The filter selected no trial (nextest's convention; `QUALIFY_NO_TRIALS=warn|pass` to allow).
-    pub const NO_TRIALS: u8 = 5;
-    /// The harness failed outside any trial on a bug of its own (a panic): nothing the user
-    /// can fix. `EX_SOFTWARE` of `sysexits.h`; not 101, which says a trial failed.
-    pub const INTERNAL_ERROR: u8 = 70;
-}
 
 /// Says why the harness stopped before running (or instead of finishing) its trials.
 pub fn failure(failure: &Failure) {
@@ -71,66 +53,6 @@ fn unknown_variables(unknown: &[(String, Option<&'static str>)]) {
 /// passed, so it is said on stderr as well.
 pub fn unstable(trial: &str, reason: &str) {
     eprintln!("UNSTABLE {trial}: {reason}");
-}
-
-/// What a filter that selected nothing searched: the playbooks, their families and tiers, and
-/// the nearest `family::tier` when the filter looks like one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NoTrialsFound {
-    /// The selection, as `the filter `x`` or `--skip a, b`.
-    what: String,
-    total: usize,
-    /// `(family, tiers, source)` of each playbook.
-    playbooks: Vec<(String, Vec<String>, PathBuf)>,
-    scanned: PathBuf,
-    nearest: Option<String>,
-}
-
-impl NoTrialsFound {
-    pub fn new(
-        filter: &crate::expand::Filter,
-        plan: &crate::expand::Plan,
-        scanned: &std::path::Path,
-    ) -> Self {
-        let what = match (&filter.filter, filter.skip.is_empty()) {
-            (Some(f), true) => format!("the filter `{f}`"),
-            (Some(f), false) => format!("the filter `{f}` with --skip {}", filter.skip.join(", ")),
-            (None, false) => format!("--skip {}", filter.skip.join(", ")),
-            (None, true) => "no filter".to_string(),
-        };
-        let playbooks: Vec<(String, Vec<String>, PathBuf)> = plan
-            .playbooks()
-            .iter()
-            .map(|pb| {
-                (pb.family.clone(), pb.tiers.iter().map(|t| t.name.clone()).collect(), pb.source.clone())
-            })
-            .collect();
-        let pairs = playbooks
-            .iter()
-            .flat_map(|(family, tiers, _)| tiers.iter().map(move |t| format!("{family}::{t}")));
-        let nearest = filter.filter.as_ref().and_then(|f| {
-            pairs
-                .map(|p| (strsim::levenshtein(f, &p), p))
-                .min()
-                .filter(|(d, _)| *d > 0 && *d <= 3)
-                .map(|(_, p)| p)
-        });
-        Self { what, total: plan.total(), playbooks, scanned: scanned.to_path_buf(), nearest }
-    }
-}
-
-impl std::fmt::Display for NoTrialsFound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} selects none of the {} trials of {} playbook{} under {}",
-            self.what,
-            self.total,
-            self.playbooks.len(),
-            if self.playbooks.len() == 1 { "" } else { "s" },
-            self.scanned.display()
-        )
-    }
 }
 
 /// Says what a filter that selected nothing searched; `fatal` when the run stops on it.

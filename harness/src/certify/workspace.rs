@@ -156,7 +156,7 @@ fn sha256_file(path: &Path) -> Option<String> {
 
 /// A model file's SHA-256, remembered in the harness's cache as the harness remembers it.
 fn sha256_model_file(layout: &Layout, path: &Path) -> Result<String, Unreadable> {
-    crate::engine::hash_model_file_in(path, &layout.places.cache_dir.join("hashes"))
+    crate::format::files::hash_file_in(path, &layout.places.cache_dir.join("hashes"))
         .map(|f| f.sha256)
         .map_err(|e| Unreadable(std::sync::Arc::new(e)))
 }

@@ -1,7 +1,6 @@
 //! The embedded engine: candle, in process, on Hugging Face model directories (config.json,
 //! safetensors single or sharded, tokenizer.json). Architectures are chosen by `model_type`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,13 +9,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwen2, qwen2};
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
-use super::{
-    Engine, EngineError, Finish, GenerateRequest, Generation, ModelFile, Sampling, Session, SessionInfo,
-};
+use super::{Engine, EngineError, Finish, GenerateRequest, Generation, Sampling, Session, SessionInfo};
 use crate::chat::ChatTemplate;
+use crate::format::files::{ModelFile, hash_file};
 use crate::matrix::Backend;
 
 /// The candle engine (stateless; sessions hold the models).
@@ -78,87 +75,6 @@ pub fn device_for(backend: Backend) -> Result<Device, EngineError> {
     }
 }
 
-/// The safetensors files of a model directory: `model.safetensors`, or the shards an
-/// `model.safetensors.index.json` names.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| EngineError::load_failed(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| EngineError::load_failed_in(&index, "invalid JSON", e))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| load_err(&index, "no `weight_map` object"))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
-        files.sort();
-        files.dedup();
-        if files.is_empty() {
-            return Err(load_err(&index, "`weight_map` names no file"));
-        }
-        for f in &files {
-            if !f.is_file() {
-                return Err(load_err(f, "a shard named by the index is missing"));
-            }
-        }
-        return Ok(files);
-    }
-    Err(load_err(dir, "no model.safetensors or model.safetensors.index.json"))
-}
-
-/// Where file hashes are remembered: `$QUALIFY_CACHE_DIR/hashes`, default
-/// `$CARGO_TARGET_DIR/qualify/cache/hashes` (`target/…`).
-fn hash_cache_dir() -> PathBuf {
-    crate::config::cache_dir().join("hashes")
-}
-
-/// Size and SHA-256 of a file. Hashes are remembered by path, size and modification time, so
-/// the one-process-per-trial runs of nextest hash a multi-gigabyte model once, not per trial.
-pub fn hash_file(path: &Path) -> std::io::Result<ModelFile> {
-    hash_file_in(path, &hash_cache_dir())
-}
-
-/// As [`hash_file`], remembering hashes in `hashes` (a tool that resolved `QUALIFY_CACHE_DIR`
-/// against another directory than its own working directory passes `<cache>/hashes`).
-pub fn hash_file_in(path: &Path, hashes: &Path) -> std::io::Result<ModelFile> {
-    let meta = std::fs::metadata(path)?;
-    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let key = hex::encode(Sha256::digest(format!("{}\0{}\0{modified}", canonical.display(), meta.len())));
-    let entry = hashes.join(key);
-    if let Ok(known) = std::fs::read_to_string(&entry)
-        && known.len() == 64
-        && known.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Ok(ModelFile { path: path.to_path_buf(), bytes: meta.len(), sha256: known });
-    }
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        bytes += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    let sha256 = hex::encode(hasher.finalize());
-    // Best effort, written whole and renamed into place: a missing entry only costs a re-hash.
-    if std::fs::create_dir_all(entry.parent().unwrap_or(Path::new("."))).is_ok() {
-        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &sha256).is_ok() {
-            let _ = std::fs::rename(&tmp, &entry);
-        }
-    }
-    Ok(ModelFile { path: path.to_path_buf(), bytes, sha256 })
-}
-
 fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
@@ -200,7 +116,7 @@ fn hf_parts(dir: &Path, device: &Device) -> Result<Parts, EngineError> {
         std::fs::read_to_string(&config_path).map_err(|e| EngineError::load_failed(&config_path, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| EngineError::load_failed_in(&config_path, "invalid JSON", e))?;
-    let files = safetensors_files(dir)?;
+    let files = super::safetensors_files(dir)?;
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.is_file() {
         return Err(load_err(&tokenizer_path, "the tokenizer is missing"));

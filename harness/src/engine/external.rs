@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{EngineError, Finish, GenerateRequest, Generation, ModelFile, Sampling, Session, SessionInfo};
+use super::{EngineError, Finish, GenerateRequest, Generation, Sampling, Session, SessionInfo};
 use crate::chat::ChatTemplate;
 use crate::engine::client::{Client, Endpoint, Reply, request_body};
+use crate::format::files::{ModelFile, hash_file};
 use crate::matrix::Backend;
 use crate::playbook::MessageSpec;
 use crate::playbook::spec::CommandOutput;
@@ -295,7 +296,7 @@ impl Session for CommandSession {
 /// The files behind `{model}`: the file itself, or a directory's safetensors weights.
 fn model_files(model: &Path) -> Result<Vec<ModelFile>, EngineError> {
     let paths = if model.is_dir() { super::safetensors_files(model)? } else { vec![model.to_path_buf()] };
-    paths.iter().map(|p| super::hash_model_file(p).map_err(|e| EngineError::load_failed(p, e))).collect()
+    paths.iter().map(|p| hash_file(p).map_err(|e| EngineError::load_failed(p, e))).collect()
 }
 
 fn find_program(program: &str) -> Option<PathBuf> {

@@ -15,13 +15,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use self::cache::{SessionCache, SessionKey, SharedSession};
-pub use self::candle::{
-    CandleEngine, SUPPORTED_ARCHITECTURES, hash_file as hash_model_file, hash_file_in as hash_model_file_in,
-    load_candle, safetensors_files,
-};
+pub use self::candle::{CandleEngine, SUPPORTED_ARCHITECTURES, load_candle};
 pub use self::external::{CommandSession, OpenAiSession};
 
+use crate::format::files::{ModelFile, ModelFilesError};
 use crate::matrix::Backend;
+
+/// The safetensors files of a model directory, as an engine error when they cannot be listed.
+pub fn safetensors_files(dir: &std::path::Path) -> Result<Vec<PathBuf>, EngineError> {
+    crate::format::files::safetensors_files(dir).map_err(EngineError::from_files)
+}
 
 /// Sizes candle's CPU thread pools for a process that runs several trials at once, where the user
 /// has not sized them: `CANDLE_NUM_THREADS=1` and `RAYON_NUM_THREADS` = the available cores.
@@ -131,14 +134,6 @@ impl Generation {
         let n = self.token_count?.checked_sub(1)?;
         (n > 0 && !decode.is_zero()).then(|| n as f64 / decode.as_secs_f64())
     }
-}
-
-/// A model file a session was loaded from, with its content hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelFile {
-    pub path: PathBuf,
-    pub bytes: u64,
-    pub sha256: String,
 }
 
 /// What a loaded session is.
@@ -302,6 +297,17 @@ impl EngineError {
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
         EngineError::LoadFailed { path: path.to_path_buf(), what: Some(what.into()), source: cause(source) }
+    }
+
+    /// The model's safetensors files could not be listed.
+    pub fn from_files(e: ModelFilesError) -> Self {
+        match e {
+            ModelFilesError::Read { path, source } => EngineError::load_failed(&path, source),
+            ModelFilesError::Json { path, source } => {
+                EngineError::load_failed_in(&path, "invalid JSON", source)
+            }
+            ModelFilesError::Layout { path, what } => EngineError::Load { path, cause: what.into() },
+        }
     }
 
     /// Inference failed on `source`.

@@ -59,7 +59,7 @@ pub fn safetensors_to_apr(dir: &Path) -> Result<AprFile, ConvertError> {
     let tokenizer_config = json_file(&dir.join("tokenizer_config.json"))?;
     let generation_config = json_file(&dir.join("generation_config.json"))?;
 
-    let files = crate::engine::safetensors_files(dir).map_err(|e| read_err(dir)(e.to_string()))?;
+    let files = super::files::safetensors_files(dir)?;
     let mut tensors = Vec::new();
     for file in &files {
         let bytes = std::fs::read(file).map_err(|e| read_err(file)(e.to_string()))?;
@@ -171,7 +171,7 @@ fn artifact_key(
     let Some(ext) = extension(format) else { return Ok(None) };
     let mut hasher = Sha256::new();
     hasher.update(format!("modelqa-convert {CONVERTER_VERSION} {format}\n"));
-    let mut inputs = crate::engine::safetensors_files(source).map_err(|e| read_err(source)(e.to_string()))?;
+    let mut inputs = super::files::safetensors_files(source)?;
     for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         let p = source.join(name);
         if p.is_file() {
@@ -181,7 +181,7 @@ fn artifact_key(
     let hashes = cache.join("hashes");
     for input in &inputs {
         let hashed =
-            crate::engine::hash_model_file_in(input, &hashes).map_err(|e| read_err(input)(e.to_string()))?;
+            super::files::hash_file_in(input, &hashes).map_err(|e| read_err(input)(e.to_string()))?;
         hasher.update(format!(
             "{} {}\n",
             input.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),

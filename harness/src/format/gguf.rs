@@ -264,7 +264,7 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     let head_dim = u32_of(&config, "head_dim").unwrap_or(hidden / heads);
 
     // Every tensor, in its Hugging Face name order, as f32 in the GGUF layout.
-    let files = crate::engine::safetensors_files(dir).map_err(|e| err(dir, e))?;
+    let files = crate::format::files::safetensors_files(dir)?;
     let mut named: Vec<(String, String, Tensor)> = Vec::new();
     for file in &files {
         let tensors = candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| err(file, e))?;

@@ -1,5 +1,7 @@
-//! Model file formats beyond safetensors: containers read and written by this project.
+//! Model files: the safetensors files of a model as stored and their hashes ([`files`]), and the
+//! containers beyond safetensors that this project reads and writes.
 
 pub mod apr;
 pub mod convert;
+pub mod files;
 pub mod gguf;

@@ -2,7 +2,7 @@
 //! for Python, syn for Rust). When the question is the start of a function, the question and the
 //! answer are parsed together, as the program they make.
 
-use crate::playbook::spec::Language;
+use super::spec::Language;
 
 use super::Verdict;
 

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::OracleError;
-use crate::playbook::spec::GarbageSpec;
+use super::spec::GarbageSpec;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GarbageConfig {

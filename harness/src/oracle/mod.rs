@@ -4,12 +4,13 @@
 mod arithmetic;
 mod code;
 mod garbage;
+pub mod spec;
 
 pub use arithmetic::{Expression, answer_number};
 pub use code::{language_of, syntax_error};
 pub use garbage::{GarbageConfig, garbage_reason};
 
-use crate::playbook::spec::{Language, OracleSpec};
+use self::spec::{Language, OracleSpec};
 use crate::vocab::OracleKind;
 
 /// What an oracle concluded.

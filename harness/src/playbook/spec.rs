@@ -5,14 +5,14 @@
 //! happen in `compose`, and nothing in this module touches the file system.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use schemars::JsonSchema;
-use serde::de::{self, MapAccess, Visitor};
+use serde::de;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::matrix::{Backend, Modality, Quantization};
+pub use crate::oracle::spec::{ArithmeticOracleSpec, CodeSyntaxSpec, GarbageSpec, Language, OracleSpec};
 
 /// One playbook file: a model family, its models, its tiers and its scenarios. A file without
 /// `family` is a template that other playbooks name in `extends`.
@@ -472,13 +472,6 @@ impl CodeGen {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    Python,
-    Rust,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeCaseGen {
@@ -496,138 +489,6 @@ pub struct SamplingSpec {
     pub top_k: Option<usize>,
     /// Overrides the matrix seed.
     pub seed: Option<u64>,
-}
-
-/// An oracle: either its bare name (`garbage`) or a one-key map with its parameters
-/// (`regex: '^\d+$'`, `garbage: {max_repetition_ratio: 0.3}`).
-#[derive(Debug, Clone, PartialEq, JsonSchema)]
-#[schemars(with = "OracleSchema")]
-pub enum OracleSpec {
-    /// The number the answer gives equals the value of the prompt's arithmetic expression.
-    Arithmetic(ArithmeticOracleSpec),
-    /// The output contains this text.
-    Contains(String),
-    /// The output, trimmed, is exactly this text.
-    Exact(String),
-    /// The output matches this regular expression.
-    Regex(String),
-    /// The output is not garbage (gateway G4's detector).
-    Garbage(GarbageSpec),
-    /// The code (the question's start of a function and the answer) parses.
-    CodeSyntax(CodeSyntaxSpec),
-}
-
-impl OracleSpec {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Arithmetic(_) => "arithmetic",
-            Self::Contains(_) => "contains",
-            Self::Exact(_) => "exact",
-            Self::Regex(_) => "regex",
-            Self::Garbage(_) => "garbage",
-            Self::CodeSyntax(_) => "code_syntax",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ArithmeticOracleSpec {
-    /// Largest accepted absolute difference; default 0 (1e-6 for non-integer results).
-    pub tolerance: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GarbageSpec {
-    /// Largest share of repeated word 3-grams; default 0.5.
-    pub max_repetition_ratio: Option<f64>,
-    /// Fewest distinct characters an output of four times that length may have; default 4.
-    pub min_unique_chars: Option<usize>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CodeSyntaxSpec {
-    /// The language to parse; default: told by the question (`def …` Python, `fn …` Rust).
-    pub language: Option<Language>,
-}
-
-/// The schema shape of [`OracleSpec`] (its `Deserialize` is hand-written for the bare-name form).
-#[derive(JsonSchema)]
-#[expect(dead_code, reason = "only its JSON Schema is used")]
-#[serde(untagged)]
-enum OracleSchema {
-    Bare(BareOracle),
-    Arithmetic { arithmetic: ArithmeticOracleSpec },
-    Contains { contains: String },
-    Exact { exact: String },
-    Regex { regex: String },
-    Garbage { garbage: GarbageSpec },
-}
-
-#[derive(JsonSchema)]
-#[expect(dead_code, reason = "only its JSON Schema is used")]
-#[serde(rename_all = "lowercase")]
-enum BareOracle {
-    Arithmetic,
-    Garbage,
-    #[serde(rename = "code_syntax")]
-    CodeSyntax,
-}
-
-const ORACLE_KINDS: &[&str] = &["arithmetic", "contains", "exact", "regex", "garbage", "code_syntax"];
-
-impl<'de> Deserialize<'de> for OracleSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct OracleVisitor;
-        impl<'de> Visitor<'de> for OracleVisitor {
-            type Value = OracleSpec;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(
-                    "an oracle name (`arithmetic`, `garbage`) or a one-key map such as `contains: \"4\"`",
-                )
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<OracleSpec, E> {
-                match v {
-                    "arithmetic" => Ok(OracleSpec::Arithmetic(Default::default())),
-                    "garbage" => Ok(OracleSpec::Garbage(Default::default())),
-                    "code_syntax" => Ok(OracleSpec::CodeSyntax(Default::default())),
-                    "contains" | "exact" | "regex" => {
-                        Err(E::custom(format!("oracle `{v}` needs its text: write `{v}: \"...\"`")))
-                    }
-                    other => Err(E::unknown_variant(other, ORACLE_KINDS)),
-                }
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OracleSpec, A::Error> {
-                let Some(kind) = map.next_key::<String>()? else {
-                    return Err(de::Error::custom("an oracle map needs one key, the oracle's name"));
-                };
-                let oracle = match kind.as_str() {
-                    "arithmetic" => OracleSpec::Arithmetic(
-                        map.next_value::<Option<ArithmeticOracleSpec>>()?.unwrap_or_default(),
-                    ),
-                    "garbage" => {
-                        OracleSpec::Garbage(map.next_value::<Option<GarbageSpec>>()?.unwrap_or_default())
-                    }
-                    "code_syntax" => OracleSpec::CodeSyntax(
-                        map.next_value::<Option<CodeSyntaxSpec>>()?.unwrap_or_default(),
-                    ),
-                    "contains" => OracleSpec::Contains(map.next_value()?),
-                    "exact" => OracleSpec::Exact(map.next_value()?),
-                    "regex" => OracleSpec::Regex(map.next_value()?),
-                    other => return Err(de::Error::unknown_variant(other, ORACLE_KINDS)),
-                };
-                if let Some(extra) = map.next_key::<String>()? {
-                    return Err(de::Error::custom(format!(
-                        "an oracle map has exactly one key; `{extra}` is a second one (write each oracle as its own list item)"
-                    )));
-                }
-                Ok(oracle)
-            }
-        }
-        d.deserialize_any(OracleVisitor)
-    }
 }
 
 /// The JSON Schema of the playbook language, pretty-printed with a trailing newline.
