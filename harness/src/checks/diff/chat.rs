@@ -2,9 +2,8 @@
 //! does.
 
 use crate::chat::ChatTemplate;
+use crate::checks::Verdict;
 use crate::playbook::MessageSpec;
-
-use super::DiffVerdict;
 
 /// Whether a derived format's chat template lays every conversation out exactly as the ground
 /// truth's does: the template travels with the weights, and a conversion must not change it.
@@ -12,34 +11,34 @@ pub fn chat_prompts(
     reference: Option<&ChatTemplate>,
     derived: Option<&ChatTemplate>,
     conversations: &[(String, Vec<MessageSpec>)],
-) -> DiffVerdict {
+) -> Verdict {
     let (reference, derived) = match (reference, derived) {
         (None, None) => {
-            return DiffVerdict::pass("neither the ground truth nor this format has a chat template".into());
+            return Verdict::pass("neither the ground truth nor this format has a chat template");
         }
         (Some(_), None) => {
-            return DiffVerdict::fail("the ground truth has a chat template; this format lost it".into());
+            return Verdict::fail("the ground truth has a chat template; this format lost it");
         }
         (None, Some(_)) => {
-            return DiffVerdict::fail("this format has a chat template the ground truth lacks".into());
+            return Verdict::fail("this format has a chat template the ground truth lacks");
         }
         (Some(r), Some(d)) => (r, d),
     };
     for (name, messages) in conversations {
         let (want, got) = match (reference.render(messages), derived.render(messages)) {
             (Ok(w), Ok(g)) => (w, g),
-            (Err(e), _) | (_, Err(e)) => return DiffVerdict::fail(format!("scenario {name}: {e}")),
+            (Err(e), _) | (_, Err(e)) => return Verdict::fail(format!("scenario {name}: {e}")),
         };
         if want != got {
             let at = want.chars().zip(got.chars()).take_while(|(a, b)| a == b).count();
-            return DiffVerdict::fail(format!(
+            return Verdict::fail(format!(
                 "scenario {name}: the rendered prompts differ from character {at}: {:?} here, {:?} in safetensors",
                 got.chars().skip(at).take(40).collect::<String>(),
                 want.chars().skip(at).take(40).collect::<String>()
             ));
         }
     }
-    DiffVerdict::pass(format!(
+    Verdict::pass(format!(
         "{} conversations render to the same prompt as in safetensors",
         conversations.len()
     ))

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::checks::Verdict;
 use crate::engine::EngineError;
 use crate::format::apr;
 use crate::format::convert::ConvertError;
@@ -14,7 +15,7 @@ use crate::matrix::Format;
 use crate::vocab::Invariant;
 
 use super::tensors::{artifact_values, ggml_name, relative_bound, safetensors_values};
-use super::{DiffVerdict, deserialize, read};
+use super::{deserialize, read};
 
 /// Why a tensor comparison or an invariant ([`invariant`]) does not pass: the artifact breaks
 /// it (what differs), or what it compares cannot be read.
@@ -130,7 +131,7 @@ pub fn invariant(
     artifact: &Path,
     format: Format,
     texts: &[String],
-) -> DiffVerdict {
+) -> Verdict {
     let result = match inv {
         Invariant::RoundTrip => round_trip(source, artifact, format),
         Invariant::NameBijection => name_bijection(source, artifact, format),
@@ -139,8 +140,8 @@ pub fn invariant(
         Invariant::TokenizerRoundTrip => tokenizer_round_trip(source, artifact, texts),
     };
     match result {
-        Ok(reason) => DiffVerdict::pass(reason),
-        Err(why) => DiffVerdict::fail(format!("{}: {why}", inv.slug())),
+        Ok(reason) => Verdict::pass(reason),
+        Err(why) => Verdict::fail(format!("{}: {why}", inv.slug())),
     }
 }
 

@@ -1,9 +1,8 @@
 //! Next-token distributions of a derived format against the ground truth's: mean KL divergence
 //! and top-1 agreement, judged by a [`LogitTolerance`] per format.
 
+use crate::checks::Verdict;
 use crate::matrix::{Format, Quantization};
-
-use super::DiffVerdict;
 
 /// Default gates of a derived format against safetensors (`shared/reference/
 /// peers-and-accuracy-anchors.md` §4.4, loosened twofold for models of 3B and below).
@@ -48,28 +47,24 @@ pub fn logits(
     reference: &[Vec<Vec<f32>>],
     candidate: &[Vec<Vec<f32>>],
     tolerance: LogitTolerance,
-) -> DiffVerdict {
+) -> Verdict {
     let mut kl_sum = 0.0;
     let mut agree = 0usize;
     let mut n = 0usize;
     for (r, c) in reference.iter().zip(candidate) {
         if r.len() != c.len() {
-            return DiffVerdict::fail(format!(
-                "{} reference positions, {} from the artifact",
-                r.len(),
-                c.len()
-            ));
+            return Verdict::fail(format!("{} reference positions, {} from the artifact", r.len(), c.len()));
         }
         for (rl, cl) in r.iter().zip(c) {
             if rl.len() != cl.len() {
-                return DiffVerdict::fail(format!(
+                return Verdict::fail(format!(
                     "vocabulary {} in the reference, {} in the artifact",
                     rl.len(),
                     cl.len()
                 ));
             }
             if cl.iter().any(|v| !v.is_finite()) {
-                return DiffVerdict::fail("the artifact produced a non-finite logit".into());
+                return Verdict::fail("the artifact produced a non-finite logit");
             }
             let (p, q) = (softmax(rl), softmax(cl));
             kl_sum += p
@@ -83,7 +78,7 @@ pub fn logits(
         }
     }
     if n == 0 {
-        return DiffVerdict::fail("no position to compare: the scenarios give no prompt".into());
+        return Verdict::fail("no position to compare: the scenarios give no prompt");
     }
     let mean_kl = kl_sum / n as f64;
     let top1 = agree as f64 / n as f64;
@@ -94,9 +89,9 @@ pub fn logits(
         tolerance.min_top1 * 100.0
     );
     if mean_kl <= tolerance.max_mean_kl && top1 >= tolerance.min_top1 {
-        DiffVerdict::pass(summary)
+        Verdict::pass(summary)
     } else {
-        DiffVerdict::fail(summary)
+        Verdict::fail(summary)
     }
 }
 

@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use crate::vocab::Outcome;
-
 mod chat;
 mod invariants;
 mod logits;
@@ -23,20 +21,4 @@ fn read(path: &Path) -> impl FnOnce(std::io::Error) -> InvariantError + '_ {
 
 fn deserialize(path: &Path) -> impl FnOnce(safetensors::SafeTensorError) -> InvariantError + '_ {
     move |source| InvariantError::Safetensors { path: path.to_path_buf(), source }
-}
-
-/// A differential verdict.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DiffVerdict {
-    pub outcome: Outcome,
-    pub reason: String,
-}
-
-impl DiffVerdict {
-    fn pass(reason: String) -> Self {
-        Self { outcome: Outcome::Corroborated, reason }
-    }
-    fn fail(reason: String) -> Self {
-        Self { outcome: Outcome::Falsified, reason }
-    }
 }

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::checks::Verdict;
 use crate::format::apr;
 
-use super::{DiffVerdict, InvariantError, deserialize, read};
+use super::{InvariantError, deserialize, read};
 
 /// One tensor's values as f32 with its shape and stored dtype.
 pub(super) struct Values {
@@ -134,17 +135,17 @@ pub(super) fn relative_bound(dtype: &str, source_dtype: &str) -> f32 {
 /// (a tied `lm_head.weight` equal to the embedding may be added), equal shapes (a reversed 2-D
 /// shape holding the transposed matrix is named as a transposition), an identical or a lossless
 /// dtype unless the format quantizes, and values within the dtype's bound.
-pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
+pub fn tensors(source: &Path, artifact: &Path) -> Verdict {
     let (src, (dst, tokenizer)) = match (safetensors_values(source), artifact_values(artifact)) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return DiffVerdict::fail(e.to_string()),
+        (Err(e), _) | (_, Err(e)) => return Verdict::fail(e.to_string()),
     };
     // The tokenizer travels with the weights and must come back unchanged.
     let source_tokenizer: Option<serde_json::Value> = std::fs::read_to_string(source.join("tokenizer.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     if tokenizer != source_tokenizer {
-        return DiffVerdict::fail("the embedded tokenizer differs from the source's tokenizer.json".into());
+        return Verdict::fail("the embedded tokenizer differs from the source's tokenizer.json");
     }
     let missing: Vec<&String> = src.keys().filter(|k| !dst.contains_key(*k)).collect();
     let extra: Vec<&String> = dst
@@ -153,7 +154,7 @@ pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
         .filter(|k| !(k.as_str() == "lm_head.weight" && src.contains_key("model.embed_tokens.weight")))
         .collect();
     if !missing.is_empty() || !extra.is_empty() {
-        return DiffVerdict::fail(format!(
+        return Verdict::fail(format!(
             "tensor names differ: missing from the artifact {missing:?}, not in the source {extra:?}"
         ));
     }
@@ -167,18 +168,18 @@ pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
                 && b.shape == reversed
                 && is_transpose(&a.values, &b.values, a.shape[0], a.shape[1])
             {
-                return DiffVerdict::fail(format!(
+                return Verdict::fail(format!(
                     "tensor `{name}` is transposed: {:?} became {:?}",
                     a.shape, b.shape
                 ));
             }
-            return DiffVerdict::fail(format!("tensor `{name}`: shape {:?} became {:?}", a.shape, b.shape));
+            return Verdict::fail(format!("tensor `{name}`: shape {:?} became {:?}", a.shape, b.shape));
         }
         let max = a.values.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
         let err = a.values.iter().zip(&b.values).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         let bound = relative_bound(&b.dtype, &a.dtype) * max;
         if err.is_nan() || err > bound {
-            return DiffVerdict::fail(format!(
+            return Verdict::fail(format!(
                 "tensor `{name}` ({} → {}): largest error {err:.3e} exceeds the bound {bound:.3e}",
                 a.dtype, b.dtype
             ));
@@ -190,7 +191,7 @@ pub fn tensors(source: &Path, artifact: &Path) -> DiffVerdict {
             worst = (err / max, name.clone());
         }
     }
-    DiffVerdict::pass(format!(
+    Verdict::pass(format!(
         "tokenizer identical; {} tensors correspond by name, shape and dtype; {exact} identical; largest relative error {:.2e} (`{}`)",
         src.len(),
         worst.0,
