@@ -50,7 +50,7 @@ pub enum IntegrityError {
     #[error("config.json has no integer `{0}`")]
     MissingNumber(&'static str),
     #[error(transparent)]
-    Files(#[from] crate::engine::EngineError),
+    Files(#[from] crate::format::files::ModelFilesError),
     #[error("{path} is truncated or corrupt: {source}")]
     Corrupt {
         path: PathBuf,
@@ -138,7 +138,7 @@ fn check_into(
         return Ok(());
     }
 
-    let files = crate::engine::safetensors_files(dir)?;
+    let files = crate::format::files::safetensors_files(dir)?;
     let mut shapes: BTreeMap<String, (Vec<usize>, Dtype)> = BTreeMap::new();
     for file in &files {
         let bytes =

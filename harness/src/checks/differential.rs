@@ -12,7 +12,8 @@ use crate::playbook::MessageSpec;
 use crate::trial::{Ask, Finding, TrialEnv, asks_without_session, messages_of, reference_key};
 use crate::vocab::{Decider, Invariant, Outcome};
 
-use super::diff::{self, DiffVerdict, LogitTolerance};
+use super::Verdict;
+use super::diff::{self, LogitTolerance};
 use super::golden;
 
 /// Prompt positions whose next-token distributions a logit differential compares.
@@ -21,8 +22,7 @@ const DIFF_POSITIONS: usize = 16;
 /// An invariant reads files only; no session is loaded for it.
 pub(crate) fn run_invariant(spec: &TrialSpec, model_dir: &Path, artifact: &Path, inv: Invariant) -> Finding {
     let texts = asks_without_session(spec);
-    let v = diff::invariant(inv, model_dir, artifact, spec.name.format, &texts);
-    Finding::new(v.outcome, Decider::Comp, v.reason)
+    diff::invariant(inv, model_dir, artifact, spec.name.format, &texts).into_finding(Decider::Comp)
 }
 
 /// A differential trial on the cell's loaded session.
@@ -41,10 +41,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
                     .collect();
                 diff::chat_prompts(reference.as_ref(), env.info.chat_template.as_ref(), &conversations)
             }
-            Err(e) => DiffVerdict {
-                outcome: Outcome::Falsified,
-                reason: format!("the safetensors chat template: {e}"),
-            },
+            Err(e) => Verdict::fail(format!("the safetensors chat template: {e}")),
         },
         DiffKind::Logits | DiffKind::Generation => {
             let Some(reference_key) = reference_key(spec) else {
@@ -77,7 +74,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
         }
     };
     let decider = if verdict.outcome == Outcome::Timeout { Decider::Timeout } else { Decider::Comp };
-    Finding::new(verdict.outcome, decider, verdict.reason)
+    verdict.into_finding(decider)
 }
 
 /// Next-token distributions at the first prompt positions of every scenario, reference and
@@ -111,8 +108,7 @@ fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
         Some(g) => LogitTolerance { max_mean_kl: g.max_mean_kl, min_top1: g.min_top1 },
         None => LogitTolerance::for_format(format),
     };
-    let v = diff::logits(&want, &got, tolerance);
-    Finding::new(v.outcome, Decider::Comp, v.reason)
+    diff::logits(&want, &got, tolerance).into_finding(Decider::Comp)
 }
 
 /// The generated-sequence rule (vLLM's): greedy outputs of the ground truth and the format are
@@ -124,20 +120,16 @@ pub fn first_divergence(
     asks: &[Ask],
     k: usize,
     deadline: Instant,
-) -> DiffVerdict {
-    let fail = |reason: String| DiffVerdict { outcome: Outcome::Falsified, reason };
+) -> Verdict {
     let top_k = |logits: &[f32], token: u32| golden::top_k(logits, k).ids.contains(&token);
     let (mut identical, mut parted) = (0, Vec::new());
     for ask in asks {
         let (r, c) = match (ask.generate(reference, deadline), ask.generate(candidate, deadline)) {
             (Ok(r), Ok(c)) => (r, c),
             (Err(EngineError::Timeout { .. }), _) | (_, Err(EngineError::Timeout { .. })) => {
-                return DiffVerdict {
-                    outcome: Outcome::Timeout,
-                    reason: "the greedy comparison passed its timeout".into(),
-                };
+                return Verdict::timeout("the greedy comparison passed its timeout");
             }
-            (Err(e), _) | (_, Err(e)) => return fail(format!("scenario {}: {e}", ask.name)),
+            (Err(e), _) | (_, Err(e)) => return Verdict::fail(format!("scenario {}: {e}", ask.name)),
         };
         let Some(d) = (0..r.tokens.len().max(c.tokens.len())).find(|&i| r.tokens.get(i) != c.tokens.get(i))
         else {
@@ -149,13 +141,13 @@ pub fn first_divergence(
             |s: &SharedSession| s.lock().unwrap_or_else(|p| p.into_inner()).logits_after(&ask.prompt, prefix);
         let (rl, cl) = match (logits(reference), logits(candidate)) {
             (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return fail(format!("scenario {}: {e}", ask.name)),
+            (Err(e), _) | (_, Err(e)) => return Verdict::fail(format!("scenario {}: {e}", ask.name)),
         };
         // A side that ended there chose end-of-sequence; the other side's token is still checked.
         if let Some(&t) = c.tokens.get(d)
             && !top_k(&rl, t)
         {
-            return fail(format!(
+            return Verdict::fail(format!(
                 "scenario {}: the outputs part at token {d} ({:?} vs {:?}) and this format's token {t} is not in the ground truth's top {k}",
                 ask.name, r.text, c.text
             ));
@@ -163,7 +155,7 @@ pub fn first_divergence(
         if let Some(&t) = r.tokens.get(d)
             && !top_k(&cl, t)
         {
-            return fail(format!(
+            return Verdict::fail(format!(
                 "scenario {}: the outputs part at token {d} ({:?} vs {:?}) and the ground truth's token {t} is not in this format's top {k}",
                 ask.name, r.text, c.text
             ));
@@ -177,5 +169,5 @@ pub fn first_divergence(
             parted.join(", ")
         ));
     }
-    DiffVerdict { outcome: Outcome::Corroborated, reason }
+    Verdict::pass(reason)
 }

@@ -14,62 +14,46 @@ use crate::playbook::Model;
 use crate::trial::{Ask, Finding, TrialEnv};
 use crate::vocab::{Decider, Gate, Outcome};
 
-/// A gate's verdict.
-#[derive(Debug, Clone)]
-pub struct GateVerdict {
-    pub outcome: Outcome,
-    pub reason: String,
-    pub prompt: Option<String>,
-    pub output: Option<String>,
-}
-
-impl GateVerdict {
-    pub fn pass(reason: impl Into<String>) -> Self {
-        Self { outcome: Outcome::Corroborated, reason: reason.into(), prompt: None, output: None }
-    }
-    pub fn fail(reason: impl Into<String>) -> Self {
-        Self { outcome: Outcome::Falsified, reason: reason.into(), prompt: None, output: None }
-    }
-}
+use super::Verdict;
 
 /// G0: the model directory against itself and the playbook.
-pub fn integrity(dir: &Path, model: &Model) -> GateVerdict {
+pub fn integrity(dir: &Path, model: &Model) -> Verdict {
     let report = crate::integrity::check(dir, &model.expect, model.architecture.as_deref());
     if report.problems.is_empty() {
-        GateVerdict::pass(format!(
+        Verdict::pass(format!(
             "{} tensors, {} parameters, consistent with config.json and the tokenizer",
             report.tensors, report.parameters
         ))
     } else {
-        GateVerdict::fail(format!("integrity: {}", report.problems.join("; ")))
+        Verdict::fail(format!("integrity: {}", report.problems.join("; ")))
     }
 }
 
 /// G0 for a derived artifact (after the source passed): the container reads back with its
 /// checksums, and every tensor dequantizes to finite values.
-pub fn artifact_integrity(artifact: &Path, source: GateVerdict) -> GateVerdict {
+pub fn artifact_integrity(artifact: &Path, source: Verdict) -> Verdict {
     let bytes = match std::fs::read(artifact) {
         Ok(b) => b,
-        Err(e) => return GateVerdict::fail(format!("integrity: failed to read {}: {e}", artifact.display())),
+        Err(e) => return Verdict::fail(format!("integrity: failed to read {}: {e}", artifact.display())),
     };
     if artifact.extension().is_some_and(|e| e == "apr") {
         let file = match crate::format::apr::read(&bytes) {
             Ok(f) => f,
-            Err(e) => return GateVerdict::fail(format!("integrity: {}: {e}", artifact.display())),
+            Err(e) => return Verdict::fail(format!("integrity: {}: {e}", artifact.display())),
         };
         for t in &file.tensors {
             match crate::format::apr::dequantize(t) {
                 Ok(v) if v.iter().all(|x| x.is_finite()) => {}
                 Ok(_) => {
-                    return GateVerdict::fail(format!(
+                    return Verdict::fail(format!(
                         "integrity: tensor `{}` of the APR file holds NaN or Inf",
                         t.name
                     ));
                 }
-                Err(e) => return GateVerdict::fail(format!("integrity: {e}")),
+                Err(e) => return Verdict::fail(format!("integrity: {e}")),
             }
         }
-        return GateVerdict::pass(format!(
+        return Verdict::pass(format!(
             "{}; the APR file ({} tensors) reads back with valid checksums",
             source.reason,
             file.tensors.len()
@@ -79,24 +63,21 @@ pub fn artifact_integrity(artifact: &Path, source: GateVerdict) -> GateVerdict {
 }
 
 /// G2: a basic prompt yields at least one token, with finite logits.
-pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> GateVerdict {
+pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Verdict {
     let result = session
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .generate(&GenerateRequest::greedy(prompt, 8, deadline));
     let mut v = match result {
-        Err(EngineError::Timeout { tokens, .. }) => GateVerdict {
-            outcome: Outcome::Timeout,
-            reason: format!("basic inference passed the timeout after {tokens} tokens"),
-            prompt: None,
-            output: None,
-        },
-        Err(e) => GateVerdict::fail(format!("basic inference failed: {e}")),
+        Err(EngineError::Timeout { tokens, .. }) => {
+            Verdict::timeout(format!("basic inference passed the timeout after {tokens} tokens"))
+        }
+        Err(e) => Verdict::fail(format!("basic inference failed: {e}")),
         Ok(g) if g.first_logits_finite == Some(false) => {
-            GateVerdict::fail("the first step's logits hold NaN or infinite values")
+            Verdict::fail("the first step's logits hold NaN or infinite values")
         }
         Ok(g) if g.token_count == Some(0) || (g.token_count.is_none() && g.text.is_empty()) => {
-            GateVerdict::fail("the model ended the sequence before producing any token")
+            Verdict::fail("the model ended the sequence before producing any token")
         }
         Ok(g) => {
             let produced = match g.token_count {
@@ -107,7 +88,7 @@ pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
                 Some(_) => "with finite logits",
                 None => "(the engine shows no logits)",
             };
-            let mut v = GateVerdict::pass(format!("{produced} {logits}"));
+            let mut v = Verdict::pass(format!("{produced} {logits}"));
             v.output = Some(g.text);
             v
         }
@@ -117,7 +98,7 @@ pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
 }
 
 /// G3: repeated and awkward inputs neither crash, hang nor change greedy output.
-pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> GateVerdict {
+pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Verdict {
     let run = |p: &str, max: u32| {
         catch_unwind(AssertUnwindSafe(|| {
             session
@@ -130,12 +111,12 @@ pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
     let second = run(prompt, 16);
     match (&first, &second) {
         (Ok(Ok(a)), Ok(Ok(b))) if a.tokens != b.tokens || a.text != b.text => {
-            return GateVerdict::fail(format!(
+            return Verdict::fail(format!(
                 "greedy output changed between two runs: {:?} then {:?}",
                 a.text, b.text
             ));
         }
-        (Err(_), _) | (_, Err(_)) => return GateVerdict::fail("the engine panicked on a basic prompt"),
+        (Err(_), _) | (_, Err(_)) => return Verdict::fail("the engine panicked on a basic prompt"),
         _ => {}
     }
     let long = "word ".repeat(4096);
@@ -146,15 +127,10 @@ pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
         ("an over-long prompt", long.as_str()),
     ] {
         if Instant::now() >= deadline {
-            return GateVerdict {
-                outcome: Outcome::Timeout,
-                reason: "stability checks passed the timeout".into(),
-                prompt: None,
-                output: None,
-            };
+            return Verdict::timeout("stability checks passed the timeout");
         }
         match run(input, 4) {
-            Err(_) => return GateVerdict::fail(format!("the engine panicked on {label}")),
+            Err(_) => return Verdict::fail(format!("the engine panicked on {label}")),
             // A clean error (say, a prompt longer than the context) is stable behaviour.
             Ok(
                 Ok(_)
@@ -168,39 +144,32 @@ pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Ga
                 ),
             ) => {}
             Ok(Err(EngineError::Timeout { .. })) => {
-                return GateVerdict {
-                    outcome: Outcome::Timeout,
-                    reason: format!("{label} hung past the timeout"),
-                    prompt: None,
-                    output: None,
-                };
+                return Verdict::timeout(format!("{label} hung past the timeout"));
             }
-            Ok(Err(e)) => return GateVerdict::fail(format!("{label} failed: {e}")),
+            Ok(Err(e)) => return Verdict::fail(format!("{label} failed: {e}")),
         }
     }
-    GateVerdict::pass(
+    Verdict::pass(
         "deterministic under greedy decoding; empty, whitespace, mixed-script and over-long prompts handled",
     )
 }
 
 /// G4: no scenario's output is garbage.
-pub(crate) fn quality(session: &SharedSession, scenarios: &[Ask], deadline: Instant) -> GateVerdict {
+pub(crate) fn quality(session: &SharedSession, scenarios: &[Ask], deadline: Instant) -> Verdict {
     let cfg = GarbageConfig::default();
     for ask in scenarios {
         let (name, prompt) = (&ask.name, &ask.prompt);
         match ask.generate(session, deadline) {
             Err(EngineError::Timeout { .. }) => {
-                return GateVerdict {
-                    outcome: Outcome::Timeout,
-                    reason: format!("scenario {name} passed the timeout"),
+                return Verdict {
                     prompt: Some(prompt.clone()),
-                    output: None,
+                    ..Verdict::timeout(format!("scenario {name} passed the timeout"))
                 };
             }
-            Err(e) => return GateVerdict::fail(format!("scenario {name}: {e}")),
+            Err(e) => return Verdict::fail(format!("scenario {name}: {e}")),
             Ok(g) => {
                 if let Some(why) = garbage_reason(&g.text, &cfg) {
-                    return GateVerdict {
+                    return Verdict {
                         outcome: Outcome::Falsified,
                         reason: format!("scenario {name} produced garbage: {why}"),
                         prompt: Some(prompt.clone()),
@@ -210,14 +179,14 @@ pub(crate) fn quality(session: &SharedSession, scenarios: &[Ask], deadline: Inst
             }
         }
     }
-    GateVerdict::pass(format!("{} scenario outputs are not garbage", scenarios.len()))
+    Verdict::pass(format!("{} scenario outputs are not garbage", scenarios.len()))
 }
 
 /// A gateway trial on the cell's loaded session.
 pub(crate) fn run(env: &TrialEnv<'_>, g: Gate) -> Finding {
     let verdict = match g {
         Gate::Integrity => return run_integrity(env.spec, env.model_dir, env.artifact),
-        Gate::Load => GateVerdict::pass(format!(
+        Gate::Load => Verdict::pass(format!(
             "loaded by {} on {} in {:.0} ms",
             env.info.engine,
             env.info.device,
@@ -227,7 +196,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, g: Gate) -> Finding {
         Gate::Stability => stability(env.session, &env.basic_prompt(), env.deadline),
         Gate::Quality => quality(env.session, &env.asks(), env.deadline),
     };
-    finding(g, verdict)
+    verdict.into_finding(Decider::Gateway(g))
 }
 
 /// G0 of a cell: the ground truth's files and, for a derived format, its artifact.
@@ -236,12 +205,5 @@ pub(crate) fn run_integrity(spec: &TrialSpec, model_dir: &Path, artifact: &Path)
     if verdict.outcome == Outcome::Corroborated && spec.name.format != Format::Safetensors {
         verdict = artifact_integrity(artifact, verdict);
     }
-    finding(Gate::Integrity, verdict)
-}
-
-fn finding(g: Gate, v: GateVerdict) -> Finding {
-    let mut f = Finding::new(v.outcome, Decider::Gateway(g), v.reason);
-    f.prompt = v.prompt;
-    f.output = v.output;
-    f
+    verdict.into_finding(Decider::Gateway(Gate::Integrity))
 }

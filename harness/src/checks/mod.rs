@@ -1,7 +1,8 @@
 //! Checks of a cell, each trial kind in its own room: the gateways G0–G4 ([`gate`]), golden
 //! references ([`golden`]), differentials against the ground truth ([`differential`], with the
 //! comparisons in [`diff`]), performance ([`perf`]) and the server checks ([`server`]). Each
-//! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`].
+//! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
+//! concludes in a [`Verdict`], which the trial body makes a finding.
 
 pub mod diff;
 pub mod differential;
@@ -9,3 +10,41 @@ pub mod gate;
 pub mod golden;
 pub mod perf;
 pub mod server;
+
+use crate::trial::Finding;
+use crate::vocab::{Decider, Outcome};
+
+/// What a check concluded, before the trial body makes it a finding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub reason: String,
+    pub prompt: Option<String>,
+    pub output: Option<String>,
+}
+
+impl Verdict {
+    fn of(outcome: Outcome, reason: impl Into<String>) -> Self {
+        Self { outcome, reason: reason.into(), prompt: None, output: None }
+    }
+
+    pub fn pass(reason: impl Into<String>) -> Self {
+        Self::of(Outcome::Corroborated, reason)
+    }
+
+    pub fn fail(reason: impl Into<String>) -> Self {
+        Self::of(Outcome::Falsified, reason)
+    }
+
+    pub fn timeout(reason: impl Into<String>) -> Self {
+        Self::of(Outcome::Timeout, reason)
+    }
+
+    /// The finding of this verdict, decided by `decider`, with its prompt and output.
+    pub(crate) fn into_finding(self, decider: Decider) -> Finding {
+        let mut f = Finding::new(self.outcome, decider, self.reason);
+        f.prompt = self.prompt;
+        f.output = self.output;
+        f
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::checks::gate::GateVerdict;
+use crate::checks::Verdict;
 use crate::engine::Sampling;
 use crate::engine::client::{Client, ClientError, Endpoint, RawResponse, request_body};
 use crate::playbook::Input;
@@ -114,13 +114,7 @@ fn remaining(deadline: Instant) -> Duration {
 }
 
 /// Runs one check against the server at `client`.
-pub fn check(
-    check: ServerCheck,
-    client: &Client,
-    model: &str,
-    probe: &Probe,
-    deadline: Instant,
-) -> GateVerdict {
+pub fn check(check: ServerCheck, client: &Client, model: &str, probe: &Probe, deadline: Instant) -> Verdict {
     let result = match check {
         ServerCheck::Health => health(client, model, deadline),
         ServerCheck::Json => json_shape(client, probe, deadline),
@@ -130,15 +124,12 @@ pub fn check(
         ServerCheck::BadRequests => bad_requests(client, deadline),
     };
     match result {
-        Ok(reason) => GateVerdict::pass(reason),
-        Err(reason) if Instant::now() >= deadline => GateVerdict {
-            outcome: Outcome::Timeout,
-            reason: format!("{}: the trial's timeout passed: {reason}", check.slug()),
-            prompt: None,
-            output: None,
-        },
+        Ok(reason) => Verdict::pass(reason),
+        Err(reason) if Instant::now() >= deadline => {
+            Verdict::timeout(format!("{}: the trial's timeout passed: {reason}", check.slug()))
+        }
         Err(reason) => {
-            let mut v = GateVerdict::fail(format!("{}: {reason}", check.slug()));
+            let mut v = Verdict::fail(format!("{}: {reason}", check.slug()));
             v.prompt = Some(probe.prompt.clone());
             v
         }
@@ -451,10 +442,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, check: ServerCheck) -> Finding {
         },
     };
     let served = client.model().unwrap_or(&spec.model.id).to_string();
-    let v = self::check(check, &client, &served, &probe, env.deadline);
-    let mut f = Finding::new(v.outcome, Decider::Serve, v.reason);
-    f.prompt = v.prompt;
-    f
+    self::check(check, &client, &served, &probe, env.deadline).into_finding(Decider::Serve)
 }
 
 #[cfg(test)]
@@ -623,7 +611,7 @@ mod tests {
         }
     }
 
-    fn verdict(fault: Fault, c: ServerCheck) -> GateVerdict {
+    fn verdict(fault: Fault, c: ServerCheck) -> Verdict {
         let (_runtime, client) = start(fault);
         check(c, &client, "m", &probe(), Instant::now() + Duration::from_secs(30))
     }

@@ -1,0 +1,157 @@
+//! GGUF, read and written with `candle_core::quantized::gguf_file`: a Hugging Face safetensors
+//! directory as a GGUF file at a quantization people deploy, and a GGUF file (ours or one made
+//! by llama.cpp's converter) back to named f32 tensors in the Hugging Face layout.
+//!
+//! Names follow llama.cpp (`blk.N.attn_q.weight`, …). For the llama convention (llama and
+//! mistral, both written as GGUF architecture `llama`) the q and k projections are permuted
+//! as llama.cpp's converter does, so interleaved rotary embeddings compute what the Hugging
+//! Face model computes; qwen2 keeps its layout (its rotary embedding is the NeoX one).
+//!
+//! Quantization mixes follow llama.cpp's `llama_tensor_get_type`: 1-D tensors stay f32; the
+//! `_m` mixes give `output.weight` Q6_K and `attn_v`/`ffn_down` Q6_K in the layers
+//! `use_more_bits` picks. A tensor whose rows a K-quant block cannot tile falls back as
+//! llama.cpp falls back (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16), and every fallback
+//! is listed in the file's `modelqa.fallbacks` metadata: nothing changes type silently.
+//!
+//! Writing is in `write.rs`, reading in `read.rs`; this file holds the metadata keys, the errors
+//! and the mapping between Hugging Face and GGUF names.
+
+use std::path::Path;
+
+use super::convert::ConvertError;
+use crate::matrix::Quantization;
+
+mod read;
+mod write;
+
+pub use read::{Dequantized, dequantize, hf_files, to_apr, to_safetensors, tokenizer};
+pub use write::{from_safetensors, permute_qk, wanted_type};
+
+/// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.
+pub const HF_TOKENIZER_JSON: &str = "tokenizer.huggingface.json";
+/// Metadata keys under which a GGUF file written here keeps the Hugging Face files verbatim, so
+/// a conversion back gives them unchanged (other GGUF files get them rebuilt from metadata).
+pub const HF_CONFIG: &str = "modelqa.hf.config";
+pub const HF_TOKENIZER_CONFIG: &str = "modelqa.hf.tokenizer_config";
+pub const HF_GENERATION_CONFIG: &str = "modelqa.hf.generation_config";
+/// Metadata key listing the tensors that fell back to another type, `name: wanted → written`.
+pub const FALLBACKS: &str = "modelqa.fallbacks";
+
+/// A quantization whose llama.cpp mix this project does not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {} mix is not implemented", .0.as_str())]
+pub struct UnimplementedMix(pub Quantization);
+
+/// Why the tokenizer (or the Hugging Face files) of a GGUF file cannot be built from its metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufTokenizerError {
+    #[error("the embedded {HF_TOKENIZER_JSON}: {0}")]
+    Embedded(#[source] tokenizers::Error),
+    #[error(
+        "tokenizer model `{0}` in the GGUF metadata is not supported (gpt2 BPE, or an embedded {HF_TOKENIZER_JSON})"
+    )]
+    UnsupportedModel(String),
+    #[error("no {0}")]
+    MissingKey(String),
+    /// A value of a string list is not a string.
+    #[error("{key}: {source}")]
+    NotAString {
+        key: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("the GGUF BPE vocabulary: {0}")]
+    Vocabulary(#[source] tokenizers::Error),
+    #[error("the GGUF control tokens: {0}")]
+    ControlTokens(#[source] tokenizers::Error),
+    /// The tokenizer does not serialise as `tokenizer.json`.
+    #[error("the tokenizer: {0}")]
+    Serialize(#[source] tokenizers::Error),
+    /// The serialised tokenizer does not parse back as JSON.
+    #[error("the tokenizer: {0}")]
+    Json(#[source] serde_json::Error),
+}
+
+fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
+    ConvertError::Read { path: path.to_path_buf(), cause: cause.to_string() }
+}
+
+/// The GGUF architecture of a Hugging Face `model_type`, and whether q/k are permuted.
+pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
+    match model_type {
+        "llama" | "mistral" => Some(("llama", true)),
+        "qwen2" => Some(("qwen2", false)),
+        _ => None,
+    }
+}
+
+const LAYER_NAMES: [(&str, &str); 13] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+    ("self_attn.o_proj.bias", "attn_output.bias"),
+];
+
+const GLOBAL_NAMES: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// The GGUF name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    if let Some((_, g)) = GLOBAL_NAMES.iter().find(|(h, _)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (_, g) = LAYER_NAMES.iter().find(|(h, _)| *h == rest)?;
+    Some(format!("blk.{layer}.{g}"))
+}
+
+/// The Hugging Face name of a GGUF tensor name.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    if let Some((h, _)) = GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (h, _) = LAYER_NAMES.iter().find(|(_, g)| *g == rest)?;
+    Some(format!("model.layers.{layer}.{h}"))
+}
+
+fn layer_of(gguf: &str) -> Option<usize> {
+    gguf.strip_prefix("blk.")?.split_once('.')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways() {
+        for hf in [
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.layers.11.self_attn.k_proj.bias",
+            "model.layers.0.mlp.down_proj.weight",
+        ] {
+            let g = gguf_name(hf).unwrap();
+            assert_eq!(hf_name(&g).as_deref(), Some(hf), "{g}");
+        }
+        assert_eq!(gguf_name("model.layers.3.mlp.gate_proj.weight").unwrap(), "blk.3.ffn_gate.weight");
+        assert!(gguf_name("model.layers.x.mlp.up_proj.weight").is_none());
+        assert!(gguf_name("vision.patch_embed.weight").is_none());
+    }
+}

@@ -1,0 +1,296 @@
+//! GGUF → Hugging Face: the tokenizer and files a GGUF file carries or implies, its tensors as
+//! stored (for APR and safetensors), and its tensors dequantized to f32.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::{DType, Device, Tensor};
+
+use super::{
+    GgufTokenizerError, HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER_CONFIG, HF_TOKENIZER_JSON, err,
+    hf_name, permute_qk,
+};
+use crate::format::apr::{AprDType, AprFile, AprTensor};
+use crate::format::convert::{ConvertError, HfFiles};
+
+/// The tokenizer a GGUF file carries: the whole `tokenizer.json` where it is embedded, else a
+/// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model)
+/// with its control tokens as special tokens.
+pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    if let Some(json) = md.get(HF_TOKENIZER_JSON).and_then(|v| v.to_string().ok()) {
+        return tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(GgufTokenizerError::Embedded);
+    }
+    let kind = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if kind != "gpt2" {
+        return Err(GgufTokenizerError::UnsupportedModel(kind));
+    }
+    let strings = |key: &str| -> Result<Vec<_>, GgufTokenizerError> {
+        let values = md
+            .get(key)
+            .and_then(|v| v.to_vec().ok())
+            .ok_or_else(|| GgufTokenizerError::MissingKey(key.to_string()))?;
+        values
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|source| GgufTokenizerError::NotAString { key: key.to_string(), source })
+            })
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .collect();
+    let vocab: tokenizers::models::bpe::Vocab =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab, merges).build().map_err(GgufTokenizerError::Vocabulary)?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    let types = md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok());
+    let control: Vec<tokenizers::AddedToken> = types
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, t)| t.to_i32().ok() == Some(3))
+        .filter_map(|(i, _)| tokens.get(i))
+        .map(|t| tokenizers::AddedToken::from(t.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
+    Ok(tokenizer)
+}
+
+/// The Hugging Face files of a GGUF file: the ones this project embedded, verbatim, or else
+/// rebuilt from the GGUF hyper-parameters and tokenizer.
+pub fn hf_files(md: &HashMap<String, Value>, has_output: bool) -> Result<HfFiles, GgufTokenizerError> {
+    let embedded = |key: &str| -> Option<serde_json::Value> {
+        md.get(key).and_then(|v| v.to_string().ok()).and_then(|t| serde_json::from_str(t).ok())
+    };
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let int = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_u32().ok());
+    let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
+    let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+    let tokenizer = tokenizer(md)?;
+    let config = match embedded(HF_CONFIG) {
+        Some(c) => c,
+        None => serde_json::json!({
+            "model_type": arch,
+            "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+            "hidden_size": int("embedding_length"),
+            "intermediate_size": int("feed_forward_length"),
+            "num_hidden_layers": int("block_count"),
+            "num_attention_heads": int("attention.head_count"),
+            "num_key_value_heads": int("attention.head_count_kv"),
+            "rms_norm_eps": float("attention.layer_norm_rms_epsilon"),
+            "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
+            "max_position_embeddings": int("context_length"),
+            "hidden_act": "silu",
+            "sliding_window": int("context_length"),
+            "use_sliding_window": false,
+            "max_window_layers": int("block_count"),
+            "vocab_size": tokenizer.get_vocab_size(true),
+            "tie_word_embeddings": !has_output,
+            "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+        }),
+    };
+    let tokenizer_json = match md.get(HF_TOKENIZER_JSON).and_then(|v| v.to_string().ok()) {
+        Some(json) => json.clone(),
+        None => tokenizer.to_string(false).map_err(GgufTokenizerError::Serialize)?,
+    };
+    let tokenizer_config = embedded(HF_TOKENIZER_CONFIG).or_else(|| {
+        md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).map(|t| {
+            let text = |key: &str| id(key).and_then(|i| tokenizer.id_to_token(i));
+            serde_json::json!({"chat_template": t, "bos_token": text("tokenizer.ggml.bos_token_id"), "eos_token": text("tokenizer.ggml.eos_token_id")})
+        })
+    });
+    Ok(HfFiles {
+        config,
+        tokenizer: serde_json::from_str(&tokenizer_json).map_err(GgufTokenizerError::Json)?,
+        tokenizer_config,
+        generation_config: embedded(HF_GENERATION_CONFIG),
+    })
+}
+
+/// One tensor of a GGUF file in the Hugging Face layout, its bytes as stored (q/k rows put back
+/// in the Hugging Face order for the llama convention; GGML blocks never straddle rows).
+struct RawTensor {
+    name: String,
+    dtype: GgmlDType,
+    dims: Vec<usize>,
+    data: Vec<u8>,
+}
+
+fn raw_tensors(path: &Path) -> Result<(Vec<RawTensor>, HashMap<String, Value>), ConvertError> {
+    let mut file = std::fs::File::open(path).map_err(|e| err(path, e))?;
+    let content =
+        gguf_file::Content::read(&mut file).map_err(|e| err(path, format!("not a GGUF file: {e}")))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let heads = |key: &str| {
+        content.metadata.get(&format!("{arch}.{key}")).and_then(|v| v.to_u32().ok()).map(|v| v as usize)
+    };
+    let (q_heads, kv_heads) = (heads("attention.head_count"), heads("attention.head_count_kv"));
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let hf =
+            hf_name(name).ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
+        let q = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+        let dims = q.shape().dims().to_vec();
+        let mut data = q.data().map_err(|e| err(path, e))?.into_owned();
+        let heads = if name.contains(".attn_q.") {
+            q_heads
+        } else if name.contains(".attn_k.") {
+            kv_heads.or(q_heads)
+        } else {
+            None
+        };
+        if let (true, Some(h)) = (arch == "llama", heads) {
+            data = permute_rows(&data, dims[0], h).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+        }
+        out.push(RawTensor { name: hf, dtype: q.dtype(), dims, data });
+    }
+    Ok((out, content.metadata))
+}
+
+/// Rows of a row-major tensor's bytes in the order [`permute_qk`]`(…, inverse)` gives.
+fn permute_rows(data: &[u8], rows: usize, heads: usize) -> candle_core::Result<Vec<u8>> {
+    let index = Tensor::arange(0u32, rows as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
+    let order = permute_qk(&index, heads, true)?.to_vec1::<f32>()?;
+    let row = data.len() / rows;
+    Ok(order.iter().flat_map(|&r| &data[r as usize * row..(r as usize + 1) * row]).copied().collect())
+}
+
+/// A GGUF file as APR: tensors in their stored types where APR holds them byte for byte (F32,
+/// F16, Q4_K, Q6_K); any other type is an error, never a silent conversion.
+pub fn to_apr(path: &Path) -> Result<AprFile, ConvertError> {
+    let (raw, md) = raw_tensors(path)?;
+    let has_output = raw.iter().any(|t| t.name == "lm_head.weight");
+    let hf = hf_files(&md, has_output).map_err(|e| err(path, e))?;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for t in raw {
+        let dtype = match t.dtype {
+            GgmlDType::F32 => AprDType::F32,
+            GgmlDType::F16 => AprDType::F16,
+            GgmlDType::Q4K => AprDType::Q4K,
+            GgmlDType::Q6K => AprDType::Q6K,
+            other => {
+                return Err(ConvertError::Dtype { name: t.name, dtype: format!("{other:?}"), format: "APR" });
+            }
+        };
+        tensors.push(AprTensor {
+            name: t.name,
+            dtype,
+            shape: t.dims.iter().map(|&d| d as u64).collect(),
+            data: t.data,
+        });
+    }
+    Ok(crate::format::convert::apr_file(hf, tensors, "gguf"))
+}
+
+/// A GGUF file back to a Hugging Face directory: F32 and F16 tensors byte for byte; quantized
+/// types have no safetensors equivalent and are an error, never a silent dequantization.
+pub fn to_safetensors(path: &Path, out: &Path) -> Result<(), ConvertError> {
+    let (raw, md) = raw_tensors(path)?;
+    let has_output = raw.iter().any(|t| t.name == "lm_head.weight");
+    let hf = hf_files(&md, has_output).map_err(|e| err(path, e))?;
+    let mut views = Vec::with_capacity(raw.len());
+    for t in &raw {
+        let dtype = match t.dtype {
+            GgmlDType::F32 => safetensors::Dtype::F32,
+            GgmlDType::F16 => safetensors::Dtype::F16,
+            other => {
+                return Err(ConvertError::Dtype {
+                    name: t.name.clone(),
+                    dtype: format!("{other:?}"),
+                    format: "safetensors",
+                });
+            }
+        };
+        let view = safetensors::tensor::TensorView::new(dtype, t.dims.clone(), &t.data)
+            .map_err(|e| err(path, format!("tensor `{}`: {e}", t.name)))?;
+        views.push((t.name.clone(), view));
+    }
+    let write = |p: &Path, bytes: &[u8]| {
+        std::fs::write(p, bytes)
+            .map_err(|e| ConvertError::Write { path: p.to_path_buf(), cause: e.to_string() })
+    };
+    std::fs::create_dir_all(out)
+        .map_err(|e| ConvertError::Write { path: out.to_path_buf(), cause: e.to_string() })?;
+    let model = out.join("model.safetensors");
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| ConvertError::Write { path: model.clone(), cause: e.to_string() })?;
+    write(&model, &bytes)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
+    write(&out.join("config.json"), pretty(&hf.config).as_bytes())?;
+    write(&out.join("tokenizer.json"), pretty(&hf.tokenizer).as_bytes())?;
+    if let Some(c) = &hf.tokenizer_config {
+        write(&out.join("tokenizer_config.json"), pretty(c).as_bytes())?;
+    }
+    if let Some(c) = &hf.generation_config {
+        write(&out.join("generation_config.json"), pretty(c).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A GGUF file's tensors dequantized to f32 under their Hugging Face names, q/k un-permuted
+/// for the llama convention, with the GGUF type each was stored in.
+pub struct Dequantized {
+    pub tensors: BTreeMap<String, (Tensor, GgmlDType)>,
+    pub metadata: HashMap<String, Value>,
+}
+
+/// Reads and dequantizes a GGUF file.
+pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
+    let mut file = std::fs::File::open(path).map_err(|e| err(path, e))?;
+    let content =
+        gguf_file::Content::read(&mut file).map_err(|e| err(path, format!("not a GGUF file: {e}")))?;
+    let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
+    let arch = arch.ok_or_else(|| err(path, "no general.architecture"))?;
+    let permuted = arch == "llama";
+    let count = |key: &str| -> Result<usize, ConvertError> {
+        content
+            .metadata
+            .get(&format!("{arch}.{key}"))
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize)
+            .ok_or_else(|| err(path, format!("no {arch}.{key}")))
+    };
+    let heads = count("attention.head_count")?;
+    let kv_heads = count("attention.head_count_kv").unwrap_or(heads);
+    let mut tensors = BTreeMap::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let hf =
+            hf_name(name).ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
+        let q = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+        let dtype = q.dtype();
+        let mut t = q.dequantize(&Device::Cpu).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+        if permuted && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
+            t = permute_qk(&t, heads, true).map_err(|e| err(path, e))?;
+        }
+        if permuted && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {
+            t = permute_qk(&t, kv_heads, true).map_err(|e| err(path, e))?;
+        }
+        tensors.insert(hf, (t, dtype));
+    }
+    Ok(Dequantized { tensors, metadata: content.metadata })
+}
