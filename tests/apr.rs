@@ -1,7 +1,7 @@
 //! APR v2 conformance: the original project's golden fixtures rebuilt from the format notes,
 //! round trips for every dtype, and corrupt files that must give precise errors, never panics.
 
-use modelqa::format::apr::{self, AprDType, AprError, AprFile, AprTensor, flags};
+use modelqa::support::format::apr::{self, AprDType, AprError, AprFile, AprTensor, flags};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

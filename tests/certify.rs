@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use modelqa::certify::workspace::{self, Freshness, Layout, Stale};
-use modelqa::certify::{ModelEvidence, Status, evidence, lock, registry, report, tickets};
-use modelqa::config::Places;
-use modelqa::journal::EvidenceRecord;
-use modelqa::matrix::Format;
+use modelqa::support::certify::workspace::{self, Freshness, Layout, Stale};
+use modelqa::support::certify::{ModelEvidence, Status, evidence, lock, registry, report, tickets};
+use modelqa::support::config::Places;
+use modelqa::support::journal::EvidenceRecord;
+use modelqa::support::matrix::Format;
 use modelqa::vocab::Outcome;
 
 const MODELS: [&str; 3] = ["qa-tiny-llama", "qa-tiny-mistral", "qa-tiny-qwen2"];
@@ -50,14 +50,14 @@ fn write_journal(dir: &Path, name: &str, records: &[EvidenceRecord]) -> PathBuf 
     path
 }
 
-fn plan() -> modelqa::expand::Plan {
+fn plan() -> modelqa::support::expand::Plan {
     let (playbooks, _) =
-        modelqa::playbook::load_all(&root().join("playbooks")).expect("shipped playbooks load");
-    modelqa::expand::Plan::new(playbooks)
+        modelqa::support::playbook::load_all(&root().join("playbooks")).expect("shipped playbooks load");
+    modelqa::support::expand::Plan::new(playbooks)
 }
 
 /// Journals → evidence files → derived files, as `cargo xtask certify` does.
-fn certify(layout: &Layout, journals: &[PathBuf]) -> Vec<(ModelEvidence, modelqa::certify::Score)> {
+fn certify(layout: &Layout, journals: &[PathBuf]) -> Vec<(ModelEvidence, modelqa::support::certify::Score)> {
     let (records, torn) = evidence::read_journals(journals).expect("journals read");
     assert_eq!(torn, 0);
     for e in workspace::evidence_from_records(layout, records, &plan(), None, None) {
@@ -340,7 +340,7 @@ fn evidence_is_current_until_its_playbook_model_files_or_harness_change() {
     );
 }
 
-fn reasons(layout: &Layout, plan: &modelqa::expand::Plan, e: &ModelEvidence) -> Vec<String> {
+fn reasons(layout: &Layout, plan: &modelqa::support::expand::Plan, e: &ModelEvidence) -> Vec<String> {
     workspace::why_stale(layout, plan, e).iter().map(ToString::to_string).collect()
 }
 
@@ -393,7 +393,8 @@ fn the_xtask_reads_the_journals_playbooks_and_goldens_where_the_harness_put_them
         ]),
     );
     assert_eq!(evidence::last_journal(&l.places.journal_dir).expect("the journal is found"), journal);
-    let (playbooks, _) = modelqa::playbook::load_all(&l.playbooks()).expect("the outside playbook loads");
+    let (playbooks, _) =
+        modelqa::support::playbook::load_all(&l.playbooks()).expect("the outside playbook loads");
     assert_eq!(playbooks.iter().map(|p| p.family.as_str()).collect::<Vec<_>>(), ["mine"]);
     assert_eq!(l.places.golden_dir, golden_dir);
     // A single playbook file: its folder holds the lock.
@@ -438,7 +439,7 @@ struct Measured {
     /// The cache, and the weights when they are not in the checkout.
     elsewhere: tempfile::TempDir,
     layout: Layout,
-    plan: modelqa::expand::Plan,
+    plan: modelqa::support::expand::Plan,
     model_dir: PathBuf,
     artifact: PathBuf,
     evidence: ModelEvidence,
@@ -470,13 +471,14 @@ fn measured(weights_in_repository: bool) -> Measured {
     )
     .expect("playbook");
     let (playbooks, _) =
-        modelqa::playbook::load_all(&layout.playbooks()).expect("the scratch playbook loads");
-    let plan = modelqa::expand::Plan::new(playbooks);
+        modelqa::support::playbook::load_all(&layout.playbooks()).expect("the scratch playbook loads");
+    let plan = modelqa::support::expand::Plan::new(playbooks);
 
     // What the harness records, started by the xtask with absolute places.
-    let artifact = modelqa::format::convert::artifact(&model_dir, Format::Apr, &cache).expect("converts");
+    let artifact =
+        modelqa::support::format::convert::artifact(&model_dir, Format::Apr, &cache).expect("converts");
     let hashes = elsewhere.path().join("hashes");
-    let file = |p: &Path| modelqa::format::files::hash_file_in(p, &hashes).expect("hash");
+    let file = |p: &Path| modelqa::support::format::files::hash_file_in(p, &hashes).expect("hash");
     let sources: Vec<_> =
         ["model.safetensors", "config.json", "tokenizer.json"].map(|n| file(&model_dir.join(n))).into();
     let mut records = committed_records();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use modelqa::journal::EvidenceRecord;
+use modelqa::support::journal::EvidenceRecord;
 use modelqa::vocab::Outcome;
 
 const ENGINE: &str = env!("CARGO_BIN_EXE_modelqa-engine");
@@ -77,8 +77,8 @@ impl Run {
     }
 
     fn journal(&self) -> Vec<EvidenceRecord> {
-        let (records, torn) =
-            modelqa::journal::read(&self.dir.path().join("journal/run.jsonl")).expect("journal reads");
+        let (records, torn) = modelqa::support::journal::read(&self.dir.path().join("journal/run.jsonl"))
+            .expect("journal reads");
         assert_eq!(torn, 0);
         records
     }

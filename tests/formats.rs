@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use modelqa::engine::{Session, load_candle};
-use modelqa::format::convert::{self, ConvertError};
-use modelqa::format::{apr, gguf};
-use modelqa::matrix::{Backend, Format};
+use modelqa::support::engine::{Session, load_candle};
+use modelqa::support::format::convert::{self, ConvertError};
+use modelqa::support::format::{apr, gguf};
+use modelqa::support::matrix::{Backend, Format};
 
 fn qa_tiny(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/qa-tiny").join(format!("qa-tiny-{arch}"))
@@ -167,7 +167,7 @@ fn tensor<'a>(file: &'a mut apr::AprFile, name: &str) -> &'a mut apr::AprTensor 
 fn the_tensor_differential_names_a_transposed_or_changed_tensor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clean = edited_artifact(dir.path(), |_| {});
-    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &clean);
+    let v = modelqa::support::checks::diff::tensors(&qa_tiny("llama"), &clean);
     assert_eq!(v.outcome, modelqa::vocab::Outcome::Corroborated, "{}", v.reason);
 
     let transposed = edited_artifact(dir.path(), |f| {
@@ -183,7 +183,7 @@ fn the_tensor_differential_names_a_transposed_or_changed_tensor() {
         t.shape = vec![cols as u64, rows as u64];
         t.data = out.iter().flat_map(|x| x.to_le_bytes()).collect();
     });
-    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &transposed);
+    let v = modelqa::support::checks::diff::tensors(&qa_tiny("llama"), &transposed);
     assert!(v.reason.contains("`model.layers.0.self_attn.k_proj.weight` is transposed"), "{}", v.reason);
 
     let scaled = edited_artifact(dir.path(), |f| {
@@ -191,7 +191,7 @@ fn the_tensor_differential_names_a_transposed_or_changed_tensor() {
         let values: Vec<f32> = apr::dequantize(t).expect("f32").iter().map(|x| x * 1.5).collect();
         t.data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
     });
-    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &scaled);
+    let v = modelqa::support::checks::diff::tensors(&qa_tiny("llama"), &scaled);
     assert!(v.reason.contains("`model.norm.weight` (F32 → F32): largest error"), "{}", v.reason);
 }
 
@@ -203,14 +203,14 @@ fn the_logit_differential_catches_a_changed_model_and_passes_quantization_within
         PROMPTS.iter().map(|q| s.prompt_logits(q, 16).expect("logits")).collect()
     };
     let want = reference(&qa_tiny("llama"));
-    let tol = modelqa::checks::diff::LogitTolerance::for_format(Format::Apr);
+    let tol = modelqa::support::checks::diff::LogitTolerance::for_format(Format::Apr);
 
     let broken = edited_artifact(dir.path(), |f| {
         let t = tensor(f, "model.layers.1.mlp.down_proj.weight");
         let values: Vec<f32> = apr::dequantize(t).expect("f32").iter().map(|x| -x).collect();
         t.data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
     });
-    let v = modelqa::checks::diff::logits(&want, &reference(&broken), tol);
+    let v = modelqa::support::checks::diff::logits(&want, &reference(&broken), tol);
     assert_eq!(v.outcome, modelqa::vocab::Outcome::Falsified, "{}", v.reason);
 
     // APR's 8-bit quantization of every matrix stays within the Q8_0 gate.
@@ -221,13 +221,15 @@ fn the_logit_differential_catches_a_changed_model_and_passes_quantization_within
             t.data = apr::quantize_q8(&values);
         }
     });
-    let v = modelqa::checks::diff::logits(
+    let v = modelqa::support::checks::diff::logits(
         &want,
         &reference(&q8),
-        modelqa::checks::diff::LogitTolerance::for_format(Format::Gguf(modelqa::matrix::Quantization::Q8_0)),
+        modelqa::support::checks::diff::LogitTolerance::for_format(Format::Gguf(
+            modelqa::support::matrix::Quantization::Q8_0,
+        )),
     );
     assert_eq!(v.outcome, modelqa::vocab::Outcome::Corroborated, "{}", v.reason);
-    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &q8);
+    let v = modelqa::support::checks::diff::tensors(&qa_tiny("llama"), &q8);
     assert_eq!(v.outcome, modelqa::vocab::Outcome::Corroborated, "{}", v.reason);
 }
 
@@ -238,11 +240,11 @@ fn the_tensor_differential_checks_the_embedded_tokenizer() {
         let tok = f.metadata.get_mut(convert::HF_TOKENIZER).expect("tokenizer");
         tok["added_tokens"] = serde_json::json!([]);
     });
-    let v = modelqa::checks::diff::tensors(&qa_tiny("llama"), &changed);
+    let v = modelqa::support::checks::diff::tensors(&qa_tiny("llama"), &changed);
     assert!(v.reason.contains("embedded tokenizer differs"), "{}", v.reason);
 }
 
-fn quantization(q: &str) -> modelqa::matrix::Quantization {
+fn quantization(q: &str) -> modelqa::support::matrix::Quantization {
     match Format::parse(&format!("gguf-{q}")) {
         Some(Format::Gguf(q)) => q,
         _ => panic!("{q} is a quantization"),
@@ -306,10 +308,10 @@ fn gguf_sessions_match_safetensors_through_the_quantized_kernels() {
         );
         let q8 = convert::artifact(&source, Format::Gguf(quantization("q8_0")), cache.path()).expect("q8_0");
         let mut q8 = load_candle(&q8, Backend::Cpu).expect("gguf q8_0 loads");
-        let request = |p| modelqa::engine::GenerateRequest {
+        let request = |p| modelqa::support::engine::GenerateRequest {
             prompt: p,
             max_tokens: 8,
-            sampling: modelqa::engine::Sampling::Greedy,
+            sampling: modelqa::support::engine::Sampling::Greedy,
             deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         };
         assert_eq!(
@@ -390,10 +392,10 @@ fn gguf_to_apr_keeps_k_quants_and_refuses_what_apr_cannot_hold() {
     let mut st = load_candle(&source, Backend::Cpu).expect("safetensors");
     let (want, got) =
         (st.prompt_logits(PROMPTS[0], 8).unwrap(), from_apr.prompt_logits(PROMPTS[0], 8).unwrap());
-    let kl = modelqa::checks::diff::logits(
+    let kl = modelqa::support::checks::diff::logits(
         &[want],
         &[got],
-        modelqa::checks::diff::LogitTolerance { max_mean_kl: 0.12, min_top1: 0.9 },
+        modelqa::support::checks::diff::LogitTolerance { max_mean_kl: 0.12, min_top1: 0.9 },
     );
     assert_eq!(kl.outcome, modelqa::vocab::Outcome::Corroborated, "{}", kl.reason);
 
@@ -421,7 +423,7 @@ fn a_truncated_or_foreign_gguf_is_a_clear_error() {
 
 #[test]
 fn each_invariant_fails_on_the_defect_it_names_and_passes_clean_files() {
-    use modelqa::checks::diff::invariant;
+    use modelqa::support::checks::diff::invariant;
     use modelqa::vocab::Invariant;
     use modelqa::vocab::Outcome;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -486,8 +488,8 @@ fn each_invariant_fails_on_the_defect_it_names_and_passes_clean_files() {
 
 #[test]
 fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
-    use modelqa::engine::SharedSession;
-    use modelqa::trial::Ask;
+    use modelqa::support::engine::SharedSession;
+    use modelqa::support::trial::Ask;
     use modelqa::vocab::Outcome;
     let shared = |p: &Path| -> SharedSession {
         let s: Box<dyn Session> = Box::new(load_candle(p, Backend::Cpu).expect("loads"));
@@ -501,7 +503,7 @@ fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
     }];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let reference = shared(&qa_tiny("llama"));
-    let same = modelqa::checks::differential::first_divergence(
+    let same = modelqa::support::checks::differential::first_divergence(
         &reference,
         &shared(&qa_tiny("llama")),
         &asks,
@@ -522,11 +524,14 @@ fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
             .collect();
     });
     let candidate = shared(&flipped);
-    let v = modelqa::checks::differential::first_divergence(&reference, &candidate, &asks, 5, deadline);
+    let v =
+        modelqa::support::checks::differential::first_divergence(&reference, &candidate, &asks, 5, deadline);
     assert_eq!(v.outcome, Outcome::Falsified, "{}", v.reason);
     assert!(v.reason.contains("part at token 0") && v.reason.contains("top 5"), "{}", v.reason);
     // With k as large as the vocabulary every token is in the other's top k: `top_k` is read.
-    let v = modelqa::checks::differential::first_divergence(&reference, &candidate, &asks, 512, deadline);
+    let v = modelqa::support::checks::differential::first_divergence(
+        &reference, &candidate, &asks, 512, deadline,
+    );
     assert_eq!(v.outcome, Outcome::Corroborated, "{}", v.reason);
     assert!(v.reason.contains("top 512 (add at token 0)"), "{}", v.reason);
 }

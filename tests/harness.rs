@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use modelqa::journal::EvidenceRecord;
-use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
+use modelqa::support::journal::EvidenceRecord;
+use modelqa::support::testmodel::{TestArchitecture, TestModelShape, write_test_model};
 use modelqa::vocab::Outcome;
 
 struct Fixture {
@@ -49,7 +49,7 @@ impl Fixture {
 
     fn journal(&self, run_id: &str) -> Vec<EvidenceRecord> {
         let path = self.path().join("journal").join(format!("{run_id}.jsonl"));
-        let (records, torn) = modelqa::journal::read(&path).expect("journal reads");
+        let (records, torn) = modelqa::support::journal::read(&path).expect("journal reads");
         assert_eq!(torn, 0);
         records
     }
@@ -102,7 +102,7 @@ fn runs_real_inference_and_records_every_trial() {
     let records = fx.journal("run1");
     assert_eq!(records.len(), 3, "one record per trial that ran");
     let model_file = fx.path().join("model/model.safetensors");
-    let sha = modelqa::format::files::hash_file(&model_file).expect("hash").sha256;
+    let sha = modelqa::support::format::files::hash_file(&model_file).expect("hash").sha256;
     for r in &records {
         assert_eq!(r.run_id, "run1");
         assert_eq!((r.family.as_str(), r.tier.as_str(), r.model.as_str()), ("e2e", "smoke", "tiny"));
@@ -124,7 +124,7 @@ fn runs_real_inference_and_records_every_trial() {
     assert_eq!(by("arithmetic").gate, "arithmetic");
     assert!(by("arithmetic").reason.contains("expected 2+2 = 4"), "{}", by("arithmetic").reason);
     assert_eq!(by("arithmetic").prompt.as_deref(), Some("What is 2+2?"));
-    assert!(matches!(by("sampled").sampling, modelqa::engine::Sampling::Seeded { seed: 5, .. }));
+    assert!(matches!(by("sampled").sampling, modelqa::support::engine::Sampling::Seeded { seed: 5, .. }));
     // Exactly one trial loaded the session; the others shared it.
     assert_eq!(records.iter().filter(|r| r.metrics.load_ms.is_some()).count(), 1);
 
@@ -431,7 +431,7 @@ fn golden_differences_become_pending_files_outside_ci_only() {
     assert!(pending.is_file(), "{}", stderr(&out));
     assert!(!golden.join("e2e/tiny/any_text.snap").exists());
     // Accepted, the references make the trial pass.
-    for p in modelqa::checks::golden::pending_files(&golden) {
+    for p in modelqa::support::checks::golden::pending_files(&golden) {
         std::fs::rename(&p, p.with_extension("")).unwrap();
     }
     let out = run("accepted", "true");

@@ -1,11 +1,11 @@
 //! `cargo xtask fetch` writes through hf-hub; the harness binds from the same cache. Offline:
 //! a reference and a snapshot made as hf-hub makes them must be where each side looks.
 
-use modelqa::bind::{Location, SearchRoots, hf_repo_dir, hf_snapshot_dir, locate};
-use modelqa::playbook::spec::ExpectedShape;
+use modelqa::support::bind::{Location, SearchRoots, hf_repo_dir, hf_snapshot_dir, locate};
+use modelqa::support::playbook::spec::ExpectedShape;
 
-fn model(id: &str, revision: &str) -> modelqa::playbook::Model {
-    modelqa::playbook::Model {
+fn model(id: &str, revision: &str) -> modelqa::support::playbook::Model {
+    modelqa::support::playbook::Model {
         id: id.into(),
         slug: "m".into(),
         revision: revision.into(),

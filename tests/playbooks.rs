@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use datatest_stable::Utf8Path;
-use modelqa::expand::{Filter, Plan};
-use modelqa::matrix::Modality;
-use modelqa::playbook;
+use modelqa::support::expand::{Filter, Plan};
+use modelqa::support::matrix::Modality;
+use modelqa::support::playbook;
 
 type Result = datatest_stable::Result<()>;
 
@@ -192,7 +192,7 @@ fn check_seed(
     let tier = &pb.tiers[0];
     let per_scenario = tier.formats.len() * tier.backends.len() * tier.modalities.len();
     let cells = tier.formats.len() * tier.backends.len();
-    let safetensors = usize::from(tier.formats.contains(&modelqa::matrix::Format::Safetensors));
+    let safetensors = usize::from(tier.formats.contains(&modelqa::support::matrix::Format::Safetensors));
     // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
     // safetensors cell, eight differential trials (tensors, logits, generation, invariants I-1
     // to I-5) per derived-format cell, plus the rendered chat prompt where the tier chats or
@@ -226,7 +226,7 @@ fn check_seed(
     // Code prompts are parsed where the playbook declares `code_syntax`, as the original chose.
     if text.contains("type: code_syntax") {
         for sc in &pb.scenarios {
-            let code = modelqa::oracle::language_of(sc.input.question()).is_some();
+            let code = modelqa::support::oracle::language_of(sc.input.question()).is_some();
             let parsed = sc.oracles.iter().any(|o| o.kind().as_str() == "code_syntax");
             if code != parsed {
                 return Err(format!(

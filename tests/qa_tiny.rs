@@ -9,12 +9,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use modelqa::curriculum;
-use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
-use modelqa::journal::EvidenceRecord;
-use modelqa::matrix::Backend;
-use modelqa::oracle::Oracle;
-use modelqa::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
+use modelqa::support::curriculum;
+use modelqa::support::engine::{GenerateRequest, Sampling, Session, load_candle};
+use modelqa::support::journal::EvidenceRecord;
+use modelqa::support::matrix::Backend;
+use modelqa::support::oracle::Oracle;
+use modelqa::support::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
 use modelqa::vocab::Outcome;
 
 fn model_dir(arch: &str) -> PathBuf {
@@ -124,7 +124,7 @@ fn gates(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord> 
         .env("QUALIFY_FAILURE_POLICY", "collect-all")
         .output()
         .expect("qualify runs");
-    let (records, _) = modelqa::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
+    let (records, _) = modelqa::support::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
         .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     records.into_iter().map(|r| (r.scenario.clone(), r)).collect()
 }
@@ -140,7 +140,7 @@ fn perf_trials(filter: &str, work: &Path, run: &str, env: &[(&str, &str)]) -> Ve
         .envs(env.iter().copied())
         .output()
         .expect("qualify runs");
-    let (records, _) = modelqa::journal::read(&work.join(format!("{run}.jsonl")))
+    let (records, _) = modelqa::support::journal::read(&work.join(format!("{run}.jsonl")))
         .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     assert!(!records.is_empty(), "{run}: no perf trial ran: {}", String::from_utf8_lossy(&out.stderr));
     records

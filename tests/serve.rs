@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use modelqa::engine::{Session, load_candle};
-use modelqa::matrix::Backend;
-use modelqa::serve::{Server, ServerConfig};
+use modelqa::support::engine::{Session, load_candle};
+use modelqa::support::matrix::Backend;
+use modelqa::support::serve::{Server, ServerConfig};
 use serde_json::{Value, json};
 
 fn server() -> Server {

@@ -94,7 +94,7 @@ pub fn locate(model: &Model, roots: &SearchRoots) -> Location {
 }
 
 /// Why trials on `backend` cannot run in this process, if they cannot.
-pub fn backend_unavailable(backend: Backend) -> Option<String> {
+pub(crate) fn backend_unavailable(backend: Backend) -> Option<String> {
     match backend {
         Backend::Cpu => None,
         Backend::Gpu if !cfg!(feature = "cuda") => {
@@ -107,25 +107,30 @@ pub fn backend_unavailable(backend: Backend) -> Option<String> {
 
 /// Memoised binding for one harness run.
 #[derive(Debug, Default)]
-pub struct Binder {
+pub(crate) struct Binder {
     roots: SearchRoots,
     locations: HashMap<(String, Option<PathBuf>, String), Location>,
     backends: HashMap<Backend, Option<String>>,
 }
 
 impl Binder {
-    pub fn new(roots: SearchRoots) -> Self {
+    pub(crate) fn new(roots: SearchRoots) -> Self {
         Self { roots, ..Default::default() }
     }
 
-    pub fn locate(&mut self, model: &Model) -> &Location {
+    pub(crate) fn locate(&mut self, model: &Model) -> &Location {
         let key = (model.id.clone(), model.path.clone(), model.revision.clone());
         let roots = &self.roots;
         self.locations.entry(key).or_insert_with(|| locate(model, roots))
     }
 
     /// Why a trial cannot run here, or `None` when it can.
-    pub fn ignore_reason(&mut self, model: &Model, format: Format, backend: Backend) -> Option<String> {
+    pub(crate) fn ignore_reason(
+        &mut self,
+        model: &Model,
+        format: Format,
+        backend: Backend,
+    ) -> Option<String> {
         let backend_reason =
             self.backends.entry(backend).or_insert_with(|| backend_unavailable(backend)).clone();
         if let Some(why) = backend_reason {
@@ -136,7 +141,7 @@ impl Binder {
 
     /// Why the model's files in `format` are not available here (an external engine that runs
     /// on the files but brings its own backend asks only this).
-    pub fn files_reason(&mut self, model: &Model, format: Format) -> Option<String> {
+    pub(crate) fn files_reason(&mut self, model: &Model, format: Format) -> Option<String> {
         if let Some(why) = format.unsupported_reason() {
             return Some(why.to_string());
         }
@@ -148,7 +153,7 @@ impl Binder {
 }
 
 /// The ignore reason of a model that is not on this machine.
-pub fn missing_reason(id: &str, looked: &[PathBuf]) -> String {
+pub(crate) fn missing_reason(id: &str, looked: &[PathBuf]) -> String {
     let places: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
     format!(
         "model {id} not found (looked in {}); set QUALIFY_MODEL_DIR, or run `cargo xtask fetch {id}` where a network is available",

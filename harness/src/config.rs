@@ -8,7 +8,7 @@ use crate::playbook::FailurePolicy;
 
 /// Every setting of one harness run.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// `QUALIFY_PLAYBOOKS`: a playbook file or a directory of them; default `playbooks/`.
     pub playbooks: PathBuf,
     pub roots: SearchRoots,
@@ -25,7 +25,7 @@ pub struct Config {
 /// A setting the user got wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}={value:?}: {expected}")]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     pub var: &'static str,
     pub value: String,
     pub expected: String,
@@ -36,7 +36,7 @@ fn var(key: &str) -> Option<String> {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
         let failure_policy = match var("QUALIFY_FAILURE_POLICY") {
             None => None,
             Some(v) => Some(FailurePolicy::parse(&v).ok_or_else(|| ConfigError {
@@ -67,7 +67,7 @@ impl Config {
 
 /// Where the harness keeps what it can remake: `QUALIFY_CACHE_DIR`, default
 /// `$CARGO_TARGET_DIR/qualify/cache` (`target/…`). File hashes and converted artifacts live here.
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     Places::from_env().cache_dir
 }
 
@@ -148,7 +148,7 @@ impl Places {
 
 /// Every `QUALIFY_*` variable modelqa reads (the harness, the xtask and the benches); any other
 /// is named on stderr as a likely typo, with the nearest of these.
-pub const VARIABLES: &[&str] = &[
+pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_PLAYBOOKS",
     "QUALIFY_MODEL_DIR",
     "QUALIFY_FAILURE_POLICY",
@@ -162,7 +162,7 @@ pub const VARIABLES: &[&str] = &[
 
 /// `QUALIFY_*` variables set in the environment that modelqa does not read, each with the
 /// nearest name it does read (when one is close).
-pub fn unknown_variables() -> Vec<(String, Option<&'static str>)> {
+pub(crate) fn unknown_variables() -> Vec<(String, Option<&'static str>)> {
     let mut unknown: Vec<(String, Option<&'static str>)> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| k.starts_with("QUALIFY_") && !VARIABLES.contains(&k.as_str()))
@@ -183,7 +183,7 @@ pub fn unknown_variables() -> Vec<(String, Option<&'static str>)> {
 /// What a run whose filter selects no trial does (`QUALIFY_NO_TRIALS`), as nextest's
 /// `--no-tests`: a typo in a filter must not read as a green run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoTrials {
+pub(crate) enum NoTrials {
     /// The default: fail when the filter is aimed at trials (it names, or nearly names, a family
     /// of the playbooks), warn otherwise — `cargo test --workspace -- FILTER` hands a filter meant
     /// for other tests to this harness too, and libtest passes a binary that selects nothing.
@@ -194,7 +194,7 @@ pub enum NoTrials {
 }
 
 impl NoTrials {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
         match var("QUALIFY_NO_TRIALS").as_deref() {
             None | Some("auto") => Ok(Self::Auto),
             Some("fail") => Ok(Self::Fail),
@@ -212,7 +212,7 @@ impl NoTrials {
 /// `QUALIFY_FAULT_SLOWDOWN`: a fault the harness's own tests plant to prove the performance
 /// verdict catches a slower model. Every forward pass of the embedded engine then takes this many
 /// times as long. Read once; absent, malformed or ≤ 1 means no fault.
-pub fn planted_slowdown() -> Option<f64> {
+pub(crate) fn planted_slowdown() -> Option<f64> {
     static FACTOR: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
     *FACTOR.get_or_init(|| {
         var("QUALIFY_FAULT_SLOWDOWN")?.parse::<f64>().ok().filter(|f| *f > 1.0 && f.is_finite())

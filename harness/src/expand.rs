@@ -374,7 +374,7 @@ impl Plan {
 }
 
 /// The last segment of the performance trial.
-pub const PERF_SLUG: &str = "decode";
+pub(crate) const PERF_SLUG: &str = "decode";
 
 fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::PerformanceSpec>) -> Layout {
     let mut cells = Vec::new();

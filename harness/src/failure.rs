@@ -9,26 +9,26 @@ use crate::name::NameError;
 use crate::playbook::PlaybookError;
 
 /// Exit codes of the qualify harness (also in the README).
-pub mod exit {
+pub(crate) mod exit {
     /// Every selected trial passed (or none was selected).
-    pub const OK: u8 = 0;
+    pub(crate) const OK: u8 = 0;
     /// A trial failed (libtest's code).
-    pub const TRIAL_FAILED: u8 = 101;
+    pub(crate) const TRIAL_FAILED: u8 = 101;
     /// A playbook is malformed, or `--exact` named no trial: nothing ran.
-    pub const PLAYBOOK_ERROR: u8 = 3;
+    pub(crate) const PLAYBOOK_ERROR: u8 = 3;
     /// A `QUALIFY_*` setting is invalid, or the journal cannot be opened: nothing ran.
-    pub const ENVIRONMENT_ERROR: u8 = 4;
+    pub(crate) const ENVIRONMENT_ERROR: u8 = 4;
     /// The filter selected no trial (nextest's convention; `QUALIFY_NO_TRIALS=warn|pass` to allow).
-    pub const NO_TRIALS: u8 = 5;
+    pub(crate) const NO_TRIALS: u8 = 5;
     /// The harness failed outside any trial on a bug of its own (a panic): nothing the user
     /// can fix. `EX_SOFTWARE` of `sysexits.h`; not 101, which says a trial failed.
-    pub const INTERNAL_ERROR: u8 = 70;
+    pub(crate) const INTERNAL_ERROR: u8 = 70;
 }
 
 /// Why the harness stopped before running a trial, by something the user can fix. Each has the
 /// exit code the README documents ([`UserError::exit_code`]).
 #[derive(Debug, thiserror::Error)]
-pub enum UserError {
+pub(crate) enum UserError {
     /// `QUALIFY_*` variables the harness does not read, each with the one it may have meant.
     #[error(
         "{} set but modelqa reads no such variable",
@@ -60,7 +60,7 @@ pub enum UserError {
 
 impl UserError {
     /// The exit code the README documents for this error.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             UserError::UnknownVariables(_) | UserError::Config(_) | UserError::Journal { .. } => {
                 exit::ENVIRONMENT_ERROR
@@ -77,7 +77,7 @@ impl UserError {
 /// own panic is caught in the trial and recorded as a crash; one that gets here is the harness's.)
 #[derive(Debug, thiserror::Error)]
 #[error("modelqa panicked outside any trial: {message}")]
-pub struct Bug {
+pub(crate) struct Bug {
     pub message: String,
 }
 
@@ -94,7 +94,7 @@ impl Bug {
 
 /// How the harness failed instead of running its trials to a conclusion.
 #[derive(Debug, thiserror::Error)]
-pub enum Failure {
+pub(crate) enum Failure {
     #[error(transparent)]
     User(#[from] UserError),
     #[error(transparent)]
@@ -103,7 +103,7 @@ pub enum Failure {
 
 impl Failure {
     /// The process's exit code: the user error's documented one, or [`exit::INTERNAL_ERROR`].
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Failure::User(e) => e.exit_code(),
             Failure::Bug(_) => exit::INTERNAL_ERROR,
@@ -114,7 +114,7 @@ impl Failure {
 /// What a filter that selected nothing searched: the playbooks, their families and tiers, and
 /// the nearest `family::tier` when the filter looks like one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NoTrialsFound {
+pub(crate) struct NoTrialsFound {
     /// The selection, as `the filter `x`` or `--skip a, b`.
     pub(crate) what: String,
     pub(crate) total: usize,
@@ -125,7 +125,7 @@ pub struct NoTrialsFound {
 }
 
 impl NoTrialsFound {
-    pub fn new(
+    pub(crate) fn new(
         filter: &crate::expand::Filter,
         plan: &crate::expand::Plan,
         scanned: &std::path::Path,

@@ -14,7 +14,7 @@ use crate::playbook::spec::ExpectedShape;
 
 /// What G0 found: nothing wrong, or every problem by name.
 #[derive(Debug, Clone, PartialEq)]
-pub struct IntegrityReport {
+pub(crate) struct IntegrityReport {
     pub tensors: usize,
     pub parameters: u64,
     pub problems: Vec<String>,
@@ -34,7 +34,7 @@ struct Declared {
 
 /// Why G0 could not look at a model at all: its report then holds this one problem.
 #[derive(Debug, thiserror::Error)]
-pub enum IntegrityError {
+pub(crate) enum IntegrityError {
     #[error("failed to read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -64,7 +64,7 @@ fn number(config: &serde_json::Value, key: &'static str) -> Result<u64, Integrit
 }
 
 /// Runs every check; an unreadable model is a report with that one problem.
-pub fn check(dir: &Path, expect: &ExpectedShape, architecture: Option<&str>) -> IntegrityReport {
+pub(crate) fn check(dir: &Path, expect: &ExpectedShape, architecture: Option<&str>) -> IntegrityReport {
     let mut report = IntegrityReport { tensors: 0, parameters: 0, problems: Vec::new() };
     if let Err(e) = check_into(dir, expect, architecture, &mut report) {
         report.problems.push(e.to_string());

@@ -104,30 +104,30 @@ impl EvidenceRecord {
     }
 }
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// An open journal.
 #[derive(Debug)]
-pub struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     file: Mutex<File>,
 }
 
 impl Journal {
     /// Opens (creating) `<dir>/<run_id>.jsonl` for appending.
-    pub fn open(dir: &Path, run_id: &str) -> std::io::Result<Self> {
+    pub(crate) fn open(dir: &Path, run_id: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{run_id}.jsonl"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self { path, file: Mutex::new(file) })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends one record atomically with respect to other threads and processes.
-    pub fn append(&self, record: &EvidenceRecord) -> std::io::Result<()> {
+    pub(crate) fn append(&self, record: &EvidenceRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,6 +157,6 @@ pub fn read(path: &Path) -> std::io::Result<(Vec<EvidenceRecord>, usize)> {
 }
 
 /// The current time, RFC 3339 in UTC.
-pub fn timestamp() -> String {
+pub(crate) fn timestamp() -> String {
     jiff::Timestamp::now().to_string()
 }

@@ -1,38 +1,45 @@
 //! modelqa: a qualification harness for large language models, as a custom cargo test harness.
 //!
-//! The pipeline runs in passes (see `ARCHITECTURE.md`): playbooks are parsed ([`playbook`]),
-//! expanded into named trials ([`expand`]), bound to model files and devices ([`bind`]), run
-//! against an engine ([`engine`]) and judged by oracles ([`oracle`]), and every result is
-//! appended to the evidence journal ([`journal`]).
+//! A test target needs one item: `fn main() -> ExitCode { modelqa::qualify_main() }`. The
+//! verdicts the harness records are spoken in [`vocab`]; nothing else is public.
 //!
-//! A test target needs one item: `fn main() -> ExitCode { modelqa::qualify_main() }`.
+//! Inside, the pipeline runs in passes (see `ARCHITECTURE.md`): playbooks are parsed
+//! (`playbook`), expanded into named trials (`expand`), bound to model files and devices
+//! (`bind`), run (`run`, with the trial rooms `trial`, `checks` and `modality`) against an
+//! engine (`engine`), judged by oracles (`oracle`), appended to the evidence journal
+//! (`journal`), and certified (`certify`).
 
-pub mod bind;
-pub mod certify;
-pub mod chat;
-pub mod checks;
-pub mod cli;
-pub mod config;
-pub mod engine;
-pub mod expand;
-pub mod failure;
-pub mod format;
-pub mod journal;
-pub mod matrix;
-pub mod modality;
-pub mod name;
-pub mod oracle;
-pub mod playbook;
-pub mod progress;
-pub mod reporter;
-pub mod run;
-pub mod serve;
+#![warn(unreachable_pub)]
+
+mod bind;
+mod certify;
+mod chat;
+mod checks;
+mod cli;
+mod config;
 #[cfg(feature = "test-support")]
-pub mod testmodel;
-pub mod trial;
+mod curriculum;
+mod engine;
+mod expand;
+mod failure;
+mod format;
+mod integrity;
+mod journal;
+mod matrix;
+mod modality;
+mod name;
+mod oracle;
+mod playbook;
+mod progress;
+mod reporter;
+mod run;
+mod serve;
+#[cfg(feature = "test-support")]
+mod testmodel;
+mod trial;
 pub mod vocab;
 
 pub use cli::qualify_main;
-#[cfg(feature = "test-support")]
-pub mod curriculum;
-pub mod integrity;
+
+#[doc(hidden)]
+pub mod support;

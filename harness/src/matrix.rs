@@ -163,35 +163,6 @@ impl Modality {
     }
 }
 
-/// A qualification tier: how much of the matrix a run covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Smoke,
-    Mvp,
-    Quick,
-    Standard,
-    Deep,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 5] = [Self::Smoke, Self::Mvp, Self::Quick, Self::Standard, Self::Deep];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Smoke => "smoke",
-            Self::Mvp => "mvp",
-            Self::Quick => "quick",
-            Self::Standard => "standard",
-            Self::Deep => "deep",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -201,7 +172,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(Quantization, Backend, Modality, Tier);
+display_as_str!(Quantization, Backend, Modality);
 
 #[cfg(test)]
 mod tests {
@@ -221,9 +192,6 @@ mod tests {
         }
         for m in Modality::ALL {
             assert_eq!(Modality::parse(m.as_str()), Some(m));
-        }
-        for t in Tier::ALL {
-            assert_eq!(Tier::parse(t.as_str()), Some(t));
         }
         assert_eq!(Format::parse("gguf"), None);
         assert_eq!(Format::parse("gguf-q9"), None);

@@ -8,7 +8,7 @@ use std::fmt;
 use crate::matrix::{Backend, Format, Modality};
 
 /// The separator between name segments.
-pub const SEP: &str = "::";
+pub(crate) const SEP: &str = "::";
 
 /// The last two segments of a name: what the trial does inside its `(model, format, backend)` group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -76,7 +76,7 @@ pub enum SegmentError {
 }
 
 /// Checks one segment: lower-case ASCII letters, digits, `.`, `_` and `-`, starting with a letter or digit.
-pub fn check_segment(s: &str) -> Result<(), SegmentError> {
+pub(crate) fn check_segment(s: &str) -> Result<(), SegmentError> {
     let Some(first) = s.chars().next() else {
         return Err(SegmentError::Empty);
     };

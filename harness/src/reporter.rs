@@ -7,7 +7,7 @@ use crate::failure::{Bug, Failure, NoTrialsFound, UserError, exit};
 use crate::playbook::Notice;
 
 /// Says why the harness stopped before running (or instead of finishing) its trials.
-pub fn failure(failure: &Failure) {
+pub(crate) fn failure(failure: &Failure) {
     match failure {
         Failure::User(e) => user_error(e),
         Failure::Bug(bug) => self::bug(bug),
@@ -51,12 +51,12 @@ fn unknown_variables(unknown: &[(String, Option<&'static str>)]) {
 
 /// A trial whose measurement was too noisy to judge: shown by libtest as ignored, by nextest as
 /// passed, so it is said on stderr as well.
-pub fn unstable(trial: &str, reason: &str) {
+pub(crate) fn unstable(trial: &str, reason: &str) {
     eprintln!("UNSTABLE {trial}: {reason}");
 }
 
 /// Says what a filter that selected nothing searched; `fatal` when the run stops on it.
-pub fn no_trials(found: &NoTrialsFound, fatal: bool) {
+pub(crate) fn no_trials(found: &NoTrialsFound, fatal: bool) {
     let mut err = std::io::stderr().lock();
     let level = if fatal { "error" } else { "warning" };
     let _ = writeln!(err, "{level}: {found}");
@@ -76,7 +76,7 @@ pub fn no_trials(found: &NoTrialsFound, fatal: bool) {
 }
 
 /// Says once, by name, what playbooks ask for that this build does not do yet.
-pub fn notices(notices: &[Notice]) {
+pub(crate) fn notices(notices: &[Notice]) {
     let mut by_message: BTreeMap<&str, Vec<&Notice>> = BTreeMap::new();
     for n in notices {
         by_message.entry(n.message.as_str()).or_default().push(n);
@@ -91,14 +91,14 @@ pub fn notices(notices: &[Notice]) {
 }
 
 /// Groups ignore reasons, so a thousand trials of one missing model make one line.
-pub fn ignored_summary(reasons: &BTreeMap<String, usize>) {
+pub(crate) fn ignored_summary(reasons: &BTreeMap<String, usize>) {
     let mut err = std::io::stderr().lock();
     for (reason, count) in reasons {
         let _ = writeln!(err, "ignored {count} trial{}: {reason}", if *count == 1 { "" } else { "s" });
     }
 }
 
-pub fn run_header(selected: usize, total: usize, playbooks: usize, journal: &std::path::Path) {
+pub(crate) fn run_header(selected: usize, total: usize, playbooks: usize, journal: &std::path::Path) {
     eprintln!(
         "modelqa: {selected} of {total} trials selected from {playbooks} playbook{}; evidence → {}",
         if playbooks == 1 { "" } else { "s" },

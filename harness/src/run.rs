@@ -19,7 +19,7 @@ use crate::vocab::{Decider, Gate, Outcome};
 
 /// How a trial ended, as libtest is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrialEnd {
+pub(crate) enum TrialEnd {
     Passed,
     /// No verdict either way (an unstable measurement); libtest shows it ignored at run time.
     Unstable(String),
@@ -30,7 +30,7 @@ pub enum TrialEnd {
 /// The journal refused the trial's record: the run cannot keep its evidence.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to append evidence to {}: {source}", path.display())]
-pub struct RecordError {
+pub(crate) struct RecordError {
     path: PathBuf,
     #[source]
     source: std::io::Error,
@@ -38,7 +38,7 @@ pub struct RecordError {
 
 impl RunContext {
     /// Runs one trial to its end and records it.
-    pub fn run(
+    pub(crate) fn run(
         &self,
         spec: &TrialSpec,
         model_dir: PathBuf,

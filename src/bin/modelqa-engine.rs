@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use modelqa::engine::{Finish, GenerateRequest, Sampling, Session, load_candle};
-use modelqa::matrix::Backend;
-use modelqa::serve::{Server, ServerConfig};
+use modelqa::support::engine::{Finish, GenerateRequest, Sampling, Session, load_candle};
+use modelqa::support::matrix::Backend;
+use modelqa::support::serve::{Server, ServerConfig};
 
 /// The embedded candle engine on its own: one generation, or an OpenAI-compatible server.
 // A repeated flag keeps its last value, as the playbook `args` that drive this have always relied on.

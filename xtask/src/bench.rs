@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use modelqa::progress::{self, ProgressBar};
+use modelqa::support::progress::{self, ProgressBar};
 
 /// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats …`.
 #[derive(Debug, clap::Args)]
@@ -106,7 +106,7 @@ pub fn run(args: &HarnessArgs) -> anyhow::Result<()> {
     bar.set_message("a nextest-style trial");
     for i in 0..runs.max(5) {
         let (wall, _) = spawn(&binary, &["--exact", trial, "--nocapture"], &overhead_env)?;
-        let (records, _) = modelqa::journal::read(&journal_dir.join("bench.jsonl"))?;
+        let (records, _) = modelqa::support::journal::read(&journal_dir.join("bench.jsonl"))?;
         let r = records.get(i).context("the trial recorded no evidence")?;
         let inference_ms = r.metrics.duration_ms - r.metrics.load_ms.unwrap_or(0.0);
         overheads.push(wall.as_secs_f64() * 1e3 - inference_ms);

@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
-use modelqa::matrix::{Backend, Format, Quantization};
-use modelqa::progress;
-use modelqa::testmodel::{TestArchitecture, TestModelShape, write_test_model};
+use modelqa::support::engine::{GenerateRequest, Sampling, Session, load_candle};
+use modelqa::support::matrix::{Backend, Format, Quantization};
+use modelqa::support::progress;
+use modelqa::support::testmodel::{TestArchitecture, TestModelShape, write_test_model};
 
 /// `bench formats [--layers N] [--tokens N] [--keep]`.
 #[derive(Debug, clap::Args)]
@@ -68,10 +68,10 @@ pub fn run(args: &FormatsArgs) -> anyhow::Result<()> {
         // names the row, and steps aside meanwhile.
         bar.set_message(format!("{format}: converting…"));
         let started = Instant::now();
-        let artifact = bar.suspend(|| modelqa::format::convert::artifact(&model, format, &cache))?;
+        let artifact = bar.suspend(|| modelqa::support::format::convert::artifact(&model, format, &cache))?;
         let convert = (format != Format::Safetensors).then(|| started.elapsed());
         let bytes: u64 = if artifact.is_dir() {
-            modelqa::engine::safetensors_files(&artifact)?
+            modelqa::support::engine::safetensors_files(&artifact)?
                 .iter()
                 .map(|f| f.metadata().map_or(0, |m| m.len()))
                 .sum()

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use modelqa::engine::client::{Client, ClientError, Endpoint, request_body};
-use modelqa::engine::{GenerateRequest, Sampling, Session, load_candle};
-use modelqa::matrix::{Backend, Format, Quantization};
-use modelqa::progress;
-use modelqa::serve::{Server, ServerConfig};
+use modelqa::support::engine::client::{Client, ClientError, Endpoint, request_body};
+use modelqa::support::engine::{GenerateRequest, Sampling, Session, load_candle};
+use modelqa::support::matrix::{Backend, Format, Quantization};
+use modelqa::support::progress;
+use modelqa::support::serve::{Server, ServerConfig};
 
 const PROMPT: &str = "What is 47 + 38?\n";
 const MAX_TOKENS: u32 = 8;
@@ -62,7 +62,7 @@ pub fn run(args: &ServeBenchArgs) -> anyhow::Result<()> {
     for format in formats {
         bar.set_message(format!("{format}: converting…"));
         // A first conversion says so on stderr: above the bar, not through it.
-        let artifact = bar.suspend(|| modelqa::format::convert::artifact(&model, format, &cache))?;
+        let artifact = bar.suspend(|| modelqa::support::format::convert::artifact(&model, format, &cache))?;
         progress::step(&bar, format!("{format}: {n} generations in process…"));
         let mut session = load_candle(&artifact, Backend::Cpu)?;
         let mut run = Vec::new();

@@ -1,12 +1,12 @@
 //! `cargo xtask certify | report | tickets | lock`: journals → evidence → MQS → registry, README
-//! table, reports and tickets. The rules live in `modelqa::certify`; this module picks the files
+//! table, reports and tickets. The rules live in `modelqa::support::certify`; this module picks the files
 //! and runs the harness.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use modelqa::certify::workspace::{self, Freshness, Layout};
-use modelqa::certify::{ModelEvidence, evidence, lock, report, tickets};
+use modelqa::support::certify::workspace::{self, Freshness, Layout};
+use modelqa::support::certify::{ModelEvidence, evidence, lock, report, tickets};
 
 /// The checkout, with the places the harness reads and writes under this environment.
 fn layout() -> Layout {
@@ -75,10 +75,10 @@ pub fn certify(args: &CertifyArgs) -> anyhow::Result<()> {
     let mut journals: Vec<PathBuf> = args.journal.clone();
     journals.extend(args.run_ids.iter().map(|run_id| dir.join(format!("{run_id}.jsonl"))));
 
-    let (playbooks, notices) = modelqa::playbook::load_all(&layout.playbooks())
+    let (playbooks, notices) = modelqa::support::playbook::load_all(&layout.playbooks())
         .map_err(|e| anyhow::anyhow!("failed to load playbooks: {e}"))?;
     drop(notices);
-    let plan = modelqa::expand::Plan::new(playbooks);
+    let plan = modelqa::support::expand::Plan::new(playbooks);
 
     if let (Some(family), Some(tier)) = (&family, &tier) {
         match workspace::freshness(&layout, &plan, family, tier)? {
@@ -183,7 +183,7 @@ fn say_why(family: &str, tier: &str, freshness: &Freshness) {
 /// process reads; on a terminal a bar shows trials done, failures and an ETA (see
 /// [`crate::libtest`]). Failing trials are evidence; a harness that could not start is an error.
 fn run_harness(layout: &Layout, family: &str, tier: &str) -> anyhow::Result<PathBuf> {
-    let run_id = format!("certify-{}", modelqa::config::new_run_id());
+    let run_id = format!("certify-{}", modelqa::support::config::new_run_id());
     eprintln!("running {family}::{tier} (run {run_id})");
     let mut child = crate::qualify_command(&layout.places)
         .args(["--", &format!("{family}::{tier}::")])
@@ -218,7 +218,7 @@ fn check(layout: &Layout) -> anyhow::Result<()> {
 }
 
 /// The scored evidence of the checkout, optionally one model.
-fn scored(model: Option<&str>) -> anyhow::Result<Vec<(ModelEvidence, modelqa::certify::Score)>> {
+fn scored(model: Option<&str>) -> anyhow::Result<Vec<(ModelEvidence, modelqa::support::certify::Score)>> {
     let scored = workspace::derived(&layout())?.scored;
     let scored: Vec<_> =
         scored.into_iter().filter(|(e, _)| model.is_none_or(|m| m == e.model || m == e.model_id)).collect();

@@ -39,7 +39,7 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
     }
     let cache: PathBuf = match args.cache.clone() {
         Some(dir) => dir,
-        None => modelqa::bind::SearchRoots::from_env()
+        None => modelqa::support::bind::SearchRoots::from_env()
             .hf_cache
             .context("no Hugging Face cache directory: set HF_HUB_CACHE or HF_HOME, or pass --cache DIR")?,
     };
@@ -73,7 +73,8 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
         let path = repo.get(f).with_context(|| format!("failed to download {f} of {id}"))?;
         eprintln!("  {f} → {}", path.display());
     }
-    let dir = modelqa::bind::hf_snapshot_dir(&modelqa::bind::hf_repo_dir(&cache, id), revision);
+    let dir =
+        modelqa::support::bind::hf_snapshot_dir(&modelqa::support::bind::hf_repo_dir(&cache, id), revision);
     println!("{}", dir.display());
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
-use modelqa::curriculum;
+use modelqa::support::curriculum;
 use sha2::{Digest, Sha256};
 
 use crate::train::{self, SHAPE, Schedule};
@@ -117,16 +117,18 @@ pub fn run(args: &FixturesArgs) -> anyhow::Result<()> {
 /// Held-out arithmetic accuracy of qa-tiny-llama, by operator, through the engine; with
 /// `failures`, every wrong answer is listed too (question, expected, given).
 fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
-    use modelqa::engine::{GenerateRequest, Sampling, Session};
-    use modelqa::oracle::Oracle;
-    use modelqa::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
-    let mut session =
-        modelqa::engine::load_candle(&dir.join("qa-tiny-llama"), modelqa::matrix::Backend::Cpu)?;
+    use modelqa::support::engine::{GenerateRequest, Sampling, Session};
+    use modelqa::support::oracle::Oracle;
+    use modelqa::support::playbook::spec::{ArithmeticOracleSpec, OracleSpec};
+    let mut session = modelqa::support::engine::load_candle(
+        &dir.join("qa-tiny-llama"),
+        modelqa::support::matrix::Backend::Cpu,
+    )?;
     let oracle = Oracle::from_spec(&OracleSpec::Arithmetic(ArithmeticOracleSpec::default()))
         .map_err(anyhow::Error::msg)?;
     let mut tally: std::collections::BTreeMap<char, (usize, usize)> = Default::default();
     let questions = curriculum::held_out_questions();
-    let bar = modelqa::progress::bar(questions.len() as u64, "evaluating qa-tiny");
+    let bar = modelqa::support::progress::bar(questions.len() as u64, "evaluating qa-tiny");
     bar.set_message("questions");
     for (i, (q, expected)) in questions.iter().enumerate() {
         let prompt = format!("{q}\n");

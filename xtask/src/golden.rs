@@ -23,7 +23,7 @@ pub fn run(args: &GoldenArgs) -> anyhow::Result<()> {
     let places = crate::places();
     let golden = places.golden_dir.clone();
     if args.accept {
-        let pending = modelqa::checks::golden::pending_files(&golden);
+        let pending = modelqa::support::checks::golden::pending_files(&golden);
         if pending.is_empty() {
             eprintln!("no pending golden references under {}", golden.display());
             return Ok(());
@@ -49,7 +49,7 @@ pub fn run(args: &GoldenArgs) -> anyhow::Result<()> {
         .env_remove("CI")
         .status()
         .context("failed to run the golden trials")?;
-    let pending = modelqa::checks::golden::pending_files(&golden);
+    let pending = modelqa::support::checks::golden::pending_files(&golden);
     if pending.is_empty() {
         if !status.success() {
             bail!("golden trials failed without writing pending references; see the output above");

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Child;
 
 use anyhow::Context;
-use modelqa::progress;
+use modelqa::support::progress;
 
 /// What one line of libtest's pretty output says.
 #[derive(Debug, PartialEq)]

@@ -159,13 +159,13 @@ pub fn root() -> PathBuf {
 
 /// Where the harness reads and writes under this environment, as it resolves them: relative to
 /// the root, its working directory under cargo.
-pub fn places() -> modelqa::config::Places {
-    modelqa::config::Places::from_env().resolved_against(&root())
+pub fn places() -> modelqa::support::config::Places {
+    modelqa::support::config::Places::from_env().resolved_against(&root())
 }
 
 /// `cargo test --test qualify` in the root, told these places explicitly, so the harness reads
 /// and writes exactly where this process looks whatever its working directory.
-pub fn qualify_command(places: &modelqa::config::Places) -> std::process::Command {
+pub fn qualify_command(places: &modelqa::support::config::Places) -> std::process::Command {
     let mut command = cargo();
     command.args(["test", "--test", "qualify"]).envs(places.vars());
     command

@@ -12,7 +12,7 @@ pub struct SchemaArgs {
 
 pub fn run(args: &SchemaArgs) -> anyhow::Result<()> {
     let path = crate::root().join("playbooks").join("playbook.schema.json");
-    let fresh = modelqa::playbook::spec::json_schema();
+    let fresh = modelqa::support::playbook::spec::json_schema();
     if args.check {
         let current = std::fs::read_to_string(&path).unwrap_or_default();
         if current != fresh {

@@ -1,5 +1,5 @@
 //! `cargo xtask fixtures train`: trains qa-tiny, a small llama-kind decoder, on the curriculum in
-//! `modelqa::curriculum`, with candle on the CPU.
+//! `modelqa::support::curriculum`, with candle on the CPU.
 //!
 //! candle-nn's fused RMSNorm, softmax and RoPE carry no gradient, so the training forward uses
 //! plain ops (x/√(mean x²+ε)·w, exp(x−max)/Σ, rotate-half RoPE); the exported model is run by
@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use modelqa::curriculum::{self, Rng};
-use modelqa::progress;
+use modelqa::support::curriculum::{self, Rng};
+use modelqa::support::progress;
 use tokenizers::Tokenizer;
 
 /// The model's shape. Hidden and intermediate sizes are multiples of 256, so every matrix can

@@ -17,7 +17,7 @@ use crate::vocab::{Decider, Gate, Outcome};
 use super::Verdict;
 
 /// G0: the model directory against itself and the playbook.
-pub fn integrity(dir: &Path, model: &Model) -> Verdict {
+pub(crate) fn integrity(dir: &Path, model: &Model) -> Verdict {
     let report = crate::integrity::check(dir, &model.expect, model.architecture.as_deref());
     if report.problems.is_empty() {
         Verdict::pass(format!(
@@ -31,7 +31,7 @@ pub fn integrity(dir: &Path, model: &Model) -> Verdict {
 
 /// G0 for a derived artifact (after the source passed): the container reads back with its
 /// checksums, and every tensor dequantizes to finite values.
-pub fn artifact_integrity(artifact: &Path, source: Verdict) -> Verdict {
+pub(crate) fn artifact_integrity(artifact: &Path, source: Verdict) -> Verdict {
     let bytes = match std::fs::read(artifact) {
         Ok(b) => b,
         Err(e) => return Verdict::fail(format!("integrity: failed to read {}: {e}", artifact.display())),
@@ -63,7 +63,7 @@ pub fn artifact_integrity(artifact: &Path, source: Verdict) -> Verdict {
 }
 
 /// G2: a basic prompt yields at least one token, with finite logits.
-pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Verdict {
+pub(crate) fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Verdict {
     let result = session
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -98,7 +98,7 @@ pub fn inference(session: &SharedSession, prompt: &str, deadline: Instant) -> Ve
 }
 
 /// G3: repeated and awkward inputs neither crash, hang nor change greedy output.
-pub fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Verdict {
+pub(crate) fn stability(session: &SharedSession, prompt: &str, deadline: Instant) -> Verdict {
     let run = |p: &str, max: u32| {
         catch_unwind(AssertUnwindSafe(|| {
             session

@@ -16,27 +16,27 @@ use crate::trial::{Finding, TrialEnv};
 use crate::vocab::{Decider, Outcome};
 
 /// How many prompt positions and top logits the numeric reference keeps.
-pub const POSITIONS: usize = 4;
-pub const TOP_K: usize = 5;
+pub(crate) const POSITIONS: usize = 4;
+pub(crate) const TOP_K: usize = 5;
 /// Largest accepted difference of a reference logit.
-pub const LOGIT_TOLERANCE: f32 = 1e-4;
+pub(crate) const LOGIT_TOLERANCE: f32 = 1e-4;
 
 /// Where references live: `QUALIFY_GOLDEN_DIR`, default `golden/`.
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     crate::config::Places::from_env().golden_dir
 }
 
-pub fn model_dir(family: &str, model: &str) -> PathBuf {
+pub(crate) fn model_dir(family: &str, model: &str) -> PathBuf {
     root().join(family).join(model)
 }
 
 /// Pending files are written only outside CI.
-pub fn may_write_pending() -> bool {
+pub(crate) fn may_write_pending() -> bool {
     std::env::var_os("CI").is_none_or(|v| v.is_empty() || v == "false" || v == "0")
 }
 
 /// The text of a `.snap` file: what follows its second `---` line, without the final newline.
-pub fn read_snapshot(path: &Path) -> Option<String> {
+pub(crate) fn read_snapshot(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut parts = text.splitn(3, "---\n");
     let (_, _, body) = (parts.next()?, parts.next()?, parts.next()?);
@@ -44,12 +44,12 @@ pub fn read_snapshot(path: &Path) -> Option<String> {
 }
 
 /// A `.snap` file in insta's layout, so `cargo insta review` can show it.
-pub fn snapshot_text(expression: &str, body: &str) -> String {
+pub(crate) fn snapshot_text(expression: &str, body: &str) -> String {
     format!("---\nsource: modelqa golden\nexpression: {expression:?}\n---\n{body}\n")
 }
 
 /// Writes `<path>.new` beside a reference, if allowed; returns its path.
-pub fn write_pending(path: &Path, content: &str) -> Option<PathBuf> {
+pub(crate) fn write_pending(path: &Path, content: &str) -> Option<PathBuf> {
     if !may_write_pending() {
         return None;
     }
@@ -63,12 +63,12 @@ pub fn write_pending(path: &Path, content: &str) -> Option<PathBuf> {
 
 /// Top-k logits of one prompt position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TopK {
+pub(crate) struct TopK {
     pub ids: Vec<u32>,
     pub logits: Vec<f32>,
 }
 
-pub fn top_k(logits: &[f32], k: usize) -> TopK {
+pub(crate) fn top_k(logits: &[f32], k: usize) -> TopK {
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
     idx.truncate(k);
@@ -77,13 +77,13 @@ pub fn top_k(logits: &[f32], k: usize) -> TopK {
 
 /// The numeric reference of one scenario: the prompt as sent, and top-k per position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScenarioLogits {
+pub(crate) struct ScenarioLogits {
     pub prompt: String,
     pub positions: Vec<TopK>,
 }
 
 /// Differences between a scenario's reference and what was computed, in words.
-pub fn compare_logits(scenario: &str, want: &ScenarioLogits, got: &ScenarioLogits) -> Vec<String> {
+pub(crate) fn compare_logits(scenario: &str, want: &ScenarioLogits, got: &ScenarioLogits) -> Vec<String> {
     if want.prompt != got.prompt {
         return vec![format!("{scenario}: prompt {:?}, reference {:?}", got.prompt, want.prompt)];
     }

@@ -4,12 +4,12 @@
 //! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
 //! concludes in a [`Verdict`], which the trial body makes a finding.
 
-pub mod diff;
-pub mod differential;
-pub mod gate;
-pub mod golden;
-pub mod perf;
-pub mod server;
+pub(crate) mod diff;
+pub(crate) mod differential;
+pub(crate) mod gate;
+pub(crate) mod golden;
+pub(crate) mod perf;
+pub(crate) mod server;
 
 use crate::trial::Finding;
 use crate::vocab::{Decider, Outcome};

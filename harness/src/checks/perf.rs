@@ -29,11 +29,11 @@ use crate::vocab::{Decider, Outcome};
 
 /// The calibration's duration on the reference machine (the project's 2-core x86_64 runner,
 /// AVX2, idle, one trial at a time): 15 ms, measured by the `perf::decode` trials of qa-tiny.
-pub const CALIBRATION_REFERENCE: Duration = Duration::from_micros(15_000);
+pub(crate) const CALIBRATION_REFERENCE: Duration = Duration::from_micros(15_000);
 
 /// How many standard errors of the median must separate it from a floor for a verdict. Within
 /// that band the measurement cannot tell a pass from a failure and is `unstable`.
-pub const CONFIDENCE: f64 = 3.0;
+pub(crate) const CONFIDENCE: f64 = 3.0;
 
 /// Rows × columns of the calibration's matrix (1 MiB of f32: in cache on any current CPU, as a
 /// small model's layers are) and how many single-row products one calibration runs.
@@ -41,7 +41,7 @@ const CALIBRATION_SHAPE: (usize, usize) = (512, 512);
 const CALIBRATION_PRODUCTS: usize = 192;
 
 /// Runs the fixed calibration workload once and returns how long it took on this thread.
-pub fn calibrate() -> Duration {
+pub(crate) fn calibrate() -> Duration {
     static OPERANDS: OnceLock<Option<(Tensor, Tensor)>> = OnceLock::new();
     let operands = OPERANDS.get_or_init(|| {
         let (k, n) = CALIBRATION_SHAPE;
@@ -63,13 +63,13 @@ pub fn calibrate() -> Duration {
 }
 
 /// The 1-minute load average, where the system reports one (Linux).
-pub fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// One timed generation with the calibrations around it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Decode speed as measured, when the generation had a second token.
     pub tokens_per_second: Option<f64>,
     /// Time to first token as measured, milliseconds.
@@ -84,7 +84,7 @@ pub struct Sample {
 impl Sample {
     /// How fast the machine ran at the time, against the reference machine (1.0 = as fast;
     /// 0.3 = a third as fast, e.g. shared with two busy neighbours).
-    pub fn machine_speed(&self) -> f64 {
+    pub(crate) fn machine_speed(&self) -> f64 {
         if !self.calibrated {
             return 1.0;
         }
@@ -92,12 +92,12 @@ impl Sample {
     }
 
     /// Decode speed as the reference machine would have measured it.
-    pub fn normalised_tokens_per_second(&self) -> Option<f64> {
+    pub(crate) fn normalised_tokens_per_second(&self) -> Option<f64> {
         self.tokens_per_second.map(|v| v / self.machine_speed())
     }
 
     /// Time to first token as the reference machine would have measured it.
-    pub fn normalised_time_to_first_token_ms(&self) -> f64 {
+    pub(crate) fn normalised_time_to_first_token_ms(&self) -> f64 {
         self.time_to_first_token_ms * self.machine_speed()
     }
 }
@@ -105,7 +105,7 @@ impl Sample {
 /// A figure a verdict was drawn from: the median of the normalised samples, the median as
 /// measured, and the spread.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Figure {
+pub(crate) struct Figure {
     pub normalised: f64,
     pub measured: f64,
     /// Median absolute deviation of the normalised samples over their median.
@@ -130,14 +130,14 @@ impl Figure {
 
 /// The floors a cell's performance is held to; `None` asserts nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Floors {
+pub(crate) struct Floors {
     pub min_tokens_per_second: Option<f64>,
     pub max_time_to_first_token_ms: Option<f64>,
 }
 
 /// What the measurement says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Pass,
     Fail,
     /// Too noisy to say: never a pass, never a falsification.
@@ -146,7 +146,7 @@ pub enum Decision {
 
 /// The verdict on a cell, with what it was drawn from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Judgement {
+pub(crate) struct Judgement {
     pub decision: Decision,
     /// One sentence per figure and the problems, for the trial's reason.
     pub reason: String,
@@ -187,7 +187,7 @@ fn figure(normalised: &[f64], measured: &[f64]) -> Option<Figure> {
 /// Judges `samples` against `floors`: the normalised medians decide, unless a floor lies within
 /// [`CONFIDENCE`] standard errors of its median, when the verdict is [`Decision::Unstable`]. A
 /// failure of one figure stands even when the other is undecided.
-pub fn judge(samples: &[Sample], floors: Floors) -> Judgement {
+pub(crate) fn judge(samples: &[Sample], floors: Floors) -> Judgement {
     let speeds: Vec<f64> = samples.iter().map(Sample::machine_speed).collect();
     let machine_speed = median_and_spread(&speeds).map_or(1.0, |(m, _)| m);
     let decode_normalised: Vec<f64> =

@@ -10,7 +10,7 @@ use crate::matrix::{Backend, Format};
 
 /// The identity of a loaded session.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SessionKey {
+pub(crate) struct SessionKey {
     pub model: String,
     pub format: Format,
     pub backend: Backend,
@@ -37,13 +37,13 @@ struct Slot {
 
 /// See the module docs.
 #[derive(Default)]
-pub struct SessionCache {
+pub(crate) struct SessionCache {
     slots: Mutex<HashMap<SessionKey, Arc<Slot>>>,
 }
 
 impl SessionCache {
     /// Declares that `trials` trials will use `key`, so it is released after the last of them.
-    pub fn expect_uses(&self, key: &SessionKey, trials: usize) {
+    pub(crate) fn expect_uses(&self, key: &SessionKey, trials: usize) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let slot = slots
             .entry(key.clone())
@@ -54,7 +54,7 @@ impl SessionCache {
     /// The session for `key`, loading it with `load` if no trial has yet. Concurrent callers wait
     /// for one load. With `keep_failure`, a failed load is remembered and returned to later
     /// callers instead of loading again. The second value is true when this call loaded.
-    pub fn get_or_load(
+    pub(crate) fn get_or_load(
         &self,
         key: &SessionKey,
         keep_failure: bool,
@@ -79,7 +79,7 @@ impl SessionCache {
     }
 
     /// One trial using `key` has ended; the last one drops the session (and gets `true`).
-    pub fn release(&self, key: &SessionKey) -> bool {
+    pub(crate) fn release(&self, key: &SessionKey) -> bool {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = slots.get(key) {
             let before = slot.remaining.fetch_sub(1, Ordering::SeqCst);
@@ -89,14 +89,5 @@ impl SessionCache {
             }
         }
         false
-    }
-
-    /// How many sessions are held now.
-    pub fn loaded(&self) -> usize {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .values()
-            .filter(|s| matches!(*s.state.lock().unwrap_or_else(|p| p.into_inner()), Some(Ok(_))))
-            .count()
     }
 }

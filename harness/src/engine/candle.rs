@@ -18,7 +18,7 @@ use crate::matrix::Backend;
 
 /// The candle engine (stateless; sessions hold the models).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CandleEngine;
+pub(crate) struct CandleEngine;
 
 impl Engine for CandleEngine {
     fn load(&self, model_dir: &Path, backend: Backend) -> Result<Box<dyn Session>, EngineError> {
@@ -27,7 +27,7 @@ impl Engine for CandleEngine {
 }
 
 /// The architectures the embedded engine runs, by config.json `model_type`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
+pub(super) const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
 
 enum Model {
     Llama {
@@ -60,7 +60,7 @@ fn load_err(path: &Path, cause: impl Into<String>) -> EngineError {
 }
 
 /// The device for a backend, or why there is none.
-pub fn device_for(backend: Backend) -> Result<Device, EngineError> {
+pub(super) fn device_for(backend: Backend) -> Result<Device, EngineError> {
     match backend {
         Backend::Cpu => Ok(Device::Cpu),
         Backend::Gpu => {

@@ -30,14 +30,14 @@ fn load_error(place: &str, cause: impl Into<String>) -> EngineError {
 
 /// A session on an OpenAI-compatible server: `generate` streams `/v1/completions`, `chat`
 /// streams `/v1/chat/completions` (the server applies its own template).
-pub struct OpenAiSession {
+pub(crate) struct OpenAiSession {
     client: Client,
     info: SessionInfo,
 }
 
 impl OpenAiSession {
     /// Connects: `GET /v1/models` must answer within `timeout` and list `model`.
-    pub fn connect(
+    pub(crate) fn connect(
         base_url: &str,
         api_key: Option<String>,
         model: &str,
@@ -70,10 +70,6 @@ impl OpenAiSession {
             applies_chat_template: true,
         };
         Ok(Self { client, info })
-    }
-
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     fn ask(
@@ -139,7 +135,7 @@ impl Session for OpenAiSession {
 
 /// A session that runs a command line per generation. The harness lays prompts out (the chat
 /// template comes from the model's files); token counts come from the model's tokenizer.
-pub struct CommandSession {
+pub(crate) struct CommandSession {
     args: Vec<String>,
     output: CommandOutput,
     pointer: String,
@@ -152,7 +148,7 @@ pub struct CommandSession {
 impl CommandSession {
     /// `model` is what `{model}` stands for (the cell's format: a directory or a file);
     /// `model_dir` the ground-truth directory the tokenizer and chat template come from.
-    pub fn new(
+    pub(crate) fn new(
         args: &[String],
         output: CommandOutput,
         json_pointer: Option<&str>,

@@ -6,7 +6,7 @@
 
 mod cache;
 mod candle;
-pub mod client;
+pub(crate) mod client;
 mod external;
 
 use std::path::PathBuf;
@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::cache::{SessionCache, SessionKey, SharedSession};
-pub use self::candle::{CandleEngine, SUPPORTED_ARCHITECTURES, load_candle};
-pub use self::external::{CommandSession, OpenAiSession};
+pub use self::cache::SharedSession;
+pub(crate) use self::cache::{SessionCache, SessionKey};
+pub(crate) use self::candle::CandleEngine;
+pub use self::candle::load_candle;
+pub(crate) use self::external::{CommandSession, OpenAiSession};
 
 use crate::format::files::{ModelFile, ModelFilesError};
 use crate::matrix::Backend;
@@ -41,7 +43,7 @@ pub fn safetensors_files(dir: &std::path::Path) -> Result<Vec<PathBuf>, EngineEr
 /// Changing the environment is sound only while no other thread can read it, so this acts only
 /// when the process has exactly one thread (Linux's `/proc/self/status`); otherwise, or where that
 /// cannot be known, it changes nothing and says so. Returns whether it sized the pools.
-pub fn size_thread_pools() -> bool {
+pub(crate) fn size_thread_pools() -> bool {
     let unset = |k: &str| std::env::var_os(k).is_none_or(|v| v.is_empty());
     if !unset("CANDLE_NUM_THREADS") && !unset("RAYON_NUM_THREADS") {
         return true;
@@ -191,7 +193,7 @@ pub trait Session: Send {
 }
 
 /// Loads sessions.
-pub trait Engine: Send + Sync {
+pub(crate) trait Engine: Send + Sync {
     fn load(&self, model_dir: &std::path::Path, backend: Backend) -> Result<Box<dyn Session>, EngineError>;
 }
 

@@ -64,7 +64,7 @@ pub struct ModelFile {
 
 /// The safetensors files of a model directory: `model.safetensors`, or the shards an
 /// `model.safetensors.index.json` names.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelFilesError> {
+pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelFilesError> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);

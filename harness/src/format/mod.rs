@@ -3,5 +3,5 @@
 
 pub mod apr;
 pub mod convert;
-pub mod files;
+pub(crate) mod files;
 pub mod gguf;

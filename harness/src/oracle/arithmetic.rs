@@ -9,7 +9,7 @@ use super::Verdict;
 
 /// An arithmetic expression found in a question, and its value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Expression {
+pub(crate) struct Expression {
     /// The expression as written, trimmed.
     pub source: String,
     pub value: f64,
@@ -23,7 +23,7 @@ static NUMBER: LazyLock<Regex> =
 impl Expression {
     /// The first run of the text that is a whole arithmetic expression with at least one
     /// binary operator, evaluated with the usual precedence.
-    pub fn find(text: &str) -> Option<Expression> {
+    pub(crate) fn find(text: &str) -> Option<Expression> {
         CANDIDATE.find_iter(text).find_map(|m| {
             let raw = m.as_str().trim();
             // A sentence's full stop or a dangling sign is not part of the expression.
@@ -127,7 +127,7 @@ const NUMBER_WORDS: [&str; 21] = [
 
 /// The number the output gives as its answer: the first number after the output restates the
 /// expression (if it does), else the first number in the output, else a number word.
-pub fn answer_number(output: &str, expr: &Expression) -> Option<f64> {
+pub(super) fn answer_number(output: &str, expr: &Expression) -> Option<f64> {
     let rest = after_restatement(output, &expr.source).unwrap_or(output);
     if let Some(m) = NUMBER.find(rest) {
         return m.as_str().replace(',', "").parse().ok();

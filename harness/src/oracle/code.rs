@@ -34,7 +34,7 @@ fn fenced(text: &str) -> Option<(Option<Language>, &str)> {
 
 /// The first syntax error of `source`, with its line where the parser gives one; `None` when
 /// it parses. (A parse either succeeds or names its error: there is no third way.)
-pub fn syntax_error(language: Language, source: &str) -> Option<String> {
+pub(super) fn syntax_error(language: Language, source: &str) -> Option<String> {
     match language {
         Language::Python => {
             use rustpython_parser::{Mode, parse};

@@ -53,7 +53,7 @@ static ID_LIST: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Why `output` is garbage, or `None` when it is not.
-pub fn garbage_reason(output: &str, cfg: &GarbageConfig) -> Option<String> {
+pub(crate) fn garbage_reason(output: &str, cfg: &GarbageConfig) -> Option<String> {
     let text = output.trim();
     if text.is_empty() {
         return Some("the output is empty".into());

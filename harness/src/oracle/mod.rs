@@ -4,11 +4,11 @@
 mod arithmetic;
 mod code;
 mod garbage;
-pub mod spec;
+pub(crate) mod spec;
 
-pub use arithmetic::{Expression, answer_number};
-pub use code::{language_of, syntax_error};
-pub use garbage::{GarbageConfig, garbage_reason};
+pub(crate) use arithmetic::Expression;
+pub use code::language_of;
+pub(crate) use garbage::{GarbageConfig, garbage_reason};
 
 use self::spec::{Language, OracleSpec};
 use crate::vocab::OracleKind;

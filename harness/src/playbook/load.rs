@@ -65,13 +65,17 @@ pub(crate) fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result
 }
 
 /// Loads one playbook file, in either language, into resolved playbooks.
-pub fn load_file(file: &Path, notices: &mut Vec<Notice>) -> Result<Vec<Playbook>, PlaybookError> {
+pub(super) fn load_file(file: &Path, notices: &mut Vec<Notice>) -> Result<Vec<Playbook>, PlaybookError> {
     let text = read(file)?;
     load_text(file, &text, notices)
 }
 
 /// Loads playbook text as the file `file` (templates it extends are read relative to `file`).
-pub fn load_text(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Vec<Playbook>, PlaybookError> {
+pub(super) fn load_text(
+    file: &Path,
+    text: &str,
+    notices: &mut Vec<Notice>,
+) -> Result<Vec<Playbook>, PlaybookError> {
     let text = text.to_string();
     if seed::is_seed_document(&text) {
         return seed::load(file, &text, notices).map(|p| vec![p]);

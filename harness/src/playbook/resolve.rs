@@ -14,16 +14,16 @@ use crate::matrix::{Format, Quantization};
 use crate::name::{SegmentError, check_segment};
 use crate::oracle::Oracle;
 
-pub const DEFAULT_SEED: u64 = 42;
-pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
-pub const DEFAULT_MAX_TOKENS: u32 = 32;
+pub(super) const DEFAULT_SEED: u64 = 42;
+pub(super) const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+pub(super) const DEFAULT_MAX_TOKENS: u32 = 32;
 /// Cases a `generate` or `property` scenario makes when `count` is absent.
-pub const DEFAULT_CASES: u32 = 10;
+pub(super) const DEFAULT_CASES: u32 = 10;
 
 /// What is wrong with a part of a playbook (a model, a tier, the engine, the performance
 /// assertions, a generator); [`resolve`] wraps it into a [`PlaybookError`] with where it is.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ResolveError {
+pub(super) enum ResolveError {
     #[error("model id `{id}` must be `org/name`")]
     ModelId { id: String },
     #[error("model id `{id}` must be `org/name` with letters, digits, `-`, `_` and `.` in each part")]
@@ -79,7 +79,7 @@ pub enum ResolveError {
     ZeroMaxInputChars,
 }
 
-pub fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError> {
+pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError> {
     let err = |msg: String| PlaybookError::new(file, msg);
     let caused = |e: ResolveError| PlaybookError::from_error(file, e);
     let family = doc.family.clone().unwrap_or_default();
@@ -195,7 +195,8 @@ fn fit_to_context(
 }
 
 /// The placeholders a `command` engine's arguments may hold.
-pub const COMMAND_PLACEHOLDERS: [&str; 5] = ["{model}", "{prompt}", "{max_tokens}", "{seed}", "{backend}"];
+pub(super) const COMMAND_PLACEHOLDERS: [&str; 5] =
+    ["{model}", "{prompt}", "{max_tokens}", "{seed}", "{backend}"];
 
 fn check_performance(p: &super::spec::PerformanceSpec) -> Result<(), ResolveError> {
     if !p.asserts_on(crate::matrix::Backend::Cpu) && !p.asserts_on(crate::matrix::Backend::Gpu) {

@@ -49,7 +49,7 @@ pub const DEFAULT_PROMPTS: [&str; 18] = [
 ];
 
 /// True when the text is a playbook of the original format (it has `test_matrix`).
-pub fn is_seed_document(text: &str) -> bool {
+pub(super) fn is_seed_document(text: &str) -> bool {
     text.lines().any(|l| l.starts_with("test_matrix:"))
 }
 
@@ -244,7 +244,7 @@ fn seed_performance(v: &Value) -> Option<super::spec::PerformanceSpec> {
     .then_some(spec)
 }
 
-pub fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbook, PlaybookError> {
+pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result<Playbook, PlaybookError> {
     let pb: SeedPlaybook = parse_yaml(file, text)?;
     let err = |m: String| PlaybookError::new(file, m);
     let mut notice = |m: String| notices.push(Notice { file: file.to_path_buf(), message: m });

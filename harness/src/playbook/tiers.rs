@@ -65,4 +65,4 @@ pub fn builtin(name: &str) -> Option<MatrixSpec> {
 }
 
 /// The names [`builtin`] knows, in the order of increasing cost.
-pub const STANDARD_TIERS: [&str; 5] = ["smoke", "mvp", "quick", "standard", "deep"];
+pub(super) const STANDARD_TIERS: [&str; 5] = ["smoke", "mvp", "quick", "standard", "deep"];

@@ -8,7 +8,7 @@ use super::{PolicyState, ServerPool};
 
 /// The engine, the loaded sessions, the journal and the failure policy's memory: built once by
 /// `qualify_main`, shared by every trial closure.
-pub struct RunContext {
+pub(crate) struct RunContext {
     pub(crate) config: Config,
     pub(crate) journal: Journal,
     pub(crate) sessions: SessionCache,
@@ -20,7 +20,7 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    pub fn new(config: Config, journal: Journal, engine: Box<dyn Engine>) -> Self {
+    pub(crate) fn new(config: Config, journal: Journal, engine: Box<dyn Engine>) -> Self {
         Self {
             config,
             journal,

@@ -32,17 +32,17 @@ pub(crate) struct TrialEnv<'a> {
 
 impl TrialEnv<'_> {
     /// The tier's timeout, for messages.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.spec.tier.timeout
     }
 
     /// What checks send for each scenario of the tier (`prompt::asks`).
-    pub fn asks(&self) -> Vec<Ask> {
+    pub(crate) fn asks(&self) -> Vec<Ask> {
         super::prompt::asks(self.spec, self.info)
     }
 
     /// The prompt of the first scenario sent as text, or a greeting where there is none.
-    pub fn basic_prompt(&self) -> String {
+    pub(crate) fn basic_prompt(&self) -> String {
         self.asks()
             .into_iter()
             .find(|a| a.conversation.is_none())
@@ -51,7 +51,7 @@ impl TrialEnv<'_> {
 
     /// Generates for `prompt`, or answers `conversation` where the engine lays conversations
     /// out itself (then `prompt` is the readable transcript kept as evidence).
-    pub fn generate(
+    pub(crate) fn generate(
         &self,
         scenario: &Scenario,
         prompt: &str,

@@ -22,7 +22,7 @@ pub(crate) struct Finding {
 }
 
 impl Finding {
-    pub fn new(outcome: Outcome, decider: Decider, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(outcome: Outcome, decider: Decider, reason: impl Into<String>) -> Self {
         Self {
             outcome,
             decider,
@@ -34,7 +34,7 @@ impl Finding {
         }
     }
 
-    pub fn with_prompt(mut self, prompt: impl Into<String>) -> Self {
+    pub(crate) fn with_prompt(mut self, prompt: impl Into<String>) -> Self {
         self.prompt = Some(prompt.into());
         self
     }
@@ -42,7 +42,12 @@ impl Finding {
     /// How an engine error ends a trial — the one place this is decided: a timeout is a
     /// `timeout`, a crash of the engine fails G3, and any other error fails the check the work
     /// was for (`charged_to`). `what` names the work (`generation`, `scenario add`).
-    pub fn from_engine_error(e: EngineError, charged_to: Decider, what: &str, limit: Duration) -> Self {
+    pub(crate) fn from_engine_error(
+        e: EngineError,
+        charged_to: Decider,
+        what: &str,
+        limit: Duration,
+    ) -> Self {
         match e {
             EngineError::Timeout { tokens, partial } => {
                 let mut f = Finding::new(
@@ -61,7 +66,7 @@ impl Finding {
     }
 
     /// The libtest failure message, or `None` when the trial passed.
-    pub fn failure_message(&self) -> Option<String> {
+    pub(crate) fn failure_message(&self) -> Option<String> {
         if self.outcome.is_pass() {
             return None;
         }
@@ -76,7 +81,7 @@ impl Finding {
     }
 
     /// The evidence record of this finding.
-    pub fn record(self, ctx: &RunContext, spec: &TrialSpec, elapsed: Duration) -> EvidenceRecord {
+    pub(crate) fn record(self, ctx: &RunContext, spec: &TrialSpec, elapsed: Duration) -> EvidenceRecord {
         let mut metrics = self.metrics;
         metrics.duration_ms = elapsed.as_secs_f64() * 1e3;
         let (scenario, modality) = match &spec.name.tail {

@@ -15,12 +15,12 @@ mod policy;
 mod prompt;
 mod servers;
 
-pub use context::RunContext;
+pub(crate) use context::RunContext;
 pub(crate) use env::{TrialEnv, load, reference_key, sampling, session_key};
 pub(crate) use finding::{Finding, metrics_of};
 pub(crate) use judge::{judge, judge_generation};
 pub(crate) use policy::PolicyState;
 pub use prompt::Ask;
+pub(crate) use prompt::render_run;
 pub(crate) use prompt::{asks_without_session, messages_of, prepare};
-pub use prompt::{render, render_run};
 pub(crate) use servers::ServerPool;

@@ -37,7 +37,7 @@ impl Ask {
 /// The text `run` sends: a prompt laid out with the model's `prompt_template`; a conversation
 /// through the model's chat template, or as a plain transcript ending with the assistant's turn
 /// when the model ships none.
-pub fn render_run(model: &Model, input: &Input, template: Option<&ChatTemplate>) -> String {
+pub(crate) fn render_run(model: &Model, input: &Input, template: Option<&ChatTemplate>) -> String {
     match input {
         Input::Prompt(p) => model.layout(p),
         Input::Messages(messages) => {
@@ -48,7 +48,7 @@ pub fn render_run(model: &Model, input: &Input, template: Option<&ChatTemplate>)
 
 /// The text sent to the engine in a modality. `chat` always goes through the model's own chat
 /// template (a plain prompt is one user message); a model without one cannot chat.
-pub fn render(
+pub(super) fn render(
     model: &Model,
     modality: Modality,
     input: &Input,

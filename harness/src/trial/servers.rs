@@ -20,7 +20,7 @@ pub(crate) struct ServerPool {
 
 impl ServerPool {
     /// The client a `serve` trial talks to.
-    pub fn client_for(&self, env: &TrialEnv<'_>) -> std::io::Result<Client> {
+    pub(crate) fn client_for(&self, env: &TrialEnv<'_>) -> std::io::Result<Client> {
         let spec = env.spec;
         match &spec.engine {
             EngineSpec::Openai { base_url, api_key_env, model } => Ok(Client::new(base_url.as_str())
@@ -47,7 +47,7 @@ impl ServerPool {
     }
 
     /// Stops the session's server (if any) as its last handle drops.
-    pub fn stop(&self, key: &SessionKey) {
+    pub(crate) fn stop(&self, key: &SessionKey) {
         self.servers.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }

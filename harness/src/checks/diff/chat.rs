@@ -7,7 +7,7 @@ use crate::playbook::MessageSpec;
 
 /// Whether a derived format's chat template lays every conversation out exactly as the ground
 /// truth's does: the template travels with the weights, and a conversion must not change it.
-pub fn chat_prompts(
+pub(crate) fn chat_prompts(
     reference: Option<&ChatTemplate>,
     derived: Option<&ChatTemplate>,
     conversations: &[(String, Vec<MessageSpec>)],

@@ -20,7 +20,7 @@ use super::{deserialize, read};
 /// Why a tensor comparison or an invariant ([`invariant`]) does not pass: the artifact breaks
 /// it (what differs), or what it compares cannot be read.
 #[derive(Debug, thiserror::Error)]
-pub enum InvariantError {
+pub(crate) enum InvariantError {
     // What the artifact breaks.
     #[error("safetensors is the ground truth, not a derived format")]
     NotDerived,

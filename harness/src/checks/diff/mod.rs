@@ -10,8 +10,9 @@ mod invariants;
 mod logits;
 mod tensors;
 
-pub use chat::chat_prompts;
-pub use invariants::{InvariantError, invariant};
+pub(crate) use chat::chat_prompts;
+pub(crate) use invariants::InvariantError;
+pub use invariants::invariant;
 pub use logits::{LogitTolerance, logits};
 pub use tensors::tensors;
 

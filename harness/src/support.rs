@@ -1,0 +1,90 @@
+//! Not an API: what this project's own xtask and tests reach into (insta's
+//! `_cargo_insta_support` pattern). Nothing here is stable, documented for users or versioned;
+//! a user's harness needs [`crate::qualify_main`] and the words of [`crate::vocab`] only.
+//!
+//! Each module mirrors the crate module it re-exports from, so a test reads
+//! `modelqa::support::journal::EvidenceRecord` where the code says `crate::journal::EvidenceRecord`.
+
+pub mod bind {
+    pub use crate::bind::{Location, SearchRoots, hf_repo_dir, hf_snapshot_dir, locate};
+}
+
+/// The xtask's `certify`, `report`, `tickets` and `lock` tasks drive the whole module.
+pub mod certify {
+    pub use crate::certify::*;
+}
+
+pub mod checks {
+    pub mod diff {
+        pub use crate::checks::diff::{LogitTolerance, invariant, logits, tensors};
+    }
+    pub mod differential {
+        pub use crate::checks::differential::first_divergence;
+    }
+    pub mod golden {
+        pub use crate::checks::golden::pending_files;
+    }
+}
+
+pub mod config {
+    pub use crate::config::{Places, new_run_id};
+}
+
+#[cfg(feature = "test-support")]
+pub mod curriculum {
+    pub use crate::curriculum::*;
+}
+
+pub mod engine {
+    pub use crate::engine::{
+        Finish, GenerateRequest, Sampling, Session, SharedSession, load_candle, safetensors_files,
+    };
+    pub mod client {
+        pub use crate::engine::client::{Client, ClientError, Endpoint, request_body};
+    }
+}
+
+pub mod expand {
+    pub use crate::expand::{Filter, Plan};
+}
+
+pub mod format {
+    pub use crate::format::{apr, convert, gguf};
+    pub mod files {
+        pub use crate::format::files::{hash_file, hash_file_in};
+    }
+}
+
+pub mod journal {
+    pub use crate::journal::{EvidenceRecord, read};
+}
+
+pub mod matrix {
+    pub use crate::matrix::{Backend, Format, Modality, Quantization};
+}
+
+pub mod oracle {
+    pub use crate::oracle::{Oracle, language_of};
+}
+
+/// The xtask's `schema` and `lock` tasks and the playbook tests read the language whole.
+pub mod playbook {
+    pub use crate::playbook::*;
+}
+
+pub mod progress {
+    pub use crate::progress::*;
+}
+
+pub mod serve {
+    pub use crate::serve::{Server, ServerConfig};
+}
+
+#[cfg(feature = "test-support")]
+pub mod testmodel {
+    pub use crate::testmodel::*;
+}
+
+pub mod trial {
+    pub use crate::trial::Ask;
+}
