@@ -545,3 +545,118 @@ fn performance_assertions_are_perf_trials_that_fail_on_a_missed_floor() {
     assert_eq!(r.outcome, Outcome::Falsified);
     assert!(r.reason.contains("is below 1000000000"), "{}", r.reason);
 }
+
+/// The trial of `records` whose name ends with `tail`.
+fn trial<'a>(records: &'a [EvidenceRecord], tail: &str) -> &'a EvidenceRecord {
+    records.iter().find(|r| r.trial.ends_with(tail)).unwrap_or_else(|| panic!("no {tail} in {records:#?}"))
+}
+
+#[test]
+fn a_process_that_dies_inside_a_forward_pass_leaves_a_crashed_record_that_fails_g3() {
+    let fx = Fixture::new(PLAYBOOK);
+    for (kind, run) in [("abort", "aborted"), ("segfault", "segfaulted")] {
+        let fault = format!("{kind}:arithmetic");
+        let out = fx.qualify(run, &["::run::", "--test-threads", "1"], &[("QUALIFY_FAULT_CRASH", &fault)]);
+        assert_eq!(out.status.code(), None, "{kind}: the process dies by a signal\n{}", stderr(&out));
+        let records = fx.journal(run);
+        // The trial before it finished; the one it died in reads as crashed; the one after never
+        // started, so it is missing, not crashed.
+        assert_eq!(trial(&records, "run::any_text").outcome, Outcome::Corroborated);
+        let died = trial(&records, "run::arithmetic");
+        assert_eq!(
+            (died.outcome, died.gate.as_str(), died.unfinished),
+            (Outcome::Crashed, "G3", true),
+            "{died:?}"
+        );
+        assert!(died.reason.contains("never finished"), "{}", died.reason);
+        assert!(!records.iter().any(|r| r.trial.ends_with("run::sampled")), "{records:#?}");
+    }
+    // As nextest runs it: one process for one trial.
+    let name = "e2e::smoke::tiny::safetensors::cpu::run::any_text";
+    let out =
+        fx.qualify("nextest", &["--exact", name], &[("QUALIFY_FAULT_CRASH", "abort"), ("NEXTEST", "1")]);
+    assert_eq!(out.status.code(), None, "{}", stderr(&out));
+    let records = fx.journal("nextest");
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!((records[0].outcome, records[0].gate.as_str()), (Outcome::Crashed, "G3"));
+}
+
+#[test]
+fn a_clean_run_leaves_no_unfinished_record_and_a_panic_is_caught_in_its_trial() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify("clean", &["::run::", "--test-threads", "2"], &[]);
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let records = fx.journal("clean");
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(records.iter().all(|r| !r.unfinished && r.outcome != Outcome::Crashed), "{records:#?}");
+    // Every record names the build that measured it and the playbook as it was.
+    assert!(records.iter().all(|r| r.harness_fingerprint.len() == 64 && r.playbook_sha256.len() == 64));
+
+    let out = fx.qualify("panicked", &["::run::any_text"], &[("QUALIFY_FAULT_CRASH", "panic")]);
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let records = fx.journal("panicked");
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(
+        (records[0].outcome, records[0].gate.as_str(), records[0].unfinished),
+        (Outcome::Crashed, "G3", false)
+    );
+    assert!(records[0].reason.contains("a planted panic"), "{}", records[0].reason);
+}
+
+#[test]
+fn a_forward_pass_that_never_returns_is_a_timeout_and_its_session_is_abandoned() {
+    let fx = Fixture::new(
+        &PLAYBOOK.replace("    scenario_count: 3\n", "    scenario_count: 3\n    timeout_ms: 2000\n"),
+    );
+    let started = std::time::Instant::now();
+    let out =
+        fx.qualify("hung", &["::run::", "--test-threads", "1"], &[("QUALIFY_FAULT_CRASH", "hang:any_text")]);
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let records = fx.journal("hung");
+    let hung = trial(&records, "run::any_text");
+    assert_eq!(hung.outcome, Outcome::Timeout, "{hung:?}");
+    assert!(hung.reason.contains("hung") && hung.reason.contains("abandoned"), "{}", hung.reason);
+    // The session's other trials fail at once with the reason instead of waiting on it.
+    for tail in ["run::arithmetic", "run::sampled"] {
+        let r = trial(&records, tail);
+        assert_eq!(r.outcome, Outcome::Timeout, "{r:?}");
+        assert!(r.reason.contains("abandoned"), "{}", r.reason);
+    }
+    // The watchdog's grace on a 2 s timeout is 2 s; the run does not wait on the hung call.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_resumed_run_runs_only_what_has_no_final_record_and_loses_nothing() {
+    let fx = Fixture::new(PLAYBOOK);
+    let out = fx.qualify(
+        "resumed",
+        &["::run::", "--test-threads", "1"],
+        &[("QUALIFY_FAULT_CRASH", "abort:arithmetic")],
+    );
+    assert_eq!(out.status.code(), None, "{}", stderr(&out));
+    let first = trial(&fx.journal("resumed"), "run::any_text").clone();
+
+    let out = fx.qualify("resumed", &["::run::", "--test-threads", "1"], &[("QUALIFY_RESUME", "resumed")]);
+    assert!(
+        stderr(&out).contains("resuming run resumed: 1 of the 6 selected trials finished"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("ignored 1 trial: finished in run resumed before it stopped"),
+        "{}",
+        stderr(&out)
+    );
+    let records = fx.journal("resumed");
+    assert_eq!(records.len(), 3, "one final record per trial, none twice: {records:#?}");
+    assert_eq!(trial(&records, "run::any_text"), &first, "the finished trial is kept as it was");
+    for tail in ["run::arithmetic", "run::sampled"] {
+        let r = trial(&records, tail);
+        assert!(!r.unfinished && r.outcome != Outcome::Crashed, "{r:?}");
+    }
+
+    let out = fx.qualify("nothing-here", &["::run::"], &[("QUALIFY_RESUME", "nothing-here")]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot resume"), "{}", stderr(&out));
+}

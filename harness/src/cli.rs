@@ -1,6 +1,6 @@
 //! The qualify harness's `main`: libtest's command line in, trials out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -102,11 +102,24 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
         reporter::no_trials(&found, false);
     }
 
+    // A resumed run reads what its journal already holds before appending to it.
+    let finished = if config.resume {
+        let path = Journal::path_of(&config.journal_dir, &config.run_id);
+        let (records, _) =
+            crate::journal::read(&path).map_err(|source| UserError::Resume { path: path.clone(), source })?;
+        let finished: BTreeSet<String> =
+            records.into_iter().filter(|r| !r.unfinished).map(|r| r.trial).collect();
+        let done = selected.iter().filter(|r| finished.contains(&plan.spec(**r).full_name)).count();
+        reporter::resuming(&config.run_id, done, selected.len());
+        Some(finished)
+    } else {
+        None
+    };
     let journal = Journal::open(&config.journal_dir, &config.run_id)
         .map_err(|source| UserError::Journal { path: config.journal_dir.clone(), source })?;
     reporter::run_header(selected.len(), plan.total(), plan.playbooks().len(), journal.path());
     let ctx = Arc::new(RunContext::new(config, journal, Box::new(CandleEngine)));
-    let (trials, ignored) = build_trials(&plan, &selected, &mut binder, &ctx, &args);
+    let (trials, ignored) = build_trials(&plan, &selected, &mut binder, &ctx, &args, finished.as_ref());
     reporter::ignored_summary(&ignored);
     let conclusion = libtest_mimic::run(&args, trials);
     // libtest's own code for a failed trial, said here so the README's table is this code.
@@ -212,13 +225,19 @@ fn build_trials(
     binder: &mut Binder,
     ctx: &Arc<RunContext>,
     args: &Arguments,
+    finished: Option<&BTreeSet<String>>,
 ) -> (Vec<Trial>, BTreeMap<String, usize>) {
     let mut trials = Vec::with_capacity(selected.len());
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
     let runs_ignored = args.ignored || args.include_ignored;
     for r in selected {
         let spec = plan.spec(*r);
-        let reason = ignore_reason(binder, &spec);
+        let reason = match finished {
+            Some(done) if done.contains(&spec.full_name) => {
+                Some(format!("finished in run {} before it stopped (QUALIFY_RESUME)", ctx.config.run_id))
+            }
+            _ => ignore_reason(binder, &spec),
+        };
         let model_dir: Option<PathBuf> = match (&spec.engine, binder.locate(&spec.model)) {
             // An OpenAI-compatible server holds the model; nothing is read here.
             (EngineSpec::Openai { .. }, _) => Some(PathBuf::new()),

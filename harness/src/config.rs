@@ -20,6 +20,9 @@ pub(crate) struct Config {
     pub journal_dir: PathBuf,
     /// Running as one of nextest's processes, which share the journal.
     pub under_nextest: bool,
+    /// `QUALIFY_RESUME`: the run to resume. Its journal is appended to, and the trials that
+    /// already have a final record in it are not run again.
+    pub resume: bool,
 }
 
 /// A setting the user got wrong.
@@ -45,10 +48,25 @@ impl Config {
                 expected: "expected collect-all, stop-on-p0 or stop-on-first".into(),
             })?),
         };
-        let run_id = var("QUALIFY_RUN_ID").or_else(|| var("NEXTEST_RUN_ID")).unwrap_or_else(new_run_id);
+        let resume = var("QUALIFY_RESUME");
+        let named = var("QUALIFY_RUN_ID");
+        if let (Some(resumed), Some(named)) = (&resume, &named)
+            && resumed != named
+        {
+            return Err(ConfigError {
+                var: "QUALIFY_RESUME",
+                value: resumed.clone(),
+                expected: format!("a resumed run keeps its id, and QUALIFY_RUN_ID names another ({named})"),
+            });
+        }
+        let (var_name, run_id) = match (&resume, named) {
+            (Some(r), _) => ("QUALIFY_RESUME", r.clone()),
+            (None, Some(n)) => ("QUALIFY_RUN_ID", n),
+            (None, None) => ("QUALIFY_RUN_ID", var("NEXTEST_RUN_ID").unwrap_or_else(new_run_id)),
+        };
         if run_id.contains(['/', '\\']) || run_id.starts_with('.') {
             return Err(ConfigError {
-                var: "QUALIFY_RUN_ID",
+                var: var_name,
                 value: run_id,
                 expected: "a run id is a file name: no `/`, `\\` or leading `.`".into(),
             });
@@ -61,6 +79,7 @@ impl Config {
             run_id,
             journal_dir: places.journal_dir,
             under_nextest: var("NEXTEST").as_deref() == Some("1"),
+            resume: resume.is_some(),
         })
     }
 }
@@ -158,6 +177,8 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_GOLDEN_DIR",
     "QUALIFY_NO_TRIALS",
     "QUALIFY_FAULT_SLOWDOWN",
+    "QUALIFY_FAULT_CRASH",
+    "QUALIFY_RESUME",
 ];
 
 /// `QUALIFY_*` variables set in the environment that modelqa does not read, each with the
@@ -217,6 +238,46 @@ pub(crate) fn planted_slowdown() -> Option<f64> {
     *FACTOR.get_or_init(|| {
         var("QUALIFY_FAULT_SLOWDOWN")?.parse::<f64>().ok().filter(|f| *f > 1.0 && f.is_finite())
     })
+}
+
+/// `QUALIFY_FAULT_CRASH=KIND[:TRIAL]`: a fault the harness's own tests plant to prove that a
+/// crash or a hang inside the engine still ends its trial with a record that fails G3 or times
+/// out. `KIND` is `abort` (the process aborts), `segfault` (it takes SIGSEGV), `hang` (the forward
+/// pass never returns) or `panic`; the fault fires in the forward passes of trials whose name
+/// contains `TRIAL` (every trial when it is absent). Read once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlantedCrash {
+    pub kind: CrashKind,
+    pub trial: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CrashKind {
+    Abort,
+    Segfault,
+    Hang,
+    Panic,
+}
+
+pub(crate) fn planted_crash() -> Option<&'static PlantedCrash> {
+    static CRASH: std::sync::OnceLock<Option<PlantedCrash>> = std::sync::OnceLock::new();
+    CRASH
+        .get_or_init(|| {
+            let value = var("QUALIFY_FAULT_CRASH")?;
+            let (kind, trial) = match value.split_once(':') {
+                Some((k, t)) => (k.to_string(), Some(t.to_string())),
+                None => (value, None),
+            };
+            let kind = match kind.as_str() {
+                "abort" => CrashKind::Abort,
+                "segfault" => CrashKind::Segfault,
+                "hang" => CrashKind::Hang,
+                "panic" => CrashKind::Panic,
+                _ => return None,
+            };
+            Some(PlantedCrash { kind, trial })
+        })
+        .as_ref()
 }
 
 /// A fresh run id: UTC time and process id, sortable.

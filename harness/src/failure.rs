@@ -43,6 +43,12 @@ pub(crate) enum UserError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot resume: the run's journal {path} cannot be read: {source}")]
+    Resume {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to load playbooks: {0}")]
     Playbook(#[source] PlaybookError),
     #[error("`{name}` is not a trial name: {source}")]
@@ -62,9 +68,10 @@ impl UserError {
     /// The exit code the README documents for this error.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            UserError::UnknownVariables(_) | UserError::Config(_) | UserError::Journal { .. } => {
-                exit::ENVIRONMENT_ERROR
-            }
+            UserError::UnknownVariables(_)
+            | UserError::Config(_)
+            | UserError::Journal { .. }
+            | UserError::Resume { .. } => exit::ENVIRONMENT_ERROR,
             UserError::Playbook(_)
             | UserError::InvalidExactName { .. }
             | UserError::UnknownExactName { .. } => exit::PLAYBOOK_ERROR,

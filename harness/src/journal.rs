@@ -1,10 +1,13 @@
 //! The evidence journal (pass 5): one JSON line per finished trial, appended to
-//! `target/qualify/journal/<run-id>.jsonl`.
+//! `target/qualify/journal/<run-id>.jsonl`, and before it one line saying the trial started.
 //!
-//! Each record is written with a single `write` under an exclusive file lock, so threads and
+//! Each line is written with a single `write` under an exclusive file lock, so threads and
 //! nextest's processes share one journal without interleaving, and a run killed half way keeps
-//! every record that finished. Reading tolerates a torn last line.
+//! every record that finished. Reading tolerates a torn last line, and a trial that started and
+//! never finished (its process crashed, aborted, was killed, or the run was interrupted) reads
+//! as a `crashed` record that fails G3: a crash is never mere missing coverage.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -86,6 +89,16 @@ pub struct EvidenceRecord {
     pub host: Host,
     /// RFC 3339, UTC.
     pub timestamp: String,
+    /// SHA-256 over the harness's sources and `Cargo.lock` of the build that ran the trial
+    /// (`build.rs`); empty in records older than the field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub harness_fingerprint: String,
+    /// SHA-256 of the playbook file when the trial ran; empty in older records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub playbook_sha256: String,
+    /// The trial started and never finished: read from a start line with no record after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfinished: bool,
 }
 
 impl EvidenceRecord {
@@ -117,9 +130,14 @@ impl Journal {
     /// Opens (creating) `<dir>/<run_id>.jsonl` for appending.
     pub(crate) fn open(dir: &Path, run_id: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{run_id}.jsonl"));
+        let path = Self::path_of(dir, run_id);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self { path, file: Mutex::new(file) })
+    }
+
+    /// Where the journal of `run_id` lives in `dir`.
+    pub(crate) fn path_of(dir: &Path, run_id: &str) -> PathBuf {
+        dir.join(format!("{run_id}.jsonl"))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -128,7 +146,16 @@ impl Journal {
 
     /// Appends one record atomically with respect to other threads and processes.
     pub(crate) fn append(&self, record: &EvidenceRecord) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        self.write_line(serde_json::to_vec(record).map_err(std::io::Error::other)?)
+    }
+
+    /// Says that a trial starts: `provisional` is the record it leaves if it never finishes.
+    pub(crate) fn append_start(&self, provisional: &EvidenceRecord) -> std::io::Result<()> {
+        let start = Start { started: StartInfo { pid: std::process::id() }, record: provisional.clone() };
+        self.write_line(serde_json::to_vec(&start).map_err(std::io::Error::other)?)
+    }
+
+    fn write_line(&self, mut line: Vec<u8>) -> std::io::Result<()> {
         line.push(b'\n');
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         file.lock()?;
@@ -138,21 +165,62 @@ impl Journal {
     }
 }
 
-/// A journal's records; a torn last line (a process killed mid-write) is skipped and counted.
+/// The line written when a trial starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    started: StartInfo,
+    /// What the trial leaves if it never finishes: `crashed`, G3, `unfinished`.
+    record: EvidenceRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartInfo {
+    /// The process that ran the trial.
+    pid: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Start(Box<Start>),
+    Record(Box<EvidenceRecord>),
+}
+
+/// A journal's records, in the order they finished, and how many lines were unreadable (a torn
+/// last line of a process killed mid-write). A trial that started and has no record after its
+/// start line in the same run reads as its provisional `crashed` record, at the end.
 pub fn read(path: &Path) -> std::io::Result<(Vec<EvidenceRecord>, usize)> {
     let file = File::open(path)?;
     let mut records = Vec::new();
+    // Trials started and not yet finished, by (run, trial): an index into `started`.
+    let mut open: HashMap<(String, String), usize> = HashMap::new();
+    let mut started: Vec<Option<EvidenceRecord>> = Vec::new();
     let mut torn = 0;
     for line in BufReader::new(file).lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str(&line) {
-            Ok(r) => records.push(r),
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line::Start(start)) => {
+                let key = (start.record.run_id.clone(), start.record.trial.clone());
+                if let Some(i) = open.insert(key, started.len()) {
+                    started[i] = None;
+                }
+                started.push(Some(start.record));
+            }
+            Ok(Line::Record(r)) => {
+                if let Some(i) = open.remove(&(r.run_id.clone(), r.trial.clone())) {
+                    started[i] = None;
+                }
+                records.push(*r);
+            }
             Err(_) => torn += 1,
         }
     }
+    records.extend(started.into_iter().flatten());
     Ok((records, torn))
 }
 

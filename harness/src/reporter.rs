@@ -22,6 +22,12 @@ fn user_error(err: &UserError) {
             eprintln!("note: no trial was run; fix the playbook and run again");
         }
         UserError::NoTrials(found) => no_trials(found, true),
+        UserError::Resume { .. } => {
+            eprintln!("error: {err}");
+            eprintln!(
+                "note: QUALIFY_RESUME names a run whose journal is in QUALIFY_JOURNAL_DIR; nothing was run"
+            );
+        }
         UserError::Config(_)
         | UserError::Journal { .. }
         | UserError::InvalidExactName { .. }
@@ -96,6 +102,14 @@ pub(crate) fn ignored_summary(reasons: &BTreeMap<String, usize>) {
     for (reason, count) in reasons {
         let _ = writeln!(err, "ignored {count} trial{}: {reason}", if *count == 1 { "" } else { "s" });
     }
+}
+
+/// Says what a resumed run will do.
+pub(crate) fn resuming(run_id: &str, finished: usize, selected: usize) {
+    eprintln!(
+        "modelqa: resuming run {run_id}: {finished} of the {selected} selected trials finished before it stopped; running the other {}",
+        selected - finished
+    );
 }
 
 pub(crate) fn run_header(selected: usize, total: usize, playbooks: usize, journal: &std::path::Path) {

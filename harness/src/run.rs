@@ -5,7 +5,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use crate::checks;
 use crate::engine::SessionKey;
@@ -37,9 +38,12 @@ pub(crate) struct RecordError {
 }
 
 impl RunContext {
-    /// Runs one trial to its end and records it.
+    /// Runs one trial to its end and records it. A start line is journaled first, so a process
+    /// that dies inside the trial leaves a `crashed` record behind; the body runs on a thread of
+    /// its own under a watchdog, so a body that hangs past its deadline (inside a forward pass,
+    /// where no deadline is checked) still ends the trial as a `timeout`.
     pub(crate) fn run(
-        &self,
+        self: &Arc<Self>,
         spec: &TrialSpec,
         model_dir: PathBuf,
         playbook_policy: Option<FailurePolicy>,
@@ -48,21 +52,24 @@ impl RunContext {
         let key = session_key(spec);
         let policy = self.config.failure_policy.or(playbook_policy).unwrap_or(FailurePolicy::CollectAll);
         let shared_journal = self.config.under_nextest.then(|| self.journal.path());
+        let record_err = |source| RecordError { path: self.journal.path().to_path_buf(), source };
         let finding = match self.policy.blocked(policy, &key, spec, shared_journal) {
             Some(reason) => Finding::new(Outcome::Skipped, Decider::Policy, reason),
-            None => catch_unwind(AssertUnwindSafe(|| execute(self, spec, &key, &model_dir, policy, started)))
-                .unwrap_or_else(|panic| {
-                    let msg = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "a panic without a message".into());
-                    Finding::new(
-                        Outcome::Crashed,
-                        Decider::Gateway(Gate::Stability),
-                        format!("the trial crashed: {msg}"),
-                    )
-                }),
+            None => {
+                let mut provisional = Finding::new(
+                    Outcome::Crashed,
+                    Decider::Gateway(Gate::Stability),
+                    format!(
+                        "the trial started (process {}) and never finished: the process died inside it \
+                         (a crash, an abort, an out-of-memory kill) or the run was interrupted",
+                        std::process::id()
+                    ),
+                )
+                .record(self, spec, Duration::ZERO);
+                provisional.unfinished = true;
+                self.journal.append_start(&provisional).map_err(record_err)?;
+                self.watched(spec, &key, model_dir, policy, started)
+            }
         };
         if self.sessions.release(&key) {
             // The session's last trial: its server (if any) stops with it.
@@ -78,11 +85,98 @@ impl RunContext {
             (_, Some(message)) => TrialEnd::Failed(message),
         };
         let record = finding.record(self, spec, started.elapsed());
-        self.journal
-            .append(&record)
-            .map_err(|source| RecordError { path: self.journal.path().to_path_buf(), source })?;
+        self.journal.append(&record).map_err(record_err)?;
         Ok(end)
     }
+
+    /// The trial's body on a thread of its own, waited for until its deadline and a grace; a
+    /// panic in it is a `crashed` finding, a result after the deadline a `timeout`.
+    fn watched(
+        self: &Arc<Self>,
+        spec: &TrialSpec,
+        key: &SessionKey,
+        model_dir: PathBuf,
+        policy: FailurePolicy,
+        started: Instant,
+    ) -> Finding {
+        let timeout = spec.tier.timeout;
+        let deadline = started + timeout;
+        let (tx, rx) = mpsc::channel();
+        let body = {
+            let (ctx, spec, key) = (Arc::clone(self), spec.clone(), key.clone());
+            move || {
+                let finding = catch_unwind(AssertUnwindSafe(|| {
+                    execute(&ctx, &spec, &key, &model_dir, policy, started)
+                }))
+                .unwrap_or_else(|panic| crashed(&*panic));
+                // The watchdog may have given up on this trial; then nobody listens.
+                let _ = tx.send((finding, Instant::now()));
+            }
+        };
+        let name = format!("trial {}", spec.full_name);
+        if let Err(e) = std::thread::Builder::new().name(name).spawn(body) {
+            return Finding::new(
+                Outcome::Crashed,
+                Decider::Gateway(Gate::Stability),
+                format!("the trial's thread could not start: {e}"),
+            );
+        }
+        let grace = (timeout / 4).clamp(WATCHDOG_GRACE_MIN, WATCHDOG_GRACE_MAX);
+        match rx.recv_timeout((deadline + grace).saturating_duration_since(Instant::now())) {
+            Ok((finding, ended)) => late(finding, ended, deadline, timeout),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let why = format!(
+                    "{} hung: it did not return within its {}s timeout and {}s of grace",
+                    spec.full_name,
+                    timeout.as_secs_f64(),
+                    grace.as_secs_f64()
+                );
+                self.sessions.abandon(key, why.clone());
+                Finding::new(
+                    Outcome::Timeout,
+                    Decider::Timeout,
+                    format!(
+                        "{why}; the engine was inside a call that checks no deadline, and its session ({key}) is abandoned"
+                    ),
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Finding::new(
+                Outcome::Crashed,
+                Decider::Gateway(Gate::Stability),
+                "the trial's thread ended without a result",
+            ),
+        }
+    }
+}
+
+/// How long the watchdog waits past a trial's deadline before it calls the trial hung: a
+/// quarter of the timeout, within these bounds (a forward pass in progress finishes its token).
+const WATCHDOG_GRACE_MIN: Duration = Duration::from_secs(2);
+const WATCHDOG_GRACE_MAX: Duration = Duration::from_secs(60);
+
+/// A panic's payload as a `crashed` finding.
+fn crashed(panic: &(dyn std::any::Any + Send)) -> Finding {
+    let msg = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into());
+    Finding::new(Outcome::Crashed, Decider::Gateway(Gate::Stability), format!("the trial crashed: {msg}"))
+}
+
+/// A pass that came after the deadline is a `timeout`: an answer is only as good as its time.
+fn late(mut finding: Finding, ended: Instant, deadline: Instant, timeout: Duration) -> Finding {
+    if finding.outcome.is_pass() && ended > deadline {
+        finding.outcome = Outcome::Timeout;
+        finding.decider = Decider::Timeout;
+        finding.reason = format!(
+            "the trial passed, but {:.1}s after its {}s timeout: {}",
+            (ended - deadline).as_secs_f64(),
+            timeout.as_secs_f64(),
+            finding.reason
+        );
+    }
+    finding
 }
 
 /// The trial's artifact, file-only checks, the session, then the trial's body.
@@ -125,6 +219,13 @@ fn execute(
         }
         TrialKind::Gate(Gate::Integrity) => return checks::gate::run_integrity(spec, model_dir, &artifact),
         _ => {}
+    }
+    if let Some(why) = ctx.sessions.abandoned(key) {
+        return Finding::new(
+            Outcome::Timeout,
+            Decider::Timeout,
+            format!("not run: the session was abandoned: {why}"),
+        );
     }
     let (session, loaded_now) = ctx.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
         load(ctx, spec, &artifact, model_dir, deadline)
@@ -189,5 +290,26 @@ fn dispatch(env: &TrialEnv<'_>) -> Finding {
             None if *modality == crate::matrix::Modality::Serve => modality::serve(env, scenario),
             None => modality::text(env, *modality, scenario),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_after_the_deadline_is_a_timeout_and_a_failure_stays_a_failure() {
+        let deadline = Instant::now();
+        let timeout = Duration::from_secs(5);
+        let pass = || Finding::new(Outcome::Corroborated, Decider::Oracles, "85");
+        let on_time = late(pass(), deadline, deadline, timeout);
+        assert_eq!((on_time.outcome, on_time.decider), (Outcome::Corroborated, Decider::Oracles));
+        let after = late(pass(), deadline + Duration::from_secs(115), deadline, timeout);
+        assert_eq!((after.outcome, after.decider), (Outcome::Timeout, Decider::Timeout));
+        assert!(after.reason.contains("115.0s after its 5s timeout"), "{}", after.reason);
+        let wrong =
+            Finding::new(Outcome::Falsified, Decider::Oracle(crate::vocab::OracleKind::Arithmetic), "84");
+        let wrong = late(wrong, deadline + Duration::from_secs(9), deadline, timeout);
+        assert_eq!(wrong.outcome, Outcome::Falsified, "a wrong answer is wrong whenever it comes");
     }
 }

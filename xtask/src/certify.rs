@@ -31,8 +31,19 @@ pub struct CertifyArgs {
     /// With --family/--tier: measure again even when the evidence is up to date
     #[arg(long, requires = "family")]
     pub rerun: bool,
+    /// With --family/--tier: finish the interrupted run RUN_ID (the trials without a final
+    /// record in its journal), appending to it, then score it
+    #[arg(long, value_name = "RUN_ID", requires = "family", conflicts_with = "rerun")]
+    pub resume: Option<String>,
+    /// Let evidence with fewer records than the committed evidence of its tier replace it (an
+    /// interrupted run's, say); refused otherwise, naming the run to resume
+    #[arg(long)]
+    pub accept_partial: bool,
+    /// Certify records that different builds of the harness measured; refused otherwise
+    #[arg(long)]
+    pub allow_mixed_harness: bool,
     /// Write nothing; fail when certifications/, the registry or the README table is stale
-    #[arg(long, conflicts_with_all = ["run_ids", "journal", "family", "tier", "rerun"])]
+    #[arg(long, conflicts_with_all = ["run_ids", "journal", "family", "tier", "rerun", "resume"])]
     pub check: bool,
 }
 
@@ -80,7 +91,13 @@ pub fn certify(args: &CertifyArgs) -> anyhow::Result<()> {
     drop(notices);
     let plan = modelqa::support::expand::Plan::new(playbooks);
 
-    if let (Some(family), Some(tier)) = (&family, &tier) {
+    if let (Some(family), Some(tier), Some(run_id)) = (&family, &tier, &args.resume) {
+        let journal = dir.join(format!("{run_id}.jsonl"));
+        if !journal.is_file() {
+            bail!("no journal of run {run_id} in {}: nothing to resume", dir.display());
+        }
+        journals.push(run_harness(&layout, family, tier, Some(run_id))?);
+    } else if let (Some(family), Some(tier)) = (&family, &tier) {
         match workspace::freshness(&layout, &plan, family, tier)? {
             Freshness::Current { recorded } if !rerun => {
                 eprintln!(
@@ -90,7 +107,7 @@ pub fn certify(args: &CertifyArgs) -> anyhow::Result<()> {
             }
             freshness => {
                 say_why(family, tier, &freshness);
-                journals.push(run_harness(&layout, family, tier)?);
+                journals.push(run_harness(&layout, family, tier, None)?);
             }
         }
     } else if journals.is_empty() {
@@ -105,10 +122,29 @@ pub fn certify(args: &CertifyArgs) -> anyhow::Result<()> {
         if torn > 0 {
             eprintln!("warning: skipped {torn} torn journal line(s) (a process killed mid-write)");
         }
+        for (run, unfinished) in workspace::interrupted_runs(&records) {
+            eprintln!(
+                "warning: run {run} stopped with {unfinished} trial(s) started and never finished: each is \
+                 recorded as crashed and fails G3; if the run was interrupted rather than crashed, \
+                 `cargo xtask certify --family F --tier T --resume {run}` finishes it"
+            );
+        }
+        let fingerprints = workspace::recorded_fingerprints(&records);
+        if fingerprints.len() > 1 && !args.allow_mixed_harness {
+            bail!(
+                "the journals hold records of {} different harness builds ({}): certify one run, or \
+                 pass --allow-mixed-harness to score them together",
+                fingerprints.len(),
+                fingerprints.iter().map(|f| &f[..12]).collect::<Vec<_>>().join(", ")
+            );
+        }
         let found =
             workspace::evidence_from_records(&layout, records, &plan, family.as_deref(), tier.as_deref());
         if found.is_empty() {
             bail!("the journals hold no record{}", selection(&family, &tier));
+        }
+        if !args.accept_partial {
+            refuse_partial(&layout, &found)?;
         }
         for e in &found {
             let changed = workspace::write_evidence(&layout, e)?;
@@ -179,15 +215,48 @@ fn say_why(family: &str, tier: &str, freshness: &Freshness) {
     }
 }
 
-/// Runs `cargo test --test qualify -- family::tier::` with its own run id, in the places this
-/// process reads; on a terminal a bar shows trials done, failures and an ETA (see
-/// [`crate::libtest`]). Failing trials are evidence; a harness that could not start is an error.
-fn run_harness(layout: &Layout, family: &str, tier: &str) -> anyhow::Result<PathBuf> {
-    let run_id = format!("certify-{}", modelqa::support::config::new_run_id());
-    eprintln!("running {family}::{tier} (run {run_id})");
-    let mut child = crate::qualify_command(&layout.places)
-        .args(["--", &format!("{family}::{tier}::")])
-        .env("QUALIFY_RUN_ID", &run_id)
+/// Refuses evidence that would replace fuller committed evidence of the same tier: a partial
+/// run (interrupted, or filtered) must not shrink a certification without saying so.
+fn refuse_partial(layout: &Layout, found: &[ModelEvidence]) -> anyhow::Result<()> {
+    for e in found {
+        let path = layout.model_dir(&e.model).join("evidence.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(old) = serde_json::from_str::<ModelEvidence>(&text) else { continue };
+        if old.tier == e.tier && e.records.len() < old.records.len() {
+            let unfinished = e.records.iter().filter(|r| r.unfinished).count();
+            bail!(
+                "{}: the journals hold {} records of {}::{} where the committed evidence has {} \
+                 ({} started and never finished); a partial run does not replace fuller evidence: \
+                 finish it with `--resume {}`, or pass --accept-partial",
+                e.model,
+                e.records.len(),
+                e.family,
+                e.tier,
+                old.records.len(),
+                unfinished,
+                e.runs.last().map_or("RUN_ID", String::as_str)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cargo test --test qualify -- family::tier::` with its own run id (or resuming `resume`),
+/// in the places this process reads; on a terminal a bar shows trials done, failures and an ETA
+/// (see [`crate::libtest`]). Failing trials are evidence; a harness that could not start is an
+/// error.
+fn run_harness(layout: &Layout, family: &str, tier: &str, resume: Option<&str>) -> anyhow::Result<PathBuf> {
+    let run_id =
+        resume.map_or_else(|| format!("certify-{}", modelqa::support::config::new_run_id()), str::to_string);
+    eprintln!("{} {family}::{tier} (run {run_id})", if resume.is_some() { "resuming" } else { "running" });
+    let mut command = crate::qualify_command(&layout.places);
+    command.args(["--", &format!("{family}::{tier}::")]);
+    if resume.is_some() {
+        command.env("QUALIFY_RESUME", &run_id);
+    } else {
+        command.env("QUALIFY_RUN_ID", &run_id);
+    }
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -34,6 +34,9 @@ fn record(i: usize, gate: &str, category: Category, outcome: Outcome) -> Evidenc
         harness_version: "0".into(),
         host: Host { hostname: "h".into(), os: "linux".into(), arch: "x86_64".into(), cpus: 2 },
         timestamp: "2026-01-01T00:00:00Z".into(),
+        harness_fingerprint: String::new(),
+        playbook_sha256: String::new(),
+        unfinished: false,
     }
 }
 

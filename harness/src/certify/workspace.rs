@@ -253,7 +253,7 @@ pub fn evidence_from_records(
     family: Option<&str>,
     tier: Option<&str>,
 ) -> Vec<ModelEvidence> {
-    let fingerprint = harness_fingerprint(layout);
+    let current = harness_fingerprint(layout);
     let namer = Namer::new(layout);
     let mut best: BTreeMap<String, ModelEvidence> = BTreeMap::new();
     for ((fam, t, model), records) in evidence::group(records) {
@@ -264,15 +264,18 @@ pub fn evidence_from_records(
         let playbook_sha256 =
             records.first().and_then(|r| sha256_file(&namer.playbook_path(&r.playbook))).unwrap_or_default();
         let params = parameters(&records, &layout.root);
-        let records = records
+        let records: Vec<EvidenceRecord> = records
             .into_iter()
             .map(|mut r| {
                 namer.name_record(&mut r);
                 r
             })
             .collect();
-        let Some(e) = ModelEvidence::new(records, planned, playbook_sha256, params, fingerprint.clone())
-        else {
+        // The harness that measured, as the records say (older records say nothing: the harness
+        // that certifies is taken to have measured them).
+        let fingerprint =
+            recorded_fingerprints(&records).into_iter().next().unwrap_or_else(|| current.clone());
+        let Some(e) = ModelEvidence::new(records, planned, playbook_sha256, params, fingerprint) else {
             continue;
         };
         match best.get(&e.model) {
@@ -283,6 +286,25 @@ pub fn evidence_from_records(
         }
     }
     best.into_values().collect()
+}
+
+/// The distinct harness fingerprints the records were measured with (records older than the
+/// field carry none), sorted.
+pub fn recorded_fingerprints(records: &[EvidenceRecord]) -> Vec<String> {
+    let mut found: Vec<String> =
+        records.iter().map(|r| r.harness_fingerprint.clone()).filter(|f| !f.is_empty()).collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Runs whose journals hold trials that started and never finished, with how many.
+pub fn interrupted_runs(records: &[EvidenceRecord]) -> BTreeMap<String, usize> {
+    let mut runs = BTreeMap::new();
+    for r in records.iter().filter(|r| r.unfinished) {
+        *runs.entry(r.run_id.clone()).or_insert(0) += 1;
+    }
+    runs
 }
 
 /// Why evidence no longer describes what the harness would measure now.

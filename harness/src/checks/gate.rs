@@ -117,6 +117,15 @@ pub(crate) fn stability(session: &SharedSession, prompt: &str, deadline: Instant
             ));
         }
         (Err(_), _) | (_, Err(_)) => return Verdict::fail("the engine panicked on a basic prompt"),
+        (Ok(Err(EngineError::Timeout { .. })), _) | (_, Ok(Err(EngineError::Timeout { .. }))) => {
+            return Verdict::timeout("the basic prompt passed the timeout");
+        }
+        // Stability is judged on a model that runs: one that cannot answer the basic prompt, or
+        // answers it with nothing, is not stable, whatever the awkward inputs do after it.
+        (Ok(Err(e)), _) | (_, Ok(Err(e))) => return Verdict::fail(format!("the basic prompt failed: {e}")),
+        (Ok(Ok(a)), _) if a.token_count == Some(0) || (a.token_count.is_none() && a.text.is_empty()) => {
+            return Verdict::fail("the basic prompt produced no token");
+        }
         _ => {}
     }
     let long = "word ".repeat(4096);

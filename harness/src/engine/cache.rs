@@ -39,6 +39,8 @@ struct Slot {
 #[derive(Default)]
 pub(crate) struct SessionCache {
     slots: Mutex<HashMap<SessionKey, Arc<Slot>>>,
+    /// Sessions a trial hung in, with why: their later trials fail at once instead of waiting.
+    abandoned: Mutex<HashMap<SessionKey, String>>,
 }
 
 impl SessionCache {
@@ -76,6 +78,16 @@ impl SessionCache {
             *state = Some(loaded.clone());
         }
         (loaded, true)
+    }
+
+    /// Gives up on `key`: a trial hung inside it past its deadline and still holds it.
+    pub(crate) fn abandon(&self, key: &SessionKey, why: String) {
+        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_insert(why);
+    }
+
+    /// Why `key` was abandoned, if it was.
+    pub(crate) fn abandoned(&self, key: &SessionKey) -> Option<String> {
+        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
     /// One trial using `key` has ended; the last one drops the session (and gets `true`).

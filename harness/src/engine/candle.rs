@@ -378,6 +378,7 @@ impl CandleSession {
         cache: &mut Option<llama::Cache>,
     ) -> candle_core::Result<Tensor> {
         let started = Instant::now();
+        planted_crash();
         let logits = self.forward_once(ids, pos, cache)?;
         if let Some(factor) = crate::config::planted_slowdown() {
             // A fault the harness's own tests plant (QUALIFY_FAULT_SLOWDOWN): every forward
@@ -558,5 +559,40 @@ impl Session for CandleSession {
             first_logits_finite: Some(first_logits_finite),
             leaked_special_tokens,
         })
+    }
+}
+
+/// The crash the harness's own tests plant (`QUALIFY_FAULT_CRASH`), in the forward pass of the
+/// trials it names (trial bodies run on threads named `trial <name>`).
+fn planted_crash() {
+    let Some(fault) = crate::config::planted_crash() else { return };
+    let here = std::thread::current();
+    let name = here.name().unwrap_or("");
+    if !name.starts_with("trial ") || fault.trial.as_deref().is_some_and(|t| !name.contains(t)) {
+        return;
+    }
+    match fault.kind {
+        crate::config::CrashKind::Abort => std::process::abort(),
+        crate::config::CrashKind::Segfault => {
+            // The standard library's SIGSEGV handler (stack-overflow detection) takes the first
+            // signal that is not a fault of its guard page, restores the default action and
+            // returns; the second ends the process as a real segmentation fault does.
+            #[cfg(unix)]
+            for _ in 0..2 {
+                let _ =
+                    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::SEGV);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            // Should the signal still be caught, the trial hangs instead.
+            loop {
+                std::thread::park();
+            }
+        }
+        crate::config::CrashKind::Hang => loop {
+            std::thread::park();
+        },
+        crate::config::CrashKind::Panic => {
+            panic!("a planted panic in the forward pass (QUALIFY_FAULT_CRASH)")
+        }
     }
 }

@@ -1,5 +1,11 @@
 //! What every trial of one harness process shares.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
 use crate::config::Config;
 use crate::engine::{Engine, SessionCache};
 use crate::journal::{Host, Journal};
@@ -17,6 +23,8 @@ pub(crate) struct RunContext {
     pub(crate) policy: PolicyState,
     /// One server per session that `serve` trials use, stopped with the session.
     pub(crate) servers: ServerPool,
+    /// SHA-256 of each playbook file, read once.
+    playbook_hashes: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl RunContext {
@@ -29,6 +37,18 @@ impl RunContext {
             host: Host::current(),
             policy: PolicyState::default(),
             servers: ServerPool::default(),
+            playbook_hashes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The SHA-256 of a playbook file as it is now (empty when it cannot be read).
+    pub(crate) fn playbook_sha256(&self, path: &Path) -> String {
+        let mut hashes = self.playbook_hashes.lock().unwrap_or_else(|p| p.into_inner());
+        hashes
+            .entry(path.to_path_buf())
+            .or_insert_with(|| {
+                std::fs::read(path).map(|b| hex::encode(Sha256::digest(b))).unwrap_or_default()
+            })
+            .clone()
     }
 }

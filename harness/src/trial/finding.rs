@@ -127,6 +127,9 @@ impl Finding {
             harness_version: env!("CARGO_PKG_VERSION").into(),
             host: ctx.host.clone(),
             timestamp: crate::journal::timestamp(),
+            harness_fingerprint: env!("MODELQA_HARNESS_FINGERPRINT").into(),
+            playbook_sha256: ctx.playbook_sha256(&spec.source),
+            unfinished: false,
         }
     }
 }
