@@ -660,3 +660,71 @@ fn a_resumed_run_runs_only_what_has_no_final_record_and_loses_nothing() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot resume"), "{}", stderr(&out));
 }
+
+/// A playbook whose engine is a shell command answering "What is 2+2?" with 4, except every
+/// fifth call (counted in `counter`), which answers 5: an engine right 80% of the time.
+fn eighty_percent_playbook(counter: &Path, repeat: &str) -> String {
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; if [ $((n % 5)) -eq 0 ]; then echo 5; else echo 4; fi",
+        c = counter.display()
+    );
+    format!(
+        r#"
+playbook: 1
+family: flaky
+failure_policy: collect-all
+engine:
+  kind: command
+  args: [sh, -c, '{script}', sh, '{{prompt}}']
+tiers:
+  smoke:
+    formats: [safetensors]
+    backends: [cpu]
+    modalities: [run]
+    scenario_count: 1
+models:
+  - id: test/tiny
+    path: model
+scenarios:
+  - name: arithmetic
+    prompt: "What is 2+2?"
+    max_tokens: 8
+    oracles: [arithmetic]
+    repeat: {repeat}
+"#
+    )
+}
+
+#[test]
+fn repeats_catch_an_engine_right_four_times_in_five_and_name_it_flaky() {
+    let probe = tempfile::tempdir().expect("tempdir");
+    let counter = probe.path().join("calls");
+    // At `repeat: 5` (every run must pass) the wrong fifth answer is caught whichever call the
+    // trial starts on.
+    for start in 0..5 {
+        std::fs::write(&counter, start.to_string()).expect("counter");
+        let fx = Fixture::new(&eighty_percent_playbook(&counter, "5"));
+        let run = format!("all{start}");
+        let out = fx.qualify(&run, &["::run::arithmetic"], &[]);
+        assert_eq!(out.status.code(), Some(101), "{}\n{}", stdout(&out), stderr(&out));
+        let r = trial(&fx.journal(&run), "run::arithmetic").clone();
+        assert_eq!(r.outcome, Outcome::Falsified, "{r:?}");
+        assert!(r.reason.starts_with("4 of 5 runs passed (the policy needs 5)"), "{}", r.reason);
+    }
+    // A majority is met, but the runs disagree: flaky, which is never a pass.
+    std::fs::write(&counter, "0").expect("counter");
+    let fx = Fixture::new(&eighty_percent_playbook(&counter, "{times: 5, pass: majority}"));
+    let out = fx.qualify("majority", &["::run::arithmetic"], &[]);
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let r = trial(&fx.journal("majority"), "run::arithmetic").clone();
+    assert_eq!((r.outcome, r.gate.as_str()), (Outcome::Flaky, "arithmetic"), "{r:?}");
+    assert!(r.reason.contains("4 of 5 runs passed (the policy needs 3)"), "{}", r.reason);
+    // Four runs never reach the wrong fifth call: every run passes, so the trial does.
+    std::fs::write(&counter, "0").expect("counter");
+    let fx = Fixture::new(&eighty_percent_playbook(&counter, "4"));
+    let out = fx.qualify("clean", &["::run::arithmetic"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = trial(&fx.journal("clean"), "run::arithmetic").clone();
+    assert_eq!(r.outcome, Outcome::Corroborated, "{r:?}");
+    assert!(r.reason.starts_with("4 of 4 runs passed"), "{}", r.reason);
+}

@@ -267,6 +267,7 @@ fn execute(
             session: &session,
             info: &info,
             deadline,
+            repeat: 0,
         };
         dispatch(&env)
     };
@@ -287,8 +288,7 @@ fn dispatch(env: &TrialEnv<'_>) -> Finding {
         TrialKind::Differential(k) => checks::differential::run(env, *k),
         TrialKind::Scenario { modality, scenario } => match &scenario.property {
             Some(property) => modality::property(env, *modality, scenario, property),
-            None if *modality == crate::matrix::Modality::Serve => modality::serve(env, scenario),
-            None => modality::text(env, *modality, scenario),
+            None => modality::scenario(env, *modality, scenario),
         },
     }
 }

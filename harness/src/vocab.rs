@@ -29,6 +29,9 @@ pub enum Outcome {
     /// Measured, but too noisy to judge (a performance trial on a machine whose load changed
     /// under it): recorded and shown, never a pass and never a falsification.
     Unstable,
+    /// The repeats of the trial disagreed: enough of them passed for its policy, yet not all.
+    /// A verdict on the model (it answers differently to the same request), never a pass.
+    Flaky,
 }
 
 impl Outcome {
@@ -51,6 +54,7 @@ impl Outcome {
             Outcome::Crashed => "crashed",
             Outcome::Skipped => "skipped",
             Outcome::Unstable => "unstable",
+            Outcome::Flaky => "flaky",
         }
     }
 }

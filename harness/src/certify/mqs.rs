@@ -115,6 +115,9 @@ pub struct Score {
     pub categories: Vec<CategoryScore>,
     pub crashes: usize,
     pub timeouts: usize,
+    /// Trials whose repeats disagreed: never passes, counted against their category.
+    #[serde(default)]
+    pub flaky: usize,
     pub penalty: f64,
     /// Category points less penalties, 0–1000, before gateways and the tier mapping.
     pub raw: f64,
@@ -280,7 +283,9 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
         match r.outcome {
             Outcome::Corroborated if *state == GatewayState::Unmeasured => *state = GatewayState::Passed,
             Outcome::Corroborated | Outcome::Skipped | Outcome::Unstable => {}
-            Outcome::Falsified | Outcome::Timeout | Outcome::Crashed => *state = GatewayState::Failed,
+            Outcome::Falsified | Outcome::Flaky | Outcome::Timeout | Outcome::Crashed => {
+                *state = GatewayState::Failed
+            }
         }
     }
     // G3 is also "no crash in any trial of the group".
@@ -308,6 +313,7 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
         .collect();
 
     let crashes = records.iter().filter(|r| r.outcome == Outcome::Crashed).count();
+    let flaky = records.iter().filter(|r| r.outcome == Outcome::Flaky).count();
     let timeouts = records.iter().filter(|r| r.outcome == Outcome::Timeout).count();
     let penalty = crashes as f64 * CRASH_PENALTY + timeouts as f64 * TIMEOUT_PENALTY;
     let earned: f64 = categories.iter().filter_map(|c| c.points).sum();
@@ -377,6 +383,7 @@ pub fn score(tier: &str, records: &[EvidenceRecord], planned: usize) -> Score {
         gateways,
         categories,
         crashes,
+        flaky,
         timeouts,
         penalty,
         raw,

@@ -62,6 +62,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         1 => Just(Outcome::Timeout),
         1 => Just(Outcome::Crashed),
         1 => Just(Outcome::Skipped),
+        1 => Just(Outcome::Flaky),
     ]
 }
 
@@ -134,6 +135,21 @@ proptest! {
         prop_assert_eq!(passed, records.iter().filter(|r| r.outcome == Outcome::Corroborated).count());
         prop_assert!(s.covered <= records.iter().filter(|r| r.outcome != Outcome::Skipped).count());
     }
+}
+
+#[test]
+fn a_flaky_trial_is_counted_and_never_a_pass() {
+    let mut records = clean(10);
+    let full = score("deep", &records, records.len());
+    let i = records
+        .iter()
+        .position(|r| r.category() == Category::Qual && r.gate.gateway().is_none())
+        .expect("a scenario");
+    records[i].outcome = Outcome::Flaky;
+    let flaky = score("deep", &records, records.len());
+    assert_eq!(flaky.flaky, 1);
+    assert!(flaky.mqs < full.mqs, "{} vs {}", flaky.mqs, full.mqs);
+    assert_eq!(flaky.gateways["G2"], GatewayState::Passed, "a flaky scenario is not a gateway failure");
 }
 
 #[test]

@@ -13,8 +13,8 @@ use super::mqs::{GATEWAYS, GatewayState, Score, Status};
 /// The original registry's 20 columns, with `g0` added before `g1` (the original dropped G0 and
 /// wrote every other gateway one column off), and `coverage` and `scope` (the backends the status
 /// speaks for, `cpu` or `cpu gpu`, then `; gpu not covered` for planned backends without
-/// evidence) at the end.
-pub const COLUMNS: [&str; 23] = [
+/// evidence) and `flaky` (trials whose repeats disagreed) at the end.
+pub const COLUMNS: [&str; 24] = [
     "model_id",
     "family",
     "parameters",
@@ -38,6 +38,7 @@ pub const COLUMNS: [&str; 23] = [
     "provenance_verified",
     "coverage",
     "scope",
+    "flaky",
 ];
 
 /// The format families and backends of the throughput columns, in column order.
@@ -98,6 +99,8 @@ pub struct Row {
     pub scope: Vec<String>,
     /// Planned backends without evidence.
     pub not_covered: Vec<String>,
+    /// Trials whose repeats disagreed; `None` without evidence.
+    pub flaky: Option<usize>,
 }
 
 impl Row {
@@ -118,6 +121,7 @@ impl Row {
             coverage: None,
             scope: Vec::new(),
             not_covered: Vec::new(),
+            flaky: None,
         }
     }
 
@@ -154,6 +158,7 @@ impl Row {
             coverage: Some(score.coverage),
             scope: score.scope.clone(),
             not_covered: score.not_covered.keys().cloned().collect(),
+            flaky: Some(score.flaky),
         }
     }
 
@@ -179,6 +184,7 @@ impl Row {
             true => self.scope.join(" "),
             false => format!("{}; {} not covered", self.scope.join(" "), self.not_covered.join(" ")),
         });
+        f.push(self.flaky.map_or(String::new(), |n| n.to_string()));
         f
     }
 }

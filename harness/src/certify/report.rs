@@ -33,8 +33,10 @@ pub fn junit(scored: &[(ModelEvidence, Score)]) -> Result<String, quick_junit::S
                     st.set_message(r.reason.clone());
                     st
                 }
-                Outcome::Falsified | Outcome::Timeout | Outcome::Crashed => {
-                    let kind = if r.outcome == Outcome::Falsified {
+                // A flaky trial is a failure whose type says so (nextest's flaky tests pass; ours
+                // never do).
+                Outcome::Falsified | Outcome::Flaky | Outcome::Timeout | Outcome::Crashed => {
+                    let kind = if matches!(r.outcome, Outcome::Falsified | Outcome::Flaky) {
                         NonSuccessKind::Failure
                     } else {
                         NonSuccessKind::Error
@@ -68,8 +70,10 @@ fn gate_mark(s: GatewayState) -> &'static str {
 /// A Markdown summary: one line per model, then the first falsifications.
 pub fn markdown(scored: &[(ModelEvidence, Score)]) -> String {
     let mut out = String::from("## modelqa qualification\n\n");
-    out.push_str("| Model | Tier | Status | MQS | Grade | Passed | Coverage | Gateways | Unmeasured |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str(
+        "| Model | Tier | Status | MQS | Grade | Passed | Flaky | Coverage | Gateways | Unmeasured |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for (e, s) in scored {
         let passed = e.records.iter().filter(|r| r.outcome.is_pass()).count();
         let gates: Vec<String> =
@@ -78,13 +82,14 @@ pub fn markdown(scored: &[(ModelEvidence, Score)]) -> String {
             s.categories.iter().filter(|c| c.points.is_none()).map(|c| c.category.as_str()).collect();
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | {} | {passed}/{} | {:.1}% | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {passed}/{} | {} | {:.1}% | {} | {} |",
             e.model_id,
             e.tier,
             s.status,
             s.mqs,
             s.grade,
             e.records.len(),
+            s.flaky,
             s.coverage * 100.0,
             gates.join(", "),
             if unmeasured.is_empty() { "-".into() } else { unmeasured.join(", ") },

@@ -8,7 +8,7 @@ use crate::engine::client::{self, Endpoint};
 use crate::engine::{EngineError, Finish, Generation};
 use crate::journal::Metrics;
 use crate::playbook::{Input, Scenario};
-use crate::trial::{Finding, TrialEnv, judge, messages_of, render_run, sampling};
+use crate::trial::{Finding, TrialEnv, judge, messages_of, render_run};
 use crate::vocab::{Decider, Outcome};
 
 /// One scenario in `serve`.
@@ -32,7 +32,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, scenario: &Scenario) -> Finding {
     if template.is_some() || env.info.applies_chat_template {
         endpoints.push(Endpoint::ChatCompletions);
     }
-    let sampling = sampling(env.spec);
+    let sampling = env.sampling();
     let mut metrics = Metrics::default();
     let mut first_output = None;
     for endpoint in endpoints {
@@ -95,14 +95,8 @@ pub(crate) fn generate_over_http(
 ) -> Result<(Generation, Metrics), EngineError> {
     let client =
         env.ctx.servers.client_for(env).map_err(|e| EngineError::inference_in("starting the server", e))?;
-    let body = client::request_body(
-        Endpoint::Completions,
-        prompt,
-        &[],
-        scenario.max_tokens,
-        &sampling(env.spec),
-        false,
-    );
+    let body =
+        client::request_body(Endpoint::Completions, prompt, &[], scenario.max_tokens, &env.sampling(), false);
     let reply = client.request(Endpoint::Completions, &body, env.deadline).map_err(|e| {
         if Instant::now() >= env.deadline {
             EngineError::Timeout { tokens: 0, partial: String::new() }

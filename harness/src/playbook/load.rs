@@ -160,6 +160,7 @@ fn merge(base: PlaybookDoc, over: PlaybookDoc) -> PlaybookDoc {
         description: over.description.or(base.description),
         extends: Vec::new(),
         failure_policy: over.failure_policy.or(base.failure_policy),
+        repeat: over.repeat.or(base.repeat),
         engine: over.engine.or(base.engine),
         matrix,
         tiers: tiers.map(|t: BTreeMap<_, _>| t),

@@ -110,6 +110,19 @@ pub struct Scenario {
     pub edge_case: bool,
     /// The modalities it runs in; `None`: every modality of the tier.
     pub modalities: Option<Vec<Modality>>,
+    /// Runs per trial and how many must pass (`1`, `1`: once).
+    pub repeat: Repeat,
+}
+
+/// A scenario's repeats: `times` runs in its trial, `needed` of them must pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeat {
+    pub times: u32,
+    pub needed: u32,
+}
+
+impl Repeat {
+    pub const ONCE: Repeat = Repeat { times: 1, needed: 1 };
 }
 
 impl Scenario {

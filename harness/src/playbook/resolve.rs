@@ -108,8 +108,13 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
     let generator_seed = family_matrix.seed.unwrap_or(DEFAULT_SEED);
     // Generated long inputs must fit every model of the playbook.
     let context = models.iter().filter_map(|m| m.expect.context_length).min();
-    let scenarios =
-        resolve_scenarios(file, doc.scenarios.as_deref().unwrap_or_default(), generator_seed, context)?;
+    let scenarios = resolve_scenarios(
+        file,
+        doc.scenarios.as_deref().unwrap_or_default(),
+        generator_seed,
+        context,
+        doc.repeat,
+    )?;
 
     let tier_specs = doc.tiers.clone().unwrap_or_default();
     if tier_specs.is_empty() {
@@ -163,6 +168,9 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
         scenarios,
     })
 }
+
+/// The most runs a scenario's `repeat` may ask for.
+const MAX_REPEATS: u32 = 100;
 
 /// Tokens a prompt template and special tokens may add around an input.
 const TEMPLATE_ALLOWANCE: u64 = 8;
@@ -353,6 +361,7 @@ fn resolve_scenarios(
     specs: &[ScenarioSpec],
     seed: u64,
     context: Option<u64>,
+    playbook_repeat: Option<super::spec::RepeatSpec>,
 ) -> Result<Vec<Arc<Scenario>>, PlaybookError> {
     if specs.is_empty() {
         return Err(PlaybookError::new(file, "a playbook needs at least one scenario").at("scenarios"));
@@ -410,7 +419,38 @@ fn resolve_scenarios(
         {
             return Err(err(format!("scenario `{}`: temperature {t} is outside 0..=5", spec.name)));
         }
+        // A property runs its generated cases once each; the playbook's default skips it.
+        let asked = if spec.property.is_some() { spec.repeat } else { spec.repeat.or(playbook_repeat) };
+        let repeat = match asked {
+            None => super::Repeat::ONCE,
+            Some(r) => {
+                let (times, needed) = (r.times(), r.pass().needed(r.times()));
+                if times == 0 || times > MAX_REPEATS {
+                    return Err(err(format!(
+                        "scenario `{}`: `repeat` must be between 1 and {MAX_REPEATS} runs, not {times}",
+                        spec.name
+                    ))
+                    .at(format!("{at}.repeat")));
+                }
+                if needed == 0 || needed > times {
+                    return Err(err(format!(
+                        "scenario `{}`: `repeat` asks {needed} of {times} runs to pass; it must be 1 to {times}",
+                        spec.name
+                    ))
+                    .at(format!("{at}.repeat")));
+                }
+                if spec.property.is_some() {
+                    return Err(err(format!(
+                        "scenario `{}`: a property runs its generated cases once each; `repeat` applies to prompts, conversations and generated scenarios",
+                        spec.name
+                    ))
+                    .at(format!("{at}.repeat")));
+                }
+                super::Repeat { times, needed }
+            }
+        };
         let make = |name: String, input: Input, property: Option<Property>| Scenario {
+            repeat,
             name,
             input,
             property,

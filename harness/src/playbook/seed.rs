@@ -449,6 +449,7 @@ pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result
             max_tokens: DEFAULT_MAX_TOKENS,
             sampling: SamplingSpec::default(),
             edge_case: false,
+            repeat: super::Repeat::ONCE,
             modalities: None,
         }));
     }

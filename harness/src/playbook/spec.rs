@@ -29,6 +29,9 @@ pub struct PlaybookDoc {
     pub extends: Vec<String>,
     /// What happens to the rest of the run once a trial fails.
     pub failure_policy: Option<FailurePolicy>,
+    /// How often every scenario of the playbook runs, and what passes (a scenario's own `repeat`
+    /// wins); once when absent.
+    pub repeat: Option<RepeatSpec>,
     /// The engine under test; the embedded candle engine when absent.
     pub engine: Option<EngineSpec>,
     /// Defaults for every tier of the family (a tier's own settings win).
@@ -368,6 +371,153 @@ pub struct ScenarioSpec {
     /// Scores in the EDGE category: an awkward input with a right answer (odd case, spacing,
     /// another script, the ends of a range). Scenarios of the `edge_cases` generator always do.
     pub edge: Option<bool>,
+    /// Runs the scenario this many times in its trial, and says what passes; repeats that
+    /// disagree make the trial `flaky`, never a pass.
+    pub repeat: Option<RepeatSpec>,
+}
+
+/// `repeat: 5`, or `repeat: {times: 5, pass: all | majority | 4}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "RepeatSchema")]
+pub enum RepeatSpec {
+    /// Runs; every one must pass.
+    Times(u32),
+    Policy {
+        times: u32,
+        pass: PassPolicy,
+    },
+}
+
+/// Which repeats must pass: `all`, a `majority` (more than half), or at least this many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PassPolicy {
+    #[default]
+    All,
+    Majority,
+    AtLeast(u32),
+}
+
+/// The schema shape of [`RepeatSpec`] (its `Deserialize` is hand-written for clear errors).
+#[derive(JsonSchema)]
+#[expect(dead_code, reason = "only its JSON Schema is used")]
+#[serde(untagged)]
+enum RepeatSchema {
+    Times(u32),
+    Policy {
+        times: u32,
+        /// `all` (default), `majority`, or how many runs must pass.
+        pass: Option<PassSchema>,
+    },
+}
+
+#[derive(JsonSchema)]
+#[expect(dead_code, reason = "only its JSON Schema is used")]
+#[serde(untagged)]
+enum PassSchema {
+    Word(PassWord),
+    AtLeast(u32),
+}
+
+#[derive(JsonSchema)]
+#[expect(dead_code, reason = "only its JSON Schema is used")]
+#[serde(rename_all = "lowercase")]
+enum PassWord {
+    All,
+    Majority,
+}
+
+impl<'de> Deserialize<'de> for RepeatSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RepeatVisitor;
+        impl<'de> de::Visitor<'de> for RepeatVisitor {
+            type Value = RepeatSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of runs (`repeat: 5`) or `{times: 5, pass: all | majority | 4}`")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RepeatSpec, E> {
+                Ok(RepeatSpec::Times(
+                    u32::try_from(v).map_err(|_| E::custom(format!("{v} runs is too many")))?,
+                ))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RepeatSpec, E> {
+                Err(E::custom(format!("a number of runs is at least 1, not {v}")))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RepeatSpec, A::Error> {
+                let (mut times, mut pass) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "times" => times = Some(map.next_value::<u32>()?),
+                        "pass" => pass = Some(map.next_value::<PassPolicy>()?),
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown key `{other}` in `repeat` (it has `times` and `pass`)"
+                            )));
+                        }
+                    }
+                }
+                let times =
+                    times.ok_or_else(|| de::Error::custom("`repeat` needs `times`: how many runs"))?;
+                Ok(RepeatSpec::Policy { times, pass: pass.unwrap_or_default() })
+            }
+        }
+        d.deserialize_any(RepeatVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for PassPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PassVisitor;
+        impl<'de> de::Visitor<'de> for PassVisitor {
+            type Value = PassPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`all`, `majority` or how many runs must pass")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PassPolicy, E> {
+                match v {
+                    "all" => Ok(PassPolicy::All),
+                    "majority" => Ok(PassPolicy::Majority),
+                    other => Err(E::custom(format!(
+                        "`pass` is `all`, `majority` or how many runs must pass, not `{other}`"
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PassPolicy, E> {
+                Ok(PassPolicy::AtLeast(
+                    u32::try_from(v).map_err(|_| E::custom(format!("{v} runs is too many")))?,
+                ))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PassPolicy, E> {
+                Err(E::custom(format!("`pass` needs at least 1 run, not {v}")))
+            }
+        }
+        d.deserialize_any(PassVisitor)
+    }
+}
+
+impl RepeatSpec {
+    pub fn times(self) -> u32 {
+        match self {
+            RepeatSpec::Times(n) | RepeatSpec::Policy { times: n, .. } => n,
+        }
+    }
+
+    pub fn pass(self) -> PassPolicy {
+        match self {
+            RepeatSpec::Times(_) => PassPolicy::All,
+            RepeatSpec::Policy { pass, .. } => pass,
+        }
+    }
+}
+
+impl PassPolicy {
+    /// How many of `times` runs must pass.
+    pub fn needed(self, times: u32) -> u32 {
+        match self {
+            PassPolicy::All => times,
+            PassPolicy::Majority => times / 2 + 1,
+            PassPolicy::AtLeast(k) => k,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -16,6 +16,7 @@ use crate::playbook::{MessageSpec, Scenario};
 use super::{Ask, RunContext};
 
 /// Everything a trial body works with once its session is loaded.
+#[derive(Clone, Copy)]
 pub(crate) struct TrialEnv<'a> {
     pub ctx: &'a RunContext,
     pub spec: &'a TrialSpec,
@@ -28,9 +29,25 @@ pub(crate) struct TrialEnv<'a> {
     pub session: &'a SharedSession,
     pub info: &'a SessionInfo,
     pub deadline: Instant,
+    /// Which run of a repeated scenario this is (0 for the first, and for everything else).
+    pub repeat: u32,
 }
 
 impl TrialEnv<'_> {
+    /// How this run samples: the scenario's sampling, a seeded one drawing a new seed per repeat
+    /// (greedy decoding repeats itself).
+    pub(crate) fn sampling(&self) -> Sampling {
+        match sampling(self.spec) {
+            Sampling::Seeded { temperature, top_p, top_k, seed } => Sampling::Seeded {
+                temperature,
+                top_p,
+                top_k,
+                seed: seed.wrapping_add(u64::from(self.repeat)),
+            },
+            Sampling::Greedy => Sampling::Greedy,
+        }
+    }
+
     /// The tier's timeout, for messages.
     pub(crate) fn timeout(&self) -> Duration {
         self.spec.tier.timeout
@@ -60,7 +77,7 @@ impl TrialEnv<'_> {
         let request = GenerateRequest {
             prompt,
             max_tokens: scenario.max_tokens,
-            sampling: sampling(self.spec),
+            sampling: self.sampling(),
             deadline: self.deadline,
         };
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());

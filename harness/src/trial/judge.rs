@@ -75,6 +75,7 @@ mod tests {
             sampling: crate::playbook::SamplingSpec::default(),
             edge_case: false,
             modalities: None,
+            repeat: crate::playbook::Repeat::ONCE,
         };
         let leaked = generation("4", &["<|im_start|>"]);
         let f = judge_generation(&scenario, "What is 2 + 2?", &leaked, true);
