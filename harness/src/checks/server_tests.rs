@@ -30,6 +30,8 @@ enum Fault {
     SseComments,
     /// Lines that are not SSE at all inside the stream.
     SseGarbage,
+    /// Events ended by one newline instead of a blank line: two events read as one.
+    SseOneNewline,
     /// Every endpoint wants `Authorization: Bearer sk-test`, as a hosted API does.
     RequiresKey,
 }
@@ -118,10 +120,13 @@ async fn handle(
                 format!(": keep-alive\n\nevent: message\nid: 1\ndata:{}\n\n", piece(streamed))
             }
             Fault::SseGarbage => format!("hello\ndata: {}\n\n", piece(streamed)),
+            Fault::SseOneNewline => format!("data: {}\n", piece(streamed)),
             _ => format!("data: {}\n\n", piece(streamed)),
         };
-        if fake.fault != Fault::NoDone {
-            events.push_str("data: [DONE]\n\n");
+        match fake.fault {
+            Fault::NoDone => {}
+            Fault::SseOneNewline => events.push_str("data: [DONE]\n"),
+            _ => events.push_str("data: [DONE]\n\n"),
         }
         return (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], events).into_response();
     }
@@ -201,6 +206,7 @@ fn each_planted_fault_fails_its_check_and_says_what() {
         (Fault::NoUsage, ServerCheck::Json, "usage lacks token counts"),
         (Fault::NoDone, ServerCheck::Sse, "without `data: [DONE]`"),
         (Fault::SseGarbage, ServerCheck::Sse, "not an SSE line"),
+        (Fault::SseOneNewline, ServerCheck::Sse, "ended inside an event"),
         (Fault::StreamDiffers, ServerCheck::Sse, "the streamed pieces add up to \"5\""),
         (Fault::Nondeterministic, ServerCheck::Deterministic, "at temperature 0"),
         (Fault::BusyWhenConcurrent, ServerCheck::Concurrent, "503"),

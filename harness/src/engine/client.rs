@@ -158,6 +158,8 @@ pub enum ClientError {
     /// The stream carried an OpenAI error object.
     #[error("the stream reported an error: {error}")]
     StreamError { error: Value },
+    #[error("the event stream ended inside an event (no blank line after it): {data:?}")]
+    UnterminatedEvent { data: String },
     #[error("the event stream ended without `data: [DONE]`")]
     NoDone,
 }
@@ -317,6 +319,10 @@ impl Client {
         let mut finish_reason = None;
         let mut done = false;
         let mut line = String::new();
+        // The data lines of the event being read: an event ends at a blank line (strict
+        // framing, as the SSE specification says; two `data:` lines with no blank line between
+        // are one event whose data is both lines).
+        let mut event: Vec<String> = Vec::new();
         loop {
             line.clear();
             let n = reader.read_line(&mut line).map_err(ClientError::ReadStream)?;
@@ -324,40 +330,49 @@ impl Client {
                 break;
             }
             let l = line.trim_end_matches(['\r', '\n']);
-            // Blank lines end events; comment lines (`: keep-alive`) and the `event`, `id` and
-            // `retry` fields are valid SSE that carry no answer text.
-            if l.is_empty()
-                || l.starts_with(':')
-                || ["event:", "id:", "retry:"].iter().any(|f| l.starts_with(f))
-            {
+            if l.is_empty() {
+                if event.is_empty() {
+                    continue;
+                }
+                let data = event.join("\n");
+                event.clear();
+                if done {
+                    return Err(ClientError::EventAfterDone { line: data });
+                }
+                if data == "[DONE]" {
+                    done = true;
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&data)
+                    .map_err(|source| ClientError::EventNotJson { data: data.clone(), source })?;
+                if let Some(error) = v.get("error") {
+                    return Err(ClientError::StreamError { error: error.clone() });
+                }
+                if let Some(piece) = text_of(endpoint, &v["choices"][0], true).filter(|p| !p.is_empty()) {
+                    first_text.get_or_insert_with(|| started.elapsed());
+                    text.push_str(&piece);
+                }
+                if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+                    finish_reason = Some(f.to_string());
+                }
+                if v.get("usage").is_some_and(|u| !u.is_null()) {
+                    usage = v["usage"].clone();
+                }
                 continue;
             }
-            if done {
-                return Err(ClientError::EventAfterDone { line: l.to_string() });
+            // Comment lines (`: keep-alive`) and the `event`, `id` and `retry` fields are valid
+            // SSE that carry no answer text.
+            if l.starts_with(':') || ["event:", "id:", "retry:"].iter().any(|f| l.starts_with(f)) {
+                continue;
             }
             let data = l
                 .strip_prefix("data:")
                 .map(|d| d.strip_prefix(' ').unwrap_or(d))
                 .ok_or_else(|| ClientError::NotSse { line: l.to_string() })?;
-            if data == "[DONE]" {
-                done = true;
-                continue;
-            }
-            let v: Value = serde_json::from_str(data)
-                .map_err(|source| ClientError::EventNotJson { data: data.to_string(), source })?;
-            if let Some(error) = v.get("error") {
-                return Err(ClientError::StreamError { error: error.clone() });
-            }
-            if let Some(piece) = text_of(endpoint, &v["choices"][0], true).filter(|p| !p.is_empty()) {
-                first_text.get_or_insert_with(|| started.elapsed());
-                text.push_str(&piece);
-            }
-            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
-                finish_reason = Some(f.to_string());
-            }
-            if v.get("usage").is_some_and(|u| !u.is_null()) {
-                usage = v["usage"].clone();
-            }
+            event.push(data.to_string());
+        }
+        if !event.is_empty() {
+            return Err(ClientError::UnterminatedEvent { data: event.join("\n") });
         }
         if !done {
             return Err(ClientError::NoDone);
