@@ -198,7 +198,9 @@ fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
             } else if matches!(
                 kind,
                 TrialKind::Gate(Gate::Integrity)
-                    | TrialKind::Differential(DiffKind::Tensors | DiffKind::Invariant(_))
+                    | TrialKind::Differential(
+                        DiffKind::Tensors | DiffKind::Invariant(_) | DiffKind::TokenizerFuzz
+                    )
             ) {
                 Some("the openai engine's model files are on its server".into())
             } else {

@@ -137,6 +137,8 @@ pub enum DiffKind {
     Generation,
     /// One of the contract invariants I-1 to I-5.
     Invariant(Invariant),
+    /// Thousands of generated strings through the format's tokenizer and the ground truth's.
+    TokenizerFuzz,
 }
 
 impl DiffKind {
@@ -147,6 +149,7 @@ impl DiffKind {
             DiffKind::ChatPrompt => "chat-prompt-vs-safetensors",
             DiffKind::Generation => "generation-vs-safetensors",
             DiffKind::Invariant(i) => i.slug(),
+            DiffKind::TokenizerFuzz => "tokenizer-fuzz",
         }
     }
 }
@@ -404,6 +407,7 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for i in Invariant::ALL {
         tails.push((TailKind::Differential(DiffKind::Invariant(i)), String::new()));
     }
+    tails.push((TailKind::Differential(DiffKind::TokenizerFuzz), String::new()));
     if tier.modalities.contains(&Modality::Serve) {
         for c in ServerCheck::ALL {
             tails.push((TailKind::ServerGate(c), String::new()));

@@ -218,6 +218,9 @@ fn execute(
             return checks::differential::run_invariant(spec, model_dir, &artifact, inv);
         }
         TrialKind::Gate(Gate::Integrity) => return checks::gate::run_integrity(spec, model_dir, &artifact),
+        TrialKind::Differential(DiffKind::TokenizerFuzz) => {
+            return checks::tokenizer_fuzz::run(spec, model_dir, &artifact);
+        }
         _ => {}
     }
     if let Some(why) = ctx.sessions.abandoned(key) {

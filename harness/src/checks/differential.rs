@@ -31,6 +31,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
     let verdict = match kind {
         DiffKind::Tensors => diff::tensors(env.model_dir, env.artifact),
         DiffKind::Invariant(inv) => return run_invariant(spec, env.model_dir, env.artifact, inv),
+        DiffKind::TokenizerFuzz => return super::tokenizer_fuzz::run(spec, env.model_dir, env.artifact),
         DiffKind::ChatPrompt => match ChatTemplate::from_model_dir(env.model_dir) {
             Ok(reference) => {
                 let conversations: Vec<(String, Vec<MessageSpec>)> = spec

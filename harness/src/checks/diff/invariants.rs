@@ -326,7 +326,11 @@ fn statistics(source: &Path, artifact: &Path) -> Result<String, InvariantError> 
     ))
 }
 
-fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Result<String, InvariantError> {
+/// The ground truth's tokenizer (`tokenizer.json` of `source`) and the one `artifact` carries.
+pub(crate) fn tokenizers(
+    source: &Path,
+    artifact: &Path,
+) -> Result<(tokenizers::Tokenizer, tokenizers::Tokenizer), InvariantError> {
     let path = source.join("tokenizer.json");
     let want = match tokenizers::Tokenizer::from_file(&path) {
         Ok(t) => t,
@@ -342,6 +346,35 @@ fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Res
         let json = json.ok_or(InvariantError::NoTokenizer)?;
         tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(InvariantError::Tokenizer)?
     };
+    Ok((want, got))
+}
+
+/// Whether `got` encodes `text` to `want`'s ids (special tokens added as the model adds them)
+/// and decodes those ids to `want`'s text.
+pub(crate) fn same_tokens(
+    want: &tokenizers::Tokenizer,
+    got: &tokenizers::Tokenizer,
+    text: &str,
+) -> Result<(), InvariantError> {
+    let ids = |t: &tokenizers::Tokenizer| {
+        t.encode(text, true).map(|e| e.get_ids().to_vec()).map_err(InvariantError::Tokenizer)
+    };
+    let (a, b) = (ids(want)?, ids(got)?);
+    if a != b {
+        return Err(InvariantError::EncodesDifferently { text: text.to_string(), got: b, want: a });
+    }
+    let (da, db) = (
+        want.decode(&a, false).map_err(InvariantError::Tokenizer)?,
+        got.decode(&b, false).map_err(InvariantError::Tokenizer)?,
+    );
+    if da != db {
+        return Err(InvariantError::DecodesDifferently { ids: a, got: db, want: da });
+    }
+    Ok(())
+}
+
+fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Result<String, InvariantError> {
+    let (want, got) = tokenizers(source, artifact)?;
     let mut cases: Vec<String> = [
         "",
         " ",
@@ -356,20 +389,7 @@ fn tokenizer_round_trip(source: &Path, artifact: &Path, texts: &[String]) -> Res
     .collect();
     cases.extend(texts.iter().cloned());
     for text in &cases {
-        let ids = |t: &tokenizers::Tokenizer| {
-            t.encode(text.as_str(), true).map(|e| e.get_ids().to_vec()).map_err(InvariantError::Tokenizer)
-        };
-        let (a, b) = (ids(&want)?, ids(&got)?);
-        if a != b {
-            return Err(InvariantError::EncodesDifferently { text: text.clone(), got: b, want: a });
-        }
-        let (da, db) = (
-            want.decode(&a, false).map_err(InvariantError::Tokenizer)?,
-            got.decode(&b, false).map_err(InvariantError::Tokenizer)?,
-        );
-        if da != db {
-            return Err(InvariantError::DecodesDifferently { ids: a, got: db, want: da });
-        }
+        same_tokens(&want, &got, text)?;
     }
     Ok(format!("{} texts encode to the same ids and decode to the same text", cases.len()))
 }

@@ -11,8 +11,8 @@ mod logits;
 mod tensors;
 
 pub(crate) use chat::chat_prompts;
-pub(crate) use invariants::InvariantError;
 pub use invariants::invariant;
+pub(crate) use invariants::{InvariantError, same_tokens, tokenizers};
 pub use logits::{LogitTolerance, logits};
 pub use tensors::tensors;
 
