@@ -324,6 +324,48 @@ fn missing_model_is_ignored_with_where_it_looked() {
 }
 
 #[test]
+fn code_tests_run_the_answer_and_are_ignored_without_their_interpreter() {
+    let fx = Fixture::new(
+        r#"
+playbook: 1
+family: e2e
+failure_policy: collect-all
+tiers:
+  smoke: {}
+models:
+  - id: test/tiny
+    path: model
+scenarios:
+  - name: code
+    prompt: "def double(x):"
+    max_tokens: 8
+    oracles: [{code_tests: {language: python, tests: ["assert double(2) == 4"]}}]
+"#,
+    );
+    // Without python3 the oracle cannot judge: ignored with the reason, never passed or failed.
+    let empty = fx.path().join("empty-path");
+    std::fs::create_dir_all(&empty).expect("a directory");
+    let out = fx.qualify("no-python", &["::run::code"], &[("PATH", empty.to_str().expect("utf-8"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("0 passed; 0 failed; 1 ignored"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("ignored 1 trial: no python3 on PATH"), "{}", stderr(&out));
+
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped the run with python3: there is none on PATH");
+        return;
+    }
+    // With it, the random model's answer really runs, and is not a function that doubles.
+    let out = fx.qualify("python", &["::run::code"], &[]);
+    assert_eq!(out.status.code(), Some(101), "{}\n{}", stdout(&out), stderr(&out));
+    let records = fx.journal("python");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Falsified, "{:?}", records[0]);
+    assert_eq!(records[0].gate, "code_tests", "{:?}", records[0]);
+    let reason = &records[0].reason;
+    assert!(reason.starts_with("the code") || reason.starts_with("test 1 of 1 failed"), "{reason}");
+}
+
+#[test]
 fn malformed_playbook_stops_before_any_trial() {
     let fx = Fixture::new(
         "playbook: 1\nfamily: e2e\ntiers: {smoke: {}}\nmodels: [{id: test/tiny, paht: model}]\n",

@@ -177,9 +177,20 @@ fn list(
     ExitCode::from(exit::OK)
 }
 
+/// Why a trial cannot run here, or `None` when it can: its engine cannot run it, or an oracle
+/// of its scenario cannot judge here (a `code_tests` oracle without its interpreter or compiler).
+fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+    engine_reason(binder, spec).or_else(|| match &spec.kind {
+        TrialKind::Scenario { scenario, .. } => {
+            scenario.oracles.iter().find_map(|o| o.unavailable()).map(str::to_string)
+        }
+        _ => None,
+    })
+}
+
 /// Why a trial cannot run here on its engine, or `None` when it can. External engines show no
 /// logits; an OpenAI-compatible server shows no files either; both bring their own backends.
-fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     let (model, format) = (&spec.model, spec.name.format);
     let kind = &spec.kind;
     let no_logits = matches!(

@@ -30,6 +30,7 @@ mod modality;
 mod name;
 mod oracle;
 mod playbook;
+mod process;
 mod progress;
 mod reporter;
 mod run;

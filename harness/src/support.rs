@@ -64,7 +64,7 @@ pub mod matrix {
 }
 
 pub mod oracle {
-    pub use crate::oracle::{Oracle, language_of};
+    pub use crate::oracle::{CodeTests, Oracle, language_of};
 }
 
 /// The xtask's `schema` and `lock` tasks and the playbook tests read the language whole.

@@ -239,16 +239,18 @@ pub enum OracleKind {
     Regex,
     Garbage,
     CodeSyntax,
+    CodeTests,
 }
 
 impl OracleKind {
-    pub const ALL: [OracleKind; 6] = [
+    pub const ALL: [OracleKind; 7] = [
         OracleKind::Arithmetic,
         OracleKind::Contains,
         OracleKind::Exact,
         OracleKind::Regex,
         OracleKind::Garbage,
         OracleKind::CodeSyntax,
+        OracleKind::CodeTests,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -259,6 +261,7 @@ impl OracleKind {
             OracleKind::Regex => "regex",
             OracleKind::Garbage => "garbage",
             OracleKind::CodeSyntax => "code_syntax",
+            OracleKind::CodeTests => "code_tests",
         }
     }
 }

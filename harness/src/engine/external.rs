@@ -3,9 +3,8 @@
 //! once per generation ([`CommandSession`]). Neither shows logits or token ids; both are judged
 //! by the same oracles and gates as the embedded engine.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,9 +16,7 @@ use crate::format::files::{ModelFile, hash_file};
 use crate::matrix::Backend;
 use crate::playbook::MessageSpec;
 use crate::playbook::spec::CommandOutput;
-
-/// How often a running command is looked at for exit or deadline.
-const POLL: Duration = Duration::from_millis(5);
+use crate::process::{Confinement, find_program, run_until};
 /// How much of a failed command's standard error a message quotes.
 const STDERR_TAIL: usize = 400;
 
@@ -246,19 +243,25 @@ impl Session for CommandSession {
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
         let argv = self.argv(request);
-        let done = run_until(&argv, request.deadline)?;
         let program = &argv[0];
+        let done =
+            run_until(Command::new(program).args(&argv[1..]), request.deadline, Confinement::default())
+                .map_err(|e| EngineError::inference_in(format!("failed to run {program}"), e))?;
+        let Some(status) = done.status else {
+            let partial = String::from_utf8_lossy(&done.stdout).into_owned();
+            return Err(EngineError::Timeout { tokens: 0, partial });
+        };
         let stderr = String::from_utf8_lossy(&done.stderr);
-        if let Some(signal) = signal_of(done.status) {
+        if let Some(signal) = done.signal() {
             return Err(EngineError::Crashed(format!(
                 "{program} was killed by signal {signal}; stderr: {}",
                 tail(&stderr, STDERR_TAIL)
             )));
         }
-        if !done.status.success() {
+        if !status.success() {
             return Err(EngineError::Inference(format!(
                 "{program} exited with code {}; stderr: {}",
-                done.status.code().map_or("?".into(), |c| c.to_string()),
+                status.code().map_or("?".into(), |c| c.to_string()),
                 tail(&stderr, STDERR_TAIL)
             )));
         }
@@ -293,85 +296,6 @@ impl Session for CommandSession {
 fn model_files(model: &Path) -> Result<Vec<ModelFile>, EngineError> {
     let paths = if model.is_dir() { super::safetensors_files(model)? } else { vec![model.to_path_buf()] };
     paths.iter().map(|p| hash_file(p).map_err(|e| EngineError::load_failed(p, e))).collect()
-}
-
-fn find_program(program: &str) -> Option<PathBuf> {
-    let p = Path::new(program);
-    if p.components().count() > 1 {
-        return p.is_file().then(|| p.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|c| c.is_file())
-}
-
-/// What a finished command left.
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-/// Runs `argv` in a process group of its own and waits for it until `deadline`; past it, the
-/// whole group is killed and the result is a timeout with the output so far.
-fn run_until(argv: &[String], deadline: Instant) -> Result<Finished, EngineError> {
-    let mut command = Command::new(&argv[0]);
-    command.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child =
-        command.spawn().map_err(|e| EngineError::inference_in(format!("failed to start {}", argv[0]), e))?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => std::thread::sleep(POLL),
-            Err(e) => return Err(EngineError::inference_in(format!("failed to wait for {}", argv[0]), e)),
-        }
-    };
-    // The group goes in either case: past the deadline everything it started, after a normal
-    // exit whatever it left behind holding our pipes open.
-    kill_group(&child);
-    let status = match status {
-        Some(s) => s,
-        None => {
-            let _ = child.wait();
-            let partial = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
-            return Err(EngineError::Timeout { tokens: 0, partial });
-        }
-    };
-    Ok(Finished { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
-}
-
-#[cfg(unix)]
-fn kill_group(child: &std::process::Child) {
-    let pid = rustix::process::Pid::from_child(child);
-    // ESRCH (the group is already gone) is the normal case after a clean exit.
-    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-}
-
-#[cfg(not(unix))]
-fn kill_group(child: &std::process::Child) {
-    let _ = child;
-}
-
-#[cfg(unix)]
-fn signal_of(status: ExitStatus) -> Option<i32> {
-    std::os::unix::process::ExitStatusExt::signal(&status)
-}
-
-#[cfg(not(unix))]
-fn signal_of(_status: ExitStatus) -> Option<i32> {
-    None
 }
 
 fn tail(s: &str, max: usize) -> String {

@@ -1,5 +1,5 @@
 //! The arithmetic oracle: finds the expression in the question ("What is 2 + 2?", "Calculate 7*8",
-//! "15-7=", "What is -3 * 12?"), computes it, and checks the number the answer gives.
+//! "15-7=", "What is -3 * 12?"), computes it, and checks the number the answer commits to ([`committed_number`]).
 
 use std::sync::LazyLock;
 
@@ -125,42 +125,129 @@ const NUMBER_WORDS: [&str; 21] = [
     "twenty",
 ];
 
-/// The number the output gives as its answer: the first number after the output restates the
-/// expression (if it does), else the first number in the output, else a number word.
-pub(super) fn answer_number(output: &str, expr: &Expression) -> Option<f64> {
-    let rest = after_restatement(output, &expr.source).unwrap_or(output);
-    if let Some(m) = NUMBER.find(rest) {
-        return m.as_str().replace(',', "").parse().ok();
+/// Words that take an answer back: a model that corrects itself has given two answers.
+static CORRECTION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(?:wait|actually|correction|i\s+mean|sorry|oops|scratch\s+that|let\s+me\s+re\w*|is\s+(?:wrong|incorrect)|not\s+(?:right|correct)|mistake|instead)\b|\bno\s*[,.!;:]",
+    )
+    .expect("a valid pattern")
+});
+/// Words and signs that hedge an answer instead of giving it.
+static HEDGE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(?:maybe|perhaps|probably|possibly|likely|approx(?:imately)?|roughly|about|around|nearly|almost|close\s+to|or\s+so|i\s+think|i\s+believe|i\s+guess|not\s+sure|could\s+be|might\s+be|between|either|estimated?|somewhere)\b|[~≈±]|\d\W{0,3}\bor\b|\bor\W{0,3}[-+]?\d",
+    )
+    .expect("a valid pattern")
+});
+/// A final answer marked as one, ending the output: `= 85`, `is 85.`, `Answer: 85`, `\boxed{85}`.
+static FINAL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(?:=|:|\bis|\bequals|\bgives|\bget|\bmakes|\\boxed\{)\s*(-?\d+(?:,\d{3})*(?:\.\d+)?)\s*\}?\s*[.!]?\s*$",
+    )
+    .expect("a valid pattern")
+});
+static OPERAND: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+(?:\.\d+)?").expect("a valid pattern"));
+
+/// The number `output` commits to as its answer to `expr`, or why it commits to none.
+///
+/// Markup (`**`, `__`, backquotes, `$`) is dropped first. An answer that corrects itself or
+/// hedges commits to nothing. Restatements of the expression ("47 + 38 = 85") are not answers.
+/// Of the numbers left: one value (however often written) is the answer; among several, a final
+/// answer marked as one at the very end (`= 85`, `is 85`, `Answer: 85`) is, else the one that is
+/// not an operand of the question, if only one is not; otherwise the output gave several answers.
+/// Without a digit, one number word ("four") is the answer.
+pub(super) fn committed_number(output: &str, expr: &Expression) -> Result<f64, String> {
+    let text: String = output.replace("**", "").replace("__", "").replace(['`', '$'], "");
+    if let Some(m) = CORRECTION.find(&text) {
+        return Err(format!(
+            "the output corrects itself ({:?}), so it commits to no answer",
+            m.as_str().trim()
+        ));
     }
-    let lower = rest.to_lowercase();
-    lower
-        .split(|c: char| !c.is_alphabetic())
-        .find_map(|w| NUMBER_WORDS.iter().position(|n| *n == w))
-        .map(|n| n as f64)
+    if let Some(m) = HEDGE.find(&text) {
+        // "85 or 86" matches with its digits; the word is what hedges.
+        let word = m.as_str().trim_matches(|c: char| !(c.is_alphabetic() || "~≈±".contains(c)));
+        return Err(format!("the output hedges ({word:?}) instead of committing to an answer"));
+    }
+    let restated = restatements(&text, &expr.source);
+    let mut values: Vec<f64> = Vec::new();
+    for m in NUMBER.find_iter(&text) {
+        if restated.iter().any(|r| m.start() < r.end && r.start < m.end()) {
+            continue;
+        }
+        if let Ok(v) = m.as_str().replace(',', "").parse::<f64>()
+            && !values.contains(&v)
+        {
+            values.push(v);
+        }
+    }
+    match values.as_slice() {
+        [one] => return Ok(*one),
+        [] => return number_word(&text),
+        _ => {}
+    }
+    if let Some(c) = FINAL.captures(text.trim_end())
+        && let Some(m) = c.get(1)
+        && !restated.iter().any(|r| m.start() < r.end && r.start < m.end())
+        && let Ok(v) = m.as_str().replace(',', "").parse::<f64>()
+    {
+        return Ok(v);
+    }
+    let operands: Vec<f64> =
+        OPERAND.find_iter(&expr.source).filter_map(|m| m.as_str().parse().ok()).collect();
+    let fresh: Vec<f64> = values.iter().copied().filter(|v| !operands.contains(v)).collect();
+    if let [one] = fresh.as_slice() {
+        return Ok(*one);
+    }
+    let listed: Vec<String> = values.iter().map(|v| fmt(*v)).collect();
+    Err(format!("the output gives several numbers ({}) and marks none as its answer", listed.join(", ")))
 }
 
-/// The text after the first place where `output` restates `source`, ignoring whitespace.
-fn after_restatement<'a>(output: &'a str, source: &str) -> Option<&'a str> {
+/// The one number word of an output without digits.
+fn number_word(text: &str) -> Result<f64, String> {
+    let lower = text.to_lowercase();
+    let mut found: Vec<usize> = Vec::new();
+    for n in
+        lower.split(|c: char| !c.is_alphabetic()).filter_map(|w| NUMBER_WORDS.iter().position(|n| *n == w))
+    {
+        if !found.contains(&n) {
+            found.push(n);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one as f64),
+        [] => Err("the output gives no number".into()),
+        several => Err(format!(
+            "the output gives several numbers ({}) and marks none as its answer",
+            several.iter().map(|n| NUMBER_WORDS[*n]).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// Where `output` restates `source`, ignoring whitespace, as byte ranges.
+fn restatements(output: &str, source: &str) -> Vec<std::ops::Range<usize>> {
     let wanted: Vec<char> = source.chars().filter(|c| !c.is_whitespace()).collect();
     let compact: Vec<(usize, char)> = output.char_indices().filter(|(_, c)| !c.is_whitespace()).collect();
     if wanted.is_empty() || compact.len() < wanted.len() {
-        return None;
+        return Vec::new();
     }
-    (0..=compact.len() - wanted.len()).find_map(|start| {
-        let window = &compact[start..start + wanted.len()];
-        // A restatement must not be the tail of a longer number ("12+2" is not "2+2").
-        let preceded_by_digit = start > 0 && compact[start - 1].1.is_ascii_digit();
-        if preceded_by_digit || !window.iter().map(|(_, c)| *c).eq(wanted.iter().copied()) {
-            return None;
-        }
-        let (idx, c) = window[window.len() - 1];
-        let end = idx + c.len_utf8();
-        // Nor the head of one ("2+23" is not "2+2").
-        if output[end..].starts_with(|c: char| c.is_ascii_digit()) {
-            return None;
-        }
-        Some(&output[end..])
-    })
+    (0..=compact.len() - wanted.len())
+        .filter_map(|start| {
+            let window = &compact[start..start + wanted.len()];
+            // A restatement must not be the tail of a longer number ("12+2" is not "2+2").
+            let preceded_by_digit = start > 0 && compact[start - 1].1.is_ascii_digit();
+            if preceded_by_digit || !window.iter().map(|(_, c)| *c).eq(wanted.iter().copied()) {
+                return None;
+            }
+            let (idx, c) = window[window.len() - 1];
+            let end = idx + c.len_utf8();
+            // Nor the head of one ("2+23" is not "2+2").
+            if output[end..].starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            Some(window[0].0..end)
+        })
+        .collect()
 }
 
 pub(super) fn judge(question: &str, output: &str, tolerance: Option<f64>) -> Verdict {
@@ -170,12 +257,11 @@ pub(super) fn judge(question: &str, output: &str, tolerance: Option<f64>) -> Ver
         ));
     };
     let expected = expr.value;
-    let Some(got) = answer_number(output, &expr) else {
-        return Verdict::Falsified(format!(
-            "expected {} = {}, the output gives no number",
-            expr.source,
-            fmt(expected)
-        ));
+    let got = match committed_number(output, &expr) {
+        Ok(n) => n,
+        Err(why) => {
+            return Verdict::Falsified(format!("expected {} = {}, {why}", expr.source, fmt(expected)));
+        }
     };
     let tol = tolerance.unwrap_or(if expected.fract() == 0.0 { 0.0 } else { 1e-6 * expected.abs().max(1.0) });
     if (got - expected).abs() <= tol + f64::EPSILON * expected.abs().max(1.0) {
@@ -195,83 +281,5 @@ fn fmt(v: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[track_caller]
-    fn value(question: &str, expected: Option<f64>) {
-        assert_eq!(Expression::find(question).map(|e| e.value), expected, "{question}");
-    }
-
-    #[test]
-    fn finds_expressions_in_the_ways_people_ask() {
-        value("What is 2+2?", Some(4.0));
-        value("What is 2 + 2?", Some(4.0));
-        value("Calculate 7*8", Some(56.0));
-        value("15-7=", Some(8.0));
-        value("What is 100/4?", Some(25.0));
-        value("What is 3 - 10?", Some(-7.0));
-        value("What is -5 + 3?", Some(-2.0));
-        value("What is 123 * 456? Show all intermediate multiplication steps.", Some(56088.0));
-        value("Calculate 999 + 1.", Some(1000.0));
-        value("What is 1000000 - 999999?", Some(1.0));
-        value("What is 2 + 3 * 4?", Some(14.0));
-        value("What is (2 + 3) * 4?", Some(20.0));
-        value("What is 7 × 6?", Some(42.0));
-        value("What is 0.1 + 0.2? Give a precise answer.", Some(0.30000000000000004));
-        // Not arithmetic a machine can check.
-        value("Given x=5 and y=3, what is x*y?", None);
-        value("List the numbers from 1 to 20, then sum them all.", None);
-        value("Define a function add(a,b) that returns a+b. What does add(3,4) return?", None);
-        value("What is 5/0?", None);
-        value("Hello!", None);
-        value("Qwen2.5-Coder", None);
-    }
-
-    #[track_caller]
-    fn check(question: &str, output: &str, pass: bool) {
-        let v = judge(question, output, None);
-        assert_eq!(v.is_pass(), pass, "{question:?} → {output:?}: {v:?}");
-    }
-
-    #[test]
-    fn accepts_right_answers() {
-        check("What is 2+2?", "4", true);
-        check("What is 2+2?", " 4\n", true);
-        check("What is 2+2?", "The answer is 4.", true);
-        check("What is 2+2?", "2 + 2 = 4", true);
-        check("What is 2+2?", "2+2 is 4, of course.", true);
-        check("What is 2+2?", "four", true);
-        check("Calculate 7*8", "56", true);
-        check("Calculate 7*8", "7 * 8 = 56", true);
-        check("15-7=", "8", true);
-        check("What is 3 - 10?", "-7", true);
-        check("What is 3 - 10?", "3 - 10 = -7", true);
-        check("What is 1000000 - 999999?", "1", true);
-        check("What is 123 * 456?", "56,088", true);
-        check("What is 100/4?", "25.0", true);
-        check("What is 0.1 + 0.2?", "0.3", true);
-    }
-
-    #[test]
-    fn rejects_wrong_answers() {
-        check("What is 2+2?", "5", false);
-        check("What is 2+2?", "24", false);
-        check("What is 2+2?", "44", false);
-        check("What is 2+2?", "2 + 2", false);
-        check("What is 2+2?", "2+23", false);
-        check("What is 2+2?", "I cannot say.", false);
-        check("What is 2+2?", "", false);
-        check("Calculate 7*8", "54", false);
-        check("What is 3 - 10?", "7", false);
-        check("What is 3 - 10?", "3 - 10 = 7", false);
-        check("What is 0.1 + 0.2?", "0.4", false);
-        check("Hello", "4", false);
-    }
-
-    #[test]
-    fn tolerance_widens_the_match() {
-        assert!(judge("What is 10/3?", "3.33", Some(0.01)).is_pass());
-        assert!(!judge("What is 10/3?", "3.3", Some(0.01)).is_pass());
-    }
-}
+#[path = "arithmetic_tests.rs"]
+mod tests;

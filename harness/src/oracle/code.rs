@@ -51,24 +51,46 @@ pub(super) fn syntax_error(language: Language, source: &str) -> Option<String> {
     }
 }
 
+pub(super) fn language_name(language: Language) -> &'static str {
+    match language {
+        Language::Python => "Python",
+        Language::Rust => "Rust",
+    }
+}
+
+/// The syntax error of one test of `code_tests`, if it has one: a Python test is a module of
+/// statements, a Rust test the body of a function.
+pub(super) fn test_syntax_error(language: Language, test: &str) -> Option<String> {
+    match language {
+        Language::Python => syntax_error(Language::Python, test),
+        Language::Rust => syn::parse_str::<syn::Block>(&format!("{{\n{test}\n}}")).err().map(|e| {
+            let start = e.span().start();
+            format!("line {}, column {}: {e}", start.line.saturating_sub(1), start.column + 1)
+        }),
+    }
+}
+
+/// The program an answer makes: a fenced block in it stands alone; an answer to a question that
+/// starts a definition continues the question on the next line, as the model saw it; any other
+/// answer is the program itself.
+pub(super) fn program_of(question: &str, output: &str) -> String {
+    match (language_of(question), fenced(output)) {
+        (_, Some((_, code))) => code.to_string(),
+        (Some(_), None) => {
+            format!("{}\n{}", question.trim_end(), output.strip_prefix('\n').unwrap_or(output))
+        }
+        (None, None) => output.to_string(),
+    }
+}
+
 pub(super) fn judge(question: &str, output: &str, language: Option<Language>) -> Verdict {
     let from_question = language_of(question);
     let block = fenced(output);
     let Some(language) = language.or(from_question).or(block.and_then(|(tag, _)| tag)) else {
         return Verdict::Falsified("cannot tell which language to parse: set `language`".into());
     };
-    let source = match (from_question, block) {
-        (_, Some((_, code))) => code.to_string(),
-        // The answer continues the question on the next line, as the model saw it.
-        (Some(_), None) => {
-            format!("{}\n{}", question.trim_end(), output.strip_prefix('\n').unwrap_or(output))
-        }
-        (None, None) => output.to_string(),
-    };
-    let name = match language {
-        Language::Python => "Python",
-        Language::Rust => "Rust",
-    };
+    let source = program_of(question, output);
+    let name = language_name(language);
     match syntax_error(language, &source) {
         None => Verdict::Corroborated(format!("the code parses as {name}")),
         Some(e) => Verdict::Falsified(format!("the code is not valid {name}: {e}")),

@@ -3,11 +3,13 @@
 
 mod arithmetic;
 mod code;
+mod code_tests;
 mod garbage;
 pub(crate) mod spec;
 
 pub(crate) use arithmetic::Expression;
 pub use code::language_of;
+pub use code_tests::CodeTests;
 pub(crate) use garbage::{GarbageConfig, garbage_reason};
 
 use self::spec::{Language, OracleSpec};
@@ -51,6 +53,10 @@ pub enum OracleError {
         "the code_syntax oracle cannot tell the language of `{question}`: set `code_syntax: {{language: python}}`"
     )]
     UnknownLanguage { question: String },
+    #[error("`code_tests` needs at least one test")]
+    NoTests,
+    #[error("test {index} of `code_tests` is not valid {language}: {error}")]
+    TestSyntax { index: usize, language: &'static str, error: String },
 }
 
 /// A compiled oracle.
@@ -62,6 +68,7 @@ pub enum Oracle {
     Regex(regex::Regex),
     Garbage(GarbageConfig),
     CodeSyntax { language: Option<Language> },
+    CodeTests(CodeTests),
 }
 
 impl PartialEq for Oracle {
@@ -72,6 +79,7 @@ impl PartialEq for Oracle {
             (Oracle::Contains(a), Oracle::Contains(b)) | (Oracle::Exact(a), Oracle::Exact(b)) => a == b,
             (Oracle::Garbage(a), Oracle::Garbage(b)) => a == b,
             (Oracle::CodeSyntax { language: a }, Oracle::CodeSyntax { language: b }) => a == b,
+            (Oracle::CodeTests(a), Oracle::CodeTests(b)) => a == b,
             _ => false,
         }
     }
@@ -98,6 +106,25 @@ impl Oracle {
             ),
             OracleSpec::Garbage(g) => Oracle::Garbage(GarbageConfig::from_spec(g)?),
             OracleSpec::CodeSyntax(c) => Oracle::CodeSyntax { language: c.language },
+            OracleSpec::CodeTests(c) => {
+                if c.tests.is_empty() {
+                    return Err(OracleError::NoTests);
+                }
+                for (i, test) in c.tests.iter().enumerate() {
+                    if let Some(error) = code::test_syntax_error(c.language, test) {
+                        return Err(OracleError::TestSyntax {
+                            index: i + 1,
+                            language: code::language_name(c.language),
+                            error,
+                        });
+                    }
+                }
+                Oracle::CodeTests(CodeTests {
+                    language: c.language,
+                    tests: c.tests.clone(),
+                    limits: Default::default(),
+                })
+            }
         })
     }
 
@@ -109,6 +136,17 @@ impl Oracle {
             Oracle::Regex(_) => OracleKind::Regex,
             Oracle::Garbage(_) => OracleKind::Garbage,
             Oracle::CodeSyntax { .. } => OracleKind::CodeSyntax,
+            Oracle::CodeTests(_) => OracleKind::CodeTests,
+        }
+    }
+
+    /// Why this oracle cannot judge on this machine (its interpreter or compiler is missing), so
+    /// the trials it judges are ignored with that reason; `None` when it can. Found once per
+    /// process.
+    pub(crate) fn unavailable(&self) -> Option<&'static str> {
+        match self {
+            Oracle::CodeTests(c) => code_tests::unavailable(c.language),
+            _ => None,
         }
     }
 
@@ -159,6 +197,7 @@ impl Oracle {
                 }
             }
             Oracle::CodeSyntax { language } => code::judge(question, output, *language),
+            Oracle::CodeTests(c) => c.judge(question, output),
             Oracle::Garbage(cfg) => match garbage_reason(output, cfg) {
                 Some(why) => Verdict::Falsified(format!("garbage output: {why}")),
                 None => Verdict::Corroborated("the output is not garbage".into()),

@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// A language `code_syntax` parses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A language the code oracles read: `code_syntax` parses it, `code_tests` runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     Python,
@@ -33,6 +33,9 @@ pub enum OracleSpec {
     Garbage(GarbageSpec),
     /// The code (the question's start of a function and the answer) parses.
     CodeSyntax(CodeSyntaxSpec),
+    /// The code (the question's start of a function and the answer) passes these tests when it
+    /// runs.
+    CodeTests(CodeTestsSpec),
 }
 
 impl OracleSpec {
@@ -44,6 +47,7 @@ impl OracleSpec {
             Self::Regex(_) => "regex",
             Self::Garbage(_) => "garbage",
             Self::CodeSyntax(_) => "code_syntax",
+            Self::CodeTests(_) => "code_tests",
         }
     }
 }
@@ -71,6 +75,19 @@ pub struct CodeSyntaxSpec {
     pub language: Option<Language>,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeTestsSpec {
+    /// The language of the code and of its tests: `python` (run by the `python3` on PATH) or
+    /// `rust` (built by `rustc` as a test crate).
+    pub language: Language,
+    /// The tests, at least one, each in the code's language and run in order until one fails:
+    /// Python statements (`assert fibonacci(10) == 55`), or the bodies of Rust test functions
+    /// (`assert_eq!(add(2, 3), 5);`).
+    #[schemars(length(min = 1))]
+    pub tests: Vec<String>,
+}
+
 /// The schema shape of [`OracleSpec`] (its `Deserialize` is hand-written for the bare-name form).
 #[derive(JsonSchema)]
 #[expect(dead_code, reason = "only its JSON Schema is used")]
@@ -82,6 +99,8 @@ enum OracleSchema {
     Exact { exact: String },
     Regex { regex: String },
     Garbage { garbage: GarbageSpec },
+    CodeSyntax { code_syntax: CodeSyntaxSpec },
+    CodeTests { code_tests: CodeTestsSpec },
 }
 
 #[derive(JsonSchema)]
@@ -94,7 +113,8 @@ enum BareOracle {
     CodeSyntax,
 }
 
-const ORACLE_KINDS: &[&str] = &["arithmetic", "contains", "exact", "regex", "garbage", "code_syntax"];
+const ORACLE_KINDS: &[&str] =
+    &["arithmetic", "contains", "exact", "regex", "garbage", "code_syntax", "code_tests"];
 
 impl<'de> Deserialize<'de> for OracleSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -114,6 +134,9 @@ impl<'de> Deserialize<'de> for OracleSpec {
                     "contains" | "exact" | "regex" => {
                         Err(E::custom(format!("oracle `{v}` needs its text: write `{v}: \"...\"`")))
                     }
+                    "code_tests" => Err(E::custom(
+                        "oracle `code_tests` needs its language and tests: write `code_tests: {language: python, tests: [\"assert f(1) == 2\"]}`",
+                    )),
                     other => Err(E::unknown_variant(other, ORACLE_KINDS)),
                 }
             }
@@ -131,6 +154,7 @@ impl<'de> Deserialize<'de> for OracleSpec {
                     "code_syntax" => OracleSpec::CodeSyntax(
                         map.next_value::<Option<CodeSyntaxSpec>>()?.unwrap_or_default(),
                     ),
+                    "code_tests" => OracleSpec::CodeTests(map.next_value()?),
                     "contains" => OracleSpec::Contains(map.next_value()?),
                     "exact" => OracleSpec::Exact(map.next_value()?),
                     "regex" => OracleSpec::Regex(map.next_value()?),
