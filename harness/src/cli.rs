@@ -182,7 +182,7 @@ fn list(
 fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     engine_reason(binder, spec).or_else(|| match &spec.kind {
         TrialKind::Scenario { scenario, .. } => {
-            scenario.oracles.iter().find_map(|o| o.unavailable()).map(str::to_string)
+            scenario.oracles.iter().find_map(|o| o.unavailable()).map(ToString::to_string)
         }
         _ => None,
     })

@@ -153,14 +153,28 @@ fn unshare_network() -> std::io::Result<()> {
 
 /// Whether children can be started without a network here, and why not where they cannot:
 /// checked once per process by starting `sh -c :` in a network namespace of its own.
-pub(crate) fn network_isolation() -> Result<(), &'static str> {
-    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
-    PROBE.get_or_init(probe_network_isolation).as_ref().map(|_| ()).map_err(String::as_str)
+pub(crate) fn network_isolation() -> Result<(), &'static NoIsolation> {
+    static PROBE: OnceLock<Result<(), NoIsolation>> = OnceLock::new();
+    PROBE.get_or_init(probe_network_isolation).as_ref().map(|_| ())
+}
+
+/// Why children cannot be started without a network here.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoIsolation {
+    #[error("no `sh` on PATH to try it with")]
+    NoShell,
+    #[error("`sh -c :` in a network namespace of its own ended with {0}")]
+    Ended(std::process::ExitStatus),
+    #[error("this machine refuses a network namespace to an unprivileged process ({0})")]
+    Refused(#[source] std::io::Error),
+    #[cfg(not(target_os = "linux"))]
+    #[error("network namespaces exist only on Linux")]
+    NotLinux,
 }
 
 #[cfg(target_os = "linux")]
-fn probe_network_isolation() -> Result<(), String> {
-    let sh = find_program("sh").ok_or("no `sh` on PATH to try it with")?;
+fn probe_network_isolation() -> Result<(), NoIsolation> {
+    let sh = find_program("sh").ok_or(NoIsolation::NoShell)?;
     let mut command = Command::new(sh);
     command.args(["-c", ":"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: as in `confine`: a raw system call between fork and exec.
@@ -169,14 +183,14 @@ fn probe_network_isolation() -> Result<(), String> {
     }
     match command.status() {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("`sh -c :` in a network namespace of its own ended with {s}")),
-        Err(e) => Err(format!("this machine refuses a network namespace to an unprivileged process ({e})")),
+        Ok(s) => Err(NoIsolation::Ended(s)),
+        Err(e) => Err(NoIsolation::Refused(e)),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn probe_network_isolation() -> Result<(), String> {
-    Err("network namespaces exist only on Linux".into())
+fn probe_network_isolation() -> Result<(), NoIsolation> {
+    Err(NoIsolation::NotLinux)
 }
 
 /// Where `program` is: itself when it is a path, else the first match on `PATH`.

@@ -156,18 +156,15 @@ static OPERAND: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+(?:\.\d+)?").
 /// answer marked as one at the very end (`= 85`, `is 85`, `Answer: 85`) is, else the one that is
 /// not an operand of the question, if only one is not; otherwise the output gave several answers.
 /// Without a digit, one number word ("four") is the answer.
-pub(super) fn committed_number(output: &str, expr: &Expression) -> Result<f64, String> {
+pub(super) fn committed_number(output: &str, expr: &Expression) -> Result<f64, NoAnswer> {
     let text: String = output.replace("**", "").replace("__", "").replace(['`', '$'], "");
     if let Some(m) = CORRECTION.find(&text) {
-        return Err(format!(
-            "the output corrects itself ({:?}), so it commits to no answer",
-            m.as_str().trim()
-        ));
+        return Err(NoAnswer::CorrectsItself(m.as_str().trim().to_string()));
     }
     if let Some(m) = HEDGE.find(&text) {
         // "85 or 86" matches with its digits; the word is what hedges.
         let word = m.as_str().trim_matches(|c: char| !(c.is_alphabetic() || "~≈±".contains(c)));
-        return Err(format!("the output hedges ({word:?}) instead of committing to an answer"));
+        return Err(NoAnswer::Hedges(word.to_string()));
     }
     let restated = restatements(&text, &expr.source);
     let mut values: Vec<f64> = Vec::new();
@@ -199,12 +196,24 @@ pub(super) fn committed_number(output: &str, expr: &Expression) -> Result<f64, S
     if let [one] = fresh.as_slice() {
         return Ok(*one);
     }
-    let listed: Vec<String> = values.iter().map(|v| fmt(*v)).collect();
-    Err(format!("the output gives several numbers ({}) and marks none as its answer", listed.join(", ")))
+    Err(NoAnswer::Several(values.iter().map(|v| fmt(*v)).collect()))
+}
+
+/// Why an output commits to no number.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(super) enum NoAnswer {
+    #[error("the output corrects itself ({0:?}), so it commits to no answer")]
+    CorrectsItself(String),
+    #[error("the output hedges ({0:?}) instead of committing to an answer")]
+    Hedges(String),
+    #[error("the output gives several numbers ({}) and marks none as its answer", .0.join(", "))]
+    Several(Vec<String>),
+    #[error("the output gives no number")]
+    NoNumber,
 }
 
 /// The one number word of an output without digits.
-fn number_word(text: &str) -> Result<f64, String> {
+fn number_word(text: &str) -> Result<f64, NoAnswer> {
     let lower = text.to_lowercase();
     let mut found: Vec<usize> = Vec::new();
     for n in
@@ -216,11 +225,8 @@ fn number_word(text: &str) -> Result<f64, String> {
     }
     match found.as_slice() {
         [one] => Ok(*one as f64),
-        [] => Err("the output gives no number".into()),
-        several => Err(format!(
-            "the output gives several numbers ({}) and marks none as its answer",
-            several.iter().map(|n| NUMBER_WORDS[*n]).collect::<Vec<_>>().join(", ")
-        )),
+        [] => Err(NoAnswer::NoNumber),
+        several => Err(NoAnswer::Several(several.iter().map(|n| NUMBER_WORDS[*n].to_string()).collect())),
     }
 }
 

@@ -76,30 +76,47 @@ struct Toolchain {
 }
 
 /// Why code in `language` cannot be run here (the trial's ignore reason), or `None` when it can.
-pub(crate) fn unavailable(language: Language) -> Option<&'static str> {
+pub(crate) fn unavailable(language: Language) -> Option<&'static NoToolchain> {
     toolchain(language).err()
 }
 
-fn toolchain(language: Language) -> Result<&'static Toolchain, &'static str> {
-    static PYTHON: OnceLock<Result<Toolchain, String>> = OnceLock::new();
-    static RUST: OnceLock<Result<Toolchain, String>> = OnceLock::new();
+/// Why a language's interpreter or compiler cannot run tests here.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoToolchain {
+    #[error("no {tool} on PATH to {purpose}")]
+    NotOnPath { tool: &'static str, purpose: &'static str },
+    #[error("{tool} on PATH ({}) does not start: {source}", path.display())]
+    DoesNotStart {
+        tool: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} on PATH ({}) cannot {purpose} here: {why}", path.display())]
+    CannotRunATest { tool: &'static str, path: PathBuf, purpose: &'static str, why: String },
+}
+
+fn toolchain(language: Language) -> Result<&'static Toolchain, &'static NoToolchain> {
+    static PYTHON: OnceLock<Result<Toolchain, NoToolchain>> = OnceLock::new();
+    static RUST: OnceLock<Result<Toolchain, NoToolchain>> = OnceLock::new();
     let found = match language {
         Language::Python => PYTHON.get_or_init(find_python),
         Language::Rust => RUST.get_or_init(find_rustc),
     };
-    found.as_ref().map_err(String::as_str)
+    found.as_ref()
 }
 
 /// How long finding a toolchain may take (a cold interpreter on a busy machine is slow).
 const PROBE: Duration = Duration::from_secs(30);
 
-fn find_python() -> Result<Toolchain, String> {
-    let shim = find_program("python3").ok_or("no python3 on PATH to run the Python tests with")?;
+fn find_python() -> Result<Toolchain, NoToolchain> {
+    let shim = find_program("python3")
+        .ok_or(NoToolchain::NotOnPath { tool: "python3", purpose: "run the Python tests with" })?;
     // Asked in our own environment, the interpreter names itself (pyenv's shim needs it).
     let mut ask = Command::new(&shim);
     ask.args(["-I", "-S", "-c", "import sys; print(sys.executable)"]);
     let ended = run_until(&mut ask, Instant::now() + PROBE, Confinement::default())
-        .map_err(|e| format!("python3 on PATH ({}) does not start: {e}", shim.display()))?;
+        .map_err(|source| NoToolchain::DoesNotStart { tool: "python3", path: shim.clone(), source })?;
     let named = String::from_utf8_lossy(&ended.stdout).trim().to_string();
     let program = if ended.status.is_some_and(|s| s.success()) && Path::new(&named).is_file() {
         PathBuf::from(named)
@@ -112,19 +129,23 @@ fn find_python() -> Result<Toolchain, String> {
         python.run_python("def one():\n    return 1", &["assert one() == 1".into()], &Limits::default());
     match verdict {
         Verdict::Corroborated(_) => Ok(python),
-        Verdict::Falsified(why) => {
-            Err(format!("python3 on PATH ({}) cannot run a test here: {why}", python.program.display()))
-        }
+        Verdict::Falsified(why) => Err(NoToolchain::CannotRunATest {
+            tool: "python3",
+            path: python.program.clone(),
+            purpose: "run a test",
+            why,
+        }),
     }
 }
 
-fn find_rustc() -> Result<Toolchain, String> {
-    let proxy = find_program("rustc").ok_or("no rustc on PATH to build the Rust tests with")?;
+fn find_rustc() -> Result<Toolchain, NoToolchain> {
+    let proxy = find_program("rustc")
+        .ok_or(NoToolchain::NotOnPath { tool: "rustc", purpose: "build the Rust tests with" })?;
     // rustup's proxy needs the environment we clear; the compiler in the sysroot does not.
     let mut ask = Command::new(&proxy);
     ask.args(["--print", "sysroot"]);
     let ended = run_until(&mut ask, Instant::now() + PROBE, Confinement::default())
-        .map_err(|e| format!("rustc on PATH ({}) does not start: {e}", proxy.display()))?;
+        .map_err(|source| NoToolchain::DoesNotStart { tool: "rustc", path: proxy.clone(), source })?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&ended.stdout).trim());
     let real = sysroot.join("bin").join(format!("rustc{}", std::env::consts::EXE_SUFFIX));
     let program =
@@ -135,9 +156,12 @@ fn find_rustc() -> Result<Toolchain, String> {
         rustc.run_rust("fn one() -> i32 {\n    1\n}", &["assert_eq!(one(), 1);".into()], &Limits::default());
     match verdict {
         Verdict::Corroborated(_) => Ok(rustc),
-        Verdict::Falsified(why) => {
-            Err(format!("rustc on PATH ({}) cannot build a test here: {why}", rustc.program.display()))
-        }
+        Verdict::Falsified(why) => Err(NoToolchain::CannotRunATest {
+            tool: "rustc",
+            path: rustc.program.clone(),
+            purpose: "build a test",
+            why,
+        }),
     }
 }
 

@@ -143,7 +143,7 @@ impl Oracle {
     /// Why this oracle cannot judge on this machine (its interpreter or compiler is missing), so
     /// the trials it judges are ignored with that reason; `None` when it can. Found once per
     /// process.
-    pub(crate) fn unavailable(&self) -> Option<&'static str> {
+    pub(crate) fn unavailable(&self) -> Option<&'static code_tests::NoToolchain> {
         match self {
             Oracle::CodeTests(c) => code_tests::unavailable(c.language),
             _ => None,
