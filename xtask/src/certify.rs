@@ -215,14 +215,16 @@ fn say_why(family: &str, tier: &str, freshness: &Freshness) {
     }
 }
 
-/// Refuses evidence that would replace fuller committed evidence of the same tier: a partial
-/// run (interrupted, or filtered) must not shrink a certification without saying so.
+/// Refuses evidence that would replace fuller committed evidence of the same tier and plan: a
+/// partial run (interrupted, or filtered) must not shrink a certification without saying so.
 fn refuse_partial(layout: &Layout, found: &[ModelEvidence]) -> anyhow::Result<()> {
     for e in found {
         let path = layout.model_dir(&e.model).join("evidence.json");
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
         let Ok(old) = serde_json::from_str::<ModelEvidence>(&text) else { continue };
-        if old.tier == e.tier && e.records.len() < old.records.len() {
+        // Against the same plan only: a playbook change may plan fewer trials, and that is not
+        // a partial run.
+        if old.tier == e.tier && old.planned == e.planned && e.records.len() < old.records.len() {
             let unfinished = e.records.iter().filter(|r| r.unfinished).count();
             bail!(
                 "{}: the journals hold {} records of {}::{} where the committed evidence has {} \

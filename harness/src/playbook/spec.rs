@@ -3,6 +3,10 @@
 //!
 //! Every struct denies unknown keys. A document here is one file; `extends` and tier composition
 //! happen in `compose`, and nothing in this module touches the file system.
+//!
+//! Longer than the house's ~600 lines on purpose: it is the whole language, top to bottom in the
+//! order of its documentation (`docs/playbooks.md`), so a reader checks one against the other in
+//! one pass. The oracles' own types live with the oracles (`crate::oracle::spec`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
