@@ -26,6 +26,11 @@ fn committed_records() -> Vec<EvidenceRecord> {
         let e: ModelEvidence = serde_json::from_str(&text).expect("committed evidence parses");
         out.extend(e.records);
     }
+    // The tests certify these records in scratch checkouts, whose harness is their own: the
+    // fingerprint of the build that measured them would make every scratch certification stale.
+    for r in &mut out {
+        r.harness_fingerprint.clear();
+    }
     out
 }
 
