@@ -281,6 +281,15 @@ fn gateways_run_as_trials_and_g4_catches_noise() {
         assert_eq!(by(g).outcome, Outcome::Corroborated, "{:?}", by(g));
     }
     assert!(by("G0").reason.contains("consistent with config.json"), "{}", by("G0").reason);
+    // G0 loads no session, yet its record names and hashes the files it read.
+    let read: Vec<String> = by("G0").model_files.iter().map(|f| f.path.display().to_string()).collect();
+    assert!(
+        ["model.safetensors", "config.json", "tokenizer.json"]
+            .iter()
+            .all(|n| read.iter().any(|p| p.ends_with(n))),
+        "{read:?}"
+    );
+    assert!(by("G0").model_files.iter().all(|f| f.sha256.len() == 64));
     // Random weights decode to broken text: the quality gateway says so.
     assert_eq!(by("G4").outcome, Outcome::Falsified);
     assert!(by("G4").reason.contains("produced garbage"), "{}", by("G4").reason);

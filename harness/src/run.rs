@@ -212,16 +212,20 @@ fn execute(
             );
         }
     };
-    // Checks that read files only load no session.
-    match spec.kind {
+    // Checks that read files only load no session; their records name the files they read.
+    let file_only = match spec.kind {
         TrialKind::Differential(DiffKind::Invariant(inv)) => {
-            return checks::differential::run_invariant(spec, model_dir, &artifact, inv);
+            Some(checks::differential::run_invariant(spec, model_dir, &artifact, inv))
         }
-        TrialKind::Gate(Gate::Integrity) => return checks::gate::run_integrity(spec, model_dir, &artifact),
+        TrialKind::Gate(Gate::Integrity) => Some(checks::gate::run_integrity(spec, model_dir, &artifact)),
         TrialKind::Differential(DiffKind::TokenizerFuzz) => {
-            return checks::tokenizer_fuzz::run(spec, model_dir, &artifact);
+            Some(checks::tokenizer_fuzz::run(spec, model_dir, &artifact))
         }
-        _ => {}
+        _ => None,
+    };
+    if let Some(mut finding) = file_only {
+        finding.files = files_read(model_dir, &artifact);
+        return finding;
     }
     if let Some(why) = ctx.sessions.abandoned(key) {
         return Finding::new(
@@ -279,6 +283,20 @@ fn execute(
     }
     finding.info = Some(info);
     finding
+}
+
+/// The files a file-only check reads: the ground truth's weights, `config.json` and
+/// `tokenizer.json`, and the derived artifact; hashed as a session's files are (remembered by
+/// path, size and mtime, so a multi-gigabyte file is hashed once).
+fn files_read(model_dir: &Path, artifact: &Path) -> Vec<crate::format::files::ModelFile> {
+    let mut paths = crate::format::files::safetensors_files(model_dir).unwrap_or_default();
+    paths.extend(
+        ["config.json", "tokenizer.json"].map(|n| model_dir.join(n)).into_iter().filter(|p| p.is_file()),
+    );
+    if artifact != model_dir && artifact.is_file() {
+        paths.push(artifact.to_path_buf());
+    }
+    paths.iter().filter_map(|p| crate::format::files::hash_file(p).ok()).collect()
 }
 
 /// Every trial kind and the room that runs it.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::engine::{EngineError, Generation, SessionInfo};
 use crate::expand::{TrialKind, TrialSpec};
+use crate::format::files::ModelFile;
 use crate::journal::{EvidenceRecord, Metrics, SCHEMA_VERSION};
 use crate::vocab::{Decider, Gate, Outcome};
 
@@ -19,6 +20,9 @@ pub(crate) struct Finding {
     pub output: Option<String>,
     pub metrics: Metrics,
     pub info: Option<SessionInfo>,
+    /// The files a check read without loading a session (G0, the invariants, the tokenizer
+    /// fuzz), hashed as a session's are; a loaded session's own list wins.
+    pub files: Vec<ModelFile>,
 }
 
 impl Finding {
@@ -31,6 +35,7 @@ impl Finding {
             output: None,
             metrics: Metrics::default(),
             info: None,
+            files: Vec::new(),
         }
     }
 
@@ -120,7 +125,7 @@ impl Finding {
             },
             sampling: super::sampling(spec),
             metrics,
-            model_files: self.info.as_ref().map(|i| i.files.clone()).unwrap_or_default(),
+            model_files: self.info.as_ref().map_or(self.files, |i| i.files.clone()),
             engine: self.info.as_ref().map(|i| i.engine.clone()),
             device: self.info.as_ref().map(|i| i.device.clone()),
             playbook: spec.source.display().to_string(),
