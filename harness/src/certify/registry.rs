@@ -251,7 +251,7 @@ pub fn to_csv(rows: &[Row]) -> Result<String, RegistryError> {
     let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
     w.write_record(COLUMNS)?;
     for row in rows {
-        w.write_record(row.fields())?;
+        w.write_record(row.fields().iter().map(|f| super::safe_text::csv_cell(f)))?;
     }
     let bytes = w.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
     Ok(String::from_utf8(bytes).expect("fields are strings"))

@@ -82,8 +82,8 @@ pub fn markdown(scored: &[(ModelEvidence, Score)]) -> String {
             s.categories.iter().filter(|c| c.points.is_none()).map(|c| c.category.as_str()).collect();
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | {} | {passed}/{} | {} | {:.1}% | {} | {} |",
-            e.model_id,
+            "| {} | {} | {} | {} | {} | {passed}/{} | {} | {:.1}% | {} | {} |",
+            super::safe_text::code_span(&e.model_id).replace('|', "\\|"),
             e.tier,
             s.status,
             s.mqs,
@@ -102,14 +102,26 @@ pub fn markdown(scored: &[(ModelEvidence, Score)]) -> String {
     } else {
         let _ = writeln!(out, "\n### Falsifications ({})\n", failures.len());
         for r in failures.iter().take(20) {
-            let _ = writeln!(out, "- `{}` ({}, {}): {}", r.trial, r.outcome.as_str(), r.gate, r.reason);
+            let _ = writeln!(
+                out,
+                "- {} ({}, {}): {}",
+                super::safe_text::code_span(&r.trial),
+                r.outcome.as_str(),
+                r.gate,
+                super::safe_text::text(&r.reason)
+            );
         }
         if failures.len() > 20 {
             let _ = writeln!(out, "- … and {} more (see the HTML report)", failures.len() - 20);
         }
     }
     for (e, s) in scored {
-        let _ = writeln!(out, "\n`{}`: {}", e.model_id, s.verdict);
+        let _ = writeln!(
+            out,
+            "\n{}: {}",
+            super::safe_text::code_span(&e.model_id),
+            super::safe_text::text(&s.verdict)
+        );
     }
     out
 }

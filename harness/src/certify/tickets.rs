@@ -8,6 +8,8 @@ use super::evidence::ModelEvidence;
 use crate::journal::EvidenceRecord;
 use crate::vocab::Decider;
 
+use super::safe_text::{code_span, fenced, shell_word, text};
+
 /// One ticket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ticket {
@@ -68,48 +70,54 @@ pub fn tickets(evidence: &[ModelEvidence]) -> Vec<Ticket> {
                 records.len(),
                 plural(records.len())
             );
-            let mut body = format!("# {title}\n\n");
+            let mut body = format!("# {}\n\n", text(&title));
             let _ = writeln!(
                 body,
-                "**What failed.** The `{gate}` check of `{model_id}` rejected {} trial{}:\n",
+                "**What failed.** The {} check of {} rejected {} trial{}:\n",
+                code_span(gate),
+                code_span(&model_id),
                 records.len(),
                 plural(records.len())
             );
             for r in records.iter().take(25) {
-                let _ = writeln!(body, "- `{}` ({:?}): {}", r.trial, r.outcome, r.reason);
+                let _ = writeln!(body, "- {} ({:?}): {}", code_span(&r.trial), r.outcome, text(&r.reason));
             }
             if records.len() > 25 {
                 let _ = writeln!(body, "- … and {} more", records.len() - 25);
             }
             let _ = writeln!(
                 body,
-                "\n**Evidence** (the first trial, run `{}` at {}):\n",
-                first.run_id, first.timestamp
+                "\n**Evidence** (the first trial, run {} at {}):\n",
+                code_span(&first.run_id),
+                text(&first.timestamp)
             );
             if let Some(p) = &first.prompt {
-                let _ = writeln!(body, "Prompt:\n\n```text\n{p}\n```\n");
+                let _ = writeln!(body, "Prompt:\n\n{}\n", fenced("text", p));
             }
             if let Some(o) = &first.output {
-                let _ = writeln!(body, "Output:\n\n```text\n{o}\n```\n");
+                let _ = writeln!(body, "Output:\n\n{}\n", fenced("text", o));
             }
             let _ = writeln!(
                 body,
-                "Engine `{}` on `{}`, {} on {} ({} CPUs); playbook `{}`.\n",
-                first.engine.as_deref().unwrap_or("-"),
-                first.device.as_deref().unwrap_or("-"),
-                first.host.os,
-                first.host.arch,
+                "Engine {} on {}, {} on {} ({} CPUs); playbook {}.\n",
+                code_span(first.engine.as_deref().unwrap_or("-")),
+                code_span(first.device.as_deref().unwrap_or("-")),
+                text(&first.host.os),
+                text(&first.host.arch),
                 first.host.cpus,
-                first.playbook
+                code_span(&first.playbook)
             );
             for f in &first.model_files {
-                let _ = writeln!(body, "- `{}`: {} bytes, sha256 `{}`", f.path.display(), f.bytes, f.sha256);
+                let _ = writeln!(
+                    body,
+                    "- {}: {} bytes, sha256 {}",
+                    code_span(&f.path.display().to_string()),
+                    f.bytes,
+                    code_span(&f.sha256)
+                );
             }
-            let _ = writeln!(
-                body,
-                "\n**Reproduce.**\n\n```sh\ncargo test --test qualify -- --exact '{}'\n```",
-                first.trial
-            );
+            let command = format!("cargo test --test qualify -- --exact {}", shell_word(&first.trial));
+            let _ = writeln!(body, "\n**Reproduce.**\n\n{}", fenced("sh", &command));
             Ticket {
                 file_name: format!("{:03}-{}-{}.md", i + 1, slug(gate), slug(&first.model)),
                 title,

@@ -26,7 +26,9 @@ pub(super) const DEFAULT_CASES: u32 = 10;
 pub(super) enum ResolveError {
     #[error("model id `{id}` must be `org/name`")]
     ModelId { id: String },
-    #[error("model id `{id}` must be `org/name` with letters, digits, `-`, `_` and `.` in each part")]
+    #[error(
+        "model id `{id}` must be `org/name` with letters, digits, `-`, `_` and `.` in each part, each part starting and ending with a letter or digit, at most 96 characters"
+    )]
     ModelIdCharacters { id: String },
     #[error("`prompt_template` must hold `{{prompt}}` exactly once, not {template:?}")]
     PromptTemplate { template: String },
@@ -272,16 +274,28 @@ fn check_engine(engine: &EngineSpec) -> Result<(), ResolveError> {
     }
 }
 
-fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, ResolveError> {
-    let Some((org, name)) = spec.id.split_once('/') else {
-        return Err(ResolveError::ModelId { id: spec.id.clone() });
+/// Whether `id` is a Hugging Face model id: `org/name`, each part of letters, digits, `-`, `_`
+/// and `.`, starting and ending with a letter or digit, the whole at most 96 characters. Model ids
+/// reach file names, the registry and reports: nothing else gets in (a leading `=` would be a
+/// spreadsheet formula in `models.csv`).
+pub(crate) fn check_model_id(id: &str) -> Result<(), ResolveError> {
+    let Some((org, name)) = id.split_once('/') else {
+        return Err(ResolveError::ModelId { id: id.to_string() });
     };
     let ok = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
     };
-    if !ok(org) || !ok(name) {
-        return Err(ResolveError::ModelIdCharacters { id: spec.id.clone() });
+    if !ok(org) || !ok(name) || id.len() > 96 {
+        return Err(ResolveError::ModelIdCharacters { id: id.to_string() });
     }
+    Ok(())
+}
+
+fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, ResolveError> {
+    check_model_id(&spec.id)?;
+    let name = spec.id.split_once('/').map_or("", |(_, n)| n);
     let slug = spec.slug.clone().unwrap_or_else(|| name.to_ascii_lowercase());
     let prompt_template = spec.prompt_template.clone().unwrap_or_else(|| "{prompt}".into());
     if prompt_template.matches("{prompt}").count() != 1 {

@@ -319,6 +319,7 @@ pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result
     let Some((_, repo_name)) = pb.model.hf_repo.split_once('/') else {
         return Err(err(format!("`{}` is not `org/name`", pb.model.hf_repo)).at("model.hf_repo"));
     };
+    super::resolve::check_model_id(&pb.model.hf_repo).map_err(|e| err(e.to_string()).at("model.hf_repo"))?;
     let slug = repo_name.to_ascii_lowercase();
     check_segment(&slug).map_err(|why| {
         err(format!("model `{slug}` (from `hf_repo`) is not valid: {why}")).at("model.hf_repo")
