@@ -662,3 +662,11 @@ fn a_hostile_output_or_trial_name_cannot_forge_a_ticket_or_inject_a_command() {
     assert!(body.contains("````text\n4\n```\n"), "{body}");
     assert!(body.contains(r"wrong  \*\*Reproduce.\*\*"), "{body}");
 }
+
+#[test]
+fn the_build_stamps_the_fingerprint_certify_computes_from_the_checkout() {
+    // build.rs and certify hash the same files the same way, or every record would read as made
+    // by another harness (and certify would measure again forever, or never).
+    let layout = Layout::new(root());
+    assert_eq!(modelqa::support::config::HARNESS_FINGERPRINT, workspace::harness_fingerprint(&layout));
+}

@@ -28,6 +28,9 @@ pub mod checks {
 
 pub mod config {
     pub use crate::config::{Places, new_run_id};
+
+    /// The harness fingerprint `build.rs` stamped into this build (what every record carries).
+    pub const HARNESS_FINGERPRINT: &str = env!("MODELQA_HARNESS_FINGERPRINT");
 }
 
 #[cfg(feature = "test-support")]
