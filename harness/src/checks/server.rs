@@ -13,9 +13,9 @@ use crate::engine::Sampling;
 use crate::engine::client::{Client, ClientError, Endpoint, RawResponse, request_body};
 use crate::playbook::Input;
 use crate::playbook::MessageSpec;
-use crate::trial::{Finding, TrialEnv, messages_of, render_run};
+use crate::trial::{Finding, ServerPool, TrialEnv, messages_of, render_run};
 use crate::vocab::Decider;
-use crate::vocab::{Outcome, ServerCheck};
+use crate::vocab::ServerCheck;
 
 /// `GET /health` must answer within this.
 pub(crate) const HEALTH_LIMIT: Duration = Duration::from_millis(1000);
@@ -422,13 +422,7 @@ fn excerpt(s: &str) -> String {
 pub(crate) fn run(env: &TrialEnv<'_>, check: ServerCheck) -> Finding {
     let client = match env.ctx.servers.client_for(env) {
         Ok(c) => c,
-        Err(e) => {
-            return Finding::new(
-                Outcome::Falsified,
-                Decider::Serve,
-                format!("failed to start the server: {e}"),
-            );
-        }
+        Err(e) => return ServerPool::unavailable(&e),
     };
     let template = env.info.chat_template.as_ref();
     let chat = template.is_some() || env.info.applies_chat_template;

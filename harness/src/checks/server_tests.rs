@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::*;
 use crate::playbook::spec::Role;
+use crate::vocab::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {

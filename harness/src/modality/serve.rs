@@ -8,20 +8,14 @@ use crate::engine::client::{self, Endpoint};
 use crate::engine::{EngineError, Finish, Generation};
 use crate::journal::Metrics;
 use crate::playbook::{Input, Scenario};
-use crate::trial::{Finding, TrialEnv, judge, messages_of, render_run};
+use crate::trial::{Finding, ServerPool, TrialEnv, judge, messages_of, render_run};
 use crate::vocab::{Decider, Outcome};
 
 /// One scenario in `serve`.
 pub(crate) fn run(env: &TrialEnv<'_>, scenario: &Scenario) -> Finding {
     let client = match env.ctx.servers.client_for(env) {
         Ok(c) => c,
-        Err(e) => {
-            return Finding::new(
-                Outcome::Falsified,
-                Decider::Serve,
-                format!("failed to start the server: {e}"),
-            );
-        }
+        Err(e) => return ServerPool::unavailable(&e),
     };
     let template = env.info.chat_template.as_ref();
     let prompt = render_run(&env.spec.model, &scenario.input, template);

@@ -10,7 +10,8 @@ use crate::engine::client::Client;
 use crate::playbook::spec::EngineSpec;
 use crate::serve::{Server, ServerConfig};
 
-use super::TrialEnv;
+use super::{Finding, TrialEnv};
+use crate::vocab::{Decider, Outcome};
 
 /// One server per session that `serve` trials use.
 #[derive(Default)]
@@ -44,6 +45,11 @@ impl ServerPool {
         let server = Arc::new(Server::start(Arc::clone(env.session), config)?);
         servers.insert(env.key.clone(), Arc::clone(&server));
         Ok(server)
+    }
+
+    /// The finding of a `serve` trial whose server could not start.
+    pub(crate) fn unavailable(e: &std::io::Error) -> Finding {
+        Finding::new(Outcome::Falsified, Decider::Serve, format!("failed to start the server: {e}"))
     }
 
     /// Stops the session's server (if any) as its last handle drops.
