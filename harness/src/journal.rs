@@ -192,13 +192,17 @@ enum Line {
 /// last line of a process killed mid-write). A trial that started and has no record after its
 /// start line in the same run reads as its provisional `crashed` record, at the end.
 pub fn read(path: &Path) -> std::io::Result<(Vec<EvidenceRecord>, usize)> {
-    let file = File::open(path)?;
+    read_from(BufReader::new(File::open(path)?))
+}
+
+/// [`read`] over any reader.
+pub(crate) fn read_from(source: impl BufRead) -> std::io::Result<(Vec<EvidenceRecord>, usize)> {
     let mut records = Vec::new();
     // Trials started and not yet finished, by (run, trial): an index into `started`.
     let mut open: HashMap<(String, String), usize> = HashMap::new();
     let mut started: Vec<Option<EvidenceRecord>> = Vec::new();
     let mut torn = 0;
-    for line in BufReader::new(file).lines() {
+    for line in source.lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;

@@ -23,6 +23,7 @@ mod engine;
 mod expand;
 mod failure;
 mod format;
+mod fuzz;
 mod integrity;
 mod journal;
 mod matrix;

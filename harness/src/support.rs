@@ -58,6 +58,11 @@ pub mod format {
     }
 }
 
+/// The xtask's `fuzz` task drives every target.
+pub mod fuzz {
+    pub use crate::fuzz::{TARGETS, Target, target};
+}
+
 pub mod journal {
     pub use crate::journal::{EvidenceRecord, read};
 }
