@@ -13,6 +13,12 @@ use modelqa::support::playbook;
 
 type Result = datatest_stable::Result<()>;
 
+/// The playbook root of every fixture here: the repository, so a fixture may extend the
+/// shipped templates.
+fn repo() -> &'static std::path::Path {
+    std::path::Path::new(".")
+}
+
 fn snapshot_settings(dir: &str) -> insta::Settings {
     let mut s = insta::Settings::clone_current();
     s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(dir));
@@ -33,10 +39,10 @@ fn shipped(path: &Utf8Path, text: String) -> Result {
             "playbook: 1\nfamily: probe\nextends: [{}]\ntiers: {{smoke: {{}}}}\nmodels: [{{id: org/probe}}]\n",
             path.file_name().unwrap_or_default()
         );
-        playbook::load_text(&path.as_std_path().with_file_name("probe.yaml"), &probe)?;
+        playbook::load_text(&path.as_std_path().with_file_name("probe.yaml"), repo(), &probe)?;
         return Ok(());
     }
-    let (pbs, notices) = playbook::load_text(path.as_std_path(), &text)?;
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), repo(), &text)?;
     if pbs.is_empty() || !notices.is_empty() {
         return Err(
             format!("{path}: expected playbooks without notices, got {} and {notices:?}", pbs.len()).into()
@@ -47,7 +53,7 @@ fn shipped(path: &Utf8Path, text: String) -> Result {
 
 /// A malformed playbook fails to load, with the message in its snapshot.
 fn malformed(path: &Utf8Path, text: String) -> Result {
-    let err = match playbook::load_text(path.as_std_path(), &text) {
+    let err = match playbook::load_text(path.as_std_path(), repo(), &text) {
         Ok(_) => return Err(format!("{path} loaded, but it is in the malformed corpus").into()),
         Err(e) => e.relative_to(Path::new(env!("CARGO_MANIFEST_DIR"))),
     };
@@ -57,7 +63,7 @@ fn malformed(path: &Utf8Path, text: String) -> Result {
 
 /// The sorted trial names a playbook expands to.
 fn expansion(path: &Utf8Path, text: String) -> Result {
-    let (pbs, _) = playbook::load_text(path.as_std_path(), &text)?;
+    let (pbs, _) = playbook::load_text(path.as_std_path(), repo(), &text)?;
     let plan = Plan::new(pbs);
     let mut names = Vec::new();
     plan.for_each_selected(&Filter::default(), |_, n| names.push(n.to_string()));
@@ -80,7 +86,7 @@ macro_rules! original_corpus {
 /// A seed-format model playbook of the project's own corpus: the checks of [`check_seed`], and
 /// a summary of what it maps to, snapshotted.
 fn seed_model(path: &Utf8Path, text: String) -> Result {
-    let (pbs, notices) = playbook::load_text(path.as_std_path(), &text)?;
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), repo(), &text)?;
     check_seed(path, &text, &pbs, &notices)?;
     snapshot_settings("seed-corpus/models")
         .bind(|| insta::assert_snapshot!(seed_stem(path), seed_summary(&pbs, &notices)));
@@ -91,7 +97,7 @@ fn seed_model(path: &Utf8Path, text: String) -> Result {
 /// are filled in, passes [`check_seed`], and its summary is snapshotted.
 fn seed_template(path: &Utf8Path, text: String) -> Result {
     let filled = fill_placeholders(path, &text)?;
-    let (pbs, notices) = playbook::load_text(path.as_std_path(), &filled)?;
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), repo(), &filled)?;
     check_seed(path, &filled, &pbs, &notices)?;
     snapshot_settings("seed-corpus/templates")
         .bind(|| insta::assert_snapshot!(seed_stem(path), seed_summary(&pbs, &notices)));
@@ -100,7 +106,7 @@ fn seed_template(path: &Utf8Path, text: String) -> Result {
 
 /// The original project's model playbooks parse as they are and pass [`check_seed`].
 fn original_seed_model(path: &Utf8Path, text: String) -> Result {
-    let (pbs, notices) = playbook::load_text(path.as_std_path(), &text)?;
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), repo(), &text)?;
     check_seed(path, &text, &pbs, &notices)
 }
 
@@ -108,7 +114,7 @@ fn original_seed_model(path: &Utf8Path, text: String) -> Result {
 /// [`check_seed`].
 fn original_seed_template(path: &Utf8Path, text: String) -> Result {
     let filled = fill_placeholders(path, &text)?;
-    let (pbs, notices) = playbook::load_text(path.as_std_path(), &filled)?;
+    let (pbs, notices) = playbook::load_text(path.as_std_path(), repo(), &filled)?;
     check_seed(path, &filled, &pbs, &notices)
 }
 

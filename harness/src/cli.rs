@@ -58,6 +58,10 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
     let (playbooks, notices) = crate::playbook::load_all(&config.playbooks).map_err(UserError::Playbook)?;
     reporter::notices(&notices);
     let plan = Plan::new(playbooks);
+    let total = plan.total();
+    if total > crate::expand::MAX_TRIALS {
+        return Err(UserError::TooManyTrials { total, scanned: config.playbooks.clone() });
+    }
     let filter = Filter { filter: args.filter.clone(), exact: args.exact, skip: args.skip.clone() };
 
     let mut binder = Binder::new(config.roots.clone());

@@ -233,6 +233,10 @@ fn applies(kind: TailKind, format: Format) -> bool {
     }
 }
 
+/// The most trials all playbooks together may define: `--list` prints each and a filter scans
+/// them all, so past this a typo in a count would cost minutes before any trial ran.
+pub(crate) const MAX_TRIALS: usize = 20_000_000;
+
 impl Plan {
     pub fn new(playbooks: Vec<Playbook>) -> Self {
         let mut groups = Vec::new();

@@ -51,6 +51,12 @@ pub(crate) enum UserError {
     },
     #[error("failed to load playbooks: {0}")]
     Playbook(#[source] PlaybookError),
+    #[error(
+        "the playbooks under {} define {total} trials; at most {} are run in one harness (lower a `count`, `scenario_count` or the matrix)",
+        scanned.display(),
+        crate::expand::MAX_TRIALS
+    )]
+    TooManyTrials { total: usize, scanned: PathBuf },
     #[error("`{name}` is not a trial name: {source}")]
     InvalidExactName {
         name: String,
@@ -73,6 +79,7 @@ impl UserError {
             | UserError::Journal { .. }
             | UserError::Resume { .. } => exit::ENVIRONMENT_ERROR,
             UserError::Playbook(_)
+            | UserError::TooManyTrials { .. }
             | UserError::InvalidExactName { .. }
             | UserError::UnknownExactName { .. } => exit::PLAYBOOK_ERROR,
             UserError::NoTrials(_) => exit::NO_TRIALS,

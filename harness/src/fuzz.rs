@@ -30,9 +30,9 @@ pub fn target(name: &str) -> Option<&'static Target> {
 
 fn playbook(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    // A file name under a folder that does not exist: `extends` can only fail to read.
-    let file = std::path::Path::new("/nonexistent/modelqa-fuzz/playbook.yaml");
-    if let Ok((playbooks, _)) = crate::playbook::load_text(file, text) {
+    // A root that does not exist: `extends` can only be refused.
+    let root = std::path::Path::new("/nonexistent/modelqa-fuzz");
+    if let Ok((playbooks, _)) = crate::playbook::load_text(&root.join("playbook.yaml"), root, text) {
         // Expansion is where counts become allocations: run it too.
         let _ = crate::expand::Plan::new(playbooks).total();
     }

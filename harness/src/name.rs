@@ -69,14 +69,24 @@ pub enum NameError {
 pub enum SegmentError {
     #[error("it is empty")]
     Empty,
+    #[error("it is {0} characters long; a segment may be at most {MAX_SEGMENT_CHARS}")]
+    TooLong(usize),
     #[error("it must start with a lower-case letter or digit, not `{0}`")]
     Start(char),
     #[error("`{0}` is not allowed (use lower-case letters, digits, `.`, `_` and `-`)")]
     Character(char),
 }
 
-/// Checks one segment: lower-case ASCII letters, digits, `.`, `_` and `-`, starting with a letter or digit.
+/// The longest segment. Names are typed on command lines and printed once per trial by
+/// `--list`; a model id part may be 96 characters, and a generated scenario adds a case number.
+pub(crate) const MAX_SEGMENT_CHARS: usize = 128;
+
+/// Checks one segment: lower-case ASCII letters, digits, `.`, `_` and `-`, starting with a
+/// letter or digit, at most [`MAX_SEGMENT_CHARS`] long.
 pub(crate) fn check_segment(s: &str) -> Result<(), SegmentError> {
+    if s.len() > MAX_SEGMENT_CHARS {
+        return Err(SegmentError::TooLong(s.chars().count()));
+    }
     let Some(first) = s.chars().next() else {
         return Err(SegmentError::Empty);
     };
@@ -89,6 +99,22 @@ pub(crate) fn check_segment(s: &str) -> Result<(), SegmentError> {
         return Err(SegmentError::Character(bad));
     }
     Ok(())
+}
+
+/// A segment as an error message shows it: whole when short, else its head and its length, so
+/// a 100,000-character name makes a one-line error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shown<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HEAD: usize = 60;
+        if self.0.chars().count() <= HEAD + 20 {
+            return f.write_str(self.0);
+        }
+        let head: String = self.0.chars().take(HEAD).collect();
+        write!(f, "{head}… ({} characters)", self.0.chars().count())
+    }
 }
 
 impl TrialName {

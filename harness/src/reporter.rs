@@ -17,7 +17,7 @@ pub(crate) fn failure(failure: &Failure) {
 fn user_error(err: &UserError) {
     match err {
         UserError::UnknownVariables(unknown) => unknown_variables(unknown),
-        UserError::Playbook(_) => {
+        UserError::Playbook(_) | UserError::TooManyTrials { .. } => {
             eprintln!("error: {err}");
             eprintln!("note: no trial was run; fix the playbook and run again");
         }

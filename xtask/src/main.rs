@@ -7,6 +7,7 @@ mod bench_serve;
 mod certify;
 mod fetch;
 mod fixtures;
+mod fuzz;
 mod golden;
 mod libtest;
 mod schema;
@@ -46,6 +47,8 @@ enum Task {
     Fetch(fetch::FetchArgs),
     /// Serve a model directory or APR file with the OpenAI-compatible server (modelqa-engine, release)
     Serve(serve::ServeArgs),
+    /// Fuzz the readers of untrusted bytes (playbooks, model files, journals, HTTP requests)
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks: harness expansion, or `serve` / `formats` (release builds)
     Bench(bench::BenchArgs),
 }
@@ -113,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Lock(args) => certify::lock(&args),
         Task::Fetch(args) => fetch::run(&args),
         Task::Serve(args) => serve::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }
 

@@ -112,13 +112,15 @@ pub fn cases(spec: &GeneratorSpec, count: u32, seed: u64, salt: &str) -> Vec<Gen
     let strategy = strategy(spec);
     let mut runner = seeded_runner(seed, salt, Config::default());
     let mut out: Vec<GeneratedCase> = Vec::new();
+    // Duplicates are found by hash: a linear scan per case was quadratic in `count`.
+    let mut seen = std::collections::HashSet::new();
     let mut attempts = 0u32;
     while out.len() < count as usize && attempts < count.saturating_mul(50).max(100) {
         attempts += 1;
         // A strategy built from ranges and selections never rejects, so this cannot fail.
         let Ok(tree) = strategy.new_tree(&mut runner) else { break };
         let prompt = tree.current();
-        if !out.iter().any(|c| c.prompt == prompt) {
+        if seen.insert(prompt.clone()) {
             out.push(GeneratedCase { prompt });
         }
     }

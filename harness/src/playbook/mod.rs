@@ -3,6 +3,7 @@
 
 mod error;
 mod generate;
+mod limits;
 mod load;
 mod resolve;
 mod seed;
@@ -151,17 +152,23 @@ pub struct Notice {
 pub fn load_all(root: &Path) -> Result<(Vec<Playbook>, Vec<Notice>), PlaybookError> {
     let mut notices = Vec::new();
     let mut playbooks = Vec::new();
+    let root_dir = load::root_dir(root);
     for file in discover(root)? {
-        playbooks.extend(load::load_file(&file, &mut notices)?);
+        playbooks.extend(load::load_file(&file, &root_dir, &mut notices)?);
     }
     check_unique_groups(&playbooks)?;
     Ok((playbooks, notices))
 }
 
-/// Parses playbook text as if it were the file `file` (for tests and tools).
-pub fn load_text(file: &Path, text: &str) -> Result<(Vec<Playbook>, Vec<Notice>), PlaybookError> {
+/// Parses playbook text as if it were the file `file` under the playbook root `root` (for
+/// tests and tools): templates it extends are read only from inside `root`.
+pub fn load_text(
+    file: &Path,
+    root: &Path,
+    text: &str,
+) -> Result<(Vec<Playbook>, Vec<Notice>), PlaybookError> {
     let mut notices = Vec::new();
-    let playbooks = load::load_text(file, text, &mut notices)?;
+    let playbooks = load::load_text(file, root, text, &mut notices)?;
     Ok((playbooks, notices))
 }
 

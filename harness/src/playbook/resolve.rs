@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use super::error::PlaybookError;
 use super::generate;
+use super::limits::{MAX_CASES, MAX_REPEATS, MAX_SCENARIOS};
 use super::spec::{CommandOutput, EngineSpec, FormatSpec, MatrixSpec, ModelSpec, PlaybookDoc, ScenarioSpec};
 use super::{Input, Model, Playbook, Property, Scenario, TierPlan, tiers};
 use crate::matrix::{Format, Quantization};
-use crate::name::{SegmentError, check_segment};
+use crate::name::{SegmentError, Shown, check_segment};
 use crate::oracle::Oracle;
 
 pub(super) const DEFAULT_SEED: u64 = 42;
@@ -86,7 +87,7 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
     let caused = |e: ResolveError| PlaybookError::from_error(file, e);
     let family = doc.family.clone().unwrap_or_default();
     check_segment(&family)
-        .map_err(|why| err(format!("`{family}` is not a valid family name: {why}")).at("family"))?;
+        .map_err(|why| err(format!("`{}` is not a valid family name: {why}", Shown(&family))).at("family"))?;
 
     let base_dir = file.parent().unwrap_or(Path::new("."));
     let specs = doc.models.clone().unwrap_or_default();
@@ -129,8 +130,9 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
     let mut tier_plans = Vec::new();
     for (name, spec) in &tier_specs {
         let at = format!("tiers.{name}");
-        check_segment(name)
-            .map_err(|why| err(format!("`{name}` is not a valid tier name: {why}")).at(at.clone()))?;
+        check_segment(name).map_err(|why| {
+            err(format!("`{}` is not a valid tier name: {why}", Shown(name))).at(at.clone())
+        })?;
         let base = tiers::builtin(name).unwrap_or_default();
         let matrix = base.overlaid(&family_matrix).overlaid(spec);
         tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|e| caused(e).at(at))?);
@@ -170,9 +172,6 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
         scenarios,
     })
 }
-
-/// The most runs a scenario's `repeat` may ask for.
-const MAX_REPEATS: u32 = 100;
 
 /// Tokens a prompt template and special tokens may add around an input.
 const TEMPLATE_ALLOWANCE: u64 = 8;
@@ -386,7 +385,7 @@ fn resolve_scenarios(
         let at = format!("scenarios[{i}]");
         let err = |m: String| PlaybookError::new(file, m).at(at.clone());
         check_segment(&spec.name)
-            .map_err(|why| err(format!("`{}` is not a valid scenario name: {why}", spec.name)))?;
+            .map_err(|why| err(format!("`{}` is not a valid scenario name: {why}", Shown(&spec.name))))?;
         if spec.oracles.is_empty() {
             return Err(err(format!(
                 "scenario `{}` has no oracle; every trial needs at least one (for example `oracles: [garbage]`)",
@@ -479,6 +478,13 @@ fn resolve_scenarios(
                 ),
         };
         let count = spec.count.unwrap_or(DEFAULT_CASES);
+        if count > MAX_CASES {
+            return Err(err(format!(
+                "scenario `{}`: `count` asks for {count} cases; a scenario may make at most {MAX_CASES}",
+                spec.name
+            ))
+            .at(format!("{at}.count")));
+        }
         let max_tokens = spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         let sized = |g: &super::spec::GeneratorSpec| fit_to_context(g, context, max_tokens);
         let caused = |e: ResolveError| PlaybookError::from_error(file, e).at(at.clone());
@@ -513,6 +519,11 @@ fn resolve_scenarios(
             }
             if !names.insert(scenario.name.clone()) {
                 return Err(err(format!("scenario name `{}` appears twice", scenario.name)));
+            }
+            if out.len() == MAX_SCENARIOS {
+                return Err(err(format!(
+                    "the playbook defines more than {MAX_SCENARIOS} scenarios (generated cases counted one by one)"
+                )));
             }
             out.push(Arc::new(scenario));
         }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::error::PlaybookError;
+use super::limits::MAX_SCENARIOS;
 use super::load::parse_yaml;
 use super::resolve::{DEFAULT_MAX_TOKENS, resolve_tier};
 use super::spec::{
@@ -23,7 +24,7 @@ use super::spec::{
 };
 use super::{Input, Model, Notice, Playbook, Scenario, spec};
 use crate::matrix::{Backend, Modality, Quantization};
-use crate::name::check_segment;
+use crate::name::{Shown, check_segment};
 use crate::oracle::Oracle;
 
 /// The prompts the original project's generator cycled through when a playbook gave none.
@@ -313,8 +314,9 @@ pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result
     }
 
     let (family, tier) = family_and_tier(&pb.name);
-    check_segment(&family)
-        .map_err(|why| err(format!("family `{family}` (from `name`) is not valid: {why}")).at("name"))?;
+    check_segment(&family).map_err(|why| {
+        err(format!("family `{}` (from `name`) is not valid: {why}", Shown(&family))).at("name")
+    })?;
 
     let Some((_, repo_name)) = pb.model.hf_repo.split_once('/') else {
         return Err(err(format!("`{}` is not `org/name`", pb.model.hf_repo)).at("model.hf_repo"));
@@ -322,7 +324,7 @@ pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result
     super::resolve::check_model_id(&pb.model.hf_repo).map_err(|e| err(e.to_string()).at("model.hf_repo"))?;
     let slug = repo_name.to_ascii_lowercase();
     check_segment(&slug).map_err(|why| {
-        err(format!("model `{slug}` (from `hf_repo`) is not valid: {why}")).at("model.hf_repo")
+        err(format!("model `{}` (from `hf_repo`) is not valid: {why}", Shown(&slug))).at("model.hf_repo")
     })?;
     let m = &pb.model;
     let model = Model {
@@ -375,6 +377,12 @@ pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result
         // Every prompt the playbook lists runs at least once.
         pb.test_matrix.prompts.as_ref().map_or(0, Vec::len),
     );
+    if count > MAX_SCENARIOS {
+        return Err(err(format!(
+            "`scenario_count` asks for {count} scenarios; a playbook may define at most {MAX_SCENARIOS}"
+        ))
+        .at("test_matrix.scenario_count"));
+    }
 
     let declared = pb.oracles.unwrap_or_default();
     for o in &declared {
