@@ -172,6 +172,50 @@ fn a_hung_command_is_a_timeout_and_its_whole_process_group_dies() {
     assert!(gone, "the grandchild {} outlived the timeout", pid.trim());
 }
 
+#[test]
+fn a_command_that_floods_stdout_is_falsified_with_the_size() {
+    // 100 MB on stdout: the trial fails naming the cap (the harness keeps only the cap's worth).
+    let engine = "  kind: command\n  args: [sh, -c, 'yes x | head -c 100000000', sh, '{prompt}']";
+    let run = Run::new(&playbook(engine, "[safetensors]", 60000));
+    let out = run.qualify(
+        &["--exact", "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::run::arithmetic_multiply"],
+        &[],
+    );
+    assert!(!out.status.success());
+    let records = run.journal();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Falsified, "{}", records[0].reason);
+    assert!(records[0].reason.contains("printed output over 8388608 bytes"), "{}", records[0].reason);
+}
+
+#[test]
+fn a_grandchild_that_leaves_the_group_holding_stdout_cannot_outlive_the_trial() {
+    let Some(setsid) = ["/usr/bin/setsid", "/bin/setsid"].into_iter().find(|p| Path::new(p).exists()) else {
+        eprintln!("not checked: no setsid");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("grandchild.pid");
+    // The answer comes at once; the grandchild, in a session of its own, holds stdout for 60 s.
+    let engine = format!(
+        "  kind: command\n  args: [sh, -c, '{setsid} sh -c \"echo $$ > {}; exec sleep 60\" & sleep 0.5; echo 56', sh, '{{prompt}}']",
+        pid_file.display()
+    );
+    let run = Run::new(&playbook(&engine, "[safetensors]", 30000));
+    let started = Instant::now();
+    let out = run.qualify(
+        &["--exact", "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::run::arithmetic_multiply"],
+        &[],
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "held for {:?}", started.elapsed());
+    let records = run.journal();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Corroborated, "{}: {}", records[0].reason, text(&out));
+    let pid = std::fs::read_to_string(&pid_file).expect("the grandchild started");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "the grandchild outlived the trial: {stat}");
+}
+
 /// `modelqa-engine serve` on an ephemeral port, killed when dropped.
 struct ServerProcess {
     child: Child,

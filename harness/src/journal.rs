@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -202,12 +202,27 @@ pub(crate) fn read_from(source: impl BufRead) -> std::io::Result<(Vec<EvidenceRe
     let mut open: HashMap<(String, String), usize> = HashMap::new();
     let mut started: Vec<Option<EvidenceRecord>> = Vec::new();
     let mut torn = 0;
-    for line in source.lines() {
-        let line = line?;
+    let mut source = source;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if (&mut source).take(MAX_LINE_BYTES + 1).read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        if buf.len() as u64 > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            // No record is this long: skip to the end of the line without keeping it.
+            skip_line(&mut source)?;
+            torn += 1;
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            torn += 1;
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Line>(&line) {
+        match serde_json::from_str::<Line>(line) {
             Ok(Line::Start(start)) => {
                 let key = (start.record.run_id.clone(), start.record.trial.clone());
                 if let Some(i) = open.insert(key, started.len()) {
@@ -228,7 +243,56 @@ pub(crate) fn read_from(source: impl BufRead) -> std::io::Result<(Vec<EvidenceRe
     Ok((records, torn))
 }
 
+/// The longest journal line read. A record holds a prompt and an output, each capped far below
+/// this; a longer line is not one the harness wrote, and is counted as unreadable unread.
+pub(crate) const MAX_LINE_BYTES: u64 = 64 << 20;
+
+/// Consumes the rest of the current line.
+fn skip_line(source: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = source.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match memchr::memchr(b'\n', chunk) {
+            Some(i) => {
+                source.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                source.consume(n);
+            }
+        }
+    }
+}
+
 /// The current time, RFC 3339 in UTC.
 pub(crate) fn timestamp() -> String {
     jiff::Timestamp::now().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn a_line_past_the_cap_is_skipped_unkept_and_the_records_around_it_survive() {
+        let record = include_str!("../../fuzz/corpus/journal/unfinished.jsonl");
+        let huge = std::io::repeat(b'x').take(MAX_LINE_BYTES + (1 << 20));
+        let source = record
+            .as_bytes()
+            .chain(huge)
+            .chain(&b"\n"[..])
+            .chain(record.as_bytes())
+            .chain(&b"\xff\xfe\n"[..]);
+        let (records, torn) = read_from(BufReader::new(source)).expect("the journal reads");
+        // The huge line and the line that is not UTF-8 are unreadable; the start lines read as
+        // their provisional records (both are the same trial: the later one stands).
+        assert_eq!(torn, 2);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].outcome, Outcome::Crashed);
+    }
 }

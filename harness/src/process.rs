@@ -41,8 +41,10 @@ pub(crate) struct Ended {
     pub(crate) status: Option<ExitStatus>,
     pub(crate) stdout: Vec<u8>,
     pub(crate) stderr: Vec<u8>,
-    /// Whether either stream wrote more than the confinement keeps.
-    pub(crate) truncated: bool,
+    /// Whether the child wrote more to stdout than the confinement keeps.
+    pub(crate) stdout_truncated: bool,
+    /// Whether the child wrote more to stderr than the confinement keeps.
+    pub(crate) stderr_truncated: bool,
 }
 
 impl Ended {
@@ -74,20 +76,8 @@ pub(crate) fn run_until(
     }
     let mut child = command.spawn()?;
     let keep = confinement.output_bytes;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let mut truncated = false;
-            if let Some(mut p) = pipe {
-                // Read to the end, so a chatty child never blocks on a full pipe; keep the head.
-                let _ = (&mut p).take(keep as u64).read_to_end(&mut kept);
-                truncated = std::io::copy(&mut p, &mut std::io::sink()).is_ok_and(|n| n > 0);
-            }
-            (kept, truncated)
-        })
-    };
-    let out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = Drain::start(child.stdout.take().map(|p| Box::new(p) as Box<dyn PipeEnd>), keep);
+    let err = Drain::start(child.stderr.take().map(|p| Box::new(p) as Box<dyn PipeEnd>), keep);
     let waited = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(Some(status)),
@@ -102,10 +92,119 @@ pub(crate) fn run_until(
     if !matches!(waited, Ok(Some(_))) {
         let _ = child.wait();
     }
-    let (stdout, out_cut) = out.join().unwrap_or_default();
-    let (stderr, err_cut) = err.join().unwrap_or_default();
-    Ok(Ended { status: waited?, stdout, stderr, truncated: out_cut || err_cut })
+    // A process that left the group (`setsid`) and still holds a pipe would keep the read open
+    // for as long as it lives: after a short grace it is found by the pipe it holds and killed,
+    // and if even that fails the read is abandoned with what it had.
+    if !(out.finished_within(PIPE_GRACE) && err.finished_within(PIPE_GRACE)) {
+        kill_pipe_holders(&[&out, &err]);
+        out.finished_within(PIPE_GRACE);
+        err.finished_within(PIPE_GRACE);
+    }
+    let (stdout, out_cut) = out.take();
+    let (stderr, err_cut) = err.take();
+    Ok(Ended { status: waited?, stdout, stderr, stdout_truncated: out_cut, stderr_truncated: err_cut })
 }
+
+/// How long a pipe may stay open after its process group is gone.
+const PIPE_GRACE: Duration = Duration::from_millis(500);
+
+/// A read end of a child's pipe.
+trait PipeEnd: Read + Send + 'static {
+    /// The pipe's name in `/proc/<pid>/fd` (`pipe:[inode]`), where the system has one.
+    fn proc_name(&self) -> Option<std::ffi::OsString>;
+}
+
+#[cfg(unix)]
+impl<T: Read + Send + 'static + std::os::fd::AsRawFd> PipeEnd for T {
+    fn proc_name(&self) -> Option<std::ffi::OsString> {
+        std::fs::read_link(format!("/proc/self/fd/{}", self.as_raw_fd())).ok().map(PathBuf::into_os_string)
+    }
+}
+
+#[cfg(not(unix))]
+impl<T: Read + Send + 'static> PipeEnd for T {
+    fn proc_name(&self) -> Option<std::ffi::OsString> {
+        None
+    }
+}
+
+/// A thread reading one pipe to its end, keeping its head: a chatty child never blocks on a
+/// full pipe, and memory never grows past the cap.
+struct Drain {
+    kept: std::sync::Arc<std::sync::Mutex<(Vec<u8>, bool)>>,
+    done: std::sync::mpsc::Receiver<()>,
+    finished: std::cell::Cell<bool>,
+    proc_name: Option<std::ffi::OsString>,
+}
+
+impl Drain {
+    fn start(pipe: Option<Box<dyn PipeEnd>>, keep: usize) -> Self {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), false)));
+        let (tx, done) = std::sync::mpsc::channel();
+        let proc_name = pipe.as_ref().and_then(|p| p.proc_name());
+        let shared = std::sync::Arc::clone(&kept);
+        std::thread::spawn(move || {
+            if let Some(mut p) = pipe {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match p.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut k = shared.lock().unwrap_or_else(|e| e.into_inner());
+                            let room = keep.saturating_sub(k.0.len()).min(n);
+                            k.0.extend_from_slice(&buf[..room]);
+                            k.1 |= room < n;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(());
+        });
+        Self { kept, done, finished: std::cell::Cell::new(false), proc_name }
+    }
+
+    /// Whether the pipe reached its end, waiting at most `grace` for it.
+    fn finished_within(&self, grace: Duration) -> bool {
+        if !self.finished.get() {
+            self.finished.set(self.done.recv_timeout(grace).is_ok());
+        }
+        self.finished.get()
+    }
+
+    /// What was read, and whether more was written than kept.
+    fn take(self) -> (Vec<u8>, bool) {
+        std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Kills every other process that holds the write end of an unfinished pipe (a descendant
+/// that left the process group), found through `/proc/*/fd`.
+#[cfg(target_os = "linux")]
+fn kill_pipe_holders(drains: &[&Drain]) {
+    let names: Vec<&std::ffi::OsString> =
+        drains.iter().filter(|d| !d.finished.get()).filter_map(|d| d.proc_name.as_ref()).collect();
+    if names.is_empty() {
+        return;
+    }
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| names.iter().any(|n| l.as_os_str() == n.as_os_str()))
+        });
+        if holds && let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kill_pipe_holders(_drains: &[&Drain]) {}
 
 /// Sets the limits in the child between fork and exec.
 #[cfg(unix)]
@@ -244,7 +343,7 @@ mod tests {
             .expect("sh starts");
         assert_eq!(e.status.and_then(|s| s.code()), Some(3));
         assert_eq!((e.stdout.as_slice(), e.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
-        assert!(!e.truncated && !e.timed_out());
+        assert!(!e.stdout_truncated && !e.stderr_truncated && !e.timed_out());
     }
 
     #[test]
@@ -263,7 +362,30 @@ mod tests {
         let c = Confinement { output_bytes: 10, ..Confinement::default() };
         let e = run_until(&mut sh("head -c 100000 /dev/zero"), soon(10), c).expect("sh starts");
         assert_eq!(e.stdout.len(), 10);
-        assert!(e.truncated);
+        assert!(e.stdout_truncated && !e.stderr_truncated);
+    }
+
+    #[test]
+    fn a_descendant_that_left_the_group_cannot_hold_the_trial() {
+        let Some(setsid) = find_program("setsid") else {
+            eprintln!("not checked: no setsid on PATH");
+            return;
+        };
+        let started = Instant::now();
+        // The grandchild starts a session of its own, out of the group's reach, keeps stdout
+        // open and prints its pid; the child answers and exits at once.
+        let script = format!("{} sh -c 'echo $$; exec sleep 60' & echo answer; wait", setsid.display());
+        let e =
+            run_until(&mut sh(&format!("{script} & sleep 0.3; exit 0")), soon(30), Confinement::default())
+                .expect("sh starts");
+        assert!(started.elapsed() < Duration::from_secs(5), "held for {:?}", started.elapsed());
+        let text = String::from_utf8_lossy(&e.stdout);
+        assert!(text.contains("answer"), "{text}");
+        // The escaped process is gone, not merely let go.
+        let pid = text.lines().find_map(|l| l.trim().parse::<u32>().ok()).expect("the grandchild's pid");
+        std::thread::sleep(Duration::from_millis(200));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(status.is_empty() || status.contains(") Z "), "pid {pid} still runs: {status}");
     }
 
     #[cfg(target_os = "linux")]

@@ -2,7 +2,7 @@
 //! with the response's framing checked (valid JSON, SSE events ending in `data: [DONE]`, pieces
 //! that add up) and its timings measured. Talks to any OpenAI-compatible base URL.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -105,6 +105,35 @@ fn text_of(endpoint: Endpoint, choice: &Value, chunk: bool) -> Option<String> {
     v.as_str().map(str::to_string)
 }
 
+/// The largest response body read (a whole JSON answer, or a whole event stream): an answer is
+/// a few thousand tokens, and an endless stream once reached 823 MB in 6 s.
+pub(crate) const MAX_BODY_BYTES: u64 = 16 << 20;
+/// The longest line of an event stream.
+pub(crate) const MAX_LINE_BYTES: u64 = 1 << 20;
+/// How much of a body or line an error message quotes.
+const QUOTED_CHARS: usize = 2_000;
+
+/// `text` as an error quotes it: whole when short, else its head and its length.
+fn clip(text: impl Into<String>) -> String {
+    let text = text.into();
+    if text.len() <= QUOTED_CHARS {
+        return text;
+    }
+    let head: String = text.chars().take(QUOTED_CHARS).collect();
+    format!("{head}… ({} bytes in all)", text.len())
+}
+
+/// Reads a whole body of at most [`MAX_BODY_BYTES`].
+fn read_body(response: ureq::Response) -> Result<String, ClientError> {
+    let mut bytes = Vec::new();
+    response.into_reader().take(MAX_BODY_BYTES + 1).read_to_end(&mut bytes).map_err(ClientError::Read)?;
+    if bytes.len() as u64 > MAX_BODY_BYTES {
+        return Err(ClientError::TooLong { what: "the response body", limit: MAX_BODY_BYTES });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| ClientError::Read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
 /// Why a request got no usable reply: no response came, or the response breaks the framing.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -162,6 +191,8 @@ pub enum ClientError {
     UnterminatedEvent { data: String },
     #[error("the event stream ended without `data: [DONE]`")]
     NoDone,
+    #[error("{what} is over {limit} bytes")]
+    TooLong { what: &'static str, limit: u64 },
 }
 
 /// A response read whole, whatever its status.
@@ -258,7 +289,7 @@ impl Client {
         };
         let status = response.status();
         let content_type = response.header("Content-Type").unwrap_or_default().to_string();
-        let body = response.into_string().map_err(ClientError::Read)?;
+        let body = read_body(response)?;
         Ok(Some(RawResponse { status, content_type, body, latency: started.elapsed() }))
     }
 
@@ -285,7 +316,7 @@ impl Client {
             .send_string(&body.to_string())
             .map_err(|e| match e {
                 ureq::Error::Status(status, r) => {
-                    ClientError::Status { url, status, body: r.into_string().unwrap_or_default() }
+                    ClientError::Status { url, status, body: clip(read_body(r).unwrap_or_default()) }
                 }
                 ureq::Error::Transport(t) => ClientError::Request { url, source: Box::new(t) },
             })?;
@@ -295,13 +326,13 @@ impl Client {
             return Err(ClientError::ContentType { content_type, expected });
         }
         if !stream {
-            let text = response.into_string().map_err(ClientError::Read)?;
+            let text = read_body(response)?;
             let v: Value = match serde_json::from_str(&text) {
                 Ok(v) => v,
-                Err(source) => return Err(ClientError::NotJson { body: text, source }),
+                Err(source) => return Err(ClientError::NotJson { body: clip(text), source }),
             };
             let Some(answer) = text_of(endpoint, &v["choices"][0], false) else {
-                return Err(ClientError::NoAnswer { body: text });
+                return Err(ClientError::NoAnswer { body: clip(text) });
             };
             return Ok(Reply {
                 text: answer,
@@ -323,11 +354,25 @@ impl Client {
         // framing, as the SSE specification says; two `data:` lines with no blank line between
         // are one event whose data is both lines).
         let mut event: Vec<String> = Vec::new();
+        let mut read = 0u64;
         loop {
             line.clear();
-            let n = reader.read_line(&mut line).map_err(ClientError::ReadStream)?;
+            let n = (&mut reader)
+                .take(MAX_LINE_BYTES + 1)
+                .read_line(&mut line)
+                .map_err(ClientError::ReadStream)?;
             if n == 0 {
                 break;
+            }
+            if n as u64 > MAX_LINE_BYTES {
+                return Err(ClientError::TooLong {
+                    what: "a line of the event stream",
+                    limit: MAX_LINE_BYTES,
+                });
+            }
+            read += n as u64;
+            if read > MAX_BODY_BYTES {
+                return Err(ClientError::TooLong { what: "the event stream", limit: MAX_BODY_BYTES });
             }
             let l = line.trim_end_matches(['\r', '\n']);
             if l.is_empty() {
@@ -337,14 +382,14 @@ impl Client {
                 let data = event.join("\n");
                 event.clear();
                 if done {
-                    return Err(ClientError::EventAfterDone { line: data });
+                    return Err(ClientError::EventAfterDone { line: clip(data) });
                 }
                 if data == "[DONE]" {
                     done = true;
                     continue;
                 }
                 let v: Value = serde_json::from_str(&data)
-                    .map_err(|source| ClientError::EventNotJson { data: data.clone(), source })?;
+                    .map_err(|source| ClientError::EventNotJson { data: clip(data.as_str()), source })?;
                 if let Some(error) = v.get("error") {
                     return Err(ClientError::StreamError { error: error.clone() });
                 }
@@ -368,11 +413,11 @@ impl Client {
             let data = l
                 .strip_prefix("data:")
                 .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .ok_or_else(|| ClientError::NotSse { line: l.to_string() })?;
+                .ok_or_else(|| ClientError::NotSse { line: clip(l) })?;
             event.push(data.to_string());
         }
         if !event.is_empty() {
-            return Err(ClientError::UnterminatedEvent { data: event.join("\n") });
+            return Err(ClientError::UnterminatedEvent { data: clip(event.join("\n")) });
         }
         if !done {
             return Err(ClientError::NoDone);
@@ -385,5 +430,82 @@ impl Client {
             first_text,
             finish_reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A server that reads one request's head, then writes `head` and `chunk` over and over
+    /// until the client hangs up (or `total` bytes went).
+    fn hostile(head: &'static str, chunk: &'static [u8], total: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a local port");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("a clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut stream = stream;
+            let _ = stream.write_all(head.as_bytes());
+            let mut sent = 0;
+            while sent < total && stream.write_all(chunk).is_ok() {
+                sent += chunk.len();
+            }
+        });
+        url
+    }
+
+    fn ask(url: &str, stream: bool) -> (Result<Reply, ClientError>, Duration) {
+        let started = Instant::now();
+        let body = json!({"prompt": "hi", "max_tokens": 4, "stream": stream});
+        let reply =
+            Client::new(url).request(Endpoint::Completions, &body, Instant::now() + Duration::from_secs(60));
+        (reply, started.elapsed())
+    }
+
+    const SSE: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n";
+
+    #[test]
+    fn an_endless_event_stream_line_is_refused_at_the_line_cap() {
+        let (reply, took) = ask(&hostile(SSE, &[b'x'; 4096], usize::MAX), true);
+        let e = reply.expect_err("an endless line is refused");
+        assert_eq!(e.to_string(), "a line of the event stream is over 1048576 bytes");
+        assert!(took < Duration::from_secs(20), "{took:?}");
+    }
+
+    #[test]
+    fn an_endless_stream_of_events_is_refused_at_the_body_cap() {
+        let event = b"data: {\"choices\":[{\"text\":\"x\"}]}\n\n";
+        let (reply, took) = ask(&hostile(SSE, event, usize::MAX), true);
+        assert_eq!(reply.expect_err("refused").to_string(), "the event stream is over 16777216 bytes");
+        assert!(took < Duration::from_secs(30), "{took:?}");
+    }
+
+    #[test]
+    fn a_json_body_past_the_cap_is_refused_and_a_bad_one_is_quoted_short() {
+        const JSON: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n";
+        let (reply, _) = ask(&hostile(JSON, &[b' '; 4096], 20 << 20), false);
+        assert_eq!(reply.expect_err("refused").to_string(), "the response body is over 16777216 bytes");
+        // Under the cap but not JSON: the error quotes the head, not 8 MB.
+        let (reply, _) = ask(&hostile(JSON, &[b'x'; 4096], 8 << 20), false);
+        let e = reply.expect_err("not JSON").to_string();
+        assert!(e.len() < 3_000 && e.contains("bytes in all"), "{}", &e[..e.len().min(300)]);
+    }
+
+    #[test]
+    fn a_clean_stream_is_read_whole() {
+        let events: &'static [u8] =
+            b"data: {\"choices\":[{\"text\":\"4\",\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let (reply, _) = ask(&hostile(SSE, events, 1), true);
+        let reply = reply.expect("a clean stream is read");
+        assert_eq!((reply.text.as_str(), reply.finish_reason.as_deref()), ("4", Some("stop")));
     }
 }

@@ -20,6 +20,11 @@ use crate::process::{Confinement, find_program, run_until};
 /// How much of a failed command's standard error a message quotes.
 const STDERR_TAIL: usize = 400;
 
+/// The most a command engine may print on stdout for one answer. An answer is at most a few
+/// thousand tokens; past this the engine is broken (100 MB once drove the harness past 16 GB),
+/// so the rest is read and dropped and the trial fails with the size.
+pub(crate) const MAX_OUTPUT_BYTES: usize = 8 << 20;
+
 /// A load that failed on what the engine answered (no underlying error).
 fn load_error(place: &str, cause: impl Into<String>) -> EngineError {
     EngineError::Load { path: PathBuf::from(place), cause: cause.into() }
@@ -244,13 +249,18 @@ impl Session for CommandSession {
         let started = Instant::now();
         let argv = self.argv(request);
         let program = &argv[0];
-        let done =
-            run_until(Command::new(program).args(&argv[1..]), request.deadline, Confinement::default())
-                .map_err(|e| EngineError::inference_in(format!("failed to run {program}"), e))?;
+        let confinement = Confinement { output_bytes: MAX_OUTPUT_BYTES, ..Confinement::default() };
+        let done = run_until(Command::new(program).args(&argv[1..]), request.deadline, confinement)
+            .map_err(|e| EngineError::inference_in(format!("failed to run {program}"), e))?;
         let Some(status) = done.status else {
             let partial = String::from_utf8_lossy(&done.stdout).into_owned();
             return Err(EngineError::Timeout { tokens: 0, partial });
         };
+        if done.stdout_truncated {
+            return Err(EngineError::Inference(format!(
+                "{program} printed output over {MAX_OUTPUT_BYTES} bytes; an answer is far smaller"
+            )));
+        }
         let stderr = String::from_utf8_lossy(&done.stderr);
         if let Some(signal) = done.signal() {
             return Err(EngineError::Crashed(format!(

@@ -417,8 +417,7 @@ fn limit_verdict(ended: &Ended, who: &str, limit: Duration) -> Option<Verdict> {
     if ended.timed_out() {
         return Some(Verdict::Falsified(format!("{who} {DID_NOT_FINISH} {} s", seconds(limit))));
     }
-    ended
-        .truncated
+    (ended.stdout_truncated || ended.stderr_truncated)
         .then(|| Verdict::Falsified(format!("{who} wrote more than {} KiB of output", OUTPUT_BYTES >> 10)))
 }
 
