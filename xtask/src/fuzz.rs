@@ -51,6 +51,13 @@ pub struct FuzzArgs {
     /// List the targets and their corpus sizes
     #[arg(long)]
     list: bool,
+    /// Where inputs that break a target are saved
+    #[arg(long, value_name = "DIR", default_value = CRASHES)]
+    crashes: PathBuf,
+    /// Plant a fault at the 50th input of the first worker (panic, abort or hang): proves the
+    /// driver catches, saves and counts each kind
+    #[arg(long, hide = true, value_parser = ["panic", "abort", "hang"])]
+    plant: Option<String>,
     #[arg(long, hide = true)]
     worker: bool,
     /// Where the worker writes the input it is running (worker only)
@@ -69,6 +76,8 @@ const CRASHES: &str = "fuzz/crashes";
 const HANG_EXIT: i32 = 86;
 /// The worker's exit code when it found at least one panic.
 const PANIC_EXIT: i32 = 87;
+/// The input at which `--plant` plants its fault.
+const PLANT_AT: u64 = 50;
 /// How often progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -110,7 +119,7 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
         let [t] = chosen.as_slice() else { bail!("a worker runs exactly one target") };
         let last = args.last.as_deref().context("a worker needs --last")?;
         let seed = args.seed.unwrap_or(0);
-        return worker(&root, t, budget, seed, args.hang_seconds, last, args.mutants_only);
+        return worker(&root, t, budget, seed, args, last);
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
@@ -138,7 +147,10 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     }
     let broken: u64 = rows.iter().map(|r| r.panics + r.aborts + r.hangs).sum();
     if broken > 0 {
-        bail!("{broken} input(s) broke a target; they are saved under {CRASHES}/ (rerun one with --replay)");
+        bail!(
+            "{broken} input(s) broke a target; they are saved under {} (rerun one with --replay)",
+            crashes_dir(&root, args).display()
+        );
     }
     Ok(())
 }
@@ -171,6 +183,7 @@ struct WorkerReport {
 
 /// Runs workers for `t` until its budget is spent, restarting after each abort or hang.
 fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) -> anyhow::Result<Row> {
+    let crashes = crashes_dir(root, args);
     let corpus = read_corpus(root, t.name)?;
     if corpus.is_empty() {
         bail!("the fuzz target {} has no corpus: add seed inputs under {CORPUS}/{}/", t.name, t.name);
@@ -193,8 +206,11 @@ fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) ->
         command.args(["--seed", &seed.wrapping_add(round).to_string()]);
         command.args(["--hang-seconds", &args.hang_seconds.to_string()]);
         command.args(["--memory-mib", &args.memory_mib.to_string()]);
+        command.arg("--crashes").arg(&args.crashes);
         if round > 0 {
             command.arg("--mutants-only");
+        } else if let Some(plant) = &args.plant {
+            command.args(["--plant", plant]);
         }
         if let Some(n) = left.inputs {
             command.args(["--inputs", &n.to_string()]);
@@ -213,9 +229,10 @@ fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) ->
             Some(0) => break,
             Some(PANIC_EXIT) => break,
             Some(HANG_EXIT) => {
+                let (before, input) = last_words(&last);
                 row.hangs += 1;
-                row.inputs += 1;
-                let saved = save(root, t.name, "hang", &std::fs::read(&last).unwrap_or_default())?;
+                row.inputs += before + 1;
+                let saved = save(&crashes, t.name, "hang", &input)?;
                 eprintln!(
                     "  {}: an input ran past {} s; saved as {}",
                     t.name,
@@ -226,9 +243,10 @@ fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) ->
             code => {
                 // Killed by a signal (abort, SIGSEGV, SIGKILL from the memory limit) or exited
                 // with a code of its own: the input being run is the cause.
+                let (before, input) = last_words(&last);
                 row.aborts += 1;
-                row.inputs += 1;
-                let saved = save(root, t.name, "abort", &std::fs::read(&last).unwrap_or_default())?;
+                row.inputs += before + 1;
+                let saved = save(&crashes, t.name, "abort", &input)?;
                 let how = code.map_or_else(|| format!("{}", output.status), |c| format!("exit code {c}"));
                 eprintln!("  {}: the worker died ({how}); input saved as {}", t.name, saved.display());
                 eprintln!("  last words: {}", tail(&stderr, 600));
@@ -241,15 +259,8 @@ fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) ->
 }
 
 /// The worker: runs mutated inputs of one target in process until the budget is spent.
-fn worker(
-    root: &Path,
-    t: &Target,
-    budget: Budget,
-    seed: u64,
-    hang_seconds: u64,
-    last: &Path,
-    mutants_only: bool,
-) -> anyhow::Result<()> {
+fn worker(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs, last: &Path) -> anyhow::Result<()> {
+    let (hang_seconds, crashes) = (args.hang_seconds, crashes_dir(root, args));
     let corpus = read_corpus(root, t.name)?;
     let words = dictionary(&corpus);
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -286,12 +297,18 @@ fn worker(
         // Every corpus file runs once unchanged first; then mutants.
         input.clear();
         match corpus.get(report.inputs as usize) {
-            Some(seed_input) if !mutants_only => input.extend_from_slice(seed_input),
+            Some(seed_input) if !args.mutants_only => input.extend_from_slice(seed_input),
             _ => mutate(&mut rng, &corpus, &words, &mut input),
         }
-        record(&mut last_file, &input)?;
+        record(&mut last_file, report.inputs, &input)?;
         running_since.store((epoch.elapsed().as_millis() as u64).max(1), Ordering::Relaxed);
-        let outcome = std::panic::catch_unwind(|| (t.run)(&input));
+        let planted = args.plant.as_deref().filter(|_| report.inputs == PLANT_AT);
+        let outcome = std::panic::catch_unwind(|| match planted {
+            Some("panic") => panic!("a planted panic"),
+            Some("abort") => std::process::abort(),
+            Some(_) => std::thread::sleep(Duration::from_secs(hang_seconds * 10)),
+            None => (t.run)(&input),
+        });
         running_since.store(0, Ordering::Relaxed);
         report.inputs += 1;
         if let Err(payload) = outcome {
@@ -301,7 +318,7 @@ fn worker(
                 .map(|s| (*s).to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            let saved = save(root, t.name, "panic", &input)?;
+            let saved = save(&crashes, t.name, "panic", &input)?;
             eprintln!("  {}: panic ({message}); input saved as {}", t.name, saved.display());
         }
         if Instant::now() >= next_progress {
@@ -343,19 +360,37 @@ fn parse_report(stdout: &str) -> WorkerReport {
     report
 }
 
-/// Writes the input about to run over the last one (the parent reads it if the worker dies).
-fn record(file: &mut std::fs::File, input: &[u8]) -> anyhow::Result<()> {
+/// Writes the input about to run over the last one, after how many ran before it (the parent
+/// reads both if the worker dies).
+fn record(file: &mut std::fs::File, index: u64, input: &[u8]) -> anyhow::Result<()> {
     use std::io::Seek;
     file.set_len(0)?;
     file.seek(std::io::SeekFrom::Start(0))?;
+    file.write_all(&index.to_le_bytes())?;
     file.write_all(input)?;
     Ok(())
 }
 
-/// Saves an input that broke a target, named by its kind and hash; returns the path.
-fn save(root: &Path, target: &str, kind: &str, input: &[u8]) -> anyhow::Result<PathBuf> {
+/// What a dead worker left in its `--last` file: how many inputs it ran before the one that
+/// killed it, and that input.
+fn last_words(path: &Path) -> (u64, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    match bytes.split_first_chunk::<8>() {
+        Some((index, input)) => (u64::from_le_bytes(*index), input.to_vec()),
+        None => (0, Vec::new()),
+    }
+}
+
+/// The folder of saved inputs (relative to the root unless absolute).
+fn crashes_dir(root: &Path, args: &FuzzArgs) -> PathBuf {
+    root.join(&args.crashes)
+}
+
+/// Saves an input that broke a target under `crashes/<target>/`, named by its kind and hash;
+/// returns the path.
+fn save(crashes: &Path, target: &str, kind: &str, input: &[u8]) -> anyhow::Result<PathBuf> {
     use sha2::Digest;
-    let dir = root.join(CRASHES).join(target);
+    let dir = crashes.join(target);
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let hash = hex::encode(sha2::Sha256::digest(input));
     let path = dir.join(format!("{kind}-{}", &hash[..16]));
