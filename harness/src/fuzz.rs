@@ -21,6 +21,11 @@ pub struct Target {
 pub const TARGETS: &[Target] = &[
     Target { name: "playbook", reads: "a playbook file, either language", run: playbook },
     Target { name: "journal", reads: "an evidence journal", run: journal },
+    Target {
+        name: "server-request",
+        reads: "a request body to the server's /v1/completions and /v1/chat/completions",
+        run: server_request,
+    },
 ];
 
 /// The target called `name`.
@@ -40,4 +45,32 @@ fn playbook(data: &[u8]) {
 
 fn journal(data: &[u8]) {
     let _ = crate::journal::read_from(data);
+}
+
+/// The server's whole check of a request body, both endpoints, as far as the model: no network
+/// and no model. A stand-in gauge (one token per byte, qa-tiny's context of 128) and qa-tiny's
+/// ChatML template take the places of the model's tokenizer and template; an accepted job's stop
+/// sequences are run over its own prompt, whole and in pieces.
+fn server_request(data: &[u8]) {
+    use crate::serve::{Rules, Shape, StopScanner, parse, refuse_long_tokens};
+    const CHATML: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + \
+                          message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt \
+                          %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+    let template = crate::chat::ChatTemplate {
+        source: CHATML.into(),
+        bos_token: String::new(),
+        eos_token: "<|endoftext|>".into(),
+    };
+    let gauge = crate::engine::PromptGauge::new(128, 1, |p: &str| Ok(p.len()));
+    let rules = Rules { max_tokens_limit: 4096, template: Some(&template), gauge: Some(&gauge) };
+    for shape in [Shape::Completion, Shape::Chat] {
+        let Ok(job) = parse(shape, data, &rules) else { continue };
+        let _ = refuse_long_tokens(&job, &gauge);
+        let mut scanner = StopScanner::new(job.stop.clone());
+        let chars: Vec<char> = job.prompt.chars().collect();
+        for piece in chars.chunks(3) {
+            let _ = scanner.push(&piece.iter().collect::<String>());
+        }
+        let _ = scanner.finish();
+    }
 }

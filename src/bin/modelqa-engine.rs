@@ -127,6 +127,7 @@ fn generate(args: &GenerateArgs) -> Result<(), Failure> {
         let finish = match g.finish {
             Finish::Eos => "stop",
             Finish::Length => "length",
+            Finish::Stopped => "stop",
         };
         let v = serde_json::json!({
             "text": g.text,
