@@ -57,8 +57,12 @@ impl Server {
     /// Binds (so the address is known and in use when this returns) and serves on a thread of
     /// its own. Binding anything but loopback is said on stderr.
     pub fn start(session: SharedSession, config: ServerConfig) -> std::io::Result<Server> {
-        let listener = std::net::TcpListener::bind(config.bind)?;
-        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("modelqa-serve")
+            .build()?;
+        let listener = bind(&runtime, config.bind)?;
         let addr = listener.local_addr()?;
         if exposed(&addr) {
             crate::reporter::exposed_server(&addr, config.api_key.is_some());
@@ -69,17 +73,9 @@ impl Server {
         };
         let state = Arc::new(AppState { session, config, next_id: AtomicU64::new(1), template, gauge });
         let app = router(Arc::clone(&state));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .thread_name("modelqa-serve")
-            .build()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("modelqa-serve".into()).spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                serve(listener, app, &state.config, rx).await;
-            });
+            runtime.block_on(serve(listener, app, &state.config, rx));
         })?;
         Ok(Server { addr, shutdown: Some(tx), thread: Some(thread) })
     }
@@ -113,6 +109,21 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown_now();
     }
+}
+
+/// Listens on `addr` with a backlog of 1024: the standard library's 128 drops the connections
+/// of a burst past it, and their clients retry only a second later.
+fn bind(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let _in_runtime = runtime.enter();
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As the standard library does on Unix: a restarted server can bind its port at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 fn router(state: Arc<AppState>) -> Router {
