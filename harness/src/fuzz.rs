@@ -74,3 +74,33 @@ fn server_request(data: &[u8]) {
         let _ = scanner.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed seeds of `server-request` run clean, and the valid ones are accepted (a
+    /// corpus of refusals alone would never reach generation settings or stop sequences).
+    #[test]
+    fn the_server_request_seeds_run_and_the_valid_ones_pass() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/server-request");
+        let target = target("server-request").expect("the target");
+        let mut seeds = 0;
+        for entry in
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("failed to read {}: {e}", dir.display()))
+        {
+            let path = entry.expect("an entry").path();
+            let data = std::fs::read(&path).expect("a seed");
+            (target.run)(&data);
+            seeds += 1;
+        }
+        assert!(seeds >= 20, "{seeds} seeds in {}", dir.display());
+        let gauge = crate::engine::PromptGauge::new(128, 1, |p: &str| Ok(p.len()));
+        let rules = crate::serve::Rules { max_tokens_limit: 4096, template: None, gauge: Some(&gauge) };
+        for name in ["completion.json", "completion-stream-stop-seed.json", "completion-defaults.json"] {
+            let data = std::fs::read(dir.join(name)).expect("a seed");
+            let job = crate::serve::parse(crate::serve::Shape::Completion, &data, &rules);
+            assert!(job.is_ok(), "{name}: {job:?}");
+        }
+    }
+}
