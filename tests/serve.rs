@@ -32,12 +32,12 @@ fn post(url: &str, body: &str) -> (u16, String) {
     post_with(ureq::post(url), body).unwrap_or_else(|e| panic!("transport error: {e}"))
 }
 
-/// Status and body of a prepared POST, whatever the status; a transport error as it is.
-fn post_with(request: ureq::Request, body: &str) -> Result<(u16, String), ureq::Transport> {
+/// Status and body of a prepared POST, whatever the status; a transport error in words.
+fn post_with(request: ureq::Request, body: &str) -> Result<(u16, String), String> {
     match request.set("Content-Type", "application/json").send_string(body) {
         Ok(r) => Ok((r.status(), r.into_string().expect("body"))),
         Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().expect("body"))),
-        Err(ureq::Error::Transport(t)) => Err(t),
+        Err(ureq::Error::Transport(t)) => Err(t.to_string()),
     }
 }
 

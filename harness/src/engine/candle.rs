@@ -502,21 +502,7 @@ impl Session for CandleSession {
     }
 
     fn prompt_gauge(&self) -> Option<PromptGauge> {
-        // Added tokens count too: a special token's text can be longer than any merge.
-        let longest = self.tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1);
-        // A normalizer may shrink text before it is split (stripping, replacing), so the byte
-        // bound is loosened by a margin where there is one.
-        let longest = if self.tokenizer.get_normalizer().is_some() { longest * 4 } else { longest };
-        let tokenizer = self.tokenizer.clone();
-        let has_bos = self.bos.is_some();
-        Some(PromptGauge::new(self.context, longest, move |prompt: &str| {
-            let ids = tokenizer
-                .encode(prompt, true)
-                .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?
-                .len();
-            // An empty encoding is generated from the start token alone (see generate_until).
-            Ok(if ids == 0 && has_bos { 1 } else { ids })
-        }))
+        Some(PromptGauge::of_tokenizer(self.context, &self.tokenizer, self.bos.is_some()))
     }
 
     fn generate_until(

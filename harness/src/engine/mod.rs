@@ -126,8 +126,11 @@ pub enum Flow {
 pub struct PromptGauge {
     context: usize,
     longest_token_bytes: usize,
-    count: std::sync::Arc<dyn Fn(&str) -> Result<usize, EngineError> + Send + Sync>,
+    count: std::sync::Arc<CountTokens>,
 }
+
+/// A prompt's tokens, as `generate` encodes it.
+type CountTokens = dyn Fn(&str) -> Result<usize, EngineError> + Send + Sync;
 
 impl std::fmt::Debug for PromptGauge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,6 +154,24 @@ impl PromptGauge {
             longest_token_bytes: longest_token_bytes.max(1),
             count: std::sync::Arc::new(count),
         }
+    }
+
+    /// The gauge of a session that encodes prompts with `tokenizer` (special tokens added) and
+    /// generates an empty encoding from its start token where it has one (`has_bos`).
+    pub(crate) fn of_tokenizer(context: usize, tokenizer: &tokenizers::Tokenizer, has_bos: bool) -> Self {
+        // Added tokens count too: a special token's text can be longer than any merge.
+        let longest = tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1);
+        // A normalizer may shrink text before it is split (stripping, replacing), so the byte
+        // bound is loosened by a margin where there is one.
+        let longest = if tokenizer.get_normalizer().is_some() { longest * 4 } else { longest };
+        let tokenizer = tokenizer.clone();
+        PromptGauge::new(context, longest, move |prompt: &str| {
+            let ids = tokenizer
+                .encode(prompt, true)
+                .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?
+                .len();
+            Ok(if ids == 0 && has_bos { 1 } else { ids })
+        })
     }
 
     /// The model's context, in tokens; a prompt of this many tokens or more leaves no room.

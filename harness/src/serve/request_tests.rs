@@ -118,7 +118,7 @@ fn a_prompt_that_cannot_fit_the_context_is_refused_by_bytes_or_tokens() {
     refused(Shape::Completion, json!({"prompt": "a".repeat(1 << 20)}), Some("prompt"), "1048576 bytes");
     let long = json!({"messages": [{"role": "user", "content": "a".repeat(100)}]});
     refused(Shape::Chat, long, Some("messages"), "bytes");
-    let r = run(Shape::Completion, &json!({"prompt": "a".repeat(64)})).err().expect("refused");
+    let r = run(Shape::Completion, &json!({"prompt": "a".repeat(64)})).expect_err("refused");
     assert_eq!(r.code, Some("context_length_exceeded"));
 }
 

@@ -37,7 +37,7 @@ fn usage(g: &Generation) -> Value {
 pub(super) fn engine_error(e: &EngineError) -> Response {
     match e {
         EngineError::Timeout { .. } => error(StatusCode::GATEWAY_TIMEOUT, "timeout_error", e.to_string()),
-        EngineError::PromptTooLong { .. } | EngineError::OutsideContext { .. } => {
+        EngineError::PromptTooLong { .. } | EngineError::OutsideContext { .. } | EngineError::EmptyPrompt => {
             Refusal::bad(e.to_string()).into_response()
         }
         EngineError::Inference(m) if m.contains("context") => Refusal::bad(e.to_string()).into_response(),
