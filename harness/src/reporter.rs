@@ -119,3 +119,49 @@ pub(crate) fn run_header(selected: usize, total: usize, playbooks: usize, journa
         journal.display()
     );
 }
+
+/// Warns that a server is reachable beyond this machine (it binds `addr`, not loopback).
+pub(crate) fn exposed_server(addr: &std::net::SocketAddr, keyed: bool) {
+    let mut err = std::io::stderr().lock();
+    for line in exposed_server_lines(addr, keyed) {
+        let _ = writeln!(err, "{line}");
+    }
+}
+
+fn exposed_server_lines(addr: &std::net::SocketAddr, keyed: bool) -> [String; 2] {
+    let reach = if addr.ip().is_unspecified() {
+        format!("{addr}, every network interface of this machine")
+    } else {
+        format!("{addr}, which is not loopback")
+    };
+    let who = if keyed {
+        "anyone who can reach it and holds the API key can run the model"
+    } else {
+        "anyone who can reach it can run the model: no API key is asked (--api-key-env)"
+    };
+    [
+        format!("warning: serving on {reach}; {who}"),
+        "note: the default, --host 127.0.0.1, serves this machine only".to_string(),
+    ]
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::exposed_server_lines;
+
+    #[test]
+    fn an_exposed_server_is_named_with_who_can_use_it() {
+        let any: std::net::SocketAddr = "0.0.0.0:8080".parse().expect("an address");
+        let [warning, note] = exposed_server_lines(&any, false);
+        assert_eq!(
+            warning,
+            "warning: serving on 0.0.0.0:8080, every network interface of this machine; anyone who can \
+             reach it can run the model: no API key is asked (--api-key-env)"
+        );
+        assert!(note.starts_with("note: ") && note.contains("127.0.0.1"), "{note}");
+        let lan: std::net::SocketAddr = "10.1.2.3:80".parse().expect("an address");
+        let [warning, _] = exposed_server_lines(&lan, true);
+        assert!(warning.contains("10.1.2.3:80, which is not loopback"), "{warning}");
+        assert!(warning.contains("holds the API key"), "{warning}");
+    }
+}

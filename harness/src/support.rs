@@ -40,7 +40,8 @@ pub mod curriculum {
 
 pub mod engine {
     pub use crate::engine::{
-        Finish, GenerateRequest, Sampling, Session, SharedSession, load_candle, safetensors_files,
+        Finish, Flow, GenerateRequest, PromptGauge, Sampling, Session, SharedSession, load_candle,
+        safetensors_files,
     };
     pub mod client {
         pub use crate::engine::client::{Client, ClientError, Endpoint, request_body};
@@ -85,7 +86,7 @@ pub mod progress {
 }
 
 pub mod serve {
-    pub use crate::serve::{Server, ServerConfig};
+    pub use crate::serve::{ApiKey, EmptyApiKey, Server, ServerConfig};
 }
 
 #[cfg(feature = "test-support")]

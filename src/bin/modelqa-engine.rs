@@ -5,6 +5,7 @@
 //! modelqa-engine generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--seed N]
 //!                               [--backend cpu|gpu] [--json]
 //! modelqa-engine serve MODEL [--host ADDR] [--port N] [--model NAME] [--backend cpu|gpu]
+//!                            [--api-key-env VAR]
 //! ```
 //!
 //! `generate` prints the answer (or, with `--json`, `{"text", "completion_tokens",
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use modelqa::support::engine::{Finish, GenerateRequest, Sampling, Session, load_candle};
 use modelqa::support::matrix::Backend;
-use modelqa::support::serve::{Server, ServerConfig};
+use modelqa::support::serve::{ApiKey, Server, ServerConfig};
 
 /// The embedded candle engine on its own: one generation, or an OpenAI-compatible server.
 // A repeated flag keeps its last value, as the playbook `args` that drive this have always relied on.
@@ -80,6 +81,10 @@ struct ServeArgs {
     /// The backend the model runs on
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
+    /// Ask every request but /health for `Authorization: Bearer <key>`, the key read from the
+    /// environment variable VAR (never from the command line, where `ps` would show it)
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,6 +132,7 @@ fn generate(args: &GenerateArgs) -> Result<(), Failure> {
         let finish = match g.finish {
             Finish::Eos => "stop",
             Finish::Length => "length",
+            Finish::Stopped => "stop",
         };
         let v = serde_json::json!({
             "text": g.text,
@@ -141,29 +147,52 @@ fn generate(args: &GenerateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A usage error of `serve`, worded as clap words its own.
+fn serve_usage(kind: clap::error::ErrorKind, message: String) -> Failure {
+    let mut command = Cli::command();
+    command.build();
+    let serve = command.find_subcommand_mut("serve").expect("the serve subcommand");
+    Failure::Usage(serve.error(kind, message))
+}
+
+/// The key `--api-key-env VAR` names: a variable that is unset or empty is a usage error, never
+/// a server that silently asks for no key.
+fn api_key(var: Option<&str>) -> Result<Option<ApiKey>, Failure> {
+    let Some(var) = var else { return Ok(None) };
+    let invalid = clap::error::ErrorKind::ValueValidation;
+    let value = std::env::var(var).map_err(|e| {
+        let why = match e {
+            std::env::VarError::NotPresent => "is not set",
+            std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+        };
+        serve_usage(invalid, format!("--api-key-env {var}: the variable {why}; set it to the key to ask for"))
+    })?;
+    ApiKey::new(&value).map(Some).map_err(|e| serve_usage(invalid, format!("--api-key-env {var}: {e}")))
+}
+
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let (host, port) = (&args.host, args.port);
     let bind: SocketAddr = format!("{host}:{port}").parse().map_err(|_| {
-        let mut command = Cli::command();
-        command.build();
-        let serve = command.find_subcommand_mut("serve").expect("the serve subcommand");
-        Failure::Usage(
-            serve
-                .error(clap::error::ErrorKind::ValueValidation, format!("`{host}:{port}` is not an address")),
-        )
+        serve_usage(clap::error::ErrorKind::ValueValidation, format!("`{host}:{port}` is not an address"))
     })?;
+    let api_key = api_key(args.api_key_env.as_deref())?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.model.file_stem().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
     });
     eprintln!("loading {}", args.model.display());
     let session = load(&args.model, args.backend)?;
-    let config = ServerConfig { bind, ..ServerConfig::new(name.clone()) };
+    let keyed = api_key.is_some();
+    let config = ServerConfig { bind, api_key, ..ServerConfig::new(name.clone()) };
     let server = Server::start(Arc::new(Mutex::new(session)), config)
         .map_err(|e| Failure::Model(format!("failed to listen on {bind}: {e}")))?;
     println!("{}", server.base_url());
     eprintln!("serving `{name}` at {} until stopped", server.base_url());
+    let auth = match &args.api_key_env {
+        Some(var) if keyed => format!(" -H \"Authorization: Bearer ${var}\""),
+        _ => String::new(),
+    };
     eprintln!(
-        "  curl {}/v1/completions -d '{{\"prompt\": \"What is 47 + 38?\\n\", \"max_tokens\": 8}}'",
+        "  curl {}/v1/completions{auth} -d '{{\"prompt\": \"What is 47 + 38?\\n\", \"max_tokens\": 8}}'",
         server.base_url()
     );
     loop {
@@ -205,6 +234,7 @@ mod tests {
             "modelqa-engine generate --prompt x m --max-tokens 8 --max-tokens 9",
             "modelqa-engine serve m --port 0 --model modelqa/qa-tiny-llama",
             "modelqa-engine serve m --host 0.0.0.0 --port 8080 --backend cpu",
+            "modelqa-engine serve m --api-key-env MODELQA_API_KEY",
         ] {
             if let Err(e) = Cli::try_parse_from(line.split_whitespace()) {
                 panic!("`{line}` does not parse:\n{e}");
@@ -216,11 +246,25 @@ mod tests {
             "modelqa-engine generate m n --prompt x",
             "modelqa-engine serve m --prot 8080",
             "modelqa-engine serve m --backend tpu",
+            "modelqa-engine serve m --api-key-env",
+            "modelqa-engine serve m --api-key sk-123",
             "modelqa-engine serve",
             "modelqa-engine",
         ] {
             let e = Cli::try_parse_from(line.split_whitespace()).err();
             assert_eq!(e.map(|e| e.exit_code()), Some(2), "`{line}`");
         }
+    }
+
+    #[test]
+    fn an_unset_or_empty_key_variable_is_a_usage_error_that_names_it() {
+        assert!(api_key(None).is_ok_and(|k| k.is_none()));
+        let unset = "MODELQA_TEST_SURELY_UNSET_KEY_VARIABLE";
+        let Err(Failure::Usage(e)) = api_key(Some(unset)) else { panic!("an unset variable was accepted") };
+        assert_eq!(e.exit_code(), 2);
+        let said = e.to_string();
+        assert!(said.contains(unset) && said.contains("is not set"), "{said}");
+        // PATH is set and not empty in any test run: it makes a key.
+        assert!(api_key(Some("PATH")).is_ok_and(|k| k.is_some()));
     }
 }

@@ -218,6 +218,7 @@ mod tests {
             "xtask fetch Qwen/Qwen2.5-Coder-0.5B-Instruct@main --cache target/hub",
             "xtask serve fixtures/qa-tiny/qa-tiny-qwen2 --port 8080",
             "xtask serve model.apr --host 0.0.0.0 --port 0 --model qa --backend cpu",
+            "xtask serve fixtures/qa-tiny/qa-tiny-qwen2 --api-key-env MODELQA_API_KEY",
             "xtask bench",
             "xtask bench --families 10 --models 5 --runs 1",
             "xtask bench serve",

@@ -1,6 +1,6 @@
-//! `cargo xtask serve PATH [--host ADDR] [--port N] [--model NAME] [--backend cpu|gpu]`: the
-//! OpenAI-compatible server on any model directory or APR file the harness can load, until
-//! interrupted. It is `modelqa-engine serve`, built in release.
+//! `cargo xtask serve PATH [--host ADDR] [--port N] [--model NAME] [--backend cpu|gpu]
+//! [--api-key-env VAR]`: the OpenAI-compatible server on any model directory or APR file the
+//! harness can load, until interrupted. It is `modelqa-engine serve`, built in release.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,9 +25,21 @@ pub struct ServeArgs {
     /// The backend the model runs on [default: cpu]
     #[arg(long, value_parser = ["cpu", "gpu"])]
     pub backend: Option<String>,
+    /// Ask every request but /health for `Authorization: Bearer <key>`, the key read from the
+    /// environment variable VAR [default: no key]
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    // Said before the release build, which can take twenty minutes, rather than after it.
+    if let Some(var) = &args.api_key_env {
+        match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => {}
+            Ok(_) => bail!("--api-key-env {var}: the variable is empty; set it to the key to ask for"),
+            Err(_) => bail!("--api-key-env {var}: the variable is not set; set it to the key to ask for"),
+        }
+    }
     crate::build_release("modelqa-engine", "20 minutes or more on 2 cores", &["--bin", "modelqa-engine"])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
@@ -41,6 +53,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         ("--port", port.as_deref()),
         ("--model", args.model.as_deref()),
         ("--backend", args.backend.as_deref()),
+        ("--api-key-env", args.api_key_env.as_deref()),
     ] {
         if let Some(value) = value {
             command.args([flag, value]);

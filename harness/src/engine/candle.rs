@@ -11,7 +11,10 @@ use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSamplin
 use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwen2, qwen2};
 use tokenizers::Tokenizer;
 
-use super::{Engine, EngineError, Finish, GenerateRequest, Generation, Sampling, Session, SessionInfo};
+use super::{
+    Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, Session,
+    SessionInfo,
+};
 use crate::chat::ChatTemplate;
 use crate::format::files::{ModelFile, hash_file};
 use crate::matrix::Backend;
@@ -492,6 +495,21 @@ impl Session for CandleSession {
         request: &GenerateRequest<'_>,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, EngineError> {
+        self.generate_until(request, &mut |piece| {
+            on_text(piece);
+            Flow::Continue
+        })
+    }
+
+    fn prompt_gauge(&self) -> Option<PromptGauge> {
+        Some(PromptGauge::of_tokenizer(self.context, &self.tokenizer, self.bos.is_some()))
+    }
+
+    fn generate_until(
+        &mut self,
+        request: &GenerateRequest<'_>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Generation, EngineError> {
         let inference = |e: candle_core::Error| EngineError::inference(e);
         let started = Instant::now();
         let encoding = self
@@ -527,8 +545,11 @@ impl Session for CandleSession {
                 && text.len() > sent.len()
                 && text.starts_with(&sent)
             {
-                on_text(&text[sent.len()..]);
+                let flow = on_text(&text[sent.len()..]);
                 sent = text;
+                if flow == Flow::Stop {
+                    break Finish::Stopped;
+                }
             }
             let pos = prompt_tokens + tokens.len() - 1;
             if tokens.len() >= request.max_tokens as usize || pos + 1 >= self.context {
@@ -545,7 +566,7 @@ impl Session for CandleSession {
             .decode(&tokens, true)
             .map_err(|e| EngineError::inference_in("failed to decode the output tokens", e))?;
         if let Some(rest) = text.strip_prefix(sent.as_str()).filter(|r| !r.is_empty()) {
-            on_text(rest);
+            let _ = on_text(rest);
         }
         let leaked_special_tokens = tokens.iter().filter_map(|t| self.special.get(t).cloned()).collect();
         Ok(Generation {

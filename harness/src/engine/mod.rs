@@ -109,6 +109,87 @@ pub enum Finish {
     Eos,
     /// `max_tokens` were generated.
     Length,
+    /// The caller ended generation ([`Flow::Stop`]): a stop sequence appeared, or its client left.
+    Stopped,
+}
+
+/// What a streaming caller answers each piece of text with ([`Session::generate_until`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A prompt measured against a session's context without the session: a server refuses an
+/// over-long prompt with it before queueing on the model, instead of after.
+#[derive(Clone)]
+pub struct PromptGauge {
+    context: usize,
+    longest_token_bytes: usize,
+    count: std::sync::Arc<CountTokens>,
+}
+
+/// A prompt's tokens, as `generate` encodes it.
+type CountTokens = dyn Fn(&str) -> Result<usize, EngineError> + Send + Sync;
+
+impl std::fmt::Debug for PromptGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptGauge")
+            .field("context", &self.context)
+            .field("longest_token_bytes", &self.longest_token_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PromptGauge {
+    /// `count` gives a prompt's tokens as `generate` encodes it; `longest_token_bytes` is the
+    /// longest text one token stands for (a floor of 1).
+    pub fn new(
+        context: usize,
+        longest_token_bytes: usize,
+        count: impl Fn(&str) -> Result<usize, EngineError> + Send + Sync + 'static,
+    ) -> Self {
+        PromptGauge {
+            context,
+            longest_token_bytes: longest_token_bytes.max(1),
+            count: std::sync::Arc::new(count),
+        }
+    }
+
+    /// The gauge of a session that encodes prompts with `tokenizer` (special tokens added) and
+    /// generates an empty encoding from its start token where it has one (`has_bos`).
+    pub(crate) fn of_tokenizer(context: usize, tokenizer: &tokenizers::Tokenizer, has_bos: bool) -> Self {
+        // Added tokens count too: a special token's text can be longer than any merge.
+        let longest = tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1);
+        // A normalizer may shrink text before it is split (stripping, replacing), so the byte
+        // bound is loosened by a margin where there is one.
+        let longest = if tokenizer.get_normalizer().is_some() { longest * 4 } else { longest };
+        let tokenizer = tokenizer.clone();
+        PromptGauge::new(context, longest, move |prompt: &str| {
+            let ids = tokenizer
+                .encode(prompt, true)
+                .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?
+                .len();
+            Ok(if ids == 0 && has_bos { 1 } else { ids })
+        })
+    }
+
+    /// The model's context, in tokens; a prompt of this many tokens or more leaves no room.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// The longest prompt, in bytes, that could still fit the context: every token stands for at
+    /// most `longest_token_bytes`, so a longer prompt needs `context` tokens or more. Comparing
+    /// lengths costs nothing, where tokenizing a megabyte takes seconds.
+    pub fn max_prompt_bytes(&self) -> usize {
+        self.context.saturating_sub(1).saturating_mul(self.longest_token_bytes)
+    }
+
+    /// The prompt's tokens, as `generate` counts them.
+    pub fn count(&self, prompt: &str) -> Result<usize, EngineError> {
+        (self.count)(prompt)
+    }
 }
 
 /// What a generation produced, with its timings.
@@ -169,6 +250,23 @@ pub trait Session: Send {
         request: &GenerateRequest<'_>,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, EngineError>;
+    /// As `generate_streaming`, where `on_text` may end generation early by answering
+    /// [`Flow::Stop`]; the generation then ends with [`Finish::Stopped`]. An engine that cannot
+    /// stop early (the default) generates to its own end, and the caller cuts the text.
+    fn generate_until(
+        &mut self,
+        request: &GenerateRequest<'_>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Generation, EngineError> {
+        self.generate_streaming(request, &mut |piece| {
+            let _ = on_text(piece);
+        })
+    }
+    /// Measures prompts against this session's context without locking it; `None` where the
+    /// engine cannot tell (an external engine counts its own tokens).
+    fn prompt_gauge(&self) -> Option<PromptGauge> {
+        None
+    }
     /// The logits after each of the prompt's first `positions` tokens (position i predicts
     /// token i+1), for numeric comparisons between formats, engines and references.
     fn prompt_logits(&mut self, prompt: &str, positions: usize) -> Result<Vec<Vec<f32>>, EngineError>;

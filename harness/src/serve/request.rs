@@ -1,0 +1,408 @@
+//! A request body turned into a [`Job`] the model can run, or a [`Refusal`] that names the field
+//! at fault: JSON shape, the fields this server does not implement, the prompt or conversation,
+//! sampling, `stop`, and a prompt that cannot fit the model's context. Nothing here waits, locks
+//! the session or touches the network, so the `server-request` fuzz target drives it whole.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::chat::ChatTemplate;
+use crate::engine::{PromptGauge, Sampling};
+use crate::playbook::MessageSpec;
+use crate::playbook::spec::Role;
+
+/// The most stop sequences a request may give, as OpenAI allows.
+pub(crate) const MAX_STOP_SEQUENCES: usize = 4;
+
+/// An OpenAI-style error response.
+pub(crate) fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
+    Refusal { status, kind, message: message.into(), param: None, code: None }.into_response()
+}
+
+/// A request the server refuses, turned into its response only at the edge.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, …
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+    /// The request field at fault, as OpenAI's `param`.
+    pub(crate) param: Option<String>,
+    /// OpenAI's machine-readable `code` (`context_length_exceeded`, `invalid_api_key`).
+    pub(crate) code: Option<&'static str>,
+}
+
+impl Refusal {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    fn of(mut self, param: &str) -> Self {
+        self.param = Some(param.to_string());
+        self
+    }
+
+    fn coded(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }});
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+/// Which endpoint a request came to, and so the shape of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    Completion,
+    Chat,
+}
+
+/// What a request may ask for on this server, and what its prompt is measured against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules<'a> {
+    pub(crate) max_tokens_limit: u32,
+    pub(crate) template: Option<&'a ChatTemplate>,
+    pub(crate) gauge: Option<&'a PromptGauge>,
+}
+
+/// A request that passed every check the model is not needed for.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub(crate) shape: Shape,
+    pub(crate) prompt: String,
+    pub(crate) max_tokens: u32,
+    pub(crate) sampling: Sampling,
+    /// Output ends before the first of these (none: it runs to its own end).
+    pub(crate) stop: Vec<String>,
+    pub(crate) stream: bool,
+}
+
+/// The request fields both endpoints share; any other field lands in `rest`, where the ones this
+/// server does not implement are looked for.
+#[derive(Debug, Deserialize)]
+struct Common {
+    max_tokens: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stop: Value,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    prompt: Option<Value>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// An OpenAI field this server does not implement: the values that ask for nothing more than it
+/// does (clients send defaults, and those pass), and what the server does instead.
+struct Unsupported {
+    field: &'static str,
+    harmless: fn(&Value) -> bool,
+    instead: &'static str,
+}
+
+fn absent_or_false(v: &Value) -> bool {
+    v.is_null() || v == &Value::Bool(false)
+}
+
+fn absent_or_zero(v: &Value) -> bool {
+    v.is_null() || v.as_f64() == Some(0.0)
+}
+
+fn absent_or_one(v: &Value) -> bool {
+    v.is_null() || v.as_f64() == Some(1.0)
+}
+
+fn absent_or_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+fn absent_or_none(v: &Value) -> bool {
+    v.is_null() || v.as_str() == Some("none")
+}
+
+const UNSUPPORTED: &[Unsupported] = &[
+    Unsupported {
+        field: "n",
+        harmless: absent_or_one,
+        instead: "answers one choice per request, so `n` must be 1",
+    },
+    Unsupported {
+        field: "best_of",
+        harmless: absent_or_one,
+        instead: "generates one candidate per request, so `best_of` must be 1",
+    },
+    Unsupported { field: "logprobs", harmless: absent_or_false, instead: "reports no log probabilities" },
+    Unsupported { field: "top_logprobs", harmless: absent_or_zero, instead: "reports no log probabilities" },
+    Unsupported { field: "echo", harmless: absent_or_false, instead: "never echoes the prompt" },
+    Unsupported { field: "suffix", harmless: absent_or_empty, instead: "does not insert text (no `suffix`)" },
+    Unsupported { field: "logit_bias", harmless: absent_or_empty, instead: "applies no logit bias" },
+    Unsupported {
+        field: "response_format",
+        harmless: |v| v.is_null() || v.get("type").and_then(Value::as_str) == Some("text"),
+        instead: "answers in plain text only (`{\"type\": \"text\"}`): no JSON mode or schema",
+    },
+    Unsupported { field: "tools", harmless: absent_or_empty, instead: "calls no tools" },
+    Unsupported { field: "tool_choice", harmless: absent_or_none, instead: "calls no tools" },
+    Unsupported { field: "functions", harmless: absent_or_empty, instead: "calls no functions" },
+    Unsupported { field: "function_call", harmless: absent_or_none, instead: "calls no functions" },
+    Unsupported {
+        field: "presence_penalty",
+        harmless: absent_or_zero,
+        instead: "applies no presence or frequency penalty",
+    },
+    Unsupported {
+        field: "frequency_penalty",
+        harmless: absent_or_zero,
+        instead: "applies no presence or frequency penalty",
+    },
+    Unsupported {
+        field: "modalities",
+        harmless: |v| v.is_null() || v == &json!(["text"]),
+        instead: "answers in text only",
+    },
+    Unsupported { field: "audio", harmless: Value::is_null, instead: "answers in text only" },
+    Unsupported { field: "prediction", harmless: Value::is_null, instead: "takes no predicted output" },
+];
+
+/// A value as a message quotes it: short, on one line.
+fn quoted(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+fn refuse_unsupported(rest: &Map<String, Value>) -> Result<(), Refusal> {
+    for u in UNSUPPORTED {
+        if let Some(v) = rest.get(u.field)
+            && !(u.harmless)(v)
+        {
+            return Err(Refusal::bad(format!(
+                "`{}` is not supported: this server {} (got {})",
+                u.field,
+                u.instead,
+                quoted(v)
+            ))
+            .of(u.field));
+        }
+    }
+    Ok(())
+}
+
+/// `stop` as a list: absent, a string, or an array of up to four non-empty strings.
+fn stop_sequences(stop: &Value) -> Result<Vec<String>, Refusal> {
+    let list = match stop {
+        Value::Null => return Ok(Vec::new()),
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => {
+            if items.len() > MAX_STOP_SEQUENCES {
+                return Err(Refusal::bad(format!(
+                    "`stop` has {} sequences, at most {MAX_STOP_SEQUENCES} are allowed",
+                    items.len()
+                ))
+                .of("stop"));
+            }
+            let mut list = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let Some(s) = item.as_str() else {
+                    return Err(
+                        Refusal::bad(format!("stop[{i}] must be a string, got {}", quoted(item))).of("stop")
+                    );
+                };
+                list.push(s.to_string());
+            }
+            list
+        }
+        other => {
+            return Err(Refusal::bad(format!(
+                "`stop` must be a string or an array of strings, got {}",
+                quoted(other)
+            ))
+            .of("stop"));
+        }
+    };
+    if list.iter().any(String::is_empty) {
+        return Err(
+            Refusal::bad("`stop` holds an empty string, which would stop before any output").of("stop")
+        );
+    }
+    Ok(list)
+}
+
+/// Sampling and limits from the shared fields, or why they are unacceptable.
+fn settings(common: &Common, rules: &Rules<'_>) -> Result<(u32, Sampling), Refusal> {
+    let limit = rules.max_tokens_limit;
+    let max_tokens = common.max_tokens.unwrap_or(16);
+    if max_tokens == 0 || max_tokens > limit {
+        return Err(Refusal::bad(format!("max_tokens must be between 1 and {limit}, got {max_tokens}"))
+            .of("max_tokens"));
+    }
+    let temperature = common.temperature.unwrap_or(0.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(
+            Refusal::bad(format!("temperature must be between 0 and 2, got {temperature}")).of("temperature")
+        );
+    }
+    if let Some(p) = common.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(Refusal::bad(format!("top_p must be in (0, 1], got {p}")).of("top_p"));
+    }
+    // Without a seed, sampling still has one (0): every answer of this server can be replayed.
+    let sampling = if temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Seeded { temperature, top_p: common.top_p, top_k: None, seed: common.seed.unwrap_or(0) }
+    };
+    Ok((max_tokens, sampling))
+}
+
+/// Refuses, from its length alone, a prompt that cannot fit the context: no tokenizer runs and
+/// the session is not waited for.
+fn refuse_long_bytes(prompt: &str, gauge: Option<&PromptGauge>, param: &str) -> Result<(), Refusal> {
+    let Some(gauge) = gauge else { return Ok(()) };
+    let (bytes, max) = (prompt.len(), gauge.max_prompt_bytes());
+    if bytes > max {
+        return Err(Refusal::bad(format!(
+            "the prompt is {bytes} bytes, more than the model's context of {} tokens can hold \
+             (at most {max} bytes); shorten it",
+            gauge.context()
+        ))
+        .of(param)
+        .coded("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+/// Refuses a prompt whose tokens fill the model's context. Tokenizing costs time in proportion to
+/// the prompt, so the server runs this off its event loop, before it queues on the session.
+pub(crate) fn refuse_long_tokens(job: &Job, gauge: &PromptGauge) -> Result<(), Refusal> {
+    let param = match job.shape {
+        Shape::Completion => "prompt",
+        Shape::Chat => "messages",
+    };
+    let tokens = gauge.count(&job.prompt).map_err(|e| Refusal::bad(e.to_string()).of(param))?;
+    let context = gauge.context();
+    if tokens >= context {
+        return Err(Refusal::bad(format!(
+            "the prompt is {tokens} tokens, the model's context is {context}, which leaves no room to \
+             answer; shorten it"
+        ))
+        .of(param)
+        .coded("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| Refusal::bad(format!("invalid JSON body: {e}")))
+}
+
+/// The request `body` sent to the `shape` endpoint as a job, or why it is refused.
+pub(crate) fn parse(shape: Shape, body: &[u8], rules: &Rules<'_>) -> Result<Job, Refusal> {
+    let (prompt, common, param) = match shape {
+        Shape::Completion => {
+            let req: CompletionRequest = json_body(body)?;
+            refuse_unsupported(&req.common.rest)?;
+            (completion_prompt(req.prompt)?, req.common, "prompt")
+        }
+        Shape::Chat => {
+            let req: ChatRequest = json_body(body)?;
+            refuse_unsupported(&req.common.rest)?;
+            (chat_prompt(req.messages, rules.template)?, req.common, "messages")
+        }
+    };
+    refuse_long_bytes(&prompt, rules.gauge, param)?;
+    let (max_tokens, sampling) = settings(&common, rules)?;
+    let stop = stop_sequences(&common.stop)?;
+    Ok(Job { shape, prompt, max_tokens, sampling, stop, stream: common.stream })
+}
+
+fn completion_prompt(prompt: Option<Value>) -> Result<String, Refusal> {
+    let bad = |m: &str| Refusal::bad(m).of("prompt");
+    match prompt {
+        Some(Value::String(p)) if !p.is_empty() => Ok(p),
+        Some(Value::Array(a)) if a.len() > 1 => Err(bad("one prompt per request")),
+        Some(Value::Array(mut a)) if a.len() == 1 => match a.pop() {
+            Some(Value::String(p)) if !p.is_empty() => Ok(p),
+            _ => Err(bad("`prompt` must be a non-empty string")),
+        },
+        Some(_) => Err(bad("`prompt` must be a non-empty string")),
+        None => Err(bad("missing field `prompt`")),
+    }
+}
+
+fn chat_prompt(
+    messages: Option<Vec<ChatMessage>>,
+    template: Option<&ChatTemplate>,
+) -> Result<String, Refusal> {
+    let bad = |m: String| Refusal::bad(m).of("messages");
+    let Some(messages) = messages else { return Err(bad("missing field `messages`".into())) };
+    if messages.is_empty() {
+        return Err(bad("`messages` is empty: a conversation needs at least one message".into()));
+    }
+    let mut turns = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(bad(format!("messages[{i}].role `{other}` is not system, user or assistant")));
+            }
+        };
+        let Some(content) = m.content else { return Err(bad(format!("messages[{i}] has no `content`"))) };
+        turns.push(MessageSpec { role, content });
+    }
+    let Some(template) = template else {
+        return Err(bad("this model ships no chat template, so it cannot serve chat completions".into()));
+    };
+    template.render(&turns).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;
