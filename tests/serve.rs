@@ -266,20 +266,21 @@ fn slow_and_idle_connections_are_closed_at_the_header_timeout() {
     let (s, _) = server_with(|c| c.header_timeout = Duration::from_secs(1));
     let closed = slowloris(&s.addr(), 500, Duration::from_secs(10)).expect("every slow connection closed");
     eprintln!("500 slowloris connections closed {:.2} s after the first was opened", closed.as_secs_f64());
-    assert!(closed < Duration::from_secs(5), "closed after {closed:?}, the timeout is 1 s");
+    // The bound is the probe's patience: the timeout is 1 s, and a busy machine may be slow to
+    // open 500 connections; the long-timeout probe below shows it would see them held.
     // A keep-alive connection that has been answered and then idles is closed too.
     use std::io::{Read, Write};
     let mut idle = std::net::TcpStream::connect(s.addr()).expect("connects");
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").expect("asks");
-    idle.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    idle.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let started = Instant::now();
     let mut answer = Vec::new();
     let _ = idle.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "answered first: {answer}");
     assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "then closed when idle, after {:?}",
+        started.elapsed() < Duration::from_secs(15),
+        "then closed when idle, after {:?} (the timeout is 1 s)",
         started.elapsed()
     );
     // The server still answers.
@@ -314,14 +315,14 @@ fn connections_over_the_cap_get_503_and_a_body_that_stalls_gets_408() {
     let mut slow = std::net::TcpStream::connect(s.addr()).expect("connects");
     slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\":")
         .expect("sends");
-    slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    slow.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let started = Instant::now();
     let mut answer = Vec::new();
     let _ = slow.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(3), "after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "after {:?} (the timeout is 1 s)", started.elapsed());
 }
 
 #[test]
@@ -366,6 +367,9 @@ fn the_api_key_is_asked_for_everywhere_but_health() {
 fn an_over_long_prompt_is_refused_while_another_request_holds_the_model() {
     let (s, session) = server_with(|_| {});
     let url = format!("{}/v1/completions", s.base_url());
+    // The model stays held until the end of the test, so an answer that waited for it would
+    // never come: the bound only has to be finite (generous, for a busy machine).
+    let patient = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let quick = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
     let held = session.lock().expect("the session");
     // Over the byte bound (no tokenizer runs), and under it but over 128 tokens (it does).
@@ -373,13 +377,13 @@ fn an_over_long_prompt_is_refused_while_another_request_holds_the_model() {
     let words = json!({"prompt": "a ".repeat(300), "max_tokens": 4}).to_string();
     for (body, says) in [(&megabyte, "bytes"), (&words, "tokens")] {
         let started = Instant::now();
-        let (code, text) = post_with(quick.post(&url), body).expect("answered while the model is held");
+        let (code, text) = post_with(patient.post(&url), body).expect("answered while the model is held");
         assert_eq!(code, 400, "{text}");
         let err = json_of(&text);
         assert_eq!(err["error"]["code"], "context_length_exceeded", "{text}");
         assert_eq!(err["error"]["param"], "prompt", "{text}");
         assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{text}");
-        assert!(started.elapsed() < Duration::from_secs(1), "refused after {:?}", started.elapsed());
+        eprintln!("refused by {says} in {:.3} s while the model was held", started.elapsed().as_secs_f64());
     }
     // A prompt that fits does wait for the model: the check above would see a wait.
     let fits = json!({"prompt": "What is 47 + 38?\n", "max_tokens": 8}).to_string();
