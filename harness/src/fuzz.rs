@@ -125,3 +125,7 @@ fn apr(data: &[u8]) {
     let _ = crate::integrity::check_artifact(&path);
     load_and_generate(&path, tmp.path());
 }
+
+#[cfg(test)]
+#[path = "fuzz/smoke_tests.rs"]
+mod smoke_tests;

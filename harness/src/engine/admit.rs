@@ -41,8 +41,8 @@ pub(super) fn hf_model(
     config: serde_json::Value,
     files: &[PathBuf],
 ) -> Result<serde_json::Value, EngineError> {
-    let hyper = Hyperparameters::from_config(config_path, &config)
-        .map_err(|e| refused(config_path, e.to_string()))?;
+    let hyper =
+        Hyperparameters::from_config(config_path, &config).map_err(|e| refused(config_path, e.cause()))?;
     let shapes = crate::format::safetensors_header::weight_shapes(files).map_err(|e| match e {
         HeaderError::Read { path, source } => EngineError::load_failed(&path, source),
         HeaderError::Invalid { path, what } => refused(&path, what),
@@ -58,7 +58,7 @@ pub(super) fn apr_model(
     config: serde_json::Value,
     tensors: &[crate::format::apr::AprTensor],
 ) -> Result<serde_json::Value, EngineError> {
-    let hyper = Hyperparameters::from_config(path, &config).map_err(|e| refused(path, e.to_string()))?;
+    let hyper = Hyperparameters::from_config(path, &config).map_err(|e| refused(path, e.cause()))?;
     let shapes: BTreeMap<String, Vec<usize>> =
         tensors.iter().map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as usize).collect())).collect();
     shape_error(path, &hyper.shape_problems(&shapes))?;
@@ -70,8 +70,7 @@ pub(super) fn apr_model(
 pub(super) fn gguf_model(
     path: &Path,
 ) -> Result<(std::fs::File, gguf_file::Content, usize, usize), EngineError> {
-    let (file, mut content, model) =
-        crate::format::gguf::open(path).map_err(|e| refused(path, e.to_string()))?;
+    let (file, mut content, model) = crate::format::gguf::open(path).map_err(|e| refused(path, e.cause()))?;
     // quantized_qwen2 builds its rotary tables for `qwen2.context_length` positions;
     // quantized_llama always for its own MAX_SEQ_LEN, past which it cannot run.
     let context = match model.architecture.as_str() {

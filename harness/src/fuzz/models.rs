@@ -229,12 +229,42 @@ pub(crate) mod seeds {
         }
         let apr = tiny_apr(tmp.path());
         seeds.push(("apr", "tiny-llama.apr".into(), apr.clone()));
-        seeds.push(("apr", "count-2p31.apr".into(), {
-            let mut b = apr.clone();
-            b[8..12].copy_from_slice(&(1u32 << 31).to_le_bytes());
-            b
+        seeds.push(("apr", "count-2p31.apr".into(), apr_with_count(&apr, 1 << 31)));
+        seeds.push(("apr", "zero-dim-q4k.apr".into(), {
+            let mut file = crate::format::apr::read(&apr).unwrap();
+            file.tensors.push(crate::format::apr::AprTensor {
+                name: "zz.empty".into(),
+                dtype: crate::format::apr::AprDType::Q4K,
+                shape: vec![0, 256],
+                data: Vec::new(),
+            });
+            crate::format::apr::write(&file).unwrap()
         }));
         seeds
+    }
+
+    /// The APR file with its header's tensor count set to `count`, both checksums made good so
+    /// the count is what a reader meets.
+    pub(crate) fn apr_with_count(apr: &[u8], count: u32) -> Vec<u8> {
+        let mut b = apr.to_vec();
+        b[8..12].copy_from_slice(&count.to_le_bytes());
+        apr_checksummed(b)
+    }
+
+    /// `b` with both APR checksums made good, so a mutation reaches what lies behind them.
+    pub(crate) fn apr_checksummed(mut b: Vec<u8>) -> Vec<u8> {
+        if b.len() < 68 {
+            return b;
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&b[..40]);
+        h.update(&b[44..64]);
+        let header = h.finalize();
+        b[40..44].copy_from_slice(&header.to_le_bytes());
+        let body = b.len() - 4;
+        let footer = crc32fast::hash(&b[..body]);
+        b[body..].copy_from_slice(&footer.to_le_bytes());
+        b
     }
 
     /// The tiny GGUF with `general.alignment` set, written again through candle.

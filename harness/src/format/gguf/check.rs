@@ -55,6 +55,18 @@ pub(crate) enum GgufError {
     Model { path: PathBuf, what: String },
 }
 
+impl GgufError {
+    /// The error without the path, for a message that names the file already.
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            GgufError::Read { source, .. } => format!("failed to read the file: {source}"),
+            GgufError::Invalid { at, what, .. } => format!("not a valid GGUF file: {what} (at byte {at})"),
+            GgufError::Candle { source, .. } => format!("not a valid GGUF file: {source}"),
+            GgufError::Model { what, .. } => what.clone(),
+        }
+    }
+}
+
 /// One tensor as the header declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TensorLayout {
