@@ -203,3 +203,85 @@ fn check_tokenizer(dir: &Path, d: &Hyperparameters, problems: &mut Vec<String>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::fuzz::models::seeds;
+
+    fn config_set(dir: &Path, field: &str, value: serde_json::Value) {
+        let path = dir.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config[field] = value;
+        std::fs::write(path, config.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_clean_tiny_model_passes_g0() {
+        let dir = tempfile::tempdir().unwrap();
+        for arch in ["llama", "qwen2", "mistral"] {
+            let report = check(&seeds::tiny_dir(dir.path(), arch), &ExpectedShape::default(), Some(arch));
+            assert_eq!(report.problems, Vec::<String>::new(), "{arch}");
+            assert!(report.tensors > 10);
+        }
+    }
+
+    #[test]
+    fn g0_answers_a_trillion_layers_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = seeds::tiny_dir(dir.path(), "llama");
+        config_set(&model, "num_hidden_layers", 1_000_000_000_000u64.into());
+        let started = Instant::now();
+        let report = check(&model, &ExpectedShape::default(), None);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(
+            report.problems[0].ends_with(
+                "config.json: `num_hidden_layers` is 1000000000000, more than the 1024 layers this harness loads"
+            ),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn g0_names_contexts_past_the_limit_and_heads_that_do_not_divide() {
+        let dir = tempfile::tempdir().unwrap();
+        for (field, value, want) in [
+            (
+                "max_position_embeddings",
+                serde_json::json!(1u64 << 31),
+                "`max_position_embeddings` is 2147483648",
+            ),
+            (
+                "max_position_embeddings",
+                serde_json::json!(1_000_000_000_000u64),
+                "`max_position_embeddings` is 1000000000000",
+            ),
+            (
+                "num_attention_heads",
+                serde_json::json!(3),
+                "`hidden_size` 8 is not divisible by num_attention_heads 3",
+            ),
+        ] {
+            let model = seeds::tiny_dir(dir.path(), "llama");
+            config_set(&model, field, value);
+            let problems = check(&model, &ExpectedShape::default(), None).problems.join("; ");
+            assert!(problems.contains(want), "`{problems}` lacks `{want}`");
+        }
+    }
+
+    #[test]
+    fn g0_of_an_artifact_runs_the_gguf_pre_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = seeds::tiny_gguf(dir.path(), "llama");
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, &gguf).unwrap();
+        assert!(check_artifact(&path).unwrap().contains("passes the header, layout and shape checks"));
+        std::fs::write(&path, seeds::with_alignment(&gguf, 0)).unwrap();
+        let e = check_artifact(&path).unwrap_err();
+        assert!(e.contains("`general.alignment` is 0; it must be a nonzero power of two"), "{e}");
+    }
+}
