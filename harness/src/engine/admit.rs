@@ -20,6 +20,10 @@ use crate::format::hparams::{Hyperparameters, clamp_context};
 use crate::format::limits;
 use crate::format::safetensors_header::HeaderError;
 
+/// How a session learns its files' hashes: remembered in the cache for trials, elsewhere for
+/// fuzzing, whose temporary files would only fill the cache.
+pub(crate) type HashFile<'a> = &'a dyn Fn(&Path) -> std::io::Result<crate::format::files::ModelFile>;
+
 fn refused(path: &Path, cause: impl Into<String>) -> EngineError {
     EngineError::Load { path: path.to_path_buf(), cause: cause.into() }
 }
@@ -82,6 +86,16 @@ pub(super) fn gguf_model(
         _ => (model.context as usize).min(quantized_llama::MAX_SEQ_LEN),
     };
     Ok((file, content, context, model.vocab as usize))
+}
+
+/// [`tokenizer_fits`] the `vocab_size` of a config [`hf_model`] or [`apr_model`] admitted.
+pub(super) fn tokenizer_fits_config(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    config: &serde_json::Value,
+) -> Result<(), EngineError> {
+    let rows = config.get("vocab_size").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    tokenizer_fits(path, tokenizer, rows as usize)
 }
 
 /// A tokenizer whose ids all index the embedding: an id past the last row would make the first

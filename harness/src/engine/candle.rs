@@ -1,16 +1,16 @@
-//! The embedded engine: candle, in process, on Hugging Face model directories (config.json,
-//! safetensors single or sharded, tokenizer.json). Architectures are chosen by `model_type`.
+//! The embedded engine: candle, in process, on Hugging Face model directories, APR and GGUF
+//! files, each checked by `admit` before candle sees it. Architectures are chosen by `model_type`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwen2, qwen2};
 use tokenizers::Tokenizer;
 
+use super::admit::HashFile;
 use super::{Engine, EngineError, Finish, GenerateRequest, Generation, Sampling, Session, SessionInfo};
 use crate::chat::ChatTemplate;
 use crate::format::files::{ModelFile, hash_file};
@@ -99,10 +99,6 @@ struct Parts {
 pub fn load_candle(path: &Path, backend: Backend) -> Result<CandleSession, EngineError> {
     load_candle_with(path, backend, &hash_file)
 }
-
-/// How a session learns its files' hashes: remembered in the cache for trials, elsewhere for
-/// fuzzing, whose temporary files would only fill the cache.
-pub(crate) type HashFile<'a> = &'a dyn Fn(&Path) -> std::io::Result<ModelFile>;
 
 /// [`load_candle`], hashing the model's files with `hash`.
 pub(crate) fn load_candle_with(
@@ -223,9 +219,7 @@ fn assemble(
         .and_then(|v| v.as_str())
         .ok_or_else(|| load_err(dir, "the config has no `model_type`"))?
         .to_string();
-    // Validated and clamped by `admit` before the parts were made.
-    let vocab = config.get("vocab_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
-    super::admit::tokenizer_fits(dir, &tokenizer, vocab)?;
+    super::admit::tokenizer_fits_config(dir, &tokenizer, &config)?;
     let parse = |what: &str, e: serde_json::Error| {
         EngineError::load_failed_in(dir, format!("not a valid {what} config"), e)
     };
@@ -345,7 +339,7 @@ fn gguf_session(
     let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
     let number = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
     let arch = text("general.architecture").ok_or_else(|| load_err(path, "no general.architecture"))?;
-    let tokenizer = gguf_tokenizer(path, md)?;
+    let tokenizer = crate::format::gguf::tokenizer(md).map_err(|e| EngineError::load_failed(path, e))?;
     super::admit::tokenizer_fits(path, &tokenizer, rows)?;
     let eos: Vec<u32> = number("tokenizer.ggml.eos_token_id").into_iter().collect();
     let bos = number("tokenizer.ggml.bos_token_id");
@@ -374,14 +368,6 @@ fn gguf_session(
     let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
     let loaded = Loaded { model, context, tokenizer, eos, bos, architecture: arch, files, chat_template };
     Ok(finish(loaded, device, backend, started))
-}
-
-/// The tokenizer a GGUF file carries (`format::gguf::tokenizer`).
-fn gguf_tokenizer(
-    path: &Path,
-    md: &std::collections::HashMap<String, gguf_file::Value>,
-) -> Result<Tokenizer, EngineError> {
-    crate::format::gguf::tokenizer(md).map_err(|e| EngineError::load_failed(path, e))
 }
 
 /// The candle version the harness is built against (kept in step with Cargo.toml).

@@ -91,7 +91,7 @@ fn json_mutations(seed: &[u8], n: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
 
 #[test]
 fn model_targets_survive_their_corpus_and_mutations() {
-    let mut rng = Rng(0x6d6f_6465_6c71_61);
+    let mut rng = Rng(0x006d_6f64_656c_7161);
     let mut runs = 0usize;
     let started = std::time::Instant::now();
     for (target, per_seed) in [("gguf", 60), ("safetensors", 150), ("apr", 150), ("model-config", 40)] {

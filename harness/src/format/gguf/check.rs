@@ -286,7 +286,7 @@ pub(crate) fn layout_of<R: Read>(r: R, len: u64) -> Result<Layout, Fail> {
                         }
                     }
                 } else {
-                    let bytes = n.checked_mul(elem_size).unwrap_or(u64::MAX);
+                    let bytes = n.saturating_mul(elem_size);
                     r.skip(bytes, &format!("`{key}` ({n} × {elem_name})"))?;
                 }
             }
