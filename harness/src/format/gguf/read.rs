@@ -129,7 +129,7 @@ struct RawTensor {
 }
 
 fn raw_tensors(path: &Path) -> Result<(Vec<RawTensor>, HashMap<String, Value>), ConvertError> {
-    let (mut file, content, _) = super::open(path).map_err(|e| err(path, e))?;
+    let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let arch = content
         .metadata
         .get("general.architecture")
@@ -255,7 +255,7 @@ pub struct Dequantized {
 
 /// Reads and dequantizes a GGUF file.
 pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
-    let (mut file, content, _) = super::open(path).map_err(|e| err(path, e))?;
+    let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
     let arch = arch.ok_or_else(|| err(path, "no general.architecture"))?;
     let permuted = arch == "llama";
