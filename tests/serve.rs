@@ -322,7 +322,11 @@ fn connections_over_the_cap_get_503_and_a_body_that_stalls_gets_408() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(15), "after {:?} (the timeout is 1 s)", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "after {:?} (the timeout is 1 s)",
+        started.elapsed()
+    );
 }
 
 #[test]

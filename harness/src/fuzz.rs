@@ -5,6 +5,13 @@
 //! The driver is `cargo xtask fuzz` (in-process, on stable Rust): it mutates the committed seed
 //! corpus under `fuzz/corpus/<target>/`, catches panics, watches for hangs and reports peak
 //! memory. This module only names the targets; it never mutates, times or counts.
+//!
+//! The model-file targets take the bytes along a trial's path: the file-only checks of G0, the
+//! conversions a derived format is made by, and the embedded engine's load on CPU, then two
+//! generated tokens when it loads. They run on the tiny models of [`models`], written to a
+//! temporary directory per input.
+
+pub(crate) mod models;
 
 /// One fuzz target.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +33,10 @@ pub const TARGETS: &[Target] = &[
         reads: "a request body to the server's /v1/completions and /v1/chat/completions",
         run: server_request,
     },
+    Target { name: "gguf", reads: "a GGUF model file, loaded on CPU", run: gguf },
+    Target { name: "safetensors", reads: "a model's safetensors weights, loaded on CPU", run: safetensors },
+    Target { name: "apr", reads: "an APR v2 model file, loaded on CPU", run: apr },
+    Target { name: "model-config", reads: "a model's config.json, loaded on CPU", run: model_config },
 ];
 
 /// The target called `name`.
@@ -74,6 +85,83 @@ fn server_request(data: &[u8]) {
         let _ = scanner.finish();
     }
 }
+
+/// A scratch directory for one input; `None` where none can be made (nothing to fuzz then).
+fn scratch() -> Option<tempfile::TempDir> {
+    tempfile::Builder::new().prefix("modelqa-fuzz").tempdir().ok()
+}
+
+/// What a trial does with a model once its files are in place: load on CPU (hashes remembered
+/// inside the scratch directory, not the cache) and generate two tokens.
+fn load_and_generate(path: &std::path::Path, scratch: &std::path::Path) {
+    use crate::engine::Session as _;
+    let hashes = scratch.join("hashes");
+    let hash = |p: &std::path::Path| crate::format::files::hash_file_in(p, &hashes);
+    let Ok(mut session) = crate::engine::load_candle_with(path, crate::matrix::Backend::Cpu, &hash) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let _ = session.generate(&crate::engine::GenerateRequest::greedy(models::PROMPT, 2, deadline));
+}
+
+/// G0 of a Hugging Face directory, the conversions to APR and GGUF, and the load.
+fn model_dir(dir: &std::path::Path, scratch: &std::path::Path) {
+    let _ = crate::integrity::check(dir, &Default::default(), None);
+    let _ = crate::format::convert::safetensors_to_apr(dir);
+    let _ = crate::format::gguf::from_safetensors(dir, crate::matrix::Quantization::Q8_0);
+    load_and_generate(dir, scratch);
+}
+
+fn safetensors(data: &[u8]) {
+    let Some(tmp) = scratch() else { return };
+    let dir = tmp.path().join("model");
+    let config = models::config("llama").to_string();
+    if std::fs::create_dir(&dir).is_ok() && models::write_dir(&dir, config.as_bytes(), data).is_ok() {
+        model_dir(&dir, tmp.path());
+    }
+}
+
+fn model_config(data: &[u8]) {
+    let Some(tmp) = scratch() else { return };
+    // Weights of the tiny model of the architecture the config names, so a mutated config is
+    // judged against real tensors.
+    let model_type = serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|c| c.get("model_type")?.as_str().map(str::to_string))
+        .filter(|t| matches!(t.as_str(), "llama" | "qwen2" | "mistral"))
+        .unwrap_or_else(|| "llama".to_string());
+    let Some(weights) = models::weights(&models::config(&model_type)) else { return };
+    let dir = tmp.path().join("model");
+    if std::fs::create_dir(&dir).is_ok() && models::write_dir(&dir, data, &weights).is_ok() {
+        model_dir(&dir, tmp.path());
+    }
+}
+
+fn gguf(data: &[u8]) {
+    let Some(tmp) = scratch() else { return };
+    let path = tmp.path().join("model.gguf");
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    let _ = crate::integrity::check_artifact(&path);
+    let _ = crate::format::gguf::dequantize(&path);
+    let _ = crate::format::gguf::to_apr(&path);
+    load_and_generate(&path, tmp.path());
+}
+
+fn apr(data: &[u8]) {
+    let Some(tmp) = scratch() else { return };
+    let path = tmp.path().join("model.apr");
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    let _ = crate::integrity::check_artifact(&path);
+    load_and_generate(&path, tmp.path());
+}
+
+#[cfg(test)]
+#[path = "fuzz/smoke_tests.rs"]
+mod smoke_tests;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,8 @@
 //! the architecture needs must be there in the right shape and a float dtype, no weight may be
 //! NaN or infinite, no norm may be all zeros, and the tokenizer must fit the embedding.
 //!
+//! config.json's numbers are bounded and checked for consistency, and the tensors against the
+//! shapes the loader will request, by `format::hparams`: one definition for G0 and the engine.
 //! It reads files and never runs a model.
 
 use std::collections::BTreeMap;
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::format::hparams::{ConfigError, Hyperparameters};
 use crate::playbook::spec::ExpectedShape;
 
 /// What G0 found: nothing wrong, or every problem by name.
@@ -18,18 +21,6 @@ pub(crate) struct IntegrityReport {
     pub tensors: usize,
     pub parameters: u64,
     pub problems: Vec<String>,
-}
-
-/// The numbers config.json declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Declared {
-    hidden: u64,
-    layers: u64,
-    heads: u64,
-    kv_heads: u64,
-    intermediate: u64,
-    vocab: u64,
-    tied: bool,
 }
 
 /// Why G0 could not look at a model at all: its report then holds this one problem.
@@ -47,8 +38,9 @@ pub(crate) enum IntegrityError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("config.json has no integer `{0}`")]
-    MissingNumber(&'static str),
+    /// config.json's hyper-parameters are missing, out of bounds or inconsistent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Files(#[from] crate::format::files::ModelFilesError),
     #[error("{path} is truncated or corrupt: {source}")]
@@ -57,10 +49,6 @@ pub(crate) enum IntegrityError {
         #[source]
         source: safetensors::SafeTensorError,
     },
-}
-
-fn number(config: &serde_json::Value, key: &'static str) -> Result<u64, IntegrityError> {
-    config.get(key).and_then(serde_json::Value::as_u64).ok_or(IntegrityError::MissingNumber(key))
 }
 
 /// Runs every check; an unreadable model is a report with that one problem.
@@ -83,7 +71,8 @@ fn check_into(
         .map_err(|source| IntegrityError::Read { path: config_path.clone(), source })?;
     let config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|source| IntegrityError::Json { path: config_path.clone(), source })?;
-    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let d = Hyperparameters::from_config(&config_path, &config)?;
+    let model_type = d.model_type.as_str();
     if let Some(want) = architecture
         && want != model_type
     {
@@ -91,16 +80,6 @@ fn check_into(
             .problems
             .push(format!("config.json declares model_type `{model_type}`, the playbook expects `{want}`"));
     }
-    let heads = number(&config, "num_attention_heads")?;
-    let d = Declared {
-        hidden: number(&config, "hidden_size")?,
-        layers: number(&config, "num_hidden_layers")?,
-        heads,
-        kv_heads: config.get("num_key_value_heads").and_then(|v| v.as_u64()).unwrap_or(heads),
-        intermediate: number(&config, "intermediate_size")?,
-        vocab: number(&config, "vocab_size")?,
-        tied: config.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
-    };
     for (what, declared, expected) in [
         ("hidden_size", d.hidden, expect.hidden_size),
         ("num_hidden_layers", d.layers, expect.num_layers),
@@ -110,14 +89,14 @@ fn check_into(
         ("vocab_size", d.vocab, expect.vocab_size),
     ] {
         if let Some(e) = expected
-            && e != declared
+            && e != declared as u64
         {
             report.problems.push(format!("config.json declares {what} {declared}, the playbook expects {e}"));
         }
     }
     if let Some(e) = expect.context_length {
-        match config.get("max_position_embeddings").and_then(serde_json::Value::as_u64) {
-            Some(declared) if declared != e => report.problems.push(format!(
+        match d.context {
+            Some(declared) if declared as u64 != e => report.problems.push(format!(
                 "config.json declares max_position_embeddings {declared}, the playbook expects a context of {e}"
             )),
             Some(_) => {}
@@ -126,20 +105,9 @@ fn check_into(
             )),
         }
     }
-    if d.heads == 0
-        || d.kv_heads == 0
-        || !d.hidden.is_multiple_of(d.heads)
-        || !d.heads.is_multiple_of(d.kv_heads)
-    {
-        report.problems.push(format!(
-            "config.json's heads do not divide: hidden_size {}, num_attention_heads {}, num_key_value_heads {}",
-            d.hidden, d.heads, d.kv_heads
-        ));
-        return Ok(());
-    }
 
     let files = crate::format::files::safetensors_files(dir)?;
-    let mut shapes: BTreeMap<String, (Vec<usize>, Dtype)> = BTreeMap::new();
+    let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for file in &files {
         let bytes =
             std::fs::read(file).map_err(|source| IntegrityError::Read { path: file.clone(), source })?;
@@ -147,16 +115,43 @@ fn check_into(
             .map_err(|source| IntegrityError::Corrupt { path: file.clone(), source })?;
         for (name, view) in st.tensors() {
             report.tensors += 1;
-            report.parameters += view.shape().iter().product::<usize>() as u64;
+            report.parameters =
+                report.parameters.saturating_add(view.shape().iter().product::<usize>() as u64);
             if let Some(p) = scan_values(&name, view.dtype(), view.data()) {
                 report.problems.push(p);
             }
-            shapes.insert(name, (view.shape().to_vec(), view.dtype()));
+            shapes.insert(name, view.shape().to_vec());
         }
     }
-    check_tensors(&d, model_type, &shapes, &mut report.problems);
+    report.problems.extend(d.shape_problems(&shapes));
     check_tokenizer(dir, &d, &mut report.problems);
     Ok(())
+}
+
+/// G0's reading of a derived artifact: an APR container reads back with its checksums and every
+/// tensor dequantizes to finite values; a GGUF file passes the pre-pass (`format::gguf::check`)
+/// and its tensors fit what the quantized loader asks for. What was checked, in words (empty for
+/// a file of neither kind), or the problem.
+pub(crate) fn check_artifact(artifact: &Path) -> Result<String, String> {
+    if artifact.extension().is_some_and(|e| e == "gguf") {
+        let (_, content, _) = crate::format::gguf::open(artifact).map_err(|e| e.to_string())?;
+        return Ok(format!(
+            "the GGUF file ({} tensors) passes the header, layout and shape checks",
+            content.tensor_infos.len()
+        ));
+    }
+    if artifact.extension().is_none_or(|e| e != "apr") {
+        return Ok(String::new());
+    }
+    let bytes = std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
+    let file = crate::format::apr::read(&bytes).map_err(|e| format!("{}: {e}", artifact.display()))?;
+    for t in &file.tensors {
+        let values = crate::format::apr::dequantize(t).map_err(|e| e.to_string())?;
+        if !values.iter().all(|x| x.is_finite()) {
+            return Err(format!("tensor `{}` of the APR file holds NaN or Inf", t.name));
+        }
+    }
+    Ok(format!("the APR file ({} tensors) reads back with valid checksums", file.tensors.len()))
 }
 
 /// NaN, infinities, and norms that are all zeros.
@@ -189,96 +184,7 @@ fn scan_values(name: &str, dtype: Dtype, data: &[u8]) -> Option<String> {
     None
 }
 
-fn check_tensors(
-    d: &Declared,
-    model_type: &str,
-    shapes: &BTreeMap<String, (Vec<usize>, Dtype)>,
-    problems: &mut Vec<String>,
-) {
-    let (h, kv) = (d.hidden as usize, (d.kv_heads * (d.hidden / d.heads)) as usize);
-    let (inter, vocab) = (d.intermediate as usize, d.vocab as usize);
-    let mut expected: Vec<(String, Vec<usize>)> =
-        vec![("model.embed_tokens.weight".into(), vec![vocab, h]), ("model.norm.weight".into(), vec![h])];
-    if !d.tied {
-        expected.push(("lm_head.weight".into(), vec![vocab, h]));
-    }
-    for l in 0..d.layers {
-        let p = format!("model.layers.{l}");
-        expected.extend([
-            (format!("{p}.self_attn.q_proj.weight"), vec![h, h]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.o_proj.weight"), vec![h, h]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![inter, h]),
-            (format!("{p}.mlp.up_proj.weight"), vec![inter, h]),
-            (format!("{p}.mlp.down_proj.weight"), vec![h, inter]),
-            (format!("{p}.input_layernorm.weight"), vec![h]),
-            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-        ]);
-        if model_type == "qwen2" {
-            expected.extend([
-                (format!("{p}.self_attn.q_proj.bias"), vec![h]),
-                (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
-                (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
-            ]);
-        }
-    }
-    // Layers in the weights against layers in the config.
-    let weight_layers = shapes
-        .keys()
-        .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next()?.parse::<u64>().ok())
-        .max()
-        .map_or(0, |m| m + 1);
-    if weight_layers != d.layers {
-        problems.push(format!("config.json declares {} layers, the weights hold {weight_layers}", d.layers));
-    }
-    if let Some((shape, _)) = shapes.get("model.embed_tokens.weight")
-        && shape.len() == 2
-    {
-        if shape[0] != vocab {
-            problems.push(format!(
-                "config.json declares vocab_size {vocab}, the embedding has {} rows",
-                shape[0]
-            ));
-        }
-        if shape[1] != h {
-            problems
-                .push(format!("config.json declares hidden_size {h}, the embedding is {} wide", shape[1]));
-        }
-    }
-    let mut missing = Vec::new();
-    for (name, want) in &expected {
-        match shapes.get(name) {
-            None => missing.push(name.clone()),
-            Some((got, _)) if got == want => {}
-            Some((got, _)) => {
-                let mut reversed = got.clone();
-                reversed.reverse();
-                let why = if reversed == *want && got != want { " (transposed)" } else { "" };
-                problems.push(format!("tensor {name} has shape {got:?}, the config implies {want:?}{why}"));
-            }
-        }
-    }
-    // q and k projections exchanged: each has the other's shape.
-    for l in 0..d.layers {
-        let q = shapes.get(&format!("model.layers.{l}.self_attn.q_proj.weight")).map(|s| &s.0);
-        let k = shapes.get(&format!("model.layers.{l}.self_attn.k_proj.weight")).map(|s| &s.0);
-        if kv != h
-            && let (Some(q), Some(k)) = (q, k)
-            && q == &vec![kv, h]
-            && k == &vec![h, h]
-        {
-            problems.push(format!("layer {l}: q_proj and k_proj are swapped (each has the other's shape)"));
-        }
-    }
-    if !missing.is_empty() {
-        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
-        let more = if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() };
-        problems.push(format!("{} required tensors are missing: {}{more}", missing.len(), shown.join(", ")));
-    }
-}
-
-fn check_tokenizer(dir: &Path, d: &Declared, problems: &mut Vec<String>) {
+fn check_tokenizer(dir: &Path, d: &Hyperparameters, problems: &mut Vec<String>) {
     let path = dir.join("tokenizer.json");
     if !path.is_file() {
         problems.push(format!("the tokenizer is missing: no {}", path.display()));
@@ -287,7 +193,7 @@ fn check_tokenizer(dir: &Path, d: &Declared, problems: &mut Vec<String>) {
     match tokenizers::Tokenizer::from_file(&path) {
         Err(e) => problems.push(format!("{} does not load: {e}", path.display())),
         Ok(t) => {
-            let size = t.get_vocab_size(true) as u64;
+            let size = t.get_vocab_size(true);
             if size > d.vocab {
                 problems.push(format!(
                     "the tokenizer has {size} tokens, more than the {} embedding rows",
@@ -295,5 +201,87 @@ fn check_tokenizer(dir: &Path, d: &Declared, problems: &mut Vec<String>) {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::fuzz::models::seeds;
+
+    fn config_set(dir: &Path, field: &str, value: serde_json::Value) {
+        let path = dir.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config[field] = value;
+        std::fs::write(path, config.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_clean_tiny_model_passes_g0() {
+        let dir = tempfile::tempdir().unwrap();
+        for arch in ["llama", "qwen2", "mistral"] {
+            let report = check(&seeds::tiny_dir(dir.path(), arch), &ExpectedShape::default(), Some(arch));
+            assert_eq!(report.problems, Vec::<String>::new(), "{arch}");
+            assert!(report.tensors > 10);
+        }
+    }
+
+    #[test]
+    fn g0_answers_a_trillion_layers_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = seeds::tiny_dir(dir.path(), "llama");
+        config_set(&model, "num_hidden_layers", 1_000_000_000_000u64.into());
+        let started = Instant::now();
+        let report = check(&model, &ExpectedShape::default(), None);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(
+            report.problems[0].ends_with(
+                "config.json: `num_hidden_layers` is 1000000000000, more than the 1024 layers this harness loads"
+            ),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn g0_names_contexts_past_the_limit_and_heads_that_do_not_divide() {
+        let dir = tempfile::tempdir().unwrap();
+        for (field, value, want) in [
+            (
+                "max_position_embeddings",
+                serde_json::json!(1u64 << 31),
+                "`max_position_embeddings` is 2147483648",
+            ),
+            (
+                "max_position_embeddings",
+                serde_json::json!(1_000_000_000_000u64),
+                "`max_position_embeddings` is 1000000000000",
+            ),
+            (
+                "num_attention_heads",
+                serde_json::json!(3),
+                "`hidden_size` 8 is not divisible by num_attention_heads 3",
+            ),
+        ] {
+            let model = seeds::tiny_dir(dir.path(), "llama");
+            config_set(&model, field, value);
+            let problems = check(&model, &ExpectedShape::default(), None).problems.join("; ");
+            assert!(problems.contains(want), "`{problems}` lacks `{want}`");
+        }
+    }
+
+    #[test]
+    fn g0_of_an_artifact_runs_the_gguf_pre_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = seeds::tiny_gguf(dir.path(), "llama");
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, &gguf).unwrap();
+        assert!(check_artifact(&path).unwrap().contains("passes the header, layout and shape checks"));
+        std::fs::write(&path, seeds::with_alignment(&gguf, 0)).unwrap();
+        let e = check_artifact(&path).unwrap_err();
+        assert!(e.contains("`general.alignment` is 0; it must be a nonzero power of two"), "{e}");
     }
 }

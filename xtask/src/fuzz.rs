@@ -259,7 +259,14 @@ fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) ->
 }
 
 /// The worker: runs mutated inputs of one target in process until the budget is spent.
-fn worker(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs, last: &Path) -> anyhow::Result<()> {
+fn worker(
+    root: &Path,
+    t: &Target,
+    budget: Budget,
+    seed: u64,
+    args: &FuzzArgs,
+    last: &Path,
+) -> anyhow::Result<()> {
     let (hang_seconds, crashes) = (args.hang_seconds, crashes_dir(root, args));
     let corpus = read_corpus(root, t.name)?;
     let words = dictionary(&corpus);

@@ -29,37 +29,13 @@ pub(crate) fn integrity(dir: &Path, model: &Model) -> Verdict {
     }
 }
 
-/// G0 for a derived artifact (after the source passed): the container reads back with its
-/// checksums, and every tensor dequantizes to finite values.
+/// G0 for a derived artifact (after the source passed): `integrity::check_artifact`.
 pub(crate) fn artifact_integrity(artifact: &Path, source: Verdict) -> Verdict {
-    let bytes = match std::fs::read(artifact) {
-        Ok(b) => b,
-        Err(e) => return Verdict::fail(format!("integrity: failed to read {}: {e}", artifact.display())),
-    };
-    if artifact.extension().is_some_and(|e| e == "apr") {
-        let file = match crate::format::apr::read(&bytes) {
-            Ok(f) => f,
-            Err(e) => return Verdict::fail(format!("integrity: {}: {e}", artifact.display())),
-        };
-        for t in &file.tensors {
-            match crate::format::apr::dequantize(t) {
-                Ok(v) if v.iter().all(|x| x.is_finite()) => {}
-                Ok(_) => {
-                    return Verdict::fail(format!(
-                        "integrity: tensor `{}` of the APR file holds NaN or Inf",
-                        t.name
-                    ));
-                }
-                Err(e) => return Verdict::fail(format!("integrity: {e}")),
-            }
-        }
-        return Verdict::pass(format!(
-            "{}; the APR file ({} tensors) reads back with valid checksums",
-            source.reason,
-            file.tensors.len()
-        ));
+    match crate::integrity::check_artifact(artifact) {
+        Ok(what) if what.is_empty() => source,
+        Ok(what) => Verdict::pass(format!("{}; {what}", source.reason)),
+        Err(problem) => Verdict::fail(format!("integrity: {problem}")),
     }
-    source
 }
 
 /// G2: a basic prompt yields at least one token, with finite logits.

@@ -1,16 +1,16 @@
-//! The embedded engine: candle, in process, on Hugging Face model directories (config.json,
-//! safetensors single or sharded, tokenizer.json). Architectures are chosen by `model_type`.
+//! The embedded engine: candle, in process, on Hugging Face model directories, APR and GGUF
+//! files, each checked by `admit` before candle sees it. Architectures are chosen by `model_type`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwen2, qwen2};
 use tokenizers::Tokenizer;
 
+use super::admit::HashFile;
 use super::{
     Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, Session,
     SessionInfo,
@@ -100,26 +100,36 @@ struct Parts {
 
 /// Loads a Hugging Face model directory, an APR v2 file or a GGUF file, with candle.
 pub fn load_candle(path: &Path, backend: Backend) -> Result<CandleSession, EngineError> {
+    load_candle_with(path, backend, &hash_file)
+}
+
+/// [`load_candle`], hashing the model's files with `hash`.
+pub(crate) fn load_candle_with(
+    path: &Path,
+    backend: Backend,
+    hash: HashFile<'_>,
+) -> Result<CandleSession, EngineError> {
     let started = Instant::now();
     let device = device_for(backend)?;
     if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        return gguf_session(path, device, backend, started);
+        return gguf_session(path, device, backend, started, hash);
     }
     let parts = if path.is_file() && path.extension().is_some_and(|e| e == "apr") {
-        apr_parts(path, &device)?
+        apr_parts(path, &device, hash)?
     } else {
-        hf_parts(path, &device)?
+        hf_parts(path, &device, hash)?
     };
     assemble(parts, device, backend, started)
 }
 
-fn hf_parts(dir: &Path, device: &Device) -> Result<Parts, EngineError> {
+fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, EngineError> {
     let config_path = dir.join("config.json");
     let config_text =
         std::fs::read_to_string(&config_path).map_err(|e| EngineError::load_failed(&config_path, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| EngineError::load_failed_in(&config_path, "invalid JSON", e))?;
     let files = super::safetensors_files(dir)?;
+    let config = super::admit::hf_model(&config_path, config, &files)?;
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.is_file() {
         return Err(load_err(&tokenizer_path, "the tokenizer is missing"));
@@ -136,7 +146,7 @@ fn hf_parts(dir: &Path, device: &Device) -> Result<Parts, EngineError> {
     let chat_template = ChatTemplate::from_model_dir(dir).map_err(|e| EngineError::load_failed(dir, e))?;
     let mut hashed = Vec::with_capacity(files.len() + 2);
     for f in files.iter().chain([&config_path, &tokenizer_path]) {
-        hashed.push(hash_file(f).map_err(|e| EngineError::load_failed(f, e))?);
+        hashed.push(hash(f).map_err(|e| EngineError::load_failed(f, e))?);
     }
     Ok(Parts {
         source: dir.to_path_buf(),
@@ -151,7 +161,7 @@ fn hf_parts(dir: &Path, device: &Device) -> Result<Parts, EngineError> {
 
 /// An APR file written by this project carries the Hugging Face config, tokenizer and
 /// tokenizer_config in its metadata; tensors of any dtype are dequantized to f32.
-fn apr_parts(path: &Path, device: &Device) -> Result<Parts, EngineError> {
+fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, EngineError> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::load_failed(path, e))?;
     let file = crate::format::apr::read(&bytes).map_err(|e| EngineError::load_failed(path, e))?;
     let custom = |key: &str| file.metadata.get(key).filter(|v| v.is_object()).cloned();
@@ -164,6 +174,7 @@ fn apr_parts(path: &Path, device: &Device) -> Result<Parts, EngineError> {
             ),
         )
     })?;
+    let config = super::admit::apr_model(path, config, &file.tensors)?;
     let tokenizer_json = custom(crate::format::convert::HF_TOKENIZER).ok_or_else(|| {
         load_err(
             path,
@@ -194,7 +205,7 @@ fn apr_parts(path: &Path, device: &Device) -> Result<Parts, EngineError> {
         config,
         vb,
         tokenizer,
-        files: vec![hash_file(path).map_err(|e| EngineError::load_failed(path, e))?],
+        files: vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?],
     })
 }
 
@@ -211,6 +222,7 @@ fn assemble(
         .and_then(|v| v.as_str())
         .ok_or_else(|| load_err(dir, "the config has no `model_type`"))?
         .to_string();
+    super::admit::tokenizer_fits_config(dir, &tokenizer, &config)?;
     let parse = |what: &str, e: serde_json::Error| {
         EngineError::load_failed_in(dir, format!("not a valid {what} config"), e)
     };
@@ -323,16 +335,15 @@ fn gguf_session(
     device: Device,
     backend: Backend,
     started: Instant,
+    hash: HashFile<'_>,
 ) -> Result<CandleSession, EngineError> {
-    let mut file = std::fs::File::open(path).map_err(|e| EngineError::load_failed(path, e))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| EngineError::load_failed_in(path, "not a GGUF file", e))?;
+    let (mut file, content, context, rows) = super::admit::gguf_model(path)?;
     let md = &content.metadata;
     let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
     let number = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
     let arch = text("general.architecture").ok_or_else(|| load_err(path, "no general.architecture"))?;
-    let tokenizer = gguf_tokenizer(path, md)?;
-    let context = number(&format!("{arch}.context_length")).unwrap_or(2048) as usize;
+    let tokenizer = crate::format::gguf::tokenizer(md).map_err(|e| EngineError::load_failed(path, e))?;
+    super::admit::tokenizer_fits(path, &tokenizer, rows)?;
     let eos: Vec<u32> = number("tokenizer.ggml.eos_token_id").into_iter().collect();
     let bos = number("tokenizer.ggml.bos_token_id");
     let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
@@ -357,17 +368,9 @@ fn gguf_session(
             ));
         }
     };
-    let files = vec![hash_file(path).map_err(|e| EngineError::load_failed(path, e))?];
+    let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
     let loaded = Loaded { model, context, tokenizer, eos, bos, architecture: arch, files, chat_template };
     Ok(finish(loaded, device, backend, started))
-}
-
-/// The tokenizer a GGUF file carries (`format::gguf::tokenizer`).
-fn gguf_tokenizer(
-    path: &Path,
-    md: &std::collections::HashMap<String, gguf_file::Value>,
-) -> Result<Tokenizer, EngineError> {
-    crate::format::gguf::tokenizer(md).map_err(|e| EngineError::load_failed(path, e))
 }
 
 /// The candle version the harness is built against (kept in step with Cargo.toml).

@@ -4,6 +4,7 @@
 //!
 //! Nothing here knows about playbooks, trials or oracles.
 
+mod admit;
 mod cache;
 mod candle;
 pub(crate) mod client;
@@ -18,6 +19,7 @@ pub use self::cache::SharedSession;
 pub(crate) use self::cache::{SessionCache, SessionKey};
 pub(crate) use self::candle::CandleEngine;
 pub use self::candle::load_candle;
+pub(crate) use self::candle::load_candle_with;
 pub(crate) use self::external::{CommandSession, OpenAiSession};
 
 use crate::format::files::{ModelFile, ModelFilesError};

@@ -317,6 +317,15 @@ pub fn read(bytes: &[u8]) -> Result<AprFile, AprError> {
         )));
     }
     let count = u32_at(header, 8) as usize;
+    if count as u64 > crate::format::limits::MAX_TENSORS {
+        return Err(AprError::Index {
+            index: 0,
+            why: format!(
+                "the header counts {count} tensors, more than the {} a file may hold",
+                crate::format::limits::MAX_TENSORS
+            ),
+        });
+    }
     let meta_offset = u64_at(header, 12);
     let meta_len = u32_at(header, 20) as u64;
     let index_offset = u64_at(header, 24);
@@ -378,6 +387,17 @@ pub fn read(bytes: &[u8]) -> Result<AprFile, AprError> {
         if !offset.is_multiple_of(ALIGN as u64) {
             return Err(AprError::Tensor { name, why: format!("data offset {offset} is not 64-aligned") });
         }
+        // An empty tensor is never a weight, and candle aborts on the empty buffer of a
+        // K-quant; a bounded element count keeps dequantization's allocation in proportion.
+        if shape.contains(&0) || crate::format::limits::elements(&shape).is_none() {
+            return Err(AprError::Tensor {
+                name,
+                why: format!(
+                    "shape {shape:?} has a zero dimension, or over {} elements",
+                    crate::format::limits::MAX_TENSOR_ELEMENTS
+                ),
+            });
+        }
         let expected = dtype.byte_len(&shape);
         if expected != Some(size) {
             return Err(AprError::Tensor {
@@ -434,8 +454,12 @@ fn finite_scale(s: f32) -> f32 {
 
 /// The tensor's values as f32, whatever its dtype.
 pub fn dequantize(t: &AprTensor) -> Result<Vec<f32>, AprError> {
-    let n = t.shape.iter().product::<u64>() as usize;
     let bad = |why: String| AprError::Tensor { name: t.name.clone(), why };
+    // A tensor made by hand rather than read has had none of `read`'s checks.
+    let n = crate::format::limits::elements(&t.shape)
+        .filter(|&n| n > 0 && t.dtype.byte_len(&t.shape) == Some(t.data.len() as u64))
+        .ok_or_else(|| bad(format!("{} bytes do not hold {} {:?}", t.data.len(), t.dtype.name(), t.shape)))?
+        as usize;
     Ok(match t.dtype {
         AprDType::F32 => {
             t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect()

@@ -1,7 +1,13 @@
-//! Model files: the safetensors files of a model as stored and their hashes ([`files`]), and the
-//! containers beyond safetensors that this project reads and writes.
+//! Model files: the safetensors files of a model as stored and their hashes ([`files`]), the
+//! containers beyond safetensors that this project reads and writes, and the checks that stand
+//! between a file and anything that trusts it: the bounds on every size a file declares
+//! ([`limits`]), config.json's hyper-parameters against the tensors ([`hparams`]), safetensors
+//! headers ([`safetensors_header`]) and the GGUF pre-pass (`gguf::check`).
 
 pub mod apr;
 pub mod convert;
 pub(crate) mod files;
 pub mod gguf;
+pub(crate) mod hparams;
+pub(crate) mod limits;
+pub(crate) mod safetensors_header;

@@ -79,8 +79,6 @@ pub(crate) enum InvariantError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Open(std::io::Error),
     #[error("{path}: {source}")]
     Safetensors {
         path: PathBuf,
@@ -104,7 +102,7 @@ pub(crate) enum InvariantError {
     #[error(transparent)]
     Mix(#[from] UnimplementedMix),
     #[error(transparent)]
-    Gguf(candle_core::Error),
+    Gguf(#[from] crate::format::gguf::GgufError),
     #[error("tensor `{name}`: {source}")]
     Tensor {
         name: String,
@@ -337,9 +335,7 @@ pub(crate) fn tokenizers(
         Err(source) => return Err(InvariantError::TokenizerFile { path, source }),
     };
     let got = if artifact.extension().is_some_and(|e| e == "gguf") {
-        let mut file = std::fs::File::open(artifact).map_err(InvariantError::Open)?;
-        let content =
-            candle_core::quantized::gguf_file::Content::read(&mut file).map_err(InvariantError::Gguf)?;
+        let (_, content, _) = crate::format::gguf::open(artifact)?;
         crate::format::gguf::tokenizer(&content.metadata)?
     } else {
         let (_, json) = artifact_values(artifact)?;

@@ -21,8 +21,11 @@ use std::path::Path;
 use super::convert::ConvertError;
 use crate::matrix::Quantization;
 
+mod check;
 mod read;
 mod write;
+
+pub(crate) use check::{GgufError, open};
 
 pub use read::{Dequantized, dequantize, hf_files, to_apr, to_safetensors, tokenizer};
 pub use write::{from_safetensors, permute_qk, wanted_type};

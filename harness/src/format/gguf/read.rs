@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device, Tensor};
 
 use super::{
@@ -129,9 +129,7 @@ struct RawTensor {
 }
 
 fn raw_tensors(path: &Path) -> Result<(Vec<RawTensor>, HashMap<String, Value>), ConvertError> {
-    let mut file = std::fs::File::open(path).map_err(|e| err(path, e))?;
-    let content =
-        gguf_file::Content::read(&mut file).map_err(|e| err(path, format!("not a GGUF file: {e}")))?;
+    let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let arch = content
         .metadata
         .get("general.architecture")
@@ -257,9 +255,7 @@ pub struct Dequantized {
 
 /// Reads and dequantizes a GGUF file.
 pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
-    let mut file = std::fs::File::open(path).map_err(|e| err(path, e))?;
-    let content =
-        gguf_file::Content::read(&mut file).map_err(|e| err(path, format!("not a GGUF file: {e}")))?;
+    let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
     let arch = arch.ok_or_else(|| err(path, "no general.architecture"))?;
     let permuted = arch == "llama";

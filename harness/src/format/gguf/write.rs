@@ -132,6 +132,16 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).map_err(|e| err(&config_path, e))?)
             .map_err(|e| err(&config_path, e))?;
+    // The writer divides and permutes by these numbers: they are checked, with every tensor's
+    // shape, before it does.
+    let hyper = crate::format::hparams::Hyperparameters::from_config(&config_path, &config)
+        .map_err(|e| err(&config_path, e.cause()))?;
+    let shapes =
+        crate::format::safetensors_header::weight_shapes(&crate::format::files::safetensors_files(dir)?)
+            .map_err(|e| ConvertError::Read { path: dir.to_path_buf(), cause: e.to_string() })?;
+    if let Some(problem) = hyper.shape_problems(&shapes).first() {
+        return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
+    }
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
     let (arch, permute) = architecture(&model_type).ok_or_else(|| {
         ConvertError::Unsupported(format!(
