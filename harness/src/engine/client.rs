@@ -459,6 +459,11 @@ mod tests {
             while sent < total && stream.write_all(chunk).is_ok() {
                 sent += chunk.len();
             }
+            // Closing with the request body unread would reset the connection under the
+            // client's last read: end the answer, then drain until the client hangs up.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         url
     }
