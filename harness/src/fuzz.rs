@@ -149,14 +149,18 @@ fn gguf(data: &[u8]) {
     load_and_generate(&path, tmp.path());
 }
 
+/// The bytes as they are, then with both checksums made good: nearly every mutation breaks a
+/// CRC, and the reader behind the checksums must hold against the rest as well.
 fn apr(data: &[u8]) {
     let Some(tmp) = scratch() else { return };
     let path = tmp.path().join("model.apr");
-    if std::fs::write(&path, data).is_err() {
-        return;
+    for bytes in [data.to_vec(), models::apr_checksummed(data.to_vec())] {
+        if std::fs::write(&path, &bytes).is_err() {
+            return;
+        }
+        let _ = crate::integrity::check_artifact(&path);
+        load_and_generate(&path, tmp.path());
     }
-    let _ = crate::integrity::check_artifact(&path);
-    load_and_generate(&path, tmp.path());
 }
 
 #[cfg(test)]
