@@ -190,7 +190,7 @@ fn check_tokenizer(dir: &Path, d: &Hyperparameters, problems: &mut Vec<String>) 
         problems.push(format!("the tokenizer is missing: no {}", path.display()));
         return;
     }
-    match tokenizers::Tokenizer::from_file(&path) {
+    match crate::format::tokenizer_json::read(&path) {
         Err(e) => problems.push(format!("{} does not load: {e}", path.display())),
         Ok(t) => {
             let size = t.get_vocab_size(true);

@@ -219,12 +219,13 @@ fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) ->
             command.args(["--seconds", &s.to_string()]);
         }
         limit_memory(&mut command, args.memory_mib << 20);
+        // The worker's progress and last words go straight to our stderr; its report comes on stdout.
+        command.stderr(std::process::Stdio::inherit());
         let output = command.output().with_context(|| format!("failed to start a worker for {}", t.name))?;
         let report = parse_report(&String::from_utf8_lossy(&output.stdout));
         row.inputs += report.inputs;
         row.panics += report.panics;
         row.peak_rss_kib = row.peak_rss_kib.max(report.peak_rss_kib);
-        let stderr = String::from_utf8_lossy(&output.stderr);
         match output.status.code() {
             Some(0) => break,
             Some(PANIC_EXIT) => break,
@@ -249,7 +250,6 @@ fn drive(root: &Path, t: &Target, budget: Budget, seed: u64, args: &FuzzArgs) ->
                 let saved = save(&crashes, t.name, "abort", &input)?;
                 let how = code.map_or_else(|| format!("{}", output.status), |c| format!("exit code {c}"));
                 eprintln!("  {}: the worker died ({how}); input saved as {}", t.name, saved.display());
-                eprintln!("  last words: {}", tail(&stderr, 600));
             }
         }
         round += 1;
@@ -536,10 +536,4 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
-}
-
-fn tail(text: &str, chars: usize) -> String {
-    let t = text.trim();
-    let skip = t.chars().count().saturating_sub(chars);
-    t.chars().skip(skip).collect()
 }

@@ -134,8 +134,8 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
     if !tokenizer_path.is_file() {
         return Err(load_err(&tokenizer_path, "the tokenizer is missing"));
     }
-    let tokenizer =
-        Tokenizer::from_file(&tokenizer_path).map_err(|e| EngineError::load_failed(&tokenizer_path, e))?;
+    let tokenizer = crate::format::tokenizer_json::read(&tokenizer_path)
+        .map_err(|e| EngineError::load_failed(&tokenizer_path, e))?;
     // SAFETY: the files are memory-mapped read-only; the harness never writes a model file it
     // is reading, and safetensors validates the header against the file length.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
@@ -186,7 +186,7 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
     })?;
     let tokenizer_bytes =
         serde_json::to_vec(&tokenizer_json).map_err(|e| EngineError::load_failed(path, e))?;
-    let tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
+    let tokenizer = crate::format::tokenizer_json::parse(&tokenizer_bytes)
         .map_err(|e| EngineError::load_failed_in(path, "the embedded tokenizer", e))?;
     let mut tensors = std::collections::HashMap::with_capacity(file.tensors.len());
     for t in &file.tensors {

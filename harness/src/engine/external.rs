@@ -166,7 +166,7 @@ impl CommandSession {
         let tokenizer_path = model_dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.is_file() {
             Some(
-                tokenizers::Tokenizer::from_file(&tokenizer_path)
+                crate::format::tokenizer_json::read(&tokenizer_path)
                     .map_err(|e| EngineError::load_failed(&tokenizer_path, e))?,
             )
         } else {

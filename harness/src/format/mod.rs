@@ -2,7 +2,8 @@
 //! containers beyond safetensors that this project reads and writes, and the checks that stand
 //! between a file and anything that trusts it: the bounds on every size a file declares
 //! ([`limits`]), config.json's hyper-parameters against the tensors ([`hparams`]), safetensors
-//! headers ([`safetensors_header`]) and the GGUF pre-pass (`gguf::check`).
+//! headers ([`safetensors_header`]), the GGUF pre-pass (`gguf::check`) and tokenizer.json
+//! ([`tokenizer_json`]).
 
 pub mod apr;
 pub mod convert;
@@ -11,3 +12,4 @@ pub mod gguf;
 pub(crate) mod hparams;
 pub(crate) mod limits;
 pub(crate) mod safetensors_header;
+pub(crate) mod tokenizer_json;

@@ -330,7 +330,7 @@ pub(crate) fn tokenizers(
     artifact: &Path,
 ) -> Result<(tokenizers::Tokenizer, tokenizers::Tokenizer), InvariantError> {
     let path = source.join("tokenizer.json");
-    let want = match tokenizers::Tokenizer::from_file(&path) {
+    let want = match crate::format::tokenizer_json::read(&path) {
         Ok(t) => t,
         Err(source) => return Err(InvariantError::TokenizerFile { path, source }),
     };
@@ -340,7 +340,8 @@ pub(crate) fn tokenizers(
     } else {
         let (_, json) = artifact_values(artifact)?;
         let json = json.ok_or(InvariantError::NoTokenizer)?;
-        tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(InvariantError::Tokenizer)?
+        crate::format::tokenizer_json::parse(json.to_string().as_bytes())
+            .map_err(InvariantError::Tokenizer)?
     };
     Ok((want, got))
 }

@@ -22,7 +22,7 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     if let Some(json) = md.get(HF_TOKENIZER_JSON).and_then(|v| v.to_string().ok()) {
-        return tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(GgufTokenizerError::Embedded);
+        return crate::format::tokenizer_json::parse(json.as_bytes()).map_err(GgufTokenizerError::Embedded);
     }
     let kind = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if kind != "gpt2" {
