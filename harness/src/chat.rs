@@ -88,6 +88,10 @@ impl ChatTemplate {
     /// The conversation as the model reads it, ending with the assistant's turn opened.
     pub fn render(&self, messages: &[MessageSpec]) -> Result<String, ChatError> {
         let mut env = Environment::new();
+        // A template comes with the model: one that loops without end, or nests loops to
+        // billions of steps, runs out of fuel instead of holding the trial. Real templates take
+        // a few hundred instructions a message.
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         // Templates call raise_exception("…") to reject a conversation they cannot lay out.
         env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
@@ -115,6 +119,9 @@ impl ChatTemplate {
     }
 }
 
+/// The most template instructions one rendering may run.
+const RENDER_FUEL: u64 = 5_000_000;
+
 /// An error with its cause chain on one line.
 fn detail(e: &minijinja::Error) -> String {
     let mut out = e.to_string();
@@ -137,6 +144,22 @@ mod tests {
 
     fn template(source: &str) -> ChatTemplate {
         ChatTemplate { source: source.into(), bos_token: "<s>".into(), eos_token: "</s>".into() }
+    }
+
+    #[test]
+    fn a_template_that_would_run_for_ever_runs_out_of_fuel() {
+        let started = std::time::Instant::now();
+        let nested = template(
+            "{% for i in range(10000) %}{% for j in range(10000) %}{% for k in range(10000) %}x{% endfor %}{% endfor %}{% endfor %}",
+        );
+        let e = nested.render(&msgs(&[(Role::User, "Hi")])).expect_err("out of fuel");
+        assert!(matches!(&e, ChatError::Render(m) if m.contains("fuel")), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
+        // A long conversation through a real template stays far inside the budget.
+        let mut long: Vec<(Role, &str)> =
+            (0..500).map(|i| (if i % 2 == 0 { Role::User } else { Role::Assistant }, "a message")).collect();
+        long.push((Role::User, "last"));
+        template(CHATML).render(&msgs(&long)).expect("500 messages render");
     }
 
     const CHATML: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
