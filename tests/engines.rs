@@ -224,15 +224,12 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start() -> Self {
+        Self::serving(&model_dir())
+    }
+
+    fn serving(dir: &Path) -> Self {
         let mut child = Command::new(ENGINE)
-            .args([
-                "serve",
-                &model_dir().display().to_string(),
-                "--port",
-                "0",
-                "--model",
-                "modelqa/qa-tiny-llama",
-            ])
+            .args(["serve", &dir.display().to_string(), "--port", "0", "--model", "modelqa/qa-tiny-llama"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -290,6 +287,48 @@ fn an_openai_compatible_server_in_another_process_is_qualified_over_http() {
     let records = run.journal();
     assert_eq!(records[0].outcome, Outcome::Falsified);
     assert!(records[0].reason.contains("MODELQA_TEST_API_KEY is not set"), "{}", records[0].reason);
+}
+
+#[test]
+fn a_model_without_a_chat_template_is_asked_through_completions_on_an_openai_server() {
+    // qa-tiny-llama with its chat template taken out, on disk and on the server alike.
+    let copy = tempfile::tempdir().expect("tempdir");
+    let dir = copy.path().join("qa-tiny-llama");
+    std::fs::create_dir(&dir).expect("dir");
+    for entry in std::fs::read_dir(model_dir()).expect("the fixture") {
+        let path = entry.expect("an entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("a name"))).expect("copied");
+    }
+    let config_path = dir.join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read")).expect("JSON");
+    config.as_object_mut().expect("an object").remove("chat_template");
+    std::fs::write(&config_path, config.to_string()).expect("written");
+
+    let server = ServerProcess::serving(&dir);
+    let openai = format!("  kind: openai\n  base_url: {}\n  model: modelqa/qa-tiny-llama", server.base_url);
+    // The conversation scenario in `run` and `serve`, on the server and in process: the server
+    // has no template to lay the conversation out with, so it must be sent as the harness lays
+    // it out, through /v1/completions, and answer exactly what the embedded engine answers.
+    let mut answers = Vec::new();
+    for engine in [openai.as_str(), "  kind: embedded"] {
+        let playbook = playbook(engine, "[safetensors]", 60000)
+            .replace(&model_dir().display().to_string(), &dir.display().to_string());
+        let run = Run::new(&playbook);
+        for trial in ["run::remember_word", "serve::remember_word"] {
+            run.qualify(
+                &["--exact", &format!("qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::{trial}")],
+                &[],
+            );
+        }
+        let records = run.journal();
+        assert_eq!(records.len(), 2, "{engine}");
+        for r in &records {
+            assert!(!r.reason.contains("answered 400"), "{engine}: {}: {}", r.trial, r.reason);
+        }
+        answers.push(records.iter().map(|r| (r.outcome, r.output.clone())).collect::<Vec<_>>());
+    }
+    assert_eq!(answers[0], answers[1], "the server's answers against the embedded engine's");
 }
 
 #[test]

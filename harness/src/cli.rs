@@ -256,7 +256,10 @@ fn build_trials(
             _ => ignore_reason(binder, &spec),
         };
         let model_dir: Option<PathBuf> = match (&spec.engine, binder.locate(&spec.model)) {
-            // An OpenAI-compatible server holds the model; nothing is read here.
+            // An OpenAI-compatible server holds the model; nothing is loaded or hashed here. Where
+            // the model's files are here too, its chat template decides how conversations are
+            // sent (`trial::env::load`).
+            (EngineSpec::Openai { .. }, Location::Found(dir)) => Some(dir.clone()),
             (EngineSpec::Openai { .. }, _) => Some(PathBuf::new()),
             (_, Location::Found(dir)) => Some(dir.clone()),
             (_, Location::Missing(_)) => None,

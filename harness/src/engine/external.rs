@@ -74,6 +74,12 @@ impl OpenAiSession {
         Ok(Self { client, info })
     }
 
+    /// Whether the server is sent conversations to lay out with the model's template (the
+    /// default) or, for a model that ships none, only prompts the harness laid out.
+    pub(crate) fn lays_out_conversations(&mut self, applies: bool) {
+        self.info.applies_chat_template = applies;
+    }
+
     fn ask(
         &self,
         endpoint: Endpoint,

@@ -140,7 +140,16 @@ pub(crate) fn load(
             };
             let served = model.as_deref().unwrap_or(&spec.model.id);
             let timeout = deadline.saturating_duration_since(Instant::now());
-            Ok(Box::new(OpenAiSession::connect(base_url, api_key, served, timeout)?))
+            let mut session = OpenAiSession::connect(base_url, api_key, served, timeout)?;
+            // Where the model's files are here and ship no chat template, the server has none
+            // to apply either: conversations go through /v1/completions, laid out as `run` lays
+            // them out, as they do on the embedded engine.
+            if model_dir.join("tokenizer_config.json").is_file()
+                && matches!(crate::chat::ChatTemplate::from_model_dir(model_dir), Ok(None))
+            {
+                session.lays_out_conversations(false);
+            }
+            Ok(Box::new(session))
         }
         EngineSpec::Command { args, output, json_pointer } => Ok(Box::new(CommandSession::new(
             args,
