@@ -141,19 +141,6 @@ fn every_dtype_round_trips_within_its_bound() {
     }
 }
 
-/// Recomputes both checksums, so a test reaches the check behind them.
-fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&bytes[..40]);
-    h.update(&bytes[44..64]);
-    let crc = h.finalize();
-    bytes[40..44].copy_from_slice(&crc.to_le_bytes());
-    let n = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..n]);
-    bytes[n..].copy_from_slice(&crc.to_le_bytes());
-    bytes
-}
-
 #[test]
 fn corrupt_files_are_precise_errors() {
     let good = apr::write(&golden(false)).expect("writes");
@@ -178,28 +165,28 @@ fn corrupt_files_are_precise_errors() {
     // Behind valid checksums: an index entry pointing past the end of the data.
     let mut b = good.clone();
     b[256 + 16..256 + 24].copy_from_slice(&4096u64.to_le_bytes());
-    check(reseal(b), "tensor `bias` [4480, 4484) lies outside");
+    check(apr::reseal(b), "tensor `bias` [4480, 4484) lies outside");
     let mut b = good.clone();
     b[256 + 16..256 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
-    check(reseal(b), "not 64-aligned");
+    check(apr::reseal(b), "not 64-aligned");
     let mut b = good.clone();
     b[256 + 24..256 + 32].copy_from_slice(&8u64.to_le_bytes());
-    check(reseal(b), "8 bytes for F32 [1], expected Some(4)");
+    check(apr::reseal(b), "8 bytes for F32 [1], expected Some(4)");
     let mut b = good.clone();
     b[258..262].copy_from_slice(b"zzzz");
-    check(reseal(b), "the index is not sorted by name");
+    check(apr::reseal(b), "the index is not sorted by name");
     let mut b = good.clone();
     b[12..20].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    check(reseal(b), "the metadata");
+    check(apr::reseal(b), "the metadata");
     let mut b = good.clone();
     b[6..8].copy_from_slice(&flags::LAYOUT_COLUMN_MAJOR.to_le_bytes());
-    check(reseal(b), "column-major");
+    check(apr::reseal(b), "column-major");
     let mut b = good.clone();
     b[8..12].copy_from_slice(&1000u32.to_le_bytes());
-    check(reseal(b), "invalid tensor index entry 2: the name is empty: the header counts 1000 tensors");
+    check(apr::reseal(b), "invalid tensor index entry 2: the name is empty: the header counts 1000 tensors");
     let mut b = good;
     b[64] = b'[';
-    check(reseal(b), "invalid metadata");
+    check(apr::reseal(b), "invalid metadata");
 
     let dup = AprFile {
         flags: 0,
@@ -222,7 +209,7 @@ proptest! {
         let mut b = apr::write(&golden(false)).expect("writes");
         b[at] ^= xor;
         b.truncate(cut.max(68));
-        let b = if sealed { reseal(b) } else { b };
+        let b = if sealed { apr::reseal(b) } else { b };
         let _ = apr::read(&b);
     }
 }

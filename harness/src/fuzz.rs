@@ -154,7 +154,7 @@ fn gguf(data: &[u8]) {
 fn apr(data: &[u8]) {
     let Some(tmp) = scratch() else { return };
     let path = tmp.path().join("model.apr");
-    for bytes in [data.to_vec(), models::apr_checksummed(data.to_vec())] {
+    for bytes in [data.to_vec(), crate::format::apr::reseal(data.to_vec())] {
         if std::fs::write(&path, &bytes).is_err() {
             return;
         }

@@ -54,9 +54,9 @@ pub struct FuzzArgs {
     /// Where inputs that break a target are saved
     #[arg(long, value_name = "DIR", default_value = CRASHES)]
     crashes: PathBuf,
-    /// Plant a fault at the 50th input of the first worker (panic, abort or hang): proves the
-    /// driver catches, saves and counts each kind
-    #[arg(long, hide = true, value_parser = ["panic", "abort", "hang"])]
+    /// Plant a fault at the 50th input of the first worker (panic, abort, hang, or an allocation
+    /// past --memory-mib): proves the driver catches, saves and counts each kind
+    #[arg(long, hide = true, value_parser = ["panic", "abort", "hang", "alloc"])]
     plant: Option<String>,
     #[arg(long, hide = true)]
     worker: bool,
@@ -313,6 +313,10 @@ fn worker(
         let outcome = std::panic::catch_unwind(|| match planted {
             Some("panic") => panic!("a planted panic"),
             Some("abort") => std::process::abort(),
+            Some("alloc") => {
+                let bytes = vec![1u8; (args.memory_mib as usize + 1) << 20];
+                std::hint::black_box(&bytes);
+            }
             Some(_) => std::thread::sleep(Duration::from_secs(hang_seconds * 10)),
             None => (t.run)(&input),
         });

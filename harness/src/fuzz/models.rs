@@ -100,22 +100,6 @@ pub(crate) fn write_dir(dir: &Path, config: &[u8], weights: &[u8]) -> std::io::R
     std::fs::write(dir.join("model.safetensors"), weights)
 }
 
-/// `b` with both APR checksums made good, so a mutation reaches what lies behind them.
-pub(crate) fn apr_checksummed(mut b: Vec<u8>) -> Vec<u8> {
-    if b.len() < 68 {
-        return b;
-    }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&b[..40]);
-    h.update(&b[44..64]);
-    let header = h.finalize();
-    b[40..44].copy_from_slice(&header.to_le_bytes());
-    let body = b.len() - 4;
-    let footer = crc32fast::hash(&b[..body]);
-    b[body..].copy_from_slice(&footer.to_le_bytes());
-    b
-}
-
 #[cfg(test)]
 pub(crate) mod seeds {
     //! The committed seed corpus: a tiny valid model of each format and each crash the issue
@@ -264,7 +248,7 @@ pub(crate) mod seeds {
     pub(crate) fn apr_with_count(apr: &[u8], count: u32) -> Vec<u8> {
         let mut b = apr.to_vec();
         b[8..12].copy_from_slice(&count.to_le_bytes());
-        apr_checksummed(b)
+        crate::format::apr::reseal(b)
     }
 
     /// The tiny GGUF with `general.alignment` set, written again through candle.
