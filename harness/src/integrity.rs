@@ -67,7 +67,7 @@ fn check_into(
     report: &mut IntegrityReport,
 ) -> Result<(), IntegrityError> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
+    let text = crate::format::files::read_side_file(&config_path)
         .map_err(|source| IntegrityError::Read { path: config_path.clone(), source })?;
     let config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|source| IntegrityError::Json { path: config_path.clone(), source })?;

@@ -124,8 +124,8 @@ pub(crate) fn load_candle_with(
 
 fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, EngineError> {
     let config_path = dir.join("config.json");
-    let config_text =
-        std::fs::read_to_string(&config_path).map_err(|e| EngineError::load_failed(&config_path, e))?;
+    let config_text = crate::format::files::read_side_file(&config_path)
+        .map_err(|e| EngineError::load_failed(&config_path, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| EngineError::load_failed_in(&config_path, "invalid JSON", e))?;
     let files = super::safetensors_files(dir)?;
@@ -140,7 +140,7 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
     // is reading, and safetensors validates the header against the file length.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
         .map_err(|e| EngineError::load_failed(&files[0], e))?;
-    let generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
+    let generation_config = crate::format::files::read_side_file(&dir.join("generation_config.json"))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok());
     let chat_template = ChatTemplate::from_model_dir(dir).map_err(|e| EngineError::load_failed(dir, e))?;

@@ -40,8 +40,10 @@ fn read_err(path: &Path) -> impl Fn(String) -> ConvertError + '_ {
     move |cause| ConvertError::Read { path: path.to_path_buf(), cause }
 }
 
+/// A JSON file of the model (config, tokenizer and its config, generation config), bounded as
+/// tokenizer.json is, the largest of them.
 fn json_file(path: &Path) -> Result<Option<serde_json::Value>, ConvertError> {
-    match std::fs::read_to_string(path) {
+    match crate::format::files::read_bounded(path, crate::format::tokenizer_json::MAX_BYTES) {
         Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| read_err(path)(e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(read_err(path)(e.to_string())),

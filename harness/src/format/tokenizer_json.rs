@@ -17,11 +17,7 @@ pub(crate) const MAX_BYTES: u64 = 256 << 20;
 
 /// Reads and parses `path`, refusing a file over [`MAX_BYTES`] before reading it.
 pub(crate) fn read(path: &Path) -> tokenizers::Result<Tokenizer> {
-    let len = std::fs::metadata(path)?.len();
-    if len > MAX_BYTES {
-        return Err(format!("the file is {len} bytes; a tokenizer.json may be at most {MAX_BYTES}").into());
-    }
-    parse(&std::fs::read(path)?)
+    parse(crate::format::files::read_bounded(path, MAX_BYTES)?.as_bytes())
 }
 
 /// Parses tokenizer.json bytes.

@@ -129,9 +129,10 @@ fn quantize_tensor(
 /// parallel.
 pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertError> {
     let config_path = dir.join("config.json");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).map_err(|e| err(&config_path, e))?)
-            .map_err(|e| err(&config_path, e))?;
+    let config: serde_json::Value = serde_json::from_str(
+        &crate::format::files::read_side_file(&config_path).map_err(|e| err(&config_path, e))?,
+    )
+    .map_err(|e| err(&config_path, e))?;
     // The writer divides and permutes by these numbers: they are checked, with every tensor's
     // shape, before it does.
     let hyper = crate::format::hparams::Hyperparameters::from_config(&config_path, &config)
@@ -236,7 +237,7 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         (HF_TOKENIZER_CONFIG, "tokenizer_config.json"),
         (HF_GENERATION_CONFIG, "generation_config.json"),
     ] {
-        if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+        if let Ok(text) = crate::format::files::read_side_file(&dir.join(file)) {
             md.push((key.to_string(), Value::String(text)));
         }
     }
@@ -254,7 +255,8 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
 /// and eos), the whole `tokenizer.json` under [`HF_TOKENIZER_JSON`], and the chat template.
 fn tokenizer_metadata(dir: &Path, config: &serde_json::Value) -> Result<Vec<(String, Value)>, ConvertError> {
     let path = dir.join("tokenizer.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e))?;
+    let text = crate::format::files::read_bounded(&path, crate::format::tokenizer_json::MAX_BYTES)
+        .map_err(|e| err(&path, e))?;
     let tok: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
     let mut by_id: BTreeMap<u64, (String, i32)> = BTreeMap::new();
     if let Some(vocab) = tok["model"]["vocab"].as_object() {
@@ -307,7 +309,7 @@ fn tokenizer_metadata(dir: &Path, config: &serde_json::Value) -> Result<Vec<(Str
         }
     }
     let tc_path = dir.join("tokenizer_config.json");
-    if let Ok(tc) = std::fs::read_to_string(&tc_path) {
+    if let Ok(tc) = crate::format::files::read_side_file(&tc_path) {
         let tc: serde_json::Value = serde_json::from_str(&tc).map_err(|e| err(&tc_path, e))?;
         if let Some(template) = crate::chat::ChatTemplate::from_tokenizer_config(&tc) {
             md.push(("tokenizer.chat_template".to_string(), Value::String(template.source)));
