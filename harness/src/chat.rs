@@ -56,7 +56,7 @@ impl ChatTemplate {
     /// of named templates (as some models ship) yields the one named `default`.
     pub fn from_model_dir(dir: &Path) -> Result<Option<ChatTemplate>, ChatError> {
         let path = dir.join("tokenizer_config.json");
-        let text = match crate::format::files::read_side_file(&path) {
+        let text = match crate::bounded::read_side_file(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ChatError::Read { path: path.display().to_string(), cause: e.to_string() }),

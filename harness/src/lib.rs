@@ -12,6 +12,7 @@
 #![warn(unreachable_pub)]
 
 mod bind;
+mod bounded;
 mod certify;
 mod chat;
 mod checks;
