@@ -57,3 +57,31 @@ fn a_planted_panic_abort_hang_and_oversized_allocation_are_each_caught_saved_and
         assert_eq!(saved(dir.path()), [saved_as], "{kind}: {all}");
     }
 }
+
+#[test]
+fn list_names_every_target_and_replay_runs_one_input() {
+    let list = Command::new(env!("CARGO_BIN_EXE_xtask")).args(["fuzz", "--list"]).output().expect("runs");
+    assert!(list.status.success(), "{}", text(&list));
+    for target in ["playbook", "journal", "server-request", "gguf", "safetensors", "apr", "model-config"] {
+        assert!(text(&list).lines().any(|l| l.starts_with(target)), "{target} missing: {}", text(&list));
+    }
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/journal/hostile-trial-name.jsonl");
+    let replay = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["fuzz", "--target", "journal", "--replay"])
+        .arg(&input)
+        .output()
+        .expect("runs");
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(text(&replay).contains("returned in"), "{}", text(&replay));
+    // A replay needs exactly one target.
+    let two = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["fuzz", "--target", "journal", "--target", "playbook", "--replay"])
+        .arg(&input)
+        .output()
+        .expect("runs");
+    assert!(
+        !two.status.success() && text(&two).contains("--replay needs exactly one --target"),
+        "{}",
+        text(&two)
+    );
+}
