@@ -16,7 +16,9 @@ pub mod certify {
 
 pub mod checks {
     pub mod diff {
-        pub use crate::checks::diff::{LogitTolerance, invariant, logits, tensors};
+        pub use crate::checks::diff::{
+            LogitEvidence, LogitTolerance, invariant, kl_divergence, logits, tensors,
+        };
     }
     pub mod differential {
         pub use crate::checks::differential::first_divergence;
@@ -62,6 +64,11 @@ pub mod format {
 /// The xtask's `fuzz` task drives every target.
 pub mod fuzz {
     pub use crate::fuzz::{TARGETS, Target, target};
+}
+
+/// The gates' statistics: `bench gates` measures what they claim.
+pub mod stats {
+    pub use crate::stats::*;
 }
 
 pub mod journal {

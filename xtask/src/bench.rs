@@ -29,6 +29,8 @@ pub enum Which {
     Serve(crate::bench_serve::ServeBenchArgs),
     /// Conversion, size, load and decode speed per format on a Qwen2.5-0.5B-shaped model (release build)
     Formats(crate::bench_formats::FormatsArgs),
+    /// The logit gate's false alarms and detection rates per cell of a fixture family, against what it claims
+    Gates(crate::bench_gates::GatesArgs),
 }
 
 /// `bench` without a subcommand: the harness's expansion on a synthetic playbook set.

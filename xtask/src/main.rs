@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_formats;
+mod bench_gates;
 mod bench_serve;
 mod certify;
 mod fetch;
@@ -108,6 +109,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Bench(args) => match args.which {
             Some(bench::Which::Serve(args)) => in_release().unwrap_or_else(|| bench_serve::run(&args)),
             Some(bench::Which::Formats(args)) => in_release().unwrap_or_else(|| bench_formats::run(&args)),
+            // Rates, not speeds: any build measures the same thing.
+            Some(bench::Which::Gates(args)) => bench_gates::run(&args),
             None => bench::run(&args.harness),
         },
         Task::Certify(args) => certify::certify(&args),

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use crate::expand::TrialSpec;
+use crate::stats::SplitMix;
 use crate::trial::Finding;
 use crate::vocab::{Decider, Outcome};
 
@@ -43,7 +44,7 @@ pub(crate) fn fuzz(
     cases: usize,
 ) -> Fuzzed {
     let specials: Vec<String> = want.get_added_tokens_decoder().values().map(|t| t.content.clone()).collect();
-    let mut rng = SplitMix(seed ^ 0x746f_6b65_6e69_7a65);
+    let mut rng = SplitMix::new(seed ^ 0x746f_6b65_6e69_7a65);
     let mut failed = 0usize;
     let mut first: Option<InvariantError> = None;
     for _ in 0..cases {
@@ -137,23 +138,6 @@ fn draw(rng: &mut SplitMix, specials: &[String]) -> String {
     s
 }
 
-/// A small seeded generator (SplitMix64): the same strings on every machine, no dependency.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,7 +169,7 @@ mod tests {
     fn the_strings_are_the_same_on_every_run_and_varied() {
         let specials = vec!["<|im_end|>".to_string()];
         let draw_all = |seed| {
-            let mut rng = SplitMix(seed);
+            let mut rng = SplitMix::new(seed);
             (0..500).map(|_| draw(&mut rng, &specials)).collect::<Vec<_>>()
         };
         assert_eq!(draw_all(7), draw_all(7));

@@ -6,6 +6,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::models::seeds;
+use crate::stats::SplitMix;
 
 /// Integers that break unchecked arithmetic: zero, one, the signed and unsigned edges.
 const INTERESTING: [u64; 8] = [0, 1, 0x7fff_ffff, 1 << 31, 0xffff_ffff, 1 << 32, 1 << 62, u64::MAX];
@@ -30,25 +31,8 @@ fn awkward_json() -> Vec<serde_json::Value> {
     ]
 }
 
-/// splitmix64: the mutations are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// `n` byte-level mutations of `seed`: half aimed at the first 512 bytes, where headers are.
-fn byte_mutations(seed: &[u8], n: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
+fn byte_mutations(seed: &[u8], n: usize, rng: &mut SplitMix) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let mut m = seed.to_vec();
@@ -74,7 +58,7 @@ fn byte_mutations(seed: &[u8], n: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
 }
 
 /// `n` config.json mutations: a field set to an awkward value, one at a time.
-fn json_mutations(seed: &[u8], n: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
+fn json_mutations(seed: &[u8], n: usize, rng: &mut SplitMix) -> Vec<Vec<u8>> {
     let Ok(serde_json::Value::Object(config)) = serde_json::from_slice::<serde_json::Value>(seed) else {
         return Vec::new();
     };
@@ -91,7 +75,7 @@ fn json_mutations(seed: &[u8], n: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
 
 #[test]
 fn model_targets_survive_their_corpus_and_mutations() {
-    let mut rng = Rng(0x006d_6f64_656c_7161);
+    let mut rng = SplitMix::new(0x006d_6f64_656c_7161);
     let mut runs = 0usize;
     let started = std::time::Instant::now();
     for (target, per_seed) in [("gguf", 60), ("safetensors", 150), ("apr", 150), ("model-config", 40)] {

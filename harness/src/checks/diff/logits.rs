@@ -3,6 +3,7 @@
 
 use crate::checks::Verdict;
 use crate::matrix::{Format, Quantization};
+use crate::stats::{self, MeanInterval, RateGate};
 
 /// Default gates of a derived format against safetensors (`shared/reference/
 /// peers-and-accuracy-anchors.md` §4.4, loosened twofold for models of 3B and below).
@@ -48,8 +49,10 @@ fn argmax(v: &[f32]) -> usize {
 /// within the format's expected error, and is left out of top-1 agreement.
 const TIE_SIGMAS: f64 = 3.0;
 
-/// Resamples of the prompts for the interval of the mean KL divergence.
+/// Resamples of the prompts for the interval of the mean KL divergence, and their seed: the
+/// same evidence gives the same interval.
 const BOOTSTRAP: usize = 2_000;
+const BOOTSTRAP_SEED: u64 = 0x6b6c_2d62_6f6f_7473;
 
 /// Mean KL(reference ‖ candidate) and top-1 agreement over every position of every prompt,
 /// judged against their noise: a gate fails only when the evidence puts the format beyond its
@@ -60,8 +63,8 @@ const BOOTSTRAP: usize = 2_000;
 ///   positions of the mean absolute deviation, scaled to a standard deviation).
 /// - Top-1 agreement counts decisive positions only: those whose reference margin (top logit
 ///   less the second) exceeds [`TIE_SIGMAS`] standard errors of a margin (√2·σ). Near-ties are
-///   counted and named, never scored. The gate fails when the Wilson 95% upper bound of the
-///   agreement lies below its threshold.
+///   counted and named, never scored. The gate fails when the exact one-sided binomial test
+///   puts the agreement below its threshold at α = 2.5% ([`RateGate`]).
 /// - Mean KL is a mean over prompts, with a bootstrap 95% interval over prompts ([`BOOTSTRAP`]
 ///   resamples, a fixed seed); the gate fails when the interval's lower end exceeds its
 ///   threshold.
@@ -70,86 +73,149 @@ pub fn logits(
     candidate: &[Vec<Vec<f32>>],
     tolerance: LogitTolerance,
 ) -> Verdict {
-    let mut prompt_kl: Vec<f64> = Vec::new();
-    let mut spreads: Vec<f64> = Vec::new();
-    // (reference margin, whether the top-1 agrees) per position.
-    let mut positions: Vec<(f64, bool)> = Vec::new();
-    for (r, c) in reference.iter().zip(candidate) {
-        if r.len() != c.len() {
-            return Verdict::fail(format!("{} reference positions, {} from the artifact", r.len(), c.len()));
-        }
-        let mut kl_sum = 0.0;
-        for (rl, cl) in r.iter().zip(c) {
-            if rl.len() != cl.len() {
-                return Verdict::fail(format!(
-                    "vocabulary {} in the reference, {} in the artifact",
-                    rl.len(),
-                    cl.len()
-                ));
-            }
-            if cl.iter().any(|v| !v.is_finite()) {
-                return Verdict::fail("the artifact produced a non-finite logit");
-            }
-            let (p, q) = (softmax(rl), softmax(cl));
-            kl_sum += p
-                .iter()
-                .zip(&q)
-                .filter(|(p, _)| **p > 0.0)
-                .map(|(p, q)| p * (p / q.max(1e-300)).ln())
-                .sum::<f64>();
-            spreads.push(spread(rl, cl));
-            positions.push((margin(rl), argmax(rl) == argmax(cl)));
-        }
-        if !r.is_empty() {
-            prompt_kl.push(kl_sum / r.len() as f64);
-        }
+    match LogitEvidence::measure(reference, candidate) {
+        Ok(evidence) => evidence.judge(tolerance),
+        Err(why) => Verdict::fail(why),
     }
-    let n = positions.len();
-    if n == 0 {
-        return Verdict::fail("no position to compare: the scenarios give no prompt");
-    }
-    // The mean absolute deviation of a normal variable is σ·√(2/π).
-    let sigma = median(&mut spreads) * (std::f64::consts::PI / 2.0).sqrt();
-    let tie = TIE_SIGMAS * std::f64::consts::SQRT_2 * sigma;
-    let decisive: Vec<bool> = positions.iter().filter(|(m, _)| *m > tie).map(|(_, a)| *a).collect();
-    let near_ties = n - decisive.len();
-    let agree = decisive.iter().filter(|a| **a).count();
-    let mean_kl = prompt_kl.iter().sum::<f64>() / prompt_kl.len() as f64;
-    let (kl_lo, kl_hi) = bootstrap_interval(&prompt_kl);
+}
 
-    let top1 = match decisive.len() {
-        0 => None,
-        d => Some((agree as f64 / d as f64, wilson_upper(agree, d))),
-    };
-    let kl_beyond = kl_lo > tolerance.max_mean_kl;
-    let top1_beyond = top1.is_some_and(|(_, upper)| upper < tolerance.min_top1);
-    let all_ties = top1.is_none();
-    let top1_text = match top1 {
-        Some((rate, upper)) => format!(
-            "top-1 agreement {:.1}% ({agree} of {} decisive positions, 95% upper bound {:.1}%; ≥ {:.1}%)",
-            rate * 100.0,
-            decisive.len(),
-            upper * 100.0,
-            tolerance.min_top1 * 100.0
-        ),
-        None => "no decisive position for top-1 agreement".to_string(),
-    };
-    let summary = format!(
-        "mean KL divergence {mean_kl:.2e} (95% interval {kl_lo:.2e}–{kl_hi:.2e} over {} prompts; ≤ {:.1e}), \
-         {top1_text}; {near_ties} of {n} positions are near-ties (reference margin within {TIE_SIGMAS} standard \
-         errors of the format's logit error σ = {sigma:.2e}) and are not scored; fails only beyond the 95% bound",
-        prompt_kl.len(),
-        tolerance.max_mean_kl,
-    );
-    if kl_beyond || top1_beyond {
-        Verdict::fail(summary)
-    } else if all_ties {
-        Verdict::fail(format!(
-            "{summary}: the format's error is as large as every reference margin, so top-1 cannot be judged"
-        ))
-    } else {
-        Verdict::pass(summary)
+/// What the logit gate reads from a comparison: each prompt's mean KL divergence, and each
+/// position's reference margin and top-1 agreement, with the format's logit error σ measured on
+/// the same positions. Kept apart from the judgement so that `cargo xtask bench gates` can
+/// resample prompts and plant defects of the size each part claims to detect.
+#[derive(Debug, Clone)]
+pub struct LogitEvidence {
+    /// Mean KL(reference ‖ candidate) over each prompt's positions.
+    pub prompt_kl: Vec<f64>,
+    /// (reference margin, whether the top-1 agrees) per position.
+    pub positions: Vec<(f64, bool)>,
+    /// The format's logit error, a standard deviation.
+    pub sigma: f64,
+}
+
+impl LogitEvidence {
+    /// Reads the evidence of two sets of logits, prompt by prompt and position by position; the
+    /// error names a shape mismatch or a non-finite logit.
+    pub fn measure(
+        reference: &[Vec<Vec<f32>>],
+        candidate: &[Vec<Vec<f32>>],
+    ) -> Result<LogitEvidence, String> {
+        let mut prompt_kl: Vec<f64> = Vec::new();
+        let mut spreads: Vec<f64> = Vec::new();
+        let mut positions: Vec<(f64, bool)> = Vec::new();
+        for (r, c) in reference.iter().zip(candidate) {
+            if r.len() != c.len() {
+                return Err(format!("{} reference positions, {} from the artifact", r.len(), c.len()));
+            }
+            let mut kl_sum = 0.0;
+            for (rl, cl) in r.iter().zip(c) {
+                if rl.len() != cl.len() {
+                    return Err(format!(
+                        "vocabulary {} in the reference, {} in the artifact",
+                        rl.len(),
+                        cl.len()
+                    ));
+                }
+                if cl.iter().any(|v| !v.is_finite()) {
+                    return Err("the artifact produced a non-finite logit".to_string());
+                }
+                kl_sum += kl_divergence(rl, cl);
+                spreads.push(spread(rl, cl));
+                positions.push((margin(rl), argmax(rl) == argmax(cl)));
+            }
+            if !r.is_empty() {
+                prompt_kl.push(kl_sum / r.len() as f64);
+            }
+        }
+        // The mean absolute deviation of a normal variable is σ·√(2/π).
+        let sigma = median(&mut spreads) * (std::f64::consts::PI / 2.0).sqrt();
+        Ok(LogitEvidence { prompt_kl, positions, sigma })
     }
+
+    /// The reference margin below which a position is a near-tie.
+    pub fn tie_margin(&self) -> f64 {
+        TIE_SIGMAS * std::f64::consts::SQRT_2 * self.sigma
+    }
+
+    /// Top-1 agreement over the decisive positions: (agreeing, decisive).
+    pub fn decisive_agreement(&self) -> (usize, usize) {
+        let tie = self.tie_margin();
+        let decisive = self.positions.iter().filter(|(m, _)| *m > tie);
+        let (agree, all) = decisive.fold((0, 0), |(a, n), (_, ok)| (a + usize::from(*ok), n + 1));
+        (agree, all)
+    }
+
+    /// The top-1 part of the gate: its count rule and power, from n alone.
+    pub fn top1_gate(&self, tolerance: LogitTolerance) -> RateGate {
+        RateGate::new(self.decisive_agreement().1, tolerance.min_top1)
+    }
+
+    /// The KL part of the gate: the bootstrap interval of the mean over prompts.
+    pub fn kl_interval(&self) -> MeanInterval {
+        stats::bootstrap_mean(&self.prompt_kl, BOOTSTRAP, BOOTSTRAP_SEED)
+    }
+
+    /// Whether the top-1 part fails: the agreement below its threshold by the exact binomial test.
+    pub fn top1_fails(&self, tolerance: LogitTolerance) -> bool {
+        self.top1_gate(tolerance).fails(self.decisive_agreement().0)
+    }
+
+    /// Whether the KL part fails: the lower end of the interval above its threshold.
+    pub fn kl_fails(&self, tolerance: LogitTolerance) -> bool {
+        self.kl_interval().lo > tolerance.max_mean_kl
+    }
+
+    /// The verdict, with n, both thresholds, how each was derived and what each detects.
+    pub fn judge(&self, tolerance: LogitTolerance) -> Verdict {
+        let n = self.positions.len();
+        if n == 0 {
+            return Verdict::fail("no position to compare: the scenarios give no prompt");
+        }
+        let (agree, decisive) = self.decisive_agreement();
+        let near_ties = n - decisive;
+        let kl = self.kl_interval();
+        let top1_gate = self.top1_gate(tolerance);
+        let top1_text = match decisive {
+            0 => "no decisive position for top-1 agreement".to_string(),
+            d => format!(
+                "top-1 agreement {:.1}% ({agree} of {d} decisive positions, Wilson 95% interval {:.1}–{:.1}%; ≥ {:.1}%: {})",
+                agree as f64 / d as f64 * 100.0,
+                stats::wilson(agree, d).0 * 100.0,
+                stats::wilson(agree, d).1 * 100.0,
+                tolerance.min_top1 * 100.0,
+                top1_gate.describe()
+            ),
+        };
+        let summary = format!(
+            "mean KL divergence {:.2e} (95% interval {:.2e}–{:.2e} over {} prompts, bootstrap; ≤ {:.1e}: fails when \
+             the interval's lower end is above it, detects a true mean of {:.2e} or more with {:.0}% power), \
+             {top1_text}; {near_ties} of {n} positions are near-ties (reference margin within {TIE_SIGMAS} standard \
+             errors of the format's logit error σ = {:.2e}) and are not scored",
+            kl.mean,
+            kl.lo,
+            kl.hi,
+            self.prompt_kl.len(),
+            tolerance.max_mean_kl,
+            kl.detectable_above(tolerance.max_mean_kl),
+            (1.0 - stats::BETA) * 100.0,
+            self.sigma,
+        );
+        if self.kl_fails(tolerance) || top1_gate.fails(agree) {
+            Verdict::fail(summary)
+        } else if decisive == 0 {
+            Verdict::fail(format!(
+                "{summary}: the format's error is as large as every reference margin, so top-1 cannot be judged"
+            ))
+        } else {
+            Verdict::pass(summary)
+        }
+    }
+}
+
+/// KL(softmax(reference) ‖ softmax(candidate)) at one position.
+pub fn kl_divergence(reference: &[f32], candidate: &[f32]) -> f64 {
+    let (p, q) = (softmax(reference), softmax(candidate));
+    p.iter().zip(&q).filter(|(p, _)| **p > 0.0).map(|(p, q)| p * (p / q.max(1e-300)).ln()).sum()
 }
 
 /// The top logit less the second: how decisive the reference's choice is.
@@ -181,40 +247,6 @@ fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
     if v.len().is_multiple_of(2) { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] }
-}
-
-/// The Wilson score 95% upper bound of a proportion of `k` in `n`.
-fn wilson_upper(k: usize, n: usize) -> f64 {
-    let (k, n) = (k as f64, n as f64);
-    let z = 1.959_964;
-    let p = k / n;
-    let centre = p + z * z / (2.0 * n);
-    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
-    ((centre + half) / (1.0 + z * z / n)).min(1.0)
-}
-
-/// The 2.5% and 97.5% percentiles of the mean of `values` resampled with replacement, from a
-/// fixed seed: the same evidence gives the same interval.
-fn bootstrap_interval(values: &[f64]) -> (f64, f64) {
-    if values.len() < 2 {
-        let v = values.first().copied().unwrap_or(0.0);
-        return (v, v);
-    }
-    let mut state: u64 = 0x6b6c_2d62_6f6f_7473;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let n = values.len();
-    let mut means: Vec<f64> = (0..BOOTSTRAP)
-        .map(|_| (0..n).map(|_| values[(next() % n as u64) as usize]).sum::<f64>() / n as f64)
-        .collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((q * (BOOTSTRAP - 1) as f64).round() as usize).min(BOOTSTRAP - 1)];
-    (at(0.025), at(0.975))
 }
 
 #[cfg(test)]
@@ -327,12 +359,19 @@ mod tests {
     }
 
     #[test]
-    fn the_bounds_are_right_on_known_cases() {
-        assert!((wilson_upper(95, 100) - 0.9785).abs() < 1e-3, "{}", wilson_upper(95, 100));
-        assert!((wilson_upper(10, 10) - 1.0).abs() < 1e-12);
-        let (lo, hi) = bootstrap_interval(&[1.0; 10]);
-        assert!((lo - 1.0).abs() < 1e-12 && (hi - 1.0).abs() < 1e-12, "{lo} {hi}");
-        let (lo, hi) = bootstrap_interval(&[0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
-        assert!(lo < 0.5 && hi > 0.5 && lo > 0.0 && hi < 1.0, "{lo} {hi}");
+    fn the_reason_states_n_the_threshold_and_what_the_gate_detects() {
+        let tol = LogitTolerance::for_format(Format::Gguf(Quantization::Q4KM));
+        let r = reference(20, 8, 32, &[], 0.0);
+        let v = logits(&r, &noisy(&r, 0.02), tol);
+        assert_eq!(v.outcome, Outcome::Corroborated, "{}", v.reason);
+        for said in [
+            "of 160 decisive positions",
+            "fails at",
+            "detects a true rate of",
+            "over 20 prompts",
+            "detects a true mean of",
+        ] {
+            assert!(v.reason.contains(said), "{said:?} not in {}", v.reason);
+        }
     }
 }

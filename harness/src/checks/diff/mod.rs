@@ -13,7 +13,7 @@ mod tensors;
 pub(crate) use chat::chat_prompts;
 pub use invariants::invariant;
 pub(crate) use invariants::{InvariantError, same_tokens, tokenizers};
-pub use logits::{LogitTolerance, logits};
+pub use logits::{LogitEvidence, LogitTolerance, kl_divergence, logits};
 pub use tensors::tensors;
 
 fn read(path: &Path) -> impl FnOnce(std::io::Error) -> InvariantError + '_ {
