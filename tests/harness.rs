@@ -796,3 +796,72 @@ fn repeats_catch_an_engine_right_four_times_in_five_and_name_it_flaky() {
     assert_eq!(r.outcome, Outcome::Corroborated, "{r:?}");
     assert!(r.reason.starts_with("4 of 4 runs passed"), "{}", r.reason);
 }
+
+/// A playbook whose engine is a shell command that multiplies the two numbers of the question,
+/// except every `wrong_every`-th call (counted in `counter`), which answers one more; its one
+/// scenario is a property of 100 products with the given `pass_rate` line.
+fn rate_playbook(counter: &Path, wrong_every: u32, pass_rate: &str) -> String {
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; set -- $(echo \"$1\" | tr -c 0-9 \" \"); \
+         if [ $((n % {wrong_every})) -eq 0 ]; then echo $(($1*$2+1)); else echo $(($1*$2)); fi",
+        c = counter.display()
+    );
+    format!(
+        r#"
+playbook: 1
+family: rates
+failure_policy: collect-all
+engine:
+  kind: command
+  args: [sh, -c, '{script}', sh, '{{prompt}}']
+tiers:
+  smoke:
+    formats: [safetensors]
+    backends: [cpu]
+    modalities: [run]
+models:
+  - id: test/tiny
+    path: model
+scenarios:
+  - name: products
+    property: {{arithmetic: {{ops: ["*"], operands: [0, 20]}}}}
+    count: 100
+    max_tokens: 8
+    oracles: [arithmetic]
+    {pass_rate}
+"#
+    )
+}
+
+#[test]
+fn a_property_pass_rate_is_judged_by_an_exact_binomial_test() {
+    let probe = tempfile::tempdir().expect("tempdir");
+    let counter = probe.path().join("calls");
+    let judge = |wrong_every: u32, pass_rate: &str, run: &str| {
+        std::fs::write(&counter, "0").expect("counter");
+        let fx = Fixture::new(&rate_playbook(&counter, wrong_every, pass_rate));
+        let out = fx.qualify(run, &["::run::products"], &[]);
+        let r = trial(&fx.journal(run), "run::products").clone();
+        (out.status.code(), r)
+    };
+    // Right 95 times in 100 against a 90% rate: a pass, with n and the derived rule said.
+    let (code, r) = judge(20, "pass_rate: 0.9", "fine");
+    assert_eq!((code, r.outcome), (Some(0), Outcome::Corroborated), "{r:?}");
+    for said in [
+        "95 of 100 generated cases passed",
+        "pass rate ≥ 90.0%",
+        "fails at 83 or fewer of 100",
+        "with 90% power",
+    ] {
+        assert!(r.reason.contains(said), "{said:?} not in {}", r.reason);
+    }
+    // Planted: right two times in three. Caught, and the first miss is named.
+    let (code, r) = judge(3, "pass_rate: 0.9", "poor");
+    assert_eq!((code, r.outcome), (Some(101), Outcome::Falsified), "{r:?}");
+    assert!(r.reason.starts_with("67 of 100 generated cases passed"), "{}", r.reason);
+    assert!(r.reason.contains("first miss"), "{}", r.reason);
+    // Without a rate every case must pass: the 95% engine fails, shrunk to a minimal case.
+    let (code, r) = judge(20, "", "strict");
+    assert_eq!((code, r.outcome), (Some(101), Outcome::Falsified), "{r:?}");
+    assert!(r.reason.contains("minimal failing case"), "{}", r.reason);
+}

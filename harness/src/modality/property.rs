@@ -6,7 +6,10 @@ use std::sync::Mutex;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
 use crate::matrix::Modality;
-use crate::playbook::{Input, Property, Scenario, generator_strategy, seeded_runner};
+use crate::playbook::{
+    Input, MessageSpec, Property, Scenario, generated_cases, generator_strategy, seeded_runner,
+};
+use crate::stats::RateGate;
 use crate::trial::{Finding, TrialEnv, judge_generation, metrics_of, prepare};
 use crate::vocab::{Decider, Gate, Outcome};
 
@@ -21,6 +24,9 @@ pub(crate) fn run(
     property: &Property,
 ) -> Finding {
     let (template, applies_template) = (env.info.chat_template.as_ref(), env.info.applies_chat_template);
+    if let Some(rate) = property.pass_rate {
+        return run_at_rate(env, modality, scenario, property, rate);
+    }
     let model = &env.spec.model;
     let strategy = generator_strategy(&property.generator);
     let config = ProptestConfig {
@@ -44,23 +50,7 @@ pub(crate) fn run(
                 return Err(TestCaseError::fail(reason));
             }
         };
-        let generated = if modality == Modality::Serve {
-            generate_over_http(env, scenario, &prompt).map(|(g, m)| (g, Some(m)))
-        } else {
-            env.generate(scenario, &prompt, conversation.as_deref()).map(|g| (g, None))
-        };
-        let f = match generated {
-            Ok((g, http_metrics)) => {
-                let mut f = judge_generation(scenario, &question, &g, templated(env));
-                f.metrics = http_metrics.unwrap_or_else(|| metrics_of(&g));
-                f.output = Some(g.text);
-                f
-            }
-            Err(e) => {
-                Finding::from_engine_error(e, Decider::Gateway(Gate::Inference), "generation", env.timeout())
-            }
-        }
-        .with_prompt(prompt);
+        let f = judge_case(env, modality, scenario, &question, prompt, conversation.as_deref());
         let outcome = f.outcome;
         let reason = f.reason.clone();
         *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
@@ -106,4 +96,95 @@ pub(crate) fn run(
             f
         }
     }
+}
+
+/// One generated case, asked in `modality` and judged by the scenario's oracles.
+fn judge_case(
+    env: &TrialEnv<'_>,
+    modality: Modality,
+    scenario: &Scenario,
+    question: &str,
+    prompt: String,
+    conversation: Option<&[MessageSpec]>,
+) -> Finding {
+    let generated = if modality == Modality::Serve {
+        generate_over_http(env, scenario, &prompt).map(|(g, m)| (g, Some(m)))
+    } else {
+        env.generate(scenario, &prompt, conversation).map(|g| (g, None))
+    };
+    match generated {
+        Ok((g, http_metrics)) => {
+            let mut f = judge_generation(scenario, question, &g, templated(env));
+            f.metrics = http_metrics.unwrap_or_else(|| metrics_of(&g));
+            f.output = Some(g.text);
+            f
+        }
+        Err(e) => {
+            Finding::from_engine_error(e, Decider::Gateway(Gate::Inference), "generation", env.timeout())
+        }
+    }
+    .with_prompt(prompt)
+}
+
+/// A property with a pass rate: every distinct generated case runs once, none is shrunk, and the
+/// count of passes is judged by the exact binomial test of [`RateGate`]. The finding shown is the
+/// first failing case's, or the last case's when every case passed.
+fn run_at_rate(
+    env: &TrialEnv<'_>,
+    modality: Modality,
+    scenario: &Scenario,
+    property: &Property,
+    rate: f64,
+) -> Finding {
+    let (template, applies_template) = (env.info.chat_template.as_ref(), env.info.applies_chat_template);
+    let cases = generated_cases(&property.generator, property.cases, property.seed, &scenario.name);
+    let (mut passed, mut ran) = (0usize, 0usize);
+    let mut first_failure: Option<(String, Finding)> = None;
+    let mut last: Option<Finding> = None;
+    for case in &cases {
+        let f = match prepare(
+            &env.spec.model,
+            modality,
+            &Input::Prompt(case.prompt.clone()),
+            template,
+            applies_template,
+        ) {
+            Ok((prompt, conversation)) => {
+                judge_case(env, modality, scenario, &case.prompt, prompt, conversation.as_deref())
+            }
+            Err(e) => Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string()),
+        };
+        ran += 1;
+        if f.outcome == Outcome::Timeout {
+            let mut f = f;
+            f.reason =
+                format!("{} after {ran} of {} generated cases ({passed} passed)", f.reason, cases.len());
+            return f;
+        }
+        if f.outcome == Outcome::Corroborated {
+            passed += 1;
+            last = Some(f);
+        } else if first_failure.is_none() {
+            first_failure = Some((case.prompt.clone(), f));
+        }
+    }
+    let gate = RateGate::new(ran, rate);
+    let failing = gate.fails(passed);
+    let (mut f, missed) = match (first_failure, last) {
+        (Some((q, f)), _) => {
+            let missed = format!("; first miss {q:?}: {}", f.reason);
+            (f, missed)
+        }
+        (None, Some(f)) => (f, String::new()),
+        (None, None) => (Finding::new(Outcome::Falsified, Decider::Property, ""), String::new()),
+    };
+    f.outcome = if ran == 0 || failing { Outcome::Falsified } else { Outcome::Corroborated };
+    f.decider = Decider::Property;
+    f.reason = format!(
+        "{passed} of {ran} generated cases passed ({:.1}%; pass rate ≥ {:.1}%: {}){missed}",
+        passed as f64 / ran.max(1) as f64 * 100.0,
+        rate * 100.0,
+        gate.describe()
+    );
+    f
 }

@@ -139,6 +139,8 @@ pub struct Property {
     pub generator: GeneratorSpec,
     pub cases: u32,
     pub seed: u64,
+    /// The share of cases that must pass; `None` is every case (the first failure is shrunk).
+    pub pass_rate: Option<f64>,
 }
 
 /// Something a playbook asks for that this build does not do yet, said on stderr by name.

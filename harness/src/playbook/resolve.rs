@@ -426,6 +426,22 @@ fn resolve_scenarios(
                 spec.name
             )));
         }
+        if let Some(rate) = spec.pass_rate {
+            if spec.property.is_none() {
+                return Err(err(format!(
+                    "scenario `{}`: `pass_rate` applies only to `property`, whose cases run in one trial",
+                    spec.name
+                ))
+                .at(format!("{at}.pass_rate")));
+            }
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(err(format!(
+                    "scenario `{}`: `pass_rate` {rate} must be above 0 and at most 1",
+                    spec.name
+                ))
+                .at(format!("{at}.pass_rate")));
+            }
+        }
         if let Some(s) = &spec.sampling
             && let Some(t) = s.temperature
             && !(0.0..=5.0).contains(&t)
@@ -506,7 +522,8 @@ fn resolve_scenarios(
                 made.push(make(format!("{}-{k:0width$}", spec.name), Input::Prompt(case.prompt), None));
             }
         } else if let Some(g) = &property_gen {
-            let property = Property { generator: g.clone(), cases: count, seed };
+            let pass_rate = spec.pass_rate.filter(|r| *r < 1.0);
+            let property = Property { generator: g.clone(), cases: count, seed, pass_rate };
             made.push(make(spec.name.clone(), Input::Prompt(String::new()), Some(property)));
         }
         for scenario in made {

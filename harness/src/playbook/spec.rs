@@ -362,6 +362,11 @@ pub struct ScenarioSpec {
     pub property: Option<GeneratorSpec>,
     /// How many cases `generate` or `property` makes.
     pub count: Option<u32>,
+    /// For a `property`: the share of its generated cases that must pass, above 0 and at most 1
+    /// (default 1, every case). Below 1 every case runs, none is shrunk, and the trial fails only
+    /// when an exact binomial test puts the model's rate below this one (α = 2.5%); its reason
+    /// states n, the count that fails and the rate it detects with 90% power.
+    pub pass_rate: Option<f64>,
     /// Every oracle must accept the output. At least one.
     #[serde(default)]
     pub oracles: Vec<OracleSpec>,
