@@ -682,7 +682,7 @@ fn a_forward_pass_that_never_returns_is_a_timeout_and_its_session_is_abandoned()
     assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
     let records = fx.journal("hung");
     let hung = trial(&records, "run::any_text");
-    assert_eq!(hung.outcome, Outcome::Timeout, "{hung:?}");
+    assert_eq!((hung.outcome, hung.gate.as_str()), (Outcome::Timeout, "G3"), "{hung:?}");
     assert!(hung.reason.contains("hung") && hung.reason.contains("abandoned"), "{}", hung.reason);
     // The session's other trials fail at once with the reason instead of waiting on it.
     for tail in ["run::arithmetic", "run::sampled"] {

@@ -132,9 +132,11 @@ impl RunContext {
                     grace.as_secs_f64()
                 );
                 self.sessions.abandon(key, why.clone());
+                // An engine stuck in a call that checks no deadline is unstable, not merely slow:
+                // the record fails G3 for its model, as a crash does.
                 Finding::new(
                     Outcome::Timeout,
-                    Decider::Timeout,
+                    Decider::Gateway(Gate::Stability),
                     format!(
                         "{why}; the engine was inside a call that checks no deadline, and its session ({key}) is abandoned"
                     ),

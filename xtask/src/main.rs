@@ -6,6 +6,7 @@ mod bench_formats;
 mod bench_gates;
 mod bench_serve;
 mod certify;
+mod crashes;
 mod fetch;
 mod fixtures;
 mod fuzz;
@@ -50,6 +51,8 @@ enum Task {
     Serve(serve::ServeArgs),
     /// Fuzz the readers of untrusted bytes (playbooks, model files, journals, HTTP requests)
     Fuzz(fuzz::FuzzArgs),
+    /// Under the real cargo-nextest: an abort, a segfault and a hang in one trial each end as its own record
+    Crashes(crashes::CrashesArgs),
     /// Benchmarks: harness expansion, or `serve` / `formats` (release builds)
     Bench(bench::BenchArgs),
 }
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Fetch(args) => fetch::run(&args),
         Task::Serve(args) => serve::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Crashes(args) => crashes::run(&args),
     }
 }
 
