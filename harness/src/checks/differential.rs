@@ -163,7 +163,11 @@ pub fn first_divergence(
         }
         parted.push(format!("{} at token {d}", ask.name));
     }
-    let mut reason = format!("{identical} of {} greedy outputs identical", asks.len());
+    let mut reason = format!(
+        "{identical} of {} greedy outputs identical (rule: where the two part, each side's token must be in the \
+         other's top {k} after the common prefix, vLLM's check of a quantized model; one exception fails)",
+        asks.len()
+    );
     if !parted.is_empty() {
         reason.push_str(&format!(
             "; where they part each token is in the other's top {k} ({})",

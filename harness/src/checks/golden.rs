@@ -195,7 +195,19 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: GoldenKind) -> Finding {
         return Finding::new(
             Outcome::Corroborated,
             Decider::Regr,
-            format!("{} scenarios match their golden {}", asks.len(), kind.slug()),
+            format!(
+                "{} scenarios match their golden {} ({})",
+                asks.len(),
+                kind.slug(),
+                match kind {
+                    GoldenKind::Logits => format!(
+                        "top {TOP_K} ids at the first {POSITIONS} positions equal, logits within {LOGIT_TOLERANCE:.0e}: \
+                         the CPU engine is deterministic, and the tolerance covers only summation order"
+                    ),
+                    _ => "greedy text equal: the CPU engine is deterministic, and any difference fails"
+                        .to_string(),
+                }
+            ),
         );
     }
     let note = if pending.is_empty() {

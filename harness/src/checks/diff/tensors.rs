@@ -192,7 +192,8 @@ pub fn tensors(source: &Path, artifact: &Path) -> Verdict {
         }
     }
     Verdict::pass(format!(
-        "tokenizer identical; {} tensors correspond by name, shape and dtype; {exact} identical; largest relative error {:.2e} (`{}`)",
+        "tokenizer identical; {} tensors correspond by name, shape and dtype; {exact} identical; largest relative error {:.2e} (`{}`); \
+         each tensor's bound is its stored type's rounding error times its largest magnitude, and one tensor past it fails",
         src.len(),
         worst.0,
         worst.1
