@@ -535,3 +535,39 @@ fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
     assert_eq!(v.outcome, Outcome::Corroborated, "{}", v.reason);
     assert!(v.reason.contains("top 512 (add at token 0)"), "{}", v.reason);
 }
+
+/// Defects that load, run and answer, planted in a converted file whose weights are otherwise
+/// right: each is named by the differential meant to see it, where the clean file passes both.
+#[test]
+fn subtle_numeric_defects_in_an_artifact_are_named_by_the_trial_meant_for_them() {
+    use modelqa::support::checks::diff::{LogitTolerance, logits, tensors};
+    use modelqa::vocab::Outcome;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let read = |p: &Path| -> Vec<Vec<Vec<f32>>> {
+        let mut s = load_candle(p, Backend::Cpu).expect("loads");
+        PROMPTS.iter().map(|q| s.prompt_logits(q, 16).expect("logits")).collect()
+    };
+    let want = read(&qa_tiny("llama"));
+    let tol = LogitTolerance::for_format(Format::Apr);
+    let clean = edited_artifact(dir.path(), |_| {});
+    assert_eq!(logits(&want, &read(&clean), tol).outcome, Outcome::Corroborated);
+
+    // A lying rms_norm_eps (1e-5 → 0.1): every tensor is right, so only the logits see it.
+    let eps = edited_artifact(dir.path(), |f| {
+        f.metadata.get_mut(convert::HF_CONFIG).expect("the embedded config")["rms_norm_eps"] =
+            serde_json::json!(0.1);
+    });
+    assert_eq!(tensors(&qa_tiny("llama"), &eps).outcome, Outcome::Corroborated);
+    let v = logits(&want, &read(&eps), tol);
+    assert_eq!(v.outcome, Outcome::Falsified, "{}", v.reason);
+
+    // Numeric drift: one matrix scaled by 1.05, past its stored type's rounding bound.
+    let drift = edited_artifact(dir.path(), |f| {
+        let t = tensor(f, "model.layers.1.mlp.down_proj.weight");
+        let values: Vec<f32> = apr::dequantize(t).expect("f32").iter().map(|x| x * 1.05).collect();
+        t.data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    });
+    let v = tensors(&qa_tiny("llama"), &drift);
+    assert_eq!(v.outcome, Outcome::Falsified, "{}", v.reason);
+    assert!(v.reason.contains("model.layers.1.mlp.down_proj.weight"), "{}", v.reason);
+}

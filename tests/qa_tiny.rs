@@ -325,3 +325,69 @@ fn candle_matches_transformers() {
     }
     assert!(compared > 500, "{compared} logits compared");
 }
+
+/// The golden trials of qa-tiny-llama's ground truth, run from a copy of the family's playbook
+/// whose llama model is `dir`, against a copy of the committed goldens; records by trial tail.
+fn goldens(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let playbook = std::fs::read_to_string(root.join("playbooks/families/qa-tiny.yaml"))
+        .unwrap()
+        .replace("path: ../../fixtures/qa-tiny/qa-tiny-llama", &format!("path: {}", dir.display()));
+    std::fs::write(work.join("qa-tiny.yaml"), playbook).unwrap();
+    let golden = work.join("golden");
+    if !golden.exists() {
+        std::fs::create_dir_all(golden.join("qa-tiny/qa-tiny-llama")).unwrap();
+        for e in std::fs::read_dir(root.join("golden/qa-tiny/qa-tiny-llama")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), golden.join("qa-tiny/qa-tiny-llama").join(e.file_name())).unwrap();
+        }
+    }
+    let out = Command::new(common::qualify_binary())
+        .args(["qa-tiny::mvp::qa-tiny-llama::safetensors::cpu::diff::golden-", "--test-threads", "1"])
+        .env("QUALIFY_PLAYBOOKS", work.join("qa-tiny.yaml"))
+        .env("QUALIFY_JOURNAL_DIR", work.join("journal"))
+        .env("QUALIFY_GOLDEN_DIR", &golden)
+        .env("QUALIFY_RUN_ID", run)
+        .env("QUALIFY_FAILURE_POLICY", "collect-all")
+        .output()
+        .expect("qualify runs");
+    let (records, _) = modelqa::support::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
+        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    records.into_iter().map(|r| (r.trial.rsplit("::").next().unwrap_or_default().to_string(), r)).collect()
+}
+
+/// Numeric defects of the ground truth itself that load, run and mostly answer right: a matrix
+/// scaled by 1.05, a lying `rms_norm_eps`, a wrong rope θ. No comparison with safetensors can see
+/// them (safetensors is the reference); the golden logits, recorded from the model as trained,
+/// do, and the clean copy passes them.
+#[test]
+fn numeric_defects_of_the_ground_truth_fail_its_golden_logits() {
+    let work = tempfile::tempdir().unwrap();
+    let clean = work.path().join("clean");
+    copy_model(&clean);
+    let records = goldens(&clean, work.path(), "clean");
+    assert_eq!(records["golden-logits"].outcome, Outcome::Corroborated, "{:?}", records["golden-logits"]);
+    type Plant = Box<dyn Fn(&Path)>;
+    let defects: Vec<(&str, Plant)> = vec![
+        (
+            "drift",
+            Box::new(|d: &Path| {
+                edit_tensors(d, |t| {
+                    let w = (&t["model.layers.1.mlp.down_proj.weight"] * 1.05).unwrap();
+                    t.insert("model.layers.1.mlp.down_proj.weight".into(), w);
+                })
+            }),
+        ),
+        ("eps", Box::new(|d: &Path| edit_config(d, "rms_norm_eps", serde_json::json!(0.1)))),
+        ("rope", Box::new(|d: &Path| edit_config(d, "rope_theta", serde_json::json!(100.0)))),
+    ];
+    for (name, plant) in defects {
+        let dir = work.path().join(name);
+        copy_model(&dir);
+        plant(&dir);
+        let records = goldens(&dir, work.path(), name);
+        let r = &records["golden-logits"];
+        assert_eq!(r.outcome, Outcome::Falsified, "{name}: {r:?}");
+        assert!(r.reason.contains("differ from golden"), "{name}: {}", r.reason);
+    }
+}
