@@ -1,7 +1,8 @@
 //! The OpenAI-compatible server over real HTTP on loopback, on a qa-tiny session: answers,
 //! streaming framing, determinism, concurrency, and bad requests that get 4xx, never a crash.
 //! Hardening: slow and idle clients are closed, connections capped, the key asked for, an
-//! over-long prompt refused without waiting for the model, unsupported fields named, stop and seed.
+//! over-long prompt refused without waiting for the model, unsupported fields named, stop and seed,
+//! log probabilities in both endpoints' shapes.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -196,7 +197,6 @@ fn bad_requests_get_4xx_with_an_error_object_and_the_server_stays_up() {
     for (field, value) in [
         ("n", json!(2)),
         ("best_of", json!(2)),
-        ("logprobs", json!(1)),
         ("echo", json!(true)),
         ("suffix", json!("end")),
         ("logit_bias", json!({"1": 5})),
@@ -453,4 +453,83 @@ fn a_seed_replays_a_sampled_answer_and_seeds_differ() {
     assert_eq!(sample(7), sample(7), "one seed, one answer");
     let answers: std::collections::BTreeSet<String> = (1..=6).map(sample).collect();
     assert!(answers.len() > 1, "six seeds gave one answer: {answers:?}");
+}
+
+#[test]
+fn logprobs_name_every_token_of_the_answer_in_both_shapes_with_the_greedy_token_most_likely() {
+    use modelqa::support::engine::client::{Client, Endpoint, ask_logprobs, request_body};
+    use modelqa::support::engine::{GenerateRequest, Sampling};
+    let (s, session) = server_with(|_| {});
+    let base = s.base_url();
+    let prompt = "What is 47 + 38?\n";
+    let messages: Vec<modelqa::support::playbook::MessageSpec> =
+        serde_json::from_value(json!([{"role": "user", "content": "What is 47 + 38?"}])).expect("messages");
+
+    // Completions: parallel lists whose tokens spell the answer; each greedy token heads its top.
+    let (code, text) = post(
+        &format!("{base}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 8, "logprobs": 3}).to_string(),
+    );
+    assert_eq!(code, 200, "{text}");
+    let v = json_of(&text);
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> =
+        lp["tokens"].as_array().expect("tokens").iter().filter_map(Value::as_str).collect();
+    assert_eq!(tokens.concat(), v["choices"][0]["text"].as_str().expect("text"));
+    assert_eq!(lp["token_logprobs"].as_array().map(Vec::len), Some(tokens.len()));
+    assert_eq!(lp["text_offset"][0], 0);
+    for (i, t) in tokens.iter().enumerate() {
+        let top = lp["top_logprobs"][i].as_object().expect("an object per token");
+        assert!(top.len() <= 3 && top.contains_key(*t), "{t:?} in {top:?}");
+        let best = top.values().filter_map(Value::as_f64).fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(lp["token_logprobs"][i].as_f64(), Some(best), "greedy takes the likeliest");
+        assert!(best <= 0.0);
+    }
+
+    // Chat: one object per token with its bytes, read back by the client as the engine scored it.
+    let client = Client::new(base.as_str());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut body = request_body(Endpoint::ChatCompletions, "", &messages, 8, &Sampling::Greedy, false);
+    ask_logprobs(Endpoint::ChatCompletions, &mut body, 5);
+    let reply = client.request(Endpoint::ChatCompletions, &body, deadline).expect("chat answers");
+    let served = reply.logprobs.expect("the reply carries logprobs");
+    assert_eq!(served.iter().map(|s| s.chosen.token.as_str()).collect::<String>(), reply.text);
+    assert!(served.iter().all(|s| s.top.len() == 5 && s.top[0].token == s.chosen.token));
+    // The in-process scores of the same prompt are the same tokens and alternatives.
+    let rendered = {
+        let session = session.lock().expect("session");
+        let template = session.info().chat_template.clone().expect("qa-tiny has a chat template");
+        template.render(&messages).expect("renders")
+    };
+    let (_, local) = session
+        .lock()
+        .expect("session")
+        .generate_scored(&GenerateRequest::greedy(&rendered, 8, deadline), 5, &mut |_| {
+            modelqa::support::engine::Flow::Continue
+        })
+        .expect("generates");
+    let names = |steps: &[modelqa::support::engine::ScoredStep]| -> Vec<Vec<String>> {
+        steps
+            .iter()
+            .filter(|s| !s.chosen.ends)
+            .map(|s| s.top.iter().map(|t| t.token.clone()).collect())
+            .collect()
+    };
+    assert_eq!(names(&served), names(&local));
+    assert!(
+        local.last().is_some_and(|s| s.chosen.ends),
+        "in process, the end-of-sequence step is scored too"
+    );
+
+    // Asked nothing, answers carry none; streamed, they are refused by name.
+    let (_, text) =
+        post(&format!("{base}/v1/completions"), &json!({"prompt": prompt, "max_tokens": 4}).to_string());
+    assert!(json_of(&text)["choices"][0]["logprobs"].is_null());
+    let (code, text) = post(
+        &format!("{base}/v1/chat/completions"),
+        &json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "stream": true})
+            .to_string(),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert_eq!(json_of(&text)["error"]["param"], "logprobs");
 }

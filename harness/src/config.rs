@@ -178,6 +178,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_NO_TRIALS",
     "QUALIFY_FAULT_SLOWDOWN",
     "QUALIFY_FAULT_CRASH",
+    "QUALIFY_FAULT_SERVE",
     "QUALIFY_RESUME",
 ];
 
@@ -278,6 +279,34 @@ pub(crate) fn planted_crash() -> Option<&'static PlantedCrash> {
             Some(PlantedCrash { kind, trial })
         })
         .as_ref()
+}
+
+/// `QUALIFY_FAULT_SERVE=always|queued`: a fault the harness's own tests plant to prove that
+/// `diff::serve-vs-run` catches a server whose answers are not the model's. The server then
+/// answers a whole (not streamed) request's first token with the model's sixth most likely token
+/// there, as a served path with a broken token selection would: on every such request
+/// (`always`), or only on one that waited for the model behind another (`queued`), a fault only
+/// concurrency shows. Read once; absent or anything else means no fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlantedServeFault {
+    Always,
+    Queued,
+}
+
+impl PlantedServeFault {
+    /// Whether the fault fires on a request that waited for the model (`queued`) or did not.
+    pub(crate) fn fires(self, queued: bool) -> bool {
+        self == PlantedServeFault::Always || queued
+    }
+}
+
+pub(crate) fn planted_serve_fault() -> Option<PlantedServeFault> {
+    static FAULT: std::sync::OnceLock<Option<PlantedServeFault>> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| match var("QUALIFY_FAULT_SERVE")?.as_str() {
+        "always" => Some(PlantedServeFault::Always),
+        "queued" => Some(PlantedServeFault::Queued),
+        _ => None,
+    })
 }
 
 /// A fresh run id: UTC time and process id, sortable.

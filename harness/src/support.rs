@@ -42,11 +42,11 @@ pub mod curriculum {
 
 pub mod engine {
     pub use crate::engine::{
-        Finish, Flow, GenerateRequest, PromptGauge, Sampling, Session, SharedSession, load_candle,
-        safetensors_files,
+        Finish, Flow, GenerateRequest, PromptGauge, Sampling, ScoredStep, Session, SharedSession,
+        TokenLogprob, load_candle, safetensors_files,
     };
     pub mod client {
-        pub use crate::engine::client::{Client, ClientError, Endpoint, request_body};
+        pub use crate::engine::client::{Client, ClientError, Endpoint, ask_logprobs, request_body};
     }
 }
 

@@ -11,9 +11,10 @@ use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwe
 use tokenizers::Tokenizer;
 
 use super::admit::HashFile;
+use super::logprobs::Scorer;
 use super::{
-    Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, Session,
-    SessionInfo,
+    Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, ScoredStep,
+    Session, SessionInfo,
 };
 use crate::chat::ChatTemplate;
 use crate::format::files::{ModelFile, hash_file};
@@ -513,6 +514,29 @@ impl Session for CandleSession {
         request: &GenerateRequest<'_>,
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<Generation, EngineError> {
+        self.generate_inner(request, on_text, None)
+    }
+
+    fn generate_scored(
+        &mut self,
+        request: &GenerateRequest<'_>,
+        top: usize,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<(Generation, Vec<ScoredStep>), EngineError> {
+        let mut steps = Vec::new();
+        let g = self.generate_inner(request, on_text, Some((top, &mut steps)))?;
+        Ok((g, steps))
+    }
+}
+
+impl CandleSession {
+    /// Generation, scoring each step into `scores` (with how many alternatives) where asked.
+    fn generate_inner(
+        &mut self,
+        request: &GenerateRequest<'_>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+        mut scores: Option<(usize, &mut Vec<ScoredStep>)>,
+    ) -> Result<Generation, EngineError> {
         let inference = |e: candle_core::Error| EngineError::inference(e);
         let started = Instant::now();
         let encoding = self
@@ -537,6 +561,10 @@ impl Session for CandleSession {
         let finish = loop {
             let next = sampler.sample(&logits).map_err(inference)?;
             time_to_first_token.get_or_insert_with(|| started.elapsed());
+            if let Some((top, steps)) = scores.as_mut() {
+                let scorer = Scorer { tokenizer: &self.tokenizer, ends: &self.eos, top: *top };
+                steps.push(scorer.step(&logits.to_vec1::<f32>().map_err(inference)?, &tokens, next));
+            }
             if self.eos.contains(&next) {
                 break Finish::Eos;
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::engine::Sampling;
+use crate::engine::{Sampling, ScoredStep, TokenLogprob};
 use crate::playbook::MessageSpec;
 use crate::playbook::spec::Role;
 
@@ -23,6 +23,10 @@ pub struct Reply {
     pub first_text: Option<Duration>,
     /// `stop`, `length`, … as the server said.
     pub finish_reason: Option<String>,
+    /// The answer's tokens with their log probabilities and alternatives, where the request
+    /// asked for them ([`ask_logprobs`]) and a whole answer carried them in either endpoint's
+    /// shape.
+    pub logprobs: Option<Vec<ScoredStep>>,
 }
 
 /// Which endpoint a request goes to.
@@ -81,6 +85,63 @@ pub fn request_body(
         }
     }
     body
+}
+
+/// Asks a whole answer's `body` for each token's log probability and its `top` alternatives,
+/// as the endpoint spells it (chat: `logprobs: true`, `top_logprobs`; completions: `logprobs`).
+pub fn ask_logprobs(endpoint: Endpoint, body: &mut Value, top: usize) {
+    match endpoint {
+        Endpoint::Completions => body["logprobs"] = json!(top),
+        Endpoint::ChatCompletions => {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(top);
+        }
+    }
+}
+
+/// A choice's `logprobs` in either endpoint's shape, or `None` where it has none or it does not
+/// parse. Tokens read back are not known to end generation (`ends` is false).
+fn logprobs_of(v: &Value) -> Option<Vec<ScoredStep>> {
+    let token = |text: &Value, logprob: &Value| {
+        Some(TokenLogprob {
+            token: text.as_str()?.to_string(),
+            logprob: logprob.as_f64()? as f32,
+            ends: false,
+        })
+    };
+    if let Some(content) = v.get("content") {
+        // Chat: one object per token, its alternatives as objects.
+        return content
+            .as_array()?
+            .iter()
+            .map(|t| {
+                let top = t["top_logprobs"]
+                    .as_array()
+                    .map(|a| a.iter().map(|o| token(&o["token"], &o["logprob"])).collect::<Option<Vec<_>>>())
+                    .unwrap_or(Some(Vec::new()))?;
+                Some(ScoredStep { chosen: token(&t["token"], &t["logprob"])?, top })
+            })
+            .collect();
+    }
+    // Completions: parallel lists, alternatives as a token → logprob object.
+    let tokens = v.get("tokens")?.as_array()?;
+    let logprobs = v.get("token_logprobs")?.as_array()?;
+    if tokens.len() != logprobs.len() {
+        return None;
+    }
+    tokens
+        .iter()
+        .zip(logprobs)
+        .enumerate()
+        .map(|(i, (t, l))| {
+            let mut top: Vec<TokenLogprob> = match &v["top_logprobs"][i] {
+                Value::Object(m) => m.iter().map(|(k, l)| token(&json!(k), l)).collect::<Option<_>>()?,
+                _ => Vec::new(),
+            };
+            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+            Some(ScoredStep { chosen: token(t, l)?, top })
+        })
+        .collect()
 }
 
 /// Whether a transport error is the peer closing the connection under us.
@@ -341,6 +402,7 @@ impl Client {
                 latency: started.elapsed(),
                 first_text: None,
                 finish_reason: v["choices"][0]["finish_reason"].as_str().map(str::to_string),
+                logprobs: logprobs_of(&v["choices"][0]["logprobs"]),
             });
         }
         let mut reader = BufReader::new(response.into_reader());
@@ -429,6 +491,7 @@ impl Client {
             latency: started.elapsed(),
             first_text,
             finish_reason,
+            logprobs: None,
         })
     }
 }

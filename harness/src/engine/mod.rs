@@ -9,6 +9,7 @@ mod cache;
 mod candle;
 pub(crate) mod client;
 mod external;
+mod logprobs;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ pub(crate) use self::candle::CandleEngine;
 pub use self::candle::load_candle;
 pub(crate) use self::candle::load_candle_with;
 pub(crate) use self::external::{CommandSession, OpenAiSession};
+pub(crate) use self::logprobs::MAX_TOP_LOGPROBS;
+pub use self::logprobs::{ScoredStep, TokenLogprob};
 
 use crate::format::files::{ModelFile, ModelFilesError};
 use crate::matrix::Backend;
@@ -263,6 +266,18 @@ pub trait Session: Send {
         self.generate_streaming(request, &mut |piece| {
             let _ = on_text(piece);
         })
+    }
+    /// As `generate_until`, scoring every step: the chosen token's log probability and the `top`
+    /// most likely tokens there ([`ScoredStep`]). The steps follow [`Generation::tokens`], with
+    /// one more where generation ended at an end-of-sequence token (its `chosen.ends` is set).
+    /// An engine that shows no logits (the default) cannot.
+    fn generate_scored(
+        &mut self,
+        _request: &GenerateRequest<'_>,
+        _top: usize,
+        _on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<(Generation, Vec<ScoredStep>), EngineError> {
+        Err(EngineError::Unsupported("this engine shows no log probabilities".into()))
     }
     /// Measures prompts against this session's context without locking it; `None` where the
     /// engine cannot tell (an external engine counts its own tokens).

@@ -7,6 +7,7 @@
 
 mod config;
 mod http;
+mod logprobs;
 mod request;
 mod respond;
 mod stop;

@@ -90,6 +90,8 @@ pub(crate) struct Job {
     /// Output ends before the first of these (none: it runs to its own end).
     pub(crate) stop: Vec<String>,
     pub(crate) stream: bool,
+    /// Log probabilities asked for: each token's, and this many alternatives per token.
+    pub(crate) logprobs: Option<usize>,
 }
 
 /// The request fields both endpoints share; any other field lands in `rest`, where the ones this
@@ -173,8 +175,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         harmless: absent_or_one,
         instead: "generates one candidate per request, so `best_of` must be 1",
     },
-    Unsupported { field: "logprobs", harmless: absent_or_false, instead: "reports no log probabilities" },
-    Unsupported { field: "top_logprobs", harmless: absent_or_zero, instead: "reports no log probabilities" },
     Unsupported { field: "echo", harmless: absent_or_false, instead: "never echoes the prompt" },
     Unsupported { field: "suffix", harmless: absent_or_empty, instead: "does not insert text (no `suffix`)" },
     Unsupported { field: "logit_bias", harmless: absent_or_empty, instead: "applies no logit bias" },
@@ -358,7 +358,63 @@ pub(crate) fn parse(shape: Shape, body: &[u8], rules: &Rules<'_>) -> Result<Job,
     refuse_long_bytes(&prompt, rules.gauge, param)?;
     let (max_tokens, sampling) = settings(&common, rules)?;
     let stop = stop_sequences(&common.stop)?;
-    Ok(Job { shape, prompt, max_tokens, sampling, stop, stream: common.stream })
+    let logprobs = logprobs(shape, &common)?;
+    Ok(Job { shape, prompt, max_tokens, sampling, stop, stream: common.stream, logprobs })
+}
+
+/// The most alternatives a completion's `logprobs` may ask for, as OpenAI allows.
+pub(crate) const MAX_COMPLETION_LOGPROBS: u64 = 5;
+
+/// The log probabilities asked for, as each endpoint spells them: chat `logprobs: true` with
+/// `top_logprobs: N` (0–20), completions `logprobs: N` (0–5). Whole answers only: a streamed
+/// answer's pieces are characters, not tokens.
+fn logprobs(shape: Shape, common: &Common) -> Result<Option<usize>, Refusal> {
+    let given = |field: &str| common.rest.get(field).filter(|v| !v.is_null());
+    let count = |field: &str, v: &Value, max: u64| match v.as_u64() {
+        Some(n) if n <= max => Ok(n as usize),
+        _ => Err(Refusal::bad(format!("`{field}` must be an integer from 0 to {max}, got {}", quoted(v)))
+            .of(field)),
+    };
+    let asked = match shape {
+        Shape::Chat => {
+            let top = given("top_logprobs")
+                .map(|v| count("top_logprobs", v, crate::engine::MAX_TOP_LOGPROBS as u64))
+                .transpose()?;
+            match given("logprobs") {
+                None | Some(Value::Bool(false)) if top.unwrap_or(0) > 0 => {
+                    return Err(Refusal::bad("`top_logprobs` needs `logprobs: true`").of("top_logprobs"));
+                }
+                None | Some(Value::Bool(false)) => None,
+                Some(Value::Bool(true)) => Some(top.unwrap_or(0)),
+                Some(other) => {
+                    return Err(Refusal::bad(format!(
+                        "`logprobs` must be true or false, got {}",
+                        quoted(other)
+                    ))
+                    .of("logprobs"));
+                }
+            }
+        }
+        Shape::Completion => {
+            if given("top_logprobs").is_some_and(|v| !absent_or_zero(v)) {
+                return Err(Refusal::bad(
+                    "`top_logprobs` is a chat completions field; completions ask with `logprobs: N`",
+                )
+                .of("top_logprobs"));
+            }
+            match given("logprobs") {
+                None | Some(Value::Bool(false)) => None,
+                Some(v) => Some(count("logprobs", v, MAX_COMPLETION_LOGPROBS)?),
+            }
+        }
+    };
+    if asked.is_some() && common.stream {
+        return Err(Refusal::bad(
+            "`logprobs` with `stream` is not supported: this server reports log probabilities on whole answers",
+        )
+        .of("logprobs"));
+    }
+    Ok(asked)
 }
 
 fn completion_prompt(prompt: Option<Value>) -> Result<String, Refusal> {

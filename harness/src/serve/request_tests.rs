@@ -46,9 +46,6 @@ fn every_unsupported_field_is_refused_by_name_and_its_default_passes() {
     let cases = [
         ("n", json!(2), json!(1)),
         ("best_of", json!(3), json!(1)),
-        ("logprobs", json!(5), json!(null)),
-        ("logprobs", json!(true), json!(false)),
-        ("top_logprobs", json!(2), json!(0)),
         ("echo", json!(true), json!(false)),
         ("suffix", json!("tail"), json!("")),
         ("logit_bias", json!({"50256": -100}), json!({})),
@@ -79,6 +76,62 @@ fn every_unsupported_field_is_refused_by_name_and_its_default_passes() {
         Shape::Completion,
         json!({"prompt": "hi", "model": "x", "user": "u", "stream_options": {"include_usage": true}}),
     );
+}
+
+#[test]
+fn logprobs_are_asked_as_each_endpoint_spells_them_on_whole_answers_only() {
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let completion = |extra: Value| {
+        let mut body = json!({"prompt": "hi"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    for (body, want) in [
+        (chat(json!({})), None),
+        (chat(json!({"logprobs": false, "top_logprobs": 0})), None),
+        (chat(json!({"logprobs": true})), Some(0)),
+        (chat(json!({"logprobs": true, "top_logprobs": 20})), Some(20)),
+        (chat(json!({"logprobs": null, "top_logprobs": null})), None),
+    ] {
+        assert_eq!(accepted(Shape::Chat, body.clone()).logprobs, want, "{body}");
+    }
+    for (body, want) in [
+        (completion(json!({})), None),
+        (completion(json!({"logprobs": null})), None),
+        (completion(json!({"logprobs": 0})), Some(0)),
+        (completion(json!({"logprobs": 5})), Some(5)),
+    ] {
+        assert_eq!(accepted(Shape::Completion, body.clone()).logprobs, want, "{body}");
+    }
+    let top = Some("top_logprobs");
+    refused(Shape::Chat, chat(json!({"top_logprobs": 3})), top, "needs `logprobs: true`");
+    refused(Shape::Chat, chat(json!({"logprobs": true, "top_logprobs": 21})), top, "from 0 to 20");
+    refused(Shape::Chat, chat(json!({"logprobs": 5})), Some("logprobs"), "true or false");
+    refused(Shape::Completion, completion(json!({"logprobs": 6})), Some("logprobs"), "from 0 to 5");
+    refused(Shape::Completion, completion(json!({"logprobs": -1})), Some("logprobs"), "from 0 to 5");
+    refused(
+        Shape::Completion,
+        completion(json!({"top_logprobs": 2})),
+        top,
+        "completions ask with `logprobs: N`",
+    );
+    refused(
+        Shape::Completion,
+        completion(json!({"logprobs": 1, "stream": true})),
+        Some("logprobs"),
+        "whole answers",
+    );
+    refused(Shape::Chat, chat(json!({"logprobs": true, "stream": true})), Some("logprobs"), "whole answers");
+    // Streaming without them is unchanged.
+    assert!(accepted(Shape::Chat, chat(json!({"logprobs": false, "stream": true}))).stream);
 }
 
 #[test]

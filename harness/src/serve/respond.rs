@@ -3,8 +3,8 @@
 //! client has gone, or when a streaming client stops reading for the body timeout.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, TryLockError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::http::AppState;
+use super::logprobs::{choice_logprobs, reported};
 use super::request::{Job, Refusal, Shape, error};
 use super::stop::{StopScanner, truncate};
-use crate::engine::{EngineError, Finish, Flow, GenerateRequest, Generation};
+use crate::engine::{EngineError, Finish, Flow, GenerateRequest, Generation, ScoredStep};
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -97,29 +98,50 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
     let created = now_secs();
     let gone = Arc::new(AtomicBool::new(false));
     let _abandoned = Abandoned(Arc::clone(&gone));
-    let Job { shape, prompt, max_tokens, sampling, stop, .. } = job;
+    let Job { shape, prompt, max_tokens, sampling, stop, logprobs, .. } = job;
     let deadline = Instant::now() + state.config.request_timeout;
     let session = Arc::clone(&state.session);
     let stops = stop.clone();
+    let planted = crate::config::planted_serve_fault();
     let result = tokio::task::spawn_blocking(move || {
-        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut session, queued) = match session.try_lock() {
+            Ok(s) => (s, false),
+            Err(TryLockError::Poisoned(p)) => (p.into_inner(), false),
+            Err(TryLockError::WouldBlock) => (session.lock().unwrap_or_else(|p| p.into_inner()), true),
+        };
         if gone.load(Ordering::Relaxed) {
             return None;
         }
         let request = GenerateRequest { prompt: &prompt, max_tokens, sampling, deadline };
         let mut scanner = StopScanner::new(stops);
-        Some(session.generate_until(&request, &mut |piece| {
+        let mut on_text = |piece: &str| {
             let _ = scanner.push(piece);
             if scanner.found() || gone.load(Ordering::Relaxed) { Flow::Stop } else { Flow::Continue }
+        };
+        let planted = planted.filter(|f| f.fires(queued));
+        if logprobs.is_none() && planted.is_none() {
+            return Some(session.generate_until(&request, &mut on_text).map(|g| (g, Vec::new())));
+        }
+        let top = logprobs.unwrap_or(0).max(if planted.is_some() { PLANTED_RANK + 1 } else { 0 });
+        let scored = session.generate_scored(&request, top, &mut on_text);
+        Some(scored.map(|(mut g, mut steps)| {
+            if planted.is_some() {
+                plant(&mut g, &mut steps);
+            }
+            (g, steps)
         }))
     })
     .await;
     match result {
-        Ok(Some(Ok(g))) => {
+        Ok(Some(Ok((g, steps)))) => {
             let (text, stopped) = truncate(&g.text, &stop);
+            let mut choice = shape.choice(&text, Some(finish_reason(g.finish, stopped)), false);
+            if let Some(top) = logprobs {
+                choice["logprobs"] = choice_logprobs(shape, reported(&steps, &text, stopped), top);
+            }
             ok_json(json!({
                 "id": id, "object": shape.object(false), "created": created, "model": state.config.model,
-                "choices": [shape.choice(&text, Some(finish_reason(g.finish, stopped)), false)],
+                "choices": [choice],
                 "usage": usage(&g),
             }))
         }
@@ -129,6 +151,21 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
             error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("generation panicked: {e}"))
         }
     }
+}
+
+/// Where the planted fault's token ranks among the model's choices (0 is the most likely): past
+/// any top 5 a comparison looks in.
+const PLANTED_RANK: usize = 5;
+
+/// The planted fault (`QUALIFY_FAULT_SERVE`): the answer's first token becomes the model's
+/// sixth most likely there, in the text and in the scores alike, as a served path that selects
+/// the wrong token would answer.
+fn plant(g: &mut Generation, steps: &mut [ScoredStep]) {
+    let Some(first) = steps.first_mut().filter(|s| !s.chosen.ends) else { return };
+    let Some(wrong) = first.top.get(PLANTED_RANK).cloned() else { return };
+    let Some(rest) = g.text.strip_prefix(first.chosen.token.as_str()) else { return };
+    g.text = format!("{}{rest}", wrong.token);
+    first.chosen = wrong;
 }
 
 fn stream(state: Arc<AppState>, job: Job, id: String) -> Response {
