@@ -1,5 +1,6 @@
 //! The trained qa-tiny family: its architectures agree, it answers held-out arithmetic, and
-//! planted defects fail the gateway they belong to while the clean models pass.
+//! planted defects fail the gateway they belong to while the clean models pass; a planted
+//! slowdown fails `perf::decode`, and a server that answers otherwise fails `diff::serve-vs-run`.
 
 mod common;
 
@@ -129,8 +130,8 @@ fn gates(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord> 
     records.into_iter().map(|r| (r.scenario.clone(), r)).collect()
 }
 
-/// The `perf::decode` trials of qa-tiny's own playbook that match `filter`, run with `env`.
-fn perf_trials(filter: &str, work: &Path, run: &str, env: &[(&str, &str)]) -> Vec<EvidenceRecord> {
+/// The trials of qa-tiny's own playbook that match `filter`, run with `env`.
+fn trials_of(filter: &str, work: &Path, run: &str, env: &[(&str, &str)]) -> Vec<EvidenceRecord> {
     let playbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/families/qa-tiny.yaml");
     let out = Command::new(common::qualify_binary())
         .arg(filter)
@@ -142,7 +143,7 @@ fn perf_trials(filter: &str, work: &Path, run: &str, env: &[(&str, &str)]) -> Ve
         .expect("qualify runs");
     let (records, _) = modelqa::support::journal::read(&work.join(format!("{run}.jsonl")))
         .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    assert!(!records.is_empty(), "{run}: no perf trial ran: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!records.is_empty(), "{run}: no trial ran: {}", String::from_utf8_lossy(&out.stderr));
     records
 }
 
@@ -155,7 +156,7 @@ fn a_tenfold_slowdown_fails_perf_and_the_clean_model_does_not() {
     for filter in
         ["qa-tiny-llama::safetensors::cpu::perf::decode", "qa-tiny-qwen2::gguf-q4_k_m::cpu::perf::decode"]
     {
-        let clean = perf_trials(filter, work.path(), "clean", &[]);
+        let clean = trials_of(filter, work.path(), "clean", &[]);
         for r in &clean {
             assert!(
                 matches!(r.outcome, Outcome::Corroborated | Outcome::Unstable),
@@ -166,9 +167,9 @@ fn a_tenfold_slowdown_fails_perf_and_the_clean_model_does_not() {
             assert!(!r.reason.contains("planted"), "{}", r.reason);
         }
         // A measurement that load made too noisy to place is measured once more.
-        let mut slowed = perf_trials(filter, work.path(), "slowed", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
+        let mut slowed = trials_of(filter, work.path(), "slowed", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
         if slowed.iter().any(|r| r.outcome == Outcome::Unstable) {
-            slowed = perf_trials(filter, work.path(), "slowed-again", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
+            slowed = trials_of(filter, work.path(), "slowed-again", &[("QUALIFY_FAULT_SLOWDOWN", "10")]);
         }
         assert_eq!(slowed.len(), clean.len());
         for r in &slowed {
@@ -177,6 +178,42 @@ fn a_tenfold_slowdown_fails_perf_and_the_clean_model_does_not() {
             assert!(r.reason.contains("at reference speed is below"), "{}", r.reason);
         }
         for run in ["clean", "slowed", "slowed-again"] {
+            let _ = std::fs::remove_file(work.path().join(format!("{run}.jsonl")));
+        }
+    }
+}
+
+/// A server whose answers are not the model's fails `diff::serve-vs-run`: a wrong first token on
+/// every served answer at concurrency 1 already, and one only on requests that waited behind
+/// another at concurrency 8. The clean server's answers are the in-process ones token for token.
+#[test]
+fn a_server_that_answers_otherwise_fails_serve_vs_run_and_the_clean_server_passes() {
+    let work = tempfile::tempdir().unwrap();
+    for filter in [
+        "qa-tiny-llama::safetensors::cpu::diff::serve-vs-run",
+        "qa-tiny-qwen2::gguf-q4_k_m::cpu::diff::serve-vs-run",
+    ] {
+        for r in trials_of(filter, work.path(), "clean", &[]) {
+            assert_eq!(r.outcome, Outcome::Corroborated, "{}: {}", r.trial, r.reason);
+            assert!(r.reason.contains("identical to the in-process answer token for token"), "{}", r.reason);
+            assert!(r.reason.contains("with 8 in flight"), "{}", r.reason);
+        }
+        // Every answer, so the first scenario at concurrency 1; or only answers that queued, so
+        // some at concurrency 8 (whichever request reached the model first did not wait).
+        for (fault, first) in [
+            ("always", "the first: scenario arithmetic_multiply at concurrency 1 "),
+            ("queued", " at concurrency 8 "),
+        ] {
+            let planted = trials_of(filter, work.path(), fault, &[("QUALIFY_FAULT_SERVE", fault)]);
+            for r in &planted {
+                assert_eq!(r.outcome, Outcome::Falsified, "{fault}: {}: {}", r.trial, r.reason);
+                assert!(r.reason.contains(first), "{fault}: {}", r.reason);
+                assert!(r.reason.contains("they part at token 0: the served token"), "{}", r.reason);
+                assert!(r.reason.contains("is not in the in-process top 5"), "{}", r.reason);
+                assert!(r.output.is_some() && r.prompt.is_some(), "{}", r.reason);
+            }
+        }
+        for run in ["clean", "always", "queued"] {
             let _ = std::fs::remove_file(work.path().join(format!("{run}.jsonl")));
         }
     }

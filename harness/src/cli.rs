@@ -203,10 +203,13 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
             | TrialKind::Differential(DiffKind::Logits | DiffKind::Generation)
     );
     let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
+    let serve_vs_run = matches!(kind, TrialKind::Differential(DiffKind::ServeVsRun));
     match &spec.engine {
         EngineSpec::Embedded => binder.ignore_reason(model, format, spec.name.backend),
         EngineSpec::Openai { .. } => {
-            if no_logits {
+            if serve_vs_run {
+                Some("the openai engine runs on its server: run and serve are the same endpoint".into())
+            } else if no_logits {
                 Some("the openai engine returns no logits".into())
             } else if own_prompts {
                 Some("the openai engine lays conversations out itself; its prompts are not shown".into())
@@ -225,6 +228,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
         EngineSpec::Command { .. } => {
             if matches!(kind, TrialKind::Perf) {
                 Some("the command engine reports no per-token timing".into())
+            } else if serve_vs_run {
+                Some("the command engine shows no log probabilities to judge where run and serve part".into())
             } else if no_logits {
                 Some("the command engine returns no logits".into())
             } else if own_prompts {

@@ -284,7 +284,8 @@ pub(crate) fn planted_crash() -> Option<&'static PlantedCrash> {
 /// `QUALIFY_FAULT_SERVE=always|queued`: a fault the harness's own tests plant to prove that
 /// `diff::serve-vs-run` catches a server whose answers are not the model's. The server then
 /// answers a whole (not streamed) request's first token with the model's sixth most likely token
-/// there, as a served path with a broken token selection would: on every such request
+/// there (or the next that does not end generation), as a served path with a broken token
+/// selection would: on every such request
 /// (`always`), or only on one that waited for the model behind another (`queued`), a fault only
 /// concurrency shows. Read once; absent or anything else means no fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

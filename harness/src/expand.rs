@@ -41,7 +41,8 @@ enum TailKind {
     ServerGate(ServerCheck),
     /// Regression against golden references; safetensors cells only.
     Golden(GoldenKind),
-    /// A derived format against the safetensors ground truth; derived cells only.
+    /// A derived format against the safetensors ground truth (derived cells only), or the cell's
+    /// server against the cell in process (every cell of a tier that serves).
     Differential(DiffKind),
     /// The playbook's performance assertions; cells whose backend has one.
     Perf,
@@ -124,7 +125,8 @@ impl GoldenKind {
     }
 }
 
-/// What a differential trial compares with the safetensors ground truth.
+/// What a differential trial compares: a derived format with the safetensors ground truth, or
+/// (`ServeVsRun`) the cell's served answers with its answers in process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiffKind {
     /// Name bijection, shapes, dtypes, values within the dtype's bound, transposition.
@@ -139,6 +141,10 @@ pub enum DiffKind {
     Invariant(Invariant),
     /// Thousands of generated strings through the format's tokenizer and the ground truth's.
     TokenizerFuzz,
+    /// Each scenario's answer over HTTP, one request at a time and eight at once, against the
+    /// same cell's answer in process: token for token, or each side's token in the other's top 5
+    /// where they part. Every cell of a tier with the `serve` modality.
+    ServeVsRun,
 }
 
 impl DiffKind {
@@ -150,6 +156,7 @@ impl DiffKind {
             DiffKind::Generation => "generation-vs-safetensors",
             DiffKind::Invariant(i) => i.slug(),
             DiffKind::TokenizerFuzz => "tokenizer-fuzz",
+            DiffKind::ServeVsRun => "serve-vs-run",
         }
     }
 }
@@ -174,7 +181,7 @@ pub enum TrialKind {
 impl TrialKind {
     /// The MQS category a trial scores in: gateways G2 and G4 judge answers (QUAL), the other
     /// gateways the files, loading and stability (STAB); golden references are REGR; a derived
-    /// format against the ground truth is COMP.
+    /// format against the ground truth, and a cell served against itself in process, are COMP.
     pub fn category(&self) -> Category {
         match self {
             TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
@@ -224,10 +231,12 @@ impl TrialSpec {
 }
 
 /// Golden references describe the model as published, so only safetensors cells compare them;
-/// differential trials compare a derived format with it, so only derived cells have them.
+/// differential trials compare a derived format with it, so only derived cells have them — but
+/// a cell's server against the cell itself, which every cell has.
 fn applies(kind: TailKind, format: Format) -> bool {
     match kind {
         TailKind::Golden(_) => format == Format::Safetensors,
+        TailKind::Differential(DiffKind::ServeVsRun) => true,
         TailKind::Differential(_) => format != Format::Safetensors,
         TailKind::Scenario { .. } | TailKind::Gate(_) | TailKind::ServerGate(_) | TailKind::Perf => true,
     }
@@ -416,6 +425,7 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
         for c in ServerCheck::ALL {
             tails.push((TailKind::ServerGate(c), String::new()));
         }
+        tails.push((TailKind::Differential(DiffKind::ServeVsRun), String::new()));
     }
     if tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve)) {
         tails.push((TailKind::Differential(DiffKind::ChatPrompt), String::new()));
@@ -447,10 +457,14 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     TailKind::Perf => format!("perf{SEP}{PERF_SLUG}"),
                 };
             }
-            // A scenario that keeps to some modalities has no trials in the others.
+            // A scenario that keeps to some modalities has no trials in the others, and a tier
+            // that serves no scenario has no served answers to compare.
             let scenarios = &playbooks[p].scenarios;
+            let serves_one =
+                scenarios[..count].iter().any(|s| s.property.is_none() && s.runs_in(Modality::Serve));
             layout.tails.retain(|(kind, _)| match kind {
                 TailKind::Scenario { modality, index } => scenarios[*index].runs_in(*modality),
+                TailKind::Differential(DiffKind::ServeVsRun) => serves_one,
                 TailKind::Gate(_)
                 | TailKind::ServerGate(_)
                 | TailKind::Golden(_)

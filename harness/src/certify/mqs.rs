@@ -156,7 +156,7 @@ fn plans_category(c: Category) -> &'static str {
         Category::Qual => "scenarios with oracles",
         Category::Perf => "a `performance` block",
         Category::Stab => "any cell (gateways G0, G1, G3)",
-        Category::Comp => "a derived format (apr, gguf-*) beside safetensors",
+        Category::Comp => "a derived format (apr, gguf-*) beside safetensors, or the `serve` modality",
         Category::Edge => "a scenario marked `edge: true` or made by the `edge_cases` generator",
         Category::Regr => "a safetensors cell (golden references)",
     }

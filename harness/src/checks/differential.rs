@@ -1,6 +1,7 @@
 //! Differential trials: a derived format against the safetensors ground truth — its tensors,
 //! its next-token distributions, its greedy generations, its chat prompts, and the contract
-//! invariants of the conversion. The comparisons themselves are in [`super::diff`].
+//! invariants of the conversion. The comparisons themselves are in [`super::diff`]; the
+//! tokenizer fuzz and a cell served against itself in process have rooms of their own.
 
 use std::path::Path;
 use std::time::Instant;
@@ -32,6 +33,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
         DiffKind::Tensors => diff::tensors(env.model_dir, env.artifact),
         DiffKind::Invariant(inv) => return run_invariant(spec, env.model_dir, env.artifact, inv),
         DiffKind::TokenizerFuzz => return super::tokenizer_fuzz::run(spec, env.model_dir, env.artifact),
+        DiffKind::ServeVsRun => return super::serve_vs_run::run(env),
         DiffKind::ChatPrompt => match ChatTemplate::from_model_dir(env.model_dir) {
             Ok(reference) => {
                 let conversations: Vec<(String, Vec<MessageSpec>)> = spec

@@ -122,7 +122,7 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
         if logprobs.is_none() && planted.is_none() {
             return Some(session.generate_until(&request, &mut on_text).map(|g| (g, Vec::new())));
         }
-        let top = logprobs.unwrap_or(0).max(if planted.is_some() { PLANTED_RANK + 1 } else { 0 });
+        let top = logprobs.unwrap_or(0).max(if planted.is_some() { PLANTED_CANDIDATES } else { 0 });
         let scored = session.generate_scored(&request, top, &mut on_text);
         Some(scored.map(|(mut g, mut steps)| {
             if planted.is_some() {
@@ -153,16 +153,19 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
     }
 }
 
-/// Where the planted fault's token ranks among the model's choices (0 is the most likely): past
-/// any top 5 a comparison looks in.
+/// Where the planted fault's token ranks at least among the model's choices (0 is the most
+/// likely): past any top 5 a comparison looks in.
 const PLANTED_RANK: usize = 5;
+/// Alternatives scored for the planted fault: the first past `PLANTED_RANK` that does not end
+/// generation is served.
+const PLANTED_CANDIDATES: usize = PLANTED_RANK + 4;
 
-/// The planted fault (`QUALIFY_FAULT_SERVE`): the answer's first token becomes the model's
-/// sixth most likely there, in the text and in the scores alike, as a served path that selects
-/// the wrong token would answer.
+/// The planted fault (`QUALIFY_FAULT_SERVE`): the answer's first token becomes the model's sixth
+/// most likely there (or the next that does not end generation), in the text and in the scores
+/// alike, as a served path that selects the wrong token would answer.
 fn plant(g: &mut Generation, steps: &mut [ScoredStep]) {
     let Some(first) = steps.first_mut().filter(|s| !s.chosen.ends) else { return };
-    let Some(wrong) = first.top.get(PLANTED_RANK).cloned() else { return };
+    let Some(wrong) = first.top.iter().skip(PLANTED_RANK).find(|t| !t.ends).cloned() else { return };
     let Some(rest) = g.text.strip_prefix(first.chosen.token.as_str()) else { return };
     g.text = format!("{}{rest}", wrong.token);
     first.chosen = wrong;
