@@ -202,16 +202,20 @@ fn check_seed(
     // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
     // safetensors cell, nine differential trials (tensors, logits, generation, invariants I-1
     // to I-5, the tokenizer fuzz) per derived-format cell, plus the rendered chat prompt where the tier chats or
-    // serves, six server-level gates per cell where it serves, and a performance trial per cell
-    // whose backend `profile_ci` asserts on.
+    // serves, six server-level gates and `diff::serve-vs-run` per cell where it serves (the latter
+    // where a scenario runs in serve), and a performance trial per cell whose backend
+    // `profile_ci` asserts on.
     let safetensors_cells = safetensors * tier.backends.len();
     let chats = tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve));
     let serves = tier.modalities.contains(&Modality::Serve);
+    let serves_one = pb.scenarios[..tier.scenario_count]
+        .iter()
+        .any(|s| s.property.is_none() && s.runs_in(Modality::Serve));
     let expected = per_scenario * tier.scenario_count
         + 5 * cells
         + 2 * safetensors_cells
         + (9 + usize::from(chats)) * (cells - safetensors_cells)
-        + if serves { 6 * cells } else { 0 }
+        + if serves { (6 + usize::from(serves_one)) * cells } else { 0 }
         + pb.performance
             .as_ref()
             .map_or(0, |p| tier.formats.len() * tier.backends.iter().filter(|b| p.asserts_on(**b)).count());
