@@ -256,15 +256,19 @@ fn cycled(n: usize, level: usize) -> Vec<usize> {
     (0..n.max(level)).map(|i| i % n.max(1)).collect()
 }
 
+/// What one request came to: the sample it asked.
+type Served = (usize, Result<Reply, ClientError>);
+
 /// Sends the samples of `order`, `level` at a time: `level` workers start together and each
 /// takes the next sample until none is left. Answers come back in `order`'s order.
 fn serve(
     order: &[usize],
     level: usize,
     ask: &(dyn Fn(usize) -> Result<Reply, ClientError> + Sync),
-) -> Vec<(usize, Result<Reply, ClientError>)> {
+) -> Vec<Served> {
     let next = AtomicUsize::new(0);
-    let replies: Mutex<Vec<(usize, usize, Result<Reply, ClientError>)>> = Mutex::new(Vec::new());
+    // Each with its place in `order`.
+    let replies: Mutex<Vec<(usize, Served)>> = Mutex::new(Vec::new());
     let start = Barrier::new(level);
     std::thread::scope(|scope| {
         for _ in 0..level {
@@ -274,14 +278,14 @@ fn serve(
                     let at = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&i) = order.get(at) else { break };
                     let reply = ask(i);
-                    replies.lock().unwrap_or_else(|p| p.into_inner()).push((at, i, reply));
+                    replies.lock().unwrap_or_else(|p| p.into_inner()).push((at, (i, reply)));
                 }
             });
         }
     });
     let mut replies = replies.into_inner().unwrap_or_else(|p| p.into_inner());
-    replies.sort_by_key(|(at, _, _)| *at);
-    replies.into_iter().map(|(_, i, r)| (i, r)).collect()
+    replies.sort_by_key(|(at, _)| *at);
+    replies.into_iter().map(|(_, served)| served).collect()
 }
 
 fn judge(local: &Answer, reply: Result<Reply, ClientError>, concurrency: usize, sample: usize) -> Judged {
