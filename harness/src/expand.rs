@@ -139,6 +139,9 @@ pub enum DiffKind {
     Invariant(Invariant),
     /// Thousands of generated strings through the format's tokenizer and the ground truth's.
     TokenizerFuzz,
+    /// Next-token distributions along one sequence as long as the context, judged per bucket
+    /// of positions: what only long positions show (a wrong rope θ).
+    LongContext,
 }
 
 impl DiffKind {
@@ -150,6 +153,7 @@ impl DiffKind {
             DiffKind::Generation => "generation-vs-safetensors",
             DiffKind::Invariant(i) => i.slug(),
             DiffKind::TokenizerFuzz => "tokenizer-fuzz",
+            DiffKind::LongContext => "long-context",
         }
     }
 }
@@ -405,7 +409,7 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
-    for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation] {
+    for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation, DiffKind::LongContext] {
         tails.push((TailKind::Differential(k), String::new()));
     }
     for i in Invariant::ALL {

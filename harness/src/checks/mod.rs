@@ -1,6 +1,7 @@
 //! Checks of a cell, each trial kind in its own room: the gateways G0–G4 ([`gate`]), golden
 //! references ([`golden`]), differentials against the ground truth ([`differential`], with the
-//! comparisons in [`diff`], and the tokenizer fuzz in [`tokenizer_fuzz`]), performance ([`perf`])
+//! comparisons in [`diff`], the tokenizer fuzz in [`tokenizer_fuzz`] and the long-context
+//! comparison in [`long_context`]), performance ([`perf`])
 //! and the server checks ([`server`]). Each
 //! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
 //! concludes in a [`Verdict`], which the trial body makes a finding.
@@ -9,6 +10,7 @@ pub(crate) mod diff;
 pub(crate) mod differential;
 pub(crate) mod gate;
 pub(crate) mod golden;
+pub(crate) mod long_context;
 pub(crate) mod perf;
 pub(crate) mod server;
 pub(crate) mod tokenizer_fuzz;
