@@ -11,15 +11,18 @@ use crate::matrix::{Format, Quantization};
 
 #[test]
 fn buckets_grow_fourfold_and_a_short_tail_joins_the_last() {
-    let check = |length: usize, want: &[Range<usize>]| assert_eq!(buckets(length), want, "length {length}");
-    check(1, &[0..1]);
-    check(16, &[0..16]);
-    check(17, &[0..17]);
-    check(40, &[0..16, 16..40]);
-    check(70, &[0..16, 16..70]);
-    check(128, &[0..16, 16..64, 64..128]);
-    check(2048, &[0..16, 16..64, 64..256, 256..1024, 1024..2048]);
-    check(4096, &[0..16, 16..64, 64..256, 256..1024, 1024..4096]);
+    let check = |length: usize, want: &[(usize, usize)]| {
+        let want: Vec<Range<usize>> = want.iter().map(|&(a, b)| a..b).collect();
+        assert_eq!(buckets(length), want, "length {length}");
+    };
+    check(1, &[(0, 1)]);
+    check(16, &[(0, 16)]);
+    check(17, &[(0, 17)]);
+    check(40, &[(0, 16), (16, 40)]);
+    check(70, &[(0, 16), (16, 70)]);
+    check(128, &[(0, 16), (16, 64), (64, 128)]);
+    check(2048, &[(0, 16), (16, 64), (64, 256), (256, 1024), (1024, 2048)]);
+    check(4096, &[(0, 16), (16, 64), (64, 256), (256, 1024), (1024, 4096)]);
 }
 
 #[test]
