@@ -9,7 +9,10 @@
 //! `diff::tokenizer-fuzz`'s business, not this trial's. The sequence is the tier's scenario
 //! prompts and a fixed passage, repeated to the length: the same tokens on every run.
 
+use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::engine::{EngineError, Flow, SharedSession};
@@ -26,13 +29,14 @@ const FIRST_EDGE: usize = 16;
 
 /// The most positions scored in one bucket, evenly spaced over it (its first and last
 /// included). Every position of the sequence is run; only these keep their logits.
-const SCORED_PER_BUCKET: usize = 64;
+const SCORED_PER_BUCKET: usize = 32;
 
-/// The longest sequence on each backend: a CPU pass over 4,096 tokens of a 1.5B model already
-/// takes most of a minute per side.
+/// The longest sequence on each backend. Both sides run every token of it within one trial's
+/// timeout: 2,048 tokens of a 1.5B model are some 6 TFLOP a side, tens of seconds on a CPU. And
+/// `[1024,2048)` already reaches 64 times past the 16 positions the logit trial sees.
 fn position_cap(backend: Backend) -> usize {
     match backend {
-        Backend::Cpu => 4_096,
+        Backend::Cpu => 2_048,
         Backend::Gpu => 16_384,
     }
 }
@@ -163,11 +167,12 @@ impl Judged {
     }
 }
 
-/// The reference and the candidate along `ids`, bucket by bucket. Memory stays bounded whatever
-/// the context: the reference's logits at the scored positions are kept (at most
-/// [`SCORED_PER_BUCKET`] per bucket, a handful of buckets: 256 positions × the vocabulary at 4,096
-/// tokens, about 150 MB at a 150k vocabulary), the candidate's are judged a bucket at a time, and
-/// each bucket's are dropped once judged.
+/// The reference and the candidate along `ids`, each on a thread of its own, so both advance
+/// together: a bucket is judged as soon as both sides have its positions, and at the deadline
+/// the buckets judged so far still count (a failed one fails the trial; otherwise it is a
+/// timeout). Memory stays bounded whatever the context: only scored positions keep their logits
+/// (at most [`SCORED_PER_BUCKET`] per bucket, a handful of buckets), and each bucket's are dropped
+/// once judged.
 pub(crate) fn compare(
     reference: &SharedSession,
     candidate: &SharedSession,
@@ -179,69 +184,92 @@ pub(crate) fn compare(
     let buckets = buckets(ids.len());
     let scored: Vec<Vec<usize>> = buckets.iter().map(scored).collect();
     let positions: Vec<usize> = scored.iter().flatten().copied().collect();
-    let timeout = |at: usize| {
-        Verdict::timeout(format!(
-            "the long-context comparison passed its timeout at position {at} of {} ({scope})",
-            ids.len()
-        ))
-    };
-
-    let mut want: Vec<Vec<f32>> = Vec::with_capacity(positions.len());
-    let mut late = None;
-    reference.lock().unwrap_or_else(|p| p.into_inner()).sequence_logits(
-        ids,
-        &positions,
-        &mut |at, logits| {
-            want.push(logits);
-            if Instant::now() >= deadline {
-                late = Some(at);
-                return Flow::Stop;
-            }
-            Flow::Continue
-        },
-    )?;
-    if let Some(at) = late {
-        return Ok(timeout(at));
-    }
-
-    let mut want = want.into_iter();
+    let (late, failed) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (sent, received) = mpsc::channel::<(usize, Vec<f32>)>();
     let mut judged: Vec<Judged> = Vec::with_capacity(buckets.len());
-    let mut got: Vec<Vec<f32>> = Vec::new();
-    let mut bucket = 0;
-    candidate.lock().unwrap_or_else(|p| p.into_inner()).sequence_logits(
-        ids,
-        &positions,
-        &mut |at, logits| {
-            got.push(logits);
-            if got.len() == scored[bucket].len() {
-                let reference: Vec<Vec<f32>> = want.by_ref().take(got.len()).collect();
-                judged.push(judge(buckets[bucket].clone(), reference, std::mem::take(&mut got), tolerance));
-                bucket += 1;
+    let ended = std::thread::scope(|threads| {
+        let sides: Vec<_> = [reference, candidate]
+            .into_iter()
+            .enumerate()
+            .map(|(index, session)| {
+                let (sent, late, failed, positions) = (sent.clone(), &late, &failed, &positions);
+                // Named as the trial's thread is, so what is planted in a trial's forward passes
+                // (QUALIFY_FAULT_CRASH) reaches these too.
+                let name = std::thread::current().name().unwrap_or("long-context").to_string();
+                std::thread::Builder::new().name(name).spawn_scoped(threads, move || {
+                    let ended = session.lock().unwrap_or_else(|p| p.into_inner()).sequence_logits(
+                        ids,
+                        positions,
+                        &mut |_, logits| {
+                            let stop = late.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
+                            if stop || sent.send((index, logits)).is_err() {
+                                return Flow::Stop;
+                            }
+                            if Instant::now() >= deadline {
+                                late.store(true, Ordering::Relaxed);
+                                return Flow::Stop;
+                            }
+                            Flow::Continue
+                        },
+                    );
+                    // The other side's work is wasted once this one fails.
+                    failed.fetch_or(ended.is_err(), Ordering::Relaxed);
+                    ended
+                })
+            })
+            .collect();
+        drop(sent);
+        let mut pending: [VecDeque<Vec<f32>>; 2] = [VecDeque::new(), VecDeque::new()];
+        for (index, logits) in received {
+            pending[index].push_back(logits);
+            while let Some(want) = scored.get(judged.len()).map(Vec::len)
+                && pending.iter().all(|p| p.len() >= want)
+            {
+                let [r, c] = pending.each_mut().map(|p| p.drain(..want).collect::<Vec<_>>());
+                judged.push(judge(buckets[judged.len()].clone(), r, c, tolerance));
             }
-            if Instant::now() >= deadline {
-                late = Some(at);
-                return Flow::Stop;
-            }
-            Flow::Continue
-        },
-    )?;
-    if let Some(at) = late.filter(|_| judged.len() < buckets.len()) {
-        return Ok(timeout(at));
-    }
-    if judged.len() < buckets.len() {
-        return Ok(Verdict::fail(format!(
-            "the artifact gave logits at {} of {} positions",
-            judged.iter().map(|j| j.scored).sum::<usize>(),
-            positions.len()
-        )));
+        }
+        sides
+            .into_iter()
+            .map(|side| match side.map(|handle| handle.join()) {
+                Ok(Ok(ended)) => ended,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(e) => Err(EngineError::inference_in("failed to start a thread", e)),
+            })
+            .collect::<Vec<_>>()
+    });
+    for side in ended {
+        side?;
     }
 
     let lines: Vec<String> = judged.iter().map(Judged::line).collect();
     let head = format!("{} positions of {scope}, by bucket: {}", ids.len(), lines.join("; "));
-    Ok(match judged.iter().find(|j| j.verdict.outcome != Outcome::Corroborated) {
-        Some(first) => Verdict::fail(format!(
-            "{head}. The first failing bucket, positions [{},{}), each position a sample: {}",
-            first.range.start, first.range.end, first.verdict.reason
+    let unjudged = |j: &[Judged]| {
+        let rest: Vec<String> =
+            buckets[j.len()..].iter().map(|r| format!("[{},{})", r.start, r.end)).collect();
+        rest.join(", ")
+    };
+    let first_failed = judged.iter().find(|j| j.verdict.outcome != Outcome::Corroborated);
+    Ok(match first_failed {
+        Some(first) => {
+            let mut reason = head.clone();
+            if judged.len() < buckets.len() {
+                reason.push_str(&format!(" (the timeout came before {})", unjudged(&judged)));
+            }
+            Verdict::fail(format!(
+                "{reason}. The first failing bucket, positions [{},{}), each position a sample: {}",
+                first.range.start, first.range.end, first.verdict.reason
+            ))
+        }
+        None if judged.len() < buckets.len() && late.load(Ordering::Relaxed) => Verdict::timeout(format!(
+            "the long-context comparison passed its timeout before {}; {}",
+            unjudged(&judged),
+            if judged.is_empty() { format!("{} positions of {scope}", ids.len()) } else { head }
+        )),
+        None if judged.len() < buckets.len() => Verdict::fail(format!(
+            "the sessions gave logits for {} of {} buckets; {head}",
+            judged.len(),
+            buckets.len()
         )),
         None => Verdict::pass(format!(
             "{head}; every bucket within the gate (mean KL ≤ {:.1e}, top-1 ≥ {:.1}% over its decisive \

@@ -27,7 +27,8 @@ fn buckets_grow_fourfold_and_a_short_tail_joins_the_last() {
 
 #[test]
 fn long_buckets_score_evenly_spaced_positions_from_first_to_last() {
-    assert_eq!(scored(&(16..64)), (16..64).collect::<Vec<_>>());
+    assert_eq!(scored(&(16..48)), (16..48).collect::<Vec<_>>());
+    assert_eq!(scored(&(16..64)).len(), SCORED_PER_BUCKET);
     let s = scored(&(1024..4096));
     assert_eq!(s.len(), SCORED_PER_BUCKET);
     assert_eq!((s[0], s[s.len() - 1]), (1024, 4095));
@@ -78,17 +79,17 @@ fn with_f32(gguf: &[u8], key: &str, value: f32) -> Vec<u8> {
 }
 
 /// The gate of `q` as qa-tiny's playbook sets it: the default, but Q4_K_M's mean KL loosened to
-/// 1.0, since qa-tiny's Q4_K_M drifts past position 16 without any defect (the playbook says why).
+/// 1.5, since qa-tiny's Q4_K_M drifts past position 16 without any defect (the playbook says why).
 fn gate(q: Quantization) -> LogitTolerance {
     match q {
-        Quantization::Q4KM => LogitTolerance { max_mean_kl: 1.0, min_top1: 0.82 },
+        Quantization::Q4KM => LogitTolerance { max_mean_kl: 1.5, min_top1: 0.82 },
         _ => LogitTolerance::for_format(Format::Gguf(q)),
     }
 }
 
 /// The comparison of qa-tiny-`arch` as `q` against its safetensors, with `plant` applied to the
-/// GGUF bytes first, and how long it took.
-fn compared(arch: &str, q: Quantization, plant: impl Fn(&[u8]) -> Vec<u8>) -> (Verdict, Duration) {
+/// GGUF bytes first.
+fn compared(arch: &str, q: Quantization, plant: impl Fn(&[u8]) -> Vec<u8>) -> Verdict {
     let dir = qa_tiny(arch);
     let work = tempfile::tempdir().unwrap();
     let path = work.path().join("model.gguf");
@@ -99,10 +100,8 @@ fn compared(arch: &str, q: Quantization, plant: impl Fn(&[u8]) -> Vec<u8>) -> (V
     let prompts: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
     let ids = sequence(&prompts, length, |t| reference.encode(t)).unwrap();
     let (reference, candidate) = (shared(reference), shared(candidate));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(60);
-    let verdict = compare(&reference, &candidate, &ids, "qa-tiny's context", gate(q), deadline).unwrap();
-    (verdict, started.elapsed())
+    let deadline = Instant::now() + Duration::from_secs(60);
+    compare(&reference, &candidate, &ids, "qa-tiny's context", gate(q), deadline).unwrap()
 }
 
 /// The planted defect: a GGUF whose `<arch>.rope.freq_base` is a quarter off (too high or too
@@ -113,15 +112,14 @@ fn compared(arch: &str, q: Quantization, plant: impl Fn(&[u8]) -> Vec<u8>) -> (V
 fn a_wrong_rope_theta_fails_the_long_bucket_while_the_short_one_passes() {
     for (arch, q) in [("llama", Quantization::F16), ("qwen2", Quantization::Q4KM)] {
         let key = format!("{arch}.rope.freq_base");
-        let (clean, took) = compared(arch, q, <[u8]>::to_vec);
+        let clean = compared(arch, q, <[u8]>::to_vec);
         assert_eq!(clean.outcome, Outcome::Corroborated, "{arch} {q:?}: {}", clean.reason);
-        assert!(took < Duration::from_secs(10), "{arch} {q:?} took {took:?}");
         for theta in [12_500.0, 8_000.0] {
-            let (wrong, _) = compared(arch, q, |g| with_f32(g, &key, theta));
+            let wrong = compared(arch, q, |g| with_f32(g, &key, theta));
             let what = format!("{arch} {q:?} θ = {theta}: {}", wrong.reason);
             assert_eq!(wrong.outcome, Outcome::Falsified, "{what}");
             assert!(bucket_line(&wrong.reason, "[0,16) 16 positions").ends_with(", pass"), "{what}");
-            assert!(bucket_line(&wrong.reason, "[64,128) 64 positions").ends_with(", FAIL"), "{what}");
+            assert!(bucket_line(&wrong.reason, "[64,128) 32 of 64 positions").ends_with(", FAIL"), "{what}");
             assert!(wrong.reason.contains("The first failing bucket, positions ["), "{what}");
         }
     }
@@ -148,7 +146,7 @@ fn the_sixteen_position_logit_gate_misses_the_wrong_theta() {
 /// qa-tiny fails, its first 16 positions too.
 #[test]
 fn a_tenfold_rope_theta_fails_from_the_first_bucket() {
-    let (wrong, _) = compared("llama", Quantization::F16, |g| with_f32(g, "llama.rope.freq_base", 100_000.0));
+    let wrong = compared("llama", Quantization::F16, |g| with_f32(g, "llama.rope.freq_base", 100_000.0));
     assert_eq!(wrong.outcome, Outcome::Falsified, "{}", wrong.reason);
     assert!(wrong.reason.contains("The first failing bucket, positions [0,16)"), "{}", wrong.reason);
 }
@@ -158,4 +156,22 @@ fn bucket_line<'a>(reason: &'a str, head: &str) -> &'a str {
     let lines = reason.split_once("by bucket: ").map_or("", |(_, rest)| rest);
     let lines = lines.split(". The first failing").next().unwrap_or(lines);
     lines.split("; ").find(|l| l.starts_with(head)).unwrap_or_else(|| panic!("no bucket {head} in {reason}"))
+}
+
+/// At the deadline the buckets judged so far decide; with none judged it is a timeout.
+#[test]
+fn a_comparison_past_its_deadline_is_a_timeout() {
+    let dir = qa_tiny("llama");
+    let reference = load_candle(&dir, Backend::Cpu).unwrap();
+    let ids = sequence(&[], 128, |t| reference.encode(t)).unwrap();
+    let (reference, candidate) = (shared(reference), shared(load_candle(&dir, Backend::Cpu).unwrap()));
+    let v =
+        compare(&reference, &candidate, &ids, "qa-tiny's context", gate(Quantization::F16), Instant::now())
+            .unwrap();
+    assert_eq!(v.outcome, Outcome::Timeout, "{}", v.reason);
+    assert!(
+        v.reason.starts_with("the long-context comparison passed its timeout before [0,16)"),
+        "{}",
+        v.reason
+    );
 }
