@@ -2,8 +2,9 @@
 //! as the model's context, against the ground truth's, judged per bucket of positions with the
 //! logit gate's noise-aware rule (`diff::logits`). `diff::logits-vs-safetensors` looks at the
 //! first 16 positions of each prompt, where every rotary angle is small; what only long
-//! positions show — a wrong rope θ, a context the conversion cut, a KV cache that misbehaves
-//! past some length — fails a long bucket here while the short ones still pass.
+//! positions show — a wrong rope θ or rope scaling, a KV cache that misbehaves past some length —
+//! fails a long bucket here while the short ones still pass. Where the format's session runs a
+//! shorter context than the ground truth's, the sequence stops there and the reason says so.
 //!
 //! Both sessions run on the same token ids (the reference's encoding), so the tokenizer is
 //! `diff::tokenizer-fuzz`'s business, not this trial's. The sequence is the tier's scenario
