@@ -200,11 +200,11 @@ fn check_seed(
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::support::matrix::Format::Safetensors));
     // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
-    // safetensors cell, nine differential trials (tensors, logits, generation, invariants I-1
-    // to I-5, the tokenizer fuzz) per derived-format cell, plus the rendered chat prompt where the tier chats or
-    // serves, six server-level gates and `diff::serve-vs-run` per cell where it serves (the latter
-    // where a scenario runs in serve), and a performance trial per cell whose backend
-    // `profile_ci` asserts on.
+    // safetensors cell, ten differential trials (tensors, logits, generation, invariants I-1
+    // to I-5, the tokenizer fuzz, long context) per derived-format cell, plus the rendered chat
+    // prompt where the tier chats or serves, six server-level gates and `diff::serve-vs-run` per
+    // cell where it serves (the latter where a scenario runs in serve), and a performance trial
+    // per cell whose backend `profile_ci` asserts on.
     let safetensors_cells = safetensors * tier.backends.len();
     let chats = tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve));
     let serves = tier.modalities.contains(&Modality::Serve);
@@ -214,7 +214,7 @@ fn check_seed(
     let expected = per_scenario * tier.scenario_count
         + 5 * cells
         + 2 * safetensors_cells
-        + (9 + usize::from(chats)) * (cells - safetensors_cells)
+        + (10 + usize::from(chats)) * (cells - safetensors_cells)
         + if serves { (6 + usize::from(serves_one)) * cells } else { 0 }
         + pb.performance
             .as_ref()

@@ -327,6 +327,90 @@ fn planted_defects_fail_their_gate_and_clean_models_pass() {
     }
 }
 
+/// The `diff::` trials of qa-tiny-llama as gguf-f16, with `plant` applied to its converted GGUF
+/// in a fresh artifact cache first: their evidence by scenario.
+fn long_context_trials(
+    work: &Path,
+    run: &str,
+    plant: impl Fn(&[u8]) -> Vec<u8>,
+) -> HashMap<String, EvidenceRecord> {
+    use modelqa::support::format::{convert, gguf};
+    use modelqa::support::matrix::{Format, Quantization};
+    let dir = model_dir("llama");
+    let cache = work.join(format!("{run}-cache"));
+    let name = convert::artifact_name(&dir, Format::Gguf(Quantization::F16), &cache)
+        .unwrap()
+        .expect("a derived format");
+    std::fs::create_dir_all(cache.join(&name).parent().unwrap()).unwrap();
+    let bytes = gguf::from_safetensors(&dir, Quantization::F16).unwrap();
+    std::fs::write(cache.join(&name), plant(&bytes)).unwrap();
+    let playbook = format!(
+        "playbook: 1\nfamily: planted\ntiers:\n  rope: {{formats: [gguf], quantizations: [f16], backends: [cpu], modalities: [run]}}\n\
+         models:\n  - id: test/qa-tiny\n    path: {}\n    prompt_template: \"{{prompt}}\\n\"\nscenarios:\n\
+         \x20 - {{name: add, prompt: \"What is 47 + 38?\", max_tokens: 6, oracles: [arithmetic]}}\n\
+         \x20 - {{name: mul, prompt: \"Calculate 7*8\", max_tokens: 6, oracles: [arithmetic]}}\n\
+         \x20 - {{name: sub, prompt: \"What is 12 - 9?\", max_tokens: 6, oracles: [arithmetic]}}\n",
+        dir.display()
+    );
+    let file = work.join(format!("{run}.yaml"));
+    std::fs::write(&file, playbook).unwrap();
+    let out = Command::new(common::qualify_binary())
+        .args(["::diff::", "--test-threads", "1"])
+        .env("QUALIFY_PLAYBOOKS", &file)
+        .env("QUALIFY_JOURNAL_DIR", work.join("journal"))
+        .env("QUALIFY_CACHE_DIR", &cache)
+        .env("QUALIFY_RUN_ID", run)
+        .env("QUALIFY_FAILURE_POLICY", "collect-all")
+        .output()
+        .expect("qualify runs");
+    let (records, _) = modelqa::support::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
+        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    records.into_iter().map(|r| (r.scenario.clone(), r)).collect()
+}
+
+/// `gguf` with the f32 metadata value of `key` set to `value`, in place.
+fn with_f32(gguf: &[u8], key: &str, value: f32) -> Vec<u8> {
+    let mut stored = (key.len() as u64).to_le_bytes().to_vec();
+    stored.extend_from_slice(key.as_bytes());
+    let at = gguf.windows(stored.len()).position(|w| w == stored.as_slice()).expect("the key is in the file");
+    let ty = at + stored.len();
+    assert_eq!(gguf[ty..ty + 4], 6u32.to_le_bytes(), "{key} is an f32");
+    let mut out = gguf.to_vec();
+    out[ty + 4..ty + 8].copy_from_slice(&value.to_le_bytes());
+    out
+}
+
+/// A GGUF whose rope θ (`llama.rope.freq_base`) is a quarter too high, planted in the artifact
+/// cache: `diff::long-context` fails its long bucket while its first 16 positions pass, and
+/// `diff::logits-vs-safetensors`, which looks at 16 positions of each prompt, misses it. The
+/// clean GGUF passes both.
+#[test]
+fn a_wrong_rope_theta_fails_long_context_and_the_clean_gguf_passes() {
+    let work = tempfile::tempdir().unwrap();
+    let clean = long_context_trials(work.path(), "clean", <[u8]>::to_vec);
+    for scenario in ["long-context", "logits-vs-safetensors"] {
+        let r = clean.get(scenario).unwrap_or_else(|| panic!("no {scenario} record in {clean:#?}"));
+        assert_eq!(r.outcome, Outcome::Corroborated, "no false alarm on the clean GGUF: {r:?}");
+    }
+    let wrong =
+        long_context_trials(work.path(), "wrong-theta", |g| with_f32(g, "llama.rope.freq_base", 12_500.0));
+    let r = &wrong["long-context"];
+    assert_eq!(r.outcome, Outcome::Falsified, "{r:?}");
+    assert!(
+        r.reason.contains("[0,16) 16 positions: ") && r.reason.contains("), pass; [16,64)"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason.contains("[64,128) 32 of 64 positions: ")
+            && r.reason.contains("FAIL. The first failing bucket"),
+        "{}",
+        r.reason
+    );
+    let short = &wrong["logits-vs-safetensors"];
+    assert_eq!(short.outcome, Outcome::Corroborated, "the 16-position trial misses it: {short:?}");
+}
+
 /// candle against an independent implementation: Hugging Face transformers on PyTorch, whose
 /// logits `xtask/scripts/reference_logits.py` wrote into golden/qa-tiny.
 #[test]

@@ -200,7 +200,7 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     let no_logits = matches!(
         kind,
         TrialKind::Golden(GoldenKind::Logits)
-            | TrialKind::Differential(DiffKind::Logits | DiffKind::Generation)
+            | TrialKind::Differential(DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext)
     );
     let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
     let serve_vs_run = matches!(kind, TrialKind::Differential(DiffKind::ServeVsRun));

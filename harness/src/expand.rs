@@ -145,6 +145,9 @@ pub enum DiffKind {
     /// same cell's answer in process: token for token, or each side's token in the other's top 5
     /// where they part. Every cell of a tier with the `serve` modality.
     ServeVsRun,
+    /// Next-token distributions along one sequence as long as the context, judged per bucket
+    /// of positions: what only long positions show (a wrong rope θ).
+    LongContext,
 }
 
 impl DiffKind {
@@ -157,6 +160,7 @@ impl DiffKind {
             DiffKind::Invariant(i) => i.slug(),
             DiffKind::TokenizerFuzz => "tokenizer-fuzz",
             DiffKind::ServeVsRun => "serve-vs-run",
+            DiffKind::LongContext => "long-context",
         }
     }
 }
@@ -414,7 +418,7 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
-    for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation] {
+    for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation, DiffKind::LongContext] {
         tails.push((TailKind::Differential(k), String::new()));
     }
     for i in Invariant::ALL {

@@ -46,38 +46,67 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
             }
             Err(e) => Verdict::fail(format!("the safetensors chat template: {e}")),
         },
-        DiffKind::Logits | DiffKind::Generation => {
-            let Some(reference_key) = reference_key(spec) else {
-                return Finding::new(
-                    Outcome::Falsified,
-                    Decider::Comp,
-                    "a safetensors cell has no reference",
-                );
-            };
-            let (reference, _) = env
-                .ctx
-                .sessions
-                .get_or_load(&reference_key, false, || env.ctx.engine.load(env.model_dir, spec.name.backend));
-            let reference = match reference {
+        DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext => {
+            let reference = match reference(env) {
                 Ok(r) => r,
-                Err(e) => {
-                    return Finding::new(
-                        Outcome::Falsified,
-                        Decider::Comp,
-                        format!("the safetensors reference failed to load: {e}"),
-                    );
-                }
+                Err(finding) => return *finding,
             };
-            if kind == DiffKind::Generation {
-                let k = spec.differential.top_k.unwrap_or(5);
-                first_divergence(&reference, env.session, &env.asks(), k, env.deadline)
-            } else {
-                return logits(env, &reference);
+            match kind {
+                DiffKind::Generation => {
+                    let k = spec.differential.top_k.unwrap_or(5);
+                    first_divergence(&reference, env.session, &env.asks(), k, env.deadline)
+                }
+                DiffKind::LongContext => {
+                    return super::long_context::run(env, &reference, long_context_tolerance(spec));
+                }
+                _ => return logits(env, &reference),
             }
         }
     };
     let decider = if verdict.outcome == Outcome::Timeout { Decider::Timeout } else { Decider::Comp };
     verdict.into_finding(decider)
+}
+
+/// The cell's safetensors reference session, loaded (or found) as the trial's own is; a failure
+/// is the trial's finding.
+fn reference(env: &TrialEnv<'_>) -> Result<SharedSession, Box<Finding>> {
+    let spec = env.spec;
+    let Some(reference_key) = reference_key(spec) else {
+        return Err(Box::new(Finding::new(
+            Outcome::Falsified,
+            Decider::Comp,
+            "a safetensors cell has no reference",
+        )));
+    };
+    let (reference, _) = env
+        .ctx
+        .sessions
+        .get_or_load(&reference_key, false, || env.ctx.engine.load(env.model_dir, spec.name.backend));
+    reference.map_err(|e| {
+        Box::new(Finding::new(
+            Outcome::Falsified,
+            Decider::Comp,
+            format!("the safetensors reference failed to load: {e}"),
+        ))
+    })
+}
+
+/// The logit gate of the trial's format: the playbook's, else the format's default.
+fn tolerance(spec: &TrialSpec) -> LogitTolerance {
+    let format = spec.name.format;
+    match spec.differential.logits.get(&format.name()) {
+        Some(g) => LogitTolerance { max_mean_kl: g.max_mean_kl, min_top1: g.min_top1 },
+        None => LogitTolerance::for_format(format),
+    }
+}
+
+/// The gate of each bucket of `diff::long-context`: the playbook's for the trial's format, else
+/// the format's logit gate.
+fn long_context_tolerance(spec: &TrialSpec) -> LogitTolerance {
+    match spec.differential.long_context.get(&spec.name.format.name()) {
+        Some(g) => LogitTolerance { max_mean_kl: g.max_mean_kl, min_top1: g.min_top1 },
+        None => tolerance(spec),
+    }
 }
 
 /// Next-token distributions at the first prompt positions of every scenario, reference and
@@ -106,12 +135,7 @@ fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
             }
         }
     }
-    let format = env.spec.name.format;
-    let tolerance = match env.spec.differential.logits.get(&format.name()) {
-        Some(g) => LogitTolerance { max_mean_kl: g.max_mean_kl, min_top1: g.min_top1 },
-        None => LogitTolerance::for_format(format),
-    };
-    diff::logits(&want, &got, tolerance).into_finding(Decider::Comp)
+    diff::logits(&want, &got, tolerance(env.spec)).into_finding(Decider::Comp)
 }
 
 /// The generated-sequence rule (vLLM's): greedy outputs of the ground truth and the format are

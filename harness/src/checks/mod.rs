@@ -1,8 +1,8 @@
 //! Checks of a cell, each trial kind in its own room: the gateways G0–G4 ([`gate`]), golden
 //! references ([`golden`]), differentials against the ground truth ([`differential`], with the
-//! comparisons in [`diff`], the tokenizer fuzz in [`tokenizer_fuzz`], and the cell's server
-//! against the cell in process in [`serve_vs_run`]), performance ([`perf`]) and the server checks
-//! ([`server`]). Each
+//! comparisons in [`diff`], the tokenizer fuzz in [`tokenizer_fuzz`], the long-context
+//! comparison in [`long_context`], and the cell's server against the cell in process in
+//! [`serve_vs_run`]), performance ([`perf`]) and the server checks ([`server`]). Each
 //! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
 //! concludes in a [`Verdict`], which the trial body makes a finding.
 
@@ -10,6 +10,7 @@ pub(crate) mod diff;
 pub(crate) mod differential;
 pub(crate) mod gate;
 pub(crate) mod golden;
+pub(crate) mod long_context;
 pub(crate) mod perf;
 pub(crate) mod serve_vs_run;
 pub(crate) mod server;

@@ -377,6 +377,11 @@ fn gguf_session(
 /// The candle version the harness is built against (kept in step with Cargo.toml).
 const CANDLE_VERSION: &str = "0.11.1";
 
+/// The most tokens one forward pass of [`Session::sequence_logits`] takes: a long stretch
+/// between two wanted positions goes through in pieces, so no pass's attention scores (chunk ×
+/// context × heads) grow with the context.
+const SEQUENCE_CHUNK: usize = 512;
+
 impl CandleSession {
     fn forward(
         &mut self,
@@ -492,6 +497,55 @@ impl Session for CandleSession {
             out.push(logits.to_vec1::<f32>().map_err(inference)?);
         }
         Ok(out)
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EngineError::inference_in("failed to tokenize the text", e))?
+            .get_ids()
+            .to_vec())
+    }
+
+    fn context(&self) -> Option<usize> {
+        Some(self.context)
+    }
+
+    fn sequence_logits(
+        &mut self,
+        ids: &[u32],
+        positions: &[usize],
+        on_logits: &mut dyn FnMut(usize, Vec<f32>) -> Flow,
+    ) -> Result<(), EngineError> {
+        let inference = |e: candle_core::Error| EngineError::inference(e);
+        if ids.is_empty() || ids.len() > self.context {
+            return Err(EngineError::OutsideContext { tokens: ids.len(), context: self.context });
+        }
+        if positions.windows(2).any(|w| w[0] >= w[1]) || positions.last().is_some_and(|&p| p >= ids.len()) {
+            return Err(EngineError::Inference(format!(
+                "positions must ascend and lie below the sequence's {} tokens",
+                ids.len()
+            )));
+        }
+        let mut cache = self.fresh_cache()?;
+        let mut fed = 0;
+        for &position in positions {
+            // The tokens up to the position go through the KV cache in chunks, the last of which
+            // ends at the position: its logits are the chunk's (a forward returns the last
+            // token's only), and no chunk's attention grows past SEQUENCE_CHUNK rows.
+            while fed <= position {
+                let end = (fed + SEQUENCE_CHUNK).min(position + 1);
+                let logits = self.forward(&ids[fed..end], fed, &mut cache).map_err(inference)?;
+                fed = end;
+                if fed == position + 1
+                    && on_logits(position, logits.to_vec1::<f32>().map_err(inference)?) == Flow::Stop
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn generate_streaming(

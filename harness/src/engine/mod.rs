@@ -292,6 +292,28 @@ pub trait Session: Send {
     fn logits_after(&mut self, _prompt: &str, _continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
         Err(EngineError::Unsupported("this engine shows no logits".into()))
     }
+    /// The token ids `text` encodes to, as `generate` encodes a prompt: so another session can
+    /// be run on exactly the same tokens ([`Session::sequence_logits`]).
+    fn encode(&self, _text: &str) -> Result<Vec<u32>, EngineError> {
+        Err(EngineError::Unsupported("this engine shows no tokens".into()))
+    }
+    /// The next-token logits at each of `positions` of the token sequence `ids` (position i
+    /// predicts token i+1), in one pass over the sequence, each handed to `on_logits` as soon as
+    /// it is computed: the caller keeps what it needs, where thousands of positions' whole
+    /// distributions would not fit in memory. `positions` ascend and lie below `ids.len()`,
+    /// which must fit the context. [`Flow::Stop`] from `on_logits` ends the pass (a deadline).
+    fn sequence_logits(
+        &mut self,
+        _ids: &[u32],
+        _positions: &[usize],
+        _on_logits: &mut dyn FnMut(usize, Vec<f32>) -> Flow,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported("this engine shows no logits".into()))
+    }
+    /// The context this session runs, in tokens, where the engine knows it.
+    fn context(&self) -> Option<usize> {
+        self.prompt_gauge().map(|g| g.context())
+    }
     /// Answers a conversation, for engines that apply their own chat template
     /// ([`SessionInfo::applies_chat_template`]); `request.prompt` is the harness's readable
     /// transcript, for the record only.

@@ -141,8 +141,11 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
     let engine = doc.engine.clone().unwrap_or_default();
     check_engine(&engine).map_err(|e| caused(e).at("engine"))?;
     let differential = doc.differential_tests.clone().unwrap_or_default();
-    for (format, gate) in &differential.logits {
-        let at = format!("differential_tests.logits.{format}");
+    let gates = [("logits", &differential.logits), ("long_context", &differential.long_context)];
+    for (format, gate, at) in gates
+        .iter()
+        .flat_map(|(key, map)| map.iter().map(move |(f, g)| (f, g, format!("differential_tests.{key}.{f}"))))
+    {
         if Format::parse(format).is_none() {
             return Err(
                 err(format!("`{format}` is not a format name (safetensors, apr, gguf-q4_k_m, …)")).at(at)

@@ -142,6 +142,10 @@ pub struct DifferentialSpec {
     /// replacing the defaults (docs/playbooks.md lists them).
     #[serde(default)]
     pub logits: BTreeMap<String, LogitGate>,
+    /// Gates of `diff::long-context` per format name, each bucket of positions judged by it;
+    /// where a format has none, its `logits` gate (or the default) applies.
+    #[serde(default)]
+    pub long_context: BTreeMap<String, LogitGate>,
     /// `k` of the generated-sequence rule: at the first divergence of the greedy outputs, each
     /// format's token must be in the other's top k (default 5).
     pub top_k: Option<usize>,

@@ -113,11 +113,14 @@ pub(crate) fn session_key(spec: &TrialSpec) -> SessionKey {
     SessionKey { model: spec.model.id.clone(), format: spec.name.format, backend: spec.name.backend, engine }
 }
 
-/// The safetensors session a logit or generation differential compares against, if the trial
-/// is one.
+/// The safetensors session a logit, long-context or generation differential compares against,
+/// if the trial is one.
 pub(crate) fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
-    matches!(spec.kind, TrialKind::Differential(DiffKind::Logits | DiffKind::Generation))
-        .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
+    matches!(
+        spec.kind,
+        TrialKind::Differential(DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext)
+    )
+    .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
 }
 
 /// Loads the session of a trial on its engine.
