@@ -394,7 +394,7 @@ fn malformed_playbook_stops_before_any_trial() {
 #[test]
 fn a_plan_past_the_trial_bound_is_refused_before_anything_is_listed() {
     // 200 models × 4 cells × 10,000 generated cases in 3 modalities, and each cell's own checks:
-    // 24,014,400 trials.
+    // 24,014,800 trials.
     let models: String = (0..200).map(|i| format!("  - {{id: org/m{i}, path: model}}\n")).collect();
     let fx = Fixture::new(&format!(
         "playbook: 1\nfamily: e2e\ntiers:\n  big: {{formats: [safetensors, apr], backends: [cpu, gpu], modalities: [run, chat, serve], scenario_count: 10000}}\nmodels:\n{models}scenarios:\n  - {{name: sums, generate: {{arithmetic: {{ops: [\"+\", \"*\"], operands: [0, 9999]}}}}, count: 10000, oracles: [arithmetic]}}\n"
@@ -402,7 +402,7 @@ fn a_plan_past_the_trial_bound_is_refused_before_anything_is_listed() {
     let out = fx.qualify("big", &["--list"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("define 24014400 trials; at most 20000000 are run in one harness"),
+        stderr(&out).contains("define 24014800 trials; at most 20000000 are run in one harness"),
         "{}",
         stderr(&out)
     );
