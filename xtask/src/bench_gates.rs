@@ -37,6 +37,10 @@ pub struct GatesArgs {
     /// The fixture family whose models are measured (a folder under fixtures/)
     #[arg(long, value_name = "FAMILY", default_value = "qa-tiny")]
     pub family: String,
+    /// A model directory (config.json, safetensors, tokenizer.json) to measure instead of the
+    /// family, such as a snapshot `cargo xtask fetch` put in the Hugging Face cache; repeatable
+    #[arg(long = "model", value_name = "DIR")]
+    pub models: Vec<PathBuf>,
     /// Prompts read once per cell, from which every prompt set is drawn
     #[arg(long, value_name = "N", default_value_t = 96)]
     pub pool: usize,
@@ -79,14 +83,30 @@ pub fn run(args: &GatesArgs) -> anyhow::Result<()> {
         "--pool must be at least --set, and --set at least 2"
     );
     let root = crate::root();
-    let family = root.join("fixtures").join(&args.family);
-    let mut models: Vec<PathBuf> = std::fs::read_dir(&family)
-        .with_context(|| format!("reading {}", family.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
-    models.sort();
-    anyhow::ensure!(!models.is_empty(), "no model (a folder with config.json) under {}", family.display());
+    let models = if args.models.is_empty() {
+        let family = root.join("fixtures").join(&args.family);
+        let mut models: Vec<PathBuf> = std::fs::read_dir(&family)
+            .with_context(|| format!("reading {}", family.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("config.json").is_file())
+            .collect();
+        models.sort();
+        anyhow::ensure!(
+            !models.is_empty(),
+            "no model (a folder with config.json) under {}",
+            family.display()
+        );
+        models
+    } else {
+        for m in &args.models {
+            anyhow::ensure!(
+                m.join("config.json").is_file(),
+                "{} is not a model directory: it has no config.json",
+                m.display()
+            );
+        }
+        args.models.clone()
+    };
     let formats = if args.formats.is_empty() {
         std::iter::once(Format::Apr).chain(Quantization::ALL.into_iter().map(Format::Gguf)).collect()
     } else {
@@ -320,9 +340,13 @@ fn margin(v: &[f32]) -> f64 {
 fn print_table(rows: &[Row], args: &GatesArgs, took: Duration) {
     println!();
     println!(
-        "gate benchmark: diff::logits-vs-safetensors on fixtures/{}; {} prompts read per cell, sets of {} drawn without \
+        "gate benchmark: diff::logits-vs-safetensors on {}; {} prompts read per cell, sets of {} drawn without \
          replacement; {} clean sets and {} sets per planted defect; {} cpus, {}; {:.0} s",
-        args.family,
+        if args.models.is_empty() {
+            format!("fixtures/{}", args.family)
+        } else {
+            format!("{} model directories", args.models.len())
+        },
         args.pool,
         args.set,
         args.reruns,
