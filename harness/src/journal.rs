@@ -30,6 +30,13 @@ pub struct Metrics {
     pub tokens_per_second: Option<f64>,
     /// The whole trial, wall clock.
     pub duration_ms: f64,
+    /// A logit differential's mean KL divergence from the ground truth (absent elsewhere, and in
+    /// records older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_kl: Option<f64>,
+    /// A logit differential's top-1 agreement over its decisive positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
 }
 
 /// The machine a record was made on.

@@ -7,6 +7,7 @@ mod bench_gates;
 mod bench_serve;
 mod certify;
 mod crashes;
+mod diff;
 mod fetch;
 mod fixtures;
 mod fuzz;
@@ -51,6 +52,8 @@ enum Task {
     Serve(serve::ServeArgs),
     /// Fuzz the readers of untrusted bytes (playbooks, model files, journals, HTTP requests)
     Fuzz(fuzz::FuzzArgs),
+    /// What changed between two runs: flipped verdicts and moved metrics, and which are beyond noise
+    Diff(diff::DiffArgs),
     /// Under the real cargo-nextest: an abort, a segfault and a hang in one trial each end as its own record
     Crashes(crashes::CrashesArgs),
     /// Benchmarks: harness expansion, or `serve` / `formats` (release builds)
@@ -124,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Serve(args) => serve::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Crashes(args) => crashes::run(&args),
+        Task::Diff(args) => diff::run(&args),
     }
 }
 

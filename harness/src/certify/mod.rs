@@ -2,6 +2,7 @@
 //! registry, reports, tickets and the playbook lock. Everything here is pure or reads only the
 //! files it is given; `xtask/src/certify.rs` decides which files.
 
+pub mod diff;
 pub mod evidence;
 pub mod lock;
 pub mod mqs;

@@ -135,7 +135,16 @@ fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
             }
         }
     }
-    diff::logits(&want, &got, tolerance(env.spec)).into_finding(Decider::Comp)
+    let evidence = match diff::LogitEvidence::measure(&want, &got) {
+        Ok(e) => e,
+        Err(why) => return Verdict::fail(why).into_finding(Decider::Comp),
+    };
+    let mut finding = evidence.judge(tolerance(env.spec)).into_finding(Decider::Comp);
+    // The figures `cargo xtask diff` compares between runs.
+    let (agree, decisive) = evidence.decisive_agreement();
+    finding.metrics.mean_kl = Some(evidence.kl_interval().mean);
+    finding.metrics.top1_agreement = (decisive > 0).then(|| agree as f64 / decisive as f64);
+    finding
 }
 
 /// The generated-sequence rule (vLLM's): greedy outputs of the ground truth and the format are

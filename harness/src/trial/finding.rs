@@ -148,6 +148,7 @@ pub(crate) fn metrics_of(g: &Generation) -> Metrics {
         tokens: Some(g.tokens.len()),
         tokens_per_second: g.tokens_per_second(),
         duration_ms: 0.0,
+        ..Metrics::default()
     }
 }
 

@@ -1,0 +1,53 @@
+//! `cargo xtask diff` on the committed evidence: a model against itself is no difference and exit
+//! 0; planted flips and a doubled KL are named beyond noise with their p-values and exit 1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn evidence() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../certifications/qa-tiny-llama/evidence.json")
+}
+
+fn diff(a: &Path, b: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask")).arg("diff").arg(a).arg(b).output().expect("the xtask runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_same_evidence_is_no_difference() {
+    let out = diff(&evidence(), &evidence());
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("No difference: 228 paired trials"), "{}", stdout(&out));
+}
+
+#[test]
+fn planted_flips_and_a_doubled_kl_are_named_beyond_noise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(evidence()).expect("reads")).expect("json");
+    let records = e["records"].as_array_mut().expect("records");
+    // Eight passing scenario trials of one format fail; every logit differential's KL doubles.
+    let mut flipped = 0;
+    for r in records.iter_mut() {
+        let trial = r["trial"].as_str().unwrap_or_default().to_string();
+        if flipped < 8 && trial.contains("::apr::cpu::run::") && r["outcome"] == "corroborated" {
+            r["outcome"] = "falsified".into();
+            flipped += 1;
+        }
+        if let Some(kl) = r["metrics"]["mean_kl"].as_f64() {
+            r["metrics"]["mean_kl"] = (kl * 2.0 + 1e-3).into();
+        }
+    }
+    assert_eq!(flipped, 8);
+    let after = dir.path().join("evidence.json");
+    std::fs::write(&after, e.to_string()).expect("writes");
+    let out = diff(&evidence(), &after);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("| qa-tiny-llama | apr | QUAL | 8 | 0 |"), "{text}");
+    assert!(text.contains("0.008 |"), "McNemar's p for 8 against 0: {text}");
+    assert!(text.contains("| qa-tiny-llama | mean KL |"), "{text}");
+}
