@@ -180,6 +180,7 @@ mod tests {
             size: None,
             expect: ExpectedShape::default(),
             prompt_template: "{prompt}".into(),
+            artifacts: Vec::new(),
         }
     }
 
