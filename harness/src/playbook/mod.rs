@@ -61,7 +61,7 @@ pub struct Model {
 
 /// Where a shipped artifact is (`artifacts:` in a playbook): resolved against the playbook's
 /// folder, or a file of a Hugging Face repository looked for in the local cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ArtifactSource {
     Local(PathBuf),
     Hub { repo: String, file: String, revision: String },
