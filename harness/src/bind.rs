@@ -213,7 +213,9 @@ fn artifact_missing_reason(model: &Model, format: Format, looked: &[PathBuf]) ->
             path.display()
         ),
         (Some(ArtifactSource::Hub { .. }), None) => {
-            format!("the {format} file {source} cannot be looked for: no Hugging Face cache (HF_HUB_CACHE, HF_HOME or HOME)")
+            format!(
+                "the {format} file {source} cannot be looked for: no Hugging Face cache (HF_HUB_CACHE, HF_HOME or HOME)"
+            )
         }
         (_, Some(path)) => format!("the {format} file the playbook names is not there: {}", path.display()),
         (_, None) => format!("the {format} file {source} is not there"),

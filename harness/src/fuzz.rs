@@ -159,7 +159,13 @@ fn apr(data: &[u8]) {
         if std::fs::write(&path, &bytes).is_err() {
             return;
         }
-        let _ = crate::integrity::check_artifact(&path, crate::matrix::Format::Apr, None, &Default::default(), None);
+        let _ = crate::integrity::check_artifact(
+            &path,
+            crate::matrix::Format::Apr,
+            None,
+            &Default::default(),
+            None,
+        );
         load_and_generate(&path, tmp.path());
     }
 }

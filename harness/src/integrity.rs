@@ -183,7 +183,8 @@ fn check_gguf(
                     Err(e) => Err(format!("failed to read {}: {e}", path.display())),
                 }
             };
-            let config = json("config.json")?.ok_or_else(|| format!("no config.json in {}", dir.display()))?;
+            let config =
+                json("config.json")?.ok_or_else(|| format!("no config.json in {}", dir.display()))?;
             problems.extend(gguf::against_config(&facts, &config, json("tokenizer_config.json")?.as_ref()));
             "config.json and tokenizer_config.json key by key"
         }
@@ -372,10 +373,14 @@ mod tests {
         let gguf = seeds::tiny_gguf(dir.path(), "llama");
         let path = dir.path().join("m.gguf");
         let (q8, source) = (Format::Gguf(Quantization::Q8_0), Some(dir.path().join("llama")));
-        let check = |path: &Path| check_artifact(path, q8, source.as_deref(), &ExpectedShape::default(), None);
+        let check =
+            |path: &Path| check_artifact(path, q8, source.as_deref(), &ExpectedShape::default(), None);
         std::fs::write(&path, &gguf).unwrap();
         let passed = check(&path).unwrap();
-        assert!(passed.contains("passes the header, layout and shape checks, agrees with config.json"), "{passed}");
+        assert!(
+            passed.contains("passes the header, layout and shape checks, agrees with config.json"),
+            "{passed}"
+        );
         std::fs::write(&path, seeds::with_alignment(&gguf, 0)).unwrap();
         let e = check(&path).unwrap_err();
         assert!(e.contains("`general.alignment` is 0; it must be a nonzero power of two"), "{e}");
@@ -395,7 +400,8 @@ mod tests {
             .map(|n| (n.clone(), content.tensor(&mut cursor, n, &candle_core::Device::Cpu).unwrap()))
             .collect();
         let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut out = std::io::Cursor::new(Vec::new());
         gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
         out.into_inner()
@@ -430,7 +436,8 @@ mod tests {
             template(md);
         });
         check(clean.clone(), q8).unwrap();
-        let cases: [(&str, Box<dyn Fn(&mut Vec<(String, Value)>)>, &str); 6] = [
+        type Plant = Box<dyn Fn(&mut Vec<(String, Value)>)>;
+        let cases: [(&str, Plant, &str); 6] = [
             (
                 "rope base",
                 Box::new(|md| set(md, "llama.rope.freq_base", Value::F32(1e6))),
@@ -443,7 +450,9 @@ mod tests {
             ),
             (
                 "chat template",
-                Box::new(|md| set(md, "tokenizer.chat_template", Value::String("{{ messages[1].content }}".into()))),
+                Box::new(|md| {
+                    set(md, "tokenizer.chat_template", Value::String("{{ messages[1].content }}".into()))
+                }),
                 "tokenizer.chat_template differs from tokenizer_config.json chat_template at character 12",
             ),
             (
@@ -468,5 +477,11 @@ mod tests {
         }
         // The clean Q8_0 file named as Q4_K_M: its types say otherwise.
         let e = check(clean, Format::Gguf(Quantization::Q4KM)).unwrap_err();
-        assert!(e.contains("general.file_type 7 (q8_0) in the file, the cell's format gguf-q4_k_m is file type 15"), "{e}");
-    }}
+        assert!(
+            e.contains(
+                "general.file_type 7 (q8_0) in the file, the cell's format gguf-q4_k_m is file type 15"
+            ),
+            "{e}"
+        );
+    }
+}

@@ -59,7 +59,12 @@ fn into_hub_cache(hub: &Path, repo: &str, file: &str, bytes: &[u8]) {
 
 /// Runs the trials of `playbook` matching `filter`: the records by trial name, and what the
 /// harness printed (stdout, then stderr, where ignore reasons are summed up).
-fn qualify(work: &Path, run: &str, playbook: &str, filter: &str) -> (HashMap<String, EvidenceRecord>, String) {
+fn qualify(
+    work: &Path,
+    run: &str,
+    playbook: &str,
+    filter: &str,
+) -> (HashMap<String, EvidenceRecord>, String) {
     let file = work.join(format!("{run}.yaml"));
     std::fs::write(&file, playbook).unwrap();
     let out = Command::new(common::qualify_binary())
@@ -119,7 +124,9 @@ fn a_shipped_gguf_is_qualified_against_its_ground_truth() {
         "{}",
         g0.reason
     );
-    for diff in ["logits-vs-safetensors", "generation-vs-safetensors", "tensors-vs-safetensors", "tokenizer-fuzz"] {
+    for diff in
+        ["logits-vs-safetensors", "generation-vs-safetensors", "tensors-vs-safetensors", "tokenizer-fuzz"]
+    {
         let name = format!("shipped::q8::qa-tiny::gguf-q8_0::cpu::diff::{diff}");
         assert!(records.contains_key(&name), "{name} ran: {stdout}");
     }
@@ -217,7 +224,8 @@ fn a_gguf_without_ground_truth_is_qualified_on_its_own() {
     assert_eq!(gates, 5, "G0–G4: {stdout}");
     assert!(records.keys().any(|n| n.ends_with("::run::add")), "{stdout}");
     assert!(
-        stdout.contains("nothing to compare against: test/qa-tiny-gguf ships no safetensors ground truth here"),
+        stdout
+            .contains("nothing to compare against: test/qa-tiny-gguf ships no safetensors ground truth here"),
         "{stdout}"
     );
     let g0 = &records["alone::q8::qa-tiny-gguf::gguf-q8_0::cpu::gate::g0-integrity"];

@@ -39,7 +39,13 @@ pub(crate) fn artifact_integrity(
     model: &Model,
     before: Verdict,
 ) -> Verdict {
-    match crate::integrity::check_artifact(artifact, format, source, &model.expect, model.architecture.as_deref()) {
+    match crate::integrity::check_artifact(
+        artifact,
+        format,
+        source,
+        &model.expect,
+        model.architecture.as_deref(),
+    ) {
         Ok(what) if what.is_empty() => before,
         Ok(what) => Verdict::pass(format!("{}; {what}", before.reason)),
         Err(problem) => Verdict::fail(format!("integrity: {problem}")),

@@ -86,7 +86,7 @@ pub(super) enum ResolveError {
         "`{key}` is not a shipped format: name `apr` or `gguf-<quantization>` (the safetensors ground truth is `path`; a GGUF names its quantization, as in `gguf-q4_k_m`)"
     )]
     ArtifactFormat { key: String },
-    #[error("`{key}` names {file:?}; a {key} artifact is a `.{extension}` file")]
+    #[error("`{key}` names {file:?}, which is not a `.{extension}` file")]
     ArtifactExtension { key: String, file: String, extension: &'static str },
     #[error("{address:?} is not `hf://org/name/file` (or `hf://org/name@revision/file`)")]
     HubAddress { address: String },
@@ -338,7 +338,10 @@ fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, ResolveErro
 }
 
 /// A model's `artifacts`, each key a derived format and each file of that format's kind.
-fn resolve_artifacts(spec: &ModelSpec, base_dir: &Path) -> Result<Vec<(Format, ArtifactSource)>, ResolveError> {
+fn resolve_artifacts(
+    spec: &ModelSpec,
+    base_dir: &Path,
+) -> Result<Vec<(Format, ArtifactSource)>, ResolveError> {
     let mut out = Vec::new();
     for (key, artifact) in &spec.artifacts {
         let format = match Format::parse(key) {
@@ -347,8 +350,9 @@ fn resolve_artifacts(spec: &ModelSpec, base_dir: &Path) -> Result<Vec<(Format, A
         };
         let source = match artifact {
             ArtifactSpec::Path(text) => match text.strip_prefix("hf://") {
-                Some(address) => hub_address(address)
-                    .ok_or_else(|| ResolveError::HubAddress { address: text.clone() })?,
+                Some(address) => {
+                    hub_address(address).ok_or_else(|| ResolveError::HubAddress { address: text.clone() })?
+                }
                 None => ArtifactSource::Local(base_dir.join(text)),
             },
             ArtifactSpec::Hub(hub) => ArtifactSource::Hub {
@@ -367,7 +371,11 @@ fn resolve_artifacts(spec: &ModelSpec, base_dir: &Path) -> Result<Vec<(Format, A
         let extension = if format == Format::Apr { "apr" } else { "gguf" };
         let file = source.file_name();
         if !file.rsplit_once('.').is_some_and(|(_, e)| e.eq_ignore_ascii_case(extension)) {
-            return Err(ResolveError::ArtifactExtension { key: key.clone(), file: file.to_string(), extension });
+            return Err(ResolveError::ArtifactExtension {
+                key: key.clone(),
+                file: file.to_string(),
+                extension,
+            });
         }
         out.push((format, source));
     }
@@ -381,7 +389,11 @@ fn hub_address(address: &str) -> Option<ArtifactSource> {
     let (name, file) = rest.split_once('/')?;
     let (name, revision) = name.split_once('@').unwrap_or((name, "main"));
     (!org.is_empty() && !name.is_empty() && !revision.is_empty() && !file.is_empty()).then(|| {
-        ArtifactSource::Hub { repo: format!("{org}/{name}"), file: file.to_string(), revision: revision.to_string() }
+        ArtifactSource::Hub {
+            repo: format!("{org}/{name}"),
+            file: file.to_string(),
+            revision: revision.to_string(),
+        }
     })
 }
 

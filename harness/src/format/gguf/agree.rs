@@ -25,8 +25,13 @@ pub(crate) struct FileFacts<'a> {
 impl<'a> FileFacts<'a> {
     pub(crate) fn new(content: &'a gguf_file::Content) -> Self {
         let md = &content.metadata;
-        let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-        let vocab = content.tensor_infos.get("token_embd.weight").and_then(|t| t.shape.dims().first()).map(|&r| r as u64);
+        let arch =
+            md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        let vocab = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .and_then(|t| t.shape.dims().first())
+            .map(|&r| r as u64);
         Self { md, arch, vocab }
     }
 
@@ -105,7 +110,11 @@ pub(crate) fn against_config(
         ("embedding_length", "hidden_size", hidden),
         ("feed_forward_length", "intermediate_size", config_int(config, "intermediate_size")),
         ("attention.head_count", "num_attention_heads", heads),
-        ("attention.head_count_kv", "num_key_value_heads", config_int(config, "num_key_value_heads").or(heads)),
+        (
+            "attention.head_count_kv",
+            "num_key_value_heads",
+            config_int(config, "num_key_value_heads").or(heads),
+        ),
         ("context_length", "max_position_embeddings", config_int(config, "max_position_embeddings")),
     ];
     for (suffix, field, want) in integers {
@@ -114,7 +123,9 @@ pub(crate) fn against_config(
             (Some(got), Some(want)) if got != want => {
                 problems.push(format!("{key} {got} in the file, config.json {field} {want}"));
             }
-            (None, Some(want)) => problems.push(format!("{key} is missing from the file, config.json {field} {want}")),
+            (None, Some(want)) => {
+                problems.push(format!("{key} is missing from the file, config.json {field} {want}"))
+            }
             _ => {}
         }
     }
@@ -144,7 +155,9 @@ pub(crate) fn against_config(
         if let Some(rows) = file.vocab
             && rows != want
         {
-            problems.push(format!("token_embd.weight has {rows} rows in the file, config.json vocab_size {want}"));
+            problems.push(format!(
+                "token_embd.weight has {rows} rows in the file, config.json vocab_size {want}"
+            ));
         }
         if let Some(tokens) = file.md.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok())
             && tokens.len() as u64 != want
@@ -155,7 +168,8 @@ pub(crate) fn against_config(
             ));
         }
     }
-    for (key, field) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")]
+    for (key, field) in
+        [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")]
     {
         let allowed: Vec<u64> = match config.get(field) {
             Some(serde_json::Value::Array(ids)) => ids.iter().filter_map(serde_json::Value::as_u64).collect(),
@@ -165,8 +179,12 @@ pub(crate) fn against_config(
         match (file.int(key), allowed.as_slice()) {
             (_, []) => {}
             (Some(got), _) if allowed.contains(&got) => {}
-            (Some(got), [one]) => problems.push(format!("{key} {got} in the file, config.json {field} {one}")),
-            (Some(got), many) => problems.push(format!("{key} {got} in the file, config.json {field} {many:?}")),
+            (Some(got), [one]) => {
+                problems.push(format!("{key} {got} in the file, config.json {field} {one}"))
+            }
+            (Some(got), many) => {
+                problems.push(format!("{key} {got} in the file, config.json {field} {many:?}"))
+            }
             (None, _) => problems.push(format!(
                 "{key} is missing from the file, config.json {field} {}",
                 config.get(field).map_or_else(String::new, ToString::to_string)
@@ -184,8 +202,10 @@ pub(crate) fn against_config(
                 around(want)
             ));
         }
-        (None, Some(_)) => problems
-            .push("tokenizer.chat_template is missing from the file, tokenizer_config.json has a chat_template".into()),
+        (None, Some(_)) => problems.push(
+            "tokenizer.chat_template is missing from the file, tokenizer_config.json has a chat_template"
+                .into(),
+        ),
         (Some(_), None) => problems.push(
             "tokenizer.chat_template is in the file, tokenizer_config.json has no chat_template".into(),
         ),
@@ -234,7 +254,9 @@ pub(crate) fn against_expectations(
     if let (Some(want), Some(rows)) = (expect.vocab_size, file.vocab)
         && rows != want
     {
-        problems.push(format!("token_embd.weight has {rows} rows in the file, the playbook expects vocab_size {want}"));
+        problems.push(format!(
+            "token_embd.weight has {rows} rows in the file, the playbook expects vocab_size {want}"
+        ));
     }
     problems
 }
@@ -289,10 +311,13 @@ pub(crate) fn against_quantization(
     {
         let named = Quantization::ALL.into_iter().find(|q| u64::from(file_type(*q)) == got);
         let named = named.map_or_else(String::new, |q| format!(" ({})", q.as_str()));
-        problems.push(format!("general.file_type {got}{named} in the file, the cell's format {format} is file type {want}"));
+        problems.push(format!(
+            "general.file_type {got}{named} in the file, the cell's format {format} is file type {want}"
+        ));
     }
     let allowed = matrix_types(q);
-    let matrices: Vec<&(String, Vec<usize>, GgmlDType)> = tensors.iter().filter(|(_, d, _)| d.len() >= 2).collect();
+    let matrices: Vec<&(String, Vec<usize>, GgmlDType)> =
+        tensors.iter().filter(|(_, d, _)| d.len() >= 2).collect();
     let mut outside: Vec<String> = matrices
         .iter()
         .filter(|(_, _, t)| !allowed.contains(t))
@@ -310,7 +335,8 @@ pub(crate) fn against_quantization(
     }
     // Where the mix's own type can tile a matrix's rows, some matrix must be in it.
     let own = allowed[0];
-    let tiled = matrices.iter().filter(|(_, d, _)| d.last().is_some_and(|r| r % own.block_size() == 0)).count();
+    let tiled =
+        matrices.iter().filter(|(_, d, _)| d.last().is_some_and(|r| r % own.block_size() == 0)).count();
     if tiled > 0 && !matrices.iter().any(|(_, _, t)| *t == own) {
         problems.push(format!(
             "no matrix of the file is {own:?}, though {own:?} blocks tile the rows of {tiled} of its {}: the file is not {format}",
