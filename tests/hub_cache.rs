@@ -14,6 +14,7 @@ fn model(id: &str, revision: &str) -> modelqa::support::playbook::Model {
         size: None,
         expect: ExpectedShape::default(),
         prompt_template: "{prompt}".into(),
+        artifacts: Vec::new(),
     }
 }
 

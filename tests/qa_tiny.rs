@@ -4,6 +4,9 @@
 
 mod common;
 
+#[path = "qa_tiny/artifacts.rs"]
+mod artifacts;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

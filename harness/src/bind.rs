@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::matrix::{Backend, Format};
-use crate::playbook::Model;
+use crate::playbook::{ArtifactSource, Model};
 
 /// Where models are searched, from the environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,6 +93,19 @@ pub fn locate(model: &Model, roots: &SearchRoots) -> Location {
     Location::Missing(looked)
 }
 
+/// Looks for a file a model ships (`artifacts:`): a local path as it is, a repository file in
+/// the Hugging Face cache's snapshot of its revision. Nothing is downloaded.
+pub fn locate_artifact(source: &ArtifactSource, roots: &SearchRoots) -> Location {
+    let candidate = match source {
+        ArtifactSource::Local(path) => path.clone(),
+        ArtifactSource::Hub { repo, file, revision } => match &roots.hf_cache {
+            Some(cache) => hf_snapshot_dir(&hf_repo_dir(cache, repo), revision).join(file),
+            None => return Location::Missing(Vec::new()),
+        },
+    };
+    if candidate.is_file() { Location::Found(candidate) } else { Location::Missing(vec![candidate]) }
+}
+
 /// Why trials on `backend` cannot run in this process, if they cannot.
 pub(crate) fn backend_unavailable(backend: Backend) -> Option<String> {
     match backend {
@@ -110,6 +123,7 @@ pub(crate) fn backend_unavailable(backend: Backend) -> Option<String> {
 pub(crate) struct Binder {
     roots: SearchRoots,
     locations: HashMap<(String, Option<PathBuf>, String), Location>,
+    artifacts: HashMap<ArtifactSource, Location>,
     backends: HashMap<Backend, Option<String>>,
 }
 
@@ -122,6 +136,19 @@ impl Binder {
         let key = (model.id.clone(), model.path.clone(), model.revision.clone());
         let roots = &self.roots;
         self.locations.entry(key).or_insert_with(|| locate(model, roots))
+    }
+
+    /// The file `model` ships in `format`, if the playbook names one: found here, or where it was
+    /// looked for.
+    pub(crate) fn artifact(&mut self, model: &Model, format: Format) -> Option<&Location> {
+        let source = model.artifact(format)?;
+        let roots = &self.roots;
+        Some(self.artifacts.entry(source.clone()).or_insert_with(|| locate_artifact(source, roots)))
+    }
+
+    /// Whether the model's safetensors ground truth is here.
+    pub(crate) fn has_ground_truth(&mut self, model: &Model) -> bool {
+        matches!(self.locate(model), Location::Found(_))
     }
 
     /// Why a trial cannot run here, or `None` when it can.
@@ -145,8 +172,20 @@ impl Binder {
         if let Some(why) = format.unsupported_reason() {
             return Some(why.to_string());
         }
+        // A shipped file stands for its cell whether or not the ground truth is here.
+        if let Some(located) = self.artifact(model, format) {
+            return match located {
+                Location::Found(_) => None,
+                Location::Missing(looked) => Some(artifact_missing_reason(model, format, looked)),
+            };
+        }
+        let ships = !model.artifacts.is_empty();
         match self.locate(model) {
             Location::Found(_) => None,
+            Location::Missing(looked) if ships => Some(format!(
+                "{format} needs the safetensors ground truth, and {}",
+                missing_reason(&model.id, looked)
+            )),
             Location::Missing(looked) => Some(missing_reason(&model.id, looked)),
         }
     }
@@ -165,6 +204,24 @@ pub(crate) fn missing_reason(id: &str, looked: &[PathBuf]) -> String {
     )
 }
 
+/// The ignore reason of a shipped file that is not on this machine.
+fn artifact_missing_reason(model: &Model, format: Format, looked: &[PathBuf]) -> String {
+    let source = model.artifact(format).map(ArtifactSource::name).unwrap_or_default();
+    match (model.artifact(format), looked.first()) {
+        (Some(ArtifactSource::Hub { .. }), Some(path)) => format!(
+            "the {format} file {source} is not in the Hugging Face cache (looked for {}); download it there where a network is available",
+            path.display()
+        ),
+        (Some(ArtifactSource::Hub { .. }), None) => {
+            format!(
+                "the {format} file {source} cannot be looked for: no Hugging Face cache (HF_HUB_CACHE, HF_HOME or HOME)"
+            )
+        }
+        (_, Some(path)) => format!("the {format} file the playbook names is not there: {}", path.display()),
+        (_, None) => format!("the {format} file {source} is not there"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +237,7 @@ mod tests {
             size: None,
             expect: ExpectedShape::default(),
             prompt_template: "{prompt}".into(),
+            artifacts: Vec::new(),
         }
     }
 

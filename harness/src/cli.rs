@@ -15,12 +15,13 @@ use crate::engine::CandleEngine;
 use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
 use crate::failure::{Bug, Failure, NoTrialsFound, UserError, exit};
 use crate::journal::Journal;
+use crate::matrix::{Format, Quantization};
 use crate::name::TrialName;
 use crate::playbook::spec::EngineSpec;
 use crate::reporter;
 use crate::run::TrialEnd;
 use crate::trial::RunContext;
-use crate::vocab::Gate;
+use crate::vocab::{Gate, Invariant};
 
 /// Runs the qualify harness with the process's arguments and environment.
 ///
@@ -184,11 +185,34 @@ fn list(
 /// Why a trial cannot run here, or `None` when it can: its engine cannot run it, or an oracle
 /// of its scenario cannot judge here (a `code_tests` oracle without its interpreter or compiler).
 fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
-    engine_reason(binder, spec).or_else(|| match &spec.kind {
+    engine_reason(binder, spec).or_else(|| shipped_reason(binder, spec)).or_else(|| match &spec.kind {
         TrialKind::Scenario { scenario, .. } => {
             scenario.oracles.iter().find_map(|o| o.unavailable()).map(ToString::to_string)
         }
         _ => None,
+    })
+}
+
+/// Why a trial of a shipped file's cell (`artifacts:`) cannot run: a comparison with a ground
+/// truth the model does not have here, or I-1, which repeats a conversion modelqa did not make.
+fn shipped_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+    let (model, format) = (&spec.model, spec.name.format);
+    model.artifact(format)?;
+    let TrialKind::Differential(kind) = spec.kind else { return None };
+    if kind == DiffKind::ServeVsRun {
+        return None;
+    }
+    if !binder.has_ground_truth(model) {
+        return Some(format!(
+            "nothing to compare against: {} ships no safetensors ground truth here, so its {format} file is qualified on its own (G0–G4, scenarios)",
+            model.id
+        ));
+    }
+    let quantized = !matches!(format, Format::Gguf(Quantization::F32 | Quantization::F16) | Format::Apr);
+    (kind == DiffKind::Invariant(Invariant::RoundTrip) && quantized).then(|| {
+        format!(
+            "a third-party {format} file quantizes, so it converts back to nothing to compare, and repeating its conversion would test modelqa's converter, not the file"
+        )
     })
 }
 
@@ -260,6 +284,11 @@ fn build_trials(
             }
             _ => ignore_reason(binder, &spec),
         };
+        // The file the model ships for this cell, found here, replaces its conversion.
+        let shipped = match binder.artifact(&spec.model, spec.name.format) {
+            Some(Location::Found(file)) => Some(file.clone()),
+            _ => None,
+        };
         let model_dir: Option<PathBuf> = match (&spec.engine, binder.locate(&spec.model)) {
             // An OpenAI-compatible server holds the model; nothing is loaded or hashed here. Where
             // the model's files are here too, its chat template decides how conversations are
@@ -267,6 +296,8 @@ fn build_trials(
             (EngineSpec::Openai { .. }, Location::Found(dir)) => Some(dir.clone()),
             (EngineSpec::Openai { .. }, _) => Some(PathBuf::new()),
             (_, Location::Found(dir)) => Some(dir.clone()),
+            // No ground truth here: a shipped file is qualified on its own (an empty directory).
+            (_, Location::Missing(_)) if shipped.is_some() => Some(PathBuf::new()),
             (_, Location::Missing(_)) => None,
         };
         let name = spec.full_name.clone();
@@ -287,7 +318,7 @@ fn build_trials(
         let trial = Trial::ignorable_test(name, move || match (reason, model_dir) {
             (Some(why), _) => Ok(Completion::ignored_with(why)),
             (None, None) => Ok(Completion::ignored_with("model not found")),
-            (None, Some(dir)) => match ctx.run(&spec, dir, policy) {
+            (None, Some(dir)) => match ctx.run(&spec, dir, shipped, policy) {
                 Ok(TrialEnd::Passed) => Ok(Completion::Completed),
                 // nextest shows a trial ignored at run time as passed; this line says it was not.
                 Ok(TrialEnd::Unstable(reason)) => {

@@ -143,7 +143,8 @@ fn gguf(data: &[u8]) {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let _ = crate::integrity::check_artifact(&path);
+    let any = crate::matrix::Format::Gguf(crate::matrix::Quantization::Q8_0);
+    let _ = crate::integrity::check_artifact(&path, any, None, &Default::default(), None);
     let _ = crate::format::gguf::dequantize(&path);
     let _ = crate::format::gguf::to_apr(&path);
     load_and_generate(&path, tmp.path());
@@ -158,7 +159,13 @@ fn apr(data: &[u8]) {
         if std::fs::write(&path, &bytes).is_err() {
             return;
         }
-        let _ = crate::integrity::check_artifact(&path);
+        let _ = crate::integrity::check_artifact(
+            &path,
+            crate::matrix::Format::Apr,
+            None,
+            &Default::default(),
+            None,
+        );
         load_and_generate(&path, tmp.path());
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::format::hparams::{ConfigError, Hyperparameters};
+use crate::matrix::Format;
 use crate::playbook::spec::ExpectedShape;
 
 /// What G0 found: nothing wrong, or every problem by name.
@@ -128,17 +129,22 @@ fn check_into(
     Ok(())
 }
 
-/// G0's reading of a derived artifact: an APR container reads back with its checksums and every
-/// tensor dequantizes to finite values; a GGUF file passes the pre-pass (`format::gguf::check`)
-/// and its tensors fit what the quantized loader asks for. What was checked, in words (empty for
-/// a file of neither kind), or the problem.
-pub(crate) fn check_artifact(artifact: &Path) -> Result<String, String> {
+/// G0's reading of a derived artifact of `format`: an APR container reads back with its
+/// checksums and every tensor dequantizes to finite values; a GGUF file passes the pre-pass
+/// (`format::gguf::check`), its metadata agrees with the ground truth's config.json and
+/// tokenizer_config.json key by key (with the playbook's `expect` where the model has no ground
+/// truth, `source` `None`), its tensor types are the quantization `format` names, and every
+/// tensor dequantizes to finite values. What was checked, in words (empty for a file of neither
+/// kind), or every problem.
+pub(crate) fn check_artifact(
+    artifact: &Path,
+    format: Format,
+    source: Option<&Path>,
+    expect: &ExpectedShape,
+    architecture: Option<&str>,
+) -> Result<String, String> {
     if artifact.extension().is_some_and(|e| e == "gguf") {
-        let (_, content, _) = crate::format::gguf::open(artifact).map_err(|e| e.to_string())?;
-        return Ok(format!(
-            "the GGUF file ({} tensors) passes the header, layout and shape checks",
-            content.tensor_infos.len()
-        ));
+        return check_gguf(artifact, format, source, expect, architecture);
     }
     if artifact.extension().is_none_or(|e| e != "apr") {
         return Ok(String::new());
@@ -152,6 +158,91 @@ pub(crate) fn check_artifact(artifact: &Path) -> Result<String, String> {
         }
     }
     Ok(format!("the APR file ({} tensors) reads back with valid checksums", file.tensors.len()))
+}
+
+fn check_gguf(
+    artifact: &Path,
+    format: Format,
+    source: Option<&Path>,
+    expect: &ExpectedShape,
+    architecture: Option<&str>,
+) -> Result<String, String> {
+    use crate::format::gguf;
+    let (mut file, content) = gguf::read(artifact).map_err(|e| e.to_string())?;
+    let facts = gguf::FileFacts::new(&content);
+    let mut problems = Vec::new();
+    let against = match source {
+        Some(dir) => {
+            let json = |name: &str| -> Result<Option<serde_json::Value>, String> {
+                let path = dir.join(name);
+                match crate::format::files::read_side_file(&path) {
+                    Ok(text) => serde_json::from_str(&text)
+                        .map(Some)
+                        .map_err(|e| format!("{} is not valid JSON: {e}", path.display())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(format!("failed to read {}: {e}", path.display())),
+                }
+            };
+            let config =
+                json("config.json")?.ok_or_else(|| format!("no config.json in {}", dir.display()))?;
+            problems.extend(gguf::against_config(&facts, &config, json("tokenizer_config.json")?.as_ref()));
+            "config.json and tokenizer_config.json key by key"
+        }
+        None => {
+            problems.extend(gguf::against_expectations(&facts, expect, architecture));
+            if let Err(e) = gguf::tokenizer(&content.metadata) {
+                problems.push(format!("the file's tokenizer does not load: {e}"));
+            }
+            "the playbook's expectations (no ground truth to compare with)"
+        }
+    };
+    // The tensors judged by the metadata (after the metadata was judged by config.json, so a
+    // lie is named by its key, not only by the shapes it contradicts).
+    if let Err(e) = gguf::check_model(artifact, &content) {
+        problems.push(e.to_string());
+        return Err(problems.join("; "));
+    }
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, Vec<usize>, candle_core::quantized::GgmlDType)> = names
+        .iter()
+        .map(|n| {
+            let info = &content.tensor_infos[*n];
+            (n.to_string(), info.shape.dims().to_vec(), info.ggml_dtype)
+        })
+        .collect();
+    if let Format::Gguf(q) = format {
+        problems.extend(gguf::against_quantization(&facts, q, &tensors));
+    }
+    // Every tensor dequantized, one at a time, and scanned.
+    for name in names {
+        let values = content
+            .tensor(&mut file, name, &candle_core::Device::Cpu)
+            .and_then(|q| q.dequantize(&candle_core::Device::Cpu))
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>());
+        match values {
+            Err(e) => problems.push(format!("tensor `{name}` does not dequantize: {e}")),
+            Ok(v) => {
+                let (nan, inf) = v.iter().fold((0u64, 0u64), |(n, i), x| {
+                    (n + u64::from(x.is_nan()), i + u64::from(x.is_infinite()))
+                });
+                if nan > 0 || inf > 0 {
+                    let dtype = content.tensor_infos[name].ggml_dtype;
+                    problems.push(format!(
+                        "tensor `{name}` ({dtype:?}) holds {nan} NaN and {inf} infinite values of {} after dequantization",
+                        v.len()
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok(format!(
+        "the GGUF file ({} tensors) passes the header, layout and shape checks, agrees with {against}, holds {format}'s tensor types and dequantizes to finite values",
+        tensors.len()
+    ))
 }
 
 /// NaN, infinities, and norms that are all zeros.
@@ -208,8 +299,11 @@ fn check_tokenizer(dir: &Path, d: &Hyperparameters, problems: &mut Vec<String>) 
 mod tests {
     use std::time::{Duration, Instant};
 
+    use candle_core::quantized::gguf_file::{self, Value};
+
     use super::*;
     use crate::fuzz::models::seeds;
+    use crate::matrix::Quantization;
 
     fn config_set(dir: &Path, field: &str, value: serde_json::Value) {
         let path = dir.join("config.json");
@@ -278,10 +372,116 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gguf = seeds::tiny_gguf(dir.path(), "llama");
         let path = dir.path().join("m.gguf");
+        let (q8, source) = (Format::Gguf(Quantization::Q8_0), Some(dir.path().join("llama")));
+        let check =
+            |path: &Path| check_artifact(path, q8, source.as_deref(), &ExpectedShape::default(), None);
         std::fs::write(&path, &gguf).unwrap();
-        assert!(check_artifact(&path).unwrap().contains("passes the header, layout and shape checks"));
+        let passed = check(&path).unwrap();
+        assert!(
+            passed.contains("passes the header, layout and shape checks, agrees with config.json"),
+            "{passed}"
+        );
         std::fs::write(&path, seeds::with_alignment(&gguf, 0)).unwrap();
-        let e = check_artifact(&path).unwrap_err();
+        let e = check(&path).unwrap_err();
         assert!(e.contains("`general.alignment` is 0; it must be a nonzero power of two"), "{e}");
+    }
+
+    /// `gguf` rewritten with `edit` applied to its metadata; the tensors as they were.
+    fn with_metadata(gguf: &[u8], edit: impl FnOnce(&mut Vec<(String, Value)>)) -> Vec<u8> {
+        let mut cursor = std::io::Cursor::new(gguf);
+        let content = gguf_file::Content::read(&mut cursor).unwrap();
+        let mut md: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
+        md.sort_by(|a, b| a.0.cmp(&b.0));
+        edit(&mut md);
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+            .into_iter()
+            .map(|n| (n.clone(), content.tensor(&mut cursor, n, &candle_core::Device::Cpu).unwrap()))
+            .collect();
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut out = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
+        out.into_inner()
+    }
+
+    fn set(md: &mut [(String, Value)], key: &str, value: Value) {
+        md.iter_mut().find(|(k, _)| k == key).unwrap_or_else(|| panic!("{key} is in the file")).1 = value;
+    }
+
+    /// Each planted lie fails G0 naming the key and both values; the clean file passes.
+    #[test]
+    fn g0_names_each_metadata_key_that_parts_from_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = seeds::tiny_gguf(dir.path(), "llama");
+        let source = dir.path().join("llama");
+        std::fs::write(
+            source.join("tokenizer_config.json"),
+            serde_json::json!({"chat_template": "{{ messages[0].content }}"}).to_string(),
+        )
+        .unwrap();
+        let path = dir.path().join("m.gguf");
+        let q8 = Format::Gguf(Quantization::Q8_0);
+        let check = |bytes: Vec<u8>, format: Format| {
+            std::fs::write(&path, bytes).unwrap();
+            check_artifact(&path, format, Some(&source), &ExpectedShape::default(), None)
+        };
+        let template = |md: &mut Vec<(String, Value)>| {
+            md.push(("tokenizer.chat_template".into(), Value::String("{{ messages[0].content }}".into())));
+        };
+        let clean = with_metadata(&gguf, |md| {
+            md.retain(|(k, _)| k != "tokenizer.chat_template");
+            template(md);
+        });
+        check(clean.clone(), q8).unwrap();
+        type Plant = Box<dyn Fn(&mut Vec<(String, Value)>)>;
+        let cases: [(&str, Plant, &str); 6] = [
+            (
+                "rope base",
+                Box::new(|md| set(md, "llama.rope.freq_base", Value::F32(1e6))),
+                "llama.rope.freq_base 1000000 in the file, config.json rope_theta 10000",
+            ),
+            (
+                "kv heads",
+                Box::new(|md| set(md, "llama.attention.head_count_kv", Value::U32(2))),
+                "llama.attention.head_count_kv 2 in the file, config.json num_key_value_heads 1",
+            ),
+            (
+                "chat template",
+                Box::new(|md| {
+                    set(md, "tokenizer.chat_template", Value::String("{{ messages[1].content }}".into()))
+                }),
+                "tokenizer.chat_template differs from tokenizer_config.json chat_template at character 12",
+            ),
+            (
+                "context",
+                Box::new(|md| set(md, "llama.context_length", Value::U32(4096))),
+                "llama.context_length 4096 in the file, config.json max_position_embeddings",
+            ),
+            (
+                "eos",
+                Box::new(|md| set(md, "tokenizer.ggml.eos_token_id", Value::U32(7))),
+                "tokenizer.ggml.eos_token_id 7 in the file, config.json eos_token_id",
+            ),
+            (
+                "file type",
+                Box::new(|md| set(md, "general.file_type", Value::U32(15))),
+                "general.file_type 15 (q4_k_m) in the file, the cell's format gguf-q8_0 is file type 7",
+            ),
+        ];
+        for (what, plant, want) in cases {
+            let e = check(with_metadata(&clean, |md| plant(md)), q8).unwrap_err();
+            assert!(e.contains(want), "{what}: `{e}` lacks `{want}`");
+        }
+        // The clean Q8_0 file named as Q4_K_M: its types say otherwise.
+        let e = check(clean, Format::Gguf(Quantization::Q4KM)).unwrap_err();
+        assert!(
+            e.contains(
+                "general.file_type 7 (q8_0) in the file, the cell's format gguf-q4_k_m is file type 15"
+            ),
+            "{e}"
+        );
     }
 }

@@ -106,6 +106,18 @@ pub struct EvidenceRecord {
     /// The trial started and never finished: read from a start line with no record after it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unfinished: bool,
+    /// The cell's file is one the model ships (`artifacts:` in the playbook), qualified as it is
+    /// rather than converted by modelqa; absent for the ground truth and modelqa's conversions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub third_party: Option<ThirdParty>,
+}
+
+/// Provenance of a third-party file: the file as the playbook names it (`hf://org/name@revision/
+/// file`, or a local file's name, never a path of the machine) and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThirdParty {
+    pub file: String,
+    pub sha256: String,
 }
 
 impl EvidenceRecord {

@@ -12,6 +12,7 @@ use crate::checks;
 use crate::engine::SessionKey;
 use crate::expand::{DiffKind, TrialKind, TrialSpec};
 use crate::format::convert;
+use crate::journal::ThirdParty;
 use crate::modality;
 use crate::playbook::FailurePolicy;
 use crate::playbook::spec::EngineSpec;
@@ -41,11 +42,15 @@ impl RunContext {
     /// Runs one trial to its end and records it. A start line is journaled first, so a process
     /// that dies inside the trial leaves a `crashed` record behind; the body runs on a thread of
     /// its own under a watchdog, so a body that hangs past its deadline (inside a forward pass,
-    /// where no deadline is checked) still ends the trial as a `timeout`.
+    /// where no deadline is checked) still ends the trial as a `timeout`. `shipped` is the file
+    /// the model ships for the cell (`artifacts:`), which replaces its conversion; its records
+    /// say `third_party` with the file's SHA-256. `model_dir` is empty for a model with no
+    /// ground truth here.
     pub(crate) fn run(
         self: &Arc<Self>,
         spec: &TrialSpec,
         model_dir: PathBuf,
+        shipped: Option<PathBuf>,
         playbook_policy: Option<FailurePolicy>,
     ) -> Result<TrialEnd, RecordError> {
         let started = Instant::now();
@@ -68,7 +73,7 @@ impl RunContext {
                 .record(self, spec, Duration::ZERO);
                 provisional.unfinished = true;
                 self.journal.append_start(&provisional).map_err(record_err)?;
-                self.watched(spec, &key, model_dir, policy, started)
+                self.watched(spec, &key, model_dir, shipped.clone(), policy, started)
             }
         };
         if self.sessions.release(&key) {
@@ -84,7 +89,8 @@ impl RunContext {
             (_, None) => TrialEnd::Passed,
             (_, Some(message)) => TrialEnd::Failed(message),
         };
-        let record = finding.record(self, spec, started.elapsed());
+        let mut record = finding.record(self, spec, started.elapsed());
+        record.third_party = third_party(spec, shipped.as_deref());
         self.journal.append(&record).map_err(record_err)?;
         Ok(end)
     }
@@ -96,6 +102,7 @@ impl RunContext {
         spec: &TrialSpec,
         key: &SessionKey,
         model_dir: PathBuf,
+        shipped: Option<PathBuf>,
         policy: FailurePolicy,
         started: Instant,
     ) -> Finding {
@@ -106,7 +113,7 @@ impl RunContext {
             let (ctx, spec, key) = (Arc::clone(self), spec.clone(), key.clone());
             move || {
                 let finding = catch_unwind(AssertUnwindSafe(|| {
-                    execute(&ctx, &spec, &key, &model_dir, policy, started)
+                    execute(&ctx, &spec, &key, &model_dir, shipped.as_deref(), policy, started)
                 }))
                 .unwrap_or_else(|panic| crashed(&*panic));
                 // The watchdog may have given up on this trial; then nobody listens.
@@ -181,21 +188,33 @@ fn late(mut finding: Finding, ended: Instant, deadline: Instant, timeout: Durati
     finding
 }
 
+/// Provenance of a cell qualified from a file the model ships: the file as the playbook names
+/// it and its SHA-256; `None` for the ground truth and modelqa's own conversions.
+fn third_party(spec: &TrialSpec, shipped: Option<&Path>) -> Option<ThirdParty> {
+    let source = spec.model.artifact(spec.name.format)?;
+    let sha256 = shipped.and_then(|f| crate::format::files::hash_file(f).ok()).map(|h| h.sha256);
+    Some(ThirdParty { file: source.name(), sha256: sha256.unwrap_or_default() })
+}
+
 /// The trial's artifact, file-only checks, the session, then the trial's body.
 fn execute(
     ctx: &RunContext,
     spec: &TrialSpec,
     key: &SessionKey,
     model_dir: &Path,
+    shipped: Option<&Path>,
     policy: FailurePolicy,
     started: Instant,
 ) -> Finding {
     let deadline = started + spec.tier.timeout;
-    // A derived format is converted from the ground truth once, then found in the cache. An
-    // OpenAI-compatible server holds its own files; nothing is converted for it.
+    // A derived format is the file the model ships, or converted from the ground truth once,
+    // then found in the cache. An OpenAI-compatible server holds its own files; nothing is
+    // converted for it.
     let format = spec.name.format;
     let made = if matches!(spec.engine, EngineSpec::Openai { .. }) {
         Ok(PathBuf::new())
+    } else if let Some(file) = shipped {
+        Ok(file.to_path_buf())
     } else {
         convert::artifact(model_dir, format, &crate::config::cache_dir())
     };
@@ -291,10 +310,14 @@ fn execute(
 /// `tokenizer.json`, and the derived artifact; hashed as a session's files are (remembered by
 /// path, size and mtime, so a multi-gigabyte file is hashed once).
 fn files_read(model_dir: &Path, artifact: &Path) -> Vec<crate::format::files::ModelFile> {
-    let mut paths = crate::format::files::safetensors_files(model_dir).unwrap_or_default();
-    paths.extend(
-        ["config.json", "tokenizer.json"].map(|n| model_dir.join(n)).into_iter().filter(|p| p.is_file()),
-    );
+    let mut paths = Vec::new();
+    // An empty directory: a shipped file with no ground truth here.
+    if !model_dir.as_os_str().is_empty() {
+        paths = crate::format::files::safetensors_files(model_dir).unwrap_or_default();
+        paths.extend(
+            ["config.json", "tokenizer.json"].map(|n| model_dir.join(n)).into_iter().filter(|p| p.is_file()),
+        );
+    }
     if artifact != model_dir && artifact.is_file() {
         paths.push(artifact.to_path_buf());
     }

@@ -6,7 +6,7 @@
 //! `modelqa::support::journal::EvidenceRecord` where the code says `crate::journal::EvidenceRecord`.
 
 pub mod bind {
-    pub use crate::bind::{Location, SearchRoots, hf_repo_dir, hf_snapshot_dir, locate};
+    pub use crate::bind::{Location, SearchRoots, hf_repo_dir, hf_snapshot_dir, locate, locate_artifact};
 }
 
 /// The xtask's `certify`, `report`, `tickets` and `lock` tasks drive the whole module.
@@ -72,7 +72,7 @@ pub mod stats {
 }
 
 pub mod journal {
-    pub use crate::journal::{EvidenceRecord, read};
+    pub use crate::journal::{EvidenceRecord, ThirdParty, read};
 }
 
 pub mod matrix {

@@ -37,6 +37,7 @@ fn record(i: usize, gate: &str, category: Category, outcome: Outcome) -> Evidenc
         harness_fingerprint: String::new(),
         playbook_sha256: String::new(),
         unfinished: false,
+        third_party: None,
     }
 }
 

@@ -29,11 +29,25 @@ pub(crate) fn integrity(dir: &Path, model: &Model) -> Verdict {
     }
 }
 
-/// G0 for a derived artifact (after the source passed): `integrity::check_artifact`.
-pub(crate) fn artifact_integrity(artifact: &Path, source: Verdict) -> Verdict {
-    match crate::integrity::check_artifact(artifact) {
-        Ok(what) if what.is_empty() => source,
-        Ok(what) => Verdict::pass(format!("{}; {what}", source.reason)),
+/// G0 for a derived artifact of `format` (after the source passed, when there is one):
+/// `integrity::check_artifact`, against the ground truth in `source`, or against the playbook's
+/// expectations alone where the model has none.
+pub(crate) fn artifact_integrity(
+    artifact: &Path,
+    format: Format,
+    source: Option<&Path>,
+    model: &Model,
+    before: Verdict,
+) -> Verdict {
+    match crate::integrity::check_artifact(
+        artifact,
+        format,
+        source,
+        &model.expect,
+        model.architecture.as_deref(),
+    ) {
+        Ok(what) if what.is_empty() => before,
+        Ok(what) => Verdict::pass(format!("{}; {what}", before.reason)),
         Err(problem) => Verdict::fail(format!("integrity: {problem}")),
     }
 }
@@ -184,11 +198,21 @@ pub(crate) fn run(env: &TrialEnv<'_>, g: Gate) -> Finding {
     verdict.into_finding(Decider::Gateway(g))
 }
 
-/// G0 of a cell: the ground truth's files and, for a derived format, its artifact.
+/// G0 of a cell: the ground truth's files and, for a derived format, its artifact: the one
+/// modelqa converted, or the one the model ships (`artifacts:`), checked alike. A model with no
+/// ground truth (`model_dir` empty) has its shipped file checked on its own.
 pub(crate) fn run_integrity(spec: &TrialSpec, model_dir: &Path, artifact: &Path) -> Finding {
-    let mut verdict = integrity(model_dir, &spec.model);
-    if verdict.outcome == Outcome::Corroborated && spec.name.format != Format::Safetensors {
-        verdict = artifact_integrity(artifact, verdict);
+    let format = spec.name.format;
+    let source = (!model_dir.as_os_str().is_empty()).then_some(model_dir);
+    let mut verdict = match source {
+        Some(dir) => integrity(dir, &spec.model),
+        None => Verdict::pass("no safetensors ground truth: the file is checked on its own"),
+    };
+    if verdict.outcome == Outcome::Corroborated && format != Format::Safetensors {
+        verdict = artifact_integrity(artifact, format, source, &spec.model, verdict);
+    }
+    if let Some(shipped) = spec.model.artifact(format) {
+        verdict.reason = format!("third-party {format} file {}: {}", shipped.name(), verdict.reason);
     }
     verdict.into_finding(Decider::Gateway(Gate::Integrity))
 }

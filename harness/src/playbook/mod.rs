@@ -55,12 +55,48 @@ pub struct Model {
     pub expect: spec::ExpectedShape,
     /// `{prompt}` laid out for the `run` modality.
     pub prompt_template: String,
+    /// Shipped files that replace conversion for their format's cells, sorted by format.
+    pub artifacts: Vec<(Format, ArtifactSource)>,
+}
+
+/// Where a shipped artifact is (`artifacts:` in a playbook): resolved against the playbook's
+/// folder, or a file of a Hugging Face repository looked for in the local cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ArtifactSource {
+    Local(PathBuf),
+    Hub { repo: String, file: String, revision: String },
+}
+
+impl ArtifactSource {
+    /// How evidence names the file: `hf://org/name@revision/file`, or a local file's name
+    /// (never a path of this machine).
+    pub fn name(&self) -> String {
+        match self {
+            ArtifactSource::Local(p) => {
+                p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+            }
+            ArtifactSource::Hub { repo, file, revision } => format!("hf://{repo}@{revision}/{file}"),
+        }
+    }
+
+    /// The file's name in the repository or on disk, whose extension says its format.
+    pub fn file_name(&self) -> &str {
+        match self {
+            ArtifactSource::Local(p) => p.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+            ArtifactSource::Hub { file, .. } => file.rsplit('/').next().unwrap_or(file),
+        }
+    }
 }
 
 impl Model {
     /// A plain prompt as the `run` modality sends it to this model.
     pub fn layout(&self, prompt: &str) -> String {
         self.prompt_template.replace("{prompt}", prompt)
+    }
+
+    /// The file the model ships in `format`, if the playbook names one.
+    pub fn artifact(&self, format: Format) -> Option<&ArtifactSource> {
+        self.artifacts.iter().find(|(f, _)| *f == format).map(|(_, a)| a)
     }
 }
 

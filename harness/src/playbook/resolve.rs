@@ -9,8 +9,10 @@ use std::time::Duration;
 use super::error::PlaybookError;
 use super::generate;
 use super::limits::{MAX_CASES, MAX_REPEATS, MAX_SCENARIOS};
-use super::spec::{CommandOutput, EngineSpec, FormatSpec, MatrixSpec, ModelSpec, PlaybookDoc, ScenarioSpec};
-use super::{Input, Model, Playbook, Property, Scenario, TierPlan, tiers};
+use super::spec::{
+    ArtifactSpec, CommandOutput, EngineSpec, FormatSpec, MatrixSpec, ModelSpec, PlaybookDoc, ScenarioSpec,
+};
+use super::{ArtifactSource, Input, Model, Playbook, Property, Scenario, TierPlan, tiers};
 use crate::matrix::{Format, Quantization};
 use crate::name::{SegmentError, Shown, check_segment};
 use crate::oracle::Oracle;
@@ -80,6 +82,16 @@ pub(super) enum ResolveError {
     NoRoomForInput { context: u64, max_tokens: u32 },
     #[error("`max_input_chars` must be at least 1")]
     ZeroMaxInputChars,
+    #[error(
+        "`{key}` is not a shipped format: name `apr` or `gguf-<quantization>` (the safetensors ground truth is `path`; a GGUF names its quantization, as in `gguf-q4_k_m`)"
+    )]
+    ArtifactFormat { key: String },
+    #[error("`{key}` names {file:?}, which is not a `.{extension}` file")]
+    ArtifactExtension { key: String, file: String, extension: &'static str },
+    #[error("{address:?} is not `hf://org/name/file` (or `hf://org/name@revision/file`)")]
+    HubAddress { address: String },
+    #[error("no tier of the playbook runs {format}, so its artifact would never be qualified")]
+    ArtifactUnused { format: String },
 }
 
 pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, PlaybookError> {
@@ -138,6 +150,14 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
         tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|e| caused(e).at(at))?);
     }
     tier_plans.sort_by(|a, b| format!("{}::", a.name).cmp(&format!("{}::", b.name)));
+    for (i, model) in models.iter().enumerate() {
+        for (format, _) in &model.artifacts {
+            if !tier_plans.iter().any(|t| t.formats.contains(format)) {
+                return Err(caused(ResolveError::ArtifactUnused { format: format.name() })
+                    .at(format!("models[{i}].artifacts.{format}")));
+            }
+        }
+    }
     let engine = doc.engine.clone().unwrap_or_default();
     check_engine(&engine).map_err(|e| caused(e).at("engine"))?;
     let differential = doc.differential_tests.clone().unwrap_or_default();
@@ -313,6 +333,67 @@ fn resolve_model(spec: &ModelSpec, base_dir: &Path) -> Result<Model, ResolveErro
         size: spec.size,
         expect: spec.expect.clone().unwrap_or_default(),
         prompt_template,
+        artifacts: resolve_artifacts(spec, base_dir)?,
+    })
+}
+
+/// A model's `artifacts`, each key a derived format and each file of that format's kind.
+fn resolve_artifacts(
+    spec: &ModelSpec,
+    base_dir: &Path,
+) -> Result<Vec<(Format, ArtifactSource)>, ResolveError> {
+    let mut out = Vec::new();
+    for (key, artifact) in &spec.artifacts {
+        let format = match Format::parse(key) {
+            Some(f @ (Format::Apr | Format::Gguf(_))) => f,
+            _ => return Err(ResolveError::ArtifactFormat { key: key.clone() }),
+        };
+        let source = match artifact {
+            ArtifactSpec::Path(text) => match text.strip_prefix("hf://") {
+                Some(address) => {
+                    hub_address(address).ok_or_else(|| ResolveError::HubAddress { address: text.clone() })?
+                }
+                None => ArtifactSource::Local(base_dir.join(text)),
+            },
+            ArtifactSpec::Hub(hub) => ArtifactSource::Hub {
+                repo: hub.repo.clone(),
+                file: hub.file.clone(),
+                revision: hub.revision.clone().unwrap_or_else(|| "main".into()),
+            },
+        };
+        if let ArtifactSource::Hub { repo, file, .. } = &source {
+            check_model_id(repo)?;
+            // The file is looked for inside the repository's snapshot, never beside it.
+            if file.starts_with('/') || file.split('/').any(|part| part.is_empty() || part == "..") {
+                return Err(ResolveError::HubAddress { address: format!("hf://{repo}/{file}") });
+            }
+        }
+        let extension = if format == Format::Apr { "apr" } else { "gguf" };
+        let file = source.file_name();
+        if !file.rsplit_once('.').is_some_and(|(_, e)| e.eq_ignore_ascii_case(extension)) {
+            return Err(ResolveError::ArtifactExtension {
+                key: key.clone(),
+                file: file.to_string(),
+                extension,
+            });
+        }
+        out.push((format, source));
+    }
+    out.sort_by_key(|(f, _)| *f);
+    Ok(out)
+}
+
+/// `org/name/file` or `org/name@revision/file` (after `hf://`).
+fn hub_address(address: &str) -> Option<ArtifactSource> {
+    let (org, rest) = address.split_once('/')?;
+    let (name, file) = rest.split_once('/')?;
+    let (name, revision) = name.split_once('@').unwrap_or((name, "main"));
+    (!org.is_empty() && !name.is_empty() && !revision.is_empty() && !file.is_empty()).then(|| {
+        ArtifactSource::Hub {
+            repo: format!("{org}/{name}"),
+            file: file.to_string(),
+            revision: revision.to_string(),
+        }
     })
 }
 

@@ -352,6 +352,7 @@ pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result
             context_length: None,
         },
         prompt_template: "{prompt}".into(),
+        artifacts: Vec::new(),
     };
 
     // The original tested GGUF at its first quantization; the rest of the list did nothing.

@@ -318,6 +318,33 @@ pub struct ModelSpec {
     /// How the `run` modality lays out a plain prompt for this model, with `{prompt}` where the
     /// prompt goes (a base model's completion format, such as `"{prompt}\n"`); default `{prompt}`.
     pub prompt_template: Option<String>,
+    /// Files the model ships in a derived format, qualified as they are instead of converted:
+    /// `{gguf-q4_k_m: path/to/model-Q4_K_M.gguf, apr: hf://org/repo/model.apr}`. Keys are
+    /// `apr` or `gguf-<quantization>`; a path is relative to the playbook.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, ArtifactSpec>,
+}
+
+/// Where a shipped artifact is: a local path (relative to the playbook), `hf://org/name/file`
+/// (`hf://org/name@revision/file` for another revision than `main`) in the Hugging Face cache,
+/// or the same as a map.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ArtifactSpec {
+    Path(String),
+    Hub(HubFileSpec),
+}
+
+/// A file of a Hugging Face repository, looked for in the local cache (nothing is downloaded).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HubFileSpec {
+    /// `org/name` of the repository.
+    pub repo: String,
+    /// The file's path in the repository.
+    pub file: String,
+    /// Branch, tag or commit; default `main`.
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

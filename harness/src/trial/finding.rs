@@ -135,6 +135,7 @@ impl Finding {
             harness_fingerprint: env!("MODELQA_HARNESS_FINGERPRINT").into(),
             playbook_sha256: ctx.playbook_sha256(&spec.source),
             unfinished: false,
+            third_party: None,
         }
     }
 }

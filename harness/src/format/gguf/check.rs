@@ -574,13 +574,20 @@ fn model_of(
 /// Opens a GGUF file for candle: the pre-pass, candle's own read, then the model check. The
 /// file is positioned for `Content::tensor`.
 pub(crate) fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, GgufModel), GgufError> {
+    let (file, content) = read(path)?;
+    let model = check_model(path, &content)?;
+    Ok((file, content, model))
+}
+
+/// The pre-pass and candle's own read, without the model check: for G0, which compares the
+/// metadata with config.json before it judges the tensors by that metadata.
+pub(crate) fn read(path: &Path) -> Result<(std::fs::File, gguf_file::Content), GgufError> {
     layout(path)?;
     let mut file =
         std::fs::File::open(path).map_err(|source| GgufError::Read { path: path.to_path_buf(), source })?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|source| GgufError::Candle { path: path.to_path_buf(), source })?;
-    let model = check_model(path, &content)?;
-    Ok((file, content, model))
+    Ok((file, content))
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! llama.cpp falls back (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16), and every fallback
 //! is listed in the file's `modelqa.fallbacks` metadata: nothing changes type silently.
 //!
-//! Writing is in `write.rs`, reading in `read.rs`; this file holds the metadata keys, the errors
+//! Writing is in `write.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and what a file
+//! claims against the model's own files in `agree.rs`; this file holds the metadata keys, the errors
 //! and the mapping between Hugging Face and GGUF names.
 
 use std::path::Path;
@@ -21,11 +22,13 @@ use std::path::Path;
 use super::convert::ConvertError;
 use crate::matrix::Quantization;
 
+mod agree;
 mod check;
 mod read;
 mod write;
 
-pub(crate) use check::{GgufError, open};
+pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
+pub(crate) use check::{GgufError, check_model, open, read};
 
 pub use read::{Dequantized, dequantize, hf_files, to_apr, to_safetensors, tokenizer};
 pub use write::{from_safetensors, permute_qk, wanted_type};

@@ -81,22 +81,6 @@ fn fallback(t: GgmlDType) -> GgmlDType {
     }
 }
 
-/// llama.cpp's `general.file_type` of a quantization.
-fn file_type(q: Quantization) -> u32 {
-    match q {
-        Quantization::F32 => 0,
-        Quantization::F16 => 1,
-        Quantization::Q4_0 => 2,
-        Quantization::Q8_0 => 7,
-        Quantization::Q5_0 => 8,
-        Quantization::Q2K => 10,
-        Quantization::Q3KM => 12,
-        Quantization::Q4KM => 15,
-        Quantization::Q5KM => 17,
-        Quantization::Q6K => 18,
-    }
-}
-
 fn u32_of(config: &serde_json::Value, key: &str) -> Option<u32> {
     config.get(key).and_then(|v| v.as_u64()).map(|v| v as u32)
 }
@@ -207,7 +191,7 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
             "general.name".into(),
             Value::String(dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into())),
         ),
-        ("general.file_type".into(), Value::U32(file_type(q))),
+        ("general.file_type".into(), Value::U32(super::agree::file_type(q))),
         ("general.quantization_version".into(), Value::U32(2)),
         (
             format!("{arch}.context_length"),
