@@ -148,7 +148,7 @@ impl RunDiff {
 }
 
 /// The key a record pairs by, and the model label its groups use.
-fn keyed<'a>(records: &'a [EvidenceRecord], by_name: bool) -> BTreeMap<String, &'a EvidenceRecord> {
+fn keyed(records: &[EvidenceRecord], by_name: bool) -> BTreeMap<String, &EvidenceRecord> {
     records
         .iter()
         .map(|r| {

@@ -35,6 +35,7 @@ fn record(model: &str, format: &str, scenario: &str, outcome: Outcome, kl: Optio
         harness_fingerprint: String::new(),
         playbook_sha256: String::new(),
         unfinished: false,
+        third_party: None,
     }
 }
 
