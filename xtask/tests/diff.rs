@@ -33,7 +33,11 @@ fn planted_flips_and_a_doubled_kl_are_named_beyond_noise() {
     let mut flipped = 0;
     for r in records.iter_mut() {
         let trial = r["trial"].as_str().unwrap_or_default().to_string();
-        if flipped < 8 && trial.contains("::apr::cpu::run::") && r["outcome"] == "corroborated" {
+        if flipped < 8
+            && trial.contains("::apr::cpu::")
+            && r["category"] == "QUAL"
+            && r["outcome"] == "corroborated"
+        {
             r["outcome"] = "falsified".into();
             flipped += 1;
         }
