@@ -120,17 +120,37 @@ fn gates(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord> 
         dir.display()
     );
     std::fs::write(work.join("playbook.yaml"), playbook).unwrap();
+    run_playbook(&work.join("playbook.yaml"), "::gate::", work, run, &[])
+        .0
+        .into_iter()
+        .map(|r| (r.scenario.clone(), r))
+        .collect()
+}
+
+/// Runs the trials of `playbook` matching `filter` one at a time, every failure collected, with
+/// the journal under `work/journal` and `env` set: the run's records, and what the harness printed
+/// (stdout, then stderr, where ignore reasons are summed up).
+fn run_playbook(
+    playbook: &Path,
+    filter: &str,
+    work: &Path,
+    run: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Vec<EvidenceRecord>, String) {
     let out = Command::new(common::qualify_binary())
-        .args(["::gate::", "--test-threads", "1"])
-        .env("QUALIFY_PLAYBOOKS", work.join("playbook.yaml"))
+        .args([filter, "--test-threads", "1"])
+        .env("QUALIFY_PLAYBOOKS", playbook)
         .env("QUALIFY_JOURNAL_DIR", work.join("journal"))
         .env("QUALIFY_RUN_ID", run)
         .env("QUALIFY_FAILURE_POLICY", "collect-all")
+        .envs(env.iter().copied())
+        .env_remove("QUALIFY_MODEL_DIR")
         .output()
         .expect("qualify runs");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let (records, _) = modelqa::support::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
-        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    records.into_iter().map(|r| (r.scenario.clone(), r)).collect()
+        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {printed}"));
+    (records, printed)
 }
 
 /// The trials of qa-tiny's own playbook that match `filter`, run with `env`.
@@ -369,18 +389,11 @@ fn long_context_trials(
     );
     let file = work.join(format!("{run}.yaml"));
     std::fs::write(&file, playbook).unwrap();
-    let out = Command::new(common::qualify_binary())
-        .args(["::diff::", "--test-threads", "1"])
-        .env("QUALIFY_PLAYBOOKS", &file)
-        .env("QUALIFY_JOURNAL_DIR", work.join("journal"))
-        .env("QUALIFY_CACHE_DIR", &cache)
-        .env("QUALIFY_RUN_ID", run)
-        .env("QUALIFY_FAILURE_POLICY", "collect-all")
-        .output()
-        .expect("qualify runs");
-    let (records, _) = modelqa::support::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
-        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    records.into_iter().map(|r| (r.scenario.clone(), r)).collect()
+    run_playbook(&file, "::diff::", work, run, &[("QUALIFY_CACHE_DIR", cache.as_os_str())])
+        .0
+        .into_iter()
+        .map(|r| (r.scenario.clone(), r))
+        .collect()
 }
 
 /// `gguf` with the f32 metadata value of `key` set to `value`, in place.
@@ -478,18 +491,12 @@ fn goldens(dir: &Path, work: &Path, run: &str) -> HashMap<String, EvidenceRecord
             std::fs::copy(e.path(), golden.join("qa-tiny/qa-tiny-llama").join(e.file_name())).unwrap();
         }
     }
-    let out = Command::new(common::qualify_binary())
-        .args(["qa-tiny::mvp::qa-tiny-llama::safetensors::cpu::diff::golden-", "--test-threads", "1"])
-        .env("QUALIFY_PLAYBOOKS", work.join("qa-tiny.yaml"))
-        .env("QUALIFY_JOURNAL_DIR", work.join("journal"))
-        .env("QUALIFY_GOLDEN_DIR", &golden)
-        .env("QUALIFY_RUN_ID", run)
-        .env("QUALIFY_FAILURE_POLICY", "collect-all")
-        .output()
-        .expect("qualify runs");
-    let (records, _) = modelqa::support::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
-        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    records.into_iter().map(|r| (r.trial.rsplit("::").next().unwrap_or_default().to_string(), r)).collect()
+    let filter = "qa-tiny::mvp::qa-tiny-llama::safetensors::cpu::diff::golden-";
+    run_playbook(&work.join("qa-tiny.yaml"), filter, work, run, &[("QUALIFY_GOLDEN_DIR", golden.as_os_str())])
+        .0
+        .into_iter()
+        .map(|r| (r.trial.rsplit("::").next().unwrap_or_default().to_string(), r))
+        .collect()
 }
 
 /// Numeric defects of the ground truth itself that load, run and mostly answer right: a matrix

@@ -138,6 +138,52 @@ impl EvidenceRecord {
 
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 
+/// A record for unit tests: trial `f::mvp::<model>::<format>::cpu::run::<scenario>`, decided by
+/// `gate`, every other field a plain default.
+#[cfg(test)]
+pub(crate) fn test_record(
+    model: &str,
+    format: &str,
+    scenario: &str,
+    gate: &str,
+    category: Category,
+    outcome: Outcome,
+) -> EvidenceRecord {
+    EvidenceRecord {
+        schema: SCHEMA_VERSION,
+        run_id: "r".into(),
+        trial: format!("f::mvp::{model}::{format}::cpu::run::{scenario}"),
+        family: "f".into(),
+        tier: "mvp".into(),
+        model: model.into(),
+        model_id: format!("o/{model}"),
+        format: format.into(),
+        backend: "cpu".into(),
+        modality: "run".into(),
+        scenario: scenario.into(),
+        outcome,
+        category: Some(category),
+        gate: gate.parse().expect("a decider"),
+        reason: String::new(),
+        prompt: None,
+        output: None,
+        max_tokens: 8,
+        sampling: Sampling::Greedy,
+        metrics: Metrics::default(),
+        model_files: Vec::new(),
+        engine: None,
+        device: None,
+        playbook: "p.yaml".into(),
+        harness_version: "0".into(),
+        host: Host { hostname: "h".into(), os: "linux".into(), arch: "x86_64".into(), cpus: 2 },
+        timestamp: "2026-01-01T00:00:00Z".into(),
+        harness_fingerprint: String::new(),
+        playbook_sha256: String::new(),
+        unfinished: false,
+        third_party: None,
+    }
+}
+
 /// An open journal.
 #[derive(Debug)]
 pub(crate) struct Journal {

@@ -36,6 +36,11 @@ impl SplitMix {
         (self.next_u64() % n.max(1) as u64) as usize
     }
 
+    /// A draw in `lo..=hi`.
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
+    }
+
     /// A draw in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{self, Value};
@@ -14,7 +13,7 @@ use modelqa::support::journal::EvidenceRecord;
 use modelqa::support::matrix::Quantization;
 use modelqa::vocab::Outcome;
 
-use super::{common, model_dir};
+use super::model_dir;
 
 /// `gguf` rewritten with `edit` applied to its metadata, the tensors as they were.
 fn with_metadata(gguf: &[u8], edit: impl FnOnce(&mut Vec<(String, Value)>)) -> Vec<u8> {
@@ -67,21 +66,10 @@ fn qualify(
 ) -> (HashMap<String, EvidenceRecord>, String) {
     let file = work.join(format!("{run}.yaml"));
     std::fs::write(&file, playbook).unwrap();
-    let out = Command::new(common::qualify_binary())
-        .args([filter, "--test-threads", "1"])
-        .env("QUALIFY_PLAYBOOKS", &file)
-        .env("QUALIFY_JOURNAL_DIR", work.join("journal"))
-        .env("QUALIFY_CACHE_DIR", work.join("cache"))
-        .env("QUALIFY_RUN_ID", run)
-        .env("QUALIFY_FAILURE_POLICY", "collect-all")
-        .env("HF_HUB_CACHE", work.join("hub"))
-        .env_remove("QUALIFY_MODEL_DIR")
-        .output()
-        .expect("qualify runs");
-    let stdout = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let (records, _) = modelqa::support::journal::read(&work.join("journal").join(format!("{run}.jsonl")))
-        .unwrap_or_else(|e| panic!("{run}: no journal ({e}): {stdout}"));
-    (records.into_iter().map(|r| (r.trial.clone(), r)).collect(), stdout)
+    let (cache, hub) = (work.join("cache"), work.join("hub"));
+    let env = [("QUALIFY_CACHE_DIR", cache.as_os_str()), ("HF_HUB_CACHE", hub.as_os_str())];
+    let (records, printed) = super::run_playbook(&file, filter, work, run, &env);
+    (records.into_iter().map(|r| (r.trial.clone(), r)).collect(), printed)
 }
 
 const SCENARIOS: &str = "scenarios:\n\

@@ -1,42 +1,12 @@
 use super::*;
-use crate::engine::Sampling;
-use crate::journal::{Host, Metrics, SCHEMA_VERSION};
+use crate::journal::{Metrics, test_record};
 use crate::vocab::{Category, Outcome};
 
 fn record(model: &str, format: &str, scenario: &str, outcome: Outcome, kl: Option<f64>) -> EvidenceRecord {
-    EvidenceRecord {
-        schema: SCHEMA_VERSION,
-        run_id: "r".into(),
-        trial: format!("f::mvp::{model}::{format}::cpu::run::{scenario}"),
-        family: "f".into(),
-        tier: "mvp".into(),
-        model: model.into(),
-        model_id: format!("o/{model}"),
-        format: format.into(),
-        backend: "cpu".into(),
-        modality: "run".into(),
-        scenario: scenario.into(),
-        outcome,
-        category: Some(Category::Qual),
-        gate: "arithmetic".parse().expect("a decider"),
-        reason: format!("{outcome:?}"),
-        prompt: None,
-        output: None,
-        max_tokens: 8,
-        sampling: Sampling::Greedy,
-        metrics: Metrics { mean_kl: kl, ..Metrics::default() },
-        model_files: Vec::new(),
-        engine: None,
-        device: None,
-        playbook: "p.yaml".into(),
-        harness_version: "0".into(),
-        host: Host { hostname: "h".into(), os: "linux".into(), arch: "x86_64".into(), cpus: 2 },
-        timestamp: "2026-01-01T00:00:00Z".into(),
-        harness_fingerprint: String::new(),
-        playbook_sha256: String::new(),
-        unfinished: false,
-        third_party: None,
-    }
+    let mut r = test_record(model, format, scenario, "arithmetic", Category::Qual, outcome);
+    r.reason = format!("{outcome:?}");
+    r.metrics = Metrics { mean_kl: kl, ..Metrics::default() };
+    r
 }
 
 /// A run: `scenarios` passing trials per format of model `m`, and a KL figure per format.

@@ -2,43 +2,10 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::engine::Sampling;
-use crate::journal::{Host, Metrics, SCHEMA_VERSION};
+use crate::journal::test_record;
 
 fn record(i: usize, gate: &str, category: Category, outcome: Outcome) -> EvidenceRecord {
-    EvidenceRecord {
-        schema: SCHEMA_VERSION,
-        run_id: "r".into(),
-        trial: format!("f::mvp::m::safetensors::cpu::run::s{i}"),
-        family: "f".into(),
-        tier: "mvp".into(),
-        model: "m".into(),
-        model_id: "o/m".into(),
-        format: "safetensors".into(),
-        backend: "cpu".into(),
-        modality: "run".into(),
-        scenario: format!("s{i}"),
-        outcome,
-        category: Some(category),
-        gate: gate.parse().expect("a decider"),
-        reason: String::new(),
-        prompt: None,
-        output: None,
-        max_tokens: 8,
-        sampling: Sampling::Greedy,
-        metrics: Metrics::default(),
-        model_files: Vec::new(),
-        engine: None,
-        device: None,
-        playbook: "p.yaml".into(),
-        harness_version: "0".into(),
-        host: Host { hostname: "h".into(), os: "linux".into(), arch: "x86_64".into(), cpus: 2 },
-        timestamp: "2026-01-01T00:00:00Z".into(),
-        harness_fingerprint: String::new(),
-        playbook_sha256: String::new(),
-        unfinished: false,
-        third_party: None,
-    }
+    test_record("m", "safetensors", &format!("s{i}"), gate, category, outcome)
 }
 
 /// Every gateway passed once, then `n` trials in each category, all passing.
