@@ -50,6 +50,9 @@ PROMPTS = [
 GREEDY_TOKENS = 12
 TOP_K = 5
 MIN_MARGIN = 0.02
+# The test holds an f32 engine to 1e-4 of the f64 reference; a draw is kept only where
+# transformers' own f32 forward stays within this of it, so f32 rounding alone cannot fail it.
+F32_BUDGET = 4e-5
 MAX_SEEDS = 400
 # Special tokens of the shared tokenizer (<|endoftext|>, <|im_start|>, <|im_end|>): a greedy
 # continuation holding one would end generation early or read as a leaked special token.
@@ -165,6 +168,17 @@ def forward_logits(model, ids):
     return out.logits[0].double()
 
 
+def f32_error(model, prompts):
+    """The largest difference between transformers' f32 forward and the f64 reference."""
+    worst = 0.0
+    for p in prompts:
+        logits = forward_logits(model, p["ids"])
+        for row, pos in zip(logits, p["positions"]):
+            for i, v in zip(pos["ids"], pos["logits"]):
+                worst = max(worst, abs(float(row[i]) - v))
+    return worst
+
+
 def margin(row):
     top = torch.topk(row, 2).values
     return float(top[0] - top[1])
@@ -210,11 +224,13 @@ def write_model(model_type, tokenizer):
         redraw(model, generator, TIED_GAIN if config.tie_word_embeddings else 1.0)
         prompts, worst, special = reference(model.double(), tokenizer)
         model.float()
+        rounding = f32_error(model, prompts)
         varied = model_type in REPEATS_ALLOWED or all(len(set(p["greedy"])) >= MIN_DISTINCT for p in prompts)
-        if worst >= MIN_MARGIN and not special and varied:
+        if worst >= MIN_MARGIN and not special and varied and rounding <= F32_BUDGET:
             break
     else:
-        raise SystemExit(f"{model_type}: no seed below {MAX_SEEDS} gives margins >= {MIN_MARGIN}")
+        raise SystemExit(f"{model_type}: no seed below {MAX_SEEDS} gives margins >= {MIN_MARGIN} "
+                         f"within the f32 budget {F32_BUDGET}")
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True)
@@ -226,12 +242,14 @@ def write_model(model_type, tokenizer):
         "torch": torch.__version__,
         "seed": seed,
         "min_margin_required": MIN_MARGIN,
+        "f32_error": rounding,
         "min_margin": worst,
         "top_k": TOP_K,
         "prompts": prompts,
     }, indent=1) + "\n")
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"{model_type:12} seed {seed:3}  min margin {worst:7.3f}  {size / 1024:7.1f} KiB")
+    print(f"{model_type:12} seed {seed:3}  min margin {worst:7.3f}  f32 error {rounding:.1e}  "
+          f"{size / 1024:7.1f} KiB")
 
 
 def write_manifest():
