@@ -36,12 +36,10 @@ const ARCHITECTURES: [&str; 16] = [
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("deepseek_v2", "model_type `deepseek_v2` is not supported"),
     ("falcon", "model_type `falcon` is not supported"),
-    ("gemma", "model_type `gemma` is not supported"),
     ("gemma2", "model_type `gemma2` is not supported"),
     ("gemma3_text", "model_type `gemma3_text` is not supported"),
     ("gpt_bigcode", "model_type `gpt_bigcode` is not supported"),
     ("granite", "model_type `granite` is not supported"),
-    ("olmo2", "model_type `olmo2` is not supported"),
     ("phi3", "model_type `phi3` is not supported"),
     ("qwen3_moe", "model_type `qwen3_moe` is not supported"),
     ("stablelm", "model_type `stablelm` is not supported"),

@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
-use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwen2, qwen2, qwen3};
+use candle_transformers::models::{
+    gemma, llama, mistral, olmo2, quantized_llama, quantized_qwen2, qwen2, qwen3,
+};
 use tokenizers::Tokenizer;
 
 use super::admit::HashFile;
@@ -31,7 +33,7 @@ impl Engine for CandleEngine {
 }
 
 /// The architectures the embedded engine runs, by config.json `model_type`.
-pub(super) const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+pub(super) const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
 
 enum Model {
     Llama {
@@ -40,6 +42,8 @@ enum Model {
     },
     Qwen2(qwen2::ModelForCausalLM),
     Qwen3(qwen3::ModelForCausalLM),
+    Gemma(gemma::Model),
+    Olmo2(olmo2::Model),
     Mistral(mistral::Model),
     /// A GGUF file of the llama convention (llama and mistral), quantized kernels.
     QuantizedLlama(quantized_llama::ModelWeights),
@@ -274,6 +278,24 @@ fn assemble(
                 context,
             )
         }
+        "gemma" => {
+            let cfg: gemma::Config = serde_json::from_value(config.clone()).map_err(|e| parse("gemma", e))?;
+            let context = cfg.max_position_embeddings;
+            (
+                Model::Gemma(
+                    gemma::Model::new(false, &cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?,
+                ),
+                context,
+            )
+        }
+        "olmo2" => {
+            let cfg: olmo2::Config = serde_json::from_value(config.clone()).map_err(|e| parse("olmo2", e))?;
+            let context = cfg.max_position_embeddings;
+            (
+                Model::Olmo2(olmo2::Model::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?),
+                context,
+            )
+        }
         "mistral" => {
             let cfg: mistral::Config =
                 serde_json::from_value(config.clone()).map_err(|e| parse("mistral", e))?;
@@ -444,6 +466,8 @@ impl CandleSession {
             }
             Model::Qwen2(model) => model.forward(&input, pos)?,
             Model::Qwen3(model) => model.forward(&input, pos)?,
+            Model::Gemma(model) => model.forward(&input, pos)?,
+            Model::Olmo2(model) => model.forward(&input, pos)?,
             Model::Mistral(model) => model.forward(&input, pos)?,
             Model::QuantizedLlama(model) => model.forward(&input, pos)?,
             Model::QuantizedQwen2(model) => model.forward(&input, pos)?,
@@ -479,6 +503,8 @@ impl CandleSession {
             ),
             Model::Qwen2(_)
             | Model::Qwen3(_)
+            | Model::Gemma(_)
+            | Model::Olmo2(_)
             | Model::Mistral(_)
             | Model::QuantizedLlama(_)
             | Model::QuantizedQwen2(_) => None,
@@ -486,6 +512,8 @@ impl CandleSession {
         match &mut self.model {
             Model::Qwen2(m) => m.clear_kv_cache(),
             Model::Qwen3(m) => m.clear_kv_cache(),
+            Model::Gemma(m) => m.clear_kv_cache(),
+            Model::Olmo2(m) => m.clear_kv_cache(),
             Model::Mistral(m) => m.clear_kv_cache(),
             Model::QuantizedLlama(m) => m.clear_kv_cache(),
             Model::QuantizedQwen2(m) => m.clear_kv_cache(),

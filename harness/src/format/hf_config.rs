@@ -21,10 +21,10 @@ const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 /// The architectures whose config this module normalises (the others are refused by the
 /// engine before their config matters).
-pub(crate) const NORMALISED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+pub(crate) const NORMALISED: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
 
 /// The architectures whose loader reads an explicit `head_dim` (the others derive it).
-pub(crate) const EXPLICIT_HEAD_DIM: &[&str] = &["mistral", "qwen3"];
+pub(crate) const EXPLICIT_HEAD_DIM: &[&str] = &["gemma", "mistral", "qwen3"];
 
 fn refuse(path: &Path, field: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError { path: path.to_path_buf(), field, why: why.into() }
@@ -216,11 +216,46 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             format!("is true; the engine's {model_type} has no MLP biases"),
         ));
     }
-    match get("hidden_act") {
+    if model_type == "gemma" {
+        // 4.x wrote the activation gemma runs as `hidden_activation` (beside a legacy
+        // `hidden_act`), 5.x as `hidden_act`; both read a bare "gelu" as the tanh approximation.
+        let act = get("hidden_activation").or_else(|| get("hidden_act")).cloned();
+        let act = match act {
+            None => json!("gelu_pytorch_tanh"),
+            Some(Value::String(a)) if a == "gelu" => json!("gelu_pytorch_tanh"),
+            Some(a) => a,
+        };
+        object.insert("hidden_activation".into(), act);
+        object.insert("hidden_act".into(), Value::Null);
+        if flag("use_bidirectional_attention")? {
+            return Err(refuse(path, "use_bidirectional_attention", "is true; the engine's gemma is causal"));
+        }
+        if get("tie_word_embeddings") == Some(&Value::Bool(false)) {
+            return Err(refuse(
+                path,
+                "tie_word_embeddings",
+                "is false; the engine's gemma always uses the embedding as its head",
+            ));
+        }
+        if get("head_dim").is_none() {
+            object.insert("head_dim".into(), json!(hidden / heads));
+        }
+        object.insert("attention_bias".into(), json!(false));
+    }
+    if model_type == "olmo2" {
+        match get("clip_qkv") {
+            None => {}
+            Some(v) if v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0) => {}
+            Some(v) => return Err(refuse(path, "clip_qkv", format!("is {v}, not a finite positive number"))),
+        }
+    }
+    match object.get("hidden_act").filter(|v| !v.is_null()).cloned() {
+        None if model_type == "gemma" => {}
         None => {
             object.insert("hidden_act".into(), json!("silu"));
         }
         Some(Value::String(a)) if a == "silu" => {}
+        Some(v) if model_type == "gemma" => unreachable!("gemma's activation was moved: {v}"),
         Some(v) if model_type == "llama" => {
             return Err(refuse(path, "hidden_act", format!("is {v}; the engine's llama runs silu only")));
         }
@@ -271,6 +306,13 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         "mistral" => {
             object.insert("sliding_window".into(), Value::Null);
         }
+        "olmo2" => {
+            object.insert("attention_bias".into(), json!(false));
+        }
+        // gemma has no window.
+        "gemma" => {
+            object.insert("tie_word_embeddings".into(), json!(true));
+        }
         _ => {}
     }
 
@@ -278,7 +320,9 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
     if get("num_key_value_heads").is_none() {
         object.insert("num_key_value_heads".into(), json!(heads));
     }
-    object.insert("tie_word_embeddings".into(), json!(flag("tie_word_embeddings")?));
+    if model_type != "gemma" {
+        object.insert("tie_word_embeddings".into(), json!(flag("tie_word_embeddings")?));
+    }
     Ok(out)
 }
 
@@ -435,8 +479,28 @@ mod tests {
     }
 
     #[test]
+    fn gemma_runs_the_activation_either_version_names() {
+        let v4 = normalised(&with(
+            "gemma",
+            json!({"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}),
+        ));
+        assert_eq!(
+            (v4["hidden_activation"].clone(), v4["hidden_act"].clone()),
+            (json!("gelu_pytorch_tanh"), Value::Null)
+        );
+        let legacy = normalised(&with("gemma", json!({"hidden_act": "gelu"})));
+        assert_eq!(legacy["hidden_activation"], json!("gelu_pytorch_tanh"));
+        assert_eq!(normalised(&base("gemma"))["tie_word_embeddings"], json!(true));
+        assert_eq!(refused(&with("gemma", json!({"tie_word_embeddings": false}))).0, "tie_word_embeddings");
+        assert_eq!(
+            refused(&with("gemma", json!({"use_bidirectional_attention": true}))).0,
+            "use_bidirectional_attention"
+        );
+    }
+
+    #[test]
     fn other_architectures_pass_unchanged() {
-        let c = with("gemma", json!({"rope_parameters": {"rope_type": "yarn"}}));
+        let c = with("phi3", json!({"rope_parameters": {"rope_type": "yarn"}}));
         assert_eq!(normalised(&c), c);
     }
 }

@@ -134,7 +134,8 @@ impl Hyperparameters {
             }
         }
         let tied = match config.get("tie_word_embeddings") {
-            None | Some(serde_json::Value::Null) => false,
+            // transformers' gemma ties unless told otherwise.
+            None | Some(serde_json::Value::Null) => model_type == "gemma",
             Some(serde_json::Value::Bool(b)) => *b,
             Some(v) => return Err(err("tie_word_embeddings", format!("is {v}, not true or false"))),
         };
@@ -182,9 +183,21 @@ impl Hyperparameters {
                 (format!("{p}.mlp.gate_proj.weight"), vec![inter, h]),
                 (format!("{p}.mlp.up_proj.weight"), vec![inter, h]),
                 (format!("{p}.mlp.down_proj.weight"), vec![h, inter]),
-                (format!("{p}.input_layernorm.weight"), vec![h]),
-                (format!("{p}.post_attention_layernorm.weight"), vec![h]),
             ]);
+            if self.model_type == "olmo2" {
+                // Norms after each block, and over the whole q and k projections.
+                expected.extend([
+                    (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+                    (format!("{p}.post_feedforward_layernorm.weight"), vec![h]),
+                    (format!("{p}.self_attn.q_norm.weight"), vec![q]),
+                    (format!("{p}.self_attn.k_norm.weight"), vec![kv]),
+                ]);
+            } else {
+                expected.extend([
+                    (format!("{p}.input_layernorm.weight"), vec![h]),
+                    (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+                ]);
+            }
             if self.model_type == "qwen3" {
                 expected.extend([
                     (format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]),
