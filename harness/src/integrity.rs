@@ -73,6 +73,9 @@ fn check_into(
     let config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|source| IntegrityError::Json { path: config_path.clone(), source })?;
     let d = Hyperparameters::from_config(&config_path, &config)?;
+    // A field the engine would not honour (a rope scaling type, a head width its loader would
+    // not use, …) fails G0 by name, as the engine's load would.
+    crate::format::hf_config::normalise(&config_path, &config)?;
     let model_type = d.model_type.as_str();
     if let Some(want) = architecture
         && want != model_type

@@ -4,7 +4,8 @@
 //!   identical, into `fixtures/qa-tiny/`, with a manifest of hashes; over the committed weights
 //!   only with `--yes`, elsewhere with `--out DIR`.
 //! - `fixtures eval` measures qa-tiny on every held-out arithmetic question.
-//! - `fixtures --check` verifies the committed qa-tiny files against the manifest.
+//! - `fixtures --check` verifies the committed qa-tiny files and the architecture zoo
+//!   (`fixtures/zoo/`, written by `xtask/zoo/make_zoo.py`) against their manifests.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,11 +24,16 @@ pub fn qa_tiny_dir() -> PathBuf {
     crate::root().join("fixtures").join("qa-tiny")
 }
 
+/// The architecture zoo, written by `xtask/zoo/make_zoo.py` (Python, run by a developer).
+pub fn zoo_dir() -> PathBuf {
+    crate::root().join("fixtures").join("zoo")
+}
+
 /// `fixtures train … | eval … | --check`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 pub struct FixturesArgs {
-    /// Verify fixtures/qa-tiny against its manifest (MANIFEST.sha256)
+    /// Verify fixtures/qa-tiny and fixtures/zoo against their manifests (MANIFEST.sha256)
     #[arg(long)]
     pub check: bool,
     #[command(subcommand)]
@@ -109,7 +115,12 @@ pub fn run(args: &FixturesArgs) -> anyhow::Result<()> {
         Some(FixturesCommand::Train(train)) => train_qa_tiny(train),
         Some(FixturesCommand::Eval(e)) => eval(&e.dir.clone().unwrap_or_else(qa_tiny_dir), e.failures),
         // clap shows the help when `fixtures` has neither.
-        None if args.check => check(&qa_tiny_dir()),
+        None if args.check => {
+            let qa_tiny = qa_tiny_dir();
+            check(&qa_tiny, &files(&qa_tiny)?, "qa-tiny")?;
+            let zoo = zoo_dir();
+            check(&zoo, &tree_files(&zoo)?, "zoo")
+        }
         None => bail!("usage: cargo xtask fixtures train … | eval … | --check (see --help)"),
     }
 }
@@ -306,28 +317,51 @@ fn write_manifest(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(dir: &Path) -> anyhow::Result<()> {
+/// Every file under `dir` but its manifest, sorted: what the zoo's manifest must list.
+fn tree_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("failed to read {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path != dir.join("MANIFEST.sha256") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `dir`'s manifest against its files: every listed hash matches, and `expected` (the files
+/// that must be there) are exactly the files listed.
+fn check(dir: &Path, expected: &[PathBuf], what: &str) -> anyhow::Result<()> {
     let manifest = std::fs::read_to_string(dir.join("MANIFEST.sha256"))
         .with_context(|| format!("failed to read {}", dir.join("MANIFEST.sha256").display()))?;
     let mut bad = Vec::new();
-    let mut listed = 0;
+    let mut listed = std::collections::BTreeSet::new();
     for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
         let (hash, rel) =
             line.split_once("  ").with_context(|| format!("malformed manifest line `{line}`"))?;
-        listed += 1;
+        listed.insert(dir.join(rel));
         match sha256(&dir.join(rel)) {
             Ok(h) if h == hash => {}
             Ok(h) => bad.push(format!("{rel}: sha256 {h}, manifest says {hash}")),
             Err(e) => bad.push(format!("{rel}: {e:#}")),
         }
     }
-    if listed != files(dir)?.len() {
-        bad.push(format!("the manifest lists {listed} files, expected {}", files(dir)?.len()));
+    for f in expected.iter().filter(|f| !listed.contains(*f)) {
+        bad.push(format!("{}: not in the manifest", f.strip_prefix(dir).unwrap_or(f).display()));
+    }
+    if listed.len() != expected.len() {
+        bad.push(format!("the manifest lists {} files, expected {}", listed.len(), expected.len()));
     }
     if !bad.is_empty() {
-        bail!("qa-tiny fixtures do not match their manifest:\n  {}", bad.join("\n  "));
+        bail!("{what} fixtures do not match their manifest:\n  {}", bad.join("\n  "));
     }
-    eprintln!("{listed} qa-tiny files match {}", dir.join("MANIFEST.sha256").display());
+    eprintln!("{} {what} files match {}", listed.len(), dir.join("MANIFEST.sha256").display());
     Ok(())
 }
 

@@ -5,7 +5,9 @@
 //! (`format::gguf::check`). candle-transformers' loaders `unwrap()`, divide and reserve on these
 //! numbers; here a bad file becomes a load error that names the file and the field.
 //!
-//! It also clamps the context a session builds rotary tables for (`limits::SESSION_CONTEXT`).
+//! The config candle gets is the one `format::hf_config` normalised (either transformers'
+//! spelling; a field the engine would not honour is refused by name). It also clamps the
+//! context a session builds rotary tables for (`limits::SESSION_CONTEXT`).
 //! It never builds a model.
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use candle_transformers::models::quantized_llama;
 use tokenizers::Tokenizer;
 
 use super::EngineError;
+use crate::format::hf_config::normalise;
 use crate::format::hparams::{Hyperparameters, clamp_context};
 use crate::format::limits;
 use crate::format::safetensors_header::HeaderError;
@@ -53,6 +56,7 @@ pub(super) fn hf_model(
     })?;
     let source = files.first().map_or(config_path, PathBuf::as_path);
     shape_error(source, &hyper.shape_problems(&shapes))?;
+    let config = normalise(config_path, &config).map_err(|e| refused(config_path, e.cause()))?;
     Ok(clamp_context(config).0)
 }
 
@@ -66,6 +70,7 @@ pub(super) fn apr_model(
     let shapes: BTreeMap<String, Vec<usize>> =
         tensors.iter().map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as usize).collect())).collect();
     shape_error(path, &hyper.shape_problems(&shapes))?;
+    let config = normalise(path, &config).map_err(|e| refused(path, e.cause()))?;
     Ok(clamp_context(config).0)
 }
 

@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
-use candle_transformers::models::{llama, mistral, quantized_llama, quantized_qwen2, qwen2};
+use candle_transformers::models::{
+    gemma, llama, mistral, olmo2, quantized_llama, quantized_qwen2, qwen2, qwen3,
+};
 use tokenizers::Tokenizer;
 
 use super::admit::HashFile;
@@ -31,7 +33,7 @@ impl Engine for CandleEngine {
 }
 
 /// The architectures the embedded engine runs, by config.json `model_type`.
-pub(super) const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
+pub(super) const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
 
 enum Model {
     Llama {
@@ -39,6 +41,9 @@ enum Model {
         config: llama::Config,
     },
     Qwen2(qwen2::ModelForCausalLM),
+    Qwen3(qwen3::ModelForCausalLM),
+    Gemma(gemma::Model),
+    Olmo2(olmo2::Model),
     Mistral(mistral::Model),
     /// A GGUF file of the llama convention (llama and mistral), quantized kernels.
     QuantizedLlama(quantized_llama::ModelWeights),
@@ -87,6 +92,25 @@ fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     }
 }
 
+/// The config's `model_type`, if the engine runs it: asked before anything else is checked, so
+/// an architecture the engine lacks is refused as that, not as tensors its loaders do not know.
+fn architecture_of(path: &Path, config: &serde_json::Value) -> Result<String, EngineError> {
+    let architecture = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| load_err(path, "the config has no `model_type`"))?;
+    if !SUPPORTED_ARCHITECTURES.contains(&architecture) {
+        return Err(load_err(
+            path,
+            format!(
+                "model_type `{architecture}` is not supported (supported: {})",
+                SUPPORTED_ARCHITECTURES.join(", ")
+            ),
+        ));
+    }
+    Ok(architecture.to_string())
+}
+
 /// What a session is assembled from, whatever the format.
 struct Parts {
     /// For messages: the directory or file the model came from.
@@ -129,6 +153,7 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
         .map_err(|e| EngineError::load_failed(&config_path, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| EngineError::load_failed_in(&config_path, "invalid JSON", e))?;
+    architecture_of(&config_path, &config)?;
     let files = super::safetensors_files(dir)?;
     let config = super::admit::hf_model(&config_path, config, &files)?;
     let tokenizer_path = dir.join("tokenizer.json");
@@ -175,6 +200,7 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
             ),
         )
     })?;
+    architecture_of(path, &config)?;
     let config = super::admit::apr_model(path, config, &file.tensors)?;
     let tokenizer_json = custom(crate::format::convert::HF_TOKENIZER).ok_or_else(|| {
         load_err(
@@ -218,11 +244,7 @@ fn assemble(
 ) -> Result<CandleSession, EngineError> {
     let Parts { source, config, vb, tokenizer, generation_config, chat_template, files } = parts;
     let dir = source.as_path();
-    let architecture = config
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| load_err(dir, "the config has no `model_type`"))?
-        .to_string();
+    let architecture = architecture_of(dir, &config)?;
     super::admit::tokenizer_fits_config(dir, &tokenizer, &config)?;
     let parse = |what: &str, e: serde_json::Error| {
         EngineError::load_failed_in(dir, format!("not a valid {what} config"), e)
@@ -246,24 +268,53 @@ fn assemble(
                 context,
             )
         }
+        "qwen3" => {
+            let cfg: qwen3::Config = serde_json::from_value(config.clone()).map_err(|e| parse("qwen3", e))?;
+            let context = cfg.max_position_embeddings;
+            (
+                Model::Qwen3(
+                    qwen3::ModelForCausalLM::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?,
+                ),
+                context,
+            )
+        }
+        "gemma" => {
+            let cfg: gemma::Config = serde_json::from_value(config.clone()).map_err(|e| parse("gemma", e))?;
+            let context = cfg.max_position_embeddings;
+            (
+                Model::Gemma(
+                    gemma::Model::new(false, &cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?,
+                ),
+                context,
+            )
+        }
+        "olmo2" => {
+            let cfg: olmo2::Config = serde_json::from_value(config.clone()).map_err(|e| parse("olmo2", e))?;
+            let context = cfg.max_position_embeddings;
+            (
+                Model::Olmo2(olmo2::Model::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?),
+                context,
+            )
+        }
         "mistral" => {
             let cfg: mistral::Config =
                 serde_json::from_value(config.clone()).map_err(|e| parse("mistral", e))?;
             let context = cfg.max_position_embeddings;
+            // candle's mistral always loads `lm_head`; tied embeddings are the embedding table.
+            let vb = if config.get("tie_word_embeddings") == Some(&serde_json::Value::Bool(true)) {
+                vb.rename_f(|name| match name {
+                    "lm_head.weight" => "model.embed_tokens.weight".to_string(),
+                    other => other.to_string(),
+                })
+            } else {
+                vb
+            };
             (
                 Model::Mistral(mistral::Model::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?),
                 context,
             )
         }
-        other => {
-            return Err(load_err(
-                dir,
-                format!(
-                    "model_type `{other}` is not supported (supported: {})",
-                    SUPPORTED_ARCHITECTURES.join(", ")
-                ),
-            ));
-        }
+        other => unreachable!("architecture_of admitted `{other}`"),
     };
 
     let mut eos = token_ids(config.get("eos_token_id"));
@@ -414,6 +465,9 @@ impl CandleSession {
                 model.forward(&input, pos, cache)?
             }
             Model::Qwen2(model) => model.forward(&input, pos)?,
+            Model::Qwen3(model) => model.forward(&input, pos)?,
+            Model::Gemma(model) => model.forward(&input, pos)?,
+            Model::Olmo2(model) => model.forward(&input, pos)?,
             Model::Mistral(model) => model.forward(&input, pos)?,
             Model::QuantizedLlama(model) => model.forward(&input, pos)?,
             Model::QuantizedQwen2(model) => model.forward(&input, pos)?,
@@ -447,10 +501,19 @@ impl CandleSession {
             Model::Llama { config, .. } => Some(
                 llama::Cache::new(true, DType::F32, config, &self.device).map_err(EngineError::inference)?,
             ),
-            Model::Qwen2(_) | Model::Mistral(_) | Model::QuantizedLlama(_) | Model::QuantizedQwen2(_) => None,
+            Model::Qwen2(_)
+            | Model::Qwen3(_)
+            | Model::Gemma(_)
+            | Model::Olmo2(_)
+            | Model::Mistral(_)
+            | Model::QuantizedLlama(_)
+            | Model::QuantizedQwen2(_) => None,
         };
         match &mut self.model {
             Model::Qwen2(m) => m.clear_kv_cache(),
+            Model::Qwen3(m) => m.clear_kv_cache(),
+            Model::Gemma(m) => m.clear_kv_cache(),
+            Model::Olmo2(m) => m.clear_kv_cache(),
             Model::Mistral(m) => m.clear_kv_cache(),
             Model::QuantizedLlama(m) => m.clear_kv_cache(),
             Model::QuantizedQwen2(m) => m.clear_kv_cache(),

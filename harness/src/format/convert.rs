@@ -121,12 +121,19 @@ pub fn apr_file(hf: HfFiles, mut tensors: Vec<AprTensor>, original_format: &str)
         ("vocab_size", "vocab_size"),
         ("intermediate_size", "intermediate_size"),
         ("max_position_embeddings", "max_position_embeddings"),
-        ("rope_theta", "rope_theta"),
         ("rms_norm_eps", "rms_norm_eps"),
     ] {
         if let Some(v) = config.get(hf_key) {
             metadata.insert(apr_key.into(), v.clone());
         }
+    }
+    // Either of transformers' spellings of the rope base (5.x: `rope_parameters`); a config the
+    // engine would refuse is refused when the APR file is loaded, which reads the embedded one.
+    let states_rope = ["rope_theta", "rope_parameters"].iter().any(|k| config.get(*k).is_some());
+    if let Ok(rope) = crate::format::hf_config::rope(std::path::Path::new("config.json"), &config)
+        && states_rope
+    {
+        metadata.insert("rope_theta".into(), rope.theta.into());
     }
     if let Some(t) = tokenizer_config.as_ref().and_then(|c| c.get("chat_template")).filter(|t| t.is_string())
     {

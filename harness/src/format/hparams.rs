@@ -39,12 +39,14 @@ pub(crate) struct Hyperparameters {
     pub(crate) layers: usize,
     pub(crate) heads: usize,
     pub(crate) kv_heads: usize,
-    /// The width of one head: mistral's explicit `head_dim`, else hidden / heads.
+    /// The width of one head: mistral's and qwen3's explicit `head_dim`, else hidden / heads.
     pub(crate) head_dim: usize,
     pub(crate) vocab: usize,
     /// `max_position_embeddings`, where declared.
     pub(crate) context: Option<usize>,
     pub(crate) tied: bool,
+    /// q/k/v biases (qwen2 always; qwen3 where `attention_bias` says so).
+    pub(crate) attention_bias: bool,
 }
 
 impl Hyperparameters {
@@ -83,9 +85,12 @@ impl Hyperparameters {
         let context = optional("max_position_embeddings", limits::CONTEXT)?;
         optional("sliding_window", limits::CONTEXT)?;
         optional("max_window_layers", limits::LAYERS)?;
-        // Only mistral's loader reads an explicit head width; the others derive it.
-        let explicit_head_dim =
-            if model_type == "mistral" { optional("head_dim", limits::HEAD_DIM)? } else { None };
+        // Only some loaders read an explicit head width; the others derive it.
+        let explicit_head_dim = if super::hf_config::EXPLICIT_HEAD_DIM.contains(&model_type.as_str()) {
+            optional("head_dim", limits::HEAD_DIM)?
+        } else {
+            None
+        };
         let head_dim = match explicit_head_dim {
             Some(d) => d,
             None => {
@@ -129,11 +134,16 @@ impl Hyperparameters {
             }
         }
         let tied = match config.get("tie_word_embeddings") {
-            None | Some(serde_json::Value::Null) => false,
+            // transformers' gemma ties unless told otherwise.
+            None | Some(serde_json::Value::Null) => model_type == "gemma",
             Some(serde_json::Value::Bool(b)) => *b,
             Some(v) => return Err(err("tie_word_embeddings", format!("is {v}, not true or false"))),
         };
+        let attention_bias = model_type == "qwen2"
+            || (model_type == "qwen3"
+                && config.get("attention_bias") == Some(&serde_json::Value::Bool(true)));
         Ok(Hyperparameters {
+            attention_bias,
             model_type,
             hidden,
             intermediate,
@@ -147,10 +157,10 @@ impl Hyperparameters {
         })
     }
 
-    /// Whether the loader asks for `lm_head.weight`: llama and qwen2 unless the embeddings are
-    /// tied; candle's mistral always does.
+    /// Whether the loader asks for `lm_head.weight`: not when the embeddings are tied (the
+    /// engine hands mistral's loader the embedding as its head).
     pub(crate) fn needs_lm_head(&self) -> bool {
-        !self.tied || self.model_type == "mistral"
+        !self.tied
     }
 
     /// Every tensor the architecture's loader requests, with the shape it requests, in Hugging
@@ -173,10 +183,28 @@ impl Hyperparameters {
                 (format!("{p}.mlp.gate_proj.weight"), vec![inter, h]),
                 (format!("{p}.mlp.up_proj.weight"), vec![inter, h]),
                 (format!("{p}.mlp.down_proj.weight"), vec![h, inter]),
-                (format!("{p}.input_layernorm.weight"), vec![h]),
-                (format!("{p}.post_attention_layernorm.weight"), vec![h]),
             ]);
-            if self.model_type == "qwen2" {
+            if self.model_type == "olmo2" {
+                // Norms after each block, and over the whole q and k projections.
+                expected.extend([
+                    (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+                    (format!("{p}.post_feedforward_layernorm.weight"), vec![h]),
+                    (format!("{p}.self_attn.q_norm.weight"), vec![q]),
+                    (format!("{p}.self_attn.k_norm.weight"), vec![kv]),
+                ]);
+            } else {
+                expected.extend([
+                    (format!("{p}.input_layernorm.weight"), vec![h]),
+                    (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+                ]);
+            }
+            if self.model_type == "qwen3" {
+                expected.extend([
+                    (format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]),
+                    (format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim]),
+                ]);
+            }
+            if self.attention_bias {
                 expected.extend([
                     (format!("{p}.self_attn.q_proj.bias"), vec![q]),
                     (format!("{p}.self_attn.k_proj.bias"), vec![kv]),

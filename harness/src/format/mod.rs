@@ -1,7 +1,8 @@
 //! Model files: the safetensors files of a model as stored and their hashes ([`files`]), the
 //! containers beyond safetensors that this project reads and writes, and the checks that stand
 //! between a file and anything that trusts it: the bounds on every size a file declares
-//! ([`limits`]), config.json's hyper-parameters against the tensors ([`hparams`]), safetensors
+//! ([`limits`]), config.json as transformers 4.x and 5.x write it ([`hf_config`]), its
+//! hyper-parameters against the tensors ([`hparams`]), safetensors
 //! headers ([`safetensors_header`]), the GGUF pre-pass (`gguf::check`) and tokenizer.json
 //! ([`tokenizer_json`]).
 
@@ -9,6 +10,7 @@ pub mod apr;
 pub mod convert;
 pub(crate) mod files;
 pub mod gguf;
+pub(crate) mod hf_config;
 pub(crate) mod hparams;
 pub(crate) mod limits;
 pub(crate) mod safetensors_header;

@@ -127,6 +127,18 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     if let Some(problem) = hyper.shape_problems(&shapes).first() {
         return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
     }
+    // Either of transformers' spellings (a 5.x `rope_parameters` base must not become the
+    // default 10,000), and what the file cannot carry stops the conversion by name.
+    let config = crate::format::hf_config::normalise(&config_path, &config)
+        .map_err(|e| err(&config_path, e.cause()))?;
+    let rope_theta = config["rope_theta"]
+        .as_f64()
+        .ok_or_else(|| err(&config_path, "the normalised config has no rope_theta"))?;
+    if let Some(scaling) = config.get("rope_scaling").filter(|v| !v.is_null()) {
+        return Err(ConvertError::Unsupported(format!(
+            "GGUF with `rope_scaling` {scaling} (the writer carries the rope base only)"
+        )));
+    }
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
     let (arch, permute) = architecture(&model_type).ok_or_else(|| {
         ConvertError::Unsupported(format!(
@@ -209,10 +221,7 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             Value::F32(config["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32),
         ),
-        (
-            format!("{arch}.rope.freq_base"),
-            Value::F32(config["rope_theta"].as_f64().unwrap_or(10000.0) as f32),
-        ),
+        (format!("{arch}.rope.freq_base"), Value::F32(rope_theta as f32)),
         (format!("{arch}.rope.dimension_count"), Value::U32(head_dim)),
     ];
     md.extend(tokenizer_metadata(dir, &config)?);
@@ -304,7 +313,10 @@ fn tokenizer_metadata(dir: &Path, config: &serde_json::Value) -> Result<Vec<(Str
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::fuzz::models::{config, weights, write_dir};
 
     #[test]
     fn the_qk_permutation_is_llama_cpps_and_inverts() {
@@ -332,5 +344,56 @@ mod tests {
         );
         assert_eq!(fallback(GgmlDType::Q4K), GgmlDType::Q5_0);
         assert_eq!(fallback(GgmlDType::Q6K), GgmlDType::Q8_0);
+    }
+
+    /// The GGUF written from a tiny `model_type` directory whose config is edited by `edit`.
+    fn convert(model_type: &str, edit: impl Fn(&mut serde_json::Value)) -> Result<Vec<u8>, ConvertError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(model_type);
+        edit(&mut c);
+        write_dir(dir.path(), c.to_string().as_bytes(), &weights(&c).unwrap()).unwrap();
+        from_safetensors(dir.path(), Quantization::F32)
+    }
+
+    fn freq_base(bytes: &[u8], arch: &str) -> f32 {
+        let content = gguf_file::Content::read(&mut Cursor::new(bytes)).unwrap();
+        content.metadata[&format!("{arch}.rope.freq_base")].to_f32().unwrap()
+    }
+
+    /// transformers 5 writes the rope base under `rope_parameters`: the file carries that base,
+    /// not the default 10,000 it once wrote without a word.
+    #[test]
+    fn the_rope_base_of_either_spelling_reaches_the_file() {
+        for (model_type, arch) in [("qwen2", "qwen2"), ("llama", "llama"), ("mistral", "llama")] {
+            let v5 = convert(model_type, |c| {
+                c.as_object_mut().unwrap().remove("rope_theta");
+                c["rope_parameters"] = json!({"rope_theta": 1_000_000.0, "rope_type": "default"});
+            })
+            .unwrap();
+            assert_eq!(freq_base(&v5, arch), 1_000_000.0, "{model_type}");
+            let v4 = convert(model_type, |c| c["rope_theta"] = json!(500_000.0)).unwrap();
+            assert_eq!(freq_base(&v4, arch), 500_000.0, "{model_type}");
+        }
+    }
+
+    /// Rope settings the file cannot carry stop the conversion, naming the field.
+    #[test]
+    fn rope_settings_the_file_cannot_carry_are_refused() {
+        let yarn = convert("qwen2", |c| {
+            c.as_object_mut().unwrap().remove("rope_theta");
+            c["rope_parameters"] = json!({"rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0});
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(yarn.contains("`rope_parameters`") && yarn.contains("yarn"), "{yarn}");
+        let llama3 = convert("llama", |c| {
+            c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8});
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(llama3.contains("rope_scaling"), "{llama3}");
+        let conflict = convert("mistral", |c| c["rope_parameters"] = json!({"rope_theta": 1e6})).unwrap_err();
+        assert!(conflict.to_string().contains("`rope_parameters`"), "{conflict}");
     }
 }

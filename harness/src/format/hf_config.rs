@@ -1,0 +1,506 @@
+//! config.json as transformers 4.x and 5.x write it, brought to the one shape the engine's
+//! loaders read: the rope base from `rope_theta` or 5.x's `rope_parameters`, a null sliding
+//! window, an explicit `head_dim`, tied embeddings, the defaults a 5.x config leaves out.
+//!
+//! Every field read here that changes the mathematics is either honoured or refused with a
+//! [`ConfigError`] naming it (a rope scaling type the engine does not implement, a head width
+//! the loader would not use, biases it would not load, …); nothing is dropped silently. A
+//! sliding window the engine cannot apply while decoding is honoured by limiting the session's
+//! context to the window, inside which it changes nothing.
+//!
+//! It reads no file and builds no model: callers hand it the parsed config.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::hparams::ConfigError;
+
+/// transformers' rope base when a config states none (every architecture read here).
+const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+
+/// The architectures whose config this module normalises (the others are refused by the
+/// engine before their config matters).
+pub(crate) const NORMALISED: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
+
+/// The architectures whose loader reads an explicit `head_dim` (the others derive it).
+pub(crate) const EXPLICIT_HEAD_DIM: &[&str] = &["gemma", "mistral", "qwen3"];
+
+fn refuse(path: &Path, field: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError { path: path.to_path_buf(), field, why: why.into() }
+}
+
+/// The rope settings of a config: base and type, from either spelling.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rope {
+    /// The rope base (θ).
+    pub(crate) theta: f64,
+    /// `default`, `llama3`, `linear`, `yarn`, …
+    pub(crate) kind: String,
+    /// The object the type's parameters are in (`rope_parameters` or `rope_scaling`), if any.
+    pub(crate) parameters: Option<serde_json::Map<String, Value>>,
+    /// The field that named the type, for messages.
+    pub(crate) field: &'static str,
+    /// The share of each head that rotates (`partial_rotary_factor`, top level in 4.x, in
+    /// `rope_parameters` in 5.x), with the field it came from; 1 when neither states it.
+    pub(crate) partial: (f64, &'static str),
+}
+
+/// The rope base and scaling of `config`: `rope_theta` (4.x) or `rope_parameters.rope_theta`
+/// (5.x), which must agree when both are given; the scaling type from `rope_parameters` or
+/// `rope_scaling` (`rope_type`, or 4.x's older `type`). A config with neither has transformers'
+/// default base, 10,000, and no scaling.
+pub(crate) fn rope(path: &Path, config: &Value) -> Result<Rope, ConfigError> {
+    let number = |field: &'static str, v: &Value| -> Result<f64, ConfigError> {
+        v.as_f64()
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| refuse(path, field, format!("is {v}, not a finite positive number")))
+    };
+    let top = match config.get("rope_theta") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(number("rope_theta", v)?),
+    };
+    let object = |field: &'static str| -> Result<Option<serde_json::Map<String, Value>>, ConfigError> {
+        match config.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(v) => Err(refuse(path, field, format!("is {v}, not an object"))),
+        }
+    };
+    let parameters = object("rope_parameters")?;
+    let scaling = object("rope_scaling")?;
+    let nested = match parameters.as_ref().and_then(|p| p.get("rope_theta")) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(number("rope_parameters", v)?),
+    };
+    let theta = match (top, nested) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(refuse(
+                path,
+                "rope_parameters",
+                format!("states rope_theta {b}, the config's `rope_theta` is {a}: which one is meant?"),
+            ));
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => DEFAULT_ROPE_THETA,
+    };
+    let kind_of = |m: &serde_json::Map<String, Value>| {
+        m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str).map(str::to_string)
+    };
+    let partial = match (
+        config.get("partial_rotary_factor").filter(|v| !v.is_null()),
+        parameters.as_ref().and_then(|p| p.get("partial_rotary_factor")).filter(|v| !v.is_null()),
+    ) {
+        (_, Some(v)) => (number("rope_parameters", v)?, "rope_parameters"),
+        (Some(v), None) => (number("partial_rotary_factor", v)?, "partial_rotary_factor"),
+        (None, None) => (1.0, "partial_rotary_factor"),
+    };
+    let typed =
+        |m: &Option<serde_json::Map<String, Value>>| m.as_ref().and_then(kind_of).filter(|k| k != "default");
+    let (kind, parameters, field) = match (typed(&parameters), typed(&scaling)) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(refuse(
+                path,
+                "rope_scaling",
+                format!("is of type `{b}`, `rope_parameters` of type `{a}`: which one is meant?"),
+            ));
+        }
+        (Some(kind), _) => (kind, parameters, "rope_parameters"),
+        (None, Some(kind)) => (kind, scaling, "rope_scaling"),
+        (None, None) => ("default".to_string(), None, "rope_parameters"),
+    };
+    Ok(Rope { theta, kind, parameters, field, partial })
+}
+
+/// `config` (of `path`, for messages) as the engine's loader for its `model_type` reads it, or
+/// the first field the engine would not honour. Architectures outside [`NORMALISED`] are
+/// returned unchanged.
+pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigError> {
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or_default();
+    if !NORMALISED.contains(&model_type) {
+        return Ok(config.clone());
+    }
+    let mut out = config.clone();
+    let Some(object) = out.as_object_mut() else {
+        return Err(refuse(path, "model_type", "cannot be read: the config is not a JSON object"));
+    };
+    let get = |field: &str| config.get(field).filter(|v| !v.is_null());
+    let uint = |field: &str| get(field).and_then(Value::as_u64).map(|n| n as usize);
+    let flag = |field: &'static str| -> Result<bool, ConfigError> {
+        match get(field) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(refuse(path, field, format!("is {v}, not true or false"))),
+        }
+    };
+    let hidden = uint("hidden_size").unwrap_or(0);
+    let heads = uint("num_attention_heads").unwrap_or(1).max(1);
+    let layers = uint("num_hidden_layers").unwrap_or(0);
+
+    // Rope: the base reaches the loader as `rope_theta`; only llama implements a scaling type
+    // (`llama3`), handed over as candle's `rope_scaling`.
+    let rope = rope(path, config)?;
+    object.insert("rope_theta".into(), json!(rope.theta));
+    object.remove("rope_parameters");
+    match (rope.kind.as_str(), model_type) {
+        ("default", _) => {
+            object.remove("rope_scaling");
+        }
+        ("llama3", "llama") => {
+            let p = rope.parameters.clone().unwrap_or_default();
+            for field in ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+            {
+                if p.get(field).and_then(Value::as_f64).is_none() {
+                    return Err(refuse(
+                        path,
+                        rope.field,
+                        format!("is of type llama3 but has no number `{field}`"),
+                    ));
+                }
+            }
+            let mut scaling = p;
+            scaling.insert("rope_type".into(), json!("llama3"));
+            scaling.remove("rope_theta");
+            object.insert("rope_scaling".into(), Value::Object(scaling));
+        }
+        (other, _) => {
+            return Err(refuse(
+                path,
+                rope.field,
+                format!(
+                    "asks for rope scaling of type `{other}`, which the engine's {model_type} does not implement"
+                ),
+            ));
+        }
+    }
+    if rope.partial.0 != 1.0 {
+        return Err(refuse(
+            path,
+            rope.partial.1,
+            format!(
+                "states partial_rotary_factor {}; the engine's {model_type} rotates whole heads",
+                rope.partial.0
+            ),
+        ));
+    }
+    object.remove("partial_rotary_factor");
+
+    // The head width: mistral's and qwen3's loaders read `head_dim`; llama's and qwen2's derive it.
+    if let Some(d) = uint("head_dim")
+        && !EXPLICIT_HEAD_DIM.contains(&model_type)
+        && d * heads != hidden
+    {
+        return Err(refuse(
+            path,
+            "head_dim",
+            format!(
+                "is {d}; the engine's {model_type} uses hidden_size / num_attention_heads = {}",
+                hidden / heads
+            ),
+        ));
+    }
+
+    // Biases and activations the loaders do not take.
+    // qwen2's loader always takes q/k/v biases, qwen3's where the config says so.
+    if !matches!(model_type, "qwen2" | "qwen3") && flag("attention_bias")? {
+        return Err(refuse(
+            path,
+            "attention_bias",
+            format!("is true; the engine's {model_type} has no attention biases"),
+        ));
+    }
+    if flag("mlp_bias")? {
+        return Err(refuse(
+            path,
+            "mlp_bias",
+            format!("is true; the engine's {model_type} has no MLP biases"),
+        ));
+    }
+    if model_type == "gemma" {
+        // 4.x wrote the activation gemma runs as `hidden_activation` (beside a legacy
+        // `hidden_act`), 5.x as `hidden_act`; both read a bare "gelu" as the tanh approximation.
+        let act = get("hidden_activation").or_else(|| get("hidden_act")).cloned();
+        let act = match act {
+            None => json!("gelu_pytorch_tanh"),
+            Some(Value::String(a)) if a == "gelu" => json!("gelu_pytorch_tanh"),
+            Some(a) => a,
+        };
+        object.insert("hidden_activation".into(), act);
+        object.insert("hidden_act".into(), Value::Null);
+        if flag("use_bidirectional_attention")? {
+            return Err(refuse(path, "use_bidirectional_attention", "is true; the engine's gemma is causal"));
+        }
+        if get("tie_word_embeddings") == Some(&Value::Bool(false)) {
+            return Err(refuse(
+                path,
+                "tie_word_embeddings",
+                "is false; the engine's gemma always uses the embedding as its head",
+            ));
+        }
+        if get("head_dim").is_none() {
+            object.insert("head_dim".into(), json!(hidden / heads));
+        }
+        object.insert("attention_bias".into(), json!(false));
+    }
+    if model_type == "olmo2" {
+        match get("clip_qkv") {
+            None => {}
+            Some(v) if v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0) => {}
+            Some(v) => return Err(refuse(path, "clip_qkv", format!("is {v}, not a finite positive number"))),
+        }
+    }
+    match object.get("hidden_act").filter(|v| !v.is_null()).cloned() {
+        None if model_type == "gemma" => {}
+        None => {
+            object.insert("hidden_act".into(), json!("silu"));
+        }
+        Some(Value::String(a)) if a == "silu" => {}
+        Some(v) if model_type == "gemma" => unreachable!("gemma's activation was moved: {v}"),
+        Some(v) if model_type == "llama" => {
+            return Err(refuse(path, "hidden_act", format!("is {v}; the engine's llama runs silu only")));
+        }
+        Some(v) => {
+            serde_json::from_value::<candle_nn::Activation>(v.clone()).map_err(|_| {
+                refuse(path, "hidden_act", format!("is {v}, an activation the engine does not know"))
+            })?;
+        }
+    }
+
+    // The sliding window: which layers slide (5.x's `layer_types`, else 4.x's rules), and over
+    // how many tokens. candle applies a window only to a prompt's own mask, never against the
+    // cache while decoding, so a window narrower than the context becomes the session's context.
+    let window = uint("sliding_window");
+    let sliding_layers = match get("layer_types") {
+        Some(Value::Array(types)) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
+        Some(v) => return Err(refuse(path, "layer_types", format!("is {v}, not a list"))),
+        None if matches!(model_type, "qwen2" | "qwen3") => {
+            flag("use_sliding_window")? && uint("max_window_layers").is_none_or(|m| m < layers)
+        }
+        None => window.is_some(),
+    };
+    let context = uint("max_position_embeddings");
+    if sliding_layers
+        && let Some(w) = window
+        && context.is_none_or(|c| w < c)
+    {
+        object.insert("max_position_embeddings".into(), json!(w));
+    }
+    let context = object.get("max_position_embeddings").and_then(Value::as_u64);
+    match model_type {
+        // candle's qwen2 masks with `sliding_window` in every layer: a window of the whole
+        // context masks nothing.
+        "qwen2" => {
+            object.insert("sliding_window".into(), json!(context));
+            object.insert("use_sliding_window".into(), json!(false));
+            object.insert("max_window_layers".into(), json!(layers));
+        }
+        // candle's qwen3 refuses `use_sliding_window`; the window is the context already.
+        "qwen3" => {
+            object.insert("use_sliding_window".into(), json!(false));
+            object.insert("max_window_layers".into(), json!(layers));
+            object.insert("attention_bias".into(), json!(flag("attention_bias")?));
+            if get("head_dim").is_none() {
+                object.insert("head_dim".into(), json!(hidden / heads));
+            }
+        }
+        "mistral" => {
+            object.insert("sliding_window".into(), Value::Null);
+        }
+        "olmo2" => {
+            object.insert("attention_bias".into(), json!(false));
+        }
+        // gemma has no window.
+        "gemma" => {
+            object.insert("tie_word_embeddings".into(), json!(true));
+        }
+        _ => {}
+    }
+
+    // What 5.x leaves out and candle's structs require.
+    if get("num_key_value_heads").is_none() {
+        object.insert("num_key_value_heads".into(), json!(heads));
+    }
+    if model_type != "gemma" {
+        object.insert("tie_word_embeddings".into(), json!(flag("tie_word_embeddings")?));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(model_type: &str) -> Value {
+        json!({
+            "model_type": model_type, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 512, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+        })
+    }
+
+    fn with(model_type: &str, fields: Value) -> Value {
+        let mut c = base(model_type);
+        for (k, v) in fields.as_object().expect("an object") {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    fn normalised(c: &Value) -> Value {
+        normalise(Path::new("config.json"), c).expect("the config is admitted")
+    }
+
+    /// The refusal of `c`: its field and message.
+    fn refused(c: &Value) -> (String, String) {
+        let e = normalise(Path::new("config.json"), c).expect_err("the config is refused");
+        (e.field.to_string(), e.to_string())
+    }
+
+    #[test]
+    fn the_rope_base_is_read_from_either_spelling() {
+        for m in NORMALISED {
+            let v5 = with(m, json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}}));
+            assert_eq!(normalised(&v5)["rope_theta"], json!(1e6), "{m}");
+            assert!(normalised(&v5).get("rope_parameters").is_none());
+            let v4 = with(m, json!({"rope_theta": 5e5, "rope_scaling": null}));
+            assert_eq!(normalised(&v4)["rope_theta"], json!(5e5), "{m}");
+            assert_eq!(normalised(&base(m))["rope_theta"], json!(10_000.0), "{m}");
+        }
+        let both = with("qwen2", json!({"rope_theta": 1e6, "rope_parameters": {"rope_theta": 1e6}}));
+        assert_eq!(normalised(&both)["rope_theta"], json!(1e6));
+    }
+
+    #[test]
+    fn rope_fields_the_engine_does_not_honour_are_refused_by_name() {
+        let cases = [
+            (
+                json!({"rope_theta": 1e6, "rope_parameters": {"rope_theta": 1e4}}),
+                "rope_parameters",
+                "which one",
+            ),
+            (
+                json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0}}),
+                "rope_parameters",
+                "`yarn`",
+            ),
+            (json!({"rope_scaling": {"type": "linear", "factor": 2.0}}), "rope_scaling", "`linear`"),
+            (json!({"rope_parameters": {"rope_theta": -1.0}}), "rope_parameters", "not a finite positive"),
+            (json!({"rope_parameters": "1e6"}), "rope_parameters", "not an object"),
+            (json!({"partial_rotary_factor": 0.5}), "partial_rotary_factor", "whole heads"),
+            (
+                json!({"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.25}}),
+                "rope_parameters",
+                "whole heads",
+            ),
+        ];
+        for m in NORMALISED {
+            for (fields, field, words) in &cases {
+                let (got, message) = refused(&with(m, fields.clone()));
+                assert_eq!(&got, field, "{m} {fields}");
+                assert!(message.contains(words), "{m}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn llama3_rope_scaling_reaches_llama_only() {
+        let llama3 = json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}});
+        let c = normalised(&with("llama", llama3.clone()));
+        assert_eq!(c["rope_scaling"]["rope_type"], json!("llama3"));
+        assert_eq!(c["rope_scaling"]["factor"], json!(8.0));
+        assert_eq!(c["rope_theta"], json!(5e5));
+        assert_eq!(refused(&with("qwen2", llama3)).0, "rope_parameters");
+        let incomplete = json!({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}});
+        assert!(refused(&with("llama", incomplete)).1.contains("low_freq_factor"));
+    }
+
+    #[test]
+    fn a_null_sliding_window_is_no_window() {
+        let q = normalised(&with("qwen2", json!({"sliding_window": null, "use_sliding_window": false})));
+        assert_eq!(
+            (q["sliding_window"].clone(), q["max_position_embeddings"].clone()),
+            (json!(128), json!(128))
+        );
+        assert_eq!(q["use_sliding_window"], json!(false));
+        let m = normalised(&with("mistral", json!({"sliding_window": null})));
+        assert_eq!(
+            (m["sliding_window"].clone(), m["max_position_embeddings"].clone()),
+            (Value::Null, json!(128))
+        );
+    }
+
+    #[test]
+    fn a_narrower_window_becomes_the_context() {
+        let m = normalised(&with("mistral", json!({"sliding_window": 32})));
+        assert_eq!(m["max_position_embeddings"], json!(32));
+        let wide = normalised(&with("mistral", json!({"sliding_window": 4096})));
+        assert_eq!(wide["max_position_embeddings"], json!(128));
+        // qwen2 slides only where the config says so.
+        let off = normalised(&with("qwen2", json!({"sliding_window": 32, "use_sliding_window": false})));
+        assert_eq!(off["max_position_embeddings"], json!(128));
+        let on = normalised(&with(
+            "qwen2",
+            json!({"sliding_window": 32, "use_sliding_window": true, "max_window_layers": 1}),
+        ));
+        assert_eq!(on["max_position_embeddings"], json!(32));
+        let typed = json!({"sliding_window": 32, "layer_types": ["full_attention", "sliding_attention"]});
+        assert_eq!(normalised(&with("qwen2", typed))["max_position_embeddings"], json!(32));
+        assert_eq!(refused(&with("qwen2", json!({"layer_types": "all"}))).0, "layer_types");
+    }
+
+    #[test]
+    fn head_dim_biases_and_activations_are_honoured_or_refused() {
+        assert_eq!(normalised(&with("llama", json!({"head_dim": 16})))["head_dim"], json!(16));
+        assert_eq!(refused(&with("llama", json!({"head_dim": 32}))).0, "head_dim");
+        assert_eq!(refused(&with("qwen2", json!({"head_dim": 8}))).0, "head_dim");
+        assert_eq!(normalised(&with("qwen3", json!({"head_dim": 32})))["head_dim"], json!(32));
+        assert_eq!(normalised(&base("qwen3"))["head_dim"], json!(16));
+        assert_eq!(normalised(&with("mistral", json!({"head_dim": 32})))["head_dim"], json!(32));
+        assert_eq!(refused(&with("llama", json!({"attention_bias": true}))).0, "attention_bias");
+        assert_eq!(refused(&with("mistral", json!({"mlp_bias": true}))).0, "mlp_bias");
+        assert!(normalise(Path::new("c"), &with("qwen2", json!({"attention_bias": true}))).is_ok());
+        assert_eq!(refused(&with("llama", json!({"hidden_act": "gelu"}))).0, "hidden_act");
+        assert_eq!(refused(&with("qwen2", json!({"hidden_act": "swishy"}))).0, "hidden_act");
+        assert_eq!(normalised(&with("mistral", json!({"hidden_act": "gelu"})))["hidden_act"], json!("gelu"));
+    }
+
+    #[test]
+    fn what_transformers_5_leaves_out_is_filled_in() {
+        let mut c = base("qwen2");
+        c.as_object_mut().expect("an object").remove("num_key_value_heads");
+        let q = normalised(&c);
+        assert_eq!(q["num_key_value_heads"], json!(4));
+        assert_eq!(q["tie_word_embeddings"], json!(false));
+        assert_eq!(q["hidden_act"], json!("silu"));
+        assert_eq!(q["max_window_layers"], json!(2));
+        let tied = normalised(&with("mistral", json!({"tie_word_embeddings": true})));
+        assert_eq!(tied["tie_word_embeddings"], json!(true));
+    }
+
+    #[test]
+    fn gemma_runs_the_activation_either_version_names() {
+        let v4 = normalised(&with(
+            "gemma",
+            json!({"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}),
+        ));
+        assert_eq!(
+            (v4["hidden_activation"].clone(), v4["hidden_act"].clone()),
+            (json!("gelu_pytorch_tanh"), Value::Null)
+        );
+        let legacy = normalised(&with("gemma", json!({"hidden_act": "gelu"})));
+        assert_eq!(legacy["hidden_activation"], json!("gelu_pytorch_tanh"));
+        assert_eq!(normalised(&base("gemma"))["tie_word_embeddings"], json!(true));
+        assert_eq!(refused(&with("gemma", json!({"tie_word_embeddings": false}))).0, "tie_word_embeddings");
+        assert_eq!(
+            refused(&with("gemma", json!({"use_bidirectional_attention": true}))).0,
+            "use_bidirectional_attention"
+        );
+    }
+
+    #[test]
+    fn other_architectures_pass_unchanged() {
+        let c = with("phi3", json!({"rope_parameters": {"rope_type": "yarn"}}));
+        assert_eq!(normalised(&c), c);
+    }
+}
