@@ -9,7 +9,17 @@ fn evidence() -> PathBuf {
 }
 
 fn diff(a: &Path, b: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask")).arg("diff").arg(a).arg(b).output().expect("the xtask runs")
+    diff_with(a, b, &[])
+}
+
+fn diff_with(a: &Path, b: &Path, flags: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("diff")
+        .arg(a)
+        .arg(b)
+        .args(flags)
+        .output()
+        .expect("the xtask runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -54,4 +64,34 @@ fn planted_flips_and_a_doubled_kl_are_named_beyond_noise() {
     assert!(text.contains("| qa-tiny-llama | apr | QUAL | 8 | 0 |"), "{text}");
     assert!(text.contains("0.008 |"), "McNemar's p for 8 against 0: {text}");
     assert!(text.contains("| qa-tiny-llama | mean KL |"), "{text}");
+}
+
+#[test]
+fn alpha_sets_what_is_beyond_noise_and_markdown_writes_the_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(evidence()).expect("reads")).expect("json");
+    let mut flipped = 0;
+    for r in e["records"].as_array_mut().expect("records") {
+        let trial = r["trial"].as_str().unwrap_or_default().to_string();
+        if flipped < 8
+            && trial.contains("::apr::cpu::")
+            && r["category"] == "QUAL"
+            && r["outcome"] == "corroborated"
+        {
+            r["outcome"] = "falsified".into();
+            flipped += 1;
+        }
+    }
+    let after = dir.path().join("evidence.json");
+    std::fs::write(&after, e.to_string()).expect("writes");
+    // McNemar's p for 8 against 0 is 0.0078: beyond noise at 0.05, not at 0.001.
+    let report = dir.path().join("diff.md");
+    let out = diff_with(&evidence(), &after, &["--markdown", report.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(std::fs::read_to_string(&report).expect("the report"), stdout(&out));
+    let out = diff_with(&evidence(), &after, &["--alpha", "0.001"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("### Regressed beyond noise (p < 0.001)\n\nNothing."), "{}", stdout(&out));
+    assert!(stdout(&out).contains("8 flipped"), "{}", stdout(&out));
 }
