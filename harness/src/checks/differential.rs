@@ -142,7 +142,7 @@ fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
     let mut finding = evidence.judge(tolerance(env.spec)).into_finding(Decider::Comp);
     // The figures `cargo xtask diff` compares between runs.
     let (agree, decisive) = evidence.decisive_agreement();
-    finding.metrics.mean_kl = Some(evidence.kl_interval().mean);
+    finding.metrics.mean_kl = Some(evidence.mean_kl());
     finding.metrics.top1_agreement = (decisive > 0).then(|| agree as f64 / decisive as f64);
     finding
 }

@@ -150,6 +150,11 @@ impl LogitEvidence {
         RateGate::new(self.decisive_agreement().1, tolerance.min_top1)
     }
 
+    /// The mean over prompts of each prompt's mean KL divergence.
+    pub fn mean_kl(&self) -> f64 {
+        self.prompt_kl.iter().sum::<f64>() / self.prompt_kl.len().max(1) as f64
+    }
+
     /// The KL part of the gate: the bootstrap interval of the mean over prompts.
     pub fn kl_interval(&self) -> MeanInterval {
         stats::bootstrap_mean(&self.prompt_kl, BOOTSTRAP, BOOTSTRAP_SEED)
@@ -200,7 +205,7 @@ impl LogitEvidence {
             (1.0 - stats::BETA) * 100.0,
             self.sigma,
         );
-        if self.kl_fails(tolerance) || top1_gate.fails(agree) {
+        if kl.lo > tolerance.max_mean_kl || top1_gate.fails(agree) {
             Verdict::fail(summary)
         } else if decisive == 0 {
             Verdict::fail(format!(
