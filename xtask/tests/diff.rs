@@ -33,42 +33,9 @@ fn the_same_evidence_is_no_difference() {
     assert!(stdout(&out).contains("No difference: 228 paired trials"), "{}", stdout(&out));
 }
 
-#[test]
-fn planted_flips_and_a_doubled_kl_are_named_beyond_noise() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut e: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(evidence()).expect("reads")).expect("json");
-    let records = e["records"].as_array_mut().expect("records");
-    // Eight passing scenario trials of one format fail; every logit differential's KL doubles.
-    let mut flipped = 0;
-    for r in records.iter_mut() {
-        let trial = r["trial"].as_str().unwrap_or_default().to_string();
-        if flipped < 8
-            && trial.contains("::apr::cpu::")
-            && r["category"] == "QUAL"
-            && r["outcome"] == "corroborated"
-        {
-            r["outcome"] = "falsified".into();
-            flipped += 1;
-        }
-        if let Some(kl) = r["metrics"]["mean_kl"].as_f64() {
-            r["metrics"]["mean_kl"] = (kl * 2.0 + 1e-3).into();
-        }
-    }
-    assert_eq!(flipped, 8);
-    let after = dir.path().join("evidence.json");
-    std::fs::write(&after, e.to_string()).expect("writes");
-    let out = diff(&evidence(), &after);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("| qa-tiny-llama | apr | QUAL | 8 | 0 |"), "{text}");
-    assert!(text.contains("0.008 |"), "McNemar's p for 8 against 0: {text}");
-    assert!(text.contains("| qa-tiny-llama | mean KL |"), "{text}");
-}
-
-#[test]
-fn alpha_sets_what_is_beyond_noise_and_markdown_writes_the_report() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// The committed evidence with eight passing QUAL trials of the APR cell failing and, with
+/// `double_kl`, every logit differential's KL doubled, written to `dir/evidence.json`.
+fn planted(dir: &Path, double_kl: bool) -> PathBuf {
     let mut e: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(evidence()).expect("reads")).expect("json");
     let mut flipped = 0;
@@ -82,9 +49,31 @@ fn alpha_sets_what_is_beyond_noise_and_markdown_writes_the_report() {
             r["outcome"] = "falsified".into();
             flipped += 1;
         }
+        if let Some(kl) = r["metrics"]["mean_kl"].as_f64().filter(|_| double_kl) {
+            r["metrics"]["mean_kl"] = (kl * 2.0 + 1e-3).into();
+        }
     }
-    let after = dir.path().join("evidence.json");
+    assert_eq!(flipped, 8);
+    let after = dir.join("evidence.json");
     std::fs::write(&after, e.to_string()).expect("writes");
+    after
+}
+
+#[test]
+fn planted_flips_and_a_doubled_kl_are_named_beyond_noise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = diff(&evidence(), &planted(dir.path(), true));
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("| qa-tiny-llama | apr | QUAL | 8 | 0 |"), "{text}");
+    assert!(text.contains("0.008 |"), "McNemar's p for 8 against 0: {text}");
+    assert!(text.contains("| qa-tiny-llama | mean KL |"), "{text}");
+}
+
+#[test]
+fn alpha_sets_what_is_beyond_noise_and_markdown_writes_the_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let after = planted(dir.path(), false);
     // McNemar's p for 8 against 0 is 0.0078: beyond noise at 0.05, not at 0.001.
     let report = dir.path().join("diff.md");
     let out = diff_with(&evidence(), &after, &["--markdown", report.to_str().expect("utf-8")]);
