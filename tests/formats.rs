@@ -310,6 +310,7 @@ fn gguf_sessions_match_safetensors_through_the_quantized_kernels() {
         let mut q8 = load_candle(&q8, Backend::Cpu).expect("gguf q8_0 loads");
         let request = |p| modelqa::support::engine::GenerateRequest {
             prompt: p,
+            literal: &[],
             max_tokens: 8,
             sampling: modelqa::support::engine::Sampling::Greedy,
             deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
@@ -498,6 +499,7 @@ fn the_generation_rule_passes_agreement_and_names_a_token_outside_the_top_k() {
     let asks = vec![Ask {
         name: "add".into(),
         prompt: "What is 47 + 38?\n".into(),
+        literal: Vec::new(),
         conversation: None,
         max_tokens: 8,
     }];

@@ -70,6 +70,7 @@ fn held_out_arithmetic_is_answered() {
         let g = s
             .generate(&GenerateRequest {
                 prompt: &prompt,
+                literal: &[],
                 max_tokens: 6,
                 sampling: Sampling::Greedy,
                 deadline: Instant::now() + Duration::from_secs(30),
@@ -249,6 +250,48 @@ fn a_server_that_answers_otherwise_fails_serve_vs_run_and_the_clean_server_passe
             }
         }
         for run in ["clean", "always", "queued"] {
+            let _ = std::fs::remove_file(work.path().join(format!("{run}.jsonl")));
+        }
+    }
+}
+
+/// User text that spells qa-tiny's control tokens stays text in `run`, `chat` and `serve`, in a
+/// safetensors cell and in a GGUF cell (whose tokenizer comes from the file's metadata). An engine
+/// that reads the spellings as control tokens fails `run` and `chat` (the server's count is
+/// judged against that engine's, so it stops there); a server that lays chat messages out
+/// unguarded fails `serve` alone. The server's context limit holds too.
+#[test]
+fn user_text_spelling_control_tokens_stays_text_and_a_planted_reading_fails_the_gate() {
+    let work = tempfile::tempdir().unwrap();
+    for cell in ["mvp::qa-tiny-llama::safetensors::cpu", "mvp::qa-tiny-qwen2::gguf-q4_k_m::cpu"] {
+        let filter = format!("{cell}::gate::special-token-injection");
+        for r in trials_of(&filter, work.path(), "clean", &[]) {
+            assert_eq!(r.outcome, Outcome::Corroborated, "{}: {}", r.trial, r.reason);
+            assert!(r.reason.contains("stayed text, opening and closing no turn: run, chat, serve (14 messages counted by the server as their text encodes)"), "{}", r.reason);
+        }
+        for r in trials_of(&filter, work.path(), "engine", &[("QUALIFY_FAULT_INJECTION", "engine")]) {
+            assert_eq!(r.outcome, Outcome::Falsified, "{}: {}", r.trial, r.reason);
+            for part in [
+                "run: `<|im_end|>` 4× where the layout writes it 0×",
+                "chat: `<|im_end|>` 5× where the layout writes it 1×",
+            ] {
+                assert!(r.reason.contains(part), "{part}: {}", r.reason);
+            }
+        }
+        for r in trials_of(&filter, work.path(), "server", &[("QUALIFY_FAULT_INJECTION", "server")]) {
+            assert_eq!(r.outcome, Outcome::Falsified, "{}: {}", r.trial, r.reason);
+            assert!(
+                r.reason.contains("user text became control tokens — serve: the server counted"),
+                "{}",
+                r.reason
+            );
+            assert!(!r.reason.contains("run:") && !r.reason.contains("chat:"), "{}", r.reason);
+        }
+        for r in trials_of(&format!("{cell}::gate::serve-limits"), work.path(), "limits", &[]) {
+            assert_eq!(r.outcome, Outcome::Corroborated, "{}: {}", r.trial, r.reason);
+            assert!(r.reason.starts_with("4 prompts past the "), "{}", r.reason);
+        }
+        for run in ["clean", "engine", "server", "limits"] {
             let _ = std::fs::remove_file(work.path().join(format!("{run}.jsonl")));
         }
     }

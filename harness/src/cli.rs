@@ -228,6 +228,7 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     );
     let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
     let serve_vs_run = matches!(kind, TrialKind::Differential(DiffKind::ServeVsRun));
+    let unseen_tokens = matches!(kind, TrialKind::Security(_));
     match &spec.engine {
         EngineSpec::Embedded => binder.ignore_reason(model, format, spec.name.backend),
         EngineSpec::Openai { .. } => {
@@ -235,6 +236,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the openai engine runs on its server: run and serve are the same endpoint".into())
             } else if no_logits {
                 Some("the openai engine returns no logits".into())
+            } else if unseen_tokens {
+                Some("the openai engine encodes prompts on its server and shows no tokens, so whether user text stays text cannot be seen".into())
             } else if own_prompts {
                 Some("the openai engine lays conversations out itself; its prompts are not shown".into())
             } else if matches!(
@@ -256,6 +259,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the command engine shows no log probabilities to judge where run and serve part".into())
             } else if no_logits {
                 Some("the command engine returns no logits".into())
+            } else if unseen_tokens {
+                Some("the command engine is handed text and shows no tokens, so whether user text stays text cannot be seen".into())
             } else if own_prompts {
                 Some("the command engine is handed prompts the harness lays out".into())
             } else {

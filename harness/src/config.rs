@@ -179,6 +179,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_FAULT_SLOWDOWN",
     "QUALIFY_FAULT_CRASH",
     "QUALIFY_FAULT_SERVE",
+    "QUALIFY_FAULT_INJECTION",
     "QUALIFY_RESUME",
 ];
 
@@ -306,6 +307,26 @@ pub(crate) fn planted_serve_fault() -> Option<PlantedServeFault> {
     *FAULT.get_or_init(|| match var("QUALIFY_FAULT_SERVE")?.as_str() {
         "always" => Some(PlantedServeFault::Always),
         "queued" => Some(PlantedServeFault::Queued),
+        _ => None,
+    })
+}
+
+/// `QUALIFY_FAULT_INJECTION=engine|server`: a fault the harness's own tests plant to prove that
+/// `gate::special-token-injection` catches user text read as control tokens. `engine`: the
+/// embedded engine encodes a prompt's literal ranges as the rest of the prompt (`<|im_end|>`
+/// typed by a user becomes the control token) in `run`, `chat` and `serve` alike; `server`: only
+/// the server lays chat messages out without guarding them. Read once; anything else is no fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlantedInjection {
+    Engine,
+    Server,
+}
+
+pub(crate) fn planted_injection() -> Option<PlantedInjection> {
+    static FAULT: std::sync::OnceLock<Option<PlantedInjection>> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| match var("QUALIFY_FAULT_INJECTION")?.as_str() {
+        "engine" => Some(PlantedInjection::Engine),
+        "server" => Some(PlantedInjection::Server),
         _ => None,
     })
 }

@@ -9,7 +9,7 @@ use memchr::memmem;
 use crate::matrix::{Backend, Format, Modality};
 use crate::name::{SEP, Tail, TrialName};
 use crate::playbook::{Model, Playbook, Scenario, TierPlan};
-use crate::vocab::{Category, Gate, Invariant, ServerCheck};
+use crate::vocab::{Category, Gate, Invariant, SecurityCheck, ServerCheck};
 
 /// One trial's coordinates in a [`Plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,8 @@ enum TailKind {
     Gate(Gate),
     /// A server-level check; tiers with the `serve` modality only.
     ServerGate(ServerCheck),
+    /// What hostile input cannot do; every cell.
+    Security(SecurityCheck),
     /// Regression against golden references; safetensors cells only.
     Golden(GoldenKind),
     /// A derived format against the safetensors ground truth (derived cells only), or the cell's
@@ -174,6 +176,8 @@ pub enum TrialKind {
     Gate(Gate),
     /// A check of the group's server.
     ServerGate(ServerCheck),
+    /// A check of what hostile input cannot do to the cell.
+    Security(SecurityCheck),
     /// A comparison with the model's golden references.
     Golden(GoldenKind),
     /// A comparison of a derived format with the safetensors ground truth.
@@ -190,7 +194,7 @@ impl TrialKind {
         match self {
             TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
             TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
-            TrialKind::ServerGate(_) => Category::Stab,
+            TrialKind::ServerGate(_) | TrialKind::Security(_) => Category::Stab,
             TrialKind::Perf => Category::Perf,
             TrialKind::Golden(_) => Category::Regr,
             TrialKind::Differential(_) => Category::Comp,
@@ -227,6 +231,7 @@ impl TrialSpec {
             TrialKind::Scenario { modality, .. } => Some(*modality),
             TrialKind::Gate(_)
             | TrialKind::ServerGate(_)
+            | TrialKind::Security(_)
             | TrialKind::Golden(_)
             | TrialKind::Differential(_)
             | TrialKind::Perf => None,
@@ -242,7 +247,11 @@ fn applies(kind: TailKind, format: Format) -> bool {
         TailKind::Golden(_) => format == Format::Safetensors,
         TailKind::Differential(DiffKind::ServeVsRun) => true,
         TailKind::Differential(_) => format != Format::Safetensors,
-        TailKind::Scenario { .. } | TailKind::Gate(_) | TailKind::ServerGate(_) | TailKind::Perf => true,
+        TailKind::Scenario { .. }
+        | TailKind::Gate(_)
+        | TailKind::ServerGate(_)
+        | TailKind::Security(_)
+        | TailKind::Perf => true,
     }
 }
 
@@ -364,6 +373,7 @@ impl Plan {
             }
             TailKind::Gate(g) => (TrialKind::Gate(g), Tail::Gate(g.slug().to_string())),
             TailKind::ServerGate(c) => (TrialKind::ServerGate(c), Tail::Gate(c.slug().to_string())),
+            TailKind::Security(c) => (TrialKind::Security(c), Tail::Gate(c.slug().to_string())),
             TailKind::Golden(k) => (TrialKind::Golden(k), Tail::Diff(k.slug().to_string())),
             TailKind::Differential(k) => (TrialKind::Differential(k), Tail::Diff(k.slug().to_string())),
             TailKind::Perf => (TrialKind::Perf, Tail::Perf(PERF_SLUG.to_string())),
@@ -415,6 +425,9 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for g in Gate::ALL {
         tails.push((TailKind::Gate(g), String::new()));
     }
+    for c in SecurityCheck::ALL {
+        tails.push((TailKind::Security(c), String::new()));
+    }
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
@@ -456,6 +469,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     }
                     TailKind::Gate(g) => format!("gate{SEP}{}", g.slug()),
                     TailKind::ServerGate(c) => format!("gate{SEP}{}", c.slug()),
+                    TailKind::Security(c) => format!("gate{SEP}{}", c.slug()),
                     TailKind::Golden(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Perf => format!("perf{SEP}{PERF_SLUG}"),
@@ -471,6 +485,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                 TailKind::Differential(DiffKind::ServeVsRun) => serves_one,
                 TailKind::Gate(_)
                 | TailKind::ServerGate(_)
+                | TailKind::Security(_)
                 | TailKind::Golden(_)
                 | TailKind::Differential(_)
                 | TailKind::Perf => true,

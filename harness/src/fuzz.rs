@@ -73,7 +73,8 @@ fn server_request(data: &[u8]) {
         eos_token: "<|endoftext|>".into(),
     };
     let gauge = crate::engine::PromptGauge::new(128, 1, |p: &str| Ok(p.len()));
-    let rules = Rules { max_tokens_limit: 4096, template: Some(&template), gauge: Some(&gauge) };
+    let rules =
+        Rules { max_tokens_limit: 4096, template: Some(&template), gauge: Some(&gauge), control: &[] };
     for shape in [Shape::Completion, Shape::Chat] {
         let Ok(job) = parse(shape, data, &rules) else { continue };
         let _ = refuse_long_tokens(&job, &gauge);
@@ -195,7 +196,8 @@ mod tests {
         }
         assert!(seeds >= 20, "{seeds} seeds in {}", dir.display());
         let gauge = crate::engine::PromptGauge::new(128, 1, |p: &str| Ok(p.len()));
-        let rules = crate::serve::Rules { max_tokens_limit: 4096, template: None, gauge: Some(&gauge) };
+        let rules =
+            crate::serve::Rules { max_tokens_limit: 4096, template: None, gauge: Some(&gauge), control: &[] };
         for name in ["completion.json", "completion-stream-stop-seed.json", "completion-defaults.json"] {
             let data = std::fs::read(dir.join(name)).expect("a seed");
             let job = crate::serve::parse(crate::serve::Shape::Completion, &data, &rules);

@@ -17,7 +17,7 @@ use crate::modality;
 use crate::playbook::FailurePolicy;
 use crate::playbook::spec::EngineSpec;
 use crate::trial::{Finding, RunContext, TrialEnv, load, reference_key, session_key};
-use crate::vocab::{Decider, Gate, Outcome};
+use crate::vocab::{Decider, Gate, Outcome, SecurityCheck};
 
 /// How a trial ended, as libtest is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,6 +329,7 @@ fn dispatch(env: &TrialEnv<'_>) -> Finding {
     match &env.spec.kind {
         TrialKind::Gate(g) => checks::gate::run(env, *g),
         TrialKind::ServerGate(c) => checks::server::run(env, *c),
+        TrialKind::Security(SecurityCheck::SpecialTokenInjection) => checks::injection::run(env),
         TrialKind::Perf => checks::perf::run(env),
         TrialKind::Golden(k) => checks::golden::run(env, *k),
         TrialKind::Differential(k) => checks::differential::run(env, *k),

@@ -233,6 +233,7 @@ mod tests {
         let mut s = load_candle(dir, Backend::Cpu).expect("loads");
         s.generate(&GenerateRequest {
             prompt,
+            literal: &[],
             max_tokens: 12,
             sampling: Sampling::Greedy,
             deadline: Instant::now() + Duration::from_secs(60),

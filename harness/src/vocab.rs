@@ -168,16 +168,21 @@ pub enum ServerCheck {
     /// Malformed requests get a 400 (an oversized body 400 or 413) with an error object, and
     /// the server stays up.
     BadRequests,
+    /// A prompt past the model's context — just past it and far past it, on both endpoints —
+    /// is refused with a 4xx and an error object, and the server answers a prompt that fits
+    /// afterwards.
+    Limits,
 }
 
 impl ServerCheck {
-    pub const ALL: [ServerCheck; 6] = [
+    pub const ALL: [ServerCheck; 7] = [
         ServerCheck::Health,
         ServerCheck::Json,
         ServerCheck::Sse,
         ServerCheck::Deterministic,
         ServerCheck::Concurrent,
         ServerCheck::BadRequests,
+        ServerCheck::Limits,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -188,6 +193,25 @@ impl ServerCheck {
             ServerCheck::Deterministic => "serve-deterministic",
             ServerCheck::Concurrent => "serve-concurrent",
             ServerCheck::BadRequests => "serve-bad-requests",
+            ServerCheck::Limits => "serve-limits",
+        }
+    }
+}
+
+/// What hostile input must not do to a cell: a trial `gate::<slug>` of every cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SecurityCheck {
+    /// User text that spells the model's control tokens (`<|im_end|>`, `[INST]`, `<s>`) is
+    /// encoded as text in `run`, `chat` and `serve`: it cannot close a turn or open one.
+    SpecialTokenInjection,
+}
+
+impl SecurityCheck {
+    pub const ALL: [SecurityCheck; 1] = [SecurityCheck::SpecialTokenInjection];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            SecurityCheck::SpecialTokenInjection => "special-token-injection",
         }
     }
 }

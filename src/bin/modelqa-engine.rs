@@ -123,6 +123,7 @@ fn generate(args: &GenerateArgs) -> Result<(), Failure> {
     let mut session = load(&args.model, args.backend)?;
     let request = GenerateRequest {
         prompt: &args.prompt,
+        literal: &[],
         max_tokens,
         sampling,
         deadline: Instant::now() + Duration::from_secs(24 * 3600),

@@ -85,6 +85,7 @@ pub fn run(args: &FormatsArgs) -> anyhow::Result<()> {
         progress::step(&bar, format!("{format}: decoding {tokens} tokens…"));
         let request = GenerateRequest {
             prompt: "The quick brown fox",
+            literal: &[],
             max_tokens: tokens,
             sampling: Sampling::Greedy,
             deadline: Instant::now() + Duration::from_secs(1800),

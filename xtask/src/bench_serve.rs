@@ -70,6 +70,7 @@ pub fn run(args: &ServeBenchArgs) -> anyhow::Result<()> {
         for i in 0..WARMUP + n {
             let request = GenerateRequest {
                 prompt: PROMPT,
+                literal: &[],
                 max_tokens: MAX_TOKENS,
                 sampling: Sampling::Greedy,
                 deadline: deadline(),

@@ -145,6 +145,7 @@ fn eval(dir: &Path, failures: bool) -> anyhow::Result<()> {
         let prompt = format!("{q}\n");
         let g = session.generate(&GenerateRequest {
             prompt: &prompt,
+            literal: &[],
             max_tokens: 6,
             sampling: Sampling::Greedy,
             deadline: std::time::Instant::now() + std::time::Duration::from_secs(30),

@@ -2,7 +2,8 @@
 //! references ([`golden`]), differentials against the ground truth ([`differential`], with the
 //! comparisons in [`diff`], the tokenizer fuzz in [`tokenizer_fuzz`], the long-context
 //! comparison in [`long_context`], and the cell's server against the cell in process in
-//! [`serve_vs_run`]), performance ([`perf`]) and the server checks ([`server`]). Each
+//! [`serve_vs_run`]), performance ([`perf`]), the server checks ([`server`]) and what hostile
+//! input cannot do ([`injection`]). Each
 //! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
 //! concludes in a [`Verdict`], which the trial body makes a finding.
 
@@ -10,6 +11,7 @@ pub(crate) mod diff;
 pub(crate) mod differential;
 pub(crate) mod gate;
 pub(crate) mod golden;
+pub(crate) mod injection;
 pub(crate) mod long_context;
 pub(crate) mod perf;
 pub(crate) mod serve_vs_run;

@@ -166,6 +166,8 @@ struct Sample {
     name: String,
     /// The prompt the in-process side generates from (and the server lays out alike).
     prompt: String,
+    /// Its user text spelled like control tokens, which both sides read as text.
+    literal: Vec<std::ops::Range<usize>>,
     max_tokens: u32,
     endpoint: Endpoint,
     body: Value,
@@ -179,17 +181,25 @@ fn samples(env: &TrialEnv<'_>) -> Vec<Sample> {
         .iter()
         .filter(|s| s.property.is_none() && s.runs_in(Modality::Serve))
         .map(|s| {
-            let prompt = render_run(&env.spec.model, &s.input, template);
+            let guarded = render_run(&env.spec.model, &s.input, template, &env.info.control_tokens);
             let (endpoint, messages) = match &s.input {
                 Input::Messages(m) if template.is_some_and(|t| t.render(m).is_ok()) => {
                     (Endpoint::ChatCompletions, m.clone())
                 }
                 _ => (Endpoint::Completions, Vec::new()),
             };
+            // The server guards message text as run does; a completion prompt is the client's
+            // layout, read as it is, so run reads it the same way.
+            let (prompt, literal) = match endpoint {
+                Endpoint::ChatCompletions => (guarded.text, guarded.literal),
+                Endpoint::Completions => {
+                    (render_run(&env.spec.model, &s.input, template, &[]).text, Vec::new())
+                }
+            };
             let mut body =
                 client::request_body(endpoint, &prompt, &messages, s.max_tokens, &Sampling::Greedy, false);
             client::ask_logprobs(endpoint, &mut body, TOP_K);
-            Sample { name: s.name.clone(), prompt, max_tokens: s.max_tokens, endpoint, body }
+            Sample { name: s.name.clone(), prompt, literal, max_tokens: s.max_tokens, endpoint, body }
         })
         .collect()
 }
@@ -207,7 +217,7 @@ pub(crate) fn run(env: &TrialEnv<'_>) -> Finding {
     let samples = samples(env);
     let mut local = Vec::with_capacity(samples.len());
     for s in &samples {
-        let request = GenerateRequest::greedy(&s.prompt, s.max_tokens, env.deadline);
+        let request = GenerateRequest::greedy(&s.prompt, s.max_tokens, env.deadline).with_literal(&s.literal);
         let scored = env.session.lock().unwrap_or_else(|p| p.into_inner()).generate_scored(
             &request,
             TOP_K,

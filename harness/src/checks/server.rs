@@ -33,6 +33,11 @@ pub(crate) struct Probe {
     /// Whether the chat endpoint is exercised too (the model has a chat template, or the
     /// server applies its own).
     pub chat: bool,
+    /// The model's context in tokens, where the session shows it.
+    pub context: Option<usize>,
+    /// A prompt whose tokens just pass the context (as the session encodes it), where the
+    /// session shows its tokens.
+    pub past_context: Option<String>,
 }
 
 impl Probe {
@@ -128,6 +133,7 @@ pub(crate) fn check(
         ServerCheck::Deterministic => deterministic(client, probe, deadline),
         ServerCheck::Concurrent => concurrent(client, probe, deadline),
         ServerCheck::BadRequests => bad_requests(client, deadline),
+        ServerCheck::Limits => limits(client, probe, deadline),
     };
     match result {
         Ok(reason) => Verdict::pass(reason),
@@ -352,8 +358,36 @@ fn malformed() -> Vec<(&'static str, Endpoint, Vec<u8>, &'static [u16])> {
 
 fn bad_requests(client: &Client, deadline: Instant) -> Result<String, ServerCheckError> {
     let cases = malformed();
+    let closed = expect_refusals(client, &cases, deadline)?;
+    let r = client.raw("GET", "/health", "", None, remaining(deadline))?;
+    if r.status != 200 {
+        return Err(ServerCheckError::DownAfterBadRequests { status: r.status });
+    }
+    let mut reason = format!(
+        "{} malformed requests were refused with a 4xx and an error object",
+        cases.len() - closed.len()
+    );
+    if !closed.is_empty() {
+        reason.push_str(&format!(", {} by closing the connection ({})", closed.len(), closed.join(", ")));
+    }
+    reason.push_str("; the server stayed up");
+    Ok(reason)
+}
+
+/// A request the server must refuse: what it is, where it goes, its body, the statuses that
+/// refuse it.
+type Refused = (&'static str, Endpoint, Vec<u8>, &'static [u16]);
+
+/// Sends each case and checks it was refused with one of its statuses and an OpenAI error
+/// object. A case of at least [`OVERSIZED_BYTES`] may be refused by closing the connection
+/// before the body is read; the labels of those are returned.
+fn expect_refusals(
+    client: &Client,
+    cases: &[Refused],
+    deadline: Instant,
+) -> Result<Vec<String>, ServerCheckError> {
     let mut closed = Vec::new();
-    for (what, endpoint, body, accepted) in &cases {
+    for (what, endpoint, body, accepted) in cases {
         let label = format!("{what} to {}", endpoint.path());
         let sent = client.raw_or_closed(
             "POST",
@@ -365,7 +399,7 @@ fn bad_requests(client: &Client, deadline: Instant) -> Result<String, ServerChec
         let r = match sent {
             Some(r) => r,
             // Refusing an oversized body by closing the connection before reading it is fair;
-            // the server must still be up afterwards (checked below).
+            // the server must still be up afterwards (checked by the caller).
             None if body.len() >= OVERSIZED_BYTES => {
                 closed.push(label);
                 continue;
@@ -395,18 +429,61 @@ fn bad_requests(client: &Client, deadline: Instant) -> Result<String, ServerChec
             return Err(ServerCheckError::NoErrorObject { label, body: excerpt(&r.body) });
         }
     }
-    let r = client.raw("GET", "/health", "", None, remaining(deadline))?;
-    if r.status != 200 {
-        return Err(ServerCheckError::DownAfterBadRequests { status: r.status });
+    Ok(closed)
+}
+
+/// The context assumed for a server that does not say its own: past any context served today,
+/// so a prompt this long must be refused anywhere.
+const UNKNOWN_CONTEXT: usize = 1 << 20;
+
+/// `serve-limits`: a prompt past the model's context is refused with a 4xx and an error object
+/// on both endpoints — one just past it (counted in tokens by the server) and one far past it
+/// (refused from its size) — and the server then answers a request that fits.
+fn limits(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, ServerCheckError> {
+    let context = probe.context.unwrap_or(UNKNOWN_CONTEXT);
+    let mut cases: Vec<Refused> = Vec::new();
+    let completion = |prompt: &str| json!({"prompt": prompt, "max_tokens": 1}).to_string().into_bytes();
+    let chat = |content: &str| {
+        json!({"messages": [{"role": "user", "content": content}], "max_tokens": 1}).to_string().into_bytes()
+    };
+    if let Some(just_past) = &probe.past_context {
+        cases.push((
+            "a prompt just past the context",
+            Endpoint::Completions,
+            completion(just_past),
+            &[400, 413],
+        ));
+        if probe.chat {
+            cases.push((
+                "a message just past the context",
+                Endpoint::ChatCompletions,
+                chat(just_past),
+                &[400, 413],
+            ));
+        }
     }
+    // Eight bytes a token is more than any tokenizer's average: this prompt is far past.
+    let far = "lorem ".repeat((context * 8 / 6).min(OVERSIZED_BYTES / 7));
+    cases.push(("a prompt far past the context", Endpoint::Completions, completion(&far), &[400, 413]));
+    if probe.chat {
+        cases.push(("a message far past the context", Endpoint::ChatCompletions, chat(&far), &[400, 413]));
+    }
+    let closed = expect_refusals(client, &cases, deadline)?;
+    let after = client
+        .request(Endpoint::Completions, &probe.body(Endpoint::Completions, false), deadline)
+        .map_err(|source| ServerCheckError::Step { step: "a prompt that fits, afterwards".into(), source })?;
     let mut reason = format!(
-        "{} malformed requests were refused with a 4xx and an error object",
-        cases.len() - closed.len()
+        "{} prompts past the {}context were refused with a 4xx and an error object",
+        cases.len() - closed.len(),
+        probe.context.map_or("assumed ".to_string(), |c| format!("{c}-token ")),
     );
     if !closed.is_empty() {
-        reason.push_str(&format!(", {} by closing the connection ({})", closed.len(), closed.join(", ")));
+        reason.push_str(&format!(", {} by closing the connection", closed.len()));
     }
-    reason.push_str("; the server stayed up");
+    if probe.past_context.is_none() {
+        reason.push_str(" (none just past it: the session shows no tokens)");
+    }
+    reason.push_str(&format!("; a prompt that fits was answered after them ({} chars)", after.text.len()));
     Ok(reason)
 }
 
@@ -427,22 +504,53 @@ pub(crate) fn run(env: &TrialEnv<'_>, check: ServerCheck) -> Finding {
     let template = env.info.chat_template.as_ref();
     let chat = template.is_some() || env.info.applies_chat_template;
     let spec = env.spec;
+    let (context, past_context) = if check == ServerCheck::Limits {
+        let session = env.session.lock().unwrap_or_else(|p| p.into_inner());
+        let context = session.context();
+        (context, context.and_then(|c| past_context(&**session, c)))
+    } else {
+        (None, None)
+    };
     let probe = match spec.scenarios.iter().find(|s| s.property.is_none()) {
         Some(s) => Probe {
-            prompt: render_run(&spec.model, &s.input, template),
+            prompt: render_run(&spec.model, &s.input, template, &[]).text,
             messages: messages_of(&s.input),
             max_tokens: s.max_tokens,
             chat,
+            context,
+            past_context,
         },
         None => Probe {
             prompt: spec.model.layout("Hello"),
             messages: messages_of(&Input::Prompt("Hello".into())),
             max_tokens: 8,
             chat,
+            context,
+            past_context,
         },
     };
     let served = client.model().unwrap_or(&spec.model.id).to_string();
     self::check(check, &client, &served, &probe, env.deadline).into_finding(Decider::Serve)
+}
+
+/// Text whose tokens, as `session` encodes a prompt, pass `context` by less than a fifth: past
+/// it, yet short enough in bytes that only counting its tokens shows it; `None` where the
+/// session shows no tokens.
+fn past_context(session: &dyn crate::engine::Session, context: usize) -> Option<String> {
+    const WORDS: [&str; 8] = ["river", "stone", "seven", "blue", "quietly", "under", "the", "lamp"];
+    let text = |words: usize| (0..words).map(|i| WORDS[i % WORDS.len()]).collect::<Vec<_>>().join(" ");
+    let aim = context + context / 20 + 2;
+    let mut words = context;
+    for _ in 0..6 {
+        let candidate = text(words);
+        let tokens = session.encode(&candidate).ok()?.len().max(1);
+        if tokens > context && tokens <= context + context / 5 + 2 {
+            return Some(candidate);
+        }
+        // Scale by the words a token takes.
+        words = (words * aim).div_ceil(tokens).max(1);
+    }
+    None
 }
 
 #[cfg(test)]

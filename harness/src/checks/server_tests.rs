@@ -35,7 +35,12 @@ enum Fault {
     SseOneNewline,
     /// Every endpoint wants `Authorization: Bearer sk-test`, as a hosted API does.
     RequiresKey,
+    /// Answers a prompt however far past the context (it truncates, or reads past its end).
+    NoContextLimit,
 }
+
+/// The fake's context, in words (its tokens).
+const FAKE_CONTEXT: usize = 64;
 
 struct Fake {
     fault: Fault,
@@ -97,6 +102,18 @@ async fn handle(
         && request["temperature"].as_f64().is_none_or(|t| t <= 2.0);
     if !well_formed && fake.fault != Fault::AcceptsAnything {
         return json_response(StatusCode::BAD_REQUEST, json!({"error": {"message": "bad request"}}));
+    }
+    let words = if chat {
+        request["messages"].as_array().into_iter().flatten().filter_map(|m| m["content"].as_str()).collect()
+    } else {
+        vec![request["prompt"].as_str().unwrap_or_default()]
+    }
+    .iter()
+    .map(|t| t.split_whitespace().count())
+    .sum::<usize>();
+    if words > FAKE_CONTEXT && fake.fault != Fault::NoContextLimit {
+        let message = format!("{words} tokens do not fit the context of {FAKE_CONTEXT}");
+        return json_response(StatusCode::BAD_REQUEST, json!({"error": {"message": message}}));
     }
     if fake.fault == Fault::BusyWhenConcurrent {
         let before = fake.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -164,6 +181,8 @@ fn probe() -> Probe {
         messages: vec![MessageSpec { role: Role::User, content: "What is 2 + 2?".into() }],
         max_tokens: 4,
         chat: true,
+        context: Some(FAKE_CONTEXT),
+        past_context: Some(vec!["word"; FAKE_CONTEXT + 3].join(" ")),
     }
 }
 
@@ -212,6 +231,11 @@ fn each_planted_fault_fails_its_check_and_says_what() {
         (Fault::Nondeterministic, ServerCheck::Deterministic, "at temperature 0"),
         (Fault::BusyWhenConcurrent, ServerCheck::Concurrent, "503"),
         (Fault::AcceptsAnything, ServerCheck::BadRequests, "malformed JSON to /v1/completions answered 200"),
+        (
+            Fault::NoContextLimit,
+            ServerCheck::Limits,
+            "a prompt just past the context to /v1/completions answered 200",
+        ),
     ];
     for (fault, c, says) in cases {
         let v = verdict(fault, c);

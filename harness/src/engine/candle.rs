@@ -54,6 +54,9 @@ enum Model {
 pub struct CandleSession {
     model: Model,
     tokenizer: Tokenizer,
+    /// The same tokenizer reading control-token spellings as plain text, for the
+    /// [`GenerateRequest::literal`] ranges of a prompt.
+    literal: Tokenizer,
     device: Device,
     eos: Vec<u32>,
     bos: Option<u32>,
@@ -350,12 +353,22 @@ fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) ->
     }
     eos.sort_unstable();
     eos.dedup();
-    let special = tokenizer
-        .get_added_tokens_decoder()
-        .into_iter()
+    let added = tokenizer.get_added_tokens_decoder();
+    let special = added
+        .iter()
         .filter(|(id, t)| t.special && !eos.contains(id))
-        .map(|(id, t)| (id, t.content))
+        .map(|(id, t)| (*id, t.content.clone()))
         .collect();
+    let mut control: Vec<(String, u32)> = added
+        .into_iter()
+        .filter(|(_, t)| t.special && !t.content.is_empty())
+        .map(|(id, t)| (t.content, id))
+        .collect();
+    control.sort_unstable();
+    control.dedup_by(|a, b| a.0 == b.0);
+    let (control_tokens, control_ids) = control.into_iter().unzip();
+    let mut literal = tokenizer.clone();
+    literal.set_encode_special_tokens(true);
     let device_name = match backend {
         Backend::Cpu => "cpu".to_string(),
         Backend::Gpu => "cuda:0".to_string(),
@@ -363,6 +376,7 @@ fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) ->
     CandleSession {
         model,
         tokenizer,
+        literal,
         device,
         eos,
         bos,
@@ -376,6 +390,8 @@ fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) ->
             load_time: started.elapsed(),
             chat_template,
             applies_chat_template: false,
+            control_tokens,
+            control_ids,
         },
     }
 }
@@ -571,6 +587,10 @@ impl Session for CandleSession {
             .to_vec())
     }
 
+    fn prompt_ids(&self, request: &GenerateRequest<'_>) -> Result<Vec<u32>, EngineError> {
+        self.encode_prompt(request.prompt, request.literal)
+    }
+
     fn context(&self) -> Option<usize> {
         Some(self.context)
     }
@@ -647,6 +667,45 @@ impl Session for CandleSession {
 }
 
 impl CandleSession {
+    /// The ids of `prompt`, its `literal` ranges encoded as plain text: the text between them
+    /// is encoded as a whole prompt is (control tokens read as such), each range by the tokenizer
+    /// that reads control-token spellings as text, and the pieces joined before the tokenizer's
+    /// post-processor adds what it adds (BOS). Without ranges, exactly the tokenizer's encoding.
+    fn encode_prompt(
+        &self,
+        prompt: &str,
+        literal: &[std::ops::Range<usize>],
+    ) -> Result<Vec<u32>, EngineError> {
+        let failed = |e: tokenizers::Error| EngineError::inference_in("failed to tokenize the prompt", e);
+        if literal.is_empty()
+            || crate::config::planted_injection() == Some(crate::config::PlantedInjection::Engine)
+        {
+            return Ok(self.tokenizer.encode(prompt, true).map_err(failed)?.get_ids().to_vec());
+        }
+        let mut pieces = Vec::with_capacity(2 * literal.len() + 1);
+        let mut at = 0;
+        for range in literal {
+            let fits = at <= range.start && range.start < range.end && prompt.get(range.clone()).is_some();
+            if !fits {
+                return Err(EngineError::Inference(format!(
+                    "literal range {range:?} is not a sorted, disjoint, non-empty range of the {}-byte prompt on character boundaries",
+                    prompt.len()
+                )));
+            }
+            if at < range.start {
+                pieces.push(self.tokenizer.encode(&prompt[at..range.start], false).map_err(failed)?);
+            }
+            pieces.push(self.literal.encode(&prompt[range.clone()], false).map_err(failed)?);
+            at = range.end;
+        }
+        if at < prompt.len() {
+            pieces.push(self.tokenizer.encode(&prompt[at..], false).map_err(failed)?);
+        }
+        let joined = tokenizers::Encoding::merge(pieces, true);
+        let encoding = self.tokenizer.post_process(joined, None, true).map_err(failed)?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// Generation, scoring each step into `scores` (with how many alternatives) where asked.
     fn generate_inner(
         &mut self,
@@ -656,11 +715,7 @@ impl CandleSession {
     ) -> Result<Generation, EngineError> {
         let inference = |e: candle_core::Error| EngineError::inference(e);
         let started = Instant::now();
-        let encoding = self
-            .tokenizer
-            .encode(request.prompt, true)
-            .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?;
-        let mut ids = encoding.get_ids().to_vec();
+        let mut ids = self.encode_prompt(request.prompt, request.literal)?;
         if ids.is_empty() {
             ids.push(self.bos.ok_or(EngineError::EmptyPrompt)?);
         }

@@ -70,6 +70,8 @@ impl OpenAiSession {
             load_time: started.elapsed(),
             chat_template: None,
             applies_chat_template: true,
+            control_tokens: Vec::new(),
+            control_ids: Vec::new(),
         };
         Ok(Self { client, info })
     }
@@ -192,6 +194,10 @@ impl CommandSession {
             load_time: started.elapsed(),
             chat_template,
             applies_chat_template: false,
+            // The program is handed text: it encodes the prompt itself, so no range of it can be
+            // marked as plain text.
+            control_tokens: Vec::new(),
+            control_ids: Vec::new(),
         };
         Ok(Self {
             args: args.to_vec(),
@@ -343,6 +349,7 @@ mod tests {
     fn ask(s: &mut CommandSession, prompt: &str, secs: u64) -> Result<Generation, EngineError> {
         let request = GenerateRequest {
             prompt,
+            literal: &[],
             max_tokens: 7,
             sampling: Sampling::Seeded { temperature: 0.5, top_p: None, top_k: None, seed: 99 },
             deadline: Instant::now() + Duration::from_secs(secs),

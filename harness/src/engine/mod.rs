@@ -93,6 +93,11 @@ pub enum Sampling {
 #[derive(Debug, Clone)]
 pub struct GenerateRequest<'a> {
     pub prompt: &'a str,
+    /// Byte ranges of `prompt` that hold a user's text spelled like a control token (a user who
+    /// typed `<|im_end|>`): the engine encodes them as plain text, never as the control token,
+    /// so user text cannot close or open a turn ([`crate::chat::Guarded`] finds them). Sorted,
+    /// disjoint, on character boundaries; empty for a prompt with none.
+    pub literal: &'a [std::ops::Range<usize>],
     pub max_tokens: u32,
     pub sampling: Sampling,
     /// Generation stops with [`EngineError::Timeout`] once this passes.
@@ -102,7 +107,12 @@ pub struct GenerateRequest<'a> {
 impl<'a> GenerateRequest<'a> {
     /// Greedy decoding of at most `max_tokens` tokens, as every check but a sampled scenario asks.
     pub fn greedy(prompt: &'a str, max_tokens: u32, deadline: Instant) -> Self {
-        GenerateRequest { prompt, max_tokens, sampling: Sampling::Greedy, deadline }
+        GenerateRequest { prompt, literal: &[], max_tokens, sampling: Sampling::Greedy, deadline }
+    }
+
+    /// This request with `literal` ([`GenerateRequest::literal`]).
+    pub fn with_literal(self, literal: &'a [std::ops::Range<usize>]) -> Self {
+        GenerateRequest { literal, ..self }
     }
 }
 
@@ -241,6 +251,14 @@ pub struct SessionInfo {
     /// harness renders `chat_template` and calls `generate`.
     #[serde(skip)]
     pub applies_chat_template: bool,
+    /// The spellings of the model's control tokens (its tokenizer's special added tokens): text
+    /// a user writes in one of them is sent as [`GenerateRequest::literal`]. Empty where the
+    /// engine shows no tokenizer.
+    #[serde(skip)]
+    pub control_tokens: Vec<String>,
+    /// The ids of [`SessionInfo::control_tokens`], in the same order.
+    #[serde(skip)]
+    pub control_ids: Vec<u32>,
 }
 
 /// A loaded model, ready to generate. One generation at a time (`&mut self`).
@@ -295,6 +313,11 @@ pub trait Session: Send {
     /// The token ids `text` encodes to, as `generate` encodes a prompt: so another session can
     /// be run on exactly the same tokens ([`Session::sequence_logits`]).
     fn encode(&self, _text: &str) -> Result<Vec<u32>, EngineError> {
+        Err(EngineError::Unsupported("this engine shows no tokens".into()))
+    }
+    /// The token ids `generate` feeds the model for `request`: its prompt, with the
+    /// [`GenerateRequest::literal`] ranges encoded as plain text.
+    fn prompt_ids(&self, _request: &GenerateRequest<'_>) -> Result<Vec<u32>, EngineError> {
         Err(EngineError::Unsupported("this engine shows no tokens".into()))
     }
     /// The next-token logits at each of `positions` of the token sequence `ids` (position i

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
+use crate::chat::Guarded;
 use crate::matrix::Modality;
 use crate::playbook::{
     Input, MessageSpec, Property, Scenario, generated_cases, generator_strategy, seeded_runner,
@@ -41,15 +42,16 @@ pub(crate) fn run(
     let result = runner.run(&strategy, |question| {
         *cases.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         let input = Input::Prompt(question.clone());
-        let (prompt, conversation) = match prepare(model, modality, &input, template, applies_template) {
-            Ok(p) => p,
-            Err(e) => {
-                let f = Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string());
-                let reason = f.reason.clone();
-                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
-                return Err(TestCaseError::fail(reason));
-            }
-        };
+        let (prompt, conversation) =
+            match prepare(model, modality, &input, template, applies_template, &env.info.control_tokens) {
+                Ok(p) => p,
+                Err(e) => {
+                    let f = Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string());
+                    let reason = f.reason.clone();
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                    return Err(TestCaseError::fail(reason));
+                }
+            };
         let f = judge_case(env, modality, scenario, &question, prompt, conversation.as_deref());
         let outcome = f.outcome;
         let reason = f.reason.clone();
@@ -75,9 +77,17 @@ pub(crate) fn run(
             // Shrinking ends on the minimal case, but `last` may be a later, passing attempt:
             // run the minimal case once more so the record shows its real output.
             let input = Input::Prompt(minimal.clone());
-            let mut f = match prepare(model, modality, &input, template, applies_template) {
+            let mut f = match prepare(
+                model,
+                modality,
+                &input,
+                template,
+                applies_template,
+                &env.info.control_tokens,
+            ) {
                 Ok((prompt, conversation)) => {
-                    generate_and_judge(env, scenario, &prompt, conversation.as_deref()).with_prompt(prompt)
+                    generate_and_judge(env, scenario, &prompt, conversation.as_deref())
+                        .with_prompt(prompt.text)
                 }
                 Err(e) => Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string()),
             };
@@ -104,11 +114,11 @@ fn judge_case(
     modality: Modality,
     scenario: &Scenario,
     question: &str,
-    prompt: String,
+    prompt: Guarded,
     conversation: Option<&[MessageSpec]>,
 ) -> Finding {
     let generated = if modality == Modality::Serve {
-        generate_over_http(env, scenario, &prompt).map(|(g, m)| (g, Some(m)))
+        generate_over_http(env, scenario, &prompt.text).map(|(g, m)| (g, Some(m)))
     } else {
         env.generate(scenario, &prompt, conversation).map(|g| (g, None))
     };
@@ -123,7 +133,7 @@ fn judge_case(
             Finding::from_engine_error(e, Decider::Gateway(Gate::Inference), "generation", env.timeout())
         }
     }
-    .with_prompt(prompt)
+    .with_prompt(prompt.text)
 }
 
 /// A property with a pass rate: every distinct generated case runs once, none is shrunk, and the
@@ -148,6 +158,7 @@ fn run_at_rate(
             &Input::Prompt(case.prompt.clone()),
             template,
             applies_template,
+            &env.info.control_tokens,
         ) {
             Ok((prompt, conversation)) => {
                 judge_case(env, modality, scenario, &case.prompt, prompt, conversation.as_deref())

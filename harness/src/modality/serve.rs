@@ -18,7 +18,8 @@ pub(crate) fn run(env: &TrialEnv<'_>, scenario: &Scenario) -> Finding {
         Err(e) => return ServerPool::unavailable(&e),
     };
     let template = env.info.chat_template.as_ref();
-    let prompt = render_run(&env.spec.model, &scenario.input, template);
+    // A completion prompt is the client's layout: the server reads control tokens in it as such.
+    let prompt = render_run(&env.spec.model, &scenario.input, template, &[]).text;
     let messages = messages_of(&scenario.input);
     // A server that lays conversations out itself gets a conversation only as one.
     let conversation_only = env.info.applies_chat_template && matches!(scenario.input, Input::Messages(_));

@@ -1,5 +1,6 @@
 //! A scenario in `run` or `chat`: lay the input out, generate in process, judge the answer.
 
+use crate::chat::Guarded;
 use crate::matrix::Modality;
 use crate::playbook::{MessageSpec, Scenario};
 use crate::trial::{Finding, TrialEnv, judge_generation, metrics_of, prepare};
@@ -8,9 +9,10 @@ use crate::vocab::{Decider, Gate, Outcome};
 /// One scenario in `modality`.
 pub(crate) fn run(env: &TrialEnv<'_>, modality: Modality, scenario: &Scenario) -> Finding {
     let template = env.info.chat_template.as_ref();
-    match prepare(&env.spec.model, modality, &scenario.input, template, env.info.applies_chat_template) {
+    let (model, control) = (&env.spec.model, &env.info.control_tokens);
+    match prepare(model, modality, &scenario.input, template, env.info.applies_chat_template, control) {
         Ok((prompt, conversation)) => {
-            generate_and_judge(env, scenario, &prompt, conversation.as_deref()).with_prompt(prompt)
+            generate_and_judge(env, scenario, &prompt, conversation.as_deref()).with_prompt(prompt.text)
         }
         Err(e) => Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string()),
     }
@@ -20,7 +22,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, modality: Modality, scenario: &Scenario) -
 pub(crate) fn generate_and_judge(
     env: &TrialEnv<'_>,
     scenario: &Scenario,
-    prompt: &str,
+    prompt: &Guarded,
     conversation: Option<&[MessageSpec]>,
 ) -> Finding {
     match env.generate(scenario, prompt, conversation) {

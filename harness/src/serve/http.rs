@@ -41,6 +41,7 @@ pub(super) struct AppState {
     pub(super) next_id: AtomicU64,
     template: Option<ChatTemplate>,
     gauge: Option<PromptGauge>,
+    control: Vec<String>,
 }
 
 impl AppState {
@@ -49,6 +50,7 @@ impl AppState {
             max_tokens_limit: self.config.max_tokens_limit,
             template: self.template.as_ref(),
             gauge: self.gauge.as_ref(),
+            control: &self.control,
         }
     }
 }
@@ -67,11 +69,13 @@ impl Server {
         if exposed(&addr) {
             crate::reporter::exposed_server(&addr, config.api_key.is_some());
         }
-        let (template, gauge) = {
+        let (template, gauge, control) = {
             let session = session.lock().unwrap_or_else(|p| p.into_inner());
-            (session.info().chat_template.clone(), session.prompt_gauge())
+            let info = session.info();
+            (info.chat_template.clone(), session.prompt_gauge(), info.control_tokens.clone())
         };
-        let state = Arc::new(AppState { session, config, next_id: AtomicU64::new(1), template, gauge });
+        let next_id = AtomicU64::new(1);
+        let state = Arc::new(AppState { session, config, next_id, template, gauge, control });
         let app = router(Arc::clone(&state));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("modelqa-serve".into()).spawn(move || {

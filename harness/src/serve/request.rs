@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::chat::ChatTemplate;
+use crate::chat::{ChatTemplate, Guarded};
 use crate::engine::{PromptGauge, Sampling};
 use crate::playbook::MessageSpec;
 use crate::playbook::spec::Role;
@@ -78,6 +78,8 @@ pub(crate) struct Rules<'a> {
     pub(crate) max_tokens_limit: u32,
     pub(crate) template: Option<&'a ChatTemplate>,
     pub(crate) gauge: Option<&'a PromptGauge>,
+    /// The model's control-token spellings, kept as text in chat messages ([`Guarded`]).
+    pub(crate) control: &'a [String],
 }
 
 /// A request that passed every check the model is not needed for.
@@ -85,6 +87,9 @@ pub(crate) struct Rules<'a> {
 pub(crate) struct Job {
     pub(crate) shape: Shape,
     pub(crate) prompt: String,
+    /// Where a message's text spells a control token: encoded as text. A completion prompt is
+    /// the client's own layout and has none.
+    pub(crate) literal: Vec<std::ops::Range<usize>>,
     pub(crate) max_tokens: u32,
     pub(crate) sampling: Sampling,
     /// Output ends before the first of these (none: it runs to its own end).
@@ -347,19 +352,20 @@ pub(crate) fn parse(shape: Shape, body: &[u8], rules: &Rules<'_>) -> Result<Job,
         Shape::Completion => {
             let req: CompletionRequest = json_body(body)?;
             refuse_unsupported(&req.common.rest)?;
-            (completion_prompt(req.prompt)?, req.common, "prompt")
+            (Guarded::plain(completion_prompt(req.prompt)?), req.common, "prompt")
         }
         Shape::Chat => {
             let req: ChatRequest = json_body(body)?;
             refuse_unsupported(&req.common.rest)?;
-            (chat_prompt(req.messages, rules.template)?, req.common, "messages")
+            (chat_prompt(req.messages, rules.template, rules.control)?, req.common, "messages")
         }
     };
+    let Guarded { text: prompt, literal } = prompt;
     refuse_long_bytes(&prompt, rules.gauge, param)?;
     let (max_tokens, sampling) = settings(&common, rules)?;
     let stop = stop_sequences(&common.stop)?;
     let logprobs = logprobs(shape, &common)?;
-    Ok(Job { shape, prompt, max_tokens, sampling, stop, stream: common.stream, logprobs })
+    Ok(Job { shape, prompt, literal, max_tokens, sampling, stop, stream: common.stream, logprobs })
 }
 
 /// The most alternatives a completion's `logprobs` may ask for, as OpenAI allows.
@@ -434,7 +440,8 @@ fn completion_prompt(prompt: Option<Value>) -> Result<String, Refusal> {
 fn chat_prompt(
     messages: Option<Vec<ChatMessage>>,
     template: Option<&ChatTemplate>,
-) -> Result<String, Refusal> {
+    control: &[String],
+) -> Result<Guarded, Refusal> {
     let bad = |m: String| Refusal::bad(m).of("messages");
     let Some(messages) = messages else { return Err(bad("missing field `messages`".into())) };
     if messages.is_empty() {
@@ -456,7 +463,10 @@ fn chat_prompt(
     let Some(template) = template else {
         return Err(bad("this model ships no chat template, so it cannot serve chat completions".into()));
     };
-    template.render(&turns).map_err(|e| bad(e.to_string()))
+    if crate::config::planted_injection() == Some(crate::config::PlantedInjection::Server) {
+        return template.render(&turns).map(Guarded::plain).map_err(|e| bad(e.to_string()));
+    }
+    template.render_guarded(&turns, control).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]

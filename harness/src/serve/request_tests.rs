@@ -19,7 +19,8 @@ fn gauge() -> PromptGauge {
 
 fn run(shape: Shape, body: &Value) -> Result<Job, Refusal> {
     let (template, gauge) = (template(), gauge());
-    let rules = Rules { max_tokens_limit: 4096, template: Some(&template), gauge: Some(&gauge) };
+    let rules =
+        Rules { max_tokens_limit: 4096, template: Some(&template), gauge: Some(&gauge), control: &[] };
     let job = parse(shape, body.to_string().as_bytes(), &rules)?;
     refuse_long_tokens(&job, &gauge)?;
     Ok(job)

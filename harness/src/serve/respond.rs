@@ -98,7 +98,7 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
     let created = now_secs();
     let gone = Arc::new(AtomicBool::new(false));
     let _abandoned = Abandoned(Arc::clone(&gone));
-    let Job { shape, prompt, max_tokens, sampling, stop, logprobs, .. } = job;
+    let Job { shape, prompt, literal, max_tokens, sampling, stop, logprobs, .. } = job;
     let deadline = Instant::now() + state.config.request_timeout;
     let session = Arc::clone(&state.session);
     let stops = stop.clone();
@@ -112,7 +112,7 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
         if gone.load(Ordering::Relaxed) {
             return None;
         }
-        let request = GenerateRequest { prompt: &prompt, max_tokens, sampling, deadline };
+        let request = GenerateRequest { prompt: &prompt, literal: &literal, max_tokens, sampling, deadline };
         let mut scanner = StopScanner::new(stops);
         let mut on_text = |piece: &str| {
             let _ = scanner.push(piece);
@@ -172,7 +172,7 @@ fn plant(g: &mut Generation, steps: &mut [ScoredStep]) {
 }
 
 fn stream(state: Arc<AppState>, job: Job, id: String) -> Response {
-    let Job { shape, prompt, max_tokens, sampling, stop, .. } = job;
+    let Job { shape, prompt, literal, max_tokens, sampling, stop, .. } = job;
     let created = now_secs();
     let model = state.config.model.clone();
     let deadline = Instant::now() + state.config.request_timeout;
@@ -206,7 +206,8 @@ fn stream(state: Arc<AppState>, job: Job, id: String) -> Response {
             if tx.is_closed() {
                 return;
             }
-            let request = GenerateRequest { prompt: &prompt, max_tokens, sampling, deadline };
+            let request =
+                GenerateRequest { prompt: &prompt, literal: &literal, max_tokens, sampling, deadline };
             session.generate_until(&request, &mut |piece| {
                 let text = scanner.push(piece);
                 if !text.is_empty() && !send(frame(&text, None)) {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::chat::Guarded;
 use crate::engine::{
     CommandSession, EngineError, GenerateRequest, Generation, OpenAiSession, Sampling, Session, SessionInfo,
     SessionKey, SharedSession,
@@ -71,11 +72,12 @@ impl TrialEnv<'_> {
     pub(crate) fn generate(
         &self,
         scenario: &Scenario,
-        prompt: &str,
+        prompt: &Guarded,
         conversation: Option<&[MessageSpec]>,
     ) -> Result<Generation, EngineError> {
         let request = GenerateRequest {
-            prompt,
+            prompt: &prompt.text,
+            literal: &prompt.literal,
             max_tokens: scenario.max_tokens,
             sampling: self.sampling(),
             deadline: self.deadline,

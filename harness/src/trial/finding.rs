@@ -120,6 +120,7 @@ impl Finding {
                 TrialKind::Perf => spec.performance.as_ref().map_or(0, |p| p.tokens_per_run()),
                 TrialKind::Gate(_)
                 | TrialKind::ServerGate(_)
+                | TrialKind::Security(_)
                 | TrialKind::Golden(_)
                 | TrialKind::Differential(_) => 0,
             },
