@@ -201,8 +201,8 @@ fn check_seed(
     let safetensors = usize::from(tier.formats.contains(&modelqa::support::matrix::Format::Safetensors));
     // Scenarios in every cell and modality, five gateways and the special-token injection gate
     // per cell, two golden comparisons per
-    // safetensors cell, ten differential trials (tensors, logits, generation, invariants I-1
-    // to I-5, the tokenizer fuzz, long context) per derived-format cell, plus the rendered chat
+    // safetensors cell, eleven differential trials (tensors, logits, generation, invariants I-1
+    // to I-5, the tokenizer fuzz, long context, perplexity) per derived-format cell, plus the rendered chat
     // prompt where the tier chats or serves, seven server-level gates and `diff::serve-vs-run` per
     // cell where it serves (the latter where a scenario runs in serve), and a performance trial
     // per cell whose backend `profile_ci` asserts on.
@@ -215,7 +215,7 @@ fn check_seed(
     let expected = per_scenario * tier.scenario_count
         + 6 * cells
         + 2 * safetensors_cells
-        + (10 + usize::from(chats)) * (cells - safetensors_cells)
+        + (11 + usize::from(chats)) * (cells - safetensors_cells)
         + if serves { (7 + usize::from(serves_one)) * cells } else { 0 }
         + pb.performance
             .as_ref()

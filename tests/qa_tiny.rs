@@ -297,6 +297,24 @@ fn user_text_spelling_control_tokens_stays_text_and_a_planted_reading_fails_the_
     }
 }
 
+/// qa-tiny's perplexity text is its curriculum's held-out set, as training lays completions out.
+/// `MODELQA_WRITE_HELD_OUT=1` rewrites the file after a curriculum change.
+#[test]
+fn the_perplexity_text_is_the_curriculums_held_out_set() {
+    let want = modelqa::support::curriculum::held_out_text();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qa-tiny/held-out.txt");
+    if std::env::var_os("MODELQA_WRITE_HELD_OUT").is_some() {
+        std::fs::write(&path, &want).expect("written");
+    }
+    let have = std::fs::read_to_string(&path).expect("fixtures/qa-tiny/held-out.txt");
+    assert!(
+        have == want,
+        "{} is not the held-out set: rewrite it with MODELQA_WRITE_HELD_OUT=1",
+        path.display()
+    );
+    assert!(want.lines().count() > 100, "{}", want.lines().count());
+}
+
 #[test]
 fn planted_defects_fail_their_gate_and_clean_models_pass() {
     let work = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@ use crate::playbook::spec::EngineSpec;
 use crate::reporter;
 use crate::run::TrialEnd;
 use crate::trial::RunContext;
-use crate::vocab::{Gate, Invariant};
+use crate::vocab::{Gate, Invariant, ServerCheck};
 
 /// Runs the qualify harness with the process's arguments and environment.
 ///
@@ -221,11 +221,11 @@ fn shipped_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
 fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     let (model, format) = (&spec.model, spec.name.format);
     let kind = &spec.kind;
-    let no_logits = matches!(
-        kind,
-        TrialKind::Golden(GoldenKind::Logits)
-            | TrialKind::Differential(DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext)
-    );
+    let no_logits = match kind {
+        TrialKind::Golden(k) => *k == GoldenKind::Logits,
+        TrialKind::Differential(k) => k.compares_logits(),
+        _ => false,
+    };
     let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
     let serve_vs_run = matches!(kind, TrialKind::Differential(DiffKind::ServeVsRun));
     let unseen_tokens = matches!(kind, TrialKind::Security(_));
@@ -261,6 +261,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the command engine returns no logits".into())
             } else if unseen_tokens {
                 Some("the command engine is handed text and shows no tokens, so whether user text stays text cannot be seen".into())
+            } else if matches!(kind, TrialKind::ServerGate(ServerCheck::Limits)) {
+                Some("the command engine shows no context, so the server in front of it cannot refuse a prompt for its length".into())
             } else if own_prompts {
                 Some("the command engine is handed prompts the harness lays out".into())
             } else {

@@ -96,6 +96,19 @@ pub fn held_out_questions() -> Vec<(String, i64)> {
     out
 }
 
+/// 300 held-out questions with their answers, in a seeded shuffle of every operation and
+/// phrasing, each as training lays a completion out (`question\nanswer<|endoftext|>`) and each a
+/// document of its own (a blank line between): the text qa-tiny's `diff::perplexity` scores,
+/// which no weight was trained on (`fixtures/qa-tiny/held-out.txt` holds it).
+pub fn held_out_text() -> String {
+    let mut questions = held_out_questions();
+    let mut rng = Rng::new(0x4e1d);
+    for i in (1..questions.len()).rev() {
+        questions.swap(i, rng.below(i + 1));
+    }
+    questions.iter().take(300).map(|(q, a)| format!("{q}\n{a}{EOS}\n\n")).collect()
+}
+
 pub fn apply(op: ArithOp, a: i64, b: i64) -> i64 {
     match op {
         ArithOp::Add => a + b,

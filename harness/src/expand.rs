@@ -150,9 +150,17 @@ pub enum DiffKind {
     /// Next-token distributions along one sequence as long as the context, judged per bucket
     /// of positions: what only long positions show (a wrong rope θ).
     LongContext,
+    /// Perplexity on a held-out text, as a ratio to the ground truth's.
+    Perplexity,
 }
 
 impl DiffKind {
+    /// Whether the trial runs the safetensors ground truth's session beside the cell's and
+    /// compares their logits (so an engine that shows none cannot run it).
+    pub fn compares_logits(self) -> bool {
+        matches!(self, DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext | DiffKind::Perplexity)
+    }
+
     pub fn slug(self) -> &'static str {
         match self {
             DiffKind::Tensors => "tensors-vs-safetensors",
@@ -163,6 +171,7 @@ impl DiffKind {
             DiffKind::TokenizerFuzz => "tokenizer-fuzz",
             DiffKind::ServeVsRun => "serve-vs-run",
             DiffKind::LongContext => "long-context",
+            DiffKind::Perplexity => "perplexity",
         }
     }
 }
@@ -431,7 +440,13 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
-    for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation, DiffKind::LongContext] {
+    for k in [
+        DiffKind::Tensors,
+        DiffKind::Logits,
+        DiffKind::Generation,
+        DiffKind::LongContext,
+        DiffKind::Perplexity,
+    ] {
         tails.push((TailKind::Differential(k), String::new()));
     }
     for i in Invariant::ALL {

@@ -37,6 +37,9 @@ pub struct Metrics {
     /// A logit differential's top-1 agreement over its decisive positions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top1_agreement: Option<f64>,
+    /// `diff::perplexity`'s ratio of the format's perplexity to the ground truth's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity_ratio: Option<f64>,
 }
 
 /// The machine a record was made on.

@@ -46,7 +46,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
             }
             Err(e) => Verdict::fail(format!("the safetensors chat template: {e}")),
         },
-        DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext => {
+        DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext | DiffKind::Perplexity => {
             let reference = match reference(env) {
                 Ok(r) => r,
                 Err(finding) => return *finding,
@@ -59,6 +59,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
                 DiffKind::LongContext => {
                     return super::long_context::run(env, &reference, long_context_tolerance(spec));
                 }
+                DiffKind::Perplexity => return super::perplexity::run(env, &reference),
                 _ => return logits(env, &reference),
             }
         }

@@ -1,7 +1,7 @@
 //! Checks of a cell, each trial kind in its own room: the gateways G0–G4 ([`gate`]), golden
 //! references ([`golden`]), differentials against the ground truth ([`differential`], with the
 //! comparisons in [`diff`], the tokenizer fuzz in [`tokenizer_fuzz`], the long-context
-//! comparison in [`long_context`], and the cell's server against the cell in process in
+//! comparison in [`long_context`], perplexity in [`perplexity`], and the cell's server against the cell in process in
 //! [`serve_vs_run`]), performance ([`perf`]), the server checks ([`server`]) and what hostile
 //! input cannot do ([`injection`]). Each
 //! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
@@ -14,6 +14,7 @@ pub(crate) mod golden;
 pub(crate) mod injection;
 pub(crate) mod long_context;
 pub(crate) mod perf;
+pub(crate) mod perplexity;
 pub(crate) mod serve_vs_run;
 pub(crate) mod server;
 pub(crate) mod tokenizer_fuzz;

@@ -23,6 +23,9 @@ pub(crate) const HEALTH_LIMIT: Duration = Duration::from_millis(1000);
 pub(crate) const CONCURRENT_CLIENTS: usize = 8;
 /// The body `serve-bad-requests` sends as oversized: larger than any sane prompt limit.
 const OVERSIZED_BYTES: usize = 8 << 20;
+/// A body at least this large may be refused by closing the connection before it is read, as
+/// servers with a body limit do (this project's is 1 MiB by default).
+const MAY_CLOSE_BYTES: usize = 1 << 20;
 
 /// What the checks send: the first scenario as a prompt and as a conversation.
 #[derive(Debug, Clone)]
@@ -379,7 +382,7 @@ fn bad_requests(client: &Client, deadline: Instant) -> Result<String, ServerChec
 type Refused = (&'static str, Endpoint, Vec<u8>, &'static [u16]);
 
 /// Sends each case and checks it was refused with one of its statuses and an OpenAI error
-/// object. A case of at least [`OVERSIZED_BYTES`] may be refused by closing the connection
+/// object. A case of at least [`MAY_CLOSE_BYTES`] may be refused by closing the connection
 /// before the body is read; the labels of those are returned.
 fn expect_refusals(
     client: &Client,
@@ -400,7 +403,7 @@ fn expect_refusals(
             Some(r) => r,
             // Refusing an oversized body by closing the connection before reading it is fair;
             // the server must still be up afterwards (checked by the caller).
-            None if body.len() >= OVERSIZED_BYTES => {
+            None if body.len() >= MAY_CLOSE_BYTES => {
                 closed.push(label);
                 continue;
             }
@@ -463,7 +466,7 @@ fn limits(client: &Client, probe: &Probe, deadline: Instant) -> Result<String, S
         }
     }
     // Eight bytes a token is more than any tokenizer's average: this prompt is far past.
-    let far = "lorem ".repeat((context * 8 / 6).min(OVERSIZED_BYTES / 7));
+    let far = "lorem ".repeat((context * 8 / 6).min(OVERSIZED_BYTES / 8));
     cases.push(("a prompt far past the context", Endpoint::Completions, completion(&far), &[400, 413]));
     if probe.chat {
         cases.push(("a message far past the context", Endpoint::ChatCompletions, chat(&far), &[400, 413]));

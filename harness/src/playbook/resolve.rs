@@ -182,6 +182,17 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
     if differential.top_k == Some(0) {
         return Err(err("`top_k` must be at least 1".to_string()).at("differential_tests.top_k".to_string()));
     }
+    for (format, ratio) in &differential.perplexity.max_ratio {
+        let at = format!("differential_tests.perplexity.max_ratio.{format}");
+        if Format::parse(format).is_none() {
+            return Err(
+                err(format!("`{format}` is not a format name (safetensors, apr, gguf-q4_k_m, …)")).at(at)
+            );
+        }
+        if !(ratio.is_finite() && *ratio >= 1.0) {
+            return Err(err(format!("a perplexity ratio bound must be at least 1, not {ratio}")).at(at));
+        }
+    }
 
     Ok(Playbook {
         source: file.to_path_buf(),

@@ -149,6 +149,22 @@ pub struct DifferentialSpec {
     /// `k` of the generated-sequence rule: at the first divergence of the greedy outputs, each
     /// format's token must be in the other's top k (default 5).
     pub top_k: Option<usize>,
+    /// `diff::perplexity`: the held-out text and the bounds on the perplexity ratio.
+    #[serde(default)]
+    pub perplexity: PerplexitySpec,
+}
+
+/// `diff::perplexity`'s settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerplexitySpec {
+    /// A UTF-8 text file, relative to the playbook, scored by every format and the ground truth
+    /// (at most 4 MiB; the first 1,024 tokens on CPU). Default: a passage the harness ships.
+    pub text: Option<String>,
+    /// The largest ratio of a format's perplexity to the ground truth's, per format name,
+    /// replacing the defaults (docs/playbooks.md lists them; `gguf-q4_k_m` 1.10).
+    #[serde(default)]
+    pub max_ratio: BTreeMap<String, f64>,
 }
 
 /// A gate on next-token distributions against the ground truth.

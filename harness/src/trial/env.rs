@@ -9,7 +9,7 @@ use crate::engine::{
     CommandSession, EngineError, GenerateRequest, Generation, OpenAiSession, Sampling, Session, SessionInfo,
     SessionKey, SharedSession,
 };
-use crate::expand::{DiffKind, TrialKind, TrialSpec};
+use crate::expand::{TrialKind, TrialSpec};
 use crate::matrix::Format;
 use crate::playbook::spec::EngineSpec;
 use crate::playbook::{MessageSpec, Scenario};
@@ -118,11 +118,8 @@ pub(crate) fn session_key(spec: &TrialSpec) -> SessionKey {
 /// The safetensors session a logit, long-context or generation differential compares against,
 /// if the trial is one.
 pub(crate) fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
-    matches!(
-        spec.kind,
-        TrialKind::Differential(DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext)
-    )
-    .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
+    matches!(spec.kind, TrialKind::Differential(k) if k.compares_logits())
+        .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
 }
 
 /// Loads the session of a trial on its engine.
