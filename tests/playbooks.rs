@@ -205,7 +205,7 @@ fn check_seed(
     // to I-5, the tokenizer fuzz, long context, perplexity) per derived-format cell, plus the rendered chat
     // prompt where the tier chats or serves, seven server-level gates and `diff::serve-vs-run` per
     // cell where it serves (the latter where a scenario runs in serve), and a performance trial
-    // per cell whose backend `profile_ci` asserts on.
+    // per cell whose backend `profile_ci` asserts on; each GPU cell also has `diff::backend-parity`.
     let safetensors_cells = safetensors * tier.backends.len();
     let chats = tier.modalities.iter().any(|m| matches!(m, Modality::Chat | Modality::Serve));
     let serves = tier.modalities.contains(&Modality::Serve);
@@ -217,6 +217,11 @@ fn check_seed(
         + 2 * safetensors_cells
         + (11 + usize::from(chats)) * (cells - safetensors_cells)
         + if serves { (7 + usize::from(serves_one)) * cells } else { 0 }
+        + if tier.backends.contains(&modelqa::support::matrix::Backend::Gpu) {
+            tier.formats.len()
+        } else {
+            0
+        }
         + pb.performance
             .as_ref()
             .map_or(0, |p| tier.formats.len() * tier.backends.iter().filter(|b| p.asserts_on(**b)).count());

@@ -68,6 +68,7 @@ impl Layout {
     fn applies(&self, kind: TailKind, format: Format, backend: Backend) -> bool {
         match kind {
             TailKind::Perf => self.perf_backends.contains(&backend),
+            TailKind::Differential(DiffKind::BackendParity) => backend == Backend::Gpu,
             _ => applies(kind, format),
         }
     }
@@ -152,13 +153,22 @@ pub enum DiffKind {
     LongContext,
     /// Perplexity on a held-out text, as a ratio to the ground truth's.
     Perplexity,
+    /// A GPU cell's logits against the same format's on CPU (GPU cells only).
+    BackendParity,
 }
 
 impl DiffKind {
     /// Whether the trial runs the safetensors ground truth's session beside the cell's and
     /// compares their logits (so an engine that shows none cannot run it).
     pub fn compares_logits(self) -> bool {
-        matches!(self, DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext | DiffKind::Perplexity)
+        matches!(
+            self,
+            DiffKind::Logits
+                | DiffKind::Generation
+                | DiffKind::LongContext
+                | DiffKind::Perplexity
+                | DiffKind::BackendParity
+        )
     }
 
     pub fn slug(self) -> &'static str {
@@ -172,6 +182,7 @@ impl DiffKind {
             DiffKind::ServeVsRun => "serve-vs-run",
             DiffKind::LongContext => "long-context",
             DiffKind::Perplexity => "perplexity",
+            DiffKind::BackendParity => "backend-parity",
         }
     }
 }
@@ -254,7 +265,7 @@ impl TrialSpec {
 fn applies(kind: TailKind, format: Format) -> bool {
     match kind {
         TailKind::Golden(_) => format == Format::Safetensors,
-        TailKind::Differential(DiffKind::ServeVsRun) => true,
+        TailKind::Differential(DiffKind::ServeVsRun | DiffKind::BackendParity) => true,
         TailKind::Differential(_) => format != Format::Safetensors,
         TailKind::Scenario { .. }
         | TailKind::Gate(_)
@@ -453,6 +464,9 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
         tails.push((TailKind::Differential(DiffKind::Invariant(i)), String::new()));
     }
     tails.push((TailKind::Differential(DiffKind::TokenizerFuzz), String::new()));
+    if tier.backends.contains(&Backend::Gpu) {
+        tails.push((TailKind::Differential(DiffKind::BackendParity), String::new()));
+    }
     if tier.modalities.contains(&Modality::Serve) {
         for c in ServerCheck::ALL {
             tails.push((TailKind::ServerGate(c), String::new()));

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::chat::ChatTemplate;
 use crate::engine::{EngineError, SharedSession};
 use crate::expand::{DiffKind, TrialSpec};
+use crate::matrix::{Backend, Format, Quantization};
 use crate::playbook::MessageSpec;
 use crate::trial::{Ask, Finding, TrialEnv, asks_without_session, messages_of, reference_key};
 use crate::vocab::{Decider, Invariant, Outcome};
@@ -46,7 +47,11 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
             }
             Err(e) => Verdict::fail(format!("the safetensors chat template: {e}")),
         },
-        DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext | DiffKind::Perplexity => {
+        DiffKind::Logits
+        | DiffKind::Generation
+        | DiffKind::LongContext
+        | DiffKind::Perplexity
+        | DiffKind::BackendParity => {
             let reference = match reference(env) {
                 Ok(r) => r,
                 Err(finding) => return *finding,
@@ -60,6 +65,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
                     return super::long_context::run(env, &reference, long_context_tolerance(spec));
                 }
                 DiffKind::Perplexity => return super::perplexity::run(env, &reference),
+                DiffKind::BackendParity => return backend_parity(env, &reference),
                 _ => return logits(env, &reference),
             }
         }
@@ -79,15 +85,21 @@ fn reference(env: &TrialEnv<'_>) -> Result<SharedSession, Box<Finding>> {
             "a safetensors cell has no reference",
         )));
     };
-    let (reference, _) = env
-        .ctx
-        .sessions
-        .get_or_load(&reference_key, false, || env.ctx.engine.load(env.model_dir, spec.name.backend));
+    // A GPU cell's reference is its own file on CPU; every other one, the safetensors on its
+    // own backend.
+    let (path, backend, what) = match spec.kind {
+        crate::expand::TrialKind::Differential(DiffKind::BackendParity) => {
+            (env.artifact, Backend::Cpu, "CPU")
+        }
+        _ => (env.model_dir, spec.name.backend, "safetensors"),
+    };
+    let (reference, _) =
+        env.ctx.sessions.get_or_load(&reference_key, false, || env.ctx.engine.load(path, backend));
     reference.map_err(|e| {
         Box::new(Finding::new(
             Outcome::Falsified,
             Decider::Comp,
-            format!("the safetensors reference failed to load: {e}"),
+            format!("the {what} reference failed to load: {e}"),
         ))
     })
 }
@@ -110,18 +122,23 @@ fn long_context_tolerance(spec: &TrialSpec) -> LogitTolerance {
     }
 }
 
-/// Next-token distributions at the first prompt positions of every scenario, reference and
-/// candidate, judged by the format's tolerance.
-fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
+/// The logits at the first [`DIFF_POSITIONS`] positions of every scenario prompt, from the
+/// reference and from the cell's session; a failure (or the deadline) is the trial's finding.
+type PromptLogits = Vec<Vec<Vec<f32>>>;
+
+fn both_logits(
+    env: &TrialEnv<'_>,
+    reference: &SharedSession,
+) -> Result<(PromptLogits, PromptLogits), Box<Finding>> {
     let mut want = Vec::new();
     let mut got = Vec::new();
     for Ask { name, prompt, .. } in &env.asks() {
         if Instant::now() >= env.deadline {
-            return Finding::new(
+            return Err(Box::new(Finding::new(
                 Outcome::Timeout,
                 Decider::Timeout,
                 "the logit comparison passed its timeout",
-            );
+            )));
         }
         let r = reference.lock().unwrap_or_else(|p| p.into_inner()).prompt_logits(prompt, DIFF_POSITIONS);
         let c = env.session.lock().unwrap_or_else(|p| p.into_inner()).prompt_logits(prompt, DIFF_POSITIONS);
@@ -132,10 +149,20 @@ fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
             }
             (Err(e), _) | (_, Err(e)) => {
                 let what = format!("scenario {name}");
-                return Finding::from_engine_error(e, Decider::Comp, &what, env.timeout());
+                return Err(Box::new(Finding::from_engine_error(e, Decider::Comp, &what, env.timeout())));
             }
         }
     }
+    Ok((want, got))
+}
+
+/// Next-token distributions at the first prompt positions of every scenario, reference and
+/// candidate, judged by the format's tolerance.
+fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
+    let (want, got) = match both_logits(env, reference) {
+        Ok(both) => both,
+        Err(finding) => return *finding,
+    };
     let evidence = match diff::LogitEvidence::measure(&want, &got) {
         Ok(e) => e,
         Err(why) => return Verdict::fail(why).into_finding(Decider::Comp),
@@ -146,6 +173,66 @@ fn logits(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
     finding.metrics.mean_kl = Some(evidence.mean_kl());
     finding.metrics.top1_agreement = (decisive > 0).then(|| agree as f64 / decisive as f64);
     finding
+}
+
+/// The largest difference a GPU logit may show from the CPU's for a format whose weights are
+/// f32 (safetensors as the engine loads it, APR, GGUF F32), relative to the position's largest
+/// logit magnitude (at least 1): the same arithmetic in another order.
+pub(crate) const BACKEND_PARITY_F32: f64 = 1e-5;
+
+/// `diff::backend-parity`: a GPU cell's logits on every scenario prompt against the same file on
+/// CPU. f32 weights: every logit within [`BACKEND_PARITY_F32`] of the CPU's, scaled by the
+/// position's largest logit; quantized and f16 files, whose GPU kernels dequantize and
+/// accumulate otherwise, the format's logit gate against the CPU.
+fn backend_parity(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
+    let (cpu, gpu) = match both_logits(env, reference) {
+        Ok(both) => both,
+        Err(finding) => return *finding,
+    };
+    let format = env.spec.name.format;
+    let f32_weights = matches!(format, Format::Safetensors | Format::Apr | Format::Gguf(Quantization::F32));
+    if !f32_weights {
+        let evidence = match diff::LogitEvidence::measure(&cpu, &gpu) {
+            Ok(e) => e,
+            Err(why) => return Verdict::fail(why).into_finding(Decider::Comp),
+        };
+        return evidence.judge(LogitTolerance::for_format(format)).into_finding(Decider::Comp);
+    }
+    parity(&cpu, &gpu).into_finding(Decider::Comp)
+}
+
+/// The largest scaled logit difference between `cpu` and `gpu`, judged against
+/// [`BACKEND_PARITY_F32`], with where it is.
+pub(crate) fn parity(cpu: &PromptLogits, gpu: &PromptLogits) -> Verdict {
+    let mut worst = (0.0f64, 0, 0, 0);
+    let mut positions = 0;
+    for (p, (a, b)) in cpu.iter().zip(gpu).enumerate() {
+        if a.len() != b.len() {
+            return Verdict::fail(format!("prompt {p}: {} positions on CPU, {} on GPU", a.len(), b.len()));
+        }
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            if x.len() != y.len() {
+                return Verdict::fail(format!(
+                    "prompt {p} position {i}: {} logits on CPU, {} on GPU",
+                    x.len(),
+                    y.len()
+                ));
+            }
+            positions += 1;
+            let scale = x.iter().fold(1.0f64, |m, v| m.max(f64::from(v.abs())));
+            for (t, (u, v)) in x.iter().zip(y).enumerate() {
+                let d = (f64::from(*u) - f64::from(*v)).abs() / scale;
+                if d > worst.0 || d.is_nan() {
+                    worst = (if d.is_nan() { f64::INFINITY } else { d }, p, i, t);
+                }
+            }
+        }
+    }
+    let (d, p, i, t) = worst;
+    let said = format!(
+        "largest logit difference {d:.2e} of the position's largest logit (prompt {p}, position {i}, token {t}) over {positions} positions, at most {BACKEND_PARITY_F32:.0e}"
+    );
+    if d <= BACKEND_PARITY_F32 { Verdict::pass(said) } else { Verdict::fail(said) }
 }
 
 /// The generated-sequence rule (vLLM's): greedy outputs of the ground truth and the format are
@@ -211,4 +298,28 @@ pub fn first_divergence(
         ));
     }
     Verdict::pass(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parity_passes_the_same_logits_and_names_where_a_gpu_logit_drifts() {
+        let cpu: PromptLogits = vec![vec![vec![10.0, -3.0, 0.5], vec![2.0, 1.0, 0.0]]];
+        let same = parity(&cpu, &cpu.clone());
+        assert_eq!(same.outcome, Outcome::Corroborated, "{}", same.reason);
+        // 5e-5 on a position whose largest logit is 10: 5e-6 relative, within the bound.
+        let mut close = cpu.clone();
+        close[0][0][1] += 5e-5;
+        assert_eq!(parity(&cpu, &close).outcome, Outcome::Corroborated);
+        let mut drifted = cpu.clone();
+        drifted[0][1][2] += 1e-3;
+        let v = parity(&cpu, &drifted);
+        assert_eq!(v.outcome, Outcome::Falsified);
+        assert!(v.reason.contains("prompt 0, position 1, token 2"), "{}", v.reason);
+        let mut nan = cpu.clone();
+        nan[0][0][0] = f32::NAN;
+        assert_eq!(parity(&cpu, &nan).outcome, Outcome::Falsified);
+    }
 }

@@ -9,8 +9,8 @@ use crate::engine::{
     CommandSession, EngineError, GenerateRequest, Generation, OpenAiSession, Sampling, Session, SessionInfo,
     SessionKey, SharedSession,
 };
-use crate::expand::{TrialKind, TrialSpec};
-use crate::matrix::Format;
+use crate::expand::{DiffKind, TrialKind, TrialSpec};
+use crate::matrix::{Backend, Format};
 use crate::playbook::spec::EngineSpec;
 use crate::playbook::{MessageSpec, Scenario};
 
@@ -118,8 +118,16 @@ pub(crate) fn session_key(spec: &TrialSpec) -> SessionKey {
 /// The safetensors session a logit, long-context or generation differential compares against,
 /// if the trial is one.
 pub(crate) fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
-    matches!(spec.kind, TrialKind::Differential(k) if k.compares_logits())
-        .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
+    match spec.kind {
+        // A GPU cell is held to the same format on CPU.
+        TrialKind::Differential(DiffKind::BackendParity) => {
+            Some(SessionKey { backend: Backend::Cpu, ..session_key(spec) })
+        }
+        TrialKind::Differential(k) if k.compares_logits() => {
+            Some(SessionKey { format: Format::Safetensors, ..session_key(spec) })
+        }
+        _ => None,
+    }
 }
 
 /// Loads the session of a trial on its engine.
