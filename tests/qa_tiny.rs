@@ -6,6 +6,8 @@ mod common;
 
 #[path = "qa_tiny/artifacts.rs"]
 mod artifacts;
+#[path = "qa_tiny/trace.rs"]
+mod trace;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

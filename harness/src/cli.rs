@@ -226,6 +226,9 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
         TrialKind::Golden(GoldenKind::Logits)
             | TrialKind::Differential(DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext)
     );
+    // The trace runs the format's own files through the project's decoder: an engine that
+    // shows its files shows them to the trace, one that does not cannot be traced.
+    let traced = matches!(kind, TrialKind::Numerics | TrialKind::Differential(DiffKind::Trace));
     let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
     let serve_vs_run = matches!(kind, TrialKind::Differential(DiffKind::ServeVsRun));
     match &spec.engine {
@@ -237,6 +240,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the openai engine returns no logits".into())
             } else if own_prompts {
                 Some("the openai engine lays conversations out itself; its prompts are not shown".into())
+            } else if traced {
+                Some("the openai engine's model files are on its server; the trace reads them".into())
             } else if matches!(
                 kind,
                 TrialKind::Gate(Gate::Integrity)
@@ -258,6 +263,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the command engine returns no logits".into())
             } else if own_prompts {
                 Some("the command engine is handed prompts the harness lays out".into())
+            } else if traced {
+                Some("the command engine shows no tokenizer to lay the traced prompts out with".into())
             } else {
                 binder.files_reason(model, format)
             }

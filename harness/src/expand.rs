@@ -46,6 +46,8 @@ enum TailKind {
     Differential(DiffKind),
     /// The playbook's performance assertions; cells whose backend has one.
     Perf,
+    /// The numerics of the cell's traced forward pass (`gate::trace`); every cell.
+    Numerics,
 }
 
 /// The cells and tails of one `(playbook, tier)`, in name order.
@@ -148,6 +150,9 @@ pub enum DiffKind {
     /// Next-token distributions along one sequence as long as the context, judged per bucket
     /// of positions: what only long positions show (a wrong rope θ).
     LongContext,
+    /// A traced forward pass against the ground truth's, layer by layer: the first site whose
+    /// cosine or norm leaves its bound is named.
+    Trace,
 }
 
 impl DiffKind {
@@ -161,6 +166,7 @@ impl DiffKind {
             DiffKind::TokenizerFuzz => "tokenizer-fuzz",
             DiffKind::ServeVsRun => "serve-vs-run",
             DiffKind::LongContext => "long-context",
+            DiffKind::Trace => "trace",
         }
     }
 }
@@ -180,6 +186,8 @@ pub enum TrialKind {
     Differential(DiffKind),
     /// The playbook's performance assertions on the cell.
     Perf,
+    /// The numerics of the cell's traced forward pass.
+    Numerics,
 }
 
 impl TrialKind {
@@ -190,7 +198,7 @@ impl TrialKind {
         match self {
             TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
             TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
-            TrialKind::ServerGate(_) => Category::Stab,
+            TrialKind::ServerGate(_) | TrialKind::Numerics => Category::Stab,
             TrialKind::Perf => Category::Perf,
             TrialKind::Golden(_) => Category::Regr,
             TrialKind::Differential(_) => Category::Comp,
@@ -229,6 +237,7 @@ impl TrialSpec {
             | TrialKind::ServerGate(_)
             | TrialKind::Golden(_)
             | TrialKind::Differential(_)
+            | TrialKind::Numerics
             | TrialKind::Perf => None,
         }
     }
@@ -242,7 +251,11 @@ fn applies(kind: TailKind, format: Format) -> bool {
         TailKind::Golden(_) => format == Format::Safetensors,
         TailKind::Differential(DiffKind::ServeVsRun) => true,
         TailKind::Differential(_) => format != Format::Safetensors,
-        TailKind::Scenario { .. } | TailKind::Gate(_) | TailKind::ServerGate(_) | TailKind::Perf => true,
+        TailKind::Scenario { .. }
+        | TailKind::Gate(_)
+        | TailKind::ServerGate(_)
+        | TailKind::Numerics
+        | TailKind::Perf => true,
     }
 }
 
@@ -367,6 +380,7 @@ impl Plan {
             TailKind::Golden(k) => (TrialKind::Golden(k), Tail::Diff(k.slug().to_string())),
             TailKind::Differential(k) => (TrialKind::Differential(k), Tail::Diff(k.slug().to_string())),
             TailKind::Perf => (TrialKind::Perf, Tail::Perf(PERF_SLUG.to_string())),
+            TailKind::Numerics => (TrialKind::Numerics, Tail::Gate(TRACE_SLUG.to_string())),
         };
         let model = pb.models[group.model].clone();
         let name = TrialName {
@@ -396,6 +410,9 @@ impl Plan {
 /// The last segment of the performance trial.
 pub(crate) const PERF_SLUG: &str = "decode";
 
+/// The last segment of the numerics gate over a traced forward pass.
+pub(crate) const TRACE_SLUG: &str = "trace";
+
 fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::PerformanceSpec>) -> Layout {
     let mut cells = Vec::new();
     for f in &tier.formats {
@@ -418,7 +435,10 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
-    for k in [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation, DiffKind::LongContext] {
+    tails.push((TailKind::Numerics, String::new()));
+    for k in
+        [DiffKind::Tensors, DiffKind::Logits, DiffKind::Generation, DiffKind::LongContext, DiffKind::Trace]
+    {
         tails.push((TailKind::Differential(k), String::new()));
     }
     for i in Invariant::ALL {
@@ -459,6 +479,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     TailKind::Golden(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Perf => format!("perf{SEP}{PERF_SLUG}"),
+                    TailKind::Numerics => format!("gate{SEP}{TRACE_SLUG}"),
                 };
             }
             // A scenario that keeps to some modalities has no trials in the others, and a tier
@@ -473,6 +494,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                 | TailKind::ServerGate(_)
                 | TailKind::Golden(_)
                 | TailKind::Differential(_)
+                | TailKind::Numerics
                 | TailKind::Perf => true,
             });
             layout.tails.sort_by(|a, b| a.1.cmp(&b.1));

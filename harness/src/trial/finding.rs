@@ -121,7 +121,8 @@ impl Finding {
                 TrialKind::Gate(_)
                 | TrialKind::ServerGate(_)
                 | TrialKind::Golden(_)
-                | TrialKind::Differential(_) => 0,
+                | TrialKind::Differential(_)
+                | TrialKind::Numerics => 0,
             },
             sampling: super::sampling(spec),
             metrics,

@@ -1,0 +1,182 @@
+//! `gate::trace`: the numerics of one cell's forward pass, each a named part of the verdict.
+//! `non-finite` (no NaN or Inf at any site), `softmax` (every attention row sums to 1 and every
+//! probability is in [0, 1]), `entropy` (each layer's mean attention entropy within bounds:
+//! neither collapsed onto one key nor spread uniformly), `norm` (every RMSNorm's output before
+//! its gain has a root mean square of 1, as its epsilon allows) and `range` (each site's largest
+//! activation within a factor of the ground truth's on the same prompts).
+
+use super::forward::Trace;
+
+/// Largest |row sum − 1| of an attention row (f32 softmax over ≤ a context of keys).
+pub(crate) const SOFTMAX_SUM_TOLERANCE: f64 = 1e-4;
+/// A layer's mean attention entropy, as a share of the uniform row's, must lie in this range:
+/// below it attention has collapsed onto single keys; above it attention no longer selects.
+pub(crate) const ENTROPY_BOUNDS: (f64, f64) = (0.02, 0.95);
+/// Each RMSNorm row's root mean square before the gain: 1 − ε/(2·ms) for a right epsilon.
+pub(crate) const NORM_RMS_BOUNDS: (f64, f64) = (0.95, 1.001);
+/// A site's largest activation within this factor of the ground truth's, either way.
+pub(crate) const RANGE_FACTOR: f64 = 4.0;
+
+/// One part's conclusion: its name, and a failure or a summary.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Part {
+    pub(crate) name: &'static str,
+    pub(crate) failure: Option<String>,
+    pub(crate) summary: String,
+}
+
+fn part(name: &'static str, failure: Option<String>, summary: String) -> Part {
+    Part { name, failure, summary }
+}
+
+/// Every part of the gate over `traces` (one per prompt); `reference`, the ground truth's traces
+/// of the same prompts, where this cell is not the ground truth itself.
+pub(crate) fn numerics(traces: &[Trace], reference: Option<&[Trace]>) -> Vec<Part> {
+    vec![non_finite(traces), softmax(traces), entropy(traces), norm(traces), range(traces, reference)]
+}
+
+fn non_finite(traces: &[Trace]) -> Part {
+    for (p, t) in traces.iter().enumerate() {
+        if let Some(s) = t.sites.iter().find(|s| s.stats.nan + s.stats.inf > 0) {
+            return part(
+                "non-finite",
+                Some(format!(
+                    "{}: {} NaN and {} Inf of {} values (prompt {p})",
+                    s.site,
+                    s.stats.nan,
+                    s.stats.inf,
+                    s.values.len()
+                )),
+                String::new(),
+            );
+        }
+    }
+    let sites = traces.first().map_or(0, |t| t.sites.len());
+    part("non-finite", None, format!("no NaN or Inf at {sites} sites"))
+}
+
+fn softmax(traces: &[Trace]) -> Part {
+    let mut worst = 0f64;
+    for (p, t) in traces.iter().enumerate() {
+        for a in &t.attention {
+            let l = a.layer;
+            if a.nonfinite > 0 {
+                return part(
+                    "softmax",
+                    Some(format!(
+                        "layer {l} attention: {} probabilities are not finite (prompt {p})",
+                        a.nonfinite
+                    )),
+                    String::new(),
+                );
+            }
+            if a.min_p < -1e-6 || a.max_p > 1.0 + 1e-6 {
+                return part(
+                    "softmax",
+                    Some(format!(
+                        "layer {l} attention: probabilities in [{:.4}, {:.4}], outside [0, 1] (prompt {p})",
+                        a.min_p, a.max_p
+                    )),
+                    String::new(),
+                );
+            }
+            if a.max_row_error > SOFTMAX_SUM_TOLERANCE {
+                return part(
+                    "softmax",
+                    Some(format!(
+                        "layer {l} attention: a row sums to 1 {:+.2e} (tolerance {SOFTMAX_SUM_TOLERANCE:e}, prompt {p})",
+                        a.max_row_error
+                    )),
+                    String::new(),
+                );
+            }
+            worst = worst.max(a.max_row_error);
+        }
+    }
+    part("softmax", None, format!("rows sum to 1 within {worst:.1e}, probabilities in [0, 1]"))
+}
+
+fn entropy(traces: &[Trace]) -> Part {
+    let layers = traces.first().map_or(0, |t| t.attention.len());
+    let (lo, hi) = ENTROPY_BOUNDS;
+    let mut seen = (f64::INFINITY, f64::NEG_INFINITY);
+    for l in 0..layers {
+        let values: Vec<f64> = traces
+            .iter()
+            .filter(|t| t.tokens > 1)
+            .filter_map(|t| t.attention.get(l))
+            .map(|a| a.entropy)
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        seen = (seen.0.min(mean), seen.1.max(mean));
+        if !(lo..=hi).contains(&mean) {
+            let why =
+                if mean < lo { "collapsed onto single keys" } else { "spread uniformly, selecting nothing" };
+            return part(
+                "entropy",
+                Some(format!(
+                    "layer {l} attention entropy {mean:.3} of uniform, outside [{lo}, {hi}]: {why}"
+                )),
+                String::new(),
+            );
+        }
+    }
+    let summary = if seen.0.is_finite() {
+        format!(
+            "mean attention entropy {:.3}–{:.3} of uniform per layer, within [{lo}, {hi}]",
+            seen.0, seen.1
+        )
+    } else {
+        "no prompt long enough for attention entropy".to_string()
+    };
+    part("entropy", None, summary)
+}
+
+fn norm(traces: &[Trace]) -> Part {
+    let (lo, hi) = NORM_RMS_BOUNDS;
+    let mut seen = (f64::INFINITY, f64::NEG_INFINITY);
+    for (p, t) in traces.iter().enumerate() {
+        for n in &t.norms {
+            if !(n.min_rms >= lo && n.max_rms <= hi) {
+                return part(
+                    "norm",
+                    Some(format!(
+                        "{} output before its gain: rms {:.4}–{:.4} per row, expected 1 (bounds [{lo}, {hi}]; a wrong rms_norm_eps, prompt {p})",
+                        n.name, n.min_rms, n.max_rms
+                    )),
+                    String::new(),
+                );
+            }
+            seen = (seen.0.min(n.min_rms), seen.1.max(n.max_rms));
+        }
+    }
+    part("norm", None, format!("every RMSNorm output has rms {:.4}–{:.4} before its gain", seen.0, seen.1))
+}
+
+fn range(traces: &[Trace], reference: Option<&[Trace]>) -> Part {
+    let Some(reference) = reference else {
+        return part("range", None, "this cell is the ground truth the range is learned from".into());
+    };
+    let peak = |ts: &[Trace], i: usize| {
+        ts.iter().filter_map(|t| t.sites.get(i)).map(|s| s.stats.max_abs()).fold(0f64, f64::max)
+    };
+    let sites =
+        traces.first().map_or(0, |t| t.sites.len()).min(reference.first().map_or(0, |t| t.sites.len()));
+    for i in 0..sites {
+        let (got, want) = (peak(traces, i), peak(reference, i));
+        let site = traces[0].sites[i].site;
+        if !(got <= want * RANGE_FACTOR && got * RANGE_FACTOR >= want) {
+            return part(
+                "range",
+                Some(format!(
+                    "{site}: largest activation {got:.4}, the ground truth's {want:.4} (bound {RANGE_FACTOR}× either way)"
+                )),
+                String::new(),
+            );
+        }
+    }
+    part("range", None, format!("every site's largest activation within {RANGE_FACTOR}× the ground truth's"))
+}
