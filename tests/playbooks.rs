@@ -199,9 +199,10 @@ fn check_seed(
     let per_scenario = tier.formats.len() * tier.backends.len() * tier.modalities.len();
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::support::matrix::Format::Safetensors));
-    // Scenarios in every cell and modality, five gateways per cell, two golden comparisons per
-    // safetensors cell, ten differential trials (tensors, logits, generation, invariants I-1
-    // to I-5, the tokenizer fuzz, long context) per derived-format cell, plus the rendered chat
+    // Scenarios in every cell and modality, five gateways and `gate::trace` per cell, two golden
+    // comparisons per safetensors cell, eleven differential trials (tensors, logits, generation,
+    // invariants I-1 to I-5, the tokenizer fuzz, long context, trace) per derived-format cell,
+    // plus the rendered chat
     // prompt where the tier chats or serves, six server-level gates and `diff::serve-vs-run` per
     // cell where it serves (the latter where a scenario runs in serve), and a performance trial
     // per cell whose backend `profile_ci` asserts on.
@@ -212,9 +213,9 @@ fn check_seed(
         .iter()
         .any(|s| s.property.is_none() && s.runs_in(Modality::Serve));
     let expected = per_scenario * tier.scenario_count
-        + 5 * cells
+        + 6 * cells
         + 2 * safetensors_cells
-        + (10 + usize::from(chats)) * (cells - safetensors_cells)
+        + (11 + usize::from(chats)) * (cells - safetensors_cells)
         + if serves { (6 + usize::from(serves_one)) * cells } else { 0 }
         + pb.performance
             .as_ref()

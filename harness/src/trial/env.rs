@@ -116,10 +116,16 @@ pub(crate) fn session_key(spec: &TrialSpec) -> SessionKey {
 /// The safetensors session a logit, long-context or generation differential compares against,
 /// if the trial is one.
 pub(crate) fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
-    matches!(
-        spec.kind,
-        TrialKind::Differential(DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext)
-    )
+    // `gate::trace` of a derived cell learns its activation range from the ground truth.
+    let numerics_of_derived =
+        matches!(spec.kind, TrialKind::Numerics) && spec.name.format != Format::Safetensors;
+    (numerics_of_derived
+        || matches!(
+            spec.kind,
+            TrialKind::Differential(
+                DiffKind::Logits | DiffKind::Generation | DiffKind::LongContext | DiffKind::Trace
+            )
+        ))
     .then(|| SessionKey { format: Format::Safetensors, ..session_key(spec) })
 }
 

@@ -25,7 +25,7 @@ impl TraceBound {
                 Quantization::Q8_0 => (0.998, 1.015),
                 Quantization::Q6K => (0.997, 1.025),
                 Quantization::Q5KM | Quantization::Q5_0 => (0.99, 1.04),
-                _ => (0.92, 1.08),
+                _ => (0.90, 1.15),
             },
         };
         TraceBound { min_cosine, max_norm_ratio }

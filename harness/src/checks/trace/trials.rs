@@ -87,7 +87,7 @@ pub fn diff_trace(
             ))
         }
     };
-    (verdict, compact(&got, Some(&sites)))
+    (verdict, compact(&got, Some((&want, &sites))))
 }
 
 /// `gate::trace`'s judgement: the numerics of the model at `cell`; the activation range learned
@@ -120,9 +120,11 @@ pub fn gate_trace(
     (verdict, compact(&got, None))
 }
 
-/// The compact trace of the first prompt: a few numbers per site.
-fn compact(traces: &[Trace], sites: Option<&[SiteComparison]>) -> Vec<TracePoint> {
+/// The compact trace of the first prompt: a few numbers per site, with the ground truth's norm
+/// on the same prompt and the lowest cosine over every prompt where there is a comparison.
+fn compact(traces: &[Trace], against: Option<(&[Trace], &[SiteComparison])>) -> Vec<TracePoint> {
     let Some(first) = traces.first() else { return Vec::new() };
+    let truth = against.and_then(|(t, _)| t.first());
     first
         .sites
         .iter()
@@ -135,8 +137,8 @@ fn compact(traces: &[Trace], sites: Option<&[SiteComparison]>) -> Vec<TracePoint
             min: s.stats.min,
             max: s.stats.max,
             nonfinite: s.stats.nan + s.stats.inf,
-            cosine: sites.and_then(|c| c.get(i)).map(|c| c.cosine),
-            reference_l2: sites.and_then(|c| c.get(i)).map(|c| c.reference_l2 / traces.len().max(1) as f64),
+            cosine: against.and_then(|(_, c)| c.get(i)).map(|c| c.cosine),
+            reference_l2: truth.and_then(|t| t.sites.get(i)).map(|r| r.stats.l2),
         })
         .collect()
 }
