@@ -145,3 +145,54 @@ pub(crate) fn compare(reference: &[Trace], candidate: &[Trace]) -> Result<Vec<Si
 pub(crate) fn first_breach(sites: &[SiteComparison], bound: TraceBound) -> Option<String> {
     sites.iter().find_map(|s| s.breach(bound))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::forward::{SiteTrace, Stats};
+    use super::*;
+
+    fn trace(sites: &[(Site, Vec<f32>)]) -> Trace {
+        Trace {
+            tokens: 1,
+            sites: sites
+                .iter()
+                .map(|(s, v)| SiteTrace { site: *s, values: v.clone(), stats: Stats::of(v) })
+                .collect(),
+            norms: Vec::new(),
+            attention: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_site_past_its_bound_is_named_not_the_worst() {
+        let truth = trace(&[
+            (Site::Embedding, vec![1.0, 2.0]),
+            (Site::Attention(0), vec![1.0, 0.0]),
+            (Site::Mlp(0), vec![0.0, 1.0]),
+        ]);
+        let broken = trace(&[
+            (Site::Embedding, vec![1.0, 2.0]),
+            (Site::Attention(0), vec![1.0, 0.9]),
+            (Site::Mlp(0), vec![1.0, 0.0]),
+        ]);
+        let sites = compare(&[truth.clone()], &[broken]).expect("comparable");
+        let bound = TraceBound { min_cosine: 0.99, max_norm_ratio: 1.01 };
+        let why = first_breach(&sites, bound).expect("a breach");
+        assert!(why.starts_with("layer 0 attention output: cosine 0.7433"), "{why}");
+        let scaled = trace(&[
+            (Site::Embedding, vec![1.0, 2.0]),
+            (Site::Attention(0), vec![1.05, 0.0]),
+            (Site::Mlp(0), vec![0.0, 1.0]),
+        ]);
+        let sites = compare(&[truth.clone()], &[scaled]).expect("comparable");
+        let why = first_breach(&sites, bound).expect("a breach");
+        assert!(why.starts_with("layer 0 attention output: norm 1.0500×"), "{why}");
+        let nan = trace(&[
+            (Site::Embedding, vec![f32::NAN, 2.0]),
+            (Site::Attention(0), vec![1.0, 0.0]),
+            (Site::Mlp(0), vec![0.0, 1.0]),
+        ]);
+        let sites = compare(&[truth], &[nan]).expect("comparable");
+        assert!(first_breach(&sites, bound).expect("a breach").starts_with("embedding: cosine NaN"));
+    }
+}

@@ -153,6 +153,9 @@ fn norm(traces: &[Trace]) -> Part {
             seen = (seen.0.min(n.min_rms), seen.1.max(n.max_rms));
         }
     }
+    if seen.0 > seen.1 {
+        return part("norm", None, "no RMSNorm traced".into());
+    }
     part("norm", None, format!("every RMSNorm output has rms {:.4}–{:.4} before its gain", seen.0, seen.1))
 }
 
@@ -179,4 +182,64 @@ fn range(traces: &[Trace], reference: Option<&[Trace]>) -> Part {
         }
     }
     part("range", None, format!("every site's largest activation within {RANGE_FACTOR}× the ground truth's"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::forward::{Site, SiteTrace, Stats, attention_stats};
+    use super::*;
+
+    /// A trace of two sites whose attention rows are `probs` (`[heads = 1, 3, 3]`).
+    fn with_attention(probs: &[f32]) -> Trace {
+        let values = vec![0.5f32, -0.25, 1.0];
+        let site = |s| SiteTrace { site: s, values: values.clone(), stats: Stats::of(&values) };
+        Trace {
+            tokens: 3,
+            sites: vec![site(Site::Embedding), site(Site::Attention(0))],
+            norms: Vec::new(),
+            attention: vec![attention_stats(0, probs, 1, 3)],
+        }
+    }
+
+    fn failure(parts: &[Part], name: &str) -> Option<String> {
+        parts.iter().find(|p| p.name == name).and_then(|p| p.failure.clone())
+    }
+
+    const CLEAN: [f32; 9] = [1.0, 0.0, 0.0, 0.9, 0.1, 0.0, 0.1, 0.1, 0.8];
+
+    #[test]
+    fn a_softmax_row_that_does_not_sum_to_one_or_leaves_zero_to_one_fails_naming_the_layer() {
+        let clean = numerics(&[with_attention(&CLEAN)], None);
+        assert!(clean.iter().all(|p| p.failure.is_none()), "{clean:?}");
+        let mut heavy = CLEAN;
+        heavy[4] = 0.3; // the second row sums to 1.2
+        let why = failure(&numerics(&[with_attention(&heavy)], None), "softmax").expect("fails");
+        assert!(why.contains("layer 0 attention: a row sums to 1 +2.00e-1"), "{why}");
+        let mut negative = CLEAN;
+        negative[7] = -0.2;
+        negative[8] = 1.0;
+        let why = failure(&numerics(&[with_attention(&negative)], None), "softmax").expect("fails");
+        assert!(why.contains("outside [0, 1]"), "{why}");
+    }
+
+    #[test]
+    fn collapsed_and_uniform_attention_fail_entropy() {
+        let one_hot = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        let why = failure(&numerics(&[with_attention(&one_hot)], None), "entropy").expect("fails");
+        assert!(why.contains("layer 0 attention entropy 0.000") && why.contains("collapsed"), "{why}");
+        let third = 1.0 / 3.0;
+        let uniform = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, third, third, third];
+        let why = failure(&numerics(&[with_attention(&uniform)], None), "entropy").expect("fails");
+        assert!(why.contains("entropy 1.000") && why.contains("uniformly"), "{why}");
+    }
+
+    #[test]
+    fn an_activation_far_outside_the_ground_truths_range_fails_naming_the_site() {
+        let truth = with_attention(&CLEAN);
+        let mut blown = truth.clone();
+        blown.sites[1].values = vec![50.0, 0.0, 0.0];
+        blown.sites[1].stats = Stats::of(&blown.sites[1].values);
+        let why = failure(&numerics(&[blown], Some(&[truth])), "range").expect("fails");
+        assert!(why.starts_with("layer 0 attention output: largest activation 50.0000"), "{why}");
+    }
 }
