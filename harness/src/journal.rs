@@ -149,7 +149,9 @@ impl EvidenceRecord {
             return c;
         }
         match self.gate {
-            Decider::Gateway(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
+            Decider::Gateway(Gate::Integrity | Gate::Load | Gate::Stability) | Decider::Numerics => {
+                Category::Stab
+            }
             Decider::Regr => Category::Regr,
             _ if self.modality == "diff" => Category::Comp,
             _ => Category::Qual,
