@@ -175,7 +175,7 @@ mod tests {
             (Site::Attention(0), vec![1.0, 0.9]),
             (Site::Mlp(0), vec![1.0, 0.0]),
         ]);
-        let sites = compare(&[truth.clone()], &[broken]).expect("comparable");
+        let sites = compare(std::slice::from_ref(&truth), &[broken]).expect("comparable");
         let bound = TraceBound { min_cosine: 0.99, max_norm_ratio: 1.01 };
         let why = first_breach(&sites, bound).expect("a breach");
         assert!(why.starts_with("layer 0 attention output: cosine 0.7433"), "{why}");
@@ -184,7 +184,7 @@ mod tests {
             (Site::Attention(0), vec![1.05, 0.0]),
             (Site::Mlp(0), vec![0.0, 1.0]),
         ]);
-        let sites = compare(&[truth.clone()], &[scaled]).expect("comparable");
+        let sites = compare(std::slice::from_ref(&truth), &[scaled]).expect("comparable");
         let why = first_breach(&sites, bound).expect("a breach");
         assert!(why.starts_with("layer 0 attention output: norm 1.0500×"), "{why}");
         let nan = trace(&[
