@@ -185,11 +185,34 @@ fn list(
 /// Why a trial cannot run here, or `None` when it can: its engine cannot run it, or an oracle
 /// of its scenario cannot judge here (a `code_tests` oracle without its interpreter or compiler).
 fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
-    engine_reason(binder, spec).or_else(|| shipped_reason(binder, spec)).or_else(|| match &spec.kind {
-        TrialKind::Scenario { scenario, .. } => {
-            scenario.oracles.iter().find_map(|o| o.unavailable()).map(ToString::to_string)
-        }
-        _ => None,
+    engine_reason(binder, spec)
+        .or_else(|| shipped_reason(binder, spec))
+        .or_else(|| untraced_reason(binder, spec))
+        .or_else(|| match &spec.kind {
+            TrialKind::Scenario { scenario, .. } => {
+                scenario.oracles.iter().find_map(|o| o.unavailable()).map(ToString::to_string)
+            }
+            _ => None,
+        })
+}
+
+/// Why a trace trial cannot run: the ground truth's `model_type` is not one the tracer runs. (A
+/// shipped file without a ground truth here is found out when it is traced.)
+fn untraced_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+    if !matches!(spec.kind, TrialKind::Numerics | TrialKind::Differential(DiffKind::Trace)) {
+        return None;
+    }
+    let Location::Found(dir) = binder.locate(&spec.model) else { return None };
+    let text = crate::bounded::read_side_file(&dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let model_type = config.get("model_type")?.as_str()?;
+    let traced = crate::format::hf_config::TRACED;
+    (!traced.contains(&model_type)).then(|| {
+        format!(
+            "the tracer runs the llama convention ({}); {} is {model_type}",
+            traced.join(", "),
+            spec.model.id
+        )
     })
 }
 

@@ -295,3 +295,36 @@ fn each_part_of_the_numerics_gate_fails_on_its_planted_defect() {
         fails_with(&gate(&src, &blown), &format!("{m} down_proj ×10"), &["range: layer 1 MLP output"]);
     }
 }
+
+/// A family whose architecture the tracer does not run has its trace trials ignored with the
+/// reason, never failed; the zoo's llama beside it is traced and passes.
+#[test]
+fn an_architecture_the_tracer_does_not_run_is_ignored_with_the_reason() {
+    let work = tempfile::tempdir().unwrap();
+    let playbook = work.path().join("zoo.yaml");
+    std::fs::write(
+        &playbook,
+        format!(
+            "playbook: 1\nfamily: zoo\ntiers:\n  t: {{formats: [safetensors], backends: [cpu], modalities: [run]}}\n\
+             models:\n  - {{id: zoo/gemma, path: {}}}\n  - {{id: zoo/llama, path: {}}}\n\
+             scenarios:\n  - {{name: hi, prompt: \"Hello there\", max_tokens: 4, oracles: [garbage]}}\n",
+            zoo("gemma").display(),
+            zoo("llama").display()
+        ),
+    )
+    .unwrap();
+    let (records, printed) = super::run_playbook(&playbook, "::gate::trace", work.path(), "zoo", &[]);
+    assert!(
+        printed.contains(
+            "the tracer runs the llama convention (llama, mistral, qwen2, qwen3); zoo/gemma is gemma"
+        ),
+        "{printed}"
+    );
+    let [r] = records.as_slice() else { panic!("one trial ran: {records:?}") };
+    assert_eq!(
+        (r.trial.as_str(), r.outcome),
+        ("zoo::t::llama::safetensors::cpu::gate::trace", Outcome::Corroborated),
+        "{}",
+        r.reason
+    );
+}

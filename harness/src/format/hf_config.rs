@@ -24,6 +24,10 @@ const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 pub(crate) const NORMALISED: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
 
 /// The architectures whose loader reads an explicit `head_dim` (the others derive it).
+/// The model types the project's tracer (`diff::trace`, `gate::trace`) runs: the llama
+/// convention of pre-norm blocks, RMSNorm, half-split rotary embedding and a SwiGLU MLP.
+pub(crate) const TRACED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
 pub(crate) const EXPLICIT_HEAD_DIM: &[&str] = &["gemma", "mistral", "qwen3"];
 
 fn refuse(path: &Path, field: &'static str, why: impl Into<String>) -> ConfigError {

@@ -12,9 +12,7 @@ use serde_json::Value;
 
 use crate::format::{apr, convert, gguf, hf_config, hparams::Hyperparameters};
 
-/// The architectures the tracer runs: the llama convention of pre-norm blocks, RMSNorm, rotary
-/// position embedding (Hugging Face's half-split layout) and a SwiGLU MLP.
-pub(crate) const TRACED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+use crate::format::hf_config::TRACED;
 
 /// Why a model could not be traced.
 #[derive(Debug, thiserror::Error)]
