@@ -208,6 +208,16 @@ fn planted_defects_fail_diff_trace_naming_the_layer_or_the_quantity() {
             &format!("{m} rms_norm_eps, numerics"),
             &["norm: layer 0 input norm output before its gain: rms"],
         );
+        // Only the config the APR file embeds (which the engine runs) lies; its typed key is right.
+        let embedded = planted_apr(&src, dir.path(), &format!("{m}-embedded-eps"), |f| {
+            f.metadata.get_mut(convert::HF_CONFIG).expect("the embedded config")["rms_norm_eps"] =
+                serde_json::json!(0.1);
+        });
+        fails_with(
+            &diff(&src, &embedded, Format::Apr),
+            &format!("{m} rms_norm_eps in the embedded config only"),
+            &["this file disagrees with itself", "rms_norm_eps", "(embedded config.json 0.1)"],
+        );
         let rope = planted_apr(&src, dir.path(), &format!("{m}-rope"), |f| state(f, "rope_theta", 100.0));
         fails_with(
             &diff(&src, &rope, Format::Apr),

@@ -64,6 +64,9 @@ impl Architecture {
 pub(crate) struct Decoder {
     pub(crate) arch: Architecture,
     pub(crate) weights: HashMap<String, Tensor>,
+    /// Where the file disagrees with itself: an APR file's typed keys against the config it
+    /// embeds (which the engine runs), as `figure typed (embedded config.json other)`.
+    pub(crate) conflicts: Vec<String>,
 }
 
 fn read_err(path: &Path, cause: impl std::fmt::Display) -> TraceError {
@@ -95,7 +98,7 @@ impl Decoder {
                 weights.insert(name, t.to_dtype(DType::F32)?);
             }
         }
-        Ok(Decoder { arch, weights })
+        Ok(Decoder { arch, weights, conflicts: Vec::new() })
     }
 
     /// An APR file: its typed metadata states the numbers; what it has no key for (the head
@@ -105,6 +108,7 @@ impl Decoder {
         let file = apr::read(&bytes).map_err(|e| read_err(path, e))?;
         let md = &file.metadata;
         let embedded = md.get(convert::HF_CONFIG).cloned().unwrap_or(Value::Null);
+        let embedded_arch = embedded.is_object().then(|| from_config(path, &embedded)).and_then(Result::ok);
         let mut config = if embedded.is_object() { embedded } else { serde_json::json!({}) };
         for (apr_key, hf_key) in [
             ("architecture", "model_type"),
@@ -127,6 +131,14 @@ impl Decoder {
             o.remove("rope_parameters");
         }
         let arch = from_config(path, &config)?;
+        let conflicts = embedded_arch
+            .map(|e| {
+                arch.differences(&e)
+                    .into_iter()
+                    .map(|d| d.replace("(ground truth", "in the typed metadata (embedded config.json"))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut weights = HashMap::new();
         for t in &file.tensors {
             let values =
@@ -134,7 +146,7 @@ impl Decoder {
             let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
             weights.insert(t.name.clone(), Tensor::from_vec(values, shape, &Device::Cpu)?);
         }
-        Ok(Decoder { arch, weights })
+        Ok(Decoder { arch, weights, conflicts })
     }
 
     /// A GGUF file: its KV keys state the numbers; its tensors are dequantized, q/k un-permuted.
@@ -179,7 +191,7 @@ impl Decoder {
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
         };
         let weights = d.tensors.into_iter().map(|(name, (t, _))| (name, t)).collect();
-        Ok(Decoder { arch, weights })
+        Ok(Decoder { arch, weights, conflicts: Vec::new() })
     }
 
     /// The tensor called `name`.

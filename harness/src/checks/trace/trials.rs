@@ -64,6 +64,13 @@ pub fn diff_trace(
         }
     };
     let stated = this.arch.differences(&truth.arch);
+    if !this.conflicts.is_empty() {
+        let why = format!(
+            "this file disagrees with itself, so an engine may run other numbers than it states: {}",
+            this.conflicts.join(", ")
+        );
+        return (Verdict::fail(why), compact(&got, Some((&want, &sites))));
+    }
     let verdict = match first_breach(&sites, bound) {
         Some(breach) => {
             let mut reason = format!("{breach}, the first of {} sites past the {format} bound", sites.len());
