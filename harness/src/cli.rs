@@ -207,11 +207,24 @@ fn untraced_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     let model_type = config.get("model_type")?.as_str()?;
     let traced = crate::format::hf_config::TRACED;
-    (!traced.contains(&model_type)).then(|| {
-        format!(
+    if !traced.contains(&model_type) {
+        return Some(format!(
             "the tracer runs the llama convention ({}); {} is {model_type}",
             traced.join(", "),
             spec.model.id
+        ));
+    }
+    let files = crate::format::files::safetensors_files(dir).ok()?;
+    let shapes = crate::format::safetensors_header::weight_shapes(&files).ok()?;
+    let parameters: u64 = shapes.values().map(|s| s.iter().map(|&d| d as u64).product::<u64>()).sum();
+    let limit = crate::format::hf_config::TRACE_MAX_PARAMETERS;
+    (parameters > limit).then(|| {
+        format!(
+            "the tracer holds a model as dense f32, and {} has {:.1}B parameters ({:.0} GB), past its {}B",
+            spec.model.id,
+            parameters as f64 / 1e9,
+            parameters as f64 * 4.0 / 1e9,
+            limit / 1_000_000_000
         )
     })
 }

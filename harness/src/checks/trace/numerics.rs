@@ -1,7 +1,7 @@
 //! `gate::trace`: the numerics of one cell's forward pass, each a named part of the verdict.
 //! `non-finite` (no NaN or Inf at any site), `softmax` (every attention row sums to 1 and every
 //! probability is in [0, 1]), `entropy` (each layer's mean attention entropy within bounds:
-//! neither collapsed onto one key nor spread uniformly), `norm` (every RMSNorm's output before
+//! neither collapsed onto one key nor spread uniformly; a derived cell's near the ground truth's), `norm` (every RMSNorm's output before
 //! its gain has a root mean square of 1, as its epsilon allows) and `range` (each site's largest
 //! activation within a factor of the ground truth's on the same prompts).
 
@@ -12,6 +12,9 @@ pub(crate) const SOFTMAX_SUM_TOLERANCE: f64 = 1e-4;
 /// A layer's mean attention entropy, as a share of the uniform row's, must lie in this range:
 /// below it attention has collapsed onto single keys; above it attention no longer selects.
 pub(crate) const ENTROPY_BOUNDS: (f64, f64) = (0.02, 0.95);
+/// A derived cell's mean attention entropy per layer within this much of the ground truth's on
+/// the same prompts (clean: within 0.015 at Q4_K_M, qa-tiny and the zoo alike).
+pub(crate) const ENTROPY_DRIFT: f64 = 0.1;
 /// Each RMSNorm row's root mean square before the gain: 1 − ε/(2·ms) for a right epsilon.
 pub(crate) const NORM_RMS_BOUNDS: (f64, f64) = (0.95, 1.001);
 /// A site's largest activation within this factor of the ground truth's, either way.
@@ -32,7 +35,13 @@ fn part(name: &'static str, failure: Option<String>, summary: String) -> Part {
 /// Every part of the gate over `traces` (one per prompt); `reference`, the ground truth's traces
 /// of the same prompts, where this cell is not the ground truth itself.
 pub(crate) fn numerics(traces: &[Trace], reference: Option<&[Trace]>) -> Vec<Part> {
-    vec![non_finite(traces), softmax(traces), entropy(traces), norm(traces), range(traces, reference)]
+    vec![
+        non_finite(traces),
+        softmax(traces),
+        entropy(traces, reference),
+        norm(traces),
+        range(traces, reference),
+    ]
 }
 
 fn non_finite(traces: &[Trace]) -> Part {
@@ -96,21 +105,34 @@ fn softmax(traces: &[Trace]) -> Part {
     part("softmax", None, format!("rows sum to 1 within {worst:.1e}, probabilities in [0, 1]"))
 }
 
-fn entropy(traces: &[Trace]) -> Part {
+/// The mean over prompts of layer `l`'s attention entropy, where a prompt has two tokens.
+fn mean_entropy(traces: &[Trace], l: usize) -> Option<f64> {
+    let values: Vec<f64> = traces
+        .iter()
+        .filter(|t| t.tokens > 1)
+        .filter_map(|t| t.attention.get(l))
+        .map(|a| a.entropy)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+fn entropy(traces: &[Trace], reference: Option<&[Trace]>) -> Part {
     let layers = traces.first().map_or(0, |t| t.attention.len());
     let (lo, hi) = ENTROPY_BOUNDS;
     let mut seen = (f64::INFINITY, f64::NEG_INFINITY);
     for l in 0..layers {
-        let values: Vec<f64> = traces
-            .iter()
-            .filter(|t| t.tokens > 1)
-            .filter_map(|t| t.attention.get(l))
-            .map(|a| a.entropy)
-            .collect();
-        if values.is_empty() {
-            continue;
+        let Some(mean) = mean_entropy(traces, l) else { continue };
+        if let Some(want) = reference.and_then(|r| mean_entropy(r, l))
+            && (mean - want).abs() > ENTROPY_DRIFT
+        {
+            return part(
+                "entropy",
+                Some(format!(
+                    "layer {l} attention entropy {mean:.3} of uniform, the ground truth's {want:.3} (bound ±{ENTROPY_DRIFT})"
+                )),
+                String::new(),
+            );
         }
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
         seen = (seen.0.min(mean), seen.1.max(mean));
         if !(lo..=hi).contains(&mean) {
             let why =
@@ -231,6 +253,15 @@ mod tests {
         let uniform = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, third, third, third];
         let why = failure(&numerics(&[with_attention(&uniform)], None), "entropy").expect("fails");
         assert!(why.contains("entropy 1.000") && why.contains("uniformly"), "{why}");
+    }
+
+    #[test]
+    fn attention_entropy_far_from_the_ground_truths_fails_a_derived_cell() {
+        let truth = with_attention(&CLEAN);
+        let flatter = [1.0, 0.0, 0.0, 0.75, 0.25, 0.0, 0.2, 0.2, 0.6];
+        let why = failure(&numerics(&[with_attention(&flatter)], Some(&[truth])), "entropy").expect("fails");
+        assert!(why.contains("layer 0 attention entropy") && why.contains("the ground truth's"), "{why}");
+        assert!(failure(&numerics(&[with_attention(&flatter)], None), "entropy").is_none());
     }
 
     #[test]
