@@ -306,20 +306,41 @@ fn each_part_of_the_numerics_gate_fails_on_its_planted_defect() {
     }
 }
 
-/// A family whose architecture the tracer does not run has its trace trials ignored with the
-/// reason, never failed; the zoo's llama beside it is traced and passes.
+/// A llama of 2.1B parameters as its safetensors header states them: the data a sparse file
+/// of zeros, taking no disk.
+fn sparse_big_llama(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(zoo("llama").join(f), dir.join(f)).unwrap();
+    }
+    let bytes: u64 = 2_100_000 * 1_000 * 2;
+    let header = format!(
+        "{{\"model.embed_tokens.weight\":{{\"dtype\":\"BF16\",\"shape\":[2100000,1000],\"data_offsets\":[0,{bytes}]}}}}"
+    );
+    let mut head = (header.len() as u64).to_le_bytes().to_vec();
+    head.extend(header.as_bytes());
+    let path = dir.join("model.safetensors");
+    std::fs::write(&path, &head).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(head.len() as u64 + bytes).unwrap();
+}
+
+/// A family whose architecture the tracer does not run, or a model too large to hold as dense
+/// f32, has its trace trials ignored with the reason, never failed; the zoo's llama beside them
+/// is traced and passes.
 #[test]
-fn an_architecture_the_tracer_does_not_run_is_ignored_with_the_reason() {
+fn an_architecture_the_tracer_does_not_run_or_a_model_past_its_size_is_ignored_with_the_reason() {
     let work = tempfile::tempdir().unwrap();
+    sparse_big_llama(&work.path().join("big"));
     let playbook = work.path().join("zoo.yaml");
     std::fs::write(
         &playbook,
         format!(
             "playbook: 1\nfamily: zoo\ntiers:\n  t: {{formats: [safetensors], backends: [cpu], modalities: [run]}}\n\
-             models:\n  - {{id: zoo/gemma, path: {}}}\n  - {{id: zoo/llama, path: {}}}\n\
+             models:\n  - {{id: zoo/gemma, path: {}}}\n  - {{id: zoo/llama, path: {}}}\n  - {{id: zoo/big, path: {}}}\n\
              scenarios:\n  - {{name: hi, prompt: \"Hello there\", max_tokens: 4, oracles: [garbage]}}\n",
             zoo("gemma").display(),
-            zoo("llama").display()
+            zoo("llama").display(),
+            work.path().join("big").display()
         ),
     )
     .unwrap();
@@ -327,6 +348,12 @@ fn an_architecture_the_tracer_does_not_run_is_ignored_with_the_reason() {
     assert!(
         printed.contains(
             "the tracer runs the llama convention (llama, mistral, qwen2, qwen3); zoo/gemma is gemma"
+        ),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(
+            "the tracer holds a model as dense f32, and zoo/big has 2.1B parameters (8 GB), past its 2B"
         ),
         "{printed}"
     );
