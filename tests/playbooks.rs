@@ -199,10 +199,10 @@ fn check_seed(
     let per_scenario = tier.formats.len() * tier.backends.len() * tier.modalities.len();
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::support::matrix::Format::Safetensors));
-    // Scenarios in every cell and modality, five gateways and the special-token injection gate
-    // per cell, two golden comparisons per
-    // safetensors cell, eleven differential trials (tensors, logits, generation, invariants I-1
-    // to I-5, the tokenizer fuzz, long context, perplexity) per derived-format cell, plus the rendered chat
+    // Scenarios in every cell and modality, five gateways, the special-token injection gate and
+    // `gate::trace` per cell, two golden comparisons per safetensors cell, twelve differential
+    // trials (tensors, logits, generation, invariants I-1 to I-5, the tokenizer fuzz, long
+    // context, perplexity, trace) per derived-format cell, plus the rendered chat
     // prompt where the tier chats or serves, seven server-level gates and `diff::serve-vs-run` per
     // cell where it serves (the latter where a scenario runs in serve), and a performance trial
     // per cell whose backend `profile_ci` asserts on; each GPU cell also has `diff::backend-parity`.
@@ -213,9 +213,9 @@ fn check_seed(
         .iter()
         .any(|s| s.property.is_none() && s.runs_in(Modality::Serve));
     let expected = per_scenario * tier.scenario_count
-        + 6 * cells
+        + 7 * cells
         + 2 * safetensors_cells
-        + (11 + usize::from(chats)) * (cells - safetensors_cells)
+        + (12 + usize::from(chats)) * (cells - safetensors_cells)
         + if serves { (7 + usize::from(serves_one)) * cells } else { 0 }
         + if tier.backends.contains(&modelqa::support::matrix::Backend::Gpu) {
             tier.formats.len()

@@ -185,11 +185,47 @@ fn list(
 /// Why a trial cannot run here, or `None` when it can: its engine cannot run it, or an oracle
 /// of its scenario cannot judge here (a `code_tests` oracle without its interpreter or compiler).
 fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
-    engine_reason(binder, spec).or_else(|| shipped_reason(binder, spec)).or_else(|| match &spec.kind {
-        TrialKind::Scenario { scenario, .. } => {
-            scenario.oracles.iter().find_map(|o| o.unavailable()).map(ToString::to_string)
-        }
-        _ => None,
+    engine_reason(binder, spec)
+        .or_else(|| shipped_reason(binder, spec))
+        .or_else(|| untraced_reason(binder, spec))
+        .or_else(|| match &spec.kind {
+            TrialKind::Scenario { scenario, .. } => {
+                scenario.oracles.iter().find_map(|o| o.unavailable()).map(ToString::to_string)
+            }
+            _ => None,
+        })
+}
+
+/// Why a trace trial cannot run: the ground truth's `model_type` is not one the tracer runs. (A
+/// shipped file without a ground truth here is found out when it is traced.)
+fn untraced_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+    if !matches!(spec.kind, TrialKind::Numerics | TrialKind::Differential(DiffKind::Trace)) {
+        return None;
+    }
+    let Location::Found(dir) = binder.locate(&spec.model) else { return None };
+    let text = crate::bounded::read_side_file(&dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let model_type = config.get("model_type")?.as_str()?;
+    let traced = crate::format::hf_config::TRACED;
+    if !traced.contains(&model_type) {
+        return Some(format!(
+            "the tracer runs the llama convention ({}); {} is {model_type}",
+            traced.join(", "),
+            spec.model.id
+        ));
+    }
+    let files = crate::format::files::safetensors_files(dir).ok()?;
+    let shapes = crate::format::safetensors_header::weight_shapes(&files).ok()?;
+    let parameters: u64 = shapes.values().map(|s| s.iter().map(|&d| d as u64).product::<u64>()).sum();
+    let limit = crate::format::hf_config::TRACE_MAX_PARAMETERS;
+    (parameters > limit).then(|| {
+        format!(
+            "the tracer holds a model as dense f32, and {} has {:.1}B parameters ({:.0} GB), past its {}B",
+            spec.model.id,
+            parameters as f64 / 1e9,
+            parameters as f64 * 4.0 / 1e9,
+            limit / 1_000_000_000
+        )
     })
 }
 
@@ -226,6 +262,9 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
         TrialKind::Differential(k) => k.compares_logits(),
         _ => false,
     };
+    // The trace runs the format's own files through the project's decoder: an engine that
+    // shows its files shows them to the trace, one that does not cannot be traced.
+    let traced = matches!(kind, TrialKind::Numerics | TrialKind::Differential(DiffKind::Trace));
     let own_prompts = matches!(kind, TrialKind::Differential(DiffKind::ChatPrompt));
     let serve_vs_run = matches!(kind, TrialKind::Differential(DiffKind::ServeVsRun));
     let unseen_tokens = matches!(kind, TrialKind::Security(_));
@@ -240,6 +279,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the openai engine encodes prompts on its server and shows no tokens, so whether user text stays text cannot be seen".into())
             } else if own_prompts {
                 Some("the openai engine lays conversations out itself; its prompts are not shown".into())
+            } else if traced {
+                Some("the openai engine's model files are on its server; the trace reads them".into())
             } else if matches!(
                 kind,
                 TrialKind::Gate(Gate::Integrity)
@@ -265,6 +306,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the command engine shows no context, so the server in front of it cannot refuse a prompt for its length".into())
             } else if own_prompts {
                 Some("the command engine is handed prompts the harness lays out".into())
+            } else if traced {
+                Some("the command engine shows no tokenizer to lay the traced prompts out with".into())
             } else {
                 binder.files_reason(model, format)
             }

@@ -48,6 +48,8 @@ enum TailKind {
     Differential(DiffKind),
     /// The playbook's performance assertions; cells whose backend has one.
     Perf,
+    /// The numerics of the cell's traced forward pass (`gate::trace`); every cell.
+    Numerics,
 }
 
 /// The cells and tails of one `(playbook, tier)`, in name order.
@@ -155,6 +157,9 @@ pub enum DiffKind {
     Perplexity,
     /// A GPU cell's logits against the same format's on CPU (GPU cells only).
     BackendParity,
+    /// A traced forward pass against the ground truth's, layer by layer: the first site whose
+    /// cosine or norm leaves its bound is named.
+    Trace,
 }
 
 impl DiffKind {
@@ -183,6 +188,7 @@ impl DiffKind {
             DiffKind::LongContext => "long-context",
             DiffKind::Perplexity => "perplexity",
             DiffKind::BackendParity => "backend-parity",
+            DiffKind::Trace => "trace",
         }
     }
 }
@@ -204,6 +210,8 @@ pub enum TrialKind {
     Differential(DiffKind),
     /// The playbook's performance assertions on the cell.
     Perf,
+    /// The numerics of the cell's traced forward pass.
+    Numerics,
 }
 
 impl TrialKind {
@@ -214,7 +222,7 @@ impl TrialKind {
         match self {
             TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
             TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
-            TrialKind::ServerGate(_) | TrialKind::Security(_) => Category::Stab,
+            TrialKind::ServerGate(_) | TrialKind::Security(_) | TrialKind::Numerics => Category::Stab,
             TrialKind::Perf => Category::Perf,
             TrialKind::Golden(_) => Category::Regr,
             TrialKind::Differential(_) => Category::Comp,
@@ -254,6 +262,7 @@ impl TrialSpec {
             | TrialKind::Security(_)
             | TrialKind::Golden(_)
             | TrialKind::Differential(_)
+            | TrialKind::Numerics
             | TrialKind::Perf => None,
         }
     }
@@ -271,6 +280,7 @@ fn applies(kind: TailKind, format: Format) -> bool {
         | TailKind::Gate(_)
         | TailKind::ServerGate(_)
         | TailKind::Security(_)
+        | TailKind::Numerics
         | TailKind::Perf => true,
     }
 }
@@ -397,6 +407,7 @@ impl Plan {
             TailKind::Golden(k) => (TrialKind::Golden(k), Tail::Diff(k.slug().to_string())),
             TailKind::Differential(k) => (TrialKind::Differential(k), Tail::Diff(k.slug().to_string())),
             TailKind::Perf => (TrialKind::Perf, Tail::Perf(PERF_SLUG.to_string())),
+            TailKind::Numerics => (TrialKind::Numerics, Tail::Gate(TRACE_SLUG.to_string())),
         };
         let model = pb.models[group.model].clone();
         let name = TrialName {
@@ -426,6 +437,9 @@ impl Plan {
 /// The last segment of the performance trial.
 pub(crate) const PERF_SLUG: &str = "decode";
 
+/// The last segment of the numerics gate over a traced forward pass.
+pub(crate) const TRACE_SLUG: &str = "trace";
+
 fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::PerformanceSpec>) -> Layout {
     let mut cells = Vec::new();
     for f in &tier.formats {
@@ -451,12 +465,14 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     for k in [GoldenKind::Text, GoldenKind::Logits] {
         tails.push((TailKind::Golden(k), String::new()));
     }
+    tails.push((TailKind::Numerics, String::new()));
     for k in [
         DiffKind::Tensors,
         DiffKind::Logits,
         DiffKind::Generation,
         DiffKind::LongContext,
         DiffKind::Perplexity,
+        DiffKind::Trace,
     ] {
         tails.push((TailKind::Differential(k), String::new()));
     }
@@ -502,6 +518,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     TailKind::Golden(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Perf => format!("perf{SEP}{PERF_SLUG}"),
+                    TailKind::Numerics => format!("gate{SEP}{TRACE_SLUG}"),
                 };
             }
             // A scenario that keeps to some modalities has no trials in the others, and a tier
@@ -517,6 +534,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                 | TailKind::Security(_)
                 | TailKind::Golden(_)
                 | TailKind::Differential(_)
+                | TailKind::Numerics
                 | TailKind::Perf => true,
             });
             layout.tails.sort_by(|a, b| a.1.cmp(&b.1));

@@ -40,6 +40,27 @@ pub struct Metrics {
     /// `diff::perplexity`'s ratio of the format's perplexity to the ground truth's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perplexity_ratio: Option<f64>,
+    /// `diff::trace` and `gate::trace`: the first prompt's trace, a few numbers per site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Vec<TracePoint>>,
+}
+
+/// One site of a traced forward pass (`embed`, `L0.attn`, `L0.mlp`, …, `norm`, `logits`): its
+/// activations' statistics and, against the ground truth, their cosine and the truth's norm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TracePoint {
+    pub site: String,
+    pub mean: f64,
+    pub std: f64,
+    pub l2: f64,
+    pub min: f64,
+    pub max: f64,
+    /// NaN and Inf values.
+    pub nonfinite: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_l2: Option<f64>,
 }
 
 /// The machine a record was made on.
@@ -131,7 +152,9 @@ impl EvidenceRecord {
             return c;
         }
         match self.gate {
-            Decider::Gateway(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
+            Decider::Gateway(Gate::Integrity | Gate::Load | Gate::Stability) | Decider::Numerics => {
+                Category::Stab
+            }
             Decider::Regr => Category::Regr,
             _ if self.modality == "diff" => Category::Comp,
             _ => Category::Qual,

@@ -331,6 +331,7 @@ fn dispatch(env: &TrialEnv<'_>) -> Finding {
         TrialKind::ServerGate(c) => checks::server::run(env, *c),
         TrialKind::Security(SecurityCheck::SpecialTokenInjection) => checks::injection::run(env),
         TrialKind::Perf => checks::perf::run(env),
+        TrialKind::Numerics => checks::trace::run_gate(env),
         TrialKind::Golden(k) => checks::golden::run(env, *k),
         TrialKind::Differential(k) => checks::differential::run(env, *k),
         TrialKind::Scenario { modality, scenario } => match &scenario.property {

@@ -26,6 +26,10 @@ pub mod checks {
     pub mod golden {
         pub use crate::checks::golden::pending_files;
     }
+    pub mod trace {
+        pub use crate::checks::trace::{TRACE_TOKENS, TraceBound, diff_trace, gate_trace, traced_logits};
+    }
+    pub use crate::checks::Verdict;
 }
 
 pub mod config {
@@ -72,7 +76,7 @@ pub mod stats {
 }
 
 pub mod journal {
-    pub use crate::journal::{EvidenceRecord, ThirdParty, read};
+    pub use crate::journal::{EvidenceRecord, ThirdParty, TracePoint, read};
 }
 
 pub mod matrix {

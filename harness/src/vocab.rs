@@ -316,6 +316,8 @@ pub enum Decider {
     Comp,
     /// A golden reference.
     Regr,
+    /// The numerics of a traced forward pass (`gate::trace`).
+    Numerics,
     /// A performance assertion.
     Perf,
     /// The OpenAI-compatible server: a scenario over HTTP or a server check.
@@ -338,6 +340,7 @@ impl Decider {
             Decider::ChatTemplate => "chat_template",
             Decider::Comp => "COMP",
             Decider::Regr => "REGR",
+            Decider::Numerics => "numerics",
             Decider::Perf => "PERF",
             Decider::Serve => "serve",
             Decider::Timeout => "timeout",
@@ -354,13 +357,14 @@ impl Decider {
     }
 
     /// Every decider but the oracles' own names, for parsing.
-    const FIXED: [Decider; 10] = [
+    const FIXED: [Decider; 11] = [
         Decider::Oracles,
         Decider::Property,
         Decider::ControlTokens,
         Decider::ChatTemplate,
         Decider::Comp,
         Decider::Regr,
+        Decider::Numerics,
         Decider::Perf,
         Decider::Serve,
         Decider::Timeout,

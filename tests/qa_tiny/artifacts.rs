@@ -219,3 +219,51 @@ fn a_gguf_without_ground_truth_is_qualified_on_its_own() {
     let g0 = &records["alone::q8::qa-tiny-gguf::gguf-q8_0::cpu::gate::g0-integrity"];
     assert!(g0.reason.contains("agrees with the playbook's expectations"), "{}", g0.reason);
 }
+
+/// A shipped GGUF whose KV keys state a wrong rope θ, qualified through the harness: its
+/// `diff::trace` names the first layer that broke and the number the file states, its record
+/// keeps the per-layer trace, and the clean file's trace trials pass.
+#[test]
+fn a_shipped_gguf_with_a_wrong_rope_theta_fails_diff_trace_naming_the_layer() {
+    let work = tempfile::tempdir().unwrap();
+    let clean = shipped_q8();
+    let rope = with_metadata(&clean, |md| set(md, "llama.rope.freq_base", Value::F32(100.0)));
+    let mut models = String::new();
+    for (slug, bytes) in [("clean", &clean), ("rope", &rope)] {
+        let file: PathBuf = work.path().join(format!("{slug}.gguf"));
+        std::fs::write(&file, bytes).unwrap();
+        models += &format!(
+            "  - {{id: test/{slug}, path: {}, prompt_template: \"{{prompt}}\\n\", artifacts: {{gguf-q8_0: {}}}}}\n",
+            model_dir("llama").display(),
+            file.display()
+        );
+    }
+    let playbook = format!(
+        "playbook: 1\nfamily: traced\nfailure_policy: collect-all\ntiers:\n  q: {{formats: [safetensors, gguf-q8_0], backends: [cpu], modalities: [run]}}\n\
+         models:\n{models}{SCENARIOS}"
+    );
+    let (records, stdout) = qualify(work.path(), "traced", &playbook, "::trace");
+    for name in [
+        "traced::q::clean::gguf-q8_0::cpu::diff::trace",
+        "traced::q::clean::gguf-q8_0::cpu::gate::trace",
+        "traced::q::clean::safetensors::cpu::gate::trace",
+        "traced::q::rope::gguf-q8_0::cpu::gate::trace",
+    ] {
+        let r = records.get(name).unwrap_or_else(|| panic!("{name} ran: {stdout}"));
+        assert_eq!(r.outcome, Outcome::Corroborated, "{name}: {}", r.reason);
+    }
+    let r = &records["traced::q::rope::gguf-q8_0::cpu::diff::trace"];
+    assert_eq!(r.outcome, Outcome::Falsified, "{}", r.reason);
+    assert!(
+        r.reason.starts_with("layer 0 attention output: cosine")
+            && r.reason.contains("this file states rope θ 100 (ground truth 10000)"),
+        "{}",
+        r.reason
+    );
+    let trace = r.metrics.trace.as_ref().expect("the record keeps the trace");
+    let sites: Vec<&str> = trace.iter().map(|p| p.site.as_str()).collect();
+    assert_eq!(sites, ["embed", "L0.attn", "L0.mlp", "L1.attn", "L1.mlp", "norm", "logits"]);
+    assert!(trace[0].cosine.is_some_and(|c| c > 0.999), "the embedding is untouched: {:?}", trace[0]);
+    assert!(trace[1].cosine.is_some_and(|c| c < 0.998), "layer 0's attention broke: {:?}", trace[1]);
+    assert!(trace.iter().all(|p| p.reference_l2.is_some() && p.nonfinite == 0));
+}

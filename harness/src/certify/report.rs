@@ -173,6 +173,56 @@ fn bars(title: &str, items: &[(String, f64, f64)], unit: &str) -> String {
     svg
 }
 
+/// A `diff::trace` record's per-layer plot as inline SVG: for every site in the forward pass's
+/// order, the ground truth's L2 norm (grey) beside this format's (blue) on a shared scale, and
+/// the cosine between them as a bar from 0 to 1 with its value, red below 0.99. `None` for a
+/// record without a trace beside a ground truth.
+fn trace_plot(r: &crate::journal::EvidenceRecord) -> Option<String> {
+    let trace = r.metrics.trace.as_ref().filter(|t| t.iter().any(|p| p.cosine.is_some()))?;
+    let max = trace.iter().map(|p| p.l2.max(p.reference_l2.unwrap_or(0.0))).fold(0.0_f64, f64::max).max(1e-9);
+    let row = 30.0;
+    let height = 40.0 + row * trace.len() as f64;
+    let mut svg = format!(
+        "<figure><figcaption>{} — L2 norm by site (grey: ground truth, blue: {}) and cosine with the ground truth</figcaption>\
+         <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"{height}\" role=\"img\">\
+         <text x=\"90\" y=\"12\" font-size=\"11\">norm</text><text x=\"480\" y=\"12\" font-size=\"11\">cosine (0–1)</text>",
+        esc(&r.trial),
+        esc(&r.format)
+    );
+    for (i, p) in trace.iter().enumerate() {
+        let y = 20.0 + row * i as f64;
+        let _ = write!(svg, "<text x=\"0\" y=\"{}\" font-size=\"12\">{}</text>", y + 16.0, esc(&p.site));
+        let reference = p.reference_l2.unwrap_or(0.0);
+        let _ = write!(
+            svg,
+            "<rect x=\"90\" y=\"{y}\" width=\"{:.1}\" height=\"11\" fill=\"#9ca3af\"/><rect x=\"90\" y=\"{}\" width=\"{:.1}\" height=\"11\" fill=\"#2563eb\"/>",
+            300.0 * reference / max,
+            y + 12.0,
+            300.0 * p.l2 / max
+        );
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\">{reference:.3} / {:.3}</text>",
+            95.0 + 300.0 * p.l2.max(reference) / max,
+            y + 20.0,
+            p.l2
+        );
+        if let Some(c) = p.cosine {
+            let fill = if c >= 0.99 { "#16a34a" } else { "#dc2626" };
+            let _ = write!(
+                svg,
+                "<rect x=\"480\" y=\"{}\" width=\"{:.1}\" height=\"14\" fill=\"{fill}\"/><text x=\"{:.1}\" y=\"{}\" font-size=\"11\">{c:.4}</text>",
+                y + 4.0,
+                160.0 * c.clamp(0.0, 1.0),
+                485.0 + 160.0 * c.clamp(0.0, 1.0),
+                y + 16.0
+            );
+        }
+    }
+    svg.push_str("</svg></figure>");
+    Some(svg)
+}
+
 /// A self-contained HTML page: no script, no external resource.
 pub fn html(scored: &[(ModelEvidence, Score)]) -> String {
     let mut out = String::from(
@@ -245,6 +295,13 @@ pub fn html(scored: &[(ModelEvidence, Score)]) -> String {
                 " tok/s",
             ));
         }
+        let plots: Vec<String> = e.records.iter().filter_map(trace_plot).collect();
+        if !plots.is_empty() {
+            out.push_str("<h3>Traces</h3>");
+            for p in plots {
+                out.push_str(&p);
+            }
+        }
         let failures: Vec<_> = e.records.iter().filter(|r| !r.outcome.is_pass()).collect();
         if failures.is_empty() {
             out.push_str("<p>No falsifications.</p>");
@@ -267,4 +324,37 @@ pub fn html(scored: &[(ModelEvidence, Score)]) -> String {
     }
     out.push_str("</body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{TracePoint, test_record};
+    use crate::vocab::Category;
+
+    #[test]
+    fn a_trace_is_drawn_site_by_site_with_the_ground_truth_beside_it() {
+        let point = |site: &str, l2: f64, reference: f64, cosine: f64| TracePoint {
+            site: site.into(),
+            mean: 0.0,
+            std: 1.0,
+            l2,
+            min: -1.0,
+            max: 1.0,
+            nonfinite: 0,
+            cosine: Some(cosine),
+            reference_l2: Some(reference),
+        };
+        let mut r = test_record("m", "apr", "trace", "COMP", Category::Comp, Outcome::Falsified);
+        r.metrics.trace = Some(vec![point("embed", 3.0, 3.0, 1.0), point("L0.attn", 9.0, 12.0, 0.41)]);
+        let svg = trace_plot(&r).expect("a plot");
+        assert!(svg.contains(">embed</text>") && svg.contains(">L0.attn</text>"), "{svg}");
+        assert!(svg.contains("12.000 / 9.000"), "both norms are labelled: {svg}");
+        assert!(
+            svg.contains("fill=\"#dc2626\"/><text x=\"550.6\" y=\"66\" font-size=\"11\">0.4100</text>"),
+            "{svg}"
+        );
+        r.metrics.trace = None;
+        assert!(trace_plot(&r).is_none());
+    }
 }

@@ -35,6 +35,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
         DiffKind::Invariant(inv) => return run_invariant(spec, env.model_dir, env.artifact, inv),
         DiffKind::TokenizerFuzz => return super::tokenizer_fuzz::run(spec, env.model_dir, env.artifact),
         DiffKind::ServeVsRun => return super::serve_vs_run::run(env),
+        DiffKind::Trace => return super::trace::run_diff(env),
         DiffKind::ChatPrompt => match ChatTemplate::from_model_dir(env.model_dir) {
             Ok(reference) => {
                 let conversations: Vec<(String, Vec<MessageSpec>)> = spec
@@ -76,7 +77,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
 
 /// The cell's safetensors reference session, loaded (or found) as the trial's own is; a failure
 /// is the trial's finding.
-fn reference(env: &TrialEnv<'_>) -> Result<SharedSession, Box<Finding>> {
+pub(crate) fn reference(env: &TrialEnv<'_>) -> Result<SharedSession, Box<Finding>> {
     let spec = env.spec;
     let Some(reference_key) = reference_key(spec) else {
         return Err(Box::new(Finding::new(

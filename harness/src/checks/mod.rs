@@ -18,6 +18,7 @@ pub(crate) mod perplexity;
 pub(crate) mod serve_vs_run;
 pub(crate) mod server;
 pub(crate) mod tokenizer_fuzz;
+pub(crate) mod trace;
 
 use crate::trial::Finding;
 use crate::vocab::{Decider, Outcome};

@@ -24,6 +24,14 @@ const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 pub(crate) const NORMALISED: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
 
 /// The architectures whose loader reads an explicit `head_dim` (the others derive it).
+/// The model types the project's tracer (`diff::trace`, `gate::trace`) runs: the llama
+/// convention of pre-norm blocks, RMSNorm, half-split rotary embedding and a SwiGLU MLP.
+pub(crate) const TRACED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// The largest model the tracer holds: it keeps every weight as dense f32, and `diff::trace`
+/// holds the ground truth and the candidate at once, beside the cell's sessions (2 × 8 GB here).
+pub(crate) const TRACE_MAX_PARAMETERS: u64 = 2_000_000_000;
+
 pub(crate) const EXPLICIT_HEAD_DIM: &[&str] = &["gemma", "mistral", "qwen3"];
 
 fn refuse(path: &Path, field: &'static str, why: impl Into<String>) -> ConfigError {

@@ -175,6 +175,20 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
             return Err(err("`max_mean_kl` must be ≥ 0 and `min_top1` between 0 and 1".to_string()).at(at));
         }
     }
+    for (format, gate) in &differential.trace {
+        let at = format!("differential_tests.trace.{format}");
+        if Format::parse(format).is_none() {
+            return Err(
+                err(format!("`{format}` is not a format name (safetensors, apr, gguf-q4_k_m, …)")).at(at)
+            );
+        }
+        if !((-1.0..=1.0).contains(&gate.min_cosine) && gate.max_norm_ratio >= 1.0) {
+            return Err(err(
+                "`min_cosine` must be between -1 and 1 and `max_norm_ratio` at least 1".to_string()
+            )
+            .at(at));
+        }
+    }
     let performance = doc.performance.clone();
     if let Some(p) = &performance {
         check_performance(p).map_err(|e| caused(e).at("performance"))?;

@@ -146,6 +146,10 @@ pub struct DifferentialSpec {
     /// where a format has none, its `logits` gate (or the default) applies.
     #[serde(default)]
     pub long_context: BTreeMap<String, LogitGate>,
+    /// Bounds of `diff::trace` per format name, replacing the defaults (docs/playbooks.md,
+    /// "diff::trace").
+    #[serde(default)]
+    pub trace: BTreeMap<String, TraceGate>,
     /// `k` of the generated-sequence rule: at the first divergence of the greedy outputs, each
     /// format's token must be in the other's top k (default 5).
     pub top_k: Option<usize>,
@@ -165,6 +169,16 @@ pub struct PerplexitySpec {
     /// replacing the defaults (docs/playbooks.md lists them; `gguf-q4_k_m` 1.10).
     #[serde(default)]
     pub max_ratio: BTreeMap<String, f64>,
+}
+
+/// A bound on a traced forward pass against the ground truth, at every site.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceGate {
+    /// Smallest cosine similarity of a site's activations with the ground truth's.
+    pub min_cosine: f64,
+    /// Largest factor, either way, between a site's L2 norm and the ground truth's.
+    pub max_norm_ratio: f64,
 }
 
 /// A gate on next-token distributions against the ground truth.

@@ -118,14 +118,21 @@ pub(crate) fn session_key(spec: &TrialSpec) -> SessionKey {
 /// The safetensors session a logit, long-context or generation differential compares against,
 /// if the trial is one.
 pub(crate) fn reference_key(spec: &TrialSpec) -> Option<SessionKey> {
+    // `gate::trace` of a derived cell learns its activation range from the ground truth.
+    let numerics_of_derived =
+        matches!(spec.kind, TrialKind::Numerics) && spec.name.format != Format::Safetensors;
     match spec.kind {
         // A GPU cell is held to the same format on CPU.
         TrialKind::Differential(DiffKind::BackendParity) => {
             Some(SessionKey { backend: Backend::Cpu, ..session_key(spec) })
         }
+        TrialKind::Differential(DiffKind::Trace) => {
+            Some(SessionKey { format: Format::Safetensors, ..session_key(spec) })
+        }
         TrialKind::Differential(k) if k.compares_logits() => {
             Some(SessionKey { format: Format::Safetensors, ..session_key(spec) })
         }
+        _ if numerics_of_derived => Some(SessionKey { format: Format::Safetensors, ..session_key(spec) }),
         _ => None,
     }
 }

@@ -122,7 +122,8 @@ impl Finding {
                 | TrialKind::ServerGate(_)
                 | TrialKind::Security(_)
                 | TrialKind::Golden(_)
-                | TrialKind::Differential(_) => 0,
+                | TrialKind::Differential(_)
+                | TrialKind::Numerics => 0,
             },
             sampling: super::sampling(spec),
             metrics,
