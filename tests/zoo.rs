@@ -33,18 +33,7 @@ const ARCHITECTURES: [&str; 16] = [
 ];
 
 /// Architectures the embedded engine does not run yet, each with (a part of) its load error.
-const UNSUPPORTED: &[(&str, &str)] = &[
-    ("deepseek_v2", "model_type `deepseek_v2` is not supported"),
-    ("falcon", "model_type `falcon` is not supported"),
-    ("gemma2", "model_type `gemma2` is not supported"),
-    ("gemma3_text", "model_type `gemma3_text` is not supported"),
-    ("gpt_bigcode", "model_type `gpt_bigcode` is not supported"),
-    ("granite", "model_type `granite` is not supported"),
-    ("phi3", "model_type `phi3` is not supported"),
-    ("qwen3_moe", "model_type `qwen3_moe` is not supported"),
-    ("stablelm", "model_type `stablelm` is not supported"),
-    ("starcoder2", "model_type `starcoder2` is not supported"),
-];
+const UNSUPPORTED: &[(&str, &str)] = &[];
 
 /// The largest difference from transformers' logit (computed in f64 from the f32 weights)
 /// that an f32 engine may show.

@@ -1,0 +1,13 @@
+//! The architectures the embedded engine runs: one [`CausalLm`] per `model_type`, either
+//! candle-transformers' model where it reproduces transformers, or the project's own
+//! (`granite`, `stablelm`, `falcon`, `bigcode`) built from the shared `blocks`.
+
+mod bigcode;
+mod blocks;
+mod decoder;
+mod falcon;
+mod granite;
+mod lm;
+mod stablelm;
+
+pub(crate) use lm::{ARCHITECTURES, CausalLm, LoadError, load};
