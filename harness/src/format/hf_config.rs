@@ -204,6 +204,15 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             scaling.remove("rope_theta");
             object.insert("rope_scaling".into(), Value::Object(scaling));
         }
+        // The project's gemma3 scales its full layers' positions.
+        ("linear", "gemma3_text") => {
+            let factor = rope.parameters.as_ref().and_then(|p| p.get("factor")).and_then(Value::as_f64);
+            let Some(factor) = factor.filter(|f| f.is_finite() && *f >= 1.0) else {
+                return Err(refuse(path, rope.field, "is of type linear but has no `factor` of at least 1"));
+            };
+            object.remove("rope_scaling");
+            object.insert("rope_linear_factor".into(), json!(factor));
+        }
         (other, _) => {
             return Err(refuse(
                 path,
@@ -329,7 +338,9 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         None => window.is_some(),
     };
     let context = uint("max_position_embeddings");
-    if sliding_layers
+    // The project's gemma2 and gemma3 mask their sliding layers themselves.
+    if !matches!(model_type, "gemma2" | "gemma3_text")
+        && sliding_layers
         && let Some(w) = window
         && context.is_none_or(|c| w < c)
     {
@@ -455,6 +466,10 @@ mod tests {
         for m in NORMALISED {
             for (fields, field, words) in &cases {
                 if PARTIAL_ROTARY.contains(m) && words == &"whole heads" {
+                    continue;
+                }
+                if *m == "gemma3_text" && words == &"`linear`" {
+                    assert_eq!(normalised(&with(m, fields.clone()))["rope_linear_factor"], json!(2.0));
                     continue;
                 }
                 let (got, message) = refused(&with(m, fields.clone()));

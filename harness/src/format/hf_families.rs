@@ -84,6 +84,7 @@ pub(super) fn translate(
     let uint = |field: &str| get(field).and_then(Value::as_u64);
     let hidden = uint("hidden_size").unwrap_or(0);
     let layers = uint("num_hidden_layers").unwrap_or(0);
+    let object_theta = object.get("rope_theta").cloned().unwrap_or(Value::Null);
     let mut set = |field: &str, v: Value| {
         object.insert(field.into(), v);
     };
@@ -129,14 +130,14 @@ pub(super) fn translate(
             let head_dim = uint("head_dim").unwrap_or(hidden / heads);
             set("head_dim", json!(head_dim));
             let scalar = number("query_pre_attn_scalar", 256.0)?;
-            if scalar <= 0.0 || scalar.fract() != 0.0 {
+            if scalar <= 0.0 {
                 return Err(refuse(
                     path,
                     "query_pre_attn_scalar",
-                    format!("is {scalar}; the engine's {model_type} takes a positive whole number"),
+                    format!("is {scalar}, not a positive number"),
                 ));
             }
-            set("query_pre_attn_scalar", json!(scalar as u64));
+            set("query_pre_attn_scalar", json!(scalar));
             for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
                 if let Some(v) = get(cap)
                     && v.as_f64().is_none_or(|x| !x.is_finite() || x <= 0.0)
@@ -144,11 +145,17 @@ pub(super) fn translate(
                     return Err(refuse(path, cap, format!("is {v}, not a finite positive number")));
                 }
             }
+            gemma_layers(path, model_type, config, layers, &mut set)?;
             if model_type == "gemma2" {
-                // A window at least the context masks nothing; the context is capped to it.
-                set("sliding_window", Value::Null);
+                // One rope base for every layer.
+                let theta = object_theta.clone();
+                set("rope_local_base_freq", theta);
             } else {
-                gemma3_layers(path, config, layers, &mut set)?;
+                set("qk_norm", json!(true));
+                // transformers 5's gemma3 stores `attn_logit_softcapping` but never applies it
+                // (its attention is not handed the cap, unlike gemma2's): reproducing it means
+                // not applying it either.
+                set("attn_logit_softcapping", Value::Null);
             }
         }
         "qwen3_moe" => {
@@ -272,39 +279,47 @@ pub(super) fn translate(
     Ok(())
 }
 
-/// gemma3's layer pattern: the engine's model slides every layer but each
-/// `sliding_window_pattern`-th; 5.x's `layer_types` must say the same.
-fn gemma3_layers(
+/// gemma2's and gemma3's layers, each `sliding_attention` or `full_attention`: 5.x's
+/// `layer_types`, else 4.x's period (`sliding_window_pattern`, 6 for gemma3 and 2 for gemma2:
+/// every such layer is full, the others slide).
+fn gemma_layers(
     path: &Path,
+    model_type: &str,
     config: &Value,
     layers: u64,
     set: &mut impl FnMut(&str, Value),
 ) -> Result<(), ConfigError> {
-    let pattern = ["sliding_window_pattern", "_sliding_window_pattern"]
-        .iter()
-        .find_map(|f| config.get(*f).and_then(Value::as_u64))
-        .unwrap_or(6)
-        .max(1);
-    if let Some(types) = config.get("layer_types").and_then(Value::as_array) {
-        for (l, t) in types.iter().enumerate() {
-            let sliding = !(l as u64 + 1).is_multiple_of(pattern);
-            let want = if sliding { "sliding_attention" } else { "full_attention" };
-            if t.as_str() != Some(want) {
-                return Err(refuse(
-                    path,
-                    "layer_types",
-                    format!(
-                        "makes layer {l} {t}; the engine's gemma3_text runs every {pattern}th layer with full attention and the others sliding"
-                    ),
-                ));
-            }
+    let types: Vec<Value> = match config.get("layer_types") {
+        None | Some(Value::Null) => {
+            let pattern = ["sliding_window_pattern", "_sliding_window_pattern"]
+                .iter()
+                .find_map(|f| config.get(*f).and_then(Value::as_u64))
+                .unwrap_or(if model_type == "gemma2" { 2 } else { 6 })
+                .max(1);
+            (0..layers)
+                .map(|l| {
+                    let full = (l + 1).is_multiple_of(pattern);
+                    json!(if full { "full_attention" } else { "sliding_attention" })
+                })
+                .collect()
         }
-        if types.len() as u64 != layers {
-            return Err(refuse(path, "layer_types", format!("names {} layers, not {layers}", types.len())));
-        }
+        Some(Value::Array(types)) => types.clone(),
+        Some(v) => return Err(refuse(path, "layer_types", format!("is {v}, not a list"))),
+    };
+    if let Some(t) =
+        types.iter().find(|t| !matches!(t.as_str(), Some("sliding_attention" | "full_attention")))
+    {
+        return Err(refuse(
+            path,
+            "layer_types",
+            format!("names {t}; the engine's {model_type} has sliding_attention and full_attention layers"),
+        ));
     }
-    set("sliding_window_pattern", json!(pattern));
-    let window = config.get("sliding_window").and_then(Value::as_u64).unwrap_or(4096);
+    if types.len() as u64 != layers {
+        return Err(refuse(path, "layer_types", format!("names {} layers, not {layers}", types.len())));
+    }
+    set("layer_types", Value::Array(types));
+    let window = config.get("sliding_window").and_then(Value::as_u64).unwrap_or(4096).max(1);
     set("sliding_window", json!(window));
     Ok(())
 }
@@ -322,4 +337,135 @@ fn activation(
         .map_err(|_| refuse(path, field, format!("is {value}, an activation the engine does not know")))?;
     set(field, value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::format::hf_config::normalise;
+
+    fn config(model_type: &str, fields: Value) -> Value {
+        let mut c = json!({
+            "model_type": model_type, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 512, "max_position_embeddings": 128,
+        });
+        for (k, v) in fields.as_object().expect("an object") {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    fn normalised(model_type: &str, fields: Value) -> Value {
+        normalise(Path::new("config.json"), &config(model_type, fields)).expect("the config is admitted")
+    }
+
+    /// The refused field and the message.
+    fn refused(model_type: &str, fields: Value) -> (&'static str, String) {
+        let e = normalise(Path::new("config.json"), &config(model_type, fields)).expect_err("refused");
+        (e.field, e.to_string())
+    }
+
+    #[test]
+    fn granite_multipliers_default_to_one_and_are_kept() {
+        let c = normalised("granite", json!({}));
+        assert_eq!(c["embedding_multiplier"], json!(1.0));
+        assert_eq!(c["logits_scaling"], json!(1.0));
+        let c =
+            normalised("granite", json!({"embedding_multiplier": 12.0, "attention_multiplier": 0.015625}));
+        assert_eq!(
+            (c["embedding_multiplier"].clone(), c["attention_multiplier"].clone()),
+            (json!(12.0), json!(0.015625))
+        );
+        assert_eq!(refused("granite", json!({"logits_scaling": 0.0})).0, "logits_scaling");
+        assert_eq!(refused("granite", json!({"residual_multiplier": "x"})).0, "residual_multiplier");
+        // granite honours attention and MLP biases; llama refuses them.
+        assert!(normalise(Path::new("c"), &config("granite", json!({"mlp_bias": true}))).is_ok());
+    }
+
+    #[test]
+    fn gemma3_reads_either_versions_rope_bases_and_layers() {
+        let v5 = normalised(
+            "gemma3_text",
+            json!({"rope_parameters": {"full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+                "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}},
+                "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 512}),
+        );
+        assert_eq!((v5["rope_theta"].clone(), v5["rope_local_base_freq"].clone()), (json!(1e6), json!(1e4)));
+        // The model masks its sliding layers: the context is not capped to the window.
+        assert_eq!(
+            (v5["sliding_window"].clone(), v5["max_position_embeddings"].clone()),
+            (json!(512), json!(128))
+        );
+        let v4 = normalised(
+            "gemma3_text",
+            json!({"rope_theta": 1e6, "rope_local_base_freq": 1e4, "sliding_window_pattern": 2,
+                "rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
+        );
+        assert_eq!(v4["layer_types"], json!(["sliding_attention", "full_attention"]));
+        assert_eq!((v4["rope_theta"].clone(), v4["rope_linear_factor"].clone()), (json!(1e6), json!(8.0)));
+        assert_eq!(
+            refused("gemma3_text", json!({"layer_types": ["chunked_attention", "full_attention"]})).0,
+            "layer_types"
+        );
+        assert_eq!(refused("gemma3_text", json!({"layer_types": ["full_attention"]})).0, "layer_types");
+        let scaled_local = json!({"rope_parameters": {"full_attention": {"rope_theta": 1e6},
+            "sliding_attention": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 2.0}}});
+        assert!(refused("gemma3_text", scaled_local).1.contains("sliding layers"));
+    }
+
+    #[test]
+    fn family_fields_the_engine_does_not_honour_are_refused_by_name() {
+        for (model_type, fields, field) in [
+            ("stablelm", json!({"qk_layernorm": true}), "qk_layernorm"),
+            ("starcoder2", json!({"tie_word_embeddings": false}), "tie_word_embeddings"),
+            ("falcon", json!({"alibi": true}), "alibi"),
+            ("falcon", json!({"new_decoder_architecture": true, "parallel_attn": false}), "parallel_attn"),
+            ("falcon", json!({"activation": "swishy"}), "activation"),
+            ("gpt_bigcode", json!({"add_cross_attention": true}), "add_cross_attention"),
+            ("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": [0]}), "mlp_only_layers"),
+            ("qwen3_moe", json!({}), "num_experts"),
+            ("deepseek_v2", json!({"topk_method": "noaux_tc"}), "topk_method"),
+            ("deepseek_v2", json!({"scoring_func": "sigmoid"}), "scoring_func"),
+            ("deepseek_v2", json!({"topk_method": "group_limited_greedy"}), "n_group"),
+            (
+                "phi3",
+                json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}),
+                "rope_scaling",
+            ),
+            ("deepseek_v2", json!({"rope_scaling": {"type": "yarn", "factor": 40.0}}), "rope_scaling"),
+        ] {
+            let (got, message) = refused(model_type, fields.clone());
+            assert_eq!(got, field, "{model_type} {fields}: {message}");
+        }
+    }
+
+    #[test]
+    fn gpt2_and_falcon_names_and_defaults_reach_their_models() {
+        let c = normalise(
+            Path::new("config.json"),
+            &json!({"model_type": "gpt_bigcode", "n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 512}),
+        )
+        .expect("admitted");
+        assert_eq!((c["n_inner"].clone(), c["n_positions"].clone()), (json!(256), json!(1024)));
+        assert_eq!((c["multi_query"].clone(), c["tie_word_embeddings"].clone()), (json!(true), json!(true)));
+        assert_eq!(c["max_position_embeddings"], json!(1024));
+        let f = normalised("falcon", json!({"new_decoder_architecture": true, "num_kv_heads": 2}));
+        assert_eq!(
+            (f["num_ln_in_parallel_attn"].clone(), f["ffn_hidden_size"].clone()),
+            (json!(2), json!(256))
+        );
+        assert_eq!(f["activation"], json!("gelu"));
+        let f = normalised("falcon", json!({}));
+        assert_eq!((f["num_ln_in_parallel_attn"].clone(), f["multi_query"].clone()), (json!(1), json!(true)));
+        let q = normalised("qwen3_moe", json!({"num_local_experts": 8}));
+        assert_eq!(q["num_experts"], json!(8));
+        let s = normalised(
+            "stablelm",
+            json!({"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.25}}),
+        );
+        assert_eq!(s["partial_rotary_factor"], json!(0.25));
+    }
 }

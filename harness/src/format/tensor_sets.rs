@@ -241,3 +241,53 @@ fn gpt_bigcode(h: &Hyperparameters, positions: usize) -> Tensors {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// Every zoo model (written by transformers) holds exactly its architecture's tensor set.
+    #[test]
+    fn each_zoo_model_holds_exactly_its_tensor_set() {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&zoo).expect("fixtures/zoo") {
+            let dir = entry.expect("an entry").path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let config_path = dir.join("config.json");
+            let config: Value =
+                serde_json::from_slice(&std::fs::read(&config_path).expect("config")).expect("json");
+            let h = Hyperparameters::from_config(&config_path, &config).expect("hyper-parameters");
+            let files: Vec<PathBuf> = vec![dir.join("model.safetensors")];
+            let shapes = crate::format::safetensors_header::weight_shapes(&files).expect("headers");
+            let expected: BTreeMap<String, Vec<usize>> = h.expected_tensors().into_iter().collect();
+            assert_eq!(expected, shapes, "{}", dir.display());
+            assert_eq!(h.shape_problems(&shapes), Vec::<String>::new(), "{}", dir.display());
+            seen += 1;
+        }
+        assert_eq!(seen, 16);
+    }
+
+    #[test]
+    fn a_missing_expert_and_a_reshaped_latent_projection_are_named() {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo/deepseek_v2");
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(zoo.join("config.json")).expect("config")).expect("json");
+        let h = Hyperparameters::from_config(Path::new("config.json"), &config).expect("hyper-parameters");
+        let mut shapes: BTreeMap<String, Vec<usize>> = h.expected_tensors().into_iter().collect();
+        shapes.remove("model.layers.1.mlp.experts.3.up_proj.weight");
+        shapes.insert("model.layers.0.self_attn.kv_b_proj.weight".into(), vec![16, 96]);
+        let problems = h.shape_problems(&shapes).join("; ");
+        assert!(problems.contains("model.layers.1.mlp.experts.3.up_proj.weight"), "{problems}");
+        assert!(
+            problems
+                .contains("kv_b_proj.weight has shape [16, 96], the config implies [96, 16] (transposed)"),
+            "{problems}"
+        );
+    }
+}

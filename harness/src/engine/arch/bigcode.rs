@@ -81,7 +81,7 @@ impl Model {
             heads: c.n_head,
             head_dim,
             multi_query: c.multi_query,
-            scores: Scores { scale, softcap: None },
+            scores: Scores { scale, softcap: None, window: None },
         })
     }
 

@@ -49,7 +49,12 @@ pub(super) struct Rotary {
 
 impl Rotary {
     pub(super) fn new(theta: f64, dim: usize) -> Self {
-        let inv_freq = (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64)).collect();
+        Self::linear(theta, dim, 1.0)
+    }
+
+    /// transformers' `linear` rope scaling: positions divided by `factor`.
+    pub(super) fn linear(theta: f64, dim: usize, factor: f64) -> Self {
+        let inv_freq = (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64) / factor).collect();
         Rotary { inv_freq, dim }
     }
 
@@ -99,11 +104,20 @@ impl KvCache {
 }
 
 /// How scores become weights: the scale, transformers' soft-cap (`cap · tanh(s / cap)`) where
-/// the model has one.
+/// the model has one, and a sliding window: a query sees the `window` latest keys, itself
+/// included.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Scores {
     pub(super) scale: f64,
     pub(super) softcap: Option<f64>,
+    pub(super) window: Option<usize>,
+}
+
+impl Scores {
+    /// Scaled by 1/√`head_dim`, nothing else.
+    pub(super) fn plain(head_dim: usize) -> Self {
+        Scores { scale: 1.0 / (head_dim as f64).sqrt(), softcap: None, window: None }
+    }
 }
 
 /// Causal attention of `q` (`[batch, heads, len, d]`) over `k`, `v` (`[batch, kv_heads,
@@ -119,17 +133,19 @@ pub(super) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scores: Scores) -> Resu
     if let Some(cap) = scores.softcap {
         s = ((s / cap)?.tanh()? * cap)?;
     }
-    if len > 1 {
-        s = s.broadcast_add(&causal_mask(len, total - len, q.device())?)?;
+    if len > 1 || scores.window.is_some_and(|w| total > w) {
+        s = s.broadcast_add(&causal_mask(len, total - len, scores.window, q.device())?)?;
     }
     let w = candle_nn::ops::softmax_last_dim(&s)?;
     w.matmul(&v)?.transpose(1, 2)?.reshape((b, len, heads * d))
 }
 
-/// `[len, past + len]`: 0 where query `i` may see key `j`, −∞ past it.
-fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor> {
+/// `[len, past + len]`: 0 where query `i` may see key `j` (not after it, and within the
+/// window where there is one), −∞ elsewhere.
+fn causal_mask(len: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let seen = |i: usize, j: usize| j <= past + i && window.is_none_or(|w| past + i - j < w);
     let mask: Vec<f32> = (0..len)
-        .flat_map(|i| (0..past + len).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| (0..past + len).map(move |j| if seen(i, j) { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Tensor::from_vec(mask, (len, past + len), device)?.to_dtype(DType::F32)
 }

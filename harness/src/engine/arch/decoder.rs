@@ -102,7 +102,7 @@ impl Layer {
         let k = rotary.apply(&heads(x.apply(&self.k)?, spec.kv_heads)?, pos)?;
         let v = heads(x.apply(&self.v)?, spec.kv_heads)?.contiguous()?;
         let (k, v) = self.cache.append(k, v)?;
-        let scores = Scores { scale: spec.attention_scale, softcap: None };
+        let scores = Scores { scale: spec.attention_scale, softcap: None, window: None };
         attend(&q, &k, &v, scores)?.apply(&self.o)
     }
 

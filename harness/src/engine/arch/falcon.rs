@@ -130,7 +130,7 @@ impl Model {
             kv_heads,
             head_dim,
             act: c.activation,
-            scores: Scores { scale: 1.0 / (head_dim as f64).sqrt(), softcap: None },
+            scores: Scores::plain(head_dim),
         })
     }
 

@@ -7,8 +7,8 @@
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    deepseek2, gemma, gemma2, gemma3, llama, mistral, olmo2, phi3, quantized_llama, quantized_qwen2, qwen2,
-    qwen3, qwen3_moe, starcoder2,
+    deepseek2, gemma, llama, mistral, olmo2, phi3, quantized_llama, quantized_qwen2, qwen2, qwen3, qwen3_moe,
+    starcoder2,
 };
 use serde::de::DeserializeOwned;
 
@@ -44,8 +44,8 @@ pub(crate) const ARCHITECTURES: &[(&str, Loader)] = &[
     ("deepseek_v2", |c, vb| Ok(Box::new(deepseek2::DeepSeekV2::new(&parse("deepseek_v2", c)?, vb)?))),
     ("falcon", |c, vb| Ok(Box::new(super::falcon::Model::new(&parse("falcon", c)?, vb)?))),
     ("gemma", |c, vb| Ok(Box::new(gemma::Model::new(false, &parse("gemma", c)?, vb)?))),
-    ("gemma2", |c, vb| Ok(Box::new(gemma2::Model::new(false, &parse("gemma2", c)?, vb)?))),
-    ("gemma3_text", |c, vb| Ok(Box::new(gemma3::Model::new(false, &parse("gemma3_text", c)?, vb)?))),
+    ("gemma2", |c, vb| Ok(Box::new(super::gemma2::Model::new(&parse("gemma2", c)?, vb)?))),
+    ("gemma3_text", |c, vb| Ok(Box::new(super::gemma2::Model::new(&parse("gemma3_text", c)?, vb)?))),
     ("gpt_bigcode", |c, vb| Ok(Box::new(super::bigcode::Model::new(&parse("gpt_bigcode", c)?, vb)?))),
     ("granite", |c, vb| Ok(Box::new(super::granite::load(&parse("granite", c)?, vb)?))),
     ("llama", load_llama),
@@ -92,8 +92,6 @@ macro_rules! causal_lm {
 causal_lm!(
     deepseek2::DeepSeekV2,
     gemma::Model,
-    gemma2::Model,
-    gemma3::Model,
     mistral::Model,
     olmo2::Model,
     phi3::Model,

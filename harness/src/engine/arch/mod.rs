@@ -1,11 +1,12 @@
 //! The architectures the embedded engine runs: one [`CausalLm`] per `model_type`, either
 //! candle-transformers' model where it reproduces transformers, or the project's own
-//! (`granite`, `stablelm`, `falcon`, `bigcode`) built from the shared `blocks`.
+//! (`granite`, `stablelm`, `gemma2` for gemma2 and gemma3_text, `falcon`, `bigcode`) built from the shared `blocks`.
 
 mod bigcode;
 mod blocks;
 mod decoder;
 mod falcon;
+mod gemma2;
 mod granite;
 mod lm;
 mod stablelm;
