@@ -405,6 +405,13 @@ mod tests {
             c["num_experts"] = json!(4);
             c["moe_intermediate_size"] = json!(32);
         }
+        if model_type == "deepseek_v2" {
+            for (k, v) in
+                [("qk_rope_head_dim", 8), ("qk_nope_head_dim", 8), ("v_head_dim", 16), ("kv_lora_rank", 16)]
+            {
+                c[k] = json!(v);
+            }
+        }
         c
     }
 

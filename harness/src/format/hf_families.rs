@@ -85,6 +85,47 @@ pub(super) fn translate(
     let hidden = uint("hidden_size").unwrap_or(0);
     let layers = uint("num_hidden_layers").unwrap_or(0);
     let object_theta = object.get("rope_theta").cloned().unwrap_or(Value::Null);
+    // A share of each head that rotates must be a whole, even number of units.
+    if matches!(model_type, "phi3" | "stablelm")
+        && let Some(factor) = object.get("partial_rotary_factor").and_then(Value::as_f64)
+    {
+        let heads = uint("num_attention_heads").unwrap_or(1).max(1);
+        let dim = (hidden / heads) as f64 * factor;
+        let rotates = factor > 0.0 && factor <= 1.0 && dim >= 2.0;
+        if !(rotates && (dim as u64).is_multiple_of(2)) {
+            return Err(refuse(
+                path,
+                "partial_rotary_factor",
+                format!("is {factor}: it must rotate an even number of each head's units, at least 2"),
+            ));
+        }
+    }
+    // A token is routed to at most every expert.
+    if let (Some(per_token), Some(experts)) = (
+        uint("num_experts_per_tok"),
+        ["num_experts", "num_local_experts", "n_routed_experts"].iter().find_map(|f| uint(f)),
+    ) && (per_token == 0 || per_token > experts)
+    {
+        return Err(refuse(
+            path,
+            "num_experts_per_tok",
+            format!("is {per_token}; it must lie between 1 and the {experts} experts"),
+        ));
+    }
+    if model_type == "deepseek_v2" {
+        for field in ["qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "kv_lora_rank"] {
+            match uint(field) {
+                Some(n) if n > 0 && (field != "qk_rope_head_dim" || n.is_multiple_of(2)) => {}
+                _ => {
+                    return Err(refuse(
+                        path,
+                        field,
+                        "is missing or not a positive whole number (the rotary one even)",
+                    ));
+                }
+            }
+        }
+    }
     let mut set = |field: &str, v: Value| {
         object.insert(field.into(), v);
     };
@@ -352,6 +393,13 @@ mod tests {
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "vocab_size": 512, "max_position_embeddings": 128,
         });
+        if model_type == "deepseek_v2" {
+            for (k, v) in
+                [("qk_rope_head_dim", 8), ("qk_nope_head_dim", 8), ("v_head_dim", 16), ("kv_lora_rank", 16)]
+            {
+                c[k] = json!(v);
+            }
+        }
         for (k, v) in fields.as_object().expect("an object") {
             c[k] = v.clone();
         }
@@ -436,6 +484,10 @@ mod tests {
                 "rope_scaling",
             ),
             ("deepseek_v2", json!({"rope_scaling": {"type": "yarn", "factor": 40.0}}), "rope_scaling"),
+            ("stablelm", json!({"partial_rotary_factor": 1.5}), "partial_rotary_factor"),
+            ("phi3", json!({"partial_rotary_factor": 0.1}), "partial_rotary_factor"),
+            ("qwen3_moe", json!({"num_experts": 4, "num_experts_per_tok": 5}), "num_experts_per_tok"),
+            ("deepseek_v2", json!({"qk_rope_head_dim": 7}), "qk_rope_head_dim"),
         ] {
             let (got, message) = refused(model_type, fields.clone());
             assert_eq!(got, field, "{model_type} {fields}: {message}");
