@@ -149,6 +149,48 @@ pub(crate) fn rope(path: &Path, config: &Value) -> Result<Rope, ConfigError> {
     Ok(Rope { theta, kind, parameters, field, partial })
 }
 
+/// phi3's LongRoPE, complete: both factor lists, the original context (from the rope
+/// parameters or, as 4.x writes it, the config), and the attention factor transformers derives
+/// from the context's growth when none is stated.
+fn longrope(path: &Path, config: &Value, rope: &Rope) -> Result<Value, ConfigError> {
+    let p = rope.parameters.clone().unwrap_or_default();
+    let factors = |field: &str| -> Result<Vec<f64>, ConfigError> {
+        let list = p.get(field).and_then(Value::as_array).ok_or_else(|| {
+            refuse(path, rope.field, format!("is of type longrope but has no list `{field}`"))
+        })?;
+        list.iter()
+            .map(|v| v.as_f64().filter(|x| x.is_finite() && *x > 0.0))
+            .collect::<Option<Vec<f64>>>()
+            .ok_or_else(|| {
+                refuse(path, rope.field, format!("has a `{field}` that is not all positive numbers"))
+            })
+    };
+    let (short, long) = (factors("short_factor")?, factors("long_factor")?);
+    let original = p
+        .get("original_max_position_embeddings")
+        .or_else(|| config.get("original_max_position_embeddings"))
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 1)
+        .ok_or_else(|| {
+            refuse(
+                path,
+                "original_max_position_embeddings",
+                "is missing; longrope needs the original context",
+            )
+        })?;
+    let context = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(original);
+    let factor = p.get("factor").and_then(Value::as_f64).unwrap_or(context as f64 / original as f64);
+    let attention_factor = match p.get("attention_factor").and_then(Value::as_f64) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(json!({
+        "short_factor": short, "long_factor": long,
+        "original_max_position_embeddings": original, "attention_factor": attention_factor,
+    }))
+}
+
 /// `config` (of `path`, for messages) as the engine's loader for its `model_type` reads it, or
 /// the first field the engine would not honour. Architectures outside [`NORMALISED`] are
 /// returned unchanged.
@@ -203,6 +245,11 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             scaling.insert("rope_type".into(), json!("llama3"));
             scaling.remove("rope_theta");
             object.insert("rope_scaling".into(), Value::Object(scaling));
+        }
+        ("longrope" | "su", "phi3") => {
+            let longrope = longrope(path, config, &rope)?;
+            object.remove("rope_scaling");
+            object.insert("rope_longrope".into(), longrope);
         }
         // The project's gemma3 scales its full layers' positions.
         ("linear", "gemma3_text") => {

@@ -481,8 +481,10 @@ mod tests {
             (
                 "phi3",
                 json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}),
-                "rope_scaling",
+                "original_max_position_embeddings",
             ),
+            ("phi3", json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0]}}), "rope_scaling"),
+            ("phi3", json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}), "rope_scaling"),
             ("deepseek_v2", json!({"rope_scaling": {"type": "yarn", "factor": 40.0}}), "rope_scaling"),
             ("stablelm", json!({"partial_rotary_factor": 1.5}), "partial_rotary_factor"),
             ("phi3", json!({"partial_rotary_factor": 0.1}), "partial_rotary_factor"),
@@ -492,6 +494,24 @@ mod tests {
             let (got, message) = refused(model_type, fields.clone());
             assert_eq!(got, field, "{model_type} {fields}: {message}");
         }
+    }
+
+    #[test]
+    fn phi3_longrope_is_completed_as_transformers_completes_it() {
+        let c = normalised(
+            "phi3",
+            json!({"original_max_position_embeddings": 32, "rope_parameters": {"rope_theta": 1e4,
+                "rope_type": "longrope", "short_factor": [1.0, 2.0], "long_factor": [3.0, 4.0]}}),
+        );
+        let l = &c["rope_longrope"];
+        assert_eq!(
+            (l["original_max_position_embeddings"].clone(), l["long_factor"].clone()),
+            (json!(32), json!([3.0, 4.0]))
+        );
+        // 128 positions over 32: sqrt(1 + ln 4 / ln 32).
+        let want = (1.0 + 4f64.ln() / 32f64.ln()).sqrt();
+        assert!((l["attention_factor"].as_f64().expect("a number") - want).abs() < 1e-12);
+        assert!(c.get("rope_scaling").is_none());
     }
 
     #[test]

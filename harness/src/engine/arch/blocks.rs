@@ -44,7 +44,16 @@ impl Module for Norm {
 #[derive(Debug, Clone)]
 pub(super) struct Rotary {
     inv_freq: Vec<f64>,
+    /// LongRoPE: the frequencies a pass uses once it reaches past the original context.
+    long: Option<(Vec<f64>, usize)>,
+    /// What cos and sin are multiplied by (LongRoPE's attention factor; else 1).
+    attention_factor: f64,
     dim: usize,
+}
+
+/// `1 / (factor_i · θ^(2i/dim))` for each rotating pair.
+fn frequencies(theta: f64, dim: usize, factor: impl Fn(usize) -> f64) -> Vec<f64> {
+    (0..dim / 2).map(|i| 1.0 / (factor(i) * theta.powf((2 * i) as f64 / dim as f64))).collect()
 }
 
 impl Rotary {
@@ -54,21 +63,43 @@ impl Rotary {
 
     /// transformers' `linear` rope scaling: positions divided by `factor`.
     pub(super) fn linear(theta: f64, dim: usize, factor: f64) -> Self {
-        let inv_freq = (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64) / factor).collect();
-        Rotary { inv_freq, dim }
+        Rotary { inv_freq: frequencies(theta, dim, |_| factor), long: None, attention_factor: 1.0, dim }
+    }
+
+    /// transformers' `longrope`: per-pair factors, the short ones while a pass stays within
+    /// `original` positions and the long ones once it reaches past them, cos and sin scaled by
+    /// `attention_factor`.
+    pub(super) fn longrope(
+        theta: f64,
+        dim: usize,
+        short: &[f64],
+        long: &[f64],
+        original: usize,
+        attention_factor: f64,
+    ) -> Self {
+        Rotary {
+            inv_freq: frequencies(theta, dim, |i| short[i]),
+            long: Some((frequencies(theta, dim, |i| long[i]), original)),
+            attention_factor,
+            dim,
+        }
     }
 
     /// `x` (`[batch, heads, len, head_dim]`) rotated for positions `pos..pos + len`.
     pub(super) fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, _, len, head_dim) = x.dims4()?;
-        let half = self.inv_freq.len();
+        let inv_freq = match &self.long {
+            Some((long, original)) if pos + len > *original => long,
+            _ => &self.inv_freq,
+        };
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
         for p in pos..pos + len {
-            for f in &self.inv_freq {
+            for f in inv_freq {
                 let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                cos.push((angle.cos() * self.attention_factor) as f32);
+                sin.push((angle.sin() * self.attention_factor) as f32);
             }
         }
         let cos = Tensor::from_vec(cos, (len, half), x.device())?.to_dtype(x.dtype())?;
@@ -154,6 +185,8 @@ fn causal_mask(len: usize, past: usize, window: Option<usize>, device: &Device) 
 pub(super) enum Mlp {
     /// `down(act(gate(x)) · up(x))`.
     Gated { gate: Linear, up: Linear, down: Linear, act: Activation },
+    /// `down(act(gate) · up)` with gate and up the halves of one `gate_up_proj` (phi3).
+    GatedFused { gate_up: Linear, down: Linear, act: Activation },
     /// `proj(act(fc(x)))`, under the names the model gives them.
     Plain { fc: Linear, proj: Linear, act: Activation },
 }
@@ -171,6 +204,15 @@ impl Mlp {
             gate: linear_b(hidden, inner, bias, vb.pp("gate_proj"))?,
             up: linear_b(hidden, inner, bias, vb.pp("up_proj"))?,
             down: linear_b(inner, hidden, bias, vb.pp("down_proj"))?,
+            act,
+        })
+    }
+
+    /// phi3's naming: `gate_up_proj`, `down_proj`.
+    pub(super) fn gated_fused(hidden: usize, inner: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+        Ok(Mlp::GatedFused {
+            gate_up: linear_b(hidden, 2 * inner, false, vb.pp("gate_up_proj"))?,
+            down: linear_b(inner, hidden, false, vb.pp("down_proj"))?,
             act,
         })
     }
@@ -195,6 +237,12 @@ impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Mlp::Gated { gate, up, down, act } => (xs.apply(gate)?.apply(act)? * xs.apply(up)?)?.apply(down),
+            Mlp::GatedFused { gate_up, down, act } => {
+                let both = xs.apply(gate_up)?;
+                let inner = both.dim(D::Minus1)? / 2;
+                let gate = both.narrow(D::Minus1, 0, inner)?.apply(act)?;
+                (gate * both.narrow(D::Minus1, inner, inner)?)?.apply(down)
+            }
             Mlp::Plain { fc, proj, act } => xs.apply(fc)?.apply(act)?.apply(proj),
         }
     }

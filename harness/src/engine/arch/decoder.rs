@@ -1,7 +1,8 @@
 //! The llama-shaped decoder the project's own models share (`model.embed_tokens`,
 //! `model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp}`,
 //! `model.norm`, `lm_head`), with what its variants change stated in one [`Spec`]: the norm,
-//! partial rotary, biases, granite's multipliers, stablelm's parallel residual.
+//! the rotary embedding (partial, LongRoPE), fused projections, biases, granite's multipliers,
+//! stablelm's parallel residual.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder, linear_b};
@@ -20,9 +21,9 @@ pub(super) struct Spec {
     pub(super) head_dim: usize,
     pub(super) vocab: usize,
     pub(super) norm: NormKind,
-    pub(super) rope_theta: f64,
-    /// How many of each head's units rotate.
-    pub(super) rotary_dim: usize,
+    pub(super) rotary: Rotary,
+    /// q, k and v in one `qkv_proj`, gate and up in one `gate_up_proj` (phi3).
+    pub(super) fused: bool,
     /// Biases on q, k and v; on o; on the MLP.
     pub(super) qkv_bias: bool,
     pub(super) o_bias: bool,
@@ -39,12 +40,16 @@ pub(super) struct Spec {
     pub(super) parallel_residual: bool,
 }
 
+/// The q, k and v projections: apart, or one fused `qkv_proj`.
+enum Qkv {
+    Split { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
 struct Layer {
     input_norm: Norm,
     post_norm: Option<Norm>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     o: Linear,
     mlp: Mlp,
     cache: KvCache,
@@ -56,7 +61,6 @@ pub(super) struct Decoder {
     layers: Vec<Layer>,
     norm: Norm,
     head: Linear,
-    rotary: Rotary,
 }
 
 impl Decoder {
@@ -75,11 +79,22 @@ impl Decoder {
                 } else {
                     Some(Norm::load(spec.norm, h, vb.pp("post_attention_layernorm"))?)
                 },
-                q: linear_b(h, spec.heads * d, spec.qkv_bias, a.pp("q_proj"))?,
-                k: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("k_proj"))?,
-                v: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("v_proj"))?,
+                qkv: if spec.fused {
+                    let out = (spec.heads + 2 * spec.kv_heads) * d;
+                    Qkv::Fused(linear_b(h, out, spec.qkv_bias, a.pp("qkv_proj"))?)
+                } else {
+                    Qkv::Split {
+                        q: linear_b(h, spec.heads * d, spec.qkv_bias, a.pp("q_proj"))?,
+                        k: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("k_proj"))?,
+                        v: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("v_proj"))?,
+                    }
+                },
                 o: linear_b(spec.heads * d, h, spec.o_bias, a.pp("o_proj"))?,
-                mlp: Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?,
+                mlp: if spec.fused {
+                    Mlp::gated_fused(h, spec.intermediate, spec.act, vb.pp("mlp"))?
+                } else {
+                    Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
+                },
                 cache: KvCache::default(),
             });
         }
@@ -89,8 +104,7 @@ impl Decoder {
         } else {
             linear_b(h, spec.vocab, false, vb.pp("lm_head"))?
         };
-        let rotary = Rotary::new(spec.rope_theta, spec.rotary_dim);
-        Ok(Decoder { spec, embed, layers, norm, head, rotary })
+        Ok(Decoder { spec, embed, layers, norm, head })
     }
 }
 
@@ -98,9 +112,17 @@ impl Layer {
     fn attention(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
         let (b, len, _) = x.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((b, len, n, spec.head_dim))?.transpose(1, 2);
-        let q = rotary.apply(&heads(x.apply(&self.q)?, spec.heads)?, pos)?;
-        let k = rotary.apply(&heads(x.apply(&self.k)?, spec.kv_heads)?, pos)?;
-        let v = heads(x.apply(&self.v)?, spec.kv_heads)?.contiguous()?;
+        let (q, k, v) = match &self.qkv {
+            Qkv::Split { q, k, v } => (x.apply(q)?, x.apply(k)?, x.apply(v)?),
+            Qkv::Fused(qkv) => {
+                let all = x.apply(qkv)?;
+                let (q, kv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
+                (all.narrow(2, 0, q)?, all.narrow(2, q, kv)?, all.narrow(2, q + kv, kv)?)
+            }
+        };
+        let q = rotary.apply(&heads(q, spec.heads)?, pos)?;
+        let k = rotary.apply(&heads(k, spec.kv_heads)?, pos)?;
+        let v = heads(v, spec.kv_heads)?.contiguous()?;
         let (k, v) = self.cache.append(k, v)?;
         let scores = Scores { scale: spec.attention_scale, softcap: None, window: None };
         attend(&q, &k, &v, scores)?.apply(&self.o)
@@ -129,7 +151,7 @@ impl CausalLm for Decoder {
         let (_, len) = input.dims2()?;
         let mut x = (self.embed.forward(input)? * self.spec.embedding_multiplier)?;
         for layer in &mut self.layers {
-            x = layer.forward(&x, pos, &self.spec, &self.rotary)?;
+            x = layer.forward(&x, pos, &self.spec, &self.spec.rotary)?;
         }
         let last = x.narrow(1, len - 1, 1)?.apply(&self.norm)?;
         last.apply(&self.head)? / self.spec.logits_divisor

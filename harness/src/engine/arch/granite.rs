@@ -4,7 +4,7 @@
 
 use candle_nn::{Activation, VarBuilder};
 
-use super::blocks::NormKind;
+use super::blocks::{NormKind, Rotary};
 use super::decoder::{Decoder, Spec};
 
 /// granite's config.json, as `format::hf_config` normalised it.
@@ -49,8 +49,8 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
         head_dim,
         vocab: c.vocab_size,
         norm: NormKind::Rms(c.rms_norm_eps),
-        rope_theta: c.rope_theta,
-        rotary_dim: head_dim,
+        rotary: Rotary::new(c.rope_theta, head_dim),
+        fused: false,
         qkv_bias: c.attention_bias,
         o_bias: c.attention_bias,
         mlp_bias: c.mlp_bias,

@@ -7,7 +7,7 @@
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    deepseek2, gemma, llama, mistral, olmo2, phi3, quantized_llama, quantized_qwen2, qwen2, qwen3, qwen3_moe,
+    deepseek2, gemma, llama, mistral, olmo2, quantized_llama, quantized_qwen2, qwen2, qwen3, qwen3_moe,
     starcoder2,
 };
 use serde::de::DeserializeOwned;
@@ -51,7 +51,7 @@ pub(crate) const ARCHITECTURES: &[(&str, Loader)] = &[
     ("llama", load_llama),
     ("mistral", load_mistral),
     ("olmo2", |c, vb| Ok(Box::new(olmo2::Model::new(&parse("olmo2", c)?, vb)?))),
-    ("phi3", |c, vb| Ok(Box::new(phi3::Model::new(&parse("phi3", c)?, vb)?))),
+    ("phi3", |c, vb| Ok(Box::new(super::phi3::load(&parse("phi3", c)?, vb)?))),
     ("qwen2", |c, vb| Ok(Box::new(qwen2::ModelForCausalLM::new(&parse("qwen2", c)?, vb)?))),
     ("qwen3", |c, vb| Ok(Box::new(qwen3::ModelForCausalLM::new(&parse("qwen3", c)?, vb)?))),
     ("qwen3_moe", |c, vb| Ok(Box::new(qwen3_moe::ModelForCausalLM::new(&parse("qwen3_moe", c)?, vb)?))),
@@ -94,7 +94,6 @@ causal_lm!(
     gemma::Model,
     mistral::Model,
     olmo2::Model,
-    phi3::Model,
     quantized_llama::ModelWeights,
     quantized_qwen2::ModelWeights,
     qwen2::ModelForCausalLM,

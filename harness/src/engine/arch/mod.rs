@@ -1,6 +1,6 @@
 //! The architectures the embedded engine runs: one [`CausalLm`] per `model_type`, either
 //! candle-transformers' model where it reproduces transformers, or the project's own
-//! (`granite`, `stablelm`, `gemma2` for gemma2 and gemma3_text, `falcon`, `bigcode`) built from the shared `blocks`.
+//! (`granite`, `stablelm`, `phi3`, `gemma2` for gemma2 and gemma3_text, `falcon`, `bigcode`) built from the shared `blocks`.
 
 mod bigcode;
 mod blocks;
@@ -9,6 +9,7 @@ mod falcon;
 mod gemma2;
 mod granite;
 mod lm;
+mod phi3;
 mod stablelm;
 
 pub(crate) use lm::{ARCHITECTURES, CausalLm, LoadError, load};

@@ -4,7 +4,7 @@
 
 use candle_nn::{Activation, VarBuilder};
 
-use super::blocks::NormKind;
+use super::blocks::{NormKind, Rotary};
 use super::decoder::{Decoder, Spec};
 
 /// stablelm's config.json, as `format::hf_config` normalised it.
@@ -38,9 +38,9 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
         head_dim,
         vocab: c.vocab_size,
         norm: NormKind::Layer(c.layer_norm_eps),
-        rope_theta: c.rope_theta,
         // transformers: int(head_dim * partial_rotary_factor).
-        rotary_dim: (head_dim as f64 * c.partial_rotary_factor) as usize,
+        rotary: Rotary::new(c.rope_theta, (head_dim as f64 * c.partial_rotary_factor) as usize),
+        fused: false,
         qkv_bias: c.use_qkv_bias,
         o_bias: false,
         mlp_bias: false,
