@@ -149,6 +149,56 @@ pub(crate) fn rope(path: &Path, config: &Value) -> Result<Rope, ConfigError> {
     Ok(Rope { theta, kind, parameters, field, partial })
 }
 
+/// deepseek_v2's YaRN in candle's spelling, with transformers' defaults (β 32 and 1; the
+/// attention factor from `mscale` over `mscale_all_dim` only when both are stated, else from
+/// the factor alone); what candle's model cannot take the same way is refused by name.
+fn deepseek_yarn(path: &Path, config: &Value, rope: &Rope) -> Result<Value, ConfigError> {
+    let p = rope.parameters.clone().unwrap_or_default();
+    let num = |field: &str| p.get(field).and_then(Value::as_f64).filter(|x| x.is_finite());
+    for field in ["attention_factor", "truncate"] {
+        if p.get(field).is_some_and(|v| !v.is_null() && *v != Value::Bool(true)) {
+            return Err(refuse(
+                path,
+                rope.field,
+                format!("states yarn's `{field}`, which the engine's deepseek_v2 does not take"),
+            ));
+        }
+    }
+    let original = p
+        .get("original_max_position_embeddings")
+        .or_else(|| config.get("original_max_position_embeddings"))
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            refuse(path, rope.field, "is of type `yarn` but states no original_max_position_embeddings")
+        })?;
+    let context = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(original);
+    let factor = num("factor").unwrap_or(context as f64 / original as f64);
+    let rope_dim = config.get("qk_rope_head_dim").and_then(Value::as_u64);
+    if let Some(d) = config.get("head_dim").and_then(Value::as_u64)
+        && Some(d) != rope_dim
+    {
+        return Err(refuse(
+            path,
+            "head_dim",
+            format!(
+                "is {d}, not qk_rope_head_dim: transformers' yarn would scale {d} units, the engine's rotates qk_rope_head_dim"
+            ),
+        ));
+    }
+    let (mscale, mscale_all_dim) =
+        match (num("mscale").filter(|m| *m != 0.0), num("mscale_all_dim").filter(|m| *m != 0.0)) {
+            (Some(m), Some(all)) => (m, all),
+            _ => (1.0, 0.0),
+        };
+    Ok(json!({
+        "type": "yarn", "original_max_position_embeddings": original, "factor": factor,
+        "beta_fast": num("beta_fast").filter(|b| *b != 0.0).unwrap_or(32.0),
+        "beta_slow": num("beta_slow").filter(|b| *b != 0.0).unwrap_or(1.0),
+        "mscale": mscale, "mscale_all_dim": mscale_all_dim,
+    }))
+}
+
 /// phi3's LongRoPE, complete: both factor lists, the original context (from the rope
 /// parameters or, as 4.x writes it, the config), and the attention factor transformers derives
 /// from the context's growth when none is stated.
@@ -245,6 +295,10 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             scaling.insert("rope_type".into(), json!("llama3"));
             scaling.remove("rope_theta");
             object.insert("rope_scaling".into(), Value::Object(scaling));
+        }
+        ("yarn", "deepseek_v2") => {
+            let yarn = deepseek_yarn(path, config, &rope)?;
+            object.insert("rope_scaling".into(), yarn);
         }
         ("longrope" | "su", "phi3") => {
             let longrope = longrope(path, config, &rope)?;

@@ -486,6 +486,7 @@ mod tests {
             ("phi3", json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0]}}), "rope_scaling"),
             ("phi3", json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}), "rope_scaling"),
             ("deepseek_v2", json!({"rope_scaling": {"type": "yarn", "factor": 40.0}}), "rope_scaling"),
+            ("deepseek_v2", json!({"rope_scaling": {"type": "dynamic", "factor": 4.0}}), "rope_scaling"),
             ("stablelm", json!({"partial_rotary_factor": 1.5}), "partial_rotary_factor"),
             ("phi3", json!({"partial_rotary_factor": 0.1}), "partial_rotary_factor"),
             ("qwen3_moe", json!({"num_experts": 4, "num_experts_per_tok": 5}), "num_experts_per_tok"),
