@@ -59,6 +59,10 @@ pub(crate) const ATTENTION_BIAS: &[&str] =
 pub(crate) const TIED_BY_DEFAULT: &[&str] =
     &["falcon", "gemma", "gemma2", "gemma3_text", "gpt_bigcode", "starcoder2"];
 
+/// The architectures whose model masks its sliding layers to the window, prompt and cache
+/// alike: their sessions keep the whole context.
+const WINDOWED: &[&str] = &["gemma2", "gemma3_text", "phi3", "starcoder2"];
+
 /// The architectures whose activation is not `hidden_act` (falcon's `activation`,
 /// gpt_bigcode's `activation_function`, read in `hf_families`).
 const OWN_ACTIVATION: &[&str] = &["falcon", "gpt_bigcode"];
@@ -439,8 +443,8 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         None => window.is_some(),
     };
     let context = uint("max_position_embeddings");
-    // The project's gemma2 and gemma3 mask their sliding layers themselves.
-    if !matches!(model_type, "gemma2" | "gemma3_text")
+    // The project's own models mask their sliding layers themselves.
+    if !WINDOWED.contains(&model_type)
         && sliding_layers
         && let Some(w) = window
         && context.is_none_or(|c| w < c)

@@ -143,15 +143,6 @@ pub(super) fn translate(
         "starcoder2" => {
             set("norm_epsilon", json!(number("norm_epsilon", 1e-5)?));
             set("use_bias", json!(flag("use_bias", true)?));
-            // The window is the session's context already.
-            set("sliding_window", Value::Null);
-            if object.get("tie_word_embeddings") == Some(&Value::Bool(false)) {
-                return Err(refuse(
-                    path,
-                    "tie_word_embeddings",
-                    "is false; the engine's starcoder2 always uses the embedding as its head",
-                ));
-            }
         }
         "stablelm" => {
             if flag("qk_layernorm", false)? {
@@ -468,7 +459,6 @@ mod tests {
     fn family_fields_the_engine_does_not_honour_are_refused_by_name() {
         for (model_type, fields, field) in [
             ("stablelm", json!({"qk_layernorm": true}), "qk_layernorm"),
-            ("starcoder2", json!({"tie_word_embeddings": false}), "tie_word_embeddings"),
             ("falcon", json!({"alibi": true}), "alibi"),
             ("falcon", json!({"new_decoder_architecture": true, "parallel_attn": false}), "parallel_attn"),
             ("falcon", json!({"activation": "swishy"}), "activation"),

@@ -1,14 +1,25 @@
 //! The llama-shaped decoder the project's own models share (`model.embed_tokens`,
 //! `model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp}`,
 //! `model.norm`, `lm_head`), with what its variants change stated in one [`Spec`]: the norm,
-//! the rotary embedding (partial, LongRoPE), fused projections, biases, granite's multipliers,
-//! stablelm's parallel residual.
+//! the rotary embedding (partial, LongRoPE), fused projections, the MLP's shape, biases, a
+//! sliding window, granite's multipliers, stablelm's parallel residual.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder, linear_b};
 
 use super::blocks::{KvCache, Mlp, Norm, NormKind, Rotary, Scores, attend};
 use super::lm::CausalLm;
+
+/// The MLP's shape and names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MlpShape {
+    /// `gate_proj`, `up_proj`, `down_proj`.
+    Gated,
+    /// `gate_up_proj`, `down_proj` (phi3).
+    GatedFused,
+    /// `c_fc`, `c_proj` (starcoder2).
+    Plain,
+}
 
 /// One decoder's shape and arithmetic.
 #[derive(Debug, Clone)]
@@ -22,8 +33,11 @@ pub(super) struct Spec {
     pub(super) vocab: usize,
     pub(super) norm: NormKind,
     pub(super) rotary: Rotary,
-    /// q, k and v in one `qkv_proj`, gate and up in one `gate_up_proj` (phi3).
-    pub(super) fused: bool,
+    /// q, k and v in one `qkv_proj` (phi3).
+    pub(super) fused_qkv: bool,
+    pub(super) mlp: MlpShape,
+    /// Every layer's sliding window, where the model has one.
+    pub(super) window: Option<usize>,
     /// Biases on q, k and v; on o; on the MLP.
     pub(super) qkv_bias: bool,
     pub(super) o_bias: bool,
@@ -79,7 +93,7 @@ impl Decoder {
                 } else {
                     Some(Norm::load(spec.norm, h, vb.pp("post_attention_layernorm"))?)
                 },
-                qkv: if spec.fused {
+                qkv: if spec.fused_qkv {
                     let out = (spec.heads + 2 * spec.kv_heads) * d;
                     Qkv::Fused(linear_b(h, out, spec.qkv_bias, a.pp("qkv_proj"))?)
                 } else {
@@ -90,10 +104,14 @@ impl Decoder {
                     }
                 },
                 o: linear_b(spec.heads * d, h, spec.o_bias, a.pp("o_proj"))?,
-                mlp: if spec.fused {
-                    Mlp::gated_fused(h, spec.intermediate, spec.act, vb.pp("mlp"))?
-                } else {
-                    Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
+                mlp: match spec.mlp {
+                    MlpShape::Gated => {
+                        Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
+                    }
+                    MlpShape::GatedFused => Mlp::gated_fused(h, spec.intermediate, spec.act, vb.pp("mlp"))?,
+                    MlpShape::Plain => {
+                        Mlp::plain(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
+                    }
                 },
                 cache: KvCache::default(),
             });
@@ -124,7 +142,7 @@ impl Layer {
         let k = rotary.apply(&heads(k, spec.kv_heads)?, pos)?;
         let v = heads(v, spec.kv_heads)?.contiguous()?;
         let (k, v) = self.cache.append(k, v)?;
-        let scores = Scores { scale: spec.attention_scale, softcap: None, window: None };
+        let scores = Scores { scale: spec.attention_scale, softcap: None, window: spec.window };
         attend(&q, &k, &v, scores)?.apply(&self.o)
     }
 

@@ -5,7 +5,7 @@
 use candle_nn::{Activation, VarBuilder};
 
 use super::blocks::{NormKind, Rotary};
-use super::decoder::{Decoder, Spec};
+use super::decoder::{Decoder, MlpShape, Spec};
 
 /// granite's config.json, as `format::hf_config` normalised it.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -50,7 +50,9 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
         vocab: c.vocab_size,
         norm: NormKind::Rms(c.rms_norm_eps),
         rotary: Rotary::new(c.rope_theta, head_dim),
-        fused: false,
+        fused_qkv: false,
+        mlp: MlpShape::Gated,
+        window: None,
         qkv_bias: c.attention_bias,
         o_bias: c.attention_bias,
         mlp_bias: c.mlp_bias,

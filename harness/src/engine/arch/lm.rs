@@ -8,7 +8,6 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
     deepseek2, gemma, llama, mistral, olmo2, quantized_llama, quantized_qwen2, qwen2, qwen3, qwen3_moe,
-    starcoder2,
 };
 use serde::de::DeserializeOwned;
 
@@ -56,7 +55,7 @@ pub(crate) const ARCHITECTURES: &[(&str, Loader)] = &[
     ("qwen3", |c, vb| Ok(Box::new(qwen3::ModelForCausalLM::new(&parse("qwen3", c)?, vb)?))),
     ("qwen3_moe", |c, vb| Ok(Box::new(qwen3_moe::ModelForCausalLM::new(&parse("qwen3_moe", c)?, vb)?))),
     ("stablelm", |c, vb| Ok(Box::new(super::stablelm::load(&parse("stablelm", c)?, vb)?))),
-    ("starcoder2", |c, vb| Ok(Box::new(starcoder2::Model::new(&parse("starcoder2", c)?, vb)?))),
+    ("starcoder2", |c, vb| Ok(Box::new(super::starcoder2::load(&parse("starcoder2", c)?, vb)?))),
 ];
 
 /// The model of `architecture` (one of [`ARCHITECTURES`]) from its normalised config.
@@ -99,7 +98,6 @@ causal_lm!(
     qwen2::ModelForCausalLM,
     qwen3::ModelForCausalLM,
     qwen3_moe::ModelForCausalLM,
-    starcoder2::Model,
 );
 
 /// candle's llama keeps its cache outside the model: a fresh one is a clone of the empty one

@@ -7,7 +7,7 @@
 use candle_nn::{Activation, VarBuilder};
 
 use super::blocks::{NormKind, Rotary};
-use super::decoder::{Decoder, Spec};
+use super::decoder::{Decoder, MlpShape, Spec};
 
 /// phi3's config.json, as `format::hf_config` normalised it.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -24,6 +24,8 @@ pub(super) struct Config {
     partial_rotary_factor: f64,
     tie_word_embeddings: bool,
     hidden_act: Activation,
+    /// Every layer's sliding window.
+    sliding_window: Option<usize>,
     /// LongRoPE's parameters, complete (`hf_config` derived the factor and attention factor).
     rope_longrope: Option<LongRope>,
 }
@@ -75,7 +77,9 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
         vocab: c.vocab_size,
         norm: NormKind::Rms(c.rms_norm_eps),
         rotary,
-        fused: true,
+        fused_qkv: true,
+        mlp: MlpShape::GatedFused,
+        window: c.sliding_window,
         qkv_bias: false,
         o_bias: false,
         mlp_bias: false,

@@ -5,7 +5,7 @@
 use candle_nn::{Activation, VarBuilder};
 
 use super::blocks::{NormKind, Rotary};
-use super::decoder::{Decoder, Spec};
+use super::decoder::{Decoder, MlpShape, Spec};
 
 /// stablelm's config.json, as `format::hf_config` normalised it.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -40,7 +40,9 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
         norm: NormKind::Layer(c.layer_norm_eps),
         // transformers: int(head_dim * partial_rotary_factor).
         rotary: Rotary::new(c.rope_theta, (head_dim as f64 * c.partial_rotary_factor) as usize),
-        fused: false,
+        fused_qkv: false,
+        mlp: MlpShape::Gated,
+        window: None,
         qkv_bias: c.use_qkv_bias,
         o_bias: false,
         mlp_bias: false,
