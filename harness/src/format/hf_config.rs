@@ -153,98 +153,6 @@ pub(crate) fn rope(path: &Path, config: &Value) -> Result<Rope, ConfigError> {
     Ok(Rope { theta, kind, parameters, field, partial })
 }
 
-/// deepseek_v2's YaRN in candle's spelling, with transformers' defaults (β 32 and 1; the
-/// attention factor from `mscale` over `mscale_all_dim` only when both are stated, else from
-/// the factor alone); what candle's model cannot take the same way is refused by name.
-fn deepseek_yarn(path: &Path, config: &Value, rope: &Rope) -> Result<Value, ConfigError> {
-    let p = rope.parameters.clone().unwrap_or_default();
-    let num = |field: &str| p.get(field).and_then(Value::as_f64).filter(|x| x.is_finite());
-    for field in ["attention_factor", "truncate"] {
-        if p.get(field).is_some_and(|v| !v.is_null() && *v != Value::Bool(true)) {
-            return Err(refuse(
-                path,
-                rope.field,
-                format!("states yarn's `{field}`, which the engine's deepseek_v2 does not take"),
-            ));
-        }
-    }
-    let original = p
-        .get("original_max_position_embeddings")
-        .or_else(|| config.get("original_max_position_embeddings"))
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            refuse(path, rope.field, "is of type `yarn` but states no original_max_position_embeddings")
-        })?;
-    let context = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(original);
-    let factor = num("factor").unwrap_or(context as f64 / original as f64);
-    let rope_dim = config.get("qk_rope_head_dim").and_then(Value::as_u64);
-    if let Some(d) = config.get("head_dim").and_then(Value::as_u64)
-        && Some(d) != rope_dim
-    {
-        return Err(refuse(
-            path,
-            "head_dim",
-            format!(
-                "is {d}, not qk_rope_head_dim: transformers' yarn would scale {d} units, the engine's rotates qk_rope_head_dim"
-            ),
-        ));
-    }
-    let (mscale, mscale_all_dim) =
-        match (num("mscale").filter(|m| *m != 0.0), num("mscale_all_dim").filter(|m| *m != 0.0)) {
-            (Some(m), Some(all)) => (m, all),
-            _ => (1.0, 0.0),
-        };
-    Ok(json!({
-        "type": "yarn", "original_max_position_embeddings": original, "factor": factor,
-        "beta_fast": num("beta_fast").filter(|b| *b != 0.0).unwrap_or(32.0),
-        "beta_slow": num("beta_slow").filter(|b| *b != 0.0).unwrap_or(1.0),
-        "mscale": mscale, "mscale_all_dim": mscale_all_dim,
-    }))
-}
-
-/// phi3's LongRoPE, complete: both factor lists, the original context (from the rope
-/// parameters or, as 4.x writes it, the config), and the attention factor transformers derives
-/// from the context's growth when none is stated.
-fn longrope(path: &Path, config: &Value, rope: &Rope) -> Result<Value, ConfigError> {
-    let p = rope.parameters.clone().unwrap_or_default();
-    let factors = |field: &str| -> Result<Vec<f64>, ConfigError> {
-        let list = p.get(field).and_then(Value::as_array).ok_or_else(|| {
-            refuse(path, rope.field, format!("is of type longrope but has no list `{field}`"))
-        })?;
-        list.iter()
-            .map(|v| v.as_f64().filter(|x| x.is_finite() && *x > 0.0))
-            .collect::<Option<Vec<f64>>>()
-            .ok_or_else(|| {
-                refuse(path, rope.field, format!("has a `{field}` that is not all positive numbers"))
-            })
-    };
-    let (short, long) = (factors("short_factor")?, factors("long_factor")?);
-    let original = p
-        .get("original_max_position_embeddings")
-        .or_else(|| config.get("original_max_position_embeddings"))
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 1)
-        .ok_or_else(|| {
-            refuse(
-                path,
-                "original_max_position_embeddings",
-                "is missing; longrope needs the original context",
-            )
-        })?;
-    let context = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(original);
-    let factor = p.get("factor").and_then(Value::as_f64).unwrap_or(context as f64 / original as f64);
-    let attention_factor = match p.get("attention_factor").and_then(Value::as_f64) {
-        Some(a) => a,
-        None if factor <= 1.0 => 1.0,
-        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
-    };
-    Ok(json!({
-        "short_factor": short, "long_factor": long,
-        "original_max_position_embeddings": original, "attention_factor": attention_factor,
-    }))
-}
-
 /// `config` (of `path`, for messages) as the engine's loader for its `model_type` reads it, or
 /// the first field the engine would not honour. Architectures outside [`NORMALISED`] are
 /// returned unchanged.
@@ -273,7 +181,7 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
     // Rope: the base reaches the loader as `rope_theta`; only llama implements a scaling type
     // (`llama3`), handed over as candle's `rope_scaling`.
     let rope = if model_type == "gemma3_text" {
-        super::hf_families::gemma3_rope(path, config, object)?
+        super::rope_scaling::gemma3_rope(path, config, object)?
     } else {
         rope(path, config)?
     };
@@ -301,11 +209,11 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             object.insert("rope_scaling".into(), Value::Object(scaling));
         }
         ("yarn", "deepseek_v2") => {
-            let yarn = deepseek_yarn(path, config, &rope)?;
+            let yarn = super::rope_scaling::deepseek_yarn(path, config, &rope)?;
             object.insert("rope_scaling".into(), yarn);
         }
         ("longrope" | "su", "phi3") => {
-            let longrope = longrope(path, config, &rope)?;
+            let longrope = super::rope_scaling::longrope(path, config, &rope)?;
             object.remove("rope_scaling");
             object.insert("rope_longrope".into(), longrope);
         }

@@ -7,54 +7,10 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use super::hf_config::{Rope, rope};
 use super::hparams::ConfigError;
 
 fn refuse(path: &Path, field: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError { path: path.to_path_buf(), field, why: why.into() }
-}
-
-/// gemma3's two rope bases: global layers' `rope_theta` and sliding layers'
-/// `rope_local_base_freq` (4.x), or 5.x's `rope_parameters` per layer type. The global one is
-/// returned (and refused where scaled, as [`rope`] would); the local one is written into
-/// `object` as `rope_local_base_freq`.
-pub(super) fn gemma3_rope(
-    path: &Path,
-    config: &Value,
-    object: &mut Map<String, Value>,
-) -> Result<Rope, ConfigError> {
-    let by_type = config
-        .get("rope_parameters")
-        .and_then(Value::as_object)
-        .filter(|p| p.contains_key("full_attention") || p.contains_key("sliding_attention"));
-    let Some(by_type) = by_type else {
-        let global = rope(path, config)?;
-        let local = match config.get("rope_local_base_freq") {
-            None | Some(Value::Null) => 10_000.0,
-            Some(v) => v.as_f64().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| {
-                refuse(path, "rope_local_base_freq", format!("is {v}, not a finite positive number"))
-            })?,
-        };
-        object.insert("rope_local_base_freq".into(), json!(local));
-        return Ok(global);
-    };
-    let of = |layer_type: &str| -> Result<Rope, ConfigError> {
-        let parameters = by_type.get(layer_type).cloned().unwrap_or(Value::Null);
-        rope(path, &json!({ "rope_parameters": parameters }))
-    };
-    let (global, local) = (of("full_attention")?, of("sliding_attention")?);
-    if local.kind != "default" {
-        return Err(refuse(
-            path,
-            "rope_parameters",
-            format!(
-                "asks for rope scaling of type `{}` on sliding layers, which the engine's gemma3_text does not implement",
-                local.kind
-            ),
-        ));
-    }
-    object.insert("rope_local_base_freq".into(), json!(local.theta));
-    Ok(global)
 }
 
 /// The fields of `model_type` beyond the shared ones, read from `config` into `object`.
