@@ -71,6 +71,19 @@ fn refuse(path: &Path, field: &'static str, why: impl Into<String>) -> ConfigErr
     ConfigError { path: path.to_path_buf(), field, why: why.into() }
 }
 
+/// transformers' `max_position_embeddings` for `model_type` when a config states none
+/// (gpt_bigcode's context is its `n_positions`).
+fn default_context(model_type: &str) -> Option<u64> {
+    Some(match model_type {
+        "llama" | "olmo2" | "granite" | "deepseek_v2" | "falcon" => 2048,
+        "phi3" | "starcoder2" | "stablelm" => 4096,
+        "gemma" | "gemma2" => 8192,
+        "qwen2" | "qwen3" | "qwen3_moe" => 32_768,
+        "mistral" | "gemma3_text" => 131_072,
+        _ => return None,
+    })
+}
+
 /// The rope settings of a config: base and type, from either spelling.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Rope {
@@ -161,6 +174,19 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
     if !NORMALISED.contains(&model_type) {
         return Ok(config.clone());
     }
+    // A config silent on its context has transformers' default for the architecture.
+    let filled;
+    let config = match default_context(model_type) {
+        Some(context)
+            if config.get("max_position_embeddings").is_none_or(Value::is_null) && config.is_object() =>
+        {
+            let mut c = config.clone();
+            c["max_position_embeddings"] = json!(context);
+            filled = c;
+            &filled
+        }
+        _ => config,
+    };
     let mut out = config.clone();
     let Some(object) = out.as_object_mut() else {
         return Err(refuse(path, "model_type", "cannot be read: the config is not a JSON object"));
@@ -560,6 +586,15 @@ mod tests {
         assert_eq!(refused(&with("llama", json!({"hidden_act": "gelu"}))).0, "hidden_act");
         assert_eq!(refused(&with("qwen2", json!({"hidden_act": "swishy"}))).0, "hidden_act");
         assert_eq!(normalised(&with("mistral", json!({"hidden_act": "gelu"})))["hidden_act"], json!("gelu"));
+    }
+
+    #[test]
+    fn a_config_silent_on_its_context_has_transformers_default() {
+        for (m, want) in [("llama", 2048), ("qwen2", 32_768), ("mistral", 131_072), ("phi3", 4096)] {
+            let mut c = base(m);
+            c.as_object_mut().expect("an object").remove("max_position_embeddings");
+            assert_eq!(normalised(&c)["max_position_embeddings"], json!(want), "{m}");
+        }
     }
 
     #[test]
