@@ -235,12 +235,14 @@ pub(super) fn translate(
         }
         "deepseek_v2" => {
             let method = get("topk_method").and_then(Value::as_str).unwrap_or("greedy");
-            if !matches!(method, "greedy" | "group_limited_greedy") {
+            // candle's group-limited routing indexes past its groups (a gather error on the
+            // first forward pass), so only greedy routing runs.
+            if method != "greedy" {
                 return Err(refuse(
                     path,
                     "topk_method",
                     format!(
-                        "is `{method}`; the engine's deepseek_v2 routes by greedy or group_limited_greedy"
+                        "is `{method}`; the engine's deepseek_v2 routes greedily only (candle's group-limited routing fails)"
                     ),
                 ));
             }
@@ -251,15 +253,15 @@ pub(super) fn translate(
                     format!("is `{f}`; the engine's deepseek_v2 scores by softmax"),
                 ));
             }
+            // Unused by greedy routing; candle's struct asks for them.
             for field in ["n_group", "topk_group"] {
-                match uint(field) {
-                    Some(_) => {}
-                    None if method == "greedy" => set(field, json!(1)),
-                    None => {
-                        return Err(refuse(path, field, "is missing; group_limited_greedy routing needs it"));
-                    }
+                if uint(field).is_none() {
+                    set(field, json!(1));
                 }
             }
+            // transformers 5's router drops `norm_topk_prob` and always scales the chosen
+            // weights by routed_scaling_factor; candle's normalises them instead where it is true.
+            set("norm_topk_prob", json!(false));
             set("attention_bias", json!(flag("attention_bias", false)?));
         }
         _ => {}
@@ -423,7 +425,7 @@ mod tests {
             ("qwen3_moe", json!({}), "num_experts"),
             ("deepseek_v2", json!({"topk_method": "noaux_tc"}), "topk_method"),
             ("deepseek_v2", json!({"scoring_func": "sigmoid"}), "scoring_func"),
-            ("deepseek_v2", json!({"topk_method": "group_limited_greedy"}), "n_group"),
+            ("deepseek_v2", json!({"topk_method": "group_limited_greedy"}), "topk_method"),
             (
                 "phi3",
                 json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}),
