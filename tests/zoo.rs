@@ -2,7 +2,8 @@
 //! transformers 5.x with its reference outputs (`fixtures/zoo/`, made by
 //! `xtask/zoo/make_zoo.py`). Every zoo model either loads in the embedded engine and reproduces
 //! transformers — the top-5 logits at every prompt position within [`TOLERANCE`], the greedy
-//! continuation token for token — or is listed in [`UNSUPPORTED`] with the engine's refusal.
+//! continuation token for token, from its safetensors and from the project's APR conversion —
+//! or is listed in [`UNSUPPORTED`] with the engine's refusal.
 //! The list is held true both ways: a listed architecture that starts loading fails the test
 //! (take it off the list), and so does one refused for another reason.
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use modelqa::support::engine::{Flow, GenerateRequest, Session, load_candle};
+use modelqa::support::format::{apr, convert};
 use modelqa::support::matrix::Backend;
 
 /// The registry's `model_type`s: the zoo holds exactly one model of each.
@@ -33,18 +35,7 @@ const ARCHITECTURES: [&str; 16] = [
 ];
 
 /// Architectures the embedded engine does not run yet, each with (a part of) its load error.
-const UNSUPPORTED: &[(&str, &str)] = &[
-    ("deepseek_v2", "model_type `deepseek_v2` is not supported"),
-    ("falcon", "model_type `falcon` is not supported"),
-    ("gemma2", "model_type `gemma2` is not supported"),
-    ("gemma3_text", "model_type `gemma3_text` is not supported"),
-    ("gpt_bigcode", "model_type `gpt_bigcode` is not supported"),
-    ("granite", "model_type `granite` is not supported"),
-    ("phi3", "model_type `phi3` is not supported"),
-    ("qwen3_moe", "model_type `qwen3_moe` is not supported"),
-    ("stablelm", "model_type `stablelm` is not supported"),
-    ("starcoder2", "model_type `starcoder2` is not supported"),
-];
+const UNSUPPORTED: &[(&str, &str)] = &[];
 
 /// The largest difference from transformers' logit (computed in f64 from the f32 weights)
 /// that an f32 engine may show.
@@ -76,8 +67,9 @@ struct TopK {
 
 /// How one zoo model fared.
 enum Outcome {
-    /// Reproduces transformers; the largest logit difference seen.
-    Pass(f64),
+    /// Reproduces transformers from safetensors and from the project's APR conversion; the
+    /// largest logit difference seen in each.
+    Pass(f64, f64),
     /// Refused as [`UNSUPPORTED`] says.
     Unsupported(&'static str),
     /// The failure, in words.
@@ -170,10 +162,25 @@ fn check(model_type: &str) -> Outcome {
         (Err(e), Some(why)) => Outcome::Fail(format!("refused with `{e}`, UNSUPPORTED says `{why}`")),
         (Err(e), None) => Outcome::Fail(format!("does not load: {e}")),
         (Ok(mut session), None) => match compare(&mut session, &reference) {
-            Ok(worst) => Outcome::Pass(worst),
+            Ok(worst) => match from_apr(&dir, &reference) {
+                Ok(apr) => Outcome::Pass(worst, apr),
+                Err(why) => Outcome::Fail(format!("from APR: {why}")),
+            },
             Err(why) => Outcome::Fail(why),
         },
     }
+}
+
+/// The comparison of the model converted to APR (every tensor as stored, config and tokenizer
+/// embedded) and loaded from that one file.
+fn from_apr(dir: &Path, reference: &Reference) -> Result<f64, String> {
+    let file = convert::safetensors_to_apr(dir).map_err(|e| format!("does not convert: {e}"))?;
+    let bytes = apr::write(&file).map_err(|e| format!("does not write: {e}"))?;
+    let out = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = out.path().join("model.apr");
+    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+    let mut session = load_candle(&path, Backend::Cpu).map_err(|e| format!("does not load: {e}"))?;
+    compare(&mut session, reference)
 }
 
 #[test]
@@ -187,11 +194,11 @@ fn every_architecture_reproduces_transformers_or_is_listed_unsupported() {
     present.sort();
     assert_eq!(present, ARCHITECTURES, "the zoo holds one model per registry model_type");
 
-    let mut table = String::from("architecture  | zoo (safetensors)\n");
+    let mut table = String::from("architecture  | zoo (safetensors; APR)\n");
     let mut failures = Vec::new();
     for model_type in ARCHITECTURES {
         let line = match check(model_type) {
-            Outcome::Pass(worst) => format!("pass (max logit diff {worst:.1e})"),
+            Outcome::Pass(worst, apr) => format!("pass (max logit diff {worst:.1e}; APR {apr:.1e})"),
             Outcome::Unsupported(why) => format!("unsupported: {why}"),
             Outcome::Fail(why) => {
                 failures.push(format!("{model_type}: {why}"));

@@ -7,12 +7,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
-use candle_transformers::models::{
-    gemma, llama, mistral, olmo2, quantized_llama, quantized_qwen2, qwen2, qwen3,
-};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use tokenizers::Tokenizer;
 
 use super::admit::HashFile;
+use super::arch::CausalLm;
 use super::logprobs::Scorer;
 use super::{
     Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, ScoredStep,
@@ -32,27 +31,9 @@ impl Engine for CandleEngine {
     }
 }
 
-/// The architectures the embedded engine runs, by config.json `model_type`.
-pub(super) const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
-
-enum Model {
-    Llama {
-        model: llama::Llama,
-        config: llama::Config,
-    },
-    Qwen2(qwen2::ModelForCausalLM),
-    Qwen3(qwen3::ModelForCausalLM),
-    Gemma(gemma::Model),
-    Olmo2(olmo2::Model),
-    Mistral(mistral::Model),
-    /// A GGUF file of the llama convention (llama and mistral), quantized kernels.
-    QuantizedLlama(quantized_llama::ModelWeights),
-    QuantizedQwen2(quantized_qwen2::ModelWeights),
-}
-
 /// A model loaded by candle.
 pub struct CandleSession {
-    model: Model,
+    model: Box<dyn CausalLm>,
     tokenizer: Tokenizer,
     /// The same tokenizer reading control-token spellings as plain text, for the
     /// [`GenerateRequest::literal`] ranges of a prompt.
@@ -102,13 +83,11 @@ fn architecture_of(path: &Path, config: &serde_json::Value) -> Result<String, En
         .get("model_type")
         .and_then(|v| v.as_str())
         .ok_or_else(|| load_err(path, "the config has no `model_type`"))?;
-    if !SUPPORTED_ARCHITECTURES.contains(&architecture) {
+    if !super::arch::ARCHITECTURES.iter().any(|(name, _)| *name == architecture) {
+        let supported: Vec<&str> = super::arch::ARCHITECTURES.iter().map(|(name, _)| *name).collect();
         return Err(load_err(
             path,
-            format!(
-                "model_type `{architecture}` is not supported (supported: {})",
-                SUPPORTED_ARCHITECTURES.join(", ")
-            ),
+            format!("model_type `{architecture}` is not supported (supported: {})", supported.join(", ")),
         ));
     }
     Ok(architecture.to_string())
@@ -249,75 +228,22 @@ fn assemble(
     let dir = source.as_path();
     let architecture = architecture_of(dir, &config)?;
     super::admit::tokenizer_fits_config(dir, &tokenizer, &config)?;
-    let parse = |what: &str, e: serde_json::Error| {
-        EngineError::load_failed_in(dir, format!("not a valid {what} config"), e)
-    };
-    let (model, context) = match architecture.as_str() {
-        "llama" => {
-            let cfg: llama::LlamaConfig =
-                serde_json::from_value(config.clone()).map_err(|e| parse("llama", e))?;
-            let context = cfg.max_position_embeddings;
-            let cfg = cfg.into_config(false);
-            let model = llama::Llama::load(vb, &cfg).map_err(|e| EngineError::load_failed(dir, e))?;
-            (Model::Llama { model, config: cfg }, context)
+    let context = config
+        .get("max_position_embeddings")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| load_err(dir, "the config states no context (`max_position_embeddings`)"))?
+        as usize;
+    let model = match super::arch::load(&architecture, &config, vb) {
+        None => unreachable!("architecture_of admitted `{architecture}`"),
+        Some(Ok(model)) => model,
+        Some(Err(super::arch::LoadError::Weights(e))) => return Err(EngineError::load_failed(dir, e)),
+        Some(Err(super::arch::LoadError::Config { architecture, source })) => {
+            return Err(EngineError::load_failed_in(
+                dir,
+                format!("not a valid {architecture} config"),
+                source,
+            ));
         }
-        "qwen2" => {
-            let cfg: qwen2::Config = serde_json::from_value(config.clone()).map_err(|e| parse("qwen2", e))?;
-            let context = cfg.max_position_embeddings;
-            (
-                Model::Qwen2(
-                    qwen2::ModelForCausalLM::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?,
-                ),
-                context,
-            )
-        }
-        "qwen3" => {
-            let cfg: qwen3::Config = serde_json::from_value(config.clone()).map_err(|e| parse("qwen3", e))?;
-            let context = cfg.max_position_embeddings;
-            (
-                Model::Qwen3(
-                    qwen3::ModelForCausalLM::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?,
-                ),
-                context,
-            )
-        }
-        "gemma" => {
-            let cfg: gemma::Config = serde_json::from_value(config.clone()).map_err(|e| parse("gemma", e))?;
-            let context = cfg.max_position_embeddings;
-            (
-                Model::Gemma(
-                    gemma::Model::new(false, &cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?,
-                ),
-                context,
-            )
-        }
-        "olmo2" => {
-            let cfg: olmo2::Config = serde_json::from_value(config.clone()).map_err(|e| parse("olmo2", e))?;
-            let context = cfg.max_position_embeddings;
-            (
-                Model::Olmo2(olmo2::Model::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?),
-                context,
-            )
-        }
-        "mistral" => {
-            let cfg: mistral::Config =
-                serde_json::from_value(config.clone()).map_err(|e| parse("mistral", e))?;
-            let context = cfg.max_position_embeddings;
-            // candle's mistral always loads `lm_head`; tied embeddings are the embedding table.
-            let vb = if config.get("tie_word_embeddings") == Some(&serde_json::Value::Bool(true)) {
-                vb.rename_f(|name| match name {
-                    "lm_head.weight" => "model.embed_tokens.weight".to_string(),
-                    other => other.to_string(),
-                })
-            } else {
-                vb
-            };
-            (
-                Model::Mistral(mistral::Model::new(&cfg, vb).map_err(|e| EngineError::load_failed(dir, e))?),
-                context,
-            )
-        }
-        other => unreachable!("architecture_of admitted `{other}`"),
     };
 
     let mut eos = token_ids(config.get("eos_token_id"));
@@ -331,7 +257,7 @@ fn assemble(
 
 /// A loaded model and what its session needs besides, whatever the format.
 struct Loaded {
-    model: Model,
+    model: Box<dyn CausalLm>,
     context: usize,
     tokenizer: Tokenizer,
     eos: Vec<u32>,
@@ -421,11 +347,11 @@ fn gguf_session(
         eos_token: token_text(eos.first().copied()),
     });
     let model = match arch.as_str() {
-        "llama" => Model::QuantizedLlama(
+        "llama" => Box::new(
             quantized_llama::ModelWeights::from_gguf(content, &mut file, &device)
                 .map_err(|e| EngineError::load_failed(path, e))?,
-        ),
-        "qwen2" => Model::QuantizedQwen2(
+        ) as Box<dyn CausalLm>,
+        "qwen2" => Box::new(
             quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &device)
                 .map_err(|e| EngineError::load_failed(path, e))?,
         ),
@@ -450,45 +376,17 @@ const CANDLE_VERSION: &str = "0.11.1";
 const SEQUENCE_CHUNK: usize = 512;
 
 impl CandleSession {
-    fn forward(
-        &mut self,
-        ids: &[u32],
-        pos: usize,
-        cache: &mut Option<llama::Cache>,
-    ) -> candle_core::Result<Tensor> {
+    fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Tensor> {
         let started = Instant::now();
         planted_crash();
-        let logits = self.forward_once(ids, pos, cache)?;
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let logits = self.model.forward(&input, pos)?.flatten_all()?.to_dtype(DType::F32)?;
         if let Some(factor) = crate::config::planted_slowdown() {
             // A fault the harness's own tests plant (QUALIFY_FAULT_SLOWDOWN): every forward
             // pass takes `factor` times as long, as a model that really got slower would.
             std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
         }
         Ok(logits)
-    }
-
-    fn forward_once(
-        &mut self,
-        ids: &[u32],
-        pos: usize,
-        cache: &mut Option<llama::Cache>,
-    ) -> candle_core::Result<Tensor> {
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.model {
-            Model::Llama { model, .. } => {
-                let cache =
-                    cache.as_mut().ok_or_else(|| candle_core::Error::Msg("llama cache missing".into()))?;
-                model.forward(&input, pos, cache)?
-            }
-            Model::Qwen2(model) => model.forward(&input, pos)?,
-            Model::Qwen3(model) => model.forward(&input, pos)?,
-            Model::Gemma(model) => model.forward(&input, pos)?,
-            Model::Olmo2(model) => model.forward(&input, pos)?,
-            Model::Mistral(model) => model.forward(&input, pos)?,
-            Model::QuantizedLlama(model) => model.forward(&input, pos)?,
-            Model::QuantizedQwen2(model) => model.forward(&input, pos)?,
-        };
-        logits.flatten_all()?.to_dtype(DType::F32)
     }
 }
 
@@ -511,34 +409,6 @@ fn processor(sampling: &Sampling) -> LogitsProcessor {
     }
 }
 
-impl CandleSession {
-    fn fresh_cache(&mut self) -> Result<Option<llama::Cache>, EngineError> {
-        let cache = match &self.model {
-            Model::Llama { config, .. } => Some(
-                llama::Cache::new(true, DType::F32, config, &self.device).map_err(EngineError::inference)?,
-            ),
-            Model::Qwen2(_)
-            | Model::Qwen3(_)
-            | Model::Gemma(_)
-            | Model::Olmo2(_)
-            | Model::Mistral(_)
-            | Model::QuantizedLlama(_)
-            | Model::QuantizedQwen2(_) => None,
-        };
-        match &mut self.model {
-            Model::Qwen2(m) => m.clear_kv_cache(),
-            Model::Qwen3(m) => m.clear_kv_cache(),
-            Model::Gemma(m) => m.clear_kv_cache(),
-            Model::Olmo2(m) => m.clear_kv_cache(),
-            Model::Mistral(m) => m.clear_kv_cache(),
-            Model::QuantizedLlama(m) => m.clear_kv_cache(),
-            Model::QuantizedQwen2(m) => m.clear_kv_cache(),
-            Model::Llama { .. } => {}
-        }
-        Ok(cache)
-    }
-}
-
 impl Session for CandleSession {
     fn info(&self) -> &SessionInfo {
         &self.info
@@ -556,8 +426,8 @@ impl Session for CandleSession {
         if ids.is_empty() || ids.len() > self.context {
             return Err(EngineError::OutsideContext { tokens: ids.len(), context: self.context });
         }
-        let mut cache = self.fresh_cache()?;
-        let logits = self.forward(&ids, 0, &mut cache).map_err(inference)?;
+        self.model.clear_kv_cache();
+        let logits = self.forward(&ids, 0).map_err(inference)?;
         logits.to_vec1::<f32>().map_err(inference)
     }
 
@@ -569,10 +439,10 @@ impl Session for CandleSession {
             .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?
             .get_ids()
             .to_vec();
-        let mut cache = self.fresh_cache()?;
+        self.model.clear_kv_cache();
         let mut out = Vec::new();
         for (pos, id) in ids.iter().take(positions.min(self.context)).enumerate() {
-            let logits = self.forward(&[*id], pos, &mut cache).map_err(inference)?;
+            let logits = self.forward(&[*id], pos).map_err(inference)?;
             out.push(logits.to_vec1::<f32>().map_err(inference)?);
         }
         Ok(out)
@@ -611,7 +481,7 @@ impl Session for CandleSession {
                 ids.len()
             )));
         }
-        let mut cache = self.fresh_cache()?;
+        self.model.clear_kv_cache();
         let mut fed = 0;
         for &position in positions {
             // The tokens up to the position go through the KV cache in chunks, the last of which
@@ -619,7 +489,7 @@ impl Session for CandleSession {
             // token's only), and no chunk's attention grows past SEQUENCE_CHUNK rows.
             while fed <= position {
                 let end = (fed + SEQUENCE_CHUNK).min(position + 1);
-                let logits = self.forward(&ids[fed..end], fed, &mut cache).map_err(inference)?;
+                let logits = self.forward(&ids[fed..end], fed).map_err(inference)?;
                 fed = end;
                 if fed == position + 1
                     && on_logits(position, logits.to_vec1::<f32>().map_err(inference)?) == Flow::Stop
@@ -722,10 +592,10 @@ impl CandleSession {
         if ids.len() >= self.context {
             return Err(EngineError::PromptTooLong { tokens: ids.len(), context: self.context });
         }
-        let mut cache = self.fresh_cache()?;
+        self.model.clear_kv_cache();
         let mut sampler = processor(&request.sampling);
         let prompt_tokens = ids.len();
-        let mut logits = self.forward(&ids, 0, &mut cache).map_err(inference)?;
+        let mut logits = self.forward(&ids, 0).map_err(inference)?;
         let first_logits_finite = logits.to_vec1::<f32>().map_err(inference)?.iter().all(|v| v.is_finite());
         let mut tokens = Vec::new();
         let mut sent = String::new();
@@ -762,7 +632,7 @@ impl CandleSession {
                 let partial = self.tokenizer.decode(&tokens, true).unwrap_or_default();
                 return Err(EngineError::Timeout { tokens: tokens.len(), partial });
             }
-            logits = self.forward(&[next], pos, &mut cache).map_err(inference)?;
+            logits = self.forward(&[next], pos).map_err(inference)?;
         };
         let text = self
             .tokenizer

@@ -5,6 +5,7 @@
 //! Nothing here knows about playbooks, trials or oracles.
 
 mod admit;
+mod arch;
 mod cache;
 mod candle;
 pub(crate) mod client;

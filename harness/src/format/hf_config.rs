@@ -21,9 +21,25 @@ const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 /// The architectures whose config this module normalises (the others are refused by the
 /// engine before their config matters).
-pub(crate) const NORMALISED: &[&str] = &["gemma", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
+pub(crate) const NORMALISED: &[&str] = &[
+    "deepseek_v2",
+    "falcon",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gpt_bigcode",
+    "granite",
+    "llama",
+    "mistral",
+    "olmo2",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "stablelm",
+    "starcoder2",
+];
 
-/// The architectures whose loader reads an explicit `head_dim` (the others derive it).
 /// The model types the project's tracer (`diff::trace`, `gate::trace`) runs: the llama
 /// convention of pre-norm blocks, RMSNorm, half-split rotary embedding and a SwiGLU MLP.
 pub(crate) const TRACED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
@@ -32,10 +48,48 @@ pub(crate) const TRACED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 /// holds the ground truth and the candidate at once, beside the cell's sessions (2 × 8 GB here).
 pub(crate) const TRACE_MAX_PARAMETERS: u64 = 2_000_000_000;
 
-pub(crate) const EXPLICIT_HEAD_DIM: &[&str] = &["gemma", "mistral", "qwen3"];
+/// The architectures whose loader reads an explicit `head_dim` (the others derive it;
+/// deepseek_v2's heads are sized by its own fields).
+pub(crate) const EXPLICIT_HEAD_DIM: &[&str] =
+    &["gemma", "gemma2", "gemma3_text", "mistral", "qwen3", "qwen3_moe"];
+
+/// The gemma family: `hidden_activation`, always tied, optionally bidirectional.
+const GEMMA: &[&str] = &["gemma", "gemma2", "gemma3_text"];
+
+/// The architectures whose models rotate a share of each head (`partial_rotary_factor`).
+const PARTIAL_ROTARY: &[&str] = &["phi3", "stablelm"];
+
+/// The architectures whose models load q/k/v (and o) biases when `attention_bias` says so.
+pub(crate) const ATTENTION_BIAS: &[&str] =
+    &["deepseek_v2", "gemma2", "gemma3_text", "granite", "qwen2", "qwen3", "qwen3_moe"];
+
+/// The architectures transformers ties the head to the embedding for when a config is silent.
+pub(crate) const TIED_BY_DEFAULT: &[&str] =
+    &["falcon", "gemma", "gemma2", "gemma3_text", "gpt_bigcode", "starcoder2"];
+
+/// The architectures whose model masks its sliding layers to the window, prompt and cache
+/// alike: their sessions keep the whole context.
+const WINDOWED: &[&str] = &["gemma2", "gemma3_text", "phi3", "starcoder2"];
+
+/// The architectures whose activation is not `hidden_act` (falcon's `activation`,
+/// gpt_bigcode's `activation_function`, read in `hf_families`).
+const OWN_ACTIVATION: &[&str] = &["falcon", "gpt_bigcode"];
 
 fn refuse(path: &Path, field: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError { path: path.to_path_buf(), field, why: why.into() }
+}
+
+/// transformers' `max_position_embeddings` for `model_type` when a config states none
+/// (gpt_bigcode's context is its `n_positions`).
+fn default_context(model_type: &str) -> Option<u64> {
+    Some(match model_type {
+        "llama" | "olmo2" | "granite" | "deepseek_v2" | "falcon" => 2048,
+        "phi3" | "starcoder2" | "stablelm" => 4096,
+        "gemma" | "gemma2" => 8192,
+        "qwen2" | "qwen3" | "qwen3_moe" => 32_768,
+        "mistral" | "gemma3_text" => 131_072,
+        _ => return None,
+    })
 }
 
 /// The rope settings of a config: base and type, from either spelling.
@@ -128,6 +182,19 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
     if !NORMALISED.contains(&model_type) {
         return Ok(config.clone());
     }
+    // A config silent on its context has transformers' default for the architecture.
+    let filled;
+    let config = match default_context(model_type) {
+        Some(context)
+            if config.get("max_position_embeddings").is_none_or(Value::is_null) && config.is_object() =>
+        {
+            let mut c = config.clone();
+            c["max_position_embeddings"] = json!(context);
+            filled = c;
+            &filled
+        }
+        _ => config,
+    };
     let mut out = config.clone();
     let Some(object) = out.as_object_mut() else {
         return Err(refuse(path, "model_type", "cannot be read: the config is not a JSON object"));
@@ -147,7 +214,11 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
 
     // Rope: the base reaches the loader as `rope_theta`; only llama implements a scaling type
     // (`llama3`), handed over as candle's `rope_scaling`.
-    let rope = rope(path, config)?;
+    let rope = if model_type == "gemma3_text" {
+        super::rope_scaling::gemma3_rope(path, config, object)?
+    } else {
+        rope(path, config)?
+    };
     object.insert("rope_theta".into(), json!(rope.theta));
     object.remove("rope_parameters");
     match (rope.kind.as_str(), model_type) {
@@ -171,6 +242,24 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             scaling.remove("rope_theta");
             object.insert("rope_scaling".into(), Value::Object(scaling));
         }
+        ("yarn", "deepseek_v2") => {
+            let yarn = super::rope_scaling::deepseek_yarn(path, config, &rope)?;
+            object.insert("rope_scaling".into(), yarn);
+        }
+        ("longrope" | "su", "phi3") => {
+            let longrope = super::rope_scaling::longrope(path, config, &rope)?;
+            object.remove("rope_scaling");
+            object.insert("rope_longrope".into(), longrope);
+        }
+        // The project's gemma3 scales its full layers' positions.
+        ("linear", "gemma3_text") => {
+            let factor = rope.parameters.as_ref().and_then(|p| p.get("factor")).and_then(Value::as_f64);
+            let Some(factor) = factor.filter(|f| f.is_finite() && *f >= 1.0) else {
+                return Err(refuse(path, rope.field, "is of type linear but has no `factor` of at least 1"));
+            };
+            object.remove("rope_scaling");
+            object.insert("rope_linear_factor".into(), json!(factor));
+        }
         (other, _) => {
             return Err(refuse(
                 path,
@@ -181,7 +270,9 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             ));
         }
     }
-    if rope.partial.0 != 1.0 {
+    if PARTIAL_ROTARY.contains(&model_type) {
+        object.insert("partial_rotary_factor".into(), json!(rope.partial.0));
+    } else if rope.partial.0 != 1.0 {
         return Err(refuse(
             path,
             rope.partial.1,
@@ -190,12 +281,14 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
                 rope.partial.0
             ),
         ));
+    } else {
+        object.remove("partial_rotary_factor");
     }
-    object.remove("partial_rotary_factor");
 
     // The head width: mistral's and qwen3's loaders read `head_dim`; llama's and qwen2's derive it.
     if let Some(d) = uint("head_dim")
         && !EXPLICIT_HEAD_DIM.contains(&model_type)
+        && model_type != "deepseek_v2"
         && d * heads != hidden
     {
         return Err(refuse(
@@ -210,21 +303,21 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
 
     // Biases and activations the loaders do not take.
     // qwen2's loader always takes q/k/v biases, qwen3's where the config says so.
-    if !matches!(model_type, "qwen2" | "qwen3") && flag("attention_bias")? {
+    if !ATTENTION_BIAS.contains(&model_type) && flag("attention_bias")? {
         return Err(refuse(
             path,
             "attention_bias",
             format!("is true; the engine's {model_type} has no attention biases"),
         ));
     }
-    if flag("mlp_bias")? {
+    if model_type != "granite" && flag("mlp_bias")? {
         return Err(refuse(
             path,
             "mlp_bias",
             format!("is true; the engine's {model_type} has no MLP biases"),
         ));
     }
-    if model_type == "gemma" {
+    if GEMMA.contains(&model_type) {
         // 4.x wrote the activation gemma runs as `hidden_activation` (beside a legacy
         // `hidden_act`), 5.x as `hidden_act`; both read a bare "gelu" as the tanh approximation.
         let act = get("hidden_activation").or_else(|| get("hidden_act")).cloned();
@@ -236,13 +329,17 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         object.insert("hidden_activation".into(), act);
         object.insert("hidden_act".into(), Value::Null);
         if flag("use_bidirectional_attention")? {
-            return Err(refuse(path, "use_bidirectional_attention", "is true; the engine's gemma is causal"));
+            return Err(refuse(
+                path,
+                "use_bidirectional_attention",
+                format!("is true; the engine's {model_type} is causal"),
+            ));
         }
         if get("tie_word_embeddings") == Some(&Value::Bool(false)) {
             return Err(refuse(
                 path,
                 "tie_word_embeddings",
-                "is false; the engine's gemma always uses the embedding as its head",
+                format!("is false; the engine's {model_type} always uses the embedding as its head"),
             ));
         }
         if get("head_dim").is_none() {
@@ -258,12 +355,13 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         }
     }
     match object.get("hidden_act").filter(|v| !v.is_null()).cloned() {
-        None if model_type == "gemma" => {}
+        _ if OWN_ACTIVATION.contains(&model_type) => {}
+        None if GEMMA.contains(&model_type) => {}
         None => {
             object.insert("hidden_act".into(), json!("silu"));
         }
         Some(Value::String(a)) if a == "silu" => {}
-        Some(v) if model_type == "gemma" => unreachable!("gemma's activation was moved: {v}"),
+        Some(v) if GEMMA.contains(&model_type) => unreachable!("gemma's activation was moved: {v}"),
         Some(v) if model_type == "llama" => {
             return Err(refuse(path, "hidden_act", format!("is {v}; the engine's llama runs silu only")));
         }
@@ -281,13 +379,15 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
     let sliding_layers = match get("layer_types") {
         Some(Value::Array(types)) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
         Some(v) => return Err(refuse(path, "layer_types", format!("is {v}, not a list"))),
-        None if matches!(model_type, "qwen2" | "qwen3") => {
+        None if matches!(model_type, "qwen2" | "qwen3" | "qwen3_moe") => {
             flag("use_sliding_window")? && uint("max_window_layers").is_none_or(|m| m < layers)
         }
         None => window.is_some(),
     };
     let context = uint("max_position_embeddings");
-    if sliding_layers
+    // The project's own models mask their sliding layers themselves.
+    if !WINDOWED.contains(&model_type)
+        && sliding_layers
         && let Some(w) = window
         && context.is_none_or(|c| w < c)
     {
@@ -323,13 +423,17 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         }
         _ => {}
     }
+    // The tie first, for the families that read it.
+    let tied = match get("tie_word_embeddings") {
+        None => TIED_BY_DEFAULT.contains(&model_type),
+        Some(_) => flag("tie_word_embeddings")?,
+    };
+    object.insert("tie_word_embeddings".into(), json!(tied));
+    super::hf_families::translate(path, model_type, config, object)?;
 
     // What 5.x leaves out and candle's structs require.
     if get("num_key_value_heads").is_none() {
         object.insert("num_key_value_heads".into(), json!(heads));
-    }
-    if model_type != "gemma" {
-        object.insert("tie_word_embeddings".into(), json!(flag("tie_word_embeddings")?));
     }
     Ok(out)
 }
@@ -339,11 +443,23 @@ mod tests {
     use super::*;
 
     fn base(model_type: &str) -> Value {
-        json!({
+        let mut c = json!({
             "model_type": model_type, "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "vocab_size": 512, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
-        })
+        });
+        if model_type == "qwen3_moe" {
+            c["num_experts"] = json!(4);
+            c["moe_intermediate_size"] = json!(32);
+        }
+        if model_type == "deepseek_v2" {
+            for (k, v) in
+                [("qk_rope_head_dim", 8), ("qk_nope_head_dim", 8), ("v_head_dim", 16), ("kv_lora_rank", 16)]
+            {
+                c[k] = json!(v);
+            }
+        }
+        c
     }
 
     fn with(model_type: &str, fields: Value) -> Value {
@@ -403,6 +519,13 @@ mod tests {
         ];
         for m in NORMALISED {
             for (fields, field, words) in &cases {
+                if PARTIAL_ROTARY.contains(m) && words == &"whole heads" {
+                    continue;
+                }
+                if *m == "gemma3_text" && words == &"`linear`" {
+                    assert_eq!(normalised(&with(m, fields.clone()))["rope_linear_factor"], json!(2.0));
+                    continue;
+                }
                 let (got, message) = refused(&with(m, fields.clone()));
                 assert_eq!(&got, field, "{m} {fields}");
                 assert!(message.contains(words), "{m}: {message}");
@@ -474,6 +597,15 @@ mod tests {
     }
 
     #[test]
+    fn a_config_silent_on_its_context_has_transformers_default() {
+        for (m, want) in [("llama", 2048), ("qwen2", 32_768), ("mistral", 131_072), ("phi3", 4096)] {
+            let mut c = base(m);
+            c.as_object_mut().expect("an object").remove("max_position_embeddings");
+            assert_eq!(normalised(&c)["max_position_embeddings"], json!(want), "{m}");
+        }
+    }
+
+    #[test]
     fn what_transformers_5_leaves_out_is_filled_in() {
         let mut c = base("qwen2");
         c.as_object_mut().expect("an object").remove("num_key_value_heads");
@@ -508,7 +640,7 @@ mod tests {
 
     #[test]
     fn other_architectures_pass_unchanged() {
-        let c = with("phi3", json!({"rope_parameters": {"rope_type": "yarn"}}));
+        let c = with("mamba", json!({"rope_parameters": {"rope_type": "yarn"}}));
         assert_eq!(normalised(&c), c);
     }
 }

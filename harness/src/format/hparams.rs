@@ -45,8 +45,12 @@ pub(crate) struct Hyperparameters {
     /// `max_position_embeddings`, where declared.
     pub(crate) context: Option<usize>,
     pub(crate) tied: bool,
-    /// q/k/v biases (qwen2 always; qwen3 where `attention_bias` says so).
+    /// Attention biases (qwen2 always; the others of `hf_config::ATTENTION_BIAS` where
+    /// `attention_bias` says so).
     pub(crate) attention_bias: bool,
+    /// The config itself, for the fields only one architecture's tensor set depends on
+    /// (`tensor_sets`).
+    pub(crate) config: serde_json::Value,
 }
 
 impl Hyperparameters {
@@ -73,16 +77,42 @@ impl Hyperparameters {
                 }
             }
         };
-        let required = |field: &'static str, limit: Limit| -> Result<usize, ConfigError> {
-            optional(field, limit)?.ok_or_else(|| err(field, "is missing".into()))
+        // The first of `fields` the config states (GPT-2's and falcon's names after llama's).
+        let either = |fields: &[&'static str], limit: Limit| -> Result<Option<usize>, ConfigError> {
+            for field in fields {
+                if let Some(n) = optional(field, limit)? {
+                    return Ok(Some(n));
+                }
+            }
+            Ok(None)
         };
-        let hidden = required("hidden_size", limits::HIDDEN)?;
-        let heads = required("num_attention_heads", limits::HEADS)?;
-        let kv_heads = optional("num_key_value_heads", limits::HEADS)?.unwrap_or(heads);
-        let layers = required("num_hidden_layers", limits::LAYERS)?;
-        let intermediate = required("intermediate_size", limits::INTERMEDIATE)?;
-        let vocab = required("vocab_size", limits::VOCAB)?;
-        let context = optional("max_position_embeddings", limits::CONTEXT)?;
+        let required = |fields: &[&'static str], limit: Limit| -> Result<usize, ConfigError> {
+            either(fields, limit)?.ok_or_else(|| err(fields[0], "is missing".into()))
+        };
+        let flag = |field: &str, default: bool| {
+            config.get(field).and_then(serde_json::Value::as_bool).unwrap_or(default)
+        };
+        let hidden = required(&["hidden_size", "n_embd"], limits::HIDDEN)?;
+        let heads = required(&["num_attention_heads", "n_head"], limits::HEADS)?;
+        let kv_heads = match model_type.as_str() {
+            // falcon's key/value heads follow its layout; gpt_bigcode's its multi-query flag.
+            "falcon" if flag("new_decoder_architecture", false) => {
+                optional("num_kv_heads", limits::HEADS)?.unwrap_or(heads)
+            }
+            "falcon" | "gpt_bigcode" if flag("multi_query", true) => 1,
+            "falcon" | "gpt_bigcode" => heads,
+            _ => optional("num_key_value_heads", limits::HEADS)?.unwrap_or(heads),
+        };
+        let layers = required(&["num_hidden_layers", "n_layer"], limits::LAYERS)?;
+        let intermediate = match model_type.as_str() {
+            // transformers' default: four times the hidden size.
+            "falcon" | "gpt_bigcode" => {
+                either(&["ffn_hidden_size", "n_inner"], limits::INTERMEDIATE)?.unwrap_or(4 * hidden)
+            }
+            _ => required(&["intermediate_size"], limits::INTERMEDIATE)?,
+        };
+        let vocab = required(&["vocab_size"], limits::VOCAB)?;
+        let context = either(&["max_position_embeddings", "n_positions"], limits::CONTEXT)?;
         optional("sliding_window", limits::CONTEXT)?;
         optional("max_window_layers", limits::LAYERS)?;
         // Only some loaders read an explicit head width; the others derive it.
@@ -134,15 +164,18 @@ impl Hyperparameters {
             }
         }
         let tied = match config.get("tie_word_embeddings") {
-            // transformers' gemma ties unless told otherwise.
-            None | Some(serde_json::Value::Null) => model_type == "gemma",
+            // transformers' gemma (and others) tie unless told otherwise.
+            None | Some(serde_json::Value::Null) => {
+                super::hf_config::TIED_BY_DEFAULT.contains(&model_type.as_str())
+            }
             Some(serde_json::Value::Bool(b)) => *b,
             Some(v) => return Err(err("tie_word_embeddings", format!("is {v}, not true or false"))),
         };
         let attention_bias = model_type == "qwen2"
-            || (model_type == "qwen3"
+            || (super::hf_config::ATTENTION_BIAS.contains(&model_type.as_str())
                 && config.get("attention_bias") == Some(&serde_json::Value::Bool(true)));
         Ok(Hyperparameters {
+            config: config.clone(),
             attention_bias,
             model_type,
             hidden,
@@ -166,53 +199,7 @@ impl Hyperparameters {
     /// Every tensor the architecture's loader requests, with the shape it requests, in Hugging
     /// Face names (outermost dimension first).
     pub(crate) fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, inter, vocab) = (self.hidden, self.intermediate, self.vocab);
-        let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let mut expected: Vec<(String, Vec<usize>)> =
-            vec![("model.embed_tokens.weight".into(), vec![vocab, h]), ("model.norm.weight".into(), vec![h])];
-        if self.needs_lm_head() {
-            expected.push(("lm_head.weight".into(), vec![vocab, h]));
-        }
-        for l in 0..self.layers {
-            let p = format!("model.layers.{l}");
-            expected.extend([
-                (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
-                (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
-                (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
-                (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
-                (format!("{p}.mlp.gate_proj.weight"), vec![inter, h]),
-                (format!("{p}.mlp.up_proj.weight"), vec![inter, h]),
-                (format!("{p}.mlp.down_proj.weight"), vec![h, inter]),
-            ]);
-            if self.model_type == "olmo2" {
-                // Norms after each block, and over the whole q and k projections.
-                expected.extend([
-                    (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-                    (format!("{p}.post_feedforward_layernorm.weight"), vec![h]),
-                    (format!("{p}.self_attn.q_norm.weight"), vec![q]),
-                    (format!("{p}.self_attn.k_norm.weight"), vec![kv]),
-                ]);
-            } else {
-                expected.extend([
-                    (format!("{p}.input_layernorm.weight"), vec![h]),
-                    (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-                ]);
-            }
-            if self.model_type == "qwen3" {
-                expected.extend([
-                    (format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]),
-                    (format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim]),
-                ]);
-            }
-            if self.attention_bias {
-                expected.extend([
-                    (format!("{p}.self_attn.q_proj.bias"), vec![q]),
-                    (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
-                    (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
-                ]);
-            }
-        }
-        expected
+        super::tensor_sets::expected(self)
     }
 
     /// Every way the tensors' shapes (by Hugging Face name) disagree with what the loader will
@@ -220,9 +207,10 @@ impl Hyperparameters {
     pub(crate) fn shape_problems(&self, shapes: &BTreeMap<String, Vec<usize>>) -> Vec<String> {
         let mut problems = Vec::new();
         let (h, vocab) = (self.hidden, self.vocab);
+        let names = super::tensor_sets::names(&self.model_type);
         let weight_layers = shapes
             .keys()
-            .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next()?.parse::<u64>().ok())
+            .filter_map(|n| n.strip_prefix(names.layers)?.split('.').next()?.parse::<u64>().ok())
             .max()
             .map_or(0, |m| m.saturating_add(1));
         if weight_layers != self.layers as u64 {
@@ -231,7 +219,7 @@ impl Hyperparameters {
                 self.layers
             ));
         }
-        if let Some(shape) = shapes.get("model.embed_tokens.weight")
+        if let Some(shape) = shapes.get(names.embedding)
             && shape.len() == 2
         {
             if shape[0] != vocab {

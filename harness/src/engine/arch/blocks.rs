@@ -1,0 +1,249 @@
+//! The blocks the project's own models are built from: norms, rotary embeddings (whole or
+//! partial heads), a KV cache, causal attention with grouped or multi-query heads and
+//! optional soft-capping, and the two MLP shapes. Each computes as transformers does; none
+//! knows an architecture's tensor names beyond the prefix it is handed.
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Activation, LayerNorm, Linear, RmsNorm, VarBuilder, linear_b};
+
+/// A norm over the last dimension.
+pub(super) enum Norm {
+    Rms(RmsNorm),
+    /// With its bias.
+    Layer(LayerNorm),
+}
+
+/// Which norm a model uses, with its epsilon.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum NormKind {
+    Rms(f64),
+    Layer(f64),
+}
+
+impl Norm {
+    pub(super) fn load(kind: NormKind, size: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            NormKind::Rms(eps) => Norm::Rms(candle_nn::rms_norm(size, eps, vb)?),
+            NormKind::Layer(eps) => Norm::Layer(candle_nn::layer_norm(size, eps, vb)?),
+        })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Rms(n) => n.forward(xs),
+            Norm::Layer(n) => n.forward(xs),
+        }
+    }
+}
+
+/// Rotary position embeddings over the first `dim` of each head's units (all of them, or
+/// `partial_rotary_factor` of them), in transformers' half-split layout. The angles are
+/// computed per chunk in f64, so no table grows with the context.
+#[derive(Debug, Clone)]
+pub(super) struct Rotary {
+    inv_freq: Vec<f64>,
+    /// LongRoPE: the frequencies a pass uses once it reaches past the original context.
+    long: Option<(Vec<f64>, usize)>,
+    /// What cos and sin are multiplied by (LongRoPE's attention factor; else 1).
+    attention_factor: f64,
+    dim: usize,
+}
+
+/// `1 / (factor_i · θ^(2i/dim))` for each rotating pair.
+fn frequencies(theta: f64, dim: usize, factor: impl Fn(usize) -> f64) -> Vec<f64> {
+    (0..dim / 2).map(|i| 1.0 / (factor(i) * theta.powf((2 * i) as f64 / dim as f64))).collect()
+}
+
+impl Rotary {
+    pub(super) fn new(theta: f64, dim: usize) -> Self {
+        Self::linear(theta, dim, 1.0)
+    }
+
+    /// transformers' `linear` rope scaling: positions divided by `factor`.
+    pub(super) fn linear(theta: f64, dim: usize, factor: f64) -> Self {
+        Rotary { inv_freq: frequencies(theta, dim, |_| factor), long: None, attention_factor: 1.0, dim }
+    }
+
+    /// transformers' `longrope`: per-pair factors, the short ones while a pass stays within
+    /// `original` positions and the long ones once it reaches past them, cos and sin scaled by
+    /// `attention_factor`.
+    pub(super) fn longrope(
+        theta: f64,
+        dim: usize,
+        short: &[f64],
+        long: &[f64],
+        original: usize,
+        attention_factor: f64,
+    ) -> Self {
+        Rotary {
+            inv_freq: frequencies(theta, dim, |i| short[i]),
+            long: Some((frequencies(theta, dim, |i| long[i]), original)),
+            attention_factor,
+            dim,
+        }
+    }
+
+    /// `x` (`[batch, heads, len, head_dim]`) rotated for positions `pos..pos + len`.
+    pub(super) fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_, _, len, head_dim) = x.dims4()?;
+        let inv_freq = match &self.long {
+            Some((long, original)) if pos + len > *original => long,
+            _ => &self.inv_freq,
+        };
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in pos..pos + len {
+            for f in inv_freq {
+                let angle = p as f64 * f;
+                cos.push((angle.cos() * self.attention_factor) as f32);
+                sin.push((angle.sin() * self.attention_factor) as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, half), x.device())?.to_dtype(x.dtype())?;
+        let sin = Tensor::from_vec(sin, (len, half), x.device())?.to_dtype(x.dtype())?;
+        if self.dim == head_dim {
+            return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
+        }
+        let rotated =
+            candle_nn::rotary_emb::rope(&x.narrow(D::Minus1, 0, self.dim)?.contiguous()?, &cos, &sin)?;
+        let kept = x.narrow(D::Minus1, self.dim, head_dim - self.dim)?;
+        Tensor::cat(&[&rotated, &kept], D::Minus1)
+    }
+}
+
+/// One layer's cached keys and values, `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct KvCache(Option<(Tensor, Tensor)>);
+
+impl KvCache {
+    /// The cached keys and values followed by `k` and `v`, which are kept.
+    pub(super) fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match &self.0 {
+            None => (k, v),
+            Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+        };
+        self.0 = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// How scores become weights: the scale, transformers' soft-cap (`cap · tanh(s / cap)`) where
+/// the model has one, and a sliding window: a query sees the `window` latest keys, itself
+/// included.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scores {
+    pub(super) scale: f64,
+    pub(super) softcap: Option<f64>,
+    pub(super) window: Option<usize>,
+}
+
+impl Scores {
+    /// Scaled by 1/√`head_dim`, nothing else.
+    pub(super) fn plain(head_dim: usize) -> Self {
+        Scores { scale: 1.0 / (head_dim as f64).sqrt(), softcap: None, window: None }
+    }
+}
+
+/// Causal attention of `q` (`[batch, heads, len, d]`) over `k`, `v` (`[batch, kv_heads,
+/// past + len, d]`, the queries being the last `len` positions): `[batch, len, heads · d]`.
+pub(super) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scores: Scores) -> Result<Tensor> {
+    let (b, heads, len, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let total = k.dim(2)?;
+    let groups = heads / kv_heads;
+    let k = candle_transformers::utils::repeat_kv(k.clone(), groups)?.contiguous()?;
+    let v = candle_transformers::utils::repeat_kv(v.clone(), groups)?.contiguous()?;
+    let mut s = (q.contiguous()?.matmul(&k.t()?)? * scores.scale)?;
+    if let Some(cap) = scores.softcap {
+        s = ((s / cap)?.tanh()? * cap)?;
+    }
+    if len > 1 || scores.window.is_some_and(|w| total > w) {
+        s = s.broadcast_add(&causal_mask(len, total - len, scores.window, q.device())?)?;
+    }
+    let w = candle_nn::ops::softmax_last_dim(&s)?;
+    w.matmul(&v)?.transpose(1, 2)?.reshape((b, len, heads * d))
+}
+
+/// `[len, past + len]`: 0 where query `i` may see key `j` (not after it, and within the
+/// window where there is one), −∞ elsewhere.
+fn causal_mask(len: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let seen = |i: usize, j: usize| j <= past + i && window.is_none_or(|w| past + i - j < w);
+    let mask: Vec<f32> = (0..len)
+        .flat_map(|i| (0..past + len).map(move |j| if seen(i, j) { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (len, past + len), device)?.to_dtype(DType::F32)
+}
+
+/// A feed-forward block.
+pub(super) enum Mlp {
+    /// `down(act(gate(x)) · up(x))`.
+    Gated { gate: Linear, up: Linear, down: Linear, act: Activation },
+    /// `down(act(gate) · up)` with gate and up the halves of one `gate_up_proj` (phi3).
+    GatedFused { gate_up: Linear, down: Linear, act: Activation },
+    /// `proj(act(fc(x)))`, under the names the model gives them.
+    Plain { fc: Linear, proj: Linear, act: Activation },
+}
+
+impl Mlp {
+    /// llama's naming: `gate_proj`, `up_proj`, `down_proj`.
+    pub(super) fn gated(
+        hidden: usize,
+        inner: usize,
+        bias: bool,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Mlp::Gated {
+            gate: linear_b(hidden, inner, bias, vb.pp("gate_proj"))?,
+            up: linear_b(hidden, inner, bias, vb.pp("up_proj"))?,
+            down: linear_b(inner, hidden, bias, vb.pp("down_proj"))?,
+            act,
+        })
+    }
+
+    /// phi3's naming: `gate_up_proj`, `down_proj`.
+    pub(super) fn gated_fused(hidden: usize, inner: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+        Ok(Mlp::GatedFused {
+            gate_up: linear_b(hidden, 2 * inner, false, vb.pp("gate_up_proj"))?,
+            down: linear_b(inner, hidden, false, vb.pp("down_proj"))?,
+            act,
+        })
+    }
+
+    /// GPT-2's naming: `c_fc`, `c_proj`.
+    pub(super) fn plain(
+        hidden: usize,
+        inner: usize,
+        bias: bool,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Mlp::Plain {
+            fc: linear_b(hidden, inner, bias, vb.pp("c_fc"))?,
+            proj: linear_b(inner, hidden, bias, vb.pp("c_proj"))?,
+            act,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Mlp::Gated { gate, up, down, act } => (xs.apply(gate)?.apply(act)? * xs.apply(up)?)?.apply(down),
+            Mlp::GatedFused { gate_up, down, act } => {
+                let both = xs.apply(gate_up)?;
+                let inner = both.dim(D::Minus1)? / 2;
+                let gate = both.narrow(D::Minus1, 0, inner)?.apply(act)?;
+                (gate * both.narrow(D::Minus1, inner, inner)?)?.apply(down)
+            }
+            Mlp::Plain { fc, proj, act } => xs.apply(fc)?.apply(act)?.apply(proj),
+        }
+    }
+}

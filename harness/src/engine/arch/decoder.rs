@@ -1,0 +1,183 @@
+//! The llama-shaped decoder the project's own models share (`model.embed_tokens`,
+//! `model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp}`,
+//! `model.norm`, `lm_head`), with what its variants change stated in one [`Spec`]: the norm,
+//! the rotary embedding (partial, LongRoPE), fused projections, the MLP's shape, biases, a
+//! sliding window, granite's multipliers, stablelm's parallel residual.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder, linear_b};
+
+use super::blocks::{KvCache, Mlp, Norm, NormKind, Rotary, Scores, attend};
+use super::lm::CausalLm;
+
+/// The MLP's shape and names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MlpShape {
+    /// `gate_proj`, `up_proj`, `down_proj`.
+    Gated,
+    /// `gate_up_proj`, `down_proj` (phi3).
+    GatedFused,
+    /// `c_fc`, `c_proj` (starcoder2).
+    Plain,
+}
+
+/// One decoder's shape and arithmetic.
+#[derive(Debug, Clone)]
+pub(super) struct Spec {
+    pub(super) hidden: usize,
+    pub(super) intermediate: usize,
+    pub(super) layers: usize,
+    pub(super) heads: usize,
+    pub(super) kv_heads: usize,
+    pub(super) head_dim: usize,
+    pub(super) vocab: usize,
+    pub(super) norm: NormKind,
+    pub(super) rotary: Rotary,
+    /// q, k and v in one `qkv_proj` (phi3).
+    pub(super) fused_qkv: bool,
+    pub(super) mlp: MlpShape,
+    /// Every layer's sliding window, where the model has one.
+    pub(super) window: Option<usize>,
+    /// Biases on q, k and v; on o; on the MLP.
+    pub(super) qkv_bias: bool,
+    pub(super) o_bias: bool,
+    pub(super) mlp_bias: bool,
+    pub(super) act: candle_nn::Activation,
+    pub(super) tied: bool,
+    /// Scales: the embedding, each block's output before its residual add, attention scores
+    /// (1/√head_dim unless the model says otherwise), and the logits' divisor.
+    pub(super) embedding_multiplier: f64,
+    pub(super) residual_multiplier: f64,
+    pub(super) attention_scale: f64,
+    pub(super) logits_divisor: f64,
+    /// Attention and MLP read the same normed input and add to one residual.
+    pub(super) parallel_residual: bool,
+}
+
+/// The q, k and v projections: apart, or one fused `qkv_proj`.
+enum Qkv {
+    Split { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+struct Layer {
+    input_norm: Norm,
+    post_norm: Option<Norm>,
+    qkv: Qkv,
+    o: Linear,
+    mlp: Mlp,
+    cache: KvCache,
+}
+
+pub(super) struct Decoder {
+    spec: Spec,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: Norm,
+    head: Linear,
+}
+
+impl Decoder {
+    pub(super) fn new(spec: Spec, vb: VarBuilder) -> Result<Self> {
+        let (h, d) = (spec.hidden, spec.head_dim);
+        let m = vb.pp("model");
+        let embed = candle_nn::embedding(spec.vocab, h, m.pp("embed_tokens"))?;
+        let mut layers = Vec::with_capacity(spec.layers);
+        for l in 0..spec.layers {
+            let vb = m.pp(format!("layers.{l}"));
+            let a = vb.pp("self_attn");
+            layers.push(Layer {
+                input_norm: Norm::load(spec.norm, h, vb.pp("input_layernorm"))?,
+                post_norm: if spec.parallel_residual {
+                    None
+                } else {
+                    Some(Norm::load(spec.norm, h, vb.pp("post_attention_layernorm"))?)
+                },
+                qkv: if spec.fused_qkv {
+                    let out = (spec.heads + 2 * spec.kv_heads) * d;
+                    Qkv::Fused(linear_b(h, out, spec.qkv_bias, a.pp("qkv_proj"))?)
+                } else {
+                    Qkv::Split {
+                        q: linear_b(h, spec.heads * d, spec.qkv_bias, a.pp("q_proj"))?,
+                        k: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("k_proj"))?,
+                        v: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("v_proj"))?,
+                    }
+                },
+                o: linear_b(spec.heads * d, h, spec.o_bias, a.pp("o_proj"))?,
+                mlp: match spec.mlp {
+                    MlpShape::Gated => {
+                        Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
+                    }
+                    MlpShape::GatedFused => Mlp::gated_fused(h, spec.intermediate, spec.act, vb.pp("mlp"))?,
+                    MlpShape::Plain => {
+                        Mlp::plain(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
+                    }
+                },
+                cache: KvCache::default(),
+            });
+        }
+        let norm = Norm::load(spec.norm, h, m.pp("norm"))?;
+        let head = if spec.tied {
+            Linear::new(embed.embeddings().clone(), None)
+        } else {
+            linear_b(h, spec.vocab, false, vb.pp("lm_head"))?
+        };
+        Ok(Decoder { spec, embed, layers, norm, head })
+    }
+}
+
+impl Layer {
+    fn attention(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+        let (b, len, _) = x.dims3()?;
+        let heads = |t: Tensor, n: usize| t.reshape((b, len, n, spec.head_dim))?.transpose(1, 2);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Split { q, k, v } => (x.apply(q)?, x.apply(k)?, x.apply(v)?),
+            Qkv::Fused(qkv) => {
+                let all = x.apply(qkv)?;
+                let (q, kv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
+                (all.narrow(2, 0, q)?, all.narrow(2, q, kv)?, all.narrow(2, q + kv, kv)?)
+            }
+        };
+        let q = rotary.apply(&heads(q, spec.heads)?, pos)?;
+        let k = rotary.apply(&heads(k, spec.kv_heads)?, pos)?;
+        let v = heads(v, spec.kv_heads)?.contiguous()?;
+        let (k, v) = self.cache.append(k, v)?;
+        let scores = Scores { scale: spec.attention_scale, softcap: None, window: spec.window };
+        attend(&q, &k, &v, scores)?.apply(&self.o)
+    }
+
+    fn forward(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+        let r = spec.residual_multiplier;
+        let normed = x.apply(&self.input_norm)?;
+        let attn = self.attention(&normed, pos, spec, rotary)?;
+        match &self.post_norm {
+            None => {
+                let mlp = normed.apply(&self.mlp)?;
+                x + ((attn + mlp)? * r)?
+            }
+            Some(post) => {
+                let x = (x + (attn * r)?)?;
+                let mlp = x.apply(post)?.apply(&self.mlp)?;
+                x + (mlp * r)?
+            }
+        }
+    }
+}
+
+impl CausalLm for Decoder {
+    fn forward(&mut self, input: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_, len) = input.dims2()?;
+        let mut x = (self.embed.forward(input)? * self.spec.embedding_multiplier)?;
+        for layer in &mut self.layers {
+            x = layer.forward(&x, pos, &self.spec, &self.spec.rotary)?;
+        }
+        let last = x.narrow(1, len - 1, 1)?.apply(&self.norm)?;
+        last.apply(&self.head)? / self.spec.logits_divisor
+    }
+
+    fn clear_kv_cache(&mut self) {
+        for layer in &mut self.layers {
+            layer.cache.clear();
+        }
+    }
+}
