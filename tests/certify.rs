@@ -272,7 +272,7 @@ fn junit_keeps_failures_and_errors_apart_and_carries_the_score() {
     assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
     assert_eq!(xml.matches("<error").count(), 1, "{xml}");
     assert!(xml.contains("name=\"mqs\""), "{xml}");
-    let html = report::html(&scored);
+    let html = report::html(&scored, &Default::default());
     assert!(html.contains("<svg") && html.contains("expected 14, got 15"));
     assert!(!html.contains("<script"), "self-contained, no script");
     let md = report::markdown(&scored);

@@ -61,6 +61,47 @@ pub(crate) fn check(dir: &Path, expect: &ExpectedShape, architecture: Option<&st
     report
 }
 
+/// Where config.json parts from the playbook's expected rope base, norm epsilon and BOS/EOS ids.
+fn config_against_numbers(config: &serde_json::Value, expect: &ExpectedShape) -> Vec<String> {
+    let mut problems = Vec::new();
+    let number = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_f64);
+    let theta = number(config.get("rope_theta")).map(|t| (t, "rope_theta")).or_else(|| {
+        number(config.pointer("/rope_parameters/rope_theta")).map(|t| (t, "rope_parameters.rope_theta"))
+    });
+    if let Some(want) = expect.rope_theta {
+        match theta {
+            Some((got, field)) if !crate::format::hparams::same_number(got, want) => problems
+                .push(format!("config.json declares {field} {got}, the playbook expects rope_theta {want}")),
+            Some(_) => {}
+            None => problems.push(format!("config.json declares no rope_theta, the playbook expects {want}")),
+        }
+    }
+    if let Some(want) = expect.rms_norm_eps {
+        match number(config.get("rms_norm_eps")) {
+            Some(got) if !crate::format::hparams::same_number(got, want) => {
+                problems.push(format!("config.json declares rms_norm_eps {got}, the playbook expects {want}"))
+            }
+            Some(_) => {}
+            None => {
+                problems.push(format!("config.json declares no rms_norm_eps, the playbook expects {want}"))
+            }
+        }
+    }
+    for (field, want) in [("bos_token_id", expect.bos_token_id), ("eos_token_id", expect.eos_token_id)] {
+        let Some(want) = want else { continue };
+        let declared: Vec<u64> = match config.get(field) {
+            Some(serde_json::Value::Array(ids)) => ids.iter().filter_map(serde_json::Value::as_u64).collect(),
+            Some(v) => v.as_u64().into_iter().collect(),
+            None => Vec::new(),
+        };
+        if !declared.contains(&want) {
+            let said = config.get(field).map_or_else(|| "none".to_string(), ToString::to_string);
+            problems.push(format!("config.json declares {field} {said}, the playbook expects {want}"));
+        }
+    }
+    problems
+}
+
 fn check_into(
     dir: &Path,
     expect: &ExpectedShape,
@@ -109,6 +150,8 @@ fn check_into(
             )),
         }
     }
+
+    report.problems.extend(config_against_numbers(&config, expect));
 
     let files = crate::format::files::safetensors_files(dir)?;
     let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -323,6 +366,54 @@ mod tests {
             assert_eq!(report.problems, Vec::<String>::new(), "{arch}");
             assert!(report.tensors > 10);
         }
+    }
+
+    #[test]
+    fn expected_rope_theta_eps_and_token_ids_are_held_to_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = seeds::tiny_dir(dir.path(), "llama");
+        config_set(
+            &model,
+            "rope_parameters",
+            serde_json::json!({"rope_type": "default", "rope_theta": 500000.0}),
+        );
+        config_set(&model, "rms_norm_eps", serde_json::json!(1e-6));
+        config_set(&model, "eos_token_id", serde_json::json!([1, 2]));
+        config_set(&model, "bos_token_id", serde_json::json!(0));
+        if let Some(o) =
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(model.join("config.json")).unwrap())
+                .unwrap()
+                .as_object()
+                .filter(|o| o.contains_key("rope_theta"))
+        {
+            let mut o = o.clone();
+            o.remove("rope_theta");
+            std::fs::write(model.join("config.json"), serde_json::Value::Object(o).to_string()).unwrap();
+        }
+        let right = ExpectedShape {
+            rope_theta: Some(500_000.0),
+            rms_norm_eps: Some(1e-6),
+            bos_token_id: Some(0),
+            eos_token_id: Some(2),
+            ..ExpectedShape::default()
+        };
+        assert_eq!(check(&model, &right, None).problems, Vec::<String>::new());
+        let wrong = ExpectedShape {
+            rope_theta: Some(10_000.0),
+            rms_norm_eps: Some(1e-5),
+            bos_token_id: Some(1),
+            eos_token_id: Some(3),
+            ..ExpectedShape::default()
+        };
+        assert_eq!(
+            check(&model, &wrong, None).problems,
+            [
+                "config.json declares rope_parameters.rope_theta 500000, the playbook expects rope_theta 10000",
+                "config.json declares rms_norm_eps 0.000001, the playbook expects 0.00001",
+                "config.json declares bos_token_id 0, the playbook expects 1",
+                "config.json declares eos_token_id [1,2], the playbook expects 3",
+            ]
+        );
     }
 
     #[test]

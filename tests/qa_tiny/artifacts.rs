@@ -198,10 +198,32 @@ fn a_gguf_without_ground_truth_is_qualified_on_its_own() {
     let playbook = format!(
         "playbook: 1\nfamily: alone\ntiers:\n  q8: {{formats: [gguf-q8_0], backends: [cpu], modalities: [run]}}\n\
          models:\n  - id: test/qa-tiny-gguf\n    architecture: llama\n    prompt_template: \"{{prompt}}\\n\"\n\
-         \x20   expect: {{hidden_size: 256, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 512, context_length: 128}}\n\
+         \x20   expect: {{hidden_size: 256, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 512, context_length: 128,\
+         rope_theta: 10000, rms_norm_eps: 0.00001, bos_token_id: 0, eos_token_id: 0}}\n\
          \x20   artifacts: {{gguf-q8_0: {}}}\n{SCENARIOS}",
         file.display()
     );
+    // Each number the playbook expects otherwise fails G0, naming the key.
+    for (expect, says) in [
+        (
+            "rope_theta: 10000",
+            "llama.rope.freq_base 10000 in the file, the playbook expects rope_theta 500000",
+        ),
+        (
+            "rms_norm_eps: 0.00001",
+            "llama.attention.layer_norm_rms_epsilon 0.00001 in the file, the playbook expects rms_norm_eps 0.000001",
+        ),
+        ("eos_token_id: 0", "tokenizer.ggml.eos_token_id 0 in the file, the playbook expects eos_token_id 2"),
+    ] {
+        let wrong = says.rsplit(' ').next().expect("a number");
+        let field = expect.split(':').next().expect("a field");
+        let lying = playbook.replace(expect, &format!("{field}: {wrong}"));
+        let (records, stdout) =
+            qualify(work.path(), "lying", &lying, "alone::q8::qa-tiny-gguf::gguf-q8_0::cpu::gate::g0");
+        let g0 = records.values().next().unwrap_or_else(|| panic!("G0 ran: {stdout}"));
+        assert_eq!(g0.outcome, Outcome::Falsified, "{}", g0.reason);
+        assert!(g0.reason.contains(says), "{}", g0.reason);
+    }
     let (records, stdout) = qualify(work.path(), "alone", &playbook, "alone::");
     let mut gates = 0;
     for (name, r) in &records {

@@ -147,6 +147,7 @@ pub fn certify(args: &CertifyArgs) -> anyhow::Result<()> {
             refuse_partial(&layout, &found)?;
         }
         for e in &found {
+            workspace::record_history(&layout, e)?;
             let changed = workspace::write_evidence(&layout, e)?;
             eprintln!(
                 "{} {}: {} records of {} planned trials",
@@ -302,6 +303,18 @@ fn scored(model: Option<&str>) -> anyhow::Result<Vec<(ModelEvidence, modelqa::su
     Ok(scored)
 }
 
+/// Each scored model's certification history, by its slug.
+fn histories(
+    scored: &[(ModelEvidence, modelqa::support::certify::Score)],
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<modelqa::support::certify::history::Entry>>> {
+    let layout = layout();
+    let mut out = std::collections::BTreeMap::new();
+    for (e, _) in scored {
+        out.insert(e.model.clone(), workspace::load_history(&layout, &e.model)?);
+    }
+    Ok(out)
+}
+
 /// `--out`, else `<target dir>/qualify/<default>`.
 fn out_dir(out: Option<&Path>, default: &str) -> PathBuf {
     out.map_or_else(|| layout().places.target_dir.join("qualify").join(default), Path::to_path_buf)
@@ -313,7 +326,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let out = out_dir(args.out.as_deref(), "report");
     let files = [
         ("junit.xml", report::junit(&scored).context("failed to write JUnit XML")?),
-        ("report.html", report::html(&scored)),
+        ("report.html", report::html(&scored, &histories(&scored)?)),
         ("summary.md", report::markdown(&scored)),
     ];
     for (name, text) in files {

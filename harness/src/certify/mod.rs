@@ -4,6 +4,7 @@
 
 pub mod diff;
 pub mod evidence;
+pub mod history;
 pub mod lock;
 pub mod mqs;
 pub mod provenance;

@@ -101,6 +101,8 @@ pub struct Row {
     pub not_covered: Vec<String>,
     /// Trials whose repeats disagreed; `None` without evidence.
     pub flaky: Option<usize>,
+    /// The MQS against the certification before at the same tier (`history.json`).
+    pub trend: Option<super::history::Trend>,
 }
 
 impl Row {
@@ -122,10 +124,16 @@ impl Row {
             scope: Vec::new(),
             not_covered: Vec::new(),
             flaky: None,
+            trend: None,
         }
     }
 
-    fn measured(e: &ModelEvidence, score: &Score, seed: Option<&SeedModel>) -> Row {
+    fn measured(
+        e: &ModelEvidence,
+        score: &Score,
+        seed: Option<&SeedModel>,
+        trend: Option<super::history::Trend>,
+    ) -> Row {
         let parameters = e
             .parameters
             .map(format_parameters)
@@ -159,6 +167,7 @@ impl Row {
             scope: score.scope.clone(),
             not_covered: score.not_covered.keys().cloned().collect(),
             flaky: Some(score.flaky),
+            trend,
         }
     }
 
@@ -228,13 +237,22 @@ pub fn size_category(parameters: u64) -> &'static str {
 }
 
 /// Every row: each seed model (pending unless there is evidence for it) and each model with
-/// evidence, sorted by family, then size, then id.
-pub fn rows(seed: &[SeedModel], evidence: &[(ModelEvidence, Score)]) -> Vec<Row> {
+/// evidence, sorted by family, then size, then id. `histories` holds each model's
+/// certifications by its slug (`ModelEvidence::model`), for the trend of its MQS.
+pub fn rows(
+    seed: &[SeedModel],
+    evidence: &[(ModelEvidence, Score)],
+    histories: &BTreeMap<String, Vec<super::history::Entry>>,
+) -> Vec<Row> {
     let by_id: BTreeMap<&str, &SeedModel> = seed.iter().map(|s| (s.model_id.as_str(), s)).collect();
     let mut rows: BTreeMap<String, Row> =
         seed.iter().map(|s| (s.model_id.clone(), Row::pending(s))).collect();
     for (e, score) in evidence {
-        rows.insert(e.model_id.clone(), Row::measured(e, score, by_id.get(e.model_id.as_str()).copied()));
+        let trend = histories.get(&e.model).and_then(|h| super::history::Trend::of(h));
+        rows.insert(
+            e.model_id.clone(),
+            Row::measured(e, score, by_id.get(e.model_id.as_str()).copied(), trend),
+        );
     }
     let mut rows: Vec<Row> = rows.into_values().collect();
     rows.sort_by(|a, b| {
@@ -324,7 +342,9 @@ pub fn readme_table(rows: &[Row]) -> String {
                 (false, false) =>
                     format!("{} ({} not covered)", r.scope.join(", "), r.not_covered.join(", ")),
             },
-            mqs = r.mqs_score.map_or("-".into(), |s| s.to_string()),
+            mqs = r
+                .mqs_score
+                .map_or("-".into(), |s| format!("{s}{}", r.trend.map(|t| t.mark()).unwrap_or_default())),
             grade = r.grade,
             coverage = r.coverage.map_or("-".into(), |c| format!("{:.0}%", c * 100.0)),
         );

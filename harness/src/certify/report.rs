@@ -2,6 +2,7 @@
 //! and a Markdown summary for a pull-request comment. Each takes the same `(evidence, score)`
 //! pairs and writes nothing itself.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
@@ -126,7 +127,7 @@ pub fn markdown(scored: &[(ModelEvidence, Score)]) -> String {
     out
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -224,7 +225,12 @@ fn trace_plot(r: &crate::journal::EvidenceRecord) -> Option<String> {
 }
 
 /// A self-contained HTML page: no script, no external resource.
-pub fn html(scored: &[(ModelEvidence, Score)]) -> String {
+/// The HTML report: `histories` holds each model's certifications by its slug, drawn as a small
+/// plot of its MQS over time.
+pub fn html(
+    scored: &[(ModelEvidence, Score)],
+    histories: &BTreeMap<String, Vec<super::history::Entry>>,
+) -> String {
     let mut out = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>modelqa report</title><style>\
          body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}table{border-collapse:collapse;margin:1rem 0}\
@@ -247,6 +253,23 @@ pub fn html(scored: &[(ModelEvidence, Score)]) -> String {
             s.coverage * 100.0,
             esc(&e.recorded),
             esc(&s.verdict)
+        );
+    }
+    out.push_str("</table><h2>History</h2><table><tr><th>Model</th><th>MQS by certification</th><th>Certifications</th></tr>");
+    for (e, _) in scored {
+        let history = histories.get(&e.model).map(Vec::as_slice).unwrap_or(&[]);
+        let said: Vec<String> = history
+            .iter()
+            .map(|h| {
+                format!("{} {} {}", esc(h.recorded.get(..10).unwrap_or(&h.recorded)), esc(&h.tier), h.mqs)
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&e.model_id),
+            super::history::plot(history),
+            if said.is_empty() { "none recorded yet".to_string() } else { said.join("<br>") }
         );
     }
     out.push_str("</table><h2>Gateways</h2><table><tr><th>Model</th>");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::evidence::{self, ModelEvidence};
+use super::history;
 use super::lock::{self, LockError};
 use super::mqs::Score;
 use super::provenance::{CACHE, Named, Namer};
@@ -539,6 +540,37 @@ pub fn write_evidence(layout: &Layout, e: &ModelEvidence) -> Result<bool, Certif
     write_if_changed(&layout.model_dir(&e.model).join("evidence.json"), &pretty(e))
 }
 
+/// A model's `history.json`.
+pub fn history_path(layout: &Layout, model: &str) -> PathBuf {
+    layout.model_dir(model).join("history.json")
+}
+
+/// A model's certifications so far, oldest first; none where it has no history yet.
+pub fn load_history(layout: &Layout, model: &str) -> Result<Vec<history::Entry>, CertifyError> {
+    let path = history_path(layout, model);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = read(&path)?;
+    serde_json::from_str(&text).map_err(|source| CertifyError::Json { path, source })
+}
+
+/// Adds the certification `e` to its model's history, before its evidence is written: a model
+/// without a history yet starts it with the certification its current `evidence.json` holds,
+/// so the first trend has something to compare with. Returns whether `history.json` changed.
+pub fn record_history(layout: &Layout, e: &ModelEvidence) -> Result<bool, CertifyError> {
+    let mut history = load_history(layout, &e.model)?;
+    let previous = layout.model_dir(&e.model).join("evidence.json");
+    if history.is_empty() && previous.is_file() {
+        let text = read(&previous)?;
+        let old: ModelEvidence =
+            serde_json::from_str(&text).map_err(|source| CertifyError::Json { path: previous, source })?;
+        history.push(history::Entry::of(&old, &old.score()));
+    }
+    let history = history::appended(history, history::Entry::of(e, &e.score()));
+    write_if_changed(&history_path(layout, &e.model), &pretty(&history))
+}
+
 /// A model's evidence with its score.
 pub type Scored = (ModelEvidence, Score);
 
@@ -561,7 +593,11 @@ pub fn derived(layout: &Layout) -> Result<Derived, CertifyError> {
         .collect();
     let seed_path = layout.seed();
     let seed = registry::read_seed(&read(&seed_path)?)?;
-    let rows = registry::rows(&seed, &scored);
+    let mut histories = BTreeMap::new();
+    for (e, _) in &scored {
+        histories.insert(e.model.clone(), load_history(layout, &e.model)?);
+    }
+    let rows = registry::rows(&seed, &scored, &histories);
     let mut files: Vec<(PathBuf, String)> =
         scored.iter().map(|(e, s)| (layout.model_dir(&e.model).join("mqs.json"), pretty(s))).collect();
     files.push((layout.registry(), registry::to_csv(&rows)?));

@@ -29,6 +29,12 @@ impl ConfigError {
     }
 }
 
+/// Whether two stated numbers agree to a relative 1e-6: a float written by one tool and read by
+/// another (GGUF keeps f32) is the same number.
+pub(crate) fn same_number(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-6 * a.abs().max(b.abs())
+}
+
 /// The numbers a model's loader sizes itself by, each bounded and consistent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hyperparameters {

@@ -350,6 +350,7 @@ pub(super) fn load(file: &Path, text: &str, notices: &mut Vec<Notice>) -> Result
             vocab_size: m.expected_vocab_size,
             intermediate_size: m.expected_intermediate_dim,
             context_length: None,
+            ..Default::default()
         },
         prompt_template: "{prompt}".into(),
         artifacts: Vec::new(),

@@ -388,7 +388,7 @@ pub enum SizeCategory {
     Huge,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedShape {
     pub hidden_size: Option<u64>,
@@ -400,6 +400,18 @@ pub struct ExpectedShape {
     /// The longest sequence the model takes, in tokens (`max_position_embeddings`). Edge-case
     /// generators size their long inputs to fit it.
     pub context_length: Option<u64>,
+    /// The rotary base (config.json `rope_theta` or `rope_parameters.rope_theta`; GGUF
+    /// `<arch>.rope.freq_base`), compared to a relative 1e-6.
+    pub rope_theta: Option<f64>,
+    /// The RMSNorm epsilon (config.json `rms_norm_eps`; GGUF
+    /// `<arch>.attention.layer_norm_rms_epsilon`), compared to a relative 1e-6 (GGUF stores f32).
+    pub rms_norm_eps: Option<f64>,
+    /// The start-of-sequence token id (config.json `bos_token_id`; GGUF
+    /// `tokenizer.ggml.bos_token_id`).
+    pub bos_token_id: Option<u64>,
+    /// An end-of-sequence token id: one of config.json's `eos_token_id` (a number or a list);
+    /// GGUF's `tokenizer.ggml.eos_token_id`.
+    pub eos_token_id: Option<u64>,
 }
 
 /// One scenario: what is asked, and how the answer is judged. Exactly one of `prompt`,

@@ -251,6 +251,35 @@ pub(crate) fn against_expectations(
             _ => {}
         }
     }
+    for (suffix, field, want) in [
+        ("rope.freq_base", "rope_theta", expect.rope_theta),
+        ("attention.layer_norm_rms_epsilon", "rms_norm_eps", expect.rms_norm_eps),
+    ] {
+        let key = file.key(suffix);
+        match (file.float(&key), want) {
+            (Some(got), Some(want)) if !crate::format::hparams::same_number(f64::from(got), want) => {
+                problems.push(format!("{key} {got} in the file, the playbook expects {field} {want}"));
+            }
+            (None, Some(want)) => {
+                problems.push(format!("{key} is missing from the file, the playbook expects {field} {want}"));
+            }
+            _ => {}
+        }
+    }
+    for (key, field, want) in [
+        ("tokenizer.ggml.bos_token_id", "bos_token_id", expect.bos_token_id),
+        ("tokenizer.ggml.eos_token_id", "eos_token_id", expect.eos_token_id),
+    ] {
+        match (file.int(key), want) {
+            (Some(got), Some(want)) if got != want => {
+                problems.push(format!("{key} {got} in the file, the playbook expects {field} {want}"));
+            }
+            (None, Some(want)) => {
+                problems.push(format!("{key} is missing from the file, the playbook expects {field} {want}"));
+            }
+            _ => {}
+        }
+    }
     if let (Some(want), Some(rows)) = (expect.vocab_size, file.vocab)
         && rows != want
     {
