@@ -539,7 +539,9 @@ fn raw_request(addr: &std::net::SocketAddr, method: &str, target: &str) -> (u16,
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connects");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(head.as_bytes()).expect("sends the head");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
