@@ -6,6 +6,8 @@ mod common;
 
 #[path = "qa_tiny/artifacts.rs"]
 mod artifacts;
+#[path = "qa_tiny/bug_patterns.rs"]
+mod bug_patterns;
 #[path = "qa_tiny/trace.rs"]
 mod trace;
 
@@ -323,8 +325,9 @@ fn planted_defects_fail_their_gate_and_clean_models_pass() {
     let clean = work.path().join("clean");
     copy_model(&clean);
     let records = gates(&clean, work.path(), "clean");
-    // G0–G4 and the numerics of the traced forward pass (`gate::trace`).
-    assert_eq!(records.len(), 6);
+    // G0–G4, the numerics of the traced forward pass (`gate::trace`) and
+    // `gate::special-token-injection`.
+    assert_eq!(records.len(), 7, "{:?}", records.keys());
     for r in records.values() {
         assert_eq!(r.outcome, Outcome::Corroborated, "no false alarm on the clean model: {r:?}");
     }

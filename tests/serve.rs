@@ -533,3 +533,39 @@ fn logprobs_name_every_token_of_the_answer_in_both_shapes_with_the_greedy_token_
     assert_eq!(code, 400, "{text}");
     assert_eq!(json_of(&text)["error"]["param"], "logprobs");
 }
+
+/// Status and body of `method target` sent as written: no client normalises the target first.
+fn raw_request(addr: &std::net::SocketAddr, method: &str, target: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("sends the head");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+/// Path traversal (the original's realizar 04d2774, /etc/passwd served as a model): the server
+/// routes exact paths and reads no file a request names, so a target climbing out of `/v1`, raw
+/// or percent-encoded, is a 404 with no byte of the file in it, and the server goes on answering.
+#[test]
+fn a_request_path_climbing_to_etc_passwd_is_a_404() {
+    let s = server();
+    for (method, target) in [
+        ("GET", "/v1/../../etc/passwd"),
+        ("GET", "/v1/%2e%2e/%2e%2e/etc/passwd"),
+        ("POST", "/v1/../../../etc/passwd"),
+        ("GET", "/../../../../etc/passwd"),
+        ("GET", "/v1/models/../../etc/passwd"),
+    ] {
+        let (code, body) = raw_request(&s.addr(), method, target);
+        assert_eq!(code, 404, "{method} {target}: {body}");
+        assert!(!body.contains("root:"), "{method} {target} leaked a file: {body}");
+    }
+    assert_eq!(ureq::get(&format!("http://{}/health", s.addr())).call().expect("still up").status(), 200);
+}

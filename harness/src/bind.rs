@@ -60,17 +60,37 @@ fn is_model_dir(dir: &Path) -> bool {
     dir.join("config.json").is_file()
 }
 
+fn is_weights_file(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "safetensors" | "gguf" | "apr"))
+}
+
+fn holds_safetensors(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let p = e.path();
+            p.is_file() && p.extension().is_some_and(|x| x == "safetensors")
+        })
+    })
+}
+
 /// Looks for a model: its explicit path, then under `QUALIFY_MODEL_DIR`, then the HF cache.
 pub fn locate(model: &Model, roots: &SearchRoots) -> Location {
     let mut looked = Vec::new();
     let mut candidates = Vec::new();
     if let Some(path) = &model.path {
-        // A path to a weights file stands for its directory.
-        if path.is_file() {
-            candidates.push(path.parent().unwrap_or(Path::new(".")).to_path_buf());
+        // A path to a weights file stands for its directory; any other file (`/etc/passwd`) is
+        // not a model, and nothing beside it is looked for.
+        let dir = if path.is_file() && is_weights_file(path) {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
         } else {
-            candidates.push(path.clone());
+            path.clone()
+        };
+        // The directory the playbook names holds weights but no config.json: found, so its
+        // trials fail naming the missing file instead of the model being ignored as absent.
+        if !is_model_dir(&dir) && holds_safetensors(&dir) {
+            return Location::Found(dir);
         }
+        candidates.push(dir);
     }
     if let Some(root) = &roots.model_dir {
         candidates.push(root.join(&model.id));

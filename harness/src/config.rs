@@ -180,6 +180,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_FAULT_CRASH",
     "QUALIFY_FAULT_SERVE",
     "QUALIFY_FAULT_INJECTION",
+    "QUALIFY_FAULT_KV_EARLY",
     "QUALIFY_RESUME",
 ];
 
@@ -329,6 +330,17 @@ pub(crate) fn planted_injection() -> Option<PlantedInjection> {
         "server" => Some(PlantedInjection::Server),
         _ => None,
     })
+}
+
+/// `QUALIFY_FAULT_KV_EARLY=1`: a fault the harness's own tests plant to prove that a KV cache
+/// advanced one step early (the original project's state-advancement-timing bug: the cache length
+/// advanced on layer 0, before the other layers read it) is caught. Every forward pass of the
+/// embedded engine that continues a cached sequence (position > 0) then runs one position past
+/// where it is, as an engine that advanced its position before the step would. Read once; `1` is
+/// the fault, anything else none.
+pub(crate) fn planted_kv_early() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| var("QUALIFY_FAULT_KV_EARLY").as_deref() == Some("1"))
 }
 
 /// A fresh run id: UTC time and process id, sortable.

@@ -379,6 +379,9 @@ impl CandleSession {
     fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Tensor> {
         let started = Instant::now();
         planted_crash();
+        // A fault the harness's own tests plant (QUALIFY_FAULT_KV_EARLY): a step over cached
+        // state runs one position late, as a cache advanced before the step would place it.
+        let pos = if pos > 0 && crate::config::planted_kv_early() { pos + 1 } else { pos };
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let logits = self.model.forward(&input, pos)?.flatten_all()?.to_dtype(DType::F32)?;
         if let Some(factor) = crate::config::planted_slowdown() {
