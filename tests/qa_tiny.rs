@@ -181,9 +181,10 @@ fn trials_of(filter: &str, work: &Path, run: &str, env: &[(&str, &str)]) -> Vec<
 #[test]
 fn a_tenfold_slowdown_fails_perf_and_the_clean_model_does_not() {
     let work = tempfile::tempdir().unwrap();
-    for filter in
-        ["qa-tiny-llama::safetensors::cpu::perf::decode", "qa-tiny-qwen2::gguf-q4_k_m::cpu::perf::decode"]
-    {
+    for filter in [
+        "mvp::qa-tiny-llama::safetensors::cpu::perf::decode",
+        "mvp::qa-tiny-qwen2::gguf-q4_k_m::cpu::perf::decode",
+    ] {
         let clean = trials_of(filter, work.path(), "clean", &[]);
         for r in &clean {
             assert!(
@@ -230,8 +231,8 @@ fn a_tenfold_slowdown_fails_perf_and_the_clean_model_does_not() {
 fn a_server_that_answers_otherwise_fails_serve_vs_run_and_the_clean_server_passes() {
     let work = tempfile::tempdir().unwrap();
     for filter in [
-        "qa-tiny-llama::safetensors::cpu::diff::serve-vs-run",
-        "qa-tiny-qwen2::gguf-q4_k_m::cpu::diff::serve-vs-run",
+        "mvp::qa-tiny-llama::safetensors::cpu::diff::serve-vs-run",
+        "mvp::qa-tiny-qwen2::gguf-q4_k_m::cpu::diff::serve-vs-run",
     ] {
         for r in trials_of(filter, work.path(), "clean", &[]) {
             assert_eq!(r.outcome, Outcome::Corroborated, "{}: {}", r.trial, r.reason);
