@@ -5,6 +5,7 @@ mod bench;
 mod bench_formats;
 mod bench_gates;
 mod bench_serve;
+mod bootstrap;
 mod certify;
 mod crashes;
 mod diff;
@@ -46,6 +47,8 @@ enum Task {
     Tickets(certify::TicketsArgs),
     /// Write playbooks/playbook.lock (certify refuses unlocked playbooks)
     Lock(certify::LockArgs),
+    /// Write a playbook for a model from its config.json, size and chat template, to review and lock
+    Bootstrap(bootstrap::BootstrapArgs),
     /// Download a model's safetensors, config and tokenizer into the Hugging Face cache (needs a network)
     Fetch(fetch::FetchArgs),
     /// Serve a model directory or APR file with the OpenAI-compatible server (modelqa-engine, release)
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Crashes(args) => crashes::run(&args),
         Task::Diff(args) => diff::run(&args),
+        Task::Bootstrap(args) => bootstrap::bootstrap(&args),
     }
 }
 
