@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use modelqa::support::certify::ModelEvidence;
-use modelqa::support::certify::diff::{diff, markdown};
+use modelqa::support::certify::diff::{diff, html, markdown};
 use modelqa::support::journal::EvidenceRecord;
 
 /// `diff A B [--alpha P] [--markdown FILE]`.
@@ -30,6 +30,9 @@ pub struct DiffArgs {
     /// Also write the Markdown to this file
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
+    /// Also write an HTML page with a plot per regressed metric (each cell's after/before ratio)
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
@@ -51,6 +54,16 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
     print!("{text}");
     if let Some(path) = &args.markdown {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        let page = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>modelqa diff</title><style>\
+             body{{font-family:system-ui,sans-serif;margin:2rem;max-width:80rem}}table{{border-collapse:collapse;margin:1rem 0}}\
+             td,th{{border:1px solid #d1d5db;padding:.25rem .5rem;text-align:left;vertical-align:top}}\
+             figure{{margin:1rem 0}}figcaption{{font-weight:600}}</style></head><body>{}</body></html>\n",
+            html(&d, &args.before, &args.after)
+        );
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!(
         "compared {} and {} records in {:.2} s",

@@ -62,12 +62,21 @@ fn planted(dir: &Path, double_kl: bool) -> PathBuf {
 #[test]
 fn planted_flips_and_a_doubled_kl_are_named_beyond_noise() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = diff(&evidence(), &planted(dir.path(), true));
+    let page = dir.path().join("diff.html");
+    let out = diff_with(&evidence(), &planted(dir.path(), true), &["--html", page.to_str().expect("utf-8")]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("| qa-tiny-llama | apr | QUAL | 8 | 0 |"), "{text}");
     assert!(text.contains("0.008 |"), "McNemar's p for 8 against 0: {text}");
     assert!(text.contains("| qa-tiny-llama | mean KL |"), "{text}");
+    // The HTML page plots the doubled KL: one figure, each cell's bar red at ×2.
+    let page = std::fs::read_to_string(&page).expect("the page");
+    assert!(
+        page.starts_with("<!doctype html>") && page.contains("qa-tiny-llama — mean KL: ×2.000"),
+        "{page}"
+    );
+    assert!(page.contains("<svg") && page.contains(">×2.000</text>"), "{page}");
+    assert!(page.contains("<h3>Flipped trials</h3>"), "{page}");
 }
 
 #[test]

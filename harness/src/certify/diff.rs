@@ -28,11 +28,17 @@ pub enum Metric {
     Top1Agreement,
     TokensPerSecond,
     TimeToFirstToken,
+    PerplexityRatio,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] =
-        [Metric::MeanKl, Metric::Top1Agreement, Metric::TokensPerSecond, Metric::TimeToFirstToken];
+    pub const ALL: [Metric; 5] = [
+        Metric::MeanKl,
+        Metric::Top1Agreement,
+        Metric::TokensPerSecond,
+        Metric::TimeToFirstToken,
+        Metric::PerplexityRatio,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,12 +46,13 @@ impl Metric {
             Metric::Top1Agreement => "top-1 agreement",
             Metric::TokensPerSecond => "tokens/s",
             Metric::TimeToFirstToken => "time to first token",
+            Metric::PerplexityRatio => "perplexity ratio",
         }
     }
 
     /// Whether a larger value is worse.
     pub fn higher_is_worse(self) -> bool {
-        matches!(self, Metric::MeanKl | Metric::TimeToFirstToken)
+        matches!(self, Metric::MeanKl | Metric::TimeToFirstToken | Metric::PerplexityRatio)
     }
 
     fn of(self, r: &EvidenceRecord) -> Option<f64> {
@@ -54,6 +61,7 @@ impl Metric {
             Metric::Top1Agreement => r.metrics.top1_agreement,
             Metric::TokensPerSecond => r.metrics.tokens_per_second,
             Metric::TimeToFirstToken => r.metrics.time_to_first_token_ms,
+            Metric::PerplexityRatio => r.metrics.perplexity_ratio,
         }
     }
 }
@@ -95,6 +103,8 @@ pub struct MetricShift {
     pub p: f64,
     /// The cell that moved most, and its ratio.
     pub largest: (String, f64),
+    /// Every cell's ratio, the largest moves first (what the HTML section plots).
+    pub per_cell: Vec<(String, f64)>,
 }
 
 impl MetricShift {
@@ -262,6 +272,8 @@ pub fn diff(before: &[EvidenceRecord], after: &[EvidenceRecord], alpha: f64) -> 
                 .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
                 .map(|(c, l)| (c.clone(), l.exp()))
                 .unwrap_or_default();
+            let mut per_cell: Vec<(String, f64)> = cells.iter().map(|(c, l)| (c.clone(), l.exp())).collect();
+            per_cell.sort_by(|x, y| y.1.ln().abs().total_cmp(&x.1.ln().abs()));
             Some(MetricShift {
                 model,
                 metric,
@@ -271,6 +283,7 @@ pub fn diff(before: &[EvidenceRecord], after: &[EvidenceRecord], alpha: f64) -> 
                 ratio_hi: ci.hi.exp(),
                 p: bootstrap_p(&logs),
                 largest,
+                per_cell,
             })
         })
         .collect();
@@ -418,6 +431,146 @@ pub fn markdown(d: &RunDiff, before: &str, after: &str) -> String {
         }
     }
     s
+}
+
+/// The most cells one metric's plot shows (the largest moves).
+const PLOTTED_CELLS: usize = 40;
+
+/// The diff as an HTML section (`cargo xtask diff --html`): the summary, the verdicts that
+/// regressed beyond noise with McNemar's p-values, a plot per metric that moved for the worse —
+/// each cell's after/before ratio as a bar on a log scale around ×1, red where it moved for the
+/// worse, the caption saying whether the move is beyond noise — and the flipped trials.
+pub fn html(d: &RunDiff, before: &str, after: &str) -> String {
+    use std::fmt::Write;
+    let esc = super::report::esc;
+    let mut s =
+        format!("<section class=\"modelqa-diff\"><h2>modelqa diff: {} → {}</h2>", esc(before), esc(after));
+    if d.is_empty() {
+        let _ = write!(
+            s,
+            "<p>No difference: {} paired trials, none flipped, no metric moved beyond noise.</p></section>",
+            d.paired
+        );
+        return s;
+    }
+    let regressed = d.flips.iter().filter(|f| f.regressed).count();
+    let _ = write!(
+        s,
+        "<p>{} paired trials; {} flipped ({regressed} passed before and fail now); {} only before, {} only after.</p>",
+        d.paired,
+        d.flips.len(),
+        d.only_before.len(),
+        d.only_after.len()
+    );
+    let _ = write!(s, "<h3>Regressed beyond noise (p &lt; {})</h3>", d.alpha);
+    let verdicts: Vec<&VerdictShift> = d.regressions().collect();
+    if verdicts.is_empty() && d.metric_regressions().next().is_none() {
+        s.push_str("<p>Nothing.</p>");
+    }
+    if !verdicts.is_empty() {
+        s.push_str("<table><tr><th>model</th><th>format</th><th>category</th><th>pass → fail</th><th>fail → pass</th><th>paired</th><th>McNemar p</th></tr>");
+        for v in verdicts {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&v.model),
+                esc(&v.format),
+                esc(&v.category),
+                v.regressed,
+                v.fixed,
+                v.pairs,
+                p_text(v.p)
+            );
+        }
+        s.push_str("</table>");
+    }
+    let worse: Vec<&MetricShift> = d.metrics.iter().filter(|m| m.worse()).collect();
+    if !worse.is_empty() {
+        s.push_str("<h3>Metrics that moved for the worse</h3>");
+    }
+    for m in worse {
+        let noise = if m.p < d.alpha { "beyond noise" } else { "within noise" };
+        let _ = write!(
+            s,
+            "<figure><figcaption>{} — {}: ×{:.3} (95% ×{:.3}–×{:.3}, p {}, {noise}) over {} cells</figcaption>{}</figure>",
+            esc(&m.model),
+            m.metric.name(),
+            m.ratio,
+            m.ratio_lo,
+            m.ratio_hi,
+            p_text(m.p),
+            m.cells,
+            ratio_plot(m)
+        );
+    }
+    if !d.flips.is_empty() {
+        s.push_str("<h3>Flipped trials</h3><table><tr><th>trial</th><th>before</th><th>after</th><th>why, after</th></tr>");
+        for f in d.flips.iter().take(500) {
+            let reason: String = f.reason.chars().take(300).collect();
+            let _ = write!(
+                s,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&f.trial),
+                f.before,
+                f.after,
+                esc(&reason)
+            );
+        }
+        if d.flips.len() > 500 {
+            let _ = write!(s, "<tr><td colspan=\"4\">… and {} more</td></tr>", d.flips.len() - 500);
+        }
+        s.push_str("</table>");
+    }
+    s.push_str("</section>");
+    s
+}
+
+/// One metric's per-cell ratios as horizontal bars on a log scale, ×1 in the middle, the widest
+/// move setting the scale; red bars moved for the worse.
+fn ratio_plot(m: &MetricShift) -> String {
+    use std::fmt::Write;
+    let esc = super::report::esc;
+    let cells = &m.per_cell[..m.per_cell.len().min(PLOTTED_CELLS)];
+    let span = cells.iter().map(|(_, r)| r.ln().abs()).fold(f64::MIN_POSITIVE, f64::max);
+    let (label_w, bar_w, row_h) = (360.0, 300.0, 16.0);
+    let height = row_h * cells.len() as f64 + 20.0;
+    let mid = label_w + bar_w / 2.0;
+    let mut svg = format!(
+        "<svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"{} after / before per cell\">",
+        label_w + bar_w + 80.0,
+        m.metric.name()
+    );
+    let _ = write!(svg, "<line x1=\"{mid}\" y1=\"0\" x2=\"{mid}\" y2=\"{height}\" stroke=\"#6b7280\"/>");
+    for (i, (cell, ratio)) in cells.iter().enumerate() {
+        let y = i as f64 * row_h + 4.0;
+        let w = ratio.ln() / span * (bar_w / 2.0);
+        let worse = (*ratio > 1.0) == m.metric.higher_is_worse();
+        let (x, w) = if w < 0.0 { (mid + w, -w) } else { (mid, w) };
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>\
+             <rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">×{ratio:.3}</text>",
+            label_w - 6.0,
+            y + 11.0,
+            esc(cell),
+            w.max(0.5),
+            row_h - 4.0,
+            if worse { "#dc2626" } else { "#16a34a" },
+            label_w + bar_w + 4.0,
+            y + 11.0
+        );
+    }
+    if m.per_cell.len() > cells.len() {
+        let _ = write!(
+            svg,
+            "<text x=\"4\" y=\"{:.1}\" font-size=\"11\">… {} more cells</text>",
+            height - 4.0,
+            m.per_cell.len() - cells.len()
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 fn metric_row(m: &MetricShift) -> String {

@@ -78,6 +78,13 @@ fn a_planted_doubling_of_kl_is_named_with_its_p_value() {
     assert_eq!((m.metric, m.cells), (Metric::MeanKl, 5));
     assert!((m.ratio - 2.0).abs() < 1e-9 && m.p < 0.05, "{m:?}");
     assert!(markdown(&d, "a", "b").contains("| m | mean KL | 5 | ×2.000 |"));
+    // The HTML section plots the regressed metric: a red bar per cell, each at ×2.
+    let page = html(&d, "a", "b");
+    assert_eq!(page.matches("<figure>").count(), 1, "{page}");
+    assert!(page.contains("m — mean KL: ×2.000") && page.contains("beyond noise) over 5 cells"), "{page}");
+    assert_eq!(page.matches("fill=\"#dc2626\"").count(), 5, "{page}");
+    assert_eq!(page.matches(">×2.000</text>").count(), 5, "{page}");
+    assert!(html(&diff(&a, &a.clone(), 0.05).expect("pairs"), "a", "a").contains("No difference"));
     // Noise that goes both ways is not a shift.
     let mut c = a.clone();
     for (i, r) in c.iter_mut().filter(|r| r.metrics.mean_kl.is_some()).enumerate() {
