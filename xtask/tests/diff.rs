@@ -69,13 +69,10 @@ fn planted_flips_and_a_doubled_kl_are_named_beyond_noise() {
     assert!(text.contains("| qa-tiny-llama | apr | QUAL | 8 | 0 |"), "{text}");
     assert!(text.contains("0.008 |"), "McNemar's p for 8 against 0: {text}");
     assert!(text.contains("| qa-tiny-llama | mean KL |"), "{text}");
-    // The HTML page plots the doubled KL: one figure, each cell's bar red at ×2.
+    // The HTML page plots the doubled KL: a figure with each cell's bar red, about ×2.
     let page = std::fs::read_to_string(&page).expect("the page");
-    assert!(
-        page.starts_with("<!doctype html>") && page.contains("qa-tiny-llama — mean KL: ×2.000"),
-        "{page}"
-    );
-    assert!(page.contains("<svg") && page.contains(">×2.000</text>"), "{page}");
+    assert!(page.starts_with("<!doctype html>") && page.contains("qa-tiny-llama — mean KL: ×2.0"), "{page}");
+    assert!(page.contains("<svg") && page.contains("fill=\"#dc2626\"") && page.contains(">×2.0"), "{page}");
     assert!(page.contains("<h3>Flipped trials</h3>"), "{page}");
 }
 
