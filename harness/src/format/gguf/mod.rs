@@ -30,7 +30,7 @@ mod write;
 pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
 pub(crate) use check::{GgufError, check_model, open, read};
 
-pub use read::{Dequantized, dequantize, hf_files, to_apr, to_safetensors, tokenizer};
+pub use read::{Dequantized, dequantize, dequantized_config, hf_files, to_apr, to_safetensors, tokenizer};
 pub use write::{from_safetensors, permute_qk, wanted_type};
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.
@@ -59,6 +59,14 @@ pub enum GgufTokenizerError {
     UnsupportedModel(String),
     #[error("no {0}")]
     MissingKey(String),
+    /// A `tokenizer.ggml.pre` whose split regex this reader does not know.
+    #[error(
+        "pre-tokenizer `{0}` (tokenizer.ggml.pre) is not supported (default, gpt-2, qwen2, llama-bpe are)"
+    )]
+    UnsupportedPre(String),
+    /// The BOS/EOS template does not build.
+    #[error("the BOS/EOS template: {0}")]
+    Template(String),
     /// A value of a string list is not a string.
     #[error("{key}: {source}")]
     NotAString {
@@ -82,6 +90,17 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
     ConvertError::Read { path: path.to_path_buf(), cause: cause.to_string() }
 }
 
+/// The Hugging Face `model_type` of a GGUF architecture that the engine runs by dequantizing
+/// the file into its float model (candle has no quantized model of it), with what the model's
+/// config needs beyond the common keys. Only architectures whose every tensor name maps back
+/// ([`hf_name`]) and whose llama.cpp layout is the Hugging Face one (no q/k permutation) are here.
+pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
+    match arch {
+        "qwen3" => Some("qwen3"),
+        _ => None,
+    }
+}
+
 /// The GGUF architecture of a Hugging Face `model_type`, and whether q/k are permuted.
 pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     match model_type {
@@ -91,7 +110,9 @@ pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     }
 }
 
-const LAYER_NAMES: [(&str, &str); 13] = [
+const LAYER_NAMES: [(&str, &str); 15] = [
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("input_layernorm.weight", "attn_norm.weight"),
     ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),

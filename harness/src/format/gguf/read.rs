@@ -15,9 +15,26 @@ use super::{
 use crate::format::apr::{AprDType, AprFile, AprTensor};
 use crate::format::convert::{ConvertError, HfFiles};
 
+/// The split regex of each llama.cpp pre-tokenizer (`tokenizer.ggml.pre`) this reader knows, as
+/// llama.cpp's `llm_tokenizer_bpe` spells it; `default` and `gpt-2` are GPT-2's own regex, which
+/// the byte-level pre-tokenizer applies itself.
+const PRE_TOKENIZERS: &[(&str, &str)] = &[
+    (
+        "qwen2",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    (
+        "llama-bpe",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+];
+
 /// The tokenizer a GGUF file carries: the whole `tokenizer.json` where it is embedded, else a
-/// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model)
-/// with its control tokens as special tokens.
+/// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model),
+/// split as its `tokenizer.ggml.pre` names (an unknown one is an error, never GPT-2's regex in
+/// its place), with its control tokens as special tokens, and BOS/EOS added as
+/// `tokenizer.ggml.add_bos_token`/`add_eos_token` say (llama.cpp's default where a key is absent:
+/// no BOS for `gpt2`).
 pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -28,6 +45,17 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
     if kind != "gpt2" {
         return Err(GgufTokenizerError::UnsupportedModel(kind));
     }
+    let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
+    let split = match pre.as_deref() {
+        None | Some("default" | "gpt-2") => None,
+        Some(name) => Some(
+            PRE_TOKENIZERS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, regex)| *regex)
+                .ok_or_else(|| GgufTokenizerError::UnsupportedPre(name.to_string()))?,
+        ),
+    };
     let strings = |key: &str| -> Result<Vec<_>, GgufTokenizerError> {
         let values = md
             .get(key)
@@ -52,7 +80,25 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
     let bpe =
         BPE::builder().vocab_and_merges(vocab, merges).build().map_err(GgufTokenizerError::Vocabulary)?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    match split {
+        None => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+        Some(regex) => {
+            use tokenizers::pre_tokenizers::sequence::Sequence;
+            use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+            let split = Split::new(
+                SplitPattern::Regex(regex.to_string()),
+                tokenizers::SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(GgufTokenizerError::Vocabulary)?;
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])));
+        }
+    }
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let types = md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok());
     let control: Vec<tokenizers::AddedToken> = types
@@ -64,7 +110,72 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
         .map(|t| tokenizers::AddedToken::from(t.clone(), true))
         .collect();
     tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
+    with_bos_eos(&mut tokenizer, md, &tokens, false)?;
     Ok(tokenizer)
+}
+
+/// BOS and EOS added around every encoding as the metadata says (`tokenizer.ggml.add_bos_token`,
+/// `add_eos_token`); where a key is absent, `default_bos` (llama.cpp's default for the model).
+fn with_bos_eos(
+    tokenizer: &mut tokenizers::Tokenizer,
+    md: &HashMap<String, Value>,
+    tokens: &[String],
+    default_bos: bool,
+) -> Result<(), GgufTokenizerError> {
+    use tokenizers::processors::template::TemplateProcessing;
+    let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
+    let special = |key: &str| -> Result<Option<(String, u32)>, GgufTokenizerError> {
+        let Some(id) = md.get(key).and_then(|v| v.to_u32().ok()) else { return Ok(None) };
+        let text = tokens
+            .get(id as usize)
+            .ok_or_else(|| GgufTokenizerError::MissingKey(format!("{key} {id} in the vocabulary")))?;
+        Ok(Some((text.clone(), id)))
+    };
+    let bos = if flag("tokenizer.ggml.add_bos_token").unwrap_or(default_bos) {
+        Some(special("tokenizer.ggml.bos_token_id")?.ok_or_else(|| {
+            GgufTokenizerError::MissingKey("tokenizer.ggml.bos_token_id (add_bos_token is set)".into())
+        })?)
+    } else {
+        None
+    };
+    let eos = if flag("tokenizer.ggml.add_eos_token").unwrap_or(false) {
+        Some(special("tokenizer.ggml.eos_token_id")?.ok_or_else(|| {
+            GgufTokenizerError::MissingKey("tokenizer.ggml.eos_token_id (add_eos_token is set)".into())
+        })?)
+    } else {
+        None
+    };
+    if bos.is_none() && eos.is_none() {
+        return Ok(());
+    }
+    let (mut single, mut pair) = (Vec::new(), Vec::new());
+    let specials: Vec<(String, u32)> = bos.iter().chain(eos.iter()).cloned().collect();
+    if let Some((b, _)) = &bos {
+        single.push(b.clone());
+        pair.push(b.clone());
+    }
+    single.push("$A".to_string());
+    pair.push("$A".to_string());
+    if let Some((e, _)) = &eos {
+        single.push(e.clone());
+        pair.push(e.clone());
+    }
+    if let Some((b, _)) = &bos {
+        pair.push(format!("{b}:1"));
+    }
+    pair.push("$B:1".to_string());
+    if let Some((e, _)) = &eos {
+        pair.push(format!("{e}:1"));
+    }
+    let processor = TemplateProcessing::builder()
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
+        .map_err(|e| GgufTokenizerError::Template(e.to_string()))?
+        .special_tokens(specials)
+        .build()
+        .map_err(|e| GgufTokenizerError::Template(e.to_string()))?;
+    tokenizer.with_post_processor(Some(processor));
+    Ok(())
 }
 
 /// The Hugging Face files of a GGUF file: the ones this project embedded, verbatim, or else
@@ -251,6 +362,43 @@ pub fn to_safetensors(path: &Path, out: &Path) -> Result<(), ConvertError> {
 pub struct Dequantized {
     pub tensors: BTreeMap<String, (Tensor, GgmlDType)>,
     pub metadata: HashMap<String, Value>,
+}
+
+/// The Hugging Face config.json of a GGUF file whose architecture the engine runs dequantized
+/// ([`super::dequantized_model_type`]), from its KV keys: `None` for another architecture.
+pub fn dequantized_config(
+    md: &HashMap<String, Value>,
+    has_output: bool,
+    has_bias: bool,
+    vocab: usize,
+) -> Option<serde_json::Value> {
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok())?;
+    let model_type = super::dequantized_model_type(arch)?;
+    let int = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_u32().ok());
+    let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
+    let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+    let layers = int("block_count");
+    Some(serde_json::json!({
+        "model_type": model_type,
+        "hidden_size": int("embedding_length"),
+        "intermediate_size": int("feed_forward_length"),
+        "num_hidden_layers": layers,
+        "num_attention_heads": int("attention.head_count"),
+        "num_key_value_heads": int("attention.head_count_kv").or(int("attention.head_count")),
+        "head_dim": int("attention.key_length"),
+        "rms_norm_eps": float("attention.layer_norm_rms_epsilon"),
+        "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
+        "max_position_embeddings": int("context_length"),
+        "hidden_act": "silu",
+        "attention_bias": has_bias,
+        "sliding_window": serde_json::Value::Null,
+        "use_sliding_window": false,
+        "max_window_layers": layers,
+        "vocab_size": vocab,
+        "tie_word_embeddings": !has_output,
+        "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+    }))
 }
 
 /// Reads and dequantizes a GGUF file.
