@@ -67,8 +67,6 @@ const CONVERTER_REFUSED: &[(&str, &str)] = &[
 const GGUF_REFUSED: &[(&str, &str)] = &[
     ("deepseek_v2", "GGUF architecture `deepseek2` is not supported"),
     ("gpt_bigcode", "GGUF architecture `starcoder` is not supported"),
-    ("granite", "GGUF architecture `granite` is not supported"),
-    ("olmo2", "GGUF architecture `olmo2` is not supported"),
     ("qwen3_moe", "GGUF architecture `qwen3moe` is not supported"),
     ("stablelm", "GGUF architecture `stablelm` is not supported"),
     ("starcoder2", "GGUF architecture `starcoder2` is not supported"),

@@ -97,8 +97,16 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
 pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
     match arch {
         "qwen3" => Some("qwen3"),
+        "olmo2" => Some("olmo2"),
+        "granite" => Some("granite"),
         _ => None,
     }
+}
+
+/// Whether llama.cpp's converter permutes q/k rows of a GGUF architecture (the llama
+/// convention: interleaved rotary), which reading back undoes.
+pub fn permutes_qk(arch: &str) -> bool {
+    matches!(arch, "llama" | "granite")
 }
 
 /// The GGUF architecture of a Hugging Face `model_type`, and whether q/k are permuted.
@@ -110,7 +118,7 @@ pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     }
 }
 
-const LAYER_NAMES: [(&str, &str); 15] = [
+const LAYER_NAMES: [(&str, &str); 17] = [
     ("self_attn.q_norm.weight", "attn_q_norm.weight"),
     ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("input_layernorm.weight", "attn_norm.weight"),
@@ -126,6 +134,10 @@ const LAYER_NAMES: [(&str, &str); 15] = [
     ("mlp.up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
     ("self_attn.o_proj.bias", "attn_output.bias"),
+    // olmo2's norms after attention and after the MLP (its only ones): after the pairs above, so
+    // `gguf_name` keeps `ffn_norm` for the llama convention's post_attention_layernorm.
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
 ];
 
 const GLOBAL_NAMES: [(&str, &str); 3] = [

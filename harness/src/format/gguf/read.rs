@@ -378,7 +378,7 @@ pub fn dequantized_config(
     let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
     let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
     let layers = int("block_count");
-    Some(serde_json::json!({
+    let mut config = serde_json::json!({
         "model_type": model_type,
         "hidden_size": int("embedding_length"),
         "intermediate_size": int("feed_forward_length"),
@@ -398,7 +398,20 @@ pub fn dequantized_config(
         "tie_word_embeddings": !has_output,
         "bos_token_id": id("tokenizer.ggml.bos_token_id"),
         "eos_token_id": id("tokenizer.ggml.eos_token_id"),
-    }))
+    });
+    if model_type == "granite" {
+        // llama.cpp's names for granite's four multipliers; absent, transformers' default 1.
+        for (hf, key) in [
+            ("embedding_multiplier", "embedding_scale"),
+            ("residual_multiplier", "residual_scale"),
+            ("attention_multiplier", "attention.scale"),
+            ("logits_scaling", "logit_scale"),
+        ] {
+            config[hf] = serde_json::json!(float(key).unwrap_or(1.0));
+        }
+        config["mlp_bias"] = serde_json::json!(false);
+    }
+    Some(config)
 }
 
 /// Reads and dequantizes a GGUF file.
@@ -406,7 +419,7 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
     let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
     let arch = arch.ok_or_else(|| err(path, "no general.architecture"))?;
-    let permuted = arch == "llama";
+    let permuted = super::permutes_qk(&arch);
     let count = |key: &str| -> Result<usize, ConvertError> {
         content
             .metadata
