@@ -68,8 +68,6 @@ const GGUF_REFUSED: &[(&str, &str)] = &[
     ("deepseek_v2", "GGUF architecture `deepseek2` is not supported"),
     ("gpt_bigcode", "GGUF architecture `starcoder` is not supported"),
     ("qwen3_moe", "GGUF architecture `qwen3moe` is not supported"),
-    ("stablelm", "GGUF architecture `stablelm` is not supported"),
-    ("starcoder2", "GGUF architecture `starcoder2` is not supported"),
 ];
 
 /// Architectures the project's GGUF writer refuses, with (a part of) its refusal.

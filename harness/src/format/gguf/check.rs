@@ -450,7 +450,7 @@ fn model_of(
     let quantized = matches!(arch.as_str(), "llama" | "qwen2");
     if !quantized && super::dequantized_model_type(&arch).is_none() {
         return Err(format!(
-            "GGUF architecture `{arch}` is not supported (llama, qwen2 on candle's quantized models; qwen3, olmo2, granite dequantized to f32)"
+            "GGUF architecture `{arch}` is not supported (llama, qwen2 on candle's quantized models; qwen3, olmo2, granite, stablelm, starcoder2 dequantized to f32)"
         ));
     }
     // candle's loaders read these with `to_u32`, which takes a U32 value and nothing else.
@@ -502,12 +502,17 @@ fn model_of(
             );
         }
     }
-    match md.get(&format!("{arch}.attention.layer_norm_rms_epsilon")) {
+    // An RMS norm's epsilon, or a layer norm's for the architectures that have layer norms.
+    let eps_key = match md.get(&format!("{arch}.attention.layer_norm_epsilon")) {
+        Some(_) if !quantized => "layer_norm_epsilon",
+        _ => "layer_norm_rms_epsilon",
+    };
+    match md.get(&format!("{arch}.attention.{eps_key}")) {
         Some(Value::F32(e)) if e.is_finite() && *e >= 0.0 => {}
         Some(v) => {
-            return Err(format!("`{arch}.attention.layer_norm_rms_epsilon` is {v:?}, not a finite f32 ≥ 0"));
+            return Err(format!("`{arch}.attention.{eps_key}` is {v:?}, not a finite f32 ≥ 0"));
         }
-        None => return Err(format!("`{arch}.attention.layer_norm_rms_epsilon` is missing")),
+        None => return Err(format!("`{arch}.attention.{eps_key}` is missing")),
     }
     if let Some(Value::F32(base)) = md.get(&format!("{arch}.rope.freq_base"))
         && !(base.is_finite() && *base > 0.0)

@@ -99,6 +99,8 @@ pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
         "qwen3" => Some("qwen3"),
         "olmo2" => Some("olmo2"),
         "granite" => Some("granite"),
+        "stablelm" => Some("stablelm"),
+        "starcoder2" => Some("starcoder2"),
         _ => None,
     }
 }
@@ -118,7 +120,7 @@ pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     }
 }
 
-const LAYER_NAMES: [(&str, &str); 17] = [
+const LAYER_NAMES: [(&str, &str); 21] = [
     ("self_attn.q_norm.weight", "attn_q_norm.weight"),
     ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("input_layernorm.weight", "attn_norm.weight"),
@@ -138,11 +140,17 @@ const LAYER_NAMES: [(&str, &str); 17] = [
     // `gguf_name` keeps `ffn_norm` for the llama convention's post_attention_layernorm.
     ("post_attention_layernorm.weight", "post_attention_norm.weight"),
     ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+    // Layer norms' biases and MLP biases (stablelm, starcoder2).
+    ("input_layernorm.bias", "attn_norm.bias"),
+    ("post_attention_layernorm.bias", "ffn_norm.bias"),
+    ("mlp.up_proj.bias", "ffn_up.bias"),
+    ("mlp.down_proj.bias", "ffn_down.bias"),
 ];
 
-const GLOBAL_NAMES: [(&str, &str); 3] = [
+const GLOBAL_NAMES: [(&str, &str); 4] = [
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
+    ("model.norm.bias", "output_norm.bias"),
     ("lm_head.weight", "output.weight"),
 ];
 

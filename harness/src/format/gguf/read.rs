@@ -378,6 +378,7 @@ pub fn dequantized_config(
     let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
     let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
     let layers = int("block_count");
+    let eps = float("attention.layer_norm_rms_epsilon").or(float("attention.layer_norm_epsilon"));
     let mut config = serde_json::json!({
         "model_type": model_type,
         "hidden_size": int("embedding_length"),
@@ -386,7 +387,7 @@ pub fn dequantized_config(
         "num_attention_heads": int("attention.head_count"),
         "num_key_value_heads": int("attention.head_count_kv").or(int("attention.head_count")),
         "head_dim": int("attention.key_length"),
-        "rms_norm_eps": float("attention.layer_norm_rms_epsilon"),
+        "rms_norm_eps": eps,
         "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
         "max_position_embeddings": int("context_length"),
         "hidden_act": "silu",
@@ -399,6 +400,28 @@ pub fn dequantized_config(
         "bos_token_id": id("tokenizer.ggml.bos_token_id"),
         "eos_token_id": id("tokenizer.ggml.eos_token_id"),
     });
+    if model_type == "stablelm" {
+        // Layer norms, a partial rotary embedding over `rope.dimension_count` of each head.
+        let heads = int("attention.head_count").unwrap_or(1).max(1);
+        let head_dim = int("embedding_length").unwrap_or(0) / heads;
+        let rotary = int("rope.dimension_count").unwrap_or(head_dim);
+        config["layer_norm_eps"] = serde_json::json!(eps);
+        config["partial_rotary_factor"] = serde_json::json!(f64::from(rotary) / f64::from(head_dim.max(1)));
+        config["use_parallel_residual"] = serde_json::json!(
+            md.get(&format!("{arch}.use_parallel_residual")).and_then(|v| v.to_bool().ok()).unwrap_or(false)
+        );
+        config["use_qkv_bias"] = serde_json::json!(has_bias);
+        config["qk_layernorm"] = serde_json::json!(false);
+        config["head_dim"] = serde_json::Value::Null;
+    }
+    if model_type == "starcoder2" {
+        // Layer norms with biases, GPT-2's MLP with tanh GELU, biases everywhere.
+        config["norm_epsilon"] = serde_json::json!(eps);
+        config["hidden_act"] = serde_json::json!("gelu_pytorch_tanh");
+        config["use_bias"] = serde_json::json!(has_bias);
+        config["head_dim"] = serde_json::Value::Null;
+        config["attention_bias"] = serde_json::Value::Null;
+    }
     if model_type == "granite" {
         // llama.cpp's names for granite's four multipliers; absent, transformers' default 1.
         for (hf, key) in [
@@ -447,6 +470,13 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
         if permuted && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {
             t = permute_qk(&t, kv_heads, true).map_err(|e| err(path, e))?;
         }
+        // starcoder2's MLP keeps GPT-2's names.
+        let hf = match arch.as_str() {
+            "starcoder2" => {
+                hf.replace(".mlp.up_proj.", ".mlp.c_fc.").replace(".mlp.down_proj.", ".mlp.c_proj.")
+            }
+            _ => hf,
+        };
         tensors.insert(hf, (t, dtype));
     }
     Ok(Dequantized { tensors, metadata: content.metadata })
