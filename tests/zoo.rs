@@ -67,8 +67,16 @@ const CONVERTER_REFUSED: &[(&str, &str)] = &[
 const GGUF_REFUSED: &[(&str, &str)] = &[
     ("deepseek_v2", "GGUF architecture `deepseek2` is not supported"),
     ("gpt_bigcode", "GGUF architecture `starcoder` is not supported"),
-    ("qwen3_moe", "GGUF architecture `qwen3moe` is not supported"),
 ];
+
+/// Converter GGUFs that load and run as llama.cpp runs them, but not as transformers runs the
+/// zoo model, because the file cannot say what the config says; with (a part of) the
+/// comparison's failure for the F32 file and for the Q8_0 file. qwen3_moe: llama.cpp's qwen3moe always renormalises the chosen
+/// experts' weights and the GGUF has no key for `norm_topk_prob`, which the zoo model (as
+/// transformers' default) has false. (Run with `norm_topk_prob` false, the same file gives
+/// transformers' logits within 1.4e-5: the dequantization itself is right.)
+const CONVERTER_LOSES: &[(&str, &str, &str)] =
+    &[("qwen3_moe", "(off by", "the top-1s are not in each other's top-5")];
 
 /// Architectures the project's GGUF writer refuses, with (a part of) its refusal.
 const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
@@ -295,7 +303,7 @@ fn judged<T>(
     match (result, refused) {
         (Ok(_), Some(_)) => Err("works, but is listed as refused: take it off the list".into()),
         (Ok(v), None) => Ok(line(v)),
-        (Err(e), Some(why)) if e.contains(why) => Ok(format!("refused: {why}")),
+        (Err(e), Some(why)) if e.contains(why) => Ok(format!("as listed: {why}")),
         (Err(e), Some(why)) => Err(format!("{e} (the list says `{why}`)")),
         (Err(e), None) => Err(e),
     }
@@ -323,11 +331,14 @@ fn converter_ggufs(model_type: &str, dir: &Path, reference: &Reference) -> Resul
         (true, None) => {}
     }
     let refused = listed(GGUF_REFUSED, model_type);
-    let f32 = judged(load_file(&f32_file).and_then(|mut s| compare(&mut s, reference)), refused, |w| {
+    let loses = CONVERTER_LOSES.iter().find(|(m, ..)| *m == model_type);
+    let f32_refused = refused.or(loses.map(|(_, f32, _)| *f32));
+    let q8_refused = refused.or(loses.map(|(.., q8)| *q8));
+    let f32 = judged(load_file(&f32_file).and_then(|mut s| compare(&mut s, reference)), f32_refused, |w| {
         format!("F32 {w:.1e}")
     })
     .map_err(|e| format!("converter F32: {e}"))?;
-    let q8 = judged(load_file(&q8_file).and_then(|mut s| q8_0_agrees(&mut s, reference)), refused, |q| {
+    let q8 = judged(load_file(&q8_file).and_then(|mut s| q8_0_agrees(&mut s, reference)), q8_refused, |q| {
         format!("Q8_0 {:.1e} top-5 ok, greedy {}/{}", q.worst, q.greedy_agree, q.greedy_total)
     })
     .map_err(|e| format!("converter Q8_0: {e}"))?;

@@ -101,6 +101,7 @@ pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
         "granite" => Some("granite"),
         "stablelm" => Some("stablelm"),
         "starcoder2" => Some("starcoder2"),
+        "qwen3moe" => Some("qwen3_moe"),
         _ => None,
     }
 }
@@ -120,7 +121,7 @@ pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     }
 }
 
-const LAYER_NAMES: [(&str, &str); 21] = [
+const LAYER_NAMES: [(&str, &str); 22] = [
     ("self_attn.q_norm.weight", "attn_q_norm.weight"),
     ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("input_layernorm.weight", "attn_norm.weight"),
@@ -145,6 +146,8 @@ const LAYER_NAMES: [(&str, &str); 21] = [
     ("post_attention_layernorm.bias", "ffn_norm.bias"),
     ("mlp.up_proj.bias", "ffn_up.bias"),
     ("mlp.down_proj.bias", "ffn_down.bias"),
+    // A mixture of experts' router (qwen3_moe).
+    ("mlp.gate.weight", "ffn_gate_inp.weight"),
 ];
 
 const GLOBAL_NAMES: [(&str, &str); 4] = [

@@ -422,6 +422,17 @@ pub fn dequantized_config(
         config["head_dim"] = serde_json::Value::Null;
         config["attention_bias"] = serde_json::Value::Null;
     }
+    if model_type == "qwen3_moe" {
+        // llama.cpp's qwen3moe always renormalises the chosen experts' weights (its graph passes
+        // `norm_w = true`) and the file has no key saying otherwise: the file is run as
+        // llama.cpp runs it, whatever the source config's `norm_topk_prob` was.
+        config["num_experts"] = serde_json::json!(int("expert_count"));
+        config["num_experts_per_tok"] = serde_json::json!(int("expert_used_count"));
+        config["moe_intermediate_size"] = serde_json::json!(int("expert_feed_forward_length"));
+        config["norm_topk_prob"] = serde_json::json!(true);
+        config["decoder_sparse_step"] = serde_json::json!(1);
+        config["mlp_only_layers"] = serde_json::json!([]);
+    }
     if model_type == "granite" {
         // llama.cpp's names for granite's four multipliers; absent, transformers' default 1.
         for (hf, key) in [
@@ -435,6 +446,19 @@ pub fn dequantized_config(
         config["mlp_bias"] = serde_json::json!(false);
     }
     Some(config)
+}
+
+/// The layer and Hugging Face projection of a stacked experts tensor (`blk.N.ffn_gate_exps.weight`).
+fn stacked_experts(name: &str) -> Option<(usize, &'static str)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let projection = match rest {
+        "ffn_gate_exps.weight" => "gate_proj",
+        "ffn_up_exps.weight" => "up_proj",
+        "ffn_down_exps.weight" => "down_proj",
+        _ => return None,
+    };
+    Some((layer.parse().ok()?, projection))
 }
 
 /// Reads and dequantizes a GGUF file.
@@ -457,6 +481,23 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
+        if let Some((layer, projection)) = stacked_experts(name) {
+            // llama.cpp stacks a layer's experts into one tensor; the float model has one each.
+            let q = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+            let dtype = q.dtype();
+            let t = q.dequantize(&Device::Cpu).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+            let experts = t.dims().first().copied().unwrap_or(0);
+            for e in 0..experts {
+                let one = t.get(e).map_err(|x| err(path, format!("tensor `{name}` expert {e}: {x}")))?;
+                tensors.insert(
+                    format!("model.layers.{layer}.mlp.experts.{e}.{projection}.weight"),
+                    (one, dtype),
+                );
+            }
+            continue;
+        }
         let hf =
             hf_name(name).ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
         let q = content
