@@ -66,7 +66,13 @@ const CONVERTER_REFUSED: &[(&str, &str)] = &[
 /// Converter GGUFs (F32 and Q8_0 alike) the embedded engine refuses, with (a part of) its error.
 const GGUF_REFUSED: &[(&str, &str)] = &[
     ("deepseek_v2", "GGUF architecture `deepseek2` is not supported"),
-    ("gpt_bigcode", "GGUF architecture `starcoder` is not supported"),
+    // The converter writes `starcoder.feed_forward_length` as 4 × n_embd (256), not the config's
+    // n_inner (128) its weights hold: the file contradicts itself, and is refused naming the
+    // shapes, as llama.cpp refuses it. (With 128 the same file is within tolerance.)
+    (
+        "gpt_bigcode",
+        "tensor transformer.h.0.mlp.c_fc.weight has shape [128, 64], the config implies [256, 64]",
+    ),
 ];
 
 /// Converter GGUFs that load and run as llama.cpp runs them, but not as transformers runs the

@@ -360,7 +360,7 @@ fn gguf_session(
                 return Err(load_err(
                     path,
                     format!(
-                        "GGUF architecture `{other}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2 dequantized to f32)"
+                        "GGUF architecture `{other}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2, starcoder dequantized to f32)"
                     ),
                 ));
             };

@@ -450,7 +450,7 @@ fn model_of(
     let quantized = matches!(arch.as_str(), "llama" | "qwen2");
     if !quantized && super::dequantized_model_type(&arch).is_none() {
         return Err(format!(
-            "GGUF architecture `{arch}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2 dequantized to f32)"
+            "GGUF architecture `{arch}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2, starcoder dequantized to f32)"
         ));
     }
     // candle's loaders read these with `to_u32`, which takes a U32 value and nothing else.

@@ -102,6 +102,7 @@ pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
         "stablelm" => Some("stablelm"),
         "starcoder2" => Some("starcoder2"),
         "qwen3moe" => Some("qwen3_moe"),
+        "starcoder" => Some("gpt_bigcode"),
         _ => None,
     }
 }

@@ -422,6 +422,24 @@ pub fn dequantized_config(
         config["head_dim"] = serde_json::Value::Null;
         config["attention_bias"] = serde_json::Value::Null;
     }
+    if model_type == "gpt_bigcode" {
+        // GPT-2's names; one KV head is multi-query.
+        return Some(serde_json::json!({
+            "model_type": model_type,
+            "n_embd": int("embedding_length"),
+            "n_layer": layers,
+            "n_head": int("attention.head_count"),
+            "n_inner": int("feed_forward_length"),
+            "n_positions": int("context_length"),
+            "multi_query": int("attention.head_count_kv") == Some(1),
+            "layer_norm_epsilon": eps,
+            "activation_function": "gelu_pytorch_tanh",
+            "vocab_size": vocab,
+            "tie_word_embeddings": !has_output,
+            "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+        }));
+    }
     if model_type == "qwen3_moe" {
         // llama.cpp's qwen3moe always renormalises the chosen experts' weights (its graph passes
         // `norm_w = true`) and the file has no key saying otherwise: the file is run as
@@ -446,6 +464,34 @@ pub fn dequantized_config(
         config["mlp_bias"] = serde_json::json!(false);
     }
     Some(config)
+}
+
+/// The Hugging Face (GPT-2 style) name of a tensor of llama.cpp's `starcoder` architecture,
+/// which its converter writes for `gpt_bigcode`.
+fn gpt_bigcode_name(gguf: &str) -> Option<String> {
+    let global = [
+        ("token_embd.weight", "transformer.wte.weight"),
+        ("position_embd.weight", "transformer.wpe.weight"),
+        ("output_norm.weight", "transformer.ln_f.weight"),
+        ("output_norm.bias", "transformer.ln_f.bias"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, h)) = global.iter().find(|(g, _)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (stem, kind) = rest.rsplit_once('.')?;
+    let h = match stem {
+        "attn_qkv" => "attn.c_attn",
+        "attn_output" => "attn.c_proj",
+        "attn_norm" => "ln_1",
+        "ffn_norm" => "ln_2",
+        "ffn_up" => "mlp.c_fc",
+        "ffn_down" => "mlp.c_proj",
+        _ => return None,
+    };
+    Some(format!("transformer.h.{layer}.{h}.{kind}"))
 }
 
 /// The layer and Hugging Face projection of a stacked experts tensor (`blk.N.ffn_gate_exps.weight`).
@@ -498,8 +544,8 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
             }
             continue;
         }
-        let hf =
-            hf_name(name).ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
+        let hf = if arch == "starcoder" { gpt_bigcode_name(name) } else { hf_name(name) };
+        let hf = hf.ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
         let q = content
             .tensor(&mut file, name, &Device::Cpu)
             .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
