@@ -54,7 +54,7 @@ pub enum GgufTokenizerError {
     #[error("the embedded {HF_TOKENIZER_JSON}: {0}")]
     Embedded(#[source] tokenizers::Error),
     #[error(
-        "tokenizer model `{0}` in the GGUF metadata is not supported (gpt2 BPE, or an embedded {HF_TOKENIZER_JSON})"
+        "tokenizer model `{0}` in the GGUF metadata is not supported (gpt2 BPE, llama SentencePiece, or an embedded {HF_TOKENIZER_JSON})"
     )]
     UnsupportedModel(String),
     #[error("no {0}")]

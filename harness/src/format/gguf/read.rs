@@ -42,6 +42,9 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
         return crate::format::tokenizer_json::parse(json.as_bytes()).map_err(GgufTokenizerError::Embedded);
     }
     let kind = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if kind == "llama" {
+        return sentencepiece(md);
+    }
     if kind != "gpt2" {
         return Err(GgufTokenizerError::UnsupportedModel(kind));
     }
@@ -111,6 +114,104 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
         .collect();
     tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
     with_bos_eos(&mut tokenizer, md, &tokens, false)?;
+    Ok(tokenizer)
+}
+
+/// The strings of a string-list key.
+fn string_list(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>, GgufTokenizerError> {
+    let values = md
+        .get(key)
+        .and_then(|v| v.to_vec().ok())
+        .ok_or_else(|| GgufTokenizerError::MissingKey(key.to_string()))?;
+    values
+        .iter()
+        .map(|v| {
+            v.to_string()
+                .cloned()
+                .map_err(|source| GgufTokenizerError::NotAString { key: key.to_string(), source })
+        })
+        .collect()
+}
+
+/// llama.cpp's `llama` tokenizer model (SentencePiece BPE: Llama 2, CodeLlama, Mistral v0.1, …)
+/// as transformers' `LlamaTokenizerFast` builds it from a `tokenizer.model`: pieces with `▁` for
+/// spaces and a space prefixed (`tokenizer.ggml.add_space_prefix`, default true), merges ranked
+/// by the merged piece's score (llama.cpp merges the best-scoring pair first), byte fallback to
+/// the `<0xXX>` pieces, control pieces as special tokens, BOS added unless
+/// `tokenizer.ggml.add_bos_token` says otherwise (llama.cpp's default for the model).
+fn sentencepiece(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+    let tokens = string_list(md, "tokenizer.ggml.tokens")?;
+    let scores: Vec<f32> = md
+        .get("tokenizer.ggml.scores")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect())
+        .unwrap_or_else(|| (0..tokens.len()).map(|i| -(i as f32)).collect());
+    let types: Vec<i32> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let vocab: tokenizers::models::bpe::Vocab =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    // Every split of a normal piece into two pieces of the vocabulary is a merge, ranked by the
+    // merged piece's score (ties by id), as transformers' SentencePiece extractor ranks them.
+    let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types.get(id).is_some_and(|&t| t != 1) {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (a, b) = piece.split_at(at);
+            if vocab.contains_key(a) && vocab.contains_key(b) {
+                ranked.push((
+                    scores.get(id).copied().unwrap_or(0.0),
+                    id as u32,
+                    a.to_string(),
+                    b.to_string(),
+                ));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges = ranked.into_iter().map(|(_, _, a, b)| (a, b)).collect();
+    let mut builder =
+        BPE::builder().vocab_and_merges(vocab.clone(), merges).byte_fallback(true).fuse_unk(true);
+    let unk = md.get("tokenizer.ggml.unknown_token_id").and_then(|v| v.to_u32().ok());
+    if let Some(unk) = unk.and_then(|i| tokens.get(i as usize)) {
+        builder = builder.unk_token(unk.clone());
+    }
+    let bpe = builder.build().map_err(GgufTokenizerError::Vocabulary)?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    let space_prefix =
+        md.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+    let replace = Replace::new(" ", "\u{2581}").map_err(GgufTokenizerError::Vocabulary)?;
+    let normalizer = if space_prefix {
+        NormalizerSequence::new(vec![Prepend::new("\u{2581}".into()).into(), replace.into()])
+    } else {
+        NormalizerSequence::new(vec![replace.into()])
+    };
+    tokenizer.with_normalizer(Some(normalizer)).map_err(GgufTokenizerError::Vocabulary)?;
+    let space = Replace::new("\u{2581}", " ").map_err(GgufTokenizerError::Vocabulary)?;
+    let mut decoders = vec![space.into(), ByteFallback::new().into(), Fuse::new().into()];
+    if space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    let control: Vec<tokenizers::AddedToken> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == 3)
+        .filter_map(|(i, _)| tokens.get(i))
+        .map(|t| tokenizers::AddedToken::from(t.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
+    with_bos_eos(&mut tokenizer, md, &tokens, true)?;
     Ok(tokenizer)
 }
 
@@ -567,4 +668,90 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
         tensors.insert(hf, (t, dtype));
     }
     Ok(Dequantized { tensors, metadata: content.metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SentencePiece vocabulary as llama.cpp writes it: control pieces, the 256 byte pieces,
+    /// then normal pieces whose merges reach "▁hello" and "▁world".
+    fn sentencepiece_metadata(add_bos: Option<bool>) -> HashMap<String, Value> {
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(6);
+        }
+        for piece in [
+            "\u{2581}",
+            "h",
+            "e",
+            "l",
+            "o",
+            "w",
+            "r",
+            "d",
+            "he",
+            "ll",
+            "llo",
+            "\u{2581}he",
+            "\u{2581}hello",
+            "or",
+            "ld",
+            "\u{2581}w",
+            "\u{2581}wor",
+            "\u{2581}world",
+        ] {
+            tokens.push(piece.into());
+            types.push(1);
+        }
+        let n = tokens.len();
+        let mut md = HashMap::new();
+        md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        md.insert(
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        );
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            Value::Array((0..n).map(|i| Value::F32(-(i as f32))).collect()),
+        );
+        md.insert(
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        );
+        md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
+        md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(2));
+        md.insert("tokenizer.ggml.unknown_token_id".into(), Value::U32(0));
+        if let Some(add) = add_bos {
+            md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(add));
+        }
+        md
+    }
+
+    #[test]
+    fn a_sentencepiece_gguf_tokenizer_merges_falls_back_to_bytes_and_honours_add_bos_token() {
+        let tokenizer = tokenizer(&sentencepiece_metadata(None)).expect("builds");
+        let id = |piece: &str| tokenizer.token_to_id(piece).expect(piece);
+        let ids = tokenizer.encode("hello world", true).expect("encodes").get_ids().to_vec();
+        // llama.cpp's default for the SentencePiece model: BOS first.
+        assert_eq!(ids, [1, id("\u{2581}hello"), id("\u{2581}world")]);
+        assert_eq!(tokenizer.decode(&ids, true).expect("decodes"), "hello world");
+        // A character outside the vocabulary falls back to its bytes.
+        let ids = tokenizer.encode("hi", true).expect("encodes").get_ids().to_vec();
+        assert_eq!(ids, [1, id("\u{2581}"), id("h"), id("<0x69>")]);
+        assert_eq!(tokenizer.decode(&ids, true).expect("decodes"), "hi");
+
+        let without = tokenizer_without_bos();
+        let ids = without.encode("hello world", true).expect("encodes").get_ids().to_vec();
+        assert_eq!(ids, [id("\u{2581}hello"), id("\u{2581}world")], "add_bos_token false");
+        // The control pieces are special tokens, read as such in text.
+        let ids = tokenizer.encode("</s>", true).expect("encodes").get_ids().to_vec();
+        assert_eq!(ids.last(), Some(&2));
+    }
+
+    fn tokenizer_without_bos() -> tokenizers::Tokenizer {
+        tokenizer(&sentencepiece_metadata(Some(false))).expect("builds")
+    }
 }
