@@ -11,7 +11,8 @@
 //! (`convert::artifact`, F32, the path a `gguf-f32` cell takes) and the files llama.cpp's own
 //! converter made (`converter-f32.gguf`, `converter-q8_0.gguf`, written by
 //! `make_zoo.py --converter`). Each either reproduces transformers or is listed with its
-//! refusal ([`OWN_GGUF_REFUSED`], [`GGUF_REFUSED`], [`CONVERTER_REFUSED`]), both ways.
+//! refusal ([`OWN_GGUF_REFUSED`], [`GGUF_REFUSED`], [`CONVERTER_REFUSED`]), or is listed as a
+//! file that cannot say what the model computes ([`CONVERTER_LOSES`]), both ways.
 //! F32 files are held to [`TOLERANCE`] and greedy ids as safetensors are. A Q8_0 file is held to
 //! a quantization-aware rule, not to ids: its prompt tokenizes to transformers' ids, and at
 //! every prompt position the engine's top-1 is among transformers' top-5 and transformers' top-1
@@ -53,7 +54,8 @@ const UNSUPPORTED: &[(&str, &str)] = &[];
 /// Architectures llama.cpp's converter (llama-cpp-python 0.3.36's `convert_hf_to_gguf.py`)
 /// refuses, with its error as `fixtures/zoo/CONVERTER.json` records it: no converter GGUF.
 const CONVERTER_REFUSED: &[(&str, &str)] = &[
-    // Reads falcon's fused query_key_value as the 40b/180b layout, not this config's.
+    // It takes `num_kv_heads` (4) as the KV heads where `multi_query` (true, the old decoder
+    // architecture) means one, and its reshape of the fused query_key_value fails.
     ("falcon", "shape '[4, 3, 16, 64]' is invalid for input of size 6144"),
     // Gemma's converter wants a SentencePiece `tokenizer.model`; the zoo's tokenizer is BPE.
     ("gemma", "tokenizer.model"),
