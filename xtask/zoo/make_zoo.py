@@ -10,6 +10,23 @@ Run by a developer, never by CI or a test (the zoo it writes is committed):
     /tmp/zoo-venv/bin/python xtask/zoo/make_zoo.py qwen2 phi3 # only these
     cargo xtask fixtures --check                              # the manifest it rewrote
 
+With `--converter DIR` (DIR: llama.cpp's tree, `vendor/llama.cpp` of the llama-cpp-python source
+distribution on PyPI) it also writes, beside each model, the GGUFs llama.cpp's own converter
+makes of it, `converter-f32.gguf` and `converter-q8_0.gguf`:
+
+    /tmp/zoo-venv/bin/pip install gguf sentencepiece protobuf
+    (cd /tmp && pip download --no-binary :all: --no-deps llama-cpp-python)  # or fetch the sdist
+    tar xzf /tmp/llama_cpp_python-*.tar.gz -C /tmp                           # from PyPI by hand
+    /tmp/zoo-venv/bin/python xtask/zoo/make_zoo.py --converter \
+        /tmp/llama_cpp_python-0.3.36/vendor/llama.cpp --gguf-only              # the GGUFs alone
+
+`--gguf-only` leaves the models and references as committed and only (re)writes the converter's
+GGUFs. The converter knows the zoo's tokenizer by a hash of how it encodes a check text; the
+zoo's tokenizer is qa-tiny's (qwen2's pre-tokenizer regex over a 512-token vocabulary), whose
+hash it cannot know, so the driver tells it `qwen2` for a tokenizer with exactly that regex and
+refuses any other. An architecture the converter refuses is printed with its error and listed in
+`fixtures/zoo/CONVERTER.json` (tests/zoo.rs holds the same list).
+
 For each model_type it writes `fixtures/zoo/<model_type>/`: config.json and model.safetensors
 exactly as `save_pretrained` writes them (transformers 5.x: `rope_parameters`, null sliding
 windows, ...), the shared tokenizer of qa-tiny (vocab 512), and `reference.json`: for each
@@ -27,6 +44,7 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -252,6 +270,53 @@ def write_model(model_type, tokenizer):
           f"{size / 1024:7.1f} KiB")
 
 
+# Run in a child Python per conversion: the converter is a script, not a library; the driver
+# only tells it the zoo tokenizer's pre-tokenizer (see the header) and then runs its main().
+CONVERTER_DRIVER = r"""
+import sys, json
+from pathlib import Path
+tree, model_dir = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(tree))
+sys.argv = ["convert_hf_to_gguf.py"] + sys.argv[3:]
+import convert_hf_to_gguf as c
+from conversion import base
+QWEN2 = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+         "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+original = base.TextModel.get_vocab_base_pre
+def zoo_pre(self, tokenizer):
+    pre = json.loads((model_dir / "tokenizer.json").read_text())["pre_tokenizer"]
+    regex = pre["pretokenizers"][0]["pattern"]["Regex"]
+    if regex != QWEN2:
+        return original(self, tokenizer)
+    return "qwen2"
+base.TextModel.get_vocab_base_pre = zoo_pre
+c.main()
+"""
+
+CONVERTER_TYPES = ["f32", "q8_0"]
+
+
+def write_converter_ggufs(model_type, tree):
+    """The converter's GGUFs of one zoo model, or its refusal (the last line of its error)."""
+    out = ZOO / model_type
+    for outtype in CONVERTER_TYPES:
+        target = out / f"converter-{outtype}.gguf"
+        target.unlink(missing_ok=True)
+        run = subprocess.run(
+            [sys.executable, "-c", CONVERTER_DRIVER, str(tree), str(out), str(out),
+             "--outtype", outtype, "--outfile", str(target)],
+            capture_output=True, text=True)
+        if run.returncode != 0:
+            target.unlink(missing_ok=True)
+            lines = [l for l in (run.stderr + run.stdout).strip().splitlines() if l.strip()]
+            # Paths relative to the repository: the record is committed.
+            why = (lines[-1] if lines else f"exit {run.returncode}").replace(f"{ROOT}/", "")
+            print(f"{model_type:12} converter refuses: {why}")
+            return why
+        print(f"{model_type:12} converter-{outtype}.gguf {target.stat().st_size / 1024:7.1f} KiB")
+    return None
+
+
 def write_manifest():
     lines = []
     for f in sorted(p for p in ZOO.rglob("*") if p.is_file() and p.name != "MANIFEST.sha256"):
@@ -261,7 +326,17 @@ def write_manifest():
 
 
 def main():
-    wanted = sys.argv[1:] or list(ARCHITECTURES)
+    args = sys.argv[1:]
+    tree = None
+    if "--converter" in args:
+        i = args.index("--converter")
+        tree = Path(args[i + 1]).resolve()
+        del args[i:i + 2]
+    gguf_only = "--gguf-only" in args
+    args = [a for a in args if a != "--gguf-only"]
+    if gguf_only and tree is None:
+        raise SystemExit("--gguf-only needs --converter DIR")
+    wanted = args or list(ARCHITECTURES)
     unknown = [m for m in wanted if m not in ARCHITECTURES]
     if unknown:
         raise SystemExit(f"unknown model_type {unknown}; known: {list(ARCHITECTURES)}")
@@ -271,7 +346,21 @@ def main():
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, "
           f"safetensors {safetensors.__version__}")
     for model_type in wanted:
-        write_model(model_type, tokenizer)
+        if not gguf_only:
+            write_model(model_type, tokenizer)
+    if tree is not None:
+        refusals_path = ZOO / "CONVERTER.json"
+        record = json.loads(refusals_path.read_text()) if refusals_path.exists() else {"refused": {}}
+        record["converter"] = tree.parents[1].name if tree.parent.name == "vendor" else str(tree.name)
+        for model_type in wanted:
+            why = write_converter_ggufs(model_type, tree)
+            if why is None:
+                record["refused"].pop(model_type, None)
+            else:
+                record["refused"][model_type] = why
+        record["refused"] = dict(sorted(record["refused"].items()))
+        refusals_path.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"converter refuses {len(record['refused'])}: {', '.join(record['refused']) or 'none'}")
     write_manifest()
 
 

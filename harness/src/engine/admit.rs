@@ -66,10 +66,20 @@ pub(super) fn apr_model(
     config: serde_json::Value,
     tensors: &[crate::format::apr::AprTensor],
 ) -> Result<serde_json::Value, EngineError> {
-    let hyper = Hyperparameters::from_config(path, &config).map_err(|e| refused(path, e.cause()))?;
     let shapes: BTreeMap<String, Vec<usize>> =
         tensors.iter().map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as usize).collect())).collect();
-    shape_error(path, &hyper.shape_problems(&shapes))?;
+    config_with_shapes(path, config, &shapes)
+}
+
+/// A config (embedded in a file, or rebuilt from a GGUF's metadata) checked against the shapes
+/// of the tensors it comes with, normalised and clamped for the session.
+pub(super) fn config_with_shapes(
+    path: &Path,
+    config: serde_json::Value,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<serde_json::Value, EngineError> {
+    let hyper = Hyperparameters::from_config(path, &config).map_err(|e| refused(path, e.cause()))?;
+    shape_error(path, &hyper.shape_problems(shapes))?;
     let config = normalise(path, &config).map_err(|e| refused(path, e.cause()))?;
     Ok(clamp_context(config).0)
 }

@@ -356,15 +356,76 @@ fn gguf_session(
                 .map_err(|e| EngineError::load_failed(path, e))?,
         ),
         other => {
-            return Err(load_err(
-                path,
-                format!("GGUF architecture `{other}` is not supported (llama, qwen2 are)"),
-            ));
+            let Some(model_type) = crate::format::gguf::dequantized_model_type(other) else {
+                return Err(load_err(
+                    path,
+                    format!(
+                        "GGUF architecture `{other}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2, starcoder dequantized to f32)"
+                    ),
+                ));
+            };
+            let (model, context) = dequantized_model(path, model_type, rows, &device)?;
+            let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
+            let loaded = Loaded {
+                model,
+                context,
+                tokenizer,
+                eos,
+                bos,
+                architecture: model_type.into(),
+                files,
+                chat_template,
+            };
+            let mut session = finish(loaded, device, backend, started);
+            // Said wherever the session is named: the record's engine.
+            session.info.engine = format!(
+                "{} (GGUF dequantized to f32: candle has no quantized {other} model)",
+                session.info.engine
+            );
+            return Ok(session);
         }
     };
     let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
     let loaded = Loaded { model, context, tokenizer, eos, bos, architecture: arch, files, chat_template };
     Ok(finish(loaded, device, backend, started))
+}
+
+/// A GGUF file of an architecture candle has no quantized model of: every tensor dequantized
+/// to f32 under its Hugging Face name, the config rebuilt from the KV keys and checked against
+/// the tensors' shapes as a model directory's is, and the project's float model loaded.
+fn dequantized_model(
+    path: &Path,
+    model_type: &str,
+    rows: usize,
+    device: &Device,
+) -> Result<(Box<dyn CausalLm>, usize), EngineError> {
+    let file = crate::format::gguf::dequantize(path).map_err(|e| EngineError::load_failed(path, e))?;
+    let has_output = file.tensors.contains_key("lm_head.weight");
+    let has_bias = file.tensors.keys().any(|n| n.ends_with("q_proj.bias"));
+    let config = crate::format::gguf::dequantized_config(&file.metadata, has_output, has_bias, rows)
+        .ok_or_else(|| load_err(path, format!("no config for `{model_type}`")))?;
+    let shapes = file.tensors.iter().map(|(n, (t, _))| (n.clone(), t.dims().to_vec())).collect();
+    let config = super::admit::config_with_shapes(path, config, &shapes)?;
+    let context = config
+        .get("max_position_embeddings")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| load_err(path, "the GGUF states no context length"))? as usize;
+    let mut tensors = std::collections::HashMap::with_capacity(file.tensors.len());
+    for (name, (t, _)) in file.tensors {
+        let t = t
+            .to_device(device)
+            .map_err(|e| EngineError::load_failed_in(path, format!("tensor `{name}`"), e))?;
+        tensors.insert(name, t);
+    }
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    match super::arch::load(model_type, &config, vb) {
+        None => Err(load_err(path, format!("model_type `{model_type}` has no loader"))),
+        Some(Ok(model)) => Ok((model, context)),
+        Some(Err(super::arch::LoadError::Weights(e))) => Err(EngineError::load_failed(path, e)),
+        Some(Err(super::arch::LoadError::Config { architecture, source })) => {
+            Err(EngineError::load_failed_in(path, format!("not a valid {architecture} config"), source))
+        }
+    }
 }
 
 /// The candle version the harness is built against (kept in step with Cargo.toml).

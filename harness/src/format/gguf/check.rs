@@ -444,8 +444,14 @@ fn model_of(
         Some(v) => return Err(format!("`general.architecture` is {v:?}, not a string")),
         None => return Err("`general.architecture` is missing".into()),
     };
-    if !matches!(arch.as_str(), "llama" | "qwen2") {
-        return Err(format!("GGUF architecture `{arch}` is not supported (llama, qwen2 are)"));
+    // llama and qwen2 run on candle's quantized models, whose tensors are checked here; an
+    // architecture the engine dequantizes into its float model has its shapes checked against
+    // the config rebuilt from these keys, as a model directory's are (`engine::admit`).
+    let quantized = matches!(arch.as_str(), "llama" | "qwen2");
+    if !quantized && super::dequantized_model_type(&arch).is_none() {
+        return Err(format!(
+            "GGUF architecture `{arch}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2, starcoder dequantized to f32)"
+        ));
     }
     // candle's loaders read these with `to_u32`, which takes a U32 value and nothing else.
     let number = |key: &str, limit: limits::Limit, required: bool| -> Result<Option<u64>, String> {
@@ -463,9 +469,9 @@ fn model_of(
     let heads = number("attention.head_count", limits::HEADS, true)?.unwrap_or(1);
     let kv_heads = number("attention.head_count_kv", limits::HEADS, true)?.unwrap_or(1);
     let layers = number("block_count", limits::LAYERS, true)?.unwrap_or(1);
-    let context = number("context_length", limits::CONTEXT, arch == "qwen2")?.unwrap_or(2048);
+    let context = number("context_length", limits::CONTEXT, arch != "llama")?.unwrap_or(2048);
     let ff = number("feed_forward_length", limits::INTERMEDIATE, false)?;
-    if !hidden.is_multiple_of(heads) {
+    if quantized && !hidden.is_multiple_of(heads) {
         return Err(format!(
             "`{arch}.embedding_length` {hidden} is not divisible by `{arch}.attention.head_count` {heads}"
         ));
@@ -476,7 +482,7 @@ fn model_of(
         ));
     }
     let head_dim = hidden / heads;
-    if !head_dim.is_multiple_of(2) {
+    if quantized && !head_dim.is_multiple_of(2) {
         return Err(format!(
             "`{arch}.attention.head_count` {heads} gives heads {head_dim} wide; rotary embeddings need an even width"
         ));
@@ -496,12 +502,17 @@ fn model_of(
             );
         }
     }
-    match md.get(&format!("{arch}.attention.layer_norm_rms_epsilon")) {
+    // An RMS norm's epsilon, or a layer norm's for the architectures that have layer norms.
+    let eps_key = match md.get(&format!("{arch}.attention.layer_norm_epsilon")) {
+        Some(_) if !quantized => "layer_norm_epsilon",
+        _ => "layer_norm_rms_epsilon",
+    };
+    match md.get(&format!("{arch}.attention.{eps_key}")) {
         Some(Value::F32(e)) if e.is_finite() && *e >= 0.0 => {}
         Some(v) => {
-            return Err(format!("`{arch}.attention.layer_norm_rms_epsilon` is {v:?}, not a finite f32 ≥ 0"));
+            return Err(format!("`{arch}.attention.{eps_key}` is {v:?}, not a finite f32 ≥ 0"));
         }
-        None => return Err(format!("`{arch}.attention.layer_norm_rms_epsilon` is missing")),
+        None => return Err(format!("`{arch}.attention.{eps_key}` is missing")),
     }
     if let Some(Value::F32(base)) = md.get(&format!("{arch}.rope.freq_base"))
         && !(base.is_finite() && *base > 0.0)
@@ -551,7 +562,7 @@ fn model_of(
             ]);
         }
     }
-    for (name, want) in &expected {
+    for (name, want) in expected.iter().filter(|_| quantized) {
         match shapes.get(name.as_str()) {
             None => return Err(format!("tensor `{name}` is missing (`{arch}.block_count` is {layers})")),
             Some(got) if got != want => {

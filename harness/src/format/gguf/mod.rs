@@ -30,7 +30,7 @@ mod write;
 pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
 pub(crate) use check::{GgufError, check_model, open, read};
 
-pub use read::{Dequantized, dequantize, hf_files, to_apr, to_safetensors, tokenizer};
+pub use read::{Dequantized, dequantize, dequantized_config, hf_files, to_apr, to_safetensors, tokenizer};
 pub use write::{from_safetensors, permute_qk, wanted_type};
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.
@@ -54,11 +54,19 @@ pub enum GgufTokenizerError {
     #[error("the embedded {HF_TOKENIZER_JSON}: {0}")]
     Embedded(#[source] tokenizers::Error),
     #[error(
-        "tokenizer model `{0}` in the GGUF metadata is not supported (gpt2 BPE, or an embedded {HF_TOKENIZER_JSON})"
+        "tokenizer model `{0}` in the GGUF metadata is not supported (gpt2 BPE, llama SentencePiece, or an embedded {HF_TOKENIZER_JSON})"
     )]
     UnsupportedModel(String),
     #[error("no {0}")]
     MissingKey(String),
+    /// A `tokenizer.ggml.pre` whose split regex this reader does not know.
+    #[error(
+        "pre-tokenizer `{0}` (tokenizer.ggml.pre) is not supported (default, gpt-2, qwen2, llama-bpe are)"
+    )]
+    UnsupportedPre(String),
+    /// The BOS/EOS template does not build.
+    #[error("the BOS/EOS template: {0}")]
+    Template(String),
     /// A value of a string list is not a string.
     #[error("{key}: {source}")]
     NotAString {
@@ -82,6 +90,29 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
     ConvertError::Read { path: path.to_path_buf(), cause: cause.to_string() }
 }
 
+/// The Hugging Face `model_type` of a GGUF architecture that the engine runs by dequantizing
+/// the file into its float model (candle has no quantized model of it), with what the model's
+/// config needs beyond the common keys. Only architectures whose every tensor name maps back
+/// ([`hf_name`]) and whose llama.cpp layout is the Hugging Face one (no q/k permutation) are here.
+pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
+    match arch {
+        "qwen3" => Some("qwen3"),
+        "olmo2" => Some("olmo2"),
+        "granite" => Some("granite"),
+        "stablelm" => Some("stablelm"),
+        "starcoder2" => Some("starcoder2"),
+        "qwen3moe" => Some("qwen3_moe"),
+        "starcoder" => Some("gpt_bigcode"),
+        _ => None,
+    }
+}
+
+/// Whether llama.cpp's converter permutes q/k rows of a GGUF architecture (the llama
+/// convention: interleaved rotary), which reading back undoes.
+pub fn permutes_qk(arch: &str) -> bool {
+    matches!(arch, "llama" | "granite")
+}
+
 /// The GGUF architecture of a Hugging Face `model_type`, and whether q/k are permuted.
 pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     match model_type {
@@ -91,7 +122,9 @@ pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     }
 }
 
-const LAYER_NAMES: [(&str, &str); 13] = [
+const LAYER_NAMES: [(&str, &str); 22] = [
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("input_layernorm.weight", "attn_norm.weight"),
     ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),
@@ -105,11 +138,23 @@ const LAYER_NAMES: [(&str, &str); 13] = [
     ("mlp.up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
     ("self_attn.o_proj.bias", "attn_output.bias"),
+    // olmo2's norms after attention and after the MLP (its only ones): after the pairs above, so
+    // `gguf_name` keeps `ffn_norm` for the llama convention's post_attention_layernorm.
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+    // Layer norms' biases and MLP biases (stablelm, starcoder2).
+    ("input_layernorm.bias", "attn_norm.bias"),
+    ("post_attention_layernorm.bias", "ffn_norm.bias"),
+    ("mlp.up_proj.bias", "ffn_up.bias"),
+    ("mlp.down_proj.bias", "ffn_down.bias"),
+    // A mixture of experts' router (qwen3_moe).
+    ("mlp.gate.weight", "ffn_gate_inp.weight"),
 ];
 
-const GLOBAL_NAMES: [(&str, &str); 3] = [
+const GLOBAL_NAMES: [(&str, &str); 4] = [
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
+    ("model.norm.bias", "output_norm.bias"),
     ("lm_head.weight", "output.weight"),
 ];
 

@@ -15,9 +15,26 @@ use super::{
 use crate::format::apr::{AprDType, AprFile, AprTensor};
 use crate::format::convert::{ConvertError, HfFiles};
 
+/// The split regex of each llama.cpp pre-tokenizer (`tokenizer.ggml.pre`) this reader knows, as
+/// llama.cpp's `llm_tokenizer_bpe` spells it; `default` and `gpt-2` are GPT-2's own regex, which
+/// the byte-level pre-tokenizer applies itself.
+const PRE_TOKENIZERS: &[(&str, &str)] = &[
+    (
+        "qwen2",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    (
+        "llama-bpe",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+];
+
 /// The tokenizer a GGUF file carries: the whole `tokenizer.json` where it is embedded, else a
-/// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model)
-/// with its control tokens as special tokens.
+/// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model),
+/// split as its `tokenizer.ggml.pre` names (an unknown one is an error, never GPT-2's regex in
+/// its place), with its control tokens as special tokens, and BOS/EOS added as
+/// `tokenizer.ggml.add_bos_token`/`add_eos_token` say (llama.cpp's default where a key is absent:
+/// no BOS for `gpt2`).
 pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -25,9 +42,23 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
         return crate::format::tokenizer_json::parse(json.as_bytes()).map_err(GgufTokenizerError::Embedded);
     }
     let kind = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if kind == "llama" {
+        return sentencepiece(md);
+    }
     if kind != "gpt2" {
         return Err(GgufTokenizerError::UnsupportedModel(kind));
     }
+    let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
+    let split = match pre.as_deref() {
+        None | Some("default" | "gpt-2") => None,
+        Some(name) => Some(
+            PRE_TOKENIZERS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, regex)| *regex)
+                .ok_or_else(|| GgufTokenizerError::UnsupportedPre(name.to_string()))?,
+        ),
+    };
     let strings = |key: &str| -> Result<Vec<_>, GgufTokenizerError> {
         let values = md
             .get(key)
@@ -52,7 +83,25 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
     let bpe =
         BPE::builder().vocab_and_merges(vocab, merges).build().map_err(GgufTokenizerError::Vocabulary)?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    match split {
+        None => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+        Some(regex) => {
+            use tokenizers::pre_tokenizers::sequence::Sequence;
+            use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+            let split = Split::new(
+                SplitPattern::Regex(regex.to_string()),
+                tokenizers::SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(GgufTokenizerError::Vocabulary)?;
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])));
+        }
+    }
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let types = md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok());
     let control: Vec<tokenizers::AddedToken> = types
@@ -64,7 +113,170 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
         .map(|t| tokenizers::AddedToken::from(t.clone(), true))
         .collect();
     tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
+    with_bos_eos(&mut tokenizer, md, &tokens, false)?;
     Ok(tokenizer)
+}
+
+/// The strings of a string-list key.
+fn string_list(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>, GgufTokenizerError> {
+    let values = md
+        .get(key)
+        .and_then(|v| v.to_vec().ok())
+        .ok_or_else(|| GgufTokenizerError::MissingKey(key.to_string()))?;
+    values
+        .iter()
+        .map(|v| {
+            v.to_string()
+                .cloned()
+                .map_err(|source| GgufTokenizerError::NotAString { key: key.to_string(), source })
+        })
+        .collect()
+}
+
+/// llama.cpp's `llama` tokenizer model (SentencePiece BPE: Llama 2, CodeLlama, Mistral v0.1, …)
+/// as transformers' `LlamaTokenizerFast` builds it from a `tokenizer.model`: pieces with `▁` for
+/// spaces and a space prefixed (`tokenizer.ggml.add_space_prefix`, default true), merges ranked
+/// by the merged piece's score (llama.cpp merges the best-scoring pair first), byte fallback to
+/// the `<0xXX>` pieces, control pieces as special tokens, BOS added unless
+/// `tokenizer.ggml.add_bos_token` says otherwise (llama.cpp's default for the model).
+fn sentencepiece(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+    let tokens = string_list(md, "tokenizer.ggml.tokens")?;
+    let scores: Vec<f32> = md
+        .get("tokenizer.ggml.scores")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect())
+        .unwrap_or_else(|| (0..tokens.len()).map(|i| -(i as f32)).collect());
+    let types: Vec<i32> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let vocab: tokenizers::models::bpe::Vocab =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    // Every split of a normal piece into two pieces of the vocabulary is a merge, ranked by the
+    // merged piece's score (ties by id), as transformers' SentencePiece extractor ranks them.
+    let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types.get(id).is_some_and(|&t| t != 1) {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (a, b) = piece.split_at(at);
+            if vocab.contains_key(a) && vocab.contains_key(b) {
+                ranked.push((
+                    scores.get(id).copied().unwrap_or(0.0),
+                    id as u32,
+                    a.to_string(),
+                    b.to_string(),
+                ));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges = ranked.into_iter().map(|(_, _, a, b)| (a, b)).collect();
+    let mut builder =
+        BPE::builder().vocab_and_merges(vocab.clone(), merges).byte_fallback(true).fuse_unk(true);
+    let unk = md.get("tokenizer.ggml.unknown_token_id").and_then(|v| v.to_u32().ok());
+    if let Some(unk) = unk.and_then(|i| tokens.get(i as usize)) {
+        builder = builder.unk_token(unk.clone());
+    }
+    let bpe = builder.build().map_err(GgufTokenizerError::Vocabulary)?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    let space_prefix =
+        md.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+    let replace = Replace::new(" ", "\u{2581}").map_err(GgufTokenizerError::Vocabulary)?;
+    let normalizer = if space_prefix {
+        NormalizerSequence::new(vec![Prepend::new("\u{2581}".into()).into(), replace.into()])
+    } else {
+        NormalizerSequence::new(vec![replace.into()])
+    };
+    tokenizer.with_normalizer(Some(normalizer)).map_err(GgufTokenizerError::Vocabulary)?;
+    let space = Replace::new("\u{2581}", " ").map_err(GgufTokenizerError::Vocabulary)?;
+    let mut decoders = vec![space.into(), ByteFallback::new().into(), Fuse::new().into()];
+    if space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    let control: Vec<tokenizers::AddedToken> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == 3)
+        .filter_map(|(i, _)| tokens.get(i))
+        .map(|t| tokenizers::AddedToken::from(t.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
+    with_bos_eos(&mut tokenizer, md, &tokens, true)?;
+    Ok(tokenizer)
+}
+
+/// BOS and EOS added around every encoding as the metadata says (`tokenizer.ggml.add_bos_token`,
+/// `add_eos_token`); where a key is absent, `default_bos` (llama.cpp's default for the model).
+fn with_bos_eos(
+    tokenizer: &mut tokenizers::Tokenizer,
+    md: &HashMap<String, Value>,
+    tokens: &[String],
+    default_bos: bool,
+) -> Result<(), GgufTokenizerError> {
+    use tokenizers::processors::template::TemplateProcessing;
+    let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
+    let special = |key: &str| -> Result<Option<(String, u32)>, GgufTokenizerError> {
+        let Some(id) = md.get(key).and_then(|v| v.to_u32().ok()) else { return Ok(None) };
+        let text = tokens
+            .get(id as usize)
+            .ok_or_else(|| GgufTokenizerError::MissingKey(format!("{key} {id} in the vocabulary")))?;
+        Ok(Some((text.clone(), id)))
+    };
+    let bos = if flag("tokenizer.ggml.add_bos_token").unwrap_or(default_bos) {
+        Some(special("tokenizer.ggml.bos_token_id")?.ok_or_else(|| {
+            GgufTokenizerError::MissingKey("tokenizer.ggml.bos_token_id (add_bos_token is set)".into())
+        })?)
+    } else {
+        None
+    };
+    let eos = if flag("tokenizer.ggml.add_eos_token").unwrap_or(false) {
+        Some(special("tokenizer.ggml.eos_token_id")?.ok_or_else(|| {
+            GgufTokenizerError::MissingKey("tokenizer.ggml.eos_token_id (add_eos_token is set)".into())
+        })?)
+    } else {
+        None
+    };
+    if bos.is_none() && eos.is_none() {
+        return Ok(());
+    }
+    let (mut single, mut pair) = (Vec::new(), Vec::new());
+    let specials: Vec<(String, u32)> = bos.iter().chain(eos.iter()).cloned().collect();
+    if let Some((b, _)) = &bos {
+        single.push(b.clone());
+        pair.push(b.clone());
+    }
+    single.push("$A".to_string());
+    pair.push("$A".to_string());
+    if let Some((e, _)) = &eos {
+        single.push(e.clone());
+        pair.push(e.clone());
+    }
+    if let Some((b, _)) = &bos {
+        pair.push(format!("{b}:1"));
+    }
+    pair.push("$B:1".to_string());
+    if let Some((e, _)) = &eos {
+        pair.push(format!("{e}:1"));
+    }
+    let processor = TemplateProcessing::builder()
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
+        .map_err(|e| GgufTokenizerError::Template(e.to_string()))?
+        .special_tokens(specials)
+        .build()
+        .map_err(|e| GgufTokenizerError::Template(e.to_string()))?;
+    tokenizer.with_post_processor(Some(processor));
+    Ok(())
 }
 
 /// The Hugging Face files of a GGUF file: the ones this project embedded, verbatim, or else
@@ -253,12 +465,155 @@ pub struct Dequantized {
     pub metadata: HashMap<String, Value>,
 }
 
+/// The Hugging Face config.json of a GGUF file whose architecture the engine runs dequantized
+/// ([`super::dequantized_model_type`]), from its KV keys: `None` for another architecture.
+pub fn dequantized_config(
+    md: &HashMap<String, Value>,
+    has_output: bool,
+    has_bias: bool,
+    vocab: usize,
+) -> Option<serde_json::Value> {
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok())?;
+    let model_type = super::dequantized_model_type(arch)?;
+    let int = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_u32().ok());
+    let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
+    let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+    let layers = int("block_count");
+    let eps = float("attention.layer_norm_rms_epsilon").or(float("attention.layer_norm_epsilon"));
+    let mut config = serde_json::json!({
+        "model_type": model_type,
+        "hidden_size": int("embedding_length"),
+        "intermediate_size": int("feed_forward_length"),
+        "num_hidden_layers": layers,
+        "num_attention_heads": int("attention.head_count"),
+        "num_key_value_heads": int("attention.head_count_kv").or(int("attention.head_count")),
+        "head_dim": int("attention.key_length"),
+        "rms_norm_eps": eps,
+        "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
+        "max_position_embeddings": int("context_length"),
+        "hidden_act": "silu",
+        "attention_bias": has_bias,
+        "sliding_window": serde_json::Value::Null,
+        "use_sliding_window": false,
+        "max_window_layers": layers,
+        "vocab_size": vocab,
+        "tie_word_embeddings": !has_output,
+        "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+    });
+    if model_type == "stablelm" {
+        // Layer norms, a partial rotary embedding over `rope.dimension_count` of each head.
+        let heads = int("attention.head_count").unwrap_or(1).max(1);
+        let head_dim = int("embedding_length").unwrap_or(0) / heads;
+        let rotary = int("rope.dimension_count").unwrap_or(head_dim);
+        config["layer_norm_eps"] = serde_json::json!(eps);
+        config["partial_rotary_factor"] = serde_json::json!(f64::from(rotary) / f64::from(head_dim.max(1)));
+        config["use_parallel_residual"] = serde_json::json!(
+            md.get(&format!("{arch}.use_parallel_residual")).and_then(|v| v.to_bool().ok()).unwrap_or(false)
+        );
+        config["use_qkv_bias"] = serde_json::json!(has_bias);
+        config["qk_layernorm"] = serde_json::json!(false);
+        config["head_dim"] = serde_json::Value::Null;
+    }
+    if model_type == "starcoder2" {
+        // Layer norms with biases, GPT-2's MLP with tanh GELU, biases everywhere.
+        config["norm_epsilon"] = serde_json::json!(eps);
+        config["hidden_act"] = serde_json::json!("gelu_pytorch_tanh");
+        config["use_bias"] = serde_json::json!(has_bias);
+        config["head_dim"] = serde_json::Value::Null;
+        config["attention_bias"] = serde_json::Value::Null;
+    }
+    if model_type == "gpt_bigcode" {
+        // GPT-2's names; one KV head is multi-query.
+        return Some(serde_json::json!({
+            "model_type": model_type,
+            "n_embd": int("embedding_length"),
+            "n_layer": layers,
+            "n_head": int("attention.head_count"),
+            "n_inner": int("feed_forward_length"),
+            "n_positions": int("context_length"),
+            "multi_query": int("attention.head_count_kv") == Some(1),
+            "layer_norm_epsilon": eps,
+            "activation_function": "gelu_pytorch_tanh",
+            "vocab_size": vocab,
+            "tie_word_embeddings": !has_output,
+            "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+        }));
+    }
+    if model_type == "qwen3_moe" {
+        // llama.cpp's qwen3moe always renormalises the chosen experts' weights (its graph passes
+        // `norm_w = true`) and the file has no key saying otherwise: the file is run as
+        // llama.cpp runs it, whatever the source config's `norm_topk_prob` was.
+        config["num_experts"] = serde_json::json!(int("expert_count"));
+        config["num_experts_per_tok"] = serde_json::json!(int("expert_used_count"));
+        config["moe_intermediate_size"] = serde_json::json!(int("expert_feed_forward_length"));
+        config["norm_topk_prob"] = serde_json::json!(true);
+        config["decoder_sparse_step"] = serde_json::json!(1);
+        config["mlp_only_layers"] = serde_json::json!([]);
+    }
+    if model_type == "granite" {
+        // llama.cpp's names for granite's four multipliers; absent, transformers' default 1.
+        for (hf, key) in [
+            ("embedding_multiplier", "embedding_scale"),
+            ("residual_multiplier", "residual_scale"),
+            ("attention_multiplier", "attention.scale"),
+            ("logits_scaling", "logit_scale"),
+        ] {
+            config[hf] = serde_json::json!(float(key).unwrap_or(1.0));
+        }
+        config["mlp_bias"] = serde_json::json!(false);
+    }
+    Some(config)
+}
+
+/// The Hugging Face (GPT-2 style) name of a tensor of llama.cpp's `starcoder` architecture,
+/// which its converter writes for `gpt_bigcode`.
+fn gpt_bigcode_name(gguf: &str) -> Option<String> {
+    let global = [
+        ("token_embd.weight", "transformer.wte.weight"),
+        ("position_embd.weight", "transformer.wpe.weight"),
+        ("output_norm.weight", "transformer.ln_f.weight"),
+        ("output_norm.bias", "transformer.ln_f.bias"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, h)) = global.iter().find(|(g, _)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (stem, kind) = rest.rsplit_once('.')?;
+    let h = match stem {
+        "attn_qkv" => "attn.c_attn",
+        "attn_output" => "attn.c_proj",
+        "attn_norm" => "ln_1",
+        "ffn_norm" => "ln_2",
+        "ffn_up" => "mlp.c_fc",
+        "ffn_down" => "mlp.c_proj",
+        _ => return None,
+    };
+    Some(format!("transformer.h.{layer}.{h}.{kind}"))
+}
+
+/// The layer and Hugging Face projection of a stacked experts tensor (`blk.N.ffn_gate_exps.weight`).
+fn stacked_experts(name: &str) -> Option<(usize, &'static str)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let projection = match rest {
+        "ffn_gate_exps.weight" => "gate_proj",
+        "ffn_up_exps.weight" => "up_proj",
+        "ffn_down_exps.weight" => "down_proj",
+        _ => return None,
+    };
+    Some((layer.parse().ok()?, projection))
+}
+
 /// Reads and dequantizes a GGUF file.
 pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
     let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
     let arch = arch.ok_or_else(|| err(path, "no general.architecture"))?;
-    let permuted = arch == "llama";
+    let permuted = super::permutes_qk(&arch);
     let count = |key: &str| -> Result<usize, ConvertError> {
         content
             .metadata
@@ -273,8 +628,25 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        let hf =
-            hf_name(name).ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
+        if let Some((layer, projection)) = stacked_experts(name) {
+            // llama.cpp stacks a layer's experts into one tensor; the float model has one each.
+            let q = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+            let dtype = q.dtype();
+            let t = q.dequantize(&Device::Cpu).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+            let experts = t.dims().first().copied().unwrap_or(0);
+            for e in 0..experts {
+                let one = t.get(e).map_err(|x| err(path, format!("tensor `{name}` expert {e}: {x}")))?;
+                tensors.insert(
+                    format!("model.layers.{layer}.mlp.experts.{e}.{projection}.weight"),
+                    (one, dtype),
+                );
+            }
+            continue;
+        }
+        let hf = if arch == "starcoder" { gpt_bigcode_name(name) } else { hf_name(name) };
+        let hf = hf.ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
         let q = content
             .tensor(&mut file, name, &Device::Cpu)
             .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
@@ -286,7 +658,100 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
         if permuted && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {
             t = permute_qk(&t, kv_heads, true).map_err(|e| err(path, e))?;
         }
+        // starcoder2's MLP keeps GPT-2's names.
+        let hf = match arch.as_str() {
+            "starcoder2" => {
+                hf.replace(".mlp.up_proj.", ".mlp.c_fc.").replace(".mlp.down_proj.", ".mlp.c_proj.")
+            }
+            _ => hf,
+        };
         tensors.insert(hf, (t, dtype));
     }
     Ok(Dequantized { tensors, metadata: content.metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SentencePiece vocabulary as llama.cpp writes it: control pieces, the 256 byte pieces,
+    /// then normal pieces whose merges reach "▁hello" and "▁world".
+    fn sentencepiece_metadata(add_bos: Option<bool>) -> HashMap<String, Value> {
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(6);
+        }
+        for piece in [
+            "\u{2581}",
+            "h",
+            "e",
+            "l",
+            "o",
+            "w",
+            "r",
+            "d",
+            "he",
+            "ll",
+            "llo",
+            "\u{2581}he",
+            "\u{2581}hello",
+            "or",
+            "ld",
+            "\u{2581}w",
+            "\u{2581}wor",
+            "\u{2581}world",
+        ] {
+            tokens.push(piece.into());
+            types.push(1);
+        }
+        let n = tokens.len();
+        let mut md = HashMap::new();
+        md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        md.insert(
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        );
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            Value::Array((0..n).map(|i| Value::F32(-(i as f32))).collect()),
+        );
+        md.insert(
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        );
+        md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
+        md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(2));
+        md.insert("tokenizer.ggml.unknown_token_id".into(), Value::U32(0));
+        if let Some(add) = add_bos {
+            md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(add));
+        }
+        md
+    }
+
+    #[test]
+    fn a_sentencepiece_gguf_tokenizer_merges_falls_back_to_bytes_and_honours_add_bos_token() {
+        let tokenizer = tokenizer(&sentencepiece_metadata(None)).expect("builds");
+        let id = |piece: &str| tokenizer.token_to_id(piece).expect(piece);
+        let ids = tokenizer.encode("hello world", true).expect("encodes").get_ids().to_vec();
+        // llama.cpp's default for the SentencePiece model: BOS first.
+        assert_eq!(ids, [1, id("\u{2581}hello"), id("\u{2581}world")]);
+        assert_eq!(tokenizer.decode(&ids, true).expect("decodes"), "hello world");
+        // A character outside the vocabulary falls back to its bytes.
+        let ids = tokenizer.encode("hi", true).expect("encodes").get_ids().to_vec();
+        assert_eq!(ids, [1, id("\u{2581}"), id("h"), id("<0x69>")]);
+        assert_eq!(tokenizer.decode(&ids, true).expect("decodes"), "hi");
+
+        let without = tokenizer_without_bos();
+        let ids = without.encode("hello world", true).expect("encodes").get_ids().to_vec();
+        assert_eq!(ids, [id("\u{2581}hello"), id("\u{2581}world")], "add_bos_token false");
+        // The control pieces are special tokens, read as such in text.
+        let ids = tokenizer.encode("</s>", true).expect("encodes").get_ids().to_vec();
+        assert_eq!(ids.last(), Some(&2));
+    }
+
+    fn tokenizer_without_bos() -> tokenizers::Tokenizer {
+        tokenizer(&sentencepiece_metadata(Some(false))).expect("builds")
+    }
 }
