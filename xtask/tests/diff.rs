@@ -30,7 +30,7 @@ fn stdout(o: &Output) -> String {
 fn the_same_evidence_is_no_difference() {
     let out = diff(&evidence(), &evidence());
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-    assert!(stdout(&out).contains("No difference: 228 paired trials"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("No difference: 241 paired trials"), "{}", stdout(&out));
 }
 
 /// The committed evidence with eight passing QUAL trials of the APR cell failing and, with
