@@ -63,7 +63,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, reference: &SharedSession) -> Finding {
     let (text, source) = match &settings.text {
         None => (DEFAULT_TEXT.to_string(), "the harness's own passage".to_string()),
         Some(path) => {
-            let path = spec.source.parent().unwrap_or(Path::new(".")).join(path);
+            let path = lexically_normal(&spec.source.parent().unwrap_or(Path::new(".")).join(path));
             match crate::bounded::read_bounded(&path, MAX_TEXT_BYTES) {
                 Ok(t) => (t, path.display().to_string()),
                 Err(e) => {
@@ -155,6 +155,23 @@ pub(crate) fn judge(reference: &[f64], candidate: &[f64], max_ratio: f64, format
     Judged { ratio, verdict }
 }
 
+/// `path` with its `..` and `.` components resolved as text (no file system call), so a record
+/// names `…/fixtures/qa-tiny/held-out.txt`, not `…/playbooks/families/../../fixtures/…`.
+fn lexically_normal(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// The token ids of the text's documents (split at blank lines, blank ones left out), in order,
 /// until `cap` tokens are taken; the last one taken may be cut short.
 fn documents(
@@ -219,6 +236,15 @@ fn nll(logits: &[f32], target: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_path_is_named_without_climbs() {
+        assert_eq!(
+            lexically_normal(Path::new("/r/playbooks/families/../../fixtures/./t.txt")),
+            Path::new("/r/fixtures/t.txt")
+        );
+        assert_eq!(lexically_normal(Path::new("../x/../y")), Path::new("../y"));
+    }
 
     #[test]
     fn nll_is_the_negative_log_softmax() {
