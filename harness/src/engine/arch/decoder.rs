@@ -54,6 +54,64 @@ pub(super) struct Spec {
     pub(super) parallel_residual: bool,
 }
 
+/// The sizes every family's config.json states under transformers' names, read into each
+/// family's `Config` (`#[serde(flatten)]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(super) struct Dims {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    vocab_size: usize,
+}
+
+impl Dims {
+    /// The width of one head: the hidden size shared among the heads.
+    pub(super) fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+impl Spec {
+    /// llama's decoder of `dims`: q, k and v apart and without biases, a gated MLP, no window,
+    /// no multipliers, attention scaled by 1/√head_dim, one residual after each block. A family
+    /// states what it changes with `Spec { …, ..Spec::of(…) }`.
+    pub(super) fn of(
+        dims: &Dims,
+        norm: NormKind,
+        rotary: Rotary,
+        act: candle_nn::Activation,
+        tied: bool,
+    ) -> Spec {
+        let head_dim = dims.head_dim();
+        Spec {
+            hidden: dims.hidden_size,
+            intermediate: dims.intermediate_size,
+            layers: dims.num_hidden_layers,
+            heads: dims.num_attention_heads,
+            kv_heads: dims.num_key_value_heads,
+            head_dim,
+            vocab: dims.vocab_size,
+            norm,
+            rotary,
+            fused_qkv: false,
+            mlp: MlpShape::Gated,
+            window: None,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            act,
+            tied,
+            embedding_multiplier: 1.0,
+            residual_multiplier: 1.0,
+            attention_scale: 1.0 / (head_dim as f64).sqrt(),
+            logits_divisor: 1.0,
+            parallel_residual: false,
+        }
+    }
+}
+
 /// The q, k and v projections: apart, or one fused `qkv_proj`.
 enum Qkv {
     Split { q: Linear, k: Linear, v: Linear },

@@ -7,17 +7,13 @@
 use candle_nn::{Activation, VarBuilder};
 
 use super::blocks::{NormKind, Rotary};
-use super::decoder::{Decoder, MlpShape, Spec};
+use super::decoder::{Decoder, Dims, MlpShape, Spec};
 
 /// phi3's config.json, as `format::hf_config` normalised it.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub(super) struct Config {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: usize,
-    vocab_size: usize,
+    #[serde(flatten)]
+    dims: Dims,
     rms_norm_eps: f64,
     rope_theta: f64,
     #[serde(default = "one")]
@@ -43,7 +39,7 @@ fn one() -> f64 {
 }
 
 pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
-    let head_dim = c.hidden_size / c.num_attention_heads;
+    let head_dim = c.dims.head_dim();
     // transformers: int(head_dim * partial_rotary_factor).
     let rotary_dim = (head_dim as f64 * c.partial_rotary_factor) as usize;
     let rotary = match &c.rope_longrope {
@@ -67,29 +63,7 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
             )
         }
     };
-    let spec = Spec {
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        layers: c.num_hidden_layers,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim,
-        vocab: c.vocab_size,
-        norm: NormKind::Rms(c.rms_norm_eps),
-        rotary,
-        fused_qkv: true,
-        mlp: MlpShape::GatedFused,
-        window: c.sliding_window,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        act: c.hidden_act,
-        tied: c.tie_word_embeddings,
-        embedding_multiplier: 1.0,
-        residual_multiplier: 1.0,
-        attention_scale: 1.0 / (head_dim as f64).sqrt(),
-        logits_divisor: 1.0,
-        parallel_residual: false,
-    };
+    let base = Spec::of(&c.dims, NormKind::Rms(c.rms_norm_eps), rotary, c.hidden_act, c.tie_word_embeddings);
+    let spec = Spec { fused_qkv: true, mlp: MlpShape::GatedFused, window: c.sliding_window, ..base };
     Decoder::new(spec, vb)
 }

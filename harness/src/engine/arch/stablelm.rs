@@ -5,17 +5,13 @@
 use candle_nn::{Activation, VarBuilder};
 
 use super::blocks::{NormKind, Rotary};
-use super::decoder::{Decoder, MlpShape, Spec};
+use super::decoder::{Decoder, Dims, Spec};
 
 /// stablelm's config.json, as `format::hf_config` normalised it.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub(super) struct Config {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: usize,
-    vocab_size: usize,
+    #[serde(flatten)]
+    dims: Dims,
     layer_norm_eps: f64,
     rope_theta: f64,
     partial_rotary_factor: f64,
@@ -28,31 +24,11 @@ pub(super) struct Config {
 }
 
 pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
-    let head_dim = c.hidden_size / c.num_attention_heads;
-    let spec = Spec {
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        layers: c.num_hidden_layers,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim,
-        vocab: c.vocab_size,
-        norm: NormKind::Layer(c.layer_norm_eps),
-        // transformers: int(head_dim * partial_rotary_factor).
-        rotary: Rotary::new(c.rope_theta, (head_dim as f64 * c.partial_rotary_factor) as usize),
-        fused_qkv: false,
-        mlp: MlpShape::Gated,
-        window: None,
-        qkv_bias: c.use_qkv_bias,
-        o_bias: false,
-        mlp_bias: false,
-        act: c.hidden_act,
-        tied: c.tie_word_embeddings,
-        embedding_multiplier: 1.0,
-        residual_multiplier: 1.0,
-        attention_scale: 1.0 / (head_dim as f64).sqrt(),
-        logits_divisor: 1.0,
-        parallel_residual: c.use_parallel_residual,
-    };
+    let head_dim = c.dims.head_dim();
+    // transformers: int(head_dim * partial_rotary_factor).
+    let rotary = Rotary::new(c.rope_theta, (head_dim as f64 * c.partial_rotary_factor) as usize);
+    let base =
+        Spec::of(&c.dims, NormKind::Layer(c.layer_norm_eps), rotary, c.hidden_act, c.tie_word_embeddings);
+    let spec = Spec { qkv_bias: c.use_qkv_bias, parallel_residual: c.use_parallel_residual, ..base };
     Decoder::new(spec, vb)
 }
