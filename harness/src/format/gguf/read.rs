@@ -59,20 +59,7 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
                 .ok_or_else(|| GgufTokenizerError::UnsupportedPre(name.to_string()))?,
         ),
     };
-    let strings = |key: &str| -> Result<Vec<_>, GgufTokenizerError> {
-        let values = md
-            .get(key)
-            .and_then(|v| v.to_vec().ok())
-            .ok_or_else(|| GgufTokenizerError::MissingKey(key.to_string()))?;
-        values
-            .iter()
-            .map(|v| {
-                v.to_string()
-                    .cloned()
-                    .map_err(|source| GgufTokenizerError::NotAString { key: key.to_string(), source })
-            })
-            .collect()
-    };
+    let strings = |key: &str| string_list(md, key);
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
         .into_iter()
