@@ -114,7 +114,7 @@ fn runs_real_inference_and_records_every_trial() {
         assert!(r.metrics.tokens.is_some_and(|t| t > 0));
         assert!(r.metrics.time_to_first_token_ms.is_some());
         assert!(r.model_files.iter().any(|f| f.sha256 == sha), "model file hashes recorded");
-        assert_eq!(r.engine.as_deref(), Some("candle 0.11.1"));
+        assert_eq!(r.engine.as_deref(), Some("candle 0.11.1 + modelqa kernels"));
         assert_eq!(r.device.as_deref(), Some("cpu"));
         assert!(r.timestamp.ends_with('Z'));
     }

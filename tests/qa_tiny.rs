@@ -6,6 +6,8 @@ mod common;
 
 #[path = "qa_tiny/artifacts.rs"]
 mod artifacts;
+#[path = "qa_tiny/batch.rs"]
+mod batch;
 #[path = "qa_tiny/bug_patterns.rs"]
 mod bug_patterns;
 #[path = "qa_tiny/trace.rs"]

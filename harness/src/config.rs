@@ -181,6 +181,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_FAULT_SERVE",
     "QUALIFY_FAULT_INJECTION",
     "QUALIFY_FAULT_KV_EARLY",
+    "QUALIFY_FAULT_BATCH_REDUCTION",
     "QUALIFY_RESUME",
 ];
 
@@ -341,6 +342,17 @@ pub(crate) fn planted_injection() -> Option<PlantedInjection> {
 pub(crate) fn planted_kv_early() -> bool {
     static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FAULT.get_or_init(|| var("QUALIFY_FAULT_KV_EARLY").as_deref() == Some("1"))
+}
+
+/// `QUALIFY_FAULT_BATCH_REDUCTION=1`: a fault the harness's own tests plant to prove that a
+/// batch-dependent reduction is caught. The projections of a batch of sequences
+/// (`Session::batch_logits`) in the embedded engine's own models then multiply on candle's
+/// dense kernel, whose reduction order is not the project's kernels', as an engine with a
+/// separate batched kernel would.
+/// Read once; `1` is the fault, anything else none.
+pub(crate) fn planted_batch_reduction() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| var("QUALIFY_FAULT_BATCH_REDUCTION").as_deref() == Some("1"))
 }
 
 /// A fresh run id: UTC time and process id, sortable.

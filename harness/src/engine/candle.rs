@@ -2,8 +2,10 @@
 //! files, each checked by `admit` before candle sees it. Architectures are chosen by `model_type`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
@@ -11,7 +13,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use tokenizers::Tokenizer;
 
 use super::admit::HashFile;
-use super::arch::CausalLm;
+use super::arch::{CausalLm, GgufMatrices, SafetensorsMatrices, TensorMatrices, Weights};
 use super::logprobs::Scorer;
 use super::{
     Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, ScoredStep,
@@ -48,6 +50,11 @@ pub struct CandleSession {
 }
 
 /// A load that failed on what the files say (no underlying error).
+/// Whether `architecture` runs its matrices on the project's kernels: a model of its own, on CPU.
+fn on_own_kernels(architecture: &str, device: &Device) -> bool {
+    device.is_cpu() && super::arch::OWN_KERNELS.contains(&architecture)
+}
+
 fn load_err(path: &Path, cause: impl Into<String>) -> EngineError {
     EngineError::Load { path: path.to_path_buf(), cause: cause.into() }
 }
@@ -98,7 +105,7 @@ struct Parts {
     /// For messages: the directory or file the model came from.
     source: PathBuf,
     config: serde_json::Value,
-    vb: VarBuilder<'static>,
+    weights: Weights,
     tokenizer: Tokenizer,
     generation_config: Option<serde_json::Value>,
     chat_template: Option<ChatTemplate>,
@@ -135,7 +142,7 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
         .map_err(|e| EngineError::load_failed(&config_path, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| EngineError::load_failed_in(&config_path, "invalid JSON", e))?;
-    architecture_of(&config_path, &config)?;
+    let architecture = architecture_of(&config_path, &config)?;
     let files = super::safetensors_files(dir)?;
     let config = super::admit::hf_model(&config_path, config, &files)?;
     let tokenizer_path = dir.join("tokenizer.json");
@@ -148,6 +155,14 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
     // is reading, and safetensors validates the header against the file length.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
         .map_err(|e| EngineError::load_failed(&files[0], e))?;
+    let weights = if on_own_kernels(&architecture, device) {
+        // SAFETY: as above.
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+            .map_err(|e| EngineError::load_failed(&files[0], e))?;
+        Weights::with_matrices(vb, Arc::new(SafetensorsMatrices::new(mapped)))
+    } else {
+        Weights::candle(vb)
+    };
     let generation_config = crate::format::files::read_side_file(&dir.join("generation_config.json"))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok());
@@ -159,7 +174,7 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
     Ok(Parts {
         source: dir.to_path_buf(),
         config,
-        vb,
+        weights,
         tokenizer,
         generation_config,
         chat_template,
@@ -182,7 +197,7 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
             ),
         )
     })?;
-    architecture_of(path, &config)?;
+    let architecture = architecture_of(path, &config)?;
     let config = super::admit::apr_model(path, config, &file.tensors)?;
     let tokenizer_json = custom(crate::format::convert::HF_TOKENIZER).ok_or_else(|| {
         load_err(
@@ -197,22 +212,35 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
         serde_json::to_vec(&tokenizer_json).map_err(|e| EngineError::load_failed(path, e))?;
     let tokenizer = crate::format::tokenizer_json::parse(&tokenizer_bytes)
         .map_err(|e| EngineError::load_failed_in(path, "the embedded tokenizer", e))?;
+    // On the project's kernels the matrices go to them and the rest (norms, biases) to candle.
+    let own = on_own_kernels(&architecture, device);
     let mut tensors = std::collections::HashMap::with_capacity(file.tensors.len());
+    let mut matrices = std::collections::HashMap::new();
     for t in &file.tensors {
         let values = crate::format::apr::dequantize(t).map_err(|e| EngineError::load_failed(path, e))?;
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let matrix = own && dims.len() == 2;
         let tensor = Tensor::from_vec(values, dims, device)
             .map_err(|e| EngineError::load_failed_in(path, format!("tensor `{}`", t.name), e))?;
-        tensors.insert(t.name.clone(), tensor);
+        if matrix {
+            matrices.insert(t.name.clone(), tensor);
+        } else {
+            tensors.insert(t.name.clone(), tensor);
+        }
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let weights = if own {
+        Weights::with_matrices(vb, Arc::new(TensorMatrices::new(matrices)))
+    } else {
+        Weights::candle(vb)
+    };
     Ok(Parts {
         source: path.to_path_buf(),
         chat_template: custom(crate::format::convert::HF_TOKENIZER_CONFIG)
             .and_then(|c| ChatTemplate::from_tokenizer_config(&c)),
         generation_config: custom(crate::format::convert::HF_GENERATION_CONFIG),
         config,
-        vb,
+        weights,
         tokenizer,
         files: vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?],
     })
@@ -224,7 +252,7 @@ fn assemble(
     backend: Backend,
     started: Instant,
 ) -> Result<CandleSession, EngineError> {
-    let Parts { source, config, vb, tokenizer, generation_config, chat_template, files } = parts;
+    let Parts { source, config, weights, tokenizer, generation_config, chat_template, files } = parts;
     let dir = source.as_path();
     let architecture = architecture_of(dir, &config)?;
     super::admit::tokenizer_fits_config(dir, &tokenizer, &config)?;
@@ -233,7 +261,7 @@ fn assemble(
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| load_err(dir, "the config states no context (`max_position_embeddings`)"))?
         as usize;
-    let model = match super::arch::load(&architecture, &config, vb) {
+    let model = match super::arch::load(&architecture, &config, weights) {
         None => unreachable!("architecture_of admitted `{architecture}`"),
         Some(Ok(model)) => model,
         Some(Err(super::arch::LoadError::Weights(e))) => return Err(EngineError::load_failed(dir, e)),
@@ -252,7 +280,12 @@ fn assemble(
     }
     let bos = token_ids(config.get("bos_token_id")).first().copied();
     let loaded = Loaded { model, context, tokenizer, eos, bos, architecture, files, chat_template };
-    Ok(finish(loaded, device, backend, started))
+    let own = on_own_kernels(&loaded.architecture, &device);
+    let mut session = finish(loaded, device, backend, started);
+    if own {
+        session.info.engine = format!("{} + {KERNELS}", session.info.engine);
+    }
+    Ok(session)
 }
 
 /// A loaded model and what its session needs besides, whatever the format.
@@ -346,6 +379,24 @@ fn gguf_session(
         bos_token: token_text(bos),
         eos_token: token_text(eos.first().copied()),
     });
+    if let Some(model_type) = gguf_on_kernels(&arch, &content).filter(|_| device.is_cpu()) {
+        drop(content);
+        let (model, context) = float_model(path, model_type, rows, &device, true)?;
+        let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
+        let loaded = Loaded {
+            model,
+            context,
+            tokenizer,
+            eos,
+            bos,
+            architecture: model_type.into(),
+            files,
+            chat_template,
+        };
+        let mut session = finish(loaded, device, backend, started);
+        session.info.engine = format!("{} + {KERNELS}", session.info.engine);
+        return Ok(session);
+    }
     let model = match arch.as_str() {
         "llama" => Box::new(
             quantized_llama::ModelWeights::from_gguf(content, &mut file, &device)
@@ -364,7 +415,7 @@ fn gguf_session(
                     ),
                 ));
             };
-            let (model, context) = dequantized_model(path, model_type, rows, &device)?;
+            let (model, context) = float_model(path, model_type, rows, &device, false)?;
             let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
             let loaded = Loaded {
                 model,
@@ -390,35 +441,74 @@ fn gguf_session(
     Ok(finish(loaded, device, backend, started))
 }
 
-/// A GGUF file of an architecture candle has no quantized model of: every tensor dequantized
-/// to f32 under its Hugging Face name, the config rebuilt from the KV keys and checked against
-/// the tensors' shapes as a model directory's is, and the project's float model loaded.
-fn dequantized_model(
+/// The `model_type` a GGUF file of `arch` runs as on the project's own model and kernels, its
+/// matrices as stored: llama and qwen2 (unless the file scales its rope, which candle's
+/// quantized llama reads) and the dequantized architectures whose model is the project's.
+fn gguf_on_kernels(arch: &str, content: &gguf_file::Content) -> Option<&'static str> {
+    let model_type = match arch {
+        "llama" | "qwen2" => {
+            let scaled = content.tensor_infos.contains_key("rope_freqs.weight")
+                || content
+                    .metadata
+                    .get(&format!("{arch}.rope.scaling.type"))
+                    .and_then(|v| v.to_string().ok())
+                    .is_some_and(|t| t != "none");
+            if scaled {
+                return None;
+            }
+            if arch == "llama" { "llama" } else { "qwen2" }
+        }
+        other => crate::format::gguf::dequantized_model_type(other)?,
+    };
+    super::arch::OWN_KERNELS.contains(&model_type).then_some(model_type)
+}
+
+/// A GGUF file run on the project's float model of `model_type`: the config rebuilt from the
+/// KV keys and checked against the tensors' shapes as a model directory's is; with `stored`,
+/// the matrices stay as stored for the project's kernels, else every tensor is dequantized to
+/// f32 under its Hugging Face name (an architecture whose model is candle's).
+fn float_model(
     path: &Path,
     model_type: &str,
     rows: usize,
     device: &Device,
+    stored: bool,
 ) -> Result<(Box<dyn CausalLm>, usize), EngineError> {
-    let file = crate::format::gguf::dequantize(path).map_err(|e| EngineError::load_failed(path, e))?;
-    let has_output = file.tensors.contains_key("lm_head.weight");
-    let has_bias = file.tensors.keys().any(|n| n.ends_with("q_proj.bias"));
-    let config = crate::format::gguf::dequantized_config(&file.metadata, has_output, has_bias, rows)
+    let (tensors, matrices, metadata) = if stored {
+        let file = crate::format::gguf::read_stored(path).map_err(|e| EngineError::load_failed(path, e))?;
+        (file.tensors, Some(file.matrices), file.metadata)
+    } else {
+        let file = crate::format::gguf::dequantize(path).map_err(|e| EngineError::load_failed(path, e))?;
+        (file.tensors, None, file.metadata)
+    };
+    let names = || tensors.keys().chain(matrices.iter().flat_map(|m| m.keys()));
+    let has_output = names().any(|n| n == "lm_head.weight");
+    let has_bias = names().any(|n| n.ends_with("q_proj.bias"));
+    let config = crate::format::gguf::dequantized_config(&metadata, has_output, has_bias, rows)
         .ok_or_else(|| load_err(path, format!("no config for `{model_type}`")))?;
-    let shapes = file.tensors.iter().map(|(n, (t, _))| (n.clone(), t.dims().to_vec())).collect();
+    let mut shapes: std::collections::BTreeMap<String, Vec<usize>> =
+        tensors.iter().map(|(n, (t, _))| (n.clone(), t.dims().to_vec())).collect();
+    for (n, (q, _)) in matrices.iter().flatten() {
+        shapes.insert(n.clone(), q.shape().dims().to_vec());
+    }
     let config = super::admit::config_with_shapes(path, config, &shapes)?;
     let context = config
         .get("max_position_embeddings")
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| load_err(path, "the GGUF states no context length"))? as usize;
-    let mut tensors = std::collections::HashMap::with_capacity(file.tensors.len());
-    for (name, (t, _)) in file.tensors {
+    let mut dense = std::collections::HashMap::with_capacity(tensors.len());
+    for (name, (t, _)) in tensors {
         let t = t
             .to_device(device)
             .map_err(|e| EngineError::load_failed_in(path, format!("tensor `{name}`"), e))?;
-        tensors.insert(name, t);
+        dense.insert(name, t);
     }
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    match super::arch::load(model_type, &config, vb) {
+    let vb = VarBuilder::from_tensors(dense, DType::F32, device);
+    let weights = match matrices {
+        Some(m) => Weights::with_matrices(vb, Arc::new(GgufMatrices::new(m))),
+        None => Weights::candle(vb),
+    };
+    match super::arch::load(model_type, &config, weights) {
         None => Err(load_err(path, format!("model_type `{model_type}` has no loader"))),
         Some(Ok(model)) => Ok((model, context)),
         Some(Err(super::arch::LoadError::Weights(e))) => Err(EngineError::load_failed(path, e)),
@@ -427,6 +517,9 @@ fn dequantized_model(
         }
     }
 }
+
+/// What a session whose matrices run on the project's kernels adds to its engine's name.
+const KERNELS: &str = "modelqa kernels";
 
 /// The candle version the harness is built against (kept in step with Cargo.toml).
 const CANDLE_VERSION: &str = "0.11.1";
@@ -563,6 +656,21 @@ impl Session for CandleSession {
             }
         }
         Ok(())
+    }
+
+    fn batch_logits(&mut self, sequences: &[Vec<u32>]) -> Result<Option<Vec<Vec<f32>>>, EngineError> {
+        let inference = |e: candle_core::Error| EngineError::inference(e);
+        if let Some(s) = sequences.iter().find(|s| s.is_empty() || s.len() > self.context) {
+            return Err(EngineError::OutsideContext { tokens: s.len(), context: self.context });
+        }
+        let lens: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        let ids: Vec<u32> = sequences.concat();
+        let input = Tensor::new(ids.as_slice(), &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
+        let Some(logits) = self.model.forward_ragged(&input, &lens).map_err(inference)? else {
+            return Ok(None);
+        };
+        let logits = logits.to_dtype(DType::F32).and_then(|l| l.to_vec2::<f32>()).map_err(inference)?;
+        Ok(Some(logits))
     }
 
     fn generate_streaming(

@@ -10,6 +10,7 @@ mod cache;
 mod candle;
 pub(crate) mod client;
 mod external;
+pub(crate) mod kernels;
 mod logprobs;
 
 use std::path::PathBuf;
@@ -333,6 +334,13 @@ pub trait Session: Send {
         _on_logits: &mut dyn FnMut(usize, Vec<f32>) -> Flow,
     ) -> Result<(), EngineError> {
         Err(EngineError::Unsupported("this engine shows no logits".into()))
+    }
+    /// The next-token logits after the last token of each of `sequences`, computed as one
+    /// batch (each from an empty cache, seeing only itself): what [`Session::sequence_logits`]
+    /// gives for each alone, as the batch's kernels compute it. `None`: the engine runs one
+    /// sequence at a time.
+    fn batch_logits(&mut self, _sequences: &[Vec<u32>]) -> Result<Option<Vec<Vec<f32>>>, EngineError> {
+        Ok(None)
     }
     /// The context this session runs, in tokens, where the engine knows it.
     fn context(&self) -> Option<usize> {

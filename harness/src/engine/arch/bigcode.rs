@@ -3,7 +3,9 @@
 //! q/k/v. candle's bigcode cannot empty its KV cache, which every new sequence needs.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, layer_norm, linear_b};
+use candle_nn::{Activation, LayerNorm, layer_norm};
+
+use super::weights::{Embedding, Linear, Weights};
 
 use super::blocks::{KvCache, Mlp, Scores, attend};
 use super::lm::CausalLm;
@@ -46,30 +48,30 @@ pub(super) struct Model {
 }
 
 impl Model {
-    pub(super) fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(c: &Config, vb: Weights) -> Result<Self> {
         let h = c.n_embd;
         let head_dim = h / c.n_head;
         let kv_dim = if c.multi_query { head_dim } else { h };
         let t = vb.pp("transformer");
-        let wte = candle_nn::embedding(c.vocab_size, h, t.pp("wte"))?;
-        let wpe = candle_nn::embedding(c.n_positions, h, t.pp("wpe"))?;
+        let wte = t.pp("wte").embedding(c.vocab_size, h)?;
+        let wpe = t.pp("wpe").embedding(c.n_positions, h)?;
         let mut blocks = Vec::with_capacity(c.n_layer);
         for l in 0..c.n_layer {
             let b = t.pp(format!("h.{l}"));
             blocks.push(Block {
-                ln_1: layer_norm(h, c.layer_norm_epsilon, b.pp("ln_1"))?,
-                c_attn: linear_b(h, h + 2 * kv_dim, true, b.pp("attn.c_attn"))?,
-                c_proj: linear_b(h, h, true, b.pp("attn.c_proj"))?,
-                ln_2: layer_norm(h, c.layer_norm_epsilon, b.pp("ln_2"))?,
-                mlp: Mlp::plain(h, c.n_inner.unwrap_or(4 * h), true, c.activation_function, b.pp("mlp"))?,
+                ln_1: layer_norm(h, c.layer_norm_epsilon, b.vb().pp("ln_1"))?,
+                c_attn: b.pp("attn.c_attn").linear(h, h + 2 * kv_dim, true)?,
+                c_proj: b.pp("attn.c_proj").linear(h, h, true)?,
+                ln_2: layer_norm(h, c.layer_norm_epsilon, b.vb().pp("ln_2"))?,
+                mlp: Mlp::plain(h, c.n_inner.unwrap_or(4 * h), true, c.activation_function, &b.pp("mlp"))?,
                 cache: KvCache::default(),
             });
         }
-        let ln_f = layer_norm(h, c.layer_norm_epsilon, t.pp("ln_f"))?;
+        let ln_f = layer_norm(h, c.layer_norm_epsilon, t.vb().pp("ln_f"))?;
         let head = if c.tie_word_embeddings {
-            Linear::new(wte.embeddings().clone(), None)
+            wte.as_head()
         } else {
-            linear_b(h, c.vocab_size, false, vb.pp("lm_head"))?
+            vb.pp("lm_head").linear(h, c.vocab_size, false)?
         };
         let scale = if c.scale_attn_weights { 1.0 / (head_dim as f64).sqrt() } else { 1.0 };
         Ok(Model {

@@ -4,7 +4,9 @@
 //! knows an architecture's tensor names beyond the prefix it is handed.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Activation, LayerNorm, Linear, RmsNorm, VarBuilder, linear_b};
+use candle_nn::{Activation, LayerNorm, RmsNorm, VarBuilder};
+
+use super::weights::{Linear, Weights};
 
 /// A norm over the last dimension.
 pub(super) enum Norm {
@@ -66,6 +68,27 @@ impl Rotary {
         Rotary { inv_freq: frequencies(theta, dim, |_| factor), long: None, attention_factor: 1.0, dim }
     }
 
+    /// transformers' `llama3` rope scaling: wavelengths shorter than `original / high` kept,
+    /// longer than `original / low` divided by `factor`, those between blended smoothly.
+    pub(super) fn llama3(theta: f64, dim: usize, scaling: &Llama3Scaling) -> Self {
+        let Llama3Scaling { factor, low_freq_factor: low, high_freq_factor: high, original } = *scaling;
+        let inv_freq = frequencies(theta, dim, |_| 1.0)
+            .into_iter()
+            .map(|f| {
+                let wavelength = 2.0 * std::f64::consts::PI / f;
+                if wavelength < original / high {
+                    f
+                } else if wavelength > original / low {
+                    f / factor
+                } else {
+                    let smooth = (original / wavelength - low) / (high - low);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            })
+            .collect();
+        Rotary { inv_freq, long: None, attention_factor: 1.0, dim }
+    }
+
     /// transformers' `longrope`: per-pair factors, the short ones while a pass stays within
     /// `original` positions and the long ones once it reaches past them, cos and sin scaled by
     /// `attention_factor`.
@@ -112,6 +135,16 @@ impl Rotary {
         let kept = x.narrow(D::Minus1, self.dim, head_dim - self.dim)?;
         Tensor::cat(&[&rotated, &kept], D::Minus1)
     }
+}
+
+/// The parameters of llama3's rope scaling, as config.json states them.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub(super) struct Llama3Scaling {
+    pub(super) factor: f64,
+    pub(super) low_freq_factor: f64,
+    pub(super) high_freq_factor: f64,
+    #[serde(rename = "original_max_position_embeddings")]
+    pub(super) original: f64,
 }
 
 /// One layer's cached keys and values, `[batch, kv_heads, len, head_dim]`.
@@ -198,21 +231,21 @@ impl Mlp {
         inner: usize,
         bias: bool,
         act: Activation,
-        vb: VarBuilder,
+        w: &Weights,
     ) -> Result<Self> {
         Ok(Mlp::Gated {
-            gate: linear_b(hidden, inner, bias, vb.pp("gate_proj"))?,
-            up: linear_b(hidden, inner, bias, vb.pp("up_proj"))?,
-            down: linear_b(inner, hidden, bias, vb.pp("down_proj"))?,
+            gate: w.pp("gate_proj").linear(hidden, inner, bias)?,
+            up: w.pp("up_proj").linear(hidden, inner, bias)?,
+            down: w.pp("down_proj").linear(inner, hidden, bias)?,
             act,
         })
     }
 
     /// phi3's naming: `gate_up_proj`, `down_proj`.
-    pub(super) fn gated_fused(hidden: usize, inner: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn gated_fused(hidden: usize, inner: usize, act: Activation, w: &Weights) -> Result<Self> {
         Ok(Mlp::GatedFused {
-            gate_up: linear_b(hidden, 2 * inner, false, vb.pp("gate_up_proj"))?,
-            down: linear_b(inner, hidden, false, vb.pp("down_proj"))?,
+            gate_up: w.pp("gate_up_proj").linear(hidden, 2 * inner, false)?,
+            down: w.pp("down_proj").linear(inner, hidden, false)?,
             act,
         })
     }
@@ -223,11 +256,11 @@ impl Mlp {
         inner: usize,
         bias: bool,
         act: Activation,
-        vb: VarBuilder,
+        w: &Weights,
     ) -> Result<Self> {
         Ok(Mlp::Plain {
-            fc: linear_b(hidden, inner, bias, vb.pp("c_fc"))?,
-            proj: linear_b(inner, hidden, bias, vb.pp("c_proj"))?,
+            fc: w.pp("c_fc").linear(hidden, inner, bias)?,
+            proj: w.pp("c_proj").linear(inner, hidden, bias)?,
             act,
         })
     }

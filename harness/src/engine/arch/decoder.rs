@@ -5,10 +5,10 @@
 //! sliding window, granite's multipliers, stablelm's parallel residual.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder, linear_b};
 
 use super::blocks::{KvCache, Mlp, Norm, NormKind, Rotary, Scores, attend};
 use super::lm::CausalLm;
+use super::weights::{Embedding, Linear, Weights, batched};
 
 /// The MLP's shape and names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,14 +136,15 @@ pub(super) struct Decoder {
 }
 
 impl Decoder {
-    pub(super) fn new(spec: Spec, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(spec: Spec, w: Weights) -> Result<Self> {
         let (h, d) = (spec.hidden, spec.head_dim);
-        let m = vb.pp("model");
-        let embed = candle_nn::embedding(spec.vocab, h, m.pp("embed_tokens"))?;
+        let m = w.pp("model");
+        let embed = m.pp("embed_tokens").embedding(spec.vocab, h)?;
         let mut layers = Vec::with_capacity(spec.layers);
         for l in 0..spec.layers {
-            let vb = m.pp(format!("layers.{l}"));
-            let a = vb.pp("self_attn");
+            let w = m.pp(format!("layers.{l}"));
+            let a = w.pp("self_attn");
+            let vb = w.vb();
             layers.push(Layer {
                 input_norm: Norm::load(spec.norm, h, vb.pp("input_layernorm"))?,
                 post_norm: if spec.parallel_residual {
@@ -153,61 +154,85 @@ impl Decoder {
                 },
                 qkv: if spec.fused_qkv {
                     let out = (spec.heads + 2 * spec.kv_heads) * d;
-                    Qkv::Fused(linear_b(h, out, spec.qkv_bias, a.pp("qkv_proj"))?)
+                    Qkv::Fused(a.pp("qkv_proj").linear(h, out, spec.qkv_bias)?)
                 } else {
                     Qkv::Split {
-                        q: linear_b(h, spec.heads * d, spec.qkv_bias, a.pp("q_proj"))?,
-                        k: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("k_proj"))?,
-                        v: linear_b(h, spec.kv_heads * d, spec.qkv_bias, a.pp("v_proj"))?,
+                        q: a.pp("q_proj").linear(h, spec.heads * d, spec.qkv_bias)?,
+                        k: a.pp("k_proj").linear(h, spec.kv_heads * d, spec.qkv_bias)?,
+                        v: a.pp("v_proj").linear(h, spec.kv_heads * d, spec.qkv_bias)?,
                     }
                 },
-                o: linear_b(spec.heads * d, h, spec.o_bias, a.pp("o_proj"))?,
+                o: a.pp("o_proj").linear(spec.heads * d, h, spec.o_bias)?,
                 mlp: match spec.mlp {
-                    MlpShape::Gated => {
-                        Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
-                    }
-                    MlpShape::GatedFused => Mlp::gated_fused(h, spec.intermediate, spec.act, vb.pp("mlp"))?,
-                    MlpShape::Plain => {
-                        Mlp::plain(h, spec.intermediate, spec.mlp_bias, spec.act, vb.pp("mlp"))?
-                    }
+                    MlpShape::Gated => Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, &w.pp("mlp"))?,
+                    MlpShape::GatedFused => Mlp::gated_fused(h, spec.intermediate, spec.act, &w.pp("mlp"))?,
+                    MlpShape::Plain => Mlp::plain(h, spec.intermediate, spec.mlp_bias, spec.act, &w.pp("mlp"))?,
                 },
                 cache: KvCache::default(),
             });
         }
-        let norm = Norm::load(spec.norm, h, m.pp("norm"))?;
-        let head = if spec.tied {
-            Linear::new(embed.embeddings().clone(), None)
-        } else {
-            linear_b(h, spec.vocab, false, vb.pp("lm_head"))?
-        };
+        let norm = Norm::load(spec.norm, h, m.vb().pp("norm"))?;
+        let head = if spec.tied { embed.as_head() } else { w.pp("lm_head").linear(h, spec.vocab, false)? };
         Ok(Decoder { spec, embed, layers, norm, head })
     }
 }
 
 impl Layer {
-    fn attention(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
-        let (b, len, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| t.reshape((b, len, n, spec.head_dim))?.transpose(1, 2);
-        let (q, k, v) = match &self.qkv {
+    /// q, k and v of every row of `x` (`[batch, len, hidden]`), each `[batch, len, n · head_dim]`.
+    fn project(&self, x: &Tensor, spec: &Spec) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok(match &self.qkv {
             Qkv::Split { q, k, v } => (x.apply(q)?, x.apply(k)?, x.apply(v)?),
             Qkv::Fused(qkv) => {
                 let all = x.apply(qkv)?;
                 let (q, kv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
                 (all.narrow(2, 0, q)?, all.narrow(2, q, kv)?, all.narrow(2, q + kv, kv)?)
             }
-        };
+        })
+    }
+
+    /// One sequence's attention output (`[1, len, heads · head_dim]`) from its projections at
+    /// positions `pos..`, through `cache`.
+    fn attend_one(
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        pos: usize,
+        cache: &mut KvCache,
+        spec: &Spec,
+        rotary: &Rotary,
+    ) -> Result<Tensor> {
+        let (b, len, _) = q.dims3()?;
+        let heads = |t: &Tensor, n: usize| t.reshape((b, len, n, spec.head_dim))?.transpose(1, 2);
         let q = rotary.apply(&heads(q, spec.heads)?, pos)?;
         let k = rotary.apply(&heads(k, spec.kv_heads)?, pos)?;
         let v = heads(v, spec.kv_heads)?.contiguous()?;
-        let (k, v) = self.cache.append(k, v)?;
+        let (k, v) = cache.append(k, v)?;
         let scores = Scores { scale: spec.attention_scale, softcap: None, window: spec.window };
-        attend(&q, &k, &v, scores)?.apply(&self.o)
+        attend(&q, &k, &v, scores)
     }
 
-    fn forward(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+    fn attention(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+        let (q, k, v) = self.project(x, spec)?;
+        Self::attend_one((&q, &k, &v), pos, &mut self.cache, spec, rotary)?.apply(&self.o)
+    }
+
+    /// Attention over several sequences laid end to end in `x` (`[1, Σ lens, hidden]`), each
+    /// from position 0 and seeing only itself: the projections run on every row at once, the
+    /// attention one sequence at a time, as each would alone.
+    fn attention_ragged(&self, x: &Tensor, lens: &[usize], spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+        let (q, k, v) = self.project(x, spec)?;
+        let mut outputs = Vec::with_capacity(lens.len());
+        let mut start = 0;
+        for &len in lens {
+            let part = |t: &Tensor| t.narrow(1, start, len);
+            let qkv = (&part(&q)?, &part(&k)?, &part(&v)?);
+            outputs.push(Self::attend_one(qkv, 0, &mut KvCache::default(), spec, rotary)?);
+            start += len;
+        }
+        Tensor::cat(&outputs, 1)?.apply(&self.o)
+    }
+
+    /// The block after its attention: residuals, the post-attention norm and the MLP.
+    fn finish(&self, x: &Tensor, normed: &Tensor, attn: Tensor, spec: &Spec) -> Result<Tensor> {
         let r = spec.residual_multiplier;
-        let normed = x.apply(&self.input_norm)?;
-        let attn = self.attention(&normed, pos, spec, rotary)?;
         match &self.post_norm {
             None => {
                 let mlp = normed.apply(&self.mlp)?;
@@ -219,6 +244,18 @@ impl Layer {
                 x + (mlp * r)?
             }
         }
+    }
+
+    fn forward(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+        let normed = x.apply(&self.input_norm)?;
+        let attn = self.attention(&normed, pos, spec, rotary)?;
+        self.finish(x, &normed, attn, spec)
+    }
+
+    fn forward_ragged(&self, x: &Tensor, lens: &[usize], spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+        let normed = x.apply(&self.input_norm)?;
+        let attn = self.attention_ragged(&normed, lens, spec, rotary)?;
+        self.finish(x, &normed, attn, spec)
     }
 }
 
@@ -237,5 +274,20 @@ impl CausalLm for Decoder {
         for layer in &mut self.layers {
             layer.cache.clear();
         }
+    }
+
+    fn forward_ragged(&mut self, input: &Tensor, lens: &[usize]) -> Result<Option<Tensor>> {
+        let mut x = (self.embed.forward(input)? * self.spec.embedding_multiplier)?;
+        for layer in &self.layers {
+            x = batched(|| layer.forward_ragged(&x, lens, &self.spec, &self.spec.rotary))?;
+        }
+        let mut lasts = Vec::with_capacity(lens.len());
+        let mut end = 0;
+        for &len in lens {
+            end += len;
+            lasts.push(x.narrow(1, end - 1, 1)?);
+        }
+        let last = Tensor::cat(&lasts, 1)?.apply(&self.norm)?;
+        Ok(Some((last.apply(&self.head)? / self.spec.logits_divisor)?.squeeze(0)?))
     }
 }

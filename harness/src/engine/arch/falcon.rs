@@ -5,7 +5,9 @@
 //! transformers computes the exact one, and never ties its head to the embedding.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, layer_norm, linear_b};
+use candle_nn::{Activation, LayerNorm, layer_norm};
+
+use super::weights::{Embedding, Linear, Weights};
 
 use super::blocks::{KvCache, Rotary, Scores, attend};
 use super::lm::CausalLm;
@@ -74,7 +76,7 @@ pub(super) struct Model {
 }
 
 impl Model {
-    pub(super) fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(c: &Config, vb: Weights) -> Result<Self> {
         let h = c.hidden_size;
         let head_dim = h / c.num_attention_heads;
         let (layout, kv_heads) = if c.new_decoder_architecture {
@@ -86,38 +88,38 @@ impl Model {
         };
         let qkv_out = (c.num_attention_heads + 2 * kv_heads) * head_dim;
         let t = vb.pp("transformer");
-        let embed = candle_nn::embedding(c.vocab_size, h, t.pp("word_embeddings"))?;
+        let embed = t.pp("word_embeddings").embedding(c.vocab_size, h)?;
         let eps = c.layer_norm_epsilon;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let b = t.pp(format!("h.{l}"));
             let norms = if c.parallel_attn && (c.new_decoder_architecture && c.num_ln_in_parallel_attn == 2) {
                 Norms::Two {
-                    attn: layer_norm(h, eps, b.pp("ln_attn"))?,
-                    mlp: layer_norm(h, eps, b.pp("ln_mlp"))?,
+                    attn: layer_norm(h, eps, b.vb().pp("ln_attn"))?,
+                    mlp: layer_norm(h, eps, b.vb().pp("ln_mlp"))?,
                 }
             } else {
                 let post = if c.parallel_attn {
                     None
                 } else {
-                    Some(layer_norm(h, eps, b.pp("post_attention_layernorm"))?)
+                    Some(layer_norm(h, eps, b.vb().pp("post_attention_layernorm"))?)
                 };
-                Norms::Input { input: layer_norm(h, eps, b.pp("input_layernorm"))?, post }
+                Norms::Input { input: layer_norm(h, eps, b.vb().pp("input_layernorm"))?, post }
             };
             layers.push(Layer {
                 norms,
-                qkv: linear_b(h, qkv_out, c.bias, b.pp("self_attention.query_key_value"))?,
-                dense: linear_b(h, h, c.bias, b.pp("self_attention.dense"))?,
-                up: linear_b(h, c.ffn_hidden_size, c.bias, b.pp("mlp.dense_h_to_4h"))?,
-                down: linear_b(c.ffn_hidden_size, h, c.bias, b.pp("mlp.dense_4h_to_h"))?,
+                qkv: b.pp("self_attention.query_key_value").linear(h, qkv_out, c.bias)?,
+                dense: b.pp("self_attention.dense").linear(h, h, c.bias)?,
+                up: b.pp("mlp.dense_h_to_4h").linear(h, c.ffn_hidden_size, c.bias)?,
+                down: b.pp("mlp.dense_4h_to_h").linear(c.ffn_hidden_size, h, c.bias)?,
                 cache: KvCache::default(),
             });
         }
-        let ln_f = layer_norm(h, eps, t.pp("ln_f"))?;
+        let ln_f = layer_norm(h, eps, t.vb().pp("ln_f"))?;
         let head = if c.tie_word_embeddings {
-            Linear::new(embed.embeddings().clone(), None)
+            embed.as_head()
         } else {
-            linear_b(h, c.vocab_size, false, vb.pp("lm_head"))?
+            vb.pp("lm_head").linear(h, c.vocab_size, false)?
         };
         Ok(Model {
             embed,

@@ -7,7 +7,9 @@
 //! pattern only as a period; candle's gemma2 applies no window.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Activation, Embedding, Linear, RmsNorm, VarBuilder, linear_b};
+use candle_nn::{Activation, RmsNorm, VarBuilder};
+
+use super::weights::{Embedding, Linear, Weights};
 
 use super::blocks::{KvCache, Mlp, Rotary, Scores, attend};
 use super::lm::CausalLm;
@@ -81,10 +83,10 @@ pub(super) struct Model {
 }
 
 impl Model {
-    pub(super) fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(c: &Config, vb: Weights) -> Result<Self> {
         let (h, d, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
         let m = vb.pp("model");
-        let embed = candle_nn::embedding(c.vocab_size, h, m.pp("embed_tokens"))?;
+        let embed = m.pp("embed_tokens").embedding(c.vocab_size, h)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let b = m.pp(format!("layers.{l}"));
@@ -97,20 +99,20 @@ impl Model {
             };
             let bias = c.attention_bias;
             layers.push(Layer {
-                input: norm(h, eps, b.pp("input_layernorm"))?,
-                post_attention: norm(h, eps, b.pp("post_attention_layernorm"))?,
-                pre_feedforward: norm(h, eps, b.pp("pre_feedforward_layernorm"))?,
-                post_feedforward: norm(h, eps, b.pp("post_feedforward_layernorm"))?,
-                q: linear_b(h, c.num_attention_heads * d, bias, a.pp("q_proj"))?,
-                k: linear_b(h, c.num_key_value_heads * d, bias, a.pp("k_proj"))?,
-                v: linear_b(h, c.num_key_value_heads * d, bias, a.pp("v_proj"))?,
-                o: linear_b(c.num_attention_heads * d, h, bias, a.pp("o_proj"))?,
+                input: norm(h, eps, b.vb().pp("input_layernorm"))?,
+                post_attention: norm(h, eps, b.vb().pp("post_attention_layernorm"))?,
+                pre_feedforward: norm(h, eps, b.vb().pp("pre_feedforward_layernorm"))?,
+                post_feedforward: norm(h, eps, b.vb().pp("post_feedforward_layernorm"))?,
+                q: a.pp("q_proj").linear(h, c.num_attention_heads * d, bias)?,
+                k: a.pp("k_proj").linear(h, c.num_key_value_heads * d, bias)?,
+                v: a.pp("v_proj").linear(h, c.num_key_value_heads * d, bias)?,
+                o: a.pp("o_proj").linear(c.num_attention_heads * d, h, bias)?,
                 qk_norm: if c.qk_norm {
-                    Some((norm(d, eps, a.pp("q_norm"))?, norm(d, eps, a.pp("k_norm"))?))
+                    Some((norm(d, eps, a.vb().pp("q_norm"))?, norm(d, eps, a.vb().pp("k_norm"))?))
                 } else {
                     None
                 },
-                mlp: Mlp::gated(h, c.intermediate_size, false, c.hidden_activation, b.pp("mlp"))?,
+                mlp: Mlp::gated(h, c.intermediate_size, false, c.hidden_activation, &b.pp("mlp"))?,
                 rotary,
                 scores: Scores {
                     scale: 1.0 / c.query_pre_attn_scalar.sqrt(),
@@ -120,8 +122,8 @@ impl Model {
                 cache: KvCache::default(),
             });
         }
-        let norm = norm(h, eps, m.pp("norm"))?;
-        let head = Linear::new(embed.embeddings().clone(), None);
+        let norm = norm(h, eps, m.vb().pp("norm"))?;
+        let head = embed.as_head();
         Ok(Model {
             embed,
             embed_scale: (h as f64).sqrt(),

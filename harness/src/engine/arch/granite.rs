@@ -2,9 +2,10 @@
 //! not (`embedding_multiplier`, `residual_multiplier`, `attention_multiplier` in place of
 //! 1/√head_dim, `logits_scaling` as the logits' divisor).
 
-use candle_nn::{Activation, VarBuilder};
+use candle_nn::Activation;
 
 use super::blocks::{NormKind, Rotary};
+use super::weights::Weights;
 use super::decoder::{Decoder, Dims, Spec};
 
 /// granite's config.json, as `format::hf_config` normalised it.
@@ -34,7 +35,7 @@ fn one() -> f64 {
     1.0
 }
 
-pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
+pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
     let head_dim = c.dims.head_dim();
     let base = Spec::of(
         &c.dims,
@@ -53,5 +54,5 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
         logits_divisor: c.logits_scaling,
         ..base
     };
-    Decoder::new(spec, vb)
+    Decoder::new(spec, w)
 }

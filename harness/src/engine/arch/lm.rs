@@ -4,12 +4,12 @@
 //! [`ARCHITECTURES`]. It never reads a file: the config was normalised by `format::hf_config`
 //! and the weights admitted by `engine::admit` before a loader sees them.
 
-use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::{
-    deepseek2, gemma, llama, mistral, olmo2, quantized_llama, quantized_qwen2, qwen2, qwen3, qwen3_moe,
-};
+use candle_core::Tensor;
+use candle_transformers::models::{deepseek2, gemma, olmo2, quantized_llama, quantized_qwen2, qwen3, qwen3_moe};
 use serde::de::DeserializeOwned;
+
+use super::llama::Family;
+use super::weights::Weights;
 
 /// A causal language model with its KV cache.
 pub(crate) trait CausalLm: Send {
@@ -18,6 +18,13 @@ pub(crate) trait CausalLm: Send {
     fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor>;
     /// Forgets every cached token, for a new sequence.
     fn clear_kv_cache(&mut self);
+    /// The logits after the last token of each of several sequences laid end to end in
+    /// `input` (`[1, Σ lens]`), each from position 0 and seeing only itself, as one batch:
+    /// `[sequences, vocab]`. The cache is neither read nor written. `None`: the model runs one
+    /// sequence at a time.
+    fn forward_ragged(&mut self, _input: &Tensor, _lens: &[usize]) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// Why a loader could not build its model.
@@ -35,36 +42,53 @@ pub(crate) enum LoadError {
     Weights(#[from] candle_core::Error),
 }
 
-type Loader = fn(&serde_json::Value, VarBuilder<'static>) -> Result<Box<dyn CausalLm>, LoadError>;
+type Loader = fn(&serde_json::Value, Weights) -> Result<Box<dyn CausalLm>, LoadError>;
 
-/// The architectures the embedded engine runs from a model directory or an APR file, by
-/// config.json `model_type`, each with its loader.
+/// The architectures the embedded engine runs from a model directory, an APR file or a GGUF
+/// file, by config.json `model_type`, each with its loader.
 pub(crate) const ARCHITECTURES: &[(&str, Loader)] = &[
-    ("deepseek_v2", |c, vb| Ok(Box::new(deepseek2::DeepSeekV2::new(&parse("deepseek_v2", c)?, vb)?))),
-    ("falcon", |c, vb| Ok(Box::new(super::falcon::Model::new(&parse("falcon", c)?, vb)?))),
-    ("gemma", |c, vb| Ok(Box::new(gemma::Model::new(false, &parse("gemma", c)?, vb)?))),
-    ("gemma2", |c, vb| Ok(Box::new(super::gemma2::Model::new(&parse("gemma2", c)?, vb)?))),
-    ("gemma3_text", |c, vb| Ok(Box::new(super::gemma2::Model::new(&parse("gemma3_text", c)?, vb)?))),
-    ("gpt_bigcode", |c, vb| Ok(Box::new(super::bigcode::Model::new(&parse("gpt_bigcode", c)?, vb)?))),
-    ("granite", |c, vb| Ok(Box::new(super::granite::load(&parse("granite", c)?, vb)?))),
-    ("llama", load_llama),
-    ("mistral", load_mistral),
-    ("olmo2", |c, vb| Ok(Box::new(olmo2::Model::new(&parse("olmo2", c)?, vb)?))),
-    ("phi3", |c, vb| Ok(Box::new(super::phi3::load(&parse("phi3", c)?, vb)?))),
-    ("qwen2", |c, vb| Ok(Box::new(qwen2::ModelForCausalLM::new(&parse("qwen2", c)?, vb)?))),
-    ("qwen3", |c, vb| Ok(Box::new(qwen3::ModelForCausalLM::new(&parse("qwen3", c)?, vb)?))),
-    ("qwen3_moe", |c, vb| Ok(Box::new(qwen3_moe::ModelForCausalLM::new(&parse("qwen3_moe", c)?, vb)?))),
-    ("stablelm", |c, vb| Ok(Box::new(super::stablelm::load(&parse("stablelm", c)?, vb)?))),
-    ("starcoder2", |c, vb| Ok(Box::new(super::starcoder2::load(&parse("starcoder2", c)?, vb)?))),
+    ("deepseek_v2", |c, w| Ok(Box::new(deepseek2::DeepSeekV2::new(&parse("deepseek_v2", c)?, w.into_vb())?))),
+    ("falcon", |c, w| Ok(Box::new(super::falcon::Model::new(&parse("falcon", c)?, w)?))),
+    ("gemma", |c, w| Ok(Box::new(gemma::Model::new(false, &parse("gemma", c)?, w.into_vb())?))),
+    ("gemma2", |c, w| Ok(Box::new(super::gemma2::Model::new(&parse("gemma2", c)?, w)?))),
+    ("gemma3_text", |c, w| Ok(Box::new(super::gemma2::Model::new(&parse("gemma3_text", c)?, w)?))),
+    ("gpt_bigcode", |c, w| Ok(Box::new(super::bigcode::Model::new(&parse("gpt_bigcode", c)?, w)?))),
+    ("granite", |c, w| Ok(Box::new(super::granite::load(&parse("granite", c)?, w)?))),
+    ("llama", |c, w| Ok(Box::new(super::llama::load(Family::Llama, &parse("llama", c)?, w)?))),
+    ("mistral", |c, w| Ok(Box::new(super::llama::load(Family::Mistral, &parse("mistral", c)?, w)?))),
+    ("olmo2", |c, w| Ok(Box::new(olmo2::Model::new(&parse("olmo2", c)?, w.into_vb())?))),
+    ("phi3", |c, w| Ok(Box::new(super::phi3::load(&parse("phi3", c)?, w)?))),
+    ("qwen2", |c, w| Ok(Box::new(super::llama::load(Family::Qwen2, &parse("qwen2", c)?, w)?))),
+    ("qwen3", |c, w| Ok(Box::new(qwen3::ModelForCausalLM::new(&parse("qwen3", c)?, w.into_vb())?))),
+    ("qwen3_moe", |c, w| Ok(Box::new(qwen3_moe::ModelForCausalLM::new(&parse("qwen3_moe", c)?, w.into_vb())?))),
+    ("stablelm", |c, w| Ok(Box::new(super::stablelm::load(&parse("stablelm", c)?, w)?))),
+    ("starcoder2", |c, w| Ok(Box::new(super::starcoder2::load(&parse("starcoder2", c)?, w)?))),
+];
+
+/// The architectures whose models are the project's own and read their matrices through
+/// [`Weights`], so that on CPU they run on the project's kernels in the file's own type; the
+/// others are candle's, which take every tensor from a `VarBuilder` as f32.
+pub(crate) const OWN_KERNELS: &[&str] = &[
+    "falcon",
+    "gemma2",
+    "gemma3_text",
+    "gpt_bigcode",
+    "granite",
+    "llama",
+    "mistral",
+    "phi3",
+    "qwen2",
+    "stablelm",
+    "starcoder2",
 ];
 
 /// The model of `architecture` (one of [`ARCHITECTURES`]) from its normalised config.
 pub(crate) fn load(
     architecture: &str,
     config: &serde_json::Value,
-    vb: VarBuilder<'static>,
+    weights: Weights,
 ) -> Option<Result<Box<dyn CausalLm>, LoadError>> {
-    ARCHITECTURES.iter().find(|(name, _)| *name == architecture).map(|(_, loader)| loader(config, vb))
+    ARCHITECTURES.iter().find(|(name, _)| *name == architecture).map(|(_, loader)| loader(config, weights))
 }
 
 fn parse<T: DeserializeOwned>(
@@ -91,48 +115,9 @@ macro_rules! causal_lm {
 causal_lm!(
     deepseek2::DeepSeekV2,
     gemma::Model,
-    mistral::Model,
     olmo2::Model,
     quantized_llama::ModelWeights,
     quantized_qwen2::ModelWeights,
-    qwen2::ModelForCausalLM,
     qwen3::ModelForCausalLM,
     qwen3_moe::ModelForCausalLM,
 );
-
-/// candle's llama keeps its cache outside the model: a fresh one is a clone of the empty one
-/// (its rotary tables are shared, not rebuilt).
-struct Llama {
-    model: llama::Llama,
-    cache: llama::Cache,
-    empty: llama::Cache,
-}
-
-fn load_llama(config: &serde_json::Value, vb: VarBuilder<'static>) -> Result<Box<dyn CausalLm>, LoadError> {
-    let config = parse::<llama::LlamaConfig>("llama", config)?.into_config(false);
-    let empty = llama::Cache::new(true, DType::F32, &config, vb.device())?;
-    let model = llama::Llama::load(vb, &config)?;
-    Ok(Box::new(Llama { model, cache: empty.clone(), empty }))
-}
-
-impl CausalLm for Llama {
-    fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        self.model.forward(input, pos, &mut self.cache)
-    }
-    fn clear_kv_cache(&mut self) {
-        self.cache = self.empty.clone();
-    }
-}
-
-fn load_mistral(config: &serde_json::Value, vb: VarBuilder<'static>) -> Result<Box<dyn CausalLm>, LoadError> {
-    // candle's mistral always loads `lm_head`; tied embeddings are the embedding table.
-    let vb = if config.get("tie_word_embeddings") == Some(&serde_json::Value::Bool(true)) {
-        vb.rename_f(|name| match name {
-            "lm_head.weight" => "model.embed_tokens.weight".to_string(),
-            other => other.to_string(),
-        })
-    } else {
-        vb
-    };
-    Ok(Box::new(mistral::Model::new(&parse("mistral", config)?, vb)?))
-}

@@ -1,6 +1,8 @@
 //! The architectures the embedded engine runs: one [`CausalLm`] per `model_type`, either
 //! candle-transformers' model where it reproduces transformers, or the project's own
-//! (`granite`, `stablelm`, `phi3`, `starcoder2`, `gemma2` for gemma2 and gemma3_text, `falcon`, `bigcode`) built from the shared `blocks`.
+//! (`llama` for llama, mistral and qwen2, `granite`, `stablelm`, `phi3`, `starcoder2`, `gemma2` for gemma2
+//! and gemma3_text, `falcon`, `bigcode`) built from the shared `blocks` and reading their
+//! matrices through `weights`, which on CPU hands them to the project's kernels as stored.
 
 mod bigcode;
 mod blocks;
@@ -8,9 +10,12 @@ mod decoder;
 mod falcon;
 mod gemma2;
 mod granite;
+mod llama;
 mod lm;
 mod phi3;
 mod stablelm;
 mod starcoder2;
+mod weights;
 
-pub(crate) use lm::{ARCHITECTURES, CausalLm, LoadError, load};
+pub(crate) use lm::{ARCHITECTURES, CausalLm, LoadError, OWN_KERNELS, load};
+pub(crate) use weights::{GgufMatrices, SafetensorsMatrices, TensorMatrices, Weights};

@@ -4,9 +4,10 @@
 //! by the attention factor, and picks the long factors by position rather than by how far a
 //! pass reaches.
 
-use candle_nn::{Activation, VarBuilder};
+use candle_nn::Activation;
 
 use super::blocks::{NormKind, Rotary};
+use super::weights::Weights;
 use super::decoder::{Decoder, Dims, MlpShape, Spec};
 
 /// phi3's config.json, as `format::hf_config` normalised it.
@@ -38,7 +39,7 @@ fn one() -> f64 {
     1.0
 }
 
-pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
+pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
     let head_dim = c.dims.head_dim();
     // transformers: int(head_dim * partial_rotary_factor).
     let rotary_dim = (head_dim as f64 * c.partial_rotary_factor) as usize;
@@ -65,5 +66,5 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
     };
     let base = Spec::of(&c.dims, NormKind::Rms(c.rms_norm_eps), rotary, c.hidden_act, c.tie_word_embeddings);
     let spec = Spec { fused_qkv: true, mlp: MlpShape::GatedFused, window: c.sliding_window, ..base };
-    Decoder::new(spec, vb)
+    Decoder::new(spec, w)
 }

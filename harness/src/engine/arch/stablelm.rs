@@ -2,9 +2,10 @@
 //! (`partial_rotary_factor`), optional q/k/v biases and an optional parallel residual. candle's
 //! stable_lm cannot empty its KV cache, which every new sequence needs.
 
-use candle_nn::{Activation, VarBuilder};
+use candle_nn::Activation;
 
 use super::blocks::{NormKind, Rotary};
+use super::weights::Weights;
 use super::decoder::{Decoder, Dims, Spec};
 
 /// stablelm's config.json, as `format::hf_config` normalised it.
@@ -23,12 +24,12 @@ pub(super) struct Config {
     hidden_act: Activation,
 }
 
-pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
+pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
     let head_dim = c.dims.head_dim();
     // transformers: int(head_dim * partial_rotary_factor).
     let rotary = Rotary::new(c.rope_theta, (head_dim as f64 * c.partial_rotary_factor) as usize);
     let base =
         Spec::of(&c.dims, NormKind::Layer(c.layer_norm_eps), rotary, c.hidden_act, c.tie_word_embeddings);
     let spec = Spec { qkv_bias: c.use_qkv_bias, parallel_residual: c.use_parallel_residual, ..base };
-    Decoder::new(spec, vb)
+    Decoder::new(spec, w)
 }

@@ -3,9 +3,10 @@
 //! prompt one key wider than transformers' window and never masks against the cache, so there
 //! the window had to become the session's context.
 
-use candle_nn::{Activation, VarBuilder};
+use candle_nn::Activation;
 
 use super::blocks::{NormKind, Rotary};
+use super::weights::Weights;
 use super::decoder::{Decoder, Dims, MlpShape, Spec};
 
 /// starcoder2's config.json, as `format::hf_config` normalised it.
@@ -21,7 +22,7 @@ pub(super) struct Config {
     sliding_window: Option<usize>,
 }
 
-pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
+pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
     let head_dim = c.dims.head_dim();
     let rotary = Rotary::new(c.rope_theta, head_dim);
     let base =
@@ -34,5 +35,5 @@ pub(super) fn load(c: &Config, vb: VarBuilder) -> candle_core::Result<Decoder> {
         mlp_bias: c.use_bias,
         ..base
     };
-    Decoder::new(spec, vb)
+    Decoder::new(spec, w)
 }

@@ -30,7 +30,9 @@ mod write;
 pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
 pub(crate) use check::{GgufError, check_model, open, read};
 
-pub use read::{Dequantized, dequantize, dequantized_config, hf_files, to_apr, to_safetensors, tokenizer};
+pub use read::{
+    Dequantized, Stored, dequantize, dequantized_config, hf_files, read_stored, to_apr, to_safetensors, tokenizer,
+};
 pub use write::{from_safetensors, permute_qk, wanted_type};
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.

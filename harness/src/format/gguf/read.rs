@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device, Tensor};
 
@@ -461,7 +461,11 @@ pub fn dequantized_config(
     vocab: usize,
 ) -> Option<serde_json::Value> {
     let arch = md.get("general.architecture").and_then(|v| v.to_string().ok())?;
-    let model_type = super::dequantized_model_type(arch)?;
+    let model_type = match arch.as_str() {
+        "llama" => "llama",
+        "qwen2" => "qwen2",
+        other => super::dequantized_model_type(other)?,
+    };
     let int = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_u32().ok());
     let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
     let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
@@ -597,6 +601,40 @@ fn stacked_experts(name: &str) -> Option<(usize, &'static str)> {
 
 /// Reads and dequantizes a GGUF file.
 pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
+    let (tensors, _, metadata) = read_tensors(path, false)?;
+    Ok(Dequantized { tensors, metadata })
+}
+
+/// A GGUF file read for the engine's own kernels: its matrices as stored, the rest dequantized.
+pub struct Stored {
+    /// The 2-D tensors under their Hugging Face names, quantized as in the file, each with the
+    /// head count whose q/k row order llama.cpp permuted (to be undone on the rows), if any.
+    pub matrices: BTreeMap<String, (QTensor, Option<usize>)>,
+    /// The other tensors (norms, biases, stacked experts), dequantized.
+    pub tensors: BTreeMap<String, (Tensor, GgmlDType)>,
+    pub metadata: HashMap<String, Value>,
+}
+
+/// Reads a GGUF file, keeping its matrices as stored.
+pub fn read_stored(path: &Path) -> Result<Stored, ConvertError> {
+    let (tensors, matrices, metadata) = read_tensors(path, true)?;
+    Ok(Stored { matrices, tensors, metadata })
+}
+
+/// The dequantized tensors by Hugging Face name; with `keep_matrices`, the 2-D ones (experts
+/// aside) kept as stored instead, apart.
+#[allow(clippy::type_complexity)]
+fn read_tensors(
+    path: &Path,
+    keep_matrices: bool,
+) -> Result<
+    (
+        BTreeMap<String, (Tensor, GgmlDType)>,
+        BTreeMap<String, (QTensor, Option<usize>)>,
+        HashMap<String, Value>,
+    ),
+    ConvertError,
+> {
     let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
     let arch = arch.ok_or_else(|| err(path, "no general.architecture"))?;
@@ -612,6 +650,7 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
     let heads = count("attention.head_count")?;
     let kv_heads = count("attention.head_count_kv").unwrap_or(heads);
     let mut tensors = BTreeMap::new();
+    let mut matrices = BTreeMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
@@ -634,17 +673,6 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
         }
         let hf = if arch == "starcoder" { gpt_bigcode_name(name) } else { hf_name(name) };
         let hf = hf.ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
-        let q = content
-            .tensor(&mut file, name, &Device::Cpu)
-            .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
-        let dtype = q.dtype();
-        let mut t = q.dequantize(&Device::Cpu).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
-        if permuted && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
-            t = permute_qk(&t, heads, true).map_err(|e| err(path, e))?;
-        }
-        if permuted && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {
-            t = permute_qk(&t, kv_heads, true).map_err(|e| err(path, e))?;
-        }
         // starcoder2's MLP keeps GPT-2's names.
         let hf = match arch.as_str() {
             "starcoder2" => {
@@ -652,9 +680,27 @@ pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
             }
             _ => hf,
         };
+        let q = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+        let unpermute = match () {
+            _ if !permuted => None,
+            _ if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") => Some(heads),
+            _ if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") => Some(kv_heads),
+            _ => None,
+        };
+        if keep_matrices && q.shape().rank() == 2 {
+            matrices.insert(hf, (q, unpermute));
+            continue;
+        }
+        let dtype = q.dtype();
+        let mut t = q.dequantize(&Device::Cpu).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+        if let Some(heads) = unpermute {
+            t = permute_qk(&t, heads, true).map_err(|e| err(path, e))?;
+        }
         tensors.insert(hf, (t, dtype));
     }
-    Ok(Dequantized { tensors, metadata: content.metadata })
+    Ok((tensors, matrices, content.metadata))
 }
 
 #[cfg(test)]

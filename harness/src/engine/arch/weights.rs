@@ -1,0 +1,258 @@
+//! Where a model's weights come from, and the two layers that read them as stored: a linear
+//! projection and an embedding table. On CPU a model of the project's own runs its matrices on
+//! the project's kernels (`engine::kernels`), kept in the file's own type (f16, bf16, GGUF's
+//! quantized blocks) and never widened to f32; elsewhere (a GPU, an architecture candle runs)
+//! every tensor comes from candle's `VarBuilder` and runs on candle's kernels.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::engine::kernels::Matrix;
+
+/// The matrices of a model under their Hugging Face names, each handed out once.
+pub(crate) trait MatrixSource: Send + Sync {
+    /// The matrix `name` as stored; `None` where the source has no such tensor.
+    fn take(&self, name: &str) -> Option<Result<Matrix>>;
+}
+
+/// A model's weights: every tensor through `vb`, and the matrices the project's kernels run,
+/// where there is a source of them.
+#[derive(Clone)]
+pub(crate) struct Weights {
+    vb: VarBuilder<'static>,
+    matrices: Option<Arc<dyn MatrixSource>>,
+}
+
+impl Weights {
+    /// Weights from `vb` alone: everything runs on candle's kernels.
+    pub(crate) fn candle(vb: VarBuilder<'static>) -> Self {
+        Weights { vb, matrices: None }
+    }
+
+    /// Weights whose matrices come from `matrices` (on CPU), the rest from `vb`.
+    pub(crate) fn with_matrices(vb: VarBuilder<'static>, matrices: Arc<dyn MatrixSource>) -> Self {
+        Weights { vb, matrices: Some(matrices) }
+    }
+
+    /// The same weights under `prefix`.
+    pub(super) fn pp(&self, prefix: impl ToString) -> Self {
+        Weights { vb: self.vb.pp(prefix), matrices: self.matrices.clone() }
+    }
+
+    /// candle's view, for the tensors no kernel reads (norms, biases) and candle's own models.
+    pub(super) fn vb(&self) -> &VarBuilder<'static> {
+        &self.vb
+    }
+
+    pub(crate) fn into_vb(self) -> VarBuilder<'static> {
+        self.vb
+    }
+
+    fn matrix(&self, rows: usize, cols: usize) -> Result<Option<Arc<Matrix>>> {
+        let Some(source) = &self.matrices else { return Ok(None) };
+        let name = format!("{}.weight", self.vb.prefix());
+        let Some(matrix) = source.take(&name).transpose()? else { return Ok(None) };
+        if (matrix.rows(), matrix.cols()) != (rows, cols) {
+            candle_core::bail!(
+                "tensor `{name}` is {}×{}, where the model expects {rows}×{cols}",
+                matrix.rows(),
+                matrix.cols()
+            );
+        }
+        Ok(Some(Arc::new(matrix)))
+    }
+
+    /// The linear projection at this prefix: `weight` (`out × in`) and, with `bias`, `bias`.
+    pub(super) fn linear(&self, inputs: usize, outputs: usize, bias: bool) -> Result<Linear> {
+        let Some(matrix) = self.matrix(outputs, inputs)? else {
+            return Ok(Linear::Candle(candle_nn::linear_b(inputs, outputs, bias, self.vb.clone())?));
+        };
+        let bias = if bias { Some(self.vb.get(outputs, "bias")?) } else { None };
+        Ok(Linear::Kernel { matrix, bias })
+    }
+
+    /// The embedding table at this prefix (`weight`, `vocab × hidden`).
+    pub(super) fn embedding(&self, vocab: usize, hidden: usize) -> Result<Embedding> {
+        match self.matrix(vocab, hidden)? {
+            Some(table) => Ok(Embedding::Kernel { table, device: self.vb.device().clone() }),
+            None => Ok(Embedding::Candle(candle_nn::embedding(vocab, hidden, self.vb.clone())?)),
+        }
+    }
+}
+
+/// `x · Wᵀ (+ b)` on candle's kernels or the project's.
+#[derive(Clone)]
+pub(crate) enum Linear {
+    Candle(candle_nn::Linear),
+    Kernel { matrix: Arc<Matrix>, bias: Option<Tensor> },
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(l) => l.forward(xs),
+            Linear::Kernel { matrix, bias } => {
+                let ys = if IN_BATCH.get() && crate::config::planted_batch_reduction() {
+                    // The planted fault: a batch multiplies on another kernel than one row does.
+                    let w = matrix.dequantize(xs.device())?;
+                    xs.to_dtype(DType::F32)?.broadcast_matmul(&w.t()?)?
+                } else {
+                    matrix.forward(xs)?
+                };
+                match bias {
+                    None => Ok(ys),
+                    Some(b) => ys.broadcast_add(b),
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is computing a batch of sequences ([`batched`]), for the planted fault
+    /// `QUALIFY_FAULT_BATCH_REDUCTION` alone.
+    static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `f`, run as a batch of several sequences: with `QUALIFY_FAULT_BATCH_REDUCTION` planted, its
+/// projections multiply on another kernel than a single sequence's do.
+pub(super) fn batched<T>(f: impl FnOnce() -> T) -> T {
+    IN_BATCH.set(true);
+    let result = f();
+    IN_BATCH.set(false);
+    result
+}
+
+/// A token embedding table, which a tied model's head multiplies by as well.
+#[derive(Clone)]
+pub(crate) enum Embedding {
+    Candle(candle_nn::Embedding),
+    /// Rows dequantized as they are looked up.
+    Kernel { table: Arc<Matrix>, device: Device },
+}
+
+impl Embedding {
+    /// The head of a model whose output weights are its embedding table.
+    pub(super) fn as_head(&self) -> Linear {
+        match self {
+            Embedding::Candle(e) => Linear::Candle(candle_nn::Linear::new(e.embeddings().clone(), None)),
+            Embedding::Kernel { table, .. } => Linear::Kernel { matrix: table.clone(), bias: None },
+        }
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embedding::Candle(e) => e.forward(ids),
+            Embedding::Kernel { table, device } => {
+                let ids = ids.to_dtype(DType::U32)?;
+                let shape = ids.dims().to_vec();
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let width = table.cols();
+                let mut values = vec![0f32; ids.len() * width];
+                for (&id, row) in ids.iter().zip(values.chunks_exact_mut(width)) {
+                    let id = id as usize;
+                    if id >= table.rows() {
+                        candle_core::bail!("token id {id} is outside the embedding table ({} rows)", table.rows());
+                    }
+                    table.row_into(id, row);
+                }
+                let mut dims = shape;
+                dims.push(width);
+                Tensor::from_vec(values, dims, device)
+            }
+        }
+    }
+}
+
+/// Matrices held as candle tensors (an APR file's, read whole), handed out as their type.
+pub(crate) struct TensorMatrices(Mutex<HashMap<String, Tensor>>);
+
+impl TensorMatrices {
+    pub(crate) fn new(tensors: HashMap<String, Tensor>) -> Self {
+        TensorMatrices(Mutex::new(tensors))
+    }
+}
+
+impl MatrixSource for TensorMatrices {
+    fn take(&self, name: &str) -> Option<Result<Matrix>> {
+        let t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?;
+        Some(Matrix::from_tensor(&t))
+    }
+}
+
+/// The matrices of memory-mapped safetensors files, read in their stored type.
+pub(crate) struct SafetensorsMatrices(candle_core::safetensors::MmapedSafetensors);
+
+impl SafetensorsMatrices {
+    pub(crate) fn new(files: candle_core::safetensors::MmapedSafetensors) -> Self {
+        SafetensorsMatrices(files)
+    }
+}
+
+impl MatrixSource for SafetensorsMatrices {
+    fn take(&self, name: &str) -> Option<Result<Matrix>> {
+        self.0.get(name).ok()?;
+        Some(self.0.load(name, &Device::Cpu).and_then(|t| Matrix::from_tensor(&t)))
+    }
+}
+
+/// A GGUF file's matrices, quantized as stored, each with the head count whose q/k rows
+/// llama.cpp permuted for its interleaved rotary embedding (undone on the rows as handed out).
+pub(crate) struct GgufMatrices(Mutex<BTreeMap<String, (QTensor, Option<usize>)>>);
+
+impl GgufMatrices {
+    pub(crate) fn new(matrices: BTreeMap<String, (QTensor, Option<usize>)>) -> Self {
+        GgufMatrices(Mutex::new(matrices))
+    }
+}
+
+impl MatrixSource for GgufMatrices {
+    fn take(&self, name: &str) -> Option<Result<Matrix>> {
+        let (q, permuted) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?;
+        Some(Matrix::from_qtensor(&q).map(|mut m| {
+            if let Some(heads) = permuted {
+                m.permute_rows(&unpermuted_order(m.rows(), heads));
+            }
+            m
+        }))
+    }
+}
+
+/// The row order undoing llama.cpp's q/k permutation of `rows` rows in `heads` heads: within a
+/// head of width `d`, row `j·d/2 + i` of the Hugging Face layout is the file's row `2i + j`.
+fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
+    let d = rows / heads;
+    let half = d / 2;
+    let mut order = vec![0; rows];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                order[h * d + j * half + i] = h * d + 2 * i + j;
+            }
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermuting_rows_undoes_the_converters_permutation() {
+        // The writer's permutation as format::gguf applies it, on row indices.
+        let (heads, d) = (3, 8);
+        let rows = Tensor::arange(0u32, (heads * d) as u32, &Device::Cpu).unwrap().reshape((heads * d, 1)).unwrap();
+        let permuted = crate::format::gguf::permute_qk(&rows, heads, false).unwrap();
+        let permuted: Vec<u32> = permuted.flatten_all().unwrap().to_vec1().unwrap();
+        let order = unpermuted_order(heads * d, heads);
+        let restored: Vec<u32> = order.iter().map(|&r| permuted[r]).collect();
+        assert_eq!(restored, (0..(heads * d) as u32).collect::<Vec<_>>());
+    }
+}
