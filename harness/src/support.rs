@@ -54,6 +54,11 @@ pub mod engine {
     }
 }
 
+/// The CPU matrix kernels: `bench kernels` times them against candle's.
+pub mod kernels {
+    pub use crate::engine::kernels::{Matrix, QuantKind, Storage};
+}
+
 pub mod expand {
     pub use crate::expand::{Filter, Plan};
 }
