@@ -69,7 +69,8 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
     for &(name, rows, cols) in &shapes {
         let weights = Tensor::from_vec(values(&mut seed, rows * cols), (rows, cols), &Device::Cpu)?;
         for dtype in KINDS {
-            let (candle, ours) = prepare(&weights, dtype).with_context(|| format!("failed to prepare {dtype:?} {name}"))?;
+            let (candle, ours) =
+                prepare(&weights, dtype).with_context(|| format!("failed to prepare {dtype:?} {name}"))?;
             for m in BATCHES {
                 let x = values(&mut seed, m * cols);
                 let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu)?;

@@ -3,8 +3,8 @@
 
 mod bench;
 mod bench_formats;
-mod bench_kernels;
 mod bench_gates;
+mod bench_kernels;
 mod bench_serve;
 mod bootstrap;
 mod certify;

@@ -192,7 +192,8 @@ fn q5_0_kernel(w: &[u8], y: &[Q8_0]) -> f32 {
 fn q8_0_kernel(w: &[u8], y: &[Q8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (b, y) in w.chunks_exact(34).zip(y) {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * y.d), sum_i8(load32(b, 2), load_i8(&y.qs, 0)), acc);
+        acc =
+            _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * y.d), sum_i8(load32(b, 2), load_i8(&y.qs, 0)), acc);
     }
     hsum(acc)
 }
@@ -202,7 +203,11 @@ fn q4_1_kernel(w: &[u8], y: &[Q8_1]) -> f32 {
     let (mut acc, mut offsets) = (_mm256_setzero_ps(), 0f32);
     for (b, y) in w.chunks_exact(20).zip(y) {
         offsets += f16_at(b, 2) * y.s;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * y.d), sum_u8_i8(nibbles(b, 4), load_i8(&y.qs, 0)), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_at(b, 0) * y.d),
+            sum_u8_i8(nibbles(b, 4), load_i8(&y.qs, 0)),
+            acc,
+        );
     }
     hsum(acc) + offsets
 }
@@ -246,7 +251,9 @@ fn q4k_q5k(w: &[u8], y: &[Q8K], size: usize, fifth: Option<usize>) -> f32 {
             if let Some(h) = high {
                 // Bit 2c (2c + 1) of each qh byte is the fifth bit of the low (high) nibbles.
                 let one = _mm256_set1_epi8(1);
-                let bit = |k: i32| _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(k)), one));
+                let bit = |k: i32| {
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(k)), one))
+                };
                 lo = _mm256_or_si256(lo, bit(2 * c as i32));
                 hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
             }
@@ -285,7 +292,10 @@ fn q6k_kernel(w: &[u8], y: &[Q8K]) -> f32 {
         for n in 0..2 {
             let (ql0, ql1, qh) = (load32(b, 64 * n), load32(b, 64 * n + 32), load32(b, 128 + 32 * n));
             let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)),
+                ),
                 _mm256_or_si256(
                     _mm256_and_si256(ql1, low4),
                     _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),

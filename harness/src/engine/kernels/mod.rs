@@ -28,8 +28,8 @@ mod tests;
 
 use std::borrow::Cow;
 
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::backend::BackendStorage;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, bail};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -51,7 +51,10 @@ pub enum Storage {
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
     /// GGML blocks, row after row, exactly as GGUF (and `QTensor::data()`) lays them out.
-    Quant { kind: QuantKind, bytes: Vec<u8> },
+    Quant {
+        kind: QuantKind,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The GGML block types kept quantized. Q2K, Q3K and Q4_1 have a scalar dot product only.
@@ -108,7 +111,7 @@ impl Matrix {
             Storage::Bf16(v) => v.len() == rows * cols,
             Storage::Quant { kind, bytes } => {
                 let (values, size) = kind.block();
-                if cols % values != 0 {
+                if !cols.is_multiple_of(values) {
                     bail!("a {} matrix needs columns in blocks of {values}, not {cols}", kind.name());
                 }
                 bytes.len() == rows * cols / values * size
@@ -139,7 +142,9 @@ impl Matrix {
     pub fn from_qtensor(q: &QTensor) -> candle_core::Result<Matrix> {
         let (rows, cols) = q.shape().dims2()?;
         let kind = match q.dtype() {
-            GgmlDType::F32 => return Matrix::new(rows, cols, Storage::F32(le_values(&q.data()?, f32::from_le_bytes))),
+            GgmlDType::F32 => {
+                return Matrix::new(rows, cols, Storage::F32(le_values(&q.data()?, f32::from_le_bytes)));
+            }
             GgmlDType::F16 => {
                 let v = le_values(&q.data()?, |b| f16::from_bits(u16::from_le_bytes(b)));
                 return Matrix::new(rows, cols, Storage::F16(v));
@@ -226,17 +231,20 @@ impl Matrix {
         match &self.storage {
             Storage::F32(w) => {
                 let dot = dense::dot_f32(isa);
-                let dot = |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
+                let dot =
+                    |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
                 drive(rows, m, row_bytes, serial, y, dot);
             }
             Storage::F16(w) => {
                 let dot = dense::dot_f16(isa);
-                let dot = |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
+                let dot =
+                    |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
                 drive(rows, m, row_bytes, serial, y, dot);
             }
             Storage::Bf16(w) => {
                 let dot = dense::dot_bf16(isa);
-                let dot = |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
+                let dot =
+                    |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
                 drive(rows, m, row_bytes, serial, y, dot);
             }
             Storage::Quant { kind, bytes } => {
@@ -244,15 +252,21 @@ impl Matrix {
                 match Activations::quantize(*kind, x, m, cols) {
                     Activations::Q8_0(a) => {
                         let (dot, per_row) = (quant::dot_q8_0_fn(*kind, isa), cols / quant::QK);
-                        drive(rows, m, row_bytes, serial, y, |r, i| dot(w(r), &a[i * per_row..(i + 1) * per_row]));
+                        drive(rows, m, row_bytes, serial, y, |r, i| {
+                            dot(w(r), &a[i * per_row..(i + 1) * per_row])
+                        });
                     }
                     Activations::Q8_1(a) => {
                         let (dot, per_row) = (quant::dot_q8_1_fn(*kind, isa), cols / quant::QK);
-                        drive(rows, m, row_bytes, serial, y, |r, i| dot(w(r), &a[i * per_row..(i + 1) * per_row]));
+                        drive(rows, m, row_bytes, serial, y, |r, i| {
+                            dot(w(r), &a[i * per_row..(i + 1) * per_row])
+                        });
                     }
                     Activations::Q8K(a) => {
                         let (dot, per_row) = (quant::dot_q8k_fn(*kind, isa), cols / quant::QK_K);
-                        drive(rows, m, row_bytes, serial, y, |r, i| dot(w(r), &a[i * per_row..(i + 1) * per_row]));
+                        drive(rows, m, row_bytes, serial, y, |r, i| {
+                            dot(w(r), &a[i * per_row..(i + 1) * per_row])
+                        });
                     }
                 }
             }
@@ -311,7 +325,14 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
 /// neither `m` nor the chunking can change a result. For `m > 1` each chunk is small enough to
 /// stay in cache while every activation row passes over it, into a buffer of its own that is
 /// copied into `y` afterwards (y's rows are not contiguous per chunk).
-fn drive(rows: usize, m: usize, row_bytes: usize, serial: bool, y: &mut [f32], dot: impl Fn(usize, usize) -> f32 + Sync) {
+fn drive(
+    rows: usize,
+    m: usize,
+    row_bytes: usize,
+    serial: bool,
+    y: &mut [f32],
+    dot: impl Fn(usize, usize) -> f32 + Sync,
+) {
     let threads = rayon::current_num_threads();
     if serial || threads == 1 {
         for (i, out) in y.chunks_mut(rows).enumerate() {

@@ -89,7 +89,9 @@ impl Activations {
             QuantKind::Q4_1 | QuantKind::Q5_1 => {
                 Activations::Q8_1(x.chunks_exact(QK).map(|b| q8_1(b.try_into().expect("a block"))).collect())
             }
-            _ => Activations::Q8K(x.chunks_exact(QK_K).map(|b| q8k(b.try_into().expect("a block"))).collect()),
+            _ => {
+                Activations::Q8K(x.chunks_exact(QK_K).map(|b| q8k(b.try_into().expect("a block"))).collect())
+            }
         }
     }
 }
@@ -175,9 +177,8 @@ fn decode(kind: QuantKind, b: &[u8]) -> Super {
             // scales[16] qs[64] d dmin; value 128n + 32j + l is bits 2j of qs[32n + l].
             let (scales, qs) = (&b[..16], &b[16..80]);
             (s.d, s.dmin) = (f16_at(b, 80), f16_at(b, 82));
-            for g in 0..16 {
-                (s.scale[g], s.min[g]) = (i32::from(scales[g] & 0xF), i32::from(scales[g] >> 4));
-            }
+            s.scale = std::array::from_fn(|g| i32::from(scales[g] & 0xF));
+            s.min = std::array::from_fn(|g| i32::from(scales[g] >> 4));
             for (k, q) in s.q.iter_mut().enumerate() {
                 let (n, j, l) = (k / 128, k % 128 / 32, k % 32);
                 *q = ((qs[32 * n + l] >> (2 * j)) & 3) as i8;
@@ -206,7 +207,8 @@ fn decode(kind: QuantKind, b: &[u8]) -> Super {
             for g in 0..16 {
                 (s.scale[g], s.min[g]) = (i32::from(sc[g / 2]), i32::from(mn[g / 2]));
             }
-            let (qh, qs) = if kind == QuantKind::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            let (qh, qs) =
+                if kind == QuantKind::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
             for (k, q) in s.q.iter_mut().enumerate() {
                 let (c, half, l) = (k / 64, k % 64 / 32, k % 32);
                 let nibble = (qs[32 * c + l] >> (4 * half)) & 0xF;
@@ -218,9 +220,7 @@ fn decode(kind: QuantKind, b: &[u8]) -> Super {
             // ql[128] qh[64] scales[16] (i8) d; value 128n + 32j + l: a nibble of ql, two bits of qh.
             let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
             s.d = f16_at(b, 208);
-            for g in 0..16 {
-                s.scale[g] = i32::from(scales[g] as i8);
-            }
+            s.scale = std::array::from_fn(|g| i32::from(scales[g] as i8));
             for (k, q) in s.q.iter_mut().enumerate() {
                 let (n, j, l) = (k / 128, k % 128 / 32, k % 32);
                 let low = (ql[64 * n + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0xF;
@@ -263,7 +263,8 @@ fn small_block(kind: QuantKind, b: &[u8]) -> ([i8; QK], f32, f32) {
             (q, d, 0.0)
         }
         QuantKind::Q4_0 | QuantKind::Q4_1 => {
-            let (qs, bias, m) = if kind == QuantKind::Q4_0 { (&b[2..18], 8, 0.0) } else { (&b[4..20], 0, f16_at(b, 2)) };
+            let (qs, bias, m) =
+                if kind == QuantKind::Q4_0 { (&b[2..18], 8, 0.0) } else { (&b[4..20], 0, f16_at(b, 2)) };
             for j in 0..16 {
                 q[j] = (qs[j] & 0xF) as i8 - bias;
                 q[j + 16] = (qs[j] >> 4) as i8 - bias;
@@ -380,7 +381,8 @@ fn dot_k(kind: QuantKind, w: &[u8], y: &[Q8K]) -> f32 {
         let (mut sumi, mut summ) = (0i32, 0i32);
         for g in 0..16 {
             let span = 16 * g..16 * g + 16;
-            let dot: i32 = s.q[span.clone()].iter().zip(&y.qs[span]).map(|(&q, &v)| i32::from(q) * i32::from(v)).sum();
+            let dot: i32 =
+                s.q[span.clone()].iter().zip(&y.qs[span]).map(|(&q, &v)| i32::from(q) * i32::from(v)).sum();
             sumi += s.scale[g] * dot;
             summ += s.min[g] * i32::from(y.bsums[g]);
         }

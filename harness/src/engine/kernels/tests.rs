@@ -33,7 +33,7 @@ impl Rng {
     /// Uniform in [-1, 1), with one value in 64 ten times larger (outliers shape the scales).
     fn value(&mut self) -> f32 {
         let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-        if self.next() % 64 == 0 { u * 10.0 } else { u }
+        if self.next().is_multiple_of(64) { u * 10.0 } else { u }
     }
 
     fn values(&mut self, n: usize) -> Vec<f32> {
@@ -63,7 +63,8 @@ fn dense(dtype: DType, rows: usize, cols: usize, seed: u64) -> Matrix {
 
 /// Every storage kind, at a size large enough to be split over threads.
 fn every_kind(rows: usize, cols: usize) -> Vec<Matrix> {
-    let mut all: Vec<Matrix> = [DType::F32, DType::F16, DType::BF16].iter().map(|&d| dense(d, rows, cols, 3)).collect();
+    let mut all: Vec<Matrix> =
+        [DType::F32, DType::F16, DType::BF16].iter().map(|&d| dense(d, rows, cols, 3)).collect();
     all.extend(QUANT.iter().map(|&(_, dtype)| quantized(dtype, rows, cols, 5).1));
     all
 }
@@ -93,7 +94,13 @@ fn reference(matrix: &Matrix, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
 #[test]
 fn names_and_sizes_follow_the_stored_type() {
     let names: Vec<&str> = every_kind(4, 256).iter().map(Matrix::kind).collect();
-    assert_eq!(names, ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]);
+    assert_eq!(
+        names,
+        [
+            "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
+            "q6_k"
+        ]
+    );
     let bytes: Vec<usize> = every_kind(4, 256).iter().map(Matrix::bytes).collect();
     assert_eq!(bytes, [4096, 2048, 2048, 576, 640, 704, 768, 1088, 336, 440, 576, 704, 840]);
 }
@@ -109,7 +116,10 @@ fn dense_matches_an_f64_reference_on_every_path() {
                 let got = matmul(&matrix, isa, &x, 3);
                 for (k, (&g, (&w, &s))) in got.iter().zip(want.iter().zip(&scale)).enumerate() {
                     let err = (f64::from(g) - w).abs();
-                    assert!(err <= 1e-5 * s.max(1e-30), "{dtype:?} {isa:?} {rows}×{cols} element {k}: {g} against {w}");
+                    assert!(
+                        err <= 1e-5 * s.max(1e-30),
+                        "{dtype:?} {isa:?} {rows}×{cols} element {k}: {g} against {w}"
+                    );
                 }
             }
         }
@@ -138,12 +148,22 @@ fn quantized_matches_candle_qmatmul() {
         let x = Rng(17).values(m * cols);
         let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
         let (q, matrix) = quantized(dtype, rows, cols, 19);
-        let want = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let magnitude = want.iter().fold(0f32, |a, v| a.max(v.abs()));
         for isa in isas() {
             let got = matmul(&matrix, isa, &x, m);
             for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-4 * magnitude, "{kind:?} {isa:?} element {k}: {g} against candle's {w}");
+                assert!(
+                    (g - w).abs() <= 1e-4 * magnitude,
+                    "{kind:?} {isa:?} element {k}: {g} against candle's {w}"
+                );
             }
         }
     }
@@ -161,7 +181,10 @@ fn quantized_is_within_activation_quantization_of_the_dequantized_product() {
             for (k, (&g, (&w, &s))) in got.iter().zip(want.iter().zip(&scale)).enumerate() {
                 // Rounding each activation to 8 bits moves it by at most half a step, 1/254 of
                 // its block's largest value: at most ~1 % of Σ|x·w| with these outliers.
-                assert!((f64::from(g) - w).abs() <= 0.02 * s, "{kind:?} {isa:?} element {k}: {g} against {w}");
+                assert!(
+                    (f64::from(g) - w).abs() <= 0.02 * s,
+                    "{kind:?} {isa:?} element {k}: {g} against {w}"
+                );
             }
         }
     }
@@ -199,11 +222,21 @@ fn every_row_is_bitwise_the_row_computed_alone() {
                 x[at * cols..(at + 1) * cols].copy_from_slice(&probe);
                 let y = matmul(&matrix, isa, &x, m);
                 let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&y[at * rows..(at + 1) * rows]), bits(&alone), "{} {isa:?} m = {m} at {at}", matrix.kind());
+                assert_eq!(
+                    bits(&y[at * rows..(at + 1) * rows]),
+                    bits(&alone),
+                    "{} {isa:?} m = {m} at {at}",
+                    matrix.kind()
+                );
                 // Every other row too, against itself alone.
                 for i in 0..m {
                     let own = matmul(&matrix, isa, &x[i * cols..(i + 1) * cols], 1);
-                    assert_eq!(bits(&y[i * rows..(i + 1) * rows]), bits(&own), "{} {isa:?} m = {m} row {i}", matrix.kind());
+                    assert_eq!(
+                        bits(&y[i * rows..(i + 1) * rows]),
+                        bits(&own),
+                        "{} {isa:?} m = {m} row {i}",
+                        matrix.kind()
+                    );
                 }
             }
         }
@@ -222,7 +255,12 @@ fn forward_maps_the_last_dimension_and_widens_the_input() {
     // A transposed (non-contiguous) input is made contiguous first.
     let xt = Tensor::from_vec(Rng(47).values(64 * 5), (64, 5), &Device::Cpu).unwrap().t().unwrap();
     let y = matrix.forward(&xt).unwrap();
-    let want = matmul(&matrix, Isa::detected(), &xt.contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), 5);
+    let want = matmul(
+        &matrix,
+        Isa::detected(),
+        &xt.contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        5,
+    );
     assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
     let err = matrix.forward(&Tensor::zeros((2, 63), DType::F32, &Device::Cpu).unwrap()).unwrap_err();
     assert!(err.to_string().contains("64 columns"), "{err}");
