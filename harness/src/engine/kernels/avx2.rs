@@ -14,6 +14,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::Isa;
+use super::ROWS;
 use super::quant::{Q8_0, Q8_1, Q8K, k4_scales};
 
 /// Whether this CPU has AVX2, FMA and F16C.
@@ -21,29 +22,47 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
-/// A safe entry to a `#[target_feature]` kernel.
+/// Panics unless the CPU has what the `#[target_feature]` kernels are compiled for.
+fn check() {
+    assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
+}
+
+/// The safe entries to a kernel generic over the number of activation rows it takes at once:
+/// one row, and [`ROWS`] rows (several calls of `$n` rows each). A row's result is the same
+/// whichever entry computed it: the kernel repeats the one-row sequence of operations per row.
 macro_rules! entry {
-    ($(#[$doc:meta])* $name:ident => $kernel:ident($w:ty, $x:ty)) => {
-        $(#[$doc])*
-        pub(super) fn $name(w: &[$w], x: &[$x]) -> f32 {
-            assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
+    ($single:ident, $rows:ident => $kernel:ident::<$n:literal>($w:ty, $x:ty)) => {
+        pub(super) fn $single(w: &[$w], x: &[$x]) -> f32 {
+            check();
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-            unsafe { $kernel(w, x) }
+            let [y] = unsafe { $kernel::<1>(w, [x]) };
+            y
+        }
+
+        pub(super) fn $rows(w: &[$w], x: [&[$x]; ROWS]) -> [f32; ROWS] {
+            check();
+            let mut out = [0f32; ROWS];
+            for (out, x) in out.chunks_exact_mut($n).zip(x.chunks_exact($n)) {
+                // SAFETY: as above.
+                out.copy_from_slice(&unsafe { $kernel::<$n>(w, x.try_into().expect("$n rows")) });
+            }
+            out
         }
     };
 }
 
-entry!(dot_f32 => f32_kernel(f32, f32));
-entry!(dot_f16 => f16_kernel(f16, f32));
-entry!(dot_bf16 => bf16_kernel(bf16, f32));
-entry!(dot_q4_0 => q4_0_kernel(u8, Q8_0));
-entry!(dot_q5_0 => q5_0_kernel(u8, Q8_0));
-entry!(dot_q8_0 => q8_0_kernel(u8, Q8_0));
-entry!(dot_q4_1 => q4_1_kernel(u8, Q8_1));
-entry!(dot_q5_1 => q5_1_kernel(u8, Q8_1));
-entry!(dot_q4k => q4k_kernel(u8, Q8K));
-entry!(dot_q5k => q5k_kernel(u8, Q8K));
-entry!(dot_q6k => q6k_kernel(u8, Q8K));
+// Dense rows keep four accumulators each: two rows at a time fit the sixteen registers.
+entry!(dot_f32, dot_f32_rows => f32_kernel::<2>(f32, f32));
+entry!(dot_f16, dot_f16_rows => f16_kernel::<2>(f16, f32));
+entry!(dot_bf16, dot_bf16_rows => bf16_kernel::<2>(bf16, f32));
+entry!(dot_q4_0, dot_q4_0_rows => q4_0_kernel::<4>(u8, Q8_0));
+entry!(dot_q5_0, dot_q5_0_rows => q5_0_kernel::<4>(u8, Q8_0));
+entry!(dot_q8_0, dot_q8_0_rows => q8_0_kernel::<4>(u8, Q8_0));
+entry!(dot_q4_1, dot_q4_1_rows => q4_1_kernel::<4>(u8, Q8_1));
+entry!(dot_q5_1, dot_q5_1_rows => q5_1_kernel::<4>(u8, Q8_1));
+entry!(dot_q4k, dot_q4k_rows => q4k_kernel::<4>(u8, Q8K));
+entry!(dot_q5k, dot_q5k_rows => q5k_kernel::<4>(u8, Q8K));
+entry!(dot_q6k, dot_q6k_rows => q6k_kernel::<4>(u8, Q8K));
 
 /// The sum of the eight lanes: halves, then pairs, then the last two.
 #[inline]
@@ -54,38 +73,48 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// A dense dot product: four accumulators over 32 values a step, one over 8, then the tail.
+/// A dense dot product per activation row: four accumulators over 32 values a step, one over 8,
+/// then the tail; the weights are loaded once for all `N` rows.
 macro_rules! dense_kernel {
     ($name:ident, $w:ty, |$p:ident| $load:expr, $widen:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $name(w: &[$w], x: &[f32]) -> f32 {
-            let n = w.len().min(x.len());
-            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        fn $name<const N: usize>(w: &[$w], x: [&[f32]; N]) -> [f32; N] {
+            let n = w.len();
+            assert!(x.iter().all(|x| x.len() == n), "weight and activation rows of different lengths");
+            let wp = w.as_ptr();
             let load = |$p: *const $w| -> __m256 {
                 // SAFETY: callers pass a pointer to 8 readable values.
                 unsafe { $load }
             };
-            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut acc = [[_mm256_setzero_ps(); 4]; N];
             let mut i = 0;
-            // SAFETY (all loads below): each reads [i, i + 8) with i + 8 <= n.
+            // SAFETY (all loads below): each reads [i, i + 8) of a row n long, with i + 8 <= n.
             while i + 32 <= n {
-                for (k, a) in acc.iter_mut().enumerate() {
-                    let (wv, xv) = unsafe { (load(wp.add(i + 8 * k)), _mm256_loadu_ps(xp.add(i + 8 * k))) };
-                    *a = _mm256_fmadd_ps(wv, xv, *a);
+                for k in 0..4 {
+                    let wv = load(unsafe { wp.add(i + 8 * k) });
+                    for (acc, x) in acc.iter_mut().zip(&x) {
+                        let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) };
+                        acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+                    }
                 }
                 i += 32;
             }
             while i + 8 <= n {
-                let (wv, xv) = unsafe { (load(wp.add(i)), _mm256_loadu_ps(xp.add(i))) };
-                acc[0] = _mm256_fmadd_ps(wv, xv, acc[0]);
+                let wv = load(unsafe { wp.add(i) });
+                for (acc, x) in acc.iter_mut().zip(&x) {
+                    acc[0] = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }, acc[0]);
+                }
                 i += 8;
             }
-            let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
             let widen = $widen;
-            for (&w, &x) in w[i..n].iter().zip(&x[i..n]) {
-                sum += widen(w) * x;
-            }
-            sum
+            std::array::from_fn(|r| {
+                let a = &acc[r];
+                let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+                for (&w, &x) in w[i..].iter().zip(&x[r][i..]) {
+                    sum += widen(w) * x;
+                }
+                sum
+            })
         }
     };
 }
@@ -166,62 +195,81 @@ fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)))
 }
 
+/// The kernels below take `N` activation rows and unpack each weight block once for all of
+/// them; per row they run exactly the one-row sequence of operations.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_kernel(w: &[u8], y: &[Q8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in w.chunks_exact(18).zip(y) {
-        let x = _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * y.d), sum_i8(x, load_i8(&y.qs, 0)), acc);
+fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (k, b) in w.chunks_exact(18).enumerate() {
+        let (d, x) = (f16_at(b, 0), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)));
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[k];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
     }
-    hsum(acc)
+    std::array::from_fn(|r| hsum(acc[r]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_kernel(w: &[u8], y: &[Q8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in w.chunks_exact(22).zip(y) {
+fn q5_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (k, b) in w.chunks_exact(22).enumerate() {
         // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
         let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
-        let x = _mm256_or_si256(nibbles(b, 6), clear);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * y.d), sum_i8(x, load_i8(&y.qs, 0)), acc);
+        let (d, x) = (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear));
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[k];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
     }
-    hsum(acc)
+    std::array::from_fn(|r| hsum(acc[r]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_kernel(w: &[u8], y: &[Q8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in w.chunks_exact(34).zip(y) {
-        acc =
-            _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * y.d), sum_i8(load32(b, 2), load_i8(&y.qs, 0)), acc);
+fn q8_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (k, b) in w.chunks_exact(34).enumerate() {
+        let (d, x) = (f16_at(b, 0), load32(b, 2));
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[k];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
     }
-    hsum(acc)
+    std::array::from_fn(|r| hsum(acc[r]))
+}
+
+/// Q4_1 and Q5_1 (`fifth` = the offset of qh, for Q5_1): unsigned values plus the block offset
+/// times the activation block's sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_q5_1<const N: usize>(w: &[u8], y: [&[Q8_1]; N], size: usize, fifth: Option<usize>) -> [f32; N] {
+    let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
+    for (k, b) in w.chunks_exact(size).enumerate() {
+        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+        let x = match fifth {
+            Some(at) => _mm256_or_si256(
+                nibbles(b, at + 4),
+                _mm256_and_si256(bit_bytes(b, at), _mm256_set1_epi8(0x10)),
+            ),
+            None => nibbles(b, 4),
+        };
+        for ((acc, offsets), y) in acc.iter_mut().zip(&mut offsets).zip(&y) {
+            let y = &y[k];
+            *offsets += m * y.s;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_u8_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_kernel(w: &[u8], y: &[Q8_1]) -> f32 {
-    let (mut acc, mut offsets) = (_mm256_setzero_ps(), 0f32);
-    for (b, y) in w.chunks_exact(20).zip(y) {
-        offsets += f16_at(b, 2) * y.s;
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(f16_at(b, 0) * y.d),
-            sum_u8_i8(nibbles(b, 4), load_i8(&y.qs, 0)),
-            acc,
-        );
-    }
-    hsum(acc) + offsets
+fn q4_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
+    q4_1_q5_1(w, y, 20, None)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_1_kernel(w: &[u8], y: &[Q8_1]) -> f32 {
-    let (mut acc, mut offsets) = (_mm256_setzero_ps(), 0f32);
-    for (b, y) in w.chunks_exact(24).zip(y) {
-        offsets += f16_at(b, 2) * y.s;
-        let fifth = _mm256_and_si256(bit_bytes(b, 4), _mm256_set1_epi8(0x10));
-        let x = _mm256_or_si256(nibbles(b, 8), fifth);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * y.d), sum_u8_i8(x, load_i8(&y.qs, 0)), acc);
-    }
-    hsum(acc) + offsets
+fn q5_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
+    q4_1_q5_1(w, y, 24, Some(4))
 }
 
 /// Σ min·bsum of a Q4_K/Q5_K super-block: each min covers two 16-sums.
@@ -235,15 +283,19 @@ fn k4_min_sum(mins: &[u8; 8], y: &Q8K) -> i32 {
 /// Q4_K and Q5_K (`fifth` = the offset of qh, for Q5_K).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_q5k(w: &[u8], y: &[Q8K], size: usize, fifth: Option<usize>) -> f32 {
-    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+fn q4k_q5k<const N: usize>(w: &[u8], y: [&[Q8K]; N], size: usize, fifth: Option<usize>) -> [f32; N] {
+    let (mut acc, mut mins) = ([_mm256_setzero_ps(); N], [0f32; N]);
     let low4 = _mm256_set1_epi8(0x0F);
-    for (b, y) in w.chunks_exact(size).zip(y) {
+    for (k, b) in w.chunks_exact(size).enumerate() {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let (sc, mn) = k4_scales(&b[4..16]);
-        mins += (y.d * f16_at(b, 2)) * k4_min_sum(&mn, y) as f32;
+        for (mins, y) in mins.iter_mut().zip(&y) {
+            let y = &y[k];
+            *mins += (y.d * dmin) * k4_min_sum(&mn, y) as f32;
+        }
         let qs = if fifth.is_some() { 48 } else { 16 };
         let high = fifth.map(|at| load32(b, at));
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); N];
         for c in 0..4 {
             let packed = load32(b, qs + 32 * c);
             let mut lo = _mm256_and_si256(packed, low4);
@@ -257,38 +309,46 @@ fn q4k_q5k(w: &[u8], y: &[Q8K], size: usize, fifth: Option<usize>) -> f32 {
                 lo = _mm256_or_si256(lo, bit(2 * c as i32));
                 hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
             }
-            let plo = _mm256_maddubs_epi16(lo, load_i8(&y.qs, 64 * c));
-            let phi = _mm256_maddubs_epi16(hi, load_i8(&y.qs, 64 * c + 32));
-            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(i16::from(sc[2 * c])));
-            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(i16::from(sc[2 * c + 1])));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            let (slo, shi) =
+                (_mm256_set1_epi16(i16::from(sc[2 * c])), _mm256_set1_epi16(i16::from(sc[2 * c + 1])));
+            for (sumi, y) in sumi.iter_mut().zip(&y) {
+                let y = &y[k];
+                let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load_i8(&y.qs, 64 * c)), slo);
+                let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load_i8(&y.qs, 64 * c + 32)), shi);
+                *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(plo, phi));
+            }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * f16_at(b, 0)), _mm256_cvtepi32_ps(sumi), acc);
+        for ((acc, sumi), y) in acc.iter_mut().zip(sumi).zip(&y) {
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(y[k].d * d), _mm256_cvtepi32_ps(sumi), *acc);
+        }
     }
-    hsum(acc) - mins
+    std::array::from_fn(|r| hsum(acc[r]) - mins[r])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_kernel(w: &[u8], y: &[Q8K]) -> f32 {
+fn q4k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
     q4k_q5k(w, y, 144, None)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5k_kernel(w: &[u8], y: &[Q8K]) -> f32 {
+fn q5k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
     q4k_q5k(w, y, 176, Some(16))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6k_kernel(w: &[u8], y: &[Q8K]) -> f32 {
-    let (mut acc, mut offsets) = (_mm256_setzero_ps(), 0f32);
+fn q6k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+    let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
     let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
-    for (b, y) in w.chunks_exact(210).zip(y) {
+    for (k, b) in w.chunks_exact(210).enumerate() {
         let scales: [i16; 16] = std::array::from_fn(|g| i16::from(b[192 + g] as i8));
-        let d = y.d * f16_at(b, 208);
+        let dw = f16_at(b, 208);
         // The values are stored + 32: take 32 · Σ scale·bsum off once per super-block.
-        let bias: i32 = scales.iter().zip(&y.bsums).map(|(&s, &q)| i32::from(s) * i32::from(q)).sum();
-        offsets += d * (32 * bias) as f32;
-        let mut sumi = _mm256_setzero_si256();
+        for (offsets, y) in offsets.iter_mut().zip(&y) {
+            let y = &y[k];
+            let bias: i32 = scales.iter().zip(&y.bsums).map(|(&s, &q)| i32::from(s) * i32::from(q)).sum();
+            *offsets += (y.d * dw) * (32 * bias) as f32;
+        }
+        let mut sumi = [_mm256_setzero_si256(); N];
         for n in 0..2 {
             let (ql0, ql1, qh) = (load32(b, 64 * n), load32(b, 64 * n + 32), load32(b, 128 + 32 * n));
             let q = [
@@ -313,11 +373,15 @@ fn q6k_kernel(w: &[u8], y: &[Q8K]) -> f32 {
                 // 32 values: 16 under scale g, 16 under g + 1.
                 let g = 8 * n + 2 * j;
                 let scale = _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]), _mm_set1_epi16(scales[g]));
-                let p = _mm256_maddubs_epi16(q, load_i8(&y.qs, 128 * n + 32 * j));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
+                for (sumi, y) in sumi.iter_mut().zip(&y) {
+                    let p = _mm256_maddubs_epi16(q, load_i8(&y[k].qs, 128 * n + 32 * j));
+                    *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(p, scale));
+                }
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        for ((acc, sumi), y) in acc.iter_mut().zip(sumi).zip(&y) {
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(y[k].d * dw), _mm256_cvtepi32_ps(sumi), *acc);
+        }
     }
-    hsum(acc) - offsets
+    std::array::from_fn(|r| hsum(acc[r]) - offsets[r])
 }

@@ -6,18 +6,28 @@
 
 use half::{bf16, f16};
 
-use super::Isa;
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
+use super::{Isa, ROWS};
 
 /// A dot product of one weight row with one activation row of the same length.
 pub(super) type Dot<W> = fn(&[W], &[f32]) -> f32;
+/// The same with [`ROWS`] activation rows at once, each bitwise as [`Dot`] computes it.
+pub(super) type Rows<W> = fn(&[W], [&[f32]; ROWS]) -> [f32; ROWS];
 
 pub(super) fn dot_f32(isa: Isa) -> Dot<f32> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::dot_f32,
         _ => |w, x| lanes(w, x, |v| v),
+    }
+}
+
+pub(super) fn dot_f32_rows(isa: Isa) -> Option<Rows<f32>> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2::dot_f32_rows),
+        _ => None,
     }
 }
 
@@ -29,11 +39,27 @@ pub(super) fn dot_f16(isa: Isa) -> Dot<f16> {
     }
 }
 
+pub(super) fn dot_f16_rows(isa: Isa) -> Option<Rows<f16>> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2::dot_f16_rows),
+        _ => None,
+    }
+}
+
 pub(super) fn dot_bf16(isa: Isa) -> Dot<bf16> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::dot_bf16,
         _ => |w, x| lanes(w, x, bf16::to_f32),
+    }
+}
+
+pub(super) fn dot_bf16_rows(isa: Isa) -> Option<Rows<bf16>> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2::dot_bf16_rows),
+        _ => None,
     }
 }
 

@@ -228,45 +228,59 @@ impl Matrix {
         }
         let row_bytes = self.row_bytes();
         let serial = rows * cols < SERIAL_BELOW;
+        let xs = |i: usize| &x[i * cols..(i + 1) * cols];
         match &self.storage {
             Storage::F32(w) => {
-                let dot = dense::dot_f32(isa);
-                let dot =
-                    |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
-                drive(rows, m, row_bytes, serial, y, dot);
+                let dots = Dots::new(
+                    dense::dot_f32(isa),
+                    dense::dot_f32_rows(isa),
+                    |r| &w[r * cols..(r + 1) * cols],
+                    xs,
+                );
+                drive(rows, m, row_bytes, serial, y, dots);
             }
             Storage::F16(w) => {
-                let dot = dense::dot_f16(isa);
-                let dot =
-                    |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
-                drive(rows, m, row_bytes, serial, y, dot);
+                let dots = Dots::new(
+                    dense::dot_f16(isa),
+                    dense::dot_f16_rows(isa),
+                    |r| &w[r * cols..(r + 1) * cols],
+                    xs,
+                );
+                drive(rows, m, row_bytes, serial, y, dots);
             }
             Storage::Bf16(w) => {
-                let dot = dense::dot_bf16(isa);
-                let dot =
-                    |r: usize, i: usize| dot(&w[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
-                drive(rows, m, row_bytes, serial, y, dot);
+                let dots = Dots::new(
+                    dense::dot_bf16(isa),
+                    dense::dot_bf16_rows(isa),
+                    |r| &w[r * cols..(r + 1) * cols],
+                    xs,
+                );
+                drive(rows, m, row_bytes, serial, y, dots);
             }
             Storage::Quant { kind, bytes } => {
+                let kind = *kind;
                 let w = |r: usize| &bytes[r * row_bytes..(r + 1) * row_bytes];
-                match Activations::quantize(*kind, x, m, cols) {
+                match Activations::quantize(kind, x, m, cols) {
                     Activations::Q8_0(a) => {
-                        let (dot, per_row) = (quant::dot_q8_0_fn(*kind, isa), cols / quant::QK);
-                        drive(rows, m, row_bytes, serial, y, |r, i| {
-                            dot(w(r), &a[i * per_row..(i + 1) * per_row])
-                        });
+                        let per_row = cols / quant::QK;
+                        let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
+                        let dots =
+                            Dots::new(quant::dot_q8_0_fn(kind, isa), quant::rows_q8_0_fn(kind, isa), w, a);
+                        drive(rows, m, row_bytes, serial, y, dots);
                     }
                     Activations::Q8_1(a) => {
-                        let (dot, per_row) = (quant::dot_q8_1_fn(*kind, isa), cols / quant::QK);
-                        drive(rows, m, row_bytes, serial, y, |r, i| {
-                            dot(w(r), &a[i * per_row..(i + 1) * per_row])
-                        });
+                        let per_row = cols / quant::QK;
+                        let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
+                        let dots =
+                            Dots::new(quant::dot_q8_1_fn(kind, isa), quant::rows_q8_1_fn(kind, isa), w, a);
+                        drive(rows, m, row_bytes, serial, y, dots);
                     }
                     Activations::Q8K(a) => {
-                        let (dot, per_row) = (quant::dot_q8k_fn(*kind, isa), cols / quant::QK_K);
-                        drive(rows, m, row_bytes, serial, y, |r, i| {
-                            dot(w(r), &a[i * per_row..(i + 1) * per_row])
-                        });
+                        let per_row = cols / quant::QK_K;
+                        let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
+                        let dots =
+                            Dots::new(quant::dot_q8k_fn(kind, isa), quant::rows_q8k_fn(kind, isa), w, a);
+                        drive(rows, m, row_bytes, serial, y, dots);
                     }
                 }
             }
@@ -319,48 +333,101 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
     bytes.chunks_exact(N).map(|b| from(b.try_into().expect("chunks of N bytes"))).collect()
 }
 
-/// Fills `y` (m × rows) with `dot(r, i)` = output `r` of activation row `i`.
+/// The dot products of one matrix with one batch: weight row `r` with activation rows
+/// `i0..i0 + out.len()`, [`ROWS`] at a time where the instruction set has a kernel for that.
+struct Dots<W: 'static, A: 'static, FW, FA> {
+    one: fn(&[W], &[A]) -> f32,
+    several: Option<fn(&[W], [&[A]; ROWS]) -> [f32; ROWS]>,
+    weights: FW,
+    activations: FA,
+}
+
+impl<'a, W, A, FW, FA> Dots<W, A, FW, FA>
+where
+    W: 'a,
+    A: 'a,
+    FW: Fn(usize) -> &'a [W] + Sync,
+    FA: Fn(usize) -> &'a [A] + Sync,
+{
+    fn new(
+        one: fn(&[W], &[A]) -> f32,
+        several: Option<fn(&[W], [&[A]; ROWS]) -> [f32; ROWS]>,
+        weights: FW,
+        activations: FA,
+    ) -> Self {
+        Dots { one, several, weights, activations }
+    }
+
+    fn fill(&self, r: usize, i0: usize, out: &mut [f32]) {
+        let w = (self.weights)(r);
+        match self.several {
+            Some(several) if out.len() == ROWS => {
+                out.copy_from_slice(&several(w, std::array::from_fn(|k| (self.activations)(i0 + k))));
+            }
+            _ => out.iter_mut().enumerate().for_each(|(k, o)| *o = (self.one)(w, (self.activations)(i0 + k))),
+        }
+    }
+}
+
+/// Activation rows one weight row is multiplied with at once in a batch.
+const ROWS: usize = 4;
+
+/// Fills `y` (m × rows): element (i, r) is weight row `r` times activation row `i`.
 ///
-/// Work is split over chunks of weight rows only, and every element is one call of `dot`, so
-/// neither `m` nor the chunking can change a result. For `m > 1` each chunk is small enough to
-/// stay in cache while every activation row passes over it, into a buffer of its own that is
+/// Work is split over chunks of weight rows only, and every element comes out of the one
+/// sequence of operations its kernel runs per activation row, so neither `m`, the grouping of
+/// activation rows nor the chunking can change a result. For `m > 1` each chunk is small enough
+/// to stay in cache while every activation row passes over it, into a buffer of its own that is
 /// copied into `y` afterwards (y's rows are not contiguous per chunk).
-fn drive(
+fn drive<'a, W, A, FW, FA>(
     rows: usize,
     m: usize,
     row_bytes: usize,
     serial: bool,
     y: &mut [f32],
-    dot: impl Fn(usize, usize) -> f32 + Sync,
-) {
+    dots: Dots<W, A, FW, FA>,
+) where
+    W: Sync + 'a,
+    A: Sync + 'a,
+    FW: Fn(usize) -> &'a [W] + Sync,
+    FA: Fn(usize) -> &'a [A] + Sync,
+{
+    // Weight rows `span` times every activation row, into `out` (m × span.len()).
+    let block = |span: std::ops::Range<usize>, out: &mut [f32]| {
+        let len = span.len();
+        let mut group = [0f32; ROWS];
+        for i0 in (0..m).step_by(ROWS) {
+            let n = ROWS.min(m - i0);
+            for r in span.clone() {
+                dots.fill(r, i0, &mut group[..n]);
+                for (k, &v) in group[..n].iter().enumerate() {
+                    out[(i0 + k) * len + r - span.start] = v;
+                }
+            }
+        }
+    };
     let threads = rayon::current_num_threads();
     if serial || threads == 1 {
-        for (i, out) in y.chunks_mut(rows).enumerate() {
-            out.iter_mut().enumerate().for_each(|(r, v)| *v = dot(r, i));
-        }
+        block(0..rows, y);
         return;
     }
     let balanced = rows.div_ceil(4 * threads);
     let least = MIN_CHUNK_BYTES.div_ceil(row_bytes.max(1));
     let mut per_chunk = balanced.max(least);
-    if m > 1 {
-        per_chunk = per_chunk.min(MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
-    }
     if m == 1 {
         y.par_chunks_mut(per_chunk).enumerate().for_each(|(c, out)| {
             let first = c * per_chunk;
-            out.iter_mut().enumerate().for_each(|(k, v)| *v = dot(first + k, 0));
+            out.iter_mut().enumerate().for_each(|(k, v)| dots.fill(first + k, 0, std::slice::from_mut(v)));
         });
         return;
     }
+    per_chunk = per_chunk.min(MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
     let chunks: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per_chunk))
         .into_par_iter()
         .map(|c| {
             let span = c * per_chunk..((c + 1) * per_chunk).min(rows);
-            let mut out = Vec::with_capacity(m * span.len());
-            for i in 0..m {
-                out.extend(span.clone().map(|r| dot(r, i)));
-            }
+            let mut out = vec![0f32; m * span.len()];
+            block(span.clone(), &mut out);
             (span.start, out)
         })
         .collect();

@@ -8,7 +8,7 @@
 
 use half::f16;
 
-use super::{Isa, QuantKind};
+use super::{Isa, QuantKind, ROWS};
 
 /// Values in a Q4_0…Q8_0 block.
 pub(super) const QK: usize = 32;
@@ -287,6 +287,51 @@ fn small_block(kind: QuantKind, b: &[u8]) -> ([i8; QK], f32, f32) {
 
 /// A dot product of one stored weight row with one quantized activation row.
 pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
+/// The same with [`ROWS`] activation rows at once, each bitwise as [`QDot`] computes it.
+pub(super) type QRows<A> = fn(&[u8], [&[A]; ROWS]) -> [f32; ROWS];
+
+/// The several-row version of the dot product [`dot_q8_0_fn`] and its siblings pick, where
+/// there is one (AVX2): the weights are unpacked once for [`ROWS`] activation rows.
+pub(super) fn rows_q8_0_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8_0>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return match kind {
+            QuantKind::Q4_0 => Some(super::avx2::dot_q4_0_rows),
+            QuantKind::Q5_0 => Some(super::avx2::dot_q5_0_rows),
+            QuantKind::Q8_0 => Some(super::avx2::dot_q8_0_rows),
+            _ => None,
+        };
+    }
+    let _ = (kind, isa);
+    None
+}
+
+pub(super) fn rows_q8_1_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8_1>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return match kind {
+            QuantKind::Q4_1 => Some(super::avx2::dot_q4_1_rows),
+            QuantKind::Q5_1 => Some(super::avx2::dot_q5_1_rows),
+            _ => None,
+        };
+    }
+    let _ = (kind, isa);
+    None
+}
+
+pub(super) fn rows_q8k_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8K>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return match kind {
+            QuantKind::Q4K => Some(super::avx2::dot_q4k_rows),
+            QuantKind::Q5K => Some(super::avx2::dot_q5k_rows),
+            QuantKind::Q6K => Some(super::avx2::dot_q6k_rows),
+            _ => None,
+        };
+    }
+    let _ = (kind, isa);
+    None
+}
 
 /// The dot product of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations.
 pub(super) fn dot_q8_0_fn(kind: QuantKind, isa: Isa) -> QDot<Q8_0> {
