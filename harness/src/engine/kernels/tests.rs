@@ -93,6 +93,8 @@ fn reference(matrix: &Matrix, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
 
 #[test]
 fn names_and_sizes_follow_the_stored_type() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Matrix>();
     let names: Vec<&str> = every_kind(4, 256).iter().map(Matrix::kind).collect();
     assert_eq!(
         names,
