@@ -105,20 +105,26 @@ const MAX_CHUNK_BYTES: usize = 256 * 1024;
 impl Matrix {
     /// A matrix from its parts; fails when the storage does not hold `rows × cols` values.
     pub fn new(rows: usize, cols: usize, storage: Storage) -> candle_core::Result<Matrix> {
-        let ok = match &storage {
-            Storage::F32(v) => v.len() == rows * cols,
-            Storage::F16(v) => v.len() == rows * cols,
-            Storage::Bf16(v) => v.len() == rows * cols,
+        let (held, wanted) = match &storage {
+            Storage::F32(v) => (v.len(), rows * cols),
+            Storage::F16(v) => (v.len(), rows * cols),
+            Storage::Bf16(v) => (v.len(), rows * cols),
             Storage::Quant { kind, bytes } => {
                 let (values, size) = kind.block();
                 if !cols.is_multiple_of(values) {
-                    bail!("a {} matrix needs columns in blocks of {values}, not {cols}", kind.name());
+                    bail!(
+                        "failed to build a {} matrix of {rows} × {cols}: its rows must be whole blocks of {values} values",
+                        kind.name()
+                    );
                 }
-                bytes.len() == rows * cols / values * size
+                (bytes.len(), rows * cols / values * size)
             }
         };
-        if !ok {
-            bail!("the {} weights do not hold {rows} × {cols} values", storage_name(&storage));
+        if held != wanted {
+            bail!(
+                "failed to build a {} matrix of {rows} × {cols}: the storage holds {held} elements, not {wanted}",
+                storage_name(&storage)
+            );
         }
         Ok(Matrix { rows, cols, storage })
     }
@@ -172,10 +178,12 @@ impl Matrix {
         Matrix::new(rows, cols, Storage::Quant { kind, bytes })
     }
 
+    /// Outputs: the length of a row of `y`.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Inputs: the length of a row of `x`.
     pub fn cols(&self) -> usize {
         self.cols
     }
@@ -291,7 +299,10 @@ impl Matrix {
     /// only; on another device it errors, and the caller keeps candle's path there.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if !x.device().is_cpu() {
-            bail!("the modelqa matmul kernels run on the CPU only, and x is on {:?}", x.device().location());
+            bail!(
+                "failed to run modelqa-matmul: x is on {:?}, and the kernels run on the CPU only",
+                x.device().location()
+            );
         }
         let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
         x.contiguous()?.apply_op1_no_bwd(&MatmulOp(self))
@@ -450,16 +461,16 @@ impl CustomOp1 for MatmulOp<'_> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let matrix = self.0;
         let CpuStorage::F32(all) = storage else {
-            bail!("modelqa-matmul takes f32 activations, not {:?}", storage.dtype());
+            bail!("failed to run modelqa-matmul: x is {:?}, not f32", storage.dtype());
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("modelqa-matmul takes contiguous activations");
+            bail!("failed to run modelqa-matmul: x is not contiguous");
         };
         let mut dims = layout.dims().to_vec();
         match dims.last_mut() {
             Some(last) if *last == matrix.cols => *last = matrix.rows,
             _ => bail!(
-                "modelqa-matmul: x of shape {:?} does not end in the matrix's {} columns",
+                "failed to run modelqa-matmul: x of shape {:?} does not end in the matrix's {} columns",
                 layout.dims(),
                 matrix.cols
             ),
