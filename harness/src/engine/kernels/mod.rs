@@ -348,7 +348,7 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
 /// `i0..i0 + out.len()`, [`ROWS`] at a time where the instruction set has a kernel for that.
 struct Dots<W: 'static, A: 'static, FW, FA> {
     one: fn(&[W], &[A]) -> f32,
-    several: Option<fn(&[W], [&[A]; ROWS]) -> [f32; ROWS]>,
+    several: Option<RowsDot<W, A>>,
     weights: FW,
     activations: FA,
 }
@@ -362,7 +362,7 @@ where
 {
     fn new(
         one: fn(&[W], &[A]) -> f32,
-        several: Option<fn(&[W], [&[A]; ROWS]) -> [f32; ROWS]>,
+        several: Option<RowsDot<W, A>>,
         weights: FW,
         activations: FA,
     ) -> Self {
@@ -382,6 +382,10 @@ where
 
 /// Activation rows one weight row is multiplied with at once in a batch.
 const ROWS: usize = 4;
+
+/// A dot product of one weight row with [`ROWS`] activation rows, each bitwise as the one-row
+/// dot product computes it.
+type RowsDot<W, A> = fn(&[W], [&[A]; ROWS]) -> [f32; ROWS];
 
 /// Fills `y` (m × rows): element (i, r) is weight row `r` times activation row `i`.
 ///
