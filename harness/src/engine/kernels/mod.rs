@@ -360,12 +360,7 @@ where
     FW: Fn(usize) -> &'a [W] + Sync,
     FA: Fn(usize) -> &'a [A] + Sync,
 {
-    fn new(
-        one: fn(&[W], &[A]) -> f32,
-        several: Option<RowsDot<W, A>>,
-        weights: FW,
-        activations: FA,
-    ) -> Self {
+    fn new(one: fn(&[W], &[A]) -> f32, several: Option<RowsDot<W, A>>, weights: FW, activations: FA) -> Self {
         Dots { one, several, weights, activations }
     }
 
