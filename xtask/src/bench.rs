@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use modelqa::support::progress::{self, ProgressBar};
 
-/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats …`.
+/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats … | bench kernels …`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -29,6 +29,8 @@ pub enum Which {
     Serve(crate::bench_serve::ServeBenchArgs),
     /// Conversion, size, load and decode speed per format on a Qwen2.5-0.5B-shaped model (release build)
     Formats(crate::bench_formats::FormatsArgs),
+    /// The harness's CPU matrix kernels against candle's path, per stored type and Qwen2.5-0.5B shape (release build)
+    Kernels(crate::bench_kernels::KernelsArgs),
     /// The logit gate's false alarms and detection rates per cell of a fixture family, against what it claims
     Gates(crate::bench_gates::GatesArgs),
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_formats;
 mod bench_gates;
+mod bench_kernels;
 mod bench_serve;
 mod bootstrap;
 mod certify;
@@ -59,7 +60,7 @@ enum Task {
     Diff(diff::DiffArgs),
     /// Under the real cargo-nextest: an abort, a segfault and a hang in one trial each end as its own record
     Crashes(crashes::CrashesArgs),
-    /// Benchmarks: harness expansion, or `serve` / `formats` (release builds)
+    /// Benchmarks: harness expansion, or `serve` / `formats` / `kernels` (release builds)
     Bench(bench::BenchArgs),
 }
 
@@ -118,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Bench(args) => match args.which {
             Some(bench::Which::Serve(args)) => in_release().unwrap_or_else(|| bench_serve::run(&args)),
             Some(bench::Which::Formats(args)) => in_release().unwrap_or_else(|| bench_formats::run(&args)),
+            Some(bench::Which::Kernels(args)) => in_release().unwrap_or_else(|| bench_kernels::run(&args)),
             // Rates, not speeds: any build measures the same thing.
             Some(bench::Which::Gates(args)) => bench_gates::run(&args),
             None => bench::run(&args.harness),
@@ -240,6 +242,8 @@ mod tests {
             "xtask bench serve --requests 10 --model fixtures/qa-tiny/qa-tiny-llama",
             "xtask bench formats",
             "xtask bench formats --layers 2 --tokens 8 --keep",
+            "xtask bench kernels",
+            "xtask bench kernels --lm-head --runs 9",
         ] {
             if let Err(e) = parses(line) {
                 panic!("`{line}` does not parse:\n{e}");

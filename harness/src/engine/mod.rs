@@ -10,7 +10,6 @@ mod cache;
 mod candle;
 pub(crate) mod client;
 mod external;
-pub(crate) mod kernels;
 mod logprobs;
 
 use std::path::PathBuf;

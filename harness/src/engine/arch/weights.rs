@@ -11,7 +11,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::engine::kernels::Matrix;
+use modelqa_kernels::Matrix;
 
 /// The matrices of a model under their Hugging Face names, each handed out once.
 pub(crate) trait MatrixSource: Send + Sync {

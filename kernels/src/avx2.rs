@@ -1,0 +1,387 @@
+//! The AVX2 (with FMA and F16C) dot products. Each keeps its running sums in a fixed set of
+//! vector registers and reduces them in a fixed order at the end, so a result depends on the row
+//! length and the stored type only.
+//!
+//! The quantized kernels follow ggml's approach: unpack a block's weights to bytes, multiply them
+//! with the activation bytes by `maddubs` (unsigned × signed pairs into i16) and `madd` (pairs
+//! of i16 into i32), and turn each block's integer sum into f32 once, scaled by both scales.
+//!
+//! The public functions are safe: each checks that the CPU has the features before it enters the
+//! `#[target_feature]` code.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::Isa;
+use super::ROWS;
+use super::quant::{Q8_0, Q8_1, Q8K, k4_scales};
+
+/// Whether this CPU has AVX2, FMA and F16C.
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// Panics unless the CPU has what the `#[target_feature]` kernels are compiled for.
+fn check() {
+    assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
+}
+
+/// The safe entries to a kernel generic over the number of activation rows it takes at once:
+/// one row, and [`ROWS`] rows (several calls of `$n` rows each). A row's result is the same
+/// whichever entry computed it: the kernel repeats the one-row sequence of operations per row.
+macro_rules! entry {
+    ($single:ident, $rows:ident => $kernel:ident::<$n:literal>($w:ty, $x:ty)) => {
+        pub(super) fn $single(w: &[$w], x: &[$x]) -> f32 {
+            check();
+            // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+            let [y] = unsafe { $kernel::<1>(w, [x]) };
+            y
+        }
+
+        pub(super) fn $rows(w: &[$w], x: [&[$x]; ROWS]) -> [f32; ROWS] {
+            check();
+            let mut out = [0f32; ROWS];
+            for (out, x) in out.chunks_exact_mut($n).zip(x.chunks_exact($n)) {
+                // SAFETY: as above.
+                out.copy_from_slice(&unsafe { $kernel::<$n>(w, x.try_into().expect("$n rows")) });
+            }
+            out
+        }
+    };
+}
+
+// Dense rows keep four accumulators each: two rows at a time fit the sixteen registers.
+entry!(dot_f32, dot_f32_rows => f32_kernel::<2>(f32, f32));
+entry!(dot_f16, dot_f16_rows => f16_kernel::<2>(f16, f32));
+entry!(dot_bf16, dot_bf16_rows => bf16_kernel::<2>(bf16, f32));
+entry!(dot_q4_0, dot_q4_0_rows => q4_0_kernel::<4>(u8, Q8_0));
+entry!(dot_q5_0, dot_q5_0_rows => q5_0_kernel::<4>(u8, Q8_0));
+entry!(dot_q8_0, dot_q8_0_rows => q8_0_kernel::<4>(u8, Q8_0));
+entry!(dot_q4_1, dot_q4_1_rows => q4_1_kernel::<4>(u8, Q8_1));
+entry!(dot_q5_1, dot_q5_1_rows => q5_1_kernel::<4>(u8, Q8_1));
+entry!(dot_q4k, dot_q4k_rows => q4k_kernel::<4>(u8, Q8K));
+entry!(dot_q5k, dot_q5k_rows => q5k_kernel::<4>(u8, Q8K));
+entry!(dot_q6k, dot_q6k_rows => q6k_kernel::<4>(u8, Q8K));
+
+/// The sum of the eight lanes: halves, then pairs, then the last two.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// A dense dot product per activation row: four accumulators over 32 values a step, one over 8,
+/// then the tail; the weights are loaded once for all `N` rows.
+macro_rules! dense_kernel {
+    ($name:ident, $w:ty, |$p:ident| $load:expr, $widen:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name<const N: usize>(w: &[$w], x: [&[f32]; N]) -> [f32; N] {
+            let n = w.len();
+            assert!(x.iter().all(|x| x.len() == n), "weight and activation rows of different lengths");
+            let wp = w.as_ptr();
+            let load = |$p: *const $w| -> __m256 {
+                // SAFETY: callers pass a pointer to 8 readable values.
+                unsafe { $load }
+            };
+            let mut acc = [[_mm256_setzero_ps(); 4]; N];
+            let mut i = 0;
+            // SAFETY (all loads below): each reads [i, i + 8) of a row n long, with i + 8 <= n.
+            while i + 32 <= n {
+                for k in 0..4 {
+                    let wv = load(unsafe { wp.add(i + 8 * k) });
+                    for (acc, x) in acc.iter_mut().zip(&x) {
+                        let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) };
+                        acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+                    }
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let wv = load(unsafe { wp.add(i) });
+                for (acc, x) in acc.iter_mut().zip(&x) {
+                    acc[0] = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }, acc[0]);
+                }
+                i += 8;
+            }
+            let widen = $widen;
+            std::array::from_fn(|r| {
+                let a = &acc[r];
+                let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+                for (&w, &x) in w[i..].iter().zip(&x[r][i..]) {
+                    sum += widen(w) * x;
+                }
+                sum
+            })
+        }
+    };
+}
+
+dense_kernel!(f32_kernel, f32, |p| _mm256_loadu_ps(p), |v: f32| v);
+dense_kernel!(f16_kernel, f16, |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())), f16::to_f32);
+dense_kernel!(
+    bf16_kernel,
+    bf16,
+    |p| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))),
+    bf16::to_f32
+);
+
+/// The little-endian f16 at `at`, widened by F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// 32 bytes at `b[at..]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32(b: &[u8], at: usize) -> __m256i {
+    let b = &b[at..at + 32];
+    // SAFETY: `b` holds 32 bytes.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+/// 32 i8 of an activation block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_i8(q: &[i8], at: usize) -> __m256i {
+    let q = &q[at..at + 32];
+    // SAFETY: `q` holds 32 bytes.
+    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
+}
+
+/// The 32 nibbles of 16 bytes at `b[at..]`: the low nibbles first, then the high ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(b: &[u8], at: usize) -> __m256i {
+    let b = &b[at..at + 16];
+    // SAFETY: `b` holds 16 bytes.
+    let low = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(low), low);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// The 32 bits of the little-endian word at `b[at..]` as bytes: 0xFF where bit `k` is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bit_bytes(b: &[u8], at: usize) -> __m256i {
+    let word = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    // Byte k gets a copy of the word's byte k / 8 ...
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(word as i32),
+        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+    );
+    // ... and is all ones once every bit but bit k % 8 is forced on, exactly when bit k is set.
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
+}
+
+/// Σ x·y over pairs of signed bytes, as 8 f32 lanes of i32 sums. `maddubs` needs an unsigned
+/// left operand, so the signs move to the right one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_i8(x: __m256i, y: __m256i) -> __m256 {
+    sum_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// Σ x·y over unsigned x and signed y bytes, as 8 f32 lanes of i32 sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)))
+}
+
+/// The kernels below take `N` activation rows and unpack each weight block once for all of
+/// them; per row they run exactly the one-row sequence of operations.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (k, b) in w.chunks_exact(18).enumerate() {
+        let (d, x) = (f16_at(b, 0), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)));
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[k];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (k, b) in w.chunks_exact(22).enumerate() {
+        // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
+        let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
+        let (d, x) = (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear));
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[k];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (k, b) in w.chunks_exact(34).enumerate() {
+        let (d, x) = (f16_at(b, 0), load32(b, 2));
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[k];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]))
+}
+
+/// Q4_1 and Q5_1 (`fifth` = the offset of qh, for Q5_1): unsigned values plus the block offset
+/// times the activation block's sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_q5_1<const N: usize>(w: &[u8], y: [&[Q8_1]; N], size: usize, fifth: Option<usize>) -> [f32; N] {
+    let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
+    for (k, b) in w.chunks_exact(size).enumerate() {
+        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+        let x = match fifth {
+            Some(at) => _mm256_or_si256(
+                nibbles(b, at + 4),
+                _mm256_and_si256(bit_bytes(b, at), _mm256_set1_epi8(0x10)),
+            ),
+            None => nibbles(b, 4),
+        };
+        for ((acc, offsets), y) in acc.iter_mut().zip(&mut offsets).zip(&y) {
+            let y = &y[k];
+            *offsets += m * y.s;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_u8_i8(x, load_i8(&y.qs, 0)), *acc);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
+    q4_1_q5_1(w, y, 20, None)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
+    q4_1_q5_1(w, y, 24, Some(4))
+}
+
+/// Σ min·bsum of a Q4_K/Q5_K super-block: each min covers two 16-sums.
+fn k4_min_sum(mins: &[u8; 8], y: &Q8K) -> i32 {
+    mins.iter()
+        .zip(y.bsums.chunks_exact(2))
+        .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
+        .sum()
+}
+
+/// Q4_K and Q5_K (`fifth` = the offset of qh, for Q5_K).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4k_q5k<const N: usize>(w: &[u8], y: [&[Q8K]; N], size: usize, fifth: Option<usize>) -> [f32; N] {
+    let (mut acc, mut mins) = ([_mm256_setzero_ps(); N], [0f32; N]);
+    let low4 = _mm256_set1_epi8(0x0F);
+    for (k, b) in w.chunks_exact(size).enumerate() {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (sc, mn) = k4_scales(&b[4..16]);
+        for (mins, y) in mins.iter_mut().zip(&y) {
+            let y = &y[k];
+            *mins += (y.d * dmin) * k4_min_sum(&mn, y) as f32;
+        }
+        let qs = if fifth.is_some() { 48 } else { 16 };
+        let high = fifth.map(|at| load32(b, at));
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for c in 0..4 {
+            let packed = load32(b, qs + 32 * c);
+            let mut lo = _mm256_and_si256(packed, low4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low4);
+            if let Some(h) = high {
+                // Bit 2c (2c + 1) of each qh byte is the fifth bit of the low (high) nibbles.
+                let one = _mm256_set1_epi8(1);
+                let bit = |k: i32| {
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(k)), one))
+                };
+                lo = _mm256_or_si256(lo, bit(2 * c as i32));
+                hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
+            }
+            let (slo, shi) =
+                (_mm256_set1_epi16(i16::from(sc[2 * c])), _mm256_set1_epi16(i16::from(sc[2 * c + 1])));
+            for (sumi, y) in sumi.iter_mut().zip(&y) {
+                let y = &y[k];
+                let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load_i8(&y.qs, 64 * c)), slo);
+                let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load_i8(&y.qs, 64 * c + 32)), shi);
+                *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(plo, phi));
+            }
+        }
+        for ((acc, sumi), y) in acc.iter_mut().zip(sumi).zip(&y) {
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(y[k].d * d), _mm256_cvtepi32_ps(sumi), *acc);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) - mins[r])
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+    q4k_q5k(w, y, 144, None)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+    q4k_q5k(w, y, 176, Some(16))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+    let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
+    let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    for (k, b) in w.chunks_exact(210).enumerate() {
+        let scales: [i16; 16] = std::array::from_fn(|g| i16::from(b[192 + g] as i8));
+        let dw = f16_at(b, 208);
+        // The values are stored + 32: take 32 · Σ scale·bsum off once per super-block.
+        for (offsets, y) in offsets.iter_mut().zip(&y) {
+            let y = &y[k];
+            let bias: i32 = scales.iter().zip(&y.bsums).map(|(&s, &q)| i32::from(s) * i32::from(q)).sum();
+            *offsets += (y.d * dw) * (32 * bias) as f32;
+        }
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for n in 0..2 {
+            let (ql0, ql1, qh) = (load32(b, 64 * n), load32(b, 64 * n + 32), load32(b, 128 + 32 * n));
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
+                ),
+            ];
+            for (j, q) in q.into_iter().enumerate() {
+                // 32 values: 16 under scale g, 16 under g + 1.
+                let g = 8 * n + 2 * j;
+                let scale = _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]), _mm_set1_epi16(scales[g]));
+                for (sumi, y) in sumi.iter_mut().zip(&y) {
+                    let p = _mm256_maddubs_epi16(q, load_i8(&y[k].qs, 128 * n + 32 * j));
+                    *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(p, scale));
+                }
+            }
+        }
+        for ((acc, sumi), y) in acc.iter_mut().zip(sumi).zip(&y) {
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(y[k].d * dw), _mm256_cvtepi32_ps(sumi), *acc);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) - offsets[r])
+}

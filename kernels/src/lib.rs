@@ -1,0 +1,500 @@
+//! The project's own CPU matrix kernels: a weight [`Matrix`] kept in the type it was stored in
+//! (f32, f16, bf16 or GGML quantized blocks) and multiplied by f32 activations, `y = x · Wᵀ`.
+//!
+//! Why not candle's: its quantized products hand work to a barrier pool whose threads spin
+//! (decode collapses when the cores are shared), Q5_0/Q5_1 have no SIMD kernel, f32/f16 `m = 1`
+//! products run on one thread, and bf16 weights are widened to f32 on every call
+//! (`shared/reference/candle-cpu-speed.md`).
+//!
+//! Invariant: every output element is computed by the same sequence of floating-point operations
+//! whatever the batch size, the row's place in the batch, the thread count or the chunking. The
+//! reduction order depends only on `cols`, the stored type and the instruction set, so a prompt
+//! scored in one batch and token by token gives bitwise the same logits.
+//!
+//! Quantized weights are multiplied as llama.cpp does: each activation row is quantized once to
+//! 8-bit blocks (Q8_0, Q8_1 or Q8_K), each block's dot product is integer arithmetic, and only
+//! the per-block sums are scaled and added in floating point.
+//!
+//! Nothing here runs on a GPU: [`Matrix::forward`] refuses other devices, and the caller keeps
+//! candle's path there. Nothing here spins: threads are rayon's global pool, whose idle workers
+//! sleep.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod dense;
+mod quant;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, bail};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use self::quant::Activations;
+
+/// A weight matrix of `rows` outputs × `cols` inputs, kept as stored.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+/// The weights of a [`Matrix`], row-major, in the type they were stored in.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    /// GGML blocks, row after row, exactly as GGUF (and `QTensor::data()`) lays them out.
+    Quant {
+        kind: QuantKind,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The GGML block types kept quantized. Q2K, Q3K and Q4_1 have a scalar dot product only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+/// The instruction set a product runs on. Detected once; tests force [`Isa::Scalar`] to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Scalar,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+}
+
+impl Isa {
+    /// The best this CPU runs, detected on first use.
+    pub(crate) fn detected() -> Isa {
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2::available() {
+                return Isa::Avx2;
+            }
+            Isa::Scalar
+        })
+    }
+}
+
+/// Below this many weights a product runs on the calling thread: waking workers costs more.
+const SERIAL_BELOW: usize = 64 * 1024;
+/// The fewest weight bytes a parallel chunk holds, so a chunk's work outweighs its scheduling.
+const MIN_CHUNK_BYTES: usize = 16 * 1024;
+/// For `m > 1`, the most weight bytes a chunk holds, so it stays in L2 while every activation row
+/// passes over it.
+const MAX_CHUNK_BYTES: usize = 256 * 1024;
+
+impl Matrix {
+    /// A matrix from its parts; fails when the storage does not hold `rows × cols` values.
+    pub fn new(rows: usize, cols: usize, storage: Storage) -> candle_core::Result<Matrix> {
+        let (held, wanted) = match &storage {
+            Storage::F32(v) => (v.len(), rows * cols),
+            Storage::F16(v) => (v.len(), rows * cols),
+            Storage::Bf16(v) => (v.len(), rows * cols),
+            Storage::Quant { kind, bytes } => {
+                let (values, size) = kind.block();
+                if !cols.is_multiple_of(values) {
+                    bail!(
+                        "failed to build a {} matrix of {rows} × {cols}: its rows must be whole blocks of {values} values",
+                        kind.name()
+                    );
+                }
+                (bytes.len(), rows * cols / values * size)
+            }
+        };
+        if held != wanted {
+            bail!(
+                "failed to build a {} matrix of {rows} × {cols}: the storage holds {held} elements, not {wanted}",
+                storage_name(&storage)
+            );
+        }
+        Ok(Matrix { rows, cols, storage })
+    }
+
+    /// A 2-D candle tensor (rows, cols) as stored: F32, F16 and BF16 kept in their type; any other
+    /// dtype converted to f32.
+    pub fn from_tensor(t: &Tensor) -> candle_core::Result<Matrix> {
+        let (rows, cols) = t.dims2()?;
+        let t = t.to_device(&Device::Cpu)?.flatten_all()?;
+        let storage = match t.dtype() {
+            DType::F32 => Storage::F32(t.to_vec1()?),
+            DType::F16 => Storage::F16(t.to_vec1()?),
+            DType::BF16 => Storage::Bf16(t.to_vec1()?),
+            _ => Storage::F32(t.to_dtype(DType::F32)?.to_vec1()?),
+        };
+        Matrix::new(rows, cols, storage)
+    }
+
+    /// A GGUF tensor (2-D, shape (rows, cols)) as stored: F32/F16/BF16 dense, the quantized types
+    /// of [`QuantKind`] as raw blocks; any other GGML type dequantized to f32.
+    pub fn from_qtensor(q: &QTensor) -> candle_core::Result<Matrix> {
+        let (rows, cols) = q.shape().dims2()?;
+        let kind = match q.dtype() {
+            GgmlDType::F32 => {
+                return Matrix::new(rows, cols, Storage::F32(le_values(&q.data()?, f32::from_le_bytes)));
+            }
+            GgmlDType::F16 => {
+                let v = le_values(&q.data()?, |b| f16::from_bits(u16::from_le_bytes(b)));
+                return Matrix::new(rows, cols, Storage::F16(v));
+            }
+            GgmlDType::BF16 => {
+                let v = le_values(&q.data()?, |b| bf16::from_bits(u16::from_le_bytes(b)));
+                return Matrix::new(rows, cols, Storage::Bf16(v));
+            }
+            GgmlDType::Q4_0 => QuantKind::Q4_0,
+            GgmlDType::Q4_1 => QuantKind::Q4_1,
+            GgmlDType::Q5_0 => QuantKind::Q5_0,
+            GgmlDType::Q5_1 => QuantKind::Q5_1,
+            GgmlDType::Q8_0 => QuantKind::Q8_0,
+            GgmlDType::Q2K => QuantKind::Q2K,
+            GgmlDType::Q3K => QuantKind::Q3K,
+            GgmlDType::Q4K => QuantKind::Q4K,
+            GgmlDType::Q5K => QuantKind::Q5K,
+            GgmlDType::Q6K => QuantKind::Q6K,
+            _ => return Matrix::from_tensor(&q.dequantize(&Device::Cpu)?),
+        };
+        let bytes = match q.data()? {
+            Cow::Borrowed(b) => b.to_vec(),
+            Cow::Owned(b) => b,
+        };
+        Matrix::new(rows, cols, Storage::Quant { kind, bytes })
+    }
+
+    /// Outputs: the length of a row of `y`.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs: the length of a row of `x`.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn bytes(&self) -> usize {
+        match &self.storage {
+            Storage::F32(v) => v.len() * 4,
+            Storage::F16(v) => v.len() * 2,
+            Storage::Bf16(v) => v.len() * 2,
+            Storage::Quant { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// A short name of the stored type: "f32", "f16", "bf16", "q4_0", …, "q6_k".
+    pub fn kind(&self) -> &'static str {
+        storage_name(&self.storage)
+    }
+
+    /// One row dequantized into `out` (len cols): the embedding lookup. Panics when `row` is out
+    /// of range or `out` is not `cols` long, as slice indexing does.
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.rows, "row {row} of a matrix with {} rows", self.rows);
+        assert_eq!(out.len(), self.cols, "a row of {} columns into {} values", self.cols, out.len());
+        let span = row * self.cols..(row + 1) * self.cols;
+        match &self.storage {
+            Storage::F32(v) => out.copy_from_slice(&v[span]),
+            Storage::F16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, w)| *o = w.to_f32()),
+            Storage::Bf16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, w)| *o = w.to_f32()),
+            Storage::Quant { kind, bytes } => {
+                let row_bytes = self.row_bytes();
+                quant::dequantize_row(*kind, &bytes[row * row_bytes..(row + 1) * row_bytes], out);
+            }
+        }
+    }
+
+    /// Reorders the rows as stored: row `i` becomes the old row `order[i]` (a permutation of
+    /// `0..rows`; llama.cpp's q/k layout undone, say). Panics when `order` is not `rows` long.
+    pub fn permute_rows(&mut self, order: &[usize]) {
+        assert_eq!(order.len(), self.rows, "an order of {} rows for a matrix of {}", order.len(), self.rows);
+        fn gather<T: Copy>(values: &[T], width: usize, order: &[usize]) -> Vec<T> {
+            order.iter().flat_map(|&r| values[r * width..(r + 1) * width].iter().copied()).collect()
+        }
+        let cols = self.cols;
+        let row_bytes = self.row_bytes();
+        match &mut self.storage {
+            Storage::F32(v) => *v = gather(v, cols, order),
+            Storage::F16(v) => *v = gather(v, cols, order),
+            Storage::Bf16(v) => *v = gather(v, cols, order),
+            Storage::Quant { bytes, .. } => *bytes = gather(bytes, row_bytes, order),
+        }
+    }
+
+    /// y (m × rows, row-major) = x (m × cols, row-major) · Wᵀ. Panics when the slices do not
+    /// have those lengths.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.matmul_on(Isa::detected(), x, m, y);
+    }
+
+    /// [`Matrix::matmul`] on a chosen instruction set (tests compare scalar with SIMD).
+    pub(crate) fn matmul_on(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        assert_eq!(x.len(), m * cols, "x holds {} values, not {m} rows of {cols}", x.len());
+        assert_eq!(y.len(), m * rows, "y holds {} values, not {m} rows of {rows}", y.len());
+        if m == 0 || rows == 0 {
+            return;
+        }
+        let row_bytes = self.row_bytes();
+        let serial = rows * cols < SERIAL_BELOW;
+        let xs = |i: usize| &x[i * cols..(i + 1) * cols];
+        match &self.storage {
+            Storage::F32(w) => {
+                let dots = Dots::new(
+                    dense::dot_f32(isa),
+                    dense::dot_f32_rows(isa),
+                    |r| &w[r * cols..(r + 1) * cols],
+                    xs,
+                );
+                drive(rows, m, row_bytes, serial, y, dots);
+            }
+            Storage::F16(w) => {
+                let dots = Dots::new(
+                    dense::dot_f16(isa),
+                    dense::dot_f16_rows(isa),
+                    |r| &w[r * cols..(r + 1) * cols],
+                    xs,
+                );
+                drive(rows, m, row_bytes, serial, y, dots);
+            }
+            Storage::Bf16(w) => {
+                let dots = Dots::new(
+                    dense::dot_bf16(isa),
+                    dense::dot_bf16_rows(isa),
+                    |r| &w[r * cols..(r + 1) * cols],
+                    xs,
+                );
+                drive(rows, m, row_bytes, serial, y, dots);
+            }
+            Storage::Quant { kind, bytes } => {
+                let kind = *kind;
+                let w = |r: usize| &bytes[r * row_bytes..(r + 1) * row_bytes];
+                match Activations::quantize(kind, x, m, cols) {
+                    Activations::Q8_0(a) => {
+                        let per_row = cols / quant::QK;
+                        let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
+                        let dots =
+                            Dots::new(quant::dot_q8_0_fn(kind, isa), quant::rows_q8_0_fn(kind, isa), w, a);
+                        drive(rows, m, row_bytes, serial, y, dots);
+                    }
+                    Activations::Q8_1(a) => {
+                        let per_row = cols / quant::QK;
+                        let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
+                        let dots =
+                            Dots::new(quant::dot_q8_1_fn(kind, isa), quant::rows_q8_1_fn(kind, isa), w, a);
+                        drive(rows, m, row_bytes, serial, y, dots);
+                    }
+                    Activations::Q8K(a) => {
+                        let per_row = cols / quant::QK_K;
+                        let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
+                        let dots =
+                            Dots::new(quant::dot_q8k_fn(kind, isa), quant::rows_q8k_fn(kind, isa), w, a);
+                        drive(rows, m, row_bytes, serial, y, dots);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same on candle tensors: x of shape [..., cols] (any dtype) → [..., rows] f32. On CPU
+    /// only; on another device it errors, and the caller keeps candle's path there.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !x.device().is_cpu() {
+            bail!(
+                "failed to run modelqa-matmul: x is on {:?}, and the kernels run on the CPU only",
+                x.device().location()
+            );
+        }
+        let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
+        x.contiguous()?.apply_op1_no_bwd(&MatmulOp(self))
+    }
+
+    /// The whole matrix as a dense f32 tensor (for paths that need one).
+    pub fn dequantize(&self, device: &Device) -> candle_core::Result<Tensor> {
+        let mut all = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            all.chunks_mut(self.cols).enumerate().for_each(|(r, out)| self.row_into(r, out));
+        }
+        Tensor::from_vec(all, (self.rows, self.cols), device)
+    }
+
+    /// Bytes of one stored row.
+    fn row_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::F32(_) => self.cols * 4,
+            Storage::F16(_) | Storage::Bf16(_) => self.cols * 2,
+            Storage::Quant { kind, .. } => {
+                let (values, size) = kind.block();
+                self.cols / values * size
+            }
+        }
+    }
+}
+
+fn storage_name(storage: &Storage) -> &'static str {
+    match storage {
+        Storage::F32(_) => "f32",
+        Storage::F16(_) => "f16",
+        Storage::Bf16(_) => "bf16",
+        Storage::Quant { kind, .. } => kind.name(),
+    }
+}
+
+/// Little-endian values of `N` bytes each.
+fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|b| from(b.try_into().expect("chunks of N bytes"))).collect()
+}
+
+/// The dot products of one matrix with one batch: weight row `r` with activation rows
+/// `i0..i0 + out.len()`, [`ROWS`] at a time where the instruction set has a kernel for that.
+struct Dots<W: 'static, A: 'static, FW, FA> {
+    one: fn(&[W], &[A]) -> f32,
+    several: Option<RowsDot<W, A>>,
+    weights: FW,
+    activations: FA,
+}
+
+impl<'a, W, A, FW, FA> Dots<W, A, FW, FA>
+where
+    W: 'a,
+    A: 'a,
+    FW: Fn(usize) -> &'a [W] + Sync,
+    FA: Fn(usize) -> &'a [A] + Sync,
+{
+    fn new(one: fn(&[W], &[A]) -> f32, several: Option<RowsDot<W, A>>, weights: FW, activations: FA) -> Self {
+        Dots { one, several, weights, activations }
+    }
+
+    fn fill(&self, r: usize, i0: usize, out: &mut [f32]) {
+        let w = (self.weights)(r);
+        match self.several {
+            Some(several) if out.len() == ROWS => {
+                out.copy_from_slice(&several(w, std::array::from_fn(|k| (self.activations)(i0 + k))));
+            }
+            _ => out.iter_mut().enumerate().for_each(|(k, o)| *o = (self.one)(w, (self.activations)(i0 + k))),
+        }
+    }
+}
+
+/// Activation rows one weight row is multiplied with at once in a batch.
+const ROWS: usize = 4;
+
+/// A dot product of one weight row with [`ROWS`] activation rows, each bitwise as the one-row
+/// dot product computes it.
+type RowsDot<W, A> = fn(&[W], [&[A]; ROWS]) -> [f32; ROWS];
+
+/// Fills `y` (m × rows): element (i, r) is weight row `r` times activation row `i`.
+///
+/// Work is split over chunks of weight rows only, and every element comes out of the one
+/// sequence of operations its kernel runs per activation row, so neither `m`, the grouping of
+/// activation rows nor the chunking can change a result. For `m > 1` each chunk is small enough
+/// to stay in cache while every activation row passes over it, into a buffer of its own that is
+/// copied into `y` afterwards (y's rows are not contiguous per chunk).
+fn drive<'a, W, A, FW, FA>(
+    rows: usize,
+    m: usize,
+    row_bytes: usize,
+    serial: bool,
+    y: &mut [f32],
+    dots: Dots<W, A, FW, FA>,
+) where
+    W: Sync + 'a,
+    A: Sync + 'a,
+    FW: Fn(usize) -> &'a [W] + Sync,
+    FA: Fn(usize) -> &'a [A] + Sync,
+{
+    // Weight rows `span` times every activation row, into `out` (m × span.len()).
+    let block = |span: std::ops::Range<usize>, out: &mut [f32]| {
+        let len = span.len();
+        let mut group = [0f32; ROWS];
+        for i0 in (0..m).step_by(ROWS) {
+            let n = ROWS.min(m - i0);
+            for r in span.clone() {
+                dots.fill(r, i0, &mut group[..n]);
+                for (k, &v) in group[..n].iter().enumerate() {
+                    out[(i0 + k) * len + r - span.start] = v;
+                }
+            }
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if serial || threads == 1 {
+        block(0..rows, y);
+        return;
+    }
+    let balanced = rows.div_ceil(4 * threads);
+    let least = MIN_CHUNK_BYTES.div_ceil(row_bytes.max(1));
+    let mut per_chunk = balanced.max(least);
+    if m == 1 {
+        y.par_chunks_mut(per_chunk).enumerate().for_each(|(c, out)| {
+            let first = c * per_chunk;
+            out.iter_mut().enumerate().for_each(|(k, v)| dots.fill(first + k, 0, std::slice::from_mut(v)));
+        });
+        return;
+    }
+    per_chunk = per_chunk.min(MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
+    let chunks: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|c| {
+            let span = c * per_chunk..((c + 1) * per_chunk).min(rows);
+            let mut out = vec![0f32; m * span.len()];
+            block(span.clone(), &mut out);
+            (span.start, out)
+        })
+        .collect();
+    for (first, out) in chunks {
+        let len = out.len() / m;
+        for (i, part) in out.chunks_exact(len).enumerate() {
+            y[i * rows + first..i * rows + first + len].copy_from_slice(part);
+        }
+    }
+}
+
+/// [`Matrix::matmul`] as a candle op on a contiguous f32 tensor.
+struct MatmulOp<'a>(&'a Matrix);
+
+impl CustomOp1 for MatmulOp<'_> {
+    fn name(&self) -> &'static str {
+        "modelqa-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let matrix = self.0;
+        let CpuStorage::F32(all) = storage else {
+            bail!("failed to run modelqa-matmul: x is {:?}, not f32", storage.dtype());
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("failed to run modelqa-matmul: x is not contiguous");
+        };
+        let mut dims = layout.dims().to_vec();
+        match dims.last_mut() {
+            Some(last) if *last == matrix.cols => *last = matrix.rows,
+            _ => bail!(
+                "failed to run modelqa-matmul: x of shape {:?} does not end in the matrix's {} columns",
+                layout.dims(),
+                matrix.cols
+            ),
+        }
+        let x = &all[start..end];
+        let m = layout.dims()[..layout.dims().len() - 1].iter().product();
+        let mut y = vec![0f32; m * matrix.rows];
+        matrix.matmul(x, m, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}

@@ -1,0 +1,297 @@
+//! Each storage kind against candle (its quantization, its `QMatMul`, its dequantization), against
+//! an f64 reference, scalar against SIMD, and bitwise batch invariance on both paths.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::{Isa, Matrix, QuantKind};
+
+const QUANT: [(QuantKind, GgmlDType); 10] = [
+    (QuantKind::Q4_0, GgmlDType::Q4_0),
+    (QuantKind::Q4_1, GgmlDType::Q4_1),
+    (QuantKind::Q5_0, GgmlDType::Q5_0),
+    (QuantKind::Q5_1, GgmlDType::Q5_1),
+    (QuantKind::Q8_0, GgmlDType::Q8_0),
+    (QuantKind::Q2K, GgmlDType::Q2K),
+    (QuantKind::Q3K, GgmlDType::Q3K),
+    (QuantKind::Q4K, GgmlDType::Q4K),
+    (QuantKind::Q5K, GgmlDType::Q5K),
+    (QuantKind::Q6K, GgmlDType::Q6K),
+];
+
+/// A seeded xorshift stream, so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [-1, 1), with one value in 64 ten times larger (outliers shape the scales).
+    fn value(&mut self) -> f32 {
+        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        if self.next().is_multiple_of(64) { u * 10.0 } else { u }
+    }
+
+    fn values(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.value()).collect()
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn isas() -> Vec<Isa> {
+    if Isa::detected() == Isa::Avx2 { vec![Isa::Scalar, Isa::Avx2] } else { vec![Isa::Scalar] }
+}
+
+fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QTensor, Matrix) {
+    let w = Tensor::from_vec(Rng(seed).values(rows * cols), (rows, cols), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, dtype).unwrap();
+    let matrix = Matrix::from_qtensor(&q).unwrap();
+    (q, matrix)
+}
+
+fn dense(dtype: DType, rows: usize, cols: usize, seed: u64) -> Matrix {
+    let w = Tensor::from_vec(Rng(seed).values(rows * cols), (rows, cols), &Device::Cpu).unwrap();
+    Matrix::from_tensor(&w.to_dtype(dtype).unwrap()).unwrap()
+}
+
+/// Every storage kind, at a size large enough to be split over threads.
+fn every_kind(rows: usize, cols: usize) -> Vec<Matrix> {
+    let mut all: Vec<Matrix> =
+        [DType::F32, DType::F16, DType::BF16].iter().map(|&d| dense(d, rows, cols, 3)).collect();
+    all.extend(QUANT.iter().map(|&(_, dtype)| quantized(dtype, rows, cols, 5).1));
+    all
+}
+
+fn matmul(matrix: &Matrix, isa: Isa, x: &[f32], m: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * matrix.rows()];
+    matrix.matmul_on(isa, x, m, &mut y);
+    y
+}
+
+/// x · Wᵀ in f64 over the matrix's own (dequantized) weights, with Σ|x·w| per element.
+fn reference(matrix: &Matrix, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
+    let (rows, cols) = (matrix.rows(), matrix.cols());
+    let mut w = vec![0f32; cols];
+    let (mut y, mut scale) = (vec![0f64; m * rows], vec![0f64; m * rows]);
+    for r in 0..rows {
+        matrix.row_into(r, &mut w);
+        for i in 0..m {
+            let xi = &x[i * cols..(i + 1) * cols];
+            y[i * rows + r] = w.iter().zip(xi).map(|(&w, &x)| f64::from(w) * f64::from(x)).sum();
+            scale[i * rows + r] = w.iter().zip(xi).map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs()).sum();
+        }
+    }
+    (y, scale)
+}
+
+#[test]
+fn names_and_sizes_follow_the_stored_type() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Matrix>();
+    let names: Vec<&str> = every_kind(4, 256).iter().map(Matrix::kind).collect();
+    assert_eq!(
+        names,
+        [
+            "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
+            "q6_k"
+        ]
+    );
+    let bytes: Vec<usize> = every_kind(4, 256).iter().map(Matrix::bytes).collect();
+    assert_eq!(bytes, [4096, 2048, 2048, 576, 640, 704, 768, 1088, 336, 440, 576, 704, 840]);
+}
+
+#[test]
+fn dense_matches_an_f64_reference_on_every_path() {
+    for (rows, cols) in [(37, 203), (300, 896)] {
+        let x = Rng(11).values(3 * cols);
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let matrix = dense(dtype, rows, cols, 7);
+            let (want, scale) = reference(&matrix, &x, 3);
+            for isa in isas() {
+                let got = matmul(&matrix, isa, &x, 3);
+                for (k, (&g, (&w, &s))) in got.iter().zip(want.iter().zip(&scale)).enumerate() {
+                    let err = (f64::from(g) - w).abs();
+                    assert!(
+                        err <= 1e-5 * s.max(1e-30),
+                        "{dtype:?} {isa:?} {rows}×{cols} element {k}: {g} against {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantized_rows_match_candle() {
+    for (kind, dtype) in QUANT {
+        let (q, matrix) = quantized(dtype, 6, 512, 13);
+        let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = matrix.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{kind:?} value {k}: {g} against candle's {w}");
+        }
+    }
+}
+
+#[test]
+fn quantized_matches_candle_qmatmul() {
+    let (rows, m) = (96, 5);
+    for (kind, dtype) in QUANT {
+        // candle multiplies Q8_0 weights with Q8_K activations (its repacked kernels) where the
+        // columns are a multiple of 256: 576 keeps the 32-blocks on its Q8_0/Q8_1 path.
+        let cols = if kind.block().0 == 32 { 576 } else { 512 };
+        let x = Rng(17).values(m * cols);
+        let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
+        let (q, matrix) = quantized(dtype, rows, cols, 19);
+        let want = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let magnitude = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for isa in isas() {
+            let got = matmul(&matrix, isa, &x, m);
+            for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * magnitude,
+                    "{kind:?} {isa:?} element {k}: {g} against candle's {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_is_within_activation_quantization_of_the_dequantized_product() {
+    let (rows, cols, m) = (64, 768, 3);
+    let x = Rng(23).values(m * cols);
+    for (kind, dtype) in QUANT {
+        let (_, matrix) = quantized(dtype, rows, cols, 29);
+        let (want, scale) = reference(&matrix, &x, m);
+        for isa in isas() {
+            let got = matmul(&matrix, isa, &x, m);
+            for (k, (&g, (&w, &s))) in got.iter().zip(want.iter().zip(&scale)).enumerate() {
+                // Rounding each activation to 8 bits moves it by at most half a step, 1/254 of
+                // its block's largest value: at most ~1 % of Σ|x·w| with these outliers.
+                assert!(
+                    (f64::from(g) - w).abs() <= 0.02 * s,
+                    "{kind:?} {isa:?} element {k}: {g} against {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_agrees_with_scalar() {
+    if Isa::detected() != Isa::Avx2 {
+        return;
+    }
+    let (rows, cols, m) = (80, 1024, 4);
+    let x = Rng(31).values(m * cols);
+    for matrix in every_kind(rows, cols) {
+        let scalar = matmul(&matrix, Isa::Scalar, &x, m);
+        let simd = matmul(&matrix, Isa::Avx2, &x, m);
+        let magnitude = scalar.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (k, (&s, &v)) in scalar.iter().zip(&simd).enumerate() {
+            assert!((s - v).abs() <= 1e-5 * magnitude, "{} element {k}: scalar {s}, AVX2 {v}", matrix.kind());
+        }
+    }
+}
+
+#[test]
+fn every_row_is_bitwise_the_row_computed_alone() {
+    // 300 × 512 is past the serial threshold, so the products are split over threads.
+    let (rows, cols) = (300, 512);
+    let mut rng = Rng(37);
+    for matrix in every_kind(rows, cols) {
+        for isa in isas() {
+            let probe = rng.values(cols);
+            let alone = matmul(&matrix, isa, &probe, 1);
+            for m in [1, 2, 5, 8, 32] {
+                let mut x = rng.values(m * cols);
+                let at = rng.below(m);
+                x[at * cols..(at + 1) * cols].copy_from_slice(&probe);
+                let y = matmul(&matrix, isa, &x, m);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&y[at * rows..(at + 1) * rows]),
+                    bits(&alone),
+                    "{} {isa:?} m = {m} at {at}",
+                    matrix.kind()
+                );
+                // Every other row too, against itself alone.
+                for i in 0..m {
+                    let own = matmul(&matrix, isa, &x[i * cols..(i + 1) * cols], 1);
+                    assert_eq!(
+                        bits(&y[i * rows..(i + 1) * rows]),
+                        bits(&own),
+                        "{} {isa:?} m = {m} row {i}",
+                        matrix.kind()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_maps_the_last_dimension_and_widens_the_input() {
+    let matrix = dense(DType::F16, 24, 64, 41);
+    let x = Tensor::from_vec(Rng(43).values(2 * 3 * 64), (2, 3, 64), &Device::Cpu).unwrap();
+    let y = matrix.forward(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+    assert_eq!((y.dims(), y.dtype()), (&[2, 3, 24][..], DType::F32));
+    let widened = x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    let want = matmul(&matrix, Isa::detected(), &widened.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 6);
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    // A transposed (non-contiguous) input is made contiguous first.
+    let xt = Tensor::from_vec(Rng(47).values(64 * 5), (64, 5), &Device::Cpu).unwrap().t().unwrap();
+    let y = matrix.forward(&xt).unwrap();
+    let want = matmul(
+        &matrix,
+        Isa::detected(),
+        &xt.contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        5,
+    );
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    let err = matrix.forward(&Tensor::zeros((2, 63), DType::F32, &Device::Cpu).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("64 columns"), "{err}");
+}
+
+#[test]
+fn a_gguf_dense_tensor_keeps_its_type() {
+    let w = Tensor::from_vec(Rng(53).values(8 * 32), (8, 32), &Device::Cpu).unwrap();
+    for (dtype, name) in [(GgmlDType::F32, "f32"), (GgmlDType::F16, "f16"), (GgmlDType::BF16, "bf16")] {
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let matrix = Matrix::from_qtensor(&q).unwrap();
+        assert_eq!(matrix.kind(), name);
+        let got = matrix.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn permuting_rows_moves_whole_rows_in_every_stored_type() {
+    let order: Vec<usize> = (0..64).rev().collect();
+    for matrix in every_kind(64, 256) {
+        let mut permuted = matrix.clone();
+        permuted.permute_rows(&order);
+        let (mut a, mut b) = (vec![0f32; 256], vec![0f32; 256]);
+        for (i, &r) in order.iter().enumerate() {
+            permuted.row_into(i, &mut a);
+            matrix.row_into(r, &mut b);
+            assert_eq!(a, b, "{}: row {i}", matrix.kind());
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! `cargo xtask bench kernels [--lm-head] [--runs N]`: the harness's own CPU matrix kernels
+//! (`engine::kernels`) against candle's path for the same weights, on the matrix shapes of a
+//! Qwen2.5-0.5B layer, for decode (m = 1) and a 64-token prefill (m = 64).
+//!
+//! candle's path is what the models use without the kernels: `QMatMul` built from the GGUF
+//! tensor for the quantized types and f32/f16 (which it dequantizes to f32 at load), and a plain
+//! bf16 `matmul` for bf16. Both sides get the same random weights and activations and are timed
+//! alternately, so a neighbour's load hits both; each figure is the median of `--runs` after
+//! one warm-up. "GB/s" is the kernels' weight bytes read per second.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use modelqa_kernels::Matrix;
+
+/// `bench kernels [--lm-head] [--runs N]`.
+#[derive(Debug, clap::Args)]
+pub struct KernelsArgs {
+    /// Also time the 151,936 × 896 output head (slow to build: about a minute per kind)
+    #[arg(long)]
+    pub lm_head: bool,
+    /// Timed runs per figure, after one warm-up (each figure is their median)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub runs: usize,
+}
+
+/// The stored types compared, by their GGUF type (bf16 is a candle tensor on candle's side).
+const KINDS: [GgmlDType; 10] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q8_0,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// (name, rows, cols) of the layer's matrices.
+const SHAPES: [(&str, usize, usize); 4] =
+    [("q/o", 896, 896), ("k/v", 128, 896), ("gate/up", 4864, 896), ("down", 896, 4864)];
+const LM_HEAD: (&str, usize, usize) = ("lm_head", 151_936, 896);
+
+/// The two batch sizes: one decode step, one 64-token prefill.
+const BATCHES: [usize; 2] = [1, 64];
+
+pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
+    let KernelsArgs { lm_head, runs } = *args;
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let mut shapes = SHAPES.to_vec();
+    if lm_head {
+        shapes.push(LM_HEAD);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_else(|_| "(no /proc/loadavg)".into());
+    println!(
+        "kernel benchmark: {} rayon threads, load average {}, {} build, median of {runs} after a warm-up",
+        rayon::current_num_threads(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+    println!();
+    println!("| kind | shape | m | candle ms | ours ms | ratio | ours GB/s |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let mut seed = 1u64;
+    let mut skipped = Vec::new();
+    for &(name, rows, cols) in &shapes {
+        let weights = Tensor::from_vec(values(&mut seed, rows * cols), (rows, cols), &Device::Cpu)?;
+        for dtype in KINDS {
+            if !cols.is_multiple_of(dtype.block_size()) {
+                skipped.push(format!("{dtype:?} {name}"));
+                continue;
+            }
+            let (candle, ours) =
+                prepare(&weights, dtype).with_context(|| format!("failed to prepare {dtype:?} {name}"))?;
+            for m in BATCHES {
+                let x = values(&mut seed, m * cols);
+                let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu)?;
+                let mut y = vec![0f32; m * rows];
+                let (mut theirs, mut mine) = (Vec::new(), Vec::new());
+                for run in 0..=runs {
+                    let t = Instant::now();
+                    std::hint::black_box(candle.forward(&xt)?);
+                    let candle_took = t.elapsed();
+                    let t = Instant::now();
+                    ours.matmul(&x, m, &mut y);
+                    std::hint::black_box(&y);
+                    let ours_took = t.elapsed();
+                    if run > 0 {
+                        theirs.push(candle_took);
+                        mine.push(ours_took);
+                    }
+                }
+                let (theirs, mine) = (median(theirs), median(mine));
+                println!(
+                    "| {} | {name} {rows}×{cols} | {m} | {:.3} | {:.3} | {:.2} | {:.1} |",
+                    ours.kind(),
+                    ms(theirs),
+                    ms(mine),
+                    theirs.as_secs_f64() / mine.as_secs_f64(),
+                    ours.bytes() as f64 / mine.as_secs_f64() / 1e9
+                );
+            }
+        }
+    }
+    println!();
+    println!("ratio = candle ÷ ours (above 1: the kernels are faster)");
+    if !skipped.is_empty() {
+        // llama.cpp stores these matrices of a _K_M file as Q5_0/Q8_0 for the same reason.
+        println!(
+            "not measured, their rows are not whole K-quant super-blocks of 256: {}",
+            skipped.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The weights in `dtype`, on candle's path and as a kernels matrix.
+fn prepare(weights: &Tensor, dtype: GgmlDType) -> anyhow::Result<(Box<dyn Module>, Matrix)> {
+    if dtype == GgmlDType::BF16 {
+        let w = weights.to_dtype(DType::BF16)?;
+        let ours = Matrix::from_tensor(&w)?;
+        return Ok((Box::new(Bf16Matmul(w.t()?)), ours));
+    }
+    let q = QTensor::quantize(weights, dtype)?;
+    let ours = Matrix::from_qtensor(&q)?;
+    Ok((Box::new(QMatMul::from_qtensor(q)?), ours))
+}
+
+/// candle's bf16 matmul, as a bf16 model calls it: x in bf16 times the transposed weights.
+struct Bf16Matmul(Tensor);
+
+impl Module for Bf16Matmul {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.to_dtype(DType::BF16)?.matmul(&self.0)
+    }
+}
+
+/// Uniform values in [-1, 1) from a seeded xorshift stream.
+fn values(seed: &mut u64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
