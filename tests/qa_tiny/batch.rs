@@ -59,7 +59,8 @@ fn assert_batch_invariant(path: &Path) -> usize {
             let logits = session.batch_logits(&sequences).expect("batch").expect("the engine batches");
             for (slot, &i) in batch.iter().enumerate() {
                 let same = logits[slot].iter().zip(&reference[i]).all(|(a, b)| a.to_bits() == b.to_bits());
-                let worst = logits[slot].iter().zip(&reference[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let worst =
+                    logits[slot].iter().zip(&reference[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(
                     same && logits[slot].len() == reference[i].len(),
                     "{}: prompt {i} at slot {slot} of a batch of {size} differs from alone (by up to {worst:e})",

@@ -665,7 +665,8 @@ impl Session for CandleSession {
         }
         let lens: Vec<usize> = sequences.iter().map(Vec::len).collect();
         let ids: Vec<u32> = sequences.concat();
-        let input = Tensor::new(ids.as_slice(), &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
+        let input =
+            Tensor::new(ids.as_slice(), &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
         let Some(logits) = self.model.forward_ragged(&input, &lens).map_err(inference)? else {
             return Ok(None);
         };

@@ -164,9 +164,13 @@ impl Decoder {
                 },
                 o: a.pp("o_proj").linear(spec.heads * d, h, spec.o_bias)?,
                 mlp: match spec.mlp {
-                    MlpShape::Gated => Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, &w.pp("mlp"))?,
+                    MlpShape::Gated => {
+                        Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, &w.pp("mlp"))?
+                    }
                     MlpShape::GatedFused => Mlp::gated_fused(h, spec.intermediate, spec.act, &w.pp("mlp"))?,
-                    MlpShape::Plain => Mlp::plain(h, spec.intermediate, spec.mlp_bias, spec.act, &w.pp("mlp"))?,
+                    MlpShape::Plain => {
+                        Mlp::plain(h, spec.intermediate, spec.mlp_bias, spec.act, &w.pp("mlp"))?
+                    }
                 },
                 cache: KvCache::default(),
             });

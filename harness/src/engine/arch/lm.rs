@@ -5,7 +5,9 @@
 //! and the weights admitted by `engine::admit` before a loader sees them.
 
 use candle_core::Tensor;
-use candle_transformers::models::{deepseek2, gemma, olmo2, quantized_llama, quantized_qwen2, qwen3, qwen3_moe};
+use candle_transformers::models::{
+    deepseek2, gemma, olmo2, quantized_llama, quantized_qwen2, qwen3, qwen3_moe,
+};
 use serde::de::DeserializeOwned;
 
 use super::llama::Family;
@@ -60,7 +62,9 @@ pub(crate) const ARCHITECTURES: &[(&str, Loader)] = &[
     ("phi3", |c, w| Ok(Box::new(super::phi3::load(&parse("phi3", c)?, w)?))),
     ("qwen2", |c, w| Ok(Box::new(super::llama::load(Family::Qwen2, &parse("qwen2", c)?, w)?))),
     ("qwen3", |c, w| Ok(Box::new(qwen3::ModelForCausalLM::new(&parse("qwen3", c)?, w.into_vb())?))),
-    ("qwen3_moe", |c, w| Ok(Box::new(qwen3_moe::ModelForCausalLM::new(&parse("qwen3_moe", c)?, w.into_vb())?))),
+    ("qwen3_moe", |c, w| {
+        Ok(Box::new(qwen3_moe::ModelForCausalLM::new(&parse("qwen3_moe", c)?, w.into_vb())?))
+    }),
     ("stablelm", |c, w| Ok(Box::new(super::stablelm::load(&parse("stablelm", c)?, w)?))),
     ("starcoder2", |c, w| Ok(Box::new(super::starcoder2::load(&parse("starcoder2", c)?, w)?))),
 ];

@@ -7,8 +7,8 @@
 use candle_nn::Activation;
 
 use super::blocks::{NormKind, Rotary};
-use super::weights::Weights;
 use super::decoder::{Decoder, Dims, MlpShape, Spec};
+use super::weights::Weights;
 
 /// phi3's config.json, as `format::hf_config` normalised it.
 #[derive(Debug, Clone, serde::Deserialize)]

@@ -5,8 +5,8 @@
 use candle_nn::Activation;
 
 use super::blocks::{NormKind, Rotary};
-use super::weights::Weights;
 use super::decoder::{Decoder, Dims, Spec};
+use super::weights::Weights;
 
 /// stablelm's config.json, as `format::hf_config` normalised it.
 #[derive(Debug, Clone, serde::Deserialize)]

@@ -132,7 +132,10 @@ pub(super) fn batched<T>(f: impl FnOnce() -> T) -> T {
 pub(crate) enum Embedding {
     Candle(candle_nn::Embedding),
     /// Rows dequantized as they are looked up.
-    Kernel { table: Arc<Matrix>, device: Device },
+    Kernel {
+        table: Arc<Matrix>,
+        device: Device,
+    },
 }
 
 impl Embedding {
@@ -158,7 +161,10 @@ impl Module for Embedding {
                 for (&id, row) in ids.iter().zip(values.chunks_exact_mut(width)) {
                     let id = id as usize;
                     if id >= table.rows() {
-                        candle_core::bail!("token id {id} is outside the embedding table ({} rows)", table.rows());
+                        candle_core::bail!(
+                            "token id {id} is outside the embedding table ({} rows)",
+                            table.rows()
+                        );
                     }
                     table.row_into(id, row);
                 }
@@ -248,7 +254,8 @@ mod tests {
     fn unpermuting_rows_undoes_the_converters_permutation() {
         // The writer's permutation as format::gguf applies it, on row indices.
         let (heads, d) = (3, 8);
-        let rows = Tensor::arange(0u32, (heads * d) as u32, &Device::Cpu).unwrap().reshape((heads * d, 1)).unwrap();
+        let rows =
+            Tensor::arange(0u32, (heads * d) as u32, &Device::Cpu).unwrap().reshape((heads * d, 1)).unwrap();
         let permuted = crate::format::gguf::permute_qk(&rows, heads, false).unwrap();
         let permuted: Vec<u32> = permuted.flatten_all().unwrap().to_vec1().unwrap();
         let order = unpermuted_order(heads * d, heads);

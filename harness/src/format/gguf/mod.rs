@@ -31,7 +31,8 @@ pub(crate) use agree::{FileFacts, against_config, against_expectations, against_
 pub(crate) use check::{GgufError, check_model, open, read};
 
 pub use read::{
-    Dequantized, Stored, dequantize, dequantized_config, hf_files, read_stored, to_apr, to_safetensors, tokenizer,
+    Dequantized, Stored, dequantize, dequantized_config, hf_files, read_stored, to_apr, to_safetensors,
+    tokenizer,
 };
 pub use write::{from_safetensors, permute_qk, wanted_type};
 
