@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use modelqa::support::progress::{self, ProgressBar};
 
-/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats …`.
+/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats … | bench engine …`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -29,6 +29,11 @@ pub enum Which {
     Serve(crate::bench_serve::ServeBenchArgs),
     /// Conversion, size, load and decode speed per format on a Qwen2.5-0.5B-shaped model (release build)
     Formats(crate::bench_formats::FormatsArgs),
+    /// modelqa's engine against llama.cpp and transformers on the same Qwen2.5-0.5B-shaped files (release build)
+    Engine(crate::bench_engine::EngineArgs),
+    /// One engine measurement of `bench engine`, in a process of its own (run by `bench engine`)
+    #[command(name = "engine-child", hide = true)]
+    EngineChild(crate::bench_engine::ChildArgs),
     /// The logit gate's false alarms and detection rates per cell of a fixture family, against what it claims
     Gates(crate::bench_gates::GatesArgs),
 }
