@@ -31,11 +31,23 @@ pub struct TestModelShape {
     pub kv_heads: usize,
     pub vocab: usize,
     pub context: usize,
+    /// The output head is the embedding table (`tie_word_embeddings`), as in Qwen2.5-0.5B: no
+    /// `lm_head.weight` is written, and the table is drawn at the head's scale.
+    pub tied: bool,
 }
 
 impl Default for TestModelShape {
     fn default() -> Self {
-        Self { hidden: 64, intermediate: 128, layers: 2, heads: 4, kv_heads: 2, vocab: 384, context: 256 }
+        Self {
+            hidden: 64,
+            intermediate: 128,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            vocab: 384,
+            context: 256,
+            tied: false,
+        }
     }
 }
 
@@ -139,7 +151,10 @@ pub fn write_test_model(
     };
     let h = shape.hidden;
     let std = 0.3 / (h as f32).sqrt();
-    tensors.push(matrix("model.embed_tokens.weight".into(), shape.vocab, h, 1.0)?);
+    // A tied table is the head too: drawn at N(0, 1) its own row would dominate every final
+    // state, and greedy decoding would only repeat the last token.
+    let embed_scale = if shape.tied { std * 4.0 } else { 1.0 };
+    tensors.push(matrix("model.embed_tokens.weight".into(), shape.vocab, h, embed_scale)?);
     for l in 0..shape.layers {
         let p = format!("model.layers.{l}");
         tensors.push(matrix(format!("{p}.self_attn.q_proj.weight"), h, h, std)?);
@@ -161,7 +176,9 @@ pub fn write_test_model(
         }
     }
     tensors.push(ones("model.norm.weight".into(), h)?);
-    tensors.push(matrix("lm_head.weight".into(), shape.vocab, h, std * 4.0)?);
+    if !shape.tied {
+        tensors.push(matrix("lm_head.weight".into(), shape.vocab, h, std * 4.0)?);
+    }
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
     candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
 
@@ -180,7 +197,7 @@ pub fn write_test_model(
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "hidden_act": "silu",
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": shape.tied,
             "bos_token_id": eos,
             "eos_token_id": eos,
             "torch_dtype": "float32",
@@ -201,7 +218,7 @@ pub fn write_test_model(
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "hidden_act": "silu",
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": shape.tied,
             "bos_token_id": eos,
             "eos_token_id": eos,
             "torch_dtype": "float32",
@@ -261,6 +278,21 @@ mod tests {
             assert!(g1.prompt_tokens > 3);
             assert!(!g1.tokens.is_empty() || g1.finish == crate::engine::Finish::Eos);
         }
+    }
+
+    #[test]
+    fn a_tied_model_has_no_head_and_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = TestModelShape { tied: true, ..TestModelShape::default() };
+        write_test_model(dir.path(), TestArchitecture::Qwen2, shape, 7).unwrap();
+        let tensors =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &candle_core::Device::Cpu)
+                .unwrap();
+        assert!(!tensors.contains_key("lm_head.weight"));
+        let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        assert!(config.contains("\"tie_word_embeddings\": true"), "{config}");
+        let g = generate(dir.path(), "What is 2 + 2?");
+        assert!(!g.tokens.is_empty() || g.finish == crate::engine::Finish::Eos);
     }
 
     #[test]

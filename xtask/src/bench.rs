@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use modelqa::support::progress::{self, ProgressBar};
 
-/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats … | bench kernels …`.
+/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats … | bench kernels … | bench engine …`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -31,6 +31,11 @@ pub enum Which {
     Formats(crate::bench_formats::FormatsArgs),
     /// The harness's CPU matrix kernels against candle's path, per stored type and Qwen2.5-0.5B shape (release build)
     Kernels(crate::bench_kernels::KernelsArgs),
+    /// modelqa's engine against llama.cpp and transformers on the same Qwen2.5-0.5B-shaped files (release build)
+    Engine(crate::bench_engine::EngineArgs),
+    /// One engine measurement of `bench engine`, in a process of its own (run by `bench engine`)
+    #[command(name = "engine-child", hide = true)]
+    EngineChild(crate::bench_engine::ChildArgs),
     /// The logit gate's false alarms and detection rates per cell of a fixture family, against what it claims
     Gates(crate::bench_gates::GatesArgs),
 }

@@ -38,6 +38,7 @@ pub fn run(args: &FormatsArgs) -> anyhow::Result<()> {
         kv_heads: 2,
         vocab: 151_936,
         context: 4096,
+        tied: false,
     };
     let root = crate::root().join("target").join("bench");
     let model = root.join(format!("qwen2.5-0.5b-shape-{layers}"));

@@ -2,6 +2,7 @@
 //! flags struct of its task; the doc comments on those structs are the `--help`.
 
 mod bench;
+mod bench_engine;
 mod bench_formats;
 mod bench_gates;
 mod bench_kernels;
@@ -60,7 +61,7 @@ enum Task {
     Diff(diff::DiffArgs),
     /// Under the real cargo-nextest: an abort, a segfault and a hang in one trial each end as its own record
     Crashes(crashes::CrashesArgs),
-    /// Benchmarks: harness expansion, or `serve` / `formats` / `kernels` (release builds)
+    /// Benchmarks: harness expansion, or `serve` / `formats` / `kernels` / `engine` (release builds)
     Bench(bench::BenchArgs),
 }
 
@@ -120,6 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(bench::Which::Serve(args)) => in_release().unwrap_or_else(|| bench_serve::run(&args)),
             Some(bench::Which::Formats(args)) => in_release().unwrap_or_else(|| bench_formats::run(&args)),
             Some(bench::Which::Kernels(args)) => in_release().unwrap_or_else(|| bench_kernels::run(&args)),
+            Some(bench::Which::Engine(args)) => in_release().unwrap_or_else(|| bench_engine::run(&args)),
+            // Started by `bench engine` from its own (release) binary.
+            Some(bench::Which::EngineChild(args)) => bench_engine::child(&args),
             // Rates, not speeds: any build measures the same thing.
             Some(bench::Which::Gates(args)) => bench_gates::run(&args),
             None => bench::run(&args.harness),
@@ -244,6 +248,10 @@ mod tests {
             "xtask bench formats --layers 2 --tokens 8 --keep",
             "xtask bench kernels",
             "xtask bench kernels --lm-head --runs 9",
+            "xtask bench engine",
+            "xtask bench engine --skip-peers --layers 4",
+            "xtask bench engine --layers 4 --reps 5 --threads 2 --formats f32,f16,q8_0,q4_k_m --keep",
+            "xtask bench engine --formats f32,bf16,apr --rounds 2 --python /tmp/venv/bin/python",
         ] {
             if let Err(e) = parses(line) {
                 panic!("`{line}` does not parse:\n{e}");
@@ -272,6 +280,24 @@ mod tests {
         let Ok(Cli { task: Some(Task::Bench(b)) }) = parses("xtask bench") else { panic!("bench") };
         assert!(b.which.is_none());
         assert_eq!((b.harness.families, b.harness.models, b.harness.runs), (100, 10, 3));
+
+        let Ok(Cli { task: Some(Task::Bench(b)) }) = parses("xtask bench engine") else {
+            panic!("bench engine")
+        };
+        let Some(bench::Which::Engine(e)) = b.which else { panic!("engine") };
+        assert_eq!(
+            (e.layers, e.reps, e.rounds, e.threads, e.skip_peers, e.keep),
+            (24, 5, 1, None, false, false)
+        );
+        assert_eq!(e.formats.len(), 6, "every format by default");
+        let Ok(Cli { task: Some(Task::Bench(b)) }) =
+            parses("xtask bench engine --formats q8_0,q4_k_m --threads 2 --skip-peers")
+        else {
+            panic!("bench engine --formats")
+        };
+        let Some(bench::Which::Engine(e)) = b.which else { panic!("engine") };
+        assert_eq!(e.formats, [bench_engine::Choice::Q8_0, bench_engine::Choice::Q4KM]);
+        assert_eq!((e.threads, e.skip_peers), (Some(2), true));
     }
 
     /// The example: `--step` for `--steps` used to retrain silently for 30 minutes.
@@ -285,6 +311,8 @@ mod tests {
             "xtask lock --force",
             "xtask bench --model 3",
             "xtask bench serve --request 3",
+            "xtask bench engine --format f32",
+            "xtask bench engine --formats q5_k_m",
             "xtask serve m --prot 8080",
             "xtask fetch a/b --cahce dir",
             "xtask fixtures train eval",

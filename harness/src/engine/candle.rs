@@ -674,6 +674,17 @@ impl Session for CandleSession {
         Ok(Some(logits))
     }
 
+    fn feed(&mut self, ids: &[u32], position: usize) -> Result<Vec<f32>, EngineError> {
+        let inference = |e: candle_core::Error| EngineError::inference(e);
+        if ids.is_empty() || position + ids.len() > self.context {
+            return Err(EngineError::OutsideContext { tokens: position + ids.len(), context: self.context });
+        }
+        if position == 0 {
+            self.model.clear_kv_cache();
+        }
+        self.forward(ids, position).map_err(inference)?.to_vec1::<f32>().map_err(inference)
+    }
+
     fn generate_streaming(
         &mut self,
         request: &GenerateRequest<'_>,

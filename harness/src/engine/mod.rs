@@ -341,6 +341,13 @@ pub trait Session: Send {
     fn batch_logits(&mut self, _sequences: &[Vec<u32>]) -> Result<Option<Vec<Vec<f32>>>, EngineError> {
         Ok(None)
     }
+    /// Feeds `ids` to the model at `position` of its KV cache and returns the next-token logits
+    /// after the last of them: the bare prefill and decode steps, so a benchmark times them as
+    /// other engines' benchmarks do (`cargo xtask bench engine`). Position 0 empties the cache
+    /// first; any other must be the number of tokens fed since then, by this method alone.
+    fn feed(&mut self, _ids: &[u32], _position: usize) -> Result<Vec<f32>, EngineError> {
+        Err(EngineError::Unsupported("this engine shows no logits".into()))
+    }
     /// The context this session runs, in tokens, where the engine knows it.
     fn context(&self) -> Option<usize> {
         self.prompt_gauge().map(|g| g.context())

@@ -1,0 +1,133 @@
+//! The measuring side of `bench engine` in this process: the hidden `bench engine-child`
+//! (modelqa on one file, by the protocol every engine follows, printing one JSON line), and the
+//! read-bandwidth probe the decode ceilings are computed from.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use modelqa::support::engine::{Session, load_candle};
+use modelqa::support::matrix::Backend;
+
+/// `bench engine-child --file F --reps N --tokens N --ids A,B,…` (hidden): run by `bench engine`
+/// in a child process of its own, so the load is cold in-process and the peak RSS is this
+/// process's. Threads come from the environment the parent sets (`RAYON_NUM_THREADS`,
+/// `CANDLE_NUM_THREADS`): candle reads them once, at first use.
+#[derive(Debug, clap::Args)]
+pub struct ChildArgs {
+    #[arg(long)]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub reps: usize,
+    #[arg(long)]
+    pub tokens: usize,
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub ids: Vec<u32>,
+}
+
+/// The first index of the largest value, as numpy's and torch's argmax choose.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if values[best].is_nan() || *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut session = load_candle(&args.file, Backend::Cpu)
+        .with_context(|| format!("failed to load {}", args.file.display()))?;
+    let load = started.elapsed().as_secs_f64();
+    let version = session.info().engine.clone();
+    let (mut prefill, mut decode, mut greedy) = (Vec::new(), Vec::new(), Vec::new());
+    // Repetition 0 is the warm-up.
+    for rep in 0..=args.reps {
+        let started = Instant::now();
+        let mut token = argmax(&session.feed(&args.ids, 0)?);
+        let after_prefill = Instant::now();
+        greedy = vec![token];
+        for step in 0..args.tokens {
+            token = argmax(&session.feed(&[token], args.ids.len() + step)?);
+            greedy.push(token);
+        }
+        let (p, d) = ((after_prefill - started).as_secs_f64(), after_prefill.elapsed().as_secs_f64());
+        eprintln!("  modelqa rep {rep}/{}: prefill {p:.3} s, decode {d:.3} s", args.reps);
+        if rep > 0 {
+            prefill.push(p);
+            decode.push(d);
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "version": version,
+            "load_s": load,
+            "prefill_s": prefill,
+            "decode_s": decode,
+            "greedy": greedy,
+            "peak_rss_bytes": peak_rss(),
+        })
+    );
+    Ok(())
+}
+
+/// This process's peak resident set (VmHWM), bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim();
+    kb.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Bytes per second `threads` threads read summing a 1 GiB buffer: the median of 5 passes after
+/// one more. Decode streams the weights once per token, so this over the weight bytes is the
+/// decode speed no engine on this machine can pass.
+pub fn read_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 1 << 30;
+    let words: Vec<u64> = (0..(BYTES / 8) as u64).collect();
+    let chunk = words.len().div_ceil(threads.max(1));
+    let mut rates = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let total = std::thread::scope(|s| {
+            let parts: Vec<_> = words.chunks(chunk).map(|c| s.spawn(move || sum(c))).collect();
+            parts.into_iter().map(|p| p.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        rates.push(BYTES as f64 / started.elapsed().as_secs_f64());
+    }
+    super::table::median(&rates[1..]).unwrap_or(0.0)
+}
+
+/// Eight independent sums, so the loop is bound by loads rather than by one add chain.
+fn sum(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let blocks = words.chunks_exact(8);
+    let rest = blocks.remainder();
+    for block in blocks {
+        for (a, w) in acc.iter_mut().zip(block) {
+            *a = a.wrapping_add(*w);
+        }
+    }
+    acc.iter().chain(rest).fold(0, |a, b| a.wrapping_add(*b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_largest() {
+        assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0]), 1);
+        assert_eq!(argmax(&[]), 0);
+    }
+
+    #[test]
+    fn the_sum_covers_every_word() {
+        let words: Vec<u64> = (1..=21).collect();
+        assert_eq!(sum(&words), 231);
+    }
+}
