@@ -94,8 +94,11 @@ impl Isa {
     }
 }
 
-/// Below this many weights a product runs on the calling thread: waking workers costs more.
-const SERIAL_BELOW: usize = 64 * 1024;
+/// Below this many weights a product runs on the calling thread: waking a sleeping worker and
+/// waiting for it costs tens of microseconds, about what one core needs for 512 K weights. (At
+/// 64 K, every product of qa-tiny's 1.4 M-parameter models went to the pool and its cells decoded
+/// ×0.76 as fast as on candle's inline kernels, `cargo xtask diff` on two certifications.)
+const SERIAL_BELOW: usize = 512 * 1024;
 /// The fewest weight bytes a parallel chunk holds, so a chunk's work outweighs its scheduling.
 const MIN_CHUNK_BYTES: usize = 16 * 1024;
 /// For `m > 1`, the most weight bytes a chunk holds, so it stays in L2 while every activation row

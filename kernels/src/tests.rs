@@ -211,8 +211,9 @@ fn simd_agrees_with_scalar() {
 
 #[test]
 fn every_row_is_bitwise_the_row_computed_alone() {
-    // 300 × 512 is past the serial threshold, so the products are split over threads.
-    let (rows, cols) = (300, 512);
+    // 1100 × 512 is past the serial threshold, so the products are split over threads.
+    let (rows, cols) = (1100, 512);
+    assert!(rows * cols >= super::SERIAL_BELOW);
     let mut rng = Rng(37);
     for matrix in every_kind(rows, cols) {
         for isa in isas() {
