@@ -24,6 +24,8 @@
 //! token, and how many greedy ids each engine shares with transformers f32.
 
 mod files;
+
+pub use files::shape as qwen05b_shape;
 mod measure;
 mod peers;
 mod table;

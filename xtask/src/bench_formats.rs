@@ -30,16 +30,8 @@ pub struct FormatsArgs {
 
 pub fn run(args: &FormatsArgs) -> anyhow::Result<()> {
     let FormatsArgs { layers, tokens, keep } = *args;
-    let shape = TestModelShape {
-        hidden: 896,
-        intermediate: 4864,
-        layers,
-        heads: 14,
-        kv_heads: 2,
-        vocab: 151_936,
-        context: 4096,
-        tied: false,
-    };
+    // `bench engine`'s shape, with the untied head this benchmark has always measured.
+    let shape = TestModelShape { tied: false, ..crate::bench_engine::qwen05b_shape(layers) };
     let root = crate::root().join("target").join("bench");
     let model = root.join(format!("qwen2.5-0.5b-shape-{layers}"));
     if !model.join("model.safetensors").is_file() {

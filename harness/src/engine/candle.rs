@@ -356,7 +356,8 @@ fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) ->
 }
 
 /// A GGUF file (this project's or llama.cpp's): architecture, hyper-parameters, tokenizer and
-/// chat template from its metadata; the weights stay quantized and run on candle's kernels.
+/// chat template from its metadata; the weights stay quantized, on the project's kernels (its
+/// own models on CPU) or candle's (a rope-scaled llama or qwen2, or a GPU).
 fn gguf_session(
     path: &Path,
     device: Device,
@@ -379,9 +380,27 @@ fn gguf_session(
         bos_token: token_text(bos),
         eos_token: token_text(eos.first().copied()),
     });
-    if let Some(model_type) = gguf_on_kernels(&arch, &content).filter(|_| device.is_cpu()) {
+    // The project's float model: with the matrices as stored (its own models, on CPU), or every
+    // tensor dequantized (an architecture candle has no quantized model of).
+    let float = match gguf_on_kernels(&arch, &content).filter(|_| device.is_cpu()) {
+        Some(model_type) => Some((model_type, true)),
+        None if matches!(arch.as_str(), "llama" | "qwen2") => None,
+        None => Some((
+            crate::format::gguf::dequantized_model_type(&arch).ok_or_else(|| {
+                load_err(
+                    path,
+                    format!(
+                        "GGUF architecture `{arch}` is not supported ({})",
+                        crate::format::gguf::SUPPORTED_ARCHITECTURES
+                    ),
+                )
+            })?,
+            false,
+        )),
+    };
+    if let Some((model_type, stored)) = float {
         drop(content);
-        let (model, context) = float_model(path, model_type, rows, &device, true)?;
+        let (model, context) = float_model(path, model_type, rows, &device, stored)?;
         let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
         let loaded = Loaded {
             model,
@@ -394,47 +413,24 @@ fn gguf_session(
             chat_template,
         };
         let mut session = finish(loaded, device, backend, started);
-        session.info.engine = format!("{} + {KERNELS}", session.info.engine);
+        // Said wherever the session is named: the record's engine.
+        session.info.engine = if stored {
+            format!("{} + {KERNELS}", session.info.engine)
+        } else {
+            format!("{} (GGUF dequantized to f32: candle has no quantized {arch} model)", session.info.engine)
+        };
         return Ok(session);
     }
-    let model = match arch.as_str() {
-        "llama" => Box::new(
+    let model: Box<dyn CausalLm> = if arch == "llama" {
+        Box::new(
             quantized_llama::ModelWeights::from_gguf(content, &mut file, &device)
                 .map_err(|e| EngineError::load_failed(path, e))?,
-        ) as Box<dyn CausalLm>,
-        "qwen2" => Box::new(
+        )
+    } else {
+        Box::new(
             quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &device)
                 .map_err(|e| EngineError::load_failed(path, e))?,
-        ),
-        other => {
-            let Some(model_type) = crate::format::gguf::dequantized_model_type(other) else {
-                return Err(load_err(
-                    path,
-                    format!(
-                        "GGUF architecture `{other}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2, starcoder dequantized to f32)"
-                    ),
-                ));
-            };
-            let (model, context) = float_model(path, model_type, rows, &device, false)?;
-            let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
-            let loaded = Loaded {
-                model,
-                context,
-                tokenizer,
-                eos,
-                bos,
-                architecture: model_type.into(),
-                files,
-                chat_template,
-            };
-            let mut session = finish(loaded, device, backend, started);
-            // Said wherever the session is named: the record's engine.
-            session.info.engine = format!(
-                "{} (GGUF dequantized to f32: candle has no quantized {other} model)",
-                session.info.engine
-            );
-            return Ok(session);
-        }
+        )
     };
     let files = vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?];
     let loaded = Loaded { model, context, tokenizer, eos, bos, architecture: arch, files, chat_template };

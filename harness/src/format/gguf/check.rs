@@ -444,13 +444,15 @@ fn model_of(
         Some(v) => return Err(format!("`general.architecture` is {v:?}, not a string")),
         None => return Err("`general.architecture` is missing".into()),
     };
-    // llama and qwen2 run on candle's quantized models, whose tensors are checked here; an
+    // llama and qwen2 have their tensors checked here (the names and shapes candle's quantized
+    // models and the project's own read alike); an
     // architecture the engine dequantizes into its float model has its shapes checked against
     // the config rebuilt from these keys, as a model directory's are (`engine::admit`).
     let quantized = matches!(arch.as_str(), "llama" | "qwen2");
     if !quantized && super::dequantized_model_type(&arch).is_none() {
         return Err(format!(
-            "GGUF architecture `{arch}` is not supported (llama, qwen2 on candle's quantized models; qwen3, qwen3moe, olmo2, granite, stablelm, starcoder2, starcoder dequantized to f32)"
+            "GGUF architecture `{arch}` is not supported ({})",
+            super::SUPPORTED_ARCHITECTURES
         ));
     }
     // candle's loaders read these with `to_u32`, which takes a U32 value and nothing else.

@@ -93,6 +93,9 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
     ConvertError::Read { path: path.to_path_buf(), cause: cause.to_string() }
 }
 
+/// The GGUF architectures the engine runs and how, as an error refusing another one says it.
+pub(crate) const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, granite, stablelm, starcoder2 with their matrices as stored; qwen3, qwen3moe, olmo2, starcoder dequantized to f32";
+
 /// The Hugging Face `model_type` of a GGUF architecture that the engine runs by dequantizing
 /// the file into its float model (candle has no quantized model of it), with what the model's
 /// config needs beyond the common keys. Only architectures whose every tensor name maps back
