@@ -141,6 +141,7 @@ fn a_command_line_engine_is_qualified_like_the_embedded_one() {
     // Logits are not shown by a command: those trials are ignored, with the reason.
     let reasons = text(&out);
     assert!(reasons.contains("the command engine returns no logits"), "{reasons}");
+    assert!(reasons.contains("the command engine answers one prompt per process: there is no batch to vary"));
 }
 
 #[test]
@@ -228,8 +229,14 @@ impl ServerProcess {
     }
 
     fn serving(dir: &Path) -> Self {
+        Self::serving_with(dir, &[])
+    }
+
+    /// The server with `env` set (a planted fault).
+    fn serving_with(dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(ENGINE)
             .args(["serve", &dir.display().to_string(), "--port", "0", "--model", "modelqa/qa-tiny-llama"])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -270,6 +277,7 @@ fn an_openai_compatible_server_in_another_process_is_qualified_over_http() {
             "gate::serve-bad-requests",
             "gate::serve-sse",
             "diff::golden-text",
+            "diff::batch-invariance",
         ],
         "openai http://127.0.0.1:",
     );
@@ -287,6 +295,29 @@ fn an_openai_compatible_server_in_another_process_is_qualified_over_http() {
     let records = run.journal();
     assert_eq!(records[0].outcome, Outcome::Falsified);
     assert!(records[0].reason.contains("MODELQA_TEST_API_KEY is not set"), "{}", records[0].reason);
+}
+
+/// A server whose answer changes when its request waits behind others (`QUALIFY_FAULT_SERVE=queued`
+/// in the server's process: such a request's first token is the model's sixth most likely) fails
+/// `diff::batch-invariance` over HTTP, in a batch of requests in flight; asked alone it answers
+/// right, so the clean half of the rule holds (the clean server passes in the test above).
+#[test]
+fn a_server_whose_batched_answers_differ_fails_batch_invariance() {
+    let server = ServerProcess::serving_with(&model_dir(), &[("QUALIFY_FAULT_SERVE", "queued")]);
+    let engine = format!("  kind: openai\n  base_url: {}\n  model: modelqa/qa-tiny-llama", server.base_url);
+    let run = Run::new(&playbook(&engine, "[safetensors]", 60000));
+    let out = run.qualify(
+        &["--exact", "qa-tiny::smoke::qa-tiny-llama::safetensors::cpu::diff::batch-invariance"],
+        &[],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let records = run.journal();
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.outcome, Outcome::Falsified, "{}", r.reason);
+    assert!(r.reason.contains("break the rule (token for token, or where they part"), "{}", r.reason);
+    assert!(r.reason.contains("in a batch of "), "{}", r.reason);
+    assert!(r.reason.contains("they part at token 0"), "{}", r.reason);
 }
 
 #[test]

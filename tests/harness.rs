@@ -159,7 +159,7 @@ fn a_filter_that_selects_nothing_fails_and_names_what_exists() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("error: the filter `e2f::smoke` selects none of the 25 trials of 1 playbook under"),
+        err.contains("error: the filter `e2f::smoke` selects none of the 27 trials of 1 playbook under"),
         "{err}"
     );
     assert!(err.contains("family e2e (tiers smoke) from"), "{err}");
@@ -225,20 +225,20 @@ fn list_matches_libtest_and_nextest_expectations() {
     let lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
     assert_eq!(
         lines.len(),
-        25,
-        "3 scenarios, 5 gates, the injection gate, gate::trace and 2 golden comparisons, on cpu and gpu; the gpu cell's backend parity"
+        27,
+        "3 scenarios, 5 gates, the injection gate, gate::trace, diff::batch-invariance and 2 golden comparisons, on cpu and gpu; the gpu cell's backend parity"
     );
     assert!(lines.iter().all(|l| l.ends_with(": test")));
     let mut sorted = lines.clone();
     sorted.sort();
     assert_eq!(lines, sorted);
     let ignored = fx.qualify("list", &["--list", "--format", "terse", "--ignored"], &[]);
-    assert_eq!(stdout(&ignored).lines().count(), 13, "the gpu trials");
+    assert_eq!(stdout(&ignored).lines().count(), 14, "the gpu trials");
     assert!(stdout(&ignored).lines().all(|l| l.contains("::gpu::")));
     let filtered = fx.qualify("list", &["--list", "::run::a"], &[]);
     assert_eq!(stdout(&filtered).lines().count(), 4);
     let skipped = fx.qualify("list", &["--list", "--skip", "gpu"], &[]);
-    assert_eq!(stdout(&skipped).lines().count(), 12);
+    assert_eq!(stdout(&skipped).lines().count(), 13);
     assert!(!fx.path().join("journal/list.jsonl").exists(), "listing runs nothing");
 }
 
@@ -254,10 +254,10 @@ fn stop_on_p0_stops_a_group_after_its_first_gateway_failure() {
     let records = fx.journal("p0");
     assert_eq!(
         records.len(),
-        12,
-        "5 gates, the injection gate, gate::trace, 2 golden comparisons and 3 scenarios on cpu"
+        13,
+        "5 gates, the injection gate, gate::trace, diff::batch-invariance, 2 golden comparisons and 3 scenarios on cpu"
     );
-    // In name order the first trial is `diff::golden-logits`, whose load fails (G1).
+    // In name order the first trial is `diff::batch-invariance`, whose load fails (G1).
     assert_eq!(records[0].gate, "G1");
     assert_eq!(records[0].outcome, Outcome::Falsified);
     assert!(records[0].reason.contains("model.safetensors"), "{}", records[0].reason);
@@ -270,9 +270,9 @@ fn stop_on_p0_stops_a_group_after_its_first_gateway_failure() {
     let out = fx.qualify("all", &["--test-threads", "1"], &[("QUALIFY_FAILURE_POLICY", "collect-all")]);
     assert_eq!(out.status.code(), Some(101));
     let records = fx.journal("all");
-    assert_eq!(records.len(), 12);
+    assert_eq!(records.len(), 13);
     assert!(records.iter().all(|r| r.outcome == Outcome::Falsified));
-    assert_eq!(records.iter().filter(|r| r.gate == "G1").count(), 11, "{records:#?}");
+    assert_eq!(records.iter().filter(|r| r.gate == "G1").count(), 12, "{records:#?}");
     assert!(records.iter().filter(|r| r.gate == "G1").all(|r| r.reason.contains("model.safetensors")));
     let g0 = records.iter().find(|r| r.gate == "G0").expect("G0 ran");
     assert!(g0.reason.contains("model.safetensors is truncated or corrupt"), "{}", g0.reason);
@@ -331,13 +331,13 @@ fn missing_model_is_ignored_with_where_it_looked() {
     let fx = Fixture::new(&PLAYBOOK.replace("path: model", "path: elsewhere"));
     let out = fx.qualify("missing", &[], &[]);
     assert!(out.status.success(), "ignored is not failed: {}", stderr(&out));
-    assert!(stdout(&out).contains("0 passed; 0 failed; 25 ignored"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("0 passed; 0 failed; 27 ignored"), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(err.contains("model test/tiny not found (looked in"), "{err}");
     assert!(err.contains("elsewhere"), "{err}");
     // Asked to run them anyway, they stay ignored with the reason rather than passing.
     let out = fx.qualify("missing", &["--include-ignored"], &[]);
-    assert!(stdout(&out).contains("0 passed; 0 failed; 25 ignored"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("0 passed; 0 failed; 27 ignored"), "{}", stdout(&out));
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn malformed_playbook_stops_before_any_trial() {
 #[test]
 fn a_plan_past_the_trial_bound_is_refused_before_anything_is_listed() {
     // 200 models × 4 cells × 10,000 generated cases in 3 modalities, and each cell's own checks:
-    // 24,018,400 trials.
+    // 24,019,200 trials.
     let models: String = (0..200).map(|i| format!("  - {{id: org/m{i}, path: model}}\n")).collect();
     let fx = Fixture::new(&format!(
         "playbook: 1\nfamily: e2e\ntiers:\n  big: {{formats: [safetensors, apr], backends: [cpu, gpu], modalities: [run, chat, serve], scenario_count: 10000}}\nmodels:\n{models}scenarios:\n  - {{name: sums, generate: {{arithmetic: {{ops: [\"+\", \"*\"], operands: [0, 9999]}}}}, count: 10000, oracles: [arithmetic]}}\n"
@@ -410,7 +410,7 @@ fn a_plan_past_the_trial_bound_is_refused_before_anything_is_listed() {
     let out = fx.qualify("big", &["--list"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("define 24018400 trials; at most 20000000 are run in one harness"),
+        stderr(&out).contains("define 24019200 trials; at most 20000000 are run in one harness"),
         "{}",
         stderr(&out)
     );

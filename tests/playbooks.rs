@@ -199,8 +199,8 @@ fn check_seed(
     let per_scenario = tier.formats.len() * tier.backends.len() * tier.modalities.len();
     let cells = tier.formats.len() * tier.backends.len();
     let safetensors = usize::from(tier.formats.contains(&modelqa::support::matrix::Format::Safetensors));
-    // Scenarios in every cell and modality, five gateways, the special-token injection gate and
-    // `gate::trace` per cell, two golden comparisons per safetensors cell, twelve differential
+    // Scenarios in every cell and modality, five gateways, the special-token injection gate,
+    // `gate::trace` and `diff::batch-invariance` per cell, two golden comparisons per safetensors cell, twelve differential
     // trials (tensors, logits, generation, invariants I-1 to I-5, the tokenizer fuzz, long
     // context, perplexity, trace) per derived-format cell, plus the rendered chat
     // prompt where the tier chats or serves, seven server-level gates and `diff::serve-vs-run` per
@@ -213,7 +213,7 @@ fn check_seed(
         .iter()
         .any(|s| s.property.is_none() && s.runs_in(Modality::Serve));
     let expected = per_scenario * tier.scenario_count
-        + 7 * cells
+        + 8 * cells
         + 2 * safetensors_cells
         + (12 + usize::from(chats)) * (cells - safetensors_cells)
         + if serves { (7 + usize::from(serves_one)) * cells } else { 0 }

@@ -262,6 +262,35 @@ fn a_server_that_answers_otherwise_fails_serve_vs_run_and_the_clean_server_passe
     }
 }
 
+/// Batching does not change a logit in any format of qa-tiny: `diff::batch-invariance` passes on
+/// the clean engine, and a batch whose projections take another reduction order
+/// (`QUALIFY_FAULT_BATCH_REDUCTION=1`) fails it, naming the prompt, its slot and the batch.
+#[test]
+fn a_batch_dependent_reduction_fails_batch_invariance_and_the_clean_engine_passes() {
+    let work = tempfile::tempdir().unwrap();
+    for format in ["safetensors", "apr", "gguf-q4_k_m"] {
+        let filter = format!("mvp::qa-tiny-llama::{format}::cpu::diff::batch-invariance");
+        let clean = trials_of(&filter, work.path(), "clean", &[]);
+        let planted = trials_of(&filter, work.path(), "planted", &[("QUALIFY_FAULT_BATCH_REDUCTION", "1")]);
+        assert_eq!((clean.len(), planted.len()), (1, 1), "{filter}");
+        let (clean, planted) = (&clean[0], &planted[0]);
+        assert_eq!(clean.outcome, Outcome::Corroborated, "{}: {}", clean.trial, clean.reason);
+        assert!(clean.reason.starts_with("all "), "{}", clean.reason);
+        assert!(
+            clean.reason.contains("next-token logits, alone and in batches of 2, 8, 32"),
+            "{}",
+            clean.reason
+        );
+        assert_eq!(planted.outcome, Outcome::Falsified, "{}: {}", planted.trial, planted.reason);
+        assert!(planted.reason.contains("are not the same bits; the first: scenario "), "{}", planted.reason);
+        assert!(planted.reason.contains("differs from alone"), "{}", planted.reason);
+        assert!(planted.prompt.is_some(), "{}", planted.reason);
+        for run in ["clean", "planted"] {
+            let _ = std::fs::remove_file(work.path().join(format!("{run}.jsonl")));
+        }
+    }
+}
+
 /// User text that spells qa-tiny's control tokens stays text in `run`, `chat` and `serve`, in a
 /// safetensors cell and in a GGUF cell (whose tokenizer comes from the file's metadata). An engine
 /// that reads the spellings as control tokens fails `run` and `chat` (the server's count is

@@ -188,6 +188,7 @@ fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     engine_reason(binder, spec)
         .or_else(|| shipped_reason(binder, spec))
         .or_else(|| untraced_reason(binder, spec))
+        .or_else(|| unbatched_reason(binder, spec))
         .or_else(|| match &spec.kind {
             TrialKind::Scenario { scenario, .. } => {
                 scenario.oracles.iter().find_map(|o| o.unavailable()).map(ToString::to_string)
@@ -202,12 +203,10 @@ fn untraced_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     if !matches!(spec.kind, TrialKind::Numerics | TrialKind::Differential(DiffKind::Trace)) {
         return None;
     }
+    let model_type = model_type(binder, spec)?;
     let Location::Found(dir) = binder.locate(&spec.model) else { return None };
-    let text = crate::bounded::read_side_file(&dir.join("config.json")).ok()?;
-    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let model_type = config.get("model_type")?.as_str()?;
     let traced = crate::format::hf_config::TRACED;
-    if !traced.contains(&model_type) {
+    if !traced.contains(&model_type.as_str()) {
         return Some(format!(
             "the tracer runs the llama convention ({}); {} is {model_type}",
             traced.join(", "),
@@ -229,13 +228,41 @@ fn untraced_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     })
 }
 
+/// The ground truth's `model_type`, where its config.json is here and says it.
+fn model_type(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+    let Location::Found(dir) = binder.locate(&spec.model) else { return None };
+    let text = crate::bounded::read_side_file(&dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(config.get("model_type")?.as_str()?.to_string())
+}
+
+/// Why `diff::batch-invariance` cannot run on the embedded engine: its model of the
+/// architecture answers one sequence at a time, so there is no batch to vary. (A GGUF whose rope
+/// is scaled runs on candle's quantized model, which does not batch either; that is found out
+/// when the file is loaded.)
+fn unbatched_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
+    if !matches!(spec.kind, TrialKind::Differential(DiffKind::BatchInvariance))
+        || !matches!(spec.engine, EngineSpec::Embedded)
+    {
+        return None;
+    }
+    let model_type = model_type(binder, spec)?;
+    let batched = crate::engine::BATCHED;
+    (!batched.contains(&model_type.as_str())).then(|| {
+        format!(
+            "the embedded engine answers {model_type} one sequence at a time, so no batch can change its logits (it batches {})",
+            batched.join(", ")
+        )
+    })
+}
+
 /// Why a trial of a shipped file's cell (`artifacts:`) cannot run: a comparison with a ground
 /// truth the model does not have here, or I-1, which repeats a conversion modelqa did not make.
 fn shipped_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     let (model, format) = (&spec.model, spec.name.format);
     model.artifact(format)?;
     let TrialKind::Differential(kind) = spec.kind else { return None };
-    if kind == DiffKind::ServeVsRun {
+    if matches!(kind, DiffKind::ServeVsRun | DiffKind::BatchInvariance) {
         return None;
     }
     if !binder.has_ground_truth(model) {
@@ -298,6 +325,8 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
                 Some("the command engine reports no per-token timing".into())
             } else if serve_vs_run {
                 Some("the command engine shows no log probabilities to judge where run and serve part".into())
+            } else if matches!(kind, TrialKind::Differential(DiffKind::BatchInvariance)) {
+                Some("the command engine answers one prompt per process: there is no batch to vary".into())
             } else if no_logits {
                 Some("the command engine returns no logits".into())
             } else if unseen_tokens {

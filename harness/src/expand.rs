@@ -160,6 +160,10 @@ pub enum DiffKind {
     /// A traced forward pass against the ground truth's, layer by layer: the first site whose
     /// cosine or norm leaves its bound is named.
     Trace,
+    /// Each scenario prompt alone and inside batches of 2, 8 and 32: the same logit bits on the
+    /// embedded engine, the same answers (or top-5 agreement) over an OpenAI-compatible API.
+    /// Every cell.
+    BatchInvariance,
 }
 
 impl DiffKind {
@@ -189,6 +193,7 @@ impl DiffKind {
             DiffKind::Perplexity => "perplexity",
             DiffKind::BackendParity => "backend-parity",
             DiffKind::Trace => "trace",
+            DiffKind::BatchInvariance => "batch-invariance",
         }
     }
 }
@@ -270,11 +275,13 @@ impl TrialSpec {
 
 /// Golden references describe the model as published, so only safetensors cells compare them;
 /// differential trials compare a derived format with it, so only derived cells have them — but
-/// a cell's server against the cell itself, which every cell has.
+/// a cell against itself (its server, its backend parity, its batches), which every cell has.
 fn applies(kind: TailKind, format: Format) -> bool {
     match kind {
         TailKind::Golden(_) => format == Format::Safetensors,
-        TailKind::Differential(DiffKind::ServeVsRun | DiffKind::BackendParity) => true,
+        TailKind::Differential(
+            DiffKind::ServeVsRun | DiffKind::BackendParity | DiffKind::BatchInvariance,
+        ) => true,
         TailKind::Differential(_) => format != Format::Safetensors,
         TailKind::Scenario { .. }
         | TailKind::Gate(_)
@@ -480,6 +487,7 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
         tails.push((TailKind::Differential(DiffKind::Invariant(i)), String::new()));
     }
     tails.push((TailKind::Differential(DiffKind::TokenizerFuzz), String::new()));
+    tails.push((TailKind::Differential(DiffKind::BatchInvariance), String::new()));
     if tier.backends.contains(&Backend::Gpu) {
         tails.push((TailKind::Differential(DiffKind::BackendParity), String::new()));
     }

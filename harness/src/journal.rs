@@ -43,6 +43,20 @@ pub struct Metrics {
     /// `diff::trace` and `gate::trace`: the first prompt's trace, a few numbers per site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Vec<TracePoint>>,
+    /// The batch a trial's answers were generated in, where it generated several at once (the
+    /// cases of a property with a pass rate); the timings above are then the trial's own within
+    /// the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchMetrics>,
+}
+
+/// A batch of generations: how many sequences, the tokens they generated and the rate of all
+/// of them together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchMetrics {
+    pub size: usize,
+    pub tokens: usize,
+    pub tokens_per_second: f64,
 }
 
 /// One site of a traced forward pass (`embed`, `L0.attn`, `L0.mlp`, …, `norm`, `logits`): its

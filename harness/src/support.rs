@@ -46,7 +46,7 @@ pub mod curriculum {
 
 pub mod engine {
     pub use crate::engine::{
-        Finish, Flow, GenerateRequest, PromptGauge, Sampling, ScoredStep, Session, SharedSession,
+        Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, ScoredStep, Session, SharedSession,
         TokenLogprob, load_candle, safetensors_files,
     };
     pub mod client {

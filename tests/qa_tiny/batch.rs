@@ -105,3 +105,67 @@ fn a_planted_batch_dependent_reduction_is_caught() {
 fn with_the_fault_planted() {
     assert_batch_invariant(&model_dir("llama"));
 }
+
+/// Generating for many requests as one batch gives each request's answer alone: the same tokens,
+/// text and end, greedy or sampled with its own seed, for any `max_tokens`; a request whose
+/// prompt does not fit fails alone and the rest of the batch goes on.
+#[test]
+fn a_batch_generates_what_each_request_generates_alone() {
+    use modelqa::support::engine::{Finish, GenerateRequest, Sampling};
+    use std::time::{Duration, Instant};
+
+    let cache = tempfile::tempdir().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let long = "word ".repeat(4096);
+    let texts: Vec<String> = (0..20)
+        .map(|i| format!("{}{}", PROMPTS[i % PROMPTS.len()], "x = 1; ".repeat(i / PROMPTS.len())))
+        .chain([long])
+        .collect();
+    let requests: Vec<GenerateRequest<'_>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let sampling = if i % 3 == 1 {
+                Sampling::Seeded { temperature: 0.9, top_p: None, top_k: Some(20), seed: i as u64 }
+            } else {
+                Sampling::Greedy
+            };
+            GenerateRequest {
+                sampling,
+                max_tokens: 1 + (i as u32 * 7) % 24,
+                ..GenerateRequest::greedy(text, 0, deadline)
+            }
+        })
+        .collect();
+    let mut ended = std::collections::BTreeSet::new();
+    for arch in ["llama", "qwen2"] {
+        let src = model_dir(arch);
+        for path in
+            [src.clone(), convert::artifact(&src, Format::Gguf(Quantization::Q4KM), cache.path()).unwrap()]
+        {
+            let mut session = load_candle(&path, Backend::Cpu).expect("loads");
+            let batch =
+                session.generate_batch(&requests).expect("the batch runs").expect("the engine batches");
+            assert_eq!(batch.len(), requests.len());
+            for (i, (request, together)) in requests.iter().zip(&batch).enumerate() {
+                let alone = session.generate(request);
+                match (alone, together) {
+                    (Ok(a), Ok(b)) => {
+                        assert_eq!(
+                            (&a.tokens, &a.text, a.finish, a.prompt_tokens),
+                            (&b.tokens, &b.text, b.finish, b.prompt_tokens),
+                            "{}: request {i} alone and in the batch",
+                            path.display()
+                        );
+                        assert!(b.time_to_first_token <= b.duration);
+                        ended.insert(format!("{:?}", b.finish));
+                    }
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "request {i}"),
+                    (a, b) => panic!("{}: request {i}: alone {a:?}, in the batch {b:?}", path.display()),
+                }
+            }
+            assert!(batch.last().unwrap().is_err(), "the prompt past the context fails alone");
+        }
+    }
+    assert!(ended.contains(&format!("{:?}", Finish::Length)), "{ended:?}");
+}

@@ -33,6 +33,8 @@ pub enum Which {
     Kernels(crate::bench_kernels::KernelsArgs),
     /// modelqa's engine against llama.cpp and transformers on the same Qwen2.5-0.5B-shaped files (release build)
     Engine(crate::bench_engine::EngineArgs),
+    /// Generating for many prompts at once against one at a time, on the Qwen2.5-0.5B-shaped model (release build)
+    Batch(crate::bench_batch::BatchArgs),
     /// One engine measurement of `bench engine`, in a process of its own (run by `bench engine`)
     #[command(name = "engine-child", hide = true)]
     EngineChild(crate::bench_engine::ChildArgs),

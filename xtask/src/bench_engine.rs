@@ -23,7 +23,7 @@
 //! decode ceiling a read bandwidth measured at the start allows over the weight bytes read per
 //! token, and how many greedy ids each engine shares with transformers f32.
 
-mod files;
+pub(crate) mod files;
 
 pub use files::shape as qwen05b_shape;
 mod measure;

@@ -2,6 +2,7 @@
 //! flags struct of its task; the doc comments on those structs are the `--help`.
 
 mod bench;
+mod bench_batch;
 mod bench_engine;
 mod bench_formats;
 mod bench_gates;
@@ -122,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(bench::Which::Formats(args)) => in_release().unwrap_or_else(|| bench_formats::run(&args)),
             Some(bench::Which::Kernels(args)) => in_release().unwrap_or_else(|| bench_kernels::run(&args)),
             Some(bench::Which::Engine(args)) => in_release().unwrap_or_else(|| bench_engine::run(&args)),
+            Some(bench::Which::Batch(args)) => in_release().unwrap_or_else(|| bench_batch::run(&args)),
             // Started by `bench engine` from its own (release) binary.
             Some(bench::Which::EngineChild(args)) => bench_engine::child(&args),
             // Rates, not speeds: any build measures the same thing.
@@ -252,6 +254,8 @@ mod tests {
             "xtask bench engine --skip-peers --layers 4",
             "xtask bench engine --layers 4 --reps 5 --threads 2 --formats f32,f16,q8_0,q4_k_m --keep",
             "xtask bench engine --formats f32,bf16,apr --rounds 2 --python /tmp/venv/bin/python",
+            "xtask bench batch",
+            "xtask bench batch --layers 2 --batch 4 --reps 1 --formats f32,q4_k_m",
         ] {
             if let Err(e) = parses(line) {
                 panic!("`{line}` does not parse:\n{e}");

@@ -36,6 +36,7 @@ pub(crate) fn run(env: &TrialEnv<'_>, kind: DiffKind) -> Finding {
         DiffKind::TokenizerFuzz => return super::tokenizer_fuzz::run(spec, env.model_dir, env.artifact),
         DiffKind::ServeVsRun => return super::serve_vs_run::run(env),
         DiffKind::Trace => return super::trace::run_diff(env),
+        DiffKind::BatchInvariance => return super::batch_invariance::run(env),
         DiffKind::ChatPrompt => match ChatTemplate::from_model_dir(env.model_dir) {
             Ok(reference) => {
                 let conversations: Vec<(String, Vec<MessageSpec>)> = spec

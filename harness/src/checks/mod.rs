@@ -2,11 +2,12 @@
 //! references ([`golden`]), differentials against the ground truth ([`differential`], with the
 //! comparisons in [`diff`], the tokenizer fuzz in [`tokenizer_fuzz`], the long-context
 //! comparison in [`long_context`], perplexity in [`perplexity`], and the cell's server against the cell in process in
-//! [`serve_vs_run`]), performance ([`perf`]), the server checks ([`server`]) and what hostile
+//! [`serve_vs_run`], a prompt alone against the same prompt in batches in [`batch_invariance`]), performance ([`perf`]), the server checks ([`server`]) and what hostile
 //! input cannot do ([`injection`]). Each
 //! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
 //! concludes in a [`Verdict`], which the trial body makes a finding.
 
+pub(crate) mod batch_invariance;
 pub(crate) mod diff;
 pub(crate) mod differential;
 pub(crate) mod gate;

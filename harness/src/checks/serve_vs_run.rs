@@ -153,7 +153,7 @@ fn local_answer(g: Generation, mut steps: Vec<ScoredStep>) -> Answer {
 }
 
 /// The served answer of a reply that carried its log probabilities.
-fn served_answer(reply: Reply) -> Option<Answer> {
+pub(crate) fn served_answer(reply: Reply) -> Option<Answer> {
     let end = match reply.finish_reason.as_deref() {
         Some("length") => End::Length,
         _ => End::Eos(None),
@@ -267,11 +267,11 @@ fn cycled(n: usize, level: usize) -> Vec<usize> {
 }
 
 /// What one request came to: the sample it asked.
-type Served = (usize, Result<Reply, ClientError>);
+pub(crate) type Served = (usize, Result<Reply, ClientError>);
 
 /// Sends the samples of `order`, `level` at a time: `level` workers start together and each
 /// takes the next sample until none is left. Answers come back in `order`'s order.
-fn serve(
+pub(crate) fn serve(
     order: &[usize],
     level: usize,
     ask: &(dyn Fn(usize) -> Result<Reply, ClientError> + Sync),

@@ -13,7 +13,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use tokenizers::Tokenizer;
 
 use super::admit::HashFile;
-use super::arch::{CausalLm, GgufMatrices, SafetensorsMatrices, TensorMatrices, Weights};
+use super::arch::{CausalLm, GgufMatrices, SafetensorsMatrices, Segment, TensorMatrices, Weights};
 use super::logprobs::Scorer;
 use super::{
     Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, ScoredStep,
@@ -49,12 +49,12 @@ pub struct CandleSession {
     info: SessionInfo,
 }
 
-/// A load that failed on what the files say (no underlying error).
 /// Whether `architecture` runs its matrices on the project's kernels: a model of its own, on CPU.
 fn on_own_kernels(architecture: &str, device: &Device) -> bool {
     device.is_cpu() && super::arch::OWN_KERNELS.contains(&architecture)
 }
 
+/// A load that failed on what the files say (no underlying error).
 fn load_err(path: &Path, cause: impl Into<String>) -> EngineError {
     EngineError::Load { path: path.to_path_buf(), cause: cause.into() }
 }
@@ -525,6 +525,31 @@ const CANDLE_VERSION: &str = "0.11.1";
 /// context × heads) grow with the context.
 const SEQUENCE_CHUNK: usize = 512;
 
+/// The most prompt tokens one batched forward pass takes at once: prompts are prefilled in
+/// groups up to this many tokens (a longer prompt alone), so activations stay bounded while
+/// each prompt still goes through in one piece, as it does alone.
+const BATCH_PREFILL_TOKENS: usize = 2048;
+
+/// One sequence of a batch being generated ([`CandleSession::generate_together`]).
+struct Live<'r> {
+    /// Its request's index, which is also its batch slot.
+    index: usize,
+    request: &'r GenerateRequest<'r>,
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+    sampler: LogitsProcessor,
+    first_token: Option<std::time::Duration>,
+    first_logits_finite: Option<bool>,
+}
+
+impl<'r> Live<'r> {
+    /// Where its next token goes, and which token it is.
+    fn next_segment(&self) -> (Segment, u32) {
+        let last = *self.tokens.last().unwrap_or(&0);
+        (Segment { slot: Some(self.index), pos: self.prompt.len() + self.tokens.len() - 1, len: 1 }, last)
+    }
+}
+
 impl CandleSession {
     fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Tensor> {
         let started = Instant::now();
@@ -655,19 +680,22 @@ impl Session for CandleSession {
     }
 
     fn batch_logits(&mut self, sequences: &[Vec<u32>]) -> Result<Option<Vec<Vec<f32>>>, EngineError> {
-        let inference = |e: candle_core::Error| EngineError::inference(e);
         if let Some(s) = sequences.iter().find(|s| s.is_empty() || s.len() > self.context) {
             return Err(EngineError::OutsideContext { tokens: s.len(), context: self.context });
         }
-        let lens: Vec<usize> = sequences.iter().map(Vec::len).collect();
-        let ids: Vec<u32> = sequences.concat();
-        let input =
-            Tensor::new(ids.as_slice(), &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
-        let Some(logits) = self.model.forward_ragged(&input, &lens).map_err(inference)? else {
+        let parts: Vec<(Segment, &[u32])> =
+            sequences.iter().map(|s| (Segment { slot: None, pos: 0, len: s.len() }, s.as_slice())).collect();
+        let Some(logits) = self.forward_segments(&parts).map_err(EngineError::inference)? else {
             return Ok(None);
         };
-        let logits = logits.to_dtype(DType::F32).and_then(|l| l.to_vec2::<f32>()).map_err(inference)?;
-        Ok(Some(logits))
+        logits.to_vec2::<f32>().map(Some).map_err(EngineError::inference)
+    }
+
+    fn generate_batch(
+        &mut self,
+        requests: &[GenerateRequest<'_>],
+    ) -> Result<Option<Vec<Result<Generation, EngineError>>>, EngineError> {
+        self.generate_together(requests)
     }
 
     fn feed(&mut self, ids: &[u32], position: usize) -> Result<Vec<f32>, EngineError> {
@@ -765,13 +793,7 @@ impl CandleSession {
     ) -> Result<Generation, EngineError> {
         let inference = |e: candle_core::Error| EngineError::inference(e);
         let started = Instant::now();
-        let mut ids = self.encode_prompt(request.prompt, request.literal)?;
-        if ids.is_empty() {
-            ids.push(self.bos.ok_or(EngineError::EmptyPrompt)?);
-        }
-        if ids.len() >= self.context {
-            return Err(EngineError::PromptTooLong { tokens: ids.len(), context: self.context });
-        }
+        let ids = self.prompt_for(request)?;
         self.model.clear_kv_cache();
         let mut sampler = processor(&request.sampling);
         let prompt_tokens = ids.len();
@@ -833,6 +855,181 @@ impl CandleSession {
             first_logits_finite: Some(first_logits_finite),
             leaked_special_tokens,
         })
+    }
+}
+
+impl CandleSession {
+    /// The logits after each segment of a batch (`[segments, vocab]`, f32), with the faults the
+    /// harness's own tests plant applied as [`CandleSession::forward`] applies them. `None`: the
+    /// model runs one sequence at a time.
+    fn forward_segments(&mut self, parts: &[(Segment, &[u32])]) -> candle_core::Result<Option<Tensor>> {
+        let started = Instant::now();
+        planted_crash();
+        let kv_early = crate::config::planted_kv_early();
+        let segments: Vec<Segment> = parts
+            .iter()
+            .map(|(s, _)| Segment { pos: if kv_early && s.pos > 0 { s.pos + 1 } else { s.pos }, ..*s })
+            .collect();
+        let ids: Vec<u32> = parts.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
+        let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let Some(logits) = self.model.forward_batch(&input, &segments)? else { return Ok(None) };
+        let logits = logits.to_dtype(DType::F32)?;
+        if let Some(factor) = crate::config::planted_slowdown() {
+            std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
+        }
+        Ok(Some(logits))
+    }
+
+    /// [`Session::generate_batch`]: the prompts prefilled in groups of at most
+    /// [`BATCH_PREFILL_TOKENS`], then one step at a time for every sequence still going, each in
+    /// its own batch slot; a sequence leaves the batch when it ends, exactly where it would
+    /// alone (end of sequence, `max_tokens`, the context, its deadline).
+    fn generate_together(
+        &mut self,
+        requests: &[GenerateRequest<'_>],
+    ) -> Result<Option<Vec<Result<Generation, EngineError>>>, EngineError> {
+        let inference = |e: candle_core::Error| EngineError::inference(e);
+        let started = Instant::now();
+        let mut answers: Vec<Option<Result<Generation, EngineError>>> =
+            requests.iter().map(|_| None).collect();
+        let mut live = Vec::with_capacity(requests.len());
+        for (index, request) in requests.iter().enumerate() {
+            match self.prompt_for(request) {
+                Ok(prompt) => live.push(Live {
+                    index,
+                    request,
+                    prompt,
+                    tokens: Vec::new(),
+                    sampler: processor(&request.sampling),
+                    first_token: None,
+                    first_logits_finite: None,
+                }),
+                Err(e) => answers[index] = Some(Err(e)),
+            }
+        }
+        self.model.clear_batch();
+        // Prefill: each group's logits, in `live`'s order.
+        let mut rows: Vec<Tensor> = Vec::with_capacity(live.len());
+        let mut group: Vec<(Segment, &[u32])> = Vec::new();
+        let mut tokens = 0;
+        for (k, seq) in live.iter().enumerate() {
+            group.push((Segment { slot: Some(seq.index), pos: 0, len: seq.prompt.len() }, &seq.prompt));
+            tokens += seq.prompt.len();
+            let next = live.get(k + 1).map_or(0, |s| s.prompt.len());
+            if k + 1 == live.len() || tokens + next > BATCH_PREFILL_TOKENS {
+                let Some(logits) = self.forward_segments(&group).map_err(inference)? else {
+                    return Ok(None);
+                };
+                for r in 0..group.len() {
+                    rows.push(logits.get(r).map_err(inference)?);
+                }
+                group.clear();
+                tokens = 0;
+            }
+        }
+        while !live.is_empty() {
+            let mut going = Vec::with_capacity(live.len());
+            for (mut seq, logits) in live.into_iter().zip(rows) {
+                match self.step(&mut seq, &logits, started) {
+                    Ok(None) => going.push(seq),
+                    Ok(Some(finish)) => {
+                        self.model.clear_slot(seq.index);
+                        let index = seq.index;
+                        answers[index] = Some(self.generation_of(seq, finish, started));
+                    }
+                    Err(e) => {
+                        self.model.clear_slot(seq.index);
+                        answers[seq.index] = Some(Err(e));
+                    }
+                }
+            }
+            live = going;
+            rows = Vec::with_capacity(live.len());
+            if live.is_empty() {
+                break;
+            }
+            let steps: Vec<(Segment, u32)> = live.iter().map(Live::next_segment).collect();
+            let parts: Vec<(Segment, &[u32])> =
+                steps.iter().map(|(s, t)| (*s, std::slice::from_ref(t))).collect();
+            let Some(logits) = self.forward_segments(&parts).map_err(inference)? else { return Ok(None) };
+            for r in 0..parts.len() {
+                rows.push(logits.get(r).map_err(inference)?);
+            }
+        }
+        Ok(Some(
+            answers
+                .into_iter()
+                .map(|a| a.unwrap_or_else(|| Err(EngineError::Inference("no answer".into()))))
+                .collect(),
+        ))
+    }
+
+    /// One sequence's step on its logits: the next token sampled and, where it ends here, how;
+    /// the same rules in the same order as [`CandleSession::generate_inner`].
+    fn step(
+        &self,
+        seq: &mut Live<'_>,
+        logits: &Tensor,
+        started: Instant,
+    ) -> Result<Option<Finish>, EngineError> {
+        let inference = |e: candle_core::Error| EngineError::inference(e);
+        if seq.first_logits_finite.is_none() {
+            seq.first_logits_finite =
+                Some(logits.to_vec1::<f32>().map_err(inference)?.iter().all(|v| v.is_finite()));
+        }
+        let next = seq.sampler.sample(logits).map_err(inference)?;
+        seq.first_token.get_or_insert_with(|| started.elapsed());
+        if self.eos.contains(&next) {
+            return Ok(Some(Finish::Eos));
+        }
+        seq.tokens.push(next);
+        let pos = seq.prompt.len() + seq.tokens.len() - 1;
+        if seq.tokens.len() >= seq.request.max_tokens as usize || pos + 1 >= self.context {
+            return Ok(Some(Finish::Length));
+        }
+        if Instant::now() >= seq.request.deadline {
+            let partial = self.tokenizer.decode(&seq.tokens, true).unwrap_or_default();
+            return Err(EngineError::Timeout { tokens: seq.tokens.len(), partial });
+        }
+        Ok(None)
+    }
+
+    /// A finished sequence's answer.
+    fn generation_of(
+        &self,
+        seq: Live<'_>,
+        finish: Finish,
+        started: Instant,
+    ) -> Result<Generation, EngineError> {
+        let text = self
+            .tokenizer
+            .decode(&seq.tokens, true)
+            .map_err(|e| EngineError::inference_in("failed to decode the output tokens", e))?;
+        let leaked_special_tokens = seq.tokens.iter().filter_map(|t| self.special.get(t).cloned()).collect();
+        Ok(Generation {
+            text,
+            token_count: Some(seq.tokens.len()),
+            tokens: seq.tokens,
+            prompt_tokens: seq.prompt.len(),
+            finish,
+            time_to_first_token: seq.first_token.unwrap_or_default(),
+            duration: started.elapsed(),
+            first_logits_finite: seq.first_logits_finite,
+            leaked_special_tokens,
+        })
+    }
+
+    /// A request's prompt ids as generation feeds them: BOS for an empty prompt, an error for one
+    /// that leaves no room in the context.
+    fn prompt_for(&self, request: &GenerateRequest<'_>) -> Result<Vec<u32>, EngineError> {
+        let mut ids = self.encode_prompt(request.prompt, request.literal)?;
+        if ids.is_empty() {
+            ids.push(self.bos.ok_or(EngineError::EmptyPrompt)?);
+        }
+        if ids.len() >= self.context {
+            return Err(EngineError::PromptTooLong { tokens: ids.len(), context: self.context });
+        }
+        Ok(ids)
     }
 }
 

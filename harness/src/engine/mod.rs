@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// The architectures the embedded engine answers in batches.
+pub(crate) use self::arch::BATCHED;
 pub use self::cache::SharedSession;
 pub(crate) use self::cache::{SessionCache, SessionKey};
 pub(crate) use self::candle::CandleEngine;
@@ -339,6 +341,18 @@ pub trait Session: Send {
     /// gives for each alone, as the batch's kernels compute it. `None`: the engine runs one
     /// sequence at a time.
     fn batch_logits(&mut self, _sequences: &[Vec<u32>]) -> Result<Option<Vec<Vec<f32>>>, EngineError> {
+        Ok(None)
+    }
+    /// Generates for every request at once, as one batch: each sequence with its own KV cache,
+    /// sampler and stopping, the weights read once per step for all of them. Each answer is the
+    /// one [`Session::generate`] gives for its request alone (the embedded engine's kernels are
+    /// batch-invariant), with its own timings within the batch (its first token and its end, from
+    /// the batch's start). A request's own failure (a prompt past the context, its deadline) is
+    /// its entry; a failure of the batch is the error. `None`: the engine generates one at a time.
+    fn generate_batch(
+        &mut self,
+        _requests: &[GenerateRequest<'_>],
+    ) -> Result<Option<Vec<Result<Generation, EngineError>>>, EngineError> {
         Ok(None)
     }
     /// Feeds `ids` to the model at `position` of its KV cache and returns the next-token logits

@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
 use crate::chat::Guarded;
+use crate::engine::{EngineError, Generation};
+use crate::journal::Metrics;
 use crate::matrix::Modality;
 use crate::playbook::{
     Input, MessageSpec, Property, Scenario, generated_cases, generator_strategy, seeded_runner,
@@ -122,6 +124,16 @@ fn judge_case(
     } else {
         env.generate(scenario, &prompt, conversation).map(|g| (g, None))
     };
+    judge_answer(env, scenario, question, generated).with_prompt(prompt.text)
+}
+
+/// A case's answer (with the metrics it was measured by over HTTP), judged.
+fn judge_answer(
+    env: &TrialEnv<'_>,
+    scenario: &Scenario,
+    question: &str,
+    generated: Result<(Generation, Option<Metrics>), EngineError>,
+) -> Finding {
     match generated {
         Ok((g, http_metrics)) => {
             let mut f = judge_generation(scenario, question, &g, templated(env));
@@ -133,7 +145,6 @@ fn judge_case(
             Finding::from_engine_error(e, Decider::Gateway(Gate::Inference), "generation", env.timeout())
         }
     }
-    .with_prompt(prompt.text)
 }
 
 /// A property with a pass rate: every distinct generated case runs once, none is shrunk, and the
@@ -148,26 +159,50 @@ fn run_at_rate(
 ) -> Finding {
     let (template, applies_template) = (env.info.chat_template.as_ref(), env.info.applies_chat_template);
     let cases = generated_cases(&property.generator, property.cases, property.seed, &scenario.name);
+    let prepared: Vec<_> = cases
+        .iter()
+        .map(|case| {
+            let input = Input::Prompt(case.prompt.clone());
+            prepare(&env.spec.model, modality, &input, template, applies_template, &env.info.control_tokens)
+        })
+        .collect();
+    // In process, every case laid out as text is generated in one batch: each answer is the one
+    // it gets alone, at a fraction of the time.
+    let texts: Vec<(usize, Guarded)> = prepared
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Ok((prompt, None)) if modality != Modality::Serve => Some((i, prompt.clone())),
+            _ => None,
+        })
+        .collect();
+    let prompts: Vec<Guarded> = texts.iter().map(|(_, p)| p.clone()).collect();
+    let mut batched: Vec<Option<Result<Generation, EngineError>>> = cases.iter().map(|_| None).collect();
+    let mut batch_metrics = None;
+    if texts.len() > 1
+        && let Some(batch) = env.generate_batch(scenario, &prompts)
+    {
+        for ((i, _), answer) in texts.iter().zip(batch.answers) {
+            batched[*i] = Some(answer);
+        }
+        batch_metrics = Some(batch.metrics);
+    }
     let (mut passed, mut ran) = (0usize, 0usize);
     let mut first_failure: Option<(String, Finding)> = None;
     let mut last: Option<Finding> = None;
-    for case in &cases {
-        let f = match prepare(
-            &env.spec.model,
-            modality,
-            &Input::Prompt(case.prompt.clone()),
-            template,
-            applies_template,
-            &env.info.control_tokens,
-        ) {
-            Ok((prompt, conversation)) => {
+    for ((case, prepared), answer) in cases.iter().zip(prepared).zip(batched) {
+        let mut f = match (prepared, answer) {
+            (Ok((prompt, _)), Some(answer)) => {
+                judge_answer(env, scenario, &case.prompt, answer.map(|g| (g, None))).with_prompt(prompt.text)
+            }
+            (Ok((prompt, conversation)), None) => {
                 judge_case(env, modality, scenario, &case.prompt, prompt, conversation.as_deref())
             }
-            Err(e) => Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string()),
+            (Err(e), _) => Finding::new(Outcome::Falsified, Decider::ChatTemplate, e.to_string()),
         };
+        f.metrics.batch.clone_from(&batch_metrics);
         ran += 1;
         if f.outcome == Outcome::Timeout {
-            let mut f = f;
             f.reason =
                 format!("{} after {ran} of {} generated cases ({passed} passed)", f.reason, cases.len());
             return f;

@@ -67,6 +67,39 @@ impl TrialEnv<'_> {
             .map_or_else(|| self.spec.model.layout("Hello"), |a| a.prompt)
     }
 
+    /// Generates for every one of `prompts` as one batch, each as [`TrialEnv::generate`] would
+    /// alone (the same sampling, `max_tokens` and deadline); `None` where the engine generates
+    /// one at a time. The answers are the ones generated alone (the embedded engine is
+    /// batch-invariant, and `diff::batch-invariance` holds it to that).
+    pub(crate) fn generate_batch(&self, scenario: &Scenario, prompts: &[Guarded]) -> Option<BatchAnswers> {
+        let sampling = self.sampling();
+        let requests: Vec<GenerateRequest<'_>> = prompts
+            .iter()
+            .map(|p| GenerateRequest {
+                prompt: &p.text,
+                literal: &p.literal,
+                max_tokens: scenario.max_tokens,
+                sampling: sampling.clone(),
+                deadline: self.deadline,
+            })
+            .collect();
+        let started = Instant::now();
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let answers = match session.generate_batch(&requests) {
+            Ok(Some(answers)) => answers,
+            Ok(None) => return None,
+            Err(e) => requests.iter().map(|_| Err(EngineError::inference(e.to_string()))).collect(),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let tokens: usize = answers.iter().flatten().map(|g| g.tokens.len()).sum();
+        let metrics = crate::journal::BatchMetrics {
+            size: prompts.len(),
+            tokens,
+            tokens_per_second: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
+        };
+        Some(BatchAnswers { answers, metrics })
+    }
+
     /// Generates for `prompt`, or answers `conversation` where the engine lays conversations
     /// out itself (then `prompt` is the readable transcript kept as evidence).
     pub(crate) fn generate(
@@ -88,6 +121,13 @@ impl TrialEnv<'_> {
             None => session.generate(&request),
         }
     }
+}
+
+/// Answers to several prompts generated as one batch ([`TrialEnv::generate_batch`]), with the
+/// batch's own figures.
+pub(crate) struct BatchAnswers {
+    pub answers: Vec<Result<Generation, EngineError>>,
+    pub metrics: crate::journal::BatchMetrics,
 }
 
 /// How a trial's scenario samples: greedy unless it sets a temperature above zero.

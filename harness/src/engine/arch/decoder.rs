@@ -7,7 +7,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::blocks::{KvCache, Mlp, Norm, NormKind, Rotary, Scores, attend};
-use super::lm::CausalLm;
+use super::lm::{CausalLm, Segment};
 use super::weights::{Embedding, Linear, Weights, batched};
 
 /// The MLP's shape and names.
@@ -125,6 +125,8 @@ struct Layer {
     o: Linear,
     mlp: Mlp,
     cache: KvCache,
+    /// The caches of a batch's sequences, by slot ([`CausalLm::forward_batch`]).
+    slots: Vec<KvCache>,
 }
 
 pub(super) struct Decoder {
@@ -173,6 +175,7 @@ impl Decoder {
                     }
                 },
                 cache: KvCache::default(),
+                slots: Vec::new(),
             });
         }
         let norm = Norm::load(spec.norm, h, m.vb().pp("norm"))?;
@@ -218,18 +221,34 @@ impl Layer {
         Self::attend_one((&q, &k, &v), pos, &mut self.cache, spec, rotary)?.apply(&self.o)
     }
 
-    /// Attention over several sequences laid end to end in `x` (`[1, Σ lens, hidden]`), each
-    /// from position 0 and seeing only itself: the projections run on every row at once, the
-    /// attention one sequence at a time, as each would alone.
-    fn attention_ragged(&self, x: &Tensor, lens: &[usize], spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+    /// Attention over several sequences' segments laid end to end in `x` (`[1, Σ len, hidden]`),
+    /// each through its slot's cache (or none) and seeing only its own sequence: the projections
+    /// run on every row at once, the attention one sequence at a time, as each would alone.
+    fn attention_batch(
+        &mut self,
+        x: &Tensor,
+        segments: &[Segment],
+        spec: &Spec,
+        rotary: &Rotary,
+    ) -> Result<Tensor> {
         let (q, k, v) = self.project(x, spec)?;
-        let mut outputs = Vec::with_capacity(lens.len());
+        let mut outputs = Vec::with_capacity(segments.len());
         let mut start = 0;
-        for &len in lens {
-            let part = |t: &Tensor| t.narrow(1, start, len);
+        for seg in segments {
+            let part = |t: &Tensor| t.narrow(1, start, seg.len);
             let qkv = (&part(&q)?, &part(&k)?, &part(&v)?);
-            outputs.push(Self::attend_one(qkv, 0, &mut KvCache::default(), spec, rotary)?);
-            start += len;
+            let mut scratch = KvCache::default();
+            let cache = match seg.slot {
+                None => &mut scratch,
+                Some(slot) => {
+                    if self.slots.len() <= slot {
+                        self.slots.resize_with(slot + 1, KvCache::default);
+                    }
+                    &mut self.slots[slot]
+                }
+            };
+            outputs.push(Self::attend_one(qkv, seg.pos, cache, spec, rotary)?);
+            start += seg.len;
         }
         Tensor::cat(&outputs, 1)?.apply(&self.o)
     }
@@ -256,9 +275,15 @@ impl Layer {
         self.finish(x, &normed, attn, spec)
     }
 
-    fn forward_ragged(&self, x: &Tensor, lens: &[usize], spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+    fn forward_batch(
+        &mut self,
+        x: &Tensor,
+        segments: &[Segment],
+        spec: &Spec,
+        rotary: &Rotary,
+    ) -> Result<Tensor> {
         let normed = x.apply(&self.input_norm)?;
-        let attn = self.attention_ragged(&normed, lens, spec, rotary)?;
+        let attn = self.attention_batch(&normed, segments, spec, rotary)?;
         self.finish(x, &normed, attn, spec)
     }
 }
@@ -280,18 +305,32 @@ impl CausalLm for Decoder {
         }
     }
 
-    fn forward_ragged(&mut self, input: &Tensor, lens: &[usize]) -> Result<Option<Tensor>> {
+    fn forward_batch(&mut self, input: &Tensor, segments: &[Segment]) -> Result<Option<Tensor>> {
         let mut x = (self.embed.forward(input)? * self.spec.embedding_multiplier)?;
-        for layer in &self.layers {
-            x = batched(|| layer.forward_ragged(&x, lens, &self.spec, &self.spec.rotary))?;
+        for layer in &mut self.layers {
+            x = batched(|| layer.forward_batch(&x, segments, &self.spec, &self.spec.rotary))?;
         }
-        let mut lasts = Vec::with_capacity(lens.len());
+        let mut lasts = Vec::with_capacity(segments.len());
         let mut end = 0;
-        for &len in lens {
-            end += len;
+        for seg in segments {
+            end += seg.len;
             lasts.push(x.narrow(1, end - 1, 1)?);
         }
         let last = Tensor::cat(&lasts, 1)?.apply(&self.norm)?;
         Ok(Some((last.apply(&self.head)? / self.spec.logits_divisor)?.squeeze(0)?))
+    }
+
+    fn clear_batch(&mut self) {
+        for layer in &mut self.layers {
+            layer.slots.clear();
+        }
+    }
+
+    fn clear_slot(&mut self, slot: usize) {
+        for layer in &mut self.layers {
+            if let Some(cache) = layer.slots.get_mut(slot) {
+                cache.clear();
+            }
+        }
     }
 }

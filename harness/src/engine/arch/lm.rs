@@ -20,13 +20,35 @@ pub(crate) trait CausalLm: Send {
     fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor>;
     /// Forgets every cached token, for a new sequence.
     fn clear_kv_cache(&mut self);
-    /// The logits after the last token of each of several sequences laid end to end in
-    /// `input` (`[1, Σ lens]`), each from position 0 and seeing only itself, as one batch:
-    /// `[sequences, vocab]`. The cache is neither read nor written. `None`: the model runs one
-    /// sequence at a time.
-    fn forward_ragged(&mut self, _input: &Tensor, _lens: &[usize]) -> candle_core::Result<Option<Tensor>> {
+    /// The logits after the last token of each of several sequences' `segments`, laid end to
+    /// end in `input` (`[1, Σ len]`), as one batch: `[segments, vocab]`. Each segment continues
+    /// its batch slot's cache (or, without a slot, starts at position 0 and is kept nowhere); the
+    /// single-sequence cache of [`CausalLm::forward`] is neither read nor written. A segment's
+    /// logits are the bits [`CausalLm::forward`] gives for the same tokens at the same position
+    /// after the same cached tokens. `None`: the model runs one sequence at a time.
+    fn forward_batch(
+        &mut self,
+        _input: &Tensor,
+        _segments: &[Segment],
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }
+    /// Forgets every batch slot's cached tokens.
+    fn clear_batch(&mut self) {}
+    /// Forgets one batch slot's cached tokens (its sequence has ended).
+    fn clear_slot(&mut self, _slot: usize) {}
+}
+
+/// One sequence's tokens in a batch ([`CausalLm::forward_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// The batch cache that holds the sequence's `pos` earlier tokens and keeps these; `None`:
+    /// the segment starts at position 0 and is cached nowhere.
+    pub slot: Option<usize>,
+    /// The position of the segment's first token.
+    pub pos: usize,
+    /// How many tokens it has.
+    pub len: usize,
 }
 
 /// Why a loader could not build its model.
@@ -85,6 +107,11 @@ pub(crate) const OWN_KERNELS: &[&str] = &[
     "stablelm",
     "starcoder2",
 ];
+
+/// The architectures whose model answers several sequences as one batch
+/// ([`CausalLm::forward_batch`]): those on the shared decoder. The others run one at a time.
+pub(crate) const BATCHED: &[&str] =
+    &["granite", "llama", "mistral", "phi3", "qwen2", "stablelm", "starcoder2"];
 
 /// The model of `architecture` (one of [`ARCHITECTURES`]) from its normalised config.
 pub(crate) fn load(

@@ -17,5 +17,5 @@ mod stablelm;
 mod starcoder2;
 mod weights;
 
-pub(crate) use lm::{ARCHITECTURES, CausalLm, LoadError, OWN_KERNELS, load};
+pub(crate) use lm::{ARCHITECTURES, BATCHED, CausalLm, LoadError, OWN_KERNELS, Segment, load};
 pub(crate) use weights::{GgufMatrices, SafetensorsMatrices, TensorMatrices, Weights};
