@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -873,4 +874,51 @@ fn a_property_pass_rate_is_judged_by_an_exact_binomial_test() {
     let (code, r) = judge(20, "", "strict");
     assert_eq!((code, r.outcome), (Some(101), Outcome::Falsified), "{r:?}");
     assert!(r.reason.contains("minimal failing case"), "{}", r.reason);
+}
+
+/// `QUALIFY_SHARD=k/n` splits the selected trials over `n` shards by model and backend: the
+/// shards' lists together are the whole list, each trial on one shard, each model on a backend
+/// never split (its formats share its ground-truth session); recorded times move the split; a
+/// malformed shard is refused with the variable named.
+#[test]
+fn shards_partition_the_trials_by_model_and_backend() {
+    let models: String = (0..6).map(|i| format!("  - id: test/m{i}\n    path: model\n")).collect();
+    let fx = Fixture::new(&PLAYBOOK.replace("  - id: test/tiny\n    path: model\n", &models));
+    let list = |env: &[(&str, &str)]| -> Vec<String> {
+        let out = fx.qualify("list", &["--list", "--format", "terse"], env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().map(|l| l.trim_end_matches(": test").to_string()).collect()
+    };
+    let all = list(&[]);
+    assert_eq!(all.len(), 6 * 27);
+    let none = fx.path().join("no-times");
+    let mut seen: Vec<String> = Vec::new();
+    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    for k in 1..=4 {
+        let shard = format!("{k}/4");
+        let part = list(&[("QUALIFY_SHARD", &shard), ("QUALIFY_SHARD_TIMES", none.to_str().unwrap())]);
+        for name in &part {
+            let group = name
+                .split("::")
+                .take(3)
+                .chain(name.split("::").skip(4).take(1))
+                .collect::<Vec<_>>()
+                .join("::");
+            assert_eq!(*groups.entry(group.clone()).or_insert(k), k, "{group} split over shards");
+        }
+        seen.extend(part);
+    }
+    seen.sort();
+    assert_eq!(seen, all, "the shards together list every trial once");
+    // Six models and two backends: twelve groups. The GPU trials of a build without `cuda` are
+    // ignored and cost nothing, so the six CPU groups are what is balanced: one or two a shard.
+    assert_eq!(groups.len(), 12);
+    for k in 1..=4 {
+        let cpu = groups.iter().filter(|(g, s)| **s == k && g.ends_with("::cpu")).count();
+        assert!((1..=2).contains(&cpu), "shard {k}: {groups:?}");
+    }
+
+    let out = fx.qualify("bad", &["--list"], &[("QUALIFY_SHARD", "5/4")]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("invalid QUALIFY_SHARD=\"5/4\""), "{}", stderr(&out));
 }

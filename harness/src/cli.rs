@@ -67,8 +67,20 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
 
     let mut binder = Binder::new(config.roots.clone());
     let fast_exact = args.exact && args.skip.is_empty() && args.filter.is_some();
+    // A shard keeps the trials of its models (`QUALIFY_SHARD`); `--exact NAME` runs its one trial
+    // wherever it is asked (nextest asks each shard for the names it listed).
+    let sharded = match config.shard.filter(|_| !fast_exact) {
+        Some(shard) => {
+            let all = plan.select(&filter);
+            let times = crate::shard::Times::read(&config.shard_times);
+            let assignment = crate::shard::Assignment::new(&plan, &all, &times, shard.count);
+            reporter::shard(shard, &assignment, &config.shard_times);
+            Some(all.into_iter().filter(|r| assignment.runs(&plan, *r, shard)).collect::<Vec<_>>())
+        }
+        None => None,
+    };
     if args.list && !fast_exact {
-        return Ok(list(&plan, &filter, None, &mut binder, args.ignored));
+        return Ok(list(&plan, &filter, sharded.as_deref(), &mut binder, args.ignored));
     }
 
     // nextest runs each trial as `--exact NAME`: build that one trial, not all of them.
@@ -88,7 +100,7 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
                 }
             },
         },
-        _ => plan.select(&filter),
+        _ => sharded.unwrap_or_else(|| plan.select(&filter)),
     };
 
     if args.list {

@@ -23,6 +23,11 @@ pub(crate) struct Config {
     /// `QUALIFY_RESUME`: the run to resume. Its journal is appended to, and the trials that
     /// already have a final record in it are not run again.
     pub resume: bool,
+    /// `QUALIFY_SHARD=k/n`: run only the models this shard of `n` takes (`shard`).
+    pub shard: Option<crate::shard::Shard>,
+    /// `QUALIFY_SHARD_TIMES`: the journals or certification evidence the shards balance by;
+    /// default `certifications` (the committed evidence, the same on every machine).
+    pub shard_times: PathBuf,
 }
 
 /// A setting the user got wrong.
@@ -71,6 +76,14 @@ impl Config {
                 expected: "a run id is a file name: no `/`, `\\` or leading `.`".into(),
             });
         }
+        let shard = match var("QUALIFY_SHARD") {
+            None => None,
+            Some(v) => Some(crate::shard::Shard::parse(&v).map_err(|why| ConfigError {
+                var: "QUALIFY_SHARD",
+                value: v.clone(),
+                expected: why,
+            })?),
+        };
         let places = Places::from_env();
         Ok(Self {
             playbooks: places.playbooks,
@@ -80,6 +93,9 @@ impl Config {
             journal_dir: places.journal_dir,
             under_nextest: var("NEXTEST").as_deref() == Some("1"),
             resume: resume.is_some(),
+            shard,
+            shard_times: var("QUALIFY_SHARD_TIMES")
+                .map_or_else(|| PathBuf::from("certifications"), PathBuf::from),
         })
     }
 }
@@ -183,6 +199,8 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_FAULT_KV_EARLY",
     "QUALIFY_FAULT_BATCH_REDUCTION",
     "QUALIFY_RESUME",
+    "QUALIFY_SHARD",
+    "QUALIFY_SHARD_TIMES",
 ];
 
 /// `QUALIFY_*` variables set in the environment that modelqa does not read, each with the

@@ -366,6 +366,13 @@ impl Plan {
         }
     }
 
+    /// The full name of one trial, without building its spec.
+    pub fn name(&self, r: TrialRef) -> String {
+        let group = &self.groups[r.group as usize];
+        let layout = &self.layouts[group.playbook][group.tier];
+        format!("{}{}{}", group.prefix, layout.cells[r.cell as usize].2, layout.tails[r.tail as usize].1)
+    }
+
     /// The selected trials, in name order.
     pub fn select(&self, filter: &Filter) -> Vec<TrialRef> {
         let mut out = Vec::new();

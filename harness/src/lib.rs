@@ -37,6 +37,7 @@ mod progress;
 mod reporter;
 mod run;
 mod serve;
+mod shard;
 mod stats;
 #[cfg(feature = "test-support")]
 mod testmodel;

@@ -96,6 +96,26 @@ pub(crate) fn notices(notices: &[Notice]) {
     }
 }
 
+/// Which part of the run this shard takes (`QUALIFY_SHARD`).
+pub(crate) fn shard(shard: crate::shard::Shard, a: &crate::shard::Assignment, times: &std::path::Path) {
+    let i = shard.index - 1;
+    let total: f64 = a.loads.iter().sum();
+    let units: usize = a.units.iter().sum();
+    let mean = total / a.loads.len().max(1) as f64;
+    let longest = a.loads.iter().copied().fold(0.0, f64::max);
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "shard {}/{} (QUALIFY_SHARD): {} of {units} model × backend groups, about {:.1} s of {:.1} s by the times in {} (longest shard {:.2}× the mean)",
+        shard.index,
+        shard.count,
+        a.units.get(i).copied().unwrap_or(0),
+        a.loads.get(i).copied().unwrap_or(0.0) / 1e3,
+        total / 1e3,
+        times.display(),
+        if mean > 0.0 { longest / mean } else { 1.0 }
+    );
+}
+
 /// Groups ignore reasons, so a thousand trials of one missing model make one line.
 pub(crate) fn ignored_summary(reasons: &BTreeMap<String, usize>) {
     let mut err = std::io::stderr().lock();
