@@ -24,10 +24,31 @@ pub(crate) struct Config {
     /// already have a final record in it are not run again.
     pub resume: bool,
     /// `QUALIFY_SHARD=k/n`: run only the models this shard of `n` takes (`shard`).
-    pub shard: Option<crate::shard::Shard>,
+    pub shard: Option<Shard>,
     /// `QUALIFY_SHARD_TIMES`: the journals or certification evidence the shards balance by;
     /// default `certifications` (the committed evidence, the same on every machine).
     pub shard_times: PathBuf,
+}
+
+/// One shard of `count`, numbered from 1 (`QUALIFY_SHARD=2/4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shard {
+    pub(crate) index: usize,
+    pub(crate) count: usize,
+}
+
+impl Shard {
+    /// `k/n` with 1 ≤ k ≤ n.
+    pub(crate) fn parse(text: &str) -> Result<Shard, String> {
+        let (k, n) = text.trim().split_once('/').ok_or_else(|| format!("`{text}` is not k/n (e.g. 2/4)"))?;
+        let number =
+            |s: &str| s.trim().parse::<usize>().map_err(|_| format!("`{text}` is not k/n (e.g. 2/4)"));
+        let (index, count) = (number(k)?, number(n)?);
+        if count == 0 || index == 0 || index > count {
+            return Err(format!("`{text}`: the shard must be 1 to {count}, of at least one"));
+        }
+        Ok(Shard { index, count })
+    }
 }
 
 /// A setting the user got wrong.
@@ -78,7 +99,7 @@ impl Config {
         }
         let shard = match var("QUALIFY_SHARD") {
             None => None,
-            Some(v) => Some(crate::shard::Shard::parse(&v).map_err(|why| ConfigError {
+            Some(v) => Some(Shard::parse(&v).map_err(|why| ConfigError {
                 var: "QUALIFY_SHARD",
                 value: v.clone(),
                 expected: why,

@@ -15,26 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::expand::{Plan, TrialRef};
 use crate::matrix::Backend;
 
-/// One shard of `count`, numbered from 1 (`QUALIFY_SHARD=2/4`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Shard {
-    pub(crate) index: usize,
-    pub(crate) count: usize,
-}
-
-impl Shard {
-    /// `k/n` with 1 ≤ k ≤ n.
-    pub(crate) fn parse(text: &str) -> Result<Shard, String> {
-        let (k, n) = text.trim().split_once('/').ok_or_else(|| format!("`{text}` is not k/n (e.g. 2/4)"))?;
-        let number =
-            |s: &str| s.trim().parse::<usize>().map_err(|_| format!("`{text}` is not k/n (e.g. 2/4)"));
-        let (index, count) = (number(k)?, number(n)?);
-        if count == 0 || index == 0 || index > count {
-            return Err(format!("`{text}`: the shard must be 1 to {count}, of at least one"));
-        }
-        Ok(Shard { index, count })
-    }
-}
+pub(crate) use crate::config::Shard;
 
 /// The unit a shard takes whole: a model (its id) on a backend.
 pub(crate) type Unit = (String, Backend);
