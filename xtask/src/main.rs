@@ -19,6 +19,7 @@ mod golden;
 mod libtest;
 mod schema;
 mod serve;
+mod shards;
 mod train;
 
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ enum Task {
     Diff(diff::DiffArgs),
     /// Under the real cargo-nextest: an abort, a segfault and a hang in one trial each end as its own record
     Crashes(crashes::CrashesArgs),
+    /// The model-affine shard recipe under the real cargo-nextest: an archive, N shard runs, each trial and session once
+    Shards(shards::ShardsArgs),
     /// Benchmarks: harness expansion, or `serve` / `formats` / `kernels` / `engine` (release builds)
     Bench(bench::BenchArgs),
 }
@@ -138,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Serve(args) => serve::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Crashes(args) => crashes::run(&args),
+        Task::Shards(args) => shards::run(&args),
         Task::Diff(args) => diff::run(&args),
         Task::Bootstrap(args) => bootstrap::bootstrap(&args),
     }
