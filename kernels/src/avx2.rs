@@ -27,42 +27,132 @@ fn check() {
     assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
 }
 
-/// The safe entries to a kernel generic over the number of activation rows it takes at once:
-/// one row, and [`ROWS`] rows (several calls of `$n` rows each). A row's result is the same
-/// whichever entry computed it: the kernel repeats the one-row sequence of operations per row.
-macro_rules! entry {
-    ($single:ident, $rows:ident => $kernel:ident::<$n:literal>($w:ty, $x:ty)) => {
-        pub(super) fn $single(w: &[$w], x: &[$x]) -> f32 {
+/// The safe entries to a dense kernel: a span of consecutive weight rows times one activation
+/// row, `$r` weight rows at a time (their independent sums hide the FMA latency), and a span
+/// times [`ROWS`] activation rows, each weight row loaded once for `$n` of them. Checks and
+/// setup are paid once per span; every result is the one-row sequence of operations, whichever
+/// entry and whichever place in a group computed it.
+macro_rules! dense_entry {
+    ($span:ident, $rows:ident => $kernel:ident($w:ty), $r:literal weight rows, $n:literal activation rows) => {
+        pub(super) fn $span(w: &[$w], x: &[f32], out: &mut [f32]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn span(w: &[$w], x: &[f32], out: &mut [f32]) {
+                let cols = x.len();
+                assert_eq!(
+                    w.len(),
+                    cols * out.len(),
+                    "a span of {} weights for {} rows of {cols}",
+                    w.len(),
+                    out.len()
+                );
+                let row = |r: usize| &w[r * cols..(r + 1) * cols];
+                let whole = out.len() / $r * $r;
+                let (grouped, rest) = out.split_at_mut(whole);
+                for (g, out) in grouped.chunks_exact_mut($r).enumerate() {
+                    let ys = $kernel::<$r, 1>(std::array::from_fn(|k| row(g * $r + k)), [x]);
+                    out.iter_mut().zip(ys).for_each(|(o, [y])| *o = y);
+                }
+                for (k, out) in rest.iter_mut().enumerate() {
+                    let [[y]] = $kernel::<1, 1>([row(whole + k)], [x]);
+                    *out = y;
+                }
+            }
             check();
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-            let [y] = unsafe { $kernel::<1>(w, [x]) };
-            y
+            unsafe { span(w, x, out) }
         }
 
-        pub(super) fn $rows(w: &[$w], x: [&[$x]; ROWS]) -> [f32; ROWS] {
-            check();
-            let mut out = [0f32; ROWS];
-            for (out, x) in out.chunks_exact_mut($n).zip(x.chunks_exact($n)) {
-                // SAFETY: as above.
-                out.copy_from_slice(&unsafe { $kernel::<$n>(w, x.try_into().expect("$n rows")) });
+        pub(super) fn $rows(w: &[$w], x: [&[f32]; ROWS], out: [&mut [f32]; ROWS]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn rows(w: &[$w], x: [&[f32]; ROWS], out: [&mut [f32]; ROWS]) {
+                let (cols, len) = (x[0].len(), out[0].len());
+                assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
+                assert_eq!(w.len(), cols * len, "a span of {} weights for {len} rows of {cols}", w.len());
+                for r in 0..len {
+                    let w = &w[r * cols..(r + 1) * cols];
+                    for (g, x) in x.chunks_exact($n).enumerate() {
+                        let [ys] = $kernel::<1, $n>(
+                            [w],
+                            x.try_into().expect("ROWS is a multiple of the kernel's rows"),
+                        );
+                        for (k, y) in ys.into_iter().enumerate() {
+                            out[g * $n + k][r] = y;
+                        }
+                    }
+                }
             }
-            out
+            check();
+            // SAFETY: as above.
+            unsafe { rows(w, x, out) }
         }
     };
 }
 
-// Dense rows keep four accumulators each: two rows at a time fit the sixteen registers.
-entry!(dot_f32, dot_f32_rows => f32_kernel::<2>(f32, f32));
-entry!(dot_f16, dot_f16_rows => f16_kernel::<2>(f16, f32));
-entry!(dot_bf16, dot_bf16_rows => bf16_kernel::<2>(bf16, f32));
-entry!(dot_q4_0, dot_q4_0_rows => q4_0_kernel::<4>(u8, Q8_0));
-entry!(dot_q5_0, dot_q5_0_rows => q5_0_kernel::<4>(u8, Q8_0));
-entry!(dot_q8_0, dot_q8_0_rows => q8_0_kernel::<4>(u8, Q8_0));
-entry!(dot_q4_1, dot_q4_1_rows => q4_1_kernel::<4>(u8, Q8_1));
-entry!(dot_q5_1, dot_q5_1_rows => q5_1_kernel::<4>(u8, Q8_1));
-entry!(dot_q4k, dot_q4k_rows => q4k_kernel::<4>(u8, Q8K));
-entry!(dot_q5k, dot_q5k_rows => q5k_kernel::<4>(u8, Q8K));
-entry!(dot_q6k, dot_q6k_rows => q6k_kernel::<4>(u8, Q8K));
+/// The same for a quantized kernel, which takes one weight row and `$n` activation rows: a span
+/// of consecutive stored rows (`$size` bytes a block, one block per activation block) times one
+/// activation row, and times [`ROWS`] activation rows, each weight block unpacked once for `$n`.
+macro_rules! quant_entry {
+    ($span:ident, $rows:ident => $kernel:ident($x:ty, $size:literal bytes), $n:literal activation rows) => {
+        pub(super) fn $span(w: &[u8], x: &[$x], out: &mut [f32]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn span(w: &[u8], x: &[$x], out: &mut [f32]) {
+                let bytes = x.len() * $size;
+                assert_eq!(
+                    w.len(),
+                    bytes * out.len(),
+                    "a span of {} bytes for {} rows of {bytes}",
+                    w.len(),
+                    out.len()
+                );
+                for (r, out) in out.iter_mut().enumerate() {
+                    let [y] = $kernel::<1>(&w[r * bytes..(r + 1) * bytes], [x]);
+                    *out = y;
+                }
+            }
+            check();
+            // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+            unsafe { span(w, x, out) }
+        }
+
+        pub(super) fn $rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
+                let blocks = x[0].len();
+                let (bytes, len) = (blocks * $size, out[0].len());
+                assert!(x.iter().all(|a| a.len() == blocks), "activation rows of different lengths");
+                assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
+                assert_eq!(w.len(), bytes * len, "a span of {} bytes for {len} rows of {bytes}", w.len());
+                for r in 0..len {
+                    let w = &w[r * bytes..(r + 1) * bytes];
+                    for (g, x) in x.chunks_exact($n).enumerate() {
+                        let ys =
+                            $kernel::<$n>(w, x.try_into().expect("ROWS is a multiple of the kernel's rows"));
+                        for (k, y) in ys.into_iter().enumerate() {
+                            out[g * $n + k][r] = y;
+                        }
+                    }
+                }
+            }
+            check();
+            // SAFETY: as above.
+            unsafe { rows(w, x, out) }
+        }
+    };
+}
+
+// Dense rows keep four accumulators each: two rows (weight or activation) at a time fit the
+// sixteen registers.
+dense_entry!(span_f32, rows_f32 => f32_kernel(f32), 2 weight rows, 2 activation rows);
+dense_entry!(span_f16, rows_f16 => f16_kernel(f16), 2 weight rows, 2 activation rows);
+dense_entry!(span_bf16, rows_bf16 => bf16_kernel(bf16), 2 weight rows, 2 activation rows);
+quant_entry!(span_q4_0, rows_q4_0 => q4_0_kernel(Q8_0, 18 bytes), 4 activation rows);
+quant_entry!(span_q5_0, rows_q5_0 => q5_0_kernel(Q8_0, 22 bytes), 4 activation rows);
+quant_entry!(span_q8_0, rows_q8_0 => q8_0_kernel(Q8_0, 34 bytes), 4 activation rows);
+quant_entry!(span_q4_1, rows_q4_1 => q4_1_kernel(Q8_1, 20 bytes), 4 activation rows);
+quant_entry!(span_q5_1, rows_q5_1 => q5_1_kernel(Q8_1, 24 bytes), 4 activation rows);
+quant_entry!(span_q4k, rows_q4k => q4k_kernel(Q8K, 144 bytes), 4 activation rows);
+quant_entry!(span_q5k, rows_q5k => q5k_kernel(Q8K, 176 bytes), 4 activation rows);
+quant_entry!(span_q6k, rows_q6k => q6k_kernel(Q8K, 210 bytes), 4 activation rows);
 
 /// The sum of the eight lanes: halves, then pairs, then the last two.
 #[inline]
@@ -73,47 +163,62 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// A dense dot product per activation row: four accumulators over 32 values a step, one over 8,
-/// then the tail; the weights are loaded once for all `N` rows.
+/// A dense dot product of each of `R` weight rows with each of `N` activation rows: per pair,
+/// four accumulators over 32 values a step, the first over 8, then the tail; each weight vector
+/// is loaded once for all `N` activation rows and each activation vector once for all `R`
+/// weight rows. A pair's sums never meet another pair's, so its result does not depend on `R`,
+/// `N` or its place among them.
 macro_rules! dense_kernel {
     ($name:ident, $w:ty, |$p:ident| $load:expr, $widen:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $name<const N: usize>(w: &[$w], x: [&[f32]; N]) -> [f32; N] {
-            let n = w.len();
-            assert!(x.iter().all(|x| x.len() == n), "weight and activation rows of different lengths");
-            let wp = w.as_ptr();
+        fn $name<const R: usize, const N: usize>(w: [&[$w]; R], x: [&[f32]; N]) -> [[f32; N]; R] {
+            let n = x[0].len();
+            assert!(
+                w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n),
+                "weight and activation rows of different lengths"
+            );
             let load = |$p: *const $w| -> __m256 {
                 // SAFETY: callers pass a pointer to 8 readable values.
                 unsafe { $load }
             };
-            let mut acc = [[_mm256_setzero_ps(); 4]; N];
+            // SAFETY: callers pass a pointer to 8 readable values.
+            let load_x = |p: *const f32| unsafe { _mm256_loadu_ps(p) };
+            let mut acc = [[[_mm256_setzero_ps(); 4]; N]; R];
             let mut i = 0;
-            // SAFETY (all loads below): each reads [i, i + 8) of a row n long, with i + 8 <= n.
+            // SAFETY (all pointers below): each is [i, i + 8) of a row n long, with i + 8 <= n.
             while i + 32 <= n {
                 for k in 0..4 {
-                    let wv = load(unsafe { wp.add(i + 8 * k) });
-                    for (acc, x) in acc.iter_mut().zip(&x) {
-                        let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) };
-                        acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+                    let xv: [__m256; N] =
+                        std::array::from_fn(|j| load_x(unsafe { x[j].as_ptr().add(i + 8 * k) }));
+                    for (acc, w) in acc.iter_mut().zip(&w) {
+                        let wv = load(unsafe { w.as_ptr().add(i + 8 * k) });
+                        for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                            acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+                        }
                     }
                 }
                 i += 32;
             }
             while i + 8 <= n {
-                let wv = load(unsafe { wp.add(i) });
-                for (acc, x) in acc.iter_mut().zip(&x) {
-                    acc[0] = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }, acc[0]);
+                let xv: [__m256; N] = std::array::from_fn(|j| load_x(unsafe { x[j].as_ptr().add(i) }));
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    let wv = load(unsafe { w.as_ptr().add(i) });
+                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                        acc[0] = _mm256_fmadd_ps(wv, xv, acc[0]);
+                    }
                 }
                 i += 8;
             }
             let widen = $widen;
             std::array::from_fn(|r| {
-                let a = &acc[r];
-                let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-                for (&w, &x) in w[i..].iter().zip(&x[r][i..]) {
-                    sum += widen(w) * x;
-                }
-                sum
+                std::array::from_fn(|j| {
+                    let a = &acc[r][j];
+                    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+                    for (&w, &x) in w[r][i..].iter().zip(&x[j][i..]) {
+                        sum += widen(w) * x;
+                    }
+                    sum
+                })
             })
         }
     };

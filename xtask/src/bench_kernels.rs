@@ -97,7 +97,7 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
     println!();
-    println!("| kind | shape | m | candle ms | ours ms | ratio | ours GB/s |");
+    println!("| kind | shape | m | candle µs | ours µs | ratio | ours GB/s |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     let mut seed = 1u64;
     let mut skipped = Vec::new();
@@ -130,10 +130,10 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
                 }
                 let (theirs, mine) = (median(theirs), median(mine));
                 println!(
-                    "| {} | {name} {rows}×{cols} | {m} | {:.3} | {:.3} | {:.2} | {:.1} |",
+                    "| {} | {name} {rows}×{cols} | {m} | {:.1} | {:.1} | {:.2} | {:.1} |",
                     ours.kind(),
-                    ms(theirs),
-                    ms(mine),
+                    micros(theirs),
+                    micros(mine),
                     theirs.as_secs_f64() / mine.as_secs_f64(),
                     ours.bytes() as f64 / mine.as_secs_f64() / 1e9
                 );
@@ -190,6 +190,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// Microseconds: a qa-tiny product takes a few.
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
