@@ -27,13 +27,15 @@ fn check() {
     assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
 }
 
-/// The safe entries to a dense kernel: a span of consecutive weight rows times one activation
-/// row, `$r` weight rows at a time (their independent sums hide the FMA latency), and a span
-/// times [`ROWS`] activation rows, each weight row loaded once for `$n` of them. Checks and
-/// setup are paid once per span; every result is the one-row sequence of operations, whichever
-/// entry and whichever place in a group computed it.
+/// The safe entries to a dense kernel, each over a span of consecutive weight rows so that checks
+/// and setup are paid once per span: the span times one activation row, two weight rows at a
+/// time with all four accumulators of each running (eight independent sums hide the FMA
+/// latency), and the span times [`ROWS`] activation rows in tiles of two weight rows by all
+/// [`ROWS`], one accumulator of each of the eight pairs at a time, so that every weight vector is
+/// loaded once for four activation rows and every activation vector once for two weight rows.
+/// Each result is the one-row sequence of operations, whichever entry and tile computed it.
 macro_rules! dense_entry {
-    ($span:ident, $rows:ident => $kernel:ident($w:ty), $r:literal weight rows, $n:literal activation rows) => {
+    ($span:ident, $rows:ident => $kernel:ident($w:ty)) => {
         pub(super) fn $span(w: &[$w], x: &[f32], out: &mut [f32]) {
             #[target_feature(enable = "avx2,fma,f16c")]
             fn span(w: &[$w], x: &[f32], out: &mut [f32]) {
@@ -46,14 +48,14 @@ macro_rules! dense_entry {
                     out.len()
                 );
                 let row = |r: usize| &w[r * cols..(r + 1) * cols];
-                let whole = out.len() / $r * $r;
-                let (grouped, rest) = out.split_at_mut(whole);
-                for (g, out) in grouped.chunks_exact_mut($r).enumerate() {
-                    let ys = $kernel::<$r, 1>(std::array::from_fn(|k| row(g * $r + k)), [x]);
-                    out.iter_mut().zip(ys).for_each(|(o, [y])| *o = y);
+                let pairs = out.len() / 2 * 2;
+                let (paired, rest) = out.split_at_mut(pairs);
+                for (g, out) in paired.chunks_exact_mut(2).enumerate() {
+                    let [[a], [b]] = $kernel::<2, 1, 4>([row(2 * g), row(2 * g + 1)], [x]);
+                    (out[0], out[1]) = (a, b);
                 }
-                for (k, out) in rest.iter_mut().enumerate() {
-                    let [[y]] = $kernel::<1, 1>([row(whole + k)], [x]);
+                if let [out] = rest {
+                    let [[y]] = $kernel::<1, 1, 4>([row(pairs)], [x]);
                     *out = y;
                 }
             }
@@ -64,20 +66,22 @@ macro_rules! dense_entry {
 
         pub(super) fn $rows(w: &[$w], x: [&[f32]; ROWS], out: [&mut [f32]; ROWS]) {
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn rows(w: &[$w], x: [&[f32]; ROWS], out: [&mut [f32]; ROWS]) {
+            fn rows(w: &[$w], x: [&[f32]; ROWS], mut out: [&mut [f32]; ROWS]) {
                 let (cols, len) = (x[0].len(), out[0].len());
                 assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
                 assert_eq!(w.len(), cols * len, "a span of {} weights for {len} rows of {cols}", w.len());
-                for r in 0..len {
-                    let w = &w[r * cols..(r + 1) * cols];
-                    for (g, x) in x.chunks_exact($n).enumerate() {
-                        let [ys] = $kernel::<1, $n>(
-                            [w],
-                            x.try_into().expect("ROWS is a multiple of the kernel's rows"),
-                        );
-                        for (k, y) in ys.into_iter().enumerate() {
-                            out[g * $n + k][r] = y;
-                        }
+                let row = |r: usize| &w[r * cols..(r + 1) * cols];
+                let pairs = len / 2 * 2;
+                for r in (0..pairs).step_by(2) {
+                    let [a, b] = $kernel::<2, ROWS, 1>([row(r), row(r + 1)], x);
+                    for (out, (a, b)) in out.iter_mut().zip(a.into_iter().zip(b)) {
+                        (out[r], out[r + 1]) = (a, b);
+                    }
+                }
+                if pairs < len {
+                    let [ys] = $kernel::<1, ROWS, 2>([row(pairs)], x);
+                    for (out, y) in out.iter_mut().zip(ys) {
+                        out[pairs] = y;
                     }
                 }
             }
@@ -140,11 +144,9 @@ macro_rules! quant_entry {
     };
 }
 
-// Dense rows keep four accumulators each: two rows (weight or activation) at a time fit the
-// sixteen registers.
-dense_entry!(span_f32, rows_f32 => f32_kernel(f32), 2 weight rows, 2 activation rows);
-dense_entry!(span_f16, rows_f16 => f16_kernel(f16), 2 weight rows, 2 activation rows);
-dense_entry!(span_bf16, rows_bf16 => bf16_kernel(bf16), 2 weight rows, 2 activation rows);
+dense_entry!(span_f32, rows_f32 => f32_kernel(f32));
+dense_entry!(span_f16, rows_f16 => f16_kernel(f16));
+dense_entry!(span_bf16, rows_bf16 => bf16_kernel(bf16));
 quant_entry!(span_q4_0, rows_q4_0 => q4_0_kernel(Q8_0, 18 bytes), 4 activation rows);
 quant_entry!(span_q5_0, rows_q5_0 => q5_0_kernel(Q8_0, 22 bytes), 4 activation rows);
 quant_entry!(span_q8_0, rows_q8_0 => q8_0_kernel(Q8_0, 34 bytes), 4 activation rows);
@@ -163,15 +165,25 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// A dense dot product of each of `R` weight rows with each of `N` activation rows: per pair,
-/// four accumulators over 32 values a step, the first over 8, then the tail; each weight vector
-/// is loaded once for all `N` activation rows and each activation vector once for all `R`
-/// weight rows. A pair's sums never meet another pair's, so its result does not depend on `R`,
-/// `N` or its place among them.
+/// A dense dot product of each of `R` weight rows with each of `N` activation rows. Per pair,
+/// four accumulators: accumulator `k` takes values `[32i + 8k, 32i + 8k + 8)` for every whole
+/// step of 32, accumulator 0 then the whole steps of 8 left, and the four are reduced in a fixed
+/// tree before the scalar tail is added.
+///
+/// A pair's sums never meet another pair's and each accumulator's own sequence is fixed, so a
+/// result does not depend on `R`, `N`, `P` or the pair's place among them. `P` only says how
+/// many of a pair's accumulators run at once: 4 takes each step of 32 in one pass (the fewest
+/// loads for one pair), fewer runs the row in `4 / P` passes so that a tile of many pairs fits
+/// the sixteen registers, each weight vector loaded once for `N` activation rows and each
+/// activation vector once for `R` weight rows.
 macro_rules! dense_kernel {
     ($name:ident, $w:ty, |$p:ident| $load:expr, $widen:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $name<const R: usize, const N: usize>(w: [&[$w]; R], x: [&[f32]; N]) -> [[f32; N]; R] {
+        fn $name<const R: usize, const N: usize, const P: usize>(
+            w: [&[$w]; R],
+            x: [&[f32]; N],
+        ) -> [[f32; N]; R] {
+            const { assert!(P > 0 && 4 % P == 0, "P divides the four accumulators") };
             let n = x[0].len();
             assert!(
                 w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n),
@@ -183,38 +195,45 @@ macro_rules! dense_kernel {
             };
             // SAFETY: callers pass a pointer to 8 readable values.
             let load_x = |p: *const f32| unsafe { _mm256_loadu_ps(p) };
-            let mut acc = [[[_mm256_setzero_ps(); 4]; N]; R];
-            let mut i = 0;
-            // SAFETY (all pointers below): each is [i, i + 8) of a row n long, with i + 8 <= n.
-            while i + 32 <= n {
-                for k in 0..4 {
-                    let xv: [__m256; N] =
-                        std::array::from_fn(|j| load_x(unsafe { x[j].as_ptr().add(i + 8 * k) }));
-                    for (acc, w) in acc.iter_mut().zip(&w) {
-                        let wv = load(unsafe { w.as_ptr().add(i + 8 * k) });
-                        for (acc, &xv) in acc.iter_mut().zip(&xv) {
-                            acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+            // acc[r][j] += w[r][at..at + 8] · x[j][at..at + 8], lane by lane, for each pair.
+            // SAFETY: callers pass at + 8 <= n.
+            let step = |acc: &mut [[__m256; N]; R], at: usize| {
+                let xv: [__m256; N] = std::array::from_fn(|j| load_x(unsafe { x[j].as_ptr().add(at) }));
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    let wv = load(unsafe { w.as_ptr().add(at) });
+                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                        *acc = _mm256_fmadd_ps(wv, xv, *acc);
+                    }
+                }
+            };
+            let (whole, eights) = (n / 32 * 32, n / 8 * 8);
+            let mut sums = [[[_mm256_setzero_ps(); 4]; N]; R];
+            for first in (0..4).step_by(P) {
+                let mut acc = [[[_mm256_setzero_ps(); N]; R]; P];
+                for i in (0..whole).step_by(32) {
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        step(acc, i + 8 * (first + k));
+                    }
+                }
+                if first == 0 {
+                    for i in (whole..eights).step_by(8) {
+                        step(&mut acc[0], i);
+                    }
+                }
+                for (k, acc) in acc.iter().enumerate() {
+                    for (sums, acc) in sums.iter_mut().zip(acc) {
+                        for (sums, &acc) in sums.iter_mut().zip(acc) {
+                            sums[first + k] = acc;
                         }
                     }
                 }
-                i += 32;
-            }
-            while i + 8 <= n {
-                let xv: [__m256; N] = std::array::from_fn(|j| load_x(unsafe { x[j].as_ptr().add(i) }));
-                for (acc, w) in acc.iter_mut().zip(&w) {
-                    let wv = load(unsafe { w.as_ptr().add(i) });
-                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
-                        acc[0] = _mm256_fmadd_ps(wv, xv, acc[0]);
-                    }
-                }
-                i += 8;
             }
             let widen = $widen;
             std::array::from_fn(|r| {
                 std::array::from_fn(|j| {
-                    let a = &acc[r][j];
+                    let a = &sums[r][j];
                     let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-                    for (&w, &x) in w[r][i..].iter().zip(&x[j][i..]) {
+                    for (&w, &x) in w[r][eights..].iter().zip(&x[j][eights..]) {
                         sum += widen(w) * x;
                     }
                     sum
