@@ -263,9 +263,10 @@ fn row_alone(matrix: &Matrix, r: usize) -> Matrix {
 
 #[test]
 fn every_output_is_bitwise_its_weight_row_multiplied_alone() {
-    // Odd row counts, so spans end in a row without a partner; a width with a scalar tail; one
-    // size inline and one split over threads, so spans start and stop at chunk edges.
-    for (rows, cols) in [(7, 203), (37, 256), (1101, 512)] {
+    // Odd row counts, so spans end in a row without a partner; widths with a scalar tail, one
+    // of them over several column blocks of a tile; one size inline and one split over threads,
+    // so spans start and stop at chunk edges.
+    for (rows, cols) in [(7, 203), (9, 1291), (37, 256), (1101, 512)] {
         let mut rng = Rng(59);
         let mut kinds: Vec<Matrix> =
             [DType::F32, DType::F16, DType::BF16].iter().map(|&d| dense(d, rows, cols, 61)).collect();
