@@ -28,12 +28,13 @@ fn check() {
 }
 
 /// The safe entries to a dense kernel, each over a span of consecutive weight rows so that checks
-/// and setup are paid once per span: the span times one activation row, two weight rows at a
-/// time with all four accumulators of each running (eight independent sums hide the FMA
-/// latency), and the span times [`ROWS`] activation rows in tiles of two weight rows by all
-/// [`ROWS`], one accumulator of each of the eight pairs at a time, so that every weight vector is
-/// loaded once for four activation rows and every activation vector once for two weight rows.
-/// Each result is the one-row sequence of operations, whichever entry and tile computed it.
+/// and setup are paid once per span: the span times one activation row, a row at a time with
+/// its four accumulators running (two weight rows at a time measured no faster, and slower on
+/// f16/bf16 rows streamed from memory), and the span times [`ROWS`] activation rows in tiles of
+/// two weight rows by all [`ROWS`], one accumulator of each of the eight pairs at a time, so
+/// that every weight vector is loaded (and widened) once for four activation rows and every
+/// activation vector once for two weight rows. Each result is the one-row sequence of
+/// operations, whichever entry and tile computed it.
 macro_rules! dense_entry {
     ($span:ident, $rows:ident => $kernel:ident($w:ty)) => {
         pub(super) fn $span(w: &[$w], x: &[f32], out: &mut [f32]) {
@@ -47,15 +48,8 @@ macro_rules! dense_entry {
                     w.len(),
                     out.len()
                 );
-                let row = |r: usize| &w[r * cols..(r + 1) * cols];
-                let pairs = out.len() / 2 * 2;
-                let (paired, rest) = out.split_at_mut(pairs);
-                for (g, out) in paired.chunks_exact_mut(2).enumerate() {
-                    let [[a], [b]] = $kernel::<2, 1, 4>([row(2 * g), row(2 * g + 1)], [x]);
-                    (out[0], out[1]) = (a, b);
-                }
-                if let [out] = rest {
-                    let [[y]] = $kernel::<1, 1, 4>([row(pairs)], [x]);
+                for (r, out) in out.iter_mut().enumerate() {
+                    let [[y]] = $kernel::<1, 1, 4>([&w[r * cols..(r + 1) * cols]], [x]);
                     *out = y;
                 }
             }
