@@ -27,42 +27,128 @@ fn check() {
     assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
 }
 
-/// The safe entries to a kernel generic over the number of activation rows it takes at once:
-/// one row, and [`ROWS`] rows (several calls of `$n` rows each). A row's result is the same
-/// whichever entry computed it: the kernel repeats the one-row sequence of operations per row.
-macro_rules! entry {
-    ($single:ident, $rows:ident => $kernel:ident::<$n:literal>($w:ty, $x:ty)) => {
-        pub(super) fn $single(w: &[$w], x: &[$x]) -> f32 {
+/// The safe entries to a dense kernel, each over a span of consecutive weight rows so that checks
+/// and setup are paid once per span: the span times one activation row, a row at a time with
+/// its four accumulators running (two weight rows at a time measured no faster, and slower on
+/// f16/bf16 rows streamed from memory), and the span times [`ROWS`] activation rows in tiles of
+/// two weight rows by all [`ROWS`], one accumulator of each of the eight pairs at a time, so
+/// that every weight vector is loaded (and widened) once for four activation rows and every
+/// activation vector once for two weight rows. Each result is the one-row sequence of
+/// operations, whichever entry and tile computed it.
+macro_rules! dense_entry {
+    ($span:ident, $rows:ident => $kernel:ident($w:ty)) => {
+        pub(super) fn $span(w: &[$w], x: &[f32], out: &mut [f32]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn span(w: &[$w], x: &[f32], out: &mut [f32]) {
+                let cols = x.len();
+                assert_eq!(
+                    w.len(),
+                    cols * out.len(),
+                    "a span of {} weights for {} rows of {cols}",
+                    w.len(),
+                    out.len()
+                );
+                for (r, out) in out.iter_mut().enumerate() {
+                    let [[y]] = $kernel::<1, 1, 4>([&w[r * cols..(r + 1) * cols]], [x]);
+                    *out = y;
+                }
+            }
             check();
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-            let [y] = unsafe { $kernel::<1>(w, [x]) };
-            y
+            unsafe { span(w, x, out) }
         }
 
-        pub(super) fn $rows(w: &[$w], x: [&[$x]; ROWS]) -> [f32; ROWS] {
-            check();
-            let mut out = [0f32; ROWS];
-            for (out, x) in out.chunks_exact_mut($n).zip(x.chunks_exact($n)) {
-                // SAFETY: as above.
-                out.copy_from_slice(&unsafe { $kernel::<$n>(w, x.try_into().expect("$n rows")) });
+        pub(super) fn $rows(w: &[$w], x: [&[f32]; ROWS], out: [&mut [f32]; ROWS]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn rows(w: &[$w], x: [&[f32]; ROWS], mut out: [&mut [f32]; ROWS]) {
+                let (cols, len) = (x[0].len(), out[0].len());
+                assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
+                assert_eq!(w.len(), cols * len, "a span of {} weights for {len} rows of {cols}", w.len());
+                let row = |r: usize| &w[r * cols..(r + 1) * cols];
+                let pairs = len / 2 * 2;
+                for r in (0..pairs).step_by(2) {
+                    let [a, b] = $kernel::<2, ROWS, 1>([row(r), row(r + 1)], x);
+                    for (out, (a, b)) in out.iter_mut().zip(a.into_iter().zip(b)) {
+                        (out[r], out[r + 1]) = (a, b);
+                    }
+                }
+                if pairs < len {
+                    let [ys] = $kernel::<1, ROWS, 2>([row(pairs)], x);
+                    for (out, y) in out.iter_mut().zip(ys) {
+                        out[pairs] = y;
+                    }
+                }
             }
-            out
+            check();
+            // SAFETY: as above.
+            unsafe { rows(w, x, out) }
         }
     };
 }
 
-// Dense rows keep four accumulators each: two rows at a time fit the sixteen registers.
-entry!(dot_f32, dot_f32_rows => f32_kernel::<2>(f32, f32));
-entry!(dot_f16, dot_f16_rows => f16_kernel::<2>(f16, f32));
-entry!(dot_bf16, dot_bf16_rows => bf16_kernel::<2>(bf16, f32));
-entry!(dot_q4_0, dot_q4_0_rows => q4_0_kernel::<4>(u8, Q8_0));
-entry!(dot_q5_0, dot_q5_0_rows => q5_0_kernel::<4>(u8, Q8_0));
-entry!(dot_q8_0, dot_q8_0_rows => q8_0_kernel::<4>(u8, Q8_0));
-entry!(dot_q4_1, dot_q4_1_rows => q4_1_kernel::<4>(u8, Q8_1));
-entry!(dot_q5_1, dot_q5_1_rows => q5_1_kernel::<4>(u8, Q8_1));
-entry!(dot_q4k, dot_q4k_rows => q4k_kernel::<4>(u8, Q8K));
-entry!(dot_q5k, dot_q5k_rows => q5k_kernel::<4>(u8, Q8K));
-entry!(dot_q6k, dot_q6k_rows => q6k_kernel::<4>(u8, Q8K));
+/// The same for a quantized kernel, which takes one weight row and `$n` activation rows: a span
+/// of consecutive stored rows (`$size` bytes a block, one block per activation block) times one
+/// activation row, and times [`ROWS`] activation rows, each weight block unpacked once for `$n`.
+macro_rules! quant_entry {
+    ($span:ident, $rows:ident => $kernel:ident($x:ty, $size:literal bytes), $n:literal activation rows) => {
+        pub(super) fn $span(w: &[u8], x: &[$x], out: &mut [f32]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn span(w: &[u8], x: &[$x], out: &mut [f32]) {
+                let bytes = x.len() * $size;
+                assert_eq!(
+                    w.len(),
+                    bytes * out.len(),
+                    "a span of {} bytes for {} rows of {bytes}",
+                    w.len(),
+                    out.len()
+                );
+                for (r, out) in out.iter_mut().enumerate() {
+                    let [y] = $kernel::<1>(&w[r * bytes..(r + 1) * bytes], [x]);
+                    *out = y;
+                }
+            }
+            check();
+            // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+            unsafe { span(w, x, out) }
+        }
+
+        pub(super) fn $rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
+                let blocks = x[0].len();
+                let (bytes, len) = (blocks * $size, out[0].len());
+                assert!(x.iter().all(|a| a.len() == blocks), "activation rows of different lengths");
+                assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
+                assert_eq!(w.len(), bytes * len, "a span of {} bytes for {len} rows of {bytes}", w.len());
+                for r in 0..len {
+                    let w = &w[r * bytes..(r + 1) * bytes];
+                    for (g, x) in x.chunks_exact($n).enumerate() {
+                        let ys =
+                            $kernel::<$n>(w, x.try_into().expect("ROWS is a multiple of the kernel's rows"));
+                        for (k, y) in ys.into_iter().enumerate() {
+                            out[g * $n + k][r] = y;
+                        }
+                    }
+                }
+            }
+            check();
+            // SAFETY: as above.
+            unsafe { rows(w, x, out) }
+        }
+    };
+}
+
+dense_entry!(span_f32, rows_f32 => f32_kernel(f32));
+dense_entry!(span_f16, rows_f16 => f16_kernel(f16));
+dense_entry!(span_bf16, rows_bf16 => bf16_kernel(bf16));
+quant_entry!(span_q4_0, rows_q4_0 => q4_0_kernel(Q8_0, 18 bytes), 4 activation rows);
+quant_entry!(span_q5_0, rows_q5_0 => q5_0_kernel(Q8_0, 22 bytes), 4 activation rows);
+quant_entry!(span_q8_0, rows_q8_0 => q8_0_kernel(Q8_0, 34 bytes), 4 activation rows);
+quant_entry!(span_q4_1, rows_q4_1 => q4_1_kernel(Q8_1, 20 bytes), 4 activation rows);
+quant_entry!(span_q5_1, rows_q5_1 => q5_1_kernel(Q8_1, 24 bytes), 4 activation rows);
+quant_entry!(span_q4k, rows_q4k => q4k_kernel(Q8K, 144 bytes), 4 activation rows);
+quant_entry!(span_q5k, rows_q5k => q5k_kernel(Q8K, 176 bytes), 4 activation rows);
+quant_entry!(span_q6k, rows_q6k => q6k_kernel(Q8K, 210 bytes), 4 activation rows);
 
 /// The sum of the eight lanes: halves, then pairs, then the last two.
 #[inline]
@@ -73,47 +159,93 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// A dense dot product per activation row: four accumulators over 32 values a step, one over 8,
-/// then the tail; the weights are loaded once for all `N` rows.
+/// A dense dot product of each of `R` weight rows with each of `N` activation rows. Per pair,
+/// four accumulators: accumulator `k` takes values `[32i + 8k, 32i + 8k + 8)` for every whole
+/// step of 32, accumulator 0 then the whole steps of 8 left, and the four are reduced in a fixed
+/// tree before the scalar tail is added.
+///
+/// A pair's sums never meet another pair's and each accumulator's own sequence is fixed, so a
+/// result does not depend on `R`, `N`, `P` or the pair's place among them. `P` only says how
+/// many of a pair's accumulators run at once: 4 takes each step of 32 in one pass (the fewest
+/// loads for one pair), fewer runs the row in `4 / P` passes so that a tile of many pairs fits
+/// the sixteen registers, each weight vector loaded once for `N` activation rows and each
+/// activation vector once for `R` weight rows.
+/// The columns of a dense tile's rows taken per pass: six rows of 512 f32 are 12 KiB, in L1.
+const TILE_COLUMNS: usize = 512;
+
 macro_rules! dense_kernel {
     ($name:ident, $w:ty, |$p:ident| $load:expr, $widen:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $name<const N: usize>(w: &[$w], x: [&[f32]; N]) -> [f32; N] {
-            let n = w.len();
-            assert!(x.iter().all(|x| x.len() == n), "weight and activation rows of different lengths");
-            let wp = w.as_ptr();
+        fn $name<const R: usize, const N: usize, const P: usize>(
+            w: [&[$w]; R],
+            x: [&[f32]; N],
+        ) -> [[f32; N]; R] {
+            const { assert!(P > 0 && 4 % P == 0, "P divides the four accumulators") };
+            let n = x[0].len();
+            assert!(
+                w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n),
+                "weight and activation rows of different lengths"
+            );
             let load = |$p: *const $w| -> __m256 {
                 // SAFETY: callers pass a pointer to 8 readable values.
                 unsafe { $load }
             };
-            let mut acc = [[_mm256_setzero_ps(); 4]; N];
-            let mut i = 0;
-            // SAFETY (all loads below): each reads [i, i + 8) of a row n long, with i + 8 <= n.
-            while i + 32 <= n {
-                for k in 0..4 {
-                    let wv = load(unsafe { wp.add(i + 8 * k) });
-                    for (acc, x) in acc.iter_mut().zip(&x) {
-                        let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) };
-                        acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+            // SAFETY: callers pass a pointer to 8 readable values.
+            let load_x = |p: *const f32| unsafe { _mm256_loadu_ps(p) };
+            // acc[r][j] += w[r][at..at + 8] · x[j][at..at + 8], lane by lane, for each pair.
+            // SAFETY: callers pass at + 8 <= n.
+            let step = |acc: &mut [[__m256; N]; R], at: usize| {
+                let xv: [__m256; N] = std::array::from_fn(|j| load_x(unsafe { x[j].as_ptr().add(at) }));
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    let wv = load(unsafe { w.as_ptr().add(at) });
+                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                        *acc = _mm256_fmadd_ps(wv, xv, *acc);
                     }
                 }
-                i += 32;
-            }
-            while i + 8 <= n {
-                let wv = load(unsafe { wp.add(i) });
-                for (acc, x) in acc.iter_mut().zip(&x) {
-                    acc[0] = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }, acc[0]);
+            };
+            let (whole, eights) = (n / 32 * 32, n / 8 * 8);
+            let mut sums = [[[_mm256_setzero_ps(); 4]; N]; R];
+            // Column blocks keep a tile's rows in L1 across the passes; every accumulator still
+            // takes its values in order, carried from block to block in `sums`.
+            for start in (0..whole).step_by(TILE_COLUMNS) {
+                let end = (start + TILE_COLUMNS).min(whole);
+                for first in (0..4).step_by(P) {
+                    let mut acc: [[[__m256; N]; R]; P] = std::array::from_fn(|k| {
+                        std::array::from_fn(|r| std::array::from_fn(|j| sums[r][j][first + k]))
+                    });
+                    for i in (start..end).step_by(32) {
+                        for (k, acc) in acc.iter_mut().enumerate() {
+                            step(acc, i + 8 * (first + k));
+                        }
+                    }
+                    for (k, acc) in acc.iter().enumerate() {
+                        for (sums, acc) in sums.iter_mut().zip(acc) {
+                            for (sums, &acc) in sums.iter_mut().zip(acc) {
+                                sums[first + k] = acc;
+                            }
+                        }
+                    }
                 }
-                i += 8;
+            }
+            let mut first: [[__m256; N]; R] = std::array::from_fn(|r| std::array::from_fn(|j| sums[r][j][0]));
+            for i in (whole..eights).step_by(8) {
+                step(&mut first, i);
+            }
+            for (sums, first) in sums.iter_mut().zip(first) {
+                for (sums, first) in sums.iter_mut().zip(first) {
+                    sums[0] = first;
+                }
             }
             let widen = $widen;
             std::array::from_fn(|r| {
-                let a = &acc[r];
-                let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-                for (&w, &x) in w[i..].iter().zip(&x[r][i..]) {
-                    sum += widen(w) * x;
-                }
-                sum
+                std::array::from_fn(|j| {
+                    let a = &sums[r][j];
+                    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+                    for (&w, &x) in w[r][eights..].iter().zip(&x[j][eights..]) {
+                        sum += widen(w) * x;
+                    }
+                    sum
+                })
             })
         }
     };

@@ -1,4 +1,5 @@
-//! Dot products of a dense weight row (f32, f16 or bf16) with an f32 activation row. The 16-bit
+//! Dot products of dense weight rows (f32, f16 or bf16) with f32 activation rows: the portable
+//! one-row versions, and the SIMD span kernels where the instruction set has them. The 16-bit
 //! weights are widened a few values at a time as they are read, never as a whole matrix.
 //!
 //! The scalar versions keep eight running sums, lane `k` taking elements `k, k + 8, …`, and add
@@ -8,57 +9,42 @@ use half::{bf16, f16};
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
-use super::{Isa, ROWS};
+use super::{Isa, Spans};
 
-/// A dot product of one weight row with one activation row of the same length.
-pub(super) type Dot<W> = fn(&[W], &[f32]) -> f32;
-/// The same with [`ROWS`] activation rows at once, each bitwise as [`Dot`] computes it.
-pub(super) type Rows<W> = fn(&[W], [&[f32]; ROWS]) -> [f32; ROWS];
-
-pub(super) fn dot_f32(isa: Isa) -> Dot<f32> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_f32,
-        _ => |w, x| lanes(w, x, |v| v),
-    }
+/// The portable dot products of one weight row with one activation row of the same length.
+pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    lanes(w, x, |v| v)
 }
 
-pub(super) fn dot_f32_rows(isa: Isa) -> Option<Rows<f32>> {
+pub(super) fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    lanes(w, x, f16::to_f32)
+}
+
+pub(super) fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    lanes(w, x, bf16::to_f32)
+}
+
+/// The SIMD span kernels `isa` has for each type, if any.
+pub(super) fn spans_f32(isa: Isa) -> Option<Spans<f32, f32>> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(avx2::dot_f32_rows),
+        Isa::Avx2 => Some(Spans { one: avx2::span_f32, rows: avx2::rows_f32 }),
         _ => None,
     }
 }
 
-pub(super) fn dot_f16(isa: Isa) -> Dot<f16> {
+pub(super) fn spans_f16(isa: Isa) -> Option<Spans<f16, f32>> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_f16,
-        _ => |w, x| lanes(w, x, f16::to_f32),
-    }
-}
-
-pub(super) fn dot_f16_rows(isa: Isa) -> Option<Rows<f16>> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(avx2::dot_f16_rows),
+        Isa::Avx2 => Some(Spans { one: avx2::span_f16, rows: avx2::rows_f16 }),
         _ => None,
     }
 }
 
-pub(super) fn dot_bf16(isa: Isa) -> Dot<bf16> {
+pub(super) fn spans_bf16(isa: Isa) -> Option<Spans<bf16, f32>> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_bf16,
-        _ => |w, x| lanes(w, x, bf16::to_f32),
-    }
-}
-
-pub(super) fn dot_bf16_rows(isa: Isa) -> Option<Rows<bf16>> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(avx2::dot_bf16_rows),
+        Isa::Avx2 => Some(Spans { one: avx2::span_bf16, rows: avx2::rows_bf16 }),
         _ => None,
     }
 }

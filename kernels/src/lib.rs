@@ -260,54 +260,51 @@ impl Matrix {
         match &self.storage {
             Storage::F32(w) => {
                 let dots = Dots::new(
-                    dense::dot_f32(isa),
-                    dense::dot_f32_rows(isa),
-                    |r| &w[r * cols..(r + 1) * cols],
+                    dense::dot_f32,
+                    dense::spans_f32(isa),
+                    |r| &w[r.start * cols..r.end * cols],
                     xs,
                 );
                 drive(rows, m, row_bytes, serial, y, dots);
             }
             Storage::F16(w) => {
                 let dots = Dots::new(
-                    dense::dot_f16(isa),
-                    dense::dot_f16_rows(isa),
-                    |r| &w[r * cols..(r + 1) * cols],
+                    dense::dot_f16,
+                    dense::spans_f16(isa),
+                    |r| &w[r.start * cols..r.end * cols],
                     xs,
                 );
                 drive(rows, m, row_bytes, serial, y, dots);
             }
             Storage::Bf16(w) => {
                 let dots = Dots::new(
-                    dense::dot_bf16(isa),
-                    dense::dot_bf16_rows(isa),
-                    |r| &w[r * cols..(r + 1) * cols],
+                    dense::dot_bf16,
+                    dense::spans_bf16(isa),
+                    |r| &w[r.start * cols..r.end * cols],
                     xs,
                 );
                 drive(rows, m, row_bytes, serial, y, dots);
             }
             Storage::Quant { kind, bytes } => {
                 let kind = *kind;
-                let w = |r: usize| &bytes[r * row_bytes..(r + 1) * row_bytes];
+                let w = |r: std::ops::Range<usize>| &bytes[r.start * row_bytes..r.end * row_bytes];
                 match Activations::quantize(kind, x, m, cols) {
                     Activations::Q8_0(a) => {
                         let per_row = cols / quant::QK;
                         let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
-                        let dots =
-                            Dots::new(quant::dot_q8_0_fn(kind, isa), quant::rows_q8_0_fn(kind, isa), w, a);
+                        let dots = Dots::new(quant::dot_q8_0_fn(kind), quant::spans_q8_0(kind, isa), w, a);
                         drive(rows, m, row_bytes, serial, y, dots);
                     }
                     Activations::Q8_1(a) => {
                         let per_row = cols / quant::QK;
                         let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
-                        let dots =
-                            Dots::new(quant::dot_q8_1_fn(kind, isa), quant::rows_q8_1_fn(kind, isa), w, a);
+                        let dots = Dots::new(quant::dot_q8_1_fn(kind), quant::spans_q8_1(kind, isa), w, a);
                         drive(rows, m, row_bytes, serial, y, dots);
                     }
                     Activations::Q8K(a) => {
                         let per_row = cols / quant::QK_K;
                         let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
-                        let dots =
-                            Dots::new(quant::dot_q8k_fn(kind, isa), quant::rows_q8k_fn(kind, isa), w, a);
+                        let dots = Dots::new(quant::dot_q8k_fn(kind), quant::spans_q8k(kind, isa), w, a);
                         drive(rows, m, row_bytes, serial, y, dots);
                     }
                 }
@@ -364,11 +361,13 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
     bytes.chunks_exact(N).map(|b| from(b.try_into().expect("chunks of N bytes"))).collect()
 }
 
-/// The dot products of one matrix with one batch: weight row `r` with activation rows
-/// `i0..i0 + out.len()`, [`ROWS`] at a time where the instruction set has a kernel for that.
+/// The dot products of one matrix with one batch: a span of consecutive weight rows with
+/// activation row `i`, or with rows `i0..i0 + ROWS` where the instruction set has a kernel for
+/// that. Without SIMD kernels ([`Isa::Scalar`], or a type with a scalar kernel only) each weight
+/// row is a call of the portable one-row dot product.
 struct Dots<W: 'static, A: 'static, FW, FA> {
     one: fn(&[W], &[A]) -> f32,
-    several: Option<RowsDot<W, A>>,
+    spans: Option<Spans<W, A>>,
     weights: FW,
     activations: FA,
 }
@@ -377,36 +376,71 @@ impl<'a, W, A, FW, FA> Dots<W, A, FW, FA>
 where
     W: 'a,
     A: 'a,
-    FW: Fn(usize) -> &'a [W] + Sync,
+    FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
     FA: Fn(usize) -> &'a [A] + Sync,
 {
-    fn new(one: fn(&[W], &[A]) -> f32, several: Option<RowsDot<W, A>>, weights: FW, activations: FA) -> Self {
-        Dots { one, several, weights, activations }
+    fn new(one: fn(&[W], &[A]) -> f32, spans: Option<Spans<W, A>>, weights: FW, activations: FA) -> Self {
+        Dots { one, spans, weights, activations }
     }
 
-    fn fill(&self, r: usize, i0: usize, out: &mut [f32]) {
-        let w = (self.weights)(r);
-        match self.several {
-            Some(several) if out.len() == ROWS => {
-                out.copy_from_slice(&several(w, std::array::from_fn(|k| (self.activations)(i0 + k))));
+    /// Weight rows `span` times activation rows `i0..i0 + n` into `out`, n rows of `span.len()`.
+    fn fill(&self, span: std::ops::Range<usize>, i0: usize, out: &mut [f32]) {
+        let len = span.len();
+        let w = (self.weights)(span.clone());
+        match self.spans {
+            Some(spans) if out.len() == ROWS * len => {
+                let mut outs = out.chunks_exact_mut(len);
+                let outs = std::array::from_fn(|_| outs.next().expect("ROWS output rows"));
+                (spans.rows)(w, std::array::from_fn(|k| (self.activations)(i0 + k)), outs);
             }
-            _ => out.iter_mut().enumerate().for_each(|(k, o)| *o = (self.one)(w, (self.activations)(i0 + k))),
+            Some(spans) => {
+                for (k, out) in out.chunks_exact_mut(len).enumerate() {
+                    (spans.one)(w, (self.activations)(i0 + k), out);
+                }
+            }
+            None => {
+                for (k, out) in out.chunks_exact_mut(len).enumerate() {
+                    let x = (self.activations)(i0 + k);
+                    for (r, out) in span.clone().zip(out) {
+                        *out = (self.one)((self.weights)(r..r + 1), x);
+                    }
+                }
+            }
         }
     }
 }
 
-/// Activation rows one weight row is multiplied with at once in a batch.
+/// Activation rows a span of weight rows is multiplied with at once in a batch.
 const ROWS: usize = 4;
 
-/// A dot product of one weight row with [`ROWS`] activation rows, each bitwise as the one-row
-/// dot product computes it.
-type RowsDot<W, A> = fn(&[W], [&[A]; ROWS]) -> [f32; ROWS];
+/// A span of consecutive weight rows (stored one after another) times one activation row: one
+/// output per weight row.
+type SpanDot<W, A> = fn(&[W], &[A], &mut [f32]);
+/// A span times [`ROWS`] activation rows: output row `k` for activation row `k`.
+type SpanRowsDot<W, A> = fn(&[W], [&[A]; ROWS], [&mut [f32]; ROWS]);
+
+/// The SIMD kernels of one stored type, each over a span of weight rows so that dispatch,
+/// checks and setup are paid once per span, not per row. Each output is bitwise what the one-row
+/// sequence of operations gives, whichever entry computed it.
+struct Spans<W: 'static, A: 'static> {
+    one: SpanDot<W, A>,
+    rows: SpanRowsDot<W, A>,
+}
+
+impl<W, A> Clone for Spans<W, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W, A> Copy for Spans<W, A> {}
 
 /// Fills `y` (m × rows): element (i, r) is weight row `r` times activation row `i`.
 ///
-/// Work is split over chunks of weight rows only, and every element comes out of the one
-/// sequence of operations its kernel runs per activation row, so neither `m`, the grouping of
-/// activation rows nor the chunking can change a result. For `m > 1` each chunk is small enough
+/// Work is split over chunks of weight rows only, each chunk one span per group of activation
+/// rows, and every element comes out of the one sequence of operations its kernel runs per pair
+/// of weight and activation row, so neither `m`, the grouping of rows nor the chunking can change
+/// a result. For `m > 1` each chunk is small enough
 /// to stay in cache while every activation row passes over it, into a buffer of its own that is
 /// copied into `y` afterwards (y's rows are not contiguous per chunk).
 fn drive<'a, W, A, FW, FA>(
@@ -419,21 +453,14 @@ fn drive<'a, W, A, FW, FA>(
 ) where
     W: Sync + 'a,
     A: Sync + 'a,
-    FW: Fn(usize) -> &'a [W] + Sync,
+    FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
     FA: Fn(usize) -> &'a [A] + Sync,
 {
     // Weight rows `span` times every activation row, into `out` (m × span.len()).
     let block = |span: std::ops::Range<usize>, out: &mut [f32]| {
         let len = span.len();
-        let mut group = [0f32; ROWS];
-        for i0 in (0..m).step_by(ROWS) {
-            let n = ROWS.min(m - i0);
-            for r in span.clone() {
-                dots.fill(r, i0, &mut group[..n]);
-                for (k, &v) in group[..n].iter().enumerate() {
-                    out[(i0 + k) * len + r - span.start] = v;
-                }
-            }
+        for (g, out) in out.chunks_mut(ROWS * len).enumerate() {
+            dots.fill(span.clone(), g * ROWS, out);
         }
     };
     let threads = rayon::current_num_threads();
@@ -447,7 +474,7 @@ fn drive<'a, W, A, FW, FA>(
     if m == 1 {
         y.par_chunks_mut(per_chunk).enumerate().for_each(|(c, out)| {
             let first = c * per_chunk;
-            out.iter_mut().enumerate().for_each(|(k, v)| dots.fill(first + k, 0, std::slice::from_mut(v)));
+            dots.fill(first..first + out.len(), 0, out);
         });
         return;
     }

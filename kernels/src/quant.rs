@@ -1,14 +1,14 @@
 //! GGML's quantized blocks, byte for byte as GGUF stores them: their sizes, their dequantization,
 //! the 8-bit activation blocks each is multiplied with (Q8_0, Q8_1, Q8_K), and the portable
-//! scalar dot products. The AVX2 versions live in `avx2.rs`; [`dot_q8_0_fn`] and its siblings
-//! pick one.
+//! scalar dot products. The AVX2 span kernels live in `avx2.rs`; [`spans_q8_0`] and its
+//! siblings pick them where the CPU has them.
 //!
 //! Activations are quantized as candle and ggml do (same rounding, same f16 scales), so a product
 //! here agrees with candle's `QMatMul` up to the order the block sums are added in.
 
 use half::f16;
 
-use super::{Isa, QuantKind, ROWS};
+use super::{Isa, QuantKind, Spans};
 
 /// Values in a Q4_0…Q8_0 block.
 pub(super) const QK: usize = 32;
@@ -287,18 +287,17 @@ fn small_block(kind: QuantKind, b: &[u8]) -> ([i8; QK], f32, f32) {
 
 /// A dot product of one stored weight row with one quantized activation row.
 pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
-/// The same with [`ROWS`] activation rows at once, each bitwise as [`QDot`] computes it.
-pub(super) type QRows<A> = fn(&[u8], [&[A]; ROWS]) -> [f32; ROWS];
 
-/// The several-row version of the dot product [`dot_q8_0_fn`] and its siblings pick, where
-/// there is one (AVX2): the weights are unpacked once for [`ROWS`] activation rows.
-pub(super) fn rows_q8_0_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8_0>> {
+/// The SIMD span kernels of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations, where `isa` has
+/// them (AVX2): each weight block is unpacked once for [`ROWS`](super::ROWS) activation rows.
+pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
+        use super::avx2::*;
         return match kind {
-            QuantKind::Q4_0 => Some(super::avx2::dot_q4_0_rows),
-            QuantKind::Q5_0 => Some(super::avx2::dot_q5_0_rows),
-            QuantKind::Q8_0 => Some(super::avx2::dot_q8_0_rows),
+            QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0 }),
+            QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0 }),
+            QuantKind::Q8_0 => Some(Spans { one: span_q8_0, rows: rows_q8_0 }),
             _ => None,
         };
     }
@@ -306,12 +305,14 @@ pub(super) fn rows_q8_0_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8_0>> {
     None
 }
 
-pub(super) fn rows_q8_1_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8_1>> {
+/// The same for Q4_1 or Q5_1 weights with Q8_1 activations.
+pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
+        use super::avx2::*;
         return match kind {
-            QuantKind::Q4_1 => Some(super::avx2::dot_q4_1_rows),
-            QuantKind::Q5_1 => Some(super::avx2::dot_q5_1_rows),
+            QuantKind::Q4_1 => Some(Spans { one: span_q4_1, rows: rows_q4_1 }),
+            QuantKind::Q5_1 => Some(Spans { one: span_q5_1, rows: rows_q5_1 }),
             _ => None,
         };
     }
@@ -319,13 +320,15 @@ pub(super) fn rows_q8_1_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8_1>> {
     None
 }
 
-pub(super) fn rows_q8k_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8K>> {
+/// The same for K-quant weights with Q8_K activations (Q2_K and Q3_K have none).
+pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
+        use super::avx2::*;
         return match kind {
-            QuantKind::Q4K => Some(super::avx2::dot_q4k_rows),
-            QuantKind::Q5K => Some(super::avx2::dot_q5k_rows),
-            QuantKind::Q6K => Some(super::avx2::dot_q6k_rows),
+            QuantKind::Q4K => Some(Spans { one: span_q4k, rows: rows_q4k }),
+            QuantKind::Q5K => Some(Spans { one: span_q5k, rows: rows_q5k }),
+            QuantKind::Q6K => Some(Spans { one: span_q6k, rows: rows_q6k }),
             _ => None,
         };
     }
@@ -333,18 +336,8 @@ pub(super) fn rows_q8k_fn(kind: QuantKind, isa: Isa) -> Option<QRows<Q8K>> {
     None
 }
 
-/// The dot product of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations.
-pub(super) fn dot_q8_0_fn(kind: QuantKind, isa: Isa) -> QDot<Q8_0> {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        match kind {
-            QuantKind::Q4_0 => return super::avx2::dot_q4_0,
-            QuantKind::Q5_0 => return super::avx2::dot_q5_0,
-            QuantKind::Q8_0 => return super::avx2::dot_q8_0,
-            _ => {}
-        }
-    }
-    let _ = isa;
+/// The portable dot product of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations.
+pub(super) fn dot_q8_0_fn(kind: QuantKind) -> QDot<Q8_0> {
     match kind {
         QuantKind::Q4_0 => |w, y| dot_small_q8_0(QuantKind::Q4_0, w, y),
         QuantKind::Q5_0 => |w, y| dot_small_q8_0(QuantKind::Q5_0, w, y),
@@ -353,17 +346,8 @@ pub(super) fn dot_q8_0_fn(kind: QuantKind, isa: Isa) -> QDot<Q8_0> {
     }
 }
 
-/// The dot product of Q4_1 or Q5_1 weights with Q8_1 activations.
-pub(super) fn dot_q8_1_fn(kind: QuantKind, isa: Isa) -> QDot<Q8_1> {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        match kind {
-            QuantKind::Q4_1 => return super::avx2::dot_q4_1,
-            QuantKind::Q5_1 => return super::avx2::dot_q5_1,
-            _ => {}
-        }
-    }
-    let _ = isa;
+/// The portable dot product of Q4_1 or Q5_1 weights with Q8_1 activations.
+pub(super) fn dot_q8_1_fn(kind: QuantKind) -> QDot<Q8_1> {
     match kind {
         QuantKind::Q4_1 => |w, y| dot_small_q8_1(QuantKind::Q4_1, w, y),
         QuantKind::Q5_1 => |w, y| dot_small_q8_1(QuantKind::Q5_1, w, y),
@@ -371,18 +355,8 @@ pub(super) fn dot_q8_1_fn(kind: QuantKind, isa: Isa) -> QDot<Q8_1> {
     }
 }
 
-/// The dot product of K-quant weights with Q8_K activations.
-pub(super) fn dot_q8k_fn(kind: QuantKind, isa: Isa) -> QDot<Q8K> {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        match kind {
-            QuantKind::Q4K => return super::avx2::dot_q4k,
-            QuantKind::Q5K => return super::avx2::dot_q5k,
-            QuantKind::Q6K => return super::avx2::dot_q6k,
-            _ => {}
-        }
-    }
-    let _ = isa;
+/// The portable dot product of K-quant weights with Q8_K activations.
+pub(super) fn dot_q8k_fn(kind: QuantKind) -> QDot<Q8K> {
     match kind {
         QuantKind::Q2K => |w, y| dot_k(QuantKind::Q2K, w, y),
         QuantKind::Q3K => |w, y| dot_k(QuantKind::Q3K, w, y),

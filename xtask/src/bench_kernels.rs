@@ -1,6 +1,7 @@
-//! `cargo xtask bench kernels [--lm-head] [--runs N]`: the harness's own CPU matrix kernels
-//! (`engine::kernels`) against candle's path for the same weights, on the matrix shapes of a
-//! Qwen2.5-0.5B layer, for decode (m = 1) and a 64-token prefill (m = 64).
+//! `cargo xtask bench kernels [--lm-head] [--only qa-tiny|qwen-0.5b] [--runs N]`: the harness's own
+//! CPU matrix kernels (`engine::kernels`) against candle's path for the same weights, on the
+//! matrix shapes of a qa-tiny layer (products small enough to run inline on the calling thread)
+//! and of a Qwen2.5-0.5B layer, for decode (m = 1), an 8-token and a 64-token prefill.
 //!
 //! candle's path is what the models use without the kernels: `QMatMul` built from the GGUF
 //! tensor for the quantized types and f32/f16 (which it dequantizes to f32 at load), and a plain
@@ -15,12 +16,15 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use modelqa_kernels::Matrix;
 
-/// `bench kernels [--lm-head] [--runs N]`.
+/// `bench kernels [--lm-head] [--only qa-tiny|qwen-0.5b] [--runs N]`.
 #[derive(Debug, clap::Args)]
 pub struct KernelsArgs {
     /// Also time the 151,936 × 896 output head (slow to build: about a minute per kind)
     #[arg(long)]
     pub lm_head: bool,
+    /// Time one model's shapes only (default: both)
+    #[arg(long, value_enum, value_name = "MODEL")]
+    pub only: Option<Model>,
     /// Timed runs per figure, after one warm-up (each figure is their median)
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub runs: usize,
@@ -40,20 +44,50 @@ const KINDS: [GgmlDType; 10] = [
     GgmlDType::Q6K,
 ];
 
-/// (name, rows, cols) of the layer's matrices.
+/// The models whose layer shapes are timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// The fixtures' qa-tiny models (hidden 256, intermediate 512, vocabulary 512)
+    #[value(name = "qa-tiny")]
+    QaTiny,
+    /// Qwen2.5-0.5B (hidden 896, intermediate 4864)
+    #[value(name = "qwen-0.5b")]
+    Qwen05b,
+}
+
+/// (name, rows, cols) of a qa-tiny layer's matrices and its output head: every one of them under
+/// the kernels' serial threshold, so the per-row cost of a product shows.
+const TINY_SHAPES: [(&str, usize, usize); 5] = [
+    ("tiny q/o", 256, 256),
+    ("tiny k/v", 128, 256),
+    ("tiny gate/up", 512, 256),
+    ("tiny down", 256, 512),
+    ("tiny lm_head", 512, 256),
+];
+/// (name, rows, cols) of a Qwen2.5-0.5B layer's matrices.
 const SHAPES: [(&str, usize, usize); 4] =
     [("q/o", 896, 896), ("k/v", 128, 896), ("gate/up", 4864, 896), ("down", 896, 4864)];
 const LM_HEAD: (&str, usize, usize) = ("lm_head", 151_936, 896);
 
-/// The two batch sizes: one decode step, one 64-token prefill.
-const BATCHES: [usize; 2] = [1, 64];
+/// The batch sizes: one decode step, a short and a 64-token prefill.
+const BATCHES: [usize; 3] = [1, 8, 64];
 
 pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
-    let KernelsArgs { lm_head, runs } = *args;
+    let KernelsArgs { lm_head, only, runs } = *args;
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
-    let mut shapes = SHAPES.to_vec();
-    if lm_head {
-        shapes.push(LM_HEAD);
+    anyhow::ensure!(
+        !(lm_head && only == Some(Model::QaTiny)),
+        "--lm-head times Qwen2.5-0.5B's output head, which --only qa-tiny leaves out"
+    );
+    let mut shapes = Vec::new();
+    if only != Some(Model::Qwen05b) {
+        shapes.extend(TINY_SHAPES);
+    }
+    if only != Some(Model::QaTiny) {
+        shapes.extend(SHAPES);
+        if lm_head {
+            shapes.push(LM_HEAD);
+        }
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_else(|_| "(no /proc/loadavg)".into());
     println!(
@@ -63,7 +97,7 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
     println!();
-    println!("| kind | shape | m | candle ms | ours ms | ratio | ours GB/s |");
+    println!("| kind | shape | m | candle µs | ours µs | ratio | ours GB/s |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     let mut seed = 1u64;
     let mut skipped = Vec::new();
@@ -96,10 +130,10 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
                 }
                 let (theirs, mine) = (median(theirs), median(mine));
                 println!(
-                    "| {} | {name} {rows}×{cols} | {m} | {:.3} | {:.3} | {:.2} | {:.1} |",
+                    "| {} | {name} {rows}×{cols} | {m} | {:.1} | {:.1} | {:.2} | {:.1} |",
                     ours.kind(),
-                    ms(theirs),
-                    ms(mine),
+                    micros(theirs),
+                    micros(mine),
                     theirs.as_secs_f64() / mine.as_secs_f64(),
                     ours.bytes() as f64 / mine.as_secs_f64() / 1e9
                 );
@@ -156,6 +190,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// Microseconds: a qa-tiny product takes a few.
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }

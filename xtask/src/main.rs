@@ -254,6 +254,7 @@ mod tests {
             "xtask bench formats --layers 2 --tokens 8 --keep",
             "xtask bench kernels",
             "xtask bench kernels --lm-head --runs 9",
+            "xtask bench kernels --only qa-tiny --runs 21",
             "xtask bench engine",
             "xtask bench engine --skip-peers --layers 4",
             "xtask bench engine --layers 4 --reps 5 --threads 2 --formats f32,f16,q8_0,q4_k_m --keep",
