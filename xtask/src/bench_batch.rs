@@ -4,7 +4,8 @@
 //! (`Session::generate`, the path a trial takes one prompt at a time) against the same engine
 //! generating for `--batch` prompts at once (`Session::generate_batch`, each sequence with its
 //! own KV cache, the weights read once per step for all), interleaved repetition by repetition,
-//! medians after a warm-up. Prints aggregate decode tokens/s and the ratio, and checks at every
+//! medians after a warm-up; with `--compete N`, the prompt alone again while N CPU-bound processes
+//! compete for the machine (a fair share of the CPUs is what is left). Prints aggregate decode tokens/s and the ratio, and checks at every
 //! repetition that the first prompt's answer in the batch is its answer alone (every prompt's is
 //! checked by `tests/qa_tiny/batch.rs`).
 
@@ -35,6 +36,38 @@ pub struct BatchArgs {
     /// Formats, comma-separated
     #[arg(long, value_delimiter = ',', value_enum, default_values_t = [Choice::Bf16, Choice::Q8_0])]
     pub formats: Vec<Choice>,
+    /// Also time the prompt alone while this many CPU-bound processes compete for the machine
+    /// (interleaved with the idle runs), against its idle speed
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub compete: usize,
+}
+
+/// Processes that keep a CPU busy until dropped.
+struct Busy(Vec<std::process::Child>);
+
+impl Busy {
+    fn start(n: usize) -> anyhow::Result<Busy> {
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            let child = std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .context("failed to start a competing process")?;
+            children.push(child);
+        }
+        // Let the scheduler see them before anything is timed.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(Busy(children))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// A file of the generated model.
@@ -118,10 +151,28 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<()> {
         eprintln!("{}: loading {}…", choice.label(), path.display());
         let mut session =
             load_candle(&path, Backend::Cpu).with_context(|| format!("failed to load {}", path.display()))?;
-        let (mut alone, mut together) = (Vec::new(), Vec::new());
+        let (mut alone, mut together, mut loaded) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..=args.reps {
             let one = session.generate(&requests[0])?;
             let a = one.tokens_per_second().unwrap_or(f64::NAN);
+            if args.compete > 0 {
+                let busy = Busy::start(args.compete)?;
+                let under = session.generate(&requests[0])?;
+                drop(busy);
+                anyhow::ensure!(
+                    under.tokens == one.tokens,
+                    "{}: the answer changed under load",
+                    choice.label()
+                );
+                let l = under.tokens_per_second().unwrap_or(f64::NAN);
+                eprintln!(
+                    "  rep {rep}/{}: alone under {} busy processes {l:.2} tok/s",
+                    args.reps, args.compete
+                );
+                if rep > 0 {
+                    loaded.push(l);
+                }
+            }
             let batch = session.generate_batch(&requests)?.context("the engine does not batch this model")?;
             let batch: Vec<_> = batch.into_iter().collect::<Result<_, _>>()?;
             anyhow::ensure!(
@@ -136,17 +187,28 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<()> {
                 together.push(b);
             }
         }
-        rows.push((choice.label(), median(alone), median(together)));
+        rows.push((choice.label(), median(alone), median(together), median(loaded)));
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "\n## Batched generation, {} layers, {threads} threads, {} tokens per sequence\n",
         args.layers, DECODE_TOKENS
     );
-    println!("| file | decode alone tok/s | aggregate decode, batch of {} tok/s | ratio |", args.batch);
-    println!("|---|---:|---:|---:|");
-    for (label, a, b) in &rows {
-        println!("| {label} | {a:.2} | {b:.2} | {:.2}× |", b / a);
+    if args.compete > 0 {
+        println!(
+            "| file | decode alone tok/s | aggregate decode, batch of {} tok/s | ratio | alone under {} busy processes tok/s | ÷ idle |",
+            args.batch, args.compete
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (label, a, b, l) in &rows {
+            println!("| {label} | {a:.2} | {b:.2} | {:.2}× | {l:.2} | {:.2}× |", b / a, l / a);
+        }
+    } else {
+        println!("| file | decode alone tok/s | aggregate decode, batch of {} tok/s | ratio |", args.batch);
+        println!("|---|---:|---:|---:|");
+        for (label, a, b, _) in &rows {
+            println!("| {label} | {a:.2} | {b:.2} | {:.2}× |", b / a);
+        }
     }
     println!(
         "\nMedians of {} interleaved repetitions after a warm-up; the first prompt's answer in every batch equals its answer alone. Load average before: {}, after: {}.",

@@ -260,7 +260,7 @@ mod tests {
             "xtask bench engine --layers 4 --reps 5 --threads 2 --formats f32,f16,q8_0,q4_k_m --keep",
             "xtask bench engine --formats f32,bf16,apr --rounds 2 --python /tmp/venv/bin/python",
             "xtask bench batch",
-            "xtask bench batch --layers 2 --batch 4 --reps 1 --formats f32,q4_k_m",
+            "xtask bench batch --layers 2 --batch 4 --reps 1 --formats f32,q4_k_m --compete 2",
         ] {
             if let Err(e) = parses(line) {
                 panic!("`{line}` does not parse:\n{e}");
