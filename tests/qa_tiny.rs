@@ -291,6 +291,21 @@ fn a_batch_dependent_reduction_fails_batch_invariance_and_the_clean_engine_passe
     }
 }
 
+/// A property with a pass rate generates its 200 cases as one batch on the embedded engine and
+/// says so in its record; the verdict is the one the cases give alone.
+#[test]
+fn a_pass_rate_property_generates_its_cases_as_one_batch() {
+    let work = tempfile::tempdir().unwrap();
+    let records = trials_of("mvp::qa-tiny-llama::safetensors::cpu::run::sums_rate", work.path(), "rate", &[]);
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.outcome, Outcome::Corroborated, "{}", r.reason);
+    assert!(r.reason.starts_with("200 of 200 generated cases passed"), "{}", r.reason);
+    let batch = r.metrics.batch.as_ref().expect("the cases ran as a batch");
+    assert_eq!(batch.size, 200);
+    assert!(batch.tokens >= 200 && batch.tokens_per_second > 0.0, "{batch:?}");
+}
+
 /// User text that spells qa-tiny's control tokens stays text in `run`, `chat` and `serve`, in a
 /// safetensors cell and in a GGUF cell (whose tokenizer comes from the file's metadata). An engine
 /// that reads the spellings as control tokens fails `run` and `chat` (the server's count is

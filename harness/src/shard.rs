@@ -199,6 +199,25 @@ mod tests {
     }
 
     #[test]
+    fn times_are_read_from_certification_evidence_and_journals() {
+        let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../certifications");
+        let times = Times::read(&committed);
+        let trial = "qa-tiny::mvp::qa-tiny-llama::safetensors::cpu::run::sums_rate";
+        let ms = *times.0.get(trial).expect("the committed evidence holds qa-tiny's trials");
+        assert!(ms > 0.0 && times.0.len() >= 3 * 241, "{} times", times.0.len());
+        // The same records as a journal file.
+        let text = std::fs::read_to_string(committed.join("qa-tiny-llama/evidence.json")).unwrap();
+        let evidence: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let lines: Vec<String> =
+            evidence["records"].as_array().unwrap().iter().map(|r| r.to_string()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("run.jsonl"), lines.join("\n") + "\n").unwrap();
+        let from_journal = Times::read(&dir.path().join("run.jsonl"));
+        assert_eq!(from_journal.0.get(trial), Some(&ms));
+        assert_eq!(Times::read(&dir.path().join("missing")).0.len(), 0);
+    }
+
+    #[test]
     fn recorded_durations_put_the_longest_model_alone() {
         let plan = plan(4);
         let selected = plan.select(&Filter::default());

@@ -76,7 +76,7 @@ pub mod stats {
 }
 
 pub mod journal {
-    pub use crate::journal::{EvidenceRecord, ThirdParty, TracePoint, read};
+    pub use crate::journal::{BatchMetrics, EvidenceRecord, Metrics, ThirdParty, TracePoint, read};
 }
 
 pub mod matrix {
