@@ -39,6 +39,8 @@ impl Fixture {
             .env("HOME", self.path())
             .env_remove("QUALIFY_MODEL_DIR")
             .env_remove("QUALIFY_FAILURE_POLICY")
+            .env_remove("QUALIFY_MEMORY_BUDGET")
+            .env_remove("QUALIFY_CERTIFICATIONS")
             .env_remove("NEXTEST")
             .env_remove("HF_HOME")
             .env_remove("HF_HUB_CACHE");
@@ -921,4 +923,147 @@ fn shards_partition_the_trials_by_model_and_backend() {
     let out = fx.qualify("bad", &["--list"], &[("QUALIFY_SHARD", "5/4")]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("invalid QUALIFY_SHARD=\"5/4\""), "{}", stderr(&out));
+}
+
+/// Two models over the same files, safetensors and APR on CPU, one scenario: each APR
+/// differential needs both of its model's sessions at once.
+fn two_model_playbook() -> String {
+    let models: String = (0..2).map(|i| format!("  - id: test/m{i}\n    path: model\n")).collect();
+    PLAYBOOK.replace("  - id: test/tiny\n    path: model\n", &models).replace(
+        "    backends: [cpu, gpu]\n    scenario_count: 3\n",
+        "    formats: [safetensors, apr]\n    backends: [cpu]\n    scenario_count: 1\n",
+    )
+}
+
+#[test]
+fn a_run_within_a_tight_memory_budget_keeps_every_verdict_and_past_it_trials_are_ignored() {
+    use modelqa::support::engine::estimate_footprint;
+    use modelqa::support::matrix::Format;
+    let fx = Fixture::new(&two_model_playbook());
+    let dir = fx.path().join("model");
+    let pair = estimate_footprint(&dir, Format::Safetensors, None).unwrap().bytes()
+        + estimate_footprint(&dir, Format::Apr, None).unwrap().bytes();
+    let outcomes = |run: &str| -> BTreeMap<String, Outcome> {
+        fx.journal(run).into_iter().filter(|r| !r.unfinished).map(|r| (r.trial, r.outcome)).collect()
+    };
+
+    let free = fx.qualify("free", &["--test-threads", "2"], &[("QUALIFY_MEMORY_BUDGET", "unlimited")]);
+    assert!(
+        stderr(&free).contains("memory: the sessions loaded at once held at most an estimated"),
+        "{}",
+        stderr(&free)
+    );
+    // Room for one model's two sessions: the models take turns, and nothing changes.
+    let budget = pair.to_string();
+    let tight = fx.qualify("tight", &["--test-threads", "2"], &[("QUALIFY_MEMORY_BUDGET", &budget)]);
+    assert_eq!(tight.status.code(), free.status.code(), "{}", stderr(&tight));
+    let (free_outcomes, tight_outcomes) = (outcomes("free"), outcomes("tight"));
+    assert!(free_outcomes.len() > 40, "{}", free_outcomes.len());
+    assert_eq!(tight_outcomes, free_outcomes, "the budget changed a verdict");
+    assert!(stderr(&tight).contains("(QUALIFY_MEMORY_BUDGET)"), "{}", stderr(&tight));
+    assert!(!stderr(&tight).contains("ignored"), "{}", stderr(&tight));
+
+    // Room for one session but not a pair: the APR differentials are ignored with the reason,
+    // the rest keep their verdicts.
+    let one = (pair * 3 / 4).to_string();
+    let short = fx.qualify("short", &["--test-threads", "2"], &[("QUALIFY_MEMORY_BUDGET", &one)]);
+    let err = stderr(&short);
+    assert!(
+        err.contains("test/m0 needs an estimated")
+            && err.contains("apr ")
+            && err.contains("+ safetensors ")
+            && err.contains("(QUALIFY_MEMORY_BUDGET)"),
+        "{err}"
+    );
+    let short_outcomes = outcomes("short");
+    assert!(short_outcomes.keys().all(|t| !t.contains("::apr::cpu::diff::logits")), "{short_outcomes:?}");
+    for (trial, outcome) in &short_outcomes {
+        assert_eq!(Some(outcome), free_outcomes.get(trial), "{trial}");
+    }
+    assert!(short_outcomes.len() < free_outcomes.len());
+
+    // Nothing fits: only the trials that read files run.
+    let none = fx.qualify("none", &["--test-threads", "2"], &[("QUALIFY_MEMORY_BUDGET", "1KiB")]);
+    assert!(
+        stderr(&none).contains("past the memory budget of 1.0 KiB (QUALIFY_MEMORY_BUDGET)"),
+        "{}",
+        stderr(&none)
+    );
+    let ran = fx.journal("none");
+    assert!(!ran.is_empty() && ran.iter().all(|r| r.metrics.load_ms.is_none()), "a session loaded");
+    assert!(ran.iter().any(|r| r.trial.ends_with("::gate::g0-integrity")));
+
+    let bad = fx.qualify("bad", &["--list"], &[("QUALIFY_MEMORY_BUDGET", "12 parsecs")]);
+    assert_eq!(bad.status.code(), Some(4), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("invalid QUALIFY_MEMORY_BUDGET"), "{}", stderr(&bad));
+}
+
+#[test]
+fn dim_smoke_checks_a_sibling_by_its_files_and_its_certified_representative() {
+    let playbook =
+        PLAYBOOK.replace("  smoke:\n    backends: [cpu, gpu]\n    scenario_count: 3\n", "  dim-smoke: {}\n");
+    let fx = Fixture::new(&playbook);
+    let listed = fx.qualify("list", &["--list"], &[]);
+    assert_eq!(
+        stdout(&listed).lines().collect::<Vec<_>>(),
+        [
+            "e2e::dim-smoke::tiny::safetensors::cpu::gate::g0-integrity: test",
+            "e2e::dim-smoke::tiny::safetensors::cpu::gate::kernel-class: test"
+        ],
+        "{}",
+        stderr(&listed)
+    );
+    // The representative: a smaller model of the same architecture, certified (as `cargo xtask
+    // certify` writes what the check reads) by this build of the harness.
+    let rep = fx.path().join("rep");
+    let shape = TestModelShape { hidden: 32, intermediate: 64, layers: 1, ..TestModelShape::default() };
+    write_test_model(&rep, TestArchitecture::Llama, shape, 3).expect("representative");
+    let certs = fx.path().join("certifications");
+    let certify = |fingerprint: &str| {
+        let dir = certs.join("test-rep");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mqs.json"), r#"{"tier": "mvp", "mqs": 800, "status": "PROVISIONAL"}"#)
+            .unwrap();
+        let config = rep.join("config.json");
+        let sha256 = modelqa::support::format::files::hash_file(&config).unwrap().sha256;
+        let evidence = serde_json::json!({
+            "model_id": "test/rep", "harness_fingerprint": fingerprint,
+            "records": [{"format": "safetensors", "model_files": [{"path": config, "sha256": sha256}]}]
+        });
+        std::fs::write(dir.join("evidence.json"), evidence.to_string()).unwrap();
+    };
+    let certs_env = certs.to_str().unwrap();
+
+    let alone = fx.qualify("alone", &[], &[("QUALIFY_CERTIFICATIONS", certs_env)]);
+    assert_eq!(alone.status.code(), Some(101), "no representative: {}", stderr(&alone));
+    assert!(stdout(&alone).contains("has no current certification"), "{}", stdout(&alone));
+
+    certify(modelqa::support::config::HARNESS_FINGERPRINT);
+    let out = fx.qualify("vouched", &[], &[("QUALIFY_CERTIFICATIONS", certs_env)]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let records = fx.journal("vouched");
+    assert_eq!(records.len(), 2);
+    let class =
+        records.iter().find(|r| r.trial.ends_with("::kernel-class")).expect("the kernel-class record");
+    assert_eq!(class.gate, "kernel_class");
+    assert!(class.reason.contains("proven by test/rep (PROVISIONAL at mvp, MQS 800"), "{}", class.reason);
+    assert!(class.reason.contains("hidden_size 64 (32 there)"), "{}", class.reason);
+
+    certify("feedfacefeedface");
+    let stale = fx.qualify("stale", &[], &[("QUALIFY_CERTIFICATIONS", certs_env)]);
+    assert_eq!(stale.status.code(), Some(101));
+    assert!(
+        stdout(&stale).contains("certified by another harness build (feedfacefeed…)"),
+        "{}",
+        stdout(&stale)
+    );
+
+    // A dim-smoke tier runs no scenarios: setting them is refused where it is written.
+    let fx = Fixture::new(&PLAYBOOK.replace(
+        "  smoke:\n    backends: [cpu, gpu]\n    scenario_count: 3\n",
+        "  dim-smoke:\n    modalities: [chat]\n",
+    ));
+    let refused = fx.qualify("refused", &["--list"], &[]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("`modalities` cannot be set"), "{}", stderr(&refused));
 }

@@ -11,7 +11,7 @@ use libtest_mimic::{Arguments, Completion, Trial};
 
 use crate::bind::{Binder, Location};
 use crate::config::{Config, NoTrials};
-use crate::engine::CandleEngine;
+use crate::engine::{CandleEngine, Footprint, SessionKey, gib};
 use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
 use crate::failure::{Bug, Failure, NoTrialsFound, UserError, exit};
 use crate::journal::Journal;
@@ -80,7 +80,7 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
         None => None,
     };
     if args.list && !fast_exact {
-        return Ok(list(&plan, &filter, sharded.as_deref(), &mut binder, args.ignored));
+        return Ok(list(&plan, &filter, sharded.as_deref(), &mut binder, args.ignored, config.memory_budget));
     }
 
     // nextest runs each trial as `--exact NAME`: build that one trial, not all of them.
@@ -104,7 +104,7 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
     };
 
     if args.list {
-        return Ok(list(&plan, &filter, Some(&selected), &mut binder, args.ignored));
+        return Ok(list(&plan, &filter, Some(&selected), &mut binder, args.ignored, config.memory_budget));
     }
     if selected.is_empty() && no_trials != NoTrials::Pass {
         let fatal = match no_trials {
@@ -135,10 +135,12 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
     let journal = Journal::open(&config.journal_dir, &config.run_id)
         .map_err(|source| UserError::Journal { path: config.journal_dir.clone(), source })?;
     reporter::run_header(selected.len(), plan.total(), plan.playbooks().len(), journal.path());
+    let budget = config.memory_budget;
     let ctx = Arc::new(RunContext::new(config, journal, Box::new(CandleEngine)));
     let (trials, ignored) = build_trials(&plan, &selected, &mut binder, &ctx, &args, finished.as_ref());
     reporter::ignored_summary(&ignored);
     let conclusion = libtest_mimic::run(&args, trials);
+    reporter::memory(budget, ctx.sessions.memory_usage());
     // libtest's own code for a failed trial, said here so the README's table is this code.
     Ok(if conclusion.has_failed() { ExitCode::from(exit::TRIAL_FAILED) } else { ExitCode::SUCCESS })
 }
@@ -164,12 +166,19 @@ fn list(
     exact: Option<&[TrialRef]>,
     binder: &mut Binder,
     only_ignored: bool,
+    budget: crate::config::MemoryBudget,
 ) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut footprints = Footprints::default();
     let mut write = |r: TrialRef, name: &str| -> bool {
-        if only_ignored && ignore_reason(binder, &plan.spec(r)).is_none() {
-            return true;
+        if only_ignored {
+            let spec = plan.spec(r);
+            let uses = footprints.uses(binder, &spec);
+            if ignore_reason(binder, &spec).or_else(|| footprints.past_budget(&spec, &uses, budget)).is_none()
+            {
+                return true;
+            }
         }
         writeln!(out, "{name}: test").is_ok()
     };
@@ -207,6 +216,75 @@ fn ignore_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
             }
             _ => None,
         })
+}
+
+/// Each session's estimated memory ([`crate::engine::estimate_footprint`]), read once per model
+/// and format from its files.
+#[derive(Default)]
+struct Footprints {
+    known: std::collections::HashMap<(String, Format), Footprint>,
+}
+
+impl Footprints {
+    /// The sessions a trial uses (its own, and the reference it is compared with), each with
+    /// its footprint. One that cannot be estimated (a file missing or unreadable, which its
+    /// load will report) counts as nothing.
+    fn uses(&mut self, binder: &mut Binder, spec: &TrialSpec) -> Vec<(SessionKey, Footprint)> {
+        if !spec.kind.loads_session() {
+            return Vec::new();
+        }
+        let mut keys = vec![crate::trial::session_key(spec)];
+        keys.extend(crate::trial::reference_key(spec));
+        keys.into_iter()
+            .map(|key| {
+                let footprint = if matches!(spec.engine, EngineSpec::Embedded) {
+                    *self.known.entry((spec.model.id.clone(), key.format)).or_insert_with(|| {
+                        let dir = match binder.locate(&spec.model) {
+                            Location::Found(dir) => dir.clone(),
+                            _ => PathBuf::new(),
+                        };
+                        let shipped = match binder.artifact(&spec.model, key.format) {
+                            Some(Location::Found(file)) => Some(file.clone()),
+                            _ => None,
+                        };
+                        crate::engine::estimate_footprint(&dir, key.format, shipped.as_deref())
+                            .unwrap_or(Footprint::NOTHING)
+                    })
+                } else {
+                    // An external engine's memory is its own.
+                    Footprint::NOTHING
+                };
+                (key, footprint)
+            })
+            .collect()
+    }
+
+    /// Why a trial is ignored for the memory budget: its sessions together cannot fit in it.
+    fn past_budget(
+        &self,
+        spec: &TrialSpec,
+        uses: &[(SessionKey, Footprint)],
+        budget: crate::config::MemoryBudget,
+    ) -> Option<String> {
+        let limit = budget.bytes?;
+        let total: u64 = uses.iter().map(|(_, f)| f.bytes()).sum();
+        if total <= limit {
+            return None;
+        }
+        let parts: Vec<String> = uses.iter().map(|(key, f)| format!("{} {f}", key.format)).collect();
+        let whence = if budget.set {
+            String::new()
+        } else {
+            format!(", by default {}% of this machine's memory", crate::config::DEFAULT_MEMORY_SHARE)
+        };
+        Some(format!(
+            "{} needs an estimated {} in memory ({}), past the memory budget of {} (QUALIFY_MEMORY_BUDGET{whence})",
+            spec.model.id,
+            gib(total),
+            parts.join(" + "),
+            gib(limit)
+        ))
+    }
 }
 
 /// Why a trace trial cannot run: the ground truth's `model_type` is not one the tracer runs. (A
@@ -366,6 +444,7 @@ fn build_trials(
 ) -> (Vec<Trial>, BTreeMap<String, usize>) {
     let mut trials = Vec::with_capacity(selected.len());
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
+    let mut footprints = Footprints::default();
     let runs_ignored = args.ignored || args.include_ignored;
     for r in selected {
         let spec = plan.spec(*r);
@@ -393,15 +472,19 @@ fn build_trials(
         };
         let name = spec.full_name.clone();
         let policy = plan.playbooks()[spec.playbook].failure_policy;
+        let uses = footprints.uses(binder, &spec);
+        let reason = reason.or_else(|| footprints.past_budget(&spec, &uses, ctx.config.memory_budget));
         if let Some(why) = &reason {
             if !runs_ignored {
                 *ignored.entry(why.clone()).or_default() += 1;
             }
-        } else {
+        } else if spec.kind.loads_session() {
+            // Each trial that loads sessions releases them when it ends.
+            let bytes = |k: &SessionKey| uses.iter().find(|(u, _)| u == k).map_or(0, |(_, f)| f.bytes());
             let key = crate::trial::session_key(&spec);
-            ctx.sessions.expect_uses(&key, 1);
+            ctx.sessions.expect_uses(&key, 1, bytes(&key));
             if let Some(reference) = crate::trial::reference_key(&spec) {
-                ctx.sessions.expect_uses(&reference, 1);
+                ctx.sessions.expect_uses(&reference, 1, bytes(&reference));
             }
         }
         let ctx = Arc::clone(ctx);

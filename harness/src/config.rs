@@ -28,6 +28,98 @@ pub(crate) struct Config {
     /// `QUALIFY_SHARD_TIMES`: the journals or certification evidence the shards balance by;
     /// default `certifications` (the committed evidence, the same on every machine).
     pub shard_times: PathBuf,
+    /// `QUALIFY_MEMORY_BUDGET`: what the sessions loaded at once may hold.
+    pub memory_budget: MemoryBudget,
+    /// `QUALIFY_CERTIFICATIONS`: the certifications the `dim-smoke` tier's representatives are
+    /// found in; default `certifications` (the checkout's).
+    pub certifications: PathBuf,
+}
+
+/// What the sessions a run holds at once may hold, by their estimated footprints
+/// (`QUALIFY_MEMORY_BUDGET`): bytes with a unit (`12GiB`, `800M`, `16GB`), a share of the
+/// machine's memory (`60%`), or `unlimited`. The default is three quarters of the machine's
+/// memory — the smaller of its physical memory and its cgroup's limit — so a model that cannot
+/// fit is ignored with the reason instead of being killed by the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemoryBudget {
+    /// `None`: unlimited (set so, or the machine's memory is unknown).
+    pub(crate) bytes: Option<u64>,
+    /// Whether the user set it (else it is the default).
+    pub(crate) set: bool,
+}
+
+/// The default budget's share of the machine's memory, in percent.
+pub(crate) const DEFAULT_MEMORY_SHARE: u64 = 75;
+
+impl MemoryBudget {
+    /// Parses the variable's value; `machine` is the machine's memory, where known.
+    pub(crate) fn parse(text: &str, machine: Option<u64>) -> Result<MemoryBudget, String> {
+        let t = text.trim();
+        if matches!(t.to_ascii_lowercase().as_str(), "unlimited" | "off" | "none") {
+            return Ok(MemoryBudget { bytes: None, set: true });
+        }
+        if let Some(percent) = t.strip_suffix('%') {
+            let p: f64 =
+                percent.trim().parse().map_err(|_| format!("`{t}` is not a percentage (e.g. 60%)"))?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!("`{t}`: a share of the machine's memory is above 0% and at most 100%"));
+            }
+            let machine = machine.ok_or("the machine's memory is unknown here: give bytes (e.g. 12GiB)")?;
+            return Ok(MemoryBudget { bytes: Some((machine as f64 * p / 100.0) as u64), set: true });
+        }
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("`{t}` is not a size (e.g. 12GiB, 800M, 60% or unlimited)"))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            other => return Err(format!("`{other}` is not a unit of size (B, K, M, G, T, KiB…, KB…)")),
+        };
+        let bytes = number * scale as f64;
+        if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+            return Err(format!("`{t}` is not a size of at least one byte"));
+        }
+        Ok(MemoryBudget { bytes: Some(bytes as u64), set: true })
+    }
+
+    /// The budget from the environment, or the default.
+    fn from_env() -> Result<MemoryBudget, ConfigError> {
+        let machine = machine_memory();
+        match var("QUALIFY_MEMORY_BUDGET") {
+            Some(v) => MemoryBudget::parse(&v, machine).map_err(|expected| ConfigError {
+                var: "QUALIFY_MEMORY_BUDGET",
+                value: v.clone(),
+                expected,
+            }),
+            None => Ok(MemoryBudget { bytes: machine.map(|m| m / 100 * DEFAULT_MEMORY_SHARE), set: false }),
+        }
+    }
+}
+
+/// The memory this process may use: the machine's physical memory (`/proc/meminfo`), or its
+/// cgroup's limit where that is smaller (a CI container); `None` where neither can be read.
+pub(crate) fn machine_memory() -> Option<u64> {
+    let physical = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok());
+    match (physical, cgroup) {
+        (Some(p), Some(c)) => Some(p.min(c)),
+        (p, c) => p.or(c),
+    }
 }
 
 /// One shard of `count`, numbered from 1 (`QUALIFY_SHARD=2/4`).
@@ -116,6 +208,9 @@ impl Config {
             resume: resume.is_some(),
             shard,
             shard_times: var("QUALIFY_SHARD_TIMES")
+                .map_or_else(|| PathBuf::from("certifications"), PathBuf::from),
+            memory_budget: MemoryBudget::from_env()?,
+            certifications: var("QUALIFY_CERTIFICATIONS")
                 .map_or_else(|| PathBuf::from("certifications"), PathBuf::from),
         })
     }
@@ -222,6 +317,8 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_RESUME",
     "QUALIFY_SHARD",
     "QUALIFY_SHARD_TIMES",
+    "QUALIFY_MEMORY_BUDGET",
+    "QUALIFY_CERTIFICATIONS",
 ];
 
 /// `QUALIFY_*` variables set in the environment that modelqa does not read, each with the
@@ -398,4 +495,26 @@ pub(crate) fn planted_batch_reduction() -> bool {
 pub fn new_run_id() -> String {
     let now = jiff::Timestamp::now();
     format!("{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_budget_reads_sizes_shares_and_unlimited_and_refuses_the_rest() {
+        let gib = 1u64 << 30;
+        let budget = |t: &str| MemoryBudget::parse(t, Some(16 * gib)).map(|b| b.bytes);
+        assert_eq!(budget("12GiB"), Ok(Some(12 * gib)));
+        assert_eq!(budget("12G"), Ok(Some(12 * gib)));
+        assert_eq!(budget(" 1.5 g "), Ok(Some(3 * gib / 2)));
+        assert_eq!(budget("800MB"), Ok(Some(800_000_000)));
+        assert_eq!(budget("4096"), Ok(Some(4096)));
+        assert_eq!(budget("50%"), Ok(Some(8 * gib)));
+        assert_eq!(budget("unlimited"), Ok(None));
+        for bad in ["", "12 parsecs", "GiB", "0", "-3G", "0%", "150%", "1e400"] {
+            assert!(budget(bad).is_err(), "{bad:?} is refused");
+        }
+        assert!(MemoryBudget::parse("60%", None).unwrap_err().contains("unknown"));
+    }
 }

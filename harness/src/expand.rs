@@ -50,6 +50,9 @@ enum TailKind {
     Perf,
     /// The numerics of the cell's traced forward pass (`gate::trace`); every cell.
     Numerics,
+    /// The model's kernel class and its certified representative (`gate::kernel-class`); the
+    /// `dim-smoke` tier only.
+    KernelClass,
 }
 
 /// The cells and tails of one `(playbook, tier)`, in name order.
@@ -217,6 +220,8 @@ pub enum TrialKind {
     Perf,
     /// The numerics of the cell's traced forward pass.
     Numerics,
+    /// A sibling checked by its kernel class's certified representative (`dim-smoke`).
+    KernelClass,
 }
 
 impl TrialKind {
@@ -227,7 +232,10 @@ impl TrialKind {
         match self {
             TrialKind::Gate(Gate::Inference | Gate::Quality) => Category::Qual,
             TrialKind::Gate(Gate::Integrity | Gate::Load | Gate::Stability) => Category::Stab,
-            TrialKind::ServerGate(_) | TrialKind::Security(_) | TrialKind::Numerics => Category::Stab,
+            TrialKind::ServerGate(_)
+            | TrialKind::Security(_)
+            | TrialKind::Numerics
+            | TrialKind::KernelClass => Category::Stab,
             TrialKind::Perf => Category::Perf,
             TrialKind::Golden(_) => Category::Regr,
             TrialKind::Differential(_) => Category::Comp,
@@ -257,6 +265,19 @@ pub struct TrialSpec {
     pub performance: Option<crate::playbook::spec::PerformanceSpec>,
 }
 
+impl TrialKind {
+    /// Whether the trial loads a session; the others read files only (G0, the invariants of a
+    /// derived file, the tokenizer fuzz, the kernel class).
+    pub fn loads_session(&self) -> bool {
+        !matches!(
+            self,
+            TrialKind::Gate(Gate::Integrity)
+                | TrialKind::Differential(DiffKind::Invariant(_) | DiffKind::TokenizerFuzz)
+                | TrialKind::KernelClass
+        )
+    }
+}
+
 impl TrialSpec {
     /// The modality a scenario trial runs in; gates have none.
     pub fn modality(&self) -> Option<Modality> {
@@ -268,6 +289,7 @@ impl TrialSpec {
             | TrialKind::Golden(_)
             | TrialKind::Differential(_)
             | TrialKind::Numerics
+            | TrialKind::KernelClass
             | TrialKind::Perf => None,
         }
     }
@@ -288,6 +310,7 @@ fn applies(kind: TailKind, format: Format) -> bool {
         | TailKind::ServerGate(_)
         | TailKind::Security(_)
         | TailKind::Numerics
+        | TailKind::KernelClass
         | TailKind::Perf => true,
     }
 }
@@ -422,6 +445,7 @@ impl Plan {
             TailKind::Differential(k) => (TrialKind::Differential(k), Tail::Diff(k.slug().to_string())),
             TailKind::Perf => (TrialKind::Perf, Tail::Perf(PERF_SLUG.to_string())),
             TailKind::Numerics => (TrialKind::Numerics, Tail::Gate(TRACE_SLUG.to_string())),
+            TailKind::KernelClass => (TrialKind::KernelClass, Tail::Gate(KERNEL_CLASS_SLUG.to_string())),
         };
         let model = pb.models[group.model].clone();
         let name = TrialName {
@@ -454,6 +478,9 @@ pub(crate) const PERF_SLUG: &str = "decode";
 /// The last segment of the numerics gate over a traced forward pass.
 pub(crate) const TRACE_SLUG: &str = "trace";
 
+/// The last segment of the kernel-class check of the `dim-smoke` tier.
+pub(crate) const KERNEL_CLASS_SLUG: &str = "kernel-class";
+
 fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::PerformanceSpec>) -> Layout {
     let mut cells = Vec::new();
     for f in &tier.formats {
@@ -464,6 +491,12 @@ fn layout(tier: &TierPlan, performance: Option<&crate::playbook::spec::Performan
     // Each segment already sorts as its name followed by `::`, but a format name can be a prefix
     // of another's, so sort the joined text.
     cells.sort_by(|a, b| a.2.cmp(&b.2));
+    if tier.name == crate::playbook::DIM_SMOKE {
+        // A sibling of a qualified model, by its files alone: G0 and its kernel class.
+        let tails =
+            vec![(TailKind::Gate(Gate::Integrity), String::new()), (TailKind::KernelClass, String::new())];
+        return Layout { scenarios: Arc::from(Vec::new()), cells, tails, perf_backends: Vec::new() };
+    }
     let mut tails = Vec::new();
     for m in &tier.modalities {
         for index in 0..tier.scenario_count {
@@ -534,6 +567,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                     TailKind::Differential(k) => format!("diff{SEP}{}", k.slug()),
                     TailKind::Perf => format!("perf{SEP}{PERF_SLUG}"),
                     TailKind::Numerics => format!("gate{SEP}{TRACE_SLUG}"),
+                    TailKind::KernelClass => format!("gate{SEP}{KERNEL_CLASS_SLUG}"),
                 };
             }
             // A scenario that keeps to some modalities has no trials in the others, and a tier
@@ -550,6 +584,7 @@ fn name_tails(playbooks: &[Playbook], layouts: &mut [Vec<Layout>]) {
                 | TailKind::Golden(_)
                 | TailKind::Differential(_)
                 | TailKind::Numerics
+                | TailKind::KernelClass
                 | TailKind::Perf => true,
             });
             layout.tails.sort_by(|a, b| a.1.cmp(&b.1));

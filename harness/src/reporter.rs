@@ -116,6 +116,38 @@ pub(crate) fn shard(shard: crate::shard::Shard, a: &crate::shard::Assignment, ti
     );
 }
 
+/// What the memory budget did over the run: the most the sessions loaded at once were
+/// estimated to hold, and what making room cost. Nothing when no session was loaded.
+pub(crate) fn memory(budget: crate::config::MemoryBudget, usage: crate::engine::MemoryUsage) {
+    use crate::engine::gib;
+    if usage.peak == 0 {
+        return;
+    }
+    let limit = match budget.bytes {
+        Some(b) if budget.set => format!("the budget of {} (QUALIFY_MEMORY_BUDGET)", gib(b)),
+        Some(b) => format!(
+            "the default budget of {} ({}% of this machine's memory; QUALIFY_MEMORY_BUDGET sets it)",
+            gib(b),
+            crate::config::DEFAULT_MEMORY_SHARE
+        ),
+        None => "no budget (QUALIFY_MEMORY_BUDGET=unlimited, or this machine's memory is unknown)".into(),
+    };
+    let mut line = format!(
+        "memory: the sessions loaded at once held at most an estimated {} of {limit}",
+        gib(usage.peak)
+    );
+    if usage.waited > 0 || usage.evicted > 0 {
+        line.push_str(&format!(
+            "; {} trial{} waited for room, {} session{} unloaded early to make room",
+            usage.waited,
+            if usage.waited == 1 { "" } else { "s" },
+            usage.evicted,
+            if usage.evicted == 1 { " was" } else { "s were" }
+        ));
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Groups ignore reasons, so a thousand trials of one missing model make one line.
 pub(crate) fn ignored_summary(reasons: &BTreeMap<String, usize>) {
     let mut err = std::io::stderr().lock();

@@ -5,6 +5,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,7 @@ impl RunContext {
         playbook_policy: Option<FailurePolicy>,
     ) -> Result<TrialEnd, RecordError> {
         let started = Instant::now();
+        let released = Arc::new(AtomicBool::new(false));
         let key = session_key(spec);
         let policy = self.config.failure_policy.or(playbook_policy).unwrap_or(FailurePolicy::CollectAll);
         let shared_journal = self.config.under_nextest.then(|| self.journal.path());
@@ -73,16 +75,17 @@ impl RunContext {
                 .record(self, spec, Duration::ZERO);
                 provisional.unfinished = true;
                 self.journal.append_start(&provisional).map_err(record_err)?;
-                self.watched(spec, &key, model_dir, shipped.clone(), policy, started)
+                self.watched(
+                    spec,
+                    &key,
+                    model_dir,
+                    shipped.clone(),
+                    Start { policy, started, released: released.clone() },
+                )
             }
         };
-        if self.sessions.release(&key) {
-            // The session's last trial: its server (if any) stops with it.
-            self.servers.stop(&key);
-        }
-        if let Some(reference) = reference_key(spec) {
-            self.sessions.release(&reference);
-        }
+        // Released here unless the body did (before its memory admission ended).
+        self.release_once(spec, &key, &released);
         self.policy.note(spec, &key, &finding);
         let end = match (finding.outcome, finding.failure_message()) {
             (Outcome::Unstable, _) => TrialEnd::Unstable(finding.reason.clone()),
@@ -95,6 +98,20 @@ impl RunContext {
         Ok(end)
     }
 
+    /// Ends the trial's use of its session and reference, once (the body or, where the body did
+    /// not get to it, the trial's end): the last use drops a session and stops its server.
+    fn release_once(&self, spec: &TrialSpec, key: &SessionKey, released: &AtomicBool) {
+        if released.swap(true, Ordering::SeqCst) || !spec.kind.loads_session() {
+            return;
+        }
+        if self.sessions.release(key) {
+            self.servers.stop(key);
+        }
+        if let Some(reference) = reference_key(spec) {
+            self.sessions.release(&reference);
+        }
+    }
+
     /// The trial's body on a thread of its own, waited for until its deadline and a grace; a
     /// panic in it is a `crashed` finding, a result after the deadline a `timeout`.
     fn watched(
@@ -103,17 +120,16 @@ impl RunContext {
         key: &SessionKey,
         model_dir: PathBuf,
         shipped: Option<PathBuf>,
-        policy: FailurePolicy,
-        started: Instant,
+        start: Start,
     ) -> Finding {
         let timeout = spec.tier.timeout;
-        let deadline = started + timeout;
+        let deadline = start.started + timeout;
         let (tx, rx) = mpsc::channel();
         let body = {
             let (ctx, spec, key) = (Arc::clone(self), spec.clone(), key.clone());
             move || {
                 let finding = catch_unwind(AssertUnwindSafe(|| {
-                    execute(&ctx, &spec, &key, &model_dir, shipped.as_deref(), policy, started)
+                    execute(&ctx, &spec, &key, &model_dir, shipped.as_deref(), &start)
                 }))
                 .unwrap_or_else(|panic| crashed(&*panic));
                 // The watchdog may have given up on this trial; then nobody listens.
@@ -155,6 +171,27 @@ impl RunContext {
                 "the trial's thread ended without a result",
             ),
         }
+    }
+}
+
+/// When a trial started, under which failure policy, and whether its uses of sessions ended.
+struct Start {
+    policy: FailurePolicy,
+    started: Instant,
+    released: Arc<AtomicBool>,
+}
+
+/// Ends a trial's uses of its sessions when dropped ([`RunContext::release_once`]).
+struct Release<'a> {
+    ctx: &'a RunContext,
+    spec: &'a TrialSpec,
+    key: &'a SessionKey,
+    released: &'a AtomicBool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.ctx.release_once(self.spec, self.key, self.released);
     }
 }
 
@@ -203,9 +240,9 @@ fn execute(
     key: &SessionKey,
     model_dir: &Path,
     shipped: Option<&Path>,
-    policy: FailurePolicy,
-    started: Instant,
+    start: &Start,
 ) -> Finding {
+    let Start { policy, started, .. } = *start;
     let deadline = started + spec.tier.timeout;
     // A derived format is the file the model ships, or converted from the ground truth once,
     // then found in the cache. An OpenAI-compatible server holds its own files; nothing is
@@ -242,6 +279,7 @@ fn execute(
         TrialKind::Differential(DiffKind::TokenizerFuzz) => {
             Some(checks::tokenizer_fuzz::run(spec, model_dir, &artifact))
         }
+        TrialKind::KernelClass => Some(checks::kernel_class::run(model_dir, &ctx.config.certifications)),
         _ => None,
     };
     if let Some(mut finding) = file_only {
@@ -255,6 +293,22 @@ fn execute(
             format!("not run: the session was abandoned: {why}"),
         );
     }
+    // The sessions it uses (its own, and the reference it is compared with) are admitted within
+    // the memory budget before either loads; the admission holds them until the trial ends.
+    let mut uses = vec![key.clone()];
+    uses.extend(reference_key(spec));
+    let admission = match ctx.sessions.admit(&uses, deadline) {
+        Ok(admission) => admission,
+        Err(no_room) => {
+            return Finding::new(Outcome::Skipped, Decider::Policy, format!("not run: {no_room}"));
+        }
+    };
+    for evicted in &admission.evicted {
+        ctx.servers.stop(evicted);
+    }
+    // Dropped before the admission: the trial's uses end, then its hold on the memory, so a
+    // session whose last trial this is leaves the ledger at once (never counted as unloaded early).
+    let _release = Release { ctx, spec, key, released: &start.released };
     let (session, loaded_now) = ctx.sessions.get_or_load(key, policy != FailurePolicy::CollectAll, || {
         load(ctx, spec, &artifact, model_dir, deadline)
     });
@@ -332,6 +386,7 @@ fn dispatch(env: &TrialEnv<'_>) -> Finding {
         TrialKind::Security(SecurityCheck::SpecialTokenInjection) => checks::injection::run(env),
         TrialKind::Perf => checks::perf::run(env),
         TrialKind::Numerics => checks::trace::run_gate(env),
+        TrialKind::KernelClass => unreachable!("the kernel-class check reads files only"),
         TrialKind::Golden(k) => checks::golden::run(env, *k),
         TrialKind::Differential(k) => checks::differential::run(env, *k),
         TrialKind::Scenario { modality, scenario } => match &scenario.property {

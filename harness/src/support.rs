@@ -49,6 +49,8 @@ pub mod engine {
         Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, ScoredStep, Session, SharedSession,
         TokenLogprob, load_candle, safetensors_files,
     };
+    /// A session's estimated memory, from its files (`QUALIFY_MEMORY_BUDGET`).
+    pub use crate::engine::{Footprint, estimate_footprint};
     pub mod client {
         pub use crate::engine::client::{Client, ClientError, Endpoint, ask_logprobs, request_body};
     }

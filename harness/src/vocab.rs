@@ -326,6 +326,8 @@ pub enum Decider {
     Timeout,
     /// The failure policy stopped the trial before it ran.
     Policy,
+    /// A sibling's kernel class and its certified representative (`gate::kernel-class`).
+    KernelClass,
 }
 
 impl Decider {
@@ -345,6 +347,7 @@ impl Decider {
             Decider::Serve => "serve",
             Decider::Timeout => "timeout",
             Decider::Policy => "policy",
+            Decider::KernelClass => "kernel_class",
         }
     }
 
@@ -357,7 +360,7 @@ impl Decider {
     }
 
     /// Every decider but the oracles' own names, for parsing.
-    const FIXED: [Decider; 11] = [
+    const FIXED: [Decider; 12] = [
         Decider::Oracles,
         Decider::Property,
         Decider::ControlTokens,
@@ -369,6 +372,7 @@ impl Decider {
         Decider::Serve,
         Decider::Timeout,
         Decider::Policy,
+        Decider::KernelClass,
     ];
 }
 

@@ -25,7 +25,7 @@ pub struct BootstrapArgs {
     /// A model directory (with config.json), or a Hugging Face repository id (`org/name`) found in
     /// QUALIFY_MODEL_DIR or the Hugging Face cache
     model: String,
-    /// The tier the playbook qualifies at: smoke, mvp, quick, standard or deep
+    /// The tier the playbook qualifies at: dim-smoke, smoke, mvp, quick, standard or deep
     #[arg(long, default_value = "mvp")]
     tier: String,
     /// The family (default: the model's name, lower case)
@@ -47,7 +47,8 @@ struct Source {
 }
 
 pub fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
-    const TIERS: [&str; 5] = ["smoke", "mvp", "quick", "standard", "deep"];
+    const TIERS: [&str; 6] =
+        [modelqa::support::playbook::DIM_SMOKE, "smoke", "mvp", "quick", "standard", "deep"];
     if !TIERS.contains(&args.tier.as_str()) {
         bail!("unknown tier `{}`: one of {}", args.tier, TIERS.join(", "));
     }
@@ -247,11 +248,13 @@ fn playbook(f: &Facts<'_>) -> anyhow::Result<String> {
         ),
         _ => (Some("[gguf]"), "GGUF only: the safetensors ground truth in f32 would not fit a CI machine"),
     };
+    // dim-smoke reads files only: its matrix is fixed (safetensors, on CPU, no scenarios).
+    let dim_smoke = f.tier == modelqa::support::playbook::DIM_SMOKE;
     let mut tier = Vec::new();
-    if let Some(formats) = formats {
+    if let Some(formats) = formats.filter(|_| !dim_smoke) {
         tier.push(format!("formats: {formats}"));
     }
-    if !chat_template {
+    if !chat_template && !dim_smoke {
         tier.push("modalities: [run]".to_string());
     }
     let mut out = String::new();
@@ -265,8 +268,15 @@ fn playbook(f: &Facts<'_>) -> anyhow::Result<String> {
         out,
         "# Review it: the scenarios come from {TEMPLATE}; a base model wants a prompt_template."
     );
-    let _ = writeln!(out, "# Formats: {note}.");
-    if !chat_template {
+    if dim_smoke {
+        let _ = writeln!(
+            out,
+            "# dim-smoke: G0 and the kernel class only, vouched for by a certified model of its class."
+        );
+    } else {
+        let _ = writeln!(out, "# Formats: {note}.");
+    }
+    if !chat_template && !dim_smoke {
         let _ = writeln!(out, "# The model ships no chat template, so the tier runs `run` only.");
     }
     let _ = writeln!(out, "playbook: 1");

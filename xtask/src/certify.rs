@@ -81,6 +81,14 @@ pub fn certify(args: &CertifyArgs) -> anyhow::Result<()> {
     }
     workspace::check_lock(&layout)?;
     let (family, tier, rerun) = (args.family.clone(), args.tier.clone(), args.rerun);
+    if let (Some(f), Some(modelqa::support::playbook::DIM_SMOKE)) = (&family, tier.as_deref()) {
+        bail!(
+            "{} checks a sibling by its files and its kernel class's certified representative; it is a \
+             development check, not a certification: run it with `cargo test --test qualify -- {f}::{}::`",
+            modelqa::support::playbook::DIM_SMOKE,
+            modelqa::support::playbook::DIM_SMOKE
+        );
+    }
     let dir = layout.places.journal_dir.clone();
 
     let mut journals: Vec<PathBuf> = args.journal.clone();

@@ -5,7 +5,8 @@
 //! machines would. Checked: the shards together run every trial of the whole run exactly once,
 //! with the same outcomes; every session (model, format, backend) loads on one shard only; each
 //! shard's JUnit report names the trials its journal holds; the split's estimated longest shard
-//! against the mean. Trials may fail (G4 finds a random model's answers garbage): outcomes are
+//! against the mean; the shards' journals merged certify every model as the whole run does
+//! (`mqs.json` byte for byte, and the registry row but what a run measures: speeds and date). Trials may fail (G4 finds a random model's answers garbage): outcomes are
 //! compared, not required to pass. Wall times are printed, never judged (a busy machine is not
 //! a failure).
 //! `cargo test` cannot run this from inside (it holds the build directory while its tests run);
@@ -16,6 +17,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
+use modelqa::support::certify::workspace::Layout;
+use modelqa::support::certify::{evidence, registry, workspace};
 use modelqa::support::journal::EvidenceRecord;
 use modelqa::support::testmodel::{TestArchitecture, TestModelShape, write_test_model};
 
@@ -199,8 +202,71 @@ pub fn run(args: &ShardsArgs) -> anyhow::Result<()> {
         loaded_on.len(),
         args.shards
     );
+
+    // The shards' journals merged, as `cargo xtask certify --journal …` merges them, certify
+    // each model exactly as the whole run's journal does.
+    let shard_journals: Vec<_> =
+        (1..=args.shards).map(|k| journal_dir.join(format!("shard-{k}.jsonl"))).collect();
+    let layout = Layout::new(&root);
+    let (playbooks, _) = modelqa::support::playbook::load_all(&dir.path().join("playbook.yaml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = modelqa::support::expand::Plan::new(playbooks);
+    let merged = certification(&layout, &plan, &shard_journals)?;
+    let single = certification(&layout, &plan, &[journal_dir.join("whole.jsonl")])?;
+    ensure!(!single.is_empty(), "the whole run certified no model");
+    for (model, text) in &single {
+        match merged.get(model) {
+            None => {
+                problems.push(format!("{model}: certified from the whole run, not from the merged shards"))
+            }
+            Some(m) if m != text => {
+                let (a, b) = text.lines().zip(m.lines()).find(|(a, b)| a != b).unwrap_or(("(end)", "(end)"));
+                problems.push(format!(
+                    "{model}: the merged certification differs from the whole run's: `{a}` against `{b}`"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    println!(
+        "the {} shard journals merged certify {} models identically to the whole run (mqs.json byte for byte, and each registry row but its measured speeds and date)",
+        args.shards,
+        single.len()
+    );
     Ok(())
+}
+
+/// Each model's certification of `journals` read together, as `cargo xtask certify --journal …`
+/// makes it, but for what a run measures rather than decides: its `mqs.json` as written, then
+/// its `models.csv` row without the tokens/s columns and the date of the evidence.
+fn certification(
+    layout: &Layout,
+    plan: &modelqa::support::expand::Plan,
+    journals: &[std::path::PathBuf],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let (records, _) = evidence::read_journals(journals)?;
+    let records = records.into_iter().filter(|r| !r.unfinished).collect();
+    let found = workspace::evidence_from_records(layout, records, plan, Some("shards"), Some("smoke"));
+    let scored: Vec<_> = found
+        .into_iter()
+        .map(|e| {
+            let s = e.score();
+            (e, s)
+        })
+        .collect();
+    let mut rows = registry::rows(&[], &scored, &BTreeMap::new());
+    for row in &mut rows {
+        row.tps = [None; 6];
+        row.last_certified.clear();
+    }
+    let mut out = BTreeMap::new();
+    for (e, s) in &scored {
+        let row: Vec<_> = rows.iter().filter(|r| r.model_id == e.model_id).cloned().collect();
+        let text = format!("{}\n{}", serde_json::to_string_pretty(s)?, registry::to_csv(&row)?);
+        out.insert(e.model.clone(), text);
+    }
+    Ok(out)
 }
 
 fn journal(path: &Path) -> anyhow::Result<Vec<EvidenceRecord>> {

@@ -83,6 +83,14 @@ fn a_model_without_a_chat_template_runs_run_only_and_a_directory_without_config_
     let text = std::fs::read_to_string(pb.path().join("families/plain.yaml")).expect("written");
     assert!(text.contains("mvp: {modalities: [run]}"), "{text}");
     assert!(text.contains("ships no chat template"), "{text}");
+    // dim-smoke's matrix is fixed: nothing is written into its tier, and it loads back.
+    let out = bootstrap(
+        pb.path(),
+        &[model.to_str().expect("utf-8"), "--tier", "dim-smoke", "--family", "plain-dims"],
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    let text = std::fs::read_to_string(pb.path().join("families/plain-dims.yaml")).expect("written");
+    assert!(text.contains("dim-smoke: {}") && text.contains("G0 and the kernel class only"), "{text}");
 
     std::fs::remove_file(model.join("config.json")).expect("removed");
     let out = bootstrap(pb.path(), &[model.to_str().expect("utf-8"), "--family", "other"]);

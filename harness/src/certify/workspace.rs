@@ -258,7 +258,10 @@ pub fn evidence_from_records(
     let namer = Namer::new(layout);
     let mut best: BTreeMap<String, ModelEvidence> = BTreeMap::new();
     for ((fam, t, model), records) in evidence::group(records) {
-        if family.is_some_and(|f| f != fam) || tier.is_some_and(|x| x != t) {
+        // A dim-smoke run is a development check vouched for by another model's certification,
+        // never a certification of its own.
+        if family.is_some_and(|f| f != fam) || tier.is_some_and(|x| x != t) || t == crate::playbook::DIM_SMOKE
+        {
             continue;
         }
         let planned = planned_in_detail(plan, &fam, &t, &model);

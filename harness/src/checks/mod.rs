@@ -2,8 +2,8 @@
 //! references ([`golden`]), differentials against the ground truth ([`differential`], with the
 //! comparisons in [`diff`], the tokenizer fuzz in [`tokenizer_fuzz`], the long-context
 //! comparison in [`long_context`], perplexity in [`perplexity`], and the cell's server against the cell in process in
-//! [`serve_vs_run`], a prompt alone against the same prompt in batches in [`batch_invariance`]), performance ([`perf`]), the server checks ([`server`]) and what hostile
-//! input cannot do ([`injection`]). Each
+//! [`serve_vs_run`], a prompt alone against the same prompt in batches in [`batch_invariance`]), performance ([`perf`]), the server checks ([`server`]), what hostile
+//! input cannot do ([`injection`]) and a sibling's kernel class ([`kernel_class`]). Each
 //! room holds the check and the trial body that runs it on a [`crate::trial::TrialEnv`]; a check
 //! concludes in a [`Verdict`], which the trial body makes a finding.
 
@@ -13,6 +13,7 @@ pub(crate) mod differential;
 pub(crate) mod gate;
 pub(crate) mod golden;
 pub(crate) mod injection;
+pub(crate) mod kernel_class;
 pub(crate) mod long_context;
 pub(crate) mod perf;
 pub(crate) mod perplexity;

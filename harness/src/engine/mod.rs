@@ -8,8 +8,10 @@ mod admit;
 mod arch;
 mod cache;
 mod candle;
+mod classes;
 pub(crate) mod client;
 mod external;
+mod footprint;
 mod logprobs;
 
 use std::path::PathBuf;
@@ -20,11 +22,14 @@ use serde::{Deserialize, Serialize};
 /// The architectures the embedded engine answers in batches.
 pub(crate) use self::arch::BATCHED;
 pub use self::cache::SharedSession;
-pub(crate) use self::cache::{SessionCache, SessionKey};
+pub(crate) use self::cache::{MemoryUsage, SessionCache, SessionKey};
 pub(crate) use self::candle::CandleEngine;
 pub use self::candle::load_candle;
 pub(crate) use self::candle::load_candle_with;
+pub(crate) use self::classes::{KernelClass, kernel_class};
 pub(crate) use self::external::{CommandSession, OpenAiSession};
+pub(crate) use self::footprint::gib;
+pub use self::footprint::{Footprint, estimate as estimate_footprint};
 pub(crate) use self::logprobs::MAX_TOP_LOGPROBS;
 pub use self::logprobs::{ScoredStep, TokenLogprob};
 

@@ -19,7 +19,7 @@ pub use generate::{GeneratedCase, cases as generated_cases, seeded_runner, strat
 pub use load::discover;
 pub use seed::DEFAULT_PROMPTS as SEED_DEFAULT_PROMPTS;
 pub use spec::{FailurePolicy, GeneratorSpec, MessageSpec, SamplingSpec, SizeCategory};
-pub use tiers::builtin as builtin_tier;
+pub use tiers::{DIM_SMOKE, builtin as builtin_tier};
 
 use crate::matrix::{Backend, Format, Modality};
 use crate::oracle::Oracle;

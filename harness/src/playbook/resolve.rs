@@ -146,7 +146,28 @@ pub(super) fn resolve(file: &Path, doc: PlaybookDoc) -> Result<Playbook, Playboo
             err(format!("`{}` is not a valid tier name: {why}", Shown(name))).at(at.clone())
         })?;
         let base = tiers::builtin(name).unwrap_or_default();
-        let matrix = base.overlaid(&family_matrix).overlaid(spec);
+        let matrix = if name == tiers::DIM_SMOKE {
+            // Files alone, on the ground truth, on CPU: only the time limit can be set.
+            let set = [
+                ("formats", spec.formats.is_some()),
+                ("quantizations", spec.quantizations.is_some()),
+                ("backends", spec.backends.is_some()),
+                ("modalities", spec.modalities.is_some()),
+                ("scenario_count", spec.scenario_count.is_some()),
+                ("seed", spec.seed.is_some()),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set) {
+                return Err(err(format!(
+                    "tier `{}` checks a model's files and kernel class only (safetensors, on CPU, no scenarios): `{field}` cannot be set; only `timeout_ms` can",
+                    tiers::DIM_SMOKE
+                ))
+                .at(format!("{at}.{field}")));
+            }
+            let limit = MatrixSpec { timeout_ms: family_matrix.timeout_ms, ..MatrixSpec::default() };
+            base.overlaid(&limit).overlaid(spec)
+        } else {
+            base.overlaid(&family_matrix).overlaid(spec)
+        };
         tier_plans.push(resolve_tier(name, &matrix, scenarios.len()).map_err(|e| caused(e).at(at))?);
     }
     tier_plans.sort_by(|a, b| format!("{}::", a.name).cmp(&format!("{}::", b.name)));

@@ -11,6 +11,16 @@ pub fn builtin(name: &str) -> Option<MatrixSpec> {
     use Modality::*;
     let all_modalities = Some(vec![Run, Chat, Serve]);
     let spec = match name {
+        // A sibling of a qualified model, by its files alone: G0 on the ground truth and its
+        // kernel class's certified representative (`gate::kernel-class`); the modalities and
+        // scenario count are placeholders the tier's layout does not use.
+        DIM_SMOKE => MatrixSpec {
+            formats: Some(vec![Safetensors]),
+            backends: Some(vec![Cpu]),
+            modalities: Some(vec![Run]),
+            scenario_count: Some(1),
+            ..Default::default()
+        },
         // Seconds: does the ground truth load and answer at all?
         "smoke" => MatrixSpec {
             formats: Some(vec![Safetensors]),
@@ -64,5 +74,8 @@ pub fn builtin(name: &str) -> Option<MatrixSpec> {
     Some(spec)
 }
 
+/// The tier that checks a model by its files and its kernel class's certified representative.
+pub const DIM_SMOKE: &str = "dim-smoke";
+
 /// The names [`builtin`] knows, in the order of increasing cost.
-pub(super) const STANDARD_TIERS: [&str; 5] = ["smoke", "mvp", "quick", "standard", "deep"];
+pub(super) const STANDARD_TIERS: [&str; 6] = [DIM_SMOKE, "smoke", "mvp", "quick", "standard", "deep"];

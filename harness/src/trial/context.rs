@@ -30,9 +30,9 @@ pub(crate) struct RunContext {
 impl RunContext {
     pub(crate) fn new(config: Config, journal: Journal, engine: Box<dyn Engine>) -> Self {
         Self {
+            sessions: SessionCache::with_budget(config.memory_budget.bytes),
             config,
             journal,
-            sessions: SessionCache::default(),
             engine,
             host: Host::current(),
             policy: PolicyState::default(),

@@ -123,7 +123,8 @@ impl Finding {
                 | TrialKind::Security(_)
                 | TrialKind::Golden(_)
                 | TrialKind::Differential(_)
-                | TrialKind::Numerics => 0,
+                | TrialKind::Numerics
+                | TrialKind::KernelClass => 0,
             },
             sampling: super::sampling(spec),
             metrics,
