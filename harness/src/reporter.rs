@@ -136,6 +136,9 @@ pub(crate) fn memory(budget: crate::config::MemoryBudget, usage: crate::engine::
         "memory: the sessions loaded at once held at most an estimated {} of {limit}",
         gib(usage.peak)
     );
+    if let Some(peak) = crate::engine::peak_resident() {
+        line.push_str(&format!("; this process's peak resident set was {}", gib(peak)));
+    }
     if usage.waited > 0 || usage.evicted > 0 {
         line.push_str(&format!(
             "; {} trial{} waited for room, {} session{} unloaded early to make room",

@@ -50,7 +50,7 @@ pub mod engine {
         TokenLogprob, load_candle, safetensors_files,
     };
     /// A session's estimated memory, from its files (`QUALIFY_MEMORY_BUDGET`).
-    pub use crate::engine::{Footprint, estimate_footprint};
+    pub use crate::engine::{Footprint, estimate_footprint, peak_resident};
     pub mod client {
         pub use crate::engine::client::{Client, ClientError, Endpoint, ask_logprobs, request_body};
     }

@@ -28,6 +28,9 @@ mod tests;
 
 use std::borrow::Cow;
 
+use std::any::Any;
+use std::sync::Arc;
+
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, bail};
@@ -47,14 +50,100 @@ pub struct Matrix {
 /// The weights of a [`Matrix`], row-major, in the type they were stored in.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    Bf16(Vec<bf16>),
+    F32(Values<f32>),
+    F16(Values<f16>),
+    Bf16(Values<bf16>),
     /// GGML blocks, row after row, exactly as GGUF (and `QTensor::data()`) lays them out.
     Quant {
         kind: QuantKind,
-        bytes: Vec<u8>,
+        bytes: Values<u8>,
     },
+}
+
+/// A type any little-endian bit pattern of its size is a value of, as a file stores it.
+pub trait Plain: Copy + Send + Sync + 'static {}
+impl Plain for f32 {}
+impl Plain for f16 {}
+impl Plain for bf16 {}
+impl Plain for u8 {}
+
+/// A matrix's values: owned, or read in place from bytes their owner keeps where they are (a
+/// memory-mapped model file), so that weights need no second copy in memory.
+pub enum Values<T: Plain> {
+    Owned(Vec<T>),
+    Borrowed {
+        /// Keeps the bytes alive and in place.
+        owner: Arc<dyn Any + Send + Sync>,
+        ptr: *const T,
+        len: usize,
+    },
+}
+
+// SAFETY: a borrowed `Values` is a shared, read-only view of memory its owner (itself Send and
+// Sync) keeps alive and unchanged; `T` is plain data.
+unsafe impl<T: Plain> Send for Values<T> {}
+// SAFETY: as above; nothing is ever written through the pointer.
+unsafe impl<T: Plain> Sync for Values<T> {}
+
+impl<T: Plain> Values<T> {
+    /// `bytes` read in place as values of `T`, kept alive by `owner`; `None` where they cannot be
+    /// (misaligned for `T`, not a whole number of values, or a big-endian machine), for the
+    /// caller to copy instead.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must stay valid and unchanged, at the same address, for as long as `owner` lives
+    /// (memory-mapped from a file nobody writes while it is mapped, say).
+    pub unsafe fn borrowed(owner: Arc<dyn Any + Send + Sync>, bytes: &[u8]) -> Option<Values<T>> {
+        let size = std::mem::size_of::<T>();
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
+        if cfg!(target_endian = "big") || !aligned || !bytes.len().is_multiple_of(size) {
+            return None;
+        }
+        Some(Values::Borrowed { owner, ptr: bytes.as_ptr().cast(), len: bytes.len() / size })
+    }
+
+    /// Whether the values are read in place from their owner's bytes.
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self, Values::Borrowed { .. })
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Values<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Values::Owned(v) => v,
+            // SAFETY: `borrowed` checked the alignment and length, and its caller promised the
+            // bytes stay valid and unchanged while `owner`, which this value holds, lives.
+            Values::Borrowed { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl<T: Plain> From<Vec<T>> for Values<T> {
+    fn from(v: Vec<T>) -> Self {
+        Values::Owned(v)
+    }
+}
+
+impl<T: Plain> Clone for Values<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Values::Owned(v) => Values::Owned(v.clone()),
+            Values::Borrowed { owner, ptr, len } => {
+                Values::Borrowed { owner: owner.clone(), ptr: *ptr, len: *len }
+            }
+        }
+    }
+}
+
+impl<T: Plain> std::fmt::Debug for Values<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.is_borrowed() { "borrowed" } else { "owned" };
+        write!(f, "{} values ({how})", self.len())
+    }
 }
 
 /// The GGML block types kept quantized. Q2K, Q3K and Q4_1 have a scalar dot product only.
@@ -138,10 +227,10 @@ impl Matrix {
         let (rows, cols) = t.dims2()?;
         let t = t.to_device(&Device::Cpu)?.flatten_all()?;
         let storage = match t.dtype() {
-            DType::F32 => Storage::F32(t.to_vec1()?),
-            DType::F16 => Storage::F16(t.to_vec1()?),
-            DType::BF16 => Storage::Bf16(t.to_vec1()?),
-            _ => Storage::F32(t.to_dtype(DType::F32)?.to_vec1()?),
+            DType::F32 => Storage::F32(t.to_vec1::<f32>()?.into()),
+            DType::F16 => Storage::F16(t.to_vec1::<f16>()?.into()),
+            DType::BF16 => Storage::Bf16(t.to_vec1::<bf16>()?.into()),
+            _ => Storage::F32(t.to_dtype(DType::F32)?.to_vec1::<f32>()?.into()),
         };
         Matrix::new(rows, cols, storage)
     }
@@ -152,15 +241,19 @@ impl Matrix {
         let (rows, cols) = q.shape().dims2()?;
         let kind = match q.dtype() {
             GgmlDType::F32 => {
-                return Matrix::new(rows, cols, Storage::F32(le_values(&q.data()?, f32::from_le_bytes)));
+                return Matrix::new(
+                    rows,
+                    cols,
+                    Storage::F32(le_values(&q.data()?, f32::from_le_bytes).into()),
+                );
             }
             GgmlDType::F16 => {
                 let v = le_values(&q.data()?, |b| f16::from_bits(u16::from_le_bytes(b)));
-                return Matrix::new(rows, cols, Storage::F16(v));
+                return Matrix::new(rows, cols, Storage::F16(v.into()));
             }
             GgmlDType::BF16 => {
                 let v = le_values(&q.data()?, |b| bf16::from_bits(u16::from_le_bytes(b)));
-                return Matrix::new(rows, cols, Storage::Bf16(v));
+                return Matrix::new(rows, cols, Storage::Bf16(v.into()));
             }
             GgmlDType::Q4_0 => QuantKind::Q4_0,
             GgmlDType::Q4_1 => QuantKind::Q4_1,
@@ -178,7 +271,7 @@ impl Matrix {
             Cow::Borrowed(b) => b.to_vec(),
             Cow::Owned(b) => b,
         };
-        Matrix::new(rows, cols, Storage::Quant { kind, bytes })
+        Matrix::new(rows, cols, Storage::Quant { kind, bytes: bytes.into() })
     }
 
     /// Outputs: the length of a row of `y`.
@@ -233,10 +326,10 @@ impl Matrix {
         let cols = self.cols;
         let row_bytes = self.row_bytes();
         match &mut self.storage {
-            Storage::F32(v) => *v = gather(v, cols, order),
-            Storage::F16(v) => *v = gather(v, cols, order),
-            Storage::Bf16(v) => *v = gather(v, cols, order),
-            Storage::Quant { bytes, .. } => *bytes = gather(bytes, row_bytes, order),
+            Storage::F32(v) => *v = gather(v, cols, order).into(),
+            Storage::F16(v) => *v = gather(v, cols, order).into(),
+            Storage::Bf16(v) => *v = gather(v, cols, order).into(),
+            Storage::Quant { bytes, .. } => *bytes = gather(bytes, row_bytes, order).into(),
         }
     }
 

@@ -4,6 +4,8 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use half::bf16;
+
 use super::{Isa, Matrix, QuantKind, Storage};
 
 const QUANT: [(QuantKind, GgmlDType); 10] = [
@@ -250,12 +252,12 @@ fn every_row_is_bitwise_the_row_computed_alone() {
 fn row_alone(matrix: &Matrix, r: usize) -> Matrix {
     let cols = matrix.cols();
     let storage = match &matrix.storage {
-        Storage::F32(v) => Storage::F32(v[r * cols..(r + 1) * cols].to_vec()),
-        Storage::F16(v) => Storage::F16(v[r * cols..(r + 1) * cols].to_vec()),
-        Storage::Bf16(v) => Storage::Bf16(v[r * cols..(r + 1) * cols].to_vec()),
+        Storage::F32(v) => Storage::F32(v[r * cols..(r + 1) * cols].to_vec().into()),
+        Storage::F16(v) => Storage::F16(v[r * cols..(r + 1) * cols].to_vec().into()),
+        Storage::Bf16(v) => Storage::Bf16(v[r * cols..(r + 1) * cols].to_vec().into()),
         Storage::Quant { kind, bytes } => {
             let size = matrix.row_bytes();
-            Storage::Quant { kind: *kind, bytes: bytes[r * size..(r + 1) * size].to_vec() }
+            Storage::Quant { kind: *kind, bytes: bytes[r * size..(r + 1) * size].to_vec().into() }
         }
     };
     Matrix::new(1, cols, storage).unwrap()
@@ -344,4 +346,31 @@ fn permuting_rows_moves_whole_rows_in_every_stored_type() {
             assert_eq!(a, b, "{}: row {i}", matrix.kind());
         }
     }
+}
+
+#[test]
+fn weights_read_in_place_multiply_as_the_same_weights_owned_and_misaligned_bytes_are_refused() {
+    let (rows, cols, m) = (7, 96, 3);
+    let w: Vec<bf16> =
+        (0..rows * cols).map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0)).collect();
+    let x: Vec<f32> = (0..m * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 16.0).collect();
+    // The bytes as a file holds them, behind an owner that keeps them in place.
+    let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+    let owner: std::sync::Arc<Vec<u8>> = std::sync::Arc::new(bytes);
+    let borrowed = unsafe { crate::Values::<bf16>::borrowed(owner.clone(), &owner[..]) }.expect("aligned");
+    assert!(borrowed.is_borrowed());
+    let in_place = Matrix::new(rows, cols, Storage::Bf16(borrowed)).unwrap();
+    let owned = Matrix::new(rows, cols, Storage::Bf16(w.into())).unwrap();
+    let (mut a, mut b) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+    in_place.matmul(&x, m, &mut a);
+    owned.matmul(&x, m, &mut b);
+    assert_eq!(
+        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    drop(in_place);
+    assert_eq!(std::sync::Arc::strong_count(&owner), 1, "the matrix let its owner go");
+    // One byte in: no f32 starts there, and a length that is not whole values.
+    assert!(unsafe { crate::Values::<f32>::borrowed(owner.clone(), &owner[1..9]) }.is_none());
+    assert!(unsafe { crate::Values::<f32>::borrowed(owner.clone(), &owner[0..6]) }.is_none());
 }

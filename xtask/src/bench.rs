@@ -35,6 +35,10 @@ pub enum Which {
     Engine(crate::bench_engine::EngineArgs),
     /// Generating for many prompts at once against one at a time, on the Qwen2.5-0.5B-shaped model (release build)
     Batch(crate::bench_batch::BatchArgs),
+    /// A twelve-model qualify run unlimited and under QUALIFY_MEMORY_BUDGET: estimated memory held, peak RSS, verdicts
+    Memory(crate::bench_memory::MemoryArgs),
+    /// A bf16 model of a real shape (0.5b, 7b) loaded and generated from: peak RSS against the file
+    Load(crate::bench_load::LoadArgs),
     /// One engine measurement of `bench engine`, in a process of its own (run by `bench engine`)
     #[command(name = "engine-child", hide = true)]
     EngineChild(crate::bench_engine::ChildArgs),

@@ -532,12 +532,5 @@ fn limit_memory(command: &mut Command, bytes: u64) {
 
 /// This process's peak resident set, in KiB (`VmHWM`), or 0 where the system does not say.
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    modelqa::support::engine::peak_resident().map_or(0, |b| b / 1024)
 }

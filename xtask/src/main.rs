@@ -7,6 +7,8 @@ mod bench_engine;
 mod bench_formats;
 mod bench_gates;
 mod bench_kernels;
+mod bench_load;
+mod bench_memory;
 mod bench_serve;
 mod bootstrap;
 mod certify;
@@ -127,6 +129,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(bench::Which::Kernels(args)) => in_release().unwrap_or_else(|| bench_kernels::run(&args)),
             Some(bench::Which::Engine(args)) => in_release().unwrap_or_else(|| bench_engine::run(&args)),
             Some(bench::Which::Batch(args)) => in_release().unwrap_or_else(|| bench_batch::run(&args)),
+            Some(bench::Which::Memory(args)) => bench_memory::run(&args),
+            Some(bench::Which::Load(args)) => bench_load::run(&args),
             // Started by `bench engine` from its own (release) binary.
             Some(bench::Which::EngineChild(args)) => bench_engine::child(&args),
             // Rates, not speeds: any build measures the same thing.
@@ -184,6 +188,15 @@ pub fn build_release(what: &str, first_build: &str, args: &[&str]) -> anyhow::Re
 }
 
 /// The workspace root (xtask lives one level below it).
+/// The last `max` bytes of `s` (from a character boundary): the end of a child's output.
+pub(crate) fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }

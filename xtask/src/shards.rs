@@ -115,7 +115,7 @@ pub fn run(args: &ShardsArgs) -> anyhow::Result<()> {
         // Trials may fail (a random model's answers are garbage to G4): their records are the
         // evidence compared. A run that recorded nothing is the recipe's failure.
         let recorded = journal_dir.join(format!("{run_id}.jsonl"));
-        ensure!(recorded.is_file(), "nextest run {run_id} recorded nothing:\n{}", tail(&stderr, 3000));
+        ensure!(recorded.is_file(), "nextest run {run_id} recorded nothing:\n{}", crate::tail(&stderr, 3000));
         Ok(seconds)
     };
 
@@ -273,12 +273,4 @@ fn journal(path: &Path) -> anyhow::Result<Vec<EvidenceRecord>> {
     let (records, _) = modelqa::support::journal::read(path)
         .with_context(|| format!("reading the journal {}", path.display()))?;
     Ok(records.into_iter().filter(|r| !r.unfinished).collect())
-}
-
-fn tail(s: &str, max: usize) -> &str {
-    let mut start = s.len().saturating_sub(max);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
 }

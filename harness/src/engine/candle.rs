@@ -183,10 +183,14 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
 }
 
 /// An APR file written by this project carries the Hugging Face config, tokenizer and
-/// tokenizer_config in its metadata; tensors of any dtype are dequantized to f32.
+/// tokenizer_config in its metadata. On the project's kernels an f32, f16 or bf16 matrix is
+/// multiplied where the reader put its bytes; every other tensor is dequantized to f32.
 fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, EngineError> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::load_failed(path, e))?;
-    let file = crate::format::apr::read(&bytes).map_err(|e| EngineError::load_failed(path, e))?;
+    let mut file = crate::format::apr::read(&bytes).map_err(|e| EngineError::load_failed(path, e))?;
+    // The reader copied each tensor out: the file's bytes are no longer needed.
+    drop(bytes);
+    let stored = std::mem::take(&mut file.tensors);
     let custom = |key: &str| file.metadata.get(key).filter(|v| v.is_object()).cloned();
     let config = custom(crate::format::convert::HF_CONFIG).ok_or_else(|| {
         load_err(
@@ -198,7 +202,7 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
         )
     })?;
     let architecture = architecture_of(path, &config)?;
-    let config = super::admit::apr_model(path, config, &file.tensors)?;
+    let config = super::admit::apr_model(path, config, &stored)?;
     let tokenizer_json = custom(crate::format::convert::HF_TOKENIZER).ok_or_else(|| {
         load_err(
             path,
@@ -214,19 +218,28 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
         .map_err(|e| EngineError::load_failed_in(path, "the embedded tokenizer", e))?;
     // On the project's kernels the matrices go to them and the rest (norms, biases) to candle.
     let own = on_own_kernels(&architecture, device);
-    let mut tensors = std::collections::HashMap::with_capacity(file.tensors.len());
+    let mut tensors = std::collections::HashMap::with_capacity(stored.len());
     let mut matrices = std::collections::HashMap::new();
-    for t in &file.tensors {
-        let values = crate::format::apr::dequantize(t).map_err(|e| EngineError::load_failed(path, e))?;
+    for mut t in stored {
+        let name = t.name.clone();
+        let failed = |e: candle_core::Error| EngineError::load_failed_in(path, format!("tensor `{name}`"), e);
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let matrix = own && dims.len() == 2;
-        let tensor = Tensor::from_vec(values, dims, device)
-            .map_err(|e| EngineError::load_failed_in(path, format!("tensor `{}`", t.name), e))?;
-        if matrix {
-            matrices.insert(t.name.clone(), tensor);
-        } else {
-            tensors.insert(t.name.clone(), tensor);
+        if let (&[rows, cols], true) = (&dims[..], own) {
+            let matrix = match in_place(&mut t) {
+                Some(storage) => modelqa_kernels::Matrix::new(rows, cols, storage),
+                None => {
+                    let values =
+                        crate::format::apr::dequantize(&t).map_err(|e| EngineError::load_failed(path, e))?;
+                    modelqa_kernels::Matrix::new(rows, cols, modelqa_kernels::Storage::F32(values.into()))
+                }
+            }
+            .map_err(failed)?;
+            matrices.insert(name, matrix);
+            continue;
         }
+        let values = crate::format::apr::dequantize(&t).map_err(|e| EngineError::load_failed(path, e))?;
+        let tensor = Tensor::from_vec(values, dims, device).map_err(failed)?;
+        tensors.insert(name, tensor);
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     let weights = if own {
@@ -244,6 +257,33 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
         tokenizer,
         files: vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?],
     })
+}
+
+/// An APR tensor of a type the kernels multiply as stored, its bytes kept where the reader put
+/// them (the kernels read them in place); `None` for the other types, or bytes the kernels
+/// cannot read in place.
+fn in_place(t: &mut crate::format::apr::AprTensor) -> Option<modelqa_kernels::Storage> {
+    use crate::format::apr::AprDType;
+    use modelqa_kernels::{Storage, Values};
+    if !matches!(t.dtype, AprDType::F32 | AprDType::F16 | AprDType::Bf16) {
+        return None;
+    }
+    let owner: Arc<Vec<u8>> = Arc::new(std::mem::take(&mut t.data));
+    let shared: Arc<dyn std::any::Any + Send + Sync> = owner.clone();
+    // SAFETY: `owner` holds the bytes in a vector nobody changes or grows again, so they stay
+    // where they are for as long as it lives.
+    let storage = unsafe {
+        match t.dtype {
+            AprDType::F32 => Values::borrowed(shared, &owner[..]).map(Storage::F32),
+            AprDType::F16 => Values::borrowed(shared, &owner[..]).map(Storage::F16),
+            _ => Values::borrowed(shared, &owner[..]).map(Storage::Bf16),
+        }
+    };
+    if storage.is_none() {
+        // Not readable in place (misaligned): the bytes go back to be dequantized.
+        t.data = Arc::try_unwrap(owner).unwrap_or_else(|shared| shared.as_ref().clone());
+    }
+    storage
 }
 
 fn assemble(

@@ -6,10 +6,11 @@
 //! The estimate follows how the embedded engine holds weights (`engine::candle`):
 //!
 //! - on the project's kernels (its own models, on CPU) a matrix stays in its stored dtype —
-//!   bf16/f16/f32 safetensors as written, a GGUF tensor at its quantization — and the 1-D
-//!   tensors (norms, biases) are f32;
-//! - on candle's models every safetensors tensor is widened to f32, and a GGUF of an
-//!   architecture candle has no quantized model of is dequantized to f32;
+//!   bf16/f16/f32 safetensors read in place from the mapped file, a GGUF tensor at its
+//!   quantization — and the 1-D tensors (norms, biases) are f32;
+//! - on candle's models every safetensors tensor is widened to f32 (the mapped file is resident
+//!   beside them while they load), and a GGUF of an architecture candle has no quantized model of
+//!   is dequantized to f32;
 //! - an APR file is read whole and every tensor dequantized to f32: both are held while it loads;
 //! - the KV cache of one sequence at the context the engine keeps ([`KV_TOKENS`] at most), in f32.
 //!
@@ -71,6 +72,14 @@ pub(crate) fn gib(bytes: u64) -> String {
         b_ if b_ >= 1 << 20 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
         _ => format!("{:.1} KiB", b / 1024.0),
     }
+}
+
+/// This process's peak resident set in bytes (Linux's `VmHWM`), where the system says.
+pub fn peak_resident() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The estimated footprint of `model_dir` (its ground truth; empty when there is none here) in
@@ -139,7 +148,7 @@ impl GroundTruth {
             Format::Safetensors if self.own_kernels() => {
                 Footprint { weights: self.matrix_bytes + vectors, cache: self.cache, as_stored: true }
             }
-            Format::Safetensors => widened,
+            Format::Safetensors => Footprint { weights: self.parameters * 4 + self.matrix_bytes, ..widened },
             // Read whole (as f32, the APR writer keeps the ground truth's values) and dequantized.
             Format::Apr => Footprint { weights: self.parameters * 8, ..widened },
             Format::Gguf(q) if self.own_kernels() || candle_quantized(&self.model_type) => {
@@ -230,7 +239,11 @@ mod tests {
         assert!(bytes(Format::Gguf(Quantization::Q4KM)) < bytes(Format::Gguf(Quantization::Q8_0)));
         assert_eq!(bytes(Format::Apr), 1_001_000 * 8 + 10, "the file and its f32 tensors");
         let candle = GroundTruth { model_type: "gemma".into(), ..truth };
-        assert_eq!(candle.footprint(Format::Safetensors).bytes(), 1_001_000 * 4 + 10, "widened to f32");
+        assert_eq!(
+            candle.footprint(Format::Safetensors).bytes(),
+            1_001_000 * 4 + 2_000_000 + 10,
+            "widened to f32 beside the mapped file"
+        );
         assert!(!candle.footprint(Format::Safetensors).as_stored);
     }
 

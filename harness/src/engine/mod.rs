@@ -29,7 +29,7 @@ pub(crate) use self::candle::load_candle_with;
 pub(crate) use self::classes::{KernelClass, kernel_class};
 pub(crate) use self::external::{CommandSession, OpenAiSession};
 pub(crate) use self::footprint::gib;
-pub use self::footprint::{Footprint, estimate as estimate_footprint};
+pub use self::footprint::{Footprint, estimate as estimate_footprint, peak_resident};
 pub(crate) use self::logprobs::MAX_TOP_LOGPROBS;
 pub use self::logprobs::{ScoredStep, TokenLogprob};
 

@@ -176,34 +176,53 @@ impl Module for Embedding {
     }
 }
 
-/// Matrices held as candle tensors (an APR file's, read whole), handed out as their type.
-pub(crate) struct TensorMatrices(Mutex<HashMap<String, Tensor>>);
+/// Matrices already built (an APR file's, read whole), each handed out once.
+pub(crate) struct TensorMatrices(Mutex<HashMap<String, Matrix>>);
 
 impl TensorMatrices {
-    pub(crate) fn new(tensors: HashMap<String, Tensor>) -> Self {
-        TensorMatrices(Mutex::new(tensors))
+    pub(crate) fn new(matrices: HashMap<String, Matrix>) -> Self {
+        TensorMatrices(Mutex::new(matrices))
     }
 }
 
 impl MatrixSource for TensorMatrices {
     fn take(&self, name: &str) -> Option<Result<Matrix>> {
-        let t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?;
-        Some(Matrix::from_tensor(&t))
+        Some(Ok(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?))
     }
 }
 
-/// The matrices of memory-mapped safetensors files, read in their stored type.
-pub(crate) struct SafetensorsMatrices(candle_core::safetensors::MmapedSafetensors);
+/// The matrices of memory-mapped safetensors files, read in place in their stored type: the
+/// mapping is the only copy of the weights (each matrix keeps it alive), where the data of a
+/// tensor is aligned for its type; a misaligned one is copied out.
+pub(crate) struct SafetensorsMatrices(Arc<candle_core::safetensors::MmapedSafetensors>);
 
 impl SafetensorsMatrices {
     pub(crate) fn new(files: candle_core::safetensors::MmapedSafetensors) -> Self {
-        SafetensorsMatrices(files)
+        SafetensorsMatrices(Arc::new(files))
     }
 }
 
 impl MatrixSource for SafetensorsMatrices {
     fn take(&self, name: &str) -> Option<Result<Matrix>> {
-        self.0.get(name).ok()?;
+        use modelqa_kernels::{Storage, Values};
+        let view = self.0.get(name).ok()?;
+        if let [rows, cols] = *view.shape() {
+            let owner: Arc<dyn std::any::Any + Send + Sync> = self.0.clone();
+            let bytes = view.data();
+            // SAFETY: the bytes are the memory-mapped file's, which `owner` maps for as long as it
+            // lives; the harness never writes a model file while it reads it (`hf_parts`).
+            let storage = unsafe {
+                match view.dtype() {
+                    safetensors::Dtype::F32 => Values::borrowed(owner, bytes).map(Storage::F32),
+                    safetensors::Dtype::F16 => Values::borrowed(owner, bytes).map(Storage::F16),
+                    safetensors::Dtype::BF16 => Values::borrowed(owner, bytes).map(Storage::Bf16),
+                    _ => None,
+                }
+            };
+            if let Some(storage) = storage {
+                return Some(Matrix::new(rows, cols, storage));
+            }
+        }
         Some(self.0.load(name, &Device::Cpu).and_then(|t| Matrix::from_tensor(&t)))
     }
 }
