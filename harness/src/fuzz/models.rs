@@ -9,7 +9,7 @@ use crate::format::hparams::Hyperparameters;
 
 /// The words of the tiny tokenizer, id by position; `<eos>` ends a sequence.
 const WORDS: [&str; 16] =
-    ["<eos>", "<unk>", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n"];
+    ["<eos>", "\u{0120}", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n"];
 
 /// The prompt an iteration generates from: words the tokenizer knows.
 pub(crate) const PROMPT: &str = "a b c";
@@ -45,7 +45,8 @@ pub(crate) fn config(model_type: &str) -> serde_json::Value {
     config
 }
 
-/// The tiny word-level tokenizer, as `tokenizer.json`.
+/// The tiny tokenizer, as `tokenizer.json`: a byte-level BPE without merges (GPT-2's split, so a
+/// GGUF names it `gpt-2`) over single letters and `Ġ`, the byte-level space.
 pub(crate) fn tokenizer() -> String {
     let vocab: serde_json::Map<String, serde_json::Value> =
         WORDS.iter().enumerate().map(|(i, w)| (w.to_string(), i.into())).collect();
@@ -58,10 +59,10 @@ pub(crate) fn tokenizer() -> String {
             "normalized": false, "special": true
         }],
         "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
         "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "vocab": vocab, "merges": []},
     })
     .to_string()
 }

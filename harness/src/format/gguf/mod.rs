@@ -24,17 +24,22 @@ use crate::matrix::Quantization;
 
 mod agree;
 mod check;
+mod mix;
+mod pre;
 mod read;
+mod vocab;
 mod write;
 
 pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
 pub(crate) use check::{GgufError, check_model, open, read};
 
+pub use mix::{MixModel, fallback, type_name, wanted_type, written_type};
+pub use pre::PreTokenizerError;
 pub use read::{
     Dequantized, Stored, dequantize, dequantized_config, hf_files, read_stored, to_apr, to_safetensors,
     tokenizer,
 };
-pub use write::{from_safetensors, permute_qk, wanted_type};
+pub use write::{from_safetensors, permute_qk};
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.
 pub const HF_TOKENIZER_JSON: &str = "tokenizer.huggingface.json";
@@ -64,7 +69,8 @@ pub enum GgufTokenizerError {
     MissingKey(String),
     /// A `tokenizer.ggml.pre` whose split regex this reader does not know.
     #[error(
-        "pre-tokenizer `{0}` (tokenizer.ggml.pre) is not supported (default, gpt-2, qwen2, llama-bpe are)"
+        "pre-tokenizer `{0}` (tokenizer.ggml.pre) is not supported (known: {known})",
+        known = pre::known_names()
     )]
     UnsupportedPre(String),
     /// The BOS/EOS template does not build.

@@ -1,0 +1,249 @@
+//! A model's tokenizer as GGUF metadata, as llama.cpp's converter (`convert_hf_to_gguf.py` and
+//! gguf-py's `SpecialVocab`) writes it from `tokenizer.json`, `tokenizer_config.json` and
+//! `config.json`: a byte-level BPE as `gpt2` with its pre-tokenizer named
+//! (`tokenizer.ggml.pre`, see `pre.rs`), or a SentencePiece-style BPE (byte fallback) of a
+//! llama as `llama`; the special tokens and whether BOS/EOS are added; the whole
+//! `tokenizer.json` under [`HF_TOKENIZER_JSON`] and the chat template.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use serde_json::Value as Json;
+
+use super::{HF_TOKENIZER_JSON, err};
+use crate::format::convert::ConvertError;
+
+/// gguf-py's token types.
+const NORMAL: i32 = 1;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
+
+/// The special tokens `SpecialVocab` looks for, with the key each is written under.
+const SPECIAL: [(&str, &str); 7] = [
+    ("bos", "tokenizer.ggml.bos_token_id"),
+    ("eos", "tokenizer.ggml.eos_token_id"),
+    ("unk", "tokenizer.ggml.unknown_token_id"),
+    ("sep", "tokenizer.ggml.seperator_token_id"),
+    ("pad", "tokenizer.ggml.padding_token_id"),
+    ("cls", "tokenizer.ggml.cls_token_id"),
+    ("mask", "tokenizer.ggml.mask_token_id"),
+];
+
+/// The tokenizer metadata of the model in `dir` (`config` its normalised config.json, `arch`
+/// its GGUF architecture).
+pub(super) fn tokenizer_metadata(
+    dir: &Path,
+    config: &Json,
+    arch: &str,
+) -> Result<Vec<(String, Value)>, ConvertError> {
+    let path = dir.join("tokenizer.json");
+    let text = crate::format::files::read_bounded(&path, crate::format::tokenizer_json::MAX_BYTES)
+        .map_err(|e| err(&path, e))?;
+    let tok: Json = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc: Option<Json> = match crate::format::files::read_side_file(&tc_path) {
+        Ok(t) => Some(serde_json::from_str(&t).map_err(|e| err(&tc_path, e))?),
+        Err(_) => None,
+    };
+    // A llama whose tokenizer.json is SentencePiece's BPE (byte fallback, a decoder sequence) is
+    // written as the converter's `LlamaHfVocab` writes it; any other tokenizer must be a
+    // byte-level BPE whose pre-tokenizer llama.cpp knows.
+    let sentencepiece = arch == "llama"
+        && tok["model"]["type"] == "BPE"
+        && tok["model"]["byte_fallback"].as_bool() == Some(true)
+        && tok["decoder"]["type"] == "Sequence";
+    let mut md = if sentencepiece { llama_vocab(&tok) } else { gpt2_vocab(&tok, config, &path)? };
+    md.push((HF_TOKENIZER_JSON.to_string(), Value::String(text)));
+    md.extend(special_vocab(&tok, tc.as_ref(), config));
+    if let Some(tc) = &tc
+        && let Some(template) = crate::chat::ChatTemplate::from_tokenizer_config(tc)
+    {
+        md.push(("tokenizer.chat_template".to_string(), Value::String(template.source)));
+    }
+    Ok(md)
+}
+
+/// `_set_vocab_gpt2`: every id up to the config's `vocab_size` (`[PADn]` unused where the
+/// tokenizer has none), added tokens as control or user-defined, the merges, and the
+/// pre-tokenizer's llama.cpp name.
+fn gpt2_vocab(tok: &Json, config: &Json, path: &Path) -> Result<Vec<(String, Value)>, ConvertError> {
+    let pre = super::pre::name_of(tok).map_err(|e| err(path, e))?;
+    let mut by_id: BTreeMap<u64, (String, i32)> = BTreeMap::new();
+    if let Some(vocab) = tok["model"]["vocab"].as_object() {
+        for (t, id) in vocab {
+            if let Some(id) = id.as_u64() {
+                by_id.insert(id, (t.clone(), NORMAL));
+            }
+        }
+    }
+    for added in tok["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) {
+            let kind = if added["special"].as_bool().unwrap_or(false) { CONTROL } else { USER_DEFINED };
+            by_id.insert(id, (content.to_string(), kind));
+        }
+    }
+    let rows = config["vocab_size"].as_u64().unwrap_or(0).max(by_id.keys().next_back().map_or(0, |m| m + 1));
+    let mut tokens = Vec::with_capacity(rows as usize);
+    let mut types = Vec::with_capacity(rows as usize);
+    for id in 0..rows {
+        let (t, kind) = by_id.remove(&id).unwrap_or_else(|| (format!("[PAD{id}]"), UNUSED));
+        tokens.push(Value::String(t));
+        types.push(Value::I32(kind));
+    }
+    // Merges as `a b`; a space inside a part (transformers ≥ 4.45's pair form allows one) is
+    // written as U+0120, as gguf-py writes it.
+    let part = |s: &str| s.replace(' ', "\u{0120}");
+    let merges: Vec<Value> = tok["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Json::String(s) => Some(s.clone()),
+            Json::Array(pair) => {
+                Some(format!("{} {}", part(pair.first()?.as_str()?), part(pair.get(1)?.as_str()?)))
+            }
+            _ => None,
+        })
+        .map(Value::String)
+        .collect();
+    Ok(vec![
+        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+    ])
+}
+
+/// `_set_vocab_llama_hf`: the base vocabulary in id order (`<0xXX>` pieces as bytes, special
+/// tokens as control), then the added tokens beyond it, every score -1000, and `default` as the
+/// pre-tokenizer (llama.cpp's `llama` model does not split by regex).
+fn llama_vocab(tok: &Json) -> Vec<(String, Value)> {
+    let special: std::collections::HashSet<u64> = tok["added_tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["special"].as_bool() == Some(true))
+        .filter_map(|a| a["id"].as_u64())
+        .collect();
+    let mut base: BTreeMap<u64, String> = BTreeMap::new();
+    if let Some(vocab) = tok["model"]["vocab"].as_object() {
+        for (t, id) in vocab {
+            if let Some(id) = id.as_u64() {
+                base.insert(id, t.clone());
+            }
+        }
+    }
+    let base_size = base.keys().next_back().map_or(0, |m| m + 1);
+    let is_byte = |t: &str| {
+        t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && u8::from_str_radix(&t[3..5], 16).is_ok()
+    };
+    let mut entries: Vec<(String, i32)> = base
+        .into_iter()
+        .map(|(id, t)| {
+            let kind = if is_byte(&t) {
+                BYTE
+            } else if special.contains(&id) {
+                CONTROL
+            } else {
+                NORMAL
+            };
+            (t, kind)
+        })
+        .collect();
+    let mut added: Vec<(u64, String, bool)> = tok["added_tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["id"].as_u64()?,
+                a["content"].as_str()?.to_string(),
+                a["special"].as_bool() == Some(true),
+            ))
+        })
+        .filter(|(id, _, _)| *id >= base_size)
+        .collect();
+    added.sort();
+    entries.extend(added.into_iter().map(|(_, t, s)| (t, if s { CONTROL } else { USER_DEFINED })));
+    vec![
+        ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String("default".into())),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(entries.iter().map(|(t, _)| Value::String(t.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".to_string(),
+            Value::Array(entries.iter().map(|_| Value::F32(-1000.0)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            Value::Array(entries.iter().map(|(_, k)| Value::I32(*k)).collect()),
+        ),
+    ]
+}
+
+/// gguf-py's `SpecialVocab`: each special token's id, from tokenizer_config.json's `<kind>_token`
+/// found among tokenizer.json's added tokens, else config.json's `<kind>_token_id`; whether BOS
+/// and EOS are added, from tokenizer.json's post-processor, else tokenizer_config.json's
+/// `add_<kind>_token`.
+fn special_vocab(tok: &Json, tc: Option<&Json>, config: &Json) -> Vec<(String, Value)> {
+    let added = tok["added_tokens"].as_array().cloned().unwrap_or_default();
+    let content = |kind: &str| -> Option<String> {
+        let entry = &tc?[format!("{kind}_token")];
+        entry.as_str().or_else(|| entry["content"].as_str()).map(str::to_string)
+    };
+    let id_of = |text: &str| added.iter().find(|a| a["content"] == text).and_then(|a| a["id"].as_u64());
+    let mut md = Vec::new();
+    for (kind, key) in SPECIAL {
+        let id =
+            content(kind).and_then(|c| id_of(&c)).or_else(|| config[format!("{kind}_token_id")].as_u64());
+        if let Some(id) = id {
+            md.push((key.to_string(), Value::U32(id as u32)));
+        }
+    }
+    let mut add: BTreeMap<&str, bool> = BTreeMap::new();
+    let post = &tok["post_processor"];
+    let processors = post["processors"].as_array().cloned().unwrap_or_else(|| vec![post.clone()]);
+    for p in &processors {
+        match p["type"].as_str() {
+            Some("ByteLevel") => {
+                add.entry("bos").or_insert(false);
+                add.entry("eos").or_insert(false);
+            }
+            Some("RobertaProcessing") => {
+                add.extend([("bos", true), ("eos", true), ("sep", true)]);
+            }
+            Some("TemplateProcessing") => {
+                let single = p["single"].as_array().cloned().unwrap_or_default();
+                if single.len() > 1 {
+                    let special = |e: &Json| e["SpecialToken"]["id"].as_str().map(str::to_string);
+                    if let Some(first) = single.first().and_then(special) {
+                        add.insert(
+                            "bos",
+                            Some(&first) == content("bos").as_ref()
+                                || Some(&first) == content("cls").as_ref(),
+                        );
+                    }
+                    if let Some(last) = single.last().and_then(special) {
+                        add.insert("eos", Some(&last) == content("eos").as_ref());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for kind in ["bos", "eos", "sep"] {
+        if let Some(b) = tc.and_then(|tc| tc[format!("add_{kind}_token")].as_bool()) {
+            add.entry(kind).or_insert(b);
+        }
+    }
+    for (kind, b) in add {
+        md.push((format!("tokenizer.ggml.add_{kind}_token"), Value::Bool(b)));
+    }
+    md
+}
