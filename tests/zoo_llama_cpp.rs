@@ -1,0 +1,216 @@
+//! What the project's GGUF writer writes against what llama.cpp writes, on the architecture zoo
+//! (`fixtures/zoo/`) and on generated models:
+//! - metadata: the keys llama.cpp's converter wrote into `converter-f32.gguf`, key by key and
+//!   value by value, for every zoo architecture the writer converts ([`ALLOWED_EXTRA`],
+//!   [`ALLOWED_DIFFERENT`] list and justify what may differ);
+//! - quantization mixes: the type of every tensor at every mix the project writes, against the
+//!   types llama.cpp's own quantizer (`llama_model_quantize`) gave the same tensors, recorded in
+//!   `fixtures/zoo/QUANTIZER.json` by `xtask/zoo/quantizer_reference.py`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use modelqa::support::format::gguf::{self, MixModel};
+use modelqa::support::matrix::Quantization;
+use modelqa::support::testmodel::{TestArchitecture, TestModelShape, write_test_model};
+
+fn zoo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo")
+}
+
+/// Keys only the project's file has, each with why it may.
+const ALLOWED_EXTRA: &[(&str, &str)] = &[
+    (
+        "modelqa.",
+        "the Hugging Face files verbatim and the fallbacks list: provenance, read by no llama.cpp code",
+    ),
+    (
+        "tokenizer.huggingface.json",
+        "the whole tokenizer.json (a key llama.cpp's converter may write too), so reading back is exact",
+    ),
+    (
+        "qwen2.rope.dimension_count",
+        "the head width, llama.cpp's own default for qwen2, stated for readers that need it",
+    ),
+];
+
+/// Keys whose values may differ, each with why.
+const ALLOWED_DIFFERENT: &[(&str, &str)] = &[(
+    "general.name",
+    "provenance: the converter titles the directory name (`Llama`), the writer keeps it (`llama`)",
+)];
+
+/// The model types whose zoo model the writer converts (others it refuses; tests/zoo.rs holds
+/// that list).
+const WRITTEN: [&str; 3] = ["llama", "mistral", "qwen2"];
+
+fn content(bytes: &[u8]) -> Content {
+    Content::read(&mut Cursor::new(bytes)).expect("a GGUF file")
+}
+
+#[test]
+fn the_writers_metadata_is_the_converters_key_by_key() {
+    let mut problems = Vec::new();
+    for model_type in WRITTEN {
+        let dir = zoo().join(model_type);
+        let ours = content(&gguf::from_safetensors(&dir, Quantization::F32).expect("the writer converts"));
+        let theirs = content(&std::fs::read(dir.join("converter-f32.gguf")).expect("the converter's file"));
+        let allowed = |key: &str, list: &[(&str, &str)]| list.iter().any(|(k, _)| key.starts_with(k));
+        for key in theirs.metadata.keys().filter(|k| !ours.metadata.contains_key(*k)) {
+            problems.push(format!("{model_type}: `{key}` is missing"));
+        }
+        for key in ours.metadata.keys().filter(|k| !theirs.metadata.contains_key(*k)) {
+            if !allowed(key, ALLOWED_EXTRA) {
+                problems.push(format!("{model_type}: `{key}` is not the converter's"));
+            }
+        }
+        for (key, value) in &theirs.metadata {
+            if let Some(mine) = ours.metadata.get(key)
+                && !allowed(key, ALLOWED_DIFFERENT)
+                && format!("{mine:?}") != format!("{value:?}")
+            {
+                let short = |v: &Value| format!("{v:?}").chars().take(120).collect::<String>();
+                problems.push(format!(
+                    "{model_type}: `{key}` is {} where the converter has {}",
+                    short(mine),
+                    short(value)
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The generated models `QUANTIZER.json` holds llama.cpp's answers for: rows of 256 and 512
+/// (K-quant blocks tile), tied and untied embeddings, grouped-query attention, and enough layers
+/// for `use_more_bits` to pick some; one model with rows of 288 (blocks of 256 do not tile).
+fn quantizer_models() -> Vec<(&'static str, TestArchitecture, TestModelShape)> {
+    let shape = |hidden, intermediate, layers, heads, kv_heads, tied| TestModelShape {
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        vocab: 384,
+        context: 256,
+        tied,
+    };
+    vec![
+        ("llama-256-tied-gqa-12l", TestArchitecture::Llama, shape(256, 512, 12, 4, 1, true)),
+        ("llama-256-untied-9l", TestArchitecture::Llama, shape(256, 256, 9, 2, 2, false)),
+        ("qwen2-512-untied-3l", TestArchitecture::Qwen2, shape(512, 768, 3, 8, 8, false)),
+        ("llama-288-tied-2l", TestArchitecture::Llama, shape(288, 320, 2, 4, 2, true)),
+    ]
+}
+
+const SEED: u64 = 13;
+
+/// The model directory of a generated quantizer model, written afresh.
+fn generated(dir: &Path, id: &str) -> PathBuf {
+    let (_, arch, shape) =
+        quantizer_models().into_iter().find(|(i, _, _)| *i == id).unwrap_or_else(|| panic!("no model {id}"));
+    let out = dir.join(id);
+    write_test_model(&out, arch, shape, SEED).expect("the generator writes the model");
+    out
+}
+
+/// Writes the generated models as F32 GGUFs into `$QUANTIZER_INPUTS`, the inputs
+/// `xtask/zoo/quantizer_reference.py` quantizes with llama.cpp.
+#[test]
+#[ignore = "run by a developer for xtask/zoo/quantizer_reference.py, with QUANTIZER_INPUTS=DIR"]
+fn write_quantizer_inputs() {
+    let out = PathBuf::from(std::env::var("QUANTIZER_INPUTS").expect("QUANTIZER_INPUTS names a directory"));
+    std::fs::create_dir_all(&out).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (id, _, _) in quantizer_models() {
+        let dir = generated(tmp.path(), id);
+        std::fs::write(
+            out.join(format!("{id}.gguf")),
+            gguf::from_safetensors(&dir, Quantization::F32).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// `QUANTIZER.json`: per input, per mix, per tensor, llama.cpp's type.
+type Reference = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
+
+fn reference() -> Reference {
+    let text = std::fs::read_to_string(zoo().join("QUANTIZER.json")).expect("fixtures/zoo/QUANTIZER.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("QUANTIZER.json is JSON");
+    serde_json::from_value(json["inputs"].clone()).expect("QUANTIZER.json's inputs")
+}
+
+fn mix(name: &str) -> Quantization {
+    serde_json::from_value(serde_json::json!(name)).unwrap_or_else(|e| panic!("mix `{name}`: {e}"))
+}
+
+/// Where `types` (a file's tensor types) differ from llama.cpp's `want`.
+fn differences(
+    input: &str,
+    q: &str,
+    types: &HashMap<String, String>,
+    want: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let names: BTreeSet<&String> = types.keys().chain(want.keys()).collect();
+    names
+        .into_iter()
+        .filter(|n| types.get(*n) != want.get(*n))
+        .map(|n| format!("{input} {q} {n}: ours {:?}, llama.cpp {:?}", types.get(n), want.get(n)))
+        .collect()
+}
+
+/// Every tensor of llama.cpp's converter files, at every mix, gets from the project's rules the
+/// type llama.cpp's quantizer gave it (every zoo architecture: the rules, not the writer, which
+/// converts only some).
+#[test]
+fn the_mix_rules_give_the_zoos_tensors_llama_cpps_types() {
+    let mut problems = Vec::new();
+    let reference = reference();
+    let zoo_inputs: Vec<_> = reference.iter().filter(|(k, _)| k.starts_with("zoo/")).collect();
+    assert!(zoo_inputs.len() >= 11, "QUANTIZER.json holds {} zoo inputs", zoo_inputs.len());
+    for (input, mixes) in zoo_inputs {
+        let path = zoo().join(input.trim_start_matches("zoo/")).join("converter-f32.gguf");
+        let file = content(&std::fs::read(&path).unwrap());
+        let model = MixModel::from_metadata(&file.metadata, file.tensor_infos.keys().map(String::as_str));
+        for (q, want) in mixes {
+            let types: HashMap<String, String> = file
+                .tensor_infos
+                .iter()
+                .map(|(name, info)| {
+                    let t = gguf::written_type(mix(q), name, info.shape.dims(), &model).unwrap();
+                    (name.clone(), gguf::type_name(t))
+                })
+                .collect();
+            problems.extend(differences(input, q, &types, want));
+        }
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// The writer's files of the generated models, at every mix, hold each tensor in the type
+/// llama.cpp's quantizer gave it.
+#[test]
+fn the_writer_quantizes_generated_models_as_llama_cpp() {
+    let mut problems = Vec::new();
+    let reference = reference();
+    let tmp = tempfile::tempdir().unwrap();
+    for (id, _, _) in quantizer_models() {
+        let mixes = reference
+            .get(&format!("generated/{id}"))
+            .unwrap_or_else(|| panic!("QUANTIZER.json has no generated/{id}: rerun quantizer_reference.py"));
+        let dir = generated(tmp.path(), id);
+        for (q, want) in mixes {
+            let file = content(&gguf::from_safetensors(&dir, mix(q)).unwrap());
+            let types: HashMap<String, String> = file
+                .tensor_infos
+                .iter()
+                .map(|(n, info)| (n.clone(), gguf::type_name(info.ggml_dtype)))
+                .collect();
+            problems.extend(differences(id, q, &types, want));
+        }
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+}
