@@ -247,3 +247,178 @@ fn special_vocab(tok: &Json, tc: Option<&Json>, config: &Json) -> Vec<(String, V
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Strings that part differently under different splits: contractions, runs of spaces,
+    /// tabs and newlines, runs of digits, punctuation, letters of other scripts, emoji.
+    const TEXTS: &[&str] = &[
+        "Hello world",
+        "I've been told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like tea? We'Ve a'lL",
+        "  leading and trailing   ",
+        "tabs\tand\t\tnewlines\n\n\nand \r\n crlf",
+        "3 33 333 3333 33333 333333 3.3 3..3 12,345,678.90",
+        "CamelCaseWords and snake_case_words and SHOUTING",
+        "------======= !!!!!!?????? ......``````''''''\"\"\"\"",
+        "нещо на Български, Ελληνικά, العربية, हिन्दी",
+        "我想在apple工作1314151天～ こんにちは世界 안녕하세요",
+        "🚀 (normal) 😶‍🌫️ (multiple emojis concatenated) ✅ 🦙🦙",
+        "fn main() {\n    println!(\"{}\", 42);\n}\n",
+        "a\u{00A0}b\u{2003}c \u{200B}d",
+    ];
+
+    /// A byte-level BPE trained on [`TEXTS`] with no split at all, so its merges cross every
+    /// boundary some split draws (digit runs, a space before punctuation, contractions, runs of
+    /// whitespace) and any two splits that part a text differently tokenize it differently;
+    /// then its pre-tokenizer replaced by `pre`.
+    fn tokenizer_json(pre: Json) -> Json {
+        use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+        use tokenizers::normalizers::NormalizerWrapper;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::{AddedToken, TokenizerBuilder};
+        static TRAINED: std::sync::OnceLock<Json> = std::sync::OnceLock::new();
+        let trained = TRAINED.get_or_init(|| {
+            let mut trainer = BpeTrainerBuilder::new()
+                .show_progress(false)
+                .vocab_size(1500)
+                .min_frequency(0)
+                .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+                .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
+                .build();
+            let mut tokenizer =
+                TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+                    .with_model(BPE::default())
+                    .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).use_regex(false)))
+                    .with_decoder(Some(ByteLevel::default()))
+                    .build()
+                    .unwrap();
+            let corpus: Vec<&str> = TEXTS.iter().copied().cycle().take(TEXTS.len() * 8).collect();
+            tokenizer.train(&mut trainer, corpus.into_iter()).unwrap();
+            serde_json::from_str(&tokenizer.to_string(false).unwrap()).unwrap()
+        });
+        let mut tok = trained.clone();
+        tok["pre_tokenizer"] = pre;
+        tok
+    }
+
+    /// The tokenizer the reader builds from the metadata the writer writes, without the embedded
+    /// tokenizer.json (llama.cpp never reads it): the named pre-tokenizer, the vocabulary and
+    /// merges alone.
+    fn through_gguf(tok: &Json) -> (String, tokenizers::Tokenizer) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+        let md: HashMap<String, Value> = tokenizer_metadata(dir.path(), &json!({}), "qwen2")
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k != HF_TOKENIZER_JSON)
+            .collect();
+        let pre = md["tokenizer.ggml.pre"].to_string().unwrap().clone();
+        (pre, super::super::read::tokenizer(&md).unwrap())
+    }
+
+    fn byte_level(use_regex: bool) -> Json {
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
+    }
+
+    /// Every pre-tokenizer the writer can name: written, then read back from the name alone, it
+    /// tokenizes every text as the original `tokenizer.json` does.
+    #[test]
+    fn every_written_pre_tokenizer_reads_back_to_the_same_tokens() {
+        let mut cases: Vec<(Json, &str)> = super::super::pre::PRE_TOKENIZERS
+            .iter()
+            .filter(|p| p.names[0] != "default")
+            .map(|p| {
+                let mut chain: Vec<Json> = p
+                    .splits
+                    .iter()
+                    .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+                    .collect();
+                chain.push(byte_level(false));
+                (json!({"type": "Sequence", "pretokenizers": chain}), p.names[0])
+            })
+            .collect();
+        // The spellings a tokenizer.json uses for GPT-2's and StarCoder's splits.
+        cases.push((byte_level(true), "gpt-2"));
+        cases.push((
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            "starcoder",
+        ));
+        let mut by_name: BTreeMap<&str, Vec<Vec<u32>>> = BTreeMap::new();
+        for (pre, name) in cases {
+            let tok = tokenizer_json(pre);
+            let original = crate::format::tokenizer_json::parse(tok.to_string().as_bytes()).unwrap();
+            let (written, read) = through_gguf(&tok);
+            assert_eq!(written, name);
+            for text in TEXTS {
+                let want = original.encode(*text, false).unwrap().get_ids().to_vec();
+                let got = read.encode(*text, false).unwrap().get_ids().to_vec();
+                assert_eq!(got, want, "`{name}` on {text:?}");
+            }
+            by_name.insert(
+                name,
+                TEXTS.iter().map(|t| original.encode(*t, false).unwrap().get_ids().to_vec()).collect(),
+            );
+        }
+        // The vocabulary tells the splits apart: a reader that took one name's split for another's
+        // would fail above.
+        for (a, ids_a) in &by_name {
+            for (b, ids_b) in
+                by_name.range::<&str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            {
+                assert_ne!(ids_a, ids_b, "`{a}` and `{b}` tokenize every text alike");
+            }
+        }
+    }
+
+    /// A tokenizer whose split llama.cpp does not know stops the conversion, naming the split.
+    #[test]
+    fn an_unknown_pre_tokenizer_stops_the_conversion() {
+        let tok = tokenizer_json(json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": r"\p{N}{1,4}"}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]}));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+        let e = tokenizer_metadata(dir.path(), &json!({}), "llama").unwrap_err().to_string();
+        assert!(e.contains("tokenizer.json") && e.contains(r"\\p{N}{1,4}"), "{e}");
+    }
+
+    /// A llama's SentencePiece-style tokenizer.json is written as the converter's `LlamaHfVocab`
+    /// writes it: model `llama`, pre `default`, scores, byte and control pieces.
+    #[test]
+    fn a_sentencepiece_llama_tokenizer_is_written_as_llama() {
+        let tok = json!({
+            "added_tokens": [{"id": 0, "content": "<unk>", "special": true}, {"id": 1, "content": "<s>", "special": true},
+                             {"id": 5, "content": "<extra>", "special": false}],
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}"},
+            "decoder": {"type": "Sequence", "decoders": []},
+            "model": {"type": "BPE", "byte_fallback": true, "merges": [],
+                      "vocab": {"<unk>": 0, "<s>": 1, "<0x0A>": 2, "\u{2581}a": 3, "b": 4}},
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+        let md: HashMap<String, Value> = tokenizer_metadata(dir.path(), &json!({"bos_token_id": 1}), "llama")
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(md["tokenizer.ggml.model"].to_string().unwrap(), "llama");
+        assert_eq!(md["tokenizer.ggml.pre"].to_string().unwrap(), "default");
+        let types: Vec<i32> =
+            md["tokenizer.ggml.token_type"].to_vec().unwrap().iter().map(|t| t.to_i32().unwrap()).collect();
+        assert_eq!(types, [CONTROL, CONTROL, BYTE, NORMAL, NORMAL, USER_DEFINED]);
+        assert_eq!(md["tokenizer.ggml.scores"].to_vec().unwrap().len(), 6);
+        assert_eq!(md["tokenizer.ggml.bos_token_id"].to_u32().unwrap(), 1);
+        // qwen2's converter has no such path: the same tokenizer is refused there.
+        assert!(
+            tokenizer_metadata(dir.path(), &json!({}), "qwen2")
+                .unwrap_err()
+                .to_string()
+                .contains("Metaspace")
+        );
+    }
+}
