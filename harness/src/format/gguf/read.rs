@@ -17,8 +17,8 @@ use crate::format::convert::{ConvertError, HfFiles};
 
 /// The tokenizer a GGUF file carries: the whole `tokenizer.json` where it is embedded, else a
 /// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model),
-/// split as its `tokenizer.ggml.pre` names (an unknown one is an error, never GPT-2's regex in
-/// its place), with its control tokens as special tokens, and BOS/EOS added as
+/// split as its `tokenizer.ggml.pre` names (the splits of `pre.rs`, the table the writer names
+/// by; no name is llama.cpp's `default` split, an unknown one an error), with its control tokens as special tokens, and BOS/EOS added as
 /// `tokenizer.ggml.add_bos_token`/`add_eos_token` say (llama.cpp's default where a key is absent:
 /// no BOS for `gpt2`).
 pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
