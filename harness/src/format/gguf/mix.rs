@@ -147,7 +147,8 @@ impl MixModel {
 /// `i` of `n` layers gets more bits in the `_M` mixes (llama.cpp's `use_more_bits`).
 fn use_more_bits(i: usize, n: usize) -> bool {
     let first = n / 8;
-    i < first || i >= 7 * n / 8 || (i >= first && (i - first) % 3 == 2)
+    // `i - first` is evaluated only when `i >= first`.
+    i < first || i >= 7 * n / 8 || (i - first) % 3 == 2
 }
 
 /// Whether llama.cpp quantizes a tensor at all (`tensor_allows_quantization`); `dims` is how

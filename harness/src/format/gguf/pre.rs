@@ -7,8 +7,16 @@
 //!
 //! The regexes are those `tokenizer.json` files carry, which llama.cpp's `llm_tokenizer_bpe`
 //! quotes as its source for each name (it rewrites some, e.g. `(?i:'s|…)` as `'[sS]|…`, for its
-//! own regex engine). Several llama.cpp names share one split and differ only in a vocabulary
-//! the hash told apart; the writer writes the first name of an entry, the reader accepts all.
+//! own regex engine). Several llama.cpp names share one split: the hash told their vocabularies
+//! apart, and llama.cpp sets a few flags by name (whether BOS is added, which the writer states in
+//! `tokenizer.ggml.add_bos_token`; `ignore_merges`, which changes nothing for a vocabulary whose
+//! every token its merges reach; `clean_spaces` in decoding). The writer writes the first name of
+//! an entry, the one llama.cpp's converter writes for the best-known model of that split (Llama 3,
+//! Qwen2, GPT-2, StarCoder, …); the reader accepts every name.
+//!
+//! Not here, because their `tokenizer.json` spelling could not be checked against llama.cpp's
+//! port: deepseek-llm, deepseek-coder, deepseek-v3, falcon (a `Punctuation` step), chameleon,
+//! bloom and poro, viking; the writer refuses a tokenizer with such a split, naming the split.
 
 use serde_json::Value;
 

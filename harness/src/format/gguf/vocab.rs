@@ -55,9 +55,19 @@ pub(super) fn tokenizer_metadata(
         && tok["model"]["type"] == "BPE"
         && tok["model"]["byte_fallback"].as_bool() == Some(true)
         && tok["decoder"]["type"] == "Sequence";
-    let mut md = if sentencepiece { llama_vocab(&tok) } else { gpt2_vocab(&tok, config, &path)? };
+    let mut md = Vec::new();
+    // LlamaModel states tokenizer_config.json's `add_prefix_space` where it has one.
+    if arch == "llama"
+        && let Some(b) = tc.as_ref().and_then(|tc| tc["add_prefix_space"].as_bool())
+    {
+        md.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(b)));
+    }
+    md.extend(if sentencepiece { llama_vocab(&tok) } else { gpt2_vocab(&tok, config, &path)? });
     md.push((HF_TOKENIZER_JSON.to_string(), Value::String(text)));
     md.extend(special_vocab(&tok, tc.as_ref(), config));
+    if arch == "llama" {
+        llama_vocab_size_rules(&mut md, config["vocab_size"].as_u64());
+    }
     if let Some(tc) = &tc
         && let Some(template) = crate::chat::ChatTemplate::from_tokenizer_config(tc)
     {
@@ -187,6 +197,23 @@ fn llama_vocab(tok: &Json) -> Vec<(String, Value)> {
     ]
 }
 
+/// LlamaModel's rules by vocabulary size: CodeLlama's (32016) infill and end-of-turn tokens, and
+/// no BOS for the 49152-token vocabulary of small granite-style llamas (SmolLM's too).
+fn llama_vocab_size_rules(md: &mut Vec<(String, Value)>, vocab_size: Option<u64>) {
+    match vocab_size {
+        Some(32016) => {
+            for (key, id) in [("prefix", 32007), ("suffix", 32008), ("middle", 32009), ("eot", 32010)] {
+                md.push((format!("tokenizer.ggml.{key}_token_id"), Value::U32(id)));
+            }
+        }
+        Some(49152) => {
+            md.retain(|(k, _)| k != "tokenizer.ggml.add_bos_token");
+            md.push(("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(false)));
+        }
+        _ => {}
+    }
+}
+
 /// gguf-py's `SpecialVocab`: each special token's id, from tokenizer_config.json's `<kind>_token`
 /// found among tokenizer.json's added tokens, else config.json's `<kind>_token_id`; whether BOS
 /// and EOS are added, from tokenizer.json's post-processor, else tokenizer_config.json's
@@ -222,15 +249,16 @@ fn special_vocab(tok: &Json, tc: Option<&Json>, config: &Json) -> Vec<(String, V
                 let single = p["single"].as_array().cloned().unwrap_or_default();
                 if single.len() > 1 {
                     let special = |e: &Json| e["SpecialToken"]["id"].as_str().map(str::to_string);
+                    // Without a tokenizer_config.json the template's own first and last special
+                    // tokens are BOS and EOS.
                     if let Some(first) = single.first().and_then(special) {
-                        add.insert(
-                            "bos",
-                            Some(&first) == content("bos").as_ref()
-                                || Some(&first) == content("cls").as_ref(),
-                        );
+                        let bos = tc.is_none()
+                            || Some(&first) == content("bos").as_ref()
+                            || Some(&first) == content("cls").as_ref();
+                        add.insert("bos", bos);
                     }
                     if let Some(last) = single.last().and_then(special) {
-                        add.insert("eos", Some(&last) == content("eos").as_ref());
+                        add.insert("eos", tc.is_none() || Some(&last) == content("eos").as_ref());
                     }
                 }
             }
@@ -397,6 +425,8 @@ mod tests {
                              {"id": 5, "content": "<extra>", "special": false}],
             "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}"},
             "decoder": {"type": "Sequence", "decoders": []},
+            "post_processor": {"type": "TemplateProcessing", "single": [
+                {"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]},
             "model": {"type": "BPE", "byte_fallback": true, "merges": [],
                       "vocab": {"<unk>": 0, "<s>": 1, "<0x0A>": 2, "\u{2581}a": 3, "b": 4}},
         });
@@ -413,6 +443,15 @@ mod tests {
         assert_eq!(types, [CONTROL, CONTROL, BYTE, NORMAL, NORMAL, USER_DEFINED]);
         assert_eq!(md["tokenizer.ggml.scores"].to_vec().unwrap().len(), 6);
         assert_eq!(md["tokenizer.ggml.bos_token_id"].to_u32().unwrap(), 1);
+        assert!(!md.contains_key("tokenizer.ggml.add_space_prefix"));
+        assert!(md["tokenizer.ggml.add_bos_token"].to_bool().unwrap(), "the template adds <s>");
+        // A llama of 49152 tokens adds no BOS, whatever its post-processor says.
+        let md: HashMap<String, Value> =
+            tokenizer_metadata(dir.path(), &json!({"vocab_size": 49152}), "llama")
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert!(!md["tokenizer.ggml.add_bos_token"].to_bool().unwrap());
         // qwen2's converter has no such path: the same tokenizer is refused there.
         assert!(
             tokenizer_metadata(dir.path(), &json!({}), "qwen2")
