@@ -5,7 +5,9 @@
 //!   [`ALLOWED_DIFFERENT`] list and justify what may differ);
 //! - quantization mixes: the type of every tensor at every mix the project writes, against the
 //!   types llama.cpp's own quantizer (`llama_model_quantize`) gave the same tensors, recorded in
-//!   `fixtures/zoo/QUANTIZER.json` by `xtask/zoo/quantizer_reference.py`.
+//!   `fixtures/zoo/QUANTIZER.json` by `xtask/zoo/quantizer_reference.py`: the zoo's converter
+//!   files (through the rules), two of them patched to reach the 70B and 8-expert rules, and
+//!   generated models with rows K-quant blocks tile (through the writer itself).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
@@ -162,18 +164,40 @@ fn differences(
         .collect()
 }
 
-/// Every tensor of llama.cpp's converter files, at every mix, gets from the project's rules the
-/// type llama.cpp's quantizer gave it (every zoo architecture: the rules, not the writer, which
-/// converts only some).
+/// The patched inputs of `quantizer_reference.py` (its `PATCHED`): a zoo converter file with one
+/// metadata value changed, so llama.cpp applies rules no tiny model's shape reaches.
+const PATCHED: [(&str, &str, &str, u32); 2] = [
+    ("llama-80-layers", "llama", "llama.block_count", 80),
+    ("qwen3_moe-8-experts", "qwen3_moe", "qwen3moe.expert_count", 8),
+];
+
+/// Every tensor of llama.cpp's converter files (as they are, and patched), at every mix, gets
+/// from the project's rules the type llama.cpp's quantizer gave it (every zoo architecture: the
+/// rules, not the writer, which converts only some).
 #[test]
 fn the_mix_rules_give_the_zoos_tensors_llama_cpps_types() {
     let mut problems = Vec::new();
     let reference = reference();
-    let zoo_inputs: Vec<_> = reference.iter().filter(|(k, _)| k.starts_with("zoo/")).collect();
-    assert!(zoo_inputs.len() >= 11, "QUANTIZER.json holds {} zoo inputs", zoo_inputs.len());
-    for (input, mixes) in zoo_inputs {
-        let path = zoo().join(input.trim_start_matches("zoo/")).join("converter-f32.gguf");
-        let file = content(&std::fs::read(&path).unwrap());
+    let inputs: Vec<_> = reference.iter().filter(|(k, _)| !k.starts_with("generated/")).collect();
+    assert!(inputs.len() >= 11 + PATCHED.len(), "QUANTIZER.json holds {} zoo inputs", inputs.len());
+    for (input, mixes) in inputs {
+        let (model_type, patch) = match input.split_once('/') {
+            Some(("zoo", model_type)) => (model_type, None),
+            Some(("patched", id)) => {
+                let (_, model_type, key, value) = PATCHED
+                    .iter()
+                    .find(|(i, ..)| *i == id)
+                    .unwrap_or_else(|| panic!("{input} is not in PATCHED"));
+                (*model_type, Some((*key, *value)))
+            }
+            _ => panic!("QUANTIZER.json input `{input}` is neither zoo/, patched/ nor generated/"),
+        };
+        let path = zoo().join(model_type).join("converter-f32.gguf");
+        let mut file = content(&std::fs::read(&path).unwrap());
+        if let Some((key, value)) = patch {
+            assert!(file.metadata.contains_key(key), "{input}: no `{key}` to patch");
+            file.metadata.insert(key.to_string(), Value::U32(value));
+        }
         let model = MixModel::from_metadata(&file.metadata, file.tensor_infos.keys().map(String::as_str));
         for (q, want) in mixes {
             let types: HashMap<String, String> = file
