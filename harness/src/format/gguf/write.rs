@@ -94,11 +94,11 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     if let Some(problem) = hyper.shape_problems(&shapes).first() {
         return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
     }
-    // Either of transformers' spellings (a 5.x `rope_parameters` base must not become the
-    // default 10,000), and what the file cannot carry stops the conversion by name.
     // The converter writes key and value widths only where config.json states `head_dim`
     // (normalising may fill one in).
     let stated_head_dim = u32_of(&config, "head_dim");
+    // Either of transformers' spellings (a 5.x `rope_parameters` base must not become the
+    // default 10,000), and what the file cannot carry stops the conversion by name.
     let config = crate::format::hf_config::normalise(&config_path, &config)
         .map_err(|e| err(&config_path, e.cause()))?;
     let rope_theta = config["rope_theta"]
@@ -249,6 +249,21 @@ mod tests {
         assert_eq!(p.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 2., 1., 3., 4., 6., 5., 7.]);
         let back = permute_qk(&p, 2, true).unwrap();
         assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 1., 2., 3., 4., 5., 6., 7.]);
+    }
+
+    /// gguf-py's labels: two significant digits at least, its rounding (Qwen2.5-0.5B's 494 M,
+    /// 1.5B's 1.54 B, a 9,000-parameter toy).
+    #[test]
+    fn size_labels_are_gguf_pys() {
+        for (params, label) in [
+            (140_096, "140K"),
+            (494_032_768, "494M"),
+            (1_543_714_304, "1.5B"),
+            (9_000, "9.0K"),
+            (7_615_616_512, "7.6B"),
+        ] {
+            assert_eq!(size_label(params), label, "{params}");
+        }
     }
 
     /// The GGUF written from a tiny `model_type` directory whose config is edited by `edit`.
