@@ -126,14 +126,21 @@ fn write_quantizer_inputs() {
     let out = PathBuf::from(std::env::var("QUANTIZER_INPUTS").expect("QUANTIZER_INPUTS names a directory"));
     std::fs::create_dir_all(&out).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    for (id, _, _) in quantizer_models() {
-        let dir = generated(tmp.path(), id);
+    for (id, dir) in inputs(tmp.path()) {
         std::fs::write(
             out.join(format!("{id}.gguf")),
             gguf::from_safetensors(&dir, Quantization::F32).unwrap(),
         )
         .unwrap();
     }
+}
+
+/// The writer's inputs in `QUANTIZER.json` (`generated/<id>`), each with its model directory:
+/// the generated models, written afresh under `tmp`, and the zoo models the writer converts
+/// (`writer-zoo-<model_type>`).
+fn inputs(tmp: &Path) -> Vec<(String, PathBuf)> {
+    let generated = quantizer_models().into_iter().map(|(id, _, _)| (id.to_string(), generated(tmp, id)));
+    generated.chain(WRITTEN.into_iter().map(|m| (format!("writer-zoo-{m}"), zoo().join(m)))).collect()
 }
 
 /// `QUANTIZER.json`: per input, per mix, per tensor, llama.cpp's type.
@@ -214,18 +221,18 @@ fn the_mix_rules_give_the_zoos_tensors_llama_cpps_types() {
     assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
 }
 
-/// The writer's files of the generated models, at every mix, hold each tensor in the type
-/// llama.cpp's quantizer gave it.
+/// The writer's files of the generated models and of the zoo models it converts, at every mix,
+/// hold each tensor in the type llama.cpp's quantizer gave the same tensor of the writer's F32
+/// file.
 #[test]
 fn the_writer_quantizes_generated_models_as_llama_cpp() {
     let mut problems = Vec::new();
     let reference = reference();
     let tmp = tempfile::tempdir().unwrap();
-    for (id, _, _) in quantizer_models() {
+    for (id, dir) in inputs(tmp.path()) {
         let mixes = reference
             .get(&format!("generated/{id}"))
             .unwrap_or_else(|| panic!("QUANTIZER.json has no generated/{id}: rerun quantizer_reference.py"));
-        let dir = generated(tmp.path(), id);
         for (q, want) in mixes {
             let file = content(&gguf::from_safetensors(&dir, mix(q)).unwrap());
             let types: HashMap<String, String> = file
@@ -233,7 +240,7 @@ fn the_writer_quantizes_generated_models_as_llama_cpp() {
                 .iter()
                 .map(|(n, info)| (n.clone(), gguf::type_name(info.ggml_dtype)))
                 .collect();
-            problems.extend(differences(id, q, &types, want));
+            problems.extend(differences(&id, q, &types, want));
         }
     }
     assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));

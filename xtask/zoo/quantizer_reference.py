@@ -7,12 +7,13 @@ the project's writer to it):
 
     python3 -m venv /tmp/llama-venv
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF" \
-        /tmp/llama-venv/bin/pip install llama-cpp-python==0.3.36 gguf   # builds llama.cpp (~15 min)
+        /tmp/llama-venv/bin/pip install llama-cpp-python==0.3.36 gguf tokenizers  # builds llama.cpp (~15 min)
     QUANTIZER_INPUTS=DIR cargo test --test zoo_llama_cpp -- --ignored write_quantizer_inputs
     /tmp/llama-venv/bin/python xtask/zoo/quantizer_reference.py DIR
 
 Inputs: every `fixtures/zoo/<model_type>/converter-f32.gguf` (llama.cpp's converter's files, rows
-of 64: every K-quant falls back), and the F32 GGUFs in DIR, which the ignored test
+of 64: every K-quant falls back), and the F32 GGUFs in DIR (the writer's own conversions of the
+zoo models it converts, `writer-zoo-<model_type>`, and generated models), which the ignored test
 `write_quantizer_inputs` writes with the project's own writer from the test-model generator
 (`quantizer_models()` in tests/zoo_llama_cpp.rs: rows of 256 and 512 so K-quant blocks tile, tied and untied
 embeddings, grouped-query attention, 12 layers so `use_more_bits` picks layers). Those models are
@@ -25,7 +26,10 @@ never checks it against the tensors, and tests/zoo_llama_cpp.rs applies the same
 same file's metadata before asking the project's rules.
 
 For each input and mix it records `{tensor name: ggml type name}` as the `gguf` package reads the
-quantized file; an input llama.cpp refuses is recorded with its refusal instead.
+quantized file; an input llama.cpp refuses is recorded with its refusal instead. The writer's
+files (DIR) are also tokenized by llama.cpp (`vocab_only`) and by the `tokenizers` package from the
+`tokenizer.json` the file embeds: any text on which they part is an error, naming the file, its
+`tokenizer.ggml.pre` and the text.
 """
 
 import ctypes
@@ -83,6 +87,38 @@ def patch(src: Path, changes: dict[str, int], dst: Path) -> None:
     writer.close()
 
 
+# Texts on which pre-tokenizers part: contractions, whitespace runs, digit runs, other scripts.
+TEXTS = [
+    "Hello world",
+    "I've been told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like tea? We'Ve a'lL",
+    "  leading and trailing   ",
+    "tabs\tand\t\tnewlines\n\n\nand \r\n crlf",
+    "3 33 333 3333 33333 333333 3.3 3..3 12,345,678.90",
+    "CamelCaseWords and snake_case_words and SHOUTING",
+    "------======= !!!!!!?????? ......",
+    "нещо на Български, Ελληνικά, العربية",
+    "我想在apple工作1314151天～ こんにちは世界",
+    "🚀 (normal) ✅ 🦙🦙",
+    "fn main() {\n    println!(\"{}\", 42);\n}\n",
+]
+
+
+def tokenizes_alike(path: Path) -> str:
+    """llama.cpp's tokens for TEXTS against tokenizer.json's, for a file the writer wrote."""
+    from tokenizers import Tokenizer
+
+    reader = gguf.GGUFReader(path)
+    pre = reader.fields["tokenizer.ggml.pre"].contents()
+    hf = Tokenizer.from_str(reader.fields["tokenizer.huggingface.json"].contents())
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text in TEXTS:
+        ours = llm.tokenize(text.encode(), add_bos=False, special=False)
+        theirs = hf.encode(text, add_special_tokens=False).ids
+        if ours != theirs:
+            raise SystemExit(f"{path} (pre {pre}): llama.cpp tokenizes {text!r} as {ours}, tokenizer.json as {theirs}")
+    return pre
+
+
 def quantize(src: Path, ftype: int, dst: Path) -> dict[str, str] | str:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -101,6 +137,7 @@ def main() -> None:
     if len(sys.argv) > 1:
         for f in sorted(Path(sys.argv[1]).glob("*.gguf")):
             inputs[f"generated/{f.stem}"] = f
+            print(f"{f.name}: llama.cpp tokenizes as tokenizer.json (pre {tokenizes_alike(f)})", file=sys.stderr)
     out: dict = {"llama_cpp": f"llama-cpp-python {llama_cpp.__version__}", "inputs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model_type, changes) in PATCHED.items():
