@@ -3,6 +3,8 @@
 //! - metadata: the keys llama.cpp's converter wrote into `converter-f32.gguf`, key by key and
 //!   value by value, for every zoo architecture the writer converts ([`ALLOWED_EXTRA`],
 //!   [`ALLOWED_DIFFERENT`] list and justify what may differ);
+//! - pre-tokenizers: every `tokenizer.ggml.pre` name the reader accepts splits as llama.cpp
+//!   splits under that name (`fixtures/zoo/PRE_TOKENIZERS.json`, llama.cpp's own tokens);
 //! - quantization mixes: the type of every tensor at every mix the project writes, against the
 //!   types llama.cpp's own quantizer (`llama_model_quantize`) gave the same tensors, recorded in
 //!   `fixtures/zoo/QUANTIZER.json` by `xtask/zoo/quantizer_reference.py`: the zoo's converter
@@ -241,6 +243,38 @@ fn the_writer_quantizes_generated_models_as_llama_cpp() {
                 .map(|(n, info)| (n.clone(), gguf::type_name(info.ggml_dtype)))
                 .collect();
             problems.extend(differences(&id, q, &types, want));
+        }
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// The reader, given a GGUF's vocabulary and merges and only a `tokenizer.ggml.pre` name (no
+/// embedded tokenizer.json), tokenizes as llama.cpp tokenizes the same file under that name, for
+/// every name it accepts: `PRE_TOKENIZERS.json` holds llama.cpp's tokens.
+#[test]
+fn every_pre_tokenizer_name_splits_as_llama_cpp_splits() {
+    let text = std::fs::read_to_string(zoo().join("PRE_TOKENIZERS.json")).expect("PRE_TOKENIZERS.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("PRE_TOKENIZERS.json is JSON");
+    let texts: Vec<String> = serde_json::from_value(json["texts"].clone()).expect("texts");
+    let tokens: BTreeMap<String, Vec<Vec<u32>>> =
+        serde_json::from_value(json["tokens"].clone()).expect("tokens");
+    let names: BTreeSet<&str> = tokens.keys().map(String::as_str).collect();
+    let accepted: BTreeSet<&str> = gguf::pre_tokenizer_names().into_iter().collect();
+    assert_eq!(names, accepted, "PRE_TOKENIZERS.json's names are the reader's: rerun quantizer_reference.py");
+    let input = json["input"].as_str().expect("input").trim_end_matches(".gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = content(&gguf::from_safetensors(&generated(tmp.path(), input), Quantization::F32).unwrap());
+    let mut problems = Vec::new();
+    for (name, want) in &tokens {
+        let mut md = file.metadata.clone();
+        md.remove(gguf::HF_TOKENIZER_JSON);
+        md.insert("tokenizer.ggml.pre".into(), Value::String(name.clone()));
+        let tokenizer = gguf::tokenizer(&md).unwrap_or_else(|e| panic!("`{name}`: {e}"));
+        for (text, want) in texts.iter().zip(want) {
+            let got = tokenizer.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+            if &got != want {
+                problems.push(format!("`{name}` on {text:?}: ours {got:?}, llama.cpp {want:?}"));
+            }
         }
     }
     assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));

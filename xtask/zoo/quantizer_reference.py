@@ -29,7 +29,10 @@ For each input and mix it records `{tensor name: ggml type name}` as the `gguf` 
 quantized file; an input llama.cpp refuses is recorded with its refusal instead. The writer's
 files (DIR) are also tokenized by llama.cpp (`vocab_only`) and by the `tokenizers` package from the
 `tokenizer.json` the file embeds: any text on which they part is an error, naming the file, its
-`tokenizer.ggml.pre` and the text.
+`tokenizer.ggml.pre` and the text. And `fixtures/zoo/PRE_TOKENIZERS.json`: llama.cpp's tokens of
+the same texts for every pre-tokenizer name the project's reader accepts, on one writer file's
+vocabulary with its embedded tokenizer.json removed (tests/zoo_llama_cpp.rs asks the reader the
+same).
 """
 
 import ctypes
@@ -65,17 +68,19 @@ PATCHED = {
 }
 
 
-def patch(src: Path, changes: dict[str, int], dst: Path) -> None:
-    """`src` with the u32 values of `changes` replaced, everything else as it was."""
+def patch(src: Path, changes: dict, dst: Path, remove: tuple[str, ...] = ()) -> None:
+    """`src` with the values of `changes` replaced (same types) and the keys `remove` dropped."""
     reader = gguf.GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(dst, arch=arch)
     for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name in remove:
             continue
         kind = field.types[0]
         sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
         value = changes.get(field.name, field.contents())
+        if kind == gguf.GGUFValueType.ARRAY and len(value) == 0:
+            continue  # gguf-py writes no empty array (the writer's empty `modelqa.fallbacks`)
         writer.add_key_value(field.name, value, kind, sub_type=sub)
     for tensor in reader.tensors:
         writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
@@ -119,6 +124,37 @@ def tokenizes_alike(path: Path) -> str:
     return pre
 
 
+# Every `tokenizer.ggml.pre` name the project's reader accepts (`PRE_TOKENIZERS` in
+# harness/src/format/gguf/pre.rs), tokenized by llama.cpp itself.
+PRE_NAMES = [
+    "default", "gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "llama-bpe", "llama3", "llama-v3",
+    "dbrx", "smaug-bpe", "falcon3", "pixtral", "qwen2", "stablelm2", "deepseek-r1-qwen", "qwen35",
+    "starcoder", "refact", "command-r", "smollm", "codeshell", "tekken", "gpt-4o", "llama4",
+]
+# The writer's file whose vocabulary the names are tried on, and where the answers go.
+PRE_INPUT = "llama-256-untied-9l.gguf"
+PRE_OUT = ZOO / "PRE_TOKENIZERS.json"
+
+
+def pre_tokenizer_reference(inputs_dir: Path, tmp: Path) -> None:
+    """llama.cpp's tokens of TEXTS under each name, from the vocabulary and merges alone (the
+    embedded tokenizer.json removed), as tests/zoo_llama_cpp.rs asks the project's reader."""
+    tokens = {}
+    for name in PRE_NAMES:
+        dst = tmp / f"pre-{name}.gguf"
+        patch(inputs_dir / PRE_INPUT, {"tokenizer.ggml.pre": name}, dst, remove=("tokenizer.huggingface.json",))
+        llm = llama_cpp.Llama(model_path=str(dst), vocab_only=True, verbose=False)
+        tokens[name] = [llm.tokenize(t.encode(), add_bos=False, special=False) for t in TEXTS]
+        del llm
+    out = {"llama_cpp": f"llama-cpp-python {llama_cpp.__version__}", "input": PRE_INPUT, "texts": TEXTS}
+    lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in out.items()]
+    lines.append(' "tokens": {')
+    for i, (name, ids) in enumerate(tokens.items()):
+        lines.append(f"  {json.dumps(name)}: {json.dumps(ids)}" + ("," if i < len(tokens) - 1 else ""))
+    lines += [" }", "}"]
+    PRE_OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def quantize(src: Path, ftype: int, dst: Path) -> dict[str, str] | str:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -155,6 +191,9 @@ def main() -> None:
             out["inputs"][name] = entry
             print(name, "refused" if "refused" in entry else "ok", file=sys.stderr)
     OUT.write_text(render(out))
+    if len(sys.argv) > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            pre_tokenizer_reference(Path(sys.argv[1]), Path(tmp))
 
 
 def render(out: dict) -> str:

@@ -33,7 +33,7 @@ pub(crate) use agree::{FileFacts, against_config, against_expectations, against_
 pub(crate) use check::{GgufError, check_model, open, read};
 
 pub use mix::{MixModel, fallback, type_name, wanted_type, written_type};
-pub use pre::PreTokenizerError;
+pub use pre::{PreTokenizerError, pre_tokenizer_names};
 pub use read::{
     Dequantized, Stored, dequantize, dequantized_config, hf_files, read_stored, to_apr, to_safetensors,
     tokenizer,

@@ -149,7 +149,12 @@ pub(super) fn name_of(tokenizer: &Value) -> Result<&'static str, PreTokenizerErr
 
 /// Every name the reader accepts, for an error that refuses another.
 pub(super) fn known_names() -> String {
-    PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect::<Vec<_>>().join(", ")
+    pre_tokenizer_names().join(", ")
+}
+
+/// Every `tokenizer.ggml.pre` name the reader accepts.
+pub fn pre_tokenizer_names() -> Vec<&'static str> {
+    PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect()
 }
 
 /// The split regexes of a llama.cpp pre-tokenizer name.
