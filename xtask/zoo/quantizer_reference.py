@@ -130,6 +130,7 @@ PRE_NAMES = [
     "default", "gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "llama-bpe", "llama3", "llama-v3",
     "dbrx", "smaug-bpe", "falcon3", "pixtral", "qwen2", "stablelm2", "deepseek-r1-qwen", "qwen35",
     "starcoder", "refact", "command-r", "smollm", "codeshell", "tekken", "gpt-4o", "llama4",
+    "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon",
 ]
 # The writer's file whose vocabulary the names are tried on, and where the answers go.
 PRE_INPUT = "llama-256-untied-9l.gguf"

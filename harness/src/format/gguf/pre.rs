@@ -14,9 +14,11 @@
 //! an entry, the one llama.cpp's converter writes for the best-known model of that split (Llama 3,
 //! Qwen2, GPT-2, StarCoder, …); the reader accepts every name.
 //!
-//! Not here, because their `tokenizer.json` spelling could not be checked against llama.cpp's
-//! port: deepseek-llm, deepseek-coder, deepseek-v3, falcon (a `Punctuation` step), chameleon,
-//! bloom and poro, viking; the writer refuses a tokenizer with such a split, naming the split.
+//! Not here: chameleon, bloom and poro, viking, and the rest of llama.cpp's rarer names; the
+//! writer refuses a tokenizer with such a split, naming the split, and the reader the name.
+//! Falcon's own tokenizer.json spells its first step as `Punctuation`, which the writer does not
+//! map, so Falcon's tokenizer is refused; `falcon` is written only for a tokenizer.json that
+//! spells the same chain as `Split` steps.
 
 use serde_json::Value;
 
@@ -66,6 +68,39 @@ pub(super) const PRE_TOKENIZERS: &[PreTokenizer] = &[
         names: &["gpt-4o", "llama4"],
         splits: &[
             r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
+    },
+    // DeepSeek's and Falcon's chains, as llama.cpp splits them (its regexes are the
+    // tokenizer.json's `Split` steps; `\p{N}` and `\p{N}+` are `Digits`, individual or not).
+    PreTokenizer {
+        names: &["deepseek-llm"],
+        splits: &[
+            "[\r\n]",
+            "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+            "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+            "\\s+$",
+            "[一-龥ࠀ-一가-퟿]+",
+            "\\p{N}+",
+        ],
+    },
+    PreTokenizer {
+        names: &["deepseek-coder"],
+        splits: &["[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[一-龥ࠀ-一가-퟿]+", "\\p{N}"],
+    },
+    PreTokenizer {
+        names: &["deepseek-v3"],
+        splits: &[
+            "\\p{N}{1,3}",
+            "[一-龥぀-ゟ゠-ヿ]+",
+            "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+        ],
+    },
+    PreTokenizer {
+        names: &["falcon"],
+        splits: &[
+            "[\\p{P}\\$\\+<=>\\^~\\|`]+",
+            "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
+            "[0-9][0-9][0-9]",
         ],
     },
     // llama.cpp's own split for a file that names none (or `default`); never written.
