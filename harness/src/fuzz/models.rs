@@ -8,8 +8,24 @@ use std::path::Path;
 use crate::format::hparams::Hyperparameters;
 
 /// The words of the tiny tokenizer, id by position; `<eos>` ends a sequence.
-const WORDS: [&str; 16] =
-    ["<eos>", "<unk>", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n"];
+const WORDS: [&str; 16] = [
+    "<eos>",
+    "\u{0120}",
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "f",
+    "g",
+    "\u{0120}a",
+    "\u{0120}b",
+    "\u{0120}c",
+    "\u{0120}d",
+    "\u{0120}e",
+    "\u{0120}f",
+    "\u{0120}g",
+];
 
 /// The prompt an iteration generates from: words the tokenizer knows.
 pub(crate) const PROMPT: &str = "a b c";
@@ -45,7 +61,9 @@ pub(crate) fn config(model_type: &str) -> serde_json::Value {
     config
 }
 
-/// The tiny word-level tokenizer, as `tokenizer.json`.
+/// The tiny tokenizer, as `tokenizer.json`: a byte-level BPE (GPT-2's split, so a GGUF names it
+/// `gpt-2`) over the letters a to g, each also after `Ġ`, the byte-level space: a word is one
+/// token, so `a b c` is three.
 pub(crate) fn tokenizer() -> String {
     let vocab: serde_json::Map<String, serde_json::Value> =
         WORDS.iter().enumerate().map(|(i, w)| (w.to_string(), i.into())).collect();
@@ -58,10 +76,10 @@ pub(crate) fn tokenizer() -> String {
             "normalized": false, "special": true
         }],
         "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
         "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "vocab": vocab, "merges": WORDS[9..].iter().map(|w| format!("\u{0120} {}", &w[2..])).collect::<Vec<_>>()},
     })
     .to_string()
 }

@@ -260,12 +260,17 @@ fn no_silent_fallback(source: &Path, artifact: &Path, format: Format) -> Result<
                 .and_then(|v| v.to_vec().ok())
                 .map(|v| v.iter().filter_map(|s| s.to_string().ok().cloned()).collect())
                 .unwrap_or_default();
-            let layers = dst.keys().filter(|k| k.ends_with("input_layernorm.weight")).count();
+            let names: Vec<String> =
+                dst.keys().map(|name| crate::format::gguf::gguf_name(name).unwrap_or_default()).collect();
+            let model = crate::format::gguf::MixModel::from_metadata(
+                &file.metadata,
+                names.iter().map(String::as_str),
+            );
             let mut fallbacks = 0;
             for (name, v) in &dst {
                 let g = crate::format::gguf::gguf_name(name).unwrap_or_default();
                 let dims: Vec<usize> = v.shape.iter().map(|&d| d as usize).collect();
-                let wanted = crate::format::gguf::wanted_type(q, &g, &dims, layers)?;
+                let wanted = crate::format::gguf::wanted_type(q, &g, &dims, &model)?;
                 if ggml_name(wanted) != v.dtype {
                     if !listed.iter().any(|l| l.starts_with(&format!("{g}:"))) {
                         return Err(InvariantError::SilentFallback {

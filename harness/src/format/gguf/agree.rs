@@ -310,17 +310,21 @@ pub(crate) fn file_type(q: Quantization) -> u32 {
 /// llama.cpp's higher-bit choices and the block fallbacks.
 fn matrix_types(q: Quantization) -> &'static [GgmlDType] {
     use GgmlDType::*;
+    // The mix's own type first; then what llama.cpp's rules (`mix.rs`) and their fallbacks give
+    // some matrices: Q6_K/Q8_0 for the head, Q8_0 for attention with 8 experts, Q5_K for a 70B's
+    // attn_v or an 8-expert attn_output, and f32 for what is never quantized (a mixture's router,
+    // learned positions).
     match q {
         Quantization::F32 => &[F32],
-        Quantization::F16 => &[F16],
-        Quantization::Q8_0 => &[Q8_0, F16],
-        Quantization::Q6K => &[Q6K, Q8_0, F16],
-        Quantization::Q5_0 => &[Q5_0, Q6K, Q8_0, F16],
-        Quantization::Q4_0 => &[Q4_0, Q6K, Q8_0, F16],
-        Quantization::Q5KM => &[Q5K, Q5_1, Q6K, Q8_0, F16],
-        Quantization::Q4KM => &[Q4K, Q5_0, Q6K, Q8_0, F16],
-        Quantization::Q3KM => &[Q3K, Q5_0, Q4K, Q5K, Q6K, Q8_0, F16],
-        Quantization::Q2K => &[Q2K, Q5_0, Q3K, Q4K, Q6K, Q8_0, F16],
+        Quantization::F16 => &[F16, F32],
+        Quantization::Q8_0 => &[Q8_0, F16, F32],
+        Quantization::Q6K => &[Q6K, Q8_0, F16, F32],
+        Quantization::Q5_0 => &[Q5_0, Q6K, Q8_0, F16, F32],
+        Quantization::Q4_0 => &[Q4_0, Q6K, Q8_0, F16, F32],
+        Quantization::Q5KM => &[Q5K, Q5_1, Q6K, Q8_0, F16, F32],
+        Quantization::Q4KM => &[Q4K, Q5_0, Q5K, Q5_1, Q6K, Q8_0, F16, F32],
+        Quantization::Q3KM => &[Q3K, Q4_0, Q4K, Q5_0, Q5K, Q5_1, Q6K, Q8_0, F16, F32],
+        Quantization::Q2K => &[Q2K, Q4_0, Q3K, Q4K, Q5_0, Q5K, Q5_1, Q6K, Q8_0, F16, F32],
     }
 }
 

@@ -7,15 +7,14 @@
 //! as llama.cpp's converter does, so interleaved rotary embeddings compute what the Hugging
 //! Face model computes; qwen2 keeps its layout (its rotary embedding is the NeoX one).
 //!
-//! Quantization mixes follow llama.cpp's `llama_tensor_get_type`: 1-D tensors stay f32; the
-//! `_m` mixes give `output.weight` Q6_K and `attn_v`/`ffn_down` Q6_K in the layers
-//! `use_more_bits` picks. A tensor whose rows a K-quant block cannot tile falls back as
-//! llama.cpp falls back (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16), and every fallback
-//! is listed in the file's `modelqa.fallbacks` metadata: nothing changes type silently.
+//! Quantization mixes follow llama.cpp's `llama_tensor_get_type` (`mix.rs`, which lists the
+//! rules): a tensor whose rows a block cannot tile falls back as llama.cpp falls back, and every
+//! fallback is listed in the file's `modelqa.fallbacks` metadata: nothing changes type silently.
 //!
-//! Writing is in `write.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and what a file
-//! claims against the model's own files in `agree.rs`; this file holds the metadata keys, the errors
-//! and the mapping between Hugging Face and GGUF names.
+//! Writing is in `write.rs` (the tokenizer's metadata in `vocab.rs`, its pre-tokenizer's name
+//! from `pre.rs`), the mixes in `mix.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and
+//! what a file claims against the model's own files in `agree.rs`; this file holds the metadata
+//! keys, the errors and the mapping between Hugging Face and GGUF names.
 
 use std::path::Path;
 
@@ -24,17 +23,22 @@ use crate::matrix::Quantization;
 
 mod agree;
 mod check;
+mod mix;
+mod pre;
 mod read;
+mod vocab;
 mod write;
 
 pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
 pub(crate) use check::{GgufError, check_model, open, read};
 
+pub use mix::{MixModel, fallback, type_name, wanted_type, written_type};
+pub use pre::{PreTokenizerError, pre_tokenizer_names};
 pub use read::{
     Dequantized, Stored, dequantize, dequantized_config, hf_files, read_stored, to_apr, to_safetensors,
     tokenizer,
 };
-pub use write::{from_safetensors, permute_qk, wanted_type};
+pub use write::{from_safetensors, permute_qk};
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.
 pub const HF_TOKENIZER_JSON: &str = "tokenizer.huggingface.json";
@@ -64,7 +68,8 @@ pub enum GgufTokenizerError {
     MissingKey(String),
     /// A `tokenizer.ggml.pre` whose split regex this reader does not know.
     #[error(
-        "pre-tokenizer `{0}` (tokenizer.ggml.pre) is not supported (default, gpt-2, qwen2, llama-bpe are)"
+        "pre-tokenizer `{0}` (tokenizer.ggml.pre) is not supported (known: {known})",
+        known = pre::known_names()
     )]
     UnsupportedPre(String),
     /// The BOS/EOS template does not build.

@@ -15,24 +15,10 @@ use super::{
 use crate::format::apr::{AprDType, AprFile, AprTensor};
 use crate::format::convert::{ConvertError, HfFiles};
 
-/// The split regex of each llama.cpp pre-tokenizer (`tokenizer.ggml.pre`) this reader knows, as
-/// llama.cpp's `llm_tokenizer_bpe` spells it; `default` and `gpt-2` are GPT-2's own regex, which
-/// the byte-level pre-tokenizer applies itself.
-const PRE_TOKENIZERS: &[(&str, &str)] = &[
-    (
-        "qwen2",
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    ),
-    (
-        "llama-bpe",
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    ),
-];
-
 /// The tokenizer a GGUF file carries: the whole `tokenizer.json` where it is embedded, else a
 /// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model),
-/// split as its `tokenizer.ggml.pre` names (an unknown one is an error, never GPT-2's regex in
-/// its place), with its control tokens as special tokens, and BOS/EOS added as
+/// split as its `tokenizer.ggml.pre` names (the splits of `pre.rs`, the table the writer names
+/// by; no name is llama.cpp's `default` split, an unknown one an error), with its control tokens as special tokens, and BOS/EOS added as
 /// `tokenizer.ggml.add_bos_token`/`add_eos_token` say (llama.cpp's default where a key is absent:
 /// no BOS for `gpt2`).
 pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
@@ -48,17 +34,11 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
     if kind != "gpt2" {
         return Err(GgufTokenizerError::UnsupportedModel(kind));
     }
+    // No name is llama.cpp's `default` split (with its warning that quality will suffer).
     let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
-    let split = match pre.as_deref() {
-        None | Some("default" | "gpt-2") => None,
-        Some(name) => Some(
-            PRE_TOKENIZERS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, regex)| *regex)
-                .ok_or_else(|| GgufTokenizerError::UnsupportedPre(name.to_string()))?,
-        ),
-    };
+    let pre = pre.as_deref().unwrap_or("default");
+    let splits =
+        super::pre::splits_of(pre).ok_or_else(|| GgufTokenizerError::UnsupportedPre(pre.to_string()))?;
     let strings = |key: &str| string_list(md, key);
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
@@ -70,24 +50,21 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
     let bpe =
         BPE::builder().vocab_and_merges(vocab, merges).build().map_err(GgufTokenizerError::Vocabulary)?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    match split {
-        None => {
-            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        }
-        Some(regex) => {
-            use tokenizers::pre_tokenizers::sequence::Sequence;
-            use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    {
+        use tokenizers::pre_tokenizers::sequence::Sequence;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+        let mut steps: Vec<tokenizers::pre_tokenizers::PreTokenizerWrapper> = Vec::new();
+        for regex in splits {
             let split = Split::new(
                 SplitPattern::Regex(regex.to_string()),
                 tokenizers::SplitDelimiterBehavior::Isolated,
                 false,
             )
             .map_err(GgufTokenizerError::Vocabulary)?;
-            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
-                split.into(),
-                ByteLevel::new(false, true, false).into(),
-            ])));
+            steps.push(split.into());
         }
+        steps.push(ByteLevel::new(false, true, false).into());
+        tokenizer.with_pre_tokenizer(Some(Sequence::new(steps)));
     }
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let types = md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok());

@@ -1,19 +1,16 @@
 //! Safetensors → GGUF: the tensors in llama.cpp's names, layout and quantization mixes (with
 //! their block fallbacks listed), and the tokenizer and Hugging Face files as metadata.
 
-use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
 
+use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::{
-    FALLBACKS, HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER_CONFIG, HF_TOKENIZER_JSON, UnimplementedMix,
-    architecture, err, gguf_name, layer_of,
-};
+use super::mix::{MixModel, wanted_type, written_type};
+use super::{FALLBACKS, HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER_CONFIG, architecture, err, gguf_name};
 use crate::format::convert::ConvertError;
 use crate::matrix::Quantization;
 
@@ -35,50 +32,23 @@ pub fn permute_qk(t: &Tensor, heads: usize, inverse: bool) -> candle_core::Resul
     t.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
-/// `i` of `n` layers gets more bits in the `_m` mixes (llama.cpp's `use_more_bits`).
-fn use_more_bits(i: usize, n: usize) -> bool {
-    let first = n / 8;
-    i < first || i >= 7 * n / 8 || (i - first) % 3 == 2
-}
-
-/// The type a tensor is written in at `q`, before any block fallback; invariant I-3 checks every
-/// tensor of a GGUF file against it.
-pub fn wanted_type(
-    q: Quantization,
-    name: &str,
-    dims: &[usize],
-    layers: usize,
-) -> Result<GgmlDType, UnimplementedMix> {
-    if dims.len() < 2 {
-        return Ok(GgmlDType::F32);
-    }
-    let more_bits = |base: GgmlDType| {
-        let tensor = name.rsplit_once('.').map_or(name, |(a, _)| a);
-        let more = (tensor.ends_with("attn_v") || tensor.ends_with("ffn_down"))
-            && layer_of(name).is_some_and(|i| use_more_bits(i, layers));
-        if name == "output.weight" || more { GgmlDType::Q6K } else { base }
+/// gguf-py's `size_label` of a model without experts: its parameter count in K, M, B or T,
+/// with at least two significant digits (`140K`, `1.5B`).
+fn size_label(params: usize) -> String {
+    let n = params as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
     };
-    Ok(match q {
-        Quantization::F32 => GgmlDType::F32,
-        Quantization::F16 => GgmlDType::F16,
-        Quantization::Q8_0 => GgmlDType::Q8_0,
-        Quantization::Q6K => GgmlDType::Q6K,
-        Quantization::Q5_0 => GgmlDType::Q5_0,
-        Quantization::Q4_0 => GgmlDType::Q4_0,
-        Quantization::Q5KM => more_bits(GgmlDType::Q5K),
-        Quantization::Q4KM => more_bits(GgmlDType::Q4K),
-        Quantization::Q3KM | Quantization::Q2K => return Err(UnimplementedMix(q)),
-    })
-}
-
-/// llama.cpp's fallback for rows a block cannot tile.
-fn fallback(t: GgmlDType) -> GgmlDType {
-    match t {
-        GgmlDType::Q4K | GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q5_0,
-        GgmlDType::Q5K => GgmlDType::Q5_1,
-        GgmlDType::Q6K => GgmlDType::Q8_0,
-        _ => GgmlDType::F16,
-    }
+    let whole = (scaled.round_ties_even() as u64).to_string();
+    let digits = whole.trim_start_matches('0').len();
+    let fix = 2usize.saturating_sub(digits);
+    format!("{scaled:.fix$}{suffix}")
 }
 
 fn u32_of(config: &serde_json::Value, key: &str) -> Option<u32> {
@@ -95,14 +65,11 @@ fn quantize_tensor(
     hf: &str,
     name: &str,
     t: &Tensor,
-    layers: usize,
+    model: &MixModel,
 ) -> Result<Written, ConvertError> {
-    let wanted = wanted_type(q, name, t.dims(), layers)?;
+    let wanted = wanted_type(q, name, t.dims(), model)?;
+    let written = written_type(q, name, t.dims(), model)?;
     let row = *t.dims().last().unwrap_or(&1);
-    let mut written = wanted;
-    while !row.is_multiple_of(written.block_size()) {
-        written = fallback(written);
-    }
     let qt = QTensor::quantize(t, written)
         .map_err(|e| ConvertError::Unsupported(format!("quantizing `{hf}` to {written:?}: {e}")))?;
     let note = (written != wanted).then(|| format!("{name}: {wanted:?} → {written:?} (rows of {row})"));
@@ -127,6 +94,9 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     if let Some(problem) = hyper.shape_problems(&shapes).first() {
         return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
     }
+    // The converter writes key and value widths only where config.json states `head_dim`
+    // (normalising may fill one in).
+    let stated_head_dim = u32_of(&config, "head_dim");
     // Either of transformers' spellings (a 5.x `rope_parameters` base must not become the
     // default 10,000), and what the file cannot carry stops the conversion by name.
     let config = crate::format::hf_config::normalise(&config_path, &config)
@@ -175,6 +145,14 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         }
     }
     named.sort_by(|a, b| a.1.cmp(&b.1));
+    let model = MixModel::new(
+        arch,
+        layers as usize,
+        0,
+        heads as usize,
+        kv_heads as usize,
+        named.iter().map(|(_, name, _)| name.as_str()),
+    );
     // Large models show a bar on a terminal: tensors done, and parameters, which tensors of very
     // different sizes make the better measure of the work left.
     let total: usize = named.iter().map(|(_, _, t)| t.elem_count()).sum();
@@ -187,7 +165,7 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     let quantized: Vec<Result<Written, ConvertError>> = named
         .par_iter()
         .map(|(hf, name, t)| {
-            let written = quantize_tensor(q, hf, name, t, layers as usize);
+            let written = quantize_tensor(q, hf, name, t, &model);
             let after = done.fetch_add(t.elem_count(), std::sync::atomic::Ordering::Relaxed) + t.elem_count();
             bar.set_message(format!("tensors, {}/{} M parameters", after / 1_000_000, total / 1_000_000));
             bar.inc(1);
@@ -203,6 +181,8 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
             "general.name".into(),
             Value::String(dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into())),
         ),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.size_label".into(), Value::String(size_label(total))),
         ("general.file_type".into(), Value::U32(super::agree::file_type(q))),
         ("general.quantization_version".into(), Value::U32(2)),
         (
@@ -224,7 +204,17 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         (format!("{arch}.rope.freq_base"), Value::F32(rope_theta as f32)),
         (format!("{arch}.rope.dimension_count"), Value::U32(head_dim)),
     ];
-    md.extend(tokenizer_metadata(dir, &config)?);
+    if let Some(d) = stated_head_dim {
+        md.push((format!("{arch}.attention.key_length"), Value::U32(d)));
+        md.push((format!("{arch}.attention.value_length"), Value::U32(d)));
+    }
+    // LlamaModel writes the vocabulary size; Qwen2Model does not.
+    if arch == "llama"
+        && let Some(v) = u32_of(&config, "vocab_size")
+    {
+        md.push((format!("{arch}.vocab_size"), Value::U32(v)));
+    }
+    md.extend(super::vocab::tokenizer_metadata(dir, &config, arch)?);
     for (key, file) in [
         (HF_CONFIG, "config.json"),
         (HF_TOKENIZER_CONFIG, "tokenizer_config.json"),
@@ -244,73 +234,6 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     Ok(out.into_inner())
 }
 
-/// The tokenizer as llama.cpp's converter writes a BPE one (`gpt2`: tokens, types, merges, bos
-/// and eos), the whole `tokenizer.json` under [`HF_TOKENIZER_JSON`], and the chat template.
-fn tokenizer_metadata(dir: &Path, config: &serde_json::Value) -> Result<Vec<(String, Value)>, ConvertError> {
-    let path = dir.join("tokenizer.json");
-    let text = crate::format::files::read_bounded(&path, crate::format::tokenizer_json::MAX_BYTES)
-        .map_err(|e| err(&path, e))?;
-    let tok: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
-    let mut by_id: BTreeMap<u64, (String, i32)> = BTreeMap::new();
-    if let Some(vocab) = tok["model"]["vocab"].as_object() {
-        for (t, id) in vocab {
-            if let Some(id) = id.as_u64() {
-                by_id.insert(id, (t.clone(), 1));
-            }
-        }
-    }
-    for added in tok["added_tokens"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) {
-            let kind = if added["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
-            by_id.insert(id, (content.to_string(), kind));
-        }
-    }
-    let rows =
-        u32_of(config, "vocab_size").map_or(0, u64::from).max(by_id.keys().next_back().map_or(0, |m| m + 1));
-    let mut tokens = Vec::with_capacity(rows as usize);
-    let mut types = Vec::with_capacity(rows as usize);
-    for id in 0..rows {
-        let (t, kind) = by_id.remove(&id).unwrap_or_else(|| (format!("[PAD{id}]"), 5));
-        tokens.push(Value::String(t));
-        types.push(Value::I32(kind));
-    }
-    let merges: Vec<Value> = tok["model"]["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(pair) => {
-                Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?))
-            }
-            _ => None,
-        })
-        .map(Value::String)
-        .collect();
-    let mut md = vec![
-        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
-        ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
-        (HF_TOKENIZER_JSON.to_string(), Value::String(text)),
-    ];
-    for (key, field) in
-        [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")]
-    {
-        if let Some(id) = config[field].as_u64().or_else(|| config[field][0].as_u64()) {
-            md.push((key.to_string(), Value::U32(id as u32)));
-        }
-    }
-    let tc_path = dir.join("tokenizer_config.json");
-    if let Ok(tc) = crate::format::files::read_side_file(&tc_path) {
-        let tc: serde_json::Value = serde_json::from_str(&tc).map_err(|e| err(&tc_path, e))?;
-        if let Some(template) = crate::chat::ChatTemplate::from_tokenizer_config(&tc) {
-            md.push(("tokenizer.chat_template".to_string(), Value::String(template.source)));
-        }
-    }
-    Ok(md)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -328,22 +251,19 @@ mod tests {
         assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 1., 2., 3., 4., 5., 6., 7.]);
     }
 
+    /// gguf-py's labels: two significant digits at least, its rounding (Qwen2.5-0.5B's 494 M,
+    /// 1.5B's 1.54 B, a 9,000-parameter toy).
     #[test]
-    fn the_m_mixes_give_more_bits_where_llama_cpp_does() {
-        let dims = [256, 256];
-        let t = |name: &str| wanted_type(Quantization::Q4KM, name, &dims, 24).unwrap();
-        assert_eq!(t("output.weight"), GgmlDType::Q6K);
-        assert_eq!(t("blk.0.attn_v.weight"), GgmlDType::Q6K);
-        assert_eq!(t("blk.4.attn_v.weight"), GgmlDType::Q4K);
-        assert_eq!(t("blk.5.ffn_down.weight"), GgmlDType::Q6K); // (5 - 3) % 3 == 2
-        assert_eq!(t("blk.23.ffn_down.weight"), GgmlDType::Q6K);
-        assert_eq!(t("blk.4.attn_q.weight"), GgmlDType::Q4K);
-        assert_eq!(
-            wanted_type(Quantization::Q4KM, "blk.0.attn_norm.weight", &[256], 24).unwrap(),
-            GgmlDType::F32
-        );
-        assert_eq!(fallback(GgmlDType::Q4K), GgmlDType::Q5_0);
-        assert_eq!(fallback(GgmlDType::Q6K), GgmlDType::Q8_0);
+    fn size_labels_are_gguf_pys() {
+        for (params, label) in [
+            (140_096, "140K"),
+            (494_032_768, "494M"),
+            (1_543_714_304, "1.5B"),
+            (9_000, "9.0K"),
+            (7_615_616_512, "7.6B"),
+        ] {
+            assert_eq!(size_label(params), label, "{params}");
+        }
     }
 
     /// The GGUF written from a tiny `model_type` directory whose config is edited by `edit`.
