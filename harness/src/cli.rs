@@ -30,6 +30,7 @@ use crate::vocab::{Gate, Invariant, ServerCheck};
 /// process has one thread.
 pub fn qualify_main() -> ExitCode {
     crate::engine::size_thread_pools();
+    crate::engine::return_freed_memory();
     match guarded(|| qualify(Arguments::from_args())) {
         Ok(code) => code,
         Err(failure) => {
