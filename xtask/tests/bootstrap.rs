@@ -100,3 +100,36 @@ fn a_model_without_a_chat_template_runs_run_only_and_a_directory_without_config_
     assert!(!out.status.success());
     assert!(said(&out).contains("nobody/nothing-here is not here"), "{}", said(&out));
 }
+
+#[test]
+fn every_architecture_fixture_gets_a_playbook_whose_trials_list() {
+    let pb = playbooks();
+    let mut fixtures: Vec<PathBuf> = Vec::new();
+    for dir in ["fixtures/zoo", "fixtures/qa-tiny"] {
+        for e in std::fs::read_dir(root().join(dir)).expect("fixtures") {
+            let path = e.expect("entry").path();
+            if path.join("config.json").is_file() {
+                fixtures.push(path);
+            }
+        }
+    }
+    fixtures.sort();
+    assert!(fixtures.len() >= 19, "16 zoo architectures and qa-tiny's three: {fixtures:?}");
+    for (i, model) in fixtures.iter().enumerate() {
+        let family = format!("fx{i}");
+        let out =
+            bootstrap(pb.path(), &[model.to_str().expect("utf-8"), "--tier", "mvp", "--family", &family]);
+        assert!(out.status.success(), "{}: {}", model.display(), said(&out));
+    }
+    // What `--list` lists: every family's trials, expanded from the written playbooks.
+    let (playbooks, _) = modelqa::support::playbook::load_all(pb.path()).expect("the playbooks load");
+    let plan = modelqa::support::expand::Plan::new(playbooks);
+    for i in 0..fixtures.len() {
+        let filter = modelqa::support::expand::Filter {
+            filter: Some(format!("fx{i}::mvp::")),
+            exact: false,
+            skip: Vec::new(),
+        };
+        assert!(plan.select(&filter).len() > 50, "{}: too few trials", fixtures[i].display());
+    }
+}
