@@ -5,7 +5,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,7 @@ impl RunContext {
                     &key,
                     model_dir,
                     shipped.clone(),
-                    Start { policy, started, released: released.clone() },
+                    Start { policy, started, released: released.clone(), waits: Arc::default() },
                 )
             }
         };
@@ -124,6 +124,7 @@ impl RunContext {
     ) -> Finding {
         let timeout = spec.tier.timeout;
         let deadline = start.started + timeout;
+        let waits = Arc::clone(&start.waits);
         let (tx, rx) = mpsc::channel();
         let body = {
             let (ctx, spec, key) = (Arc::clone(self), spec.clone(), key.clone());
@@ -145,8 +146,22 @@ impl RunContext {
             );
         }
         let grace = (timeout / 4).clamp(WATCHDOG_GRACE_MIN, WATCHDOG_GRACE_MAX);
-        match rx.recv_timeout((deadline + grace).saturating_duration_since(Instant::now())) {
-            Ok((finding, ended)) => late(finding, ended, deadline, timeout),
+        // Time spent waiting for room in the memory budget is not the trial's: its deadline moves
+        // by it, and a trial still waiting is never called hung.
+        let received = loop {
+            let step = if waits.waiting() {
+                Duration::from_millis(500)
+            } else {
+                (deadline + waits.waited() + grace).saturating_duration_since(Instant::now())
+            };
+            match rx.recv_timeout(step) {
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if waits.waiting() || Instant::now() < deadline + waits.waited() + grace => {}
+                other => break other,
+            }
+        };
+        match received {
+            Ok((finding, ended)) => late(finding, ended, deadline + waits.waited(), timeout),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let why = format!(
                     "{} hung: it did not return within its {}s timeout and {}s of grace",
@@ -174,12 +189,47 @@ impl RunContext {
     }
 }
 
-/// When a trial started, under which failure policy, and whether its uses of sessions ended.
+/// When a trial started, under which failure policy, whether its uses of sessions ended, and how
+/// long it waited for room in the memory budget.
 struct Start {
     policy: FailurePolicy,
     started: Instant,
     released: Arc<AtomicBool>,
+    waits: Arc<Waits>,
 }
+
+/// The time a trial's body waited for room in the memory budget, which its timeout does not
+/// count: the body moves its deadline by it, and the watchdog its own.
+#[derive(Default)]
+struct Waits {
+    waiting: AtomicBool,
+    waited_ns: AtomicU64,
+}
+
+impl Waits {
+    fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::SeqCst))
+    }
+
+    /// Runs `admit` as a wait that does not count.
+    fn uncounted<T>(&self, admit: impl FnOnce() -> T) -> T {
+        let began = Instant::now();
+        self.waiting.store(true, Ordering::SeqCst);
+        let admitted = admit();
+        self.waited_ns.fetch_add(began.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        self.waiting.store(false, Ordering::SeqCst);
+        admitted
+    }
+}
+
+/// The longest a trial waits for room in the memory budget. Some admitted trial is always
+/// running (or the waiter unloads idle sessions), so a wait ends; this bounds one behind trials
+/// that are slow rather than hung.
+const ADMISSION_WAIT_MAX: Duration = Duration::from_secs(3600);
 
 /// Ends a trial's uses of its sessions when dropped ([`RunContext::release_once`]).
 struct Release<'a> {
@@ -270,7 +320,23 @@ fn execute(
             );
         }
     };
-    // Checks that read files only load no session; their records name the files they read.
+    // Checks that read files only load no session; what they read (a whole APR or GGUF file and
+    // its copies, the ground truth beside it) is admitted within the memory budget as a
+    // session is, for as long as they run. Their records name the files they read.
+    let _reading = if spec.kind.loads_session() {
+        None
+    } else {
+        let bytes = reading_bytes(model_dir, &artifact, spec.name.format);
+        let admitted = start.waits.uncounted(|| {
+            ctx.sessions.admit_reading(&spec.full_name, bytes, Instant::now() + ADMISSION_WAIT_MAX)
+        });
+        match admitted {
+            Ok(admission) => Some(admission),
+            Err(no_room) => {
+                return Finding::new(Outcome::Skipped, Decider::Policy, format!("not run: {no_room}"));
+            }
+        }
+    };
     let file_only = match spec.kind {
         TrialKind::Differential(DiffKind::Invariant(inv)) => {
             Some(checks::differential::run_invariant(spec, model_dir, &artifact, inv))
@@ -297,12 +363,15 @@ fn execute(
     // the memory budget before either loads; the admission holds them until the trial ends.
     let mut uses = vec![key.clone()];
     uses.extend(reference_key(spec));
-    let admission = match ctx.sessions.admit(&uses, deadline) {
-        Ok(admission) => admission,
-        Err(no_room) => {
-            return Finding::new(Outcome::Skipped, Decider::Policy, format!("not run: {no_room}"));
-        }
-    };
+    let admission =
+        match start.waits.uncounted(|| ctx.sessions.admit(&uses, Instant::now() + ADMISSION_WAIT_MAX)) {
+            Ok(admission) => admission,
+            Err(no_room) => {
+                return Finding::new(Outcome::Skipped, Decider::Policy, format!("not run: {no_room}"));
+            }
+        };
+    // Its timeout counts from its start, less what it waited for room.
+    let deadline = deadline + start.waits.waited();
     for evicted in &admission.evicted {
         ctx.servers.stop(evicted);
     }
@@ -358,6 +427,23 @@ fn execute(
     }
     finding.info = Some(info);
     finding
+}
+
+/// What a file-only check holds at most while it reads: a derived file read whole and copied
+/// out (twice its size), and the ground truth's weights (mapped, read through once).
+fn reading_bytes(model_dir: &Path, artifact: &Path, format: crate::matrix::Format) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let truth: u64 = if model_dir.as_os_str().is_empty() {
+        0
+    } else {
+        crate::format::files::safetensors_files(model_dir).unwrap_or_default().iter().map(|f| size(f)).sum()
+    };
+    let derived = if format == crate::matrix::Format::Safetensors || artifact == model_dir {
+        0
+    } else {
+        2 * size(artifact)
+    };
+    truth + derived
 }
 
 /// The files a file-only check reads: the ground truth's weights, `config.json` and

@@ -82,6 +82,7 @@ struct Run {
     peak_rss: String,
     wall_s: f64,
     outcomes: BTreeMap<String, Outcome>,
+    reasons: BTreeMap<String, String>,
     ignored: usize,
 }
 
@@ -151,6 +152,15 @@ pub fn run(args: &MemoryArgs) -> anyhow::Result<()> {
     }
     let first = &runs[0].1.outcomes;
     let same = runs.iter().all(|(_, r)| r.outcomes == *first);
+    for (budget, r) in &runs {
+        for (trial, outcome) in r.outcomes.iter().filter(|(t, o)| first.get(*t) != Some(*o)).take(5) {
+            println!(
+                "under {budget}: {trial} {} ({})",
+                outcome.as_str(),
+                r.reasons.get(trial).map_or("", String::as_str)
+            );
+        }
+    }
     println!("\nevery run gave the same verdicts: {}", if same { "yes" } else { "NO" });
     ensure!(same, "the memory budget changed a verdict");
     Ok(())
@@ -184,11 +194,9 @@ fn measure(binary: &Path, dir: &Path, budget: &str, threads: usize, run_id: &str
             .unwrap_or_else(|| "?".into())
     };
     let (records, _) = modelqa::support::journal::read(&dir.join("journal").join(format!("{run_id}.jsonl")))?;
-    let outcomes = records
-        .into_iter()
-        .filter(|r: &EvidenceRecord| !r.unfinished)
-        .map(|r| (r.trial, r.outcome))
-        .collect();
+    let records: Vec<EvidenceRecord> = records.into_iter().filter(|r| !r.unfinished).collect();
+    let reasons = records.iter().map(|r| (r.trial.clone(), r.reason.clone())).collect();
+    let outcomes = records.into_iter().map(|r| (r.trial, r.outcome)).collect();
     let ignored = stderr
         .lines()
         .filter_map(|l| l.strip_prefix("ignored ")?.split_whitespace().next()?.parse::<usize>().ok())
@@ -198,6 +206,7 @@ fn measure(binary: &Path, dir: &Path, budget: &str, threads: usize, run_id: &str
         peak_rss: after("peak resident set was ").trim_end_matches([';', ',']).to_string(),
         wall_s,
         outcomes,
+        reasons,
         ignored,
     })
 }

@@ -124,12 +124,12 @@ fn every_architecture_fixture_gets_a_playbook_whose_trials_list() {
     // What `--list` lists: every family's trials, expanded from the written playbooks.
     let (playbooks, _) = modelqa::support::playbook::load_all(pb.path()).expect("the playbooks load");
     let plan = modelqa::support::expand::Plan::new(playbooks);
-    for i in 0..fixtures.len() {
+    for (i, model) in fixtures.iter().enumerate() {
         let filter = modelqa::support::expand::Filter {
             filter: Some(format!("fx{i}::mvp::")),
             exact: false,
             skip: Vec::new(),
         };
-        assert!(plan.select(&filter).len() > 50, "{}: too few trials", fixtures[i].display());
+        assert!(plan.select(&filter).len() > 50, "{}: too few trials", model.display());
     }
 }

@@ -136,8 +136,8 @@ impl std::fmt::Display for NoRoom {
             ),
             NoRoom::Deadline { needs, limit } => write!(
                 f,
-                "its deadline passed while it waited for {} of the memory budget of {} \
-                 (QUALIFY_MEMORY_BUDGET) held by other trials' sessions",
+                "no room came in time for the {} it needs of the memory budget of {} \
+                 (QUALIFY_MEMORY_BUDGET), held by other trials' sessions",
                 gib(*needs),
                 gib(*limit)
             ),
@@ -265,6 +265,37 @@ impl SessionCache {
                 }
             }
         }
+    }
+
+    /// Admits a trial that loads no session but reads files holding up to `bytes` while it runs
+    /// (`what` names it): within the budget as a session is, and gone from the ledger when the
+    /// admission ends.
+    pub(crate) fn admit_reading(
+        &self,
+        what: &str,
+        bytes: u64,
+        deadline: Instant,
+    ) -> Result<Admission<'_>, NoRoom> {
+        let key = SessionKey {
+            model: what.to_string(),
+            format: crate::matrix::Format::Safetensors,
+            backend: crate::matrix::Backend::Cpu,
+            engine: "reading".to_string(),
+        };
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = slots.entry(key.clone()).or_insert_with(Slot::new);
+            slot.bytes.store(bytes, Ordering::SeqCst);
+        }
+        let admitted = self.admit(std::slice::from_ref(&key), deadline);
+        // Its slot served only to carry the bytes: the ledger entry goes when the admission ends.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = ledger.entries.get_mut(&key) {
+            entry.released = true;
+        }
+        drop(ledger);
+        admitted
     }
 
     /// Drops the loaded sessions of `keys` (kept in the cache as not loaded, with their trial
