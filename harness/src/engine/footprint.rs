@@ -248,6 +248,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shipped_gguf_is_estimated_from_its_header_as_stored_or_dequantized() {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo");
+        let q8 = Format::Gguf(Quantization::Q8_0);
+        let file = |arch: &str| zoo.join(arch).join("converter-q8_0.gguf");
+        let size = |arch: &str| std::fs::metadata(file(arch)).unwrap().len();
+        // llama runs its Q8_0 blocks as stored: the weights are the file's tensors, within its size.
+        let llama = estimate(Path::new(""), q8, Some(&file("llama"))).unwrap();
+        assert!(llama.as_stored && llama.weights > 0 && llama.weights < size("llama"), "{llama:?}");
+        assert!(llama.cache > 0);
+        // qwen3 is dequantized to f32 on load: four bytes a weight, far past the Q8_0 file.
+        let qwen3 = estimate(Path::new(""), q8, Some(&file("qwen3"))).unwrap();
+        assert!(
+            !qwen3.as_stored && qwen3.weights > 3 * size("qwen3"),
+            "{qwen3:?} of a {}-byte file",
+            size("qwen3")
+        );
+        // Without a ground truth, only a shipped GGUF can be estimated.
+        assert!(estimate(Path::new(""), Format::Apr, None).is_err());
+    }
+
+    #[test]
     fn the_kv_cache_is_one_sequence_at_the_context_or_the_cap() {
         assert_eq!(kv_bytes(2, 4, 8, Some(100)), 2 * 2 * 4 * 8 * 100 * 4);
         assert_eq!(kv_bytes(2, 4, 8, Some(1 << 20)), 2 * 2 * 4 * 8 * KV_TOKENS * 4);
