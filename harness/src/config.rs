@@ -425,8 +425,8 @@ pub(crate) fn planted_crash() -> Option<&'static PlantedCrash> {
 /// answers a whole (not streamed) request's first token with the model's sixth most likely token
 /// there (or the next that does not end generation), as a served path with a broken token
 /// selection would: on every such request
-/// (`always`), or only on one that waited for the model behind another (`queued`), a fault only
-/// concurrency shows. Read once; absent or anything else means no fault.
+/// (`always`), or only on one that shared the model with another request — waited behind it or
+/// ran in a batch beside it (`queued`) —, a fault only concurrency shows. Read once; absent or anything else means no fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PlantedServeFault {
     Always,
@@ -434,9 +434,10 @@ pub(crate) enum PlantedServeFault {
 }
 
 impl PlantedServeFault {
-    /// Whether the fault fires on a request that waited for the model (`queued`) or did not.
-    pub(crate) fn fires(self, queued: bool) -> bool {
-        self == PlantedServeFault::Always || queued
+    /// Whether the fault fires on a request that shared the model with another
+    /// ([`crate::engine::Answer::shared`]) or did not.
+    pub(crate) fn fires(self, shared: bool) -> bool {
+        self == PlantedServeFault::Always || shared
     }
 }
 

@@ -5,7 +5,7 @@
 //! modelqa-engine generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--seed N]
 //!                               [--backend cpu|gpu] [--json]
 //! modelqa-engine serve MODEL [--host ADDR] [--port N] [--model NAME] [--backend cpu|gpu]
-//!                            [--api-key-env VAR]
+//!                            [--api-key-env VAR] [--max-batch N]
 //! ```
 //!
 //! `generate` prints the answer (or, with `--json`, `{"text", "completion_tokens",
@@ -85,6 +85,9 @@ struct ServeArgs {
     /// environment variable VAR (never from the command line, where `ps` would show it)
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
+    /// Most requests generated at once as one continuous batch (1: one at a time)
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_batch: u16,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -183,7 +186,8 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     eprintln!("loading {}", args.model.display());
     let session = load(&args.model, args.backend)?;
     let keyed = api_key.is_some();
-    let config = ServerConfig { bind, api_key, ..ServerConfig::new(name.clone()) };
+    let max_batch = usize::from(args.max_batch);
+    let config = ServerConfig { bind, api_key, max_batch, ..ServerConfig::new(name.clone()) };
     let server = Server::start(Arc::new(Mutex::new(session)), config)
         .map_err(|e| Failure::Model(format!("failed to listen on {bind}: {e}")))?;
     println!("{}", server.base_url());

@@ -169,3 +169,138 @@ fn a_batch_generates_what_each_request_generates_alone() {
     }
     assert!(ended.contains(&format!("{:?}", Finish::Length)), "{ended:?}");
 }
+
+/// Requests joining a running batch one after another (a server's continuous batching), with
+/// fewer slots than requests, each streamed, some scored, some cut by their `on_text`, one
+/// cancelled before it joins and one past its deadline: every answer is the request's alone, in
+/// its tokens, text, end, scores and streamed pieces.
+#[test]
+fn requests_joining_a_running_batch_get_what_each_gets_alone() {
+    use modelqa::support::engine::{Answer, EngineError, Finish, GenerateRequest, Joining, Sampling};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    struct Case {
+        prompt: String,
+        max_tokens: u32,
+        sampling: Sampling,
+        top: Option<usize>,
+        /// The streamed text this request stops at, once it contains it.
+        stop_at: Option<char>,
+        cancelled: bool,
+        expired: bool,
+    }
+    let cases: Vec<Case> = (0..14)
+        .map(|i| Case {
+            prompt: format!("{}{}", PROMPTS[i % PROMPTS.len()], "y = 2; ".repeat(i / PROMPTS.len())),
+            max_tokens: 2 + (i as u32 * 5) % 20,
+            sampling: if i % 4 == 3 {
+                Sampling::Seeded { temperature: 0.8, top_p: Some(0.9), top_k: None, seed: 7 + i as u64 }
+            } else {
+                Sampling::Greedy
+            },
+            top: (i % 3 == 0).then_some(3),
+            stop_at: (i % 5 == 2).then_some(' '),
+            cancelled: i == 6,
+            expired: i == 9,
+        })
+        .collect();
+    let far = Instant::now() + Duration::from_secs(600);
+    let deadline = |c: &Case| if c.expired { Instant::now() } else { far };
+    let stopper = |stop_at: Option<char>, streamed: Arc<Mutex<String>>| {
+        move |piece: &str| {
+            let mut all = streamed.lock().unwrap();
+            all.push_str(piece);
+            if stop_at.is_some_and(|c| all.contains(c)) { Flow::Stop } else { Flow::Continue }
+        }
+    };
+    let mut shared_seen = 0;
+    for path in [model_dir("llama"), model_dir("qwen2")] {
+        let mut session = load_candle(&path, Backend::Cpu).expect("loads");
+        type Got = (Answer, String);
+        let answers: Arc<Mutex<Vec<Option<Got>>>> =
+            Arc::new(Mutex::new(cases.iter().map(|_| None).collect()));
+        let joinings: Vec<Joining> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let streamed = Arc::new(Mutex::new(String::new()));
+                let answers = Arc::clone(&answers);
+                let own = Arc::clone(&streamed);
+                Joining {
+                    prompt: c.prompt.clone(),
+                    literal: Vec::new(),
+                    max_tokens: c.max_tokens,
+                    sampling: c.sampling.clone(),
+                    deadline: deadline(c),
+                    arrived: Instant::now(),
+                    top: c.top,
+                    on_text: Some(Box::new(stopper(c.stop_at, streamed))),
+                    cancelled: Arc::new(AtomicBool::new(c.cancelled)),
+                    done: Box::new(move |answer| {
+                        let text = own.lock().unwrap().clone();
+                        answers.lock().unwrap()[i] = Some((answer, text));
+                    }),
+                }
+            })
+            .rev()
+            .collect();
+        // Two requests before the first step, then one more before every step after it, into
+        // 4 slots; as a server does, the batch is run again while requests remain.
+        let joinings = std::cell::RefCell::new(joinings);
+        let mut calls = 0;
+        while !joinings.borrow().is_empty() {
+            session.serve_continuously(
+                &mut || {
+                    calls += 1;
+                    if calls <= 2 || calls % 2 == 0 { joinings.borrow_mut().pop() } else { None }
+                },
+                4,
+            );
+        }
+        let answers = std::mem::take(&mut *answers.lock().unwrap());
+        for (i, (case, got)) in cases.iter().zip(answers).enumerate() {
+            let what = format!("{}: request {i}", path.display());
+            if case.cancelled {
+                assert!(got.is_none(), "{what}: a cancelled request is not answered");
+                continue;
+            }
+            let (answer, streamed) = got.unwrap_or_else(|| panic!("{what}: no answer"));
+            shared_seen += usize::from(answer.shared);
+            let request = GenerateRequest {
+                prompt: &case.prompt,
+                literal: &[],
+                max_tokens: case.max_tokens,
+                sampling: case.sampling.clone(),
+                deadline: deadline(case),
+            };
+            let alone_streamed = Arc::new(Mutex::new(String::new()));
+            let mut on_text = stopper(case.stop_at, Arc::clone(&alone_streamed));
+            let alone = match case.top {
+                Some(top) => session.generate_scored(&request, top, &mut on_text),
+                None => session.generate_until(&request, &mut on_text).map(|g| (g, Vec::new())),
+            };
+            match (alone, answer.generation) {
+                (Ok((a, steps)), Ok(b)) => {
+                    assert_eq!(
+                        (&a.tokens, &a.text, a.finish, a.prompt_tokens),
+                        (&b.tokens, &b.text, b.finish, b.prompt_tokens),
+                        "{what}: alone and joining a running batch"
+                    );
+                    assert_eq!(steps, answer.steps, "{what}: the scored steps");
+                    assert_eq!(*alone_streamed.lock().unwrap(), streamed, "{what}: the streamed text");
+                    if case.stop_at.is_some() && b.finish == Finish::Stopped {
+                        assert!(streamed.contains(' '), "{what}: stopped where its text said so");
+                    }
+                }
+                // Past its deadline before it joined: answered at once, where alone it is found
+                // past it after its first token.
+                (Err(EngineError::Timeout { .. }), Err(EngineError::Timeout { .. })) => assert!(case.expired),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
+                (a, b) => panic!("{what}: alone {a:?}, in the batch {b:?}"),
+            }
+        }
+    }
+    assert!(shared_seen > 0, "no request shared a step with another");
+}

@@ -3,16 +3,18 @@
 //!
 //! For each format: `N` greedy generations in process (`run`), then through the server `N`
 //! whole requests (latency p50/p99) and `N` streamed ones (time to first text p50/p99), then 8
-//! clients sending `N` requests each at once (requests/s). The overhead of `serve` over `run` is
-//! the difference of the p50 latencies. Each series follows 5 untimed warm-up requests.
-//! Everything runs in this one process, one after the other, so the figures compare as ratios.
+//! clients sending `N` requests each at once (requests/s), against a server answering one request
+//! at a time (`max_batch` 1) and one batching them (continuous batching), in alternating rounds,
+//! every answer checked against the one alone. The overhead of `serve` over `run` is the
+//! difference of the p50 latencies. Each series follows 5 untimed warm-up requests. Everything
+//! runs in this one process, one after the other, so the figures compare as ratios.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use modelqa::support::engine::client::{Client, ClientError, Endpoint, request_body};
+use modelqa::support::engine::client::{Client, Endpoint, request_body};
 use modelqa::support::engine::{GenerateRequest, Sampling, Session, load_candle};
 use modelqa::support::matrix::{Backend, Format, Quantization};
 use modelqa::support::progress;
@@ -27,6 +29,49 @@ const WARMUP: usize = 5;
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
+}
+
+/// Rounds of the concurrent series per server kind.
+const ROUNDS: usize = 3;
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `CLIENTS` clients sending `n` requests each at once: requests per second, every answer
+/// checked against `alone`.
+fn concurrent(client: &Client, body: &serde_json::Value, alone: &str, n: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    for _ in 0..n {
+                        let deadline = Instant::now() + Duration::from_secs(120);
+                        let text = client.request(Endpoint::Completions, body, deadline)?.text;
+                        anyhow::ensure!(
+                            text == alone,
+                            "a concurrent answer {text:?} differs from alone {alone:?}"
+                        );
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok((CLIENTS * n) as f64 / started.elapsed().as_secs_f64())
 }
 
 fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
@@ -102,51 +147,53 @@ pub fn run(args: &ServeBenchArgs) -> anyhow::Result<()> {
             let reply = client.request(Endpoint::Completions, &streamed, deadline())?;
             ttft.push(reply.first_text.context("a streamed reply without text")?);
         }
-        let started = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..CLIENTS)
-                .map(|_| {
-                    s.spawn(|| -> Result<(), ClientError> {
-                        for _ in 0..n {
-                            client.request(Endpoint::Completions, &whole, deadline())?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
-            }
-            Ok(())
-        })?;
-        let rps = (CLIENTS * n) as f64 / started.elapsed().as_secs_f64();
         server.stop();
-        rows.push((format, sorted(run), sorted(latency), sorted(ttft), rps));
+        // The concurrent series, against a server answering one request at a time and one
+        // batching them, in alternating rounds so both see the same machine; every answer is
+        // checked against the one a request alone gets.
+        let alone = client.request(Endpoint::Completions, &whole, deadline())?.text;
+        let mut rps = [Vec::new(), Vec::new()];
+        for round in 0..ROUNDS * 2 {
+            let batched = round % 2 == 1;
+            let max_batch = if batched { CLIENTS } else { 1 };
+            let session: Box<dyn Session> = Box::new(load_candle(&artifact, Backend::Cpu)?);
+            let config = ServerConfig { max_batch, ..ServerConfig::new("bench") };
+            let server = Server::start(Arc::new(Mutex::new(session)), config)?;
+            let client = Client::new(server.base_url());
+            let rate = concurrent(&client, &whole, &alone, n)?;
+            server.stop();
+            rps[usize::from(batched)].push(rate);
+        }
+        rows.push((format, sorted(run), sorted(latency), sorted(ttft), rps.map(|r| median(&r))));
         bar.inc(1);
     }
     bar.finish_and_clear();
     println!();
     println!(
-        "serve benchmark: {} ({PROMPT:?}, {MAX_TOKENS} tokens max, greedy), {n} requests per figure; {} cpus, {}, {} build",
+        "serve benchmark: {} ({PROMPT:?}, {MAX_TOKENS} tokens max, greedy), {n} requests per figure, the concurrent ones the median of {ROUNDS} alternating rounds each; {} cpus, {}, {} build, load average {}",
         model.display(),
         std::thread::available_parallelism().map_or(1, |c| c.get()),
         std::env::consts::ARCH,
-        if cfg!(debug_assertions) { "debug (dependencies optimised)" } else { "release" }
+        if cfg!(debug_assertions) { "debug (dependencies optimised)" } else { "release" },
+        load_average()
     );
     println!();
     println!(
-        "| format | run p50 | serve p50 | serve p99 | TTFT p50 | TTFT p99 | req/s, {CLIENTS} clients | serve − run (p50) |"
+        "| format | run p50 | serve p50 | serve p99 | TTFT p50 | TTFT p99 | serve − run (p50) | req/s, {CLIENTS} clients, one at a time | req/s, {CLIENTS} clients, batched | batched ÷ one at a time |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (format, run, latency, ttft, rps) in &rows {
         let (r, l) = (percentile(run, 0.5), percentile(latency, 0.5));
         println!(
-            "| {format} | {r:.2} ms | {l:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {rps:.1} | {:+.2} ms ({:.2}×) |",
+            "| {format} | {r:.2} ms | {l:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:+.2} ms ({:.2}×) | {:.1} | {:.1} | {:.2}× |",
             percentile(latency, 0.99),
             percentile(ttft, 0.5),
             percentile(ttft, 0.99),
             l - r,
-            l / r
+            l / r,
+            rps[0],
+            rps[1],
+            rps[1] / rps[0]
         );
     }
     Ok(())

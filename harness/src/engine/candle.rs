@@ -16,12 +16,14 @@ use super::admit::HashFile;
 use super::arch::{CausalLm, GgufMatrices, SafetensorsMatrices, Segment, TensorMatrices, Weights};
 use super::logprobs::Scorer;
 use super::{
-    Engine, EngineError, Finish, Flow, GenerateRequest, Generation, PromptGauge, Sampling, ScoredStep,
-    Session, SessionInfo,
+    Engine, EngineError, Finish, Flow, GenerateRequest, Generation, Joining, PromptGauge, Sampling,
+    ScoredStep, Session, SessionInfo,
 };
 use crate::chat::ChatTemplate;
 use crate::format::files::{ModelFile, hash_file};
 use crate::matrix::Backend;
+
+mod batch;
 
 /// The candle engine (stateless; sessions hold the models).
 #[derive(Debug, Default, Clone, Copy)]
@@ -570,26 +572,6 @@ const SEQUENCE_CHUNK: usize = 512;
 /// each prompt still goes through in one piece, as it does alone.
 const BATCH_PREFILL_TOKENS: usize = 2048;
 
-/// One sequence of a batch being generated ([`CandleSession::generate_together`]).
-struct Live<'r> {
-    /// Its request's index, which is also its batch slot.
-    index: usize,
-    request: &'r GenerateRequest<'r>,
-    prompt: Vec<u32>,
-    tokens: Vec<u32>,
-    sampler: LogitsProcessor,
-    first_token: Option<std::time::Duration>,
-    first_logits_finite: Option<bool>,
-}
-
-impl<'r> Live<'r> {
-    /// Where its next token goes, and which token it is.
-    fn next_segment(&self) -> (Segment, u32) {
-        let last = *self.tokens.last().unwrap_or(&0);
-        (Segment { slot: Some(self.index), pos: self.prompt.len() + self.tokens.len() - 1, len: 1 }, last)
-    }
-}
-
 impl CandleSession {
     fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Tensor> {
         let started = Instant::now();
@@ -735,7 +717,13 @@ impl Session for CandleSession {
         &mut self,
         requests: &[GenerateRequest<'_>],
     ) -> Result<Option<Vec<Result<Generation, EngineError>>>, EngineError> {
-        self.generate_together(requests)
+        Ok(self.generate_together(requests))
+    }
+
+    fn serve_continuously(&mut self, intake: &mut dyn FnMut() -> Option<Joining>, slots: usize) {
+        if !self.run_continuous(intake, slots) {
+            super::one_at_a_time(self, intake);
+        }
     }
 
     fn feed(&mut self, ids: &[u32], position: usize) -> Result<Vec<f32>, EngineError> {
@@ -918,145 +906,6 @@ impl CandleSession {
             std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
         }
         Ok(Some(logits))
-    }
-
-    /// [`Session::generate_batch`]: the prompts prefilled in groups of at most
-    /// [`BATCH_PREFILL_TOKENS`], then one step at a time for every sequence still going, each in
-    /// its own batch slot; a sequence leaves the batch when it ends, exactly where it would
-    /// alone (end of sequence, `max_tokens`, the context, its deadline).
-    fn generate_together(
-        &mut self,
-        requests: &[GenerateRequest<'_>],
-    ) -> Result<Option<Vec<Result<Generation, EngineError>>>, EngineError> {
-        let inference = |e: candle_core::Error| EngineError::inference(e);
-        let started = Instant::now();
-        let mut answers: Vec<Option<Result<Generation, EngineError>>> =
-            requests.iter().map(|_| None).collect();
-        let mut live = Vec::with_capacity(requests.len());
-        for (index, request) in requests.iter().enumerate() {
-            match self.prompt_for(request) {
-                Ok(prompt) => live.push(Live {
-                    index,
-                    request,
-                    prompt,
-                    tokens: Vec::new(),
-                    sampler: processor(&request.sampling),
-                    first_token: None,
-                    first_logits_finite: None,
-                }),
-                Err(e) => answers[index] = Some(Err(e)),
-            }
-        }
-        self.model.clear_batch();
-        // Prefill: each group's logits, in `live`'s order.
-        let mut rows: Vec<Tensor> = Vec::with_capacity(live.len());
-        let mut group: Vec<(Segment, &[u32])> = Vec::new();
-        let mut tokens = 0;
-        for (k, seq) in live.iter().enumerate() {
-            group.push((Segment { slot: Some(seq.index), pos: 0, len: seq.prompt.len() }, &seq.prompt));
-            tokens += seq.prompt.len();
-            let next = live.get(k + 1).map_or(0, |s| s.prompt.len());
-            if k + 1 == live.len() || tokens + next > BATCH_PREFILL_TOKENS {
-                let Some(logits) = self.forward_segments(&group).map_err(inference)? else {
-                    return Ok(None);
-                };
-                for r in 0..group.len() {
-                    rows.push(logits.get(r).map_err(inference)?);
-                }
-                group.clear();
-                tokens = 0;
-            }
-        }
-        while !live.is_empty() {
-            let mut going = Vec::with_capacity(live.len());
-            for (mut seq, logits) in live.into_iter().zip(rows) {
-                match self.step(&mut seq, &logits, started) {
-                    Ok(None) => going.push(seq),
-                    Ok(Some(finish)) => {
-                        self.model.clear_slot(seq.index);
-                        let index = seq.index;
-                        answers[index] = Some(self.generation_of(seq, finish, started));
-                    }
-                    Err(e) => {
-                        self.model.clear_slot(seq.index);
-                        answers[seq.index] = Some(Err(e));
-                    }
-                }
-            }
-            live = going;
-            rows = Vec::with_capacity(live.len());
-            if live.is_empty() {
-                break;
-            }
-            let steps: Vec<(Segment, u32)> = live.iter().map(Live::next_segment).collect();
-            let parts: Vec<(Segment, &[u32])> =
-                steps.iter().map(|(s, t)| (*s, std::slice::from_ref(t))).collect();
-            let Some(logits) = self.forward_segments(&parts).map_err(inference)? else { return Ok(None) };
-            for r in 0..parts.len() {
-                rows.push(logits.get(r).map_err(inference)?);
-            }
-        }
-        Ok(Some(
-            answers
-                .into_iter()
-                .map(|a| a.unwrap_or_else(|| Err(EngineError::Inference("no answer".into()))))
-                .collect(),
-        ))
-    }
-
-    /// One sequence's step on its logits: the next token sampled and, where it ends here, how;
-    /// the same rules in the same order as [`CandleSession::generate_inner`].
-    fn step(
-        &self,
-        seq: &mut Live<'_>,
-        logits: &Tensor,
-        started: Instant,
-    ) -> Result<Option<Finish>, EngineError> {
-        let inference = |e: candle_core::Error| EngineError::inference(e);
-        if seq.first_logits_finite.is_none() {
-            seq.first_logits_finite =
-                Some(logits.to_vec1::<f32>().map_err(inference)?.iter().all(|v| v.is_finite()));
-        }
-        let next = seq.sampler.sample(logits).map_err(inference)?;
-        seq.first_token.get_or_insert_with(|| started.elapsed());
-        if self.eos.contains(&next) {
-            return Ok(Some(Finish::Eos));
-        }
-        seq.tokens.push(next);
-        let pos = seq.prompt.len() + seq.tokens.len() - 1;
-        if seq.tokens.len() >= seq.request.max_tokens as usize || pos + 1 >= self.context {
-            return Ok(Some(Finish::Length));
-        }
-        if Instant::now() >= seq.request.deadline {
-            let partial = self.tokenizer.decode(&seq.tokens, true).unwrap_or_default();
-            return Err(EngineError::Timeout { tokens: seq.tokens.len(), partial });
-        }
-        Ok(None)
-    }
-
-    /// A finished sequence's answer.
-    fn generation_of(
-        &self,
-        seq: Live<'_>,
-        finish: Finish,
-        started: Instant,
-    ) -> Result<Generation, EngineError> {
-        let text = self
-            .tokenizer
-            .decode(&seq.tokens, true)
-            .map_err(|e| EngineError::inference_in("failed to decode the output tokens", e))?;
-        let leaked_special_tokens = seq.tokens.iter().filter_map(|t| self.special.get(t).cloned()).collect();
-        Ok(Generation {
-            text,
-            token_count: Some(seq.tokens.len()),
-            tokens: seq.tokens,
-            prompt_tokens: seq.prompt.len(),
-            finish,
-            time_to_first_token: seq.first_token.unwrap_or_default(),
-            duration: started.elapsed(),
-            first_logits_finite: seq.first_logits_finite,
-            leaked_special_tokens,
-        })
     }
 
     /// A request's prompt ids as generation feeds them: BOS for an empty prompt, an error for one

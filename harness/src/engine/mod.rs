@@ -15,6 +15,8 @@ mod footprint;
 mod logprobs;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -137,6 +139,100 @@ impl<'a> GenerateRequest<'a> {
     /// This request with `literal` ([`GenerateRequest::literal`]).
     pub fn with_literal(self, literal: &'a [std::ops::Range<usize>]) -> Self {
         GenerateRequest { literal, ..self }
+    }
+}
+
+/// What a streaming caller of a continuous batch is handed each new piece of text with.
+pub type OnText = Box<dyn FnMut(&str) -> Flow + Send>;
+
+/// A request joining a continuous batch ([`Session::serve_continuously`]). It owns what it
+/// carries: it outlives the call that received it.
+pub struct Joining {
+    pub prompt: String,
+    /// As [`GenerateRequest::literal`].
+    pub literal: Vec<std::ops::Range<usize>>,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    /// Generation stops with [`EngineError::Timeout`] once this passes, waiting included.
+    pub deadline: Instant,
+    /// When the request was received: its timings count from here, time spent waiting for the
+    /// model included.
+    pub arrived: Instant,
+    /// Alternatives scored at every step, as [`Session::generate_scored`] scores them; `None`:
+    /// no step is scored.
+    pub top: Option<usize>,
+    /// Each new piece of text as soon as it is whole; [`Flow::Stop`] ends this sequence alone.
+    pub on_text: Option<OnText>,
+    /// Set by whoever waits for the answer once nobody will read it (a client went away): the
+    /// sequence leaves the batch at its next step, and a request still waiting never joins.
+    pub cancelled: Arc<AtomicBool>,
+    /// Receives the answer once the sequence ends; dropped unanswered for a cancelled request.
+    pub done: Box<dyn FnOnce(Answer) + Send>,
+}
+
+impl Joining {
+    /// The request as [`Session::generate`] takes it.
+    pub fn request(&self) -> GenerateRequest<'_> {
+        GenerateRequest {
+            prompt: &self.prompt,
+            literal: &self.literal,
+            max_tokens: self.max_tokens,
+            sampling: self.sampling.clone(),
+            deadline: self.deadline,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// What a request of a continuous batch gets back.
+#[derive(Debug)]
+pub struct Answer {
+    pub generation: Result<Generation, EngineError>,
+    /// The scored steps where [`Joining::top`] asked for them, as [`Session::generate_scored`]
+    /// returns them.
+    pub steps: Vec<ScoredStep>,
+    /// Another request was being answered while this one waited or generated.
+    pub shared: bool,
+}
+
+/// [`Session::serve_continuously`] for an engine that generates one sequence at a time: each
+/// request in the order received, alone.
+pub(crate) fn one_at_a_time<S: Session + ?Sized>(
+    session: &mut S,
+    intake: &mut dyn FnMut() -> Option<Joining>,
+) {
+    let mut previous_end: Option<Instant> = None;
+    while let Some(joining) = intake() {
+        if joining.is_cancelled() {
+            continue;
+        }
+        let shared = previous_end.is_some_and(|end| joining.arrived < end);
+        let Joining { top, mut on_text, cancelled, done, .. } = joining;
+        let request = GenerateRequest {
+            prompt: &joining.prompt,
+            literal: &joining.literal,
+            max_tokens: joining.max_tokens,
+            sampling: joining.sampling.clone(),
+            deadline: joining.deadline,
+        };
+        let mut on_text = |piece: &str| {
+            let flow = on_text.as_mut().map_or(Flow::Continue, |f| f(piece));
+            if cancelled.load(Ordering::Relaxed) { Flow::Stop } else { flow }
+        };
+        let (generation, steps) = match top {
+            Some(top) => match session.generate_scored(&request, top, &mut on_text) {
+                Ok((g, steps)) => (Ok(g), steps),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            None => (session.generate_until(&request, &mut on_text), Vec::new()),
+        };
+        previous_end = Some(Instant::now());
+        if !cancelled.load(Ordering::Relaxed) {
+            done(Answer { generation, steps, shared });
+        }
     }
 }
 
@@ -375,6 +471,17 @@ pub trait Session: Send {
         _requests: &[GenerateRequest<'_>],
     ) -> Result<Option<Vec<Result<Generation, EngineError>>>, EngineError> {
         Ok(None)
+    }
+    /// Answers requests as they come, as one continuous batch: `intake` is asked for new
+    /// requests before every step (it never blocks); each joins in a free slot (at most `slots`
+    /// at once; the others wait their turn in the order received), is prefilled in the step it
+    /// joins while the others decode, and leaves at its own end, handing its [`Answer`] to its
+    /// `done`. Returns once no sequence is live and `intake` has nothing more. Every answer is the
+    /// one [`Session::generate_scored`] (or `generate_until`) gives for its request alone. The
+    /// default answers one request at a time.
+    fn serve_continuously(&mut self, intake: &mut dyn FnMut() -> Option<Joining>, slots: usize) {
+        let _ = slots;
+        one_at_a_time(self, intake);
     }
     /// Feeds `ids` to the model at `position` of its KV cache and returns the next-token logits
     /// after the last of them: the bare prefill and decode steps, so a benchmark times them as

@@ -18,8 +18,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest `max_tokens` accepted.
     pub max_tokens_limit: u32,
-    /// Longest one request may generate for.
+    /// Longest one request may take, from when it is received: waiting for its turn and
+    /// generating.
     pub request_timeout: Duration,
+    /// Most requests generated at once, as one continuous batch (the model's weights read once
+    /// per step for all of them); the others wait their turn in the order received. 1 answers
+    /// one request at a time. Default 32.
+    pub max_batch: usize,
     /// Longest a connection may take to send a request's headers, counted from when the server
     /// starts waiting for them: a client that trickles its headers (slowloris) or a keep-alive
     /// connection that sits idle is closed once it passes. Default 10 s.
@@ -42,6 +47,7 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             max_tokens_limit: 4096,
             request_timeout: Duration::from_secs(120),
+            max_batch: 32,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 512,

@@ -25,7 +25,7 @@ use super::config::{ServerConfig, exposed};
 use super::request::{Refusal, Rules, Shape, error, parse, refuse_long_tokens};
 use super::respond::respond;
 use crate::chat::ChatTemplate;
-use crate::engine::{PromptGauge, SharedSession};
+use crate::engine::{Joining, PromptGauge, SharedSession};
 
 /// A running server; dropping it stops it.
 #[derive(Debug)]
@@ -36,9 +36,10 @@ pub struct Server {
 }
 
 pub(super) struct AppState {
-    pub(super) session: SharedSession,
     pub(super) config: ServerConfig,
     pub(super) next_id: AtomicU64,
+    /// Requests for the session's continuous batch ([`schedule`]).
+    pub(super) jobs: std::sync::mpsc::Sender<Joining>,
     template: Option<ChatTemplate>,
     gauge: Option<PromptGauge>,
     control: Vec<String>,
@@ -75,7 +76,14 @@ impl Server {
             (info.chat_template.clone(), session.prompt_gauge(), info.control_tokens.clone())
         };
         let next_id = AtomicU64::new(1);
-        let state = Arc::new(AppState { session, config, next_id, template, gauge, control });
+        let (jobs, queue) = std::sync::mpsc::channel::<Joining>();
+        let slots = config.max_batch;
+        // Detached: it ends once the server's state (the sender) is gone and its batch has
+        // finished, which a hung model would otherwise make `stop` wait for.
+        std::thread::Builder::new()
+            .name("modelqa-batch".into())
+            .spawn(move || schedule(&session, &queue, slots))?;
+        let state = Arc::new(AppState { config, next_id, jobs, template, gauge, control });
         let app = router(Arc::clone(&state));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("modelqa-serve".into()).spawn(move || {
@@ -112,6 +120,27 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown_now();
+    }
+}
+
+/// The session's scheduler: waits for a request, then holds the session while it answers that
+/// one and every request arriving meanwhile as one continuous batch
+/// ([`crate::engine::Session::serve_continuously`], at most `slots` sequences at once), and lets
+/// the session go (to the harness's own trials on it) as soon as the batch is empty. A panic in
+/// the model drops the live requests' answers (their handlers say so) and the scheduler goes on.
+fn schedule(session: &SharedSession, queue: &std::sync::mpsc::Receiver<Joining>, slots: usize) {
+    while let Ok(first) = queue.recv() {
+        let mut first = Some(first);
+        let mut intake = || first.take().or_else(|| queue.try_recv().ok());
+        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            session.serve_continuously(&mut intake, slots);
+        }));
+        if run.is_err() {
+            eprintln!(
+                "modelqa serve: the model panicked in a batch; its requests were answered with an error"
+            );
+        }
     }
 }
 

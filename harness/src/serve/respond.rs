@@ -1,10 +1,11 @@
-//! A [`Job`] run on the session and answered whole or as server-sent events, cut at its stop
-//! sequences. Generation ends early, releasing the session, when a stop sequence appears, when the
-//! client has gone, or when a streaming client stops reading for the body timeout.
+//! A [`Job`] handed to the session's continuous batch and answered whole or as server-sent
+//! events, cut at its stop sequences. Its sequence leaves the batch early when a stop sequence
+//! appears, when the client has gone, or when a streaming client stops reading for the body
+//! timeout.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, TryLockError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -16,7 +17,7 @@ use super::http::AppState;
 use super::logprobs::{choice_logprobs, reported};
 use super::request::{Job, Refusal, Shape, error};
 use super::stop::{StopScanner, truncate};
-use crate::engine::{EngineError, Finish, Flow, GenerateRequest, Generation, ScoredStep};
+use crate::engine::{Answer, EngineError, Finish, Flow, Generation, Joining, ScoredStep};
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -80,13 +81,23 @@ impl Shape {
 }
 
 /// Set when the handler's future is dropped (its client went away), so a generation nobody will
-/// read stops instead of holding the session to its end.
+/// read leaves the batch instead of running to its end.
 struct Abandoned(Arc<AtomicBool>);
 
 impl Drop for Abandoned {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
+}
+
+/// Hands a request to the session's batch ([`super::http::schedule`]); `false` when the
+/// scheduler has stopped (the server is shutting down).
+fn submit(state: &AppState, joining: Joining) -> bool {
+    state.jobs.send(joining).is_ok()
+}
+
+fn shutting_down() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
 }
 
 /// Runs one job, answering whole or as server-sent events.
@@ -96,44 +107,51 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
         return stream(state, job, id);
     }
     let created = now_secs();
-    let gone = Arc::new(AtomicBool::new(false));
-    let _abandoned = Abandoned(Arc::clone(&gone));
+    let arrived = Instant::now();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _abandoned = Abandoned(Arc::clone(&cancelled));
     let Job { shape, prompt, literal, max_tokens, sampling, stop, logprobs, .. } = job;
-    let deadline = Instant::now() + state.config.request_timeout;
-    let session = Arc::clone(&state.session);
-    let stops = stop.clone();
     let planted = crate::config::planted_serve_fault();
-    let result = tokio::task::spawn_blocking(move || {
-        let (mut session, queued) = match session.try_lock() {
-            Ok(s) => (s, false),
-            Err(TryLockError::Poisoned(p)) => (p.into_inner(), false),
-            Err(TryLockError::WouldBlock) => (session.lock().unwrap_or_else(|p| p.into_inner()), true),
-        };
-        if gone.load(Ordering::Relaxed) {
-            return None;
-        }
-        let request = GenerateRequest { prompt: &prompt, literal: &literal, max_tokens, sampling, deadline };
-        let mut scanner = StopScanner::new(stops);
-        let mut on_text = |piece: &str| {
+    // A planted fault needs the alternatives of the first step whether or not scores were asked.
+    let top = match planted {
+        Some(_) => Some(logprobs.unwrap_or(0).max(PLANTED_CANDIDATES)),
+        None => logprobs,
+    };
+    let mut scanner = StopScanner::new(stop.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
+    let joining = Joining {
+        prompt,
+        literal,
+        max_tokens,
+        sampling,
+        deadline: arrived + state.config.request_timeout,
+        arrived,
+        top,
+        on_text: Some(Box::new(move |piece: &str| {
             let _ = scanner.push(piece);
-            if scanner.found() || gone.load(Ordering::Relaxed) { Flow::Stop } else { Flow::Continue }
-        };
-        let planted = planted.filter(|f| f.fires(queued));
-        if logprobs.is_none() && planted.is_none() {
-            return Some(session.generate_until(&request, &mut on_text).map(|g| (g, Vec::new())));
-        }
-        let top = logprobs.unwrap_or(0).max(if planted.is_some() { PLANTED_CANDIDATES } else { 0 });
-        let scored = session.generate_scored(&request, top, &mut on_text);
-        Some(scored.map(|(mut g, mut steps)| {
-            if planted.is_some() {
+            if scanner.found() { Flow::Stop } else { Flow::Continue }
+        })),
+        cancelled,
+        done: Box::new(move |answer| {
+            let _ = tx.send(answer);
+        }),
+    };
+    if !submit(&state, joining) {
+        return shutting_down();
+    }
+    let Ok(answer) = rx.await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the generation failed before answering (see the server's stderr)",
+        );
+    };
+    let Answer { generation, mut steps, shared } = answer;
+    match generation {
+        Ok(mut g) => {
+            if planted.is_some_and(|f| f.fires(shared)) {
                 plant(&mut g, &mut steps);
             }
-            (g, steps)
-        }))
-    })
-    .await;
-    match result {
-        Ok(Some(Ok((g, steps)))) => {
             let (text, stopped) = truncate(&g.text, &stop);
             let mut choice = shape.choice(&text, Some(finish_reason(g.finish, stopped)), false);
             if let Some(top) = logprobs {
@@ -145,11 +163,7 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
                 "usage": usage(&g),
             }))
         }
-        Ok(Some(Err(e))) => engine_error(&e),
-        Ok(None) => error(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "the client went away"),
-        Err(e) => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("generation panicked: {e}"))
-        }
+        Err(e) => engine_error(&e),
     }
 }
 
@@ -171,77 +185,98 @@ fn plant(g: &mut Generation, steps: &mut [ScoredStep]) {
     first.chosen = wrong;
 }
 
+/// The frames of one streamed answer, sent without waiting: the batch never blocks on a client.
+/// A forwarding task hands them to the response body, and gives up (cancelling the sequence)
+/// when the client has gone or has not read for the body timeout.
+#[derive(Clone)]
+struct Frames {
+    id: String,
+    shape: Shape,
+    created: u64,
+    model: String,
+    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+impl Frames {
+    fn frame(&self, text: &str, finish: Option<&str>) -> Value {
+        json!({"id": self.id, "object": self.shape.object(true), "created": self.created, "model": self.model,
+               "choices": [self.shape.choice(text, finish, true)]})
+    }
+
+    fn send(&self, v: Value) {
+        let _ = self.tx.send(Bytes::from(format!("data: {v}\n\n")));
+    }
+
+    fn done(&self) {
+        let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
+}
+
 fn stream(state: Arc<AppState>, job: Job, id: String) -> Response {
     let Job { shape, prompt, literal, max_tokens, sampling, stop, .. } = job;
-    let created = now_secs();
-    let model = state.config.model.clone();
-    let deadline = Instant::now() + state.config.request_timeout;
+    let arrived = Instant::now();
     let stall = state.config.body_timeout;
-    let session = Arc::clone(&state.session);
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let frame = move |text: &str, finish: Option<&str>| {
-        json!({"id": id, "object": shape.object(true), "created": created, "model": model,
-               "choices": [shape.choice(text, finish, true)]})
-    };
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        // A send fails when the client has gone, and gives up when it has not read for `stall`:
-        // either way the generation stops, so no client can hold the session by not reading.
-        let send = |v: Value| -> bool {
-            let event = Ok(Bytes::from(format!("data: {v}\n\n")));
-            runtime
-                .block_on(async { matches!(tokio::time::timeout(stall, tx.send(event)).await, Ok(Ok(()))) })
-        };
-        if shape == Shape::Chat {
-            let mut first = frame("", None);
-            first["choices"][0]["delta"] = json!({"role": "assistant"});
-            if !send(first) {
+    let gone = Arc::clone(&cancelled);
+    tokio::spawn(async move {
+        while let Some(bytes) = frames_rx.recv().await {
+            if !matches!(tokio::time::timeout(stall, tx.send(Ok(bytes))).await, Ok(Ok(()))) {
+                gone.store(true, Ordering::Relaxed);
                 return;
             }
         }
-        let mut scanner = StopScanner::new(stop);
-        let mut client_left = false;
-        let result = {
-            let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
-            if tx.is_closed() {
-                return;
-            }
-            let request =
-                GenerateRequest { prompt: &prompt, literal: &literal, max_tokens, sampling, deadline };
-            session.generate_until(&request, &mut |piece| {
-                let text = scanner.push(piece);
-                if !text.is_empty() && !send(frame(&text, None)) {
-                    client_left = true;
-                }
-                if scanner.found() || client_left { Flow::Stop } else { Flow::Continue }
-            })
-        };
-        if client_left {
-            return;
-        }
-        match result {
-            Ok(g) => {
-                let stopped = scanner.found();
-                let rest = scanner.finish();
-                if !rest.is_empty() && !send(frame(&rest, None)) {
-                    return;
-                }
-                let mut last = frame("", Some(finish_reason(g.finish, stopped)));
-                if shape == Shape::Chat {
-                    last["choices"][0]["delta"] = json!({});
-                }
-                last["usage"] = usage(&g);
-                if !send(last) {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = send(json!({"error": {"message": e.to_string(), "type": "server_error"}}));
-            }
-        }
-        let _ = runtime
-            .block_on(tokio::time::timeout(stall, tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))));
     });
+    let frames = Frames { id, shape, created: now_secs(), model: state.config.model.clone(), tx: frames_tx };
+    if shape == Shape::Chat {
+        let mut first = frames.frame("", None);
+        first["choices"][0]["delta"] = json!({"role": "assistant"});
+        frames.send(first);
+    }
+    let scanner = Arc::new(std::sync::Mutex::new(StopScanner::new(stop)));
+    let (on_text_frames, on_text_scanner) = (frames.clone(), Arc::clone(&scanner));
+    let joining = Joining {
+        prompt,
+        literal,
+        max_tokens,
+        sampling,
+        deadline: arrived + state.config.request_timeout,
+        arrived,
+        top: None,
+        on_text: Some(Box::new(move |piece: &str| {
+            let mut scanner = on_text_scanner.lock().unwrap_or_else(|p| p.into_inner());
+            let text = scanner.push(piece);
+            if !text.is_empty() {
+                on_text_frames.send(on_text_frames.frame(&text, None));
+            }
+            if scanner.found() { Flow::Stop } else { Flow::Continue }
+        })),
+        cancelled,
+        done: Box::new(move |answer: Answer| {
+            match answer.generation {
+                Ok(g) => {
+                    let mut scanner = scanner.lock().unwrap_or_else(|p| p.into_inner());
+                    let stopped = scanner.found();
+                    let rest = scanner.finish();
+                    if !rest.is_empty() {
+                        frames.send(frames.frame(&rest, None));
+                    }
+                    let mut last = frames.frame("", Some(finish_reason(g.finish, stopped)));
+                    if shape == Shape::Chat {
+                        last["choices"][0]["delta"] = json!({});
+                    }
+                    last["usage"] = usage(&g);
+                    frames.send(last);
+                }
+                Err(e) => frames.send(json!({"error": {"message": e.to_string(), "type": "server_error"}})),
+            }
+            frames.done();
+        }),
+    };
+    if !submit(&state, joining) {
+        return shutting_down();
+    }
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")

@@ -320,6 +320,10 @@ impl CausalLm for Decoder {
         Ok(Some((last.apply(&self.head)? / self.spec.logits_divisor)?.squeeze(0)?))
     }
 
+    fn batches(&self) -> bool {
+        true
+    }
+
     fn clear_batch(&mut self) {
         for layer in &mut self.layers {
             layer.slots.clear();

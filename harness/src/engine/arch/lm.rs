@@ -33,6 +33,10 @@ pub(crate) trait CausalLm: Send {
     ) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }
+    /// Whether [`CausalLm::forward_batch`] answers (the model runs several sequences at once).
+    fn batches(&self) -> bool {
+        false
+    }
     /// Forgets every batch slot's cached tokens.
     fn clear_batch(&mut self) {}
     /// Forgets one batch slot's cached tokens (its sequence has ended).
