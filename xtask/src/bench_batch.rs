@@ -77,6 +77,11 @@ pub enum Choice {
     F32,
     /// Its bf16 copy
     Bf16,
+    /// This project's APR conversion
+    Apr,
+    /// This project's GGUF F16
+    #[value(name = "gguf-f16")]
+    GgufF16,
     /// This project's GGUF Q8_0
     #[value(name = "q8_0")]
     Q8_0,
@@ -90,6 +95,8 @@ impl Choice {
         match self {
             Choice::F32 => "safetensors f32",
             Choice::Bf16 => "safetensors bf16",
+            Choice::Apr => "APR",
+            Choice::GgufF16 => "GGUF F16",
             Choice::Q8_0 => "GGUF Q8_0",
             Choice::Q4KM => "GGUF Q4_K_M",
         }
@@ -145,6 +152,8 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<()> {
         let path: PathBuf = match choice {
             Choice::F32 => model.clone(),
             Choice::Bf16 => files::bf16_copy(&model)?,
+            Choice::Apr => files::ours(&model, Format::Apr, &cache)?,
+            Choice::GgufF16 => files::ours(&model, Format::Gguf(Quantization::F16), &cache)?,
             Choice::Q8_0 => files::ours(&model, Format::Gguf(Quantization::Q8_0), &cache)?,
             Choice::Q4KM => files::ours(&model, Format::Gguf(Quantization::Q4KM), &cache)?,
         };

@@ -147,11 +147,11 @@ pub fn run(args: &ServeBenchArgs) -> anyhow::Result<()> {
             let reply = client.request(Endpoint::Completions, &streamed, deadline())?;
             ttft.push(reply.first_text.context("a streamed reply without text")?);
         }
+        let alone = client.request(Endpoint::Completions, &whole, deadline())?.text;
         server.stop();
         // The concurrent series, against a server answering one request at a time and one
         // batching them, in alternating rounds so both see the same machine; every answer is
         // checked against the one a request alone gets.
-        let alone = client.request(Endpoint::Completions, &whole, deadline())?.text;
         let mut rps = [Vec::new(), Vec::new()];
         for round in 0..ROUNDS * 2 {
             let batched = round % 2 == 1;
