@@ -1,6 +1,7 @@
 //! Safetensors → GGUF: the tensors in llama.cpp's names, layout and quantization mixes (with
 //! their block fallbacks listed), and the tokenizer and Hugging Face files as metadata.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -10,7 +11,10 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::mix::{MixModel, wanted_type, written_type};
-use super::{FALLBACKS, HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER_CONFIG, architecture, err, gguf_name};
+use super::{
+    FALLBACKS, HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER_CONFIG, WRITTEN_MODEL_TYPES, architecture, err,
+    written_name,
+};
 use crate::format::convert::ConvertError;
 use crate::matrix::Quantization;
 
@@ -51,8 +55,62 @@ fn size_label(params: usize) -> String {
     format!("{scaled:.fix$}{suffix}")
 }
 
-fn u32_of(config: &serde_json::Value, key: &str) -> Option<u32> {
-    config.get(key).and_then(|v| v.as_u64()).map(|v| v as u32)
+/// gguf-py's `size_label` of the tensors written: with experts, their count times the
+/// parameters a token meets with one expert per layer (`4x103K`).
+fn size_label_of(named: &[(String, String, Tensor)]) -> String {
+    let mut shared = 0;
+    let mut one_expert = 0;
+    let mut experts = 0;
+    for (_, name, t) in named {
+        if name.contains("_exps.") && t.rank() >= 3 {
+            experts = t.dims()[0];
+            one_expert += t.elem_count() / experts.max(1);
+        } else {
+            shared += t.elem_count();
+        }
+    }
+    if experts > 0 { format!("{experts}x{}", size_label(shared + one_expert)) } else { size_label(shared) }
+}
+
+/// A Hugging Face expert's tensor: `model.layers.N.mlp.experts.E.<projection>.weight`.
+struct ExpertKey {
+    layer: usize,
+    expert: usize,
+    projection: &'static str,
+}
+
+fn expert_of(hf: &str) -> Option<ExpertKey> {
+    let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    let (expert, rest) = rest.strip_prefix("mlp.experts.")?.split_once('.')?;
+    let projection = ["gate_proj", "up_proj", "down_proj"]
+        .into_iter()
+        .find(|p| rest.strip_prefix(p).is_some_and(|r| r == ".weight"))?;
+    Some(ExpertKey { layer: layer.parse().ok()?, expert: expert.parse().ok()?, projection })
+}
+
+/// Each layer's experts stacked into one tensor per projection, expert by expert, under
+/// llama.cpp's name (`blk.N.ffn_gate_exps.weight`, `[experts, rows, columns]`); every one of
+/// the `experts` must be there, and no other.
+fn stacked(
+    stacks: BTreeMap<(usize, &'static str), BTreeMap<usize, Tensor>>,
+    experts: usize,
+) -> Result<Vec<(String, String, Tensor)>, ConvertError> {
+    let mut out = Vec::new();
+    for ((layer, projection), by_expert) in stacks {
+        let hf = format!("model.layers.{layer}.mlp.experts.*.{projection}.weight");
+        let ids: Vec<usize> = by_expert.keys().copied().collect();
+        if ids != (0..experts).collect::<Vec<_>>() {
+            return Err(ConvertError::Unsupported(format!(
+                "GGUF of `{hf}` with experts {ids:?} where the config states {experts}"
+            )));
+        }
+        let tensors: Vec<Tensor> = by_expert.into_values().collect();
+        let stack = Tensor::stack(&tensors, 0)
+            .map_err(|e| ConvertError::Unsupported(format!("stacking `{hf}`: {e}")))?;
+        let stem = projection.trim_end_matches("_proj");
+        out.push((hf, format!("blk.{layer}.ffn_{stem}_exps.weight"), stack));
+    }
+    Ok(out)
 }
 
 /// A tensor written: its GGUF name, its data, and the fallback it took, if any.
@@ -94,16 +152,11 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     if let Some(problem) = hyper.shape_problems(&shapes).first() {
         return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
     }
-    // The converter writes key and value widths only where config.json states `head_dim`
-    // (normalising may fill one in).
-    let stated_head_dim = u32_of(&config, "head_dim");
+    let original = config.clone();
     // Either of transformers' spellings (a 5.x `rope_parameters` base must not become the
     // default 10,000), and what the file cannot carry stops the conversion by name.
     let config = crate::format::hf_config::normalise(&config_path, &config)
         .map_err(|e| err(&config_path, e.cause()))?;
-    let rope_theta = config["rope_theta"]
-        .as_f64()
-        .ok_or_else(|| err(&config_path, "the normalised config has no rope_theta"))?;
     if let Some(scaling) = config.get("rope_scaling").filter(|v| !v.is_null()) {
         return Err(ConvertError::Unsupported(format!(
             "GGUF with `rope_scaling` {scaling} (the writer carries the rope base only)"
@@ -111,30 +164,39 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     }
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
     let (arch, permute) = architecture(&model_type).ok_or_else(|| {
-        ConvertError::Unsupported(format!(
-            "GGUF for model_type `{model_type}` (llama, mistral and qwen2 are)"
-        ))
+        ConvertError::Unsupported(format!("GGUF for model_type `{model_type}` ({WRITTEN_MODEL_TYPES} are)"))
     })?;
-    let heads =
-        u32_of(&config, "num_attention_heads").ok_or_else(|| err(&config_path, "no num_attention_heads"))?;
-    let kv_heads = u32_of(&config, "num_key_value_heads").unwrap_or(heads);
-    let hidden = u32_of(&config, "hidden_size").ok_or_else(|| err(&config_path, "no hidden_size"))?;
-    let layers =
-        u32_of(&config, "num_hidden_layers").ok_or_else(|| err(&config_path, "no num_hidden_layers"))?;
-    let head_dim = u32_of(&config, "head_dim").unwrap_or(hidden / heads);
+    let source = super::keys::Source { model_type: &model_type, arch, original: &original, config: &config };
+    let arch_keys = super::keys::architecture_keys(&source)?;
+    let count = |key: &str| {
+        arch_keys.iter().find(|(k, _)| *k == format!("{arch}.{key}")).and_then(|(_, v)| v.to_u32().ok())
+    };
+    let (heads, kv_heads, layers) =
+        match (count("attention.head_count"), count("attention.head_count_kv"), count("block_count")) {
+            (Some(h), Some(kv), Some(l)) => (h, kv, l),
+            _ => return Err(err(&config_path, "no head counts or layer count")),
+        };
+    let experts = count("expert_count").unwrap_or(0);
 
     // Every tensor, in its Hugging Face name order, as f32 in the GGUF layout.
     let files = crate::format::files::safetensors_files(dir)?;
     let mut named: Vec<(String, String, Tensor)> = Vec::new();
+    let mut stacks: BTreeMap<(usize, &'static str), BTreeMap<usize, Tensor>> = BTreeMap::new();
     for file in &files {
         let tensors = candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| err(file, e))?;
         for (hf, t) in tensors {
-            let name = gguf_name(&hf).ok_or_else(|| {
+            let mut t = t.to_dtype(DType::F32).map_err(|e| err(file, e))?;
+            if experts > 0
+                && let Some(key) = expert_of(&hf)
+            {
+                stacks.entry((key.layer, key.projection)).or_default().insert(key.expert, t);
+                continue;
+            }
+            let name = written_name(arch, &hf).ok_or_else(|| {
                 ConvertError::Unsupported(format!(
                     "tensor `{hf}` has no GGUF name (nothing is dropped silently)"
                 ))
             })?;
-            let mut t = t.to_dtype(DType::F32).map_err(|e| err(file, e))?;
             if permute && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
                 t = permute_qk(&t, heads as usize, false).map_err(|e| err(file, e))?;
             }
@@ -144,11 +206,12 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
             named.push((hf, name, t));
         }
     }
+    named.extend(stacked(stacks, experts as usize)?);
     named.sort_by(|a, b| a.1.cmp(&b.1));
     let model = MixModel::new(
         arch,
         layers as usize,
-        0,
+        experts as usize,
         heads as usize,
         kv_heads as usize,
         named.iter().map(|(_, name, _)| name.as_str()),
@@ -182,38 +245,11 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
             Value::String(dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into())),
         ),
         ("general.type".into(), Value::String("model".into())),
-        ("general.size_label".into(), Value::String(size_label(total))),
+        ("general.size_label".into(), Value::String(size_label_of(&named))),
         ("general.file_type".into(), Value::U32(super::agree::file_type(q))),
         ("general.quantization_version".into(), Value::U32(2)),
-        (
-            format!("{arch}.context_length"),
-            Value::U32(u32_of(&config, "max_position_embeddings").unwrap_or(2048)),
-        ),
-        (format!("{arch}.embedding_length"), Value::U32(hidden)),
-        (format!("{arch}.block_count"), Value::U32(layers)),
-        (
-            format!("{arch}.feed_forward_length"),
-            Value::U32(u32_of(&config, "intermediate_size").unwrap_or(0)),
-        ),
-        (format!("{arch}.attention.head_count"), Value::U32(heads)),
-        (format!("{arch}.attention.head_count_kv"), Value::U32(kv_heads)),
-        (
-            format!("{arch}.attention.layer_norm_rms_epsilon"),
-            Value::F32(config["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32),
-        ),
-        (format!("{arch}.rope.freq_base"), Value::F32(rope_theta as f32)),
-        (format!("{arch}.rope.dimension_count"), Value::U32(head_dim)),
     ];
-    if let Some(d) = stated_head_dim {
-        md.push((format!("{arch}.attention.key_length"), Value::U32(d)));
-        md.push((format!("{arch}.attention.value_length"), Value::U32(d)));
-    }
-    // LlamaModel writes the vocabulary size; Qwen2Model does not.
-    if arch == "llama"
-        && let Some(v) = u32_of(&config, "vocab_size")
-    {
-        md.push((format!("{arch}.vocab_size"), Value::U32(v)));
-    }
+    md.extend(arch_keys);
     md.extend(super::vocab::tokenizer_metadata(dir, &config, arch)?);
     for (key, file) in [
         (HF_CONFIG, "config.json"),
