@@ -146,12 +146,6 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     // shape, before it does.
     let hyper = crate::format::hparams::Hyperparameters::from_config(&config_path, &config)
         .map_err(|e| err(&config_path, e.cause()))?;
-    let shapes =
-        crate::format::safetensors_header::weight_shapes(&crate::format::files::safetensors_files(dir)?)
-            .map_err(|e| ConvertError::Read { path: dir.to_path_buf(), cause: e.to_string() })?;
-    if let Some(problem) = hyper.shape_problems(&shapes).first() {
-        return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
-    }
     let original = config.clone();
     // Either of transformers' spellings (a 5.x `rope_parameters` base must not become the
     // default 10,000), and what the file cannot carry stops the conversion by name.
@@ -177,6 +171,13 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
             _ => return Err(err(&config_path, "no head counts or layer count")),
         };
     let experts = count("expert_count").unwrap_or(0);
+    // The tensors against the config, once the config has been read for what the file cannot say.
+    let shapes =
+        crate::format::safetensors_header::weight_shapes(&crate::format::files::safetensors_files(dir)?)
+            .map_err(|e| ConvertError::Read { path: dir.to_path_buf(), cause: e.to_string() })?;
+    if let Some(problem) = hyper.shape_problems(&shapes).first() {
+        return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
+    }
 
     // Every tensor, in its Hugging Face name order, as f32 in the GGUF layout.
     let files = crate::format::files::safetensors_files(dir)?;
@@ -351,5 +352,66 @@ mod tests {
         assert!(llama3.contains("rope_scaling"), "{llama3}");
         let conflict = convert("mistral", |c| c["rope_parameters"] = json!({"rope_theta": 1e6})).unwrap_err();
         assert!(conflict.to_string().contains("`rope_parameters`"), "{conflict}");
+    }
+
+    /// The GGUF written from a copy of the zoo's `model_type` model whose config `edit` changes.
+    fn convert_zoo(model_type: &str, edit: impl Fn(&mut serde_json::Value)) -> Result<Vec<u8>, ConvertError> {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo").join(model_type);
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(zoo.join(file), dir.path().join(file)).unwrap();
+        }
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(zoo.join("config.json")).unwrap()).unwrap();
+        edit(&mut c);
+        std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+        from_safetensors(dir.path(), Quantization::F32)
+    }
+
+    fn metadata(bytes: &[u8]) -> std::collections::HashMap<String, Value> {
+        gguf_file::Content::read(&mut Cursor::new(bytes)).unwrap().metadata
+    }
+
+    /// Config fields llama.cpp's graph of the architecture cannot follow stop the conversion,
+    /// naming the field.
+    #[test]
+    fn what_llama_cpp_cannot_run_is_refused_by_name() {
+        for (model_type, field, value) in [
+            ("qwen3_moe", "norm_topk_prob", json!(false)),
+            ("qwen3_moe", "decoder_sparse_step", json!(2)),
+            ("gpt_bigcode", "scale_attn_weights", json!(false)),
+            ("gpt_bigcode", "activation_function", json!("gelu")),
+            ("starcoder2", "hidden_act", json!("gelu")),
+            ("stablelm", "hidden_act", json!("gelu_pytorch_tanh")),
+            ("olmo2", "clip_qkv", json!(8.0)),
+        ] {
+            let e = convert_zoo(model_type, |c| {
+                c["norm_topk_prob"] = json!(true);
+                c[field] = value.clone();
+            })
+            .expect_err(&format!("{model_type} with {field} {value}"))
+            .to_string();
+            assert!(e.contains(&format!("`{field}`")), "{model_type}: {e}");
+        }
+        assert!(convert_zoo("qwen3_moe", |c| c["norm_topk_prob"] = json!(true)).is_ok());
+    }
+
+    /// What the converter leaves out, or writes against the config, where it changes what the
+    /// model computes: a stablelm's rope base other than llama.cpp's default, a gpt_bigcode
+    /// without multi-query attention, a starcoder2's window narrower than its context.
+    #[test]
+    fn what_the_converter_loses_reaches_the_file() {
+        let base = |c: &mut serde_json::Value, theta: f64| {
+            c["rope_parameters"]["rope_theta"] = json!(theta);
+        };
+        let md = metadata(&convert_zoo("stablelm", |c| base(c, 1e6)).unwrap());
+        assert_eq!(md["stablelm.rope.freq_base"].to_f32().unwrap(), 1e6);
+        let md = metadata(&convert_zoo("stablelm", |c| base(c, 1e4)).unwrap());
+        assert!(!md.contains_key("stablelm.rope.freq_base"), "llama.cpp's default is not stated");
+        let md = metadata(&convert_zoo("starcoder2", |c| c["sliding_window"] = json!(32)).unwrap());
+        assert_eq!(md["starcoder2.context_length"].to_u32().unwrap(), 32);
+        let md = metadata(&convert_zoo("gpt_bigcode", |_| {}).unwrap());
+        assert_eq!(md["starcoder.feed_forward_length"].to_u32().unwrap(), 128, "n_inner, not 4 × n_embd");
+        assert_eq!(md["starcoder.attention.head_count_kv"].to_u32().unwrap(), 1);
     }
 }
