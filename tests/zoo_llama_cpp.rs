@@ -2,7 +2,10 @@
 //! (`fixtures/zoo/`) and on generated models:
 //! - metadata: the keys llama.cpp's converter wrote into `converter-f32.gguf`, key by key and
 //!   value by value, for every zoo architecture the writer converts ([`ALLOWED_EXTRA`],
-//!   [`ALLOWED_DIFFERENT`] list and justify what may differ);
+//!   [`ALLOWED_DIFFERENT`] list and justify what may differ, [`CONVERTER_CONTRADICTS`] where
+//!   the converter's value is not its own tensors');
+//! - tensors: the same names, shapes and types at F32 and Q8_0 (`converter-q8_0.gguf`), the same
+//!   values at F32;
 //! - pre-tokenizers: every `tokenizer.ggml.pre` name the reader accepts splits as llama.cpp
 //!   splits under that name (`fixtures/zoo/PRE_TOKENIZERS.json`, llama.cpp's own tokens);
 //! - quantization mixes: the type of every tensor at every mix the project writes, against the
@@ -46,21 +49,82 @@ const ALLOWED_DIFFERENT: &[(&str, &str)] = &[(
     "provenance: the converter titles the directory name (`Llama`), the writer keeps it (`llama`)",
 )];
 
+/// Values where the converter's file contradicts its own tensors, each with the tensor (and
+/// its dimension, in candle's order) whose width the writer states instead, and why.
+const CONVERTER_CONTRADICTS: &[(&str, &str, usize, &str)] = &[(
+    "starcoder.feed_forward_length",
+    "blk.0.ffn_up.weight",
+    0,
+    "the converter writes 4 × n_embd (256) whatever n_inner says; the zoo's n_inner is 128, the \
+     width its ffn tensors have, so llama.cpp (and the engine, tests/zoo.rs's GGUF_REFUSED) refuse \
+     the converter's file. Every released gpt_bigcode has n_inner null or 4 × n_embd, where the two agree",
+)];
+
 /// The model types whose zoo model the writer converts (others it refuses; tests/zoo.rs holds
 /// that list).
-const WRITTEN: [&str; 3] = ["llama", "mistral", "qwen2"];
+const WRITTEN: [&str; 10] = [
+    "gpt_bigcode",
+    "granite",
+    "llama",
+    "mistral",
+    "olmo2",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "stablelm",
+    "starcoder2",
+];
+
+/// The writer's files of the zoo models that `QUANTIZER.json` holds llama.cpp's answers for as
+/// `generated/writer-zoo-<model_type>` (the others are held to the converter's file's answers).
+const QUANTIZED_BY_LLAMA_CPP: [&str; 3] = ["llama", "mistral", "qwen2"];
 
 fn content(bytes: &[u8]) -> Content {
     Content::read(&mut Cursor::new(bytes)).expect("a GGUF file")
 }
 
+/// The model directory the writer converts for a zoo `model_type`, beside the converter's: the
+/// zoo's own, but for qwen3_moe a copy with `norm_topk_prob` true. The zoo's is false, which
+/// llama.cpp's qwen3moe cannot run (it always renormalises), so the writer refuses it; the
+/// converter reads no `norm_topk_prob`, so its file is the one it writes for either.
+fn writer_input(model_type: &str, tmp: &Path) -> PathBuf {
+    let dir = zoo().join(model_type);
+    if model_type != "qwen3_moe" {
+        return dir;
+    }
+    let copy = tmp.join(model_type);
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if path.extension().is_some_and(|e| e == "gguf") {
+            continue;
+        }
+        std::fs::copy(&path, copy.join(name)).unwrap();
+    }
+    let config_path = copy.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["norm_topk_prob"] = serde_json::json!(true);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    copy
+}
+
+/// The writer's file and the converter's of one zoo model at `q` (`f32` or `q8_0`), as bytes.
+fn both(model_type: &str, q: &str, tmp: &Path) -> (Vec<u8>, Vec<u8>) {
+    let dir = writer_input(model_type, tmp);
+    let ours = gguf::from_safetensors(&dir, mix(q)).unwrap_or_else(|e| panic!("{model_type}: {e}"));
+    let path = zoo().join(model_type).join(format!("converter-{q}.gguf"));
+    (ours, std::fs::read(path).expect("the converter's file"))
+}
+
 #[test]
 fn the_writers_metadata_is_the_converters_key_by_key() {
     let mut problems = Vec::new();
+    let tmp = tempfile::tempdir().unwrap();
     for model_type in WRITTEN {
-        let dir = zoo().join(model_type);
-        let ours = content(&gguf::from_safetensors(&dir, Quantization::F32).expect("the writer converts"));
-        let theirs = content(&std::fs::read(dir.join("converter-f32.gguf")).expect("the converter's file"));
+        let (ours, theirs) = both(model_type, "f32", tmp.path());
+        let (ours, theirs) = (content(&ours), content(&theirs));
         let allowed = |key: &str, list: &[(&str, &str)]| list.iter().any(|(k, _)| key.starts_with(k));
         for key in theirs.metadata.keys().filter(|k| !ours.metadata.contains_key(*k)) {
             problems.push(format!("{model_type}: `{key}` is missing"));
@@ -71,6 +135,16 @@ fn the_writers_metadata_is_the_converters_key_by_key() {
             }
         }
         for (key, value) in &theirs.metadata {
+            if let Some((_, tensor, dim, _)) = CONVERTER_CONTRADICTS.iter().find(|(k, ..)| k == key) {
+                let width = ours.tensor_infos.get(*tensor).map(|t| t.shape.dims()[*dim] as u32);
+                let mine = ours.metadata.get(key).and_then(|v| v.to_u32().ok());
+                if mine.is_none() || mine != width {
+                    problems.push(format!(
+                        "{model_type}: `{key}` is {mine:?} where its tensor `{tensor}` is {width:?} wide"
+                    ));
+                }
+                continue;
+            }
             if let Some(mine) = ours.metadata.get(key)
                 && !allowed(key, ALLOWED_DIFFERENT)
                 && format!("{mine:?}") != format!("{value:?}")
@@ -85,6 +159,82 @@ fn the_writers_metadata_is_the_converters_key_by_key() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The writer's files hold the converter's tensors: the same names, shapes (in llama.cpp's
+/// layouts: q/k permuted for llama and granite, experts stacked, gpt_bigcode's fused qkv) and
+/// types at F32 and Q8_0, and at F32 the same values bit for bit.
+#[test]
+fn the_writers_tensors_are_the_converters() {
+    let mut problems = Vec::new();
+    let tmp = tempfile::tempdir().unwrap();
+    for model_type in WRITTEN {
+        for q in ["f32", "q8_0"] {
+            let (our_bytes, their_bytes) = both(model_type, q, tmp.path());
+            let (ours, theirs) = (content(&our_bytes), content(&their_bytes));
+            let names: BTreeSet<&String> =
+                ours.tensor_infos.keys().chain(theirs.tensor_infos.keys()).collect();
+            for name in names {
+                let (Some(mine), Some(want)) = (ours.tensor_infos.get(name), theirs.tensor_infos.get(name))
+                else {
+                    let whose = if ours.tensor_infos.contains_key(name) {
+                        "only ours"
+                    } else {
+                        "only the converter's"
+                    };
+                    problems.push(format!("{model_type} {q}: `{name}` is {whose}"));
+                    continue;
+                };
+                if (mine.shape.dims(), mine.ggml_dtype) != (want.shape.dims(), want.ggml_dtype) {
+                    problems.push(format!(
+                        "{model_type} {q}: `{name}` is {:?} {:?}, the converter's {:?} {:?}",
+                        mine.shape.dims(),
+                        mine.ggml_dtype,
+                        want.shape.dims(),
+                        want.ggml_dtype
+                    ));
+                } else if q == "f32" && values(&ours, &our_bytes, name) != values(&theirs, &their_bytes, name)
+                {
+                    problems
+                        .push(format!("{model_type} {q}: `{name}` holds other values than the converter's"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// Tensor `name` of a file, dequantized, as the bits of each value.
+fn values(file: &Content, bytes: &[u8], name: &str) -> Vec<u32> {
+    let device = candle_core::Device::Cpu;
+    let t = file.tensor(&mut Cursor::new(bytes), name, &device).unwrap().dequantize(&device).unwrap();
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+}
+
+/// The writer's files of the zoo models it converts and `QUANTIZER.json` has no writer entry
+/// for, at every mix, hold each tensor in the type llama.cpp's quantizer gave the same tensor
+/// of the converter's F32 file (`zoo/<model_type>`): the two files hold the same tensors and
+/// the same metadata llama.cpp's rules read.
+#[test]
+fn the_writer_quantizes_the_zoo_as_llama_cpp_quantizes_the_converters_files() {
+    let mut problems = Vec::new();
+    let reference = reference();
+    let tmp = tempfile::tempdir().unwrap();
+    for model_type in WRITTEN.into_iter().filter(|m| !QUANTIZED_BY_LLAMA_CPP.contains(m)) {
+        let mixes =
+            reference.get(&format!("zoo/{model_type}")).unwrap_or_else(|| panic!("no zoo/{model_type}"));
+        let dir = writer_input(model_type, tmp.path());
+        for (q, want) in mixes {
+            let file = content(&gguf::from_safetensors(&dir, mix(q)).unwrap());
+            let types: HashMap<String, String> = file
+                .tensor_infos
+                .iter()
+                .map(|(n, info)| (n.clone(), gguf::type_name(info.ggml_dtype)))
+                .collect();
+            problems.extend(differences(model_type, q, &types, want));
+        }
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
 }
 
 /// The generated models `QUANTIZER.json` holds llama.cpp's answers for: rows of 256 and 512
@@ -142,7 +292,9 @@ fn write_quantizer_inputs() {
 /// (`writer-zoo-<model_type>`).
 fn inputs(tmp: &Path) -> Vec<(String, PathBuf)> {
     let generated = quantizer_models().into_iter().map(|(id, _, _)| (id.to_string(), generated(tmp, id)));
-    generated.chain(WRITTEN.into_iter().map(|m| (format!("writer-zoo-{m}"), zoo().join(m)))).collect()
+    generated
+        .chain(QUANTIZED_BY_LLAMA_CPP.into_iter().map(|m| (format!("writer-zoo-{m}"), zoo().join(m))))
+        .collect()
 }
 
 /// `QUANTIZER.json`: per input, per mix, per tensor, llama.cpp's type.

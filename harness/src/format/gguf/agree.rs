@@ -129,13 +129,20 @@ pub(crate) fn against_config(
             _ => {}
         }
     }
-    // The rotary width: an explicit head_dim, else hidden / heads; only where the file says one.
+    // The rotary width: an explicit head_dim, else hidden / heads, times the share that rotates
+    // (stablelm's `partial_rotary_factor`); only where the file says one.
     let head_dim = config_int(config, "head_dim").or_else(|| Some(hidden? / heads.filter(|h| *h > 0)?));
+    let partial = ["partial_rotary_factor", "rope_parameters"]
+        .iter()
+        .filter_map(|f| config.get(f))
+        .find_map(|v| v.as_f64().or_else(|| v.get("partial_rotary_factor")?.as_f64()))
+        .unwrap_or(1.0);
     let key = file.key("rope.dimension_count");
-    if let (Some(got), Some(want)) = (file.int(&key), head_dim)
-        && got != want
+    if let (Some(got), Some(width)) = (file.int(&key), head_dim)
+        && got != (width as f64 * partial) as u64
     {
-        problems.push(format!("{key} {got} in the file, config.json's heads are {want} wide"));
+        let share = if partial == 1.0 { String::new() } else { format!(", {partial} of each rotating") };
+        problems.push(format!("{key} {got} in the file, config.json's heads are {width} wide{share}"));
     }
     // Both sides default to the base transformers and llama.cpp assume where none is written.
     let key = file.key("rope.freq_base");

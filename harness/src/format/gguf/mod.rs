@@ -3,16 +3,19 @@
 //! by llama.cpp's converter) back to named f32 tensors in the Hugging Face layout.
 //!
 //! Names follow llama.cpp (`blk.N.attn_q.weight`, …). For the llama convention (llama and
-//! mistral, both written as GGUF architecture `llama`) the q and k projections are permuted
-//! as llama.cpp's converter does, so interleaved rotary embeddings compute what the Hugging
-//! Face model computes; qwen2 keeps its layout (its rotary embedding is the NeoX one).
+//! mistral, both written as GGUF architecture `llama`, and granite) the q and k projections are
+//! permuted as llama.cpp's converter does, so interleaved rotary embeddings compute what the
+//! Hugging Face model computes; the others keep their layout (their rotary embedding is the
+//! NeoX one). gpt_bigcode is llama.cpp's `starcoder`, its GPT-2 names mapped by their own table
+//! and its fused `c_attn` kept as `attn_qkv`; a mixture's experts are stacked, one tensor per
+//! layer and projection (`ffn_gate_exps`, …), as llama.cpp stores them.
 //!
 //! Quantization mixes follow llama.cpp's `llama_tensor_get_type` (`mix.rs`, which lists the
 //! rules): a tensor whose rows a block cannot tile falls back as llama.cpp falls back, and every
 //! fallback is listed in the file's `modelqa.fallbacks` metadata: nothing changes type silently.
 //!
-//! Writing is in `write.rs` (the tokenizer's metadata in `vocab.rs`, its pre-tokenizer's name
-//! from `pre.rs`), the mixes in `mix.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and
+//! Writing is in `write.rs` (each architecture's keys in `keys.rs`, the tokenizer's metadata in
+//! `vocab.rs`, its pre-tokenizer's name from `pre.rs`), the mixes in `mix.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and
 //! what a file claims against the model's own files in `agree.rs`; this file holds the metadata
 //! keys, the errors and the mapping between Hugging Face and GGUF names.
 
@@ -23,6 +26,7 @@ use crate::matrix::Quantization;
 
 mod agree;
 mod check;
+mod keys;
 mod mix;
 mod pre;
 mod read;
@@ -124,11 +128,23 @@ pub fn permutes_qk(arch: &str) -> bool {
     matches!(arch, "llama" | "granite")
 }
 
-/// The GGUF architecture of a Hugging Face `model_type`, and whether q/k are permuted.
+/// The Hugging Face `model_type`s the writer converts, as an error refusing another one says it.
+pub(crate) const WRITTEN_MODEL_TYPES: &str =
+    "llama, mistral, qwen2, qwen3, qwen3_moe, olmo2, granite, stablelm, starcoder2 and gpt_bigcode";
+
+/// The GGUF architecture of a Hugging Face `model_type` the writer converts, and whether q/k
+/// are permuted.
 pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
     match model_type {
         "llama" | "mistral" => Some(("llama", true)),
+        "granite" => Some(("granite", true)),
         "qwen2" => Some(("qwen2", false)),
+        "qwen3" => Some(("qwen3", false)),
+        "qwen3_moe" => Some(("qwen3moe", false)),
+        "olmo2" => Some(("olmo2", false)),
+        "stablelm" => Some(("stablelm", false)),
+        "starcoder2" => Some(("starcoder2", false)),
+        "gpt_bigcode" => Some(("starcoder", false)),
         _ => None,
     }
 }
@@ -168,6 +184,66 @@ const GLOBAL_NAMES: [(&str, &str); 4] = [
     ("model.norm.bias", "output_norm.bias"),
     ("lm_head.weight", "output.weight"),
 ];
+
+/// The GGUF name the writer gives a Hugging Face tensor of GGUF architecture `arch` (experts
+/// aside: they are stacked first). Where an architecture's names part from the shared table:
+/// olmo2's norm after attention is its own (it has no pre-norms), starcoder2's MLP keeps GPT-2's
+/// names, and `starcoder` (gpt_bigcode) is GPT-2 throughout.
+pub fn written_name(arch: &str, hf: &str) -> Option<String> {
+    match arch {
+        "starcoder" => starcoder_name(hf),
+        "olmo2" if hf.ends_with(".post_attention_layernorm.weight") => {
+            gguf_name(hf).map(|g| g.replace(".ffn_norm.", ".post_attention_norm."))
+        }
+        "starcoder2" => {
+            gguf_name(&hf.replace(".mlp.c_fc.", ".mlp.up_proj.").replace(".mlp.c_proj.", ".mlp.down_proj."))
+        }
+        _ => gguf_name(hf),
+    }
+}
+
+/// gpt_bigcode's GPT-2 names and llama.cpp's `starcoder` names: the model's own, then each
+/// layer's (without `transformer.h.N.` and `.weight`/`.bias`).
+const GPT2_GLOBAL_NAMES: [(&str, &str); 5] = [
+    ("transformer.wte.weight", "token_embd.weight"),
+    ("transformer.wpe.weight", "position_embd.weight"),
+    ("transformer.ln_f.weight", "output_norm.weight"),
+    ("transformer.ln_f.bias", "output_norm.bias"),
+    ("lm_head.weight", "output.weight"),
+];
+const GPT2_LAYER_NAMES: [(&str, &str); 6] = [
+    ("attn.c_attn", "attn_qkv"),
+    ("attn.c_proj", "attn_output"),
+    ("ln_1", "attn_norm"),
+    ("ln_2", "ffn_norm"),
+    ("mlp.c_fc", "ffn_up"),
+    ("mlp.c_proj", "ffn_down"),
+];
+
+/// The llama.cpp `starcoder` name of a gpt_bigcode tensor.
+fn starcoder_name(hf: &str) -> Option<String> {
+    if let Some((_, g)) = GPT2_GLOBAL_NAMES.iter().find(|(h, _)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let (layer, rest) = hf.strip_prefix("transformer.h.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (stem, kind) = rest.rsplit_once('.')?;
+    let (_, g) = GPT2_LAYER_NAMES.iter().find(|(h, _)| *h == stem)?;
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// The Hugging Face (GPT-2 style) name of a tensor of llama.cpp's `starcoder` architecture,
+/// which its converter writes for `gpt_bigcode`.
+fn gpt_bigcode_name(gguf: &str) -> Option<String> {
+    if let Some((h, _)) = GPT2_GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (stem, kind) = rest.rsplit_once('.')?;
+    let (h, _) = GPT2_LAYER_NAMES.iter().find(|(_, g)| *g == stem)?;
+    Some(format!("transformer.h.{layer}.{h}.{kind}"))
+}
 
 /// The GGUF name of a Hugging Face tensor name.
 pub fn gguf_name(hf: &str) -> Option<String> {
@@ -215,5 +291,28 @@ mod tests {
         assert_eq!(gguf_name("model.layers.3.mlp.gate_proj.weight").unwrap(), "blk.3.ffn_gate.weight");
         assert!(gguf_name("model.layers.x.mlp.up_proj.weight").is_none());
         assert!(gguf_name("vision.patch_embed.weight").is_none());
+    }
+
+    /// The names that part from the shared table, written and read back.
+    #[test]
+    fn architecture_names_map_both_ways() {
+        for (arch, hf, gguf) in [
+            ("starcoder", "transformer.h.1.attn.c_attn.weight", "blk.1.attn_qkv.weight"),
+            ("starcoder", "transformer.h.0.mlp.c_proj.bias", "blk.0.ffn_down.bias"),
+            ("starcoder", "transformer.wpe.weight", "position_embd.weight"),
+            ("starcoder", "transformer.ln_f.bias", "output_norm.bias"),
+            ("olmo2", "model.layers.2.post_attention_layernorm.weight", "blk.2.post_attention_norm.weight"),
+            ("olmo2", "model.layers.2.post_feedforward_layernorm.weight", "blk.2.post_ffw_norm.weight"),
+            ("starcoder2", "model.layers.0.mlp.c_fc.weight", "blk.0.ffn_up.weight"),
+            ("starcoder2", "model.layers.0.mlp.c_proj.bias", "blk.0.ffn_down.bias"),
+            ("llama", "model.layers.2.post_attention_layernorm.weight", "blk.2.ffn_norm.weight"),
+        ] {
+            assert_eq!(written_name(arch, hf).as_deref(), Some(gguf), "{arch} {hf}");
+        }
+        assert_eq!(
+            gpt_bigcode_name("blk.1.attn_qkv.weight").as_deref(),
+            Some("transformer.h.1.attn.c_attn.weight")
+        );
+        assert!(written_name("starcoder", "model.layers.0.mlp.up_proj.weight").is_none());
     }
 }

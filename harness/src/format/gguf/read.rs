@@ -535,34 +535,6 @@ pub fn dequantized_config(
     Some(config)
 }
 
-/// The Hugging Face (GPT-2 style) name of a tensor of llama.cpp's `starcoder` architecture,
-/// which its converter writes for `gpt_bigcode`.
-fn gpt_bigcode_name(gguf: &str) -> Option<String> {
-    let global = [
-        ("token_embd.weight", "transformer.wte.weight"),
-        ("position_embd.weight", "transformer.wpe.weight"),
-        ("output_norm.weight", "transformer.ln_f.weight"),
-        ("output_norm.bias", "transformer.ln_f.bias"),
-        ("output.weight", "lm_head.weight"),
-    ];
-    if let Some((_, h)) = global.iter().find(|(g, _)| *g == gguf) {
-        return Some(h.to_string());
-    }
-    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (stem, kind) = rest.rsplit_once('.')?;
-    let h = match stem {
-        "attn_qkv" => "attn.c_attn",
-        "attn_output" => "attn.c_proj",
-        "attn_norm" => "ln_1",
-        "ffn_norm" => "ln_2",
-        "ffn_up" => "mlp.c_fc",
-        "ffn_down" => "mlp.c_proj",
-        _ => return None,
-    };
-    Some(format!("transformer.h.{layer}.{h}.{kind}"))
-}
-
 /// The layer and Hugging Face projection of a stacked experts tensor (`blk.N.ffn_gate_exps.weight`).
 fn stacked_experts(name: &str) -> Option<(usize, &'static str)> {
     let rest = name.strip_prefix("blk.")?;
@@ -648,7 +620,7 @@ fn read_tensors(
             }
             continue;
         }
-        let hf = if arch == "starcoder" { gpt_bigcode_name(name) } else { hf_name(name) };
+        let hf = if arch == "starcoder" { super::gpt_bigcode_name(name) } else { hf_name(name) };
         let hf = hf.ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
         // starcoder2's MLP keeps GPT-2's names.
         let hf = match arch.as_str() {

@@ -48,24 +48,24 @@ pub(super) fn tokenizer_metadata(
         Ok(t) => Some(serde_json::from_str(&t).map_err(|e| err(&tc_path, e))?),
         Err(_) => None,
     };
+    // LlamaModel's vocabulary rules are granite's too (GraniteModel is one).
+    let llama = matches!(arch, "llama" | "granite");
     // A llama whose tokenizer.json is SentencePiece's BPE (byte fallback, a decoder sequence) is
     // written as the converter's `LlamaHfVocab` writes it; any other tokenizer must be a
     // byte-level BPE whose pre-tokenizer llama.cpp knows.
-    let sentencepiece = arch == "llama"
+    let sentencepiece = llama
         && tok["model"]["type"] == "BPE"
         && tok["model"]["byte_fallback"].as_bool() == Some(true)
         && tok["decoder"]["type"] == "Sequence";
     let mut md = Vec::new();
     // LlamaModel states tokenizer_config.json's `add_prefix_space` where it has one.
-    if arch == "llama"
-        && let Some(b) = tc.as_ref().and_then(|tc| tc["add_prefix_space"].as_bool())
-    {
+    if llama && let Some(b) = tc.as_ref().and_then(|tc| tc["add_prefix_space"].as_bool()) {
         md.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(b)));
     }
     md.extend(if sentencepiece { llama_vocab(&tok) } else { gpt2_vocab(&tok, config, &path)? });
     md.push((HF_TOKENIZER_JSON.to_string(), Value::String(text)));
     md.extend(special_vocab(&tok, tc.as_ref(), config));
-    if arch == "llama" {
+    if llama {
         llama_vocab_size_rules(&mut md, config["vocab_size"].as_u64());
     }
     if let Some(tc) = &tc
