@@ -248,6 +248,7 @@ fn check_gguf(
         problems.push(e.to_string());
         return Err(problems.join("; "));
     }
+    problems.extend(gguf::dequantized_shape_problems(artifact, &content));
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     let tensors: Vec<(String, Vec<usize>, candle_core::quantized::GgmlDType)> = names
@@ -577,5 +578,83 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// `gguf` rewritten with `edit` applied to its metadata and the tensor `drop` left out.
+    fn rewritten(gguf: &[u8], edit: impl FnOnce(&mut Vec<(String, Value)>), drop: &str) -> Vec<u8> {
+        let mut cursor = std::io::Cursor::new(gguf);
+        let content = gguf_file::Content::read(&mut cursor).unwrap();
+        let mut md: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
+        md.sort_by(|a, b| a.0.cmp(&b.0));
+        edit(&mut md);
+        let mut names: Vec<&String> = content.tensor_infos.keys().filter(|n| *n != drop).collect();
+        names.sort();
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+            .into_iter()
+            .map(|n| (n.clone(), content.tensor(&mut cursor, n, &candle_core::Device::Cpu).unwrap()))
+            .collect();
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut out = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
+        out.into_inner()
+    }
+
+    /// G0 of llama.cpp's converter files of the zoo models whose layouts `gguf::layouts` reads
+    /// back (deepseek2, phi3, gemma3): the clean F32 and Q8_0 files pass against the model's
+    /// config.json; a metadata key planted wrong fails naming it, and a tensor left out fails
+    /// naming the tensor the model then lacks.
+    #[test]
+    fn g0_passes_the_converters_deepseek2_phi3_gemma3_files_and_names_planted_defects() {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo");
+        let out = tempfile::tempdir().unwrap();
+        let planted = out.path().join("planted.gguf");
+        let cases: [(&str, &str, Value, &str, &str, &str); 3] = [
+            (
+                "deepseek_v2",
+                "deepseek2.attention.kv_lora_rank",
+                Value::U32(8),
+                "deepseek2.attention.kv_lora_rank 8 in the file, config.json kv_lora_rank 16",
+                "blk.1.ffn_up_shexp.weight",
+                "model.layers.1.mlp.shared_experts.up_proj.weight",
+            ),
+            (
+                "phi3",
+                "phi3.rope.dimension_count",
+                Value::U32(8),
+                "phi3.rope.dimension_count 8 in the file, config.json's heads are 16 wide",
+                "blk.0.attn_qkv.weight",
+                "model.layers.0.self_attn.qkv_proj.weight",
+            ),
+            (
+                "gemma3_text",
+                "gemma3.rope.freq_base_swa",
+                Value::F32(1e6),
+                "gemma3.rope.freq_base_swa 1000000 in the file, config.json rope_parameters.sliding_attention.rope_theta 10000",
+                "blk.1.attn_q_norm.weight",
+                "model.layers.1.self_attn.q_norm.weight",
+            ),
+        ];
+        for (model_type, key, value, lie, dropped, missing) in cases {
+            let source = zoo.join(model_type);
+            let check = |path: &Path, q: Quantization| {
+                check_artifact(path, Format::Gguf(q), Some(&source), &ExpectedShape::default(), None)
+            };
+            for (file, q) in
+                [("converter-f32.gguf", Quantization::F32), ("converter-q8_0.gguf", Quantization::Q8_0)]
+            {
+                let passed =
+                    check(&source.join(file), q).unwrap_or_else(|e| panic!("{model_type} {file}: {e}"));
+                assert!(passed.contains("agrees with config.json"), "{passed}");
+            }
+            let clean = std::fs::read(source.join("converter-f32.gguf")).unwrap();
+            std::fs::write(&planted, rewritten(&clean, |md| set(md, key, value), "")).unwrap();
+            let e = check(&planted, Quantization::F32).unwrap_err();
+            assert!(e.contains(lie), "{model_type}: `{e}` lacks `{lie}`");
+            std::fs::write(&planted, rewritten(&clean, |_| {}, dropped)).unwrap();
+            let e = check(&planted, Quantization::F32).unwrap_err();
+            assert!(e.contains(missing), "{model_type}: `{e}` lacks `{missing}`");
+        }
     }
 }

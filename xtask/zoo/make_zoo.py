@@ -84,6 +84,13 @@ MIN_DISTINCT = 4
 # their random models repeat the last token whatever the draw: their greedy continuations may,
 # and the logits at every prompt position carry their check.
 REPEATS_ALLOWED = {"gemma2", "gemma3_text"}
+# The zoo's tokenizer is a byte-level BPE (tokenizer.json only). Where llama.cpp's converter
+# picks the vocabulary's kind by `tokenizer_class` (phi3: GPT2Tokenizer for a BPE, else a
+# SentencePiece tokenizer.model it needs) or builds the model type's own tokenizer through
+# AutoTokenizer without one (gemma3_text: GemmaTokenizer, which adds pieces past the 512 ids),
+# tokenizer_config.json names the class the file really is, as a BPE model's repository
+# (Phi-4's, a phi3) ships it. No id, weight or reference changes.
+TOKENIZER_CLASS = {"phi3": "GPT2Tokenizer", "gemma3_text": "GPT2Tokenizer"}
 
 # Shapes shared by every architecture: tiny, and 4 query heads over 2 KV heads where it can.
 COMMON = dict(
@@ -227,6 +234,16 @@ def reference(model, tokenizer):
     return prompts, worst, special
 
 
+def write_tokenizer_class(model_type):
+    """`tokenizer_class` in the model's tokenizer_config.json where TOKENIZER_CLASS names one."""
+    if model_type not in TOKENIZER_CLASS:
+        return
+    path = ZOO / model_type / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = TOKENIZER_CLASS[model_type]
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def write_model(model_type, tokenizer):
     config = config_for(model_type)
     out = ZOO / model_type
@@ -254,6 +271,7 @@ def write_model(model_type, tokenizer):
     model.save_pretrained(out, safe_serialization=True)
     for f in ["tokenizer.json", "tokenizer_config.json"]:
         shutil.copy(TOKENIZER_DIR / f, out / f)
+    write_tokenizer_class(model_type)
     (out / "reference.json").write_text(json.dumps({
         "model_type": model_type,
         "transformers": transformers.__version__,
@@ -353,6 +371,9 @@ def main():
         record = json.loads(refusals_path.read_text()) if refusals_path.exists() else {"refused": {}}
         record["converter"] = tree.parents[1].name if tree.parent.name == "vendor" else str(tree.name)
         for model_type in wanted:
+            if gguf_only:
+                # The class is no part of the model or its reference (see TOKENIZER_CLASS).
+                write_tokenizer_class(model_type)
             why = write_converter_ggufs(model_type, tree)
             if why is None:
                 record["refused"].pop(model_type, None)

@@ -1,0 +1,255 @@
+//! llama.cpp's layouts of deepseek2, phi3 and gemma3 and the way back to the Hugging Face model
+//! the engine runs: each tensor's Hugging Face name, the transforms its converter applied
+//! (deepseek2's `kv_b_proj` split into `attn_k_b`/`attn_v_b` for absorbed MLA, gemma3's norms
+//! stored as `1 + w`), the config rebuilt from the KV keys, and the keys that change the maths
+//! in a way the engine does not reproduce, each refused by name. It reads no file.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use candle_core::quantized::gguf_file::Value;
+use serde_json::json;
+
+/// The Hugging Face name of a tensor of `arch` (one of this module's), `None` where it has none
+/// (deepseek2's `attn_k_b`/`attn_v_b` are joined by [`join_kv_b`], not renamed).
+pub(super) fn hf_name(arch: &str, gguf: &str) -> Option<String> {
+    let (layer, rest) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')).unzip();
+    let own = match (arch, rest) {
+        ("deepseek2", Some(rest)) => match rest {
+            "attn_q_a.weight" => Some("self_attn.q_a_proj.weight"),
+            "attn_q_a_norm.weight" => Some("self_attn.q_a_layernorm.weight"),
+            "attn_q_b.weight" => Some("self_attn.q_b_proj.weight"),
+            "attn_kv_a_mqa.weight" => Some("self_attn.kv_a_proj_with_mqa.weight"),
+            "attn_kv_a_norm.weight" => Some("self_attn.kv_a_layernorm.weight"),
+            "attn_kv_b.weight" => Some("self_attn.kv_b_proj.weight"),
+            "ffn_gate_shexp.weight" => Some("mlp.shared_experts.gate_proj.weight"),
+            "ffn_up_shexp.weight" => Some("mlp.shared_experts.up_proj.weight"),
+            "ffn_down_shexp.weight" => Some("mlp.shared_experts.down_proj.weight"),
+            _ => None,
+        },
+        ("phi3", Some(rest)) => match rest {
+            "attn_qkv.weight" => Some("self_attn.qkv_proj.weight"),
+            // phi3's gate and up projections, fused as Hugging Face fuses them.
+            "ffn_up.weight" => Some("mlp.gate_up_proj.weight"),
+            _ => None,
+        },
+        // gemma3's norm before the MLP (`ffn_norm` is the llama convention's post-attention one).
+        ("gemma3", Some("ffn_norm.weight")) => Some("pre_feedforward_layernorm.weight"),
+        _ => None,
+    };
+    match (own, layer) {
+        (Some(h), Some(layer)) => {
+            layer.parse::<usize>().ok()?;
+            Some(format!("model.layers.{layer}.{h}"))
+        }
+        _ => super::hf_name(gguf),
+    }
+}
+
+/// The layer and half of deepseek2's split `kv_b_proj` a tensor is (`true`: `attn_k_b`).
+pub(super) fn kv_b_half(arch: &str, gguf: &str) -> Option<(usize, bool)> {
+    if arch != "deepseek2" {
+        return None;
+    }
+    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let keys = match rest {
+        "attn_k_b.weight" => true,
+        "attn_v_b.weight" => false,
+        _ => return None,
+    };
+    Some((layer.parse().ok()?, keys))
+}
+
+/// deepseek2's `kv_b_proj` (`[heads · (nope + v), kv_lora_rank]`, each head's key rows then
+/// its value rows) from the halves the converter split it into for absorbed MLA: `k_b`
+/// `[heads, kv_lora_rank, nope]` (transposed) and `v_b` `[heads, v, kv_lora_rank]`.
+pub(super) fn join_kv_b(k_b: &Tensor, v_b: &Tensor) -> candle_core::Result<Tensor> {
+    let (heads, rank, _) = k_b.dims3()?;
+    let keys = k_b.transpose(1, 2)?;
+    let joined = Tensor::cat(&[&keys, v_b], 1)?;
+    let rows = joined.dim(1)?;
+    joined.reshape((heads * rows, rank))
+}
+
+/// Whether a tensor of `arch` was stored as `1 + w` (gemma3's norms, `x · (1 + w)` in the Hugging
+/// Face model), so reading it back subtracts the one.
+pub(super) fn shifted_by_one(arch: &str, gguf: &str) -> bool {
+    arch == "gemma3" && gguf.ends_with("norm.weight")
+}
+
+/// Keys of `arch` (one of this module's) that change the maths in a way the engine's model
+/// does not reproduce, or that contradict each other: the first, named, with why.
+pub(super) fn refused_key(md: &HashMap<String, Value>, arch: &str) -> Option<String> {
+    let key = |suffix: &str| format!("{arch}.{suffix}");
+    let int = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_u32().ok());
+    let text = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_string().ok()).cloned();
+    // Rope scaling: neither deepseek2's YaRN (its attention factor is spelled differently by
+    // converter versions) nor gemma3's (llama.cpp scales local layers by their own factor) nor
+    // phi3's LongRoPE (factors stored as tensors) is read back.
+    if let Some(kind) = text("rope.scaling.type").filter(|t| t != "none") {
+        return Some(format!(
+            "`{}` is `{kind}`; the engine does not read rope scaling from a {arch} GGUF",
+            key("rope.scaling.type")
+        ));
+    }
+    for suffix in ["rope.scaling.factor", "rope.scaling.attn_factor", "rope.scaling.yarn_log_multiplier"] {
+        if let Some(v) = md.get(&key(suffix)).and_then(|v| v.to_f32().ok())
+            && v != 1.0
+            && !(suffix == "rope.scaling.yarn_log_multiplier" && v == 0.0)
+        {
+            return Some(format!("`{}` is {v}; the engine does not scale a {arch} GGUF's rope", key(suffix)));
+        }
+    }
+    match arch {
+        "deepseek2" => {
+            if md.get(&key("expert_weights_norm")).and_then(|v| v.to_bool().ok()) == Some(true) {
+                return Some(format!(
+                    "`{}` is true; the engine's deepseek_v2 scales the chosen experts' weights, never renormalises them",
+                    key("expert_weights_norm")
+                ));
+            }
+            // llama.cpp's gating functions: 1 softmax, 2 sigmoid.
+            if let Some(f) = int("expert_gating_func").filter(|f| *f != 1) {
+                return Some(format!(
+                    "`{}` is {f}; the engine's deepseek_v2 gates by softmax (1)",
+                    key("expert_gating_func")
+                ));
+            }
+            if let Some(mla) = int("attention.key_length_mla") {
+                let (rank, rope) = (int("attention.kv_lora_rank"), int("rope.dimension_count"));
+                let want_key = rank.zip(rope).map(|(r, d)| r + d);
+                if int("attention.key_length") != want_key || int("attention.value_length") != rank {
+                    return Some(format!(
+                        "`{}` {mla} says absorbed MLA, but `{}` {:?} and `{}` {:?} are not kv_lora_rank + rope dimensions ({want_key:?}) and kv_lora_rank ({rank:?})",
+                        key("attention.key_length_mla"),
+                        key("attention.key_length"),
+                        int("attention.key_length"),
+                        key("attention.value_length"),
+                        int("attention.value_length"),
+                    ));
+                }
+                if int("attention.head_count_kv") != Some(1) {
+                    return Some(format!(
+                        "`{}` is {:?}; absorbed MLA is one KV head",
+                        key("attention.head_count_kv"),
+                        int("attention.head_count_kv")
+                    ));
+                }
+            }
+            None
+        }
+        "gemma3" => {
+            if int("attention.key_length") != int("attention.value_length") {
+                return Some(format!(
+                    "`{}` {:?} and `{}` {:?} differ; the engine's gemma3_text has one head width",
+                    key("attention.key_length"),
+                    int("attention.key_length"),
+                    key("attention.value_length"),
+                    int("attention.value_length")
+                ));
+            }
+            if md.get(&key("attention.sliding_window_pattern")).is_some_and(|v| v.to_vec().is_ok()) {
+                return Some(format!(
+                    "`{}` is a list; the engine reads a period only",
+                    key("attention.sliding_window_pattern")
+                ));
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The Hugging Face config.json of a file of `arch` (one of this module's), over `common` (the
+/// keys every architecture shares, `read::dequantized_config`'s).
+pub(super) fn config(
+    md: &HashMap<String, Value>,
+    arch: &str,
+    mut common: serde_json::Value,
+) -> Option<serde_json::Value> {
+    let int = |suffix: &str| md.get(&format!("{arch}.{suffix}")).and_then(|v| v.to_u32().ok());
+    let float =
+        |suffix: &str| md.get(&format!("{arch}.{suffix}")).and_then(|v| v.to_f32().ok()).map(f64::from);
+    let hidden = int("embedding_length")?;
+    let heads = int("attention.head_count")?.max(1);
+    let layers = int("block_count")?;
+    let c = &mut common;
+    let drop = |c: &mut serde_json::Value, field: &str| {
+        if let Some(object) = c.as_object_mut() {
+            object.remove(field);
+        }
+    };
+    match arch {
+        "deepseek2" => {
+            // Absorbed MLA (this converter) states the per-head widths as `*_mla` and the
+            // latent ones as key/value lengths; an older file states the per-head ones only.
+            let rope = int("rope.dimension_count")?;
+            let key = int("attention.key_length_mla").or(int("attention.key_length"))?;
+            let value = int("attention.value_length_mla").or(int("attention.value_length"))?;
+            c["model_type"] = json!("deepseek_v2");
+            c["num_key_value_heads"] = json!(heads);
+            c["head_dim"] = json!(rope);
+            c["qk_rope_head_dim"] = json!(rope);
+            c["qk_nope_head_dim"] = json!(key.checked_sub(rope)?);
+            c["v_head_dim"] = json!(value);
+            c["kv_lora_rank"] = json!(int("attention.kv_lora_rank")?);
+            c["q_lora_rank"] = json!(int("attention.q_lora_rank"));
+            c["n_routed_experts"] = json!(int("expert_count"));
+            c["num_experts_per_tok"] = json!(int("expert_used_count"));
+            c["n_shared_experts"] = json!(int("expert_shared_count").filter(|n| *n > 0));
+            c["moe_intermediate_size"] = json!(int("expert_feed_forward_length"));
+            c["first_k_dense_replace"] = json!(int("leading_dense_block_count").unwrap_or(0));
+            // Absent, llama.cpp does not scale the chosen experts' weights.
+            c["routed_scaling_factor"] = json!(float("expert_weights_scale").unwrap_or(1.0));
+            c["topk_method"] = json!("greedy");
+            c["scoring_func"] = json!("softmax");
+            c["attention_bias"] = json!(false);
+        }
+        "phi3" => {
+            // llama.cpp runs phi3 without its sliding window (it warns and disables it), so the
+            // file is run so too, whatever `attention.sliding_window` says.
+            let head_dim = hidden / heads;
+            let rotary = int("rope.dimension_count").unwrap_or(head_dim);
+            drop(c, "head_dim");
+            c["partial_rotary_factor"] = json!(f64::from(rotary) / f64::from(head_dim.max(1)));
+            c["original_max_position_embeddings"] = json!(int("rope.scaling.original_context_length"));
+            c["sliding_window"] = serde_json::Value::Null;
+        }
+        "gemma3" => {
+            let head_dim = int("attention.key_length").unwrap_or(hidden / heads);
+            let context = int("context_length")?;
+            let window = int("attention.sliding_window").filter(|w| *w > 0);
+            // llama.cpp's gemma3: every `sliding_window_pattern`-th layer (6 unless stated) is
+            // global, the others sliding; with no window, every layer is global.
+            let period = int("attention.sliding_window_pattern").unwrap_or(6).max(1);
+            let layer_types: Vec<&str> = (0..layers)
+                .map(|l| match window {
+                    Some(_) if l % period < period - 1 => "sliding_attention",
+                    _ => "full_attention",
+                })
+                .collect();
+            let base = float("rope.freq_base").unwrap_or(10_000.0);
+            // llama.cpp scales queries by 1/√head_dim, save for the 27B (62 layers), 1/√(hidden/heads).
+            let scalar = if layers == 62 { hidden / heads } else { head_dim };
+            c["model_type"] = json!("gemma3_text");
+            c["head_dim"] = json!(head_dim);
+            c["hidden_activation"] = json!("gelu_pytorch_tanh");
+            drop(c, "hidden_act");
+            c["query_pre_attn_scalar"] = json!(scalar);
+            c["attn_logit_softcapping"] = serde_json::Value::Null;
+            c["final_logit_softcapping"] = json!(float("final_logit_softcapping"));
+            c["sliding_window"] = json!(window.unwrap_or(context));
+            c["layer_types"] = json!(layer_types);
+            drop(c, "rope_theta");
+            c["rope_parameters"] = json!({
+                "full_attention": {"rope_type": "default", "rope_theta": base},
+                "sliding_attention": {
+                    "rope_type": "default",
+                    "rope_theta": float("rope.freq_base_swa").unwrap_or(base),
+                },
+            });
+        }
+        _ => return None,
+    }
+    Some(common)
+}
