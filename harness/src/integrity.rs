@@ -656,5 +656,42 @@ mod tests {
             let e = check(&planted, Quantization::F32).unwrap_err();
             assert!(e.contains(missing), "{model_type}: `{e}` lacks `{missing}`");
         }
+        // Keys that change the maths in a way the engine does not reproduce: refused by name.
+        let unhonoured: [(&str, &str, Value, &str); 3] = [
+            (
+                "deepseek_v2",
+                "deepseek2.expert_weights_norm",
+                Value::Bool(true),
+                "`deepseek2.expert_weights_norm` is true",
+            ),
+            (
+                "deepseek_v2",
+                "deepseek2.expert_gating_func",
+                Value::U32(2),
+                "`deepseek2.expert_gating_func` is 2",
+            ),
+            (
+                "gemma3_text",
+                "gemma3.rope.scaling.type",
+                Value::String("linear".into()),
+                "`gemma3.rope.scaling.type` is `linear`",
+            ),
+        ];
+        for (model_type, key, value, why) in unhonoured {
+            let source = zoo.join(model_type);
+            let clean = std::fs::read(source.join("converter-f32.gguf")).unwrap();
+            std::fs::write(&planted, rewritten(&clean, |md| md.push((key.into(), value)), "")).unwrap();
+            let e = check_artifact(
+                &planted,
+                Format::Gguf(Quantization::F32),
+                Some(&source),
+                &ExpectedShape::default(),
+                None,
+            )
+            .unwrap_err();
+            assert!(e.contains(why), "{model_type}: `{e}` lacks `{why}`");
+            let e = crate::engine::load_candle(&planted, crate::matrix::Backend::Cpu).err().expect("refused");
+            assert!(e.to_string().contains(why), "{model_type}: `{e}` lacks `{why}`");
+        }
     }
 }
