@@ -602,15 +602,15 @@ mod tests {
     }
 
     /// G0 of llama.cpp's converter files of the zoo models whose layouts `gguf::layouts` reads
-    /// back (deepseek2, phi3, gemma3): the clean F32 and Q8_0 files pass against the model's
+    /// back (deepseek2, phi3, gemma, gemma2, gemma3): the clean F32 and Q8_0 files pass against the model's
     /// config.json; a metadata key planted wrong fails naming it, and a tensor left out fails
     /// naming the tensor the model then lacks.
     #[test]
-    fn g0_passes_the_converters_deepseek2_phi3_gemma3_files_and_names_planted_defects() {
+    fn g0_passes_the_converters_deepseek2_phi3_gemma_files_and_names_planted_defects() {
         let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo");
         let out = tempfile::tempdir().unwrap();
         let planted = out.path().join("planted.gguf");
-        let cases: [(&str, &str, Value, &str, &str, &str); 3] = [
+        let cases: [(&str, &str, Value, &str, &str, &str); 5] = [
             (
                 "deepseek_v2",
                 "deepseek2.attention.kv_lora_rank",
@@ -634,6 +634,22 @@ mod tests {
                 "gemma3.rope.freq_base_swa 1000000 in the file, config.json rope_parameters.sliding_attention.rope_theta 10000",
                 "blk.1.attn_q_norm.weight",
                 "model.layers.1.self_attn.q_norm.weight",
+            ),
+            (
+                "gemma2",
+                "gemma2.attn_logit_softcapping",
+                Value::F32(40.0),
+                "gemma2.attn_logit_softcapping 40 in the file, config.json attn_logit_softcapping 50",
+                "blk.0.post_ffw_norm.weight",
+                "model.layers.0.post_feedforward_layernorm.weight",
+            ),
+            (
+                "gemma",
+                "gemma.attention.key_length",
+                Value::U32(8),
+                "gemma.attention.key_length 8 in the file, config.json head_dim 16",
+                "blk.1.ffn_norm.weight",
+                "model.layers.1.post_attention_layernorm.weight",
             ),
         ];
         for (model_type, key, value, lie, dropped, missing) in cases {

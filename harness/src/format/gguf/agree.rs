@@ -96,7 +96,11 @@ fn architecture_integers(
             ("expert_feed_forward_length", "moe_intermediate_size", int("moe_intermediate_size")),
             ("leading_dense_block_count", "first_k_dense_replace", int("first_k_dense_replace")),
         ],
-        "gemma3" => vec![
+        "gemma" => vec![
+            ("attention.key_length", "head_dim", int("head_dim")),
+            ("attention.value_length", "head_dim", int("head_dim")),
+        ],
+        "gemma2" | "gemma3" => vec![
             ("attention.key_length", "head_dim", int("head_dim")),
             ("attention.value_length", "head_dim", int("head_dim")),
             ("attention.sliding_window", "sliding_window", int("sliding_window")),
@@ -123,6 +127,10 @@ fn architecture_floats(
         "deepseek2" => {
             vec![("expert_weights_scale", "routed_scaling_factor", float("routed_scaling_factor"))]
         }
+        "gemma2" => vec![
+            ("attn_logit_softcapping", "attn_logit_softcapping", float("attn_logit_softcapping")),
+            ("final_logit_softcapping", "final_logit_softcapping", float("final_logit_softcapping")),
+        ],
         "gemma3" => vec![(
             "rope.freq_base_swa",
             "rope_parameters.sliding_attention.rope_theta",

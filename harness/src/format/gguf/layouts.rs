@@ -1,14 +1,18 @@
-//! llama.cpp's layouts of deepseek2, phi3 and gemma3 and the way back to the Hugging Face model
-//! the engine runs: each tensor's Hugging Face name, the transforms its converter applied
-//! (deepseek2's `kv_b_proj` split into `attn_k_b`/`attn_v_b` for absorbed MLA, gemma3's norms
-//! stored as `1 + w`), the config rebuilt from the KV keys, and the keys that change the maths
-//! in a way the engine does not reproduce, each refused by name. It reads no file.
+//! llama.cpp's layouts of deepseek2, phi3, gemma, gemma2 and gemma3 and the way back to the
+//! Hugging Face model the engine runs: each tensor's Hugging Face name, the transforms its
+//! converter applied (deepseek2's `kv_b_proj` split into `attn_k_b`/`attn_v_b` for absorbed MLA,
+//! gemma's norms stored as `1 + w`), the config rebuilt from the KV keys with what llama.cpp
+//! assumes where a key is absent, and the keys that change the maths in a way the engine does
+//! not reproduce, each refused by name. It reads no file.
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use serde_json::json;
+
+/// The GGUF architectures whose layouts this module reads back.
+pub(super) const LAYOUTS: [&str; 5] = ["deepseek2", "phi3", "gemma", "gemma2", "gemma3"];
 
 /// The Hugging Face name of a tensor of `arch` (one of this module's), `None` where it has none
 /// (deepseek2's `attn_k_b`/`attn_v_b` are joined by [`join_kv_b`], not renamed).
@@ -33,8 +37,9 @@ pub(super) fn hf_name(arch: &str, gguf: &str) -> Option<String> {
             "ffn_up.weight" => Some("mlp.gate_up_proj.weight"),
             _ => None,
         },
-        // gemma3's norm before the MLP (`ffn_norm` is the llama convention's post-attention one).
-        ("gemma3", Some("ffn_norm.weight")) => Some("pre_feedforward_layernorm.weight"),
+        // gemma2's and gemma3's norm before the MLP (`ffn_norm` is the llama convention's
+        // post-attention one, as in gemma).
+        ("gemma2" | "gemma3", Some("ffn_norm.weight")) => Some("pre_feedforward_layernorm.weight"),
         _ => None,
     };
     match (own, layer) {
@@ -71,15 +76,18 @@ pub(super) fn join_kv_b(k_b: &Tensor, v_b: &Tensor) -> candle_core::Result<Tenso
     joined.reshape((heads * rows, rank))
 }
 
-/// Whether a tensor of `arch` was stored as `1 + w` (gemma3's norms, `x · (1 + w)` in the Hugging
-/// Face model), so reading it back subtracts the one.
+/// Whether a tensor of `arch` was stored as `1 + w` (gemma's norms, `x · (1 + w)` in the Hugging
+/// Face model, `x · w` in llama.cpp's), so reading it back subtracts the one.
 pub(super) fn shifted_by_one(arch: &str, gguf: &str) -> bool {
-    arch == "gemma3" && gguf.ends_with("norm.weight")
+    matches!(arch, "gemma" | "gemma2" | "gemma3") && gguf.ends_with("norm.weight")
 }
 
-/// Keys of `arch` (one of this module's) that change the maths in a way the engine's model
+/// Keys of `arch` (for one of this module's) that change the maths in a way the engine's model
 /// does not reproduce, or that contradict each other: the first, named, with why.
 pub(super) fn refused_key(md: &HashMap<String, Value>, arch: &str) -> Option<String> {
+    if !LAYOUTS.contains(&arch) {
+        return None;
+    }
     let key = |suffix: &str| format!("{arch}.{suffix}");
     let int = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_u32().ok());
     let text = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_string().ok()).cloned();
@@ -138,14 +146,26 @@ pub(super) fn refused_key(md: &HashMap<String, Value>, arch: &str) -> Option<Str
             }
             None
         }
-        "gemma3" => {
+        "gemma" | "gemma2" | "gemma3" => {
             if int("attention.key_length") != int("attention.value_length") {
                 return Some(format!(
-                    "`{}` {:?} and `{}` {:?} differ; the engine's gemma3_text has one head width",
+                    "`{}` {:?} and `{}` {:?} differ; the engine's {arch} has one head width",
                     key("attention.key_length"),
                     int("attention.key_length"),
                     key("attention.value_length"),
                     int("attention.value_length")
+                ));
+            }
+            // gemma2's layers share one rope base.
+            if arch == "gemma2"
+                && let Some(local) = md.get(&key("rope.freq_base_swa")).and_then(|v| v.to_f32().ok())
+                && Some(local)
+                    != md.get(&key("rope.freq_base")).and_then(|v| v.to_f32().ok()).or(Some(10_000.0))
+            {
+                return Some(format!(
+                    "`{}` is {local}; the engine's gemma2 rotates every layer by `{}`",
+                    key("rope.freq_base_swa"),
+                    key("rope.freq_base")
                 ));
             }
             if md.get(&key("attention.sliding_window_pattern")).is_some_and(|v| v.to_vec().is_ok()) {
@@ -215,39 +235,63 @@ pub(super) fn config(
             c["original_max_position_embeddings"] = json!(int("rope.scaling.original_context_length"));
             c["sliding_window"] = serde_json::Value::Null;
         }
-        "gemma3" => {
+        "gemma" => {
+            c["head_dim"] = json!(int("attention.key_length").unwrap_or(hidden / heads));
+            c["hidden_act"] = json!("gelu_pytorch_tanh");
+        }
+        "gemma2" | "gemma3" => {
             let head_dim = int("attention.key_length").unwrap_or(hidden / heads);
             let context = int("context_length")?;
-            let window = int("attention.sliding_window").filter(|w| *w > 0);
-            // llama.cpp's gemma3: every `sliding_window_pattern`-th layer (6 unless stated) is
-            // global, the others sliding; with no window, every layer is global.
-            let period = int("attention.sliding_window_pattern").unwrap_or(6).max(1);
+            let gemma2 = arch == "gemma2";
+            // llama.cpp's gemma2 always slides (4096 unless stated); gemma3 only with a window.
+            let window = match int("attention.sliding_window") {
+                None if gemma2 => Some(4096),
+                w => w.filter(|w| *w > 0),
+            };
+            // Every `sliding_window_pattern`-th layer is global (llama.cpp: 2 for gemma2, 6 for
+            // gemma3, unless stated; 0: every layer slides), the others sliding.
+            let period = int("attention.sliding_window_pattern").unwrap_or(if gemma2 { 2 } else { 6 });
             let layer_types: Vec<&str> = (0..layers)
-                .map(|l| match window {
-                    Some(_) if l % period < period - 1 => "sliding_attention",
+                .map(|l| match (window, period) {
+                    (None, _) => "full_attention",
+                    (Some(_), 0) => "sliding_attention",
+                    (Some(_), p) if l % p < p - 1 => "sliding_attention",
                     _ => "full_attention",
                 })
                 .collect();
             let base = float("rope.freq_base").unwrap_or(10_000.0);
-            // llama.cpp scales queries by 1/√head_dim, save for the 27B (62 layers), 1/√(hidden/heads).
-            let scalar = if layers == 62 { hidden / heads } else { head_dim };
-            c["model_type"] = json!("gemma3_text");
+            // llama.cpp scales queries by 1/√head_dim, save for the 27B models (gemma2's 46
+            // layers, gemma3's 62), by 1/√(hidden/heads).
+            let scalar = if layers == if gemma2 { 46 } else { 62 } { hidden / heads } else { head_dim };
+            // llama.cpp's gemma2 caps attention and final logits (50 and 30 unless stated);
+            // gemma3 caps the final logits only where the file says so.
+            let (attention_cap, final_cap) = if gemma2 {
+                (
+                    Some(float("attn_logit_softcapping").unwrap_or(50.0)),
+                    Some(float("final_logit_softcapping").unwrap_or(30.0)),
+                )
+            } else {
+                (None, float("final_logit_softcapping"))
+            };
+            c["model_type"] = json!(if gemma2 { "gemma2" } else { "gemma3_text" });
             c["head_dim"] = json!(head_dim);
             c["hidden_activation"] = json!("gelu_pytorch_tanh");
             drop(c, "hidden_act");
             c["query_pre_attn_scalar"] = json!(scalar);
-            c["attn_logit_softcapping"] = serde_json::Value::Null;
-            c["final_logit_softcapping"] = json!(float("final_logit_softcapping"));
+            c["attn_logit_softcapping"] = json!(attention_cap);
+            c["final_logit_softcapping"] = json!(final_cap);
             c["sliding_window"] = json!(window.unwrap_or(context));
             c["layer_types"] = json!(layer_types);
-            drop(c, "rope_theta");
-            c["rope_parameters"] = json!({
-                "full_attention": {"rope_type": "default", "rope_theta": base},
-                "sliding_attention": {
-                    "rope_type": "default",
-                    "rope_theta": float("rope.freq_base_swa").unwrap_or(base),
-                },
-            });
+            if !gemma2 {
+                drop(c, "rope_theta");
+                c["rope_parameters"] = json!({
+                    "full_attention": {"rope_type": "default", "rope_theta": base},
+                    "sliding_attention": {
+                        "rope_type": "default",
+                        "rope_theta": float("rope.freq_base_swa").unwrap_or(base),
+                    },
+                });
+            }
         }
         _ => return None,
     }

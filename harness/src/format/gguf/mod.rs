@@ -101,12 +101,12 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
 }
 
 /// The GGUF architectures the engine runs and how, as an error refusing another one says it.
-pub(crate) const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, granite, stablelm, starcoder2, phi3, gemma3 with their matrices as stored; qwen3, qwen3moe, olmo2, starcoder, deepseek2 dequantized to f32";
+pub(crate) const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, granite, stablelm, starcoder2, phi3, gemma2, gemma3 with their matrices as stored; qwen3, qwen3moe, olmo2, starcoder, deepseek2, gemma dequantized to f32";
 
 /// The Hugging Face `model_type` of a GGUF architecture that the engine runs by dequantizing
 /// the file into its float model (candle has no quantized model of it), with what the model's
 /// config needs beyond the common keys. Only architectures whose every tensor name maps back
-/// ([`hf_name`], or `layouts`' for deepseek2, phi3 and gemma3, whose converter's transforms
+/// ([`hf_name`], or `layouts`' for deepseek2, phi3 and the gemmas, whose converter's transforms
 /// reading undoes) and whose q/k rows llama.cpp does not permute are here.
 pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
     match arch {
@@ -119,6 +119,8 @@ pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
         "starcoder" => Some("gpt_bigcode"),
         "deepseek2" => Some("deepseek_v2"),
         "phi3" => Some("phi3"),
+        "gemma" => Some("gemma"),
+        "gemma2" => Some("gemma2"),
         "gemma3" => Some("gemma3_text"),
         _ => None,
     }

@@ -443,7 +443,7 @@ pub fn dequantized_config(
         "qwen2" => "qwen2",
         other => super::dequantized_model_type(other)?,
     };
-    let layouts = matches!(arch.as_str(), "deepseek2" | "phi3" | "gemma3");
+    let layouts = super::layouts::LAYOUTS.contains(&arch.as_str());
     let int = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_u32().ok());
     let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
     let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
@@ -572,7 +572,7 @@ fn gpt_bigcode_name(gguf: &str) -> Option<String> {
 fn hf_name_in(arch: &str, name: &str) -> Option<String> {
     let hf = match arch {
         "starcoder" => gpt_bigcode_name(name)?,
-        "deepseek2" | "phi3" | "gemma3" => super::layouts::hf_name(arch, name)?,
+        _ if super::layouts::LAYOUTS.contains(&arch) => super::layouts::hf_name(arch, name)?,
         _ => hf_name(name)?,
     };
     // starcoder2's MLP keeps GPT-2's names.
