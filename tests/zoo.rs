@@ -373,7 +373,7 @@ fn converter_ggufs(model_type: &str, dir: &Path, reference: &Reference) -> Resul
     let by_ids = CONVERTER_TOKENIZES_OTHERWISE.contains(&model_type);
     if by_ids {
         // Held true: some prompt must encode otherwise, or the file is fed text like the others.
-        let mut session = load_file(&f32_file)?;
+        let session = load_file(&f32_file)?;
         let mut differs = false;
         for prompt in &reference.prompts {
             differs |= session.encode(&prompt.text).map_err(|e| e.to_string())? != prompt.ids;
