@@ -53,11 +53,7 @@ const UNSUPPORTED: &[(&str, &str)] = &[];
 
 /// Architectures llama.cpp's converter (llama-cpp-python 0.3.36's `convert_hf_to_gguf.py`)
 /// refuses, with its error as `fixtures/zoo/CONVERTER.json` records it: no converter GGUF.
-const CONVERTER_REFUSED: &[(&str, &str)] = &[
-    // It takes `num_kv_heads` (4) as the KV heads where `multi_query` (true, the old decoder
-    // architecture) means one, and its reshape of the fused query_key_value fails.
-    ("falcon", "shape '[4, 3, 16, 64]' is invalid for input of size 6144"),
-];
+const CONVERTER_REFUSED: &[(&str, &str)] = &[];
 
 /// Converter GGUFs whose tokenizer is not the zoo model's: Gemma's and Gemma 2's converters read
 /// a SentencePiece `tokenizer.model` only, and the zoo's (`make_zoo.py`'s SENTENCEPIECE) lists

@@ -602,7 +602,7 @@ mod tests {
     }
 
     /// G0 of llama.cpp's converter files of the zoo models whose layouts `gguf::layouts` reads
-    /// back (deepseek2, phi3, gemma, gemma2, gemma3): the clean F32 and Q8_0 files pass against the model's
+    /// back (deepseek2, phi3, gemma, gemma2, gemma3, falcon): the clean F32 and Q8_0 files pass against the model's
     /// config.json; a metadata key planted wrong fails naming it, and a tensor left out fails
     /// naming the tensor the model then lacks.
     #[test]
@@ -610,7 +610,7 @@ mod tests {
         let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo");
         let out = tempfile::tempdir().unwrap();
         let planted = out.path().join("planted.gguf");
-        let cases: [(&str, &str, Value, &str, &str, &str); 5] = [
+        let cases: [(&str, &str, Value, &str, &str, &str); 6] = [
             (
                 "deepseek_v2",
                 "deepseek2.attention.kv_lora_rank",
@@ -651,6 +651,14 @@ mod tests {
                 "blk.1.ffn_norm.weight",
                 "model.layers.1.post_attention_layernorm.weight",
             ),
+            (
+                "falcon",
+                "falcon.feed_forward_length",
+                Value::U32(512),
+                "falcon.feed_forward_length 512 in the file, config.json ffn_hidden_size 256",
+                "blk.1.attn_norm.weight",
+                "transformer.h.1.input_layernorm.weight",
+            ),
         ];
         for (model_type, key, value, lie, dropped, missing) in cases {
             let source = zoo.join(model_type);
@@ -673,7 +681,7 @@ mod tests {
             assert!(e.contains(missing), "{model_type}: `{e}` lacks `{missing}`");
         }
         // Keys that change the maths in a way the engine does not reproduce: refused by name.
-        let unhonoured: [(&str, &str, Value, &str); 3] = [
+        let unhonoured: [(&str, &str, Value, &str); 4] = [
             (
                 "deepseek_v2",
                 "deepseek2.expert_weights_norm",
@@ -692,11 +700,28 @@ mod tests {
                 Value::String("linear".into()),
                 "`gemma3.rope.scaling.type` is `linear`",
             ),
+            (
+                "falcon",
+                "falcon.attention.head_count_kv",
+                Value::U32(2),
+                "`falcon.attention.head_count_kv` is 2",
+            ),
         ];
         for (model_type, key, value, why) in unhonoured {
             let source = zoo.join(model_type);
             let clean = std::fs::read(source.join("converter-f32.gguf")).unwrap();
-            std::fs::write(&planted, rewritten(&clean, |md| md.push((key.into(), value)), "")).unwrap();
+            std::fs::write(
+                &planted,
+                rewritten(
+                    &clean,
+                    |md| match md.iter_mut().find(|(k, _)| k == key) {
+                        Some(entry) => entry.1 = value,
+                        None => md.push((key.into(), value)),
+                    },
+                    "",
+                ),
+            )
+            .unwrap();
             let e = check_artifact(
                 &planted,
                 Format::Gguf(Quantization::F32),

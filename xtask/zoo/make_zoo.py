@@ -131,7 +131,9 @@ ARCHITECTURES = {
     "phi3": dict(),
     "starcoder2": dict(),
     "stablelm": dict(),
-    "falcon": dict(),
+    # One KV head, as `multi_query` means for the old decoder architecture (transformers reads
+    # no other value there; llama.cpp's converter reads this one): Falcon-7B's config states none.
+    "falcon": dict(num_kv_heads=1),
     "granite": dict(),
     "olmo2": dict(),
     "deepseek_v2": dict(

@@ -73,6 +73,15 @@ fn config_int(config: &serde_json::Value, field: &str) -> Option<u64> {
     v.as_u64().or_else(|| v.get(0).and_then(serde_json::Value::as_u64))
 }
 
+/// falcon's KV heads: one for the old decoder architecture's `multi_query`, else `num_kv_heads`.
+fn falcon_kv_heads(config: &serde_json::Value) -> Option<u64> {
+    let flag = |field: &str| config.get(field).and_then(serde_json::Value::as_bool);
+    match (flag("new_decoder_architecture").unwrap_or(false), flag("multi_query").unwrap_or(true)) {
+        (false, true) => Some(1),
+        _ => config_int(config, "num_kv_heads"),
+    }
+}
+
 /// The integer keys one GGUF architecture adds, each with the config.json field it states and
 /// that field's value (`None`: the config has none, so the file should not either).
 fn architecture_integers(
@@ -105,6 +114,7 @@ fn architecture_integers(
             ("attention.value_length", "head_dim", int("head_dim")),
             ("attention.sliding_window", "sliding_window", int("sliding_window")),
         ],
+        "falcon" => vec![("feed_forward_length", "ffn_hidden_size", int("ffn_hidden_size"))],
         "phi3" => vec![(
             "rope.scaling.original_context_length",
             "original_max_position_embeddings",
@@ -189,16 +199,21 @@ pub(crate) fn against_config(
         (
             "attention.head_count_kv",
             "num_key_value_heads",
-            // llama.cpp's converter writes deepseek2's latent attention as one KV head.
-            if file.arch == "deepseek2" {
-                Some(1)
-            } else {
-                config_int(config, "num_key_value_heads").or(heads)
+            // llama.cpp's converter writes deepseek2's latent attention as one KV head; falcon's
+            // KV heads are `num_kv_heads`, one where `multi_query` says so.
+            match file.arch.as_str() {
+                "deepseek2" => Some(1),
+                "falcon" => falcon_kv_heads(config).or(heads),
+                _ => config_int(config, "num_key_value_heads").or(heads),
             },
         ),
         ("context_length", "max_position_embeddings", config_int(config, "max_position_embeddings")),
     ];
     for (suffix, field, want) in integers {
+        // llama.cpp's falcon converter writes 2048 whatever config.json says.
+        if file.arch == "falcon" && suffix == "context_length" {
+            continue;
+        }
         let key = file.key(suffix);
         match (file.int(&key), want) {
             (Some(got), Some(want)) if got != want => {

@@ -1,5 +1,5 @@
-//! llama.cpp's layouts of deepseek2, phi3, gemma, gemma2 and gemma3 and the way back to the
-//! Hugging Face model the engine runs: each tensor's Hugging Face name, the transforms its
+//! llama.cpp's layouts of deepseek2, phi3, gemma, gemma2, gemma3 and falcon and the way back to
+//! the Hugging Face model the engine runs: each tensor's Hugging Face name, the transforms its
 //! converter applied (deepseek2's `kv_b_proj` split into `attn_k_b`/`attn_v_b` for absorbed MLA,
 //! gemma's norms stored as `1 + w`), the config rebuilt from the KV keys with what llama.cpp
 //! assumes where a key is absent, and the keys that change the maths in a way the engine does
@@ -12,11 +12,14 @@ use candle_core::quantized::gguf_file::Value;
 use serde_json::json;
 
 /// The GGUF architectures whose layouts this module reads back.
-pub(super) const LAYOUTS: [&str; 5] = ["deepseek2", "phi3", "gemma", "gemma2", "gemma3"];
+pub(super) const LAYOUTS: [&str; 6] = ["deepseek2", "phi3", "gemma", "gemma2", "gemma3", "falcon"];
 
 /// The Hugging Face name of a tensor of `arch` (one of this module's), `None` where it has none
 /// (deepseek2's `attn_k_b`/`attn_v_b` are joined by [`join_kv_b`], not renamed).
 pub(super) fn hf_name(arch: &str, gguf: &str) -> Option<String> {
+    if arch == "falcon" {
+        return falcon_name(gguf);
+    }
     let (layer, rest) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')).unzip();
     let own = match (arch, rest) {
         ("deepseek2", Some(rest)) => match rest {
@@ -49,6 +52,33 @@ pub(super) fn hf_name(arch: &str, gguf: &str) -> Option<String> {
         }
         _ => super::hf_name(gguf),
     }
+}
+
+/// The Hugging Face name of a tensor of llama.cpp's multi-query falcon (Falcon-7B's layout: one
+/// layer norm before the parallel attention and MLP; `query_key_value` every query head, then
+/// the key head and the value head, which the converter's regrouping leaves as it is).
+fn falcon_name(gguf: &str) -> Option<String> {
+    let global = [
+        ("token_embd.weight", "transformer.word_embeddings.weight"),
+        ("output_norm.weight", "transformer.ln_f.weight"),
+        ("output_norm.bias", "transformer.ln_f.bias"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, h)) = global.iter().find(|(g, _)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (stem, kind) = rest.rsplit_once('.')?;
+    let h = match stem {
+        "attn_norm" => "input_layernorm",
+        "attn_qkv" => "self_attention.query_key_value",
+        "attn_output" => "self_attention.dense",
+        "ffn_up" => "mlp.dense_h_to_4h",
+        "ffn_down" => "mlp.dense_4h_to_h",
+        _ => return None,
+    };
+    Some(format!("transformer.h.{layer}.{h}.{kind}"))
 }
 
 /// The layer and half of deepseek2's split `kv_b_proj` a tensor is (`true`: `attn_k_b`).
@@ -146,6 +176,18 @@ pub(super) fn refused_key(md: &HashMap<String, Value>, arch: &str) -> Option<Str
             }
             None
         }
+        "falcon" => {
+            // More KV heads is Falcon-40B's grouped layout, whose `query_key_value` the
+            // converter regroups and whose second layer norm this reader does not map.
+            match int("attention.head_count_kv") {
+                Some(1) => None,
+                kv => Some(format!(
+                    "`{}` is {}; the engine reads multi-query falcon GGUFs (one KV head) only",
+                    key("attention.head_count_kv"),
+                    kv.map_or_else(|| "absent".to_string(), |k| k.to_string())
+                )),
+            }
+        }
         "gemma" | "gemma2" | "gemma3" => {
             if int("attention.key_length") != int("attention.value_length") {
                 return Some(format!(
@@ -234,6 +276,31 @@ pub(super) fn config(
             c["partial_rotary_factor"] = json!(f64::from(rotary) / f64::from(head_dim.max(1)));
             c["original_max_position_embeddings"] = json!(int("rope.scaling.original_context_length"));
             c["sliding_window"] = serde_json::Value::Null;
+        }
+        "falcon" => {
+            // transformers' falcon names; llama.cpp's falcon: parallel attention and MLP, rotary
+            // positions (never ALiBi). GELU as transformers' falcon computes it (exact).
+            return Some(json!({
+                "model_type": "falcon",
+                "hidden_size": hidden,
+                "num_attention_heads": heads,
+                "num_kv_heads": 1,
+                "num_hidden_layers": layers,
+                "multi_query": true,
+                "new_decoder_architecture": false,
+                "parallel_attn": true,
+                "alibi": false,
+                "bias": c["attention_bias"],
+                "ffn_hidden_size": int("feed_forward_length"),
+                "layer_norm_epsilon": float("attention.layer_norm_epsilon"),
+                "rope_theta": float("rope.freq_base").unwrap_or(10_000.0),
+                "max_position_embeddings": int("context_length"),
+                "activation": "gelu",
+                "vocab_size": c["vocab_size"],
+                "tie_word_embeddings": c["tie_word_embeddings"],
+                "bos_token_id": c["bos_token_id"],
+                "eos_token_id": c["eos_token_id"],
+            }));
         }
         "gemma" => {
             c["head_dim"] = json!(int("attention.key_length").unwrap_or(hidden / heads));

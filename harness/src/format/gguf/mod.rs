@@ -101,7 +101,7 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
 }
 
 /// The GGUF architectures the engine runs and how, as an error refusing another one says it.
-pub(crate) const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, granite, stablelm, starcoder2, phi3, gemma2, gemma3 with their matrices as stored; qwen3, qwen3moe, olmo2, starcoder, deepseek2, gemma dequantized to f32";
+pub(crate) const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, granite, stablelm, starcoder2, phi3, gemma2, gemma3, falcon (multi-query) with their matrices as stored; qwen3, qwen3moe, olmo2, starcoder, deepseek2, gemma dequantized to f32";
 
 /// The Hugging Face `model_type` of a GGUF architecture that the engine runs by dequantizing
 /// the file into its float model (candle has no quantized model of it), with what the model's
@@ -119,6 +119,7 @@ pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
         "starcoder" => Some("gpt_bigcode"),
         "deepseek2" => Some("deepseek_v2"),
         "phi3" => Some("phi3"),
+        "falcon" => Some("falcon"),
         "gemma" => Some("gemma"),
         "gemma2" => Some("gemma2"),
         "gemma3" => Some("gemma3_text"),

@@ -628,7 +628,7 @@ pub(crate) fn dequantized_shape_problems(path: &Path, content: &gguf_file::Conte
     }
     let rows = content.tensor_infos.get("token_embd.weight").and_then(|t| t.shape.dims().first().copied());
     let has_output = shapes.contains_key("lm_head.weight");
-    let has_bias = shapes.keys().any(|n| n.ends_with("q_proj.bias"));
+    let has_bias = shapes.keys().any(|n| n.ends_with("q_proj.bias") || n.ends_with("query_key_value.bias"));
     let Some(config) = dequantized_config(md, has_output, has_bias, rows.unwrap_or(0)) else {
         problems.push(format!("the KV keys of `{arch}` do not make a config"));
         return problems;
