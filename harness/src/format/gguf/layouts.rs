@@ -364,3 +364,64 @@ pub(super) fn config(
     }
     Some(common)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_b_halves_join_back_into_each_heads_key_rows_then_value_rows() {
+        // kv_b_proj of 2 heads, nope 2, v 3, rank 4: row r holds r · 10 + column.
+        let (heads, nope, v, rank) = (2usize, 2usize, 3usize, 4usize);
+        let rows = heads * (nope + v);
+        let kv_b: Vec<f32> = (0..rows * rank).map(|i| ((i / rank) * 10 + i % rank) as f32).collect();
+        let kv_b = Tensor::from_vec(kv_b, (rows, rank), &candle_core::Device::Cpu).unwrap();
+        // The converter's halves: per head, k_b transposed to [rank, nope], v_b as [v, rank].
+        let grouped = kv_b.reshape((heads, nope + v, rank)).unwrap();
+        let k_b = grouped.narrow(1, 0, nope).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let v_b = grouped.narrow(1, nope, v).unwrap().contiguous().unwrap();
+        let joined = join_kv_b(&k_b, &v_b).unwrap();
+        assert_eq!(joined.to_vec2::<f32>().unwrap(), kv_b.to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn names_map_back_per_architecture() {
+        for (arch, gguf, hf) in [
+            ("deepseek2", "blk.3.attn_kv_a_mqa.weight", "model.layers.3.self_attn.kv_a_proj_with_mqa.weight"),
+            ("deepseek2", "blk.1.ffn_up_shexp.weight", "model.layers.1.mlp.shared_experts.up_proj.weight"),
+            ("deepseek2", "blk.0.attn_output.weight", "model.layers.0.self_attn.o_proj.weight"),
+            ("phi3", "blk.2.ffn_up.weight", "model.layers.2.mlp.gate_up_proj.weight"),
+            ("phi3", "blk.2.attn_qkv.weight", "model.layers.2.self_attn.qkv_proj.weight"),
+            ("gemma", "blk.0.ffn_norm.weight", "model.layers.0.post_attention_layernorm.weight"),
+            ("gemma2", "blk.0.ffn_norm.weight", "model.layers.0.pre_feedforward_layernorm.weight"),
+            ("gemma3", "blk.0.post_attention_norm.weight", "model.layers.0.post_attention_layernorm.weight"),
+            ("falcon", "blk.1.attn_norm.bias", "transformer.h.1.input_layernorm.bias"),
+            ("falcon", "token_embd.weight", "transformer.word_embeddings.weight"),
+        ] {
+            assert_eq!(hf_name(arch, gguf).as_deref(), Some(hf), "{arch} {gguf}");
+        }
+        assert_eq!(kv_b_half("deepseek2", "blk.4.attn_v_b.weight"), Some((4, false)));
+        assert_eq!(kv_b_half("qwen3", "blk.4.attn_v_b.weight"), None);
+        assert!(hf_name("falcon", "blk.0.attn_norm_2.weight").is_none(), "Falcon-40B's second norm");
+        assert!(shifted_by_one("gemma2", "blk.0.post_ffw_norm.weight"));
+        assert!(!shifted_by_one("phi3", "blk.0.attn_norm.weight"));
+    }
+
+    #[test]
+    fn keys_are_refused_only_for_this_modules_architectures() {
+        let md = |pairs: &[(&str, Value)]| -> HashMap<String, Value> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        };
+        // A llama file's llama3 rope scaling is candle's to read, not refused here.
+        assert_eq!(
+            refused_key(&md(&[("llama.rope.scaling.type", Value::String("llama3".into()))]), "llama"),
+            None
+        );
+        let why = refused_key(&md(&[("phi3.rope.scaling.type", Value::String("longrope".into()))]), "phi3");
+        assert!(why.is_some_and(|w| w.contains("`phi3.rope.scaling.type` is `longrope`")));
+        let why = refused_key(&md(&[("deepseek2.rope.scaling.factor", Value::F32(40.0))]), "deepseek2");
+        assert!(why.is_some_and(|w| w.contains("`deepseek2.rope.scaling.factor` is 40")));
+        let why = refused_key(&md(&[("gemma2.rope.freq_base_swa", Value::F32(1e6))]), "gemma2");
+        assert!(why.is_some_and(|w| w.contains("`gemma2.rope.freq_base_swa` is 1000000")));
+    }
+}
