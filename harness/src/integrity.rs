@@ -248,6 +248,7 @@ fn check_gguf(
         problems.push(e.to_string());
         return Err(problems.join("; "));
     }
+    problems.extend(gguf::dequantized_shape_problems(artifact, &content));
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     let tensors: Vec<(String, Vec<usize>, candle_core::quantized::GgmlDType)> = names
@@ -577,5 +578,161 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// `gguf` rewritten with `edit` applied to its metadata and the tensor `drop` left out.
+    fn rewritten(gguf: &[u8], edit: impl FnOnce(&mut Vec<(String, Value)>), drop: &str) -> Vec<u8> {
+        let mut cursor = std::io::Cursor::new(gguf);
+        let content = gguf_file::Content::read(&mut cursor).unwrap();
+        let mut md: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
+        md.sort_by(|a, b| a.0.cmp(&b.0));
+        edit(&mut md);
+        let mut names: Vec<&String> = content.tensor_infos.keys().filter(|n| *n != drop).collect();
+        names.sort();
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+            .into_iter()
+            .map(|n| (n.clone(), content.tensor(&mut cursor, n, &candle_core::Device::Cpu).unwrap()))
+            .collect();
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut out = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
+        out.into_inner()
+    }
+
+    /// G0 of llama.cpp's converter files of the zoo models whose layouts `gguf::layouts` reads
+    /// back (deepseek2, phi3, gemma, gemma2, gemma3, falcon): the clean F32 and Q8_0 files pass against the model's
+    /// config.json; a metadata key planted wrong fails naming it, and a tensor left out fails
+    /// naming the tensor the model then lacks.
+    #[test]
+    fn g0_passes_the_converters_deepseek2_phi3_gemma_files_and_names_planted_defects() {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo");
+        let out = tempfile::tempdir().unwrap();
+        let planted = out.path().join("planted.gguf");
+        let cases: [(&str, &str, Value, &str, &str, &str); 6] = [
+            (
+                "deepseek_v2",
+                "deepseek2.attention.kv_lora_rank",
+                Value::U32(8),
+                "deepseek2.attention.kv_lora_rank 8 in the file, config.json kv_lora_rank 16",
+                "blk.1.ffn_up_shexp.weight",
+                "model.layers.1.mlp.shared_experts.up_proj.weight",
+            ),
+            (
+                "phi3",
+                "phi3.rope.dimension_count",
+                Value::U32(8),
+                "phi3.rope.dimension_count 8 in the file, config.json's heads are 16 wide",
+                "blk.0.attn_qkv.weight",
+                "model.layers.0.self_attn.qkv_proj.weight",
+            ),
+            (
+                "gemma3_text",
+                "gemma3.rope.freq_base_swa",
+                Value::F32(1e6),
+                "gemma3.rope.freq_base_swa 1000000 in the file, config.json rope_parameters.sliding_attention.rope_theta 10000",
+                "blk.1.attn_q_norm.weight",
+                "model.layers.1.self_attn.q_norm.weight",
+            ),
+            (
+                "gemma2",
+                "gemma2.attn_logit_softcapping",
+                Value::F32(40.0),
+                "gemma2.attn_logit_softcapping 40 in the file, config.json attn_logit_softcapping 50",
+                "blk.0.post_ffw_norm.weight",
+                "model.layers.0.post_feedforward_layernorm.weight",
+            ),
+            (
+                "gemma",
+                "gemma.attention.key_length",
+                Value::U32(8),
+                "gemma.attention.key_length 8 in the file, config.json head_dim 16",
+                "blk.1.ffn_norm.weight",
+                "model.layers.1.post_attention_layernorm.weight",
+            ),
+            (
+                "falcon",
+                "falcon.feed_forward_length",
+                Value::U32(512),
+                "falcon.feed_forward_length 512 in the file, config.json ffn_hidden_size 256",
+                "blk.1.attn_norm.weight",
+                "transformer.h.1.input_layernorm.weight",
+            ),
+        ];
+        for (model_type, key, value, lie, dropped, missing) in cases {
+            let source = zoo.join(model_type);
+            let check = |path: &Path, q: Quantization| {
+                check_artifact(path, Format::Gguf(q), Some(&source), &ExpectedShape::default(), None)
+            };
+            for (file, q) in
+                [("converter-f32.gguf", Quantization::F32), ("converter-q8_0.gguf", Quantization::Q8_0)]
+            {
+                let passed =
+                    check(&source.join(file), q).unwrap_or_else(|e| panic!("{model_type} {file}: {e}"));
+                assert!(passed.contains("agrees with config.json"), "{passed}");
+            }
+            let clean = std::fs::read(source.join("converter-f32.gguf")).unwrap();
+            std::fs::write(&planted, rewritten(&clean, |md| set(md, key, value), "")).unwrap();
+            let e = check(&planted, Quantization::F32).unwrap_err();
+            assert!(e.contains(lie), "{model_type}: `{e}` lacks `{lie}`");
+            std::fs::write(&planted, rewritten(&clean, |_| {}, dropped)).unwrap();
+            let e = check(&planted, Quantization::F32).unwrap_err();
+            assert!(e.contains(missing), "{model_type}: `{e}` lacks `{missing}`");
+        }
+        // Keys that change the maths in a way the engine does not reproduce: refused by name.
+        let unhonoured: [(&str, &str, Value, &str); 4] = [
+            (
+                "deepseek_v2",
+                "deepseek2.expert_weights_norm",
+                Value::Bool(true),
+                "`deepseek2.expert_weights_norm` is true",
+            ),
+            (
+                "deepseek_v2",
+                "deepseek2.expert_gating_func",
+                Value::U32(2),
+                "`deepseek2.expert_gating_func` is 2",
+            ),
+            (
+                "gemma3_text",
+                "gemma3.rope.scaling.type",
+                Value::String("linear".into()),
+                "`gemma3.rope.scaling.type` is `linear`",
+            ),
+            (
+                "falcon",
+                "falcon.attention.head_count_kv",
+                Value::U32(2),
+                "`falcon.attention.head_count_kv` is 2",
+            ),
+        ];
+        for (model_type, key, value, why) in unhonoured {
+            let source = zoo.join(model_type);
+            let clean = std::fs::read(source.join("converter-f32.gguf")).unwrap();
+            std::fs::write(
+                &planted,
+                rewritten(
+                    &clean,
+                    |md| match md.iter_mut().find(|(k, _)| k == key) {
+                        Some(entry) => entry.1 = value,
+                        None => md.push((key.into(), value)),
+                    },
+                    "",
+                ),
+            )
+            .unwrap();
+            let e = check_artifact(
+                &planted,
+                Format::Gguf(Quantization::F32),
+                Some(&source),
+                &ExpectedShape::default(),
+                None,
+            )
+            .unwrap_err();
+            assert!(e.contains(why), "{model_type}: `{e}` lacks `{why}`");
+            let e = crate::engine::load_candle(&planted, crate::matrix::Backend::Cpu).err().expect("refused");
+            assert!(e.to_string().contains(why), "{model_type}: `{e}` lacks `{why}`");
+        }
     }
 }

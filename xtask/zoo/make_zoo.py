@@ -84,6 +84,22 @@ MIN_DISTINCT = 4
 # their random models repeat the last token whatever the draw: their greedy continuations may,
 # and the logits at every prompt position carry their check.
 REPEATS_ALLOWED = {"gemma2", "gemma3_text"}
+# The zoo's tokenizer is a byte-level BPE (tokenizer.json only). Where llama.cpp's converter
+# picks the vocabulary's kind by `tokenizer_class` (phi3: GPT2Tokenizer for a BPE, else a
+# SentencePiece tokenizer.model it needs) or builds the model type's own tokenizer through
+# AutoTokenizer without one (gemma3_text: GemmaTokenizer, which adds pieces past the 512 ids),
+# tokenizer_config.json names the class the file really is, as a BPE model's repository
+# (Phi-4's, a phi3) ships it. No id, weight or reference changes.
+TOKENIZER_CLASS = {"phi3": "GPT2Tokenizer", "gemma3_text": "GPT2Tokenizer"}
+# Gemma's and Gemma 2's converters read a SentencePiece `tokenizer.model` and nothing else. The
+# zoo gives them one that lists the BPE's 512 tokens as its pieces under the same ids (the three
+# special tokens as control pieces; SentencePiece needs one unknown piece, so the token
+# UNKNOWN_ID, which no reference of theirs holds, is it): the converter's file then has the
+# model's vocabulary and ids, but it tokenizes text as SentencePiece does, not as tokenizer.json
+# does, so tests feed such a file the reference's ids (transformers and the engine read
+# tokenizer.json; nothing else reads tokenizer.model).
+SENTENCEPIECE = {"gemma", "gemma2"}
+UNKNOWN_ID = 4
 
 # Shapes shared by every architecture: tiny, and 4 query heads over 2 KV heads where it can.
 COMMON = dict(
@@ -115,7 +131,9 @@ ARCHITECTURES = {
     "phi3": dict(),
     "starcoder2": dict(),
     "stablelm": dict(),
-    "falcon": dict(),
+    # One KV head, as `multi_query` means for the old decoder architecture (transformers reads
+    # no other value there; llama.cpp's converter reads this one): Falcon-7B's config states none.
+    "falcon": dict(num_kv_heads=1),
     "granite": dict(),
     "olmo2": dict(),
     "deepseek_v2": dict(
@@ -227,6 +245,54 @@ def reference(model, tokenizer):
     return prompts, worst, special
 
 
+def write_tokenizer_class(model_type):
+    """`tokenizer_class` in the model's tokenizer_config.json where TOKENIZER_CLASS names one."""
+    if model_type not in TOKENIZER_CLASS:
+        return
+    path = ZOO / model_type / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = TOKENIZER_CLASS[model_type]
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_sentencepiece(model_type):
+    """tokenizer.model for a model_type in SENTENCEPIECE (see there)."""
+    if model_type not in SENTENCEPIECE:
+        return
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    out = ZOO / model_type
+    tokenizer = json.loads((out / "tokenizer.json").read_text())
+    vocab = dict(tokenizer["model"]["vocab"])
+    for added in tokenizer["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    by_id = sorted((i, t) for t, i in vocab.items())
+    assert [i for i, _ in by_id] == list(range(len(by_id))), "ids 0..n, each once"
+    special = {a["id"] for a in tokenizer["added_tokens"] if a.get("special")}
+    assert UNKNOWN_ID not in special
+    model = spm.ModelProto()
+    model.trainer_spec.model_type = spm.TrainerSpec.BPE
+    model.trainer_spec.vocab_size = len(by_id)
+    model.trainer_spec.unk_id = UNKNOWN_ID
+    model.trainer_spec.bos_id = -1
+    model.trainer_spec.eos_id = -1
+    model.trainer_spec.pad_id = -1
+    model.trainer_spec.byte_fallback = False
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = False
+    model.normalizer_spec.remove_extra_whitespaces = False
+    for i, text in by_id:
+        piece = model.pieces.add()
+        piece.piece = text
+        # Later (merged) tokens score lower, as BPE ranks its merges.
+        piece.score = -float(i)
+        if i == UNKNOWN_ID:
+            piece.type = spm.ModelProto.SentencePiece.UNKNOWN
+        elif i in special:
+            piece.type = spm.ModelProto.SentencePiece.CONTROL
+    (out / "tokenizer.model").write_bytes(model.SerializeToString())
+
+
 def write_model(model_type, tokenizer):
     config = config_for(model_type)
     out = ZOO / model_type
@@ -254,6 +320,8 @@ def write_model(model_type, tokenizer):
     model.save_pretrained(out, safe_serialization=True)
     for f in ["tokenizer.json", "tokenizer_config.json"]:
         shutil.copy(TOKENIZER_DIR / f, out / f)
+    write_tokenizer_class(model_type)
+    write_sentencepiece(model_type)
     (out / "reference.json").write_text(json.dumps({
         "model_type": model_type,
         "transformers": transformers.__version__,
@@ -353,6 +421,10 @@ def main():
         record = json.loads(refusals_path.read_text()) if refusals_path.exists() else {"refused": {}}
         record["converter"] = tree.parents[1].name if tree.parent.name == "vendor" else str(tree.name)
         for model_type in wanted:
+            if gguf_only:
+                # Neither is part of the model or its reference (see TOKENIZER_CLASS, SENTENCEPIECE).
+                write_tokenizer_class(model_type)
+                write_sentencepiece(model_type)
             why = write_converter_ggufs(model_type, tree)
             if why is None:
                 record["refused"].pop(model_type, None)

@@ -521,7 +521,7 @@ fn float_model(
     };
     let names = || tensors.keys().chain(matrices.iter().flat_map(|m| m.keys()));
     let has_output = names().any(|n| n == "lm_head.weight");
-    let has_bias = names().any(|n| n.ends_with("q_proj.bias"));
+    let has_bias = names().any(|n| n.ends_with("q_proj.bias") || n.ends_with("query_key_value.bias"));
     let config = crate::format::gguf::dequantized_config(&metadata, has_output, has_bias, rows)
         .ok_or_else(|| load_err(path, format!("no config for `{model_type}`")))?;
     let mut shapes: std::collections::BTreeMap<String, Vec<usize>> =

@@ -209,6 +209,12 @@ fn gguf_file_footprint(path: &Path) -> Result<Footprint, String> {
     let kv_heads = number("attention.head_count_kv").unwrap_or(heads);
     let head_dim =
         number("attention.key_length").or_else(|| number("embedding_length").map(|e| e / heads)).unwrap_or(0);
+    // A deepseek2 file states absorbed MLA (one latent KV head); the float model it runs as
+    // caches every head's keys and values.
+    let (kv_heads, head_dim) = match number("attention.key_length_mla") {
+        Some(key) => (heads, key.max(number("attention.value_length_mla").unwrap_or(key))),
+        None => (kv_heads, head_dim),
+    };
     let cache = kv_bytes(layers, kv_heads, head_dim, number("context_length"));
     let quantized_here = matches!(arch.as_str(), "llama" | "qwen2")
         || crate::format::gguf::dequantized_model_type(&arch)

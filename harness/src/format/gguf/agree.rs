@@ -73,11 +73,97 @@ fn config_int(config: &serde_json::Value, field: &str) -> Option<u64> {
     v.as_u64().or_else(|| v.get(0).and_then(serde_json::Value::as_u64))
 }
 
+/// falcon's KV heads: one for the old decoder architecture's `multi_query`, else `num_kv_heads`.
+fn falcon_kv_heads(config: &serde_json::Value) -> Option<u64> {
+    let flag = |field: &str| config.get(field).and_then(serde_json::Value::as_bool);
+    match (flag("new_decoder_architecture").unwrap_or(false), flag("multi_query").unwrap_or(true)) {
+        (false, true) => Some(1),
+        _ => config_int(config, "num_kv_heads"),
+    }
+}
+
+/// The integer keys one GGUF architecture adds, each with the config.json field it states and
+/// that field's value (`None`: the config has none, so the file should not either).
+fn architecture_integers(
+    arch: &str,
+    config: &serde_json::Value,
+) -> Vec<(&'static str, &'static str, Option<u64>)> {
+    let int = |field: &str| config_int(config, field);
+    match arch {
+        "deepseek2" => vec![
+            ("attention.kv_lora_rank", "kv_lora_rank", int("kv_lora_rank")),
+            ("attention.q_lora_rank", "q_lora_rank", int("q_lora_rank")),
+            (
+                "attention.key_length_mla",
+                "qk_nope_head_dim + qk_rope_head_dim",
+                int("qk_nope_head_dim").zip(int("qk_rope_head_dim")).map(|(a, b)| a + b),
+            ),
+            ("attention.value_length_mla", "v_head_dim", int("v_head_dim")),
+            ("expert_count", "n_routed_experts", int("n_routed_experts")),
+            ("expert_used_count", "num_experts_per_tok", int("num_experts_per_tok")),
+            ("expert_shared_count", "n_shared_experts", int("n_shared_experts")),
+            ("expert_feed_forward_length", "moe_intermediate_size", int("moe_intermediate_size")),
+            ("leading_dense_block_count", "first_k_dense_replace", int("first_k_dense_replace")),
+        ],
+        "gemma" => vec![
+            ("attention.key_length", "head_dim", int("head_dim")),
+            ("attention.value_length", "head_dim", int("head_dim")),
+        ],
+        "gemma2" | "gemma3" => vec![
+            ("attention.key_length", "head_dim", int("head_dim")),
+            ("attention.value_length", "head_dim", int("head_dim")),
+            ("attention.sliding_window", "sliding_window", int("sliding_window")),
+        ],
+        "falcon" => vec![("feed_forward_length", "ffn_hidden_size", int("ffn_hidden_size"))],
+        "phi3" => vec![(
+            "rope.scaling.original_context_length",
+            "original_max_position_embeddings",
+            int("original_max_position_embeddings"),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// The float keys one GGUF architecture adds, as [`architecture_integers`].
+fn architecture_floats(
+    arch: &str,
+    config: &serde_json::Value,
+) -> Vec<(&'static str, &'static str, Option<f64>)> {
+    let float = |field: &str| config.get(field).and_then(serde_json::Value::as_f64);
+    let rope = |layers: &str| {
+        config.get("rope_parameters")?.get(layers)?.get("rope_theta").and_then(serde_json::Value::as_f64)
+    };
+    match arch {
+        "deepseek2" => {
+            vec![("expert_weights_scale", "routed_scaling_factor", float("routed_scaling_factor"))]
+        }
+        "gemma2" => vec![
+            ("attn_logit_softcapping", "attn_logit_softcapping", float("attn_logit_softcapping")),
+            ("final_logit_softcapping", "final_logit_softcapping", float("final_logit_softcapping")),
+        ],
+        "gemma3" => vec![(
+            "rope.freq_base_swa",
+            "rope_parameters.sliding_attention.rope_theta",
+            rope("sliding_attention").or(float("rope_local_base_freq")),
+        )],
+        _ => Vec::new(),
+    }
+}
+
 /// config.json's rope base as transformers 4 (`rope_theta`) or 5 (`rope_parameters.rope_theta`)
 /// write it, with the field it came from.
 fn config_rope_theta(config: &serde_json::Value) -> Option<(f64, &'static str)> {
     if let Some(t) = config.get("rope_theta").and_then(serde_json::Value::as_f64) {
         return Some((t, "rope_theta"));
+    }
+    // gemma3's per layer type, whose global layers' base is the file's `rope.freq_base`.
+    if let Some(t) = config
+        .get("rope_parameters")
+        .and_then(|p| p.get("full_attention"))
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(serde_json::Value::as_f64)
+    {
+        return Some((t, "rope_parameters.full_attention.rope_theta"));
     }
     config
         .get("rope_parameters")
@@ -113,11 +199,21 @@ pub(crate) fn against_config(
         (
             "attention.head_count_kv",
             "num_key_value_heads",
-            config_int(config, "num_key_value_heads").or(heads),
+            // llama.cpp's converter writes deepseek2's latent attention as one KV head; falcon's
+            // KV heads are `num_kv_heads`, one where `multi_query` says so.
+            match file.arch.as_str() {
+                "deepseek2" => Some(1),
+                "falcon" => falcon_kv_heads(config).or(heads),
+                _ => config_int(config, "num_key_value_heads").or(heads),
+            },
         ),
         ("context_length", "max_position_embeddings", config_int(config, "max_position_embeddings")),
     ];
     for (suffix, field, want) in integers {
+        // llama.cpp's falcon converter writes 2048 whatever config.json says.
+        if file.arch == "falcon" && suffix == "context_length" {
+            continue;
+        }
         let key = file.key(suffix);
         match (file.int(&key), want) {
             (Some(got), Some(want)) if got != want => {
@@ -129,9 +225,28 @@ pub(crate) fn against_config(
             _ => {}
         }
     }
-    // The rotary width: an explicit head_dim, else hidden / heads, times the share that rotates
-    // (stablelm's `partial_rotary_factor`); only where the file says one.
-    let head_dim = config_int(config, "head_dim").or_else(|| Some(hidden? / heads.filter(|h| *h > 0)?));
+    for (key, field, want) in architecture_integers(&file.arch, config) {
+        let key = file.key(key);
+        match (file.int(&key), want) {
+            (Some(got), Some(want)) if got != want => {
+                problems.push(format!("{key} {got} in the file, config.json {field} {want}"));
+            }
+            (None, Some(want)) => {
+                problems.push(format!("{key} is missing from the file, config.json {field} {want}"))
+            }
+            (Some(got), None) => {
+                problems.push(format!("{key} {got} in the file, config.json has no {field}"))
+            }
+            _ => {}
+        }
+    }
+    // The rotary width: an explicit head_dim (deepseek2: its rotating part), else hidden / heads,
+    // times the share that rotates (stablelm's `partial_rotary_factor`); only where the file says
+    // one.
+    let head_dim = match file.arch.as_str() {
+        "deepseek2" => config_int(config, "qk_rope_head_dim"),
+        _ => config_int(config, "head_dim").or_else(|| Some(hidden? / heads.filter(|h| *h > 0)?)),
+    };
     let partial = ["partial_rotary_factor", "rope_parameters"]
         .iter()
         .filter_map(|f| config.get(f))
@@ -150,6 +265,18 @@ pub(crate) fn against_config(
     let got = file.float(&key).unwrap_or(10_000.0);
     if got != theta as f32 {
         problems.push(format!("{key} {got} in the file, config.json {field} {theta}"));
+    }
+    for (key, field, want) in architecture_floats(&file.arch, config) {
+        let key = file.key(key);
+        match (file.float(&key), want) {
+            (Some(got), Some(want)) if got != want as f32 => {
+                problems.push(format!("{key} {got} in the file, config.json {field} {want}"));
+            }
+            (None, Some(want)) => {
+                problems.push(format!("{key} is missing from the file, config.json {field} {want}"))
+            }
+            _ => {}
+        }
     }
     let key = file.key("attention.layer_norm_rms_epsilon");
     if let (Some(got), Some(want)) =

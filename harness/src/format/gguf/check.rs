@@ -455,6 +455,9 @@ fn model_of(
             super::SUPPORTED_ARCHITECTURES
         ));
     }
+    if let Some(why) = super::layouts::refused_key(md, &arch) {
+        return Err(why);
+    }
     // candle's loaders read these with `to_u32`, which takes a U32 value and nothing else.
     let number = |key: &str, limit: limits::Limit, required: bool| -> Result<Option<u64>, String> {
         let key = format!("{arch}.{key}");

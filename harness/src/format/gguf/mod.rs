@@ -27,6 +27,7 @@ use crate::matrix::Quantization;
 mod agree;
 mod check;
 mod keys;
+mod layouts;
 mod mix;
 mod pre;
 mod read;
@@ -38,6 +39,7 @@ pub(crate) use check::{GgufError, check_model, open, read};
 
 pub use mix::{MixModel, fallback, type_name, wanted_type, written_type};
 pub use pre::{PreTokenizerError, pre_tokenizer_names};
+pub(crate) use read::dequantized_shape_problems;
 pub use read::{
     Dequantized, Stored, dequantize, dequantized_config, hf_files, read_stored, to_apr, to_safetensors,
     tokenizer,
@@ -103,12 +105,13 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> ConvertError {
 }
 
 /// The GGUF architectures the engine runs and how, as an error refusing another one says it.
-pub(crate) const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, granite, stablelm, starcoder2 with their matrices as stored; qwen3, qwen3moe, olmo2, starcoder dequantized to f32";
+pub(crate) const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, granite, stablelm, starcoder2, phi3, gemma2, gemma3, falcon (multi-query) with their matrices as stored; qwen3, qwen3moe, olmo2, starcoder, deepseek2, gemma dequantized to f32";
 
 /// The Hugging Face `model_type` of a GGUF architecture that the engine runs by dequantizing
 /// the file into its float model (candle has no quantized model of it), with what the model's
 /// config needs beyond the common keys. Only architectures whose every tensor name maps back
-/// ([`hf_name`]) and whose llama.cpp layout is the Hugging Face one (no q/k permutation) are here.
+/// ([`hf_name`], or `layouts`' for deepseek2, phi3 and the gemmas, whose converter's transforms
+/// reading undoes) and whose q/k rows llama.cpp does not permute are here.
 pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
     match arch {
         "qwen3" => Some("qwen3"),
@@ -118,6 +121,12 @@ pub fn dequantized_model_type(arch: &str) -> Option<&'static str> {
         "starcoder2" => Some("starcoder2"),
         "qwen3moe" => Some("qwen3_moe"),
         "starcoder" => Some("gpt_bigcode"),
+        "deepseek2" => Some("deepseek_v2"),
+        "phi3" => Some("phi3"),
+        "falcon" => Some("falcon"),
+        "gemma" => Some("gemma"),
+        "gemma2" => Some("gemma2"),
+        "gemma3" => Some("gemma3_text"),
         _ => None,
     }
 }

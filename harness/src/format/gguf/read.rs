@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
@@ -443,6 +443,7 @@ pub fn dequantized_config(
         "qwen2" => "qwen2",
         other => super::dequantized_model_type(other)?,
     };
+    let layouts = super::layouts::LAYOUTS.contains(&arch.as_str());
     let int = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_u32().ok());
     let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(|v| v.to_f32().ok()).map(f64::from);
     let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
@@ -469,6 +470,9 @@ pub fn dequantized_config(
         "bos_token_id": id("tokenizer.ggml.bos_token_id"),
         "eos_token_id": id("tokenizer.ggml.eos_token_id"),
     });
+    if layouts {
+        return super::layouts::config(md, arch, config);
+    }
     if model_type == "stablelm" {
         // Layer norms, a partial rotary embedding over `rope.dimension_count` of each head.
         let heads = int("attention.head_count").unwrap_or(1).max(1);
@@ -533,6 +537,79 @@ pub fn dequantized_config(
         config["mlp_bias"] = serde_json::json!(false);
     }
     Some(config)
+}
+
+/// The Hugging Face name of a tensor of a GGUF file of `arch` (not stacked experts, not
+/// deepseek2's `kv_b` halves).
+fn hf_name_in(arch: &str, name: &str) -> Option<String> {
+    let hf = match arch {
+        "starcoder" => super::gpt_bigcode_name(name)?,
+        _ if super::layouts::LAYOUTS.contains(&arch) => super::layouts::hf_name(arch, name)?,
+        _ => hf_name(name)?,
+    };
+    // starcoder2's MLP keeps GPT-2's names.
+    Some(match arch {
+        "starcoder2" => hf.replace(".mlp.up_proj.", ".mlp.c_fc.").replace(".mlp.down_proj.", ".mlp.c_proj."),
+        _ => hf,
+    })
+}
+
+/// G0's tensor check of a file the engine runs in its float model (a `dequantized_model_type`):
+/// the shapes its tensors take under their Hugging Face names (stacked experts one each,
+/// deepseek2's `kv_b` halves joined) against the config its KV keys rebuild, every missing
+/// tensor and wrong shape, as the engine finds them when it loads the file; a tensor with no
+/// Hugging Face name too. Empty for another architecture.
+pub(crate) fn dequantized_shape_problems(path: &Path, content: &gguf_file::Content) -> Vec<String> {
+    let md = &content.metadata;
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if super::dequantized_model_type(&arch).is_none() {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut halves: BTreeMap<usize, [Option<Vec<usize>>; 2]> = BTreeMap::new();
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims().to_vec();
+        if let Some((layer, keys)) = super::layouts::kv_b_half(&arch, name) {
+            halves.entry(layer).or_default()[usize::from(!keys)] = Some(dims);
+        } else if let Some((layer, projection)) = stacked_experts(name) {
+            for e in 0..dims.first().copied().unwrap_or(0) {
+                shapes.insert(
+                    format!("model.layers.{layer}.mlp.experts.{e}.{projection}.weight"),
+                    dims[1..].to_vec(),
+                );
+            }
+        } else if let Some(hf) = hf_name_in(&arch, name) {
+            shapes.insert(hf, dims);
+        } else {
+            problems.push(format!("tensor `{name}` has no Hugging Face name"));
+        }
+    }
+    for (layer, halves) in halves {
+        match halves {
+            [Some(k), Some(v)] if k.len() == 3 && v.len() == 3 => {
+                shapes.insert(
+                    format!("model.layers.{layer}.self_attn.kv_b_proj.weight"),
+                    vec![k[0] * (k[2] + v[1]), k[1]],
+                );
+            }
+            _ => {
+                problems.push(format!("layer {layer}'s attn_k_b and attn_v_b are not a pair of 3-D tensors"))
+            }
+        }
+    }
+    let rows = content.tensor_infos.get("token_embd.weight").and_then(|t| t.shape.dims().first().copied());
+    let has_output = shapes.contains_key("lm_head.weight");
+    let has_bias = shapes.keys().any(|n| n.ends_with("q_proj.bias") || n.ends_with("query_key_value.bias"));
+    let Some(config) = dequantized_config(md, has_output, has_bias, rows.unwrap_or(0)) else {
+        problems.push(format!("the KV keys of `{arch}` do not make a config"));
+        return problems;
+    };
+    match crate::format::hparams::Hyperparameters::from_config(path, &config) {
+        Ok(hyper) => problems.extend(hyper.shape_problems(&shapes)),
+        Err(e) => problems.push(e.to_string()),
+    }
+    problems
 }
 
 /// The layer and Hugging Face projection of a stacked experts tensor (`blk.N.ffn_gate_exps.weight`).
@@ -600,9 +677,20 @@ fn read_tensors(
     let kv_heads = count("attention.head_count_kv").unwrap_or(heads);
     let mut tensors = BTreeMap::new();
     let mut matrices = BTreeMap::new();
+    // deepseek2's halves of each layer's kv_b_proj, joined once both are read.
+    let mut kv_b: BTreeMap<usize, [Option<(Tensor, GgmlDType)>; 2]> = BTreeMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
+        if let Some((layer, keys)) = super::layouts::kv_b_half(&arch, name) {
+            let q = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+            let dtype = q.dtype();
+            let t = q.dequantize(&Device::Cpu).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+            kv_b.entry(layer).or_default()[usize::from(!keys)] = Some((t, dtype));
+            continue;
+        }
         if let Some((layer, projection)) = stacked_experts(name) {
             // llama.cpp stacks a layer's experts into one tensor; the float model has one each.
             let q = content
@@ -620,15 +708,8 @@ fn read_tensors(
             }
             continue;
         }
-        let hf = if arch == "starcoder" { super::gpt_bigcode_name(name) } else { hf_name(name) };
-        let hf = hf.ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
-        // starcoder2's MLP keeps GPT-2's names.
-        let hf = match arch.as_str() {
-            "starcoder2" => {
-                hf.replace(".mlp.up_proj.", ".mlp.c_fc.").replace(".mlp.down_proj.", ".mlp.c_proj.")
-            }
-            _ => hf,
-        };
+        let hf = hf_name_in(&arch, name)
+            .ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
         let q = content
             .tensor(&mut file, name, &Device::Cpu)
             .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
@@ -647,7 +728,21 @@ fn read_tensors(
         if let Some(heads) = unpermute {
             t = permute_qk(&t, heads, true).map_err(|e| err(path, e))?;
         }
+        if super::layouts::shifted_by_one(&arch, name) {
+            t = t.affine(1.0, -1.0).map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+        }
         tensors.insert(hf, (t, dtype));
+    }
+    for (layer, halves) in kv_b {
+        let [Some((k_b, dtype)), Some((v_b, _))] = halves else {
+            return Err(err(
+                path,
+                format!("layer {layer} has one of attn_k_b and attn_v_b without the other"),
+            ));
+        };
+        let joined = super::layouts::join_kv_b(&k_b, &v_b)
+            .map_err(|e| err(path, format!("tensors `blk.{layer}.attn_k_b.weight` and `attn_v_b`: {e}")))?;
+        tensors.insert(format!("model.layers.{layer}.self_attn.kv_b_proj.weight"), (joined, dtype));
     }
     Ok((tensors, matrices, content.metadata))
 }
