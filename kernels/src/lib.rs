@@ -60,6 +60,23 @@ pub enum Storage {
     },
 }
 
+/// The blocks the kernels multiply as stored, by GGML type.
+fn quant_kind(dtype: GgmlDType) -> Option<QuantKind> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => QuantKind::Q4_0,
+        GgmlDType::Q4_1 => QuantKind::Q4_1,
+        GgmlDType::Q5_0 => QuantKind::Q5_0,
+        GgmlDType::Q5_1 => QuantKind::Q5_1,
+        GgmlDType::Q8_0 => QuantKind::Q8_0,
+        GgmlDType::Q2K => QuantKind::Q2K,
+        GgmlDType::Q3K => QuantKind::Q3K,
+        GgmlDType::Q4K => QuantKind::Q4K,
+        GgmlDType::Q5K => QuantKind::Q5K,
+        GgmlDType::Q6K => QuantKind::Q6K,
+        _ => return None,
+    })
+}
+
 /// A type any little-endian bit pattern of its size is a value of, as a file stores it.
 pub trait Plain: Copy + Send + Sync + 'static {}
 impl Plain for f32 {}
@@ -235,6 +252,63 @@ impl Matrix {
         Matrix::new(rows, cols, storage)
     }
 
+    /// A GGUF matrix of `rows` × `cols` in GGML type `dtype`, read in place from `bytes` (its
+    /// data in a memory-mapped file), so the weights need no second copy: `None` where the
+    /// kernels do not keep `dtype` as stored ([`Matrix::from_qtensor`] dequantizes it) or the
+    /// bytes are not aligned for it (the caller reads it out instead).
+    ///
+    /// # Safety
+    ///
+    /// As [`Values::borrowed`]: `bytes` must stay valid and unchanged, at the same address, for
+    /// as long as `owner` lives.
+    pub unsafe fn from_ggml_in_place(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        owner: Arc<dyn Any + Send + Sync>,
+        bytes: &[u8],
+    ) -> Option<candle_core::Result<Matrix>> {
+        // SAFETY: the caller's promise, passed on.
+        let storage = unsafe {
+            match dtype {
+                GgmlDType::F32 => Values::borrowed(owner, bytes).map(Storage::F32),
+                GgmlDType::F16 => Values::borrowed(owner, bytes).map(Storage::F16),
+                GgmlDType::BF16 => Values::borrowed(owner, bytes).map(Storage::Bf16),
+                other => {
+                    let kind = quant_kind(other)?;
+                    Values::borrowed(owner, bytes).map(|bytes| Storage::Quant { kind, bytes })
+                }
+            }
+        }?;
+        Some(Matrix::new(rows, cols, storage))
+    }
+
+    /// As [`Matrix::from_ggml_in_place`], copying the bytes out: for bytes not aligned for
+    /// their type, or not to be kept. `None` where the kernels do not keep `dtype` as stored.
+    pub fn from_ggml_bytes(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Option<candle_core::Result<Matrix>> {
+        let storage = match dtype {
+            GgmlDType::F32 => Storage::F32(le_values(bytes, f32::from_le_bytes).into()),
+            GgmlDType::F16 => {
+                Storage::F16(le_values(bytes, |b| f16::from_bits(u16::from_le_bytes(b))).into())
+            }
+            GgmlDType::BF16 => {
+                Storage::Bf16(le_values(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))).into())
+            }
+            other => Storage::Quant { kind: quant_kind(other)?, bytes: bytes.to_vec().into() },
+        };
+        Some(Matrix::new(rows, cols, storage))
+    }
+
+    /// Whether a GGML type is kept as stored (the rest is dequantized to f32).
+    pub fn keeps(dtype: GgmlDType) -> bool {
+        matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) || quant_kind(dtype).is_some()
+    }
+
     /// A GGUF tensor (2-D, shape (rows, cols)) as stored: F32/F16/BF16 dense, the quantized types
     /// of [`QuantKind`] as raw blocks; any other GGML type dequantized to f32.
     pub fn from_qtensor(q: &QTensor) -> candle_core::Result<Matrix> {
@@ -255,17 +329,10 @@ impl Matrix {
                 let v = le_values(&q.data()?, |b| bf16::from_bits(u16::from_le_bytes(b)));
                 return Matrix::new(rows, cols, Storage::Bf16(v.into()));
             }
-            GgmlDType::Q4_0 => QuantKind::Q4_0,
-            GgmlDType::Q4_1 => QuantKind::Q4_1,
-            GgmlDType::Q5_0 => QuantKind::Q5_0,
-            GgmlDType::Q5_1 => QuantKind::Q5_1,
-            GgmlDType::Q8_0 => QuantKind::Q8_0,
-            GgmlDType::Q2K => QuantKind::Q2K,
-            GgmlDType::Q3K => QuantKind::Q3K,
-            GgmlDType::Q4K => QuantKind::Q4K,
-            GgmlDType::Q5K => QuantKind::Q5K,
-            GgmlDType::Q6K => QuantKind::Q6K,
-            _ => return Matrix::from_tensor(&q.dequantize(&Device::Cpu)?),
+            other => match quant_kind(other) {
+                Some(kind) => kind,
+                None => return Matrix::from_tensor(&q.dequantize(&Device::Cpu)?),
+            },
         };
         let bytes = match q.data()? {
             Cow::Borrowed(b) => b.to_vec(),
@@ -282,6 +349,17 @@ impl Matrix {
     /// Inputs: the length of a row of `x`.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Whether the weights are read in place from their owner's bytes (a mapped file) rather
+    /// than held in memory of their own.
+    pub fn in_place(&self) -> bool {
+        match &self.storage {
+            Storage::F32(v) => v.is_borrowed(),
+            Storage::F16(v) => v.is_borrowed(),
+            Storage::Bf16(v) => v.is_borrowed(),
+            Storage::Quant { bytes, .. } => bytes.is_borrowed(),
+        }
     }
 
     /// Bytes the weights occupy in memory.

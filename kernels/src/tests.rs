@@ -374,3 +374,46 @@ fn weights_read_in_place_multiply_as_the_same_weights_owned_and_misaligned_bytes
     assert!(unsafe { crate::Values::<f32>::borrowed(owner.clone(), &owner[1..9]) }.is_none());
     assert!(unsafe { crate::Values::<f32>::borrowed(owner.clone(), &owner[0..6]) }.is_none());
 }
+
+#[test]
+fn a_ggml_matrix_read_in_place_multiplies_as_the_same_tensor_read_out() {
+    let (rows, cols, m) = (6, 256, 3);
+    let x: Vec<f32> = (0..m * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 16.0).collect();
+    for dtype in [
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::Q4_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
+        let (q, read_out) = quantized(dtype, rows, cols, 11);
+        // The bytes as the mapped file holds them, 8-aligned as GGUF aligns tensor data.
+        let data = q.data().unwrap().to_vec();
+        let mut words = vec![0u64; data.len().div_ceil(8)];
+        // SAFETY: `words` has at least `data.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), words.as_mut_ptr().cast::<u8>(), data.len()) };
+        let owner = std::sync::Arc::new(words);
+        // SAFETY: `owner` holds the bytes, unchanged, for as long as it lives.
+        let bytes = unsafe { std::slice::from_raw_parts(owner.as_ptr().cast::<u8>(), data.len()) };
+        let in_place = unsafe { Matrix::from_ggml_in_place(dtype, rows, cols, owner.clone(), bytes) }
+            .expect("a type kept as stored, aligned")
+            .unwrap();
+        assert_eq!(in_place.kind(), read_out.kind(), "{dtype:?}");
+        assert_eq!(std::sync::Arc::strong_count(&owner), 2, "{dtype:?}: read in place, not copied");
+        let copied = Matrix::from_ggml_bytes(dtype, rows, cols, &data).expect("kept").unwrap();
+        for isa in isas() {
+            let want = matmul(&read_out, isa, &x, m);
+            assert_eq!(matmul(&in_place, isa, &x, m), want, "{dtype:?} {isa:?}: in place");
+            assert_eq!(matmul(&copied, isa, &x, m), want, "{dtype:?} {isa:?}: copied out");
+        }
+        drop(in_place);
+        assert_eq!(std::sync::Arc::strong_count(&owner), 1, "{dtype:?}: the matrix let its owner go");
+    }
+    // A type the kernels dequantize is not taken in place, and neither are misaligned f32s.
+    assert!(!Matrix::keeps(GgmlDType::Q8_1));
+    let owner = std::sync::Arc::new(vec![0u64; 4]);
+    let bytes = unsafe { std::slice::from_raw_parts(owner.as_ptr().cast::<u8>().add(1), 8) };
+    assert!(unsafe { Matrix::from_ggml_in_place(GgmlDType::F32, 1, 2, owner.clone(), bytes) }.is_none());
+}

@@ -26,6 +26,10 @@ pub struct LoadArgs {
     /// Tokens to generate
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub tokens: usize,
+    /// The file loaded: the bf16 safetensors, or this project's conversion of it to a format
+    /// (`gguf-q8_0`, `gguf-q4_k_m`, `gguf-f16`, `apr`, …), made once and kept beside it
+    #[arg(long, value_name = "FORMAT", default_value = "safetensors")]
+    pub format: String,
 }
 
 fn shape(name: &str) -> anyhow::Result<(TestArchitecture, TestModelShape)> {
@@ -66,7 +70,18 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         std::fs::rename(&partial, &dir)?;
         eprintln!("  written in {:.0} s", started.elapsed().as_secs_f64());
     }
-    let file = dir.join("model.safetensors").metadata()?.len();
+    let format = modelqa::support::matrix::Format::parse(&args.format)
+        .with_context(|| format!("`{}` is not a format", args.format))?;
+    let (model, file) = match format {
+        modelqa::support::matrix::Format::Safetensors => (dir.clone(), dir.join("model.safetensors")),
+        other => {
+            eprintln!("converting it to {other} (once)…");
+            let converted =
+                modelqa::support::format::convert::artifact(&dir, other, &dir.with_extension("converted"))?;
+            (converted.clone(), converted)
+        }
+    };
+    let file = file.metadata()?.len();
     let engine = engine_binary(&root)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")
@@ -83,7 +98,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         .arg("-v")
         .arg(&engine)
         .arg("generate")
-        .arg(&dir)
+        .arg(&model)
         .args(["--prompt", "The quick brown fox jumps over the lazy dog.", "--max-tokens"])
         .arg(args.tokens.to_string())
         .arg("--json")
@@ -106,12 +121,16 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!(
-        "\n| shape | file | peak RSS | RSS ÷ file | wall s (load + {} tokens) | tokens generated |",
+        "\n| shape | file | size | peak RSS | RSS ÷ file | wall s (load + {} tokens) | tokens generated |",
         args.tokens
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let label = match format {
+        modelqa::support::matrix::Format::Safetensors => "safetensors bf16".to_string(),
+        other => format!("{other} (from bf16)"),
+    };
     println!(
-        "| {} bf16 | {:.2} GiB | {:.2} GiB | {:.2}× | {wall:.1} | {} |",
+        "| {} | {label} | {:.2} GiB | {:.2} GiB | {:.2}× | {wall:.1} | {} |",
         args.shape,
         gib(file),
         gib(rss),

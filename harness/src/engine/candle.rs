@@ -514,20 +514,20 @@ fn float_model(
 ) -> Result<(Box<dyn CausalLm>, usize), EngineError> {
     let (tensors, matrices, metadata) = if stored {
         let file = crate::format::gguf::read_stored(path).map_err(|e| EngineError::load_failed(path, e))?;
-        (file.tensors, Some(file.matrices), file.metadata)
+        (file.tensors, Some((file.mapped, file.matrices)), file.metadata)
     } else {
         let file = crate::format::gguf::dequantize(path).map_err(|e| EngineError::load_failed(path, e))?;
         (file.tensors, None, file.metadata)
     };
-    let names = || tensors.keys().chain(matrices.iter().flat_map(|m| m.keys()));
+    let names = || tensors.keys().chain(matrices.iter().flat_map(|(_, m)| m.keys()));
     let has_output = names().any(|n| n == "lm_head.weight");
     let has_bias = names().any(|n| n.ends_with("q_proj.bias") || n.ends_with("query_key_value.bias"));
     let config = crate::format::gguf::dequantized_config(&metadata, has_output, has_bias, rows)
         .ok_or_else(|| load_err(path, format!("no config for `{model_type}`")))?;
     let mut shapes: std::collections::BTreeMap<String, Vec<usize>> =
         tensors.iter().map(|(n, (t, _))| (n.clone(), t.dims().to_vec())).collect();
-    for (n, (q, _)) in matrices.iter().flatten() {
-        shapes.insert(n.clone(), q.shape().dims().to_vec());
+    for (n, (m, _)) in matrices.iter().flat_map(|(_, m)| m) {
+        shapes.insert(n.clone(), m.dims());
     }
     let config = super::admit::config_with_shapes(path, config, &shapes)?;
     let context = config
@@ -543,7 +543,7 @@ fn float_model(
     }
     let vb = VarBuilder::from_tensors(dense, DType::F32, device);
     let weights = match matrices {
-        Some(m) => Weights::with_matrices(vb, Arc::new(GgufMatrices::new(m))),
+        Some((mapped, m)) => Weights::with_matrices(vb, Arc::new(GgufMatrices::new(mapped, m))),
         None => Weights::candle(vb),
     };
     match super::arch::load(model_type, &config, weights) {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::QTensor;
+use crate::format::gguf::StoredMatrix;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -227,20 +227,44 @@ impl MatrixSource for SafetensorsMatrices {
     }
 }
 
-/// A GGUF file's matrices, quantized as stored, each with the head count whose q/k rows
-/// llama.cpp permuted for its interleaved rotary embedding (undone on the rows as handed out).
-pub(crate) struct GgufMatrices(Mutex<BTreeMap<String, (QTensor, Option<usize>)>>);
+/// A GGUF file's matrices as stored, read in place from the mapped file (copied out only where
+/// not aligned for their type), each with the head count whose q/k rows llama.cpp permuted for
+/// its interleaved rotary embedding (undone on the rows as handed out, which copies those).
+pub(crate) struct GgufMatrices {
+    mapped: Arc<memmap2::Mmap>,
+    matrices: Mutex<BTreeMap<String, (StoredMatrix, Option<usize>)>>,
+}
 
 impl GgufMatrices {
-    pub(crate) fn new(matrices: BTreeMap<String, (QTensor, Option<usize>)>) -> Self {
-        GgufMatrices(Mutex::new(matrices))
+    pub(crate) fn new(
+        mapped: Arc<memmap2::Mmap>,
+        matrices: BTreeMap<String, (StoredMatrix, Option<usize>)>,
+    ) -> Self {
+        GgufMatrices { mapped, matrices: Mutex::new(matrices) }
     }
 }
 
 impl MatrixSource for GgufMatrices {
     fn take(&self, name: &str) -> Option<Result<Matrix>> {
-        let (q, permuted) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?;
-        Some(Matrix::from_qtensor(&q).map(|mut m| {
+        let (stored, permuted) =
+            self.matrices.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?;
+        let matrix = match stored {
+            StoredMatrix::Read(q) => Matrix::from_qtensor(&q),
+            StoredMatrix::Mapped { dtype, rows, cols, bytes } => {
+                let data = &self.mapped[bytes];
+                let owner: Arc<dyn std::any::Any + Send + Sync> = self.mapped.clone();
+                // SAFETY: the bytes are the mapped file's, which `owner` keeps mapped for as long
+                // as it lives; the harness never writes a model file while it reads it.
+                let in_place = unsafe { Matrix::from_ggml_in_place(dtype, rows, cols, owner, data) };
+                match in_place.or_else(|| Matrix::from_ggml_bytes(dtype, rows, cols, data)) {
+                    Some(m) => m,
+                    None => {
+                        Err(candle_core::Error::Msg(format!("`{name}`: {dtype:?} is not kept as stored")))
+                    }
+                }
+            }
+        };
+        Some(matrix.map(|mut m| {
             if let Some(heads) = permuted {
                 m.permute_rows(&unpermuted_order(m.rows(), heads));
             }
@@ -268,6 +292,29 @@ fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gguf_files_matrices_are_read_in_place_but_those_reordered() {
+        let model =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qa-tiny/qa-tiny-llama");
+        let cache = tempfile::tempdir().unwrap();
+        for q in [crate::matrix::Quantization::Q8_0, crate::matrix::Quantization::Q4KM] {
+            let file = crate::format::convert::artifact(&model, crate::matrix::Format::Gguf(q), cache.path())
+                .unwrap();
+            let stored = crate::format::gguf::read_stored(&file).unwrap();
+            let names: Vec<String> = stored.matrices.keys().cloned().collect();
+            let source = GgufMatrices::new(stored.mapped, stored.matrices);
+            let mut kept = 0;
+            for name in &names {
+                let m = source.take(name).unwrap().unwrap();
+                // llama.cpp's q/k rows are put back in order, which copies them.
+                let reordered = name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight");
+                assert_eq!(m.in_place(), !reordered, "{q}: {name} ({})", m.kind());
+                kept += usize::from(m.in_place());
+            }
+            assert!(kept >= names.len() / 2, "{q}: {kept} of {} matrices in place", names.len());
+        }
+    }
 
     #[test]
     fn unpermuting_rows_undoes_the_converters_permutation() {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -627,28 +628,49 @@ fn stacked_experts(name: &str) -> Option<(usize, &'static str)> {
 
 /// Reads and dequantizes a GGUF file.
 pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
-    let (tensors, _, metadata) = read_tensors(path, false)?;
+    let (tensors, _, metadata, _) = read_tensors(path, false)?;
     Ok(Dequantized { tensors, metadata })
 }
 
 /// A GGUF file read for the engine's own kernels: its matrices as stored, the rest dequantized.
 pub struct Stored {
-    /// The 2-D tensors under their Hugging Face names, quantized as in the file, each with the
+    /// The 2-D tensors under their Hugging Face names, as stored in the file, each with the
     /// head count whose q/k row order llama.cpp permuted (to be undone on the rows), if any.
-    pub matrices: BTreeMap<String, (QTensor, Option<usize>)>,
+    pub matrices: BTreeMap<String, (StoredMatrix, Option<usize>)>,
     /// The other tensors (norms, biases, stacked experts), dequantized.
     pub tensors: BTreeMap<String, (Tensor, GgmlDType)>,
     pub metadata: HashMap<String, Value>,
+    /// The file, memory-mapped: the [`StoredMatrix::Mapped`] bytes are its.
+    pub mapped: Arc<memmap2::Mmap>,
 }
 
-/// Reads a GGUF file, keeping its matrices as stored.
+/// A matrix of a GGUF file as stored.
+pub enum StoredMatrix {
+    /// Its bytes where the mapped file ([`Stored::mapped`]) holds them, to be read in place.
+    Mapped { dtype: GgmlDType, rows: usize, cols: usize, bytes: std::ops::Range<usize> },
+    /// Read out of the file: a type the kernels do not keep as stored.
+    Read(QTensor),
+}
+
+impl StoredMatrix {
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            StoredMatrix::Mapped { rows, cols, .. } => vec![*rows, *cols],
+            StoredMatrix::Read(q) => q.shape().dims().to_vec(),
+        }
+    }
+}
+
+/// Reads a GGUF file, keeping its matrices as stored: mapped, to be read in place.
 pub fn read_stored(path: &Path) -> Result<Stored, ConvertError> {
-    let (tensors, matrices, metadata) = read_tensors(path, true)?;
-    Ok(Stored { matrices, tensors, metadata })
+    let (tensors, matrices, metadata, mapped) = read_tensors(path, true)?;
+    let mapped = mapped.ok_or_else(|| err(path, "the file was not mapped"))?;
+    Ok(Stored { matrices, tensors, metadata, mapped })
 }
 
 /// The dequantized tensors by Hugging Face name; with `keep_matrices`, the 2-D ones (experts
-/// aside) kept as stored instead, apart.
+/// aside) kept as stored instead, apart: those the kernels keep as stored left in the file,
+/// which is mapped (and returned), the others read out.
 #[allow(clippy::type_complexity)]
 fn read_tensors(
     path: &Path,
@@ -656,12 +678,19 @@ fn read_tensors(
 ) -> Result<
     (
         BTreeMap<String, (Tensor, GgmlDType)>,
-        BTreeMap<String, (QTensor, Option<usize>)>,
+        BTreeMap<String, (StoredMatrix, Option<usize>)>,
         HashMap<String, Value>,
+        Option<Arc<memmap2::Mmap>>,
     ),
     ConvertError,
 > {
     let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
+    let mapped = match keep_matrices {
+        // SAFETY: the harness never writes a model file while it reads it (conversions are
+        // written under another name and renamed into place), so the mapping stays unchanged.
+        true => Some(Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(path, e))?)),
+        false => None,
+    };
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
     let arch = arch.ok_or_else(|| err(path, "no general.architecture"))?;
     let permuted = super::permutes_qk(&arch);
@@ -710,17 +739,38 @@ fn read_tensors(
         }
         let hf = hf_name_in(&arch, name)
             .ok_or_else(|| err(path, format!("tensor `{name}` has no Hugging Face name")))?;
-        let q = content
-            .tensor(&mut file, name, &Device::Cpu)
-            .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
         let unpermute = match () {
             _ if !permuted => None,
             _ if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") => Some(heads),
             _ if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") => Some(kv_heads),
             _ => None,
         };
+        if let (Some(mapped), Some(info)) = (&mapped, content.tensor_infos.get(name))
+            && let [rows, cols] = *info.shape.dims()
+            && modelqa_kernels::Matrix::keeps(info.ggml_dtype)
+        {
+            let dtype = info.ggml_dtype;
+            let size = (rows * cols).checked_div(dtype.block_size()).unwrap_or(0) * dtype.type_size();
+            let start =
+                usize::try_from(content.tensor_data_offset.saturating_add(info.offset)).unwrap_or(usize::MAX);
+            if !(rows * cols).is_multiple_of(dtype.block_size()) || start.saturating_add(size) > mapped.len()
+            {
+                return Err(err(
+                    path,
+                    format!("tensor `{name}` ({rows} × {cols} {dtype:?}) does not lie within the file"),
+                ));
+            }
+            matrices.insert(
+                hf,
+                (StoredMatrix::Mapped { dtype, rows, cols, bytes: start..start + size }, unpermute),
+            );
+            continue;
+        }
+        let q = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
         if keep_matrices && q.shape().rank() == 2 {
-            matrices.insert(hf, (q, unpermute));
+            matrices.insert(hf, (StoredMatrix::Read(q), unpermute));
             continue;
         }
         let dtype = q.dtype();
@@ -744,7 +794,7 @@ fn read_tensors(
             .map_err(|e| err(path, format!("tensors `blk.{layer}.attn_k_b.weight` and `attn_v_b`: {e}")))?;
         tensors.insert(format!("model.layers.{layer}.self_attn.kv_b_proj.weight"), (joined, dtype));
     }
-    Ok((tensors, matrices, content.metadata))
+    Ok((tensors, matrices, content.metadata, mapped))
 }
 
 #[cfg(test)]
