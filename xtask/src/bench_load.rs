@@ -76,8 +76,8 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         modelqa::support::matrix::Format::Safetensors => (dir.clone(), dir.join("model.safetensors")),
         other => {
             eprintln!("converting it to {other} (once)…");
-            let converted =
-                modelqa::support::format::convert::artifact(&dir, other, &dir.with_extension("converted"))?;
+            let cache = root.join("target/bench").join(format!("load-{}-converted", args.shape));
+            let converted = modelqa::support::format::convert::artifact(&dir, other, &cache)?;
             (converted.clone(), converted)
         }
     };
