@@ -221,6 +221,20 @@ impl Layer {
         Self::attend_one((&q, &k, &v), pos, &mut self.cache, spec, rotary)?.apply(&self.o)
     }
 
+    /// The cache of batch slot `slot` (made where it is new), or `scratch` for a segment cached
+    /// nowhere.
+    fn slot_cache<'a>(&'a mut self, slot: Option<usize>, scratch: &'a mut KvCache) -> &'a mut KvCache {
+        match slot {
+            None => scratch,
+            Some(slot) => {
+                if self.slots.len() <= slot {
+                    self.slots.resize_with(slot + 1, KvCache::default);
+                }
+                &mut self.slots[slot]
+            }
+        }
+    }
+
     /// Attention over several sequences' segments laid end to end in `x` (`[1, Σ len, hidden]`),
     /// each through its slot's cache (or none) and seeing only its own sequence: the projections
     /// run on every row at once, the attention one sequence at a time, as each would alone.
@@ -232,21 +246,19 @@ impl Layer {
         rotary: &Rotary,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project(x, spec)?;
+        if let [seg] = segments {
+            // One sequence: no views to take and no outputs to join (the same values).
+            let mut scratch = KvCache::default();
+            let cache = self.slot_cache(seg.slot, &mut scratch);
+            return Self::attend_one((&q, &k, &v), seg.pos, cache, spec, rotary)?.apply(&self.o);
+        }
         let mut outputs = Vec::with_capacity(segments.len());
         let mut start = 0;
         for seg in segments {
             let part = |t: &Tensor| t.narrow(1, start, seg.len);
             let qkv = (&part(&q)?, &part(&k)?, &part(&v)?);
             let mut scratch = KvCache::default();
-            let cache = match seg.slot {
-                None => &mut scratch,
-                Some(slot) => {
-                    if self.slots.len() <= slot {
-                        self.slots.resize_with(slot + 1, KvCache::default);
-                    }
-                    &mut self.slots[slot]
-                }
-            };
+            let cache = self.slot_cache(seg.slot, &mut scratch);
             outputs.push(Self::attend_one(qkv, seg.pos, cache, spec, rotary)?);
             start += seg.len;
         }
@@ -310,13 +322,19 @@ impl CausalLm for Decoder {
         for layer in &mut self.layers {
             x = batched(|| layer.forward_batch(&x, segments, &self.spec, &self.spec.rotary))?;
         }
-        let mut lasts = Vec::with_capacity(segments.len());
-        let mut end = 0;
-        for seg in segments {
-            end += seg.len;
-            lasts.push(x.narrow(1, end - 1, 1)?);
+        let last = match segments {
+            [seg] => x.narrow(1, seg.len - 1, 1)?,
+            _ => {
+                let mut lasts = Vec::with_capacity(segments.len());
+                let mut end = 0;
+                for seg in segments {
+                    end += seg.len;
+                    lasts.push(x.narrow(1, end - 1, 1)?);
+                }
+                Tensor::cat(&lasts, 1)?
+            }
         }
-        let last = Tensor::cat(&lasts, 1)?.apply(&self.norm)?;
+        .apply(&self.norm)?;
         Ok(Some((last.apply(&self.head)? / self.spec.logits_divisor)?.squeeze(0)?))
     }
 
