@@ -240,6 +240,8 @@ mod tests {
             "modelqa-engine serve m --port 0 --model modelqa/qa-tiny-llama",
             "modelqa-engine serve m --host 0.0.0.0 --port 8080 --backend cpu",
             "modelqa-engine serve m --api-key-env MODELQA_API_KEY",
+            "modelqa-engine serve m --max-batch 1",
+            "modelqa-engine serve m --max-batch 1024",
         ] {
             if let Err(e) = Cli::try_parse_from(line.split_whitespace()) {
                 panic!("`{line}` does not parse:\n{e}");
@@ -253,6 +255,8 @@ mod tests {
             "modelqa-engine serve m --backend tpu",
             "modelqa-engine serve m --api-key-env",
             "modelqa-engine serve m --api-key sk-123",
+            "modelqa-engine serve m --max-batch 0",
+            "modelqa-engine serve m --max-batch 1025",
             "modelqa-engine serve",
             "modelqa-engine",
         ] {

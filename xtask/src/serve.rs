@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// environment variable VAR [default: no key]
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// Most requests generated at once as one continuous batch; 1 answers one at a time
+    /// [default: 32]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_batch: Option<u16>,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
@@ -48,12 +52,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .args(["run", "--quiet", "--release", "--bin", "modelqa-engine", "--", "serve"])
         .arg(&args.path);
     let port = args.port.map(|p| p.to_string());
+    let max_batch = args.max_batch.map(|n| n.to_string());
     for (flag, value) in [
         ("--host", args.host.as_deref()),
         ("--port", port.as_deref()),
         ("--model", args.model.as_deref()),
         ("--backend", args.backend.as_deref()),
         ("--api-key-env", args.api_key_env.as_deref()),
+        ("--max-batch", max_batch.as_deref()),
     ] {
         if let Some(value) = value {
             command.args([flag, value]);
