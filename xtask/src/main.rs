@@ -259,6 +259,7 @@ mod tests {
             "xtask serve fixtures/qa-tiny/qa-tiny-qwen2 --port 8080",
             "xtask serve model.apr --host 0.0.0.0 --port 0 --model qa --backend cpu",
             "xtask serve fixtures/qa-tiny/qa-tiny-qwen2 --api-key-env MODELQA_API_KEY",
+            "xtask serve fixtures/qa-tiny/qa-tiny-qwen2 --max-batch 1",
             "xtask bench",
             "xtask bench --families 10 --models 5 --runs 1",
             "xtask bench serve",
@@ -274,6 +275,9 @@ mod tests {
             "xtask bench engine --formats f32,bf16,apr --rounds 2 --python /tmp/venv/bin/python",
             "xtask bench batch",
             "xtask bench batch --layers 2 --batch 4 --reps 1 --formats f32,q4_k_m --compete 2",
+            "xtask bench batch --formats apr,gguf-f16 --compete 2",
+            "xtask bench load --shape 0.5b",
+            "xtask bench load --shape 0.5b --format gguf-q8_0",
         ] {
             if let Err(e) = parses(line) {
                 panic!("`{line}` does not parse:\n{e}");
