@@ -135,7 +135,15 @@ fn every_dtype_round_trips_within_its_bound() {
         assert_eq!(apr::write(&file).expect("again"), bytes, "writing is deterministic");
         let back = apr::read(&bytes).expect("reads");
         assert_eq!(back, file, "{dtype:?} round trips byte for byte");
+        // The index leaves each tensor where it lies: the same bytes, 64-aligned in the file.
+        let index = apr::index(&bytes).expect("indexes");
+        let entry = &index.entries[0];
+        assert_eq!(&bytes[entry.bytes.clone()], &back.tensors[0].data[..], "{dtype:?}: the indexed bytes");
+        assert_eq!(entry.bytes.start % 64, 0, "{dtype:?}: aligned");
         let got = apr::dequantize(&back.tensors[0]).expect("dequantizes");
+        let in_place =
+            apr::dequantize_bytes("t", dtype, &shape, &bytes[entry.bytes.clone()]).expect("in place");
+        assert_eq!(got, in_place, "{dtype:?}: the same values read in place");
         let worst = got.iter().zip(&v).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= bound, "{dtype:?}: worst error {worst} over {bound}");
     }
@@ -147,6 +155,8 @@ fn corrupt_files_are_precise_errors() {
     let check = |bytes: Vec<u8>, want: &str| {
         let err = apr::read(&bytes).expect_err(want);
         assert!(err.to_string().contains(want), "expected `{want}` in `{err}`");
+        // Reading in place refuses the file as reading does.
+        assert_eq!(apr::index(&bytes).expect_err(want), err);
     };
     let mut b = good.clone();
     b[..4].copy_from_slice(b"GGUF");

@@ -323,6 +323,49 @@ fn gguf_sessions_match_safetensors_through_the_quantized_kernels() {
     }
 }
 
+#[test]
+fn a_llamas_llama3_rope_scaling_travels_as_rope_factors_and_is_honoured() {
+    // qa-tiny-llama with Llama 3.1's scaling over a short original context, so that nearly
+    // every frequency is scaled at the prompts' positions.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scaled = dir.path().join("scaled");
+    copy_model(&qa_tiny("llama"), &scaled);
+    let config_path = scaled.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config")).expect("json");
+    config["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16});
+    std::fs::write(&config_path, config.to_string()).expect("write config");
+
+    let cache = dir.path().join("cache");
+    let file = convert::artifact(&scaled, Format::Gguf(quantization("f32")), &cache).expect("converts");
+    let content =
+        candle_core::quantized::gguf_file::Content::read(&mut std::fs::File::open(&file).expect("open"))
+            .expect("gguf");
+    let info = &content.tensor_infos[gguf::ROPE_FACTORS];
+    assert_eq!(info.shape.dims(), [32], "one factor per rotating pair of 64-wide heads");
+
+    let mut st = load_candle(&scaled, Backend::Cpu).expect("scaled safetensors loads");
+    let mut unscaled = load_candle(&qa_tiny("llama"), Backend::Cpu).expect("safetensors loads");
+    let mut from_gguf = load_candle(&file, Backend::Cpu).expect("the GGUF loads");
+    for p in PROMPTS {
+        let want = st.prompt_logits(p, 8).expect("st");
+        let got = from_gguf.prompt_logits(p, 8).expect("gguf");
+        assert!(largest_difference(&want, &got) < 1e-4, "{p:?}: {}", largest_difference(&want, &got));
+        // The scaling matters here: a file whose factors were ignored would be this far off.
+        let plain = unscaled.prompt_logits(p, 8).expect("unscaled");
+        assert!(largest_difference(&want, &plain) > 1e-2, "{p:?}: {}", largest_difference(&want, &plain));
+    }
+    // Where the factors cannot be carried, the conversion stops by name.
+    let err = gguf::to_safetensors(&file, &dir.path().join("back")).expect_err("no Hugging Face name");
+    assert!(err.to_string().contains("rope_freqs.weight"), "{err}");
+    let mut linear = config.clone();
+    linear["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 4.0});
+    std::fs::write(&config_path, linear.to_string()).expect("write config");
+    let err = gguf::from_safetensors(&scaled, quantization("f32")).expect_err("linear is refused");
+    assert!(err.to_string().contains("rope_scaling"), "{err}");
+}
+
 /// A GGUF file as llama.cpp's converter writes one: no embedded tokenizer.json, no Hugging Face
 /// files; the tokenizer comes from `tokenizer.ggml.*`.
 fn without_hf_files(bytes: &[u8]) -> Vec<u8> {

@@ -195,15 +195,21 @@ pub(crate) fn check_artifact(
     if artifact.extension().is_none_or(|e| e != "apr") {
         return Ok(String::new());
     }
-    let bytes = std::fs::read(artifact).map_err(|e| format!("failed to read {}: {e}", artifact.display()))?;
-    let file = crate::format::apr::read(&bytes).map_err(|e| format!("{}: {e}", artifact.display()))?;
-    for t in &file.tensors {
-        let values = crate::format::apr::dequantize(t).map_err(|e| e.to_string())?;
+    let failed = |e: std::io::Error| format!("failed to read {}: {e}", artifact.display());
+    let file = std::fs::File::open(artifact).map_err(failed)?;
+    // SAFETY: the harness never writes a model file while it reads it. Mapped, the file is read
+    // where it lies: one tensor at a time is widened for the scan.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(failed)?;
+    let index = crate::format::apr::index(&bytes).map_err(|e| format!("{}: {e}", artifact.display()))?;
+    for e in &index.entries {
+        let values =
+            crate::format::apr::dequantize_bytes(&e.name, e.dtype, &e.shape, &bytes[e.bytes.clone()])
+                .map_err(|e| e.to_string())?;
         if !values.iter().all(|x| x.is_finite()) {
-            return Err(format!("tensor `{}` of the APR file holds NaN or Inf", t.name));
+            return Err(format!("tensor `{}` of the APR file holds NaN or Inf", e.name));
         }
     }
-    Ok(format!("the APR file ({} tensors) reads back with valid checksums", file.tensors.len()))
+    Ok(format!("the APR file ({} tensors) reads back with valid checksums", index.entries.len()))
 }
 
 fn check_gguf(
@@ -570,6 +576,28 @@ mod tests {
             let e = check(with_metadata(&clean, |md| plant(md)), q8).unwrap_err();
             assert!(e.contains(want), "{what}: `{e}` lacks `{want}`");
         }
+        // llama3's rope scaling lives in a tensor: a file without it against a scaled config,
+        // and a scaled model's file against an unscaled config, are named.
+        let config_path = source.join("config.json");
+        let unscaled = std::fs::read_to_string(&config_path).unwrap();
+        let mut scaled: serde_json::Value = serde_json::from_str(&unscaled).unwrap();
+        scaled["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16});
+        std::fs::write(&config_path, scaled.to_string()).unwrap();
+        let e = check(clean.clone(), q8).unwrap_err();
+        assert!(
+            e.contains("rope_freqs.weight is missing from the file, config.json's rope scaling is llama3"),
+            "{e}"
+        );
+        let with_factors = crate::format::gguf::from_safetensors(&source, Quantization::Q8_0).unwrap();
+        let with_factors = with_metadata(&with_factors, |md| {
+            md.retain(|(k, _)| k != "tokenizer.chat_template");
+            template(md);
+        });
+        check(with_factors.clone(), q8).unwrap();
+        std::fs::write(&config_path, unscaled).unwrap();
+        let e = check(with_factors, q8).unwrap_err();
+        assert!(e.contains("rope_freqs.weight (llama3 rope scaling) is in the file"), "{e}");
         // The clean Q8_0 file named as Q4_K_M: its types say otherwise.
         let e = check(clean, Format::Gguf(Quantization::Q4KM)).unwrap_err();
         assert!(

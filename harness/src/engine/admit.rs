@@ -64,7 +64,7 @@ pub(super) fn hf_model(
 pub(super) fn apr_model(
     path: &Path,
     config: serde_json::Value,
-    tensors: &[crate::format::apr::AprTensor],
+    tensors: &[crate::format::apr::AprEntry],
 ) -> Result<serde_json::Value, EngineError> {
     let shapes: BTreeMap<String, Vec<usize>> =
         tensors.iter().map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as usize).collect())).collect();

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
@@ -13,7 +12,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use tokenizers::Tokenizer;
 
 use super::admit::HashFile;
-use super::arch::{CausalLm, GgufMatrices, SafetensorsMatrices, Segment, TensorMatrices, Weights};
+use super::arch::{AprMatrices, CausalLm, GgufMatrices, SafetensorsMatrices, Segment, Weights};
 use super::logprobs::Scorer;
 use super::{
     Engine, EngineError, Finish, Flow, GenerateRequest, Generation, Joining, PromptGauge, Sampling,
@@ -185,15 +184,17 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
 }
 
 /// An APR file written by this project carries the Hugging Face config, tokenizer and
-/// tokenizer_config in its metadata. On the project's kernels an f32, f16 or bf16 matrix is
-/// multiplied where the reader put its bytes; every other tensor is dequantized to f32.
+/// tokenizer_config in its metadata. The file is mapped and checked whole (both checksums)
+/// without copying a tensor; on the project's kernels an f32, f16 or bf16 matrix is multiplied
+/// where it lies in the mapped file, and every other tensor is dequantized to f32.
 fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, EngineError> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::load_failed(path, e))?;
-    let mut file = crate::format::apr::read(&bytes).map_err(|e| EngineError::load_failed(path, e))?;
-    // The reader copied each tensor out: the file's bytes are no longer needed.
-    drop(bytes);
-    let stored = std::mem::take(&mut file.tensors);
-    let custom = |key: &str| file.metadata.get(key).filter(|v| v.is_object()).cloned();
+    let file = std::fs::File::open(path).map_err(|e| EngineError::load_failed(path, e))?;
+    // SAFETY: the harness never writes a model file while it reads it (the cache writes a new
+    // file and renames it into place).
+    let mapped =
+        Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::load_failed(path, e))?);
+    let index = crate::format::apr::index(&mapped).map_err(|e| EngineError::load_failed(path, e))?;
+    let custom = |key: &str| index.metadata.get(key).filter(|v| v.is_object()).cloned();
     let config = custom(crate::format::convert::HF_CONFIG).ok_or_else(|| {
         load_err(
             path,
@@ -204,7 +205,7 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
         )
     })?;
     let architecture = architecture_of(path, &config)?;
-    let config = super::admit::apr_model(path, config, &stored)?;
+    let config = super::admit::apr_model(path, config, &index.entries)?;
     let tokenizer_json = custom(crate::format::convert::HF_TOKENIZER).ok_or_else(|| {
         load_err(
             path,
@@ -220,32 +221,21 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
         .map_err(|e| EngineError::load_failed_in(path, "the embedded tokenizer", e))?;
     // On the project's kernels the matrices go to them and the rest (norms, biases) to candle.
     let own = on_own_kernels(&architecture, device);
-    let mut tensors = std::collections::HashMap::with_capacity(stored.len());
-    let mut matrices = std::collections::HashMap::new();
-    for mut t in stored {
-        let name = t.name.clone();
-        let failed = |e: candle_core::Error| EngineError::load_failed_in(path, format!("tensor `{name}`"), e);
-        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        if let (&[rows, cols], true) = (&dims[..], own) {
-            let matrix = match in_place(&mut t) {
-                Some(storage) => modelqa_kernels::Matrix::new(rows, cols, storage),
-                None => {
-                    let values =
-                        crate::format::apr::dequantize(&t).map_err(|e| EngineError::load_failed(path, e))?;
-                    modelqa_kernels::Matrix::new(rows, cols, modelqa_kernels::Storage::F32(values.into()))
-                }
-            }
-            .map_err(failed)?;
-            matrices.insert(name, matrix);
-            continue;
-        }
-        let values = crate::format::apr::dequantize(&t).map_err(|e| EngineError::load_failed(path, e))?;
-        let tensor = Tensor::from_vec(values, dims, device).map_err(failed)?;
-        tensors.insert(name, tensor);
+    let (matrices, rest): (Vec<_>, Vec<_>) =
+        index.entries.iter().cloned().partition(|e| own && e.shape.len() == 2);
+    let mut tensors = std::collections::HashMap::with_capacity(rest.len());
+    for e in rest {
+        let dims: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
+        let values =
+            crate::format::apr::dequantize_bytes(&e.name, e.dtype, &e.shape, &mapped[e.bytes.clone()])
+                .map_err(|err| EngineError::load_failed(path, err))?;
+        let tensor = Tensor::from_vec(values, dims, device)
+            .map_err(|err| EngineError::load_failed_in(path, format!("tensor `{}`", e.name), err))?;
+        tensors.insert(e.name, tensor);
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     let weights = if own {
-        Weights::with_matrices(vb, Arc::new(TensorMatrices::new(matrices)))
+        Weights::with_matrices(vb, Arc::new(AprMatrices::new(mapped.clone(), matrices)))
     } else {
         Weights::candle(vb)
     };
@@ -259,33 +249,6 @@ fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, 
         tokenizer,
         files: vec![hash(path).map_err(|e| EngineError::load_failed(path, e))?],
     })
-}
-
-/// An APR tensor of a type the kernels multiply as stored, its bytes kept where the reader put
-/// them (the kernels read them in place); `None` for the other types, or bytes the kernels
-/// cannot read in place.
-fn in_place(t: &mut crate::format::apr::AprTensor) -> Option<modelqa_kernels::Storage> {
-    use crate::format::apr::AprDType;
-    use modelqa_kernels::{Storage, Values};
-    if !matches!(t.dtype, AprDType::F32 | AprDType::F16 | AprDType::Bf16) {
-        return None;
-    }
-    let owner: Arc<Vec<u8>> = Arc::new(std::mem::take(&mut t.data));
-    let shared: Arc<dyn std::any::Any + Send + Sync> = owner.clone();
-    // SAFETY: `owner` holds the bytes in a vector nobody changes or grows again, so they stay
-    // where they are for as long as it lives.
-    let storage = unsafe {
-        match t.dtype {
-            AprDType::F32 => Values::borrowed(shared, &owner[..]).map(Storage::F32),
-            AprDType::F16 => Values::borrowed(shared, &owner[..]).map(Storage::F16),
-            _ => Values::borrowed(shared, &owner[..]).map(Storage::Bf16),
-        }
-    };
-    if storage.is_none() {
-        // Not readable in place (misaligned): the bytes go back to be dequantized.
-        t.data = Arc::try_unwrap(owner).unwrap_or_else(|shared| shared.as_ref().clone());
-    }
-    storage
 }
 
 fn assemble(
@@ -424,8 +387,17 @@ fn gguf_session(
     });
     // The project's float model: with the matrices as stored (its own models, on CPU), or every
     // tensor dequantized (an architecture candle has no quantized model of).
-    let float = match gguf_on_kernels(&arch, &content).filter(|_| device.is_cpu()) {
+    let float = match gguf_on_kernels(&arch).filter(|_| device.is_cpu()) {
         Some(model_type) => Some((model_type, true)),
+        None if content.tensor_infos.contains_key(crate::format::gguf::ROPE_FACTORS) => {
+            return Err(load_err(
+                path,
+                format!(
+                    "tensor `{}` (llama3 rope scaling) is read by the engine's own llama on CPU only; candle's quantized llama would ignore it",
+                    crate::format::gguf::ROPE_FACTORS
+                ),
+            ));
+        }
         None if matches!(arch.as_str(), "llama" | "qwen2") => None,
         None => Some((
             crate::format::gguf::dequantized_model_type(&arch).ok_or_else(|| {
@@ -480,22 +452,13 @@ fn gguf_session(
 }
 
 /// The `model_type` a GGUF file of `arch` runs as on the project's own model and kernels, its
-/// matrices as stored: llama and qwen2 (unless the file scales its rope, which candle's
-/// quantized llama reads) and the dequantized architectures whose model is the project's.
-fn gguf_on_kernels(arch: &str, content: &gguf_file::Content) -> Option<&'static str> {
+/// matrices as stored: llama and qwen2 and the dequantized architectures whose model is the
+/// project's. (A file scaling its rope in keys was refused when it was opened; a llama's
+/// rope factors, llama3's scaling, are read by the project's llama.)
+fn gguf_on_kernels(arch: &str) -> Option<&'static str> {
     let model_type = match arch {
-        "llama" | "qwen2" => {
-            let scaled = content.tensor_infos.contains_key("rope_freqs.weight")
-                || content
-                    .metadata
-                    .get(&format!("{arch}.rope.scaling.type"))
-                    .and_then(|v| v.to_string().ok())
-                    .is_some_and(|t| t != "none");
-            if scaled {
-                return None;
-            }
-            if arch == "llama" { "llama" } else { "qwen2" }
-        }
+        "llama" => "llama",
+        "qwen2" => "qwen2",
         other => crate::format::gguf::dequantized_model_type(other)?,
     };
     super::arch::OWN_KERNELS.contains(&model_type).then_some(model_type)
@@ -512,12 +475,12 @@ fn float_model(
     device: &Device,
     stored: bool,
 ) -> Result<(Box<dyn CausalLm>, usize), EngineError> {
-    let (tensors, matrices, metadata) = if stored {
+    let (tensors, matrices, metadata, rope_factors) = if stored {
         let file = crate::format::gguf::read_stored(path).map_err(|e| EngineError::load_failed(path, e))?;
-        (file.tensors, Some((file.mapped, file.matrices)), file.metadata)
+        (file.tensors, Some((file.mapped, file.matrices)), file.metadata, file.rope_factors)
     } else {
         let file = crate::format::gguf::dequantize(path).map_err(|e| EngineError::load_failed(path, e))?;
-        (file.tensors, None, file.metadata)
+        (file.tensors, None, file.metadata, file.rope_factors)
     };
     let names = || tensors.keys().chain(matrices.iter().flat_map(|(_, m)| m.keys()));
     let has_output = names().any(|n| n == "lm_head.weight");
@@ -529,7 +492,11 @@ fn float_model(
     for (n, (m, _)) in matrices.iter().flat_map(|(_, m)| m) {
         shapes.insert(n.clone(), m.dims());
     }
-    let config = super::admit::config_with_shapes(path, config, &shapes)?;
+    let mut config = super::admit::config_with_shapes(path, config, &shapes)?;
+    if let Some(factors) = rope_factors {
+        // llama3's scaling as the converter computed it (only a llama's file holds it).
+        config["rope_factors"] = serde_json::json!(factors);
+    }
     let context = config
         .get("max_position_embeddings")
         .and_then(serde_json::Value::as_u64)

@@ -277,9 +277,40 @@ fn range(
     }
 }
 
+/// One tensor of a file as its index describes it: where its bytes lie in the file, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AprEntry {
+    pub name: String,
+    pub dtype: AprDType,
+    /// Row-major, outermost first.
+    pub shape: Vec<u64>,
+    /// The tensor's bytes in the file (64-aligned, whole for its dtype and shape).
+    pub bytes: std::ops::Range<usize>,
+}
+
+/// A file's header, metadata and tensor index, checked, with every tensor left where it lies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AprIndex {
+    pub flags: u16,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Sorted by name, as the file holds them.
+    pub entries: Vec<AprEntry>,
+}
+
 /// Parses and checks a whole file: magic, version, flags, both checksums, every bound, the
-/// index order, alignment and each tensor's size for its dtype and shape.
+/// index order, alignment and each tensor's size for its dtype and shape. The tensors are
+/// copied out; [`index`] leaves them in `bytes` (a mapped file, read in place).
 pub fn read(bytes: &[u8]) -> Result<AprFile, AprError> {
+    let AprIndex { flags, metadata, entries } = index(bytes)?;
+    let tensors = entries
+        .into_iter()
+        .map(|e| AprTensor { data: bytes[e.bytes].to_vec(), name: e.name, dtype: e.dtype, shape: e.shape })
+        .collect();
+    Ok(AprFile { flags, metadata, tensors })
+}
+
+/// Every check of [`read`], without copying a tensor: where each one lies in `bytes`.
+pub fn index(bytes: &[u8]) -> Result<AprIndex, AprError> {
     if bytes.len() < 3 || &bytes[..3] != b"APR" {
         let shown: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
         return Err(AprError::NotApr(format!("the magic is [{}], not `APR\\0`", shown.join(" "))));
@@ -359,7 +390,7 @@ pub fn read(bytes: &[u8]) -> Result<AprFile, AprError> {
     }
     let index = &bytes[range("the tensor index", index_offset, data_offset - index_offset, body_len)?];
 
-    let mut tensors = Vec::with_capacity(count.min(1 << 16));
+    let mut entries = Vec::with_capacity(count.min(1 << 16));
     let mut at = 0usize;
     for i in 0..count {
         let need = |at: usize, n: usize| -> Result<(), AprError> {
@@ -421,8 +452,8 @@ pub fn read(bytes: &[u8]) -> Result<AprFile, AprError> {
             });
         }
         let start = data_offset.saturating_add(offset);
-        let data = bytes[range(format!("tensor `{name}`"), start, size, body_len)?].to_vec();
-        if let Some(prev) = tensors.last().map(|t: &AprTensor| t.name.clone())
+        let data = range(format!("tensor `{name}`"), start, size, body_len)?;
+        if let Some(prev) = entries.last().map(|e: &AprEntry| e.name.as_str())
             && prev.as_bytes() >= name.as_bytes()
         {
             return Err(AprError::Index {
@@ -430,9 +461,9 @@ pub fn read(bytes: &[u8]) -> Result<AprFile, AprError> {
                 why: format!("`{name}` after `{prev}`: the index is not sorted by name"),
             });
         }
-        tensors.push(AprTensor { name, dtype, shape, data });
+        entries.push(AprEntry { name, dtype, shape, bytes: data });
     }
-    Ok(AprFile { flags, metadata, tensors })
+    Ok(AprIndex { flags, metadata, entries })
 }
 
 /// APR Q8: one scale for the tensor (max|x|/127), values rounded and clamped to ±127.
@@ -469,29 +500,37 @@ fn finite_scale(s: f32) -> f32 {
 
 /// The tensor's values as f32, whatever its dtype.
 pub fn dequantize(t: &AprTensor) -> Result<Vec<f32>, AprError> {
-    let bad = |why: String| AprError::Tensor { name: t.name.clone(), why };
+    dequantize_bytes(&t.name, t.dtype, &t.shape, &t.data)
+}
+
+/// The values of tensor `name` (`dtype`, `shape`) held in `data`, as f32.
+pub fn dequantize_bytes(
+    name: &str,
+    dtype: AprDType,
+    shape: &[u64],
+    data: &[u8],
+) -> Result<Vec<f32>, AprError> {
+    let bad = |why: String| AprError::Tensor { name: name.to_string(), why };
     // A tensor made by hand rather than read has had none of `read`'s checks.
-    let n = crate::format::limits::elements(&t.shape)
-        .filter(|&n| n > 0 && t.dtype.byte_len(&t.shape) == Some(t.data.len() as u64))
-        .ok_or_else(|| bad(format!("{} bytes do not hold {} {:?}", t.data.len(), t.dtype.name(), t.shape)))?
+    let n = crate::format::limits::elements(shape)
+        .filter(|&n| n > 0 && dtype.byte_len(shape) == Some(data.len() as u64))
+        .ok_or_else(|| bad(format!("{} bytes do not hold {} {:?}", data.len(), dtype.name(), shape)))?
         as usize;
-    Ok(match t.dtype {
-        AprDType::F32 => {
-            t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect()
-        }
+    Ok(match dtype {
+        AprDType::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
         AprDType::F16 => {
-            t.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
         }
         AprDType::Bf16 => {
-            t.data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
         }
         AprDType::AprQ8 => {
-            let scale = finite_scale(f32::from_le_bytes(t.data[..4].try_into().expect("4")));
-            t.data[4..].iter().map(|&q| q as i8 as f32 * scale).collect()
+            let scale = finite_scale(f32::from_le_bytes(data[..4].try_into().expect("4")));
+            data[4..].iter().map(|&q| q as i8 as f32 * scale).collect()
         }
         AprDType::AprQ4 => {
             let mut out = Vec::with_capacity(n);
-            for block in t.data.chunks_exact(18) {
+            for block in data.chunks_exact(18) {
                 let scale = finite_scale(half::f16::from_le_bytes([block[0], block[1]]).to_f32());
                 for i in 0..32 {
                     let byte = block[2 + i / 2];
@@ -503,16 +542,13 @@ pub fn dequantize(t: &AprTensor) -> Result<Vec<f32>, AprError> {
             out
         }
         AprDType::Q4K | AprDType::Q6K => {
-            let dtype = if t.dtype == AprDType::Q4K { GgmlDType::Q4K } else { GgmlDType::Q6K };
-            let cols = *t.shape.last().unwrap_or(&1) as usize;
+            let ggml = if dtype == AprDType::Q4K { GgmlDType::Q4K } else { GgmlDType::Q6K };
+            let cols = *shape.last().unwrap_or(&1) as usize;
             if !cols.is_multiple_of(256) {
-                return Err(bad(format!(
-                    "{} rows of {cols} are not whole 256-element blocks",
-                    t.dtype.name()
-                )));
+                return Err(bad(format!("{} rows of {cols} are not whole 256-element blocks", dtype.name())));
             }
-            let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &t.data, dims, &Device::Cpu)
+            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(ggml, data, dims, &Device::Cpu)
                 .map_err(|e| bad(e.to_string()))?;
             let f = q.dequantize(&Device::Cpu).map_err(|e| bad(e.to_string()))?;
             f.flatten_all().and_then(|f| f.to_vec1::<f32>()).map_err(|e| bad(e.to_string()))?

@@ -89,6 +89,24 @@ impl Rotary {
         Rotary { inv_freq, long: None, attention_factor: 1.0, dim }
     }
 
+    /// llama.cpp's rope factors (a GGUF's `rope_freqs.weight`, llama3 scaling precomputed by
+    /// its converter): each pair's frequency divided by its factor.
+    pub(super) fn with_factors(theta: f64, dim: usize, factors: &[f64]) -> Result<Self> {
+        if factors.len() != dim / 2 || !factors.iter().all(|f| f.is_finite() && *f > 0.0) {
+            candle_core::bail!(
+                "the rope factors hold {} numbers (not all finite and positive?), not one per rotating pair ({})",
+                factors.len(),
+                dim / 2
+            );
+        }
+        Ok(Rotary {
+            inv_freq: frequencies(theta, dim, |i| factors[i]),
+            long: None,
+            attention_factor: 1.0,
+            dim,
+        })
+    }
+
     /// transformers' `longrope`: per-pair factors, the short ones while a pass stays within
     /// `original` positions and the long ones once it reaches past them, cos and sin scaled by
     /// `attention_factor`.

@@ -18,6 +18,10 @@ pub(super) struct Config {
     /// llama3's rope scaling (the only type the normalised config hands on).
     #[serde(default)]
     rope_scaling: Option<Llama3Scaling>,
+    /// The same scaling as a llama GGUF holds it: one factor per rotating pair, as llama.cpp's
+    /// converter computed them (`rope_freqs.weight`, put here by the engine's GGUF loader).
+    #[serde(default)]
+    rope_factors: Option<Vec<f64>>,
     #[serde(default)]
     tie_word_embeddings: bool,
     hidden_act: Activation,
@@ -37,9 +41,11 @@ pub(super) enum Family {
 
 pub(super) fn load(family: Family, c: &Config, w: Weights) -> candle_core::Result<Decoder> {
     let head_dim = c.head_dim.unwrap_or_else(|| c.dims.head_dim());
-    let rotary = match &c.rope_scaling {
-        Some(scaling) => Rotary::llama3(c.rope_theta, head_dim, scaling),
-        None => Rotary::new(c.rope_theta, head_dim),
+    let rotary = match (&c.rope_scaling, &c.rope_factors) {
+        (Some(_), Some(_)) => candle_core::bail!("both a rope scaling and rope factors"),
+        (Some(scaling), None) => Rotary::llama3(c.rope_theta, head_dim, scaling),
+        (None, Some(factors)) => Rotary::with_factors(c.rope_theta, head_dim, factors)?,
+        (None, None) => Rotary::new(c.rope_theta, head_dim),
     };
     let base = Spec::of(&c.dims, NormKind::Rms(c.rms_norm_eps), rotary, c.hidden_act, c.tie_word_embeddings);
     let spec = Spec {

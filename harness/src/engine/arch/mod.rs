@@ -18,4 +18,4 @@ mod starcoder2;
 mod weights;
 
 pub(crate) use lm::{ARCHITECTURES, BATCHED, CausalLm, LoadError, OWN_KERNELS, Segment, load};
-pub(crate) use weights::{GgufMatrices, SafetensorsMatrices, TensorMatrices, Weights};
+pub(crate) use weights::{AprMatrices, GgufMatrices, SafetensorsMatrices, Weights};

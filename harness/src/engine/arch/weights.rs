@@ -4,7 +4,7 @@
 //! quantized blocks) and never widened to f32; elsewhere (a GPU, an architecture candle runs)
 //! every tensor comes from candle's `VarBuilder` and runs on candle's kernels.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::format::gguf::StoredMatrix;
@@ -176,21 +176,6 @@ impl Module for Embedding {
     }
 }
 
-/// Matrices already built (an APR file's, read whole), each handed out once.
-pub(crate) struct TensorMatrices(Mutex<HashMap<String, Matrix>>);
-
-impl TensorMatrices {
-    pub(crate) fn new(matrices: HashMap<String, Matrix>) -> Self {
-        TensorMatrices(Mutex::new(matrices))
-    }
-}
-
-impl MatrixSource for TensorMatrices {
-    fn take(&self, name: &str) -> Option<Result<Matrix>> {
-        Some(Ok(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?))
-    }
-}
-
 /// The matrices of memory-mapped safetensors files, read in place in their stored type: the
 /// mapping is the only copy of the weights (each matrix keeps it alive), where the data of a
 /// tensor is aligned for its type; a misaligned one is copied out.
@@ -273,6 +258,56 @@ impl MatrixSource for GgufMatrices {
     }
 }
 
+/// An APR file's matrices, read in place from the mapped file where stored as f32, f16 or bf16
+/// (copied out only where not aligned for their type), the APR quantizations dequantized to f32
+/// one matrix at a time as the model takes them.
+pub(crate) struct AprMatrices {
+    mapped: Arc<memmap2::Mmap>,
+    entries: Mutex<BTreeMap<String, crate::format::apr::AprEntry>>,
+}
+
+impl AprMatrices {
+    pub(crate) fn new(mapped: Arc<memmap2::Mmap>, entries: Vec<crate::format::apr::AprEntry>) -> Self {
+        let entries = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+        AprMatrices { mapped, entries: Mutex::new(entries) }
+    }
+}
+
+impl MatrixSource for AprMatrices {
+    fn take(&self, name: &str) -> Option<Result<Matrix>> {
+        use crate::format::apr::AprDType;
+        use modelqa_kernels::{Storage, Values};
+        let entry = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)?;
+        let &[rows, cols] = &entry.shape[..] else {
+            return Some(Err(candle_core::Error::Msg(format!(
+                "`{name}` is not a matrix: {:?}",
+                entry.shape
+            ))));
+        };
+        let (rows, cols) = (rows as usize, cols as usize);
+        let data = &self.mapped[entry.bytes.clone()];
+        let owner = || -> Arc<dyn std::any::Any + Send + Sync> { self.mapped.clone() };
+        // SAFETY: the bytes are the mapped file's, which the owner keeps mapped for as long as it
+        // lives; the harness never writes a model file while it reads it.
+        let in_place = unsafe {
+            match entry.dtype {
+                AprDType::F32 => Values::borrowed(owner(), data).map(Storage::F32),
+                AprDType::F16 => Values::borrowed(owner(), data).map(Storage::F16),
+                AprDType::Bf16 => Values::borrowed(owner(), data).map(Storage::Bf16),
+                _ => None,
+            }
+        };
+        let storage = match in_place {
+            Some(storage) => storage,
+            None => match crate::format::apr::dequantize_bytes(name, entry.dtype, &entry.shape, data) {
+                Ok(values) => Storage::F32(values.into()),
+                Err(e) => return Some(Err(candle_core::Error::Msg(e.to_string()))),
+            },
+        };
+        Some(Matrix::new(rows, cols, storage))
+    }
+}
+
 /// The row order undoing llama.cpp's q/k permutation of `rows` rows in `heads` heads: within a
 /// head of width `d`, row `j·d/2 + i` of the Hugging Face layout is the file's row `2i + j`.
 fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
@@ -314,6 +349,50 @@ mod tests {
             }
             assert!(kept >= names.len() / 2, "{q}: {kept} of {} matrices in place", names.len());
         }
+    }
+
+    #[test]
+    fn an_apr_files_float_matrices_are_read_in_place_and_its_quantized_ones_dequantized() {
+        use crate::format::apr::{self, AprDType, AprFile, AprTensor};
+        let (rows, cols) = (4usize, 64usize);
+        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let halves = |f: fn(f32) -> [u8; 2]| values.iter().flat_map(|&x| f(x)).collect::<Vec<u8>>();
+        let cases = [
+            ("a.f32", AprDType::F32, values.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), true),
+            ("b.f16", AprDType::F16, halves(|x| half::f16::from_f32(x).to_le_bytes()), true),
+            ("c.bf16", AprDType::Bf16, halves(|x| half::bf16::from_f32(x).to_le_bytes()), true),
+            ("d.q8", AprDType::AprQ8, apr::quantize_q8(&values), false),
+        ];
+        let file = AprFile {
+            flags: apr::flags::LAYOUT_ROW_MAJOR,
+            metadata: serde_json::Map::new(),
+            tensors: cases
+                .iter()
+                .map(|(name, dtype, data, _)| AprTensor {
+                    name: name.to_string(),
+                    dtype: *dtype,
+                    shape: vec![rows as u64, cols as u64],
+                    data: data.clone(),
+                })
+                .collect(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.apr");
+        std::fs::write(&path, apr::write(&file).unwrap()).unwrap();
+        let mapped = Arc::new(unsafe { memmap2::Mmap::map(&std::fs::File::open(&path).unwrap()) }.unwrap());
+        let index = apr::index(&mapped).unwrap();
+        let source = AprMatrices::new(mapped.clone(), index.entries);
+        for ((name, dtype, data, kept), t) in cases.iter().zip(&file.tensors) {
+            let m = source.take(name).unwrap().unwrap();
+            assert_eq!(m.in_place(), *kept, "{name}");
+            let want = apr::dequantize_bytes(name, *dtype, &t.shape, data).unwrap();
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                m.row_into(r, &mut row);
+                assert_eq!(row, want[r * cols..(r + 1) * cols], "{name} row {r}");
+            }
+        }
+        assert!(source.take("a.f32").is_none(), "each matrix is handed out once");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub(crate) struct FileFacts<'a> {
     pub(crate) arch: String,
     /// Rows of `token_embd.weight`, where the file has one.
     vocab: Option<u64>,
+    /// Whether the file holds llama3's rope scaling as factors (`read::ROPE_FACTORS`).
+    rope_factors: bool,
 }
 
 impl<'a> FileFacts<'a> {
@@ -32,7 +34,8 @@ impl<'a> FileFacts<'a> {
             .get("token_embd.weight")
             .and_then(|t| t.shape.dims().first())
             .map(|&r| r as u64);
-        Self { md, arch, vocab }
+        let rope_factors = content.tensor_infos.contains_key(super::read::ROPE_FACTORS);
+        Self { md, arch, vocab, rope_factors }
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -265,6 +268,22 @@ pub(crate) fn against_config(
     let got = file.float(&key).unwrap_or(10_000.0);
     if got != theta as f32 {
         problems.push(format!("{key} {got} in the file, config.json {field} {theta}"));
+    }
+    // llama3's rope scaling travels as a tensor of factors (the engine's load holds its length);
+    // a file without it would run the model unscaled, one with it a model that is not scaled.
+    let llama3 = ["rope_scaling", "rope_parameters"].iter().filter_map(|f| config.get(f)).any(|v| {
+        v.get("rope_type").or_else(|| v.get("type")).and_then(serde_json::Value::as_str) == Some("llama3")
+    });
+    match (file.rope_factors, llama3) {
+        (false, true) => problems.push(format!(
+            "{} is missing from the file, config.json's rope scaling is llama3",
+            super::read::ROPE_FACTORS
+        )),
+        (true, false) => problems.push(format!(
+            "{} (llama3 rope scaling) is in the file, config.json's rope is not llama3-scaled",
+            super::read::ROPE_FACTORS
+        )),
+        _ => {}
     }
     for (key, field, want) in architecture_floats(&file.arch, config) {
         let key = file.key(key);

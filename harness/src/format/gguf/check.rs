@@ -507,6 +507,25 @@ fn model_of(
             );
         }
     }
+    // llama3's rope scaling as llama.cpp's converter keeps it: one F32 factor per rotating
+    // pair, which the engine's llama reads; no other architecture's model would.
+    if let Some(info) = infos.get(super::read::ROPE_FACTORS) {
+        let pairs = (head_dim / 2) as usize;
+        if arch != "llama" {
+            return Err(format!(
+                "tensor `{}` (rope scaling factors) in a {arch} GGUF: the engine reads it for llama only",
+                super::read::ROPE_FACTORS
+            ));
+        }
+        if info.shape.dims() != [pairs] || info.ggml_dtype != GgmlDType::F32 {
+            return Err(format!(
+                "tensor `{}` is {:?} {:?}, not F32 [{pairs}] (one factor per rotating pair)",
+                super::read::ROPE_FACTORS,
+                info.ggml_dtype,
+                info.shape.dims()
+            ));
+        }
+    }
     // An RMS norm's epsilon, or a layer norm's for the architectures that have layer norms.
     let eps_key = match md.get(&format!("{arch}.attention.layer_norm_epsilon")) {
         Some(_) if !quantized => "layer_norm_epsilon",

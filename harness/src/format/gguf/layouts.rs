@@ -115,15 +115,14 @@ pub(super) fn shifted_by_one(arch: &str, gguf: &str) -> bool {
 /// Keys of `arch` (for one of this module's) that change the maths in a way the engine's model
 /// does not reproduce, or that contradict each other: the first, named, with why.
 pub(super) fn refused_key(md: &HashMap<String, Value>, arch: &str) -> Option<String> {
-    if !LAYOUTS.contains(&arch) {
-        return None;
-    }
     let key = |suffix: &str| format!("{arch}.{suffix}");
     let int = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_u32().ok());
     let text = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_string().ok()).cloned();
-    // Rope scaling: neither deepseek2's YaRN (its attention factor is spelled differently by
-    // converter versions) nor gemma3's (llama.cpp scales local layers by their own factor) nor
-    // phi3's LongRoPE (factors stored as tensors) is read back.
+    // Rope scaling stated in keys, of any architecture: none is read back — not deepseek2's
+    // YaRN (its attention factor is spelled differently by converter versions), gemma3's
+    // (llama.cpp scales local layers by their own factor), phi3's LongRoPE (factors stored as
+    // tensors), nor a llama's or qwen2's linear or YaRN scaling, which candle's quantized models
+    // would ignore. (llama3's scaling is a tensor, `read::ROPE_FACTORS`, which a llama's reads.)
     if let Some(kind) = text("rope.scaling.type").filter(|t| t != "none") {
         return Some(format!(
             "`{}` is `{kind}`; the engine does not read rope scaling from a {arch} GGUF",
@@ -137,6 +136,9 @@ pub(super) fn refused_key(md: &HashMap<String, Value>, arch: &str) -> Option<Str
         {
             return Some(format!("`{}` is {v}; the engine does not scale a {arch} GGUF's rope", key(suffix)));
         }
+    }
+    if !LAYOUTS.contains(&arch) {
+        return None;
     }
     match arch {
         "deepseek2" => {
@@ -408,15 +410,25 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_refused_only_for_this_modules_architectures() {
+    fn rope_scaling_keys_are_refused_for_every_architecture_and_the_rest_for_this_modules() {
         let md = |pairs: &[(&str, Value)]| -> HashMap<String, Value> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
         };
-        // A llama file's llama3 rope scaling is candle's to read, not refused here.
+        // A llama's linear scaling (deepseek-coder-1.3b's) and a qwen2's YaRN would be ignored by
+        // candle's quantized models: refused by name. "none" is no scaling.
+        let why = refused_key(&md(&[("llama.rope.scaling.type", Value::String("linear".into()))]), "llama");
+        assert!(why.is_some_and(|w| w.contains("`llama.rope.scaling.type` is `linear`")));
+        let why = refused_key(&md(&[("qwen2.rope.scaling.factor", Value::F32(4.0))]), "qwen2");
+        assert!(why.is_some_and(|w| w.contains("`qwen2.rope.scaling.factor` is 4")));
+        let why = refused_key(&md(&[("qwen3.rope.scaling.type", Value::String("yarn".into()))]), "qwen3");
+        assert!(why.is_some_and(|w| w.contains("`qwen3.rope.scaling.type` is `yarn`")));
         assert_eq!(
-            refused_key(&md(&[("llama.rope.scaling.type", Value::String("llama3".into()))]), "llama"),
+            refused_key(&md(&[("llama.rope.scaling.type", Value::String("none".into()))]), "llama"),
             None
         );
+        assert_eq!(refused_key(&md(&[("llama.rope.scaling.factor", Value::F32(1.0))]), "llama"), None);
+        // The other keys are this module's architectures' only.
+        assert_eq!(refused_key(&md(&[("llama.rope.freq_base_swa", Value::F32(1e6))]), "llama"), None);
         let why = refused_key(&md(&[("phi3.rope.scaling.type", Value::String("longrope".into()))]), "phi3");
         assert!(why.is_some_and(|w| w.contains("`phi3.rope.scaling.type` is `longrope`")));
         let why = refused_key(&md(&[("deepseek2.rope.scaling.factor", Value::F32(40.0))]), "deepseek2");

@@ -41,8 +41,8 @@ pub use mix::{MixModel, fallback, type_name, wanted_type, written_type};
 pub use pre::{PreTokenizerError, pre_tokenizer_names};
 pub(crate) use read::dequantized_shape_problems;
 pub use read::{
-    Dequantized, Stored, StoredMatrix, dequantize, dequantized_config, hf_files, read_stored, to_apr,
-    to_safetensors, tokenizer,
+    Dequantized, ROPE_FACTORS, Stored, StoredMatrix, dequantize, dequantized_config, hf_files, read_stored,
+    to_apr, to_safetensors, tokenizer,
 };
 pub use write::{from_safetensors, permute_qk};
 

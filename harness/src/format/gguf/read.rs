@@ -428,7 +428,14 @@ pub fn to_safetensors(path: &Path, out: &Path) -> Result<(), ConvertError> {
 pub struct Dequantized {
     pub tensors: BTreeMap<String, (Tensor, GgmlDType)>,
     pub metadata: HashMap<String, Value>,
+    /// [`ROPE_FACTORS`]' values, where the file has the tensor.
+    pub rope_factors: Option<Vec<f32>>,
 }
+
+/// The tensor in which llama.cpp's converter keeps llama3's rope scaling (a llama's only): one
+/// factor per rotating pair, each pair's frequency divided by its factor. It has no Hugging
+/// Face name: it is read apart from the weights.
+pub const ROPE_FACTORS: &str = "rope_freqs.weight";
 
 /// The Hugging Face config.json of a GGUF file whose architecture the engine runs dequantized
 /// ([`super::dequantized_model_type`]), from its KV keys: `None` for another architecture.
@@ -628,8 +635,8 @@ fn stacked_experts(name: &str) -> Option<(usize, &'static str)> {
 
 /// Reads and dequantizes a GGUF file.
 pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
-    let (tensors, _, metadata, _) = read_tensors(path, false)?;
-    Ok(Dequantized { tensors, metadata })
+    let read = read_tensors(path, false)?;
+    Ok(Dequantized { tensors: read.tensors, metadata: read.metadata, rope_factors: read.rope_factors })
 }
 
 /// A GGUF file read for the engine's own kernels: its matrices as stored, the rest dequantized.
@@ -642,6 +649,8 @@ pub struct Stored {
     pub metadata: HashMap<String, Value>,
     /// The file, memory-mapped: the [`StoredMatrix::Mapped`] bytes are its.
     pub mapped: Arc<memmap2::Mmap>,
+    /// [`ROPE_FACTORS`]' values, where the file has the tensor.
+    pub rope_factors: Option<Vec<f32>>,
 }
 
 /// A matrix of a GGUF file as stored.
@@ -663,27 +672,30 @@ impl StoredMatrix {
 
 /// Reads a GGUF file, keeping its matrices as stored: mapped, to be read in place.
 pub fn read_stored(path: &Path) -> Result<Stored, ConvertError> {
-    let (tensors, matrices, metadata, mapped) = read_tensors(path, true)?;
-    let mapped = mapped.ok_or_else(|| err(path, "the file was not mapped"))?;
-    Ok(Stored { matrices, tensors, metadata, mapped })
+    let read = read_tensors(path, true)?;
+    let mapped = read.mapped.ok_or_else(|| err(path, "the file was not mapped"))?;
+    Ok(Stored {
+        matrices: read.matrices,
+        tensors: read.tensors,
+        metadata: read.metadata,
+        mapped,
+        rope_factors: read.rope_factors,
+    })
+}
+
+/// What [`read_tensors`] read.
+struct ReadTensors {
+    tensors: BTreeMap<String, (Tensor, GgmlDType)>,
+    matrices: BTreeMap<String, (StoredMatrix, Option<usize>)>,
+    metadata: HashMap<String, Value>,
+    mapped: Option<Arc<memmap2::Mmap>>,
+    rope_factors: Option<Vec<f32>>,
 }
 
 /// The dequantized tensors by Hugging Face name; with `keep_matrices`, the 2-D ones (experts
 /// aside) kept as stored instead, apart: those the kernels keep as stored left in the file,
-/// which is mapped (and returned), the others read out.
-#[allow(clippy::type_complexity)]
-fn read_tensors(
-    path: &Path,
-    keep_matrices: bool,
-) -> Result<
-    (
-        BTreeMap<String, (Tensor, GgmlDType)>,
-        BTreeMap<String, (StoredMatrix, Option<usize>)>,
-        HashMap<String, Value>,
-        Option<Arc<memmap2::Mmap>>,
-    ),
-    ConvertError,
-> {
+/// which is mapped (and returned), the others read out. [`ROPE_FACTORS`] is read apart.
+fn read_tensors(path: &Path, keep_matrices: bool) -> Result<ReadTensors, ConvertError> {
     let (mut file, content, _) = super::open(path).map_err(|e| err(path, e.cause()))?;
     let mapped = match keep_matrices {
         // SAFETY: the harness never writes a model file while it reads it (conversions are
@@ -708,9 +720,19 @@ fn read_tensors(
     let mut matrices = BTreeMap::new();
     // deepseek2's halves of each layer's kv_b_proj, joined once both are read.
     let mut kv_b: BTreeMap<usize, [Option<(Tensor, GgmlDType)>; 2]> = BTreeMap::new();
+    let mut rope_factors = None;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
+        if name == ROPE_FACTORS {
+            let t = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .and_then(|q| q.dequantize(&Device::Cpu))
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
+            rope_factors = Some(t);
+            continue;
+        }
         if let Some((layer, keys)) = super::layouts::kv_b_half(&arch, name) {
             let q = content
                 .tensor(&mut file, name, &Device::Cpu)
@@ -794,7 +816,7 @@ fn read_tensors(
             .map_err(|e| err(path, format!("tensors `blk.{layer}.attn_k_b.weight` and `attn_v_b`: {e}")))?;
         tensors.insert(format!("model.layers.{layer}.self_attn.kv_b_proj.weight"), (joined, dtype));
     }
-    Ok((tensors, matrices, content.metadata, mapped))
+    Ok(ReadTensors { tensors, matrices, metadata: content.metadata, mapped, rope_factors })
 }
 
 #[cfg(test)]

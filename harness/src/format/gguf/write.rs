@@ -134,6 +134,50 @@ fn quantize_tensor(
     Ok((name.to_string(), qt, note))
 }
 
+/// llama3's rope scaling of a llama's normalised `config` as the factors llama.cpp's converter
+/// stores in `rope_freqs.weight`, computed in f32 as it computes them: 1 for the wavelengths
+/// shorter than `original / high_freq_factor`, `factor` for those longer than `original /
+/// low_freq_factor`, the blend between. `None` for any other scaling or model type.
+fn llama3_rope_factors(
+    model_type: &str,
+    config: &serde_json::Value,
+    scaling: &serde_json::Value,
+) -> Option<Vec<f32>> {
+    if model_type != "llama" || scaling.get("rope_type").and_then(|t| t.as_str()) != Some("llama3") {
+        return None;
+    }
+    let number = |key: &str| scaling.get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32);
+    let (factor, low, high, original) = (
+        number("factor")?,
+        number("low_freq_factor")?,
+        number("high_freq_factor")?,
+        number("original_max_position_embeddings")?,
+    );
+    let uint = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
+    let dim = match uint("head_dim") {
+        Some(d) => d,
+        None => uint("hidden_size")? / uint("num_attention_heads")?.max(1),
+    } as usize;
+    let base = config.get("rope_theta").and_then(serde_json::Value::as_f64)? as f32;
+    let (low_wavelength, high_wavelength) = (original / low, original / high);
+    Some(
+        (0..dim / 2)
+            .map(|i| {
+                let frequency = 1.0 / base.powf((2 * i) as f32 / dim as f32);
+                let wavelength = 2.0 * std::f32::consts::PI / frequency;
+                if wavelength < high_wavelength {
+                    1.0
+                } else if wavelength > low_wavelength {
+                    factor
+                } else {
+                    let smooth = (original / wavelength - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect(),
+    )
+}
+
 /// A safetensors model directory as GGUF bytes at quantization `q`; tensors are quantized in
 /// parallel.
 pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertError> {
@@ -151,12 +195,17 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     // default 10,000), and what the file cannot carry stops the conversion by name.
     let config = crate::format::hf_config::normalise(&config_path, &config)
         .map_err(|e| err(&config_path, e.cause()))?;
-    if let Some(scaling) = config.get("rope_scaling").filter(|v| !v.is_null()) {
-        return Err(ConvertError::Unsupported(format!(
-            "GGUF with `rope_scaling` {scaling} (the writer carries the rope base only)"
-        )));
-    }
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
+    // llama3's scaling goes in a tensor of factors, as llama.cpp's converter writes it; any
+    // other scaling stops the conversion.
+    let rope_factors = match config.get("rope_scaling").filter(|v| !v.is_null()) {
+        None => None,
+        Some(scaling) => Some(llama3_rope_factors(&model_type, &config, scaling).ok_or_else(|| {
+            ConvertError::Unsupported(format!(
+                "GGUF with `rope_scaling` {scaling} (the writer carries a llama's llama3 scaling and the rope base only)"
+            ))
+        })?),
+    };
     let (arch, permute) = architecture(&model_type).ok_or_else(|| {
         ConvertError::Unsupported(format!("GGUF for model_type `{model_type}` ({WRITTEN_MODEL_TYPES} are)"))
     })?;
@@ -208,6 +257,11 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         }
     }
     named.extend(stacked(stacks, experts as usize)?);
+    if let Some(factors) = rope_factors {
+        let n = factors.len();
+        let t = Tensor::from_vec(factors, n, &Device::Cpu).map_err(|e| err(&config_path, e))?;
+        named.push(("rope_scaling".into(), super::ROPE_FACTORS.into(), t));
+    }
     named.sort_by(|a, b| a.1.cmp(&b.1));
     let model = MixModel::new(
         arch,
@@ -343,13 +397,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(yarn.contains("`rope_parameters`") && yarn.contains("yarn"), "{yarn}");
+        // A llama's llama3 scaling is carried, as llama.cpp's converter carries it: factors.
         let llama3 = convert("llama", |c| {
             c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8});
         })
-        .unwrap_err()
-        .to_string();
-        assert!(llama3.contains("rope_scaling"), "{llama3}");
+        .unwrap();
+        let content =
+            candle_core::quantized::gguf_file::Content::read(&mut std::io::Cursor::new(&llama3)).unwrap();
+        assert!(content.tensor_infos.contains_key(super::super::ROPE_FACTORS));
         let conflict = convert("mistral", |c| c["rope_parameters"] = json!({"rope_theta": 1e6})).unwrap_err();
         assert!(conflict.to_string().contains("`rope_parameters`"), "{conflict}");
     }
