@@ -21,6 +21,9 @@
 //! 2.0 measured; candle's Q8_0 kernels quantize the activations too) far exceeds the zoo's
 //! smallest top-1 margin (0.02), so a greedy path may part at a near-tie without a defect.
 
+#[path = "zoo/variants.rs"]
+mod variants;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

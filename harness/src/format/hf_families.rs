@@ -101,13 +101,7 @@ pub(super) fn translate(
             set("use_bias", json!(flag("use_bias", true)?));
         }
         "stablelm" => {
-            if flag("qk_layernorm", false)? {
-                return Err(refuse(
-                    path,
-                    "qk_layernorm",
-                    "is true; the engine's stablelm has no per-head q/k layer norms",
-                ));
-            }
+            set("qk_layernorm", json!(flag("qk_layernorm", false)?));
             set("layer_norm_eps", json!(number("layer_norm_eps", 1e-5)?));
             set("use_qkv_bias", json!(flag("use_qkv_bias", false)?));
             set("use_parallel_residual", json!(flag("use_parallel_residual", false)?));
@@ -416,7 +410,7 @@ mod tests {
     #[test]
     fn family_fields_the_engine_does_not_honour_are_refused_by_name() {
         for (model_type, fields, field) in [
-            ("stablelm", json!({"qk_layernorm": true}), "qk_layernorm"),
+            ("stablelm", json!({"qk_layernorm": "yes"}), "qk_layernorm"),
             ("falcon", json!({"alibi": true}), "alibi"),
             ("falcon", json!({"new_decoder_architecture": true, "parallel_attn": false}), "parallel_attn"),
             ("falcon", json!({"activation": "swishy"}), "activation"),
@@ -433,7 +427,11 @@ mod tests {
             ),
             ("phi3", json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0]}}), "rope_scaling"),
             ("phi3", json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}), "rope_scaling"),
-            ("deepseek_v2", json!({"rope_scaling": {"type": "yarn", "factor": 40.0}}), "rope_scaling"),
+            (
+                "deepseek_v2",
+                json!({"rope_scaling": {"type": "yarn", "factor": 40.0, "attention_factor": 2.0}}),
+                "rope_scaling",
+            ),
             ("deepseek_v2", json!({"rope_scaling": {"type": "dynamic", "factor": 4.0}}), "rope_scaling"),
             ("stablelm", json!({"partial_rotary_factor": 1.5}), "partial_rotary_factor"),
             ("phi3", json!({"partial_rotary_factor": 0.1}), "partial_rotary_factor"),

@@ -152,8 +152,13 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     let config = crate::format::hf_config::normalise(&config_path, &config)
         .map_err(|e| err(&config_path, e.cause()))?;
     if let Some(scaling) = config.get("rope_scaling").filter(|v| !v.is_null()) {
+        // Named as the model's config.json spells it.
+        let field = match original.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+            true => "rope_scaling",
+            false => "rope_parameters",
+        };
         return Err(ConvertError::Unsupported(format!(
-            "GGUF with `rope_scaling` {scaling} (the writer carries the rope base only)"
+            "GGUF with `{field}` {scaling} (the writer carries the rope base only)"
         )));
     }
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
