@@ -439,8 +439,19 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
                     format!("names {} layers, not {layers}", types.len()),
                 ));
             }
-            object.insert("layer_types".into(), Value::Array(types));
-            object.insert("sliding_window".into(), json!(window));
+            // Without a sliding layer, no list: the configs of two depths then differ in
+            // numbers only (`gate::kernel-class`).
+            let slides = types.iter().any(|t| t.as_str() == Some("sliding_attention"));
+            match window {
+                Some(w) if slides => {
+                    object.insert("layer_types".into(), Value::Array(types));
+                    object.insert("sliding_window".into(), json!(w));
+                }
+                _ => {
+                    object.remove("layer_types");
+                    object.insert("sliding_window".into(), Value::Null);
+                }
+            }
             object.remove("use_sliding_window");
             object.remove("max_window_layers");
         }
@@ -633,7 +644,7 @@ mod tests {
             (q["sliding_window"].clone(), q["max_position_embeddings"].clone()),
             (Value::Null, json!(128))
         );
-        assert_eq!(q["layer_types"], json!(["full_attention", "full_attention"]));
+        assert_eq!(q.get("layer_types"), None);
         let m = normalised(&with("mistral", json!({"sliding_window": null})));
         assert_eq!(
             (m["sliding_window"].clone(), m["max_position_embeddings"].clone()),
@@ -717,7 +728,7 @@ mod tests {
         assert_eq!(q["num_key_value_heads"], json!(4));
         assert_eq!(q["tie_word_embeddings"], json!(false));
         assert_eq!(q["hidden_act"], json!("silu"));
-        assert_eq!(q["layer_types"], json!(["full_attention", "full_attention"]));
+        assert_eq!(q.get("layer_types"), None);
         let tied = normalised(&with("mistral", json!({"tie_word_embeddings": true})));
         assert_eq!(tied["tie_word_embeddings"], json!(true));
     }
