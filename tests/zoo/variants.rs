@@ -2,17 +2,19 @@
 //! tiny models of the registry's model_types with the config fields their real releases set
 //! (rope scalings, sliding windows narrower than the prompts, tied and untied heads, biases, q/k
 //! norms, falcon's and gpt_bigcode's layouts), each with transformers' reference. Every variant
-//! loads from its safetensors and reproduces transformers under the zoo's rule ([`compare`]: the
-//! top-5 logits at every prompt position within [`TOLERANCE`], the greedy continuation token for
-//! token), or is listed in [`REFUSED`] with the field its refusal names; the list is held true
-//! both ways.
+//! loads from its safetensors, and from the project's APR conversion, and reproduces transformers
+//! under the zoo's rule ([`compare`]: the top-5 logits at every prompt position within
+//! [`TOLERANCE`], the greedy continuation token for token), or is listed in [`REFUSED`] with the
+//! field its refusal names; the project's own F32 GGUF of each reproduces transformers too, or is
+//! listed in [`OWN_GGUF_REFUSED`] with the writer's or the engine's refusal. Both lists are held
+//! true both ways.
 
 use std::path::PathBuf;
 
 use modelqa::support::engine::load_candle;
 use modelqa::support::matrix::Backend;
 
-use super::{TOLERANCE, compare, judged, own_gguf, reference};
+use super::{TOLERANCE, compare, from_apr, judged, own_gguf, reference};
 
 /// The variants, as `fixtures/zoo-variants/` holds them.
 const VARIANTS: [&str; 28] = [
@@ -109,7 +111,9 @@ fn check(variant: &str) -> Result<String, String> {
         (Err(e), Some(why)) => Err(format!("refused with `{e}`, REFUSED says `{why}`")),
         (Err(e), None) => Err(format!("does not load: {e}")),
         (Ok(mut session), None) => {
-            compare(&mut session, &reference).map(|worst| format!("pass (max logit diff {worst:.1e})"))
+            let worst = compare(&mut session, &reference)?;
+            let apr = from_apr(&dir, &reference).map_err(|why| format!("from APR: {why}"))?;
+            Ok(format!("pass (max logit diff {worst:.1e}; APR {apr:.1e})"))
         }
     }
 }
@@ -127,7 +131,7 @@ fn every_variant_reproduces_transformers_or_is_listed_refused() {
     if present != VARIANTS {
         failures.push(format!("fixtures/zoo-variants holds {present:?}, the list is {VARIANTS:?}"));
     }
-    let mut table = format!("variant                | safetensors (tolerance {TOLERANCE:.0e})\n");
+    let mut table = format!("variant                | safetensors; APR (tolerance {TOLERANCE:.0e})\n");
     for variant in VARIANTS.into_iter().filter(|v| present.iter().any(|p| p == v)) {
         let line = check(variant).unwrap_or_else(|why| {
             failures.push(format!("{variant}: {why}"));
