@@ -17,7 +17,7 @@ use modelqa::support::matrix::Backend;
 use super::{TOLERANCE, compare, from_apr, judged, own_gguf, reference};
 
 /// The variants, as `fixtures/zoo-variants/` holds them.
-const VARIANTS: [&str; 28] = [
+const VARIANTS: [&str; 29] = [
     "deepseek-coder-v2-lite",
     "falcon-40b",
     "falcon-sequential",
@@ -41,6 +41,7 @@ const VARIANTS: [&str; 28] = [
     "qwen2-tied",
     "qwen2-yarn",
     "qwen3-tied",
+    "qwen3_moe-dense-last",
     "qwen3_moe-mlp-only",
     "qwen3_moe-norm",
     "stablelm-2-1.6b",
@@ -71,6 +72,7 @@ const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
     ("granite-3b-code-128k", "mlp.gate_proj.bias` has no GGUF name"),
     ("stablelm-2-12b", "_layernorm.norms."),
     ("qwen3_moe-norm", "`decoder_sparse_step` is not 1"),
+    ("qwen3_moe-mlp-only", "`decoder_sparse_step` is not 1"),
     // A sliding window llama.cpp's graph does not apply becomes the file's context, which the
     // prompts outgrow.
     ("mistral-swa", "do not fit the context of 6"),
@@ -82,8 +84,9 @@ const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
 
 /// Variants the engine refuses, with (a part of) its error, which names the config field.
 const REFUSED: &[(&str, &str)] = &[
-    // candle's qwen3_moe places experts by decoder_sparse_step only.
-    ("qwen3_moe-mlp-only", "`mlp_only_layers`"),
+    // candle's qwen3_moe places experts by decoder_sparse_step only: experts in the first layer
+    // alone are no step's.
+    ("qwen3_moe-dense-last", "`mlp_only_layers` is [1]"),
 ];
 
 fn variants() -> PathBuf {

@@ -95,9 +95,13 @@ VARIANTS = {
     "qwen3_moe-norm": ("qwen3_moe", "Qwen/Qwen3-30B-A3B (decoder_sparse_step 2)", dict(
         norm_topk_prob=True, decoder_sparse_step=2, mlp_only_layers=[],
     )),
-    # Qwen3-MoE with a dense layer named in mlp_only_layers.
+    # Qwen3-MoE with a dense layer named in mlp_only_layers: the first (the experts left are
+    # every second layer's) and the last (no step leaves the first layer's alone).
     "qwen3_moe-mlp-only": ("qwen3_moe", "Qwen/Qwen3-30B-A3B (mlp_only_layers [0])", dict(
         norm_topk_prob=True, mlp_only_layers=[0],
+    )),
+    "qwen3_moe-dense-last": ("qwen3_moe", "Qwen/Qwen3-30B-A3B (mlp_only_layers [1])", dict(
+        norm_topk_prob=True, mlp_only_layers=[1],
     )),
     # Phi-3.5-mini: LongRoPE, short and long factors per rotating pair, original context apart.
     "phi-3.5-mini": ("phi3", "microsoft/Phi-3.5-mini-instruct", dict(

@@ -146,18 +146,9 @@ pub(super) fn translate(
                 return Err(refuse(path, "num_experts", "is missing (nor is there `num_local_experts`)"));
             };
             set("num_experts", experts);
-            match get("mlp_only_layers") {
-                None => {}
-                Some(Value::Array(a)) if a.is_empty() => {}
-                Some(v) => {
-                    return Err(refuse(
-                        path,
-                        "mlp_only_layers",
-                        format!("is {v}; the engine's qwen3_moe places experts by decoder_sparse_step only"),
-                    ));
-                }
-            }
-            set("decoder_sparse_step", json!(uint("decoder_sparse_step").unwrap_or(1).max(1)));
+            let step = sparse_step(path, config, layers)?;
+            set("decoder_sparse_step", json!(step));
+            set("mlp_only_layers", json!([]));
             set("norm_topk_prob", json!(flag("norm_topk_prob", false)?));
             set("use_sliding_window", json!(false));
             set("max_window_layers", json!(layers));
@@ -261,6 +252,35 @@ pub(super) fn translate(
         _ => {}
     }
     Ok(())
+}
+
+/// qwen3_moe's experts as candle's model places them: in every `decoder_sparse_step`-th layer.
+/// transformers also keeps the layers `mlp_only_layers` names dense; such a list is honoured
+/// where the sparse layers it leaves are those of one step (then that step), else refused.
+fn sparse_step(path: &Path, config: &Value, layers: u64) -> Result<u64, ConfigError> {
+    let step = config.get("decoder_sparse_step").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let dense: Vec<u64> = match config.get("mlp_only_layers") {
+        None | Some(Value::Null) => return Ok(step),
+        Some(Value::Array(a)) if a.iter().all(|v| v.as_u64().is_some()) => {
+            a.iter().filter_map(Value::as_u64).collect()
+        }
+        Some(v) => {
+            return Err(refuse(path, "mlp_only_layers", format!("is {v}, not a list of layer numbers")));
+        }
+    };
+    let sparse_by = |k: u64| (0..layers).filter(move |l| (l + 1).is_multiple_of(k));
+    let wanted: Vec<u64> = sparse_by(step).filter(|l| !dense.contains(l)).collect();
+    (1..=layers.max(1))
+        .find(|&k| sparse_by(k).eq(wanted.iter().copied()))
+        .ok_or_else(|| {
+            refuse(
+                path,
+                "mlp_only_layers",
+                format!(
+                    "is {dense:?}, leaving experts in layers {wanted:?}; the engine's qwen3_moe places experts in every decoder_sparse_step-th layer only"
+                ),
+            )
+        })
 }
 
 /// gemma2's and gemma3's layers, each `sliding_attention` or `full_attention`: 5.x's
@@ -415,7 +435,8 @@ mod tests {
             ("falcon", json!({"new_decoder_architecture": true, "parallel_attn": false}), "parallel_attn"),
             ("falcon", json!({"activation": "swishy"}), "activation"),
             ("gpt_bigcode", json!({"add_cross_attention": true}), "add_cross_attention"),
-            ("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": [0]}), "mlp_only_layers"),
+            ("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": [1]}), "mlp_only_layers"),
+            ("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": "all"}), "mlp_only_layers"),
             ("qwen3_moe", json!({}), "num_experts"),
             ("deepseek_v2", json!({"topk_method": "noaux_tc"}), "topk_method"),
             ("deepseek_v2", json!({"scoring_func": "sigmoid"}), "scoring_func"),
@@ -481,6 +502,9 @@ mod tests {
         assert_eq!((f["num_ln_in_parallel_attn"].clone(), f["multi_query"].clone()), (json!(1), json!(true)));
         let q = normalised("qwen3_moe", json!({"num_local_experts": 8}));
         assert_eq!(q["num_experts"], json!(8));
+        // Dense layers named where one sparse step leaves the same experts: that step.
+        let q = normalised("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": [0]}));
+        assert_eq!((q["decoder_sparse_step"].clone(), q["mlp_only_layers"].clone()), (json!(2), json!([])));
         let s = normalised(
             "stablelm",
             json!({"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.25}}),
