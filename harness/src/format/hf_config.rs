@@ -356,7 +356,8 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         if get("head_dim").is_none() {
             object.insert("head_dim".into(), json!(hidden / heads));
         }
-        object.insert("attention_bias".into(), json!(false));
+        // gemma2's and gemma3's biases where the config says so (gemma's were refused above).
+        object.insert("attention_bias".into(), json!(flag("attention_bias")?));
     }
     if model_type == "olmo2" {
         match get("clip_qkv") {
@@ -747,6 +748,11 @@ mod tests {
         assert_eq!(legacy["hidden_activation"], json!("gelu_pytorch_tanh"));
         assert_eq!(normalised(&base("gemma"))["tie_word_embeddings"], json!(true));
         assert_eq!(refused(&with("gemma", json!({"tie_word_embeddings": false}))).0, "tie_word_embeddings");
+        assert_eq!(refused(&with("gemma", json!({"attention_bias": true}))).0, "attention_bias");
+        assert_eq!(
+            normalised(&with("gemma2", json!({"attention_bias": true})))["attention_bias"],
+            json!(true)
+        );
         assert_eq!(
             refused(&with("gemma", json!({"use_bidirectional_attention": true}))).0,
             "use_bidirectional_attention"
