@@ -44,6 +44,28 @@ pub(crate) const NORMALISED: &[&str] = &[
 /// convention of pre-norm blocks, RMSNorm, half-split rotary embedding and a SwiGLU MLP.
 pub(crate) const TRACED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
+/// Why the tracer cannot run `config`, a model of [`TRACED`]: what its traced forward pass does
+/// not apply (a scaled rope, a sliding window narrower than the context), or the config's own
+/// refusal. `None`: the tracer computes what transformers computes.
+pub(crate) fn untraced(path: &Path, config: &Value) -> Option<String> {
+    let normalised = match normalise(path, config) {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    if let Some(scaling) = normalised.get("rope_scaling").filter(|v| !v.is_null()) {
+        let kind = scaling.get("rope_type").and_then(Value::as_str).unwrap_or("scaled");
+        return Some(format!("its rope scaling ({kind}) is not applied by the tracer"));
+    }
+    let window = normalised.get("sliding_window").and_then(Value::as_u64);
+    let context = normalised.get("max_position_embeddings").and_then(Value::as_u64);
+    match (window, context) {
+        (Some(w), Some(c)) if w < c => Some(format!(
+            "its sliding window of {w} tokens is narrower than its context of {c}, and the tracer attends over the whole prompt"
+        )),
+        _ => None,
+    }
+}
+
 /// The largest model the tracer holds: it keeps every weight as dense f32, and `diff::trace`
 /// holds the ground truth and the candidate at once, beside the cell's sessions (2 × 8 GB here).
 pub(crate) const TRACE_MAX_PARAMETERS: u64 = 2_000_000_000;
@@ -756,6 +778,25 @@ mod tests {
         assert_eq!(
             refused(&with("gemma", json!({"use_bidirectional_attention": true}))).0,
             "use_bidirectional_attention"
+        );
+    }
+
+    #[test]
+    fn the_tracer_is_told_what_it_does_not_apply() {
+        let p = Path::new("config.json");
+        assert_eq!(untraced(p, &base("llama")), None);
+        let scaled = with("llama", json!({"rope_scaling": {"type": "linear", "factor": 4.0}}));
+        assert!(untraced(p, &scaled).is_some_and(|why| why.contains("linear")));
+        let window = with("mistral", json!({"sliding_window": 32}));
+        assert!(untraced(p, &window).is_some_and(|why| why.contains("sliding window of 32")));
+        assert_eq!(untraced(p, &with("mistral", json!({"sliding_window": 4096}))), None);
+        // candle's qwen3 has its window as its context: the tracer never sees past it.
+        assert_eq!(
+            untraced(p, &with("qwen3", json!({"sliding_window": 32, "use_sliding_window": true}))),
+            None
+        );
+        assert!(
+            untraced(p, &with("llama", json!({"head_dim": 32}))).is_some_and(|why| why.contains("head_dim"))
         );
     }
 
