@@ -17,7 +17,7 @@ use modelqa::support::matrix::Backend;
 use super::{TOLERANCE, compare, from_apr, judged, own_gguf, reference};
 
 /// The variants, as `fixtures/zoo-variants/` holds them.
-const VARIANTS: [&str; 29] = [
+const VARIANTS: [&str; 30] = [
     "deepseek-coder-v2-lite",
     "falcon-40b",
     "falcon-sequential",
@@ -30,6 +30,7 @@ const VARIANTS: [&str; 29] = [
     "granite-3b-code-128k",
     "llama-3.1",
     "llama-3.2",
+    "llama-head-dim",
     "llama-linear",
     "mistral-nemo",
     "mistral-swa",
@@ -80,6 +81,7 @@ const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
     ("starcoder2-swa", "do not fit the context of 6"),
     // A head width other than hidden / heads: candle's quantized llama's check refuses it.
     ("mistral-nemo", "`llama.rope.dimension_count` is Some(32)"),
+    ("llama-head-dim", "`llama.rope.dimension_count` is Some(32)"),
 ];
 
 /// Variants the engine refuses, with (a part of) its error, which names the config field.

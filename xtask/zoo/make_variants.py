@@ -63,6 +63,8 @@ VARIANTS = {
     "llama-linear": ("llama", "deepseek-ai/deepseek-coder-1.3b-base", dict(
         rope_parameters=dict(rope_type="linear", rope_theta=100000.0, factor=4.0),
     )),
+    # A llama whose heads are wider than hidden / heads (transformers reads `head_dim`).
+    "llama-head-dim": ("llama", "transformers' head_dim on llama (as Mistral-Nemo's)", dict(head_dim=32)),
     # granite-3b-code-base-128k: a llama with attention and MLP biases, tied, base 10^7.
     "granite-3b-code-128k": ("llama", "ibm-granite/granite-3b-code-base-128k", dict(
         rope_parameters=dict(rope_type="default", rope_theta=10000000.0),

@@ -73,7 +73,7 @@ pub(crate) const TRACE_MAX_PARAMETERS: u64 = 2_000_000_000;
 /// The architectures whose loader reads an explicit `head_dim` (the others derive it;
 /// deepseek_v2's heads are sized by its own fields).
 pub(crate) const EXPLICIT_HEAD_DIM: &[&str] =
-    &["gemma", "gemma2", "gemma3_text", "mistral", "qwen3", "qwen3_moe"];
+    &["gemma", "gemma2", "gemma3_text", "llama", "mistral", "qwen2", "qwen3", "qwen3_moe"];
 
 /// The gemma family: `hidden_activation`, always tied, optionally bidirectional.
 const GEMMA: &[&str] = &["gemma", "gemma2", "gemma3_text"];
@@ -318,7 +318,7 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         object.remove("partial_rotary_factor");
     }
 
-    // The head width: mistral's and qwen3's loaders read `head_dim`; llama's and qwen2's derive it.
+    // The head width: the loaders of EXPLICIT_HEAD_DIM read `head_dim`; the others derive it.
     if let Some(d) = uint("head_dim")
         && !EXPLICIT_HEAD_DIM.contains(&model_type)
         && model_type != "deepseek_v2"
@@ -717,8 +717,10 @@ mod tests {
     #[test]
     fn head_dim_biases_and_activations_are_honoured_or_refused() {
         assert_eq!(normalised(&with("llama", json!({"head_dim": 16})))["head_dim"], json!(16));
-        assert_eq!(refused(&with("llama", json!({"head_dim": 32}))).0, "head_dim");
-        assert_eq!(refused(&with("qwen2", json!({"head_dim": 8}))).0, "head_dim");
+        // llama's and qwen2's heads as wide as `head_dim` says, as transformers reads it.
+        assert_eq!(normalised(&with("llama", json!({"head_dim": 32})))["head_dim"], json!(32));
+        assert_eq!(normalised(&with("qwen2", json!({"head_dim": 8})))["head_dim"], json!(8));
+        assert_eq!(refused(&with("granite", json!({"head_dim": 32}))).0, "head_dim");
         assert_eq!(normalised(&with("qwen3", json!({"head_dim": 32})))["head_dim"], json!(32));
         assert_eq!(normalised(&base("qwen3"))["head_dim"], json!(16));
         assert_eq!(normalised(&with("mistral", json!({"head_dim": 32})))["head_dim"], json!(32));
@@ -796,7 +798,8 @@ mod tests {
             None
         );
         assert!(
-            untraced(p, &with("llama", json!({"head_dim": 32}))).is_some_and(|why| why.contains("head_dim"))
+            untraced(p, &with("granite", json!({"head_dim": 32})))
+                .is_some_and(|why| why.contains("head_dim"))
         );
     }
 

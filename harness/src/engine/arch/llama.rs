@@ -23,8 +23,8 @@ pub(super) struct Config {
     #[serde(default)]
     tie_word_embeddings: bool,
     hidden_act: Activation,
-    /// The head width, where the config states one (mistral's; a GGUF's `attention.key_length`;
-    /// `format::hf_config` refuses a llama or qwen2 whose width is not hidden / heads).
+    /// The head width, where the config states one (transformers reads it for all three, and a
+    /// GGUF states it as `attention.key_length`); hidden / heads otherwise.
     #[serde(default)]
     head_dim: Option<usize>,
     /// llama's biases on q, k, v and o; on the MLP.
