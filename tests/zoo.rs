@@ -20,6 +20,12 @@
 //! leading tokens agree), not judged: Q8_0's logit error on these wide random logits (up to
 //! 2.0 measured; candle's Q8_0 kernels quantize the activations too) far exceeds the zoo's
 //! smallest top-1 margin (0.02), so a greedy path may part at a near-tie without a defect.
+//!
+//! `variants` holds the engine to the zoo's config variants (`fixtures/zoo-variants/`) by the
+//! same rule.
+
+#[path = "zoo/variants.rs"]
+mod variants;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -304,6 +304,14 @@ fn untraced_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
             spec.model.id
         ));
     }
+    let config_path = dir.join("config.json");
+    if let Some(why) = crate::bounded::read_side_file(&config_path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| crate::format::hf_config::untraced(&config_path, &config))
+    {
+        return Some(format!("the tracer cannot run {}: {why}", spec.model.id));
+    }
     let files = crate::format::files::safetensors_files(dir).ok()?;
     let shapes = crate::format::safetensors_header::weight_shapes(&files).ok()?;
     let parameters: u64 = shapes.values().map(|s| s.iter().map(|&d| d as u64).product::<u64>()).sum();

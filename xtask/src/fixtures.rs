@@ -4,8 +4,9 @@
 //!   identical, into `fixtures/qa-tiny/`, with a manifest of hashes; over the committed weights
 //!   only with `--yes`, elsewhere with `--out DIR`.
 //! - `fixtures eval` measures qa-tiny on every held-out arithmetic question.
-//! - `fixtures --check` verifies the committed qa-tiny files and the architecture zoo
-//!   (`fixtures/zoo/`, written by `xtask/zoo/make_zoo.py`) against their manifests.
+//! - `fixtures --check` verifies the committed qa-tiny files, the architecture zoo
+//!   (`fixtures/zoo/`, written by `xtask/zoo/make_zoo.py`) and its config variants
+//!   (`fixtures/zoo-variants/`, `xtask/zoo/make_variants.py`) against their manifests.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,11 +30,16 @@ pub fn zoo_dir() -> PathBuf {
     crate::root().join("fixtures").join("zoo")
 }
 
+/// The zoo's config variants, written by `xtask/zoo/make_variants.py`.
+pub fn zoo_variants_dir() -> PathBuf {
+    crate::root().join("fixtures").join("zoo-variants")
+}
+
 /// `fixtures train … | eval … | --check`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 pub struct FixturesArgs {
-    /// Verify fixtures/qa-tiny and fixtures/zoo against their manifests (MANIFEST.sha256)
+    /// Verify fixtures/qa-tiny, fixtures/zoo and fixtures/zoo-variants against their manifests (MANIFEST.sha256)
     #[arg(long)]
     pub check: bool,
     #[command(subcommand)]
@@ -119,7 +125,9 @@ pub fn run(args: &FixturesArgs) -> anyhow::Result<()> {
             let qa_tiny = qa_tiny_dir();
             check(&qa_tiny, &files(&qa_tiny)?, "qa-tiny")?;
             let zoo = zoo_dir();
-            check(&zoo, &tree_files(&zoo)?, "zoo")
+            check(&zoo, &tree_files(&zoo)?, "zoo")?;
+            let variants = zoo_variants_dir();
+            check(&variants, &tree_files(&variants)?, "zoo variant")
         }
         None => bail!("usage: cargo xtask fixtures train … | eval … | --check (see --help)"),
     }

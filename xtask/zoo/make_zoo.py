@@ -220,11 +220,11 @@ def margin(row):
     return float(top[0] - top[1])
 
 
-def reference(model, tokenizer):
+def reference(model, tokenizer, texts=PROMPTS):
     """Every prompt's ids, top-k logits at each position and greedy continuation; and the
     smallest top-1/top-2 margin over all of them, with whether a special token was generated."""
     prompts, worst, special = [], math.inf, False
-    for text in PROMPTS:
+    for text in texts:
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         logits = forward_logits(model, ids)
         positions = []
@@ -294,9 +294,22 @@ def write_sentencepiece(model_type):
 
 
 def write_model(model_type, tokenizer):
-    config = config_for(model_type)
-    out = ZOO / model_type
-    for seed in range(MAX_SEEDS):
+    write_reference_model(config_for(model_type), ZOO / model_type, model_type, tokenizer,
+                          repeats_allowed=model_type in REPEATS_ALLOWED)
+    write_tokenizer_class(model_type)
+    write_sentencepiece(model_type)
+
+
+def write_reference_model(config, out, name, tokenizer, repeats_allowed=False, texts=PROMPTS, record=None,
+                          gain=None, max_seeds=MAX_SEEDS):
+    """`config`'s model drawn (the first seed whose margins, greedy continuations and f32
+    rounding pass, see the header; the layers' matrices `gain` times wider, by default
+    TIED_GAIN for a tied model), saved to `out` with the shared tokenizer and its
+    `reference.json` (`record` adds fields to it); `name` labels the printed line."""
+    if gain is None:
+        gain = TIED_GAIN if config.tie_word_embeddings else 1.0
+    model_type = config.model_type
+    for seed in range(max_seeds):
         torch.manual_seed(seed)
         # The eager paths: grouped matmuls and fused kernels do not take f64.
         model = AutoModelForCausalLM.from_config(
@@ -305,25 +318,24 @@ def write_model(model_type, tokenizer):
         model.eval()
         generator = torch.Generator().manual_seed(seed)
         # Tied weights share storage: redraw draws the embedding, which is then the head too.
-        redraw(model, generator, TIED_GAIN if config.tie_word_embeddings else 1.0)
-        prompts, worst, special = reference(model.double(), tokenizer)
+        redraw(model, generator, gain)
+        prompts, worst, special = reference(model.double(), tokenizer, texts)
         model.float()
         rounding = f32_error(model, prompts)
-        varied = model_type in REPEATS_ALLOWED or all(len(set(p["greedy"])) >= MIN_DISTINCT for p in prompts)
+        varied = repeats_allowed or all(len(set(p["greedy"])) >= MIN_DISTINCT for p in prompts)
         if worst >= MIN_MARGIN and not special and varied and rounding <= F32_BUDGET:
             break
     else:
-        raise SystemExit(f"{model_type}: no seed below {MAX_SEEDS} gives margins >= {MIN_MARGIN} "
+        raise SystemExit(f"{name}: no seed below {max_seeds} gives margins >= {MIN_MARGIN} "
                          f"within the f32 budget {F32_BUDGET}")
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True)
     for f in ["tokenizer.json", "tokenizer_config.json"]:
         shutil.copy(TOKENIZER_DIR / f, out / f)
-    write_tokenizer_class(model_type)
-    write_sentencepiece(model_type)
     (out / "reference.json").write_text(json.dumps({
         "model_type": model_type,
+        **(record or {}),
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "seed": seed,
@@ -334,7 +346,7 @@ def write_model(model_type, tokenizer):
         "prompts": prompts,
     }, indent=1) + "\n")
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"{model_type:12} seed {seed:3}  min margin {worst:7.3f}  f32 error {rounding:.1e}  "
+    print(f"{name:12} seed {seed:3}  min margin {worst:7.3f}  f32 error {rounding:.1e}  "
           f"{size / 1024:7.1f} KiB")
 
 
@@ -385,12 +397,12 @@ def write_converter_ggufs(model_type, tree):
     return None
 
 
-def write_manifest():
+def write_manifest(root=ZOO):
     lines = []
-    for f in sorted(p for p in ZOO.rglob("*") if p.is_file() and p.name != "MANIFEST.sha256"):
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "MANIFEST.sha256"):
         digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        lines.append(f"{digest}  {f.relative_to(ZOO).as_posix()}\n")
-    (ZOO / "MANIFEST.sha256").write_text("".join(lines))
+        lines.append(f"{digest}  {f.relative_to(root).as_posix()}\n")
+    (root / "MANIFEST.sha256").write_text("".join(lines))
 
 
 def main():

@@ -41,6 +41,28 @@ fn shape_error(path: &Path, problems: &[String]) -> Result<(), EngineError> {
     Err(refused(path, format!("the weights do not fit config.json: {}{more}", shown.join("; "))))
 }
 
+/// A model whose files hold weights its loader would not read, refused naming them.
+fn unread_error(
+    path: &Path,
+    hyper: &Hyperparameters,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<(), EngineError> {
+    let unread = hyper.unread_tensors(shapes);
+    if unread.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = unread.iter().take(3).map(String::as_str).collect();
+    let more = if unread.len() > 3 { format!(" and {} more", unread.len() - 3) } else { String::new() };
+    Err(refused(
+        path,
+        format!(
+            "the weights hold tensors the engine's {} would not read: {}{more} (config.json states a layout or a field the engine does not honour)",
+            hyper.model_type,
+            shown.join(", ")
+        ),
+    ))
+}
+
 /// The config of a Hugging Face directory, checked against the headers of its safetensors
 /// files and clamped for the session: the config to give candle.
 pub(super) fn hf_model(
@@ -57,6 +79,7 @@ pub(super) fn hf_model(
     let source = files.first().map_or(config_path, PathBuf::as_path);
     shape_error(source, &hyper.shape_problems(&shapes))?;
     let config = normalise(config_path, &config).map_err(|e| refused(config_path, e.cause()))?;
+    unread_error(source, &hyper, &shapes)?;
     Ok(clamp_context(config).0)
 }
 
@@ -68,7 +91,10 @@ pub(super) fn apr_model(
 ) -> Result<serde_json::Value, EngineError> {
     let shapes: BTreeMap<String, Vec<usize>> =
         tensors.iter().map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as usize).collect())).collect();
-    config_with_shapes(path, config, &shapes)
+    let hyper = Hyperparameters::from_config(path, &config).map_err(|e| refused(path, e.cause()))?;
+    let config = config_with_shapes(path, config, &shapes)?;
+    unread_error(path, &hyper, &shapes)?;
+    Ok(config)
 }
 
 /// A config (embedded in a file, or rebuilt from a GGUF's metadata) checked against the shapes

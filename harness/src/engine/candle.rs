@@ -607,6 +607,7 @@ impl Session for CandleSession {
             .get_ids()
             .to_vec();
         self.model.clear_kv_cache();
+        self.model.plan(ids.len().min(positions).min(self.context));
         let mut out = Vec::new();
         for (pos, id) in ids.iter().take(positions.min(self.context)).enumerate() {
             let logits = self.forward(&[*id], pos).map_err(inference)?;
@@ -649,6 +650,7 @@ impl Session for CandleSession {
             )));
         }
         self.model.clear_kv_cache();
+        self.model.plan(ids.len());
         let mut fed = 0;
         for &position in positions {
             // The tokens up to the position go through the KV cache in chunks, the last of which

@@ -44,6 +44,28 @@ pub(crate) const NORMALISED: &[&str] = &[
 /// convention of pre-norm blocks, RMSNorm, half-split rotary embedding and a SwiGLU MLP.
 pub(crate) const TRACED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
+/// Why the tracer cannot run `config`, a model of [`TRACED`]: what its traced forward pass does
+/// not apply (a scaled rope, a sliding window narrower than the context), or the config's own
+/// refusal. `None`: the tracer computes what transformers computes.
+pub(crate) fn untraced(path: &Path, config: &Value) -> Option<String> {
+    let normalised = match normalise(path, config) {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    if let Some(scaling) = normalised.get("rope_scaling").filter(|v| !v.is_null()) {
+        let kind = scaling.get("rope_type").and_then(Value::as_str).unwrap_or("scaled");
+        return Some(format!("its rope scaling ({kind}) is not applied by the tracer"));
+    }
+    let window = normalised.get("sliding_window").and_then(Value::as_u64);
+    let context = normalised.get("max_position_embeddings").and_then(Value::as_u64);
+    match (window, context) {
+        (Some(w), Some(c)) if w < c => Some(format!(
+            "its sliding window of {w} tokens is narrower than its context of {c}, and the tracer attends over the whole prompt"
+        )),
+        _ => None,
+    }
+}
+
 /// The largest model the tracer holds: it keeps every weight as dense f32, and `diff::trace`
 /// holds the ground truth and the candidate at once, beside the cell's sessions (2 × 8 GB here).
 pub(crate) const TRACE_MAX_PARAMETERS: u64 = 2_000_000_000;
@@ -51,7 +73,7 @@ pub(crate) const TRACE_MAX_PARAMETERS: u64 = 2_000_000_000;
 /// The architectures whose loader reads an explicit `head_dim` (the others derive it;
 /// deepseek_v2's heads are sized by its own fields).
 pub(crate) const EXPLICIT_HEAD_DIM: &[&str] =
-    &["gemma", "gemma2", "gemma3_text", "mistral", "qwen3", "qwen3_moe"];
+    &["gemma", "gemma2", "gemma3_text", "llama", "mistral", "qwen2", "qwen3", "qwen3_moe"];
 
 /// The gemma family: `hidden_activation`, always tied, optionally bidirectional.
 const GEMMA: &[&str] = &["gemma", "gemma2", "gemma3_text"];
@@ -61,7 +83,13 @@ const PARTIAL_ROTARY: &[&str] = &["phi3", "stablelm"];
 
 /// The architectures whose models load q/k/v (and o) biases when `attention_bias` says so.
 pub(crate) const ATTENTION_BIAS: &[&str] =
-    &["deepseek_v2", "gemma2", "gemma3_text", "granite", "qwen2", "qwen3", "qwen3_moe"];
+    &["deepseek_v2", "gemma2", "gemma3_text", "granite", "llama", "qwen2", "qwen3", "qwen3_moe"];
+
+/// The architectures whose models load MLP biases when `mlp_bias` says so.
+const MLP_BIAS: &[&str] = &["granite", "llama"];
+
+/// The architectures on the project's decoder whose rope may be scaled (linear, llama3, YaRN).
+const SCALED_ROPE: &[&str] = &["granite", "llama", "mistral", "qwen2"];
 
 /// The architectures transformers ties the head to the embedding for when a config is silent.
 pub(crate) const TIED_BY_DEFAULT: &[&str] =
@@ -69,7 +97,11 @@ pub(crate) const TIED_BY_DEFAULT: &[&str] =
 
 /// The architectures whose model masks its sliding layers to the window, prompt and cache
 /// alike: their sessions keep the whole context.
-const WINDOWED: &[&str] = &["gemma2", "gemma3_text", "phi3", "starcoder2"];
+const WINDOWED: &[&str] = &["gemma2", "gemma3_text", "mistral", "phi3", "qwen2", "starcoder2"];
+
+/// The architectures whose transformers model has no sliding window: a `sliding_window` in
+/// their config.json is not read.
+const UNWINDOWED: &[&str] = &["granite", "llama"];
 
 /// The architectures whose activation is not `hidden_act` (falcon's `activation`,
 /// gpt_bigcode's `activation_function`, read in `hf_families`).
@@ -212,8 +244,9 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
     let heads = uint("num_attention_heads").unwrap_or(1).max(1);
     let layers = uint("num_hidden_layers").unwrap_or(0);
 
-    // Rope: the base reaches the loader as `rope_theta`; only llama implements a scaling type
-    // (`llama3`), handed over as candle's `rope_scaling`.
+    // Rope: the base reaches the loader as `rope_theta`; a scaling the family's model
+    // implements reaches it complete, as `rope_scaling` (the project's decoder), or in the
+    // family's own spelling.
     let rope = if model_type == "gemma3_text" {
         super::rope_scaling::gemma3_rope(path, config, object)?
     } else {
@@ -225,22 +258,22 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         ("default", _) => {
             object.remove("rope_scaling");
         }
-        ("llama3", "llama") => {
-            let p = rope.parameters.clone().unwrap_or_default();
-            for field in ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
-            {
-                if p.get(field).and_then(Value::as_f64).is_none() {
-                    return Err(refuse(
-                        path,
-                        rope.field,
-                        format!("is of type llama3 but has no number `{field}`"),
-                    ));
-                }
+        // transformers' dynamic NTK scaling computes the default frequencies until a sequence
+        // outgrows `max_position_embeddings`, which the session's context never passes.
+        ("dynamic", m) if SCALED_ROPE.contains(&m) => {
+            let factor = rope.parameters.as_ref().and_then(|p| p.get("factor")).and_then(Value::as_f64);
+            if factor.is_none_or(|f| !f.is_finite() || f <= 0.0) {
+                return Err(refuse(
+                    path,
+                    rope.field,
+                    "is of type dynamic but has no positive number `factor`",
+                ));
             }
-            let mut scaling = p;
-            scaling.insert("rope_type".into(), json!("llama3"));
-            scaling.remove("rope_theta");
-            object.insert("rope_scaling".into(), Value::Object(scaling));
+            object.remove("rope_scaling");
+        }
+        (_, m) if SCALED_ROPE.contains(&m) => {
+            let scaling = super::rope_scaling::decoder_scaling(path, config, &rope, model_type)?;
+            object.insert("rope_scaling".into(), scaling);
         }
         ("yarn", "deepseek_v2") => {
             let yarn = super::rope_scaling::deepseek_yarn(path, config, &rope)?;
@@ -285,7 +318,7 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         object.remove("partial_rotary_factor");
     }
 
-    // The head width: mistral's and qwen3's loaders read `head_dim`; llama's and qwen2's derive it.
+    // The head width: the loaders of EXPLICIT_HEAD_DIM read `head_dim`; the others derive it.
     if let Some(d) = uint("head_dim")
         && !EXPLICIT_HEAD_DIM.contains(&model_type)
         && model_type != "deepseek_v2"
@@ -310,7 +343,7 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             format!("is true; the engine's {model_type} has no attention biases"),
         ));
     }
-    if model_type != "granite" && flag("mlp_bias")? {
+    if !MLP_BIAS.contains(&model_type) && flag("mlp_bias")? {
         return Err(refuse(
             path,
             "mlp_bias",
@@ -345,7 +378,8 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
         if get("head_dim").is_none() {
             object.insert("head_dim".into(), json!(hidden / heads));
         }
-        object.insert("attention_bias".into(), json!(false));
+        // gemma2's and gemma3's biases where the config says so (gemma's were refused above).
+        object.insert("attention_bias".into(), json!(flag("attention_bias")?));
     }
     if model_type == "olmo2" {
         match get("clip_qkv") {
@@ -374,14 +408,19 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
 
     // The sliding window: which layers slide (5.x's `layer_types`, else 4.x's rules), and over
     // how many tokens. candle applies a window only to a prompt's own mask, never against the
-    // cache while decoding, so a window narrower than the context becomes the session's context.
-    let window = uint("sliding_window");
+    // cache while decoding, so for candle's models a window narrower than the context becomes
+    // the session's context.
+    // transformers' qwen2 family has a window only where `use_sliding_window` says so.
+    let qwen = matches!(model_type, "qwen2" | "qwen3" | "qwen3_moe");
+    let window = if UNWINDOWED.contains(&model_type) || (qwen && !flag("use_sliding_window")?) {
+        None
+    } else {
+        uint("sliding_window")
+    };
     let sliding_layers = match get("layer_types") {
         Some(Value::Array(types)) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
         Some(v) => return Err(refuse(path, "layer_types", format!("is {v}, not a list"))),
-        None if matches!(model_type, "qwen2" | "qwen3" | "qwen3_moe") => {
-            flag("use_sliding_window")? && uint("max_window_layers").is_none_or(|m| m < layers)
-        }
+        None if qwen => window.is_some() && uint("max_window_layers").is_none_or(|m| m < layers),
         None => window.is_some(),
     };
     let context = uint("max_position_embeddings");
@@ -393,14 +432,51 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
     {
         object.insert("max_position_embeddings".into(), json!(w));
     }
-    let context = object.get("max_position_embeddings").and_then(Value::as_u64);
     match model_type {
-        // candle's qwen2 masks with `sliding_window` in every layer: a window of the whole
-        // context masks nothing.
+        // The project's qwen2 slides the layers `layer_types` names (4.x: those from
+        // `max_window_layers` on).
         "qwen2" => {
-            object.insert("sliding_window".into(), json!(context));
-            object.insert("use_sliding_window".into(), json!(false));
-            object.insert("max_window_layers".into(), json!(layers));
+            let types: Vec<Value> = match get("layer_types") {
+                Some(Value::Array(types)) => types.clone(),
+                _ => {
+                    let first = uint("max_window_layers").unwrap_or(layers);
+                    let slides = |l: usize| window.is_some() && l >= first;
+                    (0..layers)
+                        .map(|l| json!(if slides(l) { "sliding_attention" } else { "full_attention" }))
+                        .collect()
+                }
+            };
+            if let Some(t) =
+                types.iter().find(|t| !matches!(t.as_str(), Some("sliding_attention" | "full_attention")))
+            {
+                return Err(refuse(
+                    path,
+                    "layer_types",
+                    format!("names {t}; the engine's qwen2 has sliding_attention and full_attention layers"),
+                ));
+            }
+            if types.len() != layers {
+                return Err(refuse(
+                    path,
+                    "layer_types",
+                    format!("names {} layers, not {layers}", types.len()),
+                ));
+            }
+            // Without a sliding layer, no list: the configs of two depths then differ in
+            // numbers only (`gate::kernel-class`).
+            let slides = types.iter().any(|t| t.as_str() == Some("sliding_attention"));
+            match window {
+                Some(w) if slides => {
+                    object.insert("layer_types".into(), Value::Array(types));
+                    object.insert("sliding_window".into(), json!(w));
+                }
+                _ => {
+                    object.remove("layer_types");
+                    object.insert("sliding_window".into(), Value::Null);
+                }
+            }
+            object.remove("use_sliding_window");
+            object.remove("max_window_layers");
         }
         // candle's qwen3 refuses `use_sliding_window`; the window is the context already.
         "qwen3" => {
@@ -412,7 +488,12 @@ pub(crate) fn normalise(path: &Path, config: &Value) -> Result<Value, ConfigErro
             }
         }
         "mistral" => {
-            object.insert("sliding_window".into(), Value::Null);
+            object.insert("sliding_window".into(), json!(window));
+            object.remove("layer_types");
+        }
+        "llama" | "granite" => {
+            object.remove("sliding_window");
+            object.remove("layer_types");
         }
         "olmo2" => {
             object.insert("attention_bias".into(), json!(false));
@@ -503,11 +584,10 @@ mod tests {
                 "which one",
             ),
             (
-                json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0}}),
+                json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "dynamic", "factor": 4.0}}),
                 "rope_parameters",
-                "`yarn`",
+                "`dynamic`",
             ),
-            (json!({"rope_scaling": {"type": "linear", "factor": 2.0}}), "rope_scaling", "`linear`"),
             (json!({"rope_parameters": {"rope_theta": -1.0}}), "rope_parameters", "not a finite positive"),
             (json!({"rope_parameters": "1e6"}), "rope_parameters", "not an object"),
             (json!({"partial_rotary_factor": 0.5}), "partial_rotary_factor", "whole heads"),
@@ -522,8 +602,8 @@ mod tests {
                 if PARTIAL_ROTARY.contains(m) && words == &"whole heads" {
                     continue;
                 }
-                if *m == "gemma3_text" && words == &"`linear`" {
-                    assert_eq!(normalised(&with(m, fields.clone()))["rope_linear_factor"], json!(2.0));
+                if SCALED_ROPE.contains(m) && words == &"`dynamic`" {
+                    assert!(normalised(&with(m, fields.clone())).get("rope_scaling").is_none(), "{m}");
                     continue;
                 }
                 let (got, message) = refused(&with(m, fields.clone()));
@@ -534,16 +614,50 @@ mod tests {
     }
 
     #[test]
-    fn llama3_rope_scaling_reaches_llama_only() {
+    fn rope_scalings_reach_the_decoders_families_complete() {
         let llama3 = json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}});
         let c = normalised(&with("llama", llama3.clone()));
         assert_eq!(c["rope_scaling"]["rope_type"], json!("llama3"));
         assert_eq!(c["rope_scaling"]["factor"], json!(8.0));
         assert_eq!(c["rope_theta"], json!(5e5));
-        assert_eq!(refused(&with("qwen2", llama3)).0, "rope_parameters");
+        // A family whose model takes no scaling refuses it by name.
+        assert_eq!(refused(&with("olmo2", llama3)).0, "rope_parameters");
         let incomplete = json!({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}});
         assert!(refused(&with("llama", incomplete)).1.contains("low_freq_factor"));
+        let linear = normalised(&with("llama", json!({"rope_scaling": {"type": "linear", "factor": 4.0}})));
+        assert_eq!(linear["rope_scaling"], json!({"rope_type": "linear", "factor": 4.0}));
+        assert_eq!(refused(&with("llama", json!({"rope_scaling": {"type": "linear"}}))).0, "rope_scaling");
+        // YaRN as transformers completes it: the factor's attention factor 0.1 ln 4 + 1, β 32
+        // and 1, truncation; mscale over mscale_all_dim where both are stated.
+        let yarn = normalised(&with(
+            "qwen2",
+            json!({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}}),
+        ));
+        let y = &yarn["rope_scaling"];
+        assert_eq!(
+            (y["rope_type"].clone(), y["original_max_position_embeddings"].clone()),
+            (json!("yarn"), json!(32))
+        );
+        assert!((y["attention_factor"].as_f64().expect("a number") - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+        assert_eq!(
+            (y["beta_fast"].clone(), y["beta_slow"].clone(), y["truncate"].clone()),
+            (json!(32.0), json!(1.0), json!(true))
+        );
+        let m = normalised(&with(
+            "mistral",
+            json!({"rope_parameters": {"rope_type": "yarn", "factor": 40.0, "mscale": 0.707, "mscale_all_dim": 0.707,
+                "original_max_position_embeddings": 16}}),
+        ));
+        assert_eq!(m["rope_scaling"]["attention_factor"], json!(1.0));
+        // Without an original context of its own, YaRN stretches the config's.
+        let silent = normalised(&with("llama", json!({"rope_scaling": {"type": "yarn", "factor": 2.0}})));
+        assert_eq!(silent["rope_scaling"]["original_max_position_embeddings"], json!(128));
+        // Dynamic NTK is the plain rope within the context, which the session never passes.
+        let dynamic = normalised(&with("llama", json!({"rope_scaling": {"type": "dynamic", "factor": 2.0}})));
+        assert!(dynamic.get("rope_scaling").is_none() && dynamic["max_position_embeddings"] == json!(128));
+        let bad = json!({"rope_scaling": {"type": "yarn", "factor": 2.0, "truncate": "no"}});
+        assert!(refused(&with("llama", bad)).1.contains("truncate"));
     }
 
     #[test]
@@ -551,9 +665,9 @@ mod tests {
         let q = normalised(&with("qwen2", json!({"sliding_window": null, "use_sliding_window": false})));
         assert_eq!(
             (q["sliding_window"].clone(), q["max_position_embeddings"].clone()),
-            (json!(128), json!(128))
+            (Value::Null, json!(128))
         );
-        assert_eq!(q["use_sliding_window"], json!(false));
+        assert_eq!(q.get("layer_types"), None);
         let m = normalised(&with("mistral", json!({"sliding_window": null})));
         assert_eq!(
             (m["sliding_window"].clone(), m["max_position_embeddings"].clone()),
@@ -562,33 +676,59 @@ mod tests {
     }
 
     #[test]
-    fn a_narrower_window_becomes_the_context() {
+    fn a_narrower_window_is_the_models_or_the_context() {
+        // The project's mistral and qwen2 mask their sliding layers: the context stays whole.
         let m = normalised(&with("mistral", json!({"sliding_window": 32})));
-        assert_eq!(m["max_position_embeddings"], json!(32));
-        let wide = normalised(&with("mistral", json!({"sliding_window": 4096})));
-        assert_eq!(wide["max_position_embeddings"], json!(128));
-        // qwen2 slides only where the config says so.
+        assert_eq!(
+            (m["max_position_embeddings"].clone(), m["sliding_window"].clone()),
+            (json!(128), json!(32))
+        );
+        // qwen2 slides only where the config says so: the layers from max_window_layers on.
         let off = normalised(&with("qwen2", json!({"sliding_window": 32, "use_sliding_window": false})));
-        assert_eq!(off["max_position_embeddings"], json!(128));
+        assert_eq!(
+            (off["sliding_window"].clone(), off["max_position_embeddings"].clone()),
+            (Value::Null, json!(128))
+        );
         let on = normalised(&with(
             "qwen2",
             json!({"sliding_window": 32, "use_sliding_window": true, "max_window_layers": 1}),
         ));
-        assert_eq!(on["max_position_embeddings"], json!(32));
-        let typed = json!({"sliding_window": 32, "layer_types": ["full_attention", "sliding_attention"]});
-        assert_eq!(normalised(&with("qwen2", typed))["max_position_embeddings"], json!(32));
+        assert_eq!(on["layer_types"], json!(["full_attention", "sliding_attention"]));
+        assert_eq!(
+            (on["sliding_window"].clone(), on["max_position_embeddings"].clone()),
+            (json!(32), json!(128))
+        );
+        let typed = json!({"sliding_window": 32, "use_sliding_window": true,
+            "layer_types": ["sliding_attention", "full_attention"]});
+        assert_eq!(
+            normalised(&with("qwen2", typed))["layer_types"],
+            json!(["sliding_attention", "full_attention"])
+        );
         assert_eq!(refused(&with("qwen2", json!({"layer_types": "all"}))).0, "layer_types");
+        assert_eq!(refused(&with("qwen2", json!({"layer_types": ["full_attention"]}))).0, "layer_types");
+        // llama has no window: a stray one is not read.
+        let l = normalised(&with("llama", json!({"sliding_window": 32})));
+        assert_eq!((l.get("sliding_window"), l["max_position_embeddings"].clone()), (None, json!(128)));
+        // candle's qwen3 cannot mask: its narrower window becomes the context.
+        let q3 = normalised(&with("qwen3", json!({"sliding_window": 32, "use_sliding_window": true})));
+        assert_eq!(q3["max_position_embeddings"], json!(32));
     }
 
     #[test]
     fn head_dim_biases_and_activations_are_honoured_or_refused() {
         assert_eq!(normalised(&with("llama", json!({"head_dim": 16})))["head_dim"], json!(16));
-        assert_eq!(refused(&with("llama", json!({"head_dim": 32}))).0, "head_dim");
-        assert_eq!(refused(&with("qwen2", json!({"head_dim": 8}))).0, "head_dim");
+        // llama's and qwen2's heads as wide as `head_dim` says, as transformers reads it.
+        assert_eq!(normalised(&with("llama", json!({"head_dim": 32})))["head_dim"], json!(32));
+        assert_eq!(normalised(&with("qwen2", json!({"head_dim": 8})))["head_dim"], json!(8));
+        assert_eq!(refused(&with("granite", json!({"head_dim": 32}))).0, "head_dim");
         assert_eq!(normalised(&with("qwen3", json!({"head_dim": 32})))["head_dim"], json!(32));
         assert_eq!(normalised(&base("qwen3"))["head_dim"], json!(16));
         assert_eq!(normalised(&with("mistral", json!({"head_dim": 32})))["head_dim"], json!(32));
-        assert_eq!(refused(&with("llama", json!({"attention_bias": true}))).0, "attention_bias");
+        assert_eq!(
+            normalised(&with("llama", json!({"attention_bias": true, "mlp_bias": true})))["mlp_bias"],
+            json!(true)
+        );
+        assert_eq!(refused(&with("mistral", json!({"attention_bias": true}))).0, "attention_bias");
         assert_eq!(refused(&with("mistral", json!({"mlp_bias": true}))).0, "mlp_bias");
         assert!(normalise(Path::new("c"), &with("qwen2", json!({"attention_bias": true}))).is_ok());
         assert_eq!(refused(&with("llama", json!({"hidden_act": "gelu"}))).0, "hidden_act");
@@ -613,7 +753,7 @@ mod tests {
         assert_eq!(q["num_key_value_heads"], json!(4));
         assert_eq!(q["tie_word_embeddings"], json!(false));
         assert_eq!(q["hidden_act"], json!("silu"));
-        assert_eq!(q["max_window_layers"], json!(2));
+        assert_eq!(q.get("layer_types"), None);
         let tied = normalised(&with("mistral", json!({"tie_word_embeddings": true})));
         assert_eq!(tied["tie_word_embeddings"], json!(true));
     }
@@ -632,9 +772,34 @@ mod tests {
         assert_eq!(legacy["hidden_activation"], json!("gelu_pytorch_tanh"));
         assert_eq!(normalised(&base("gemma"))["tie_word_embeddings"], json!(true));
         assert_eq!(refused(&with("gemma", json!({"tie_word_embeddings": false}))).0, "tie_word_embeddings");
+        assert_eq!(refused(&with("gemma", json!({"attention_bias": true}))).0, "attention_bias");
+        assert_eq!(
+            normalised(&with("gemma2", json!({"attention_bias": true})))["attention_bias"],
+            json!(true)
+        );
         assert_eq!(
             refused(&with("gemma", json!({"use_bidirectional_attention": true}))).0,
             "use_bidirectional_attention"
+        );
+    }
+
+    #[test]
+    fn the_tracer_is_told_what_it_does_not_apply() {
+        let p = Path::new("config.json");
+        assert_eq!(untraced(p, &base("llama")), None);
+        let scaled = with("llama", json!({"rope_scaling": {"type": "linear", "factor": 4.0}}));
+        assert!(untraced(p, &scaled).is_some_and(|why| why.contains("linear")));
+        let window = with("mistral", json!({"sliding_window": 32}));
+        assert!(untraced(p, &window).is_some_and(|why| why.contains("sliding window of 32")));
+        assert_eq!(untraced(p, &with("mistral", json!({"sliding_window": 4096}))), None);
+        // candle's qwen3 has its window as its context: the tracer never sees past it.
+        assert_eq!(
+            untraced(p, &with("qwen3", json!({"sliding_window": 32, "use_sliding_window": true}))),
+            None
+        );
+        assert!(
+            untraced(p, &with("granite", json!({"head_dim": 32})))
+                .is_some_and(|why| why.contains("head_dim"))
         );
     }
 

@@ -101,13 +101,7 @@ pub(super) fn translate(
             set("use_bias", json!(flag("use_bias", true)?));
         }
         "stablelm" => {
-            if flag("qk_layernorm", false)? {
-                return Err(refuse(
-                    path,
-                    "qk_layernorm",
-                    "is true; the engine's stablelm has no per-head q/k layer norms",
-                ));
-            }
+            set("qk_layernorm", json!(flag("qk_layernorm", false)?));
             set("layer_norm_eps", json!(number("layer_norm_eps", 1e-5)?));
             set("use_qkv_bias", json!(flag("use_qkv_bias", false)?));
             set("use_parallel_residual", json!(flag("use_parallel_residual", false)?));
@@ -152,18 +146,9 @@ pub(super) fn translate(
                 return Err(refuse(path, "num_experts", "is missing (nor is there `num_local_experts`)"));
             };
             set("num_experts", experts);
-            match get("mlp_only_layers") {
-                None => {}
-                Some(Value::Array(a)) if a.is_empty() => {}
-                Some(v) => {
-                    return Err(refuse(
-                        path,
-                        "mlp_only_layers",
-                        format!("is {v}; the engine's qwen3_moe places experts by decoder_sparse_step only"),
-                    ));
-                }
-            }
-            set("decoder_sparse_step", json!(uint("decoder_sparse_step").unwrap_or(1).max(1)));
+            let step = sparse_step(path, config, layers)?;
+            set("decoder_sparse_step", json!(step));
+            set("mlp_only_layers", json!([]));
             set("norm_topk_prob", json!(flag("norm_topk_prob", false)?));
             set("use_sliding_window", json!(false));
             set("max_window_layers", json!(layers));
@@ -267,6 +252,35 @@ pub(super) fn translate(
         _ => {}
     }
     Ok(())
+}
+
+/// qwen3_moe's experts as candle's model places them: in every `decoder_sparse_step`-th layer.
+/// transformers also keeps the layers `mlp_only_layers` names dense; such a list is honoured
+/// where the sparse layers it leaves are those of one step (then that step), else refused.
+fn sparse_step(path: &Path, config: &Value, layers: u64) -> Result<u64, ConfigError> {
+    let step = config.get("decoder_sparse_step").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let dense: Vec<u64> = match config.get("mlp_only_layers") {
+        None | Some(Value::Null) => return Ok(step),
+        Some(Value::Array(a)) if a.iter().all(|v| v.as_u64().is_some()) => {
+            a.iter().filter_map(Value::as_u64).collect()
+        }
+        Some(v) => {
+            return Err(refuse(path, "mlp_only_layers", format!("is {v}, not a list of layer numbers")));
+        }
+    };
+    let sparse_by = |k: u64| (0..layers).filter(move |l| (l + 1).is_multiple_of(k));
+    let wanted: Vec<u64> = sparse_by(step).filter(|l| !dense.contains(l)).collect();
+    (1..=layers.max(1))
+        .find(|&k| sparse_by(k).eq(wanted.iter().copied()))
+        .ok_or_else(|| {
+            refuse(
+                path,
+                "mlp_only_layers",
+                format!(
+                    "is {dense:?}, leaving experts in layers {wanted:?}; the engine's qwen3_moe places experts in every decoder_sparse_step-th layer only"
+                ),
+            )
+        })
 }
 
 /// gemma2's and gemma3's layers, each `sliding_attention` or `full_attention`: 5.x's
@@ -416,12 +430,13 @@ mod tests {
     #[test]
     fn family_fields_the_engine_does_not_honour_are_refused_by_name() {
         for (model_type, fields, field) in [
-            ("stablelm", json!({"qk_layernorm": true}), "qk_layernorm"),
+            ("stablelm", json!({"qk_layernorm": "yes"}), "qk_layernorm"),
             ("falcon", json!({"alibi": true}), "alibi"),
             ("falcon", json!({"new_decoder_architecture": true, "parallel_attn": false}), "parallel_attn"),
             ("falcon", json!({"activation": "swishy"}), "activation"),
             ("gpt_bigcode", json!({"add_cross_attention": true}), "add_cross_attention"),
-            ("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": [0]}), "mlp_only_layers"),
+            ("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": [1]}), "mlp_only_layers"),
+            ("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": "all"}), "mlp_only_layers"),
             ("qwen3_moe", json!({}), "num_experts"),
             ("deepseek_v2", json!({"topk_method": "noaux_tc"}), "topk_method"),
             ("deepseek_v2", json!({"scoring_func": "sigmoid"}), "scoring_func"),
@@ -433,7 +448,11 @@ mod tests {
             ),
             ("phi3", json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0]}}), "rope_scaling"),
             ("phi3", json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}), "rope_scaling"),
-            ("deepseek_v2", json!({"rope_scaling": {"type": "yarn", "factor": 40.0}}), "rope_scaling"),
+            (
+                "deepseek_v2",
+                json!({"rope_scaling": {"type": "yarn", "factor": 40.0, "attention_factor": 2.0}}),
+                "rope_scaling",
+            ),
             ("deepseek_v2", json!({"rope_scaling": {"type": "dynamic", "factor": 4.0}}), "rope_scaling"),
             ("stablelm", json!({"partial_rotary_factor": 1.5}), "partial_rotary_factor"),
             ("phi3", json!({"partial_rotary_factor": 0.1}), "partial_rotary_factor"),
@@ -483,6 +502,9 @@ mod tests {
         assert_eq!((f["num_ln_in_parallel_attn"].clone(), f["multi_query"].clone()), (json!(1), json!(true)));
         let q = normalised("qwen3_moe", json!({"num_local_experts": 8}));
         assert_eq!(q["num_experts"], json!(8));
+        // Dense layers named where one sparse step leaves the same experts: that step.
+        let q = normalised("qwen3_moe", json!({"num_experts": 4, "mlp_only_layers": [0]}));
+        assert_eq!((q["decoder_sparse_step"].clone(), q["mlp_only_layers"].clone()), (json!(2), json!([])));
         let s = normalised(
             "stablelm",
             json!({"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.25}}),

@@ -208,6 +208,25 @@ impl Hyperparameters {
         super::tensor_sets::expected(self)
     }
 
+    /// The tensors among `shapes` that the loader will not read, save those transformers does
+    /// not read either (a tied model's `lm_head.weight`, rotary frequency and attention-mask
+    /// buffers old checkpoints saved). A weight nothing reads is what a config field the engine
+    /// does not honour leaves behind (biases, norms, layers of another kind), so the engine
+    /// refuses a model that has one rather than run it without.
+    pub(crate) fn unread_tensors(&self, shapes: &BTreeMap<String, Vec<usize>>) -> Vec<String> {
+        let expected: std::collections::BTreeSet<String> =
+            self.expected_tensors().into_iter().map(|(name, _)| name).collect();
+        let buffer = |name: &str| {
+            name.ends_with(".inv_freq") || name.ends_with(".masked_bias") || name.ends_with(".attn.bias")
+        };
+        shapes
+            .keys()
+            .filter(|name| !expected.contains(*name) && !buffer(name))
+            .filter(|name| !(self.tied && name.as_str() == "lm_head.weight"))
+            .cloned()
+            .collect()
+    }
+
     /// Every way the tensors' shapes (by Hugging Face name) disagree with what the loader will
     /// request, in words; empty when the loader can take them.
     pub(crate) fn shape_problems(&self, shapes: &BTreeMap<String, Vec<usize>>) -> Vec<String> {
@@ -393,6 +412,32 @@ mod tests {
             "{problems}"
         );
         assert!(problems.contains("1 required tensors are missing: model.norm.weight"), "{problems}");
+    }
+
+    #[test]
+    fn weights_no_loader_reads_are_named_and_buffers_are_not() {
+        let h = Hyperparameters::from_config(Path::new("config.json"), &tiny()).unwrap();
+        let mut shapes: BTreeMap<String, Vec<usize>> = h.expected_tensors().into_iter().collect();
+        assert_eq!(h.unread_tensors(&shapes), Vec::<String>::new());
+        // Buffers transformers never reads as weights.
+        shapes.insert("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![2]);
+        assert_eq!(h.unread_tensors(&shapes), Vec::<String>::new());
+        // MLP biases of a config that states no mlp_bias: transformers would not load them either,
+        // but a config that does is what this catches when the engine drops the field.
+        shapes.insert("model.layers.0.mlp.up_proj.bias".into(), vec![16]);
+        assert_eq!(h.unread_tensors(&shapes), vec!["model.layers.0.mlp.up_proj.bias".to_string()]);
+        let mut with_bias = tiny();
+        with_bias["mlp_bias"] = json!(true);
+        let h = Hyperparameters::from_config(Path::new("config.json"), &with_bias).unwrap();
+        let shapes: BTreeMap<String, Vec<usize>> = h.expected_tensors().into_iter().collect();
+        assert!(shapes.contains_key("model.layers.0.mlp.gate_proj.bias"), "llama's mlp_bias is read");
+        // A tied model may ship the head as well: transformers ties it to the embedding.
+        let mut tied = tiny();
+        tied["tie_word_embeddings"] = json!(true);
+        let h = Hyperparameters::from_config(Path::new("config.json"), &tied).unwrap();
+        let mut shapes: BTreeMap<String, Vec<usize>> = h.expected_tensors().into_iter().collect();
+        shapes.insert("lm_head.weight".into(), vec![16, 8]);
+        assert_eq!(h.unread_tensors(&shapes), Vec::<String>::new());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The rope scalings the engine implements beyond llama3's, completed from config.json as
-//! transformers completes them (its defaults, the factors it derives), for the model that runs
-//! them: gemma3's base per layer type (and linear scaling), phi3's LongRoPE, deepseek_v2's YaRN.
-//! A parameter the model would not take the same way is refused by name.
+//! The rope scalings the engine implements, completed from config.json as transformers
+//! completes them (its defaults, the factors it derives), for the model that runs them: the
+//! project's decoder's linear, llama3 and YaRN scalings, gemma3's base per layer type (and
+//! linear scaling), phi3's LongRoPE, deepseek_v2's YaRN. A parameter the model would not take
+//! the same way is refused by name.
 
 use std::path::Path;
 
@@ -57,6 +58,95 @@ pub(super) fn gemma3_rope(
     Ok(global)
 }
 
+/// The original context a llama3, YaRN or LongRoPE scaling stretches: as transformers 5 reads
+/// it, a top-level `original_max_position_embeddings` first (Phi-3 writes it there), then the
+/// scaling's own, then the context.
+fn original_context(config: &Value, p: &Map<String, Value>) -> Option<u64> {
+    let read = |v: Option<&Value>| v.and_then(Value::as_u64).filter(|n| *n > 0);
+    read(config.get("original_max_position_embeddings"))
+        .or_else(|| read(p.get("original_max_position_embeddings")))
+        .or_else(|| read(config.get("max_position_embeddings")))
+}
+
+/// The scaling `rope` names, for the project's decoder (`rope_scaling`, tagged by `rope_type`):
+/// `linear`, `llama3` or `yarn`, every parameter the rotary embedding reads filled in as
+/// transformers fills it; another type, or a parameter out of range, is refused by name.
+pub(super) fn decoder_scaling(
+    path: &Path,
+    config: &Value,
+    rope: &Rope,
+    model_type: &str,
+) -> Result<Value, ConfigError> {
+    let p = rope.parameters.clone().unwrap_or_default();
+    let positive = |field: &str| -> Result<Option<f64>, ConfigError> {
+        match p.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().filter(|x| x.is_finite() && *x > 0.0).map(Some).ok_or_else(|| {
+                refuse(path, rope.field, format!("states `{field}` {v}, not a finite positive number"))
+            }),
+        }
+    };
+    let needed = |field: &str| -> Result<f64, ConfigError> {
+        positive(field)?.ok_or_else(|| {
+            refuse(path, rope.field, format!("is of type {} but has no number `{field}`", rope.kind))
+        })
+    };
+    match rope.kind.as_str() {
+        "linear" => Ok(json!({"rope_type": "linear", "factor": needed("factor")?})),
+        "llama3" => {
+            let (low, high) = (needed("low_freq_factor")?, needed("high_freq_factor")?);
+            if high <= low {
+                return Err(refuse(
+                    path,
+                    rope.field,
+                    format!("states high_freq_factor {high}, not above low_freq_factor {low}"),
+                ));
+            }
+            let original = match config.get("original_max_position_embeddings").and_then(Value::as_f64) {
+                Some(n) if n > 0.0 => n,
+                _ => needed("original_max_position_embeddings")?,
+            };
+            Ok(json!({"rope_type": "llama3", "factor": needed("factor")?, "low_freq_factor": low,
+                "high_freq_factor": high, "original_max_position_embeddings": original}))
+        }
+        "yarn" => {
+            let original = original_context(config, &p).ok_or_else(|| {
+                refuse(path, rope.field, "is of type `yarn` but states no original_max_position_embeddings")
+            })?;
+            let context = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(original);
+            let factor = positive("factor")?.unwrap_or(context as f64 / original as f64);
+            let mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+            let attention_factor =
+                match (positive("attention_factor")?, positive("mscale")?, positive("mscale_all_dim")?) {
+                    (Some(a), ..) => a,
+                    (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
+                    _ => mscale(factor, 1.0),
+                };
+            let truncate = match p.get("truncate") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(refuse(
+                        path,
+                        rope.field,
+                        format!("states `truncate` {v}, not true or false"),
+                    ));
+                }
+            };
+            Ok(json!({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original,
+                "beta_fast": positive("beta_fast")?.unwrap_or(32.0), "beta_slow": positive("beta_slow")?.unwrap_or(1.0),
+                "attention_factor": attention_factor, "truncate": truncate}))
+        }
+        other => Err(refuse(
+            path,
+            rope.field,
+            format!(
+                "asks for rope scaling of type `{other}`, which the engine's {model_type} does not implement"
+            ),
+        )),
+    }
+}
+
 /// deepseek_v2's YaRN in candle's spelling, with transformers' defaults (β 32 and 1; the
 /// attention factor from `mscale` over `mscale_all_dim` only when both are stated, else from
 /// the factor alone); what candle's model cannot take the same way is refused by name.
@@ -72,14 +162,9 @@ pub(super) fn deepseek_yarn(path: &Path, config: &Value, rope: &Rope) -> Result<
             ));
         }
     }
-    let original = p
-        .get("original_max_position_embeddings")
-        .or_else(|| config.get("original_max_position_embeddings"))
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            refuse(path, rope.field, "is of type `yarn` but states no original_max_position_embeddings")
-        })?;
+    let original = original_context(config, &p).ok_or_else(|| {
+        refuse(path, rope.field, "is of type `yarn` but states no original_max_position_embeddings")
+    })?;
     let context = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(original);
     let factor = num("factor").unwrap_or(context as f64 / original as f64);
     let rope_dim = config.get("qk_rope_head_dim").and_then(Value::as_u64);
@@ -124,9 +209,9 @@ pub(super) fn longrope(path: &Path, config: &Value, rope: &Rope) -> Result<Value
             })
     };
     let (short, long) = (factors("short_factor")?, factors("long_factor")?);
-    let original = p
+    let original = config
         .get("original_max_position_embeddings")
-        .or_else(|| config.get("original_max_position_embeddings"))
+        .or_else(|| p.get("original_max_position_embeddings"))
         .and_then(Value::as_u64)
         .filter(|n| *n > 1)
         .ok_or_else(|| {

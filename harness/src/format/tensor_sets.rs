@@ -98,6 +98,14 @@ pub(crate) fn expected(h: &Hyperparameters) -> Tensors {
                 norm(&mut out, &format!("{a}.q_norm"), h.head_dim, false);
                 norm(&mut out, &format!("{a}.k_norm"), h.head_dim, false);
             }
+            // stablelm's per-head layer norms (weight only), one a head.
+            "stablelm" if flag("qk_layernorm", false) => {
+                for (side, heads) in [("q_layernorm", h.heads), ("k_layernorm", h.kv_heads)] {
+                    for n in 0..heads {
+                        out.push((format!("{a}.{side}.norms.{n}.weight"), vec![h.head_dim]));
+                    }
+                }
+            }
             // Norms over the whole q and k projections.
             "olmo2" => {
                 norm(&mut out, &format!("{a}.q_norm"), q, false);
@@ -135,7 +143,11 @@ pub(crate) fn expected(h: &Hyperparameters) -> Tensors {
             "qwen3_moe" => {
                 let experts = uint("num_experts").or_else(|| uint("num_local_experts")).unwrap_or(0);
                 let step = uint("decoder_sparse_step").unwrap_or(1).max(1);
-                if experts > 0 && (l + 1).is_multiple_of(step) {
+                let dense = c
+                    .get("mlp_only_layers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(l as u64)));
+                if experts > 0 && (l + 1).is_multiple_of(step) && !dense {
                     let moe = uint("moe_intermediate_size").unwrap_or(0);
                     linear(&mut out, &format!("{m}.gate"), experts, hd, false);
                     for e in 0..experts {
@@ -162,7 +174,10 @@ pub(crate) fn expected(h: &Hyperparameters) -> Tensors {
                     gated_mlp(&mut out, &m, hd, inter, false);
                 }
             }
-            _ => gated_mlp(&mut out, &m, hd, inter, model_type == "granite" && flag("mlp_bias", false)),
+            _ => {
+                let bias = matches!(model_type, "granite" | "llama") && flag("mlp_bias", false);
+                gated_mlp(&mut out, &m, hd, inter, bias)
+            }
         }
     }
     out

@@ -21,6 +21,8 @@ pub(crate) enum TraceError {
     Read { path: PathBuf, cause: String },
     #[error("the tracer runs the llama convention (llama, mistral, qwen2, qwen3), not `{0}`")]
     Unsupported(String),
+    #[error("the tracer cannot run {path}: {why}")]
+    Unhonoured { path: PathBuf, why: String },
     #[error("{path} has no `{what}` for the trace")]
     Missing { path: PathBuf, what: String },
     #[error("the traced forward pass failed: {0}")]
@@ -208,6 +210,9 @@ fn from_config(path: &Path, config: &Value) -> Result<Architecture, TraceError> 
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or_default().to_string();
     if !TRACED.contains(&model_type.as_str()) {
         return Err(TraceError::Unsupported(model_type));
+    }
+    if let Some(why) = hf_config::untraced(path, config) {
+        return Err(TraceError::Unhonoured { path: path.to_path_buf(), why });
     }
     let normalised = hf_config::normalise(path, config).map_err(|e| read_err(path, e.cause()))?;
     let h = Hyperparameters::from_config(path, &normalised).map_err(|e| read_err(path, e.cause()))?;

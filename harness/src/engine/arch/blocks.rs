@@ -43,6 +43,11 @@ impl Module for Norm {
 /// Rotary position embeddings over the first `dim` of each head's units (all of them, or
 /// `partial_rotary_factor` of them), in transformers' half-split layout. The angles are
 /// computed per chunk in f64, so no table grows with the context.
+///
+/// LongRoPE picks its factors by the longest sequence a forward pass covers, as transformers
+/// does: a pass over `pos..pos + len` of a sequence known to reach `reach` tokens uses the long
+/// factors once `max(pos + len, reach)` passes the original context. A cache built on the short
+/// factors is then stale ([`Rotary::restarts`]); transformers recomputes the whole sequence there.
 #[derive(Debug, Clone)]
 pub(super) struct Rotary {
     inv_freq: Vec<f64>,
@@ -61,6 +66,57 @@ fn frequencies(theta: f64, dim: usize, factor: impl Fn(usize) -> f64) -> Vec<f64
 impl Rotary {
     pub(super) fn new(theta: f64, dim: usize) -> Self {
         Self::linear(theta, dim, 1.0)
+    }
+
+    /// The rotary embedding `scaling` asks for (none: the plain one).
+    pub(super) fn scaled(theta: f64, dim: usize, scaling: Option<&RopeScaling>) -> Self {
+        match scaling {
+            None => Self::new(theta, dim),
+            Some(RopeScaling::Linear { factor }) => Self::linear(theta, dim, *factor),
+            Some(RopeScaling::Llama3(s)) => Self::llama3(theta, dim, s),
+            Some(RopeScaling::Yarn(s)) => Self::yarn(theta, dim, s),
+        }
+    }
+
+    /// transformers' `yarn`: each pair's frequency blended between itself (fast rotations,
+    /// more than `beta_fast` turns over the original context) and itself over `factor` (slow
+    /// ones, fewer than `beta_slow`), by a linear ramp over the pairs between; cos and sin
+    /// scaled by the attention factor.
+    pub(super) fn yarn(theta: f64, dim: usize, s: &YarnScaling) -> Self {
+        let d = dim as f64;
+        // The pair index at which a frequency makes `turns` rotations over the original context.
+        let pair =
+            |turns: f64| d * (s.original / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+        let (mut low, mut high) = (pair(s.beta_fast), pair(s.beta_slow));
+        if s.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, high) = (low.max(0.0), high.min(d - 1.0));
+        let span = if low == high { 0.001 } else { high - low };
+        let inv_freq = frequencies(theta, dim, |_| 1.0)
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let extrapolation = 1.0 - ((i as f64 - low) / span).clamp(0.0, 1.0);
+                f / s.factor * (1.0 - extrapolation) + f * extrapolation
+            })
+            .collect();
+        Rotary { inv_freq, long: None, attention_factor: s.attention_factor, dim }
+    }
+
+    /// Whether a pass over `pos..pos + len` of a sequence known to reach `reach` tokens finds
+    /// the cache of its first `pos` tokens rotated by frequencies it no longer uses (LongRoPE
+    /// crossing its original context): the whole sequence must be recomputed.
+    pub(super) fn restarts(&self, pos: usize, len: usize, reach: usize) -> bool {
+        match &self.long {
+            Some((_, original)) => pos > 0 && pos.max(reach) <= *original && pos + len > *original,
+            None => false,
+        }
+    }
+
+    /// Whether the frequencies depend on the length of the sequence (LongRoPE).
+    pub(super) fn by_length(&self) -> bool {
+        self.long.is_some()
     }
 
     /// transformers' `linear` rope scaling: positions divided by `factor`.
@@ -126,11 +182,12 @@ impl Rotary {
         }
     }
 
-    /// `x` (`[batch, heads, len, head_dim]`) rotated for positions `pos..pos + len`.
-    pub(super) fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+    /// `x` (`[batch, heads, len, head_dim]`) rotated for positions `pos..pos + len`, of a
+    /// sequence known to reach `reach` tokens (LongRoPE's choice; 0 where only the pass is known).
+    pub(super) fn apply(&self, x: &Tensor, pos: usize, reach: usize) -> Result<Tensor> {
         let (_, _, len, head_dim) = x.dims4()?;
         let inv_freq = match &self.long {
-            Some((long, original)) if pos + len > *original => long,
+            Some((long, original)) if (pos + len).max(reach) > *original => long,
             _ => &self.inv_freq,
         };
         let half = inv_freq.len();
@@ -153,6 +210,31 @@ impl Rotary {
         let kept = x.narrow(D::Minus1, self.dim, head_dim - self.dim)?;
         Tensor::cat(&[&rotated, &kept], D::Minus1)
     }
+}
+
+/// A rope scaling of the project's decoder, as `format::hf_config` completed it
+/// (`rope_scaling`, tagged by `rope_type`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub(super) enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    Llama3(Llama3Scaling),
+    Yarn(YarnScaling),
+}
+
+/// YaRN's parameters, complete (transformers' defaults and derived attention factor filled in).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub(super) struct YarnScaling {
+    pub(super) factor: f64,
+    #[serde(rename = "original_max_position_embeddings")]
+    pub(super) original: f64,
+    pub(super) beta_fast: f64,
+    pub(super) beta_slow: f64,
+    pub(super) attention_factor: f64,
+    pub(super) truncate: bool,
 }
 
 /// The parameters of llama3's rope scaling, as config.json states them.

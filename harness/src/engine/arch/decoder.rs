@@ -1,10 +1,14 @@
 //! The llama-shaped decoder the project's own models share (`model.embed_tokens`,
 //! `model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp}`,
 //! `model.norm`, `lm_head`), with what its variants change stated in one [`Spec`]: the norm,
-//! the rotary embedding (partial, LongRoPE), fused projections, the MLP's shape, biases, a
-//! sliding window, granite's multipliers, stablelm's parallel residual.
+//! the rotary embedding (partial, scaled), fused projections, the MLP's shape, biases, per-layer
+//! sliding windows, per-head q/k layer norms, granite's multipliers, stablelm's parallel residual.
+//!
+//! Where the rotary embedding depends on the sequence's length (LongRoPE), the single sequence's
+//! token ids are kept, and a pass that crosses the original context recomputes the sequence
+//! from its start, as transformers does; such a decoder answers one sequence at a time.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{D, DType, Module, Result, Tensor};
 
 use super::blocks::{KvCache, Mlp, Norm, NormKind, Rotary, Scores, attend};
 use super::lm::{CausalLm, Segment};
@@ -36,8 +40,11 @@ pub(super) struct Spec {
     /// q, k and v in one `qkv_proj` (phi3).
     pub(super) fused_qkv: bool,
     pub(super) mlp: MlpShape,
-    /// Every layer's sliding window, where the model has one.
-    pub(super) window: Option<usize>,
+    /// Each layer's sliding window, where it has one (one entry a layer).
+    pub(super) windows: Vec<Option<usize>>,
+    /// A layer norm (weight only) over each head of q and of k, one per head, before the
+    /// rotary embedding (stablelm's `qk_layernorm`).
+    pub(super) head_norms: bool,
     /// Biases on q, k and v; on o; on the MLP.
     pub(super) qkv_bias: bool,
     pub(super) o_bias: bool,
@@ -71,6 +78,10 @@ impl Dims {
     pub(super) fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+
+    pub(super) fn layers(&self) -> usize {
+        self.num_hidden_layers
+    }
 }
 
 impl Spec {
@@ -97,7 +108,8 @@ impl Spec {
             rotary,
             fused_qkv: false,
             mlp: MlpShape::Gated,
-            window: None,
+            windows: vec![None; dims.num_hidden_layers],
+            head_norms: false,
             qkv_bias: false,
             o_bias: false,
             mlp_bias: false,
@@ -118,11 +130,39 @@ enum Qkv {
     Fused(Linear),
 }
 
+/// One projection's per-head layer norms: their weights, `[1, heads, 1, head_dim]`, and epsilon.
+struct HeadNorms {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl HeadNorms {
+    fn load(heads: usize, d: usize, eps: f64, w: &Weights) -> Result<Self> {
+        let weights = (0..heads)
+            .map(|h| w.vb().pp(format!("norms.{h}")).get(d, "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HeadNorms { weight: Tensor::stack(&weights, 0)?.reshape((1, heads, 1, d))?, eps })
+    }
+
+    /// `x` (`[batch, heads, len, head_dim]`), each head normalised by its own norm.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)
+    }
+}
+
 struct Layer {
     input_norm: Norm,
     post_norm: Option<Norm>,
     qkv: Qkv,
     o: Linear,
+    /// stablelm's per-head q and k norms.
+    head_norms: Option<(HeadNorms, HeadNorms)>,
+    window: Option<usize>,
     mlp: Mlp,
     cache: KvCache,
     /// The caches of a batch's sequences, by slot ([`CausalLm::forward_batch`]).
@@ -135,6 +175,10 @@ pub(super) struct Decoder {
     layers: Vec<Layer>,
     norm: Norm,
     head: Linear,
+    /// The single sequence's tokens so far, where the rotary embedding depends on its length.
+    history: Vec<u32>,
+    /// How long the single sequence is known to grow ([`CausalLm::plan`]).
+    reach: usize,
 }
 
 impl Decoder {
@@ -165,6 +209,14 @@ impl Decoder {
                     }
                 },
                 o: a.pp("o_proj").linear(spec.heads * d, h, spec.o_bias)?,
+                head_norms: match (spec.head_norms, spec.norm) {
+                    (false, _) => None,
+                    (true, NormKind::Layer(eps) | NormKind::Rms(eps)) => Some((
+                        HeadNorms::load(spec.heads, d, eps, &a.pp("q_layernorm"))?,
+                        HeadNorms::load(spec.kv_heads, d, eps, &a.pp("k_layernorm"))?,
+                    )),
+                },
+                window: spec.windows.get(l).copied().flatten(),
                 mlp: match spec.mlp {
                     MlpShape::Gated => {
                         Mlp::gated(h, spec.intermediate, spec.mlp_bias, spec.act, &w.pp("mlp"))?
@@ -180,7 +232,7 @@ impl Decoder {
         }
         let norm = Norm::load(spec.norm, h, m.vb().pp("norm"))?;
         let head = if spec.tied { embed.as_head() } else { w.pp("lm_head").linear(h, spec.vocab, false)? };
-        Ok(Decoder { spec, embed, layers, norm, head })
+        Ok(Decoder { spec, embed, layers, norm, head, history: Vec::new(), reach: 0 })
     }
 }
 
@@ -198,41 +250,34 @@ impl Layer {
     }
 
     /// One sequence's attention output (`[1, len, heads · head_dim]`) from its projections at
-    /// positions `pos..`, through `cache`.
+    /// positions `pos..` of a sequence known to reach `reach` tokens, through `cache`.
     fn attend_one(
         (q, k, v): (&Tensor, &Tensor, &Tensor),
-        pos: usize,
+        (pos, reach): (usize, usize),
         cache: &mut KvCache,
+        head_norms: Option<&(HeadNorms, HeadNorms)>,
+        window: Option<usize>,
         spec: &Spec,
         rotary: &Rotary,
     ) -> Result<Tensor> {
         let (b, len, _) = q.dims3()?;
         let heads = |t: &Tensor, n: usize| t.reshape((b, len, n, spec.head_dim))?.transpose(1, 2);
-        let q = rotary.apply(&heads(q, spec.heads)?, pos)?;
-        let k = rotary.apply(&heads(k, spec.kv_heads)?, pos)?;
+        let (mut q, mut k) = (heads(q, spec.heads)?, heads(k, spec.kv_heads)?);
+        if let Some((qn, kn)) = head_norms {
+            (q, k) = (qn.forward(&q)?, kn.forward(&k)?);
+        }
+        let q = rotary.apply(&q, pos, reach)?;
+        let k = rotary.apply(&k, pos, reach)?;
         let v = heads(v, spec.kv_heads)?.contiguous()?;
         let (k, v) = cache.append(k, v)?;
-        let scores = Scores { scale: spec.attention_scale, softcap: None, window: spec.window };
+        let scores = Scores { scale: spec.attention_scale, softcap: None, window };
         attend(&q, &k, &v, scores)
     }
 
-    fn attention(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+    fn attention(&mut self, x: &Tensor, at: (usize, usize), spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
         let (q, k, v) = self.project(x, spec)?;
-        Self::attend_one((&q, &k, &v), pos, &mut self.cache, spec, rotary)?.apply(&self.o)
-    }
-
-    /// The cache of batch slot `slot` (made where it is new), or `scratch` for a segment cached
-    /// nowhere.
-    fn slot_cache<'a>(&'a mut self, slot: Option<usize>, scratch: &'a mut KvCache) -> &'a mut KvCache {
-        match slot {
-            None => scratch,
-            Some(slot) => {
-                if self.slots.len() <= slot {
-                    self.slots.resize_with(slot + 1, KvCache::default);
-                }
-                &mut self.slots[slot]
-            }
-        }
+        let norms = self.head_norms.as_ref();
+        Self::attend_one((&q, &k, &v), at, &mut self.cache, norms, self.window, spec, rotary)?.apply(&self.o)
     }
 
     /// Attention over several sequences' segments laid end to end in `x` (`[1, Σ len, hidden]`),
@@ -249,8 +294,10 @@ impl Layer {
         if let [seg] = segments {
             // One sequence: no views to take and no outputs to join (the same values).
             let mut scratch = KvCache::default();
-            let cache = self.slot_cache(seg.slot, &mut scratch);
-            return Self::attend_one((&q, &k, &v), seg.pos, cache, spec, rotary)?.apply(&self.o);
+            let cache = slot_cache(&mut self.slots, seg.slot, &mut scratch);
+            let norms = self.head_norms.as_ref();
+            return Self::attend_one((&q, &k, &v), (seg.pos, 0), cache, norms, self.window, spec, rotary)?
+                .apply(&self.o);
         }
         let mut outputs = Vec::with_capacity(segments.len());
         let mut start = 0;
@@ -258,8 +305,9 @@ impl Layer {
             let part = |t: &Tensor| t.narrow(1, start, seg.len);
             let qkv = (&part(&q)?, &part(&k)?, &part(&v)?);
             let mut scratch = KvCache::default();
-            let cache = self.slot_cache(seg.slot, &mut scratch);
-            outputs.push(Self::attend_one(qkv, seg.pos, cache, spec, rotary)?);
+            let cache = slot_cache(&mut self.slots, seg.slot, &mut scratch);
+            let norms = self.head_norms.as_ref();
+            outputs.push(Self::attend_one(qkv, (seg.pos, 0), cache, norms, self.window, spec, rotary)?);
             start += seg.len;
         }
         Tensor::cat(&outputs, 1)?.apply(&self.o)
@@ -281,9 +329,9 @@ impl Layer {
         }
     }
 
-    fn forward(&mut self, x: &Tensor, pos: usize, spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
+    fn forward(&mut self, x: &Tensor, at: (usize, usize), spec: &Spec, rotary: &Rotary) -> Result<Tensor> {
         let normed = x.apply(&self.input_norm)?;
-        let attn = self.attention(&normed, pos, spec, rotary)?;
+        let attn = self.attention(&normed, at, spec, rotary)?;
         self.finish(x, &normed, attn, spec)
     }
 
@@ -300,21 +348,62 @@ impl Layer {
     }
 }
 
+/// The cache of batch slot `slot` among `slots` (made where it is new), or `scratch` for a
+/// segment cached nowhere.
+fn slot_cache<'a>(
+    slots: &'a mut Vec<KvCache>,
+    slot: Option<usize>,
+    scratch: &'a mut KvCache,
+) -> &'a mut KvCache {
+    match slot {
+        None => scratch,
+        Some(slot) => {
+            if slots.len() <= slot {
+                slots.resize_with(slot + 1, KvCache::default);
+            }
+            &mut slots[slot]
+        }
+    }
+}
+
+impl Decoder {
+    fn clear_layers(&mut self) {
+        for layer in &mut self.layers {
+            layer.cache.clear();
+        }
+    }
+}
+
 impl CausalLm for Decoder {
     fn forward(&mut self, input: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, len) = input.dims2()?;
+        if self.spec.rotary.by_length() {
+            self.history.truncate(pos);
+            self.history.extend(input.flatten_all()?.to_vec1::<u32>()?);
+            if self.spec.rotary.restarts(pos, len, self.reach) {
+                // The cache was rotated by the short factors: the whole sequence again, on the
+                // long ones (transformers' Phi-3 drops its cache here).
+                let all = Tensor::new(self.history.as_slice(), input.device())?.unsqueeze(0)?;
+                self.clear_layers();
+                return self.forward(&all, 0);
+            }
+        }
         let mut x = (self.embed.forward(input)? * self.spec.embedding_multiplier)?;
         for layer in &mut self.layers {
-            x = layer.forward(&x, pos, &self.spec, &self.spec.rotary)?;
+            x = layer.forward(&x, (pos, self.reach), &self.spec, &self.spec.rotary)?;
         }
         let last = x.narrow(1, len - 1, 1)?.apply(&self.norm)?;
         last.apply(&self.head)? / self.spec.logits_divisor
     }
 
     fn clear_kv_cache(&mut self) {
-        for layer in &mut self.layers {
-            layer.cache.clear();
-        }
+        self.clear_layers();
+        self.history.clear();
+        self.reach = 0;
+    }
+
+    fn plan(&mut self, len: usize) {
+        self.reach = len;
     }
 
     fn forward_batch(&mut self, input: &Tensor, segments: &[Segment]) -> Result<Option<Tensor>> {
@@ -339,7 +428,8 @@ impl CausalLm for Decoder {
     }
 
     fn batches(&self) -> bool {
-        true
+        // A batch slot keeps no token ids to recompute from.
+        !self.spec.rotary.by_length()
     }
 
     fn clear_batch(&mut self) {

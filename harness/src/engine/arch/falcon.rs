@@ -177,7 +177,7 @@ impl CausalLm for Model {
                 Norms::Two { attn, mlp } => (x.apply(attn)?, Some(x.apply(mlp)?)),
             };
             let (q, k, v) = self.split(&attn_in.apply(&self.layers[i].qkv)?)?;
-            let (q, k) = (self.rotary.apply(&q, pos)?, self.rotary.apply(&k, pos)?);
+            let (q, k) = (self.rotary.apply(&q, pos, 0)?, self.rotary.apply(&k, pos, 0)?);
             let layer = &mut self.layers[i];
             let (k, v) = layer.cache.append(k, v)?;
             let attn = attend(&q, &k, &v, self.scores)?.apply(&layer.dense)?;

@@ -157,8 +157,8 @@ impl CausalLm for Model {
                 Some((q, k)) => (Some(q), Some(k)),
                 None => (None, None),
             };
-            let q = layer.rotary.apply(&heads(normed.apply(&layer.q)?, self.heads, q_norm)?, pos)?;
-            let k = layer.rotary.apply(&heads(normed.apply(&layer.k)?, self.kv_heads, k_norm)?, pos)?;
+            let q = layer.rotary.apply(&heads(normed.apply(&layer.q)?, self.heads, q_norm)?, pos, 0)?;
+            let k = layer.rotary.apply(&heads(normed.apply(&layer.k)?, self.kv_heads, k_norm)?, pos, 0)?;
             let v =
                 normed.apply(&layer.v)?.reshape((b, len, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
             let (k, v) = layer.cache.append(k, v)?;

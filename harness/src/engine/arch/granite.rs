@@ -4,7 +4,7 @@
 
 use candle_nn::Activation;
 
-use super::blocks::{NormKind, Rotary};
+use super::blocks::{NormKind, RopeScaling, Rotary};
 use super::decoder::{Decoder, Dims, Spec};
 use super::weights::Weights;
 
@@ -15,6 +15,9 @@ pub(super) struct Config {
     dims: Dims,
     rms_norm_eps: f64,
     rope_theta: f64,
+    /// The rope scaling, complete (`format::hf_config` filled transformers' defaults in).
+    #[serde(default)]
+    rope_scaling: Option<RopeScaling>,
     tie_word_embeddings: bool,
     #[serde(default)]
     attention_bias: bool,
@@ -40,7 +43,7 @@ pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
     let base = Spec::of(
         &c.dims,
         NormKind::Rms(c.rms_norm_eps),
-        Rotary::new(c.rope_theta, head_dim),
+        Rotary::scaled(c.rope_theta, head_dim, c.rope_scaling.as_ref()),
         c.hidden_act,
         c.tie_word_embeddings,
     );

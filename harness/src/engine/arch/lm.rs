@@ -20,6 +20,10 @@ pub(crate) trait CausalLm: Send {
     fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor>;
     /// Forgets every cached token, for a new sequence.
     fn clear_kv_cache(&mut self);
+    /// The sequence after the last [`CausalLm::clear_kv_cache`] will reach `len` tokens, fed in
+    /// several passes: a model whose arithmetic depends on the whole length (LongRoPE) computes
+    /// every pass as transformers computes the whole sequence at once.
+    fn plan(&mut self, _len: usize) {}
     /// The logits after the last token of each of several sequences' `segments`, laid end to
     /// end in `input` (`[1, Σ len]`), as one batch: `[segments, vocab]`. Each segment continues
     /// its batch slot's cache (or, without a slot, starts at position 0 and is kept nowhere); the
@@ -113,7 +117,9 @@ pub(crate) const OWN_KERNELS: &[&str] = &[
 ];
 
 /// The architectures whose model answers several sequences as one batch
-/// ([`CausalLm::forward_batch`]): those on the shared decoder. The others run one at a time.
+/// ([`CausalLm::forward_batch`]): those on the shared decoder, save a LongRoPE phi3, whose
+/// sequences are recomputed when they cross the original context (its model says so when
+/// loaded: [`CausalLm::batches`]). The others run one at a time.
 pub(crate) const BATCHED: &[&str] =
     &["granite", "llama", "mistral", "phi3", "qwen2", "stablelm", "starcoder2"];
 

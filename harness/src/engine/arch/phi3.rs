@@ -65,6 +65,11 @@ pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
         }
     };
     let base = Spec::of(&c.dims, NormKind::Rms(c.rms_norm_eps), rotary, c.hidden_act, c.tie_word_embeddings);
-    let spec = Spec { fused_qkv: true, mlp: MlpShape::GatedFused, window: c.sliding_window, ..base };
+    let spec = Spec {
+        fused_qkv: true,
+        mlp: MlpShape::GatedFused,
+        windows: vec![c.sliding_window; c.dims.layers()],
+        ..base
+    };
     Decoder::new(spec, w)
 }

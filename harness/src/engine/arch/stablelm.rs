@@ -1,5 +1,6 @@
 //! stablelm: llama's decoder with layer norms (weight and bias), a rotary share of each head
-//! (`partial_rotary_factor`), optional q/k/v biases and an optional parallel residual. candle's
+//! (`partial_rotary_factor`), optional q/k/v biases, optional per-head q/k layer norms
+//! (`qk_layernorm`, StableLM 2 12B) and an optional parallel residual. candle's
 //! stable_lm cannot empty its KV cache, which every new sequence needs.
 
 use candle_nn::Activation;
@@ -21,6 +22,8 @@ pub(super) struct Config {
     use_qkv_bias: bool,
     #[serde(default)]
     use_parallel_residual: bool,
+    #[serde(default)]
+    qk_layernorm: bool,
     hidden_act: Activation,
 }
 
@@ -30,6 +33,11 @@ pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
     let rotary = Rotary::new(c.rope_theta, (head_dim as f64 * c.partial_rotary_factor) as usize);
     let base =
         Spec::of(&c.dims, NormKind::Layer(c.layer_norm_eps), rotary, c.hidden_act, c.tie_word_embeddings);
-    let spec = Spec { qkv_bias: c.use_qkv_bias, parallel_residual: c.use_parallel_residual, ..base };
+    let spec = Spec {
+        qkv_bias: c.use_qkv_bias,
+        parallel_residual: c.use_parallel_residual,
+        head_norms: c.qk_layernorm,
+        ..base
+    };
     Decoder::new(spec, w)
 }

@@ -29,7 +29,7 @@ pub(super) fn load(c: &Config, w: Weights) -> candle_core::Result<Decoder> {
         Spec::of(&c.dims, NormKind::Layer(c.norm_epsilon), rotary, c.hidden_act, c.tie_word_embeddings);
     let spec = Spec {
         mlp: MlpShape::Plain,
-        window: c.sliding_window,
+        windows: vec![c.sliding_window; c.dims.layers()],
         qkv_bias: c.use_bias,
         o_bias: c.use_bias,
         mlp_bias: c.use_bias,

@@ -74,10 +74,18 @@ fn shape(s: &Source) -> Result<Shape, ConvertError> {
     }
     let heads = s.need("num_attention_heads")?;
     let mut context = s.uint("max_position_embeddings").unwrap_or(2048);
-    // llama.cpp's starcoder2 attends over the whole context; a narrower window is the context.
-    if s.model_type == "starcoder2"
-        && let Some(window) = s.uint("sliding_window")
-    {
+    // llama.cpp's starcoder2, llama (mistral) and qwen2 attend over the whole context; a
+    // narrower window, in every layer or some, is the context.
+    let slides = match s.model_type {
+        "starcoder2" | "mistral" => true,
+        "qwen2" => s
+            .config
+            .get("layer_types")
+            .and_then(Json::as_array)
+            .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("sliding_attention"))),
+        _ => false,
+    };
+    if slides && let Some(window) = s.uint("sliding_window") {
         context = context.min(window);
     }
     Ok(Shape {

@@ -494,6 +494,8 @@ pub fn dequantized_config(
         config["use_qkv_bias"] = serde_json::json!(has_bias);
         config["qk_layernorm"] = serde_json::json!(false);
         config["head_dim"] = serde_json::Value::Null;
+        // stablelm's biases are `use_qkv_bias`'s; it has no `attention_bias`.
+        config["attention_bias"] = serde_json::Value::Null;
     }
     if model_type == "starcoder2" {
         // Layer norms with biases, GPT-2's MLP with tanh GELU, biases everywhere.

@@ -201,8 +201,13 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     let rope_factors = match config.get("rope_scaling").filter(|v| !v.is_null()) {
         None => None,
         Some(scaling) => Some(llama3_rope_factors(&model_type, &config, scaling).ok_or_else(|| {
+            // Named as the model's config.json spells it.
+            let field = match original.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+                true => "rope_scaling",
+                false => "rope_parameters",
+            };
             ConvertError::Unsupported(format!(
-                "GGUF with `rope_scaling` {scaling} (the writer carries a llama's llama3 scaling and the rope base only)"
+                "GGUF with `{field}` {scaling} (the writer carries a llama's llama3 scaling and the rope base only)"
             ))
         })?),
     };

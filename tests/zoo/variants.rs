@@ -1,0 +1,165 @@
+//! The zoo's config variants (`fixtures/zoo-variants/`, made by `xtask/zoo/make_variants.py`):
+//! tiny models of the registry's model_types with the config fields their real releases set
+//! (rope scalings, sliding windows narrower than the prompts, tied and untied heads, biases, q/k
+//! norms, falcon's and gpt_bigcode's layouts), each with transformers' reference. Every variant
+//! loads from its safetensors, and from the project's APR conversion, and reproduces transformers
+//! under the zoo's rule ([`compare`]: the top-5 logits at every prompt position within
+//! [`TOLERANCE`], the greedy continuation token for token), or is listed in [`REFUSED`] with the
+//! field its refusal names; the project's own F32 GGUF of each reproduces transformers too, or is
+//! listed in [`OWN_GGUF_REFUSED`] with the writer's or the engine's refusal. Both lists are held
+//! true both ways.
+
+use std::path::PathBuf;
+
+use modelqa::support::engine::load_candle;
+use modelqa::support::matrix::Backend;
+
+use super::{TOLERANCE, compare, from_apr, judged, own_gguf, reference};
+
+/// The variants, as `fixtures/zoo-variants/` holds them.
+const VARIANTS: [&str; 30] = [
+    "deepseek-coder-v2-lite",
+    "falcon-40b",
+    "falcon-sequential",
+    "falcon2-11b",
+    "gemma-7b",
+    "gemma2-swa",
+    "gemma3-linear",
+    "gpt_bigcode-mha",
+    "granite-3.1",
+    "granite-3b-code-128k",
+    "llama-3.1",
+    "llama-3.2",
+    "llama-head-dim",
+    "llama-linear",
+    "mistral-nemo",
+    "mistral-swa",
+    "olmo2-tied",
+    "phi-3-mini-swa",
+    "phi-3.5-mini",
+    "phi-4-mini",
+    "qwen2-swa",
+    "qwen2-tied",
+    "qwen2-yarn",
+    "qwen3-tied",
+    "qwen3_moe-dense-last",
+    "qwen3_moe-mlp-only",
+    "qwen3_moe-norm",
+    "stablelm-2-1.6b",
+    "stablelm-2-12b",
+    "starcoder2-swa",
+];
+
+/// Variants whose project's own F32 GGUF (the file a `gguf-f32` cell runs) the writer or the
+/// engine refuses, with (a part of) the refusal; the others reproduce transformers from it.
+const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
+    // The writer carries the rope base only: a scaled rope is refused by its field.
+    ("deepseek-coder-v2-lite", "GGUF with `rope_parameters`"),
+    ("llama-3.1", "GGUF with `rope_parameters`"),
+    ("llama-3.2", "GGUF with `rope_parameters`"),
+    ("llama-linear", "GGUF with `rope_parameters`"),
+    ("qwen2-yarn", "GGUF with `rope_parameters`"),
+    // Architectures the writer does not write.
+    ("falcon-40b", "model_type `falcon`"),
+    ("falcon-sequential", "model_type `falcon`"),
+    ("falcon2-11b", "model_type `falcon`"),
+    ("gemma-7b", "model_type `gemma`"),
+    ("gemma2-swa", "model_type `gemma2`"),
+    ("gemma3-linear", "model_type `gemma3_text`"),
+    ("phi-3-mini-swa", "model_type `phi3`"),
+    ("phi-3.5-mini", "model_type `phi3`"),
+    ("phi-4-mini", "model_type `phi3`"),
+    // Tensors llama.cpp's layout has no name for.
+    ("granite-3b-code-128k", "mlp.gate_proj.bias` has no GGUF name"),
+    ("stablelm-2-12b", "_layernorm.norms."),
+    ("qwen3_moe-norm", "`decoder_sparse_step` is not 1"),
+    ("qwen3_moe-mlp-only", "`decoder_sparse_step` is not 1"),
+    // A sliding window llama.cpp's graph does not apply becomes the file's context, which the
+    // prompts outgrow.
+    ("mistral-swa", "do not fit the context of 6"),
+    ("qwen2-swa", "do not fit the context of 6"),
+    ("starcoder2-swa", "do not fit the context of 6"),
+    // A head width other than hidden / heads: candle's quantized llama's check refuses it.
+    ("mistral-nemo", "`llama.rope.dimension_count` is Some(32)"),
+    ("llama-head-dim", "`llama.rope.dimension_count` is Some(32)"),
+];
+
+/// Variants the engine refuses, with (a part of) its error, which names the config field.
+const REFUSED: &[(&str, &str)] = &[
+    // candle's qwen3_moe places experts by decoder_sparse_step only: experts in the first layer
+    // alone are no step's.
+    ("qwen3_moe-dense-last", "`mlp_only_layers` is [1]"),
+];
+
+fn variants() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo-variants")
+}
+
+/// One variant's own GGUF: a line for the table, or its failure.
+fn check_gguf(variant: &str, cache: &std::path::Path) -> Result<String, String> {
+    let dir = variants().join(variant);
+    let reference = reference(&dir);
+    let refused = OWN_GGUF_REFUSED.iter().find(|(v, _)| *v == variant).map(|(_, why)| *why);
+    judged(own_gguf(&dir, &reference, cache), refused, |w| format!("pass {w:.1e}"))
+}
+
+/// One variant's line for the table, or its failure.
+fn check(variant: &str) -> Result<String, String> {
+    let dir = variants().join(variant);
+    let reference = reference(&dir);
+    let refused = REFUSED.iter().find(|(v, _)| *v == variant).map(|(_, why)| *why);
+    match (load_candle(&dir, Backend::Cpu), refused) {
+        (Ok(_), Some(_)) => {
+            Err("loads, but is listed in REFUSED: take it off the list so the test checks it".into())
+        }
+        (Err(e), Some(why)) if e.to_string().contains(why) => Ok(format!("refused: {e}")),
+        (Err(e), Some(why)) => Err(format!("refused with `{e}`, REFUSED says `{why}`")),
+        (Err(e), None) => Err(format!("does not load: {e}")),
+        (Ok(mut session), None) => {
+            let worst = compare(&mut session, &reference)?;
+            let apr = from_apr(&dir, &reference).map_err(|why| format!("from APR: {why}"))?;
+            Ok(format!("pass (max logit diff {worst:.1e}; APR {apr:.1e})"))
+        }
+    }
+}
+
+#[test]
+fn every_variant_reproduces_transformers_or_is_listed_refused() {
+    let mut present: Vec<String> = std::fs::read_dir(variants())
+        .expect("fixtures/zoo-variants")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    let mut failures = Vec::new();
+    if present != VARIANTS {
+        failures.push(format!("fixtures/zoo-variants holds {present:?}, the list is {VARIANTS:?}"));
+    }
+    let mut table = format!("variant                | safetensors; APR (tolerance {TOLERANCE:.0e})\n");
+    for variant in VARIANTS.into_iter().filter(|v| present.iter().any(|p| p == v)) {
+        let line = check(variant).unwrap_or_else(|why| {
+            failures.push(format!("{variant}: {why}"));
+            format!("FAIL: {why}")
+        });
+        table.push_str(&format!("{variant:22} | {line}\n"));
+    }
+    println!("{table}");
+    assert!(failures.is_empty(), "{table}\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_variants_own_gguf_reproduces_transformers_or_is_listed_refused() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut table = String::from("variant                | own GGUF F32\n");
+    let mut failures = Vec::new();
+    for variant in VARIANTS.into_iter().filter(|v| !REFUSED.iter().any(|(r, _)| r == v)) {
+        let line = check_gguf(variant, cache.path()).unwrap_or_else(|why| {
+            failures.push(format!("{variant}: {why}"));
+            format!("FAIL: {why}")
+        });
+        table.push_str(&format!("{variant:22} | {line}\n"));
+    }
+    println!("{table}");
+    assert!(failures.is_empty(), "{table}\n{}", failures.join("\n"));
+}
