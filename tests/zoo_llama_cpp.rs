@@ -62,12 +62,18 @@ const CONVERTER_CONTRADICTS: &[(&str, &str, usize, &str)] = &[(
 
 /// The model types whose zoo model the writer converts (others it refuses; tests/zoo.rs holds
 /// that list).
-const WRITTEN: [&str; 10] = [
+const WRITTEN: [&str; 16] = [
+    "deepseek_v2",
+    "falcon",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
     "gpt_bigcode",
     "granite",
     "llama",
     "mistral",
     "olmo2",
+    "phi3",
     "qwen2",
     "qwen3",
     "qwen3_moe",
