@@ -82,8 +82,15 @@ const WRITTEN: [&str; 16] = [
 ];
 
 /// The writer's files of the zoo models that `QUANTIZER.json` holds llama.cpp's answers for as
-/// `generated/writer-zoo-<model_type>` (the others are held to the converter's file's answers).
-const QUANTIZED_BY_LLAMA_CPP: [&str; 3] = ["llama", "mistral", "qwen2"];
+/// `generated/writer-zoo-<model_type>` (the others are held to the converter's file's answers):
+/// llama.cpp loads each (`quantizer_reference.py` also tokenizes it with llama.cpp against its
+/// embedded tokenizer.json). Not gemma and gemma2: their files carry the SentencePiece vocabulary
+/// their converters read from `tokenizer.model`, which llama.cpp splits otherwise than the zoo's
+/// tokenizer.json (tests/zoo.rs' CONVERTER_TOKENIZES_OTHERWISE), so that check cannot hold. Not
+/// phi3: llama.cpp's phi3 vocabulary wants an `<|end|>` token the zoo's tokenizer lacks, so it
+/// loads neither the writer's file nor the converter's (`unordered_map::at`).
+const QUANTIZED_BY_LLAMA_CPP: [&str; 6] =
+    ["deepseek_v2", "falcon", "gemma3_text", "llama", "mistral", "qwen2"];
 
 fn content(bytes: &[u8]) -> Content {
     Content::read(&mut Cursor::new(bytes)).expect("a GGUF file")
@@ -346,7 +353,7 @@ fn the_mix_rules_give_the_zoos_tensors_llama_cpps_types() {
     let mut problems = Vec::new();
     let reference = reference();
     let inputs: Vec<_> = reference.iter().filter(|(k, _)| !k.starts_with("generated/")).collect();
-    assert!(inputs.len() >= 11 + PATCHED.len(), "QUANTIZER.json holds {} zoo inputs", inputs.len());
+    assert!(inputs.len() >= 16 + PATCHED.len(), "QUANTIZER.json holds {} zoo inputs", inputs.len());
     for (input, mixes) in inputs {
         let (model_type, patch) = match input.split_once('/') {
             Some(("zoo", model_type)) => (model_type, None),
