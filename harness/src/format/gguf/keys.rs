@@ -241,15 +241,12 @@ fn refuse_gemma_layers(s: &Source) -> Result<(), ConvertError> {
         ));
     }
     let period = if gemma2 { 2 } else { 6 };
-    let expected: Vec<&str> = (0..layers)
-        .map(|l| if l % period < period - 1 { "sliding_attention" } else { "full_attention" })
-        .collect();
-    let types: Option<Vec<&str>> = s
-        .config
-        .get("layer_types")
-        .and_then(Json::as_array)
-        .map(|t| t.iter().filter_map(Json::as_str).collect());
-    if types.is_some_and(|t| t != expected) {
+    let expected = |l: usize| if l % period < period - 1 { "sliding_attention" } else { "full_attention" };
+    let parts = |types: &Vec<Json>| {
+        types.len() != layers as usize
+            || types.iter().enumerate().any(|(l, t)| t.as_str() != Some(expected(l)))
+    };
+    if s.config.get("layer_types").and_then(Json::as_array).is_some_and(parts) {
         return Err(s.refuse(
             "layer_types",
             &format!("is not every {period}th layer global (llama.cpp's {} pattern, which the converter does not state)", s.arch),
@@ -261,7 +258,7 @@ fn refuse_gemma_layers(s: &Source) -> Result<(), ConvertError> {
                 return Err(s.refuse(cap, "is not set (llama.cpp's gemma2 caps by its default then)"));
             }
         }
-        if s.uint("sliding_window").is_none() {
+        if s.original.get("sliding_window").and_then(Json::as_u64).is_none() {
             return Err(s.refuse("sliding_window", "is not set (llama.cpp's gemma2 slides by 4096 then)"));
         }
     } else if s.original.get("attn_logit_softcapping").is_some_and(|v| !v.is_null()) {
@@ -337,7 +334,7 @@ fn own_keys(s: &Source, shape: &Shape) -> Result<Option<Vec<(String, Value)>>, C
                 md.extend([
                     f("attn_logit_softcapping", s.float("attn_logit_softcapping").unwrap_or(50.0)),
                     f("final_logit_softcapping", s.float("final_logit_softcapping").unwrap_or(30.0)),
-                    u("attention.sliding_window", s.uint("sliding_window").unwrap_or(4096)),
+                    u("attention.sliding_window", original_uint("sliding_window").unwrap_or(4096)),
                 ]);
             }
             // Neither converter writes a rope base: llama.cpp's default applies, so another is
@@ -350,11 +347,12 @@ fn own_keys(s: &Source, shape: &Shape) -> Result<Option<Vec<(String, Value)>>, C
             md.extend([
                 u("context_length", original_uint("max_position_embeddings").unwrap_or(131_072)),
                 u("feed_forward_length", shape.feed_forward),
-                u("attention.head_count_kv", s.uint("num_key_value_heads").unwrap_or(4)),
+                // Gemma3Model's defaults (transformers' too) where config.json is silent.
+                u("attention.head_count_kv", original_uint("num_key_value_heads").unwrap_or(4)),
                 f("rope.freq_base", theta),
                 f("attention.layer_norm_rms_epsilon", eps),
-                u("attention.key_length", s.uint("head_dim").unwrap_or(256)),
-                u("attention.value_length", s.uint("head_dim").unwrap_or(256)),
+                u("attention.key_length", original_uint("head_dim").unwrap_or(256)),
+                u("attention.value_length", original_uint("head_dim").unwrap_or(256)),
             ]);
             if let Some(local) = s.float("rope_local_base_freq") {
                 md.push(f("rope.freq_base_swa", local));
@@ -363,7 +361,7 @@ fn own_keys(s: &Source, shape: &Shape) -> Result<Option<Vec<(String, Value)>>, C
                 md.push(f("final_logit_softcapping", cap));
             }
             if s.original.get("sliding_window_pattern").and_then(Json::as_u64) != Some(1)
-                && let Some(w) = s.uint("sliding_window")
+                && let Some(w) = original_uint("sliding_window")
             {
                 md.push(u("attention.sliding_window", w));
             }

@@ -1,9 +1,10 @@
-//! llama.cpp's layouts of deepseek2, phi3, gemma, gemma2, gemma3 and falcon and the way back to
-//! the Hugging Face model the engine runs: each tensor's Hugging Face name, the transforms its
-//! converter applied (deepseek2's `kv_b_proj` split into `attn_k_b`/`attn_v_b` for absorbed MLA,
-//! gemma's norms stored as `1 + w`), the config rebuilt from the KV keys with what llama.cpp
-//! assumes where a key is absent, and the keys that change the maths in a way the engine does
-//! not reproduce, each refused by name. It reads no file.
+//! llama.cpp's layouts of deepseek2, phi3, gemma, gemma2, gemma3 and falcon, both ways: each
+//! tensor's GGUF name from its Hugging Face one and back (one table for both), the transforms
+//! its converter applies and the writer applies too (deepseek2's `kv_b_proj` split into
+//! `attn_k_b`/`attn_v_b` for absorbed MLA, gemma's norms stored as `1 + w`) and their inverses,
+//! the config rebuilt from the KV keys with what llama.cpp assumes where a key is absent, and
+//! the keys that change the maths in a way the engine does not reproduce, each refused by name.
+//! It reads no file.
 
 use std::collections::HashMap;
 
@@ -104,7 +105,12 @@ pub(super) fn split_kv_b(kv_b: &Tensor, heads: usize, nope: usize) -> candle_cor
     let per_head = rows / heads.max(1);
     let grouped = kv_b.reshape((heads, per_head, rank))?;
     let k_b = grouped.narrow(1, 0, nope)?.transpose(1, 2)?.contiguous()?;
-    let v_b = grouped.narrow(1, nope, per_head - nope)?.contiguous()?;
+    let v = per_head.checked_sub(nope).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "kv_b_proj has {per_head} rows a head, fewer than qk_nope_head_dim {nope}"
+        ))
+    })?;
+    let v_b = grouped.narrow(1, nope, v)?.contiguous()?;
     Ok((k_b, v_b))
 }
 
@@ -423,6 +429,56 @@ mod tests {
         let v_b = grouped.narrow(1, nope, v).unwrap().contiguous().unwrap();
         let joined = join_kv_b(&k_b, &v_b).unwrap();
         assert_eq!(joined.to_vec2::<f32>().unwrap(), kv_b.to_vec2::<f32>().unwrap());
+    }
+
+    /// The writer's split is the converter's (the halves the reader's test builds by hand) and
+    /// joins back to the same tensor.
+    #[test]
+    fn kv_b_splits_as_the_converter_splits_and_joins_back() {
+        let (heads, nope, v, rank) = (2usize, 2usize, 3usize, 4usize);
+        let rows = heads * (nope + v);
+        let data: Vec<f32> = (0..rows * rank).map(|i| i as f32).collect();
+        let kv_b = Tensor::from_vec(data, (rows, rank), &candle_core::Device::Cpu).unwrap();
+        let (k_b, v_b) = split_kv_b(&kv_b, heads, nope).unwrap();
+        assert_eq!((k_b.dims(), v_b.dims()), (&[heads, rank, nope][..], &[heads, v, rank][..]));
+        // Head 1's first key row (row nope + v = 5 of kv_b) is k_b[1]'s first column.
+        let column: Vec<f32> =
+            k_b.get(1).unwrap().narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(column, [20., 21., 22., 23.]);
+        let joined = join_kv_b(&k_b, &v_b).unwrap();
+        assert_eq!(joined.to_vec2::<f32>().unwrap(), kv_b.to_vec2::<f32>().unwrap());
+        assert!(split_kv_b(&kv_b, heads, 6).is_err(), "more key rows than a head has");
+        assert!(split_kv_b(&kv_b, 3, nope).is_err(), "rows no head count divides");
+    }
+
+    /// Every name the writer gives a tensor of these architectures reads back to the same
+    /// Hugging Face name.
+    #[test]
+    fn written_names_read_back() {
+        for (arch, hf, gguf) in [
+            ("deepseek2", "model.layers.3.self_attn.kv_a_proj_with_mqa.weight", "blk.3.attn_kv_a_mqa.weight"),
+            (
+                "deepseek2",
+                "model.layers.1.mlp.shared_experts.down_proj.weight",
+                "blk.1.ffn_down_shexp.weight",
+            ),
+            ("phi3", "model.layers.2.mlp.gate_up_proj.weight", "blk.2.ffn_up.weight"),
+            ("phi3", "model.layers.0.self_attn.qkv_proj.weight", "blk.0.attn_qkv.weight"),
+            ("gemma2", "model.layers.0.pre_feedforward_layernorm.weight", "blk.0.ffn_norm.weight"),
+            ("gemma3", "model.layers.1.post_attention_layernorm.weight", "blk.1.post_attention_norm.weight"),
+            ("falcon", "transformer.h.1.self_attention.query_key_value.weight", "blk.1.attn_qkv.weight"),
+            ("falcon", "transformer.ln_f.bias", "output_norm.bias"),
+        ] {
+            assert_eq!(written_name(arch, hf).as_deref(), Some(gguf), "{arch} {hf}");
+            assert_eq!(hf_name(arch, gguf).as_deref(), Some(hf), "{arch} {gguf}");
+        }
+        // The shared table names the rest; gemma's post-attention norm is the llama convention's.
+        assert_eq!(written_name("gemma", "model.layers.0.post_attention_layernorm.weight"), None);
+        assert_eq!(
+            super::super::written_name("gemma", "model.layers.0.post_attention_layernorm.weight").as_deref(),
+            Some("blk.0.ffn_norm.weight")
+        );
+        assert_eq!(super::super::written_name("falcon", "model.layers.0.mlp.up_proj.weight"), None);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! Hugging Face model computes; the others keep their layout (their rotary embedding is the
 //! NeoX one). gpt_bigcode is llama.cpp's `starcoder`, its GPT-2 names mapped by their own table
 //! and its fused `c_attn` kept as `attn_qkv`; a mixture's experts are stacked, one tensor per
-//! layer and projection (`ffn_gate_exps`, …), as llama.cpp stores them.
+//! layer and projection (`ffn_gate_exps`, …), as llama.cpp stores them. deepseek2, phi3,
+//! falcon and the gemmas have their own names and transforms (`layouts.rs`: deepseek2's
+//! `kv_b_proj` split for absorbed MLA, gemma's norms stored as `1 + w`), written as their
+//! converter writes them and undone on reading.
 //!
 //! Quantization mixes follow llama.cpp's `llama_tensor_get_type` (`mix.rs`, which lists the
 //! rules): a tensor whose rows a block cannot tile falls back as llama.cpp falls back, and every

@@ -423,6 +423,7 @@ mod tests {
             ("gemma2", "layer_types", json!(["full_attention", "sliding_attention"])),
             ("gemma2", "attn_logit_softcapping", json!(null)),
             ("gemma2", "final_logit_softcapping", json!(null)),
+            ("gemma2", "sliding_window", json!(null)),
             ("gemma3_text", "query_pre_attn_scalar", json!(64)),
             ("gemma3_text", "layer_types", json!(["sliding_attention", "full_attention"])),
             ("gemma3_text", "attn_logit_softcapping", json!(50.0)),
