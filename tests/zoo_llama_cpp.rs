@@ -60,8 +60,11 @@ const CONVERTER_CONTRADICTS: &[(&str, &str, usize, &str)] = &[(
      the converter's file. Every released gpt_bigcode has n_inner null or 4 × n_embd, where the two agree",
 )];
 
-/// The model types whose zoo model the writer converts (others it refuses; tests/zoo.rs holds
-/// that list).
+/// The model types whose zoo model the writer converts: all of them (qwen3_moe as
+/// [`writer_input`]'s renormalising copy). Gemma's and Gemma 2's converters write the SentencePiece
+/// vocabulary of the zoo's `tokenizer.model` (make_zoo.py's SENTENCEPIECE), not tokenizer.json's
+/// BPE; the writer reads that file as they do, so their `tokenizer.ggml.*` keys need no allowance
+/// (the embedded `tokenizer.huggingface.json` keeps the engine's reading exact).
 const WRITTEN: [&str; 16] = [
     "deepseek_v2",
     "falcon",
@@ -175,8 +178,9 @@ fn the_writers_metadata_is_the_converters_key_by_key() {
 }
 
 /// The writer's files hold the converter's tensors: the same names, shapes (in llama.cpp's
-/// layouts: q/k permuted for llama and granite, experts stacked, gpt_bigcode's fused qkv) and
-/// types at F32 and Q8_0, and at F32 the same values bit for bit.
+/// layouts: q/k permuted for llama and granite, experts stacked, gpt_bigcode's, falcon's and
+/// phi3's fused qkv, deepseek2's `kv_b_proj` split, gemma's norms plus one) and types at F32 and
+/// Q8_0, and at F32 the same values bit for bit.
 #[test]
 fn the_writers_tensors_are_the_converters() {
     let mut problems = Vec::new();
@@ -346,8 +350,8 @@ const PATCHED: [(&str, &str, &str, u32); 2] = [
 ];
 
 /// Every tensor of llama.cpp's converter files (as they are, and patched), at every mix, gets
-/// from the project's rules the type llama.cpp's quantizer gave it (every zoo architecture: the
-/// rules, not the writer, which converts only some).
+/// from the project's rules the type llama.cpp's quantizer gave it (every zoo architecture,
+/// through the rules alone).
 #[test]
 fn the_mix_rules_give_the_zoos_tensors_llama_cpps_types() {
     let mut problems = Vec::new();
