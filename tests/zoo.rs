@@ -89,12 +89,6 @@ const CONVERTER_LOSES: &[(&str, &str, &str)] =
 
 /// Architectures the project's GGUF writer refuses, with (a part of) its refusal.
 const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
-    ("deepseek_v2", "model_type `deepseek_v2`"),
-    ("falcon", "model_type `falcon`"),
-    ("gemma", "model_type `gemma`"),
-    ("gemma2", "model_type `gemma2`"),
-    ("gemma3_text", "model_type `gemma3_text`"),
-    ("phi3", "model_type `phi3`"),
     // The zoo's `norm_topk_prob` is false, which llama.cpp's qwen3moe cannot run (see
     // CONVERTER_LOSES): the writer refuses it by name rather than write a file that computes
     // otherwise. Its file of a renormalising copy is held to the converter's file in

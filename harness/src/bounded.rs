@@ -20,6 +20,18 @@ pub(crate) fn read_side_file(path: &Path) -> std::io::Result<String> {
 
 /// Reads a regular file of at most `limit` bytes as text, refusing anything else unread.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+    check(path, limit)?;
+    std::fs::read_to_string(path)
+}
+
+/// Reads a regular file of at most `limit` bytes as bytes (a SentencePiece `tokenizer.model`),
+/// refusing anything else unread.
+pub(crate) fn read_bounded_bytes(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    check(path, limit)?;
+    std::fs::read(path)
+}
+
+fn check(path: &Path, limit: u64) -> std::io::Result<()> {
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
         return Err(std::io::Error::other("it is not a regular file"));
@@ -27,7 +39,7 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
     if meta.len() > limit {
         return Err(std::io::Error::other(format!("it is {} bytes; at most {limit} are read", meta.len())));
     }
-    std::fs::read_to_string(path)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub const HF_TOKENIZER_CONFIG: &str = "hf.tokenizer_config";
 pub const HF_GENERATION_CONFIG: &str = "hf.generation_config";
 
 /// Bumped whenever a converter's output changes, so cached artifacts are remade.
-const CONVERTER_VERSION: &str = "4";
+const CONVERTER_VERSION: &str = "5";
 
 /// A conversion that could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,7 +181,14 @@ fn artifact_key(
     let mut hasher = Sha256::new();
     hasher.update(format!("modelqa-convert {CONVERTER_VERSION} {format}\n"));
     let mut inputs = super::files::safetensors_files(source)?;
-    for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    // The GGUF writer reads a Gemma's SentencePiece tokenizer.model as llama.cpp's converter does.
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "tokenizer.model",
+    ] {
         let p = source.join(name);
         if p.is_file() {
             inputs.push(p);

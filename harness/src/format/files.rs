@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub(crate) use crate::bounded::{read_bounded, read_side_file};
+pub(crate) use crate::bounded::{read_bounded, read_bounded_bytes, read_side_file};
 
 /// Why a model directory's safetensors files cannot be listed.
 #[derive(Debug, thiserror::Error)]

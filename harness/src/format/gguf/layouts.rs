@@ -1,9 +1,10 @@
-//! llama.cpp's layouts of deepseek2, phi3, gemma, gemma2, gemma3 and falcon and the way back to
-//! the Hugging Face model the engine runs: each tensor's Hugging Face name, the transforms its
-//! converter applied (deepseek2's `kv_b_proj` split into `attn_k_b`/`attn_v_b` for absorbed MLA,
-//! gemma's norms stored as `1 + w`), the config rebuilt from the KV keys with what llama.cpp
-//! assumes where a key is absent, and the keys that change the maths in a way the engine does
-//! not reproduce, each refused by name. It reads no file.
+//! llama.cpp's layouts of deepseek2, phi3, gemma, gemma2, gemma3 and falcon, both ways: each
+//! tensor's GGUF name from its Hugging Face one and back (one table for both), the transforms
+//! its converter applies and the writer applies too (deepseek2's `kv_b_proj` split into
+//! `attn_k_b`/`attn_v_b` for absorbed MLA, gemma's norms stored as `1 + w`) and their inverses,
+//! the config rebuilt from the KV keys with what llama.cpp assumes where a key is absent, and
+//! the keys that change the maths in a way the engine does not reproduce, each refused by name.
+//! It reads no file.
 
 use std::collections::HashMap;
 
@@ -21,30 +22,7 @@ pub(super) fn hf_name(arch: &str, gguf: &str) -> Option<String> {
         return falcon_name(gguf);
     }
     let (layer, rest) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')).unzip();
-    let own = match (arch, rest) {
-        ("deepseek2", Some(rest)) => match rest {
-            "attn_q_a.weight" => Some("self_attn.q_a_proj.weight"),
-            "attn_q_a_norm.weight" => Some("self_attn.q_a_layernorm.weight"),
-            "attn_q_b.weight" => Some("self_attn.q_b_proj.weight"),
-            "attn_kv_a_mqa.weight" => Some("self_attn.kv_a_proj_with_mqa.weight"),
-            "attn_kv_a_norm.weight" => Some("self_attn.kv_a_layernorm.weight"),
-            "attn_kv_b.weight" => Some("self_attn.kv_b_proj.weight"),
-            "ffn_gate_shexp.weight" => Some("mlp.shared_experts.gate_proj.weight"),
-            "ffn_up_shexp.weight" => Some("mlp.shared_experts.up_proj.weight"),
-            "ffn_down_shexp.weight" => Some("mlp.shared_experts.down_proj.weight"),
-            _ => None,
-        },
-        ("phi3", Some(rest)) => match rest {
-            "attn_qkv.weight" => Some("self_attn.qkv_proj.weight"),
-            // phi3's gate and up projections, fused as Hugging Face fuses them.
-            "ffn_up.weight" => Some("mlp.gate_up_proj.weight"),
-            _ => None,
-        },
-        // gemma2's and gemma3's norm before the MLP (`ffn_norm` is the llama convention's
-        // post-attention one, as in gemma).
-        ("gemma2" | "gemma3", Some("ffn_norm.weight")) => Some("pre_feedforward_layernorm.weight"),
-        _ => None,
-    };
+    let own = rest.and_then(|rest| own_names(arch).iter().find(|(g, _)| *g == rest)).map(|(_, h)| *h);
     match (own, layer) {
         (Some(h), Some(layer)) => {
             layer.parse::<usize>().ok()?;
@@ -54,30 +32,99 @@ pub(super) fn hf_name(arch: &str, gguf: &str) -> Option<String> {
     }
 }
 
+/// Each layer's tensors of `arch` whose names part from the shared table: (GGUF, Hugging Face),
+/// without the `blk.N.` and `model.layers.N.` prefixes.
+fn own_names(arch: &str) -> &'static [(&'static str, &'static str)] {
+    match arch {
+        "deepseek2" => &[
+            ("attn_q_a.weight", "self_attn.q_a_proj.weight"),
+            ("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"),
+            ("attn_q_b.weight", "self_attn.q_b_proj.weight"),
+            ("attn_kv_a_mqa.weight", "self_attn.kv_a_proj_with_mqa.weight"),
+            ("attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"),
+            ("attn_kv_b.weight", "self_attn.kv_b_proj.weight"),
+            ("ffn_gate_shexp.weight", "mlp.shared_experts.gate_proj.weight"),
+            ("ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"),
+            ("ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight"),
+        ],
+        // phi3's gate and up projections, fused as Hugging Face fuses them.
+        "phi3" => {
+            &[("attn_qkv.weight", "self_attn.qkv_proj.weight"), ("ffn_up.weight", "mlp.gate_up_proj.weight")]
+        }
+        // gemma2's and gemma3's norm before the MLP (`ffn_norm` is the llama convention's
+        // post-attention one, as in gemma), and their norm after attention.
+        "gemma2" | "gemma3" => &[
+            ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+            ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+        ],
+        _ => &[],
+    }
+}
+
+/// The GGUF name llama.cpp's converter gives a Hugging Face tensor of `arch` (one of this
+/// module's), `None` where the shared table names it (deepseek2's `kv_b_proj` is split by
+/// [`split_kv_b`], its experts stacked, before naming).
+pub(super) fn written_name(arch: &str, hf: &str) -> Option<String> {
+    if arch == "falcon" {
+        if let Some((g, _)) = FALCON_GLOBAL.iter().find(|(_, h)| *h == hf) {
+            return Some(g.to_string());
+        }
+        let (layer, rest) = hf.strip_prefix("transformer.h.")?.split_once('.')?;
+        layer.parse::<usize>().ok()?;
+        let (stem, kind) = rest.rsplit_once('.')?;
+        let (g, _) = FALCON_LAYER.iter().find(|(_, h)| *h == stem)?;
+        return Some(format!("blk.{layer}.{g}.{kind}"));
+    }
+    let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (g, _) = own_names(arch).iter().find(|(_, h)| *h == rest)?;
+    Some(format!("blk.{layer}.{g}"))
+}
+
+/// falcon's names: the model's own (GGUF, Hugging Face), then each layer's (without
+/// `transformer.h.N.` and `.weight`/`.bias`).
+const FALCON_GLOBAL: [(&str, &str); 4] = [
+    ("token_embd.weight", "transformer.word_embeddings.weight"),
+    ("output_norm.weight", "transformer.ln_f.weight"),
+    ("output_norm.bias", "transformer.ln_f.bias"),
+    ("output.weight", "lm_head.weight"),
+];
+const FALCON_LAYER: [(&str, &str); 5] = [
+    ("attn_norm", "input_layernorm"),
+    ("attn_qkv", "self_attention.query_key_value"),
+    ("attn_output", "self_attention.dense"),
+    ("ffn_up", "mlp.dense_h_to_4h"),
+    ("ffn_down", "mlp.dense_4h_to_h"),
+];
+
+/// deepseek2's `kv_b_proj` (`[heads · (nope + v), kv_lora_rank]`) split as the converter splits
+/// it for absorbed MLA: `k_b` `[heads, kv_lora_rank, nope]` (each head's key rows, transposed)
+/// and `v_b` `[heads, v, kv_lora_rank]`; [`join_kv_b`] undoes it.
+pub(super) fn split_kv_b(kv_b: &Tensor, heads: usize, nope: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let (rows, rank) = kv_b.dims2()?;
+    let per_head = rows / heads.max(1);
+    let grouped = kv_b.reshape((heads, per_head, rank))?;
+    let k_b = grouped.narrow(1, 0, nope)?.transpose(1, 2)?.contiguous()?;
+    let v = per_head.checked_sub(nope).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "kv_b_proj has {per_head} rows a head, fewer than qk_nope_head_dim {nope}"
+        ))
+    })?;
+    let v_b = grouped.narrow(1, nope, v)?.contiguous()?;
+    Ok((k_b, v_b))
+}
+
 /// The Hugging Face name of a tensor of llama.cpp's multi-query falcon (Falcon-7B's layout: one
 /// layer norm before the parallel attention and MLP; `query_key_value` every query head, then
 /// the key head and the value head, which the converter's regrouping leaves as it is).
 fn falcon_name(gguf: &str) -> Option<String> {
-    let global = [
-        ("token_embd.weight", "transformer.word_embeddings.weight"),
-        ("output_norm.weight", "transformer.ln_f.weight"),
-        ("output_norm.bias", "transformer.ln_f.bias"),
-        ("output.weight", "lm_head.weight"),
-    ];
-    if let Some((_, h)) = global.iter().find(|(g, _)| *g == gguf) {
+    if let Some((_, h)) = FALCON_GLOBAL.iter().find(|(g, _)| *g == gguf) {
         return Some(h.to_string());
     }
     let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
     layer.parse::<usize>().ok()?;
     let (stem, kind) = rest.rsplit_once('.')?;
-    let h = match stem {
-        "attn_norm" => "input_layernorm",
-        "attn_qkv" => "self_attention.query_key_value",
-        "attn_output" => "self_attention.dense",
-        "ffn_up" => "mlp.dense_h_to_4h",
-        "ffn_down" => "mlp.dense_4h_to_h",
-        _ => return None,
-    };
+    let (_, h) = FALCON_LAYER.iter().find(|(g, _)| *g == stem)?;
     Some(format!("transformer.h.{layer}.{h}.{kind}"))
 }
 
@@ -384,6 +431,56 @@ mod tests {
         let v_b = grouped.narrow(1, nope, v).unwrap().contiguous().unwrap();
         let joined = join_kv_b(&k_b, &v_b).unwrap();
         assert_eq!(joined.to_vec2::<f32>().unwrap(), kv_b.to_vec2::<f32>().unwrap());
+    }
+
+    /// The writer's split is the converter's (the halves the reader's test builds by hand) and
+    /// joins back to the same tensor.
+    #[test]
+    fn kv_b_splits_as_the_converter_splits_and_joins_back() {
+        let (heads, nope, v, rank) = (2usize, 2usize, 3usize, 4usize);
+        let rows = heads * (nope + v);
+        let data: Vec<f32> = (0..rows * rank).map(|i| i as f32).collect();
+        let kv_b = Tensor::from_vec(data, (rows, rank), &candle_core::Device::Cpu).unwrap();
+        let (k_b, v_b) = split_kv_b(&kv_b, heads, nope).unwrap();
+        assert_eq!((k_b.dims(), v_b.dims()), (&[heads, rank, nope][..], &[heads, v, rank][..]));
+        // Head 1's first key row (row nope + v = 5 of kv_b) is k_b[1]'s first column.
+        let column: Vec<f32> =
+            k_b.get(1).unwrap().narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(column, [20., 21., 22., 23.]);
+        let joined = join_kv_b(&k_b, &v_b).unwrap();
+        assert_eq!(joined.to_vec2::<f32>().unwrap(), kv_b.to_vec2::<f32>().unwrap());
+        assert!(split_kv_b(&kv_b, heads, 6).is_err(), "more key rows than a head has");
+        assert!(split_kv_b(&kv_b, 3, nope).is_err(), "rows no head count divides");
+    }
+
+    /// Every name the writer gives a tensor of these architectures reads back to the same
+    /// Hugging Face name.
+    #[test]
+    fn written_names_read_back() {
+        for (arch, hf, gguf) in [
+            ("deepseek2", "model.layers.3.self_attn.kv_a_proj_with_mqa.weight", "blk.3.attn_kv_a_mqa.weight"),
+            (
+                "deepseek2",
+                "model.layers.1.mlp.shared_experts.down_proj.weight",
+                "blk.1.ffn_down_shexp.weight",
+            ),
+            ("phi3", "model.layers.2.mlp.gate_up_proj.weight", "blk.2.ffn_up.weight"),
+            ("phi3", "model.layers.0.self_attn.qkv_proj.weight", "blk.0.attn_qkv.weight"),
+            ("gemma2", "model.layers.0.pre_feedforward_layernorm.weight", "blk.0.ffn_norm.weight"),
+            ("gemma3", "model.layers.1.post_attention_layernorm.weight", "blk.1.post_attention_norm.weight"),
+            ("falcon", "transformer.h.1.self_attention.query_key_value.weight", "blk.1.attn_qkv.weight"),
+            ("falcon", "transformer.ln_f.bias", "output_norm.bias"),
+        ] {
+            assert_eq!(written_name(arch, hf).as_deref(), Some(gguf), "{arch} {hf}");
+            assert_eq!(hf_name(arch, gguf).as_deref(), Some(hf), "{arch} {gguf}");
+        }
+        // The shared table names the rest; gemma's post-attention norm is the llama convention's.
+        assert_eq!(written_name("gemma", "model.layers.0.post_attention_layernorm.weight"), None);
+        assert_eq!(
+            super::super::written_name("gemma", "model.layers.0.post_attention_layernorm.weight").as_deref(),
+            Some("blk.0.ffn_norm.weight")
+        );
+        assert_eq!(super::super::written_name("falcon", "model.layers.0.mlp.up_proj.weight"), None);
     }
 
     #[test]

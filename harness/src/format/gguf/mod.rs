@@ -8,7 +8,10 @@
 //! Hugging Face model computes; the others keep their layout (their rotary embedding is the
 //! NeoX one). gpt_bigcode is llama.cpp's `starcoder`, its GPT-2 names mapped by their own table
 //! and its fused `c_attn` kept as `attn_qkv`; a mixture's experts are stacked, one tensor per
-//! layer and projection (`ffn_gate_exps`, …), as llama.cpp stores them.
+//! layer and projection (`ffn_gate_exps`, …), as llama.cpp stores them. deepseek2, phi3,
+//! falcon and the gemmas have their own names and transforms (`layouts.rs`: deepseek2's
+//! `kv_b_proj` split for absorbed MLA, gemma's norms stored as `1 + w`), written as their
+//! converter writes them and undone on reading.
 //!
 //! Quantization mixes follow llama.cpp's `llama_tensor_get_type` (`mix.rs`, which lists the
 //! rules): a tensor whose rows a block cannot tile falls back as llama.cpp falls back, and every
@@ -138,8 +141,7 @@ pub fn permutes_qk(arch: &str) -> bool {
 }
 
 /// The Hugging Face `model_type`s the writer converts, as an error refusing another one says it.
-pub(crate) const WRITTEN_MODEL_TYPES: &str =
-    "llama, mistral, qwen2, qwen3, qwen3_moe, olmo2, granite, stablelm, starcoder2 and gpt_bigcode";
+pub(crate) const WRITTEN_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, qwen3_moe, olmo2, granite, stablelm, starcoder2, gpt_bigcode, deepseek_v2, falcon, gemma, gemma2, gemma3_text and phi3";
 
 /// The GGUF architecture of a Hugging Face `model_type` the writer converts, and whether q/k
 /// are permuted.
@@ -154,6 +156,12 @@ pub fn architecture(model_type: &str) -> Option<(&'static str, bool)> {
         "stablelm" => Some(("stablelm", false)),
         "starcoder2" => Some(("starcoder2", false)),
         "gpt_bigcode" => Some(("starcoder", false)),
+        "deepseek_v2" => Some(("deepseek2", false)),
+        "falcon" => Some(("falcon", false)),
+        "gemma" => Some(("gemma", false)),
+        "gemma2" => Some(("gemma2", false)),
+        "gemma3_text" => Some(("gemma3", false)),
+        "phi3" => Some(("phi3", false)),
         _ => None,
     }
 }
@@ -197,9 +205,14 @@ const GLOBAL_NAMES: [(&str, &str); 4] = [
 /// The GGUF name the writer gives a Hugging Face tensor of GGUF architecture `arch` (experts
 /// aside: they are stacked first). Where an architecture's names part from the shared table:
 /// olmo2's norm after attention is its own (it has no pre-norms), starcoder2's MLP keeps GPT-2's
-/// names, and `starcoder` (gpt_bigcode) is GPT-2 throughout.
+/// names, and `starcoder` (gpt_bigcode) is GPT-2 throughout; `layouts`' architectures
+/// (deepseek2, phi3, the gemmas, falcon) have their own names first.
 pub fn written_name(arch: &str, hf: &str) -> Option<String> {
+    if let Some(name) = layouts::written_name(arch, hf) {
+        return Some(name);
+    }
     match arch {
+        "falcon" => None,
         "starcoder" => starcoder_name(hf),
         "olmo2" if hf.ends_with(".post_attention_layernorm.weight") => {
             gguf_name(hf).map(|g| g.replace(".ffn_norm.", ".post_attention_norm."))

@@ -21,6 +21,33 @@ const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 const BYTE: i32 = 6;
 
+/// Gemma3Model cuts the embedding to the tokenizer's tokens; a model with more embedding rows
+/// than tokens is refused rather than given other logits.
+pub(super) fn gemma3_vocabulary(dir: &std::path::Path, config: &Json) -> Result<(), ConvertError> {
+    let rows = config.get("vocab_size").and_then(Json::as_u64).unwrap_or(0);
+    let count = if dir.join("tokenizer.model").is_file() {
+        None
+    } else {
+        let path = dir.join("tokenizer.json");
+        let text = crate::format::files::read_bounded(&path, crate::format::tokenizer_json::MAX_BYTES)
+            .map_err(|e| err(&path, e))?;
+        let tok: Json = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
+        let n = |v: &Json| v.as_object().map(|o| o.len()).or_else(|| v.as_array().map(Vec::len)).unwrap_or(0);
+        Some((n(&tok["model"]["vocab"]) + n(&tok["added_tokens"])) as u64)
+    };
+    match count {
+        Some(tokens) if tokens < rows => Err(ConvertError::Unsupported(format!(
+            "GGUF of a gemma3_text whose `vocab_size` {rows} exceeds its tokenizer's {tokens} tokens (the converter cuts the embedding to the tokens, which changes the logits)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// SentencePiece's unknown piece's type (the others share gguf-py's numbers).
+const UNKNOWN: i32 = 2;
+/// The end-of-turn id GemmaModel states for every Gemma.
+const GEMMA_EOT: u32 = 107;
+
 /// The special tokens `SpecialVocab` looks for, with the key each is written under.
 const SPECIAL: [(&str, &str); 7] = [
     ("bos", "tokenizer.ggml.bos_token_id"),
@@ -50,6 +77,25 @@ pub(super) fn tokenizer_metadata(
     };
     // LlamaModel's vocabulary rules are granite's too (GraniteModel is one).
     let llama = matches!(arch, "llama" | "granite");
+    // Gemma's and Gemma 2's converters read the SentencePiece `tokenizer.model` and nothing else;
+    // Gemma 3's reads it where there is one.
+    let model_path = dir.join("tokenizer.model");
+    let from_model = match arch {
+        "gemma" | "gemma2" => true,
+        "gemma3" => model_path.is_file(),
+        _ => false,
+    };
+    // Phi3MiniModel writes a byte-level BPE only for a `GPT2Tokenizer`.
+    if arch == "phi3" {
+        let class = tc.as_ref().and_then(|tc| tc["tokenizer_class"].as_str()).unwrap_or("none");
+        if class != "GPT2Tokenizer" {
+            return Err(ConvertError::Unsupported(format!(
+                "GGUF of a phi3 whose tokenizer_config.json `tokenizer_class` is `{class}`: the writer \
+                 writes phi3's `GPT2Tokenizer` vocabulary only, not the SentencePiece one the converter \
+                 reads from tokenizer.model"
+            )));
+        }
+    }
     // A llama whose tokenizer.json is SentencePiece's BPE (byte fallback, a decoder sequence) is
     // written as the converter's `LlamaHfVocab` writes it; any other tokenizer must be a
     // byte-level BPE whose pre-tokenizer llama.cpp knows.
@@ -62,7 +108,21 @@ pub(super) fn tokenizer_metadata(
     if llama && let Some(b) = tc.as_ref().and_then(|tc| tc["add_prefix_space"].as_bool()) {
         md.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(b)));
     }
-    md.extend(if sentencepiece { llama_vocab(&tok) } else { gpt2_vocab(&tok, config, &path)? });
+    md.extend(if from_model {
+        sentencepiece_vocab(&model_path, dir, config, tc.as_ref())?
+    } else if sentencepiece {
+        llama_vocab(&tok)
+    } else {
+        gpt2_vocab(&tok, config, &path)?
+    });
+    if from_model {
+        md.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(false)));
+    }
+    // GemmaModel's CodeGemma end-of-turn token, whatever the vocabulary (its other infill
+    // tokens have no key gguf-py writes).
+    if arch == "gemma" {
+        md.push(("tokenizer.ggml.eot_token_id".to_string(), Value::U32(GEMMA_EOT)));
+    }
     md.push((HF_TOKENIZER_JSON.to_string(), Value::String(text)));
     md.extend(special_vocab(&tok, tc.as_ref(), config));
     if llama {
@@ -195,6 +255,138 @@ fn llama_vocab(tok: &Json) -> Vec<(String, Value)> {
             Value::Array(entries.iter().map(|(_, k)| Value::I32(*k)).collect()),
         ),
     ]
+}
+
+/// The pieces of a SentencePiece `tokenizer.model` (its `ModelProto`), in id order: each piece's
+/// text, score and type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+fn sentencepiece_pieces(bytes: &[u8]) -> Result<Vec<(String, f32, i32)>, String> {
+    /// One protobuf field: its number, and its varint value or its bytes.
+    enum Field<'a> {
+        Int(u64),
+        Bytes(&'a [u8]),
+    }
+    fn varint(b: &[u8], at: &mut usize) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at).ok_or("a varint runs past the end")?;
+            *at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("a varint longer than 10 bytes".into())
+    }
+    fn fields(b: &[u8]) -> Result<Vec<(u64, Field<'_>)>, String> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < b.len() {
+            let tag = varint(b, &mut at)?;
+            let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
+                let end = at.checked_add(n).filter(|e| *e <= b.len()).ok_or("a field runs past the end")?;
+                let s = &b[*at..end];
+                *at = end;
+                Ok(s)
+            };
+            let field = match tag & 7 {
+                0 => Field::Int(varint(b, &mut at)?),
+                1 => Field::Bytes(take(&mut at, 8)?),
+                2 => {
+                    let n = varint(b, &mut at)?;
+                    Field::Bytes(take(&mut at, usize::try_from(n).map_err(|_| "a length beyond memory")?)?)
+                }
+                5 => Field::Bytes(take(&mut at, 4)?),
+                w => return Err(format!("wire type {w}, which no tokenizer.model holds")),
+            };
+            out.push((tag >> 3, field));
+        }
+        Ok(out)
+    }
+    let mut pieces = Vec::new();
+    for (number, field) in fields(bytes)? {
+        let (1, Field::Bytes(piece)) = (number, field) else { continue };
+        let (mut text, mut score, mut kind) = (String::new(), 0f32, 1i32);
+        for (number, field) in fields(piece)? {
+            match (number, field) {
+                (1, Field::Bytes(t)) => {
+                    text = String::from_utf8(t.to_vec()).map_err(|_| "a piece that is not UTF-8")?;
+                }
+                (2, Field::Bytes(s)) if s.len() == 4 => score = f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+                (3, Field::Int(k)) => kind = i32::try_from(k).map_err(|_| "a piece type out of range")?,
+                _ => {}
+            }
+        }
+        pieces.push((text, score, kind));
+    }
+    if pieces.is_empty() {
+        return Err("no pieces".into());
+    }
+    Ok(pieces)
+}
+
+/// `_set_vocab_sentencepiece` (`_create_vocab_sentencepiece`): `tokenizer.model`'s pieces, each
+/// with its score and type (a user-defined piece is written as normal), up to the config's
+/// `vocab_size` (`[PADn]`, unused, score -10000, where it has no piece); then added_tokens.json's
+/// tokens as user-defined and tokenizer_config.json's `added_tokens_decoder` as control (special,
+/// or looking special) or user-defined, each scored -1000; `llama` with the `default` split.
+fn sentencepiece_vocab(
+    model: &Path,
+    dir: &Path,
+    config: &Json,
+    tc: Option<&Json>,
+) -> Result<Vec<(String, Value)>, ConvertError> {
+    let bytes = crate::format::files::read_bounded_bytes(model, crate::format::tokenizer_json::MAX_BYTES)
+        .map_err(|e| err(model, e))?;
+    let pieces = sentencepiece_pieces(&bytes).map_err(|e| err(model, e))?;
+    let size = config["vocab_size"].as_u64().map_or(pieces.len(), |v| v as usize);
+    let mut tokens: Vec<String> = (0..size).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000f32; size];
+    let mut types = vec![UNUSED; size];
+    for (id, (text, score, kind)) in pieces.into_iter().enumerate().take(size) {
+        tokens[id] = text;
+        scores[id] = score;
+        types[id] = match kind {
+            UNKNOWN | CONTROL | UNUSED | BYTE => kind,
+            _ => NORMAL,
+        };
+    }
+    let added_path = dir.join("added_tokens.json");
+    if let Ok(text) = crate::format::files::read_side_file(&added_path) {
+        let added: BTreeMap<String, u64> = serde_json::from_str(&text).map_err(|e| err(&added_path, e))?;
+        for (t, id) in added {
+            if let Some(i) = usize::try_from(id).ok().filter(|i| *i < size) {
+                (tokens[i], scores[i], types[i]) = (t, -1000.0, USER_DEFINED);
+            }
+        }
+    }
+    let decoder = tc.and_then(|tc| tc["added_tokens_decoder"].as_object());
+    for (id, data) in decoder.into_iter().flatten() {
+        let (Some(i), Some(t)) = (id.parse::<usize>().ok().filter(|i| *i < size), data["content"].as_str())
+        else {
+            continue;
+        };
+        (tokens[i], types[i]) = if data["special"].as_bool() == Some(true) || looks_special(t) {
+            (t.to_string(), CONTROL)
+        } else {
+            (t.replace('\u{2581}', " "), USER_DEFINED)
+        };
+        scores[i] = -1000.0;
+    }
+    Ok(vec![
+        ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String("default".into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.scores".to_string(), Value::Array(scores.into_iter().map(Value::F32).collect())),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(types.into_iter().map(Value::I32).collect())),
+    ])
+}
+
+/// The converter's `does_token_look_special`: added tokens some models leave unmarked.
+fn looks_special(t: &str) -> bool {
+    matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+        || (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<\u{ff5c}") && t.ends_with("\u{ff5c}>"))
+        || (t.starts_with("<unused") && t.ends_with('>'))
 }
 
 /// LlamaModel's rules by vocabulary size: CodeLlama's (32016) infill and end-of-turn tokens, and
@@ -459,5 +651,25 @@ mod tests {
                 .to_string()
                 .contains("Metaspace")
         );
+    }
+
+    /// The zoo Gemma's `tokenizer.model` reads as SentencePiece reads it (512 pieces, scored by
+    /// rank, the unknown piece 4, three control pieces); every cut of it is read or refused,
+    /// never a panic, and a wire type no tokenizer.model holds is refused.
+    #[test]
+    fn a_sentencepiece_model_is_read_and_bad_bytes_are_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo/gemma/tokenizer.model");
+        let bytes = std::fs::read(path).unwrap();
+        let pieces = sentencepiece_pieces(&bytes).unwrap();
+        assert_eq!(pieces.len(), 512);
+        assert_eq!(pieces[4].2, UNKNOWN);
+        assert_eq!(pieces.iter().filter(|p| p.2 == CONTROL).count(), 3);
+        assert_eq!((pieces[0].0.as_str(), pieces[5].1), ("<|endoftext|>", -5.0));
+        for cut in 0..bytes.len().min(4096) {
+            let _ = sentencepiece_pieces(&bytes[..cut]);
+        }
+        assert!(sentencepiece_pieces(&[0x0b]).unwrap_err().contains("wire type 3"));
+        assert!(sentencepiece_pieces(&[0x0a, 0x05, 0x0a]).unwrap_err().contains("past the end"));
+        assert_eq!(sentencepiece_pieces(&[]).unwrap_err(), "no pieces");
     }
 }

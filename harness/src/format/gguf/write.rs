@@ -233,6 +233,10 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         return Err(ConvertError::Read { path: dir.to_path_buf(), cause: problem.clone() });
     }
 
+    let tied = config["tie_word_embeddings"].as_bool() == Some(true);
+    if arch == "gemma3" {
+        super::vocab::gemma3_vocabulary(dir, &config)?;
+    }
     // Every tensor, in its Hugging Face name order, as f32 in the GGUF layout.
     let files = crate::format::files::safetensors_files(dir)?;
     let mut named: Vec<(String, String, Tensor)> = Vec::new();
@@ -245,6 +249,27 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
                 && let Some(key) = expert_of(&hf)
             {
                 stacks.entry((key.layer, key.projection)).or_default().insert(key.expert, t);
+                continue;
+            }
+            // GemmaModel and Gemma2Model drop the head (llama.cpp's gemma always reads the
+            // embedding as its head; normalising refused an untied one), as DeepseekV2Model
+            // drops a tied one.
+            if hf == "lm_head.weight" && (matches!(arch, "gemma" | "gemma2") || (arch == "deepseek2" && tied))
+            {
+                continue;
+            }
+            // Gemma's norms are `x · (1 + w)`, llama.cpp's `x · w`: stored plus one.
+            if arch.starts_with("gemma") && hf.ends_with("norm.weight") {
+                t = t.affine(1.0, 1.0).map_err(|e| err(file, e))?;
+            }
+            if arch == "deepseek2" && hf.ends_with(".self_attn.kv_b_proj.weight") {
+                let nope = config["qk_nope_head_dim"].as_u64().unwrap_or(0) as usize;
+                let (k_b, v_b) =
+                    super::layouts::split_kv_b(&t, heads as usize, nope).map_err(|e| err(file, e))?;
+                let stem = hf.trim_end_matches("kv_b_proj.weight");
+                let layer = stem.trim_start_matches("model.layers.").split('.').next().unwrap_or_default();
+                named.push((format!("{stem}k_b_proj.weight"), format!("blk.{layer}.attn_k_b.weight"), k_b));
+                named.push((format!("{stem}v_b_proj.weight"), format!("blk.{layer}.attn_v_b.weight"), v_b));
                 continue;
             }
             let name = written_name(arch, &hf).ok_or_else(|| {
@@ -419,8 +444,10 @@ mod tests {
     fn convert_zoo(model_type: &str, edit: impl Fn(&mut serde_json::Value)) -> Result<Vec<u8>, ConvertError> {
         let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo").join(model_type);
         let dir = tempfile::tempdir().unwrap();
-        for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
-            std::fs::copy(zoo.join(file), dir.path().join(file)).unwrap();
+        for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "tokenizer.model"] {
+            if zoo.join(file).is_file() {
+                std::fs::copy(zoo.join(file), dir.path().join(file)).unwrap();
+            }
         }
         let mut c: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(zoo.join("config.json")).unwrap()).unwrap();
@@ -445,9 +472,31 @@ mod tests {
             ("starcoder2", "hidden_act", json!("gelu")),
             ("stablelm", "hidden_act", json!("gelu_pytorch_tanh")),
             ("olmo2", "clip_qkv", json!(8.0)),
+            ("falcon", "new_decoder_architecture", json!(true)),
+            ("falcon", "multi_query", json!(false)),
+            ("falcon", "parallel_attn", json!(false)),
+            ("falcon", "bias", json!(true)),
+            ("falcon", "alibi", json!(true)),
+            ("falcon", "num_ln_in_parallel_attn", json!(2)),
+            ("falcon", "activation", json!("relu")),
+            ("gemma", "hidden_act", json!("relu")),
+            ("gemma2", "query_pre_attn_scalar", json!(32)),
+            ("gemma2", "layer_types", json!(["full_attention", "sliding_attention"])),
+            ("gemma2", "attn_logit_softcapping", json!(null)),
+            ("gemma2", "final_logit_softcapping", json!(null)),
+            ("gemma2", "sliding_window", json!(null)),
+            ("gemma3_text", "query_pre_attn_scalar", json!(64)),
+            ("gemma3_text", "layer_types", json!(["sliding_attention", "full_attention"])),
+            ("gemma3_text", "attn_logit_softcapping", json!(50.0)),
+            ("deepseek_v2", "topk_method", json!("group_limited_greedy")),
+            ("deepseek_v2", "scoring_func", json!("sigmoid")),
+            ("deepseek_v2", "norm_topk_prob", json!(true)),
+            ("phi3", "hidden_act", json!("gelu")),
         ] {
             let e = convert_zoo(model_type, |c| {
-                c["norm_topk_prob"] = json!(true);
+                if model_type == "qwen3_moe" {
+                    c["norm_topk_prob"] = json!(true);
+                }
                 c[field] = value.clone();
             })
             .expect_err(&format!("{model_type} with {field} {value}"))
@@ -457,9 +506,70 @@ mod tests {
         assert!(convert_zoo("qwen3_moe", |c| c["norm_topk_prob"] = json!(true)).is_ok());
     }
 
+    /// Rope scaling the converter would state in keys the writer does not write (phi3's
+    /// LongRoPE factors, gemma3's linear factor) stops the conversion, naming the field.
+    #[test]
+    fn rope_scaling_of_the_converters_own_keys_is_refused() {
+        let longrope = convert_zoo("phi3", |c| {
+            c["max_position_embeddings"] = json!(256);
+            c["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 10000.0,
+                "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8], "original_max_position_embeddings": 128});
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(longrope.contains("`rope_parameters`") && longrope.contains("phi3"), "{longrope}");
+        let linear = convert_zoo("gemma3_text", |c| {
+            c["rope_parameters"]["full_attention"] =
+                json!({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6});
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(linear.contains("`rope_parameters`"), "{linear}");
+    }
+
+    /// Gemma3Model cuts the embedding to the tokenizer's tokens: a model with fewer tokens than
+    /// embedding rows is refused, naming `vocab_size`.
+    #[test]
+    fn a_gemma3_with_fewer_tokens_than_rows_is_refused() {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo/gemma3_text");
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["model.safetensors", "config.json", "tokenizer_config.json"] {
+            std::fs::copy(zoo.join(file), dir.path().join(file)).unwrap();
+        }
+        let mut tok: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(zoo.join("tokenizer.json")).unwrap()).unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+        assert!(from_safetensors(dir.path(), Quantization::F32).is_ok());
+        // The converter counts the vocabulary and the added tokens (here also in it): 512 + 3.
+        let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+        for id in 508..512 {
+            let t = vocab.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(t, _)| t.clone()).unwrap();
+            vocab.remove(&t);
+        }
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+        let e = from_safetensors(dir.path(), Quantization::F32).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("`vocab_size` 512") && e.contains("511 tokens"), "{e}");
+    }
+
+    /// A Gemma's tokenizer is the converter's from `tokenizer.model`: without one the writer
+    /// says so by name.
+    #[test]
+    fn a_gemma_without_tokenizer_model_is_refused_by_name() {
+        let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo/gemma");
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(zoo.join(file), dir.path().join(file)).unwrap();
+        }
+        let e = from_safetensors(dir.path(), Quantization::F32).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.model"), "{e}");
+        std::fs::copy(zoo.join("tokenizer.model"), dir.path().join("tokenizer.model")).unwrap();
+        assert!(from_safetensors(dir.path(), Quantization::F32).is_ok());
+    }
+
     /// What the converter leaves out, or writes against the config, where it changes what the
-    /// model computes: a stablelm's rope base other than llama.cpp's default, a gpt_bigcode
-    /// without multi-query attention, a starcoder2's window narrower than its context.
+    /// model computes: a stablelm's, falcon's, gemma's or gemma2's rope base other than
+    /// llama.cpp's default, a gpt_bigcode without multi-query attention, a starcoder2's window
+    /// narrower than its context.
     #[test]
     fn what_the_converter_loses_reaches_the_file() {
         let base = |c: &mut serde_json::Value, theta: f64| {
@@ -471,6 +581,13 @@ mod tests {
         assert!(!md.contains_key("stablelm.rope.freq_base"), "llama.cpp's default is not stated");
         let md = metadata(&convert_zoo("starcoder2", |c| c["sliding_window"] = json!(32)).unwrap());
         assert_eq!(md["starcoder2.context_length"].to_u32().unwrap(), 32);
+        // FalconModel, GemmaModel and Gemma2Model write no rope base either.
+        for (model_type, arch) in [("falcon", "falcon"), ("gemma", "gemma"), ("gemma2", "gemma2")] {
+            let md = metadata(&convert_zoo(model_type, |c| base(c, 5e5)).unwrap());
+            assert_eq!(md[&format!("{arch}.rope.freq_base")].to_f32().unwrap(), 5e5, "{model_type}");
+            let md = metadata(&convert_zoo(model_type, |c| base(c, 1e4)).unwrap());
+            assert!(!md.contains_key(&format!("{arch}.rope.freq_base")), "{model_type}");
+        }
         let md = metadata(&convert_zoo("gpt_bigcode", |_| {}).unwrap());
         assert_eq!(md["starcoder.feed_forward_length"].to_u32().unwrap(), 128, "n_inner, not 4 × n_embd");
         assert_eq!(md["starcoder.attention.head_count_kv"].to_u32().unwrap(), 1);
@@ -482,6 +599,12 @@ mod tests {
     fn every_written_zoo_model_agrees_with_its_config() {
         let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo");
         for model_type in [
+            "deepseek_v2",
+            "falcon",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "phi3",
             "gpt_bigcode",
             "granite",
             "llama",
@@ -493,7 +616,11 @@ mod tests {
             "stablelm",
             "starcoder2",
         ] {
-            let renormalise = |c: &mut serde_json::Value| c["norm_topk_prob"] = json!(true);
+            let renormalise = |c: &mut serde_json::Value| {
+                if model_type == "qwen3_moe" {
+                    c["norm_topk_prob"] = json!(true);
+                }
+            };
             let bytes = convert_zoo(model_type, renormalise).unwrap();
             let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
             let read = |f: &str| -> serde_json::Value {
