@@ -53,22 +53,24 @@ const VARIANTS: [&str; 30] = [
 /// Variants whose project's own F32 GGUF (the file a `gguf-f32` cell runs) the writer or the
 /// engine refuses, with (a part of) the refusal; the others reproduce transformers from it.
 const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
-    // The writer carries the rope base only: a scaled rope is refused by its field.
+    // The writer carries the rope base and a llama's llama3 scaling (as `rope_freqs.weight`):
+    // another scaled rope is refused by its field.
     ("deepseek-coder-v2-lite", "GGUF with `rope_parameters`"),
-    ("llama-3.1", "GGUF with `rope_parameters`"),
-    ("llama-3.2", "GGUF with `rope_parameters`"),
     ("llama-linear", "GGUF with `rope_parameters`"),
     ("qwen2-yarn", "GGUF with `rope_parameters`"),
-    // Architectures the writer does not write.
-    ("falcon-40b", "model_type `falcon`"),
-    ("falcon-sequential", "model_type `falcon`"),
-    ("falcon2-11b", "model_type `falcon`"),
-    ("gemma-7b", "model_type `gemma`"),
-    ("gemma2-swa", "model_type `gemma2`"),
-    ("gemma3-linear", "model_type `gemma3_text`"),
-    ("phi-3-mini-swa", "model_type `phi3`"),
-    ("phi-3.5-mini", "model_type `phi3`"),
-    ("phi-4-mini", "model_type `phi3`"),
+    // What the writer's falcon, gemmas and phi3 cannot carry, refused by name: Falcon-40B's and
+    // Falcon 2's grouped layout, a sequential falcon, gemma3 layer patterns llama.cpp does not
+    // assume, phi3's LongRoPE, a phi3 SentencePiece vocabulary, and a gemma or gemma 2 without
+    // the `tokenizer.model` their converter reads (the variants carry tokenizer.json only).
+    ("falcon-40b", "`new_decoder_architecture` is true"),
+    ("falcon-sequential", "`parallel_attn` is false"),
+    ("falcon2-11b", "`new_decoder_architecture` is true"),
+    ("gemma-7b", "tokenizer.model"),
+    ("gemma2-swa", "tokenizer.model"),
+    ("gemma3-linear", "`layer_types` is not every 6th layer global"),
+    ("phi-3-mini-swa", "`tokenizer_class` is `none`"),
+    ("phi-3.5-mini", "`rope_parameters` asks for rope scaling"),
+    ("phi-4-mini", "`rope_parameters` asks for rope scaling"),
     // Tensors llama.cpp's layout has no name for.
     ("granite-3b-code-128k", "mlp.gate_proj.bias` has no GGUF name"),
     ("stablelm-2-12b", "_layernorm.norms."),
