@@ -66,14 +66,7 @@ fn own_names(arch: &str) -> &'static [(&'static str, &'static str)] {
 /// [`split_kv_b`], its experts stacked, before naming).
 pub(super) fn written_name(arch: &str, hf: &str) -> Option<String> {
     if arch == "falcon" {
-        if let Some((g, _)) = FALCON_GLOBAL.iter().find(|(_, h)| *h == hf) {
-            return Some(g.to_string());
-        }
-        let (layer, rest) = hf.strip_prefix("transformer.h.")?.split_once('.')?;
-        layer.parse::<usize>().ok()?;
-        let (stem, kind) = rest.rsplit_once('.')?;
-        let (g, _) = FALCON_LAYER.iter().find(|(_, h)| *h == stem)?;
-        return Some(format!("blk.{layer}.{g}.{kind}"));
+        return super::through_tables(hf, &FALCON_GLOBAL, &FALCON_LAYER, ("transformer.h.", "blk."), false);
     }
     let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
     layer.parse::<usize>().ok()?;
@@ -118,14 +111,7 @@ pub(super) fn split_kv_b(kv_b: &Tensor, heads: usize, nope: usize) -> candle_cor
 /// layer norm before the parallel attention and MLP; `query_key_value` every query head, then
 /// the key head and the value head, which the converter's regrouping leaves as it is).
 fn falcon_name(gguf: &str) -> Option<String> {
-    if let Some((_, h)) = FALCON_GLOBAL.iter().find(|(g, _)| *g == gguf) {
-        return Some(h.to_string());
-    }
-    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (stem, kind) = rest.rsplit_once('.')?;
-    let (_, h) = FALCON_LAYER.iter().find(|(g, _)| *g == stem)?;
-    Some(format!("transformer.h.{layer}.{h}.{kind}"))
+    super::through_tables(gguf, &FALCON_GLOBAL, &FALCON_LAYER, ("blk.", "transformer.h."), true)
 }
 
 /// The layer and half of deepseek2's split `kv_b_proj` a tensor is (`true`: `attn_k_b`).

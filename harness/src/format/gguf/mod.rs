@@ -244,27 +244,34 @@ const GPT2_LAYER_NAMES: [(&str, &str); 6] = [
 
 /// The llama.cpp `starcoder` name of a gpt_bigcode tensor.
 fn starcoder_name(hf: &str) -> Option<String> {
-    if let Some((_, g)) = GPT2_GLOBAL_NAMES.iter().find(|(h, _)| *h == hf) {
-        return Some(g.to_string());
-    }
-    let (layer, rest) = hf.strip_prefix("transformer.h.")?.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (stem, kind) = rest.rsplit_once('.')?;
-    let (_, g) = GPT2_LAYER_NAMES.iter().find(|(h, _)| *h == stem)?;
-    Some(format!("blk.{layer}.{g}.{kind}"))
+    through_tables(hf, &GPT2_GLOBAL_NAMES, &GPT2_LAYER_NAMES, ("transformer.h.", "blk."), true)
 }
 
 /// The Hugging Face (GPT-2 style) name of a tensor of llama.cpp's `starcoder` architecture,
 /// which its converter writes for `gpt_bigcode`.
 fn gpt_bigcode_name(gguf: &str) -> Option<String> {
-    if let Some((h, _)) = GPT2_GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
-        return Some(h.to_string());
+    through_tables(gguf, &GPT2_GLOBAL_NAMES, &GPT2_LAYER_NAMES, ("blk.", "transformer.h."), false)
+}
+
+/// `name` through a table of whole names and one of layer stems, each of pairs: a layer's
+/// `<from>{layer}.{stem}.{kind}` becomes `<to>{layer}.{stem'}.{kind}` (`prefixes` is `(from,
+/// to)`). `forward` reads each pair left to right, else right to left.
+pub(super) fn through_tables<'a>(
+    name: &str,
+    whole: &[(&'a str, &'a str)],
+    stems: &[(&'a str, &'a str)],
+    (from, to): (&str, &str),
+    forward: bool,
+) -> Option<String> {
+    let oriented = |&(a, b): &(&'a str, &'a str)| if forward { (a, b) } else { (b, a) };
+    if let Some((_, out)) = whole.iter().map(oriented).find(|(key, _)| *key == name) {
+        return Some(out.to_string());
     }
-    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let (layer, rest) = name.strip_prefix(from)?.split_once('.')?;
     layer.parse::<usize>().ok()?;
     let (stem, kind) = rest.rsplit_once('.')?;
-    let (h, _) = GPT2_LAYER_NAMES.iter().find(|(_, g)| *g == stem)?;
-    Some(format!("transformer.h.{layer}.{h}.{kind}"))
+    let (_, out) = stems.iter().map(oriented).find(|(key, _)| *key == stem)?;
+    Some(format!("{to}{layer}.{out}.{kind}"))
 }
 
 /// The GGUF name of a Hugging Face tensor name.
