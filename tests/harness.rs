@@ -636,7 +636,9 @@ fn a_process_that_dies_inside_a_forward_pass_leaves_a_crashed_record_that_fails_
     let fx = Fixture::new(PLAYBOOK);
     for (kind, run) in [("abort", "aborted"), ("segfault", "segfaulted")] {
         let fault = format!("{kind}:arithmetic");
-        let out = fx.qualify(run, &["::run::", "--test-threads", "1"], &[("QUALIFY_FAULT_CRASH", &fault)]);
+        // Each trial generating alone (a cell's batch: the next test).
+        let env = [("QUALIFY_FAULT_CRASH", fault.as_str()), ("QUALIFY_CELL_BATCH", "1")];
+        let out = fx.qualify(run, &["::run::", "--test-threads", "1"], &env);
         assert_eq!(out.status.code(), None, "{kind}: the process dies by a signal\n{}", stderr(&out));
         let records = fx.journal(run);
         // The trial before it finished; the one it died in reads as crashed; the one after never
@@ -659,6 +661,48 @@ fn a_process_that_dies_inside_a_forward_pass_leaves_a_crashed_record_that_fails_
     let records = fx.journal("nextest");
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!((records[0].outcome, records[0].gate.as_str()), (Outcome::Crashed, "G3"));
+}
+
+/// A process that dies inside a cell's batch (the first `run` trial generating the cell's answers
+/// ahead) leaves every trial of the batch crashed, each saying why; resumed, they generate alone,
+/// so the trial whose prompt kills the process dies again by itself and the others pass.
+#[test]
+fn a_process_that_dies_inside_a_cells_batch_leaves_its_trials_crashed_and_a_resume_finds_the_one() {
+    let fx = Fixture::new(PLAYBOOK);
+    let crash = ("QUALIFY_FAULT_CRASH", "abort:arithmetic");
+    let out = fx.qualify("batch", &["::run::", "--test-threads", "1"], &[crash]);
+    assert_eq!(out.status.code(), None, "the process dies by a signal\n{}", stderr(&out));
+    let records = fx.journal("batch");
+    for tail in ["run::any_text", "run::arithmetic", "run::sampled"] {
+        let r = trial(&records, tail);
+        assert_eq!((r.outcome, r.gate.as_str(), r.unfinished), (Outcome::Crashed, "G3", true), "{r:?}");
+    }
+    for tail in ["run::arithmetic", "run::sampled"] {
+        let why = &trial(&records, tail).reason;
+        assert!(
+            why.contains("e2e::smoke::tiny::safetensors::cpu::run::any_text generated a batch of"),
+            "{why}"
+        );
+        assert!(why.contains("a resumed run (QUALIFY_RESUME) generates it alone"), "{why}");
+    }
+
+    let resume = ("QUALIFY_RESUME", "batch");
+    let out = fx.qualify("batch", &["::run::", "--test-threads", "1"], &[crash, resume]);
+    assert_eq!(out.status.code(), None, "arithmetic alone kills it again\n{}", stderr(&out));
+    let records = fx.journal("batch");
+    let any_text = trial(&records, "run::any_text");
+    assert!(!any_text.unfinished && any_text.outcome == Outcome::Corroborated, "{any_text:?}");
+    assert!(any_text.metrics.batch.is_none(), "{any_text:?}");
+    let died = trial(&records, "run::arithmetic");
+    assert!(died.unfinished && died.reason.contains("never finished"), "{died:?}");
+
+    let out = fx.qualify("batch", &["::run::", "--test-threads", "1"], &[resume]);
+    assert!(out.status.code().is_some(), "{}", stderr(&out));
+    let records = fx.journal("batch");
+    for tail in ["run::arithmetic", "run::sampled"] {
+        let r = trial(&records, tail);
+        assert!(!r.unfinished && r.outcome != Outcome::Crashed, "{r:?}");
+    }
 }
 
 #[test]
@@ -712,7 +756,7 @@ fn a_resumed_run_runs_only_what_has_no_final_record_and_loses_nothing() {
     let out = fx.qualify(
         "resumed",
         &["::run::", "--test-threads", "1"],
-        &[("QUALIFY_FAULT_CRASH", "abort:arithmetic")],
+        &[("QUALIFY_FAULT_CRASH", "abort:arithmetic"), ("QUALIFY_CELL_BATCH", "1")],
     );
     assert_eq!(out.status.code(), None, "{}", stderr(&out));
     let first = trial(&fx.journal("resumed"), "run::any_text").clone();

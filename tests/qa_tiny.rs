@@ -306,6 +306,52 @@ fn a_pass_rate_property_generates_its_cases_as_one_batch() {
     assert!(batch.tokens >= 200 && batch.tokens_per_second > 0.0, "{batch:?}");
 }
 
+/// A cell's `run` and `chat` scenario trials are generated as batches (`QUALIFY_CELL_BATCH`, at
+/// most 8 sequences here, so a cell takes several) and every trial gets what it gets alone: the
+/// same outcome, gate, prompt and answer, trial by trial, in a safetensors and a GGUF cell;
+/// generated one at a time (`QUALIFY_CELL_BATCH=1`) no scenario record says it was batched.
+#[test]
+fn a_cells_scenario_trials_generated_as_batches_get_what_each_gets_alone() {
+    let work = tempfile::tempdir().unwrap();
+    for (i, cell) in
+        ["mvp::qa-tiny-llama::safetensors::cpu", "mvp::qa-tiny-qwen2::gguf-q4_k_m::cpu"].iter().enumerate()
+    {
+        let alone = trials_of(cell, work.path(), &format!("alone-{i}"), &[("QUALIFY_CELL_BATCH", "1")]);
+        let batched = trials_of(cell, work.path(), &format!("batched-{i}"), &[("QUALIFY_CELL_BATCH", "8")]);
+        let scenario = |r: &EvidenceRecord| {
+            matches!(r.modality.as_str(), "run" | "chat") && !r.reason.contains("generated cases")
+        };
+        let by_name: std::collections::BTreeMap<&str, &EvidenceRecord> =
+            alone.iter().map(|r| (r.trial.as_str(), r)).collect();
+        assert_eq!(by_name.len(), batched.len(), "{cell}: both runs hold the same trials");
+        let mut sizes = Vec::new();
+        for b in &batched {
+            let a = by_name.get(b.trial.as_str()).unwrap_or_else(|| panic!("{}: not run alone", b.trial));
+            assert_eq!(
+                (&a.outcome, &a.gate, &a.prompt, &a.output),
+                (&b.outcome, &b.gate, &b.prompt, &b.output),
+                "{}: alone and in its cell's batch",
+                b.trial
+            );
+            if scenario(b) {
+                assert!(a.metrics.batch.is_none(), "{}: generated alone, yet {:?}", a.trial, a.metrics.batch);
+                if let Some(batch) = &b.metrics.batch {
+                    sizes.push(batch.size);
+                }
+            }
+        }
+        let scenarios = batched.iter().filter(|r| scenario(r)).count();
+        assert!(scenarios >= 30, "{cell}: {scenarios} scenario trials");
+        // The cell's last trial may be left alone (a batch of one is no batch).
+        assert!(
+            sizes.len() + 1 >= scenarios,
+            "{cell}: {} of {scenarios} scenario trials batched",
+            sizes.len()
+        );
+        assert!(sizes.iter().all(|&s| (2..=8).contains(&s)), "{cell}: batch sizes {sizes:?}");
+    }
+}
+
 /// User text that spells qa-tiny's control tokens stays text in `run`, `chat` and `serve`, in a
 /// safetensors cell and in a GGUF cell (whose tokenizer comes from the file's metadata). An engine
 /// that reads the spellings as control tokens fails `run` and `chat` (the server's count is

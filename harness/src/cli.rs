@@ -121,12 +121,15 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
     }
 
     // A resumed run reads what its journal already holds before appending to it.
+    let mut alone = BTreeSet::new();
     let finished = if config.resume {
         let path = Journal::path_of(&config.journal_dir, &config.run_id);
         let (records, _) =
             crate::journal::read(&path).map_err(|source| UserError::Resume { path: path.clone(), source })?;
-        let finished: BTreeSet<String> =
-            records.into_iter().filter(|r| !r.unfinished).map(|r| r.trial).collect();
+        let (unfinished, finished): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.unfinished);
+        let finished: BTreeSet<String> = finished.into_iter().map(|r| r.trial).collect();
+        // A trial the process died in, alone or inside a cell's batch, is generated alone now.
+        alone.extend(unfinished.into_iter().map(|r| r.trial).filter(|t| !finished.contains(t)));
         let done = selected.iter().filter(|r| finished.contains(&plan.spec(**r).full_name)).count();
         reporter::resuming(&config.run_id, done, selected.len());
         Some(finished)
@@ -138,7 +141,8 @@ fn qualify(args: Arguments) -> Result<ExitCode, UserError> {
     reporter::run_header(selected.len(), plan.total(), plan.playbooks().len(), journal.path());
     let budget = config.memory_budget;
     let ctx = Arc::new(RunContext::new(config, journal, Box::new(CandleEngine)));
-    let (trials, ignored) = build_trials(&plan, &selected, &mut binder, &ctx, &args, finished.as_ref());
+    let resumed = Resumed { finished: finished.as_ref(), alone: &alone };
+    let (trials, ignored) = build_trials(&plan, &selected, &mut binder, &ctx, &args, resumed);
     reporter::ignored_summary(&ignored);
     let conclusion = libtest_mimic::run(&args, trials);
     reporter::memory(budget, ctx.sessions.memory_usage());
@@ -443,13 +447,22 @@ fn engine_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     }
 }
 
+/// What a resumed run (`QUALIFY_RESUME`) read from its journal.
+#[derive(Clone, Copy)]
+struct Resumed<'a> {
+    /// The trials with a final record: not run again.
+    finished: Option<&'a BTreeSet<String>>,
+    /// The trials the process died in: generated alone, outside their cell's batch.
+    alone: &'a BTreeSet<String>,
+}
+
 fn build_trials(
     plan: &Plan,
     selected: &[TrialRef],
     binder: &mut Binder,
     ctx: &Arc<RunContext>,
     args: &Arguments,
-    finished: Option<&BTreeSet<String>>,
+    resumed: Resumed<'_>,
 ) -> (Vec<Trial>, BTreeMap<String, usize>) {
     let mut trials = Vec::with_capacity(selected.len());
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
@@ -457,7 +470,7 @@ fn build_trials(
     let runs_ignored = args.ignored || args.include_ignored;
     for r in selected {
         let spec = plan.spec(*r);
-        let reason = match finished {
+        let reason = match resumed.finished {
             Some(done) if done.contains(&spec.full_name) => {
                 Some(format!("finished in run {} before it stopped (QUALIFY_RESUME)", ctx.config.run_id))
             }
@@ -494,6 +507,9 @@ fn build_trials(
             ctx.sessions.expect_uses(&key, 1, bytes(&key));
             if let Some(reference) = crate::trial::reference_key(&spec) {
                 ctx.sessions.expect_uses(&reference, 1, bytes(&reference));
+            }
+            if !resumed.alone.contains(&spec.full_name) {
+                ctx.cells.expect(&spec);
             }
         }
         let ctx = Arc::clone(ctx);

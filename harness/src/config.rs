@@ -33,6 +33,9 @@ pub(crate) struct Config {
     /// `QUALIFY_CERTIFICATIONS`: the certifications the `dim-smoke` tier's representatives are
     /// found in; default `certifications` (the checkout's).
     pub certifications: PathBuf,
+    /// `QUALIFY_CELL_BATCH`: the most answers a cell's scenario trials generate as one batch
+    /// (`trial::CellBatches`); 1 generates each alone. Default 32.
+    pub cell_batch: std::num::NonZeroUsize,
 }
 
 /// What the sessions a run holds at once may hold, by their estimated footprints
@@ -197,6 +200,15 @@ impl Config {
                 expected: why,
             })?),
         };
+        let cell_batch = match var("QUALIFY_CELL_BATCH") {
+            None => std::num::NonZeroUsize::new(32).expect("32 is not zero"),
+            Some(v) => v.trim().parse().map_err(|_| ConfigError {
+                var: "QUALIFY_CELL_BATCH",
+                value: v.clone(),
+                expected: "expected a whole number of sequences, at least 1 (1 generates each trial alone)"
+                    .into(),
+            })?,
+        };
         let places = Places::from_env();
         Ok(Self {
             playbooks: places.playbooks,
@@ -212,6 +224,7 @@ impl Config {
             memory_budget: MemoryBudget::from_env()?,
             certifications: var("QUALIFY_CERTIFICATIONS")
                 .map_or_else(|| PathBuf::from("certifications"), PathBuf::from),
+            cell_batch,
         })
     }
 }
@@ -319,6 +332,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "QUALIFY_SHARD_TIMES",
     "QUALIFY_MEMORY_BUDGET",
     "QUALIFY_CERTIFICATIONS",
+    "QUALIFY_CELL_BATCH",
 ];
 
 /// `QUALIFY_*` variables set in the environment that modelqa does not read, each with the
@@ -418,6 +432,34 @@ pub(crate) fn planted_crash() -> Option<&'static PlantedCrash> {
             Some(PlantedCrash { kind, trial })
         })
         .as_ref()
+}
+
+thread_local! {
+    /// The trials whose answers this thread generates ahead in a cell's batch
+    /// (`trial::CellBatches`), for the planted crash, which names a trial.
+    static GENERATING_FOR: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// While it lives, this thread generates the answers of these trials in one batch: a planted
+/// crash naming any of them fires here. Dropped when the batch ends, by a panic too.
+pub(crate) struct GeneratingFor;
+
+impl GeneratingFor {
+    pub(crate) fn new(trials: Vec<String>) -> Self {
+        GENERATING_FOR.set(trials);
+        GeneratingFor
+    }
+}
+
+impl Drop for GeneratingFor {
+    fn drop(&mut self) {
+        GENERATING_FOR.set(Vec::new());
+    }
+}
+
+/// Whether this thread generates, in a batch, the answer of a trial whose name contains `part`.
+pub(crate) fn generating_for(part: &str) -> bool {
+    GENERATING_FOR.with_borrow(|names| names.iter().any(|n| n.contains(part)))
 }
 
 /// `QUALIFY_FAULT_SERVE=always|queued`: a fault the harness's own tests plant to prove that

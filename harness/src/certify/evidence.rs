@@ -154,13 +154,15 @@ impl ModelEvidence {
         super::mqs::score_in_scope(&self.tier, &self.records, &planned)
     }
 
-    /// The median decode speed of the passing scenario trials of a format family (`safetensors`,
-    /// `gguf`, `apr`) on a backend.
+    /// The median single-stream decode speed of the passing trials of a format family
+    /// (`safetensors`, `gguf`, `apr`) on a backend that generated alone: an answer generated in a
+    /// batch (`metrics.batch`) decoded at its share of the batch's rate, which says how the
+    /// batch went, not how fast one stream decodes.
     pub fn tokens_per_second(&self, format: &str, backend: &str) -> Option<f64> {
         let mut tps: Vec<f64> = self
             .records
             .iter()
-            .filter(|r| r.outcome.is_pass() && r.backend == backend)
+            .filter(|r| r.outcome.is_pass() && r.backend == backend && r.metrics.batch.is_none())
             .filter(|r| {
                 r.format == format || r.format.strip_prefix(format).is_some_and(|q| q.starts_with('-'))
             })
@@ -186,5 +188,49 @@ impl ModelEvidence {
             }
         }
         any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{BatchMetrics, test_record};
+    use crate::vocab::{Category, Outcome};
+
+    /// The registry's decode speed is single-stream: trials generated alone count, answers
+    /// generated in a batch (at their share of its rate) do not; without a trial alone there is
+    /// no figure.
+    #[test]
+    fn decode_speed_counts_the_trials_generated_alone() {
+        let record = |i: usize, tps: f64, batch: Option<usize>| {
+            let mut r = test_record(
+                "m",
+                "gguf-q8_0",
+                &format!("s{i}"),
+                "arithmetic",
+                Category::Qual,
+                Outcome::Corroborated,
+            );
+            r.metrics.tokens_per_second = Some(tps);
+            r.metrics.batch =
+                batch.map(|size| BatchMetrics { size, tokens: 8 * size, tokens_per_second: 400.0 });
+            r
+        };
+        let evidence = |records: Vec<EvidenceRecord>| {
+            ModelEvidence::new(
+                records,
+                super::super::mqs::Planned::default(),
+                String::new(),
+                None,
+                String::new(),
+            )
+            .expect("records")
+        };
+        let alone = [100.0, 110.0, 120.0].into_iter().enumerate().map(|(i, t)| record(i, t, None));
+        let batched = (3..9).map(|i| record(i, 20.0, Some(6)));
+        let e = evidence(alone.chain(batched).collect());
+        assert_eq!(e.tokens_per_second("gguf", "cpu"), Some(110.0));
+        let e = evidence((0..4).map(|i| record(i, 20.0, Some(4))).collect());
+        assert_eq!(e.tokens_per_second("gguf", "cpu"), None);
     }
 }

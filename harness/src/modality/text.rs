@@ -25,11 +25,18 @@ pub(crate) fn generate_and_judge(
     prompt: &Guarded,
     conversation: Option<&[MessageSpec]>,
 ) -> Finding {
-    match env.generate(scenario, prompt, conversation) {
+    // Generated in the cell's batch, or alone.
+    let batched = conversation.is_none().then(|| env.ctx.cells.answer(env, prompt)).flatten();
+    let (answer, batch) = match batched {
+        Some((generation, batch)) => (Ok(generation), Some(batch)),
+        None => (env.generate(scenario, prompt, conversation), None),
+    };
+    match answer {
         Ok(generation) => {
             let mut finding =
                 judge_generation(scenario, scenario.input.question(), &generation, templated(env));
             finding.metrics = metrics_of(&generation);
+            finding.metrics.batch = batch;
             finding.output = Some(generation.text);
             finding
         }

@@ -23,6 +23,8 @@ pub(crate) struct RunContext {
     pub(crate) policy: PolicyState,
     /// One server per session that `serve` trials use, stopped with the session.
     pub(crate) servers: ServerPool,
+    /// Each cell's scenario answers generated as one batch (`QUALIFY_CELL_BATCH`).
+    pub(crate) cells: super::CellBatches,
     /// SHA-256 of each playbook file, read once.
     playbook_hashes: Mutex<HashMap<PathBuf, String>>,
 }
@@ -30,6 +32,7 @@ pub(crate) struct RunContext {
 impl RunContext {
     pub(crate) fn new(config: Config, journal: Journal, engine: Box<dyn Engine>) -> Self {
         Self {
+            cells: super::CellBatches::new(config.cell_batch.get()),
             sessions: SessionCache::with_budget(config.memory_budget.bytes),
             config,
             journal,

@@ -83,9 +83,15 @@ impl TrialEnv<'_> {
                 deadline: self.deadline,
             })
             .collect();
+        self.generate_requests(&requests)
+    }
+
+    /// Generates for every one of `requests` as one batch on the trial's session; `None` where
+    /// the engine generates one at a time.
+    pub(crate) fn generate_requests(&self, requests: &[GenerateRequest<'_>]) -> Option<BatchAnswers> {
         let started = Instant::now();
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let answers = match session.generate_batch(&requests) {
+        let answers = match session.generate_batch(requests) {
             Ok(Some(answers)) => answers,
             Ok(None) => return None,
             Err(e) => requests.iter().map(|_| Err(EngineError::inference(e.to_string()))).collect(),
@@ -93,7 +99,7 @@ impl TrialEnv<'_> {
         let seconds = started.elapsed().as_secs_f64();
         let tokens: usize = answers.iter().flatten().map(|g| g.tokens.len()).sum();
         let metrics = crate::journal::BatchMetrics {
-            size: prompts.len(),
+            size: requests.len(),
             tokens,
             tokens_per_second: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
         };

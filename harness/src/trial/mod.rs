@@ -7,6 +7,7 @@
 //! in [`crate::modality`]. [`crate::run`] runs one trial: the failure policy, the dispatch to
 //! its body and the record. Nothing here names a trial kind's body.
 
+mod cell_batch;
 mod context;
 mod env;
 mod finding;
@@ -15,6 +16,7 @@ mod policy;
 mod prompt;
 mod servers;
 
+pub(crate) use cell_batch::CellBatches;
 pub(crate) use context::RunContext;
 pub(crate) use env::{TrialEnv, load, reference_key, sampling, session_key};
 pub(crate) use finding::{Finding, metrics_of};

@@ -1,0 +1,218 @@
+//! A cell's scenario trials generated together: the first `run` or `chat` scenario trial of a
+//! `(model, format, backend)` cell to run generates, in one batch, the answers of the cell's
+//! selected scenario trials that have not run yet (at most `QUALIFY_CELL_BATCH` sequences, every
+//! repeat of a trial its own); each of them then finds its answer waiting and judges it.
+//!
+//! The weights are read once per step for the whole batch instead of once per trial, and the
+//! verdicts cannot move: the embedded engine's batch is bit for bit what each prompt gets alone
+//! (`diff::batch-invariance` holds it to that in every cell). A trial whose answer was not
+//! generated ahead (an engine that does not batch, a prompt the engine lays out itself, an
+//! answer that ended in an error or a timeout inside the batch, a prompt that differs from the
+//! one generated for it) generates alone, as it would without batching. Under nextest every
+//! trial is a process of its own, so a cell's batch there is the trial alone.
+//!
+//! A process that dies inside a batch leaves every trial of the batch crashed: before the batch
+//! runs, each of the others gets a start line in the journal whose provisional record says so.
+//! A resumed run (`QUALIFY_RESUME`) generates each trial that has such a record alone, so the one
+//! whose prompt crashes the engine is found, and the others pass.
+//!
+//! The timings a batched trial reports are its own sequence's inside the batch (its first token
+//! after the batch's prefill, its tokens over its own time), and `metrics.batch` says the batch's
+//! size and aggregate rate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::chat::Guarded;
+use crate::engine::{GenerateRequest, Generation, SessionKey};
+use crate::expand::{TrialKind, TrialSpec};
+use crate::journal::BatchMetrics;
+use crate::matrix::Modality;
+use crate::playbook::spec::EngineSpec;
+
+use crate::vocab::{Decider, Gate, Outcome};
+
+use super::{Finding, TrialEnv, prepare, session_key};
+
+/// Every cell's batch state, shared by a run's trials ([`super::RunContext::cells`]).
+pub(crate) struct CellBatches {
+    /// The most sequences one batch generates (`QUALIFY_CELL_BATCH`); 1 generates each alone.
+    limit: usize,
+    cells: Mutex<HashMap<SessionKey, Arc<Mutex<Cell>>>>,
+}
+
+#[derive(Default)]
+struct Cell {
+    /// The selected scenario trials whose answers are not generated yet, in the order they run.
+    pending: Vec<TrialSpec>,
+    /// Answers generated ahead of their trials, by trial name and repeat.
+    answers: HashMap<(String, u32), Ahead>,
+}
+
+/// One answer generated inside a batch, with the prompt it answers.
+struct Ahead {
+    prompt: String,
+    generation: Generation,
+    batch: BatchMetrics,
+}
+
+/// One sequence of a batch being put together: which trial and repeat, and its request's parts.
+struct Planned {
+    trial: String,
+    /// The trial, for the first of its sequences.
+    spec: Option<TrialSpec>,
+    repeat: u32,
+    prompt: Guarded,
+    max_tokens: u32,
+    sampling: crate::engine::Sampling,
+    deadline: Instant,
+}
+
+impl CellBatches {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { limit, cells: Mutex::new(HashMap::new()) }
+    }
+
+    /// Notes a selected trial that will run: a `run` or `chat` scenario without a property on the
+    /// embedded engine joins its cell's batch; any other trial is not batched here (a property
+    /// batches its own cases, `serve` goes through the server, which batches its requests).
+    pub(crate) fn expect(&self, spec: &TrialSpec) {
+        if self.limit <= 1 || !batchable(spec) {
+            return;
+        }
+        let cell = {
+            let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(cells.entry(session_key(spec)).or_default())
+        };
+        cell.lock().unwrap_or_else(|p| p.into_inner()).pending.push(spec.clone());
+    }
+
+    /// The answer generated for this trial (run `env.repeat`) to `prompt` in its cell's batch,
+    /// generating the batch first when the trial's answer is not there yet; `None` where the
+    /// trial is to generate alone.
+    pub(crate) fn answer(&self, env: &TrialEnv<'_>, prompt: &Guarded) -> Option<(Generation, BatchMetrics)> {
+        if self.limit <= 1 {
+            return None;
+        }
+        let cell = Arc::clone(self.cells.lock().unwrap_or_else(|p| p.into_inner()).get(env.key)?);
+        let mut cell = cell.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = (env.spec.full_name.clone(), env.repeat);
+        if !cell.answers.contains_key(&mine) && cell.pending.iter().any(|s| s.full_name == mine.0) {
+            self.generate_ahead(env, &mut cell);
+        }
+        let ahead = cell.answers.remove(&mine)?;
+        (ahead.prompt == prompt.text).then_some((ahead.generation, ahead.batch))
+    }
+
+    /// Generates, as one batch, the answers of this trial and of the cell's next pending trials,
+    /// up to the limit, and keeps those that ended as they would alone.
+    fn generate_ahead(&self, env: &TrialEnv<'_>, cell: &mut Cell) {
+        // This trial first, then the others in the order they run.
+        let mut order: Vec<TrialSpec> = std::mem::take(&mut cell.pending);
+        if let Some(i) = order.iter().position(|s| s.full_name == env.spec.full_name) {
+            let mine = order.remove(i);
+            order.insert(0, mine);
+        }
+        let mut planned: Vec<Planned> = Vec::new();
+        let mut rest = order.into_iter();
+        for spec in rest.by_ref() {
+            let sequences = plan(env, &spec);
+            if !planned.is_empty() && planned.len() + sequences.len() > self.limit {
+                cell.pending.push(spec);
+                break;
+            }
+            planned.extend(sequences);
+        }
+        cell.pending.extend(rest);
+        if planned.len() < 2 {
+            return;
+        }
+        // Every other trial of the batch is said to start: should the process die inside the
+        // batch, each reads as crashed, and a resumed run generates it alone.
+        let leader = &env.spec.full_name;
+        let mut members: Vec<&TrialSpec> = Vec::new();
+        for p in &planned {
+            if p.trial != *leader && !members.iter().any(|s| s.full_name == p.trial) {
+                members.extend(p.spec.iter());
+            }
+        }
+        let size = planned.len();
+        for spec in &members {
+            let why = format!(
+                "the process died while trial {leader} generated a batch of {size} sequences that held this \
+                 trial's (a crash, an abort or an out-of-memory kill in that batch), or the run was \
+                 interrupted before this trial ran; a resumed run (QUALIFY_RESUME) generates it alone"
+            );
+            let mut provisional = Finding::new(Outcome::Crashed, Decider::Gateway(Gate::Stability), why)
+                .record(env.ctx, spec, Duration::ZERO);
+            provisional.unfinished = true;
+            if env.ctx.journal.append_start(&provisional).is_err() {
+                // Without their start lines a crash would leave no trace of them: each generates
+                // alone (and meets the journal's error itself).
+                return;
+            }
+        }
+        let requests: Vec<GenerateRequest<'_>> = planned
+            .iter()
+            .map(|p| GenerateRequest {
+                prompt: &p.prompt.text,
+                literal: &p.prompt.literal,
+                max_tokens: p.max_tokens,
+                sampling: p.sampling.clone(),
+                deadline: p.deadline,
+            })
+            .collect();
+        let batch = {
+            let _generating =
+                crate::config::GeneratingFor::new(planned.iter().map(|p| p.trial.clone()).collect());
+            env.generate_requests(&requests)
+        };
+        let Some(batch) = batch else {
+            // The engine generates one at a time: every trial of the cell does so alone.
+            cell.pending.clear();
+            return;
+        };
+        for (p, answer) in planned.into_iter().zip(batch.answers) {
+            // An error or a timeout inside the batch is not kept: the trial generates alone and
+            // meets its own, on its own deadline.
+            if let Ok(generation) = answer {
+                let ahead = Ahead { prompt: p.prompt.text, generation, batch: batch.metrics.clone() };
+                cell.answers.insert((p.trial, p.repeat), ahead);
+            }
+        }
+    }
+}
+
+/// Whether a trial's answers may be generated in its cell's batch.
+fn batchable(spec: &TrialSpec) -> bool {
+    matches!(
+        &spec.kind,
+        TrialKind::Scenario { modality: Modality::Run | Modality::Chat, scenario } if scenario.property.is_none()
+    ) && matches!(spec.engine, EngineSpec::Embedded)
+}
+
+/// The sequences a trial generates, one per repeat, laid out as its own body lays them out
+/// (`modality::text`); none where its prompt is not plain text for the engine.
+fn plan(env: &TrialEnv<'_>, spec: &TrialSpec) -> Vec<Planned> {
+    let TrialKind::Scenario { modality, scenario } = &spec.kind else { return Vec::new() };
+    let (template, applies) = (env.info.chat_template.as_ref(), env.info.applies_chat_template);
+    let Ok((prompt, None)) =
+        prepare(&spec.model, *modality, &scenario.input, template, applies, &env.info.control_tokens)
+    else {
+        return Vec::new();
+    };
+    let deadline =
+        if spec.full_name == env.spec.full_name { env.deadline } else { Instant::now() + spec.tier.timeout };
+    (0..scenario.repeat.times.max(1))
+        .map(|repeat| Planned {
+            trial: spec.full_name.clone(),
+            spec: (repeat == 0).then(|| spec.clone()),
+            repeat,
+            prompt: prompt.clone(),
+            max_tokens: scenario.max_tokens,
+            sampling: TrialEnv { spec, repeat, ..*env }.sampling(),
+            deadline,
+        })
+        .collect()
+}
