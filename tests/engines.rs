@@ -385,3 +385,39 @@ fn a_server_that_never_answers_is_a_timeout_and_the_run_moves_on() {
     }
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
 }
+
+/// `modelqa-engine` run from any directory leaves nothing there: the model files' hashes are
+/// remembered in the user's cache (`$XDG_CACHE_HOME/modelqa/hashes`), or in
+/// `$QUALIFY_CACHE_DIR/hashes` where that is set.
+#[test]
+fn the_engine_keeps_its_hash_cache_out_of_the_working_directory() {
+    let here = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let generate = |env: &[(&str, &Path)]| {
+        let out = Command::new(ENGINE)
+            .args(["generate", &model_dir().display().to_string(), "--prompt", "1+1=", "--max-tokens", "2"])
+            .current_dir(here.path())
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("QUALIFY_CACHE_DIR")
+            .envs(env.iter().copied())
+            .output()
+            .expect("modelqa-engine runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let entries = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    generate(&[("XDG_CACHE_HOME", cache.path())]);
+    assert_eq!(
+        entries(here.path()),
+        0,
+        "the working directory holds {:?}",
+        std::fs::read_dir(here.path()).unwrap().collect::<Vec<_>>()
+    );
+    assert!(
+        entries(&cache.path().join("modelqa/hashes")) >= 2,
+        "config.json, tokenizer.json and the weights hashed"
+    );
+    let qualify_cache = cache.path().join("qualify");
+    generate(&[("XDG_CACHE_HOME", cache.path()), ("QUALIFY_CACHE_DIR", &qualify_cache)]);
+    assert_eq!(entries(here.path()), 0);
+    assert!(entries(&qualify_cache.join("hashes")) >= 2);
+}

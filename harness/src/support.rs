@@ -47,7 +47,8 @@ pub mod curriculum {
 pub mod engine {
     pub use crate::engine::{
         Answer, EngineError, Finish, Flow, GenerateRequest, Generation, Joining, OnText, PromptGauge,
-        Sampling, ScoredStep, Session, SharedSession, TokenLogprob, load_candle, safetensors_files,
+        Sampling, ScoredStep, Session, SharedSession, TokenLogprob, load_candle, load_candle_hashing_in,
+        safetensors_files,
     };
     /// A session's estimated memory, from its files (`QUALIFY_MEMORY_BUDGET`).
     pub use crate::engine::{Footprint, estimate_footprint, peak_resident};

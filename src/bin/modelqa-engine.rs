@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use modelqa::support::engine::{Finish, GenerateRequest, Sampling, Session, load_candle};
+use modelqa::support::engine::{Finish, GenerateRequest, Sampling, Session, load_candle_hashing_in};
 use modelqa::support::matrix::Backend;
 use modelqa::support::serve::{ApiKey, Server, ServerConfig};
 
@@ -110,8 +110,24 @@ enum Failure {
     Model(String),
 }
 
+/// Where the engine remembers its model files' hashes (by path, size and modification time):
+/// `$QUALIFY_CACHE_DIR/hashes`, else `$CARGO_TARGET_DIR/qualify/cache/hashes` as the harness
+/// keeps them, else the user's cache (`$XDG_CACHE_HOME/modelqa/hashes`, `~/.cache/modelqa/hashes`),
+/// and never a `target/` made in whatever directory the engine is run from.
+fn hashes_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(cache) = var("QUALIFY_CACHE_DIR") {
+        return cache.join("hashes");
+    }
+    if let Some(target) = var("CARGO_TARGET_DIR") {
+        return target.join("qualify").join("cache").join("hashes");
+    }
+    let user = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")));
+    user.unwrap_or_else(std::env::temp_dir).join("modelqa").join("hashes")
+}
+
 fn load(model: &std::path::Path, backend: BackendArg) -> Result<Box<dyn Session>, Failure> {
-    load_candle(model, backend.into())
+    load_candle_hashing_in(model, backend.into(), &hashes_dir())
         .map(|s| Box::new(s) as Box<dyn Session>)
         .map_err(|e| Failure::Model(e.to_string()))
 }

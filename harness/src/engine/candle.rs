@@ -118,6 +118,16 @@ pub fn load_candle(path: &Path, backend: Backend) -> Result<CandleSession, Engin
     load_candle_with(path, backend, &hash_file)
 }
 
+/// [`load_candle`], remembering the files' hashes in `hashes` (a tool run outside cargo, whose
+/// working directory need not be a checkout, passes a cache of its own).
+pub fn load_candle_hashing_in(
+    path: &Path,
+    backend: Backend,
+    hashes: &Path,
+) -> Result<CandleSession, EngineError> {
+    load_candle_with(path, backend, &|p| crate::format::files::hash_file_in(p, hashes))
+}
+
 /// [`load_candle`], hashing the model's files with `hash`.
 pub(crate) fn load_candle_with(
     path: &Path,
