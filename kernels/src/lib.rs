@@ -15,10 +15,15 @@
 //! 8-bit blocks (Q8_0, Q8_1 or Q8_K), each block's dot product is integer arithmetic, and only
 //! the per-block sums are scaled and added in floating point.
 //!
+//! [`Attention`] is causal attention one query row at a time over exactly the keys it sees, under
+//! the same invariant: a row's result does not depend on how many rows the call holds, so a
+//! prompt prefilled in pieces gives the bits it gives prefilled whole.
+//!
 //! Nothing here runs on a GPU: [`Matrix::forward`] refuses other devices, and the caller keeps
 //! candle's path there. Nothing here spins: threads are rayon's global pool, whose idle workers
 //! sleep.
 
+mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod dense;
@@ -38,6 +43,8 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use self::quant::Activations;
+
+pub use self::attention::Attention;
 
 /// A weight matrix of `rows` outputs × `cols` inputs, kept as stored.
 #[derive(Debug, Clone)]

@@ -417,3 +417,109 @@ fn a_ggml_matrix_read_in_place_multiplies_as_the_same_tensor_read_out() {
     let bytes = unsafe { std::slice::from_raw_parts(owner.as_ptr().cast::<u8>().add(1), 8) };
     assert!(unsafe { Matrix::from_ggml_in_place(GgmlDType::F32, 1, 2, owner.clone(), bytes) }.is_none());
 }
+
+/// Causal attention in f64, the textbook way: every query row over the keys it sees.
+fn attention_reference(
+    a: super::Attention,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (b, heads, kv_heads, len, total, d): (usize, usize, usize, usize, usize, usize),
+) -> Vec<f64> {
+    let mut out = vec![0f64; b * len * heads * d];
+    let past = total - len;
+    for batch in 0..b {
+        for h in 0..heads {
+            let kv = (batch * kv_heads + h / (heads / kv_heads)) * total;
+            for i in 0..len {
+                let end = past + i + 1;
+                let start = a.window.map_or(0, |w| end.saturating_sub(w));
+                let qi = &q[((batch * heads + h) * len + i) * d..][..d];
+                let scores: Vec<f64> = (start..end)
+                    .map(|j| {
+                        let s = qi
+                            .iter()
+                            .zip(&k[(kv + j) * d..][..d])
+                            .map(|(&x, &y)| x as f64 * y as f64)
+                            .sum::<f64>()
+                            * a.scale as f64;
+                        a.softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh())
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let o = &mut out[((batch * len + i) * heads + h) * d..][..d];
+                for (j, s) in (start..end).zip(&scores) {
+                    for (o, &x) in o.iter_mut().zip(&v[(kv + j) * d..][..d]) {
+                        *o += (s - max).exp() / sum * x as f64;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn attention_of(a: super::Attention, q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f32> {
+    a.forward(q, k, v).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// The attention kernel matches the f64 reference (grouped heads, windows, soft-capping, a
+/// cached past), and each query row's result is the same bits whether the call holds the whole
+/// prompt, only the rows after a prefix, or the row inside a batch of sequences; on the serial
+/// and the threaded path alike.
+#[test]
+fn attention_matches_an_f64_reference_and_a_rows_bits_do_not_depend_on_the_call() {
+    let dev = Device::Cpu;
+    let mut rng = Rng(0x5eed_a77e);
+    let plain = super::Attention { scale: 0.125, softcap: None, window: None };
+    let cases = [
+        (plain, 1, 4, 2, 9, 9, 64),
+        (plain, 2, 6, 3, 5, 12, 40),
+        (super::Attention { window: Some(4), ..plain }, 1, 2, 1, 11, 11, 16),
+        (super::Attention { softcap: Some(2.0), ..plain }, 1, 4, 4, 7, 10, 36),
+        // Large enough for rayon's pool.
+        (plain, 2, 8, 2, 48, 48, 64),
+    ];
+    for (a, b, heads, kv_heads, len, total, d) in cases {
+        let (qv, kv, vv) = (
+            rng.values(b * heads * len * d),
+            rng.values(b * kv_heads * total * d),
+            rng.values(b * kv_heads * total * d),
+        );
+        let q = Tensor::from_vec(qv.clone(), (b, heads, len, d), &dev).unwrap();
+        let k = Tensor::from_vec(kv.clone(), (b, kv_heads, total, d), &dev).unwrap();
+        let v = Tensor::from_vec(vv.clone(), (b, kv_heads, total, d), &dev).unwrap();
+        let got = attention_of(a, &q, &k, &v);
+        let want = attention_reference(a, (&qv, &kv, &vv), (b, heads, kv_heads, len, total, d));
+        let worst = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        assert!(worst < 2e-5, "{a:?} b{b} h{heads}/{kv_heads} len {len} of {total}: off by {worst}");
+
+        let row = |out: &[f32], batch: usize, len: usize, i: usize| {
+            out[(batch * len + i) * heads * d..][..heads * d].to_vec()
+        };
+        // Only the rows after a prefix of `p` queries (the keys all there, as a cache holds them).
+        for p in [1, len / 2, len - 1] {
+            let tail = attention_of(a, &q.narrow(2, p, len - p).unwrap(), &k, &v);
+            for batch in 0..b {
+                for i in p..len {
+                    assert_eq!(
+                        row(&tail, batch, len - p, i - p),
+                        row(&got, batch, len, i),
+                        "{a:?}: row {i} after {p}"
+                    );
+                }
+            }
+        }
+        // A sequence of the batch alone.
+        let last = b - 1;
+        let one = |t: &Tensor| t.narrow(0, last, 1).unwrap();
+        let alone = attention_of(a, &one(&q), &one(&k), &one(&v));
+        for i in 0..len {
+            assert_eq!(row(&alone, 0, len, i), row(&got, last, len, i), "{a:?}: row {i} alone");
+        }
+    }
+    // Shapes that do not fit are refused, not read out of bounds.
+    let q = Tensor::zeros((1, 3, 2, 8), DType::F32, &dev).unwrap();
+    let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev).unwrap();
+    let e = plain.forward(&q, &k, &k).unwrap_err().to_string();
+    assert!(e.contains("do not fit together"), "{e}");
+}

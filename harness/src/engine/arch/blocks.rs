@@ -286,7 +286,18 @@ impl Scores {
 
 /// Causal attention of `q` (`[batch, heads, len, d]`) over `k`, `v` (`[batch, kv_heads,
 /// past + len, d]`, the queries being the last `len` positions): `[batch, len, heads · d]`.
+/// On the CPU in f32 it is the project's kernel (`modelqa_kernels::Attention`), whose rows do
+/// not depend on how many the call holds (a prompt prefilled in pieces is the prompt prefilled
+/// whole, bit for bit); elsewhere candle's products.
 pub(super) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scores: Scores) -> Result<Tensor> {
+    if q.device().is_cpu() && [q, k, v].iter().all(|t| t.dtype() == DType::F32) {
+        let kernel = modelqa_kernels::Attention {
+            scale: scores.scale as f32,
+            softcap: scores.softcap.map(|c| c as f32),
+            window: scores.window,
+        };
+        return kernel.forward(q, k, v);
+    }
     let (b, heads, len, d) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     let total = k.dim(2)?;
