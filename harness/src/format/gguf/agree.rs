@@ -22,6 +22,8 @@ pub(crate) struct FileFacts<'a> {
     vocab: Option<u64>,
     /// Whether the file holds llama3's rope scaling as factors (`read::ROPE_FACTORS`).
     rope_factors: bool,
+    /// Whether it holds phi3's LongRoPE factors (`rope::ROPE_FACTORS_LONG` and `_SHORT`).
+    longrope: [bool; 2],
 }
 
 impl<'a> FileFacts<'a> {
@@ -35,7 +37,9 @@ impl<'a> FileFacts<'a> {
             .and_then(|t| t.shape.dims().first())
             .map(|&r| r as u64);
         let rope_factors = content.tensor_infos.contains_key(super::read::ROPE_FACTORS);
-        Self { md, arch, vocab, rope_factors }
+        let longrope = [super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT]
+            .map(|n| content.tensor_infos.contains_key(n));
+        Self { md, arch, vocab, rope_factors, longrope }
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -150,6 +154,72 @@ fn architecture_floats(
             rope("sliding_attention").or(float("rope_local_base_freq")),
         )],
         _ => Vec::new(),
+    }
+}
+
+/// The `{arch}.rope.scaling.*` keys (and phi3's LongRoPE tensors) against what llama.cpp's
+/// converter writes from config.json's rope scaling (`rope::converter_keys`): each key that
+/// parts, is missing, or states a scaling config.json has not, named with both values; a
+/// config.json scaling llama.cpp would run otherwise, named by its field.
+fn rope_scaling(file: &FileFacts<'_>, config: &serde_json::Value, problems: &mut Vec<String>) {
+    let want = match super::rope::converter_keys(config, &file.arch) {
+        Ok(w) => w,
+        Err(why) => {
+            problems
+                .push(format!("config.json's {why}, so no {} GGUF runs it as transformers does", file.arch));
+            return;
+        }
+    };
+    let prefix = file.key("rope.scaling.");
+    let shown = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::F32(x) => x.to_string(),
+        Value::U32(x) => x.to_string(),
+        other => format!("{other:?}"),
+    };
+    let stated = |suffix: &str| -> Option<String> {
+        let key = format!("{prefix}{suffix}");
+        match file.md.get(&key)? {
+            Value::String(s) => Some(s.clone()),
+            _ => file.float(&key).map(|x| x.to_string()).or_else(|| file.int(&key).map(|x| x.to_string())),
+        }
+    };
+    for (suffix, value) in &want.keys {
+        let want = shown(value);
+        match stated(suffix) {
+            Some(got) if got != want => problems
+                .push(format!("{prefix}{suffix} {got} in the file, config.json's rope scaling {want}")),
+            None => problems.push(format!(
+                "{prefix}{suffix} is missing from the file, config.json's rope scaling {want}"
+            )),
+            Some(_) => {}
+        }
+    }
+    // A scaling key config.json does not imply (phi3 states its original context whatever).
+    let mut keys: Vec<&String> = file.md.keys().filter(|k| k.starts_with(&prefix)).collect();
+    keys.sort();
+    for key in keys {
+        let suffix = &key[prefix.len()..];
+        let implied = want.keys.iter().any(|(k, _)| *k == suffix)
+            || (file.arch == "phi3" && suffix == "original_context_length");
+        if !implied && stated(suffix).is_some_and(|v| v != "none") {
+            problems.push(format!(
+                "{key} {} in the file, config.json's rope implies no such key",
+                stated(suffix).unwrap_or_default()
+            ));
+        }
+    }
+    let names = [super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT];
+    for (name, has) in names.into_iter().zip(file.longrope) {
+        match (has, want.longrope.is_some()) {
+            (false, true) => {
+                problems.push(format!("{name} is missing from the file, config.json's rope is LongRoPE"))
+            }
+            (true, false) => problems.push(format!(
+                "{name} (LongRoPE factors) is in the file, config.json's rope is not LongRoPE"
+            )),
+            _ => {}
+        }
     }
 }
 
@@ -285,6 +355,7 @@ pub(crate) fn against_config(
         )),
         _ => {}
     }
+    rope_scaling(file, config, &mut problems);
     for (key, field, want) in architecture_floats(&file.arch, config) {
         let key = file.key(key);
         match (file.float(&key), want) {

@@ -34,11 +34,12 @@ mod layouts;
 mod mix;
 mod pre;
 mod read;
+mod rope;
 mod vocab;
 mod write;
 
 pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
-pub(crate) use check::{GgufError, check_model, open, read};
+pub(crate) use check::{GgufError, beyond_candles_quantized, check_model, open, read};
 
 pub use mix::{MixModel, fallback, type_name, wanted_type, written_type};
 pub use pre::{PreTokenizerError, pre_tokenizer_names};
@@ -47,6 +48,7 @@ pub use read::{
     Dequantized, ROPE_FACTORS, Stored, StoredMatrix, dequantize, dequantized_config, hf_files, read_stored,
     to_apr, to_safetensors, tokenizer,
 };
+pub use rope::{ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, longrope};
 pub use write::{from_safetensors, permute_qk};
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.

@@ -196,9 +196,11 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     let config = crate::format::hf_config::normalise(&config_path, &config)
         .map_err(|e| err(&config_path, e.cause()))?;
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
-    // llama3's scaling goes in a tensor of factors, as llama.cpp's converter writes it; any
-    // other scaling stops the conversion.
-    let rope_factors = match config.get("rope_scaling").filter(|v| !v.is_null()) {
+    // llama3's scaling goes in a tensor of factors, as llama.cpp's converter writes it (a
+    // llama's only); linear and YaRN scaling in keys (`keys.rs`), phi3's LongRoPE in tensors
+    // of factors too (below).
+    let llama3 = |s: &&serde_json::Value| s.get("rope_type").and_then(|t| t.as_str()) == Some("llama3");
+    let rope_factors = match config.get("rope_scaling").filter(|v| !v.is_null()).filter(llama3) {
         None => None,
         Some(scaling) => Some(llama3_rope_factors(&model_type, &config, scaling).ok_or_else(|| {
             // Named as the model's config.json spells it.
@@ -207,7 +209,8 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
                 false => "rope_parameters",
             };
             ConvertError::Unsupported(format!(
-                "GGUF with `{field}` {scaling} (the writer carries a llama's llama3 scaling and the rope base only)"
+                "GGUF with `{field}` {scaling} (llama3 scaling travels as a llama's `{}` only)",
+                super::ROPE_FACTORS
             ))
         })?),
     };
@@ -216,6 +219,8 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     })?;
     let source = super::keys::Source { model_type: &model_type, arch, original: &original, config: &config };
     let arch_keys = super::keys::architecture_keys(&source)?;
+    // phi3's LongRoPE factors (`architecture_keys` refused what the converter would not write).
+    let longrope = super::rope::converter_keys(&original, arch).ok().and_then(|r| r.longrope);
     let count = |key: &str| {
         arch_keys.iter().find(|(k, _)| *k == format!("{arch}.{key}")).and_then(|(_, v)| v.to_u32().ok())
     };
@@ -291,6 +296,20 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         let n = factors.len();
         let t = Tensor::from_vec(factors, n, &Device::Cpu).map_err(|e| err(&config_path, e))?;
         named.push(("rope_scaling".into(), super::ROPE_FACTORS.into(), t));
+    }
+    if let Some(lists) = longrope {
+        // As the converter requires: one factor per rotating pair.
+        let pairs = count("rope.dimension_count").unwrap_or(0) as usize / 2;
+        for (list, name) in lists.into_iter().zip([super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT]) {
+            if list.len() != pairs {
+                return Err(ConvertError::Unsupported(format!(
+                    "GGUF of a phi3 whose longrope factor lists hold {} factors, not one per rotating pair ({pairs})",
+                    list.len()
+                )));
+            }
+            let t = Tensor::from_vec(list, pairs, &Device::Cpu).map_err(|e| err(&config_path, e))?;
+            named.push(("rope_scaling".into(), name.into(), t));
+        }
     }
     named.sort_by(|a, b| a.1.cmp(&b.1));
     let model = MixModel::new(
@@ -506,18 +525,56 @@ mod tests {
         assert!(convert_zoo("qwen3_moe", |c| c["norm_topk_prob"] = json!(true)).is_ok());
     }
 
-    /// Rope scaling the converter would state in keys the writer does not write (phi3's
-    /// LongRoPE factors, gemma3's linear factor) stops the conversion, naming the field.
+    /// Rope scaling travels as llama.cpp's converter writes it: linear and YaRN in keys, phi3's
+    /// LongRoPE as factor tensors with its attention factor; what llama.cpp would run otherwise
+    /// than transformers (yarn's β, deepseek_v2's mscale apart from mscale_all_dim, factor
+    /// lists of another length), and gemma3's linear factor, stop the conversion by field.
     #[test]
-    fn rope_scaling_of_the_converters_own_keys_is_refused() {
-        let longrope = convert_zoo("phi3", |c| {
-            c["max_position_embeddings"] = json!(256);
-            c["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 10000.0,
-                "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8], "original_max_position_embeddings": 128});
+    fn rope_scaling_travels_as_the_converter_writes_it_or_is_refused_by_field() {
+        let longrope = |long: usize| {
+            move |c: &mut serde_json::Value| {
+                c["original_max_position_embeddings"] = json!(16);
+                c["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 10000.0,
+                    "short_factor": vec![1.0; 8], "long_factor": vec![2.0; long], "original_max_position_embeddings": 16});
+            }
+        };
+        let bytes = convert_zoo("phi3", longrope(8)).unwrap();
+        let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
+        for name in [super::super::ROPE_FACTORS_LONG, super::super::ROPE_FACTORS_SHORT] {
+            assert_eq!(content.tensor_infos[name].shape.dims(), [8], "{name}");
+        }
+        let attention = content.metadata["phi3.rope.scaling.attn_factor"].to_f32().unwrap();
+        assert_eq!(attention, (1.0 + 8f64.ln() / 16f64.ln()).sqrt() as f32);
+        let short = convert_zoo("phi3", longrope(6)).unwrap_err().to_string();
+        assert!(short.contains("rotating pair"), "{short}");
+        let linear = convert_zoo("llama", |c| {
+            c["rope_parameters"] = json!({"rope_type": "linear", "factor": 4.0, "rope_theta": 5e5});
         })
-        .unwrap_err()
-        .to_string();
-        assert!(longrope.contains("`rope_parameters`") && longrope.contains("phi3"), "{longrope}");
+        .unwrap();
+        let md = metadata(&linear);
+        assert_eq!(md["llama.rope.scaling.type"].to_string().unwrap(), "linear");
+        assert_eq!(md["llama.rope.scaling.factor"].to_f32().unwrap(), 4.0);
+        for (model_type, scaling, field) in [
+            (
+                "qwen2",
+                json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 8}),
+                "`beta_fast` 8",
+            ),
+            (
+                "deepseek_v2",
+                json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 1.0, "mscale_all_dim": 0.707}),
+                "mscale",
+            ),
+        ] {
+            let e = convert_zoo(model_type, |c| {
+                let theta = c["rope_parameters"]["rope_theta"].clone();
+                c["rope_parameters"] = scaling.clone();
+                c["rope_parameters"]["rope_theta"] = theta;
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(field) && e.contains("`rope_parameters`"), "{model_type}: {e}");
+        }
         let linear = convert_zoo("gemma3_text", |c| {
             c["rope_parameters"]["full_attention"] =
                 json!({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6});
