@@ -584,6 +584,145 @@ mod tests {
         assert!(linear.contains("`rope_parameters`"), "{linear}");
     }
 
+    /// The writer's `{arch}.*` keys and rope factor tensors for the zoo variants whose rope it
+    /// carries (linear, YaRN, deepseek2's YaRN, phi3's LongRoPE, an explicit head width) are
+    /// llama.cpp's converter's, key for key (`converter_keys.json`, made by
+    /// `xtask/zoo/converter_keys.py`).
+    #[test]
+    fn the_writers_rope_keys_are_the_converters() {
+        let recorded: serde_json::Value = serde_json::from_str(include_str!("converter_keys.json")).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let variants = recorded["variants"].as_object().unwrap();
+        assert_eq!(variants.len(), 7);
+        for (variant, want) in variants {
+            let dir = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(root.join("zoo-variants").join(variant)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+            // As the converter was given them: the LongRoPE variants state no tokenizer class.
+            if variant.starts_with("phi-") {
+                let from = root.join("zoo/phi3/tokenizer_config.json");
+                std::fs::copy(from, dir.path().join("tokenizer_config.json")).unwrap();
+            }
+            let bytes = from_safetensors(dir.path(), Quantization::F32).unwrap();
+            let mut reader = Cursor::new(&bytes);
+            let content = gguf_file::Content::read(&mut reader).unwrap();
+            let arch = content.metadata["general.architecture"].to_string().unwrap().clone();
+            let keys = want["keys"].as_object().unwrap();
+            // The writer states qwen2's rotary width, llama.cpp's default for it (`keys.rs`).
+            let mut ours: Vec<&String> = content
+                .metadata
+                .keys()
+                .filter(|k| k.starts_with(&format!("{arch}.")) && *k != "qwen2.rope.dimension_count")
+                .collect();
+            ours.sort();
+            assert_eq!(ours, keys.keys().collect::<Vec<_>>(), "{variant}: the keys written");
+            for (key, v) in keys {
+                let got = &content.metadata[key];
+                let same = match v["type"].as_str().unwrap() {
+                    "UINT32" => got.to_u32().ok() == v["value"].as_u64().map(|x| x as u32),
+                    "FLOAT32" => got.to_f32().ok() == v["value"].as_f64().map(|x| x as f32),
+                    "STRING" => got.to_string().ok().map(String::as_str) == v["value"].as_str(),
+                    "BOOL" => got.to_bool().ok() == v["value"].as_bool(),
+                    other => panic!("{variant}: {key} of type {other}"),
+                };
+                assert!(same, "{variant}: {key} {got:?}, the converter's {}", v["value"]);
+            }
+            let tensors = want["tensors"].as_object().unwrap();
+            let mut ours: Vec<&String> =
+                content.tensor_infos.keys().filter(|n| n.starts_with("rope_")).collect();
+            ours.sort();
+            assert_eq!(ours, tensors.keys().collect::<Vec<_>>(), "{variant}: the rope tensors");
+            for (name, values) in tensors {
+                let t = content
+                    .tensor(&mut reader, name, &Device::Cpu)
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap();
+                let want: Vec<f32> =
+                    values.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                assert_eq!(t.to_vec1::<f32>().unwrap(), want, "{variant}: {name}");
+            }
+        }
+    }
+
+    /// G0 holds the rope scaling keys to config.json: the variants' own files agree, and a
+    /// planted lie (a wrong factor, type, original context, a key config.json implies none of,
+    /// a missing LongRoPE tensor) is named.
+    #[test]
+    fn g0_names_a_rope_scaling_key_that_parts_from_config_json() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let facts = |variant: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(root.join("zoo-variants").join(variant)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+            if variant.starts_with("phi-") {
+                let from = root.join("zoo/phi3/tokenizer_config.json");
+                std::fs::copy(from, dir.path().join("tokenizer_config.json")).unwrap();
+            }
+            let bytes = from_safetensors(dir.path(), Quantization::F32).unwrap();
+            let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
+            let read = |f: &str| -> serde_json::Value {
+                serde_json::from_str(&std::fs::read_to_string(dir.path().join(f)).unwrap()).unwrap()
+            };
+            (content, read("config.json"), read("tokenizer_config.json"))
+        };
+        let problems = |content: &gguf_file::Content, config: &serde_json::Value, tc: &serde_json::Value| {
+            super::super::against_config(&super::super::FileFacts::new(content), config, Some(tc))
+        };
+        for (variant, key, lie, named) in [
+            (
+                "llama-linear",
+                "llama.rope.scaling.factor",
+                Value::F32(2.0),
+                "llama.rope.scaling.factor 2 in the file",
+            ),
+            (
+                "qwen2-yarn",
+                "qwen2.rope.scaling.type",
+                Value::String("linear".into()),
+                "qwen2.rope.scaling.type linear",
+            ),
+            (
+                "qwen2-yarn",
+                "qwen2.rope.scaling.original_context_length",
+                Value::U32(32),
+                "qwen2.rope.scaling.original_context_length 32",
+            ),
+            (
+                "deepseek-coder-v2-lite",
+                "deepseek2.rope.scaling.yarn_log_multiplier",
+                Value::F32(0.1),
+                "deepseek2.rope.scaling.yarn_log_multiplier 0.1",
+            ),
+            (
+                "phi-4-mini",
+                "phi3.rope.scaling.attn_factor",
+                Value::F32(1.0),
+                "phi3.rope.scaling.attn_factor 1 in",
+            ),
+            ("mistral-nemo", "llama.rope.scaling.factor", Value::F32(4.0), "implies no such key"),
+        ] {
+            let (mut content, config, tc) = facts(variant);
+            assert_eq!(problems(&content, &config, &tc), Vec::<String>::new(), "{variant}");
+            content.metadata.insert(key.into(), lie);
+            let found = problems(&content, &config, &tc);
+            assert!(found.iter().any(|p| p.contains(named)), "{variant} {key}: {found:?}");
+        }
+        // A missing key, and LongRoPE factors the file lacks.
+        let (mut content, config, tc) = facts("llama-linear");
+        content.metadata.remove("llama.rope.scaling.type");
+        let found = problems(&content, &config, &tc);
+        assert!(found.iter().any(|p| p.contains("llama.rope.scaling.type is missing")), "{found:?}");
+        let (mut content, config, tc) = facts("phi-3.5-mini");
+        content.tensor_infos.remove(super::super::ROPE_FACTORS_SHORT);
+        let found = problems(&content, &config, &tc);
+        assert!(found.iter().any(|p| p.contains("rope_factors_short.weight is missing")), "{found:?}");
+    }
+
     /// Gemma3Model cuts the embedding to the tokenizer's tokens: a model with fewer tokens than
     /// embedding rows is refused, naming `vocab_size`.
     #[test]
