@@ -146,6 +146,17 @@ pub(crate) mod seeds {
         crate::format::gguf::from_safetensors(&tiny_dir(dir, model_type), Quantization::Q8_0).unwrap()
     }
 
+    /// The tiny llama with YaRN scaling, its `llama.rope.scaling.*` keys for the fuzzer to vary.
+    fn tiny_yarn_gguf(dir: &Path) -> Vec<u8> {
+        let path = dir.join("llama-yarn");
+        std::fs::create_dir_all(&path).unwrap();
+        let mut config = config("llama");
+        config["rope_scaling"] =
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8});
+        write_dir(&path, config.to_string().as_bytes(), &weights(&config).unwrap()).unwrap();
+        crate::format::gguf::from_safetensors(&path, Quantization::Q8_0).unwrap()
+    }
+
     pub(crate) fn tiny_apr(dir: &Path) -> Vec<u8> {
         let source = crate::format::convert::safetensors_to_apr(&tiny_dir(dir, "llama")).unwrap();
         crate::format::apr::write(&source).unwrap()
@@ -211,6 +222,7 @@ pub(crate) mod seeds {
                 patched(&gguf, b"GGUF", 4, &(1u64 << 31).to_le_bytes()),
             ),
             ("gguf", "truncated.gguf".into(), gguf[..gguf.len() - 40].to_vec()),
+            ("gguf", "tiny-llama-yarn.gguf".into(), tiny_yarn_gguf(tmp.path())),
         ];
         let llama = config("llama");
         let weights_bytes = weights(&llama).unwrap();

@@ -18,7 +18,7 @@
 //! fallback is listed in the file's `modelqa.fallbacks` metadata: nothing changes type silently.
 //!
 //! Writing is in `write.rs` (each architecture's keys in `keys.rs`, the tokenizer's metadata in
-//! `vocab.rs`, its pre-tokenizer's name from `pre.rs`), the mixes in `mix.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and
+//! `vocab.rs`, its pre-tokenizer's name from `pre.rs`, rope scaling both ways in `rope.rs`), the mixes in `mix.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and
 //! what a file claims against the model's own files in `agree.rs`; this file holds the metadata
 //! keys, the errors and the mapping between Hugging Face and GGUF names.
 
