@@ -313,6 +313,24 @@ pub(crate) fn against_config(
             _ => {}
         }
     }
+    // A llama's and qwen2's head width: `attention.key_length` and `value_length` where the file
+    // states them (the converter does where config.json states `head_dim`), else hidden / heads.
+    if matches!(file.arch.as_str(), "llama" | "qwen2") {
+        let derived = hidden.zip(heads.filter(|h| *h > 0)).map(|(h, n)| h / n);
+        let width = config_int(config, "head_dim").or(derived);
+        for suffix in ["attention.key_length", "attention.value_length"] {
+            let key = file.key(suffix);
+            match (file.int(&key), width) {
+                (Some(got), Some(want)) if got != want => {
+                    problems.push(format!("{key} {got} in the file, config.json's heads are {want} wide"))
+                }
+                (None, Some(want)) if Some(want) != derived => problems.push(format!(
+                    "{key} is missing from the file, config.json head_dim {want} (not hidden / heads)"
+                )),
+                _ => {}
+            }
+        }
+    }
     // The rotary width: an explicit head_dim (deepseek2: its rotating part), else hidden / heads,
     // times the share that rotates (stablelm's `partial_rotary_factor`); only where the file says
     // one.

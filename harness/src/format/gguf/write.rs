@@ -647,9 +647,10 @@ mod tests {
         }
     }
 
-    /// G0 holds the rope scaling keys to config.json: the variants' own files agree, and a
-    /// planted lie (a wrong factor, type, original context, a key config.json implies none of,
-    /// a missing LongRoPE tensor) is named.
+    /// G0 holds the rope scaling keys and a llama's head width to config.json: the variants'
+    /// own files agree, and a planted lie (a wrong factor, type, original context, a key
+    /// config.json implies none of, a missing LongRoPE tensor, a wrong or missing head width)
+    /// is named.
     #[test]
     fn g0_names_a_rope_scaling_key_that_parts_from_config_json() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
@@ -705,6 +706,13 @@ mod tests {
                 "phi3.rope.scaling.attn_factor 1 in",
             ),
             ("mistral-nemo", "llama.rope.scaling.factor", Value::F32(4.0), "implies no such key"),
+            // And an explicit head width.
+            (
+                "llama-head-dim",
+                "llama.attention.key_length",
+                Value::U32(16),
+                "llama.attention.key_length 16 in",
+            ),
         ] {
             let (mut content, config, tc) = facts(variant);
             assert_eq!(problems(&content, &config, &tc), Vec::<String>::new(), "{variant}");
@@ -713,6 +721,10 @@ mod tests {
             assert!(found.iter().any(|p| p.contains(named)), "{variant} {key}: {found:?}");
         }
         // A missing key, and LongRoPE factors the file lacks.
+        let (mut content, config, tc) = facts("mistral-nemo");
+        content.metadata.remove("llama.attention.value_length");
+        let found = problems(&content, &config, &tc);
+        assert!(found.iter().any(|p| p.contains("llama.attention.value_length is missing")), "{found:?}");
         let (mut content, config, tc) = facts("llama-linear");
         content.metadata.remove("llama.rope.scaling.type");
         let found = problems(&content, &config, &tc);
