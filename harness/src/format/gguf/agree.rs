@@ -177,36 +177,49 @@ fn rope_scaling(file: &FileFacts<'_>, config: &serde_json::Value, problems: &mut
         Value::U32(x) => x.to_string(),
         other => format!("{other:?}"),
     };
-    let stated = |suffix: &str| -> Option<String> {
-        let key = format!("{prefix}{suffix}");
-        match file.md.get(&key)? {
+    // Each key as the file states it: its name and value (llama.cpp reads the older
+    // `rope.scale_linear` where the factor key is absent).
+    let stated = |suffix: &str| -> Option<(String, String)> {
+        let mut key = format!("{prefix}{suffix}");
+        if suffix == "factor" && !file.md.contains_key(&key) {
+            key = file.key("rope.scale_linear");
+        }
+        let value = match file.md.get(&key)? {
             Value::String(s) => Some(s.clone()),
             _ => file.float(&key).map(|x| x.to_string()).or_else(|| file.int(&key).map(|x| x.to_string())),
-        }
+        };
+        Some(key).zip(value)
     };
     for (suffix, value) in &want.keys {
         let want = shown(value);
         match stated(suffix) {
-            Some(got) if got != want => problems
-                .push(format!("{prefix}{suffix} {got} in the file, config.json's rope scaling {want}")),
+            Some((key, got)) if got != want => {
+                problems.push(format!("{key} {got} in the file, config.json's rope scaling {want}"))
+            }
             None => problems.push(format!(
                 "{prefix}{suffix} is missing from the file, config.json's rope scaling {want}"
             )),
             Some(_) => {}
         }
     }
-    // A scaling key config.json does not imply (phi3 states its original context whatever).
-    let mut keys: Vec<&String> = file.md.keys().filter(|k| k.starts_with(&prefix)).collect();
-    keys.sort();
-    for key in keys {
-        let suffix = &key[prefix.len()..];
+    // A scaling key llama.cpp reads that config.json does not imply (phi3 states its original
+    // context whatever).
+    const READ: [&str; 9] = [
+        "type",
+        "factor",
+        "attn_factor",
+        "original_context_length",
+        "yarn_log_multiplier",
+        "yarn_beta_fast",
+        "yarn_beta_slow",
+        "yarn_ext_factor",
+        "yarn_attn_factor",
+    ];
+    for suffix in READ {
         let implied = want.keys.iter().any(|(k, _)| *k == suffix)
             || (file.arch == "phi3" && suffix == "original_context_length");
-        if !implied && stated(suffix).is_some_and(|v| v != "none") {
-            problems.push(format!(
-                "{key} {} in the file, config.json's rope implies no such key",
-                stated(suffix).unwrap_or_default()
-            ));
+        if let Some((key, got)) = stated(suffix).filter(|(_, v)| !implied && v != "none") {
+            problems.push(format!("{key} {got} in the file, config.json's rope implies no such key"));
         }
     }
     let names = [super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT];

@@ -56,7 +56,12 @@ impl Stated {
         let float = |suffix: &str| get(suffix).and_then(|v| v.to_f32().ok()).map(f64::from);
         Stated {
             kind: get("type").and_then(|v| v.to_string().ok()).cloned(),
-            factor: float("factor").filter(|f| *f != 0.0),
+            // llama.cpp reads the older `rope.scale_linear` where the factor key is absent.
+            factor: float("factor")
+                .or_else(|| {
+                    md.get(&format!("{arch}.rope.scale_linear")).and_then(|v| v.to_f32().ok()).map(f64::from)
+                })
+                .filter(|f| *f != 0.0),
             original: get("original_context_length").and_then(|v| v.to_u32().ok()),
             attn_factor: float("attn_factor"),
             log_multiplier: float("yarn_log_multiplier").filter(|m| *m != 0.0),
@@ -390,6 +395,9 @@ mod tests {
         }
         let bare = md(&[("qwen3.rope.scaling.factor", Value::F32(4.0))]);
         assert!(refused(&bare, "qwen3").is_some_and(|w| w.contains("`qwen3.rope.scaling.factor` is 4")));
+        // The older spelling of the factor, which llama.cpp still reads.
+        let older = md(&[("llama.rope.scale_linear", Value::F32(2.0))]);
+        assert_eq!(scaling(&older, "llama", None), Some(json!({"rope_type": "linear", "factor": 2.0})));
     }
 
     #[test]

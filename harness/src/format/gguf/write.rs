@@ -706,6 +706,12 @@ mod tests {
                 "phi3.rope.scaling.attn_factor 1 in",
             ),
             ("mistral-nemo", "llama.rope.scaling.factor", Value::F32(4.0), "implies no such key"),
+            (
+                "mistral-nemo",
+                "llama.rope.scale_linear",
+                Value::F32(4.0),
+                "llama.rope.scale_linear 4 in the file",
+            ),
             // And an explicit head width.
             (
                 "llama-head-dim",
