@@ -386,11 +386,11 @@ fn gguf_session(
         bos_token: token_text(bos),
         eos_token: token_text(eos.first().copied()),
     });
-    // The project's float model: with the matrices as stored (its own models, on CPU), or every
-    // tensor dequantized (an architecture candle has no quantized model of).
-    // A llama or qwen2 that candle's quantized models would run otherwise than the file says
-    // (rope scaling, an explicit head width) runs dequantized in the float model off CPU.
+    // What candle's quantized llama or qwen2 would run otherwise than the file says (rope
+    // scaling, an explicit head width): such a file runs dequantized in the float model off CPU.
     let beyond = crate::format::gguf::beyond_candles_quantized(&content);
+    // The project's float model: with the matrices as stored (its own models, on CPU), or every
+    // tensor dequantized (an architecture candle has no quantized model of, or `beyond`).
     let float = match gguf_on_kernels(&arch).filter(|_| device.is_cpu()) {
         Some(model_type) => Some((model_type, true)),
         None if matches!(arch.as_str(), "llama" | "qwen2") && beyond.is_none() => None,

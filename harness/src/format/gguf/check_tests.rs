@@ -151,8 +151,12 @@ fn an_explicit_head_width_is_read_and_one_apart_from_its_values_refused() {
     let gguf = gguf_of(&dir.path().join("wide"), &config);
     let path = dir.path().join("wide.gguf");
     std::fs::write(&path, &gguf).unwrap();
-    let (_, content, _) = open(&path).expect("a head width of 8 over hidden 8 and 2 heads");
+    let (_, mut content, _) = open(&path).expect("a head width of 8 over hidden 8 and 2 heads");
     assert_eq!(beyond_candles_quantized(&content).as_deref(), Some("`llama.attention.key_length` 8"));
+    // A file made elsewhere (no config.json inside) converts back to a config stating it.
+    content.metadata.remove(crate::format::gguf::HF_CONFIG);
+    let hf = crate::format::gguf::hf_files(&content.metadata, true).unwrap();
+    assert_eq!(hf.config["head_dim"], 8);
     crate::engine::load_candle(&path, crate::matrix::Backend::Cpu).expect("the wide file loads");
     refused(&gguf_u32(&gguf, "llama.attention.value_length", 4), "`llama.attention.value_length` Some(4)");
     refused(&gguf_u32(&gguf, "llama.rope.dimension_count", 4), "`llama.rope.dimension_count` is Some(4)");

@@ -259,28 +259,32 @@ pub fn hf_files(md: &HashMap<String, Value>, has_output: bool) -> Result<HfFiles
         Some(c) => c,
         None => {
             let mut config = serde_json::json!({
-            "model_type": arch,
-            "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-            "hidden_size": int("embedding_length"),
-            "intermediate_size": int("feed_forward_length"),
-            "num_hidden_layers": int("block_count"),
-            "num_attention_heads": int("attention.head_count"),
-            "num_key_value_heads": int("attention.head_count_kv"),
-            "rms_norm_eps": float("attention.layer_norm_rms_epsilon"),
-            "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
-            "max_position_embeddings": int("context_length"),
-            "hidden_act": "silu",
-            "sliding_window": int("context_length"),
-            "use_sliding_window": false,
-            "max_window_layers": int("block_count"),
-            "vocab_size": tokenizer.get_vocab_size(true),
-            "tie_word_embeddings": !has_output,
-            "bos_token_id": id("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+                "model_type": arch,
+                "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+                "hidden_size": int("embedding_length"),
+                "intermediate_size": int("feed_forward_length"),
+                "num_hidden_layers": int("block_count"),
+                "num_attention_heads": int("attention.head_count"),
+                "num_key_value_heads": int("attention.head_count_kv"),
+                "rms_norm_eps": float("attention.layer_norm_rms_epsilon"),
+                "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
+                "max_position_embeddings": int("context_length"),
+                "hidden_act": "silu",
+                "sliding_window": int("context_length"),
+                "use_sliding_window": false,
+                "max_window_layers": int("block_count"),
+                "vocab_size": tokenizer.get_vocab_size(true),
+                "tie_word_embeddings": !has_output,
+                "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+                "eos_token_id": id("tokenizer.ggml.eos_token_id"),
             });
-            // Rope scaling stated in keys, as llama.cpp runs them (`rope.rs`; refused otherwise).
+            // Rope scaling stated in keys, as llama.cpp runs them (`rope.rs`; refused otherwise),
+            // and an explicit head width.
             if let Some(scaling) = super::rope::scaling(md, &arch, int("context_length")) {
                 config["rope_scaling"] = scaling;
+            }
+            if let Some(width) = int("attention.key_length") {
+                config["head_dim"] = width.into();
             }
             config
         }

@@ -4,6 +4,10 @@
 //! `rope_factors_long`/`rope_factors_short` tensors with its `rope.scaling.attn_factor`.
 //! llama3's scaling is a tensor too (`read::ROPE_FACTORS`), read apart.
 //!
+//! One difference stays, the engine's and transformers' own: llama.cpp picks LongRoPE's long
+//! factors for a whole context past the original, the engine (as transformers) for a sequence
+//! past it; the factors, the original context and the attention factor are the file's.
+//!
 //! llama.cpp reads the type (absent: linear), the factor (absent or 0: none), the original
 //! context (absent: the context) and `attn_factor`; for these architectures it reads no YaRN β,
 //! extrapolation or attention factor key, running β 32 and 1 and YaRN's attention factor
@@ -45,6 +49,8 @@ struct Stated {
     kind: Option<String>,
     /// The factor (absent or 0: none).
     factor: Option<f64>,
+    /// The key it is stated in.
+    factor_key: String,
     original: Option<u32>,
     attn_factor: Option<f64>,
     log_multiplier: Option<f64>,
@@ -54,14 +60,16 @@ impl Stated {
     fn of(md: &HashMap<String, Value>, arch: &str) -> Self {
         let get = |suffix: &str| md.get(&format!("{arch}.rope.scaling.{suffix}"));
         let float = |suffix: &str| get(suffix).and_then(|v| v.to_f32().ok()).map(f64::from);
+        // llama.cpp reads the older `rope.scale_linear` where the factor key is absent.
+        let older = md.get(&format!("{arch}.rope.scale_linear")).and_then(|v| v.to_f32().ok()).map(f64::from);
         Stated {
             kind: get("type").and_then(|v| v.to_string().ok()).cloned(),
             // llama.cpp reads the older `rope.scale_linear` where the factor key is absent.
-            factor: float("factor")
-                .or_else(|| {
-                    md.get(&format!("{arch}.rope.scale_linear")).and_then(|v| v.to_f32().ok()).map(f64::from)
-                })
-                .filter(|f| *f != 0.0),
+            factor: float("factor").or(older).filter(|f| *f != 0.0),
+            factor_key: match float("factor") {
+                None if older.is_some() => format!("{arch}.rope.scale_linear"),
+                _ => format!("{arch}.rope.scaling.factor"),
+            },
             original: get("original_context_length").and_then(|v| v.to_u32().ok()),
             attn_factor: float("attn_factor"),
             log_multiplier: float("yarn_log_multiplier").filter(|m| *m != 0.0),
@@ -102,7 +110,7 @@ pub(super) fn refused(md: &HashMap<String, Value>, arch: &str) -> Option<String>
             ),
             None => format!(
                 "`{}` is {} (linear, llama.cpp's default type); the engine does not read a {arch} GGUF's linear rope scaling",
-                key("factor"),
+                s.factor_key,
                 s.factor.unwrap_or(1.0)
             ),
         });
@@ -110,7 +118,7 @@ pub(super) fn refused(md: &HashMap<String, Value>, arch: &str) -> Option<String>
     if let Some(f) = s.factor.filter(|f| !(f.is_finite() && *f >= 1.0)) {
         return Some(format!(
             "`{}` is {f}; the engine scales by a finite factor of at least 1",
-            key("factor")
+            s.factor_key
         ));
     }
     let yarn = scaling == Some("yarn");
@@ -125,7 +133,7 @@ pub(super) fn refused(md: &HashMap<String, Value>, arch: &str) -> Option<String>
             && v != runs
         {
             return Some(format!(
-                "`{}` is {v}; llama.cpp's {arch} does not read it (it runs {runs}), and the engine runs the file as llama.cpp does",
+                "`{}` is {v}; llama.cpp's {arch} does not read it (it runs {runs}), so the file states a rope llama.cpp does not run",
                 key(suffix)
             ));
         }
@@ -398,6 +406,8 @@ mod tests {
         // The older spelling of the factor, which llama.cpp still reads.
         let older = md(&[("llama.rope.scale_linear", Value::F32(2.0))]);
         assert_eq!(scaling(&older, "llama", None), Some(json!({"rope_type": "linear", "factor": 2.0})));
+        let older = md(&[("qwen3.rope.scale_linear", Value::F32(2.0))]);
+        assert!(refused(&older, "qwen3").is_some_and(|w| w.contains("`qwen3.rope.scale_linear` is 2")));
     }
 
     #[test]
