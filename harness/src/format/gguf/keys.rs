@@ -214,19 +214,6 @@ fn refuse_what_llama_cpp_cannot_run(s: &Source) -> Result<(), ConvertError> {
         }
         _ => {}
     }
-    // gemma3's linear factor, which normalising kept for the engine: llama.cpp's gemma3 scales
-    // its sliding layers by their own factor, so the converter's key would not carry it.
-    if s.config.get("rope_linear_factor").is_some_and(|v| !v.is_null()) {
-        let stated = if s.original.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-            "rope_scaling"
-        } else {
-            "rope_parameters"
-        };
-        return Err(s.refuse(
-            stated,
-            "asks for linear rope scaling (llama.cpp's gemma3 would scale every layer's rope by it)",
-        ));
-    }
     Ok(())
 }
 

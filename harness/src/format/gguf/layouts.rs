@@ -371,8 +371,14 @@ pub(super) fn config(
             c["layer_types"] = json!(layer_types);
             if !gemma2 {
                 drop(c, "rope_theta");
+                // Linear scaling (`rope.rs`) on the global layers only, as llama.cpp scales them.
+                let full = match c.get("rope_scaling").and_then(|s| s.get("factor")).cloned() {
+                    Some(factor) => json!({"rope_type": "linear", "factor": factor, "rope_theta": base}),
+                    None => json!({"rope_type": "default", "rope_theta": base}),
+                };
+                drop(c, "rope_scaling");
                 c["rope_parameters"] = json!({
-                    "full_attention": {"rope_type": "default", "rope_theta": base},
+                    "full_attention": full,
                     "sliding_attention": {
                         "rope_type": "default",
                         "rope_theta": float("rope.freq_base_swa").unwrap_or(base),

@@ -1,6 +1,7 @@
 //! Rope scaling in GGUF, both ways, as llama.cpp's converter writes it and llama.cpp runs it:
 //! the `{arch}.rope.scaling.*` keys of linear and YaRN scaling (llama, mistral, granite, qwen2;
-//! deepseek2's YaRN with its `yarn_log_multiplier`), and phi3's LongRoPE as the
+//! deepseek2's YaRN with its `yarn_log_multiplier`; gemma3's linear scaling of its global
+//! layers), and phi3's LongRoPE as the
 //! `rope_factors_long`/`rope_factors_short` tensors with its `rope.scaling.attn_factor`.
 //! llama3's scaling is a tensor too (`read::ROPE_FACTORS`), read apart.
 //!
@@ -34,6 +35,9 @@ fn read_types(arch: &str) -> &'static [&'static str] {
     match arch {
         "llama" | "qwen2" | "granite" => &["linear", "yarn"],
         "deepseek2" => &["yarn"],
+        // llama.cpp's gemma3 scales its global layers only (its sliding layers' own scale is 1),
+        // as transformers scales the full-attention layers.
+        "gemma3" => &["linear"],
         _ => &[],
     }
 }
@@ -175,7 +179,9 @@ pub(super) fn scaling(md: &HashMap<String, Value>, arch: &str, context: Option<u
     let factor = s.factor.unwrap_or(1.0);
     let original = s.original.or(context);
     match (arch, s.scaling()?) {
-        ("llama" | "qwen2" | "granite", "linear") => Some(json!({"rope_type": "linear", "factor": factor})),
+        ("llama" | "qwen2" | "granite" | "gemma3", "linear") => {
+            Some(json!({"rope_type": "linear", "factor": factor}))
+        }
         ("llama" | "qwen2" | "granite", "yarn") => Some(json!({
             "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original,
             "beta_fast": BETA_FAST, "beta_slow": BETA_SLOW,
@@ -257,7 +263,7 @@ pub(super) fn converter_keys(config: &Json, arch: &str) -> Result<ConverterRope,
         // llama3's is a llama's tensor (`write.rs`); dynamic NTK is the plain rope within the
         // context, for which the converter writes nothing.
         ("default" | "llama3" | "dynamic", _) => Ok(out),
-        ("linear" | "yarn", "llama" | "qwen2" | "granite") | ("yarn", "deepseek2") => {
+        ("linear" | "yarn", "llama" | "qwen2" | "granite") | ("yarn", "deepseek2") | ("linear", "gemma3") => {
             let Some(factor) = num("factor") else {
                 return refuse(format!(
                     "is of type {kind} with no `factor` (the converter then writes no scaling)"
@@ -389,7 +395,7 @@ mod tests {
         assert_eq!(scaling(&bare, "qwen2", None).unwrap()["rope_type"], json!("linear"));
         for (arch, kind, why) in [
             ("qwen3", "yarn", "`qwen3.rope.scaling.type` is `yarn`"),
-            ("gemma3", "linear", "`gemma3.rope.scaling.type` is `linear`"),
+            ("gemma3", "yarn", "`gemma3.rope.scaling.type` is `yarn`"),
             ("phi3", "longrope", "`phi3.rope.scaling.type` is `longrope`"),
             ("deepseek2", "linear", "`deepseek2.rope.scaling.type` is `linear`"),
             ("llama", "longrope", "`llama.rope.scaling.type` is `longrope`"),
@@ -533,7 +539,12 @@ mod tests {
         let ds = json!({"rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 16, "mscale": 1.0, "mscale_all_dim": 0.707}});
         assert!(keys(ds, "deepseek2").unwrap_err().contains("mscale"));
         let gemma3 = json!({"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0}}});
-        assert!(keys(gemma3, "gemma3").unwrap_err().contains("`linear`"));
+        assert_eq!(
+            shown(&keys(gemma3, "gemma3").unwrap().keys),
+            ["type String(\"linear\")", "factor F32(8.0)"]
+        );
+        let gemma3 = json!({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 8.0}}});
+        assert!(keys(gemma3, "gemma3").unwrap_err().contains("`yarn`"));
         let llama3 = json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}});
         assert!(keys(llama3, "llama").unwrap().keys.is_empty());
         let phi = json!({"max_position_embeddings": 128, "original_max_position_embeddings": 16,

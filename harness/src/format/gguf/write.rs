@@ -461,6 +461,12 @@ mod tests {
 
     /// The GGUF written from a copy of the zoo's `model_type` model whose config `edit` changes.
     fn convert_zoo(model_type: &str, edit: impl Fn(&mut serde_json::Value)) -> Result<Vec<u8>, ConvertError> {
+        let dir = zoo_copy(model_type, edit);
+        from_safetensors(dir.path(), Quantization::F32)
+    }
+
+    /// A copy of the zoo's `model_type` model whose config `edit` changes.
+    fn zoo_copy(model_type: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
         let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo").join(model_type);
         let dir = tempfile::tempdir().unwrap();
         for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "tokenizer.model"] {
@@ -472,7 +478,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(zoo.join("config.json")).unwrap()).unwrap();
         edit(&mut c);
         std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
-        from_safetensors(dir.path(), Quantization::F32)
+        dir
     }
 
     fn metadata(bytes: &[u8]) -> std::collections::HashMap<String, Value> {
@@ -525,10 +531,11 @@ mod tests {
         assert!(convert_zoo("qwen3_moe", |c| c["norm_topk_prob"] = json!(true)).is_ok());
     }
 
-    /// Rope scaling travels as llama.cpp's converter writes it: linear and YaRN in keys, phi3's
-    /// LongRoPE as factor tensors with its attention factor; what llama.cpp would run otherwise
-    /// than transformers (yarn's β, deepseek_v2's mscale apart from mscale_all_dim, factor
-    /// lists of another length), and gemma3's linear factor, stop the conversion by field.
+    /// Rope scaling travels as llama.cpp's converter writes it: linear and YaRN in keys (gemma3's
+    /// linear factor too), phi3's LongRoPE as factor tensors with its attention factor; what
+    /// llama.cpp would run otherwise than transformers (yarn's β, deepseek_v2's mscale apart
+    /// from mscale_all_dim, factor lists of another length, gemma3's YaRN), stops the
+    /// conversion by field.
     #[test]
     fn rope_scaling_travels_as_the_converter_writes_it_or_is_refused_by_field() {
         let longrope = |long: usize| {
@@ -575,13 +582,43 @@ mod tests {
             .to_string();
             assert!(e.contains(field) && e.contains("`rope_parameters`"), "{model_type}: {e}");
         }
-        let linear = convert_zoo("gemma3_text", |c| {
+        // gemma3's linear factor on its global layers, as llama.cpp's gemma3 scales them: the
+        // file is read back with it there, and runs as the model does (the zoo model's two
+        // layers both slide, so here the factor changes nothing).
+        let scaled = zoo_copy("gemma3_text", |c| {
             c["rope_parameters"]["full_attention"] =
                 json!({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6});
+        });
+        let bytes = from_safetensors(scaled.path(), Quantization::F32).unwrap();
+        let md = metadata(&bytes);
+        assert_eq!(md["gemma3.rope.scaling.type"].to_string().unwrap(), "linear");
+        assert_eq!(md["gemma3.rope.scaling.factor"].to_f32().unwrap(), 8.0);
+        let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
+        let rows = content.tensor_infos["token_embd.weight"].shape.dims()[0];
+        let read = super::super::dequantized_config(&content.metadata, false, false, rows).unwrap();
+        assert_eq!(
+            read["rope_parameters"]["full_attention"],
+            json!({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6})
+        );
+        assert_eq!(read["rope_parameters"]["sliding_attention"]["rope_type"], "default");
+        let file = scaled.path().join("scaled.gguf");
+        std::fs::write(&file, &bytes).unwrap();
+        use crate::engine::Session;
+        let logits = |path: &Path| {
+            let mut session = crate::engine::load_candle(path, crate::matrix::Backend::Cpu).unwrap();
+            session.prompt_logits("the cat sat on the mat and then the dog", 10).unwrap()
+        };
+        let (want, got) = (logits(scaled.path()), logits(&file));
+        let apart =
+            want.iter().flatten().zip(got.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(apart < 1e-4, "the file: {apart}");
+        let yarn = convert_zoo("gemma3_text", |c| {
+            c["rope_parameters"]["full_attention"] =
+                json!({"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6, "original_max_position_embeddings": 16});
         })
         .unwrap_err()
         .to_string();
-        assert!(linear.contains("`rope_parameters`"), "{linear}");
+        assert!(yarn.contains("`rope_parameters`") && yarn.contains("yarn"), "{yarn}");
     }
 
     /// The writer's `{arch}.*` keys and rope factor tensors for the zoo variants whose rope it
