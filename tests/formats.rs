@@ -359,11 +359,67 @@ fn a_llamas_llama3_rope_scaling_travels_as_rope_factors_and_is_honoured() {
     // Where the factors cannot be carried, the conversion stops by name.
     let err = gguf::to_safetensors(&file, &dir.path().join("back")).expect_err("no Hugging Face name");
     assert!(err.to_string().contains("rope_freqs.weight"), "{err}");
-    let mut linear = config.clone();
-    linear["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 4.0});
-    std::fs::write(&config_path, linear.to_string()).expect("write config");
-    let err = gguf::from_safetensors(&scaled, quantization("f32")).expect_err("linear is refused");
-    assert!(err.to_string().contains("rope_scaling"), "{err}");
+    // YaRN with a β llama.cpp's llama would not read (it runs 32): refused by its field.
+    let mut yarn = config.clone();
+    yarn["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 16, "beta_fast": 8.0});
+    std::fs::write(&config_path, yarn.to_string()).expect("write config");
+    let err = gguf::from_safetensors(&scaled, quantization("f32")).expect_err("β 8 is refused");
+    assert!(err.to_string().contains("`beta_fast` 8"), "{err}");
+}
+
+/// Linear and YaRN scaling travel in `{arch}.rope.scaling.*` keys, as llama.cpp's converter
+/// writes them, and are read from the keys alone (a file made elsewhere, no config.json inside):
+/// the file reproduces the scaled model, which the unscaled one does not, and converts back to
+/// a config.json that states the scaling.
+#[test]
+fn linear_and_yarn_rope_scaling_travel_in_keys_and_are_honoured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (arch, scaling) in [
+        ("llama", serde_json::json!({"rope_type": "linear", "factor": 4.0})),
+        (
+            "qwen2",
+            serde_json::json!({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16}),
+        ),
+    ] {
+        let scaled = dir.path().join(arch);
+        copy_model(&qa_tiny(arch), &scaled);
+        let config_path = scaled.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config")).expect("json");
+        config["rope_scaling"] = scaling.clone();
+        std::fs::write(&config_path, config.to_string()).expect("write config");
+        let bytes =
+            without_hf_files(&gguf::from_safetensors(&scaled, quantization("f32")).expect("converts"));
+        let content = candle_core::quantized::gguf_file::Content::read(&mut std::io::Cursor::new(&bytes))
+            .expect("gguf");
+        let kind = &content.metadata[&format!("{arch}.rope.scaling.type")];
+        assert_eq!(kind.to_string().expect("a string"), scaling["rope_type"].as_str().unwrap());
+        let file = dir.path().join(format!("{arch}.gguf"));
+        std::fs::write(&file, &bytes).expect("write");
+
+        let mut st = load_candle(&scaled, Backend::Cpu).expect("scaled safetensors loads");
+        let mut unscaled = load_candle(&qa_tiny(arch), Backend::Cpu).expect("safetensors loads");
+        let mut from_gguf = load_candle(&file, Backend::Cpu).expect("the GGUF loads");
+        for p in PROMPTS {
+            let want = st.prompt_logits(p, 8).expect("st");
+            let got = from_gguf.prompt_logits(p, 8).expect("gguf");
+            assert!(
+                largest_difference(&want, &got) < 1e-4,
+                "{arch} {p:?}: {}",
+                largest_difference(&want, &got)
+            );
+            let plain = unscaled.prompt_logits(p, 8).expect("unscaled");
+            assert!(largest_difference(&want, &plain) > 1e-2, "{arch} {p:?}: the scaling matters here");
+        }
+        let back = dir.path().join(format!("{arch}-back"));
+        gguf::to_safetensors(&file, &back).expect("back");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(back.join("config.json")).expect("config"))
+                .expect("json");
+        assert_eq!(config["rope_scaling"]["rope_type"], scaling["rope_type"], "{arch}");
+        assert_eq!(config["rope_scaling"]["factor"], scaling["factor"], "{arch}");
+    }
 }
 
 /// A GGUF file as llama.cpp's converter writes one: no embedded tokenizer.json, no Hugging Face

@@ -725,8 +725,8 @@ mod tests {
             (
                 "gemma3_text",
                 "gemma3.rope.scaling.type",
-                Value::String("linear".into()),
-                "`gemma3.rope.scaling.type` is `linear`",
+                Value::String("yarn".into()),
+                "`gemma3.rope.scaling.type` is `yarn`",
             ),
             (
                 "falcon",

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use modelqa::support::engine::load_candle;
 use modelqa::support::matrix::Backend;
 
-use super::{TOLERANCE, compare, from_apr, judged, own_gguf, reference};
+use super::{TOLERANCE, compare, from_apr, judged, own_gguf, reference, zoo};
 
 /// The variants, as `fixtures/zoo-variants/` holds them.
 const VARIANTS: [&str; 30] = [
@@ -53,15 +53,12 @@ const VARIANTS: [&str; 30] = [
 /// Variants whose project's own F32 GGUF (the file a `gguf-f32` cell runs) the writer or the
 /// engine refuses, with (a part of) the refusal; the others reproduce transformers from it.
 const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
-    // The writer carries the rope base and a llama's llama3 scaling (as `rope_freqs.weight`):
-    // another scaled rope is refused by its field.
-    ("deepseek-coder-v2-lite", "GGUF with `rope_parameters`"),
-    ("llama-linear", "GGUF with `rope_parameters`"),
-    ("qwen2-yarn", "GGUF with `rope_parameters`"),
     // What the writer's falcon, gemmas and phi3 cannot carry, refused by name: Falcon-40B's and
     // Falcon 2's grouped layout, a sequential falcon, gemma3 layer patterns llama.cpp does not
-    // assume, phi3's LongRoPE, a phi3 SentencePiece vocabulary, and a gemma or gemma 2 without
+    // assume, a phi3 SentencePiece vocabulary, and a gemma or gemma 2 without
     // the `tokenizer.model` their converter reads (the variants carry tokenizer.json only).
+    // (Rope scaling travels as the converter writes it: linear and YaRN in keys, llama3's and
+    // LongRoPE's factors as tensors; an explicit head width as `attention.key_length`.)
     ("falcon-40b", "`new_decoder_architecture` is true"),
     ("falcon-sequential", "`parallel_attn` is false"),
     ("falcon2-11b", "`new_decoder_architecture` is true"),
@@ -69,8 +66,10 @@ const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
     ("gemma2-swa", "tokenizer.model"),
     ("gemma3-linear", "`layer_types` is not every 6th layer global"),
     ("phi-3-mini-swa", "`tokenizer_class` is `none`"),
-    ("phi-3.5-mini", "`rope_parameters` asks for rope scaling"),
-    ("phi-4-mini", "`rope_parameters` asks for rope scaling"),
+    // LongRoPE's: their own GGUF with the zoo phi3's tokenizer_config.json is held to
+    // transformers in `phi3s_longrope_variants_reproduce_transformers_from_their_own_gguf`.
+    ("phi-3.5-mini", "`tokenizer_class` is `none`"),
+    ("phi-4-mini", "`tokenizer_class` is `none`"),
     // Tensors llama.cpp's layout has no name for.
     ("granite-3b-code-128k", "mlp.gate_proj.bias` has no GGUF name"),
     ("stablelm-2-12b", "_layernorm.norms."),
@@ -81,9 +80,6 @@ const OWN_GGUF_REFUSED: &[(&str, &str)] = &[
     ("mistral-swa", "do not fit the context of 6"),
     ("qwen2-swa", "do not fit the context of 6"),
     ("starcoder2-swa", "do not fit the context of 6"),
-    // A head width other than hidden / heads: candle's quantized llama's check refuses it.
-    ("mistral-nemo", "`llama.rope.dimension_count` is Some(32)"),
-    ("llama-head-dim", "`llama.rope.dimension_count` is Some(32)"),
 ];
 
 /// Variants the engine refuses, with (a part of) its error, which names the config field.
@@ -160,6 +156,40 @@ fn every_variants_own_gguf_reproduces_transformers_or_is_listed_refused() {
             failures.push(format!("{variant}: {why}"));
             format!("FAIL: {why}")
         });
+        table.push_str(&format!("{variant:22} | {line}\n"));
+    }
+    println!("{table}");
+    assert!(failures.is_empty(), "{table}\n{}", failures.join("\n"));
+}
+
+/// phi3's LongRoPE variants state no `tokenizer_class`, so the writer refuses their vocabulary
+/// (it writes phi3's `GPT2Tokenizer` one). With the zoo phi3's tokenizer_config.json (their
+/// tokenizer.json is the zoo phi3's), their own GGUF (LongRoPE as `rope_factors_long.weight`
+/// and `rope_factors_short.weight` with `phi3.rope.scaling.attn_factor`, as llama.cpp's
+/// converter writes it) reproduces transformers.
+#[test]
+fn phi3s_longrope_variants_reproduce_transformers_from_their_own_gguf() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let phi3 = zoo().join("phi3");
+    let mut table = String::new();
+    let mut failures = Vec::new();
+    for variant in ["phi-3.5-mini", "phi-4-mini"] {
+        let source = variants().join(variant);
+        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(read(source.join("tokenizer.json")), read(phi3.join("tokenizer.json")), "{variant}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for entry in std::fs::read_dir(&source).expect("the variant").filter_map(|e| e.ok()) {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copies");
+        }
+        std::fs::copy(phi3.join("tokenizer_config.json"), dir.path().join("tokenizer_config.json"))
+            .expect("copies");
+        let line = match own_gguf(dir.path(), &reference(&source), cache.path()) {
+            Ok(worst) => format!("pass {worst:.1e}"),
+            Err(why) => {
+                failures.push(format!("{variant}: {why}"));
+                format!("FAIL: {why}")
+            }
+        };
         table.push_str(&format!("{variant:22} | {line}\n"));
     }
     println!("{table}");

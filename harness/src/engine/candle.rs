@@ -372,7 +372,8 @@ fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) ->
 
 /// A GGUF file (this project's or llama.cpp's): architecture, hyper-parameters, tokenizer and
 /// chat template from its metadata; the weights stay quantized, on the project's kernels (its
-/// own models on CPU) or candle's (a rope-scaled llama or qwen2, or a GPU).
+/// own models on CPU) or candle's on a GPU (a llama or qwen2 it would run otherwise than the
+/// file says, rope-scaled or with an explicit head width, dequantized into the float model).
 fn gguf_session(
     path: &Path,
     device: Device,
@@ -395,20 +396,17 @@ fn gguf_session(
         bos_token: token_text(bos),
         eos_token: token_text(eos.first().copied()),
     });
+    // What candle's quantized llama or qwen2 would run otherwise than the file says (rope
+    // scaling, an explicit head width): such a file runs dequantized in the float model off CPU.
+    let beyond = crate::format::gguf::beyond_candles_quantized(&content);
     // The project's float model: with the matrices as stored (its own models, on CPU), or every
-    // tensor dequantized (an architecture candle has no quantized model of).
+    // tensor dequantized (an architecture candle has no quantized model of, or `beyond`).
     let float = match gguf_on_kernels(&arch).filter(|_| device.is_cpu()) {
         Some(model_type) => Some((model_type, true)),
-        None if content.tensor_infos.contains_key(crate::format::gguf::ROPE_FACTORS) => {
-            return Err(load_err(
-                path,
-                format!(
-                    "tensor `{}` (llama3 rope scaling) is read by the engine's own llama on CPU only; candle's quantized llama would ignore it",
-                    crate::format::gguf::ROPE_FACTORS
-                ),
-            ));
+        None if matches!(arch.as_str(), "llama" | "qwen2") && beyond.is_none() => None,
+        None if matches!(arch.as_str(), "llama" | "qwen2") => {
+            Some((if arch == "llama" { "llama" } else { "qwen2" }, false))
         }
-        None if matches!(arch.as_str(), "llama" | "qwen2") => None,
         None => Some((
             crate::format::gguf::dequantized_model_type(&arch).ok_or_else(|| {
                 load_err(
@@ -438,10 +436,18 @@ fn gguf_session(
         };
         let mut session = finish(loaded, device, backend, started);
         // Said wherever the session is named: the record's engine.
-        session.info.engine = if stored {
-            format!("{} + {KERNELS}", session.info.engine)
-        } else {
-            format!("{} (GGUF dequantized to f32: candle has no quantized {arch} model)", session.info.engine)
+        session.info.engine = match (stored, &beyond) {
+            (true, _) => format!("{} + {KERNELS}", session.info.engine),
+            (false, Some(what)) => format!(
+                "{} (GGUF dequantized to f32: candle's quantized {arch} would ignore its {what})",
+                session.info.engine
+            ),
+            (false, None) => {
+                format!(
+                    "{} (GGUF dequantized to f32: candle has no quantized {arch} model)",
+                    session.info.engine
+                )
+            }
         };
         return Ok(session);
     }
@@ -463,8 +469,8 @@ fn gguf_session(
 
 /// The `model_type` a GGUF file of `arch` runs as on the project's own model and kernels, its
 /// matrices as stored: llama and qwen2 and the dequantized architectures whose model is the
-/// project's. (A file scaling its rope in keys was refused when it was opened; a llama's
-/// rope factors, llama3's scaling, are read by the project's llama.)
+/// project's. (Rope scaling in keys, llama3's factors and phi3's LongRoPE tensors are read into
+/// the config; what the engine would not run as llama.cpp does was refused when it was opened.)
 fn gguf_on_kernels(arch: &str) -> Option<&'static str> {
     let model_type = match arch {
         "llama" => "llama",
@@ -485,18 +491,22 @@ fn float_model(
     device: &Device,
     stored: bool,
 ) -> Result<(Box<dyn CausalLm>, usize), EngineError> {
-    let (tensors, matrices, metadata, rope_factors) = if stored {
+    let (tensors, matrices, metadata, rope_factors, longrope) = if stored {
         let file = crate::format::gguf::read_stored(path).map_err(|e| EngineError::load_failed(path, e))?;
-        (file.tensors, Some((file.mapped, file.matrices)), file.metadata, file.rope_factors)
+        (file.tensors, Some((file.mapped, file.matrices)), file.metadata, file.rope_factors, file.longrope)
     } else {
         let file = crate::format::gguf::dequantize(path).map_err(|e| EngineError::load_failed(path, e))?;
-        (file.tensors, None, file.metadata, file.rope_factors)
+        (file.tensors, None, file.metadata, file.rope_factors, file.longrope)
     };
     let names = || tensors.keys().chain(matrices.iter().flat_map(|(_, m)| m.keys()));
     let has_output = names().any(|n| n == "lm_head.weight");
     let has_bias = names().any(|n| n.ends_with("q_proj.bias") || n.ends_with("query_key_value.bias"));
-    let config = crate::format::gguf::dequantized_config(&metadata, has_output, has_bias, rows)
+    let mut config = crate::format::gguf::dequantized_config(&metadata, has_output, has_bias, rows)
         .ok_or_else(|| load_err(path, format!("no config for `{model_type}`")))?;
+    if let Some([long, short]) = &longrope {
+        // phi3's LongRoPE as its factor tensors state it, completed as the config's would be.
+        config["rope_scaling"] = crate::format::gguf::longrope(&metadata, long, short);
+    }
     let mut shapes: std::collections::BTreeMap<String, Vec<usize>> =
         tensors.iter().map(|(n, (t, _))| (n.clone(), t.dims().to_vec())).collect();
     for (n, (m, _)) in matrices.iter().flat_map(|(_, m)| m) {

@@ -17,7 +17,7 @@ pub const HF_TOKENIZER_CONFIG: &str = "hf.tokenizer_config";
 pub const HF_GENERATION_CONFIG: &str = "hf.generation_config";
 
 /// Bumped whenever a converter's output changes, so cached artifacts are remade.
-const CONVERTER_VERSION: &str = "5";
+const CONVERTER_VERSION: &str = "6";
 
 /// A conversion that could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

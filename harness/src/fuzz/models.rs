@@ -146,6 +146,27 @@ pub(crate) mod seeds {
         crate::format::gguf::from_safetensors(&tiny_dir(dir, model_type), Quantization::Q8_0).unwrap()
     }
 
+    /// The tiny llama with YaRN scaling, its `llama.rope.scaling.*` keys for the fuzzer to vary.
+    fn tiny_yarn_gguf(dir: &Path) -> Vec<u8> {
+        let mut config = config("llama");
+        config["rope_scaling"] =
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8});
+        gguf_of(&dir.join("llama-yarn"), &config)
+    }
+
+    /// The Q8_0 GGUF of a tiny model of `config` (its weights as [`weights`] makes them),
+    /// written through a model directory at `path`.
+    pub(crate) fn gguf_of(path: &Path, config: &serde_json::Value) -> Vec<u8> {
+        std::fs::create_dir_all(path).unwrap();
+        write_dir(path, config.to_string().as_bytes(), &weights(config).unwrap()).unwrap();
+        // The writer's phi3 vocabulary is a `GPT2Tokenizer`'s (Phi-4-mini's), which it checks.
+        if config["model_type"] == "phi3" {
+            std::fs::write(path.join("tokenizer_config.json"), r#"{"tokenizer_class": "GPT2Tokenizer"}"#)
+                .unwrap();
+        }
+        crate::format::gguf::from_safetensors(path, Quantization::Q8_0).unwrap()
+    }
+
     pub(crate) fn tiny_apr(dir: &Path) -> Vec<u8> {
         let source = crate::format::convert::safetensors_to_apr(&tiny_dir(dir, "llama")).unwrap();
         crate::format::apr::write(&source).unwrap()
@@ -211,6 +232,7 @@ pub(crate) mod seeds {
                 patched(&gguf, b"GGUF", 4, &(1u64 << 31).to_le_bytes()),
             ),
             ("gguf", "truncated.gguf".into(), gguf[..gguf.len() - 40].to_vec()),
+            ("gguf", "tiny-llama-yarn.gguf".into(), tiny_yarn_gguf(tmp.path())),
         ];
         let llama = config("llama");
         let weights_bytes = weights(&llama).unwrap();

@@ -22,6 +22,8 @@ pub(crate) struct FileFacts<'a> {
     vocab: Option<u64>,
     /// Whether the file holds llama3's rope scaling as factors (`read::ROPE_FACTORS`).
     rope_factors: bool,
+    /// Whether it holds phi3's LongRoPE factors (`rope::ROPE_FACTORS_LONG` and `_SHORT`).
+    longrope: [bool; 2],
 }
 
 impl<'a> FileFacts<'a> {
@@ -35,7 +37,9 @@ impl<'a> FileFacts<'a> {
             .and_then(|t| t.shape.dims().first())
             .map(|&r| r as u64);
         let rope_factors = content.tensor_infos.contains_key(super::read::ROPE_FACTORS);
-        Self { md, arch, vocab, rope_factors }
+        let longrope = [super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT]
+            .map(|n| content.tensor_infos.contains_key(n));
+        Self { md, arch, vocab, rope_factors, longrope }
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -153,6 +157,85 @@ fn architecture_floats(
     }
 }
 
+/// The `{arch}.rope.scaling.*` keys (and phi3's LongRoPE tensors) against what llama.cpp's
+/// converter writes from config.json's rope scaling (`rope::converter_keys`): each key that
+/// parts, is missing, or states a scaling config.json has not, named with both values; a
+/// config.json scaling llama.cpp would run otherwise, named by its field.
+fn rope_scaling(file: &FileFacts<'_>, config: &serde_json::Value, problems: &mut Vec<String>) {
+    let want = match super::rope::converter_keys(config, &file.arch) {
+        Ok(w) => w,
+        Err(why) => {
+            problems
+                .push(format!("config.json's {why}, so no {} GGUF runs it as transformers does", file.arch));
+            return;
+        }
+    };
+    let prefix = file.key("rope.scaling.");
+    let shown = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::F32(x) => x.to_string(),
+        Value::U32(x) => x.to_string(),
+        other => format!("{other:?}"),
+    };
+    // Each key as the file states it: its name and value (llama.cpp reads the older
+    // `rope.scale_linear` where the factor key is absent).
+    let stated = |suffix: &str| -> Option<(String, String)> {
+        let mut key = format!("{prefix}{suffix}");
+        if suffix == "factor" && !file.md.contains_key(&key) {
+            key = file.key("rope.scale_linear");
+        }
+        let value = match file.md.get(&key)? {
+            Value::String(s) => Some(s.clone()),
+            _ => file.float(&key).map(|x| x.to_string()).or_else(|| file.int(&key).map(|x| x.to_string())),
+        };
+        Some(key).zip(value)
+    };
+    for (suffix, value) in &want.keys {
+        let want = shown(value);
+        match stated(suffix) {
+            Some((key, got)) if got != want => {
+                problems.push(format!("{key} {got} in the file, config.json's rope scaling {want}"))
+            }
+            None => problems.push(format!(
+                "{prefix}{suffix} is missing from the file, config.json's rope scaling {want}"
+            )),
+            Some(_) => {}
+        }
+    }
+    // A scaling key llama.cpp reads that config.json does not imply (phi3 states its original
+    // context whatever).
+    const READ: [&str; 9] = [
+        "type",
+        "factor",
+        "attn_factor",
+        "original_context_length",
+        "yarn_log_multiplier",
+        "yarn_beta_fast",
+        "yarn_beta_slow",
+        "yarn_ext_factor",
+        "yarn_attn_factor",
+    ];
+    for suffix in READ {
+        let implied = want.keys.iter().any(|(k, _)| *k == suffix)
+            || (file.arch == "phi3" && suffix == "original_context_length");
+        if let Some((key, got)) = stated(suffix).filter(|(_, v)| !implied && v != "none") {
+            problems.push(format!("{key} {got} in the file, config.json's rope implies no such key"));
+        }
+    }
+    let names = [super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT];
+    for (name, has) in names.into_iter().zip(file.longrope) {
+        match (has, want.longrope.is_some()) {
+            (false, true) => {
+                problems.push(format!("{name} is missing from the file, config.json's rope is LongRoPE"))
+            }
+            (true, false) => problems.push(format!(
+                "{name} (LongRoPE factors) is in the file, config.json's rope is not LongRoPE"
+            )),
+            _ => {}
+        }
+    }
+}
+
 /// config.json's rope base as transformers 4 (`rope_theta`) or 5 (`rope_parameters.rope_theta`)
 /// write it, with the field it came from.
 fn config_rope_theta(config: &serde_json::Value) -> Option<(f64, &'static str)> {
@@ -243,6 +326,24 @@ pub(crate) fn against_config(
             _ => {}
         }
     }
+    // A llama's and qwen2's head width: `attention.key_length` and `value_length` where the file
+    // states them (the converter does where config.json states `head_dim`), else hidden / heads.
+    if matches!(file.arch.as_str(), "llama" | "qwen2") {
+        let derived = hidden.zip(heads.filter(|h| *h > 0)).map(|(h, n)| h / n);
+        let width = config_int(config, "head_dim").or(derived);
+        for suffix in ["attention.key_length", "attention.value_length"] {
+            let key = file.key(suffix);
+            match (file.int(&key), width) {
+                (Some(got), Some(want)) if got != want => {
+                    problems.push(format!("{key} {got} in the file, config.json's heads are {want} wide"))
+                }
+                (None, Some(want)) if Some(want) != derived => problems.push(format!(
+                    "{key} is missing from the file, config.json head_dim {want} (not hidden / heads)"
+                )),
+                _ => {}
+            }
+        }
+    }
     // The rotary width: an explicit head_dim (deepseek2: its rotating part), else hidden / heads,
     // times the share that rotates (stablelm's `partial_rotary_factor`); only where the file says
     // one.
@@ -285,6 +386,7 @@ pub(crate) fn against_config(
         )),
         _ => {}
     }
+    rope_scaling(file, config, &mut problems);
     for (key, field, want) in architecture_floats(&file.arch, config) {
         let key = file.key(key);
         match (file.float(&key), want) {

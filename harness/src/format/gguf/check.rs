@@ -476,7 +476,16 @@ fn model_of(
     let layers = number("block_count", limits::LAYERS, true)?.unwrap_or(1);
     let context = number("context_length", limits::CONTEXT, arch != "llama")?.unwrap_or(2048);
     let ff = number("feed_forward_length", limits::INTERMEDIATE, false)?;
-    if quantized && !hidden.is_multiple_of(heads) {
+    // An explicit head width (mistral-nemo's), llama.cpp's `attention.key_length`, which a
+    // llama's and a qwen2's values share; else hidden / heads.
+    let key_length = number("attention.key_length", limits::HEAD_DIM, false)?;
+    let value_length = number("attention.value_length", limits::HEAD_DIM, false)?;
+    if quantized && value_length.is_some_and(|v| Some(v) != key_length.or(Some(hidden / heads))) {
+        return Err(format!(
+            "`{arch}.attention.value_length` {value_length:?} is not `{arch}.attention.key_length` {key_length:?}; the engine's {arch} has one head width"
+        ));
+    }
+    if quantized && key_length.is_none() && !hidden.is_multiple_of(heads) {
         return Err(format!(
             "`{arch}.embedding_length` {hidden} is not divisible by `{arch}.attention.head_count` {heads}"
         ));
@@ -486,7 +495,10 @@ fn model_of(
             "`{arch}.attention.head_count_kv` {kv_heads} does not divide `{arch}.attention.head_count` {heads}"
         ));
     }
-    let head_dim = hidden / heads;
+    let head_dim = match key_length {
+        Some(d) if quantized => d,
+        _ => hidden / heads,
+    };
     if quantized && !head_dim.is_multiple_of(2) {
         return Err(format!(
             "`{arch}.attention.head_count` {heads} gives heads {head_dim} wide; rotary embeddings need an even width"
@@ -496,7 +508,7 @@ fn model_of(
         let rope = number("rope.dimension_count", limits::HEAD_DIM, true)?;
         if rope != Some(head_dim) {
             return Err(format!(
-                "`llama.rope.dimension_count` is {rope:?}; candle's quantized llama rotates whole heads of {head_dim}"
+                "`llama.rope.dimension_count` is {rope:?}; llama.cpp's llama rotates whole heads of {head_dim}"
             ));
         }
         if let Some(v) = md.get("llama.expert_count")
@@ -525,6 +537,39 @@ fn model_of(
                 info.shape.dims()
             ));
         }
+    }
+    // phi3's LongRoPE as llama.cpp's converter keeps it: F32 factors, long and short, one per
+    // rotating pair; no other architecture's model would read them.
+    let longrope = [super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT].map(|n| infos.get(n));
+    if longrope.iter().any(Option::is_some) {
+        if arch != "phi3" {
+            return Err(format!(
+                "tensor `{}` (LongRoPE factors) in a {arch} GGUF: the engine reads it for phi3 only",
+                if longrope[0].is_some() { super::ROPE_FACTORS_LONG } else { super::ROPE_FACTORS_SHORT }
+            ));
+        }
+        let rotary = number("rope.dimension_count", limits::HEAD_DIM, false)?.unwrap_or(head_dim);
+        let pairs = (rotary / 2) as usize;
+        for (name, info) in [super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT].into_iter().zip(longrope) {
+            match info {
+                None => return Err(format!("tensor `{name}` is missing; LongRoPE needs both factor lists")),
+                Some(info) if info.shape.dims() != [pairs] || info.ggml_dtype != GgmlDType::F32 => {
+                    return Err(format!(
+                        "tensor `{name}` is {:?} {:?}, not F32 [{pairs}] (one factor per rotating pair of `phi3.rope.dimension_count`)",
+                        info.ggml_dtype,
+                        info.shape.dims()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    } else if arch == "phi3"
+        && let Some(a) =
+            md.get("phi3.rope.scaling.attn_factor").and_then(|v| v.to_f32().ok()).filter(|a| *a != 1.0)
+    {
+        return Err(format!(
+            "`phi3.rope.scaling.attn_factor` is {a} without LongRoPE's factor tensors; the engine's phi3 scales an unscaled rope by nothing"
+        ));
     }
     // An RMS norm's epsilon, or a layer norm's for the architectures that have layer norms.
     let eps_key = match md.get(&format!("{arch}.attention.layer_norm_epsilon")) {
@@ -561,6 +606,7 @@ fn model_of(
         None => shapes.get("blk.0.ffn_gate.weight").and_then(|s| s.first().copied()).unwrap_or(0),
     };
     let kv = kv_heads * head_dim;
+    let q = heads * head_dim;
     let mut expected: Vec<(String, Vec<u64>)> = vec![("output_norm.weight".into(), vec![hidden])];
     if shapes.contains_key("output.weight") {
         expected.push(("output.weight".into(), vec![vocab, hidden]));
@@ -568,10 +614,10 @@ fn model_of(
     for l in 0..layers {
         let p = format!("blk.{l}");
         expected.extend([
-            (format!("{p}.attn_q.weight"), vec![hidden, hidden]),
+            (format!("{p}.attn_q.weight"), vec![q, hidden]),
             (format!("{p}.attn_k.weight"), vec![kv, hidden]),
             (format!("{p}.attn_v.weight"), vec![kv, hidden]),
-            (format!("{p}.attn_output.weight"), vec![hidden, hidden]),
+            (format!("{p}.attn_output.weight"), vec![hidden, q]),
             (format!("{p}.ffn_gate.weight"), vec![ff, hidden]),
             (format!("{p}.ffn_up.weight"), vec![ff, hidden]),
             (format!("{p}.ffn_down.weight"), vec![hidden, ff]),
@@ -580,7 +626,7 @@ fn model_of(
         ]);
         if arch == "qwen2" {
             expected.extend([
-                (format!("{p}.attn_q.bias"), vec![hidden]),
+                (format!("{p}.attn_q.bias"), vec![q]),
                 (format!("{p}.attn_k.bias"), vec![kv]),
                 (format!("{p}.attn_v.bias"), vec![kv]),
             ]);
@@ -604,6 +650,29 @@ fn model_of(
         return Err(format!("`{arch}.block_count` is {layers}, the weights hold {weight_layers} layers"));
     }
     Ok(GgufModel { architecture: arch, context, vocab })
+}
+
+/// What a llama or qwen2 file states that candle's quantized models (a GPU session's) would
+/// ignore, so the engine runs it in its float model instead: rope scaling (llama3's factors, or
+/// keys) or a head width other than hidden / heads. `None` for any other file.
+pub(crate) fn beyond_candles_quantized(content: &gguf_file::Content) -> Option<String> {
+    let md = &content.metadata;
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok())?;
+    if !matches!(arch.as_str(), "llama" | "qwen2") {
+        return None;
+    }
+    if content.tensor_infos.contains_key(super::read::ROPE_FACTORS) {
+        return Some(format!("tensor `{}` (llama3 rope scaling)", super::read::ROPE_FACTORS));
+    }
+    let int = |suffix: &str| md.get(&format!("{arch}.{suffix}")).and_then(|v| v.to_u32().ok());
+    if let Some(kind) = super::rope::stated_scaling(md, arch) {
+        return Some(format!("{kind} rope scaling in `{arch}.rope.scaling.*`"));
+    }
+    let derived = int("embedding_length").zip(int("attention.head_count")).map(|(h, n)| h / n.max(1));
+    match int("attention.key_length") {
+        Some(d) if Some(d) != derived => Some(format!("`{arch}.attention.key_length` {d}")),
+        _ => None,
+    }
 }
 
 /// Opens a GGUF file for candle: the pre-pass, candle's own read, then the model check. The

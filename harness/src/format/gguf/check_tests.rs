@@ -3,7 +3,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::*;
-use crate::fuzz::models::seeds::{gguf_dim, gguf_u32, patched, tiny_gguf, with_alignment};
+use crate::fuzz::models::config as tiny_config;
+use crate::fuzz::models::seeds::{gguf_dim, gguf_of, gguf_u32, patched, tiny_gguf, with_alignment};
 
 /// Writes `bytes` as a GGUF file, then asserts that the pre-pass, `open` and the engine's load
 /// all refuse it with an error containing `want`, none of them panicking.
@@ -137,4 +138,49 @@ fn the_qwen2_context_is_bounded_and_clamped_for_the_session() {
     let started = std::time::Instant::now();
     crate::engine::load_candle(&path, crate::matrix::Backend::Cpu).expect("loads");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+/// A llama's explicit head width (mistral-nemo's) is read from `attention.key_length`, its
+/// tensors held to it; a value width apart from it, or a rotary width apart from it, is refused
+/// by key. Either file is one candle's quantized llama would run otherwise.
+#[test]
+fn an_explicit_head_width_is_read_and_one_apart_from_its_values_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config("mistral");
+    config["head_dim"] = 8.into();
+    let gguf = gguf_of(&dir.path().join("wide"), &config);
+    let path = dir.path().join("wide.gguf");
+    std::fs::write(&path, &gguf).unwrap();
+    let (_, mut content, _) = open(&path).expect("a head width of 8 over hidden 8 and 2 heads");
+    assert_eq!(beyond_candles_quantized(&content).as_deref(), Some("`llama.attention.key_length` 8"));
+    // A file made elsewhere (no config.json inside) converts back to a config stating it.
+    content.metadata.remove(crate::format::gguf::HF_CONFIG);
+    let hf = crate::format::gguf::hf_files(&content.metadata, true).unwrap();
+    assert_eq!(hf.config["head_dim"], 8);
+    crate::engine::load_candle(&path, crate::matrix::Backend::Cpu).expect("the wide file loads");
+    refused(&gguf_u32(&gguf, "llama.attention.value_length", 4), "`llama.attention.value_length` Some(4)");
+    refused(&gguf_u32(&gguf, "llama.rope.dimension_count", 4), "`llama.rope.dimension_count` is Some(4)");
+    let narrow = gguf_of(&dir.path().join("narrow"), &tiny_config("llama"));
+    std::fs::write(&path, &narrow).unwrap();
+    let (_, content, _) = open(&path).unwrap();
+    assert_eq!(beyond_candles_quantized(&content), None);
+}
+
+/// phi3's LongRoPE factor tensors are held to one F32 factor per rotating pair, both present.
+#[test]
+fn longrope_factor_tensors_of_another_length_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config("phi3");
+    config["original_max_position_embeddings"] = 8.into();
+    config["rope_scaling"] = serde_json::json!({"type": "longrope", "long_factor": [2.0, 3.0],
+        "short_factor": [1.0, 1.5], "original_max_position_embeddings": 8});
+    let gguf = gguf_of(&dir.path().join("phi3"), &config);
+    let path = dir.path().join("phi3.gguf");
+    std::fs::write(&path, &gguf).unwrap();
+    open(&path).expect("LongRoPE factors of 2 pairs");
+    crate::engine::load_candle(&path, crate::matrix::Backend::Cpu).expect("the LongRoPE file loads");
+    refused(
+        &gguf_dim(&gguf, crate::format::gguf::ROPE_FACTORS_LONG, 3),
+        "tensor `rope_factors_long.weight` is F32 [3], not F32 [2]",
+    );
 }

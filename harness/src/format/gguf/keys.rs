@@ -214,18 +214,6 @@ fn refuse_what_llama_cpp_cannot_run(s: &Source) -> Result<(), ConvertError> {
         }
         _ => {}
     }
-    // Rope scaling normalising kept for the engine (phi3's LongRoPE, gemma3's linear factor):
-    // the converter's keys for them are not written here.
-    for field in ["rope_longrope", "rope_linear_factor"] {
-        if s.config.get(field).is_some_and(|v| !v.is_null()) {
-            let stated = if s.original.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-                "rope_scaling"
-            } else {
-                "rope_parameters"
-            };
-            return Err(s.refuse(stated, "asks for rope scaling (the writer carries the rope base only)"));
-        }
-    }
     Ok(())
 }
 
@@ -437,7 +425,25 @@ fn own_keys(s: &Source, shape: &Shape) -> Result<Option<Vec<(String, Value)>>, C
 pub(super) fn architecture_keys(s: &Source) -> Result<Vec<(String, Value)>, ConvertError> {
     refuse_what_llama_cpp_cannot_run(s)?;
     let shape = shape(s)?;
-    if let Some(md) = own_keys(s, &shape)? {
+    let mut md = common_keys(s, &shape)?;
+    // The rope scaling keys as the converter writes them (after the head counts; deepseek2's
+    // log multiplier last), or the field llama.cpp would run otherwise, named.
+    let rope = super::rope::converter_keys(s.original, s.arch)
+        .map_err(|why| ConvertError::Unsupported(format!("GGUF of a {} whose {why}", s.model_type)))?;
+    let at = md.iter().position(|(k, _)| *k == s.key("attention.head_count_kv")).map_or(md.len(), |i| i + 1);
+    let (last, rest): (Vec<_>, Vec<_>) =
+        rope.keys.into_iter().partition(|(k, _)| *k == "yarn_log_multiplier");
+    let scaling = |keys: Vec<(&'static str, Value)>| -> Vec<(String, Value)> {
+        keys.into_iter().map(|(k, v)| (s.key(&format!("rope.scaling.{k}")), v)).collect()
+    };
+    md.splice(at..at, scaling(rest));
+    md.extend(scaling(last));
+    Ok(md)
+}
+
+/// The `{arch}.*` keys of the model but its rope scaling's.
+fn common_keys(s: &Source, shape: &Shape) -> Result<Vec<(String, Value)>, ConvertError> {
+    if let Some(md) = own_keys(s, shape)? {
         return Ok(md);
     }
     let mut md = vec![

@@ -150,25 +150,10 @@ pub(super) fn shifted_by_one(arch: &str, gguf: &str) -> bool {
 pub(super) fn refused_key(md: &HashMap<String, Value>, arch: &str) -> Option<String> {
     let key = |suffix: &str| format!("{arch}.{suffix}");
     let int = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_u32().ok());
-    let text = |suffix: &str| md.get(&key(suffix)).and_then(|v| v.to_string().ok()).cloned();
-    // Rope scaling stated in keys, of any architecture: none is read back — not deepseek2's
-    // YaRN (its attention factor is spelled differently by converter versions), gemma3's
-    // (llama.cpp scales local layers by their own factor), phi3's LongRoPE (factors stored as
-    // tensors), nor a llama's or qwen2's linear or YaRN scaling, which candle's quantized models
-    // would ignore. (llama3's scaling is a tensor, `read::ROPE_FACTORS`, which a llama's reads.)
-    if let Some(kind) = text("rope.scaling.type").filter(|t| t != "none") {
-        return Some(format!(
-            "`{}` is `{kind}`; the engine does not read rope scaling from a {arch} GGUF",
-            key("rope.scaling.type")
-        ));
-    }
-    for suffix in ["rope.scaling.factor", "rope.scaling.attn_factor", "rope.scaling.yarn_log_multiplier"] {
-        if let Some(v) = md.get(&key(suffix)).and_then(|v| v.to_f32().ok())
-            && v != 1.0
-            && !(suffix == "rope.scaling.yarn_log_multiplier" && v == 0.0)
-        {
-            return Some(format!("`{}` is {v}; the engine does not scale a {arch} GGUF's rope", key(suffix)));
-        }
+    // Rope scaling stated in keys, of any architecture: what the engine would not run as
+    // llama.cpp runs it (`rope.rs`).
+    if let Some(why) = super::rope::refused(md, arch) {
+        return Some(why);
     }
     if !LAYOUTS.contains(&arch) {
         return None;
@@ -386,8 +371,14 @@ pub(super) fn config(
             c["layer_types"] = json!(layer_types);
             if !gemma2 {
                 drop(c, "rope_theta");
+                // Linear scaling (`rope.rs`) on the global layers only, as llama.cpp scales them.
+                let full = match c.get("rope_scaling").and_then(|s| s.get("factor")).cloned() {
+                    Some(factor) => json!({"rope_type": "linear", "factor": factor, "rope_theta": base}),
+                    None => json!({"rope_type": "default", "rope_theta": base}),
+                };
+                drop(c, "rope_scaling");
                 c["rope_parameters"] = json!({
-                    "full_attention": {"rope_type": "default", "rope_theta": base},
+                    "full_attention": full,
                     "sliding_attention": {
                         "rope_type": "default",
                         "rope_theta": float("rope.freq_base_swa").unwrap_or(base),
@@ -493,18 +484,23 @@ mod tests {
     }
 
     #[test]
-    fn rope_scaling_keys_are_refused_for_every_architecture_and_the_rest_for_this_modules() {
+    fn rope_scaling_keys_the_engine_does_not_run_are_refused_and_the_rest_for_this_modules() {
         let md = |pairs: &[(&str, Value)]| -> HashMap<String, Value> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
         };
-        // A llama's linear scaling (deepseek-coder-1.3b's) and a qwen2's YaRN would be ignored by
-        // candle's quantized models: refused by name. "none" is no scaling.
-        let why = refused_key(&md(&[("llama.rope.scaling.type", Value::String("linear".into()))]), "llama");
-        assert!(why.is_some_and(|w| w.contains("`llama.rope.scaling.type` is `linear`")));
-        let why = refused_key(&md(&[("qwen2.rope.scaling.factor", Value::F32(4.0))]), "qwen2");
-        assert!(why.is_some_and(|w| w.contains("`qwen2.rope.scaling.factor` is 4")));
+        // A llama's linear scaling (deepseek-coder-1.3b's) and a qwen2's YaRN are read
+        // (`rope.rs`); a qwen3's YaRN is not, refused by name, as is a qwen3 factor (linear,
+        // llama.cpp's default type). "none" is no scaling.
+        let linear = md(&[
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(4.0)),
+        ]);
+        assert_eq!(refused_key(&linear, "llama"), None);
+        assert_eq!(refused_key(&md(&[("qwen2.rope.scaling.factor", Value::F32(4.0))]), "qwen2"), None);
         let why = refused_key(&md(&[("qwen3.rope.scaling.type", Value::String("yarn".into()))]), "qwen3");
         assert!(why.is_some_and(|w| w.contains("`qwen3.rope.scaling.type` is `yarn`")));
+        let why = refused_key(&md(&[("qwen3.rope.scaling.factor", Value::F32(4.0))]), "qwen3");
+        assert!(why.is_some_and(|w| w.contains("`qwen3.rope.scaling.factor` is 4")));
         assert_eq!(
             refused_key(&md(&[("llama.rope.scaling.type", Value::String("none".into()))]), "llama"),
             None
@@ -514,6 +510,7 @@ mod tests {
         assert_eq!(refused_key(&md(&[("llama.rope.freq_base_swa", Value::F32(1e6))]), "llama"), None);
         let why = refused_key(&md(&[("phi3.rope.scaling.type", Value::String("longrope".into()))]), "phi3");
         assert!(why.is_some_and(|w| w.contains("`phi3.rope.scaling.type` is `longrope`")));
+        // deepseek2's factor without a type is linear, which its model does not run.
         let why = refused_key(&md(&[("deepseek2.rope.scaling.factor", Value::F32(40.0))]), "deepseek2");
         assert!(why.is_some_and(|w| w.contains("`deepseek2.rope.scaling.factor` is 40")));
         let why = refused_key(&md(&[("gemma2.rope.freq_base_swa", Value::F32(1e6))]), "gemma2");

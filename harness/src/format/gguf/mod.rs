@@ -18,7 +18,7 @@
 //! fallback is listed in the file's `modelqa.fallbacks` metadata: nothing changes type silently.
 //!
 //! Writing is in `write.rs` (each architecture's keys in `keys.rs`, the tokenizer's metadata in
-//! `vocab.rs`, its pre-tokenizer's name from `pre.rs`), the mixes in `mix.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and
+//! `vocab.rs`, its pre-tokenizer's name from `pre.rs`, rope scaling both ways in `rope.rs`), the mixes in `mix.rs`, reading in `read.rs`, the pre-pass in `check.rs`, and
 //! what a file claims against the model's own files in `agree.rs`; this file holds the metadata
 //! keys, the errors and the mapping between Hugging Face and GGUF names.
 
@@ -34,11 +34,12 @@ mod layouts;
 mod mix;
 mod pre;
 mod read;
+mod rope;
 mod vocab;
 mod write;
 
 pub(crate) use agree::{FileFacts, against_config, against_expectations, against_quantization};
-pub(crate) use check::{GgufError, check_model, open, read};
+pub(crate) use check::{GgufError, beyond_candles_quantized, check_model, open, read};
 
 pub use mix::{MixModel, fallback, type_name, wanted_type, written_type};
 pub use pre::{PreTokenizerError, pre_tokenizer_names};
@@ -47,6 +48,7 @@ pub use read::{
     Dequantized, ROPE_FACTORS, Stored, StoredMatrix, dequantize, dequantized_config, hf_files, read_stored,
     to_apr, to_safetensors, tokenizer,
 };
+pub use rope::{ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, longrope};
 pub use write::{from_safetensors, permute_qk};
 
 /// Metadata key of the whole `tokenizer.json`, as llama.cpp's converter may write it.

@@ -257,26 +257,37 @@ pub fn hf_files(md: &HashMap<String, Value>, has_output: bool) -> Result<HfFiles
     let tokenizer = tokenizer(md)?;
     let config = match embedded(HF_CONFIG) {
         Some(c) => c,
-        None => serde_json::json!({
-            "model_type": arch,
-            "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-            "hidden_size": int("embedding_length"),
-            "intermediate_size": int("feed_forward_length"),
-            "num_hidden_layers": int("block_count"),
-            "num_attention_heads": int("attention.head_count"),
-            "num_key_value_heads": int("attention.head_count_kv"),
-            "rms_norm_eps": float("attention.layer_norm_rms_epsilon"),
-            "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
-            "max_position_embeddings": int("context_length"),
-            "hidden_act": "silu",
-            "sliding_window": int("context_length"),
-            "use_sliding_window": false,
-            "max_window_layers": int("block_count"),
-            "vocab_size": tokenizer.get_vocab_size(true),
-            "tie_word_embeddings": !has_output,
-            "bos_token_id": id("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": id("tokenizer.ggml.eos_token_id"),
-        }),
+        None => {
+            let mut config = serde_json::json!({
+                "model_type": arch,
+                "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+                "hidden_size": int("embedding_length"),
+                "intermediate_size": int("feed_forward_length"),
+                "num_hidden_layers": int("block_count"),
+                "num_attention_heads": int("attention.head_count"),
+                "num_key_value_heads": int("attention.head_count_kv"),
+                "rms_norm_eps": float("attention.layer_norm_rms_epsilon"),
+                "rope_theta": float("rope.freq_base").unwrap_or(10000.0),
+                "max_position_embeddings": int("context_length"),
+                "hidden_act": "silu",
+                "sliding_window": int("context_length"),
+                "use_sliding_window": false,
+                "max_window_layers": int("block_count"),
+                "vocab_size": tokenizer.get_vocab_size(true),
+                "tie_word_embeddings": !has_output,
+                "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+                "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+            });
+            // Rope scaling stated in keys, as llama.cpp runs them (`rope.rs`; refused otherwise),
+            // and an explicit head width.
+            if let Some(scaling) = super::rope::scaling(md, &arch, int("context_length")) {
+                config["rope_scaling"] = scaling;
+            }
+            if let Some(width) = int("attention.key_length") {
+                config["head_dim"] = width.into();
+            }
+            config
+        }
     };
     let tokenizer_json = match md.get(HF_TOKENIZER_JSON).and_then(|v| v.to_string().ok()) {
         Some(json) => json.clone(),
@@ -430,6 +441,8 @@ pub struct Dequantized {
     pub metadata: HashMap<String, Value>,
     /// [`ROPE_FACTORS`]' values, where the file has the tensor.
     pub rope_factors: Option<Vec<f32>>,
+    /// phi3's LongRoPE factors, `[long, short]` ([`super::ROPE_FACTORS_LONG`], `_SHORT`).
+    pub longrope: Option<[Vec<f32>; 2]>,
 }
 
 /// The tensor in which llama.cpp's converter keeps llama3's rope scaling (a llama's only): one
@@ -478,6 +491,11 @@ pub fn dequantized_config(
         "bos_token_id": id("tokenizer.ggml.bos_token_id"),
         "eos_token_id": id("tokenizer.ggml.eos_token_id"),
     });
+    // Rope scaling stated in keys, as llama.cpp runs it (`rope.rs`; phi3's LongRoPE is its
+    // tensors, which the loader adds).
+    if let Some(scaling) = super::rope::scaling(md, arch, int("context_length")) {
+        config["rope_scaling"] = scaling;
+    }
     if layouts {
         return super::layouts::config(md, arch, config);
     }
@@ -580,6 +598,10 @@ pub(crate) fn dequantized_shape_problems(path: &Path, content: &gguf_file::Conte
     let mut halves: BTreeMap<usize, [Option<Vec<usize>>; 2]> = BTreeMap::new();
     for (name, info) in &content.tensor_infos {
         let dims = info.shape.dims().to_vec();
+        // The rope's factors, checked with the keys (`check.rs`), are no weight.
+        if [ROPE_FACTORS, super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT].contains(&name.as_str()) {
+            continue;
+        }
         if let Some((layer, keys)) = super::layouts::kv_b_half(&arch, name) {
             halves.entry(layer).or_default()[usize::from(!keys)] = Some(dims);
         } else if let Some((layer, projection)) = stacked_experts(name) {
@@ -638,7 +660,12 @@ fn stacked_experts(name: &str) -> Option<(usize, &'static str)> {
 /// Reads and dequantizes a GGUF file.
 pub fn dequantize(path: &Path) -> Result<Dequantized, ConvertError> {
     let read = read_tensors(path, false)?;
-    Ok(Dequantized { tensors: read.tensors, metadata: read.metadata, rope_factors: read.rope_factors })
+    Ok(Dequantized {
+        tensors: read.tensors,
+        metadata: read.metadata,
+        rope_factors: read.rope_factors,
+        longrope: read.longrope,
+    })
 }
 
 /// A GGUF file read for the engine's own kernels: its matrices as stored, the rest dequantized.
@@ -653,6 +680,8 @@ pub struct Stored {
     pub mapped: Arc<memmap2::Mmap>,
     /// [`ROPE_FACTORS`]' values, where the file has the tensor.
     pub rope_factors: Option<Vec<f32>>,
+    /// phi3's LongRoPE factors, `[long, short]`.
+    pub longrope: Option<[Vec<f32>; 2]>,
 }
 
 /// A matrix of a GGUF file as stored.
@@ -682,6 +711,7 @@ pub fn read_stored(path: &Path) -> Result<Stored, ConvertError> {
         metadata: read.metadata,
         mapped,
         rope_factors: read.rope_factors,
+        longrope: read.longrope,
     })
 }
 
@@ -692,6 +722,7 @@ struct ReadTensors {
     metadata: HashMap<String, Value>,
     mapped: Option<Arc<memmap2::Mmap>>,
     rope_factors: Option<Vec<f32>>,
+    longrope: Option<[Vec<f32>; 2]>,
 }
 
 /// The dequantized tensors by Hugging Face name; with `keep_matrices`, the 2-D ones (experts
@@ -722,17 +753,20 @@ fn read_tensors(path: &Path, keep_matrices: bool) -> Result<ReadTensors, Convert
     let mut matrices = BTreeMap::new();
     // deepseek2's halves of each layer's kv_b_proj, joined once both are read.
     let mut kv_b: BTreeMap<usize, [Option<(Tensor, GgmlDType)>; 2]> = BTreeMap::new();
-    let mut rope_factors = None;
+    // The rope's factor tensors (llama3's; phi3's LongRoPE, long then short), read apart.
+    let mut rope: [Option<Vec<f32>>; 3] = [None, None, None];
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        if name == ROPE_FACTORS {
+        if let Some(i) =
+            [ROPE_FACTORS, super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT].iter().position(|n| n == name)
+        {
             let t = content
                 .tensor(&mut file, name, &Device::Cpu)
                 .and_then(|q| q.dequantize(&Device::Cpu))
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                 .map_err(|e| err(path, format!("tensor `{name}`: {e}")))?;
-            rope_factors = Some(t);
+            rope[i] = Some(t);
             continue;
         }
         if let Some((layer, keys)) = super::layouts::kv_b_half(&arch, name) {
@@ -818,7 +852,22 @@ fn read_tensors(path: &Path, keep_matrices: bool) -> Result<ReadTensors, Convert
             .map_err(|e| err(path, format!("tensors `blk.{layer}.attn_k_b.weight` and `attn_v_b`: {e}")))?;
         tensors.insert(format!("model.layers.{layer}.self_attn.kv_b_proj.weight"), (joined, dtype));
     }
-    Ok(ReadTensors { tensors, matrices, metadata: content.metadata, mapped, rope_factors })
+    let [rope_factors, long, short] = rope;
+    let longrope = match (long, short) {
+        (Some(long), Some(short)) => Some([long, short]),
+        (None, None) => None,
+        _ => {
+            return Err(err(
+                path,
+                format!(
+                    "one of `{}` and `{}` without the other",
+                    super::ROPE_FACTORS_LONG,
+                    super::ROPE_FACTORS_SHORT
+                ),
+            ));
+        }
+    };
+    Ok(ReadTensors { tensors, matrices, metadata: content.metadata, mapped, rope_factors, longrope })
 }
 
 #[cfg(test)]

@@ -196,9 +196,11 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     let config = crate::format::hf_config::normalise(&config_path, &config)
         .map_err(|e| err(&config_path, e.cause()))?;
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
-    // llama3's scaling goes in a tensor of factors, as llama.cpp's converter writes it; any
-    // other scaling stops the conversion.
-    let rope_factors = match config.get("rope_scaling").filter(|v| !v.is_null()) {
+    // llama3's scaling goes in a tensor of factors, as llama.cpp's converter writes it (a
+    // llama's only); linear and YaRN scaling in keys (`keys.rs`), phi3's LongRoPE in tensors
+    // of factors too (below).
+    let llama3 = |s: &&serde_json::Value| s.get("rope_type").and_then(|t| t.as_str()) == Some("llama3");
+    let rope_factors = match config.get("rope_scaling").filter(|v| !v.is_null()).filter(llama3) {
         None => None,
         Some(scaling) => Some(llama3_rope_factors(&model_type, &config, scaling).ok_or_else(|| {
             // Named as the model's config.json spells it.
@@ -207,7 +209,8 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
                 false => "rope_parameters",
             };
             ConvertError::Unsupported(format!(
-                "GGUF with `{field}` {scaling} (the writer carries a llama's llama3 scaling and the rope base only)"
+                "GGUF with `{field}` {scaling} (llama3 scaling travels as a llama's `{}` only)",
+                super::ROPE_FACTORS
             ))
         })?),
     };
@@ -216,6 +219,8 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
     })?;
     let source = super::keys::Source { model_type: &model_type, arch, original: &original, config: &config };
     let arch_keys = super::keys::architecture_keys(&source)?;
+    // phi3's LongRoPE factors (`architecture_keys` refused what the converter would not write).
+    let longrope = super::rope::converter_keys(&original, arch).ok().and_then(|r| r.longrope);
     let count = |key: &str| {
         arch_keys.iter().find(|(k, _)| *k == format!("{arch}.{key}")).and_then(|(_, v)| v.to_u32().ok())
     };
@@ -291,6 +296,20 @@ pub fn from_safetensors(dir: &Path, q: Quantization) -> Result<Vec<u8>, ConvertE
         let n = factors.len();
         let t = Tensor::from_vec(factors, n, &Device::Cpu).map_err(|e| err(&config_path, e))?;
         named.push(("rope_scaling".into(), super::ROPE_FACTORS.into(), t));
+    }
+    if let Some(lists) = longrope {
+        // As the converter requires: one factor per rotating pair.
+        let pairs = count("rope.dimension_count").unwrap_or(0) as usize / 2;
+        for (list, name) in lists.into_iter().zip([super::ROPE_FACTORS_LONG, super::ROPE_FACTORS_SHORT]) {
+            if list.len() != pairs {
+                return Err(ConvertError::Unsupported(format!(
+                    "GGUF of a phi3 whose longrope factor lists hold {} factors, not one per rotating pair ({pairs})",
+                    list.len()
+                )));
+            }
+            let t = Tensor::from_vec(list, pairs, &Device::Cpu).map_err(|e| err(&config_path, e))?;
+            named.push(("rope_scaling".into(), name.into(), t));
+        }
     }
     named.sort_by(|a, b| a.1.cmp(&b.1));
     let model = MixModel::new(
@@ -442,6 +461,12 @@ mod tests {
 
     /// The GGUF written from a copy of the zoo's `model_type` model whose config `edit` changes.
     fn convert_zoo(model_type: &str, edit: impl Fn(&mut serde_json::Value)) -> Result<Vec<u8>, ConvertError> {
+        let dir = zoo_copy(model_type, edit);
+        from_safetensors(dir.path(), Quantization::F32)
+    }
+
+    /// A copy of the zoo's `model_type` model whose config `edit` changes.
+    fn zoo_copy(model_type: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
         let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/zoo").join(model_type);
         let dir = tempfile::tempdir().unwrap();
         for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "tokenizer.model"] {
@@ -453,7 +478,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(zoo.join("config.json")).unwrap()).unwrap();
         edit(&mut c);
         std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
-        from_safetensors(dir.path(), Quantization::F32)
+        dir
     }
 
     fn metadata(bytes: &[u8]) -> std::collections::HashMap<String, Value> {
@@ -506,25 +531,251 @@ mod tests {
         assert!(convert_zoo("qwen3_moe", |c| c["norm_topk_prob"] = json!(true)).is_ok());
     }
 
-    /// Rope scaling the converter would state in keys the writer does not write (phi3's
-    /// LongRoPE factors, gemma3's linear factor) stops the conversion, naming the field.
+    /// Rope scaling travels as llama.cpp's converter writes it: linear and YaRN in keys (gemma3's
+    /// linear factor too), phi3's LongRoPE as factor tensors with its attention factor; what
+    /// llama.cpp would run otherwise than transformers (yarn's β, deepseek_v2's mscale apart
+    /// from mscale_all_dim, factor lists of another length, gemma3's YaRN), stops the
+    /// conversion by field.
     #[test]
-    fn rope_scaling_of_the_converters_own_keys_is_refused() {
-        let longrope = convert_zoo("phi3", |c| {
-            c["max_position_embeddings"] = json!(256);
-            c["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 10000.0,
-                "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8], "original_max_position_embeddings": 128});
+    fn rope_scaling_travels_as_the_converter_writes_it_or_is_refused_by_field() {
+        let longrope = |long: usize| {
+            move |c: &mut serde_json::Value| {
+                c["original_max_position_embeddings"] = json!(16);
+                c["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 10000.0,
+                    "short_factor": vec![1.0; 8], "long_factor": vec![2.0; long], "original_max_position_embeddings": 16});
+            }
+        };
+        let bytes = convert_zoo("phi3", longrope(8)).unwrap();
+        let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
+        for name in [super::super::ROPE_FACTORS_LONG, super::super::ROPE_FACTORS_SHORT] {
+            assert_eq!(content.tensor_infos[name].shape.dims(), [8], "{name}");
+        }
+        let attention = content.metadata["phi3.rope.scaling.attn_factor"].to_f32().unwrap();
+        assert_eq!(attention, (1.0 + 8f64.ln() / 16f64.ln()).sqrt() as f32);
+        let short = convert_zoo("phi3", longrope(6)).unwrap_err().to_string();
+        assert!(short.contains("rotating pair"), "{short}");
+        let linear = convert_zoo("llama", |c| {
+            c["rope_parameters"] = json!({"rope_type": "linear", "factor": 4.0, "rope_theta": 5e5});
         })
-        .unwrap_err()
-        .to_string();
-        assert!(longrope.contains("`rope_parameters`") && longrope.contains("phi3"), "{longrope}");
-        let linear = convert_zoo("gemma3_text", |c| {
+        .unwrap();
+        let md = metadata(&linear);
+        assert_eq!(md["llama.rope.scaling.type"].to_string().unwrap(), "linear");
+        assert_eq!(md["llama.rope.scaling.factor"].to_f32().unwrap(), 4.0);
+        for (model_type, scaling, field) in [
+            (
+                "qwen2",
+                json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 8}),
+                "`beta_fast` 8",
+            ),
+            (
+                "deepseek_v2",
+                json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 1.0, "mscale_all_dim": 0.707}),
+                "mscale",
+            ),
+        ] {
+            let e = convert_zoo(model_type, |c| {
+                let theta = c["rope_parameters"]["rope_theta"].clone();
+                c["rope_parameters"] = scaling.clone();
+                c["rope_parameters"]["rope_theta"] = theta;
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(field) && e.contains("`rope_parameters`"), "{model_type}: {e}");
+        }
+        // gemma3's linear factor on its global layers, as llama.cpp's gemma3 scales them: the
+        // file is read back with it there, and runs as the model does (the zoo model's two
+        // layers both slide, so here the factor changes nothing).
+        let scaled = zoo_copy("gemma3_text", |c| {
             c["rope_parameters"]["full_attention"] =
                 json!({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6});
+        });
+        let bytes = from_safetensors(scaled.path(), Quantization::F32).unwrap();
+        let md = metadata(&bytes);
+        assert_eq!(md["gemma3.rope.scaling.type"].to_string().unwrap(), "linear");
+        assert_eq!(md["gemma3.rope.scaling.factor"].to_f32().unwrap(), 8.0);
+        let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
+        let rows = content.tensor_infos["token_embd.weight"].shape.dims()[0];
+        let read = super::super::dequantized_config(&content.metadata, false, false, rows).unwrap();
+        assert_eq!(
+            read["rope_parameters"]["full_attention"],
+            json!({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6})
+        );
+        assert_eq!(read["rope_parameters"]["sliding_attention"]["rope_type"], "default");
+        let file = scaled.path().join("scaled.gguf");
+        std::fs::write(&file, &bytes).unwrap();
+        use crate::engine::Session;
+        let logits = |path: &Path| {
+            let mut session = crate::engine::load_candle(path, crate::matrix::Backend::Cpu).unwrap();
+            session.prompt_logits("the cat sat on the mat and then the dog", 10).unwrap()
+        };
+        let (want, got) = (logits(scaled.path()), logits(&file));
+        let apart =
+            want.iter().flatten().zip(got.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(apart < 1e-4, "the file: {apart}");
+        let yarn = convert_zoo("gemma3_text", |c| {
+            c["rope_parameters"]["full_attention"] =
+                json!({"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6, "original_max_position_embeddings": 16});
         })
         .unwrap_err()
         .to_string();
-        assert!(linear.contains("`rope_parameters`"), "{linear}");
+        assert!(yarn.contains("`rope_parameters`") && yarn.contains("yarn"), "{yarn}");
+    }
+
+    /// The writer's `{arch}.*` keys and rope factor tensors for the zoo variants whose rope it
+    /// carries (linear, YaRN, deepseek2's YaRN, phi3's LongRoPE, an explicit head width) are
+    /// llama.cpp's converter's, key for key (`converter_keys.json`, made by
+    /// `xtask/zoo/converter_keys.py`).
+    #[test]
+    fn the_writers_rope_keys_are_the_converters() {
+        let recorded: serde_json::Value = serde_json::from_str(include_str!("converter_keys.json")).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let variants = recorded["variants"].as_object().unwrap();
+        assert_eq!(variants.len(), 7);
+        for (variant, want) in variants {
+            let dir = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(root.join("zoo-variants").join(variant)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+            // As the converter was given them: the LongRoPE variants state no tokenizer class.
+            if variant.starts_with("phi-") {
+                let from = root.join("zoo/phi3/tokenizer_config.json");
+                std::fs::copy(from, dir.path().join("tokenizer_config.json")).unwrap();
+            }
+            let bytes = from_safetensors(dir.path(), Quantization::F32).unwrap();
+            let mut reader = Cursor::new(&bytes);
+            let content = gguf_file::Content::read(&mut reader).unwrap();
+            let arch = content.metadata["general.architecture"].to_string().unwrap().clone();
+            let keys = want["keys"].as_object().unwrap();
+            // The writer states qwen2's rotary width, llama.cpp's default for it (`keys.rs`).
+            let mut ours: Vec<&String> = content
+                .metadata
+                .keys()
+                .filter(|k| k.starts_with(&format!("{arch}.")) && *k != "qwen2.rope.dimension_count")
+                .collect();
+            ours.sort();
+            assert_eq!(ours, keys.keys().collect::<Vec<_>>(), "{variant}: the keys written");
+            for (key, v) in keys {
+                let got = &content.metadata[key];
+                let same = match v["type"].as_str().unwrap() {
+                    "UINT32" => got.to_u32().ok() == v["value"].as_u64().map(|x| x as u32),
+                    "FLOAT32" => got.to_f32().ok() == v["value"].as_f64().map(|x| x as f32),
+                    "STRING" => got.to_string().ok().map(String::as_str) == v["value"].as_str(),
+                    "BOOL" => got.to_bool().ok() == v["value"].as_bool(),
+                    other => panic!("{variant}: {key} of type {other}"),
+                };
+                assert!(same, "{variant}: {key} {got:?}, the converter's {}", v["value"]);
+            }
+            let tensors = want["tensors"].as_object().unwrap();
+            let mut ours: Vec<&String> =
+                content.tensor_infos.keys().filter(|n| n.starts_with("rope_")).collect();
+            ours.sort();
+            assert_eq!(ours, tensors.keys().collect::<Vec<_>>(), "{variant}: the rope tensors");
+            for (name, values) in tensors {
+                let t = content
+                    .tensor(&mut reader, name, &Device::Cpu)
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap();
+                let want: Vec<f32> =
+                    values.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                assert_eq!(t.to_vec1::<f32>().unwrap(), want, "{variant}: {name}");
+            }
+        }
+    }
+
+    /// G0 holds the rope scaling keys and a llama's head width to config.json: the variants'
+    /// own files agree, and a planted lie (a wrong factor, type, original context, a key
+    /// config.json implies none of, a missing LongRoPE tensor, a wrong or missing head width)
+    /// is named.
+    #[test]
+    fn g0_names_a_rope_scaling_key_that_parts_from_config_json() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let facts = |variant: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(root.join("zoo-variants").join(variant)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+            if variant.starts_with("phi-") {
+                let from = root.join("zoo/phi3/tokenizer_config.json");
+                std::fs::copy(from, dir.path().join("tokenizer_config.json")).unwrap();
+            }
+            let bytes = from_safetensors(dir.path(), Quantization::F32).unwrap();
+            let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
+            let read = |f: &str| -> serde_json::Value {
+                serde_json::from_str(&std::fs::read_to_string(dir.path().join(f)).unwrap()).unwrap()
+            };
+            (content, read("config.json"), read("tokenizer_config.json"))
+        };
+        let problems = |content: &gguf_file::Content, config: &serde_json::Value, tc: &serde_json::Value| {
+            super::super::against_config(&super::super::FileFacts::new(content), config, Some(tc))
+        };
+        for (variant, key, lie, named) in [
+            (
+                "llama-linear",
+                "llama.rope.scaling.factor",
+                Value::F32(2.0),
+                "llama.rope.scaling.factor 2 in the file",
+            ),
+            (
+                "qwen2-yarn",
+                "qwen2.rope.scaling.type",
+                Value::String("linear".into()),
+                "qwen2.rope.scaling.type linear",
+            ),
+            (
+                "qwen2-yarn",
+                "qwen2.rope.scaling.original_context_length",
+                Value::U32(32),
+                "qwen2.rope.scaling.original_context_length 32",
+            ),
+            (
+                "deepseek-coder-v2-lite",
+                "deepseek2.rope.scaling.yarn_log_multiplier",
+                Value::F32(0.1),
+                "deepseek2.rope.scaling.yarn_log_multiplier 0.1",
+            ),
+            (
+                "phi-4-mini",
+                "phi3.rope.scaling.attn_factor",
+                Value::F32(1.0),
+                "phi3.rope.scaling.attn_factor 1 in",
+            ),
+            ("mistral-nemo", "llama.rope.scaling.factor", Value::F32(4.0), "implies no such key"),
+            (
+                "mistral-nemo",
+                "llama.rope.scale_linear",
+                Value::F32(4.0),
+                "llama.rope.scale_linear 4 in the file",
+            ),
+            // And an explicit head width.
+            (
+                "llama-head-dim",
+                "llama.attention.key_length",
+                Value::U32(16),
+                "llama.attention.key_length 16 in",
+            ),
+        ] {
+            let (mut content, config, tc) = facts(variant);
+            assert_eq!(problems(&content, &config, &tc), Vec::<String>::new(), "{variant}");
+            content.metadata.insert(key.into(), lie);
+            let found = problems(&content, &config, &tc);
+            assert!(found.iter().any(|p| p.contains(named)), "{variant} {key}: {found:?}");
+        }
+        // A missing key, and LongRoPE factors the file lacks.
+        let (mut content, config, tc) = facts("mistral-nemo");
+        content.metadata.remove("llama.attention.value_length");
+        let found = problems(&content, &config, &tc);
+        assert!(found.iter().any(|p| p.contains("llama.attention.value_length is missing")), "{found:?}");
+        let (mut content, config, tc) = facts("llama-linear");
+        content.metadata.remove("llama.rope.scaling.type");
+        let found = problems(&content, &config, &tc);
+        assert!(found.iter().any(|p| p.contains("llama.rope.scaling.type is missing")), "{found:?}");
+        let (mut content, config, tc) = facts("phi-3.5-mini");
+        content.tensor_infos.remove(super::super::ROPE_FACTORS_SHORT);
+        let found = problems(&content, &config, &tc);
+        assert!(found.iter().any(|p| p.contains("rope_factors_short.weight is missing")), "{found:?}");
     }
 
     /// Gemma3Model cuts the embedding to the tokenizer's tokens: a model with fewer tokens than
