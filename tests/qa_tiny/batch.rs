@@ -351,3 +351,80 @@ fn a_prompt_prefilled_in_pieces_gives_the_bits_it_gives_whole() {
     }
     assert_eq!(parted, CANDLE_TRANSFORMERS_ATTENTION, "the models whose pieces part from the whole");
 }
+
+/// Prompts that open alike (a system prompt, a template's head) joining one batch: the shared
+/// tokens are computed once, by the first sequence, and taken from its cache by the others; every
+/// answer is still the request's alone, bit for bit. On qa-tiny and on every zoo architecture the
+/// engine batches.
+#[test]
+fn a_prefix_the_batch_shares_is_computed_once_and_changes_no_answer() {
+    use modelqa::support::engine::{Answer, GenerateRequest, Joining};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let system = "<|im_start|>system\nYou are a careful assistant. Answer with the number only.<|im_end|>\n";
+    let texts: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                "{system}<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+                PROMPTS[i % PROMPTS.len()]
+            )
+        })
+        .chain([system.to_string(), "Unrelated: 1 + 1 =".to_string()])
+        .collect();
+    let mut dirs = vec![model_dir("llama"), model_dir("qwen2")];
+    dirs.extend(
+        ["granite", "mistral", "phi3", "qwen2", "stablelm", "starcoder2"]
+            .map(|m| root.join("fixtures/zoo").join(m)),
+    );
+    for dir in &dirs {
+        let mut session = load_candle(dir, Backend::Cpu).expect("loads");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let answers: Arc<Mutex<Vec<Option<Answer>>>> =
+            Arc::new(Mutex::new(texts.iter().map(|_| None).collect()));
+        let mut joinings = texts.iter().enumerate().map(|(i, text)| {
+            let answers = Arc::clone(&answers);
+            Joining {
+                prompt: text.clone(),
+                literal: Vec::new(),
+                max_tokens: 6,
+                sampling: modelqa::support::engine::Sampling::Greedy,
+                deadline,
+                arrived: Instant::now(),
+                top: None,
+                on_text: None,
+                cancelled: Arc::new(AtomicBool::new(false)),
+                done: Box::new(move |a: Answer| answers.lock().unwrap()[i] = Some(a)),
+            }
+        });
+        session.serve_continuously(&mut || joinings.next(), 8);
+        let answers = std::mem::take(&mut *answers.lock().unwrap());
+        let system_tokens = session.encode(system).expect("encodes").len();
+        for (i, (text, answer)) in texts.iter().zip(answers).enumerate() {
+            let answer = answer.unwrap_or_else(|| panic!("{}: request {i} unanswered", dir.display()));
+            let together = answer.generation.expect("generates");
+            let alone = session.generate(&GenerateRequest::greedy(text, 6, deadline)).expect("generates");
+            assert_eq!(
+                (&alone.tokens, &alone.text, alone.finish),
+                (&together.tokens, &together.text, together.finish),
+                "{}: request {i} alone and sharing a prefix",
+                dir.display()
+            );
+            let expected = match i {
+                0 => 0..=0,
+                // The system prompt alone shares all but its last token.
+                6 => system_tokens - 1..=system_tokens - 1,
+                7 => 0..=1,
+                _ => system_tokens..=usize::MAX,
+            };
+            assert!(
+                expected.contains(&answer.prefix_shared),
+                "{}: request {i} shared {} tokens",
+                dir.display(),
+                answer.prefix_shared
+            );
+        }
+    }
+}

@@ -694,8 +694,10 @@ impl Session for CandleSession {
         if let Some(s) = sequences.iter().find(|s| s.is_empty() || s.len() > self.context) {
             return Err(EngineError::OutsideContext { tokens: s.len(), context: self.context });
         }
-        let parts: Vec<(Segment, &[u32])> =
-            sequences.iter().map(|s| (Segment { slot: None, pos: 0, len: s.len() }, s.as_slice())).collect();
+        let parts: Vec<(Segment, &[u32])> = sequences
+            .iter()
+            .map(|s| (Segment { slot: None, pos: 0, len: s.len(), from: None }, s.as_slice()))
+            .collect();
         let Some(logits) = self.forward_segments(&parts).map_err(EngineError::inference)? else {
             return Ok(None);
         };

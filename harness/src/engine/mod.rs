@@ -196,6 +196,9 @@ pub struct Answer {
     pub steps: Vec<ScoredStep>,
     /// Another request was being answered while this one waited or generated.
     pub shared: bool,
+    /// The tokens of its prompt it took from another sequence's cache (a prefix the batch
+    /// computed once for both) instead of computing them.
+    pub prefix_shared: usize,
 }
 
 /// [`Session::serve_continuously`] for an engine that generates one sequence at a time: each
@@ -231,7 +234,7 @@ pub(crate) fn one_at_a_time<S: Session + ?Sized>(
         };
         previous_end = Some(Instant::now());
         if !cancelled.load(Ordering::Relaxed) {
-            done(Answer { generation, steps, shared });
+            done(Answer { generation, steps, shared, prefix_shared: 0 });
         }
     }
 }

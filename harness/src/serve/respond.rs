@@ -146,7 +146,7 @@ pub(super) async fn respond(state: Arc<AppState>, job: Job) -> Response {
             "the generation failed before answering (see the server's stderr)",
         );
     };
-    let Answer { generation, mut steps, shared } = answer;
+    let Answer { generation, mut steps, shared, .. } = answer;
     match generation {
         Ok(mut g) => {
             if planted.is_some_and(|f| f.fires(shared)) {

@@ -265,6 +265,21 @@ impl KvCache {
     pub(super) fn clear(&mut self) {
         self.0 = None;
     }
+
+    /// How many positions it holds (`None`: it is empty).
+    pub(super) fn len(&self) -> Option<usize> {
+        self.0.as_ref().and_then(|(k, _)| k.dim(2).ok())
+    }
+
+    /// A cache of this one's first `len` positions; `None` where it holds fewer.
+    pub(super) fn prefix(&self, len: usize) -> Result<Option<KvCache>> {
+        match &self.0 {
+            Some((k, v)) if k.dim(2)? >= len && len > 0 => {
+                Ok(Some(KvCache(Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)))))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// How scores become weights: the scale, transformers' soft-cap (`cap · tanh(s / cap)`) where

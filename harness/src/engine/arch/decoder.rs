@@ -292,6 +292,7 @@ impl Layer {
     ) -> Result<Tensor> {
         let (q, k, v) = self.project(x, spec)?;
         if let [seg] = segments {
+            self.take_prefix(seg)?;
             // One sequence: no views to take and no outputs to join (the same values).
             let mut scratch = KvCache::default();
             let cache = slot_cache(&mut self.slots, seg.slot, &mut scratch);
@@ -302,6 +303,7 @@ impl Layer {
         let mut outputs = Vec::with_capacity(segments.len());
         let mut start = 0;
         for seg in segments {
+            self.take_prefix(seg)?;
             let part = |t: &Tensor| t.narrow(1, start, seg.len);
             let qkv = (&part(&q)?, &part(&k)?, &part(&v)?);
             let mut scratch = KvCache::default();
@@ -311,6 +313,20 @@ impl Layer {
             start += seg.len;
         }
         Tensor::cat(&outputs, 1)?.apply(&self.o)
+    }
+
+    /// A segment that starts from another slot's prefix ([`Segment::from`]) gets that prefix as
+    /// its slot's cache, as the other slot holds it at this layer: its segment, earlier in the
+    /// batch, has already appended what it computed.
+    fn take_prefix(&mut self, seg: &Segment) -> Result<()> {
+        let (Some(slot), Some(from)) = (seg.slot, seg.from) else { return Ok(()) };
+        let prefix = self.slots.get(from).map(|c| c.prefix(seg.pos)).transpose()?.flatten();
+        let Some(prefix) = prefix else {
+            let held = self.slots.get(from).and_then(|c| c.len());
+            candle_core::bail!("slot {from} holds {held:?} cached positions, not the {} to share", seg.pos)
+        };
+        *slot_cache(&mut self.slots, Some(slot), &mut KvCache::default()) = prefix;
+        Ok(())
     }
 
     /// The block after its attention: residuals, the post-attention norm and the MLP.

@@ -57,6 +57,11 @@ pub(crate) struct Segment {
     pub pos: usize,
     /// How many tokens it has.
     pub len: usize,
+    /// The batch slot whose first `pos` cached positions this segment's slot starts from (a
+    /// prompt prefix another sequence holds, computed once for both), replacing what its own slot
+    /// held; that slot's segment, where it has one, comes earlier in the batch. `None`: its own
+    /// slot holds its earlier tokens.
+    pub from: Option<usize>,
 }
 
 /// Why a loader could not build its model.

@@ -38,18 +38,43 @@ struct Seq {
     shared: bool,
     /// Whether its prompt has gone through the model (its next segment is one token).
     prefilled: bool,
+    /// The slot whose cache holds the first tokens of its prompt, and how many: they are taken
+    /// from there instead of computed ([`SHARED_PREFIX_MIN`]).
+    prefix: Option<(usize, usize)>,
 }
+
+/// The fewest prompt tokens shared with another sequence that are taken from its cache rather
+/// than computed again. The answers are the same bits either way (attention and the matrix
+/// kernels compute each row alone), so this only weighs the copy against the rows saved.
+const SHARED_PREFIX_MIN: usize = 2;
 
 impl Seq {
     /// Its segment of the next forward pass and the tokens in it.
     fn segment(&self) -> (Segment, &[u32]) {
+        let slot = Some(self.slot);
         if self.prefilled {
             let pos = self.prompt.len() + self.tokens.len() - 1;
-            (Segment { slot: Some(self.slot), pos, len: 1 }, &self.tokens[self.tokens.len() - 1..])
+            (Segment { slot, pos, len: 1, from: None }, &self.tokens[self.tokens.len() - 1..])
+        } else if let Some((from, pos)) = self.prefix {
+            (Segment { slot, pos, len: self.prompt.len() - pos, from: Some(from) }, &self.prompt[pos..])
         } else {
-            (Segment { slot: Some(self.slot), pos: 0, len: self.prompt.len() }, &self.prompt)
+            (Segment { slot, pos: 0, len: self.prompt.len(), from: None }, &self.prompt)
         }
     }
+}
+
+/// The live sequence whose cache holds the longest prefix of `prompt` (its own prompt's first
+/// tokens: cached already, or computed by its segment earlier in this step), and that length;
+/// at least [`SHARED_PREFIX_MIN`] tokens, and never the whole prompt (its last token is computed
+/// for its logits).
+fn shared_prefix(prompt: &[u32], live: &[Seq]) -> Option<(usize, usize)> {
+    live.iter()
+        .map(|seq| {
+            let common = seq.prompt.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+            (seq.slot, common.min(prompt.len().saturating_sub(1)))
+        })
+        .filter(|&(_, len)| len >= SHARED_PREFIX_MIN)
+        .max_by_key(|&(slot, len)| (len, std::cmp::Reverse(slot)))
 }
 
 /// How a sequence's step ended it, if it did.
@@ -103,7 +128,12 @@ impl CandleSession {
                     for seq in live.drain(..) {
                         free.insert(seq.slot);
                         let shared = seq.shared || crowded;
-                        (seq.joining.done)(Answer { generation: Err(e.clone()), steps: seq.steps, shared });
+                        (seq.joining.done)(Answer {
+                            generation: Err(e.clone()),
+                            steps: seq.steps,
+                            shared,
+                            prefix_shared: 0,
+                        });
                     }
                     self.model.clear_batch();
                     continue;
@@ -141,21 +171,35 @@ impl CandleSession {
             let shared = !live.is_empty();
             if Instant::now() >= joining.deadline {
                 let timeout = EngineError::Timeout { tokens: 0, partial: String::new() };
-                (joining.done)(Answer { generation: Err(timeout), steps: Vec::new(), shared });
+                (joining.done)(Answer {
+                    generation: Err(timeout),
+                    steps: Vec::new(),
+                    shared,
+                    prefix_shared: 0,
+                });
                 continue;
             }
             let prompt = match self.prompt_for(&joining.request()) {
                 Ok(prompt) => prompt,
                 Err(e) => {
-                    (joining.done)(Answer { generation: Err(e), steps: Vec::new(), shared });
+                    (joining.done)(Answer {
+                        generation: Err(e),
+                        steps: Vec::new(),
+                        shared,
+                        prefix_shared: 0,
+                    });
                     continue;
                 }
             };
-            if prompt_tokens > 0 && prompt_tokens + prompt.len() > BATCH_PREFILL_TOKENS {
+            // On the CPU only: there attention computes each row alone, so the prefix another
+            // sequence computed is the bits this one would compute (candle's GPU products are not).
+            let prefix = if self.device.is_cpu() { shared_prefix(&prompt, live) } else { None };
+            let computed = prompt.len() - prefix.map_or(0, |(_, len)| len);
+            if prompt_tokens > 0 && prompt_tokens + computed > BATCH_PREFILL_TOKENS {
                 waiting.push_front(joining);
                 break;
             }
-            prompt_tokens += prompt.len();
+            prompt_tokens += computed;
             free.remove(&slot);
             live.push(Seq {
                 slot,
@@ -169,6 +213,7 @@ impl CandleSession {
                 first_logits_finite: None,
                 shared,
                 prefilled: false,
+                prefix,
             });
         }
     }
@@ -233,7 +278,16 @@ impl CandleSession {
         self.model.clear_slot(seq.slot);
         free.insert(seq.slot);
         let Seq {
-            mut joining, tokens, prompt, sent, steps, first_token, first_logits_finite, shared, ..
+            mut joining,
+            tokens,
+            prompt,
+            sent,
+            steps,
+            first_token,
+            first_logits_finite,
+            shared,
+            prefix,
+            ..
         } = seq;
         if joining.is_cancelled() {
             return;
@@ -261,7 +315,8 @@ impl CandleSession {
                 leaked_special_tokens,
             })
         });
-        (joining.done)(Answer { generation, steps, shared });
+        let prefix_shared = prefix.map_or(0, |(_, len)| len);
+        (joining.done)(Answer { generation, steps, shared, prefix_shared });
     }
 
     /// [`crate::engine::Session::generate_batch`]: every request joins one continuous batch at
