@@ -304,6 +304,22 @@ fn write_quantizer_inputs() {
     }
 }
 
+/// Writes the writer's F32 file of every zoo model it converts into `$TOKENIZER_INPUTS` as
+/// `<model_type>.gguf`, the files `xtask/zoo/tokenization_reference.py` tokenizes with llama.cpp
+/// beside the converter's.
+#[test]
+#[ignore = "run by a developer for xtask/zoo/tokenization_reference.py, with TOKENIZER_INPUTS=DIR"]
+fn write_tokenizer_inputs() {
+    let out = PathBuf::from(std::env::var("TOKENIZER_INPUTS").expect("TOKENIZER_INPUTS names a directory"));
+    std::fs::create_dir_all(&out).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for model_type in WRITTEN {
+        let dir = writer_input(model_type, tmp.path());
+        let bytes = gguf::from_safetensors(&dir, Quantization::F32).unwrap_or_else(|e| panic!("{model_type}: {e}"));
+        std::fs::write(out.join(format!("{model_type}.gguf")), bytes).unwrap();
+    }
+}
+
 /// The writer's inputs in `QUANTIZER.json` (`generated/<id>`), each with its model directory:
 /// the generated models, written afresh under `tmp`, and the zoo models the writer converts
 /// (`writer-zoo-<model_type>`).
@@ -447,4 +463,143 @@ fn every_pre_tokenizer_name_splits_as_llama_cpp_splits() {
         }
     }
     assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// Zoo files llama.cpp does not load (the fixture's `refused`), each with why. The project's
+/// reader is compared on no string of them.
+const LLAMA_CPP_REFUSES: &[(&str, &str)] = &[(
+    "phi3",
+    "llama.cpp's phi3 vocabulary looks up an `<|end|>` token (`unordered_map::at`), which the zoo's \
+     shared 512-token tokenizer lacks; giving phi3 its own tokenizer with Phi-3's special tokens \
+     would grow its vocabulary and so change the zoo model and its reference. Its tokenizer is the \
+     one all BPE zoo models share, held here through the 12 others",
+)];
+
+/// Zoo files on some of whose strings llama.cpp aborts (recorded as null and not compared), each
+/// with why. gemma, gemma2: their SentencePiece vocabulary (make_zoo.py's SENTENCEPIECE, the
+/// zoo's 512 BPE tokens under the same ids) has no `<0xNN>` byte tokens, so llama.cpp's byte
+/// fallback throws (`llama_vocab::byte_to_token`) on any string with a character or a space (`▁`)
+/// the vocabulary does not hold; the strings it does answer are compared.
+const LLAMA_CPP_ABORTS: &[(&str, &str)] = &[
+    ("gemma", "no byte tokens in the zoo's SentencePiece vocabulary: llama.cpp's byte fallback throws"),
+    ("gemma2", "no byte tokens in the zoo's SentencePiece vocabulary: llama.cpp's byte fallback throws"),
+];
+
+/// Writer files whose embedded `tokenizer.huggingface.json` (what the reader reads first) is not
+/// the vocabulary llama.cpp reads from `tokenizer.ggml.*`, each with why; for them the reader is
+/// held to llama.cpp on the writer's file without the embedded JSON, i.e. on the keys llama.cpp reads.
+const WRITER_EMBEDS_ANOTHER_TOKENIZER: &[(&str, &str)] = &[
+    (
+        "gemma",
+        "the converter's and the writer's `tokenizer.ggml.*` are the zoo's tokenizer.model (SentencePiece); \
+         the embedded JSON is the model's BPE tokenizer.json (tests/zoo.rs' CONVERTER_TOKENIZES_OTHERWISE)",
+    ),
+    (
+        "gemma2",
+        "the converter's and the writer's `tokenizer.ggml.*` are the zoo's tokenizer.model (SentencePiece); \
+         the embedded JSON is the model's BPE tokenizer.json (tests/zoo.rs' CONVERTER_TOKENIZES_OTHERWISE)",
+    ),
+];
+
+/// `TOKENIZATION.json` (`xtask/zoo/tokenization_reference.py`): llama.cpp's tokens of generated
+/// strings from each zoo converter file.
+#[derive(serde::Deserialize)]
+struct Tokenization {
+    strings: Vec<String>,
+    refused: BTreeMap<String, String>,
+    architectures: BTreeMap<String, usize>,
+    tokenizations: Vec<LlamaCppTokens>,
+}
+
+/// llama.cpp's tokens of every string: as text (`special=False`; null where llama.cpp aborts),
+/// and, by the string's index, where they differ, with control tokens parsed (`special=True`).
+#[derive(serde::Deserialize)]
+struct LlamaCppTokens {
+    literal: Vec<Option<Vec<u32>>>,
+    parsed: BTreeMap<usize, Vec<u32>>,
+}
+
+fn tokenization() -> Tokenization {
+    let text =
+        std::fs::read_to_string(zoo().join("TOKENIZATION.json")).expect("fixtures/zoo/TOKENIZATION.json");
+    serde_json::from_str(&text).expect("TOKENIZATION.json holds strings, refused, architectures, tokenizations")
+}
+
+/// Where the reader's tokenizer of `metadata` tokenizes otherwise than llama.cpp (`want`): as the
+/// engine encodes text (control-token spellings as text, its `literal` tokenizer) and as it
+/// encodes a prompt (control tokens parsed). Returns the differences and the strings compared.
+fn tokenizes_as(
+    what: &str,
+    metadata: &HashMap<String, Value>,
+    strings: &[String],
+    want: &LlamaCppTokens,
+) -> (Vec<String>, usize) {
+    let parsing = match gguf::tokenizer(metadata) {
+        Ok(t) => t,
+        Err(e) => return (vec![format!("{what}: the reader's tokenizer: {e}")], 0),
+    };
+    let mut literal = parsing.clone();
+    literal.set_encode_special_tokens(true);
+    let (mut problems, mut compared) = (Vec::new(), 0);
+    for (i, (s, want_literal)) in strings.iter().zip(&want.literal).enumerate() {
+        let Some(want_literal) = want_literal else { continue };
+        compared += 1;
+        let want_parsed = want.parsed.get(&i).unwrap_or(want_literal);
+        for (mode, t, want) in [("as text", &literal, want_literal), ("parsed", &parsing, want_parsed)] {
+            match t.encode(s.as_str(), false).map(|e| e.get_ids().to_vec()) {
+                Ok(got) if &got == want => {}
+                got => problems.push(format!("{what} {mode} string {i} {s:?}: ours {got:?}, llama.cpp {want:?}")),
+            }
+        }
+    }
+    (problems, compared)
+}
+
+/// The reader tokenizes every generated string (`TOKENIZATION.json`, 2,336 of them) as llama.cpp
+/// tokenizes it from the converter's file of each zoo architecture llama.cpp loads, both as text
+/// and with control tokens parsed, on the converter's file and on the writer's file of the same
+/// model (written afresh).
+#[test]
+fn the_reader_tokenizes_generated_strings_as_llama_cpp() {
+    let reference = tokenization();
+    assert!(reference.strings.len() >= 1000, "TOKENIZATION.json holds {} strings", reference.strings.len());
+    let refused: BTreeSet<&str> = reference.refused.keys().map(String::as_str).collect();
+    let listed: BTreeSet<&str> = LLAMA_CPP_REFUSES.iter().map(|(m, _)| *m).collect();
+    assert_eq!(refused, listed, "llama.cpp's refusals (TOKENIZATION.json) are LLAMA_CPP_REFUSES");
+    let recorded: BTreeSet<&str> =
+        reference.architectures.keys().chain(reference.refused.keys()).map(String::as_str).collect();
+    assert_eq!(recorded, WRITTEN.into_iter().collect(), "TOKENIZATION.json covers every zoo model type");
+    let listed = |list: &[(&str, &str)], m: &str| list.iter().any(|(l, _)| *l == m);
+    let (mut problems, mut compared) = (Vec::new(), 0);
+    let tmp = tempfile::tempdir().unwrap();
+    for (model_type, &group) in &reference.architectures {
+        let want = reference.tokenizations.get(group).unwrap_or_else(|| panic!("{model_type}: no group {group}"));
+        assert_eq!(want.literal.len(), reference.strings.len(), "{model_type}: one answer per string");
+        let aborted = want.literal.iter().filter(|t| t.is_none()).count();
+        if (aborted > 0) != listed(LLAMA_CPP_ABORTS, model_type) {
+            problems.push(format!("{model_type}: llama.cpp aborts on {aborted} strings: LLAMA_CPP_ABORTS is not true"));
+        }
+        let theirs = content(&std::fs::read(zoo().join(model_type).join("converter-f32.gguf")).unwrap());
+        let dir = writer_input(model_type, tmp.path());
+        let mut ours = content(&gguf::from_safetensors(&dir, Quantization::F32).unwrap());
+        if listed(WRITER_EMBEDS_ANOTHER_TOKENIZER, model_type) {
+            let (differ, _) = tokenizes_as(model_type, &ours.metadata, &reference.strings, want);
+            if differ.is_empty() {
+                problems.push(format!(
+                    "{model_type}: the writer's embedded tokenizer.json tokenizes as llama.cpp: take it off WRITER_EMBEDS_ANOTHER_TOKENIZER"
+                ));
+            }
+            ours.metadata.remove(gguf::HF_TOKENIZER_JSON);
+        }
+        for (whose, file) in [("converter's", &theirs), ("writer's", &ours)] {
+            let (p, n) = tokenizes_as(&format!("{model_type} {whose}"), &file.metadata, &reference.strings, want);
+            problems.extend(p);
+            compared += n;
+        }
+    }
+    eprintln!(
+        "{compared} (string, file) pairs of {} architectures compared with llama.cpp, each as text and parsed",
+        reference.architectures.len()
+    );
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.iter().take(40).cloned().collect::<Vec<_>>().join("\n"));
 }

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""llama.cpp's own tokenization as reference data: the tokens llama.cpp gives each string of
+`tokenizer_strings.strings()` (2,336 strings from a fixed seed) from every zoo converter file it
+loads, recorded in `fixtures/zoo/TOKENIZATION.json`.
+
+Run by a developer, never by CI or a test (the JSON it writes is committed; tests/zoo_llama_cpp.rs
+holds the project's GGUF reader to it):
+
+    # /tmp/llama-venv as in quantizer_reference.py
+    TOKENIZER_INPUTS=DIR cargo test --test zoo_llama_cpp -- --ignored write_tokenizer_inputs
+    /tmp/llama-venv/bin/python xtask/zoo/tokenization_reference.py DIR
+
+For every `fixtures/zoo/<model_type>/converter-f32.gguf`, llama.cpp (`vocab_only`) tokenizes every
+string twice: as text (`special=False`: a control token's spelling is text, as the engine's
+`literal` ranges) and parsing control tokens (`special=True`, as the engine reads a prompt); the
+second is recorded only where it differs from the first. It does the same from the project's
+writer's file of the same model (`DIR/<model_type>.gguf`, written by the ignored test
+`write_tokenizer_inputs`), and any string on which the two files part is an error naming the
+model type and the strings. A file llama.cpp does not load is recorded under `refused`; a string
+on which llama.cpp aborts (gemma's and gemma2's SentencePiece vocabulary has no byte tokens, so
+its byte fallback throws) is recorded as null. Each string is tokenized in a child process that
+is restarted after an abort, so one abort costs one string.
+
+The model types with the same answers share one entry of `tokenizations` (the zoo's tokenizer is
+one 512-token BPE for all but the SentencePiece copies of gemma and gemma2), which keeps the
+file small; `architectures` maps each model type to its entry.
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["GGML_NO_BACKTRACE"] = "1"  # an abort prints no gdb backtrace (seconds each)
+
+import llama_cpp  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tokenizer_strings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "fixtures" / "zoo"
+OUT = ZOO / "TOKENIZATION.json"
+
+
+def child(path: Path, texts: list[str], start: int, fd: int) -> None:
+    """Loads `path` and writes one JSON line per text from `start`: [literal, parsed]."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    out = os.fdopen(fd, "w")
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except Exception as e:  # llama-cpp-python raises ValueError naming the file
+        out.write(json.dumps({"refused": str(e).replace(str(path), path.name)}) + "\n")
+        out.flush()
+        os._exit(0)
+    for text in texts[start:]:
+        raw = text.encode("utf-8")
+        literal = llm.tokenize(raw, add_bos=False, special=False)
+        parsed = llm.tokenize(raw, add_bos=False, special=True)
+        out.write(json.dumps([literal, parsed]) + "\n")
+        out.flush()
+    os._exit(0)
+
+
+def tokenize(path: Path, texts: list[str]):
+    """llama.cpp's [literal, parsed] per text (None where it aborts), or its refusal."""
+    results: list = []
+    while len(results) < len(texts):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            child(path, texts, len(results), write)
+        os.close(write)
+        with os.fdopen(read) as lines:
+            for line in lines:
+                answer = json.loads(line)
+                if isinstance(answer, dict):
+                    os.waitpid(pid, 0)
+                    return answer["refused"]
+                results.append(answer)
+        _, status = os.waitpid(pid, 0)
+        if len(results) < len(texts):
+            if status == 0:
+                raise SystemExit(f"{path}: llama.cpp stopped at string {len(results)} without aborting")
+            results.append(None)  # aborted on this string
+    return results
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: tokenization_reference.py DIR (the writer's files, see the docstring)")
+    writer_dir = Path(sys.argv[1])
+    texts = tokenizer_strings.strings()
+    refused: dict[str, str] = {}
+    groups: list = []
+    architectures: dict[str, int] = {}
+    for converter in sorted(ZOO.glob("*/converter-f32.gguf")):
+        model_type = converter.parent.name
+        theirs = tokenize(converter, texts)
+        writer = writer_dir / f"{model_type}.gguf"
+        if not writer.exists():
+            raise SystemExit(f"{writer} is missing: run write_tokenizer_inputs (see the docstring)")
+        ours = tokenize(writer, texts)
+        if isinstance(theirs, str) or isinstance(ours, str):
+            if isinstance(ours, str) != isinstance(theirs, str):
+                raise SystemExit(f"{model_type}: llama.cpp loads one file and not the other: {theirs!r} / {ours!r}")
+            refused[model_type] = theirs
+            print(f"{model_type}: refused ({theirs})", file=sys.stderr)
+            continue
+        parted = [repr(t) for t, a, b in zip(texts, theirs, ours) if a != b]
+        if parted:
+            raise SystemExit(
+                f"{model_type}: llama.cpp tokenizes {len(parted)} strings otherwise from the writer's file "
+                f"than from the converter's: {', '.join(parted[:10])}"
+            )
+        entry = {
+            "literal": [None if r is None else r[0] for r in theirs],
+            "parsed": {str(i): r[1] for i, r in enumerate(theirs) if r is not None and r[1] != r[0]},
+        }
+        if entry not in groups:
+            groups.append(entry)
+        architectures[model_type] = groups.index(entry)
+        aborted = sum(r is None for r in theirs)
+        print(f"{model_type}: {len(texts) - aborted} strings tokenized alike from both files, "
+              f"{aborted} aborted, {len(entry['parsed'])} parsed otherwise", file=sys.stderr)
+    OUT.write_text(render(texts, refused, groups, architectures), encoding="utf-8")
+    write_manifest()
+
+
+def write_manifest() -> None:
+    """`fixtures/zoo/MANIFEST.sha256` with the new file, as make_zoo.py's `write_manifest` writes it
+    (which this venv cannot import: make_zoo.py needs torch)."""
+    lines = []
+    for f in sorted(p for p in ZOO.rglob("*") if p.is_file() and p.name != "MANIFEST.sha256"):
+        lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(ZOO).as_posix()}\n")
+    (ZOO / "MANIFEST.sha256").write_text("".join(lines))
+
+
+def render(texts, refused, groups, architectures) -> str:
+    """The JSON with one line per string and per token list, so a review reads a change as a line."""
+    dump = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+    lines = ["{", f' "llama_cpp": {dump("llama-cpp-python " + llama_cpp.__version__)},',
+             f' "generator": {dump(f"xtask/zoo/tokenizer_strings.py, seed {tokenizer_strings.SEED}")},',
+             f' "refused": {dump(refused)},', f' "architectures": {dump(architectures)},', ' "strings": [']
+    lines += [f"  {dump(t)}" + ("," if i < len(texts) - 1 else "") for i, t in enumerate(texts)]
+    lines += [" ],", ' "tokenizations": [']
+    for g, entry in enumerate(groups):
+        lines.append("  {")
+        lines.append(f'   "parsed": {dump(entry["parsed"])},')
+        lines.append('   "literal": [')
+        literal = entry["literal"]
+        lines += [f"    {dump(t)}" + ("," if i < len(literal) - 1 else "") for i, t in enumerate(literal)]
+        lines += ["   ]", "  }" + ("," if g < len(groups) - 1 else "")]
+    lines += [" ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
