@@ -8,6 +8,16 @@
 //!   values at F32;
 //! - pre-tokenizers: every `tokenizer.ggml.pre` name the reader accepts splits as llama.cpp
 //!   splits under that name (`fixtures/zoo/PRE_TOKENIZERS.json`, llama.cpp's own tokens);
+//! - tokenization: the reader (`gguf::tokenizer`, as the engine encodes text and prompts)
+//!   tokenizes 2,336 generated strings (`xtask/zoo/tokenizer_strings.py`: many scripts, emoji,
+//!   digit runs, contractions in every case, whitespace and punctuation runs, code, URLs,
+//!   special-token spellings, byte-fallback characters, long words, mixtures) as llama.cpp
+//!   tokenizes them from each zoo converter file it loads, on that file and on the writer's file
+//!   of the same model ([`LLAMA_CPP_REFUSES`], [`LLAMA_CPP_ABORTS`],
+//!   [`WRITER_EMBEDS_ANOTHER_TOKENIZER`] list what cannot hold, and why), and under every
+//!   `tokenizer.ggml.pre` name on a vocabulary trained on the strings, whose merges cross every
+//!   split (`fixtures/zoo/TOKENIZATION.json`, by `xtask/zoo/tokenization_reference.py`, which
+//!   also fails where llama.cpp tokenizes the writer's file otherwise than the converter's);
 //! - quantization mixes: the type of every tensor at every mix the project writes, against the
 //!   types llama.cpp's own quantizer (`llama_model_quantize`) gave the same tensors, recorded in
 //!   `fixtures/zoo/QUANTIZER.json` by `xtask/zoo/quantizer_reference.py`: the zoo's converter
@@ -315,7 +325,8 @@ fn write_tokenizer_inputs() {
     let tmp = tempfile::tempdir().unwrap();
     for model_type in WRITTEN {
         let dir = writer_input(model_type, tmp.path());
-        let bytes = gguf::from_safetensors(&dir, Quantization::F32).unwrap_or_else(|e| panic!("{model_type}: {e}"));
+        let bytes =
+            gguf::from_safetensors(&dir, Quantization::F32).unwrap_or_else(|e| panic!("{model_type}: {e}"));
         std::fs::write(out.join(format!("{model_type}.gguf")), bytes).unwrap();
     }
 }
@@ -509,6 +520,21 @@ struct Tokenization {
     refused: BTreeMap<String, String>,
     architectures: BTreeMap<String, usize>,
     tokenizations: Vec<LlamaCppTokens>,
+    trained: Trained,
+}
+
+/// `TOKENIZATION.json`'s `trained`: a byte-level BPE trained on the strings themselves with no
+/// split, so its merges cross every pre-tokenizer boundary (the zoo's 512-token vocabulary has no
+/// merge of digits, apostrophes or newlines, so there many splits give the same ids), and
+/// llama.cpp's tokens of the strings under it for every `tokenizer.ggml.pre` name, names with
+/// the same answers sharing an entry.
+#[derive(serde::Deserialize)]
+struct Trained {
+    control: Vec<String>,
+    tokens: Vec<String>,
+    merges: Vec<String>,
+    pre: BTreeMap<String, usize>,
+    tokenizations: Vec<LlamaCppTokens>,
 }
 
 /// llama.cpp's tokens of every string: as text (`special=False`; null where llama.cpp aborts),
@@ -522,7 +548,8 @@ struct LlamaCppTokens {
 fn tokenization() -> Tokenization {
     let text =
         std::fs::read_to_string(zoo().join("TOKENIZATION.json")).expect("fixtures/zoo/TOKENIZATION.json");
-    serde_json::from_str(&text).expect("TOKENIZATION.json holds strings, refused, architectures, tokenizations")
+    serde_json::from_str(&text)
+        .expect("TOKENIZATION.json holds strings, refused, architectures, tokenizations")
 }
 
 /// Where the reader's tokenizer of `metadata` tokenizes otherwise than llama.cpp (`want`): as the
@@ -533,10 +560,10 @@ fn tokenizes_as(
     metadata: &HashMap<String, Value>,
     strings: &[String],
     want: &LlamaCppTokens,
-) -> (Vec<String>, usize) {
+) -> (Vec<(usize, String)>, usize) {
     let parsing = match gguf::tokenizer(metadata) {
         Ok(t) => t,
-        Err(e) => return (vec![format!("{what}: the reader's tokenizer: {e}")], 0),
+        Err(e) => return (vec![(usize::MAX, format!("{what}: the reader's tokenizer: {e}"))], 0),
     };
     let mut literal = parsing.clone();
     literal.set_encode_special_tokens(true);
@@ -548,7 +575,8 @@ fn tokenizes_as(
         for (mode, t, want) in [("as text", &literal, want_literal), ("parsed", &parsing, want_parsed)] {
             match t.encode(s.as_str(), false).map(|e| e.get_ids().to_vec()) {
                 Ok(got) if &got == want => {}
-                got => problems.push(format!("{what} {mode} string {i} {s:?}: ours {got:?}, llama.cpp {want:?}")),
+                got => problems
+                    .push((i, format!("{what} {mode} string {i} {s:?}: ours {got:?}, llama.cpp {want:?}"))),
             }
         }
     }
@@ -573,11 +601,14 @@ fn the_reader_tokenizes_generated_strings_as_llama_cpp() {
     let (mut problems, mut compared) = (Vec::new(), 0);
     let tmp = tempfile::tempdir().unwrap();
     for (model_type, &group) in &reference.architectures {
-        let want = reference.tokenizations.get(group).unwrap_or_else(|| panic!("{model_type}: no group {group}"));
+        let want =
+            reference.tokenizations.get(group).unwrap_or_else(|| panic!("{model_type}: no group {group}"));
         assert_eq!(want.literal.len(), reference.strings.len(), "{model_type}: one answer per string");
         let aborted = want.literal.iter().filter(|t| t.is_none()).count();
         if (aborted > 0) != listed(LLAMA_CPP_ABORTS, model_type) {
-            problems.push(format!("{model_type}: llama.cpp aborts on {aborted} strings: LLAMA_CPP_ABORTS is not true"));
+            problems.push(format!(
+                "{model_type}: llama.cpp aborts on {aborted} strings: LLAMA_CPP_ABORTS is not true"
+            ));
         }
         let theirs = content(&std::fs::read(zoo().join(model_type).join("converter-f32.gguf")).unwrap());
         let dir = writer_input(model_type, tmp.path());
@@ -592,8 +623,9 @@ fn the_reader_tokenizes_generated_strings_as_llama_cpp() {
             ours.metadata.remove(gguf::HF_TOKENIZER_JSON);
         }
         for (whose, file) in [("converter's", &theirs), ("writer's", &ours)] {
-            let (p, n) = tokenizes_as(&format!("{model_type} {whose}"), &file.metadata, &reference.strings, want);
-            problems.extend(p);
+            let (p, n) =
+                tokenizes_as(&format!("{model_type} {whose}"), &file.metadata, &reference.strings, want);
+            problems.extend(p.into_iter().map(|(_, m)| m));
             compared += n;
         }
     }
@@ -601,5 +633,103 @@ fn the_reader_tokenizes_generated_strings_as_llama_cpp() {
         "{compared} (string, file) pairs of {} architectures compared with llama.cpp, each as text and parsed",
         reference.architectures.len()
     );
-    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.iter().take(40).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.iter().take(4000).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Pre-tokenizer names under which llama.cpp splits otherwise than the `tokenizer.json` regex
+/// the reader keeps (pre.rs: the model's own split, which transformers applies), with the strings
+/// on which they may differ and why; any other string must still tokenize alike, and each name
+/// must differ somewhere.
+#[allow(clippy::type_complexity)]
+const LLAMA_CPP_SPLITS_OTHERWISE: &[(&[&str], fn(&str) -> bool, &str)] = &[
+    (
+        &["tekken", "gpt-4o", "llama4"],
+        |s| !s.is_ascii(),
+        "llama.cpp rewrites `[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]` as `(?=[\\p{L}])([^a-z])` and \
+         `[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]` as `(?=[\\p{L}])([^A-Z])` for its std::regex (llama-vocab.cpp, \
+         LLAMA_VOCAB_PRE_TYPE_GPT4O/TEKKEN): a non-ASCII letter is both cases and a combining mark no \
+         letter, so `ÉCOLE` splits as `É` `COLE` and marks split words. Only non-ASCII strings may differ",
+    ),
+    (
+        &["deepseek-llm"],
+        |s| s.contains('\u{3000}'),
+        "its split `\\s?[!-/:-~！-／：-～‘-‟　-。]+` lists the ideographic space U+3000 both as whitespace \
+         and in a range; llama.cpp's std::wregex groups a run of them otherwise than the regex crate \
+         (`\u{3000}\u{3000}` `\u{3000}` for one run of three). Only strings with U+3000 may differ",
+    ),
+];
+
+/// The reader, given the writer's llama file with the trained vocabulary in place of its own
+/// (`tokenizer.ggml.tokens`, `token_type`, `merges`; no embedded tokenizer.json) and each
+/// `tokenizer.ggml.pre` name it accepts, tokenizes every generated string as llama.cpp does from
+/// the same file under that name: the split of every name, where a wrong split changes the ids.
+#[test]
+fn every_pre_tokenizer_name_splits_generated_strings_as_llama_cpp() {
+    let reference = tokenization();
+    let trained = &reference.trained;
+    let names: BTreeSet<&str> = trained.pre.keys().map(String::as_str).collect();
+    let accepted: BTreeSet<&str> = gguf::pre_tokenizer_names().into_iter().collect();
+    assert_eq!(
+        names, accepted,
+        "TOKENIZATION.json's names are the reader's: rerun tokenization_reference.py"
+    );
+    let file = content(&gguf::from_safetensors(&zoo().join("llama"), Quantization::F32).unwrap());
+    let strings = |key: &str| -> Vec<String> {
+        let list =
+            file.metadata.get(key).and_then(|v| v.to_vec().ok()).unwrap_or_else(|| panic!("no `{key}`"));
+        list.iter().map(|v| v.to_string().expect("a string").clone()).collect()
+    };
+    let types = file.metadata["tokenizer.ggml.token_type"].to_vec().unwrap();
+    let control: BTreeSet<String> = strings("tokenizer.ggml.tokens")
+        .into_iter()
+        .zip(types)
+        .filter(|(_, t)| t.to_i32().ok() == Some(3))
+        .map(|(token, _)| token)
+        .collect();
+    let mut md = file.metadata.clone();
+    md.remove(gguf::HF_TOKENIZER_JSON);
+    let list = |items: &[String]| Value::Array(items.iter().map(|t| Value::String(t.clone())).collect());
+    md.insert("tokenizer.ggml.tokens".into(), list(&trained.tokens));
+    md.insert("tokenizer.ggml.merges".into(), list(&trained.merges));
+    assert!(
+        control.iter().all(|t| trained.control.contains(t)),
+        "the trained vocabulary's control tokens include the zoo's"
+    );
+    let types =
+        trained.tokens.iter().map(|t| Value::I32(if trained.control.contains(t) { 3 } else { 1 })).collect();
+    md.insert("tokenizer.ggml.token_type".into(), Value::Array(types));
+    let (mut problems, mut compared, mut allowed) = (Vec::new(), 0, 0);
+    for (name, &group) in &trained.pre {
+        let want = trained.tokenizations.get(group).unwrap_or_else(|| panic!("`{name}`: no group {group}"));
+        md.insert("tokenizer.ggml.pre".into(), Value::String(name.clone()));
+        let (p, n) = tokenizes_as(&format!("`{name}`"), &md, &reference.strings, want);
+        compared += n;
+        let allowance = LLAMA_CPP_SPLITS_OTHERWISE.iter().find(|(names, ..)| names.contains(&name.as_str()));
+        let mut differ = 0;
+        for (i, message) in p {
+            match (allowance, reference.strings.get(i)) {
+                (Some((_, on, _)), Some(s)) if on(s) => differ += 1,
+                _ => problems.push(message),
+            }
+        }
+        if allowance.is_some() && differ == 0 {
+            problems.push(format!("`{name}` splits as llama.cpp: take it off LLAMA_CPP_SPLITS_OTHERWISE"));
+        }
+        allowed += differ;
+    }
+    eprintln!(
+        "{compared} (string, name) pairs compared with llama.cpp, each as text and parsed; \
+         {allowed} differences within LLAMA_CPP_SPLITS_OTHERWISE"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.iter().take(4000).cloned().collect::<Vec<_>>().join("\n")
+    );
 }

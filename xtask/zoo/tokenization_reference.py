@@ -24,12 +24,21 @@ is restarted after an abort, so one abort costs one string.
 The model types with the same answers share one entry of `tokenizations` (the zoo's tokenizer is
 one 512-token BPE for all but the SentencePiece copies of gemma and gemma2), which keeps the
 file small; `architectures` maps each model type to its entry.
+
+That 512-token vocabulary has no merge of digits, apostrophes or newlines, so on it many
+pre-tokenizer splits give the same ids. `trained` therefore holds a byte-level BPE trained on the
+strings themselves with no split (`trained_vocabulary`: its merges cross digit runs,
+contractions, whitespace runs and scripts), and llama.cpp's tokens of every string from the
+writer's llama file with that vocabulary in place of its own (embedded tokenizer.json removed)
+under every `tokenizer.ggml.pre` name the project's reader accepts (quantizer_reference.py's
+`PRE_NAMES`); names with the same answers share an entry.
 """
 
 import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["GGML_NO_BACKTRACE"] = "1"  # an abort prints no gdb backtrace (seconds each)
@@ -89,6 +98,64 @@ def tokenize(path: Path, texts: list[str]):
     return results
 
 
+# The control tokens of the trained vocabulary: the zoo tokenizer's, at the same ids, then every
+# whole special-token spelling of the strings. As control tokens they are parsed with
+# `special=True`; as normal tokens some (`<|end|>`, `</s>`, `<eos>`, `<end_of_turn>`) would be
+# made control by llama.cpp's load, which types them by their text (llama-vocab.cpp, "control-
+# looking token"), and the reader does not (see the report in tests/zoo_llama_cpp.rs).
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [
+    t for t in tokenizer_strings.SPECIAL if t.count("<") + t.count("[") == 1 and t[-1] in ">]"
+    and t not in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")]
+
+
+def trained_vocabulary(texts: list[str]) -> tuple[list[str], list[str]]:
+    """A byte-level BPE (tokens, merges) trained on `texts` themselves with no pre-tokenizer
+    split, so its merges cross what every split separates (digit runs, contractions, whitespace
+    runs, punctuation, scripts): under a split, the ids show where it cut. The zoo's 512-token
+    vocabulary has no such merges (none of digits, apostrophes or newlines after newlines), so on
+    it many splits give the same ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=2, special_tokens=SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    assert tokens[: len(SPECIAL)] == SPECIAL and len(set(tokens)) == len(tokens)
+    return tokens, [" ".join(m) for m in model["merges"]]
+
+
+def trained_reference(writer_dir: Path, texts: list[str], tmp: Path) -> dict:
+    """llama.cpp's tokens of `texts` from the writer's llama file with its vocabulary replaced by
+    `trained_vocabulary` and its embedded tokenizer.json removed, under every pre-tokenizer name
+    the reader accepts; names whose answers are the same share an entry."""
+    from quantizer_reference import PRE_NAMES, patch
+
+    tokens, merges = trained_vocabulary(texts)
+    types = [3 if t in SPECIAL else 1 for t in tokens]
+    groups: list = []
+    names: dict[str, int] = {}
+    for name in PRE_NAMES:
+        dst = tmp / f"trained-{name}.gguf"
+        changes = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+                   "tokenizer.ggml.merges": merges, "tokenizer.ggml.pre": name}
+        patch(writer_dir / "llama.gguf", changes, dst, remove=("tokenizer.huggingface.json",))
+        answers = tokenize(dst, texts)
+        if isinstance(answers, str) or any(a is None for a in answers):
+            raise SystemExit(f"llama.cpp refuses or aborts on the trained vocabulary under `{name}`")
+        entry = {
+            "literal": [a[0] for a in answers],
+            "parsed": {str(i): a[1] for i, a in enumerate(answers) if a[1] != a[0]},
+        }
+        if entry not in groups:
+            groups.append(entry)
+        names[name] = groups.index(entry)
+        print(f"trained vocabulary under {name}: entry {names[name]}", file=sys.stderr)
+    return {"control": SPECIAL, "tokens": tokens, "merges": merges, "pre": names, "tokenizations": groups}
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit("usage: tokenization_reference.py DIR (the writer's files, see the docstring)")
@@ -126,7 +193,9 @@ def main() -> None:
         aborted = sum(r is None for r in theirs)
         print(f"{model_type}: {len(texts) - aborted} strings tokenized alike from both files, "
               f"{aborted} aborted, {len(entry['parsed'])} parsed otherwise", file=sys.stderr)
-    OUT.write_text(render(texts, refused, groups, architectures), encoding="utf-8")
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = trained_reference(writer_dir, texts, Path(tmp))
+    OUT.write_text(render(texts, refused, groups, architectures, trained), encoding="utf-8")
     write_manifest()
 
 
@@ -139,22 +208,32 @@ def write_manifest() -> None:
     (ZOO / "MANIFEST.sha256").write_text("".join(lines))
 
 
-def render(texts, refused, groups, architectures) -> str:
+def render(texts, refused, groups, architectures, trained) -> str:
     """The JSON with one line per string and per token list, so a review reads a change as a line."""
     dump = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+
+    def entries(groups: list, indent: str) -> list[str]:
+        lines = []
+        for g, entry in enumerate(groups):
+            lines.append(f"{indent}{{")
+            lines.append(f'{indent} "parsed": {dump(entry["parsed"])},')
+            lines.append(f'{indent} "literal": [')
+            literal = entry["literal"]
+            lines += [f"{indent}  {dump(t)}" + ("," if i < len(literal) - 1 else "") for i, t in enumerate(literal)]
+            lines += [f"{indent} ]", f"{indent}}}" + ("," if g < len(groups) - 1 else "")]
+        return lines
+
     lines = ["{", f' "llama_cpp": {dump("llama-cpp-python " + llama_cpp.__version__)},',
              f' "generator": {dump(f"xtask/zoo/tokenizer_strings.py, seed {tokenizer_strings.SEED}")},',
              f' "refused": {dump(refused)},', f' "architectures": {dump(architectures)},', ' "strings": [']
     lines += [f"  {dump(t)}" + ("," if i < len(texts) - 1 else "") for i, t in enumerate(texts)]
     lines += [" ],", ' "tokenizations": [']
-    for g, entry in enumerate(groups):
-        lines.append("  {")
-        lines.append(f'   "parsed": {dump(entry["parsed"])},')
-        lines.append('   "literal": [')
-        literal = entry["literal"]
-        lines += [f"    {dump(t)}" + ("," if i < len(literal) - 1 else "") for i, t in enumerate(literal)]
-        lines += ["   ]", "  }" + ("," if g < len(groups) - 1 else "")]
-    lines += [" ]", "}"]
+    lines += entries(groups, "  ")
+    lines += [" ],", ' "trained": {', f'  "control": {dump(trained["control"])},',
+              f'  "tokens": {dump(trained["tokens"])},',
+              f'  "merges": {dump(trained["merges"])},', f'  "pre": {dump(trained["pre"])},', '  "tokenizations": [']
+    lines += entries(trained["tokenizations"], "   ")
+    lines += ["  ]", " }", "}"]
     return "\n".join(lines) + "\n"
 
 
