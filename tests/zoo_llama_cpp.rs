@@ -16,7 +16,8 @@
 //!   of the same model ([`LLAMA_CPP_REFUSES`], [`LLAMA_CPP_ABORTS`],
 //!   [`WRITER_EMBEDS_ANOTHER_TOKENIZER`] list what cannot hold, and why), and under every
 //!   `tokenizer.ggml.pre` name on a vocabulary trained on the strings, whose merges cross every
-//!   split (`fixtures/zoo/TOKENIZATION.json`, by `xtask/zoo/tokenization_reference.py`, which
+//!   split ([`LLAMA_CPP_SPLITS_OTHERWISE`] lists where llama.cpp rewrites a split's regex)
+//!   (`fixtures/zoo/TOKENIZATION.json`, by `xtask/zoo/tokenization_reference.py`, which
 //!   also fails where llama.cpp tokenizes the writer's file otherwise than the converter's);
 //! - quantization mixes: the type of every tensor at every mix the project writes, against the
 //!   types llama.cpp's own quantizer (`llama_model_quantize`) gave the same tensors, recorded in

@@ -98,14 +98,16 @@ def tokenize(path: Path, texts: list[str]):
     return results
 
 
+# Spellings of the strings llama.cpp makes control tokens by their text whatever their type
+# (llama-vocab.cpp, "control-looking token"; the reader's `CONTROL_LOOKING` in
+# harness/src/format/gguf/read.rs): typed normal in the trained vocabulary, so the reference holds
+# llama.cpp's override (parsed with `special=True`).
+LOOKS_CONTROL = ["<|end|>", "</s>", "<eos>", "<end_of_turn>"]
 # The control tokens of the trained vocabulary: the zoo tokenizer's, at the same ids, then every
-# whole special-token spelling of the strings. As control tokens they are parsed with
-# `special=True`; as normal tokens some (`<|end|>`, `</s>`, `<eos>`, `<end_of_turn>`) would be
-# made control by llama.cpp's load, which types them by their text (llama-vocab.cpp, "control-
-# looking token"), and the reader does not (see the report in tests/zoo_llama_cpp.rs).
+# other whole special-token spelling of the strings.
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [
     t for t in tokenizer_strings.SPECIAL if t.count("<") + t.count("[") == 1 and t[-1] in ">]"
-    and t not in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")]
+    and t not in ("<|endoftext|>", "<|im_start|>", "<|im_end|>") and t not in LOOKS_CONTROL]
 
 
 def trained_vocabulary(texts: list[str]) -> tuple[list[str], list[str]]:
@@ -123,6 +125,7 @@ def trained_vocabulary(texts: list[str]) -> tuple[list[str], list[str]]:
     tokenizer.train_from_iterator(texts, trainer)
     model = json.loads(tokenizer.to_str())["model"]
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    tokens += [t for t in LOOKS_CONTROL if t not in tokens]  # normal tokens no merge reaches
     assert tokens[: len(SPECIAL)] == SPECIAL and len(set(tokens)) == len(tokens)
     return tokens, [" ".join(m) for m in model["merges"]]
 
