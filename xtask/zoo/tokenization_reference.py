@@ -16,9 +16,11 @@ string twice: as text (`special=False`: a control token's spelling is text, as t
 second is recorded only where it differs from the first. It does the same from the project's
 writer's file of the same model (`DIR/<model_type>.gguf`, written by the ignored test
 `write_tokenizer_inputs`), and any string on which the two files part is an error naming the
-model type and the strings. A file llama.cpp does not load is recorded under `refused`; a string
-on which llama.cpp aborts (gemma's and gemma2's SentencePiece vocabulary has no byte tokens, so
-its byte fallback throws) is recorded as null. Each string is tokenized in a child process that
+model type and the strings. A file llama.cpp does not load is recorded under `refused` (none
+now: phi3's two files, which llama.cpp refuses by their name, are tokenized with `general.name`
+changed, `RENAMED`, recorded as `renamed`); a string on which llama.cpp aborts (gemma's and
+gemma2's SentencePiece vocabulary has no byte tokens, so its byte fallback throws) is recorded as
+null. Each string is tokenized in a child process that
 is restarted after an abort, so one abort costs one string.
 
 The model types with the same answers share one entry of `tokenizations` (the zoo's tokenizer is
@@ -31,7 +33,9 @@ strings themselves with no split (`trained_vocabulary`: its merges cross digit r
 contractions, whitespace runs and scripts), and llama.cpp's tokens of every string from the
 writer's llama file with that vocabulary in place of its own (embedded tokenizer.json removed)
 under every `tokenizer.ggml.pre` name the project's reader accepts (quantizer_reference.py's
-`PRE_NAMES`); names with the same answers share an entry.
+`PRE_NAMES`); names with the same answers share an entry. Its control tokens (`control`) are
+the zoo's and the strings' special-token spellings, but for four (`LOOKS_CONTROL`) typed normal,
+which llama.cpp makes control by their text.
 """
 
 import hashlib
@@ -159,6 +163,13 @@ def trained_reference(writer_dir: Path, texts: list[str], tmp: Path) -> dict:
     return {"control": SPECIAL, "tokens": tokens, "merges": merges, "pre": names, "tokenizations": groups}
 
 
+# Zoo files whose `general.name` llama.cpp's vocabulary load keys a quirk on, with the name they
+# are tokenized under instead. phi3: for a name containing "phi3" or "phi-3" llama.cpp sets
+# attributes of `</s>`, `<unk>` and `<s>` by text (`token_to_id.at`, llama-vocab.cpp), which throws
+# on the zoo's vocabulary (it has none of them), so it loads neither file as named.
+RENAMED = {"phi3": "zoo"}
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit("usage: tokenization_reference.py DIR (the writer's files, see the docstring)")
@@ -167,12 +178,21 @@ def main() -> None:
     refused: dict[str, str] = {}
     groups: list = []
     architectures: dict[str, int] = {}
+    renamed_dir = tempfile.TemporaryDirectory()
     for converter in sorted(ZOO.glob("*/converter-f32.gguf")):
         model_type = converter.parent.name
-        theirs = tokenize(converter, texts)
         writer = writer_dir / f"{model_type}.gguf"
         if not writer.exists():
             raise SystemExit(f"{writer} is missing: run write_tokenizer_inputs (see the docstring)")
+        if model_type in RENAMED:
+            from quantizer_reference import patch
+
+            for whose in ("converter", "writer"):
+                src = converter if whose == "converter" else writer
+                dst = Path(renamed_dir.name) / f"{whose}-{model_type}.gguf"
+                patch(src, {"general.name": RENAMED[model_type]}, dst)
+                converter, writer = (dst, writer) if whose == "converter" else (converter, dst)
+        theirs = tokenize(converter, texts)
         ours = tokenize(writer, texts)
         if isinstance(theirs, str) or isinstance(ours, str):
             if isinstance(ours, str) != isinstance(theirs, str):
@@ -198,6 +218,7 @@ def main() -> None:
               f"{aborted} aborted, {len(entry['parsed'])} parsed otherwise", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         trained = trained_reference(writer_dir, texts, Path(tmp))
+    renamed_dir.cleanup()
     OUT.write_text(render(texts, refused, groups, architectures, trained), encoding="utf-8")
     write_manifest()
 
@@ -228,7 +249,7 @@ def render(texts, refused, groups, architectures, trained) -> str:
 
     lines = ["{", f' "llama_cpp": {dump("llama-cpp-python " + llama_cpp.__version__)},',
              f' "generator": {dump(f"xtask/zoo/tokenizer_strings.py, seed {tokenizer_strings.SEED}")},',
-             f' "refused": {dump(refused)},', f' "architectures": {dump(architectures)},', ' "strings": [']
+             f' "refused": {dump(refused)},', f' "renamed": {dump(RENAMED)},', f' "architectures": {dump(architectures)},', ' "strings": [']
     lines += [f"  {dump(t)}" + ("," if i < len(texts) - 1 else "") for i, t in enumerate(texts)]
     lines += [" ],", ' "tokenizations": [']
     lines += entries(groups, "  ")
