@@ -19,7 +19,8 @@ use crate::format::convert::{ConvertError, HfFiles};
 /// The tokenizer a GGUF file carries: the whole `tokenizer.json` where it is embedded, else a
 /// byte-level BPE built from `tokenizer.ggml.tokens` and `merges` (llama.cpp's `gpt2` model),
 /// split as its `tokenizer.ggml.pre` names (the splits of `pre.rs`, the table the writer names
-/// by; no name is llama.cpp's `default` split, an unknown one an error), with its control tokens as special tokens, and BOS/EOS added as
+/// by; no name is llama.cpp's `default` split, an unknown one an error), with its control tokens
+/// (as llama.cpp reads them: [`control_tokens`]) as special tokens, and BOS/EOS added as
 /// `tokenizer.ggml.add_bos_token`/`add_eos_token` say (llama.cpp's default where a key is absent:
 /// no BOS for `gpt2`).
 pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, GgufTokenizerError> {
@@ -68,16 +69,14 @@ pub fn tokenizer(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
         tokenizer.with_pre_tokenizer(Some(Sequence::new(steps)));
     }
     tokenizer.with_decoder(Some(ByteLevel::default()));
-    let types = md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok());
-    let control: Vec<tokenizers::AddedToken> = types
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, t)| t.to_i32().ok() == Some(3))
-        .filter_map(|(i, _)| tokens.get(i))
-        .map(|t| tokenizers::AddedToken::from(t.clone(), true))
-        .collect();
-    tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
+    let types: Vec<i32> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    tokenizer
+        .add_special_tokens(control_tokens(&tokens, &types))
+        .map_err(GgufTokenizerError::ControlTokens)?;
     with_bos_eos(&mut tokenizer, md, &tokens, false)?;
     Ok(tokenizer)
 }
@@ -168,16 +167,90 @@ fn sentencepiece(md: &HashMap<String, Value>) -> Result<tokenizers::Tokenizer, G
         decoders.push(Strip::new(' ', 1, 0).into());
     }
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
-    let control: Vec<tokenizers::AddedToken> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == 3)
-        .filter_map(|(i, _)| tokens.get(i))
-        .map(|t| tokenizers::AddedToken::from(t.clone(), true))
-        .collect();
-    tokenizer.add_special_tokens(control).map_err(GgufTokenizerError::ControlTokens)?;
+    tokenizer
+        .add_special_tokens(control_tokens(&tokens, &types))
+        .map_err(GgufTokenizerError::ControlTokens)?;
     with_bos_eos(&mut tokenizer, md, &tokens, true)?;
     Ok(tokenizer)
+}
+
+/// Token texts llama.cpp makes control tokens whatever their `tokenizer.ggml.token_type` says
+/// (llama-vocab.cpp, "control-looking token ... its type will be overridden", as of
+/// llama-cpp-python 0.3.36): its end-of-generation spellings, and its end-of-turn, end-of-message
+/// and fill-in-the-middle spellings (of those llama.cpp overrides the first of each kind it
+/// meets; a vocabulary holds one spelling of a kind, so all are listed).
+const CONTROL_LOOKING: &[&str] = &[
+    // end of generation
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "[e~[",
+    // fill in the middle: prefix, suffix, middle, pad, repository, file separator
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<\u{ff5c}fim\u{2581}begin\u{ff5c}>",
+    "<PRE>",
+    "\u{2581}<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<\u{ff5c}fim\u{2581}hole\u{ff5c}>",
+    "<SUF>",
+    "\u{2581}<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<\u{ff5c}fim\u{2581}end\u{ff5c}>",
+    "<MID>",
+    "\u{2581}<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
+
+/// The control tokens of a vocabulary as llama.cpp reads them, as special tokens (matched whole
+/// in a prompt, read as text by the engine's `literal` ranges): those typed control (3), and
+/// those llama.cpp types control by their text ([`CONTROL_LOOKING`]).
+fn control_tokens(tokens: &[String], types: &[i32]) -> Vec<tokenizers::AddedToken> {
+    tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| types.get(*i) == Some(&3) || CONTROL_LOOKING.contains(&t.as_str()))
+        .map(|(_, t)| tokenizers::AddedToken::from(t.clone(), true))
+        .collect()
 }
 
 /// BOS and EOS added around every encoding as the metadata says (`tokenizer.ggml.add_bos_token`,
@@ -949,6 +1022,27 @@ mod tests {
         // The control pieces are special tokens, read as such in text.
         let ids = tokenizer.encode("</s>", true).expect("encodes").get_ids().to_vec();
         assert_eq!(ids.last(), Some(&2));
+    }
+
+    /// A piece llama.cpp types control by its text is a special token though typed normal, and
+    /// only such a piece: `<end_of_turn>` typed normal is matched whole, `<start_of_turn>` is not.
+    #[test]
+    fn a_control_looking_piece_typed_normal_is_a_control_token_as_in_llama_cpp() {
+        let mut md = sentencepiece_metadata(Some(false));
+        for piece in ["<end_of_turn>", "<start_of_turn>"] {
+            let Some(Value::Array(tokens)) = md.get_mut("tokenizer.ggml.tokens") else { panic!() };
+            tokens.push(Value::String(piece.into()));
+            let Some(Value::Array(types)) = md.get_mut("tokenizer.ggml.token_type") else { panic!() };
+            types.push(Value::I32(1));
+            let Some(Value::Array(scores)) = md.get_mut("tokenizer.ggml.scores") else { panic!() };
+            scores.push(Value::F32(-1000.0));
+        }
+        let tokenizer = tokenizer(&md).expect("builds");
+        let end = tokenizer.token_to_id("<end_of_turn>").expect("in the vocabulary");
+        let ids = tokenizer.encode("<end_of_turn>", false).expect("encodes").get_ids().to_vec();
+        assert_eq!(ids, [end]);
+        let ids = tokenizer.encode("<start_of_turn>", false).expect("encodes").get_ids().to_vec();
+        assert!(ids.len() > 1, "a piece llama.cpp leaves normal stays text: {ids:?}");
     }
 
     fn tokenizer_without_bos() -> tokenizers::Tokenizer {
