@@ -703,6 +703,23 @@ fn a_process_that_dies_inside_a_cells_batch_leaves_its_trials_crashed_and_a_resu
         let r = trial(&records, tail);
         assert!(!r.unfinished && r.outcome != Outcome::Crashed, "{r:?}");
     }
+
+    // A panic inside the batch is caught there: each trial then generates alone, and only the
+    // one whose generation panics is crashed.
+    let out = fx.qualify(
+        "panic",
+        &["::run::", "--test-threads", "1"],
+        &[("QUALIFY_FAULT_CRASH", "panic:arithmetic")],
+    );
+    assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+    let records = fx.journal("panic");
+    let died = trial(&records, "run::arithmetic");
+    assert_eq!((died.outcome, died.unfinished), (Outcome::Crashed, false), "{died:?}");
+    assert!(died.reason.contains("a planted panic"), "{}", died.reason);
+    for tail in ["run::any_text", "run::sampled"] {
+        let r = trial(&records, tail);
+        assert!(!r.unfinished && r.outcome != Outcome::Crashed && r.metrics.batch.is_none(), "{r:?}");
+    }
 }
 
 #[test]

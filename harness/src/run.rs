@@ -5,7 +5,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::journal::ThirdParty;
 use crate::modality;
 use crate::playbook::FailurePolicy;
 use crate::playbook::spec::EngineSpec;
-use crate::trial::{Finding, RunContext, TrialEnv, load, reference_key, session_key};
+use crate::trial::{Finding, RunContext, TrialEnv, Waits, load, reference_key, session_key};
 use crate::vocab::{Decider, Gate, Outcome, SecurityCheck};
 
 /// How a trial ended, as libtest is told.
@@ -94,6 +94,8 @@ impl RunContext {
         };
         let mut record = finding.record(self, spec, started.elapsed());
         record.third_party = third_party(spec, shipped.as_deref());
+        // Out of its cell's batch before its record: no batch writes a start line after it.
+        self.cells.forget(self, spec);
         self.journal.append(&record).map_err(record_err)?;
         Ok(end)
     }
@@ -196,34 +198,6 @@ struct Start {
     started: Instant,
     released: Arc<AtomicBool>,
     waits: Arc<Waits>,
-}
-
-/// The time a trial's body waited for room in the memory budget, which its timeout does not
-/// count: the body moves its deadline by it, and the watchdog its own.
-#[derive(Default)]
-struct Waits {
-    waiting: AtomicBool,
-    waited_ns: AtomicU64,
-}
-
-impl Waits {
-    fn waiting(&self) -> bool {
-        self.waiting.load(Ordering::SeqCst)
-    }
-
-    fn waited(&self) -> Duration {
-        Duration::from_nanos(self.waited_ns.load(Ordering::SeqCst))
-    }
-
-    /// Runs `admit` as a wait that does not count.
-    fn uncounted<T>(&self, admit: impl FnOnce() -> T) -> T {
-        let began = Instant::now();
-        self.waiting.store(true, Ordering::SeqCst);
-        let admitted = admit();
-        self.waited_ns.fetch_add(began.elapsed().as_nanos() as u64, Ordering::SeqCst);
-        self.waiting.store(false, Ordering::SeqCst);
-        admitted
-    }
 }
 
 /// The longest a trial waits for room in the memory budget. Some admitted trial is always
@@ -419,6 +393,7 @@ fn execute(
             info: &info,
             deadline,
             repeat: 0,
+            waits: &start.waits,
         };
         dispatch(&env)
     };

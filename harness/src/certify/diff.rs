@@ -59,8 +59,12 @@ impl Metric {
         match self {
             Metric::MeanKl => r.metrics.mean_kl,
             Metric::Top1Agreement => r.metrics.top1_agreement,
-            Metric::TokensPerSecond => r.metrics.tokens_per_second,
-            Metric::TimeToFirstToken => r.metrics.time_to_first_token_ms,
+            // A sequence's speed inside a batch is its share of the batch's: not comparable with
+            // a trial generated alone, so only trials generated alone are paired on timings.
+            Metric::TokensPerSecond => r.metrics.tokens_per_second.filter(|_| r.metrics.batch.is_none()),
+            Metric::TimeToFirstToken => {
+                r.metrics.time_to_first_token_ms.filter(|_| r.metrics.batch.is_none())
+            }
             Metric::PerplexityRatio => r.metrics.perplexity_ratio,
         }
     }

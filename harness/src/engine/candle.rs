@@ -887,7 +887,12 @@ impl CandleSession {
         let kv_early = crate::config::planted_kv_early();
         let segments: Vec<Segment> = parts
             .iter()
-            .map(|(s, _)| Segment { pos: if kv_early && s.pos > 0 { s.pos + 1 } else { s.pos }, ..*s })
+            // The planted fault moves a continuation of a cached sequence, as a cache advanced
+            // early would; a prompt starting from a shared prefix is a first prefill, left alone.
+            .map(|(s, _)| {
+                let early = kv_early && s.pos > 0 && s.from.is_none();
+                Segment { pos: if early { s.pos + 1 } else { s.pos }, ..*s }
+            })
             .collect();
         let ids: Vec<u32> = parts.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
         let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;

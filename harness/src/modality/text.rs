@@ -3,7 +3,9 @@
 use crate::chat::Guarded;
 use crate::matrix::Modality;
 use crate::playbook::{MessageSpec, Scenario};
-use crate::trial::{Finding, TrialEnv, judge_generation, metrics_of, prepare};
+use std::time::Duration;
+
+use crate::trial::{Batched, Finding, TrialEnv, judge_generation, metrics_of, prepare};
 use crate::vocab::{Decider, Gate, Outcome};
 
 /// One scenario in `modality`.
@@ -26,10 +28,16 @@ pub(crate) fn generate_and_judge(
     conversation: Option<&[MessageSpec]>,
 ) -> Finding {
     // Generated in the cell's batch, or alone.
-    let batched = conversation.is_none().then(|| env.ctx.cells.answer(env, prompt)).flatten();
+    let batched = match conversation {
+        None => env.ctx.cells.answer(env, prompt),
+        Some(_) => Batched::Alone { later: Duration::ZERO },
+    };
     let (answer, batch) = match batched {
-        Some((generation, batch)) => (Ok(generation), Some(batch)),
-        None => (env.generate(scenario, prompt, conversation), None),
+        Batched::Answer(generation, batch) => (Ok(generation), Some(batch)),
+        Batched::Alone { later } => {
+            let env = TrialEnv { deadline: env.deadline + later, ..*env };
+            (env.generate(scenario, prompt, conversation), None)
+        }
     };
     match answer {
         Ok(generation) => {

@@ -21,6 +21,7 @@
 //! size and aggregate rate.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ use crate::playbook::spec::EngineSpec;
 
 use crate::vocab::{Decider, Gate, Outcome};
 
-use super::{Finding, TrialEnv, prepare, session_key};
+use super::{Finding, RunContext, TrialEnv, prepare, session_key};
 
 /// Every cell's batch state, shared by a run's trials ([`super::RunContext::cells`]).
 pub(crate) struct CellBatches {
@@ -48,6 +49,13 @@ struct Cell {
     pending: Vec<TrialSpec>,
     /// Answers generated ahead of their trials, by trial name and repeat.
     answers: HashMap<(String, u32), Ahead>,
+}
+
+/// What a trial of a cell generates from: its answer from the cell's batch, or itself alone, with
+/// its deadline moved by the uncounted time it spent on the batch.
+pub(crate) enum Batched {
+    Answer(Generation, BatchMetrics),
+    Alone { later: Duration },
 }
 
 /// One answer generated inside a batch, with the prompt it answers.
@@ -89,20 +97,51 @@ impl CellBatches {
     }
 
     /// The answer generated for this trial (run `env.repeat`) to `prompt` in its cell's batch,
-    /// generating the batch first when the trial's answer is not there yet; `None` where the
-    /// trial is to generate alone.
-    pub(crate) fn answer(&self, env: &TrialEnv<'_>, prompt: &Guarded) -> Option<(Generation, BatchMetrics)> {
+    /// generating the batch first when the trial's answer is not there yet, or that the trial is
+    /// to generate alone. Time spent waiting for another trial's batch, or generating other
+    /// trials' answers, is the trial's uncounted wait (`env.waits`), and moves the deadline of
+    /// a generation alone by as much.
+    pub(crate) fn answer(&self, env: &TrialEnv<'_>, prompt: &Guarded) -> Batched {
+        let alone = Batched::Alone { later: Duration::ZERO };
         if self.limit <= 1 {
-            return None;
+            return alone;
         }
-        let cell = Arc::clone(self.cells.lock().unwrap_or_else(|p| p.into_inner()).get(env.key)?);
-        let mut cell = cell.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cell) = self.cells.lock().unwrap_or_else(|p| p.into_inner()).get(env.key).cloned() else {
+            return alone;
+        };
+        let waited = Instant::now();
+        // Another trial may be generating the cell's batch: waiting for it is not this trial's
+        // time, and a session abandoned meanwhile (that trial hung) ends the wait.
+        let cell = env.waits.uncounted(|| lock_unless_abandoned(&cell, env.ctx, env.key));
+        let mut later = waited.elapsed();
+        let Some(mut cell) = cell else { return Batched::Alone { later } };
         let mine = (env.spec.full_name.clone(), env.repeat);
         if !cell.answers.contains_key(&mine) && cell.pending.iter().any(|s| s.full_name == mine.0) {
+            let batch = Instant::now();
             self.generate_ahead(env, &mut cell);
+            // What the batch took beyond this trial's own sequence was spent on the others.
+            let own = cell.answers.get(&mine).map_or(Duration::ZERO, |a| a.generation.duration);
+            let others = batch.elapsed().saturating_sub(own);
+            env.waits.add(others);
+            later += others;
         }
-        let ahead = cell.answers.remove(&mine)?;
-        (ahead.prompt == prompt.text).then_some((ahead.generation, ahead.batch))
+        match cell.answers.remove(&mine) {
+            Some(ahead) if ahead.prompt == prompt.text => Batched::Answer(ahead.generation, ahead.batch),
+            _ => Batched::Alone { later },
+        }
+    }
+
+    /// Forgets a trial that has ended (its final record is next): it is no longer generated
+    /// ahead, so no batch can write a start line for it after its record. A batch running now
+    /// is waited for, unless its session was abandoned (it hung, and wrote its start lines first).
+    pub(crate) fn forget(&self, ctx: &RunContext, spec: &TrialSpec) {
+        let key = session_key(spec);
+        let Some(cell) = self.cells.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() else {
+            return;
+        };
+        let Some(mut cell) = lock_unless_abandoned(&cell, ctx, &key) else { return };
+        cell.pending.retain(|s| s.full_name != spec.full_name);
+        cell.answers.retain(|(trial, _), _| *trial != spec.full_name);
     }
 
     /// Generates, as one batch, the answers of this trial and of the cell's next pending trials,
@@ -163,11 +202,14 @@ impl CellBatches {
                 deadline: p.deadline,
             })
             .collect();
-        let batch = {
+        // A panic inside the batch (the engine failing on one sequence) is not the leader's:
+        // every trial of the batch then generates alone, where a failure lands on its own trial.
+        let batch = catch_unwind(AssertUnwindSafe(|| {
             let _generating =
                 crate::config::GeneratingFor::new(planned.iter().map(|p| p.trial.clone()).collect());
             env.generate_requests(&requests)
-        };
+        }));
+        let Ok(batch) = batch else { return };
         let Some(batch) = batch else {
             // The engine generates one at a time: every trial of the cell does so alone.
             cell.pending.clear();
@@ -180,6 +222,23 @@ impl CellBatches {
                 let ahead = Ahead { prompt: p.prompt.text, generation, batch: batch.metrics.clone() };
                 cell.answers.insert((p.trial, p.repeat), ahead);
             }
+        }
+    }
+}
+
+/// The cell's lock, waited for while another trial's batch holds it; `None` once the session is
+/// abandoned (that trial hung inside the engine, and holds the lock for good).
+fn lock_unless_abandoned<'a>(
+    cell: &'a Mutex<Cell>,
+    ctx: &RunContext,
+    key: &SessionKey,
+) -> Option<std::sync::MutexGuard<'a, Cell>> {
+    loop {
+        match cell.try_lock() {
+            Ok(cell) => return Some(cell),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if ctx.sessions.abandoned(key).is_some() => return None,
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(2)),
         }
     }
 }
@@ -202,8 +261,13 @@ fn plan(env: &TrialEnv<'_>, spec: &TrialSpec) -> Vec<Planned> {
     else {
         return Vec::new();
     };
-    let deadline =
-        if spec.full_name == env.spec.full_name { env.deadline } else { Instant::now() + spec.tier.timeout };
+    // The others stop by this trial's deadline too, so the batch ends when this trial would
+    // (an answer cut short there is not kept: its trial generates alone, on its own deadline).
+    let deadline = if spec.full_name == env.spec.full_name {
+        env.deadline
+    } else {
+        (Instant::now() + spec.tier.timeout).min(env.deadline)
+    };
     (0..scenario.repeat.times.max(1))
         .map(|repeat| Planned {
             trial: spec.full_name.clone(),

@@ -2,6 +2,7 @@
 //! session it runs on.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::chat::Guarded;
@@ -32,6 +33,9 @@ pub(crate) struct TrialEnv<'a> {
     pub deadline: Instant,
     /// Which run of a repeated scenario this is (0 for the first, and for everything else).
     pub repeat: u32,
+    /// The trial's waits that do not count against its timeout (memory admission, another
+    /// trial's batch).
+    pub waits: &'a Waits,
 }
 
 impl TrialEnv<'_> {
@@ -222,5 +226,40 @@ pub(crate) fn load(
             model_dir,
             spec.name.backend,
         )?)),
+    }
+}
+
+/// The time a trial's body waited for room in the memory budget, or spent on other trials' work
+/// (its cell's batch), which its timeout does not count: the body moves its deadline by it, and
+/// the watchdog its own.
+#[derive(Default)]
+pub(crate) struct Waits {
+    waiting: AtomicBool,
+    waited_ns: AtomicU64,
+}
+
+impl Waits {
+    /// Counts `time` the trial spent on other trials' work (generating their answers in its
+    /// cell's batch) as not its own: its deadline moves by it.
+    pub(crate) fn add(&self, time: Duration) {
+        self.waited_ns.fetch_add(time.as_nanos() as u64, Ordering::SeqCst);
+    }
+
+    pub(crate) fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::SeqCst))
+    }
+
+    /// Runs `admit` as a wait that does not count.
+    pub(crate) fn uncounted<T>(&self, admit: impl FnOnce() -> T) -> T {
+        let began = Instant::now();
+        self.waiting.store(true, Ordering::SeqCst);
+        let admitted = admit();
+        self.waited_ns.fetch_add(began.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        self.waiting.store(false, Ordering::SeqCst);
+        admitted
     }
 }

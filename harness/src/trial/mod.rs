@@ -16,9 +16,9 @@ mod policy;
 mod prompt;
 mod servers;
 
-pub(crate) use cell_batch::CellBatches;
+pub(crate) use cell_batch::{Batched, CellBatches};
 pub(crate) use context::RunContext;
-pub(crate) use env::{TrialEnv, load, reference_key, sampling, session_key};
+pub(crate) use env::{TrialEnv, Waits, load, reference_key, sampling, session_key};
 pub(crate) use finding::{Finding, metrics_of};
 pub(crate) use judge::{judge, judge_generation};
 pub(crate) use policy::PolicyState;
