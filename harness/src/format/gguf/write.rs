@@ -621,6 +621,22 @@ mod tests {
         assert!(yarn.contains("`rope_parameters`") && yarn.contains("yarn"), "{yarn}");
     }
 
+    /// A zoo variant copied to a scratch directory as llama.cpp's converter was given it: the
+    /// LongRoPE variants state no tokenizer class, so they get the zoo phi3's
+    /// tokenizer_config.json.
+    fn variant_as_converted(fixtures: &Path, variant: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixtures.join("zoo-variants").join(variant)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        if variant.starts_with("phi-") {
+            let from = fixtures.join("zoo/phi3/tokenizer_config.json");
+            std::fs::copy(from, dir.path().join("tokenizer_config.json")).unwrap();
+        }
+        dir
+    }
+
     /// The writer's `{arch}.*` keys and rope factor tensors for the zoo variants whose rope it
     /// carries (linear, YaRN, deepseek2's YaRN, phi3's LongRoPE, an explicit head width) are
     /// llama.cpp's converter's, key for key (`converter_keys.json`, made by
@@ -632,16 +648,7 @@ mod tests {
         let variants = recorded["variants"].as_object().unwrap();
         assert_eq!(variants.len(), 7);
         for (variant, want) in variants {
-            let dir = tempfile::tempdir().unwrap();
-            for entry in std::fs::read_dir(root.join("zoo-variants").join(variant)).unwrap() {
-                let entry = entry.unwrap();
-                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-            }
-            // As the converter was given them: the LongRoPE variants state no tokenizer class.
-            if variant.starts_with("phi-") {
-                let from = root.join("zoo/phi3/tokenizer_config.json");
-                std::fs::copy(from, dir.path().join("tokenizer_config.json")).unwrap();
-            }
+            let dir = variant_as_converted(&root, variant);
             let bytes = from_safetensors(dir.path(), Quantization::F32).unwrap();
             let mut reader = Cursor::new(&bytes);
             let content = gguf_file::Content::read(&mut reader).unwrap();
@@ -692,15 +699,7 @@ mod tests {
     fn g0_names_a_rope_scaling_key_that_parts_from_config_json() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
         let facts = |variant: &str| {
-            let dir = tempfile::tempdir().unwrap();
-            for entry in std::fs::read_dir(root.join("zoo-variants").join(variant)).unwrap() {
-                let entry = entry.unwrap();
-                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-            }
-            if variant.starts_with("phi-") {
-                let from = root.join("zoo/phi3/tokenizer_config.json");
-                std::fs::copy(from, dir.path().join("tokenizer_config.json")).unwrap();
-            }
+            let dir = variant_as_converted(&root, variant);
             let bytes = from_safetensors(dir.path(), Quantization::F32).unwrap();
             let content = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
             let read = |f: &str| -> serde_json::Value {
