@@ -11,7 +11,7 @@ mod candle;
 mod classes;
 pub(crate) mod client;
 mod external;
-mod footprint;
+pub(crate) mod footprint;
 mod logprobs;
 
 use std::path::PathBuf;

@@ -1,7 +1,8 @@
 //! A cell's scenario trials generated together: the first `run` or `chat` scenario trial of a
 //! `(model, format, backend)` cell to run generates, in one batch, the answers of the cell's
 //! selected scenario trials that have not run yet (at most `QUALIFY_CELL_BATCH` sequences, every
-//! repeat of a trial its own); each of them then finds its answer waiting and judges it.
+//! repeat of a trial its own, and no more cached positions in all than the one sequence a
+//! session's memory estimate counts); each of them then finds its answer waiting and judges it.
 //!
 //! The weights are read once per step for the whole batch instead of once per trial, and the
 //! verdicts cannot move: the embedded engine's batch is bit for bit what each prompt gets alone
@@ -153,17 +154,8 @@ impl CellBatches {
             let mine = order.remove(i);
             order.insert(0, mine);
         }
-        let mut planned: Vec<Planned> = Vec::new();
-        let mut rest = order.into_iter();
-        for spec in rest.by_ref() {
-            let sequences = plan(env, &spec);
-            if !planned.is_empty() && planned.len() + sequences.len() > self.limit {
-                cell.pending.push(spec);
-                break;
-            }
-            planned.extend(sequences);
-        }
-        cell.pending.extend(rest);
+        let (planned, pending) = select(self.limit, order, |spec| plan(env, spec));
+        cell.pending.extend(pending);
         if planned.len() < 2 {
             return;
         }
@@ -243,6 +235,41 @@ fn lock_unless_abandoned<'a>(
     }
 }
 
+/// The sequences of one batch, from trials in the order they run (`plan` gives a trial's, one
+/// per repeat), and the trials left for a later batch: whole trials while they fit `limit`
+/// sequences and [`KV_BUDGET`] cached positions; of the first, its first `limit` repeats (the
+/// rest generate alone).
+fn select<T>(limit: usize, order: Vec<T>, plan: impl Fn(&T) -> Vec<Planned>) -> (Vec<Planned>, Vec<T>) {
+    let (mut planned, mut pending) = (Vec::new(), Vec::new());
+    let mut rest = order.into_iter();
+    for trial in rest.by_ref() {
+        let mut sequences = plan(&trial);
+        if planned.is_empty() {
+            sequences.truncate(limit);
+        } else if planned.len() + sequences.len() > limit
+            || cache_tokens(&planned) + cache_tokens(&sequences) > KV_BUDGET
+        {
+            pending.push(trial);
+            break;
+        }
+        planned.extend(sequences);
+    }
+    pending.extend(rest);
+    (planned, pending)
+}
+
+/// The KV cache positions one batch may hold in all: the one sequence at the model's context
+/// that a session's memory estimate counts (`engine::footprint`), so that a batch of many short
+/// sequences stays inside what the session was admitted with.
+const KV_BUDGET: u64 = crate::engine::footprint::KV_TOKENS;
+
+/// At most how many positions `sequences` keep in their KV caches: each prompt's bytes (a
+/// tokenizer's token covers at least one byte), a beginning and an end token, and the most
+/// tokens it may generate.
+fn cache_tokens(sequences: &[Planned]) -> u64 {
+    sequences.iter().map(|p| p.prompt.text.len() as u64 + 2 + u64::from(p.max_tokens)).sum()
+}
+
 /// Whether a trial's answers may be generated in its cell's batch.
 fn batchable(spec: &TrialSpec) -> bool {
     matches!(
@@ -279,4 +306,64 @@ fn plan(env: &TrialEnv<'_>, spec: &TrialSpec) -> Vec<Planned> {
             deadline,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` sequences of trial `name`, each with a prompt of `bytes` bytes and `max_tokens`.
+    fn sequences(name: &str, n: u32, bytes: usize, max_tokens: u32) -> Vec<Planned> {
+        (0..n)
+            .map(|repeat| Planned {
+                trial: name.to_string(),
+                spec: None,
+                repeat,
+                prompt: Guarded::plain("x".repeat(bytes)),
+                max_tokens,
+                sampling: crate::engine::Sampling::Greedy,
+                deadline: Instant::now(),
+            })
+            .collect()
+    }
+
+    fn names(planned: &[Planned]) -> Vec<(String, u32)> {
+        planned.iter().map(|p| (p.trial.clone(), p.repeat)).collect()
+    }
+
+    #[test]
+    fn a_batch_holds_whole_trials_up_to_the_limit_and_the_first_trials_repeats_are_cut_to_it() {
+        let repeats = |t: &&str| match *t {
+            "ten" => sequences(t, 10, 20, 8),
+            "three" => sequences(t, 3, 20, 8),
+            _ => sequences(t, 1, 20, 8),
+        };
+        // The first trial's 10 repeats under a limit of 4: its first 4, nothing else.
+        let (planned, pending) = select(4, vec!["ten", "one", "three"], repeats);
+        assert_eq!(names(&planned), [0, 1, 2, 3].map(|r| ("ten".to_string(), r)));
+        assert_eq!(pending, ["one", "three"]);
+        // Whole trials only: "three" does not fit beside "one" and 1 more under 4, and waits
+        // with those after it.
+        let (planned, pending) = select(4, vec!["one", "two", "three", "four"], repeats);
+        assert_eq!(names(&planned), [("one".to_string(), 0), ("two".to_string(), 0)]);
+        assert_eq!(pending, ["three", "four"]);
+        let (planned, pending) = select(32, vec!["one", "three", "ten"], repeats);
+        assert_eq!(planned.len(), 14);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_batch_holds_no_more_cached_positions_than_the_sessions_estimate_counts() {
+        // Each sequence keeps at most 1,000 + 2 + 998 = 2,000 positions: two fit the 4,096.
+        let long = |t: &&str| sequences(t, 1, 1000, 998);
+        let (planned, pending) = select(32, vec!["a", "b", "c", "d"], long);
+        assert_eq!(names(&planned), [("a".to_string(), 0), ("b".to_string(), 0)]);
+        assert_eq!(pending, ["c", "d"]);
+        assert!(cache_tokens(&planned) <= KV_BUDGET);
+        // A first trial past the budget on its own still runs, alone (a batch of one).
+        let huge = |t: &&str| sequences(t, 1, 10_000, 64);
+        let (planned, pending) = select(32, vec!["a", "b"], huge);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(pending, ["b"]);
+    }
 }
