@@ -15,7 +15,7 @@ use half::{bf16, f16};
 
 use super::Isa;
 use super::ROWS;
-use super::quant::{Q8_0, Q8_1, Q8K, k4_scales};
+use super::quant::{Q8_0, Q8_1, Q8K};
 
 /// Whether this CPU has AVX2, FMA and F16C.
 pub(super) fn available() -> bool {
@@ -404,12 +404,46 @@ fn q5_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
     q4_1_q5_1(w, y, 24, Some(4))
 }
 
-/// Σ min·bsum of a Q4_K/Q5_K super-block: each min covers two 16-sums.
-fn k4_min_sum(mins: &[u8; 8], y: &Q8K) -> i32 {
-    mins.iter()
-        .zip(y.bsums.chunks_exact(2))
-        .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
-        .sum()
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (its 12 bytes at `s`),
+/// sub-block `j`'s in byte `j` of each word: `quant::k4_scales`' values, taken apart a word at a
+/// time. Bytes 0–3 hold scales 0–3 and bytes 4–7 mins 0–3 in their low six bits; bytes 8–11
+/// hold the low four bits of scales 4–7 (low nibbles) and mins 4–7 (high nibbles), whose top
+/// two bits are the top two bits of bytes 0–3 and 4–7.
+#[inline]
+pub(super) fn k4_scale_words(s: &[u8; 12]) -> (u64, u64) {
+    let word = |at: usize| u32::from_le_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]);
+    let (s0, s1, s2) = (word(0), word(4), word(8));
+    let scales =
+        u64::from(s0 & 0x3f3f_3f3f) | u64::from((s2 & 0x0f0f_0f0f) | ((s0 >> 2) & 0x3030_3030)) << 32;
+    let mins =
+        u64::from(s1 & 0x3f3f_3f3f) | u64::from(((s2 >> 4) & 0x0f0f_0f0f) | ((s1 >> 2) & 0x3030_3030)) << 32;
+    (scales, mins)
+}
+
+/// The sum of four i32 lanes (exact: integer addition does not depend on the order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v)))
+}
+
+/// The 16 i16 sums of 16 activations of a Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bsums(y: &Q8K) -> __m256i {
+    // SAFETY: `bsums` holds 16 i16, 32 bytes.
+    unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
+}
+
+/// Σ min[j] · (the activations' sum over sub-block j of 32), `mins` the eight mins as i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k4_min_sum(mins: __m128i, y: &Q8K) -> i32 {
+    let sums = bsums(y);
+    // Pairs of 16-value sums: each sub-block's 32 (at most 32 · 127 in magnitude, no overflow).
+    let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(sums), _mm256_extracti128_si256::<1>(sums));
+    hsum_i32(_mm_madd_epi16(mins, pairs))
 }
 
 /// Q4_K and Q5_K (`fifth` = the offset of qh, for Q5_K).
@@ -420,11 +454,17 @@ fn q4k_q5k<const N: usize>(w: &[u8], y: [&[Q8K]; N], size: usize, fifth: Option<
     let low4 = _mm256_set1_epi8(0x0F);
     for (k, b) in w.chunks_exact(size).enumerate() {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        let (sc, mn) = k4_scales(&b[4..16]);
+        let (sc, mn) = k4_scale_words(b[4..16].try_into().expect("12 bytes"));
+        let mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
         for (mins, y) in mins.iter_mut().zip(&y) {
             let y = &y[k];
-            *mins += (y.d * dmin) * k4_min_sum(&mn, y) as f32;
+            *mins += (y.d * dmin) * k4_min_sum(mn, y) as f32;
         }
+        // Scale j as i16 in lane j of both halves: broadcast by a byte shuffle below.
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+        let scale = |j: i8| {
+            _mm256_shuffle_epi8(sc, _mm256_set1_epi16(i16::from_le_bytes([2 * j as u8, 2 * j as u8 + 1])))
+        };
         let qs = if fifth.is_some() { 48 } else { 16 };
         let high = fifth.map(|at| load32(b, at));
         let mut sumi = [_mm256_setzero_si256(); N];
@@ -441,8 +481,7 @@ fn q4k_q5k<const N: usize>(w: &[u8], y: [&[Q8K]; N], size: usize, fifth: Option<
                 lo = _mm256_or_si256(lo, bit(2 * c as i32));
                 hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
             }
-            let (slo, shi) =
-                (_mm256_set1_epi16(i16::from(sc[2 * c])), _mm256_set1_epi16(i16::from(sc[2 * c + 1])));
+            let (slo, shi) = (scale(2 * c as i8), scale(2 * c as i8 + 1));
             for (sumi, y) in sumi.iter_mut().zip(&y) {
                 let y = &y[k];
                 let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load_i8(&y.qs, 64 * c)), slo);
@@ -472,12 +511,16 @@ fn q6k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
     let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
     let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for (k, b) in w.chunks_exact(210).enumerate() {
-        let scales: [i16; 16] = std::array::from_fn(|g| i16::from(b[192 + g] as i8));
+        // SAFETY: the block holds 210 bytes; its 16 i8 scales are bytes 192..208.
+        let scales8 = unsafe { _mm_loadu_si128(b[192..208].as_ptr().cast()) };
+        let scales = _mm256_cvtepi8_epi16(scales8);
         let dw = f16_at(b, 208);
         // The values are stored + 32: take 32 · Σ scale·bsum off once per super-block.
         for (offsets, y) in offsets.iter_mut().zip(&y) {
             let y = &y[k];
-            let bias: i32 = scales.iter().zip(&y.bsums).map(|(&s, &q)| i32::from(s) * i32::from(q)).sum();
+            let bias = _mm256_madd_epi16(scales, bsums(y));
+            let bias =
+                hsum_i32(_mm_add_epi32(_mm256_castsi256_si128(bias), _mm256_extracti128_si256::<1>(bias)));
             *offsets += (y.d * dw) * (32 * bias) as f32;
         }
         let mut sumi = [_mm256_setzero_si256(); N];
@@ -504,7 +547,10 @@ fn q6k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
             for (j, q) in q.into_iter().enumerate() {
                 // 32 values: 16 under scale g, 16 under g + 1.
                 let g = 8 * n + 2 * j;
-                let scale = _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]), _mm_set1_epi16(scales[g]));
+                // Scale g in the low eight lanes, g + 1 in the high eight.
+                let pick =
+                    _mm_set_epi64x(i64::from_le_bytes([g as u8 + 1; 8]), i64::from_le_bytes([g as u8; 8]));
+                let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pick));
                 for (sumi, y) in sumi.iter_mut().zip(&y) {
                     let p = _mm256_maddubs_epi16(q, load_i8(&y[k].qs, 128 * n + 32 * j));
                     *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(p, scale));

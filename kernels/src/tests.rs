@@ -523,3 +523,17 @@ fn attention_matches_an_f64_reference_and_a_rows_bits_do_not_depend_on_the_call(
     let e = plain.forward(&q, &k, &k).unwrap_err().to_string();
     assert!(e.contains("do not fit together"), "{e}");
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_word_wise_k_quant_scales_are_the_byte_wise_ones() {
+    // Every byte value in every one of the 12 places, over many random blocks.
+    let mut rng = Rng(53);
+    for round in 0..4096 {
+        let mut s: [u8; 12] = std::array::from_fn(|_| rng.below(256) as u8);
+        s[round % 12] = (round / 12 % 256) as u8;
+        let (scales, mins) = super::avx2::k4_scale_words(&s);
+        let (sc, mn) = super::quant::k4_scales(&s);
+        assert_eq!((scales.to_le_bytes(), mins.to_le_bytes()), (sc, mn), "scale bytes {s:?}");
+    }
+}

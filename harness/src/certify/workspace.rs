@@ -176,11 +176,12 @@ impl PartialEq for Unreadable {
 
 impl Eq for Unreadable {}
 
-/// SHA-256 over the harness's sources (`harness/src`, its manifest) and `Cargo.lock`, by sorted
-/// path: what decides how trials run and are judged.
+/// SHA-256 over the harness's and its kernels' sources (`harness/src`, `kernels/src`, their
+/// manifests) and `Cargo.lock`, by sorted path: what decides how trials run and are judged.
 pub fn harness_fingerprint(layout: &Layout) -> String {
-    let mut files = vec![layout.root.join("Cargo.lock"), layout.root.join("harness/Cargo.toml")];
-    let mut stack = vec![layout.root.join("harness/src")];
+    let mut files =
+        ["Cargo.lock", "harness/Cargo.toml", "kernels/Cargo.toml"].map(|f| layout.root.join(f)).to_vec();
+    let mut stack = vec![layout.root.join("harness/src"), layout.root.join("kernels/src")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
