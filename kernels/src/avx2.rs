@@ -146,6 +146,8 @@ quant_entry!(span_q5_0, rows_q5_0 => q5_0_kernel(Q8_0, 22 bytes), 4 activation r
 quant_entry!(span_q8_0, rows_q8_0 => q8_0_kernel(Q8_0, 34 bytes), 4 activation rows);
 quant_entry!(span_q4_1, rows_q4_1 => q4_1_kernel(Q8_1, 20 bytes), 4 activation rows);
 quant_entry!(span_q5_1, rows_q5_1 => q5_1_kernel(Q8_1, 24 bytes), 4 activation rows);
+quant_entry!(span_q2k, rows_q2k => q2k_kernel(Q8K, 84 bytes), 4 activation rows);
+quant_entry!(span_q3k, rows_q3k => q3k_kernel(Q8K, 110 bytes), 4 activation rows);
 quant_entry!(span_q4k, rows_q4k => q4k_kernel(Q8K, 144 bytes), 4 activation rows);
 quant_entry!(span_q5k, rows_q5k => q5k_kernel(Q8K, 176 bytes), 4 activation rows);
 quant_entry!(span_q6k, rows_q6k => q6k_kernel(Q8K, 210 bytes), 4 activation rows);
@@ -494,6 +496,111 @@ fn q4k_q5k<const N: usize>(w: &[u8], y: [&[Q8K]; N], size: usize, fifth: Option<
         }
     }
     std::array::from_fn(|r| hsum(acc[r]) - mins[r])
+}
+
+/// Two groups' scales for 32 values: scale `g` (of the 16 i8 in `scales`) as i16 in the low
+/// eight lanes, scale `g + 1` in the high eight.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair_scale(scales: __m128i, g: usize) -> __m256i {
+    let pick = _mm_set_epi64x(i64::from_le_bytes([g as u8 + 1; 8]), i64::from_le_bytes([g as u8; 8]));
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick))
+}
+
+/// The sum of eight i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32x8(v: __m256i) -> i32 {
+    hsum_i32(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)))
+}
+
+/// Bits `2j, 2j + 1` of each of 32 bytes: the 2-bit values of a Q2_K/Q3_K group.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn two_bits(packed: __m256i, j: usize) -> __m256i {
+    _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(2 * j as i32)), _mm256_set1_epi8(3))
+}
+
+/// The sixteen 6-bit scales of a Q3_K super-block (its 12 bytes at `s`) less 32, as i8: the
+/// low four bits are the nibbles of bytes 0–7 (low nibbles for scales 0–7, high for 8–15), the
+/// top two come two at a time from bytes 8–11 (bits 0–1 for scales 0–3, 2–3 for 4–7, …).
+#[inline]
+pub(super) fn k3_scale_words(s: &[u8; 12]) -> (u64, u64) {
+    let nibbles = u64::from_le_bytes(s[..8].try_into().expect("8 bytes"));
+    let top = u32::from_le_bytes(s[8..].try_into().expect("4 bytes"));
+    let tops = |shift: u32| u64::from((top >> shift) & 0x0303_0303);
+    let low = (nibbles & 0x0f0f_0f0f_0f0f_0f0f) | (tops(0) | tops(2) << 32) << 4;
+    let high = ((nibbles >> 4) & 0x0f0f_0f0f_0f0f_0f0f) | (tops(4) | tops(6) << 32) << 4;
+    (low, high)
+}
+
+/// Q2_K: scales[16] (scale in the low nibble, min in the high) qs[64] d dmin; value
+/// 128n + 32j + l is bits 2j of qs[32n + l]. Per super-block the integer sums of the portable
+/// `dot_k`, and its one float step: the same result, bit for bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q2k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+    let mut sum = [0f32; N];
+    let low4 = _mm_set1_epi8(0x0F);
+    for (k, b) in w.chunks_exact(84).enumerate() {
+        // SAFETY: the block holds 84 bytes; its scales are bytes 0..16.
+        let packed = unsafe { _mm_loadu_si128(b[..16].as_ptr().cast()) };
+        let scales = _mm_and_si128(packed, low4);
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(packed), low4));
+        let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for n in 0..2 {
+            let qs = load32(b, 16 + 32 * n);
+            for j in 0..4 {
+                let (q, scale) = (two_bits(qs, j), pair_scale(scales, 8 * n + 2 * j));
+                for (sumi, y) in sumi.iter_mut().zip(&y) {
+                    let p = _mm256_maddubs_epi16(q, load_i8(&y[k].qs, 128 * n + 32 * j));
+                    *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(p, scale));
+                }
+            }
+        }
+        for ((sum, sumi), y) in sum.iter_mut().zip(sumi).zip(&y) {
+            let y = &y[k];
+            let summ = hsum_i32x8(_mm256_madd_epi16(mins, bsums(y)));
+            *sum += (d * y.d) * hsum_i32x8(sumi) as f32 - (dmin * y.d) * summ as f32;
+        }
+    }
+    sum
+}
+
+/// Q3_K: hmask[32] qs[64] scales[12] d; value 128n + 32j + l is bits 2j of qs[32n + l], less 4
+/// where bit 4n + j of hmask[l] is clear. As the portable `dot_k`, bit for bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q3k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+    let mut sum = [0f32; N];
+    for (k, b) in w.chunks_exact(110).enumerate() {
+        let hmask = load32(b, 0);
+        let (low, high) = k3_scale_words(b[96..108].try_into().expect("12 bytes"));
+        let scales = _mm_sub_epi8(_mm_set_epi64x(high as i64, low as i64), _mm_set1_epi8(32));
+        let d = f16_at(b, 108);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for n in 0..2 {
+            let qs = load32(b, 32 + 32 * n);
+            for j in 0..4 {
+                let bit = _mm256_set1_epi8((1u8 << (4 * n + j)) as i8);
+                let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), _mm256_setzero_si256());
+                let q = _mm256_sub_epi8(two_bits(qs, j), _mm256_and_si256(clear, _mm256_set1_epi8(4)));
+                let scale = pair_scale(scales, 8 * n + 2 * j);
+                for (sumi, y) in sumi.iter_mut().zip(&y) {
+                    let p = _mm256_maddubs_epi16(
+                        _mm256_sign_epi8(q, q),
+                        _mm256_sign_epi8(load_i8(&y[k].qs, 128 * n + 32 * j), q),
+                    );
+                    *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(p, scale));
+                }
+            }
+        }
+        for ((sum, sumi), y) in sum.iter_mut().zip(sumi).zip(&y) {
+            let y = &y[k];
+            // Q3_K has no mins: the portable form's `dmin · … · 0` is kept for the same bits.
+            *sum += (d * y.d) * hsum_i32x8(sumi) as f32 - (0f32 * y.d) * 0f32;
+        }
+    }
+    sum
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -170,7 +170,7 @@ impl<T: Plain> std::fmt::Debug for Values<T> {
     }
 }
 
-/// The GGML block types kept quantized. Q2K, Q3K and Q4_1 have a scalar dot product only.
+/// The GGML block types kept quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantKind {
     Q4_0,

@@ -320,12 +320,14 @@ pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1>> {
     None
 }
 
-/// The same for K-quant weights with Q8_K activations (Q2_K and Q3_K have none).
+/// The same for K-quant weights with Q8_K activations.
 pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         use super::avx2::*;
         return match kind {
+            QuantKind::Q2K => Some(Spans { one: span_q2k, rows: rows_q2k }),
+            QuantKind::Q3K => Some(Spans { one: span_q3k, rows: rows_q3k }),
             QuantKind::Q4K => Some(Spans { one: span_q4k, rows: rows_q4k }),
             QuantKind::Q5K => Some(Spans { one: span_q5k, rows: rows_q5k }),
             QuantKind::Q6K => Some(Spans { one: span_q6k, rows: rows_q6k }),

@@ -537,3 +537,40 @@ fn the_word_wise_k_quant_scales_are_the_byte_wise_ones() {
         assert_eq!((scales.to_le_bytes(), mins.to_le_bytes()), (sc, mn), "scale bytes {s:?}");
     }
 }
+
+#[test]
+fn the_simd_q2_k_and_q3_k_products_are_the_portable_ones_bit_for_bit() {
+    if Isa::detected() != Isa::Avx2 {
+        return;
+    }
+    // Blocks of random bytes (every scale, min, sign and high-bit pattern), their f16 factors
+    // set to finite values; and blocks quantized from values.
+    let (rows, cols) = (40, 768);
+    let mut rng = Rng(59);
+    // (The other K-quants' SIMD kernels sum in vector lanes: `simd_agrees_with_scalar`.)
+    for kind in [QuantKind::Q2K, QuantKind::Q3K] {
+        let (values, size) = kind.block();
+        let mut bytes: Vec<u8> = (0..rows * cols / values * size).map(|_| rng.below(256) as u8).collect();
+        let factors: &[usize] = if kind == QuantKind::Q2K { &[80, 82] } else { &[108] };
+        for block in bytes.chunks_exact_mut(size) {
+            for &at in factors {
+                let f = half::f16::from_f32(rng.below(1000) as f32 / 997.0 - 0.5);
+                block[at..at + 2].copy_from_slice(&f.to_le_bytes());
+            }
+        }
+        let random = Matrix::new(rows, cols, Storage::Quant { kind, bytes: bytes.into() }).unwrap();
+        let dtype = QUANT.iter().find(|(k, _)| *k == kind).unwrap().1;
+        for matrix in [random, quantized(dtype, rows, cols, 61).1] {
+            for m in [1, 4, 5] {
+                let x = rng.values(m * cols);
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(matmul(&matrix, Isa::Avx2, &x, m)),
+                    bits(matmul(&matrix, Isa::Scalar, &x, m)),
+                    "{} m = {m}",
+                    matrix.kind()
+                );
+            }
+        }
+    }
+}
