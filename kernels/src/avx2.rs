@@ -521,11 +521,12 @@ fn two_bits(packed: __m256i, j: usize) -> __m256i {
     _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(2 * j as i32)), _mm256_set1_epi8(3))
 }
 
-/// The sixteen 6-bit scales of a Q3_K super-block (its 12 bytes at `s`) less 32, as i8: the
-/// low four bits are the nibbles of bytes 0–7 (low nibbles for scales 0–7, high for 8–15), the
-/// top two come two at a time from bytes 8–11 (bits 0–1 for scales 0–3, 2–3 for 4–7, …).
+/// The sixteen 6-bit scales of a Q3_K super-block (its 12 bytes at `s`), scale `g` in byte
+/// `g % 8` of the first word (g < 8) or the second, still stored + 32: the low four bits are the
+/// nibbles of bytes 0–7 (low nibbles for scales 0–7, high for 8–15), the top two come two at a
+/// time from bytes 8–11 (bits 0–1 for scales 0–3, 2–3 for 4–7, …).
 #[inline]
-pub(super) fn k3_scale_words(s: &[u8; 12]) -> (u64, u64) {
+fn k3_scale_words(s: &[u8; 12]) -> (u64, u64) {
     let nibbles = u64::from_le_bytes(s[..8].try_into().expect("8 bytes"));
     let top = u32::from_le_bytes(s[8..].try_into().expect("4 bytes"));
     let tops = |shift: u32| u64::from((top >> shift) & 0x0303_0303);
