@@ -618,9 +618,9 @@ impl<W, A> Copy for Spans<W, A> {}
 /// Work is split over chunks of weight rows only, each chunk one span per group of activation
 /// rows, and every element comes out of the one sequence of operations its kernel runs per pair
 /// of weight and activation row, so neither `m`, the grouping of rows nor the chunking can change
-/// a result. For `m > 1` each chunk is small enough
-/// to stay in cache while every activation row passes over it, into a buffer of its own that is
-/// copied into `y` afterwards (y's rows are not contiguous per chunk).
+/// a result. For `m > ROWS` each chunk is small enough to stay in cache while every activation
+/// row passes over it (on one thread too), into a buffer that is copied into `y` afterwards
+/// (y's rows are not contiguous per chunk).
 fn drive<'a, W, A, FW, FA>(
     rows: usize,
     m: usize,
@@ -641,9 +641,32 @@ fn drive<'a, W, A, FW, FA>(
             dots.fill(span.clone(), g * ROWS, out);
         }
     };
+    // Chunk `first..first + len`'s outputs (m × len) into their places in `y`.
+    let place = |y: &mut [f32], first: usize, out: &[f32]| {
+        let len = out.len() / m;
+        for (i, part) in out.chunks_exact(len).enumerate() {
+            y[i * rows + first..i * rows + first + len].copy_from_slice(part);
+        }
+    };
     let threads = rayon::current_num_threads();
+    // One pass of every activation row group over a chunk that stays in cache, of an even
+    // number of rows where it can be: the dense tiles take weight rows in pairs.
+    let even = |n: usize| if n > 1 { n & !1 } else { 1 };
+    let cached = even(MAX_CHUNK_BYTES / row_bytes.max(1));
     if serial || threads == 1 {
-        block(0..rows, y);
+        if m <= ROWS || cached >= rows {
+            block(0..rows, y);
+            return;
+        }
+        // One thread still takes the weights a cached chunk at a time: a whole matrix larger
+        // than the cache would otherwise be read from memory once per group of activation rows.
+        let mut out = vec![0f32; m * cached];
+        for first in (0..rows).step_by(cached) {
+            let span = first..(first + cached).min(rows);
+            let out = &mut out[..m * span.len()];
+            block(span, out);
+            place(y, first, out);
+        }
         return;
     }
     let balanced = rows.div_ceil(4 * threads);
@@ -656,7 +679,7 @@ fn drive<'a, W, A, FW, FA>(
         });
         return;
     }
-    per_chunk = per_chunk.min(MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
+    per_chunk = even(per_chunk.min(cached));
     let chunks: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per_chunk))
         .into_par_iter()
         .map(|c| {
@@ -667,10 +690,7 @@ fn drive<'a, W, A, FW, FA>(
         })
         .collect();
     for (first, out) in chunks {
-        let len = out.len() / m;
-        for (i, part) in out.chunks_exact(len).enumerate() {
-            y[i * rows + first..i * rows + first + len].copy_from_slice(part);
-        }
+        place(y, first, &out);
     }
 }
 

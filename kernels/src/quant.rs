@@ -7,6 +7,7 @@
 //! here agrees with candle's `QMatMul` up to the order the block sums are added in.
 
 use half::f16;
+use rayon::prelude::*;
 
 use super::{Isa, QuantKind, Spans};
 
@@ -80,20 +81,39 @@ pub(super) enum Activations {
 
 impl Activations {
     /// `x` (m rows of `cols`, `cols` a whole number of blocks) in the blocks `kind` multiplies.
+    /// Blocks are independent, so a large batch (a prefill) is quantized on rayon's pool.
     pub(super) fn quantize(kind: QuantKind, x: &[f32], m: usize, cols: usize) -> Activations {
         debug_assert_eq!(x.len(), m * cols);
         match kind {
-            QuantKind::Q4_0 | QuantKind::Q5_0 | QuantKind::Q8_0 => {
-                Activations::Q8_0(x.chunks_exact(QK).map(|b| q8_0(b.try_into().expect("a block"))).collect())
-            }
-            QuantKind::Q4_1 | QuantKind::Q5_1 => {
-                Activations::Q8_1(x.chunks_exact(QK).map(|b| q8_1(b.try_into().expect("a block"))).collect())
-            }
-            _ => {
-                Activations::Q8K(x.chunks_exact(QK_K).map(|b| q8k(b.try_into().expect("a block"))).collect())
-            }
+            QuantKind::Q4_0 | QuantKind::Q5_0 | QuantKind::Q8_0 => Activations::Q8_0(blocks(x, q8_0)),
+            QuantKind::Q4_1 | QuantKind::Q5_1 => Activations::Q8_1(blocks(x, q8_1)),
+            _ => Activations::Q8K(blocks(x, q8k)),
         }
     }
+}
+
+/// Below this many values activations are quantized on the calling thread: one decoded token's
+/// widest row (a few thousand values) takes microseconds, less than waking a worker.
+const PARALLEL_QUANTIZE_FROM: usize = 64 * 1024;
+
+/// `x` in blocks of `N` values, each by `f`, in order.
+fn blocks<B: Send, const N: usize>(x: &[f32], f: fn(&[f32; N]) -> B) -> Vec<B> {
+    let block = |b: &[f32]| f(b.try_into().expect("a block"));
+    if x.len() < PARALLEL_QUANTIZE_FROM {
+        x.chunks_exact(N).map(block).collect()
+    } else {
+        x.par_chunks_exact(N).map(block).collect()
+    }
+}
+
+/// `v` rounded to the nearest integer, halves away from zero: C's `roundf`, exactly, for
+/// |v| < 2³¹ (larger values saturate, NaN gives 0), without a call into libm per value. The
+/// fraction `v − trunc(v)` is exact in f32, so comparing it with ½ decides ties as `roundf` does.
+#[inline(always)]
+pub(super) fn round_half_away(v: f32) -> i32 {
+    let whole = v as i32;
+    let fraction = v - whole as f32;
+    whole + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5)
 }
 
 /// ggml's `quantize_row_q8_0`: scale = amax / 127, stored as f16; values rounded half away from 0.
@@ -102,7 +122,8 @@ fn q8_0(x: &[f32; QK]) -> Q8_0 {
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; QK];
-    qs.iter_mut().zip(x).for_each(|(q, v)| *q = (v * id).round() as i8);
+    // |v · id| is at most 127 and a rounding error; the clamp keeps the old cast's saturation.
+    qs.iter_mut().zip(x).for_each(|(q, v)| *q = round_half_away(v * id).clamp(-128, 127) as i8);
     Q8_0 { d: f16::from_f32(d).to_f32(), qs }
 }
 
@@ -129,7 +150,7 @@ fn q8k(x: &[f32; QK_K]) -> Q8K {
         return block;
     }
     let iscale = -127.0 / max;
-    block.qs.iter_mut().zip(x).for_each(|(q, v)| *q = (iscale * v).round().clamp(-128.0, 127.0) as i8);
+    block.qs.iter_mut().zip(x).for_each(|(q, v)| *q = round_half_away(iscale * v).clamp(-128, 127) as i8);
     for (sum, q) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
         *sum = q.iter().map(|&q| i16::from(q)).sum();
     }

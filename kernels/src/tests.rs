@@ -574,3 +574,26 @@ fn the_simd_q2_k_and_q3_k_products_are_the_portable_ones_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn activation_rounding_is_roundf_halves_and_neighbours_included() {
+    let mut values =
+        vec![0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 127.0, -128.0, 0.49999997];
+    for k in -300i32..=300 {
+        let half = k as f32 + 0.5;
+        values.extend([
+            half,
+            half.next_up(),
+            half.next_down(),
+            k as f32,
+            (k as f32).next_up(),
+            (k as f32).next_down(),
+        ]);
+    }
+    let mut rng = Rng(17);
+    values.extend((0..100_000).map(|_| rng.value() * 40.0));
+    for v in values {
+        assert_eq!(super::quant::round_half_away(v), v.round() as i32, "{v:e}");
+    }
+    assert_eq!(super::quant::round_half_away(f32::NAN), 0);
+}

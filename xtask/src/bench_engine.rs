@@ -187,7 +187,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         (
             "threads".into(),
             format!(
-                "{threads} (modelqa: RAYON_NUM_THREADS = CANDLE_NUM_THREADS = {threads}; llama.cpp: n_threads = n_threads_batch = {threads}; transformers: torch.set_num_threads({threads}))"
+                "{threads} (modelqa: RAYON_NUM_THREADS = {threads}, CANDLE_NUM_THREADS = 1, as the harness sets them; llama.cpp: n_threads = n_threads_batch = {threads}; transformers: torch.set_num_threads({threads}))"
             ),
         ),
         ("load average before / after".into(), format!("{load_before} / {}", loadavg())),
@@ -380,7 +380,11 @@ fn measure_one(
                 "--ids",
                 ids,
             ]);
-            c.env("RAYON_NUM_THREADS", &t).env("CANDLE_NUM_THREADS", &t);
+            // As the harness sizes them (`engine::size_thread_pools`): the project's kernels
+            // on rayon's pool, candle's own pool (its element-wise ops, which spin between
+            // calls) inline. Measured on this bench's Q8_0 file: prefill 112–114 tok/s against
+            // 103–114 with candle on 2 threads, decode the same.
+            c.env("RAYON_NUM_THREADS", &t).env("CANDLE_NUM_THREADS", "1");
             c
         }
         (Engine::LlamaCpp, Some(p)) => p.driver(&[
