@@ -28,7 +28,7 @@ pub(super) fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
 pub(super) fn spans_f32(isa: Isa) -> Option<Spans<f32, f32>> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(Spans { one: avx2::span_f32, rows: avx2::rows_f32 }),
+        Isa::Avx2 => Some(Spans { one: avx2::span_f32, rows: avx2::rows_f32, wide: None }),
         _ => None,
     }
 }
@@ -36,7 +36,7 @@ pub(super) fn spans_f32(isa: Isa) -> Option<Spans<f32, f32>> {
 pub(super) fn spans_f16(isa: Isa) -> Option<Spans<f16, f32>> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(Spans { one: avx2::span_f16, rows: avx2::rows_f16 }),
+        Isa::Avx2 => Some(Spans { one: avx2::span_f16, rows: avx2::rows_f16, wide: None }),
         _ => None,
     }
 }
@@ -44,7 +44,7 @@ pub(super) fn spans_f16(isa: Isa) -> Option<Spans<f16, f32>> {
 pub(super) fn spans_bf16(isa: Isa) -> Option<Spans<bf16, f32>> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(Spans { one: avx2::span_bf16, rows: avx2::rows_bf16 }),
+        Isa::Avx2 => Some(Spans { one: avx2::span_bf16, rows: avx2::rows_bf16, wide: None }),
         _ => None,
     }
 }

@@ -540,8 +540,8 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
 }
 
 /// The dot products of one matrix with one batch: a span of consecutive weight rows with
-/// activation row `i`, or with rows `i0..i0 + ROWS` where the instruction set has a kernel for
-/// that. Without SIMD kernels ([`Isa::Scalar`], or a type with a scalar kernel only) each weight
+/// activation row `i`, or with rows `i0..i0 + ROWS` (or [`WIDE`]) where the instruction set has
+/// a kernel for that. Without SIMD kernels ([`Isa::Scalar`], or a type with a scalar kernel only) each weight
 /// row is a call of the portable one-row dot product.
 struct Dots<W: 'static, A: 'static, FW, FA> {
     one: fn(&[W], &[A]) -> f32,
@@ -561,11 +561,26 @@ where
         Dots { one, spans, weights, activations }
     }
 
+    /// How many of `left` activation rows [`Dots::fill`] takes next: [`WIDE`] or [`ROWS`] where
+    /// a kernel takes that many at once, else all that are left (one at a time).
+    fn group(&self, left: usize) -> usize {
+        match self.spans {
+            Some(Spans { wide: Some(_), .. }) if left >= WIDE => WIDE,
+            Some(_) if left >= ROWS => ROWS,
+            _ => left,
+        }
+    }
+
     /// Weight rows `span` times activation rows `i0..i0 + n` into `out`, n rows of `span.len()`.
     fn fill(&self, span: std::ops::Range<usize>, i0: usize, out: &mut [f32]) {
         let len = span.len();
         let w = (self.weights)(span.clone());
         match self.spans {
+            Some(Spans { wide: Some(wide), .. }) if out.len() == WIDE * len => {
+                let mut outs = out.chunks_exact_mut(len);
+                let outs = std::array::from_fn(|_| outs.next().expect("WIDE output rows"));
+                wide(w, std::array::from_fn(|k| (self.activations)(i0 + k)), outs);
+            }
             Some(spans) if out.len() == ROWS * len => {
                 let mut outs = out.chunks_exact_mut(len);
                 let outs = std::array::from_fn(|_| outs.next().expect("ROWS output rows"));
@@ -590,12 +605,16 @@ where
 
 /// Activation rows a span of weight rows is multiplied with at once in a batch.
 const ROWS: usize = 4;
+/// Activation rows a quantized span is multiplied with at once where a batch has that many.
+const WIDE: usize = 8;
 
 /// A span of consecutive weight rows (stored one after another) times one activation row: one
 /// output per weight row.
 type SpanDot<W, A> = fn(&[W], &[A], &mut [f32]);
 /// A span times [`ROWS`] activation rows: output row `k` for activation row `k`.
 type SpanRowsDot<W, A> = fn(&[W], [&[A]; ROWS], [&mut [f32]; ROWS]);
+/// A span times [`WIDE`] activation rows.
+type SpanWideDot<W, A> = fn(&[W], [&[A]; WIDE], [&mut [f32]; WIDE]);
 
 /// The SIMD kernels of one stored type, each over a span of weight rows so that dispatch,
 /// checks and setup are paid once per span, not per row. Each output is bitwise what the one-row
@@ -603,6 +622,7 @@ type SpanRowsDot<W, A> = fn(&[W], [&[A]; ROWS], [&mut [f32]; ROWS]);
 struct Spans<W: 'static, A: 'static> {
     one: SpanDot<W, A>,
     rows: SpanRowsDot<W, A>,
+    wide: Option<SpanWideDot<W, A>>,
 }
 
 impl<W, A> Clone for Spans<W, A> {
@@ -637,8 +657,11 @@ fn drive<'a, W, A, FW, FA>(
     // Weight rows `span` times every activation row, into `out` (m × span.len()).
     let block = |span: std::ops::Range<usize>, out: &mut [f32]| {
         let len = span.len();
-        for (g, out) in out.chunks_mut(ROWS * len).enumerate() {
-            dots.fill(span.clone(), g * ROWS, out);
+        let mut i = 0;
+        while i < m {
+            let n = dots.group(m - i);
+            dots.fill(span.clone(), i, &mut out[i * len..(i + n) * len]);
+            i += n;
         }
     };
     // Chunk `first..first + len`'s outputs (m × len) into their places in `y`.

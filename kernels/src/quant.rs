@@ -316,9 +316,9 @@ pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0>> {
     if isa == Isa::Avx2 {
         use super::avx2::*;
         return match kind {
-            QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0 }),
-            QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0 }),
-            QuantKind::Q8_0 => Some(Spans { one: span_q8_0, rows: rows_q8_0 }),
+            QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0, wide: Some(wide_q4_0) }),
+            QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0, wide: Some(wide_q5_0) }),
+            QuantKind::Q8_0 => Some(Spans { one: span_q8_0, rows: rows_q8_0, wide: Some(wide_q8_0) }),
             _ => None,
         };
     }
@@ -332,8 +332,8 @@ pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1>> {
     if isa == Isa::Avx2 {
         use super::avx2::*;
         return match kind {
-            QuantKind::Q4_1 => Some(Spans { one: span_q4_1, rows: rows_q4_1 }),
-            QuantKind::Q5_1 => Some(Spans { one: span_q5_1, rows: rows_q5_1 }),
+            QuantKind::Q4_1 => Some(Spans { one: span_q4_1, rows: rows_q4_1, wide: Some(wide_q4_1) }),
+            QuantKind::Q5_1 => Some(Spans { one: span_q5_1, rows: rows_q5_1, wide: Some(wide_q5_1) }),
             _ => None,
         };
     }
@@ -347,11 +347,11 @@ pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K>> {
     if isa == Isa::Avx2 {
         use super::avx2::*;
         return match kind {
-            QuantKind::Q2K => Some(Spans { one: span_q2k, rows: rows_q2k }),
-            QuantKind::Q3K => Some(Spans { one: span_q3k, rows: rows_q3k }),
-            QuantKind::Q4K => Some(Spans { one: span_q4k, rows: rows_q4k }),
-            QuantKind::Q5K => Some(Spans { one: span_q5k, rows: rows_q5k }),
-            QuantKind::Q6K => Some(Spans { one: span_q6k, rows: rows_q6k }),
+            QuantKind::Q2K => Some(Spans { one: span_q2k, rows: rows_q2k, wide: Some(wide_q2k) }),
+            QuantKind::Q3K => Some(Spans { one: span_q3k, rows: rows_q3k, wide: Some(wide_q3k) }),
+            QuantKind::Q4K => Some(Spans { one: span_q4k, rows: rows_q4k, wide: Some(wide_q4k) }),
+            QuantKind::Q5K => Some(Spans { one: span_q5k, rows: rows_q5k, wide: Some(wide_q5k) }),
+            QuantKind::Q6K => Some(Spans { one: span_q6k, rows: rows_q6k, wide: Some(wide_q6k) }),
             _ => None,
         };
     }

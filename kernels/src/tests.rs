@@ -221,7 +221,7 @@ fn every_row_is_bitwise_the_row_computed_alone() {
         for isa in isas() {
             let probe = rng.values(cols);
             let alone = matmul(&matrix, isa, &probe, 1);
-            for m in [1, 2, 5, 8, 32] {
+            for m in [1, 2, 5, 8, 13, 32] {
                 let mut x = rng.values(m * cols);
                 let at = rng.below(m);
                 x[at * cols..(at + 1) * cols].copy_from_slice(&probe);
@@ -277,7 +277,7 @@ fn every_output_is_bitwise_its_weight_row_multiplied_alone() {
         }
         for matrix in kinds {
             for isa in isas() {
-                for m in [1, 3, 4, 9] {
+                for m in [1, 3, 4, 9, 12] {
                     let x = rng.values(m * cols);
                     let y = matmul(&matrix, isa, &x, m);
                     for r in (0..rows).step_by(if rows > 100 { 37 } else { 1 }) {
@@ -561,7 +561,7 @@ fn the_simd_q2_k_and_q3_k_products_are_the_portable_ones_bit_for_bit() {
         let random = Matrix::new(rows, cols, Storage::Quant { kind, bytes: bytes.into() }).unwrap();
         let dtype = QUANT.iter().find(|(k, _)| *k == kind).unwrap().1;
         for matrix in [random, quantized(dtype, rows, cols, 61).1] {
-            for m in [1, 4, 5] {
+            for m in [1, 4, 5, 8, 13] {
                 let x = rng.values(m * cols);
                 let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
                 assert_eq!(
