@@ -262,17 +262,21 @@ macro_rules! dense_kernel {
                     sums[0] = first;
                 }
             }
+            // Plain loops, not `array::from_fn`, whose closure was not inlined: every row's
+            // accumulators went through the stack into a call.
             let widen = $widen;
-            std::array::from_fn(|r| {
-                std::array::from_fn(|j| {
+            let mut out = [[0f32; N]; R];
+            for r in 0..R {
+                for j in 0..N {
                     let a = &sums[r][j];
                     let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
                     for (&w, &x) in w[r][eights..].iter().zip(&x[j][eights..]) {
                         sum += widen(w) * x;
                     }
-                    sum
-                })
-            })
+                    out[r][j] = sum;
+                }
+            }
+            out
         }
     };
 }
