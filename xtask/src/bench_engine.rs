@@ -19,8 +19,8 @@
 //! shown; llama-cpp-python compiles llama.cpp). A peer that cannot be had is printed with its
 //! reason and the other engines still run; `--skip-peers` runs modelqa alone, with no virtualenv.
 //! The table (also `target/bench/engine/results.md` and `.json`) holds load, prefill and decode
-//! speed, peak RSS, file size, the ratio to llama.cpp on its own file of the same format, the
-//! decode ceiling a read bandwidth measured at the start allows over the weight bytes read per
+//! speed, peak RSS, file size, the ratio to llama.cpp on its own file of the same format (on
+//! this project's where llama.cpp's converter could not run), the decode ceiling a read bandwidth measured at the start allows over the weight bytes read per
 //! token, and how many greedy ids each engine shares with transformers f32.
 
 pub(crate) mod files;

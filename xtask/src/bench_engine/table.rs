@@ -195,15 +195,17 @@ impl Report {
         }
     }
 
-    /// llama.cpp on llama.cpp's own file of `peer`'s format: what every row of that format is
-    /// compared with.
+    /// llama.cpp on llama.cpp's own file of `peer`'s format, else (its converter could not run)
+    /// on this project's file of that format: what every row of that format is compared with.
     fn reference(&self, peer: Peer) -> Option<Figures> {
-        self.rows.iter().find_map(|r| {
-            let f = &self.files[r.file];
-            let m = r.outcome.as_ref().ok()?;
-            (r.engine == Engine::LlamaCpp && f.maker == Maker::LlamaCpp && f.peer == peer)
-                .then(|| self.figures(m))
-        })
+        let on = |maker: Maker| {
+            self.rows.iter().find_map(|r| {
+                let f = &self.files[r.file];
+                let m = r.outcome.as_ref().ok()?;
+                (r.engine == Engine::LlamaCpp && f.maker == maker && f.peer == peer).then(|| self.figures(m))
+            })
+        };
+        on(Maker::LlamaCpp).or_else(|| on(Maker::Modelqa))
     }
 
     /// The greedy ids every row is held to, and what they are: transformers on the f32
@@ -240,8 +242,8 @@ impl Report {
         let reference = self.greedy_reference();
         let _ = writeln!(
             out,
-            "- columns: medians; `vs llama.cpp` = prefill / decode ÷ llama.cpp's on its own file of the same format \
-             (f32 safetensors and APR: F32; bf16: F16); `bound` = {:.1} GB/s read ÷ weight bytes per decoded token; \
+            "- columns: medians; `vs llama.cpp` = prefill / decode ÷ llama.cpp's on its own file of the same format, \
+             or on modelqa's where llama.cpp's was not made (f32 safetensors and APR: F32; bf16: F16); `bound` = {:.1} GB/s read ÷ weight bytes per decoded token; \
              `match` = greedy ids equal to {}'s, of {}",
             self.bandwidth / 1e9,
             reference.map_or("(no reference)", |(name, _)| name),
@@ -431,6 +433,38 @@ mod tests {
         assert_eq!(json["rows"][1]["decode_tokens_per_s"], 16.0);
         assert_eq!(json["rows"][1]["match"], 2);
         assert_eq!(json["rows"][3]["error"], "refused | badly");
+    }
+
+    /// Without llama.cpp's own file of a format, rows are held to llama.cpp on modelqa's file;
+    /// with it, to llama.cpp on its own.
+    #[test]
+    fn without_llama_cpps_own_file_the_ratio_is_to_llama_cpp_on_modelqas() {
+        let mut report = Report {
+            header: vec![],
+            notes: vec![],
+            files: vec![
+                file(Maker::Modelqa, "GGUF Q8_0", Peer::Q8_0),
+                file(Maker::LlamaCpp, "GGUF Q8_0", Peer::Q8_0),
+            ],
+            rows: vec![
+                Row { engine: Engine::Modelqa, file: 0, outcome: measured(0.5, 4.0, &[1]) },
+                Row { engine: Engine::LlamaCpp, file: 0, outcome: measured(0.25, 1.0, &[1]) },
+            ],
+            prompt_tokens: 64,
+            decode_tokens: 64,
+            bandwidth: 40e9,
+        };
+        assert!(report.markdown().contains(
+            "| modelqa | modelqa | GGUF Q8_0 | 2.00 | 128.0 | 16.0 | 2.50 | 1000 MB | 0.50 / 0.25 |"
+        ));
+        report.rows.push(Row { engine: Engine::LlamaCpp, file: 1, outcome: measured(1.0, 2.0, &[1]) });
+        let table = report.markdown();
+        assert!(
+            table.contains(
+                "| modelqa | modelqa | GGUF Q8_0 | 2.00 | 128.0 | 16.0 | 2.50 | 1000 MB | 2.00 / 0.50 |"
+            ),
+            "{table}"
+        );
     }
 
     #[test]
