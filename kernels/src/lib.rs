@@ -541,8 +541,8 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
 
 /// The dot products of one matrix with one batch: a span of consecutive weight rows with
 /// activation row `i`, or with rows `i0..i0 + ROWS` (or [`WIDE`]) where the instruction set has
-/// a kernel for that. Without SIMD kernels ([`Isa::Scalar`], or a type with a scalar kernel only) each weight
-/// row is a call of the portable one-row dot product.
+/// a kernel for that. Without SIMD kernels ([`Isa::Scalar`], or a type with a scalar kernel
+/// only) each weight row is a call of the portable one-row dot product.
 struct Dots<W: 'static, A: 'static, FW, FA> {
     one: fn(&[W], &[A]) -> f32,
     spans: Option<Spans<W, A>>,

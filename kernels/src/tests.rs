@@ -597,3 +597,26 @@ fn activation_rounding_is_roundf_halves_and_neighbours_included() {
     }
     assert_eq!(super::quant::round_half_away(f32::NAN), 0);
 }
+
+#[test]
+fn one_thread_takes_a_large_matrix_in_chunks_and_gives_the_pools_bits() {
+    // 1100 rows of 512 f32 are 2.2 MB, many cached chunks; 13 activation rows go in groups.
+    let (rows, cols, m) = (1100, 512, 13);
+    let x = Rng(71).values(m * cols);
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for matrix in every_kind(rows, cols) {
+        for isa in isas() {
+            let pooled = matmul(&matrix, isa, &x, m);
+            let alone = one.install(|| matmul(&matrix, isa, &x, m));
+            assert!(
+                pooled.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} {isa:?}: one thread differs from the pool",
+                matrix.kind()
+            );
+            for i in [0, m - 1] {
+                let own = matmul(&matrix, isa, &x[i * cols..(i + 1) * cols], 1);
+                assert_eq!(alone[i * rows..(i + 1) * rows], own[..], "{} {isa:?} row {i}", matrix.kind());
+            }
+        }
+    }
+}
