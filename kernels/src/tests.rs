@@ -620,3 +620,32 @@ fn one_thread_takes_a_large_matrix_in_chunks_and_gives_the_pools_bits() {
         }
     }
 }
+
+#[test]
+fn on_pool_runs_on_a_worker_gives_the_callers_bits_and_passes_a_panic_on() {
+    // Test threads are not the pool's: run directly, the index would be `None`.
+    assert_eq!(rayon::current_thread_index(), None);
+    let index = super::on_pool(rayon::current_thread_index);
+    assert!(index.is_some(), "on_pool ran its closure off the pool");
+    // Nested, it runs in place on the worker it is on.
+    let (outer, inner) =
+        super::on_pool(|| (rayon::current_thread_index(), super::on_pool(rayon::current_thread_index)));
+    assert_eq!(outer, inner);
+    // 1100 rows of 512 are past the serial threshold: the products split over the pool.
+    let (rows, cols) = (1100, 512);
+    let x = Rng(72).values(5 * cols);
+    for matrix in every_kind(rows, cols) {
+        for m in [1, 5] {
+            let outside = matmul(&matrix, Isa::detected(), &x[..m * cols], m);
+            let inside = super::on_pool(|| matmul(&matrix, Isa::detected(), &x[..m * cols], m));
+            assert!(
+                outside.iter().zip(&inside).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} m = {m}: on the pool differs",
+                matrix.kind()
+            );
+        }
+    }
+    let caught = std::panic::catch_unwind(|| super::on_pool(|| panic!("planted in the pool")));
+    let message = caught.expect_err("the panic was lost").downcast::<&str>().map(|m| *m);
+    assert_eq!(message.ok(), Some("planted in the pool"));
+}

@@ -567,7 +567,9 @@ impl CandleSession {
         // state runs one position late, as a cache advanced before the step would place it.
         let pos = if pos > 0 && crate::config::planted_kv_early() { pos + 1 } else { pos };
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let logits = self.model.forward(&input, pos)?.flatten_all()?.to_dtype(DType::F32)?;
+        let model = &mut self.model;
+        let logits =
+            modelqa_kernels::on_pool(|| model.forward(&input, pos))?.flatten_all()?.to_dtype(DType::F32)?;
         if let Some(factor) = crate::config::planted_slowdown() {
             // A fault the harness's own tests plant (QUALIFY_FAULT_SLOWDOWN): every forward
             // pass takes `factor` times as long, as a model that really got slower would.
@@ -896,7 +898,10 @@ impl CandleSession {
             .collect();
         let ids: Vec<u32> = parts.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
         let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let Some(logits) = self.model.forward_batch(&input, &segments)? else { return Ok(None) };
+        let model = &mut self.model;
+        let Some(logits) = modelqa_kernels::on_pool(|| model.forward_batch(&input, &segments))? else {
+            return Ok(None);
+        };
         let logits = logits.to_dtype(DType::F32)?;
         if let Some(factor) = crate::config::planted_slowdown() {
             std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
