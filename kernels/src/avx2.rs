@@ -14,6 +14,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::Isa;
+use super::dense::{PANEL, STEP, TILE, held_len};
 use super::quant::{Q8_0, Q8_1, Q8K};
 use super::{ROWS, WIDE};
 
@@ -27,30 +28,28 @@ fn check() {
     assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
 }
 
-/// The safe entries to a dense kernel, each over a span of consecutive weight rows so that checks
-/// and setup are paid once per span: the span times one activation row, a row at a time with
-/// its four accumulators running (two weight rows at a time measured no faster, and slower on
-/// f16/bf16 rows streamed from memory), and the span times [`ROWS`] activation rows in tiles of
-/// two weight rows by all [`ROWS`], one accumulator of each of the eight pairs at a time, so
-/// that every weight vector is loaded (and widened) once for four activation rows and every
-/// activation vector once for two weight rows. Each result is the one-row sequence of
-/// operations, whichever entry and tile computed it.
+/// The safe entries to a dense kernel, each over a span of consecutive panels (see `dense`) so
+/// that checks and setup are paid once per span: the span times one activation row, a panel's
+/// four rows at a time, and the span times [`TILE`] activation rows, a panel's four rows by all
+/// three at a time. Each result is the one-pair sequence of operations, whichever entry
+/// computed it; outputs past `out`'s rows (a last panel's filling) are dropped.
 macro_rules! dense_entry {
-    ($span:ident, $rows:ident => $kernel:ident($w:ty)) => {
+    ($span:ident, $tile:ident => $kernel:ident($w:ty)) => {
         pub(super) fn $span(w: &[$w], x: &[f32], out: &mut [f32]) {
             #[target_feature(enable = "avx2,fma,f16c")]
             fn span(w: &[$w], x: &[f32], out: &mut [f32]) {
                 let cols = x.len();
+                let panel = PANEL * cols;
                 assert_eq!(
                     w.len(),
-                    cols * out.len(),
-                    "a span of {} weights for {} rows of {cols}",
+                    held_len(out.len(), cols),
+                    "panels of {} values for {} rows of {cols}",
                     w.len(),
                     out.len()
                 );
-                for (r, out) in out.iter_mut().enumerate() {
-                    let [[y]] = $kernel::<1, 1, 4>([&w[r * cols..(r + 1) * cols]], [x]);
-                    *out = y;
+                for (p, out) in out.chunks_mut(PANEL).enumerate() {
+                    let [ys] = $kernel::<1>(&w[p * panel..(p + 1) * panel], [x]);
+                    out.copy_from_slice(&ys[..out.len()]);
                 }
             }
             check();
@@ -58,30 +57,29 @@ macro_rules! dense_entry {
             unsafe { span(w, x, out) }
         }
 
-        pub(super) fn $rows(w: &[$w], x: [&[f32]; ROWS], out: [&mut [f32]; ROWS]) {
+        pub(super) fn $tile(w: &[$w], x: [&[f32]; TILE], out: [&mut [f32]; TILE]) {
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn rows(w: &[$w], x: [&[f32]; ROWS], mut out: [&mut [f32]; ROWS]) {
+            fn tile(w: &[$w], x: [&[f32]; TILE], mut out: [&mut [f32]; TILE]) {
                 let (cols, len) = (x[0].len(), out[0].len());
+                let panel = PANEL * cols;
                 assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
-                assert_eq!(w.len(), cols * len, "a span of {} weights for {len} rows of {cols}", w.len());
-                let row = |r: usize| &w[r * cols..(r + 1) * cols];
-                let pairs = len / 2 * 2;
-                for r in (0..pairs).step_by(2) {
-                    let [a, b] = $kernel::<2, ROWS, 1>([row(r), row(r + 1)], x);
-                    for (out, (a, b)) in out.iter_mut().zip(a.into_iter().zip(b)) {
-                        (out[r], out[r + 1]) = (a, b);
-                    }
-                }
-                if pairs < len {
-                    let [ys] = $kernel::<1, ROWS, 2>([row(pairs)], x);
-                    for (out, y) in out.iter_mut().zip(ys) {
-                        out[pairs] = y;
+                assert_eq!(
+                    w.len(),
+                    held_len(len, cols),
+                    "panels of {} values for {len} rows of {cols}",
+                    w.len()
+                );
+                for p in 0..len.div_ceil(PANEL) {
+                    let ys = $kernel::<TILE>(&w[p * panel..(p + 1) * panel], x);
+                    let rows = p * PANEL..((p + 1) * PANEL).min(len);
+                    for (out, ys) in out.iter_mut().zip(ys) {
+                        out[rows.clone()].copy_from_slice(&ys[..rows.len()]);
                     }
                 }
             }
             check();
             // SAFETY: as above.
-            unsafe { rows(w, x, out) }
+            unsafe { tile(w, x, out) }
         }
     };
 }
@@ -92,8 +90,8 @@ macro_rules! dense_entry {
 /// block unpacked once for all of them. Unpacking is much of a quantized kernel's work, so the
 /// wide entry, which shares it among twice the rows, is faster per product: 3–5 % on Q8_0, 11 %
 /// on Q5_0, 11–23 % on Q4_K and Q6_K (one thread, 4864 × 896, 16 and 64 activation rows). The
-/// dense tiles have no such entry: two weight rows by eight need more accumulators than there
-/// are registers (measured ×0.4–0.6).
+/// dense tiles have no such entry: a panel's four rows by three activation rows already fill the
+/// registers.
 macro_rules! quant_entry {
     ($span:ident, $rows:ident, $wide:ident => $kernel:ident($x:ty, $size:literal bytes)) => {
         pub(super) fn $span(w: &[u8], x: &[$x], out: &mut [f32]) {
@@ -162,9 +160,9 @@ fn quant_rows<X, const N: usize>(
     }
 }
 
-dense_entry!(span_f32, rows_f32 => f32_kernel(f32));
-dense_entry!(span_f16, rows_f16 => f16_kernel(f16));
-dense_entry!(span_bf16, rows_bf16 => bf16_kernel(bf16));
+dense_entry!(span_f32, tile_f32 => f32_kernel(f32));
+dense_entry!(span_f16, tile_f16 => f16_kernel(f16));
+dense_entry!(span_bf16, tile_bf16 => bf16_kernel(bf16));
 quant_entry!(span_q4_0, rows_q4_0, wide_q4_0 => q4_0_kernel(Q8_0, 18 bytes));
 quant_entry!(span_q5_0, rows_q5_0, wide_q5_0 => q5_0_kernel(Q8_0, 22 bytes));
 quant_entry!(span_q8_0, rows_q8_0, wide_q8_0 => q8_0_kernel(Q8_0, 34 bytes));
@@ -185,95 +183,76 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// A dense dot product of each of `R` weight rows with each of `N` activation rows. Per pair,
-/// four accumulators: accumulator `k` takes values `[32i + 8k, 32i + 8k + 8)` for every whole
-/// step of 32, accumulator 0 then the whole steps of 8 left, and the four are reduced in a fixed
-/// tree before the scalar tail is added.
-///
-/// A pair's sums never meet another pair's and each accumulator's own sequence is fixed, so a
-/// result does not depend on `R`, `N`, `P` or the pair's place among them. `P` only says how
-/// many of a pair's accumulators run at once: 4 takes each step of 32 in one pass (the fewest
-/// loads for one pair), fewer runs the row in `4 / P` passes so that a tile of many pairs fits
-/// the sixteen registers, each weight vector loaded once for `N` activation rows and each
-/// activation vector once for `R` weight rows.
-/// The columns of a dense tile's rows taken per pass: six rows of 512 f32 are 12 KiB, in L1.
-const TILE_COLUMNS: usize = 512;
-
+/// One panel (four weight rows, see `dense`) times `N` activation rows: `out[j][i]` is row `i`
+/// times activation row `j`. Per pair, one accumulator of eight lanes takes the whole steps of
+/// eight columns in order by fused multiply-adds, its lanes are added by [`hsum`], and the
+/// columns left over are added one at a time. A pair's sums never meet another's, so a result
+/// does not depend on `N` or the pair's place in the tile. Each weight vector is loaded (and
+/// widened) once for the `N` activation rows, each activation vector once for the four rows.
 macro_rules! dense_kernel {
     ($name:ident, $w:ty, |$p:ident| $load:expr, $widen:expr) => {
+        dense_kernel!($name, $w, |$p| $load, $widen, tile_step = None);
+    };
+    ($name:ident, $w:ty, |$p:ident| $load:expr, $widen:expr, tile_step = $tile_step:expr) => {
+        #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $name<const R: usize, const N: usize, const P: usize>(
-            w: [&[$w]; R],
-            x: [&[f32]; N],
-        ) -> [[f32; N]; R] {
-            const { assert!(P > 0 && 4 % P == 0, "P divides the four accumulators") };
-            let n = x[0].len();
+        fn $name<const N: usize>(w: &[$w], x: [&[f32]; N]) -> [[f32; PANEL]; N] {
+            let cols = x[0].len();
             assert!(
-                w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n),
-                "weight and activation rows of different lengths"
+                w.len() == PANEL * cols && x.iter().all(|x| x.len() == cols),
+                "a panel and activation rows of different lengths"
             );
+            let (steps, tail) = (cols / STEP, cols % STEP);
             let load = |$p: *const $w| -> __m256 {
                 // SAFETY: callers pass a pointer to 8 readable values.
                 unsafe { $load }
             };
-            // SAFETY: callers pass a pointer to 8 readable values.
-            let load_x = |p: *const f32| unsafe { _mm256_loadu_ps(p) };
-            // acc[r][j] += w[r][at..at + 8] · x[j][at..at + 8], lane by lane, for each pair.
-            // SAFETY: callers pass at + 8 <= n.
-            let step = |acc: &mut [[__m256; N]; R], at: usize| {
-                let xv: [__m256; N] = std::array::from_fn(|j| load_x(unsafe { x[j].as_ptr().add(at) }));
-                for (acc, w) in acc.iter_mut().zip(&w) {
-                    let wv = load(unsafe { w.as_ptr().add(at) });
-                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
-                        *acc = _mm256_fmadd_ps(wv, xv, *acc);
+            let mut acc = [[_mm256_setzero_ps(); N]; PANEL];
+            let tile_step: Option<TileStep<$w>> = $tile_step;
+            match tile_step {
+                Some(tile_step) if N == TILE => {
+                    // SAFETY: N == TILE, so the array types are the same.
+                    let acc = unsafe { &mut *(&raw mut acc).cast::<[[__m256; TILE]; PANEL]>() };
+                    for c in 0..steps {
+                        // SAFETY: c < steps, so the panel holds 32 values at `c` and each
+                        // activation row 8 at `8c`; the CPU has the features (the caller's).
+                        unsafe {
+                            tile_step(
+                                acc,
+                                w.as_ptr().add(c * PANEL * STEP),
+                                std::array::from_fn(|j| x[j].as_ptr().add(c * STEP)),
+                            )
+                        };
                     }
                 }
-            };
-            let (whole, eights) = (n / 32 * 32, n / 8 * 8);
-            let mut sums = [[[_mm256_setzero_ps(); 4]; N]; R];
-            // Column blocks keep a tile's rows in L1 across the passes; every accumulator still
-            // takes its values in order, carried from block to block in `sums`.
-            for start in (0..whole).step_by(TILE_COLUMNS) {
-                let end = (start + TILE_COLUMNS).min(whole);
-                for first in (0..4).step_by(P) {
-                    let mut acc: [[[__m256; N]; R]; P] = std::array::from_fn(|k| {
-                        std::array::from_fn(|r| std::array::from_fn(|j| sums[r][j][first + k]))
-                    });
-                    for i in (start..end).step_by(32) {
-                        for (k, acc) in acc.iter_mut().enumerate() {
-                            step(acc, i + 8 * (first + k));
-                        }
-                    }
-                    for (k, acc) in acc.iter().enumerate() {
-                        for (sums, acc) in sums.iter_mut().zip(acc) {
-                            for (sums, &acc) in sums.iter_mut().zip(acc) {
-                                sums[first + k] = acc;
+                _ => {
+                    for c in 0..steps {
+                        // SAFETY: c < steps, so 8c + 8 <= cols and the panel's step holds 32
+                        // values.
+                        let xv: [__m256; N] =
+                            std::array::from_fn(|j| unsafe { _mm256_loadu_ps(x[j].as_ptr().add(c * STEP)) });
+                        let at = unsafe { w.as_ptr().add(c * PANEL * STEP) };
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let wv = load(unsafe { at.add(i * STEP) });
+                            for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                                *acc = _mm256_fmadd_ps(wv, xv, *acc);
                             }
                         }
                     }
                 }
             }
-            let mut first: [[__m256; N]; R] = std::array::from_fn(|r| std::array::from_fn(|j| sums[r][j][0]));
-            for i in (whole..eights).step_by(8) {
-                step(&mut first, i);
-            }
-            for (sums, first) in sums.iter_mut().zip(first) {
-                for (sums, first) in sums.iter_mut().zip(first) {
-                    sums[0] = first;
-                }
-            }
             // Plain loops, not `array::from_fn`, whose closure was not inlined: every row's
             // accumulators went through the stack into a call.
             let widen = $widen;
-            let mut out = [[0f32; N]; R];
-            for r in 0..R {
+            let rest = &w[steps * PANEL * STEP..];
+            let mut out = [[0f32; PANEL]; N];
+            for i in 0..PANEL {
                 for j in 0..N {
-                    let a = &sums[r][j];
-                    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-                    for (&w, &x) in w[r][eights..].iter().zip(&x[j][eights..]) {
+                    let mut sum = hsum(acc[i][j]);
+                    for (&w, &x) in rest[i * tail..(i + 1) * tail].iter().zip(&x[j][steps * STEP..]) {
                         sum += widen(w) * x;
                     }
-                    out[r][j] = sum;
+                    out[j][i] = sum;
                 }
             }
             out
@@ -282,7 +261,80 @@ macro_rules! dense_kernel {
 }
 
 dense_kernel!(f32_kernel, f32, |p| _mm256_loadu_ps(p), |v: f32| v);
-dense_kernel!(f16_kernel, f16, |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())), f16::to_f32);
+dense_kernel!(
+    f16_kernel,
+    f16,
+    |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+    f16::to_f32,
+    tile_step = Some(f16_tile_step)
+);
+
+/// One step of a dense tile written by hand: `acc[i][j] += w[i] · x[j]` for the panel's four
+/// rows at `w` (8 values each, in panel order) and the [`TILE`] activation rows at `x`, by fused
+/// multiply-adds, row by row. The same operations as the compiled step, so the same bits.
+type TileStep<W> = unsafe fn(&mut [[__m256; TILE]; PANEL], *const W, [*const f32; TILE]);
+
+/// The f16 tile's step in assembly. Compiled from intrinsics, the widened weight vectors were
+/// scheduled ahead of their multiplies, seventeen vectors were live for sixteen registers, and a
+/// running sum went through the stack on every step (f16 prefill at ×0.6–0.7 of f32's, a
+/// 4864 × 896 product by 64 rows). Here each widened row is used up before the next is read:
+/// twelve sums, three activation vectors and one weight vector.
+///
+/// # Safety
+///
+/// `w` must point to 32 readable f16 values and each `x[j]` to 8 readable f32 values, on a CPU
+/// with AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_tile_step(acc: &mut [[__m256; TILE]; PANEL], w: *const f16, x: [*const f32; TILE]) {
+    const { assert!(TILE == 3 && PANEL == 4 && STEP == 8, "the assembly is written for a 4 × 3 tile of 8 lanes") };
+    let [[a00, a01, a02], [a10, a11, a12], [a20, a21, a22], [a30, a31, a32]] = acc;
+    // SAFETY: the caller's promise: readable weights and activations, and the CPU features.
+    unsafe {
+        std::arch::asm!(
+            "vmovups {x0}, ymmword ptr [{p0}]",
+            "vmovups {x1}, ymmword ptr [{p1}]",
+            "vmovups {x2}, ymmword ptr [{p2}]",
+            "vcvtph2ps {w}, xmmword ptr [{wp}]",
+            "vfmadd231ps {a00}, {w}, {x0}",
+            "vfmadd231ps {a01}, {w}, {x1}",
+            "vfmadd231ps {a02}, {w}, {x2}",
+            "vcvtph2ps {w}, xmmword ptr [{wp} + 16]",
+            "vfmadd231ps {a10}, {w}, {x0}",
+            "vfmadd231ps {a11}, {w}, {x1}",
+            "vfmadd231ps {a12}, {w}, {x2}",
+            "vcvtph2ps {w}, xmmword ptr [{wp} + 32]",
+            "vfmadd231ps {a20}, {w}, {x0}",
+            "vfmadd231ps {a21}, {w}, {x1}",
+            "vfmadd231ps {a22}, {w}, {x2}",
+            "vcvtph2ps {w}, xmmword ptr [{wp} + 48]",
+            "vfmadd231ps {a30}, {w}, {x0}",
+            "vfmadd231ps {a31}, {w}, {x1}",
+            "vfmadd231ps {a32}, {w}, {x2}",
+            a00 = inout(ymm_reg) *a00,
+            a01 = inout(ymm_reg) *a01,
+            a02 = inout(ymm_reg) *a02,
+            a10 = inout(ymm_reg) *a10,
+            a11 = inout(ymm_reg) *a11,
+            a12 = inout(ymm_reg) *a12,
+            a20 = inout(ymm_reg) *a20,
+            a21 = inout(ymm_reg) *a21,
+            a22 = inout(ymm_reg) *a22,
+            a30 = inout(ymm_reg) *a30,
+            a31 = inout(ymm_reg) *a31,
+            a32 = inout(ymm_reg) *a32,
+            x0 = out(ymm_reg) _,
+            x1 = out(ymm_reg) _,
+            x2 = out(ymm_reg) _,
+            w = out(ymm_reg) _,
+            wp = in(reg) w,
+            p0 = in(reg) x[0],
+            p1 = in(reg) x[1],
+            p2 = in(reg) x[2],
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+}
 dense_kernel!(
     bf16_kernel,
     bf16,

@@ -11,6 +11,13 @@
 //! reduction order depends only on `cols`, the stored type and the instruction set, so a prompt
 //! scored in one batch and token by token gives bitwise the same logits.
 //!
+//! Dense weights (f32, f16, bf16) are copied into panels of four rows interleaved eight values at
+//! a time (`dense`), on transparent huge pages where the system grants them on request
+//! (`memory`): one stream through memory feeds four rows' running sums, and a tile of a panel by
+//! three activation rows keeps its twelve sums in registers. Copied from a mapped file
+//! ([`Values::mapped`]), the file's pages are given back as they are copied, so the weights are
+//! held once.
+//!
 //! Quantized weights are multiplied as llama.cpp does: each activation row is quantized once to
 //! 8-bit blocks (Q8_0, Q8_1 or Q8_K), each block's dot product is integer arithmetic, and only
 //! the per-block sums are scaled and added in floating point.
@@ -27,6 +34,7 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod dense;
+mod memory;
 mod quant;
 #[cfg(test)]
 mod tests;
@@ -63,15 +71,37 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
-/// A weight matrix of `rows` outputs × `cols` inputs, kept as stored.
+/// A weight matrix of `rows` outputs × `cols` inputs, kept in the type it was stored in.
 #[derive(Debug, Clone)]
 pub struct Matrix {
     rows: usize,
     cols: usize,
-    storage: Storage,
+    held: Held,
 }
 
-/// The weights of a [`Matrix`], row-major, in the type they were stored in.
+/// How a [`Matrix`] holds its weights: dense types copied into panels (`dense`), quantized
+/// blocks as stored, in place where they were given so.
+#[derive(Clone)]
+enum Held {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    Quant { kind: QuantKind, bytes: Values<u8> },
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Held::F32(v) => write!(f, "{} f32 values in panels", v.len()),
+            Held::F16(v) => write!(f, "{} f16 values in panels", v.len()),
+            Held::Bf16(v) => write!(f, "{} bf16 values in panels", v.len()),
+            Held::Quant { kind, bytes } => write!(f, "{} {bytes:?}", kind.name()),
+        }
+    }
+}
+
+/// The weights of a [`Matrix`] as given to it, row-major, in the type they were stored in. Dense
+/// values are copied into the matrix's own layout; quantized blocks are kept as given.
 #[derive(Debug, Clone)]
 pub enum Storage {
     F32(Values<f32>),
@@ -117,6 +147,9 @@ pub enum Values<T: Plain> {
         owner: Arc<dyn Any + Send + Sync>,
         ptr: *const T,
         len: usize,
+        /// Whether the bytes lie in a read-only file mapping, whose pages may be given back once
+        /// copied ([`Values::mapped`]).
+        mapped: bool,
     },
 }
 
@@ -141,7 +174,25 @@ impl<T: Plain> Values<T> {
         if cfg!(target_endian = "big") || !aligned || !bytes.len().is_multiple_of(size) {
             return None;
         }
-        Some(Values::Borrowed { owner, ptr: bytes.as_ptr().cast(), len: bytes.len() / size })
+        Some(Values::Borrowed { owner, ptr: bytes.as_ptr().cast(), len: bytes.len() / size, mapped: false })
+    }
+
+    /// As [`Values::borrowed`], for bytes in a read-only mapping of a file: a matrix that copies
+    /// them (dense values go into panels) gives their pages back as it goes, so a model's
+    /// weights are not held twice while it loads (they stay in the page cache, shared).
+    ///
+    /// # Safety
+    ///
+    /// As [`Values::borrowed`], and the bytes must lie in a read-only mapping of a file, whose
+    /// pages read the same after they are given back (never anonymous or heap memory, which
+    /// would read as zeros).
+    pub unsafe fn mapped(owner: Arc<dyn Any + Send + Sync>, bytes: &[u8]) -> Option<Values<T>> {
+        // SAFETY: the caller's promise, passed on.
+        let mut values = unsafe { Values::borrowed(owner, bytes) }?;
+        if let Values::Borrowed { mapped, .. } = &mut values {
+            *mapped = true;
+        }
+        Some(values)
     }
 
     /// Whether the values are read in place from their owner's bytes.
@@ -173,8 +224,8 @@ impl<T: Plain> Clone for Values<T> {
     fn clone(&self) -> Self {
         match self {
             Values::Owned(v) => Values::Owned(v.clone()),
-            Values::Borrowed { owner, ptr, len } => {
-                Values::Borrowed { owner: owner.clone(), ptr: *ptr, len: *len }
+            Values::Borrowed { owner, ptr, len, mapped } => {
+                Values::Borrowed { owner: owner.clone(), ptr: *ptr, len: *len, mapped: *mapped }
             }
         }
     }
@@ -259,7 +310,13 @@ impl Matrix {
                 storage_name(&storage)
             );
         }
-        Ok(Matrix { rows, cols, storage })
+        let held = match storage {
+            Storage::F32(v) => Held::F32(into_panels(rows, cols, v)),
+            Storage::F16(v) => Held::F16(into_panels(rows, cols, v)),
+            Storage::Bf16(v) => Held::Bf16(into_panels(rows, cols, v)),
+            Storage::Quant { kind, bytes } => Held::Quant { kind, bytes },
+        };
+        Ok(Matrix { rows, cols, held })
     }
 
     /// A 2-D candle tensor (rows, cols) as stored: F32, F16 and BF16 kept in their type; any other
@@ -277,9 +334,10 @@ impl Matrix {
     }
 
     /// A GGUF matrix of `rows` × `cols` in GGML type `dtype`, read in place from `bytes` (its
-    /// data in a memory-mapped file), so the weights need no second copy: `None` where the
-    /// kernels do not keep `dtype` as stored ([`Matrix::from_qtensor`] dequantizes it) or the
-    /// bytes are not aligned for it (the caller reads it out instead).
+    /// data in memory its owner keeps), so quantized weights need no second copy (dense ones are
+    /// copied into panels): `None` where the kernels do not keep `dtype` as stored
+    /// ([`Matrix::from_qtensor`] dequantizes it) or the bytes are not aligned for it (the caller
+    /// reads it out instead).
     ///
     /// # Safety
     ///
@@ -293,14 +351,57 @@ impl Matrix {
         bytes: &[u8],
     ) -> Option<candle_core::Result<Matrix>> {
         // SAFETY: the caller's promise, passed on.
+        unsafe { Matrix::from_ggml_borrowed(dtype, rows, cols, owner, bytes, false) }
+    }
+
+    /// As [`Matrix::from_ggml_in_place`], for bytes in a read-only mapping of a file (a GGUF
+    /// file's tensor data): dense values give their pages back as they are copied into panels.
+    ///
+    /// # Safety
+    ///
+    /// As [`Values::mapped`].
+    pub unsafe fn from_ggml_mapped(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        owner: Arc<dyn Any + Send + Sync>,
+        bytes: &[u8],
+    ) -> Option<candle_core::Result<Matrix>> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { Matrix::from_ggml_borrowed(dtype, rows, cols, owner, bytes, true) }
+    }
+
+    /// # Safety
+    ///
+    /// As [`Values::mapped`] where `mapped`, else as [`Values::borrowed`].
+    unsafe fn from_ggml_borrowed(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        owner: Arc<dyn Any + Send + Sync>,
+        bytes: &[u8],
+        mapped: bool,
+    ) -> Option<candle_core::Result<Matrix>> {
+        /// # Safety
+        ///
+        /// As `from_ggml_borrowed`.
+        unsafe fn values<T: Plain>(
+            owner: Arc<dyn Any + Send + Sync>,
+            bytes: &[u8],
+            mapped: bool,
+        ) -> Option<Values<T>> {
+            // SAFETY: the caller's promise, passed on.
+            unsafe { if mapped { Values::mapped(owner, bytes) } else { Values::borrowed(owner, bytes) } }
+        }
+        // SAFETY: the caller's promise, passed on.
         let storage = unsafe {
             match dtype {
-                GgmlDType::F32 => Values::borrowed(owner, bytes).map(Storage::F32),
-                GgmlDType::F16 => Values::borrowed(owner, bytes).map(Storage::F16),
-                GgmlDType::BF16 => Values::borrowed(owner, bytes).map(Storage::Bf16),
+                GgmlDType::F32 => values(owner, bytes, mapped).map(Storage::F32),
+                GgmlDType::F16 => values(owner, bytes, mapped).map(Storage::F16),
+                GgmlDType::BF16 => values(owner, bytes, mapped).map(Storage::Bf16),
                 other => {
                     let kind = quant_kind(other)?;
-                    Values::borrowed(owner, bytes).map(|bytes| Storage::Quant { kind, bytes })
+                    values(owner, bytes, mapped).map(|bytes| Storage::Quant { kind, bytes })
                 }
             }
         }?;
@@ -376,29 +477,33 @@ impl Matrix {
     }
 
     /// Whether the weights are read in place from their owner's bytes (a mapped file) rather
-    /// than held in memory of their own.
+    /// than held in memory of their own: quantized blocks given in place are; dense values,
+    /// copied into panels, never are.
     pub fn in_place(&self) -> bool {
-        match &self.storage {
-            Storage::F32(v) => v.is_borrowed(),
-            Storage::F16(v) => v.is_borrowed(),
-            Storage::Bf16(v) => v.is_borrowed(),
-            Storage::Quant { bytes, .. } => bytes.is_borrowed(),
+        match &self.held {
+            Held::F32(_) | Held::F16(_) | Held::Bf16(_) => false,
+            Held::Quant { bytes, .. } => bytes.is_borrowed(),
         }
     }
 
-    /// Bytes the weights occupy in memory.
+    /// Bytes the weights occupy in memory (a dense matrix's rows filled up to whole panels).
     pub fn bytes(&self) -> usize {
-        match &self.storage {
-            Storage::F32(v) => v.len() * 4,
-            Storage::F16(v) => v.len() * 2,
-            Storage::Bf16(v) => v.len() * 2,
-            Storage::Quant { bytes, .. } => bytes.len(),
+        match &self.held {
+            Held::F32(v) => v.len() * 4,
+            Held::F16(v) => v.len() * 2,
+            Held::Bf16(v) => v.len() * 2,
+            Held::Quant { bytes, .. } => bytes.len(),
         }
     }
 
     /// A short name of the stored type: "f32", "f16", "bf16", "q4_0", …, "q6_k".
     pub fn kind(&self) -> &'static str {
-        storage_name(&self.storage)
+        match &self.held {
+            Held::F32(_) => "f32",
+            Held::F16(_) => "f16",
+            Held::Bf16(_) => "bf16",
+            Held::Quant { kind, .. } => kind.name(),
+        }
     }
 
     /// One row dequantized into `out` (len cols): the embedding lookup. Panics when `row` is out
@@ -406,12 +511,20 @@ impl Matrix {
     pub fn row_into(&self, row: usize, out: &mut [f32]) {
         assert!(row < self.rows, "row {row} of a matrix with {} rows", self.rows);
         assert_eq!(out.len(), self.cols, "a row of {} columns into {} values", self.cols, out.len());
-        let span = row * self.cols..(row + 1) * self.cols;
-        match &self.storage {
-            Storage::F32(v) => out.copy_from_slice(&v[span]),
-            Storage::F16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, w)| *o = w.to_f32()),
-            Storage::Bf16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, w)| *o = w.to_f32()),
-            Storage::Quant { kind, bytes } => {
+        fn gather<T: Copy>(v: &[T], row: usize, out: &mut [f32], widen: impl Fn(T) -> f32) {
+            let mut at = 0;
+            for (offset, len) in dense::row_pieces(row, out.len()) {
+                for (o, &w) in out[at..at + len].iter_mut().zip(&v[offset..offset + len]) {
+                    *o = widen(w);
+                }
+                at += len;
+            }
+        }
+        match &self.held {
+            Held::F32(v) => gather(v, row, out, |w| w),
+            Held::F16(v) => gather(v, row, out, f16::to_f32),
+            Held::Bf16(v) => gather(v, row, out, bf16::to_f32),
+            Held::Quant { kind, bytes } => {
                 let row_bytes = self.row_bytes();
                 quant::dequantize_row(*kind, &bytes[row * row_bytes..(row + 1) * row_bytes], out);
             }
@@ -425,13 +538,23 @@ impl Matrix {
         fn gather<T: Copy>(values: &[T], width: usize, order: &[usize]) -> Vec<T> {
             order.iter().flat_map(|&r| values[r * width..(r + 1) * width].iter().copied()).collect()
         }
+        // Row `i` of the panels takes the pieces of row `order[i]`.
+        fn panels<T: Copy>(values: &mut Vec<T>, cols: usize, order: &[usize]) {
+            let mut moved = values.clone();
+            for (i, &r) in order.iter().enumerate() {
+                for ((to, len), (from, _)) in dense::row_pieces(i, cols).zip(dense::row_pieces(r, cols)) {
+                    moved[to..to + len].copy_from_slice(&values[from..from + len]);
+                }
+            }
+            *values = moved;
+        }
         let cols = self.cols;
         let row_bytes = self.row_bytes();
-        match &mut self.storage {
-            Storage::F32(v) => *v = gather(v, cols, order).into(),
-            Storage::F16(v) => *v = gather(v, cols, order).into(),
-            Storage::Bf16(v) => *v = gather(v, cols, order).into(),
-            Storage::Quant { bytes, .. } => *bytes = gather(bytes, row_bytes, order).into(),
+        match &mut self.held {
+            Held::F32(v) => panels(v, cols, order),
+            Held::F16(v) => panels(v, cols, order),
+            Held::Bf16(v) => panels(v, cols, order),
+            Held::Quant { bytes, .. } => *bytes = gather(bytes, row_bytes, order).into(),
         }
     }
 
@@ -452,35 +575,25 @@ impl Matrix {
         let row_bytes = self.row_bytes();
         let serial = rows * cols < SERIAL_BELOW;
         let xs = |i: usize| &x[i * cols..(i + 1) * cols];
-        match &self.storage {
-            Storage::F32(w) => {
-                let dots = Dots::new(
-                    dense::dot_f32,
-                    dense::spans_f32(isa),
-                    |r| &w[r.start * cols..r.end * cols],
-                    xs,
-                );
+        // A span of whole panels (the last one filled up with zero rows).
+        let panels = |r: std::ops::Range<usize>| {
+            debug_assert!(r.start.is_multiple_of(dense::PANEL), "a span starting inside a panel");
+            r.start * cols..r.end.next_multiple_of(dense::PANEL) * cols
+        };
+        match &self.held {
+            Held::F32(w) => {
+                let dots = Dots::dense(dense::spans_f32(isa), |r| &w[panels(r)], xs);
                 drive(rows, m, row_bytes, serial, y, dots);
             }
-            Storage::F16(w) => {
-                let dots = Dots::new(
-                    dense::dot_f16,
-                    dense::spans_f16(isa),
-                    |r| &w[r.start * cols..r.end * cols],
-                    xs,
-                );
+            Held::F16(w) => {
+                let dots = Dots::dense(dense::spans_f16(isa), |r| &w[panels(r)], xs);
                 drive(rows, m, row_bytes, serial, y, dots);
             }
-            Storage::Bf16(w) => {
-                let dots = Dots::new(
-                    dense::dot_bf16,
-                    dense::spans_bf16(isa),
-                    |r| &w[r.start * cols..r.end * cols],
-                    xs,
-                );
+            Held::Bf16(w) => {
+                let dots = Dots::dense(dense::spans_bf16(isa), |r| &w[panels(r)], xs);
                 drive(rows, m, row_bytes, serial, y, dots);
             }
-            Storage::Quant { kind, bytes } => {
+            Held::Quant { kind, bytes } => {
                 let kind = *kind;
                 let w = |r: std::ops::Range<usize>| &bytes[r.start * row_bytes..r.end * row_bytes];
                 match Activations::quantize(kind, x, m, cols) {
@@ -531,10 +644,10 @@ impl Matrix {
 
     /// Bytes of one stored row.
     fn row_bytes(&self) -> usize {
-        match &self.storage {
-            Storage::F32(_) => self.cols * 4,
-            Storage::F16(_) | Storage::Bf16(_) => self.cols * 2,
-            Storage::Quant { kind, .. } => {
+        match &self.held {
+            Held::F32(_) => self.cols * 4,
+            Held::F16(_) | Held::Bf16(_) => self.cols * 2,
+            Held::Quant { kind, .. } => {
                 let (values, size) = kind.block();
                 self.cols / values * size
             }
@@ -551,39 +664,95 @@ fn storage_name(storage: &Storage) -> &'static str {
     }
 }
 
+/// Row-major dense values copied into panels; where they lie in a mapped file, its pages are
+/// given back as they are copied.
+fn into_panels<T: Plain + Default>(rows: usize, cols: usize, values: Values<T>) -> Vec<T> {
+    let mapped = matches!(values, Values::Borrowed { mapped: true, .. });
+    let size = std::mem::size_of::<T>();
+    let base = values.as_ptr() as usize;
+    dense::pack(rows, cols, &values, |done| {
+        if mapped {
+            // SAFETY: `done` lies inside the values, which `Values::mapped`'s caller promised lie
+            // in a read-only file mapping; they are not read again here.
+            unsafe {
+                memory::give_back(std::slice::from_raw_parts(
+                    (base + done.start * size) as *const u8,
+                    done.len() * size,
+                ))
+            };
+        }
+    })
+}
+
 /// Little-endian values of `N` bytes each.
 fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Vec<T> {
     bytes.chunks_exact(N).map(|b| from(b.try_into().expect("chunks of N bytes"))).collect()
 }
 
 /// The dot products of one matrix with one batch: a span of consecutive weight rows with
-/// activation row `i`, or with rows `i0..i0 + ROWS` (or [`WIDE`]) where the instruction set has
-/// a kernel for that. Without SIMD kernels ([`Isa::Scalar`], or a type with a scalar kernel
-/// only) each weight row is a call of the portable one-row dot product.
-struct Dots<W: 'static, A: 'static, FW, FA> {
-    one: fn(&[W], &[A]) -> f32,
-    spans: Option<Spans<W, A>>,
+/// activation row `i`, or with rows `i0..i0 + R` (or [`WIDE`]) where the instruction set has
+/// a kernel for that. Without span kernels (a quantized type on [`Isa::Scalar`]) each weight row
+/// is a call of the portable one-row dot product.
+struct Dots<W: 'static, A: 'static, FW, FA, const R: usize> {
+    kernels: Kernels<W, A, R>,
+    /// Spans start at a multiple of this many rows (a dense matrix's panels).
+    granule: usize,
     weights: FW,
     activations: FA,
 }
 
-impl<'a, W, A, FW, FA> Dots<W, A, FW, FA>
+/// The kernels a [`Dots`] runs.
+enum Kernels<W: 'static, A: 'static, const R: usize> {
+    Spans(Spans<W, A, R>),
+    /// One weight row with one activation row.
+    Row(fn(&[W], &[A]) -> f32),
+}
+
+impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, ROWS>
 where
     W: 'a,
     A: 'a,
     FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
     FA: Fn(usize) -> &'a [A] + Sync,
 {
-    fn new(one: fn(&[W], &[A]) -> f32, spans: Option<Spans<W, A>>, weights: FW, activations: FA) -> Self {
-        Dots { one, spans, weights, activations }
+    /// Quantized rows, stored one after another.
+    fn new(
+        one: fn(&[W], &[A]) -> f32,
+        spans: Option<Spans<W, A, ROWS>>,
+        weights: FW,
+        activations: FA,
+    ) -> Self {
+        let kernels = spans.map_or(Kernels::Row(one), Kernels::Spans);
+        Dots { kernels, granule: 1, weights, activations }
     }
+}
 
-    /// How many of `left` activation rows [`Dots::fill`] takes next: [`WIDE`] or [`ROWS`] where
+impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, { dense::TILE }>
+where
+    W: 'a,
+    A: 'a,
+    FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
+    FA: Fn(usize) -> &'a [A] + Sync,
+{
+    /// Dense rows in panels: `weights` gives whole panels for a span that starts at one.
+    fn dense(spans: Spans<W, A, { dense::TILE }>, weights: FW, activations: FA) -> Self {
+        Dots { kernels: Kernels::Spans(spans), granule: dense::PANEL, weights, activations }
+    }
+}
+
+impl<'a, W, A, FW, FA, const R: usize> Dots<W, A, FW, FA, R>
+where
+    W: 'a,
+    A: 'a,
+    FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
+    FA: Fn(usize) -> &'a [A] + Sync,
+{
+    /// How many of `left` activation rows [`Dots::fill`] takes next: [`WIDE`] or `R` where
     /// a kernel takes that many at once, else all that are left (one at a time).
     fn group(&self, left: usize) -> usize {
-        match self.spans {
-            Some(Spans { wide: Some(_), .. }) if left >= WIDE => WIDE,
-            Some(_) if left >= ROWS => ROWS,
+        match self.kernels {
+            Kernels::Spans(Spans { wide: Some(_), .. }) if left >= WIDE => WIDE,
+            Kernels::Spans(_) if left >= R => R,
             _ => left,
         }
     }
@@ -592,27 +761,27 @@ where
     fn fill(&self, span: std::ops::Range<usize>, i0: usize, out: &mut [f32]) {
         let len = span.len();
         let w = (self.weights)(span.clone());
-        match self.spans {
-            Some(Spans { wide: Some(wide), .. }) if out.len() == WIDE * len => {
+        match self.kernels {
+            Kernels::Spans(Spans { wide: Some(wide), .. }) if out.len() == WIDE * len => {
                 let mut outs = out.chunks_exact_mut(len);
                 let outs = std::array::from_fn(|_| outs.next().expect("WIDE output rows"));
                 wide(w, std::array::from_fn(|k| (self.activations)(i0 + k)), outs);
             }
-            Some(spans) if out.len() == ROWS * len => {
+            Kernels::Spans(spans) if out.len() == R * len => {
                 let mut outs = out.chunks_exact_mut(len);
-                let outs = std::array::from_fn(|_| outs.next().expect("ROWS output rows"));
+                let outs = std::array::from_fn(|_| outs.next().expect("R output rows"));
                 (spans.rows)(w, std::array::from_fn(|k| (self.activations)(i0 + k)), outs);
             }
-            Some(spans) => {
+            Kernels::Spans(spans) => {
                 for (k, out) in out.chunks_exact_mut(len).enumerate() {
                     (spans.one)(w, (self.activations)(i0 + k), out);
                 }
             }
-            None => {
+            Kernels::Row(one) => {
                 for (k, out) in out.chunks_exact_mut(len).enumerate() {
                     let x = (self.activations)(i0 + k);
                     for (r, out) in span.clone().zip(out) {
-                        *out = (self.one)((self.weights)(r..r + 1), x);
+                        *out = one((self.weights)(r..r + 1), x);
                     }
                 }
             }
@@ -620,51 +789,52 @@ where
     }
 }
 
-/// Activation rows a span of weight rows is multiplied with at once in a batch.
+/// Activation rows a quantized span is multiplied with at once in a batch.
 const ROWS: usize = 4;
 /// Activation rows a quantized span is multiplied with at once where a batch has that many.
 const WIDE: usize = 8;
 
-/// A span of consecutive weight rows (stored one after another) times one activation row: one
-/// output per weight row.
+/// A span of consecutive weight rows (or panels) times one activation row: one output per
+/// weight row.
 type SpanDot<W, A> = fn(&[W], &[A], &mut [f32]);
-/// A span times [`ROWS`] activation rows: output row `k` for activation row `k`.
-type SpanRowsDot<W, A> = fn(&[W], [&[A]; ROWS], [&mut [f32]; ROWS]);
+/// A span times `R` activation rows: output row `k` for activation row `k`.
+type SpanRowsDot<W, A, const R: usize> = fn(&[W], [&[A]; R], [&mut [f32]; R]);
 /// A span times [`WIDE`] activation rows.
 type SpanWideDot<W, A> = fn(&[W], [&[A]; WIDE], [&mut [f32]; WIDE]);
 
-/// The SIMD kernels of one stored type, each over a span of weight rows so that dispatch,
-/// checks and setup are paid once per span, not per row. Each output is bitwise what the one-row
-/// sequence of operations gives, whichever entry computed it.
-struct Spans<W: 'static, A: 'static> {
+/// The span kernels of one stored type, each over a span of weight rows so that dispatch,
+/// checks and setup are paid once per span, not per row: one activation row, `R` ([`ROWS`] for
+/// quantized blocks, [`dense::TILE`] for dense panels) and, for quantized blocks, [`WIDE`]. Each
+/// output is bitwise what the one-pair sequence of operations gives, whichever entry computed it.
+struct Spans<W: 'static, A: 'static, const R: usize> {
     one: SpanDot<W, A>,
-    rows: SpanRowsDot<W, A>,
+    rows: SpanRowsDot<W, A, R>,
     wide: Option<SpanWideDot<W, A>>,
 }
 
-impl<W, A> Clone for Spans<W, A> {
+impl<W, A, const R: usize> Clone for Spans<W, A, R> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<W, A> Copy for Spans<W, A> {}
+impl<W, A, const R: usize> Copy for Spans<W, A, R> {}
 
 /// Fills `y` (m × rows): element (i, r) is weight row `r` times activation row `i`.
 ///
-/// Work is split over chunks of weight rows only, each chunk one span per group of activation
-/// rows, and every element comes out of the one sequence of operations its kernel runs per pair
-/// of weight and activation row, so neither `m`, the grouping of rows nor the chunking can change
-/// a result. For `m > ROWS` each chunk is small enough to stay in cache while every activation
-/// row passes over it (on one thread too), into a buffer that is copied into `y` afterwards
-/// (y's rows are not contiguous per chunk).
-fn drive<'a, W, A, FW, FA>(
+/// Work is split over chunks of weight rows only (whole panels of a dense matrix), each chunk one
+/// span per group of activation rows, and every element comes out of the one sequence of
+/// operations its kernel runs per pair of weight and activation row, so neither `m`, the grouping
+/// of rows nor the chunking can change a result. For `m > R` each chunk is small enough to stay
+/// in cache while every activation row passes over it (on one thread too), into a buffer that is
+/// copied into `y` afterwards (y's rows are not contiguous per chunk).
+fn drive<'a, W, A, FW, FA, const R: usize>(
     rows: usize,
     m: usize,
     row_bytes: usize,
     serial: bool,
     y: &mut [f32],
-    dots: Dots<W, A, FW, FA>,
+    dots: Dots<W, A, FW, FA, R>,
 ) where
     W: Sync + 'a,
     A: Sync + 'a,
@@ -689,12 +859,12 @@ fn drive<'a, W, A, FW, FA>(
         }
     };
     let threads = rayon::current_num_threads();
-    // One pass of every activation row group over a chunk that stays in cache, of an even
-    // number of rows where it can be: the dense tiles take weight rows in pairs.
-    let even = |n: usize| if n > 1 { n & !1 } else { 1 };
-    let cached = even(MAX_CHUNK_BYTES / row_bytes.max(1));
+    // Chunks of whole granules (panels), at least one.
+    let granule = dots.granule;
+    let whole = |n: usize| (n / granule * granule).max(granule);
+    let cached = whole(MAX_CHUNK_BYTES / row_bytes.max(1));
     if serial || threads == 1 {
-        if m <= ROWS || cached >= rows {
+        if m <= R || cached >= rows {
             block(0..rows, y);
             return;
         }
@@ -711,7 +881,7 @@ fn drive<'a, W, A, FW, FA>(
     }
     let balanced = rows.div_ceil(4 * threads);
     let least = MIN_CHUNK_BYTES.div_ceil(row_bytes.max(1));
-    let mut per_chunk = balanced.max(least);
+    let mut per_chunk = balanced.max(least).next_multiple_of(granule);
     if m == 1 {
         y.par_chunks_mut(per_chunk).enumerate().for_each(|(c, out)| {
             let first = c * per_chunk;
@@ -719,7 +889,7 @@ fn drive<'a, W, A, FW, FA>(
         });
         return;
     }
-    per_chunk = even(per_chunk.min(cached));
+    per_chunk = whole(per_chunk.min(cached));
     let chunks: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per_chunk))
         .into_par_iter()
         .map(|c| {

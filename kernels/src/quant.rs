@@ -9,7 +9,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{Isa, QuantKind, Spans};
+use super::{Isa, QuantKind, ROWS, Spans};
 
 /// Values in a Q4_0…Q8_0 block.
 pub(super) const QK: usize = 32;
@@ -311,7 +311,7 @@ pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
 
 /// The SIMD span kernels of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations, where `isa` has
 /// them (AVX2): each weight block is unpacked once for [`ROWS`](super::ROWS) activation rows.
-pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0>> {
+pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, ROWS>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         use super::avx2::*;
@@ -327,7 +327,7 @@ pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0>> {
 }
 
 /// The same for Q4_1 or Q5_1 weights with Q8_1 activations.
-pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1>> {
+pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, ROWS>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         use super::avx2::*;
@@ -342,7 +342,7 @@ pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1>> {
 }
 
 /// The same for K-quant weights with Q8_K activations.
-pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K>> {
+pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K, ROWS>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         use super::avx2::*;

@@ -4,9 +4,9 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use half::bf16;
+use half::{bf16, f16};
 
-use super::{Isa, Matrix, QuantKind, Storage};
+use super::{Held, Isa, Matrix, QuantKind, Storage};
 
 const QUANT: [(QuantKind, GgmlDType); 10] = [
     (QuantKind::Q4_0, GgmlDType::Q4_0),
@@ -251,11 +251,24 @@ fn every_row_is_bitwise_the_row_computed_alone() {
 /// Weight row `r` of `matrix` as a matrix of its own, stored exactly as in `matrix`.
 fn row_alone(matrix: &Matrix, r: usize) -> Matrix {
     let cols = matrix.cols();
-    let storage = match &matrix.storage {
-        Storage::F32(v) => Storage::F32(v[r * cols..(r + 1) * cols].to_vec().into()),
-        Storage::F16(v) => Storage::F16(v[r * cols..(r + 1) * cols].to_vec().into()),
-        Storage::Bf16(v) => Storage::Bf16(v[r * cols..(r + 1) * cols].to_vec().into()),
-        Storage::Quant { kind, bytes } => {
+    let storage = match &matrix.held {
+        Held::F32(_) => {
+            let mut row = vec![0f32; cols];
+            matrix.row_into(r, &mut row);
+            Storage::F32(row.into())
+        }
+        // f16 and bf16 widen exactly to f32 and back.
+        Held::F16(_) => {
+            let mut row = vec![0f32; cols];
+            matrix.row_into(r, &mut row);
+            Storage::F16(row.into_iter().map(f16::from_f32).collect::<Vec<_>>().into())
+        }
+        Held::Bf16(_) => {
+            let mut row = vec![0f32; cols];
+            matrix.row_into(r, &mut row);
+            Storage::Bf16(row.into_iter().map(bf16::from_f32).collect::<Vec<_>>().into())
+        }
+        Held::Quant { kind, bytes } => {
             let size = matrix.row_bytes();
             Storage::Quant { kind: *kind, bytes: bytes[r * size..(r + 1) * size].to_vec().into() }
         }
@@ -349,7 +362,7 @@ fn permuting_rows_moves_whole_rows_in_every_stored_type() {
 }
 
 #[test]
-fn weights_read_in_place_multiply_as_the_same_weights_owned_and_misaligned_bytes_are_refused() {
+fn dense_weights_given_in_place_multiply_as_the_same_weights_owned_and_misaligned_bytes_are_refused() {
     let (rows, cols, m) = (7, 96, 3);
     let w: Vec<bf16> =
         (0..rows * cols).map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0)).collect();
@@ -368,6 +381,7 @@ fn weights_read_in_place_multiply_as_the_same_weights_owned_and_misaligned_bytes
         a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
+    assert!(!in_place.in_place(), "dense values are copied into panels");
     drop(in_place);
     assert_eq!(std::sync::Arc::strong_count(&owner), 1, "the matrix let its owner go");
     // One byte in: no f32 starts there, and a length that is not whole values.
@@ -401,7 +415,11 @@ fn a_ggml_matrix_read_in_place_multiplies_as_the_same_tensor_read_out() {
             .expect("a type kept as stored, aligned")
             .unwrap();
         assert_eq!(in_place.kind(), read_out.kind(), "{dtype:?}");
-        assert_eq!(std::sync::Arc::strong_count(&owner), 2, "{dtype:?}: read in place, not copied");
+        // Quantized blocks are read in place; dense values are copied into panels at once.
+        let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16);
+        assert_eq!(in_place.in_place(), !dense, "{dtype:?}");
+        let held = if dense { 1 } else { 2 };
+        assert_eq!(std::sync::Arc::strong_count(&owner), held, "{dtype:?}: the owner held while needed");
         let copied = Matrix::from_ggml_bytes(dtype, rows, cols, &data).expect("kept").unwrap();
         for isa in isas() {
             let want = matmul(&read_out, isa, &x, m);
@@ -648,4 +666,101 @@ fn on_pool_runs_on_a_worker_gives_the_callers_bits_and_passes_a_panic_on() {
     let caught = std::panic::catch_unwind(|| super::on_pool(|| panic!("planted in the pool")));
     let message = caught.expect_err("the panic was lost").downcast::<&str>().map(|m| *m);
     assert_eq!(message.ok(), Some("planted in the pool"));
+}
+
+#[test]
+fn panels_hold_every_row_as_given_and_multiply_as_the_rows_do() {
+    // Shapes with a last panel filled up (rows not a multiple of four) and columns left over
+    // after the steps of eight; the product is checked against the rows as given, not as read
+    // back, so a misplaced value fails it even where reading back would agree with it.
+    for (rows, cols) in [(1, 1), (1, 8), (5, 13), (4, 8), (9, 203), (67, 96)] {
+        let given = Rng(71).values(rows * cols);
+        let matrix = Matrix::new(rows, cols, Storage::F32(given.clone().into())).unwrap();
+        assert_eq!(matrix.bytes(), 4 * rows.next_multiple_of(4) * cols, "{rows}×{cols}");
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            matrix.row_into(r, &mut row);
+            assert_eq!(row, given[r * cols..(r + 1) * cols], "{rows}×{cols} row {r}");
+        }
+        let m = 5;
+        let x = Rng(73).values(m * cols);
+        for isa in isas() {
+            let y = matmul(&matrix, isa, &x, m);
+            for i in 0..m {
+                for r in 0..rows {
+                    let terms = given[r * cols..(r + 1) * cols].iter().zip(&x[i * cols..(i + 1) * cols]);
+                    let want: f64 = terms.clone().map(|(&w, &x)| f64::from(w) * f64::from(x)).sum();
+                    let scale: f64 = terms.map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs()).sum();
+                    let got = f64::from(y[i * rows + r]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * scale.max(1e-30),
+                        "{isa:?} {rows}×{cols}: row {r} of activation row {i}: {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The resident bytes of the mapping that starts at `at`, from /proc/self/smaps.
+#[cfg(target_os = "linux")]
+fn resident_kib(at: *const u8) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let start = format!("{:x}-", at as usize);
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+    assert!(lines.next().is_some(), "no mapping at {start}");
+    let rss = lines.find(|l| l.starts_with("Rss:")).expect("an Rss line");
+    rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_mapped_files_pages_are_given_back_once_copied_into_panels_and_borrowed_ones_are_kept() {
+    use std::io::Write;
+    let (rows, cols, m) = (512, 1024, 3);
+    let values = Rng(79).values(rows * cols);
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let x = Rng(83).values(m * cols);
+    let want = matmul(&Matrix::new(rows, cols, Storage::F32(values.into())).unwrap(), Isa::detected(), &x, m);
+    for given_back in [true, false] {
+        // SAFETY: the file is not written while it is mapped.
+        let map = std::sync::Arc::new(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+        let at = map.as_ptr();
+        let touched: u64 = map.iter().step_by(4096).map(|&b| u64::from(b)).sum();
+        std::hint::black_box(touched);
+        assert!(resident_kib(at) >= 2048, "the whole 2 MiB mapping is resident once read");
+        let owner: std::sync::Arc<dyn std::any::Any + Send + Sync> = map.clone();
+        // SAFETY: a read-only mapping of a file nobody writes while it is mapped.
+        let values = unsafe {
+            if given_back {
+                crate::Values::<f32>::mapped(owner, &map[..])
+            } else {
+                crate::Values::<f32>::borrowed(owner, &map[..])
+            }
+        }
+        .expect("aligned");
+        let matrix = Matrix::new(rows, cols, Storage::F32(values)).unwrap();
+        let resident = resident_kib(at);
+        if given_back {
+            assert!(resident <= 64, "{resident} KiB of the mapping still resident after the copy");
+        } else {
+            assert!(resident >= 2048, "a borrowed (not mapped) source is left alone: {resident} KiB");
+        }
+        // The pages given back read the same: the file's bytes.
+        let again = Matrix::new(
+            rows,
+            cols,
+            Storage::F32(
+                map.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+        )
+        .unwrap();
+        for matrix in [&matrix, &again] {
+            assert_eq!(matmul(matrix, Isa::detected(), &x, m), want, "given back: {given_back}");
+        }
+    }
 }

@@ -195,8 +195,9 @@ fn hf_parts(dir: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, En
 
 /// An APR file written by this project carries the Hugging Face config, tokenizer and
 /// tokenizer_config in its metadata. The file is mapped and checked whole (both checksums)
-/// without copying a tensor; on the project's kernels an f32, f16 or bf16 matrix is multiplied
-/// where it lies in the mapped file, and every other tensor is dequantized to f32.
+/// without copying a tensor; on the project's kernels an f32, f16 or bf16 matrix is copied into
+/// the kernels' panels (the mapped pages given back as it goes), and every other tensor is
+/// dequantized to f32.
 fn apr_parts(path: &Path, device: &Device, hash: HashFile<'_>) -> Result<Parts, EngineError> {
     let file = std::fs::File::open(path).map_err(|e| EngineError::load_failed(path, e))?;
     // SAFETY: the harness never writes a model file while it reads it (the cache writes a new

@@ -6,8 +6,9 @@
 //! The estimate follows how the embedded engine holds weights (`engine::candle`):
 //!
 //! - on the project's kernels (its own models, on CPU) a matrix stays in its stored dtype —
-//!   bf16/f16/f32 safetensors read in place from the mapped file, a GGUF tensor at its
-//!   quantization — and the 1-D tensors (norms, biases) are f32;
+//!   bf16/f16/f32 copied into the kernels' panels (the mapped file's pages given back as they
+//!   are copied, so held once), a GGUF tensor at its quantization — and the 1-D tensors (norms,
+//!   biases) are f32;
 //! - on candle's models every safetensors tensor is widened to f32 (the mapped file is resident
 //!   beside them while they load), and a GGUF of an architecture candle has no quantized model of
 //!   is dequantized to f32;

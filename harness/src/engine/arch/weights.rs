@@ -176,9 +176,10 @@ impl Module for Embedding {
     }
 }
 
-/// The matrices of memory-mapped safetensors files, read in place in their stored type: the
-/// mapping is the only copy of the weights (each matrix keeps it alive), where the data of a
-/// tensor is aligned for its type; a misaligned one is copied out.
+/// The matrices of memory-mapped safetensors files, in their stored type: f32, f16 and bf16 copied
+/// into the kernels' panels, the mapped file's pages given back as they are copied (so the weights
+/// are held once), from the mapping where the data of a tensor is aligned for its type, else read
+/// out first.
 pub(crate) struct SafetensorsMatrices(Arc<candle_core::safetensors::MmapedSafetensors>);
 
 impl SafetensorsMatrices {
@@ -194,13 +195,14 @@ impl MatrixSource for SafetensorsMatrices {
         if let [rows, cols] = *view.shape() {
             let owner: Arc<dyn std::any::Any + Send + Sync> = self.0.clone();
             let bytes = view.data();
-            // SAFETY: the bytes are the memory-mapped file's, which `owner` maps for as long as it
-            // lives; the harness never writes a model file while it reads it (`hf_parts`).
+            // SAFETY: the bytes lie in candle's read-only mapping of the file, which `owner` maps for
+            // as long as it lives; the harness never writes a model file while it reads it
+            // (`hf_parts`).
             let storage = unsafe {
                 match view.dtype() {
-                    safetensors::Dtype::F32 => Values::borrowed(owner, bytes).map(Storage::F32),
-                    safetensors::Dtype::F16 => Values::borrowed(owner, bytes).map(Storage::F16),
-                    safetensors::Dtype::BF16 => Values::borrowed(owner, bytes).map(Storage::Bf16),
+                    safetensors::Dtype::F32 => Values::mapped(owner, bytes).map(Storage::F32),
+                    safetensors::Dtype::F16 => Values::mapped(owner, bytes).map(Storage::F16),
+                    safetensors::Dtype::BF16 => Values::mapped(owner, bytes).map(Storage::Bf16),
                     _ => None,
                 }
             };
@@ -212,7 +214,8 @@ impl MatrixSource for SafetensorsMatrices {
     }
 }
 
-/// A GGUF file's matrices as stored, read in place from the mapped file (copied out only where
+/// A GGUF file's matrices as stored: quantized blocks read in place from the mapped file, dense
+/// ones copied into the kernels' panels with the file's pages given back (read out first where
 /// not aligned for their type), each with the head count whose q/k rows llama.cpp permuted for
 /// its interleaved rotary embedding (undone on the rows as handed out, which copies those).
 pub(crate) struct GgufMatrices {
@@ -238,9 +241,10 @@ impl MatrixSource for GgufMatrices {
             StoredMatrix::Mapped { dtype, rows, cols, bytes } => {
                 let data = &self.mapped[bytes];
                 let owner: Arc<dyn std::any::Any + Send + Sync> = self.mapped.clone();
-                // SAFETY: the bytes are the mapped file's, which `owner` keeps mapped for as long
-                // as it lives; the harness never writes a model file while it reads it.
-                let in_place = unsafe { Matrix::from_ggml_in_place(dtype, rows, cols, owner, data) };
+                // SAFETY: the bytes lie in a read-only mapping of the file, which `owner` keeps
+                // mapped for as long as it lives; the harness never writes a model file while it
+                // reads it.
+                let in_place = unsafe { Matrix::from_ggml_mapped(dtype, rows, cols, owner, data) };
                 match in_place.or_else(|| Matrix::from_ggml_bytes(dtype, rows, cols, data)) {
                     Some(m) => m,
                     None => {
@@ -258,9 +262,9 @@ impl MatrixSource for GgufMatrices {
     }
 }
 
-/// An APR file's matrices, read in place from the mapped file where stored as f32, f16 or bf16
-/// (copied out only where not aligned for their type), the APR quantizations dequantized to f32
-/// one matrix at a time as the model takes them.
+/// An APR file's matrices: f32, f16 and bf16 copied from the mapped file into the kernels' panels
+/// with the file's pages given back (read out first where not aligned for their type), the APR
+/// quantizations dequantized to f32 one matrix at a time as the model takes them.
 pub(crate) struct AprMatrices {
     mapped: Arc<memmap2::Mmap>,
     entries: Mutex<BTreeMap<String, crate::format::apr::AprEntry>>,
@@ -287,13 +291,13 @@ impl MatrixSource for AprMatrices {
         let (rows, cols) = (rows as usize, cols as usize);
         let data = &self.mapped[entry.bytes.clone()];
         let owner = || -> Arc<dyn std::any::Any + Send + Sync> { self.mapped.clone() };
-        // SAFETY: the bytes are the mapped file's, which the owner keeps mapped for as long as it
-        // lives; the harness never writes a model file while it reads it.
+        // SAFETY: the bytes lie in a read-only mapping of the file, which the owner keeps mapped
+        // for as long as it lives; the harness never writes a model file while it reads it.
         let in_place = unsafe {
             match entry.dtype {
-                AprDType::F32 => Values::borrowed(owner(), data).map(Storage::F32),
-                AprDType::F16 => Values::borrowed(owner(), data).map(Storage::F16),
-                AprDType::Bf16 => Values::borrowed(owner(), data).map(Storage::Bf16),
+                AprDType::F32 => Values::mapped(owner(), data).map(Storage::F32),
+                AprDType::F16 => Values::mapped(owner(), data).map(Storage::F16),
+                AprDType::Bf16 => Values::mapped(owner(), data).map(Storage::Bf16),
                 _ => None,
             }
         };
@@ -352,23 +356,23 @@ mod tests {
     }
 
     #[test]
-    fn an_apr_files_float_matrices_are_read_in_place_and_its_quantized_ones_dequantized() {
+    fn an_apr_files_float_matrices_are_copied_into_panels_and_its_quantized_ones_dequantized() {
         use crate::format::apr::{self, AprDType, AprFile, AprTensor};
         let (rows, cols) = (4usize, 64usize);
         let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
         let halves = |f: fn(f32) -> [u8; 2]| values.iter().flat_map(|&x| f(x)).collect::<Vec<u8>>();
         let cases = [
-            ("a.f32", AprDType::F32, values.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), true),
-            ("b.f16", AprDType::F16, halves(|x| half::f16::from_f32(x).to_le_bytes()), true),
-            ("c.bf16", AprDType::Bf16, halves(|x| half::bf16::from_f32(x).to_le_bytes()), true),
-            ("d.q8", AprDType::AprQ8, apr::quantize_q8(&values), false),
+            ("a.f32", AprDType::F32, values.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+            ("b.f16", AprDType::F16, halves(|x| half::f16::from_f32(x).to_le_bytes())),
+            ("c.bf16", AprDType::Bf16, halves(|x| half::bf16::from_f32(x).to_le_bytes())),
+            ("d.q8", AprDType::AprQ8, apr::quantize_q8(&values)),
         ];
         let file = AprFile {
             flags: apr::flags::LAYOUT_ROW_MAJOR,
             metadata: serde_json::Map::new(),
             tensors: cases
                 .iter()
-                .map(|(name, dtype, data, _)| AprTensor {
+                .map(|(name, dtype, data)| AprTensor {
                     name: name.to_string(),
                     dtype: *dtype,
                     shape: vec![rows as u64, cols as u64],
@@ -382,9 +386,9 @@ mod tests {
         let mapped = Arc::new(unsafe { memmap2::Mmap::map(&std::fs::File::open(&path).unwrap()) }.unwrap());
         let index = apr::index(&mapped).unwrap();
         let source = AprMatrices::new(mapped.clone(), index.entries);
-        for ((name, dtype, data, kept), t) in cases.iter().zip(&file.tensors) {
+        for ((name, dtype, data), t) in cases.iter().zip(&file.tensors) {
             let m = source.take(name).unwrap().unwrap();
-            assert_eq!(m.in_place(), *kept, "{name}");
+            assert!(!m.in_place(), "{name}: held by the matrix, not read from the file");
             let want = apr::dequantize_bytes(name, *dtype, &t.shape, data).unwrap();
             let mut row = vec![0f32; cols];
             for r in 0..rows {
