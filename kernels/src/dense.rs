@@ -64,8 +64,8 @@ pub(crate) fn pack<T: Copy + Default + Send + Sync>(
 ) -> Vec<T> {
     use rayon::prelude::*;
     assert_eq!(src.len(), rows * cols, "{} values for {rows} rows of {cols}", src.len());
+    // Zeros: a last panel's filling keeps them.
     let mut held = vec![T::default(); held_len(rows, cols)];
-    super::memory::huge_pages(&mut held);
     if cols == 0 {
         return held;
     }

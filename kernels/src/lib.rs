@@ -12,11 +12,10 @@
 //! scored in one batch and token by token gives bitwise the same logits.
 //!
 //! Dense weights (f32, f16, bf16) are copied into panels of four rows interleaved eight values at
-//! a time (`dense`), on transparent huge pages where the system grants them on request
-//! (`memory`): one stream through memory feeds four rows' running sums, and a tile of a panel by
-//! three activation rows keeps its twelve sums in registers. Copied from a mapped file
-//! ([`Values::mapped`]), the file's pages are given back as they are copied, so the weights are
-//! held once.
+//! a time (`dense`): one stream through memory feeds four rows' running sums, and a tile of a
+//! panel by three activation rows keeps its twelve sums in registers. Copied from a mapped file
+//! ([`Values::mapped`]), the file's pages are given back as they are copied (`memory`), so the
+//! weights are held once.
 //!
 //! Quantized weights are multiplied as llama.cpp does: each activation row is quantized once to
 //! 8-bit blocks (Q8_0, Q8_1 or Q8_K), each block's dot product is integer arithmetic, and only
