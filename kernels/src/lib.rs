@@ -332,29 +332,11 @@ impl Matrix {
         Matrix::new(rows, cols, storage)
     }
 
-    /// A GGUF matrix of `rows` × `cols` in GGML type `dtype`, read in place from `bytes` (its
-    /// data in memory its owner keeps), so quantized weights need no second copy (dense ones are
-    /// copied into panels): `None` where the kernels do not keep `dtype` as stored
-    /// ([`Matrix::from_qtensor`] dequantizes it) or the bytes are not aligned for it (the caller
-    /// reads it out instead).
-    ///
-    /// # Safety
-    ///
-    /// As [`Values::borrowed`]: `bytes` must stay valid and unchanged, at the same address, for
-    /// as long as `owner` lives.
-    pub unsafe fn from_ggml_in_place(
-        dtype: GgmlDType,
-        rows: usize,
-        cols: usize,
-        owner: Arc<dyn Any + Send + Sync>,
-        bytes: &[u8],
-    ) -> Option<candle_core::Result<Matrix>> {
-        // SAFETY: the caller's promise, passed on.
-        unsafe { Matrix::from_ggml_borrowed(dtype, rows, cols, owner, bytes, false) }
-    }
-
-    /// As [`Matrix::from_ggml_in_place`], for bytes in a read-only mapping of a file (a GGUF
-    /// file's tensor data): dense values give their pages back as they are copied into panels.
+    /// A GGUF matrix of `rows` × `cols` in GGML type `dtype` from `bytes`, its data in a read-only
+    /// mapping of the file: quantized blocks are read in place (no second copy), dense values are
+    /// copied into panels with the file's pages given back as they go. `None` where the kernels do
+    /// not keep `dtype` as stored ([`Matrix::from_qtensor`] dequantizes it) or the bytes are not
+    /// aligned for it (the caller reads it out instead, [`Matrix::from_ggml_bytes`]).
     ///
     /// # Safety
     ///
@@ -367,47 +349,21 @@ impl Matrix {
         bytes: &[u8],
     ) -> Option<candle_core::Result<Matrix>> {
         // SAFETY: the caller's promise, passed on.
-        unsafe { Matrix::from_ggml_borrowed(dtype, rows, cols, owner, bytes, true) }
-    }
-
-    /// # Safety
-    ///
-    /// As [`Values::mapped`] where `mapped`, else as [`Values::borrowed`].
-    unsafe fn from_ggml_borrowed(
-        dtype: GgmlDType,
-        rows: usize,
-        cols: usize,
-        owner: Arc<dyn Any + Send + Sync>,
-        bytes: &[u8],
-        mapped: bool,
-    ) -> Option<candle_core::Result<Matrix>> {
-        /// # Safety
-        ///
-        /// As `from_ggml_borrowed`.
-        unsafe fn values<T: Plain>(
-            owner: Arc<dyn Any + Send + Sync>,
-            bytes: &[u8],
-            mapped: bool,
-        ) -> Option<Values<T>> {
-            // SAFETY: the caller's promise, passed on.
-            unsafe { if mapped { Values::mapped(owner, bytes) } else { Values::borrowed(owner, bytes) } }
-        }
-        // SAFETY: the caller's promise, passed on.
         let storage = unsafe {
             match dtype {
-                GgmlDType::F32 => values(owner, bytes, mapped).map(Storage::F32),
-                GgmlDType::F16 => values(owner, bytes, mapped).map(Storage::F16),
-                GgmlDType::BF16 => values(owner, bytes, mapped).map(Storage::Bf16),
+                GgmlDType::F32 => Values::mapped(owner, bytes).map(Storage::F32),
+                GgmlDType::F16 => Values::mapped(owner, bytes).map(Storage::F16),
+                GgmlDType::BF16 => Values::mapped(owner, bytes).map(Storage::Bf16),
                 other => {
                     let kind = quant_kind(other)?;
-                    values(owner, bytes, mapped).map(|bytes| Storage::Quant { kind, bytes })
+                    Values::mapped(owner, bytes).map(|bytes| Storage::Quant { kind, bytes })
                 }
             }
         }?;
         Some(Matrix::new(rows, cols, storage))
     }
 
-    /// As [`Matrix::from_ggml_in_place`], copying the bytes out: for bytes not aligned for
+    /// As [`Matrix::from_ggml_mapped`], copying the bytes out: for bytes not aligned for
     /// their type, or not to be kept. `None` where the kernels do not keep `dtype` as stored.
     pub fn from_ggml_bytes(
         dtype: GgmlDType,

@@ -403,15 +403,10 @@ fn a_ggml_matrix_read_in_place_multiplies_as_the_same_tensor_read_out() {
         GgmlDType::Q6K,
     ] {
         let (q, read_out) = quantized(dtype, rows, cols, 11);
-        // The bytes as the mapped file holds them, 8-aligned as GGUF aligns tensor data.
+        // The bytes in a mapped file, page-aligned as the mapping starts.
         let data = q.data().unwrap().to_vec();
-        let mut words = vec![0u64; data.len().div_ceil(8)];
-        // SAFETY: `words` has at least `data.len()` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), words.as_mut_ptr().cast::<u8>(), data.len()) };
-        let owner = std::sync::Arc::new(words);
-        // SAFETY: `owner` holds the bytes, unchanged, for as long as it lives.
-        let bytes = unsafe { std::slice::from_raw_parts(owner.as_ptr().cast::<u8>(), data.len()) };
-        let in_place = unsafe { Matrix::from_ggml_in_place(dtype, rows, cols, owner.clone(), bytes) }
+        let owner = std::sync::Arc::new(mapped_file(&data));
+        let in_place = unsafe { Matrix::from_ggml_mapped(dtype, rows, cols, owner.clone(), &owner[..]) }
             .expect("a type kept as stored, aligned")
             .unwrap();
         assert_eq!(in_place.kind(), read_out.kind(), "{dtype:?}");
@@ -431,9 +426,17 @@ fn a_ggml_matrix_read_in_place_multiplies_as_the_same_tensor_read_out() {
     }
     // A type the kernels dequantize is not taken in place, and neither are misaligned f32s.
     assert!(!Matrix::keeps(GgmlDType::Q8_1));
-    let owner = std::sync::Arc::new(vec![0u64; 4]);
-    let bytes = unsafe { std::slice::from_raw_parts(owner.as_ptr().cast::<u8>().add(1), 8) };
-    assert!(unsafe { Matrix::from_ggml_in_place(GgmlDType::F32, 1, 2, owner.clone(), bytes) }.is_none());
+    let owner = std::sync::Arc::new(mapped_file(&[0u8; 32]));
+    assert!(unsafe { Matrix::from_ggml_mapped(GgmlDType::F32, 1, 2, owner.clone(), &owner[1..9]) }.is_none());
+}
+
+/// `bytes` written to a temporary file and mapped read-only, as a model file is.
+fn mapped_file(bytes: &[u8]) -> memmap2::Mmap {
+    use std::io::Write;
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(bytes).unwrap();
+    // SAFETY: nothing writes the file while it is mapped.
+    unsafe { memmap2::Mmap::map(&file) }.unwrap()
 }
 
 /// Causal attention in f64, the textbook way: every query row over the keys it sees.
