@@ -25,7 +25,7 @@ pub(super) fn available() -> bool {
 
 /// Panics unless the CPU has what the `#[target_feature]` kernels are compiled for.
 fn check() {
-    assert!(Isa::detected() == Isa::Avx2, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
+    assert!(Isa::detected() != Isa::Scalar, "an AVX2 kernel on a CPU without AVX2, FMA and F16C");
 }
 
 /// The safe entries to a dense kernel, each over a span of consecutive panels (see `dense`) so
@@ -94,8 +94,14 @@ macro_rules! dense_entry {
 /// registers.
 macro_rules! quant_entry {
     ($span:ident, $rows:ident, $wide:ident => $kernel:ident($x:ty, $size:literal bytes)) => {
+        quant_entry!("avx2,fma,f16c"; $span, $rows, $wide => $kernel($x, $size bytes));
+    };
+    (
+        $features:literal;
+        $span:ident, $rows:ident, $wide:ident => $kernel:ident($x:ty, $size:literal bytes)
+    ) => {
         pub(super) fn $span(w: &[u8], x: &[$x], out: &mut [f32]) {
-            #[target_feature(enable = "avx2,fma,f16c")]
+            #[target_feature(enable = $features)]
             fn span(w: &[u8], x: &[$x], out: &mut [f32]) {
                 let bytes = x.len() * $size;
                 assert_eq!(
@@ -116,7 +122,7 @@ macro_rules! quant_entry {
         }
 
         pub(super) fn $rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
-            #[target_feature(enable = "avx2,fma,f16c")]
+            #[target_feature(enable = $features)]
             fn rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
                 quant_rows(w, x, out, $size, |w, x| $kernel::<ROWS>(w, x))
             }
@@ -126,7 +132,7 @@ macro_rules! quant_entry {
         }
 
         pub(super) fn $wide(w: &[u8], x: [&[$x]; WIDE], out: [&mut [f32]; WIDE]) {
-            #[target_feature(enable = "avx2,fma,f16c")]
+            #[target_feature(enable = $features)]
             fn wide(w: &[u8], x: [&[$x]; WIDE], out: [&mut [f32]; WIDE]) {
                 quant_rows(w, x, out, $size, |w, x| $kernel::<WIDE>(w, x))
             }
@@ -137,11 +143,13 @@ macro_rules! quant_entry {
     };
 }
 
+pub(super) use quant_entry;
+
 /// A span of quantized weight rows times `N` activation rows by `kernel`, which takes one weight
 /// row and all `N`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quant_rows<X, const N: usize>(
+pub(super) fn quant_rows<X, const N: usize>(
     w: &[u8],
     x: [&[X]; N],
     mut out: [&mut [f32]; N],
@@ -177,7 +185,7 @@ quant_entry!(span_q6k, rows_q6k, wide_q6k => q6k_kernel(Q8K, 210 bytes));
 /// The sum of the eight lanes: halves, then pairs, then the last two.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -345,7 +353,7 @@ dense_kernel!(
 /// The little-endian f16 at `at`, widened by F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([b[at], b[at + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
@@ -353,7 +361,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// 32 bytes at `b[at..]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load32(b: &[u8], at: usize) -> __m256i {
+pub(super) fn load32(b: &[u8], at: usize) -> __m256i {
     let b = &b[at..at + 32];
     // SAFETY: `b` holds 32 bytes.
     unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
@@ -362,7 +370,7 @@ fn load32(b: &[u8], at: usize) -> __m256i {
 /// 32 i8 of an activation block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_i8(q: &[i8], at: usize) -> __m256i {
+pub(super) fn load_i8(q: &[i8], at: usize) -> __m256i {
     let q = &q[at..at + 32];
     // SAFETY: `q` holds 32 bytes.
     unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
@@ -371,7 +379,7 @@ fn load_i8(q: &[i8], at: usize) -> __m256i {
 /// The 32 nibbles of 16 bytes at `b[at..]`: the low nibbles first, then the high ones.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibbles(b: &[u8], at: usize) -> __m256i {
+pub(super) fn nibbles(b: &[u8], at: usize) -> __m256i {
     let b = &b[at..at + 16];
     // SAFETY: `b` holds 16 bytes.
     let low = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
@@ -382,7 +390,7 @@ fn nibbles(b: &[u8], at: usize) -> __m256i {
 /// The 32 bits of the little-endian word at `b[at..]` as bytes: 0xFF where bit `k` is set.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bit_bytes(b: &[u8], at: usize) -> __m256i {
+pub(super) fn bit_bytes(b: &[u8], at: usize) -> __m256i {
     let word = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     // Byte k gets a copy of the word's byte k / 8 ...
     let spread = _mm256_shuffle_epi8(
@@ -409,82 +417,97 @@ fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)))
 }
 
-/// The kernels below take `N` activation rows and unpack each weight block once for all of
-/// them; per row they run exactly the one-row sequence of operations.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (k, b) in w.chunks_exact(18).enumerate() {
-        let (d, x) = (f16_at(b, 0), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)));
-        for (acc, y) in acc.iter_mut().zip(&y) {
-            let y = &y[k];
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+/// The kernels of the blocks of 32 (Q4_0, Q5_0, Q8_0 with Q8_0 activations; Q4_1, Q5_1 with
+/// Q8_1), compiled for `$features` with `$sum_i8` and `$sum_u8_i8` as the block's integer dot
+/// product. Each takes `N` activation rows and unpacks each weight block once for all of them;
+/// per row it runs exactly the one-row sequence of operations. The integer sums are exact, so two
+/// instantiations whose integer products give the same lanes give the same bits.
+macro_rules! small_kernels {
+    ($features:literal, $sum_i8:ident, $sum_u8_i8:ident) => {
+        #[target_feature(enable = $features)]
+        fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (k, b) in w.chunks_exact(18).enumerate() {
+                let (d, x) = (f16_at(b, 0), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)));
+                for (acc, y) in acc.iter_mut().zip(&y) {
+                    let y = &y[k];
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_i8(x, load_i8(&y.qs, 0)), *acc);
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]))
         }
-    }
-    std::array::from_fn(|r| hsum(acc[r]))
-}
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (k, b) in w.chunks_exact(22).enumerate() {
-        // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
-        let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
-        let (d, x) = (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear));
-        for (acc, y) in acc.iter_mut().zip(&y) {
-            let y = &y[k];
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        #[target_feature(enable = $features)]
+        fn q5_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (k, b) in w.chunks_exact(22).enumerate() {
+                // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
+                let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
+                let (d, x) = (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear));
+                for (acc, y) in acc.iter_mut().zip(&y) {
+                    let y = &y[k];
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_i8(x, load_i8(&y.qs, 0)), *acc);
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]))
         }
-    }
-    std::array::from_fn(|r| hsum(acc[r]))
-}
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (k, b) in w.chunks_exact(34).enumerate() {
-        let (d, x) = (f16_at(b, 0), load32(b, 2));
-        for (acc, y) in acc.iter_mut().zip(&y) {
-            let y = &y[k];
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_i8(x, load_i8(&y.qs, 0)), *acc);
+        #[target_feature(enable = $features)]
+        fn q8_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (k, b) in w.chunks_exact(34).enumerate() {
+                let (d, x) = (f16_at(b, 0), load32(b, 2));
+                for (acc, y) in acc.iter_mut().zip(&y) {
+                    let y = &y[k];
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_i8(x, load_i8(&y.qs, 0)), *acc);
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]))
         }
-    }
-    std::array::from_fn(|r| hsum(acc[r]))
-}
 
-/// Q4_1 and Q5_1 (`fifth` = the offset of qh, for Q5_1): unsigned values plus the block offset
-/// times the activation block's sum.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_q5_1<const N: usize>(w: &[u8], y: [&[Q8_1]; N], size: usize, fifth: Option<usize>) -> [f32; N] {
-    let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
-    for (k, b) in w.chunks_exact(size).enumerate() {
-        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-        let x = match fifth {
-            Some(at) => _mm256_or_si256(
-                nibbles(b, at + 4),
-                _mm256_and_si256(bit_bytes(b, at), _mm256_set1_epi8(0x10)),
-            ),
-            None => nibbles(b, 4),
-        };
-        for ((acc, offsets), y) in acc.iter_mut().zip(&mut offsets).zip(&y) {
-            let y = &y[k];
-            *offsets += m * y.s;
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sum_u8_i8(x, load_i8(&y.qs, 0)), *acc);
+        /// Q4_1 and Q5_1 (`fifth` = the offset of qh, for Q5_1): unsigned values plus the block offset
+        /// times the activation block's sum.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn q4_1_q5_1<const N: usize>(
+            w: &[u8],
+            y: [&[Q8_1]; N],
+            size: usize,
+            fifth: Option<usize>,
+        ) -> [f32; N] {
+            let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
+            for (k, b) in w.chunks_exact(size).enumerate() {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let x = match fifth {
+                    Some(at) => _mm256_or_si256(
+                        nibbles(b, at + 4),
+                        _mm256_and_si256(bit_bytes(b, at), _mm256_set1_epi8(0x10)),
+                    ),
+                    None => nibbles(b, 4),
+                };
+                for ((acc, offsets), y) in acc.iter_mut().zip(&mut offsets).zip(&y) {
+                    let y = &y[k];
+                    *offsets += m * y.s;
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_u8_i8(x, load_i8(&y.qs, 0)), *acc);
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
         }
-    }
-    std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
-}
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
-    q4_1_q5_1(w, y, 20, None)
-}
+        #[target_feature(enable = $features)]
+        fn q4_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
+            q4_1_q5_1(w, y, 20, None)
+        }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
-    q4_1_q5_1(w, y, 24, Some(4))
+        #[target_feature(enable = $features)]
+        fn q5_1_kernel<const N: usize>(w: &[u8], y: [&[Q8_1]; N]) -> [f32; N] {
+            q4_1_q5_1(w, y, 24, Some(4))
+        }
+    };
 }
+pub(super) use small_kernels;
+
+small_kernels!("avx2,fma,f16c", sum_i8, sum_u8_i8);
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (its 12 bytes at `s`),
 /// sub-block `j`'s in byte `j` of each word: `quant::k4_scales`' values, taken apart a word at a

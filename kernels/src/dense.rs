@@ -26,9 +26,9 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-#[cfg(target_arch = "x86_64")]
-use super::avx2;
 use super::{Isa, Spans};
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
 
 /// Rows a panel holds.
 pub(crate) const PANEL: usize = 4;
@@ -94,11 +94,15 @@ pub(crate) fn pack<T: Copy + Default + Send + Sync>(
     held
 }
 
-/// The span kernels `isa` has for each type: SIMD on AVX2, the portable ones otherwise.
+/// The span kernels `isa` has for each type: SIMD on AVX2; on AVX-512 also a kernel for
+/// [`WIDE`](super::WIDE) activation rows at once (one row alone runs the AVX2 kernel: it reads
+/// memory as fast, measured); the portable ones otherwise.
 pub(super) fn spans_f32(isa: Isa) -> Spans<f32, f32, TILE> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Spans { one: avx2::span_f32, rows: avx2::tile_f32, wide: None },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Spans { one: avx2::span_f32, rows: avx2::tile_f32, wide: Some(avx512::wide_f32) },
         _ => Spans {
             one: |w, x, out| span(w, x, out, |v| v),
             rows: |w, x, out| rows(w, x, out, |v| v),
@@ -111,6 +115,8 @@ pub(super) fn spans_f16(isa: Isa) -> Spans<f16, f32, TILE> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Spans { one: avx2::span_f16, rows: avx2::tile_f16, wide: None },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Spans { one: avx2::span_f16, rows: avx2::tile_f16, wide: Some(avx512::wide_f16) },
         _ => Spans {
             one: |w, x, out| span(w, x, out, f16::to_f32),
             rows: |w, x, out| rows(w, x, out, f16::to_f32),
@@ -123,6 +129,8 @@ pub(super) fn spans_bf16(isa: Isa) -> Spans<bf16, f32, TILE> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Spans { one: avx2::span_bf16, rows: avx2::tile_bf16, wide: None },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Spans { one: avx2::span_bf16, rows: avx2::tile_bf16, wide: Some(avx512::wide_bf16) },
         _ => Spans {
             one: |w, x, out| span(w, x, out, bf16::to_f32),
             rows: |w, x, out| rows(w, x, out, bf16::to_f32),

@@ -9,7 +9,9 @@
 //! Invariant: every output element is computed by the same sequence of floating-point operations
 //! whatever the batch size, the row's place in the batch, the thread count or the chunking. The
 //! reduction order depends only on `cols`, the stored type and the instruction set, so a prompt
-//! scored in one batch and token by token gives bitwise the same logits.
+//! scored in one batch and token by token gives bitwise the same logits. The instruction sets are
+//! the portable code, AVX2 (with FMA and F16C) and AVX-512 (`avx512`), whose kernels run the AVX2
+//! kernels' operations more at a time and so give their bits.
 //!
 //! Dense weights (f32, f16, bf16) are copied into panels of four rows interleaved eight values at
 //! a time (`dense`): one stream through memory feeds four rows' running sums, and a tile of a
@@ -32,6 +34,8 @@
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod dense;
 mod memory;
 mod quant;
@@ -252,22 +256,27 @@ pub enum QuantKind {
     Q6K,
 }
 
-/// The instruction set a product runs on. Detected once; tests force [`Isa::Scalar`] to compare.
+/// The instruction set a product runs on. Detected once; tests force [`Isa::Scalar`] to compare,
+/// and `cargo xtask bench kernels` times [`Isa::Avx2`] beside [`Isa::Avx512`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
+pub enum Isa {
+    /// The portable code.
     Scalar,
     /// AVX2 with FMA and F16C.
     Avx2,
+    /// [`Isa::Avx2`] and AVX-512 F, BW, DQ, VL and VNNI: the batch products of the dense types and
+    /// the blocks of 32 run on their own kernels (`avx512`), which give the AVX2 kernels' bits.
+    Avx512,
 }
 
 impl Isa {
     /// The best this CPU runs, detected on first use.
-    pub(crate) fn detected() -> Isa {
+    pub fn detected() -> Isa {
         static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             if avx2::available() {
-                return Isa::Avx2;
+                return if avx512::available() { Isa::Avx512 } else { Isa::Avx2 };
             }
             Isa::Scalar
         })
@@ -519,8 +528,9 @@ impl Matrix {
         self.matmul_on(Isa::detected(), x, m, y);
     }
 
-    /// [`Matrix::matmul`] on a chosen instruction set (tests compare scalar with SIMD).
-    pub(crate) fn matmul_on(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) {
+    /// [`Matrix::matmul`] on a chosen instruction set (tests compare scalar with SIMD). Panics
+    /// when `isa` is past what this CPU runs ([`Isa::detected`]).
+    pub fn matmul_on(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) {
         let (rows, cols) = (self.rows, self.cols);
         assert_eq!(x.len(), m * cols, "x holds {} values, not {m} rows of {cols}", x.len());
         assert_eq!(y.len(), m * rows, "y holds {} values, not {m} rows of {rows}", y.len());

@@ -310,8 +310,19 @@ fn small_block(kind: QuantKind, b: &[u8]) -> ([i8; QK], f32, f32) {
 pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
 
 /// The SIMD span kernels of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations, where `isa` has
-/// them (AVX2): each weight block is unpacked once for [`ROWS`](super::ROWS) activation rows.
+/// them (AVX2; with VNNI on AVX-512): each weight block is unpacked once for
+/// [`ROWS`](super::ROWS) activation rows.
 pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, ROWS>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        use super::avx512::*;
+        return match kind {
+            QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0, wide: Some(wide_q4_0) }),
+            QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0, wide: Some(wide_q5_0) }),
+            QuantKind::Q8_0 => Some(Spans { one: span_q8_0, rows: rows_q8_0, wide: Some(wide_q8_0) }),
+            _ => None,
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         use super::avx2::*;
@@ -329,6 +340,15 @@ pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, RO
 /// The same for Q4_1 or Q5_1 weights with Q8_1 activations.
 pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, ROWS>> {
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        use super::avx512::*;
+        return match kind {
+            QuantKind::Q4_1 => Some(Spans { one: span_q4_1, rows: rows_q4_1, wide: Some(wide_q4_1) }),
+            QuantKind::Q5_1 => Some(Spans { one: span_q5_1, rows: rows_q5_1, wide: Some(wide_q5_1) }),
+            _ => None,
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         use super::avx2::*;
         return match kind {
@@ -341,10 +361,11 @@ pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, RO
     None
 }
 
-/// The same for K-quant weights with Q8_K activations.
+/// The same for K-quant weights with Q8_K activations (the AVX2 kernels on AVX-512 too: their
+/// `madd` also applies the sub-block scales, which VNNI's sums would leave to a multiply).
 pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K, ROWS>> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
         use super::avx2::*;
         return match kind {
             QuantKind::Q2K => Some(Spans { one: span_q2k, rows: rows_q2k, wide: Some(wide_q2k) }),

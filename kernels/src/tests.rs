@@ -47,8 +47,13 @@ impl Rng {
     }
 }
 
+/// Every instruction set this CPU runs: the portable code, and AVX2 and AVX-512 where it has them.
 fn isas() -> Vec<Isa> {
-    if Isa::detected() == Isa::Avx2 { vec![Isa::Scalar, Isa::Avx2] } else { vec![Isa::Scalar] }
+    match Isa::detected() {
+        Isa::Scalar => vec![Isa::Scalar],
+        Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
+        Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
+    }
 }
 
 fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QTensor, Matrix) {
@@ -196,7 +201,8 @@ fn quantized_is_within_activation_quantization_of_the_dequantized_product() {
 
 #[test]
 fn simd_agrees_with_scalar() {
-    if Isa::detected() != Isa::Avx2 {
+    if Isa::detected() == Isa::Scalar {
+        eprintln!("skipped: this CPU has no AVX2");
         return;
     }
     let (rows, cols, m) = (80, 1024, 4);
@@ -208,6 +214,50 @@ fn simd_agrees_with_scalar() {
         for (k, (&s, &v)) in scalar.iter().zip(&simd).enumerate() {
             assert!((s - v).abs() <= 1e-5 * magnitude, "{} element {k}: scalar {s}, AVX2 {v}", matrix.kind());
         }
+    }
+}
+
+#[test]
+fn avx512_gives_the_avx2_bits_for_every_type_batch_and_tail() {
+    if Isa::detected() != Isa::Avx512 {
+        eprintln!("skipped: this CPU has no AVX-512 F, BW, DQ, VL and VNNI");
+        return;
+    }
+    let mut rng = Rng(67);
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    // 1024 columns (every type, whole steps), 1029 and 203 (dense only: a tail of columns left
+    // over, and a last panel filled up with zero rows); batches that take the wide kernels (8,
+    // 16), the rest after them (9, 13, 21) and none (1, 3).
+    let mut matrices = every_kind(83, 1024);
+    for (rows, cols) in [(83, 1029), (6, 203)] {
+        matrices.extend([DType::F32, DType::F16, DType::BF16].iter().map(|&d| dense(d, rows, cols, 7)));
+    }
+    for matrix in &matrices {
+        for m in [1, 3, 8, 9, 13, 16, 21] {
+            let x = rng.values(m * matrix.cols());
+            assert_eq!(
+                bits(matmul(matrix, Isa::Avx512, &x, m)),
+                bits(matmul(matrix, Isa::Avx2, &x, m)),
+                "{} {}x{} m = {m}",
+                matrix.kind(),
+                matrix.rows(),
+                matrix.cols()
+            );
+        }
+    }
+    // Q8_0 blocks holding -128 (a file may: ggml's quantizer never writes it), the one weight
+    // byte whose magnitude is 128, against activations of either sign.
+    let (rows, cols) = (16, 256);
+    let mut bytes = Vec::new();
+    for _ in 0..rows * cols / 32 {
+        bytes.extend(half::f16::from_f32(0.01).to_le_bytes());
+        bytes.extend((0..32).map(|k| if k % 3 == 0 { 0x80 } else { rng.below(256) as u8 }));
+    }
+    let matrix =
+        Matrix::new(rows, cols, Storage::Quant { kind: QuantKind::Q8_0, bytes: bytes.into() }).unwrap();
+    for m in [1, 8] {
+        let x = rng.values(m * cols);
+        assert_eq!(bits(matmul(&matrix, Isa::Avx512, &x, m)), bits(matmul(&matrix, Isa::Avx2, &x, m)));
     }
 }
 
@@ -561,7 +611,8 @@ fn the_word_wise_k_quant_scales_are_the_byte_wise_ones() {
 
 #[test]
 fn the_simd_q2_k_and_q3_k_products_are_the_portable_ones_bit_for_bit() {
-    if Isa::detected() != Isa::Avx2 {
+    if Isa::detected() == Isa::Scalar {
+        eprintln!("skipped: this CPU has no AVX2");
         return;
     }
     // Blocks of random bytes (every scale, min, sign and high-bit pattern), their f16 factors
