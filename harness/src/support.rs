@@ -45,6 +45,9 @@ pub mod curriculum {
 }
 
 pub mod engine {
+    /// candle's thread pools sized as the harness sizes them, for a tool that runs the engine
+    /// in its own process (call it first, while the process has one thread).
+    pub use crate::engine::size_thread_pools;
     pub use crate::engine::{
         Answer, EngineError, Finish, Flow, GenerateRequest, Generation, Joining, OnText, PromptGauge,
         Sampling, ScoredStep, Session, SharedSession, TokenLogprob, load_candle, load_candle_hashing_in,

@@ -74,7 +74,7 @@ pub(crate) fn return_freed_memory() {
 /// Changing the environment is sound only while no other thread can read it, so this acts only
 /// when the process has exactly one thread (Linux's `/proc/self/status`); otherwise, or where that
 /// cannot be known, it changes nothing and says so. Returns whether it sized the pools.
-pub(crate) fn size_thread_pools() -> bool {
+pub fn size_thread_pools() -> bool {
     let unset = |k: &str| std::env::var_os(k).is_none_or(|v| v.is_empty());
     if !unset("CANDLE_NUM_THREADS") && !unset("RAYON_NUM_THREADS") {
         return true;
