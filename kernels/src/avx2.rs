@@ -59,29 +59,37 @@ macro_rules! dense_entry {
 
         pub(super) fn $tile(w: &[$w], x: [&[f32]; TILE], out: [&mut [f32]; TILE]) {
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn tile(w: &[$w], x: [&[f32]; TILE], mut out: [&mut [f32]; TILE]) {
-                let (cols, len) = (x[0].len(), out[0].len());
-                let panel = PANEL * cols;
-                assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
-                assert_eq!(
-                    w.len(),
-                    held_len(len, cols),
-                    "panels of {} values for {len} rows of {cols}",
-                    w.len()
-                );
-                for p in 0..len.div_ceil(PANEL) {
-                    let ys = $kernel::<TILE>(&w[p * panel..(p + 1) * panel], x);
-                    let rows = p * PANEL..((p + 1) * PANEL).min(len);
-                    for (out, ys) in out.iter_mut().zip(ys) {
-                        out[rows.clone()].copy_from_slice(&ys[..rows.len()]);
-                    }
-                }
+            fn tile(w: &[$w], x: [&[f32]; TILE], out: [&mut [f32]; TILE]) {
+                panel_rows(w, x, out, |w, x| $kernel::<TILE>(w, x))
             }
             check();
             // SAFETY: as above.
             unsafe { tile(w, x, out) }
         }
     };
+}
+
+/// A span of panels times `N` activation rows by `kernel`, which takes one panel and all `N`;
+/// outputs past `out`'s rows (a last panel's filling) are dropped.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn panel_rows<W, const N: usize>(
+    w: &[W],
+    x: [&[f32]; N],
+    mut out: [&mut [f32]; N],
+    kernel: impl Fn(&[W], [&[f32]; N]) -> [[f32; PANEL]; N],
+) {
+    let (cols, len) = (x[0].len(), out[0].len());
+    let panel = PANEL * cols;
+    assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
+    assert_eq!(w.len(), held_len(len, cols), "panels of {} values for {len} rows of {cols}", w.len());
+    for p in 0..len.div_ceil(PANEL) {
+        let ys = kernel(&w[p * panel..(p + 1) * panel], x);
+        let rows = p * PANEL..((p + 1) * PANEL).min(len);
+        for (out, ys) in out.iter_mut().zip(ys) {
+            out[rows.clone()].copy_from_slice(&ys[..rows.len()]);
+        }
+    }
 }
 
 /// The same for a quantized kernel, which takes one weight row and `N` activation rows: a span

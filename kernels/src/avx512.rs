@@ -24,9 +24,9 @@ use half::{bf16, f16};
 
 use super::Isa;
 use super::avx2::{
-    bit_bytes, f16_at, hsum, load_i8, load32, nibbles, quant_entry, quant_rows, small_kernels,
+    bit_bytes, f16_at, hsum, load_i8, load32, nibbles, panel_rows, quant_entry, quant_rows, small_kernels,
 };
-use super::dense::{PANEL, STEP, held_len};
+use super::dense::{PANEL, STEP};
 use super::quant::{Q8_0, Q8_1};
 use super::{ROWS, WIDE};
 
@@ -91,23 +91,8 @@ macro_rules! dense_wide {
     ($wide:ident => $kernel:ident($w:ty)) => {
         pub(super) fn $wide(w: &[$w], x: [&[f32]; WIDE], out: [&mut [f32]; WIDE]) {
             #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-            fn wide(w: &[$w], x: [&[f32]; WIDE], mut out: [&mut [f32]; WIDE]) {
-                let (cols, len) = (x[0].len(), out[0].len());
-                let panel = PANEL * cols;
-                assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
-                assert_eq!(
-                    w.len(),
-                    held_len(len, cols),
-                    "panels of {} values for {len} rows of {cols}",
-                    w.len()
-                );
-                for p in 0..len.div_ceil(PANEL) {
-                    let ys = $kernel(&w[p * panel..(p + 1) * panel], x);
-                    let rows = p * PANEL..((p + 1) * PANEL).min(len);
-                    for (out, ys) in out.iter_mut().zip(ys) {
-                        out[rows.clone()].copy_from_slice(&ys[..rows.len()]);
-                    }
-                }
+            fn wide(w: &[$w], x: [&[f32]; WIDE], out: [&mut [f32]; WIDE]) {
+                panel_rows(w, x, out, |w, x| $kernel(w, x))
             }
             check();
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
