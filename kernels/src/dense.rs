@@ -16,11 +16,20 @@
 //! activation rows: f32 35–37 against 26 GMAC/s row by row, f16 43–47 against 37–39), and one
 //! activation row reads them at the same pace as before (f32, f16; two threads over 1 GB).
 //!
-//! The reduction order, for every pair of a weight row and an activation row, on every path: one
-//! sum of eight lanes, lane `k` taking columns `k, k + 8, k + 16, …` of each whole step in turn
-//! (a fused multiply-add on AVX2, a multiply then an add in the portable code); the lanes added in
-//! a fixed tree; then the columns left over, one at a time. It depends on `cols`, the stored type
-//! and the instruction set only — not on how many rows or activation rows a call takes.
+//! The reduction order, for every pair of a weight row and an activation row:
+//!
+//! - **Portable and AVX2:** one sum of eight lanes, lane `k` taking columns `k, k + 8, k + 16, …`
+//!   of each whole step in turn (a fused multiply-add on AVX2, a multiply then an add in the
+//!   portable code); the lanes added in a fixed tree; then the columns left over, one at a time.
+//! - **AVX-512:** one sum of sixteen lanes, lane `k` taking columns `k, k + 16, k + 32, …` of each
+//!   pair of whole steps by fused multiply-adds; its halves added into eight lanes; an odd last
+//!   step fused into those; then the AVX2 tree and the columns left over. Sixteen lanes a pair let
+//!   a tile load each activation vector once for four rows, where eight lanes need it broadcast
+//!   into both halves of a register (see `avx512`).
+//!
+//! It depends on `cols`, the stored type and the instruction set only — not on how many rows or
+//! activation rows a call takes. `tests.rs` emulates each SIMD order with `f32::mul_add` and
+//! holds every entry to it bit for bit.
 
 use std::ops::Range;
 
@@ -37,6 +46,10 @@ pub(crate) const STEP: usize = 8;
 /// Activation rows a dense tile multiplies at once: four weight rows by three keep twelve running
 /// sums, which with the loaded vectors fill the sixteen AVX2 registers.
 pub(crate) const TILE: usize = 3;
+/// Activation rows the AVX-512 tile multiplies at once: four weight rows by six keep 24 running
+/// sums of sixteen lanes, which with four weight vectors and one activation vector fit in the 32
+/// registers.
+pub(crate) const WIDE: usize = 6;
 
 /// Where row `r`'s values lie in a matrix of `cols` columns held in panels, in column order:
 /// `(offset, length)` pieces of [`STEP`] values, then the columns left over.
@@ -94,15 +107,14 @@ pub(crate) fn pack<T: Copy + Default + Send + Sync>(
     held
 }
 
-/// The span kernels `isa` has for each type: SIMD on AVX2; on AVX-512 also a kernel for
-/// [`WIDE`](super::WIDE) activation rows at once (one row alone runs the AVX2 kernel: it reads
-/// memory as fast, measured); the portable ones otherwise.
-pub(super) fn spans_f32(isa: Isa) -> Spans<f32, f32, TILE> {
+/// The span kernels `isa` has for each type: on AVX2 one activation row and tiles of [`TILE`]; on
+/// AVX-512 the same in its own order, and tiles of [`WIDE`]; the portable ones otherwise.
+pub(super) fn spans_f32(isa: Isa) -> Spans<f32, f32, TILE, WIDE> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Spans { one: avx2::span_f32, rows: avx2::tile_f32, wide: None },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Spans { one: avx2::span_f32, rows: avx2::tile_f32, wide: Some(avx512::wide_f32) },
+        Isa::Avx512 => Spans { one: avx512::span_f32, rows: avx512::tile_f32, wide: Some(avx512::wide_f32) },
         _ => Spans {
             one: |w, x, out| span(w, x, out, |v| v),
             rows: |w, x, out| rows(w, x, out, |v| v),
@@ -111,12 +123,12 @@ pub(super) fn spans_f32(isa: Isa) -> Spans<f32, f32, TILE> {
     }
 }
 
-pub(super) fn spans_f16(isa: Isa) -> Spans<f16, f32, TILE> {
+pub(super) fn spans_f16(isa: Isa) -> Spans<f16, f32, TILE, WIDE> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Spans { one: avx2::span_f16, rows: avx2::tile_f16, wide: None },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Spans { one: avx2::span_f16, rows: avx2::tile_f16, wide: Some(avx512::wide_f16) },
+        Isa::Avx512 => Spans { one: avx512::span_f16, rows: avx512::tile_f16, wide: Some(avx512::wide_f16) },
         _ => Spans {
             one: |w, x, out| span(w, x, out, f16::to_f32),
             rows: |w, x, out| rows(w, x, out, f16::to_f32),
@@ -125,12 +137,14 @@ pub(super) fn spans_f16(isa: Isa) -> Spans<f16, f32, TILE> {
     }
 }
 
-pub(super) fn spans_bf16(isa: Isa) -> Spans<bf16, f32, TILE> {
+pub(super) fn spans_bf16(isa: Isa) -> Spans<bf16, f32, TILE, WIDE> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Spans { one: avx2::span_bf16, rows: avx2::tile_bf16, wide: None },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Spans { one: avx2::span_bf16, rows: avx2::tile_bf16, wide: Some(avx512::wide_bf16) },
+        Isa::Avx512 => {
+            Spans { one: avx512::span_bf16, rows: avx512::tile_bf16, wide: Some(avx512::wide_bf16) }
+        }
         _ => Spans {
             one: |w, x, out| span(w, x, out, bf16::to_f32),
             rows: |w, x, out| rows(w, x, out, bf16::to_f32),

@@ -658,8 +658,8 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
 /// activation row `i`, or with rows `i0..i0 + R` (or [`WIDE`]) where the instruction set has
 /// a kernel for that. Without span kernels (a quantized type on [`Isa::Scalar`]) each weight row
 /// is a call of the portable one-row dot product.
-struct Dots<W: 'static, A: 'static, FW, FA, const R: usize> {
-    kernels: Kernels<W, A, R>,
+struct Dots<W: 'static, A: 'static, FW, FA, const R: usize, const V: usize> {
+    kernels: Kernels<W, A, R, V>,
     /// Spans start at a multiple of this many rows (a dense matrix's panels).
     granule: usize,
     weights: FW,
@@ -667,13 +667,13 @@ struct Dots<W: 'static, A: 'static, FW, FA, const R: usize> {
 }
 
 /// The kernels a [`Dots`] runs.
-enum Kernels<W: 'static, A: 'static, const R: usize> {
-    Spans(Spans<W, A, R>),
+enum Kernels<W: 'static, A: 'static, const R: usize, const V: usize> {
+    Spans(Spans<W, A, R, V>),
     /// One weight row with one activation row.
     Row(fn(&[W], &[A]) -> f32),
 }
 
-impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, ROWS>
+impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, ROWS, WIDE>
 where
     W: 'a,
     A: 'a,
@@ -683,7 +683,7 @@ where
     /// Quantized rows, stored one after another.
     fn new(
         one: fn(&[W], &[A]) -> f32,
-        spans: Option<Spans<W, A, ROWS>>,
+        spans: Option<Spans<W, A, ROWS, WIDE>>,
         weights: FW,
         activations: FA,
     ) -> Self {
@@ -692,7 +692,7 @@ where
     }
 }
 
-impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, { dense::TILE }>
+impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, { dense::TILE }, { dense::WIDE }>
 where
     W: 'a,
     A: 'a,
@@ -700,12 +700,12 @@ where
     FA: Fn(usize) -> &'a [A] + Sync,
 {
     /// Dense rows in panels: `weights` gives whole panels for a span that starts at one.
-    fn dense(spans: Spans<W, A, { dense::TILE }>, weights: FW, activations: FA) -> Self {
+    fn dense(spans: Spans<W, A, { dense::TILE }, { dense::WIDE }>, weights: FW, activations: FA) -> Self {
         Dots { kernels: Kernels::Spans(spans), granule: dense::PANEL, weights, activations }
     }
 }
 
-impl<'a, W, A, FW, FA, const R: usize> Dots<W, A, FW, FA, R>
+impl<'a, W, A, FW, FA, const R: usize, const V: usize> Dots<W, A, FW, FA, R, V>
 where
     W: 'a,
     A: 'a,
@@ -716,7 +716,7 @@ where
     /// a kernel takes that many at once, else all that are left (one at a time).
     fn group(&self, left: usize) -> usize {
         match self.kernels {
-            Kernels::Spans(Spans { wide: Some(_), .. }) if left >= WIDE => WIDE,
+            Kernels::Spans(Spans { wide: Some(_), .. }) if left >= V => V,
             Kernels::Spans(_) if left >= R => R,
             _ => left,
         }
@@ -727,7 +727,7 @@ where
         let len = span.len();
         let w = (self.weights)(span.clone());
         match self.kernels {
-            Kernels::Spans(Spans { wide: Some(wide), .. }) if out.len() == WIDE * len => {
+            Kernels::Spans(Spans { wide: Some(wide), .. }) if out.len() == V * len => {
                 let mut outs = out.chunks_exact_mut(len);
                 let outs = std::array::from_fn(|_| outs.next().expect("WIDE output rows"));
                 wide(w, std::array::from_fn(|k| (self.activations)(i0 + k)), outs);
@@ -764,26 +764,27 @@ const WIDE: usize = 8;
 type SpanDot<W, A> = fn(&[W], &[A], &mut [f32]);
 /// A span times `R` activation rows: output row `k` for activation row `k`.
 type SpanRowsDot<W, A, const R: usize> = fn(&[W], [&[A]; R], [&mut [f32]; R]);
-/// A span times [`WIDE`] activation rows.
-type SpanWideDot<W, A> = fn(&[W], [&[A]; WIDE], [&mut [f32]; WIDE]);
+/// A span times `V` activation rows.
+type SpanWideDot<W, A, const V: usize> = fn(&[W], [&[A]; V], [&mut [f32]; V]);
 
 /// The span kernels of one stored type, each over a span of weight rows so that dispatch,
 /// checks and setup are paid once per span, not per row: one activation row, `R` ([`ROWS`] for
-/// quantized blocks, [`dense::TILE`] for dense panels) and, for quantized blocks, [`WIDE`]. Each
+/// quantized blocks, [`dense::TILE`] for dense panels) and, where the instruction set has a kernel
+/// for that many, `V` ([`WIDE`] for quantized blocks, [`dense::WIDE`] for dense panels). Each
 /// output is bitwise what the one-pair sequence of operations gives, whichever entry computed it.
-struct Spans<W: 'static, A: 'static, const R: usize> {
+struct Spans<W: 'static, A: 'static, const R: usize, const V: usize> {
     one: SpanDot<W, A>,
     rows: SpanRowsDot<W, A, R>,
-    wide: Option<SpanWideDot<W, A>>,
+    wide: Option<SpanWideDot<W, A, V>>,
 }
 
-impl<W, A, const R: usize> Clone for Spans<W, A, R> {
+impl<W, A, const R: usize, const V: usize> Clone for Spans<W, A, R, V> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<W, A, const R: usize> Copy for Spans<W, A, R> {}
+impl<W, A, const R: usize, const V: usize> Copy for Spans<W, A, R, V> {}
 
 /// Fills `y` (m × rows): element (i, r) is weight row `r` times activation row `i`.
 ///
@@ -793,13 +794,13 @@ impl<W, A, const R: usize> Copy for Spans<W, A, R> {}
 /// of rows nor the chunking can change a result. For `m > R` each chunk is small enough to stay
 /// in cache while every activation row passes over it (on one thread too), into a buffer that is
 /// copied into `y` afterwards (y's rows are not contiguous per chunk).
-fn drive<'a, W, A, FW, FA, const R: usize>(
+fn drive<'a, W, A, FW, FA, const R: usize, const V: usize>(
     rows: usize,
     m: usize,
     row_bytes: usize,
     serial: bool,
     y: &mut [f32],
-    dots: Dots<W, A, FW, FA, R>,
+    dots: Dots<W, A, FW, FA, R, V>,
 ) where
     W: Sync + 'a,
     A: Sync + 'a,

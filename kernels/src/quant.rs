@@ -9,7 +9,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{Isa, QuantKind, ROWS, Spans};
+use super::{Isa, QuantKind, ROWS, Spans, WIDE};
 
 /// Values in a Q4_0…Q8_0 block.
 pub(super) const QK: usize = 32;
@@ -312,7 +312,7 @@ pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
 /// The SIMD span kernels of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations, where `isa` has
 /// them (AVX2; with VNNI on AVX-512): each weight block is unpacked once for
 /// [`ROWS`](super::ROWS) activation rows.
-pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, ROWS>> {
+pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, ROWS, WIDE>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         use super::avx512::*;
@@ -338,7 +338,7 @@ pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, RO
 }
 
 /// The same for Q4_1 or Q5_1 weights with Q8_1 activations.
-pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, ROWS>> {
+pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, ROWS, WIDE>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         use super::avx512::*;
@@ -363,7 +363,7 @@ pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, RO
 
 /// The same for K-quant weights with Q8_K activations (the AVX2 kernels on AVX-512 too: their
 /// `madd` also applies the sub-block scales, which VNNI's sums would leave to a multiply).
-pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K, ROWS>> {
+pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K, ROWS, WIDE>> {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) {
         use super::avx2::*;
