@@ -129,11 +129,14 @@ macro_rules! dense_entry {
 /// row `i` times activation row `j`. Per pair, one accumulator of sixteen lanes takes the columns
 /// two steps at a time: a row's two steps lie 32 values apart in the panel, so `$load2` reads the
 /// eight values at `p` and the eight at `p + 32` into the low and high halves. The halves are
-/// then added, an odd last step is fused into the eight lanes, the lanes are added by the AVX2
-/// [`hsum`], and the columns left over are added one at a time. `$load` widens the eight values
-/// at a pointer, `$widen` one value. A pair's sums never meet another's, so a result does not
-/// depend on `N` or the pair's place in the tile; each weight vector is loaded once for the `N`
-/// activation rows, each activation vector once for the four rows.
+/// then added, an odd last step is fused into the eight lanes, the lanes are added in the AVX2
+/// [`hsum`]'s tree, and the columns left over are added one at a time. `$load` widens the 16
+/// values at a pointer, `$widen` one value. A pair's sums never meet another's, so a result does
+/// not depend on `N` or the pair's place in the tile; each weight vector is loaded once for the
+/// `N` activation rows, each activation vector once for the four rows. The four rows' reductions
+/// with one activation row run side by side in one register, the same additions on the same
+/// operands as `hsum`, in one shuffle and one add a step for four sums where `hsum` takes two or
+/// three a sum: the end of a panel is paid once per 56 steps at 896 columns.
 macro_rules! dense_kernel {
     ($name:ident, $w:ty, |$p:ident| $load2:expr, $load:expr, $widen:expr) => {
         #[inline]
@@ -150,55 +153,71 @@ macro_rules! dense_kernel {
                 // SAFETY: callers pass a pointer with 8 readable values there and 8 more 32 on.
                 unsafe { $load2 }
             };
-            let load = |$p: *const $w| -> __m256 {
-                // SAFETY: callers pass a pointer to 8 readable values.
+            let load = |$p: *const $w| -> __m512 {
+                // SAFETY: callers pass a pointer to 16 readable values.
                 unsafe { $load }
             };
             let mut acc = [[_mm512_setzero_ps(); N]; PANEL];
             for c in 0..steps / 2 {
                 // SAFETY: 2c + 1 < steps, so the panel holds 64 values at steps 2c and 2c + 1 and
                 // each activation row 16 at 16c.
-                let xv: [__m512; N] =
-                    std::array::from_fn(|j| unsafe { _mm512_loadu_ps(x[j].as_ptr().add(2 * c * STEP)) });
                 let at = unsafe { w.as_ptr().add(2 * c * PANEL * STEP) };
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let wv = load2(unsafe { at.add(i * STEP) });
-                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
-                        *acc = _mm512_fmadd_ps(wv, xv, *acc);
-                    }
-                }
-            }
-            let mut half = [[_mm256_setzero_ps(); N]; PANEL];
-            for i in 0..PANEL {
+                let wv: [__m512; PANEL] = std::array::from_fn(|i| load2(unsafe { at.add(i * STEP) }));
                 for j in 0..N {
-                    half[i][j] = _mm256_add_ps(
-                        _mm512_castps512_ps256(acc[i][j]),
-                        _mm512_extractf32x8_ps::<1>(acc[i][j]),
-                    );
-                }
-            }
-            if steps % 2 == 1 {
-                let c = steps - 1;
-                // SAFETY: c < steps, as above.
-                let at = unsafe { w.as_ptr().add(c * PANEL * STEP) };
-                for i in 0..PANEL {
-                    let wv = load(unsafe { at.add(i * STEP) });
-                    for j in 0..N {
-                        let xv = unsafe { _mm256_loadu_ps(x[j].as_ptr().add(c * STEP)) };
-                        half[i][j] = _mm256_fmadd_ps(wv, xv, half[i][j]);
+                    let xv = unsafe { _mm512_loadu_ps(x[j].as_ptr().add(2 * c * STEP)) };
+                    for i in 0..PANEL {
+                        acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
                     }
                 }
             }
+            // The odd last step of rows 0 and 1, and of rows 2 and 3: side by side in the panel.
+            let odd = (steps % 2 == 1).then(|| {
+                // SAFETY: steps - 1 < steps, so the panel holds 32 values there.
+                let at = unsafe { w.as_ptr().add((steps - 1) * PANEL * STEP) };
+                [load(at), load(unsafe { at.add(2 * STEP) })]
+            });
             let widen = $widen;
             let rest = &w[steps * PANEL * STEP..];
             let mut out = [[0f32; PANEL]; N];
-            for i in 0..PANEL {
-                for j in 0..N {
-                    let mut sum = hsum(half[i][j]);
-                    for (&w, &x) in rest[i * tail..(i + 1) * tail].iter().zip(&x[j][steps * STEP..]) {
-                        sum += widen(w) * x;
+            for j in 0..N {
+                // The four rows' sums with activation row j reduced side by side, each by the
+                // additions `hsum` makes: [row 0's eight lanes | row 1's] and [row 2's | row 3's]
+                // (each 16-lane sum's halves added), the odd step fused in, then the four rows'
+                // lanes k + (k + 4) in the register's quarters, then lanes 0 + 2 and 1 + 3, then
+                // those two.
+                let fold = |a: __m512, b: __m512| {
+                    _mm512_add_ps(
+                        _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                        _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                    )
+                };
+                let (mut h01, mut h23) = (fold(acc[0][j], acc[1][j]), fold(acc[2][j], acc[3][j]));
+                if let Some([w01, w23]) = odd {
+                    // SAFETY: steps - 1 < steps, so the activation row holds 8 values there.
+                    let xv = _mm512_broadcast_f32x8(unsafe {
+                        _mm256_loadu_ps(x[j].as_ptr().add((steps - 1) * STEP))
+                    });
+                    h01 = _mm512_fmadd_ps(w01, xv, h01);
+                    h23 = _mm512_fmadd_ps(w23, xv, h23);
+                }
+                let s = _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(h01, h23),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(h01, h23),
+                );
+                let t = _mm512_add_ps(s, _mm512_shuffle_ps::<0b01_00_11_10>(s, s));
+                let r = _mm512_add_ps(t, _mm512_movehdup_ps(t));
+                let r = _mm512_permutexvar_ps(
+                    _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+                    r,
+                );
+                // SAFETY: out[j] holds PANEL (four) values.
+                unsafe { _mm_storeu_ps(out[j].as_mut_ptr(), _mm512_castps512_ps128(r)) };
+                if tail > 0 {
+                    for (i, sum) in out[j].iter_mut().enumerate() {
+                        for (&w, &x) in rest[i * tail..(i + 1) * tail].iter().zip(&x[j][steps * STEP..]) {
+                            *sum += widen(w) * x;
+                        }
                     }
-                    out[j][i] = sum;
                 }
             }
             out
@@ -210,21 +229,21 @@ dense_kernel!(
     f32_kernel,
     f32,
     |p| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(p)), _mm256_loadu_ps(p.add(32))),
-    _mm256_loadu_ps(p),
+    _mm512_loadu_ps(p),
     |v: f32| v
 );
 dense_kernel!(
     f16_kernel,
     f16,
     |p| _mm512_cvtph_ps(two_halves(p.cast())),
-    _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
     f16::to_f32
 );
 dense_kernel!(
     bf16_kernel,
     bf16,
     |p| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(two_halves(p.cast())))),
-    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))),
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))),
     bf16::to_f32
 );
 

@@ -722,30 +722,30 @@ where
         }
     }
 
-    /// Weight rows `span` times activation rows `i0..i0 + n` into `out`, n rows of `span.len()`.
-    fn fill(&self, span: std::ops::Range<usize>, i0: usize, out: &mut [f32]) {
-        let len = span.len();
+    /// Weight rows `span` times activation rows `i0..i0 + n` into `outs`, n rows of `span.len()`.
+    fn fill(&self, span: std::ops::Range<usize>, i0: usize, outs: &mut [&mut [f32]]) {
         let w = (self.weights)(span.clone());
+        let n = outs.len();
         match self.kernels {
-            Kernels::Spans(Spans { wide: Some(wide), .. }) if out.len() == V * len => {
-                let mut outs = out.chunks_exact_mut(len);
-                let outs = std::array::from_fn(|_| outs.next().expect("WIDE output rows"));
+            Kernels::Spans(Spans { wide: Some(wide), .. }) if n == V => {
+                let mut outs = outs.iter_mut();
+                let outs = std::array::from_fn(|_| &mut **outs.next().expect("V output rows"));
                 wide(w, std::array::from_fn(|k| (self.activations)(i0 + k)), outs);
             }
-            Kernels::Spans(spans) if out.len() == R * len => {
-                let mut outs = out.chunks_exact_mut(len);
-                let outs = std::array::from_fn(|_| outs.next().expect("R output rows"));
+            Kernels::Spans(spans) if n == R => {
+                let mut outs = outs.iter_mut();
+                let outs = std::array::from_fn(|_| &mut **outs.next().expect("R output rows"));
                 (spans.rows)(w, std::array::from_fn(|k| (self.activations)(i0 + k)), outs);
             }
             Kernels::Spans(spans) => {
-                for (k, out) in out.chunks_exact_mut(len).enumerate() {
+                for (k, out) in outs.iter_mut().enumerate() {
                     (spans.one)(w, (self.activations)(i0 + k), out);
                 }
             }
             Kernels::Row(one) => {
-                for (k, out) in out.chunks_exact_mut(len).enumerate() {
+                for (k, out) in outs.iter_mut().enumerate() {
                     let x = (self.activations)(i0 + k);
-                    for (r, out) in span.clone().zip(out) {
+                    for (r, out) in span.clone().zip(out.iter_mut()) {
                         *out = one((self.weights)(r..r + 1), x);
                     }
                 }
@@ -786,14 +786,27 @@ impl<W, A, const R: usize, const V: usize> Clone for Spans<W, A, R, V> {
 
 impl<W, A, const R: usize, const V: usize> Copy for Spans<W, A, R, V> {}
 
+/// `y`'s `m` rows of `rows` values each cut at multiples of `per_chunk`: the pieces of chunk `c`,
+/// one per row.
+fn pieces(y: &mut [f32], rows: usize, m: usize, per_chunk: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut parts: Vec<Vec<&mut [f32]>> =
+        (0..rows.div_ceil(per_chunk)).map(|_| Vec::with_capacity(m)).collect();
+    for row in y.chunks_mut(rows) {
+        for (part, piece) in parts.iter_mut().zip(row.chunks_mut(per_chunk)) {
+            part.push(piece);
+        }
+    }
+    parts
+}
+
 /// Fills `y` (m × rows): element (i, r) is weight row `r` times activation row `i`.
 ///
 /// Work is split over chunks of weight rows only (whole panels of a dense matrix), each chunk one
 /// span per group of activation rows, and every element comes out of the one sequence of
 /// operations its kernel runs per pair of weight and activation row, so neither `m`, the grouping
 /// of rows nor the chunking can change a result. For `m > R` each chunk is small enough to stay
-/// in cache while every activation row passes over it (on one thread too), into a buffer that is
-/// copied into `y` afterwards (y's rows are not contiguous per chunk).
+/// in cache while every activation row passes over it (on one thread too), and writes its pieces
+/// of y's rows in place.
 fn drive<'a, W, A, FW, FA, const R: usize, const V: usize>(
     rows: usize,
     m: usize,
@@ -807,21 +820,13 @@ fn drive<'a, W, A, FW, FA, const R: usize, const V: usize>(
     FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
     FA: Fn(usize) -> &'a [A] + Sync,
 {
-    // Weight rows `span` times every activation row, into `out` (m × span.len()).
-    let block = |span: std::ops::Range<usize>, out: &mut [f32]| {
-        let len = span.len();
+    // Weight rows `span` times every activation row, into `outs` (y's m rows' pieces for `span`).
+    let block = |span: std::ops::Range<usize>, outs: &mut [&mut [f32]]| {
         let mut i = 0;
         while i < m {
             let n = dots.group(m - i);
-            dots.fill(span.clone(), i, &mut out[i * len..(i + n) * len]);
+            dots.fill(span.clone(), i, &mut outs[i..i + n]);
             i += n;
-        }
-    };
-    // Chunk `first..first + len`'s outputs (m × len) into their places in `y`.
-    let place = |y: &mut [f32], first: usize, out: &[f32]| {
-        let len = out.len() / m;
-        for (i, part) in out.chunks_exact(len).enumerate() {
-            y[i * rows + first..i * rows + first + len].copy_from_slice(part);
         }
     };
     let threads = rayon::current_num_threads();
@@ -830,18 +835,12 @@ fn drive<'a, W, A, FW, FA, const R: usize, const V: usize>(
     let whole = |n: usize| (n / granule * granule).max(granule);
     let cached = whole(MAX_CHUNK_BYTES / row_bytes.max(1));
     if serial || threads == 1 {
-        if m <= R || cached >= rows {
-            block(0..rows, y);
-            return;
-        }
-        // One thread still takes the weights a cached chunk at a time: a whole matrix larger
-        // than the cache would otherwise be read from memory once per group of activation rows.
-        let mut out = vec![0f32; m * cached];
-        for first in (0..rows).step_by(cached) {
-            let span = first..(first + cached).min(rows);
-            let out = &mut out[..m * span.len()];
-            block(span, out);
-            place(y, first, out);
+        // One thread still takes the weights a cached chunk at a time (where a batch passes over
+        // them more than once): a whole matrix larger than the cache would otherwise be read from
+        // memory once per group of activation rows.
+        let per_chunk = if m <= R { rows } else { cached.min(rows) };
+        for (c, mut outs) in pieces(y, rows, m, per_chunk).into_iter().enumerate() {
+            block(c * per_chunk..((c + 1) * per_chunk).min(rows), &mut outs);
         }
         return;
     }
@@ -851,23 +850,14 @@ fn drive<'a, W, A, FW, FA, const R: usize, const V: usize>(
     if m == 1 {
         y.par_chunks_mut(per_chunk).enumerate().for_each(|(c, out)| {
             let first = c * per_chunk;
-            dots.fill(first..first + out.len(), 0, out);
+            dots.fill(first..first + out.len(), 0, &mut [out]);
         });
         return;
     }
     per_chunk = whole(per_chunk.min(cached));
-    let chunks: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per_chunk))
-        .into_par_iter()
-        .map(|c| {
-            let span = c * per_chunk..((c + 1) * per_chunk).min(rows);
-            let mut out = vec![0f32; m * span.len()];
-            block(span.clone(), &mut out);
-            (span.start, out)
-        })
-        .collect();
-    for (first, out) in chunks {
-        place(y, first, &out);
-    }
+    pieces(y, rows, m, per_chunk).into_par_iter().enumerate().for_each(|(c, mut outs)| {
+        block(c * per_chunk..((c + 1) * per_chunk).min(rows), &mut outs);
+    });
 }
 
 /// [`Matrix::matmul`] as a candle op on a contiguous f32 tensor.
