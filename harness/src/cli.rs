@@ -27,10 +27,10 @@ use crate::vocab::{Gate, Invariant, ServerCheck};
 ///
 /// Call it first in `main`, before starting any thread: it sizes candle's thread pools through
 /// the environment ([`crate::engine::size_thread_pools`]), which it can only do while the
-/// process has one thread.
+/// process has one thread, and tunes the allocator ([`crate::engine::tune_allocator`]).
 pub fn qualify_main() -> ExitCode {
     crate::engine::size_thread_pools();
-    crate::engine::return_freed_memory();
+    crate::engine::tune_allocator();
     match guarded(|| qualify(Arguments::from_args())) {
         Ok(code) => code,
         Err(failure) => {

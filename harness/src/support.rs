@@ -48,6 +48,9 @@ pub mod engine {
     /// candle's thread pools sized as the harness sizes them, for a tool that runs the engine
     /// in its own process (call it first, while the process has one thread).
     pub use crate::engine::size_thread_pools;
+    /// The allocator tuned as the harness tunes it, for a tool that runs the engine in its own
+    /// process and measures it.
+    pub use crate::engine::tune_allocator;
     pub use crate::engine::{
         Answer, EngineError, Finish, Flow, GenerateRequest, Generation, Joining, OnText, PromptGauge,
         Sampling, ScoredStep, Session, SharedSession, TokenLogprob, load_candle, load_candle_hashing_in,

@@ -136,6 +136,7 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<()> {
     // The engine runs in this process: its thread pools sized as the harness sizes its own
     // (without this, candle's barrier pool spun through 6.5 % of a bf16 batch run, profiled).
     size_thread_pools();
+    modelqa::support::engine::tune_allocator();
     anyhow::ensure!(
         args.layers > 0 && args.batch > 1 && args.reps > 0,
         "--layers and --reps must be at least 1, --batch at least 2"

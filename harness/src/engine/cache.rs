@@ -335,6 +335,9 @@ impl SessionCache {
         if let Some(done) = state.as_ref() {
             return (done.clone(), false);
         }
+        // Sessions dropped before this load leave free heap memory: the system gets it back
+        // before this one allocates.
+        super::give_back_freed_memory();
         let loaded = load().map(|s| Arc::new(Mutex::new(s)));
         if loaded.is_ok() || keep_failure {
             *state = Some(loaded.clone());

@@ -43,19 +43,39 @@ pub fn safetensors_files(dir: &std::path::Path) -> Result<Vec<PathBuf>, EngineEr
     crate::format::files::safetensors_files(dir).map_err(EngineError::from_files)
 }
 
-/// Makes freed blocks of a megabyte or more go back to the system at once. glibc's allocator
-/// raises its mmap threshold after the first large block is freed, and from then on weight-sized
-/// buffers are carved from the heap and kept by the process when a session is dropped, so the
-/// resident set of a run that loads many sessions one after another grows past what it holds at
-/// once (`cargo xtask bench memory --models 4`, unlimited and budgeted: peaks of 1.47 and
-/// 1.26 GiB with glibc's default, 1.21 and 1.12 GiB with this, where the sessions held at most an
-/// estimated 0.68 GiB). A fixed threshold of 1 MiB keeps every larger block its own mapping,
-/// unmapped when freed. glibc only; elsewhere nothing changes.
-pub(crate) fn return_freed_memory() {
+/// Tunes glibc's allocator for a process that runs models (glibc only; elsewhere nothing changes):
+///
+/// - **Blocks below 4 MiB come from the heap, and up to 32 MiB free at the top of a heap stays
+///   with the process.** A forward pass allocates and frees tensors of a few megabytes per
+///   operation (a 64-token prefill of a 0.5 B model: 1.2 MB per MLP activation). As mappings
+///   (glibc's threshold once raised, or the 1 MiB the harness set before), each was mapped,
+///   faulted in page by page, zeroed by the kernel and unmapped again: 7–9 % of a bf16 prefill's
+///   time went to page faults and page clearing (`perf`). Against a 1 MiB threshold these settings
+///   ran bf16 prefill ×1.1–1.4 as fast (`bench engine-child`, 4 interleaved rounds). Larger blocks
+///   (weight buffers) stay mappings of their own, unmapped when freed.
+/// - **What dropped sessions leave behind goes back before the next loads**:
+///   [`give_back_freed_memory`] runs before every session load.
+///
+/// The cost is memory kept for reuse: `cargo xtask bench memory --models 4 --reps 2` peaked at
+/// 1.19–1.20 GiB unlimited and 599–661 MiB under a 695 MiB budget, against 1.13–1.18 GiB and
+/// 497–499 MiB with the 1 MiB threshold (every verdict the same). 32 MiB and 128 MiB, as fast in
+/// their own interleaved rounds, peaked at 755–812 MiB under that budget.
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator tunable; it is called before any trial runs.
+    // SAFETY: mallopt only sets allocator tunables, under the allocator's own lock.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+    }
+}
+
+/// Returns the free memory of every heap arena to the system (`malloc_trim`, which also releases
+/// free pages inside a heap). glibc only; elsewhere nothing happens.
+pub(crate) fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory, under the allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

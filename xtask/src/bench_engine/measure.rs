@@ -37,6 +37,7 @@ pub fn argmax(values: &[f32]) -> u32 {
 }
 
 pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
+    modelqa::support::engine::tune_allocator();
     let started = Instant::now();
     let mut session = load_candle(&args.file, Backend::Cpu)
         .with_context(|| format!("failed to load {}", args.file.display()))?;
