@@ -10,7 +10,8 @@
 //! one warm-up. "GB/s" is the kernels' weight bytes read per second.
 //!
 //! On a CPU with AVX-512 the kernels' AVX2 path is timed too, alternately with the rest, and the
-//! table gains its time and the ratio AVX2 ÷ AVX-512 (the two give the same bits).
+//! table gains its time and the ratio AVX2 ÷ AVX-512 (the same bits for quantized types; dense
+//! products sum in an order of each instruction set's own).
 
 use std::time::{Duration, Instant};
 
