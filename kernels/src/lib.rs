@@ -10,12 +10,14 @@
 //! whatever the batch size, the row's place in the batch, the thread count or the chunking. The
 //! reduction order depends only on `cols`, the stored type and the instruction set, so a prompt
 //! scored in one batch and token by token gives bitwise the same logits. The instruction sets are
-//! the portable code, AVX2 (with FMA and F16C) and AVX-512 (`avx512`), whose kernels run the AVX2
-//! kernels' operations more at a time and so give their bits.
+//! the portable code, AVX2 (with FMA and F16C) and AVX-512 (`avx512`), whose quantized kernels run
+//! the AVX2 kernels' operations more at a time and so give their bits, and whose dense products
+//! sum sixteen lanes per pair, an order of their own (`dense` documents each).
 //!
 //! Dense weights (f32, f16, bf16) are copied into panels of four rows interleaved eight values at
 //! a time (`dense`): one stream through memory feeds four rows' running sums, and a tile of a
-//! panel by three activation rows keeps its twelve sums in registers. Copied from a mapped file
+//! panel by three activation rows keeps its twelve sums in registers (on AVX-512, by six rows and
+//! 24 sums). Copied from a mapped file
 //! ([`Values::mapped`]), the file's pages are given back as they are copied (`memory`), so the
 //! weights are held once.
 //!
@@ -264,8 +266,9 @@ pub enum Isa {
     Scalar,
     /// AVX2 with FMA and F16C.
     Avx2,
-    /// [`Isa::Avx2`] and AVX-512 F, BW, DQ, VL and VNNI: the batch products of the dense types and
-    /// the blocks of 32 run on their own kernels (`avx512`), which give the AVX2 kernels' bits.
+    /// [`Isa::Avx2`] and AVX-512 F, BW, DQ, VL and VNNI: the dense products and the batch
+    /// products of the blocks of 32 run on their own kernels (`avx512`); the blocks' give the AVX2
+    /// kernels' bits, the dense ones sum in sixteen lanes per pair, an order of their own.
     Avx512,
 }
 
