@@ -15,7 +15,7 @@ use half::{bf16, f16};
 
 use super::Isa;
 use super::dense::{PANEL, STEP, TILE, held_len};
-use super::quant::{Q8_0, Q8_1, Q8K};
+use super::quant::{self, Q8_0, Q8_1, Q8K, QK, QK_K};
 use super::{ROWS, WIDE};
 
 /// Whether this CPU has AVX2, FMA and F16C.
@@ -108,7 +108,15 @@ macro_rules! quant_entry {
         $features:literal;
         $span:ident, $rows:ident, $wide:ident => $kernel:ident($x:ty, $size:literal bytes)
     ) => {
-        pub(super) fn $span(w: &[u8], x: &[$x], out: &mut [f32]) {
+        $crate::avx2::span_entry!($features; $span => $kernel($x, $size bytes));
+        $crate::avx2::batch_entry!($features; $rows, $wide => $kernel($x, $size bytes) by quant_rows);
+    };
+}
+
+/// [`quant_entry`]'s span times one activation row.
+macro_rules! span_entry {
+    ($features:literal; $span:ident => $kernel:ident($x:ty, $size:literal bytes)) => {
+        pub(crate) fn $span(w: &[u8], x: &[$x], out: &mut [f32]) {
             #[target_feature(enable = $features)]
             fn span(w: &[u8], x: &[$x], out: &mut [f32]) {
                 let bytes = x.len() * $size;
@@ -128,21 +136,30 @@ macro_rules! quant_entry {
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
             unsafe { span(w, x, out) }
         }
+    };
+}
 
-        pub(super) fn $rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
+/// [`quant_entry`]'s span times [`ROWS`] and times [`WIDE`] activation rows, through `$driver`
+/// ([`quant_rows`], or a driver that prepares the activation rows for the kernel first).
+macro_rules! batch_entry {
+    (
+        $features:literal;
+        $rows:ident, $wide:ident => $kernel:ident($x:ty, $size:literal bytes) by $driver:ident
+    ) => {
+        pub(crate) fn $rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
             #[target_feature(enable = $features)]
             fn rows(w: &[u8], x: [&[$x]; ROWS], out: [&mut [f32]; ROWS]) {
-                quant_rows(w, x, out, $size, |w, x| $kernel::<ROWS>(w, x))
+                $driver(w, x, out, $size, |w, x| $kernel::<ROWS>(w, x))
             }
             check();
-            // SAFETY: as above.
+            // SAFETY: the CPU has the features the kernel is compiled for (checked above).
             unsafe { rows(w, x, out) }
         }
 
-        pub(super) fn $wide(w: &[u8], x: [&[$x]; WIDE], out: [&mut [f32]; WIDE]) {
+        pub(crate) fn $wide(w: &[u8], x: [&[$x]; WIDE], out: [&mut [f32]; WIDE]) {
             #[target_feature(enable = $features)]
             fn wide(w: &[u8], x: [&[$x]; WIDE], out: [&mut [f32]; WIDE]) {
-                quant_rows(w, x, out, $size, |w, x| $kernel::<WIDE>(w, x))
+                $driver(w, x, out, $size, |w, x| $kernel::<WIDE>(w, x))
             }
             check();
             // SAFETY: as above.
@@ -151,7 +168,7 @@ macro_rules! quant_entry {
     };
 }
 
-pub(super) use quant_entry;
+pub(super) use {batch_entry, quant_entry, span_entry};
 
 /// A span of quantized weight rows times `N` activation rows by `kernel`, which takes one weight
 /// row and all `N`.
@@ -443,18 +460,34 @@ fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
 /// The kernels of the blocks of 32 (Q4_0, Q5_0, Q8_0 with Q8_0 activations; Q4_1, Q5_1 with
 /// Q8_1), compiled for `$features` with `$sum_i8` and `$sum_u8_i8` as the block's integer dot
 /// product. Each takes `N` activation rows and unpacks each weight block once for all of them;
-/// per row it runs exactly the one-row sequence of operations. The integer sums are exact, so two
-/// instantiations whose integer products give the same lanes give the same bits.
+/// per row it runs exactly the one-row sequence of operations. A block's eight lanes of integer
+/// sums become f32, are multiplied by the activation block's scale (one `vmulps` with the scale
+/// broadcast from memory on AVX-512) and added to the running sums times the weight block's scale
+/// in one fused step. The integer sums are exact, so two instantiations whose integer products
+/// give the same lanes give the same bits.
 macro_rules! small_kernels {
     ($features:literal, $sum_i8:ident, $sum_u8_i8:ident) => {
+        $crate::avx2::q8_0_kernels!($features, $sum_i8);
+        $crate::avx2::q8_1_kernels!($features, $sum_u8_i8);
+    };
+}
+
+/// [`small_kernels`]' Q4_0, Q5_0 and Q8_0 kernels, with Q8_0 activations.
+macro_rules! q8_0_kernels {
+    ($features:literal, $sum_i8:ident) => {
         #[target_feature(enable = $features)]
         fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
             let mut acc = [_mm256_setzero_ps(); N];
             for (k, b) in w.chunks_exact(18).enumerate() {
-                let (d, x) = (f16_at(b, 0), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)));
+                let (d, x) =
+                    (_mm256_set1_ps(f16_at(b, 0)), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)));
                 for (acc, y) in acc.iter_mut().zip(&y) {
                     let y = &y[k];
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_i8(x, load_i8(&y.qs, 0)), *acc);
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_mul_ps($sum_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
+                        d,
+                        *acc,
+                    );
                 }
             }
             std::array::from_fn(|r| hsum(acc[r]))
@@ -466,10 +499,14 @@ macro_rules! small_kernels {
             for (k, b) in w.chunks_exact(22).enumerate() {
                 // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
                 let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
-                let (d, x) = (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear));
+                let (d, x) = (_mm256_set1_ps(f16_at(b, 0)), _mm256_or_si256(nibbles(b, 6), clear));
                 for (acc, y) in acc.iter_mut().zip(&y) {
                     let y = &y[k];
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_i8(x, load_i8(&y.qs, 0)), *acc);
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_mul_ps($sum_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
+                        d,
+                        *acc,
+                    );
                 }
             }
             std::array::from_fn(|r| hsum(acc[r]))
@@ -479,15 +516,24 @@ macro_rules! small_kernels {
         fn q8_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
             let mut acc = [_mm256_setzero_ps(); N];
             for (k, b) in w.chunks_exact(34).enumerate() {
-                let (d, x) = (f16_at(b, 0), load32(b, 2));
+                let (d, x) = (_mm256_set1_ps(f16_at(b, 0)), load32(b, 2));
                 for (acc, y) in acc.iter_mut().zip(&y) {
                     let y = &y[k];
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_i8(x, load_i8(&y.qs, 0)), *acc);
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_mul_ps($sum_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
+                        d,
+                        *acc,
+                    );
                 }
             }
             std::array::from_fn(|r| hsum(acc[r]))
         }
+    };
+}
 
+/// [`small_kernels`]' Q4_1 and Q5_1 kernels, with Q8_1 activations.
+macro_rules! q8_1_kernels {
+    ($features:literal, $sum_u8_i8:ident) => {
         /// Q4_1 and Q5_1 (`fifth` = the offset of qh, for Q5_1): unsigned values plus the block offset
         /// times the activation block's sum.
         #[inline]
@@ -511,7 +557,11 @@ macro_rules! small_kernels {
                 for ((acc, offsets), y) in acc.iter_mut().zip(&mut offsets).zip(&y) {
                     let y = &y[k];
                     *offsets += m * y.s;
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), $sum_u8_i8(x, load_i8(&y.qs, 0)), *acc);
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_mul_ps($sum_u8_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
+                        _mm256_set1_ps(d),
+                        *acc,
+                    );
                 }
             }
             std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
@@ -528,9 +578,136 @@ macro_rules! small_kernels {
         }
     };
 }
-pub(super) use small_kernels;
+pub(super) use {q8_0_kernels, q8_1_kernels, small_kernels};
 
 small_kernels!("avx2,fma,f16c", sum_i8, sum_u8_i8);
+
+/// Activation blocks quantized as the portable `quant::q8_0`, `q8_1` and `q8k` do, bit for bit:
+/// the largest magnitude found on the integer bits of |x| (for finite floats their order), the
+/// products by the inverse scale made in eight lanes, each rounded half away from zero as
+/// `quant::round_half_away` does (truncate, then compare the exact fraction with ½) and packed
+/// to bytes with saturation, which is the portable clamp. A block holding a value that is not
+/// finite, or whose inverse scale is not, goes to the portable code, which defines those cases.
+macro_rules! activation_blocks {
+    ($(#[$doc:meta])* $name:ident: $block:ty => $simd:ident, $portable:path) => {
+        $(#[$doc])*
+        pub(super) fn $name(x: &[f32], out: &mut [$block]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn each(x: &[f32], out: &mut [$block]) {
+                let n = <$block as quant::Block>::VALUES;
+                for (out, x) in out.iter_mut().zip(x.chunks_exact(n)) {
+                    let x = x.try_into().expect("a block");
+                    *out = $simd(x).unwrap_or_else(|| $portable(x));
+                }
+            }
+            check();
+            // SAFETY: the CPU has the features the code is compiled for (checked above).
+            unsafe { each(x, out) }
+        }
+    };
+}
+
+activation_blocks!(
+    /// Blocks of 32 with an f16 scale, for Q4_0, Q5_0 and Q8_0 weights.
+    q8_0_blocks: Q8_0 => q8_0_block, quant::q8_0
+);
+activation_blocks!(
+    /// Blocks of 32 with an f16 scale and their sum, for Q4_1 and Q5_1 weights.
+    q8_1_blocks: Q8_1 => q8_1_block, quant::q8_1
+);
+activation_blocks!(
+    /// Blocks of 256 with an f32 scale and sums of 16, for the K-quants.
+    q8k_blocks: Q8K => q8k_block, quant::q8k
+);
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_block(x: &[f32; QK]) -> Option<Q8_0> {
+    let amax = f32::from_bits(largest_magnitude(x)?);
+    let d = amax / 127.0;
+    let id = 1.0 / d;
+    if d == 0.0 || !id.is_finite() {
+        return None;
+    }
+    let mut qs = [0i8; QK];
+    rounded_bytes(x, id, &mut qs);
+    Some(Q8_0 { d: f16::from_f32(d).to_f32(), qs })
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_1_block(x: &[f32; QK]) -> Option<Q8_1> {
+    q8_0_block(x).map(quant::q8_1_of)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8k_block(x: &[f32; QK_K]) -> Option<Q8K> {
+    let bits = largest_magnitude(x)?;
+    // The portable code keeps the first value of largest magnitude, with its sign.
+    let magnitudes = _mm256_set1_epi32(0x7fff_ffff);
+    let at = x.chunks_exact(8).enumerate().find_map(|(c, v)| {
+        // SAFETY: `v` holds 8 values.
+        let v = unsafe { _mm256_loadu_si256(v.as_ptr().cast()) };
+        let equal = _mm256_cmpeq_epi32(_mm256_and_si256(v, magnitudes), _mm256_set1_epi32(bits as i32));
+        let mask = _mm256_movemask_ps(_mm256_castsi256_ps(equal));
+        (mask != 0).then(|| 8 * c + mask.trailing_zeros() as usize)
+    })?;
+    let iscale = -127.0 / x[at];
+    if bits == 0 || !iscale.is_finite() {
+        return None;
+    }
+    let mut qs = [0i8; QK_K];
+    for (x, qs) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)) {
+        rounded_bytes(x.try_into().expect("32 values"), iscale, qs.try_into().expect("32 bytes"));
+    }
+    Some(quant::q8k_of(qs, iscale))
+}
+
+/// The bits of the largest |v| in `x` (a whole number of 8s), or `None` where a value is not
+/// finite. For finite floats the integer order of |v|'s bits is the order of the values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn largest_magnitude(x: &[f32]) -> Option<u32> {
+    let magnitudes = _mm256_set1_epi32(0x7fff_ffff);
+    let mut most = _mm256_setzero_si256();
+    for v in x.chunks_exact(8) {
+        // SAFETY: `v` holds 8 values.
+        let v = unsafe { _mm256_loadu_si256(v.as_ptr().cast()) };
+        most = _mm256_max_epi32(most, _mm256_and_si256(v, magnitudes));
+    }
+    let most = _mm_max_epi32(_mm256_castsi256_si128(most), _mm256_extracti128_si256::<1>(most));
+    let most = _mm_max_epi32(most, _mm_shuffle_epi32::<0b01_00_11_10>(most));
+    let most = _mm_max_epi32(most, _mm_shuffle_epi32::<0b10_11_00_01>(most));
+    let bits = _mm_cvtsi128_si32(most) as u32;
+    (bits < f32::INFINITY.to_bits()).then_some(bits)
+}
+
+/// `out[k]` = `x[k] · scale` rounded half away from zero and saturated to i8, where every
+/// product is finite and below 2³¹ in magnitude.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rounded_bytes(x: &[f32; 32], scale: f32, out: &mut [i8; 32]) {
+    let scale = _mm256_set1_ps(scale);
+    let (half, minus_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    let lanes: [__m256i; 4] = std::array::from_fn(|i| {
+        // SAFETY: `x` holds 32 values, so 8 at 8i.
+        let p = _mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) }, scale);
+        let whole = _mm256_cvttps_epi32(p);
+        let fraction = _mm256_sub_ps(p, _mm256_cvtepi32_ps(whole));
+        // All ones (−1) where the fraction rounds away: up for ≥ ½, down for ≤ −½.
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(fraction, half));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(fraction, minus_half));
+        _mm256_add_epi32(_mm256_sub_epi32(whole, up), down)
+    });
+    // Packing works within 128-bit halves: the dwords come out as lanes 0–3 of each of the four
+    // vectors, then lanes 4–7 of each; the permutation puts every vector's eight back together.
+    let packed =
+        _mm256_packs_epi16(_mm256_packs_epi32(lanes[0], lanes[1]), _mm256_packs_epi32(lanes[2], lanes[3]));
+    let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: `out` holds 32 bytes.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), ordered) };
+}
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (its 12 bytes at `s`),
 /// sub-block `j`'s in byte `j` of each word: `quant::k4_scales`' values, taken apart a word at a

@@ -16,6 +16,10 @@
 //!   i32). Both sum the same four products into the same lane, exactly (the pairs `maddubs` forms
 //!   stay below i16's limit: one factor is at most 128 in magnitude, the other, an activation, at
 //!   most 127), so the bits are the AVX2 kernels'.
+//! - **Biased activations for batches of Q4_0, Q5_0 and Q8_0.** The tiles of four and eight
+//!   activation rows take the activation bytes as y + 128 and start each weight block's sums at
+//!   −128 · Σx, which drops the per-pair `vpsignb` of the sign trick; the lanes, and so the bits,
+//!   stay the AVX2 kernels' (module `biased`).
 //!
 //! The public functions are safe: each checks that the CPU has the features before it enters the
 //! `#[target_feature]` code.
@@ -27,6 +31,7 @@ use half::{bf16, f16};
 use super::Isa;
 use super::avx2::{
     bit_bytes, f16_at, hsum, load_i8, load32, nibbles, panel_rows, quant_entry, quant_rows, small_kernels,
+    span_entry,
 };
 use super::dense::{self, PANEL, STEP, TILE};
 use super::quant::{Q8_0, Q8_1};
@@ -66,18 +71,82 @@ fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
 
 small_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni", sum_i8, sum_u8_i8);
 
-quant_entry!(
+span_entry!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
-    span_q4_0, rows_q4_0, wide_q4_0 => q4_0_kernel(Q8_0, 18 bytes)
+    span_q4_0 => q4_0_kernel(Q8_0, 18 bytes)
 );
-quant_entry!(
+span_entry!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
-    span_q5_0, rows_q5_0, wide_q5_0 => q5_0_kernel(Q8_0, 22 bytes)
+    span_q5_0 => q5_0_kernel(Q8_0, 22 bytes)
 );
-quant_entry!(
+span_entry!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
-    span_q8_0, rows_q8_0, wide_q8_0 => q8_0_kernel(Q8_0, 34 bytes)
+    span_q8_0 => q8_0_kernel(Q8_0, 34 bytes)
 );
+pub(super) use biased::{rows_q4_0, rows_q5_0, rows_q8_0, wide_q4_0, wide_q5_0, wide_q8_0};
+
+/// The batch kernels of Q4_0, Q5_0 and Q8_0 weights, on activation bytes stored biased. Their
+/// integer sums are the sign trick's, lane for lane, with two instructions fewer per pair of a
+/// weight block and an activation block: `vpdpbusd` multiplies unsigned by signed bytes, so the
+/// activations take the unsigned side as y + 128, and each weight block's sum starts at
+/// −128 · Σx over each lane's four bytes, which takes the bias out exactly. That start is made
+/// once per weight block for all the activation rows; the sign trick makes |x| once but moves
+/// each activation block's signs onto it, a `vpsignb` per pair (and its sum starts from a zeroed
+/// register). One activation row has nothing to share the start with: the span keeps the sign
+/// trick. Against it, the tile of eight ran ×1.15–1.25 as fast on Q5_0 and ×1.05–1.15 on Q8_0
+/// (one thread, 64 rows, 4864 × 896 and 896 × 4864).
+mod biased {
+    use std::arch::x86_64::*;
+
+    use super::super::avx2::{
+        batch_entry, bit_bytes, f16_at, hsum, load_i8, load32, nibbles, q8_0_kernels, quant_rows,
+    };
+    use super::super::quant::Q8_0;
+    use super::super::{ROWS, WIDE};
+    use super::check;
+
+    /// Σ x·y over signed weight bytes x and activation bytes stored as y + 128, as 8 f32 lanes of
+    /// i32 sums: the lanes of `sum_i8(x, y)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn sum_biased(x: __m256i, biased: __m256i) -> __m256 {
+        let bias = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), x);
+        let start = _mm256_sub_epi32(_mm256_setzero_si256(), bias);
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, biased, x))
+    }
+
+    /// [`quant_rows`] on copies of the activation rows whose bytes hold y + 128 (as u8), the
+    /// form [`sum_biased`] takes. A copy is made once per span, for all its weight rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn biased_rows<const N: usize>(
+        w: &[u8],
+        x: [&[Q8_0]; N],
+        out: [&mut [f32]; N],
+        size: usize,
+        kernel: impl Fn(&[u8], [&[Q8_0]; N]) -> [f32; N],
+    ) {
+        let biased: [Vec<Q8_0>; N] = x.map(|row| {
+            row.iter().map(|b| Q8_0 { d: b.d, qs: b.qs.map(|q| (q as u8 ^ 0x80) as i8) }).collect()
+        });
+        quant_rows(w, biased.each_ref().map(Vec::as_slice), out, size, kernel)
+    }
+
+    q8_0_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni", sum_biased);
+
+    batch_entry!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
+        rows_q4_0, wide_q4_0 => q4_0_kernel(Q8_0, 18 bytes) by biased_rows
+    );
+    batch_entry!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
+        rows_q5_0, wide_q5_0 => q5_0_kernel(Q8_0, 22 bytes) by biased_rows
+    );
+    batch_entry!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
+        rows_q8_0, wide_q8_0 => q8_0_kernel(Q8_0, 34 bytes) by biased_rows
+    );
+}
 quant_entry!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
     span_q4_1, rows_q4_1, wide_q4_1 => q4_1_kernel(Q8_1, 20 bytes)

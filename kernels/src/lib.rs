@@ -22,8 +22,9 @@
 //! weights are held once.
 //!
 //! Quantized weights are multiplied as llama.cpp does: each activation row is quantized once to
-//! 8-bit blocks (Q8_0, Q8_1 or Q8_K), each block's dot product is integer arithmetic, and only
-//! the per-block sums are scaled and added in floating point.
+//! 8-bit blocks (Q8_0, Q8_1 or Q8_K; with AVX2 in SIMD, bit for bit the portable quantizer), each
+//! block's dot product is integer arithmetic, and only the per-block sums are scaled and added in
+//! floating point.
 //!
 //! [`Attention`] is causal attention one query row at a time over exactly the keys it sees, under
 //! the same invariant: a row's result does not depend on how many rows the call holds, so a
@@ -564,7 +565,7 @@ impl Matrix {
             Held::Quant { kind, bytes } => {
                 let kind = *kind;
                 let w = |r: std::ops::Range<usize>| &bytes[r.start * row_bytes..r.end * row_bytes];
-                match Activations::quantize(kind, x, m, cols) {
+                match Activations::quantize(kind, isa, x, m, cols) {
                     Activations::Q8_0(a) => {
                         let per_row = cols / quant::QK;
                         let a = |i: usize| &a[i * per_row..(i + 1) * per_row];

@@ -80,29 +80,79 @@ pub(super) enum Activations {
 }
 
 impl Activations {
-    /// `x` (m rows of `cols`, `cols` a whole number of blocks) in the blocks `kind` multiplies.
-    /// Blocks are independent, so a large batch (a prefill) is quantized on rayon's pool.
-    pub(super) fn quantize(kind: QuantKind, x: &[f32], m: usize, cols: usize) -> Activations {
+    /// `x` (m rows of `cols`, `cols` a whole number of blocks) in the blocks `kind` multiplies,
+    /// by `isa`'s code: the portable functions below, or with AVX2 their SIMD twins, which give
+    /// the same bytes and scales bit for bit. Blocks are independent, so a large batch (a
+    /// prefill) is quantized on rayon's pool.
+    pub(super) fn quantize(kind: QuantKind, isa: Isa, x: &[f32], m: usize, cols: usize) -> Activations {
         debug_assert_eq!(x.len(), m * cols);
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+            use super::avx2;
+            return match kind {
+                QuantKind::Q4_0 | QuantKind::Q5_0 | QuantKind::Q8_0 => {
+                    Activations::Q8_0(blocks(x, avx2::q8_0_blocks))
+                }
+                QuantKind::Q4_1 | QuantKind::Q5_1 => Activations::Q8_1(blocks(x, avx2::q8_1_blocks)),
+                _ => Activations::Q8K(blocks(x, avx2::q8k_blocks)),
+            };
+        }
+        let _ = isa;
         match kind {
-            QuantKind::Q4_0 | QuantKind::Q5_0 | QuantKind::Q8_0 => Activations::Q8_0(blocks(x, q8_0)),
-            QuantKind::Q4_1 | QuantKind::Q5_1 => Activations::Q8_1(blocks(x, q8_1)),
-            _ => Activations::Q8K(blocks(x, q8k)),
+            QuantKind::Q4_0 | QuantKind::Q5_0 | QuantKind::Q8_0 => {
+                Activations::Q8_0(blocks(x, |x, out| each(x, out, q8_0)))
+            }
+            QuantKind::Q4_1 | QuantKind::Q5_1 => Activations::Q8_1(blocks(x, |x, out| each(x, out, q8_1))),
+            _ => Activations::Q8K(blocks(x, |x, out| each(x, out, q8k))),
         }
     }
+}
+
+/// An activation block: the values it holds, and one of zeros to fill a vector with.
+pub(super) trait Block: Copy + Send + Sync {
+    const VALUES: usize;
+    const ZERO: Self;
+}
+
+impl Block for Q8_0 {
+    const VALUES: usize = QK;
+    const ZERO: Q8_0 = Q8_0 { d: 0.0, qs: [0; QK] };
+}
+
+impl Block for Q8_1 {
+    const VALUES: usize = QK;
+    const ZERO: Q8_1 = Q8_1 { d: 0.0, s: 0.0, qs: [0; QK] };
+}
+
+impl Block for Q8K {
+    const VALUES: usize = QK_K;
+    const ZERO: Q8K = Q8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
 }
 
 /// Below this many values activations are quantized on the calling thread: one decoded token's
 /// widest row (a few thousand values) takes microseconds, less than waking a worker.
 const PARALLEL_QUANTIZE_FROM: usize = 64 * 1024;
+/// The blocks one task of the pool quantizes.
+const BLOCKS_PER_TASK: usize = 64;
 
-/// `x` in blocks of `N` values, each by `f`, in order.
-fn blocks<B: Send, const N: usize>(x: &[f32], f: fn(&[f32; N]) -> B) -> Vec<B> {
-    let block = |b: &[f32]| f(b.try_into().expect("a block"));
+/// `x` in blocks, filled by `fill`, which takes a run of whole blocks' values and the blocks to
+/// write them into.
+fn blocks<B: Block>(x: &[f32], fill: impl Fn(&[f32], &mut [B]) + Sync) -> Vec<B> {
+    let mut out = vec![B::ZERO; x.len() / B::VALUES];
     if x.len() < PARALLEL_QUANTIZE_FROM {
-        x.chunks_exact(N).map(block).collect()
+        fill(x, &mut out);
     } else {
-        x.par_chunks_exact(N).map(block).collect()
+        x.par_chunks(B::VALUES * BLOCKS_PER_TASK)
+            .zip(out.par_chunks_mut(BLOCKS_PER_TASK))
+            .for_each(|(x, out)| fill(x, out));
+    }
+    out
+}
+
+/// Each block of `out` from its values in `x` by `f`.
+fn each<B, const N: usize>(x: &[f32], out: &mut [B], f: fn(&[f32; N]) -> B) {
+    for (out, x) in out.iter_mut().zip(x.chunks_exact(N)) {
+        *out = f(x.try_into().expect("a block"));
     }
 }
 
@@ -117,27 +167,41 @@ pub(super) fn round_half_away(v: f32) -> i32 {
 }
 
 /// ggml's `quantize_row_q8_0`: scale = amax / 127, stored as f16; values rounded half away from 0.
-fn q8_0(x: &[f32; QK]) -> Q8_0 {
+/// A scale too small for its inverse to be finite (a block below ~4·10⁻³⁷, which its f16 scale
+/// rounds to 0 anyway) gives zeros, where ggml's cast of an infinity is undefined.
+pub(super) fn q8_0(x: &[f32; QK]) -> Q8_0 {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = inverse_or_zero(d);
     let mut qs = [0i8; QK];
     // |v · id| is at most 127 and a rounding error; the clamp keeps the old cast's saturation.
     qs.iter_mut().zip(x).for_each(|(q, v)| *q = round_half_away(v * id).clamp(-128, 127) as i8);
     Q8_0 { d: f16::from_f32(d).to_f32(), qs }
 }
 
+/// 1 / d, or 0 where that is not finite (d is 0 or below ~2.9·10⁻³⁹).
+pub(super) fn inverse_or_zero(d: f32) -> f32 {
+    let inverse = 1.0 / d;
+    if inverse.is_finite() { inverse } else { 0.0 }
+}
+
 /// ggml's `quantize_row_q8_1`: a [`q8_0`] block and `s` = d · Σ qs, rounded through f16 as
 /// candle does.
-fn q8_1(x: &[f32; QK]) -> Q8_1 {
-    let Q8_0 { d, qs } = q8_0(x);
+pub(super) fn q8_1(x: &[f32; QK]) -> Q8_1 {
+    q8_1_of(q8_0(x))
+}
+
+/// The [`Q8_1`] block of a [`q8_0`] block.
+pub(super) fn q8_1_of(block: Q8_0) -> Q8_1 {
+    let Q8_0 { d, qs } = block;
     let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
     let s = f16::from_f32(f16::from_f32(sum as f32).to_f32() * d).to_f32();
     Q8_1 { d, s, qs }
 }
 
-/// ggml's `quantize_row_q8_K`: scale from the value of largest magnitude, kept in f32.
-fn q8k(x: &[f32; QK_K]) -> Q8K {
+/// ggml's `quantize_row_q8_K`: scale from the value of largest magnitude, kept in f32. A block of
+/// zeros, or one too small for `-127 / max` to be finite, is the zero block.
+pub(super) fn q8k(x: &[f32; QK_K]) -> Q8K {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if amax < v.abs() {
@@ -145,17 +209,22 @@ fn q8k(x: &[f32; QK_K]) -> Q8K {
             max = v;
         }
     }
-    let mut block = Q8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
-    if amax == 0.0 {
-        return block;
-    }
     let iscale = -127.0 / max;
-    block.qs.iter_mut().zip(x).for_each(|(q, v)| *q = round_half_away(iscale * v).clamp(-128, 127) as i8);
-    for (sum, q) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
+    if amax == 0.0 || !iscale.is_finite() {
+        return Q8K::ZERO;
+    }
+    let mut qs = [0i8; QK_K];
+    qs.iter_mut().zip(x).for_each(|(q, v)| *q = round_half_away(iscale * v).clamp(-128, 127) as i8);
+    q8k_of(qs, iscale)
+}
+
+/// The [`Q8K`] block of `qs`, quantized with `iscale`: its sums of 16 and its scale.
+pub(super) fn q8k_of(qs: [i8; QK_K], iscale: f32) -> Q8K {
+    let mut bsums = [0i16; QK_K / 16];
+    for (sum, q) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
         *sum = q.iter().map(|&q| i16::from(q)).sum();
     }
-    block.d = 1.0 / iscale;
-    block
+    Q8K { d: 1.0 / iscale, qs, bsums }
 }
 
 /// The little-endian f16 at `at`, widened.

@@ -739,6 +739,91 @@ fn activation_rounding_is_roundf_halves_and_neighbours_included() {
     assert_eq!(super::quant::round_half_away(f32::NAN), 0);
 }
 
+/// Every scale, sum and byte of activation blocks, as bits.
+fn activation_bits(a: &super::quant::Activations) -> Vec<u32> {
+    use super::quant::Activations;
+    let bytes = |qs: &[i8]| qs.iter().map(|&q| q as u8 as u32).collect::<Vec<_>>();
+    match a {
+        Activations::Q8_0(blocks) => {
+            blocks.iter().flat_map(|b| [vec![b.d.to_bits()], bytes(&b.qs)].concat()).collect()
+        }
+        Activations::Q8_1(blocks) => {
+            blocks.iter().flat_map(|b| [vec![b.d.to_bits(), b.s.to_bits()], bytes(&b.qs)].concat()).collect()
+        }
+        Activations::Q8K(blocks) => blocks
+            .iter()
+            .flat_map(|b| {
+                let sums = b.bsums.iter().map(|&s| s as u16 as u32).collect();
+                [vec![b.d.to_bits()], bytes(&b.qs), sums].concat()
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn simd_activation_blocks_are_the_portable_ones_bit_for_bit() {
+    use super::quant::Activations;
+    if Isa::detected() == Isa::Scalar {
+        eprintln!("skipped: this CPU has no AVX2");
+        return;
+    }
+    const N: usize = 256;
+    let mut rng = Rng(41);
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    for scale in [1e-30f32, 1e-3, 1.0, 1e3, 1e30, 3e37] {
+        rows.push(rng.values(N).into_iter().map(|v| v * scale).collect());
+    }
+    // Exact halves: a largest magnitude of 127 makes the inverse scale ±1 in every block type.
+    let halves = |first: f32| -> Vec<f32> {
+        (0..N)
+            .map(|k| match k % 32 {
+                0 => first,
+                j => {
+                    let half = j as f32 * 3.97 - 63.5;
+                    [half.round() + 0.5, (half.round() + 0.5).next_up(), (half.round() + 0.5).next_down()]
+                        [k % 3]
+                }
+            })
+            .collect()
+    };
+    rows.push(halves(127.0));
+    rows.push(halves(-127.0));
+    // Zeros of both signs; one value alone; two equal magnitudes of opposite signs (the first
+    // decides a K block's sign); values too small for the inverse scale to be finite; values
+    // that are not finite.
+    let with = |values: &[(usize, f32)]| {
+        let mut row = vec![0f32; N];
+        values.iter().for_each(|&(k, v)| row[k] = v);
+        row
+    };
+    rows.push(vec![0.0; N]);
+    rows.push(vec![-0.0; N]);
+    rows.push(with(&[(77, -2.5)]));
+    rows.push(with(&[(3, -3.0), (40, 3.0), (200, 1.5)]));
+    rows.push(with(&[(3, 3.0), (40, -3.0), (200, 1.5)]));
+    rows.push(with(&[(5, 1e-38), (6, -2e-39), (100, 1e-45)]));
+    rows.push(with(&[(5, f32::NAN), (6, 1.0), (64, f32::INFINITY), (200, f32::NEG_INFINITY)]));
+    let kinds = [QuantKind::Q8_0, QuantKind::Q5_1, QuantKind::Q4K];
+    for isa in isas().into_iter().filter(|&isa| isa != Isa::Scalar) {
+        for kind in kinds {
+            for (r, row) in rows.iter().enumerate() {
+                let want = activation_bits(&Activations::quantize(kind, Isa::Scalar, row, 1, N));
+                let got = activation_bits(&Activations::quantize(kind, isa, row, 1, N));
+                assert_eq!(got, want, "{kind:?} on {isa:?}, row {r}: {row:?}");
+            }
+            // A batch large enough to be quantized on the pool, in tasks of whole blocks.
+            let (m, cols) = (90, 1024);
+            let x = Rng(43).values(m * cols);
+            let want: Vec<u32> = x
+                .chunks_exact(cols)
+                .flat_map(|row| activation_bits(&Activations::quantize(kind, Isa::Scalar, row, 1, cols)))
+                .collect();
+            let got = activation_bits(&Activations::quantize(kind, isa, &x, m, cols));
+            assert!(got == want, "{kind:?} on {isa:?}: a batch of {m} rows differs from its rows alone");
+        }
+    }
+}
+
 #[test]
 fn one_thread_takes_a_large_matrix_in_chunks_and_gives_the_pools_bits() {
     // 1100 rows of 512 f32 are 2.2 MB, many cached chunks; 13 activation rows go in groups.
