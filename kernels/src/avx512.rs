@@ -247,8 +247,11 @@ macro_rules! dense_kernel {
             });
             let widen = $widen;
             let rest = &w[steps * PANEL * STEP..];
-            let mut out = [[0f32; PANEL]; N];
-            for j in 0..N {
+            // The register part first, for every activation row, the columns left over after: a
+            // body this short is unrolled, so the sums stay in registers (with the tail inside, the
+            // loop over j was not, and every panel stored its 24 sums after zeroing them by a call
+            // of `memset`).
+            let mut out: [[f32; PANEL]; N] = std::array::from_fn(|j| {
                 // The four rows' sums with activation row j reduced side by side, each by the
                 // additions `hsum` makes: [row 0's eight lanes | row 1's] and [row 2's | row 3's]
                 // (each 16-lane sum's halves added), the odd step fused in, then the four rows'
@@ -279,11 +282,15 @@ macro_rules! dense_kernel {
                     _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
                     r,
                 );
-                // SAFETY: out[j] holds PANEL (four) values.
-                unsafe { _mm_storeu_ps(out[j].as_mut_ptr(), _mm512_castps512_ps128(r)) };
-                if tail > 0 {
-                    for (i, sum) in out[j].iter_mut().enumerate() {
-                        for (&w, &x) in rest[i * tail..(i + 1) * tail].iter().zip(&x[j][steps * STEP..]) {
+                let mut sums = [0f32; PANEL];
+                // SAFETY: `sums` holds PANEL (four) values.
+                unsafe { _mm_storeu_ps(sums.as_mut_ptr(), _mm512_castps512_ps128(r)) };
+                sums
+            });
+            if tail > 0 {
+                for (sums, x) in out.iter_mut().zip(x) {
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        for (&w, &x) in rest[i * tail..(i + 1) * tail].iter().zip(&x[steps * STEP..]) {
                             *sum += widen(w) * x;
                         }
                     }
