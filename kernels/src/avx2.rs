@@ -475,14 +475,29 @@ macro_rules! small_kernels {
 /// [`small_kernels`]' Q4_0, Q5_0 and Q8_0 kernels, with Q8_0 activations.
 macro_rules! q8_0_kernels {
     ($features:literal, $sum_i8:ident) => {
+        /// One weight row of `size`-byte blocks, each unpacked by `unpack`, times `N` rows.
+        #[inline]
         #[target_feature(enable = $features)]
-        fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+        fn blocks_of_32<const N: usize>(
+            w: &[u8],
+            y: [&[Q8_0]; N],
+            size: usize,
+            unpack: impl Fn(&[u8]) -> (f32, __m256i),
+        ) -> [f32; N] {
+            let blocks = w.len() / size;
+            assert!(
+                y.iter().all(|y| y.len() == blocks),
+                "a weight row and activation rows of different lengths"
+            );
             let mut acc = [_mm256_setzero_ps(); N];
-            for (k, b) in w.chunks_exact(18).enumerate() {
-                let (d, x) =
-                    (_mm256_set1_ps(f16_at(b, 0)), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)));
+            for (k, b) in w.chunks_exact(size).enumerate() {
+                let (d, x) = unpack(b);
+                let d = _mm256_set1_ps(d);
                 for (acc, y) in acc.iter_mut().zip(&y) {
-                    let y = &y[k];
+                    // SAFETY: k < blocks, the length of every activation row (asserted above).
+                    // LLVM kept a bounds check per pair of blocks, three of a pair's nine
+                    // instructions.
+                    let y = unsafe { y.get_unchecked(k) };
                     *acc = _mm256_fmadd_ps(
                         _mm256_mul_ps($sum_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
                         d,
@@ -491,44 +506,46 @@ macro_rules! q8_0_kernels {
                 }
             }
             std::array::from_fn(|r| hsum(acc[r]))
+        }
+
+        #[target_feature(enable = $features)]
+        fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
+            blocks_of_32(w, y, 18, |b| $crate::avx2::q4_0_weights(b))
         }
 
         #[target_feature(enable = $features)]
         fn q5_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-            let mut acc = [_mm256_setzero_ps(); N];
-            for (k, b) in w.chunks_exact(22).enumerate() {
-                // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
-                let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
-                let (d, x) = (_mm256_set1_ps(f16_at(b, 0)), _mm256_or_si256(nibbles(b, 6), clear));
-                for (acc, y) in acc.iter_mut().zip(&y) {
-                    let y = &y[k];
-                    *acc = _mm256_fmadd_ps(
-                        _mm256_mul_ps($sum_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
-                        d,
-                        *acc,
-                    );
-                }
-            }
-            std::array::from_fn(|r| hsum(acc[r]))
+            blocks_of_32(w, y, 22, |b| $crate::avx2::q5_0_weights(b))
         }
 
         #[target_feature(enable = $features)]
         fn q8_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-            let mut acc = [_mm256_setzero_ps(); N];
-            for (k, b) in w.chunks_exact(34).enumerate() {
-                let (d, x) = (_mm256_set1_ps(f16_at(b, 0)), load32(b, 2));
-                for (acc, y) in acc.iter_mut().zip(&y) {
-                    let y = &y[k];
-                    *acc = _mm256_fmadd_ps(
-                        _mm256_mul_ps($sum_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
-                        d,
-                        *acc,
-                    );
-                }
-            }
-            std::array::from_fn(|r| hsum(acc[r]))
+            blocks_of_32(w, y, 34, |b| $crate::avx2::q8_0_weights(b))
         }
     };
+}
+
+/// A Q4_0 block's scale and its 32 values as signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4_0_weights(b: &[u8]) -> (f32, __m256i) {
+    (f16_at(b, 0), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)))
+}
+
+/// A Q5_0 block's scale and its 32 values as signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q5_0_weights(b: &[u8]) -> (f32, __m256i) {
+    // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
+    let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
+    (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear))
+}
+
+/// A Q8_0 block's scale and its 32 values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q8_0_weights(b: &[u8]) -> (f32, __m256i) {
+    (f16_at(b, 0), load32(b, 2))
 }
 
 /// [`small_kernels`]' Q4_1 and Q5_1 kernels, with Q8_1 activations.
@@ -544,6 +561,11 @@ macro_rules! q8_1_kernels {
             size: usize,
             fifth: Option<usize>,
         ) -> [f32; N] {
+            let blocks = w.len() / size;
+            assert!(
+                y.iter().all(|y| y.len() == blocks),
+                "a weight row and activation rows of different lengths"
+            );
             let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
             for (k, b) in w.chunks_exact(size).enumerate() {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));
@@ -555,7 +577,8 @@ macro_rules! q8_1_kernels {
                     None => nibbles(b, 4),
                 };
                 for ((acc, offsets), y) in acc.iter_mut().zip(&mut offsets).zip(&y) {
-                    let y = &y[k];
+                    // SAFETY: k < blocks, the length of every activation row (asserted above).
+                    let y = unsafe { y.get_unchecked(k) };
                     *offsets += m * y.s;
                     *acc = _mm256_fmadd_ps(
                         _mm256_mul_ps($sum_u8_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
