@@ -35,7 +35,8 @@ use half::{bf16, f16};
 
 use super::Isa;
 use super::avx2::{
-    bit_bytes, f16_at, hsum, load_i8, nibbles, panel_rows, quant_entry, quant_rows, small_kernels, span_entry,
+    bit_bytes, f16_at, hsum, load_i8, nibbles, panel_rows, prefetch_ahead, quant_entry, quant_rows,
+    small_kernels, span_entry,
 };
 use super::dense::{self, PANEL, STEP, TILE};
 use super::quant::{Q8_0, Q8_1};
@@ -277,13 +278,6 @@ macro_rules! dense_entry {
     };
 }
 
-/// Bytes ahead of its loads a dense kernel prefetches, every cache line. The hardware's
-/// prefetchers alone kept too few reads in flight once the tile of six rows slowed the stream
-/// down: 38912 × 896 bf16, two threads, ran 6 activation rows in 4.0–4.3 ms against 2.0–2.2 for
-/// one row, and in 1.9–2.3 ms with this; 16 rows in 6.8–7.4 ms against 4.5–4.8, 64 rows ×1.25
-/// (2048 bytes ahead did less, 8192 about the same).
-const PREFETCH: usize = 4096;
-
 /// One panel times `N` activation rows in the sixteen-lane order (see `dense`): `out[j][i]` is
 /// row `i` times activation row `j`. Per pair, one accumulator of sixteen lanes takes the columns
 /// two steps at a time: a row's two steps lie 32 values apart in the panel, so `$load2` reads the
@@ -321,14 +315,7 @@ macro_rules! dense_kernel {
                 // SAFETY: 2c + 1 < steps, so the panel holds 64 values at steps 2c and 2c + 1 and
                 // each activation row 16 at 16c.
                 let at = unsafe { w.as_ptr().add(2 * c * PANEL * STEP) };
-                // A prefetch never faults, so the address may lie past the panel.
-                let ahead = at.cast::<i8>().wrapping_add(PREFETCH);
-                _mm_prefetch::<_MM_HINT_T0>(ahead);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                if std::mem::size_of::<$w>() == 4 {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(192));
-                }
+                prefetch_ahead(at.cast(), 2 * PANEL * STEP * size_of::<$w>());
                 let wv: [__m512; PANEL] = std::array::from_fn(|i| load2(unsafe { at.add(i * STEP) }));
                 for j in 0..N {
                     let xv = unsafe { _mm512_loadu_ps(x[j].as_ptr().add(2 * c * STEP)) };
