@@ -659,8 +659,8 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
 }
 
 /// The dot products of one matrix with one batch: a span of consecutive weight rows with
-/// activation row `i`, or with rows `i0..i0 + R` (or [`WIDE`]) where the instruction set has
-/// a kernel for that. Without span kernels (a quantized type on [`Isa::Scalar`]) each weight row
+/// activation row `i`, or with rows `i0..i0 + R` (or `V`) where the instruction set has a
+/// kernel for that. Without span kernels (a quantized type on [`Isa::Scalar`]) each weight row
 /// is a call of the portable one-row dot product.
 struct Dots<W: 'static, A: 'static, FW, FA, const R: usize, const V: usize> {
     kernels: Kernels<W, A, R, V>,

@@ -379,8 +379,8 @@ fn small_block(kind: QuantKind, b: &[u8]) -> ([i8; QK], f32, f32) {
 pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
 
 /// The SIMD span kernels of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations, where `isa` has
-/// them (AVX2; with VNNI on AVX-512): each weight block is unpacked once for
-/// [`ROWS`](super::ROWS) activation rows.
+/// them (AVX2; with VNNI on AVX-512, whose batches take two weight rows a register): each weight
+/// block is unpacked once for [`ROWS`](super::ROWS) or [`WIDE`](super::WIDE) activation rows.
 pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, ROWS, WIDE>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
