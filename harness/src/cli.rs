@@ -15,7 +15,7 @@ use crate::engine::{CandleEngine, Footprint, SessionKey, gib};
 use crate::expand::{DiffKind, Filter, GoldenKind, Plan, TrialKind, TrialRef, TrialSpec};
 use crate::failure::{Bug, Failure, NoTrialsFound, UserError, exit};
 use crate::journal::Journal;
-use crate::matrix::{Format, Quantization};
+use crate::matrix::{Backend, Format, Quantization};
 use crate::name::TrialName;
 use crate::playbook::spec::EngineSpec;
 use crate::reporter;
@@ -339,15 +339,22 @@ fn model_type(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     Some(config.get("model_type")?.as_str()?.to_string())
 }
 
-/// Why `diff::batch-invariance` cannot run on the embedded engine: its model of the
-/// architecture answers one sequence at a time, so there is no batch to vary. (A GGUF whose rope
-/// is scaled runs on candle's quantized model, which does not batch either; that is found out
-/// when the file is loaded.)
+/// Why `diff::batch-invariance` cannot run on the embedded engine: on a GPU it answers every
+/// sequence alone (cuBLAS's reduction order follows a product's rows, so it does not batch
+/// there), and on the CPU its model of the architecture answers one sequence at a time, so there
+/// is no batch to vary. (A GGUF whose rope is scaled runs on candle's quantized model, which does
+/// not batch either; that is found out when the file is loaded.)
 fn unbatched_reason(binder: &mut Binder, spec: &TrialSpec) -> Option<String> {
     if !matches!(spec.kind, TrialKind::Differential(DiffKind::BatchInvariance))
         || !matches!(spec.engine, EngineSpec::Embedded)
     {
         return None;
+    }
+    if spec.name.backend == Backend::Gpu {
+        return Some(
+            "on a GPU the embedded engine answers every sequence alone (cuBLAS's reduction order follows the rows of a product, so a batch would not keep each sequence's logits bit for bit), so no batch can change its logits"
+                .into(),
+        );
     }
     let model_type = model_type(binder, spec)?;
     let batched = crate::engine::BATCHED;

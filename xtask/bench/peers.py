@@ -8,8 +8,8 @@ Run by the xtask, one command per child process, in the virtualenv it makes unde
 it measured, raw per repetition: the xtask takes the medians) and nothing else there; progress
 and errors go to stderr.
 
-    peers.py measure llama.cpp MODEL.gguf --threads 2 --reps 5 --ids 17,4,…
-    peers.py measure transformers MODEL_DIR --dtype bf16 --threads 2 --reps 5 --ids 17,4,…
+    peers.py measure llama.cpp MODEL.gguf [--device cuda] --threads 2 --reps 5 --ids 17,4,…
+    peers.py measure transformers MODEL_DIR --dtype bf16 [--device cuda] --threads 2 --reps 5 --ids 17,4,…
     peers.py converter DEST            # llama.cpp's tree from the llama-cpp-python sdist
     peers.py convert TREE MODEL_DIR f32|f16|q8_0 OUT.gguf
     peers.py quantize IN.gguf OUT.gguf q4_k_m THREADS
@@ -46,11 +46,14 @@ def argmax(values):
 class LlamaCpp:
     """llama.cpp through llama-cpp-python's low-level `eval`: no sampler, no prompt cache."""
 
-    def __init__(self, path, threads, context):
+    def __init__(self, path, threads, context, device):
         import llama_cpp
 
+        if device == "cuda" and not llama_cpp.llama_supports_gpu_offload():
+            sys.exit("llama-cpp-python here was built without GPU offload: no CUDA figures to give")
         self.version = f"llama-cpp-python {llama_cpp.__version__}"
         self.llm = llama_cpp.Llama(
+            n_gpu_layers=-1 if device == "cuda" else 0,
             model_path=str(path),
             n_threads=threads,
             n_threads_batch=threads,
@@ -83,7 +86,7 @@ class LlamaCpp:
 class Transformers:
     """A transformers causal LM with its own KV cache (`past_key_values`), in inference mode."""
 
-    def __init__(self, path, threads, dtype):
+    def __init__(self, path, threads, dtype, device):
         import torch
         import transformers
 
@@ -97,14 +100,15 @@ class Transformers:
         except TypeError:
             # transformers 4.x spells it `torch_dtype`.
             model = transformers.AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch_dtype)
-        self.model = model.eval()
+        self.device = device
+        self.model = model.to(device).eval()
         self.past = None
 
     def _forward(self, ids, past):
         with self.torch.inference_mode():
             # Only the last position's logits, as generate() asks and the other engines compute.
             out = self.model(
-                input_ids=self.torch.tensor([ids]), past_key_values=past, use_cache=True, logits_to_keep=1
+                input_ids=self.torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True, logits_to_keep=1
             )
         self.past = out.past_key_values
         return int(self.torch.argmax(out.logits[0, -1]))
@@ -120,9 +124,9 @@ def measure(args):
     ids = [int(i) for i in args.ids.split(",")]
     started = time.perf_counter()
     if args.engine == "llama.cpp":
-        engine = LlamaCpp(args.model, args.threads, len(ids) + args.tokens + 8)
+        engine = LlamaCpp(args.model, args.threads, len(ids) + args.tokens + 8, args.device)
     else:
-        engine = Transformers(args.model, args.threads, args.dtype)
+        engine = Transformers(args.model, args.threads, args.dtype, args.device)
     load = time.perf_counter() - started
     prefill, decode, greedy = [], [], []
     for rep in range(args.reps + 1):
@@ -224,6 +228,8 @@ def main():
     m.add_argument("--ids", required=True)
     m.add_argument("--tokens", type=int, default=64)
     m.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    m.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the model runs (llama.cpp: every layer offloaded; argmax waits for the device)")
     t = sub.add_parser("converter")
     t.add_argument("dest")
     c = sub.add_parser("convert")

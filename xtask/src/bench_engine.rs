@@ -1,5 +1,5 @@
 //! `cargo xtask bench engine [--layers N] [--reps N] [--rounds N] [--threads N] [--formats …]
-//! [--skip-peers] [--keep] [--python PATH]`: this project's embedded engine side by side with
+//! [--backend cpu|gpu] [--skip-peers] [--keep] [--python PATH]`: this project's embedded engine side by side with
 //! llama.cpp (through llama-cpp-python) and Hugging Face transformers, on the same files, with
 //! the same thread count and the same 64 prompt token ids, by the protocol of
 //! `shared/reference/candle-cpu-speed.md`: load (timed), 1 warm-up, then `--reps` repetitions of
@@ -22,6 +22,11 @@
 //! speed, peak RSS, file size, the ratio to llama.cpp on its own file of the same format (on
 //! this project's where llama.cpp's converter could not run), the decode ceiling a read bandwidth measured at the start allows over the weight bytes read per
 //! token, and how many greedy ids each engine shares with transformers f32.
+//!
+//! `--backend gpu` (an xtask built with `--features cuda`, on a machine with a CUDA device) runs
+//! modelqa and transformers on CUDA device 0, and the ceiling is the device's read bandwidth,
+//! measured the same way on its memory; llama.cpp offloads every layer, and says so and stops where
+//! llama-cpp-python was built without GPU offload. Peak RSS stays the host's.
 
 pub(crate) mod files;
 
@@ -33,7 +38,7 @@ mod table;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use modelqa::support::matrix::{Format, Quantization};
+use modelqa::support::matrix::{Backend, Format, Quantization};
 
 pub use measure::{ChildArgs, child};
 use peers::Peers;
@@ -72,6 +77,9 @@ pub struct EngineArgs {
     /// A Python with the peers' packages, instead of the virtualenv under target/bench/venv
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
+    /// Where modelqa and transformers run: cpu, or gpu (CUDA device 0; needs `--features cuda`)
+    #[arg(long, default_value = "cpu", value_parser = measure::backend)]
+    pub backend: Backend,
 }
 
 /// A format of `--formats`: its files from every maker.
@@ -119,6 +127,9 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         args.layers > 0 && args.reps > 0 && args.rounds > 0 && threads > 0,
         "--layers, --reps, --rounds and --threads must be at least 1"
     );
+    if args.backend == Backend::Gpu && !cfg!(feature = "cuda") {
+        anyhow::bail!("--backend gpu needs an xtask built with `--features cuda`");
+    }
     let bench = crate::root().join("target").join("bench");
     let root = bench.join("engine");
     std::fs::create_dir_all(&root)?;
@@ -139,8 +150,17 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     }
     let files = make_files(args, threads, &model, &ours_cache, &theirs, &bench, peers.as_ref(), &mut notes)?;
 
-    eprintln!("measuring the read bandwidth ({threads} threads summing 1 GiB, median of 5)…");
-    let bandwidth = measure::read_bandwidth(threads);
+    let (bandwidth, probe) = match args.backend {
+        Backend::Cpu => {
+            eprintln!("measuring the read bandwidth ({threads} threads summing 1 GiB, median of 5)…");
+            (measure::read_bandwidth(threads), format!("{threads} threads summing 1 GiB, median of 5"))
+        }
+        Backend::Gpu => {
+            eprintln!("measuring the GPU's read bandwidth (row sums of a 4 GiB f32 matrix, median of 5)…");
+            let rate = measure::gpu_read_bandwidth()?;
+            (rate, "CUDA device 0 summing the rows of a 4 GiB f32 matrix, median of 5".to_string())
+        }
+    };
     eprintln!("  {:.1} GB/s", bandwidth / 1e9);
 
     let ids = prompt_ids(PROMPT_SEED, PROMPT_TOKENS, files::shape(layers).vocab);
@@ -156,7 +176,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
                     file.maker.name(),
                     file.format
                 );
-                let outcome = measure_one(engine, file, peers.as_ref(), threads, args.reps, &csv);
+                let outcome = measure_one(engine, file, peers.as_ref(), threads, args, &csv);
                 if let Err(why) = &outcome {
                     eprintln!("  failed: {why}");
                 }
@@ -190,6 +210,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
                 "{threads} (modelqa: RAYON_NUM_THREADS = {threads}, CANDLE_NUM_THREADS = 1, as the harness sets them; llama.cpp: n_threads = n_threads_batch = {threads}; transformers: torch.set_num_threads({threads}))"
             ),
         ),
+        ("backend".into(), backend_line(args.backend)),
         ("load average before / after".into(), format!("{load_before} / {}", loadavg())),
         (
             "model".into(),
@@ -206,10 +227,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
             ),
         ),
         ("engines".into(), versions.join("; ")),
-        (
-            "read bandwidth".into(),
-            format!("{:.1} GB/s ({threads} threads summing 1 GiB, median of 5)", bandwidth / 1e9),
-        ),
+        ("read bandwidth".into(), format!("{:.1} GB/s ({probe})", bandwidth / 1e9)),
         (
             "commands".into(),
             format!(
@@ -359,11 +377,13 @@ fn measure_one(
     file: &BenchFile,
     peers: Option<&Peers>,
     threads: usize,
-    reps: usize,
+    args: &EngineArgs,
     ids: &str,
 ) -> Result<Measurement, String> {
     let path = file.path.to_string_lossy();
-    let (reps, tokens, t) = (reps.to_string(), DECODE_TOKENS.to_string(), threads.to_string());
+    let (reps, tokens, t) = (args.reps.to_string(), DECODE_TOKENS.to_string(), threads.to_string());
+    let backend = args.backend.as_str();
+    let device = if args.backend == Backend::Gpu { "cuda" } else { "cpu" };
     let mut command = match (engine, peers) {
         (Engine::Modelqa, _) => {
             let exe = std::env::current_exe().map_err(|e| format!("failed to find this xtask: {e}"))?;
@@ -379,6 +399,8 @@ fn measure_one(
                 &tokens,
                 "--ids",
                 ids,
+                "--backend",
+                backend,
             ]);
             // As the harness sizes them (`engine::size_thread_pools`): the project's kernels
             // on rayon's pool, candle's own pool (its element-wise ops, which spin between
@@ -391,6 +413,8 @@ fn measure_one(
             "measure",
             "llama.cpp",
             &path,
+            "--device",
+            device,
             "--threads",
             &t,
             "--reps",
@@ -408,6 +432,8 @@ fn measure_one(
                 &path,
                 "--dtype",
                 dtype,
+                "--device",
+                device,
                 "--threads",
                 &t,
                 "--reps",
@@ -422,6 +448,22 @@ fn measure_one(
     };
     command.env("OMP_NUM_THREADS", &t);
     peers::measure(command)
+}
+
+/// The `backend` header line: the CPU, or the CUDA device as `nvidia-smi` names it.
+fn backend_line(backend: Backend) -> String {
+    match backend {
+        Backend::Cpu => "cpu".into(),
+        Backend::Gpu => {
+            let smi = Command::new("nvidia-smi")
+                .args(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string());
+            format!("gpu: CUDA device 0 ({})", smi.as_deref().unwrap_or("nvidia-smi did not answer"))
+        }
+    }
 }
 
 fn build() -> &'static str {

@@ -50,6 +50,14 @@ pub struct CandleSession {
     info: SessionInfo,
 }
 
+impl Drop for CandleSession {
+    /// The model's device memory is freed as the fields drop, on whichever thread drops the
+    /// session: its CUDA context is made current there first.
+    fn drop(&mut self) {
+        let _ = bind_device(&self.device);
+    }
+}
+
 /// Whether `architecture` runs its matrices on the project's kernels: a model of its own, on CPU.
 fn on_own_kernels(architecture: &str, device: &Device) -> bool {
     device.is_cpu() && super::arch::OWN_KERNELS.contains(&architecture)
@@ -567,6 +575,7 @@ impl CandleSession {
         // A fault the harness's own tests plant (QUALIFY_FAULT_KV_EARLY): a step over cached
         // state runs one position late, as a cache advanced before the step would place it.
         let pos = if pos > 0 && crate::config::planted_kv_early() { pos + 1 } else { pos };
+        bind_device(&self.device)?;
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let model = &mut self.model;
         let logits =
@@ -616,7 +625,7 @@ impl Session for CandleSession {
         if ids.is_empty() || ids.len() > self.context {
             return Err(EngineError::OutsideContext { tokens: ids.len(), context: self.context });
         }
-        self.model.clear_kv_cache();
+        self.clear_cache();
         let logits = self.forward(&ids, 0).map_err(inference)?;
         logits.to_vec1::<f32>().map_err(inference)
     }
@@ -629,7 +638,7 @@ impl Session for CandleSession {
             .map_err(|e| EngineError::inference_in("failed to tokenize the prompt", e))?
             .get_ids()
             .to_vec();
-        self.model.clear_kv_cache();
+        self.clear_cache();
         self.model.plan(ids.len().min(positions).min(self.context));
         let mut out = Vec::new();
         for (pos, id) in ids.iter().take(positions.min(self.context)).enumerate() {
@@ -672,7 +681,7 @@ impl Session for CandleSession {
                 ids.len()
             )));
         }
-        self.model.clear_kv_cache();
+        self.clear_cache();
         self.model.plan(ids.len());
         let mut fed = 0;
         for &position in positions {
@@ -726,7 +735,7 @@ impl Session for CandleSession {
             return Err(EngineError::OutsideContext { tokens: position + ids.len(), context: self.context });
         }
         if position == 0 {
-            self.model.clear_kv_cache();
+            self.clear_cache();
         }
         self.forward(ids, position).map_err(inference)?.to_vec1::<f32>().map_err(inference)
     }
@@ -816,7 +825,7 @@ impl CandleSession {
         let inference = |e: candle_core::Error| EngineError::inference(e);
         let started = Instant::now();
         let ids = self.prompt_for(request)?;
-        self.model.clear_kv_cache();
+        self.clear_cache();
         let mut sampler = processor(&request.sampling);
         let prompt_tokens = ids.len();
         let mut logits = self.forward(&ids, 0).map_err(inference)?;
@@ -881,6 +890,20 @@ impl CandleSession {
 }
 
 impl CandleSession {
+    /// Empties the KV cache with the device's context current: its device memory is freed here.
+    fn clear_cache(&mut self) {
+        let _ = bind_device(&self.device);
+        self.model.clear_kv_cache();
+    }
+
+    /// Whether this session answers several sequences in one pass: a model that batches, on the
+    /// CPU. On a GPU the matrix products are cuBLAS's, whose reduction order follows the number of
+    /// rows, so a batched pass would not give each sequence its logits alone bit for bit: there
+    /// every sequence runs alone, and batching cannot change a verdict.
+    pub(super) fn batches(&self) -> bool {
+        self.device.is_cpu() && self.model.batches()
+    }
+
     /// The logits after each segment of a batch (`[segments, vocab]`, f32), with the faults the
     /// harness's own tests plant applied as [`CandleSession::forward`] applies them. `None`: the
     /// model runs one sequence at a time.
@@ -897,7 +920,11 @@ impl CandleSession {
                 Segment { pos: if early { s.pos + 1 } else { s.pos }, ..*s }
             })
             .collect();
+        if !self.batches() {
+            return Ok(None);
+        }
         let ids: Vec<u32> = parts.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
+        bind_device(&self.device)?;
         let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
         let model = &mut self.model;
         let Some(logits) = run_pass(&self.device, || model.forward_batch(&input, &segments))? else {
@@ -922,6 +949,26 @@ impl CandleSession {
         }
         Ok(ids)
     }
+}
+
+/// Makes `device`'s CUDA context current on this thread: a session is loaded on one thread and
+/// driven from others (trial threads, the server's), where the driver would otherwise answer
+/// `CUDA_ERROR_INVALID_CONTEXT`, and device memory freed on a thread without it is lost. Called
+/// before every pass and every emptying of a cache. Nothing on the CPU.
+fn bind_device(device: &Device) -> candle_core::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let context = cuda.cuda_stream().context().clone();
+        // cudarc keeps the last error that a free recorded, on whatever thread it ran, and
+        // answers it from the next call that checks, the binding included: left there, it would
+        // fail this pass, which did nothing wrong, and leave this thread unbound.
+        let _ = context.check_err();
+        context
+            .bind_to_thread()
+            .map_err(|e| candle_core::Error::Msg(format!("binding the CUDA context to this thread: {e}")))?;
+    }
+    let _ = device;
+    Ok(())
 }
 
 /// Runs a forward pass: on the CPU, on the kernels' thread pool ([`modelqa_kernels::on_pool`]:

@@ -1,6 +1,6 @@
 //! The measuring side of `bench engine` in this process: the hidden `bench engine-child`
 //! (modelqa on one file, by the protocol every engine follows, printing one JSON line), and the
-//! read-bandwidth probe the decode ceilings are computed from.
+//! read-bandwidth probes (the CPU's, a CUDA device's) the decode ceilings are computed from.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,6 +23,14 @@ pub struct ChildArgs {
     pub tokens: usize,
     #[arg(long, value_delimiter = ',', required = true)]
     pub ids: Vec<u32>,
+    /// Where the model runs: cpu, or gpu (CUDA device 0; an xtask built with `--features cuda`)
+    #[arg(long, default_value = "cpu", value_parser = backend)]
+    pub backend: Backend,
+}
+
+/// `--backend`'s parser: `cpu` or `gpu`.
+pub fn backend(s: &str) -> Result<Backend, String> {
+    Backend::parse(s).ok_or_else(|| format!("`{s}` is no backend: cpu or gpu"))
 }
 
 /// The first index of the largest value, as numpy's and torch's argmax choose.
@@ -39,7 +47,7 @@ pub fn argmax(values: &[f32]) -> u32 {
 pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
     modelqa::support::engine::tune_allocator();
     let started = Instant::now();
-    let mut session = load_candle(&args.file, Backend::Cpu)
+    let mut session = load_candle(&args.file, args.backend)
         .with_context(|| format!("failed to load {}", args.file.display()))?;
     let load = started.elapsed().as_secs_f64();
     let version = session.info().engine.clone();
@@ -100,6 +108,28 @@ pub fn read_bandwidth(threads: usize) -> f64 {
         rates.push(BYTES as f64 / started.elapsed().as_secs_f64());
     }
     super::table::median(&rates[1..]).unwrap_or(0.0)
+}
+
+/// Bytes per second CUDA device 0 reads summing the rows of a 4 GiB f32 matrix (262,144 rows
+/// of 4,096, one thread block a row): the median of 5 passes after one more, each timed between
+/// two synchronisations. The GPU's counterpart of [`read_bandwidth`]: decode on the device
+/// streams the weights from its memory once per token.
+pub fn gpu_read_bandwidth() -> anyhow::Result<f64> {
+    use candle_core::{DType, Device, Tensor};
+    const ROWS: usize = 1 << 18;
+    const COLS: usize = 4096;
+    let device = Device::new_cuda(0).context("no CUDA device 0")?;
+    let matrix = Tensor::ones((ROWS, COLS), DType::F32, &device)?;
+    let mut rates = Vec::new();
+    for _ in 0..6 {
+        device.synchronize()?;
+        let started = Instant::now();
+        let sums = matrix.sum_keepdim(1)?;
+        device.synchronize()?;
+        rates.push((ROWS * COLS * 4) as f64 / started.elapsed().as_secs_f64());
+        drop(sums);
+    }
+    Ok(super::table::median(&rates[1..]).unwrap_or(0.0))
 }
 
 /// Eight independent sums, so the loop is bound by loads rather than by one add chain.

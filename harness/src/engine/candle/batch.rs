@@ -92,9 +92,10 @@ impl CandleSession {
         intake: &mut dyn FnMut() -> Option<Joining>,
         slots: usize,
     ) -> bool {
-        if !self.model.batches() {
+        if !self.batches() {
             return false;
         }
+        let _ = super::bind_device(&self.device);
         self.model.clear_batch();
         let mut free: BTreeSet<usize> = (0..slots.max(1)).collect();
         let mut waiting: VecDeque<Joining> = VecDeque::new();
@@ -135,6 +136,7 @@ impl CandleSession {
                             prefix_shared: 0,
                         });
                     }
+                    let _ = super::bind_device(&self.device);
                     self.model.clear_batch();
                     continue;
                 }
@@ -327,7 +329,7 @@ impl CandleSession {
         &mut self,
         requests: &[GenerateRequest<'_>],
     ) -> Option<Vec<Result<Generation, EngineError>>> {
-        if !self.model.batches() {
+        if !self.batches() {
             return None;
         }
         let started = Instant::now();
