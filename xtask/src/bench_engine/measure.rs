@@ -157,6 +157,13 @@ mod tests {
     }
 
     #[test]
+    fn the_backend_is_cpu_or_gpu_and_nothing_else() {
+        assert_eq!(backend("cpu"), Ok(Backend::Cpu));
+        assert_eq!(backend("gpu"), Ok(Backend::Gpu));
+        assert_eq!(backend("cuda"), Err("`cuda` is no backend: cpu or gpu".into()));
+    }
+
+    #[test]
     fn the_sum_covers_every_word() {
         let words: Vec<u64> = (1..=21).collect();
         assert_eq!(sum(&words), 231);
