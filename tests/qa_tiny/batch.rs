@@ -87,6 +87,55 @@ fn a_prompts_logits_are_the_same_bits_alone_and_in_any_batch() {
     assert_eq!(compared, 3 * 4 * 4 * 32);
 }
 
+/// Every position's logits of one pass over a sequence ([`Session::sequence_logits`] with many
+/// positions, which perplexity and long-context trials ask for) are the bits of that position
+/// alone, where it ends the sequence (through [`Session::batch_logits`]): across a pass's rows, across passes of `LOGIT_ROWS` rows and
+/// around a gap of unwanted positions. Returns how many positions were compared.
+fn assert_rows_are_alone(path: &Path) -> usize {
+    let mut session = load_candle(path, Backend::Cpu).expect("loads");
+    let text = format!("{}{}", PROMPTS[0], " the sum of 12 and 30 is 42;".repeat(12));
+    let mut ids = session.encode(&text).expect("encodes");
+    ids.truncate(120); // qa-tiny's context is 128
+    assert!(ids.len() > 100, "{} tokens: too few to span two passes", ids.len());
+    // Every position but a stretch in the middle (passed through the cache only).
+    let positions: Vec<usize> = (0..ids.len()).filter(|p| !(70..90).contains(p)).collect();
+    let mut rows = Vec::new();
+    session
+        .sequence_logits(&ids, &positions, &mut |p, logits| {
+            rows.push((p, logits));
+            Flow::Continue
+        })
+        .expect("logits");
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), positions, "{}", path.display());
+    for (p, logits) in &rows {
+        // The position alone through the batch path, which takes the last token's logits apart
+        // from the rows of a pass (and gives the one-sequence bits, as the test above shows).
+        let alone = session.batch_logits(&[ids[..=*p].to_vec()]).expect("batch").expect("batches").remove(0);
+        let worst = logits.iter().zip(&alone).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(
+            logits.len() == alone.len() && logits.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}: position {p} of a pass over {} tokens differs from the position alone (by up to {worst:e})",
+            path.display(),
+            ids.len()
+        );
+    }
+    rows.len()
+}
+
+#[test]
+fn a_passs_logits_at_every_position_are_each_positions_alone() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut compared = 0;
+    for arch in ["llama", "qwen2"] {
+        let src = model_dir(arch);
+        compared += assert_rows_are_alone(&src);
+        for format in [Format::Gguf(Quantization::F16), Format::Gguf(Quantization::Q4KM)] {
+            compared += assert_rows_are_alone(&convert::artifact(&src, format, cache.path()).unwrap());
+        }
+    }
+    assert!(compared > 6 * 80, "{compared} positions compared");
+}
+
 #[test]
 fn a_planted_batch_dependent_reduction_is_caught() {
     // The fault is read once per process: the check runs in a child with it planted.

@@ -29,7 +29,7 @@ pub(crate) const DEFAULT_TEXT: &str = include_str!("perplexity.txt");
 /// The largest text file a playbook may name.
 const MAX_TEXT_BYTES: u64 = 4 << 20;
 
-/// The most tokens scored on each backend: every one is a forward pass on each side.
+/// The most tokens scored on each backend, on each side.
 fn token_cap(backend: Backend) -> usize {
     match backend {
         Backend::Cpu => 1_024,

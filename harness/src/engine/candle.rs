@@ -563,13 +563,46 @@ const CANDLE_VERSION: &str = "0.11.1";
 /// context × heads) grow with the context.
 const SEQUENCE_CHUNK: usize = 512;
 
+/// The most wanted positions one pass of [`Session::sequence_logits`] gives logits for, so
+/// their distributions (rows × vocabulary) stay bounded: 64 rows of a 152 K vocabulary are 39 MB.
+const LOGIT_ROWS: usize = 64;
+
 /// The most prompt tokens one batched forward pass takes at once: prompts are prefilled in
 /// groups up to this many tokens (a longer prompt alone), so activations stay bounded while
 /// each prompt still goes through in one piece, as it does alone.
 const BATCH_PREFILL_TOKENS: usize = 2048;
 
 impl CandleSession {
+    /// The logits after the last of `ids`, which start at position `pos` of the sequence the
+    /// cache holds.
     fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Tensor> {
+        self.pass(ids, pos, |model, input, pos| {
+            model.forward(input, pos)?.flatten_all()?.to_dtype(DType::F32)
+        })
+    }
+
+    /// The logits after each of `ids`' tokens at the offsets `rows` (`[rows, vocab]`), or `None`
+    /// where the model gives the last token's only ([`CausalLm::forward_rows`]).
+    fn forward_rows(
+        &mut self,
+        ids: &[u32],
+        pos: usize,
+        rows: &[usize],
+    ) -> candle_core::Result<Option<Tensor>> {
+        self.pass(ids, pos, |model, input, pos| {
+            model.forward_rows(input, pos, rows)?.map(|l| l.to_dtype(DType::F32)).transpose()
+        })
+    }
+
+    /// One forward pass of `ids` at `pos` through `run`, with what every pass takes: the
+    /// device bound to this thread, the kernels' pool, and the faults the harness's own tests
+    /// plant.
+    fn pass<T: Send>(
+        &mut self,
+        ids: &[u32],
+        pos: usize,
+        run: impl FnOnce(&mut dyn CausalLm, &Tensor, usize) -> candle_core::Result<T> + Send,
+    ) -> candle_core::Result<T> {
         let started = Instant::now();
         planted_crash();
         // A fault the harness's own tests plant (QUALIFY_FAULT_KV_EARLY): a step over cached
@@ -577,15 +610,14 @@ impl CandleSession {
         let pos = if pos > 0 && crate::config::planted_kv_early() { pos + 1 } else { pos };
         bind_device(&self.device)?;
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let model = &mut self.model;
-        let logits =
-            run_pass(&self.device, || model.forward(&input, pos))?.flatten_all()?.to_dtype(DType::F32)?;
+        let model = &mut *self.model;
+        let out = run_pass(&self.device, || run(model, &input, pos))?;
         if let Some(factor) = crate::config::planted_slowdown() {
             // A fault the harness's own tests plant (QUALIFY_FAULT_SLOWDOWN): every forward
             // pass takes `factor` times as long, as a model that really got slower would.
             std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
         }
-        Ok(logits)
+        Ok(out)
     }
 }
 
@@ -684,7 +716,35 @@ impl Session for CandleSession {
         self.clear_cache();
         self.model.plan(ids.len());
         let mut fed = 0;
-        for &position in positions {
+        let mut next = 0;
+        // Whether the model gives the logits of several rows of a pass (CausalLm::forward_rows).
+        let mut by_rows = true;
+        while let Some(&position) = positions.get(next) {
+            if by_rows {
+                // A pass of at most SEQUENCE_CHUNK tokens, ending at the last of the next
+                // LOGIT_ROWS wanted positions, gives the logits of every wanted position in it.
+                let reach = positions[(next + LOGIT_ROWS).min(positions.len()) - 1];
+                let end = (fed + SEQUENCE_CHUNK).min(reach + 1);
+                let rows: Vec<usize> =
+                    positions[next..].iter().take_while(|&&p| p < end).map(|&p| p - fed).collect();
+                if rows.is_empty() {
+                    // A stretch before the next wanted position: through the cache only.
+                    self.forward(&ids[fed..end], fed).map_err(inference)?;
+                    fed = end;
+                    continue;
+                }
+                if let Some(logits) = self.forward_rows(&ids[fed..end], fed, &rows).map_err(inference)? {
+                    let logits = logits.to_vec2::<f32>().map_err(inference)?;
+                    for (row, logits) in rows.iter().zip(logits) {
+                        if on_logits(fed + row, logits) == Flow::Stop {
+                            return Ok(());
+                        }
+                    }
+                    (fed, next) = (end, next + rows.len());
+                    continue;
+                }
+                by_rows = false;
+            }
             // The tokens up to the position go through the KV cache in chunks, the last of which
             // ends at the position: its logits are the chunk's (a forward returns the last
             // token's only), and no chunk's attention grows past SEQUENCE_CHUNK rows.
@@ -698,6 +758,7 @@ impl Session for CandleSession {
                     return Ok(());
                 }
             }
+            next += 1;
         }
         Ok(())
     }

@@ -1,13 +1,14 @@
 //! A property scenario: generated cases in one trial, in any modality; a failing case is shrunk
 //! to a minimal one, which is run once more so the record shows its real output.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError};
 
-use crate::chat::Guarded;
+use crate::chat::{ChatError, Guarded};
 use crate::engine::{EngineError, Generation};
-use crate::journal::Metrics;
+use crate::journal::{BatchMetrics, Metrics};
 use crate::matrix::Modality;
 use crate::playbook::{
     Input, MessageSpec, Property, Scenario, generated_cases, generator_strategy, seeded_runner,
@@ -38,6 +39,31 @@ pub(crate) fn run(
         max_shrink_iters: 256,
         ..ProptestConfig::default()
     };
+    // The runner's stream is seeded, so a dry run draws the cases the real run will draw while
+    // they pass: those are generated ahead, in one batch where the engine batches. A failing
+    // case's shrinking draws others, which are generated as they come.
+    let drawn: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let _ = seeded_runner(property.seed, &scenario.name, config.clone()).run(&strategy, |question| {
+        drawn.lock().unwrap_or_else(|p| p.into_inner()).push(question);
+        Ok(())
+    });
+    let drawn = drawn.into_inner().unwrap_or_else(|p| p.into_inner());
+    let prepared: Vec<_> = drawn
+        .iter()
+        .map(|q| {
+            prepare(
+                model,
+                modality,
+                &Input::Prompt(q.clone()),
+                template,
+                applies_template,
+                &env.info.control_tokens,
+            )
+        })
+        .collect();
+    let (answers, batch_metrics) = generate_ahead(env, modality, scenario, &prepared);
+    let ahead: Mutex<HashMap<String, Result<Generation, EngineError>>> =
+        Mutex::new(drawn.into_iter().zip(answers).filter_map(|(q, a)| Some((q, a?))).collect());
     let mut runner = seeded_runner(property.seed, &scenario.name, config);
     let last: Mutex<Option<Finding>> = Mutex::new(None);
     let cases = Mutex::new(0u32);
@@ -54,7 +80,16 @@ pub(crate) fn run(
                     return Err(TestCaseError::fail(reason));
                 }
             };
-        let f = judge_case(env, modality, scenario, &question, prompt, conversation.as_deref());
+        let early = ahead.lock().unwrap_or_else(|p| p.into_inner()).remove(&question);
+        let f = match early {
+            Some(answer) => {
+                let mut f = judge_answer(env, scenario, &question, answer.map(|g| (g, None)))
+                    .with_prompt(prompt.text);
+                f.metrics.batch.clone_from(&batch_metrics);
+                f
+            }
+            None => judge_case(env, modality, scenario, &question, prompt, conversation.as_deref()),
+        };
         let outcome = f.outcome;
         let reason = f.reason.clone();
         *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
@@ -147,6 +182,40 @@ fn judge_answer(
     }
 }
 
+/// A case laid out for its modality: the prompt, and the conversation where the engine applies
+/// the chat template itself.
+type Prepared = Result<(Guarded, Option<Vec<MessageSpec>>), ChatError>;
+
+/// In process, the `prepared` cases laid out as text (not a conversation, not over HTTP)
+/// generated as one batch: each answer is the one it gets alone, at a fraction of the time. Each
+/// case's answer where it was in the batch (`None` elsewhere, and for every case where the
+/// engine generates one at a time), and the batch's metrics.
+fn generate_ahead(
+    env: &TrialEnv<'_>,
+    modality: Modality,
+    scenario: &Scenario,
+    prepared: &[Prepared],
+) -> (Vec<Option<Result<Generation, EngineError>>>, Option<BatchMetrics>) {
+    let mut answers: Vec<Option<Result<Generation, EngineError>>> = prepared.iter().map(|_| None).collect();
+    let texts: Vec<(usize, Guarded)> = prepared
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Ok((prompt, None)) if modality != Modality::Serve => Some((i, prompt.clone())),
+            _ => None,
+        })
+        .collect();
+    if texts.len() < 2 {
+        return (answers, None);
+    }
+    let prompts: Vec<Guarded> = texts.iter().map(|(_, p)| p.clone()).collect();
+    let Some(batch) = env.generate_batch(scenario, &prompts) else { return (answers, None) };
+    for ((i, _), answer) in texts.iter().zip(batch.answers) {
+        answers[*i] = Some(answer);
+    }
+    (answers, Some(batch.metrics))
+}
+
 /// A property with a pass rate: every distinct generated case runs once, none is shrunk, and the
 /// count of passes is judged by the exact binomial test of [`RateGate`]. The finding shown is the
 /// first failing case's, or the last case's when every case passed.
@@ -166,27 +235,7 @@ fn run_at_rate(
             prepare(&env.spec.model, modality, &input, template, applies_template, &env.info.control_tokens)
         })
         .collect();
-    // In process, every case laid out as text is generated in one batch: each answer is the one
-    // it gets alone, at a fraction of the time.
-    let texts: Vec<(usize, Guarded)> = prepared
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| match p {
-            Ok((prompt, None)) if modality != Modality::Serve => Some((i, prompt.clone())),
-            _ => None,
-        })
-        .collect();
-    let prompts: Vec<Guarded> = texts.iter().map(|(_, p)| p.clone()).collect();
-    let mut batched: Vec<Option<Result<Generation, EngineError>>> = cases.iter().map(|_| None).collect();
-    let mut batch_metrics = None;
-    if texts.len() > 1
-        && let Some(batch) = env.generate_batch(scenario, &prompts)
-    {
-        for ((i, _), answer) in texts.iter().zip(batch.answers) {
-            batched[*i] = Some(answer);
-        }
-        batch_metrics = Some(batch.metrics);
-    }
+    let (batched, batch_metrics) = generate_ahead(env, modality, scenario, &prepared);
     let (mut passed, mut ran) = (0usize, 0usize);
     let mut first_failure: Option<(String, Finding)> = None;
     let mut last: Option<Finding> = None;

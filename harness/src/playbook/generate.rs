@@ -145,6 +145,33 @@ mod tests {
         assert_ne!(a, cases(&spec, 20, 42, "mul"));
     }
 
+    /// A property trial generates the cases of a dry run ahead, in one batch, and looks each
+    /// up as the real run draws it: that holds only if two runners of one seed, salt and config
+    /// draw the same cases while every case passes.
+    #[test]
+    fn a_seeded_runners_passing_run_draws_the_cases_of_a_dry_run() {
+        let spec = GeneratorSpec::Arithmetic(ArithmeticGen {
+            ops: vec![ArithOp::Mul],
+            operands: [0, 9],
+            phrasings: vec![Phrasing::WhatIs],
+        });
+        let drawn = |seed: u64| {
+            let seen = std::sync::Mutex::new(Vec::new());
+            let config = Config { cases: 24, failure_persistence: None, ..Config::default() };
+            seeded_runner(seed, "times_property", config)
+                .run(&strategy(&spec), |q| {
+                    seen.lock().unwrap().push(q);
+                    Ok(())
+                })
+                .unwrap();
+            seen.into_inner().unwrap()
+        };
+        let dry = drawn(7);
+        assert_eq!(dry.len(), 24);
+        assert_eq!(dry, drawn(7));
+        assert_ne!(dry, drawn(8), "another seed draws other cases");
+    }
+
     #[test]
     fn small_spaces_give_fewer_cases() {
         let spec = GeneratorSpec::Arithmetic(ArithmeticGen {

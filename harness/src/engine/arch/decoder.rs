@@ -388,6 +388,21 @@ impl Decoder {
             layer.cache.clear();
         }
     }
+
+    /// The last layer's output for `input` at `pos` through the single-sequence cache
+    /// (`[1, len, hidden]`).
+    fn trunk(&mut self, input: &Tensor, pos: usize) -> Result<Tensor> {
+        let mut x = (self.embed.forward(input)? * self.spec.embedding_multiplier)?;
+        for layer in &mut self.layers {
+            x = layer.forward(&x, (pos, self.reach), &self.spec, &self.spec.rotary)?;
+        }
+        Ok(x)
+    }
+
+    /// The logits of hidden rows (`[1, n, hidden]` to `[1, n, vocab]`).
+    fn logits(&self, rows: &Tensor) -> Result<Tensor> {
+        rows.apply(&self.norm)?.apply(&self.head)? / self.spec.logits_divisor
+    }
 }
 
 impl CausalLm for Decoder {
@@ -404,12 +419,23 @@ impl CausalLm for Decoder {
                 return self.forward(&all, 0);
             }
         }
-        let mut x = (self.embed.forward(input)? * self.spec.embedding_multiplier)?;
-        for layer in &mut self.layers {
-            x = layer.forward(&x, (pos, self.reach), &self.spec, &self.spec.rotary)?;
+        let x = self.trunk(input, pos)?;
+        self.logits(&x.narrow(1, len - 1, 1)?)
+    }
+
+    fn forward_rows(&mut self, input: &Tensor, pos: usize, rows: &[usize]) -> Result<Option<Tensor>> {
+        // A LongRoPE sequence may be recomputed from its start: one token's logits at a time.
+        if self.spec.rotary.by_length() {
+            return Ok(None);
         }
-        let last = x.narrow(1, len - 1, 1)?.apply(&self.norm)?;
-        last.apply(&self.head)? / self.spec.logits_divisor
+        let (_, len) = input.dims2()?;
+        if rows.windows(2).any(|w| w[0] >= w[1]) || rows.last().is_some_and(|&r| r >= len) {
+            candle_core::bail!("rows {rows:?} must ascend and lie below the input's {len} tokens");
+        }
+        let x = self.trunk(input, pos)?;
+        let at: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let picked = x.index_select(&Tensor::new(at.as_slice(), input.device())?, 1)?;
+        Ok(Some(self.logits(&picked)?.squeeze(0)?))
     }
 
     fn clear_kv_cache(&mut self) {

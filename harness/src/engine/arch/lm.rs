@@ -18,6 +18,19 @@ pub(crate) trait CausalLm: Send {
     /// The logits after the last of `input`'s tokens (shape `[1, len]`), which start at
     /// position `pos`; the cache holds the `pos` tokens before them.
     fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor>;
+    /// As [`CausalLm::forward`], but the logits after each of `input`'s tokens at the offsets
+    /// `rows` (ascending, each below `len`), as `[rows, vocab]`: the logits of a whole stretch of
+    /// a sequence in one pass (perplexity), where `forward` gives the last token's alone. Each
+    /// row's logits are the bits `forward` gives when that token ends the input. `None`, with
+    /// nothing computed and the cache untouched: the model gives the last token's only.
+    fn forward_rows(
+        &mut self,
+        _input: &Tensor,
+        _pos: usize,
+        _rows: &[usize],
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// Forgets every cached token, for a new sequence.
     fn clear_kv_cache(&mut self);
     /// The sequence after the last [`CausalLm::clear_kv_cache`] will reach `len` tokens, fed in
