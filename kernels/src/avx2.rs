@@ -777,7 +777,7 @@ pub(super) fn k4_scale_words(s: &[u8; 12]) -> (u64, u64) {
 /// The sum of four i32 lanes (exact: integer addition does not depend on the order).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_i32(v: __m128i) -> i32 {
+pub(super) fn hsum_i32(v: __m128i) -> i32 {
     let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
     _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v)))
 }
@@ -785,7 +785,7 @@ fn hsum_i32(v: __m128i) -> i32 {
 /// The 16 i16 sums of 16 activations of a Q8_K block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bsums(y: &Q8K) -> __m256i {
+pub(super) fn bsums(y: &Q8K) -> __m256i {
     // SAFETY: `bsums` holds 16 i16, 32 bytes.
     unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
 }
@@ -793,7 +793,7 @@ fn bsums(y: &Q8K) -> __m256i {
 /// Σ min[j] · (the activations' sum over sub-block j of 32), `mins` the eight mins as i16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k4_min_sum(mins: __m128i, y: &Q8K) -> i32 {
+pub(super) fn k4_min_sum(mins: __m128i, y: &Q8K) -> i32 {
     let sums = bsums(y);
     // Pairs of 16-value sums: each sub-block's 32 (at most 32 · 127 in magnitude, no overflow).
     let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(sums), _mm256_extracti128_si256::<1>(sums));
@@ -957,17 +957,17 @@ fn q3k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+pub(super) fn q4k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
     q4k_q5k(w, y, 144, None)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+pub(super) fn q5k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
     q4k_q5k(w, y, 176, Some(16))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
+pub(super) fn q6k_kernel<const N: usize>(w: &[u8], y: [&[Q8K]; N]) -> [f32; N] {
     let (mut acc, mut offsets) = ([_mm256_setzero_ps(); N], [0f32; N]);
     let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for (k, b) in w.chunks_exact(210).enumerate() {

@@ -25,6 +25,11 @@
 //!   threads, one run): 38912 × 896 with 64 activation rows at 194 GMAC/s against 122, with 16
 //!   at 178 against 121; the 151936 × 896 head with 4 rows in 4.3 ms against 5.3 (the one-row
 //!   product takes 4.0: the memory's pace).
+//! - **Batches of Q4_K, Q5_K and Q6_K: two weight rows a register** too (module `kpairs`), by
+//!   AVX-512 BW's `maddubs` and `madd`, each half the AVX2 kernel's lanes and steps. Against the
+//!   AVX2 kernels (`cargo xtask bench kernels --only qwen-0.5b`, 896 × 4864, two threads, two
+//!   runs): Q4_K ×1.23–1.26 with 8 activation rows and ×1.02–1.34 with 64, Q5_K ×1.38–1.68 and
+//!   ×1.25–1.37, Q6_K ×1.50–1.52 and ×1.57–1.65.
 //!
 //! The public functions are safe: each checks that the CPU has the features before it enters the
 //! `#[target_feature]` code.
@@ -231,6 +236,265 @@ mod biased {
     pair_entry!(rows_q5_0, wide_q5_0 => q5_0_kernel, q5_0_weights(22 bytes));
     pair_entry!(rows_q8_0, wide_q8_0 => q8_0_kernel, q8_0_weights(34 bytes));
 }
+pub(super) use kpairs::{rows_q4k, rows_q5k, rows_q6k, wide_q4k, wide_q5k, wide_q6k};
+
+/// The batch kernels of Q4_K, Q5_K and Q6_K weights: two weight rows a register, as the Q8_0
+/// family's (module `biased`), on the activations as they are. Each 512-bit register holds a
+/// 32-value piece of two weight rows in its halves; an activation piece is broadcast to both, and
+/// AVX-512 BW's `maddubs` and `madd` (pairs into i16, then those pairs times the sub-block scales
+/// into i32) do both rows' work in one instruction each. Each half runs the AVX2 kernel's lanes
+/// and steps (the same integer sums, the same fused step with the row's own super-block scale,
+/// the same mins or offsets, the same [`hsum`]), so every result has the AVX2 bits. VNNI's
+/// `vpdpbusd` would sum four products a lane but leave the scales to a multiply. One activation
+/// row (decode) keeps the AVX2 span, which reads the weights at the memory's pace.
+mod kpairs {
+    use std::arch::x86_64::*;
+
+    use super::super::avx2::{
+        bsums, f16_at, hsum, hsum_i32, k4_min_sum, k4_scale_words, load_i8, load32, q4k_kernel, q5k_kernel,
+        q6k_kernel,
+    };
+    use super::super::quant::Q8K;
+    use super::super::{ROWS, WIDE};
+    use super::check;
+
+    /// `lo` in the low half of a register, `hi` in the high one.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn halves(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    /// `a` in the eight low lanes, `b` in the eight high ones.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn two_scales(a: f32, b: f32) -> __m512 {
+        _mm512_insertf32x8::<1>(_mm512_set1_ps(a), _mm256_set1_ps(b))
+    }
+
+    /// The two halves' [`hsum`]s.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn hsums(v: __m512) -> [f32; 2] {
+        [hsum(_mm512_castps512_ps256(v)), hsum(_mm512_extractf32x8_ps::<1>(v))]
+    }
+
+    /// A span of weight rows (`size`-byte super-blocks) times `N` activation rows, rows p and
+    /// half + p at a time by `two` (two sequential streams through memory, as in `biased`) and an
+    /// odd last row by `one`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn pairs<const N: usize>(
+        w: &[u8],
+        x: [&[Q8K]; N],
+        mut out: [&mut [f32]; N],
+        size: usize,
+        two: impl Fn(&[u8], &[u8], [&[Q8K]; N]) -> [[f32; 2]; N],
+        one: impl Fn(&[u8], [&[Q8K]; N]) -> [f32; N],
+    ) {
+        let (bytes, len) = (x[0].len() * size, out[0].len());
+        assert!(x.iter().all(|a| a.len() * size == bytes), "activation rows of different lengths");
+        assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
+        assert_eq!(w.len(), bytes * len, "a span of {} bytes for {len} rows of {bytes}", w.len());
+        let half = len / 2;
+        let (front, back) = w.split_at(half * bytes);
+        for (p, (first, second)) in front.chunks_exact(bytes).zip(back.chunks_exact(bytes)).enumerate() {
+            for (out, [a, b]) in out.iter_mut().zip(two(first, second, x)) {
+                (out[p], out[half + p]) = (a, b);
+            }
+        }
+        if len % 2 == 1 {
+            for (out, y) in out.iter_mut().zip(one(&back[half * bytes..], x)) {
+                out[len - 1] = y;
+            }
+        }
+    }
+
+    /// Q4_K and Q5_K (`fifth` = the offset of qh, for Q5_K), two weight rows: the AVX2
+    /// `q4k_q5k` in each half.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn q4k_q5k_pair<const N: usize>(
+        first: &[u8],
+        second: &[u8],
+        y: [&[Q8K]; N],
+        size: usize,
+        fifth: Option<usize>,
+    ) -> [[f32; 2]; N] {
+        let blocks = first.len() / size;
+        assert!(
+            second.len() == first.len() && y.iter().all(|y| y.len() == blocks),
+            "two weight rows and activation rows of different lengths"
+        );
+        let (mut acc, mut mins) = ([_mm512_setzero_ps(); N], [[0f32; 2]; N]);
+        let low4 = _mm512_set1_epi8(0x0F);
+        for (k, (b0, b1)) in first.chunks_exact(size).zip(second.chunks_exact(size)).enumerate() {
+            let mut scales = [_mm_setzero_si128(); 2];
+            for (r, b) in [b0, b1].into_iter().enumerate() {
+                let dmin = f16_at(b, 2);
+                let (sc, mn) = k4_scale_words(b[4..16].try_into().expect("12 bytes"));
+                let mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+                for (mins, y) in mins.iter_mut().zip(&y) {
+                    let y = &y[k];
+                    mins[r] += (y.d * dmin) * k4_min_sum(mn, y) as f32;
+                }
+                scales[r] = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+            }
+            let d = [f16_at(b0, 0), f16_at(b1, 0)];
+            // Row 0's scale j as i16 in lane j of the two low 128-bit lanes, row 1's in the two
+            // high ones: broadcast within each 128-bit lane by a byte shuffle below.
+            let sc = halves(_mm256_broadcastsi128_si256(scales[0]), _mm256_broadcastsi128_si256(scales[1]));
+            let scale = |j: i8| {
+                _mm512_shuffle_epi8(sc, _mm512_set1_epi16(i16::from_le_bytes([2 * j as u8, 2 * j as u8 + 1])))
+            };
+            let pair = |at: usize| halves(load32(b0, at), load32(b1, at));
+            let qs = if fifth.is_some() { 48 } else { 16 };
+            let high = fifth.map(pair);
+            let mut sumi = [_mm512_setzero_si512(); N];
+            for c in 0..4 {
+                let packed = pair(qs + 32 * c);
+                let mut lo = _mm512_and_si512(packed, low4);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4);
+                if let Some(h) = high {
+                    // Bit 2c (2c + 1) of each qh byte is the fifth bit of the low (high) nibbles.
+                    let one = _mm512_set1_epi8(1);
+                    let bit = |k: i32| {
+                        _mm512_slli_epi16::<4>(_mm512_and_si512(
+                            _mm512_srl_epi16(h, _mm_cvtsi32_si128(k)),
+                            one,
+                        ))
+                    };
+                    lo = _mm512_or_si512(lo, bit(2 * c as i32));
+                    hi = _mm512_or_si512(hi, bit(2 * c as i32 + 1));
+                }
+                let (slo, shi) = (scale(2 * c as i8), scale(2 * c as i8 + 1));
+                for (sumi, y) in sumi.iter_mut().zip(&y) {
+                    let y = &y[k];
+                    let ylo = _mm512_broadcast_i64x4(load_i8(&y.qs, 64 * c));
+                    let yhi = _mm512_broadcast_i64x4(load_i8(&y.qs, 64 * c + 32));
+                    let plo = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, ylo), slo);
+                    let phi = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, yhi), shi);
+                    *sumi = _mm512_add_epi32(*sumi, _mm512_add_epi32(plo, phi));
+                }
+            }
+            for ((acc, sumi), y) in acc.iter_mut().zip(sumi).zip(&y) {
+                let yd = y[k].d;
+                *acc = _mm512_fmadd_ps(two_scales(yd * d[0], yd * d[1]), _mm512_cvtepi32_ps(sumi), *acc);
+            }
+        }
+        std::array::from_fn(|j| {
+            let [a, b] = hsums(acc[j]);
+            [a - mins[j][0], b - mins[j][1]]
+        })
+    }
+
+    /// Q6_K, two weight rows: the AVX2 `q6k_kernel` in each half.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn q6k_pair<const N: usize>(first: &[u8], second: &[u8], y: [&[Q8K]; N]) -> [[f32; 2]; N] {
+        let blocks = first.len() / 210;
+        assert!(
+            second.len() == first.len() && y.iter().all(|y| y.len() == blocks),
+            "two weight rows and activation rows of different lengths"
+        );
+        let (mut acc, mut offsets) = ([_mm512_setzero_ps(); N], [[0f32; 2]; N]);
+        let (low4, low2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(3));
+        for (k, (b0, b1)) in first.chunks_exact(210).zip(second.chunks_exact(210)).enumerate() {
+            // SAFETY: a block holds 210 bytes; its 16 i8 scales are bytes 192..208.
+            let scales8 = [b0, b1].map(|b| unsafe { _mm_loadu_si128(b[192..208].as_ptr().cast()) });
+            let dw = [f16_at(b0, 208), f16_at(b1, 208)];
+            // The values are stored + 32: take 32 · Σ scale·bsum off once per super-block.
+            for r in 0..2 {
+                let scales = _mm256_cvtepi8_epi16(scales8[r]);
+                for (offsets, y) in offsets.iter_mut().zip(&y) {
+                    let y = &y[k];
+                    let bias = _mm256_madd_epi16(scales, bsums(y));
+                    let bias = hsum_i32(_mm_add_epi32(
+                        _mm256_castsi256_si128(bias),
+                        _mm256_extracti128_si256::<1>(bias),
+                    ));
+                    offsets[r] += (y.d * dw[r]) * (32 * bias) as f32;
+                }
+            }
+            let mut sumi = [_mm512_setzero_si512(); N];
+            for n in 0..2 {
+                let pair = |at: usize| halves(load32(b0, at), load32(b1, at));
+                let (ql0, ql1, qh) = (pair(64 * n), pair(64 * n + 32), pair(128 + 32 * n));
+                let q = [
+                    _mm512_or_si512(
+                        _mm512_and_si512(ql0, low4),
+                        _mm512_slli_epi16::<4>(_mm512_and_si512(qh, low2)),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(ql1, low4),
+                        _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<2>(qh), low2)),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(ql0), low4),
+                        _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<4>(qh), low2)),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(ql1), low4),
+                        _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<6>(qh), low2)),
+                    ),
+                ];
+                for (j, q) in q.into_iter().enumerate() {
+                    // 32 values: 16 under scale g, 16 under g + 1, in each row.
+                    let g = 8 * n + 2 * j;
+                    let pick = _mm_set_epi64x(
+                        i64::from_le_bytes([g as u8 + 1; 8]),
+                        i64::from_le_bytes([g as u8; 8]),
+                    );
+                    let [s0, s1] = scales8.map(|s| _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s, pick)));
+                    let scale = halves(s0, s1);
+                    for (sumi, y) in sumi.iter_mut().zip(&y) {
+                        let yv = _mm512_broadcast_i64x4(load_i8(&y[k].qs, 128 * n + 32 * j));
+                        let p = _mm512_maddubs_epi16(q, yv);
+                        *sumi = _mm512_add_epi32(*sumi, _mm512_madd_epi16(p, scale));
+                    }
+                }
+            }
+            for ((acc, sumi), y) in acc.iter_mut().zip(sumi).zip(&y) {
+                let yd = y[k].d;
+                *acc = _mm512_fmadd_ps(two_scales(yd * dw[0], yd * dw[1]), _mm512_cvtepi32_ps(sumi), *acc);
+            }
+        }
+        std::array::from_fn(|j| {
+            let [a, b] = hsums(acc[j]);
+            [a - offsets[j][0], b - offsets[j][1]]
+        })
+    }
+
+    /// The safe entries of one K-quant type: a span times [`ROWS`] and times [`WIDE`] rows.
+    macro_rules! k_entry {
+        ($rows:ident, $wide:ident => $one:ident, |$a:ident, $b:ident, $y:ident| $two:expr, $size:literal bytes) => {
+            pub(crate) fn $rows(w: &[u8], x: [&[Q8K]; ROWS], out: [&mut [f32]; ROWS]) {
+                #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+                fn rows(w: &[u8], x: [&[Q8K]; ROWS], out: [&mut [f32]; ROWS]) {
+                    pairs(w, x, out, $size, |$a, $b, $y: [&[Q8K]; ROWS]| $two, |w, x| $one::<ROWS>(w, x))
+                }
+                check();
+                // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+                unsafe { rows(w, x, out) }
+            }
+
+            pub(crate) fn $wide(w: &[u8], x: [&[Q8K]; WIDE], out: [&mut [f32]; WIDE]) {
+                #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+                fn wide(w: &[u8], x: [&[Q8K]; WIDE], out: [&mut [f32]; WIDE]) {
+                    pairs(w, x, out, $size, |$a, $b, $y: [&[Q8K]; WIDE]| $two, |w, x| $one::<WIDE>(w, x))
+                }
+                check();
+                // SAFETY: as above.
+                unsafe { wide(w, x, out) }
+            }
+        };
+    }
+
+    k_entry!(rows_q4k, wide_q4k => q4k_kernel, |a, b, y| q4k_q5k_pair(a, b, y, 144, None), 144 bytes);
+    k_entry!(rows_q5k, wide_q5k => q5k_kernel, |a, b, y| q4k_q5k_pair(a, b, y, 176, Some(16)), 176 bytes);
+    k_entry!(rows_q6k, wide_q6k => q6k_kernel, |a, b, y| q6k_pair(a, b, y), 210 bytes);
+}
+
 quant_entry!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
     span_q4_1, rows_q4_1, wide_q4_1 => q4_1_kernel(Q8_1, 20 bytes)

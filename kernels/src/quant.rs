@@ -430,9 +430,22 @@ pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, RO
     None
 }
 
-/// The same for K-quant weights with Q8_K activations (the AVX2 kernels on AVX-512 too: their
-/// `madd` also applies the sub-block scales, which VNNI's sums would leave to a multiply).
+/// The same for K-quant weights with Q8_K activations. On AVX-512, batches of Q4_K, Q5_K and
+/// Q6_K take two weight rows a register (the AVX2 bits); one activation row, Q2_K and Q3_K run
+/// the AVX2 kernels (their `madd` applies the sub-block scales, which VNNI's sums would leave to a
+/// multiply).
 pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K, ROWS, WIDE>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        use super::avx2::{span_q4k, span_q5k, span_q6k};
+        use super::avx512::*;
+        match kind {
+            QuantKind::Q4K => return Some(Spans { one: span_q4k, rows: rows_q4k, wide: Some(wide_q4k) }),
+            QuantKind::Q5K => return Some(Spans { one: span_q5k, rows: rows_q5k, wide: Some(wide_q5k) }),
+            QuantKind::Q6K => return Some(Spans { one: span_q6k, rows: rows_q6k, wide: Some(wide_q6k) }),
+            _ => {}
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) {
         use super::avx2::*;
