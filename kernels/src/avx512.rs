@@ -93,6 +93,39 @@ span_entry!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
     span_q8_0 => q8_0_kernel(Q8_0, 34 bytes)
 );
+/// A span of weight rows (`size`-byte blocks) times `N` activation rows, two weight rows at a
+/// time by `two` and an odd last one by `one`. Row p is paired with row half + p: two sequential
+/// streams through memory. Pairing neighbours read the span out of order (each row of a pair,
+/// then a jump past both), which the hardware prefetchers did not follow: a batch of 4 through a
+/// 145 MB head ran at a third of the memory's pace.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn pairs<X, const N: usize>(
+    w: &[u8],
+    x: [&[X]; N],
+    mut out: [&mut [f32]; N],
+    size: usize,
+    two: impl Fn(&[u8], &[u8], [&[X]; N]) -> [[f32; 2]; N],
+    one: impl Fn(&[u8], [&[X]; N]) -> [f32; N],
+) {
+    let (bytes, len) = (x[0].len() * size, out[0].len());
+    assert!(x.iter().all(|a| a.len() * size == bytes), "activation rows of different lengths");
+    assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
+    assert_eq!(w.len(), bytes * len, "a span of {} bytes for {len} rows of {bytes}", w.len());
+    let half = len / 2;
+    let (front, back) = w.split_at(half * bytes);
+    for (p, (first, second)) in front.chunks_exact(bytes).zip(back.chunks_exact(bytes)).enumerate() {
+        for (out, [a, b]) in out.iter_mut().zip(two(first, second, x)) {
+            (out[p], out[half + p]) = (a, b);
+        }
+    }
+    if len % 2 == 1 {
+        for (out, y) in out.iter_mut().zip(one(&back[half * bytes..], x)) {
+            out[len - 1] = y;
+        }
+    }
+}
+
 pub(super) use biased::{rows_q4_0, rows_q5_0, rows_q8_0, wide_q4_0, wide_q5_0, wide_q8_0};
 
 /// The batch kernels of Q4_0, Q5_0 and Q8_0 weights, on activation bytes stored biased. Their
@@ -112,7 +145,7 @@ mod biased {
     use super::super::avx2::{hsum, load_i8, q4_0_weights, q5_0_weights, q8_0_kernels, q8_0_weights};
     use super::super::quant::Q8_0;
     use super::super::{ROWS, WIDE};
-    use super::check;
+    use super::{check, pairs};
 
     /// Σ x·y over signed weight bytes x and activation bytes stored as y + 128, as 8 f32 lanes of
     /// i32 sums: the lanes of `sum_i8(x, y)`.
@@ -135,7 +168,7 @@ mod biased {
     fn two_rows_at_a_time<const N: usize>(
         w: &[u8],
         x: [&[Q8_0]; N],
-        mut out: [&mut [f32]; N],
+        out: [&mut [f32]; N],
         size: usize,
         unpack: impl Fn(&[u8]) -> (f32, __m256i),
         one: impl Fn(&[u8], [&[Q8_0]; N]) -> [f32; N],
@@ -144,26 +177,7 @@ mod biased {
             row.iter().map(|b| Q8_0 { d: b.d, qs: b.qs.map(|q| (q as u8 ^ 0x80) as i8) }).collect()
         });
         let x = biased.each_ref().map(Vec::as_slice);
-        let (bytes, len) = (x[0].len() * size, out[0].len());
-        assert!(x.iter().all(|a| a.len() * size == bytes), "activation rows of different lengths");
-        assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
-        assert_eq!(w.len(), bytes * len, "a span of {} bytes for {len} rows of {bytes}", w.len());
-        // Row p is paired with row half + p: two sequential streams through memory. Pairing
-        // neighbours read the span out of order (each row of a pair, then a jump past both),
-        // which the hardware prefetchers did not follow: a batch of 4 through a 145 MB head ran
-        // at a third of the memory's pace.
-        let half = len / 2;
-        let (front, back) = w.split_at(half * bytes);
-        for (p, (first, second)) in front.chunks_exact(bytes).zip(back.chunks_exact(bytes)).enumerate() {
-            for (out, [a, b]) in out.iter_mut().zip(two_rows(first, second, x, size, &unpack)) {
-                (out[p], out[half + p]) = (a, b);
-            }
-        }
-        if len % 2 == 1 {
-            for (out, y) in out.iter_mut().zip(one(&back[half * bytes..], x)) {
-                out[len - 1] = y;
-            }
-        }
+        pairs(w, x, out, size, |a, b, x| two_rows(a, b, x, size, &unpack), one);
     }
 
     /// Two weight rows times `N` activation rows, the rows in the two halves of one register:
@@ -256,7 +270,7 @@ mod kpairs {
     };
     use super::super::quant::Q8K;
     use super::super::{ROWS, WIDE};
-    use super::check;
+    use super::{check, pairs};
 
     /// `lo` in the low half of a register, `hi` in the high one.
     #[inline]
@@ -277,37 +291,6 @@ mod kpairs {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
     fn hsums(v: __m512) -> [f32; 2] {
         [hsum(_mm512_castps512_ps256(v)), hsum(_mm512_extractf32x8_ps::<1>(v))]
-    }
-
-    /// A span of weight rows (`size`-byte super-blocks) times `N` activation rows, rows p and
-    /// half + p at a time by `two` (two sequential streams through memory, as in `biased`) and an
-    /// odd last row by `one`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    fn pairs<const N: usize>(
-        w: &[u8],
-        x: [&[Q8K]; N],
-        mut out: [&mut [f32]; N],
-        size: usize,
-        two: impl Fn(&[u8], &[u8], [&[Q8K]; N]) -> [[f32; 2]; N],
-        one: impl Fn(&[u8], [&[Q8K]; N]) -> [f32; N],
-    ) {
-        let (bytes, len) = (x[0].len() * size, out[0].len());
-        assert!(x.iter().all(|a| a.len() * size == bytes), "activation rows of different lengths");
-        assert!(out.iter().all(|o| o.len() == len), "output rows of different lengths");
-        assert_eq!(w.len(), bytes * len, "a span of {} bytes for {len} rows of {bytes}", w.len());
-        let half = len / 2;
-        let (front, back) = w.split_at(half * bytes);
-        for (p, (first, second)) in front.chunks_exact(bytes).zip(back.chunks_exact(bytes)).enumerate() {
-            for (out, [a, b]) in out.iter_mut().zip(two(first, second, x)) {
-                (out[p], out[half + p]) = (a, b);
-            }
-        }
-        if len % 2 == 1 {
-            for (out, y) in out.iter_mut().zip(one(&back[half * bytes..], x)) {
-                out[len - 1] = y;
-            }
-        }
     }
 
     /// Q4_K and Q5_K (`fifth` = the offset of qh, for Q5_K), two weight rows: the AVX2
