@@ -265,8 +265,8 @@ mod kpairs {
     use std::arch::x86_64::*;
 
     use super::super::avx2::{
-        bsums, f16_at, hsum, hsum_i32, k4_min_sum, k4_scale_words, load_i8, load32, q4k_kernel, q5k_kernel,
-        q6k_kernel,
+        bsums, f16_at, hsum, hsum_i32, k4_block_sums, k4_scale_words, load_i8, load32, q4k_kernel,
+        q5k_kernel, q6k_kernel,
     };
     use super::super::quant::Q8K;
     use super::super::{ROWS, WIDE};
@@ -309,19 +309,23 @@ mod kpairs {
             second.len() == first.len() && y.iter().all(|y| y.len() == blocks),
             "two weight rows and activation rows of different lengths"
         );
-        let (mut acc, mut mins) = ([_mm512_setzero_ps(); N], [[0f32; 2]; N]);
+        let mut acc = [_mm512_setzero_ps(); N];
         let low4 = _mm512_set1_epi8(0x0F);
         for (k, (b0, b1)) in first.chunks_exact(size).zip(second.chunks_exact(size)).enumerate() {
-            let mut scales = [_mm_setzero_si128(); 2];
+            let (mut scales, mut mns) = ([_mm_setzero_si128(); 2], [_mm_setzero_si128(); 2]);
             for (r, b) in [b0, b1].into_iter().enumerate() {
-                let dmin = f16_at(b, 2);
                 let (sc, mn) = k4_scale_words(b[4..16].try_into().expect("12 bytes"));
-                let mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
-                for (mins, y) in mins.iter_mut().zip(&y) {
-                    let y = &y[k];
-                    mins[r] += (y.d * dmin) * k4_min_sum(mn, y) as f32;
-                }
+                mns[r] = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
                 scales[r] = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+            }
+            // The mins' part in lanes 0–3 of each row's half, as the AVX2 kernel adds it.
+            let dmin = [f16_at(b0, 2), f16_at(b1, 2)];
+            for (acc, y) in acc.iter_mut().zip(&y) {
+                let y = &y[k];
+                let sums = k4_block_sums(y);
+                let [p0, p1] = mns.map(|mn| _mm256_zextsi128_si256(_mm_madd_epi16(mn, sums)));
+                let prods = _mm512_cvtepi32_ps(halves(p0, p1));
+                *acc = _mm512_fmadd_ps(two_scales(-(y.d * dmin[0]), -(y.d * dmin[1])), prods, *acc);
             }
             let d = [f16_at(b0, 0), f16_at(b1, 0)];
             // Row 0's scale j as i16 in lane j of the two low 128-bit lanes, row 1's in the two
@@ -365,10 +369,7 @@ mod kpairs {
                 *acc = _mm512_fmadd_ps(two_scales(yd * d[0], yd * d[1]), _mm512_cvtepi32_ps(sumi), *acc);
             }
         }
-        std::array::from_fn(|j| {
-            let [a, b] = hsums(acc[j]);
-            [a - mins[j][0], b - mins[j][1]]
-        })
+        std::array::from_fn(|j| hsums(acc[j]))
     }
 
     /// Q6_K, two weight rows: the AVX2 `q6k_kernel` in each half.
