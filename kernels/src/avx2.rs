@@ -198,7 +198,6 @@ dense_entry!(span_f16, tile_f16 => f16_kernel(f16));
 dense_entry!(span_bf16, tile_bf16 => bf16_kernel(bf16));
 quant_entry!(span_q4_0, rows_q4_0, wide_q4_0 => q4_0_kernel(Q8_0, 18 bytes));
 quant_entry!(span_q5_0, rows_q5_0, wide_q5_0 => q5_0_kernel(Q8_0, 22 bytes));
-quant_entry!(span_q8_0, rows_q8_0, wide_q8_0 => q8_0_kernel(Q8_0, 34 bytes));
 quant_entry!(span_q4_1, rows_q4_1, wide_q4_1 => q4_1_kernel(Q8_1, 20 bytes));
 quant_entry!(span_q5_1, rows_q5_1, wide_q5_1 => q5_1_kernel(Q8_1, 24 bytes));
 quant_entry!(span_q2k, rows_q2k, wide_q2k => q2k_kernel(Q8K, 84 bytes));
@@ -483,8 +482,8 @@ fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)))
 }
 
-/// The kernels of the blocks of 32 (Q4_0, Q5_0, Q8_0 with Q8_0 activations; Q4_1, Q5_1 with
-/// Q8_1), compiled for `$features` with `$sum_i8` and `$sum_u8_i8` as the block's integer dot
+/// The kernels of the blocks of 32 held row by row (Q4_0, Q5_0 with Q8_0 activations; Q4_1, Q5_1
+/// with Q8_1; Q8_0 weights are held in panels, `qpanel`), compiled for `$features` with `$sum_i8` and `$sum_u8_i8` as the block's integer dot
 /// product. Each takes `N` activation rows and unpacks each weight block once for all of them;
 /// per row it runs exactly the one-row sequence of operations. A block's eight lanes of integer
 /// sums become f32, are multiplied by the activation block's scale (one `vmulps` with the scale
@@ -498,7 +497,7 @@ macro_rules! small_kernels {
     };
 }
 
-/// [`small_kernels`]' Q4_0, Q5_0 and Q8_0 kernels, with Q8_0 activations.
+/// [`small_kernels`]' Q4_0 and Q5_0 kernels, with Q8_0 activations.
 macro_rules! q8_0_kernels {
     ($features:literal, $sum_i8:ident) => {
         /// One weight row of `size`-byte blocks, each unpacked by `unpack`, times `N` rows.
@@ -543,11 +542,6 @@ macro_rules! q8_0_kernels {
         fn q5_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
             blocks_of_32(w, y, 22, |b| $crate::avx2::q5_0_weights(b))
         }
-
-        #[target_feature(enable = $features)]
-        fn q8_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-            blocks_of_32(w, y, 34, |b| $crate::avx2::q8_0_weights(b))
-        }
     };
 }
 
@@ -565,13 +559,6 @@ pub(super) fn q5_0_weights(b: &[u8]) -> (f32, __m256i) {
     // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
     let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
     (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear))
-}
-
-/// A Q8_0 block's scale and its 32 values.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q8_0_weights(b: &[u8]) -> (f32, __m256i) {
-    (f16_at(b, 0), load32(b, 2))
 }
 
 /// [`small_kernels`]' Q4_1 and Q5_1 kernels, with Q8_1 activations.

@@ -16,15 +16,15 @@
 //!   i32). Both sum the same four products into the same lane, exactly (the pairs `maddubs` forms
 //!   stay below i16's limit: one factor is at most 128 in magnitude, the other, an activation, at
 //!   most 127), so the bits are the AVX2 kernels'.
-//! - **Batches of Q4_0, Q5_0 and Q8_0: two weight rows a register, biased activations.** The
+//! - **Batches of Q4_0 and Q5_0: two weight rows a register, biased activations.** The
 //!   tiles of four and eight activation rows hold two weight rows' blocks in the halves of one
 //!   register, so each instruction does two rows' work; they take the activation bytes as
 //!   y + 128 and start each weight block's sums at −128 · Σx, which drops the per-pair `vpsignb`
 //!   of the sign trick. Each half runs the one-row lanes and steps, so the bits stay the AVX2
-//!   kernels' (module `biased`). Against the AVX2-order kernel of one row a register (Q8_0, two
-//!   threads, one run): 38912 × 896 with 64 activation rows at 194 GMAC/s against 122, with 16
-//!   at 178 against 121; the 151936 × 896 head with 4 rows in 4.3 ms against 5.3 (the one-row
-//!   product takes 4.0: the memory's pace).
+//!   kernels' (module `biased`). Against the AVX2-order kernel of one row a register (measured
+//!   on Q8_0 when it ran here, two threads, one run): 38912 × 896 with 64 activation rows at 194
+//!   GMAC/s against 122, with 16 at 178 against 121. Q8_0 weights have since moved to panels of
+//!   sixteen rows with kernels of their own (`qpanel`), which need no pairing.
 //! - **Batches of Q4_K, Q5_K and Q6_K: two weight rows a register** too (module `kpairs`), by
 //!   AVX-512 BW's `maddubs` and `madd`, each half the AVX2 kernel's lanes and steps. Against the
 //!   AVX2 kernels (`cargo xtask bench kernels --only qwen-0.5b`, 896 × 4864, two threads, two
@@ -89,10 +89,6 @@ span_entry!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
     span_q5_0 => q5_0_kernel(Q8_0, 22 bytes)
 );
-span_entry!(
-    "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
-    span_q8_0 => q8_0_kernel(Q8_0, 34 bytes)
-);
 /// A span of weight rows (`size`-byte blocks) times `N` activation rows, two weight rows at a
 /// time by `two` and an odd last one by `one`. Row p is paired with row half + p: two sequential
 /// streams through memory. Pairing neighbours read the span out of order (each row of a pair,
@@ -126,9 +122,9 @@ fn pairs<X, const N: usize>(
     }
 }
 
-pub(super) use biased::{rows_q4_0, rows_q5_0, rows_q8_0, wide_q4_0, wide_q5_0, wide_q8_0};
+pub(super) use biased::{rows_q4_0, rows_q5_0, wide_q4_0, wide_q5_0};
 
-/// The batch kernels of Q4_0, Q5_0 and Q8_0 weights, on activation bytes stored biased. Their
+/// The batch kernels of Q4_0 and Q5_0 weights, on activation bytes stored biased. Their
 /// integer sums are the sign trick's, lane for lane, with two instructions fewer per pair of a
 /// weight block and an activation block: `vpdpbusd` multiplies unsigned by signed bytes, so the
 /// activations take the unsigned side as y + 128, and each weight block's sum starts at
@@ -142,7 +138,7 @@ pub(super) use biased::{rows_q4_0, rows_q5_0, rows_q8_0, wide_q4_0, wide_q5_0, w
 mod biased {
     use std::arch::x86_64::*;
 
-    use super::super::avx2::{hsum, load_i8, q4_0_weights, q5_0_weights, q8_0_kernels, q8_0_weights};
+    use super::super::avx2::{hsum, load_i8, q4_0_weights, q5_0_weights, q8_0_kernels};
     use super::super::quant::Q8_0;
     use super::super::{ROWS, WIDE};
     use super::{check, pairs};
@@ -248,7 +244,6 @@ mod biased {
 
     pair_entry!(rows_q4_0, wide_q4_0 => q4_0_kernel, q4_0_weights(18 bytes));
     pair_entry!(rows_q5_0, wide_q5_0 => q5_0_kernel, q5_0_weights(22 bytes));
-    pair_entry!(rows_q8_0, wide_q8_0 => q8_0_kernel, q8_0_weights(34 bytes));
 }
 pub(super) use kpairs::{rows_q4k, rows_q5k, rows_q6k, wide_q4k, wide_q5k, wide_q6k};
 

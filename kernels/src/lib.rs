@@ -24,7 +24,10 @@
 //! Quantized weights are multiplied as llama.cpp does: each activation row is quantized once to
 //! 8-bit blocks (Q8_0, Q8_1 or Q8_K; with AVX2 in SIMD, bit for bit the portable quantizer), each
 //! block's dot product is integer arithmetic, and only the per-block sums are scaled and added in
-//! floating point.
+//! floating point. Q8_0 weights are copied into panels of sixteen rows interleaved four bytes at
+//! a time (`qpanel`), so that a register's sixteen lanes each sum one row's whole block and one
+//! scaling step serves sixteen rows; their order is one chain of block steps per pair, the same
+//! on every instruction set. The other quantized types are kept as stored, in place.
 //!
 //! [`Attention`] is causal attention one query row at a time over exactly the keys it sees, under
 //! the same invariant: a row's result does not depend on how many rows the call holds, so a
@@ -41,6 +44,7 @@ mod avx2;
 mod avx512;
 mod dense;
 mod memory;
+mod qpanel;
 mod quant;
 #[cfg(test)]
 mod tests;
@@ -85,13 +89,15 @@ pub struct Matrix {
     held: Held,
 }
 
-/// How a [`Matrix`] holds its weights: dense types copied into panels (`dense`), quantized
-/// blocks as stored, in place where they were given so.
+/// How a [`Matrix`] holds its weights: dense types copied into panels (`dense`), Q8_0 blocks
+/// copied into panels of their own (`qpanel`), the other quantized blocks as stored, in place
+/// where they were given so.
 #[derive(Clone)]
 enum Held {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
+    Q8_0(Vec<u8>),
     Quant { kind: QuantKind, bytes: Values<u8> },
 }
 
@@ -101,6 +107,7 @@ impl std::fmt::Debug for Held {
             Held::F32(v) => write!(f, "{} f32 values in panels", v.len()),
             Held::F16(v) => write!(f, "{} f16 values in panels", v.len()),
             Held::Bf16(v) => write!(f, "{} bf16 values in panels", v.len()),
+            Held::Q8_0(v) => write!(f, "{} q8_0 bytes in panels", v.len()),
             Held::Quant { kind, bytes } => write!(f, "{} {bytes:?}", kind.name()),
         }
     }
@@ -323,9 +330,18 @@ impl Matrix {
             );
         }
         let held = match storage {
-            Storage::F32(v) => Held::F32(into_panels(rows, cols, v)),
-            Storage::F16(v) => Held::F16(into_panels(rows, cols, v)),
-            Storage::Bf16(v) => Held::Bf16(into_panels(rows, cols, v)),
+            Storage::F32(v) => {
+                Held::F32(into_panels(rows, cols, v, |r, c, v, done| dense::pack(r, c, v, done)))
+            }
+            Storage::F16(v) => {
+                Held::F16(into_panels(rows, cols, v, |r, c, v, done| dense::pack(r, c, v, done)))
+            }
+            Storage::Bf16(v) => {
+                Held::Bf16(into_panels(rows, cols, v, |r, c, v, done| dense::pack(r, c, v, done)))
+            }
+            Storage::Quant { kind: QuantKind::Q8_0, bytes } => {
+                Held::Q8_0(into_panels(rows, cols, bytes, |r, c, v, done| qpanel::pack(r, c, v, done)))
+            }
             Storage::Quant { kind, bytes } => Held::Quant { kind, bytes },
         };
         Ok(Matrix { rows, cols, held })
@@ -445,11 +461,11 @@ impl Matrix {
     }
 
     /// Whether the weights are read in place from their owner's bytes (a mapped file) rather
-    /// than held in memory of their own: quantized blocks given in place are; dense values,
-    /// copied into panels, never are.
+    /// than held in memory of their own: quantized blocks given in place are; dense values and
+    /// Q8_0 blocks, copied into panels, never are.
     pub fn in_place(&self) -> bool {
         match &self.held {
-            Held::F32(_) | Held::F16(_) | Held::Bf16(_) => false,
+            Held::F32(_) | Held::F16(_) | Held::Bf16(_) | Held::Q8_0(_) => false,
             Held::Quant { bytes, .. } => bytes.is_borrowed(),
         }
     }
@@ -460,6 +476,7 @@ impl Matrix {
             Held::F32(v) => v.len() * 4,
             Held::F16(v) => v.len() * 2,
             Held::Bf16(v) => v.len() * 2,
+            Held::Q8_0(v) => v.len(),
             Held::Quant { bytes, .. } => bytes.len(),
         }
     }
@@ -470,6 +487,7 @@ impl Matrix {
             Held::F32(_) => "f32",
             Held::F16(_) => "f16",
             Held::Bf16(_) => "bf16",
+            Held::Q8_0(_) => QuantKind::Q8_0.name(),
             Held::Quant { kind, .. } => kind.name(),
         }
     }
@@ -492,6 +510,11 @@ impl Matrix {
             Held::F32(v) => gather(v, row, out, |w| w),
             Held::F16(v) => gather(v, row, out, f16::to_f32),
             Held::Bf16(v) => gather(v, row, out, bf16::to_f32),
+            Held::Q8_0(v) => {
+                let mut blocks = vec![0u8; self.row_bytes()];
+                qpanel::row_blocks(v, row, self.cols, &mut blocks);
+                quant::dequantize_row(QuantKind::Q8_0, &blocks, out);
+            }
             Held::Quant { kind, bytes } => {
                 let row_bytes = self.row_bytes();
                 quant::dequantize_row(*kind, &bytes[row * row_bytes..(row + 1) * row_bytes], out);
@@ -522,6 +545,13 @@ impl Matrix {
             Held::F32(v) => panels(v, cols, order),
             Held::F16(v) => panels(v, cols, order),
             Held::Bf16(v) => panels(v, cols, order),
+            Held::Q8_0(v) => {
+                let mut rows = vec![0u8; order.len() * row_bytes];
+                for (to, &r) in rows.chunks_exact_mut(row_bytes.max(1)).zip(order) {
+                    qpanel::row_blocks(v, r, cols, to);
+                }
+                *v = qpanel::pack(order.len(), cols, &rows, |_| {});
+            }
             Held::Quant { bytes, .. } => *bytes = gather(bytes, row_bytes, order).into(),
         }
     }
@@ -560,6 +590,20 @@ impl Matrix {
             }
             Held::Bf16(w) => {
                 let dots = Dots::dense(dense::spans_bf16(isa), |r| &w[panels(r)], xs);
+                drive(rows, m, row_bytes, serial, y, dots);
+            }
+            Held::Q8_0(w) => {
+                let Activations::Q8_0(a) = Activations::quantize(QuantKind::Q8_0, isa, x, m, cols) else {
+                    unreachable!("Q8_0 weights are multiplied with Q8_0 activations")
+                };
+                let per_row = cols / quant::QK;
+                let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
+                // A span of whole panels (the last one filled up with zero rows).
+                let units = |r: std::ops::Range<usize>| {
+                    debug_assert!(r.start.is_multiple_of(qpanel::HEIGHT), "a span starting inside a panel");
+                    &w[r.start * row_bytes..r.end.next_multiple_of(qpanel::HEIGHT) * row_bytes]
+                };
+                let dots = Dots::panels(qpanel::spans(isa), units, a);
                 drive(rows, m, row_bytes, serial, y, dots);
             }
             Held::Quant { kind, bytes } => {
@@ -616,6 +660,7 @@ impl Matrix {
         match &self.held {
             Held::F32(_) => self.cols * 4,
             Held::F16(_) | Held::Bf16(_) => self.cols * 2,
+            Held::Q8_0(_) => self.cols / quant::QK * QuantKind::Q8_0.block().1,
             Held::Quant { kind, .. } => {
                 let (values, size) = kind.block();
                 self.cols / values * size
@@ -633,13 +678,18 @@ fn storage_name(storage: &Storage) -> &'static str {
     }
 }
 
-/// Row-major dense values copied into panels; where they lie in a mapped file, its pages are
-/// given back as they are copied.
-fn into_panels<T: Plain + Default>(rows: usize, cols: usize, values: Values<T>) -> Vec<T> {
+/// Row-major values copied into panels by `pack` (`dense::pack`, `qpanel::pack`); where they lie
+/// in a mapped file, its pages are given back as they are copied.
+fn into_panels<T: Plain>(
+    rows: usize,
+    cols: usize,
+    values: Values<T>,
+    pack: impl FnOnce(usize, usize, &[T], &(dyn Fn(std::ops::Range<usize>) + Sync)) -> Vec<T>,
+) -> Vec<T> {
     let mapped = matches!(values, Values::Borrowed { mapped: true, .. });
     let size = std::mem::size_of::<T>();
     let base = values.as_ptr() as usize;
-    dense::pack(rows, cols, &values, |done| {
+    pack(rows, cols, &values, &|done: std::ops::Range<usize>| {
         if mapped {
             // SAFETY: `done` lies inside the values, which `Values::mapped`'s caller promised lie
             // in a read-only file mapping; they are not read again here.
@@ -706,6 +756,20 @@ where
     /// Dense rows in panels: `weights` gives whole panels for a span that starts at one.
     fn dense(spans: Spans<W, A, { dense::TILE }, { dense::WIDE }>, weights: FW, activations: FA) -> Self {
         Dots { kernels: Kernels::Spans(spans), granule: dense::PANEL, weights, activations }
+    }
+}
+
+impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, ROWS, WIDE>
+where
+    W: 'a,
+    A: 'a,
+    FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
+    FA: Fn(usize) -> &'a [A] + Sync,
+{
+    /// Q8_0 rows in panels of their own (`qpanel`): `weights` gives whole panels for a span that
+    /// starts at one.
+    fn panels(spans: Spans<W, A, ROWS, WIDE>, weights: FW, activations: FA) -> Self {
+        Dots { kernels: Kernels::Spans(spans), granule: qpanel::HEIGHT, weights, activations }
     }
 }
 

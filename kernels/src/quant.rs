@@ -378,9 +378,10 @@ fn small_block(kind: QuantKind, b: &[u8]) -> ([i8; QK], f32, f32) {
 /// A dot product of one stored weight row with one quantized activation row.
 pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
 
-/// The SIMD span kernels of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations, where `isa` has
-/// them (AVX2; with VNNI on AVX-512, whose batches take two weight rows a register): each weight
-/// block is unpacked once for [`ROWS`](super::ROWS) or [`WIDE`](super::WIDE) activation rows.
+/// The SIMD span kernels of Q4_0 or Q5_0 weights with Q8_0 activations, where `isa` has them
+/// (AVX2; with VNNI on AVX-512, whose batches take two weight rows a register): each weight block
+/// is unpacked once for [`ROWS`](super::ROWS) or [`WIDE`](super::WIDE) activation rows. (Q8_0
+/// weights are held in panels of their own, with their own kernels: `qpanel`.)
 pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, ROWS, WIDE>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
@@ -388,7 +389,6 @@ pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, RO
         return match kind {
             QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0, wide: Some(wide_q4_0) }),
             QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0, wide: Some(wide_q5_0) }),
-            QuantKind::Q8_0 => Some(Spans { one: span_q8_0, rows: rows_q8_0, wide: Some(wide_q8_0) }),
             _ => None,
         };
     }
@@ -398,7 +398,6 @@ pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, RO
         return match kind {
             QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0, wide: Some(wide_q4_0) }),
             QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0, wide: Some(wide_q5_0) }),
-            QuantKind::Q8_0 => Some(Spans { one: span_q8_0, rows: rows_q8_0, wide: Some(wide_q8_0) }),
             _ => None,
         };
     }
@@ -462,12 +461,12 @@ pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K, ROWS
     None
 }
 
-/// The portable dot product of Q4_0, Q5_0 or Q8_0 weights with Q8_0 activations.
+/// The portable dot product of Q4_0 or Q5_0 weights with Q8_0 activations (Q8_0 weights have
+/// `qpanel`'s).
 pub(super) fn dot_q8_0_fn(kind: QuantKind) -> QDot<Q8_0> {
     match kind {
         QuantKind::Q4_0 => |w, y| dot_small_q8_0(QuantKind::Q4_0, w, y),
         QuantKind::Q5_0 => |w, y| dot_small_q8_0(QuantKind::Q5_0, w, y),
-        QuantKind::Q8_0 => |w, y| dot_small_q8_0(QuantKind::Q8_0, w, y),
         _ => unreachable!("{kind:?} is not multiplied with Q8_0 activations"),
     }
 }

@@ -333,7 +333,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_gguf_files_matrices_are_read_in_place_but_those_reordered() {
+    fn a_gguf_files_matrices_are_read_in_place_but_those_reordered_and_q8_0() {
         let model =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qa-tiny/qa-tiny-llama");
         let cache = tempfile::tempdir().unwrap();
@@ -346,12 +346,16 @@ mod tests {
             let mut kept = 0;
             for name in &names {
                 let m = source.take(name).unwrap().unwrap();
-                // llama.cpp's q/k rows are put back in order, which copies them.
+                // llama.cpp's q/k rows are put back in order, which copies them; Q8_0 blocks are
+                // copied into panels of sixteen rows (the kernels' own layout).
                 let reordered = name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight");
-                assert_eq!(m.in_place(), !reordered, "{q}: {name} ({})", m.kind());
+                let copied = reordered || m.kind() == "q8_0";
+                assert_eq!(m.in_place(), !copied, "{q}: {name} ({})", m.kind());
                 kept += usize::from(m.in_place());
             }
-            assert!(kept >= names.len() / 2, "{q}: {kept} of {} matrices in place", names.len());
+            if q == crate::matrix::Quantization::Q4KM {
+                assert!(kept >= names.len() / 2, "{q}: {kept} of {} matrices in place", names.len());
+            }
         }
     }
 
