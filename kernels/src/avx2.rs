@@ -96,8 +96,8 @@ pub(super) fn panel_rows<W, const N: usize>(
 /// of consecutive stored rows (`$size` bytes a block, one block per activation block) times one
 /// activation row, times [`ROWS`] activation rows and times [`WIDE`] activation rows, each weight
 /// block unpacked once for all of them. Unpacking is much of a quantized kernel's work, so the
-/// wide entry, which shares it among twice the rows, is faster per product: 3–5 % on Q8_0, 11 %
-/// on Q5_0, 11–23 % on Q4_K and Q6_K (one thread, 4864 × 896, 16 and 64 activation rows). The
+/// wide entry, which shares it among twice the rows, is faster per product: 3–5 % on Q8_0 and
+/// 11 % on Q5_0 when they ran here (they have `qpanel`'s kernels now), 11–23 % on Q4_K and Q6_K (one thread, 4864 × 896, 16 and 64 activation rows). The
 /// dense tiles have no such entry: a panel's four rows by three activation rows already fill the
 /// registers.
 macro_rules! quant_entry {
@@ -196,8 +196,6 @@ pub(super) fn quant_rows<X, const N: usize>(
 dense_entry!(span_f32, tile_f32 => f32_kernel(f32));
 dense_entry!(span_f16, tile_f16 => f16_kernel(f16));
 dense_entry!(span_bf16, tile_bf16 => bf16_kernel(bf16));
-quant_entry!(span_q4_0, rows_q4_0, wide_q4_0 => q4_0_kernel(Q8_0, 18 bytes));
-quant_entry!(span_q5_0, rows_q5_0, wide_q5_0 => q5_0_kernel(Q8_0, 22 bytes));
 quant_entry!(span_q4_1, rows_q4_1, wide_q4_1 => q4_1_kernel(Q8_1, 20 bytes));
 quant_entry!(span_q5_1, rows_q5_1, wide_q5_1 => q5_1_kernel(Q8_1, 24 bytes));
 quant_entry!(span_q2k, rows_q2k, wide_q2k => q2k_kernel(Q8K, 84 bytes));
@@ -467,14 +465,6 @@ pub(super) fn bit_bytes(b: &[u8], at: usize) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
 }
 
-/// Σ x·y over pairs of signed bytes, as 8 f32 lanes of i32 sums. `maddubs` needs an unsigned
-/// left operand, so the signs move to the right one.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn sum_i8(x: __m256i, y: __m256i) -> __m256 {
-    sum_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-}
-
 /// Σ x·y over unsigned x and signed y bytes, as 8 f32 lanes of i32 sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -482,83 +472,18 @@ fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)))
 }
 
-/// The kernels of the blocks of 32 held row by row (Q4_0, Q5_0 with Q8_0 activations; Q4_1, Q5_1
-/// with Q8_1; Q8_0 weights are held in panels, `qpanel`), compiled for `$features` with `$sum_i8` and `$sum_u8_i8` as the block's integer dot
-/// product. Each takes `N` activation rows and unpacks each weight block once for all of them;
-/// per row it runs exactly the one-row sequence of operations. A block's eight lanes of integer
-/// sums become f32, are multiplied by the activation block's scale (one `vmulps` with the scale
-/// broadcast from memory on AVX-512) and added to the running sums times the weight block's scale
-/// in one fused step. The integer sums are exact, so two instantiations whose integer products
-/// give the same lanes give the same bits.
+/// The kernels of the blocks of 32 with an offset (Q4_1, Q5_1, with Q8_1 activations; those
+/// without one are held in panels, `qpanel`), compiled for `$features` with `$sum_u8_i8` as the
+/// block's integer dot product. Each takes `N` activation rows and unpacks each weight block once
+/// for all of them; per row it runs exactly the one-row sequence of operations. A block's eight
+/// lanes of integer sums become f32, are multiplied by the activation block's scale (one `vmulps`
+/// with the scale broadcast from memory on AVX-512) and added to the running sums times the
+/// weight block's scale in one fused step. The integer sums are exact, so two instantiations
+/// whose integer products give the same lanes give the same bits.
 macro_rules! small_kernels {
-    ($features:literal, $sum_i8:ident, $sum_u8_i8:ident) => {
-        $crate::avx2::q8_0_kernels!($features, $sum_i8);
+    ($features:literal, $sum_u8_i8:ident) => {
         $crate::avx2::q8_1_kernels!($features, $sum_u8_i8);
     };
-}
-
-/// [`small_kernels`]' Q4_0 and Q5_0 kernels, with Q8_0 activations.
-macro_rules! q8_0_kernels {
-    ($features:literal, $sum_i8:ident) => {
-        /// One weight row of `size`-byte blocks, each unpacked by `unpack`, times `N` rows.
-        #[inline]
-        #[target_feature(enable = $features)]
-        fn blocks_of_32<const N: usize>(
-            w: &[u8],
-            y: [&[Q8_0]; N],
-            size: usize,
-            unpack: impl Fn(&[u8]) -> (f32, __m256i),
-        ) -> [f32; N] {
-            let blocks = w.len() / size;
-            assert!(
-                y.iter().all(|y| y.len() == blocks),
-                "a weight row and activation rows of different lengths"
-            );
-            let mut acc = [_mm256_setzero_ps(); N];
-            for (k, b) in w.chunks_exact(size).enumerate() {
-                let (d, x) = unpack(b);
-                let d = _mm256_set1_ps(d);
-                for (acc, y) in acc.iter_mut().zip(&y) {
-                    // SAFETY: k < blocks, the length of every activation row (asserted above).
-                    // LLVM kept a bounds check per pair of blocks, three of a pair's nine
-                    // instructions.
-                    let y = unsafe { y.get_unchecked(k) };
-                    *acc = _mm256_fmadd_ps(
-                        _mm256_mul_ps($sum_i8(x, load_i8(&y.qs, 0)), _mm256_set1_ps(y.d)),
-                        d,
-                        *acc,
-                    );
-                }
-            }
-            std::array::from_fn(|r| hsum(acc[r]))
-        }
-
-        #[target_feature(enable = $features)]
-        fn q4_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-            blocks_of_32(w, y, 18, |b| $crate::avx2::q4_0_weights(b))
-        }
-
-        #[target_feature(enable = $features)]
-        fn q5_0_kernel<const N: usize>(w: &[u8], y: [&[Q8_0]; N]) -> [f32; N] {
-            blocks_of_32(w, y, 22, |b| $crate::avx2::q5_0_weights(b))
-        }
-    };
-}
-
-/// A Q4_0 block's scale and its 32 values as signed bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_0_weights(b: &[u8]) -> (f32, __m256i) {
-    (f16_at(b, 0), _mm256_sub_epi8(nibbles(b, 2), _mm256_set1_epi8(8)))
-}
-
-/// A Q5_0 block's scale and its 32 values as signed bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q5_0_weights(b: &[u8]) -> (f32, __m256i) {
-    // Value − 16: a clear fifth bit makes the byte 0xF0 | nibble, which is nibble − 16 as i8.
-    let clear = _mm256_andnot_si256(bit_bytes(b, 2), _mm256_set1_epi8(0xF0u8 as i8));
-    (f16_at(b, 0), _mm256_or_si256(nibbles(b, 6), clear))
 }
 
 /// [`small_kernels`]' Q4_1 and Q5_1 kernels, with Q8_1 activations.
@@ -614,9 +539,9 @@ macro_rules! q8_1_kernels {
         }
     };
 }
-pub(super) use {q8_0_kernels, q8_1_kernels, small_kernels};
+pub(super) use {q8_1_kernels, small_kernels};
 
-small_kernels!("avx2,fma,f16c", sum_i8, sum_u8_i8);
+small_kernels!("avx2,fma,f16c", sum_u8_i8);
 
 /// Activation blocks quantized as the portable `quant::q8_0`, `q8_1` and `q8k` do, bit for bit:
 /// the largest magnitude found on the integer bits of |x| (for finite floats their order), the
@@ -644,7 +569,7 @@ macro_rules! activation_blocks {
 }
 
 activation_blocks!(
-    /// Blocks of 32 with an f16 scale, for Q4_0, Q5_0 and Q8_0 weights.
+    /// Blocks of 32 with an f16 scale, for Q4_0, Q5_0 and Q8_0 weights (held in `qpanel`'s panels).
     q8_0_blocks: Q8_0 => q8_0_block, quant::q8_0
 );
 activation_blocks!(

@@ -16,16 +16,11 @@
 //!   i32). Both sum the same four products into the same lane, exactly (the pairs `maddubs` forms
 //!   stay below i16's limit: one factor is at most 128 in magnitude, the other, an activation, at
 //!   most 127), so the bits are the AVX2 kernels'.
-//! - **Batches of Q4_0 and Q5_0: two weight rows a register, biased activations.** The
-//!   tiles of four and eight activation rows hold two weight rows' blocks in the halves of one
-//!   register, so each instruction does two rows' work; they take the activation bytes as
-//!   y + 128 and start each weight block's sums at −128 · Σx, which drops the per-pair `vpsignb`
-//!   of the sign trick. Each half runs the one-row lanes and steps, so the bits stay the AVX2
-//!   kernels' (module `biased`). Against the AVX2-order kernel of one row a register (measured
-//!   on Q8_0 when it ran here, two threads, one run): 38912 × 896 with 64 activation rows at 194
-//!   GMAC/s against 122, with 16 at 178 against 121. Q8_0 weights have since moved to panels of
-//!   sixteen rows with kernels of their own (`qpanel`), which need no pairing.
-//! - **Batches of Q4_K, Q5_K and Q6_K: two weight rows a register** too (module `kpairs`), by
+//! - **The blocks of 32 without an offset (Q4_0, Q5_0, Q8_0)** are held in panels of sixteen
+//!   rows with kernels of their own (`qpanel`), where each lane of a `vpdpbusd` sums one row's
+//!   whole block. (Before, their batches held two weight rows' blocks in one register's halves,
+//!   38912 × 896 Q8_0 with 64 activation rows at 194 GMAC/s against 122 for one row a register.)
+//! - **Batches of Q4_K, Q5_K and Q6_K: two weight rows a register** (module `kpairs`), by
 //!   AVX-512 BW's `maddubs` and `madd`, each half the AVX2 kernel's lanes and steps. Against the
 //!   AVX2 kernels (`cargo xtask bench kernels --only qwen-0.5b`, 896 × 4864, two threads, two
 //!   runs): Q4_K ×1.23–1.26 with 8 activation rows and ×1.02–1.34 with 64, Q5_K ×1.38–1.68 and
@@ -41,10 +36,10 @@ use half::{bf16, f16};
 use super::Isa;
 use super::avx2::{
     bit_bytes, f16_at, hsum, load_i8, nibbles, panel_rows, prefetch_ahead, quant_entry, quant_rows,
-    small_kernels, span_entry,
+    small_kernels,
 };
 use super::dense::{self, PANEL, STEP, TILE};
-use super::quant::{Q8_0, Q8_1};
+use super::quant::Q8_1;
 use super::{ROWS, WIDE};
 
 /// Whether this CPU has AVX-512 F, BW, DQ, VL and VNNI (AVX2, FMA and F16C are checked apart).
@@ -64,14 +59,6 @@ fn check() {
     );
 }
 
-/// Σ x·y over pairs of signed bytes, as 8 f32 lanes of i32 sums: `maddubs` needs an unsigned left
-/// operand, so the signs move to the right one, as on AVX2.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-fn sum_i8(x: __m256i, y: __m256i) -> __m256 {
-    sum_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-}
-
 /// Σ x·y over unsigned x and signed y bytes, as 8 f32 lanes of i32 sums, four products a lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -79,16 +66,8 @@ fn sum_u8_i8(x: __m256i, y: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y))
 }
 
-small_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni", sum_i8, sum_u8_i8);
+small_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni", sum_u8_i8);
 
-span_entry!(
-    "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
-    span_q4_0 => q4_0_kernel(Q8_0, 18 bytes)
-);
-span_entry!(
-    "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni";
-    span_q5_0 => q5_0_kernel(Q8_0, 22 bytes)
-);
 /// A span of weight rows (`size`-byte blocks) times `N` activation rows, two weight rows at a
 /// time by `two` and an odd last one by `one`. Row p is paired with row half + p: two sequential
 /// streams through memory. Pairing neighbours read the span out of order (each row of a pair,
@@ -122,133 +101,10 @@ fn pairs<X, const N: usize>(
     }
 }
 
-pub(super) use biased::{rows_q4_0, rows_q5_0, wide_q4_0, wide_q5_0};
-
-/// The batch kernels of Q4_0 and Q5_0 weights, on activation bytes stored biased. Their
-/// integer sums are the sign trick's, lane for lane, with two instructions fewer per pair of a
-/// weight block and an activation block: `vpdpbusd` multiplies unsigned by signed bytes, so the
-/// activations take the unsigned side as y + 128, and each weight block's sum starts at
-/// −128 · Σx over each lane's four bytes, which takes the bias out exactly. That start is made
-/// once per weight block for all the activation rows; the sign trick makes |x| once but moves
-/// each activation block's signs onto it, a `vpsignb` per pair (and its sum starts from a zeroed
-/// register). One activation row has nothing to share the start with: the span keeps the sign
-/// trick. Against it, the tile of eight one row at a time ran ×1.15–1.25 as fast on Q5_0 and
-/// ×1.05–1.15 on Q8_0 (one thread, 64 rows, 4864 × 896 and 896 × 4864); two rows a register
-/// added ×1.1–1.5 on Q8_0 and ×1.1–1.3 on Q5_0.
-mod biased {
-    use std::arch::x86_64::*;
-
-    use super::super::avx2::{hsum, load_i8, q4_0_weights, q5_0_weights, q8_0_kernels};
-    use super::super::quant::Q8_0;
-    use super::super::{ROWS, WIDE};
-    use super::{check, pairs};
-
-    /// Σ x·y over signed weight bytes x and activation bytes stored as y + 128, as 8 f32 lanes of
-    /// i32 sums: the lanes of `sum_i8(x, y)`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    fn sum_biased(x: __m256i, biased: __m256i) -> __m256 {
-        let bias = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), x);
-        let start = _mm256_sub_epi32(_mm256_setzero_si256(), bias);
-        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, biased, x))
-    }
-
-    // One weight row at a time, for a span's odd last row.
-    q8_0_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni", sum_biased);
-
-    /// A span of weight rows (`size`-byte blocks, unpacked by `unpack`) times `N` activation
-    /// rows, two weight rows at a time ([`two_rows`]) and an odd last one by `one`, on copies of
-    /// the activation rows whose bytes hold y + 128 (as u8), made once per span.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    fn two_rows_at_a_time<const N: usize>(
-        w: &[u8],
-        x: [&[Q8_0]; N],
-        out: [&mut [f32]; N],
-        size: usize,
-        unpack: impl Fn(&[u8]) -> (f32, __m256i),
-        one: impl Fn(&[u8], [&[Q8_0]; N]) -> [f32; N],
-    ) {
-        let biased: [Vec<Q8_0>; N] = x.map(|row| {
-            row.iter().map(|b| Q8_0 { d: b.d, qs: b.qs.map(|q| (q as u8 ^ 0x80) as i8) }).collect()
-        });
-        let x = biased.each_ref().map(Vec::as_slice);
-        pairs(w, x, out, size, |a, b, x| two_rows(a, b, x, size, &unpack), one);
-    }
-
-    /// Two weight rows times `N` activation rows, the rows in the two halves of one register:
-    /// each VNNI instruction takes a block of both rows with a block of one activation row
-    /// (broadcast to both halves), so a pair of blocks costs half the instructions of one row
-    /// at a time. Every half runs the one-row kernel's lanes and steps (the same integer sums,
-    /// the same product by the activation scale, the same fused step with the row's own scale,
-    /// the same [`hsum`]), so each result has the one-row bits.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    fn two_rows<const N: usize>(
-        first: &[u8],
-        second: &[u8],
-        y: [&[Q8_0]; N],
-        size: usize,
-        unpack: &impl Fn(&[u8]) -> (f32, __m256i),
-    ) -> [[f32; 2]; N] {
-        let blocks = first.len() / size;
-        assert!(
-            second.len() == first.len() && y.iter().all(|y| y.len() == blocks),
-            "two weight rows and activation rows of different lengths"
-        );
-        let mut acc = [_mm512_setzero_ps(); N];
-        for (k, (b0, b1)) in first.chunks_exact(size).zip(second.chunks_exact(size)).enumerate() {
-            let ((d0, x0), (d1, x1)) = (unpack(b0), unpack(b1));
-            let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x0), x1);
-            let d = _mm512_insertf32x8::<1>(_mm512_set1_ps(d0), _mm256_set1_ps(d1));
-            let bias = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), x);
-            let start = _mm512_sub_epi32(_mm512_setzero_si512(), bias);
-            for (acc, y) in acc.iter_mut().zip(&y) {
-                // SAFETY: k < blocks, the length of every activation row (asserted above); the
-                // bounds checks left in cost a third of this loop's instructions.
-                let y = unsafe { y.get_unchecked(k) };
-                let biased = _mm512_broadcast_i64x4(load_i8(&y.qs, 0));
-                let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, biased, x));
-                *acc = _mm512_fmadd_ps(_mm512_mul_ps(sums, _mm512_set1_ps(y.d)), d, *acc);
-            }
-        }
-        std::array::from_fn(|j| {
-            [hsum(_mm512_castps512_ps256(acc[j])), hsum(_mm512_extractf32x8_ps::<1>(acc[j]))]
-        })
-    }
-
-    /// The safe entries of one block type: a span times [`ROWS`] and times [`WIDE`] rows.
-    macro_rules! pair_entry {
-        ($rows:ident, $wide:ident => $one:ident, $unpack:ident($size:literal bytes)) => {
-            pub(crate) fn $rows(w: &[u8], x: [&[Q8_0]; ROWS], out: [&mut [f32]; ROWS]) {
-                #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-                fn rows(w: &[u8], x: [&[Q8_0]; ROWS], out: [&mut [f32]; ROWS]) {
-                    two_rows_at_a_time(w, x, out, $size, |b| $unpack(b), |w, x| $one::<ROWS>(w, x))
-                }
-                check();
-                // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-                unsafe { rows(w, x, out) }
-            }
-
-            pub(crate) fn $wide(w: &[u8], x: [&[Q8_0]; WIDE], out: [&mut [f32]; WIDE]) {
-                #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-                fn wide(w: &[u8], x: [&[Q8_0]; WIDE], out: [&mut [f32]; WIDE]) {
-                    two_rows_at_a_time(w, x, out, $size, |b| $unpack(b), |w, x| $one::<WIDE>(w, x))
-                }
-                check();
-                // SAFETY: as above.
-                unsafe { wide(w, x, out) }
-            }
-        };
-    }
-
-    pair_entry!(rows_q4_0, wide_q4_0 => q4_0_kernel, q4_0_weights(18 bytes));
-    pair_entry!(rows_q5_0, wide_q5_0 => q5_0_kernel, q5_0_weights(22 bytes));
-}
 pub(super) use kpairs::{rows_q4k, rows_q5k, rows_q6k, wide_q4k, wide_q5k, wide_q6k};
 
-/// The batch kernels of Q4_K, Q5_K and Q6_K weights: two weight rows a register, as the Q8_0
-/// family's (module `biased`), on the activations as they are. Each 512-bit register holds a
+/// The batch kernels of Q4_K, Q5_K and Q6_K weights: two weight rows a register (through
+/// [`pairs`]), on the activations as they are. Each 512-bit register holds a
 /// 32-value piece of two weight rows in its halves; an activation piece is broadcast to both, and
 /// AVX-512 BW's `maddubs` and `madd` (pairs into i16, then those pairs times the sub-block scales
 /// into i32) do both rows' work in one instruction each. Each half runs the AVX2 kernel's lanes

@@ -24,10 +24,11 @@
 //! Quantized weights are multiplied as llama.cpp does: each activation row is quantized once to
 //! 8-bit blocks (Q8_0, Q8_1 or Q8_K; with AVX2 in SIMD, bit for bit the portable quantizer), each
 //! block's dot product is integer arithmetic, and only the per-block sums are scaled and added in
-//! floating point. Q8_0 weights are copied into panels of sixteen rows interleaved four bytes at
-//! a time (`qpanel`), so that a register's sixteen lanes each sum one row's whole block and one
-//! scaling step serves sixteen rows; their order is one chain of block steps per pair, the same
-//! on every instruction set. The other quantized types are kept as stored, in place.
+//! floating point. Q4_0, Q5_0 and Q8_0 weights are copied into panels of sixteen rows interleaved
+//! four values at a time (`qpanel`), so that a register's sixteen lanes each sum one row's whole
+//! block and one scaling step serves sixteen rows; their order is one chain of block steps per
+//! pair, the same on every instruction set. The other quantized types are kept as stored, in
+//! place.
 //!
 //! [`Attention`] is causal attention one query row at a time over exactly the keys it sees, under
 //! the same invariant: a row's result does not depend on how many rows the call holds, so a
@@ -89,15 +90,15 @@ pub struct Matrix {
     held: Held,
 }
 
-/// How a [`Matrix`] holds its weights: dense types copied into panels (`dense`), Q8_0 blocks
-/// copied into panels of their own (`qpanel`), the other quantized blocks as stored, in place
-/// where they were given so.
+/// How a [`Matrix`] holds its weights: dense types copied into panels (`dense`), Q4_0, Q5_0 and
+/// Q8_0 blocks copied into panels of their own (`qpanel`), the other quantized blocks as stored,
+/// in place where they were given so.
 #[derive(Clone)]
 enum Held {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
-    Q8_0(Vec<u8>),
+    Panels { kind: QuantKind, bytes: Vec<u8> },
     Quant { kind: QuantKind, bytes: Values<u8> },
 }
 
@@ -107,7 +108,7 @@ impl std::fmt::Debug for Held {
             Held::F32(v) => write!(f, "{} f32 values in panels", v.len()),
             Held::F16(v) => write!(f, "{} f16 values in panels", v.len()),
             Held::Bf16(v) => write!(f, "{} bf16 values in panels", v.len()),
-            Held::Q8_0(v) => write!(f, "{} q8_0 bytes in panels", v.len()),
+            Held::Panels { kind, bytes } => write!(f, "{} {} bytes in panels", bytes.len(), kind.name()),
             Held::Quant { kind, bytes } => write!(f, "{} {bytes:?}", kind.name()),
         }
     }
@@ -339,9 +340,10 @@ impl Matrix {
             Storage::Bf16(v) => {
                 Held::Bf16(into_panels(rows, cols, v, |r, c, v, done| dense::pack(r, c, v, done)))
             }
-            Storage::Quant { kind: QuantKind::Q8_0, bytes } => {
-                Held::Q8_0(into_panels(rows, cols, bytes, |r, c, v, done| qpanel::pack(r, c, v, done)))
-            }
+            Storage::Quant { kind, bytes } if qpanel::holds(kind) => Held::Panels {
+                kind,
+                bytes: into_panels(rows, cols, bytes, |r, c, v, done| qpanel::pack(kind, r, c, v, done)),
+            },
             Storage::Quant { kind, bytes } => Held::Quant { kind, bytes },
         };
         Ok(Matrix { rows, cols, held })
@@ -465,7 +467,7 @@ impl Matrix {
     /// Q8_0 blocks, copied into panels, never are.
     pub fn in_place(&self) -> bool {
         match &self.held {
-            Held::F32(_) | Held::F16(_) | Held::Bf16(_) | Held::Q8_0(_) => false,
+            Held::F32(_) | Held::F16(_) | Held::Bf16(_) | Held::Panels { .. } => false,
             Held::Quant { bytes, .. } => bytes.is_borrowed(),
         }
     }
@@ -476,7 +478,7 @@ impl Matrix {
             Held::F32(v) => v.len() * 4,
             Held::F16(v) => v.len() * 2,
             Held::Bf16(v) => v.len() * 2,
-            Held::Q8_0(v) => v.len(),
+            Held::Panels { bytes, .. } => bytes.len(),
             Held::Quant { bytes, .. } => bytes.len(),
         }
     }
@@ -487,8 +489,7 @@ impl Matrix {
             Held::F32(_) => "f32",
             Held::F16(_) => "f16",
             Held::Bf16(_) => "bf16",
-            Held::Q8_0(_) => QuantKind::Q8_0.name(),
-            Held::Quant { kind, .. } => kind.name(),
+            Held::Panels { kind, .. } | Held::Quant { kind, .. } => kind.name(),
         }
     }
 
@@ -510,10 +511,10 @@ impl Matrix {
             Held::F32(v) => gather(v, row, out, |w| w),
             Held::F16(v) => gather(v, row, out, f16::to_f32),
             Held::Bf16(v) => gather(v, row, out, bf16::to_f32),
-            Held::Q8_0(v) => {
+            Held::Panels { kind, bytes } => {
                 let mut blocks = vec![0u8; self.row_bytes()];
-                qpanel::row_blocks(v, row, self.cols, &mut blocks);
-                quant::dequantize_row(QuantKind::Q8_0, &blocks, out);
+                qpanel::row_blocks(*kind, bytes, row, self.cols, &mut blocks);
+                quant::dequantize_row(*kind, &blocks, out);
             }
             Held::Quant { kind, bytes } => {
                 let row_bytes = self.row_bytes();
@@ -545,12 +546,12 @@ impl Matrix {
             Held::F32(v) => panels(v, cols, order),
             Held::F16(v) => panels(v, cols, order),
             Held::Bf16(v) => panels(v, cols, order),
-            Held::Q8_0(v) => {
+            Held::Panels { kind, bytes } => {
                 let mut rows = vec![0u8; order.len() * row_bytes];
                 for (to, &r) in rows.chunks_exact_mut(row_bytes.max(1)).zip(order) {
-                    qpanel::row_blocks(v, r, cols, to);
+                    qpanel::row_blocks(*kind, bytes, r, cols, to);
                 }
-                *v = qpanel::pack(order.len(), cols, &rows, |_| {});
+                *bytes = qpanel::pack(*kind, order.len(), cols, &rows, |_| {});
             }
             Held::Quant { bytes, .. } => *bytes = gather(bytes, row_bytes, order).into(),
         }
@@ -592,9 +593,9 @@ impl Matrix {
                 let dots = Dots::dense(dense::spans_bf16(isa), |r| &w[panels(r)], xs);
                 drive(rows, m, row_bytes, serial, y, dots);
             }
-            Held::Q8_0(w) => {
-                let Activations::Q8_0(a) = Activations::quantize(QuantKind::Q8_0, isa, x, m, cols) else {
-                    unreachable!("Q8_0 weights are multiplied with Q8_0 activations")
+            Held::Panels { kind, bytes: w } => {
+                let Activations::Q8_0(a) = Activations::quantize(*kind, isa, x, m, cols) else {
+                    unreachable!("the blocks held in panels are multiplied with Q8_0 activations")
                 };
                 let per_row = cols / quant::QK;
                 let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
@@ -603,18 +604,15 @@ impl Matrix {
                     debug_assert!(r.start.is_multiple_of(qpanel::HEIGHT), "a span starting inside a panel");
                     &w[r.start * row_bytes..r.end.next_multiple_of(qpanel::HEIGHT) * row_bytes]
                 };
-                let dots = Dots::panels(qpanel::spans(isa), units, a);
+                let dots = Dots::panels(qpanel::spans(*kind, isa), units, a);
                 drive(rows, m, row_bytes, serial, y, dots);
             }
             Held::Quant { kind, bytes } => {
                 let kind = *kind;
                 let w = |r: std::ops::Range<usize>| &bytes[r.start * row_bytes..r.end * row_bytes];
                 match Activations::quantize(kind, isa, x, m, cols) {
-                    Activations::Q8_0(a) => {
-                        let per_row = cols / quant::QK;
-                        let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
-                        let dots = Dots::new(quant::dot_q8_0_fn(kind), quant::spans_q8_0(kind, isa), w, a);
-                        drive(rows, m, row_bytes, serial, y, dots);
+                    Activations::Q8_0(_) => {
+                        unreachable!("the blocks multiplied with Q8_0 activations are held in panels")
                     }
                     Activations::Q8_1(a) => {
                         let per_row = cols / quant::QK;
@@ -660,8 +658,7 @@ impl Matrix {
         match &self.held {
             Held::F32(_) => self.cols * 4,
             Held::F16(_) | Held::Bf16(_) => self.cols * 2,
-            Held::Q8_0(_) => self.cols / quant::QK * QuantKind::Q8_0.block().1,
-            Held::Quant { kind, .. } => {
+            Held::Panels { kind, .. } | Held::Quant { kind, .. } => {
                 let (values, size) = kind.block();
                 self.cols / values * size
             }
@@ -766,8 +763,8 @@ where
     FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
     FA: Fn(usize) -> &'a [A] + Sync,
 {
-    /// Q8_0 rows in panels of their own (`qpanel`): `weights` gives whole panels for a span that
-    /// starts at one.
+    /// Q4_0, Q5_0 and Q8_0 rows in panels of their own (`qpanel`): `weights` gives whole panels
+    /// for a span that starts at one.
     fn panels(spans: Spans<W, A, ROWS, WIDE>, weights: FW, activations: FA) -> Self {
         Dots { kernels: Kernels::Spans(spans), granule: qpanel::HEIGHT, weights, activations }
     }

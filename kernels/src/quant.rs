@@ -378,34 +378,11 @@ fn small_block(kind: QuantKind, b: &[u8]) -> ([i8; QK], f32, f32) {
 /// A dot product of one stored weight row with one quantized activation row.
 pub(super) type QDot<A> = fn(&[u8], &[A]) -> f32;
 
-/// The SIMD span kernels of Q4_0 or Q5_0 weights with Q8_0 activations, where `isa` has them
+/// The SIMD span kernels of Q4_1 or Q5_1 weights with Q8_1 activations, where `isa` has them
 /// (AVX2; with VNNI on AVX-512, whose batches take two weight rows a register): each weight block
-/// is unpacked once for [`ROWS`](super::ROWS) or [`WIDE`](super::WIDE) activation rows. (Q8_0
-/// weights are held in panels of their own, with their own kernels: `qpanel`.)
-pub(super) fn spans_q8_0(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_0, ROWS, WIDE>> {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        use super::avx512::*;
-        return match kind {
-            QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0, wide: Some(wide_q4_0) }),
-            QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0, wide: Some(wide_q5_0) }),
-            _ => None,
-        };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        use super::avx2::*;
-        return match kind {
-            QuantKind::Q4_0 => Some(Spans { one: span_q4_0, rows: rows_q4_0, wide: Some(wide_q4_0) }),
-            QuantKind::Q5_0 => Some(Spans { one: span_q5_0, rows: rows_q5_0, wide: Some(wide_q5_0) }),
-            _ => None,
-        };
-    }
-    let _ = (kind, isa);
-    None
-}
-
-/// The same for Q4_1 or Q5_1 weights with Q8_1 activations.
+/// is unpacked once for [`ROWS`](super::ROWS) or [`WIDE`](super::WIDE) activation rows. (The
+/// blocks without an offset, Q4_0, Q5_0 and Q8_0, are held in panels with kernels of their own:
+/// `qpanel`.)
 pub(super) fn spans_q8_1(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8_1, ROWS, WIDE>> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
@@ -461,16 +438,6 @@ pub(super) fn spans_q8k(kind: QuantKind, isa: Isa) -> Option<Spans<u8, Q8K, ROWS
     None
 }
 
-/// The portable dot product of Q4_0 or Q5_0 weights with Q8_0 activations (Q8_0 weights have
-/// `qpanel`'s).
-pub(super) fn dot_q8_0_fn(kind: QuantKind) -> QDot<Q8_0> {
-    match kind {
-        QuantKind::Q4_0 => |w, y| dot_small_q8_0(QuantKind::Q4_0, w, y),
-        QuantKind::Q5_0 => |w, y| dot_small_q8_0(QuantKind::Q5_0, w, y),
-        _ => unreachable!("{kind:?} is not multiplied with Q8_0 activations"),
-    }
-}
-
 /// The portable dot product of Q4_1 or Q5_1 weights with Q8_1 activations.
 pub(super) fn dot_q8_1_fn(kind: QuantKind) -> QDot<Q8_1> {
     match kind {
@@ -492,19 +459,8 @@ pub(super) fn dot_q8k_fn(kind: QuantKind) -> QDot<Q8K> {
     }
 }
 
-/// Σ over blocks of (Σ q·y) · (d_w · d_y): the integer sum per block, then one float step.
-fn dot_small_q8_0(kind: QuantKind, w: &[u8], y: &[Q8_0]) -> f32 {
-    let size = kind.block().1;
-    let mut sum = 0f32;
-    for (b, y) in w.chunks_exact(size).zip(y) {
-        let (q, d, _) = small_block(kind, b);
-        let sumi: i32 = q.iter().zip(&y.qs).map(|(&q, &v)| i32::from(q) * i32::from(v)).sum();
-        sum += sumi as f32 * (d * y.d);
-    }
-    sum
-}
-
-/// As [`dot_small_q8_0`], plus each block's offset times the activation block's sum.
+/// Σ over blocks of (Σ q·y) · (d_w · d_y) (the integer sum per block, then one float step), plus
+/// each block's offset times the activation block's sum.
 fn dot_small_q8_1(kind: QuantKind, w: &[u8], y: &[Q8_1]) -> f32 {
     let size = kind.block().1;
     let mut sum = 0f32;

@@ -111,8 +111,8 @@ fn names_and_sizes_follow_the_stored_type() {
         ]
     );
     let bytes: Vec<usize> = every_kind(4, 256).iter().map(Matrix::bytes).collect();
-    // Q8_0's four rows take a whole panel of sixteen (`qpanel`).
-    assert_eq!(bytes, [4096, 2048, 2048, 576, 640, 704, 768, 4352, 336, 440, 576, 704, 840]);
+    // Q4_0's, Q5_0's and Q8_0's four rows take a whole panel of sixteen (`qpanel`).
+    assert_eq!(bytes, [4096, 2048, 2048, 2304, 640, 2816, 768, 4352, 336, 440, 576, 704, 840]);
     let bytes: Vec<usize> = every_kind(32, 256).iter().map(Matrix::bytes).collect();
     assert_eq!(bytes, [32768, 16384, 16384, 4608, 5120, 5632, 6144, 8704, 2688, 3520, 4608, 5632, 6720]);
 }
@@ -334,25 +334,37 @@ fn avx512_gives_the_avx2_bits_for_every_quantized_type_and_batch() {
 }
 
 #[test]
-fn q8_0_panels_give_the_portable_bits_on_every_instruction_set() {
+fn panels_of_the_blocks_of_32_give_the_portable_bits_on_every_instruction_set() {
     let mut rng = Rng(71);
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-    // 83 rows: five whole panels and one of three; blocks holding -128 (a file may: ggml's
-    // quantizer never writes it), the one weight byte whose magnitude is 128.
+    // 83 rows: five whole panels and one of three. Random bytes beside the quantizer's blocks:
+    // every pattern of Q5_0's fifth bits, and Q8_0's -128 (a file may hold it: ggml's quantizer
+    // never writes it), the one weight byte whose magnitude is 128.
     let (rows, cols) = (83, 1024);
-    let mut bytes = Vec::new();
-    for _ in 0..rows * cols / 32 {
-        bytes.extend(half::f16::from_f32(rng.value() / 64.0).to_le_bytes());
-        bytes.extend((0..32).map(|k| if k % 5 == 0 { 0x80 } else { rng.below(256) as u8 }));
+    let mut matrices = Vec::new();
+    let kinds = [
+        (QuantKind::Q4_0, GgmlDType::Q4_0),
+        (QuantKind::Q5_0, GgmlDType::Q5_0),
+        (QuantKind::Q8_0, GgmlDType::Q8_0),
+    ];
+    for (kind, dtype) in kinds {
+        let size = kind.block().1;
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / 32 {
+            bytes.extend(half::f16::from_f32(rng.value() / 64.0).to_le_bytes());
+            bytes.extend(
+                (2..size).map(|k| if k % 5 == 0 && size == 34 { 0x80 } else { rng.below(256) as u8 }),
+            );
+        }
+        matrices.push(Matrix::new(rows, cols, Storage::Quant { kind, bytes: bytes.into() }).unwrap());
+        matrices.push(quantized(dtype, rows, cols, 9).1);
     }
-    let planted =
-        Matrix::new(rows, cols, Storage::Quant { kind: QuantKind::Q8_0, bytes: bytes.into() }).unwrap();
-    for matrix in [quantized(GgmlDType::Q8_0, rows, cols, 9).1, planted] {
+    for matrix in &matrices {
         for m in [1, 3, 4, 8, 13] {
             let x = rng.values(m * cols);
-            let portable = bits(matmul(&matrix, Isa::Scalar, &x, m));
+            let portable = bits(matmul(matrix, Isa::Scalar, &x, m));
             for isa in isas() {
-                assert_eq!(bits(matmul(&matrix, isa, &x, m)), portable, "{isa:?} m = {m}");
+                assert_eq!(bits(matmul(matrix, isa, &x, m)), portable, "{} {isa:?} m = {m}", matrix.kind());
             }
         }
     }
@@ -415,10 +427,10 @@ fn row_alone(matrix: &Matrix, r: usize) -> Matrix {
             matrix.row_into(r, &mut row);
             Storage::Bf16(row.into_iter().map(bf16::from_f32).collect::<Vec<_>>().into())
         }
-        Held::Q8_0(held) => {
+        Held::Panels { kind, bytes: held } => {
             let mut bytes = vec![0u8; matrix.row_bytes()];
-            super::qpanel::row_blocks(held, r, cols, &mut bytes);
-            Storage::Quant { kind: QuantKind::Q8_0, bytes: bytes.into() }
+            super::qpanel::row_blocks(*kind, held, r, cols, &mut bytes);
+            Storage::Quant { kind: *kind, bytes: bytes.into() }
         }
         Held::Quant { kind, bytes } => {
             let size = matrix.row_bytes();
@@ -562,9 +574,9 @@ fn a_ggml_matrix_read_in_place_multiplies_as_the_same_tensor_read_out() {
             .expect("a type kept as stored, aligned")
             .unwrap();
         assert_eq!(in_place.kind(), read_out.kind(), "{dtype:?}");
-        // Quantized blocks are read in place; dense values and Q8_0 blocks are copied into panels
-        // at once.
-        let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::Q8_0);
+        // Quantized blocks are read in place; dense values and the blocks of 32 without an offset
+        // are copied into panels at once.
+        let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::Q4_0 | GgmlDType::Q8_0);
         assert_eq!(in_place.in_place(), !dense, "{dtype:?}");
         let held = if dense { 1 } else { 2 };
         assert_eq!(std::sync::Arc::strong_count(&owner), held, "{dtype:?}: the owner held while needed");

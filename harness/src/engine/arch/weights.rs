@@ -346,10 +346,10 @@ mod tests {
             let mut kept = 0;
             for name in &names {
                 let m = source.take(name).unwrap().unwrap();
-                // llama.cpp's q/k rows are put back in order, which copies them; Q8_0 blocks are
-                // copied into panels of sixteen rows (the kernels' own layout).
+                // llama.cpp's q/k rows are put back in order, which copies them; Q4_0, Q5_0 and
+                // Q8_0 blocks are copied into panels of sixteen rows (the kernels' own layout).
                 let reordered = name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight");
-                let copied = reordered || m.kind() == "q8_0";
+                let copied = reordered || ["q4_0", "q5_0", "q8_0"].contains(&m.kind());
                 assert_eq!(m.in_place(), !copied, "{q}: {name} ({})", m.kind());
                 kept += usize::from(m.in_place());
             }
