@@ -597,6 +597,7 @@ impl Matrix {
                 let Activations::Q8_0(a) = Activations::quantize(*kind, isa, x, m, cols) else {
                     unreachable!("the blocks held in panels are multiplied with Q8_0 activations")
                 };
+                let a: Vec<quant::Q8S> = a.iter().map(quant::Q8S::of).collect();
                 let per_row = cols / quant::QK;
                 let a = |i: usize| &a[i * per_row..(i + 1) * per_row];
                 // A span of whole panels (the last one filled up with zero rows).

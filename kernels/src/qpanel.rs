@@ -42,7 +42,7 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
-use super::quant::{Q8_0, QK};
+use super::quant::{Q8S, QK};
 use super::{Isa, QuantKind, ROWS, Spans, WIDE};
 
 /// Rows a panel holds.
@@ -176,7 +176,7 @@ pub(crate) fn row_blocks(kind: QuantKind, held: &[u8], r: usize, cols: usize, ou
 /// [`WIDE`]; on AVX2 one and [`ROWS`]; the portable ones otherwise. A span is whole panels: its
 /// output rows run from a panel's first row, and rows past them (a last panel's filling) are
 /// dropped.
-pub(super) fn spans(kind: QuantKind, isa: Isa) -> Spans<u8, Q8_0, ROWS, WIDE> {
+pub(super) fn spans(kind: QuantKind, isa: Isa) -> Spans<u8, Q8S, ROWS, WIDE> {
     macro_rules! portable {
         ($kind:expr) => {
             Spans {
@@ -209,7 +209,7 @@ pub(super) fn spans(kind: QuantKind, isa: Isa) -> Spans<u8, Q8_0, ROWS, WIDE> {
 fn shape<const N: usize>(
     kind: QuantKind,
     w: &[u8],
-    y: &[&[Q8_0]; N],
+    y: &[&[Q8S]; N],
     out: &[&mut [f32]; N],
 ) -> (usize, usize) {
     let (blocks, len) = (y[0].len(), out[0].len());
@@ -222,12 +222,6 @@ fn shape<const N: usize>(
         w.len()
     );
     (blocks, len)
-}
-
-/// −bias · Σy of each block of each activation row: where each block's integer sum starts, which
-/// takes the weights' bias out.
-fn starts<const N: usize>(kind: QuantKind, y: &[&[Q8_0]; N]) -> [Vec<i32>; N] {
-    y.map(|row| row.iter().map(|b| -bias(kind) * b.qs.iter().map(|&q| i32::from(q)).sum::<i32>()).collect())
 }
 
 /// Value `v` of row `i` in a unit, as the signed integer it stands for.
@@ -245,7 +239,7 @@ fn value(kind: QuantKind, unit: &[u8], i: usize, v: usize) -> i32 {
 }
 
 /// The portable kernel: the order the module documents, one pair at a time.
-fn portable<const N: usize>(kind: QuantKind, w: &[u8], y: [&[Q8_0]; N], mut out: [&mut [f32]; N]) {
+fn portable<const N: usize>(kind: QuantKind, w: &[u8], y: [&[Q8S]; N], mut out: [&mut [f32]; N]) {
     let (blocks, len) = shape(kind, w, &y, &out);
     if blocks == 0 {
         out.iter_mut().for_each(|o| o.fill(0.0));
@@ -271,9 +265,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::avx2::bit_bytes;
-    use super::super::quant::Q8_0;
+    use super::super::quant::Q8S;
     use super::super::{Isa, QuantKind};
-    use super::{HEIGHT, SCALES, WORDS, pieces, shape, starts, unit};
+    use super::{HEIGHT, SCALES, WORDS, bias, pieces, shape, unit};
 
     /// The type a kernel is compiled for, as its const parameter (so that every test of the
     /// type folds away).
@@ -291,7 +285,7 @@ mod x86 {
 
     /// Activation word `j` (values `4j..4j + 4`) of a block, as one i32 to broadcast.
     #[inline]
-    fn word(y: &Q8_0, j: usize) -> i32 {
+    fn word(y: &Q8S, j: usize) -> i32 {
         let q = &y.qs[4 * j..4 * j + 4];
         i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
     }
@@ -340,15 +334,14 @@ mod x86 {
     /// Panels of `kind` times `N` activation rows, sixteen rows a register by `vpdpbusd`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    fn panels_avx512<const K: u8, const N: usize>(w: &[u8], y: [&[Q8_0]; N], mut out: [&mut [f32]; N]) {
+    fn panels_avx512<const K: u8, const N: usize>(w: &[u8], y: [&[Q8S]; N], mut out: [&mut [f32]; N]) {
         let kind = kind_of(K);
         let (blocks, _) = shape(kind, w, &y, &out);
         if blocks == 0 {
             out.iter_mut().for_each(|o| o.fill(0.0));
             return;
         }
-        let starts = starts(kind, &y);
-        let size = unit(kind);
+        let (size, bias) = (unit(kind), bias(kind));
         for (p, panel) in w.chunks_exact(blocks * size).enumerate() {
             let mut acc = [_mm512_setzero_ps(); N];
             for (k, unit) in panel.chunks_exact(size).enumerate() {
@@ -356,11 +349,11 @@ mod x86 {
                 // SAFETY: `scales` holds 32 bytes.
                 let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) });
                 let x = words_avx512(kind, unit);
-                for ((acc, y), start) in acc.iter_mut().zip(&y).zip(&starts) {
-                    // SAFETY: k < blocks, the length of every activation row and of its starts
-                    // (checked by `shape`).
-                    let (y, start) = unsafe { (y.get_unchecked(k), *start.get_unchecked(k)) };
-                    let mut s = _mm512_set1_epi32(start);
+                for (acc, y) in acc.iter_mut().zip(&y) {
+                    // SAFETY: k < blocks, the length of every activation row (checked by `shape`).
+                    let y = unsafe { y.get_unchecked(k) };
+                    // −bias · Σy takes the weights' bias out of the sum.
+                    let mut s = _mm512_set1_epi32(-bias * y.sum);
                     for (j, x) in x.iter().enumerate() {
                         s = _mm512_dpbusd_epi32(s, *x, _mm512_set1_epi32(word(y, j)));
                     }
@@ -411,15 +404,16 @@ mod x86 {
     /// turn).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn panels_avx2<const K: u8, const N: usize>(w: &[u8], y: [&[Q8_0]; N], mut out: [&mut [f32]; N]) {
+    fn panels_avx2<const K: u8, const N: usize>(w: &[u8], y: [&[Q8S]; N], mut out: [&mut [f32]; N]) {
         let kind = kind_of(K);
         let (blocks, len) = shape(kind, w, &y, &out);
         if blocks == 0 {
             out.iter_mut().for_each(|o| o.fill(0.0));
             return;
         }
-        // Q8_0 keeps the sign trick, which starts from zero.
-        let starts = (kind != QuantKind::Q8_0).then(|| starts(kind, &y));
+        // Q8_0 keeps the sign trick, on the signed bytes; the others' sums start at −bias · Σy.
+        let signed = kind == QuantKind::Q8_0;
+        let bias = bias(kind);
         let ones = _mm256_set1_epi16(1);
         let size = unit(kind);
         for (p, panel) in w.chunks_exact(blocks * size).enumerate() {
@@ -433,20 +427,21 @@ mod x86 {
                     let scales = &unit[16 * h..16 * h + 16];
                     // SAFETY: `scales` holds 16 bytes.
                     let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.as_ptr().cast()) });
-                    let mut s: [__m256i; N] = match &starts {
-                        // SAFETY: k < blocks, the length of every row of starts (checked by `shape`).
-                        Some(starts) => {
-                            std::array::from_fn(|r| _mm256_set1_epi32(unsafe { *starts[r].get_unchecked(k) }))
-                        }
-                        None => [_mm256_setzero_si256(); N],
+                    let mut s: [__m256i; N] = if signed {
+                        [_mm256_setzero_si256(); N]
+                    } else {
+                        // SAFETY: k < blocks, the length of every activation row (checked by `shape`).
+                        std::array::from_fn(|r| {
+                            _mm256_set1_epi32(-bias * unsafe { y[r].get_unchecked(k) }.sum)
+                        })
                     };
                     for j in 0..WORDS {
                         let x = word_avx2(kind, unit, h, j);
-                        let ax = if starts.is_none() { _mm256_sign_epi8(x, x) } else { x };
+                        let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
                         for (s, y) in s.iter_mut().zip(&y) {
                             // SAFETY: k < blocks (checked by `shape`).
                             let y = _mm256_set1_epi32(word(unsafe { y.get_unchecked(k) }, j));
-                            let y = if starts.is_none() { _mm256_sign_epi8(y, x) } else { y };
+                            let y = if signed { _mm256_sign_epi8(y, x) } else { y };
                             let pairs = _mm256_maddubs_epi16(ax, y);
                             *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
                         }
@@ -485,7 +480,7 @@ mod x86 {
             entries!(@spans Q8_0, $kernel, K8, $wide);
         };
         (@spans $name:ident, $kernel:ident, $kind:ident, $wide:ident) => {
-            pub(crate) const $name: Spans<u8, Q8_0, ROWS, WIDE> = Spans {
+            pub(crate) const $name: Spans<u8, Q8S, ROWS, WIDE> = Spans {
                 one: |w, y, out| {
                     check();
                     // SAFETY: the CPU has the features the kernel is compiled for (checked above).

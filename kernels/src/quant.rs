@@ -56,6 +56,21 @@ pub(super) struct Q8_0 {
     pub(super) qs: [i8; QK],
 }
 
+/// A [`Q8_0`] block with the integer sum of its values, for the weights held in panels
+/// (`qpanel`), whose integer sums start at −bias · Σy.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Q8S {
+    pub(super) d: f32,
+    pub(super) sum: i32,
+    pub(super) qs: [i8; QK],
+}
+
+impl Q8S {
+    pub(super) fn of(b: &Q8_0) -> Q8S {
+        Q8S { d: b.d, sum: b.qs.iter().map(|&q| i32::from(q)).sum(), qs: b.qs }
+    }
+}
+
 /// A [`Q8_0`] block with `s` = d · Σ qs, for the weight types that carry an offset.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Q8_1 {
