@@ -95,14 +95,14 @@ fn at(kind: QuantKind, i: usize, k: usize) -> usize {
 fn put(kind: QuantKind, unit: &mut [u8], i: usize, b: &[u8]) {
     unit[2 * i..2 * i + 2].copy_from_slice(&b[..2]);
     let qs = if kind == QuantKind::Q5_0 { &b[6..] } else { &b[2..] };
-    for (k, &q) in qs.iter().enumerate() {
-        unit[at(kind, i, k)] = q;
+    for (g, q) in qs.chunks_exact(4).enumerate() {
+        unit[at(kind, i, 4 * g)..at(kind, i, 4 * g) + 4].copy_from_slice(q);
     }
     if kind == QuantKind::Q5_0 {
+        // Mask w takes the four bits of word w, at bits 4i..4i + 4.
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        for v in (0..QK).filter(|v| qh >> v & 1 == 1) {
-            let (w, bit) = (v / 4, 4 * i + v % 4);
-            unit[SCALES + 8 * w + bit / 8] |= 1 << (bit % 8);
+        for w in 0..WORDS {
+            unit[SCALES + 8 * w + i / 2] |= ((qh >> (4 * w) & 0xF) as u8) << (4 * (i % 2));
         }
     }
 }
@@ -111,14 +111,13 @@ fn put(kind: QuantKind, unit: &mut [u8], i: usize, b: &[u8]) {
 fn take(kind: QuantKind, unit: &[u8], i: usize, b: &mut [u8]) {
     b[..2].copy_from_slice(&unit[2 * i..2 * i + 2]);
     let start = if kind == QuantKind::Q5_0 { 6 } else { 2 };
-    for (k, q) in b[start..].iter_mut().enumerate() {
-        *q = unit[at(kind, i, k)];
+    for (g, q) in b[start..].chunks_exact_mut(4).enumerate() {
+        q.copy_from_slice(&unit[at(kind, i, 4 * g)..at(kind, i, 4 * g) + 4]);
     }
     if kind == QuantKind::Q5_0 {
         let mut qh = 0u32;
-        for v in 0..QK {
-            let (w, bit) = (v / 4, 4 * i + v % 4);
-            qh |= u32::from(unit[SCALES + 8 * w + bit / 8] >> (bit % 8) & 1) << v;
+        for w in 0..WORDS {
+            qh |= u32::from(unit[SCALES + 8 * w + i / 2] >> (4 * (i % 2)) & 0xF) << (4 * w);
         }
         b[2..6].copy_from_slice(&qh.to_le_bytes());
     }
