@@ -7,6 +7,9 @@
 //! `w·v` as general matrix products) reduces over the whole key axis in blocks that depend on the
 //! shapes, so a prompt prefilled in two pieces differs from the same prompt prefilled whole in the
 //! last bits; here it cannot, which is what lets a batch compute a shared prefix once.
+//!
+//! With AVX2 a row runs the same operations eight lanes at a time (`avx2`): the same products,
+//! sums and tree, so the bits are the portable code's on every CPU.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, bail};
@@ -117,7 +120,7 @@ impl Attention {
         &self,
         query: &[f32],
         keys: impl Iterator<Item = &'a [f32]>,
-        values: impl Iterator<Item = &'a [f32]>,
+        values: impl Iterator<Item = &'a [f32]> + Clone,
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) {
@@ -135,12 +138,22 @@ impl Attention {
             *s = (*s - max).exp();
             sum += *s;
         }
-        out.fill(0.0);
-        for (&w, value) in scores.iter().zip(values) {
-            let w = w / sum;
-            for (o, &x) in out.iter_mut().zip(value) {
-                *o += w * x;
-            }
+        weigh(scores, sum, values, out);
+    }
+}
+
+/// `out` = Σ (w / sum) · value over the scores `w` and their values, in key order, each element
+/// one chain of a product then a sum per key (from zero).
+fn weigh<'a>(scores: &[f32], sum: f32, values: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if out.len().is_multiple_of(8) && super::Isa::detected() != super::Isa::Scalar {
+        return avx2::weigh(scores, sum, values, out);
+    }
+    out.fill(0.0);
+    for (&w, value) in scores.iter().zip(values) {
+        let w = w / sum;
+        for (o, &x) in out.iter_mut().zip(value) {
+            *o += w * x;
         }
     }
 }
@@ -148,6 +161,14 @@ impl Attention {
 /// `a · b` in eight lanes and a fixed tree, then the tail: the same order for every call of a
 /// given length.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detected() != super::Isa::Scalar {
+        return avx2::dot(a, b);
+    }
+    dot_portable(a, b)
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let whole = a.len() / 8 * 8;
     let mut lanes = [0f32; 8];
     for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
@@ -161,4 +182,115 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         sum += x * y;
     }
     sum
+}
+
+/// The AVX2 twins of [`dot`] and [`weigh`]: the same multiplications and additions, eight lanes
+/// at a time (a product, then a sum: no fused step), so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "a dot product of rows of different lengths");
+        // SAFETY: the caller checked that the CPU has AVX2 (`Isa::detected`).
+        unsafe { dot_avx2(a, b) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let whole = a.len() / 8 * 8;
+        let mut lanes = _mm256_setzero_ps();
+        for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
+            // SAFETY: eight f32 each.
+            let (x, y) = unsafe { (_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(y.as_ptr())) };
+            lanes = _mm256_add_ps(lanes, _mm256_mul_ps(x, y));
+        }
+        // ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)), as the portable tree.
+        let halves = _mm_add_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps::<1>(lanes));
+        let pairs = _mm_hadd_ps(halves, halves);
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)));
+        for (x, y) in a[whole..].iter().zip(&b[whole..]) {
+            sum += x * y;
+        }
+        sum
+    }
+
+    pub(super) fn weigh<'a>(
+        scores: &[f32],
+        sum: f32,
+        values: impl Iterator<Item = &'a [f32]> + Clone,
+        out: &mut [f32],
+    ) {
+        assert!(out.len().is_multiple_of(8), "rows of whole vectors");
+        assert!(values.clone().all(|v| v.len() == out.len()), "values as long as the row");
+        // SAFETY: the caller checked that the CPU has AVX2 (`Isa::detected`).
+        unsafe { weigh_avx2(scores, sum, values, out) }
+    }
+
+    /// Thirty-two outputs at a time in four registers, over every key.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn weigh_avx2<'a>(
+        scores: &[f32],
+        sum: f32,
+        values: impl Iterator<Item = &'a [f32]> + Clone,
+        out: &mut [f32],
+    ) {
+        for (c, out) in out.chunks_mut(32).enumerate() {
+            let n = out.len() / 8;
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (&w, value) in scores.iter().zip(values.clone()) {
+                let w = _mm256_set1_ps(w / sum);
+                let value = &value[32 * c..32 * c + 8 * n];
+                for (t, acc) in acc.iter_mut().enumerate().take(n) {
+                    // SAFETY: eight f32 at 8t of `value`, which holds 8n.
+                    let x = unsafe { _mm256_loadu_ps(value.as_ptr().add(8 * t)) };
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(w, x));
+                }
+            }
+            for (t, acc) in acc.iter().enumerate().take(n) {
+                // SAFETY: eight f32 at 8t of `out`, which holds 8n.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * t), *acc) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_simd_row_is_the_portable_row_bit_for_bit() {
+        if crate::Isa::detected() == crate::Isa::Scalar {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let mut seed = 7u64;
+        let mut value = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        for d in [8, 40, 64, 72, 128] {
+            for keys in [1, 3, 17, 100] {
+                let q: Vec<f32> = (0..d).map(|_| value()).collect();
+                let v: Vec<Vec<f32>> = (0..keys).map(|_| (0..d).map(|_| value()).collect()).collect();
+                for (k, v) in v.iter().enumerate() {
+                    assert_eq!(dot(&q, v).to_bits(), dot_portable(&q, v).to_bits(), "d = {d}, key {k}");
+                }
+                let scores: Vec<f32> = (0..keys).map(|_| value().exp()).collect();
+                let sum: f32 = scores.iter().sum();
+                let mut simd = vec![0f32; d];
+                avx2::weigh(&scores, sum, v.iter().map(Vec::as_slice), &mut simd);
+                let mut portable = vec![0f32; d];
+                for (&w, v) in scores.iter().zip(&v) {
+                    let w = w / sum;
+                    for (o, &x) in portable.iter_mut().zip(v) {
+                        *o += w * x;
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&simd), bits(&portable), "d = {d}, {keys} keys");
+            }
+        }
+    }
 }

@@ -360,7 +360,7 @@ fn panels_of_the_blocks_of_32_give_the_portable_bits_on_every_instruction_set() 
         matrices.push(quantized(dtype, rows, cols, 9).1);
     }
     for matrix in &matrices {
-        for m in [1, 3, 4, 8, 13] {
+        for m in [1, 3, 4, 8, 13, 16, 21] {
             let x = rng.values(m * cols);
             let portable = bits(matmul(matrix, Isa::Scalar, &x, m));
             for isa in isas() {
