@@ -115,7 +115,8 @@ impl std::fmt::Debug for Held {
 }
 
 /// The weights of a [`Matrix`] as given to it, row-major, in the type they were stored in. Dense
-/// values are copied into the matrix's own layout; quantized blocks are kept as given.
+/// values and Q4_0, Q5_0 and Q8_0 blocks are copied into the matrix's own layouts; the other
+/// quantized blocks are kept as given.
 #[derive(Debug, Clone)]
 pub enum Storage {
     F32(Values<f32>),
@@ -364,8 +365,9 @@ impl Matrix {
     }
 
     /// A GGUF matrix of `rows` × `cols` in GGML type `dtype` from `bytes`, its data in a read-only
-    /// mapping of the file: quantized blocks are read in place (no second copy), dense values are
-    /// copied into panels with the file's pages given back as they go. `None` where the kernels do
+    /// mapping of the file: quantized blocks are read in place (no second copy); dense values and
+    /// Q4_0, Q5_0 and Q8_0 blocks are copied into panels with the file's pages given back as they
+    /// go. `None` where the kernels do
     /// not keep `dtype` as stored ([`Matrix::from_qtensor`] dequantizes it) or the bytes are not
     /// aligned for it (the caller reads it out instead, [`Matrix::from_ggml_bytes`]).
     ///
@@ -421,7 +423,8 @@ impl Matrix {
     }
 
     /// A GGUF tensor (2-D, shape (rows, cols)) as stored: F32/F16/BF16 dense, the quantized types
-    /// of [`QuantKind`] as raw blocks; any other GGML type dequantized to f32.
+    /// of [`QuantKind`] as blocks (Q4_0, Q5_0 and Q8_0 in panels); any other GGML type
+    /// dequantized to f32.
     pub fn from_qtensor(q: &QTensor) -> candle_core::Result<Matrix> {
         let (rows, cols) = q.shape().dims2()?;
         let kind = match q.dtype() {
@@ -742,6 +745,12 @@ where
         let kernels = spans.map_or(Kernels::Row(one), Kernels::Spans);
         Dots { kernels, granule: 1, weights, activations }
     }
+
+    /// Q4_0, Q5_0 and Q8_0 rows in panels of their own (`qpanel`): `weights` gives whole panels
+    /// for a span that starts at one.
+    fn panels(spans: Spans<W, A, ROWS, WIDE>, weights: FW, activations: FA) -> Self {
+        Dots { kernels: Kernels::Spans(spans), granule: qpanel::HEIGHT, weights, activations }
+    }
 }
 
 impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, { dense::TILE }, { dense::WIDE }>
@@ -754,20 +763,6 @@ where
     /// Dense rows in panels: `weights` gives whole panels for a span that starts at one.
     fn dense(spans: Spans<W, A, { dense::TILE }, { dense::WIDE }>, weights: FW, activations: FA) -> Self {
         Dots { kernels: Kernels::Spans(spans), granule: dense::PANEL, weights, activations }
-    }
-}
-
-impl<'a, W, A, FW, FA> Dots<W, A, FW, FA, ROWS, WIDE>
-where
-    W: 'a,
-    A: 'a,
-    FW: Fn(std::ops::Range<usize>) -> &'a [W] + Sync,
-    FA: Fn(usize) -> &'a [A] + Sync,
-{
-    /// Q4_0, Q5_0 and Q8_0 rows in panels of their own (`qpanel`): `weights` gives whole panels
-    /// for a span that starts at one.
-    fn panels(spans: Spans<W, A, ROWS, WIDE>, weights: FW, activations: FA) -> Self {
-        Dots { kernels: Kernels::Spans(spans), granule: qpanel::HEIGHT, weights, activations }
     }
 }
 
