@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use modelqa::support::progress::{self, ProgressBar};
 
-/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats … | bench kernels … | bench engine …`.
+/// `bench [--families N] [--models N] [--runs N] | bench serve … | bench formats … | bench kernels … | bench engine … | bench trials …`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -37,6 +37,8 @@ pub enum Which {
     Batch(crate::bench_batch::BatchArgs),
     /// A twelve-model qualify run unlimited and under QUALIFY_MEMORY_BUDGET: estimated memory held, peak RSS, verdicts
     Memory(crate::bench_memory::MemoryArgs),
+    /// A qualify run's trials per second, cell batches against one trial at a time (and another checkout's build), verdicts compared
+    Trials(crate::bench_trials::TrialsArgs),
     /// A bf16 model of a real shape (0.5b, 7b) loaded and generated from: peak RSS against the file
     Load(crate::bench_load::LoadArgs),
     /// One engine measurement of `bench engine`, in a process of its own (run by `bench engine`)

@@ -92,7 +92,7 @@ pub fn run(args: &MemoryArgs) -> anyhow::Result<()> {
         "--models, --threads and --reps are at least 1"
     );
     let root = crate::root();
-    let binary = qualify_binary(&root)?;
+    let binary = qualify_binary(&root, None)?;
     let bench = root.join("target/bench");
     std::fs::create_dir_all(&bench)?;
     let model = bench.join(format!("memory-llama-{}", args.hidden));
@@ -211,14 +211,16 @@ fn measure(binary: &Path, dir: &Path, budget: &str, threads: usize, run_id: &str
     })
 }
 
-/// The qualify harness of the test profile, built if it is not up to date.
-fn qualify_binary(root: &Path) -> anyhow::Result<PathBuf> {
-    eprintln!("building the qualify harness (cargo test --test qualify --no-run)…");
-    let out = crate::cargo()
-        .current_dir(root)
-        .args(["test", "--test", "qualify", "--no-run", "--message-format", "json"])
-        .output()
-        .context("running cargo test --no-run")?;
+/// The qualify harness of the test profile in `checkout`, built if it is not up to date (into
+/// `target_dir` where one is given, else where cargo would build it).
+pub(crate) fn qualify_binary(checkout: &Path, target_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    eprintln!("building the qualify harness in {} (cargo test --test qualify --no-run)…", checkout.display());
+    let mut cargo = crate::cargo();
+    cargo.current_dir(checkout).args(["test", "--test", "qualify", "--no-run", "--message-format", "json"]);
+    if let Some(dir) = target_dir {
+        cargo.env("CARGO_TARGET_DIR", dir);
+    }
+    let out = cargo.output().context("running cargo test --no-run")?;
     if !out.status.success() {
         bail!("building the qualify harness failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }

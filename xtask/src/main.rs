@@ -10,6 +10,7 @@ mod bench_kernels;
 mod bench_load;
 mod bench_memory;
 mod bench_serve;
+mod bench_trials;
 mod bootstrap;
 mod certify;
 mod crashes;
@@ -130,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(bench::Which::Engine(args)) => in_release().unwrap_or_else(|| bench_engine::run(&args)),
             Some(bench::Which::Batch(args)) => in_release().unwrap_or_else(|| bench_batch::run(&args)),
             Some(bench::Which::Memory(args)) => bench_memory::run(&args),
+            Some(bench::Which::Trials(args)) => bench_trials::run(&args),
             Some(bench::Which::Load(args)) => bench_load::run(&args),
             // Started by `bench engine` from its own (release) binary.
             Some(bench::Which::EngineChild(args)) => bench_engine::child(&args),
@@ -269,6 +271,8 @@ mod tests {
             "xtask bench kernels",
             "xtask bench kernels --lm-head --runs 9",
             "xtask bench kernels --only qa-tiny --runs 21",
+            "xtask bench trials",
+            "xtask bench trials --filter qa-tiny::mvp --rounds 3 --baseline ../modelqa-old",
             "xtask bench engine",
             "xtask bench engine --skip-peers --layers 4",
             "xtask bench engine --layers 4 --reps 5 --threads 2 --formats f32,f16,q8_0,q4_k_m --keep",
