@@ -1,7 +1,8 @@
-//! `cargo xtask bench kernels [--lm-head] [--only qa-tiny|qwen-0.5b] [--runs N]`: the harness's own
-//! CPU matrix kernels (`engine::kernels`) against candle's path for the same weights, on the
-//! matrix shapes of a qa-tiny layer (products small enough to run inline on the calling thread)
-//! and of a Qwen2.5-0.5B layer, for decode (m = 1), an 8-token and a 64-token prefill.
+//! `cargo xtask bench kernels [--lm-head] [--only qa-tiny|qwen-0.5b] [--runs N] [--rows M,…]
+//! [--kinds TYPE,…]`: the harness's own CPU matrix kernels (`engine::kernels`) against candle's
+//! path for the same weights, on the matrix shapes of a qa-tiny layer (products small enough to
+//! run inline on the calling thread) and of a Qwen2.5-0.5B layer, by default for decode (m = 1),
+//! an 8-token and a 64-token prefill (`--rows 16`: a batch of sixteen sequences' decode step).
 //!
 //! candle's path is what the models use without the kernels: `QMatMul` built from the GGUF
 //! tensor for the quantized types and f32/f16 (which it dequantizes to f32 at load), and a plain
@@ -20,7 +21,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use modelqa_kernels::{Isa, Matrix};
 
-/// `bench kernels [--lm-head] [--only qa-tiny|qwen-0.5b] [--runs N]`.
+/// `bench kernels [--lm-head] [--only qa-tiny|qwen-0.5b] [--runs N] [--rows M,…] [--kinds TYPE,…]`.
 #[derive(Debug, clap::Args)]
 pub struct KernelsArgs {
     /// Also time the 151,936 × 896 output head (slow to build: about a minute per kind)
@@ -32,6 +33,12 @@ pub struct KernelsArgs {
     /// Timed runs per figure, after one warm-up (each figure is their median)
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub runs: usize,
+    /// Activation rows per product (m), comma-separated
+    #[arg(long, value_name = "M,…", value_delimiter = ',', default_values_t = [1, 8, 64])]
+    pub rows: Vec<usize>,
+    /// Stored types timed, comma-separated GGUF names (f32, f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_k, q5_k, q6_k) [default: all]
+    #[arg(long, value_name = "TYPE,…", value_delimiter = ',')]
+    pub kinds: Vec<String>,
 }
 
 /// The stored types compared, by their GGUF type (bf16 is a candle tensor on candle's side).
@@ -47,6 +54,16 @@ const KINDS: [GgmlDType; 10] = [
     GgmlDType::Q5K,
     GgmlDType::Q6K,
 ];
+
+/// A stored type's GGUF name, as `--kinds` takes it.
+fn kind_name(dtype: GgmlDType) -> String {
+    match dtype {
+        GgmlDType::Q4K => "q4_k".into(),
+        GgmlDType::Q5K => "q5_k".into(),
+        GgmlDType::Q6K => "q6_k".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
 
 /// The models whose layer shapes are timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,12 +90,21 @@ const SHAPES: [(&str, usize, usize); 4] =
     [("q/o", 896, 896), ("k/v", 128, 896), ("gate/up", 4864, 896), ("down", 896, 4864)];
 const LM_HEAD: (&str, usize, usize) = ("lm_head", 151_936, 896);
 
-/// The batch sizes: one decode step, a short and a 64-token prefill.
-const BATCHES: [usize; 3] = [1, 8, 64];
-
 pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
-    let KernelsArgs { lm_head, only, runs } = *args;
+    let KernelsArgs { lm_head, only, runs, ref rows, ref kinds } = *args;
+    let batches = rows;
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(!batches.is_empty() && !batches.contains(&0), "--rows are at least 1");
+    if let Some(unknown) = kinds.iter().find(|k| !KINDS.iter().any(|&d| kind_name(d) == k.to_lowercase())) {
+        anyhow::bail!(
+            "--kinds: no stored type {unknown:?} (one of {})",
+            KINDS.iter().map(|&d| kind_name(d)).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let timed: Vec<GgmlDType> = KINDS
+        .into_iter()
+        .filter(|&d| kinds.is_empty() || kinds.iter().any(|k| k.to_lowercase() == kind_name(d)))
+        .collect();
     anyhow::ensure!(
         !(lm_head && only == Some(Model::QaTiny)),
         "--lm-head times Qwen2.5-0.5B's output head, which --only qa-tiny leaves out"
@@ -113,14 +139,14 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
     let (mut skipped, mut disagree) = (Vec::new(), Vec::new());
     for &(name, rows, cols) in &shapes {
         let weights = Tensor::from_vec(values(&mut seed, rows * cols), (rows, cols), &Device::Cpu)?;
-        for dtype in KINDS {
+        for &dtype in &timed {
             if !cols.is_multiple_of(dtype.block_size()) {
                 skipped.push(format!("{dtype:?} {name}"));
                 continue;
             }
             let (candle, ours) =
                 prepare(&weights, dtype).with_context(|| format!("failed to prepare {dtype:?} {name}"))?;
-            for m in BATCHES {
+            for &m in batches {
                 let x = values(&mut seed, m * cols);
                 let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu)?;
                 let mut y = vec![0f32; m * rows];

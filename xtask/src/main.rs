@@ -271,6 +271,7 @@ mod tests {
             "xtask bench kernels",
             "xtask bench kernels --lm-head --runs 9",
             "xtask bench kernels --only qa-tiny --runs 21",
+            "xtask bench kernels --only qwen-0.5b --lm-head --rows 1,16 --kinds q8_0,bf16",
             "xtask bench trials",
             "xtask bench trials --filter qa-tiny::mvp --rounds 3 --baseline ../modelqa-old",
             "xtask bench engine",
