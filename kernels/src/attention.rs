@@ -29,8 +29,13 @@ impl Attention {
     /// Causal attention of `q` (`[batch, heads, len, d]`) over `k` and `v` (`[batch, kv_heads,
     /// past + len, d]`, the queries being the last `len` positions; `heads` a multiple of
     /// `kv_heads`): `[batch, len, heads · d]`, all f32 on the CPU.
+    ///
+    /// `k` and `v` may be views of larger buffers (a cache with room for more positions, narrowed
+    /// to the positions it holds): they are read in place wherever each key's `d` values lie
+    /// together, and copied only where they do not.
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-        q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, self)
+        let rows = |t: &Tensor| if t.stride().last() == Some(&1) { Ok(t.clone()) } else { t.contiguous() };
+        q.contiguous()?.apply_op3_no_bwd(&rows(k)?, &rows(v)?, self)
     }
 }
 
@@ -52,25 +57,23 @@ impl CustomOp3 for Attention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let slice =
-            |s: &'_ CpuStorage, l: &Layout, what: &str| -> candle_core::Result<(Vec<usize>, usize, usize)> {
-                let CpuStorage::F32(_) = s else {
-                    bail!("failed to run modelqa-attention: {what} is {:?}, not f32", s.dtype());
-                };
-                let Some((start, end)) = l.contiguous_offsets() else {
-                    bail!("failed to run modelqa-attention: {what} is not contiguous");
-                };
-                Ok((l.dims().to_vec(), start, end))
-            };
+        let values = |s: &'_ CpuStorage, what: &str| -> candle_core::Result<usize> {
+            match s {
+                CpuStorage::F32(v) => Ok(v.len()),
+                _ => bail!("failed to run modelqa-attention: {what} is {:?}, not f32", s.dtype()),
+            }
+        };
         fn f32s(s: &CpuStorage) -> &[f32] {
             match s {
                 CpuStorage::F32(v) => v.as_slice(),
                 _ => &[],
             }
         }
-        let (qd, qa, qb) = slice(qs, ql, "q")?;
-        let (kd, ka, kb) = slice(ks, kl, "k")?;
-        let (vd, va, vb) = slice(vs, vl, "v")?;
+        let Some((qa, qb)) = ql.contiguous_offsets() else {
+            bail!("failed to run modelqa-attention: q is not contiguous");
+        };
+        values(qs, "q")?;
+        let (qd, kd, vd) = (ql.dims(), kl.dims(), vl.dims());
         let [b, heads, len, d] = qd[..] else {
             bail!("failed to run modelqa-attention: q is {qd:?}, not 4-d")
         };
@@ -80,7 +83,25 @@ impl CustomOp3 for Attention {
         if kd != vd || kb_ != b || kd_ != d || kv_heads == 0 || heads % kv_heads != 0 || total < len {
             bail!("failed to run modelqa-attention: q {qd:?}, k {kd:?} and v {vd:?} do not fit together");
         }
-        let (q, k, v) = (&f32s(qs)[qa..qb], &f32s(ks)[ka..kb], &f32s(vs)[va..vb]);
+        // Keys and values by their layouts' strides (each key's d values side by side), every
+        // offset a row can take checked against the storage once, here.
+        let strided = |s: &CpuStorage, l: &Layout, what: &str| -> candle_core::Result<(usize, [usize; 3])> {
+            let held = values(s, what)?;
+            let st = l.stride();
+            if d > 1 && st[3] != 1 {
+                bail!("failed to run modelqa-attention: {what}'s rows are not contiguous (strides {st:?})");
+            }
+            let reach = |n: usize, stride: usize| n.saturating_sub(1) * stride;
+            let last = reach(b, st[0]) + reach(kv_heads, st[1]) + reach(total, st[2]) + d;
+            if b > 0 && total > 0 && l.start_offset() + last > held {
+                bail!("failed to run modelqa-attention: {what}'s layout reaches past its storage");
+            }
+            Ok((l.start_offset(), [st[0], st[1], st[2]]))
+        };
+        let (ka, ks_) = strided(ks, kl, "k")?;
+        let (va, vs_) = strided(vs, vl, "v")?;
+        let q = &f32s(qs)[qa..qb];
+        let (k, v) = (&f32s(ks)[ka..], &f32s(vs)[va..]);
         let shape = Shape::from((b, len, heads * d));
         let mut out = vec![0f32; b * len * heads * d];
         if out.is_empty() {
@@ -94,9 +115,9 @@ impl CustomOp3 for Attention {
             let end = past + i + 1;
             let start = self.window.map_or(0, |w| end.saturating_sub(w));
             let query = &q[((batch * heads + h) * len + i) * d..][..d];
-            let kv = (batch * kv_heads + h / groups) * total;
-            let key = |j: usize| &k[(kv + j) * d..][..d];
-            let value = |j: usize| &v[(kv + j) * d..][..d];
+            let at = |[sb, sh, st]: [usize; 3], j: usize| batch * sb + (h / groups) * sh + j * st;
+            let key = |j: usize| &k[at(ks_, j)..][..d];
+            let value = |j: usize| &v[at(vs_, j)..][..d];
             self.row(query, (start..end).map(key), (start..end).map(value), o, scores);
         };
         let work = b * len * heads * total * d;

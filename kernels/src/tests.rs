@@ -679,6 +679,19 @@ fn attention_matches_an_f64_reference_and_a_rows_bits_do_not_depend_on_the_call(
         let worst = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
         assert!(worst < 2e-5, "{a:?} b{b} h{heads}/{kv_heads} len {len} of {total}: off by {worst}");
 
+        // Keys and values read in place: views of a cache with room for 5 more positions (filled
+        // with other values), and of a position-major buffer; the same bits as contiguous ones.
+        let mut roomy = |t: &Tensor| {
+            let more = Tensor::from_vec(rng.values(b * kv_heads * 5 * d), (b, kv_heads, 5, d), &dev).unwrap();
+            Tensor::cat(&[t, &more], 2).unwrap().narrow(2, 0, total).unwrap()
+        };
+        let (kr, vr) = (roomy(&k), roomy(&v));
+        assert!(b * kv_heads == 1 || !kr.is_contiguous());
+        assert_eq!(attention_of(a, &q, &kr, &vr), got, "{a:?}: a cache's view");
+        let by_position =
+            |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+        assert_eq!(attention_of(a, &q, &by_position(&k), &by_position(&v)), got, "{a:?}: position-major");
+
         let row = |out: &[f32], batch: usize, len: usize, i: usize| {
             out[(batch * len + i) * heads * d..][..heads * d].to_vec()
         };
@@ -708,6 +721,20 @@ fn attention_matches_an_f64_reference_and_a_rows_bits_do_not_depend_on_the_call(
     let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev).unwrap();
     let e = plain.forward(&q, &k, &k).unwrap_err().to_string();
     assert!(e.contains("do not fit together"), "{e}");
+    // A layout that reaches past its storage is refused (as apply_op3 would hand it over).
+    let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev).unwrap();
+    let q = Tensor::zeros((1, 2, 1, 8), DType::F32, &dev).unwrap();
+    let short = candle_core::Layout::new((1, 2, 5, 8).into(), vec![80, 40, 8, 1], 0);
+    let (ks, kl) = k.storage_and_layout();
+    let qc = q.storage_and_layout();
+    let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(qs)) = (&*ks, &*qc.0) else {
+        unreachable!()
+    };
+    let e = candle_core::CustomOp3::cpu_fwd(&plain, qs, qc.1, ks, &short, ks, kl).unwrap_err().to_string();
+    assert!(e.contains("do not fit together") || e.contains("reaches past"), "{e}");
+    let e =
+        candle_core::CustomOp3::cpu_fwd(&plain, qs, qc.1, ks, &short, ks, &short).unwrap_err().to_string();
+    assert!(e.contains("reaches past its storage"), "{e}");
 }
 
 #[cfg(target_arch = "x86_64")]
