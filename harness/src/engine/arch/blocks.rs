@@ -269,7 +269,8 @@ impl Clone for KvCache {
 
 #[derive(Debug, Clone)]
 struct Held {
-    /// `[batch, kv_heads, capacity, head_dim]`, positions `len..` unwritten.
+    /// `[batch, kv_heads, capacity, head_dim]`; positions `len..` are not this cache's (unwritten,
+    /// or the source's own where the buffers are a prefix of another cache's).
     k: Tensor,
     v: Tensor,
     len: usize,
