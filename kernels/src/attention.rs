@@ -39,6 +39,176 @@ impl Attention {
     }
 }
 
+/// One sequence of a [`Attention::forward_sequences`] call: its queries are rows `rows` of the
+/// call's `q`, and it attends over `k` and `v` (`[1, kv_heads, past + rows.len(), d]`, the
+/// queries being the last positions; views of larger buffers are read in place, as in
+/// [`Attention::forward`]).
+pub struct Sequence<'a> {
+    pub rows: std::ops::Range<usize>,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+}
+
+impl Attention {
+    /// Several sequences' causal attention in one call: `q` is `[1, heads, rows, d]` with each
+    /// sequence's queries at its [`Sequence::rows`] (in order, together every row), each sequence
+    /// seeing only its own keys; `[1, rows, heads · d]`, all f32 on the CPU.
+    ///
+    /// Each row is the same sequence of operations as in a call of [`Attention::forward`] on its
+    /// sequence alone, so the bits are the same; what one call saves is a call per sequence (its
+    /// copy of the queries, its output buffer and its hand-over to the pool) and the join of the
+    /// outputs, which at a decode step of sixteen sequences cost more than their arithmetic.
+    pub fn forward_sequences(&self, q: &Tensor, sequences: &[Sequence<'_>]) -> candle_core::Result<Tensor> {
+        let q = q.contiguous()?;
+        let (qs, ql) = q.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(qv)) = &*qs else {
+            bail!("failed to run modelqa-attention: q is not f32 on the CPU");
+        };
+        let Some((qa, qb)) = ql.contiguous_offsets() else {
+            bail!("failed to run modelqa-attention: q is not contiguous");
+        };
+        let [1, heads, rows, d] = ql.dims()[..] else {
+            bail!("failed to run modelqa-attention: q is {:?}, not [1, heads, rows, d]", ql.dims())
+        };
+        let q = &qv[qa..qb];
+        let mut covered = 0;
+        for s in sequences {
+            if s.rows.start != covered || s.rows.end < s.rows.start {
+                bail!(
+                    "failed to run modelqa-attention: sequence rows {:?} do not follow row {covered}",
+                    s.rows
+                );
+            }
+            covered = s.rows.end;
+        }
+        if covered != rows {
+            bail!("failed to run modelqa-attention: the sequences hold {covered} of q's {rows} rows");
+        }
+        // Each sequence's keys and values, read in place under their storages' read locks.
+        let kept: Vec<_> =
+            sequences.iter().map(|s| (s.k.storage_and_layout(), s.v.storage_and_layout())).collect();
+        let mut views = Vec::with_capacity(sequences.len());
+        for (s, ((ks, kl), (vs, vl))) in sequences.iter().zip(&kept) {
+            let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&**ks, &**vs) else {
+                bail!("failed to run modelqa-attention: k or v is not on the CPU");
+            };
+            let (kd, vd) = (kl.dims(), vl.dims());
+            let [1, kv_heads, total, kd_] = kd[..] else {
+                bail!("failed to run modelqa-attention: k is {kd:?}, not [1, kv_heads, total, d]")
+            };
+            let len = s.rows.len();
+            if kd != vd || kd_ != d || kv_heads == 0 || heads % kv_heads != 0 || total < len {
+                bail!(
+                    "failed to run modelqa-attention: q {:?}, k {kd:?} and v {vd:?} do not fit together",
+                    ql.dims()
+                );
+            }
+            let (k, ks_) = keys(ks, kl, "k", d)?;
+            let (v, vs_) = keys(vs, vl, "v", d)?;
+            views.push(Keys { k, ks: ks_, v, vs: vs_, groups: heads / kv_heads, past: total - len });
+        }
+        let mut out = vec![0f32; rows * heads * d];
+        // The sequence of each row.
+        let of: Vec<usize> =
+            sequences.iter().enumerate().flat_map(|(i, s)| s.rows.clone().map(move |_| i)).collect();
+        let work: usize = sequences
+            .iter()
+            .zip(&views)
+            .map(|(s, kv)| s.rows.len() * (kv.past + s.rows.len()) * heads * d)
+            .sum();
+        // Output element block `index` is row r's head h: [1, rows, heads, d].
+        self.run(&mut out, d, work, |index, o, scores| {
+            let (r, h) = (index / heads, index % heads);
+            let (seq, kv) = (&sequences[of[r]], &views[of[r]]);
+            let query = &q[(h * rows + r) * d..][..d];
+            self.attend_row(query, kv, (0, h, r - seq.rows.start), o, scores);
+        });
+        Tensor::from_vec(out, (1, rows, heads * d), &candle_core::Device::Cpu)
+    }
+
+    /// Every block of `d` outputs by `one` (its index, the block, a scratch vector of scores):
+    /// on the calling thread below [`SERIAL_BELOW`] multiply-adds (`work`), else on the pool.
+    fn run(
+        &self,
+        out: &mut [f32],
+        d: usize,
+        work: usize,
+        one: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync,
+    ) {
+        if out.is_empty() {
+            return;
+        }
+        if work < SERIAL_BELOW {
+            let mut scores = Vec::new();
+            for (index, o) in out.chunks_exact_mut(d).enumerate() {
+                one(index, o, &mut scores);
+            }
+        } else {
+            out.par_chunks_exact_mut(d)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (index, o)| one(index, o, scores));
+        }
+    }
+
+    /// The query row of `(batch, head h, new position i)` against the keys and values it sees
+    /// in `kv`, into `out`.
+    fn attend_row(
+        &self,
+        query: &[f32],
+        kv: &Keys<'_>,
+        (batch, h, i): (usize, usize, usize),
+        out: &mut [f32],
+        scores: &mut Vec<f32>,
+    ) {
+        let d = query.len();
+        let end = kv.past + i + 1;
+        let start = self.window.map_or(0, |w| end.saturating_sub(w));
+        let at = |[sb, sh, st]: [usize; 3], j: usize| batch * sb + (h / kv.groups) * sh + j * st;
+        let key = |j: usize| &kv.k[at(kv.ks, j)..][..d];
+        let value = |j: usize| &kv.v[at(kv.vs, j)..][..d];
+        self.row(query, (start..end).map(key), (start..end).map(value), out, scores);
+    }
+}
+
+/// A sequence's keys and values as [`Attention::forward_sequences`] reads them: each from its
+/// layout's start, with its strides (batch, head, position).
+struct Keys<'a> {
+    k: &'a [f32],
+    ks: [usize; 3],
+    v: &'a [f32],
+    vs: [usize; 3],
+    /// Query heads per key head.
+    groups: usize,
+    /// Positions before the sequence's queries.
+    past: usize,
+}
+
+/// A key or value tensor's values from its layout's start and its strides, with every offset a
+/// row can take checked against the storage once (each key's `d` values side by side).
+fn keys<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+    d: usize,
+) -> candle_core::Result<(&'a [f32], [usize; 3])> {
+    let CpuStorage::F32(held) = s else {
+        bail!("failed to run modelqa-attention: {what} is {:?}, not f32", s.dtype());
+    };
+    let st = l.stride();
+    let [b, kv_heads, total, _] = l.dims()[..] else {
+        bail!("failed to run modelqa-attention: {what} is {:?}, not 4-d", l.dims())
+    };
+    if d > 1 && st[3] != 1 {
+        bail!("failed to run modelqa-attention: {what}'s rows are not contiguous (strides {st:?})");
+    }
+    let reach = |n: usize, stride: usize| n.saturating_sub(1) * stride;
+    let last = reach(b, st[0]) + reach(kv_heads, st[1]) + reach(total, st[2]) + d;
+    if b > 0 && total > 0 && l.start_offset() + last > held.len() {
+        bail!("failed to run modelqa-attention: {what}'s layout reaches past its storage");
+    }
+    Ok((&held[l.start_offset()..], [st[0], st[1], st[2]]))
+}
+
 /// Below this many multiply-adds a call runs on the calling thread (a decode step of a small
 /// model), above it on rayon's pool, a (row, head) pair per task.
 const SERIAL_BELOW: usize = 1 << 16;
@@ -57,22 +227,12 @@ impl CustomOp3 for Attention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let values = |s: &'_ CpuStorage, what: &str| -> candle_core::Result<usize> {
-            match s {
-                CpuStorage::F32(v) => Ok(v.len()),
-                _ => bail!("failed to run modelqa-attention: {what} is {:?}, not f32", s.dtype()),
-            }
+        let CpuStorage::F32(q) = qs else {
+            bail!("failed to run modelqa-attention: q is {:?}, not f32", qs.dtype());
         };
-        fn f32s(s: &CpuStorage) -> &[f32] {
-            match s {
-                CpuStorage::F32(v) => v.as_slice(),
-                _ => &[],
-            }
-        }
         let Some((qa, qb)) = ql.contiguous_offsets() else {
             bail!("failed to run modelqa-attention: q is not contiguous");
         };
-        values(qs, "q")?;
         let (qd, kd, vd) = (ql.dims(), kl.dims(), vl.dims());
         let [b, heads, len, d] = qd[..] else {
             bail!("failed to run modelqa-attention: q is {qd:?}, not 4-d")
@@ -83,54 +243,19 @@ impl CustomOp3 for Attention {
         if kd != vd || kb_ != b || kd_ != d || kv_heads == 0 || heads % kv_heads != 0 || total < len {
             bail!("failed to run modelqa-attention: q {qd:?}, k {kd:?} and v {vd:?} do not fit together");
         }
-        // Keys and values by their layouts' strides (each key's d values side by side), every
-        // offset a row can take checked against the storage once, here.
-        let strided = |s: &CpuStorage, l: &Layout, what: &str| -> candle_core::Result<(usize, [usize; 3])> {
-            let held = values(s, what)?;
-            let st = l.stride();
-            if d > 1 && st[3] != 1 {
-                bail!("failed to run modelqa-attention: {what}'s rows are not contiguous (strides {st:?})");
-            }
-            let reach = |n: usize, stride: usize| n.saturating_sub(1) * stride;
-            let last = reach(b, st[0]) + reach(kv_heads, st[1]) + reach(total, st[2]) + d;
-            if b > 0 && total > 0 && l.start_offset() + last > held {
-                bail!("failed to run modelqa-attention: {what}'s layout reaches past its storage");
-            }
-            Ok((l.start_offset(), [st[0], st[1], st[2]]))
-        };
-        let (ka, ks_) = strided(ks, kl, "k")?;
-        let (va, vs_) = strided(vs, vl, "v")?;
-        let q = &f32s(qs)[qa..qb];
-        let (k, v) = (&f32s(ks)[ka..], &f32s(vs)[va..]);
+        let (k, ks_) = keys(ks, kl, "k", d)?;
+        let (v, vs_) = keys(vs, vl, "v", d)?;
+        let kv = Keys { k, ks: ks_, v, vs: vs_, groups: heads / kv_heads, past: total - len };
+        let q = &q[qa..qb];
         let shape = Shape::from((b, len, heads * d));
         let mut out = vec![0f32; b * len * heads * d];
-        if out.is_empty() {
-            return Ok((CpuStorage::F32(out), shape));
-        }
-        let (groups, past) = (heads / kv_heads, total - len);
         // Output element block `index` is row `(batch, i)`'s head `h`: [batch, len, heads, d].
-        let one = |index: usize, o: &mut [f32], scores: &mut Vec<f32>| {
+        self.run(&mut out, d, b * len * heads * total * d, |index, o, scores| {
             let (row, h) = (index / heads, index % heads);
             let (batch, i) = (row / len, row % len);
-            let end = past + i + 1;
-            let start = self.window.map_or(0, |w| end.saturating_sub(w));
             let query = &q[((batch * heads + h) * len + i) * d..][..d];
-            let at = |[sb, sh, st]: [usize; 3], j: usize| batch * sb + (h / groups) * sh + j * st;
-            let key = |j: usize| &k[at(ks_, j)..][..d];
-            let value = |j: usize| &v[at(vs_, j)..][..d];
-            self.row(query, (start..end).map(key), (start..end).map(value), o, scores);
-        };
-        let work = b * len * heads * total * d;
-        if work < SERIAL_BELOW {
-            let mut scores = Vec::new();
-            for (index, o) in out.chunks_exact_mut(d).enumerate() {
-                one(index, o, &mut scores);
-            }
-        } else {
-            out.par_chunks_exact_mut(d)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (index, o)| one(index, o, scores));
-        }
+            self.attend_row(query, &kv, (batch, h, i), o, scores);
+        });
         Ok((CpuStorage::F32(out), shape))
     }
 }

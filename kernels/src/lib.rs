@@ -30,6 +30,9 @@
 //! pair, the same on every instruction set. The other quantized types are kept as stored, in
 //! place.
 //!
+//! [`silu_times`] is a gated feed-forward block's `silu(gate) · up` in one pass, split over the
+//! pool, each element bitwise candle's two operations.
+//!
 //! [`Attention`] is causal attention one query row at a time over exactly the keys it sees, under
 //! the same invariant: a row's result does not depend on how many rows the call holds, so a
 //! prompt prefilled in pieces gives the bits it gives prefilled whole.
@@ -44,6 +47,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dense;
+mod gated;
 mod memory;
 mod qpanel;
 mod quant;
@@ -63,7 +67,8 @@ use rayon::prelude::*;
 
 use self::quant::Activations;
 
-pub use self::attention::Attention;
+pub use self::attention::{Attention, Sequence};
+pub use self::gated::silu_times;
 
 /// Runs `f` on a thread of the pool the kernels split their products over, and returns what it
 /// returns (a panic in `f` reaches the caller).

@@ -737,6 +737,79 @@ fn attention_matches_an_f64_reference_and_a_rows_bits_do_not_depend_on_the_call(
     assert!(e.contains("reaches past its storage"), "{e}");
 }
 
+/// Several sequences in one call of `forward_sequences` (different pasts and lengths, grouped
+/// heads, a window, a view of a cache with room) give every row the bits its sequence gets from
+/// `forward` alone; on the serial and the threaded path. Rows that do not cover `q` in order, and
+/// keys that do not fit, are refused.
+#[test]
+fn several_sequences_in_one_call_give_each_row_the_bits_it_gets_alone() {
+    let dev = Device::Cpu;
+    let mut rng = Rng(0x5e9_5e9);
+    let plain = super::Attention { scale: 0.125, softcap: None, window: None };
+    // (heads, kv_heads, d, each sequence's (new rows, past)): small (serial) and large (the pool).
+    let cases = [
+        (plain, 4, 2, 16, &[(1, 5), (3, 0), (1, 0), (2, 9)][..]),
+        (super::Attention { window: Some(3), ..plain }, 2, 1, 8, &[(4, 2), (1, 7)][..]),
+        (plain, 8, 2, 64, &[(1, 70), (24, 0), (1, 33), (16, 16)][..]),
+    ];
+    for (a, heads, kv_heads, d, shape) in cases {
+        let mut qs = Vec::new();
+        let mut kvs = Vec::new();
+        for (i, &(len, past)) in shape.iter().enumerate() {
+            let total = len + past;
+            qs.push(Tensor::from_vec(rng.values(heads * len * d), (1, heads, len, d), &dev).unwrap());
+            let mut kv =
+                || Tensor::from_vec(rng.values(kv_heads * total * d), (1, kv_heads, total, d), &dev).unwrap();
+            let (k, v) = (kv(), kv());
+            // Every other sequence's keys and values a view of a cache with room for 4 more.
+            let (k, v) = if i % 2 == 1 {
+                let mut roomy = |t: &Tensor| {
+                    let more =
+                        Tensor::from_vec(rng.values(kv_heads * 4 * d), (1, kv_heads, 4, d), &dev).unwrap();
+                    Tensor::cat(&[t, &more], 2).unwrap().narrow(2, 0, total).unwrap()
+                };
+                (roomy(&k), roomy(&v))
+            } else {
+                (k, v)
+            };
+            kvs.push((k, v));
+        }
+        let q = Tensor::cat(&qs, 2).unwrap();
+        let mut start = 0;
+        let sequences: Vec<_> = shape
+            .iter()
+            .zip(&kvs)
+            .map(|(&(len, _), (k, v))| {
+                start += len;
+                super::Sequence { rows: start - len..start, k, v }
+            })
+            .collect();
+        let all: Vec<f32> =
+            a.forward_sequences(&q, &sequences).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mut at = 0;
+        for (s, (q, (k, v))) in qs.iter().zip(&kvs).enumerate() {
+            let alone = attention_of(a, q, k, v);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&all[at..at + alone.len()]), bits(&alone), "{a:?}: sequence {s} of {shape:?}");
+            at += alone.len();
+        }
+        assert_eq!(at, all.len());
+    }
+    let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev).unwrap();
+    let q = Tensor::zeros((1, 2, 3, 8), DType::F32, &dev).unwrap();
+    let seq = |rows: std::ops::Range<usize>| super::Sequence { rows, k: &k, v: &k };
+    let e = plain.forward_sequences(&q, &[seq(0..1), seq(2..3)]).unwrap_err().to_string();
+    assert!(e.contains("do not follow row 1"), "{e}");
+    let e = plain.forward_sequences(&q, &[seq(0..2)]).unwrap_err().to_string();
+    assert!(e.contains("hold 2 of q's 3 rows"), "{e}");
+    let wide = Tensor::zeros((1, 2, 4, 16), DType::F32, &dev).unwrap();
+    let e = plain
+        .forward_sequences(&q, &[seq(0..2), super::Sequence { rows: 2..3, k: &wide, v: &wide }])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("do not fit together"), "{e}");
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn the_word_wise_k_quant_scales_are_the_byte_wise_ones() {

@@ -9,8 +9,9 @@
 //! whole process's, start-up and expansion included, as a user waits for it.
 //!
 //! `--baseline DIR` adds a third run per round: the qualify harness of another checkout (a
-//! `git worktree` of an earlier commit, say), built there with this checkout's target directory
-//! so that the dependencies are shared, and run from that checkout as it stands. Its trial set
+//! `git worktree` of an earlier commit, say), built there into a target directory of its own
+//! (`target/bench/baseline-target`: the first build compiles every dependency), and run from that
+//! checkout as it stands. Its trial set
 //! may differ from this one's, so its trials are counted from libtest's summary and its verdicts
 //! are not compared.
 //!
@@ -93,7 +94,13 @@ pub fn run(args: &TrialsArgs) -> anyhow::Result<()> {
                 "{} is not a checkout of this project (no Cargo.toml)",
                 dir.display()
             );
-            Some((crate::bench_memory::qualify_binary(&dir, Some(&root.join("target")))?, dir))
+            // A target directory of its own: cargo names a workspace member's artifacts by its
+            // path inside the workspace, so another checkout built into this one's target
+            // directory would overwrite this checkout's build-script outputs with its own (its
+            // harness fingerprint, stamped into every record) and leave cargo believing them
+            // fresh.
+            let target = root.join("target/bench/baseline-target");
+            Some((crate::bench_memory::qualify_binary(&dir, Some(&target))?, dir))
         }
         None => None,
     };

@@ -39,8 +39,10 @@ pub struct CandleSession {
     model: Box<dyn CausalLm>,
     tokenizer: Tokenizer,
     /// The same tokenizer reading control-token spellings as plain text, for the
-    /// [`GenerateRequest::literal`] ranges of a prompt.
-    literal: Tokenizer,
+    /// [`GenerateRequest::literal`] ranges of a prompt: made from `tokenizer` the first time a
+    /// prompt has such ranges, as a copy holds the whole vocabulary and merges again (some 20 MB
+    /// for a 150,000-token vocabulary) that most sessions never use.
+    literal: std::sync::OnceLock<Tokenizer>,
     device: Device,
     eos: Vec<u32>,
     bos: Option<u32>,
@@ -350,8 +352,6 @@ fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) ->
     control.sort_unstable();
     control.dedup_by(|a, b| a.0 == b.0);
     let (control_tokens, control_ids) = control.into_iter().unzip();
-    let mut literal = tokenizer.clone();
-    literal.set_encode_special_tokens(true);
     let device_name = match backend {
         Backend::Cpu => "cpu".to_string(),
         Backend::Gpu => "cuda:0".to_string(),
@@ -359,7 +359,7 @@ fn finish(loaded: Loaded, device: Device, backend: Backend, started: Instant) ->
     CandleSession {
         model,
         tokenizer,
-        literal,
+        literal: std::sync::OnceLock::new(),
         device,
         eos,
         bos,
@@ -865,7 +865,12 @@ impl CandleSession {
             if at < range.start {
                 pieces.push(self.tokenizer.encode(&prompt[at..range.start], false).map_err(failed)?);
             }
-            pieces.push(self.literal.encode(&prompt[range.clone()], false).map_err(failed)?);
+            let literal = self.literal.get_or_init(|| {
+                let mut literal = self.tokenizer.clone();
+                literal.set_encode_special_tokens(true);
+                literal
+            });
+            pieces.push(literal.encode(&prompt[range.clone()], false).map_err(failed)?);
             at = range.end;
         }
         if at < prompt.len() {

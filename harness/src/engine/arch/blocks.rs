@@ -185,14 +185,32 @@ impl Rotary {
     /// `x` (`[batch, heads, len, head_dim]`) rotated for positions `pos..pos + len`, of a
     /// sequence known to reach `reach` tokens (LongRoPE's choice; 0 where only the pass is known).
     pub(super) fn apply(&self, x: &Tensor, pos: usize, reach: usize) -> Result<Tensor> {
-        let (_, _, len, head_dim) = x.dims4()?;
+        let len = x.dim(2)?;
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        self.angles(pos, len, reach, &mut cos, &mut sin);
+        self.rotate(x, cos, sin)
+    }
+
+    /// `x` (`[1, heads, Σ len, head_dim]`) holding several sequences' rows one after another,
+    /// each `(pos, len)` of `segments` rotated for its positions `pos..pos + len` as [`Rotary::apply`]
+    /// rotates it alone (reach 0): one rotation for them all, the same values.
+    pub(super) fn apply_segments(&self, x: &Tensor, segments: &[(usize, usize)]) -> Result<Tensor> {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for &(pos, len) in segments {
+            self.angles(pos, len, 0, &mut cos, &mut sin);
+        }
+        self.rotate(x, cos, sin)
+    }
+
+    /// The cosines and sines of positions `pos..pos + len` (of a sequence known to reach
+    /// `reach`), appended row by row.
+    fn angles(&self, pos: usize, len: usize, reach: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
         let inv_freq = match &self.long {
             Some((long, original)) if (pos + len).max(reach) > *original => long,
             _ => &self.inv_freq,
         };
-        let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
+        cos.reserve(len * inv_freq.len());
+        sin.reserve(len * inv_freq.len());
         for p in pos..pos + len {
             for f in inv_freq {
                 let angle = p as f64 * f;
@@ -200,6 +218,13 @@ impl Rotary {
                 sin.push((angle.sin() * self.attention_factor) as f32);
             }
         }
+    }
+
+    /// `x` (`[batch, heads, len, head_dim]`) rotated by row `t` of the cosines and sines for its
+    /// position `t`.
+    fn rotate(&self, x: &Tensor, cos: Vec<f32>, sin: Vec<f32>) -> Result<Tensor> {
+        let (_, _, len, head_dim) = x.dims4()?;
+        let half = self.inv_freq.len();
         let cos = Tensor::from_vec(cos, (len, half), x.device())?.to_dtype(x.dtype())?;
         let sin = Tensor::from_vec(sin, (len, half), x.device())?.to_dtype(x.dtype())?;
         if self.dim == head_dim {
@@ -352,6 +377,46 @@ impl Scores {
     }
 }
 
+/// Causal attention of several sequences in one call: `q` (`[1, heads, Σ len, d]`) holds their
+/// query rows one after another, sequence `s` its `lens[s]` rows, attending over `kvs[s]` (its k
+/// and v, `[1, kv_heads, past + len, d]`); `[1, Σ len, heads · d]`. On the CPU in f32, one call
+/// of the project's kernel (`modelqa_kernels::Attention::forward_sequences`, each row the bits it
+/// gets alone); elsewhere [`attend`] per sequence, joined.
+pub(super) fn attend_sequences(
+    q: &Tensor,
+    lens: &[usize],
+    kvs: &[(Tensor, Tensor)],
+    scores: Scores,
+) -> Result<Tensor> {
+    let f32_cpu = q.device().is_cpu()
+        && q.dtype() == DType::F32
+        && kvs.iter().all(|(k, v)| k.dtype() == DType::F32 && v.dtype() == DType::F32);
+    if f32_cpu {
+        let kernel = modelqa_kernels::Attention {
+            scale: scores.scale as f32,
+            softcap: scores.softcap.map(|c| c as f32),
+            window: scores.window,
+        };
+        let mut start = 0;
+        let sequences: Vec<_> = lens
+            .iter()
+            .zip(kvs)
+            .map(|(&len, (k, v))| {
+                start += len;
+                modelqa_kernels::Sequence { rows: start - len..start, k, v }
+            })
+            .collect();
+        return kernel.forward_sequences(q, &sequences);
+    }
+    let mut outputs = Vec::with_capacity(lens.len());
+    let mut start = 0;
+    for (&len, (k, v)) in lens.iter().zip(kvs) {
+        outputs.push(attend(&q.narrow(2, start, len)?, k, v, scores)?);
+        start += len;
+    }
+    Tensor::cat(&outputs, 1)
+}
+
 /// Causal attention of `q` (`[batch, heads, len, d]`) over `k`, `v` (`[batch, kv_heads,
 /// past + len, d]`, the queries being the last `len` positions): `[batch, len, heads · d]`.
 /// On the CPU in f32 it is the project's kernel (`modelqa_kernels::Attention`), whose rows do
@@ -391,6 +456,17 @@ fn causal_mask(len: usize, past: usize, window: Option<usize>, device: &Device) 
         .flat_map(|i| (0..past + len).map(move |j| if seen(i, j) { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Tensor::from_vec(mask, (len, past + len), device)?.to_dtype(DType::F32)
+}
+
+/// `act(gate) · up`. SiLU on the CPU in f32 is the project's one pass over both
+/// (`modelqa_kernels::silu_times`, candle's bits split over the pool); elsewhere candle's two
+/// operations.
+fn gated(gate: &Tensor, act: Activation, up: &Tensor) -> Result<Tensor> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    if act == Activation::Silu && cpu_f32(gate) && cpu_f32(up) && gate.dims() == up.dims() {
+        return modelqa_kernels::silu_times(gate, up);
+    }
+    gate.apply(&act)? * up
 }
 
 /// A feed-forward block.
@@ -448,7 +524,7 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Mlp::Gated { gate, up, down, act } => (xs.apply(gate)?.apply(act)? * xs.apply(up)?)?.apply(down),
+            Mlp::Gated { gate, up, down, act } => gated(&xs.apply(gate)?, *act, &xs.apply(up)?)?.apply(down),
             Mlp::GatedFused { gate_up, down, act } => {
                 let both = xs.apply(gate_up)?;
                 let inner = both.dim(D::Minus1)? / 2;

@@ -10,7 +10,7 @@
 
 use candle_core::{D, DType, Module, Result, Tensor};
 
-use super::blocks::{KvCache, Mlp, Norm, NormKind, Rotary, Scores, attend};
+use super::blocks::{KvCache, Mlp, Norm, NormKind, Rotary, Scores, attend, attend_sequences};
 use super::lm::{CausalLm, Segment};
 use super::weights::{Embedding, Linear, Weights, batched};
 
@@ -281,8 +281,9 @@ impl Layer {
     }
 
     /// Attention over several sequences' segments laid end to end in `x` (`[1, Σ len, hidden]`),
-    /// each through its slot's cache (or none) and seeing only its own sequence: the projections
-    /// run on every row at once, the attention one sequence at a time, as each would alone.
+    /// each through its slot's cache (or none) and seeing only its own sequence: the projections,
+    /// head norms, rotations and the attention itself run on every row at once (each row the
+    /// values it gets alone), the caches take their own segment's keys and values in turn.
     fn attention_batch(
         &mut self,
         x: &Tensor,
@@ -300,19 +301,29 @@ impl Layer {
             return Self::attend_one((&q, &k, &v), (seg.pos, 0), cache, norms, self.window, spec, rotary)?
                 .apply(&self.o);
         }
-        let mut outputs = Vec::with_capacity(segments.len());
+        let rows = q.dim(1)?;
+        let heads = |t: &Tensor, n: usize| t.reshape((1, rows, n, spec.head_dim))?.transpose(1, 2);
+        let (mut q, mut k) = (heads(&q, spec.heads)?, heads(&k, spec.kv_heads)?);
+        if let Some((qn, kn)) = self.head_norms.as_ref() {
+            (q, k) = (qn.forward(&q)?, kn.forward(&k)?);
+        }
+        let at: Vec<(usize, usize)> = segments.iter().map(|s| (s.pos, s.len)).collect();
+        let q = rotary.apply_segments(&q, &at)?;
+        let k = rotary.apply_segments(&k, &at)?;
+        let v = heads(&v, spec.kv_heads)?;
+        let mut kvs = Vec::with_capacity(segments.len());
         let mut start = 0;
         for seg in segments {
             self.take_prefix(seg)?;
-            let part = |t: &Tensor| t.narrow(1, start, seg.len);
-            let qkv = (&part(&q)?, &part(&k)?, &part(&v)?);
+            let part = |t: &Tensor| t.narrow(2, start, seg.len);
             let mut scratch = KvCache::default();
             let cache = slot_cache(&mut self.slots, seg.slot, &mut scratch);
-            let norms = self.head_norms.as_ref();
-            outputs.push(Self::attend_one(qkv, (seg.pos, 0), cache, norms, self.window, spec, rotary)?);
+            kvs.push(cache.append(part(&k)?, part(&v)?)?);
             start += seg.len;
         }
-        Tensor::cat(&outputs, 1)?.apply(&self.o)
+        let lens: Vec<usize> = segments.iter().map(|s| s.len).collect();
+        let scores = Scores { scale: spec.attention_scale, softcap: None, window: self.window };
+        attend_sequences(&q, &lens, &kvs, scores)?.apply(&self.o)
     }
 
     /// A segment that starts from another slot's prefix ([`Segment::from`]) gets that prefix as
