@@ -17,7 +17,8 @@ and errors go to stderr.
 The protocol (shared/reference/candle-cpu-speed.md): load (timed), 1 warm-up, then `--reps`
 repetitions of prefill = one forward of the prompt ids from an empty cache, argmax of the last
 logits; decode = `--tokens` single-token forwards over the cache, greedy argmax each step. The
-greedy ids (the prefill's, then one per decode step) of the last repetition are printed too.
+greedy ids (the prefill's, then one per decode step) of the last repetition are printed too, and
+the five likeliest ids of the warm-up's prefill with their logits (`first_top`).
 """
 
 import argparse
@@ -43,6 +44,15 @@ def argmax(values):
     return int(np.argmax(values))
 
 
+def top(values, k):
+    """The `k` likeliest ids of a logits row, best first, each with its logit: `[[id, logit], …]`."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float32)
+    best = np.argsort(-values, kind="stable")[:k]
+    return [[int(i), float(values[i])] for i in best]
+
+
 class LlamaCpp:
     """llama.cpp through llama-cpp-python's low-level `eval`: no sampler, no prompt cache."""
 
@@ -65,12 +75,18 @@ class LlamaCpp:
         self.llama_cpp = llama_cpp
         self.n_vocab = self.llm.n_vocab()
 
-    def _next(self):
+    def _logits(self):
         # Without logits_all, eval keeps no scores: the last position's logits, from the context.
         import numpy as np
 
         row = self.llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
-        return argmax(np.ctypeslib.as_array(row, shape=(self.n_vocab,)))
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
+
+    def _next(self):
+        return argmax(self._logits())
+
+    def top(self, k):
+        return top(self._logits(), k)
 
     def prefill(self, ids):
         # reset() rewinds the token count; eval removes every cached position from there on.
@@ -111,7 +127,11 @@ class Transformers:
                 input_ids=self.torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True, logits_to_keep=1
             )
         self.past = out.past_key_values
-        return int(self.torch.argmax(out.logits[0, -1]))
+        self.last = out.logits[0, -1]
+        return int(self.torch.argmax(self.last))
+
+    def top(self, k):
+        return top(self.last.float().cpu().numpy(), k)
 
     def prefill(self, ids):
         return self._forward(ids, None)
@@ -128,11 +148,13 @@ def measure(args):
     else:
         engine = Transformers(args.model, args.threads, args.dtype, args.device)
     load = time.perf_counter() - started
-    prefill, decode, greedy = [], [], []
+    prefill, decode, greedy, first_top = [], [], [], []
     for rep in range(args.reps + 1):
         started = time.perf_counter()
         token = engine.prefill(ids)
         after_prefill = time.perf_counter()
+        if rep == 0:  # the warm-up's prefill logits, outside every timed repetition
+            first_top = engine.top(5)
         greedy = [token]
         for _ in range(args.tokens):
             token = engine.step(token)
@@ -149,6 +171,7 @@ def measure(args):
         "prefill_s": prefill,
         "decode_s": decode,
         "greedy": greedy,
+        "first_top": first_top,
         "peak_rss_bytes": peak_rss_bytes(),
     }), flush=True)
 

@@ -51,12 +51,18 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
         .with_context(|| format!("failed to load {}", args.file.display()))?;
     let load = started.elapsed().as_secs_f64();
     let version = session.info().engine.clone();
-    let (mut prefill, mut decode, mut greedy) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut prefill, mut decode, mut greedy, mut first_top) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Repetition 0 is the warm-up.
     for rep in 0..=args.reps {
         let started = Instant::now();
-        let mut token = argmax(&session.feed(&args.ids, 0)?);
+        let logits = session.feed(&args.ids, 0)?;
+        let mut token = argmax(&logits);
         let after_prefill = Instant::now();
+        if rep == 0 {
+            // The warm-up's prefill logits, outside every timed repetition.
+            first_top = top(&logits, 5);
+        }
         greedy = vec![token];
         for step in 0..args.tokens {
             token = argmax(&session.feed(&[token], args.ids.len() + step)?);
@@ -77,10 +83,19 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
             "prefill_s": prefill,
             "decode_s": decode,
             "greedy": greedy,
+            "first_top": first_top,
             "peak_rss_bytes": peak_rss(),
         })
     );
     Ok(())
+}
+
+/// The `k` likeliest ids of a logits row, best first (ties: the lower id), each with its logit,
+/// as `peers.py` writes them.
+pub fn top(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut order: Vec<usize> = (0..values.len()).filter(|&i| !values[i].is_nan()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.into_iter().take(k).map(|i| (i as u32, values[i])).collect()
 }
 
 /// This process's peak resident set (VmHWM), bytes.

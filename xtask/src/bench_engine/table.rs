@@ -77,6 +77,9 @@ pub struct Measurement {
     pub decode_s: Vec<f64>,
     /// The greedy ids of the last repetition: the prefill's, then one per decode step.
     pub greedy: Vec<u32>,
+    /// The five likeliest ids after the prefill, best first, with their logits (empty where the
+    /// child did not say): what tells a near tie from a wrong first token.
+    pub first_top: Vec<(u32, f32)>,
     pub peak_rss: Option<u64>,
 }
 
@@ -100,12 +103,25 @@ impl Measurement {
                 t.as_u64().and_then(|t| u32::try_from(t).ok()).ok_or_else(|| anyhow::anyhow!("bad id {t}"))
             })
             .collect::<anyhow::Result<_>>()?;
+        let first_top = match v["first_top"].as_array() {
+            None => Vec::new(),
+            Some(pairs) => pairs
+                .iter()
+                .map(|p| {
+                    let id = p[0].as_u64().and_then(|t| u32::try_from(t).ok());
+                    id.zip(p[1].as_f64())
+                        .map(|(id, logit)| (id, logit as f32))
+                        .ok_or_else(|| anyhow::anyhow!("`first_top` holds {p}, not an [id, logit] pair"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
         Ok(Measurement {
             version: v["version"].as_str().unwrap_or_default().to_string(),
             load_s: vec![v["load_s"].as_f64().ok_or_else(|| anyhow::anyhow!("no `load_s`"))?],
             prefill_s: times("prefill_s")?,
             decode_s: times("decode_s")?,
             greedy,
+            first_top,
             peak_rss: v["peak_rss_bytes"].as_u64(),
         })
     }
@@ -117,6 +133,7 @@ impl Measurement {
             "prefill_s": self.prefill_s,
             "decode_s": self.decode_s,
             "greedy": self.greedy,
+            "first_top": self.first_top,
             "peak_rss_bytes": self.peak_rss,
         })
     }
@@ -128,6 +145,9 @@ impl Measurement {
         self.prefill_s.extend(round.prefill_s);
         self.decode_s.extend(round.decode_s);
         self.greedy = round.greedy;
+        if !round.first_top.is_empty() {
+            self.first_top = round.first_top;
+        }
         self.peak_rss = self.peak_rss.max(round.peak_rss);
     }
 }
@@ -171,6 +191,23 @@ pub fn median(values: &[f64]) -> Option<f64> {
 /// How many leading ids two greedy sequences share.
 pub fn agreement(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The `match` cell: how many leading greedy ids `m` shares with the reference's, and, where
+/// even the first differs but the reference's first id is among `m`'s five likeliest after the
+/// prefill, its rank there and how far below `m`'s first it lies (a near tie that a quantized
+/// format or another summation order can flip, told apart from a wrong answer).
+pub fn matched(m: &Measurement, reference: &[u32]) -> String {
+    let n = agreement(&m.greedy, reference);
+    let (Some(&want), Some(&(_, best))) = (reference.first(), m.first_top.first()) else {
+        return n.to_string();
+    };
+    match m.first_top.iter().position(|&(id, _)| id == want) {
+        Some(rank) if n == 0 && rank > 0 => {
+            format!("0 (its #{}, {:.3} below)", rank + 1, best - m.first_top[rank].1)
+        }
+        _ => n.to_string(),
+    }
 }
 
 /// Tokens per second of `tokens` in the median of `times`.
@@ -244,7 +281,7 @@ impl Report {
             out,
             "- columns: medians; `vs llama.cpp` = prefill / decode ÷ llama.cpp's on its own file of the same format, \
              or on modelqa's where llama.cpp's was not made (f32 safetensors and APR: F32; bf16: F16); `bound` = {:.1} GB/s read ÷ weight bytes per decoded token; \
-             `match` = greedy ids equal to {}'s, of {}",
+             `match` = leading greedy ids equal to {}'s, of {} (where even the first differs: that first id's rank among this engine's five likeliest after the prefill, and its logit's distance below the top one)",
             self.bandwidth / 1e9,
             reference.map_or("(no reference)", |(name, _)| name),
             self.decode_tokens + 1,
@@ -274,8 +311,7 @@ impl Report {
             );
             let share =
                 f.decode.zip(bound).map_or_else(|| "–".into(), |(d, b)| format!("{:.0} %", 100.0 * d / b));
-            let matched =
-                reference.map_or_else(|| "–".into(), |(_, ids)| agreement(&m.greedy, ids).to_string());
+            let matched = reference.map_or_else(|| "–".into(), |(_, ids)| matched(m, ids));
             let _ = writeln!(
                 out,
                 "{lead} {} | {} | {} | {} | {size} | {vs} | {} | {share} | {matched} |",
@@ -381,8 +417,35 @@ mod tests {
             prefill_s: vec![prefill, prefill * 2.0, prefill / 2.0],
             decode_s: vec![decode; 3],
             greedy: greedy.to_vec(),
+            first_top: Vec::new(),
             peak_rss: Some(2_500_000_000),
         })
+    }
+
+    /// Where even the first greedy id differs, the cell says where the reference's first id
+    /// ranks among the engine's five likeliest and how far below the top it lies; a first id
+    /// outside them, or a later divergence, is the plain count.
+    #[test]
+    fn a_first_token_that_differs_is_shown_with_the_references_rank_and_gap() {
+        let with_top = |greedy: &[u32], top: &[(u32, f32)]| Measurement {
+            first_top: top.to_vec(),
+            ..measured(1.0, 1.0, greedy).unwrap()
+        };
+        let reference = [137910, 137910, 137910];
+        let near = with_top(&[79109, 79109, 79109], &[(79109, 4.75), (1561, 4.74), (137910, 4.7)]);
+        assert_eq!(matched(&near, &reference), "0 (its #3, 0.050 below)");
+        let wrong = with_top(&[5, 5, 5], &[(5, 9.0), (6, 1.0)]);
+        assert_eq!(matched(&wrong, &reference), "0");
+        let later = with_top(&[137910, 137910, 4], &[(137910, 5.0), (4, 4.0)]);
+        assert_eq!(matched(&later, &reference), "2");
+        let unsaid = measured(1.0, 1.0, &[4, 4, 4]).unwrap();
+        assert_eq!(matched(&unsaid, &reference), "0");
+
+        let line = r#"{"version": "x", "load_s": 1.5, "prefill_s": [0.1], "decode_s": [1.0], "greedy": [3], "first_top": [[3, 2.5], [9, 2.25]]}"#;
+        assert_eq!(Measurement::from_json(line).unwrap().first_top, vec![(3, 2.5), (9, 2.25)]);
+        let bad = line.replace("[9, 2.25]", r#"[9, "high"]"#);
+        let e = Measurement::from_json(&bad).unwrap_err().to_string();
+        assert!(e.contains("not an [id, logit] pair"), "{e}");
     }
 
     /// The ratios, the bound and the agreement of a small report, cell by cell.
