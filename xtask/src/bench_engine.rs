@@ -20,8 +20,10 @@
 //! reason and the other engines still run; `--skip-peers` runs modelqa alone, with no virtualenv.
 //! The table (also `target/bench/engine/results.md` and `.json`) holds load, prefill and decode
 //! speed, peak RSS, file size, the ratio to llama.cpp on its own file of the same format (on
-//! this project's where llama.cpp's converter could not run), the decode ceiling a read bandwidth measured at the start allows over the weight bytes read per
-//! token, and how many greedy ids each engine shares with transformers f32.
+//! this project's where llama.cpp's converter could not run), the decode ceiling that a read
+//! bandwidth probed right before each engine's run allows over the weight bytes read per token,
+//! and how many greedy ids each engine shares with transformers f32 (where even the first
+//! differs, that id's rank among the engine's five likeliest and its logit gap).
 //!
 //! `--backend gpu` (an xtask built with `--features cuda`, on a machine with a CUDA device) runs
 //! modelqa and transformers on CUDA device 0, and the ceiling is the device's read bandwidth,
@@ -42,7 +44,7 @@ use modelqa::support::matrix::{Backend, Format, Quantization};
 
 pub use measure::{ChildArgs, child};
 use peers::Peers;
-use table::{BenchFile, Engine, Maker, Measurement, Peer, Report, Row};
+use table::{BenchFile, Engine, Maker, Measurement, Peer, Report, Row, median};
 
 /// Prompt tokens, and tokens decoded per repetition (the reference protocol's).
 const PROMPT_TOKENS: usize = 64;
@@ -150,18 +152,34 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     }
     let files = make_files(args, threads, &model, &ours_cache, &theirs, &bench, peers.as_ref(), &mut notes)?;
 
-    let (bandwidth, probe) = match args.backend {
-        Backend::Cpu => {
-            eprintln!("measuring the read bandwidth ({threads} threads summing 1 GiB, median of 5)…");
-            (measure::read_bandwidth(threads), format!("{threads} threads summing 1 GiB, median of 5"))
-        }
+    // The CPU's bandwidth is probed again before every engine's run (a shared host drifts); a
+    // GPU's, once.
+    let (cpu_probe, gpu_bandwidth, probe) = match args.backend {
+        Backend::Cpu => (
+            Some(measure::ReadProbe::new(threads)),
+            None,
+            format!("{threads} threads summing 1 GiB, median of 5 passes, probed before every engine's run"),
+        ),
         Backend::Gpu => {
             eprintln!("measuring the GPU's read bandwidth (row sums of a 4 GiB f32 matrix, median of 5)…");
             let rate = measure::gpu_read_bandwidth()?;
-            (rate, "CUDA device 0 summing the rows of a 4 GiB f32 matrix, median of 5".to_string())
+            eprintln!("  {:.1} GB/s", rate / 1e9);
+            (
+                None,
+                Some(rate),
+                "CUDA device 0 summing the rows of a 4 GiB f32 matrix, median of 5".to_string(),
+            )
         }
     };
-    eprintln!("  {:.1} GB/s", bandwidth / 1e9);
+    let mut probes = Vec::new();
+    let mut bandwidth_now = || -> f64 {
+        let rate = match (&cpu_probe, gpu_bandwidth) {
+            (Some(p), _) => p.measure(),
+            (None, rate) => rate.unwrap_or(0.0),
+        };
+        probes.push(rate);
+        rate
+    };
 
     let ids = prompt_ids(PROMPT_SEED, PROMPT_TOKENS, files::shape(layers).vocab);
     let csv = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
@@ -176,9 +194,12 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
                     file.maker.name(),
                     file.format
                 );
-                let outcome = measure_one(engine, file, peers.as_ref(), threads, args, &csv);
-                if let Err(why) = &outcome {
-                    eprintln!("  failed: {why}");
+                let rate = bandwidth_now();
+                eprintln!("  read bandwidth just before: {:.1} GB/s", rate / 1e9);
+                let mut outcome = measure_one(engine, file, peers.as_ref(), threads, args, &csv);
+                match &mut outcome {
+                    Ok(m) => m.bandwidth.push(rate),
+                    Err(why) => eprintln!("  failed: {why}"),
                 }
                 match rows.iter_mut().find(|r| r.file == index && r.engine == engine) {
                     None => rows.push(Row { engine, file: index, outcome }),
@@ -192,6 +213,10 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         }
     }
 
+    drop(cpu_probe);
+    let bandwidth = median(&probes).unwrap_or(0.0);
+    let (low, high) = probes.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    let low = if low.is_finite() { low } else { 0.0 };
     let source = files.iter().find(|f| f.maker == Maker::Generator && f.peer == Peer::F32);
     let params = source.map_or_else(|| "?".into(), |f| format!("{:.0} M", f.read_per_token as f64 / 4e6));
     let shape = files::shape(layers);
@@ -227,7 +252,16 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
             ),
         ),
         ("engines".into(), versions.join("; ")),
-        ("read bandwidth".into(), format!("{:.1} GB/s ({probe})", bandwidth / 1e9)),
+        (
+            "read bandwidth".into(),
+            format!(
+                "median {:.1} GB/s, {:.1}–{:.1} over {} probes ({probe})",
+                bandwidth / 1e9,
+                low / 1e9,
+                high / 1e9,
+                probes.len()
+            ),
+        ),
         (
             "commands".into(),
             format!(

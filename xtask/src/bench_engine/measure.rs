@@ -105,29 +105,43 @@ fn peak_rss() -> Option<u64> {
     kb.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
-/// Bytes per second `threads` threads read summing a 1 GiB buffer: the median of 5 passes after
-/// one more. Decode streams the weights once per token, so this over the weight bytes is the
-/// decode speed no engine on this machine can pass.
-pub fn read_bandwidth(threads: usize) -> f64 {
+/// The CPU's read-bandwidth probe: a 1 GiB buffer, made once and kept, that `threads` threads
+/// sum. Decode streams the weights once per token, so its rate over the weight bytes is the
+/// decode speed no engine on this machine can pass. A shared host's bandwidth drifts by a third
+/// within minutes, so `bench engine` probes again right before every engine's run and holds each
+/// row to its own probe.
+pub struct ReadProbe {
+    words: Vec<u64>,
+    threads: usize,
+}
+
+impl ReadProbe {
     const BYTES: usize = 1 << 30;
-    let words: Vec<u64> = (0..(BYTES / 8) as u64).collect();
-    let chunk = words.len().div_ceil(threads.max(1));
-    let mut rates = Vec::new();
-    for _ in 0..6 {
-        let started = Instant::now();
-        let total = std::thread::scope(|s| {
-            let parts: Vec<_> = words.chunks(chunk).map(|c| s.spawn(move || sum(c))).collect();
-            parts.into_iter().map(|p| p.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
-        });
-        std::hint::black_box(total);
-        rates.push(BYTES as f64 / started.elapsed().as_secs_f64());
+
+    pub fn new(threads: usize) -> Self {
+        ReadProbe { words: (0..(Self::BYTES / 8) as u64).collect(), threads: threads.max(1) }
     }
-    super::table::median(&rates[1..]).unwrap_or(0.0)
+
+    /// Bytes per second: the median of 5 passes after one more.
+    pub fn measure(&self) -> f64 {
+        let chunk = self.words.len().div_ceil(self.threads);
+        let mut rates = Vec::new();
+        for _ in 0..6 {
+            let started = Instant::now();
+            let total = std::thread::scope(|s| {
+                let parts: Vec<_> = self.words.chunks(chunk).map(|c| s.spawn(move || sum(c))).collect();
+                parts.into_iter().map(|p| p.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
+            });
+            std::hint::black_box(total);
+            rates.push(Self::BYTES as f64 / started.elapsed().as_secs_f64());
+        }
+        super::table::median(&rates[1..]).unwrap_or(0.0)
+    }
 }
 
 /// Bytes per second CUDA device 0 reads summing the rows of a 4 GiB f32 matrix (262,144 rows
 /// of 4,096, one thread block a row): the median of 5 passes after one more, each timed between
-/// two synchronisations. The GPU's counterpart of [`read_bandwidth`]: decode on the device
+/// two synchronisations. The GPU's counterpart of [`ReadProbe`]: decode on the device
 /// streams the weights from its memory once per token.
 pub fn gpu_read_bandwidth() -> anyhow::Result<f64> {
     use candle_core::{DType, Device, Tensor};

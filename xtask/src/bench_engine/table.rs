@@ -81,6 +81,9 @@ pub struct Measurement {
     /// child did not say): what tells a near tie from a wrong first token.
     pub first_top: Vec<(u32, f32)>,
     pub peak_rss: Option<u64>,
+    /// The read bandwidth probed right before each of this row's runs (bytes per second; set by
+    /// `bench engine`, not the child): the row's decode ceiling is taken from their median.
+    pub bandwidth: Vec<f64>,
 }
 
 impl Measurement {
@@ -123,6 +126,7 @@ impl Measurement {
             greedy,
             first_top,
             peak_rss: v["peak_rss_bytes"].as_u64(),
+            bandwidth: Vec::new(),
         })
     }
 
@@ -148,6 +152,7 @@ impl Measurement {
         if !round.first_top.is_empty() {
             self.first_top = round.first_top;
         }
+        self.bandwidth.extend(round.bandwidth);
         self.peak_rss = self.peak_rss.max(round.peak_rss);
     }
 }
@@ -173,7 +178,8 @@ pub struct Report {
     /// Tokens in the prompt and decoded per repetition.
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
-    /// The measured read bandwidth, bytes per second.
+    /// The read bandwidth, bytes per second: the median of every probe of the run (a row
+    /// without probes of its own, a failed one, is held to it).
     pub bandwidth: f64,
 }
 
@@ -265,9 +271,11 @@ impl Report {
         None
     }
 
-    /// The decode ceiling a file's weight bytes allow at the measured bandwidth, tokens/s.
-    pub fn bound(&self, file: &BenchFile) -> Option<f64> {
-        (file.read_per_token > 0 && self.bandwidth > 0.0).then(|| self.bandwidth / file.read_per_token as f64)
+    /// The decode ceiling a file's weight bytes allow, tokens/s: at the bandwidth probed before
+    /// the row's own runs where it has probes, else at the run's.
+    pub fn bound(&self, file: &BenchFile, m: Option<&Measurement>) -> Option<f64> {
+        let bandwidth = m.and_then(|m| median(&m.bandwidth)).unwrap_or(self.bandwidth);
+        (file.read_per_token > 0 && bandwidth > 0.0).then(|| bandwidth / file.read_per_token as f64)
     }
 
     /// The Markdown: header lines, the table, then the notes.
@@ -280,7 +288,7 @@ impl Report {
         let _ = writeln!(
             out,
             "- columns: medians; `vs llama.cpp` = prefill / decode ÷ llama.cpp's on its own file of the same format, \
-             or on modelqa's where llama.cpp's was not made (f32 safetensors and APR: F32; bf16: F16); `bound` = {:.1} GB/s read ÷ weight bytes per decoded token; \
+             or on modelqa's where llama.cpp's was not made (f32 safetensors and APR: F32; bf16: F16); `bound` = the read bandwidth probed right before the row's runs (the run's median: {:.1} GB/s) ÷ weight bytes per decoded token; \
              `match` = leading greedy ids equal to {}'s, of {} (where even the first differs: that first id's rank among this engine's five likeliest after the prefill, and its logit's distance below the top one)",
             self.bandwidth / 1e9,
             reference.map_or("(no reference)", |(name, _)| name),
@@ -293,7 +301,7 @@ impl Report {
         out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for row in &self.rows {
             let file = &self.files[row.file];
-            let bound = self.bound(file);
+            let bound = self.bound(file, row.outcome.as_ref().ok());
             let size = format!("{:.0} MB", file.size as f64 / 1e6);
             let lead = format!("| {} | {} | {} |", row.engine.name(), file.maker.name(), file.format);
             let m = match &row.outcome {
@@ -348,7 +356,7 @@ impl Report {
                     "path": file.path,
                     "file_bytes": file.size,
                     "read_bytes_per_token": file.read_per_token,
-                    "bound_tokens_per_s": self.bound(file),
+                    "bound_tokens_per_s": self.bound(file, r.outcome.as_ref().ok()),
                 });
                 match &r.outcome {
                     Ok(m) => {
@@ -357,6 +365,7 @@ impl Report {
                         row["prefill_tokens_per_s"] = f.prefill.into();
                         row["decode_tokens_per_s"] = f.decode.into();
                         row["match"] = reference.map(|(_, ids)| agreement(&m.greedy, ids)).into();
+                        row["read_bandwidth_bytes_per_s"] = median(&m.bandwidth).into();
                         row["raw"] = m.to_json();
                     }
                     Err(why) => row["error"] = why.clone().into(),
@@ -419,6 +428,7 @@ mod tests {
             greedy: greedy.to_vec(),
             first_top: Vec::new(),
             peak_rss: Some(2_500_000_000),
+            bandwidth: Vec::new(),
         })
     }
 
@@ -488,6 +498,14 @@ mod tests {
             "| transformers | generator | safetensors f32 | 2.00 | 64.0 | 8.0 | 2.50 | 1000 MB | 0.25 / 0.25 | 40.0 | 20 % | 3 |"
         );
         assert!(row("llama.cpp", "llama.cpp").contains("| 1.00 / 1.00 | 40.0 | 80 % | 3 |"));
+        // A row probed at 20 and 30 GB/s right before its runs is held to their median, 25 GB/s.
+        let mut probed = report.clone();
+        if let Ok(m) = &mut probed.rows[2].outcome {
+            m.bandwidth = vec![20e9, 30e9];
+        }
+        let table = probed.markdown();
+        assert!(table.contains("| 1.00 / 1.00 | 25.0 | 128 % | 3 |"), "{table}");
+        assert_eq!(probed.to_json()["rows"][2]["read_bandwidth_bytes_per_s"], 25e9);
         assert!(row("modelqa", "modelqa").contains("failed: refused \\| badly"));
         assert!(table.starts_with("- threads: 2\n"));
         assert!(table.contains("equal to transformers f32's, of 65"));
