@@ -414,7 +414,10 @@ pub(super) fn attend_sequences(
         outputs.push(attend(&q.narrow(2, start, len)?, k, v, scores)?);
         start += len;
     }
-    Tensor::cat(&outputs, 1)
+    match outputs.len() {
+        1 => Ok(outputs.remove(0)),
+        _ => Tensor::cat(&outputs, 1),
+    }
 }
 
 /// Causal attention of `q` (`[batch, heads, len, d]`) over `k`, `v` (`[batch, kv_heads,

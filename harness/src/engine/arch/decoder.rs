@@ -292,15 +292,6 @@ impl Layer {
         rotary: &Rotary,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project(x, spec)?;
-        if let [seg] = segments {
-            self.take_prefix(seg)?;
-            // One sequence: no views to take and no outputs to join (the same values).
-            let mut scratch = KvCache::default();
-            let cache = slot_cache(&mut self.slots, seg.slot, &mut scratch);
-            let norms = self.head_norms.as_ref();
-            return Self::attend_one((&q, &k, &v), (seg.pos, 0), cache, norms, self.window, spec, rotary)?
-                .apply(&self.o);
-        }
         let rows = q.dim(1)?;
         let heads = |t: &Tensor, n: usize| t.reshape((1, rows, n, spec.head_dim))?.transpose(1, 2);
         let (mut q, mut k) = (heads(&q, spec.heads)?, heads(&k, spec.kv_heads)?);
